@@ -1,0 +1,33 @@
+"""pagedllm: a paged-KV-cache LLM inference and serving engine.
+
+Public names are imported lazily so `import pagedllm` stays cheap (no torch) for the CLI and the
+API server process.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pagedllm.version import __version__
+
+if TYPE_CHECKING:
+    from pagedllm.entrypoints.llm import LLM
+    from pagedllm.outputs import CompletionOutput, RequestOutput
+    from pagedllm.sampling_params import SamplingParams
+
+_LAZY = {
+    "LLM": "pagedllm.entrypoints.llm",
+    "SamplingParams": "pagedllm.sampling_params",
+    "RequestOutput": "pagedllm.outputs",
+    "CompletionOutput": "pagedllm.outputs",
+}
+
+__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pagedllm' has no attribute {name!r}")

@@ -1,0 +1,17 @@
+"""Pick an attention backend by name or platform (lazy: heavy backends load only when chosen)."""
+
+from __future__ import annotations
+
+from pagedllm.attention.backend import AttentionBackend
+from pagedllm.utils.registry import Registry
+
+BACKENDS = Registry("attention backend")
+BACKENDS.register("torch_ref", "pagedllm.attention.backends.torch_ref", "TorchRefBackend")
+
+
+def default_backend_name(device: str) -> str:
+    return "torch_ref"
+
+
+def get_attn_backend(name: str | None, device: str) -> type[AttentionBackend]:
+    return BACKENDS.get(name or default_backend_name(device))

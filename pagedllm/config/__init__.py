@@ -1,0 +1,9 @@
+from pagedllm.config.cache import CacheConfig
+from pagedllm.config.device import DeviceConfig
+from pagedllm.config.engine import EngineConfig
+from pagedllm.config.model import ModelConfig
+from pagedllm.config.scheduler import SchedulerConfig
+
+__all__ = [
+    "CacheConfig", "DeviceConfig", "EngineConfig", "ModelConfig", "SchedulerConfig",
+]

@@ -1,0 +1,28 @@
+"""EngineConfig: the aggregate of every concern's config, built once by EngineArgs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pagedllm.config.cache import CacheConfig
+from pagedllm.config.device import DeviceConfig
+from pagedllm.config.model import ModelConfig
+from pagedllm.config.scheduler import SchedulerConfig
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: ModelConfig
+    cache: CacheConfig
+    scheduler: SchedulerConfig
+    device: DeviceConfig
+
+    def __post_init__(self) -> None:
+        if not self.scheduler.enable_chunked_prefill and (
+            self.scheduler.max_num_batched_tokens < self.model.max_model_len
+        ):
+            raise ValueError(
+                f"with chunked prefill disabled, max_num_batched_tokens "
+                f"({self.scheduler.max_num_batched_tokens}) must be >= max_model_len "
+                f"({self.model.max_model_len})"
+            )

@@ -1,0 +1,48 @@
+"""ModelConfig: what model runs, in what dtype, for how long a context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str
+    """What the user asked for: a name, a directory or a .gguf file."""
+    path: str
+    """Resolved local path: a Hugging Face-layout directory or a .gguf file."""
+    format: Literal["hf", "gguf"]
+    """Checkpoint format: safetensors directory or a single GGUF file."""
+    architecture: str
+    """The config's `architectures[0]`, the key of the model registry."""
+    hf_config: Any = field(repr=False, compare=False)
+    """The transformers PretrainedConfig (read from config.json or from GGUF metadata)."""
+    dtype: str = "float32"
+    """Activation/weight dtype after resolving "auto"."""
+    max_model_len: int = 2048
+    """Longest sequence (prompt + output) a request may have."""
+    vocab_size: int = 0
+    hidden_size: int = 0
+    num_hidden_layers: int = 0
+    num_attention_heads: int = 0
+    num_kv_heads: int = 0
+    head_dim: int = 0
+    eos_token_ids: tuple[int, ...] = ()
+    """Token ids that end generation unless ignore_eos (from generation/tokenizer config)."""
+    quantization: str | None = None
+    """Weight quantization method (None: weights run in `dtype`)."""
+    seed: int = 0
+    """Default seed for requests without one."""
+
+    def __post_init__(self) -> None:
+        if self.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"dtype must be one of {SUPPORTED_DTYPES}, got {self.dtype!r}")
+        if self.max_model_len < 1:
+            raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
+
+    @property
+    def served_name(self) -> str:
+        return self.model

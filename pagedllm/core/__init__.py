@@ -1,0 +1,1 @@
+"""CPU bookkeeping over token counts and block ids: no torch, no tensors."""

@@ -1,0 +1,75 @@
+"""The contract between the scheduler and the model runner, in plain data (no tensors).
+
+The runner keeps per-request state across steps; each SchedulerOutput tells it what changed:
+requests new to it (first scheduling, or resumed after preemption: all their tokens are resent),
+blocks appended to requests it already has, and requests to drop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pagedllm.sampling_params import SamplingParams
+
+
+@dataclass
+class NewRequestData:
+    req_id: str
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]
+    """Tokens generated before a preemption (empty on first scheduling)."""
+    sampling_params: SamplingParams
+    block_ids: list[int]
+    num_computed_tokens: int
+    """Tokens already in the cache (prefix-cache hits), where this step's chunk starts."""
+
+
+@dataclass
+class CachedRequestData:
+    """Requests the runner already holds, in parallel lists."""
+
+    req_ids: list[str] = field(default_factory=list)
+    new_block_ids: list[list[int]] = field(default_factory=list)
+    """Blocks appended to each request's block table this step."""
+    num_computed_tokens: list[int] = field(default_factory=list)
+    """Where each request's chunk starts this step."""
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled_new_reqs: list[NewRequestData]
+    scheduled_cached_reqs: CachedRequestData
+    num_scheduled_tokens: dict[str, int]
+    """Tokens to compute this step per request: 1 for a decode, a chunk for a prefill."""
+    total_num_scheduled_tokens: int
+    finished_req_ids: set[str] = field(default_factory=set)
+    """Requests finished, aborted or preempted since the last step: the runner drops them."""
+
+    @property
+    def is_empty(self) -> bool:
+        return self.total_num_scheduled_tokens == 0
+
+
+@dataclass
+class LogprobsLists:
+    """Logprobs of several positions of one request.
+
+    Row i: token_ids[i] = [chosen token, top-1, ..., top-k], logprobs[i] likewise, ranks[i] = rank of
+    the chosen token (1 = most likely).
+    """
+
+    token_ids: list[list[int]]
+    logprobs: list[list[float]]
+    ranks: list[int]
+
+
+@dataclass
+class ModelRunnerOutput:
+    req_ids: list[str]
+    sampled_token_ids: dict[str, list[int]]
+    """New tokens per scheduled request; empty for a request still in the middle of its prefill."""
+    logprobs: dict[str, LogprobsLists] = field(default_factory=dict)
+    """For requests with sampling_params.logprobs set: one row per sampled token."""
+    prompt_logprobs: dict[str, LogprobsLists] = field(default_factory=dict)
+    """For requests with prompt_logprobs set: one row per prompt position computed this step
+    whose next token is a prompt token (the chosen token is that next prompt token)."""

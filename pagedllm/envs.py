@@ -1,0 +1,22 @@
+"""The only place PAGEDLLM_* environment variables are read. Each is read when asked for, never at
+import time."""
+
+from __future__ import annotations
+
+import os
+
+
+def log_level() -> str:
+    """PAGEDLLM_LOGGING_LEVEL: log level of the `pagedllm` loggers (default INFO)."""
+    return os.environ.get("PAGEDLLM_LOGGING_LEVEL", "INFO").upper()
+
+
+def api_key() -> str | None:
+    """PAGEDLLM_API_KEY: API key the server requires when --api-key is not given."""
+    return os.environ.get("PAGEDLLM_API_KEY") or None
+
+
+def num_threads() -> int | None:
+    """PAGEDLLM_NUM_THREADS: intra-op threads of the engine core (default: physical cores)."""
+    value = os.environ.get("PAGEDLLM_NUM_THREADS")
+    return int(value) if value else None

