@@ -61,6 +61,9 @@ class LogprobsLists:
     token_ids: list[list[int]]
     logprobs: list[list[float]]
     ranks: list[int]
+    start_position: int = 0
+    """Prompt logprobs only: the prompt position whose next token row 0 scores (a request
+    recomputed after preemption delivers positions again; the receiver drops repeats)."""
 
 
 @dataclass

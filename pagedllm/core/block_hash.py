@@ -1,0 +1,57 @@
+"""Chained hashes of full KV blocks: the prefix-cache keys.
+
+The hash of block i covers its tokens *and* the hash of block i-1, so equal hashes mean equal
+prefixes up to and including that block:
+
+    hash_0 = H(ROOT_PARENT_HASH, tokens[0:bs])
+    hash_i = H(hash_{i-1},      tokens[i*bs:(i+1)*bs])
+
+Only full blocks are hashed; a partial tail block has no hash. H is SHA-256 over a fixed binary
+encoding, truncated to 64 bits: deterministic across processes, collision risk negligible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Sequence
+
+from pagedllm.request import BlockHasher, Request
+
+ROOT_PARENT_HASH: int = int.from_bytes(hashlib.sha256(b"pagedllm-root").digest()[:8], "little")
+"""Stand-in parent hash of a request's first block."""
+
+
+def hash_block_tokens(parent_hash: int | None, token_ids: Sequence[int]) -> int:
+    """Hash one full block given its parent block's hash (None: first block)."""
+    parent = ROOT_PARENT_HASH if parent_hash is None else parent_hash
+    data = struct.pack(f"<Q{len(token_ids)}q", parent, *token_ids)
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "little")
+
+
+def hash_request_tokens(block_size: int, token_ids: Sequence[int]) -> list[int]:
+    """Hashes of every full block of a token sequence (a helper for tests and tools)."""
+    hashes: list[int] = []
+    parent: int | None = None
+    for start in range(0, len(token_ids) - block_size + 1, block_size):
+        parent = hash_block_tokens(parent, token_ids[start : start + block_size])
+        hashes.append(parent)
+    return hashes
+
+
+def make_block_hasher(block_size: int) -> BlockHasher:
+    """A BlockHasher: returns the hashes of the request's blocks that became full since the last
+    call, i.e. of blocks len(request.block_hashes) .. request.num_tokens // block_size - 1."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+
+    def hasher(request: Request) -> list[int]:
+        token_ids = request.all_token_ids
+        parent = request.block_hashes[-1] if request.block_hashes else None
+        new_hashes: list[int] = []
+        for i in range(len(request.block_hashes), request.num_tokens // block_size):
+            parent = hash_block_tokens(parent, token_ids[i * block_size : (i + 1) * block_size])
+            new_hashes.append(parent)
+        return new_hashes
+
+    return hasher

@@ -1,0 +1,154 @@
+"""Per-request block lists over the block pool: prefix hits, slot allocation, freeing."""
+
+from __future__ import annotations
+
+from pagedllm.core.block_pool import BlockPool, KVCacheBlock
+from pagedllm.metrics.stats import PrefixCacheStats
+from pagedllm.request import Request
+from pagedllm.utils.math import cdiv
+
+
+class KVCacheManager:
+    """Maps each request to the ordered list of KV blocks that hold its tokens.
+
+    Block i of a request holds tokens [i*block_size, (i+1)*block_size). Counters:
+
+    - req_to_blocks[req_id]: the request's blocks (prefix hits first, then allocated ones).
+    - num_cached_blocks[req_id]: how many leading blocks of the request were already offered to
+      the prefix cache (cache_full_blocks progress).
+    - prefix_cache_stats: prompt tokens looked up / found at each request's (re)admission since
+      the last make_prefix_cache_stats().
+    """
+
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        enable_caching: bool = True,
+        max_model_len: int | None = None,
+    ) -> None:
+        self.block_size = block_size
+        self.enable_caching = enable_caching
+        self.max_model_len = max_model_len if max_model_len is not None else num_blocks * block_size
+        self.block_pool = BlockPool(num_blocks, enable_caching)
+        self.req_to_blocks: dict[str, list[KVCacheBlock]] = {}
+        self.num_cached_blocks: dict[str, int] = {}
+        self.prefix_cache_stats = PrefixCacheStats()
+
+    @property
+    def num_blocks(self) -> int:
+        return self.block_pool.num_blocks
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.block_pool.get_num_free_blocks()
+
+    @property
+    def usage(self) -> float:
+        """Fraction of blocks in use (0..1)."""
+        return self.block_pool.get_usage()
+
+    def _reads_prefix_cache(self, request: Request) -> bool:
+        # NOTE: prompt logprobs need logits at every prompt position, so no prefix can be skipped.
+        return self.enable_caching and request.sampling_params.prompt_logprobs is None
+
+    def get_computed_blocks(self, request: Request) -> tuple[list[KVCacheBlock], int]:
+        """Longest cached prefix of the request: (blocks, num_computed_tokens).
+
+        Never the whole sequence: the last token is always recomputed to get its logits, so at
+        most (num_tokens - 1) // block_size blocks are returned. Does not take references; pass
+        the blocks to allocate_slots.
+        """
+        if not self._reads_prefix_cache(request):
+            return [], 0
+        max_hit_blocks = (request.num_tokens - 1) // self.block_size
+        hits: list[KVCacheBlock] = []
+        for block_hash in request.block_hashes[:max_hit_blocks]:
+            block = self.block_pool.get_cached_block(block_hash)
+            if block is None:
+                break
+            hits.append(block)
+        return hits, len(hits) * self.block_size
+
+    def allocate_slots(
+        self,
+        request: Request,
+        num_new_tokens: int,
+        num_new_computed_tokens: int = 0,
+        new_computed_blocks: list[KVCacheBlock] | None = None,
+    ) -> list[int] | None:
+        """Make room for num_new_tokens more tokens of request; None if blocks are short.
+
+        Blocks layout after the call (C: computed before, H: new prefix hits, N: new tokens):
+
+            | C C C C | H H H H | N N N N N N N . . |
+            <- request.num_computed_tokens
+                      <- num_new_computed_tokens
+                                <- num_new_tokens -> (last block partly empty)
+
+        On success, takes references on the hit blocks, appends the hits and the new blocks to the
+        request's list, registers blocks that will be full after this step in the prefix cache,
+        and returns the ids of the newly allocated blocks (hits excluded).
+        """
+        hits = new_computed_blocks or []
+        req_id = request.request_id
+        first_allocation = req_id not in self.req_to_blocks
+        req_blocks = self.req_to_blocks.get(req_id, [])
+        num_computed = request.num_computed_tokens + num_new_computed_tokens
+        num_tokens_need_slot = min(num_computed + num_new_tokens, self.max_model_len)
+        num_required = cdiv(num_tokens_need_slot, self.block_size)
+        num_new_blocks = max(0, num_required - len(req_blocks) - len(hits))
+        # A hit block with ref_cnt 0 sits in the free queue: reviving it uses up a free block.
+        num_revived = sum(1 for block in hits if block.ref_cnt == 0)
+        if num_new_blocks + num_revived > self.block_pool.get_num_free_blocks():
+            return None
+
+        if hits:
+            assert self.enable_caching, "prefix hits with caching disabled"
+            self.block_pool.touch(hits)
+        new_blocks = self.block_pool.get_new_blocks(num_new_blocks)
+        req_blocks = self.req_to_blocks.setdefault(req_id, req_blocks)
+        req_blocks.extend(hits)
+        req_blocks.extend(new_blocks)
+        if first_allocation and self._reads_prefix_cache(request):
+            self._record_lookup(request.num_tokens, num_new_computed_tokens)
+        self._cache_full_blocks(request, num_tokens_need_slot)
+        return [block.block_id for block in new_blocks]
+
+    def _cache_full_blocks(self, request: Request, num_tokens: int) -> None:
+        if not self.enable_caching:
+            return
+        req_id = request.request_id
+        num_full = min(num_tokens // self.block_size, len(request.block_hashes))
+        num_cached = self.num_cached_blocks.get(req_id, 0)
+        if num_full > num_cached:
+            blocks = self.req_to_blocks[req_id]
+            self.block_pool.cache_full_blocks(request, blocks, num_cached, num_full)
+            self.num_cached_blocks[req_id] = num_full
+
+    def _record_lookup(self, num_tokens: int, num_hit_tokens: int) -> None:
+        self.prefix_cache_stats.queries += num_tokens
+        self.prefix_cache_stats.hits += num_hit_tokens
+
+    def free(self, request: Request) -> None:
+        """Release the request's blocks, tail first, so its last blocks are evicted first."""
+        blocks = self.req_to_blocks.pop(request.request_id, [])
+        self.num_cached_blocks.pop(request.request_id, None)
+        self.block_pool.free_blocks(reversed(blocks))
+
+    def get_block_ids(self, req_id: str) -> list[int]:
+        return [block.block_id for block in self.req_to_blocks.get(req_id, [])]
+
+    def make_prefix_cache_stats(self) -> PrefixCacheStats | None:
+        """Stats since the last call (then reset); None when prefix caching is off."""
+        if not self.enable_caching:
+            return None
+        stats, self.prefix_cache_stats = self.prefix_cache_stats, PrefixCacheStats()
+        return stats
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix; False (nothing done) while blocks are in use."""
+        ok = self.block_pool.reset_prefix_cache()
+        if ok:
+            self.prefix_cache_stats.reset = True
+        return ok

@@ -1,0 +1,75 @@
+"""EngineArgs: the user's knobs (LLM kwargs and CLI flags) -> a validated EngineConfig."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pagedllm.config import CacheConfig, DeviceConfig, EngineConfig, SchedulerConfig
+from pagedllm.utils.memory import parse_memory_size
+
+
+@dataclass
+class EngineArgs:
+    model: str | None = None
+    """Local HF directory, .gguf file, "SmolLM2-135M-Instruct" (embedded default) or hub name."""
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    kv_cache_memory: str | int | None = None
+    """KV cache budget, e.g. "2GiB"; None: a fraction of the free memory."""
+    block_size: int = 16
+    enable_prefix_caching: bool = True
+    max_num_seqs: int = 128
+    max_num_batched_tokens: int | None = None
+    enable_chunked_prefill: bool = True
+    seed: int = 0
+    device: str = "auto"
+    attention_backend: str | None = None
+    num_threads: int | None = None
+    quantization: str | None = None
+    kv_cache_dtype: str = "auto"
+    num_gpu_blocks_override: int | None = None
+    scheduling_policy: str = "fcfs"
+
+    def create_engine_config(self) -> EngineConfig:
+        from pagedllm.model_executor.model_loader.config import load_model_config
+
+        device = resolve_device(self.device)
+        model_config = load_model_config(
+            self.model,
+            dtype=self.dtype,
+            max_model_len=self.max_model_len,
+            seed=self.seed,
+            quantization=self.quantization,
+            device=device,
+        )
+        cache_config = CacheConfig(
+            block_size=self.block_size,
+            kv_cache_memory=(
+                parse_memory_size(self.kv_cache_memory) if self.kv_cache_memory else None
+            ),
+            enable_prefix_caching=self.enable_prefix_caching,
+            kv_cache_dtype=self.kv_cache_dtype,
+            num_gpu_blocks_override=self.num_gpu_blocks_override,
+        )
+        batched = self.max_num_batched_tokens
+        if batched is None:
+            batched = 2048 if self.enable_chunked_prefill else model_config.max_model_len
+        scheduler_config = SchedulerConfig(
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=batched,
+            enable_chunked_prefill=self.enable_chunked_prefill,
+            policy=self.scheduling_policy,
+        )
+        device_config = DeviceConfig(
+            device=device, attention_backend=self.attention_backend, num_threads=self.num_threads
+        )
+        return EngineConfig(model_config, cache_config, scheduler_config, device_config)
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+

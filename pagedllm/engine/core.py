@@ -1,0 +1,92 @@
+"""EngineCore: the inner loop. Each step: schedule -> execute on the model -> update requests.
+
+It runs in the caller's process for offline use and in its own process behind the server.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from pagedllm.attention.selector import get_attn_backend
+from pagedllm.config import EngineConfig
+from pagedllm.core.block_hash import make_block_hasher
+from pagedllm.core.sched.scheduler import Scheduler
+from pagedllm.engine.messages import EngineCoreOutputs, EngineCoreRequest
+from pagedllm.logger import init_logger
+from pagedllm.model_executor.layers.attention import attention_layers
+from pagedllm.model_executor.model_loader import get_model
+from pagedllm.platforms import configure_threads
+from pagedllm.request import Request, RequestStatus
+from pagedllm.utils.memory import format_bytes
+from pagedllm.worker.kv_cache_alloc import allocate_kv_caches, plan_kv_cache
+from pagedllm.worker.model_runner import ModelRunner
+
+logger = init_logger(__name__)
+
+
+class EngineCore:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        configure_threads(config.device)
+        torch.manual_seed(config.model.seed)
+        device = torch.device(config.device.device)
+        model = get_model(config.model, device)
+        backend = get_attn_backend(config.device.attention_backend, device.type)
+        layout = plan_kv_cache(config.model, config.cache, device)
+        kv_caches = allocate_kv_caches(
+            layout, config.model, config.cache, backend, device, len(attention_layers(model))
+        )
+        logger.info(
+            "KV cache: %d blocks x %d tokens = %d tokens, %s (%s backend, prefix caching %s)",
+            layout.num_blocks, layout.block_size, layout.num_tokens,
+            format_bytes(layout.total_bytes), backend.name,
+            "on" if config.cache.enable_prefix_caching else "off",
+        )
+        self.num_blocks = layout.num_blocks
+        self.model_runner = ModelRunner(
+            model, kv_caches, backend, layout.block_size, config.model.vocab_size,
+            config.model.eos_token_ids, device,
+        )
+        self.scheduler = Scheduler(
+            config.scheduler, config.cache, layout.num_blocks, config.model.max_model_len
+        )
+        self._block_hasher = (
+            make_block_hasher(layout.block_size) if config.cache.enable_prefix_caching else None
+        )
+
+    def add_request(self, request: EngineCoreRequest) -> None:
+        params = request.sampling_params
+        max_len = self.config.model.max_model_len
+        remaining = max_len - len(request.prompt_token_ids)
+        max_tokens = remaining if params.max_tokens is None else min(params.max_tokens, remaining)
+        self.scheduler.add_request(
+            Request(
+                request.request_id,
+                request.prompt_token_ids,
+                params,
+                max_tokens=max_tokens,
+                eos_token_ids=self.config.model.eos_token_ids,
+                arrival_time=request.arrival_time,
+                priority=request.priority,
+                block_hasher=self._block_hasher,
+            )
+        )
+
+    def abort_requests(self, request_ids: list[str]) -> None:
+        self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
+
+    def finish_requests_stopped(self, request_ids: list[str]) -> None:
+        """Requests the output processor ended on a stop string."""
+        self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_STOPPED)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    def step(self) -> EngineCoreOutputs:
+        scheduler_output = self.scheduler.schedule()
+        start = time.perf_counter()
+        runner_output = self.model_runner.execute_model(scheduler_output)
+        self.last_execute_seconds = time.perf_counter() - start
+        return self.scheduler.update_from_output(scheduler_output, runner_output)

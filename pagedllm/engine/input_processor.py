@@ -1,0 +1,97 @@
+"""Prompt -> token ids, validated against the model, -> EngineCoreRequest.
+
+Every check here raises ValueError naming the field, before anything reaches the engine core, so
+a bad request never disturbs the others.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pagedllm.config import ModelConfig
+from pagedllm.engine.messages import EngineCoreRequest
+from pagedllm.sampling_params import SamplingParams
+
+# What generate() accepts as one prompt: text, token ids, or vLLM's dict forms.
+PromptType = str | list[int] | dict[str, Any]
+
+
+@dataclass
+class ProcessedPrompt:
+    prompt: str | None
+    prompt_token_ids: list[int]
+
+
+class InputProcessor:
+    def __init__(self, model_config: ModelConfig, tokenizer: Any) -> None:
+        self.model_config = model_config
+        self.tokenizer = tokenizer
+
+    def process_prompt(self, prompt: PromptType, add_special_tokens: bool = True) -> ProcessedPrompt:
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                return self._from_token_ids(prompt["prompt_token_ids"])
+            if "prompt" in prompt:
+                return self.process_prompt(prompt["prompt"], add_special_tokens)
+            raise ValueError("prompt dict needs 'prompt' or 'prompt_token_ids'")
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("prompt must not be empty")
+            ids = self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+            if not ids:
+                raise ValueError("prompt must not be empty (it encodes to no tokens)")
+            return ProcessedPrompt(prompt, list(ids))
+        if isinstance(prompt, (list, tuple)):
+            return self._from_token_ids(prompt)
+        raise ValueError(f"prompt must be a string or a list of token ids, got {type(prompt)}")
+
+    def _from_token_ids(self, token_ids: Any) -> ProcessedPrompt:
+        if not token_ids:
+            raise ValueError("prompt_token_ids must not be empty")
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in token_ids):
+            raise ValueError("prompt_token_ids must be a list of integers")
+        vocab = self.model_config.vocab_size
+        bad = [t for t in token_ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(
+                f"prompt_token_ids contains token id {bad[0]} outside the vocabulary [0, {vocab})"
+            )
+        return ProcessedPrompt(None, list(token_ids))
+
+    def validate(self, prompt: ProcessedPrompt, params: SamplingParams) -> None:
+        num = len(prompt.prompt_token_ids)
+        max_len = self.model_config.max_model_len
+        if num >= max_len:
+            raise ValueError(
+                f"prompt is {num} tokens long; the maximum model length is {max_len}, which must "
+                f"leave room for at least one generated token"
+            )
+        vocab = self.model_config.vocab_size
+        for field_name, ids in (
+            ("stop_token_ids", params.stop_token_ids or []),
+            ("logit_bias", list((params.logit_bias or {}).keys())),
+        ):
+            bad = [t for t in ids if not 0 <= t < vocab]
+            if bad:
+                raise ValueError(f"{field_name} has token id {bad[0]} outside [0, {vocab})")
+        if not isinstance(params, SamplingParams):
+            raise ValueError("sampling_params must be a SamplingParams")
+
+    def make_request(
+        self,
+        request_id: str,
+        prompt: ProcessedPrompt,
+        params: SamplingParams,
+        arrival_time: float | None = None,
+        priority: int = 0,
+    ) -> EngineCoreRequest:
+        self.validate(prompt, params)
+        return EngineCoreRequest(
+            request_id=request_id,
+            prompt_token_ids=prompt.prompt_token_ids,
+            sampling_params=params,
+            arrival_time=arrival_time if arrival_time is not None else time.time(),
+            priority=priority,
+        )

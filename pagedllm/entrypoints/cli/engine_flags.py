@@ -1,0 +1,49 @@
+"""The engine's command-line flags (vLLM's names), shared by every subcommand that runs a model."""
+
+from __future__ import annotations
+
+import argparse
+
+from pagedllm.engine.arg_utils import EngineArgs
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("engine")
+    group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                       help="activation/weight dtype; auto: float32 on CPU, the checkpoint's on GPU")
+    group.add_argument("--max-model-len", type=int, default=None,
+                       help="longest prompt + output in tokens (default: the model's context)")
+    group.add_argument("--max-num-seqs", type=int, default=128,
+                       help="most requests batched in one step")
+    group.add_argument("--max-num-batched-tokens", type=int, default=None,
+                       help="token budget of one step (default 2048 with chunked prefill)")
+    group.add_argument("--block-size", type=int, default=16, help="tokens per KV cache block")
+    group.add_argument("--kv-cache-memory", default=None,
+                       help="KV cache budget, e.g. 2GiB (default: a quarter of free memory)")
+    group.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
+                       default=True, help="reuse KV blocks of shared prompt prefixes")
+    group.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction,
+                       default=True, help="split long prompts across steps")
+    group.add_argument("--seed", type=int, default=0, help="random seed of the engine")
+    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: auto)")
+    group.add_argument("--attention-backend", default=None, help="attention backend name")
+    group.add_argument("--num-threads", type=int, default=None,
+                       help="CPU threads for the engine (default: physical cores)")
+
+
+def engine_args_from(args: argparse.Namespace) -> EngineArgs:
+    return EngineArgs(
+        model=args.model,
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        block_size=args.block_size,
+        kv_cache_memory=args.kv_cache_memory,
+        enable_prefix_caching=args.enable_prefix_caching,
+        enable_chunked_prefill=args.enable_chunked_prefill,
+        seed=args.seed,
+        device=args.device,
+        attention_backend=args.attention_backend,
+        num_threads=args.num_threads,
+    )

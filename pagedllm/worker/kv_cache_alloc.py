@@ -1,0 +1,90 @@
+"""Memory budget -> number of KV blocks; allocation of the per-layer cache tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pagedllm.attention.backend import AttentionBackend
+from pagedllm.config import CacheConfig, ModelConfig
+from pagedllm.utils.memory import format_bytes
+
+
+@dataclass(frozen=True)
+class KVCacheLayout:
+    num_blocks: int
+    block_size: int
+    bytes_per_block: int
+    """Bytes of one block summed over all layers (K and V)."""
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_blocks * self.block_size
+
+    @property
+    def total_bytes(self) -> int:
+        return self.num_blocks * self.bytes_per_block
+
+
+def kv_cache_torch_dtype(model_config: ModelConfig, cache_config: CacheConfig) -> torch.dtype:
+    if cache_config.kv_cache_dtype != "auto":
+        raise ValueError(
+            f"kv_cache_dtype {cache_config.kv_cache_dtype!r} is not supported yet; use 'auto'"
+        )
+    return getattr(torch, model_config.dtype)
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes the KV cache may take by default: free device memory (CUDA) or available RAM."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def plan_kv_cache(
+    model_config: ModelConfig, cache_config: CacheConfig, device: torch.device
+) -> KVCacheLayout:
+    dtype = kv_cache_torch_dtype(model_config, cache_config)
+    elem = torch.tensor([], dtype=dtype).element_size()
+    per_token = 2 * model_config.num_kv_heads * model_config.head_dim * elem
+    bytes_per_block = per_token * cache_config.block_size * model_config.num_hidden_layers
+    if cache_config.num_gpu_blocks_override is not None:
+        num_blocks = cache_config.num_gpu_blocks_override
+    else:
+        budget = cache_config.kv_cache_memory or int(
+            available_memory(device) * cache_config.kv_cache_memory_fraction
+        )
+        num_blocks = budget // bytes_per_block
+        layout = KVCacheLayout(num_blocks, cache_config.block_size, bytes_per_block)
+        if layout.num_tokens < model_config.max_model_len:
+            raise ValueError(
+                f"the KV cache budget {format_bytes(budget)} holds {layout.num_tokens} tokens, "
+                f"fewer than max_model_len={model_config.max_model_len} "
+                f"({format_bytes(bytes_per_block // cache_config.block_size)} per token); "
+                f"raise kv_cache_memory (--kv-cache-memory) or lower max_model_len "
+                f"(--max-model-len)"
+            )
+    return KVCacheLayout(num_blocks, cache_config.block_size, bytes_per_block)
+
+
+def allocate_kv_caches(
+    layout: KVCacheLayout,
+    model_config: ModelConfig,
+    cache_config: CacheConfig,
+    backend: type[AttentionBackend],
+    device: torch.device,
+    num_layers: int,
+) -> list[torch.Tensor]:
+    """One cache tensor per attention layer, in the backend's layout."""
+    dtype = kv_cache_torch_dtype(model_config, cache_config)
+    shape = backend.get_kv_cache_shape(
+        layout.num_blocks, layout.block_size, model_config.num_kv_heads, model_config.head_dim
+    )
+    return [
+        torch.zeros(shape, dtype=dtype, device=device)
+        for _ in range(num_layers)
+    ]
