@@ -119,12 +119,13 @@ class BlockPool:
         for _ in range(num_blocks):
             block = self.free_block_queue.popleft()
             assert block.ref_cnt == 0
-            self._evict(block)
+            self.uncache_block(block)
             block.ref_cnt = 1
             blocks.append(block)
         return blocks
 
-    def _evict(self, block: KVCacheBlock) -> None:
+    def uncache_block(self, block: KVCacheBlock) -> None:
+        """Remove the block's hash from the prefix cache (no-op if it has none)."""
         if block.block_hash is None:
             return
         if self.cached_block_hash_to_block.get(block.block_hash) is block:

@@ -133,7 +133,14 @@ class KVCacheManager:
     def free(self, request: Request) -> None:
         """Release the request's blocks, tail first, so its last blocks are evicted first."""
         blocks = self.req_to_blocks.pop(request.request_id, [])
-        self.num_cached_blocks.pop(request.request_id, None)
+        num_cached = self.num_cached_blocks.pop(request.request_id, 0)
+        # NOTE: blocks enter the prefix cache when their slots are allocated, before the step that
+        # computes them runs. A request freed before that (preempted right after being scheduled
+        # in the same step) must not leave behind hashes of blocks whose K/V are never written.
+        # Such blocks were allocated by this request alone: prefix hits lie below
+        # num_computed_tokens.
+        for block in blocks[request.num_computed_tokens // self.block_size : num_cached]:
+            self.block_pool.uncache_block(block)
         self.block_pool.free_blocks(reversed(blocks))
 
     def get_block_ids(self, req_id: str) -> list[int]:

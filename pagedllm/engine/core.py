@@ -11,7 +11,6 @@ import torch
 
 from pagedllm.attention.selector import get_attn_backend
 from pagedllm.config import EngineConfig
-from pagedllm.core.block_hash import make_block_hasher
 from pagedllm.core.sched.scheduler import Scheduler
 from pagedllm.engine.messages import EngineCoreOutputs, EngineCoreRequest
 from pagedllm.logger import init_logger
@@ -52,9 +51,6 @@ class EngineCore:
         self.scheduler = Scheduler(
             config.scheduler, config.cache, layout.num_blocks, config.model.max_model_len
         )
-        self._block_hasher = (
-            make_block_hasher(layout.block_size) if config.cache.enable_prefix_caching else None
-        )
 
     def add_request(self, request: EngineCoreRequest) -> None:
         params = request.sampling_params
@@ -70,7 +66,7 @@ class EngineCore:
                 eos_token_ids=self.config.model.eos_token_ids,
                 arrival_time=request.arrival_time,
                 priority=request.priority,
-                block_hasher=self._block_hasher,
+                block_hasher=self.scheduler.block_hasher,
             )
         )
 

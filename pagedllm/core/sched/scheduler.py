@@ -1,0 +1,331 @@
+"""Scheduler: one token budget per step over running and waiting requests (vLLM v1 style).
+
+There are no prefill or decode phases: each request has num_computed_tokens catching up with
+num_tokens, and each step hands out up to max_num_batched_tokens tokens, running requests first
+(a decode takes 1, an unfinished prefill a chunk), then waiting ones (new or preempted). Mixed
+prefill+decode batches, chunked prefill, prefix hits and recompute-preemption all fall out of
+that one loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from pagedllm.config.cache import CacheConfig
+from pagedllm.config.scheduler import SchedulerConfig
+from pagedllm.core.block_hash import make_block_hasher
+from pagedllm.core.kv_cache_manager import KVCacheManager
+from pagedllm.core.sched.output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
+from pagedllm.core.sched.queue import create_request_queue
+from pagedllm.core.sched.step import StepBuilder
+from pagedllm.core.sched.stop import check_stop
+from pagedllm.engine.messages import EngineCoreOutput, EngineCoreOutputs
+from pagedllm.metrics.stats import SchedulerStats
+from pagedllm.request import BlockHasher, Request, RequestStatus
+
+
+class Scheduler:
+    """Decides, each step, which tokens of which requests the model runner computes.
+
+    State:
+    - requests: every unfinished request by id (waiting, preempted or running).
+    - waiting: queue of requests not holding blocks (new, or preempted: status PREEMPTED).
+    - running: requests holding blocks, in admission order (the last is preempted first
+      under fcfs).
+    - finished_req_ids: requests finished, aborted or preempted since the last schedule(); sent
+      to the runner in the next SchedulerOutput so it drops their state.
+    - block_hasher: the BlockHasher Requests must be built with for prefix caching (None when
+      prefix caching is off).
+    """
+
+    def __init__(
+        self,
+        scheduler_config: SchedulerConfig,
+        cache_config: CacheConfig,
+        num_blocks: int,
+        max_model_len: int,
+        block_hasher: BlockHasher | None = None,
+    ) -> None:
+        _check_capacity(scheduler_config, cache_config, num_blocks, max_model_len)
+        self.scheduler_config = scheduler_config
+        self.max_model_len = max_model_len
+        caching = cache_config.enable_prefix_caching
+        self.kv_cache_manager = KVCacheManager(
+            num_blocks, cache_config.block_size, caching, max_model_len
+        )
+        if block_hasher is None and caching:
+            block_hasher = make_block_hasher(cache_config.block_size)
+        self.block_hasher = block_hasher if caching else None
+        self.requests: dict[str, Request] = {}
+        self.waiting = create_request_queue(scheduler_config.policy)
+        self.running: list[Request] = []
+        self.finished_req_ids: set[str] = set()
+        self._num_preemptions = 0
+        """Preemptions since the last stats record."""
+
+    # ---- request lifecycle ------------------------------------------------------------------
+
+    def add_request(self, request: Request) -> None:
+        assert request.num_prompt_tokens <= self.max_model_len, "engine must reject long prompts"
+        assert request.request_id not in self.requests, f"duplicate {request.request_id!r}"
+        self.requests[request.request_id] = request
+        self.waiting.add(request)
+
+    def finish_requests(self, req_ids: str | Iterable[str], finished_status: RequestStatus) -> None:
+        """Finish requests from outside (abort, stop string): free blocks, drop from queues."""
+        assert RequestStatus.is_finished(finished_status)
+        for req_id in [req_ids] if isinstance(req_ids, str) else req_ids:
+            request = self.requests.get(req_id)
+            if request is None:
+                continue
+            if request.status == RequestStatus.RUNNING:
+                self.running.remove(request)
+            else:
+                self.waiting.remove(request)
+            request.status = finished_status
+            self._free_request(request)
+
+    def _free_request(self, request: Request) -> None:
+        self.kv_cache_manager.free(request)
+        self.finished_req_ids.add(request.request_id)
+        del self.requests[request.request_id]
+
+    def get_request(self, req_id: str) -> Request | None:
+        return self.requests.get(req_id)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self.running) + len(self.waiting)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.get_num_unfinished_requests() > 0
+
+    def has_finished_requests(self) -> bool:
+        """Finished ids the runner has not been told about yet (a schedule() would send them)."""
+        return bool(self.finished_req_ids)
+
+    def reset_prefix_cache(self) -> bool:
+        return self.kv_cache_manager.reset_prefix_cache()
+
+    # ---- schedule -----------------------------------------------------------------------------
+
+    def schedule(self) -> SchedulerOutput:
+        """Pick this step's tokens. request.num_computed_tokens is advanced by the scheduled
+        counts at the end, so the output carries each request's start position."""
+        step = StepBuilder(token_budget=self.scheduler_config.max_num_batched_tokens)
+        self._schedule_running(step)
+        if not step.preempted:
+            self._schedule_waiting(step)
+        self._num_preemptions += len(step.preempted)
+        output = step.build(self.finished_req_ids)
+        self.finished_req_ids = set()
+        for req_id, num_tokens in output.num_scheduled_tokens.items():
+            self.requests[req_id].num_computed_tokens += num_tokens
+        return output
+
+    def _schedule_running(self, step: StepBuilder) -> None:
+        for request in list(self.running):
+            if step.token_budget == 0:
+                return
+            if request.status != RequestStatus.RUNNING:
+                continue  # preempted earlier in this loop
+            remaining = request.num_tokens - request.num_computed_tokens
+            num_new = self._chunk_size(remaining, step.token_budget)
+            if num_new == 0:
+                continue
+            new_block_ids = self._allocate_or_preempt(request, num_new, step)
+            if new_block_ids is None:
+                return  # the request itself was preempted
+            step.add_cached(request, num_new, new_block_ids)
+
+    def _schedule_waiting(self, step: StepBuilder) -> None:
+        max_num_seqs = self.scheduler_config.max_num_seqs
+        while self.waiting and step.token_budget > 0 and len(self.running) < max_num_seqs:
+            if not self._admit(self.waiting.peek(), step):
+                return
+
+    def _chunk_size(self, num_remaining: int, budget: int) -> int:
+        """Tokens to schedule for a request with num_remaining uncomputed tokens (0: none).
+
+        NOTE: no max_model_len cap is needed: num_tokens <= max_model_len always holds (prompts
+        are checked on add, check_stop ends a request when it reaches max_model_len).
+        """
+        config = self.scheduler_config
+        if not config.enable_chunked_prefill:
+            return num_remaining if num_remaining <= budget else 0
+        threshold = config.long_prefill_token_threshold
+        if threshold is not None and threshold > 0:
+            num_remaining = min(num_remaining, threshold)
+        return min(num_remaining, budget)
+
+    def _allocate_or_preempt(
+        self, request: Request, num_new: int, step: StepBuilder
+    ) -> list[int] | None:
+        """Allocate slots for a running request, preempting others until it fits.
+        None if the request had to preempt itself."""
+        while True:
+            new_block_ids = self.kv_cache_manager.allocate_slots(request, num_new)
+            if new_block_ids is not None:
+                return new_block_ids
+            victim = self._pick_victim()
+            self._preempt(victim, step)
+            if victim is request:
+                return None
+
+    def _pick_victim(self) -> Request:
+        if self.scheduler_config.policy == "priority":
+            return max(self.running, key=lambda r: (r.priority, r.arrival_time))
+        return self.running[-1]
+
+    def _preempt(self, request: Request, step: StepBuilder) -> None:
+        """Recompute-preemption: drop the request's blocks and requeue it at the front."""
+        self.running.remove(request)
+        step.unschedule(request.request_id)
+        step.preempted.append(request)
+        self.kv_cache_manager.free(request)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self.waiting.prepend(request)
+        self.finished_req_ids.add(request.request_id)
+
+    def _admit(self, request: Request, step: StepBuilder) -> bool:
+        """Try to schedule the head waiting request (new or resumed); never preempts."""
+        assert request.num_computed_tokens == 0
+        kvm = self.kv_cache_manager
+        hit_blocks, num_hit_tokens = kvm.get_computed_blocks(request)
+        num_new = self._chunk_size(request.num_tokens - num_hit_tokens, step.token_budget)
+        if num_new == 0:
+            return False
+        if kvm.allocate_slots(request, num_new, num_hit_tokens, hit_blocks) is None:
+            return False
+        self.waiting.pop()
+        request.status = RequestStatus.RUNNING
+        request.num_computed_tokens = num_hit_tokens
+        if request.num_cached_tokens is None:
+            request.num_cached_tokens = num_hit_tokens
+        self.running.append(request)
+        step.add_new(request, num_new, kvm.get_block_ids(request.request_id))
+        return True
+
+    # ---- update -------------------------------------------------------------------------------
+
+    def update_from_output(
+        self, scheduler_output: SchedulerOutput, runner_output: ModelRunnerOutput
+    ) -> EngineCoreOutputs:
+        """Append sampled tokens, apply stop rules, free finished requests."""
+        num_prompt_tokens = self._count_prompt_tokens(scheduler_output)
+        outputs: list[EngineCoreOutput] = []
+        num_generated = 0
+        for req_id in scheduler_output.num_scheduled_tokens:
+            request = self.requests.get(req_id)
+            if request is None or request.status != RequestStatus.RUNNING:
+                continue  # finished from outside while the step ran
+            sampled = runner_output.sampled_token_ids.get(req_id)
+            new_token_ids = self._append_tokens(request, sampled)
+            num_generated += len(new_token_ids)
+            output = _make_output(request, new_token_ids, runner_output)
+            if output is not None:
+                outputs.append(output)
+            if request.is_finished():
+                self._free_request(request)
+        self.running = [r for r in self.running if not r.is_finished()]
+        stats = self._make_stats(num_prompt_tokens, num_generated)
+        return EngineCoreOutputs(outputs=outputs, scheduler_stats=stats)
+
+    def _append_tokens(self, request: Request, token_ids: list[int] | None) -> list[int]:
+        """Append tokens one by one; stop at the first that finishes the request."""
+        kept: list[int] = []
+        for token_id in token_ids or []:
+            request.append_output_token_ids(token_id)
+            kept.append(token_id)
+            if check_stop(request, self.max_model_len):
+                break
+        return kept
+
+    def _count_prompt_tokens(self, scheduler_output: SchedulerOutput) -> int:
+        """Prompt tokens computed by the step (prefix hits are not scheduled, so not counted)."""
+        starts = {d.req_id: d.num_computed_tokens for d in scheduler_output.scheduled_new_reqs}
+        cached = scheduler_output.scheduled_cached_reqs
+        starts.update(zip(cached.req_ids, cached.num_computed_tokens))
+        total = 0
+        for req_id, num_tokens in scheduler_output.num_scheduled_tokens.items():
+            request = self.requests.get(req_id)
+            if request is not None:
+                end = min(starts[req_id] + num_tokens, request.num_prompt_tokens)
+                total += max(0, end - starts[req_id])
+        return total
+
+    def _make_stats(self, num_prompt_tokens: int, num_generated: int) -> SchedulerStats:
+        kvm = self.kv_cache_manager
+        stats = SchedulerStats(
+            num_running_reqs=len(self.running),
+            num_waiting_reqs=len(self.waiting),
+            kv_cache_usage=kvm.usage,
+            num_free_blocks=kvm.num_free_blocks,
+            num_total_blocks=kvm.num_blocks,
+            prefix_cache_stats=kvm.make_prefix_cache_stats(),
+            num_preemptions=self._num_preemptions,
+            num_prompt_tokens=num_prompt_tokens,
+            num_generation_tokens=num_generated,
+        )
+        self._num_preemptions = 0
+        return stats
+
+
+def _make_output(
+    request: Request, new_token_ids: list[int], runner_output: ModelRunnerOutput
+) -> EngineCoreOutput | None:
+    """The request's output for this step, or None if there is nothing to report."""
+    logprobs = _trim(runner_output.logprobs.get(request.request_id), len(new_token_ids))
+    prompt_logprobs = runner_output.prompt_logprobs.get(request.request_id)
+    finish_reason = request.get_finish_reason()
+    if not new_token_ids and prompt_logprobs is None and finish_reason is None:
+        return None
+    return EngineCoreOutput(
+        request_id=request.request_id,
+        new_token_ids=new_token_ids,
+        new_logprobs=logprobs,
+        new_prompt_logprobs=prompt_logprobs,
+        finish_reason=finish_reason,
+        stop_reason=request.stop_reason,
+        num_cached_tokens=request.num_cached_tokens or 0,
+    )
+
+
+def _trim(logprobs: LogprobsLists | None, num_rows: int) -> LogprobsLists | None:
+    """Drop logprob rows of tokens discarded after a stop."""
+    if logprobs is None or len(logprobs.ranks) <= num_rows:
+        return logprobs
+    return LogprobsLists(
+        logprobs.token_ids[:num_rows], logprobs.logprobs[:num_rows], logprobs.ranks[:num_rows]
+    )
+
+
+def _check_capacity(
+    scheduler_config: SchedulerConfig,
+    cache_config: CacheConfig,
+    num_blocks: int,
+    max_model_len: int,
+) -> None:
+    """Configurations under which some admissible request could never be scheduled."""
+    capacity = num_blocks * cache_config.block_size
+    if capacity < max_model_len:
+        raise ValueError(
+            f"KV cache holds {capacity} tokens ({num_blocks} blocks of "
+            f"{cache_config.block_size}), less than max_model_len={max_model_len}: "
+            "raise the KV cache memory or lower max_model_len"
+        )
+    batched = scheduler_config.max_num_batched_tokens
+    if not scheduler_config.enable_chunked_prefill and batched < max_model_len:
+        raise ValueError(
+            f"max_num_batched_tokens ({batched}) must be >= max_model_len ({max_model_len}) "
+            "when chunked prefill is disabled"
+        )
