@@ -11,7 +11,7 @@ from pagedllm.engine.messages import EngineCoreOutput
 from pagedllm.outputs import CompletionOutput, Logprob, PromptLogprobs, RequestOutput
 from pagedllm.request import FinishReason
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
-from pagedllm.tokenizer.detokenizer import IncrementalDetokenizer
+from pagedllm.tokenizer.detokenizer import IncrementalDetokenizer, decode_tokens
 from pagedllm.tokenizer.stop import StopStringChecker
 
 
@@ -33,8 +33,9 @@ class RequestState:
     """One sample being generated (a request with n == 1, or one child of a parent)."""
 
     def __init__(self, request_id: str, parent: ParentRequest, index: int,
-                 params: SamplingParams, tokenizer: Any) -> None:
+                 params: SamplingParams, tokenizer: Any, decode_cache: dict[int, str]) -> None:
         self.request_id = request_id
+        self.decode_cache = decode_cache
         self.parent = parent
         self.index = index
         self.params = params
@@ -67,6 +68,8 @@ class RequestState:
         if self.detokenizer is None or not out.new_token_ids:
             return False
         delta = self.detokenizer.update(out.new_token_ids)
+        if self.finish_reason is not None:
+            delta += self.detokenizer.flush()  # release a held-back incomplete character
         self.text = self.detokenizer.output_text
         if not self.params.stop or self.finish_reason == FinishReason.ABORT:
             return False
@@ -80,7 +83,8 @@ class RequestState:
 
     def _append_logprobs(self, lists: LogprobsLists) -> None:
         for ids, lps, rank in zip(lists.token_ids, lists.logprobs, lists.ranks):
-            self.logprobs.append(_logprob_dict(ids, lps, rank, self.tokenizer))  # type: ignore[union-attr]
+            entry = _logprob_dict(ids, lps, rank, self.tokenizer, self.decode_cache)
+            self.logprobs.append(entry)  # type: ignore[union-attr]
             self.cumulative_logprob += lps[0]  # type: ignore[operator]
 
     @property
@@ -111,13 +115,16 @@ class RequestState:
         )
 
 
-def _logprob_dict(ids: list[int], lps: list[float], rank: int, tokenizer: Any) -> dict[int, Logprob]:
+def _logprob_dict(ids: list[int], lps: list[float], rank: int, tokenizer: Any,
+                  decode_cache: dict[int, str]) -> dict[int, Logprob]:
+    """Row of LogprobsLists -> {token id: Logprob}; the chosen token first, then the top-k."""
+    texts: list[str | None] = [None] * len(ids)
+    if tokenizer is not None:
+        texts = list(decode_tokens(tokenizer, ids, decode_cache))
     entry: dict[int, Logprob] = {}
     for j, (token_id, logprob) in enumerate(zip(ids, lps)):
-        if token_id in entry:
-            continue
-        decoded = tokenizer.decode([token_id]) if tokenizer is not None else None
-        entry[token_id] = Logprob(logprob, rank if j == 0 else j, decoded)
+        if token_id not in entry:
+            entry[token_id] = Logprob(logprob, rank if j == 0 else j, texts[j])
     return entry
 
 
@@ -132,10 +139,14 @@ class OutputProcessor:
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
         self.states: dict[str, RequestState] = {}
+        self.decode_cache: dict[int, str] = {}
+        """Text of single token ids (for logprobs), shared by all requests."""
 
     def add_request(self, request_id: str, parent: ParentRequest, index: int,
                     params: SamplingParams) -> None:
-        self.states[request_id] = RequestState(request_id, parent, index, params, self.tokenizer)
+        self.states[request_id] = RequestState(
+            request_id, parent, index, params, self.tokenizer, self.decode_cache
+        )
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.states)
@@ -171,7 +182,9 @@ class OutputProcessor:
         skip = len(parent.prompt_logprobs) - 1 - lists.start_position
         rows = zip(lists.token_ids, lists.logprobs, lists.ranks)
         for ids, lps, rank in list(rows)[max(skip, 0):]:
-            parent.prompt_logprobs.append(_logprob_dict(ids, lps, rank, self.tokenizer))
+            parent.prompt_logprobs.append(
+                _logprob_dict(ids, lps, rank, self.tokenizer, self.decode_cache)
+            )
 
     def _make_request_output(self, state: RequestState) -> RequestOutput | None:
         parent = state.parent

@@ -1,4 +1,4 @@
-from core_helpers import make_request
+from tests.core.core_helpers import make_request
 
 from pagedllm.core.block_hash import (
     hash_block_tokens,

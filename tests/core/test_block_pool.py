@@ -1,5 +1,5 @@
 import pytest
-from core_helpers import make_request
+from tests.core.core_helpers import make_request
 
 from pagedllm.core.block_pool import BlockPool, FreeBlockQueue, KVCacheBlock
 

@@ -1,4 +1,4 @@
-from core_helpers import make_request
+from tests.core.core_helpers import make_request
 
 from pagedllm.core.kv_cache_manager import KVCacheManager
 from pagedllm.request import Request

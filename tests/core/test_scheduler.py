@@ -2,7 +2,7 @@ import subprocess
 import sys
 
 import pytest
-from core_helpers import FakeRunner, make_request, make_scheduler, run_to_completion, step
+from tests.core.core_helpers import FakeRunner, make_request, make_scheduler, run_to_completion, step
 
 from pagedllm.config.cache import CacheConfig
 from pagedllm.config.scheduler import SchedulerConfig

@@ -4,7 +4,7 @@ import random
 from collections import Counter
 
 import pytest
-from core_helpers import FakeRunner, make_request, make_scheduler, step
+from tests.core.core_helpers import FakeRunner, make_request, make_scheduler, step
 
 from pagedllm.core.sched.scheduler import Scheduler
 from pagedllm.request import RequestStatus

@@ -1,4 +1,4 @@
-from core_helpers import make_request
+from tests.core.core_helpers import make_request
 
 from pagedllm.core.sched.stop import check_stop
 from pagedllm.request import Request, RequestStatus

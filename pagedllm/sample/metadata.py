@@ -1,0 +1,173 @@
+"""SamplingMetadata: the per-row sampling parameters of one step as batched tensors.
+
+Built once per step from one SamplingRow per request that samples this step (row i of the
+logits); the sampler never looks at SamplingParams. Transforms nobody in the batch uses are
+None, so the sampler skips them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from pagedllm.sample.ops.logit_bias import SparseRowTokens
+from pagedllm.sample.ops.penalties import PenaltyTensors, token_counts
+from pagedllm.sampling_params import SamplingParams
+
+
+@dataclass
+class SamplingRow:
+    """One request's row of the step's logits."""
+
+    params: SamplingParams
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]
+    """Tokens generated so far (not including the one being sampled now)."""
+    generator: torch.Generator | None = None
+    """The request's own generator when it has a seed (persisted by the runner across steps)."""
+
+
+@dataclass
+class SamplingMetadata:
+    temperature: torch.Tensor  # [B] float32; 1.0 on greedy rows (never divides by 0)
+    is_greedy: torch.Tensor  # [B] bool
+    all_greedy: bool
+    all_random: bool
+    top_k: torch.Tensor | None  # [B] long in [1, V]; V where off; None if no row uses it
+    top_p: torch.Tensor | None  # [B] float32; 1.0 where off
+    min_p: torch.Tensor | None  # [B] float32; 0.0 where off
+    generators: dict[int, torch.Generator]
+    """Row -> generator, for random (non-greedy) rows with a seed."""
+    penalties: PenaltyTensors | None
+    logit_bias: SparseRowTokens | None
+    min_tokens_blocked: SparseRowTokens | None
+    """(row, token) pairs masked to -inf: EOS and stop_token_ids of rows below min_tokens."""
+    num_logprobs: list[int | None]
+    """Per row: how many top logprobs it wants (None: no logprobs)."""
+    max_num_logprobs: int | None
+    """Largest of num_logprobs, None if no row wants logprobs."""
+
+    @property
+    def no_penalties(self) -> bool:
+        return self.penalties is None
+
+    @classmethod
+    def build(
+        cls,
+        rows: Sequence[SamplingRow],
+        vocab_size: int,
+        device: torch.device | str,
+        eos_token_ids: tuple[int, ...] = (),
+    ) -> SamplingMetadata:
+        params = [row.params for row in rows]
+        greedy = [p.is_greedy for p in params]
+        requested = [p.logprobs for p in params if p.logprobs is not None]
+        return cls(
+            temperature=torch.tensor(
+                [1.0 if g else p.temperature for p, g in zip(params, greedy)], device=device
+            ),
+            is_greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
+            all_greedy=all(greedy),
+            all_random=bool(rows) and not any(greedy),
+            top_k=_top_k(params, vocab_size, device),
+            top_p=_floats([p.top_p for p in params], device, unless_all=1.0),
+            min_p=_floats([p.min_p for p in params], device, unless_all=0.0),
+            generators={
+                i: row.generator
+                for i, (row, g) in enumerate(zip(rows, greedy))
+                if row.generator is not None and not g
+            },
+            penalties=_penalties(rows, vocab_size, device),
+            logit_bias=_logit_bias(params, vocab_size, device),
+            min_tokens_blocked=_min_tokens_blocked(rows, eos_token_ids, vocab_size, device),
+            num_logprobs=[p.logprobs for p in params],
+            max_num_logprobs=max(requested) if requested else None,
+        )
+
+
+def _floats(
+    values: list[float], device: torch.device | str, unless_all: float
+) -> torch.Tensor | None:
+    """[B] float32, or None when every value equals unless_all (the transform is off)."""
+    if all(v == unless_all for v in values):
+        return None
+    return torch.tensor(values, dtype=torch.float32, device=device)
+
+
+def _top_k(
+    params: list[SamplingParams], vocab_size: int, device: torch.device | str
+) -> torch.Tensor | None:
+    ks = [vocab_size if p.top_k is None else min(p.top_k, vocab_size) for p in params]
+    if all(k == vocab_size for k in ks):
+        return None
+    return torch.tensor(ks, dtype=torch.long, device=device)
+
+
+def _penalties(
+    rows: Sequence[SamplingRow], vocab_size: int, device: torch.device | str
+) -> PenaltyTensors | None:
+    params = [row.params for row in rows]
+    active = [
+        p.presence_penalty != 0.0 or p.frequency_penalty != 0.0 or p.repetition_penalty != 1.0
+        for p in params
+    ]
+    if not any(active):
+        return None
+    # NOTE: only rows with a penalty contribute tokens; the others' zero counts are unused.
+    prompts = [row.prompt_token_ids if a else [] for row, a in zip(rows, active)]
+    outputs = [row.output_token_ids if a else [] for row, a in zip(rows, active)]
+    return PenaltyTensors(
+        presence=torch.tensor([p.presence_penalty for p in params], device=device),
+        frequency=torch.tensor([p.frequency_penalty for p in params], device=device),
+        repetition=torch.tensor([p.repetition_penalty for p in params], device=device),
+        prompt_mask=token_counts(prompts, vocab_size, device) > 0,
+        output_counts=token_counts(outputs, vocab_size, device),
+    )
+
+
+def _logit_bias(
+    params: list[SamplingParams], vocab_size: int, device: torch.device | str
+) -> SparseRowTokens | None:
+    entries = [
+        (i, token, bias)
+        for i, p in enumerate(params)
+        for token, bias in (p.logit_bias or {}).items()
+    ]
+    if not entries:
+        return None
+    bad = sorted({token for _, token, _ in entries if not 0 <= token < vocab_size})
+    if bad:
+        raise ValueError(f"logit_bias token ids {bad} are outside the vocabulary [0, {vocab_size})")
+    rows, tokens, values = zip(*entries)
+    return SparseRowTokens(
+        rows=torch.tensor(rows, dtype=torch.long, device=device),
+        tokens=torch.tensor(tokens, dtype=torch.long, device=device),
+        values=torch.tensor(values, dtype=torch.float32, device=device),
+    )
+
+
+def _min_tokens_blocked(
+    rows: Sequence[SamplingRow],
+    eos_token_ids: tuple[int, ...],
+    vocab_size: int,
+    device: torch.device | str,
+) -> SparseRowTokens | None:
+    pairs: list[tuple[int, int]] = []
+    for i, row in enumerate(rows):
+        p = row.params
+        if len(row.output_token_ids) >= p.min_tokens:
+            continue
+        stops = set(p.stop_token_ids or ())
+        if not p.ignore_eos:
+            stops.update(eos_token_ids)
+        # An id outside the logits can never be sampled: nothing to block.
+        pairs.extend((i, t) for t in sorted(stops) if 0 <= t < vocab_size)
+    if not pairs:
+        return None
+    rows_, tokens = zip(*pairs)
+    return SparseRowTokens(
+        rows=torch.tensor(rows_, dtype=torch.long, device=device),
+        tokens=torch.tensor(tokens, dtype=torch.long, device=device),
+    )
