@@ -15,11 +15,11 @@ from pagedllm.core.sched.scheduler import Scheduler
 from pagedllm.engine.messages import EngineCoreOutputs, EngineCoreRequest
 from pagedllm.logger import init_logger
 from pagedllm.model_executor.layers.attention import attention_layers
-from pagedllm.model_executor.model_loader import get_model
+from pagedllm.model_executor.model_loader import estimate_weight_bytes, get_model
 from pagedllm.platforms import configure_threads
 from pagedllm.request import Request, RequestStatus
 from pagedllm.utils.memory import format_bytes
-from pagedllm.worker.kv_cache_alloc import allocate_kv_caches, plan_kv_cache
+from pagedllm.worker.kv_cache_alloc import allocate_kv_caches, available_memory, plan_kv_cache
 from pagedllm.worker.model_runner import ModelRunner
 
 logger = init_logger(__name__)
@@ -31,6 +31,7 @@ class EngineCore:
         configure_threads(config.device)
         torch.manual_seed(config.model.seed)
         device = torch.device(config.device.device)
+        _check_weights_fit(config, device)
         model = get_model(config.model, device)
         backend = get_attn_backend(config.device.attention_backend, device.type)
         layout = plan_kv_cache(config.model, config.cache, device)
@@ -86,3 +87,15 @@ class EngineCore:
         runner_output = self.model_runner.execute_model(scheduler_output)
         self.last_execute_seconds = time.perf_counter() - start
         return self.scheduler.update_from_output(scheduler_output, runner_output)
+
+
+def _check_weights_fit(config: EngineConfig, device: torch.device) -> None:
+    """Fail at start-up with a clear message rather than being killed mid-load."""
+    needed = estimate_weight_bytes(config.model)
+    available = available_memory(device)
+    if needed > 0.9 * available:
+        raise ValueError(
+            f"{config.model.model} needs about {format_bytes(needed)} for its weights in "
+            f"{config.model.dtype}, but only {format_bytes(available)} is available on {device}; "
+            f"use a smaller model or dtype"
+        )

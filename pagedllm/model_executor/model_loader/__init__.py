@@ -73,3 +73,31 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         yield
     finally:
         torch.set_default_dtype(previous)
+
+
+def estimate_weight_bytes(model_config: ModelConfig) -> int:
+    """Bytes the weights take once loaded in model_config.dtype (read from checkpoint headers,
+    without loading any tensor)."""
+    elem = torch.tensor([], dtype=getattr(torch, model_config.dtype)).element_size()
+    if model_config.format == "gguf":
+        from pagedllm.model_executor.model_loader.gguf import open_gguf
+
+        reader = open_gguf(model_config.path)
+        return elem * sum(int(t.n_elements) for t in reader.tensors)
+    from safetensors import safe_open
+
+    from pagedllm.model_executor.model_loader.hf import checkpoint_files
+
+    total = 0
+    for path in checkpoint_files(model_config.path):
+        if not path.endswith(".safetensors"):
+            import os
+
+            return os.path.getsize(path)  # .bin: its size is the best cheap estimate
+        with safe_open(path, framework="pt") as f:
+            for key in f.keys():
+                numel = 1
+                for dim in f.get_slice(key).get_shape():
+                    numel *= dim
+                total += numel
+    return total * elem
