@@ -45,6 +45,7 @@ class EngineCore:
             "on" if config.cache.enable_prefix_caching else "off",
         )
         self.num_blocks = layout.num_blocks
+        self.kv_cache_bytes = layout.total_bytes
         self.model_runner = ModelRunner(
             model, kv_caches, backend, layout.block_size, config.model.vocab_size,
             config.model.eos_token_ids, device,

@@ -1,12 +1,20 @@
-"""Clients of the engine core, one interface: in-process (offline, tests) now; the server's
-multi-process client implements the same methods."""
+"""Clients of the engine core, one interface: InprocClient runs it in the caller's process (offline,
+tests); MPClient runs it in its own process (the server)."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import time
 from abc import ABC, abstractmethod
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
 
 from pagedllm.config import EngineConfig
 from pagedllm.engine.messages import EngineCoreOutputs, EngineCoreRequest
+
+if TYPE_CHECKING:
+    from pagedllm.engine.arg_utils import EngineArgs
 
 
 class EngineCoreClient(ABC):
@@ -49,3 +57,171 @@ class InprocClient(EngineCoreClient):
     @property
     def num_kv_blocks(self) -> int:
         return self.engine_core.num_blocks
+
+
+class EngineDeadError(RuntimeError):
+    """The engine-core process stopped; no request can make progress."""
+
+
+class EngineStartupFailed(RuntimeError):
+    """The engine-core process could not start (model not found, KV cache too small, ...)."""
+
+
+class MPClient(EngineCoreClient):
+    """Runs the engine core in a spawned process (see core_proc.py for the protocol).
+
+    Sending never blocks (a multiprocessing Queue with its feeder thread); get_output() blocks until
+    the core publishes its next EngineCoreOutputs, so one thread of the caller should own it. The
+    constructor blocks until the model is loaded and raises EngineStartupFailed with the child's
+    message if it is not.
+    """
+
+    def __init__(self, engine_args: EngineArgs, startup_timeout: float | None = None,
+                 wait_ready: bool = True) -> None:
+        import multiprocessing
+
+        from pagedllm.engine.core_proc import run_engine_core
+
+        ctx = multiprocessing.get_context("spawn")
+        self._input_queue = ctx.Queue()
+        self._output_conn, child_conn = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(
+            target=run_engine_core, args=(engine_args, self._input_queue, child_conn),
+            name="EngineCore", daemon=True,
+        )
+        self._proc.start()
+        child_conn.close()  # so recv() sees EOF when the child exits
+        self._closing = False
+        self._call_ids = itertools.count()
+        self._pending_calls: dict[int, Future] = {}
+        self.config: EngineConfig | None = None
+        self.num_kv_blocks: int | None = None
+        self.kv_cache_bytes: int | None = None
+        if wait_ready:
+            self.wait_ready(startup_timeout)
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until the core has loaded the model; EngineStartupFailed (the process is then
+        stopped) if it cannot. Safe to call from a thread while another calls shutdown()."""
+        try:
+            ready = self._wait_ready(timeout)
+        except BaseException:
+            self.shutdown(timeout=0.0)
+            raise
+        self.config = ready.config
+        self.num_kv_blocks = ready.num_kv_blocks
+        self.kv_cache_bytes = ready.kv_cache_bytes
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    def is_alive(self) -> bool:
+        return self._proc.is_alive()
+
+    def _wait_ready(self, timeout: float | None) -> Any:
+        from pagedllm.engine.core_proc import EngineReady, EngineStartupError
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._output_conn.poll(0.1):
+            if self._closing:
+                raise EngineStartupFailed("engine start-up cancelled (shutting down)")
+            if not self._proc.is_alive() and not self._output_conn.poll(0):
+                raise EngineStartupFailed(
+                    f"engine core process exited during start-up (exit code {self._proc.exitcode})"
+                )
+            if deadline is not None and time.monotonic() > deadline:
+                raise EngineStartupFailed(f"engine core did not start within {timeout:.0f} s")
+        try:
+            message = self._output_conn.recv()
+        except (EOFError, OSError) as e:
+            raise EngineStartupFailed(
+                f"engine core process exited during start-up (exit code {self._proc.exitcode})"
+            ) from e
+        if isinstance(message, EngineStartupError):
+            raise EngineStartupFailed(message.message)
+        assert isinstance(message, EngineReady), f"unexpected first message {message!r}"
+        return message
+
+    def _send(self, kind: Any, payload: Any) -> None:
+        if self._closing:
+            return
+        self._input_queue.put((kind, payload))
+
+    def add_request(self, request: EngineCoreRequest) -> None:
+        from pagedllm.engine.core_proc import EngineCoreRequestType
+
+        self._send(EngineCoreRequestType.ADD, request)
+
+    def abort_requests(self, request_ids: list[str]) -> None:
+        from pagedllm.engine.core_proc import EngineCoreRequestType
+
+        if request_ids:
+            self._send(EngineCoreRequestType.ABORT, list(request_ids))
+
+    def finish_requests_stopped(self, request_ids: list[str]) -> None:
+        from pagedllm.engine.core_proc import EngineCoreRequestType
+
+        if request_ids:
+            self._send(EngineCoreRequestType.FINISH_STOPPED, list(request_ids))
+
+    def call_utility(self, method: str, *args: Any) -> Future:
+        """Call EngineCoreProc.<method>(*args) in the engine process; resolved by get_output()'s
+        reader, so it needs someone consuming outputs."""
+        from pagedllm.engine.core_proc import EngineCoreRequestType
+
+        future: Future = Future()
+        call_id = next(self._call_ids)
+        self._pending_calls[call_id] = future
+        self._send(EngineCoreRequestType.UTILITY, (call_id, method, args))
+        return future
+
+    def get_output(self) -> EngineCoreOutputs:
+        from pagedllm.engine.core_proc import UtilityOutput
+
+        while True:
+            try:
+                message = self._output_conn.recv()
+            except (EOFError, OSError) as e:
+                self._fail_pending_calls()
+                raise EngineDeadError(
+                    f"engine core process died (exit code {self._proc.exitcode})"
+                ) from e
+            if isinstance(message, UtilityOutput):
+                self._resolve_call(message)
+                continue
+            return message
+
+    def _resolve_call(self, message: Any) -> None:
+        future = self._pending_calls.pop(message.call_id, None)
+        if future is None:
+            return
+        if message.error is not None:
+            future.set_exception(RuntimeError(message.error))
+        else:
+            future.set_result(message.result)
+
+    def _fail_pending_calls(self) -> None:
+        for future in self._pending_calls.values():
+            future.set_exception(EngineDeadError("engine core process died"))
+        self._pending_calls.clear()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Ask the core to stop, then terminate (and finally kill) it if it does not."""
+        from pagedllm.engine.core_proc import EngineCoreRequestType
+
+        if self._closing:
+            return
+        with contextlib.suppress(Exception):
+            self._input_queue.put((EngineCoreRequestType.SHUTDOWN, None))
+        self._closing = True
+        if timeout > 0:
+            self._proc.join(timeout)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(2.0)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(2.0)
+        self._input_queue.cancel_join_thread()
+        self._input_queue.close()

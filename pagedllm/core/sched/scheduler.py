@@ -237,7 +237,7 @@ class Scheduler:
             if request.is_finished():
                 self._free_request(request)
         self.running = [r for r in self.running if not r.is_finished()]
-        stats = self._make_stats(num_prompt_tokens, num_generated)
+        stats = self.make_stats(num_prompt_tokens, num_generated)
         return EngineCoreOutputs(outputs=outputs, scheduler_stats=stats)
 
     def _append_tokens(self, request: Request, token_ids: list[int] | None) -> list[int]:
@@ -263,7 +263,7 @@ class Scheduler:
                 total += max(0, end - starts[req_id])
         return total
 
-    def _make_stats(self, num_prompt_tokens: int, num_generated: int) -> SchedulerStats:
+    def make_stats(self, num_prompt_tokens: int = 0, num_generated: int = 0) -> SchedulerStats:
         kvm = self.kv_cache_manager
         stats = SchedulerStats(
             num_running_reqs=len(self.running),

@@ -13,8 +13,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pagedllm", description="pagedllm: paged-KV-cache LLM inference and serving")
     parser.add_argument("--version", action="version", version=f"pagedllm {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    from pagedllm.entrypoints.cli import generate
+    from pagedllm.entrypoints.cli import chat, complete, generate, serve
 
+    serve.register(subparsers)
+    chat.register(subparsers)
+    complete.register(subparsers)
     generate.register(subparsers)
     return parser
 

@@ -1,0 +1,75 @@
+"""`pagedllm serve`: the OpenAI-compatible HTTP server (vLLM's `vllm serve`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from pagedllm.entrypoints.cli.engine_flags import add_engine_args, engine_args_from
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="serve a model over an OpenAI-compatible HTTP API",
+        description="Start an OpenAI-compatible server (/v1/completions, /v1/chat/completions, "
+                    "/v1/models, /tokenize, /detokenize, /health, /version, /metrics). The "
+                    "engine runs in its own process; /health answers 503 until the model is "
+                    "loaded.")
+    parser.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                        help=f"HF directory, .gguf file or model name (default: {DEFAULT_MODEL})")
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    server.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    server.add_argument("--served-model-name", nargs="+", default=None,
+                        help="name(s) clients use in `model` (default: the model argument); the "
+                             "first is reported in responses")
+    server.add_argument("--api-key", default=None,
+                        help="require `Authorization: Bearer KEY` on /v1, /tokenize and "
+                             "/detokenize (default: $PAGEDLLM_API_KEY, else no key)")
+    server.add_argument("--allowed-origins", nargs="+", default=[],
+                        help="origins allowed by CORS, e.g. http://localhost:3000 or '*' "
+                             "(default: none, CORS off)")
+    server.add_argument("--chat-template", default=None,
+                        help="file with a jinja chat template to use instead of the model's")
+    server.add_argument("--max-request-body-bytes", type=int, default=16 * 1024 * 1024,
+                        help="larger request bodies get 413 (default 16 MiB)")
+    server.add_argument("--engine-startup-timeout", type=float, default=None,
+                        help="give up (exit 1) if the model is not loaded after this many "
+                             "seconds (default: wait)")
+    server.add_argument("--graceful-shutdown-timeout", type=float, default=10.0,
+                        help="on SIGTERM/SIGINT, seconds to let in-flight requests finish before "
+                             "aborting them (default 10)")
+    server.add_argument("--log-level", default="info",
+                        choices=["critical", "error", "warning", "info", "debug"],
+                        help="uvicorn's log level (default info)")
+    server.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    add_engine_args(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pagedllm import envs
+    from pagedllm.entrypoints.openai.api_server import build_app
+    from pagedllm.entrypoints.openai.launcher import serve_http
+    from pagedllm.entrypoints.openai.state import ServerSettings
+
+    chat_template = None
+    if args.chat_template:
+        try:
+            with open(args.chat_template, encoding="utf-8") as f:
+                chat_template = f.read()
+        except OSError as e:
+            raise SystemExit(f"pagedllm serve: cannot read --chat-template: {e}") from e
+    settings = ServerSettings(
+        engine_args=engine_args_from(args),
+        served_model_names=args.served_model_name or [args.model],
+        api_key=args.api_key or envs.api_key(),
+        allowed_origins=args.allowed_origins,
+        chat_template=chat_template,
+        max_request_body_bytes=args.max_request_body_bytes,
+        engine_startup_timeout=args.engine_startup_timeout,
+    )
+    app = build_app(settings)
+    return serve_http(app, args.host, args.port, args.log_level,
+                      args.graceful_shutdown_timeout, args.access_log)

@@ -1,0 +1,131 @@
+"""The OpenAI-compatible HTTP server: app factory, lifespan (engine start/stop) and routes that only
+parse, delegate to the serving_*.py objects and format (JSON or SSE)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
+
+from pagedllm.entrypoints.openai.errors import error_json, install_error_handlers
+from pagedllm.entrypoints.openai.middleware import (
+    AuthMiddleware,
+    BodySizeLimitMiddleware,
+    RequestIdMiddleware,
+)
+from pagedllm.entrypoints.openai.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+)
+from pagedllm.entrypoints.openai.state import ServerSettings, ServerState
+from pagedllm.entrypoints.openai.utils import with_cancellation
+from pagedllm.version import __version__
+
+router = APIRouter()
+
+
+def _state(raw_request: Request) -> ServerState:
+    return raw_request.app.state.server
+
+
+def _ready_state(raw_request: Request) -> ServerState:
+    state = _state(raw_request)
+    state.require_ready()
+    return state
+
+
+def _respond(result: Any) -> Response:
+    if isinstance(result, BaseModel):
+        return JSONResponse(result.model_dump())
+    if result is None:  # the client disconnected; nobody reads this
+        return Response(status_code=499)
+    return StreamingResponse(result, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/health")
+async def health(raw_request: Request) -> Response:
+    state = _state(raw_request)
+    if not state.ready or state.engine.errored:  # type: ignore[union-attr]
+        message = state.load_error or "the model is still loading"
+        return error_json(503, message, code="model_not_ready")
+    return Response(status_code=200)
+
+
+@router.get("/version")
+async def version() -> dict:
+    return {"version": __version__}
+
+
+@router.get("/metrics")
+async def metrics(raw_request: Request) -> Response:
+    body, content_type = _state(raw_request).metrics.render()
+    return Response(body, media_type=content_type)
+
+
+@router.get("/v1/models")
+async def list_models(raw_request: Request) -> Response:
+    return _respond(_ready_state(raw_request).models.show_available_models())  # type: ignore[union-attr]
+
+
+@router.post("/v1/completions")
+@with_cancellation
+async def create_completion(request: CompletionRequest, raw_request: Request) -> Response:
+    serving = _ready_state(raw_request).completion
+    return _respond(await serving.create_completion(request))  # type: ignore[union-attr]
+
+
+@router.post("/v1/chat/completions")
+@with_cancellation
+async def create_chat_completion(request: ChatCompletionRequest, raw_request: Request) -> Response:
+    serving = _ready_state(raw_request).chat
+    return _respond(await serving.create_chat_completion(request))  # type: ignore[union-attr]
+
+
+@router.post("/tokenize")
+async def tokenize(request: TokenizeCompletionRequest | TokenizeChatRequest,
+                   raw_request: Request) -> Response:
+    serving = _ready_state(raw_request).tokenization
+    return _respond(serving.create_tokenize(request))  # type: ignore[union-attr]
+
+
+@router.post("/detokenize")
+async def detokenize(request: DetokenizeRequest, raw_request: Request) -> Response:
+    serving = _ready_state(raw_request).tokenization
+    return _respond(serving.create_detokenize(request))  # type: ignore[union-attr]
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state: ServerState = app.state.server
+    state.start_loading()
+    try:
+        yield
+    finally:
+        await state.shutdown()
+
+
+def build_app(settings: ServerSettings) -> FastAPI:
+    """The ASGI app; the engine starts loading when the app starts (lifespan)."""
+    app = FastAPI(title="pagedllm OpenAI-compatible server", version=__version__,
+                  lifespan=lifespan)
+    app.state.server = ServerState(settings)
+    app.include_router(router)
+    install_error_handlers(app)
+    # Added innermost first: CORS is outermost so even errors carry its headers.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
+    if settings.api_key:
+        app.add_middleware(AuthMiddleware, api_key=settings.api_key)
+    app.add_middleware(RequestIdMiddleware)
+    if settings.allowed_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins,
+                           allow_credentials=True, allow_methods=["*"], allow_headers=["*"])
+    return app

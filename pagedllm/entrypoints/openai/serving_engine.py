@@ -1,0 +1,164 @@
+"""What completions and chat share: tokenizing and length checks with vLLM's messages, request
+fields -> SamplingParams, logprob formatting, engine errors -> HTTP errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import aclosing
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from pagedllm.engine.core_client import EngineDeadError
+from pagedllm.entrypoints.openai.errors import BadRequestError, ServiceUnavailableError
+from pagedllm.entrypoints.openai.protocol import SamplingExtras
+from pagedllm.entrypoints.openai.serving_models import OpenAIServingModels
+from pagedllm.outputs import Logprob, RequestOutput
+from pagedllm.sampling_params import RequestOutputKind, SamplingParams
+
+if TYPE_CHECKING:
+    from pagedllm.engine.async_llm import AsyncLLM
+
+_MIN_LOGPROB = -9999.0
+"""-inf is not valid JSON; OpenAI clients get this floor instead (as vLLM does)."""
+
+
+class OpenAIServing:
+    def __init__(self, engine: AsyncLLM, models: OpenAIServingModels) -> None:
+        self.engine = engine
+        self.models = models
+        self.tokenizer = engine.tokenizer
+        self.max_model_len = engine.model_config.max_model_len
+
+    # ---- prompts ------------------------------------------------------------------------------
+
+    def tokenize(self, prompt: str | list[int], add_special_tokens: bool) -> list[int]:
+        """Token ids of a text or token-id prompt (validated against the vocabulary)."""
+        try:
+            return self.engine.input_processor.process_prompt(
+                prompt, add_special_tokens=add_special_tokens).prompt_token_ids
+        except ValueError as e:
+            raise BadRequestError(str(e), param="prompt") from e
+
+    def check_length(self, num_prompt_tokens: int, max_tokens: int | None,
+                     prompt_param: str, max_tokens_param: str) -> int:
+        """The request's max_tokens (the rest of the context when None) or a 400 in vLLM's words."""
+        limit = self.max_model_len
+        if num_prompt_tokens >= limit:
+            raise BadRequestError(
+                f"This model's maximum context length is {limit} tokens. However, your request "
+                f"has {num_prompt_tokens} input tokens. Please reduce the length of the input "
+                f"messages.", param=prompt_param, code="context_length_exceeded")
+        if max_tokens is None:
+            return limit - num_prompt_tokens
+        if num_prompt_tokens + max_tokens > limit:
+            raise BadRequestError(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{num_prompt_tokens + max_tokens} tokens ({num_prompt_tokens} in the messages, "
+                f"{max_tokens} in the completion). Please reduce the length of the messages or "
+                f"completion.", param=max_tokens_param, code="context_length_exceeded")
+        return max_tokens
+
+    def validate_request(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        """The engine's own checks (token ids in the vocabulary...) before any response starts."""
+        from pagedllm.engine.input_processor import ProcessedPrompt
+
+        try:
+            self.engine.input_processor.validate(ProcessedPrompt(None, prompt_ids), params)
+        except ValueError as e:
+            raise BadRequestError(str(e)) from e
+
+    # ---- engine -------------------------------------------------------------------------------
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams,
+                       request_id: str) -> AsyncIterator[RequestOutput]:
+        """The engine's stream with its errors mapped to HTTP errors."""
+        stream = self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id)
+        try:
+            async with aclosing(stream):
+                async for output in stream:
+                    yield output
+        except ValueError as e:
+            raise BadRequestError(str(e)) from e
+        except EngineDeadError as e:
+            raise ServiceUnavailableError(str(e), code="engine_unavailable") from e
+
+
+def build_sampling_params(
+    request: SamplingExtras,
+    max_tokens: int,
+    logprobs: int | None,
+    output_kind: RequestOutputKind,
+    prompt_logprobs: int | None = None,
+) -> SamplingParams:
+    """OpenAI/vLLM request fields -> SamplingParams; a bad combination is a 400 naming it."""
+    try:
+        return SamplingParams(
+            n=request.n,
+            temperature=1.0 if request.temperature is None else request.temperature,
+            top_p=1.0 if request.top_p is None else request.top_p,
+            top_k=request.top_k,
+            min_p=request.min_p or 0.0,
+            seed=request.seed,
+            presence_penalty=request.presence_penalty or 0.0,
+            frequency_penalty=request.frequency_penalty or 0.0,
+            repetition_penalty=(
+                1.0 if request.repetition_penalty is None else request.repetition_penalty),
+            logit_bias={int(k): v for k, v in request.logit_bias.items()}
+            if request.logit_bias else None,
+            max_tokens=max_tokens,
+            min_tokens=request.min_tokens,
+            stop=request.stop,
+            stop_token_ids=request.stop_token_ids,
+            ignore_eos=request.ignore_eos,
+            skip_special_tokens=request.skip_special_tokens,
+            spaces_between_special_tokens=request.spaces_between_special_tokens,
+            include_stop_str_in_output=request.include_stop_str_in_output,
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
+            output_kind=output_kind,
+        )
+    except (ValueError, TypeError) as e:
+        raise BadRequestError(str(e)) from e
+
+
+def clamp_logprob(value: float) -> float:
+    return _MIN_LOGPROB if math.isnan(value) or value < _MIN_LOGPROB else value
+
+
+def top_logprobs(entry: dict[int, Logprob], k: int) -> list[tuple[int, Logprob]]:
+    """The k most likely (token id, Logprob) of one position, most likely first."""
+    return sorted(entry.items(), key=lambda item: -item[1].logprob)[:k]
+
+
+def token_text(token_id: int, logprob: Logprob | None, tokenizer: Any,
+               as_token_id: bool = False) -> str:
+    if as_token_id:
+        return f"token_id:{token_id}"
+    if logprob is not None and logprob.decoded_token is not None:
+        return logprob.decoded_token
+    return tokenizer.decode([token_id])
+
+
+def serialize_prompt_logprobs(prompt_logprobs: list | None) -> list | None:
+    """vLLM's prompt_logprobs field: per position {token id: {logprob, rank, decoded_token}}."""
+    if prompt_logprobs is None:
+        return None
+    return [
+        None if entry is None else {
+            token_id: {"logprob": clamp_logprob(lp.logprob), "rank": lp.rank,
+                       "decoded_token": lp.decoded_token}
+            for token_id, lp in entry.items()
+        }
+        for entry in prompt_logprobs
+    ]
+
+
+def sse(data: Any) -> str:
+    """One server-sent event holding `data` (a pydantic model or a JSON-able dict)."""
+    if hasattr(data, "model_dump_json"):
+        return f"data: {data.model_dump_json()}\n\n"
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"

@@ -1,0 +1,152 @@
+"""The server's state: loads the engine in the background (so /health can answer 503 meanwhile),
+holds the serving objects once ready, and stops the engine on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pagedllm.entrypoints.openai.errors import ServiceUnavailableError
+from pagedllm.logger import init_logger
+from pagedllm.metrics.loggers import LoggingStatLogger
+from pagedllm.metrics.prometheus import PrometheusStatLogger
+from pagedllm.utils.memory import format_bytes
+
+if TYPE_CHECKING:
+    from pagedllm.engine.arg_utils import EngineArgs
+    from pagedllm.engine.async_llm import AsyncLLM
+    from pagedllm.engine.core_client import MPClient
+    from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat
+    from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
+    from pagedllm.entrypoints.openai.serving_models import OpenAIServingModels
+    from pagedllm.entrypoints.openai.serving_tokenize import OpenAIServingTokenization
+
+logger = init_logger(__name__)
+
+
+@dataclass
+class ServerSettings:
+    """What the app needs from the command line (see cli/serve.py for the flags)."""
+
+    engine_args: EngineArgs
+    served_model_names: list[str]
+    api_key: str | None = None
+    allowed_origins: list[str] = field(default_factory=list)
+    chat_template: str | None = None
+    """The template's text (read from --chat-template FILE)."""
+    max_request_body_bytes: int = 16 * 1024 * 1024
+    engine_startup_timeout: float | None = None
+
+
+class ServerState:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.metrics = PrometheusStatLogger(settings.served_model_names[0])
+        self.engine: AsyncLLM | None = None
+        self.models: OpenAIServingModels | None = None
+        self.completion: OpenAIServingCompletion | None = None
+        self.chat: OpenAIServingChat | None = None
+        self.tokenization: OpenAIServingTokenization | None = None
+        self.load_error: str | None = None
+        self.on_fatal: Callable[[str], None] | None = None
+        """Set by the launcher: stop the HTTP server (the engine could not start)."""
+        self._client: MPClient | None = None
+        self._load_task: asyncio.Task | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None
+
+    def require_ready(self) -> None:
+        if self.engine is None:
+            message = (f"the engine failed to start: {self.load_error}" if self.load_error
+                       else "the model is still loading; retry shortly")
+            raise ServiceUnavailableError(message, code="model_not_ready")
+        if self.engine.errored:
+            raise ServiceUnavailableError("the engine core is not running", code="engine_dead")
+
+    def start_loading(self) -> None:
+        self._load_task = asyncio.get_running_loop().create_task(self._load())
+
+    async def _load(self) -> None:
+        from pagedllm.engine.core_client import MPClient
+
+        settings = self.settings
+        # The tokenizer loads in this process while the engine process loads the model; both in
+        # threads, as their imports (transformers, torch) take seconds /health must not wait for.
+        tokenizer = asyncio.ensure_future(asyncio.to_thread(_load_tokenizer,
+                                                            settings.engine_args.model))
+        try:
+            self._client = MPClient(settings.engine_args, wait_ready=False)
+            await asyncio.to_thread(self._client.wait_ready, settings.engine_startup_timeout)
+            engine = await asyncio.to_thread(_make_engine, self._client, await tokenizer)
+        except Exception as e:
+            if self._client is not None:
+                self._client.shutdown(timeout=0.0)
+                self._client = None  # drop it so its IPC objects go now
+            tokenizer.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self.load_error = str(e)
+            logger.error("engine failed to start: %s", e)
+            if self.on_fatal is not None:
+                self.on_fatal(str(e))
+            return
+        self._install(engine)
+
+    def _install(self, engine: AsyncLLM) -> None:
+        from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat
+        from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
+        from pagedllm.entrypoints.openai.serving_models import OpenAIServingModels
+        from pagedllm.entrypoints.openai.serving_tokenize import OpenAIServingTokenization
+
+        settings = self.settings
+        config = engine.model_config
+        self.metrics.set_num_kv_blocks(engine.engine_core.num_kv_blocks or 0)
+        engine.stat_loggers.extend([self.metrics, LoggingStatLogger()])
+        self.models = OpenAIServingModels(settings.served_model_names, config.path,
+                                          config.max_model_len)
+        self.completion = OpenAIServingCompletion(engine, self.models)
+        self.chat = OpenAIServingChat(engine, self.models, settings.chat_template)
+        self.tokenization = OpenAIServingTokenization(self.chat)
+        self.engine = engine
+        kv_bytes = engine.engine_core.kv_cache_bytes
+        logger.info(
+            "model %s loaded (served as %s): max_model_len %d, %d KV cache blocks x %d tokens%s; "
+            "engine core pid %s, API server pid %d",
+            config.model, ", ".join(settings.served_model_names), config.max_model_len,
+            engine.engine_core.num_kv_blocks, engine.config.cache.block_size,
+            f" ({format_bytes(kv_bytes)})" if kv_bytes else "", engine.engine_core.pid,
+            os.getpid(),
+        )
+
+    def abort_all(self) -> None:
+        """Graceful period over: end in-flight requests cleanly (an error event / a 503)."""
+        if self.engine is not None and self.engine.num_unfinished_requests:
+            logger.warning("aborting %d in-flight request(s) at shutdown",
+                           self.engine.num_unfinished_requests)
+            self.engine.abort_all()
+
+    async def shutdown(self) -> None:
+        """Abort what is left and stop the engine-core process."""
+        if self._client is not None and not self.ready:
+            self._client.shutdown(timeout=0.0)  # still loading: nothing to save
+        if self._load_task is not None:
+            await asyncio.gather(self._load_task, return_exceptions=True)
+        if self.engine is not None:
+            self.engine.shutdown()  # blocks (joins the engine process): shutdown only
+        logger.info("engine stopped")
+
+
+def _load_tokenizer(model: str | None) -> Any:
+    from pagedllm.tokenizer.loader import load_tokenizer
+
+    return load_tokenizer(model)
+
+
+def _make_engine(client: MPClient, tokenizer: Any) -> AsyncLLM:
+    from pagedllm.engine.async_llm import AsyncLLM, limit_torch_threads
+
+    limit_torch_threads()
+    return AsyncLLM(client, tokenizer)

@@ -1,0 +1,65 @@
+"""Stat loggers: receive the scheduler's stats and the front end's iteration stats after every
+batch of engine outputs. One logs a throughput line periodically, one feeds Prometheus."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+
+from pagedllm.logger import init_logger
+from pagedllm.metrics.request_stats import IterationStats
+from pagedllm.metrics.stats import SchedulerStats
+
+logger = init_logger(__name__)
+
+
+class StatLoggerBase(ABC):
+    @abstractmethod
+    def record(self, scheduler_stats: SchedulerStats | None,
+               iteration_stats: IterationStats | None) -> None: ...
+
+    def log(self) -> None:
+        """Called periodically (about every few seconds) while the engine has work."""
+
+
+class LoggingStatLogger(StatLoggerBase):
+    """vLLM's periodic line: throughput, running/waiting requests, KV usage, prefix hit rate."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._last_log = time.monotonic()
+        self._prompt_tokens = 0
+        self._generation_tokens = 0
+        self._queries = 0
+        self._hits = 0
+        self._last_scheduler_stats: SchedulerStats | None = None
+
+    def record(self, scheduler_stats: SchedulerStats | None,
+               iteration_stats: IterationStats | None) -> None:
+        if iteration_stats is not None:
+            self._prompt_tokens += iteration_stats.num_prompt_tokens
+            self._generation_tokens += iteration_stats.num_generation_tokens
+        if scheduler_stats is not None:
+            self._last_scheduler_stats = scheduler_stats
+            if scheduler_stats.prefix_cache_stats is not None:
+                self._queries += scheduler_stats.prefix_cache_stats.queries
+                self._hits += scheduler_stats.prefix_cache_stats.hits
+
+    def log(self) -> None:
+        now = time.monotonic()
+        elapsed = now - self._last_log
+        if elapsed < self.interval:
+            return
+        stats = self._last_scheduler_stats
+        if stats is not None and (self._prompt_tokens or self._generation_tokens):
+            hit_rate = 100.0 * self._hits / self._queries if self._queries else 0.0
+            logger.info(
+                "Avg prompt throughput: %.1f tokens/s, Avg generation throughput: %.1f tokens/s, "
+                "Running: %d reqs, Waiting: %d reqs, KV cache usage: %.1f%%, "
+                "Prefix cache hit rate: %.1f%%",
+                self._prompt_tokens / elapsed, self._generation_tokens / elapsed,
+                stats.num_running_reqs, stats.num_waiting_reqs, 100.0 * stats.kv_cache_usage,
+                hit_rate,
+            )
+        self._last_log = now
+        self._prompt_tokens = self._generation_tokens = self._queries = self._hits = 0

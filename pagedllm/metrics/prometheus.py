@@ -1,0 +1,121 @@
+"""Prometheus exporter with vLLM's metric names under a `pagedllm:` prefix.
+
+Each logger owns its own CollectorRegistry (several servers or tests in one process never clash);
+the server renders it at /metrics with `render()`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from pagedllm.metrics.loggers import StatLoggerBase
+from pagedllm.metrics.request_stats import IterationStats
+from pagedllm.metrics.stats import SchedulerStats
+
+PREFIX = "pagedllm:"
+FINISH_REASONS = ("stop", "length", "abort")
+
+_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
+                    5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+_E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
+                120.0, 240.0, 480.0, 960.0)
+_TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000)
+
+
+class PrometheusStatLogger(StatLoggerBase):
+    def __init__(self, model_name: str) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["model_name"]
+        self._labels = {"model_name": model_name}
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(PREFIX + name, doc, labels, registry=self.registry)
+
+        def counter(name: str, doc: str, extra: tuple[str, ...] = ()) -> Counter:
+            return Counter(PREFIX + name, doc, labels + list(extra), registry=self.registry)
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(PREFIX + name, doc, labels, buckets=buckets, registry=self.registry)
+
+        self.running = gauge("num_requests_running", "Requests in the running batch.")
+        self.waiting = gauge("num_requests_waiting", "Requests waiting to be scheduled.")
+        self.kv_usage = gauge("kv_cache_usage_perc", "KV cache usage (1 = every block in use).")
+        self.kv_blocks = gauge("num_kv_cache_blocks", "KV cache blocks in total.")
+        self.prefix_queries = counter("prefix_cache_queries",
+                                      "Prompt tokens looked up in the prefix cache.")
+        self.prefix_hits = counter("prefix_cache_hits", "Prompt tokens found in the prefix cache.")
+        self.preemptions = counter("num_preemptions", "Preemptions by the scheduler.")
+        self.prompt_tokens = counter("prompt_tokens", "Prompt tokens of requests (prefilled).")
+        self.generation_tokens = counter("generation_tokens", "Generated tokens.")
+        self.request_success = counter("request_success", "Finished requests by finish reason.",
+                                       ("finished_reason",))
+        self.ttft = histogram("time_to_first_token_seconds", "Time to first token.",
+                              _LATENCY_BUCKETS)
+        self.itl = histogram("inter_token_latency_seconds", "Time between output tokens.",
+                             _LATENCY_BUCKETS)
+        self.tpot = histogram("time_per_output_token_seconds",
+                              "Mean time per output token of each finished request.",
+                              _LATENCY_BUCKETS)
+        self.e2e = histogram("e2e_request_latency_seconds", "End-to-end request latency.",
+                             _E2E_BUCKETS)
+        self.request_prompt_tokens = histogram("request_prompt_tokens",
+                                               "Prompt tokens per finished request.",
+                                               _TOKEN_BUCKETS)
+        self.request_generation_tokens = histogram("request_generation_tokens",
+                                                   "Generated tokens per finished request.",
+                                                   _TOKEN_BUCKETS)
+        for reason in FINISH_REASONS:  # export zeros so the series exist from the start
+            self.request_success.labels(**self._labels, finished_reason=reason)
+        for metric in (self.running, self.waiting, self.kv_usage, self.kv_blocks):
+            metric.labels(**self._labels).set(0)
+        for metric in (self.prefix_queries, self.prefix_hits, self.preemptions,
+                       self.prompt_tokens, self.generation_tokens):
+            metric.labels(**self._labels)
+
+    def set_num_kv_blocks(self, num_blocks: int) -> None:
+        self.kv_blocks.labels(**self._labels).set(num_blocks)
+
+    def record(self, scheduler_stats: SchedulerStats | None,
+               iteration_stats: IterationStats | None) -> None:
+        if scheduler_stats is not None:
+            self._record_scheduler(scheduler_stats)
+        if iteration_stats is not None:
+            self._record_iteration(iteration_stats)
+
+    def _record_scheduler(self, stats: SchedulerStats) -> None:
+        labels = self._labels
+        self.running.labels(**labels).set(stats.num_running_reqs)
+        self.waiting.labels(**labels).set(stats.num_waiting_reqs)
+        self.kv_usage.labels(**labels).set(stats.kv_cache_usage)
+        self.preemptions.labels(**labels).inc(stats.num_preemptions)
+        if stats.prefix_cache_stats is not None:
+            self.prefix_queries.labels(**labels).inc(stats.prefix_cache_stats.queries)
+            self.prefix_hits.labels(**labels).inc(stats.prefix_cache_stats.hits)
+
+    def _record_iteration(self, stats: IterationStats) -> None:
+        labels = self._labels
+        self.prompt_tokens.labels(**labels).inc(stats.num_prompt_tokens)
+        self.generation_tokens.labels(**labels).inc(stats.num_generation_tokens)
+        for value in stats.time_to_first_tokens:
+            self.ttft.labels(**labels).observe(value)
+        for value in stats.inter_token_latencies:
+            self.itl.labels(**labels).observe(value)
+        for finished in stats.finished_requests:
+            self.request_success.labels(**labels, finished_reason=finished.finish_reason).inc()
+            self.e2e.labels(**labels).observe(finished.e2e_latency)
+            self.request_prompt_tokens.labels(**labels).observe(finished.num_prompt_tokens)
+            self.request_generation_tokens.labels(**labels).observe(
+                finished.num_generation_tokens)
+            if finished.mean_time_per_output_token is not None:
+                self.tpot.labels(**labels).observe(finished.mean_time_per_output_token)
+
+    def render(self) -> tuple[bytes, str]:
+        """(body, content type) of the /metrics response."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
