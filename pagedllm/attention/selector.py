@@ -7,10 +7,12 @@ from pagedllm.utils.registry import Registry
 
 BACKENDS = Registry("attention backend")
 BACKENDS.register("torch_ref", "pagedllm.attention.backends.torch_ref", "TorchRefBackend")
+BACKENDS.register("cpu_sdpa", "pagedllm.attention.backends.cpu_sdpa", "CpuSdpaBackend")
 
 
 def default_backend_name(device: str) -> str:
-    return "torch_ref"
+    # cpu_sdpa is plain PyTorch, so it also serves CUDA until a dedicated kernel backend exists.
+    return "cpu_sdpa"
 
 
 def get_attn_backend(name: str | None, device: str) -> type[AttentionBackend]:

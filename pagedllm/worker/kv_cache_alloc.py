@@ -81,14 +81,14 @@ def allocate_kv_caches(
 ) -> list[torch.Tensor]:
     """One cache tensor per attention layer, in the backend's layout.
 
-    NOTE: allocated uninitialized (no multi-GiB memset at start-up): slots a request has not
-    written hold garbage, so backends must mask positions >= seq_len out, never weight them by 0.
+    NOTE: zero-filled, not torch.empty: batched backends weight masked-out slots by exactly 0,
+    and 0 * (uninitialized NaN/inf) would poison the output.
     """
     dtype = kv_cache_torch_dtype(model_config, cache_config)
     shape = backend.get_kv_cache_shape(
         layout.num_blocks, layout.block_size, model_config.num_kv_heads, model_config.head_dim
     )
     return [
-        torch.empty(shape, dtype=dtype, device=device)
+        torch.zeros(shape, dtype=dtype, device=device)
         for _ in range(num_layers)
     ]
