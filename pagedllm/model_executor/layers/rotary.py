@@ -17,10 +17,16 @@ from torch import nn
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 
-def rope_parameters(hf_config: Any) -> dict[str, Any]:
+def rope_parameters(hf_config: Any, layer_type: str | None = None) -> dict[str, Any]:
     """{"rope_type", "rope_theta", ...} from transformers 5's `rope_parameters` or from the
-    legacy `rope_theta` + `rope_scaling` attributes."""
+    legacy `rope_theta` + `rope_scaling` attributes.
+
+    layer_type: for configs with one set per layer type (Gemma 3: {"sliding_attention": {...},
+    "full_attention": {...}}), the set of that type.
+    """
     params = dict(getattr(hf_config, "rope_parameters", None) or {})
+    if layer_type is not None and isinstance(params.get(layer_type), dict):
+        params = dict(params[layer_type])
     if not params:
         params = dict(getattr(hf_config, "rope_scaling", None) or {})
     params.setdefault("rope_theta", getattr(hf_config, "rope_theta", None) or 10000.0)

@@ -18,8 +18,12 @@ from pagedllm.logger import init_logger
 
 logger = init_logger(__name__)
 
-GGUF_ARCHITECTURES = {"llama": "LlamaForCausalLM"}
+GGUF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "gemma3": "Gemma3ForCausalLM"}
 """GGUF `general.architecture` -> the HF architecture (model registry key) we load it as."""
+_PERMUTED_QK = {"llama"}
+"""Archs whose q/k rows llama.cpp permutes to interleaved rotary pairs (see _unpermute_rows)."""
+_NORM_PLUS_ONE = {"gemma3"}
+"""Archs whose norm weights llama.cpp stores as (1 + w) where HF stores w (Gemma's norms)."""
 
 _GLOBAL_NAMES = {
     "token_embd": "model.embed_tokens",
@@ -36,6 +40,18 @@ _BLOCK_NAMES = {
     "ffn_down": "mlp.down_proj",
     "attn_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm",
+}
+_ARCH_BLOCK_NAMES = {
+    "llama": _BLOCK_NAMES,
+    # Gemma 3's sandwich norms: llama.cpp's ffn_norm is the *pre*-feed-forward norm there.
+    "gemma3": {
+        **_BLOCK_NAMES,
+        "attn_q_norm": "self_attn.q_norm",
+        "attn_k_norm": "self_attn.k_norm",
+        "post_attention_norm": "post_attention_layernorm",
+        "ffn_norm": "pre_feedforward_layernorm",
+        "post_ffw_norm": "post_feedforward_layernorm",
+    },
 }
 
 
@@ -72,25 +88,28 @@ def gguf_architecture(reader: Any) -> str:
 
 
 def gguf_hf_config(path: str) -> Any:
-    """A transformers LlamaConfig equivalent to the one transformers derives from the file."""
-    from transformers import LlamaConfig
-
+    """A transformers config equivalent to the one transformers derives from the file."""
     reader = open_gguf(path)
     arch = gguf_architecture(reader)
-    tensor_names = {t.name for t in reader.tensors}
-    if "rope_freqs.weight" in tensor_names:
-        raise ValueError(f"{path}: GGUF rope_freqs (Llama 3.1+ rope scaling) is not supported yet")
+    if arch == "gemma3":
+        return _gemma3_config(reader)
+    return _llama_config(reader, path)
+
+
+def _common_config(reader: Any, arch: str) -> dict[str, Any]:
+    """The config fields every arch reads the same way."""
 
     def meta(key: str, default: Any = None) -> Any:
         return gguf_field(reader, f"{arch}.{key}", default)
 
     num_heads = meta("attention.head_count")
     hidden_size = meta("embedding_length")
+    tensor_names = {t.name for t in reader.tensors}
     token_ids = {
-        f"{name}_token_id": gguf_field(reader, f"tokenizer.ggml.{name}_token_id")
-        for name in ("bos", "eos", "pad", "unk")
+        f"{name}_token_id": gguf_field(reader, f"tokenizer.ggml.{key}_token_id")
+        for name, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"))
     }
-    return LlamaConfig(
+    return dict(
         architectures=[GGUF_ARCHITECTURES[arch]],
         vocab_size=meta("vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data),
         hidden_size=hidden_size,
@@ -101,11 +120,40 @@ def gguf_hf_config(path: str) -> Any:
         head_dim=meta("attention.key_length") or hidden_size // num_heads,
         max_position_embeddings=meta("context_length"),
         rms_norm_eps=meta("attention.layer_norm_rms_epsilon", 1e-6),
-        rope_parameters=_rope_parameters(meta),
         tie_word_embeddings="output.weight" not in tensor_names,
+        **token_ids,
+    )
+
+
+def _gemma3_config(reader: Any) -> Any:
+    """As transformers' GGUF loader builds it: Gemma3TextConfig defaults (local rope base 10 000,
+    a global layer every 6th, query_pre_attn_scalar 256) plus the file's values."""
+    from transformers import Gemma3TextConfig
+
+    common = _common_config(reader, "gemma3")
+    return Gemma3TextConfig(
+        **common,
+        sliding_window=gguf_field(reader, "gemma3.attention.sliding_window"),
+        rope_theta=gguf_field(reader, "gemma3.rope.freq_base", 1e6),
+    )
+
+
+def _llama_config(reader: Any, path: str) -> Any:
+    from transformers import LlamaConfig
+
+    tensor_names = {t.name for t in reader.tensors}
+    if "rope_freqs.weight" in tensor_names:
+        raise ValueError(f"{path}: GGUF rope_freqs (Llama 3.1+ rope scaling) is not supported yet")
+
+    def meta(key: str, default: Any = None) -> Any:
+        return gguf_field(reader, f"llama.{key}", default)
+
+    return LlamaConfig(
+        **_common_config(reader, "llama"),
+        unk_token_id=gguf_field(reader, "tokenizer.ggml.unknown_token_id"),
+        rope_parameters=_rope_parameters(meta),
         attention_bias="blk.0.attn_q.bias" in tensor_names,
         mlp_bias="blk.0.ffn_up.bias" in tensor_names,
-        **token_ids,
     )
 
 
@@ -126,25 +174,26 @@ def gguf_eos_token_ids(path: str) -> set[int]:
     return {v for k in keys if (v := gguf_field(reader, f"tokenizer.ggml.{k}")) is not None}
 
 
-def gguf_to_hf_name(name: str) -> str | None:
+def gguf_to_hf_name(name: str, arch: str = "llama") -> str | None:
     """"blk.3.attn_q.weight" -> "model.layers.3.self_attn.q_proj.weight"; None if unknown."""
     stem, _, suffix = name.rpartition(".")
     parts = stem.split(".")
+    block_names = _ARCH_BLOCK_NAMES[arch]
     if len(parts) == 1 and parts[0] in _GLOBAL_NAMES:
         return f"{_GLOBAL_NAMES[parts[0]]}.{suffix}"
-    if len(parts) == 3 and parts[0] == "blk" and parts[2] in _BLOCK_NAMES:
-        return f"model.layers.{parts[1]}.{_BLOCK_NAMES[parts[2]]}.{suffix}"
+    if len(parts) == 3 and parts[0] == "blk" and parts[2] in block_names:
+        return f"model.layers.{parts[1]}.{block_names[parts[2]]}.{suffix}"
     return None
 
 
 def iterate_gguf_weights(
     path: str, dequantize: bool = True
 ) -> Iterator[tuple[str, torch.Tensor | GGUFWeight]]:
-    """Yield (hf_name, tensor) for every tensor of a llama-family GGUF file.
+    """Yield (hf_name, tensor) for every tensor of a GGUF file of a supported arch.
 
     dequantize=True: float32 torch tensors in the HF shape. dequantize=False: GGUFWeight with the
-    raw blocks, for a quantized-execution method to repack. Either way the rows of q/k are already
-    put back in HF's rotate-half order.
+    raw blocks, for a quantized-execution method to repack. Either way the tensors already follow
+    HF's conventions: q/k rows in rotate-half order, Gemma norms as w (not 1 + w).
     """
     from tqdm import tqdm
 
@@ -154,14 +203,16 @@ def iterate_gguf_weights(
     num_kv_heads = gguf_field(reader, f"{arch}.attention.head_count_kv", num_heads)
     heads_of = {"self_attn.q_proj": num_heads, "self_attn.k_proj": num_kv_heads}
     for tensor in tqdm(reader.tensors, desc="Loading GGUF weights", unit="tensor", leave=False):
-        hf_name = gguf_to_hf_name(tensor.name)
+        hf_name = gguf_to_hf_name(tensor.name, arch)
         if hf_name is None:
             logger.warning("skipping GGUF tensor %s: no HF counterpart", tensor.name)
             continue
         data = tensor.data
         module = hf_name.split(".")[-3] + "." + hf_name.split(".")[-2]
-        if module in heads_of:
+        if arch in _PERMUTED_QK and module in heads_of:
             data = _unpermute_rows(data, heads_of[module])
+        if arch in _NORM_PLUS_ONE and hf_name.endswith("norm.weight"):
+            data = data - 1  # F32 (norms are never quantized); a copy, not the mmap
         shape = tuple(int(d) for d in reversed(tensor.shape))
         weight = GGUFWeight(data, tensor.tensor_type, shape)
         yield hf_name, (_dequantize(weight) if dequantize else weight)

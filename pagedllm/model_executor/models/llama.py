@@ -1,4 +1,10 @@
-"""The Llama family (Llama 2/3, Mistral, SmolLM, ...) over the paged attention layer."""
+"""The Llama family (Llama 2/3, Mistral, SmolLM, ...) over the paged attention layer.
+
+The building blocks are shared by the families that differ from Llama in a detail only (Qwen2's
+q/k/v bias, Qwen3's per-head q/k norm, Gemma's norm and activation): they subclass the layer or
+model and override one `build_*` hook or class attribute, so each family's file lists only what
+makes it different.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,8 @@ import torch
 from torch import nn
 
 from pagedllm.config.model import ModelConfig
-from pagedllm.model_executor.layers.activation import SiluAndMul
-from pagedllm.model_executor.layers.attention import Attention
+from pagedllm.model_executor.layers.activation import get_act_and_mul
+from pagedllm.model_executor.layers.attention import Attention, layer_sliding_window
 from pagedllm.model_executor.layers.embedding import LMHead, VocabEmbedding
 from pagedllm.model_executor.layers.layernorm import RMSNorm
 from pagedllm.model_executor.layers.linear import MergedColumnLinear, QKVLinear, ReplicatedLinear
@@ -19,51 +25,92 @@ from pagedllm.model_executor.layers.rotary import RotaryEmbedding, rope_paramete
 from pagedllm.model_executor.layers.weight_utils import load_packed_weights
 
 
+def head_dim_of(config: Any) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 class LlamaMLP(nn.Module):
+    """Gated MLP: down(act(gate(x)) * up(x)); SwiGLU for Llama, GeGLU for Gemma."""
+
     def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str, bias: bool):
         super().__init__()
-        if hidden_act != "silu":
-            raise ValueError(f"Llama MLP supports hidden_act='silu' only, got {hidden_act!r}")
         self.gate_up_proj = MergedColumnLinear(hidden_size, [intermediate_size] * 2, bias)
         self.down_proj = ReplicatedLinear(intermediate_size, hidden_size, bias)
-        self.act_fn = SiluAndMul()
+        self.act_fn = get_act_and_mul(hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, hidden]
         return self.down_proj(self.act_fn(self.gate_up_proj(x)))
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, prefix: str) -> None:
+    """qkv projection -> (optional per-head q/k norm) -> rotary -> paged attention -> o_proj.
+
+    qkv_bias / o_bias: bias on the q/k/v and on the output projection (Llama: both or neither;
+    Qwen2: q/k/v only). qk_norm: the norm class applied to each head of q and k before rotary
+    (Qwen3, Gemma 3), None for none. scale defaults to head_dim ** -0.5.
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        rotary_emb: RotaryEmbedding,
+        layer_idx: int,
+        prefix: str,
+        *,
+        qkv_bias: bool = False,
+        o_bias: bool = False,
+        qk_norm: type[RMSNorm] | None = None,
+        scale: float | None = None,
+        logits_soft_cap: float | None = None,
+    ) -> None:
         super().__init__()
         num_heads = config.num_attention_heads
         num_kv_heads = getattr(config, "num_key_value_heads", None) or num_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
-        bias = getattr(config, "attention_bias", False)
-        self.qkv_proj = QKVLinear(config.hidden_size, head_dim, num_heads, num_kv_heads, bias)
-        self.o_proj = ReplicatedLinear(num_heads * head_dim, config.hidden_size, bias)
+        self.head_dim = head_dim = head_dim_of(config)
+        self.qkv_proj = QKVLinear(config.hidden_size, head_dim, num_heads, num_kv_heads, qkv_bias)
+        self.o_proj = ReplicatedLinear(num_heads * head_dim, config.hidden_size, o_bias)
         self.split_sizes = [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim]
+        self.q_norm = qk_norm(head_dim, config.rms_norm_eps) if qk_norm else None
+        self.k_norm = qk_norm(head_dim, config.rms_norm_eps) if qk_norm else None
         self.rotary_emb = rotary_emb
         self.attn = Attention(
-            num_heads, head_dim, head_dim**-0.5, num_kv_heads,
-            sliding_window=getattr(config, "sliding_window", None), prefix=f"{prefix}.attn",
+            num_heads, head_dim, scale or head_dim**-0.5, num_kv_heads,
+            sliding_window=layer_sliding_window(config, layer_idx),
+            logits_soft_cap=logits_soft_cap, prefix=f"{prefix}.attn",
         )  # fmt: skip
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv_proj(hidden_states).split(self.split_sizes, dim=-1)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self._norm_heads(self.q_norm, q), self._norm_heads(self.k_norm, k)
         q, k = self.rotary_emb(positions, q, k)  # [T, H*D], [T, Hkv*D]
         return self.o_proj(self.attn(q, k, v))
 
+    def _norm_heads(self, norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
+        num_tokens = x.shape[0]
+        return norm.norm(x.view(num_tokens, -1, self.head_dim)).view(num_tokens, -1)
+
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, prefix: str) -> None:
+    """Pre-norm block: x + attn(norm(x)), then + mlp(norm(.)); residual adds fused in the norms."""
+
+    norm_cls: type[RMSNorm] = RMSNorm
+
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, layer_idx: int, prefix: str):
         super().__init__()
-        self.self_attn = LlamaAttention(config, rotary_emb, prefix=f"{prefix}.self_attn")
+        self.self_attn = self.build_attention(config, rotary_emb, layer_idx, f"{prefix}.self_attn")
         self.mlp = LlamaMLP(
-            config.hidden_size, config.intermediate_size, config.hidden_act,
+            config.hidden_size, config.intermediate_size, _hidden_act(config),
             getattr(config, "mlp_bias", False),
         )  # fmt: skip
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.input_layernorm = self.norm_cls(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = self.norm_cls(config.hidden_size, config.rms_norm_eps)
+
+    def build_attention(
+        self, config: Any, rotary_emb: RotaryEmbedding, layer_idx: int, prefix: str
+    ) -> LlamaAttention:
+        bias = getattr(config, "attention_bias", False)
+        return LlamaAttention(config, rotary_emb, layer_idx, prefix, qkv_bias=bias, o_bias=bias)
 
     def forward(
         self,
@@ -77,22 +124,36 @@ class LlamaDecoderLayer(nn.Module):
         return self.mlp(hidden_states), residual
 
 
+def _hidden_act(config: Any) -> str:
+    # Gemma 2/3 name it hidden_activation; the rest hidden_act.
+    return getattr(config, "hidden_activation", None) or config.hidden_act
+
+
 class LlamaModel(nn.Module):
+    decoder_layer_cls: type[nn.Module] = LlamaDecoderLayer
+    norm_cls: type[RMSNorm] = RMSNorm
+
     def __init__(self, config: Any, max_position: int, prefix: str = "model") -> None:
         super().__init__()
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
-        head_dim = getattr(config, "head_dim", None)
-        head_dim = head_dim or config.hidden_size // config.num_attention_heads
-        # NOTE: one cos/sin cache shared by every layer.
-        rotary_emb = RotaryEmbedding(head_dim, max_position, rope_parameters(config))
+        rotary_embs = self.build_rotary_embs(config, max_position)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, rotary_emb, prefix=f"{prefix}.layers.{i}")
+            self.decoder_layer_cls(config, rotary_embs[i], i, prefix=f"{prefix}.layers.{i}")
             for i in range(config.num_hidden_layers)
         )
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = self.norm_cls(config.hidden_size, config.rms_norm_eps)
+
+    def build_rotary_embs(self, config: Any, max_position: int) -> list[RotaryEmbedding]:
+        """The rotary embedding of each layer."""
+        # NOTE: one cos/sin cache shared by every layer.
+        rotary_emb = RotaryEmbedding(head_dim_of(config), max_position, rope_parameters(config))
+        return [rotary_emb] * config.num_hidden_layers
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:  # [T] -> [T, hidden]
+        return self.embed_tokens(input_ids)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.embed_tokens(input_ids)  # [T, hidden]
+        hidden_states = self.embed(input_ids)  # [T, hidden]
         residual = None
         for layer in self.layers:
             hidden_states, residual = layer(positions, hidden_states, residual)
@@ -106,18 +167,21 @@ class LlamaForCausalLM(nn.Module):
         "gate_up_proj": ["gate_proj", "up_proj"],
     }
     """Our fused module -> the checkpoint modules stacked into it, in row order."""
+    model_cls: type[LlamaModel] = LlamaModel
 
     def __init__(self, model_config: ModelConfig) -> None:
         super().__init__()
         config = model_config.hf_config
         self.config = config
-        self.model = LlamaModel(config, model_config.max_model_len)
+        self.model = self.model_cls(config, model_config.max_model_len)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         if self.tie_word_embeddings:
             self.lm_head = self.model.embed_tokens
         else:
             self.lm_head = LMHead(config.vocab_size, config.hidden_size)
-        self.logits_processor = LogitsProcessor(config.vocab_size)
+        self.logits_processor = LogitsProcessor(
+            config.vocab_size, soft_cap=getattr(config, "final_logit_softcapping", None)
+        )
 
     def forward(
         self,
