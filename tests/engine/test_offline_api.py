@@ -165,3 +165,28 @@ def test_bad_prompts_raise_and_engine_keeps_going(llm, prompt, params, field):
 def test_bad_sampling_params_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         SamplingParams(**kwargs)
+
+
+def test_bfloat16_runs_and_tracks_fp32(tiny_llama_dir):
+    prompts = [[5, 9, 33, 17, 80, 2 + i] for i in range(3)]
+    greedy = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    fp32 = LLM(tiny_llama_dir, kv_cache_memory="16MiB").generate(prompts, greedy, use_tqdm=False)
+    bf16_llm = LLM(tiny_llama_dir, dtype="bfloat16", kv_cache_memory="16MiB")
+    assert bf16_llm.llm_engine.config.model.dtype == "bfloat16"
+    bf16 = bf16_llm.generate(prompts, greedy, use_tqdm=False)
+    # bf16 rounding may flip a near-tie late in the sequence; the first token must agree.
+    assert all(len(o.outputs[0].token_ids) == 8 for o in bf16)
+    assert [o.outputs[0].token_ids[0] for o in bf16] == [o.outputs[0].token_ids[0] for o in fp32]
+
+
+def test_cli_generate(tiny_llama_dir):
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pagedllm.entrypoints.cli.main", "generate", tiny_llama_dir,
+         "-p", "hello world", "--max-tokens", "5", "--json", "--kv-cache-memory", "16MiB"],
+        capture_output=True, text=True, timeout=120, check=True)
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["prompt"] == "hello world" and len(record["token_ids"]) >= 1
