@@ -81,10 +81,11 @@ class AttentionBackend(ABC):
     name: str = ""
 
     @staticmethod
-    @abstractmethod
     def get_kv_cache_shape(
         num_blocks: int, block_size: int, num_kv_heads: int, head_size: int
-    ) -> tuple[int, ...]: ...
+    ) -> tuple[int, ...]:
+        """The standard paged layout: K and V stacked, then blocks of `block_size` slots."""
+        return (2, num_blocks, block_size, num_kv_heads, head_size)
 
     @staticmethod
     @abstractmethod

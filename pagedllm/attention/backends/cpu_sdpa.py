@@ -147,10 +147,6 @@ class CpuSdpaBackend(AttentionBackend):
     name = "cpu_sdpa"
 
     @staticmethod
-    def get_kv_cache_shape(num_blocks, block_size, num_kv_heads, head_size):
-        return (2, num_blocks, block_size, num_kv_heads, head_size)
-
-    @staticmethod
     def get_builder_cls():
         return CpuSdpaMetadataBuilder
 

@@ -62,10 +62,6 @@ class TorchRefBackend(AttentionBackend):
     name = "torch_ref"
 
     @staticmethod
-    def get_kv_cache_shape(num_blocks, block_size, num_kv_heads, head_size):
-        return (2, num_blocks, block_size, num_kv_heads, head_size)
-
-    @staticmethod
     def get_builder_cls():
         return TorchRefMetadataBuilder
 
