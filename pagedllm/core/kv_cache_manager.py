@@ -1,11 +1,28 @@
-"""Per-request block lists over the block pool: prefix hits, slot allocation, freeing."""
+"""Per-request block lists over the block pool: prefix hits, slot allocation, freeing, and the
+release of blocks that fell out of a sliding attention window."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from pagedllm.core.block_pool import BlockPool, KVCacheBlock
 from pagedllm.metrics.stats import PrefixCacheStats
 from pagedllm.request import Request
 from pagedllm.utils.math import cdiv
+
+SKIPPED_BLOCK = KVCacheBlock(-1)
+"""Placeholder for a block released because it fell out of the attention window: it keeps the
+request's block list aligned with token positions (block i holds tokens [i*B, (i+1)*B))."""
+
+
+def common_sliding_window(windows: Iterable[int | None]) -> int | None:
+    """The window shared by every attention layer, or None (some layer attends fully, the windows
+    differ, or there are no layers): only then may blocks out of that window be released."""
+    distinct = set(windows)
+    if len(distinct) != 1:
+        return None
+    (window,) = distinct
+    return window
 
 
 class KVCacheManager:
@@ -18,6 +35,14 @@ class KVCacheManager:
       the prefix cache (cache_full_blocks progress).
     - prefix_cache_stats: prompt tokens looked up / found at each request's (re)admission since
       the last make_prefix_cache_stats().
+
+    sliding_window: set only when EVERY attention layer of the model attends over the same last
+    `sliding_window` tokens (Mistral). Then, once a request's tokens are computed, its leading
+    blocks that no current or future query can attend to are released (_remove_skipped_blocks),
+    so a long generation holds at most cdiv(sliding_window - 1, block_size) + 1 blocks per
+    decoding request. Models mixing windowed and full-attention layers (Gemma 2/3, Qwen2 with
+    max_window_layers) pass None and keep every block: the full layers read all of them, and
+    one block id spans all layers (a per-layer-group "hybrid" allocator is future work).
     """
 
     def __init__(
@@ -26,9 +51,13 @@ class KVCacheManager:
         block_size: int,
         enable_caching: bool = True,
         max_model_len: int | None = None,
+        sliding_window: int | None = None,
     ) -> None:
+        if sliding_window is not None and sliding_window < 1:
+            raise ValueError(f"sliding_window must be >= 1, got {sliding_window}")
         self.block_size = block_size
         self.enable_caching = enable_caching
+        self.sliding_window = sliding_window
         self.max_model_len = max_model_len if max_model_len is not None else num_blocks * block_size
         self.block_pool = BlockPool(num_blocks, enable_caching)
         self.req_to_blocks: dict[str, list[KVCacheBlock]] = {}
@@ -58,6 +87,10 @@ class KVCacheManager:
         Never the whole sequence: the last token is always recomputed to get its logits, so at
         most (num_tokens - 1) // block_size blocks are returned. Does not take references; pass
         the blocks to allocate_slots.
+
+        NOTE: with a sliding window only the hit's last blocks (inside the window) are needed, but
+        the lookup still requires every block of the prefix to be cached: simple and correct
+        (released blocks stay cached until evicted), at the cost of missing some hits.
         """
         if not self._reads_prefix_cache(request):
             return [], 0
@@ -88,10 +121,12 @@ class KVCacheManager:
 
         On success, takes references on the hit blocks, appends the hits and the new blocks to the
         request's list, registers blocks that will be full after this step in the prefix cache,
-        and returns the ids of the newly allocated blocks (hits excluded).
+        and returns the ids of the newly allocated blocks (hits excluded). With a sliding window,
+        first releases the blocks the computed tokens have left behind (even if it then fails).
         """
         hits = new_computed_blocks or []
         req_id = request.request_id
+        self._remove_skipped_blocks(request)
         first_allocation = req_id not in self.req_to_blocks
         req_blocks = self.req_to_blocks.get(req_id, [])
         num_computed = request.num_computed_tokens + num_new_computed_tokens
@@ -114,6 +149,43 @@ class KVCacheManager:
             self._record_lookup(request.num_tokens, num_new_computed_tokens)
         self._cache_full_blocks(request, num_tokens_need_slot)
         return [block.block_id for block in new_blocks]
+
+    def _remove_skipped_blocks(self, request: Request) -> None:
+        """Release the request's blocks that lie wholly before its attention window.
+
+        A query at position q attends keys k with q - window < k <= q, and every query from now
+        on sits at q >= num_computed_tokens: keys below num_computed_tokens - window + 1 are never
+        read again. Block i ends at position (i+1)*B - 1, so the first
+        (num_computed_tokens - window + 1) // B blocks go. They are replaced by SKIPPED_BLOCK; the
+        pool drops one reference each (a cached full block stays in the prefix cache, free and
+        evictable, so later requests can still hit it).
+
+        NOTE: the model runner keeps these block ids in this request's block table, and the pool
+        may hand them to another request (or to this one, for a later position) that writes them
+        in the very next step. That is safe: (1) this request never writes them again: its slot
+        mapping only covers positions >= num_computed_tokens, in blocks >= num_computed_tokens //
+        B; (2) every backend masks keys at positions <= q - window (torch_ref, and cpu_sdpa's
+        soft-cap path: -inf scores before softmax; cpu_sdpa: a boolean SDPA mask), so whatever was
+        written there gets softmax weight exactly 0, and 0 * a finite value is 0 (the cache is
+        zero-filled and only ever holds K/V the model computed). Each query keeps at least its own
+        key, so no softmax row is empty. tests/models/test_sliding_window_memory.py checks both
+        backends bit for bit.
+        """
+        if self.sliding_window is None:
+            return
+        blocks = self.req_to_blocks.get(request.request_id)
+        if not blocks:
+            return
+        num_skipped = (request.num_computed_tokens - self.sliding_window + 1) // self.block_size
+        released: list[KVCacheBlock] = []
+        # Walk back from the last skippable block to the first one already released.
+        for i in range(min(num_skipped, len(blocks)) - 1, -1, -1):
+            if blocks[i] is SKIPPED_BLOCK:
+                break
+            released.append(blocks[i])
+            blocks[i] = SKIPPED_BLOCK
+        # Later positions first, like free(): the most recent tokens are evicted first.
+        self.block_pool.free_blocks(released)
 
     def _cache_full_blocks(self, request: Request, num_tokens: int) -> None:
         if not self.enable_caching:
@@ -139,12 +211,21 @@ class KVCacheManager:
         # in the same step) must not leave behind hashes of blocks whose K/V are never written.
         # Such blocks were allocated by this request alone: prefix hits lie below
         # num_computed_tokens.
+        # Blocks already released out of the sliding window are placeholders: not freed twice.
+        held = [block for block in blocks if block is not SKIPPED_BLOCK]
         for block in blocks[request.num_computed_tokens // self.block_size : num_cached]:
-            self.block_pool.uncache_block(block)
-        self.block_pool.free_blocks(reversed(blocks))
+            if block is not SKIPPED_BLOCK:
+                self.block_pool.uncache_block(block)
+        self.block_pool.free_blocks(reversed(held))
 
     def get_block_ids(self, req_id: str) -> list[int]:
+        """The request's block ids by position; -1 where a block was released out of the window
+        (never at admission, when nothing has been computed yet)."""
         return [block.block_id for block in self.req_to_blocks.get(req_id, [])]
+
+    def get_num_held_blocks(self, req_id: str) -> int:
+        """Blocks the request holds a reference on (released window blocks excluded)."""
+        return sum(1 for block in self.req_to_blocks.get(req_id, []) if block is not SKIPPED_BLOCK)
 
     def make_prefix_cache_stats(self) -> PrefixCacheStats | None:
         """Stats since the last call (then reset); None when prefix caching is off."""

@@ -55,6 +55,7 @@ def make_scheduler(
     *,
     block_size: int = BLOCK_SIZE,
     enable_prefix_caching: bool = True,
+    sliding_window: int | None = None,
     **scheduler_kwargs: object,
 ) -> Scheduler:
     scheduler_kwargs.setdefault("max_num_batched_tokens", 64)
@@ -63,6 +64,7 @@ def make_scheduler(
         CacheConfig(block_size=block_size, enable_prefix_caching=enable_prefix_caching),
         num_blocks=num_blocks,
         max_model_len=max_model_len,
+        sliding_window=sliding_window,
     )
 
 
@@ -73,13 +75,19 @@ class FakeRunner:
     block table covers every scheduled position, "writes" each computed token into its slot and
     checks every request reads back its own tokens (so a wrong prefix hit or a block reused while
     still in use fails), and samples token_fn(req_id, position) when a
-    request's chunk reaches its last known token.
+    request's chunk reaches its last known token. With sliding_window W, only the slots a chunk
+    starting at `start` attends to are checked: positions > start - W (the older blocks may have
+    been released and reused).
     """
 
     def __init__(
-        self, block_size: int = BLOCK_SIZE, token_fn: Callable[[str, int], int] | None = None
+        self,
+        block_size: int = BLOCK_SIZE,
+        token_fn: Callable[[str, int], int] | None = None,
+        sliding_window: int | None = None,
     ) -> None:
         self.block_size = block_size
+        self.sliding_window = sliding_window
         self.token_fn = token_fn or (lambda req_id, pos: 1 + pos)
         self.tokens: dict[str, list[int]] = {}
         self.block_ids: dict[str, list[int]] = {}
@@ -95,6 +103,7 @@ class FakeRunner:
             self.computed.pop(req_id, None)
         for new in so.scheduled_new_reqs:
             assert new.req_id not in self.tokens, f"{new.req_id} resent without being dropped"
+            assert min(new.block_ids, default=0) >= 0, f"{new.req_id}: placeholder block id sent"
             self.tokens[new.req_id] = new.prompt_token_ids + new.output_token_ids
             self.block_ids[new.req_id] = list(new.block_ids)
             self.computed[new.req_id] = new.num_computed_tokens
@@ -116,7 +125,7 @@ class FakeRunner:
         sampled: dict[str, list[int]] = {}
         for req_id, n in so.num_scheduled_tokens.items():
             end = self.computed[req_id] + n
-            for pos in range(end):
+            for pos in range(self._first_read(self.computed[req_id]), end):
                 assert self.kv.get(self._slot(req_id, pos)) == self.tokens[req_id][pos], (
                     f"{req_id}: slot of position {pos} holds another token"
                 )
@@ -126,6 +135,12 @@ class FakeRunner:
                 self.tokens[req_id].append(token)
                 sampled[req_id] = [token]
         return ModelRunnerOutput(req_ids=list(so.num_scheduled_tokens), sampled_token_ids=sampled)
+
+    def _first_read(self, start: int) -> int:
+        """First key position a chunk whose first query sits at `start` attends to."""
+        if self.sliding_window is None:
+            return 0
+        return max(0, start - self.sliding_window + 1)
 
     def _slot(self, req_id: str, pos: int) -> tuple[int, int]:
         return self.block_ids[req_id][pos // self.block_size], pos % self.block_size

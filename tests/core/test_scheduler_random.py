@@ -6,6 +6,7 @@ from collections import Counter
 import pytest
 from tests.core.core_helpers import FakeRunner, make_request, make_scheduler, step
 
+from pagedllm.core.kv_cache_manager import SKIPPED_BLOCK
 from pagedllm.core.sched.scheduler import Scheduler
 from pagedllm.request import RequestStatus
 
@@ -20,6 +21,12 @@ def _check_invariants(scheduler: Scheduler) -> None:
     for request in scheduler.running:
         assert request.num_computed_tokens <= request.num_tokens
         assert len(kvm.req_to_blocks[request.request_id]) * 4 >= request.num_computed_tokens
+        # Released window blocks: a leading run, none a future query can read.
+        skipped = [b is SKIPPED_BLOCK for b in kvm.req_to_blocks[request.request_id]]
+        assert skipped == sorted(skipped, reverse=True)
+        if kvm.sliding_window is not None:
+            first_read = max(0, request.num_computed_tokens - kvm.sliding_window + 1) // 4
+            assert sum(skipped) <= first_read
     for request in scheduler.waiting:
         assert request.num_computed_tokens == 0
         assert request.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED)
@@ -39,12 +46,14 @@ def _step(scheduler: Scheduler, runner: FakeRunner, produced: Counter[str]) -> i
     return stats.num_preemptions
 
 
+@pytest.mark.parametrize("sliding_window", [None, 10])
 @pytest.mark.parametrize("seed", range(4))
-def test_random_workload(seed: int) -> None:
+def test_random_workload(seed: int, sliding_window: int | None) -> None:
     rng = random.Random(seed)
     scheduler = make_scheduler(num_blocks=10, max_model_len=32, max_num_batched_tokens=12,
-                               max_num_seqs=4, policy=rng.choice(["fcfs", "priority"]))
-    runner = FakeRunner()
+                               max_num_seqs=4, policy=rng.choice(["fcfs", "priority"]),
+                               sliding_window=sliding_window)
+    runner = FakeRunner(sliding_window=sliding_window)
     shared = list(range(500, 508))
     expected: dict[str, int] = {}
     aborted: set[str] = set()

@@ -36,6 +36,9 @@ class Scheduler:
       to the runner in the next SchedulerOutput so it drops their state.
     - block_hasher: the BlockHasher Requests must be built with for prefix caching (None when
       prefix caching is off).
+
+    sliding_window: the window shared by every attention layer of the model, if any (see
+    common_sliding_window): the KV cache manager then releases blocks that fell out of it.
     """
 
     def __init__(
@@ -45,13 +48,14 @@ class Scheduler:
         num_blocks: int,
         max_model_len: int,
         block_hasher: BlockHasher | None = None,
+        sliding_window: int | None = None,
     ) -> None:
         _check_capacity(scheduler_config, cache_config, num_blocks, max_model_len)
         self.scheduler_config = scheduler_config
         self.max_model_len = max_model_len
         caching = cache_config.enable_prefix_caching
         self.kv_cache_manager = KVCacheManager(
-            num_blocks, cache_config.block_size, caching, max_model_len
+            num_blocks, cache_config.block_size, caching, max_model_len, sliding_window
         )
         if block_hasher is None and caching:
             block_hasher = make_block_hasher(cache_config.block_size)
