@@ -1,4 +1,5 @@
-"""Gated activations: [T, 2*I] (gate | up) -> act(gate) * up: [T, I]."""
+"""Gated activations: [T, 2*I] (gate | up) -> act(gate) * up: [T, I]; and the plain ones of
+non-gated MLPs (GPT-2, GPT-NeoX, OPT)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,22 @@ def get_act_and_mul(hidden_act: str) -> nn.Module:
     raise ValueError(
         f"hidden_act {hidden_act!r} is not supported; supported: silu, gelu, gelu_pytorch_tanh"
     )
+
+
+_ACTIVATIONS = {
+    "gelu": lambda: nn.GELU(),
+    "gelu_new": lambda: nn.GELU(approximate="tanh"),  # HF NewGELUActivation
+    "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh"),
+    "gelu_fast": lambda: nn.GELU(approximate="tanh"),
+    "relu": lambda: nn.ReLU(),
+    "silu": lambda: nn.SiLU(),
+}
+
+
+def get_act_fn(hidden_act: str) -> nn.Module:
+    """The (non-gated) activation of an HF `hidden_act` / `activation_function` name."""
+    if hidden_act not in _ACTIVATIONS:
+        raise ValueError(
+            f"activation {hidden_act!r} is not supported; supported: {sorted(_ACTIVATIONS)}"
+        )
+    return _ACTIVATIONS[hidden_act]()

@@ -1,9 +1,10 @@
-"""RMSNorm with the residual add fused in (as vLLM/nano-vllm's decoder layers use it), and
-Gemma's variant that scales by (1 + weight)."""
+"""RMSNorm with the residual add fused in (as vLLM/nano-vllm's decoder layers use it),
+Gemma's variant that scales by (1 + weight), and LayerNorm (with bias) behind the same interface."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.model_executor.layers.weight_utils import default_weight_loader, set_weight_attrs
@@ -44,3 +45,15 @@ class GemmaRMSNorm(RMSNorm):
 
     def norm(self, x: torch.Tensor) -> torch.Tensor:
         return (self._normalized(x) * (1.0 + self.weight.float())).to(x.dtype)
+
+
+class LayerNorm(RMSNorm):
+    """LayerNorm with weight and bias (GPT-2, GPT-NeoX, OPT), same fused-residual interface."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5) -> None:
+        super().__init__(hidden_size, eps)
+        self.bias = nn.Parameter(torch.empty(hidden_size), requires_grad=False)
+        set_weight_attrs(self.bias, weight_loader=default_weight_loader)
+
+    def norm(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)

@@ -3,7 +3,11 @@
 For each head, dims [0, D/2) pair with [D/2, D):
     out[:D/2] = x1 * cos - x2 * sin,   out[D/2:] = x2 * cos + x1 * sin
 Frequency variants (rope_type): "default", "linear" (positions / factor) and "llama3"
-(long wavelengths slowed by `factor`, a smooth ramp between low_freq and high_freq).
+(long wavelengths slowed by `factor`, a smooth ramp between low_freq and high_freq) and
+"longrope" (Phi-3: per-frequency short_factor / long_factor, cos/sin scaled by attention_factor).
+Partial rotary (`partial_rotary_factor`, GPT-NeoX's `rotary_pct`): only the first
+rotary_dim = head_dim * factor dims of each head are rotated (pairing [0, R/2) with [R/2, R)),
+the rest pass through.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "longrope")
 
 
 def rope_parameters(hf_config: Any, layer_type: str | None = None) -> dict[str, Any]:
@@ -30,8 +34,25 @@ def rope_parameters(hf_config: Any, layer_type: str | None = None) -> dict[str, 
     if not params:
         params = dict(getattr(hf_config, "rope_scaling", None) or {})
     params.setdefault("rope_theta", getattr(hf_config, "rope_theta", None) or 10000.0)
+    partial = getattr(hf_config, "partial_rotary_factor", None) or getattr(
+        hf_config, "rotary_pct", None
+    )
+    if partial is not None:
+        params.setdefault("partial_rotary_factor", partial)
     params["rope_type"] = params.get("rope_type") or params.pop("type", None) or "default"
+    if params["rope_type"] == "longrope":
+        _fill_longrope_defaults(params, hf_config)
     return params
+
+
+def _fill_longrope_defaults(params: dict[str, Any], hf_config: Any) -> None:
+    # Phi-3 configs may keep original_max_position_embeddings beside rope_parameters, and leave
+    # `factor` to be max_position_embeddings / original (as HF computes it).
+    if params.get("original_max_position_embeddings") is None:
+        params["original_max_position_embeddings"] = hf_config.original_max_position_embeddings
+    if params.get("factor") is None:
+        original = params["original_max_position_embeddings"]
+        params["factor"] = hf_config.max_position_embeddings / original
 
 
 class RotaryEmbedding(nn.Module):
@@ -43,11 +64,13 @@ class RotaryEmbedding(nn.Module):
                 f"supported: {SUPPORTED_ROPE_TYPES}"
             )
         self.head_dim = head_dim
+        self.rotary_dim = int(head_dim * params.get("partial_rotary_factor", 1.0))
         self.max_position = max_position
-        inv_freq = _inv_freq(head_dim, params)  # [D/2]
+        inv_freq = _inv_freq(self.rotary_dim, params, max_position)  # [R/2]
         t = torch.arange(max_position, dtype=torch.float32)
-        freqs = torch.outer(t, inv_freq)  # [max_position, D/2]
-        cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1)  # [max_position, D]
+        freqs = torch.outer(t, inv_freq)  # [max_position, R/2]
+        cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1)  # [max_position, R]
+        cache = cache * _attention_factor(params)
         # NOTE: float32 whatever the model dtype, cast at use (HF computes cos/sin in fp32).
         self.register_buffer("cos_sin_cache", cache, persistent=False)
 
@@ -57,23 +80,29 @@ class RotaryEmbedding(nn.Module):
         query: torch.Tensor,  # [T, H * D]
         key: torch.Tensor,  # [T, Hkv * D]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        cos, sin = self.cos_sin_cache[positions].to(query.dtype).chunk(2, dim=-1)  # [T, D/2]
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [T, 1, D/2]
+        cos, sin = self.cos_sin_cache[positions].to(query.dtype).chunk(2, dim=-1)  # [T, R/2]
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [T, 1, R/2]
         return self._rotate(query, cos, sin), self._rotate(key, cos, sin)
 
     def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         num_tokens = x.shape[0]
         x = x.view(num_tokens, -1, self.head_dim)  # [T, heads, D]
-        x1, x2 = x.chunk(2, dim=-1)
-        out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+        x_rot, x_pass = x.split([self.rotary_dim, self.head_dim - self.rotary_dim], dim=-1)
+        x1, x2 = x_rot.chunk(2, dim=-1)
+        out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, x_pass], dim=-1)
         return out.view(num_tokens, -1)
 
     def extra_repr(self) -> str:
-        return f"head_dim={self.head_dim}, max_position={self.max_position}"
+        return (
+            f"head_dim={self.head_dim}, rotary_dim={self.rotary_dim}, "
+            f"max_position={self.max_position}"
+        )
 
 
-def _inv_freq(head_dim: int, params: dict[str, Any]) -> torch.Tensor:
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+def _inv_freq(rotary_dim: int, params: dict[str, Any], max_position: int) -> torch.Tensor:
+    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim
+    if params["rope_type"] == "longrope":
+        return 1.0 / (_longrope_factors(params, max_position) * params["rope_theta"] ** exponents)
     inv_freq = 1.0 / (params["rope_theta"] ** exponents)
     if params["rope_type"] == "linear":
         return inv_freq / params["factor"]
@@ -94,3 +123,23 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, params: dict[str, Any]) -> torch.Te
     smoothed = (1 - smooth) * scaled / factor + smooth * scaled
     is_medium = (wavelen >= original_len / high) & (wavelen <= original_len / low)
     return torch.where(is_medium, smoothed, scaled)
+
+
+def _longrope_factors(params: dict[str, Any], max_position: int) -> torch.Tensor:
+    """[R/2] per-frequency divisors. One set for the whole run, chosen by the longest sequence
+    served, as vLLM does: long_factor if max_position exceeds original_max_position_embeddings.
+    (HF picks per sequence length, so the two agree when no sequence crosses the original.)"""
+    use_long = max_position > params["original_max_position_embeddings"]
+    factors = params["long_factor"] if use_long else params["short_factor"]
+    return torch.tensor(factors, dtype=torch.float32)
+
+
+def _attention_factor(params: dict[str, Any]) -> float:
+    """The cos/sin scale of longrope: attention_factor, else sqrt(1 + ln(factor) / ln(original))
+    (1 when factor <= 1); 1 for the other rope types."""
+    if params["rope_type"] != "longrope":
+        return 1.0
+    if params.get("attention_factor") is not None:
+        return params["attention_factor"]
+    factor, original = params["factor"], params["original_max_position_embeddings"]
+    return math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1.0 else 1.0

@@ -4,7 +4,7 @@ name mapping of packed (merged) modules declared as data by each model."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -12,6 +12,11 @@ from torch import nn
 
 WeightLoader = Callable[..., None]
 """weight_loader(param, loaded_weight, shard_id=None): copy (a shard of) a checkpoint tensor."""
+
+NameMapper = Callable[[str], "tuple[str, Any, int] | None"]
+"""checkpoint name -> (our parameter name, shard_id, number of shards that fill the parameter),
+or None when the name is not one it maps. For names packed_modules_mapping cannot express (MoE
+experts: `...experts.3.w1.weight` is shard (3, 0) of our stacked `...experts.gate_up_proj`)."""
 
 
 def set_weight_attrs(param: nn.Parameter, **attrs: Any) -> None:
@@ -34,12 +39,14 @@ def load_packed_weights(
     weights: Iterable[tuple[str, Any]],
     packed_modules_mapping: dict[str, list[str]],
     ignore: Callable[[str], bool] = lambda name: False,
+    name_mappers: Sequence[NameMapper] = (),
 ) -> set[str]:
     """Load (checkpoint name, tensor) pairs; return the names of fully loaded parameters.
 
     packed_modules_mapping: {"qkv_proj": ["q_proj", "k_proj", "v_proj"], ...}: the checkpoint's
     `...q_proj.weight` is shard 0 of our `...qkv_proj.weight`, loaded by its weight_loader.
     A packed parameter counts as loaded once all its shards were.
+    name_mappers are tried first, in order; the first that maps a name decides its target.
     """
     params = dict(model.named_parameters())
     shard_of = {
@@ -52,7 +59,10 @@ def load_packed_weights(
     for name, tensor in weights:
         if ignore(name):
             continue
-        target, shard_id = _packed_target(name, shard_of)
+        target, shard_id, num_shards = _map_name(
+            name, name_mappers, shard_of, packed_modules_mapping
+        )
+        shards_needed[target] = num_shards
         if target not in params:
             raise ValueError(f"checkpoint tensor {name!r} matches no parameter of the model")
         param = params[target]
@@ -62,9 +72,23 @@ def load_packed_weights(
         except ValueError as e:
             raise ValueError(f"loading {name!r}: {e}") from e
         shards_loaded[target] += 1
-        packed = target.split(".")[-2]
-        shards_needed[target] = len(packed_modules_mapping.get(packed, [None]))
     return {name for name, n in shards_loaded.items() if n >= shards_needed[name]}
+
+
+def _map_name(
+    name: str,
+    name_mappers: Sequence[NameMapper],
+    shard_of: dict[str, tuple[str, int]],
+    packed_modules_mapping: dict[str, list[str]],
+) -> tuple[str, Any, int]:
+    """(our parameter name, shard_id or None, number of shards of that parameter)."""
+    for mapper in name_mappers:
+        mapped = mapper(name)
+        if mapped is not None:
+            return mapped
+    target, shard_id = _packed_target(name, shard_of)
+    packed = target.split(".")[-2]
+    return target, shard_id, len(packed_modules_mapping.get(packed, [None]))
 
 
 def _packed_target(name: str, shard_of: dict[str, tuple[str, int]]) -> tuple[str, int | None]:

@@ -99,12 +99,16 @@ class LlamaDecoderLayer(nn.Module):
     def __init__(self, config: Any, rotary_emb: RotaryEmbedding, layer_idx: int, prefix: str):
         super().__init__()
         self.self_attn = self.build_attention(config, rotary_emb, layer_idx, f"{prefix}.self_attn")
-        self.mlp = LlamaMLP(
+        self.mlp = self.build_mlp(config, layer_idx)
+        self.input_layernorm = self.norm_cls(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = self.norm_cls(config.hidden_size, config.rms_norm_eps)
+
+    def build_mlp(self, config: Any, layer_idx: int) -> nn.Module:
+        """The feed-forward block (mixture-of-experts families override it)."""
+        return LlamaMLP(
             config.hidden_size, config.intermediate_size, _hidden_act(config),
             getattr(config, "mlp_bias", False),
         )  # fmt: skip
-        self.input_layernorm = self.norm_cls(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = self.norm_cls(config.hidden_size, config.rms_norm_eps)
 
     def build_attention(
         self, config: Any, rotary_emb: RotaryEmbedding, layer_idx: int, prefix: str

@@ -1,0 +1,134 @@
+"""Mixture of experts: top-k softmax routing and the experts' gated MLPs, each expert run only on
+the tokens routed to it (token slots grouped by expert, one matmul pair per expert hit, results
+weighted and index_add-ed back), never densely over all experts.
+
+Expert weights are stacked per expert (HF transformers 5's fused layout):
+    gate_up_proj [E, 2*I, H]  rows [ gate: I | up: I ]
+    down_proj    [E, H, I]
+Checkpoints that store one matrix per expert (`...experts.3.w1.weight`, Mixtral; or
+`...experts.3.gate_proj.weight`, Qwen MoE) load through `ExpertWeightMapper`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pagedllm.model_executor.layers.activation import get_act_and_mul
+from pagedllm.model_executor.layers.weight_utils import default_weight_loader, set_weight_attrs
+
+
+def select_experts(
+    router_logits: torch.Tensor,  # [T, E]
+    top_k: int,
+    renormalize: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax (in float32) -> top-k; renormalize: the k weights rescaled to sum to 1.
+    Returns (weights [T, k] float32, expert ids [T, k] long)."""
+    probs = torch.softmax(router_logits.float(), dim=-1)
+    weights, ids = torch.topk(probs, top_k, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, ids
+
+
+class FusedMoE(nn.Module):
+    """The routed experts of one layer: (hidden_states, router_logits) -> weighted expert sum."""
+
+    def __init__(
+        self,
+        num_experts: int,
+        top_k: int,
+        hidden_size: int,
+        intermediate_size: int,
+        hidden_act: str = "silu",
+        renormalize: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.intermediate_size = intermediate_size
+        self.renormalize = renormalize
+        self.act_fn = get_act_and_mul(hidden_act)
+        gate_up = torch.empty(num_experts, 2 * intermediate_size, hidden_size)
+        down = torch.empty(num_experts, hidden_size, intermediate_size)
+        self.gate_up_proj = nn.Parameter(gate_up, requires_grad=False)
+        self.down_proj = nn.Parameter(down, requires_grad=False)
+        for param in (self.gate_up_proj, self.down_proj):
+            set_weight_attrs(param, weight_loader=self.weight_loader)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # [T, H]
+        router_logits: torch.Tensor,  # [T, E]
+    ) -> torch.Tensor:  # [T, H]
+        weights, ids = select_experts(router_logits, self.top_k, self.renormalize)
+        # Token slots (token, k) sorted by expert: expert e owns slots[offsets[e]:offsets[e+1]].
+        slots = ids.flatten().argsort(stable=True)  # [T*k]
+        counts = torch.bincount(ids.flatten(), minlength=self.num_experts).tolist()
+        flat_weights = weights.flatten()
+        out = torch.zeros_like(hidden_states)
+        start = 0
+        for expert, count in enumerate(counts):
+            if count == 0:
+                continue
+            expert_slots = slots[start : start + count]
+            start += count
+            tokens = expert_slots // self.top_k
+            expert_out = self._expert(expert, hidden_states[tokens])
+            scale = flat_weights[expert_slots].unsqueeze(-1).to(expert_out.dtype)
+            out.index_add_(0, tokens, expert_out * scale)
+        return out
+
+    def _expert(self, expert: int, x: torch.Tensor) -> torch.Tensor:  # [n, H] -> [n, H]
+        return F.linear(self.act_fn(F.linear(x, self.gate_up_proj[expert])), self.down_proj[expert])
+
+    def weight_loader(
+        self, param: nn.Parameter, loaded: torch.Tensor, shard_id: tuple[int, str] | None = None
+    ) -> None:
+        """Whole stacked tensor (shard_id None), or one expert's "gate" / "up" / "down" matrix."""
+        if shard_id is None:
+            default_weight_loader(param, loaded)
+            return
+        expert, which = shard_id
+        rows = param.data[expert]
+        if which in ("gate", "up"):
+            offset = 0 if which == "gate" else self.intermediate_size
+            rows = rows.narrow(0, offset, self.intermediate_size)
+        if rows.shape != loaded.shape:
+            raise ValueError(
+                f"expert {expert} {which} has shape {tuple(loaded.shape)}, "
+                f"expected {tuple(rows.shape)}"
+            )
+        rows.copy_(loaded)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_experts={self.num_experts}, top_k={self.top_k}, "
+            f"intermediate_size={self.intermediate_size}, renormalize={self.renormalize}"
+        )
+
+
+class ExpertWeightMapper:
+    """NameMapper (see weight_utils) for per-expert checkpoint matrices:
+    `<prefix>.experts.<e>.<gate|up|down name>.weight` -> our `<prefix>.experts.<param>`, shard
+    (e, "gate" | "up" | "down")."""
+
+    def __init__(self, num_experts: int, gate: str, up: str, down: str) -> None:
+        self.num_experts = num_experts
+        self.which = {gate: "gate", up: "up", down: "down"}
+        names = "|".join(map(re.escape, self.which))
+        self.pattern = re.compile(rf"^(.*\.experts)\.(\d+)\.({names})\.weight$")
+
+    def __call__(self, name: str) -> tuple[str, Any, int] | None:
+        match = self.pattern.match(name)
+        if match is None:
+            return None
+        prefix, expert, which = match[1], int(match[2]), self.which[match[3]]
+        if which == "down":
+            return f"{prefix}.down_proj", (expert, which), self.num_experts
+        return f"{prefix}.gate_up_proj", (expert, which), 2 * self.num_experts
