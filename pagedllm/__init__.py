@@ -12,7 +12,13 @@ from pagedllm.version import __version__
 
 if TYPE_CHECKING:
     from pagedllm.entrypoints.llm import LLM
-    from pagedllm.outputs import CompletionOutput, RequestOutput
+    from pagedllm.outputs import (
+        CompletionOutput,
+        EmbeddingOutput,
+        EmbeddingRequestOutput,
+        RequestOutput,
+    )
+    from pagedllm.pooling_params import PoolingParams
     from pagedllm.sampling_params import SamplingParams
 
 _LAZY = {
@@ -20,9 +26,15 @@ _LAZY = {
     "SamplingParams": "pagedllm.sampling_params",
     "RequestOutput": "pagedllm.outputs",
     "CompletionOutput": "pagedllm.outputs",
+    "EmbeddingOutput": "pagedllm.outputs",
+    "EmbeddingRequestOutput": "pagedllm.outputs",
+    "PoolingParams": "pagedllm.pooling_params",
 }
 
-__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "__version__"]
+__all__ = [
+    "LLM", "SamplingParams", "PoolingParams", "RequestOutput", "CompletionOutput",
+    "EmbeddingOutput", "EmbeddingRequestOutput", "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:

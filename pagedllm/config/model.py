@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pagedllm.config.pooler import PoolerConfig
+
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -36,12 +38,22 @@ class ModelConfig:
     """Weight quantization method (None: weights run in `dtype`)."""
     seed: int = 0
     """Default seed for requests without one."""
+    task: Literal["generate", "embed"] = "generate"
+    """What the engine serves: generated text, or one embedding per prompt."""
+    pooler: PoolerConfig | None = None
+    """How hidden states become an embedding (task "embed" only)."""
+    is_encoder_only: bool = False
+    """A bidirectional encoder (BERT): runs on the pooling core, without a KV cache."""
 
     def __post_init__(self) -> None:
         if self.dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"dtype must be one of {SUPPORTED_DTYPES}, got {self.dtype!r}")
         if self.max_model_len < 1:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
+        if (self.task == "embed") != (self.pooler is not None):
+            raise ValueError(f"task {self.task!r} needs a pooler config exactly when 'embed'")
+        if self.is_encoder_only and self.task != "embed":
+            raise ValueError(f"{self.architecture} is an encoder: it serves task 'embed' only")
 
     @property
     def served_name(self) -> str:

@@ -26,9 +26,15 @@ class EngineArgs:
     attention_backend: str | None = None
     num_threads: int | None = None
     quantization: str | None = None
+    """Weight quantization: None/"auto" (what the checkpoint holds), "none", "int8", "int4",
+    "gguf", "awq", "gptq"."""
     kv_cache_dtype: str = "auto"
+    """KV cache storage: "auto" (the model dtype), "int8" or "fp8" (8 bits + a scale per token
+    and head)."""
     num_gpu_blocks_override: int | None = None
     scheduling_policy: str = "fcfs"
+    task: str = "auto"
+    """"generate", "embed" (decoders: last-token pooling), or "auto" (embed for encoders)."""
 
     def create_engine_config(self) -> EngineConfig:
         from pagedllm.model_executor.model_loader.config import load_model_config
@@ -41,6 +47,7 @@ class EngineArgs:
             seed=self.seed,
             quantization=self.quantization,
             device=device,
+            task=self.task,
         )
         cache_config = CacheConfig(
             block_size=self.block_size,

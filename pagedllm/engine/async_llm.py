@@ -22,13 +22,14 @@ from typing import Any
 from pagedllm.engine.arg_utils import EngineArgs
 from pagedllm.engine.core_client import EngineDeadError, MPClient
 from pagedllm.engine.input_processor import InputProcessor, PromptType
-from pagedllm.engine.llm_engine import _fan_out
+from pagedllm.engine.llm_engine import _fan_out, add_pooling_request
 from pagedllm.engine.messages import EngineCoreOutputs
 from pagedllm.engine.output_processor import OutputProcessor, ParentRequest
 from pagedllm.logger import init_logger
 from pagedllm.metrics.loggers import StatLoggerBase
 from pagedllm.metrics.request_stats import IterationStats, RequestStatsTracker
-from pagedllm.outputs import RequestOutput
+from pagedllm.outputs import EmbeddingRequestOutput, RequestOutput
+from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
 
 logger = init_logger(__name__)
@@ -116,6 +117,42 @@ class AsyncLLM:
                     raise item
                 finished = item.finished
                 yield item
+        finally:
+            if not finished:
+                self._abort(request_id)
+
+    async def encode(
+        self,
+        prompt: PromptType,
+        pooling_params: PoolingParams,
+        request_id: str,
+        arrival_time: float | None = None,
+        priority: int = 0,
+    ) -> AsyncIterator[EmbeddingRequestOutput]:
+        """The embedding of one prompt (a single, finished output). Bad input raises ValueError
+        before anything is queued; leaving early aborts the request."""
+        self._start_output_handler()
+        if self._dead_error is not None:
+            raise EngineDeadError("the engine core is not running") from self._dead_error
+        if request_id in self._streams:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        processed = self.input_processor.process_prompt(prompt)
+        core_request = add_pooling_request(self.input_processor, self.output_processor,
+                                           request_id, processed, pooling_params, arrival_time,
+                                           priority)
+        stream: asyncio.Queue = asyncio.Queue()
+        self._streams[request_id] = stream
+        self._children[request_id] = [request_id]
+        self.request_stats.add_request(request_id, len(processed.prompt_token_ids),
+                                       time.monotonic())
+        self.engine_core.add_request(core_request)
+        finished = False
+        try:
+            item = await stream.get()
+            if isinstance(item, BaseException):
+                raise item
+            finished = True
+            yield item
         finally:
             if not finished:
                 self._abort(request_id)

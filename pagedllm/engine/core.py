@@ -6,21 +6,26 @@ It runs in the caller's process for offline use and in its own process behind th
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
 from pagedllm.attention.selector import get_attn_backend
 from pagedllm.config import EngineConfig
+from pagedllm.core.kv_cache_manager import common_sliding_window
 from pagedllm.core.sched.scheduler import Scheduler
-from pagedllm.engine.messages import EngineCoreOutputs, EngineCoreRequest
+from pagedllm.engine.messages import EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest
 from pagedllm.logger import init_logger
 from pagedllm.model_executor.layers.attention import attention_layers
 from pagedllm.model_executor.model_loader import estimate_weight_bytes, get_model
 from pagedllm.platforms import configure_threads
-from pagedllm.request import Request, RequestStatus
+from pagedllm.request import FinishReason, Request, RequestStatus
 from pagedllm.utils.memory import format_bytes
 from pagedllm.worker.kv_cache_alloc import allocate_kv_caches, available_memory, plan_kv_cache
 from pagedllm.worker.model_runner import ModelRunner
+
+if TYPE_CHECKING:
+    from pagedllm.engine.pooling_core import PoolingEngineCore
 
 logger = init_logger(__name__)
 
@@ -49,9 +54,13 @@ class EngineCore:
         self.model_runner = ModelRunner(
             model, kv_caches, backend, layout.block_size, config.model.vocab_size,
             config.model.eos_token_ids, device,
+            pool_last_token=config.model.task == "embed",
         )
         self.scheduler = Scheduler(
-            config.scheduler, config.cache, layout.num_blocks, config.model.max_model_len
+            config.scheduler, config.cache, layout.num_blocks, config.model.max_model_len,
+            sliding_window=common_sliding_window(
+                layer.sliding_window for layer in attention_layers(model)
+            ),
         )
 
     def add_request(self, request: EngineCoreRequest) -> None:
@@ -87,7 +96,34 @@ class EngineCore:
         start = time.perf_counter()
         runner_output = self.model_runner.execute_model(scheduler_output)
         self.last_execute_seconds = time.perf_counter() - start
-        return self.scheduler.update_from_output(scheduler_output, runner_output)
+        outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
+        if runner_output.pooler_output:
+            self._finish_pooled(runner_output.pooler_output, outputs)
+        return outputs
+
+    def _finish_pooled(self, pooled: dict[str, list[float]], outputs: EngineCoreOutputs) -> None:
+        """Task "embed": a request is done once its prompt is computed; it reports the pooled
+        state instead of a token."""
+        done = []
+        for req_id, vector in pooled.items():
+            request = self.scheduler.get_request(req_id)
+            if request is None or request.is_finished():
+                continue  # aborted while the step ran
+            done.append(req_id)
+            outputs.outputs.append(EngineCoreOutput(
+                req_id, [], finish_reason=FinishReason.STOP,
+                num_cached_tokens=request.num_cached_tokens or 0, pooling_output=vector,
+            ))
+        self.scheduler.finish_requests(done, RequestStatus.FINISHED_STOPPED)
+
+
+def make_engine_core(config: EngineConfig) -> EngineCore | PoolingEngineCore:
+    """The engine core for the model: the paged one, or the KV-cache-free one of encoders."""
+    if config.model.is_encoder_only:
+        from pagedllm.engine.pooling_core import PoolingEngineCore
+
+        return PoolingEngineCore(config)
+    return EngineCore(config)
 
 
 def _check_weights_fit(config: EngineConfig, device: torch.device) -> None:

@@ -38,9 +38,9 @@ class InprocClient(EngineCoreClient):
     """Runs the engine core in this process: get_output() runs one step."""
 
     def __init__(self, config: EngineConfig) -> None:
-        from pagedllm.engine.core import EngineCore
+        from pagedllm.engine.core import make_engine_core
 
-        self.engine_core = EngineCore(config)
+        self.engine_core = make_engine_core(config)
 
     def add_request(self, request: EngineCoreRequest) -> None:
         self.engine_core.add_request(request)

@@ -192,7 +192,7 @@ def run_engine_core(
 
 
 def _start_core(engine_args: EngineArgs) -> tuple[EngineCore, EngineReady]:
-    from pagedllm.engine.core import EngineCore
+    from pagedllm.engine.core import make_engine_core
     from pagedllm.logger import init_logger
 
     logger = init_logger("pagedllm.engine.core_proc")
@@ -203,7 +203,7 @@ def _start_core(engine_args: EngineArgs) -> tuple[EngineCore, EngineReady]:
         os.getpid(), config.model.model, config.model.architecture, config.model.dtype,
         config.model.max_model_len, config.device.device,
     )
-    core = EngineCore(config)
+    core = make_engine_core(config)
     kv_bytes = core.kv_cache_bytes
     logger.info("engine core ready in %.1f s: %d KV blocks of %d tokens",
                 time.perf_counter() - start, core.num_blocks, config.cache.block_size)

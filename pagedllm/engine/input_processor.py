@@ -12,6 +12,7 @@ from typing import Any
 
 from pagedllm.config import ModelConfig
 from pagedllm.engine.messages import EngineCoreRequest
+from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
 
 # What generate() accepts as one prompt: text, token ids, or vLLM's dict forms.
@@ -29,7 +30,9 @@ class InputProcessor:
         self.model_config = model_config
         self.tokenizer = tokenizer
 
-    def process_prompt(self, prompt: PromptType, add_special_tokens: bool = True) -> ProcessedPrompt:
+    def process_prompt(
+        self, prompt: PromptType, add_special_tokens: bool = True
+    ) -> ProcessedPrompt:
         if isinstance(prompt, dict):
             if "prompt_token_ids" in prompt:
                 return self._from_token_ids(prompt["prompt_token_ids"])
@@ -61,6 +64,11 @@ class InputProcessor:
         return ProcessedPrompt(None, list(token_ids))
 
     def validate(self, prompt: ProcessedPrompt, params: SamplingParams) -> None:
+        if self.model_config.task == "embed":
+            raise ValueError(
+                f"{self.model_config.model} is served for embeddings (task 'embed'): use "
+                f"LLM.embed / /v1/embeddings, or start it with --task generate"
+            )
         num = len(prompt.prompt_token_ids)
         max_len = self.model_config.max_model_len
         if num >= max_len:
@@ -94,4 +102,46 @@ class InputProcessor:
             sampling_params=params,
             arrival_time=arrival_time if arrival_time is not None else time.time(),
             priority=priority,
+        )
+
+    def validate_pooling(self, prompt: ProcessedPrompt, params: PoolingParams) -> None:
+        config = self.model_config
+        if config.task != "embed" or config.pooler is None:
+            raise ValueError(
+                f"{config.model} is served for generation: embeddings need a model started "
+                f"with --task embed (or an embedding model such as all-MiniLM-L6-v2)"
+            )
+        num = len(prompt.prompt_token_ids)
+        if num > config.max_model_len:
+            raise ValueError(
+                f"input is {num} tokens long; the maximum model length is {config.max_model_len}"
+            )
+        if params.dimensions is not None:
+            if not config.pooler.matryoshka:
+                raise ValueError(
+                    f"{config.model} does not support Matryoshka representation: 'dimensions' "
+                    f"cannot change its embedding size ({config.hidden_size})"
+                )
+            if params.dimensions > config.hidden_size:
+                raise ValueError(
+                    f"dimensions={params.dimensions} is larger than the embedding size "
+                    f"{config.hidden_size}"
+                )
+
+    def make_pooling_request(
+        self,
+        request_id: str,
+        prompt: ProcessedPrompt,
+        params: PoolingParams,
+        arrival_time: float | None = None,
+        priority: int = 0,
+    ) -> EngineCoreRequest:
+        self.validate_pooling(prompt, params)
+        return EngineCoreRequest(
+            request_id=request_id,
+            prompt_token_ids=prompt.prompt_token_ids,
+            sampling_params=SamplingParams(max_tokens=1, detokenize=False),
+            arrival_time=arrival_time if arrival_time is not None else time.time(),
+            priority=priority,
+            pooling_params=params,
         )

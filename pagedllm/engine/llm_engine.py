@@ -9,9 +9,11 @@ from typing import Any
 from pagedllm.config import EngineConfig
 from pagedllm.engine.arg_utils import EngineArgs
 from pagedllm.engine.core_client import EngineCoreClient, InprocClient
-from pagedllm.engine.input_processor import InputProcessor, PromptType
-from pagedllm.engine.output_processor import OutputProcessor, ParentRequest
-from pagedllm.outputs import RequestOutput
+from pagedllm.engine.input_processor import InputProcessor, ProcessedPrompt, PromptType
+from pagedllm.engine.messages import EngineCoreRequest
+from pagedllm.engine.output_processor import OutputProcessor, ParentRequest, PoolingRequestState
+from pagedllm.outputs import EmbeddingRequestOutput, RequestOutput
+from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.tokenizer.loader import load_tokenizer
 
@@ -34,15 +36,22 @@ class LLMEngine:
         self,
         request_id: str,
         prompt: PromptType,
-        params: SamplingParams,
+        params: SamplingParams | PoolingParams,
         arrival_time: float | None = None,
         priority: int = 0,
     ) -> None:
-        """Validate and queue a request; raises ValueError (naming the field) on bad input,
-        before anything is queued."""
+        """Validate and queue a request (PoolingParams: an embedding request); raises ValueError
+        (naming the field) on bad input, before anything is queued."""
         if request_id in self._children:
             raise ValueError(f"request id {request_id!r} is already in use")
         processed = self.input_processor.process_prompt(prompt)
+        if isinstance(params, PoolingParams):
+            core_request = add_pooling_request(self.input_processor, self.output_processor,
+                                               request_id, processed, params, arrival_time,
+                                               priority)
+            self._children[request_id] = [request_id]
+            self.engine_core.add_request(core_request)
+            return
         parent = ParentRequest(request_id, processed.prompt, processed.prompt_token_ids, params)
         children = [
             (child_id, self.input_processor.make_request(
@@ -56,7 +65,7 @@ class LLMEngine:
             )
             self.engine_core.add_request(core_request)
 
-    def step(self) -> list[RequestOutput]:
+    def step(self) -> list[RequestOutput | EmbeddingRequestOutput]:
         outputs = self.engine_core.get_output()
         self.last_stats = outputs.scheduler_stats
         processed = self.output_processor.process_outputs(outputs.outputs)
@@ -93,3 +102,25 @@ def _fan_out(request_id: str, params: SamplingParams) -> list[tuple[str, Samplin
         seed = None if params.seed is None else params.seed + i
         children.append((f"{i}_{request_id}", dataclasses.replace(params, n=1, seed=seed)))
     return children
+
+
+def add_pooling_request(
+    input_processor: InputProcessor,
+    output_processor: OutputProcessor,
+    request_id: str,
+    processed: ProcessedPrompt,
+    params: PoolingParams,
+    arrival_time: float | None,
+    priority: int,
+) -> EngineCoreRequest:
+    """Validate an embedding request and register it with the output processor; the caller
+    sends the returned request to the engine core."""
+    core_request = input_processor.make_pooling_request(
+        request_id, processed, params, arrival_time, priority
+    )
+    pooler = input_processor.model_config.pooler
+    assert pooler is not None
+    output_processor.add_pooling_request(request_id, PoolingRequestState(
+        processed.prompt, processed.prompt_token_ids, params, pooler.normalize,
+    ))
+    return core_request

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from pagedllm.core.sched.output import LogprobsLists
 from pagedllm.metrics.stats import SchedulerStats
+from pagedllm.pooling_params import PoolingParams
 from pagedllm.request import FinishReason
 from pagedllm.sampling_params import SamplingParams
 
@@ -19,6 +20,8 @@ class EngineCoreRequest:
     """For n > 1 the output processor fans out n child requests with n == 1 each."""
     arrival_time: float = field(default_factory=time.time)
     priority: int = 0
+    pooling_params: PoolingParams | None = None
+    """Set for an embedding request (task "embed"); sampling_params are then the defaults."""
 
 
 @dataclass
@@ -30,6 +33,8 @@ class EngineCoreOutput:
     finish_reason: FinishReason | None = None
     stop_reason: int | str | None = None
     num_cached_tokens: int = 0
+    pooling_output: list[float] | None = None
+    """Embedding requests: the raw pooled hidden state (float32), with the finishing output."""
 
     @property
     def finished(self) -> bool:

@@ -8,7 +8,15 @@ from typing import Any
 
 from pagedllm.core.sched.output import LogprobsLists
 from pagedllm.engine.messages import EngineCoreOutput
-from pagedllm.outputs import CompletionOutput, Logprob, PromptLogprobs, RequestOutput
+from pagedllm.outputs import (
+    CompletionOutput,
+    EmbeddingOutput,
+    EmbeddingRequestOutput,
+    Logprob,
+    PromptLogprobs,
+    RequestOutput,
+)
+from pagedllm.pooling_params import PoolingParams, finish_embedding
 from pagedllm.request import FinishReason
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 from pagedllm.tokenizer.detokenizer import IncrementalDetokenizer, decode_tokens
@@ -129,8 +137,18 @@ def _logprob_dict(ids: list[int], lps: list[float], rank: int, tokenizer: Any,
 
 
 @dataclass
+class PoolingRequestState:
+    """An embedding request: one output, when the engine core has pooled its prompt."""
+
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: PoolingParams
+    default_normalize: bool
+
+
+@dataclass
 class ProcessedOutputs:
-    request_outputs: list[RequestOutput]
+    request_outputs: list[RequestOutput | EmbeddingRequestOutput]
     reqs_to_abort: list[str]
     """Child requests a stop string finished: the engine core must stop computing them."""
 
@@ -141,6 +159,10 @@ class OutputProcessor:
         self.states: dict[str, RequestState] = {}
         self.decode_cache: dict[int, str] = {}
         """Text of single token ids (for logprobs), shared by all requests."""
+        self.pooling_states: dict[str, PoolingRequestState] = {}
+
+    def add_pooling_request(self, request_id: str, state: PoolingRequestState) -> None:
+        self.pooling_states[request_id] = state
 
     def add_request(self, request_id: str, parent: ParentRequest, index: int,
                     params: SamplingParams) -> None:
@@ -149,15 +171,21 @@ class OutputProcessor:
         )
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self.states)
+        return bool(self.states) or bool(self.pooling_states)
 
     def abort_requests(self, request_ids: list[str]) -> None:
         for request_id in request_ids:
             self.states.pop(request_id, None)
+            self.pooling_states.pop(request_id, None)
 
     def process_outputs(self, outputs: list[EngineCoreOutput]) -> ProcessedOutputs:
         result = ProcessedOutputs([], [])
         for out in outputs:
+            if out.pooling_output is not None:
+                embedding = self._embedding_output(out)
+                if embedding is not None:
+                    result.request_outputs.append(embedding)
+                continue
             state = self.states.get(out.request_id)
             if state is None:
                 continue  # aborted meanwhile
@@ -174,6 +202,17 @@ class OutputProcessor:
             if request_output is not None:
                 result.request_outputs.append(request_output)
         return result
+
+    def _embedding_output(self, out: EngineCoreOutput) -> EmbeddingRequestOutput | None:
+        state = self.pooling_states.pop(out.request_id, None)
+        if state is None or out.pooling_output is None:
+            return None  # aborted meanwhile
+        vector = finish_embedding(out.pooling_output, state.params, state.default_normalize)
+        return EmbeddingRequestOutput(
+            request_id=out.request_id, prompt=state.prompt,
+            prompt_token_ids=state.prompt_token_ids, outputs=EmbeddingOutput(vector),
+            num_cached_tokens=out.num_cached_tokens,
+        )
 
     def _append_prompt_logprobs(self, parent: ParentRequest, lists: LogprobsLists) -> None:
         if parent.prompt_logprobs is None:

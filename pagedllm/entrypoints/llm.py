@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 from pagedllm.engine.arg_utils import EngineArgs
 from pagedllm.engine.input_processor import PromptType
 from pagedllm.engine.llm_engine import LLMEngine
-from pagedllm.outputs import RequestOutput
+from pagedllm.outputs import EmbeddingRequestOutput, RequestOutput
+from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 from pagedllm.tokenizer.chat import Conversation, apply_chat_template
 
@@ -68,7 +69,7 @@ class LLM:
         prompt_list = _as_prompt_list(prompts)
         params_list = _as_params_list(sampling_params, len(prompt_list))
         request_ids = self._add_requests(prompt_list, params_list)
-        return self._run_engine(request_ids, use_tqdm)
+        return self._run_engine(request_ids, use_tqdm)  # type: ignore[return-value]
 
     def chat(
         self,
@@ -96,12 +97,34 @@ class LLM:
             output.prompt = prompt["prompt"]
         return outputs
 
-    def _add_requests(self, prompts: list[PromptType], params: list[SamplingParams]) -> list[str]:
+    def embed(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        use_tqdm: bool = True,
+    ) -> list[EmbeddingRequestOutput]:
+        """One embedding per prompt (text, token ids, or {"prompt_token_ids": [...]}), in input
+        order. Needs an embedding model (BertModel...) or a decoder started with task="embed";
+        the engine packs the prompts into as few forward passes as its token budget allows."""
+        prompt_list = _as_prompt_list(prompts)
+        if pooling_params is None or isinstance(pooling_params, PoolingParams):
+            params_list = [pooling_params or PoolingParams()] * len(prompt_list)
+        else:
+            params_list = list(pooling_params)
+            if len(params_list) != len(prompt_list):
+                raise ValueError(f"got {len(params_list)} pooling_params for "
+                                 f"{len(prompt_list)} prompts; pass one or one per prompt")
+        request_ids = self._add_requests(prompt_list, params_list)
+        return self._run_engine(request_ids, use_tqdm)  # type: ignore[return-value]
+
+    def _add_requests(self, prompts: list[PromptType],
+                      params: Sequence[SamplingParams | PoolingParams]) -> list[str]:
         request_ids = []
         try:
             for prompt, sp in zip(prompts, params):
                 sp = sp.clone()
-                sp.output_kind = RequestOutputKind.FINAL_ONLY
+                if isinstance(sp, SamplingParams):
+                    sp.output_kind = RequestOutputKind.FINAL_ONLY
                 request_id = str(next(self._counter))
                 self.llm_engine.add_request(request_id, prompt, sp)
                 request_ids.append(request_id)
@@ -111,8 +134,10 @@ class LLM:
             raise
         return request_ids
 
-    def _run_engine(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
-        finished: dict[str, RequestOutput] = {}
+    def _run_engine(
+        self, request_ids: list[str], use_tqdm: bool
+    ) -> list[RequestOutput | EmbeddingRequestOutput]:
+        finished: dict[str, RequestOutput | EmbeddingRequestOutput] = {}
         bar = tqdm(total=len(request_ids), desc="Processed prompts", disable=not use_tqdm,
                    dynamic_ncols=True)
         generated = 0
@@ -121,7 +146,8 @@ class LLM:
                 for output in self.llm_engine.step():
                     if output.finished:
                         finished[output.request_id] = output
-                        generated += sum(len(o.token_ids) for o in output.outputs)
+                        if isinstance(output, RequestOutput):
+                            generated += sum(len(o.token_ids) for o in output.outputs)
                         bar.update(1)
                         bar.set_postfix_str(
                             f"output {generated / max(bar.format_dict['elapsed'], 1e-6):.1f} tok/s"

@@ -30,6 +30,7 @@ class ModelRunner:
         vocab_size: int,
         eos_token_ids: tuple[int, ...],
         device: torch.device,
+        pool_last_token: bool = False,
     ) -> None:
         self.model = model
         self.backend = backend
@@ -37,6 +38,9 @@ class ModelRunner:
         self.vocab_size = vocab_size
         self.eos_token_ids = eos_token_ids
         self.device = device
+        self.pool_last_token = pool_last_token
+        """Task "embed": a request whose prompt is computed returns its last token's hidden
+        state (ModelRunnerOutput.pooler_output) instead of sampling."""
         self.requests: dict[str, CachedRequestState] = {}
         self.sampler = Sampler()
         self.metadata_builder = backend.get_builder_cls()()
@@ -56,8 +60,11 @@ class ModelRunner:
         attn_metadata = self.metadata_builder.build(inputs.attn)
         with set_forward_context(attn_metadata):
             hidden = self.model(inputs.input_ids, inputs.positions)
-        output = self._sample(hidden, inputs)
-        self._compute_prompt_logprobs(hidden, inputs, output)
+        if self.pool_last_token:
+            output = self._pool_last_token(hidden, inputs)
+        else:
+            output = self._sample(hidden, inputs)
+            self._compute_prompt_logprobs(hidden, inputs, output)
         self._advance(scheduler_output, inputs, output)
         return output
 
@@ -99,6 +106,16 @@ class ModelRunner:
             output.sampled_token_ids[req_id] = [token_ids[i]]
         if sampled.logprobs is not None:
             self._collect_logprobs(sampled.logprobs, inputs.sampling_req_ids, output)
+        return output
+
+    def _pool_last_token(self, hidden: torch.Tensor, inputs: StepInputs) -> ModelRunnerOutput:
+        output = ModelRunnerOutput(
+            req_ids=inputs.req_ids, sampled_token_ids={r: [] for r in inputs.req_ids}
+        )
+        if inputs.sampling_req_ids:
+            # The rows whose next token would be sampled are the prompts' last tokens.
+            rows = hidden[inputs.logits_indices].float().tolist()  # [S, hidden]
+            output.pooler_output = dict(zip(inputs.sampling_req_ids, rows))
         return output
 
     def _collect_logprobs(self, tensors, req_ids: list[str], output: ModelRunnerOutput) -> None:

@@ -54,8 +54,8 @@ class SchedulerOutput:
 class LogprobsLists:
     """Logprobs of several positions of one request.
 
-    Row i: token_ids[i] = [chosen token, top-1, ..., top-k], logprobs[i] likewise, ranks[i] = rank of
-    the chosen token (1 = most likely).
+    Row i: token_ids[i] = [chosen token, top-1, ..., top-k], logprobs[i] likewise, ranks[i] =
+    rank of the chosen token (1 = most likely).
     """
 
     token_ids: list[list[int]]
@@ -76,3 +76,6 @@ class ModelRunnerOutput:
     prompt_logprobs: dict[str, LogprobsLists] = field(default_factory=dict)
     """For requests with prompt_logprobs set: one row per prompt position computed this step
     whose next token is a prompt token (the chosen token is that next prompt token)."""
+    pooler_output: dict[str, list[float]] = field(default_factory=dict)
+    """Task "embed": the raw pooled hidden state of each request whose prompt is now fully
+    computed (such a request samples nothing and is finished by the engine core)."""

@@ -9,8 +9,10 @@ from pagedllm.engine.arg_utils import EngineArgs
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine")
-    group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                       help="activation/weight dtype; auto: float32 on CPU, the checkpoint's on GPU")
+    group.add_argument("--dtype", default="auto",
+                       choices=["auto", "float32", "bfloat16", "float16"],
+                       help="activation/weight dtype; auto: float32 on CPU, the checkpoint's "
+                            "on GPU")
     group.add_argument("--max-model-len", type=int, default=None,
                        help="longest prompt + output in tokens (default: the model's context)")
     group.add_argument("--max-num-seqs", type=int, default=128,
@@ -27,8 +29,18 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0, help="random seed of the engine")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: auto)")
     group.add_argument("--attention-backend", default=None, help="attention backend name")
+    group.add_argument("--task", default="auto", choices=["auto", "generate", "embed"],
+                       help="generate text, or embed (pooled hidden states; decoders use the "
+                            "last token); auto: embed for encoder models such as BERT")
     group.add_argument("--num-threads", type=int, default=None,
                        help="CPU threads for the engine (default: physical cores)")
+    group.add_argument("--quantization", default=None,
+                       choices=["auto", "none", "dequantize", "int8", "int4", "gguf", "awq",
+                                "gptq"],
+                       help="weight quantization (default auto: what the checkpoint holds; a "
+                            "quantized GGUF runs natively, 'none' dequantizes it)")
+    group.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "int8", "fp8"],
+                       help="KV cache storage: auto (the model dtype) or 8 bits with scales")
 
 
 def engine_args_from(args: argparse.Namespace) -> EngineArgs:
@@ -46,4 +58,7 @@ def engine_args_from(args: argparse.Namespace) -> EngineArgs:
         device=args.device,
         attention_backend=args.attention_backend,
         num_threads=args.num_threads,
+        task=args.task,
+        quantization=args.quantization,
+        kv_cache_dtype=args.kv_cache_dtype,
     )

@@ -13,9 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve", help="serve a model over an OpenAI-compatible HTTP API",
         description="Start an OpenAI-compatible server (/v1/completions, /v1/chat/completions, "
-                    "/v1/models, /tokenize, /detokenize, /health, /version, /metrics). The "
-                    "engine runs in its own process; /health answers 503 until the model is "
-                    "loaded.")
+                    "/v1/embeddings, /v1/models, /tokenize, /detokenize, /health, /version, "
+                    "/metrics). The engine runs in its own process; /health answers 503 until the "
+                    "model is loaded.")
     parser.add_argument("model", nargs="?", default=DEFAULT_MODEL,
                         help=f"HF directory, .gguf file or model name (default: {DEFAULT_MODEL})")
     server = parser.add_argument_group("server")

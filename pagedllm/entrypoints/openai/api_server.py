@@ -22,6 +22,7 @@ from pagedllm.entrypoints.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
+    EmbeddingRequest,
     TokenizeChatRequest,
     TokenizeCompletionRequest,
 )
@@ -88,6 +89,13 @@ async def create_completion(request: CompletionRequest, raw_request: Request) ->
 async def create_chat_completion(request: ChatCompletionRequest, raw_request: Request) -> Response:
     serving = _ready_state(raw_request).chat
     return _respond(await serving.create_chat_completion(request))  # type: ignore[union-attr]
+
+
+@router.post("/v1/embeddings")
+@with_cancellation
+async def create_embedding(request: EmbeddingRequest, raw_request: Request) -> Response:
+    serving = _ready_state(raw_request).embedding
+    return _respond(await serving.create_embedding(request))  # type: ignore[union-attr]
 
 
 @router.post("/tokenize")

@@ -101,7 +101,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = "request_too_large" if exc.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE else None
+        too_large = exc.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+        code = "request_too_large" if too_large else None
         return error_json(exc.status_code, str(exc.detail), code=code,
                           headers=getattr(exc, "headers", None))
 

@@ -24,7 +24,7 @@ class OpenAIBaseModel(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-# ---- errors ---------------------------------------------------------------------------------------
+# ---- errors -------------------------------------------------------------------------------------
 
 
 class ErrorInfo(OpenAIBaseModel):
@@ -38,7 +38,7 @@ class ErrorResponse(OpenAIBaseModel):
     error: ErrorInfo
 
 
-# ---- shared -----------------------------------------------------------------------------------
+# ---- shared -------------------------------------------------------------------------------------
 
 
 class StreamOptions(OpenAIBaseModel):
@@ -144,7 +144,7 @@ class CompletionStreamResponse(CompletionResponse):
     pass
 
 
-# ---- chat -----------------------------------------------------------------------------------------
+# ---- chat ---------------------------------------------------------------------------------------
 
 
 class ChatContentPart(OpenAIBaseModel):
@@ -252,6 +252,35 @@ class ChatCompletionStreamResponse(OpenAIBaseModel):
     choices: list[ChatCompletionStreamChoice]
     usage: UsageInfo | None = None
     system_fingerprint: str | None = None
+
+
+# ---- embeddings ---------------------------------------------------------------------------------
+
+
+class EmbeddingRequest(OpenAIBaseModel):
+    model: str | None = None
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+    add_special_tokens: bool = True
+    """vLLM extra: add the tokenizer's special tokens ([CLS]/[SEP], BOS) to text inputs."""
+
+
+class EmbeddingData(OpenAIBaseModel):
+    index: int
+    object: Literal["embedding"] = "embedding"
+    embedding: list[float] | str
+    """Floats, or base64 of their little-endian float32 bytes (encoding_format "base64")."""
+
+
+class EmbeddingResponse(OpenAIBaseModel):
+    id: str = Field(default_factory=lambda: random_id("embd"))
+    object: Literal["list"] = "list"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    data: list[EmbeddingData]
+    usage: UsageInfo
 
 
 # ---- models, tokenize -------------------------------------------------------------------------

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import aclosing
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from pagedllm.engine.core_client import EngineDeadError

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pagedllm.engine.core_client import MPClient
     from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat
     from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
+    from pagedllm.entrypoints.openai.serving_embedding import OpenAIServingEmbedding
     from pagedllm.entrypoints.openai.serving_models import OpenAIServingModels
     from pagedllm.entrypoints.openai.serving_tokenize import OpenAIServingTokenization
 
@@ -50,6 +51,7 @@ class ServerState:
         self.completion: OpenAIServingCompletion | None = None
         self.chat: OpenAIServingChat | None = None
         self.tokenization: OpenAIServingTokenization | None = None
+        self.embedding: OpenAIServingEmbedding | None = None
         self.load_error: str | None = None
         self.on_fatal: Callable[[str], None] | None = None
         """Set by the launcher: stop the HTTP server (the engine could not start)."""
@@ -98,6 +100,7 @@ class ServerState:
     def _install(self, engine: AsyncLLM) -> None:
         from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat
         from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
+        from pagedllm.entrypoints.openai.serving_embedding import OpenAIServingEmbedding
         from pagedllm.entrypoints.openai.serving_models import OpenAIServingModels
         from pagedllm.entrypoints.openai.serving_tokenize import OpenAIServingTokenization
 
@@ -110,12 +113,14 @@ class ServerState:
         self.completion = OpenAIServingCompletion(engine, self.models)
         self.chat = OpenAIServingChat(engine, self.models, settings.chat_template)
         self.tokenization = OpenAIServingTokenization(self.chat)
+        self.embedding = OpenAIServingEmbedding(engine, self.models)
         self.engine = engine
         kv_bytes = engine.engine_core.kv_cache_bytes
         logger.info(
-            "model %s loaded (served as %s): max_model_len %d, %d KV cache blocks x %d tokens%s; "
-            "engine core pid %s, API server pid %d",
-            config.model, ", ".join(settings.served_model_names), config.max_model_len,
+            "model %s loaded (served as %s, task %s): max_model_len %d, %d KV cache blocks x %d "
+            "tokens%s; engine core pid %s, API server pid %d",
+            config.model, ", ".join(settings.served_model_names), config.task,
+            config.max_model_len,
             engine.engine_core.num_kv_blocks, engine.config.cache.block_size,
             f" ({format_bytes(kv_bytes)})" if kv_bytes else "", engine.engine_core.pid,
             os.getpid(),

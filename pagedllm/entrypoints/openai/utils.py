@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from contextlib import aclosing
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 from fastapi import Request

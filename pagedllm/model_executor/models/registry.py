@@ -16,11 +16,47 @@ MODEL_REGISTRY.register("Qwen3ForCausalLM", f"{_MODELS}.qwen3", "Qwen3ForCausalL
 MODEL_REGISTRY.register("GemmaForCausalLM", f"{_MODELS}.gemma", "GemmaForCausalLM")
 MODEL_REGISTRY.register("Gemma2ForCausalLM", f"{_MODELS}.gemma2", "Gemma2ForCausalLM")
 MODEL_REGISTRY.register("Gemma3ForCausalLM", f"{_MODELS}.gemma3", "Gemma3ForCausalLM")
+MODEL_REGISTRY.register("GPT2LMHeadModel", f"{_MODELS}.gpt2", "GPT2LMHeadModel")
+MODEL_REGISTRY.register("GPTNeoXForCausalLM", f"{_MODELS}.gpt_neox", "GPTNeoXForCausalLM")
+MODEL_REGISTRY.register("OPTForCausalLM", f"{_MODELS}.opt", "OPTForCausalLM")
+MODEL_REGISTRY.register("Phi3ForCausalLM", f"{_MODELS}.phi3", "Phi3ForCausalLM")
+MODEL_REGISTRY.register("MixtralForCausalLM", f"{_MODELS}.mixtral", "MixtralForCausalLM")
+MODEL_REGISTRY.register("Qwen2MoeForCausalLM", f"{_MODELS}.qwen2_moe", "Qwen2MoeForCausalLM")
+MODEL_REGISTRY.register("Qwen3MoeForCausalLM", f"{_MODELS}.qwen3_moe", "Qwen3MoeForCausalLM")
+
+
+# Encoder-only embedding models: bidirectional attention, no KV cache, task "embed" only.
+EMBEDDING_MODEL_REGISTRY = Registry("embedding model architecture")
+EMBEDDING_MODEL_REGISTRY.register("BertModel", f"{_MODELS}.bert", "BertModel")
 
 
 def get_model_class(architecture: str) -> type[nn.Module]:
-    """Raises ValueError listing the supported architectures if `architecture` is unknown."""
+    """The native class; else the Transformers fallback when transformers has the architecture;
+    else ValueError listing the supported architectures."""
+    if architecture in EMBEDDING_MODEL_REGISTRY:
+        return EMBEDDING_MODEL_REGISTRY.get(architecture)
+    if architecture not in MODEL_REGISTRY and _fallback_supports(architecture):
+        from pagedllm.model_executor.models.transformers_fallback import TransformersForCausalLM
+
+        return TransformersForCausalLM
     return MODEL_REGISTRY.get(architecture)
+
+
+def implementation_of(architecture: str) -> str:
+    """"native" or "transformers fallback" (for the load log)."""
+    native = architecture in MODEL_REGISTRY or architecture in EMBEDDING_MODEL_REGISTRY
+    return "native" if native else "transformers fallback"
+
+
+def _fallback_supports(architecture: str) -> bool:
+    from pagedllm.model_executor.models.transformers_fallback import supports_architecture
+
+    return supports_architecture(architecture)
+
+
+def is_encoder_only(architecture: str) -> bool:
+    """An embedding-only encoder (served with task "embed" on the pooling core)."""
+    return architecture in EMBEDDING_MODEL_REGISTRY
 
 
 def supported_architectures() -> list[str]:

@@ -1,0 +1,28 @@
+"""PoolingRunner: whole prompts of an encoder-only model -> one pooled vector each, in ONE forward
+pass over the packed batch (bidirectional attention within each prompt, no KV cache)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pagedllm.forward_context import set_forward_context
+from pagedllm.model_executor.layers.encoder_attention import EncoderAttentionMetadata
+
+
+class PoolingRunner:
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        self.model = model
+        self.device = device
+
+    @torch.inference_mode()
+    def execute(self, prompts: list[list[int]]) -> list[list[float]]:
+        """Raw pooled hidden state of each prompt (float32), in input order."""
+        seq_lens = [len(p) for p in prompts]
+        input_ids = torch.tensor([t for p in prompts for t in p], dtype=torch.long,
+                                 device=self.device)  # [T]
+        positions = torch.cat([torch.arange(n, device=self.device) for n in seq_lens])  # [T]
+        metadata = EncoderAttentionMetadata.build(seq_lens, self.device)
+        with set_forward_context(metadata):
+            hidden = self.model(input_ids, positions)  # [T, hidden]
+        return self.model.pooler(hidden, metadata.query_start_loc).tolist()
