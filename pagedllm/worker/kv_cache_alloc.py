@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from pagedllm.attention.backend import AttentionBackend
+from pagedllm.attention.ops.kv_quant import KV_CACHE_DTYPES, kv_cache_head_size
 from pagedllm.config import CacheConfig, ModelConfig
 from pagedllm.utils.memory import format_bytes
 
@@ -28,11 +29,11 @@ class KVCacheLayout:
 
 
 def kv_cache_torch_dtype(model_config: ModelConfig, cache_config: CacheConfig) -> torch.dtype:
-    if cache_config.kv_cache_dtype != "auto":
-        raise ValueError(
-            f"kv_cache_dtype {cache_config.kv_cache_dtype!r} is not supported yet; use 'auto'"
-        )
-    return getattr(torch, model_config.dtype)
+    """Storage dtype: the model dtype ("auto"), or int8 / float8_e4m3fn with per-token-head
+    scales stored alongside (see attention/ops/kv_quant.py)."""
+    if cache_config.kv_cache_dtype == "auto":
+        return getattr(torch, model_config.dtype)
+    return KV_CACHE_DTYPES[cache_config.kv_cache_dtype]
 
 
 def available_memory(device: torch.device) -> int:
@@ -50,7 +51,8 @@ def plan_kv_cache(
 ) -> KVCacheLayout:
     dtype = kv_cache_torch_dtype(model_config, cache_config)
     elem = torch.tensor([], dtype=dtype).element_size()
-    per_token = 2 * model_config.num_kv_heads * model_config.head_dim * elem
+    head_bytes = kv_cache_head_size(model_config.head_dim, dtype) * elem  # + scale if 8-bit
+    per_token = 2 * model_config.num_kv_heads * head_bytes
     bytes_per_block = per_token * cache_config.block_size * model_config.num_hidden_layers
     if cache_config.num_gpu_blocks_override is not None:
         num_blocks = cache_config.num_gpu_blocks_override
@@ -86,8 +88,9 @@ def allocate_kv_caches(
     """
     dtype = kv_cache_torch_dtype(model_config, cache_config)
     shape = backend.get_kv_cache_shape(
-        layout.num_blocks, layout.block_size, model_config.num_kv_heads, model_config.head_dim
-    )
+        layout.num_blocks, layout.block_size, model_config.num_kv_heads,
+        kv_cache_head_size(model_config.head_dim, dtype),
+    )  # fmt: skip
     return [
         torch.zeros(shape, dtype=dtype, device=device)
         for _ in range(num_layers)

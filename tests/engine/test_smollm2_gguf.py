@@ -17,7 +17,9 @@ NUM_TOKENS = 32
 
 
 def test_smollm2_gguf_greedy_matches_transformers(smollm2_gguf_path):
+    # quantization "none": both sides dequantize (native Q4_1 is tested in tests/quantization)
     llm = LLM("SmolLM2-135M-Instruct", kv_cache_memory="256MiB", max_model_len=1024,
+              quantization="none",
               max_num_batched_tokens=64)
     tokenizer = llm.get_tokenizer()
     chat = tokenizer.apply_chat_template(

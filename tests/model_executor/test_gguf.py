@@ -64,7 +64,7 @@ def test_smollm2_logits_match_transformers(smollm2_gguf_path):
     from pagedllm.model_executor.model_loader.config import load_model_config
     from pagedllm.tokenizer.loader import load_tokenizer
 
-    config = load_model_config(None, max_model_len=256)
+    config = load_model_config(None, max_model_len=256, quantization="none")  # as transformers
     start = time.perf_counter()
     model = get_model(config, "cpu")
     print(f"GGUF load: {time.perf_counter() - start:.2f} s")

@@ -25,7 +25,7 @@ PROMPTS = [
 
 def test_gemma3_270m_greedy_matches_transformers(gemma3_270m_gguf_path):
     llm = LLM("gemma-3-270m", kv_cache_memory="128MiB", max_model_len=512,
-              max_num_batched_tokens=16)  # fmt: skip
+              max_num_batched_tokens=16, quantization="none")  # fmt: skip
     tokenizer = llm.get_tokenizer()
     prompts = [tokenizer.encode(p) for p in PROMPTS]
     params = SamplingParams(temperature=0, max_tokens=NUM_TOKENS, ignore_eos=True)

@@ -23,6 +23,7 @@ from pagedllm.attention.backend import (
 )
 from pagedllm.attention.backends.torch_ref import TorchRefAttentionImpl
 from pagedllm.attention.ops.cache_write import write_to_paged_cache
+from pagedllm.attention.ops.kv_quant import load_kv
 from pagedllm.utils.math import cdiv
 
 
@@ -113,7 +114,7 @@ class CpuSdpaAttentionImpl(AttentionImpl):
         # [..., num_blocks] -> K, V: [..., Hkv, num_blocks * block_size, D]
         k = kv_cache[0][block_ids].flatten(-4, -3).transpose(-3, -2)
         v = kv_cache[1][block_ids].flatten(-4, -3).transpose(-3, -2)
-        return k.to(dtype), v.to(dtype)
+        return load_kv(k, dtype), load_kv(v, dtype)
 
     def _decode(self, q, kv_cache, md: CpuSdpaMetadata):
         # q: [Bd, H, D] -> [Bd, H, 1, D]

@@ -15,6 +15,7 @@ from pagedllm.attention.backend import (
     CommonAttentionMetadata,
 )
 from pagedllm.attention.ops.cache_write import write_to_paged_cache
+from pagedllm.attention.ops.kv_quant import load_kv
 from pagedllm.utils.math import cdiv
 
 
@@ -38,8 +39,8 @@ class TorchRefAttentionImpl(AttentionImpl):
         # q: [nq, H, D]; the request's keys: [seq_len, Hkv, D]
         num_query = q.shape[0]
         blocks = md.block_table[i, : cdiv(seq_len, md.block_size)].long()
-        k = kv_cache[0][blocks].flatten(0, 1)[:seq_len].to(q.dtype)
-        v = kv_cache[1][blocks].flatten(0, 1)[:seq_len].to(q.dtype)
+        k = load_kv(kv_cache[0][blocks].flatten(0, 1)[:seq_len], q.dtype)
+        v = load_kv(kv_cache[1][blocks].flatten(0, 1)[:seq_len], q.dtype)
         if self.num_kv_heads != self.num_heads:
             group = self.num_heads // self.num_kv_heads
             k = k.repeat_interleave(group, dim=1)

@@ -15,6 +15,7 @@ from torch import nn
 
 from pagedllm.model_executor.layers.weight_utils import default_weight_loader, set_weight_attrs
 from pagedllm.model_executor.quantization.base import QuantizeMethodBase
+from pagedllm.model_executor.quantization.scope import scoped_quant_method
 
 
 class UnquantizedLinearMethod(QuantizeMethodBase):
@@ -51,7 +52,10 @@ class LinearBase(nn.Module):
         self.output_sizes = list(output_sizes)
         self.output_size = sum(output_sizes)
         self.prefix = prefix
-        self.quant_method = quant_method or UnquantizedLinearMethod()
+        # NOTE: a model built inside quantization_scope(config) gets the config's method.
+        self.quant_method = (
+            quant_method or scoped_quant_method(self, prefix) or UnquantizedLinearMethod()
+        )
         self.quant_method.create_weights(
             self, input_size, self.output_sizes, bias, torch.get_default_dtype()
         )

@@ -12,7 +12,9 @@ from torch import nn
 
 from pagedllm.config.model import ModelConfig
 from pagedllm.logger import init_logger
-from pagedllm.model_executor.models.registry import get_model_class
+from pagedllm.model_executor.models.registry import get_model_class, implementation_of
+from pagedllm.model_executor.quantization.registry import create_quant_config
+from pagedllm.model_executor.quantization.scope import quantization_scope
 
 logger = init_logger(__name__)
 
@@ -21,12 +23,13 @@ def get_model(model_config: ModelConfig, device: torch.device | str) -> nn.Modul
     """Build the registered architecture directly on `device` in `model_config.dtype` (no
     initialisation pass, no CPU copy), load its checkpoint and check nothing was left out."""
     start = time.perf_counter()
-    if model_config.quantization is not None:
-        raise ValueError(
-            f"quantization {model_config.quantization!r} is not supported yet; use None"
-        )
     model_cls = get_model_class(model_config.architecture)
-    with _default_dtype(getattr(torch, model_config.dtype)), torch.device(device):
+    quant_config = create_quant_config(model_config)
+    with (
+        _default_dtype(getattr(torch, model_config.dtype)),
+        torch.device(device),
+        quantization_scope(quant_config),
+    ):
         model = model_cls(model_config)
     loaded = model.load_weights(iterate_weights(model_config))
     _check_all_loaded(model, loaded, model_config)
@@ -37,9 +40,10 @@ def get_model(model_config: ModelConfig, device: torch.device | str) -> nn.Modul
     model.eval()
     num_params = sum(p.numel() for p in model.parameters())
     logger.info(
-        "Loaded %s (%s, %s, %.1fM parameters) in %.2f s",
-        model_config.model, model_config.architecture, model_config.dtype,
-        num_params / 1e6, time.perf_counter() - start,
+        "Loaded %s (%s, %s implementation, %s, quantization %s, %.1fM float parameters) in %.2f s",
+        model_config.model, model_config.architecture,
+        implementation_of(model_config.architecture), model_config.dtype,
+        model_config.quantization, num_params / 1e6, time.perf_counter() - start,
     )  # fmt: skip
     return model
 
@@ -49,7 +53,11 @@ def iterate_weights(model_config: ModelConfig) -> Iterator[tuple[str, Any]]:
     if model_config.format == "gguf":
         from pagedllm.model_executor.model_loader.gguf import iterate_gguf_weights
 
-        return iterate_gguf_weights(model_config.path, dequantize=True)
+        # quantization "gguf": linear weights stay in their GGUF blocks for the GGUF method to
+        # repack; embeddings and norms are dequantized.
+        return iterate_gguf_weights(
+            model_config.path, keep_quantized=model_config.quantization == "gguf"
+        )
     from pagedllm.model_executor.model_loader.hf import iterate_hf_weights
 
     return iterate_hf_weights(model_config.path)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pagedllm.config.model import ModelConfig
+from pagedllm.config.pooler import PoolerConfig
 from pagedllm.model_executor.model_loader.resolve import ModelSource, resolve_model
 
 _DTYPE_ALIASES = {
@@ -23,6 +25,7 @@ def load_model_config(
     seed: int = 0,
     quantization: str | None = None,
     device: str = "cpu",
+    task: str = "auto",
 ) -> ModelConfig:
     """Resolve `model`, read its config and fill every ModelConfig field (see config/model.py)."""
     source = resolve_model(model)
@@ -30,6 +33,9 @@ def load_model_config(
     architectures = getattr(hf_config, "architectures", None) or []
     if not architectures:
         raise ValueError(f"{source.name}: the config names no architecture ('architectures')")
+    embedding = resolve_embedding(task, architectures[0], source, hf_config)
+    if max_model_len is None and embedding.max_seq_length is not None:
+        max_model_len = min(embedding.max_seq_length, resolve_max_model_len(None, hf_config))
     num_heads = hf_config.num_attention_heads
     return ModelConfig(
         model=source.name,
@@ -46,9 +52,53 @@ def load_model_config(
         num_kv_heads=getattr(hf_config, "num_key_value_heads", None) or num_heads,
         head_dim=getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads,
         eos_token_ids=tuple(sorted(eos_token_ids(source, hf_config))),
-        quantization=quantization,
+        quantization=_resolve_quantization(quantization, source, hf_config),
         seed=seed,
+        task=embedding.task,
+        pooler=embedding.pooler,
+        is_encoder_only=embedding.encoder_only,
     )
+
+
+@dataclass(frozen=True)
+class _EmbeddingSetup:
+    task: Literal["generate", "embed"]
+    pooler: PoolerConfig | None
+    encoder_only: bool
+    max_seq_length: int | None
+    """sentence-transformers' truncation length, the default max_model_len when set."""
+
+
+def resolve_embedding(task: str, architecture: str, source: ModelSource,
+                      hf_config: Any) -> _EmbeddingSetup:
+    """"auto": embed for encoder architectures (BertModel), generate otherwise."""
+    from pagedllm.model_executor.model_loader.pooling import (
+        load_pooler_config,
+        sentence_max_seq_length,
+    )
+    from pagedllm.model_executor.models.registry import is_encoder_only
+
+    if task not in ("auto", "generate", "embed"):
+        raise ValueError(f"task must be 'auto', 'generate' or 'embed', got {task!r}")
+    encoder = is_encoder_only(architecture)
+    if task == "generate" and encoder:
+        raise ValueError(f"{architecture} is an embedding model: use task 'embed' (or 'auto')")
+    if task == "generate" or (task == "auto" and not encoder):
+        return _EmbeddingSetup("generate", None, False, None)
+    model_dir = source.path if source.kind == "hf" else None
+    pooler = load_pooler_config(model_dir, hf_config, encoder)
+    return _EmbeddingSetup("embed", pooler, encoder, sentence_max_seq_length(model_dir))
+
+
+def _resolve_quantization(requested: str | None, source: ModelSource, hf_config: Any):
+    from pagedllm.model_executor.quantization.registry import resolve_quantization
+
+    gguf_quantized = False
+    if source.kind == "gguf":
+        from pagedllm.model_executor.model_loader.gguf import gguf_has_quantized_linears
+
+        gguf_quantized = gguf_has_quantized_linears(source.file)
+    return resolve_quantization(requested, source.kind, hf_config, gguf_quantized)
 
 
 def load_hf_config(source: ModelSource) -> Any:

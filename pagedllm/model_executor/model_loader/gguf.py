@@ -187,13 +187,15 @@ def gguf_to_hf_name(name: str, arch: str = "llama") -> str | None:
 
 
 def iterate_gguf_weights(
-    path: str, dequantize: bool = True
+    path: str, dequantize: bool = True, keep_quantized: bool = False
 ) -> Iterator[tuple[str, torch.Tensor | GGUFWeight]]:
     """Yield (hf_name, tensor) for every tensor of a GGUF file of a supported arch.
 
     dequantize=True: float32 torch tensors in the HF shape. dequantize=False: GGUFWeight with the
-    raw blocks, for a quantized-execution method to repack. Either way the tensors already follow
-    HF's conventions: q/k rows in rotate-half order, Gemma norms as w (not 1 + w).
+    raw blocks, for a quantized-execution method to repack. keep_quantized=True: GGUFWeight for
+    the block-quantized linear weights only (not the embedding / LM head), float32 for the rest.
+    Either way the tensors already follow HF's conventions: q/k rows in rotate-half order, Gemma
+    norms as w (not 1 + w).
     """
     from tqdm import tqdm
 
@@ -215,7 +217,30 @@ def iterate_gguf_weights(
             data = data - 1  # F32 (norms are never quantized); a copy, not the mmap
         shape = tuple(int(d) for d in reversed(tensor.shape))
         weight = GGUFWeight(data, tensor.tensor_type, shape)
-        yield hf_name, (_dequantize(weight) if dequantize else weight)
+        raw = not dequantize or (keep_quantized and is_quantized_linear(hf_name, weight.qtype))
+        yield hf_name, (weight if raw else _dequantize(weight))
+
+
+_EMBEDDING_NAMES = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+def is_quantized_linear(hf_name: str, qtype: Any) -> bool:
+    """A linear layer's weight stored in a block-quantized GGUF type."""
+    from gguf import GGMLQuantizationType as T
+
+    float_types = (T.F32, T.F16, T.BF16, T.F64)
+    linear = hf_name.endswith(".weight") and hf_name not in _EMBEDDING_NAMES
+    return linear and qtype not in float_types
+
+
+def gguf_has_quantized_linears(path: str) -> bool:
+    reader = open_gguf(path)
+    arch = gguf_architecture(reader)
+    return any(
+        (name := gguf_to_hf_name(t.name, arch)) is not None
+        and is_quantized_linear(name, t.tensor_type)
+        for t in reader.tensors
+    )
 
 
 def _unpermute_rows(data: np.ndarray, num_heads: int) -> np.ndarray:

@@ -1,0 +1,95 @@
+"""GPTQ checkpoints (config.json quantization_config quant_method "gptq"): 4-bit codes with a zero
+point and a scale per group, the group of input row k being g_idx[k]:
+
+    W^T[k, n] = (q[k, n] - z[g_idx[k], n]) * s[g_idx[k], n]
+
+qweight [K/8, N] int32 packed along the input dim, qzeros [G, N/8] int32 packed along the output
+dim (int32_packing.py), scales [G, N], g_idx [K]. checkpoint_format "gptq" (AutoGPTQ's original
+format) stores z - 1 in qzeros; "gptq_v2" stores z.
+
+Act-order (desc_act) checkpoints have a non-monotonic g_idx: input rows are sorted by group at
+load, so each group's rows are contiguous, and the same permutation gathers x's columns per call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pagedllm.model_executor.quantization.awq import _as_dict
+from pagedllm.model_executor.quantization.base import QuantizationConfig
+from pagedllm.model_executor.quantization.group_quant import GroupQuant, concat_rows, to_kernel
+from pagedllm.model_executor.quantization.int32_packing import unpack_nibbles
+from pagedllm.model_executor.quantization.repacked import RepackedLinearMethod
+
+
+class GPTQLinearMethod(RepackedLinearMethod):
+    checkpoint_tensors = ("qweight", "qzeros", "scales", "g_idx")
+
+    def __init__(self, zero_offset: int) -> None:
+        self.zero_offset = zero_offset
+
+    def repack(self, layer, shards):
+        g_idx = shards["g_idx"][0].long()
+        if any(not torch.equal(g.long(), g_idx) for g in shards["g_idx"][1:]):
+            raise ValueError("GPTQ shards of a merged layer have different g_idx")
+        perm, group = _group_order(g_idx)
+        parts = [
+            self._decode(qweight, qzeros, scales, g_idx, perm, group)
+            for qweight, qzeros, scales in zip(shards["qweight"], shards["qzeros"],
+                                               shards["scales"])
+        ]  # fmt: skip
+        return to_kernel(concat_rows(parts), input_perm=perm)
+
+    def _decode(self, qweight, qzeros, scales, g_idx, perm, group) -> GroupQuant:
+        codes = unpack_nibbles(qweight, dim=0)  # [K, N]
+        zeros = unpack_nibbles(qzeros, dim=1).float() + self.zero_offset  # [G, N]
+        scales = scales.float()  # [G, N]
+        if codes.shape[0] != g_idx.shape[0]:
+            raise ValueError(f"GPTQ qweight {tuple(qweight.shape)} does not fit g_idx "
+                             f"{tuple(g_idx.shape)}")  # fmt: skip
+        if perm is not None:
+            codes, g_idx = codes[perm], g_idx[perm]
+        # one (scale, zero) per group of `group` consecutive (sorted) rows
+        first_rows = g_idx[::group]
+        s, z = scales[first_rows], zeros[first_rows]  # [K / group, N]
+        return GroupQuant(codes.t().contiguous(), s.t().contiguous(),
+                          (-z * s).t().contiguous(), group, unsigned4=True)  # fmt: skip
+
+
+def _group_order(g_idx: torch.Tensor) -> tuple[torch.Tensor | None, int]:
+    """(input permutation or None, rows per contiguous group) for a g_idx.
+
+    Groups of unequal sizes fall back to one "group" per row (scales gathered per row)."""
+    k = g_idx.shape[0]
+    counts = torch.bincount(g_idx)
+    counts = counts[counts > 0]
+    group = int(counts[0]) if bool((counts == counts[0]).all()) else 1
+    perm = None
+    if bool((g_idx[1:] < g_idx[:-1]).any()):
+        perm = torch.sort(g_idx, stable=True).indices
+    if group > 1 and k % group:
+        group = 1
+    return perm, group
+
+
+class GPTQConfig(QuantizationConfig):
+    name = "gptq"
+
+    def __init__(self, zero_offset: int = 1) -> None:
+        self.zero_offset = zero_offset
+
+    @classmethod
+    def from_hf_config(cls, hf_config: Any) -> GPTQConfig:
+        qc = _as_dict(hf_config.quantization_config)
+        bits = qc.get("bits", 4)
+        if bits != 4:
+            raise ValueError(f"GPTQ with bits={bits} is not supported (supported: 4)")
+        fmt = str(qc.get("checkpoint_format", "gptq")).lower()
+        if fmt not in ("gptq", "gptq_v2"):
+            raise ValueError(f"GPTQ checkpoint_format {fmt!r} is not supported")
+        return cls(zero_offset=1 if fmt == "gptq" else 0)
+
+    def get_quant_method(self, layer, prefix):
+        return GPTQLinearMethod(self.zero_offset)

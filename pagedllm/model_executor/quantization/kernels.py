@@ -1,0 +1,242 @@
+"""The quantized matmuls every weight-only method ends in, chosen by measurement.
+
+Four weight layouts, each an nn.Module holding buffers only (never a float copy of the weight):
+
+  Int8ChannelWeight   int8 [N, K] + one scale per output row   -> aten._weight_int8pack_mm
+  Int4GroupWeight     4-bit codes packed by PyTorch's CPU int4 packer + (scale, zero) per
+                      32..256-column group                 -> aten._weight_int4pack_mm_for_cpu
+  SplitInt4Weight     5..8-bit codes with group scales as two 4-bit halves in one int4 matmul
+  GroupedDequantWeight  int8 codes [N, K] + scale (+ zero) per column group, any group size:
+                      dequantized per call, a chunk of rows at a time, into the activation dtype
+
+Measured on this machine (AMD EPYC, AVX2, no AVX-512; torch 2.13 CPU; 1 thread; best of many
+runs; microseconds for y = x W^T with K=576):
+
+    N      M  activations   dense   int8pack  int8 dequant  int4pack  int8pack/int4pack
+                                                                       via bf16 cast
+    576    1  float32          31       311          71        639        34 / 54
+    576    1  bfloat16         70        29         142         49
+    576   32  float32         265     10079         307      20688       491 / 523
+    576   32  bfloat16       2121       479        2207        509
+    1536   1  float32          77       823         166       1708        78 / 131
+    1536   1  bfloat16        181        73         357        126
+    1536  32  float32         708     27032         806      55231      1316 / 1392
+    1536  32  bfloat16       5707      1304        5921       1373
+    49152  1  float32        7572     26617       74862      55057      4353 / 3950
+    49152  1  bfloat16       5963      3916       43513       3957
+    49152 32  float32       36627    865835      114063    1771669     53184 / 44899
+    49152 32  bfloat16     183331     54721      216248      44413
+    (float16 activations: as slow as float32 in both packed kernels.)
+
+PyTorch's packed int8/int4 CPU kernels are fast only with bfloat16 activations (10-40x slower
+with float32/float16 on AVX2). So both packed kernels always run in bfloat16: float32/float16
+activations are cast to bfloat16 and the result cast back ("via bf16 cast" column: on par with
+the dense float32 matmul at M=1 and 1.7-2x faster than it on the 49152-row LM head, while
+reading 4-8x fewer weight bytes). Per-call dequantization is never the fastest with bf16; 5..8-bit
+codes with group scales (GGUF Q5_*, Q8_0) therefore run as two 4-bit halves in one int4 matmul
+(SplitInt4Weight), and per-call dequantization is kept for the layouts no packed kernel takes
+(groups of 16 as in Q6_K, N not a multiple of 16); it computes in the activation dtype, so it is
+exact in float32.
+
+Tried and not adopted: two hand-written AVX2 kernels (torch cpp_extension) for 4-bit codes with
+fp32 activations, (a) unpack + FMA in fp32: 150 us at N=1536, M=1 and (b) llama.cpp-style int8
+activations + maddubs: 159 us; neither beat the int4 kernel via bf16 (131 us).
+
+NOTE: the bf16 cast costs precision: results differ from the float32 reference by bf16
+rounding (~0.4 % relative), and int4 scales/zeros are held in bf16.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_PACKED_DTYPE = torch.bfloat16
+INT4_GROUP_SIZES = (32, 64, 128, 256)
+"""Group sizes _weight_int4pack_mm_for_cpu accepts."""
+_DEQUANT_CHUNK_ELEMS = 1 << 22
+"""Rows are dequantized in chunks of at most this many weights (bounds the temporary)."""
+
+
+class QuantizedWeight(nn.Module):
+    """y = x W^T for a weight W [out_features, in_features] held quantized.
+
+    input_perm (GPTQ act-order): W's columns are stored permuted, x is gathered the same way.
+    """
+
+    def __init__(self, out_features: int, in_features: int, input_perm: torch.Tensor | None):
+        super().__init__()
+        self.out_features = out_features
+        self.in_features = in_features
+        self.register_buffer("input_perm", input_perm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, in] -> [T, out]
+        if self.input_perm is not None:
+            x = x.index_select(-1, self.input_perm)
+        return self.matmul(x)
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 weight [out, in] in checkpoint column order (tests, debugging)."""
+        w = self.dequantize_stored()
+        if self.input_perm is None:
+            return w
+        return torch.empty_like(w).index_copy_(1, self.input_perm, w)
+
+    def dequantize_stored(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"out={self.out_features}, in={self.in_features}"
+
+
+def _via_bf16(kernel, x: torch.Tensor, *args) -> torch.Tensor:
+    flat = x.reshape(-1, x.shape[-1]).to(_PACKED_DTYPE)
+    return kernel(flat, *args).to(x.dtype).reshape(*x.shape[:-1], -1)
+
+
+class Int8ChannelWeight(QuantizedWeight):
+    """W[n, k] = codes[n, k] * scales[n] (symmetric, one scale per output row)."""
+
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, input_perm=None) -> None:
+        super().__init__(codes.shape[0], codes.shape[1], input_perm)
+        self.register_buffer("codes", codes.to(torch.int8).contiguous())  # [N, K]
+        self.register_buffer("scales", scales.to(_PACKED_DTYPE).contiguous())  # [N]
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return _via_bf16(torch.ops.aten._weight_int8pack_mm, x, self.codes, self.scales)
+
+    def dequantize_stored(self) -> torch.Tensor:
+        return self.codes.float() * self.scales.float()[:, None]
+
+
+class Int4GroupWeight(QuantizedWeight):
+    """W[n, k] = (codes[n, k] - 8) * scale[g, n] + zero[g, n], g = k // group_size, codes 0..15.
+
+    (PyTorch's "tinygemm" convention: `zero` is the value of the middle code 8.)
+    """
+
+    def __init__(
+        self,
+        codes: torch.Tensor,  # [N, K] integer 0..15
+        scales: torch.Tensor,  # [N, K // group_size]
+        zeros: torch.Tensor,  # [N, K // group_size], tinygemm convention
+        group_size: int,
+        input_perm=None,
+    ) -> None:
+        super().__init__(codes.shape[0], codes.shape[1], input_perm)
+        assert can_pack_int4(codes.shape[0], codes.shape[1], group_size)
+        self.group_size = group_size
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 2)
+        self.register_buffer("packed", packed)  # [N, K / 2] uint8, PyTorch's layout
+        sz = torch.stack([scales.t(), zeros.t()], dim=-1)  # [K // group_size, N, 2]
+        self.register_buffer("scales_and_zeros", sz.to(_PACKED_DTYPE).contiguous())
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return _via_bf16(
+            torch.ops.aten._weight_int4pack_mm_for_cpu, x, self.packed, self.group_size,
+            self.scales_and_zeros,
+        )  # fmt: skip
+
+    def dequantize_stored(self) -> torch.Tensor:
+        eye = torch.eye(self.in_features, dtype=_PACKED_DTYPE)
+        w_t = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            eye, self.packed, self.group_size, self.scales_and_zeros
+        )  # [K, N] = I W^T
+        return w_t.float().t().contiguous()
+
+
+class SplitInt4Weight(QuantizedWeight):
+    """5..8-bit codes c (-128..127) as two 4-bit halves, c = 16 hi + lo, in ONE int4 matmul over
+    the input fed twice:  y = [x | x] [W_hi | W_lo]^T,  W = W_hi + W_lo,
+
+        W_hi[n, k] = 16 s hi  = (hi + 8 - 8) * 16 s            (tinygemm: scale 16 s, zero 0)
+        W_lo[n, k] = s lo + z = (lo - 8) * s + (z + 8 s)       (tinygemm: scale s, zero z + 8 s)
+
+    Same bytes as int8 codes; at M=1 1.5x (fp32) to 3.6x (bf16) faster than per-call
+    dequantization (Gemma 3 shapes, 1 thread: 304 vs 452 us fp32, 296 vs 1077 us bf16 for
+    N=1536, K=640), but 2x slower at M=32 with fp32 activations (3150 vs 1489 us).
+    """
+
+    def __init__(self, codes, scales, zeros, group_size: int, input_perm=None) -> None:
+        super().__init__(codes.shape[0], codes.shape[1], input_perm)
+        c = codes.to(torch.int32)
+        hi, lo = c >> 4, c & 15
+        doubled = torch.cat([hi + 8, lo], dim=1)  # [N, 2K]
+        self.inner = Int4GroupWeight(
+            doubled, torch.cat([16 * scales, scales], dim=1),
+            torch.cat([torch.zeros_like(zeros), zeros + 8 * scales], dim=1), group_size,
+        )  # fmt: skip
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner.matmul(torch.cat([x, x], dim=-1))
+
+    def dequantize_stored(self) -> torch.Tensor:
+        both = self.inner.dequantize_stored()
+        return both[:, : self.in_features] + both[:, self.in_features :]
+
+
+def can_pack_int4(out_features: int, in_features: int, group_size: int) -> bool:
+    return (
+        group_size in INT4_GROUP_SIZES
+        and in_features % group_size == 0
+        and out_features % 16 == 0
+    )
+
+
+class GroupedDequantWeight(QuantizedWeight):
+    """W[n, k] = codes[n, k] * scales[n, g] (+ zeros[n, g]), g = k // group_size; any codes that
+    fit int8. Computed by dequantizing row chunks into the activation dtype on every call."""
+
+    def __init__(
+        self,
+        codes: torch.Tensor,  # [N, K] int8-representable
+        scales: torch.Tensor,  # [N, K // group_size]
+        zeros: torch.Tensor | None,  # [N, K // group_size]
+        group_size: int,
+        input_perm=None,
+    ) -> None:
+        super().__init__(codes.shape[0], codes.shape[1], input_perm)
+        self.group_size = group_size
+        self.register_buffer("codes", codes.to(torch.int8).contiguous())
+        self.register_buffer("scales", scales.float().contiguous())
+        self.register_buffer("zeros", None if zeros is None else zeros.float().contiguous())
+        self.rows_per_chunk = max(1, _DEQUANT_CHUNK_ELEMS // self.in_features)
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.out_features
+        if n <= self.rows_per_chunk:
+            return F.linear(x, self._rows(0, n, x.dtype))
+        parts = [
+            F.linear(x, self._rows(start, min(start + self.rows_per_chunk, n), x.dtype))
+            for start in range(0, n, self.rows_per_chunk)
+        ]
+        return torch.cat(parts, dim=-1)
+
+    def _rows(self, start: int, end: int, dtype: torch.dtype) -> torch.Tensor:
+        groups = self.in_features // self.group_size
+        codes = self.codes[start:end].view(end - start, groups, self.group_size).to(dtype)
+        w = codes * self.scales[start:end, :, None].to(dtype)
+        if self.zeros is not None:
+            w += self.zeros[start:end, :, None].to(dtype)
+        return w.view(end - start, self.in_features)
+
+    def dequantize_stored(self) -> torch.Tensor:
+        return self._rows(0, self.out_features, torch.float32)
+
+
+class DenseWeight(QuantizedWeight):
+    """A float weight (a GGUF layer stored in F32/F16/BF16) in the model dtype."""
+
+    def __init__(self, weight: torch.Tensor, input_perm=None) -> None:
+        super().__init__(weight.shape[0], weight.shape[1], input_perm)
+        self.register_buffer("weight", weight.to(torch.get_default_dtype()).contiguous())
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+    def dequantize_stored(self) -> torch.Tensor:
+        return self.weight.float()

@@ -1,0 +1,73 @@
+"""RepackedLinearMethod: the shared shape of every weight-only method here.
+
+create_weights registers one placeholder parameter per checkpoint tensor name ("weight", or
+"qweight"/"qzeros"/"scales"/...) whose weight_loader only *collects* what it is given, shard by
+shard (`on_load` may transform it on arrival, e.g. quantize a float shard at once so no float
+copy of the model is ever held). process_weights_after_loading hands the collected shards to
+`repack`, which returns a kernels.QuantizedWeight stored as `layer.qweight_kernel`; the
+placeholders are then removed. apply = that kernel (+ bias, kept in the model dtype).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+import torch
+from torch import nn
+
+from pagedllm.model_executor.layers.weight_utils import set_weight_attrs
+from pagedllm.model_executor.quantization.base import QuantizeMethodBase
+from pagedllm.model_executor.quantization.kernels import QuantizedWeight
+
+Shards = dict[str, list[Any]]
+"""checkpoint tensor name -> its shards in row order (one entry for an unmerged layer)."""
+
+
+class RepackedLinearMethod(QuantizeMethodBase):
+    checkpoint_tensors: tuple[str, ...] = ("weight",)
+    """The layer's checkpoint tensor names (parameter names of the placeholders)."""
+
+    def create_weights(self, layer, input_size, output_sizes, bias, params_dtype):
+        layer._quant_shards = {name: {} for name in self.checkpoint_tensors}
+        for name in self.checkpoint_tensors:
+            placeholder = nn.Parameter(torch.empty(0), requires_grad=False)
+            layer.register_parameter(name, placeholder)
+            set_weight_attrs(placeholder, weight_loader=self._collector(layer, name))
+        if bias:
+            b = torch.empty(sum(output_sizes), dtype=params_dtype)  # [out]
+            layer.register_parameter("bias", nn.Parameter(b, requires_grad=False))
+            set_weight_attrs(layer.bias, weight_loader=layer.weight_loader)
+        else:
+            layer.register_parameter("bias", None)
+
+    def _collector(self, layer: nn.Module, name: str):
+        def load(param: nn.Parameter, loaded: Any, shard_id: int | str | None = None) -> None:
+            index = 0 if shard_id is None else layer._shard_index(shard_id)
+            layer._quant_shards[name][index] = self.on_load(name, loaded)
+
+        return load
+
+    def on_load(self, name: str, loaded: Any) -> Any:
+        """Transform a checkpoint tensor as it arrives (default: keep it as is)."""
+        return loaded
+
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        collected = layer._quant_shards
+        del layer._quant_shards
+        shards = {name: [by_index[i] for i in sorted(by_index)]
+                  for name, by_index in collected.items()}  # fmt: skip
+        for name in self.checkpoint_tensors:
+            delattr(layer, name)
+        layer.qweight_kernel = self.repack(layer, shards)
+        assert layer.qweight_kernel.out_features == layer.output_size, (
+            layer.qweight_kernel.out_features, layer.output_size)
+        assert layer.qweight_kernel.in_features == layer.input_size
+
+    @abstractmethod
+    def repack(self, layer: nn.Module, shards: Shards) -> QuantizedWeight:
+        """The layer's collected checkpoint shards -> its kernel."""
+
+    def apply(self, layer, x):
+        y = layer.qweight_kernel(x)
+        return y if layer.bias is None else y + layer.bias

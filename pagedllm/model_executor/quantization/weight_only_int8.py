@@ -1,0 +1,29 @@
+"""--quantization int8: a float checkpoint's linear weights become symmetric int8 with one scale
+per output row at load (each shard as it arrives: no float copy of the model is ever held).
+Computed by aten._weight_int8pack_mm in bf16 (see kernels.py for why)."""
+
+from __future__ import annotations
+
+from pagedllm.model_executor.quantization.base import QuantizationConfig
+from pagedllm.model_executor.quantization.group_quant import (
+    concat_rows,
+    quantize_int8_per_channel,
+    to_kernel,
+)
+from pagedllm.model_executor.quantization.repacked import RepackedLinearMethod
+
+
+class Int8LinearMethod(RepackedLinearMethod):
+    def on_load(self, name, loaded):
+        return quantize_int8_per_channel(loaded)
+
+    def repack(self, layer, shards):
+        # per-row scales: shards stack without regrouping
+        return to_kernel(concat_rows(shards["weight"]))
+
+
+class Int8Config(QuantizationConfig):
+    name = "int8"
+
+    def get_quant_method(self, layer, prefix):
+        return Int8LinearMethod()

@@ -1,0 +1,65 @@
+"""GGUF blocks decode into codes + per-group scale/zero that reproduce gguf-py's dequantization
+exactly, and each GGUF type's quantized linear matches its dequantized float reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+gguf = pytest.importorskip("gguf")
+from gguf import GGML_QUANT_SIZES  # noqa: E402
+from gguf import GGMLQuantizationType as T  # noqa: E402
+from gguf.quants import dequantize  # noqa: E402
+
+from pagedllm.model_executor.quantization.gguf_blocks import decode_gguf_blocks  # noqa: E402
+from pagedllm.model_executor.quantization.group_quant import to_kernel  # noqa: E402
+from pagedllm.model_executor.quantization.kernels import (  # noqa: E402
+    GroupedDequantWeight,
+    Int4GroupWeight,
+    SplitInt4Weight,
+)
+
+ROWS, COLS = 32, 512
+_FP16_FIELDS = {  # byte offsets of the fp16 scale fields in a block
+    T.Q4_0: (0,), T.Q4_1: (0, 2), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q8_0: (0,),
+    T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,),
+}  # fmt: skip
+KERNEL_OF = {T.Q4_0: Int4GroupWeight, T.Q4_1: Int4GroupWeight, T.Q4_K: Int4GroupWeight,
+             T.Q5_0: SplitInt4Weight, T.Q5_1: SplitInt4Weight, T.Q8_0: SplitInt4Weight,
+             T.Q5_K: SplitInt4Weight, T.Q6_K: GroupedDequantWeight}  # fmt: skip
+
+
+def _random_blocks(qtype, seed: int = 0) -> np.ndarray:
+    """Random bytes with sane fp16 scales: every bit pattern of the codes and sub-scales."""
+    rng = np.random.default_rng(seed)
+    block, size = GGML_QUANT_SIZES[qtype]
+    n = ROWS * COLS // block
+    blocks = rng.integers(0, 256, (n, size), dtype=np.uint8)
+    for offset in _FP16_FIELDS[qtype]:
+        scale = rng.uniform(0.001, 0.02, n).astype(np.float16)
+        blocks[:, offset : offset + 2] = scale.view(np.uint8).reshape(n, 2)
+    return blocks.reshape(ROWS, -1)
+
+
+@pytest.mark.parametrize("qtype", list(_FP16_FIELDS), ids=lambda t: t.name)
+def test_decode_reproduces_gguf_dequantize(qtype):
+    data = _random_blocks(qtype)
+    reference = dequantize(data, qtype).reshape(ROWS, COLS)
+    decoded = decode_gguf_blocks(data, qtype, (ROWS, COLS))
+    np.testing.assert_array_equal(decoded.dequantize().numpy(), reference)
+
+
+@pytest.mark.parametrize("qtype", list(_FP16_FIELDS), ids=lambda t: t.name)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gguf_linear_matches_dequantized_reference(qtype, dtype):
+    data = _random_blocks(qtype, seed=1)
+    reference = torch.from_numpy(dequantize(data, qtype).reshape(ROWS, COLS).copy())
+    kernel = to_kernel(decode_gguf_blocks(data, qtype, (ROWS, COLS)))
+    assert type(kernel) is KERNEL_OF[qtype]
+    torch.manual_seed(0)
+    x = torch.randn(4, COLS, dtype=dtype)
+    expected = x.float() @ reference.t()
+    err = float((kernel(x).float() - expected).norm() / expected.norm())
+    exact = dtype == torch.float32 and KERNEL_OF[qtype] is GroupedDequantWeight
+    assert err < (1e-6 if exact else 6e-3), err
