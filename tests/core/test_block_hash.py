@@ -1,10 +1,9 @@
-from tests.core.core_helpers import make_request
-
 from pagedllm.core.block_hash import (
     hash_block_tokens,
     hash_request_tokens,
     make_block_hasher,
 )
+from tests.core.core_helpers import make_request
 
 
 def test_same_prefix_same_hashes() -> None:

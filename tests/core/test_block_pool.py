@@ -1,7 +1,7 @@
 import pytest
-from tests.core.core_helpers import make_request
 
 from pagedllm.core.block_pool import BlockPool, FreeBlockQueue, KVCacheBlock
+from tests.core.core_helpers import make_request
 
 
 def _ids(blocks: list[KVCacheBlock]) -> list[int]:

@@ -1,7 +1,6 @@
-from tests.core.core_helpers import make_request
-
 from pagedllm.core.kv_cache_manager import KVCacheManager
 from pagedllm.request import Request
+from tests.core.core_helpers import make_request
 
 
 def _admit(kvm: KVCacheManager, request: Request, num_new: int | None = None) -> list[int] | None:

@@ -1,7 +1,7 @@
 import pytest
-from tests.core.core_helpers import make_request
 
 from pagedllm.core.sched.queue import create_request_queue
+from tests.core.core_helpers import make_request
 
 
 def test_fcfs_order_and_prepend() -> None:

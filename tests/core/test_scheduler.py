@@ -2,13 +2,19 @@ import subprocess
 import sys
 
 import pytest
-from tests.core.core_helpers import FakeRunner, make_request, make_scheduler, run_to_completion, step
 
 from pagedllm.config.cache import CacheConfig
 from pagedllm.config.scheduler import SchedulerConfig
 from pagedllm.core.sched.output import LogprobsLists, ModelRunnerOutput
 from pagedllm.core.sched.scheduler import Scheduler
 from pagedllm.request import RequestStatus
+from tests.core.core_helpers import (
+    FakeRunner,
+    make_request,
+    make_scheduler,
+    run_to_completion,
+    step,
+)
 
 
 def _assert_all_blocks_free(scheduler: Scheduler) -> None:

@@ -4,11 +4,11 @@ import random
 from collections import Counter
 
 import pytest
-from tests.core.core_helpers import FakeRunner, make_request, make_scheduler, step
 
 from pagedllm.core.kv_cache_manager import SKIPPED_BLOCK
 from pagedllm.core.sched.scheduler import Scheduler
 from pagedllm.request import RequestStatus
+from tests.core.core_helpers import FakeRunner, make_request, make_scheduler, step
 
 
 def _check_invariants(scheduler: Scheduler) -> None:

@@ -4,12 +4,12 @@ advances, so a long generation holds a bounded number of blocks."""
 from collections import Counter
 
 import pytest
-from tests.core.core_helpers import FakeRunner, make_request, make_scheduler, run_to_completion
 
 from pagedllm.core.kv_cache_manager import SKIPPED_BLOCK, KVCacheManager, common_sliding_window
 from pagedllm.core.sched.scheduler import Scheduler
 from pagedllm.request import Request
 from pagedllm.utils.math import cdiv
+from tests.core.core_helpers import FakeRunner, make_request, make_scheduler, run_to_completion
 
 
 def _decode_bound(window: int, block_size: int) -> int:

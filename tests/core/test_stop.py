@@ -1,7 +1,6 @@
-from tests.core.core_helpers import make_request
-
 from pagedllm.core.sched.stop import check_stop
 from pagedllm.request import Request, RequestStatus
+from tests.core.core_helpers import make_request
 
 EOS = 2
 
