@@ -30,7 +30,8 @@ def run_pagedllm(args, prompts) -> dict:
 
     start = time.perf_counter()
     llm = LLM(args.model, dtype=args.dtype, kv_cache_memory=args.kv_cache_memory,
-              max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len)
+              max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
+              quantization=args.quantization)
     load_s = time.perf_counter() - start
     params = SamplingParams(temperature=0, max_tokens=args.output_len, ignore_eos=True)
     llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)  # warm
@@ -73,6 +74,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="SmolLM2-135M-Instruct")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--quantization", default="none",
+                        help="none: float weights, as HF runs them (auto: native GGUF blocks)")
     parser.add_argument("--num-prompts", type=int, default=64)
     parser.add_argument("--min-input", type=int, default=32)
     parser.add_argument("--max-input", type=int, default=256)
