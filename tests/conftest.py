@@ -74,46 +74,16 @@ def tiny_tokenizer_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def tiny_llama_factory(tmp_path_factory, tiny_tokenizer_dir):
+def tiny_llama_factory(tiny_model_factory):
     """make(**config_overrides) -> dir of a random fp32 LlamaForCausalLM + the tiny tokenizer.
 
     Same overrides, same directory (built once per session); weights depend only on the config.
     """
-    built: dict[str, str] = {}
 
     def make(seed: int = 0, **overrides) -> str:
-        key = json.dumps({"seed": seed, **overrides}, sort_keys=True)
-        if key not in built:
-            directory = str(tmp_path_factory.mktemp("tiny_llama"))
-            _save_tiny_llama(directory, tiny_tokenizer_dir, seed, overrides)
-            built[key] = directory
-        return built[key]
+        return tiny_model_factory("LlamaConfig", seed, **overrides)
 
     return make
-
-
-def _save_tiny_llama(directory: str, tokenizer_dir: str, seed: int, overrides: dict) -> None:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **{**TINY_LLAMA, **overrides},
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(torch.float32)
-    with torch.no_grad():  # non-trivial norm weights, so a norm/weight mix-up shows
-        for name, param in model.named_parameters():
-            if name.endswith("norm.weight"):
-                param.uniform_(0.5, 1.5)
-            elif name.endswith(".bias"):
-                param.normal_(0.0, 0.1)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
 
 
 @pytest.fixture(scope="session")

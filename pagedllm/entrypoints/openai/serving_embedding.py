@@ -6,10 +6,8 @@ from __future__ import annotations
 import base64
 import struct
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 
-from pagedllm.engine.core_client import EngineDeadError
-from pagedllm.entrypoints.openai.errors import BadRequestError, ServiceUnavailableError
+from pagedllm.entrypoints.openai.errors import BadRequestError
 from pagedllm.entrypoints.openai.protocol import (
     EmbeddingData,
     EmbeddingRequest,
@@ -17,7 +15,7 @@ from pagedllm.entrypoints.openai.protocol import (
     UsageInfo,
     random_id,
 )
-from pagedllm.entrypoints.openai.serving_engine import OpenAIServing
+from pagedllm.entrypoints.openai.serving_engine import OpenAIServing, http_errors
 from pagedllm.entrypoints.openai.utils import merge_async_iterators
 from pagedllm.outputs import EmbeddingRequestOutput
 from pagedllm.pooling_params import PoolingParams
@@ -62,17 +60,11 @@ class OpenAIServingEmbedding(OpenAIServing):
             dimensions = params.dimensions is not None and "dimension" in str(e)
             raise BadRequestError(str(e), param="dimensions" if dimensions else None) from e
 
-    async def _encode(self, token_ids: list[int], params: PoolingParams,
-                      request_id: str) -> AsyncIterator[EmbeddingRequestOutput]:
-        stream = self.engine.encode({"prompt_token_ids": token_ids}, params, request_id)
-        try:
-            async with aclosing(stream):
-                async for output in stream:
-                    yield output
-        except ValueError as e:
-            raise BadRequestError(str(e)) from e
-        except EngineDeadError as e:
-            raise ServiceUnavailableError(str(e), code="engine_unavailable") from e
+    def _encode(self, token_ids: list[int], params: PoolingParams,
+                request_id: str) -> AsyncIterator[EmbeddingRequestOutput]:
+        return http_errors(
+            self.engine.encode({"prompt_token_ids": token_ids}, params, request_id)
+        )
 
 
 def _inputs(request: EmbeddingRequest) -> list[str | list[int]]:

@@ -70,18 +70,24 @@ class OpenAIServing:
 
     # ---- engine -------------------------------------------------------------------------------
 
-    async def generate(self, prompt_ids: list[int], params: SamplingParams,
-                       request_id: str) -> AsyncIterator[RequestOutput]:
+    def generate(self, prompt_ids: list[int], params: SamplingParams,
+                 request_id: str) -> AsyncIterator[RequestOutput]:
         """The engine's stream with its errors mapped to HTTP errors."""
-        stream = self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id)
-        try:
-            async with aclosing(stream):
-                async for output in stream:
-                    yield output
-        except ValueError as e:
-            raise BadRequestError(str(e)) from e
-        except EngineDeadError as e:
-            raise ServiceUnavailableError(str(e), code="engine_unavailable") from e
+        return http_errors(
+            self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id)
+        )
+
+
+async def http_errors(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """Pass an engine stream through, mapping its errors to HTTP errors (and closing it)."""
+    try:
+        async with aclosing(stream):  # type: ignore[type-var]
+            async for output in stream:
+                yield output
+    except ValueError as e:
+        raise BadRequestError(str(e)) from e
+    except EngineDeadError as e:
+        raise ServiceUnavailableError(str(e), code="engine_unavailable") from e
 
 
 def build_sampling_params(
