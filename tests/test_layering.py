@@ -12,8 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pagedllm"
 
 RULES = {
     "core": ("torch", "pagedllm.worker", "pagedllm.model_executor", "pagedllm.attention",
-             "pagedllm.sample", "pagedllm.entrypoints", "pagedllm.engine.core",
-             "pagedllm.engine.llm_engine"),
+             "pagedllm.sample", "pagedllm.entrypoints", "pagedllm.engine"),
     "entrypoints": ("pagedllm.core", "pagedllm.worker", "pagedllm.model_executor.models",
                     "pagedllm.model_executor.layers", "pagedllm.attention"),
     "model_executor/models": ("pagedllm.engine", "pagedllm.core", "pagedllm.worker",

@@ -7,8 +7,11 @@ blocks appended to requests it already has, and requests to drop.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
+from pagedllm.metrics.stats import SchedulerStats
+from pagedllm.request import FinishReason
 from pagedllm.sampling_params import SamplingParams
 
 
@@ -79,3 +82,27 @@ class ModelRunnerOutput:
     pooler_output: dict[str, list[float]] = field(default_factory=dict)
     """Task "embed": the raw pooled hidden state of each request whose prompt is now fully
     computed (such a request samples nothing and is finished by the engine core)."""
+
+
+@dataclass
+class EngineCoreOutput:
+    request_id: str
+    new_token_ids: list[int]
+    new_logprobs: LogprobsLists | None = None
+    new_prompt_logprobs: LogprobsLists | None = None
+    finish_reason: FinishReason | None = None
+    stop_reason: int | str | None = None
+    num_cached_tokens: int = 0
+    pooling_output: list[float] | None = None
+    """Embedding requests: the raw pooled hidden state (float32), with the finishing output."""
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class EngineCoreOutputs:
+    outputs: list[EngineCoreOutput] = field(default_factory=list)
+    scheduler_stats: SchedulerStats | None = None
+    timestamp: float = field(default_factory=time.time)

@@ -15,11 +15,16 @@ from pagedllm.config.cache import CacheConfig
 from pagedllm.config.scheduler import SchedulerConfig
 from pagedllm.core.block_hash import make_block_hasher
 from pagedllm.core.kv_cache_manager import KVCacheManager
-from pagedllm.core.sched.output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
+from pagedllm.core.sched.output import (
+    EngineCoreOutput,
+    EngineCoreOutputs,
+    LogprobsLists,
+    ModelRunnerOutput,
+    SchedulerOutput,
+)
 from pagedllm.core.sched.queue import create_request_queue
 from pagedllm.core.sched.step import StepBuilder
 from pagedllm.core.sched.stop import check_stop
-from pagedllm.engine.messages import EngineCoreOutput, EngineCoreOutputs
 from pagedllm.metrics.stats import SchedulerStats
 from pagedllm.request import BlockHasher, Request, RequestStatus
 
