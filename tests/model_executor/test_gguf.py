@@ -75,3 +75,21 @@ def test_smollm2_logits_match_transformers(smollm2_gguf_path):
     ref = hf_logits(hf, prompt)
     torch.testing.assert_close(ours[-1], ref[-1], atol=2e-3, rtol=1e-3)
     assert torch.equal(ours.argmax(-1), ref.argmax(-1))
+
+
+@pytest.mark.gguf
+def test_weight_estimate_counts_native_blocks(smollm2_gguf_path):
+    """The start-up fit check sizes quantized linears at their block size, not as float."""
+    from pagedllm.model_executor.model_loader import estimate_weight_bytes
+    from pagedllm.model_executor.model_loader.config import load_model_config
+    from pagedllm.model_executor.model_loader.gguf import open_gguf
+
+    native = load_model_config(smollm2_gguf_path)
+    floats = load_model_config(smollm2_gguf_path, quantization="none")
+    assert native.quantization == "gguf" and floats.quantization is None
+    tensors = open_gguf(smollm2_gguf_path).tensors
+    assert estimate_weight_bytes(floats) == 4 * sum(int(t.n_elements) for t in tensors)
+    embedding = next(t for t in tensors if t.name == "token_embd.weight")
+    linears = sum(int(t.n_bytes) for t in tensors if t.tensor_type.name == "Q4_1")
+    norms = sum(4 * int(t.n_elements) for t in tensors if t.tensor_type.name == "F32")
+    assert estimate_weight_bytes(native) == 4 * int(embedding.n_elements) + linears + norms

@@ -84,14 +84,30 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 def estimate_weight_bytes(model_config: ModelConfig) -> int:
-    """Bytes the weights take once loaded in model_config.dtype (read from checkpoint headers,
-    without loading any tensor)."""
+    """Bytes the weights take once loaded (read from checkpoint headers, without loading any
+    tensor): model_config.dtype, except GGUF linear weights run in their own blocks."""
     elem = torch.tensor([], dtype=getattr(torch, model_config.dtype)).element_size()
     if model_config.format == "gguf":
-        from pagedllm.model_executor.model_loader.gguf import open_gguf
+        from pagedllm.model_executor.model_loader.gguf import (
+            gguf_architecture,
+            gguf_to_hf_name,
+            is_quantized_linear,
+            open_gguf,
+        )
 
         reader = open_gguf(model_config.path)
-        return elem * sum(int(t.n_elements) for t in reader.tensors)
+        arch = gguf_architecture(reader)
+
+        def kept_quantized(t: Any) -> bool:
+            name = gguf_to_hf_name(t.name, arch)
+            return model_config.quantization == "gguf" and name is not None and (
+                is_quantized_linear(name, t.tensor_type)
+            )
+
+        return sum(
+            int(t.n_bytes) if kept_quantized(t) else elem * int(t.n_elements)
+            for t in reader.tensors
+        )
     from safetensors import safe_open
 
     from pagedllm.model_executor.model_loader.hf import checkpoint_files
