@@ -26,7 +26,7 @@ from pagedllm.entrypoints.openai.serving_engine import (
     top_logprobs,
 )
 from pagedllm.entrypoints.openai.utils import merge_async_iterators
-from pagedllm.outputs import CompletionOutput, RequestOutput
+from pagedllm.outputs import CompletionOutput, Logprob, RequestOutput
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
 
@@ -182,10 +182,24 @@ class OpenAIServingCompletion(OpenAIServing):
 
     def _append_prompt_logprobs(self, logprobs: CompletionLogProbs, prompt: _Prompt,
                                 output: RequestOutput, request: CompletionRequest) -> None:
-        as_ids = request.return_tokens_as_token_ids
         entries = output.prompt_logprobs or [None] * len(prompt.token_ids)
-        offset = 0
-        for token_id, entry in zip(prompt.token_ids, entries):
+        self._extend_logprobs(logprobs, prompt.token_ids, entries, request, offset=0)
+
+    def _append_logprobs(self, logprobs: CompletionLogProbs, completion: CompletionOutput,
+                         request: CompletionRequest, offset: int | None = None) -> None:
+        if offset is None:
+            offset = (logprobs.text_offset[-1] + len(logprobs.tokens[-1])
+                      if logprobs.tokens else 0)
+        self._extend_logprobs(
+            logprobs, completion.token_ids, completion.logprobs or [], request, offset)
+
+    def _extend_logprobs(self, logprobs: CompletionLogProbs, token_ids: list[int],
+                         entries: list[dict[int, Logprob] | None], request: CompletionRequest,
+                         offset: int) -> None:
+        """Append one row per token; an entry is None where nothing scores the token (the first
+        prompt token)."""
+        as_ids = request.return_tokens_as_token_ids
+        for token_id, entry in zip(token_ids, entries):
             chosen = entry.get(token_id) if entry else None
             text = token_text(token_id, chosen, self.tokenizer, as_ids)
             logprobs.tokens.append(text)
@@ -196,22 +210,6 @@ class OpenAIServingCompletion(OpenAIServing):
             logprobs.top_logprobs.append(
                 self._top_dict(entry, request.logprobs or 0, as_ids) if entry is not None
                 else None)
-
-    def _append_logprobs(self, logprobs: CompletionLogProbs, completion: CompletionOutput,
-                         request: CompletionRequest, offset: int | None = None) -> None:
-        as_ids = request.return_tokens_as_token_ids
-        if offset is None:
-            offset = (logprobs.text_offset[-1] + len(logprobs.tokens[-1])
-                      if logprobs.tokens else 0)
-        for token_id, entry in zip(completion.token_ids, completion.logprobs or []):
-            chosen = entry.get(token_id)
-            text = token_text(token_id, chosen, self.tokenizer, as_ids)
-            logprobs.tokens.append(text)
-            logprobs.text_offset.append(offset)
-            offset += len(text)
-            logprobs.token_logprobs.append(
-                clamp_logprob(chosen.logprob) if chosen is not None else None)
-            logprobs.top_logprobs.append(self._top_dict(entry, request.logprobs or 0, as_ids))
 
     def _top_dict(self, entry: dict, k: int, as_ids: bool) -> dict[str, float]:
         return {token_text(t, lp, self.tokenizer, as_ids): clamp_logprob(lp.logprob)
