@@ -13,7 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pagedllm.model_executor.layers.weight_utils import default_weight_loader, set_weight_attrs
+from pagedllm.model_executor.layers.weight_utils import (
+    create_bias,
+    default_weight_loader,
+    set_weight_attrs,
+)
 from pagedllm.model_executor.quantization.base import QuantizeMethodBase
 from pagedllm.model_executor.quantization.scope import scoped_quant_method
 
@@ -25,12 +29,7 @@ class UnquantizedLinearMethod(QuantizeMethodBase):
         weight = torch.empty(sum(output_sizes), input_size, dtype=params_dtype)  # [out, in]
         layer.register_parameter("weight", nn.Parameter(weight, requires_grad=False))
         set_weight_attrs(layer.weight, weight_loader=layer.weight_loader)
-        if bias:
-            b = torch.empty(sum(output_sizes), dtype=params_dtype)  # [out]
-            layer.register_parameter("bias", nn.Parameter(b, requires_grad=False))
-            set_weight_attrs(layer.bias, weight_loader=layer.weight_loader)
-        else:
-            layer.register_parameter("bias", None)
+        create_bias(layer, sum(output_sizes), bias, params_dtype)
 
     def apply(self, layer, x):
         return F.linear(x, layer.weight, layer.bias)

@@ -25,6 +25,17 @@ def set_weight_attrs(param: nn.Parameter, **attrs: Any) -> None:
         setattr(param, key, value)
 
 
+def create_bias(layer: nn.Module, out_features: int, bias: bool, dtype: torch.dtype) -> None:
+    """Register `layer.bias` ([out_features], loaded like the weight's shards) or None: the bias
+    stays dense whatever the weight's quant method."""
+    if not bias:
+        layer.register_parameter("bias", None)
+        return
+    b = torch.empty(out_features, dtype=dtype)
+    layer.register_parameter("bias", nn.Parameter(b, requires_grad=False))
+    set_weight_attrs(layer.bias, weight_loader=layer.weight_loader)
+
+
 def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor) -> None:
     if param.shape != loaded.shape:
         raise ValueError(

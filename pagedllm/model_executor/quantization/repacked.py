@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pagedllm.model_executor.layers.weight_utils import set_weight_attrs
+from pagedllm.model_executor.layers.weight_utils import create_bias, set_weight_attrs
 from pagedllm.model_executor.quantization.base import QuantizeMethodBase
 from pagedllm.model_executor.quantization.kernels import QuantizedWeight
 
@@ -34,12 +34,7 @@ class RepackedLinearMethod(QuantizeMethodBase):
             placeholder = nn.Parameter(torch.empty(0), requires_grad=False)
             layer.register_parameter(name, placeholder)
             set_weight_attrs(placeholder, weight_loader=self._collector(layer, name))
-        if bias:
-            b = torch.empty(sum(output_sizes), dtype=params_dtype)  # [out]
-            layer.register_parameter("bias", nn.Parameter(b, requires_grad=False))
-            set_weight_attrs(layer.bias, weight_loader=layer.weight_loader)
-        else:
-            layer.register_parameter("bias", None)
+        create_bias(layer, sum(output_sizes), bias, params_dtype)
 
     def _collector(self, layer: nn.Module, name: str):
         def load(param: nn.Parameter, loaded: Any, shard_id: int | str | None = None) -> None:
