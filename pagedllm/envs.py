@@ -20,3 +20,17 @@ def num_threads() -> int | None:
     """PAGEDLLM_NUM_THREADS: intra-op threads of the engine core (default: physical cores)."""
     value = os.environ.get("PAGEDLLM_NUM_THREADS")
     return int(value) if value else None
+
+
+def compiled_kernels() -> bool:
+    """PAGEDLLM_COMPILED_KERNELS: build and use the C++ CPU kernels of pagedllm/kernels (quantized
+    linear layers, paged attention) — default 1; 0 falls back to PyTorch operators only."""
+    return os.environ.get("PAGEDLLM_COMPILED_KERNELS", "1") not in ("0", "false", "False", "")
+
+
+def kernel_cache_dir() -> str:
+    """PAGEDLLM_CACHE_DIR: where the compiled kernels are built and cached (default
+    ~/.cache/pagedllm)."""
+    return os.environ.get("PAGEDLLM_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "pagedllm"
+    )

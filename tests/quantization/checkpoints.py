@@ -57,16 +57,28 @@ def _is_linear(name: str) -> bool:
     return name.endswith(LINEAR_SUFFIXES)
 
 
+_VOCAB_TABLES = ("model.embed_tokens.weight", "lm_head.weight")
+
+
 def dequantized_reference_dir(model_dir: str, method: str, tmp: str) -> str:
+    from pagedllm.kernels import cpu_kernels_available
     from pagedllm.model_executor.quantization.group_quant import (
         quantize_int4_grouped,
+        quantize_int8_grouped,
         quantize_int8_per_channel,
     )
 
     quantize = {"int8": quantize_int8_per_channel,
                 "int4": lambda w: quantize_int4_grouped(w, 32)}[method]  # fmt: skip
-    state = {k: (quantize(v).dequantize() if _is_linear(k) else v)
-             for k, v in _load_state(model_dir).items()}  # fmt: skip
+
+    def reference(name: str, w: torch.Tensor) -> torch.Tensor:
+        if _is_linear(name):
+            return quantize(w).dequantize()
+        if cpu_kernels_available() and name in _VOCAB_TABLES:  # held int8 per 32 columns too
+            return quantize_int8_grouped(w, 32).dequantize()
+        return w
+
+    state = {k: reference(k, v) for k, v in _load_state(model_dir).items()}
     return _copy_dir_with(model_dir, os.path.join(tmp, f"{method}_reference"), state, None)
 
 

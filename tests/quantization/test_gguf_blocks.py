@@ -17,6 +17,7 @@ from pagedllm.model_executor.quantization.group_quant import to_kernel  # noqa: 
 from pagedllm.model_executor.quantization.kernels import (  # noqa: E402
     GroupedDequantWeight,
     Int4GroupWeight,
+    PackedGroupWeight,
     SplitInt4Weight,
 )
 
@@ -52,7 +53,9 @@ def test_decode_reproduces_gguf_dequantize(qtype):
 
 @pytest.mark.parametrize("qtype", list(_FP16_FIELDS), ids=lambda t: t.name)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_gguf_linear_matches_dequantized_reference(qtype, dtype):
+def test_gguf_linear_matches_dequantized_reference_pytorch_kernels(
+    qtype, dtype, pytorch_kernels_only
+):
     data = _random_blocks(qtype, seed=1)
     reference = torch.from_numpy(dequantize(data, qtype).reshape(ROWS, COLS).copy())
     kernel = to_kernel(decode_gguf_blocks(data, qtype, (ROWS, COLS)))
@@ -63,3 +66,20 @@ def test_gguf_linear_matches_dequantized_reference(qtype, dtype):
     err = float((kernel(x).float() - expected).norm() / expected.norm())
     exact = dtype == torch.float32 and KERNEL_OF[qtype] is GroupedDequantWeight
     assert err < (1e-6 if exact else 6e-3), err
+
+
+@pytest.mark.parametrize("qtype", list(_FP16_FIELDS), ids=lambda t: t.name)
+@pytest.mark.parametrize("rows", [1, 4, 64])
+def test_gguf_linear_matches_dequantized_reference_compiled_kernel(qtype, rows):
+    data = _random_blocks(qtype, seed=1)
+    reference = torch.from_numpy(dequantize(data, qtype).reshape(ROWS, COLS).copy())
+    kernel = to_kernel(decode_gguf_blocks(data, qtype, (ROWS, COLS)))
+    assert type(kernel) is PackedGroupWeight
+    assert kernel.u4 == (qtype in (T.Q4_0, T.Q4_1, T.Q4_K))
+    torch.testing.assert_close(kernel.dequantize(), reference, rtol=1e-6, atol=1e-7)
+    torch.manual_seed(0)
+    x = torch.randn(rows, COLS)
+    expected = x @ reference.t()
+    err = float((kernel(x) - expected).norm() / expected.norm())
+    # int8-quantized activations up to GEMV_MAX_ROWS rows, float panels beyond
+    assert err < (8e-3 if rows <= PackedGroupWeight.GEMV_MAX_ROWS else 1e-6), err

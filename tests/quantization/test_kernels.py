@@ -1,5 +1,6 @@
-"""Each quantized linear layout equals its dequantized float reference: exactly in float32 for
-per-call dequantization, within bf16 rounding for PyTorch's packed int8/int4 kernels."""
+"""Each PyTorch quantized linear layout equals its dequantized float reference: exactly in
+float32 for per-call dequantization, within bf16 rounding for PyTorch's packed int8/int4 kernels.
+(pagedllm's compiled kernel: test_packed_kernel.py.)"""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from pagedllm.model_executor.quantization.kernels import (
     Int8ChannelWeight,
     SplitInt4Weight,
 )
+
+pytestmark = pytest.mark.usefixtures("pytorch_kernels_only")
 
 BF16_REL = 6e-3
 """Relative (Frobenius) error of a bf16-activation matmul against float32."""

@@ -18,8 +18,41 @@ class VocabEmbedding(nn.Module):
         self.weight = nn.Parameter(weight, requires_grad=False)
         set_weight_attrs(self.weight, weight_loader=default_weight_loader)
 
+        self.qweight_kernel: nn.Module | None = None
+        """Set by quantize_(): the table held quantized (then `weight` is gone)."""
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # [T] -> [T, hidden]
+        if self.qweight_kernel is not None:
+            return self.qweight_kernel.gather_rows(input_ids).to(torch.get_default_dtype())
         return F.embedding(input_ids, self.weight)
+
+    def project(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """hidden [N, embedding_dim] -> [N, num_embeddings] (the LM head's matmul)."""
+        if self.qweight_kernel is not None:
+            return self.qweight_kernel(hidden_states)
+        return F.linear(hidden_states, self.weight)
+
+    def quantize_(self) -> bool:
+        """Hold the table as int8 codes with a scale per 32 columns in the compiled kernel's
+        layout, dropping the float copy; False (unchanged) where that kernel does not apply.
+
+        Why: with tied embeddings the LM head is ~20 % of a small model's weights and, in
+        float32, the largest single read of every decode step.
+        """
+        from pagedllm.model_executor.quantization.group_quant import (
+            _compiled_kernel_fits,
+            quantize_int8_grouped,
+            to_packed_group_weight,
+        )
+
+        if self.qweight_kernel is not None or self.embedding_dim % 32:
+            return self.qweight_kernel is not None
+        gq = quantize_int8_grouped(self.weight.detach(), 32)
+        if not _compiled_kernel_fits(gq):
+            return False
+        self.qweight_kernel = to_packed_group_weight(gq)
+        del self.weight
+        return True
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.model_executor.layers.embedding import VocabEmbedding
@@ -26,7 +25,7 @@ class LogitsProcessor(nn.Module):
     ) -> torch.Tensor:  # [N, vocab] float32
         # NOTE: the matmul runs in the model dtype; only its result is upcast (an fp32 copy of
         # the head per step would cost more than the precision gained).
-        logits = F.linear(hidden_states, lm_head.weight).float()
+        logits = lm_head.project(hidden_states).float()
         if self.scale != 1.0:
             logits = logits * self.scale
         if self.soft_cap is not None:

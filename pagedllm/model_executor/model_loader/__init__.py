@@ -37,6 +37,8 @@ def get_model(model_config: ModelConfig, device: torch.device | str) -> nn.Modul
         quant_method = getattr(module, "quant_method", None)
         if quant_method is not None:
             quant_method.process_weights_after_loading(module)
+    if quant_config is not None:
+        _quantize_vocab_embeddings(model)
     model.eval()
     num_params = sum(p.numel() for p in model.parameters())
     logger.info(
@@ -46,6 +48,16 @@ def get_model(model_config: ModelConfig, device: torch.device | str) -> nn.Modul
         model_config.quantization, num_params / 1e6, time.perf_counter() - start,
     )  # fmt: skip
     return model
+
+
+def _quantize_vocab_embeddings(model: nn.Module) -> None:
+    """A quantized model keeps its token embedding / LM head in int8 too (GGUF files store them
+    quantized; for --quantization int8/int4 it is the largest float matrix left)."""
+    from pagedllm.model_executor.layers.embedding import VocabEmbedding
+
+    for module in model.modules():
+        if isinstance(module, VocabEmbedding):
+            module.quantize_()
 
 
 def iterate_weights(model_config: ModelConfig) -> Iterator[tuple[str, Any]]:

@@ -16,6 +16,7 @@ from pagedllm.model_executor.quantization.kernels import (
     GroupedDequantWeight,
     Int4GroupWeight,
     Int8ChannelWeight,
+    PackedGroupWeight,
     QuantizedWeight,
     SplitInt4Weight,
     can_pack_int4,
@@ -74,6 +75,8 @@ def concat_rows(parts: list[GroupQuant]) -> GroupQuant:
 def to_kernel(gq: GroupQuant, input_perm: torch.Tensor | None = None) -> QuantizedWeight:
     """The fastest kernel layout that represents `gq` exactly (see kernels.py)."""
     n, k = gq.shape
+    if _compiled_kernel_fits(gq):
+        return to_packed_group_weight(gq, input_perm)
     if gq.unsigned4 and can_pack_int4(n, k, gq.group_size):
         zeros = gq.zeros if gq.zeros is not None else torch.zeros_like(gq.scales)
         # tinygemm stores the value of code 8: scale * 8 + zero.
@@ -89,6 +92,43 @@ def to_kernel(gq: GroupQuant, input_perm: torch.Tensor | None = None) -> Quantiz
         gq = GroupQuant(gq.codes.to(torch.int8) - 8, gq.scales, zeros + 8 * gq.scales,
                         gq.group_size)  # fmt: skip
     return GroupedDequantWeight(gq.codes, gq.scales, gq.zeros, gq.group_size, input_perm)
+
+
+def _compiled_kernel_fits(gq: GroupQuant) -> bool:
+    from pagedllm.kernels import cpu_kernels_available
+
+    n, k = gq.shape
+    groups_fit = gq.group_size in (16, 32) or gq.group_size % 32 == 0
+    return gq.codes.device.type == "cpu" and k % 32 == 0 and groups_fit and (
+        cpu_kernels_available()
+    )
+
+
+def to_packed_group_weight(gq: GroupQuant, input_perm=None) -> PackedGroupWeight:
+    """gq in the compiled kernel's layout: groups of 16 or 32 (larger groups repeat their
+    scales), 4-bit codes packed, wider codes centred into int8 (the kernel's error is smallest
+    for centred codes; the zero absorbs the shift exactly)."""
+    group = gq.group_size if gq.group_size in (16, 32) else 32
+    gq = gq.regroup(group)
+    if gq.unsigned4:
+        return PackedGroupWeight.from_codes(gq.codes, gq.scales, gq.zeros, group, True, input_perm)
+    codes = gq.codes.to(torch.int16)
+    offset = (int(codes.min()) + int(codes.max()) + 1) // 2
+    zeros = gq.zeros
+    if offset:
+        codes = codes - offset
+        zeros = (zeros if zeros is not None else torch.zeros_like(gq.scales)) + offset * gq.scales
+    return PackedGroupWeight.from_codes(codes.to(torch.int8), gq.scales, zeros, group, False,
+                                        input_perm)  # fmt: skip
+
+
+def quantize_int8_grouped(w: torch.Tensor, group_size: int = 32) -> GroupQuant:
+    """Symmetric int8 with one scale per group of columns (embeddings / LM heads)."""
+    n, k = w.shape
+    groups = w.float().reshape(n, k // group_size, group_size)
+    scales = (groups.abs().amax(dim=-1) / 127).clamp_min(1e-12)
+    codes = torch.round(groups / scales[..., None]).clamp_(-127, 127).to(torch.int8)
+    return GroupQuant(codes.view(n, k), scales, None, group_size)
 
 
 def quantize_int8_per_channel(w: torch.Tensor) -> GroupQuant:

@@ -1,0 +1,58 @@
+"""pagedllm's own compiled CPU kernels (C++ in csrc/, AVX2 where the CPU has it).
+
+They are built on first use with torch's cpp_extension (ninja + the system C++ compiler, ~15 s)
+into PAGEDLLM_CACHE_DIR and registered as torch.ops.pagedllm.*; later processes load the cached
+library. `scripts/install.sh` builds them once at install time. When they cannot be built (no
+compiler, PAGEDLLM_COMPILED_KERNELS=0) callers fall back to PyTorch operators.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from pagedllm import envs
+from pagedllm.logger import init_logger
+
+logger = init_logger(__name__)
+
+_SOURCES = ("quant_linear.cpp", "paged_attention.cpp")
+_CSRC = os.path.join(os.path.dirname(__file__), "csrc")
+
+
+def _compile_flags(capability: str) -> list[str]:
+    flags = ["-O3", "-DNDEBUG", "-fopenmp", "-std=c++17"]
+    if capability in ("AVX2", "AVX512"):
+        flags += ["-mavx2", "-mfma", "-mf16c"]
+    return flags
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_kernels_available() -> bool:
+    """Build (or load the cached build of) the kernels; False if they cannot be used here."""
+    if not envs.compiled_kernels():
+        return False
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    name = f"pagedllm_cpu_kernels_{capability.lower()}"
+    build_dir = os.path.join(envs.kernel_cache_dir(), "kernels", f"torch{torch.__version__}", name)
+    os.makedirs(build_dir, exist_ok=True)
+    try:
+        from torch.utils.cpp_extension import load
+
+        load(
+            name=name,
+            sources=[os.path.join(_CSRC, s) for s in _SOURCES],
+            extra_cflags=_compile_flags(capability),
+            extra_ldflags=["-fopenmp"],
+            build_directory=build_dir,
+            is_python_module=False,
+            verbose=False,
+        )
+    except Exception as exc:  # no compiler, no ninja, ...: PyTorch operators only
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        logger.warning("compiled CPU kernels unavailable (%s: %s); using PyTorch operators",
+                       type(exc).__name__, first_line)  # fmt: skip
+        return False
+    return True

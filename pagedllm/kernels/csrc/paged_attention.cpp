@@ -1,0 +1,155 @@
+// Paged attention for CPUs over a mixed batch of prefill chunks and decodes, reading K/V in place
+// through the block table (no gather copy).
+//
+// Request r owns query rows query_start_loc[r] .. query_start_loc[r+1]: the last nq of its
+// seq_lens[r] tokens, so query i sits at position p = seq_len - nq + i and attends causally to
+// keys 0..p (and only to keys > p - window with a sliding window). One work item is (request,
+// KV head, tile of query rows); all query heads sharing the KV head are computed together so
+// each key and value row is read once per tile. Softmax is online (running max and sum) over
+// blocks of the cache, in float32.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kQueryTile = 8;
+
+inline float dot(const float* a, const float* b, int64_t d) {
+  float s = 0.f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < d; ++i) s += a[i] * b[i];
+  return s;
+}
+
+at::Tensor paged_attention(const at::Tensor& query,        // [T, H, D] float32
+                           const at::Tensor& key_cache,    // [num_blocks, block_size, Hkv, D]
+                           const at::Tensor& value_cache,  // [num_blocks, block_size, Hkv, D]
+                           const at::Tensor& block_table,  // [R, max_blocks] int32
+                           const at::Tensor& seq_lens,     // [R] int32
+                           const at::Tensor& query_start_loc,  // [R + 1] int32
+                           double scale, int64_t sliding_window, double soft_cap) {
+  TORCH_CHECK(query.scalar_type() == at::kFloat && key_cache.scalar_type() == at::kFloat &&
+                  value_cache.scalar_type() == at::kFloat,
+              "paged_attention: float32 query and cache expected");
+  TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous());
+  const at::Tensor q = query.contiguous();
+  const at::Tensor bt = block_table.to(at::kInt).contiguous();
+  const at::Tensor sl = seq_lens.to(at::kInt).contiguous();
+  const at::Tensor qsl = query_start_loc.to(at::kInt).contiguous();
+  const int64_t T = q.size(0), H = q.size(1), D = q.size(2);
+  const int64_t block_size = key_cache.size(1), Hkv = key_cache.size(2);
+  TORCH_CHECK(key_cache.size(3) == D && H % Hkv == 0);
+  const int64_t group = H / Hkv, R = sl.size(0), max_blocks = bt.size(1);
+  at::Tensor out = at::empty_like(q);
+
+  const int* qslp = qsl.data_ptr<int>();
+  const int* slp = sl.data_ptr<int>();
+  const int* btp = bt.data_ptr<int>();
+  // Work items: (request, kv head, query tile).
+  std::vector<int64_t> item_req, item_tile;
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t nq = qslp[r + 1] - qslp[r];
+    for (int64_t t0 = 0; t0 < nq; t0 += kQueryTile) {
+      item_req.push_back(r);
+      item_tile.push_back(t0);
+    }
+  }
+  const int64_t items = static_cast<int64_t>(item_req.size()) * Hkv;
+  const float* qp = q.data_ptr<float>();
+  const float* kp = key_cache.data_ptr<float>();
+  const float* vp = value_cache.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const float fscale = static_cast<float>(scale);
+  const float cap = static_cast<float>(soft_cap);
+  const int64_t slot_stride = Hkv * D, block_stride = block_size * slot_stride;
+
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    const int64_t rows = kQueryTile * group;  // (query, head) pairs of one item
+    std::vector<float> acc(rows * D), m(rows), l(rows), s(rows * block_size);
+    for (int64_t it = begin; it < end; ++it) {
+      const int64_t r = item_req[it / Hkv], t0 = item_tile[it / Hkv], kvh = it % Hkv;
+      const int64_t start = qslp[r], nq = qslp[r + 1] - start, seq_len = slp[r];
+      const int64_t tn = std::min(kQueryTile, nq - t0);
+      const int64_t first_pos = seq_len - nq + t0;  // position of the tile's first query
+      const int64_t last_pos = first_pos + tn - 1;
+      std::fill(acc.begin(), acc.end(), 0.f);
+      std::fill(m.begin(), m.end(), -std::numeric_limits<float>::infinity());
+      std::fill(l.begin(), l.end(), 0.f);
+      // keys the tile can see: [lo, last_pos]
+      int64_t lo = 0;
+      if (sliding_window > 0) lo = std::max<int64_t>(0, first_pos - sliding_window + 1);
+      for (int64_t blk = lo / block_size; blk * block_size <= last_pos; ++blk) {
+        TORCH_CHECK(blk < max_blocks, "block table too short");
+        const int64_t phys = btp[r * max_blocks + blk];
+        const int64_t k0 = blk * block_size;
+        const int64_t kn = std::min(block_size, last_pos + 1 - k0);
+        for (int64_t ti = 0; ti < tn; ++ti) {
+          const int64_t pos = first_pos + ti;
+          for (int64_t g = 0; g < group; ++g) {
+            const int64_t row = ti * group + g;
+            const float* qv = qp + ((start + t0 + ti) * H + kvh * group + g) * D;
+            float* srow = s.data() + row * block_size;
+            float block_max = -std::numeric_limits<float>::infinity();
+            for (int64_t j = 0; j < kn; ++j) {
+              const int64_t kpos = k0 + j;
+              const bool visible =
+                  kpos <= pos && (sliding_window <= 0 || kpos > pos - sliding_window);
+              if (!visible) {
+                srow[j] = -std::numeric_limits<float>::infinity();
+                continue;
+              }
+              float score = fscale * dot(qv, kp + phys * block_stride + j * slot_stride + kvh * D, D);
+              if (cap > 0.f) score = cap * std::tanh(score / cap);
+              srow[j] = score;
+              block_max = std::max(block_max, score);
+            }
+            if (block_max == -std::numeric_limits<float>::infinity()) continue;
+            const float new_max = std::max(m[row], block_max);
+            const float correction = std::exp(m[row] - new_max);
+            float* a = acc.data() + row * D;
+            float sum = 0.f;
+            for (int64_t d = 0; d < D; ++d) a[d] *= correction;
+            for (int64_t j = 0; j < kn; ++j) {
+              if (srow[j] == -std::numeric_limits<float>::infinity()) continue;
+              const float p = std::exp(srow[j] - new_max);
+              sum += p;
+              const float* vv = vp + phys * block_stride + j * slot_stride + kvh * D;
+#pragma omp simd
+              for (int64_t d = 0; d < D; ++d) a[d] += p * vv[d];
+            }
+            l[row] = l[row] * correction + sum;
+            m[row] = new_max;
+          }
+        }
+      }
+      for (int64_t ti = 0; ti < tn; ++ti) {
+        for (int64_t g = 0; g < group; ++g) {
+          const int64_t row = ti * group + g;
+          const float inv = l[row] > 0.f ? 1.f / l[row] : 0.f;
+          float* o = op + ((start + t0 + ti) * H + kvh * group + g) * D;
+          const float* a = acc.data() + row * D;
+          for (int64_t d = 0; d < D; ++d) o[d] = a[d] * inv;
+        }
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
+  m.def("paged_attention(Tensor query, Tensor key_cache, Tensor value_cache, Tensor block_table, "
+        "Tensor seq_lens, Tensor query_start_loc, float scale, int sliding_window, "
+        "float soft_cap) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(pagedllm, CPU, m) {
+  m.impl("paged_attention", &paged_attention);
+}
