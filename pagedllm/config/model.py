@@ -36,6 +36,8 @@ class ModelConfig:
     """Token ids that end generation unless ignore_eos (from generation/tokenizer config)."""
     quantization: str | None = None
     """Weight quantization method (None: weights run in `dtype`)."""
+    enforce_eager: bool = False
+    """Run the model module by module in eager PyTorch (no fused compiled decoder layers)."""
     seed: int = 0
     """Default seed for requests without one."""
     task: Literal["generate", "embed"] = "generate"

@@ -35,6 +35,9 @@ class EngineArgs:
     scheduling_policy: str = "fcfs"
     task: str = "auto"
     """"generate", "embed" (decoders: last-token pooling), or "auto" (embed for encoders)."""
+    enforce_eager: bool = False
+    """Run the model module by module in eager PyTorch instead of the fused compiled decoder
+    layers (as vLLM's flag turns off CUDA graphs / torch.compile)."""
 
     def create_engine_config(self) -> EngineConfig:
         from pagedllm.model_executor.model_loader.config import load_model_config
@@ -48,6 +51,7 @@ class EngineArgs:
             quantization=self.quantization,
             device=device,
             task=self.task,
+            enforce_eager=self.enforce_eager,
         )
         cache_config = CacheConfig(
             block_size=self.block_size,

@@ -41,6 +41,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                             "quantized GGUF runs natively, 'none' dequantizes it)")
     group.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "int8", "fp8"],
                        help="KV cache storage: auto (the model dtype) or 8 bits with scales")
+    group.add_argument("--enforce-eager", action="store_true",
+                       help="run the model module by module in eager PyTorch (no fused compiled "
+                            "decoder layers)")
 
 
 def engine_args_from(args: argparse.Namespace) -> EngineArgs:
@@ -61,4 +64,5 @@ def engine_args_from(args: argparse.Namespace) -> EngineArgs:
         task=args.task,
         quantization=args.quantization,
         kv_cache_dtype=args.kv_cache_dtype,
+        enforce_eager=args.enforce_eager,
     )

@@ -11,6 +11,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "ops.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -26,6 +28,10 @@ inline float dot(const float* a, const float* b, int64_t d) {
   for (int64_t i = 0; i < d; ++i) s += a[i] * b[i];
   return s;
 }
+
+}  // namespace
+
+namespace pagedllm {
 
 at::Tensor paged_attention(const at::Tensor& query,        // [T, H, D] float32
                            const at::Tensor& key_cache,    // [num_blocks, block_size, Hkv, D]
@@ -142,7 +148,7 @@ at::Tensor paged_attention(const at::Tensor& query,        // [T, H, D] float32
   return out;
 }
 
-}  // namespace
+}  // namespace pagedllm
 
 TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
   m.def("paged_attention(Tensor query, Tensor key_cache, Tensor value_cache, Tensor block_table, "
@@ -151,5 +157,5 @@ TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
 }
 
 TORCH_LIBRARY_IMPL(pagedllm, CPU, m) {
-  m.impl("paged_attention", &paged_attention);
+  m.impl("paged_attention", &pagedllm::paged_attention);
 }

@@ -26,6 +26,7 @@ def load_model_config(
     quantization: str | None = None,
     device: str = "cpu",
     task: str = "auto",
+    enforce_eager: bool = False,
 ) -> ModelConfig:
     """Resolve `model`, read its config and fill every ModelConfig field (see config/model.py)."""
     source = resolve_model(model)
@@ -53,6 +54,7 @@ def load_model_config(
         head_dim=getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads,
         eos_token_ids=tuple(sorted(eos_token_ids(source, hf_config))),
         quantization=_resolve_quantization(quantization, source, hf_config),
+        enforce_eager=enforce_eager,
         seed=seed,
         task=embedding.task,
         pooler=embedding.pooler,

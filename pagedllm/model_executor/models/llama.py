@@ -146,6 +146,11 @@ class LlamaModel(nn.Module):
             for i in range(config.num_hidden_layers)
         )
         self.norm = self.norm_cls(config.hidden_size, config.rms_norm_eps)
+        self.use_fused_layers = True
+        """Run qualifying layers through the fused compiled kernel (False: enforce_eager)."""
+        self._fused_layers: list | None | bool = False
+        """llama_fused.build_fused_layers' result, built at the first forward (after the KV
+        cache is bound); False: not built yet."""
 
     def build_rotary_embs(self, config: Any, max_position: int) -> list[RotaryEmbedding]:
         """The rotary embedding of each layer."""
@@ -159,10 +164,31 @@ class LlamaModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         hidden_states = self.embed(input_ids)  # [T, hidden]
         residual = None
-        for layer in self.layers:
-            hidden_states, residual = layer(positions, hidden_states, residual)
+        fused, metadata = self._fused_for_step()
+        if fused is not None:
+            for fused_layer in fused:
+                hidden_states, residual = fused_layer(positions, hidden_states, residual, metadata)
+        else:
+            for layer in self.layers:
+                hidden_states, residual = layer(positions, hidden_states, residual)
         hidden_states, _ = self.norm(hidden_states, residual)
         return hidden_states
+
+    def _fused_for_step(self) -> tuple[list | None, Any]:
+        if not self.use_fused_layers:
+            return None, None
+        from pagedllm.attention.backend import CommonAttentionMetadata
+        from pagedllm.forward_context import get_forward_context
+
+        if self._fused_layers is False:
+            from pagedllm.model_executor.models.llama_fused import build_fused_layers
+
+            self._fused_layers = build_fused_layers(self.layers)
+        metadata = get_forward_context().attn_metadata
+        # the compiled attention backend hands its layers the common metadata as is
+        if self._fused_layers is None or not isinstance(metadata, CommonAttentionMetadata):
+            return None, None
+        return self._fused_layers, metadata
 
 
 class LlamaForCausalLM(nn.Module):
@@ -178,6 +204,7 @@ class LlamaForCausalLM(nn.Module):
         config = model_config.hf_config
         self.config = config
         self.model = self.model_cls(config, model_config.max_model_len)
+        self.model.use_fused_layers = not model_config.enforce_eager
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         if self.tie_word_embeddings:
             self.lm_head = self.model.embed_tokens

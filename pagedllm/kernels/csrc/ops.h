@@ -1,0 +1,20 @@
+// The kernels other kernels call directly (the fused decoder layer), also registered as
+// torch.ops.pagedllm.* for Python.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace pagedllm {
+
+// y [M, N] = x [M, K] W^T, W = scales * codes + mins per group (see quant_linear.cpp).
+at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
+                        const at::Tensor& mins, int64_t group_size, bool u4,
+                        int64_t gemv_max_rows);
+
+// Causal attention of each request's query rows over its paged K/V (see paged_attention.cpp).
+at::Tensor paged_attention(const at::Tensor& query, const at::Tensor& key_cache,
+                           const at::Tensor& value_cache, const at::Tensor& block_table,
+                           const at::Tensor& seq_lens, const at::Tensor& query_start_loc,
+                           double scale, int64_t sliding_window, double soft_cap);
+
+}  // namespace pagedllm

@@ -1,0 +1,125 @@
+"""Fused execution of Llama-style decoder layers: one call into the compiled kernel per layer
+(kernels/csrc/decoder_layer.cpp) instead of ~30 module calls.
+
+It runs the same operators in the same order as the eager modules (bit-identical results) and
+applies only where the layer is exactly the plain Llama shape: RMSNorm pre-norms, q/k/v with
+optional bias, rotary (any frequency variant: the cos/sin cache is the layer's own), no q/k
+norm, paged attention on the compiled backend, o_proj, SwiGLU MLP without bias, float32, linear
+weights dense or in the compiled quantized layout. Llama, Mistral, Qwen2, SmolLM qualify; other
+families (Gemma's norms, MoE, Qwen3's q/k norm) run eagerly. `enforce_eager` turns it off.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pagedllm.attention.backend import CommonAttentionMetadata
+from pagedllm.model_executor.layers.activation import SiluAndMul
+from pagedllm.model_executor.layers.layernorm import RMSNorm
+from pagedllm.model_executor.layers.linear import UnquantizedLinearMethod
+from pagedllm.model_executor.layers.rotary import RotaryEmbedding
+
+
+class FusedDecoderLayer:
+    """The static arguments of one layer's kernel call, gathered once."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        attn_mod = layer.self_attn
+        attn = attn_mod.attn
+        linears = [attn_mod.qkv_proj, attn_mod.o_proj, layer.mlp.gate_up_proj,
+                   layer.mlp.down_proj]  # fmt: skip
+        weights, meta = [], []
+        for linear in linears:
+            tensors, group, u4 = _linear_tensors(linear)
+            weights.append(tensors)
+            meta += [group, int(u4)]
+        from pagedllm.model_executor.quantization.kernels import PackedGroupWeight
+
+        meta.append(PackedGroupWeight.GEMV_MAX_ROWS)
+        self.head = (
+            layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
+            layer.input_layernorm.eps, *weights, meta, attn_mod.qkv_proj.bias,
+            attn_mod.o_proj.bias, attn_mod.rotary_emb.cos_sin_cache,
+        )  # fmt: skip
+        self.shape = (attn.num_heads, attn.num_kv_heads, attn.head_size,
+                      attn_mod.rotary_emb.rotary_dim)  # fmt: skip
+        self.kv_cache = attn.kv_cache
+        self.tail = (attn.scale, attn.sliding_window or 0, attn.logits_soft_cap or 0.0)
+
+    def __call__(
+        self,
+        positions: torch.Tensor,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        md: CommonAttentionMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.ops.pagedllm.llama_decoder_layer(
+            hidden, residual, *self.head, positions, *self.shape, self.kv_cache,
+            md.slot_mapping, md.block_table, md.seq_lens, md.query_start_loc, *self.tail,
+        )  # fmt: skip
+
+
+def _linear_tensors(linear: nn.Module) -> tuple[list[torch.Tensor], int, bool]:
+    kernel = getattr(linear, "qweight_kernel", None)
+    if kernel is None:
+        return [linear.weight], 0, False
+    return [kernel.codes, kernel.scales, kernel.mins], kernel.group_size, kernel.u4
+
+
+def build_fused_layers(layers: nn.ModuleList) -> list[FusedDecoderLayer] | None:
+    """The fused form of every layer, or None if any layer does not qualify (see module doc)."""
+    from pagedllm.kernels import cpu_kernels_available
+
+    if not cpu_kernels_available() or not all(_qualifies(layer) for layer in layers):
+        return None
+    return [FusedDecoderLayer(layer) for layer in layers]
+
+
+def _qualifies(layer: nn.Module) -> bool:
+    from pagedllm.attention.backends.cpu_paged import CpuPagedAttentionImpl
+    from pagedllm.model_executor.models.llama import (
+        LlamaAttention,
+        LlamaDecoderLayer,
+        LlamaMLP,
+    )
+
+    if type(layer).forward is not LlamaDecoderLayer.forward:
+        return False
+    attn_mod, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+    if type(attn_mod) is not LlamaAttention or type(mlp) is not LlamaMLP:
+        return False
+    norms_plain = all(type(n) is RMSNorm for n in (layer.input_layernorm,
+                                                   layer.post_attention_layernorm))  # fmt: skip
+    attn = attn_mod.attn
+    return (
+        norms_plain
+        and attn_mod.q_norm is None
+        and type(attn_mod.rotary_emb) is RotaryEmbedding
+        and isinstance(mlp.act_fn, SiluAndMul)
+        and mlp.gate_up_proj.bias is None
+        and mlp.down_proj.bias is None
+        and isinstance(attn.impl, CpuPagedAttentionImpl)
+        and attn.kv_cache is not None
+        and attn.kv_cache.dtype == torch.float32
+        and attn.kv_cache.device.type == "cpu"
+        and layer.input_layernorm.weight.dtype == torch.float32
+        and all(_linear_fits(m) for m in (attn_mod.qkv_proj, attn_mod.o_proj,
+                                          mlp.gate_up_proj, mlp.down_proj))  # fmt: skip
+    )
+
+
+def _linear_fits(linear: Any) -> bool:
+    from pagedllm.model_executor.quantization.kernels import PackedGroupWeight
+
+    kernel = getattr(linear, "qweight_kernel", None)
+    if kernel is not None:
+        return type(kernel) is PackedGroupWeight and kernel.input_perm is None
+    weight = getattr(linear, "weight", None)
+    return (
+        isinstance(getattr(linear, "quant_method", None), UnquantizedLinearMethod)
+        and weight is not None
+        and weight.dtype == torch.float32
+    )
