@@ -22,6 +22,14 @@ def num_threads() -> int | None:
     return int(value) if value else None
 
 
+def step_profile() -> int | None:
+    """PAGEDLLM_STEP_PROFILE: time each engine step's phases (schedule, prepare_inputs, forward,
+    sample, update, output; see metrics/step_profile.py) and log the breakdown every N steps
+    (unset or 0: off)."""
+    value = os.environ.get("PAGEDLLM_STEP_PROFILE")
+    return int(value) if value and int(value) > 0 else None
+
+
 def compiled_kernels() -> bool:
     """PAGEDLLM_COMPILED_KERNELS: build and use the C++ CPU kernels of pagedllm/kernels (quantized
     linear layers, paged attention) — default 1; 0 falls back to PyTorch operators only."""

@@ -16,6 +16,7 @@ from pagedllm.core.kv_cache_manager import common_sliding_window
 from pagedllm.core.sched.scheduler import Scheduler
 from pagedllm.engine.messages import EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest
 from pagedllm.logger import init_logger
+from pagedllm.metrics.step_profile import profiler_from_env
 from pagedllm.model_executor.layers.attention import attention_layers
 from pagedllm.model_executor.model_loader import estimate_weight_bytes, get_model
 from pagedllm.platforms import configure_threads
@@ -62,6 +63,8 @@ class EngineCore:
                 layer.sliding_window for layer in attention_layers(model)
             ),
         )
+        self.step_profiler = profiler_from_env()
+        """Per-phase step timing (off unless PAGEDLLM_STEP_PROFILE or enabled by the caller)."""
 
     def add_request(self, request: EngineCoreRequest) -> None:
         params = request.sampling_params
@@ -92,13 +95,17 @@ class EngineCore:
         return self.scheduler.has_unfinished_requests()
 
     def step(self) -> EngineCoreOutputs:
-        scheduler_output = self.scheduler.schedule()
-        start = time.perf_counter()
-        runner_output = self.model_runner.execute_model(scheduler_output)
-        self.last_execute_seconds = time.perf_counter() - start
-        outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
-        if runner_output.pooler_output:
-            self._finish_pooled(runner_output.pooler_output, outputs)
+        profiler = self.step_profiler
+        with profiler.step():
+            with profiler.phase("schedule"):
+                scheduler_output = self.scheduler.schedule()
+            start = time.perf_counter()
+            runner_output = self.model_runner.execute_model(scheduler_output)
+            self.last_execute_seconds = time.perf_counter() - start
+            with profiler.phase("update"):
+                outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
+            if runner_output.pooler_output:
+                self._finish_pooled(runner_output.pooler_output, outputs)
         return outputs
 
     def _finish_pooled(self, pooled: dict[str, list[float]], outputs: EngineCoreOutputs) -> None:

@@ -15,6 +15,7 @@ from pagedllm.engine.messages import EngineCoreOutputs, EngineCoreRequest
 
 if TYPE_CHECKING:
     from pagedllm.engine.arg_utils import EngineArgs
+    from pagedllm.metrics.step_profile import StepProfiler
 
 
 class EngineCoreClient(ABC):
@@ -57,6 +58,10 @@ class InprocClient(EngineCoreClient):
     @property
     def num_kv_blocks(self) -> int:
         return self.engine_core.num_blocks
+
+    @property
+    def step_profiler(self) -> StepProfiler | None:
+        return getattr(self.engine_core, "step_profiler", None)
 
 
 class EngineDeadError(RuntimeError):

@@ -12,6 +12,7 @@ from pagedllm.engine.core_client import EngineCoreClient, InprocClient
 from pagedllm.engine.input_processor import InputProcessor, ProcessedPrompt, PromptType
 from pagedllm.engine.messages import EngineCoreRequest
 from pagedllm.engine.output_processor import OutputProcessor, ParentRequest, PoolingRequestState
+from pagedllm.metrics.step_profile import StepProfiler
 from pagedllm.outputs import EmbeddingRequestOutput, RequestOutput
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
@@ -25,6 +26,10 @@ class LLMEngine:
         self.input_processor = InputProcessor(config.model, self.tokenizer)
         self.output_processor = OutputProcessor(self.tokenizer)
         self.engine_core = core_client or InprocClient(config)
+        self.step_profiler: StepProfiler = (
+            getattr(self.engine_core, "step_profiler", None) or StepProfiler()
+        )
+        """The engine core's when it runs in this process, so one profile covers the step."""
         self._children: dict[str, list[str]] = {}
         self.last_stats = None
 
@@ -66,11 +71,13 @@ class LLMEngine:
             self.engine_core.add_request(core_request)
 
     def step(self) -> list[RequestOutput | EmbeddingRequestOutput]:
-        outputs = self.engine_core.get_output()
-        self.last_stats = outputs.scheduler_stats
-        processed = self.output_processor.process_outputs(outputs.outputs)
-        if processed.reqs_to_abort:
-            self.engine_core.finish_requests_stopped(processed.reqs_to_abort)
+        with self.step_profiler.step():
+            outputs = self.engine_core.get_output()
+            self.last_stats = outputs.scheduler_stats
+            with self.step_profiler.phase("output"):
+                processed = self.output_processor.process_outputs(outputs.outputs)
+            if processed.reqs_to_abort:
+                self.engine_core.finish_requests_stopped(processed.reqs_to_abort)
         for request_output in processed.request_outputs:
             if request_output.finished:
                 self._children.pop(request_output.request_id, None)

@@ -13,6 +13,7 @@ from torch import nn
 from pagedllm.attention.backend import AttentionBackend
 from pagedllm.core.sched.output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
 from pagedllm.forward_context import set_forward_context
+from pagedllm.metrics.step_profile import step_phase
 from pagedllm.model_executor.layers.attention import attention_layers
 from pagedllm.sample.metadata import SamplingMetadata, SamplingRow
 from pagedllm.sample.sampler import Sampler, compute_prompt_logprobs
@@ -51,20 +52,26 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
-        req_ids = self._update_states(scheduler_output)
-        if not req_ids:
-            return ModelRunnerOutput(req_ids=[], sampled_token_ids={})
-        inputs = prepare_inputs(
-            self.requests, scheduler_output, req_ids, self.block_size, self.device
-        )
-        attn_metadata = self.metadata_builder.build(inputs.attn)
-        with set_forward_context(attn_metadata):
+        with step_phase("prepare_inputs"):
+            req_ids = self._update_states(scheduler_output)
+            if not req_ids:
+                return ModelRunnerOutput(req_ids=[], sampled_token_ids={})
+            inputs = prepare_inputs(
+                self.requests, scheduler_output, req_ids, self.block_size, self.device
+            )
+            attn_metadata = self.metadata_builder.build(inputs.attn)
+        with step_phase("forward"), set_forward_context(attn_metadata):
             hidden = self.model(inputs.input_ids, inputs.positions)
-        if self.pool_last_token:
-            output = self._pool_last_token(hidden, inputs)
-        else:
-            output = self._sample(hidden, inputs)
-            self._compute_prompt_logprobs(hidden, inputs, output)
+            # the LM head is part of the model's work, not the sampler's
+            logits = None
+            if not self.pool_last_token and inputs.sampling_req_ids:
+                logits = self.model.compute_logits(hidden[inputs.logits_indices])
+        with step_phase("sample"):
+            if self.pool_last_token:
+                output = self._pool_last_token(hidden, inputs)
+            else:
+                output = self._sample(logits, inputs)
+                self._compute_prompt_logprobs(hidden, inputs, output)
         self._advance(scheduler_output, inputs, output)
         return output
 
@@ -91,13 +98,12 @@ class ModelRunner:
             state.num_computed_tokens = num_computed
         return [r.req_id for r in so.scheduled_new_reqs] + list(cached.req_ids)
 
-    def _sample(self, hidden: torch.Tensor, inputs: StepInputs) -> ModelRunnerOutput:
+    def _sample(self, logits: torch.Tensor | None, inputs: StepInputs) -> ModelRunnerOutput:
         output = ModelRunnerOutput(
             req_ids=inputs.req_ids, sampled_token_ids={r: [] for r in inputs.req_ids}
         )
-        if not inputs.sampling_req_ids:
+        if logits is None:
             return output
-        logits = self.model.compute_logits(hidden[inputs.logits_indices])
         rows = [self._sampling_row(self.requests[r]) for r in inputs.sampling_req_ids]
         metadata = SamplingMetadata.build(rows, self.vocab_size, self.device, self.eos_token_ids)
         sampled = self.sampler.forward(logits, metadata)

@@ -1,0 +1,225 @@
+"""`pagedllm bench latency`: the time to run one batch end to end (vLLM's `bench latency`).
+
+For each batch size: warm-up runs, then --num-iters runs generating --output-len tokens (latency
+mean/median/p90/p99) and --num-iters runs generating 1 token (the prefill). prefill tok/s =
+batch * input_len / prefill; decode tok/s = batch * (output_len - 1) / (full - prefill). Every
+run draws fresh random prompts (so the prefix cache cannot help) and every engine, ours and the
+peers, sees the same prompts. The step profile (phase, ms/step, %) of our full runs is printed and
+saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from collections.abc import Callable
+
+from pagedllm.benchmarks.datasets import MIN_TOKEN_ID
+from pagedllm.benchmarks.engine import EngineRunner
+from pagedllm.benchmarks.peers import (
+    HFRunner,
+    LlamaCppRunner,
+    PeerRunner,
+    add_peer_args,
+    make_peer,
+    note_weights,
+    selected_peers,
+)
+from pagedllm.benchmarks.results import (
+    ENGINE,
+    add_output_args,
+    build_record,
+    default_output_path,
+    ratio_line,
+    ratios,
+    write_record,
+)
+from pagedllm.benchmarks.stats import latency_stats
+
+RATIO_LABELS = {"e2e_tok_s": "latency", "prefill_tok_s": "prefill", "decode_tok_s": "decode"}
+"""Ratios are of rates (tok/s), so > 1 means pagedllm is faster; the latency ratio is the peer's
+mean latency over ours."""
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    from pagedllm.entrypoints.cli.engine_flags import add_engine_args
+
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="HF directory, .gguf file or name (default: SmolLM2-135M-Instruct)",
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="requests in the batch")
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="sweep these batch sizes (overrides --batch-size), e.g. 1 8 32",
+    )
+    parser.add_argument("--input-len", type=int, default=32, help="prompt tokens per request")
+    parser.add_argument("--output-len", type=int, default=128, help="tokens to generate")
+    parser.add_argument("--num-iters-warmup", type=int, default=1, help="untimed runs first")
+    parser.add_argument("--num-iters", type=int, default=3, help="timed runs (each kind)")
+    add_peer_args(parser, "HF static batch size (default: the batch size)")
+    add_output_args(parser)
+    add_engine_args(parser)
+
+
+def main(args: argparse.Namespace) -> dict:
+    batch_sizes = args.batch_sizes or [args.batch_size]
+    _check_args(args, batch_sizes)
+    engine = EngineRunner(args)
+    _check_fits(engine, args, batch_sizes)
+    vocab = len(engine.tokenizer)
+    peers = _make_peers(engine, args)
+    rows = []
+    for batch_size in batch_sizes:
+        prompts = _prompt_maker(batch_size, args.input_len, vocab, args.seed)
+        row = {"batch_size": batch_size, "engines": {ENGINE: _measure_ours(engine, prompts, args)}}
+        row["profile"] = engine.profiler.as_dict()
+        print(
+            f"\nbatch {batch_size}: step profile of {ENGINE} (full runs)\n"
+            f"{engine.profiler.format_table()}",
+            flush=True,
+        )
+        for peer in peers:
+            if isinstance(peer, LlamaCppRunner) and batch_size != 1:
+                print(f"{peer.name}: single stream, compared at batch 1 only", flush=True)
+                continue
+            if isinstance(peer, HFRunner):
+                peer.batch_size = args.hf_batch_size or batch_size
+            row["engines"][peer.name] = _measure(peer.generate, prompts, args)
+        row["ratios"] = _row_ratios(row["engines"])
+        _print_row(row)
+        rows.append(row)
+    described = engine.describe()
+    record = build_record("latency", args, described["model"], rows, engine=described)
+    _write(record, args, batch_sizes, described["model"])
+    return record
+
+
+def _make_peers(engine: EngineRunner, args: argparse.Namespace) -> list[PeerRunner]:
+    source, dtype = engine.source(), engine.config.model.dtype
+    n_ctx = args.input_len + args.output_len + 8
+    names = selected_peers(args.peers)
+    note_weights(names, engine.config.model.quantization)
+    peers = [make_peer(name, source, dtype, args.hf_batch_size or 1, n_ctx) for name in names]
+    return [p for p in peers if p is not None]
+
+
+def _check_args(args: argparse.Namespace, batch_sizes: list[int]) -> None:
+    for name, value in (
+        ("--input-len", args.input_len),
+        ("--output-len", args.output_len),
+        ("--num-iters", args.num_iters),
+        ("batch size", min(batch_sizes)),
+    ):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if args.num_iters_warmup < 0:
+        raise ValueError(f"--num-iters-warmup must be >= 0, got {args.num_iters_warmup}")
+
+
+def _check_fits(engine: EngineRunner, args: argparse.Namespace, batch_sizes: list[int]) -> None:
+    if max(batch_sizes) > engine.max_num_seqs:
+        raise ValueError(
+            f"batch size {max(batch_sizes)} > --max-num-seqs {engine.max_num_seqs}: "
+            "the batch would not run as one"
+        )
+    if args.input_len + args.output_len > engine.max_model_len:
+        raise ValueError(
+            f"--input-len + --output-len = {args.input_len + args.output_len} > "
+            f"max_model_len {engine.max_model_len}"
+        )
+
+
+def _prompt_maker(
+    batch_size: int, input_len: int, vocab: int, seed: int
+) -> Callable[[int], list[list[int]]]:
+    """run index -> that run's prompts (fresh per run, the same for every engine)."""
+
+    def make(run: int) -> list[list[int]]:
+        rng = random.Random(f"{seed}-{batch_size}-{run}")
+        return [
+            [rng.randrange(MIN_TOKEN_ID, vocab) for _ in range(input_len)]
+            for _ in range(batch_size)
+        ]
+
+    return make
+
+
+def _measure_ours(
+    engine: EngineRunner, prompts: Callable[[int], list[list[int]]], args: argparse.Namespace
+) -> dict:
+    """_measure, with the step profiler on during the full runs (not warm-up, not prefill)."""
+    profiler = engine.profiler
+
+    def timed(prompt_ids: list[list[int]], lens: list[int]) -> float:
+        profiler.enabled = lens[0] > 1
+        try:
+            return engine.generate(prompt_ids, lens)
+        finally:
+            profiler.enabled = False
+
+    return _measure(timed, prompts, args, after_warmup=profiler.reset)
+
+
+def _measure(
+    run: Callable[[list[list[int]], list[int]], float],
+    prompts: Callable[[int], list[list[int]]],
+    args: argparse.Namespace,
+    after_warmup: Callable[[], None] | None = None,
+) -> dict:
+    index = 0
+    for _ in range(args.num_iters_warmup):
+        batch = prompts(index)
+        run(batch, [args.output_len] * len(batch))
+        index += 1
+    if after_warmup is not None:
+        after_warmup()
+    full, prefill = [], []
+    for _ in range(args.num_iters):
+        batch = prompts(index)
+        full.append(run(batch, [args.output_len] * len(batch)))
+        prefill.append(run(prompts(index + 1), [1] * len(batch)))
+        index += 2
+    return latency_stats(len(batch), args.input_len, args.output_len, full, prefill)
+
+
+def _row_ratios(engines: dict[str, dict]) -> dict[str, dict[str, float]]:
+    ours = engines[ENGINE]
+    return {
+        name: ratios(ours, peer, list(RATIO_LABELS))
+        for name, peer in engines.items()
+        if name != ENGINE
+    }
+
+
+def _print_row(row: dict) -> None:
+    print(f"batch {row['batch_size']}:", flush=True)
+    for name, s in row["engines"].items():
+        lat = s["latency_s"]
+        decode = f"{s['decode_tok_s']:8.1f}" if s["decode_tok_s"] is not None else "     n/a"
+        print(
+            f"  {name:<16} latency mean {lat['mean']:7.3f} s  median {lat['median']:7.3f}  "
+            f"p90 {lat['p90']:7.3f}  p99 {lat['p99']:7.3f}  | prefill "
+            f"{s['prefill_tok_s']:8.1f} tok/s | decode {decode} tok/s",
+            flush=True,
+        )
+    for name, values in row["ratios"].items():
+        print(f"  {ratio_line(name, values, RATIO_LABELS)}", flush=True)
+
+
+def _write(record: dict, args: argparse.Namespace, batch_sizes: list[int], model: str) -> None:
+    from pagedllm.benchmarks.results import slug
+
+    workload = (
+        f"bs{'-'.join(map(str, batch_sizes))}_in{args.input_len}_out{args.output_len}_"
+        f"{slug(str(record['engine']['dtype']))}"
+    )
+    write_record(record, args.output_json or default_output_path("latency", model, workload))
+    if args.plot:
+        from pagedllm.benchmarks.plot import plot_latency
+
+        plot_latency(record, args.plot)

@@ -1,0 +1,189 @@
+"""Peer engines run on the same token-id workload, in the same process and thread count, so every
+result can be printed next to ours with a ratio.
+
+    hf         HF transformers `generate`, greedy, static batches with left padding; loads the
+               same checkpoint (a GGUF through `from_pretrained(dir, gguf_file=...)`, dequantized)
+    llamacpp   llama-cpp-python (only when importable), one stream at a time, greedy, on the same
+               GGUF file; HF directories have no GGUF and are skipped
+
+A runner's generate(prompts, output_lens) runs them all and returns the wall time; every prompt
+produces exactly its output_len tokens (EOS is suppressed), as ours do with ignore_eos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any
+
+from pagedllm.benchmarks.datasets import MIN_TOKEN_ID
+
+if TYPE_CHECKING:
+    from pagedllm.model_executor.model_loader.resolve import ModelSource
+
+PEER_CHOICES = ("hf", "llamacpp", "none")
+LLAMACPP_MISSING = "llama-cpp-python not installed (pip install pagedllm[llamacpp]): skipped"
+
+
+class PeerRunner(ABC):
+    name: str
+
+    @abstractmethod
+    def generate(self, prompts: list[list[int]], output_lens: list[int]) -> float:
+        """Generate output_lens[i] tokens after prompts[i], all of them; wall seconds."""
+
+
+class HFRunner(PeerRunner):
+    """transformers' `generate` over static batches of `batch_size`, left-padded; a batch runs
+    until its longest output is done (the tokens past a request's own length are not counted)."""
+
+    name = "hf_transformers"
+
+    def __init__(self, source: ModelSource, dtype: str, batch_size: int) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+        torch_dtype = torch.float32 if dtype == "auto" else getattr(torch, dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            source.path, dtype=torch_dtype, **kwargs
+        ).eval()
+        config = self.model.config
+        self.pad_id = config.pad_token_id if config.pad_token_id is not None else 0
+        self.batch_size = batch_size
+
+    def generate(self, prompts: list[list[int]], output_lens: list[int]) -> float:
+        start = time.perf_counter()
+        for i in range(0, len(prompts), self.batch_size):
+            self._generate_batch(
+                prompts[i : i + self.batch_size], max(output_lens[i : i + self.batch_size])
+            )
+        return time.perf_counter() - start
+
+    def _generate_batch(self, prompts: list[list[int]], new_tokens: int) -> None:
+        import torch
+        from transformers import GenerationConfig
+
+        width = max(map(len, prompts))
+        ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts])  # [B, width]
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        config = GenerationConfig(
+            do_sample=False,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.model.config.eos_token_id,
+        )
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        if out.shape[1] - width != new_tokens:
+            raise RuntimeError(f"HF generated {out.shape[1] - width} tokens, not {new_tokens}")
+
+
+class LlamaCppRunner(PeerRunner):
+    """llama-cpp-python's `Llama.generate` (an endless greedy token stream that we stop after
+    output_len tokens, so EOS does not end it), one prompt after the other."""
+
+    name = "llama_cpp"
+
+    def __init__(self, gguf_path: str, n_threads: int, n_ctx: int) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(
+            model_path=gguf_path,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            n_ctx=n_ctx,
+            n_batch=min(n_ctx, 512),
+            verbose=False,
+        )
+
+    def generate(self, prompts: list[list[int]], output_lens: list[int]) -> float:
+        start = time.perf_counter()
+        for prompt, output_len in zip(prompts, output_lens):
+            self._generate_one(prompt, output_len)
+        return time.perf_counter() - start
+
+    def _generate_one(self, prompt: list[int], output_len: int) -> None:
+        self.llm.reset()  # no KV reuse from the previous prompt
+        count = 0
+        for _ in self.llm.generate(
+            prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True
+        ):
+            count += 1
+            if count >= output_len:
+                break
+
+
+# ---- selection -----------------------------------------------------------------------------------
+
+
+def add_peer_args(parser: argparse.ArgumentParser, hf_batch_help: str) -> None:
+    group = parser.add_argument_group("peers")
+    group.add_argument(
+        "--peers",
+        nargs="+",
+        default=None,
+        choices=PEER_CHOICES,
+        help="peer engines on the same workload (default: hf, plus llamacpp when "
+        "llama-cpp-python is installed; none: only pagedllm)",
+    )
+    group.add_argument("--hf-batch-size", type=int, default=None, help=hf_batch_help)
+
+
+def llamacpp_available() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def selected_peers(requested: list[str] | None) -> list[str]:
+    """The peers to run; prints why a wanted one is skipped."""
+    if requested is None:
+        requested = ["hf", "llamacpp"]
+    if "none" in requested:
+        if len(requested) > 1:
+            raise ValueError("--peers none cannot be combined with other peers")
+        return []
+    names = list(dict.fromkeys(requested))
+    if "llamacpp" in names and not llamacpp_available():
+        print(LLAMACPP_MISSING, flush=True)
+        names.remove("llamacpp")
+    return names
+
+
+def note_weights(peer_names: list[str], quantization: str | None) -> None:
+    """HF dequantizes a GGUF to float: say so when our engine runs quantized weights."""
+    if "hf" in peer_names and quantization is not None:
+        print(
+            f"note: pagedllm runs {quantization} weights, HF transformers float ones "
+            "(--quantization none runs both on float weights)",
+            flush=True,
+        )
+
+
+def make_peer(
+    name: str, source: ModelSource, dtype: str, hf_batch_size: int, n_ctx: int
+) -> PeerRunner | None:
+    """The runner, or None (with the reason printed) when the model does not suit it."""
+    if name == "hf":
+        return HFRunner(source, dtype, hf_batch_size)
+    if source.gguf_file is None:
+        print(
+            f"llama.cpp needs a GGUF model, {source.name or source.path} is not one: skipped",
+            flush=True,
+        )
+        return None
+    return LlamaCppRunner(source.file, _threads(), n_ctx)
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def warm_up(runner: Any, prompt_len: int) -> None:
+    """One short generation so one-off costs (allocations, first kernel runs) are not timed; its
+    prompt is not one of the workload's (so no prefix cache hit comes of it)."""
+    runner.generate([[MIN_TOKEN_ID + i % 50 for i in range(prompt_len)]], [2])
