@@ -16,7 +16,12 @@ from pagedllm.logger import init_logger
 
 logger = init_logger(__name__)
 
-_SOURCES = ("quant_linear.cpp", "paged_attention.cpp", "decoder_layer.cpp")
+_SOURCES = (
+    "quant_linear.cpp",
+    "dense_linear.cpp",
+    "paged_attention.cpp",
+    "decoder_layer.cpp",
+)
 _CSRC = os.path.join(os.path.dirname(__file__), "csrc")
 
 

@@ -297,11 +297,14 @@ void gemm_panels(const at::Tensor& x, const at::Tensor& codes, const at::Tensor&
       dequantize_rows<U4, G>(cp, scales.data_ptr<float>(), mins.data_ptr<float>(), K, b, e,
                              wp + (b - n0) * K);
     });
-    at::Tensor w_panel = w.narrow(0, 0, n1 - n0);
+    const at::Tensor w_panel = w.narrow(0, 0, n1 - n0);
+    // ATen's GEMM is slow for few rows on this class of CPU: the streaming GEMV up to 32
+    const at::Tensor y = x.size(0) <= 32 ? pagedllm::dense_gemv(x, w_panel, std::nullopt)
+                                         : at::mm(x, w_panel.t());
     if (n0 == 0 && n1 == N) {
-      at::mm_out(out, x, w_panel.t());
+      out.copy_(y);
     } else {
-      out.narrow(1, n0, n1 - n0).copy_(at::mm(x, w_panel.t()));
+      out.narrow(1, n0, n1 - n0).copy_(y);
     }
   }
 }

@@ -30,7 +30,9 @@ class VocabEmbedding(nn.Module):
         """hidden [N, embedding_dim] -> [N, num_embeddings] (the LM head's matmul)."""
         if self.qweight_kernel is not None:
             return self.qweight_kernel(hidden_states)
-        return F.linear(hidden_states, self.weight)
+        from pagedllm.model_executor.layers.linear import dense_linear
+
+        return dense_linear(hidden_states, self.weight)
 
     def quantize_(self) -> bool:
         """Hold the table as int8 codes with a scale per 32 columns in the compiled kernel's

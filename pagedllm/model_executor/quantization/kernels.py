@@ -237,10 +237,10 @@ class PackedGroupWeight(QuantizedWeight):
     int8 per 32 columns (~0.5 % relative error, as llama.cpp); more rows dequantize panels of W
     and use the float GEMM (exact to float rounding). Measured (2 threads, fp32 activations,
     microseconds, K=576): N=1536 M=1 51 vs 96 int4pack-via-bf16 vs 90 dense; N=49152 M=1
-    1371 vs 2372 vs 8382; the crossover to panels is ~24 rows.
+    1371 vs 2372 vs 8382; the crossover to panels is ~12 rows.
     """
 
-    GEMV_MAX_ROWS = 20
+    GEMV_MAX_ROWS = 12
 
     def __init__(self, codes, scales, mins, group_size: int, u4: bool, input_perm=None) -> None:
         out_features = codes.shape[0]

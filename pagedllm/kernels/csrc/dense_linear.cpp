@@ -1,0 +1,113 @@
+// y[M, N] = x[M, K] W[N, K]^T (+ bias) in float32 for few rows (decode): a streaming GEMV over
+// W, two weight rows and up to four activation rows per pass, 4 independent accumulators per
+// dot product. At one row ATen's GEMM reads W at ~14 GB/s on this 2-core AVX2 machine; decode
+// is bound by reading W, so this is where float32 decode time goes.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "ops.h"
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define PAGEDLLM_AVX2 1
+#endif
+
+namespace {
+
+#ifdef PAGEDLLM_AVX2
+inline float hsum8(__m256 v) {
+  __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+  return _mm_cvtss_f32(lo);
+}
+#endif
+
+// out[w * R + r] = <W row w, x row r>, K a multiple of 8 on the vector path.
+template <int NW, int R>
+inline void dots(const float* const* w, const float* x, int64_t K, float* out) {
+  int64_t k = 0;
+#ifdef PAGEDLLM_AVX2
+  __m256 acc[NW][R];
+  for (int i = 0; i < NW; ++i)
+    for (int r = 0; r < R; ++r) acc[i][r] = _mm256_setzero_ps();
+  for (; k + 8 <= K; k += 8) {
+    __m256 xv[R];
+    for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(x + r * K + k);
+    for (int i = 0; i < NW; ++i) {
+      const __m256 wv = _mm256_loadu_ps(w[i] + k);
+      for (int r = 0; r < R; ++r) acc[i][r] = _mm256_fmadd_ps(wv, xv[r], acc[i][r]);
+    }
+  }
+  for (int i = 0; i < NW; ++i)
+    for (int r = 0; r < R; ++r) out[i * R + r] = hsum8(acc[i][r]);
+#else
+  for (int i = 0; i < NW; ++i)
+    for (int r = 0; r < R; ++r) out[i * R + r] = 0.f;
+#endif
+  for (; k < K; ++k)
+    for (int i = 0; i < NW; ++i)
+      for (int r = 0; r < R; ++r) out[i * R + r] += w[i][k] * x[r * K + k];
+}
+
+template <int R>
+void gemv_tile(const float* wp, const float* xp, int64_t K, int64_t N, int64_t n, float* op,
+               int64_t M, int64_t m0) {
+  float part[4 * R];
+  if (n + 4 <= N) {
+    const float* w[4] = {wp + n * K, wp + (n + 1) * K, wp + (n + 2) * K, wp + (n + 3) * K};
+    dots<4, R>(w, xp + m0 * K, K, part);
+    for (int i = 0; i < 4; ++i)
+      for (int r = 0; r < R; ++r) op[(m0 + r) * N + n + i] = part[i * R + r];
+  } else {
+    for (int64_t i = n; i < N; ++i) {
+      const float* w[1] = {wp + i * K};
+      dots<1, R>(w, xp + m0 * K, K, part);
+      for (int r = 0; r < R; ++r) op[(m0 + r) * N + i] = part[r];
+    }
+  }
+}
+
+}  // namespace
+
+namespace pagedllm {
+
+at::Tensor dense_gemv(const at::Tensor& x_in, const at::Tensor& weight,
+                      const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x_in.dim() == 2 && weight.dim() == 2 && x_in.size(1) == weight.size(1));
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat);
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor w = weight.contiguous();
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  at::Tensor out = at::empty({M, N}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, (N + 3) / 4, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t quad = begin; quad < end; ++quad) {
+      const int64_t n = quad * 4;
+      for (int64_t m0 = 0; m0 < M; m0 += 2) {
+        if (M - m0 >= 2) {
+          gemv_tile<2>(wp, xp, K, N, n, op, M, m0);
+        } else {
+          gemv_tile<1>(wp, xp, K, N, n, op, M, m0);
+        }
+      }
+    }
+  });
+  if (bias.has_value() && bias->defined()) out.add_(*bias);
+  return out;
+}
+
+}  // namespace pagedllm
+
+TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
+  m.def("dense_gemv(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(pagedllm, CPU, m) {
+  m.impl("dense_gemv", &pagedllm::dense_gemv);
+}
