@@ -21,7 +21,6 @@ from pagedllm.model_executor.layers.weight_utils import (
 from pagedllm.model_executor.quantization.base import QuantizeMethodBase
 from pagedllm.model_executor.quantization.scope import scoped_quant_method
 
-
 DENSE_GEMV_MAX_ROWS = 32
 """Up to this many rows, float32 CPU matmuls use the compiled streaming GEMV (kernels/csrc/
 dense_linear.cpp): measured 2 threads, W [3072, 576]: 1 row 120 vs 158 us (ATen), 8 rows 226 vs
