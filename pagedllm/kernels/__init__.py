@@ -20,6 +20,7 @@ _SOURCES = (
     "quant_linear.cpp",
     "dense_linear.cpp",
     "paged_attention.cpp",
+    "elementwise.cpp",
     "decoder_layer.cpp",
 )
 _CSRC = os.path.join(os.path.dirname(__file__), "csrc")

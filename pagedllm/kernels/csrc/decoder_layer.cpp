@@ -37,26 +37,6 @@ at::Tensor linear(const at::Tensor& x, const std::vector<at::Tensor>& w, int64_t
   return bias.has_value() && bias->defined() ? y + *bias : y;
 }
 
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  // as layers/layernorm.py RMSNorm.norm: statistics in float32, scale after casting back
-  const at::Tensor h = x.to(at::kFloat);
-  const at::Tensor normalized = h * at::rsqrt(h.pow(2).mean(-1, true) + eps);
-  return weight * normalized.to(x.scalar_type());
-}
-
-at::Tensor rotate(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                  int64_t head_dim, int64_t rotary_dim) {
-  // as layers/rotary.py RotaryEmbedding._rotate (neox layout, optional partial rotary)
-  const int64_t T = x.size(0);
-  const at::Tensor heads = x.view({T, -1, head_dim});
-  const at::Tensor x_rot = heads.narrow(-1, 0, rotary_dim);
-  const at::Tensor x1 = x_rot.narrow(-1, 0, rotary_dim / 2);
-  const at::Tensor x2 = x_rot.narrow(-1, rotary_dim / 2, rotary_dim / 2);
-  std::vector<at::Tensor> parts = {x1 * cos - x2 * sin, x2 * cos + x1 * sin};
-  if (rotary_dim < head_dim) parts.push_back(heads.narrow(-1, rotary_dim, head_dim - rotary_dim));
-  return at::cat(parts, -1).view({T, -1});
-}
-
 std::tuple<at::Tensor, at::Tensor> llama_decoder_layer(
     const at::Tensor& hidden, const std::optional<at::Tensor>& residual_in,
     const at::Tensor& input_norm, const at::Tensor& post_norm, double eps,
@@ -72,19 +52,14 @@ std::tuple<at::Tensor, at::Tensor> llama_decoder_layer(
   const int64_t gemv_rows = linear_meta[8];
   const int64_t T = hidden.size(0);
   // input norm with the residual add fused (layers/layernorm.py RMSNorm.forward)
-  at::Tensor residual =
-      residual_in.has_value() && residual_in->defined() ? hidden + *residual_in : hidden;
-  at::Tensor x = rms_norm(residual, input_norm, eps);
+  auto [x, residual] = pagedllm::rms_norm_residual(hidden, residual_in, input_norm, eps);
 
   // attention
   const at::Tensor qkv = linear(x, qkv_w, linear_meta[0], linear_meta[1], qkv_bias, gemv_rows);
   const int64_t q_size = num_heads * head_dim, kv_size = num_kv_heads * head_dim;
   const std::vector<at::Tensor> split = qkv.split_with_sizes({q_size, kv_size, kv_size}, -1);
-  const std::vector<at::Tensor> cs =
-      cos_sin_cache.index_select(0, positions).to(hidden.scalar_type()).chunk(2, -1);
-  const at::Tensor cos = cs[0].unsqueeze(1), sin = cs[1].unsqueeze(1);
-  const at::Tensor q = rotate(split[0], cos, sin, head_dim, rotary_dim);
-  const at::Tensor k = rotate(split[1], cos, sin, head_dim, rotary_dim);
+  const auto [q, k] = pagedllm::rotary_embedding(split[0], split[1], cos_sin_cache, positions,
+                                                 head_dim, rotary_dim);
   const at::Tensor v = split[2];
   // cache write (attention/ops/cache_write.py)
   const at::Tensor key_cache = kv_cache.select(0, 0), value_cache = kv_cache.select(0, 1);
@@ -100,8 +75,7 @@ std::tuple<at::Tensor, at::Tensor> llama_decoder_layer(
   const at::Tensor o = linear(attn, o_w, linear_meta[2], linear_meta[3], o_bias, gemv_rows);
 
   // MLP
-  residual = o + residual;
-  x = rms_norm(residual, post_norm, eps);
+  std::tie(x, residual) = pagedllm::rms_norm_residual(o, residual, post_norm, eps);
   const at::Tensor gu = linear(x, gate_up_w, linear_meta[4], linear_meta[5], std::nullopt,
                                gemv_rows);
   const std::vector<at::Tensor> gate_up = gu.chunk(2, -1);

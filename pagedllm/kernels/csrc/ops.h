@@ -4,6 +4,9 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
+#include <tuple>
+
 namespace pagedllm {
 
 // y [M, N] = x [M, K] W^T, W = scales * codes + mins per group (see quant_linear.cpp).
@@ -20,5 +23,17 @@ at::Tensor paged_attention(const at::Tensor& query, const at::Tensor& key_cache,
 // y [M, N] = x [M, K] W^T (+ bias), float32, for few rows (see dense_linear.cpp).
 at::Tensor dense_gemv(const at::Tensor& x, const at::Tensor& weight,
                       const std::optional<at::Tensor>& bias);
+
+// (weight * rmsnorm(x + residual), x + residual), float32 rows (see elementwise.cpp).
+std::tuple<at::Tensor, at::Tensor> rms_norm_residual(const at::Tensor& x,
+                                                     const std::optional<at::Tensor>& residual,
+                                                     const at::Tensor& weight, double eps);
+
+// Rotated copies of q [T, H * D] and k [T, Hkv * D] (neox layout, see elementwise.cpp).
+std::tuple<at::Tensor, at::Tensor> rotary_embedding(const at::Tensor& query,
+                                                    const at::Tensor& key,
+                                                    const at::Tensor& cos_sin_cache,
+                                                    const at::Tensor& positions,
+                                                    int64_t head_dim, int64_t rotary_dim);
 
 }  // namespace pagedllm

@@ -22,6 +22,8 @@ class RMSNorm(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x, residual: [T, hidden]. Returns (norm(x + residual), x + residual); with no residual,
         (norm(x), x), so the caller's residual stream starts at x."""
+        if _compiled_rms_norm(self, x):  # one pass, same kernel as the fused decoder layer
+            return torch.ops.pagedllm.rms_norm_residual(x, residual, self.weight, self.eps)
         if residual is not None:
             x = x + residual
         return self.norm(x), x
@@ -37,6 +39,18 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+def _compiled_rms_norm(norm: RMSNorm, x: torch.Tensor) -> bool:
+    from pagedllm.kernels import cpu_kernels_available
+
+    return (
+        type(norm).norm is RMSNorm.norm  # not Gemma's (1 + w) or LayerNorm
+        and x.dtype == torch.float32
+        and norm.weight.dtype == torch.float32
+        and x.device.type == "cpu"
+        and cpu_kernels_available()
+    )
 
 
 class GemmaRMSNorm(RMSNorm):

@@ -80,6 +80,10 @@ class RotaryEmbedding(nn.Module):
         query: torch.Tensor,  # [T, H * D]
         key: torch.Tensor,  # [T, Hkv * D]
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if _compiled_rotary(query, key):  # one pass, same kernel as the fused decoder layer
+            return torch.ops.pagedllm.rotary_embedding(
+                query, key, self.cos_sin_cache, positions, self.head_dim, self.rotary_dim
+            )
         cos, sin = self.cos_sin_cache[positions].to(query.dtype).chunk(2, dim=-1)  # [T, R/2]
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [T, 1, R/2]
         return self._rotate(query, cos, sin), self._rotate(key, cos, sin)
@@ -97,6 +101,19 @@ class RotaryEmbedding(nn.Module):
             f"head_dim={self.head_dim}, rotary_dim={self.rotary_dim}, "
             f"max_position={self.max_position}"
         )
+
+
+def _compiled_rotary(query: torch.Tensor, key: torch.Tensor) -> bool:
+    from pagedllm.kernels import cpu_kernels_available
+
+    return (
+        query.dtype == torch.float32
+        and key.dtype == torch.float32
+        and query.device.type == "cpu"
+        and query.stride(-1) == 1
+        and key.stride(-1) == 1
+        and cpu_kernels_available()
+    )
 
 
 def _inv_freq(rotary_dim: int, params: dict[str, Any], max_position: int) -> torch.Tensor:

@@ -1,0 +1,107 @@
+// Row-wise float32 operators of the decoder layer that ATen runs as ~10 small dispatches each:
+// RMSNorm with the residual add fused, and rotary embedding (neox layout, partial rotary).
+// Used by the eager modules and the fused layer alike, so the two paths stay bit-identical.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <tuple>
+
+#include "ops.h"
+
+namespace pagedllm {
+
+std::tuple<at::Tensor, at::Tensor> rms_norm_residual(const at::Tensor& x_in,
+                                                     const std::optional<at::Tensor>& residual,
+                                                     const at::Tensor& weight, double eps) {
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat);
+  const at::Tensor x = x_in.contiguous();
+  const int64_t D = x.size(-1), T = x.numel() / D;
+  const bool has_res = residual.has_value() && residual->defined();
+  // the residual stream after the add (x itself when there is no residual, as RMSNorm.forward)
+  at::Tensor res = has_res ? at::empty_like(x) : x;
+  at::Tensor out = at::empty_like(x);
+  const at::Tensor r_in = has_res ? residual->contiguous() : x;
+  const float* xp = x.data_ptr<float>();
+  const float* rp = r_in.data_ptr<float>();
+  const float* wp = weight.contiguous().data_ptr<float>();
+  float* resp = res.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const float feps = static_cast<float>(eps);
+  at::parallel_for(0, T, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* xr = xp + t * D;
+      float* h = resp + t * D;
+      if (has_res) {
+        const float* rr = rp + t * D;
+#pragma omp simd
+        for (int64_t i = 0; i < D; ++i) h[i] = xr[i] + rr[i];
+      }
+      float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+      for (int64_t i = 0; i < D; ++i) ss += h[i] * h[i];
+      const float inv = 1.f / std::sqrt(ss / static_cast<float>(D) + feps);
+      float* o = op + t * D;
+#pragma omp simd
+      for (int64_t i = 0; i < D; ++i) o[i] = wp[i] * (h[i] * inv);
+    }
+  });
+  return {out, res};
+}
+
+// q [T, H * D], k [T, Hkv * D] -> rotated copies; cos_sin_cache [P, R] = [cos | sin] per position.
+std::tuple<at::Tensor, at::Tensor> rotary_embedding(const at::Tensor& query,
+                                                    const at::Tensor& key,
+                                                    const at::Tensor& cos_sin_cache,
+                                                    const at::Tensor& positions,
+                                                    int64_t head_dim, int64_t rotary_dim) {
+  TORCH_CHECK(query.scalar_type() == at::kFloat && key.scalar_type() == at::kFloat &&
+              cos_sin_cache.scalar_type() == at::kFloat);
+  const at::Tensor pos = positions.to(at::kLong).contiguous();
+  const at::Tensor cache = cos_sin_cache.contiguous();
+  const int64_t T = query.size(0), half = rotary_dim / 2;
+  at::Tensor q_out = at::empty({T, query.size(1)}, query.options());
+  at::Tensor k_out = at::empty({T, key.size(1)}, key.options());
+  const int64_t* pp = pos.data_ptr<int64_t>();
+  const float* cp = cache.data_ptr<float>();
+  auto rotate = [&](const at::Tensor& src, at::Tensor& dst) {
+    const int64_t heads = src.size(1) / head_dim, stride = src.stride(0);
+    const float* sp = src.data_ptr<float>();
+    float* dp = dst.data_ptr<float>();
+    TORCH_CHECK(src.stride(1) == 1, "rotary_embedding: rows must be contiguous");
+    at::parallel_for(0, T, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const float* cs = cp + pp[t] * rotary_dim;
+        for (int64_t h = 0; h < heads; ++h) {
+          const float* x = sp + t * stride + h * head_dim;
+          float* y = dp + (t * heads + h) * head_dim;
+#pragma omp simd
+          for (int64_t i = 0; i < half; ++i) {
+            const float c = cs[i], s = cs[half + i], x1 = x[i], x2 = x[half + i];
+            y[i] = x1 * c - x2 * s;
+            y[half + i] = x2 * c + x1 * s;
+          }
+          for (int64_t i = rotary_dim; i < head_dim; ++i) y[i] = x[i];
+        }
+      }
+    });
+  };
+  rotate(query, q_out);
+  rotate(key, k_out);
+  return {q_out, k_out};
+}
+
+}  // namespace pagedllm
+
+TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
+  m.def("rms_norm_residual(Tensor x, Tensor? residual, Tensor weight, float eps) "
+        "-> (Tensor, Tensor)");
+  m.def("rotary_embedding(Tensor query, Tensor key, Tensor cos_sin_cache, Tensor positions, "
+        "int head_dim, int rotary_dim) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(pagedllm, CPU, m) {
+  m.impl("rms_norm_residual", &pagedllm::rms_norm_residual);
+  m.impl("rotary_embedding", &pagedllm::rotary_embedding);
+}
