@@ -27,7 +27,7 @@ _CSRC = os.path.join(os.path.dirname(__file__), "csrc")
 
 
 def _compile_flags(capability: str) -> list[str]:
-    flags = ["-O3", "-DNDEBUG", "-fopenmp", "-std=c++17"]
+    flags = ["-O3", "-DNDEBUG", "-fopenmp"]
     if capability in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma", "-mf16c"]
     return flags

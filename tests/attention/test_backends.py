@@ -52,10 +52,11 @@ CASES = {
 @pytest.mark.parametrize("heads", [(4, 4), (8, 2)])
 @pytest.mark.parametrize("sliding_window", [None, 5])
 @pytest.mark.parametrize("soft_cap", [None, 30.0])
-def test_backend_matches_reference(backend_name, case, heads, sliding_window, soft_cap):
+@pytest.mark.parametrize("head_size", [16, 64])  # 64: the compiled kernel's register path
+def test_backend_matches_reference(backend_name, case, heads, sliding_window, soft_cap,
+                                   head_size):  # fmt: skip
     torch.manual_seed(0)
     num_heads, num_kv_heads = heads
-    head_size = 16
     common = _batch(*CASES[case])
     tokens = common.num_actual_tokens
     q = torch.randn(tokens, num_heads, head_size)

@@ -16,11 +16,39 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define PAGEDLLM_AVX2 1
+#endif
 
 namespace {
 
 constexpr int64_t kQueryTile = 8;
+
+#ifdef PAGEDLLM_AVX2
+// e^x for 8 floats (Cephes' expf: range reduction by ln 2, degree-6 polynomial; ~1 ulp).
+// Scalar std::exp per key was the largest cost of decode attention.
+inline __m256 exp8(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+  const __m256 n = _mm256_floor_ps(
+      _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.f)));
+  const __m256i pow2n =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(pow2n));
+}
+#endif
 
 inline float dot(const float* a, const float* b, int64_t d) {
   float s = 0.f;
@@ -28,6 +56,91 @@ inline float dot(const float* a, const float* b, int64_t d) {
   for (int64_t i = 0; i < d; ++i) s += a[i] * b[i];
   return s;
 }
+
+#ifdef PAGEDLLM_AVX2
+inline float hsum8(__m256 v) {
+  __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+  return _mm_cvtss_f32(lo);
+}
+
+template <int D>
+inline float dot_fixed(const float* a, const float* b) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  for (int i = 0; i < D; i += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    if (i + 8 < D) s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+  }
+  return hsum8(_mm256_add_ps(s0, s1));
+}
+
+// a[0:D] = a * correction + sum_j p[j] v_j, the accumulator held in registers over the block.
+template <int D>
+inline void accumulate_fixed(float* a, float correction, const float* p, const float* v,
+                             int64_t v_stride, int64_t n) {
+  __m256 acc[D / 8];
+  const __m256 c = _mm256_set1_ps(correction);
+  for (int i = 0; i < D / 8; ++i) acc[i] = _mm256_mul_ps(_mm256_loadu_ps(a + 8 * i), c);
+  for (int64_t j = 0; j < n; ++j) {
+    if (p[j] == 0.f) continue;  // masked (or underflowed: contributes nothing)
+    const __m256 pj = _mm256_set1_ps(p[j]);
+    const float* vj = v + j * v_stride;
+    for (int i = 0; i < D / 8; ++i) acc[i] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8 * i), acc[i]);
+  }
+  for (int i = 0; i < D / 8; ++i) _mm256_storeu_ps(a + 8 * i, acc[i]);
+}
+#endif
+
+template <int D>  // D == 0: any head size
+inline float dot_d(const float* a, const float* b, int64_t d) {
+#ifdef PAGEDLLM_AVX2
+  if constexpr (D > 0) return dot_fixed<D>(a, b);
+#endif
+  return dot(a, b, d);
+}
+
+template <int D>
+inline void accumulate_d(float* a, float correction, const float* p, const float* v,
+                         int64_t v_stride, int64_t n, int64_t d) {
+#ifdef PAGEDLLM_AVX2
+  if constexpr (D > 0) return accumulate_fixed<D>(a, correction, p, v, v_stride, n);
+#endif
+  for (int64_t i = 0; i < d; ++i) a[i] *= correction;
+  for (int64_t j = 0; j < n; ++j) {
+    if (p[j] == 0.f) continue;
+    const float* vj = v + j * v_stride;
+#pragma omp simd
+    for (int64_t i = 0; i < d; ++i) a[i] += p[j] * vj[i];
+  }
+}
+
+// s[j] <- exp(s[j] - max) for j < n (masked -inf scores become exactly 0); returns the sum.
+inline float exp_shifted(float* s, int64_t n, float max) {
+  float sum = 0.f;
+  int64_t j = 0;
+#ifdef PAGEDLLM_AVX2
+  const __m256 mx = _mm256_set1_ps(max);
+  const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  __m256 acc = _mm256_setzero_ps();
+  for (; j + 8 <= n; j += 8) {
+    const __m256 v = _mm256_loadu_ps(s + j);
+    const __m256 masked = _mm256_cmp_ps(v, neg_inf, _CMP_EQ_OQ);
+    const __m256 p = _mm256_andnot_ps(masked, exp8(_mm256_sub_ps(v, mx)));
+    _mm256_storeu_ps(s + j, p);
+    acc = _mm256_add_ps(acc, p);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, acc);
+  for (float v : lanes) sum += v;
+#endif
+  for (; j < n; ++j) {
+    s[j] = s[j] == -std::numeric_limits<float>::infinity() ? 0.f : std::exp(s[j] - max);
+    sum += s[j];
+  }
+  return sum;
+}
+
 
 }  // namespace
 
@@ -75,6 +188,10 @@ at::Tensor paged_attention(const at::Tensor& query,        // [T, H, D] float32
   const float cap = static_cast<float>(soft_cap);
   const int64_t slot_stride = Hkv * D, block_stride = block_size * slot_stride;
 
+  // HD: the head size as a compile-time constant for the common sizes (registers hold q and the
+  // output accumulator), 0 for any other
+  auto attend = [&](auto head_dim_tag) {
+  constexpr int HD = decltype(head_dim_tag)::value;
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     const int64_t rows = kQueryTile * group;  // (query, head) pairs of one item
     std::vector<float> acc(rows * D), m(rows), l(rows), s(rows * block_size);
@@ -110,7 +227,8 @@ at::Tensor paged_attention(const at::Tensor& query,        // [T, H, D] float32
                 srow[j] = -std::numeric_limits<float>::infinity();
                 continue;
               }
-              float score = fscale * dot(qv, kp + phys * block_stride + j * slot_stride + kvh * D, D);
+              float score =
+                  fscale * dot_d<HD>(qv, kp + phys * block_stride + j * slot_stride + kvh * D, D);
               if (cap > 0.f) score = cap * std::tanh(score / cap);
               srow[j] = score;
               block_max = std::max(block_max, score);
@@ -119,16 +237,9 @@ at::Tensor paged_attention(const at::Tensor& query,        // [T, H, D] float32
             const float new_max = std::max(m[row], block_max);
             const float correction = std::exp(m[row] - new_max);
             float* a = acc.data() + row * D;
-            float sum = 0.f;
-            for (int64_t d = 0; d < D; ++d) a[d] *= correction;
-            for (int64_t j = 0; j < kn; ++j) {
-              if (srow[j] == -std::numeric_limits<float>::infinity()) continue;
-              const float p = std::exp(srow[j] - new_max);
-              sum += p;
-              const float* vv = vp + phys * block_stride + j * slot_stride + kvh * D;
-#pragma omp simd
-              for (int64_t d = 0; d < D; ++d) a[d] += p * vv[d];
-            }
+            const float sum = exp_shifted(srow, kn, new_max);
+            accumulate_d<HD>(a, correction, srow, vp + phys * block_stride + kvh * D, slot_stride,
+                             kn, D);
             l[row] = l[row] * correction + sum;
             m[row] = new_max;
           }
@@ -145,6 +256,13 @@ at::Tensor paged_attention(const at::Tensor& query,        // [T, H, D] float32
       }
     }
   });
+  };
+  switch (D) {
+    case 64: attend(std::integral_constant<int, 64>{}); break;
+    case 128: attend(std::integral_constant<int, 128>{}); break;
+    case 256: attend(std::integral_constant<int, 256>{}); break;
+    default: attend(std::integral_constant<int, 0>{}); break;
+  }
   return out;
 }
 
