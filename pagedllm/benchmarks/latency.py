@@ -104,7 +104,8 @@ def _make_peers(engine: EngineRunner, args: argparse.Namespace) -> list[PeerRunn
     n_ctx = args.input_len + args.output_len + 8
     names = selected_peers(args.peers)
     note_weights(names, engine.config.model.quantization)
-    peers = [make_peer(name, source, dtype, args.hf_batch_size or 1, n_ctx) for name in names]
+    peers = [make_peer(name, source, dtype, args.hf_batch_size or 1, n_ctx,
+                       engine.config.model.quantization) for name in names]
     return [p for p in peers if p is not None]
 
 

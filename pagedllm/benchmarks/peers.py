@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import time
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
@@ -163,9 +164,18 @@ def note_weights(peer_names: list[str], quantization: str | None) -> None:
 
 
 def make_peer(
-    name: str, source: ModelSource, dtype: str, hf_batch_size: int, n_ctx: int
+    name: str,
+    source: ModelSource,
+    dtype: str,
+    hf_batch_size: int,
+    n_ctx: int,
+    quantization: str | None = "gguf",
 ) -> PeerRunner | None:
-    """The runner, or None (with the reason printed) when the model does not suit it."""
+    """The runner, or None (with the reason printed) when the model does not suit it.
+
+    quantization: what pagedllm runs; None (float weights) gives llama.cpp the same GGUF
+    converted to F32 by llama.cpp itself, so both run the same precision.
+    """
     if name == "hf":
         return HFRunner(source, dtype, hf_batch_size)
     if source.gguf_file is None:
@@ -174,7 +184,33 @@ def make_peer(
             flush=True,
         )
         return None
-    return LlamaCppRunner(source.file, _threads(), n_ctx)
+    path = source.file
+    if quantization is None and dtype == "float32":
+        path = float32_gguf(source.file)
+    print(f"llama.cpp runs {os.path.basename(path)}", flush=True)
+    return LlamaCppRunner(path, _threads(), n_ctx)
+
+
+def float32_gguf(path: str) -> str:
+    """`path` with every tensor in F32, written once by llama.cpp's own quantizer into the
+    pagedllm cache (llama.cpp's float32 baseline for a model shipped quantized)."""
+    import llama_cpp
+
+    from pagedllm import envs
+
+    out_dir = os.path.join(envs.kernel_cache_dir(), "peers")
+    os.makedirs(out_dir, exist_ok=True)
+    out = os.path.join(out_dir, os.path.basename(path).removesuffix(".gguf") + ".F32.gguf")
+    if not os.path.exists(out):
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = llama_cpp.LLAMA_FTYPE_ALL_F32
+        params.allow_requantize = True
+        params.nthread = _threads()
+        tmp = out + ".tmp"
+        if llama_cpp.llama_model_quantize(path.encode(), tmp.encode(), params) != 0:
+            raise RuntimeError(f"llama.cpp could not convert {path} to F32")
+        os.replace(tmp, out)
+    return out
 
 
 def _threads() -> int:

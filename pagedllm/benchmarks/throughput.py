@@ -85,7 +85,8 @@ def _make_peers(
     batch = args.hf_batch_size or DEFAULT_HF_BATCH_SIZE
     names = selected_peers(args.peers)
     note_weights(names, engine.config.model.quantization)
-    peers = [make_peer(name, source, dtype, batch, n_ctx) for name in names]
+    quantization = engine.config.model.quantization
+    peers = [make_peer(name, source, dtype, batch, n_ctx, quantization) for name in names]
     return [p for p in peers if p is not None]
 
 

@@ -9,6 +9,7 @@ compiler, PAGEDLLM_COMPILED_KERNELS=0) callers fall back to PyTorch operators.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 
 from pagedllm import envs
@@ -33,6 +34,14 @@ def _compile_flags(capability: str) -> list[str]:
     return flags
 
 
+def _sources_hash() -> str:
+    digest = hashlib.sha256()
+    for entry in sorted(os.listdir(_CSRC)):
+        with open(os.path.join(_CSRC, entry), "rb") as f:
+            digest.update(entry.encode() + f.read())
+    return digest.hexdigest()[:12]
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_kernels_available() -> bool:
     """Build (or load the cached build of) the kernels; False if they cannot be used here."""
@@ -41,8 +50,10 @@ def cpu_kernels_available() -> bool:
     import torch
 
     capability = torch.backends.cpu.get_cpu_capability()
-    name = f"pagedllm_cpu_kernels_{capability.lower()}"
+    # the sources' hash in the name: a changed header rebuilds too (torch only tracks .cpp files)
+    name = f"pagedllm_cpu_kernels_{capability.lower()}_{_sources_hash()}"
     build_dir = os.path.join(envs.kernel_cache_dir(), "kernels", f"torch{torch.__version__}", name)
+    # NOTE: old builds stay in the cache (a few MB each); `rm -r` of the directory is safe.
     os.makedirs(build_dir, exist_ok=True)
     try:
         from torch.utils.cpp_extension import load

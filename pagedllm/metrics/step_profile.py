@@ -156,7 +156,7 @@ class StepProfiler:
             f"{100.0 if self.steps else 0.0:>7.1f}%  ({self.steps} steps)"
         )
         lines.append(
-            f"not forward (engine overhead, incl. LM head in sample): "
+            f"not forward (engine overhead; the LM head counts as forward): "
             f"{self.overhead_percent():.1f}%"
         )
         return "\n".join(lines)

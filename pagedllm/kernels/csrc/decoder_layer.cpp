@@ -78,8 +78,7 @@ std::tuple<at::Tensor, at::Tensor> llama_decoder_layer(
   std::tie(x, residual) = pagedllm::rms_norm_residual(o, residual, post_norm, eps);
   const at::Tensor gu = linear(x, gate_up_w, linear_meta[4], linear_meta[5], std::nullopt,
                                gemv_rows);
-  const std::vector<at::Tensor> gate_up = gu.chunk(2, -1);
-  const at::Tensor act = at::silu(gate_up[0]) * gate_up[1];
+  const at::Tensor act = pagedllm::silu_and_mul(gu);
   at::Tensor out = linear(act, down_w, linear_meta[6], linear_meta[7], std::nullopt, gemv_rows);
   return {out, residual};
 }

@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "ops.h"
+#include "vec_math.h"
 
 namespace pagedllm {
 
@@ -92,6 +93,35 @@ std::tuple<at::Tensor, at::Tensor> rotary_embedding(const at::Tensor& query,
   return {q_out, k_out};
 }
 
+// [T, 2I] (gate | up) -> silu(gate) * up [T, I]; silu(g) = g / (1 + e^-g).
+at::Tensor silu_and_mul(const at::Tensor& x_in) {
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat && x_in.dim() == 2);
+  const at::Tensor x = x_in.contiguous();
+  const int64_t T = x.size(0), I = x.size(1) / 2;
+  at::Tensor out = at::empty({T, I}, x.options());
+  const float* xp = x.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, T, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* g = xp + t * 2 * I;
+      const float* u = g + I;
+      float* o = op + t * I;
+      int64_t i = 0;
+#ifdef PAGEDLLM_AVX2
+      const __m256 one = _mm256_set1_ps(1.f);
+      for (; i + 8 <= I; i += 8) {
+        const __m256 gv = _mm256_loadu_ps(g + i);
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv));
+        const __m256 s = _mm256_div_ps(gv, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(o + i, _mm256_mul_ps(s, _mm256_loadu_ps(u + i)));
+      }
+#endif
+      for (; i < I; ++i) o[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+    }
+  });
+  return out;
+}
+
 }  // namespace pagedllm
 
 TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
@@ -99,9 +129,11 @@ TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
         "-> (Tensor, Tensor)");
   m.def("rotary_embedding(Tensor query, Tensor key, Tensor cos_sin_cache, Tensor positions, "
         "int head_dim, int rotary_dim) -> (Tensor, Tensor)");
+  m.def("silu_and_mul(Tensor x) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pagedllm, CPU, m) {
   m.impl("rms_norm_residual", &pagedllm::rms_norm_residual);
   m.impl("rotary_embedding", &pagedllm::rotary_embedding);
+  m.impl("silu_and_mul", &pagedllm::silu_and_mul);
 }

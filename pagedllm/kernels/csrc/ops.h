@@ -36,4 +36,7 @@ std::tuple<at::Tensor, at::Tensor> rotary_embedding(const at::Tensor& query,
                                                     const at::Tensor& positions,
                                                     int64_t head_dim, int64_t rotary_dim);
 
+// [T, 2I] (gate | up) -> silu(gate) * up (see elementwise.cpp).
+at::Tensor silu_and_mul(const at::Tensor& x);
+
 }  // namespace pagedllm

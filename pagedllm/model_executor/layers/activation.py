@@ -12,8 +12,18 @@ class SiluAndMul(nn.Module):
     """SwiGLU: silu(gate) * up."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _compiled(x):  # one pass, same kernel as the fused decoder layer
+            return torch.ops.pagedllm.silu_and_mul(x)
         gate, up = x.chunk(2, dim=-1)
         return F.silu(gate) * up
+
+
+def _compiled(x: torch.Tensor) -> bool:
+    from pagedllm.kernels import cpu_kernels_available
+
+    return x.dim() == 2 and x.dtype == torch.float32 and x.device.type == "cpu" and (
+        cpu_kernels_available()
+    )
 
 
 class GeluAndMul(nn.Module):
