@@ -17,6 +17,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "dense_tile.h"
 #include "ops.h"
 
 #include <cmath>
@@ -32,6 +33,7 @@
 namespace {
 
 constexpr int64_t kBlock = 32;  // activation quantization block (columns)
+constexpr int64_t kDequantizedGemvMaxRows = 32;  // beyond: dequantized panels + ATen GEMM
 
 struct QuantizedRows {
   // x quantized per 32 columns: q [M, K] int8, d [M, K/32] scale; per 16 columns: s16 the float
@@ -282,6 +284,44 @@ void dequantize_rows(const uint8_t* codes, const float* scales, const float* min
   }
 }
 
+// 13..32 rows: each group of 4 weight rows is dequantized into a per-thread buffer that stays in
+// L1 and multiplied by every activation row at once (no panel written to and re-read from the
+// last-level cache, no ATen GEMM, which is slow at these row counts).
+template <bool U4, int G>
+void gemv_dequantized(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
+                      const at::Tensor& mins, at::Tensor& out) {
+  const int64_t M = x.size(0), K = x.size(1), N = out.size(1);
+  const uint8_t* cp = reinterpret_cast<const uint8_t*>(codes.data_ptr());
+  const float* sp = scales.data_ptr<float>();
+  const float* mp = mins.data_ptr<float>();
+  const float* xp = x.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, (N + 3) / 4, 8, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(4 * K);
+    float part[8];
+    for (int64_t quad = begin; quad < end; ++quad) {
+      const int64_t n = quad * 4, nw = std::min<int64_t>(4, N - n);
+      dequantize_rows<U4, G>(cp, sp, mp, K, n, n + nw, buf.data());
+      const float* w[4] = {buf.data(), buf.data() + K, buf.data() + 2 * K, buf.data() + 3 * K};
+      for (int64_t m0 = 0; m0 < M; m0 += 2) {
+        const int64_t r = std::min<int64_t>(2, M - m0);
+        for (int64_t i0 = 0; i0 < nw; i0 += (nw == 4 ? 4 : 1)) {
+          const int64_t wn = nw == 4 ? 4 : 1;
+          const float* wi[4] = {w[i0], w[std::min<int64_t>(i0 + 1, 3)],
+                                w[std::min<int64_t>(i0 + 2, 3)], w[std::min<int64_t>(i0 + 3, 3)]};
+          if (wn == 4) {
+            r == 2 ? dots<4, 2>(wi, xp + m0 * K, K, part) : dots<4, 1>(wi, xp + m0 * K, K, part);
+          } else {
+            r == 2 ? dots<1, 2>(wi, xp + m0 * K, K, part) : dots<1, 1>(wi, xp + m0 * K, K, part);
+          }
+          for (int64_t a = 0; a < wn; ++a)
+            for (int64_t b = 0; b < r; ++b) op[(m0 + b) * N + n + i0 + a] = part[a * r + b];
+        }
+      }
+    }
+  });
+}
+
 template <bool U4, int G>
 void gemm_panels(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
                  const at::Tensor& mins, at::Tensor& out) {
@@ -298,9 +338,7 @@ void gemm_panels(const at::Tensor& x, const at::Tensor& codes, const at::Tensor&
                              wp + (b - n0) * K);
     });
     const at::Tensor w_panel = w.narrow(0, 0, n1 - n0);
-    // ATen's GEMM is slow for few rows on this class of CPU: the streaming GEMV up to 32
-    const at::Tensor y = x.size(0) <= 32 ? pagedllm::dense_gemv(x, w_panel, std::nullopt)
-                                         : at::mm(x, w_panel.t());
+    const at::Tensor y = at::mm(x, w_panel.t());
     if (n0 == 0 && n1 == N) {
       out.copy_(y);
     } else {
@@ -322,6 +360,8 @@ at::Tensor run(const at::Tensor& x_in, const at::Tensor& codes, const at::Tensor
   at::Tensor out = at::empty({M, N}, x.options());
   if (M <= gemv_max_rows) {
     gemv_rows<U4, G>(x, codes, scales, mins, out);
+  } else if (M <= kDequantizedGemvMaxRows) {
+    gemv_dequantized<U4, G>(x, codes, scales, mins, out);
   } else {
     gemm_panels<U4, G>(x, codes, scales, mins, out);
   }
