@@ -78,6 +78,9 @@ class AsyncLLM:
             client.shutdown()
             raise
         limit_torch_threads()
+        from pagedllm.model_executor.model_loader.gguf import release_gguf_readers
+
+        release_gguf_readers()  # the tokenizer is built: the parsed GGUF is not needed here
         return cls(client, tokenizer, stat_loggers)
 
     # ---- public API -----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from pagedllm.logger import init_logger
 from pagedllm.metrics.step_profile import profiler_from_env
 from pagedllm.model_executor.layers.attention import attention_layers
 from pagedllm.model_executor.model_loader import estimate_weight_bytes, get_model
+from pagedllm.model_executor.model_loader.gguf import release_gguf_readers
 from pagedllm.platforms import configure_threads
 from pagedllm.request import FinishReason, Request, RequestStatus
 from pagedllm.utils.memory import format_bytes
@@ -65,6 +66,7 @@ class EngineCore:
         )
         self.step_profiler = profiler_from_env()
         """Per-phase step timing (off unless PAGEDLLM_STEP_PROFILE or enabled by the caller)."""
+        release_gguf_readers()  # model loaded (and, in-process, the tokenizer built before it)
 
     def add_request(self, request: EngineCoreRequest) -> None:
         params = request.sampling_params
