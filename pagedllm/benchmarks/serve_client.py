@@ -110,16 +110,25 @@ def make_client(api_key: str | None, timeout_s: float) -> Any:
     return httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(timeout_s), limits=limits)
 
 
-async def served_model_name(client: Any, base_url: str) -> str:
-    """The server's first model (GET /v1/models); a clear error when nothing answers."""
+async def served_model_name(client: Any, base_url: str, ready_timeout_s: float = 300.0) -> str:
+    """The server's first model (GET /v1/models), waiting while it answers 503 (still loading);
+    a clear error when nothing answers."""
+    import asyncio
+    import time
+
     import httpx
 
-    try:
-        resp = await client.get(f"{base_url}/v1/models")
-    except httpx.TransportError as e:
-        raise ConnectionError(
-            f"no server at {base_url} ({e}); start one with `pagedllm serve MODEL`"
-        ) from e
+    deadline = time.monotonic() + ready_timeout_s
+    while True:
+        try:
+            resp = await client.get(f"{base_url}/v1/models")
+        except httpx.TransportError as e:
+            raise ConnectionError(
+                f"no server at {base_url} ({e}); start one with `pagedllm serve MODEL`"
+            ) from e
+        if resp.status_code != 503 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(1.0)
     if resp.status_code != 200:
         raise ConnectionError(f"GET {base_url}/v1/models: HTTP {resp.status_code} {resp.text}")
     return resp.json()["data"][0]["id"]
