@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import time
 
 from pagedllm import envs
 from pagedllm.logger import init_logger
@@ -55,6 +56,8 @@ def cpu_kernels_available() -> bool:
     build_dir = os.path.join(envs.kernel_cache_dir(), "kernels", f"torch{torch.__version__}", name)
     # NOTE: old builds stay in the cache (a few MB each); `rm -r` of the directory is safe.
     os.makedirs(build_dir, exist_ok=True)
+    cached = any(f.endswith(".so") for f in os.listdir(build_dir))
+    start = time.perf_counter()
     try:
         from torch.utils.cpp_extension import load
 
@@ -72,4 +75,7 @@ def cpu_kernels_available() -> bool:
         logger.warning("compiled CPU kernels unavailable (%s: %s); using PyTorch operators",
                        type(exc).__name__, first_line)  # fmt: skip
         return False
+    how = "loaded from cache" if cached else "built"
+    logger.info("compiled CPU kernels (%s) %s in %.1f s", capability, how,
+                time.perf_counter() - start)  # fmt: skip
     return True
