@@ -56,7 +56,6 @@ def cpu_kernels_available() -> bool:
     build_dir = os.path.join(envs.kernel_cache_dir(), "kernels", f"torch{torch.__version__}", name)
     # NOTE: old builds stay in the cache (a few MB each); `rm -r` of the directory is safe.
     os.makedirs(build_dir, exist_ok=True)
-    cached = any(f.endswith(".so") for f in os.listdir(build_dir))
     start = time.perf_counter()
     try:
         from torch.utils.cpp_extension import load
@@ -75,7 +74,7 @@ def cpu_kernels_available() -> bool:
         logger.warning("compiled CPU kernels unavailable (%s: %s); using PyTorch operators",
                        type(exc).__name__, first_line)  # fmt: skip
         return False
-    how = "loaded from cache" if cached else "built"
-    logger.info("compiled CPU kernels (%s) %s in %.1f s", capability, how,
-                time.perf_counter() - start)  # fmt: skip
+    seconds = time.perf_counter() - start
+    how = "built" if seconds > 2.0 else "loaded from cache"  # a build takes 15-60 s
+    logger.info("compiled CPU kernels (%s) %s in %.1f s", capability, how, seconds)
     return True
