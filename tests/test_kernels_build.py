@@ -20,7 +20,7 @@ def test_compiled_kernels_build_and_register():
     from pagedllm.kernels import cpu_kernels_available
 
     assert cpu_kernels_available()
-    for op in ("quant_linear", "quant_gather_rows", "dense_gemv", "paged_attention",
+    for op in ("quant_linear", "quant_gather_rows", "dense_linear", "paged_attention",
                "rms_norm_residual", "rotary_embedding", "silu_and_mul",
                "llama_decoder_layer"):  # fmt: skip
         assert hasattr(torch.ops.pagedllm, op), op

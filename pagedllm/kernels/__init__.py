@@ -78,3 +78,13 @@ def cpu_kernels_available() -> bool:
     how = "built" if seconds > 2.0 else "loaded from cache"  # a build takes 15-60 s
     logger.info("compiled CPU kernels (%s) %s in %.1f s", capability, how, seconds)
     return True
+
+
+def fits_cpu_float32(*tensors) -> bool:
+    """The compiled kernels (float32, CPU) apply to `tensors`: all float32 on the CPU, and the
+    kernels are built. The one check every eager module and backend makes before calling them."""
+    import torch
+
+    return all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors) and (
+        cpu_kernels_available()
+    )

@@ -18,21 +18,12 @@
 
 namespace {
 
-constexpr int64_t kDenseGemvMaxRows = 32;  // layers/linear.py DENSE_GEMV_MAX_ROWS
-
 // A linear layer as passed from Python: [weight] (dense float) or [codes, scales, mins]
 // (PackedGroupWeight), meta = {group_size, u4}.
 at::Tensor linear(const at::Tensor& x, const std::vector<at::Tensor>& w, int64_t group_size,
                   bool u4, const std::optional<at::Tensor>& bias, int64_t gemv_max_rows) {
   // as UnquantizedLinearMethod (F.linear with the bias) / RepackedLinearMethod (kernel + bias)
-  if (w.size() == 1) {
-    // layers/linear.py dense_linear: the streaming GEMV up to DENSE_GEMV_MAX_ROWS rows
-    if (x.size(0) <= kDenseGemvMaxRows && x.scalar_type() == at::kFloat &&
-        w[0].scalar_type() == at::kFloat) {
-      return pagedllm::dense_gemv(x, w[0], bias);
-    }
-    return at::linear(x, w[0], bias);
-  }
+  if (w.size() == 1) return pagedllm::dense_linear(x, w[0], bias);  // float32 (llama_fused.py)
   const at::Tensor y = pagedllm::quant_linear(x, w[0], w[1], w[2], group_size, u4, gemv_max_rows);
   return bias.has_value() && bias->defined() ? y + *bias : y;
 }

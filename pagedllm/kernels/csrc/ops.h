@@ -20,9 +20,10 @@ at::Tensor paged_attention(const at::Tensor& query, const at::Tensor& key_cache,
                            const at::Tensor& seq_lens, const at::Tensor& query_start_loc,
                            double scale, int64_t sliding_window, double soft_cap);
 
-// y [M, N] = x [M, K] W^T (+ bias), float32, for few rows (see dense_linear.cpp).
-at::Tensor dense_gemv(const at::Tensor& x, const at::Tensor& weight,
-                      const std::optional<at::Tensor>& bias);
+// y [M, N] = x [M, K] W^T (+ bias), float32: the streaming GEMV for few rows, else ATen's GEMM
+// (see dense_linear.cpp).
+at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight,
+                        const std::optional<at::Tensor>& bias);
 
 // (weight * rmsnorm(x + residual), x + residual), float32 rows (see elementwise.cpp).
 std::tuple<at::Tensor, at::Tensor> rms_norm_residual(const at::Tensor& x,

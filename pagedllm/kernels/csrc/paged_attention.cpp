@@ -20,10 +20,6 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define PAGEDLLM_AVX2 1
-#endif
 
 namespace {
 
@@ -38,13 +34,6 @@ inline float dot(const float* a, const float* b, int64_t d) {
 }
 
 #ifdef PAGEDLLM_AVX2
-inline float hsum8(__m256 v) {
-  __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-  return _mm_cvtss_f32(lo);
-}
-
 template <int D>
 inline float dot_fixed(const float* a, const float* b) {
   __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();

@@ -25,10 +25,6 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define PAGEDLLM_AVX2 1
-#endif
 
 namespace {
 
@@ -92,18 +88,6 @@ inline __m256i load_u4_block(const uint8_t* p) {
   return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
 }
 
-inline __m256 hsum_lanes_scale(__m256i prod16, __m256 scale) {
-  const __m256i p32 = _mm256_madd_epi16(prod16, _mm256_set1_epi16(1));
-  return _mm256_mul_ps(_mm256_cvtepi32_ps(p32), scale);
-}
-
-inline float hsum(__m256 v) {
-  __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-  return _mm_cvtss_f32(lo);
-}
-
 // Per-lane weight scale of one 32-column block: lanes 0-3 cover columns 0-15, 4-7 columns 16-31.
 template <int G>
 inline __m256 block_scale(const float* scale, int64_t b) {
@@ -163,7 +147,7 @@ inline void dot_rows(const uint8_t* const* codes, const float* const* scale,
     }
   }
   for (int w = 0; w < NW; ++w)
-    for (int r = 0; r < R; ++r) out[w * R + r] = hsum(acc[w][r]);
+    for (int r = 0; r < R; ++r) out[w * R + r] = hsum8(acc[w][r]);
 #else
   for (int w = 0; w < NW; ++w) {
     for (int r = 0; r < R; ++r) {
@@ -298,26 +282,10 @@ void gemv_dequantized(const at::Tensor& x, const at::Tensor& codes, const at::Te
   float* op = out.data_ptr<float>();
   at::parallel_for(0, (N + 3) / 4, 8, [&](int64_t begin, int64_t end) {
     std::vector<float> buf(4 * K);
-    float part[8];
     for (int64_t quad = begin; quad < end; ++quad) {
       const int64_t n = quad * 4, nw = std::min<int64_t>(4, N - n);
       dequantize_rows<U4, G>(cp, sp, mp, K, n, n + nw, buf.data());
-      const float* w[4] = {buf.data(), buf.data() + K, buf.data() + 2 * K, buf.data() + 3 * K};
-      for (int64_t m0 = 0; m0 < M; m0 += 2) {
-        const int64_t r = std::min<int64_t>(2, M - m0);
-        for (int64_t i0 = 0; i0 < nw; i0 += (nw == 4 ? 4 : 1)) {
-          const int64_t wn = nw == 4 ? 4 : 1;
-          const float* wi[4] = {w[i0], w[std::min<int64_t>(i0 + 1, 3)],
-                                w[std::min<int64_t>(i0 + 2, 3)], w[std::min<int64_t>(i0 + 3, 3)]};
-          if (wn == 4) {
-            r == 2 ? dots<4, 2>(wi, xp + m0 * K, K, part) : dots<4, 1>(wi, xp + m0 * K, K, part);
-          } else {
-            r == 2 ? dots<1, 2>(wi, xp + m0 * K, K, part) : dots<1, 1>(wi, xp + m0 * K, K, part);
-          }
-          for (int64_t a = 0; a < wn; ++a)
-            for (int64_t b = 0; b < r; ++b) op[(m0 + b) * N + n + i0 + a] = part[a * r + b];
-        }
-      }
+      multiply_rows(buf.data(), nw, xp, M, K, op, N, n);
     }
   });
 }

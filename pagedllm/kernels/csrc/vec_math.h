@@ -11,6 +11,14 @@
 namespace {
 
 #ifdef PAGEDLLM_AVX2
+// Sum of the 8 lanes.
+inline float hsum8(__m256 v) {
+  __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+  return _mm_cvtss_f32(lo);
+}
+
 // e^x for 8 floats (Cephes' expf: range reduction by ln 2, degree-6 polynomial; ~1 ulp).
 // Scalar std::exp per key was the largest cost of decode attention.
 inline __m256 exp8(__m256 x) {

@@ -21,33 +21,17 @@ from pagedllm.model_executor.layers.weight_utils import (
 from pagedllm.model_executor.quantization.base import QuantizeMethodBase
 from pagedllm.model_executor.quantization.scope import scoped_quant_method
 
-DENSE_GEMV_MAX_ROWS = 32
-"""Up to this many rows, float32 CPU matmuls use the compiled streaming GEMV (kernels/csrc/
-dense_linear.cpp): measured 2 threads, W [3072, 576]: 1 row 120 vs 158 us (ATen), 8 rows 226 vs
-559 us, 32 rows 823 vs 1475 us; W [49152, 576] (an LM head): 1 row 4.2 vs 9.8 ms. Keep in step
-with decoder_layer.cpp (the fused layer applies the same rule, so both paths agree bit for bit)."""
-
 
 def dense_linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """x W^T + b on the fastest kernel for the shape."""
-    if (
-        x.dim() == 2
-        and x.shape[0] <= DENSE_GEMV_MAX_ROWS
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and x.device.type == "cpu"
-        and _compiled_kernels()
-    ):
-        return torch.ops.pagedllm.dense_gemv(x, weight, bias)
+    """x W^T + b: float32 on the CPU through the compiled kernel (a streaming GEMV for few rows,
+    where ATen's GEMM is slow; the fused decoder layer calls the same), else F.linear."""
+    from pagedllm.kernels import fits_cpu_float32
+
+    if x.dim() == 2 and fits_cpu_float32(x, weight):
+        return torch.ops.pagedllm.dense_linear(x, weight, bias)
     return F.linear(x, weight, bias)
-
-
-def _compiled_kernels() -> bool:
-    from pagedllm.kernels import cpu_kernels_available
-
-    return cpu_kernels_available()
 
 
 class UnquantizedLinearMethod(QuantizeMethodBase):
