@@ -9,6 +9,8 @@ could not be built) takes cpu_sdpa's path. Tested against the reference backend 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from pagedllm.attention.backend import (
@@ -17,19 +19,31 @@ from pagedllm.attention.backend import (
     AttentionMetadataBuilder,
     CommonAttentionMetadata,
 )
-from pagedllm.attention.backends.cpu_sdpa import CpuSdpaAttentionImpl, CpuSdpaMetadataBuilder
+from pagedllm.attention.backends.cpu_sdpa import (
+    CpuSdpaAttentionImpl,
+    CpuSdpaMetadata,
+    CpuSdpaMetadataBuilder,
+)
 from pagedllm.attention.ops.cache_write import write_to_paged_cache
-from pagedllm.kernels import cpu_kernels_available
+from pagedllm.kernels import fits_cpu_float32
+
+
+@dataclass
+class CpuPagedMetadata:
+    common: CommonAttentionMetadata
+    """What the kernel reads: block table, sequence lengths, query starts."""
+    _sdpa: CpuSdpaMetadata | None = None
+
+    def sdpa(self) -> CpuSdpaMetadata:
+        """cpu_sdpa's metadata for the layers the kernel does not take, built once per step."""
+        if self._sdpa is None:
+            self._sdpa = CpuSdpaMetadataBuilder().build(self.common)
+        return self._sdpa
 
 
 class CpuPagedMetadataBuilder(AttentionMetadataBuilder):
-    def __init__(self) -> None:
-        self._fallback = CpuSdpaMetadataBuilder()
-
-    def build(self, common: CommonAttentionMetadata):
-        if cpu_kernels_available() and common.block_table.device.type == "cpu":
-            return common
-        return self._fallback.build(common)
+    def build(self, common: CommonAttentionMetadata) -> CpuPagedMetadata:
+        return CpuPagedMetadata(common)
 
 
 class CpuPagedAttentionImpl(AttentionImpl):
@@ -38,30 +52,17 @@ class CpuPagedAttentionImpl(AttentionImpl):
         self._fallback = CpuSdpaAttentionImpl(*args, **kwargs)
 
     def forward(self, query, key, value, kv_cache, attn_metadata):
-        if not isinstance(attn_metadata, CommonAttentionMetadata) or not _kernel_fits(
-            query, kv_cache
-        ):
-            if isinstance(attn_metadata, CommonAttentionMetadata):
-                attn_metadata = self._fallback_metadata(attn_metadata)
-            return self._fallback.forward(query, key, value, kv_cache, attn_metadata)
-        md = attn_metadata
-        write_to_paged_cache(key, value, kv_cache, md.slot_mapping)
-        num_tokens = md.num_actual_tokens
+        md: CpuPagedMetadata = attn_metadata
+        if not fits_cpu_float32(query, kv_cache):
+            return self._fallback.forward(query, key, value, kv_cache, md.sdpa())
+        common = md.common
+        write_to_paged_cache(key, value, kv_cache, common.slot_mapping)
+        num_tokens = common.num_actual_tokens
         return torch.ops.pagedllm.paged_attention(
-            query[:num_tokens], kv_cache[0], kv_cache[1], md.block_table, md.seq_lens,
-            md.query_start_loc, self.scale, self.sliding_window or 0,
+            query[:num_tokens], kv_cache[0], kv_cache[1], common.block_table, common.seq_lens,
+            common.query_start_loc, self.scale, self.sliding_window or 0,
             self.logits_soft_cap or 0.0,
         )  # fmt: skip
-
-    def _fallback_metadata(self, common: CommonAttentionMetadata):
-        # NOTE: built per layer (only on the rare fallback path: bf16 / quantized KV).
-        return CpuSdpaMetadataBuilder().build(common)
-
-
-def _kernel_fits(query: torch.Tensor, kv_cache: torch.Tensor) -> bool:
-    return query.dtype == torch.float32 and kv_cache.dtype == torch.float32 and (
-        query.device.type == "cpu"
-    )
 
 
 class CpuPagedBackend(AttentionBackend):

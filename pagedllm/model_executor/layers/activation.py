@@ -19,11 +19,9 @@ class SiluAndMul(nn.Module):
 
 
 def _compiled(x: torch.Tensor) -> bool:
-    from pagedllm.kernels import cpu_kernels_available
+    from pagedllm.kernels import fits_cpu_float32
 
-    return x.dim() == 2 and x.dtype == torch.float32 and x.device.type == "cpu" and (
-        cpu_kernels_available()
-    )
+    return x.dim() == 2 and fits_cpu_float32(x)
 
 
 class GeluAndMul(nn.Module):

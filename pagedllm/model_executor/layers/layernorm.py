@@ -42,15 +42,10 @@ class RMSNorm(nn.Module):
 
 
 def _compiled_rms_norm(norm: RMSNorm, x: torch.Tensor) -> bool:
-    from pagedllm.kernels import cpu_kernels_available
+    from pagedllm.kernels import fits_cpu_float32
 
-    return (
-        type(norm).norm is RMSNorm.norm  # not Gemma's (1 + w) or LayerNorm
-        and x.dtype == torch.float32
-        and norm.weight.dtype == torch.float32
-        and x.device.type == "cpu"
-        and cpu_kernels_available()
-    )
+    # not Gemma's (1 + w) or LayerNorm
+    return type(norm).norm is RMSNorm.norm and fits_cpu_float32(x, norm.weight)
 
 
 class GemmaRMSNorm(RMSNorm):

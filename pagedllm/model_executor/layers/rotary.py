@@ -104,16 +104,9 @@ class RotaryEmbedding(nn.Module):
 
 
 def _compiled_rotary(query: torch.Tensor, key: torch.Tensor) -> bool:
-    from pagedllm.kernels import cpu_kernels_available
+    from pagedllm.kernels import fits_cpu_float32
 
-    return (
-        query.dtype == torch.float32
-        and key.dtype == torch.float32
-        and query.device.type == "cpu"
-        and query.stride(-1) == 1
-        and key.stride(-1) == 1
-        and cpu_kernels_available()
-    )
+    return query.stride(-1) == 1 and key.stride(-1) == 1 and fits_cpu_float32(query, key)
 
 
 def _inv_freq(rotary_dim: int, params: dict[str, Any], max_position: int) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from pagedllm.config.model import ModelConfig
+from pagedllm.forward_context import get_forward_context
 from pagedllm.model_executor.layers.activation import get_act_and_mul
 from pagedllm.model_executor.layers.attention import Attention, layer_sliding_window
 from pagedllm.model_executor.layers.embedding import LMHead, VocabEmbedding
@@ -177,18 +178,14 @@ class LlamaModel(nn.Module):
     def _fused_for_step(self) -> tuple[list | None, Any]:
         if not self.use_fused_layers:
             return None, None
-        from pagedllm.attention.backend import CommonAttentionMetadata
-        from pagedllm.forward_context import get_forward_context
-
         if self._fused_layers is False:
             from pagedllm.model_executor.models.llama_fused import build_fused_layers
 
+            # None unless every layer qualifies, attention on the cpu_paged backend included
             self._fused_layers = build_fused_layers(self.layers)
-        metadata = get_forward_context().attn_metadata
-        # the compiled attention backend hands its layers the common metadata as is
-        if self._fused_layers is None or not isinstance(metadata, CommonAttentionMetadata):
+        if self._fused_layers is None:
             return None, None
-        return self._fused_layers, metadata
+        return self._fused_layers, get_forward_context().attn_metadata.common
 
 
 class LlamaForCausalLM(nn.Module):

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from pagedllm.attention.backend import CommonAttentionMetadata
+from pagedllm.kernels import fits_cpu_float32
 from pagedllm.model_executor.layers.activation import SiluAndMul
 from pagedllm.model_executor.layers.layernorm import RMSNorm
 from pagedllm.model_executor.layers.linear import UnquantizedLinearMethod
@@ -71,9 +72,7 @@ def _linear_tensors(linear: nn.Module) -> tuple[list[torch.Tensor], int, bool]:
 
 def build_fused_layers(layers: nn.ModuleList) -> list[FusedDecoderLayer] | None:
     """The fused form of every layer, or None if any layer does not qualify (see module doc)."""
-    from pagedllm.kernels import cpu_kernels_available
-
-    if not cpu_kernels_available() or not all(_qualifies(layer) for layer in layers):
+    if not all(_qualifies(layer) for layer in layers):
         return None
     return [FusedDecoderLayer(layer) for layer in layers]
 
@@ -103,9 +102,7 @@ def _qualifies(layer: nn.Module) -> bool:
         and mlp.down_proj.bias is None
         and isinstance(attn.impl, CpuPagedAttentionImpl)
         and attn.kv_cache is not None
-        and attn.kv_cache.dtype == torch.float32
-        and attn.kv_cache.device.type == "cpu"
-        and layer.input_layernorm.weight.dtype == torch.float32
+        and fits_cpu_float32(attn.kv_cache, layer.input_layernorm.weight)
         and all(_linear_fits(m) for m in (attn_mod.qkv_proj, attn_mod.o_proj,
                                           mlp.gate_up_proj, mlp.down_proj))  # fmt: skip
     )
@@ -117,9 +114,6 @@ def _linear_fits(linear: Any) -> bool:
     kernel = getattr(linear, "qweight_kernel", None)
     if kernel is not None:
         return type(kernel) is PackedGroupWeight and kernel.input_perm is None
-    weight = getattr(linear, "weight", None)
-    return (
-        isinstance(getattr(linear, "quant_method", None), UnquantizedLinearMethod)
-        and weight is not None
-        and weight.dtype == torch.float32
+    return isinstance(getattr(linear, "quant_method", None), UnquantizedLinearMethod) and (
+        fits_cpu_float32(linear.weight)
     )
