@@ -34,27 +34,25 @@ class VocabEmbedding(nn.Module):
 
         return dense_linear(hidden_states, self.weight)
 
-    def quantize_(self) -> bool:
+    def quantize_(self) -> None:
         """Hold the table as int8 codes with a scale per 32 columns in the compiled kernel's
-        layout, dropping the float copy; False (unchanged) where that kernel does not apply.
+        layout, dropping the float copy; unchanged where that kernel does not apply.
 
         Why: with tied embeddings the LM head is ~20 % of a small model's weights and, in
         float32, the largest single read of every decode step.
         """
         from pagedllm.model_executor.quantization.group_quant import (
-            _compiled_kernel_fits,
+            compiled_kernel_fits,
             quantize_int8_grouped,
             to_packed_group_weight,
         )
 
-        if self.qweight_kernel is not None or self.embedding_dim % 32:
-            return self.qweight_kernel is not None
-        gq = quantize_int8_grouped(self.weight.detach(), 32)
-        if not _compiled_kernel_fits(gq):
-            return False
-        self.qweight_kernel = to_packed_group_weight(gq)
+        if self.qweight_kernel is not None:
+            return
+        if not compiled_kernel_fits(self.embedding_dim, 32, self.weight.device):
+            return
+        self.qweight_kernel = to_packed_group_weight(quantize_int8_grouped(self.weight.detach()))
         del self.weight
-        return True
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}"

@@ -75,7 +75,7 @@ def concat_rows(parts: list[GroupQuant]) -> GroupQuant:
 def to_kernel(gq: GroupQuant, input_perm: torch.Tensor | None = None) -> QuantizedWeight:
     """The fastest kernel layout that represents `gq` exactly (see kernels.py)."""
     n, k = gq.shape
-    if _compiled_kernel_fits(gq):
+    if compiled_kernel_fits(k, gq.group_size, gq.codes.device):
         return to_packed_group_weight(gq, input_perm)
     if gq.unsigned4 and can_pack_int4(n, k, gq.group_size):
         zeros = gq.zeros if gq.zeros is not None else torch.zeros_like(gq.scales)
@@ -94,12 +94,13 @@ def to_kernel(gq: GroupQuant, input_perm: torch.Tensor | None = None) -> Quantiz
     return GroupedDequantWeight(gq.codes, gq.scales, gq.zeros, gq.group_size, input_perm)
 
 
-def _compiled_kernel_fits(gq: GroupQuant) -> bool:
+def compiled_kernel_fits(in_features: int, group_size: int, device: torch.device) -> bool:
+    """PackedGroupWeight can hold a weight of these columns and groups on `device` (groups of
+    16, or any multiple of 32, which to_packed_group_weight splits into 32s)."""
     from pagedllm.kernels import cpu_kernels_available
 
-    n, k = gq.shape
-    groups_fit = gq.group_size in (16, 32) or gq.group_size % 32 == 0
-    return gq.codes.device.type == "cpu" and k % 32 == 0 and groups_fit and (
+    groups_fit = group_size == 16 or group_size % 32 == 0
+    return device.type == "cpu" and in_features % 32 == 0 and groups_fit and (
         cpu_kernels_available()
     )
 
