@@ -21,9 +21,7 @@ from pagedllm.benchmarks.peers import (
     LlamaCppRunner,
     PeerRunner,
     add_peer_args,
-    make_peer,
-    note_weights,
-    selected_peers,
+    make_peers,
 )
 from pagedllm.benchmarks.results import (
     ENGINE,
@@ -100,13 +98,9 @@ def main(args: argparse.Namespace) -> dict:
 
 
 def _make_peers(engine: EngineRunner, args: argparse.Namespace) -> list[PeerRunner]:
-    source, dtype = engine.source(), engine.config.model.dtype
     n_ctx = args.input_len + args.output_len + 8
-    names = selected_peers(args.peers)
-    note_weights(names, engine.config.model.quantization)
-    peers = [make_peer(name, source, dtype, args.hf_batch_size or 1, n_ctx,
-                       engine.config.model.quantization) for name in names]
-    return [p for p in peers if p is not None]
+    return make_peers(args.peers, engine.source(), engine.config.model, args.hf_batch_size or 1,
+                      n_ctx)  # fmt: skip
 
 
 def _check_args(args: argparse.Namespace, batch_sizes: list[int]) -> None:

@@ -191,6 +191,25 @@ def make_peer(
     return LlamaCppRunner(path, _threads(), n_ctx)
 
 
+def make_peers(
+    requested: list[str] | None,
+    source: ModelSource,
+    model_config: Any,
+    hf_batch_size: int,
+    n_ctx: int,
+) -> list[PeerRunner]:
+    """The runners of the requested peers (see selected_peers) that suit the model, for a
+    pagedllm engine running `model_config` (its dtype and quantization)."""
+    names = selected_peers(requested)
+    note_weights(names, model_config.quantization)
+    peers = [
+        make_peer(name, source, model_config.dtype, hf_batch_size, n_ctx,
+                  model_config.quantization)
+        for name in names
+    ]  # fmt: skip
+    return [p for p in peers if p is not None]
+
+
 def float32_gguf(path: str) -> str:
     """`path` with every tensor in F32, written once by llama.cpp's own quantizer into the
     pagedllm cache (llama.cpp's float32 baseline for a model shipped quantized)."""

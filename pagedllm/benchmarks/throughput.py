@@ -13,9 +13,7 @@ from pagedllm.benchmarks.engine import EngineRunner
 from pagedllm.benchmarks.peers import (
     PeerRunner,
     add_peer_args,
-    make_peer,
-    note_weights,
-    selected_peers,
+    make_peers,
     warm_up,
 )
 from pagedllm.benchmarks.results import (
@@ -80,14 +78,9 @@ def main(args: argparse.Namespace) -> dict:
 def _make_peers(
     engine: EngineRunner, args: argparse.Namespace, requests: list[SampleRequest]
 ) -> list[PeerRunner]:
-    source, dtype = engine.source(), engine.config.model.dtype
     n_ctx = max(r.prompt_len + r.output_len for r in requests) + 8
     batch = args.hf_batch_size or DEFAULT_HF_BATCH_SIZE
-    names = selected_peers(args.peers)
-    note_weights(names, engine.config.model.quantization)
-    quantization = engine.config.model.quantization
-    peers = [make_peer(name, source, dtype, batch, n_ctx, quantization) for name in names]
-    return [p for p in peers if p is not None]
+    return make_peers(args.peers, engine.source(), engine.config.model, batch, n_ctx)
 
 
 def _run(
