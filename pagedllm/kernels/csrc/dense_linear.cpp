@@ -17,6 +17,24 @@ namespace {
 
 constexpr int64_t kGemvMaxRows = 32;
 
+template <int R>
+void gemv_tile(const float* wp, const float* xp, int64_t K, int64_t N, int64_t n, float* op,
+               int64_t m0) {
+  float part[4 * R];
+  if (n + 4 <= N) {
+    const float* w[4] = {wp + n * K, wp + (n + 1) * K, wp + (n + 2) * K, wp + (n + 3) * K};
+    dots<4, R>(w, xp + m0 * K, K, part);
+    for (int i = 0; i < 4; ++i)
+      for (int r = 0; r < R; ++r) op[(m0 + r) * N + n + i] = part[i * R + r];
+  } else {
+    for (int64_t i = n; i < N; ++i) {
+      const float* w[1] = {wp + i * K};
+      dots<1, R>(w, xp + m0 * K, K, part);
+      for (int r = 0; r < R; ++r) op[(m0 + r) * N + i] = part[r];
+    }
+  }
+}
+
 }  // namespace
 
 namespace pagedllm {
@@ -36,7 +54,13 @@ at::Tensor dense_linear(const at::Tensor& x_in, const at::Tensor& weight,
   at::parallel_for(0, (N + 3) / 4, 16, [&](int64_t begin, int64_t end) {
     for (int64_t quad = begin; quad < end; ++quad) {
       const int64_t n = quad * 4;
-      multiply_rows(wp + n * K, std::min<int64_t>(4, N - n), xp, M, K, op, N, n);
+      for (int64_t m0 = 0; m0 < M; m0 += 2) {
+        if (M - m0 >= 2) {
+          gemv_tile<2>(wp, xp, K, N, n, op, m0);
+        } else {
+          gemv_tile<1>(wp, xp, K, N, n, op, m0);
+        }
+      }
     }
   });
   if (bias.has_value() && bias->defined()) out.add_(*bias);

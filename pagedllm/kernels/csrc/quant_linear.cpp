@@ -285,7 +285,23 @@ void gemv_dequantized(const at::Tensor& x, const at::Tensor& codes, const at::Te
     for (int64_t quad = begin; quad < end; ++quad) {
       const int64_t n = quad * 4, nw = std::min<int64_t>(4, N - n);
       dequantize_rows<U4, G>(cp, sp, mp, K, n, n + nw, buf.data());
-      multiply_rows(buf.data(), nw, xp, M, K, op, N, n);
+      const float* w[4] = {buf.data(), buf.data() + K, buf.data() + 2 * K, buf.data() + 3 * K};
+      float part[8];
+      for (int64_t m0 = 0; m0 < M; m0 += 2) {
+        const int64_t r = std::min<int64_t>(2, M - m0);
+        for (int64_t i0 = 0; i0 < nw; i0 += (nw == 4 ? 4 : 1)) {
+          const int64_t wn = nw == 4 ? 4 : 1;
+          const float* wi[4] = {w[i0], w[std::min<int64_t>(i0 + 1, 3)],
+                                w[std::min<int64_t>(i0 + 2, 3)], w[std::min<int64_t>(i0 + 3, 3)]};
+          if (wn == 4) {
+            r == 2 ? dots<4, 2>(wi, xp + m0 * K, K, part) : dots<4, 1>(wi, xp + m0 * K, K, part);
+          } else {
+            r == 2 ? dots<1, 2>(wi, xp + m0 * K, K, part) : dots<1, 1>(wi, xp + m0 * K, K, part);
+          }
+          for (int64_t a = 0; a < wn; ++a)
+            for (int64_t b = 0; b < r; ++b) op[(m0 + b) * N + n + i0 + a] = part[a * r + b];
+        }
+      }
     }
   });
 }
