@@ -87,13 +87,36 @@ def test_gather_rows_and_bf16_activations():
     assert _rel_err(y, x.float() @ gq.dequantize().t()) < INT8_ACT_REL
 
 
-def test_centring_keeps_u4_error_at_centred_level():
-    """u4 codes are 0..15: the kernel's centring term keeps their error near that of int8
-    codes of the same weight (without it, it doubles)."""
+def _int8_round_trip(x: torch.Tensor) -> torch.Tensor:
+    """x quantized to int8 per 32 columns (scale amax / 127) and back: what the kernel's
+    few-row path multiplies u4 codes by."""
+    blocks = x.view(x.shape[0], -1, 32)
+    d = blocks.abs().amax(dim=-1, keepdim=True) / 127
+    return (torch.round(blocks / d) * d).view_as(x)
+
+
+@pytest.mark.parametrize("group", [16, 32])
+def test_centring_keeps_u4_error_at_centred_level(group):
+    """u4 codes are 0..15: the kernel's centring term makes its error that of the centred codes
+    (code - 8) times the rounded activations, d (c - 8) (x - xq); without it, it is
+    d c (x - xq), about twice as large."""
     torch.manual_seed(1)
-    w = torch.randn(N, K)
-    x = torch.randn(1, K)
-    errs = {}
-    for kind, gq in (("u4", quantize_int4_grouped(w, 32)), ("i8", quantize_int8_grouped(w, 32))):
-        errs[kind] = _rel_err(to_kernel(gq)(x), x @ gq.dequantize().t())
-    assert errs["u4"] < 1.5 * errs["i8"], errs
+    gq = quantize_int4_grouped(torch.randn(N, K), group)
+    x = torch.randn(3, K)
+    x_err = x - _int8_round_trip(x)
+    centred = (gq.codes.float() - 8).view(N, -1, group) * gq.scales[:, :, None]
+    uncentred = gq.codes.float().view(N, -1, group) * gq.scales[:, :, None]
+    ref = x @ gq.dequantize().t()
+    err = (to_kernel(gq)(x) - ref).norm()
+    err_centred = (x_err @ centred.view(N, K).t()).norm()
+    err_uncentred = (x_err @ uncentred.view(N, K).t()).norm()
+    assert err_uncentred > 1.5 * err_centred  # the difference the centring term makes
+    assert 0.8 * err_centred < err < 1.2 * err_centred, (err, err_centred, err_uncentred)
+
+
+def test_int8_codes_take_16_bit_activations():
+    """i8 codes (Q8_0 tables, LM heads) run against int16 activations: error ~1e-5, where int8
+    activations give ~5e-3 (the logits' noise that would flip near-tied greedy tokens)."""
+    gq = quantize_int8_grouped(torch.randn(N, K), 32)
+    x = torch.randn(2, K)
+    assert _rel_err(to_kernel(gq)(x), x @ gq.dequantize().t()) < 1e-4

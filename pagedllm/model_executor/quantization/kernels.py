@@ -229,8 +229,9 @@ class GroupedDequantWeight(QuantizedWeight):
 
 
 class PackedGroupWeight(QuantizedWeight):
-    """pagedllm's compiled kernel (kernels/csrc/quant_linear.cpp), float32 scale and min per
-    group of 16 or 32 columns:  W[n, k] = scales[n, g] * code[n, k] + mins[n, g].
+    """pagedllm's compiled kernel (kernels/csrc/quant_linear.cpp), a scale and min per group of
+    16 or 32 columns (float16 where exact, else float32):  W[n, k] = scales[n, g] * code[n, k] +
+    mins[n, g].
 
     u4: codes 0..15, two per byte (ggml's Q4 order within each 32 columns); else int8 codes.
     Up to GEMV_MAX_ROWS activation rows run integer dot products on activations quantized to
@@ -249,8 +250,9 @@ class PackedGroupWeight(QuantizedWeight):
         self.group_size = group_size
         self.u4 = u4
         self.register_buffer("codes", codes.contiguous())
-        self.register_buffer("scales", scales.float().contiguous())
-        self.register_buffer("mins", mins.float().contiguous())
+        scales, mins = _compact_scales(scales.float(), mins.float())
+        self.register_buffer("scales", scales.contiguous())
+        self.register_buffer("mins", mins.contiguous())
 
     @classmethod
     def from_codes(cls, codes, scales, zeros, group_size: int, u4: bool, input_perm=None):
@@ -284,6 +286,14 @@ class PackedGroupWeight(QuantizedWeight):
     def extra_repr(self) -> str:
         kind = "u4" if self.u4 else "i8"
         return f"{super().extra_repr()}, {kind}, group={self.group_size}"
+
+
+def _compact_scales(scales: torch.Tensor, mins: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Both in float16 when that holds every value exactly (GGUF's scales are fp16; the kernel
+    reads 20 instead of 24 bytes per 32 4-bit weights), else both float32."""
+    half = scales.half(), mins.half()
+    exact = all(torch.equal(h.float(), f) for h, f in zip(half, (scales, mins)))
+    return half if exact else (scales, mins)
 
 
 class DenseWeight(QuantizedWeight):
