@@ -47,6 +47,18 @@ inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load8(const at::Half* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
+
+// The first n (< 8) values and zeros: masked loads, which touch nothing past the n values
+// (fp16: n even, read as n / 2 32-bit lanes).
+alignas(32) constexpr int32_t kLaneMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+inline __m256 load8_masked(const float* p, int64_t n) {
+  const __m256i mask = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLaneMask + 8 - n));
+  return _mm256_maskload_ps(p, mask);
+}
+inline __m256 load8_masked(const at::Half* p, int64_t n) {
+  const __m128i mask = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kLaneMask + 8 - n / 2));
+  return _mm256_cvtph_ps(_mm_maskload_epi32(reinterpret_cast<const int*>(p), mask));
+}
 #endif
 
 // Activation rows quantized per 32 columns with a float scale dx: to int8 against u4 codes (as
@@ -58,7 +70,7 @@ inline __m256 load8(const at::Half* p) {
 //   sx [M, ng]  the exact float sum of x over the group (the minimum's term)
 //   ex [M, ng]  8 * (sum(x) - dx * sum(xq)) over the group (centring of u4 codes, see below)
 struct QuantizedRows {
-  int64_t K = 0, ng = 0;
+  int64_t K = 0, ng = 0, ngp = 0;  // ngp: row stride of dx/sx/ex, ng rounded up to 8 (zeros)
   std::vector<int8_t> q;     // [M, K] (u4 codes)
   std::vector<int16_t> q16;  // [M, K] (i8 codes)
   std::vector<float> dx, sx, ex;
@@ -154,10 +166,11 @@ QuantizedRows quantize_activations(const float* x, int64_t M, int64_t K) {
   QuantizedRows r;
   r.K = K;
   r.ng = K / G;
+  r.ngp = (r.ng + 7) / 8 * 8;
   (U4 ? r.q.resize(M * K) : r.q16.resize(M * K));
-  r.dx.resize(M * r.ng);
-  r.sx.resize(M * r.ng);
-  r.ex.resize(M * r.ng);
+  r.dx.resize(M * r.ngp);
+  r.sx.resize(M * r.ngp);
+  r.ex.resize(M * r.ngp);
   for (int64_t m = 0; m < M; ++m) {
     for (int64_t b = 0; b < nb; ++b) {
       float sums[2];
@@ -175,13 +188,13 @@ QuantizedRows quantize_activations(const float* x, int64_t M, int64_t K) {
         std::memcpy(pair + 32 + 16 * (b & 1), natural + 16, 16);
       }
       if constexpr (G == 32) {
-        const int64_t g = m * r.ng + b;
+        const int64_t g = m * r.ngp + b;
         r.dx[g] = d;
         r.sx[g] = sums[0] + sums[1];
         r.ex[g] = 8.f * (r.sx[g] - d * static_cast<float>(isums[0] + isums[1]));
       } else {
         for (int h = 0; h < 2; ++h) {
-          const int64_t g = m * r.ng + 2 * b + h;
+          const int64_t g = m * r.ngp + 2 * b + h;
           r.dx[g] = d;
           r.sx[g] = sums[h];
           r.ex[g] = 8.f * (sums[h] - d * static_cast<float>(isums[h]));
@@ -249,8 +262,11 @@ inline __m128 reduce4(__m256 a, __m256 b, __m256 c, __m256 d) {
 template <bool U4, int G, typename S, int NW, int R>
 inline void tile_dots(const uint8_t* const* codes, const S* const* scale, const S* const* mins,
                       const QuantizedRows& qa, int64_t m0, float* dd, float* out) {
-  const int64_t K = qa.K, ng = qa.ng, nb = K / kBlock;
+  // dd rows have stride ngp, as the activation terms (their padding is zero)
+  const int64_t K = qa.K, ng = qa.ngp, nb = K / kBlock;
   float tail[NW * R];
+#pragma GCC unroll 16
+  for (int i = 0; i < NW * R; ++i) tail[i] = 0.f;
   int64_t g = 0;
 #ifdef PAGEDLLM_AVX2
   __m256 acc[NW * R];
@@ -260,10 +276,16 @@ inline void tile_dots(const uint8_t* const* codes, const S* const* scale, const 
   const float* __restrict dx = qa.dx.data() + m0 * ng;
   const float* __restrict sx = qa.sx.data() + m0 * ng;
   const float* __restrict ex = qa.ex.data() + m0 * ng;
-  for (; g + 8 <= ng; g += 8) {
+  // the last groups (fewer than 8) with masked loads, which read nothing past the row;
+  // an odd count of fp16 values (no 16-bit masked load) is left to the scalar loop
+  const int64_t rem = qa.ng % 8;
+  const int64_t vector_end = qa.ng - ((rem & 1) && sizeof(S) == 2 ? rem : 0);
+  for (; g < vector_end; g += 8) {
+    const int64_t n = std::min<int64_t>(8, qa.ng - g);
 #pragma GCC unroll 16
     for (int w = 0; w < NW; ++w) {
-      const __m256 s8 = load8(scale[w] + g), z8 = load8(mins[w] + g);
+      const __m256 s8 = n == 8 ? load8(scale[w] + g) : load8_masked(scale[w] + g, n);
+      const __m256 z8 = n == 8 ? load8(mins[w] + g) : load8_masked(mins[w] + g, n);
 #pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
         const int64_t o = r * ng + g;
@@ -275,9 +297,7 @@ inline void tile_dots(const uint8_t* const* codes, const S* const* scale, const 
     }
   }
 #endif
-#pragma GCC unroll 16
-  for (int i = 0; i < NW * R; ++i) tail[i] = 0.f;
-  for (; g < ng; ++g) {
+  for (; g < qa.ng; ++g) {
 #pragma GCC unroll 16
     for (int w = 0; w < NW; ++w) {
       const float s = to_float(scale[w][g]), z = to_float(mins[w][g]);
@@ -445,7 +465,7 @@ void gemv_rows(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& s
   // quads of weight rows; the weight rows of a tile: 4 with one activation row, 2 with two,
   // else 1 (a tile's activation rows: R = 4 / weight rows, or the 3 or 4 left)
   at::parallel_for(0, (N + 3) / 4, 4, [&](int64_t begin, int64_t end) {
-    std::vector<float> dd(4 * groups);
+    std::vector<float> dd(4 * qa.ngp);
     float part[4];
     for (int64_t quad = begin; quad < end; ++quad) {
       for (int64_t m0 = 0; m0 < M;) {
