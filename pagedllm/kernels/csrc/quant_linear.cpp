@@ -1,5 +1,6 @@
 // Weight-only quantized linear layers for CPUs: y[M, N] = x[M, K] W[N, K]^T with W held as
-// integer codes + a float scale and minimum per group of 16 or 32 input columns:
+// integer codes + a scale and minimum (float16 where exact, else float32) per group of 16 or
+// 32 input columns:
 //
 //     W[n, k] = scale[n, k / G] * code[n, k] + min[n, k / G]
 //
@@ -8,11 +9,11 @@
 //       j + 16 (high nibble) — ggml's Q4_0/Q4_1 order, so those blocks repack byte for byte.
 //   i8: codes -128..127, one byte per column.
 //
-// Few rows (decode): x is quantized per 32 columns to int8 with a float scale (as llama.cpp
-// does) and each group is an integer dot product (AVX2 maddubs), scaled once per group; the
-// min term uses the exact float sum of x over the group. Many rows (prefill, large batches):
-// panels of W are dequantized to float and multiplied by ATen's GEMM, where the dequantization
-// is amortized over the rows.
+// Few rows (decode): x is quantized per 32 columns (int8 against u4 codes, as llama.cpp does;
+// int16 against i8 codes) with a float scale, and each group is an integer dot product (AVX2
+// maddubs / madd), scaled once per group; the min term uses the exact float sum of x over the
+// group. Many rows (prefill, large batches): panels of W are dequantized to float and
+// multiplied by ATen's GEMM, where the dequantization is amortized over the rows.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

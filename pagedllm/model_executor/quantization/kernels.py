@@ -234,11 +234,14 @@ class PackedGroupWeight(QuantizedWeight):
     mins[n, g].
 
     u4: codes 0..15, two per byte (ggml's Q4 order within each 32 columns); else int8 codes.
-    Up to GEMV_MAX_ROWS activation rows run integer dot products on activations quantized to
-    int8 per 32 columns (~0.5 % relative error, as llama.cpp); more rows dequantize panels of W
-    and use the float GEMM (exact to float rounding). Measured (2 threads, fp32 activations,
-    microseconds, K=576): N=1536 M=1 51 vs 96 int4pack-via-bf16 vs 90 dense; N=49152 M=1
-    1371 vs 2372 vs 8382; the crossover to panels is ~12 rows.
+    Up to GEMV_MAX_ROWS activation rows run integer dot products on activations quantized per
+    32 columns: to int8 against u4 codes (~0.3 % relative error, as llama.cpp), to int16 against
+    i8 codes (~2e-5: Q8_0 vocab tables, whose logits show activation rounding directly); more
+    rows dequantize panels of W and use the float GEMM (exact to float rounding). Measured
+    (2 threads, fp32 activations, microseconds, K=576, before the paired-block loop, which made
+    u4 rows another ~1.4x faster): N=1536 M=1 51 vs 96 int4pack-via-bf16 vs 90 dense; N=49152
+    M=1 1371 vs 2372 vs 8382; the crossover to panels was ~12 rows (int GEMV 1.1-1.2x faster
+    at 16-32 rows since, kept at 12 for exact prefill chunks: noisy end-to-end gain).
     """
 
     GEMV_MAX_ROWS = 12
