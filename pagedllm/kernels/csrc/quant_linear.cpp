@@ -220,15 +220,20 @@ inline __m256 block_dot_u4(__m256i w, __m256i xv) {
   return _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, _mm256_set1_epi16(1)));
 }
 
+// [p[0] x 4, p[1] x 4]: the factors of lanes 0-3 and 4-7 when they belong to two groups.
+inline __m256 two_factors(const float* p) {
+  const __m256 pair =
+      _mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p))));
+  return _mm256_permutevar8x32_ps(pair, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+}
+
 // The per-lane factor scale * dx of block b from dd [ng]: one value (G 32) or two (G 16).
 template <int G>
 inline __m256 block_factor(const float* dd, int64_t b) {
   if constexpr (G == 32) {
     return _mm256_broadcast_ss(dd + b);
   } else {
-    const __m256 pair = _mm256_castps128_ps256(
-        _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(dd + 2 * b))));
-    return _mm256_permutevar8x32_ps(pair, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+    return two_factors(dd + 2 * b);
   }
 }
 #endif
@@ -318,7 +323,6 @@ inline void tile_dots(const uint8_t* const* codes, const S* const* scale, const 
   if constexpr (kPairedBlocks<U4, G>) {
     const __m256i low4 = _mm256_set1_epi8(0x0F);
     const __m256i ones = _mm256_set1_epi16(1);
-    const __m256i pair_lanes = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
     for (; b + 2 <= nb; b += 2) {
       __m256i lo[NW], hi[NW];
 #pragma GCC unroll 16
@@ -340,11 +344,8 @@ inline void tile_dots(const uint8_t* const* codes, const S* const* scale, const 
           const __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo[w], xlo),
                                                _mm256_maddubs_epi16(hi[w], xhi));
           const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
-          const __m256 f = _mm256_permutevar8x32_ps(
-              _mm256_castps128_ps256(_mm_castpd_ps(
-                  _mm_load_sd(reinterpret_cast<const double*>(dd + i * ng + b)))),
-              pair_lanes);
-          acc[i] = _mm256_fmadd_ps(p, f, acc[i]);
+          // lanes 0-3 are block b's columns, 4-7 block b + 1's
+          acc[i] = _mm256_fmadd_ps(p, two_factors(dd + i * ng + b), acc[i]);
         }
       }
     }
