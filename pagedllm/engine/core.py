@@ -40,6 +40,9 @@ class EngineCore:
         device = torch.device(config.device.device)
         _check_weights_fit(config, device)
         model = get_model(config.model, device)
+        # The model is loaded (and, in-process, the tokenizer built before it): unmap the GGUF
+        # file before the KV cache is allocated, so the two never add up in the peak.
+        release_gguf_readers()
         backend = get_attn_backend(config.device.attention_backend, device.type)
         layout = plan_kv_cache(config.model, config.cache, device)
         kv_caches = allocate_kv_caches(
@@ -66,7 +69,6 @@ class EngineCore:
         )
         self.step_profiler = profiler_from_env()
         """Per-phase step timing (off unless PAGEDLLM_STEP_PROFILE or enabled by the caller)."""
-        release_gguf_readers()  # model loaded (and, in-process, the tokenizer built before it)
 
     def add_request(self, request: EngineCoreRequest) -> None:
         params = request.sampling_params

@@ -14,9 +14,11 @@ class VocabEmbedding(nn.Module):
         super().__init__()
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
+        # torch.empty: pages are only resident once written, so a table that is loaded straight
+        # into quantized form (load_weight) never costs its float size.
         weight = torch.empty(num_embeddings, embedding_dim)  # [vocab, hidden]
         self.weight = nn.Parameter(weight, requires_grad=False)
-        set_weight_attrs(self.weight, weight_loader=default_weight_loader)
+        set_weight_attrs(self.weight, weight_loader=self.load_weight)
 
         self.qweight_kernel: nn.Module | None = None
         """Set by quantize_(): the table held quantized (then `weight` is gone)."""
@@ -34,9 +36,32 @@ class VocabEmbedding(nn.Module):
 
         return dense_linear(hidden_states, self.weight)
 
+    def load_weight(self, param: nn.Parameter, loaded) -> None:
+        """A float tensor, or a GGUF table still in its blocks (model_loader.gguf.GGUFWeight):
+        that one becomes the compiled kernel's codes and scales directly, exact and without a
+        float copy of the table at any point (SmolLM2's is 113 MB in float32, Gemma 3's 671 MB)."""
+        from pagedllm.model_executor.quantization.gguf_blocks import supported_gguf_types
+        from pagedllm.model_executor.quantization.group_quant import (
+            compiled_kernel_fits,
+            to_packed_group_weight,
+        )
+
+        if isinstance(loaded, torch.Tensor):
+            default_weight_loader(param, loaded)
+            return
+        if loaded.qtype.name not in supported_gguf_types():
+            default_weight_loader(param, loaded.dequantize())
+            return
+        groups = loaded.decode()
+        if compiled_kernel_fits(self.embedding_dim, groups.group_size, param.device):
+            self.qweight_kernel = to_packed_group_weight(groups)
+        else:
+            default_weight_loader(param, groups.dequantize())
+
     def quantize_(self) -> None:
         """Hold the table as int8 codes with a scale per 32 columns in the compiled kernel's
-        layout, dropping the float copy; unchanged where that kernel does not apply.
+        layout, dropping the float copy; unchanged where that kernel does not apply (a table
+        loaded from GGUF blocks is in that layout already).
 
         Why: with tied embeddings the LM head is ~20 % of a small model's weights and, in
         float32, the largest single read of every decode step.
@@ -47,12 +72,14 @@ class VocabEmbedding(nn.Module):
             to_packed_group_weight,
         )
 
-        if self.qweight_kernel is not None:
-            return
-        if not compiled_kernel_fits(self.embedding_dim, 32, self.weight.device):
-            return
-        self.qweight_kernel = to_packed_group_weight(quantize_int8_grouped(self.weight.detach()))
-        del self.weight
+        if self.qweight_kernel is None:
+            if not compiled_kernel_fits(self.embedding_dim, 32, self.weight.device):
+                return
+            self.qweight_kernel = to_packed_group_weight(
+                quantize_int8_grouped(self.weight.detach())
+            )
+        if "weight" in self._parameters:
+            del self.weight
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}"

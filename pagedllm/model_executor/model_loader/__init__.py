@@ -103,17 +103,17 @@ def estimate_weight_bytes(model_config: ModelConfig) -> int:
         from pagedllm.model_executor.model_loader.gguf import (
             gguf_architecture,
             gguf_to_hf_name,
-            is_quantized_linear,
+            is_block_quantized,
             open_gguf,
         )
 
         reader = open_gguf(model_config.path)
         arch = gguf_architecture(reader)
 
-        def kept_quantized(t: Any) -> bool:
+        def kept_quantized(t: Any) -> bool:  # linears and vocabulary tables keep their blocks
             name = gguf_to_hf_name(t.name, arch)
             return model_config.quantization == "gguf" and name is not None and (
-                is_quantized_linear(name, t.tensor_type)
+                is_block_quantized(t.tensor_type)
             )
 
         return sum(

@@ -1,7 +1,7 @@
 """GGUF files: metadata -> a transformers config, and the tensors under their HF names.
 
-One GGUFReader per file and process (parsing the metadata of a 50 k-token vocabulary takes
-seconds), shared by the config, the tokenizer and the weight loader.
+One GGUFFile (gguf_file.py) per file and process, shared by the config, the tokenizer and the
+weight loader while the model loads.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from pagedllm.logger import init_logger
+from pagedllm.model_executor.model_loader.gguf_file import GGUFFile
 
 logger = init_logger(__name__)
 
@@ -63,19 +64,32 @@ class GGUFWeight:
     qtype: Any  # gguf.GGMLQuantizationType
     shape: tuple[int, ...]  # the HF (torch) shape once dequantized, e.g. [out, in]
 
+    def decode(self) -> Any:
+        """The blocks as integer codes + per-group scales (a GroupQuant), without float."""
+        from pagedllm.model_executor.quantization.gguf_blocks import decode_gguf_blocks
+
+        return decode_gguf_blocks(self.data, self.qtype, self.shape)
+
+    def dequantize(self) -> torch.Tensor:
+        """float32 in the HF shape (a copy, never a view of the mapped file)."""
+        from gguf.quants import dequantize
+
+        values = dequantize(self.data, self.qtype).reshape(self.shape)
+        if not values.flags.writeable or values.dtype != np.float32:  # a view of the mmap
+            values = values.astype(np.float32)
+        return torch.from_numpy(values)
+
 
 @functools.lru_cache(maxsize=4)
-def open_gguf(path: str) -> Any:
-    """The (memory-mapped) gguf.GGUFReader of `path`, parsed once while loading (config,
-    tokenizer and weights all read it); release_gguf_readers() drops it afterwards."""
-    from gguf import GGUFReader
-
-    return GGUFReader(path)
+def open_gguf(path: str) -> GGUFFile:
+    """The (memory-mapped) GGUFFile of `path`, parsed once while loading (config, tokenizer and
+    weights all read it); release_gguf_readers() drops it afterwards."""
+    return GGUFFile(path)
 
 
 def release_gguf_readers() -> None:
-    """Drop the parsed readers once the model and tokenizer are built: their field objects and
-    mapped pages are ~230 MiB of resident memory for SmolLM2 (more than its weights). A later
+    """Drop the parsed files once the model and tokenizer are built: the vocabulary lists and
+    the mapped pages of the file (~100 MiB for SmolLM2) are not needed any more. A later
     open_gguf parses the file again."""
     import ctypes
     import gc
@@ -88,13 +102,12 @@ def release_gguf_readers() -> None:
         pass
 
 
-def gguf_field(reader: Any, key: str, default: Any = None) -> Any:
+def gguf_field(reader: GGUFFile, key: str, default: Any = None) -> Any:
     """A metadata value (str, number or list), or `default` if the file does not have it."""
-    field = reader.fields.get(key)
-    return default if field is None else field.contents()
+    return reader.fields.get(key, default)
 
 
-def gguf_architecture(reader: Any) -> str:
+def gguf_architecture(reader: GGUFFile) -> str:
     arch = gguf_field(reader, "general.architecture")
     if arch not in GGUF_ARCHITECTURES:
         raise ValueError(
@@ -112,7 +125,7 @@ def gguf_hf_config(path: str) -> Any:
     return _llama_config(reader, path)
 
 
-def _common_config(reader: Any, arch: str) -> dict[str, Any]:
+def _common_config(reader: GGUFFile, arch: str) -> dict[str, Any]:
     """The config fields every arch reads the same way."""
 
     def meta(key: str, default: Any = None) -> Any:
@@ -127,7 +140,7 @@ def _common_config(reader: Any, arch: str) -> dict[str, Any]:
     }
     return dict(
         architectures=[GGUF_ARCHITECTURES[arch]],
-        vocab_size=meta("vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data),
+        vocab_size=meta("vocab_size") or len(reader.fields["tokenizer.ggml.tokens"]),
         hidden_size=hidden_size,
         intermediate_size=meta("feed_forward_length"),
         num_hidden_layers=meta("block_count"),
@@ -141,7 +154,7 @@ def _common_config(reader: Any, arch: str) -> dict[str, Any]:
     )
 
 
-def _gemma3_config(reader: Any) -> Any:
+def _gemma3_config(reader: GGUFFile) -> Any:
     """As transformers' GGUF loader builds it: Gemma3TextConfig defaults (local rope base 10 000,
     a global layer every 6th, query_pre_attn_scalar 256) plus the file's values."""
     from transformers import Gemma3TextConfig
@@ -154,7 +167,7 @@ def _gemma3_config(reader: Any) -> Any:
     )
 
 
-def _llama_config(reader: Any, path: str) -> Any:
+def _llama_config(reader: GGUFFile, path: str) -> Any:
     from transformers import LlamaConfig
 
     tensor_names = {t.name for t in reader.tensors}
@@ -209,7 +222,8 @@ def iterate_gguf_weights(
 
     dequantize=True: float32 torch tensors in the HF shape. dequantize=False: GGUFWeight with the
     raw blocks, for a quantized-execution method to repack. keep_quantized=True: GGUFWeight for
-    the block-quantized linear weights only (not the embedding / LM head), float32 for the rest.
+    the block-quantized linear weights and vocabulary tables (the layers take their codes
+    directly), float32 for the rest.
     Either way the tensors already follow HF's conventions: q/k rows in rotate-half order, Gemma
     norms as w (not 1 + w).
     """
@@ -233,20 +247,23 @@ def iterate_gguf_weights(
             data = data - 1  # F32 (norms are never quantized); a copy, not the mmap
         shape = tuple(int(d) for d in reversed(tensor.shape))
         weight = GGUFWeight(data, tensor.tensor_type, shape)
-        raw = not dequantize or (keep_quantized and is_quantized_linear(hf_name, weight.qtype))
-        yield hf_name, (weight if raw else _dequantize(weight))
+        raw = not dequantize or (keep_quantized and is_block_quantized(weight.qtype))
+        yield hf_name, (weight if raw else weight.dequantize())
 
 
 _EMBEDDING_NAMES = ("model.embed_tokens.weight", "lm_head.weight")
 
 
-def is_quantized_linear(hf_name: str, qtype: Any) -> bool:
-    """A linear layer's weight stored in a block-quantized GGUF type."""
+def is_block_quantized(qtype: Any) -> bool:
     from gguf import GGMLQuantizationType as T
 
-    float_types = (T.F32, T.F16, T.BF16, T.F64)
+    return qtype not in (T.F32, T.F16, T.BF16, T.F64)
+
+
+def is_quantized_linear(hf_name: str, qtype: Any) -> bool:
+    """A linear layer's weight stored in a block-quantized GGUF type."""
     linear = hf_name.endswith(".weight") and hf_name not in _EMBEDDING_NAMES
-    return linear and qtype not in float_types
+    return linear and is_block_quantized(qtype)
 
 
 def gguf_has_quantized_linears(path: str) -> bool:
@@ -271,12 +288,3 @@ def _unpermute_rows(data: np.ndarray, num_heads: int) -> np.ndarray:
     rows = data.shape[0]
     per_head = data.reshape(num_heads, rows // num_heads // 2, 2, *data.shape[1:])
     return per_head.swapaxes(1, 2).reshape(data.shape)
-
-
-def _dequantize(weight: GGUFWeight) -> torch.Tensor:
-    from gguf.quants import dequantize
-
-    values = dequantize(weight.data, weight.qtype).reshape(weight.shape)
-    if not values.flags.writeable or values.dtype != np.float32:  # a view of the mmap
-        values = values.astype(np.float32)
-    return torch.from_numpy(values)
