@@ -35,7 +35,7 @@ async def stream_completion(
     arrivals: list[float] = []  # when each chunk with content came
     start = time.perf_counter()
     try:
-        async with client.stream("POST", url, json=completion_payload(model, request)) as resp:
+        async with _open_stream(client, url, completion_payload(model, request)) as resp:
             if resp.status_code != 200:
                 result.error = f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}"
                 return result
@@ -61,6 +61,31 @@ async def stream_completion(
     result.ttft = arrivals[0] - start
     result.itl = [b - a for a, b in zip(arrivals, arrivals[1:])]
     return result
+
+
+class _open_stream:
+    """client.stream("POST", ...), sent again once if the server closed the kept-alive
+    connection before answering (httpx raises RemoteProtocolError then; llama-server's HTTP
+    library closes idle connections after 5 s and after a number of requests)."""
+
+    def __init__(self, client: Any, url: str, payload: dict[str, Any]) -> None:
+        self.client, self.url, self.payload = client, url, payload
+        self.stream: Any = None
+
+    async def __aenter__(self) -> Any:
+        import httpx
+
+        for attempt in range(2):
+            self.stream = self.client.stream("POST", self.url, json=self.payload)
+            try:
+                return await self.stream.__aenter__()
+            except httpx.RemoteProtocolError:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self.stream.__aexit__(*exc)
 
 
 def _parse_sse(line: str) -> dict | None:

@@ -98,3 +98,40 @@ def test_serve_reports_a_missing_server(tmp_path):
                 str(tmp_path / "x.json"),
             ]
         )
+
+
+def test_client_resends_when_server_drops_a_kept_alive_connection():
+    """A server that closes a connection without answering (llama-server does so to idle
+    kept-alive ones) costs one retry, not a failed request; a second drop is a failure."""
+    import asyncio
+
+    from pagedllm.benchmarks.datasets import SampleRequest
+    from pagedllm.benchmarks.serve_client import make_client, stream_completion
+
+    body = b'data: {"choices": [{"text": "a"}]}\n\ndata: {"choices": [], "usage": ' \
+        b'{"completion_tokens": 1}}\n\ndata: [DONE]\n\n'  # fmt: skip
+
+    async def scenario(drops: int) -> tuple[bool, int]:
+        seen = 0
+
+        async def handle(reader, writer):
+            nonlocal seen
+            await reader.readuntil(b"\r\n\r\n")
+            seen += 1
+            if seen <= drops:
+                writer.close()  # no response at all
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                         b"content-length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server, make_client(None, 10.0) as client:
+            result = await stream_completion(client, f"http://127.0.0.1:{port}/v1/completions",
+                                             "m", SampleRequest([5, 6, 7], 1))  # fmt: skip
+        return result.success, seen
+
+    assert asyncio.run(scenario(drops=1)) == (True, 2)
+    assert asyncio.run(scenario(drops=2)) == (False, 2)
