@@ -1,8 +1,10 @@
 """Decode speed and memory of weight/KV quantization on one model, each config in a fresh
-process (so peak RSS is its own): single-stream decode tok/s, batched decode tok/s, peak RSS.
+process (so peak RSS is its own): single-stream decode tok/s, batched decode tok/s, peak RSS,
+resident memory after generating (VmRSS), the KV cache's bytes, and the resident memory of a bare
+`import torch, transformers` (the runtime every config pays; measured in its own process).
 
     python benchmarks/quantization.py --model SmolLM2-135M-Instruct \
-        --configs fp32 bf16 int8 int8-bf16 gguf gguf-bf16
+        --configs fp32 bf16 int8 int8-bf16 gguf gguf-bf16 --output-json results.json
 """
 
 from __future__ import annotations
@@ -55,7 +57,22 @@ def _measure(name: str, args, queue) -> None:
     single = _decode_rate(llm, prompts[:1], args.tokens)
     batched = _decode_rate(llm, prompts, args.tokens // 2)
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put(dict(config=name, single_tok_s=single, batched_tok_s=batched, peak_rss_mib=rss_mib))
+    kv_bytes = llm.llm_engine.engine_core.engine_core.kv_cache_bytes
+    queue.put(dict(config=name, single_tok_s=single, batched_tok_s=batched, peak_rss_mib=rss_mib,
+                   rss_mib=_resident_mib(), kv_cache_mib=kv_bytes / 2**20))  # fmt: skip
+
+
+def _resident_mib() -> float:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def _runtime_baseline(_args, queue) -> None:
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    queue.put(dict(config="import torch, transformers", rss_mib=_resident_mib()))
 
 
 def main() -> None:
@@ -66,20 +83,34 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--kv-cache-memory", default="128MiB")
+    parser.add_argument("--output-json", default=None)
     args = parser.parse_args()
     ctx = mp.get_context("spawn")
+
+    def in_fresh_process(target, *target_args) -> dict:
+        queue = ctx.Queue()
+        proc = ctx.Process(target=target, args=(*target_args, args, queue))
+        proc.start()
+        result = queue.get()
+        proc.join()
+        return result
+
+    baseline = in_fresh_process(_runtime_baseline)
+    print(f"{baseline['config']}: {baseline['rss_mib']:.0f} MiB resident", flush=True)
     results = []
     for name in args.configs:
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_measure, args=(name, args, queue))
-        proc.start()
-        results.append(queue.get())
-        proc.join()
-        r = results[-1]
+        r = in_fresh_process(_measure, name)
+        results.append(r)
         print(f"{name:14s} single {r['single_tok_s']:7.1f} tok/s   batch {args.batch} "
-              f"{r['batched_tok_s']:7.1f} tok/s   peak RSS {r['peak_rss_mib']:6.0f} MiB",
-              flush=True)
-    print(json.dumps(results))
+              f"{r['batched_tok_s']:7.1f} tok/s   peak RSS {r['peak_rss_mib']:6.0f} MiB   "
+              f"RSS {r['rss_mib']:6.0f} MiB (KV cache {r['kv_cache_mib']:.0f} MiB)", flush=True)
+    if args.output_json:
+        from pagedllm.benchmarks.results import build_record, write_record
+
+        write_record(build_record("quantization", args, args.model, results,
+                                  runtime_baseline=baseline), args.output_json)  # fmt: skip
+    else:
+        print(json.dumps(results))
 
 
 if __name__ == "__main__":
