@@ -43,7 +43,7 @@ def _weights(kind: str, group: int) -> GroupQuant:
 
 @pytest.mark.parametrize("kind", ["u4", "i8", "q5"])
 @pytest.mark.parametrize("group", [16, 32])
-@pytest.mark.parametrize("rows", [1, 2, 3, 5, 20, 21, 64])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 20, 21, 32, 33, 64])
 def test_packed_kernel_matches_reference(kind, group, rows):
     gq = _weights(kind, group)
     kernel = to_kernel(gq)
