@@ -19,6 +19,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -96,7 +97,8 @@ def _llama_weights(gguf: str, quantization: str | None) -> str:
 
 
 def _bench(cmd: list[str], port: int, args: argparse.Namespace, concurrency: list[int]) -> list:
-    log = open(f"/tmp/serve_vs_llama_server.{port}.log", "w")
+    # the server's own log, for when it fails to start or drops requests
+    log = open(os.path.join(tempfile.gettempdir(), f"serve_vs_llama_server.{port}.log"), "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait_ready(port, proc)
