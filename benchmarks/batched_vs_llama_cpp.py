@@ -13,19 +13,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 
+from pagedllm.benchmarks.peers import llama_cpp_program, llama_cpp_weights
 from pagedllm.benchmarks.results import build_record, write_record
 from pagedllm.model_executor.model_loader.resolve import resolve_model
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--llama-batched-bench", default=_default_binary())
+    parser.add_argument("--llama-batched-bench", default=llama_cpp_program("llama-batched-bench"))
     parser.add_argument("--model", default=None, help="GGUF model (default: the embedded one)")
     parser.add_argument("--quantization", default=None, choices=[None, "none"])
     parser.add_argument("--batch", type=int, default=32)
@@ -38,13 +38,9 @@ def main() -> None:
     if not args.llama_batched_bench or not os.path.exists(args.llama_batched_bench):
         sys.exit("llama-batched-bench not found: build it with scripts/build_llama_server.sh")
     source = resolve_model(args.model)
-    gguf = os.path.join(source.path, source.gguf_file)
-    if args.quantization == "none":
-        from pagedllm.benchmarks.peers import float32_gguf
-
-        llama_weights = float32_gguf(gguf)
-    else:
-        llama_weights = gguf
+    if source.kind != "gguf":
+        sys.exit(f"{args.model}: llama.cpp needs a GGUF model")
+    llama_weights = llama_cpp_weights(source.file, float32=args.quantization == "none")
 
     runs: dict[str, list[dict]] = {"llama.cpp": [], "pagedllm": []}
     for round_index in range(args.rounds):
@@ -60,13 +56,6 @@ def main() -> None:
     summary = [dict(batch_size=args.batch, ratios=ratios, median_ratio=statistics.median(ratios))]
     write_record(build_record("batched_vs_llama_cpp", args, source.name, summary, runs=runs),
                  args.output_json)  # fmt: skip
-
-
-def _default_binary() -> str | None:
-    from pagedllm import envs
-
-    built = os.path.join(envs.kernel_cache_dir(), "llama.cpp", "llama-batched-bench")
-    return built if os.path.exists(built) else shutil.which("llama-batched-bench")
 
 
 def _llama_cpp(args: argparse.Namespace, weights: str) -> dict:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import time
 import urllib.request
 
 from pagedllm.benchmarks import serve
+from pagedllm.benchmarks.peers import llama_cpp_program, llama_cpp_weights
 from pagedllm.benchmarks.results import build_record, write_record
 from pagedllm.model_executor.model_loader.resolve import resolve_model
 
@@ -32,7 +32,8 @@ LLAMA_PORT, PAGEDLLM_PORT = 8091, 8092
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--llama-server", default=_default_llama_server(),
+    parser.add_argument("--llama-server",
+                        default=os.environ.get("LLAMA_SERVER") or llama_cpp_program("llama-server"),
                         help="the llama-server binary (default: $LLAMA_SERVER, then the one "
                         "scripts/build_llama_server.sh built, then PATH)")  # fmt: skip
     parser.add_argument("--quantization", default=None, choices=[None, "none"],
@@ -46,12 +47,12 @@ def main() -> None:
     source = resolve_model(args.model)
     if source.kind != "gguf":
         sys.exit(f"{args.model}: llama-server needs a GGUF model")
-    gguf = os.path.join(source.path, source.gguf_file)
     concurrency = args.concurrency or [args.max_concurrency or 32]
     slots = max(concurrency)
     ctx_per_slot = (args.max_input or args.input_len or 1024) + (args.max_output or args.output_len)
 
-    llama_cmd = [args.llama_server, "-m", _llama_weights(gguf, args.quantization),
+    weights = llama_cpp_weights(source.file, float32=args.quantization == "none")
+    llama_cmd = [args.llama_server, "-m", weights,
                  "-t", str(args.threads), "-np", str(slots), "-c", str(slots * ctx_per_slot),
                  # an HTTP thread per client: its default pool is a few threads, which admits
                  # only a few requests at a time however many slots there are
@@ -77,23 +78,6 @@ def main() -> None:
     record = build_record("serve_vs_llama_server", args, source.name, summary,
                           runs=runs, commands={k: v[0] for k, v in servers.items()})  # fmt: skip
     write_record(record, args.output_json or "benchmarks/results/serve_vs_llama_server.json")
-
-
-def _default_llama_server() -> str | None:
-    from pagedllm import envs
-
-    built = os.path.join(envs.kernel_cache_dir(), "llama.cpp", "llama-server")
-    return os.environ.get("LLAMA_SERVER") or (
-        built if os.path.exists(built) else shutil.which("llama-server")
-    )
-
-
-def _llama_weights(gguf: str, quantization: str | None) -> str:
-    if quantization != "none":
-        return gguf
-    from pagedllm.benchmarks.peers import float32_gguf
-
-    return float32_gguf(gguf)
 
 
 def _bench(cmd: list[str], port: int, args: argparse.Namespace, concurrency: list[int]) -> list:

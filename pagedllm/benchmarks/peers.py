@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shutil
 import time
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
@@ -184,9 +185,7 @@ def make_peer(
             flush=True,
         )
         return None
-    path = source.file
-    if quantization is None and dtype == "float32":
-        path = float32_gguf(source.file)
+    path = llama_cpp_weights(source.file, float32=quantization is None and dtype == "float32")
     print(f"llama.cpp runs {os.path.basename(path)}", flush=True)
     return LlamaCppRunner(path, _threads(), n_ctx)
 
@@ -208,6 +207,21 @@ def make_peers(
         for name in names
     ]  # fmt: skip
     return [p for p in peers if p is not None]
+
+
+def llama_cpp_weights(gguf: str, float32: bool) -> str:
+    """The GGUF llama.cpp runs next to pagedllm: the file itself, or its F32 copy when pagedllm
+    runs float32 weights (both then at the same precision)."""
+    return float32_gguf(gguf) if float32 else gguf
+
+
+def llama_cpp_program(name: str) -> str | None:
+    """A llama.cpp program that llama-cpp-python does not ship (llama-server,
+    llama-batched-bench): the one scripts/build_llama_server.sh built, else one on PATH."""
+    from pagedllm import envs
+
+    built = os.path.join(envs.kernel_cache_dir(), "llama.cpp", name)
+    return built if os.path.exists(built) else shutil.which(name)
 
 
 def float32_gguf(path: str) -> str:

@@ -48,15 +48,12 @@ class VocabEmbedding(nn.Module):
 
         if isinstance(loaded, torch.Tensor):
             default_weight_loader(param, loaded)
-            return
-        if loaded.qtype.name not in supported_gguf_types():
-            default_weight_loader(param, loaded.dequantize())
-            return
-        groups = loaded.decode()
-        if compiled_kernel_fits(self.embedding_dim, groups.group_size, param.device):
-            self.qweight_kernel = to_packed_group_weight(groups)
+        elif loaded.qtype.name in supported_gguf_types() and compiled_kernel_fits(
+            self.embedding_dim, 32, param.device  # every GGUF type decodes to groups of 16 or 32
+        ):
+            self.qweight_kernel = to_packed_group_weight(loaded.decode())
         else:
-            default_weight_loader(param, groups.dequantize())
+            default_weight_loader(param, loaded.dequantize())
 
     def quantize_(self) -> None:
         """Hold the table as int8 codes with a scale per 32 columns in the compiled kernel's

@@ -54,10 +54,10 @@ class GGUFFile:
         self.path = path
         self._mmap = np.memmap(path, dtype=np.uint8, mode="r")
         self._buffer = memoryview(self._mmap)
-        self._offset = 0
         if bytes(self._buffer[:4]) != _MAGIC:
             raise ValueError(f"{path}: not a GGUF file (magic {bytes(self._buffer[:4])!r})")
-        self.version, num_tensors, num_fields = self._unpack("<IQQ", 4)
+        self._offset = len(_MAGIC)
+        self.version, num_tensors, num_fields = self._unpack("<IQQ")
         if self.version < 2:
             raise ValueError(f"{path}: GGUF version {self.version} is not supported (2 or 3)")
         self.fields: dict[str, Any] = {}
@@ -71,9 +71,7 @@ class GGUFFile:
         self.tensors = [self._tensor(*info, data_start) for info in infos]
         del self._buffer  # the tensors keep the mmap alive as long as they are used
 
-    def _unpack(self, fmt: str, offset: int | None = None) -> tuple[Any, ...]:
-        if offset is not None:
-            self._offset = offset
+    def _unpack(self, fmt: str) -> tuple[Any, ...]:
         values = struct.unpack_from(fmt, self._buffer, self._offset)
         self._offset += struct.calcsize(fmt)
         return values
