@@ -24,6 +24,7 @@ _SOURCES = (
     "paged_attention.cpp",
     "elementwise.cpp",
     "decoder_layer.cpp",
+    "argmax.cpp",
 )
 _CSRC = os.path.join(os.path.dirname(__file__), "csrc")
 

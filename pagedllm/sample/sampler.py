@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from pagedllm.sample.metadata import SamplingMetadata
+from pagedllm.sample.ops.argmax import argmax_rows
 from pagedllm.sample.ops.logit_bias import apply_logit_bias, apply_min_tokens
 from pagedllm.sample.ops.logprobs import compute_logprobs, compute_prompt_logprobs, gather_logprobs
 from pagedllm.sample.ops.penalties import apply_penalties
@@ -54,7 +55,7 @@ class Sampler(nn.Module):
 
     def sample(self, logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
         """Steps 4-7 on processed logits [B, V] -> [B] long."""
-        greedy = None if metadata.all_random else logits.argmax(dim=-1)
+        greedy = None if metadata.all_random else argmax_rows(logits)
         if metadata.all_greedy:
             assert greedy is not None
             return greedy
@@ -147,4 +148,4 @@ def exponential_race(
         q[row, kept[row] :] = 1.0
     # NOTE: q == 0 is possible in float32; 0 / 0 would be a NaN that argmax picks.
     q.clamp_min_(torch.finfo(q.dtype).tiny)
-    return weights.div_(q).argmax(dim=-1)
+    return argmax_rows(weights.div_(q))
