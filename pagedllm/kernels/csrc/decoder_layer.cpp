@@ -11,6 +11,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <cstring>
 #include <tuple>
 #include <vector>
 
@@ -26,6 +27,28 @@ at::Tensor linear(const at::Tensor& x, const std::vector<at::Tensor>& w, int64_t
   if (w.size() == 1) return pagedllm::dense_linear(x, w[0], bias);  // float32 (llama_fused.py)
   const at::Tensor y = pagedllm::quant_linear(x, w[0], w[1], w[2], group_size, u4, gemv_max_rows);
   return bias.has_value() && bias->defined() ? y + *bias : y;
+}
+
+// cache[slot_mapping[t]] = k[t], v[t] (attention/ops/cache_write.py's two index_copy_ calls as
+// plain row copies: the same bytes, ~10 us less per layer than the two ATen dispatches with their
+// selects and views). Rows of Hkv * D floats; the cache holds [2, slots, Hkv * D] contiguously.
+void write_kv_rows(const at::Tensor& k, const at::Tensor& v, const at::Tensor& kv_cache,
+                   const at::Tensor& slot_mapping) {
+  const int64_t T = slot_mapping.size(0), width = k.size(1);
+  const int64_t slots = kv_cache.numel() / 2 / width;
+  TORCH_CHECK(kv_cache.size(0) == 2 && kv_cache.is_contiguous() && slot_mapping.scalar_type() == at::kLong &&
+              k.stride(1) == 1 && v.stride(1) == 1 && v.size(1) == width);
+  const int64_t* sp = slot_mapping.contiguous().data_ptr<int64_t>();
+  float* key_cache = kv_cache.data_ptr<float>();
+  float* value_cache = key_cache + kv_cache.stride(0);
+  const float* kp = k.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t slot = sp[t];
+    TORCH_CHECK(slot >= 0 && slot < slots, "slot ", slot, " out of range");
+    std::memcpy(key_cache + slot * width, kp + t * k.stride(0), width * sizeof(float));
+    std::memcpy(value_cache + slot * width, vp + t * v.stride(0), width * sizeof(float));
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> llama_decoder_layer(
@@ -52,12 +75,8 @@ std::tuple<at::Tensor, at::Tensor> llama_decoder_layer(
   const auto [q, k] = pagedllm::rotary_embedding(split[0], split[1], cos_sin_cache, positions,
                                                  head_dim, rotary_dim);
   const at::Tensor v = split[2];
-  // cache write (attention/ops/cache_write.py)
+  write_kv_rows(k, v, kv_cache, slot_mapping);
   const at::Tensor key_cache = kv_cache.select(0, 0), value_cache = kv_cache.select(0, 1);
-  key_cache.view({-1, num_kv_heads, head_dim})
-      .index_copy_(0, slot_mapping, k.view({T, num_kv_heads, head_dim}));
-  value_cache.view({-1, num_kv_heads, head_dim})
-      .index_copy_(0, slot_mapping, v.reshape({T, num_kv_heads, head_dim}));
   const at::Tensor attn =
       pagedllm::paged_attention(q.view({T, num_heads, head_dim}), key_cache, value_cache,
                                 block_table, seq_lens, query_start_loc, scale, sliding_window,
