@@ -42,7 +42,8 @@ def test_fused_layers_equal_eager(tiny_model_factory, family, overrides, quantiz
     model_dir = tiny_model_factory(family, **overrides)
     fused, fused_model = _run(model_dir, False, quantization=quantization)
     eager, eager_model = _run(model_dir, True, quantization=quantization)
-    assert isinstance(fused_model.model._fused_layers, list)  # the fused path ran
+    stack = fused_model.model._fused_layers  # the fused path ran, every layer in it
+    assert stack.stack.num_layers() == len(fused_model.model.layers)
     assert eager_model.model._fused_layers is False  # never built
     assert [t for t, _ in fused] == [t for t, _ in eager]
     assert _logprob_rows(fused) == _logprob_rows(eager)

@@ -1,4 +1,5 @@
-// One Llama-style decoder layer in a single call (the engine's "compiled forward" on CPU):
+// Llama-style decoder layers, all of a model's in one call per step (the engine's "compiled
+// forward" on CPU); each layer is
 //
 //   residual = hidden + residual;  x = rmsnorm(residual) * w_in
 //   q, k, v = split(x Wqkv^T + b);  rotary(q, k);  cache[slots] = k, v
@@ -7,8 +8,10 @@
 //
 // Every step is the same ATen operator (or our kernel) the eager Python modules call, in the
 // same order, so the result is bit-identical to the eager path; what it removes is ~30 Python
-// module calls and ~25 Python-level operator dispatches per layer (~0.4 ms per layer on this CPU).
+// module calls and ~25 Python-level operator dispatches per layer (~0.4 ms per layer on this CPU),
+// and the per-layer call itself (LlamaDecoderStack below).
 #include <ATen/ATen.h>
+#include <torch/custom_class.h>
 #include <torch/library.h>
 
 #include <cstring>
@@ -51,17 +54,33 @@ void write_kv_rows(const at::Tensor& k, const at::Tensor& v, const at::Tensor& k
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> llama_decoder_layer(
-    const at::Tensor& hidden, const std::optional<at::Tensor>& residual_in,
-    const at::Tensor& input_norm, const at::Tensor& post_norm, double eps,
-    const std::vector<at::Tensor>& qkv_w, const std::vector<at::Tensor>& o_w,
-    const std::vector<at::Tensor>& gate_up_w, const std::vector<at::Tensor>& down_w,
-    const std::vector<int64_t>& linear_meta,  // (group_size, u4) x 4, then gemv_max_rows
-    const std::optional<at::Tensor>& qkv_bias, const std::optional<at::Tensor>& o_bias,
-    const at::Tensor& cos_sin_cache, const at::Tensor& positions, int64_t num_heads,
-    int64_t num_kv_heads, int64_t head_dim, int64_t rotary_dim, const at::Tensor& kv_cache,
-    const at::Tensor& slot_mapping, const at::Tensor& block_table, const at::Tensor& seq_lens,
-    const at::Tensor& query_start_loc, double scale, int64_t sliding_window, double soft_cap) {
+// The static arguments of one layer, gathered once per model (models/llama_fused.py).
+struct LlamaLayer {
+  at::Tensor input_norm, post_norm;
+  double eps;
+  std::vector<at::Tensor> qkv_w, o_w, gate_up_w, down_w;
+  std::vector<int64_t> linear_meta;  // (group_size, u4) x 4, then gemv_max_rows
+  std::optional<at::Tensor> qkv_bias, o_bias;
+  at::Tensor cos_sin_cache;
+  int64_t num_heads, num_kv_heads, head_dim, rotary_dim;
+  at::Tensor kv_cache;
+  double scale;
+  int64_t sliding_window;
+  double soft_cap;
+};
+
+// A step's tokens and attention metadata, shared by every layer.
+struct StepInputs {
+  at::Tensor positions, slot_mapping, block_table, seq_lens, query_start_loc;
+};
+
+std::tuple<at::Tensor, at::Tensor> run_layer(const LlamaLayer& layer, const at::Tensor& hidden,
+                                             const std::optional<at::Tensor>& residual_in,
+                                             const StepInputs& step) {
+  const auto& [input_norm, post_norm, eps, qkv_w, o_w, gate_up_w, down_w, linear_meta, qkv_bias,
+               o_bias, cos_sin_cache, num_heads, num_kv_heads, head_dim, rotary_dim, kv_cache,
+               scale, sliding_window, soft_cap] = layer;
+  const auto& [positions, slot_mapping, block_table, seq_lens, query_start_loc] = step;
   TORCH_CHECK(linear_meta.size() == 9, "linear_meta: 4 x (group_size, u4), gemv_max_rows");
   const int64_t gemv_rows = linear_meta[8];
   const int64_t T = hidden.size(0);
@@ -93,18 +112,54 @@ std::tuple<at::Tensor, at::Tensor> llama_decoder_layer(
   return {out, residual};
 }
 
+// Every decoder layer of a model in one call per step: Python hands over the static arguments
+// once (add_layer) instead of ~25 per layer per step, whose parsing and the Python loop cost
+// more than the layers' own non-matmul work at batch 1.
+class LlamaDecoderStack : public torch::CustomClassHolder {
+ public:
+  void add_layer(at::Tensor input_norm, at::Tensor post_norm, double eps,
+                 std::vector<at::Tensor> qkv_w, std::vector<at::Tensor> o_w,
+                 std::vector<at::Tensor> gate_up_w, std::vector<at::Tensor> down_w,
+                 std::vector<int64_t> linear_meta, std::optional<at::Tensor> qkv_bias,
+                 std::optional<at::Tensor> o_bias, at::Tensor cos_sin_cache, int64_t num_heads,
+                 int64_t num_kv_heads, int64_t head_dim, int64_t rotary_dim, at::Tensor kv_cache,
+                 double scale, int64_t sliding_window, double soft_cap) {
+    TORCH_CHECK(linear_meta.size() == 9, "linear_meta: 4 x (group_size, u4), gemv_max_rows");
+    layers_.push_back({std::move(input_norm), std::move(post_norm), eps, std::move(qkv_w),
+                       std::move(o_w), std::move(gate_up_w), std::move(down_w),
+                       std::move(linear_meta), std::move(qkv_bias), std::move(o_bias),
+                       std::move(cos_sin_cache), num_heads, num_kv_heads, head_dim, rotary_dim,
+                       std::move(kv_cache), scale, sliding_window, soft_cap});
+  }
+
+  int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
+
+  // (hidden, residual) after the last layer; the final norm is the caller's.
+  std::tuple<at::Tensor, at::Tensor> forward(at::Tensor hidden, std::optional<at::Tensor> residual,
+                                             at::Tensor positions, at::Tensor slot_mapping,
+                                             at::Tensor block_table, at::Tensor seq_lens,
+                                             at::Tensor query_start_loc) {
+    TORCH_CHECK(!layers_.empty(), "LlamaDecoderStack: no layers");
+    const StepInputs step{std::move(positions), std::move(slot_mapping), std::move(block_table),
+                          std::move(seq_lens), std::move(query_start_loc)};
+    for (const LlamaLayer& layer : layers_) {
+      auto [out, res] = run_layer(layer, hidden, residual, step);
+      hidden = std::move(out);
+      residual = std::move(res);
+    }
+    return {hidden, *residual};
+  }
+
+ private:
+  std::vector<LlamaLayer> layers_;
+};
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
-  m.def("llama_decoder_layer(Tensor hidden, Tensor? residual, Tensor input_norm, "
-        "Tensor post_norm, float eps, Tensor[] qkv_w, Tensor[] o_w, Tensor[] gate_up_w, "
-        "Tensor[] down_w, int[] linear_meta, Tensor? qkv_bias, Tensor? o_bias, "
-        "Tensor cos_sin_cache, Tensor positions, int num_heads, int num_kv_heads, int head_dim, "
-        "int rotary_dim, Tensor kv_cache, Tensor slot_mapping, Tensor block_table, "
-        "Tensor seq_lens, Tensor query_start_loc, float scale, int sliding_window, "
-        "float soft_cap) -> (Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(pagedllm, CPU, m) {
-  m.impl("llama_decoder_layer", &llama_decoder_layer);
+  m.class_<LlamaDecoderStack>("LlamaDecoderStack")
+      .def(torch::init<>())
+      .def("add_layer", &LlamaDecoderStack::add_layer)
+      .def("num_layers", &LlamaDecoderStack::num_layers)
+      .def("forward", &LlamaDecoderStack::forward);
 }

@@ -149,7 +149,7 @@ class LlamaModel(nn.Module):
         self.norm = self.norm_cls(config.hidden_size, config.rms_norm_eps)
         self.use_fused_layers = True
         """Run qualifying layers through the fused compiled kernel (False: enforce_eager)."""
-        self._fused_layers: list | None | bool = False
+        self._fused_layers: Any = False
         """llama_fused.build_fused_layers' result, built at the first forward (after the KV
         cache is bound); False: not built yet."""
 
@@ -167,15 +167,14 @@ class LlamaModel(nn.Module):
         residual = None
         fused, metadata = self._fused_for_step()
         if fused is not None:
-            for fused_layer in fused:
-                hidden_states, residual = fused_layer(positions, hidden_states, residual, metadata)
+            hidden_states, residual = fused(positions, hidden_states, residual, metadata)
         else:
             for layer in self.layers:
                 hidden_states, residual = layer(positions, hidden_states, residual)
         hidden_states, _ = self.norm(hidden_states, residual)
         return hidden_states
 
-    def _fused_for_step(self) -> tuple[list | None, Any]:
+    def _fused_for_step(self) -> tuple[Any, Any]:
         if not self.use_fused_layers:
             return None, None
         if self._fused_layers is False:
