@@ -41,7 +41,8 @@ void write_kv_rows(const at::Tensor& k, const at::Tensor& v, const at::Tensor& k
   const int64_t slots = kv_cache.numel() / 2 / width;
   TORCH_CHECK(kv_cache.size(0) == 2 && kv_cache.is_contiguous() && slot_mapping.scalar_type() == at::kLong &&
               k.stride(1) == 1 && v.stride(1) == 1 && v.size(1) == width);
-  const int64_t* sp = slot_mapping.contiguous().data_ptr<int64_t>();
+  const at::Tensor slot_ids = slot_mapping.contiguous();  // (kept alive while sp is read)
+  const int64_t* sp = slot_ids.data_ptr<int64_t>();
   float* key_cache = kv_cache.data_ptr<float>();
   float* value_cache = key_cache + kv_cache.stride(0);
   const float* kp = k.data_ptr<float>();

@@ -26,7 +26,8 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_residual(const at::Tensor& x_in,
   const at::Tensor r_in = has_res ? residual->contiguous() : x;
   const float* xp = x.data_ptr<float>();
   const float* rp = r_in.data_ptr<float>();
-  const float* wp = weight.contiguous().data_ptr<float>();
+  const at::Tensor w = weight.contiguous();  // (kept alive while wp is read)
+  const float* wp = w.data_ptr<float>();
   float* resp = res.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const float feps = static_cast<float>(eps);
