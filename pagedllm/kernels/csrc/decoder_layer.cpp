@@ -39,8 +39,9 @@ void write_kv_rows(const at::Tensor& k, const at::Tensor& v, const at::Tensor& k
                    const at::Tensor& slot_mapping) {
   const int64_t T = slot_mapping.size(0), width = k.size(1);
   const int64_t slots = kv_cache.numel() / 2 / width;
-  TORCH_CHECK(kv_cache.size(0) == 2 && kv_cache.is_contiguous() && slot_mapping.scalar_type() == at::kLong &&
-              k.stride(1) == 1 && v.stride(1) == 1 && v.size(1) == width);
+  TORCH_CHECK(kv_cache.size(0) == 2 && kv_cache.is_contiguous() &&
+              slot_mapping.scalar_type() == at::kLong && k.stride(1) == 1 && v.stride(1) == 1 &&
+              v.size(1) == width);
   const at::Tensor slot_ids = slot_mapping.contiguous();  // (kept alive while sp is read)
   const int64_t* sp = slot_ids.data_ptr<int64_t>();
   float* key_cache = kv_cache.data_ptr<float>();
@@ -82,7 +83,7 @@ std::tuple<at::Tensor, at::Tensor> run_layer(const LlamaLayer& layer, const at::
                o_bias, cos_sin_cache, num_heads, num_kv_heads, head_dim, rotary_dim, kv_cache,
                scale, sliding_window, soft_cap] = layer;
   const auto& [positions, slot_mapping, block_table, seq_lens, query_start_loc] = step;
-  TORCH_CHECK(linear_meta.size() == 9, "linear_meta: 4 x (group_size, u4), gemv_max_rows");
+  // (linear_meta's size is checked once, in add_layer)
   const int64_t gemv_rows = linear_meta[8];
   const int64_t T = hidden.size(0);
   // input norm with the residual add fused (layers/layernorm.py RMSNorm.forward)

@@ -9,7 +9,7 @@ makes it different.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ from pagedllm.model_executor.layers.linear import MergedColumnLinear, QKVLinear,
 from pagedllm.model_executor.layers.logits import LogitsProcessor
 from pagedllm.model_executor.layers.rotary import RotaryEmbedding, rope_parameters
 from pagedllm.model_executor.layers.weight_utils import load_packed_weights
+
+if TYPE_CHECKING:
+    from pagedllm.model_executor.models.llama_fused import FusedDecoderStack
 
 
 def head_dim_of(config: Any) -> int:
@@ -149,7 +152,7 @@ class LlamaModel(nn.Module):
         self.norm = self.norm_cls(config.hidden_size, config.rms_norm_eps)
         self.use_fused_layers = True
         """Run qualifying layers through the fused compiled kernel (False: enforce_eager)."""
-        self._fused_layers: Any = False
+        self._fused_layers: FusedDecoderStack | None | bool = False
         """llama_fused.build_fused_layers' result, built at the first forward (after the KV
         cache is bound); False: not built yet."""
 
@@ -174,7 +177,7 @@ class LlamaModel(nn.Module):
         hidden_states, _ = self.norm(hidden_states, residual)
         return hidden_states
 
-    def _fused_for_step(self) -> tuple[Any, Any]:
+    def _fused_for_step(self) -> tuple[FusedDecoderStack | None, Any]:
         if not self.use_fused_layers:
             return None, None
         if self._fused_layers is False:
