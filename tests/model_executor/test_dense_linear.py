@@ -15,20 +15,20 @@ def test_dense_linear_matches_float64_and_is_batch_invariant(N: int, K: int, wit
     g = torch.Generator().manual_seed(N * K)
     w = torch.randn(N, K, generator=g)
     bias = torch.randn(N, generator=g) if with_bias else None
-    x = torch.randn(32, K, generator=g)
-    alone = torch.cat([torch.ops.pagedllm.dense_linear(x[i : i + 1], w, bias) for i in range(32)])
+    x = torch.randn(100, K, generator=g)
+    alone = torch.cat([torch.ops.pagedllm.dense_linear(x[i : i + 1], w, bias) for i in range(100)])
     expected = torch.nn.functional.linear(
         x.double(), w.double(), None if bias is None else bias.double()
     )
     torch.testing.assert_close(alone.double(), expected, rtol=1e-5, atol=1e-4)
-    # every batch size up to the GEMV limit mixes 3-, 2- and 1-row passes differently
-    for M in range(2, 33):
+    # batch sizes mix 3-, 2- and 1-row passes differently, and past 96 rows span two row blocks
+    for M in [*range(2, 34), 95, 96, 97, 100]:
         batched = torch.ops.pagedllm.dense_linear(x[:M], w, bias)
         assert torch.equal(batched, alone[:M]), M
 
 
 def test_dense_linear_past_the_gemv_limit_uses_a_gemm():
     g = torch.Generator().manual_seed(0)
-    x, w = torch.randn(40, 64, generator=g), torch.randn(24, 64, generator=g)
+    x, w = torch.randn(300, 64, generator=g), torch.randn(24, 64, generator=g)
     out = torch.ops.pagedllm.dense_linear(x, w, None)
     torch.testing.assert_close(out, x @ w.T, rtol=1e-5, atol=1e-5)
