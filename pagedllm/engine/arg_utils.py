@@ -29,8 +29,8 @@ class EngineArgs:
     """Weight quantization: None/"auto" (what the checkpoint holds), "none", "int8", "int4",
     "gguf", "awq", "gptq"."""
     kv_cache_dtype: str = "auto"
-    """KV cache storage: "auto" (the model dtype), "int8" or "fp8" (8 bits + a scale per token
-    and head)."""
+    """KV cache storage: "auto" (the model dtype), "fp16" (half precision: llama.cpp's default
+    cache), "int8" or "fp8" (8 bits + a scale per token and head)."""
     num_gpu_blocks_override: int | None = None
     scheduling_policy: str = "fcfs"
     task: str = "auto"

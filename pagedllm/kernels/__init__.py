@@ -81,6 +81,18 @@ def cpu_kernels_available() -> bool:
     return True
 
 
+def fits_cpu_kv_cache(kv_cache) -> bool:
+    """The compiled attention and cache write take `kv_cache`: float32 or float16 on the CPU
+    (queries stay float32), and the kernels are built."""
+    import torch
+
+    return (
+        kv_cache.dtype in (torch.float32, torch.float16)
+        and kv_cache.device.type == "cpu"
+        and cpu_kernels_available()
+    )
+
+
 def fits_cpu_float32(*tensors) -> bool:
     """The compiled kernels (float32, CPU) apply to `tensors`: all float32 on the CPU, and the
     kernels are built. The one check every eager module and backend makes before calling them."""

@@ -73,3 +73,34 @@ def test_backend_matches_reference(backend_name, case, heads, sliding_window, so
         metadata = backend.get_builder_cls()().build(common)
         outputs.append(impl.forward(q, k, v, cache, metadata))
     torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend_name", [n for n in BACKENDS.names() if n != "torch_ref"])
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("head_size", [16, 64])  # 64: the compiled kernel's register path
+def test_backend_reads_fp16_cache(backend_name, case, head_size):
+    """Attention over a float16 cache (--kv-cache-dtype fp16) equals the reference over a
+    float32 cache holding the same values, this step's K/V rounded to float16 as they are
+    written."""
+    torch.manual_seed(0)
+    num_heads, num_kv_heads = 8, 2
+    common = _batch(*CASES[case])
+    tokens = common.num_actual_tokens
+    q = torch.randn(tokens, num_heads, head_size)
+    k = torch.randn(tokens, num_kv_heads, head_size)
+    v = torch.randn(tokens, num_kv_heads, head_size)
+    outputs = []
+    for name, dtype in (("torch_ref", torch.float32), (backend_name, torch.float16)):
+        backend = BACKENDS.get(name)
+        torch.manual_seed(1)
+        shape = backend.get_kv_cache_shape(NUM_BLOCKS, BLOCK_SIZE, num_kv_heads, head_size)
+        cache = torch.randn(shape).half().to(dtype)
+        key, value = (t.half().to(torch.float32) for t in (k, v)) if dtype == torch.float32 else (
+            k, v)  # fmt: skip
+        impl = backend.get_impl_cls()(num_heads, head_size, head_size**-0.5, num_kv_heads)
+        metadata = backend.get_builder_cls()().build(common)
+        outputs.append(impl.forward(q, key, value, cache, metadata))
+        if dtype == torch.float16:  # this step's K/V went in rounded like Tensor.half()
+            slots = common.slot_mapping
+            assert torch.equal(cache[0].view(-1, num_kv_heads, head_size)[slots], k.half())
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=1e-5)

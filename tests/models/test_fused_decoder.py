@@ -49,6 +49,15 @@ def test_fused_layers_equal_eager(tiny_model_factory, family, overrides, quantiz
     assert _logprob_rows(fused) == _logprob_rows(eager)
 
 
+def test_fused_layers_equal_eager_with_fp16_kv_cache(tiny_model_factory):
+    """The fused layer's float16 cache write rounds like the eager path's Tensor.to(float16)."""
+    model_dir = tiny_model_factory("LlamaConfig")
+    fused, fused_model = _run(model_dir, False, kv_cache_dtype="fp16")
+    eager, _ = _run(model_dir, True, kv_cache_dtype="fp16")
+    assert fused_model.model._fused_layers.stack.num_layers() == len(fused_model.model.layers)
+    assert _logprob_rows(fused) == _logprob_rows(eager)
+
+
 def test_other_families_stay_eager(tiny_model_factory):
     _, model = _run(tiny_model_factory("GemmaConfig", head_dim=16), False)
     assert model.model._fused_layers is None

@@ -82,3 +82,19 @@ def test_engine_with_8bit_kv_cache_keeps_greedy_output(tiny_llama_dir, kv_dtype)
         min_prompts_fully_equal=2 if kv_dtype == "int8" else 1,
     )
     print(f"{kv_dtype} KV cache: blocks {blocks[0]} -> {blocks[1]}; tokens in agreement {agree}")
+
+
+def test_engine_with_fp16_kv_cache_keeps_greedy_output(tiny_llama_dir):
+    """--kv-cache-dtype fp16 (llama.cpp's default cache precision): twice the blocks in the same
+    memory, and the greedy output of the float32 cache."""
+    prompts = random_prompts([3, 17, 40, 70], seed=11)
+    kwargs = dict(kv_cache_memory="1MiB", max_model_len=256, max_num_batched_tokens=32)
+    full = LLM(tiny_llama_dir, **kwargs)
+    half = LLM(tiny_llama_dir, kv_cache_dtype="fp16", **kwargs)
+    blocks = [llm.llm_engine.engine_core.engine_core.num_blocks for llm in (full, half)]
+    assert blocks[1] == 2 * blocks[0]
+    agree = assert_greedy_agrees(
+        greedy_with_logprobs(half, prompts, 30), greedy_with_logprobs(full, prompts, 30),
+        min_prompts_fully_equal=3,
+    )
+    print(f"fp16 KV cache: blocks {blocks[0]} -> {blocks[1]}; tokens in agreement {agree}")

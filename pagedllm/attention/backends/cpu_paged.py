@@ -3,8 +3,9 @@
 One kernel call per layer attends every request of the step, prefill chunks and decodes alike,
 reading K/V in place through the block table: no gather copy, no Python loop per request, no
 per-step metadata beyond what CommonAttentionMetadata already holds. It covers float32 queries
-and caches; anything else (bf16/fp16 models, int8/fp8 KV caches, non-CPU tensors, kernels that
-could not be built) takes cpu_sdpa's path. Tested against the reference backend (torch_ref).
+over float32 or float16 caches; anything else (bf16/fp16 models, int8/fp8 KV caches, non-CPU
+tensors, kernels that could not be built) takes cpu_sdpa's path. Tested against the reference
+backend (torch_ref).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pagedllm.attention.backends.cpu_sdpa import (
     CpuSdpaMetadataBuilder,
 )
 from pagedllm.attention.ops.cache_write import write_to_paged_cache
-from pagedllm.kernels import fits_cpu_float32
+from pagedllm.kernels import fits_cpu_float32, fits_cpu_kv_cache
 
 
 @dataclass
@@ -53,7 +54,7 @@ class CpuPagedAttentionImpl(AttentionImpl):
 
     def forward(self, query, key, value, kv_cache, attn_metadata):
         md: CpuPagedMetadata = attn_metadata
-        if not fits_cpu_float32(query, kv_cache):
+        if not (fits_cpu_float32(query) and fits_cpu_kv_cache(kv_cache)):
             return self._fallback.forward(query, key, value, kv_cache, md.sdpa())
         common = md.common
         write_to_paged_cache(key, value, kv_cache, common.slot_mapping)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from pagedllm.config.cache import KV_CACHE_DTYPES
 from pagedllm.engine.arg_utils import EngineArgs
 
 
@@ -39,8 +40,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                                 "gptq"],
                        help="weight quantization (default auto: what the checkpoint holds; a "
                             "quantized GGUF runs natively, 'none' dequantizes it)")
-    group.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "int8", "fp8"],
-                       help="KV cache storage: auto (the model dtype) or 8 bits with scales")
+    group.add_argument("--kv-cache-dtype", default="auto", choices=list(KV_CACHE_DTYPES),
+                       help="KV cache storage: auto (the model dtype), fp16, or 8 bits with "
+                            "scales (int8, fp8)")
     group.add_argument("--enforce-eager", action="store_true",
                        help="run the model module by module in eager PyTorch (no fused compiled "
                             "decoder layers)")

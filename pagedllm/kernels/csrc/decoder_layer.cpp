@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "ops.h"
+#include "vec_math.h"
 
 namespace {
 
@@ -34,25 +35,49 @@ at::Tensor linear(const at::Tensor& x, const std::vector<at::Tensor>& w, int64_t
 
 // cache[slot_mapping[t]] = k[t], v[t] (attention/ops/cache_write.py's two index_copy_ calls as
 // plain row copies: the same bytes, ~10 us less per layer than the two ATen dispatches with their
-// selects and views). Rows of Hkv * D floats; the cache holds [2, slots, Hkv * D] contiguously.
-void write_kv_rows(const at::Tensor& k, const at::Tensor& v, const at::Tensor& kv_cache,
-                   const at::Tensor& slot_mapping) {
+// selects and views). Rows of Hkv * D floats; the cache holds [2, slots, Hkv * D] contiguously,
+// in float32 or float16 (rounded to nearest even, as Tensor.to(float16) does).
+void copy_row(float* dst, const float* src, int64_t n) { std::memcpy(dst, src, n * sizeof(float)); }
+
+void copy_row(at::Half* dst, const float* src, int64_t n) {
+  int64_t i = 0;
+#ifdef PAGEDLLM_AVX2
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+  for (; i < n; ++i) dst[i] = static_cast<at::Half>(src[i]);
+}
+
+template <typename CT>
+void write_kv_rows_as(const at::Tensor& k, const at::Tensor& v, const at::Tensor& kv_cache,
+                      const at::Tensor& slot_mapping) {
   const int64_t T = slot_mapping.size(0), width = k.size(1);
   const int64_t slots = kv_cache.numel() / 2 / width;
-  TORCH_CHECK(kv_cache.size(0) == 2 && kv_cache.is_contiguous() &&
-              slot_mapping.scalar_type() == at::kLong && k.stride(1) == 1 && v.stride(1) == 1 &&
-              v.size(1) == width);
   const at::Tensor slot_ids = slot_mapping.contiguous();  // (kept alive while sp is read)
   const int64_t* sp = slot_ids.data_ptr<int64_t>();
-  float* key_cache = kv_cache.data_ptr<float>();
-  float* value_cache = key_cache + kv_cache.stride(0);
+  CT* key_cache = kv_cache.data_ptr<CT>();
+  CT* value_cache = key_cache + kv_cache.stride(0);
   const float* kp = k.data_ptr<float>();
   const float* vp = v.data_ptr<float>();
   for (int64_t t = 0; t < T; ++t) {
     const int64_t slot = sp[t];
     TORCH_CHECK(slot >= 0 && slot < slots, "slot ", slot, " out of range");
-    std::memcpy(key_cache + slot * width, kp + t * k.stride(0), width * sizeof(float));
-    std::memcpy(value_cache + slot * width, vp + t * v.stride(0), width * sizeof(float));
+    copy_row(key_cache + slot * width, kp + t * k.stride(0), width);
+    copy_row(value_cache + slot * width, vp + t * v.stride(0), width);
+  }
+}
+
+void write_kv_rows(const at::Tensor& k, const at::Tensor& v, const at::Tensor& kv_cache,
+                   const at::Tensor& slot_mapping) {
+  TORCH_CHECK(kv_cache.size(0) == 2 && kv_cache.is_contiguous() &&
+              slot_mapping.scalar_type() == at::kLong && k.stride(1) == 1 && v.stride(1) == 1 &&
+              v.size(1) == k.size(1));
+  if (kv_cache.scalar_type() == at::kHalf) {
+    write_kv_rows_as<at::Half>(k, v, kv_cache, slot_mapping);
+  } else {
+    TORCH_CHECK(kv_cache.scalar_type() == at::kFloat, "KV cache: float32 or float16 expected");
+    write_kv_rows_as<float>(k, v, kv_cache, slot_mapping);
   }
 }
 

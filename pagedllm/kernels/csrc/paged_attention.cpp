@@ -25,28 +25,44 @@ namespace {
 
 constexpr int64_t kQueryTile = 8;
 
+// Cache elements are float (the model dtype) or at::Half (--kv-cache-dtype fp16: half the bytes
+// to stream, and decode attention over a long batch is bound by reading the cache).
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+inline float to_float(float x) { return x; }
+inline float to_float(at::Half x) { return static_cast<float>(x); }
 
-inline float dot(const float* a, const float* b, int64_t d) {
+#ifdef PAGEDLLM_AVX2
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const at::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+#endif
+
+template <typename CT>
+inline float dot(const float* a, const CT* b, int64_t d) {
   float s = 0.f;
 #pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < d; ++i) s += a[i] * b[i];
+  for (int64_t i = 0; i < d; ++i) s += a[i] * to_float(b[i]);
   return s;
 }
 
 #ifdef PAGEDLLM_AVX2
-template <int D>
-inline float dot_fixed(const float* a, const float* b) {
+template <int D, typename CT>
+inline float dot_fixed(const float* a, const CT* b) {
   __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
   for (int i = 0; i < D; i += 16) {
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    if (i + 8 < D) s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load8(b + i), s0);
+    if (i + 8 < D) s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), load8(b + i + 8), s1);
   }
   return hsum8(_mm256_add_ps(s0, s1));
 }
 
 // a[0:D] = a * correction + sum_j p[j] v_j, the accumulator held in registers over the block.
-template <int D>
-inline void accumulate_fixed(float* a, float correction, const float* p, const float* v,
+template <int D, typename CT>
+inline void accumulate_fixed(float* a, float correction, const float* p, const CT* v,
                              int64_t v_stride, int64_t n) {
   __m256 acc[D / 8];
   const __m256 c = _mm256_set1_ps(correction);
@@ -54,23 +70,23 @@ inline void accumulate_fixed(float* a, float correction, const float* p, const f
   for (int64_t j = 0; j < n; ++j) {
     if (p[j] == 0.f) continue;  // masked (or underflowed: contributes nothing)
     const __m256 pj = _mm256_set1_ps(p[j]);
-    const float* vj = v + j * v_stride;
-    for (int i = 0; i < D / 8; ++i) acc[i] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8 * i), acc[i]);
+    const CT* vj = v + j * v_stride;
+    for (int i = 0; i < D / 8; ++i) acc[i] = _mm256_fmadd_ps(pj, load8(vj + 8 * i), acc[i]);
   }
   for (int i = 0; i < D / 8; ++i) _mm256_storeu_ps(a + 8 * i, acc[i]);
 }
 #endif
 
-template <int D>  // D == 0: any head size
-inline float dot_d(const float* a, const float* b, int64_t d) {
+template <int D, typename CT>  // D == 0: any head size
+inline float dot_d(const float* a, const CT* b, int64_t d) {
 #ifdef PAGEDLLM_AVX2
   if constexpr (D > 0) return dot_fixed<D>(a, b);
 #endif
   return dot(a, b, d);
 }
 
-template <int D>
-inline void accumulate_d(float* a, float correction, const float* p, const float* v,
+template <int D, typename CT>
+inline void accumulate_d(float* a, float correction, const float* p, const CT* v,
                          int64_t v_stride, int64_t n, int64_t d) {
 #ifdef PAGEDLLM_AVX2
   if constexpr (D > 0) return accumulate_fixed<D>(a, correction, p, v, v_stride, n);
@@ -78,9 +94,9 @@ inline void accumulate_d(float* a, float correction, const float* p, const float
   for (int64_t i = 0; i < d; ++i) a[i] *= correction;
   for (int64_t j = 0; j < n; ++j) {
     if (p[j] == 0.f) continue;
-    const float* vj = v + j * v_stride;
+    const CT* vj = v + j * v_stride;
 #pragma omp simd
-    for (int64_t i = 0; i < d; ++i) a[i] += p[j] * vj[i];
+    for (int64_t i = 0; i < d; ++i) a[i] += p[j] * to_float(vj[i]);
   }
 }
 
@@ -122,9 +138,10 @@ at::Tensor paged_attention(const at::Tensor& query,        // [T, H, D] float32
                            const at::Tensor& seq_lens,     // [R] int32
                            const at::Tensor& query_start_loc,  // [R + 1] int32
                            double scale, int64_t sliding_window, double soft_cap) {
-  TORCH_CHECK(query.scalar_type() == at::kFloat && key_cache.scalar_type() == at::kFloat &&
-                  value_cache.scalar_type() == at::kFloat,
-              "paged_attention: float32 query and cache expected");
+  TORCH_CHECK(query.scalar_type() == at::kFloat &&
+                  (key_cache.scalar_type() == at::kFloat || key_cache.scalar_type() == at::kHalf) &&
+                  value_cache.scalar_type() == key_cache.scalar_type(),
+              "paged_attention: a float32 query and a float32 or float16 cache expected");
   TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous());
   const at::Tensor q = query.contiguous();
   const at::Tensor bt = block_table.to(at::kInt).contiguous();
@@ -150,8 +167,6 @@ at::Tensor paged_attention(const at::Tensor& query,        // [T, H, D] float32
   }
   const int64_t items = static_cast<int64_t>(item_req.size()) * Hkv;
   const float* qp = q.data_ptr<float>();
-  const float* kp = key_cache.data_ptr<float>();
-  const float* vp = value_cache.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const float fscale = static_cast<float>(scale);
   const float cap = static_cast<float>(soft_cap);
@@ -159,8 +174,12 @@ at::Tensor paged_attention(const at::Tensor& query,        // [T, H, D] float32
 
   // HD: the head size as a compile-time constant for the common sizes (registers hold q and the
   // output accumulator), 0 for any other
-  auto attend = [&](auto head_dim_tag) {
+  // CT: the cache's element type.
+  auto attend = [&](auto head_dim_tag, auto cache_tag) {
   constexpr int HD = decltype(head_dim_tag)::value;
+  using CT = typename decltype(cache_tag)::type;
+  const CT* kp = key_cache.data_ptr<CT>();
+  const CT* vp = value_cache.data_ptr<CT>();
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     const int64_t rows = kQueryTile * group;  // (query, head) pairs of one item
     std::vector<float> acc(rows * D), m(rows), l(rows), s(rows * block_size);
@@ -226,11 +245,18 @@ at::Tensor paged_attention(const at::Tensor& query,        // [T, H, D] float32
     }
   });
   };
-  switch (D) {
-    case 64: attend(std::integral_constant<int, 64>{}); break;
-    case 128: attend(std::integral_constant<int, 128>{}); break;
-    case 256: attend(std::integral_constant<int, 256>{}); break;
-    default: attend(std::integral_constant<int, 0>{}); break;
+  auto with_head_dim = [&](auto cache_tag) {
+    switch (D) {
+      case 64: attend(std::integral_constant<int, 64>{}, cache_tag); break;
+      case 128: attend(std::integral_constant<int, 128>{}, cache_tag); break;
+      case 256: attend(std::integral_constant<int, 256>{}, cache_tag); break;
+      default: attend(std::integral_constant<int, 0>{}, cache_tag); break;
+    }
+  };
+  if (key_cache.scalar_type() == at::kHalf) {
+    with_head_dim(TypeTag<at::Half>{});
+  } else {
+    with_head_dim(TypeTag<float>{});
   }
   return out;
 }

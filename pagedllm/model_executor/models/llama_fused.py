@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pagedllm.attention.backend import CommonAttentionMetadata
-from pagedllm.kernels import fits_cpu_float32
+from pagedllm.kernels import fits_cpu_float32, fits_cpu_kv_cache
 from pagedllm.model_executor.layers.activation import SiluAndMul
 from pagedllm.model_executor.layers.layernorm import RMSNorm
 from pagedllm.model_executor.layers.linear import UnquantizedLinearMethod
@@ -106,7 +106,8 @@ def _qualifies(layer: nn.Module) -> bool:
         and mlp.down_proj.bias is None
         and isinstance(attn.impl, CpuPagedAttentionImpl)
         and attn.kv_cache is not None
-        and fits_cpu_float32(attn.kv_cache, layer.input_layernorm.weight)
+        and fits_cpu_kv_cache(attn.kv_cache)
+        and fits_cpu_float32(layer.input_layernorm.weight)
         and all(_linear_fits(m) for m in (attn_mod.qkv_proj, attn_mod.o_proj,
                                           mlp.gate_up_proj, mlp.down_proj))  # fmt: skip
     )
