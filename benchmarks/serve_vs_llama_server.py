@@ -9,6 +9,9 @@ that package's source (the same llama.cpp version as the in-process peer).
     python benchmarks/serve_vs_llama_server.py \\
         --concurrency 32 --num-prompts 64 --min-input 32 --max-input 256 --output-len 128
     ... --quantization none     # both in float32 (llama.cpp on an F32 copy of the GGUF)
+
+Both servers keep K/V at the same precision: float16 by default (llama-server's own default,
+`--kv-cache-dtype fp16` for pagedllm), or float32 with --kv-cache-dtype auto.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ def main() -> None:
                         "scripts/build_llama_server.sh built, then PATH)")  # fmt: skip
     parser.add_argument("--quantization", default=None, choices=[None, "none"],
                         help="none: both servers in float32")  # fmt: skip
+    parser.add_argument("--kv-cache-dtype", default="fp16", choices=["fp16", "auto"],
+                        help="K/V precision of both servers: fp16 (llama-server's default) or "
+                        "auto (pagedllm: the model dtype, float32; llama-server: f32)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     serve.add_cli_args(parser)  # its --model is the GGUF both servers run (default: embedded)
@@ -51,16 +57,19 @@ def main() -> None:
     slots = max(concurrency)
     ctx_per_slot = (args.max_input or args.input_len or 1024) + (args.max_output or args.output_len)
 
+    kv_type = "f16" if args.kv_cache_dtype == "fp16" else "f32"
     weights = llama_cpp_weights(source.file, float32=args.quantization == "none")
     llama_cmd = [args.llama_server, "-m", weights,
                  "-t", str(args.threads), "-np", str(slots), "-c", str(slots * ctx_per_slot),
                  # an HTTP thread per client: its default pool is a few threads, which admits
                  # only a few requests at a time however many slots there are
                  "--threads-http", str(slots + 8),
+                 "-ctk", kv_type, "-ctv", kv_type,
                  "--host", "127.0.0.1", "--port", str(LLAMA_PORT)]  # fmt: skip
     ours_cmd = [sys.executable, "-m", "pagedllm.entrypoints.cli.main", "serve",
                 *([args.model] if args.model else []),
-                "--port", str(PAGEDLLM_PORT), "--max-num-seqs", str(slots)]  # fmt: skip
+                "--port", str(PAGEDLLM_PORT), "--max-num-seqs", str(slots),
+                "--kv-cache-dtype", args.kv_cache_dtype]  # fmt: skip
     if args.quantization:
         ours_cmd += ["--quantization", args.quantization]
     servers = {"llama-server": (llama_cmd, LLAMA_PORT), "pagedllm": (ours_cmd, PAGEDLLM_PORT)}
