@@ -1,6 +1,6 @@
 // y[M, N] = x[M, K] W[N, K]^T (+ bias) in float32. Up to kGemvMaxRows rows (decode, and steps
-// with a prompt chunk) a streaming GEMV over W: four weight rows at a time, against three
-// activation rows per pass (two or one at the end). Every output is the same 8-lane dot product
+// with a prompt chunk) our own GEMV over W: 1-4 rows one weight row at a time (stream_gemv),
+// more four weight rows at a time against three activation rows per pass (tile_gemv). Every output is the same 8-lane dot product
 // whatever the tile, so a row's result does not depend on the batch it is in. More rows: ATen's
 // GEMM, which is no faster past that.
 // With several passes over four weight rows, the loop is compute-bound while the rows are in L1,
@@ -90,32 +90,8 @@ void stream_gemv(const float* wp, const float* xp, int64_t K, int64_t N, float* 
   });
 }
 
-}  // namespace
-
-namespace pagedllm {
-
-at::Tensor dense_linear(const at::Tensor& x_in, const at::Tensor& weight,
-                        const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x_in.dim() == 2 && weight.dim() == 2 && x_in.size(1) == weight.size(1));
-  TORCH_CHECK(x_in.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat);
-  if (x_in.size(0) > kGemvMaxRows) return at::linear(x_in, weight, bias);
-  const at::Tensor x = x_in.contiguous();
-  const at::Tensor w = weight.contiguous();
-  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-  at::Tensor out = at::empty({M, N}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const float* wp = w.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  if (M <= kStreamMaxRows) {
-    switch (M) {
-      case 1: stream_gemv<1>(wp, xp, K, N, op); break;
-      case 2: stream_gemv<2>(wp, xp, K, N, op); break;
-      case 3: stream_gemv<3>(wp, xp, K, N, op); break;
-      default: stream_gemv<4>(wp, xp, K, N, op); break;
-    }
-    if (bias.has_value() && bias->defined()) out.add_(*bias);
-    return out;
-  }
+// More rows: four weight rows at a time against up to three activation rows per pass.
+void tile_gemv(const float* wp, const float* xp, int64_t K, int64_t N, int64_t M, float* op) {
   // Bytes of the next quad prefetched per pass (whole cache lines); none for a single pass.
   const int64_t quad_bytes = 4 * K * static_cast<int64_t>(sizeof(float));
   at::parallel_for(0, (N + 3) / 4, 16, [&](int64_t begin, int64_t end) {
@@ -147,6 +123,32 @@ at::Tensor dense_linear(const at::Tensor& x_in, const at::Tensor& weight,
       }
     }
   });
+}
+
+}  // namespace
+
+namespace pagedllm {
+
+at::Tensor dense_linear(const at::Tensor& x_in, const at::Tensor& weight,
+                        const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x_in.dim() == 2 && weight.dim() == 2 && x_in.size(1) == weight.size(1));
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat);
+  if (x_in.size(0) > kGemvMaxRows) return at::linear(x_in, weight, bias);
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor w = weight.contiguous();
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  at::Tensor out = at::empty({M, N}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  static_assert(kStreamMaxRows == 4, "one stream_gemv case per row count");
+  switch (M) {
+    case 1: stream_gemv<1>(wp, xp, K, N, op); break;
+    case 2: stream_gemv<2>(wp, xp, K, N, op); break;
+    case 3: stream_gemv<3>(wp, xp, K, N, op); break;
+    case 4: stream_gemv<4>(wp, xp, K, N, op); break;
+    default: tile_gemv(wp, xp, K, N, M, op); break;
+  }
   if (bias.has_value() && bias->defined()) out.add_(*bias);
   return out;
 }
