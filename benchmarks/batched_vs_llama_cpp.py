@@ -6,6 +6,9 @@ The figure compared is decode tokens/s (llama.cpp's S_TG: B * G / text-generatio
     bash scripts/build_llama_server.sh      # once: builds llama-batched-bench too
     python benchmarks/batched_vs_llama_cpp.py --batch 32 --input-len 128 --output-len 128
     ... --quantization none     # both in float32 (llama.cpp on an F32 copy of the GGUF)
+
+Both keep K/V at the same precision: float16 by default (llama.cpp's own default,
+`--kv-cache-dtype fp16` for pagedllm), or float32 with --kv-cache-dtype auto.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--kv-cache-dtype", default="fp16", choices=["fp16", "auto"],
+                        help="K/V precision of both: fp16 (llama.cpp's default) or auto "
+                        "(pagedllm: the model dtype, float32; llama.cpp: f32)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--output-json", default="benchmarks/results/batched_vs_llama_cpp.json")
@@ -62,10 +68,15 @@ def _llama_cpp(args: argparse.Namespace, weights: str) -> dict:
     b, p, g = args.batch, args.input_len, args.output_len
     cmd = [args.llama_batched_bench, "-m", weights, "-c", str(b * (p + g)), "-b", "2048",
            "-ub", "512", "-npp", str(p), "-ntg", str(g), "-npl", str(b), "-t", str(args.threads),
+           "-ctk", _llama_kv_type(args), "-ctv", _llama_kv_type(args),
            "--output-format", "jsonl"]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     row = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
     return dict(prefill_tok_s=row["speed_pp"], decode_tok_s=row["speed_tg"], raw=row)
+
+
+def _llama_kv_type(args: argparse.Namespace) -> str:
+    return "f16" if args.kv_cache_dtype == "fp16" else "f32"
 
 
 def _pagedllm(args: argparse.Namespace) -> dict:
@@ -75,7 +86,7 @@ def _pagedllm(args: argparse.Namespace) -> dict:
                *(["--model", args.model] if args.model else []),
                "--batch-sizes", str(args.batch), "--input-len", str(args.input_len),
                "--output-len", str(args.output_len), "--num-iters", "1", "--peers", "none",
-               "--output-json", out]  # fmt: skip
+               "--kv-cache-dtype", args.kv_cache_dtype, "--output-json", out]  # fmt: skip
         if args.quantization:
             cmd += ["--quantization", args.quantization]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
