@@ -40,6 +40,16 @@ def _batch(query_lens: list[int], cached_lens: list[int], seed: int = 0):
     )
 
 
+def _step_qkv(common: CommonAttentionMetadata, num_heads: int, num_kv_heads: int,
+              head_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """This step's random query, key and value rows (seeded: the same for every backend)."""
+    torch.manual_seed(0)
+    tokens = common.num_actual_tokens
+    return (torch.randn(tokens, num_heads, head_size),
+            torch.randn(tokens, num_kv_heads, head_size),
+            torch.randn(tokens, num_kv_heads, head_size))  # fmt: skip
+
+
 CASES = {
     "decodes": ([1, 1, 1, 1], [5, 17, 2, 30]),
     "prefills": ([7, 12, 3], [0, 0, 0]),
@@ -55,13 +65,9 @@ CASES = {
 @pytest.mark.parametrize("head_size", [16, 64])  # 64: the compiled kernel's register path
 def test_backend_matches_reference(backend_name, case, heads, sliding_window, soft_cap,
                                    head_size):  # fmt: skip
-    torch.manual_seed(0)
     num_heads, num_kv_heads = heads
     common = _batch(*CASES[case])
-    tokens = common.num_actual_tokens
-    q = torch.randn(tokens, num_heads, head_size)
-    k = torch.randn(tokens, num_kv_heads, head_size)
-    v = torch.randn(tokens, num_kv_heads, head_size)
+    q, k, v = _step_qkv(common, num_heads, num_kv_heads, head_size)
     outputs = []
     for name in ("torch_ref", backend_name):
         backend = BACKENDS.get(name)
@@ -82,13 +88,9 @@ def test_backend_reads_fp16_cache(backend_name, case, head_size):
     """Attention over a float16 cache (--kv-cache-dtype fp16) equals the reference over a
     float32 cache holding the same values, this step's K/V rounded to float16 as they are
     written."""
-    torch.manual_seed(0)
     num_heads, num_kv_heads = 8, 2
     common = _batch(*CASES[case])
-    tokens = common.num_actual_tokens
-    q = torch.randn(tokens, num_heads, head_size)
-    k = torch.randn(tokens, num_kv_heads, head_size)
-    v = torch.randn(tokens, num_kv_heads, head_size)
+    q, k, v = _step_qkv(common, num_heads, num_kv_heads, head_size)
     outputs = []
     for name, dtype in (("torch_ref", torch.float32), (backend_name, torch.float16)):
         backend = BACKENDS.get(name)
