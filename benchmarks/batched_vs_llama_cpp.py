@@ -21,7 +21,12 @@ import subprocess
 import sys
 import tempfile
 
-from pagedllm.benchmarks.peers import llama_cpp_program, llama_cpp_weights
+from pagedllm.benchmarks.peers import (
+    add_kv_precision_arg,
+    llama_cpp_kv_type,
+    llama_cpp_program,
+    llama_cpp_weights,
+)
 from pagedllm.benchmarks.results import build_record, write_record
 from pagedllm.model_executor.model_loader.resolve import resolve_model
 
@@ -34,9 +39,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=128)
-    parser.add_argument("--kv-cache-dtype", default="fp16", choices=["fp16", "auto"],
-                        help="K/V precision of both: fp16 (llama.cpp's default) or auto "
-                        "(pagedllm: the model dtype, float32; llama.cpp: f32)")  # fmt: skip
+    add_kv_precision_arg(parser)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--output-json", default="benchmarks/results/batched_vs_llama_cpp.json")
@@ -68,15 +71,12 @@ def _llama_cpp(args: argparse.Namespace, weights: str) -> dict:
     b, p, g = args.batch, args.input_len, args.output_len
     cmd = [args.llama_batched_bench, "-m", weights, "-c", str(b * (p + g)), "-b", "2048",
            "-ub", "512", "-npp", str(p), "-ntg", str(g), "-npl", str(b), "-t", str(args.threads),
-           "-ctk", _llama_kv_type(args), "-ctv", _llama_kv_type(args),
+           "-ctk", llama_cpp_kv_type(args.kv_cache_dtype),
+           "-ctv", llama_cpp_kv_type(args.kv_cache_dtype),
            "--output-format", "jsonl"]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     row = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
     return dict(prefill_tok_s=row["speed_pp"], decode_tok_s=row["speed_tg"], raw=row)
-
-
-def _llama_kv_type(args: argparse.Namespace) -> str:
-    return "f16" if args.kv_cache_dtype == "fp16" else "f32"
 
 
 def _pagedllm(args: argparse.Namespace) -> dict:

@@ -26,7 +26,12 @@ import time
 import urllib.request
 
 from pagedllm.benchmarks import serve
-from pagedllm.benchmarks.peers import llama_cpp_program, llama_cpp_weights
+from pagedllm.benchmarks.peers import (
+    add_kv_precision_arg,
+    llama_cpp_kv_type,
+    llama_cpp_program,
+    llama_cpp_weights,
+)
 from pagedllm.benchmarks.results import build_record, write_record
 from pagedllm.model_executor.model_loader.resolve import resolve_model
 
@@ -41,9 +46,7 @@ def main() -> None:
                         "scripts/build_llama_server.sh built, then PATH)")  # fmt: skip
     parser.add_argument("--quantization", default=None, choices=[None, "none"],
                         help="none: both servers in float32")  # fmt: skip
-    parser.add_argument("--kv-cache-dtype", default="fp16", choices=["fp16", "auto"],
-                        help="K/V precision of both servers: fp16 (llama-server's default) or "
-                        "auto (pagedllm: the model dtype, float32; llama-server: f32)")  # fmt: skip
+    add_kv_precision_arg(parser)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     serve.add_cli_args(parser)  # its --model is the GGUF both servers run (default: embedded)
@@ -57,7 +60,7 @@ def main() -> None:
     slots = max(concurrency)
     ctx_per_slot = (args.max_input or args.input_len or 1024) + (args.max_output or args.output_len)
 
-    kv_type = "f16" if args.kv_cache_dtype == "fp16" else "f32"
+    kv_type = llama_cpp_kv_type(args.kv_cache_dtype)
     weights = llama_cpp_weights(source.file, float32=args.quantization == "none")
     llama_cmd = [args.llama_server, "-m", weights,
                  "-t", str(args.threads), "-np", str(slots), "-c", str(slots * ctx_per_slot),

@@ -215,6 +215,19 @@ def llama_cpp_weights(gguf: str, float32: bool) -> str:
     return float32_gguf(gguf) if float32 else gguf
 
 
+def add_kv_precision_arg(parser: argparse.ArgumentParser) -> None:
+    """--kv-cache-dtype for the scripts that run llama.cpp's own programs: both engines keep K/V
+    at the same precision (see llama_cpp_kv_type)."""
+    parser.add_argument("--kv-cache-dtype", default="fp16", choices=["fp16", "auto"],
+                        help="K/V precision of both engines: fp16 (llama.cpp's default) or auto "
+                        "(pagedllm: the model dtype, float32; llama.cpp: f32)")  # fmt: skip
+
+
+def llama_cpp_kv_type(kv_cache_dtype: str) -> str:
+    """llama.cpp's -ctk/-ctv value for pagedllm's --kv-cache-dtype fp16 | auto (float32)."""
+    return "f16" if kv_cache_dtype == "fp16" else "f32"
+
+
 def llama_cpp_program(name: str) -> str | None:
     """A llama.cpp program that llama-cpp-python does not ship (llama-server,
     llama-batched-bench): the one scripts/build_llama_server.sh built, else one on PATH."""
