@@ -86,11 +86,7 @@ def fits_cpu_kv_cache(kv_cache) -> bool:
     (queries stay float32), and the kernels are built."""
     import torch
 
-    return (
-        kv_cache.dtype in (torch.float32, torch.float16)
-        and kv_cache.device.type == "cpu"
-        and cpu_kernels_available()
-    )
+    return _fits_cpu((kv_cache,), (torch.float32, torch.float16))
 
 
 def fits_cpu_float32(*tensors) -> bool:
@@ -98,6 +94,10 @@ def fits_cpu_float32(*tensors) -> bool:
     kernels are built. The one check every eager module and backend makes before calling them."""
     import torch
 
-    return all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors) and (
+    return _fits_cpu(tensors, (torch.float32,))
+
+
+def _fits_cpu(tensors, dtypes) -> bool:
+    return all(t.dtype in dtypes and t.device.type == "cpu" for t in tensors) and (
         cpu_kernels_available()
     )

@@ -20,7 +20,7 @@ at::Tensor paged_attention(const at::Tensor& query, const at::Tensor& key_cache,
                            const at::Tensor& seq_lens, const at::Tensor& query_start_loc,
                            double scale, int64_t sliding_window, double soft_cap);
 
-// y [M, N] = x [M, K] W^T (+ bias), float32: the streaming GEMV for few rows, else ATen's GEMM
+// y [M, N] = x [M, K] W^T (+ bias), float32: our GEMV up to 256 rows, else ATen's GEMM
 // (see dense_linear.cpp).
 at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias);
