@@ -129,26 +129,29 @@ void tile_gemv(const float* wp, const float* xp, int64_t K, int64_t N, int64_t M
 
 namespace pagedllm {
 
+bool dense_gemv_fits(int64_t rows) { return rows <= kGemvMaxRows; }
+
+void dense_gemv(const float* x, int64_t M, int64_t K, const float* w, int64_t N, float* out) {
+  static_assert(kStreamMaxRows == 4, "one stream_gemv case per row count");
+  switch (M) {
+    case 1: stream_gemv<1>(w, x, K, N, out); break;
+    case 2: stream_gemv<2>(w, x, K, N, out); break;
+    case 3: stream_gemv<3>(w, x, K, N, out); break;
+    case 4: stream_gemv<4>(w, x, K, N, out); break;
+    default: tile_gemv(w, x, K, N, M, out); break;
+  }
+}
+
 at::Tensor dense_linear(const at::Tensor& x_in, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(x_in.dim() == 2 && weight.dim() == 2 && x_in.size(1) == weight.size(1));
   TORCH_CHECK(x_in.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat);
-  if (x_in.size(0) > kGemvMaxRows) return at::linear(x_in, weight, bias);
+  if (!dense_gemv_fits(x_in.size(0))) return at::linear(x_in, weight, bias);
   const at::Tensor x = x_in.contiguous();
   const at::Tensor w = weight.contiguous();
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   at::Tensor out = at::empty({M, N}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const float* wp = w.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  static_assert(kStreamMaxRows == 4, "one stream_gemv case per row count");
-  switch (M) {
-    case 1: stream_gemv<1>(wp, xp, K, N, op); break;
-    case 2: stream_gemv<2>(wp, xp, K, N, op); break;
-    case 3: stream_gemv<3>(wp, xp, K, N, op); break;
-    case 4: stream_gemv<4>(wp, xp, K, N, op); break;
-    default: tile_gemv(wp, xp, K, N, M, op); break;
-  }
+  dense_gemv(x.data_ptr<float>(), M, K, w.data_ptr<float>(), N, out.data_ptr<float>());
   if (bias.has_value() && bias->defined()) out.add_(*bias);
   return out;
 }

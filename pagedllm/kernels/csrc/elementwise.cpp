@@ -1,17 +1,43 @@
 // Row-wise float32 operators of the decoder layer that ATen runs as ~10 small dispatches each:
-// RMSNorm with the residual add fused, and rotary embedding (neox layout, partial rotary).
-// Used by the eager modules and the fused layer alike, so the two paths stay bit-identical.
+// RMSNorm with the residual add fused, rotary embedding (neox layout, partial rotary) and
+// SiLU-and-mul. Each is a *_rows function over raw rows, which the fused layer calls on its own
+// buffers, and a torch op around it for the eager modules, so the two paths stay bit-identical.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <tuple>
+#include <utility>
 
 #include "ops.h"
 #include "vec_math.h"
 
 namespace pagedllm {
+
+void rms_norm_residual_rows(const float* x, const float* residual, const float* weight,
+                            int64_t T, int64_t D, float eps, float* res_out, float* out) {
+  at::parallel_for(0, T, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* xr = x + t * D;
+      const float* h = xr;  // the residual stream after the add
+      if (residual != nullptr) {
+        const float* rr = residual + t * D;
+        float* hr = res_out + t * D;
+#pragma omp simd
+        for (int64_t i = 0; i < D; ++i) hr[i] = xr[i] + rr[i];
+        h = hr;
+      }
+      float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+      for (int64_t i = 0; i < D; ++i) ss += h[i] * h[i];
+      const float inv = 1.f / std::sqrt(ss / static_cast<float>(D) + eps);
+      float* o = out + t * D;
+#pragma omp simd
+      for (int64_t i = 0; i < D; ++i) o[i] = weight[i] * (h[i] * inv);
+    }
+  });
+}
 
 std::tuple<at::Tensor, at::Tensor> rms_norm_residual(const at::Tensor& x_in,
                                                      const std::optional<at::Tensor>& residual,
@@ -24,32 +50,34 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_residual(const at::Tensor& x_in,
   at::Tensor res = has_res ? at::empty_like(x) : x;
   at::Tensor out = at::empty_like(x);
   const at::Tensor r_in = has_res ? residual->contiguous() : x;
-  const float* xp = x.data_ptr<float>();
-  const float* rp = r_in.data_ptr<float>();
-  const at::Tensor w = weight.contiguous();  // (kept alive while wp is read)
-  const float* wp = w.data_ptr<float>();
-  float* resp = res.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  const float feps = static_cast<float>(eps);
+  const at::Tensor w = weight.contiguous();
+  rms_norm_residual_rows(x.data_ptr<float>(), has_res ? r_in.data_ptr<float>() : nullptr,
+                         w.data_ptr<float>(), T, D, static_cast<float>(eps),
+                         res.data_ptr<float>(), out.data_ptr<float>());
+  return {out, res};
+}
+
+void rotary_rows(const float* src, int64_t src_stride, float* dst, int64_t dst_stride, int64_t T,
+                 int64_t heads, int64_t head_dim, int64_t rotary_dim, const float* cos_sin,
+                 const int64_t* positions) {
+  const int64_t half = rotary_dim / 2;
   at::parallel_for(0, T, 16, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      const float* xr = xp + t * D;
-      float* h = resp + t * D;
-      if (has_res) {
-        const float* rr = rp + t * D;
+      const float* cs = cos_sin + positions[t] * rotary_dim;
+      for (int64_t h = 0; h < heads; ++h) {
+        const float* x = src + t * src_stride + h * head_dim;
+        float* y = dst + t * dst_stride + h * head_dim;
 #pragma omp simd
-        for (int64_t i = 0; i < D; ++i) h[i] = xr[i] + rr[i];
+        for (int64_t i = 0; i < half; ++i) {
+          const float c = cs[i], s = cs[half + i], x1 = x[i], x2 = x[half + i];
+          y[i] = x1 * c - x2 * s;
+          y[half + i] = x2 * c + x1 * s;
+        }
+        if (y != x)
+          for (int64_t i = rotary_dim; i < head_dim; ++i) y[i] = x[i];
       }
-      float ss = 0.f;
-#pragma omp simd reduction(+ : ss)
-      for (int64_t i = 0; i < D; ++i) ss += h[i] * h[i];
-      const float inv = 1.f / std::sqrt(ss / static_cast<float>(D) + feps);
-      float* o = op + t * D;
-#pragma omp simd
-      for (int64_t i = 0; i < D; ++i) o[i] = wp[i] * (h[i] * inv);
     }
   });
-  return {out, res};
 }
 
 // q [T, H * D], k [T, Hkv * D] -> rotated copies; cos_sin_cache [P, R] = [cos | sin] per position.
@@ -60,53 +88,26 @@ std::tuple<at::Tensor, at::Tensor> rotary_embedding(const at::Tensor& query,
                                                     int64_t head_dim, int64_t rotary_dim) {
   TORCH_CHECK(query.scalar_type() == at::kFloat && key.scalar_type() == at::kFloat &&
               cos_sin_cache.scalar_type() == at::kFloat);
+  TORCH_CHECK(query.stride(1) == 1 && key.stride(1) == 1,
+              "rotary_embedding: rows must be contiguous");
   const at::Tensor pos = positions.to(at::kLong).contiguous();
   const at::Tensor cache = cos_sin_cache.contiguous();
-  const int64_t T = query.size(0), half = rotary_dim / 2;
+  const int64_t T = query.size(0);
   at::Tensor q_out = at::empty({T, query.size(1)}, query.options());
   at::Tensor k_out = at::empty({T, key.size(1)}, key.options());
-  const int64_t* pp = pos.data_ptr<int64_t>();
-  const float* cp = cache.data_ptr<float>();
-  auto rotate = [&](const at::Tensor& src, at::Tensor& dst) {
-    const int64_t heads = src.size(1) / head_dim, stride = src.stride(0);
-    const float* sp = src.data_ptr<float>();
-    float* dp = dst.data_ptr<float>();
-    TORCH_CHECK(src.stride(1) == 1, "rotary_embedding: rows must be contiguous");
-    at::parallel_for(0, T, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) {
-        const float* cs = cp + pp[t] * rotary_dim;
-        for (int64_t h = 0; h < heads; ++h) {
-          const float* x = sp + t * stride + h * head_dim;
-          float* y = dp + (t * heads + h) * head_dim;
-#pragma omp simd
-          for (int64_t i = 0; i < half; ++i) {
-            const float c = cs[i], s = cs[half + i], x1 = x[i], x2 = x[half + i];
-            y[i] = x1 * c - x2 * s;
-            y[half + i] = x2 * c + x1 * s;
-          }
-          for (int64_t i = rotary_dim; i < head_dim; ++i) y[i] = x[i];
-        }
-      }
-    });
-  };
-  rotate(query, q_out);
-  rotate(key, k_out);
+  for (auto [src, dst] : {std::pair{&query, &q_out}, std::pair{&key, &k_out}})
+    rotary_rows(src->data_ptr<float>(), src->stride(0), dst->data_ptr<float>(), dst->size(1), T,
+                src->size(1) / head_dim, head_dim, rotary_dim, cache.data_ptr<float>(),
+                pos.data_ptr<int64_t>());
   return {q_out, k_out};
 }
 
-// [T, 2I] (gate | up) -> silu(gate) * up [T, I]; silu(g) = g / (1 + e^-g).
-at::Tensor silu_and_mul(const at::Tensor& x_in) {
-  TORCH_CHECK(x_in.scalar_type() == at::kFloat && x_in.dim() == 2);
-  const at::Tensor x = x_in.contiguous();
-  const int64_t T = x.size(0), I = x.size(1) / 2;
-  at::Tensor out = at::empty({T, I}, x.options());
-  const float* xp = x.data_ptr<float>();
-  float* op = out.data_ptr<float>();
+void silu_and_mul_rows(const float* x, int64_t T, int64_t I, float* out) {
   at::parallel_for(0, T, 16, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      const float* g = xp + t * 2 * I;
+      const float* g = x + t * 2 * I;
       const float* u = g + I;
-      float* o = op + t * I;
+      float* o = out + t * I;
       int64_t i = 0;
 #ifdef PAGEDLLM_AVX2
       const __m256 one = _mm256_set1_ps(1.f);
@@ -120,6 +121,15 @@ at::Tensor silu_and_mul(const at::Tensor& x_in) {
       for (; i < I; ++i) o[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
     }
   });
+}
+
+// [T, 2I] (gate | up) -> silu(gate) * up [T, I]; silu(g) = g / (1 + e^-g).
+at::Tensor silu_and_mul(const at::Tensor& x_in) {
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat && x_in.dim() == 2);
+  const at::Tensor x = x_in.contiguous();
+  const int64_t T = x.size(0), I = x.size(1) / 2;
+  at::Tensor out = at::empty({T, I}, x.options());
+  silu_and_mul_rows(x.data_ptr<float>(), T, I, out.data_ptr<float>());
   return out;
 }
 

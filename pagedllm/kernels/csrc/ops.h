@@ -1,11 +1,14 @@
 // The kernels other kernels call directly (the fused decoder layer), also registered as
-// torch.ops.pagedllm.* for Python.
+// torch.ops.pagedllm.* for Python. The *_rows / dense_gemv forms work on raw float rows that the
+// caller owns: the fused layer runs them on buffers allocated once per step, with no ATen
+// operator (and its allocations) between two matrix products.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace pagedllm {
 
@@ -15,6 +18,25 @@ at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& codes, const at::
                         int64_t gemv_max_rows);
 
 // Causal attention of each request's query rows over its paged K/V (see paged_attention.cpp).
+// A step's attention metadata as the kernel reads it, prepared once for all layers.
+struct AttentionPlan {
+  at::Tensor block_table, seq_lens, query_start_loc;  // int32, contiguous
+  std::vector<int64_t> item_req, item_tile;            // work items: (request, query tile)
+};
+AttentionPlan plan_attention(const at::Tensor& block_table, const at::Tensor& seq_lens,
+                             const at::Tensor& query_start_loc);
+// One layer's K and V caches, [num_blocks, block_size, Hkv, D] each, float32 or float16.
+struct PagedCache {
+  const void* key;
+  const void* value;
+  bool half;
+  int64_t block_size, num_kv_heads, head_dim;
+};
+PagedCache paged_cache(const at::Tensor& key_cache, const at::Tensor& value_cache);
+// q rows of H heads (q_stride floats apart) -> out rows (out_stride floats apart).
+void paged_attention_rows(const AttentionPlan& plan, const float* q, int64_t q_stride, int64_t H,
+                          const PagedCache& cache, double scale, int64_t sliding_window,
+                          double soft_cap, float* out, int64_t out_stride);
 at::Tensor paged_attention(const at::Tensor& query, const at::Tensor& key_cache,
                            const at::Tensor& value_cache, const at::Tensor& block_table,
                            const at::Tensor& seq_lens, const at::Tensor& query_start_loc,
@@ -24,13 +46,24 @@ at::Tensor paged_attention(const at::Tensor& query, const at::Tensor& key_cache,
 // (see dense_linear.cpp).
 at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias);
+// out [M, N] = x [M, K] W [N, K]^T with our GEMV, for M where dense_gemv_fits(M).
+bool dense_gemv_fits(int64_t rows);
+void dense_gemv(const float* x, int64_t M, int64_t K, const float* w, int64_t N, float* out);
 
 // (weight * rmsnorm(x + residual), x + residual), float32 rows (see elementwise.cpp).
+// The rows form: residual may be null (then x is the residual stream and res_out is not
+// written); res_out may be residual itself (the add is in place).
+void rms_norm_residual_rows(const float* x, const float* residual, const float* weight,
+                            int64_t T, int64_t D, float eps, float* res_out, float* out);
 std::tuple<at::Tensor, at::Tensor> rms_norm_residual(const at::Tensor& x,
                                                      const std::optional<at::Tensor>& residual,
                                                      const at::Tensor& weight, double eps);
 
 // Rotated copies of q [T, H * D] and k [T, Hkv * D] (neox layout, see elementwise.cpp).
+// The rows form rotates T rows of `heads` heads; dst may be src (in place).
+void rotary_rows(const float* src, int64_t src_stride, float* dst, int64_t dst_stride, int64_t T,
+                 int64_t heads, int64_t head_dim, int64_t rotary_dim, const float* cos_sin,
+                 const int64_t* positions);
 std::tuple<at::Tensor, at::Tensor> rotary_embedding(const at::Tensor& query,
                                                     const at::Tensor& key,
                                                     const at::Tensor& cos_sin_cache,
@@ -39,5 +72,6 @@ std::tuple<at::Tensor, at::Tensor> rotary_embedding(const at::Tensor& query,
 
 // [T, 2I] (gate | up) -> silu(gate) * up (see elementwise.cpp).
 at::Tensor silu_and_mul(const at::Tensor& x);
+void silu_and_mul_rows(const float* x, int64_t T, int64_t I, float* out);
 
 }  // namespace pagedllm

@@ -131,43 +131,43 @@ inline float exp_shifted(float* s, int64_t n, float max) {
 
 namespace pagedllm {
 
-at::Tensor paged_attention(const at::Tensor& query,        // [T, H, D] float32
-                           const at::Tensor& key_cache,    // [num_blocks, block_size, Hkv, D]
-                           const at::Tensor& value_cache,  // [num_blocks, block_size, Hkv, D]
-                           const at::Tensor& block_table,  // [R, max_blocks] int32
-                           const at::Tensor& seq_lens,     // [R] int32
-                           const at::Tensor& query_start_loc,  // [R + 1] int32
-                           double scale, int64_t sliding_window, double soft_cap) {
-  TORCH_CHECK(query.scalar_type() == at::kFloat &&
-                  (key_cache.scalar_type() == at::kFloat || key_cache.scalar_type() == at::kHalf) &&
-                  value_cache.scalar_type() == key_cache.scalar_type(),
-              "paged_attention: a float32 query and a float32 or float16 cache expected");
-  TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous());
-  const at::Tensor q = query.contiguous();
-  const at::Tensor bt = block_table.to(at::kInt).contiguous();
-  const at::Tensor sl = seq_lens.to(at::kInt).contiguous();
-  const at::Tensor qsl = query_start_loc.to(at::kInt).contiguous();
-  const int64_t T = q.size(0), H = q.size(1), D = q.size(2);
-  const int64_t block_size = key_cache.size(1), Hkv = key_cache.size(2);
-  TORCH_CHECK(key_cache.size(3) == D && H % Hkv == 0);
-  const int64_t group = H / Hkv, R = sl.size(0), max_blocks = bt.size(1);
-  at::Tensor out = at::empty_like(q);
-
-  const int* qslp = qsl.data_ptr<int>();
-  const int* slp = sl.data_ptr<int>();
-  const int* btp = bt.data_ptr<int>();
-  // Work items: (request, kv head, query tile).
-  std::vector<int64_t> item_req, item_tile;
-  for (int64_t r = 0; r < R; ++r) {
+AttentionPlan plan_attention(const at::Tensor& block_table, const at::Tensor& seq_lens,
+                             const at::Tensor& query_start_loc) {
+  AttentionPlan plan{block_table.to(at::kInt).contiguous(), seq_lens.to(at::kInt).contiguous(),
+                     query_start_loc.to(at::kInt).contiguous(), {}, {}};
+  const int* qslp = plan.query_start_loc.data_ptr<int>();
+  for (int64_t r = 0; r < plan.seq_lens.size(0); ++r) {
     const int64_t nq = qslp[r + 1] - qslp[r];
     for (int64_t t0 = 0; t0 < nq; t0 += kQueryTile) {
-      item_req.push_back(r);
-      item_tile.push_back(t0);
+      plan.item_req.push_back(r);
+      plan.item_tile.push_back(t0);
     }
   }
+  return plan;
+}
+
+PagedCache paged_cache(const at::Tensor& key_cache, const at::Tensor& value_cache) {
+  TORCH_CHECK((key_cache.scalar_type() == at::kFloat || key_cache.scalar_type() == at::kHalf) &&
+                  value_cache.scalar_type() == key_cache.scalar_type(),
+              "paged_attention: a float32 or float16 cache expected");
+  TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous() && key_cache.dim() == 4);
+  return {key_cache.data_ptr(), value_cache.data_ptr(), key_cache.scalar_type() == at::kHalf,
+          key_cache.size(1), key_cache.size(2), key_cache.size(3)};
+}
+
+void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_stride, int64_t H,
+                          const PagedCache& cache, double scale, int64_t sliding_window,
+                          double soft_cap, float* op, int64_t out_stride) {
+  const int64_t D = cache.head_dim, block_size = cache.block_size, Hkv = cache.num_kv_heads;
+  TORCH_CHECK(H % Hkv == 0);
+  const int64_t group = H / Hkv, max_blocks = plan.block_table.size(1);
+  const int* qslp = plan.query_start_loc.data_ptr<int>();
+  const int* slp = plan.seq_lens.data_ptr<int>();
+  const int* btp = plan.block_table.data_ptr<int>();
+  const std::vector<int64_t>& item_req = plan.item_req;
+  const std::vector<int64_t>& item_tile = plan.item_tile;
+  // Work items: (request, kv head, query tile).
   const int64_t items = static_cast<int64_t>(item_req.size()) * Hkv;
-  const float* qp = q.data_ptr<float>();
-  float* op = out.data_ptr<float>();
   const float fscale = static_cast<float>(scale);
   const float cap = static_cast<float>(soft_cap);
   const int64_t slot_stride = Hkv * D, block_stride = block_size * slot_stride;
@@ -178,11 +178,16 @@ at::Tensor paged_attention(const at::Tensor& query,        // [T, H, D] float32
   auto attend = [&](auto head_dim_tag, auto cache_tag) {
   constexpr int HD = decltype(head_dim_tag)::value;
   using CT = typename decltype(cache_tag)::type;
-  const CT* kp = key_cache.data_ptr<CT>();
-  const CT* vp = value_cache.data_ptr<CT>();
+  const CT* kp = static_cast<const CT*>(cache.key);
+  const CT* vp = static_cast<const CT*>(cache.value);
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     const int64_t rows = kQueryTile * group;  // (query, head) pairs of one item
-    std::vector<float> acc(rows * D), m(rows), l(rows), s(rows * block_size);
+    // per-thread scratch, kept between calls (no allocation per layer)
+    thread_local std::vector<float> acc, m, l, s;
+    acc.resize(rows * D);
+    m.resize(rows);
+    l.resize(rows);
+    s.resize(rows * block_size);
     for (int64_t it = begin; it < end; ++it) {
       const int64_t r = item_req[it / Hkv], t0 = item_tile[it / Hkv], kvh = it % Hkv;
       const int64_t start = qslp[r], nq = qslp[r + 1] - start, seq_len = slp[r];
@@ -204,7 +209,7 @@ at::Tensor paged_attention(const at::Tensor& query,        // [T, H, D] float32
           const int64_t pos = first_pos + ti;
           for (int64_t g = 0; g < group; ++g) {
             const int64_t row = ti * group + g;
-            const float* qv = qp + ((start + t0 + ti) * H + kvh * group + g) * D;
+            const float* qv = qp + (start + t0 + ti) * q_stride + (kvh * group + g) * D;
             float* srow = s.data() + row * block_size;
             float block_max = -std::numeric_limits<float>::infinity();
             for (int64_t j = 0; j < kn; ++j) {
@@ -237,7 +242,7 @@ at::Tensor paged_attention(const at::Tensor& query,        // [T, H, D] float32
         for (int64_t g = 0; g < group; ++g) {
           const int64_t row = ti * group + g;
           const float inv = l[row] > 0.f ? 1.f / l[row] : 0.f;
-          float* o = op + ((start + t0 + ti) * H + kvh * group + g) * D;
+          float* o = op + (start + t0 + ti) * out_stride + (kvh * group + g) * D;
           const float* a = acc.data() + row * D;
           for (int64_t d = 0; d < D; ++d) o[d] = a[d] * inv;
         }
@@ -253,11 +258,29 @@ at::Tensor paged_attention(const at::Tensor& query,        // [T, H, D] float32
       default: attend(std::integral_constant<int, 0>{}, cache_tag); break;
     }
   };
-  if (key_cache.scalar_type() == at::kHalf) {
+  if (cache.half) {
     with_head_dim(TypeTag<at::Half>{});
   } else {
     with_head_dim(TypeTag<float>{});
   }
+}
+
+at::Tensor paged_attention(const at::Tensor& query,        // [T, H, D] float32
+                           const at::Tensor& key_cache,    // [num_blocks, block_size, Hkv, D]
+                           const at::Tensor& value_cache,  // [num_blocks, block_size, Hkv, D]
+                           const at::Tensor& block_table,  // [R, max_blocks] int32
+                           const at::Tensor& seq_lens,     // [R] int32
+                           const at::Tensor& query_start_loc,  // [R + 1] int32
+                           double scale, int64_t sliding_window, double soft_cap) {
+  TORCH_CHECK(query.scalar_type() == at::kFloat, "paged_attention: a float32 query expected");
+  const PagedCache cache = paged_cache(key_cache, value_cache);
+  const at::Tensor q = query.contiguous();
+  TORCH_CHECK(q.dim() == 3 && q.size(2) == cache.head_dim);
+  at::Tensor out = at::empty_like(q);
+  const int64_t H = q.size(1), row = H * q.size(2);
+  paged_attention_rows(plan_attention(block_table, seq_lens, query_start_loc),
+                       q.data_ptr<float>(), row, H, cache, scale, sliding_window, soft_cap,
+                       out.data_ptr<float>(), row);
   return out;
 }
 
