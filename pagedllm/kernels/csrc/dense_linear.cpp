@@ -56,27 +56,43 @@ inline int64_t pass_count(int64_t M) {
   return passes;
 }
 
-// Up to kStreamMaxRows activation rows the GEMV is bound by reading W. It then takes one weight
-// row at a time, so that each thread reads its rows as one sequential stream, and prefetches
-// kStreamAhead bytes ahead of it. Four rows at a time are four streams 4 * K floats apart, which
-// the hardware prefetcher serves worse: on one 515 MB matrix 23.0 vs 28.0 GB/s (torch.sum 32.0);
-// over SmolLM2's 121 matrices per token, where each call starts its streams cold, 1.03-1.07x,
-// and fp32 single-stream decode 1.06x.
+// Up to kStreamMaxRows activation rows the GEMV is bound by reading W. Each thread reads its
+// weight rows as sequential streams, prefetched kStreamAhead bytes ahead: four interleaved rows
+// (four streams 4 * K floats apart) are served worse by the hardware prefetcher (one 515 MB
+// matrix: 23.0 vs 28.0 GB/s, torch.sum 32.0). It takes the first and the second half of its rows
+// side by side, two streams far apart: each output is still one FMA chain (the same sum as in
+// tile_gemv), but two independent chains run at once. One chain alone caps a thread at
+// ~24 GB/s (a 4-cycle FMA per 32 bytes), too close to what each of two threads must stream.
 constexpr int64_t kStreamMaxRows = 4;
-constexpr int64_t kStreamAhead = 8192;
+constexpr int64_t kStreamAhead = 4096;
+
+// Prefetches [*fetch, min(target, stop)) and advances *fetch.
+inline void prefetch_to(const char*& fetch, const char* target, const char* stop) {
+#ifdef PAGEDLLM_AVX2
+  for (const char* ahead = std::min(target, stop); fetch < ahead; fetch += 64)
+    _mm_prefetch(fetch, _MM_HINT_T0);
+#else
+  (void)fetch, (void)target, (void)stop;
+#endif
+}
 
 template <int R>
 void stream_rows(const float* wp, const float* xp, int64_t K, int64_t N, float* op, int64_t begin,
                  int64_t end) {
-  const char* fetch = reinterpret_cast<const char*>(wp + begin * K);
-  const char* const stop = reinterpret_cast<const char*>(wp + end * K);
-  float part[R];
-  for (int64_t n = begin; n < end; ++n) {
-#ifdef PAGEDLLM_AVX2
-    const char* ahead = std::min(reinterpret_cast<const char*>(wp + (n + 1) * K) + kStreamAhead,
-                                 stop);
-    for (; fetch < ahead; fetch += 64) _mm_prefetch(fetch, _MM_HINT_T0);
-#endif
+  const int64_t half = (end - begin) / 2;
+  auto row = [&](int64_t n) { return reinterpret_cast<const char*>(wp + n * K); };
+  const char* fetch[2] = {row(begin), row(begin + half)};
+  const char* const stop[2] = {row(begin + half), row(begin + 2 * half)};
+  float part[2 * R];
+  for (int64_t i = 0; i < half; ++i) {
+    const int64_t n[2] = {begin + i, begin + half + i};
+    for (int s = 0; s < 2; ++s) prefetch_to(fetch[s], row(n[s] + 1) + kStreamAhead, stop[s]);
+    const float* w[2] = {wp + n[0] * K, wp + n[1] * K};
+    dots<2, R>(w, xp, K, part);
+    for (int s = 0; s < 2; ++s)
+      for (int r = 0; r < R; ++r) op[r * N + n[s]] = part[s * R + r];
+  }
+  for (int64_t n = begin + 2 * half; n < end; ++n) {  // an odd row left
     const float* w[1] = {wp + n * K};
     dots<1, R>(w, xp, K, part);
     for (int r = 0; r < R; ++r) op[r * N + n] = part[r];
