@@ -4,7 +4,7 @@ For each batch size: warm-up runs, then --num-iters runs generating --output-len
 mean/median/p90/p99) and --num-iters runs generating 1 token (the prefill). prefill tok/s =
 batch * input_len / prefill; decode tok/s = batch * (output_len - 1) / (full - prefill). Every
 run draws fresh random prompts (so the prefix cache cannot help) and every engine, ours and the
-peers, sees the same prompts. The step profile (phase, ms/step, %) of our full runs is printed and
+peers, sees the same prompts; the engines take turns run by run. The step profile (phase, ms/step, %) of our full runs is printed and
 saved.
 """
 
@@ -74,20 +74,22 @@ def main(args: argparse.Namespace) -> dict:
     rows = []
     for batch_size in batch_sizes:
         prompts = _prompt_maker(batch_size, args.input_len, vocab, args.seed)
-        row = {"batch_size": batch_size, "engines": {ENGINE: _measure_ours(engine, prompts, args)}}
-        row["profile"] = engine.profiler.as_dict()
-        print(
-            f"\nbatch {batch_size}: step profile of {ENGINE} (full runs)\n"
-            f"{engine.profiler.format_table()}",
-            flush=True,
-        )
+        runners = {ENGINE: _our_runner(engine)}
         for peer in peers:
             if isinstance(peer, LlamaCppRunner) and batch_size != 1:
                 print(f"{peer.name}: single stream, compared at batch 1 only", flush=True)
                 continue
             if isinstance(peer, HFRunner):
                 peer.batch_size = args.hf_batch_size or batch_size
-            row["engines"][peer.name] = _measure(peer.generate, prompts, args)
+            runners[peer.name] = peer.generate
+        row = {"batch_size": batch_size,
+               "engines": _measure(runners, prompts, args, after_warmup=engine.profiler.reset)}
+        row["profile"] = engine.profiler.as_dict()
+        print(
+            f"\nbatch {batch_size}: step profile of {ENGINE} (full runs)\n"
+            f"{engine.profiler.format_table()}",
+            flush=True,
+        )
         row["ratios"] = _row_ratios(row["engines"])
         _print_row(row)
         rows.append(row)
@@ -144,10 +146,11 @@ def _prompt_maker(
     return make
 
 
-def _measure_ours(
-    engine: EngineRunner, prompts: Callable[[int], list[list[int]]], args: argparse.Namespace
-) -> dict:
-    """_measure, with the step profiler on during the full runs (not warm-up, not prefill)."""
+Runner = Callable[[list[list[int]], list[int]], float]
+
+
+def _our_runner(engine: EngineRunner) -> Runner:
+    """engine.generate, with the step profiler on during the full runs (not prefill-only)."""
     profiler = engine.profiler
 
     def timed(prompt_ids: list[list[int]], lens: list[int]) -> float:
@@ -157,29 +160,39 @@ def _measure_ours(
         finally:
             profiler.enabled = False
 
-    return _measure(timed, prompts, args, after_warmup=profiler.reset)
+    return timed
 
 
 def _measure(
-    run: Callable[[list[list[int]], list[int]], float],
+    runners: dict[str, Runner],
     prompts: Callable[[int], list[list[int]]],
     args: argparse.Namespace,
     after_warmup: Callable[[], None] | None = None,
-) -> dict:
-    index = 0
-    for _ in range(args.num_iters_warmup):
-        batch = prompts(index)
-        run(batch, [args.output_len] * len(batch))
-        index += 1
+) -> dict[str, dict]:
+    """Each engine's latency stats. The timed runs alternate between the engines (and their
+    order flips every run): this machine's speed drifts over minutes, so a block of runs per
+    engine would compare different moments."""
+    warmup = args.num_iters_warmup
+    for run in runners.values():
+        for index in range(warmup):
+            batch = prompts(index)
+            run(batch, [args.output_len] * len(batch))
     if after_warmup is not None:
         after_warmup()
-    full, prefill = [], []
-    for _ in range(args.num_iters):
-        batch = prompts(index)
-        full.append(run(batch, [args.output_len] * len(batch)))
-        prefill.append(run(prompts(index + 1), [1] * len(batch)))
-        index += 2
-    return latency_stats(len(batch), args.input_len, args.output_len, full, prefill)
+    full = {name: [] for name in runners}
+    prefill = {name: [] for name in runners}
+    names = list(runners)
+    batch_size = len(prompts(0))
+    for i in range(args.num_iters):
+        index = warmup + 2 * i
+        for name in names if i % 2 == 0 else names[::-1]:
+            run = runners[name]
+            full[name].append(run(prompts(index), [args.output_len] * batch_size))
+            prefill[name].append(run(prompts(index + 1), [1] * batch_size))
+    return {
+        name: latency_stats(batch_size, args.input_len, args.output_len, full[name], prefill[name])
+        for name in names
+    }
 
 
 def _row_ratios(engines: dict[str, dict]) -> dict[str, dict[str, float]]:
