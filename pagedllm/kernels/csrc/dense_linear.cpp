@@ -1,8 +1,9 @@
 // y[M, N] = x[M, K] W[N, K]^T (+ bias) in float32. Up to kGemvMaxRows rows (decode, and steps
-// with a prompt chunk) our own GEMV over W: 1-4 rows one weight row at a time (stream_gemv),
-// more four weight rows at a time against three activation rows per pass (tile_gemv). Every output is the same 8-lane dot product
-// whatever the tile, so a row's result does not depend on the batch it is in. More rows: ATen's
-// GEMM, which is no faster past that.
+// with a prompt chunk) our own GEMV over W: 1-4 rows as several sequential streams of weight
+// rows per thread (stream_gemv), more four weight rows at a time against three activation rows
+// per pass (tile_gemv). Every output is the same 8-lane dot product whatever the tile, so a
+// row's result does not depend on the batch it is in. More rows: ATen's GEMM, which is no
+// faster past that.
 // With several passes over four weight rows, the loop is compute-bound while the rows are in L1,
 // and the next four rows are prefetched a slice per pass: without that, each new quad started
 // on a DRAM miss (the hardware prefetcher does not follow 4 streams of 2.3 KB across rows).
@@ -56,43 +57,38 @@ inline int64_t pass_count(int64_t M) {
   return passes;
 }
 
-// Up to kStreamMaxRows activation rows the GEMV is bound by reading W. Each thread reads its
-// weight rows as sequential streams, prefetched kStreamAhead bytes ahead: four interleaved rows
-// (four streams 4 * K floats apart) are served worse by the hardware prefetcher (one 515 MB
-// matrix: 23.0 vs 28.0 GB/s, torch.sum 32.0). It takes the first and the second half of its rows
-// side by side, two streams far apart: each output is still one FMA chain (the same sum as in
-// tile_gemv), but two independent chains run at once. One chain alone caps a thread at
-// ~24 GB/s (a 4-cycle FMA per 32 bytes), too close to what each of two threads must stream.
+// Up to kStreamMaxRows activation rows the GEMV is bound by reading W. Each thread cuts its rows
+// into S equal parts and walks them side by side, one weight row of each part per step: each
+// output is still one FMA chain (the same sum as in tile_gemv), but S independent chains run at
+// once (one alone caps a thread at ~24 GB/s here, a 4-cycle FMA per 32 bytes), and each part is
+// one sequential stream, which the hardware prefetcher serves best left alone. Kernel A/B over
+// SmolLM2's 121 matrices, 1 row: one part with software prefetch 18-21 GB/s; two parts with
+// prefetch no better; two without 1.2x; eight without 1.12x more (~24-28 GB/s, torch.sum's
+// rate). Adjacent rows as the parts (2.3 KB apart) measured slower than one stream.
 constexpr int64_t kStreamMaxRows = 4;
-constexpr int64_t kStreamAhead = 4096;
 
-// Prefetches [*fetch, min(target, stop)) and advances *fetch.
-inline void prefetch_to(const char*& fetch, const char* target, const char* stop) {
-#ifdef PAGEDLLM_AVX2
-  for (const char* ahead = std::min(target, stop); fetch < ahead; fetch += 64)
-    _mm_prefetch(fetch, _MM_HINT_T0);
-#else
-  (void)fetch, (void)target, (void)stop;
-#endif
-}
+// Parts per thread for R activation rows: S x R accumulators and R activation vectors within
+// the 16 vector registers.
+constexpr int stream_parts(int R) { return R == 1 ? 8 : R <= 3 ? 4 : 2; }
 
 template <int R>
 void stream_rows(const float* wp, const float* xp, int64_t K, int64_t N, float* op, int64_t begin,
                  int64_t end) {
-  const int64_t half = (end - begin) / 2;
-  auto row = [&](int64_t n) { return reinterpret_cast<const char*>(wp + n * K); };
-  const char* fetch[2] = {row(begin), row(begin + half)};
-  const char* const stop[2] = {row(begin + half), row(begin + 2 * half)};
-  float part[2 * R];
-  for (int64_t i = 0; i < half; ++i) {
-    const int64_t n[2] = {begin + i, begin + half + i};
-    for (int s = 0; s < 2; ++s) prefetch_to(fetch[s], row(n[s] + 1) + kStreamAhead, stop[s]);
-    const float* w[2] = {wp + n[0] * K, wp + n[1] * K};
-    dots<2, R>(w, xp, K, part);
-    for (int s = 0; s < 2; ++s)
+  constexpr int S = stream_parts(R);
+  const int64_t part_rows = (end - begin) / S;
+  float part[S * R];
+  for (int64_t i = 0; i < part_rows; ++i) {
+    int64_t n[S];
+    const float* w[S];
+    for (int s = 0; s < S; ++s) {
+      n[s] = begin + s * part_rows + i;
+      w[s] = wp + n[s] * K;
+    }
+    dots<S, R>(w, xp, K, part);
+    for (int s = 0; s < S; ++s)
       for (int r = 0; r < R; ++r) op[r * N + n[s]] = part[s * R + r];
   }
-  for (int64_t n = begin + 2 * half; n < end; ++n) {  // an odd row left
+  for (int64_t n = begin + S * part_rows; n < end; ++n) {  // the rows left over
     const float* w[1] = {wp + n * K};
     dots<1, R>(w, xp, K, part);
     for (int r = 0; r < R; ++r) op[r * N + n] = part[r];
