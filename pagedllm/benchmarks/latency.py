@@ -4,8 +4,8 @@ For each batch size: warm-up runs, then --num-iters runs generating --output-len
 mean/median/p90/p99) and --num-iters runs generating 1 token (the prefill). prefill tok/s =
 batch * input_len / prefill; decode tok/s = batch * (output_len - 1) / (full - prefill). Every
 run draws fresh random prompts (so the prefix cache cannot help) and every engine, ours and the
-peers, sees the same prompts; the engines take turns run by run. The step profile (phase, ms/step, %) of our full runs is printed and
-saved.
+peers, sees the same prompts; the engines take turns run by run. The step profile (phase,
+ms/step, %) of our full runs is printed and saved.
 """
 
 from __future__ import annotations
