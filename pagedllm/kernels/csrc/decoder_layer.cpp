@@ -150,13 +150,13 @@ std::tuple<at::Tensor, at::Tensor> run_layer(const LlamaLayer& layer, const at::
   const int64_t T = step.T, width = hidden.size(1);
   const float feps = static_cast<float>(eps);
   // input norm with the residual add fused (layers/layernorm.py RMSNorm.forward)
-  at::Tensor residual = residual_in.defined() ? buf.residual : hidden;
+  at::Tensor residual = hidden;
   float* x = rows_of(buf.x, T, width);
   if (residual_in.defined()) {
-    rows_of(buf.residual, T, width);  // (in place when residual_in is the buffer)
+    // (in place when residual_in is the buffer, from the layer before)
     pagedllm::rms_norm_residual_rows(hidden.data_ptr<float>(), residual_in.data_ptr<float>(),
                                      input_norm.data_ptr<float>(), T, width, feps,
-                                     buf.residual.data_ptr<float>(), x);
+                                     rows_of(buf.residual, T, width), x);
     residual = buf.residual;
   } else {
     pagedllm::rms_norm_residual_rows(hidden.data_ptr<float>(), nullptr,
