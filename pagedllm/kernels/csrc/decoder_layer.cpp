@@ -110,31 +110,16 @@ float* rows_of(at::Tensor& buffer, int64_t T, int64_t width) {
   return buffer.data_ptr<float>();
 }
 
-// A linear layer as passed from Python: [weight] (dense float32, contiguous) or
-// [codes, scales, mins] (PackedGroupWeight), meta = {group_size, u4}. Dense weights within our
-// GEMV's row count write into `buffer`; otherwise the result is the returned tensor, as
-// UnquantizedLinearMethod (dense_linear) / RepackedLinearMethod (kernel + bias) compute it.
+// A linear layer as passed from Python: [weight] (dense float32) or [codes, scales, mins]
+// (PackedGroupWeight), meta = {group_size, u4}, computed as UnquantizedLinearMethod
+// (dense_linear, here into `buffer` when our GEMV takes the rows) / RepackedLinearMethod
+// (kernel + bias) do.
 at::Tensor linear(const at::Tensor& x, const std::vector<at::Tensor>& w, int64_t group_size,
                   bool u4, const std::optional<at::Tensor>& bias, int64_t gemv_max_rows,
                   at::Tensor& buffer) {
-  const bool has_bias = bias.has_value() && bias->defined();
-  if (w.size() == 1) {
-    const int64_t T = x.size(0), K = x.size(1), N = w[0].size(0);
-    if (!pagedllm::dense_gemv_fits(T)) return at::linear(x, w[0], bias);
-    float* out = rows_of(buffer, T, N);
-    pagedllm::dense_gemv(x.data_ptr<float>(), T, K, w[0].data_ptr<float>(), N, out);
-    if (has_bias) buffer.add_(*bias);
-    return buffer;
-  }
+  if (w.size() == 1) return pagedllm::dense_linear_into(x, w[0], bias, buffer);
   const at::Tensor y = pagedllm::quant_linear(x, w[0], w[1], w[2], group_size, u4, gemv_max_rows);
-  return has_bias ? y + *bias : y;
-}
-
-pagedllm::PagedCache layer_cache(const at::Tensor& kv_cache) {
-  const bool half = kv_cache.scalar_type() == at::kHalf;
-  const char* key = static_cast<const char*>(kv_cache.data_ptr());
-  const char* value = key + kv_cache.stride(0) * kv_cache.element_size();
-  return {key, value, half, kv_cache.size(2), kv_cache.size(3), kv_cache.size(4)};
+  return bias.has_value() && bias->defined() ? y + *bias : y;
 }
 
 // (hidden, residual) after one layer; residual_in undefined: the first layer (hidden is then
@@ -178,16 +163,15 @@ std::tuple<at::Tensor, at::Tensor> run_layer(const LlamaLayer& layer, const at::
   write_kv_rows(qkv_rows + q_size, qkv_rows + q_size + kv_size, stride, kv_size,
                 step.slot_mapping.data_ptr<int64_t>(), T, kv_cache);
   pagedllm::paged_attention_rows(step.attention, qkv_rows, stride, num_heads,
-                                 layer_cache(kv_cache), scale, sliding_window, soft_cap,
+                                 pagedllm::paged_cache(kv_cache), scale, sliding_window, soft_cap,
                                  rows_of(buf.attn, T, q_size), q_size);
   const at::Tensor o = linear(buf.attn, o_w, linear_meta[2], linear_meta[3], o_bias, gemv_rows,
                               buf.o);
 
   // MLP
-  rows_of(buf.residual, T, width);
   pagedllm::rms_norm_residual_rows(o.data_ptr<float>(), residual.data_ptr<float>(),
                                    post_norm.data_ptr<float>(), T, width, feps,
-                                   buf.residual.data_ptr<float>(), x);
+                                   rows_of(buf.residual, T, width), x);
   const at::Tensor gate_up = linear(buf.x, gate_up_w, linear_meta[4], linear_meta[5],
                                     std::nullopt, gemv_rows, buf.gate_up);
   const int64_t inter = gate_up.size(1) / 2;

@@ -139,9 +139,7 @@ void tile_gemv(const float* wp, const float* xp, int64_t K, int64_t N, int64_t M
 
 }  // namespace
 
-namespace pagedllm {
-
-bool dense_gemv_fits(int64_t rows) { return rows <= kGemvMaxRows; }
+namespace {
 
 void dense_gemv(const float* x, int64_t M, int64_t K, const float* w, int64_t N, float* out) {
   static_assert(kStreamMaxRows == 4, "one stream_gemv case per row count");
@@ -154,18 +152,30 @@ void dense_gemv(const float* x, int64_t M, int64_t K, const float* w, int64_t N,
   }
 }
 
-at::Tensor dense_linear(const at::Tensor& x_in, const at::Tensor& weight,
-                        const std::optional<at::Tensor>& bias) {
+}  // namespace
+
+namespace pagedllm {
+
+at::Tensor dense_linear_into(const at::Tensor& x_in, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias, at::Tensor& out) {
   TORCH_CHECK(x_in.dim() == 2 && weight.dim() == 2 && x_in.size(1) == weight.size(1));
   TORCH_CHECK(x_in.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat);
-  if (!dense_gemv_fits(x_in.size(0))) return at::linear(x_in, weight, bias);
+  if (x_in.size(0) > kGemvMaxRows) return at::linear(x_in, weight, bias);
   const at::Tensor x = x_in.contiguous();
   const at::Tensor w = weight.contiguous();
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-  at::Tensor out = at::empty({M, N}, x.options());
+  if (!out.defined()) out = at::empty({M, N}, x.options());
+  TORCH_CHECK(out.size(0) == M && out.size(1) == N && out.is_contiguous() &&
+              out.scalar_type() == at::kFloat, "dense_linear: output buffer of the wrong shape");
   dense_gemv(x.data_ptr<float>(), M, K, w.data_ptr<float>(), N, out.data_ptr<float>());
   if (bias.has_value() && bias->defined()) out.add_(*bias);
   return out;
+}
+
+at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight,
+                        const std::optional<at::Tensor>& bias) {
+  at::Tensor out;
+  return dense_linear_into(x, weight, bias, out);
 }
 
 }  // namespace pagedllm

@@ -1,7 +1,7 @@
 // The kernels other kernels call directly (the fused decoder layer), also registered as
-// torch.ops.pagedllm.* for Python. The *_rows / dense_gemv forms work on raw float rows that the
-// caller owns: the fused layer runs them on buffers allocated once per step, with no ATen
-// operator (and its allocations) between two matrix products.
+// torch.ops.pagedllm.* for Python. The *_rows / *_into forms work on rows that the caller owns:
+// the fused layer runs them on buffers allocated once per step, with no ATen operator (and its
+// allocations) between two matrix products.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -33,6 +33,8 @@ struct PagedCache {
   int64_t block_size, num_kv_heads, head_dim;
 };
 PagedCache paged_cache(const at::Tensor& key_cache, const at::Tensor& value_cache);
+// The same from a layer's stacked cache [2, num_blocks, block_size, Hkv, D] (K, then V).
+PagedCache paged_cache(const at::Tensor& kv_cache);
 // q rows of H heads (q_stride floats apart) -> out rows (out_stride floats apart).
 void paged_attention_rows(const AttentionPlan& plan, const float* q, int64_t q_stride, int64_t H,
                           const PagedCache& cache, double scale, int64_t sliding_window,
@@ -46,9 +48,10 @@ at::Tensor paged_attention(const at::Tensor& query, const at::Tensor& key_cache,
 // (see dense_linear.cpp).
 at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias);
-// out [M, N] = x [M, K] W [N, K]^T with our GEMV, for M where dense_gemv_fits(M).
-bool dense_gemv_fits(int64_t rows);
-void dense_gemv(const float* x, int64_t M, int64_t K, const float* w, int64_t N, float* out);
+// The same into `out` when our GEMV takes the rows (out allocated if undefined, else of shape
+// [M, N]); more rows: ATen's result, `out` untouched.
+at::Tensor dense_linear_into(const at::Tensor& x, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias, at::Tensor& out);
 
 // (weight * rmsnorm(x + residual), x + residual), float32 rows (see elementwise.cpp).
 // The rows form: residual may be null (then x is the residual stream and res_out is not

@@ -146,13 +146,28 @@ AttentionPlan plan_attention(const at::Tensor& block_table, const at::Tensor& se
   return plan;
 }
 
-PagedCache paged_cache(const at::Tensor& key_cache, const at::Tensor& value_cache) {
-  TORCH_CHECK((key_cache.scalar_type() == at::kFloat || key_cache.scalar_type() == at::kHalf) &&
-                  value_cache.scalar_type() == key_cache.scalar_type(),
+namespace {
+bool is_half_cache(const at::Tensor& cache) {
+  TORCH_CHECK(cache.scalar_type() == at::kFloat || cache.scalar_type() == at::kHalf,
               "paged_attention: a float32 or float16 cache expected");
-  TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous() && key_cache.dim() == 4);
-  return {key_cache.data_ptr(), value_cache.data_ptr(), key_cache.scalar_type() == at::kHalf,
-          key_cache.size(1), key_cache.size(2), key_cache.size(3)};
+  TORCH_CHECK(cache.is_contiguous(), "paged_attention: a contiguous cache expected");
+  return cache.scalar_type() == at::kHalf;
+}
+}  // namespace
+
+PagedCache paged_cache(const at::Tensor& key_cache, const at::Tensor& value_cache) {
+  const bool half = is_half_cache(key_cache);
+  TORCH_CHECK(is_half_cache(value_cache) == half && key_cache.dim() == 4);
+  return {key_cache.data_ptr(), value_cache.data_ptr(), half, key_cache.size(1),
+          key_cache.size(2), key_cache.size(3)};
+}
+
+PagedCache paged_cache(const at::Tensor& kv_cache) {
+  // (the halves as pointers: select() would build two tensors per layer per step)
+  TORCH_CHECK(kv_cache.dim() == 5 && kv_cache.size(0) == 2, "a [2, blocks, ...] cache expected");
+  const char* key = static_cast<const char*>(kv_cache.data_ptr());
+  return {key, key + kv_cache.stride(0) * kv_cache.element_size(), is_half_cache(kv_cache),
+          kv_cache.size(2), kv_cache.size(3), kv_cache.size(4)};
 }
 
 void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_stride, int64_t H,
