@@ -1,7 +1,7 @@
 """pagedllm's compiled quantized linear kernel (kernels/csrc/quant_linear.cpp) against the float
-reference W = scale * code + min: integer dot products on int8-quantized activations for few
-rows (error of the order of llama.cpp's, bounded here), float panels for many rows (exact to
-float rounding), both code layouts (u4, i8) and both group sizes (16, 32)."""
+reference W = scale * code + min: integer dot products on activations quantized to int16 per 32
+columns, the same arithmetic for every row count (bounded error, and a row's bits independent of
+the rows beside it), both code layouts (u4, i8) and both group sizes (16, 32)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,11 @@ from pagedllm.model_executor.quantization.group_quant import (
     to_kernel,
 )
 from pagedllm.model_executor.quantization.kernels import PackedGroupWeight
+from tests.quantization.bounds import INT16_ACT_REL
 
 pytestmark = pytest.mark.skipif(not cpu_kernels_available(), reason="compiled kernels unavailable")
 
 N, K = 96, 320
-INT8_ACT_REL = 8e-3
-"""Bound on the relative error from quantizing activations to int8 per 32 columns."""
 
 
 def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -43,7 +42,7 @@ def _weights(kind: str, group: int) -> GroupQuant:
 
 @pytest.mark.parametrize("kind", ["u4", "i8", "q5"])
 @pytest.mark.parametrize("group", [16, 32])
-@pytest.mark.parametrize("rows", [1, 2, 3, 5, 20, 21, 32, 33, 64])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 20, 33, 64, 300])
 def test_packed_kernel_matches_reference(kind, group, rows):
     gq = _weights(kind, group)
     kernel = to_kernel(gq)
@@ -54,18 +53,22 @@ def test_packed_kernel_matches_reference(kind, group, rows):
     y = kernel(x)
     assert y.shape == (rows, N) and y.dtype == torch.float32
     err = _rel_err(y, x @ ref_w.t())
-    if rows <= PackedGroupWeight.GEMV_MAX_ROWS:
-        assert 0 < err < INT8_ACT_REL, err
-    else:
-        assert err < 1e-6, err
+    assert 0 < err < INT16_ACT_REL, err
 
 
-def test_rows_are_independent_of_batch():
-    """Row m's result does not depend on which other rows share the call."""
-    kernel = to_kernel(_weights("u4", 32))
-    x = torch.randn(7, K)
-    alone = torch.cat([kernel(x[i : i + 1]) for i in range(7)])
-    torch.testing.assert_close(kernel(x), alone, rtol=0, atol=0)
+@pytest.mark.parametrize("kind", ["u4", "i8", "q5"])
+@pytest.mark.parametrize("group", [16, 32])
+def test_rows_are_independent_of_batch(kind, group):
+    """Row m's result is the same bits whatever rows share the call: alone, in every batch size
+    of 2..40 (every tile shape and remainder), and inside a 300-row prefill."""
+    kernel = to_kernel(_weights(kind, group))
+    torch.manual_seed(2)
+    x = torch.randn(300, K)
+    alone = torch.cat([kernel(x[i : i + 1]) for i in range(40)])
+    for rows in range(2, 41):
+        assert torch.equal(kernel(x[:rows]), alone[:rows]), rows
+    assert torch.equal(kernel(x)[:40], alone)
+    assert torch.equal(kernel(x[13:300])[27 - 13 : 40 - 13], alone[27:40])
 
 
 def test_larger_groups_are_regrouped_exactly():
@@ -84,14 +87,14 @@ def test_gather_rows_and_bf16_activations():
     x = torch.randn(2, K, dtype=torch.bfloat16)
     y = kernel(x)
     assert y.dtype == torch.bfloat16
-    assert _rel_err(y, x.float() @ gq.dequantize().t()) < INT8_ACT_REL
+    assert _rel_err(y, x.float() @ gq.dequantize().t()) < 1e-2  # x itself in bf16
 
 
-def _int8_round_trip(x: torch.Tensor) -> torch.Tensor:
-    """x quantized to int8 per 32 columns (scale amax / 127) and back: what the kernel's
-    few-row path multiplies u4 codes by."""
+def _int16_round_trip(x: torch.Tensor) -> torch.Tensor:
+    """x quantized to int16 per 32 columns (scale amax / 32767) and back: what the kernel
+    multiplies the codes by."""
     blocks = x.view(x.shape[0], -1, 32)
-    d = blocks.abs().amax(dim=-1, keepdim=True) / 127
+    d = blocks.abs().amax(dim=-1, keepdim=True) / 32767
     return (torch.round(blocks / d) * d).view_as(x)
 
 
@@ -103,20 +106,21 @@ def test_centring_keeps_u4_error_at_centred_level(group):
     torch.manual_seed(1)
     gq = quantize_int4_grouped(torch.randn(N, K), group)
     x = torch.randn(3, K)
-    x_err = x - _int8_round_trip(x)
-    centred = (gq.codes.float() - 8).view(N, -1, group) * gq.scales[:, :, None]
-    uncentred = gq.codes.float().view(N, -1, group) * gq.scales[:, :, None]
-    ref = x @ gq.dequantize().t()
-    err = (to_kernel(gq)(x) - ref).norm()
+    x_err = x.double() - _int16_round_trip(x.double())
+    scales = gq.scales.double()[:, :, None]
+    centred = (gq.codes.double() - 8).view(N, -1, group) * scales
+    uncentred = gq.codes.double().view(N, -1, group) * scales
+    ref = x.double() @ gq.dequantize().double().t()  # (float64: float32 rounding is not small
+    err = (to_kernel(gq)(x).double() - ref).norm()  # beside int16 rounding)
     err_centred = (x_err @ centred.view(N, K).t()).norm()
     err_uncentred = (x_err @ uncentred.view(N, K).t()).norm()
-    assert err_uncentred > 1.5 * err_centred  # the difference the centring term makes
+    assert err_uncentred > 1.3 * err_centred  # the difference the centring term makes
     assert 0.8 * err_centred < err < 1.2 * err_centred, (err, err_centred, err_uncentred)
 
 
 def test_int8_codes_take_16_bit_activations():
-    """i8 codes (Q8_0 tables, LM heads) run against int16 activations: error ~1e-5, where int8
-    activations give ~5e-3 (the logits' noise that would flip near-tied greedy tokens)."""
+    """i8 codes (Q8_0 tables, LM heads) run against int16 activations too: error ~1e-5, where
+    int8 activations give ~5e-3 (the logits' noise that would flip near-tied greedy tokens)."""
     gq = quantize_int8_grouped(torch.randn(N, K), 32)
     x = torch.randn(2, K)
     assert _rel_err(to_kernel(gq)(x), x @ gq.dequantize().t()) < 1e-4

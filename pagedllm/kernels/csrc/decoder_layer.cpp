@@ -28,16 +28,6 @@
 
 namespace {
 
-// A linear layer as passed from Python: [weight] (dense float) or [codes, scales, mins]
-// (PackedGroupWeight), meta = {group_size, u4}.
-at::Tensor linear(const at::Tensor& x, const std::vector<at::Tensor>& w, int64_t group_size,
-                  bool u4, const std::optional<at::Tensor>& bias, int64_t gemv_max_rows) {
-  // as UnquantizedLinearMethod (F.linear with the bias) / RepackedLinearMethod (kernel + bias)
-  if (w.size() == 1) return pagedllm::dense_linear(x, w[0], bias);  // float32 (llama_fused.py)
-  const at::Tensor y = pagedllm::quant_linear(x, w[0], w[1], w[2], group_size, u4, gemv_max_rows);
-  return bias.has_value() && bias->defined() ? y + *bias : y;
-}
-
 // cache[slot_mapping[t]] = k[t], v[t] (attention/ops/cache_write.py's two index_copy_ calls as
 // plain row copies: the same bytes). Rows of Hkv * D floats; the cache holds [2, slots, Hkv * D]
 // contiguously, in float32 or float16 (rounded to nearest even, as Tensor.to(float16) does).
@@ -81,7 +71,7 @@ struct LlamaLayer {
   at::Tensor input_norm, post_norm;
   double eps;
   std::vector<at::Tensor> qkv_w, o_w, gate_up_w, down_w;
-  std::vector<int64_t> linear_meta;  // (group_size, u4) x 4, then gemv_max_rows
+  std::vector<int64_t> linear_meta;  // (group_size, u4) x 4
   std::optional<at::Tensor> qkv_bias, o_bias;
   at::Tensor cos_sin_cache;
   int64_t num_heads, num_kv_heads, head_dim, rotary_dim;
@@ -112,13 +102,13 @@ float* rows_of(at::Tensor& buffer, int64_t T, int64_t width) {
 
 // A linear layer as passed from Python: [weight] (dense float32) or [codes, scales, mins]
 // (PackedGroupWeight), meta = {group_size, u4}, computed as UnquantizedLinearMethod
-// (dense_linear, here into `buffer` when our GEMV takes the rows) / RepackedLinearMethod
+// (dense_linear, here into `buffer`) / RepackedLinearMethod
 // (kernel + bias) do.
 at::Tensor linear(const at::Tensor& x, const std::vector<at::Tensor>& w, int64_t group_size,
-                  bool u4, const std::optional<at::Tensor>& bias, int64_t gemv_max_rows,
+                  bool u4, const std::optional<at::Tensor>& bias,
                   at::Tensor& buffer) {
   if (w.size() == 1) return pagedllm::dense_linear_into(x, w[0], bias, buffer);
-  const at::Tensor y = pagedllm::quant_linear(x, w[0], w[1], w[2], group_size, u4, gemv_max_rows);
+  const at::Tensor y = pagedllm::quant_linear(x, w[0], w[1], w[2], group_size, u4);
   return bias.has_value() && bias->defined() ? y + *bias : y;
 }
 
@@ -131,7 +121,6 @@ std::tuple<at::Tensor, at::Tensor> run_layer(const LlamaLayer& layer, const at::
                o_bias, cos_sin_cache, num_heads, num_kv_heads, head_dim, rotary_dim, kv_cache,
                scale, sliding_window, soft_cap] = layer;
   // (linear_meta's size is checked once, in add_layer)
-  const int64_t gemv_rows = linear_meta[8];
   const int64_t T = step.T, width = hidden.size(1);
   const float feps = static_cast<float>(eps);
   // input norm with the residual add fused (layers/layernorm.py RMSNorm.forward)
@@ -150,7 +139,7 @@ std::tuple<at::Tensor, at::Tensor> run_layer(const LlamaLayer& layer, const at::
 
   // attention: q and k rotated in place in the qkv rows, k and v copied into the cache
   const at::Tensor qkv = linear(buf.x, qkv_w, linear_meta[0], linear_meta[1], qkv_bias,
-                                gemv_rows, buf.qkv);
+                                buf.qkv);
   float* qkv_rows = qkv.data_ptr<float>();
   const int64_t stride = qkv.size(1);
   const int64_t q_size = num_heads * head_dim, kv_size = num_kv_heads * head_dim;
@@ -165,7 +154,7 @@ std::tuple<at::Tensor, at::Tensor> run_layer(const LlamaLayer& layer, const at::
   pagedllm::paged_attention_rows(step.attention, qkv_rows, stride, num_heads,
                                  pagedllm::paged_cache(kv_cache), scale, sliding_window, soft_cap,
                                  rows_of(buf.attn, T, q_size), q_size);
-  const at::Tensor o = linear(buf.attn, o_w, linear_meta[2], linear_meta[3], o_bias, gemv_rows,
+  const at::Tensor o = linear(buf.attn, o_w, linear_meta[2], linear_meta[3], o_bias,
                               buf.o);
 
   // MLP
@@ -173,11 +162,11 @@ std::tuple<at::Tensor, at::Tensor> run_layer(const LlamaLayer& layer, const at::
                                    post_norm.data_ptr<float>(), T, width, feps,
                                    rows_of(buf.residual, T, width), x);
   const at::Tensor gate_up = linear(buf.x, gate_up_w, linear_meta[4], linear_meta[5],
-                                    std::nullopt, gemv_rows, buf.gate_up);
+                                    std::nullopt, buf.gate_up);
   const int64_t inter = gate_up.size(1) / 2;
   pagedllm::silu_and_mul_rows(gate_up.data_ptr<float>(), T, inter, rows_of(buf.act, T, inter));
   at::Tensor out = linear(buf.act, down_w, linear_meta[6], linear_meta[7], std::nullopt,
-                          gemv_rows, buf.hidden);
+                          buf.hidden);
   return {out, buf.residual};
 }
 
@@ -193,7 +182,7 @@ class LlamaDecoderStack : public torch::CustomClassHolder {
                  std::optional<at::Tensor> o_bias, at::Tensor cos_sin_cache, int64_t num_heads,
                  int64_t num_kv_heads, int64_t head_dim, int64_t rotary_dim, at::Tensor kv_cache,
                  double scale, int64_t sliding_window, double soft_cap) {
-    TORCH_CHECK(linear_meta.size() == 9, "linear_meta: 4 x (group_size, u4), gemv_max_rows");
+    TORCH_CHECK(linear_meta.size() == 8, "linear_meta: 4 x (group_size, u4)");
     for (auto* w : {&qkv_w, &o_w, &gate_up_w, &down_w}) {
       if (w->size() == 1) {
         TORCH_CHECK((*w)[0].scalar_type() == at::kFloat, "dense weights: float32 expected");

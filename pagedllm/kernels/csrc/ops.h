@@ -14,8 +14,7 @@ namespace pagedllm {
 
 // y [M, N] = x [M, K] W^T, W = scales * codes + mins per group (see quant_linear.cpp).
 at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
-                        const at::Tensor& mins, int64_t group_size, bool u4,
-                        int64_t gemv_max_rows);
+                        const at::Tensor& mins, int64_t group_size, bool u4);
 
 // Causal attention of each request's query rows over its paged K/V (see paged_attention.cpp).
 // A step's attention metadata as the kernel reads it, prepared once for all layers.
@@ -44,12 +43,11 @@ at::Tensor paged_attention(const at::Tensor& query, const at::Tensor& key_cache,
                            const at::Tensor& seq_lens, const at::Tensor& query_start_loc,
                            double scale, int64_t sliding_window, double soft_cap);
 
-// y [M, N] = x [M, K] W^T (+ bias), float32: our GEMV up to 256 rows, else ATen's GEMM
+// y [M, N] = x [M, K] W^T (+ bias), float32: our GEMV for every row count
 // (see dense_linear.cpp).
 at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias);
-// The same into `out` when our GEMV takes the rows (out allocated if undefined, else of shape
-// [M, N]); more rows: ATen's result, `out` untouched.
+// The same into `out` (allocated if undefined, else of shape [M, N]).
 at::Tensor dense_linear_into(const at::Tensor& x, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias, at::Tensor& out);
 

@@ -9,18 +9,23 @@
 //       j + 16 (high nibble) — ggml's Q4_0/Q4_1 order, so those blocks repack byte for byte.
 //   i8: codes -128..127, one byte per column.
 //
-// Few rows (decode): x is quantized per 32 columns (int8 against u4 codes, as llama.cpp does;
-// int16 against i8 codes) with a float scale, and each group is an integer dot product (AVX2
-// maddubs / madd), scaled once per group; the min term uses the exact float sum of x over the
-// group. Many rows (prefill, large batches): panels of W are dequantized to float and
-// multiplied by ATen's GEMM, where the dequantization is amortized over the rows.
+// One numerical treatment for every row count (batch invariance: a token's result does not
+// depend on how many rows share its call, so greedy output is the same cold, cached, chunked
+// or batched). x is quantized per 32 columns to int16 with a float scale, each group is an
+// exact integer dot product (AVX2 madd), scaled once per group; the min term uses the exact
+// float sum of x over the group. int16 activations are ~250x more precise than llama.cpp's
+// int8 (relative error ~2e-5): SmolLM2 Q4_1 then gives the dequantized float model's greedy
+// tokens (48 of 48 on 10 prompts, where int8 activations parted on the first token of two).
+// Every (weight row, activation row) sum is formed by the same operations in the same order
+// whatever the tile it falls in (tile_dots), and integer sums are exact in any order.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "dense_tile.h"
 #include "ops.h"
+#include "vec_math.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -30,7 +35,6 @@
 namespace {
 
 constexpr int64_t kBlock = 32;  // activation quantization block (columns)
-constexpr int64_t kDequantizedGemvMaxRows = 32;  // beyond: dequantized panels + ATen GEMM
 // The GEMV prefetches the codes of the weight row this many rows ahead, at the offset it reads
 // now. Rows are short (288 bytes for K = 576 in 4 bits) and a tile reads 1-4 of them at once,
 // so the hardware prefetcher loses the stream at each row change; one quad ahead and more
@@ -68,23 +72,20 @@ inline __m256 load8_masked(const at::Half* p, int64_t n) {
 }
 #endif
 
-// Activation rows quantized per 32 columns with a float scale dx: to int8 against u4 codes (as
-// llama.cpp does; byte products), to int16 against i8 codes (16-bit products cost the same
-// instructions there and are ~250x more precise: the LM head's logits are the one output
-// where activation rounding shows directly, ~0.1 on a logit with int8), with per-group
+// Activation rows quantized per 32 columns to int16 with a float scale dx, with per-group
 // (G = 16 or 32 columns) terms, ng = K / G groups per row:
 //   dx [M, ng]  the scale of the 32-column block holding the group
 //   sx [M, ng]  the exact float sum of x over the group (the minimum's term)
 //   ex [M, ng]  8 * (sum(x) - dx * sum(xq)) over the group (centring of u4 codes, see below)
 struct QuantizedRows {
   int64_t K = 0, ng = 0, ngp = 0;  // ngp: row stride of dx/sx/ex, ng rounded up to 8 (zeros)
-  std::vector<int8_t> q;     // [M, K] (u4 codes)
-  std::vector<int16_t> q16;  // [M, K] (i8 codes)
+  std::vector<int16_t> q;  // [M, K]
   std::vector<float> dx, sx, ex;
 };
 
-// One 32-column block to int16 codes; returns the scale, sums[h] the float sum of each half.
-inline float quantize_block16(const float* x, int16_t* q, float sums[2]) {
+// One 32-column block to int16 codes (round to nearest even, as std::nearbyint); returns the
+// scale, sums[h] / isums[h] the float / integer sum of each 16-column half.
+inline float quantize_block(const float* x, int16_t* q, float sums[2], int32_t isums[2]) {
   float amax = 0.f;
   for (int i = 0; i < kBlock; ++i) amax = std::max(amax, std::fabs(x[i]));
   const float d = amax / 32767.f;
@@ -93,122 +94,60 @@ inline float quantize_block16(const float* x, int16_t* q, float sums[2]) {
   const __m256 vid = _mm256_set1_ps(id);
   for (int h = 0; h < 2; ++h) {
     const __m256 v0 = _mm256_loadu_ps(x + 16 * h), v1 = _mm256_loadu_ps(x + 16 * h + 8);
-    const __m256i packed = _mm256_packs_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v0, vid)),
-                                              _mm256_cvtps_epi32(_mm256_mul_ps(v1, vid)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 16 * h),
-                        _mm256_permute4x64_epi64(packed, 0xD8));  // undo the lane interleave
+    const __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, vid));
+    const __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, vid));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 16 * h),  // undo the lane interleave
+                        _mm256_permute4x64_epi64(_mm256_packs_epi32(i0, i1), 0xD8));
     sums[h] = hsum8(_mm256_add_ps(v0, v1));
-  }
-#else
-  for (int h = 0; h < 2; ++h) {
-    sums[h] = 0.f;
-    for (int i = 16 * h; i < 16 * h + 16; ++i) {
-      q[i] = static_cast<int16_t>(std::nearbyint(x[i] * id));
-      sums[h] += x[i];
-    }
-  }
-#endif
-  return d;
-}
-
-// One 32-column block: codes into q, and per 16-column half its float sum and the int sum.
-inline float quantize_block(const float* x, int8_t* q, float sums[2], int32_t isums[2]) {
-#ifdef PAGEDLLM_AVX2
-  __m256 v[4];
-  __m256 amax = _mm256_setzero_ps();
-  const __m256 sign = _mm256_set1_ps(-0.f);
-  for (int i = 0; i < 4; ++i) {
-    v[i] = _mm256_loadu_ps(x + 8 * i);
-    amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[i]));
-  }
-  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-  const float d = _mm_cvtss_f32(m4) / 127.f;
-  const __m256 id = _mm256_set1_ps(d > 0.f ? 1.f / d : 0.f);
-  __m256i qi[4];  // round to nearest even, as std::nearbyint in the default rounding mode
-  for (int i = 0; i < 4; ++i) qi[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], id));
-  const __m256i p16 = _mm256_packs_epi16(_mm256_packs_epi32(qi[0], qi[1]),
-                                         _mm256_packs_epi32(qi[2], qi[3]));
-  const __m256i ordered = _mm256_permutevar8x32_epi32(p16, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), ordered);
-  for (int h = 0; h < 2; ++h) {
-    sums[h] = hsum8(_mm256_add_ps(v[2 * h], v[2 * h + 1]));
-    const __m256i s = _mm256_add_epi32(qi[2 * h], qi[2 * h + 1]);
+    const __m256i s = _mm256_add_epi32(i0, i1);
     __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
     s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
     s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
     isums[h] = _mm_cvtsi128_si32(s4);
   }
-  return d;
 #else
-  float amax = 0.f;
-  for (int i = 0; i < kBlock; ++i) amax = std::max(amax, std::fabs(x[i]));
-  const float d = amax / 127.f;
-  const float id = d > 0.f ? 1.f / d : 0.f;
   for (int h = 0; h < 2; ++h) {
     sums[h] = 0.f;
     isums[h] = 0;
     for (int i = 16 * h; i < 16 * h + 16; ++i) {
-      q[i] = static_cast<int8_t>(std::nearbyint(x[i] * id));
+      q[i] = static_cast<int16_t>(std::nearbyint(x[i] * id));
       sums[h] += x[i];
       isums[h] += q[i];
     }
   }
-  return d;
 #endif
+  return d;
 }
 
-// True where the block loop takes 32-column blocks in pairs (u4 codes, groups of 32): one
-// 32-byte load of codes holds two blocks, whose low nibbles are columns 0-15 and high nibbles
-// columns 16-31 of each; xq of each pair is stored to match, [b.0-15 | b+1.0-15 | b.16-31 |
-// b+1.16-31], so a pair needs one shift, two ands and two byte multiply-adds (half the
-// unpacking of one block at a time).
-template <bool U4, int G>
-constexpr bool kPairedBlocks = U4 && G == 32;
-
-template <bool U4, int G>
+template <int G>
 QuantizedRows quantize_activations(const float* x, int64_t M, int64_t K) {
   const int64_t nb = K / kBlock;
   QuantizedRows r;
   r.K = K;
   r.ng = K / G;
   r.ngp = (r.ng + 7) / 8 * 8;
-  (U4 ? r.q.resize(M * K) : r.q16.resize(M * K));
+  r.q.resize(M * K);
   r.dx.resize(M * r.ngp);
   r.sx.resize(M * r.ngp);
   r.ex.resize(M * r.ngp);
-  for (int64_t m = 0; m < M; ++m) {
-    for (int64_t b = 0; b < nb; ++b) {
-      float sums[2];
-      int32_t isums[2];
-      int8_t* qb = U4 ? r.q.data() + m * K + b * kBlock : nullptr;
-      alignas(32) int8_t natural[kBlock];
-      const bool paired = kPairedBlocks<U4, G> && (b | 1) < nb;
-      isums[0] = isums[1] = 0;
-      const float d =
-          U4 ? quantize_block(x + m * K + b * kBlock, paired ? natural : qb, sums, isums)
-             : quantize_block16(x + m * K + b * kBlock, r.q16.data() + m * K + b * kBlock, sums);
-      if (paired) {  // see kPairedBlocks
-        int8_t* pair = r.q.data() + m * K + (b & ~int64_t{1}) * kBlock;
-        std::memcpy(pair + 16 * (b & 1), natural, 16);
-        std::memcpy(pair + 32 + 16 * (b & 1), natural + 16, 16);
-      }
-      if constexpr (G == 32) {
-        const int64_t g = m * r.ngp + b;
-        r.dx[g] = d;
-        r.sx[g] = sums[0] + sums[1];
-        r.ex[g] = 8.f * (r.sx[g] - d * static_cast<float>(isums[0] + isums[1]));
-      } else {
-        for (int h = 0; h < 2; ++h) {
-          const int64_t g = m * r.ngp + 2 * b + h;
-          r.dx[g] = d;
-          r.sx[g] = sums[h];
-          r.ex[g] = 8.f * (sums[h] - d * static_cast<float>(isums[h]));
+  at::parallel_for(0, M, 16, [&](int64_t m_begin, int64_t m_end) {
+    for (int64_t m = m_begin; m < m_end; ++m) {
+      for (int64_t b = 0; b < nb; ++b) {
+        float sums[2];
+        int32_t isums[2];
+        const float d = quantize_block(x + m * K + b * kBlock, r.q.data() + m * K + b * kBlock,
+                                       sums, isums);
+        const int64_t first = m * r.ngp + b * kBlock / G;
+        for (int h = 0; h < kBlock / G; ++h) {  // G 32: one group of both halves, 16: two
+          const float s = G == 32 ? sums[0] + sums[1] : sums[h];
+          const int32_t is = G == 32 ? isums[0] + isums[1] : isums[h];
+          r.dx[first + h] = d;
+          r.sx[first + h] = s;
+          r.ex[first + h] = 8.f * (s - d * static_cast<float>(is));
         }
       }
     }
-  }
+  });
   return r;
 }
 
@@ -219,32 +158,21 @@ inline __m256i load_u4_block(const uint8_t* p) {
   return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
 }
 
-// The 8 int32 lanes of <u4 codes, xq> over one 32-column block: lane i holds columns 4i..4i+3
-// of the unpacked bytes (lanes 0-3 are columns 0-15, lanes 4-7 columns 16-31).
-inline __m256 block_dot_u4(__m256i w, __m256i xv) {
-  const __m256i prod = _mm256_maddubs_epi16(w, xv);
-  return _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, _mm256_set1_epi16(1)));
-}
-
-// [p[0] x 4, p[1] x 4]: the factors of lanes 0-3 and 4-7 when they belong to two groups.
-inline __m256 two_factors(const float* p) {
-  const __m256 pair =
-      _mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p))));
-  return _mm256_permutevar8x32_ps(pair, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
-}
-
-// The per-lane factor scale * dx of block b from dd [ng]: one value (G 32) or two (G 16).
-template <int G>
-inline __m256 block_factor(const float* dd, int64_t b) {
-  if constexpr (G == 32) {
-    return _mm256_broadcast_ss(dd + b);
+// A 32-column block of codes as int16: columns 0-15 and 16-31.
+template <bool U4>
+inline void load_codes16(const uint8_t* row, int64_t b, __m256i out[2]) {
+  if constexpr (U4) {
+    const __m128i w = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + b * 16));
+    const __m128i low4 = _mm_set1_epi8(0x0F);
+    out[0] = _mm256_cvtepu8_epi16(_mm_and_si128(w, low4));
+    out[1] = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(w, 4), low4));
   } else {
-    return two_factors(dd + 2 * b);
+    const __m128i* p = reinterpret_cast<const __m128i*>(row + b * kBlock);
+    out[0] = _mm256_cvtepi8_epi16(_mm_loadu_si128(p));
+    out[1] = _mm256_cvtepi8_epi16(_mm_loadu_si128(p + 1));
   }
 }
-#endif
 
-#ifdef PAGEDLLM_AVX2
 // Sum of the 8 lanes as ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)): the association of
 // reduce4, so a (weight row, activation row) sum is the same bits in every tile shape.
 inline float reduce1(__m256 v) {
@@ -265,7 +193,7 @@ inline __m128 reduce4(__m256 a, __m256 b, __m256 c, __m256 d) {
 //   out[w * R + r] = sum_b <code_b, xq_b> * scale_g dx_g  +  sum_g min_g sx_g  [+ scale_g ex_g]
 //
 // Per-group products are formed first, 8 groups at a time, into dd (scratch [NW * R, ng]), so
-// the block loop is an unpack, a multiply-add of bytes and one FMA per block and pair. Weight
+// the block loop is an unpack, two int16 multiply-adds and one FMA per block and pair. Weight
 // rows share each activation block load; activation rows share each weight block unpack. Why
 // the u4 centring term: codes 0..15 are not centred, so the rounding error of xq summed against
 // them is ~2x that of centred codes; scale * ex per group turns it into that of (code - 8).
@@ -323,86 +251,34 @@ inline void tile_dots(const uint8_t* const* codes, const S* const* scale, const 
       }
     }
   }
-  const int8_t* xq = U4 ? qa.q.data() + m0 * K : nullptr;
-  const int16_t* xq16 = U4 ? nullptr : qa.q16.data() + m0 * K;
+  const int16_t* xq = qa.q.data() + m0 * K;
 #ifdef PAGEDLLM_AVX2
-  int64_t b = 0;
-  if constexpr (kPairedBlocks<U4, G>) {
-    const __m256i low4 = _mm256_set1_epi8(0x0F);
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (; b + 2 <= nb; b += 2) {
-      __m256i lo[NW], hi[NW];
-#pragma GCC unroll 16
-      for (int w = 0; w < NW; ++w) {
-        _mm_prefetch(reinterpret_cast<const char*>(codes[w] + ahead + b * 16), _MM_HINT_T0);
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes[w] + b * 16));
-        lo[w] = _mm256_and_si256(v, low4);
-        hi[w] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
-      }
-#pragma GCC unroll 16
-      for (int r = 0; r < R; ++r) {
-        const int8_t* xp = xq + r * K + b * kBlock;
-        const __m256i xlo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp));
-        const __m256i xhi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + 32));
-#pragma GCC unroll 16
-        for (int w = 0; w < NW; ++w) {
-          const int i = w * R + r;
-          // int16 pair sums of both halves: at most 2 * 2 * 15 * 127, no saturation
-          const __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo[w], xlo),
-                                               _mm256_maddubs_epi16(hi[w], xhi));
-          const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
-          // lanes 0-3 are block b's columns, 4-7 block b + 1's
-          acc[i] = _mm256_fmadd_ps(p, two_factors(dd + i * ng + b), acc[i]);
-        }
-      }
-    }
-  }
-  for (; b < nb; ++b) {
-    __m256i wv[NW];
+  for (int64_t b = 0; b < nb; ++b) {
+    __m256i wh[NW][2];
 #pragma GCC unroll 16
     for (int w = 0; w < NW; ++w) {
       _mm_prefetch(reinterpret_cast<const char*>(codes[w] + ahead + b * (U4 ? 16 : 32)),
                    _MM_HINT_T0);
+      load_codes16<U4>(codes[w], b, wh[w]);
     }
-    if constexpr (U4) {
 #pragma GCC unroll 16
-      for (int w = 0; w < NW; ++w) wv[w] = load_u4_block(codes[w] + b * 16);
+    for (int r = 0; r < R; ++r) {
+      const int16_t* xp = xq + r * K + b * kBlock;
+      const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp));
+      const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + 16));
 #pragma GCC unroll 16
-      for (int r = 0; r < R; ++r) {
-        const __m256i xv =
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + r * K + b * kBlock));
-#pragma GCC unroll 16
-        for (int w = 0; w < NW; ++w) {
-          const int i = w * R + r;
-          acc[i] = _mm256_fmadd_ps(block_dot_u4(wv[w], xv), block_factor<G>(dd + i * ng, b),
-                                   acc[i]);
-        }
-      }
-    } else {  // i8 codes sign-extended to int16 against int16 activations
-      __m256i wh[NW][2];
-#pragma GCC unroll 16
-      for (int w = 0; w < NW; ++w)
-        for (int h = 0; h < 2; ++h)
-          wh[w][h] = _mm256_cvtepi8_epi16(
-              _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes[w] + b * kBlock + 16 * h)));
-#pragma GCC unroll 16
-      for (int r = 0; r < R; ++r) {
-        const int16_t* xp = xq16 + r * K + b * kBlock;
-        const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp));
-        const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + 16));
-#pragma GCC unroll 16
-        for (int w = 0; w < NW; ++w) {
-          const int i = w * R + r;
-          const __m256i p0 = _mm256_madd_epi16(wh[w][0], x0), p1 = _mm256_madd_epi16(wh[w][1], x1);
-          if constexpr (G == 32) {  // lanes of both halves share the block's factor
-            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(p0, p1)),
-                                     _mm256_broadcast_ss(dd + i * ng + b), acc[i]);
-          } else {
-            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0),
-                                     _mm256_broadcast_ss(dd + i * ng + 2 * b), acc[i]);
-            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1),
-                                     _mm256_broadcast_ss(dd + i * ng + 2 * b + 1), acc[i]);
-          }
+      for (int w = 0; w < NW; ++w) {
+        const int i = w * R + r;
+        // lane l: columns 2l, 2l + 1 (p0) and 16 + 2l, 17 + 2l (p1); |sum| < 2^31
+        const __m256i p0 = _mm256_madd_epi16(wh[w][0], x0), p1 = _mm256_madd_epi16(wh[w][1], x1);
+        if constexpr (G == 32) {  // lanes of both halves share the block's factor
+          acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(p0, p1)),
+                                   _mm256_broadcast_ss(dd + i * ng + b), acc[i]);
+        } else {
+          acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0),
+                                   _mm256_broadcast_ss(dd + i * ng + 2 * b), acc[i]);
+          acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1),
+                                   _mm256_broadcast_ss(dd + i * ng + 2 * b + 1), acc[i]);
         }
       }
     }
@@ -433,7 +309,7 @@ inline void tile_dots(const uint8_t* const* codes, const S* const* scale, const 
           } else {
             c = static_cast<int8_t>(codes[w][k]);
           }
-          isum += c * (U4 ? xq[r * K + k] : xq16[r * K + k]);
+          isum += c * xq[r * K + k];
         }
         total += static_cast<float>(isum) * dd[i * ng + k0 / G];
       }
@@ -463,7 +339,7 @@ template <bool U4, int G, typename S>
 void gemv_rows(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
                const at::Tensor& mins, at::Tensor& out) {
   const int64_t M = x.size(0), K = x.size(1), N = out.size(1);
-  const QuantizedRows qa = quantize_activations<U4, G>(x.data_ptr<float>(), M, K);
+  const QuantizedRows qa = quantize_activations<G>(x.data_ptr<float>(), M, K);
   const int64_t groups = K / G;
   const int64_t row_bytes = U4 ? K / 2 : K;
   const uint8_t* cp = reinterpret_cast<const uint8_t*>(codes.data_ptr());
@@ -542,72 +418,9 @@ void dequantize_rows(const uint8_t* codes, const S* scales, const S* mins, int64
   }
 }
 
-// 13..32 rows: each group of 4 weight rows is dequantized into a per-thread buffer that stays in
-// L1 and multiplied by every activation row at once (no panel written to and re-read from the
-// last-level cache, no ATen GEMM, which is slow at these row counts).
-template <bool U4, int G, typename S>
-void gemv_dequantized(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
-                      const at::Tensor& mins, at::Tensor& out) {
-  const int64_t M = x.size(0), K = x.size(1), N = out.size(1);
-  const uint8_t* cp = reinterpret_cast<const uint8_t*>(codes.data_ptr());
-  const S* sp = scales.data_ptr<S>();
-  const S* mp = mins.data_ptr<S>();
-  const float* xp = x.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  at::parallel_for(0, (N + 3) / 4, 8, [&](int64_t begin, int64_t end) {
-    std::vector<float> buf(4 * K);
-    for (int64_t quad = begin; quad < end; ++quad) {
-      const int64_t n = quad * 4, nw = std::min<int64_t>(4, N - n);
-      dequantize_rows<U4, G, S>(cp, sp, mp, K, n, n + nw, buf.data());
-      const float* w[4] = {buf.data(), buf.data() + K, buf.data() + 2 * K, buf.data() + 3 * K};
-      float part[8];
-      for (int64_t m0 = 0; m0 < M; m0 += 2) {
-        const int64_t r = std::min<int64_t>(2, M - m0);
-        for (int64_t i0 = 0; i0 < nw; i0 += (nw == 4 ? 4 : 1)) {
-          const int64_t wn = nw == 4 ? 4 : 1;
-          const float* wi[4] = {w[i0], w[std::min<int64_t>(i0 + 1, 3)],
-                                w[std::min<int64_t>(i0 + 2, 3)], w[std::min<int64_t>(i0 + 3, 3)]};
-          if (wn == 4) {
-            r == 2 ? dots<4, 2>(wi, xp + m0 * K, K, part) : dots<4, 1>(wi, xp + m0 * K, K, part);
-          } else {
-            r == 2 ? dots<1, 2>(wi, xp + m0 * K, K, part) : dots<1, 1>(wi, xp + m0 * K, K, part);
-          }
-          for (int64_t a = 0; a < wn; ++a)
-            for (int64_t b = 0; b < r; ++b) op[(m0 + b) * N + n + i0 + a] = part[a * r + b];
-        }
-      }
-    }
-  });
-}
-
-template <bool U4, int G, typename S>
-void gemm_panels(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
-                 const at::Tensor& mins, at::Tensor& out) {
-  const int64_t K = x.size(1), N = out.size(1);
-  // Panels of ~1M weights (4 MB of float) stay in the last-level cache between the two passes.
-  const int64_t panel = std::max<int64_t>(64, ((1 << 20) / K) / 64 * 64);
-  at::Tensor w = at::empty({std::min(panel, N), K}, x.options());
-  const uint8_t* cp = reinterpret_cast<const uint8_t*>(codes.data_ptr());
-  for (int64_t n0 = 0; n0 < N; n0 += panel) {
-    const int64_t n1 = std::min(N, n0 + panel);
-    float* wp = w.data_ptr<float>();
-    at::parallel_for(n0, n1, 16, [&](int64_t b, int64_t e) {
-      dequantize_rows<U4, G, S>(cp, scales.data_ptr<S>(), mins.data_ptr<S>(), K, b, e,
-                             wp + (b - n0) * K);
-    });
-    const at::Tensor w_panel = w.narrow(0, 0, n1 - n0);
-    const at::Tensor y = at::mm(x, w_panel.t());
-    if (n0 == 0 && n1 == N) {
-      out.copy_(y);
-    } else {
-      out.narrow(1, n0, n1 - n0).copy_(y);
-    }
-  }
-}
-
 template <bool U4, int G, typename S>
 at::Tensor run(const at::Tensor& x_in, const at::Tensor& codes, const at::Tensor& scales,
-               const at::Tensor& mins, int64_t gemv_max_rows) {
+               const at::Tensor& mins) {
   TORCH_CHECK(x_in.dim() == 2, "x must be [M, K]");
   const at::Tensor x = x_in.to(at::kFloat).contiguous();
   const int64_t M = x.size(0), K = x.size(1), N = codes.size(0);
@@ -615,26 +428,19 @@ at::Tensor run(const at::Tensor& x_in, const at::Tensor& codes, const at::Tensor
   TORCH_CHECK(codes.size(1) == (U4 ? K / 2 : K), "codes do not match in_features");
   TORCH_CHECK(scales.size(0) == N && scales.size(1) == K / G && mins.sizes() == scales.sizes());
   at::Tensor out = at::empty({M, N}, x.options());
-  if (M <= gemv_max_rows) {
-    gemv_rows<U4, G, S>(x, codes, scales, mins, out);
-  } else if (M <= kDequantizedGemvMaxRows) {
-    gemv_dequantized<U4, G, S>(x, codes, scales, mins, out);
-  } else {
-    gemm_panels<U4, G, S>(x, codes, scales, mins, out);
-  }
+  if (M > 0) gemv_rows<U4, G, S>(x, codes, scales, mins, out);
   return out.to(x_in.scalar_type());
 }
 
 template <typename S>
 at::Tensor dispatch_layout(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
-                           const at::Tensor& mins, int64_t group_size, bool u4,
-                           int64_t gemv_max_rows) {
+                           const at::Tensor& mins, int64_t group_size, bool u4) {
   if (u4) {
-    return group_size == 32 ? run<true, 32, S>(x, codes, scales, mins, gemv_max_rows)
-                            : run<true, 16, S>(x, codes, scales, mins, gemv_max_rows);
+    return group_size == 32 ? run<true, 32, S>(x, codes, scales, mins)
+                            : run<true, 16, S>(x, codes, scales, mins);
   }
-  return group_size == 32 ? run<false, 32, S>(x, codes, scales, mins, gemv_max_rows)
-                          : run<false, 16, S>(x, codes, scales, mins, gemv_max_rows);
+  return group_size == 32 ? run<false, 32, S>(x, codes, scales, mins)
+                          : run<false, 16, S>(x, codes, scales, mins);
 }
 
 template <typename S>
@@ -656,16 +462,15 @@ void gather_row(const uint8_t* cp, const at::Tensor& scales, const at::Tensor& m
 namespace pagedllm {
 
 at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
-                        const at::Tensor& mins, int64_t group_size, bool u4,
-                        int64_t gemv_max_rows) {
+                        const at::Tensor& mins, int64_t group_size, bool u4) {
   TORCH_CHECK(group_size == 16 || group_size == 32, "group size must be 16 or 32");
   TORCH_CHECK(codes.is_contiguous() && scales.is_contiguous() && mins.is_contiguous());
   TORCH_CHECK(scales.scalar_type() == mins.scalar_type(), "scales and mins of one dtype");
   if (scales.scalar_type() == at::kHalf) {
-    return dispatch_layout<at::Half>(x, codes, scales, mins, group_size, u4, gemv_max_rows);
+    return dispatch_layout<at::Half>(x, codes, scales, mins, group_size, u4);
   }
   TORCH_CHECK(scales.scalar_type() == at::kFloat, "scales must be float32 or float16");
-  return dispatch_layout<float>(x, codes, scales, mins, group_size, u4, gemv_max_rows);
+  return dispatch_layout<float>(x, codes, scales, mins, group_size, u4);
 }
 
 // Rows `ids` of W as float [len(ids), K] (embedding lookups from a quantized table).
@@ -694,7 +499,7 @@ at::Tensor quant_gather_rows(const at::Tensor& ids, const at::Tensor& codes,
 
 TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
   m.def("quant_linear(Tensor x, Tensor codes, Tensor scales, Tensor mins, int group_size, "
-        "bool u4, int gemv_max_rows) -> Tensor");
+        "bool u4) -> Tensor");
   m.def("quant_gather_rows(Tensor ids, Tensor codes, Tensor scales, Tensor mins, "
         "int group_size, bool u4, int in_features) -> Tensor");
 }

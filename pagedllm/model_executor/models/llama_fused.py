@@ -47,8 +47,6 @@ class FusedDecoderStack:
 
 def _layer_arguments(layer: nn.Module) -> tuple:
     """LlamaDecoderStack.add_layer's arguments for one layer."""
-    from pagedllm.model_executor.quantization.kernels import PackedGroupWeight
-
     attn_mod = layer.self_attn
     attn = attn_mod.attn
     linears = [attn_mod.qkv_proj, attn_mod.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj]
@@ -57,7 +55,6 @@ def _layer_arguments(layer: nn.Module) -> tuple:
         tensors, group, u4 = _linear_tensors(linear)
         weights.append(tensors)
         meta += [group, int(u4)]
-    meta.append(PackedGroupWeight.GEMV_MAX_ROWS)
     return (
         layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
         layer.input_layernorm.eps, *weights, meta, attn_mod.qkv_proj.bias, attn_mod.o_proj.bias,

@@ -234,19 +234,14 @@ class PackedGroupWeight(QuantizedWeight):
     mins[n, g].
 
     u4: codes 0..15, two per byte (ggml's Q4 order within each 32 columns); else int8 codes.
-    Up to GEMV_MAX_ROWS activation rows run integer dot products on activations quantized per
-    32 columns: to int8 against u4 codes (~0.3 % relative error, as llama.cpp), to int16 against
-    i8 codes (~2e-5: Q8_0 vocab tables, whose logits show activation rounding directly); more
-    rows dequantize panels of W and use the float GEMM (exact to float rounding). Measured
-    (2 threads, fp32 activations, microseconds, K=576, before the paired-block loop, which made
-    u4 rows another ~1.4x faster): N=1536 M=1 51 vs 96 int4pack-via-bf16 vs 90 dense; N=49152
-    M=1 1371 vs 2372 vs 8382. Up to 32 rows the integer path wins: SmolLM2 Q4_1, 32 sequences
-    of 128 prompt tokens decoding together, 159-193 tok/s with panels from 13 rows on against
-    232-249 with integer rows up to 32 (interleaved A/B, one process). Prefill chunks of up to
-    32 tokens then see llama.cpp's activation rounding too; longer ones stay exact.
+    Every row count runs the same arithmetic: activations quantized per 32 columns to int16
+    (~2e-5 relative error) and integer dot products, so a row's result does not depend on how
+    many rows share the call (batch invariance: greedy output is the same cold, cached, chunked
+    and batched). int16 rather than llama.cpp's int8 activations: int8 changed SmolLM2 Q4_1's
+    first greedy token on 2 of 10 prompts against the dequantized float model ("What is the
+    capital of France?" answered "L'Étoile, la Marseillaise" instead of "... Paris."), int16
+    agreed on all 48 tokens of all 10. See the module notes of quant_linear.cpp for speed.
     """
-
-    GEMV_MAX_ROWS = 32
 
     def __init__(self, codes, scales, mins, group_size: int, u4: bool, input_perm=None) -> None:
         out_features = codes.shape[0]
@@ -274,7 +269,7 @@ class PackedGroupWeight(QuantizedWeight):
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
         y = torch.ops.pagedllm.quant_linear(flat, self.codes, self.scales, self.mins,
-                                            self.group_size, self.u4, self.GEMV_MAX_ROWS)
+                                            self.group_size, self.u4)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def gather_rows(self, ids: torch.Tensor) -> torch.Tensor:
