@@ -222,12 +222,17 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
         const int64_t kn = std::min(block_size, last_pos + 1 - k0);
         for (int64_t ti = 0; ti < tn; ++ti) {
           const int64_t pos = first_pos + ti;
+          // the keys of this block up to the row's own position: how many depends on the row
+          // alone, not on the rows that share its tile, so its softmax sums (8 lanes, then a
+          // scalar tail) associate the same way in a prefill, a chunk or a decode
+          const int64_t row_kn = std::min(kn, pos + 1 - k0);
+          if (row_kn <= 0) continue;
           for (int64_t g = 0; g < group; ++g) {
             const int64_t row = ti * group + g;
             const float* qv = qp + (start + t0 + ti) * q_stride + (kvh * group + g) * D;
             float* srow = s.data() + row * block_size;
             float block_max = -std::numeric_limits<float>::infinity();
-            for (int64_t j = 0; j < kn; ++j) {
+            for (int64_t j = 0; j < row_kn; ++j) {
               const int64_t kpos = k0 + j;
               const bool visible =
                   kpos <= pos && (sliding_window <= 0 || kpos > pos - sliding_window);
@@ -245,9 +250,9 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
             const float new_max = std::max(m[row], block_max);
             const float correction = std::exp(m[row] - new_max);
             float* a = acc.data() + row * D;
-            const float sum = exp_shifted(srow, kn, new_max);
+            const float sum = exp_shifted(srow, row_kn, new_max);
             accumulate_d<HD>(a, correction, srow, vp + phys * block_stride + kvh * D, slot_stride,
-                             kn, D);
+                             row_kn, D);
             l[row] = l[row] * correction + sum;
             m[row] = new_max;
           }
