@@ -1,9 +1,9 @@
-// y[M, N] = x[M, K] W[N, K]^T (+ bias) in float32. Up to kGemvMaxRows rows (decode, and steps
-// with a prompt chunk) our own GEMV over W: 1-4 rows as several sequential streams of weight
-// rows per thread (stream_gemv), more four weight rows at a time against three activation rows
-// per pass (tile_gemv). Every output is the same 8-lane dot product whatever the tile, so a
-// row's result does not depend on the batch it is in. More rows: ATen's GEMM, which is no
-// faster past that.
+// y[M, N] = x[M, K] W[N, K]^T (+ bias) in float32, our own GEMV over W for every row count:
+// 1-4 rows as several sequential streams of weight rows per thread (stream_gemv), more four
+// weight rows at a time against three activation rows per pass (tile_gemv). Every output is the
+// same 8-lane dot product whatever the tile, so a row's result does not depend on the batch it
+// is in (batch invariance: ATen's GEMM, which took more than 256 rows before, sums in an order
+// of its own, so a long prefill's rows differed in the last bits from the same rows in chunks).
 // With several passes over four weight rows, the loop is compute-bound while the rows are in L1,
 // and the next four rows are prefetched a slice per pass: without that, each new quad started
 // on a DRAM miss (the hardware prefetcher does not follow 4 streams of 2.3 KB across rows).
@@ -22,7 +22,6 @@
 
 namespace {
 
-constexpr int64_t kGemvMaxRows = 256;
 // Activation rows swept per pass over a thread's weight rows: their K floats each stay in L2
 // (96 x 1536 x 4 B = 576 KiB of the 1 MiB here) while the weights stream once per block.
 constexpr int64_t kRowBlock = 96;
@@ -160,7 +159,6 @@ at::Tensor dense_linear_into(const at::Tensor& x_in, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias, at::Tensor& out) {
   TORCH_CHECK(x_in.dim() == 2 && weight.dim() == 2 && x_in.size(1) == weight.size(1));
   TORCH_CHECK(x_in.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat);
-  if (x_in.size(0) > kGemvMaxRows) return at::linear(x_in, weight, bias);
   const at::Tensor x = x_in.contiguous();
   const at::Tensor w = weight.contiguous();
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
