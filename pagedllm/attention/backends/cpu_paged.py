@@ -3,7 +3,9 @@
 One kernel call per layer attends every request of the step, prefill chunks and decodes alike,
 reading K/V in place through the block table: no gather copy, no Python loop per request, no
 per-step metadata beyond what CommonAttentionMetadata already holds. It covers float32 queries
-over float32 or float16 caches; anything else (bf16/fp16 models, int8/fp8 KV caches, non-CPU
+over float32 or float16 caches, and over int8/fp8 caches through a float32 copy of the step's
+blocks (dequantized per element, so a token's attention stays the same bits whatever the batch,
+which SDPA's blocking by query count does not give); anything else (bf16/fp16 models, non-CPU
 tensors, kernels that could not be built) takes cpu_sdpa's path. Tested against the reference
 backend (torch_ref).
 """
@@ -26,7 +28,9 @@ from pagedllm.attention.backends.cpu_sdpa import (
     CpuSdpaMetadataBuilder,
 )
 from pagedllm.attention.ops.cache_write import write_to_paged_cache
+from pagedllm.attention.ops.kv_quant import is_quantized_kv, load_kv
 from pagedllm.kernels import fits_cpu_float32, fits_cpu_kv_cache
+from pagedllm.utils.math import cdiv
 
 
 @dataclass
@@ -54,16 +58,30 @@ class CpuPagedAttentionImpl(AttentionImpl):
 
     def forward(self, query, key, value, kv_cache, attn_metadata):
         md: CpuPagedMetadata = attn_metadata
-        if not (fits_cpu_float32(query) and fits_cpu_kv_cache(kv_cache)):
+        quantized = is_quantized_kv(kv_cache.dtype)
+        if not (fits_cpu_float32(query) and (quantized or fits_cpu_kv_cache(kv_cache))):
             return self._fallback.forward(query, key, value, kv_cache, md.sdpa())
         common = md.common
         write_to_paged_cache(key, value, kv_cache, common.slot_mapping)
-        num_tokens = common.num_actual_tokens
+        if quantized:
+            key_cache, value_cache, block_table = _dequantized_blocks(kv_cache, common)
+        else:
+            key_cache, value_cache, block_table = kv_cache[0], kv_cache[1], common.block_table
         return torch.ops.pagedllm.paged_attention(
-            query[:num_tokens], kv_cache[0], kv_cache[1], common.block_table, common.seq_lens,
-            common.query_start_loc, self.scale, self.sliding_window or 0,
+            query[: common.num_actual_tokens], key_cache, value_cache, block_table,
+            common.seq_lens, common.query_start_loc, self.scale, self.sliding_window or 0,
             self.logits_soft_cap or 0.0,
         )  # fmt: skip
+
+
+def _dequantized_blocks(kv_cache: torch.Tensor, common: CommonAttentionMetadata):
+    """The blocks of this step's requests from an int8/fp8 cache as float32 K and V
+    [num_reqs * max_blocks, block_size, Hkv, D], and the block table that indexes them."""
+    max_blocks = cdiv(max(common.seq_lens_cpu), common.block_size)
+    table = common.block_table[: common.num_reqs, :max_blocks]
+    ids = table.reshape(-1).long()
+    local = torch.arange(ids.numel(), dtype=torch.int32, device=table.device).view_as(table)
+    return load_kv(kv_cache[0][ids], torch.float32), load_kv(kv_cache[1][ids], torch.float32), local
 
 
 class CpuPagedBackend(AttentionBackend):
