@@ -1,7 +1,7 @@
 """Shared fixtures: tiny random HF Llama checkpoints saved to a tmp dir, and the embedded GGUF.
 
 Fixture names are an interface other test packages rely on: `tiny_llama_dir`,
-`tiny_llama_factory`, `tiny_tokenizer_dir`, `smollm2_gguf_path`.
+`tiny_llama_factory`, `tiny_tokenizer_dir`, `tiny_vocab`, `smollm2_gguf_path`.
 """
 
 from __future__ import annotations
@@ -90,6 +90,14 @@ def tiny_llama_factory(tiny_model_factory):
 def tiny_llama_dir(tiny_llama_factory) -> str:
     """hidden 64, 2 layers, 4 heads / 2 KV heads, intermediate 128, vocab 384, 512 positions."""
     return tiny_llama_factory()
+
+
+@pytest.fixture(scope="session")
+def tiny_vocab(tiny_llama_dir) -> int:
+    """The tiny random Llama's vocabulary size (random prompts draw ids below it)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(tiny_llama_dir).vocab_size
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import random
 
-import pytest
-
 from pagedllm import LLM, SamplingParams
 from tests.hf_reference import hf_greedy, load_hf_model
 
@@ -41,13 +39,6 @@ def _assert_all_blocks_free(llm: LLM) -> None:
     manager = core.scheduler.kv_cache_manager
     assert not core.scheduler.has_unfinished_requests()
     assert manager.usage == 0.0, f"KV blocks still in use: {manager.usage}"
-
-
-@pytest.fixture(scope="module")
-def tiny_vocab(tiny_llama_dir) -> int:
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(tiny_llama_dir).vocab_size
 
 
 def test_mixed_lengths_match_hf(tiny_llama_dir, tiny_vocab):
