@@ -42,3 +42,9 @@ def kernel_cache_dir() -> str:
     return os.environ.get("PAGEDLLM_CACHE_DIR") or os.path.join(
         os.path.expanduser("~"), ".cache", "pagedllm"
     )
+
+
+def kernel_build_timeout() -> float:
+    """PAGEDLLM_KERNEL_BUILD_TIMEOUT: seconds a process waits for another one's build of the
+    compiled kernels before it gives up and uses PyTorch operators (default 600)."""
+    return float(os.environ.get("PAGEDLLM_KERNEL_BUILD_TIMEOUT") or 600)

@@ -1,9 +1,11 @@
 """pagedllm's own compiled CPU kernels (C++ in csrc/, AVX2 where the CPU has it).
 
-They are built on first use with torch's cpp_extension (ninja + the system C++ compiler, ~15 s)
-into PAGEDLLM_CACHE_DIR and registered as torch.ops.pagedllm.*; later processes load the cached
-library. `scripts/install.sh` builds them once at install time. When they cannot be built (no
-compiler, PAGEDLLM_COMPILED_KERNELS=0) callers fall back to PyTorch operators.
+They are built on first use with torch's cpp_extension (ninja + the system C++ compiler, ~40 s on
+2 cores) into PAGEDLLM_CACHE_DIR and registered as torch.ops.pagedllm.*; later processes load the
+cached library. `build.py` makes that safe: one build at a time under an OS lock, in a temporary
+directory moved into place when complete. `scripts/install.sh` builds them once at install time and
+the engine before it loads weights. When they cannot be built (no compiler,
+PAGEDLLM_COMPILED_KERNELS=0) callers fall back to PyTorch operators.
 """
 
 from __future__ import annotations
@@ -11,12 +13,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import time
 
 from pagedllm import envs
-from pagedllm.logger import init_logger
-
-logger = init_logger(__name__)
+from pagedllm.kernels.build import ExtensionSpec, load_or_build
 
 _SOURCES = (
     "quant_linear.cpp",
@@ -52,33 +51,28 @@ def cpu_kernels_available() -> bool:
     import torch
 
     capability = torch.backends.cpu.get_cpu_capability()
-    # the sources' hash in the name: a changed header rebuilds too (torch only tracks .cpp files)
-    name = f"pagedllm_cpu_kernels_{capability.lower()}_{_sources_hash()}"
-    build_dir = os.path.join(envs.kernel_cache_dir(), "kernels", f"torch{torch.__version__}", name)
-    # NOTE: old builds stay in the cache (a few MB each); `rm -r` of the directory is safe.
-    os.makedirs(build_dir, exist_ok=True)
-    start = time.perf_counter()
-    try:
-        from torch.utils.cpp_extension import load
+    spec = ExtensionSpec(
+        # the sources' hash in the name: a changed header rebuilds too (torch only tracks .cpp)
+        name=f"pagedllm_cpu_kernels_{capability.lower()}_{_sources_hash()}",
+        sources=tuple(os.path.join(_CSRC, s) for s in _SOURCES),
+        cflags=tuple(_compile_flags(capability)),
+        ldflags=("-fopenmp",),
+        description=f"pagedllm's CPU kernels for {capability}",
+    )
+    # NOTE: old builds stay in the cache (a few MB each); `rm -r` of a directory is safe.
+    return load_or_build(
+        spec,
+        kernel_build_root(),
+        registered=lambda: hasattr(torch.ops.pagedllm, "quant_linear"),
+        timeout_s=envs.kernel_build_timeout(),
+    )
 
-        load(
-            name=name,
-            sources=[os.path.join(_CSRC, s) for s in _SOURCES],
-            extra_cflags=_compile_flags(capability),
-            extra_ldflags=["-fopenmp"],
-            build_directory=build_dir,
-            is_python_module=False,
-            verbose=False,
-        )
-    except Exception as exc:  # no compiler, no ninja, ...: PyTorch operators only
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
-        logger.warning("compiled CPU kernels unavailable (%s: %s); using PyTorch operators",
-                       type(exc).__name__, first_line)  # fmt: skip
-        return False
-    seconds = time.perf_counter() - start
-    how = "built" if seconds > 2.0 else "loaded from cache"  # a build takes 15-60 s
-    logger.info("compiled CPU kernels (%s) %s in %.1f s", capability, how, seconds)
-    return True
+
+def kernel_build_root() -> str:
+    """Where builds for this torch live: `<PAGEDLLM_CACHE_DIR>/kernels/torch<version>`."""
+    import torch
+
+    return os.path.join(envs.kernel_cache_dir(), "kernels", f"torch{torch.__version__}")
 
 
 def fits_cpu_kv_cache(kv_cache) -> bool:
