@@ -15,6 +15,7 @@ from pagedllm.config import EngineConfig
 from pagedllm.core.kv_cache_manager import common_sliding_window
 from pagedllm.core.sched.scheduler import Scheduler
 from pagedllm.engine.messages import EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest
+from pagedllm.kernels import cpu_kernels_available
 from pagedllm.logger import init_logger
 from pagedllm.metrics.step_profile import profiler_from_env
 from pagedllm.model_executor.layers.attention import attention_layers
@@ -38,6 +39,10 @@ class EngineCore:
         configure_threads(config.device)
         torch.manual_seed(config.model.seed)
         device = torch.device(config.device.device)
+        if device.type == "cpu":
+            # NOTE: built (once per cache) before the weights load, so a first start's build
+            # shows as such in the log and not as a weight loader that seems stuck
+            cpu_kernels_available()
         _check_weights_fit(config, device)
         model = get_model(config.model, device)
         # The model is loaded (and, in-process, the tokenizer built before it): unmap the GGUF

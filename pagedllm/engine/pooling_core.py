@@ -20,6 +20,7 @@ import torch
 from pagedllm.config import EngineConfig
 from pagedllm.core.sched.pooling_scheduler import PoolingScheduler
 from pagedllm.engine.messages import EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest
+from pagedllm.kernels import cpu_kernels_available
 from pagedllm.logger import init_logger
 from pagedllm.model_executor.model_loader import get_model
 from pagedllm.platforms import configure_threads
@@ -42,6 +43,10 @@ class PoolingEngineCore:
         configure_threads(config.device)
         torch.manual_seed(config.model.seed)
         device = torch.device(config.device.device)
+        if device.type == "cpu":
+            # NOTE: built (once per cache) before the weights load, so a first start's build
+            # shows as such in the log and not as a weight loader that seems stuck
+            cpu_kernels_available()
         _check_weights_fit(config, device)
         self.runner = PoolingRunner(get_model(config.model, device), device)
         self.scheduler = PoolingScheduler(config.scheduler)
