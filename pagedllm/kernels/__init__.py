@@ -1,4 +1,5 @@
-"""pagedllm's own compiled CPU kernels (C++ in csrc/, AVX2 where the CPU has it).
+"""pagedllm's own compiled CPU kernels (C++ in csrc/, AVX2 where the CPU has it, AVX-512 in the
+quantized kernel where it has that).
 
 They are built on first use with torch's cpp_extension (ninja + the system C++ compiler, ~40 s on
 2 cores) into PAGEDLLM_CACHE_DIR and registered as torch.ops.pagedllm.*; later processes load the
@@ -28,10 +29,37 @@ _SOURCES = (
 _CSRC = os.path.join(os.path.dirname(__file__), "csrc")
 
 
-def _compile_flags(capability: str) -> list[str]:
+def kernel_isa(capability: str) -> str:
+    """The instruction set the kernels are built for: torch's CPU capability (AVX512, AVX2,
+    DEFAULT), with "_VNNI" where an AVX-512 CPU has VNNI (one instruction for the quantized
+    kernel's int16 multiply-add)."""
+    if capability == "AVX512" and "avx512_vnni" in _cpu_flags():
+        return "AVX512_VNNI"
+    return capability
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _compile_flags(isa: str) -> list[str]:
     flags = ["-O3", "-DNDEBUG", "-fopenmp"]
-    if capability in ("AVX2", "AVX512"):
+    if isa.startswith(("AVX2", "AVX512")):
         flags += ["-mavx2", "-mfma", "-mf16c"]
+    if isa.startswith("AVX512"):
+        # 512-bit code only where written so (the quantized kernel); the compiler's own
+        # vectorization stays at 256 bits, as on AVX2
+        flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
+                  "-mprefer-vector-width=256"]  # fmt: skip
+    if isa == "AVX512_VNNI":
+        flags.append("-mavx512vnni")
     return flags
 
 
@@ -50,14 +78,14 @@ def cpu_kernels_available() -> bool:
         return False
     import torch
 
-    capability = torch.backends.cpu.get_cpu_capability()
+    isa = kernel_isa(torch.backends.cpu.get_cpu_capability())
     spec = ExtensionSpec(
         # the sources' hash in the name: a changed header rebuilds too (torch only tracks .cpp)
-        name=f"pagedllm_cpu_kernels_{capability.lower()}_{_sources_hash()}",
+        name=f"pagedllm_cpu_kernels_{isa.lower()}_{_sources_hash()}",
         sources=tuple(os.path.join(_CSRC, s) for s in _SOURCES),
-        cflags=tuple(_compile_flags(capability)),
+        cflags=tuple(_compile_flags(isa)),
         ldflags=("-fopenmp",),
-        description=f"pagedllm's CPU kernels for {capability}",
+        description=f"pagedllm's CPU kernels for {isa}",
     )
     # NOTE: old builds stay in the cache (a few MB each); `rm -r` of a directory is safe.
     return load_or_build(

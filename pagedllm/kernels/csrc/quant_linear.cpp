@@ -12,12 +12,16 @@
 // One numerical treatment for every row count (batch invariance: a token's result does not
 // depend on how many rows share its call, so greedy output is the same cold, cached, chunked
 // or batched). x is quantized per 32 columns to int16 with a float scale, each group is an
-// exact integer dot product (AVX2 madd), scaled once per group; the min term uses the exact
-// float sum of x over the group. int16 activations are ~250x more precise than llama.cpp's
-// int8 (relative error ~2e-5): SmolLM2 Q4_1 then gives the dequantized float model's greedy
-// tokens (48 of 48 on 10 prompts, where int8 activations parted on the first token of two).
-// Every (weight row, activation row) sum is formed by the same operations in the same order
-// whatever the tile it falls in (tile_dots), and integer sums are exact in any order.
+// exact integer dot product (AVX-512 VNNI dpwssd / AVX2 madd), scaled once per group; the min
+// term uses the exact float sum of x over the group. int16 activations are ~250x more precise
+// than llama.cpp's int8 (relative error ~2e-5): SmolLM2 Q4_1 then gives the dequantized float
+// model's greedy tokens (48 of 48 on 10 prompts, where int8 activations parted on the first
+// token of two). Every (weight row, activation row) sum is formed by the same operations in the
+// same order whatever the tile it falls in (tile_dots), and integer sums are exact in any order.
+// Against the int8-then-dequantized-GEMM kernel this replaced (SmolLM2's 120 Q4_1 matrices,
+// 2 threads, AMD Zen 5, ms, best of 5): AVX-512 build 1 / 4 / 32 / 256 rows 2.8 / 4.3 / 28 / 215
+// against 3.0 / 5.6 / 31 / 275-338; AVX2 build 3.0 / 5.9 / 41 / 330 against 3.1 / 4.6 / 29 / 290
+// (four int16 multiply-adds per 64 products where int8 took two: the precision's price there).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -87,7 +91,17 @@ struct QuantizedRows {
 // scale, sums[h] / isums[h] the float / integer sum of each 16-column half.
 inline float quantize_block(const float* x, int16_t* q, float sums[2], int32_t isums[2]) {
   float amax = 0.f;
+#ifdef PAGEDLLM_AVX2
+  __m256 vmax = _mm256_setzero_ps();
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  for (int i = 0; i < kBlock; i += 8)
+    vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+#else
   for (int i = 0; i < kBlock; ++i) amax = std::max(amax, std::fabs(x[i]));
+#endif
   const float d = amax / 32767.f;
   const float id = d > 0.f ? 1.f / d : 0.f;
 #ifdef PAGEDLLM_AVX2
@@ -119,7 +133,39 @@ inline float quantize_block(const float* x, int16_t* q, float sums[2], int32_t i
   return d;
 }
 
-template <int G>
+// True where the block loop takes u4 blocks of 32 columns in pairs (groups of 32, vector
+// paths): one 32-byte load of codes holds blocks b (first 16 bytes) and b + 1, and xq of the
+// pair is stored in the order the codes unpack to (store_paired).
+//   AVX-512: the 32 bytes widen to 32 words (word k = byte k); low nibbles are columns 0-15,
+//     high nibbles 16-31 of each block: xq [b.0-15 | b+1.0-15 | b.16-31 | b+1.16-31].
+//   AVX2: each 16-bit word i of a block holds four codes, bits 0-3, 4-7, 8-11, 12-15 being
+//     columns 2i, 2i + 16, 2i + 1, 2i + 17; masks and shifts give four vectors of int16 codes
+//     (no lane-crossing unpack), and xq is [P0 | P1 | P2 | P3] with Pj[8h + i] the column of
+//     word i's j-th code in block b + h.
+template <bool U4, int G>
+constexpr bool kPairedBlocks =
+#ifdef PAGEDLLM_AVX2
+    U4 && G == 32;
+#else
+    false;
+#endif
+
+// Block b + h's int16 codes (natural column order) into its places in the pair's 64.
+inline void store_paired(const int16_t* natural, int16_t* pair, int64_t h) {
+#ifdef PAGEDLLM_AVX512
+  std::memcpy(pair + 16 * h, natural, 16 * sizeof(int16_t));
+  std::memcpy(pair + 32 + 16 * h, natural + 16, 16 * sizeof(int16_t));
+#else
+  for (int i = 0; i < 8; ++i) {
+    pair[8 * h + i] = natural[2 * i];
+    pair[16 + 8 * h + i] = natural[2 * i + 16];
+    pair[32 + 8 * h + i] = natural[2 * i + 1];
+    pair[48 + 8 * h + i] = natural[2 * i + 17];
+  }
+#endif
+}
+
+template <bool U4, int G>
 QuantizedRows quantize_activations(const float* x, int64_t M, int64_t K) {
   const int64_t nb = K / kBlock;
   QuantizedRows r;
@@ -135,8 +181,14 @@ QuantizedRows quantize_activations(const float* x, int64_t M, int64_t K) {
       for (int64_t b = 0; b < nb; ++b) {
         float sums[2];
         int32_t isums[2];
-        const float d = quantize_block(x + m * K + b * kBlock, r.q.data() + m * K + b * kBlock,
-                                       sums, isums);
+        int16_t* qb = r.q.data() + m * K + b * kBlock;
+        alignas(32) int16_t natural[kBlock];
+        const bool paired = kPairedBlocks<U4, G> && (b | 1) < nb;
+        const float d = quantize_block(x + m * K + b * kBlock, paired ? natural : qb, sums, isums);
+        if (paired) {  // see kPairedBlocks
+          int16_t* pair = r.q.data() + m * K + (b & ~int64_t{1}) * kBlock;
+          store_paired(natural, pair, b & 1);
+        }
         const int64_t first = m * r.ngp + b * kBlock / G;
         for (int h = 0; h < kBlock / G; ++h) {  // G 32: one group of both halves, 16: two
           const float s = G == 32 ? sums[0] + sums[1] : sums[h];
@@ -172,6 +224,38 @@ inline void load_codes16(const uint8_t* row, int64_t b, __m256i out[2]) {
     out[1] = _mm256_cvtepi8_epi16(_mm_loadu_si128(p + 1));
   }
 }
+
+// [p[0] x 4, p[1] x 4]: the factors of lanes 0-3 and 4-7 when they belong to two blocks.
+inline __m256 two_factors(const float* p) {
+  const __m256 pair =
+      _mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p))));
+  return _mm256_permutevar8x32_ps(pair, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+}
+
+#ifdef PAGEDLLM_AVX512
+// [p[0] x 8, p[1] x 8]: the factors of lanes 0-7 and 8-15 when they belong to two groups.
+inline __m512 two_factors16(const float* p) {
+  const __m128 pair = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p)));
+  return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+                               _mm512_castps128_ps512(pair));
+}
+
+// acc + the 16 pair sums of int16 products w * x (exact in int32 here: |sum| < 2^31).
+inline __m512i dot_add32(__m512i acc, __m512i w, __m512i x) {
+#ifdef __AVX512VNNI__
+  return _mm512_dpwssd_epi32(acc, w, x);
+#else
+  return _mm512_add_epi32(acc, _mm512_madd_epi16(w, x));
+#endif
+}
+inline __m512i dot32(__m512i w, __m512i x) {
+#ifdef __AVX512VNNI__
+  return _mm512_dpwssd_epi32(_mm512_setzero_si512(), w, x);
+#else
+  return _mm512_madd_epi16(w, x);
+#endif
+}
+#endif
 
 // Sum of the 8 lanes as ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)): the association of
 // reduce4, so a (weight row, activation row) sum is the same bits in every tile shape.
@@ -252,8 +336,87 @@ inline void tile_dots(const uint8_t* const* codes, const S* const* scale, const 
     }
   }
   const int16_t* xq = qa.q.data() + m0 * K;
-#ifdef PAGEDLLM_AVX2
-  for (int64_t b = 0; b < nb; ++b) {
+#ifdef PAGEDLLM_AVX512
+  // 32 int16 products per instruction; lane l of a block's sum holds columns 2l, 2l + 1
+  __m512 acc16[NW * R];
+#pragma GCC unroll 16
+  for (int i = 0; i < NW * R; ++i) acc16[i] = _mm512_setzero_ps();
+  int64_t b = 0;
+  if constexpr (kPairedBlocks<U4, G>) {
+    const __m512i low4 = _mm512_set1_epi16(0x000F);
+    for (; b + 2 <= nb; b += 2) {
+#pragma GCC unroll 16
+      for (int w = 0; w < NW; ++w) {
+        _mm_prefetch(reinterpret_cast<const char*>(codes[w] + ahead + b * 16), _MM_HINT_T0);
+        const __m512i v = _mm512_cvtepu8_epi16(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes[w] + b * 16)));
+        const __m512i lo = _mm512_and_si512(v, low4), hi = _mm512_srli_epi16(v, 4);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+          const int16_t* xp = xq + r * K + b * kBlock;
+          // lanes 0-7: block b, 8-15: block b + 1
+          const __m512i s = dot_add32(dot32(lo, _mm512_loadu_si512(xp)), hi,
+                                      _mm512_loadu_si512(xp + 32));
+          const int i = w * R + r;
+          acc16[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), two_factors16(dd + i * ng + b),
+                                     acc16[i]);
+        }
+      }
+    }
+  }
+  for (; b < nb; ++b) {
+    __m512i wz[NW];
+#pragma GCC unroll 16
+    for (int w = 0; w < NW; ++w) {
+      _mm_prefetch(reinterpret_cast<const char*>(codes[w] + ahead + b * (U4 ? 16 : 32)),
+                   _MM_HINT_T0);
+      wz[w] = U4 ? _mm512_cvtepu8_epi16(load_u4_block(codes[w] + b * 16))
+                 : _mm512_cvtepi8_epi16(
+                       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes[w] + b * 32)));
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const __m512i xv = _mm512_loadu_si512(xq + r * K + b * kBlock);
+#pragma GCC unroll 16
+      for (int w = 0; w < NW; ++w) {
+        const int i = w * R + r;
+        // G 32: one factor for the block; 16: lanes 0-7 are group 2b, 8-15 group 2b + 1
+        const __m512 f = G == 32 ? _mm512_set1_ps(dd[i * ng + b]) : two_factors16(dd + i * ng + 2 * b);
+        acc16[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot32(wz[w], xv)), f, acc16[i]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < NW * R; ++i) out[i] = _mm512_reduce_add_ps(acc16[i]) + reduce1(acc[i]) + tail[i];
+#elif defined(PAGEDLLM_AVX2)
+  int64_t b = 0;
+  if constexpr (kPairedBlocks<U4, G>) {
+    const __m256i low4 = _mm256_set1_epi16(0x000F);
+    for (; b + 2 <= nb; b += 2) {
+#pragma GCC unroll 16
+      for (int w = 0; w < NW; ++w) {
+        _mm_prefetch(reinterpret_cast<const char*>(codes[w] + ahead + b * 16), _MM_HINT_T0);
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes[w] + b * 16));
+        const __m256i c0 = _mm256_and_si256(v, low4);
+        const __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+        const __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(v, 8), low4);
+        const __m256i c3 = _mm256_srli_epi16(v, 12);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+          const __m256i* xp = reinterpret_cast<const __m256i*>(xq + r * K + b * kBlock);
+          // lanes 0-3: block b (8 columns each), 4-7: block b + 1; |sum| < 2^31
+          const __m256i s = _mm256_add_epi32(
+              _mm256_add_epi32(_mm256_madd_epi16(c0, _mm256_loadu_si256(xp)),
+                               _mm256_madd_epi16(c1, _mm256_loadu_si256(xp + 1))),
+              _mm256_add_epi32(_mm256_madd_epi16(c2, _mm256_loadu_si256(xp + 2)),
+                               _mm256_madd_epi16(c3, _mm256_loadu_si256(xp + 3))));
+          const int i = w * R + r;
+          acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), two_factors(dd + i * ng + b), acc[i]);
+        }
+      }
+    }
+  }
+  for (; b < nb; ++b) {
     __m256i wh[NW][2];
 #pragma GCC unroll 16
     for (int w = 0; w < NW; ++w) {
@@ -320,12 +483,28 @@ inline void tile_dots(const uint8_t* const* codes, const S* const* scale, const 
 }
 
 // Tiles of 4 weight rows x 1 activation row, 2 x 2, or 1 x R (R = 3, 4): 4 independent
-// accumulators in flight, enough to hide the FMA latency.
+// accumulators in flight, enough to hide the FMA latency. With AVX-512's 32 registers also
+// 4 x 4 and 4 x 3 (2 x 4, 2 x 3 where fewer than 4 weight rows are left): each unpacked weight
+// block serves 4 activation rows and each activation load 4 weight rows. SmolLM2's 120 Q4_1
+// matrices, AMD Zen 5, 2 threads, ms: 32 rows 1 x 4 tiles 37.6, 2 x 4 34.5, 4 x 4 28.0;
+// 256 rows 297.7, 270.9, 214.6.
+#ifdef PAGEDLLM_AVX512
+constexpr int64_t kMaxTileSums = 16;
+#else
+constexpr int64_t kMaxTileSums = 4;
+#endif
+
 template <bool U4, int G, typename S>
 void gemv_tile(const uint8_t* const* c, const S* const* s, const S* const* z,
                const QuantizedRows& qa, int64_t m0, int64_t nw, int64_t r, float* dd,
                float* part) {
-  if (nw == 4) return tile_dots<U4, G, S, 4, 1>(c, s, z, qa, m0, dd, part);
+  if (nw == 4 && r == 1) return tile_dots<U4, G, S, 4, 1>(c, s, z, qa, m0, dd, part);
+#ifdef PAGEDLLM_AVX512
+  if (nw == 4 && r == 4) return tile_dots<U4, G, S, 4, 4>(c, s, z, qa, m0, dd, part);
+  if (nw == 4 && r == 3) return tile_dots<U4, G, S, 4, 3>(c, s, z, qa, m0, dd, part);
+  if (nw == 2 && r == 4) return tile_dots<U4, G, S, 2, 4>(c, s, z, qa, m0, dd, part);
+  if (nw == 2 && r == 3) return tile_dots<U4, G, S, 2, 3>(c, s, z, qa, m0, dd, part);
+#endif
   if (nw == 2) return tile_dots<U4, G, S, 2, 2>(c, s, z, qa, m0, dd, part);
   switch (r) {
     case 4: return tile_dots<U4, G, S, 1, 4>(c, s, z, qa, m0, dd, part);
@@ -339,25 +518,28 @@ template <bool U4, int G, typename S>
 void gemv_rows(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
                const at::Tensor& mins, at::Tensor& out) {
   const int64_t M = x.size(0), K = x.size(1), N = out.size(1);
-  const QuantizedRows qa = quantize_activations<G>(x.data_ptr<float>(), M, K);
+  const QuantizedRows qa = quantize_activations<U4, G>(x.data_ptr<float>(), M, K);
   const int64_t groups = K / G;
   const int64_t row_bytes = U4 ? K / 2 : K;
   const uint8_t* cp = reinterpret_cast<const uint8_t*>(codes.data_ptr());
   const S* sp = scales.data_ptr<S>();
   const S* mp = mins.data_ptr<S>();
   float* op = out.data_ptr<float>();
-  // quads of weight rows; the weight rows of a tile: 4 with one activation row, 2 with two,
-  // else 1 (a tile's activation rows: R = 4 / weight rows, or the 3 or 4 left)
+  // quads of weight rows; the weight rows of a tile: 4 with one activation row, 2 with two
+  // (or with 3-4 where kMaxTileSums allows), else 1 (a tile's activation rows: R = 4 / weight
+  // rows, or the 3 or 4 left)
   at::parallel_for(0, (N + 3) / 4, 4, [&](int64_t begin, int64_t end) {
-    std::vector<float> dd(4 * qa.ngp);
-    float part[4];
+    std::vector<float> dd(kMaxTileSums * qa.ngp);
+    float part[kMaxTileSums];
     for (int64_t quad = begin; quad < end; ++quad) {
       for (int64_t m0 = 0; m0 < M;) {
         const int64_t left = M - m0;
         const int64_t r = left == 1 ? 1 : (left == 2 ? 2 : std::min<int64_t>(4, left));
         for (int64_t n = 4 * quad; n < std::min(N, 4 * quad + 4);) {
           const int64_t avail = std::min(N, 4 * quad + 4) - n;
-          const int64_t nw = (r == 1 && avail == 4) ? 4 : ((r == 2 && avail >= 2) ? 2 : 1);
+          const int64_t nw = (avail == 4 && (r == 1 || (r >= 3 && 4 * r <= kMaxTileSums))) ? 4
+                             : (r * 2 <= kMaxTileSums && r >= 2 && avail >= 2)           ? 2
+                                                                                         : 1;
           const int64_t rr = (nw == 1 && r == 2) ? 2 : r;
           const uint8_t* c[4];
           const S* s[4];

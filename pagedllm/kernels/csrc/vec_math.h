@@ -6,6 +6,10 @@
 #ifndef PAGEDLLM_AVX2
 #define PAGEDLLM_AVX2 1
 #endif
+// AVX-512 (F, BW, VL): the quantized kernel's 512-bit block loop; everything else stays AVX2.
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define PAGEDLLM_AVX512 1
+#endif
 #endif
 
 namespace {
