@@ -272,71 +272,15 @@ inline __m128 reduce4(__m256 a, __m256 b, __m256 c, __m256 d) {
 }
 #endif
 
-// NW weight rows against R quantized activation rows starting at m0 (a tile of NW * R sums):
-//
-//   out[w * R + r] = sum_b <code_b, xq_b> * scale_g dx_g  +  sum_g min_g sx_g  [+ scale_g ex_g]
-//
-// Per-group products are formed first, 8 groups at a time, into dd (scratch [NW * R, ng]), so
-// the block loop is an unpack, two int16 multiply-adds and one FMA per block and pair. Weight
-// rows share each activation block load; activation rows share each weight block unpack. Why
-// the u4 centring term: codes 0..15 are not centred, so the rounding error of xq summed against
-// them is ~2x that of centred codes; scale * ex per group turns it into that of (code - 8).
-// Each pair's arithmetic is the same whatever the tile, so a row's result does not depend on
-// its batch.
-template <bool U4, int G, typename S, int NW, int R>
-inline void tile_dots(const uint8_t* const* codes, const S* const* scale, const S* const* mins,
-                      const QuantizedRows& qa, int64_t m0, float* dd, float* out) {
-  // dd rows have stride ngp, as the activation terms (their padding is zero)
-  const int64_t K = qa.K, ng = qa.ngp, nb = K / kBlock;
-  [[maybe_unused]] const int64_t ahead = kPrefetchRows * (U4 ? K / 2 : K);  // bytes
-  float tail[NW * R];
-#pragma GCC unroll 16
-  for (int i = 0; i < NW * R; ++i) tail[i] = 0.f;
-  int64_t g = 0;
-#ifdef PAGEDLLM_AVX2
-  __m256 acc[NW * R];
-#pragma GCC unroll 16
-  for (int i = 0; i < NW * R; ++i) acc[i] = _mm256_setzero_ps();
-  // (local restrict pointers: stores to dd must not make the compiler reload the vectors')
-  const float* __restrict dx = qa.dx.data() + m0 * ng;
-  const float* __restrict sx = qa.sx.data() + m0 * ng;
-  const float* __restrict ex = qa.ex.data() + m0 * ng;
-  // the last groups (fewer than 8) with masked loads, which read nothing past the row;
-  // an odd count of fp16 values (no 16-bit masked load) is left to the scalar loop
-  const int64_t rem = qa.ng % 8;
-  const int64_t vector_end = qa.ng - ((rem & 1) && sizeof(S) == 2 ? rem : 0);
-  for (; g < vector_end; g += 8) {
-    const int64_t n = std::min<int64_t>(8, qa.ng - g);
-#pragma GCC unroll 16
-    for (int w = 0; w < NW; ++w) {
-      const __m256 s8 = n == 8 ? load8(scale[w] + g) : load8_masked(scale[w] + g, n);
-      const __m256 z8 = n == 8 ? load8(mins[w] + g) : load8_masked(mins[w] + g, n);
-#pragma GCC unroll 16
-      for (int r = 0; r < R; ++r) {
-        const int64_t o = r * ng + g;
-        const int i = w * R + r;
-        _mm256_storeu_ps(dd + i * ng + g, _mm256_mul_ps(s8, _mm256_loadu_ps(dx + o)));
-        acc[i] = _mm256_fmadd_ps(z8, _mm256_loadu_ps(sx + o), acc[i]);
-        if constexpr (U4) acc[i] = _mm256_fmadd_ps(s8, _mm256_loadu_ps(ex + o), acc[i]);
-      }
-    }
-  }
-#endif
-  for (; g < qa.ng; ++g) {
-#pragma GCC unroll 16
-    for (int w = 0; w < NW; ++w) {
-      const float s = to_float(scale[w][g]), z = to_float(mins[w][g]);
-#pragma GCC unroll 16
-      for (int r = 0; r < R; ++r) {
-        const int64_t o = (m0 + r) * ng + g;
-        const int i = w * R + r;
-        dd[i * ng + g] = s * qa.dx[o];
-        tail[i] += z * qa.sx[o] + (U4 ? s * qa.ex[o] : 0.f);
-      }
-    }
-  }
-  const int16_t* xq = qa.q.data() + m0 * K;
+// The block terms of an NW x R tile, sum_b <code_b, xq_b> * dd_b, one implementation per ISA
+// (the tile's group terms and reduction are tile_dots'). dd rows have stride ng; `ahead` is
+// the code prefetch distance in bytes.
 #ifdef PAGEDLLM_AVX512
+// 512 bits wide: sums[i] = pair i's block terms, reduced to one float.
+template <bool U4, int G, int NW, int R>
+inline void block_sums_avx512(const uint8_t* const* codes, const int16_t* xq, int64_t K,
+                              const float* dd, int64_t ng, int64_t ahead, float* sums) {
+  const int64_t nb = K / kBlock;
   // 32 int16 products per instruction; lane l of a block's sum holds columns 2l, 2l + 1
   __m512 acc16[NW * R];
 #pragma GCC unroll 16
@@ -381,14 +325,23 @@ inline void tile_dots(const uint8_t* const* codes, const S* const* scale, const 
       for (int w = 0; w < NW; ++w) {
         const int i = w * R + r;
         // G 32: one factor for the block; 16: lanes 0-7 are group 2b, 8-15 group 2b + 1
-        const __m512 f = G == 32 ? _mm512_set1_ps(dd[i * ng + b]) : two_factors16(dd + i * ng + 2 * b);
+        const __m512 f =
+            G == 32 ? _mm512_set1_ps(dd[i * ng + b]) : two_factors16(dd + i * ng + 2 * b);
         acc16[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot32(wz[w], xv)), f, acc16[i]);
       }
     }
   }
 #pragma GCC unroll 16
-  for (int i = 0; i < NW * R; ++i) out[i] = _mm512_reduce_add_ps(acc16[i]) + reduce1(acc[i]) + tail[i];
-#elif defined(PAGEDLLM_AVX2)
+  for (int i = 0; i < NW * R; ++i) sums[i] = _mm512_reduce_add_ps(acc16[i]);
+}
+#endif
+
+#ifdef PAGEDLLM_AVX2
+// acc[i] += pair i's block terms, lane by lane (reduced by the caller).
+template <bool U4, int G, int NW, int R>
+inline void block_sums_avx2(const uint8_t* const* codes, const int16_t* xq, int64_t K,
+                            const float* dd, int64_t ng, int64_t ahead, __m256* acc) {
+  const int64_t nb = K / kBlock;
   int64_t b = 0;
   if constexpr (kPairedBlocks<U4, G>) {
     const __m256i low4 = _mm256_set1_epi16(0x000F);
@@ -446,16 +399,13 @@ inline void tile_dots(const uint8_t* const* codes, const S* const* scale, const 
       }
     }
   }
-  if constexpr (NW * R == 4) {
-    const __m128 sums = reduce4(acc[0], acc[1], acc[2], acc[3]);
-    float lanes[4];
-    _mm_storeu_ps(lanes, sums);
-    for (int i = 0; i < 4; ++i) out[i] = lanes[i] + tail[i];
-  } else {
-#pragma GCC unroll 16
-    for (int i = 0; i < NW * R; ++i) out[i] = reduce1(acc[i]) + tail[i];
-  }
-#else
+}
+#endif
+
+// Portable: sums[i] = pair i's block terms, one group at a time.
+template <bool U4, int G, int NW, int R>
+inline void block_sums_scalar(const uint8_t* const* codes, const int16_t* xq, int64_t K,
+                              const float* dd, int64_t ng, float* sums) {
 #pragma GCC unroll 16
   for (int w = 0; w < NW; ++w) {
 #pragma GCC unroll 16
@@ -476,9 +426,96 @@ inline void tile_dots(const uint8_t* const* codes, const S* const* scale, const 
         }
         total += static_cast<float>(isum) * dd[i * ng + k0 / G];
       }
-      out[i] = total + tail[i];
+      sums[i] = total;
     }
   }
+}
+
+// NW weight rows against R quantized activation rows starting at m0 (a tile of NW * R sums):
+//
+//   out[w * R + r] = sum_b <code_b, xq_b> * scale_g dx_g  +  sum_g min_g sx_g  [+ scale_g ex_g]
+//
+// Per-group products are formed first, 8 groups at a time, into dd (scratch [NW * R, ng]), so
+// the block loop is an unpack, two int16 multiply-adds and one FMA per block and pair. Weight
+// rows share each activation block load; activation rows share each weight block unpack. Why
+// the u4 centring term: codes 0..15 are not centred, so the rounding error of xq summed against
+// them is ~2x that of centred codes; scale * ex per group turns it into that of (code - 8).
+// Each pair's arithmetic is the same whatever the tile, so a row's result does not depend on
+// its batch.
+template <bool U4, int G, typename S, int NW, int R>
+inline void tile_dots(const uint8_t* const* codes, const S* const* scale, const S* const* mins,
+                      const QuantizedRows& qa, int64_t m0, float* dd, float* out) {
+  // dd rows have stride ngp, as the activation terms (their padding is zero)
+  const int64_t K = qa.K, ng = qa.ngp;
+  [[maybe_unused]] const int64_t ahead = kPrefetchRows * (U4 ? K / 2 : K);  // bytes
+  float tail[NW * R];
+#pragma GCC unroll 16
+  for (int i = 0; i < NW * R; ++i) tail[i] = 0.f;
+  int64_t g = 0;
+#ifdef PAGEDLLM_AVX2
+  __m256 acc[NW * R];
+#pragma GCC unroll 16
+  for (int i = 0; i < NW * R; ++i) acc[i] = _mm256_setzero_ps();
+  // (local restrict pointers: stores to dd must not make the compiler reload the vectors')
+  const float* __restrict dx = qa.dx.data() + m0 * ng;
+  const float* __restrict sx = qa.sx.data() + m0 * ng;
+  const float* __restrict ex = qa.ex.data() + m0 * ng;
+  // the last groups (fewer than 8) with masked loads, which read nothing past the row;
+  // an odd count of fp16 values (no 16-bit masked load) is left to the scalar loop
+  const int64_t rem = qa.ng % 8;
+  const int64_t vector_end = qa.ng - ((rem & 1) && sizeof(S) == 2 ? rem : 0);
+  for (; g < vector_end; g += 8) {
+    const int64_t n = std::min<int64_t>(8, qa.ng - g);
+#pragma GCC unroll 16
+    for (int w = 0; w < NW; ++w) {
+      const __m256 s8 = n == 8 ? load8(scale[w] + g) : load8_masked(scale[w] + g, n);
+      const __m256 z8 = n == 8 ? load8(mins[w] + g) : load8_masked(mins[w] + g, n);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        const int64_t o = r * ng + g;
+        const int i = w * R + r;
+        _mm256_storeu_ps(dd + i * ng + g, _mm256_mul_ps(s8, _mm256_loadu_ps(dx + o)));
+        acc[i] = _mm256_fmadd_ps(z8, _mm256_loadu_ps(sx + o), acc[i]);
+        if constexpr (U4) acc[i] = _mm256_fmadd_ps(s8, _mm256_loadu_ps(ex + o), acc[i]);
+      }
+    }
+  }
+#endif
+  for (; g < qa.ng; ++g) {
+#pragma GCC unroll 16
+    for (int w = 0; w < NW; ++w) {
+      const float s = to_float(scale[w][g]), z = to_float(mins[w][g]);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        const int64_t o = (m0 + r) * ng + g;
+        const int i = w * R + r;
+        dd[i * ng + g] = s * qa.dx[o];
+        tail[i] += z * qa.sx[o] + (U4 ? s * qa.ex[o] : 0.f);
+      }
+    }
+  }
+  const int16_t* xq = qa.q.data() + m0 * K;
+#ifdef PAGEDLLM_AVX512
+  float blocks[NW * R];
+  block_sums_avx512<U4, G, NW, R>(codes, xq, K, dd, ng, ahead, blocks);
+#pragma GCC unroll 16
+  for (int i = 0; i < NW * R; ++i) out[i] = blocks[i] + reduce1(acc[i]) + tail[i];
+#elif defined(PAGEDLLM_AVX2)
+  block_sums_avx2<U4, G, NW, R>(codes, xq, K, dd, ng, ahead, acc);
+  if constexpr (NW * R == 4) {
+    const __m128 sums = reduce4(acc[0], acc[1], acc[2], acc[3]);
+    float lanes[4];
+    _mm_storeu_ps(lanes, sums);
+    for (int i = 0; i < 4; ++i) out[i] = lanes[i] + tail[i];
+  } else {
+#pragma GCC unroll 16
+    for (int i = 0; i < NW * R; ++i) out[i] = reduce1(acc[i]) + tail[i];
+  }
+#else
+  float blocks[NW * R];
+  block_sums_scalar<U4, G, NW, R>(codes, xq, K, dd, ng, blocks);
+#pragma GCC unroll 16
+  for (int i = 0; i < NW * R; ++i) out[i] = blocks[i] + tail[i];
 #endif
 }
 
