@@ -6,8 +6,8 @@ Logprobs are compared for float equality, not only tokens: any difference in the
 token went through (a matmul's reduction order, activation rounding that depends on the row
 count, an attention sum split by the tile) shows there long before it flips a greedy choice.
 Checked on the default paths of the real models (SmolLM2 Q4_1 and Gemma 3 270M Q4_K_M GGUFs)
-and on tiny random models in float32, int8, int4, AWQ and GPTQ, and with fp16, int8 and fp8 KV
-caches.
+and on tiny random models in float32, int8, int4, AWQ and GPTQ, with fp16, int8 and fp8 KV caches,
+and with a sliding window.
 """
 
 from __future__ import annotations
@@ -109,9 +109,12 @@ def test_gemma3_270m_q4_k_m_is_batch_invariant(gemma3_270m_gguf_path):
 
 
 @pytest.mark.parametrize(
-    "variant", ["float32", "fp16-kv", "int8-kv", "fp8-kv", "int8", "int4", "awq", "gptq"]
+    "variant",
+    ["float32", "fp16-kv", "int8-kv", "fp8-kv", "int8", "int4", "awq", "gptq", "sliding-window"],
 )
-def test_tiny_models_are_batch_invariant(variant, tiny_llama_dir, tiny_vocab, tmp_path):
+def test_tiny_models_are_batch_invariant(
+    variant, tiny_llama_dir, tiny_model_factory, tiny_vocab, tmp_path
+):
     model, kwargs = tiny_llama_dir, {}
     if variant in ("int8", "int4"):
         kwargs["quantization"] = variant
@@ -121,4 +124,6 @@ def test_tiny_models_are_batch_invariant(variant, tiny_llama_dir, tiny_vocab, tm
         model = write_awq_checkpoint(tiny_llama_dir, str(tmp_path))[0]
     elif variant == "gptq":
         model = write_gptq_checkpoint(tiny_llama_dir, str(tmp_path), act_order=True)[0]
+    elif variant == "sliding-window":  # Mistral, a 24-token window: most prompts exceed it
+        model = tiny_model_factory("MistralConfig", sliding_window=24)
     assert_batch_invariant(model, mixed_prompts(tiny_vocab, 64), **kwargs)
