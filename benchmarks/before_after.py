@@ -74,8 +74,12 @@ def main() -> None:
     parser.add_argument("--base", help="the base tree (e.g. a git worktree of the base commit)")
     parser.add_argument("--tree", default=os.path.dirname(os.path.dirname(__file__)) or ".")
     parser.add_argument("--model", default="SmolLM2-135M-Instruct")
-    parser.add_argument("--configs", nargs="+", default=["gguf", "none"],
-                        help="quantization per config: gguf (native) or none (float32)")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=["gguf", "none"],
+        help="quantization per config: gguf (native) or none (float32)",
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--env", nargs="*", default=[], help="KEY=VALUE for both trees")
     parser.add_argument("--output-json")
@@ -103,8 +107,10 @@ def main() -> None:
                 for which in trees
             }
             summary[f"{config}/{workload}"] = {**mean, "ratio": mean["change"] / mean["base"]}
-            print(f"{config:5s} {workload:16s} base {mean['base']:8.1f}  change "
-                  f"{mean['change']:8.1f}  {mean['change'] / mean['base']:.2f}x")
+            print(
+                f"{config:5s} {workload:16s} base {mean['base']:8.1f}  change "
+                f"{mean['change']:8.1f}  {mean['change'] / mean['base']:.2f}x"
+            )
     if args.output_json:
         import torch
 

@@ -37,8 +37,10 @@ def test_lower_isa_build_passes_kernel_tests(isa):
         pytest.skip(f"this CPU runs {own}: the {isa} build is its own path or beyond it")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "ATEN_CPU_CAPABILITY": isa.lower()}
-    probe = ("import torch; from pagedllm.kernels import cpu_kernels_available, kernel_isa; "
-             "print(kernel_isa(torch.backends.cpu.get_cpu_capability()), cpu_kernels_available())")
+    probe = (
+        "import torch; from pagedllm.kernels import cpu_kernels_available, kernel_isa; "
+        "print(kernel_isa(torch.backends.cpu.get_cpu_capability()), cpu_kernels_available())"
+    )
     built = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True,
                            text=True, timeout=600)  # fmt: skip
     assert built.stdout.split() == [isa, "True"], built.stdout + built.stderr[-3000:]
