@@ -8,24 +8,20 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-import torch
-
 from pagedllm.attention.selector import get_attn_backend
 from pagedllm.config import EngineConfig
 from pagedllm.core.kv_cache_manager import common_sliding_window
 from pagedllm.core.sched.scheduler import Scheduler
 from pagedllm.engine.messages import EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest
-from pagedllm.kernels import cpu_kernels_available
 from pagedllm.logger import init_logger
 from pagedllm.metrics.step_profile import profiler_from_env
 from pagedllm.model_executor.layers.attention import attention_layers
-from pagedllm.model_executor.model_loader import estimate_weight_bytes, get_model
 from pagedllm.model_executor.model_loader.gguf import release_gguf_readers
-from pagedllm.platforms import configure_threads
 from pagedllm.request import FinishReason, Request, RequestStatus
 from pagedllm.utils.memory import format_bytes
-from pagedllm.worker.kv_cache_alloc import allocate_kv_caches, available_memory, plan_kv_cache
+from pagedllm.worker.kv_cache_alloc import allocate_kv_caches, plan_kv_cache
 from pagedllm.worker.model_runner import ModelRunner
+from pagedllm.worker.model_setup import load_model_on_device
 
 if TYPE_CHECKING:
     from pagedllm.engine.pooling_core import PoolingEngineCore
@@ -36,15 +32,7 @@ logger = init_logger(__name__)
 class EngineCore:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        configure_threads(config.device)
-        torch.manual_seed(config.model.seed)
-        device = torch.device(config.device.device)
-        if device.type == "cpu":
-            # NOTE: built (once per cache) before the weights load, so a first start's build
-            # shows as such in the log and not as a weight loader that seems stuck
-            cpu_kernels_available()
-        _check_weights_fit(config, device)
-        model = get_model(config.model, device)
+        device, model = load_model_on_device(config)
         # The model is loaded (and, in-process, the tokenizer built before it): unmap the GGUF
         # file before the KV cache is allocated, so the two never add up in the peak.
         release_gguf_readers()
@@ -140,15 +128,3 @@ def make_engine_core(config: EngineConfig) -> EngineCore | PoolingEngineCore:
 
         return PoolingEngineCore(config)
     return EngineCore(config)
-
-
-def _check_weights_fit(config: EngineConfig, device: torch.device) -> None:
-    """Fail at start-up with a clear message rather than being killed mid-load."""
-    needed = estimate_weight_bytes(config.model)
-    available = available_memory(device)
-    if needed > 0.9 * available:
-        raise ValueError(
-            f"{config.model.model} needs about {format_bytes(needed)} for its weights in "
-            f"{config.model.dtype}, but only {format_bytes(available)} is available on {device}; "
-            f"use a smaller model or dtype"
-        )

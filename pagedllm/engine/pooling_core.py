@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import time
 
-import torch
-
 from pagedllm.config import EngineConfig
 from pagedllm.core.sched.pooling_scheduler import PoolingScheduler
 from pagedllm.engine.messages import EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest
-from pagedllm.kernels import cpu_kernels_available
 from pagedllm.logger import init_logger
-from pagedllm.model_executor.model_loader import get_model
-from pagedllm.platforms import configure_threads
 from pagedllm.request import FinishReason
+from pagedllm.worker.model_setup import load_model_on_device
 from pagedllm.worker.pooling_runner import PoolingRunner
 
 logger = init_logger(__name__)
@@ -36,19 +32,10 @@ class PoolingEngineCore:
     kv_cache_bytes = 0
 
     def __init__(self, config: EngineConfig) -> None:
-        from pagedllm.engine.core import _check_weights_fit
-
         assert config.model.is_encoder_only, "PoolingEngineCore runs encoder-only models"
         self.config = config
-        configure_threads(config.device)
-        torch.manual_seed(config.model.seed)
-        device = torch.device(config.device.device)
-        if device.type == "cpu":
-            # NOTE: built (once per cache) before the weights load, so a first start's build
-            # shows as such in the log and not as a weight loader that seems stuck
-            cpu_kernels_available()
-        _check_weights_fit(config, device)
-        self.runner = PoolingRunner(get_model(config.model, device), device)
+        device, model = load_model_on_device(config)
+        self.runner = PoolingRunner(model, device)
         self.scheduler = PoolingScheduler(config.scheduler)
         self.last_execute_seconds = 0.0
         logger.info("encoder-only model: no KV cache; batches of up to %d prompts / %d tokens",
