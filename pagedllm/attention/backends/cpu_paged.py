@@ -38,12 +38,26 @@ class CpuPagedMetadata:
     common: CommonAttentionMetadata
     """What the kernel reads: block table, sequence lengths, query starts."""
     _sdpa: CpuSdpaMetadata | None = None
+    _step_blocks: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def sdpa(self) -> CpuSdpaMetadata:
         """cpu_sdpa's metadata for the layers the kernel does not take, built once per step."""
         if self._sdpa is None:
             self._sdpa = CpuSdpaMetadataBuilder().build(self.common)
         return self._sdpa
+
+    def step_blocks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """For quantized caches, built once per step: the ids of the step's blocks [num_reqs *
+        max_blocks] (long), and the block table [num_reqs, max_blocks] (int32) that indexes a
+        cache gathered in that order."""
+        if self._step_blocks is None:
+            common = self.common
+            max_blocks = cdiv(max(common.seq_lens_cpu), common.block_size)
+            table = common.block_table[: common.num_reqs, :max_blocks]
+            ids = table.reshape(-1).long()
+            local = torch.arange(ids.numel(), dtype=torch.int32, device=table.device)
+            self._step_blocks = ids, local.view_as(table)
+        return self._step_blocks
 
 
 class CpuPagedMetadataBuilder(AttentionMetadataBuilder):
@@ -64,7 +78,10 @@ class CpuPagedAttentionImpl(AttentionImpl):
         common = md.common
         write_to_paged_cache(key, value, kv_cache, common.slot_mapping)
         if quantized:
-            key_cache, value_cache, block_table = _dequantized_blocks(kv_cache, common)
+            ids, block_table = md.step_blocks()
+            # dequantized per element, so a token's attention is the same bits in any batch
+            key_cache = load_kv(kv_cache[0][ids], torch.float32)
+            value_cache = load_kv(kv_cache[1][ids], torch.float32)
         else:
             key_cache, value_cache, block_table = kv_cache[0], kv_cache[1], common.block_table
         return torch.ops.pagedllm.paged_attention(
@@ -72,16 +89,6 @@ class CpuPagedAttentionImpl(AttentionImpl):
             common.seq_lens, common.query_start_loc, self.scale, self.sliding_window or 0,
             self.logits_soft_cap or 0.0,
         )  # fmt: skip
-
-
-def _dequantized_blocks(kv_cache: torch.Tensor, common: CommonAttentionMetadata):
-    """The blocks of this step's requests from an int8/fp8 cache as float32 K and V
-    [num_reqs * max_blocks, block_size, Hkv, D], and the block table that indexes them."""
-    max_blocks = cdiv(max(common.seq_lens_cpu), common.block_size)
-    table = common.block_table[: common.num_reqs, :max_blocks]
-    ids = table.reshape(-1).long()
-    local = torch.arange(ids.numel(), dtype=torch.int32, device=table.device).view_as(table)
-    return load_kv(kv_cache[0][ids], torch.float32), load_kv(kv_cache[1][ids], torch.float32), local
 
 
 class CpuPagedBackend(AttentionBackend):
