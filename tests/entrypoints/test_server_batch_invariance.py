@@ -33,13 +33,18 @@ def smollm2_server(smollm2_gguf_path, tmp_path_factory):
         remote.stop()
 
 
-def _chat(client: openai.OpenAI, question: str):
-    response = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": question}], temperature=0,
-        max_tokens=24, logprobs=True,
-    )  # fmt: skip
+def _chat_request(question: str) -> dict:
+    return dict(model=MODEL, messages=[{"role": "user", "content": question}], temperature=0,
+                max_tokens=24, logprobs=True)  # fmt: skip
+
+
+def _answer(response) -> tuple[str, list[float]]:
     choice = response.choices[0]
     return choice.message.content, [t.logprob for t in choice.logprobs.content]
+
+
+def _chat(client: openai.OpenAI, question: str):
+    return _answer(client.chat.completions.create(**_chat_request(question)))
 
 
 def _completion(client, prompt: str):
@@ -69,12 +74,7 @@ def test_concurrent_requests_answer_as_alone(smollm2_server):
                                      max_retries=0)  # fmt: skip
 
         async def one(question: str):
-            response = await aclient.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": question}], temperature=0,
-                max_tokens=24, logprobs=True,
-            )  # fmt: skip
-            choice = response.choices[0]
-            return choice.message.content, [t.logprob for t in choice.logprobs.content]
+            return _answer(await aclient.chat.completions.create(**_chat_request(question)))
 
         try:
             return await asyncio.gather(*(one(q) for q in questions))
