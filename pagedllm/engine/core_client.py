@@ -39,7 +39,7 @@ class InprocClient(EngineCoreClient):
     """Runs the engine core in this process: get_output() runs one step."""
 
     def __init__(self, config: EngineConfig) -> None:
-        from pagedllm.engine.core import make_engine_core
+        from pagedllm.engine.core_factory import make_engine_core
 
         self.engine_core = make_engine_core(config)
 
@@ -61,7 +61,7 @@ class InprocClient(EngineCoreClient):
 
     @property
     def step_profiler(self) -> StepProfiler | None:
-        return getattr(self.engine_core, "step_profiler", None)
+        return self.engine_core.step_profiler
 
 
 class EngineDeadError(RuntimeError):

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from pagedllm.config import EngineConfig
     from pagedllm.engine.arg_utils import EngineArgs
-    from pagedllm.engine.core import EngineCore
+    from pagedllm.engine.core_base import EngineCoreBase
 
 
 class EngineCoreRequestType(enum.Enum):
@@ -75,9 +75,9 @@ _PARENT_CHECK_SECONDS = 1.0
 
 
 class EngineCoreProc:
-    """Owns an EngineCore and runs its busy loop against the IPC channels."""
+    """Owns an EngineCoreBase and runs its busy loop against the IPC channels."""
 
-    def __init__(self, core: EngineCore, input_queue: Queue, output_conn: Connection) -> None:
+    def __init__(self, core: EngineCoreBase, input_queue: Queue, output_conn: Connection) -> None:
         self.core = core
         self.input_queue = input_queue
         self.output_conn = output_conn
@@ -156,10 +156,10 @@ class EngineCoreProc:
     def get_stats(self) -> Any:
         # NOTE: the scheduler's stats record; counters in it (preemptions, tokens) cover the time
         # since the previous record, which is empty when no step ran in between.
-        return self.core.scheduler.make_stats()
+        return self.core.make_stats()
 
     def reset_prefix_cache(self) -> bool:
-        return self.core.scheduler.reset_prefix_cache()
+        return self.core.reset_prefix_cache()
 
 
 def run_engine_core(
@@ -191,8 +191,8 @@ def run_engine_core(
         logger.info("engine core process %d exiting", os.getpid())
 
 
-def _start_core(engine_args: EngineArgs) -> tuple[EngineCore, EngineReady]:
-    from pagedllm.engine.core import make_engine_core
+def _start_core(engine_args: EngineArgs) -> tuple[EngineCoreBase, EngineReady]:
+    from pagedllm.engine.core_factory import make_engine_core
     from pagedllm.logger import init_logger
 
     logger = init_logger("pagedllm.engine.core_proc")

@@ -2,10 +2,9 @@
 
 Design choice: vLLM runs pooling requests through its scheduler (prefill only). Encoders need
 neither a KV cache (attention is bidirectional over the whole prompt, nothing is reused between
-steps) nor chunking, so they get this lean core instead: the same interface as EngineCore
-(add_request / abort_requests / step / has_unfinished_requests, `scheduler.make_stats()`), a
-PoolingScheduler that batches whole prompts under the token budget, and a PoolingRunner that
-embeds each batch in one forward pass. No KV block is allocated.
+steps) nor chunking, so they get this lean core instead: the same interface (EngineCoreBase),
+executor and Worker as EngineCore, a PoolingScheduler that batches whole prompts under the token
+budget, and a PoolingRunner that embeds each batch in one forward pass. No KV block is allocated.
 
 Decoder models served with task "embed" stay on EngineCore (paged KV cache, chunked prefill,
 prefix caching): a request finishes when its prompt is computed, with the last token's state.
@@ -17,34 +16,26 @@ import time
 
 from pagedllm.config import EngineConfig
 from pagedllm.core.sched.pooling_scheduler import PoolingScheduler
+from pagedllm.engine.core_base import EngineCoreBase
 from pagedllm.engine.messages import EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest
 from pagedllm.logger import init_logger
+from pagedllm.metrics.stats import SchedulerStats
 from pagedllm.request import FinishReason
-from pagedllm.worker.model_setup import load_model_on_device
-from pagedllm.worker.pooling_runner import PoolingRunner
 
 logger = init_logger(__name__)
 
 
-class PoolingEngineCore:
-    num_blocks = 0
-    """No KV cache (the clients and the server report its size)."""
-    kv_cache_bytes = 0
-
+class PoolingEngineCore(EngineCoreBase):
     def __init__(self, config: EngineConfig) -> None:
         assert config.model.is_encoder_only, "PoolingEngineCore runs encoder-only models"
-        self.config = config
-        device, model = load_model_on_device(config)
-        self.runner = PoolingRunner(model, device)
+        super().__init__(config)
         self.scheduler = PoolingScheduler(config.scheduler)
-        self.last_execute_seconds = 0.0
         logger.info("encoder-only model: no KV cache; batches of up to %d prompts / %d tokens",
                     config.scheduler.max_num_seqs, config.scheduler.max_num_batched_tokens)
 
     def add_request(self, request: EngineCoreRequest) -> None:
         # NOTE: the input processor already refused generation requests and long prompts.
         assert request.pooling_params is not None, "an encoder serves embedding requests only"
-        assert len(request.prompt_token_ids) <= self.config.model.max_model_len
         self.scheduler.add_request(request.request_id, request.prompt_token_ids)
 
     def abort_requests(self, request_ids: list[str]) -> None:
@@ -56,17 +47,23 @@ class PoolingEngineCore:
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
 
+    def make_stats(self) -> SchedulerStats:
+        return self.scheduler.make_stats()
+
+    def reset_prefix_cache(self) -> bool:
+        return self.scheduler.reset_prefix_cache()
+
     def step(self) -> EngineCoreOutputs:
         batch = self.scheduler.schedule()
-        if not batch:
+        if not batch.prompts:
             return EngineCoreOutputs(scheduler_stats=self.scheduler.make_stats())
         start = time.perf_counter()
-        pooled = self.runner.execute(list(batch.values()))
+        pooled = self.executor.execute_model(batch).pooler_output
         self.last_execute_seconds = time.perf_counter() - start
         outputs = [
-            EngineCoreOutput(req_id, [], finish_reason=FinishReason.STOP, pooling_output=vector)
-            for req_id, vector in zip(batch, pooled)
+            EngineCoreOutput(req_id, [], finish_reason=FinishReason.STOP,
+                             pooling_output=pooled[req_id])
+            for req_id in batch.prompts
         ]
-        num_tokens = sum(len(p) for p in batch.values())
-        stats = self.scheduler.make_stats(len(batch), num_tokens)
+        stats = self.scheduler.make_stats(len(batch.prompts), batch.total_num_scheduled_tokens)
         return EngineCoreOutputs(outputs=outputs, scheduler_stats=stats)

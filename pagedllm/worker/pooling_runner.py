@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pagedllm.core.sched.output import ModelRunnerOutput, PoolingSchedulerOutput
 from pagedllm.forward_context import set_forward_context
 from pagedllm.model_executor.layers.encoder_attention import EncoderAttentionMetadata
 
@@ -15,9 +16,15 @@ class PoolingRunner:
         self.model = model
         self.device = device
 
+    def execute_model(self, batch: PoolingSchedulerOutput) -> ModelRunnerOutput:
+        """The raw pooled hidden state of each prompt (float32) as pooler_output."""
+        req_ids = list(batch.prompts)
+        pooled = self._embed(list(batch.prompts.values()))
+        return ModelRunnerOutput(req_ids=req_ids, sampled_token_ids={},
+                                 pooler_output=dict(zip(req_ids, pooled)))
+
     @torch.inference_mode()
-    def execute(self, prompts: list[list[int]]) -> list[list[float]]:
-        """Raw pooled hidden state of each prompt (float32), in input order."""
+    def _embed(self, prompts: list[list[int]]) -> list[list[float]]:
         seq_lens = [len(p) for p in prompts]
         input_ids = torch.tensor([t for p in prompts for t in p], dtype=torch.long,
                                  device=self.device)  # [T]

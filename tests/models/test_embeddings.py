@@ -17,6 +17,7 @@ from pagedllm.model_executor.layers.encoder_attention import (
     EncoderAttentionMetadata,
 )
 from pagedllm.model_executor.layers.pooler import Pooler
+from tests.engine_internals import loaded_model
 
 TEXTS = [
     "Hello world",
@@ -50,9 +51,8 @@ def _hf_minilm(path: str, texts: list[str]) -> torch.Tensor:
 
 
 def test_minilm_matches_transformers_in_one_batch(minilm):
-    core = minilm.llm_engine.engine_core.engine_core
     forwards = []
-    hook = core.runner.model.register_forward_hook(lambda *args: forwards.append(1))
+    hook = loaded_model(minilm).register_forward_hook(lambda *args: forwards.append(1))
     try:
         outputs = minilm.embed(TEXTS, use_tqdm=False)
     finally:

@@ -8,6 +8,7 @@ import pytest
 
 from pagedllm import LLM, SamplingParams
 from pagedllm.kernels import cpu_kernels_available
+from tests.engine_internals import loaded_model
 
 pytestmark = pytest.mark.skipif(not cpu_kernels_available(), reason="compiled kernels unavailable")
 
@@ -19,7 +20,7 @@ def _run(model_dir: str, enforce_eager: bool, **kwargs):
               max_num_batched_tokens=16, **kwargs)  # fmt: skip
     params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, logprobs=3)
     outputs = llm.generate(PROMPTS, params, use_tqdm=False)
-    model = llm.llm_engine.engine_core.engine_core.model_runner.model
+    model = loaded_model(llm)
     return [(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in outputs], model
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pagedllm import LLM, SamplingParams
+from tests.engine_internals import loaded_model
 from tests.quantization.checkpoints import (
     assert_greedy_agrees,
     dequantized_reference_dir,
@@ -36,7 +37,7 @@ def test_quantized_model_holds_no_float_linear_weights(tiny_llama_dir):
     from pagedllm.model_executor.layers.linear import LinearBase
 
     llm = LLM(tiny_llama_dir, quantization="int8", kv_cache_memory="32MiB", max_model_len=128)
-    model = llm.llm_engine.engine_core.engine_core.model_runner.model
+    model = loaded_model(llm)
     linears = [m for m in model.modules() if isinstance(m, LinearBase)]
     assert linears
     for layer in linears:

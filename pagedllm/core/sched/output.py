@@ -106,3 +106,16 @@ class EngineCoreOutputs:
     outputs: list[EngineCoreOutput] = field(default_factory=list)
     scheduler_stats: SchedulerStats | None = None
     timestamp: float = field(default_factory=time.time)
+
+
+@dataclass
+class PoolingSchedulerOutput:
+    """One step of an encoder-only model: whole prompts, embedded in one forward pass (no KV
+    cache, nothing carried between steps)."""
+
+    prompts: dict[str, list[int]]
+    """req_id -> prompt token ids, in batch order."""
+
+    @property
+    def total_num_scheduled_tokens(self) -> int:
+        return sum(len(prompt) for prompt in self.prompts.values())

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 from pagedllm.config.scheduler import SchedulerConfig
+from pagedllm.core.sched.output import PoolingSchedulerOutput
 from pagedllm.metrics.stats import SchedulerStats
 
 
@@ -32,8 +33,8 @@ class PoolingScheduler:
     def has_unfinished_requests(self) -> bool:
         return bool(self.waiting)
 
-    def schedule(self) -> dict[str, list[int]]:
-        """The next batch (removed from the queue): req_id -> prompt token ids."""
+    def schedule(self) -> PoolingSchedulerOutput:
+        """The next batch, removed from the queue."""
         batch: dict[str, list[int]] = {}
         budget = self.config.max_num_batched_tokens
         while self.waiting and len(batch) < self.config.max_num_seqs:
@@ -42,7 +43,7 @@ class PoolingScheduler:
                 break
             batch[req_id] = self.waiting.pop(req_id)
             budget -= len(prompt)
-        return batch
+        return PoolingSchedulerOutput(batch)
 
     def make_stats(self, num_running: int = 0, num_prompt_tokens: int = 0) -> SchedulerStats:
         return SchedulerStats(num_running_reqs=num_running, num_waiting_reqs=len(self.waiting),

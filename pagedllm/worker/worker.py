@@ -1,0 +1,96 @@
+"""Worker: one device's worth of state. It sets the device up (threads, seed, compiled kernels),
+loads the model, sizes and allocates the KV cache, and owns the model runner; the executor calls
+it, the engine core never does.
+
+Both engine cores use it: a decoder gets a paged KV cache and a ModelRunner, an encoder-only
+model gets no cache and a PoolingRunner. Either way a step is `execute_model(scheduler output)
+-> ModelRunnerOutput`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pagedllm.attention.selector import get_attn_backend
+from pagedllm.config import EngineConfig
+from pagedllm.core.kv_cache_manager import common_sliding_window
+from pagedllm.core.sched.output import ModelRunnerOutput, PoolingSchedulerOutput, SchedulerOutput
+from pagedllm.logger import init_logger
+from pagedllm.model_executor.layers.attention import attention_layers
+from pagedllm.model_executor.model_loader.gguf import release_gguf_readers
+from pagedllm.utils.memory import format_bytes
+from pagedllm.worker.kv_cache_alloc import allocate_kv_caches, plan_kv_cache
+from pagedllm.worker.model_runner import ModelRunner
+from pagedllm.worker.model_setup import load_model_on_device
+from pagedllm.worker.pooling_runner import PoolingRunner
+
+logger = init_logger(__name__)
+
+
+@dataclass(frozen=True)
+class KVCacheInfo:
+    """What the scheduler needs to know of a worker's KV cache (plain data: it crosses
+    processes once there are several workers)."""
+
+    num_blocks: int
+    """0 for encoder-only models (no cache)."""
+    block_size: int
+    num_bytes: int
+    sliding_window: int | None
+    """The window every attention layer shares, None if any layer attends to everything."""
+
+
+class Worker:
+    def __init__(self, config: EngineConfig, rank: int = 0) -> None:
+        self.config = config
+        self.rank = rank
+        self.device: torch.device | None = None
+        self.model: nn.Module | None = None
+        self.model_runner: ModelRunner | PoolingRunner | None = None
+
+    def load_model(self) -> None:
+        self.device, self.model = load_model_on_device(self.config)
+        # NOTE: the model is loaded (and, in-process, the tokenizer built before it): unmap the
+        # GGUF file before the KV cache is allocated, so the two never add up in the peak.
+        release_gguf_readers()
+
+    def initialize_cache(self) -> KVCacheInfo:
+        """Size and allocate the KV cache from the memory left after the weights, bind it to the
+        attention layers and build the runner."""
+        assert self.model is not None and self.device is not None, "load_model() first"
+        config = self.config
+        if config.model.is_encoder_only:
+            self.model_runner = PoolingRunner(self.model, self.device)
+            return KVCacheInfo(0, config.cache.block_size, 0, None)
+        backend = get_attn_backend(config.device.attention_backend, self.device.type)
+        layers = attention_layers(self.model)
+        layout = plan_kv_cache(config.model, config.cache, self.device)
+        kv_caches = allocate_kv_caches(
+            layout, config.model, config.cache, backend, self.device, len(layers)
+        )
+        logger.info(
+            "KV cache: %d blocks x %d tokens = %d tokens, %s (%s backend, prefix caching %s)",
+            layout.num_blocks, layout.block_size, layout.num_tokens,
+            format_bytes(layout.total_bytes), backend.name,
+            "on" if config.cache.enable_prefix_caching else "off",
+        )  # fmt: skip
+        self.model_runner = ModelRunner(
+            self.model, kv_caches, backend, layout.block_size, config.model.vocab_size,
+            config.model.eos_token_ids, self.device,
+            pool_last_token=config.model.task == "embed",
+        )  # fmt: skip
+        window = common_sliding_window(layer.sliding_window for layer in layers)
+        return KVCacheInfo(layout.num_blocks, layout.block_size, layout.total_bytes, window)
+
+    def get_model(self) -> nn.Module:
+        assert self.model is not None, "load_model() first"
+        return self.model
+
+    def execute_model(
+        self, scheduler_output: SchedulerOutput | PoolingSchedulerOutput
+    ) -> ModelRunnerOutput:
+        assert self.model_runner is not None, "initialize_cache() first"
+        return self.model_runner.execute_model(scheduler_output)  # type: ignore[arg-type]
