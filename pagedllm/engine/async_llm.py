@@ -22,9 +22,9 @@ from typing import Any
 from pagedllm.engine.arg_utils import EngineArgs
 from pagedllm.engine.core_client import EngineDeadError, MPClient
 from pagedllm.engine.input_processor import InputProcessor, PromptType
-from pagedllm.engine.llm_engine import _fan_out, add_pooling_request
 from pagedllm.engine.messages import EngineCoreOutputs
-from pagedllm.engine.output_processor import OutputProcessor, ParentRequest
+from pagedllm.engine.output_processor import OutputProcessor
+from pagedllm.engine.request_intake import RequestIntake
 from pagedllm.logger import init_logger
 from pagedllm.metrics.loggers import StatLoggerBase
 from pagedllm.metrics.request_stats import IterationStats, RequestStatsTracker
@@ -51,7 +51,7 @@ class AsyncLLM:
         self.request_stats = RequestStatsTracker()
         self._streams: dict[str, asyncio.Queue] = {}
         """Parent request id -> queue of RequestOutput (or the exception that ended it)."""
-        self._children: dict[str, list[str]] = {}
+        self.intake = RequestIntake(self.input_processor, self.output_processor)
         self._output_task: asyncio.Task | None = None
         self._outputs_queue: asyncio.Queue | None = None
         self._dead_error: BaseException | None = None
@@ -137,18 +137,7 @@ class AsyncLLM:
         self._start_output_handler()
         if self._dead_error is not None:
             raise EngineDeadError("the engine core is not running") from self._dead_error
-        if request_id in self._streams:
-            raise ValueError(f"request id {request_id!r} is already in use")
-        processed = self.input_processor.process_prompt(prompt)
-        core_request = add_pooling_request(self.input_processor, self.output_processor,
-                                           request_id, processed, pooling_params, arrival_time,
-                                           priority)
-        stream: asyncio.Queue = asyncio.Queue()
-        self._streams[request_id] = stream
-        self._children[request_id] = [request_id]
-        self.request_stats.add_request(request_id, len(processed.prompt_token_ids),
-                                       time.monotonic())
-        self.engine_core.add_request(core_request)
+        stream = self._add_request(request_id, prompt, pooling_params, arrival_time, priority)
         finished = False
         try:
             item = await stream.get()
@@ -187,36 +176,26 @@ class AsyncLLM:
 
     # ---- requests -----------------------------------------------------------------------------
 
-    def _add_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
-                     arrival_time: float | None, priority: int) -> asyncio.Queue:
-        if request_id in self._streams:
-            raise ValueError(f"request id {request_id!r} is already in use")
-        processed = self.input_processor.process_prompt(prompt)
-        children = [
-            (child_id, self.input_processor.make_request(
-                child_id, processed, child_params, arrival_time, priority))
-            for child_id, child_params in _fan_out(request_id, params)
-        ]
-        parent = ParentRequest(request_id, processed.prompt, processed.prompt_token_ids, params)
+    def _add_request(self, request_id: str, prompt: PromptType,
+                     params: SamplingParams | PoolingParams, arrival_time: float | None,
+                     priority: int) -> asyncio.Queue:
+        accepted = self.intake.add(request_id, prompt, params, arrival_time, priority)
         stream: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = stream
-        self._children[request_id] = [child_id for child_id, _ in children]
         now = time.monotonic()
-        for index, (child_id, core_request) in enumerate(children):
-            self.output_processor.add_request(child_id, parent, index,
-                                              core_request.sampling_params)
-            self.request_stats.add_request(child_id, len(processed.prompt_token_ids), now)
+        for core_request in accepted.core_requests:
+            self.request_stats.add_request(core_request.request_id,
+                                           len(accepted.prompt_token_ids), now)
             self.engine_core.add_request(core_request)
         return stream
 
     def _abort(self, request_id: str | list[str]) -> None:
         request_ids = [request_id] if isinstance(request_id, str) else request_id
-        child_ids = [c for r in request_ids for c in self._children.pop(r, [])]
+        child_ids = self.intake.abort(request_ids)
         for r in request_ids:
             self._streams.pop(r, None)
         if not child_ids:
             return
-        self.output_processor.abort_requests(child_ids)
         self.engine_core.abort_requests(child_ids)
         stats = IterationStats()
         for child_id in child_ids:
@@ -275,7 +254,7 @@ class AsyncLLM:
             stream = self._streams.get(request_id)
             if request_output.finished:
                 self._streams.pop(request_id, None)
-                self._children.pop(request_id, None)
+                self.intake.finished(request_id)
             if stream is not None:
                 stream.put_nowait(request_output)
         self._record(outputs.scheduler_stats, iteration)
@@ -293,7 +272,7 @@ class AsyncLLM:
         for stream in self._streams.values():
             stream.put_nowait(error)
         self._streams.clear()
-        self._children.clear()
+        self.intake.clear()
 
 
 def limit_torch_threads() -> None:

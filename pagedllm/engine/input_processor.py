@@ -1,4 +1,4 @@
-"""Prompt -> token ids, validated against the model, -> EngineCoreRequest.
+"""Prompt -> token ids, and the checks of a prompt and its parameters against the model.
 
 Every check here raises ValueError naming the field, before anything reaches the engine core, so
 a bad request never disturbs the others.
@@ -6,12 +6,10 @@ a bad request never disturbs the others.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from pagedllm.config import ModelConfig
-from pagedllm.engine.messages import EngineCoreRequest
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
 
@@ -64,6 +62,8 @@ class InputProcessor:
         return ProcessedPrompt(None, list(token_ids))
 
     def validate(self, prompt: ProcessedPrompt, params: SamplingParams) -> None:
+        if not isinstance(params, SamplingParams):
+            raise ValueError("sampling_params must be a SamplingParams")
         if self.model_config.task == "embed":
             raise ValueError(
                 f"{self.model_config.model} is served for embeddings (task 'embed'): use "
@@ -84,25 +84,6 @@ class InputProcessor:
             bad = [t for t in ids if not 0 <= t < vocab]
             if bad:
                 raise ValueError(f"{field_name} has token id {bad[0]} outside [0, {vocab})")
-        if not isinstance(params, SamplingParams):
-            raise ValueError("sampling_params must be a SamplingParams")
-
-    def make_request(
-        self,
-        request_id: str,
-        prompt: ProcessedPrompt,
-        params: SamplingParams,
-        arrival_time: float | None = None,
-        priority: int = 0,
-    ) -> EngineCoreRequest:
-        self.validate(prompt, params)
-        return EngineCoreRequest(
-            request_id=request_id,
-            prompt_token_ids=prompt.prompt_token_ids,
-            sampling_params=params,
-            arrival_time=arrival_time if arrival_time is not None else time.time(),
-            priority=priority,
-        )
 
     def validate_pooling(self, prompt: ProcessedPrompt, params: PoolingParams) -> None:
         config = self.model_config
@@ -127,21 +108,3 @@ class InputProcessor:
                     f"dimensions={params.dimensions} is larger than the embedding size "
                     f"{config.hidden_size}"
                 )
-
-    def make_pooling_request(
-        self,
-        request_id: str,
-        prompt: ProcessedPrompt,
-        params: PoolingParams,
-        arrival_time: float | None = None,
-        priority: int = 0,
-    ) -> EngineCoreRequest:
-        self.validate_pooling(prompt, params)
-        return EngineCoreRequest(
-            request_id=request_id,
-            prompt_token_ids=prompt.prompt_token_ids,
-            sampling_params=SamplingParams(max_tokens=1, detokenize=False),
-            arrival_time=arrival_time if arrival_time is not None else time.time(),
-            priority=priority,
-            pooling_params=params,
-        )

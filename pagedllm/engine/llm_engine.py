@@ -3,15 +3,14 @@ wrapped by the server's async engine."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from pagedllm.config import EngineConfig
 from pagedllm.engine.arg_utils import EngineArgs
 from pagedllm.engine.core_client import EngineCoreClient, InprocClient
-from pagedllm.engine.input_processor import InputProcessor, ProcessedPrompt, PromptType
-from pagedllm.engine.messages import EngineCoreRequest
-from pagedllm.engine.output_processor import OutputProcessor, ParentRequest, PoolingRequestState
+from pagedllm.engine.input_processor import InputProcessor, PromptType
+from pagedllm.engine.output_processor import OutputProcessor
+from pagedllm.engine.request_intake import RequestIntake
 from pagedllm.metrics.step_profile import StepProfiler
 from pagedllm.outputs import EmbeddingRequestOutput, RequestOutput
 from pagedllm.pooling_params import PoolingParams
@@ -30,7 +29,7 @@ class LLMEngine:
             getattr(self.engine_core, "step_profiler", None) or StepProfiler()
         )
         """The engine core's when it runs in this process, so one profile covers the step."""
-        self._children: dict[str, list[str]] = {}
+        self.intake = RequestIntake(self.input_processor, self.output_processor)
         self.last_stats = None
 
     @classmethod
@@ -47,27 +46,8 @@ class LLMEngine:
     ) -> None:
         """Validate and queue a request (PoolingParams: an embedding request); raises ValueError
         (naming the field) on bad input, before anything is queued."""
-        if request_id in self._children:
-            raise ValueError(f"request id {request_id!r} is already in use")
-        processed = self.input_processor.process_prompt(prompt)
-        if isinstance(params, PoolingParams):
-            core_request = add_pooling_request(self.input_processor, self.output_processor,
-                                               request_id, processed, params, arrival_time,
-                                               priority)
-            self._children[request_id] = [request_id]
-            self.engine_core.add_request(core_request)
-            return
-        parent = ParentRequest(request_id, processed.prompt, processed.prompt_token_ids, params)
-        children = [
-            (child_id, self.input_processor.make_request(
-                child_id, processed, child_params, arrival_time, priority))
-            for child_id, child_params in _fan_out(request_id, params)
-        ]
-        self._children[request_id] = [child_id for child_id, _ in children]
-        for index, (child_id, core_request) in enumerate(children):
-            self.output_processor.add_request(
-                child_id, parent, index, core_request.sampling_params
-            )
+        accepted = self.intake.add(request_id, prompt, params, arrival_time, priority)
+        for core_request in accepted.core_requests:
             self.engine_core.add_request(core_request)
 
     def step(self) -> list[RequestOutput | EmbeddingRequestOutput]:
@@ -80,54 +60,20 @@ class LLMEngine:
                 self.engine_core.finish_requests_stopped(processed.reqs_to_abort)
         for request_output in processed.request_outputs:
             if request_output.finished:
-                self._children.pop(request_output.request_id, None)
+                self.intake.finished(request_output.request_id)
         return processed.request_outputs
 
     def abort_request(self, request_ids: str | list[str]) -> None:
         if isinstance(request_ids, str):
             request_ids = [request_ids]
-        child_ids = [c for r in request_ids for c in self._children.pop(r, [])]
-        self.output_processor.abort_requests(child_ids)
-        self.engine_core.abort_requests(child_ids)
+        self.engine_core.abort_requests(self.intake.abort(request_ids))
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self._children)
+        return len(self.intake) > 0
 
     def get_num_unfinished_requests(self) -> int:
-        return len(self._children)
+        return len(self.intake)
 
     def get_tokenizer(self) -> Any:
         return self.tokenizer
 
-
-def _fan_out(request_id: str, params: SamplingParams) -> list[tuple[str, SamplingParams]]:
-    """n samples -> n child requests with n == 1 (seeds offset so samples differ)."""
-    if params.n == 1:
-        return [(request_id, params)]
-    children = []
-    for i in range(params.n):
-        seed = None if params.seed is None else params.seed + i
-        children.append((f"{i}_{request_id}", dataclasses.replace(params, n=1, seed=seed)))
-    return children
-
-
-def add_pooling_request(
-    input_processor: InputProcessor,
-    output_processor: OutputProcessor,
-    request_id: str,
-    processed: ProcessedPrompt,
-    params: PoolingParams,
-    arrival_time: float | None,
-    priority: int,
-) -> EngineCoreRequest:
-    """Validate an embedding request and register it with the output processor; the caller
-    sends the returned request to the engine core."""
-    core_request = input_processor.make_pooling_request(
-        request_id, processed, params, arrival_time, priority
-    )
-    pooler = input_processor.model_config.pooler
-    assert pooler is not None
-    output_processor.add_pooling_request(request_id, PoolingRequestState(
-        processed.prompt, processed.prompt_token_ids, params, pooler.normalize,
-    ))
-    return core_request

@@ -1,0 +1,103 @@
+"""RequestIntake: the one owner of a user's request on its way to the engine core, for the
+offline engine and the server's async engine alike.
+
+    user request ──▶ process + validate prompt (once) ──▶ fan out n samples ──▶ core requests
+                                                          (child ids, seeds)    │
+    RequestOutput ◀── OutputProcessor fans the children back in ◀───────────────┘
+
+It keeps the map from the user's request id to the engine-core request ids (one per sample), so
+an abort or a finish reaches every child. Beam search will fan out through it too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from pagedllm.engine.input_processor import InputProcessor, PromptType
+from pagedllm.engine.messages import EngineCoreRequest
+from pagedllm.engine.output_processor import OutputProcessor, ParentRequest, PoolingRequestState
+from pagedllm.pooling_params import PoolingParams
+from pagedllm.sampling_params import SamplingParams
+
+
+@dataclasses.dataclass
+class AcceptedRequest:
+    prompt_token_ids: list[int]
+    core_requests: list[EngineCoreRequest]
+    """One per sample (n of them), in sample order; the caller sends them to the engine core."""
+
+
+class RequestIntake:
+    def __init__(self, input_processor: InputProcessor, output_processor: OutputProcessor):
+        self.input_processor = input_processor
+        self.output_processor = output_processor
+        self._children: dict[str, list[str]] = {}
+        """User request id -> its engine-core request ids, while it is unfinished."""
+
+    def add(
+        self,
+        request_id: str,
+        prompt: PromptType,
+        params: SamplingParams | PoolingParams,
+        arrival_time: float | None = None,
+        priority: int = 0,
+    ) -> AcceptedRequest:
+        """Validate and register a request; raises ValueError (naming the field) on bad input,
+        before anything is registered."""
+        if request_id in self._children:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        processed = self.input_processor.process_prompt(prompt)
+        arrival_time = arrival_time if arrival_time is not None else time.time()
+        if isinstance(params, PoolingParams):
+            self.input_processor.validate_pooling(processed, params)
+            pooler = self.input_processor.model_config.pooler
+            assert pooler is not None
+            self.output_processor.add_pooling_request(request_id, PoolingRequestState(
+                processed.prompt, processed.prompt_token_ids, params, pooler.normalize,
+            ))  # fmt: skip
+            sampling = SamplingParams(max_tokens=1, detokenize=False)
+            samples, pooling = [(request_id, sampling)], params
+        else:
+            self.input_processor.validate(processed, params)
+            parent = ParentRequest(request_id, processed.prompt, processed.prompt_token_ids, params)
+            samples, pooling = fan_out(request_id, params), None
+            for index, (child_id, child_params) in enumerate(samples):
+                self.output_processor.add_request(child_id, parent, index, child_params)
+        self._children[request_id] = [child_id for child_id, _ in samples]
+        core_requests = [
+            EngineCoreRequest(child_id, processed.prompt_token_ids, child_params, arrival_time,
+                              priority, pooling_params=pooling)  # fmt: skip
+            for child_id, child_params in samples
+        ]
+        return AcceptedRequest(processed.prompt_token_ids, core_requests)
+
+    def abort(self, request_ids: list[str]) -> list[str]:
+        """Forget the requests; their engine-core request ids, for the engine core to abort."""
+        child_ids = [c for r in request_ids for c in self._children.pop(r, [])]
+        self.output_processor.abort_requests(child_ids)
+        return child_ids
+
+    def finished(self, request_id: str) -> None:
+        """The request's last output went out."""
+        self._children.pop(request_id, None)
+
+    def clear(self) -> None:
+        self._children.clear()
+
+    def __contains__(self, request_id: str) -> bool:
+        return request_id in self._children
+
+    def __len__(self) -> int:
+        return len(self._children)
+
+
+def fan_out(request_id: str, params: SamplingParams) -> list[tuple[str, SamplingParams]]:
+    """n samples -> n child requests with n == 1 (seeds offset so samples differ)."""
+    if params.n == 1:
+        return [(request_id, params)]
+    children = []
+    for i in range(params.n):
+        seed = None if params.seed is None else params.seed + i
+        children.append((f"{i}_{request_id}", dataclasses.replace(params, n=1, seed=seed)))
+    return children
