@@ -95,10 +95,51 @@ class AttentionBackend(ABC):
     @abstractmethod
     def get_impl_cls() -> type[AttentionImpl]: ...
 
+    # ---- what the backend supports: the selector checks it once, at start-up, and explains a
+    # refusal, so no forward call has to check again --------------------------------------------
+
+    @classmethod
+    def supports_device(cls, device_type: str) -> bool:
+        return True
+
     @classmethod
     def supports_dtype(cls, dtype: torch.dtype) -> bool:
+        """The model dtype (queries, keys and values)."""
         return dtype in (torch.float32, torch.bfloat16, torch.float16)
+
+    @classmethod
+    def supports_kv_cache_dtype(cls, kv_cache_dtype: torch.dtype) -> bool:
+        """The cache's storage dtype (the model dtype, float16, or int8 / fp8 with scales)."""
+        return True
 
     @classmethod
     def supports_head_size(cls, head_size: int) -> bool:
         return True
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why the backend cannot run on this machine at all (e.g. its kernels are not built)."""
+        return None
+
+    @classmethod
+    def validate_configuration(
+        cls, device_type: str, dtype: torch.dtype, kv_cache_dtype: torch.dtype,
+        head_sizes: set[int],
+    ) -> list[str]:  # fmt: skip
+        """Every reason this backend cannot serve the model; empty if it can."""
+        unavailable = cls.unavailable_reason()
+        reasons = [unavailable] if unavailable else []
+        if not cls.supports_device(device_type):
+            reasons.append(f"device {device_type} not supported")
+        if not cls.supports_dtype(dtype):
+            reasons.append(f"model dtype {_dtype_name(dtype)} not supported")
+        if not cls.supports_kv_cache_dtype(kv_cache_dtype):
+            reasons.append(f"KV cache dtype {_dtype_name(kv_cache_dtype)} not supported")
+        bad_heads = sorted(h for h in head_sizes if not cls.supports_head_size(h))
+        if bad_heads:
+            reasons.append(f"head size {bad_heads[0]} not supported")
+        return reasons
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

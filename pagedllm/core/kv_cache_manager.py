@@ -164,8 +164,8 @@ class KVCacheManager:
         may hand them to another request (or to this one, for a later position) that writes them
         in the very next step. That is safe: (1) this request never writes them again: its slot
         mapping only covers positions >= num_computed_tokens, in blocks >= num_computed_tokens //
-        B; (2) every backend masks keys at positions <= q - window (torch_ref, and cpu_sdpa's
-        soft-cap path: -inf scores before softmax; cpu_sdpa: a boolean SDPA mask), so whatever was
+        B; (2) every backend masks keys at positions <= q - window (torch_ref, and torch_sdpa's
+        soft-cap path: -inf scores before softmax; torch_sdpa: a boolean SDPA mask), so whatever was
         written there gets softmax weight exactly 0, and 0 * a finite value is 0 (the cache is
         zero-filled and only ever holds K/V the model computed). Each query keeps at least its own
         key, so no softmax row is empty. tests/models/test_sliding_window_memory.py checks both

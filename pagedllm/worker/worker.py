@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pagedllm.attention.selector import get_attn_backend
+from pagedllm.attention.selector import AttentionRequirements, select_attn_backend
 from pagedllm.config import EngineConfig
 from pagedllm.core.kv_cache_manager import common_sliding_window
 from pagedllm.core.sched.output import ModelRunnerOutput, PoolingSchedulerOutput, SchedulerOutput
@@ -22,7 +22,11 @@ from pagedllm.logger import init_logger
 from pagedllm.model_executor.layers.attention import attention_layers
 from pagedllm.model_executor.model_loader.gguf import release_gguf_readers
 from pagedllm.utils.memory import format_bytes
-from pagedllm.worker.kv_cache_alloc import allocate_kv_caches, plan_kv_cache
+from pagedllm.worker.kv_cache_alloc import (
+    allocate_kv_caches,
+    kv_cache_torch_dtype,
+    plan_kv_cache,
+)
 from pagedllm.worker.model_runner import ModelRunner
 from pagedllm.worker.model_setup import load_model_on_device
 from pagedllm.worker.pooling_runner import PoolingRunner
@@ -65,8 +69,15 @@ class Worker:
         if config.model.is_encoder_only:
             self.model_runner = PoolingRunner(self.model, self.device)
             return KVCacheInfo(0, config.cache.block_size, 0, None)
-        backend = get_attn_backend(config.device.attention_backend, self.device.type)
         layers = attention_layers(self.model)
+        needs = AttentionRequirements(
+            self.device.type, getattr(torch, config.model.dtype),
+            kv_cache_torch_dtype(config.model, config.cache),
+            frozenset(layer.head_size for layer in layers),
+        )  # fmt: skip
+        choice = select_attn_backend(config.device.attention_backend, needs)
+        logger.info("attention backend: %s", choice.describe())
+        backend = choice.backend
         layout = plan_kv_cache(config.model, config.cache, self.device)
         kv_caches = allocate_kv_caches(
             layout, config.model, config.cache, backend, self.device, len(layers)

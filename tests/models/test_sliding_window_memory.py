@@ -10,7 +10,7 @@ import torch
 
 from pagedllm import LLM, SamplingParams
 from pagedllm.attention.backend import CommonAttentionMetadata
-from pagedllm.attention.selector import get_attn_backend
+from pagedllm.attention.selector import BACKENDS
 from pagedllm.utils.math import cdiv
 from tests.hf_reference import hf_greedy, load_hf_model
 from tests.models.family_check import random_prompts
@@ -45,7 +45,7 @@ def _generate(llm: LLM, prompts: list[list[int]]) -> tuple[list[list[int]], int,
     return [outputs[str(i)] for i in range(len(prompts))], peak, preemptions
 
 
-@pytest.mark.parametrize("backend", ["cpu_sdpa", "torch_ref"])
+@pytest.mark.parametrize("backend", ["torch_sdpa", "torch_ref"])
 def test_long_generation_holds_bounded_blocks(tiny_model_factory, backend):
     windowed = tiny_model_factory("MistralConfig", sliding_window=WINDOW)
     full = tiny_model_factory("MistralConfig", sliding_window=None)  # same weights (same seed)
@@ -70,17 +70,17 @@ def test_released_blocks_reused_by_other_requests(tiny_model_factory):
     model_dir = tiny_model_factory("MistralConfig", sliding_window=WINDOW)
     hf = load_hf_model(model_dir)
     prompts = random_prompts([5, 9, 20], hf.config.vocab_size, seed=3)
-    llm = _llm(model_dir, "cpu_sdpa", num_gpu_blocks_override=64)
+    llm = _llm(model_dir, "torch_sdpa", num_gpu_blocks_override=64)
     tokens, peak, preemptions = _generate(llm, prompts)
     assert tokens == [hf_greedy(hf, p, MAX_TOKENS) for p in prompts]
     assert preemptions == 0 and peak <= 3 * DECODE_BOUND
 
 
-@pytest.mark.parametrize("backend", ["cpu_sdpa", "torch_ref"])
+@pytest.mark.parametrize("backend", ["torch_sdpa", "torch_ref"])
 def test_stale_keys_outside_the_window_weigh_exactly_zero(backend):
     """What makes releasing safe: a block before the window that another request overwrote
     (finite values) changes nothing, bit for bit, for decodes and prefill chunks alike."""
-    cls = get_attn_backend(backend, "cpu")
+    cls = BACKENDS.get(backend)
     heads, kv_heads, head_size, num_blocks = 4, 2, 8, 16
     impl = cls.get_impl_cls()(heads, head_size, head_size**-0.5, kv_heads, WINDOW, None)
     torch.manual_seed(0)

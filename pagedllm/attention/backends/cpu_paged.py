@@ -5,9 +5,9 @@ reading K/V in place through the block table: no gather copy, no Python loop per
 per-step metadata beyond what CommonAttentionMetadata already holds. It covers float32 queries
 over float32 or float16 caches, and over int8/fp8 caches through a float32 copy of the step's
 blocks (dequantized per element, so a token's attention stays the same bits whatever the batch,
-which SDPA's blocking by query count does not give); anything else (bf16/fp16 models, non-CPU
-tensors, kernels that could not be built) takes cpu_sdpa's path. Tested against the reference
-backend (torch_ref).
+which SDPA's blocking by query count does not give). It declares what it supports (float32
+models on the CPU, kernels built); the selector sends anything else to torch_sdpa at start-up, so
+a forward never checks. Tested against the reference backend (torch_ref).
 """
 
 from __future__ import annotations
@@ -22,14 +22,9 @@ from pagedllm.attention.backend import (
     AttentionMetadataBuilder,
     CommonAttentionMetadata,
 )
-from pagedllm.attention.backends.cpu_sdpa import (
-    CpuSdpaAttentionImpl,
-    CpuSdpaMetadata,
-    CpuSdpaMetadataBuilder,
-)
 from pagedllm.attention.ops.cache_write import write_to_paged_cache
 from pagedllm.attention.ops.kv_quant import is_quantized_kv, load_kv
-from pagedllm.kernels import fits_cpu_float32, fits_cpu_kv_cache
+from pagedllm.kernels import cpu_kernels_available
 from pagedllm.utils.math import cdiv
 
 
@@ -37,14 +32,7 @@ from pagedllm.utils.math import cdiv
 class CpuPagedMetadata:
     common: CommonAttentionMetadata
     """What the kernel reads: block table, sequence lengths, query starts."""
-    _sdpa: CpuSdpaMetadata | None = None
     _step_blocks: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def sdpa(self) -> CpuSdpaMetadata:
-        """cpu_sdpa's metadata for the layers the kernel does not take, built once per step."""
-        if self._sdpa is None:
-            self._sdpa = CpuSdpaMetadataBuilder().build(self.common)
-        return self._sdpa
 
     def step_blocks(self) -> tuple[torch.Tensor, torch.Tensor]:
         """For quantized caches, built once per step: the ids of the step's blocks [num_reqs *
@@ -66,15 +54,9 @@ class CpuPagedMetadataBuilder(AttentionMetadataBuilder):
 
 
 class CpuPagedAttentionImpl(AttentionImpl):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._fallback = CpuSdpaAttentionImpl(*args, **kwargs)
-
     def forward(self, query, key, value, kv_cache, attn_metadata):
         md: CpuPagedMetadata = attn_metadata
         quantized = is_quantized_kv(kv_cache.dtype)
-        if not (fits_cpu_float32(query) and (quantized or fits_cpu_kv_cache(kv_cache))):
-            return self._fallback.forward(query, key, value, kv_cache, md.sdpa())
         common = md.common
         write_to_paged_cache(key, value, kv_cache, common.slot_mapping)
         if quantized:
@@ -101,3 +83,19 @@ class CpuPagedBackend(AttentionBackend):
     @staticmethod
     def get_impl_cls():
         return CpuPagedAttentionImpl
+
+    @classmethod
+    def supports_device(cls, device_type: str) -> bool:
+        return device_type == "cpu"
+
+    @classmethod
+    def supports_dtype(cls, dtype: torch.dtype) -> bool:
+        return dtype == torch.float32
+
+    @classmethod
+    def supports_kv_cache_dtype(cls, kv_cache_dtype: torch.dtype) -> bool:
+        return kv_cache_dtype in (torch.float32, torch.float16) or is_quantized_kv(kv_cache_dtype)
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return None if cpu_kernels_available() else "the compiled CPU kernels are not built"

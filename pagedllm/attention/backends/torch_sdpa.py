@@ -1,4 +1,5 @@
-"""Batched paged attention for CPU (and any device) on top of PyTorch's fused SDPA.
+"""Batched paged attention on top of PyTorch's fused SDPA, for any device and dtype (the CPU's
+fallback where the compiled kernel does not apply, and CUDA's default until a dedicated backend).
 
 Per step, the metadata builder splits the batch once (not per layer) into
   * decodes (one query token each): one batched SDPA over their gathered blocks, keys past each
@@ -38,7 +39,7 @@ class PrefillChunk:
 
 
 @dataclass
-class CpuSdpaMetadata:
+class TorchSdpaMetadata:
     common: CommonAttentionMetadata
     decode_token_rows: torch.Tensor  # [Bd] long: row of each decode's token in q
     decode_block_table: torch.Tensor  # [Bd, max_blocks] long
@@ -51,8 +52,8 @@ class CpuSdpaMetadata:
         return int(self.decode_token_rows.shape[0])
 
 
-class CpuSdpaMetadataBuilder(AttentionMetadataBuilder):
-    def build(self, common: CommonAttentionMetadata) -> CpuSdpaMetadata:
+class TorchSdpaMetadataBuilder(AttentionMetadataBuilder):
+    def build(self, common: CommonAttentionMetadata) -> TorchSdpaMetadata:
         qsl, seq_lens = common.query_start_loc_cpu, common.seq_lens_cpu
         device = common.block_table.device
         decode_idx = [i for i in range(common.num_reqs) if qsl[i + 1] - qsl[i] == 1]
@@ -63,7 +64,7 @@ class CpuSdpaMetadataBuilder(AttentionMetadataBuilder):
         ]
         max_blocks = max((cdiv(seq_lens[i], common.block_size) for i in decode_idx), default=0)
         idx = torch.tensor(decode_idx, dtype=torch.long, device=device)
-        return CpuSdpaMetadata(
+        return TorchSdpaMetadata(
             common=common,
             decode_token_rows=torch.tensor([qsl[i] for i in decode_idx], dtype=torch.long,
                                            device=device),
@@ -89,7 +90,7 @@ class CpuSdpaMetadataBuilder(AttentionMetadataBuilder):
         )
 
 
-class CpuSdpaAttentionImpl(AttentionImpl):
+class TorchSdpaAttentionImpl(AttentionImpl):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         # SDPA cannot soft-cap scores: layers that need it take the reference path.
@@ -98,7 +99,7 @@ class CpuSdpaAttentionImpl(AttentionImpl):
         )
 
     def forward(self, query, key, value, kv_cache, attn_metadata):
-        md: CpuSdpaMetadata = attn_metadata
+        md: TorchSdpaMetadata = attn_metadata
         if self._reference is not None:
             return self._reference.forward(query, key, value, kv_cache, md.common)
         write_to_paged_cache(key, value, kv_cache, md.common.slot_mapping)
@@ -116,7 +117,7 @@ class CpuSdpaAttentionImpl(AttentionImpl):
         v = kv_cache[1][block_ids].flatten(-4, -3).transpose(-3, -2)
         return load_kv(k, dtype), load_kv(v, dtype)
 
-    def _decode(self, q, kv_cache, md: CpuSdpaMetadata):
+    def _decode(self, q, kv_cache, md: TorchSdpaMetadata):
         # q: [Bd, H, D] -> [Bd, H, 1, D]
         k, v = self._gather(kv_cache, md.decode_block_table, q.dtype)
         key_pos = md.decode_key_positions[None, :]
@@ -144,13 +145,13 @@ class CpuSdpaAttentionImpl(AttentionImpl):
         )
 
 
-class CpuSdpaBackend(AttentionBackend):
-    name = "cpu_sdpa"
+class TorchSdpaBackend(AttentionBackend):
+    name = "torch_sdpa"
 
     @staticmethod
     def get_builder_cls():
-        return CpuSdpaMetadataBuilder
+        return TorchSdpaMetadataBuilder
 
     @staticmethod
     def get_impl_cls():
-        return CpuSdpaAttentionImpl
+        return TorchSdpaAttentionImpl
