@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from itertools import islice
 
 from pagedllm.sampling_params import SamplingParams
 
@@ -44,6 +45,46 @@ _FINISH_REASONS = {
     RequestStatus.FINISHED_ABORTED: FinishReason.ABORT,
 }
 
+
+class TokenSpan(Sequence[int]):
+    """A read-only view of tokens [start, stop) of a request's one token list (stop None: up to
+    its end, so it sees tokens appended later). Indexing is O(1); a slice copies."""
+
+    __slots__ = ("_tokens", "_start", "_stop")
+
+    def __init__(self, tokens: list[int], start: int, stop: int | None = None) -> None:
+        self._tokens, self._start, self._stop = tokens, start, stop
+
+    def __len__(self) -> int:
+        return self._end() - self._start
+
+    def __getitem__(self, index: int | slice) -> int | list[int]:  # type: ignore[override]
+        if isinstance(index, slice):
+            return self._tokens[self._start : self._end()][index]
+        length = len(self)
+        if index < 0:
+            index += length
+        if not 0 <= index < length:
+            raise IndexError(f"token index {index} out of range for {length} tokens")
+        return self._tokens[self._start + index]
+
+    def __iter__(self) -> Iterator[int]:
+        return islice(self._tokens, self._start, self._end())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, tuple, TokenSpan)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"TokenSpan({list(self)})"
+
+    def _end(self) -> int:
+        return len(self._tokens) if self._stop is None else self._stop
+
+
 # Appends the hashes of newly full blocks of a request to request.block_hashes.
 BlockHasher = Callable[["Request"], list[int]]
 
@@ -62,8 +103,11 @@ class Request:
     ) -> None:
         self.request_id = request_id
         self.sampling_params = sampling_params
-        self.prompt_token_ids = list(prompt_token_ids)
-        self.num_prompt_tokens = len(self.prompt_token_ids)
+        self._all_token_ids: list[int] = list(prompt_token_ids)
+        """The scheduler side's one record of the tokens: prompt, then output."""
+        self.num_prompt_tokens = len(self._all_token_ids)
+        self.prompt_token_ids = TokenSpan(self._all_token_ids, 0, self.num_prompt_tokens)
+        self.output_token_ids = TokenSpan(self._all_token_ids, self.num_prompt_tokens)
         self.max_tokens = max_tokens
         """Generation cap after clamping the user's max_tokens to the context length."""
         self.eos_token_ids = eos_token_ids
@@ -71,8 +115,6 @@ class Request:
         self.priority = priority
         self.status = RequestStatus.WAITING
         self.stop_reason: int | str | None = None
-        self._output_token_ids: list[int] = []
-        self._all_token_ids: list[int] = list(self.prompt_token_ids)
         self.num_computed_tokens = 0
         """Tokens whose K/V are written in (or shared from) the cache."""
         self.num_cached_tokens: int | None = None
@@ -85,10 +127,6 @@ class Request:
             self.block_hashes.extend(block_hasher(self))
 
     @property
-    def output_token_ids(self) -> list[int]:
-        return self._output_token_ids
-
-    @property
     def all_token_ids(self) -> list[int]:
         return self._all_token_ids
 
@@ -98,12 +136,11 @@ class Request:
 
     @property
     def num_output_tokens(self) -> int:
-        return len(self._output_token_ids)
+        return len(self._all_token_ids) - self.num_prompt_tokens
 
     def append_output_token_ids(self, token_ids: int | list[int]) -> None:
         if isinstance(token_ids, int):
             token_ids = [token_ids]
-        self._output_token_ids.extend(token_ids)
         self._all_token_ids.extend(token_ids)
         if self._block_hasher is not None:
             self.block_hashes.extend(self._block_hasher(self))

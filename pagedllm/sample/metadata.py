@@ -1,8 +1,10 @@
 """SamplingMetadata: the per-row sampling parameters of one step as batched tensors.
 
-Built once per step from one SamplingRow per request that samples this step (row i of the
-logits); the sampler never looks at SamplingParams. Transforms nobody in the batch uses are
-None, so the sampler skips them.
+Row i belongs to the i-th request sampling this step (row i of the logits); the sampler never
+looks at SamplingParams. Transforms nobody in the batch uses are None, so the sampler skips them.
+The model runner gathers it from its persistent rows (worker/sampling_state.py);
+SamplingMetadata.build makes the same from SamplingRows from scratch (the sampler's tests, and
+the reference the runner's incremental state is checked against).
 """
 
 from __future__ import annotations

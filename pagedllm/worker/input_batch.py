@@ -1,134 +1,133 @@
-"""Turns one SchedulerOutput plus the runner's request states into the step's model inputs.
+"""InputBatch: the model runner's one record of the requests it holds, as dense per-row arrays
+kept across steps.
 
-Tokens are packed request after request (no padding):
+A request takes a row when it joins (first scheduling, or resumed after a preemption, when the
+scheduler resends its tokens) and gives it back when it leaves; the last row moves into the hole,
+so rows 0..num_reqs-1 are always the held requests. Between join and leave only deltas arrive:
+new block ids, the scheduler's num_computed_tokens, and the tokens the runner itself sampled. No
+step does work proportional to a request's history.
 
-    input_ids   | r0 chunk (prefill, 5 tokens) | r1 (decode) | r2 (decode) |
-    positions   |  7  8  9 10 11               | 40          | 3           |
-    query_start | 0                            | 5           | 6           | 7
-    seq_lens    | 12                           | 41          | 4           |
+    token_ids   row r | prompt ........ | output ... | (free up to max_model_len)
+                      0        num_prompt_tokens    num_tokens
+    num_computed_tokens[r] <= num_tokens[r]: tokens whose K/V are in the cache
 
-A request samples this step only if its chunk reaches its last known token.
+Room for the next issues (nothing here uses them yet):
+- speculative decoding: a request's draft tokens ([max_num_reqs, num_spec] + a count per row)
+  are scheduled after num_tokens, verified by the sampler, and the accepted ones appended;
+- structured output: a grammar bitmask ([max_num_reqs, ceil(V / 32)] int32) per row with a
+  grammar, filled by the scheduler side each step and applied to the logits before sampling.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
-from pagedllm.attention.backend import CommonAttentionMetadata
-from pagedllm.core.sched.output import SchedulerOutput
-from pagedllm.worker.request_state import CachedRequestState
+from pagedllm.core.sched.output import NewRequestData
+from pagedllm.worker.block_table import BlockTable
+from pagedllm.worker.row_arrays import grown
+from pagedllm.worker.sampling_state import SamplingState
 
 
-@dataclass
-class PromptLogprobsTarget:
-    """Prompt positions of one request computed this step whose next token is a prompt token."""
+class InputBatch:
+    def __init__(
+        self,
+        max_num_reqs: int,
+        max_model_len: int,
+        block_size: int,
+        vocab_size: int,
+        device: torch.device,
+        eos_token_ids: tuple[int, ...] = (),
+    ) -> None:
+        """max_num_reqs and max_model_len size the arrays up front; a row or a sequence beyond
+        them grows the arrays (doubling), so they are sizes, not limits."""
+        self.block_size = block_size
+        self.req_ids: list[str] = []
+        """Row -> request id; len(req_ids) is the number of rows held."""
+        self.row_of: dict[str, int] = {}
+        n = max_num_reqs
+        self.token_ids = np.zeros((n, max_model_len), dtype=np.int32)  # [rows, max_model_len]
+        self.num_tokens = np.zeros(n, dtype=np.int64)
+        self.num_prompt_tokens = np.zeros(n, dtype=np.int64)
+        self.num_computed_tokens = np.zeros(n, dtype=np.int64)
+        self.wants_prompt_logprobs = np.zeros(n, dtype=bool)
+        self.block_table = BlockTable(n, -(-max_model_len // block_size))
+        self.sampling = SamplingState(n, vocab_size, device, eos_token_ids)
 
-    req_id: str
-    start_position: int
-    hidden_rows: list[int]
-    next_token_ids: list[int]
+    _ARRAYS = ("num_tokens", "num_prompt_tokens", "num_computed_tokens", "wants_prompt_logprobs")
 
+    @property
+    def num_reqs(self) -> int:
+        return len(self.req_ids)
 
-@dataclass
-class StepInputs:
-    req_ids: list[str]
-    """Scheduled requests, in packing order."""
-    input_ids: torch.Tensor  # [T] long
-    positions: torch.Tensor  # [T] long
-    attn: CommonAttentionMetadata
-    logits_indices: torch.Tensor  # [S] long: hidden rows whose next token is sampled
-    sampling_req_ids: list[str]
-    """Requests sampling this step, in the order of logits_indices."""
-    prompt_logprobs: list[PromptLogprobsTarget]
+    def add_request(self, new: NewRequestData) -> int:
+        """Give the request the next free row; return it."""
+        assert new.req_id not in self.row_of, new.req_id
+        row = self.num_reqs
+        if row == len(self.num_tokens):
+            self._grow_rows(2 * row)
+        self.req_ids.append(new.req_id)
+        self.row_of[new.req_id] = row
+        num_prompt, num_output = len(new.prompt_token_ids), len(new.output_token_ids)
+        self._reserve_tokens(num_prompt + num_output)
+        self.token_ids[row, :num_prompt] = new.prompt_token_ids
+        self.token_ids[row, num_prompt : num_prompt + num_output] = new.output_token_ids
+        self.num_prompt_tokens[row] = num_prompt
+        self.num_tokens[row] = num_prompt + num_output
+        self.num_computed_tokens[row] = new.num_computed_tokens
+        self.wants_prompt_logprobs[row] = new.sampling_params.prompt_logprobs is not None
+        self.block_table.add_row(row, new.block_ids)
+        params = new.sampling_params
+        self.sampling.add_row(row, params, new.prompt_token_ids, new.output_token_ids)
+        return row
 
+    def remove_request(self, req_id: str) -> None:
+        """Free the request's row; the last row moves into it to keep the rows dense."""
+        row = self.row_of.pop(req_id)
+        self.sampling.remove_row(row)
+        last = self.num_reqs - 1
+        last_id = self.req_ids.pop()
+        if row != last:
+            self._move_row(last, row)
+            self.req_ids[row] = last_id
+            self.row_of[last_id] = row
 
-def prepare_inputs(
-    states: dict[str, CachedRequestState],
-    scheduler_output: SchedulerOutput,
-    req_ids: list[str],
-    block_size: int,
-    device: torch.device,
-) -> StepInputs:
-    num_sched = scheduler_output.num_scheduled_tokens
-    counts = np.array([num_sched[r] for r in req_ids], dtype=np.int64)
-    starts = np.array([states[r].num_computed_tokens for r in req_ids], dtype=np.int64)
-    query_start = np.zeros(len(req_ids) + 1, dtype=np.int64)
-    np.cumsum(counts, out=query_start[1:])
-    seq_lens = starts + counts
+    def update_request(self, req_id: str, new_block_ids: list[int], num_computed: int) -> None:
+        row = self.row_of[req_id]
+        self.block_table.append(row, new_block_ids)
+        self.num_computed_tokens[row] = num_computed
 
-    token_chunks, sampling_req_ids, logits_rows, prompt_targets = [], [], [], []
-    for i, req_id in enumerate(req_ids):
-        state = states[req_id]
-        start, end = int(starts[i]), int(seq_lens[i])
-        token_chunks.append(state.all_token_ids[start:end])
-        if end >= state.num_tokens:
-            sampling_req_ids.append(req_id)
-            logits_rows.append(int(query_start[i + 1]) - 1)
-        if state.sampling_params.prompt_logprobs is not None:
-            target = _prompt_logprobs_target(state, start, end, int(query_start[i]))
-            if target is not None:
-                prompt_targets.append(target)
+    def append_sampled(self, rows: np.ndarray, token_ids: torch.Tensor) -> None:
+        """rows [S] each gain one token, token_ids [S] long."""
+        if len(rows) == 0:
+            return
+        self._reserve_tokens(int(self.num_tokens[rows].max()) + 1)
+        self.token_ids[rows, self.num_tokens[rows]] = token_ids.cpu().numpy()
+        self.num_tokens[rows] += 1
+        self.sampling.add_sampled(rows, token_ids)
 
-    # positions: for each request, start..end-1
-    positions = np.repeat(starts - query_start[:-1], counts) + np.arange(query_start[-1])
-    block_table = _block_table(states, req_ids)
-    slot_mapping = _slot_mapping(block_table, positions, counts, block_size)
-    input_ids = np.fromiter(
-        (t for chunk in token_chunks for t in chunk), dtype=np.int64, count=int(query_start[-1])
-    )
-    attn = CommonAttentionMetadata(
-        num_actual_tokens=int(query_start[-1]),
-        query_start_loc=torch.from_numpy(query_start.astype(np.int32)).to(device),
-        query_start_loc_cpu=query_start.tolist(),
-        seq_lens=torch.from_numpy(seq_lens.astype(np.int32)).to(device),
-        seq_lens_cpu=seq_lens.tolist(),
-        block_table=torch.from_numpy(block_table).to(device),
-        slot_mapping=torch.from_numpy(slot_mapping).to(device),
-        max_query_len=int(counts.max()),
-        max_seq_len=int(seq_lens.max()),
-        block_size=block_size,
-    )
-    return StepInputs(
-        req_ids=req_ids,
-        input_ids=torch.from_numpy(input_ids).to(device),
-        positions=torch.from_numpy(positions).to(device),
-        attn=attn,
-        logits_indices=torch.tensor(logits_rows, dtype=torch.long, device=device),
-        sampling_req_ids=sampling_req_ids,
-        prompt_logprobs=prompt_targets,
-    )
+    def rows(self, req_ids: list[str]) -> np.ndarray:
+        """[len(req_ids)] int64 rows of the requests."""
+        return np.fromiter((self.row_of[r] for r in req_ids), dtype=np.int64, count=len(req_ids))
 
+    def token_ids_of(self, req_id: str) -> list[int]:
+        row = self.row_of[req_id]
+        return self.token_ids[row, : self.num_tokens[row]].tolist()
 
-def _block_table(states: dict[str, CachedRequestState], req_ids: list[str]) -> np.ndarray:
-    width = max(len(states[r].block_ids) for r in req_ids)
-    table = np.zeros((len(req_ids), width), dtype=np.int32)
-    for i, req_id in enumerate(req_ids):
-        blocks = states[req_id].block_ids
-        table[i, : len(blocks)] = blocks
-    return table
+    def _move_row(self, src: int, dst: int) -> None:
+        self.token_ids[dst, : self.num_tokens[src]] = self.token_ids[src, : self.num_tokens[src]]
+        for name in self._ARRAYS:
+            values = getattr(self, name)
+            values[dst] = values[src]
+        self.block_table.move_row(src, dst)
+        self.sampling.move_row(src, dst)
 
+    def _grow_rows(self, num_rows: int) -> None:
+        self.token_ids = grown(self.token_ids, 0, num_rows)
+        for name in self._ARRAYS:
+            setattr(self, name, grown(getattr(self, name), 0, num_rows))
+        self.block_table.grow_rows(num_rows)
+        self.sampling.grow_rows(num_rows)
 
-def _slot_mapping(
-    block_table: np.ndarray, positions: np.ndarray, counts: np.ndarray, block_size: int
-) -> np.ndarray:
-    row_of_token = np.repeat(np.arange(len(counts)), counts)
-    block_ids = block_table[row_of_token, positions // block_size].astype(np.int64)
-    return block_ids * block_size + positions % block_size
-
-
-def _prompt_logprobs_target(
-    state: CachedRequestState, start: int, end: int, first_row: int
-) -> PromptLogprobsTarget | None:
-    # Position p predicts token p + 1; only prompt tokens are scored.
-    last = min(end, state.num_prompt_tokens - 1)
-    if last <= start:
-        return None
-    return PromptLogprobsTarget(
-        req_id=state.req_id,
-        start_position=start,
-        hidden_rows=list(range(first_row, first_row + last - start)),
-        next_token_ids=state.prompt_token_ids[start + 1 : last + 1],
-    )
+    def _reserve_tokens(self, length: int) -> None:
+        self.token_ids = grown(self.token_ids, 1, length)

@@ -28,8 +28,8 @@ class StepBuilder:
     def add_new(self, request: Request, num_tokens: int, block_ids: list[int]) -> None:
         self.new_reqs[request.request_id] = NewRequestData(
             req_id=request.request_id,
-            prompt_token_ids=request.prompt_token_ids,
-            output_token_ids=list(request.output_token_ids),
+            prompt_token_ids=request.prompt_token_ids[:],
+            output_token_ids=request.output_token_ids[:],
             sampling_params=request.sampling_params,
             block_ids=block_ids,
             num_computed_tokens=request.num_computed_tokens,

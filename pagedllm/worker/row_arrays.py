@@ -1,0 +1,18 @@
+"""Helpers for per-row numpy arrays that a persistent batch grows and condenses."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def grown(array: np.ndarray, axis: int, min_size: int) -> np.ndarray:
+    """`array` with axis `axis` at least `min_size` long (doubling, zero-filled); itself if it
+    is already long enough."""
+    size = array.shape[axis]
+    if size >= min_size:
+        return array
+    shape = list(array.shape)
+    shape[axis] = max(min_size, 2 * size)
+    out = np.zeros(shape, dtype=array.dtype)
+    out[tuple(slice(0, n) for n in array.shape)] = array
+    return out

@@ -1,0 +1,240 @@
+"""SamplingState: the sampling parameters of every row of the persistent batch, as per-row
+arrays written once when a request joins. Each step's SamplingMetadata is gathered from the
+rows that sample, with no Python object rebuilt per request (the reference build from
+SamplingRows in sample/metadata.py gives the same tensors; tests/worker checks it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pagedllm.sample.metadata import SamplingMetadata
+from pagedllm.sample.ops.logit_bias import SparseRowTokens
+from pagedllm.sample.ops.penalties import PenaltyTensors
+from pagedllm.sampling_params import SamplingParams
+from pagedllm.worker.penalty_counts import PenaltyCounts
+from pagedllm.worker.row_arrays import grown
+
+
+class SamplingState:
+    def __init__(
+        self,
+        max_num_reqs: int,
+        vocab_size: int,
+        device: torch.device,
+        eos_token_ids: tuple[int, ...] = (),
+    ) -> None:
+        self.vocab_size = vocab_size
+        self.device = device
+        self.eos_token_ids = eos_token_ids
+        n = max_num_reqs
+        # Per-row arrays, all [max_num_reqs]; a row's entries are meaningful while it is held.
+        self.temperature = np.ones(n, dtype=np.float32)  # 1.0 on greedy rows
+        self.is_greedy = np.zeros(n, dtype=bool)
+        self.top_k = np.zeros(n, dtype=np.int64)  # in [1, V]; V where off
+        self.top_p = np.ones(n, dtype=np.float32)
+        self.min_p = np.zeros(n, dtype=np.float32)
+        self.presence = np.zeros(n, dtype=np.float32)
+        self.frequency = np.zeros(n, dtype=np.float32)
+        self.repetition = np.ones(n, dtype=np.float32)
+        self.uses_penalty = np.zeros(n, dtype=bool)
+        self.penalty_slot = np.zeros(n, dtype=np.int64)  # valid where uses_penalty
+        self.min_tokens = np.zeros(n, dtype=np.int64)
+        self.has_generator = np.zeros(n, dtype=bool)
+        self.has_logit_bias = np.zeros(n, dtype=bool)
+        # Per-row Python objects (not tensors by nature): [max_num_reqs] lists.
+        self.params: list[SamplingParams | None] = [None] * n
+        self.generators: list[torch.Generator | None] = [None] * n
+        """The request's own generator when it has a seed, persisted across steps."""
+        self.logit_bias: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n
+        """(tokens [N] long, values [N] float32) on device."""
+        self.min_tokens_stops: list[torch.Tensor | None] = [None] * n
+        """Sorted stop ids (EOS unless ignore_eos, stop_token_ids) blocked below min_tokens."""
+        self.penalties = PenaltyCounts(vocab_size, device)
+
+    _ARRAYS = (
+        "temperature", "is_greedy", "top_k", "top_p", "min_p", "presence", "frequency",
+        "repetition", "uses_penalty", "penalty_slot", "min_tokens", "has_generator",
+        "has_logit_bias",
+    )  # fmt: skip
+    _LISTS = ("params", "generators", "logit_bias", "min_tokens_stops")
+
+    def add_row(
+        self, row: int, params: SamplingParams, prompt: list[int], output: list[int]
+    ) -> None:
+        """Set row's parameters for a request joining with these prompt and output tokens."""
+        greedy = params.is_greedy
+        self.params[row] = params
+        self.is_greedy[row] = greedy
+        self.temperature[row] = 1.0 if greedy else params.temperature
+        self.top_k[row] = (
+            self.vocab_size if params.top_k is None else min(params.top_k, self.vocab_size)
+        )
+        self.top_p[row], self.min_p[row] = params.top_p, params.min_p
+        self.presence[row] = params.presence_penalty
+        self.frequency[row] = params.frequency_penalty
+        self.repetition[row] = params.repetition_penalty
+        self.uses_penalty[row] = _uses_penalty(params)
+        if self.uses_penalty[row]:
+            self.penalty_slot[row] = self.penalties.acquire(prompt, output)
+        self.min_tokens[row] = params.min_tokens
+        self.generators[row] = make_generator(params, self.device)
+        self.has_generator[row] = self.generators[row] is not None
+        self.logit_bias[row] = self._logit_bias(params)
+        self.has_logit_bias[row] = self.logit_bias[row] is not None
+        self.min_tokens_stops[row] = self._min_tokens_stops(params)
+
+    def remove_row(self, row: int) -> None:
+        if self.uses_penalty[row]:
+            self.penalties.release(int(self.penalty_slot[row]))
+        self.uses_penalty[row] = False
+        for name in self._LISTS:
+            getattr(self, name)[row] = None
+
+    def move_row(self, src: int, dst: int) -> None:
+        for name in self._ARRAYS + self._LISTS:
+            values = getattr(self, name)
+            values[dst] = values[src]
+
+    def grow_rows(self, num_rows: int) -> None:
+        for name in self._ARRAYS:
+            setattr(self, name, grown(getattr(self, name), 0, num_rows))
+        for name in self._LISTS:
+            values = getattr(self, name)
+            values.extend([None] * (num_rows - len(values)))
+
+    def add_sampled(self, rows: np.ndarray, token_ids: torch.Tensor) -> None:
+        """Count the tokens just sampled by rows [S] (token_ids: [S] long) for the penalties."""
+        penalized = self.uses_penalty[rows]
+        if penalized.any():
+            slots = torch.from_numpy(self.penalty_slot[rows][penalized]).to(self.device)
+            picked = torch.from_numpy(np.flatnonzero(penalized)).to(token_ids.device)
+            self.penalties.add_tokens(slots, token_ids[picked].to(self.device))
+
+    def metadata(self, rows: np.ndarray, num_output_tokens: np.ndarray) -> SamplingMetadata:
+        """The step's SamplingMetadata; batch row i of it is persistent row rows[i].
+        num_output_tokens: [S] tokens each row has generated so far (for min_tokens)."""
+        greedy = self.is_greedy[rows]
+        num_logprobs = [self.params[r].logprobs for r in rows.tolist()]  # type: ignore[union-attr]
+        requested = [n for n in num_logprobs if n is not None]
+        return SamplingMetadata(
+            temperature=self._tensor(self.temperature[rows]),
+            is_greedy=self._tensor(greedy),
+            all_greedy=bool(greedy.all()),
+            all_random=len(rows) > 0 and not bool(greedy.any()),
+            top_k=self._unless_all(self.top_k[rows], self.vocab_size),
+            top_p=self._unless_all(self.top_p[rows], 1.0),
+            min_p=self._unless_all(self.min_p[rows], 0.0),
+            generators=self._generators(rows, greedy),
+            penalties=self._penalty_tensors(rows),
+            logit_bias=self._sparse(rows, self.has_logit_bias[rows], self._bias_of),
+            min_tokens_blocked=self._sparse(
+                rows, num_output_tokens < self.min_tokens[rows], self._stops_of
+            ),
+            num_logprobs=num_logprobs,
+            max_num_logprobs=max(requested) if requested else None,
+        )
+
+    def _tensor(self, values: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(values).to(self.device)
+
+    def _unless_all(self, values: np.ndarray, off: float) -> torch.Tensor | None:
+        """None when every row has the transform off."""
+        return None if bool((values == off).all()) else self._tensor(values)
+
+    def _generators(self, rows: np.ndarray, greedy: np.ndarray) -> dict[int, torch.Generator]:
+        seeded = np.flatnonzero(self.has_generator[rows] & ~greedy)
+        return {int(i): self.generators[rows[i]] for i in seeded}  # type: ignore[misc]
+
+    def _penalty_tensors(self, rows: np.ndarray) -> PenaltyTensors | None:
+        active = self.uses_penalty[rows]
+        if not active.any():
+            return None
+        slots = self._tensor(self.penalty_slot[rows][active])
+        prompt_mask = self._gather(self.penalties.prompt_mask, slots, active)
+        output_counts = self._gather(self.penalties.output_counts, slots, active)
+        return PenaltyTensors(
+            presence=self._tensor(self.presence[rows]),
+            frequency=self._tensor(self.frequency[rows]),
+            repetition=self._tensor(self.repetition[rows]),
+            prompt_mask=prompt_mask,
+            output_counts=output_counts,
+        )
+
+    def _gather(self, table: torch.Tensor, slots: torch.Tensor, active: np.ndarray) -> torch.Tensor:
+        """[len(active), V]: table's slot rows for the active batch rows, zeros for the others
+        (a row without a penalty: the sampler then leaves its logits as they are)."""
+        if active.all():
+            return table.index_select(0, slots)
+        out = table.new_zeros(len(active), table.shape[1])
+        return out.index_copy_(
+            0, torch.from_numpy(np.flatnonzero(active)).to(self.device), table[slots]
+        )
+
+    def _bias_of(self, row: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        bias = self.logit_bias[row]
+        assert bias is not None
+        return bias
+
+    def _stops_of(self, row: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        stops = self.min_tokens_stops[row]
+        assert stops is not None
+        return stops, None
+
+    def _sparse(self, rows: np.ndarray, selected: np.ndarray, entries) -> SparseRowTokens | None:
+        """Concatenate the (tokens, values) entries of the selected batch rows."""
+        parts = [(int(i), *entries(int(rows[i]))) for i in np.flatnonzero(selected)]
+        parts = [p for p in parts if p[1].numel() > 0]
+        if not parts:
+            return None
+        batch_rows = torch.cat([torch.full_like(tokens, i) for i, tokens, _ in parts])
+        values = [v for _, _, v in parts]
+        return SparseRowTokens(
+            rows=batch_rows,
+            tokens=torch.cat([t for _, t, _ in parts]),
+            values=None if values[0] is None else torch.cat(values),
+        )
+
+    def _logit_bias(self, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if not params.logit_bias:
+            return None
+        tokens = list(params.logit_bias)
+        bad = sorted(t for t in tokens if not 0 <= t < self.vocab_size)
+        if bad:
+            raise ValueError(
+                f"logit_bias token ids {bad} are outside the vocabulary [0, {self.vocab_size})"
+            )
+        values = list(params.logit_bias.values())
+        return (
+            torch.tensor(tokens, dtype=torch.long, device=self.device),
+            torch.tensor(values, dtype=torch.float32, device=self.device),
+        )
+
+    def _min_tokens_stops(self, params: SamplingParams) -> torch.Tensor | None:
+        if params.min_tokens <= 0:
+            return None
+        stops = set(params.stop_token_ids or ())
+        if not params.ignore_eos:
+            stops.update(self.eos_token_ids)
+        # An id outside the logits can never be sampled: nothing to block.
+        kept = [t for t in sorted(stops) if 0 <= t < self.vocab_size]
+        return torch.tensor(kept, dtype=torch.long, device=self.device)
+
+
+def _uses_penalty(params: SamplingParams) -> bool:
+    return (
+        params.presence_penalty != 0.0
+        or params.frequency_penalty != 0.0
+        or params.repetition_penalty != 1.0
+    )
+
+
+def make_generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:
+    """A per-request generator when the request has its own seed (reproducible whatever else is
+    in the batch); None: the runner's shared random stream."""
+    if params.seed is None or params.is_greedy:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(params.seed)
+    return generator

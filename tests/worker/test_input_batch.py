@@ -1,0 +1,172 @@
+"""InputBatch against a naive reference: random joins, leaves (with the last row moving into the
+hole), appends and preemptions keep every row's tokens, block ids and sampling parameters, and the
+step's SamplingMetadata (incremental penalty counts included) equals a from-scratch build."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from pagedllm.core.sched.output import NewRequestData
+from pagedllm.sample.metadata import SamplingMetadata, SamplingRow
+from pagedllm.sampling_params import SamplingParams
+from pagedllm.worker.input_batch import InputBatch
+
+VOCAB = 50
+EOS = (2,)
+
+
+@dataclass
+class RefRequest:
+    """The naive record: plain lists, recounted from scratch when compared."""
+
+    params: SamplingParams
+    prompt: list[int]
+    output: list[int] = field(default_factory=list)
+    blocks: list[int] = field(default_factory=list)
+    num_computed: int = 0
+
+
+def random_params(rng: random.Random) -> SamplingParams:
+    choice = rng.random
+    return SamplingParams(
+        temperature=0.0 if choice() < 0.3 else rng.choice([0.5, 1.0, 1.3]),
+        top_k=rng.choice([None, 3, VOCAB + 5]),
+        top_p=rng.choice([1.0, 0.9]),
+        min_p=rng.choice([0.0, 0.05]),
+        presence_penalty=rng.choice([0.0, 0.0, 0.5]),
+        frequency_penalty=rng.choice([0.0, 0.0, 0.3]),
+        repetition_penalty=rng.choice([1.0, 1.0, 1.2]),
+        seed=rng.choice([None, rng.randrange(1000)]),
+        min_tokens=rng.choice([0, 0, 3]),
+        stop_token_ids=rng.choice([None, [5, 7]]),
+        ignore_eos=rng.random() < 0.3,
+        logit_bias=rng.choice([None, {1: 2.0, 9: -1.5}]),
+        logprobs=rng.choice([None, 0, 2]),
+    )
+
+
+def join(batch: InputBatch, req_id: str, ref: RefRequest) -> None:
+    batch.add_request(
+        NewRequestData(
+            req_id=req_id,
+            prompt_token_ids=list(ref.prompt),
+            output_token_ids=list(ref.output),
+            sampling_params=ref.params,
+            block_ids=list(ref.blocks),
+            num_computed_tokens=ref.num_computed,
+        )
+    )
+
+
+def assert_rows_match(batch: InputBatch, refs: dict[str, RefRequest]) -> None:
+    assert sorted(batch.req_ids) == sorted(refs)
+    assert {r: i for i, r in enumerate(batch.req_ids)} == batch.row_of  # dense rows
+    for req_id, ref in refs.items():
+        row = batch.row_of[req_id]
+        assert batch.token_ids_of(req_id) == ref.prompt + ref.output
+        assert batch.num_prompt_tokens[row] == len(ref.prompt)
+        assert batch.num_computed_tokens[row] == ref.num_computed
+        assert batch.block_table.block_ids(row) == ref.blocks
+        assert not batch.block_table.table[row, len(ref.blocks) :].any()
+        assert batch.sampling.params[row] is ref.params
+
+
+def assert_metadata_matches(batch: InputBatch, refs: dict[str, RefRequest], req_ids: list[str]):
+    rows = batch.rows(req_ids)
+    num_output = batch.num_tokens[rows] - batch.num_prompt_tokens[rows]
+    got = batch.sampling.metadata(rows, num_output)
+    sampling_rows = [
+        SamplingRow(refs[r].params, refs[r].prompt, refs[r].output, batch.sampling.generators[row])
+        for r, row in zip(req_ids, rows.tolist())
+    ]
+    want = SamplingMetadata.build(sampling_rows, VOCAB, "cpu", EOS)
+    assert_same(got, want)
+
+
+def assert_same(got: object, want: object, path: str = "metadata") -> None:
+    if isinstance(want, torch.Tensor):
+        assert isinstance(got, torch.Tensor), path
+        assert got.dtype == want.dtype and torch.equal(got, want), path
+    elif hasattr(want, "__dataclass_fields__"):
+        for name in want.__dataclass_fields__:
+            assert_same(getattr(got, name), getattr(want, name), f"{path}.{name}")
+    elif isinstance(want, dict):
+        assert got.keys() == want.keys(), path  # type: ignore[attr-defined]
+        for key, value in want.items():
+            assert got[key] is value, f"{path}[{key}]"  # type: ignore[index]
+    else:
+        assert got == want, path
+
+
+def test_random_joins_leaves_appends_match_reference():
+    rng = random.Random(0)
+    # Small sizes so the rows, the token columns and the block table all have to grow.
+    batch = InputBatch(2, 4, block_size=2, vocab_size=VOCAB, device=torch.device("cpu"),
+                       eos_token_ids=EOS)  # fmt: skip
+    refs: dict[str, RefRequest] = {}
+    next_id = 0
+    for _ in range(300):
+        op = rng.random()
+        if op < 0.25 or not refs:
+            prompt = [rng.randrange(VOCAB) for _ in range(rng.randint(1, 12))]
+            ref = RefRequest(random_params(rng), prompt, blocks=[rng.randrange(1, 99)])
+            refs[f"r{next_id}"] = ref
+            join(batch, f"r{next_id}", ref)
+            next_id += 1
+        elif op < 0.4:
+            req_id = rng.choice(sorted(refs))
+            batch.remove_request(req_id)
+            del refs[req_id]
+        elif op < 0.5:  # preemption: leaves, then comes back with its tokens to recompute
+            req_id = rng.choice(sorted(refs))
+            batch.remove_request(req_id)
+            ref = refs[req_id]
+            ref.blocks, ref.num_computed = [rng.randrange(1, 99)], 0
+            join(batch, req_id, ref)
+        else:  # a step: every request gets blocks, most sample a token
+            step_ids = sorted(refs)
+            assert_metadata_matches(batch, refs, step_ids)
+            sampling = [r for r in step_ids if rng.random() < 0.8]
+            for req_id in step_ids:
+                ref = refs[req_id]
+                new_blocks = [rng.randrange(1, 99) for _ in range(rng.randint(0, 2))]
+                ref.blocks += new_blocks
+                ref.num_computed += 1
+                batch.update_request(req_id, new_blocks, ref.num_computed)
+            tokens = [rng.randrange(VOCAB) for _ in sampling]
+            for req_id, token in zip(sampling, tokens):
+                refs[req_id].output.append(token)
+            batch.append_sampled(batch.rows(sampling), torch.tensor(tokens, dtype=torch.long))
+        assert_rows_match(batch, refs)
+    assert next_id > 40 and len(batch.num_tokens) > 2
+
+
+def test_penalty_counts_follow_appends_and_preemption():
+    params = SamplingParams(temperature=0.0, repetition_penalty=1.5, frequency_penalty=0.5)
+    batch = InputBatch(4, 16, 4, VOCAB, torch.device("cpu"), EOS)
+    ref = RefRequest(params, [3, 3, 4])
+    join(batch, "a", ref)
+    for token in (4, 4, 9):
+        batch.append_sampled(batch.rows(["a"]), torch.tensor([token]))
+        ref.output.append(token)
+    slot = int(batch.sampling.penalty_slot[0])
+    counts = batch.sampling.penalties.output_counts[slot]
+    assert counts[4] == 2 and counts[9] == 1 and counts.sum() == 3
+    assert batch.sampling.penalties.prompt_mask[slot].nonzero().flatten().tolist() == [3, 4]
+    # Preempted: its slot is freed; on resumption the output so far is counted again.
+    batch.remove_request("a")
+    assert slot in batch.sampling.penalties.free_slots
+    join(batch, "a", ref)
+    assert_metadata_matches(batch, {"a": ref}, ["a"])
+
+
+def test_rows_without_penalties_hold_no_counts():
+    batch = InputBatch(4, 16, 4, VOCAB, torch.device("cpu"), EOS)
+    for i in range(4):
+        join(batch, str(i), RefRequest(SamplingParams(temperature=0.0), [1, 2, 3]))
+    assert batch.sampling.penalties.output_counts.shape[0] == 0
+    assert batch.sampling.metadata(batch.rows(["0", "1"]), np.zeros(2, np.int64)).penalties is None
