@@ -92,6 +92,7 @@ class Worker:
             self.model, kv_caches, backend, layout.block_size, config.model.vocab_size,
             config.model.eos_token_ids, self.device,
             pool_last_token=config.model.task == "embed",
+            max_num_seqs=config.scheduler.max_num_seqs, max_model_len=config.model.max_model_len,
         )  # fmt: skip
         window = common_sliding_window(layer.sliding_window for layer in layers)
         return KVCacheInfo(layout.num_blocks, layout.block_size, layout.total_bytes, window)
