@@ -108,10 +108,8 @@ class LinearBase(nn.Module):
         if tp_size > 1 and not isinstance(self.quant_method, UnquantizedLinearMethod):
             raise NotImplementedError("quantized layers load whole checkpoint tensors (tp_size 1)")
         # bias: a row-parallel layer's is not split (added once, after the sum over ranks)
-        self.quant_method.create_weights(
-            self, self.input_size_per_partition, self.output_sizes_per_partition, bias,
-            torch.get_default_dtype(),
-        )  # fmt: skip
+        sizes = self.input_size_per_partition, self.output_sizes_per_partition
+        self.quant_method.create_weights(self, *sizes, bias, torch.get_default_dtype())
 
     def _input_per_partition(self) -> int:
         if self.parallel_role != "row":
@@ -251,11 +249,12 @@ class QKVParallelLinear(LinearBase):
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.num_heads_per_partition = divide(num_heads, tp_size)
-        self.num_kv_heads_per_partition = (
-            divide(num_kv_heads, tp_size) if num_kv_heads >= tp_size else 1
-        )
-        if num_kv_heads < tp_size:
-            divide(tp_size, num_kv_heads)  # each KV head serves a whole group of ranks
+        if num_kv_heads >= tp_size:
+            self.num_kv_heads_per_partition = divide(num_kv_heads, tp_size)
+        elif tp_size % num_kv_heads == 0:  # each KV head serves a whole group of ranks
+            self.num_kv_heads_per_partition = 1
+        else:
+            raise ValueError(f"{num_kv_heads} KV heads cannot be shared by tp_size={tp_size}")
         self.q_size = num_heads * head_dim
         self.kv_size = num_kv_heads * head_dim
         super().__init__(hidden_size, [self.q_size, self.kv_size, self.kv_size], bias, **kwargs)

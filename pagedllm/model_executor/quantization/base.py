@@ -26,7 +26,8 @@ class QuantizeMethodBase(ABC):
     ) -> None:
         """Register the layer's parameters (each with a `weight_loader` attribute).
 
-        output_sizes: the rows of each shard of a merged layer (one entry if not merged).
+        input_size / output_sizes: this tensor-parallel rank's (the layer's `*_per_partition`
+        sizes); output_sizes has the rows of each shard of a merged layer (one if not merged).
         """
 
     @abstractmethod
