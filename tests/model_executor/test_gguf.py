@@ -16,8 +16,10 @@ from tests.model_executor.paged import PagedRunner
 
 def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """convert_hf_to_gguf.py's LlamaModel.permute (HF rotate-half -> interleaved rows)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(
-        w.shape
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
     )
 
 
@@ -90,7 +92,7 @@ def test_weight_estimate_counts_native_blocks(smollm2_gguf_path):
     tensors = open_gguf(smollm2_gguf_path).tensors
     assert estimate_weight_bytes(floats) == 4 * sum(int(t.n_elements) for t in tensors)
     embedding = next(t for t in tensors if t.name == "token_embd.weight")
-    assert embedding.tensor_type.name == "Q8_0"  # kept in its blocks too (VocabEmbedding)
+    assert embedding.tensor_type.name == "Q8_0"  # kept in its blocks too (VocabParallelEmbedding)
     linears = sum(int(t.n_bytes) for t in tensors if t.tensor_type.name == "Q4_1")
     norms = sum(4 * int(t.n_elements) for t in tensors if t.tensor_type.name == "F32")
     assert estimate_weight_bytes(native) == int(embedding.n_bytes) + linears + norms
@@ -115,7 +117,10 @@ def test_lean_reader_matches_gguf_reader(smollm2_gguf_path):
     assert [t.name for t in ours.tensors] == [t.name for t in ref.tensors]
     for a, b in zip(ours.tensors, ref.tensors):
         assert (a.tensor_type, a.shape, a.n_bytes, a.data_offset) == (
-            b.tensor_type, tuple(int(d) for d in b.shape), int(b.n_bytes), int(b.data_offset)
+            b.tensor_type,
+            tuple(int(d) for d in b.shape),
+            int(b.n_bytes),
+            int(b.data_offset),
         ), a.name
         assert a.data.dtype == b.data.dtype and a.data.shape == b.data.shape, a.name
         assert np.array_equal(a.data, b.data), a.name
@@ -125,12 +130,12 @@ def test_lean_reader_matches_gguf_reader(smollm2_gguf_path):
 def test_vocab_table_keeps_its_gguf_codes(smollm2_gguf_path):
     """The Q8_0 embedding (also the tied LM head) is loaded straight into the kernel's codes:
     every row equals the file's dequantized row exactly, and no float table is left."""
-    from pagedllm.model_executor.layers.embedding import VocabEmbedding
+    from pagedllm.model_executor.layers.embedding import VocabParallelEmbedding
     from pagedllm.model_executor.model_loader.gguf import iterate_gguf_weights
 
     table = next(w for name, w in iterate_gguf_weights(smollm2_gguf_path, dequantize=False)
                  if name == "model.embed_tokens.weight")  # fmt: skip
-    embedding = VocabEmbedding(*table.shape)
+    embedding = VocabParallelEmbedding(*table.shape)
     embedding.weight.weight_loader(embedding.weight, table)
     embedding.quantize_()
     assert embedding.qweight_kernel is not None and "weight" not in embedding._parameters

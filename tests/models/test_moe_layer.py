@@ -31,13 +31,13 @@ def test_matches_dense_and_runs_only_routed_tokens(renormalize, monkeypatch):
     moe.down_proj.data.normal_(0, 0.3)
     x, logits = torch.randn(TOKENS, HIDDEN), torch.randn(TOKENS, NUM_EXPERTS)
     rows_run: list[int] = []
-    run_expert = moe._expert
+    run_expert = moe.quant_method.apply
 
-    def counting_expert(expert: int, h: torch.Tensor) -> torch.Tensor:
+    def counting_expert(layer: FusedMoE, expert: int, h: torch.Tensor) -> torch.Tensor:
         rows_run.append(h.shape[0])
-        return run_expert(expert, h)
+        return run_expert(layer, expert, h)
 
-    monkeypatch.setattr(moe, "_expert", counting_expert)
+    monkeypatch.setattr(moe.quant_method, "apply", counting_expert)
 
     out = moe(x, logits)
 

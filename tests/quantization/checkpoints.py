@@ -53,28 +53,48 @@ def _copy_dir_with(model_dir: str, out_dir: str, state: dict, quant_config: dict
     return out_dir
 
 
-def _is_linear(name: str) -> bool:
-    return name.endswith(LINEAR_SUFFIXES)
+def _is_linear(name: str, keep_float: tuple[str, ...] = ()) -> bool:
+    from pagedllm.model_executor.quantization.base import is_layer_skipped
+
+    return name.endswith(LINEAR_SUFFIXES) and not is_layer_skipped(name, keep_float)
 
 
 _VOCAB_TABLES = ("model.embed_tokens.weight", "lm_head.weight")
+ROUTER_SUFFIXES = ("mlp.gate.weight", "block_sparse_moe.gate.weight", "shared_expert_gate.weight")
+"""MoE routers: float under int8/int4."""
 
 
-def dequantized_reference_dir(model_dir: str, method: str, tmp: str) -> str:
+def _quantized_by_weight_only(name: str, tensor: torch.Tensor, keep_float: tuple[str, ...]):
+    """A linear weight (of any family: every 2-D weight but the vocabulary tables and the MoE
+    routers; MoE experts included) that int8/int4 quantize, not named in keep_float."""
+    from pagedllm.model_executor.quantization.base import is_layer_skipped
+
+    return (
+        name.endswith(".weight") and tensor.dim() == 2 and name not in _VOCAB_TABLES
+        and not name.endswith(ROUTER_SUFFIXES) and not is_layer_skipped(name, keep_float)
+    )  # fmt: skip
+
+
+def dequantized_reference_dir(
+    model_dir: str, method: str, tmp: str, keep_float: tuple[str, ...] = ()
+) -> str:
+    """keep_float: module names the quantized run leaves float (modules_to_not_convert)."""
     from pagedllm.kernels import cpu_kernels_available
+    from pagedllm.model_executor.quantization.base import is_layer_skipped
     from pagedllm.model_executor.quantization.group_quant import (
-        quantize_int4_grouped,
         quantize_int8_grouped,
         quantize_int8_per_channel,
     )
+    from pagedllm.model_executor.quantization.weight_only_int4 import quantize_int4
 
     quantize = {"int8": quantize_int8_per_channel,
-                "int4": lambda w: quantize_int4_grouped(w, 32)}[method]  # fmt: skip
+                "int4": lambda w: quantize_int4(w, 32)}[method]  # fmt: skip
 
     def reference(name: str, w: torch.Tensor) -> torch.Tensor:
-        if _is_linear(name):
+        if _quantized_by_weight_only(name, w, keep_float):
             return quantize(w).dequantize()
-        if cpu_kernels_available() and name in _VOCAB_TABLES:  # held int8 per 32 columns too
+        table = name in _VOCAB_TABLES and not is_layer_skipped(name, keep_float)
+        if cpu_kernels_available() and table:  # held int8 per 32 columns too
             return quantize_int8_grouped(w, 32).dequantize()
         return w
 
@@ -121,11 +141,15 @@ def pack_cols(codes: torch.Tensor, order: list[int]) -> torch.Tensor:
     return _to_int32(words)
 
 
-def _write_4bit(model_dir, tmp, name, quant_config, pack_layer, g_idx_of, group_size, seed=0):
+def _write_4bit(model_dir, tmp, name, quant_config, pack_layer, g_idx_of, group_size, seed=0,
+                keep_float: tuple[str, ...] = ()):  # fmt: skip
+    """keep_float: linear layers left float (listed in the config's modules_to_not_convert)."""
     gen = torch.Generator().manual_seed(seed)
     quantized, reference, g_idx_cache = {}, {}, {}
+    if keep_float:
+        quant_config = {**quant_config, "modules_to_not_convert": list(keep_float)}
     for key, value in _load_state(model_dir).items():
-        if not _is_linear(key):
+        if not _is_linear(key, keep_float):
             quantized[key] = reference[key] = value
             continue
         n, k = value.shape
@@ -145,7 +169,8 @@ def _write_4bit(model_dir, tmp, name, quant_config, pack_layer, g_idx_of, group_
     return qdir, rdir
 
 
-def write_awq_checkpoint(model_dir: str, tmp: str, group_size: int = 32):
+def write_awq_checkpoint(model_dir: str, tmp: str, group_size: int = 32,
+                         keep_float: tuple[str, ...] = ()):  # fmt: skip
     def pack(codes, zeros, scales, g_idx):
         return {"qweight": pack_cols(codes, AWQ_ORDER), "qzeros": pack_cols(zeros, AWQ_ORDER),
                 "scales": scales}  # fmt: skip
@@ -153,7 +178,8 @@ def write_awq_checkpoint(model_dir: str, tmp: str, group_size: int = 32):
     config = {"quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": True,
               "version": "gemm"}  # fmt: skip
     contiguous = lambda k, gen: torch.arange(k) // group_size  # noqa: E731
-    return _write_4bit(model_dir, tmp, "awq", config, pack, contiguous, group_size)
+    return _write_4bit(model_dir, tmp, "awq", config, pack, contiguous, group_size,
+                       keep_float=keep_float)  # fmt: skip
 
 
 def write_gptq_checkpoint(model_dir: str, tmp: str, group_size: int = 32, act_order=False,
@@ -162,8 +188,12 @@ def write_gptq_checkpoint(model_dir: str, tmp: str, group_size: int = 32, act_or
 
     def pack(codes, zeros, scales, g_idx):
         qzeros = pack_cols(zeros - offset, list(range(8)))  # sequential nibbles
-        return {"qweight": pack_gptq_rows(codes), "qzeros": qzeros, "scales": scales,
-                "g_idx": g_idx.to(torch.int32)}
+        return {
+            "qweight": pack_gptq_rows(codes),
+            "qzeros": qzeros,
+            "scales": scales,
+            "g_idx": g_idx.to(torch.int32),
+        }
 
     def g_idx_of(k, gen):
         if not act_order:

@@ -1,4 +1,10 @@
-"""Token embedding and the LM head (the same matrix when the model ties them)."""
+"""Token embedding and the LM head (the same matrix when the model ties them).
+
+Both are vocab-parallel (vLLM's VocabParallelEmbedding / ParallelLMHead): rank r of `tp_size`
+holds the vocabulary rows [vocab_start_index, vocab_end_index). There is no tensor parallelism
+yet: at tp_size 1 a rank holds the whole table; the distributed issue adds the masking of
+out-of-range ids and the all-reduce (embedding) / all-gather (LM head).
+"""
 
 from __future__ import annotations
 
@@ -9,14 +15,32 @@ from torch import nn
 from pagedllm.model_executor.layers.weight_utils import default_weight_loader, set_weight_attrs
 
 
-class VocabEmbedding(nn.Module):
-    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
+class VocabParallelEmbedding(nn.Module):
+    """prefix: the module's name in the model (a quantization config may keep it float)."""
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        prefix: str = "",
+        tp_size: int = 1,
+        tp_rank: int = 0,
+    ) -> None:
         super().__init__()
+        if num_embeddings % tp_size or not 0 <= tp_rank < tp_size:
+            raise ValueError(f"vocab {num_embeddings} cannot be split as rank {tp_rank} of "
+                             f"{tp_size}")  # fmt: skip
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
+        self.prefix = prefix
+        self.tp_size = tp_size
+        self.tp_rank = tp_rank
+        self.num_embeddings_per_partition = num_embeddings // tp_size
+        self.vocab_start_index = tp_rank * self.num_embeddings_per_partition
+        self.vocab_end_index = self.vocab_start_index + self.num_embeddings_per_partition
         # torch.empty: pages are only resident once written, so a table that is loaded straight
         # into quantized form (load_weight) never costs its float size.
-        weight = torch.empty(num_embeddings, embedding_dim)  # [vocab, hidden]
+        weight = torch.empty(self.num_embeddings_per_partition, embedding_dim)  # [V/tp, hidden]
         self.weight = nn.Parameter(weight, requires_grad=False)
         set_weight_attrs(self.weight, weight_loader=self.load_weight)
 
@@ -47,9 +71,14 @@ class VocabEmbedding(nn.Module):
         )
 
         if isinstance(loaded, torch.Tensor):
-            default_weight_loader(param, loaded)
-        elif loaded.qtype.name in supported_gguf_types() and compiled_kernel_fits(
-            self.embedding_dim, 32, param.device  # every GGUF type decodes to groups of 16 or 32
+            rows = self.vocab_end_index - self.vocab_start_index
+            default_weight_loader(param, loaded.narrow(0, self.vocab_start_index, rows))
+            return
+        assert self.tp_size == 1, "GGUF tables load whole (tp_size 1)"
+        if loaded.qtype.name in supported_gguf_types() and compiled_kernel_fits(
+            self.embedding_dim,
+            32,
+            param.device,  # every GGUF type decodes to groups of 16 or 32
         ):
             self.qweight_kernel = to_packed_group_weight(loaded.decode())
         else:
@@ -79,11 +108,12 @@ class VocabEmbedding(nn.Module):
             del self.weight
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}"
+        tp = f", tp={self.tp_rank}/{self.tp_size}" if self.tp_size > 1 else ""
+        return f"{self.num_embeddings}, {self.embedding_dim}{tp}"
 
 
-class LMHead(VocabEmbedding):
+class ParallelLMHead(VocabParallelEmbedding):
     """The output projection [vocab, hidden]; only its weight is used (see LogitsProcessor)."""
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        raise RuntimeError("LMHead is applied through LogitsProcessor, not called")
+        raise RuntimeError("ParallelLMHead is applied through LogitsProcessor, not called")

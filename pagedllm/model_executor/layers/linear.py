@@ -1,13 +1,25 @@
 """Linear layers. The weights and the matmul belong to a quant method (create_weights / apply);
-the layer only knows its shape and how checkpoint shards map onto its rows.
+the layer knows its module name (`prefix`), its shape, its tensor-parallel role and how
+checkpoint shards map onto its rows.
 
-No tensor parallelism: "merged" layers stack several checkpoint matrices along the output dim.
+Roles (vLLM's names), for a weight W [out, in] split over `tp_size` ranks:
 
-    QKVLinear.weight rows:  [ q: H*D | k: Hkv*D | v: Hkv*D ]
-    MergedColumnLinear (gate_up):  [ gate: I | up: I ]
+    ReplicatedLinear            every rank holds all of W
+    ColumnParallelLinear        rank r holds rows    [r*out/tp, (r+1)*out/tp)   (shard dim 0)
+    RowParallelLinear           rank r holds columns [r*in/tp,  (r+1)*in/tp)    (shard dim 1);
+                                the partial products are summed across ranks (all-reduce)
+    MergedColumnParallelLinear  column-parallel, each stacked shard split on its own:
+                                rows [ gate: I/tp | up: I/tp ]
+    QKVParallelLinear           column-parallel by heads: rows [ q: H/tp*D | k: Hkv/tp*D | v: .. ]
+
+There is no tensor parallelism yet (tp_size 1: every role holds all of W and computes the plain
+y = x W^T); the per-rank sizes and the rank's slice of each checkpoint tensor are already
+computed from (tp_size, tp_rank), so the distributed issue only adds the collectives.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +59,25 @@ class UnquantizedLinearMethod(QuantizeMethodBase):
         return dense_linear(x, layer.weight, layer.bias)
 
 
+ParallelRole = Literal["replicated", "column", "row"]
+
+
+def divide(numerator: int, denominator: int) -> int:
+    if numerator % denominator:
+        raise ValueError(f"{numerator} is not divisible by tp_size={denominator}")
+    return numerator // denominator
+
+
 class LinearBase(nn.Module):
-    """y = x W^T (+ b), W made of `output_sizes` row blocks (one per checkpoint shard)."""
+    """y = x W^T (+ b), W made of `output_sizes` row blocks (one per checkpoint shard).
+
+    prefix: the module's name in the model (`model.layers.0.mlp.down_proj`), by which a
+    quantization config may leave it unquantized. input_size / output_sizes are the whole
+    layer's; the `*_per_partition` sizes are this rank's (equal at tp_size 1).
+    """
+
+    parallel_role: ClassVar[ParallelRole] = "replicated"
+    """Which dim of W the ranks split: "column" the output rows, "row" the input columns."""
 
     def __init__(
         self,
@@ -57,19 +86,40 @@ class LinearBase(nn.Module):
         bias: bool = False,
         quant_method: QuantizeMethodBase | None = None,
         prefix: str = "",
+        tp_size: int = 1,
+        tp_rank: int = 0,
     ) -> None:
         super().__init__()
+        if not 0 <= tp_rank < tp_size:
+            raise ValueError(f"tp_rank={tp_rank} is not a rank of tp_size={tp_size}")
         self.input_size = input_size
         self.output_sizes = list(output_sizes)
         self.output_size = sum(output_sizes)
         self.prefix = prefix
+        self.tp_size = tp_size
+        self.tp_rank = tp_rank
+        self.input_size_per_partition = self._input_per_partition()
+        self.output_sizes_per_partition = self._outputs_per_partition()
+        self.output_size_per_partition = sum(self.output_sizes_per_partition)
         # NOTE: a model built inside quantization_scope(config) gets the config's method.
         self.quant_method = (
             quant_method or scoped_quant_method(self, prefix) or UnquantizedLinearMethod()
         )
-        self.quant_method.create_weights(
-            self, input_size, self.output_sizes, bias, torch.get_default_dtype()
-        )
+        if tp_size > 1 and not isinstance(self.quant_method, UnquantizedLinearMethod):
+            raise NotImplementedError("quantized layers load whole checkpoint tensors (tp_size 1)")
+        # bias: a row-parallel layer's is not split (added once, after the sum over ranks)
+        sizes = self.input_size_per_partition, self.output_sizes_per_partition
+        self.quant_method.create_weights(self, *sizes, bias, torch.get_default_dtype())
+
+    def _input_per_partition(self) -> int:
+        if self.parallel_role != "row":
+            return self.input_size
+        return divide(self.input_size, self.tp_size)
+
+    def _outputs_per_partition(self) -> list[int]:
+        if self.parallel_role != "column":
+            return list(self.output_sizes)
+        return [divide(size, self.tp_size) for size in self.output_sizes]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, in] -> [T, out]
         return self.quant_method.apply(self, x)
@@ -77,40 +127,113 @@ class LinearBase(nn.Module):
     def weight_loader(
         self, param: nn.Parameter, loaded: torch.Tensor, shard_id: int | str | None = None
     ) -> None:
-        """Copy a whole checkpoint tensor (shard_id None) or one shard into its rows."""
+        """Copy this rank's slice of a whole checkpoint tensor (shard_id None) or of one shard
+        into its rows."""
         if shard_id is None:
-            default_weight_loader(param, loaded)
+            default_weight_loader(param, self._rank_slice(loaded, None))
             return
         index = self._shard_index(shard_id)
-        offset = sum(self.output_sizes[:index])
-        rows = param.data.narrow(0, offset, self.output_sizes[index])
+        offset = sum(self.output_sizes_per_partition[:index])
+        rows = param.data.narrow(0, offset, self.output_sizes_per_partition[index])
+        loaded = self._rank_slice(loaded, index)
         if rows.shape != loaded.shape:
             raise ValueError(
                 f"shard {shard_id!r} has shape {tuple(loaded.shape)}, expected {tuple(rows.shape)}"
             )
         rows.copy_(loaded)
 
+    def _rank_slice(self, loaded: torch.Tensor, index: int | None) -> torch.Tensor:
+        """This rank's part of a checkpoint tensor (weight [out, in] or bias [out]) of shard
+        `index` (None: the whole layer); the tensor itself at tp_size 1."""
+        if self.tp_size == 1:
+            return loaded
+        if self.parallel_role == "column":
+            if index is None:  # a whole merged tensor: each shard's slice, restacked
+                parts = loaded.split(self.output_sizes)
+                return torch.cat([self._rank_slice(part, i) for i, part in enumerate(parts)])
+            size = self.output_sizes_per_partition[index]
+            return loaded.narrow(0, self._row_start(index, size), size)
+        if self.parallel_role == "row" and loaded.dim() == 2:
+            size = self.input_size_per_partition
+            return loaded.narrow(1, self.tp_rank * size, size)
+        return loaded
+
+    def _row_start(self, index: int, size: int) -> int:
+        """First row of this rank's slice of shard `index` (QKV overrides: shared KV heads)."""
+        return self.tp_rank * size
+
     def _shard_index(self, shard_id: int | str) -> int:
         assert isinstance(shard_id, int), f"{type(self).__name__} shards are numbered"
         return shard_id
 
     def extra_repr(self) -> str:
-        return f"in={self.input_size}, out={self.output_sizes}, bias={self.bias is not None}"
+        tp = f", tp={self.tp_rank}/{self.tp_size}" if self.tp_size > 1 else ""
+        return (
+            f"in={self.input_size}, out={self.output_sizes}, bias={self.bias is not None}, "
+            f"role={self.parallel_role}{tp}"
+        )
 
 
 class ReplicatedLinear(LinearBase):
-    """A plain linear layer (also stands for Column/RowParallel: there is no tensor parallelism)."""
+    """Every rank holds the whole weight (small layers: the MoE router, OPT's projections)."""
 
     def __init__(self, input_size: int, output_size: int, bias: bool = False, **kwargs) -> None:
         super().__init__(input_size, [output_size], bias, **kwargs)
 
 
-class MergedColumnLinear(LinearBase):
-    """Several projections of the same input stacked along the output dim (e.g. gate_up)."""
+class ColumnParallelLinear(LinearBase):
+    """Output rows split over the ranks. gather_output: all-gather y after the matmul (False
+    when a row-parallel layer consumes the split y, as an MLP's down projection does)."""
+
+    parallel_role = "column"
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        bias: bool = False,
+        gather_output: bool = False,
+        **kwargs,
+    ) -> None:
+        self.gather_output = gather_output
+        super().__init__(input_size, [output_size], bias, **kwargs)
 
 
-class QKVLinear(LinearBase):
-    """q, k and v projections in one matmul; shards are "q"/"k"/"v" or 0/1/2."""
+class RowParallelLinear(LinearBase):
+    """Input columns split over the ranks. input_is_parallel: x arrives already split (the
+    output of a column-parallel layer); reduce_results: all-reduce the partial products."""
+
+    parallel_role = "row"
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        bias: bool = False,
+        input_is_parallel: bool = True,
+        reduce_results: bool = True,
+        **kwargs,
+    ) -> None:
+        self.input_is_parallel = input_is_parallel
+        self.reduce_results = reduce_results
+        super().__init__(input_size, [output_size], bias, **kwargs)
+
+
+class MergedColumnParallelLinear(LinearBase):
+    """Several projections of the same input stacked along the output dim (e.g. gate_up), each
+    split over the ranks on its own (rank r: [ gate_r | up_r ])."""
+
+    parallel_role = "column"
+    gather_output = False
+
+
+class QKVParallelLinear(LinearBase):
+    """q, k and v projections in one matmul; shards are "q"/"k"/"v" or 0/1/2. Split by heads:
+    each rank holds num_heads / tp query heads and num_kv_heads / tp KV heads, or one KV head
+    shared by tp / num_kv_heads ranks when there are fewer KV heads than ranks."""
+
+    parallel_role = "column"
+    gather_output = False
 
     def __init__(
         self,
@@ -121,9 +244,31 @@ class QKVLinear(LinearBase):
         bias: bool = False,
         **kwargs,
     ) -> None:
+        tp_size = kwargs.get("tp_size", 1)
+        self.head_dim = head_dim
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.num_heads_per_partition = divide(num_heads, tp_size)
+        if num_kv_heads >= tp_size:
+            self.num_kv_heads_per_partition = divide(num_kv_heads, tp_size)
+        elif tp_size % num_kv_heads == 0:  # each KV head serves a whole group of ranks
+            self.num_kv_heads_per_partition = 1
+        else:
+            raise ValueError(f"{num_kv_heads} KV heads cannot be shared by tp_size={tp_size}")
         self.q_size = num_heads * head_dim
         self.kv_size = num_kv_heads * head_dim
         super().__init__(hidden_size, [self.q_size, self.kv_size, self.kv_size], bias, **kwargs)
+
+    def _outputs_per_partition(self) -> list[int]:
+        q = self.num_heads_per_partition * self.head_dim
+        kv = self.num_kv_heads_per_partition * self.head_dim
+        return [q, kv, kv]
+
+    def _row_start(self, index: int, size: int) -> int:
+        if index in (1, 2) and self.num_kv_heads < self.tp_size:
+            ranks_per_head = self.tp_size // self.num_kv_heads
+            return (self.tp_rank // ranks_per_head) * size
+        return self.tp_rank * size
 
     def _shard_index(self, shard_id: int | str) -> int:
         return {"q": 0, "k": 1, "v": 2}[shard_id] if isinstance(shard_id, str) else shard_id

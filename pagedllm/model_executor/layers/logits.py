@@ -5,13 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pagedllm.model_executor.layers.embedding import VocabEmbedding
+from pagedllm.model_executor.layers.embedding import VocabParallelEmbedding
 
 
 class LogitsProcessor(nn.Module):
-    def __init__(
-        self, vocab_size: int, scale: float = 1.0, soft_cap: float | None = None
-    ) -> None:
+    def __init__(self, vocab_size: int, scale: float = 1.0, soft_cap: float | None = None) -> None:
         super().__init__()
         self.vocab_size = vocab_size
         self.scale = scale
@@ -20,7 +18,7 @@ class LogitsProcessor(nn.Module):
 
     def forward(
         self,
-        lm_head: VocabEmbedding,  # the LM head, or the token embedding when tied
+        lm_head: VocabParallelEmbedding,  # the LM head, or the token embedding when tied
         hidden_states: torch.Tensor,  # [N, hidden]
     ) -> torch.Tensor:  # [N, vocab] float32
         # NOTE: the matmul runs in the model dtype; only its result is upcast (an fp32 copy of

@@ -7,6 +7,9 @@ Expert weights are stacked per expert (HF transformers 5's fused layout):
     down_proj    [E, H, I]
 Checkpoints that store one matrix per expert (`...experts.3.w1.weight`, Mixtral; or
 `...experts.3.gate_proj.weight`, Qwen MoE) load through `ExpertWeightMapper`.
+
+The expert weights and matmuls belong to a FusedMoEMethodBase from the quantization scope (float:
+UnquantizedFusedMoEMethod); the layer keeps the routing.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from torch import nn
 
 from pagedllm.model_executor.layers.activation import get_act_and_mul
 from pagedllm.model_executor.layers.weight_utils import default_weight_loader, set_weight_attrs
+from pagedllm.model_executor.quantization.base import FusedMoEMethodBase
+from pagedllm.model_executor.quantization.scope import scoped_moe_method
 
 
 def select_experts(
@@ -36,8 +41,26 @@ def select_experts(
     return weights, ids
 
 
+class UnquantizedFusedMoEMethod(FusedMoEMethodBase):
+    """Stacked expert weights in the model dtype."""
+
+    def create_weights(self, layer, num_experts, hidden_size, intermediate_size, params_dtype):
+        gate_up = torch.empty(num_experts, 2 * intermediate_size, hidden_size, dtype=params_dtype)
+        down = torch.empty(num_experts, hidden_size, intermediate_size, dtype=params_dtype)
+        layer.gate_up_proj = nn.Parameter(gate_up, requires_grad=False)  # [E, 2*I, H]
+        layer.down_proj = nn.Parameter(down, requires_grad=False)  # [E, H, I]
+        for param in (layer.gate_up_proj, layer.down_proj):
+            set_weight_attrs(param, weight_loader=layer.weight_loader)
+
+    def apply(self, layer, expert, x):  # [n, H] -> [n, H]
+        gate_up = F.linear(x, layer.gate_up_proj[expert])
+        return F.linear(layer.act_fn(gate_up), layer.down_proj[expert])
+
+
 class FusedMoE(nn.Module):
-    """The routed experts of one layer: (hidden_states, router_logits) -> weighted expert sum."""
+    """The routed experts of one layer: (hidden_states, router_logits) -> weighted expert sum.
+
+    prefix: the module's name in the model (`model.layers.0.mlp.experts`)."""
 
     def __init__(
         self,
@@ -47,19 +70,21 @@ class FusedMoE(nn.Module):
         intermediate_size: int,
         hidden_act: str = "silu",
         renormalize: bool = True,
+        prefix: str = "",
     ) -> None:
         super().__init__()
         self.num_experts = num_experts
         self.top_k = top_k
+        self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size
         self.renormalize = renormalize
+        self.prefix = prefix
         self.act_fn = get_act_and_mul(hidden_act)
-        gate_up = torch.empty(num_experts, 2 * intermediate_size, hidden_size)
-        down = torch.empty(num_experts, hidden_size, intermediate_size)
-        self.gate_up_proj = nn.Parameter(gate_up, requires_grad=False)
-        self.down_proj = nn.Parameter(down, requires_grad=False)
-        for param in (self.gate_up_proj, self.down_proj):
-            set_weight_attrs(param, weight_loader=self.weight_loader)
+        # NOTE: a model built inside quantization_scope(config) gets the config's method.
+        self.quant_method = scoped_moe_method(self, prefix) or UnquantizedFusedMoEMethod()
+        self.quant_method.create_weights(
+            self, num_experts, hidden_size, intermediate_size, torch.get_default_dtype()
+        )
 
     def forward(
         self,
@@ -79,18 +104,16 @@ class FusedMoE(nn.Module):
             expert_slots = slots[start : start + count]
             start += count
             tokens = expert_slots // self.top_k
-            expert_out = self._expert(expert, hidden_states[tokens])
+            expert_out = self.quant_method.apply(self, expert, hidden_states[tokens])
             scale = flat_weights[expert_slots].unsqueeze(-1).to(expert_out.dtype)
             out.index_add_(0, tokens, expert_out * scale)
         return out
 
-    def _expert(self, expert: int, x: torch.Tensor) -> torch.Tensor:  # [n, H] -> [n, H]
-        return F.linear(self.act_fn(F.linear(x, self.gate_up_proj[expert])), self.down_proj[expert])
-
     def weight_loader(
         self, param: nn.Parameter, loaded: torch.Tensor, shard_id: tuple[int, str] | None = None
     ) -> None:
-        """Whole stacked tensor (shard_id None), or one expert's "gate" / "up" / "down" matrix."""
+        """Whole stacked tensor (shard_id None), or one expert's "gate" / "up" / "down" matrix
+        (the float weights' loader; a quantized method registers its own)."""
         if shard_id is None:
             default_weight_loader(param, loaded)
             return

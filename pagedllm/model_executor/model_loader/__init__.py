@@ -13,6 +13,7 @@ from torch import nn
 from pagedllm.config.model import ModelConfig
 from pagedllm.logger import init_logger
 from pagedllm.model_executor.models.registry import get_model_class, implementation_of
+from pagedllm.model_executor.quantization.base import QuantizationConfig
 from pagedllm.model_executor.quantization.registry import create_quant_config
 from pagedllm.model_executor.quantization.scope import quantization_scope
 
@@ -24,7 +25,9 @@ def get_model(model_config: ModelConfig, device: torch.device | str) -> nn.Modul
     initialisation pass, no CPU copy), load its checkpoint and check nothing was left out."""
     start = time.perf_counter()
     model_cls = get_model_class(model_config.architecture)
-    quant_config = create_quant_config(model_config)
+    quant_config = create_quant_config(
+        model_config, getattr(model_cls, "packed_modules_mapping", {})
+    )
     with (
         _default_dtype(getattr(torch, model_config.dtype)),
         torch.device(device),
@@ -38,7 +41,7 @@ def get_model(model_config: ModelConfig, device: torch.device | str) -> nn.Modul
         if quant_method is not None:
             quant_method.process_weights_after_loading(module)
     if quant_config is not None:
-        _quantize_vocab_embeddings(model)
+        _quantize_vocab_embeddings(model, quant_config)
     model.eval()
     num_params = sum(p.numel() for p in model.parameters())
     logger.info(
@@ -50,13 +53,16 @@ def get_model(model_config: ModelConfig, device: torch.device | str) -> nn.Modul
     return model
 
 
-def _quantize_vocab_embeddings(model: nn.Module) -> None:
+def _quantize_vocab_embeddings(model: nn.Module, quant_config: QuantizationConfig) -> None:
     """A quantized model keeps its token embedding / LM head in int8 too (GGUF files store them
-    quantized; for --quantization int8/int4 it is the largest float matrix left)."""
-    from pagedllm.model_executor.layers.embedding import VocabEmbedding
+    quantized; for --quantization int8/int4 it is the largest float matrix left), unless the
+    config names it in modules_to_not_convert (a tied LM head by its embedding's name)."""
+    from pagedllm.model_executor.layers.embedding import VocabParallelEmbedding
 
     for module in model.modules():
-        if isinstance(module, VocabEmbedding):
+        if isinstance(module, VocabParallelEmbedding) and not quant_config.is_skipped(
+            module.prefix
+        ):
             module.quantize_()
 
 
@@ -112,8 +118,10 @@ def estimate_weight_bytes(model_config: ModelConfig) -> int:
 
         def kept_quantized(t: Any) -> bool:  # linears and vocabulary tables keep their blocks
             name = gguf_to_hf_name(t.name, arch)
-            return model_config.quantization == "gguf" and name is not None and (
-                is_block_quantized(t.tensor_type)
+            return (
+                model_config.quantization == "gguf"
+                and name is not None
+                and (is_block_quantized(t.tensor_type))
             )
 
         return sum(

@@ -17,20 +17,30 @@ from torch import nn
 
 from pagedllm.config.model import ModelConfig
 from pagedllm.model_executor.layers.activation import get_act_fn
-from pagedllm.model_executor.layers.embedding import VocabEmbedding
+from pagedllm.model_executor.layers.embedding import VocabParallelEmbedding
 from pagedllm.model_executor.layers.encoder_attention import EncoderAttention
-from pagedllm.model_executor.layers.linear import QKVLinear, ReplicatedLinear
+from pagedllm.model_executor.layers.linear import (
+    ColumnParallelLinear,
+    QKVParallelLinear,
+    RowParallelLinear,
+)
 from pagedllm.model_executor.layers.pooler import Pooler
 from pagedllm.model_executor.layers.weight_utils import load_packed_weights
 
 
 class BertEmbeddings(nn.Module):
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, prefix: str) -> None:
         super().__init__()
-        self.word_embeddings = VocabEmbedding(config.vocab_size, config.hidden_size)
-        self.position_embeddings = VocabEmbedding(config.max_position_embeddings,
-                                                  config.hidden_size)
-        self.token_type_embeddings = VocabEmbedding(config.type_vocab_size, config.hidden_size)
+        hidden = config.hidden_size
+        self.word_embeddings = VocabParallelEmbedding(
+            config.vocab_size, hidden, prefix=f"{prefix}.word_embeddings"
+        )
+        self.position_embeddings = VocabParallelEmbedding(
+            config.max_position_embeddings, hidden, prefix=f"{prefix}.position_embeddings"
+        )
+        self.token_type_embeddings = VocabParallelEmbedding(
+            config.type_vocab_size, hidden, prefix=f"{prefix}.token_type_embeddings"
+        )
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -40,11 +50,13 @@ class BertEmbeddings(nn.Module):
 
 
 class BertSelfAttention(nn.Module):
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, prefix: str) -> None:
         super().__init__()
         num_heads = config.num_attention_heads
         head_size = config.hidden_size // num_heads
-        self.qkv_proj = QKVLinear(config.hidden_size, head_size, num_heads, num_heads, True)
+        self.qkv_proj = QKVParallelLinear(
+            config.hidden_size, head_size, num_heads, num_heads, True, prefix=f"{prefix}.qkv_proj"
+        )
         self.attn = EncoderAttention(num_heads, head_size, head_size**-0.5)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:  # [T, hidden]
@@ -55,9 +67,9 @@ class BertSelfAttention(nn.Module):
 class BertAddNorm(nn.Module):
     """LayerNorm(residual + dense(x)): HF's BertSelfOutput and BertOutput."""
 
-    def __init__(self, input_size: int, hidden_size: int, eps: float) -> None:
+    def __init__(self, input_size: int, hidden_size: int, eps: float, prefix: str) -> None:
         super().__init__()
-        self.dense = ReplicatedLinear(input_size, hidden_size, True)
+        self.dense = RowParallelLinear(input_size, hidden_size, True, prefix=f"{prefix}.dense")
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -65,19 +77,22 @@ class BertAddNorm(nn.Module):
 
 
 class BertAttention(nn.Module):
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, prefix: str) -> None:
         super().__init__()
-        self.self = BertSelfAttention(config)
-        self.output = BertAddNorm(config.hidden_size, config.hidden_size, config.layer_norm_eps)
+        self.self = BertSelfAttention(config, f"{prefix}.self")
+        self.output = BertAddNorm(config.hidden_size, config.hidden_size, config.layer_norm_eps,
+                                  f"{prefix}.output")  # fmt: skip
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.output(self.self(hidden_states), hidden_states)
 
 
 class BertIntermediate(nn.Module):
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, prefix: str) -> None:
         super().__init__()
-        self.dense = ReplicatedLinear(config.hidden_size, config.intermediate_size, True)
+        self.dense = ColumnParallelLinear(
+            config.hidden_size, config.intermediate_size, True, prefix=f"{prefix}.dense"
+        )
         self.act_fn = get_act_fn(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, hidden] -> [T, intermediate]
@@ -85,12 +100,12 @@ class BertIntermediate(nn.Module):
 
 
 class BertLayer(nn.Module):
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, prefix: str) -> None:
         super().__init__()
-        self.attention = BertAttention(config)
-        self.intermediate = BertIntermediate(config)
+        self.attention = BertAttention(config, f"{prefix}.attention")
+        self.intermediate = BertIntermediate(config, f"{prefix}.intermediate")
         self.output = BertAddNorm(config.intermediate_size, config.hidden_size,
-                                  config.layer_norm_eps)
+                                  config.layer_norm_eps, f"{prefix}.output")  # fmt: skip
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         attention_output = self.attention(hidden_states)
@@ -98,9 +113,11 @@ class BertLayer(nn.Module):
 
 
 class BertEncoder(nn.Module):
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, prefix: str = "encoder") -> None:
         super().__init__()
-        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        self.layer = nn.ModuleList(
+            BertLayer(config, f"{prefix}.layer.{i}") for i in range(config.num_hidden_layers)
+        )
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         for layer in self.layer:
@@ -122,7 +139,7 @@ class BertModel(nn.Module):
                 f"supported (only 'absolute')"
             )
         self.config = config
-        self.embeddings = BertEmbeddings(config)
+        self.embeddings = BertEmbeddings(config, "embeddings")
         self.encoder = BertEncoder(config)
         self.pooler = Pooler(model_config.pooler.pooling_type)
 
@@ -134,8 +151,7 @@ class BertModel(nn.Module):
         return self.encoder(self.embeddings(input_ids, positions))
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> set[str]:
-        return load_packed_weights(self, _strip_prefix(weights), self.packed_modules_mapping,
-                                   _skip)
+        return load_packed_weights(self, _strip_prefix(weights), self.packed_modules_mapping, _skip)
 
 
 def _strip_prefix(weights: Iterable[tuple[str, Any]]) -> Iterable[tuple[str, Any]]:

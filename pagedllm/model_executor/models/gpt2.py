@@ -15,9 +15,13 @@ from torch import nn
 from pagedllm.config.model import ModelConfig
 from pagedllm.model_executor.layers.activation import get_act_fn
 from pagedllm.model_executor.layers.attention import Attention
-from pagedllm.model_executor.layers.embedding import LMHead, VocabEmbedding
+from pagedllm.model_executor.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.model_executor.layers.layernorm import LayerNorm
-from pagedllm.model_executor.layers.linear import QKVLinear, ReplicatedLinear
+from pagedllm.model_executor.layers.linear import (
+    ColumnParallelLinear,
+    QKVParallelLinear,
+    RowParallelLinear,
+)
 from pagedllm.model_executor.layers.logits import LogitsProcessor
 from pagedllm.model_executor.layers.weight_utils import load_packed_weights
 
@@ -27,8 +31,10 @@ class GPT2Attention(nn.Module):
         super().__init__()
         hidden, num_heads = config.hidden_size, config.num_attention_heads
         self.head_dim = head_dim = hidden // num_heads
-        self.c_attn = QKVLinear(hidden, head_dim, num_heads, num_heads, bias=True)
-        self.c_proj = ReplicatedLinear(hidden, hidden, bias=True)
+        self.c_attn = QKVParallelLinear(
+            hidden, head_dim, num_heads, num_heads, bias=True, prefix=f"{prefix}.c_attn"
+        )
+        self.c_proj = RowParallelLinear(hidden, hidden, bias=True, prefix=f"{prefix}.c_proj")
         scale = head_dim**-0.5 if config.scale_attn_weights else 1.0
         if config.scale_attn_by_inverse_layer_idx:
             scale /= layer_idx + 1
@@ -40,13 +46,13 @@ class GPT2Attention(nn.Module):
 
 
 class GPT2MLP(nn.Module):
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, prefix: str) -> None:
         super().__init__()
         hidden = config.hidden_size
         inner = config.n_inner or 4 * hidden
-        self.c_fc = ReplicatedLinear(hidden, inner, bias=True)
+        self.c_fc = ColumnParallelLinear(hidden, inner, bias=True, prefix=f"{prefix}.c_fc")
         self.act = get_act_fn(config.activation_function)
-        self.c_proj = ReplicatedLinear(inner, hidden, bias=True)
+        self.c_proj = RowParallelLinear(inner, hidden, bias=True, prefix=f"{prefix}.c_proj")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, hidden]
         return self.c_proj(self.act(self.c_fc(x)))
@@ -61,7 +67,7 @@ class GPT2Block(nn.Module):
         self.ln_1 = LayerNorm(config.hidden_size, eps)
         self.attn = GPT2Attention(config, layer_idx, f"{prefix}.attn")
         self.ln_2 = LayerNorm(config.hidden_size, eps)
-        self.mlp = GPT2MLP(config)
+        self.mlp = GPT2MLP(config, f"{prefix}.mlp")
 
     def forward(
         self,
@@ -78,8 +84,12 @@ class GPT2Block(nn.Module):
 class GPT2Model(nn.Module):
     def __init__(self, config: Any, prefix: str = "transformer") -> None:
         super().__init__()
-        self.wte = VocabEmbedding(config.vocab_size, config.hidden_size)
-        self.wpe = VocabEmbedding(config.max_position_embeddings, config.hidden_size)
+        self.wte = VocabParallelEmbedding(
+            config.vocab_size, config.hidden_size, prefix=f"{prefix}.wte"
+        )
+        self.wpe = VocabParallelEmbedding(
+            config.max_position_embeddings, config.hidden_size, prefix=f"{prefix}.wpe"
+        )
         self.h = nn.ModuleList(
             GPT2Block(config, i, f"{prefix}.h.{i}") for i in range(config.num_hidden_layers)
         )
@@ -107,7 +117,7 @@ class GPT2LMHeadModel(nn.Module):
         if self.tie_word_embeddings:
             self.lm_head = self.transformer.wte
         else:
-            self.lm_head = LMHead(config.vocab_size, config.hidden_size)
+            self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, prefix="lm_head")
         self.logits_processor = LogitsProcessor(config.vocab_size)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -17,9 +17,13 @@ from torch import nn
 from pagedllm.config.model import ModelConfig
 from pagedllm.model_executor.layers.activation import get_act_fn
 from pagedllm.model_executor.layers.attention import Attention
-from pagedllm.model_executor.layers.embedding import LMHead, VocabEmbedding
+from pagedllm.model_executor.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.model_executor.layers.layernorm import LayerNorm
-from pagedllm.model_executor.layers.linear import QKVLinear, ReplicatedLinear
+from pagedllm.model_executor.layers.linear import (
+    ColumnParallelLinear,
+    QKVParallelLinear,
+    RowParallelLinear,
+)
 from pagedllm.model_executor.layers.logits import LogitsProcessor
 from pagedllm.model_executor.layers.rotary import RotaryEmbedding, rope_parameters
 from pagedllm.model_executor.layers.weight_utils import load_packed_weights
@@ -31,8 +35,10 @@ class GPTNeoXAttention(nn.Module):
         hidden, num_heads = config.hidden_size, config.num_attention_heads
         self.head_dim = head_dim = hidden // num_heads
         bias = getattr(config, "attention_bias", True)
-        self.query_key_value = QKVLinear(hidden, head_dim, num_heads, num_heads, bias)
-        self.dense = ReplicatedLinear(hidden, hidden, bias)
+        self.query_key_value = QKVParallelLinear(
+            hidden, head_dim, num_heads, num_heads, bias, prefix=f"{prefix}.query_key_value"
+        )
+        self.dense = RowParallelLinear(hidden, hidden, bias, prefix=f"{prefix}.dense")
         self.rotary_emb = rotary_emb
         scale = head_dim**-0.5
         self.attn = Attention(num_heads, head_dim, scale, num_heads, prefix=f"{prefix}.attn")
@@ -44,11 +50,16 @@ class GPTNeoXAttention(nn.Module):
 
 
 class GPTNeoXMLP(nn.Module):
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, prefix: str) -> None:
         super().__init__()
-        self.dense_h_to_4h = ReplicatedLinear(config.hidden_size, config.intermediate_size, True)
+        hidden, inner = config.hidden_size, config.intermediate_size
+        self.dense_h_to_4h = ColumnParallelLinear(
+            hidden, inner, True, prefix=f"{prefix}.dense_h_to_4h"
+        )
         self.act = get_act_fn(config.hidden_act)
-        self.dense_4h_to_h = ReplicatedLinear(config.intermediate_size, config.hidden_size, True)
+        self.dense_4h_to_h = RowParallelLinear(
+            inner, hidden, True, prefix=f"{prefix}.dense_4h_to_h"
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, hidden]
         return self.dense_4h_to_h(self.act(self.dense_h_to_4h(x)))
@@ -64,7 +75,7 @@ class GPTNeoXLayer(nn.Module):
         self.input_layernorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
         self.post_attention_layernorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
         self.attention = GPTNeoXAttention(config, rotary_emb, f"{prefix}.attention")
-        self.mlp = GPTNeoXMLP(config)
+        self.mlp = GPTNeoXMLP(config, f"{prefix}.mlp")
 
     def forward(
         self,
@@ -84,7 +95,9 @@ class GPTNeoXLayer(nn.Module):
 class GPTNeoXModel(nn.Module):
     def __init__(self, config: Any, max_position: int, prefix: str = "gpt_neox") -> None:
         super().__init__()
-        self.embed_in = VocabEmbedding(config.vocab_size, config.hidden_size)
+        self.embed_in = VocabParallelEmbedding(
+            config.vocab_size, config.hidden_size, prefix=f"{prefix}.embed_in"
+        )
         head_dim = config.hidden_size // config.num_attention_heads
         rotary_emb = RotaryEmbedding(head_dim, max_position, rope_parameters(config))
         self.layers = nn.ModuleList(
@@ -112,7 +125,9 @@ class GPTNeoXForCausalLM(nn.Module):
         if self.tie_word_embeddings:
             self.embed_out = self.gpt_neox.embed_in
         else:
-            self.embed_out = LMHead(config.vocab_size, config.hidden_size)
+            self.embed_out = ParallelLMHead(
+                config.vocab_size, config.hidden_size, prefix="embed_out"
+            )
         self.logits_processor = LogitsProcessor(config.vocab_size)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -18,9 +18,13 @@ from pagedllm.config.model import ModelConfig
 from pagedllm.forward_context import get_forward_context
 from pagedllm.model_executor.layers.activation import get_act_and_mul
 from pagedllm.model_executor.layers.attention import Attention, layer_sliding_window
-from pagedllm.model_executor.layers.embedding import LMHead, VocabEmbedding
+from pagedllm.model_executor.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.model_executor.layers.layernorm import RMSNorm
-from pagedllm.model_executor.layers.linear import MergedColumnLinear, QKVLinear, ReplicatedLinear
+from pagedllm.model_executor.layers.linear import (
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    RowParallelLinear,
+)
 from pagedllm.model_executor.layers.logits import LogitsProcessor
 from pagedllm.model_executor.layers.rotary import RotaryEmbedding, rope_parameters
 from pagedllm.model_executor.layers.weight_utils import load_packed_weights
@@ -36,10 +40,16 @@ def head_dim_of(config: Any) -> int:
 class LlamaMLP(nn.Module):
     """Gated MLP: down(act(gate(x)) * up(x)); SwiGLU for Llama, GeGLU for Gemma."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str, bias: bool):
+    def __init__(
+        self, hidden_size: int, intermediate_size: int, hidden_act: str, bias: bool, prefix: str
+    ) -> None:
         super().__init__()
-        self.gate_up_proj = MergedColumnLinear(hidden_size, [intermediate_size] * 2, bias)
-        self.down_proj = ReplicatedLinear(intermediate_size, hidden_size, bias)
+        self.gate_up_proj = MergedColumnParallelLinear(
+            hidden_size, [intermediate_size] * 2, bias, prefix=f"{prefix}.gate_up_proj"
+        )
+        self.down_proj = RowParallelLinear(
+            intermediate_size, hidden_size, bias, prefix=f"{prefix}.down_proj"
+        )
         self.act_fn = get_act_and_mul(hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, hidden]
@@ -71,8 +81,13 @@ class LlamaAttention(nn.Module):
         num_heads = config.num_attention_heads
         num_kv_heads = getattr(config, "num_key_value_heads", None) or num_heads
         self.head_dim = head_dim = head_dim_of(config)
-        self.qkv_proj = QKVLinear(config.hidden_size, head_dim, num_heads, num_kv_heads, qkv_bias)
-        self.o_proj = ReplicatedLinear(num_heads * head_dim, config.hidden_size, o_bias)
+        self.qkv_proj = QKVParallelLinear(
+            config.hidden_size, head_dim, num_heads, num_kv_heads, qkv_bias,
+            prefix=f"{prefix}.qkv_proj",
+        )  # fmt: skip
+        self.o_proj = RowParallelLinear(
+            num_heads * head_dim, config.hidden_size, o_bias, prefix=f"{prefix}.o_proj"
+        )
         self.split_sizes = [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim]
         self.q_norm = qk_norm(head_dim, config.rms_norm_eps) if qk_norm else None
         self.k_norm = qk_norm(head_dim, config.rms_norm_eps) if qk_norm else None
@@ -103,15 +118,15 @@ class LlamaDecoderLayer(nn.Module):
     def __init__(self, config: Any, rotary_emb: RotaryEmbedding, layer_idx: int, prefix: str):
         super().__init__()
         self.self_attn = self.build_attention(config, rotary_emb, layer_idx, f"{prefix}.self_attn")
-        self.mlp = self.build_mlp(config, layer_idx)
+        self.mlp = self.build_mlp(config, layer_idx, f"{prefix}.mlp")
         self.input_layernorm = self.norm_cls(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = self.norm_cls(config.hidden_size, config.rms_norm_eps)
 
-    def build_mlp(self, config: Any, layer_idx: int) -> nn.Module:
+    def build_mlp(self, config: Any, layer_idx: int, prefix: str) -> nn.Module:
         """The feed-forward block (mixture-of-experts families override it)."""
         return LlamaMLP(
             config.hidden_size, config.intermediate_size, _hidden_act(config),
-            getattr(config, "mlp_bias", False),
+            getattr(config, "mlp_bias", False), prefix,
         )  # fmt: skip
 
     def build_attention(
@@ -143,7 +158,9 @@ class LlamaModel(nn.Module):
 
     def __init__(self, config: Any, max_position: int, prefix: str = "model") -> None:
         super().__init__()
-        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(
+            config.vocab_size, config.hidden_size, prefix=f"{prefix}.embed_tokens"
+        )
         rotary_embs = self.build_rotary_embs(config, max_position)
         self.layers = nn.ModuleList(
             self.decoder_layer_cls(config, rotary_embs[i], i, prefix=f"{prefix}.layers.{i}")
@@ -208,7 +225,7 @@ class LlamaForCausalLM(nn.Module):
         if self.tie_word_embeddings:
             self.lm_head = self.model.embed_tokens
         else:
-            self.lm_head = LMHead(config.vocab_size, config.hidden_size)
+            self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, prefix="lm_head")
         self.logits_processor = LogitsProcessor(
             config.vocab_size, soft_cap=getattr(config, "final_logit_softcapping", None)
         )

@@ -21,13 +21,15 @@ from pagedllm.model_executor.models.llama import (
 
 
 class MixtralSparseMoeBlock(nn.Module):
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, prefix: str) -> None:
         super().__init__()
         num_experts = config.num_local_experts
-        self.gate = ReplicatedLinear(config.hidden_size, num_experts)  # the router
+        # the router: replicated, never quantized (see quantization.base.ROUTER_GATES)
+        self.gate = ReplicatedLinear(config.hidden_size, num_experts, prefix=f"{prefix}.gate")
         self.experts = FusedMoE(
             num_experts, config.num_experts_per_tok, config.hidden_size,
             config.intermediate_size, config.hidden_act, renormalize=True,
+            prefix=f"{prefix}.experts",
         )  # fmt: skip
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:  # [T, hidden]
@@ -35,9 +37,9 @@ class MixtralSparseMoeBlock(nn.Module):
 
 
 class MixtralDecoderLayer(LlamaDecoderLayer):
-    def build_mlp(self, config: Any, layer_idx: int) -> nn.Module:
+    def build_mlp(self, config: Any, layer_idx: int, prefix: str) -> nn.Module:
         # NOTE: held as `mlp`; the checkpoint's "block_sparse_moe" is renamed to it at load.
-        return MixtralSparseMoeBlock(config)
+        return MixtralSparseMoeBlock(config, prefix)
 
 
 class MixtralModel(LlamaModel):

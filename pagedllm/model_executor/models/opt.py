@@ -15,9 +15,14 @@ from torch import nn
 from pagedllm.config.model import ModelConfig
 from pagedllm.model_executor.layers.activation import get_act_fn
 from pagedllm.model_executor.layers.attention import Attention
-from pagedllm.model_executor.layers.embedding import LMHead, VocabEmbedding
+from pagedllm.model_executor.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.model_executor.layers.layernorm import LayerNorm
-from pagedllm.model_executor.layers.linear import QKVLinear, ReplicatedLinear
+from pagedllm.model_executor.layers.linear import (
+    ColumnParallelLinear,
+    QKVParallelLinear,
+    ReplicatedLinear,
+    RowParallelLinear,
+)
 from pagedllm.model_executor.layers.logits import LogitsProcessor
 from pagedllm.model_executor.layers.weight_utils import load_packed_weights
 
@@ -30,8 +35,11 @@ class OPTAttention(nn.Module):
         super().__init__()
         hidden, num_heads = config.hidden_size, config.num_attention_heads
         head_dim = hidden // num_heads
-        self.qkv_proj = QKVLinear(hidden, head_dim, num_heads, num_heads, config.enable_bias)
-        self.out_proj = ReplicatedLinear(hidden, hidden, config.enable_bias)
+        bias = config.enable_bias
+        self.qkv_proj = QKVParallelLinear(
+            hidden, head_dim, num_heads, num_heads, bias, prefix=f"{prefix}.qkv_proj"
+        )
+        self.out_proj = RowParallelLinear(hidden, hidden, bias, prefix=f"{prefix}.out_proj")
         scale = head_dim**-0.5
         self.attn = Attention(num_heads, head_dim, scale, num_heads, prefix=f"{prefix}.attn")
 
@@ -50,9 +58,9 @@ class OPTDecoderLayer(nn.Module):
         self.do_layer_norm_before = config.do_layer_norm_before
         self.self_attn = OPTAttention(config, f"{prefix}.self_attn")
         self.self_attn_layer_norm = LayerNorm(hidden)
-        self.fc1 = ReplicatedLinear(hidden, config.ffn_dim, bias)
+        self.fc1 = ColumnParallelLinear(hidden, config.ffn_dim, bias, prefix=f"{prefix}.fc1")
         self.activation_fn = get_act_fn(config.activation_function)
-        self.fc2 = ReplicatedLinear(config.ffn_dim, hidden, bias)
+        self.fc2 = RowParallelLinear(config.ffn_dim, hidden, bias, prefix=f"{prefix}.fc2")
         self.final_layer_norm = LayerNorm(hidden)
 
     def forward(
@@ -85,12 +93,17 @@ class OPTDecoder(nn.Module):
         if not config.layer_norm_elementwise_affine:
             raise ValueError("OPT with layer_norm_elementwise_affine=False is not supported")
         hidden, proj_dim = config.hidden_size, config.word_embed_proj_dim
-        self.embed_tokens = VocabEmbedding(config.vocab_size, proj_dim)
+        self.embed_tokens = VocabParallelEmbedding(
+            config.vocab_size, proj_dim, prefix=f"{prefix}.embed_tokens"
+        )
         num_positions = config.max_position_embeddings + POSITION_OFFSET
-        self.embed_positions = VocabEmbedding(num_positions, hidden)
-        projected = proj_dim != hidden
-        self.project_in = ReplicatedLinear(proj_dim, hidden) if projected else None
-        self.project_out = ReplicatedLinear(hidden, proj_dim) if projected else None
+        self.embed_positions = VocabParallelEmbedding(
+            num_positions, hidden, prefix=f"{prefix}.embed_positions"
+        )
+        self.project_in = self.project_out = None
+        if proj_dim != hidden:
+            self.project_in = ReplicatedLinear(proj_dim, hidden, prefix=f"{prefix}.project_in")
+            self.project_out = ReplicatedLinear(hidden, proj_dim, prefix=f"{prefix}.project_out")
         self.layers = nn.ModuleList(
             OPTDecoderLayer(config, f"{prefix}.layers.{i}") for i in range(config.num_hidden_layers)
         )
@@ -135,7 +148,9 @@ class OPTForCausalLM(nn.Module):
         if self.tie_word_embeddings:
             self.lm_head = self.model.decoder.embed_tokens
         else:
-            self.lm_head = LMHead(config.vocab_size, config.word_embed_proj_dim)
+            self.lm_head = ParallelLMHead(
+                config.vocab_size, config.word_embed_proj_dim, prefix="lm_head"
+            )
         self.logits_processor = LogitsProcessor(config.vocab_size)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -41,19 +41,26 @@ class Qwen2MoeSparseMoeBlock(nn.Module):
     """Routed experts, plus the gated shared expert when shared_expert_intermediate_size > 0
     (Qwen3-MoE has none)."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, prefix: str) -> None:
         super().__init__()
         hidden = config.hidden_size
-        self.gate = ReplicatedLinear(hidden, config.num_experts)  # the router
+        # the router: replicated, never quantized (see quantization.base.ROUTER_GATES)
+        self.gate = ReplicatedLinear(hidden, config.num_experts, prefix=f"{prefix}.gate")
         self.experts = FusedMoE(
             config.num_experts, config.num_experts_per_tok, hidden,
             config.moe_intermediate_size, config.hidden_act, renormalize=config.norm_topk_prob,
+            prefix=f"{prefix}.experts",
         )  # fmt: skip
         shared_size = getattr(config, "shared_expert_intermediate_size", 0)
-        self.shared_expert = (
-            LlamaMLP(hidden, shared_size, config.hidden_act, bias=False) if shared_size else None
-        )
-        self.shared_expert_gate = ReplicatedLinear(hidden, 1) if shared_size else None
+        self.shared_expert = None
+        self.shared_expert_gate = None
+        if shared_size:
+            self.shared_expert = LlamaMLP(
+                hidden, shared_size, config.hidden_act, bias=False, prefix=f"{prefix}.shared_expert"
+            )
+            self.shared_expert_gate = ReplicatedLinear(
+                hidden, 1, prefix=f"{prefix}.shared_expert_gate"
+            )
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:  # [T, hidden]
         out = self.experts(hidden_states, self.gate(hidden_states))
@@ -64,10 +71,10 @@ class Qwen2MoeSparseMoeBlock(nn.Module):
 
 
 class Qwen2MoeDecoderLayer(Qwen2DecoderLayer):
-    def build_mlp(self, config: Any, layer_idx: int) -> nn.Module:
+    def build_mlp(self, config: Any, layer_idx: int, prefix: str) -> nn.Module:
         if is_sparse_layer(config, layer_idx):
-            return Qwen2MoeSparseMoeBlock(config)
-        return super().build_mlp(config, layer_idx)
+            return Qwen2MoeSparseMoeBlock(config, prefix)
+        return super().build_mlp(config, layer_idx, prefix)
 
     def build_attention(
         self, config: Any, rotary_emb: RotaryEmbedding, layer_idx: int, prefix: str

@@ -18,10 +18,10 @@ from pagedllm.model_executor.models.qwen3 import Qwen3DecoderLayer
 
 
 class Qwen3MoeDecoderLayer(Qwen3DecoderLayer):
-    def build_mlp(self, config: Any, layer_idx: int) -> nn.Module:
+    def build_mlp(self, config: Any, layer_idx: int, prefix: str) -> nn.Module:
         if is_sparse_layer(config, layer_idx):
-            return Qwen2MoeSparseMoeBlock(config)
-        return super().build_mlp(config, layer_idx)
+            return Qwen2MoeSparseMoeBlock(config, prefix)
+        return super().build_mlp(config, layer_idx, prefix)
 
 
 class Qwen3MoeModel(LlamaModel):

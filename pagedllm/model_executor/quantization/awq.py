@@ -10,6 +10,7 @@ dequantization when the group layout does not fit it, see group_quant.to_kernel)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pagedllm.model_executor.quantization.base import QuantizationConfig
@@ -26,7 +27,7 @@ class AWQLinearMethod(RepackedLinearMethod):
 
     def repack(self, layer, shards):
         parts = [
-            self._decode(qweight, qzeros, scales, layer.input_size)
+            self._decode(qweight, qzeros, scales, layer.input_size_per_partition)
             for qweight, qzeros, scales in zip(shards["qweight"], shards["qzeros"],
                                                shards["scales"])
         ]  # fmt: skip
@@ -49,7 +50,8 @@ class AWQLinearMethod(RepackedLinearMethod):
 class AWQConfig(QuantizationConfig):
     name = "awq"
 
-    def __init__(self, group_size: int = 128) -> None:
+    def __init__(self, group_size: int = 128, modules_to_not_convert: Sequence[str] = ()) -> None:
+        super().__init__(modules_to_not_convert)
         self.group_size = group_size
 
     @classmethod
@@ -62,7 +64,10 @@ class AWQConfig(QuantizationConfig):
                 f"AWQ with bits={bits}, version={version!r}, zero_point={qc.get('zero_point')} "
                 "is not supported (supported: 4-bit GEMM layout with zero points)"
             )
-        return cls(int(qc.get("group_size", qc.get("q_group_size", 128))))
+        group_size = int(qc.get("group_size", qc.get("q_group_size", 128)))
+        # AutoAWQ writes the modules it left float (e.g. ["gate"] for MoE routers, or a vision
+        # tower) here; their float weights are in the checkpoint.
+        return cls(group_size, qc.get("modules_to_not_convert") or ())
 
     def get_quant_method(self, layer, prefix):
         return AWQLinearMethod(self.group_size)

@@ -5,7 +5,7 @@ dequantized at load. Each shard's blocks are decoded into integer codes + per-gr
 PyTorch's int4 / int8 weight-only layouts or a per-call dequantization.
 
 The default for a GGUF with quantized linear weights; `quantization="none"` dequantizes instead.
-The token embedding (and an untied LM head) keep their GGUF codes too (VocabEmbedding).
+The token embedding (and an untied LM head) keep their GGUF codes too (VocabParallelEmbedding).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ load, so each group's rows are contiguous, and the same permutation gathers x's 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -77,7 +78,8 @@ def _group_order(g_idx: torch.Tensor) -> tuple[torch.Tensor | None, int]:
 class GPTQConfig(QuantizationConfig):
     name = "gptq"
 
-    def __init__(self, zero_offset: int = 1) -> None:
+    def __init__(self, zero_offset: int = 1, modules_to_not_convert: Sequence[str] = ()) -> None:
+        super().__init__(modules_to_not_convert)
         self.zero_offset = zero_offset
 
     @classmethod
@@ -89,7 +91,9 @@ class GPTQConfig(QuantizationConfig):
         fmt = str(qc.get("checkpoint_format", "gptq")).lower()
         if fmt not in ("gptq", "gptq_v2"):
             raise ValueError(f"GPTQ checkpoint_format {fmt!r} is not supported")
-        return cls(zero_offset=1 if fmt == "gptq" else 0)
+        # GPTQModel / optimum write the modules left float under the same key as AWQ.
+        skipped = qc.get("modules_to_not_convert") or ()
+        return cls(zero_offset=1 if fmt == "gptq" else 0, modules_to_not_convert=skipped)
 
     def get_quant_method(self, layer, prefix):
         return GPTQLinearMethod(self.zero_offset)

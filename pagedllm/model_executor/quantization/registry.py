@@ -3,6 +3,7 @@ the user's `quantization` argument against what the checkpoint holds."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pagedllm.utils.registry import Registry
@@ -66,8 +67,14 @@ def checkpoint_quant_method(hf_config: Any) -> str | None:
     return method
 
 
-def create_quant_config(model_config: ModelConfig) -> QuantizationConfig | None:
+def create_quant_config(
+    model_config: ModelConfig, packed_modules_mapping: Mapping[str, Sequence[str]]
+) -> QuantizationConfig | None:
+    """The config of model_config.quantization (None: unquantized); packed_modules_mapping is the
+    model class's (a merged layer is skipped by its checkpoint modules' names)."""
     if model_config.quantization is None:
         return None
     config_cls = QUANTIZATION_METHODS.get(model_config.quantization)
-    return config_cls.from_hf_config(model_config.hf_config)
+    config = config_cls.from_hf_config(model_config.hf_config)
+    config.packed_modules_mapping = packed_modules_mapping
+    return config

@@ -55,9 +55,9 @@ class RepackedLinearMethod(QuantizeMethodBase):
         for name in self.checkpoint_tensors:
             delattr(layer, name)
         layer.qweight_kernel = self.repack(layer, shards)
-        assert layer.qweight_kernel.out_features == layer.output_size, (
-            layer.qweight_kernel.out_features, layer.output_size)
-        assert layer.qweight_kernel.in_features == layer.input_size
+        kernel = layer.qweight_kernel
+        assert kernel.out_features == layer.output_size_per_partition, kernel
+        assert kernel.in_features == layer.input_size_per_partition, kernel
 
     @abstractmethod
     def repack(self, layer: nn.Module, shards: Shards) -> QuantizedWeight:

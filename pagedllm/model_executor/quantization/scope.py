@@ -1,8 +1,9 @@
 """The quantization config in force while a model is being built.
 
 Models never see quantization: `get_model` builds the model inside `quantization_scope(config)`
-and every LinearBase created in it asks `scoped_quant_method` for its method (like the
-`torch.device` context the model is built under). The scope refuses nesting and always resets.
+and every LinearBase (FusedMoE) created in it asks `scoped_quant_method` (`scoped_moe_method`)
+for its method, by its module name (like the `torch.device` context the model is built under).
+The scope refuses nesting and always resets.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ from contextvars import ContextVar
 
 from torch import nn
 
-from pagedllm.model_executor.quantization.base import QuantizationConfig, QuantizeMethodBase
+from pagedllm.model_executor.quantization.base import (
+    FusedMoEMethodBase,
+    QuantizationConfig,
+    QuantizeMethodBase,
+)
 
 _SCOPE: ContextVar[QuantizationConfig | None] = ContextVar("quantization_scope", default=None)
 
@@ -30,6 +35,13 @@ def quantization_scope(config: QuantizationConfig | None) -> Iterator[None]:
 
 
 def scoped_quant_method(layer: nn.Module, prefix: str) -> QuantizeMethodBase | None:
-    """The scoped config's method for `layer`; None outside a scope or for unquantized layers."""
+    """The scoped config's method for linear `layer`; None outside a scope or for layers left
+    float."""
     config = _SCOPE.get()
-    return None if config is None else config.get_quant_method(layer, prefix)
+    return None if config is None else config.linear_method(layer, prefix)
+
+
+def scoped_moe_method(layer: nn.Module, prefix: str) -> FusedMoEMethodBase | None:
+    """The scoped config's method for FusedMoE `layer`'s experts; None: float experts."""
+    config = _SCOPE.get()
+    return None if config is None else config.moe_method(layer, prefix)

@@ -1,0 +1,170 @@
+"""Every linear, embedding, LM head and MoE layer of every registered family carries its module
+name as `prefix` and the tensor-parallel role of its place; the roles' per-rank shapes and
+checkpoint slices (tp_size 1 today; 2 checks the slicing the distributed issue will use)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import transformers
+
+from pagedllm.model_executor.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from pagedllm.model_executor.layers.linear import (
+    ColumnParallelLinear,
+    LinearBase,
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    ReplicatedLinear,
+    RowParallelLinear,
+)
+from pagedllm.model_executor.layers.moe import FusedMoE
+from pagedllm.model_executor.models.registry import EMBEDDING_MODEL_REGISTRY, MODEL_REGISTRY
+from tests.conftest import TINY_LLAMA
+from tests.models import test_gemma, test_gpt2, test_gpt_neox, test_opt, test_qwen, test_qwen_moe
+from tests.models.test_mixtral import MIXTRAL
+
+FAMILIES: dict[str, list[tuple[str, dict]]] = {
+    "LlamaForCausalLM": [("LlamaConfig", {}), ("LlamaConfig", {"tie_word_embeddings": True})],
+    "MistralForCausalLM": [("MistralConfig", {"sliding_window": 8})],
+    "Qwen2ForCausalLM": [test_qwen.VARIANTS["qwen2"], test_qwen.VARIANTS["qwen2_tied"]],
+    "Qwen3ForCausalLM": [test_qwen.VARIANTS["qwen3_bias"]],
+    "GemmaForCausalLM": [test_gemma.VARIANTS["gemma"]],
+    "Gemma2ForCausalLM": [test_gemma.VARIANTS["gemma2"]],
+    "Gemma3ForCausalLM": [test_gemma.VARIANTS["gemma3"]],
+    "GPT2LMHeadModel": [("GPT2Config", v) for v in test_gpt2.VARIANTS.values()],
+    "GPTNeoXForCausalLM": [("GPTNeoXConfig", v) for v in test_gpt_neox.VARIANTS.values()],
+    "OPTForCausalLM": [("OPTConfig", v) for v in test_opt.VARIANTS.values()],
+    "Phi3ForCausalLM": [("Phi3Config", {"partial_rotary_factor": 0.5})],
+    "MixtralForCausalLM": [("MixtralConfig", MIXTRAL)],
+    "Qwen2MoeForCausalLM": [test_qwen_moe.VARIANTS["qwen2_moe"]],
+    "Qwen3MoeForCausalLM": [test_qwen_moe.VARIANTS["qwen3_moe"]],
+    "BertModel": [("BertConfig", {"num_key_value_heads": None, "type_vocab_size": 2})],
+}
+CASES = [(arch, cls, overrides) for arch, configs in FAMILIES.items() for cls, overrides in configs]
+
+ROLES = {
+    "qkv_proj": QKVParallelLinear, "c_attn": QKVParallelLinear,
+    "query_key_value": QKVParallelLinear, "gate_up_proj": MergedColumnParallelLinear,
+    "o_proj": RowParallelLinear, "down_proj": RowParallelLinear, "out_proj": RowParallelLinear,
+    "c_proj": RowParallelLinear, "attention.dense": RowParallelLinear,
+    "output.dense": RowParallelLinear, "fc2": RowParallelLinear,
+    "dense_4h_to_h": RowParallelLinear, "intermediate.dense": ColumnParallelLinear,
+    "fc1": ColumnParallelLinear, "c_fc": ColumnParallelLinear,
+    "dense_h_to_4h": ColumnParallelLinear, "mlp.gate": ReplicatedLinear,
+    "shared_expert_gate": ReplicatedLinear, "project_in": ReplicatedLinear,
+    "project_out": ReplicatedLinear,
+}  # fmt: skip
+"""Module name suffix -> the role of a linear layer there (vLLM's choice for that place)."""
+
+
+def _build(arch: str, config_cls: str, overrides: dict) -> torch.nn.Module:
+    """The model skeleton on the meta device (no weights: only names and shapes matter)."""
+    hf_config = getattr(transformers, config_cls)(**{**TINY_LLAMA, "vocab_size": 384, **overrides})
+    model_config = SimpleNamespace(
+        hf_config=hf_config, max_model_len=128, enforce_eager=True,
+        pooler=SimpleNamespace(pooling_type="MEAN"),
+    )  # fmt: skip
+    registry = EMBEDDING_MODEL_REGISTRY if arch in EMBEDDING_MODEL_REGISTRY else MODEL_REGISTRY
+    with torch.device("meta"):
+        return registry.get(arch)(model_config)
+
+
+def test_every_registered_family_is_covered():
+    assert set(FAMILIES) == set(MODEL_REGISTRY.names()) | set(EMBEDDING_MODEL_REGISTRY.names())
+
+
+@pytest.mark.parametrize("arch, config_cls, overrides", CASES)
+def test_prefixes_are_module_names_and_roles_fit(arch, config_cls, overrides):
+    model = _build(arch, config_cls, overrides)
+    modules = dict(model.named_modules())
+    named = [m for m in modules.values()
+             if isinstance(m, (LinearBase, VocabParallelEmbedding, FusedMoE))]  # fmt: skip
+    assert any(isinstance(m, LinearBase) for m in named)
+    for layer in named:
+        assert layer.prefix and modules.get(layer.prefix) is layer, (arch, layer.prefix)
+        if isinstance(layer, LinearBase):
+            suffix = next(s for s in ROLES if layer.prefix.endswith(f".{s}"))
+            assert type(layer) is ROLES[suffix], (layer.prefix, type(layer).__name__)
+    moe = [m for m in named if isinstance(m, FusedMoE)]
+    assert bool(moe) == ("Moe" in arch or "Mixtral" in arch)
+    head = getattr(model, "lm_head", getattr(model, "embed_out", None))
+    if head is not None:  # a tied head is the token embedding itself
+        assert isinstance(head, ParallelLMHead) != model.tie_word_embeddings
+
+
+# ---- roles: per-rank shapes and checkpoint slices --------------------------------------------
+
+IN, OUT = 16, 24
+
+
+def _loaded(layer: LinearBase, weight: torch.Tensor, shards=None) -> LinearBase:
+    if shards is None:
+        layer.weight.weight_loader(layer.weight, weight)
+    else:
+        for shard_id, part in zip(shards, weight.split(layer.output_sizes)):
+            layer.weight.weight_loader(layer.weight, part, shard_id)
+    return layer
+
+
+def test_roles_at_tp_size_1_hold_the_whole_weight():
+    torch.manual_seed(0)
+    w, x = torch.randn(OUT, IN), torch.randn(5, IN)
+    for cls in (ReplicatedLinear, ColumnParallelLinear, RowParallelLinear):
+        layer = _loaded(cls(IN, OUT), w)
+        assert (layer.input_size_per_partition, layer.output_sizes_per_partition) == (IN, [OUT])
+        assert layer.weight.shape == (OUT, IN)
+        torch.testing.assert_close(layer(x), x @ w.t())
+    qkv = QKVParallelLinear(IN, 4, 4, 2)
+    assert qkv.output_sizes_per_partition == [16, 8, 8] == qkv.output_sizes
+    assert (qkv.num_heads_per_partition, qkv.num_kv_heads_per_partition) == (4, 2)
+    assert (ColumnParallelLinear.parallel_role, RowParallelLinear.parallel_role) == (
+        "column", "row")  # fmt: skip
+    embedding = VocabParallelEmbedding(384, 8)
+    assert (embedding.vocab_start_index, embedding.vocab_end_index) == (0, 384)
+    assert embedding.num_embeddings_per_partition == 384
+
+
+def test_column_and_row_slices_recombine_at_tp_size_2():
+    torch.manual_seed(0)
+    w, x = torch.randn(OUT, IN), torch.randn(5, IN)
+    columns = [_loaded(ColumnParallelLinear(IN, OUT, tp_size=2, tp_rank=r), w) for r in (0, 1)]
+    assert columns[0].weight.shape == (OUT // 2, IN)
+    torch.testing.assert_close(torch.cat([c(x) for c in columns], dim=-1), x @ w.t())
+    rows = [_loaded(RowParallelLinear(IN, OUT, tp_size=2, tp_rank=r), w) for r in (0, 1)]
+    assert rows[0].weight.shape == (OUT, IN // 2)
+    partial = [r(part) for r, part in zip(rows, x.chunk(2, dim=-1))]
+    torch.testing.assert_close(partial[0] + partial[1], x @ w.t())  # what all-reduce will sum
+
+
+@pytest.mark.parametrize("num_kv_heads", [2, 1])  # 1: fewer KV heads than ranks, replicated
+def test_qkv_ranks_hold_their_heads(num_kv_heads):
+    head_dim, num_heads = 4, 4
+    sizes = [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim]
+    w = torch.arange(sum(sizes) * IN, dtype=torch.float32).view(sum(sizes), IN)
+    q, k, v = w.split(sizes)
+    for whole in (True, False):  # one fused checkpoint tensor, or q/k/v shards
+        for rank in (0, 1):
+            layer = QKVParallelLinear(IN, head_dim, num_heads, num_kv_heads, tp_size=2,
+                                      tp_rank=rank)  # fmt: skip
+            _loaded(layer, w, None if whole else ["q", "k", "v"])
+            kv_rows = slice(rank * 4, rank * 4 + 4) if num_kv_heads == 2 else slice(0, 4)
+            expected = torch.cat([q[rank * 8 : rank * 8 + 8], k[kv_rows], v[kv_rows]])
+            torch.testing.assert_close(layer.weight, expected)
+
+
+def test_merged_column_splits_each_shard():
+    w = torch.randn(2 * OUT, IN)
+    gate, up = w.split(OUT)
+    layer = MergedColumnParallelLinear(IN, [OUT, OUT], tp_size=2, tp_rank=1)
+    _loaded(layer, w, [0, 1])
+    torch.testing.assert_close(layer.weight, torch.cat([gate[OUT // 2 :], up[OUT // 2 :]]))
+
+
+def test_vocab_parallel_embedding_rank_range():
+    table = torch.randn(384, 8)
+    embedding = VocabParallelEmbedding(384, 8, tp_size=2, tp_rank=1)
+    embedding.weight.weight_loader(embedding.weight, table)
+    assert (embedding.vocab_start_index, embedding.vocab_end_index) == (192, 384)
+    torch.testing.assert_close(embedding.weight, table[192:])
