@@ -53,6 +53,7 @@ class EngineCore:
             model, kv_caches, backend, layout.block_size, config.model.vocab_size,
             config.model.eos_token_ids, device,
             pool_last_token=config.model.task == "embed",
+            enforce_eager=config.model.enforce_eager,
         )
         self.scheduler = Scheduler(
             config.scheduler, config.cache, layout.num_blocks, config.model.max_model_len,

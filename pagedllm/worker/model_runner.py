@@ -17,6 +17,7 @@ from pagedllm.metrics.step_profile import step_phase
 from pagedllm.model_executor.layers.attention import attention_layers
 from pagedllm.sample.metadata import SamplingMetadata, SamplingRow
 from pagedllm.sample.sampler import Sampler, compute_prompt_logprobs
+from pagedllm.worker.execution_strategy import select_execution_strategy
 from pagedllm.worker.input_batch import StepInputs, prepare_inputs
 from pagedllm.worker.request_state import CachedRequestState, make_generator
 
@@ -32,6 +33,7 @@ class ModelRunner:
         eos_token_ids: tuple[int, ...],
         device: torch.device,
         pool_last_token: bool = False,
+        enforce_eager: bool = False,
     ) -> None:
         self.model = model
         self.backend = backend
@@ -49,6 +51,7 @@ class ModelRunner:
         assert len(layers) == len(kv_caches), (len(layers), len(kv_caches))
         for layer, cache in zip(layers, kv_caches):
             layer.bind(backend, cache)
+        self.execution = select_execution_strategy(model, enforce_eager)
 
     @torch.inference_mode()
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
