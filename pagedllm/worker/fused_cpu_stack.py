@@ -179,7 +179,9 @@ def _check_rms_norm(norm: nn.Module) -> None:
         raise UnsupportedLayer(f"{type(norm).__name__} is not the plain RMSNorm")
     weight = norm.weight
     if weight.dtype != torch.float32 or weight.device.type != "cpu":
-        raise UnsupportedLayer(f"{weight.dtype} on {weight.device} (float32 on the CPU only)")
+        raise UnsupportedLayer(
+            f"{type(norm).__name__} weight {weight.dtype} on {weight.device} (float32 CPU only)"
+        )
 
 
 def _linear_weight(layer: nn.Module, name: str, path: str) -> FusedWeightSpec:

@@ -100,6 +100,12 @@ def test_unknown_and_missing_spec_keys_are_named():
         stack.add_layer({}, {}, {})
     with pytest.raises(RuntimeError, match="unknown int 'linear_meta'"):
         stack.add_layer(*_minimal_kernel_args(extra_int="linear_meta"))
+    tensors, scalars, ints = _minimal_kernel_args(extra_int="sliding_window")
+    tensors["kv_cache"] = tensors["kv_cache"].transpose(3, 4)  # written in place: never copied
+    with pytest.raises(RuntimeError, match="tensor 'kv_cache' is not contiguous"):
+        stack.add_layer(tensors, scalars, ints)
+    stack.add_layer(*_minimal_kernel_args(extra_int="sliding_window"))
+    assert stack.num_layers() == 1
 
 
 def _minimal_kernel_args(extra_int: str):

@@ -205,7 +205,10 @@ class LayerSpecReader {
   at::Tensor tensor(const std::string& key) {
     TORCH_CHECK(tensors_.contains(key), "DecoderLayerSpec: tensor '", key, "' missing");
     used_.push_back(key);
-    return tensors_.at(key).contiguous();  // (a no-op for module parameters)
+    // (the kernel reads raw rows, and writes the KV cache in place: never a copy)
+    at::Tensor t = tensors_.at(key);
+    TORCH_CHECK(t.is_contiguous(), "DecoderLayerSpec: tensor '", key, "' is not contiguous");
+    return t;
   }
   std::optional<at::Tensor> optional_tensor(const std::string& key) {
     if (!tensors_.contains(key)) return std::nullopt;
