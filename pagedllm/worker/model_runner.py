@@ -51,7 +51,9 @@ class ModelRunner:
         assert len(layers) == len(kv_caches), (len(layers), len(kv_caches))
         for layer, cache in zip(layers, kv_caches):
             layer.bind(backend, cache)
+        # NOTE: here until the Worker (worker/worker.py) owns the KV-cache binding and calls it
         self.execution = select_execution_strategy(model, enforce_eager)
+        """How the decoder layers run: fused CPU stack or eager (then with the reason)."""
 
     @torch.inference_mode()
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
