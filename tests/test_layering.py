@@ -1,5 +1,6 @@
 """The layout's import rules (DESIGN.md): core/ never imports torch; entrypoints/ never imports
-core/, worker/ or model code; models never import engine/ or core/."""
+core/, worker/ or model code; models never import engine/ or core/, nor kernels, attention
+backends or quantized layouts (execution strategies are the worker's)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ RULES = {
     "entrypoints": ("pagedllm.core", "pagedllm.worker", "pagedllm.model_executor.models",
                     "pagedllm.model_executor.layers", "pagedllm.attention"),
     "model_executor/models": ("pagedllm.engine", "pagedllm.core", "pagedllm.worker",
-                              "pagedllm.entrypoints"),
+                              "pagedllm.entrypoints", "pagedllm.kernels",
+                              "pagedllm.attention.backends",
+                              "pagedllm.model_executor.quantization"),
     "model_executor/layers": ("pagedllm.engine", "pagedllm.core", "pagedllm.worker",
                               "pagedllm.entrypoints"),
 }

@@ -113,7 +113,8 @@ def fits_cpu_kv_cache(kv_cache) -> bool:
 
 def fits_cpu_float32(*tensors) -> bool:
     """The compiled kernels (float32, CPU) apply to `tensors`: all float32 on the CPU, and the
-    kernels are built. The one check every eager module and backend makes before calling them."""
+    kernels are built. For callers handed tensors of any kind per call (attention backends, the
+    sampler's argmax); layers choose once, at construction (model_executor/custom_op.py)."""
     import torch
 
     return _fits_cpu(tensors, (torch.float32,))

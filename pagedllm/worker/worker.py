@@ -1,6 +1,7 @@
 """Worker: one device's worth of state. It sets the device up (threads, seed, compiled kernels),
-loads the model, sizes and allocates the KV cache, and owns the model runner; the executor calls
-it, the engine core never does.
+loads the model, sizes and allocates the KV cache, picks the execution strategy (fused CPU stack or
+eager, logged with the reason) and owns the model runner; the executor calls it, the engine core
+never does.
 
 Both engine cores use it: a decoder gets a paged KV cache and a ModelRunner, an encoder-only
 model gets no cache and a PoolingRunner. Either way a step is `execute_model(scheduler output)
@@ -22,6 +23,7 @@ from pagedllm.logger import init_logger
 from pagedllm.model_executor.layers.attention import attention_layers
 from pagedllm.model_executor.model_loader.gguf import release_gguf_readers
 from pagedllm.utils.memory import format_bytes
+from pagedllm.worker.execution_strategy import ExecutionStrategy, select_execution_strategy
 from pagedllm.worker.kv_cache_alloc import (
     allocate_kv_caches,
     kv_cache_torch_dtype,
@@ -54,6 +56,9 @@ class Worker:
         self.device: torch.device | None = None
         self.model: nn.Module | None = None
         self.model_runner: ModelRunner | PoolingRunner | None = None
+        self.execution: ExecutionStrategy | None = None
+        """How the decoder layers run (chosen once the KV cache is bound): the fused CPU stack, or
+        eager with the reason; None for encoder-only models."""
 
     def load_model(self) -> None:
         self.device, self.model = load_model_on_device(self.config)
@@ -94,6 +99,7 @@ class Worker:
             pool_last_token=config.model.task == "embed",
             max_num_seqs=config.scheduler.max_num_seqs, max_model_len=config.model.max_model_len,
         )  # fmt: skip
+        self.execution = select_execution_strategy(self.model, config.model.enforce_eager)
         window = common_sliding_window(layer.sliding_window for layer in layers)
         return KVCacheInfo(layout.num_blocks, layout.block_size, layout.total_bytes, window)
 

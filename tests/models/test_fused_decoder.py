@@ -1,32 +1,53 @@
-"""Fused decoder layers (models/llama_fused.py + kernels/csrc/decoder_layer.cpp) against the
-eager modules (enforce_eager): the same logprobs bit for bit on mixed batches with chunked
-prefill, for every Llama-shaped family, dense and quantized; other families are left eager."""
+"""The fused CPU decoder stack (worker/fused_cpu_stack.py + kernels/csrc/decoder_layer.cpp)
+against the eager modules (enforce_eager): the same logprobs bit for bit on mixed batches with
+chunked prefill, for every Llama-shaped family, dense and quantized; other families stay eager
+and the worker says why."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+import torch
 
 from pagedllm import LLM, SamplingParams
 from pagedllm.kernels import cpu_kernels_available
-from tests.engine_internals import loaded_model
+from pagedllm.worker.execution_strategy import EAGER, FUSED_CPU_STACK, ExecutionStrategy
+from tests.engine_internals import engine_core
 
 pytestmark = pytest.mark.skipif(not cpu_kernels_available(), reason="compiled kernels unavailable")
 
 PROMPTS = [[5 + (7 * i + 3 * j) % 90 for j in range(n)] for i, n in enumerate([3, 17, 40, 1, 26])]
+SMOLLM2_SHAPE = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
+                 "num_key_value_heads": 3, "tie_word_embeddings": True, "rms_norm_eps": 1e-5,
+                 "rope_theta": 100000.0}  # fmt: skip
+"""SmolLM2-135M's layer shape (head_dim 64, 3 query heads per KV head), 2 layers."""
 
 
-def _run(model_dir: str, enforce_eager: bool, **kwargs):
+def _run(model_dir: str, enforce_eager: bool, prompts=PROMPTS, **kwargs):
     llm = LLM(model_dir, enforce_eager=enforce_eager, kv_cache_memory="16MiB", max_model_len=128,
               max_num_batched_tokens=16, **kwargs)  # fmt: skip
     params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, logprobs=3)
-    outputs = llm.generate(PROMPTS, params, use_tqdm=False)
-    model = loaded_model(llm)
-    return [(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in outputs], model
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    runner = engine_core(llm).executor.driver_worker
+    return [(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in outputs], runner
 
 
 def _logprob_rows(result):
     return [[sorted((t, lp.logprob) for t, lp in step.items()) for step in logprobs]
             for _, logprobs in result]  # fmt: skip
+
+
+def _assert_fused_equals_eager(model_dir: str, prompts=PROMPTS, **kwargs) -> None:
+    fused, fused_runner = _run(model_dir, False, prompts, **kwargs)
+    eager, eager_runner = _run(model_dir, True, prompts, **kwargs)
+    stack = fused_runner.model.model.layer_runner  # the fused path ran, every layer in it
+    assert fused_runner.execution.name == FUSED_CPU_STACK
+    assert stack.stack.num_layers() == len(fused_runner.model.model.layers)
+    assert eager_runner.execution == ExecutionStrategy(EAGER, "enforce_eager")
+    assert eager_runner.model.model.layer_runner is None
+    assert [t for t, _ in fused] == [t for t, _ in eager]
+    assert _logprob_rows(fused) == _logprob_rows(eager)
 
 
 @pytest.mark.parametrize(
@@ -35,30 +56,66 @@ def _logprob_rows(result):
         ("LlamaConfig", {}, None),
         ("LlamaConfig", {}, "int4"),
         ("LlamaConfig", {"tie_word_embeddings": True}, "int8"),
+        ("LlamaConfig", SMOLLM2_SHAPE, None),
         ("Qwen2Config", {}, None),  # q/k/v bias
+        ("Qwen2Config", {}, "int4"),
+        ("Qwen3Config", {"head_dim": 16}, None),  # per-head q/k norm
+        ("Qwen3Config", {"head_dim": 16, "attention_bias": True}, "int8"),
         ("MistralConfig", {"sliding_window": 8}, None),
     ],
 )
 def test_fused_layers_equal_eager(tiny_model_factory, family, overrides, quantization):
-    model_dir = tiny_model_factory(family, **overrides)
-    fused, fused_model = _run(model_dir, False, quantization=quantization)
-    eager, eager_model = _run(model_dir, True, quantization=quantization)
-    stack = fused_model.model._fused_layers  # the fused path ran, every layer in it
-    assert stack.stack.num_layers() == len(fused_model.model.layers)
-    assert eager_model.model._fused_layers is False  # never built
-    assert [t for t, _ in fused] == [t for t, _ in eager]
-    assert _logprob_rows(fused) == _logprob_rows(eager)
+    _assert_fused_equals_eager(tiny_model_factory(family, **overrides), quantization=quantization)
 
 
 def test_fused_layers_equal_eager_with_fp16_kv_cache(tiny_model_factory):
     """The fused layer's float16 cache write rounds like the eager path's Tensor.to(float16)."""
-    model_dir = tiny_model_factory("LlamaConfig")
-    fused, fused_model = _run(model_dir, False, kv_cache_dtype="fp16")
-    eager, _ = _run(model_dir, True, kv_cache_dtype="fp16")
-    assert fused_model.model._fused_layers.stack.num_layers() == len(fused_model.model.layers)
-    assert _logprob_rows(fused) == _logprob_rows(eager)
+    _assert_fused_equals_eager(
+        tiny_model_factory("Qwen3Config", head_dim=16), kv_cache_dtype="fp16"
+    )
 
 
-def test_other_families_stay_eager(tiny_model_factory):
-    _, model = _run(tiny_model_factory("GemmaConfig", head_dim=16), False)
-    assert model.model._fused_layers is None
+@pytest.mark.gguf
+def test_smollm2_gguf_fused_equals_eager(smollm2_gguf_path):
+    """The real SmolLM2-135M (Q4_1: packed 4-bit linears, 30 layers, tied int8 LM head)."""
+    _assert_fused_equals_eager(smollm2_gguf_path, PROMPTS[:2])
+
+
+def test_other_families_stay_eager_and_say_why(tiny_model_factory, caplog):
+    logger = logging.getLogger("pagedllm.worker.execution_strategy")
+    logger.addHandler(caplog.handler)  # (pagedllm's loggers do not propagate to the root)
+    try:
+        _, runner = _run(tiny_model_factory("GemmaConfig", head_dim=16), False, PROMPTS[:1])
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert runner.execution.name == EAGER
+    assert runner.execution.declined.startswith("layer 0: activation GeluAndMul")
+    assert runner.model.model.layer_runner is None
+    assert "execution: eager (layer 0: activation GeluAndMul" in caplog.text
+
+
+def test_unknown_and_missing_spec_keys_are_named():
+    """The C++ boundary checks DecoderLayerSpec.kernel_args' names, not positions."""
+    stack = torch.classes.pagedllm.LlamaDecoderStack()
+    with pytest.raises(RuntimeError, match="tensor 'input_norm' missing"):
+        stack.add_layer({}, {}, {})
+    with pytest.raises(RuntimeError, match="unknown int 'linear_meta'"):
+        stack.add_layer(*_minimal_kernel_args(extra_int="linear_meta"))
+    tensors, scalars, ints = _minimal_kernel_args(extra_int="sliding_window")
+    tensors["kv_cache"] = tensors["kv_cache"].transpose(3, 4)  # written in place: never copied
+    with pytest.raises(RuntimeError, match="tensor 'kv_cache' is not contiguous"):
+        stack.add_layer(tensors, scalars, ints)
+    stack.add_layer(*_minimal_kernel_args(extra_int="sliding_window"))
+    assert stack.num_layers() == 1
+
+
+def _minimal_kernel_args(extra_int: str):
+    hidden, heads, head_dim = 8, 2, 4
+    w = torch.zeros
+    tensors = {"input_norm": w(hidden), "post_norm": w(hidden), "cos_sin_cache": w(4, head_dim),
+               "kv_cache": w(2, 1, 4, heads, head_dim), "qkv.weight": w(3 * hidden, hidden),
+               "o.weight": w(hidden, hidden), "gate_up.weight": w(16, hidden),
+               "down.weight": w(hidden, 8)}  # fmt: skip
+    ints = {"num_heads": heads, "num_kv_heads": heads, "head_dim": head_dim,
+            "rotary_dim": head_dim, extra_int: 0}  # fmt: skip
+    return tensors, {"eps": 1e-6, "scale": 0.5}, ints

@@ -2,7 +2,8 @@
 // forward" on CPU); each layer is
 //
 //   residual = hidden + residual;  x = rmsnorm(residual) * w_in
-//   q, k, v = split(x Wqkv^T + b);  rotary(q, k);  cache[slots] = k, v
+//   q, k, v = split(x Wqkv^T + b);  [q, k = rmsnorm per head (Qwen3)];  rotary(q, k)
+//   cache[slots] = k, v
 //   residual = paged_attention(q) Wo^T + residual;  x = rmsnorm(residual) * w_post
 //   hidden = (silu(x Wg^T) * (x Wu^T)) Wd^T
 //
@@ -16,10 +17,13 @@
 // cost ~60 us, mostly cache misses on code and tensor metadata that each layer's weights had
 // just streamed out of the caches.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/custom_class.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstring>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -66,19 +70,29 @@ void write_kv_rows(const float* k, const float* v, int64_t row_stride, int64_t w
   }
 }
 
-// The static arguments of one layer, gathered once per model (models/llama_fused.py).
+// A linear layer's weight: [weight] (dense float32) or [codes, scales, mins] (PackedGroupWeight
+// with its group_size and u4), computed as UnquantizedLinearMethod / RepackedLinearMethod do.
+struct LinearWeight {
+  std::vector<at::Tensor> tensors;
+  int64_t group_size = 0;
+  bool u4 = false;
+};
+
+// The static arguments of one layer, named fields of the DecoderLayerSpec the worker builds
+// (worker/fused_cpu_stack.py) and hands over once per model.
 struct LlamaLayer {
   at::Tensor input_norm, post_norm;
   double eps;
-  std::vector<at::Tensor> qkv_w, o_w, gate_up_w, down_w;
-  std::vector<int64_t> linear_meta;  // (group_size, u4) x 4
+  LinearWeight qkv, o, gate_up, down;
   std::optional<at::Tensor> qkv_bias, o_bias;
+  std::optional<at::Tensor> q_norm, k_norm;  // per-head RMSNorm weights [D] (Qwen3), both or none
+  double qk_norm_eps;
   at::Tensor cos_sin_cache;
   int64_t num_heads, num_kv_heads, head_dim, rotary_dim;
   at::Tensor kv_cache;  // [2, num_blocks, block_size, Hkv, D], float32 or float16
   double scale;
-  int64_t sliding_window;
-  double soft_cap;
+  int64_t sliding_window;  // 0: none (the attention kernel's convention)
+  double soft_cap;         // 0: none
 };
 
 // A step's tokens and attention metadata, prepared once and shared by every layer.
@@ -100,16 +114,26 @@ float* rows_of(at::Tensor& buffer, int64_t T, int64_t width) {
   return buffer.data_ptr<float>();
 }
 
-// A linear layer as passed from Python: [weight] (dense float32) or [codes, scales, mins]
-// (PackedGroupWeight), meta = {group_size, u4}, computed as UnquantizedLinearMethod
-// (dense_linear, here into `buffer`) / RepackedLinearMethod
-// (kernel + bias) do.
-at::Tensor linear(const at::Tensor& x, const std::vector<at::Tensor>& w, int64_t group_size,
-                  bool u4, const std::optional<at::Tensor>& bias,
-                  at::Tensor& buffer) {
-  if (w.size() == 1) return pagedllm::dense_linear_into(x, w[0], bias, buffer);
-  const at::Tensor y = pagedllm::quant_linear(x, w[0], w[1], w[2], group_size, u4);
+at::Tensor linear(const at::Tensor& x, const LinearWeight& w,
+                  const std::optional<at::Tensor>& bias, at::Tensor& buffer) {
+  if (w.tensors.size() == 1) return pagedllm::dense_linear_into(x, w.tensors[0], bias, buffer);
+  const auto& t = w.tensors;
+  const at::Tensor y = pagedllm::quant_linear(x, t[0], t[1], t[2], w.group_size, w.u4);
   return bias.has_value() && bias->defined() ? y + *bias : y;
+}
+
+// RMSNorm over each of `heads` heads of T rows, in place (LlamaAttention._norm_heads: the
+// same rows kernel over [T * heads, D]).
+void norm_heads(float* rows, int64_t stride, int64_t T, int64_t heads, int64_t head_dim,
+                const at::Tensor& weight, double eps) {
+  const float* w = weight.data_ptr<float>();
+  at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      float* r = rows + t * stride;
+      pagedllm::rms_norm_residual_rows(r, nullptr, w, heads, head_dim, static_cast<float>(eps),
+                                       nullptr, r);
+    }
+  });
 }
 
 // (hidden, residual) after one layer; residual_in undefined: the first layer (hidden is then
@@ -117,10 +141,9 @@ at::Tensor linear(const at::Tensor& x, const std::vector<at::Tensor>& w, int64_t
 std::tuple<at::Tensor, at::Tensor> run_layer(const LlamaLayer& layer, const at::Tensor& hidden,
                                              const at::Tensor& residual_in,
                                              const StepInputs& step, StepBuffers& buf) {
-  const auto& [input_norm, post_norm, eps, qkv_w, o_w, gate_up_w, down_w, linear_meta, qkv_bias,
-               o_bias, cos_sin_cache, num_heads, num_kv_heads, head_dim, rotary_dim, kv_cache,
-               scale, sliding_window, soft_cap] = layer;
-  // (linear_meta's size is checked once, in add_layer)
+  const auto& [input_norm, post_norm, eps, qkv_w, o_w, gate_up_w, down_w, qkv_bias, o_bias,
+               q_norm, k_norm, qk_norm_eps, cos_sin_cache, num_heads, num_kv_heads, head_dim,
+               rotary_dim, kv_cache, scale, sliding_window, soft_cap] = layer;
   const int64_t T = step.T, width = hidden.size(1);
   const float feps = static_cast<float>(eps);
   // input norm with the residual add fused (layers/layernorm.py RMSNorm.forward)
@@ -137,12 +160,16 @@ std::tuple<at::Tensor, at::Tensor> run_layer(const LlamaLayer& layer, const at::
                                      input_norm.data_ptr<float>(), T, width, feps, nullptr, x);
   }
 
-  // attention: q and k rotated in place in the qkv rows, k and v copied into the cache
-  const at::Tensor qkv = linear(buf.x, qkv_w, linear_meta[0], linear_meta[1], qkv_bias,
-                                buf.qkv);
+  // attention: q and k normed (Qwen3) and rotated in place in the qkv rows, k and v copied
+  // into the cache
+  const at::Tensor qkv = linear(buf.x, qkv_w, qkv_bias, buf.qkv);
   float* qkv_rows = qkv.data_ptr<float>();
   const int64_t stride = qkv.size(1);
   const int64_t q_size = num_heads * head_dim, kv_size = num_kv_heads * head_dim;
+  if (q_norm.has_value()) {
+    norm_heads(qkv_rows, stride, T, num_heads, head_dim, *q_norm, qk_norm_eps);
+    norm_heads(qkv_rows + q_size, stride, T, num_kv_heads, head_dim, *k_norm, qk_norm_eps);
+  }
   const int64_t* positions = step.positions.data_ptr<int64_t>();
   const float* cos_sin = cos_sin_cache.data_ptr<float>();
   pagedllm::rotary_rows(qkv_rows, stride, qkv_rows, stride, T, num_heads, head_dim, rotary_dim,
@@ -154,20 +181,123 @@ std::tuple<at::Tensor, at::Tensor> run_layer(const LlamaLayer& layer, const at::
   pagedllm::paged_attention_rows(step.attention, qkv_rows, stride, num_heads,
                                  pagedllm::paged_cache(kv_cache), scale, sliding_window, soft_cap,
                                  rows_of(buf.attn, T, q_size), q_size);
-  const at::Tensor o = linear(buf.attn, o_w, linear_meta[2], linear_meta[3], o_bias,
-                              buf.o);
+  const at::Tensor o = linear(buf.attn, o_w, o_bias, buf.o);
 
   // MLP
   pagedllm::rms_norm_residual_rows(o.data_ptr<float>(), residual.data_ptr<float>(),
                                    post_norm.data_ptr<float>(), T, width, feps,
                                    rows_of(buf.residual, T, width), x);
-  const at::Tensor gate_up = linear(buf.x, gate_up_w, linear_meta[4], linear_meta[5],
-                                    std::nullopt, buf.gate_up);
+  const at::Tensor gate_up = linear(buf.x, gate_up_w, std::nullopt, buf.gate_up);
   const int64_t inter = gate_up.size(1) / 2;
   pagedllm::silu_and_mul_rows(gate_up.data_ptr<float>(), T, inter, rows_of(buf.act, T, inter));
-  at::Tensor out = linear(buf.act, down_w, linear_meta[6], linear_meta[7], std::nullopt,
-                          buf.hidden);
+  at::Tensor out = linear(buf.act, down_w, std::nullopt, buf.hidden);
   return {out, buf.residual};
+}
+
+// A layer's spec as three named maps (worker/fused_cpu_stack.py DecoderLayerSpec.kernel_args);
+// every key is checked here, an unknown or missing one is an error that names it.
+class LayerSpecReader {
+ public:
+  LayerSpecReader(c10::Dict<std::string, at::Tensor> tensors,
+                  c10::Dict<std::string, double> scalars, c10::Dict<std::string, int64_t> ints)
+      : tensors_(std::move(tensors)), scalars_(std::move(scalars)), ints_(std::move(ints)) {}
+
+  at::Tensor tensor(const std::string& key) {
+    TORCH_CHECK(tensors_.contains(key), "DecoderLayerSpec: tensor '", key, "' missing");
+    used_.push_back(key);
+    // (the kernel reads raw rows, and writes the KV cache in place: never a copy)
+    at::Tensor t = tensors_.at(key);
+    TORCH_CHECK(t.is_contiguous(), "DecoderLayerSpec: tensor '", key, "' is not contiguous");
+    return t;
+  }
+  std::optional<at::Tensor> optional_tensor(const std::string& key) {
+    if (!tensors_.contains(key)) return std::nullopt;
+    return tensor(key);
+  }
+  double scalar(const std::string& key, std::optional<double> absent = std::nullopt) {
+    if (!scalars_.contains(key) && absent.has_value()) return *absent;
+    TORCH_CHECK(scalars_.contains(key), "DecoderLayerSpec: scalar '", key, "' missing");
+    used_.push_back(key);
+    return scalars_.at(key);
+  }
+  int64_t integer(const std::string& key, std::optional<int64_t> absent = std::nullopt) {
+    if (!ints_.contains(key) && absent.has_value()) return *absent;
+    TORCH_CHECK(ints_.contains(key), "DecoderLayerSpec: int '", key, "' missing");
+    used_.push_back(key);
+    return ints_.at(key);
+  }
+  // "<name>.weight" (dense float32) or "<name>.codes/.scales/.mins" + "<name>.group_size/.u4"
+  LinearWeight linear(const std::string& name) {
+    LinearWeight w;
+    if (tensors_.contains(name + ".weight")) {
+      w.tensors = {tensor(name + ".weight")};
+      TORCH_CHECK(w.tensors[0].scalar_type() == at::kFloat, "DecoderLayerSpec: ", name,
+                  ".weight: float32 expected");
+      return w;
+    }
+    w.tensors = {tensor(name + ".codes"), tensor(name + ".scales"), tensor(name + ".mins")};
+    w.group_size = integer(name + ".group_size");
+    w.u4 = integer(name + ".u4") != 0;
+    return w;
+  }
+  void check_all_used() const {
+    const auto is_used = [&](const std::string& key) {
+      return std::find(used_.begin(), used_.end(), key) != used_.end();
+    };
+    for (const auto& item : tensors_)
+      TORCH_CHECK(is_used(item.key()), "DecoderLayerSpec: unknown tensor '", item.key(), "'");
+    for (const auto& item : scalars_)
+      TORCH_CHECK(is_used(item.key()), "DecoderLayerSpec: unknown scalar '", item.key(), "'");
+    for (const auto& item : ints_)
+      TORCH_CHECK(is_used(item.key()), "DecoderLayerSpec: unknown int '", item.key(), "'");
+  }
+
+ private:
+  c10::Dict<std::string, at::Tensor> tensors_;
+  c10::Dict<std::string, double> scalars_;
+  c10::Dict<std::string, int64_t> ints_;
+  std::vector<std::string> used_;
+};
+
+LlamaLayer read_layer(LayerSpecReader& spec) {
+  LlamaLayer layer;
+  layer.input_norm = spec.tensor("input_norm");
+  layer.post_norm = spec.tensor("post_norm");
+  layer.eps = spec.scalar("eps");
+  layer.qkv = spec.linear("qkv");
+  layer.o = spec.linear("o");
+  layer.gate_up = spec.linear("gate_up");
+  layer.down = spec.linear("down");
+  layer.qkv_bias = spec.optional_tensor("qkv_bias");
+  layer.o_bias = spec.optional_tensor("o_bias");
+  layer.q_norm = spec.optional_tensor("q_norm");
+  layer.k_norm = spec.optional_tensor("k_norm");
+  layer.qk_norm_eps = 0.0;
+  layer.cos_sin_cache = spec.tensor("cos_sin_cache");
+  layer.num_heads = spec.integer("num_heads");
+  layer.num_kv_heads = spec.integer("num_kv_heads");
+  layer.head_dim = spec.integer("head_dim");
+  layer.rotary_dim = spec.integer("rotary_dim");
+  layer.kv_cache = spec.tensor("kv_cache");
+  layer.scale = spec.scalar("scale");
+  layer.sliding_window = spec.integer("sliding_window", 0);  // absent: no window
+  layer.soft_cap = spec.scalar("soft_cap", 0.0);             // absent: no cap
+  TORCH_CHECK(layer.q_norm.has_value() == layer.k_norm.has_value(),
+              "DecoderLayerSpec: q_norm and k_norm go together");
+  if (layer.q_norm.has_value()) {
+    layer.qk_norm_eps = spec.scalar("qk_norm_eps");
+    for (const at::Tensor* w : {&*layer.q_norm, &*layer.k_norm})
+      TORCH_CHECK(w->numel() == layer.head_dim && w->scalar_type() == at::kFloat,
+                  "DecoderLayerSpec: q_norm / k_norm: float32 [head_dim] expected");
+  }
+  spec.check_all_used();
+  const at::Tensor& kv = layer.kv_cache;
+  TORCH_CHECK(kv.dim() == 5 && kv.size(0) == 2 &&
+              kv.size(3) * kv.size(4) == layer.num_kv_heads * layer.head_dim &&
+              (kv.scalar_type() == at::kFloat || kv.scalar_type() == at::kHalf),
+              "DecoderLayerSpec: kv_cache: [2, blocks, block_size, num_kv_heads, head_dim], "
+              "float32 or float16 expected");
+  return layer;
 }
 
 // Every decoder layer of a model in one call per step: Python hands over the static arguments
@@ -175,30 +305,10 @@ std::tuple<at::Tensor, at::Tensor> run_layer(const LlamaLayer& layer, const at::
 // more than the layers' own non-matmul work at batch 1.
 class LlamaDecoderStack : public torch::CustomClassHolder {
  public:
-  void add_layer(at::Tensor input_norm, at::Tensor post_norm, double eps,
-                 std::vector<at::Tensor> qkv_w, std::vector<at::Tensor> o_w,
-                 std::vector<at::Tensor> gate_up_w, std::vector<at::Tensor> down_w,
-                 std::vector<int64_t> linear_meta, std::optional<at::Tensor> qkv_bias,
-                 std::optional<at::Tensor> o_bias, at::Tensor cos_sin_cache, int64_t num_heads,
-                 int64_t num_kv_heads, int64_t head_dim, int64_t rotary_dim, at::Tensor kv_cache,
-                 double scale, int64_t sliding_window, double soft_cap) {
-    TORCH_CHECK(linear_meta.size() == 8, "linear_meta: 4 x (group_size, u4)");
-    for (auto* w : {&qkv_w, &o_w, &gate_up_w, &down_w}) {
-      if (w->size() == 1) {
-        TORCH_CHECK((*w)[0].scalar_type() == at::kFloat, "dense weights: float32 expected");
-        (*w)[0] = (*w)[0].contiguous();  // (a no-op for module parameters)
-      }
-    }
-    TORCH_CHECK(input_norm.is_contiguous() && post_norm.is_contiguous() &&
-                cos_sin_cache.is_contiguous() && kv_cache.dim() == 5 && kv_cache.size(0) == 2 &&
-                kv_cache.is_contiguous() && kv_cache.size(3) * kv_cache.size(4) ==
-                num_kv_heads * head_dim && (kv_cache.scalar_type() == at::kFloat ||
-                kv_cache.scalar_type() == at::kHalf), "LlamaDecoderStack: unexpected layout");
-    layers_.push_back({std::move(input_norm), std::move(post_norm), eps, std::move(qkv_w),
-                       std::move(o_w), std::move(gate_up_w), std::move(down_w),
-                       std::move(linear_meta), std::move(qkv_bias), std::move(o_bias),
-                       std::move(cos_sin_cache), num_heads, num_kv_heads, head_dim, rotary_dim,
-                       std::move(kv_cache), scale, sliding_window, soft_cap});
+  void add_layer(c10::Dict<std::string, at::Tensor> tensors,
+                 c10::Dict<std::string, double> scalars, c10::Dict<std::string, int64_t> ints) {
+    LayerSpecReader spec(std::move(tensors), std::move(scalars), std::move(ints));
+    layers_.push_back(read_layer(spec));
   }
 
   int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }

@@ -7,21 +7,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedllm.model_executor.custom_op import CustomOp
 
-class SiluAndMul(nn.Module):
+
+class SiluAndMul(CustomOp):
     """SwiGLU: silu(gate) * up."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _compiled(x):  # one pass, same kernel as the fused decoder layer
-            return torch.ops.pagedllm.silu_and_mul(x)
+    def forward_cpu(self, x: torch.Tensor) -> torch.Tensor:  # [T, 2*I] -> [T, I]
+        # NOTE: the kernel takes rows; a caller with other shapes (a batch of experts' inputs,
+        # [E, T, 2*I]) gets the reference
+        if x.dim() != 2:
+            return self.forward_native(x)
+        return torch.ops.pagedllm.silu_and_mul(x)  # one pass, as in the fused decoder stack
+
+    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = x.chunk(2, dim=-1)
         return F.silu(gate) * up
-
-
-def _compiled(x: torch.Tensor) -> bool:
-    from pagedllm.kernels import fits_cpu_float32
-
-    return x.dim() == 2 and fits_cpu_float32(x)
 
 
 class GeluAndMul(nn.Module):

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedllm.model_executor.custom_op import compiled_cpu_kernels_apply
 from pagedllm.model_executor.layers.weight_utils import default_weight_loader, set_weight_attrs
 
 
@@ -46,6 +47,8 @@ class VocabParallelEmbedding(nn.Module):
 
         self.qweight_kernel: nn.Module | None = None
         """Set by quantize_(): the table held quantized (then `weight` is gone)."""
+        self.compiled_matmul = compiled_cpu_kernels_apply()
+        """The LM head's float matmul runs the compiled kernel (built float32 on the CPU)."""
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # [T] -> [T, hidden]
         if self.qweight_kernel is not None:
@@ -58,7 +61,7 @@ class VocabParallelEmbedding(nn.Module):
             return self.qweight_kernel(hidden_states)
         from pagedllm.model_executor.layers.linear import dense_linear
 
-        return dense_linear(hidden_states, self.weight)
+        return dense_linear(hidden_states, self.weight, None, self.compiled_matmul)
 
     def load_weight(self, param: nn.Parameter, loaded) -> None:
         """A float tensor, or a GGUF table still in its blocks (model_loader.gguf.GGUFWeight):

@@ -7,23 +7,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedllm.model_executor.custom_op import CustomOp
 from pagedllm.model_executor.layers.weight_utils import default_weight_loader, set_weight_attrs
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(CustomOp):
     def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.empty(hidden_size), requires_grad=False)
         set_weight_attrs(self.weight, weight_loader=default_weight_loader)
 
-    def forward(
+    def dispatch_forward(self):
+        # the compiled kernel computes the plain RMSNorm only (not Gemma's (1 + w), LayerNorm)
+        if type(self).norm is not RMSNorm.norm:
+            return self.forward_native
+        return super().dispatch_forward()
+
+    def forward_cpu(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # one pass, the same kernel as the fused decoder stack's norms
+        return torch.ops.pagedllm.rms_norm_residual(x, residual, self.weight, self.eps)
+
+    def forward_native(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x, residual: [T, hidden]. Returns (norm(x + residual), x + residual); with no residual,
         (norm(x), x), so the caller's residual stream starts at x."""
-        if _compiled_rms_norm(self, x):  # one pass, same kernel as the fused decoder layer
-            return torch.ops.pagedllm.rms_norm_residual(x, residual, self.weight, self.eps)
         if residual is not None:
             x = x + residual
         return self.norm(x), x
@@ -39,13 +50,6 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
-
-
-def _compiled_rms_norm(norm: RMSNorm, x: torch.Tensor) -> bool:
-    from pagedllm.kernels import fits_cpu_float32
-
-    # not Gemma's (1 + w) or LayerNorm
-    return type(norm).norm is RMSNorm.norm and fits_cpu_float32(x, norm.weight)
 
 
 class GemmaRMSNorm(RMSNorm):

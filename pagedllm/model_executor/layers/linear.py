@@ -25,29 +25,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedllm.model_executor.custom_op import compiled_cpu_kernels_apply
 from pagedllm.model_executor.layers.weight_utils import (
     create_bias,
     default_weight_loader,
     set_weight_attrs,
 )
-from pagedllm.model_executor.quantization.base import QuantizeMethodBase
+from pagedllm.model_executor.quantization.base import FusedWeightSpec, QuantizeMethodBase
 from pagedllm.model_executor.quantization.scope import scoped_quant_method
 
 
 def dense_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, compiled: bool
 ) -> torch.Tensor:
-    """x W^T + b: float32 on the CPU through the compiled kernel (a streaming GEMV for few rows,
-    where ATen's GEMM is slow; the fused decoder layer calls the same), else F.linear."""
-    from pagedllm.kernels import fits_cpu_float32
-
-    if x.dim() == 2 and fits_cpu_float32(x, weight):
+    """x W^T + b. compiled (the caller's choice at construction, custom_op.py): through the
+    compiled float32 CPU kernel (a streaming GEMV for few rows, where ATen's GEMM is slow; the
+    fused decoder stack calls the same), else F.linear."""
+    # NOTE: the kernel takes rows ([T, in]); other shapes take F.linear
+    if compiled and x.dim() == 2:
         return torch.ops.pagedllm.dense_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
 class UnquantizedLinearMethod(QuantizeMethodBase):
     """Dense weights in the model dtype."""
+
+    def __init__(self) -> None:
+        self.compiled = compiled_cpu_kernels_apply()
+        """Built (with its layer) float32 on the CPU, where the compiled kernel computes it."""
 
     def create_weights(self, layer, input_size, output_sizes, bias, params_dtype):
         weight = torch.empty(sum(output_sizes), input_size, dtype=params_dtype)  # [out, in]
@@ -56,7 +61,10 @@ class UnquantizedLinearMethod(QuantizeMethodBase):
         create_bias(layer, sum(output_sizes), bias, params_dtype)
 
     def apply(self, layer, x):
-        return dense_linear(x, layer.weight, layer.bias)
+        return dense_linear(x, layer.weight, layer.bias, self.compiled)
+
+    def fused_weight_spec(self, layer: nn.Module) -> FusedWeightSpec | None:
+        return FusedWeightSpec("dense", {"weight": layer.weight}) if self.compiled else None
 
 
 ParallelRole = Literal["replicated", "column", "row"]

@@ -16,7 +16,8 @@ import math
 from typing import Any
 
 import torch
-from torch import nn
+
+from pagedllm.model_executor.custom_op import CustomOp
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "longrope")
 
@@ -55,7 +56,7 @@ def _fill_longrope_defaults(params: dict[str, Any], hf_config: Any) -> None:
         params["factor"] = hf_config.max_position_embeddings / original
 
 
-class RotaryEmbedding(nn.Module):
+class RotaryEmbedding(CustomOp):
     def __init__(self, head_dim: int, max_position: int, params: dict[str, Any]) -> None:
         super().__init__()
         if params["rope_type"] not in SUPPORTED_ROPE_TYPES:
@@ -74,16 +75,27 @@ class RotaryEmbedding(nn.Module):
         # NOTE: float32 whatever the model dtype, cast at use (HF computes cos/sin in fp32).
         self.register_buffer("cos_sin_cache", cache, persistent=False)
 
-    def forward(
+    def forward_cpu(
         self,
         positions: torch.Tensor,  # [T] long
         query: torch.Tensor,  # [T, H * D]
         key: torch.Tensor,  # [T, Hkv * D]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if _compiled_rotary(query, key):  # one pass, same kernel as the fused decoder layer
-            return torch.ops.pagedllm.rotary_embedding(
-                query, key, self.cos_sin_cache, positions, self.head_dim, self.rotary_dim
-            )
+        # NOTE: q and k are views into a layer's qkv rows; the kernel takes any row stride but
+        # needs each row's elements adjacent, which a caller's own layout may not give
+        if query.stride(-1) != 1 or key.stride(-1) != 1:
+            return self.forward_native(positions, query, key)
+        # one pass, the same kernel as the fused decoder stack's
+        return torch.ops.pagedllm.rotary_embedding(
+            query, key, self.cos_sin_cache, positions, self.head_dim, self.rotary_dim
+        )
+
+    def forward_native(
+        self,
+        positions: torch.Tensor,  # [T] long
+        query: torch.Tensor,  # [T, H * D]
+        key: torch.Tensor,  # [T, Hkv * D]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         cos, sin = self.cos_sin_cache[positions].to(query.dtype).chunk(2, dim=-1)  # [T, R/2]
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [T, 1, R/2]
         return self._rotate(query, cos, sin), self._rotate(key, cos, sin)
@@ -101,12 +113,6 @@ class RotaryEmbedding(nn.Module):
             f"head_dim={self.head_dim}, rotary_dim={self.rotary_dim}, "
             f"max_position={self.max_position}"
         )
-
-
-def _compiled_rotary(query: torch.Tensor, key: torch.Tensor) -> bool:
-    from pagedllm.kernels import fits_cpu_float32
-
-    return query.stride(-1) == 1 and key.stride(-1) == 1 and fits_cpu_float32(query, key)
 
 
 def _inv_freq(rotary_dim: int, params: dict[str, Any], max_position: int) -> torch.Tensor:

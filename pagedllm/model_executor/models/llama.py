@@ -8,14 +8,13 @@ makes it different.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 from pagedllm.config.model import ModelConfig
-from pagedllm.forward_context import get_forward_context
 from pagedllm.model_executor.layers.activation import get_act_and_mul
 from pagedllm.model_executor.layers.attention import Attention, layer_sliding_window
 from pagedllm.model_executor.layers.embedding import ParallelLMHead, VocabParallelEmbedding
@@ -29,8 +28,11 @@ from pagedllm.model_executor.layers.logits import LogitsProcessor
 from pagedllm.model_executor.layers.rotary import RotaryEmbedding, rope_parameters
 from pagedllm.model_executor.layers.weight_utils import load_packed_weights
 
-if TYPE_CHECKING:
-    from pagedllm.model_executor.models.llama_fused import FusedDecoderStack
+LayerRunner = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]
+]
+"""(positions [T], hidden_states [T, hidden], residual [T, hidden] | None) -> (hidden_states,
+residual) after every decoder layer: a decoder layer's forward, for the whole stack."""
 
 
 def head_dim_of(config: Any) -> int:
@@ -107,7 +109,10 @@ class LlamaAttention(nn.Module):
 
     def _norm_heads(self, norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
         num_tokens = x.shape[0]
-        return norm.norm(x.view(num_tokens, -1, self.head_dim)).view(num_tokens, -1)
+        # [T, heads * D] -> [T * heads, D] rows: each head normed as one row (the fused CPU
+        # stack norms the same rows with the same kernel)
+        normed, _ = norm(x.reshape(-1, self.head_dim))
+        return normed.view(num_tokens, -1)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -167,11 +172,9 @@ class LlamaModel(nn.Module):
             for i in range(config.num_hidden_layers)
         )
         self.norm = self.norm_cls(config.hidden_size, config.rms_norm_eps)
-        self.use_fused_layers = True
-        """Run qualifying layers through the fused compiled kernel (False: enforce_eager)."""
-        self._fused_layers: FusedDecoderStack | None | bool = False
-        """llama_fused.build_fused_layers' result, built at the first forward (after the KV
-        cache is bound); False: not built yet."""
+        self.layer_runner: LayerRunner | None = None
+        """Runs all of `layers` in one call where the worker installed a faster execution
+        strategy for them (worker/execution_strategy.py); None: each layer runs as a module."""
 
     def build_rotary_embs(self, config: Any, max_position: int) -> list[RotaryEmbedding]:
         """The rotary embedding of each layer."""
@@ -185,26 +188,13 @@ class LlamaModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         hidden_states = self.embed(input_ids)  # [T, hidden]
         residual = None
-        fused, metadata = self._fused_for_step()
-        if fused is not None:
-            hidden_states, residual = fused(positions, hidden_states, residual, metadata)
+        if self.layer_runner is not None:
+            hidden_states, residual = self.layer_runner(positions, hidden_states, residual)
         else:
             for layer in self.layers:
                 hidden_states, residual = layer(positions, hidden_states, residual)
         hidden_states, _ = self.norm(hidden_states, residual)
         return hidden_states
-
-    def _fused_for_step(self) -> tuple[FusedDecoderStack | None, Any]:
-        if not self.use_fused_layers:
-            return None, None
-        if self._fused_layers is False:
-            from pagedllm.model_executor.models.llama_fused import build_fused_layers
-
-            # None unless every layer qualifies, attention on the cpu_paged backend included
-            self._fused_layers = build_fused_layers(self.layers)
-        if self._fused_layers is None:
-            return None, None
-        return self._fused_layers, get_forward_context().attn_metadata.common
 
 
 class LlamaForCausalLM(nn.Module):
@@ -220,7 +210,6 @@ class LlamaForCausalLM(nn.Module):
         config = model_config.hf_config
         self.config = config
         self.model = self.model_cls(config, model_config.max_model_len)
-        self.model.use_fused_layers = not model_config.enforce_eager
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         if self.tie_word_embeddings:
             self.lm_head = self.model.embed_tokens

@@ -8,10 +8,27 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class FusedWeightSpec:
+    """A linear layer's weight in a layout the compiled CPU kernels compute, for execution
+    strategies that call them directly (worker/fused_cpu_stack.py) instead of `apply`.
+
+    layout "dense": tensors {"weight": float32 [out, in]}; "packed_group": tensors {"codes",
+    "scales", "mins"} of quantization/kernels.py PackedGroupWeight, with its group_size and u4.
+    The bias is not part of it (it stays the layer's, in the model dtype).
+    """
+
+    layout: Literal["dense", "packed_group"]
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    group_size: int = 0
+    u4: bool = False
 
 
 class QuantizeMethodBase(ABC):
@@ -36,6 +53,11 @@ class QuantizeMethodBase(ABC):
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         """Repack loaded weights into the layout `apply` wants (default: nothing to do)."""
+
+    def fused_weight_spec(self, layer: nn.Module) -> FusedWeightSpec | None:
+        """The layer's weight for the fused CPU kernels, or None where they cannot compute it
+        (default: None; `apply` is then the only way to run the layer)."""
+        return None
 
 
 class FusedMoEMethodBase(ABC):

@@ -52,6 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedllm.model_executor.quantization.base import FusedWeightSpec
+
 _PACKED_DTYPE = torch.bfloat16
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 """Group sizes _weight_int4pack_mm_for_cpu accepts."""
@@ -88,6 +90,10 @@ class QuantizedWeight(nn.Module):
 
     def dequantize_stored(self) -> torch.Tensor:
         raise NotImplementedError
+
+    def fused_weight_spec(self) -> FusedWeightSpec | None:
+        """This layout as the fused CPU kernels take it, or None (QuantizeMethodBase's)."""
+        return None
 
     def extra_repr(self) -> str:
         return f"out={self.out_features}, in={self.in_features}"
@@ -282,6 +288,12 @@ class PackedGroupWeight(QuantizedWeight):
     def dequantize_stored(self) -> torch.Tensor:
         ids = torch.arange(self.out_features, device=self.codes.device)
         return self.gather_rows(ids)
+
+    def fused_weight_spec(self) -> FusedWeightSpec | None:
+        if self.input_perm is not None:  # (the fused stack does not gather x's columns)
+            return None
+        tensors = {"codes": self.codes, "scales": self.scales, "mins": self.mins}
+        return FusedWeightSpec("packed_group", tensors, self.group_size, self.u4)
 
     def extra_repr(self) -> str:
         kind = "u4" if self.u4 else "i8"

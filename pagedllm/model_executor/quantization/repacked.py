@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pagedllm.model_executor.layers.weight_utils import create_bias, set_weight_attrs
-from pagedllm.model_executor.quantization.base import QuantizeMethodBase
+from pagedllm.model_executor.quantization.base import FusedWeightSpec, QuantizeMethodBase
 from pagedllm.model_executor.quantization.kernels import QuantizedWeight
 
 Shards = dict[str, list[Any]]
@@ -62,6 +62,9 @@ class RepackedLinearMethod(QuantizeMethodBase):
     @abstractmethod
     def repack(self, layer: nn.Module, shards: Shards) -> QuantizedWeight:
         """The layer's collected checkpoint shards -> its kernel."""
+
+    def fused_weight_spec(self, layer: nn.Module) -> FusedWeightSpec | None:
+        return layer.qweight_kernel.fused_weight_spec()
 
     def apply(self, layer, x):
         y = layer.qweight_kernel(x)

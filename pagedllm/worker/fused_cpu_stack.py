@@ -1,0 +1,193 @@
+"""The fused CPU decoder stack: every decoder layer of a model in one call into the compiled
+kernel per step (kernels/csrc/decoder_layer.cpp) instead of ~30 module calls per layer.
+
+It runs the same operators in the same order as the eager modules (bit-identical results), so
+it applies only where each layer is the pre-norm Llama block it computes: RMSNorm pre-norms,
+q/k/v with optional bias, optional per-head q/k RMSNorm (Qwen3), rotary (any frequency variant:
+the cos/sin cache is the layer's own), paged attention on the compiled backend with a float32
+or float16 cache, o_proj with optional bias, SwiGLU MLP without bias, float32, every linear
+weight in a layout its quant method exposes through `fused_weight_spec`. Each layer becomes a
+DecoderLayerSpec; a layer that cannot says why (UnsupportedLayer), and the worker logs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pagedllm.attention.backends.cpu_paged import CpuPagedAttentionImpl
+from pagedllm.forward_context import get_forward_context
+from pagedllm.kernels import cpu_kernels_available
+from pagedllm.model_executor.layers.activation import SiluAndMul
+from pagedllm.model_executor.layers.layernorm import RMSNorm
+from pagedllm.model_executor.layers.rotary import RotaryEmbedding
+from pagedllm.model_executor.models.llama import LlamaAttention, LlamaDecoderLayer, LlamaMLP
+from pagedllm.model_executor.quantization.base import FusedWeightSpec
+
+_LINEARS = {"qkv": "self_attn.qkv_proj", "o": "self_attn.o_proj",
+            "gate_up": "mlp.gate_up_proj", "down": "mlp.down_proj"}  # fmt: skip
+"""The kernel's name of each linear -> the module path inside a decoder layer."""
+
+
+class UnsupportedLayer(Exception):
+    """A layer the fused stack cannot compute; the message says what in it."""
+
+
+@dataclass(frozen=True)
+class DecoderLayerSpec:
+    """One decoder layer's static inputs to the fused stack, by name."""
+
+    input_norm: torch.Tensor  # [hidden] float32
+    post_norm: torch.Tensor  # [hidden]
+    eps: float
+    linears: dict[str, FusedWeightSpec]
+    """"qkv", "o", "gate_up", "down" -> its weight."""
+    qkv_bias: torch.Tensor | None  # [(H + 2 * Hkv) * D]
+    o_bias: torch.Tensor | None  # [hidden]
+    q_norm: torch.Tensor | None  # [D], per-head RMSNorm of q (Qwen3); with k_norm
+    k_norm: torch.Tensor | None  # [D]
+    qk_norm_eps: float | None
+    cos_sin_cache: torch.Tensor  # [max_position, rotary_dim] float32
+    rotary_dim: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    kv_cache: torch.Tensor  # [2, num_blocks, block_size, Hkv, D] float32 or float16
+    scale: float
+    sliding_window: int | None
+    soft_cap: float | None
+
+    def kernel_args(
+        self,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, int]]:
+        """LlamaDecoderStack.add_layer's (tensors, scalars, ints); an absent optional is an
+        absent key."""
+        tensors = {"input_norm": self.input_norm, "post_norm": self.post_norm,
+                   "cos_sin_cache": self.cos_sin_cache, "kv_cache": self.kv_cache}  # fmt: skip
+        scalars = {"eps": self.eps, "scale": self.scale}
+        ints = {"num_heads": self.num_heads, "num_kv_heads": self.num_kv_heads,
+                "head_dim": self.head_dim, "rotary_dim": self.rotary_dim}  # fmt: skip
+        for name, weight in self.linears.items():
+            tensors.update({f"{name}.{key}": t for key, t in weight.tensors.items()})
+            if weight.layout == "packed_group":
+                ints.update({f"{name}.group_size": weight.group_size, f"{name}.u4": int(weight.u4)})
+        optional_tensors = {"qkv_bias": self.qkv_bias, "o_bias": self.o_bias,
+                            "q_norm": self.q_norm, "k_norm": self.k_norm}  # fmt: skip
+        tensors.update({k: t for k, t in optional_tensors.items() if t is not None})
+        optional_scalars = {"qk_norm_eps": self.qk_norm_eps, "soft_cap": self.soft_cap}
+        scalars.update({k: v for k, v in optional_scalars.items() if v is not None})
+        if self.sliding_window is not None:
+            ints["sliding_window"] = self.sliding_window
+        return tensors, scalars, ints
+
+
+class FusedCpuStack:
+    """A model's decoder layers as one LlamaDecoderStack (the static inputs handed over once;
+    per-layer calls from Python would cost ~25 argument conversions each). Called like a
+    decoder layer, for all of them (models/llama.py LayerRunner)."""
+
+    def __init__(self, specs: list[DecoderLayerSpec]) -> None:
+        self.stack = torch.classes.pagedllm.LlamaDecoderStack()
+        for spec in specs:
+            self.stack.add_layer(*spec.kernel_args())
+
+    def __call__(
+        self,
+        positions: torch.Tensor,  # [T]
+        hidden: torch.Tensor,  # [T, hidden]
+        residual: torch.Tensor | None,  # [T, hidden]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        md = get_forward_context().attn_metadata.common
+        return self.stack.forward(hidden, residual, positions, md.slot_mapping, md.block_table,
+                                  md.seq_lens, md.query_start_loc)  # fmt: skip
+
+
+def build_fused_cpu_stack(layers: nn.ModuleList) -> FusedCpuStack:
+    """The fused form of `layers` (their KV caches bound); UnsupportedLayer if any cannot be."""
+    if not cpu_kernels_available():
+        raise UnsupportedLayer("the compiled CPU kernels are not available")
+    specs = []
+    for index, layer in enumerate(layers):
+        try:
+            specs.append(layer_spec(layer))
+        except UnsupportedLayer as e:
+            raise UnsupportedLayer(f"layer {index}: {e}") from None
+    return FusedCpuStack(specs)
+
+
+def layer_spec(layer: nn.Module) -> DecoderLayerSpec:
+    """One layer's spec; UnsupportedLayer names the first part the fused stack cannot run."""
+    attn_mod, mlp = _check_block(layer)
+    attn = attn_mod.attn
+    _check_attention_backend(attn)
+    norms = (layer.input_layernorm, layer.post_attention_layernorm)
+    for norm in norms:
+        _check_rms_norm(norm)
+    rotary = attn_mod.rotary_emb
+    if type(rotary).forward is not RotaryEmbedding.forward:
+        raise UnsupportedLayer(f"{type(rotary).__name__} is not the cached-cos/sin rotary")
+    q_norm, k_norm = attn_mod.q_norm, attn_mod.k_norm
+    for norm in (q_norm, k_norm):
+        if norm is not None:
+            _check_rms_norm(norm)
+    return DecoderLayerSpec(
+        input_norm=norms[0].weight, post_norm=norms[1].weight, eps=norms[0].eps,
+        linears={name: _linear_weight(layer, name, path) for name, path in _LINEARS.items()},
+        qkv_bias=attn_mod.qkv_proj.bias, o_bias=attn_mod.o_proj.bias,
+        q_norm=None if q_norm is None else q_norm.weight,
+        k_norm=None if k_norm is None else k_norm.weight,
+        qk_norm_eps=None if q_norm is None else q_norm.eps,
+        cos_sin_cache=rotary.cos_sin_cache, rotary_dim=rotary.rotary_dim,
+        num_heads=attn.num_heads, num_kv_heads=attn.num_kv_heads, head_dim=attn.head_size,
+        kv_cache=attn.kv_cache, scale=attn.scale, sliding_window=attn.sliding_window,
+        soft_cap=attn.logits_soft_cap,
+    )  # fmt: skip
+
+
+def _check_block(layer: nn.Module) -> tuple[LlamaAttention, LlamaMLP]:
+    """The layer runs the pre-norm Llama block, attention and MLP included."""
+    # NOTE: the forward methods, not the classes: a family that only changes how the block is
+    # built (Qwen2's bias, Qwen3's q/k norm, Mistral's window) computes the same block.
+    if type(layer).forward is not LlamaDecoderLayer.forward:
+        raise UnsupportedLayer(f"{type(layer).__name__} computes its own block (not pre-norm)")
+    attn_mod, mlp = layer.self_attn, layer.mlp
+    if type(attn_mod).forward is not LlamaAttention.forward:
+        raise UnsupportedLayer(f"{type(attn_mod).__name__} is not the Llama attention")
+    if type(mlp).forward is not LlamaMLP.forward:
+        raise UnsupportedLayer(f"{type(mlp).__name__} is not a dense gated MLP")
+    if not isinstance(mlp.act_fn, SiluAndMul):
+        raise UnsupportedLayer(f"activation {type(mlp.act_fn).__name__} (SwiGLU only)")
+    if mlp.gate_up_proj.bias is not None or mlp.down_proj.bias is not None:
+        raise UnsupportedLayer("MLP bias")
+    return attn_mod, mlp
+
+
+def _check_attention_backend(attn: nn.Module) -> None:
+    if not isinstance(attn.impl, CpuPagedAttentionImpl):
+        raise UnsupportedLayer(f"attention backend {type(attn.impl).__name__} (cpu_paged only)")
+    cache = attn.kv_cache
+    if cache is None or cache.device.type != "cpu":
+        raise UnsupportedLayer("no KV cache bound on the CPU")
+    if cache.dtype not in (torch.float32, torch.float16):
+        raise UnsupportedLayer(f"KV cache dtype {cache.dtype} (float32 or float16 only)")
+
+
+def _check_rms_norm(norm: nn.Module) -> None:
+    if not isinstance(norm, RMSNorm) or type(norm).norm is not RMSNorm.norm:
+        raise UnsupportedLayer(f"{type(norm).__name__} is not the plain RMSNorm")
+    weight = norm.weight
+    if weight.dtype != torch.float32 or weight.device.type != "cpu":
+        raise UnsupportedLayer(
+            f"{type(norm).__name__} weight {weight.dtype} on {weight.device} (float32 CPU only)"
+        )
+
+
+def _linear_weight(layer: nn.Module, name: str, path: str) -> FusedWeightSpec:
+    linear = layer.get_submodule(path)
+    spec = linear.quant_method.fused_weight_spec(linear)
+    if spec is None:
+        method = type(linear.quant_method).__name__
+        raise UnsupportedLayer(f"{path}: {method} has no fused layout for its weight")
+    return spec
