@@ -1,5 +1,6 @@
-"""The compiled kernels build wherever a C++ compiler and ninja exist. Without this check a build
-error would only show as a warning, and every kernel test would be skipped as "unavailable"."""
+"""The compiled kernels build wherever a C++ compiler and ninja exist, and a wheel carries every
+file they build from. Without the first check a build error would only show as a warning, and
+every kernel test would be skipped as "unavailable"."""
 
 from __future__ import annotations
 

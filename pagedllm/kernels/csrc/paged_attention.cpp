@@ -241,7 +241,7 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
             const float sum = exp_shifted(srow, row_kn, new_max);
             accumulate_d<HD>(a, correction, srow, vp + phys * block_stride + kvh * D, slot_stride,
                              row_kn, D);
-            l[row] = l[row] * correction + sum;
+            l[row] = std::fma(l[row], correction, sum);  // as SIMD builds contract it
             m[row] = new_max;
           }
         }

@@ -4,6 +4,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -71,7 +72,8 @@ QuantizedRows quantize_activations(const float* x, int64_t M, int64_t K) {
           const int32_t is = G == 32 ? isums[0] + isums[1] : isums[h];
           r.dx[first + h] = d;
           r.sx[first + h] = s;
-          r.ex[first + h] = 8.f * (s - d * static_cast<float>(is));
+          // (one rounding, as a SIMD build contracts it: the portable build then matches)
+          r.ex[first + h] = 8.f * std::fma(-d, static_cast<float>(is), s);
         }
       }
     }

@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -72,7 +73,8 @@ inline void tile_dots(const uint8_t* const* codes, const S* const* scale, const 
         const int64_t o = (m0 + r) * ng + g;
         const int i = w * R + r;
         dd[i * ng + g] = s * qa.dx[o];
-        tail[i] += z * qa.sx[o] + (U4 ? s * qa.ex[o] : 0.f);
+        // (the fused multiply-add a SIMD build contracts this to: the portable build matches)
+        tail[i] += std::fma(z, qa.sx[o], U4 ? s * qa.ex[o] : 0.f);
       }
     }
   }

@@ -1,7 +1,7 @@
 // The vector types every kernel body is written against, one header per instruction set,
 // chosen here by the compile flags (kernels/__init__.py's _compile_flags):
 //   vec_avx512.h  AVX-512 F/BW/VL (+ VNNI): vec_avx2.h's 256-bit types and 512-bit ones for the
-//                 quantized kernel's block loop (kHas512)
+//                 quantized kernel's block loop (PAGEDLLM_VEC_512, see quant/block_terms.h)
 //   vec_avx2.h    AVX2 + FMA + F16C: F8 (8 floats) and I8x32 (256 bits of integers)
 //   vec_scalar.h  portable C++ with vec_avx2.h's results, bit for bit
 // A kernel's reduction order is its code's, so it is the same in every build; where a build
@@ -18,12 +18,6 @@
 #endif
 
 namespace pagedllm::vec {
-
-#ifdef PAGEDLLM_VEC_512
-constexpr bool kHas512 = true;
-#else
-constexpr bool kHas512 = false;
-#endif
 
 // e^x for 8 floats (Cephes' expf: range reduction by ln 2, degree-6 polynomial; ~1 ulp).
 // Scalar std::exp per key was the largest cost of decode attention.
