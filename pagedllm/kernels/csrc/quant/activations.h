@@ -12,6 +12,7 @@
 #include "common.h"
 
 namespace pagedllm::quant {
+namespace {
 
 // Activation rows quantized per 32 columns to int16 with a float scale dx, with per-group
 // (G = 16 or 32 columns) terms, ng = K / G groups per row:
@@ -81,4 +82,5 @@ QuantizedRows quantize_activations(const float* x, int64_t M, int64_t K) {
   return r;
 }
 
+}  // namespace
 }  // namespace pagedllm::quant

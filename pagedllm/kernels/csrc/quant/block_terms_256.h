@@ -7,6 +7,7 @@
 #include "common.h"
 
 namespace pagedllm::quant {
+namespace {
 
 // u4 blocks of 32 columns in pairs (groups of 32): one 32-byte load of codes holds blocks b
 // (first 16 bytes) and b + 1. Each 16-bit word i of a block holds four codes, bits 0-3, 4-7,
@@ -112,4 +113,5 @@ inline void block_terms(const uint8_t* const* codes, const int16_t* xq, int64_t 
   }
 }
 
+}  // namespace
 }  // namespace pagedllm::quant

@@ -9,6 +9,7 @@
 #include "common.h"
 
 namespace pagedllm::quant {
+namespace {
 
 // u4 blocks of 32 columns in pairs (groups of 32): one 32-byte load of codes holds blocks b
 // (first 16 bytes) and b + 1; the 32 bytes widen to 32 words (word k = byte k), low nibbles
@@ -94,4 +95,5 @@ inline void block_terms(const uint8_t* const* codes, const int16_t* xq, int64_t 
   for (int i = 0; i < NW * R; ++i) out[i] = blocks[i] + vec::reduce_add_pairwise(acc[i]) + tail[i];
 }
 
+}  // namespace
 }  // namespace pagedllm::quant

@@ -8,6 +8,9 @@
 #include "../vec/vec.h"
 
 namespace pagedllm::quant {
+// (internal linkage, as one translation unit includes these: the compiler inlines each tile
+// shape into its one caller)
+namespace {
 
 namespace vec = pagedllm::vec;
 
@@ -24,4 +27,5 @@ constexpr int64_t kPrefetchRows = 8;
 inline float to_float(float v) { return v; }
 inline float to_float(c10::Half v) { return vec::half_to_float(v); }
 
+}  // namespace
 }  // namespace pagedllm::quant

@@ -6,6 +6,7 @@
 #include "common.h"
 
 namespace pagedllm::quant {
+namespace {
 
 // Columns 8q .. 8q + 7 of a 32-column block's codes as int32 (q = 0..3). u4: 16 bytes per block,
 // byte j holding column j (low nibble) and j + 16 (high nibble).
@@ -42,4 +43,5 @@ void dequantize_rows(const uint8_t* codes, const S* scales, const S* mins, int64
   }
 }
 
+}  // namespace
 }  // namespace pagedllm::quant

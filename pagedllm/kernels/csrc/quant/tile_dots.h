@@ -14,6 +14,7 @@
 #include "common.h"
 
 namespace pagedllm::quant {
+namespace {
 
 // NW weight rows against R quantized activation rows starting at m0 (a tile of NW * R sums):
 //
@@ -150,4 +151,5 @@ void gemv_rows(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& s
   });
 }
 
+}  // namespace
 }  // namespace pagedllm::quant
