@@ -1,5 +1,6 @@
-"""pagedllm's own compiled CPU kernels (C++ in csrc/, AVX2 where the CPU has it, AVX-512 in the
-quantized kernel where it has that).
+"""pagedllm's own compiled CPU kernels (C++ in csrc/), built for this CPU's instruction set: each
+kernel body is written once against the vector types of csrc/vec/ (AVX-512, AVX2 or portable C++,
+one header each, chosen by the compile flags of `_compile_flags`).
 
 They are built on first use with torch's cpp_extension (ninja + the system C++ compiler, ~40 s on
 2 cores) into PAGEDLLM_CACHE_DIR and registered as torch.ops.pagedllm.*; later processes load the
@@ -63,9 +64,19 @@ def _compile_flags(isa: str) -> list[str]:
     return flags
 
 
+def kernel_source_files() -> list[str]:
+    """Every file under csrc/ (subfolders included), relative to it: the sources in _SOURCES and
+    the headers they include. The build's hash covers them all; the package ships them all."""
+    found = []
+    for folder, subfolders, files in os.walk(_CSRC):
+        subfolders.sort()
+        found += [os.path.relpath(os.path.join(folder, f), _CSRC) for f in files]
+    return sorted(found)
+
+
 def _sources_hash() -> str:
     digest = hashlib.sha256()
-    for entry in sorted(os.listdir(_CSRC)):
+    for entry in kernel_source_files():
         with open(os.path.join(_CSRC, entry), "rb") as f:
             digest.update(entry.encode() + f.read())
     return digest.hexdigest()[:12]

@@ -11,7 +11,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "vec_math.h"
+#include "vec/vec.h"
 
 namespace {
 
@@ -22,33 +22,30 @@ int64_t first_nan(const float* x, int64_t V) {
 }
 
 int64_t argmax_row(const float* x, int64_t V) {
+  namespace vec = pagedllm::vec;
   int64_t i = 0;
   float best = -INFINITY;
-#ifdef PAGEDLLM_AVX2
-  __m256 vmax = _mm256_set1_ps(-INFINITY);
-  __m256 unordered = _mm256_setzero_ps();
+  vec::F8 vmax = vec::set1(-INFINITY);
+  vec::F8 nan = vec::zero();  // lanes that saw a NaN (all bits set)
   for (; i + 8 <= V; i += 8) {
-    const __m256 v = _mm256_loadu_ps(x + i);
-    vmax = _mm256_max_ps(vmax, v);
-    unordered = _mm256_or_ps(unordered, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    const vec::F8 v = vec::load(x + i);
+    vmax = vec::max(vmax, v);
+    nan = nan | vec::unordered(v, v);
   }
-  if (_mm256_movemask_ps(unordered)) return first_nan(x, V);
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, vmax);
+  if (vec::mask_bits(nan)) return first_nan(x, V);
+  float lanes[8];
+  vec::store(lanes, vmax);
   for (float lane : lanes) best = std::max(best, lane);
-#endif
   for (int64_t j = i; j < V; ++j) {
     if (std::isnan(x[j])) return first_nan(x, V);
     best = std::max(best, x[j]);
   }
   int64_t k = 0;
-#ifdef PAGEDLLM_AVX2
-  const __m256 target = _mm256_set1_ps(best);
+  const vec::F8 target = vec::set1(best);
   for (; k + 8 <= V; k += 8) {
-    const int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + k), target, _CMP_EQ_OQ));
+    const int mask = vec::mask_bits(vec::equal(vec::load(x + k), target));
     if (mask) return k + __builtin_ctz(static_cast<unsigned>(mask));
   }
-#endif
   for (; k < V; ++k)
     if (x[k] == best) return k;
   return 0;  // V == 0 is rejected by the caller; an all -inf row matches at its first index

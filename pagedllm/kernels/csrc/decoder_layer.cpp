@@ -28,7 +28,7 @@
 #include <vector>
 
 #include "ops.h"
-#include "vec_math.h"
+#include "vec/vec.h"
 
 namespace {
 
@@ -39,11 +39,8 @@ void copy_row(float* dst, const float* src, int64_t n) { std::memcpy(dst, src, n
 
 void copy_row(at::Half* dst, const float* src, int64_t n) {
   int64_t i = 0;
-#ifdef PAGEDLLM_AVX2
-  for (; i + 8 <= n; i += 8)
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
-                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
-#endif
+  namespace vec = pagedllm::vec;
+  for (; i + 8 <= n; i += 8) vec::store(dst + i, vec::load(src + i));
   for (; i < n; ++i) dst[i] = static_cast<at::Half>(src[i]);
 }
 

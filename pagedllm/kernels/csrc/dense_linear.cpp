@@ -16,9 +16,9 @@
 
 #include <algorithm>
 
-#include "ops.h"
-
 #include "dense_tile.h"
+#include "ops.h"
+#include "vec/vec.h"
 
 namespace {
 
@@ -116,11 +116,9 @@ void tile_gemv(const float* wp, const float* xp, int64_t K, int64_t N, int64_t M
         const int64_t next_bytes = n + 8 <= N ? quad_bytes : 0;
         int64_t fetched = 0;
         for (int64_t m0 = row0; m0 < row_end;) {
-#ifdef PAGEDLLM_AVX2
           for (const int64_t stop = std::min(fetched + slice, next_bytes); fetched < stop;
                fetched += 64)
-            _mm_prefetch(next + fetched, _MM_HINT_T0);
-#endif
+            pagedllm::vec::prefetch(next + fetched);
           const int64_t rows = pass_rows(row_end - m0);
           if (rows == 3) {
             gemv_tile<3>(wp, xp, K, N, n, op, m0);

@@ -1,35 +1,31 @@
-// Register-tiled float32 dot products shared by the dense GEMV and the quantized kernel's
-// dequantize-then-multiply path.
+// The dense GEMV's register-tiled float32 dot products (dense_linear.cpp).
 #pragma once
 
 #include <cstdint>
 
-#include "vec_math.h"
+#include "vec/vec.h"
 
 namespace {
 
-// out[w * R + r] = <W row w, x row r>, K a multiple of 8 on the vector path.
+// out[w * R + r] = <W row w, x row r>: 8-lane FMA chains over K rounded down to 8, reduced by
+// vec::reduce_add, then the last K % 8 columns one multiply and add at a time.
 template <int NW, int R>
 inline void dots(const float* const* w, const float* x, int64_t K, float* out) {
-  int64_t k = 0;
-#ifdef PAGEDLLM_AVX2
-  __m256 acc[NW][R];
+  namespace v = pagedllm::vec;
+  v::F8 acc[NW][R];
   for (int i = 0; i < NW; ++i)
-    for (int r = 0; r < R; ++r) acc[i][r] = _mm256_setzero_ps();
+    for (int r = 0; r < R; ++r) acc[i][r] = v::zero();
+  int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
-    __m256 xv[R];
-    for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(x + r * K + k);
+    v::F8 xv[R];
+    for (int r = 0; r < R; ++r) xv[r] = v::load(x + r * K + k);
     for (int i = 0; i < NW; ++i) {
-      const __m256 wv = _mm256_loadu_ps(w[i] + k);
-      for (int r = 0; r < R; ++r) acc[i][r] = _mm256_fmadd_ps(wv, xv[r], acc[i][r]);
+      const v::F8 wv = v::load(w[i] + k);
+      for (int r = 0; r < R; ++r) acc[i][r] = v::fma(wv, xv[r], acc[i][r]);
     }
   }
   for (int i = 0; i < NW; ++i)
-    for (int r = 0; r < R; ++r) out[i * R + r] = hsum8(acc[i][r]);
-#else
-  for (int i = 0; i < NW; ++i)
-    for (int r = 0; r < R; ++r) out[i * R + r] = 0.f;
-#endif
+    for (int r = 0; r < R; ++r) out[i * R + r] = v::reduce_add(acc[i][r]);
   for (; k < K; ++k)
     for (int i = 0; i < NW; ++i)
       for (int r = 0; r < R; ++r) out[i * R + r] += w[i][k] * x[r * K + k];

@@ -11,7 +11,7 @@
 #include <utility>
 
 #include "ops.h"
-#include "vec_math.h"
+#include "vec/vec.h"
 
 namespace pagedllm {
 
@@ -109,15 +109,11 @@ void silu_and_mul_rows(const float* x, int64_t T, int64_t I, float* out) {
       const float* u = g + I;
       float* o = out + t * I;
       int64_t i = 0;
-#ifdef PAGEDLLM_AVX2
-      const __m256 one = _mm256_set1_ps(1.f);
       for (; i + 8 <= I; i += 8) {
-        const __m256 gv = _mm256_loadu_ps(g + i);
-        const __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv));
-        const __m256 s = _mm256_div_ps(gv, _mm256_add_ps(one, e));
-        _mm256_storeu_ps(o + i, _mm256_mul_ps(s, _mm256_loadu_ps(u + i)));
+        const vec::F8 gv = vec::load(g + i);
+        const vec::F8 s = gv / (vec::set1(1.f) + vec::exp(vec::zero() - gv));
+        vec::store(o + i, s * vec::load(u + i));
       }
-#endif
       for (; i < I; ++i) o[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
     }
   });

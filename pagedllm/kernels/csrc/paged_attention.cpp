@@ -12,7 +12,7 @@
 #include <torch/library.h>
 
 #include "ops.h"
-#include "vec_math.h"
+#include "vec/vec.h"
 
 #include <algorithm>
 #include <cmath>
@@ -22,6 +22,8 @@
 
 
 namespace {
+
+namespace vec = pagedllm::vec;
 
 constexpr int64_t kQueryTile = 8;
 
@@ -34,13 +36,6 @@ struct TypeTag {
 inline float to_float(float x) { return x; }
 inline float to_float(at::Half x) { return static_cast<float>(x); }
 
-#ifdef PAGEDLLM_AVX2
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load8(const at::Half* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-#endif
-
 template <typename CT>
 inline float dot(const float* a, const CT* b, int64_t d) {
   float s = 0.f;
@@ -49,48 +44,44 @@ inline float dot(const float* a, const CT* b, int64_t d) {
   return s;
 }
 
-#ifdef PAGEDLLM_AVX2
+// Head sizes known at compile time (D a multiple of 16): two 8-lane FMA chains over the even
+// and odd 8-column slices, summed and reduced by vec::reduce_add.
 template <int D, typename CT>
 inline float dot_fixed(const float* a, const CT* b) {
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  vec::F8 s0 = vec::zero(), s1 = vec::zero();
   for (int i = 0; i < D; i += 16) {
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load8(b + i), s0);
-    if (i + 8 < D) s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), load8(b + i + 8), s1);
+    s0 = vec::fma(vec::load(a + i), vec::load(b + i), s0);
+    if (i + 8 < D) s1 = vec::fma(vec::load(a + i + 8), vec::load(b + i + 8), s1);
   }
-  return hsum8(_mm256_add_ps(s0, s1));
+  return vec::reduce_add(s0 + s1);
 }
 
 // a[0:D] = a * correction + sum_j p[j] v_j, the accumulator held in registers over the block.
 template <int D, typename CT>
 inline void accumulate_fixed(float* a, float correction, const float* p, const CT* v,
                              int64_t v_stride, int64_t n) {
-  __m256 acc[D / 8];
-  const __m256 c = _mm256_set1_ps(correction);
-  for (int i = 0; i < D / 8; ++i) acc[i] = _mm256_mul_ps(_mm256_loadu_ps(a + 8 * i), c);
+  vec::F8 acc[D / 8];
+  const vec::F8 c = vec::set1(correction);
+  for (int i = 0; i < D / 8; ++i) acc[i] = vec::load(a + 8 * i) * c;
   for (int64_t j = 0; j < n; ++j) {
     if (p[j] == 0.f) continue;  // masked (or underflowed: contributes nothing)
-    const __m256 pj = _mm256_set1_ps(p[j]);
+    const vec::F8 pj = vec::set1(p[j]);
     const CT* vj = v + j * v_stride;
-    for (int i = 0; i < D / 8; ++i) acc[i] = _mm256_fmadd_ps(pj, load8(vj + 8 * i), acc[i]);
+    for (int i = 0; i < D / 8; ++i) acc[i] = vec::fma(pj, vec::load(vj + 8 * i), acc[i]);
   }
-  for (int i = 0; i < D / 8; ++i) _mm256_storeu_ps(a + 8 * i, acc[i]);
+  for (int i = 0; i < D / 8; ++i) vec::store(a + 8 * i, acc[i]);
 }
-#endif
 
 template <int D, typename CT>  // D == 0: any head size
 inline float dot_d(const float* a, const CT* b, int64_t d) {
-#ifdef PAGEDLLM_AVX2
   if constexpr (D > 0) return dot_fixed<D>(a, b);
-#endif
   return dot(a, b, d);
 }
 
 template <int D, typename CT>
 inline void accumulate_d(float* a, float correction, const float* p, const CT* v,
                          int64_t v_stride, int64_t n, int64_t d) {
-#ifdef PAGEDLLM_AVX2
   if constexpr (D > 0) return accumulate_fixed<D>(a, correction, p, v, v_stride, n);
-#endif
   for (int64_t i = 0; i < d; ++i) a[i] *= correction;
   for (int64_t j = 0; j < n; ++j) {
     if (p[j] == 0.f) continue;
@@ -104,21 +95,18 @@ inline void accumulate_d(float* a, float correction, const float* p, const CT* v
 inline float exp_shifted(float* s, int64_t n, float max) {
   float sum = 0.f;
   int64_t j = 0;
-#ifdef PAGEDLLM_AVX2
-  const __m256 mx = _mm256_set1_ps(max);
-  const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-  __m256 acc = _mm256_setzero_ps();
+  const vec::F8 mx = vec::set1(max);
+  const vec::F8 neg_inf = vec::set1(-std::numeric_limits<float>::infinity());
+  vec::F8 acc = vec::zero();
   for (; j + 8 <= n; j += 8) {
-    const __m256 v = _mm256_loadu_ps(s + j);
-    const __m256 masked = _mm256_cmp_ps(v, neg_inf, _CMP_EQ_OQ);
-    const __m256 p = _mm256_andnot_ps(masked, exp8(_mm256_sub_ps(v, mx)));
-    _mm256_storeu_ps(s + j, p);
-    acc = _mm256_add_ps(acc, p);
+    const vec::F8 v = vec::load(s + j);
+    const vec::F8 p = vec::zero_where(vec::equal(v, neg_inf), vec::exp(v - mx));
+    vec::store(s + j, p);
+    acc = acc + p;
   }
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, acc);
+  float lanes[8];
+  vec::store(lanes, acc);
   for (float v : lanes) sum += v;
-#endif
   for (; j < n; ++j) {
     s[j] = s[j] == -std::numeric_limits<float>::infinity() ? 0.f : std::exp(s[j] - max);
     sum += s[j];
@@ -253,7 +241,7 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
             const float sum = exp_shifted(srow, row_kn, new_max);
             accumulate_d<HD>(a, correction, srow, vp + phys * block_stride + kvh * D, slot_stride,
                              row_kn, D);
-            l[row] = l[row] * correction + sum;
+            l[row] = std::fma(l[row], correction, sum);  // as SIMD builds contract it
             m[row] = new_max;
           }
         }

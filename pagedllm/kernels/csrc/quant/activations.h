@@ -1,0 +1,86 @@
+// The quantized kernel's activation side: rows of x quantized per 32 columns to int16 with a
+// float scale, and the per-group sums the group terms need (see quant_linear.cpp).
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "block_terms.h"
+#include "common.h"
+
+namespace pagedllm::quant {
+namespace {
+
+// Activation rows quantized per 32 columns to int16 with a float scale dx, with per-group
+// (G = 16 or 32 columns) terms, ng = K / G groups per row:
+//   dx [M, ng]  the scale of the 32-column block holding the group
+//   sx [M, ng]  the exact float sum of x over the group (the minimum's term)
+//   ex [M, ng]  8 * (sum(x) - dx * sum(xq)) over the group (centring of u4 codes, see tile_dots)
+struct QuantizedRows {
+  int64_t K = 0, ng = 0, ngp = 0;  // ngp: row stride of dx/sx/ex, ng rounded up to 8 (zeros)
+  std::vector<int16_t> q;          // [M, K]
+  std::vector<float> dx, sx, ex;
+};
+
+// One 32-column block to int16 codes (round to nearest even, as std::nearbyint); returns the
+// scale, sums[h] / isums[h] the float / integer sum of each 16-column half.
+inline float quantize_block(const float* x, int16_t* q, float sums[2], int32_t isums[2]) {
+  vec::F8 vmax = vec::zero();
+  for (int i = 0; i < kBlock; i += 8) vmax = vec::max(vmax, vec::abs(vec::load(x + i)));
+  const float d = vec::reduce_max(vmax) / 32767.f;
+  const float id = d > 0.f ? 1.f / d : 0.f;
+  const vec::F8 vid = vec::set1(id);
+  for (int h = 0; h < 2; ++h) {
+    const vec::F8 v0 = vec::load(x + 16 * h), v1 = vec::load(x + 16 * h + 8);
+    const vec::I8x32 i0 = vec::round_i32(v0 * vid), i1 = vec::round_i32(v1 * vid);
+    vec::store_i16(q + 16 * h, i0, i1);
+    sums[h] = vec::reduce_add(v0 + v1);
+    isums[h] = vec::reduce_add32(vec::add32(i0, i1));
+  }
+  return d;
+}
+
+template <bool U4, int G>
+QuantizedRows quantize_activations(const float* x, int64_t M, int64_t K) {
+  const int64_t nb = K / kBlock;
+  QuantizedRows r;
+  r.K = K;
+  r.ng = K / G;
+  r.ngp = (r.ng + 7) / 8 * 8;
+  r.q.resize(M * K);
+  r.dx.resize(M * r.ngp);
+  r.sx.resize(M * r.ngp);
+  r.ex.resize(M * r.ngp);
+  at::parallel_for(0, M, 16, [&](int64_t m_begin, int64_t m_end) {
+    for (int64_t m = m_begin; m < m_end; ++m) {
+      for (int64_t b = 0; b < nb; ++b) {
+        float sums[2];
+        int32_t isums[2];
+        int16_t* qb = r.q.data() + m * K + b * kBlock;
+        alignas(32) int16_t natural[kBlock];
+        const bool paired = kPairedBlocks<U4, G> && (b | 1) < nb;
+        const float d = quantize_block(x + m * K + b * kBlock, paired ? natural : qb, sums, isums);
+        if (paired) {  // see kPairedBlocks
+          int16_t* pair = r.q.data() + m * K + (b & ~int64_t{1}) * kBlock;
+          store_paired(natural, pair, b & 1);
+        }
+        const int64_t first = m * r.ngp + b * kBlock / G;
+        for (int h = 0; h < kBlock / G; ++h) {  // G 32: one group of both halves, 16: two
+          const float s = G == 32 ? sums[0] + sums[1] : sums[h];
+          const int32_t is = G == 32 ? isums[0] + isums[1] : isums[h];
+          r.dx[first + h] = d;
+          r.sx[first + h] = s;
+          // (one rounding, as a SIMD build contracts it: the portable build then matches)
+          r.ex[first + h] = 8.f * std::fma(-d, static_cast<float>(is), s);
+        }
+      }
+    }
+  });
+  return r;
+}
+
+}  // namespace
+}  // namespace pagedllm::quant

@@ -1,0 +1,65 @@
+// AVX-512 (F, BW, VL; VNNI where the build has it): vec_avx2.h's 256-bit types, which every
+// kernel uses here too (the compiler's own vectorization stays at 256 bits, see
+// kernels/__init__.py), plus the 512-bit types of the quantized kernel's block loop
+// (quant/block_terms_512.h), the one loop that is faster at this width.
+#pragma once
+
+#include "vec_avx2.h"
+
+namespace pagedllm::vec {
+
+// 16 floats.
+struct F16 {
+  __m512 v;
+};
+// 512 bits of integers: 32 int16 or 16 int32 lanes.
+struct I16x32 {
+  __m512i v;
+};
+
+inline F16 zero16() { return {_mm512_setzero_ps()}; }
+inline F16 set1_16(float x) { return {_mm512_set1_ps(x)}; }
+// [p[0] x 8, p[1] x 8]
+inline F16 load_two_halves16(const float* p) {
+  const __m128 pair = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p)));
+  return {_mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+                                _mm512_castps128_ps512(pair))};
+}
+inline F16 fma(F16 a, F16 b, F16 c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+inline float reduce_add(F16 a) { return _mm512_reduce_add_ps(a.v); }
+
+inline I16x32 load_i16x32(const int16_t* p) { return {_mm512_loadu_si512(p)}; }
+// 32 bytes widened to 32 int16, zero- / sign-extended
+inline I16x32 widen_u8_i16x32(const uint8_t* p) {
+  return {_mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))};
+}
+inline I16x32 widen_i8_i16x32(const uint8_t* p) {
+  return {_mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))};
+}
+// 16 bytes' low nibbles (int16 lanes 0-15), then their high nibbles (16-31)
+inline I16x32 nibbles_i16x32(const uint8_t* p) {
+  const __m128i w = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m256i both = _mm256_set_m128i(_mm_srli_epi16(w, 4), w);
+  return {_mm512_cvtepu8_epi16(_mm256_and_si256(both, _mm256_set1_epi8(0x0F)))};
+}
+// int16 lanes' low nibble; their value >> 4
+inline I16x32 low_nibble16(I16x32 a) { return {_mm512_and_si512(a.v, _mm512_set1_epi16(0x000F))}; }
+inline I16x32 shr4_16(I16x32 a) { return {_mm512_srli_epi16(a.v, 4)}; }
+// acc + the 16 int32 pair sums of int16 products a * b (exact here: |sum| < 2^31)
+inline I16x32 dot_add(I16x32 acc, I16x32 a, I16x32 b) {
+#ifdef __AVX512VNNI__
+  return {_mm512_dpwssd_epi32(acc.v, a.v, b.v)};
+#else
+  return {_mm512_add_epi32(acc.v, _mm512_madd_epi16(a.v, b.v))};
+#endif
+}
+inline I16x32 dot(I16x32 a, I16x32 b) {
+#ifdef __AVX512VNNI__
+  return {_mm512_dpwssd_epi32(_mm512_setzero_si512(), a.v, b.v)};
+#else
+  return {_mm512_madd_epi16(a.v, b.v)};
+#endif
+}
+inline F16 to_float(I16x32 a) { return {_mm512_cvtepi32_ps(a.v)}; }  // int32 lanes
+
+}  // namespace pagedllm::vec
