@@ -114,14 +114,6 @@ def kernel_build_root() -> str:
     return os.path.join(envs.kernel_cache_dir(), "kernels", f"torch{torch.__version__}")
 
 
-def fits_cpu_kv_cache(kv_cache) -> bool:
-    """The compiled attention and cache write take `kv_cache`: float32 or float16 on the CPU
-    (queries stay float32), and the kernels are built."""
-    import torch
-
-    return _fits_cpu((kv_cache,), (torch.float32, torch.float16))
-
-
 def fits_cpu_float32(*tensors) -> bool:
     """The compiled kernels (float32, CPU) apply to `tensors`: all float32 on the CPU, and the
     kernels are built. For callers handed tensors of any kind per call (attention backends, the
