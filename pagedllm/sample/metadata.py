@@ -101,20 +101,49 @@ def _floats(
 def _top_k(
     params: list[SamplingParams], vocab_size: int, device: torch.device | str
 ) -> torch.Tensor | None:
-    ks = [vocab_size if p.top_k is None else min(p.top_k, vocab_size) for p in params]
+    ks = [clamped_top_k(p, vocab_size) for p in params]
     if all(k == vocab_size for k in ks):
         return None
     return torch.tensor(ks, dtype=torch.long, device=device)
+
+
+def uses_penalty(params: SamplingParams) -> bool:
+    """The request has a presence, frequency or repetition penalty."""
+    return (
+        params.presence_penalty != 0.0
+        or params.frequency_penalty != 0.0
+        or params.repetition_penalty != 1.0
+    )
+
+
+def clamped_top_k(params: SamplingParams, vocab_size: int) -> int:
+    """top_k in [1, V]; V where it is off."""
+    return vocab_size if params.top_k is None else min(params.top_k, vocab_size)
+
+
+def check_logit_bias_ids(token_ids: Sequence[int], vocab_size: int) -> None:
+    bad = sorted({t for t in token_ids if not 0 <= t < vocab_size})
+    if bad:
+        raise ValueError(f"logit_bias token ids {bad} are outside the vocabulary [0, {vocab_size})")
+
+
+def min_tokens_stop_ids(
+    params: SamplingParams, eos_token_ids: tuple[int, ...], vocab_size: int
+) -> list[int]:
+    """The ids blocked while a request is below min_tokens (EOS unless ignore_eos, and
+    stop_token_ids), sorted."""
+    stops = set(params.stop_token_ids or ())
+    if not params.ignore_eos:
+        stops.update(eos_token_ids)
+    # An id outside the logits can never be sampled: nothing to block.
+    return [t for t in sorted(stops) if 0 <= t < vocab_size]
 
 
 def _penalties(
     rows: Sequence[SamplingRow], vocab_size: int, device: torch.device | str
 ) -> PenaltyTensors | None:
     params = [row.params for row in rows]
-    active = [
-        p.presence_penalty != 0.0 or p.frequency_penalty != 0.0 or p.repetition_penalty != 1.0
-        for p in params
-    ]
+    active = [uses_penalty(p) for p in params]
     if not any(active):
         return None
     # NOTE: only rows with a penalty contribute tokens; the others' zero counts are unused.
@@ -139,9 +168,7 @@ def _logit_bias(
     ]
     if not entries:
         return None
-    bad = sorted({token for _, token, _ in entries if not 0 <= token < vocab_size})
-    if bad:
-        raise ValueError(f"logit_bias token ids {bad} are outside the vocabulary [0, {vocab_size})")
+    check_logit_bias_ids([token for _, token, _ in entries], vocab_size)
     rows, tokens, values = zip(*entries)
     return SparseRowTokens(
         rows=torch.tensor(rows, dtype=torch.long, device=device),
@@ -161,11 +188,7 @@ def _min_tokens_blocked(
         p = row.params
         if len(row.output_token_ids) >= p.min_tokens:
             continue
-        stops = set(p.stop_token_ids or ())
-        if not p.ignore_eos:
-            stops.update(eos_token_ids)
-        # An id outside the logits can never be sampled: nothing to block.
-        pairs.extend((i, t) for t in sorted(stops) if 0 <= t < vocab_size)
+        pairs.extend((i, t) for t in min_tokens_stop_ids(p, eos_token_ids, vocab_size))
     if not pairs:
         return None
     rows_, tokens = zip(*pairs)

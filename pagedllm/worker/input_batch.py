@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from pagedllm.core.sched.output import NewRequestData
+from pagedllm.utils.math import cdiv
 from pagedllm.worker.block_table import BlockTable
 from pagedllm.worker.row_arrays import grown
 from pagedllm.worker.sampling_state import SamplingState
@@ -51,7 +52,7 @@ class InputBatch:
         self.num_prompt_tokens = np.zeros(n, dtype=np.int64)
         self.num_computed_tokens = np.zeros(n, dtype=np.int64)
         self.wants_prompt_logprobs = np.zeros(n, dtype=bool)
-        self.block_table = BlockTable(n, -(-max_model_len // block_size))
+        self.block_table = BlockTable(n, cdiv(max_model_len, block_size))
         self.sampling = SamplingState(n, vocab_size, device, eos_token_ids)
 
     _ARRAYS = ("num_tokens", "num_prompt_tokens", "num_computed_tokens", "wants_prompt_logprobs")

@@ -9,7 +9,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pagedllm.sample.metadata import SamplingMetadata
+from pagedllm.sample.metadata import (
+    SamplingMetadata,
+    check_logit_bias_ids,
+    clamped_top_k,
+    min_tokens_stop_ids,
+    uses_penalty,
+)
 from pagedllm.sample.ops.logit_bias import SparseRowTokens
 from pagedllm.sample.ops.penalties import PenaltyTensors
 from pagedllm.sampling_params import SamplingParams
@@ -68,14 +74,12 @@ class SamplingState:
         self.params[row] = params
         self.is_greedy[row] = greedy
         self.temperature[row] = 1.0 if greedy else params.temperature
-        self.top_k[row] = (
-            self.vocab_size if params.top_k is None else min(params.top_k, self.vocab_size)
-        )
+        self.top_k[row] = clamped_top_k(params, self.vocab_size)
         self.top_p[row], self.min_p[row] = params.top_p, params.min_p
         self.presence[row] = params.presence_penalty
         self.frequency[row] = params.frequency_penalty
         self.repetition[row] = params.repetition_penalty
-        self.uses_penalty[row] = _uses_penalty(params)
+        self.uses_penalty[row] = uses_penalty(params)
         if self.uses_penalty[row]:
             self.penalty_slot[row] = self.penalties.acquire(prompt, output)
         self.min_tokens[row] = params.min_tokens
@@ -200,11 +204,7 @@ class SamplingState:
         if not params.logit_bias:
             return None
         tokens = list(params.logit_bias)
-        bad = sorted(t for t in tokens if not 0 <= t < self.vocab_size)
-        if bad:
-            raise ValueError(
-                f"logit_bias token ids {bad} are outside the vocabulary [0, {self.vocab_size})"
-            )
+        check_logit_bias_ids(tokens, self.vocab_size)
         values = list(params.logit_bias.values())
         return (
             torch.tensor(tokens, dtype=torch.long, device=self.device),
@@ -214,20 +214,8 @@ class SamplingState:
     def _min_tokens_stops(self, params: SamplingParams) -> torch.Tensor | None:
         if params.min_tokens <= 0:
             return None
-        stops = set(params.stop_token_ids or ())
-        if not params.ignore_eos:
-            stops.update(self.eos_token_ids)
-        # An id outside the logits can never be sampled: nothing to block.
-        kept = [t for t in sorted(stops) if 0 <= t < self.vocab_size]
+        kept = min_tokens_stop_ids(params, self.eos_token_ids, self.vocab_size)
         return torch.tensor(kept, dtype=torch.long, device=self.device)
-
-
-def _uses_penalty(params: SamplingParams) -> bool:
-    return (
-        params.presence_penalty != 0.0
-        or params.frequency_penalty != 0.0
-        or params.repetition_penalty != 1.0
-    )
 
 
 def make_generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:
