@@ -17,6 +17,46 @@ class RequestOutputKind(Enum):
 
 _GREEDY_EPS = 1e-5
 
+CONSTRAINT_KINDS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
+"""The kinds of constraint a StructuredOutputsParams can hold (exactly one per request)."""
+
+
+@dataclass
+class StructuredOutputsParams:
+    """A constraint on the generated text (vLLM's StructuredOutputsParams): exactly one of
+    json, regex, choice, grammar, json_object or structural_tag; the others are options."""
+
+    json: str | dict | None = None
+    """A JSON schema (dict or its JSON text)."""
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    """An EBNF grammar (GBNF, as llama.cpp and xgrammar read it)."""
+    json_object: bool | None = None
+    """Any JSON object."""
+    structural_tag: str | None = None
+    """xgrammar's structural tag, as JSON text."""
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+    whitespace_pattern: str | None = None
+
+    def __post_init__(self) -> None:
+        set_ = [k for k in CONSTRAINT_KINDS if getattr(self, k) not in (None, False)]
+        if len(set_) != 1:
+            raise ValueError(
+                "structured outputs need exactly one of json, regex, choice, grammar, "
+                f"json_object or structural_tag; got {set_ or 'none'}"
+            )
+        if self.choice is not None:
+            if not self.choice or not all(isinstance(c, str) for c in self.choice):
+                raise ValueError("structured outputs 'choice' must be a non-empty list of strings")
+            self.choice = list(self.choice)
+
+    @property
+    def kind(self) -> str:
+        """Which constraint this is: one of CONSTRAINT_KINDS."""
+        return next(k for k in CONSTRAINT_KINDS if getattr(self, k) not in (None, False))
+
 
 @dataclass
 class SamplingParams:
@@ -52,8 +92,17 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     """Top-k logprobs returned per prompt token."""
     detokenize: bool = True
+    structured_outputs: StructuredOutputsParams | None = None
+    """Constrain the output to a JSON schema, regex, choice or grammar."""
+    allowed_token_ids: list[int] | None = None
+    """Only these token ids may be sampled."""
+    bad_words: list[str] | None = None
+    """Words (each possibly several tokens) that must not be generated: the last token of a
+    word is banned whenever the tokens before it were just generated (vLLM's semantics)."""
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
     _all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
+    _bad_words_token_ids: list[list[int]] | None = field(default=None, repr=False)
+    """bad_words tokenized by the input processor (with and without a leading space)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -69,6 +118,13 @@ class SamplingParams:
             self.top_k = None
         if self.logit_bias is not None:
             self.logit_bias = {int(k): float(v) for k, v in self.logit_bias.items()}
+        if isinstance(self.structured_outputs, dict):
+            self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
+        if self.allowed_token_ids is not None:
+            self.allowed_token_ids = [int(t) for t in self.allowed_token_ids]
+        if self.bad_words is not None:
+            self.bad_words = [self.bad_words] if isinstance(self.bad_words, str) else list(
+                self.bad_words)
         self._validate()
         self._all_stop_token_ids = set(self.stop_token_ids)
 
@@ -103,6 +159,10 @@ class SamplingParams:
             raise ValueError(f"prompt_logprobs must be >= 0, got {self.prompt_logprobs}")
         if any(not s for s in self.stop):  # type: ignore[union-attr]
             raise ValueError("stop strings must be non-empty")
+        if self.allowed_token_ids is not None and not self.allowed_token_ids:
+            raise ValueError("allowed_token_ids must not be empty")
+        if self.bad_words is not None and any(not w.strip() for w in self.bad_words):
+            raise ValueError("bad_words must be non-empty strings")
 
     @property
     def is_greedy(self) -> bool:

@@ -3,7 +3,9 @@ from pagedllm.config.device import DeviceConfig
 from pagedllm.config.engine import EngineConfig
 from pagedllm.config.model import ModelConfig
 from pagedllm.config.scheduler import SchedulerConfig
+from pagedllm.config.structured_outputs import StructuredOutputsConfig
 
 __all__ = [
     "CacheConfig", "DeviceConfig", "EngineConfig", "ModelConfig", "SchedulerConfig",
+    "StructuredOutputsConfig",
 ]

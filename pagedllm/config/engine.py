@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pagedllm.config.cache import CacheConfig
 from pagedllm.config.device import DeviceConfig
 from pagedllm.config.model import ModelConfig
 from pagedllm.config.scheduler import SchedulerConfig
+from pagedllm.config.structured_outputs import StructuredOutputsConfig
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,7 @@ class EngineConfig:
     cache: CacheConfig
     scheduler: SchedulerConfig
     device: DeviceConfig
+    structured_outputs: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
 
     def __post_init__(self) -> None:
         if not self.scheduler.enable_chunked_prefill and (

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from pagedllm.config import CacheConfig, DeviceConfig, EngineConfig, SchedulerConfig
+from pagedllm.config import (
+    CacheConfig,
+    DeviceConfig,
+    EngineConfig,
+    SchedulerConfig,
+    StructuredOutputsConfig,
+)
 from pagedllm.utils.memory import parse_memory_size
 
 
@@ -38,6 +45,10 @@ class EngineArgs:
     enforce_eager: bool = False
     """Run the model module by module in eager PyTorch instead of the fused compiled decoder
     layers (as vLLM's flag turns off CUDA graphs / torch.compile)."""
+    structured_outputs_config: str | dict[str, Any] | StructuredOutputsConfig | None = None
+    """Grammar backend and options (vLLM's --structured-outputs-config, JSON or a dict)."""
+    reasoning_parser: str | None = None
+    """A reasoning model's parser (--reasoning-parser): its thinking is left unconstrained."""
 
     def create_engine_config(self) -> EngineConfig:
         from pagedllm.model_executor.model_loader.config import load_model_config
@@ -74,7 +85,12 @@ class EngineArgs:
         device_config = DeviceConfig(
             device=device, attention_backend=self.attention_backend, num_threads=self.num_threads
         )
-        return EngineConfig(model_config, cache_config, scheduler_config, device_config)
+        structured_outputs = StructuredOutputsConfig.parse(
+            self.structured_outputs_config, reasoning_parser=self.reasoning_parser
+        )
+        return EngineConfig(
+            model_config, cache_config, scheduler_config, device_config, structured_outputs
+        )
 
 
 def resolve_device(device: str) -> str:

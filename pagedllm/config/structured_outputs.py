@@ -1,0 +1,66 @@
+"""StructuredOutputsConfig: which grammar backend constrains outputs, and how (vLLM's
+`--structured-outputs-config`), plus the reasoning parser whose thinking stays unconstrained."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+BACKENDS = ("auto", "xgrammar", "guidance", "outlines")
+SHIPPED_BACKENDS = ("xgrammar",)
+"""The backends pagedllm implements; the others are vLLM's names, refused with a clear error."""
+
+
+@dataclass(frozen=True)
+class StructuredOutputsConfig:
+    backend: str = "auto"
+    """"auto" and "xgrammar" both mean xgrammar, the backend pagedllm ships."""
+    disable_any_whitespace: bool = False
+    """Default for requests: JSON without optional whitespace (shorter, faster outputs)."""
+    disable_additional_properties: bool = False
+    """Default for requests: JSON schemas get additionalProperties: false where unset."""
+    reasoning_parser: str | None = None
+    """A reasoning model's parser name: its thinking is not constrained, only the answer."""
+    enable_in_reasoning: bool = False
+    """Constrain the thinking too."""
+    max_cached_grammars: int = 256
+    """Compiled grammars kept (least recently used evicted), keyed by the constraint."""
+    num_compile_threads: int = 2
+    """Grammars compile on these threads, off the engine's step loop."""
+    max_json_schema_depth: int = 32
+    """Deeper schemas are refused (400): compiling them costs unbounded time and memory."""
+    max_regex_length: int = 10_000
+    max_grammar_length: int = 100_000
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(
+                f"structured outputs backend {self.backend!r} is unknown; one of {BACKENDS}")
+        if self.backend not in ("auto", *SHIPPED_BACKENDS):
+            raise ValueError(
+                f"structured outputs backend {self.backend!r} is not available in pagedllm; "
+                f"use 'xgrammar' (or 'auto')")
+
+    @classmethod
+    def parse(cls, value: str | dict[str, Any] | StructuredOutputsConfig | None,
+              **overrides: Any) -> StructuredOutputsConfig:
+        """From the CLI's JSON text, a dict (LLM kwargs), or an instance; overrides win."""
+        if isinstance(value, StructuredOutputsConfig):
+            data = {f.name: getattr(value, f.name) for f in fields(cls)}
+        elif isinstance(value, str):
+            try:
+                data = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--structured-outputs-config is not valid JSON: {e}") from e
+        else:
+            data = dict(value or {})
+        if not isinstance(data, dict):
+            raise ValueError("--structured-outputs-config must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown structured outputs option(s) {unknown}; known: {sorted(known)}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
