@@ -99,6 +99,9 @@ class SamplingParams:
     bad_words: list[str] | None = None
     """Words (each possibly several tokens) that must not be generated: the last token of a
     word is banned whenever the tokens before it were just generated (vLLM's semantics)."""
+    thinking_token_budget: int | None = None
+    """Reasoning models (with a reasoning parser): end the thinking after this many tokens by
+    forcing the end-of-thinking token."""
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
     _all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
     _bad_words_token_ids: list[list[int]] | None = field(default=None, repr=False)
@@ -159,6 +162,9 @@ class SamplingParams:
             raise ValueError(f"prompt_logprobs must be >= 0, got {self.prompt_logprobs}")
         if any(not s for s in self.stop):  # type: ignore[union-attr]
             raise ValueError("stop strings must be non-empty")
+        if self.thinking_token_budget is not None and self.thinking_token_budget < 0:
+            raise ValueError(
+                f"thinking_token_budget must be >= 0, got {self.thinking_token_budget}")
         if self.allowed_token_ids is not None and not self.allowed_token_ids:
             raise ValueError("allowed_token_ids must not be empty")
         if self.bad_words is not None and any(not w.strip() for w in self.bad_words):
