@@ -7,6 +7,7 @@ SchedulerOutput's deltas. It never mutates scheduler state.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -123,14 +124,13 @@ class ModelRunner:
         """Constrained rows keep only their grammar's tokens (before the sampler, so logprobs
         and every transform see the constrained distribution, as in vLLM)."""
         position = {req_id: i for i, req_id in enumerate(inputs.sampling_req_ids)}
-        mask_rows, logit_rows = [], []
+        bitmask = np.empty((len(position), so.grammar_bitmask.shape[1]), dtype=np.int32)
+        rows = []
         for i, req_id in enumerate(so.structured_output_request_ids):
             if req_id in position:
-                mask_rows.append(i)
-                logit_rows.append(position[req_id])
-        bitmask = torch.from_numpy(so.grammar_bitmask[mask_rows])
-        rows = torch.tensor(logit_rows, dtype=torch.long, device=logits.device)
-        apply_token_bitmask(logits, bitmask, rows)
+                bitmask[position[req_id]] = so.grammar_bitmask[i]
+                rows.append(position[req_id])
+        apply_token_bitmask(logits, torch.from_numpy(bitmask), rows)
 
     def _pool_last_token(
         self, hidden: torch.Tensor, inputs: StepInputs, out: ModelRunnerOutput

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from pagedllm.sample.ops.grammar_bitmask import apply_token_bitmask, unpack_bitmask
@@ -21,15 +22,32 @@ def test_unpack_matches_the_bit_layout():
     np.testing.assert_array_equal(allowed, expected)
 
 
-def test_apply_masks_only_the_given_rows():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_apply_masks_only_the_given_rows(dtype):
+    """float32 takes xgrammar's kernel, bfloat16 the PyTorch path: same result."""
     vocab = 70
-    logits = torch.randn(4, vocab)
+    logits = torch.randn(4, vocab).to(dtype)
     before = logits.clone()
-    bitmask = allocate_bitmask(2, vocab)
-    set_only_token(bitmask, 0, 69)
-    set_only_token(bitmask, 1, 0)
-    apply_token_bitmask(logits, torch.from_numpy(bitmask), torch.tensor([2, 0]))
+    bitmask = allocate_bitmask(4, vocab)
+    set_only_token(bitmask, 2, 69)
+    set_only_token(bitmask, 0, 0)
+    set_only_token(bitmask, 1, 5)  # row 1 is not listed: ignored
+    apply_token_bitmask(logits, torch.from_numpy(bitmask), [2, 0])
     assert torch.equal(logits[1], before[1]) and torch.equal(logits[3], before[3])
     assert logits[2].argmax() == 69 and torch.isinf(logits[2]).sum() == vocab - 1
     assert logits[0].argmax() == 0 and torch.isinf(logits[0]).sum() == vocab - 1
     assert logits[2, 69] == before[2, 69]
+
+
+def test_the_kernel_and_the_portable_path_agree_on_random_masks():
+    rng = np.random.default_rng(1)
+    vocab = 1000
+    bitmask = torch.from_numpy(rng.integers(-(2**31), 2**31, size=(6, 32), dtype=np.int64
+                                            ).astype(np.int32))
+    logits = torch.randn(6, vocab)
+    fast = logits.clone()
+    apply_token_bitmask(fast, bitmask, [5, 1, 3])
+    slow = logits.clone()
+    rows = torch.tensor([5, 1, 3])
+    slow[rows] = slow[rows].masked_fill(~unpack_bitmask(bitmask[rows], vocab), float("-inf"))
+    assert torch.equal(fast, slow)

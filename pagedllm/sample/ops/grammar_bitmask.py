@@ -1,9 +1,10 @@
 """Structured outputs: mask the logits of constrained rows to the tokens their grammar allows.
 
-The bitmask comes from the scheduler side (one int32 row of ceil(V / 32) words per constrained
-request, bit t % 32 of word t // 32 set when token t is allowed) and is unpacked here in one
-vectorized op over the constrained rows; unconstrained rows are not touched, so their tokens do
-not depend on who else is in the batch.
+The bitmask comes from the scheduler side (ceil(V / 32) int32 words per row, bit t % 32 of word
+t // 32 set when token t is allowed). Only the constrained rows are touched, so the tokens of
+the others do not depend on who else is in the batch. xgrammar's kernel applies it (C++ on CPU,
+its CUDA/Triton kernel on GPUs: ~0.3 ms for 32 rows of a 49k vocabulary on 2 CPU cores);
+`unpack_bitmask` is the portable PyTorch path (other devices) and the tests' reference.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import torch
 
 _SHIFTS: dict[torch.device, torch.Tensor] = {}
+_XGRAMMAR_DEVICES = ("cpu", "cuda")
 
 
 def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -23,9 +25,19 @@ def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return bits.flatten(1)[:, :vocab_size].bool()
 
 
-def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Tensor) -> None:
-    """In place: logits[rows[i], t] = -inf where bitmask row i disallows t. logits [B, V]."""
-    if rows.numel() == 0:
+def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) -> None:
+    """In place: logits[r, t] = -inf where bitmask[r] disallows t, for r in rows.
+
+    logits [B, V]; bitmask [B, ceil(V / 32)] int32 on the CPU (rows not listed are ignored).
+    """
+    if not rows:
         return
-    allowed = unpack_bitmask(bitmask.to(logits.device), logits.shape[-1])
-    logits[rows] = logits[rows].masked_fill_(~allowed, float("-inf"))
+    if logits.device.type in _XGRAMMAR_DEVICES and logits.dtype == torch.float32:
+        import xgrammar as xgr
+
+        xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device, non_blocking=True),
+                                        vocab_size=logits.shape[-1], indices=rows)
+        return
+    index = torch.tensor(rows, dtype=torch.long, device=logits.device)
+    allowed = unpack_bitmask(bitmask.to(logits.device)[index], logits.shape[-1])
+    logits[index] = logits[index].masked_fill_(~allowed, float("-inf"))
