@@ -106,7 +106,6 @@ class SamplingState:
         if self.uses_penalty[row]:
             self.penalties.release(int(self.penalty_slot[row]))
         self.uses_penalty[row] = False
-        self.has_bad_words[row] = False
         for name in self._LISTS:
             getattr(self, name)[row] = None
 
