@@ -82,11 +82,15 @@ class InputProcessor:
         for field_name, ids in (
             ("stop_token_ids", params.stop_token_ids or []),
             ("logit_bias", list((params.logit_bias or {}).keys())),
+            ("allowed_token_ids", params.allowed_token_ids or []),
         ):
             bad = [t for t in ids if not 0 <= t < vocab]
             if bad:
                 raise ValueError(f"{field_name} has token id {bad[0]} outside [0, {vocab})")
         self._validate_constraints(params)
+        # Here, once per request (before fan_out copies the params into its n samples): this
+        # is where the tokenizer is, and the engine core only ever sees token ids.
+        self.tokenize_bad_words(params)
 
     def _validate_constraints(self, params: SamplingParams) -> None:
         """Structured outputs compile in the engine core; here they are only parsed, so a bad
@@ -99,6 +103,29 @@ class InputProcessor:
         if budget is not None and not self.structured_outputs.reasoning_parser:
             raise ValueError(
                 "thinking_token_budget needs a reasoning model served with --reasoning-parser")
+
+    def tokenize_bad_words(self, params: SamplingParams) -> None:
+        """params.bad_words -> params._bad_words_token_ids, as vLLM does: each word (leading
+        whitespace stripped) tokenized without special tokens as is, and with a leading space
+        where that gives a different first token and the same number of tokens (the form the
+        word takes inside text with a byte-level/sentencepiece tokenizer)."""
+        if not params.bad_words or params._bad_words_token_ids is not None:
+            return
+        sequences: list[list[int]] = []
+        for word in params.bad_words:
+            word = word.lstrip()
+            bare = list(self.tokenizer.encode(word, add_special_tokens=False))
+            spaced = list(self.tokenizer.encode(" " + word, add_special_tokens=False))
+            if not bare:
+                raise ValueError(f"bad_words entry {word!r} encodes to no tokens")
+            sequences.append(bare)
+            if spaced and spaced[0] != bare[0] and len(spaced) == len(bare):
+                sequences.append(spaced)
+        vocab = self.model_config.vocab_size
+        bad = sorted({t for seq in sequences for t in seq if not 0 <= t < vocab})
+        if bad:
+            raise ValueError(f"bad_words tokenize to token ids {bad} outside [0, {vocab})")
+        params._bad_words_token_ids = sequences
 
     def validate_pooling(self, prompt: ProcessedPrompt, params: PoolingParams) -> None:
         config = self.model_config

@@ -16,6 +16,7 @@ import torch
 
 from pagedllm.sample.ops.logit_bias import SparseRowTokens
 from pagedllm.sample.ops.penalties import PenaltyTensors, token_counts
+from pagedllm.sample.ops.token_masks import bad_words_banned
 from pagedllm.sampling_params import SamplingParams
 
 
@@ -43,6 +44,12 @@ class SamplingMetadata:
     generators: dict[int, torch.Generator]
     """Row -> generator, for random (non-greedy) rows with a seed."""
     penalties: PenaltyTensors | None
+    allowed_token_ids: SparseRowTokens | None
+    """(row, token) pairs that rows with allowed_token_ids may sample (their other tokens are
+    masked); rows absent from it are unconstrained. Row-major, tokens sorted and unique."""
+    bad_words_banned: SparseRowTokens | None
+    """(row, token) pairs masked to -inf: the last token of each bad word whose other tokens
+    were just generated (a one-token bad word: always)."""
     logit_bias: SparseRowTokens | None
     min_tokens_blocked: SparseRowTokens | None
     """(row, token) pairs masked to -inf: EOS and stop_token_ids of rows below min_tokens."""
@@ -82,6 +89,18 @@ class SamplingMetadata:
                 if row.generator is not None and not g
             },
             penalties=_penalties(rows, vocab_size, device),
+            allowed_token_ids=_pairs(
+                [(i, allowed_ids(p)) for i, p in enumerate(params) if p.allowed_token_ids],
+                device,
+            ),
+            bad_words_banned=_pairs(
+                [
+                    (i, bad_words_banned(row.params._bad_words_token_ids, row.output_token_ids))
+                    for i, row in enumerate(rows)
+                    if row.params._bad_words_token_ids
+                ],
+                device,
+            ),
             logit_bias=_logit_bias(params, vocab_size, device),
             min_tokens_blocked=_min_tokens_blocked(rows, eos_token_ids, vocab_size, device),
             num_logprobs=[p.logprobs for p in params],
@@ -121,10 +140,15 @@ def clamped_top_k(params: SamplingParams, vocab_size: int) -> int:
     return vocab_size if params.top_k is None else min(params.top_k, vocab_size)
 
 
-def check_logit_bias_ids(token_ids: Sequence[int], vocab_size: int) -> None:
+def check_token_ids(token_ids: Sequence[int], vocab_size: int, field: str = "logit_bias") -> None:
     bad = sorted({t for t in token_ids if not 0 <= t < vocab_size})
     if bad:
-        raise ValueError(f"logit_bias token ids {bad} are outside the vocabulary [0, {vocab_size})")
+        raise ValueError(f"{field} token ids {bad} are outside the vocabulary [0, {vocab_size})")
+
+
+def allowed_ids(params: SamplingParams) -> list[int]:
+    """The request's allowed_token_ids, sorted and unique."""
+    return sorted(set(params.allowed_token_ids or ()))
 
 
 def min_tokens_stop_ids(
@@ -168,7 +192,7 @@ def _logit_bias(
     ]
     if not entries:
         return None
-    check_logit_bias_ids([token for _, token, _ in entries], vocab_size)
+    check_token_ids([token for _, token, _ in entries], vocab_size)
     rows, tokens, values = zip(*entries)
     return SparseRowTokens(
         rows=torch.tensor(rows, dtype=torch.long, device=device),
@@ -195,4 +219,18 @@ def _min_tokens_blocked(
     return SparseRowTokens(
         rows=torch.tensor(rows_, dtype=torch.long, device=device),
         tokens=torch.tensor(tokens, dtype=torch.long, device=device),
+    )
+
+
+def _pairs(
+    entries: list[tuple[int, list[int]]], device: torch.device | str
+) -> SparseRowTokens | None:
+    """(row, its tokens) entries -> the (row, token) pairs, in entry order; None if empty."""
+    rows = [i for i, tokens in entries for _ in tokens]
+    if not rows:
+        return None
+    return SparseRowTokens(
+        rows=torch.tensor(rows, dtype=torch.long, device=device),
+        tokens=torch.tensor([t for _, tokens in entries for t in tokens], dtype=torch.long,
+                            device=device),
     )

@@ -3,13 +3,15 @@
 The transforms run in this fixed order:
 
     0. logprobs of the RAW logits, if any row asks (see ops/logprobs.py for why raw)
-    1. logit bias                      (additive, OpenAI logit_bias)
-    2. min_tokens                      (EOS / stop_token_ids -> -inf until min_tokens reached)
-    3. penalties                       (repetition: prompt+output; frequency/presence: output)
-    4. greedy rows: argmax             (temperature == 0; sees 1-3, not 5-6)
-    5. temperature                     (random rows: logits / T)
-    6. top-k, min-p, top-p             (sorted candidates, ops/topk_topp.py)
-    7. random rows: sample from the renormalized survivors by the exponential race
+    1. allowed_token_ids               (every other token -> -inf, on the rows that have it)
+    2. bad_words                       (a banned word's last token -> -inf after its prefix)
+    3. logit bias                      (additive, OpenAI logit_bias)
+    4. min_tokens                      (EOS / stop_token_ids -> -inf until min_tokens reached)
+    5. penalties                       (repetition: prompt+output; frequency/presence: output)
+    6. greedy rows: argmax             (temperature == 0; sees 1-5, not 7-8)
+    7. temperature                     (random rows: logits / T)
+    8. top-k, min-p, top-p             (sorted candidates, ops/topk_topp.py)
+    9. random rows: sample from the renormalized survivors by the exponential race
        argmax(p / q), q ~ Exp(1) (p unnormalized: softmax's denominator cannot change it)
 
 Seeded rows draw q from their own generator, and every computation on a row is elementwise
@@ -27,6 +29,7 @@ from pagedllm.sample.ops.argmax import argmax_rows
 from pagedllm.sample.ops.logit_bias import apply_logit_bias, apply_min_tokens
 from pagedllm.sample.ops.logprobs import compute_logprobs, compute_prompt_logprobs, gather_logprobs
 from pagedllm.sample.ops.penalties import apply_penalties
+from pagedllm.sample.ops.token_masks import apply_allowed_token_ids, apply_banned_tokens
 from pagedllm.sample.ops.topk_topp import nucleus_candidates
 from pagedllm.sample.outputs import LogprobsTensors, SamplerOutput
 
@@ -43,6 +46,8 @@ class Sampler(nn.Module):
         raw_logprobs = None
         if metadata.max_num_logprobs is not None:
             raw_logprobs = compute_logprobs(logits)  # [B, V]
+        apply_allowed_token_ids(logits, metadata.allowed_token_ids)
+        apply_banned_tokens(logits, metadata.bad_words_banned)
         apply_logit_bias(logits, metadata.logit_bias)
         apply_min_tokens(logits, metadata.min_tokens_blocked)
         apply_penalties(logits, metadata.penalties)
@@ -54,7 +59,7 @@ class Sampler(nn.Module):
         return SamplerOutput(sampled_token_ids=sampled, logprobs=logprobs)
 
     def sample(self, logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
-        """Steps 4-7 on processed logits [B, V] -> [B] long."""
+        """Steps 6-9 on processed logits [B, V] -> [B] long."""
         greedy = None if metadata.all_random else argmax_rows(logits)
         if metadata.all_greedy:
             assert greedy is not None

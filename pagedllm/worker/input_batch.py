@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from pagedllm.core.sched.output import NewRequestData
+from pagedllm.sample.metadata import SamplingMetadata
 from pagedllm.utils.math import cdiv
 from pagedllm.worker.block_table import BlockTable
 from pagedllm.worker.row_arrays import grown
@@ -106,6 +107,13 @@ class InputBatch:
         self.token_ids[rows, self.num_tokens[rows]] = token_ids.cpu().numpy()
         self.num_tokens[rows] += 1
         self.sampling.add_sampled(rows, token_ids)
+
+    def sampling_metadata(self, rows: np.ndarray) -> SamplingMetadata:
+        """The SamplingMetadata of a step sampling rows [S] (batch row i is persistent row
+        rows[i]), before this step's tokens are appended."""
+        num_tokens = self.num_tokens[rows]
+        num_output = num_tokens - self.num_prompt_tokens[rows]
+        return self.sampling.metadata(rows, num_output, self.token_ids, num_tokens)
 
     def rows(self, req_ids: list[str]) -> np.ndarray:
         """[len(req_ids)] int64 rows of the requests."""

@@ -106,9 +106,7 @@ class ModelRunner:
         """Sample one token per sampling row, append it to the batch and to `out`."""
         batch = self.input_batch
         rows = inputs.sampling_rows
-        metadata = batch.sampling.metadata(
-            rows, batch.num_tokens[rows] - batch.num_prompt_tokens[rows]
-        )
+        metadata = batch.sampling_metadata(rows)
         sampled = self.sampler.forward(logits, metadata)
         batch.append_sampled(rows, sampled.sampled_token_ids)
         token_ids = sampled.sampled_token_ids.tolist()

@@ -11,13 +11,15 @@ import torch
 
 from pagedllm.sample.metadata import (
     SamplingMetadata,
-    check_logit_bias_ids,
+    allowed_ids,
+    check_token_ids,
     clamped_top_k,
     min_tokens_stop_ids,
     uses_penalty,
 )
 from pagedllm.sample.ops.logit_bias import SparseRowTokens
 from pagedllm.sample.ops.penalties import PenaltyTensors
+from pagedllm.sample.ops.token_masks import bad_words_banned, bad_words_context
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.worker.penalty_counts import PenaltyCounts
 from pagedllm.worker.row_arrays import grown
@@ -49,6 +51,10 @@ class SamplingState:
         self.min_tokens = np.zeros(n, dtype=np.int64)
         self.has_generator = np.zeros(n, dtype=bool)
         self.has_logit_bias = np.zeros(n, dtype=bool)
+        self.has_allowed = np.zeros(n, dtype=bool)
+        self.has_bad_words = np.zeros(n, dtype=bool)
+        self.bad_words_context = np.zeros(n, dtype=np.int64)
+        """How many of its latest output tokens a row's bad words look at (longest word - 1)."""
         # Per-row Python objects (not tensors by nature): [max_num_reqs] lists.
         self.params: list[SamplingParams | None] = [None] * n
         self.generators: list[torch.Generator | None] = [None] * n
@@ -57,14 +63,16 @@ class SamplingState:
         """(tokens [N] long, values [N] float32) on device."""
         self.min_tokens_stops: list[torch.Tensor | None] = [None] * n
         """Sorted stop ids (EOS unless ignore_eos, stop_token_ids) blocked below min_tokens."""
+        self.allowed: list[torch.Tensor | None] = [None] * n
+        """Sorted unique allowed_token_ids [N] long on device."""
         self.penalties = PenaltyCounts(vocab_size, device)
 
     _ARRAYS = (
         "temperature", "is_greedy", "top_k", "top_p", "min_p", "presence", "frequency",
         "repetition", "uses_penalty", "penalty_slot", "min_tokens", "has_generator",
-        "has_logit_bias",
+        "has_logit_bias", "has_allowed", "has_bad_words", "bad_words_context",
     )  # fmt: skip
-    _LISTS = ("params", "generators", "logit_bias", "min_tokens_stops")
+    _LISTS = ("params", "generators", "logit_bias", "min_tokens_stops", "allowed")
 
     def add_row(
         self, row: int, params: SamplingParams, prompt: list[int], output: list[int]
@@ -88,6 +96,11 @@ class SamplingState:
         self.logit_bias[row] = self._logit_bias(params)
         self.has_logit_bias[row] = self.logit_bias[row] is not None
         self.min_tokens_stops[row] = self._min_tokens_stops(params)
+        self.allowed[row] = self._allowed(params)
+        self.has_allowed[row] = self.allowed[row] is not None
+        bad_words = params._bad_words_token_ids
+        self.has_bad_words[row] = bool(bad_words)
+        self.bad_words_context[row] = bad_words_context(bad_words or [])
 
     def remove_row(self, row: int) -> None:
         if self.uses_penalty[row]:
@@ -116,9 +129,17 @@ class SamplingState:
             picked = torch.from_numpy(np.flatnonzero(penalized)).to(token_ids.device)
             self.penalties.add_tokens(slots, token_ids[picked].to(self.device))
 
-    def metadata(self, rows: np.ndarray, num_output_tokens: np.ndarray) -> SamplingMetadata:
+    def metadata(
+        self,
+        rows: np.ndarray,
+        num_output_tokens: np.ndarray,
+        token_ids: np.ndarray | None = None,
+        num_tokens: np.ndarray | None = None,
+    ) -> SamplingMetadata:
         """The step's SamplingMetadata; batch row i of it is persistent row rows[i].
-        num_output_tokens: [S] tokens each row has generated so far (for min_tokens)."""
+        num_output_tokens: [S] tokens each row has generated so far (for min_tokens).
+        token_ids: the batch's token array [rows, max_len] and num_tokens [S] the tokens each row
+        holds, for bad_words (needed only when a row has them: InputBatch.sampling_metadata)."""
         greedy = self.is_greedy[rows]
         num_logprobs = [self.params[r].logprobs for r in rows.tolist()]  # type: ignore[union-attr]
         requested = [n for n in num_logprobs if n is not None]
@@ -132,6 +153,8 @@ class SamplingState:
             min_p=self._unless_all(self.min_p[rows], 0.0),
             generators=self._generators(rows, greedy),
             penalties=self._penalty_tensors(rows),
+            allowed_token_ids=self._sparse(rows, self.has_allowed[rows], self._allowed_of),
+            bad_words_banned=self._bad_words_banned(rows, num_output_tokens, token_ids, num_tokens),
             logit_bias=self._sparse(rows, self.has_logit_bias[rows], self._bias_of),
             min_tokens_blocked=self._sparse(
                 rows, num_output_tokens < self.min_tokens[rows], self._stops_of
@@ -181,6 +204,43 @@ class SamplingState:
         assert bias is not None
         return bias
 
+    def _allowed_of(self, row: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        allowed = self.allowed[row]
+        assert allowed is not None
+        return allowed, None
+
+    def _bad_words_banned(
+        self,
+        rows: np.ndarray,
+        num_output: np.ndarray,
+        token_ids: np.ndarray | None,
+        num_tokens: np.ndarray | None,
+    ) -> SparseRowTokens | None:
+        """Each row with bad words looks at its last bad_words_context output tokens only (no
+        work proportional to its history)."""
+        selected = np.flatnonzero(self.has_bad_words[rows])
+        if len(selected) == 0:
+            return None
+        assert token_ids is not None and num_tokens is not None, "bad_words need the tokens"
+        batch_rows: list[int] = []
+        banned: list[int] = []
+        for i in selected.tolist():
+            row, end = int(rows[i]), int(num_tokens[i])
+            start = end - min(int(self.bad_words_context[row]), int(num_output[i]))
+            params = self.params[row]
+            assert params is not None and params._bad_words_token_ids
+            tokens = bad_words_banned(
+                params._bad_words_token_ids, token_ids[row, start:end].tolist()
+            )
+            batch_rows += [i] * len(tokens)
+            banned += tokens
+        if not banned:
+            return None
+        return SparseRowTokens(
+            rows=torch.tensor(batch_rows, dtype=torch.long, device=self.device),
+            tokens=torch.tensor(banned, dtype=torch.long, device=self.device),
+        )
+
     def _stops_of(self, row: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         stops = self.min_tokens_stops[row]
         assert stops is not None
@@ -204,12 +264,19 @@ class SamplingState:
         if not params.logit_bias:
             return None
         tokens = list(params.logit_bias)
-        check_logit_bias_ids(tokens, self.vocab_size)
+        check_token_ids(tokens, self.vocab_size)
         values = list(params.logit_bias.values())
         return (
             torch.tensor(tokens, dtype=torch.long, device=self.device),
             torch.tensor(values, dtype=torch.float32, device=self.device),
         )
+
+    def _allowed(self, params: SamplingParams) -> torch.Tensor | None:
+        if not params.allowed_token_ids:
+            return None
+        ids = allowed_ids(params)
+        check_token_ids(ids, self.vocab_size, "allowed_token_ids")
+        return torch.tensor(ids, dtype=torch.long, device=self.device)
 
     def _min_tokens_stops(self, params: SamplingParams) -> torch.Tensor | None:
         if params.min_tokens <= 0:

@@ -54,6 +54,7 @@ def test_one_sample_keeps_the_request_id(intake):
         (list(range(16)), SamplingParams(n=2), "maximum model length is 16"),
         ([1, 200], SamplingParams(n=2), "outside the vocabulary"),
         ([1, 2], SamplingParams(n=2, stop_token_ids=[500]), "stop_token_ids"),
+        ([1, 2], SamplingParams(n=2, allowed_token_ids=[3, 100]), "allowed_token_ids"),
     ],
 )
 def test_a_bad_request_registers_nothing(intake, prompt, params, message):
@@ -67,3 +68,38 @@ def test_a_request_id_in_use_is_refused(intake):
     with pytest.raises(ValueError, match="already in use"):
         intake.add("r", [2], SamplingParams())
     assert set(intake.output_processor.states) == {"0_r", "1_r"}
+
+
+class WordTokenizer:
+    """Each space-separated word is one token (a leading space makes a different token: id +
+    50, like byte-level BPE's 'Ġword'); counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        assert not add_special_tokens
+        self.calls.append(text)
+        ids = [len(word) + 50 for word in text.split()]  # every word after a space
+        if not text.startswith(" "):
+            ids[0] -= 50
+        return ids
+
+
+def test_bad_words_tokenized_once_and_kept_by_every_sample(intake):
+    tokenizer = intake.input_processor.tokenizer = WordTokenizer()
+    params = SamplingParams(n=3, bad_words=["ab cde", "  f"])
+    children = intake.add("r", [1, 2], params).core_requests
+    # Each word, as is and with a leading space (vLLM keeps the spaced form when its first
+    # token differs and its length is the same); leading whitespace stripped first.
+    assert sorted(tokenizer.calls) == sorted(["ab cde", " ab cde", "f", " f"])
+    expected = [[2, 53], [52, 53], [1], [51]]
+    assert all(c.sampling_params._bad_words_token_ids == expected for c in children)
+    assert params._bad_words_token_ids == expected
+
+
+def test_bad_words_outside_the_vocabulary_are_refused(intake):
+    intake.input_processor.tokenizer = WordTokenizer()
+    with pytest.raises(ValueError, match="bad_words"):
+        intake.add("r", [1, 2], SamplingParams(bad_words=["x" * 120]))
+    assert "r" not in intake and not intake.output_processor.states

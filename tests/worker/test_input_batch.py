@@ -30,9 +30,13 @@ class RefRequest:
     num_computed: int = 0
 
 
+BAD_WORDS_IDS = [[6], [4, 5], [5, 4, 4], [4, 5, 9]]
+"""Token-level bad words over a small alphabet that the random outputs hit often."""
+
+
 def random_params(rng: random.Random) -> SamplingParams:
     choice = rng.random
-    return SamplingParams(
+    params = SamplingParams(
         temperature=0.0 if choice() < 0.3 else rng.choice([0.5, 1.0, 1.3]),
         top_k=rng.choice([None, 3, VOCAB + 5]),
         top_p=rng.choice([1.0, 0.9]),
@@ -46,7 +50,11 @@ def random_params(rng: random.Random) -> SamplingParams:
         ignore_eos=rng.random() < 0.3,
         logit_bias=rng.choice([None, {1: 2.0, 9: -1.5}]),
         logprobs=rng.choice([None, 0, 2]),
+        allowed_token_ids=rng.choice([None, None, [3, 1, 3], list(range(0, VOCAB, 2))]),
     )
+    if rng.random() < 0.4:  # as the input processor leaves them
+        params._bad_words_token_ids = rng.sample(BAD_WORDS_IDS, rng.randint(1, 3))
+    return params
 
 
 def join(batch: InputBatch, req_id: str, ref: RefRequest) -> None:
@@ -77,14 +85,14 @@ def assert_rows_match(batch: InputBatch, refs: dict[str, RefRequest]) -> None:
 
 def assert_metadata_matches(batch: InputBatch, refs: dict[str, RefRequest], req_ids: list[str]):
     rows = batch.rows(req_ids)
-    num_output = batch.num_tokens[rows] - batch.num_prompt_tokens[rows]
-    got = batch.sampling.metadata(rows, num_output)
+    got = batch.sampling_metadata(rows)
     sampling_rows = [
         SamplingRow(refs[r].params, refs[r].prompt, refs[r].output, batch.sampling.generators[row])
         for r, row in zip(req_ids, rows.tolist())
     ]
     want = SamplingMetadata.build(sampling_rows, VOCAB, "cpu", EOS)
     assert_same(got, want)
+    return got
 
 
 def assert_same(got: object, want: object, path: str = "metadata") -> None:
@@ -109,10 +117,11 @@ def test_random_joins_leaves_appends_match_reference():
                        eos_token_ids=EOS)  # fmt: skip
     refs: dict[str, RefRequest] = {}
     next_id = 0
+    masked_steps = prefix_bans = 0
     for _ in range(300):
         op = rng.random()
         if op < 0.25 or not refs:
-            prompt = [rng.randrange(VOCAB) for _ in range(rng.randint(1, 12))]
+            prompt = [rng.choice([4, 5, rng.randrange(VOCAB)]) for _ in range(rng.randint(1, 12))]
             ref = RefRequest(random_params(rng), prompt, blocks=[rng.randrange(1, 99)])
             refs[f"r{next_id}"] = ref
             join(batch, f"r{next_id}", ref)
@@ -129,7 +138,11 @@ def test_random_joins_leaves_appends_match_reference():
             join(batch, req_id, ref)
         else:  # a step: every request gets blocks, most sample a token
             step_ids = sorted(refs)
-            assert_metadata_matches(batch, refs, step_ids)
+            metadata = assert_metadata_matches(batch, refs, step_ids)
+            masked_steps += metadata.bad_words_banned is not None
+            masked_steps += metadata.allowed_token_ids is not None
+            if metadata.bad_words_banned is not None:  # bans that a generated prefix caused
+                prefix_bans += int((metadata.bad_words_banned.tokens != 6).sum())
             sampling = [r for r in step_ids if rng.random() < 0.8]
             for req_id in step_ids:
                 ref = refs[req_id]
@@ -137,12 +150,14 @@ def test_random_joins_leaves_appends_match_reference():
                 ref.blocks += new_blocks
                 ref.num_computed += 1
                 batch.update_request(req_id, new_blocks, ref.num_computed)
-            tokens = [rng.randrange(VOCAB) for _ in sampling]
+            # Half from the bad words' alphabet, so that their prefixes are often generated.
+            tokens = [rng.choice([4, 5, rng.randrange(VOCAB)]) for _ in sampling]
             for req_id, token in zip(sampling, tokens):
                 refs[req_id].output.append(token)
             batch.append_sampled(batch.rows(sampling), torch.tensor(tokens, dtype=torch.long))
         assert_rows_match(batch, refs)
     assert next_id > 40 and len(batch.num_tokens) > 2
+    assert masked_steps > 50 and prefix_bans > 20
 
 
 def test_penalty_counts_follow_appends_and_preemption():
