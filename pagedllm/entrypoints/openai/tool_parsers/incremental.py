@@ -82,6 +82,7 @@ class ToolCallScanner(ABC):
         self.error: str | None = None
         self._failed_passthrough = False
         self._call_start = 0
+        self._in_call = False
         self._call_named = False
 
     def scan(self, text: str) -> list[Event]:
@@ -126,6 +127,7 @@ class ToolCallScanner(ABC):
     def _begin_call(self, start: int) -> None:
         """A call starts at text[start]; on failure before its name is out, replay from there."""
         self._call_start = start
+        self._in_call = True
         self._call_named = False
 
     def _name(self, name: str) -> None:
@@ -138,12 +140,12 @@ class ToolCallScanner(ABC):
 
     def _end_call(self) -> None:
         self.num_calls += 1
-        self._call_named = False
+        self._in_call = self._call_named = False
 
     def _fail(self, reason: str) -> None:
         self.error = reason
         self._failed_passthrough = True
-        if not self._call_named:
+        if self._in_call and not self._call_named:
             self.pos = min(self.pos, self._call_start)
 
 

@@ -1,4 +1,4 @@
-"""JsonCanonicalizer: re-write JSON text as it arrives, in `json.dumps(..., ensure_ascii=False)` form.
+"""JsonCanonicalizer: re-write JSON as it arrives, in `json.dumps(..., ensure_ascii=False)` form.
 
 Tool-call arguments stream as fragments whose concatenation must equal the final arguments text.
 The model's JSON may use any spacing or escapes, so the fragments cannot be the raw text if the
@@ -42,7 +42,7 @@ def _canonical_token(token: str) -> str:
     """A number or literal token in canonical form; ValueError if it is not JSON."""
     if token in ("true", "false", "null"):
         return token
-    if token[0] not in "-0123456789" or token in ("-Infinity",):
+    if token[0] not in "-0123456789":
         raise ValueError(f"invalid JSON token {token[:20]!r}")
     value = json.loads(token)  # raises ValueError (JSONDecodeError) on a bad number
     if not isinstance(value, (int, float)) or isinstance(value, bool):
