@@ -16,7 +16,6 @@ from typing import Any
 
 from pagedllm.entrypoints.openai.tool_parsers.incremental import (
     CallObjectReader,
-    Event,
     MalformedToolCall,
     ScannerToolParser,
     ToolCallScanner,
@@ -33,14 +32,10 @@ class _NamedScanner(ToolCallScanner):
         self._announced = False
         self._begin_call(0)
 
-    def scan(self, text: str) -> list[Event]:
-        events = super().scan(text)
-        if not self._announced and self.error is None:
-            self._announced = True  # the name is known before any text: it goes out first
-            self.events = []
+    def _on_scan(self) -> None:
+        if not self._announced:  # the name is known before any text: it goes out first
+            self._announced = True
             self._name(self._function_name)
-            self.events += events
-        return self.events
 
     def _step(self, text: str) -> bool:
         if self._json.done:

@@ -88,6 +88,7 @@ class ToolCallScanner(ABC):
     def scan(self, text: str) -> list[Event]:
         """Read text[self.pos:] (text only ever grows); return the new events."""
         self.events = []
+        self._on_scan()
         try:
             while self.pos < len(text) and not self._failed_passthrough and self._step(text):
                 pass
@@ -118,6 +119,9 @@ class ToolCallScanner(ABC):
 
     def _finish(self, text: str) -> None:
         """End of text in the current state (default: fine, hold nothing)."""
+
+    def _on_scan(self) -> None:
+        """Called at the start of every scan, before any text is read."""
 
     # -- helpers for subclasses ---------------------------------------------------------------
     def _content(self, text: str) -> None:
