@@ -58,7 +58,7 @@ CASES = {
         ("Here's my thought process: a Here's my response: b", " a ", " b"),
         ("No markers here. Here is my response: x", None,
          "No markers here. Here is my response: x"),
-        ("Here is my thought process: only thinking Here is my resp", 
+        ("Here is my thought process: only thinking Here is my resp",
          " only thinking Here is my resp", None),
     ],
 }
