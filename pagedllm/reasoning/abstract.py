@@ -55,3 +55,8 @@ class ReasoningParser(ABC):
     ) -> ReasoningDelta | None:
         """One streaming step: current_text = previous_text + delta_text. None: nothing to send
         yet (e.g. the delta is a marker)."""
+
+    def flush_streaming(self, current_text: str) -> ReasoningDelta | None:
+        """End of the stream: what the streaming steps held back of current_text (the whole
+        output) as a possible partial marker. Call once after the last streaming step."""
+        return None

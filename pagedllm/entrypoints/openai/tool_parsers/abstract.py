@@ -75,3 +75,8 @@ class ToolParser(ABC):
                                      ) -> ToolStreamDelta | None:
         """One streaming step (current_text = previous_text + delta_text) -> what to send now,
         or None to hold the delta back (e.g. a possible start of a call marker)."""
+
+    def flush_streaming(self) -> ToolStreamDelta | None:
+        """End of the stream: text held back as a possible start of a call marker (the stream
+        ended inside it). Call once after the last extract_tool_calls_streaming."""
+        return None
