@@ -3,8 +3,9 @@
 The bitmask comes from the scheduler side (ceil(V / 32) int32 words per row, bit t % 32 of word
 t // 32 set when token t is allowed). Only the constrained rows are touched, so the tokens of
 the others do not depend on who else is in the batch. xgrammar's kernel applies it (C++ on CPU,
-its CUDA/Triton kernel on GPUs: ~0.3 ms for 32 rows of a 49k vocabulary on 2 CPU cores);
-`unpack_bitmask` is the portable PyTorch path (other devices) and the tests' reference.
+On CUDA, xgrammar's kernel applies it. Elsewhere the bits are unpacked with PyTorch ops and the
+logits filled in place: 1.7 ms for 32 rows of a 49k vocabulary on 2 CPU cores, where xgrammar's
+scalar CPU kernel takes 5 ms once most tokens are disallowed (as in any JSON grammar).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 
 _SHIFTS: dict[torch.device, torch.Tensor] = {}
-_XGRAMMAR_DEVICES = ("cpu", "cuda")
+_XGRAMMAR_DEVICES = ("cuda",)
 
 
 def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -38,6 +39,10 @@ def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[
         xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device, non_blocking=True),
                                         vocab_size=logits.shape[-1], indices=rows)
         return
+    bitmask = bitmask.to(logits.device)
+    if rows == list(range(len(logits))):  # every row constrained: no gather, no scatter
+        logits.masked_fill_(~unpack_bitmask(bitmask, logits.shape[-1]), float("-inf"))
+        return
     index = torch.tensor(rows, dtype=torch.long, device=logits.device)
-    allowed = unpack_bitmask(bitmask.to(logits.device)[index], logits.shape[-1])
+    allowed = unpack_bitmask(bitmask[index], logits.shape[-1])
     logits[index] = logits[index].masked_fill_(~allowed, float("-inf"))
