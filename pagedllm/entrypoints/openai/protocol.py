@@ -57,6 +57,48 @@ class UsageInfo(OpenAIBaseModel):
     prompt_tokens_details: PromptTokensDetails | None = None
 
 
+# ---- structured outputs (vLLM's request surface) -------------------------------------------------
+
+
+class JsonSchemaResponseFormat(OpenAIBaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: str
+    description: str | None = None
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    """OpenAI's `schema` (aliased: the name clashes with pydantic's)."""
+    strict: bool | None = None
+
+
+class ResponseFormat(OpenAIBaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaResponseFormat | None = None
+
+    @model_validator(mode="after")
+    def _check_schema(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("When response_format type is 'json_schema', the 'json_schema' "
+                             "field must be provided.")
+        return self
+
+
+class StructuredOutputsRequest(OpenAIBaseModel):
+    """The `structured_outputs` object: vLLM's StructuredOutputsParams fields."""
+
+    # Unknown keys are a 400 (as vLLM's dataclass refuses them): a typo must not run unconstrained.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    json_schema: str | dict[str, Any] | None = Field(None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    structural_tag: str | dict[str, Any] | None = None
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+    whitespace_pattern: str | None = None
+    disable_fallback: bool = False
+    """vLLM's; accepted and ignored (pagedllm has one backend, nothing to fall back to)."""
+
+
 class SamplingExtras(OpenAIBaseModel):
     """Sampling fields shared by completions and chat (OpenAI's, then vLLM's extras)."""
 
@@ -85,11 +127,27 @@ class SamplingExtras(OpenAIBaseModel):
     prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     return_tokens_as_token_ids: bool = False
     """Logprob tokens as "token_id:<id>" (exact, whatever the detokenizer makes of them)."""
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputsRequest | None = None
+    # vLLM's legacy guided decoding fields (same meaning as structured_outputs' keys)
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_whitespace_pattern: str | None = None
+    guided_decoding_backend: str | None = None
+    """Accepted and ignored: the backend is the server's (--structured-outputs-config)."""
 
     @model_validator(mode="after")
     def _check_stream_options(self) -> SamplingExtras:
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options can only be set when stream is true")
+        # vLLM's choice: prompt logprobs arrive with the first output, which a stream would
+        # have to hold back; it refuses the combination instead.
+        if self.stream and self.prompt_logprobs:
+            raise ValueError("`prompt_logprobs` are not available when `stream=True`.")
         if self.logit_bias:
             for key, value in self.logit_bias.items():
                 if not key.lstrip("-").isdigit():
@@ -152,10 +210,65 @@ class ChatContentPart(OpenAIBaseModel):
     text: str
 
 
+class FunctionCallParam(OpenAIBaseModel):
+    name: str
+    arguments: str
+    """JSON text of an object (OpenAI's shape); rendered to the template as a dict."""
+
+
+class ToolCallParam(OpenAIBaseModel):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCallParam
+
+
 class ChatMessageParam(OpenAIBaseModel):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ChatContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallParam] | None = None
+    """An assistant's earlier calls (its content may then be null)."""
+    tool_call_id: str | None = None
+    """A tool message: the call it answers."""
+    reasoning: str | None = None
+    reasoning_content: str | None = None
+    """An assistant's earlier thinking (the llama.cpp/SGLang name; templates such as Qwen3's
+    read it)."""
+
+    @model_validator(mode="after")
+    def _check_tool_fields(self) -> ChatMessageParam:
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("a message with role 'tool' needs a 'tool_call_id'")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages can carry 'tool_calls'")
+        if self.reasoning_content is None:
+            self.reasoning_content = self.reasoning
+        return self
+
+
+class FunctionDefinition(OpenAIBaseModel):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    """A JSON schema of the arguments (an object)."""
+    strict: bool | None = None
+
+
+class ChatCompletionToolsParam(OpenAIBaseModel):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedFunction(OpenAIBaseModel):
+    name: str
+
+
+class NamedToolChoice(OpenAIBaseModel):
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
 class ChatCompletionRequest(SamplingExtras):
@@ -165,37 +278,89 @@ class ChatCompletionRequest(SamplingExtras):
     max_tokens: int | None = Field(None, ge=1)
     """Deprecated by OpenAI in favour of max_completion_tokens; still honoured."""
     max_completion_tokens: int | None = Field(None, ge=1)
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    response_format: dict[str, Any] | None = None
+    tools: list[ChatCompletionToolsParam] | None = None
+    tool_choice: ToolChoice | None = None
+    """None: "auto" when tools are given, else "none" (as OpenAI and vLLM)."""
+    parallel_tool_calls: bool | None = True
     # vLLM extras
+    include_reasoning: bool = True
+    thinking_token_budget: int | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
     add_special_tokens: bool = False
 
     @model_validator(mode="after")
     def _check_logprobs(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
-        if self.tools or self.tool_choice not in (None, "none"):
-            raise ValueError("tools and tool_choice are not supported")
-        if self.response_format and self.response_format.get("type") != "text":
-            raise ValueError("response_format other than {'type': 'text'} is not supported")
         if self.continue_final_message and self.add_generation_prompt:
             raise ValueError(
                 "continue_final_message and add_generation_prompt cannot both be true")
         return self
 
+    @model_validator(mode="after")
+    def _check_tools(self) -> ChatCompletionRequest:
+        """vLLM's check_tool_usage, in its words."""
+        if self.tools is not None and not self.tools:
+            raise ValueError("`tools` must not be an empty array. Either provide at least one "
+                             "tool or omit the field entirely.")
+        if self.tool_choice is None:
+            self.tool_choice = "auto" if self.tools else "none"
+        if self.tool_choice == "none":
+            return self
+        if self.tools is None:
+            raise ValueError("When using `tool_choice`, `tools` must be set.")
+        if isinstance(self.tool_choice, NamedToolChoice):
+            name = self.tool_choice.function.name
+            if all(tool.function.name != name for tool in self.tools):
+                raise ValueError("The tool specified in `tool_choice` does not match any of "
+                                 f"the specified `tools` ({name!r})")
+        return self
+
     def conversation(self) -> list[dict[str, Any]]:
         return [m.model_dump(exclude_none=True) for m in self.messages]
+
+    def tool_dicts(self) -> list[dict[str, Any]] | None:
+        """The tools as OpenAI-shaped dicts (what templates and tool parsers read)."""
+        if not self.tools:
+            return None
+        return [t.model_dump(exclude_none=True) for t in self.tools]
+
+
+class DeltaFunctionCall(OpenAIBaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCallModel(OpenAIBaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall | None = None
+
+
+class FunctionCallModel(OpenAIBaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallModel(OpenAIBaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallModel
 
 
 class ChatMessage(OpenAIBaseModel):
     role: str
     content: str | None = None
     refusal: str | None = None
-    tool_calls: list[Any] = Field(default_factory=list)
+    tool_calls: list[ToolCallModel] = Field(default_factory=list)
+    reasoning: str | None = None
+    """vLLM's field for the thinking (with --reasoning-parser)."""
+    reasoning_content: str | None = None
+    """The same text under the name llama.cpp and SGLang clients read."""
 
 
 class ChatTopLogprob(OpenAIBaseModel):
@@ -234,6 +399,9 @@ class ChatCompletionResponse(OpenAIBaseModel):
 class DeltaMessage(OpenAIBaseModel):
     role: str | None = None
     content: str | None = None
+    reasoning: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[DeltaToolCallModel] | None = None
 
 
 class ChatCompletionStreamChoice(OpenAIBaseModel):
@@ -311,6 +479,8 @@ class TokenizeCompletionRequest(OpenAIBaseModel):
 class TokenizeChatRequest(OpenAIBaseModel):
     model: str | None = None
     messages: list[ChatMessageParam] = Field(min_length=1)
+    tools: list[ChatCompletionToolsParam] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     add_special_tokens: bool = False
@@ -319,6 +489,9 @@ class TokenizeChatRequest(OpenAIBaseModel):
 
     def conversation(self) -> list[dict[str, Any]]:
         return [m.model_dump(exclude_none=True) for m in self.messages]
+
+    def tool_dicts(self) -> list[dict[str, Any]] | None:
+        return [t.model_dump(exclude_none=True) for t in self.tools] if self.tools else None
 
 
 TokenizeRequest = TokenizeCompletionRequest | TokenizeChatRequest
