@@ -363,3 +363,15 @@ def test_finish_reason_with_calls():
     assert finish_reason("length", True) == "length"
     assert finish_reason("stop", False) == "stop"
     assert finish_reason(None, True) is None
+
+
+def test_sampling_params_carry_the_new_fields():
+    from pagedllm.entrypoints.openai.serving_engine import build_sampling_params
+    from pagedllm.sampling_params import RequestOutputKind
+
+    request = chat(allowed_token_ids=[3, 4], bad_words=["fox jumps"], guided_choice=["a", "b"])
+    params = build_sampling_params(request, 8, None, RequestOutputKind.FINAL_ONLY,
+                                   thinking_token_budget=5)
+    assert params.allowed_token_ids == [3, 4] and params.bad_words == ["fox jumps"]
+    assert params.structured_outputs.choice == ["a", "b"] and params.thinking_token_budget == 5
+    assert params.max_tokens == 8

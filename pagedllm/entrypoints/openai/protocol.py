@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 MAX_N = 128
 """Most samples one request may ask for (n); more is rejected as a likely mistake."""
@@ -239,7 +239,7 @@ class ChatMessageParam(OpenAIBaseModel):
     def _check_tool_fields(self) -> ChatMessageParam:
         if self.role == "tool" and self.tool_call_id is None:
             raise ValueError("a message with role 'tool' needs a 'tool_call_id'")
-        if self.tool_calls and self.role != "assistant":
+        if self.tool_calls is not None and self.role != "assistant":
             raise ValueError("only assistant messages can carry 'tool_calls'")
         if self.reasoning_content is None:
             self.reasoning_content = self.reasoning
@@ -361,6 +361,13 @@ class ChatMessage(OpenAIBaseModel):
     """vLLM's field for the thinking (with --reasoning-parser)."""
     reasoning_content: str | None = None
     """The same text under the name llama.cpp and SGLang clients read."""
+
+    @model_serializer(mode="wrap")
+    def _drop_empty_tool_calls(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if not data.get("tool_calls"):
+            data.pop("tool_calls", None)  # as vLLM: no calls, no key
+        return data
 
 
 class ChatTopLogprob(OpenAIBaseModel):
