@@ -45,7 +45,7 @@ def completion(**fields) -> CompletionRequest:
     return CompletionRequest(prompt="x", **fields)
 
 
-# ---- request -> StructuredOutputsParams ------------------------------------------------------------
+# ---- request -> StructuredOutputsParams ----------------------------------------------------------
 
 
 @pytest.mark.parametrize(("fields", "kind", "value"), [
@@ -221,7 +221,7 @@ def test_template_gets_tools_kwargs_and_argument_dicts(tiny_tokenizer_dir):
         apply_chat_template(tokenizer, bad, template)
 
 
-# ---- answer -> tool calls ----------------------------------------------------------------------
+# ---- answer -> tool calls ------------------------------------------------------------------------
 
 
 CALLS_TEXT = ('[{"name": "get_weather", "parameters": {"city": "Pa\\"ris", "n": [1, {"x": "}"}]}},'

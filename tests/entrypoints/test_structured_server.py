@@ -1,7 +1,7 @@
-"""Structured outputs, tools and reasoning through a real `pagedllm serve` (tiny random Llama): every
-malformed request is a 400 in OpenAI's shape, the accepted ones are 200 with the tool-call shape,
-and the prompt gets the tools and chat_template_kwargs. What the grammar makes of the output is
-tested with SmolLM2 in test_structured_smollm2.py."""
+"""Structured outputs, tools and reasoning through a real `pagedllm serve` (tiny random Llama):
+every malformed request is a 400 in OpenAI's shape, the accepted ones are 200 with the tool-call
+shape, and the prompt gets the tools and chat_template_kwargs. What the grammar makes of the output
+is tested with SmolLM2 in test_structured_smollm2.py."""
 
 from __future__ import annotations
 
