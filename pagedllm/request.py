@@ -11,8 +11,12 @@ import enum
 import time
 from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
+from typing import TYPE_CHECKING
 
 from pagedllm.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from pagedllm.structured_output.request import StructuredOutputRequest
 
 
 class FinishReason(str, enum.Enum):
@@ -123,6 +127,9 @@ class Request:
         self.block_hashes: list[int] = []
         """Chained hashes of this request's full blocks (prefix-cache keys), in order."""
         self._block_hasher = block_hasher
+        self.structured_output: StructuredOutputRequest | None = None
+        """Grammar state, for requests with structured outputs or a thinking budget (set by
+        the StructuredOutputManager)."""
         if block_hasher is not None:
             self.block_hashes.extend(block_hasher(self))
 

@@ -28,8 +28,9 @@ class StructuredOutputsConfig:
     """Compiled grammars kept (least recently used evicted), keyed by the constraint."""
     num_compile_threads: int = 2
     """Grammars compile on these threads, off the engine's step loop."""
-    max_json_schema_depth: int = 32
-    """Deeper schemas are refused (400): compiling them costs unbounded time and memory."""
+    max_json_schema_depth: int = 64
+    """JSON schemas nested deeper (objects and arrays, as JSON text) are refused with a 400:
+    compiling them costs time and memory without bound."""
     max_regex_length: int = 10_000
     max_grammar_length: int = 100_000
 

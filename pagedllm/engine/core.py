@@ -13,15 +13,23 @@ from pagedllm.engine.core_base import EngineCoreBase
 from pagedllm.engine.messages import EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest
 from pagedllm.metrics.stats import SchedulerStats
 from pagedllm.request import FinishReason, Request, RequestStatus
+from pagedllm.structured_output.manager import StructuredOutputManager
+
+_GRAMMAR_WAIT_SECONDS = 0.05
+"""With nothing schedulable but requests whose grammar compiles, a step waits this long for
+one of them instead of spinning."""
 
 
 class EngineCore(EngineCoreBase):
     def __init__(self, config: EngineConfig) -> None:
         super().__init__(config)
         info = self.executor.kv_cache_info
+        self.structured_output_manager = StructuredOutputManager(
+            config.structured_outputs, config.model)
         self.scheduler = Scheduler(
             config.scheduler, config.cache, info.num_blocks, config.model.max_model_len,
             sliding_window=info.sliding_window,
+            structured_output_manager=self.structured_output_manager,
         )  # fmt: skip
 
     def add_request(self, request: EngineCoreRequest) -> None:
@@ -62,6 +70,9 @@ class EngineCore(EngineCoreBase):
         with profiler.step():
             with profiler.phase("schedule"):
                 scheduler_output = self.scheduler.schedule()
+                if scheduler_output.is_empty:
+                    self.structured_output_manager.wait_for_grammars(
+                        self.scheduler.waiting_for_grammar(), _GRAMMAR_WAIT_SECONDS)
             start = time.perf_counter()
             runner_output = self.executor.execute_model(scheduler_output)
             self.last_execute_seconds = time.perf_counter() - start
@@ -70,6 +81,10 @@ class EngineCore(EngineCoreBase):
             if runner_output.pooler_output:
                 self._finish_pooled(runner_output.pooler_output, outputs)
         return outputs
+
+    def shutdown(self) -> None:
+        self.structured_output_manager.shutdown()
+        super().shutdown()
 
     def _finish_pooled(self, pooled: dict[str, list[float]], outputs: EngineCoreOutputs) -> None:
         """Task "embed": a request is done once its prompt is computed; it reports the pooled

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pagedllm.config import ModelConfig
+from pagedllm.config import ModelConfig, StructuredOutputsConfig
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
 
@@ -24,9 +24,11 @@ class ProcessedPrompt:
 
 
 class InputProcessor:
-    def __init__(self, model_config: ModelConfig, tokenizer: Any) -> None:
+    def __init__(self, model_config: ModelConfig, tokenizer: Any,
+                 structured_outputs: StructuredOutputsConfig | None = None) -> None:
         self.model_config = model_config
         self.tokenizer = tokenizer
+        self.structured_outputs = structured_outputs or StructuredOutputsConfig()
 
     def process_prompt(
         self, prompt: PromptType, add_special_tokens: bool = True
@@ -84,6 +86,19 @@ class InputProcessor:
             bad = [t for t in ids if not 0 <= t < vocab]
             if bad:
                 raise ValueError(f"{field_name} has token id {bad[0]} outside [0, {vocab})")
+        self._validate_constraints(params)
+
+    def _validate_constraints(self, params: SamplingParams) -> None:
+        """Structured outputs compile in the engine core; here they are only parsed, so a bad
+        schema, regex or grammar is the caller's error (a 400) and never reaches the engine."""
+        if params.structured_outputs is not None:
+            from pagedllm.structured_output.validation import validate_structured_outputs
+
+            validate_structured_outputs(params.structured_outputs, self.structured_outputs)
+        budget = params.thinking_token_budget
+        if budget is not None and not self.structured_outputs.reasoning_parser:
+            raise ValueError(
+                "thinking_token_budget needs a reasoning model served with --reasoning-parser")
 
     def validate_pooling(self, prompt: ProcessedPrompt, params: PoolingParams) -> None:
         config = self.model_config

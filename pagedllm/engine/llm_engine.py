@@ -22,7 +22,8 @@ class LLMEngine:
     def __init__(self, config: EngineConfig, core_client: EngineCoreClient | None = None) -> None:
         self.config = config
         self.tokenizer = load_tokenizer(config.model)
-        self.input_processor = InputProcessor(config.model, self.tokenizer)
+        self.input_processor = InputProcessor(config.model, self.tokenizer,
+                                              config.structured_outputs)
         self.output_processor = OutputProcessor(self.tokenizer)
         self.engine_core = core_client or InprocClient(config)
         self.step_profiler: StepProfiler = (

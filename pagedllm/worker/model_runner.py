@@ -15,6 +15,7 @@ from pagedllm.core.sched.output import LogprobsLists, ModelRunnerOutput, Schedul
 from pagedllm.forward_context import set_forward_context
 from pagedllm.metrics.step_profile import step_phase
 from pagedllm.model_executor.layers.attention import attention_layers
+from pagedllm.sample.ops.grammar_bitmask import apply_token_bitmask
 from pagedllm.sample.outputs import LogprobsTensors
 from pagedllm.sample.sampler import Sampler, compute_prompt_logprobs
 from pagedllm.worker.input_batch import InputBatch
@@ -76,6 +77,8 @@ class ModelRunner:
             if self.pool_last_token:
                 self._pool_last_token(hidden, inputs, output)
             elif logits is not None:
+                if scheduler_output.grammar_bitmask is not None:
+                    self._apply_grammar_bitmask(logits, inputs, scheduler_output)
                 self._sample(logits, inputs, output)
             if not self.pool_last_token:
                 self._compute_prompt_logprobs(hidden, inputs, output)
@@ -114,6 +117,20 @@ class ModelRunner:
             self._collect_logprobs(
                 sampled.logprobs, inputs.sampling_req_ids, metadata.num_logprobs, out
             )
+
+    def _apply_grammar_bitmask(self, logits: torch.Tensor, inputs: StepInputs,
+                               so: SchedulerOutput) -> None:
+        """Constrained rows keep only their grammar's tokens (before the sampler, so logprobs
+        and every transform see the constrained distribution, as in vLLM)."""
+        position = {req_id: i for i, req_id in enumerate(inputs.sampling_req_ids)}
+        mask_rows, logit_rows = [], []
+        for i, req_id in enumerate(so.structured_output_request_ids):
+            if req_id in position:
+                mask_rows.append(i)
+                logit_rows.append(position[req_id])
+        bitmask = torch.from_numpy(so.grammar_bitmask[mask_rows])
+        rows = torch.tensor(logit_rows, dtype=torch.long, device=logits.device)
+        apply_token_bitmask(logits, bitmask, rows)
 
     def _pool_last_token(
         self, hidden: torch.Tensor, inputs: StepInputs, out: ModelRunnerOutput

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from pagedllm.metrics.stats import SchedulerStats
 from pagedllm.request import FinishReason
@@ -47,6 +48,11 @@ class SchedulerOutput:
     total_num_scheduled_tokens: int
     finished_req_ids: set[str] = field(default_factory=set)
     """Requests finished, aborted or preempted since the last step: the runner drops them."""
+    structured_output_request_ids: list[str] = field(default_factory=list)
+    """Requests whose next token is constrained this step; row i of grammar_bitmask is theirs."""
+    grammar_bitmask: Any = None
+    """numpy int32 [len(structured_output_request_ids), ceil(vocab / 32)]: bit t % 32 of word
+    t // 32 set when token t is allowed (None when no request is constrained)."""
 
     @property
     def is_empty(self) -> bool:

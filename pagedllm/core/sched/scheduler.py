@@ -10,6 +10,7 @@ that one loop.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from pagedllm.config.cache import CacheConfig
 from pagedllm.config.scheduler import SchedulerConfig
@@ -26,7 +27,10 @@ from pagedllm.core.sched.queue import create_request_queue
 from pagedllm.core.sched.step import StepBuilder
 from pagedllm.core.sched.stop import check_stop
 from pagedllm.metrics.stats import SchedulerStats
-from pagedllm.request import BlockHasher, Request, RequestStatus
+from pagedllm.request import BlockHasher, FinishReason, Request, RequestStatus
+
+if TYPE_CHECKING:
+    from pagedllm.structured_output.manager import StructuredOutputManager
 
 
 class Scheduler:
@@ -44,6 +48,10 @@ class Scheduler:
 
     sliding_window: the window shared by every attention layer of the model, if any (see
     common_sliding_window): the KV cache manager then releases blocks that fell out of it.
+
+    structured_output_manager: compiles constrained requests' grammars (a request waits in the
+    queue, skipped, until its grammar is ready), writes each step's token bitmask into the
+    SchedulerOutput and advances the matchers with the sampled tokens.
     """
 
     def __init__(
@@ -54,6 +62,7 @@ class Scheduler:
         max_model_len: int,
         block_hasher: BlockHasher | None = None,
         sliding_window: int | None = None,
+        structured_output_manager: StructuredOutputManager | None = None,
     ) -> None:
         _check_capacity(scheduler_config, cache_config, num_blocks, max_model_len)
         self.scheduler_config = scheduler_config
@@ -69,6 +78,9 @@ class Scheduler:
         self.waiting = create_request_queue(scheduler_config.policy)
         self.running: list[Request] = []
         self.finished_req_ids: set[str] = set()
+        self.structured_output_manager = structured_output_manager
+        self._failed: list[tuple[Request, str]] = []
+        """Requests whose grammar failed since the last update: reported finished (abort)."""
         self._num_preemptions = 0
         """Preemptions since the last stats record."""
 
@@ -77,6 +89,8 @@ class Scheduler:
     def add_request(self, request: Request) -> None:
         assert request.num_prompt_tokens <= self.max_model_len, "engine must reject long prompts"
         assert request.request_id not in self.requests, f"duplicate {request.request_id!r}"
+        if self.structured_output_manager is not None:
+            self.structured_output_manager.add_request(request)
         self.requests[request.request_id] = request
         self.waiting.add(request)
 
@@ -137,7 +151,18 @@ class Scheduler:
         self.finished_req_ids = set()
         for req_id, num_tokens in output.num_scheduled_tokens.items():
             self.requests[req_id].num_computed_tokens += num_tokens
+        if self.structured_output_manager is not None:
+            sampling = [r for r in map(self.requests.__getitem__, output.num_scheduled_tokens)
+                        if r.structured_output is not None
+                        and r.num_computed_tokens >= r.num_tokens]
+            ids, bitmask = self.structured_output_manager.grammar_bitmask(sampling)
+            output.structured_output_request_ids, output.grammar_bitmask = ids, bitmask
         return output
+
+    def waiting_for_grammar(self) -> list[Request]:
+        """Waiting requests whose grammar is still compiling."""
+        return [r for r in self.waiting
+                if r.structured_output is not None and not r.structured_output.is_ready]
 
     def _schedule_running(self, step: StepBuilder) -> None:
         for request in list(self.running):
@@ -156,9 +181,34 @@ class Scheduler:
 
     def _schedule_waiting(self, step: StepBuilder) -> None:
         max_num_seqs = self.scheduler_config.max_num_seqs
+        skipped: list[Request] = []
         while self.waiting and step.token_budget > 0 and len(self.running) < max_num_seqs:
-            if not self._admit(self.waiting.peek(), step):
-                return
+            request = self.waiting.peek()
+            if not self._grammar_ready(request):
+                if not request.is_finished():
+                    skipped.append(self.waiting.pop())  # compiling: the others go ahead
+                continue
+            if not self._admit(request, step):
+                break
+        for request in reversed(skipped):
+            self.waiting.prepend(request)
+
+    def _grammar_ready(self, request: Request) -> bool:
+        """False while the request's grammar compiles; a grammar that failed finishes it."""
+        manager = self.structured_output_manager
+        if manager is None or manager.grammar_ready(request):
+            state = request.structured_output
+            if state is not None and state.failed:
+                self.waiting.remove(request)
+                self._fail(request, state.failed)
+                return False
+            return True
+        return False
+
+    def _fail(self, request: Request, reason: str) -> None:
+        request.status = RequestStatus.FINISHED_ABORTED
+        self._failed.append((request, reason))
+        self._free_request(request)
 
     def _chunk_size(self, num_remaining: int, budget: int) -> int:
         """Tokens to schedule for a request with num_remaining uncomputed tokens (0: none).
@@ -239,6 +289,8 @@ class Scheduler:
                 continue  # finished from outside while the step ran
             sampled = runner_output.sampled_token_ids.get(req_id)
             new_token_ids = self._append_tokens(request, sampled)
+            if request.structured_output is not None:
+                self._advance_grammar(request, new_token_ids)
             num_generated += len(new_token_ids)
             output = _make_output(request, new_token_ids, runner_output)
             if output is not None:
@@ -246,6 +298,8 @@ class Scheduler:
             if request.is_finished():
                 self._free_request(request)
         self.running = [r for r in self.running if not r.is_finished()]
+        outputs.extend(_failed_output(request, reason) for request, reason in self._failed)
+        self._failed = []
         stats = self.make_stats(num_prompt_tokens, num_generated)
         return EngineCoreOutputs(outputs=outputs, scheduler_stats=stats)
 
@@ -258,6 +312,19 @@ class Scheduler:
             if check_stop(request, self.max_model_len):
                 break
         return kept
+
+    def _advance_grammar(self, request: Request, new_token_ids: list[int]) -> None:
+        """Feed the matcher; a finished grammar stops the request (even with ignore_eos)."""
+        manager = self.structured_output_manager
+        assert manager is not None and request.structured_output is not None
+        if not manager.accept_tokens(request, new_token_ids):
+            request.status = RequestStatus.FINISHED_ABORTED
+            request.stop_reason = request.structured_output.failed
+            return
+        grammar = request.structured_output.grammar
+        if not request.is_finished() and grammar is not None and grammar.is_terminated():
+            request.status = RequestStatus.FINISHED_STOPPED
+            request.stop_reason = None
 
     def _count_prompt_tokens(self, scheduler_output: SchedulerOutput) -> int:
         """Prompt tokens computed by the step (prefix hits are not scheduled, so not counted)."""
@@ -307,6 +374,12 @@ def _make_output(
         stop_reason=request.stop_reason,
         num_cached_tokens=request.num_cached_tokens or 0,
     )
+
+
+def _failed_output(request: Request, reason: str) -> EngineCoreOutput:
+    """A request ended by the engine, not the client: its stream must end too."""
+    return EngineCoreOutput(request_id=request.request_id, new_token_ids=[],
+                            finish_reason=FinishReason.ABORT, stop_reason=reason)
 
 
 def _trim(logprobs: LogprobsLists | None, num_rows: int) -> LogprobsLists | None:
