@@ -12,10 +12,8 @@ from pydantic import ValidationError
 from pagedllm.entrypoints.openai.chat_output import ChoiceStream, OutputOptions, finish_reason
 from pagedllm.entrypoints.openai.chat_tools import (
     AUTO_TOOL_CHOICE_ERROR,
-    RequiredCallStreamer,
     ToolMode,
     ToolSettings,
-    required_calls,
     tool_mode,
 )
 from pagedllm.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest
@@ -228,14 +226,16 @@ CALLS_TEXT = ('[{"name": "get_weather", "parameters": {"city": "Pa\\"ris", "n": 
               ' {"parameters" : {}, "name":"get_time"}]')
 
 
-def test_required_calls_keep_the_model_text():
-    calls = required_calls(CALLS_TEXT)
-    assert [c.function.name for c in calls] == ["get_weather", "get_time"]
+REQUIRED = ToolMode("required", [WEATHER, TIME])
+
+
+def test_required_calls_whole():
+    calls, content = REQUIRED.extract(CALLS_TEXT, None)
+    assert [c.function.name for c in calls] == ["get_weather", "get_time"] and content == ""
     expected = [item["parameters"] for item in json.loads(CALLS_TEXT)]
     assert [json.loads(c.function.arguments) for c in calls] == expected
     assert len({c.id for c in calls}) == 2
-    assert required_calls(CALLS_TEXT[:-5]) == []  # cut by max_tokens: no calls
-    assert required_calls('{"name": "x"}') == []
+    assert REQUIRED.extract(CALLS_TEXT[:-5], None) == ([], CALLS_TEXT[:-5])  # cut: no calls
 
 
 def reassemble(deltas) -> list[tuple[str, str]]:
@@ -253,14 +253,14 @@ def reassemble(deltas) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("seed", range(5))
 def test_required_stream_reassembles_to_the_whole_answer(seed):
     rng = random.Random(seed)
-    streamer, deltas, i = RequiredCallStreamer(), [], 0
+    streamer, deltas, i = REQUIRED.new_streamer(None), [], 0
     while i < len(CALLS_TEXT):
         step = rng.randint(1, 6)
         out = streamer.feed(CALLS_TEXT[i:i + step])
         i += step
         if out is not None:
             deltas.append(out)
-    whole = [(c.function.name, c.function.arguments) for c in required_calls(CALLS_TEXT)]
+    whole = [(c.function.name, c.function.arguments) for c in REQUIRED.extract(CALLS_TEXT, None)[0]]
     assert reassemble(deltas) == whole and streamer.tools_called
 
 
