@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pagedllm.entrypoints.openai.chat_tools import ToolMode
-from pagedllm.entrypoints.openai.protocol import (
-    ChatMessage,
+from pagedllm.entrypoints.openai.protocol import ChatMessage, DeltaMessage
+from pagedllm.entrypoints.openai.protocol_tools import (
     DeltaFunctionCall,
-    DeltaMessage,
     DeltaToolCallModel,
     FunctionCallModel,
     ToolCallModel,

@@ -4,24 +4,26 @@ vLLM's extra sampling parameters, and the error body."""
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+from pydantic import Field, model_serializer, model_validator
+
+from pagedllm.entrypoints.openai.protocol_base import OpenAIBaseModel, random_id
+from pagedllm.entrypoints.openai.protocol_tools import (
+    ChatCompletionToolsParam,
+    DeltaToolCallModel,
+    NamedToolChoice,
+    ResponseFormat,
+    StructuredOutputsRequest,
+    ToolCallModel,
+    ToolCallParam,
+    ToolChoice,
+)
 
 MAX_N = 128
 """Most samples one request may ask for (n); more is rejected as a likely mistake."""
 MAX_LOGPROBS = 20
 """Most alternatives per position (logprobs / top_logprobs / prompt_logprobs), as vLLM."""
-
-
-def random_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
-class OpenAIBaseModel(BaseModel):
-    # Unknown fields are ignored, as OpenAI and vLLM do (clients send newer fields).
-    model_config = ConfigDict(extra="ignore")
 
 
 # ---- errors -------------------------------------------------------------------------------------
@@ -55,48 +57,6 @@ class UsageInfo(OpenAIBaseModel):
     completion_tokens: int = 0
     total_tokens: int = 0
     prompt_tokens_details: PromptTokensDetails | None = None
-
-
-# ---- structured outputs (vLLM's request surface) -------------------------------------------------
-
-
-class JsonSchemaResponseFormat(OpenAIBaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-    name: str
-    description: str | None = None
-    json_schema: dict[str, Any] | None = Field(None, alias="schema")
-    """OpenAI's `schema` (aliased: the name clashes with pydantic's)."""
-    strict: bool | None = None
-
-
-class ResponseFormat(OpenAIBaseModel):
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JsonSchemaResponseFormat | None = None
-
-    @model_validator(mode="after")
-    def _check_schema(self) -> ResponseFormat:
-        if self.type == "json_schema" and self.json_schema is None:
-            raise ValueError("When response_format type is 'json_schema', the 'json_schema' "
-                             "field must be provided.")
-        return self
-
-
-class StructuredOutputsRequest(OpenAIBaseModel):
-    """The `structured_outputs` object: vLLM's StructuredOutputsParams fields."""
-
-    # Unknown keys are a 400 (as vLLM's dataclass refuses them): a typo must not run unconstrained.
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    json_schema: str | dict[str, Any] | None = Field(None, alias="json")
-    regex: str | None = None
-    choice: list[str] | None = None
-    grammar: str | None = None
-    json_object: bool | None = None
-    structural_tag: str | dict[str, Any] | None = None
-    disable_any_whitespace: bool = False
-    disable_additional_properties: bool = False
-    whitespace_pattern: str | None = None
-    disable_fallback: bool = False
-    """vLLM's; accepted and ignored (pagedllm has one backend, nothing to fall back to)."""
 
 
 class SamplingExtras(OpenAIBaseModel):
@@ -210,18 +170,6 @@ class ChatContentPart(OpenAIBaseModel):
     text: str
 
 
-class FunctionCallParam(OpenAIBaseModel):
-    name: str
-    arguments: str
-    """JSON text of an object (OpenAI's shape); rendered to the template as a dict."""
-
-
-class ToolCallParam(OpenAIBaseModel):
-    id: str | None = None
-    type: Literal["function"] = "function"
-    function: FunctionCallParam
-
-
 class ChatMessageParam(OpenAIBaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ChatContentPart] | None = None
@@ -244,31 +192,6 @@ class ChatMessageParam(OpenAIBaseModel):
         if self.reasoning_content is None:
             self.reasoning_content = self.reasoning
         return self
-
-
-class FunctionDefinition(OpenAIBaseModel):
-    name: str = Field(min_length=1)
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    """A JSON schema of the arguments (an object)."""
-    strict: bool | None = None
-
-
-class ChatCompletionToolsParam(OpenAIBaseModel):
-    type: Literal["function"] = "function"
-    function: FunctionDefinition
-
-
-class NamedFunction(OpenAIBaseModel):
-    name: str
-
-
-class NamedToolChoice(OpenAIBaseModel):
-    type: Literal["function"] = "function"
-    function: NamedFunction
-
-
-ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
 class ChatCompletionRequest(SamplingExtras):
@@ -327,29 +250,6 @@ class ChatCompletionRequest(SamplingExtras):
         if not self.tools:
             return None
         return [t.model_dump(exclude_none=True) for t in self.tools]
-
-
-class DeltaFunctionCall(OpenAIBaseModel):
-    name: str | None = None
-    arguments: str | None = None
-
-
-class DeltaToolCallModel(OpenAIBaseModel):
-    index: int
-    id: str | None = None
-    type: Literal["function"] | None = None
-    function: DeltaFunctionCall | None = None
-
-
-class FunctionCallModel(OpenAIBaseModel):
-    name: str
-    arguments: str
-
-
-class ToolCallModel(OpenAIBaseModel):
-    id: str
-    type: Literal["function"] = "function"
-    function: FunctionCallModel
 
 
 class ChatMessage(OpenAIBaseModel):
