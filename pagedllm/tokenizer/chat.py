@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 Conversation = list[dict[str, Any]]
+
+_RESERVED_KWARGS = frozenset({"conversation", "messages", "tools", "chat_template", "tokenize",
+                              "add_generation_prompt", "continue_final_message", "return_dict",
+                              "documents", "tokenizer_kwargs"})
+"""apply_chat_template's own arguments: chat_template_kwargs cannot override them."""
 
 
 def normalize_messages(messages: Conversation) -> Conversation:
@@ -22,7 +28,22 @@ def normalize_messages(messages: Conversation) -> Conversation:
                 parts.append(part.get("text", ""))
             content = "".join(parts)
         normalized.append({**message, "content": content if content is not None else ""})
+        if message.get("tool_calls"):
+            normalized[-1]["tool_calls"] = [_call_for_template(c) for c in message["tool_calls"]]
     return normalized
+
+
+def _call_for_template(call: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI sends a call's arguments as JSON text; templates (Qwen2.5's, Llama 3's) write them
+    with `tojson`, so they get the object (as vLLM and transformers do)."""
+    function = dict(call.get("function") or {})
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        try:
+            function["arguments"] = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError as e:
+            raise ValueError(f"tool call arguments must be JSON text: {e}") from e
+    return {**call, "function": function}
 
 
 def apply_chat_template(
@@ -31,7 +52,12 @@ def apply_chat_template(
     chat_template: str | None = None,
     add_generation_prompt: bool = True,
     continue_final_message: bool = False,
+    tools: list[dict[str, Any]] | None = None,
+    chat_template_kwargs: dict[str, Any] | None = None,
 ) -> str:
+    """`tools` (OpenAI-shaped definitions) and `chat_template_kwargs` (e.g. enable_thinking) are
+    passed to the template as variables."""
+    extra = {k: v for k, v in (chat_template_kwargs or {}).items() if k not in _RESERVED_KWARGS}
     template = chat_template or getattr(tokenizer, "chat_template", None)
     if not template:
         raise ValueError(
@@ -43,4 +69,6 @@ def apply_chat_template(
         add_generation_prompt=add_generation_prompt and not continue_final_message,
         continue_final_message=continue_final_message,
         tokenize=False,
+        tools=tools,
+        **extra,
     )

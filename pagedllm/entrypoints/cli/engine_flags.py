@@ -46,6 +46,43 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--enforce-eager", action="store_true",
                        help="run the model module by module in eager PyTorch (no fused compiled "
                             "decoder layers)")
+    group.add_argument("--structured-outputs-config", default=None, type=_structured_config,
+                       help='grammar backend and options as JSON, e.g. \'{"backend": "xgrammar", '
+                            '"disable_any_whitespace": true}\' (backend: auto | xgrammar)')
+    group.add_argument("--reasoning-parser", default=None,
+                       help="the model's reasoning format: its thinking goes to the message's "
+                            "`reasoning` and is left unconstrained by structured outputs "
+                            f"(one of: {_names('reasoning')})")
+
+
+def _names(kind: str) -> str:
+    """Registered parser names, read at --help time (the registries fill as parsers land)."""
+    if kind == "reasoning":
+        from pagedllm.reasoning import REASONING_PARSERS as registry
+    else:
+        from pagedllm.entrypoints.openai.tool_parsers import TOOL_PARSERS as registry
+    return ", ".join(registry.names()) or "none registered"
+
+
+def check_parser_name(kind: str, name: str | None) -> None:
+    """A --reasoning-parser / --tool-call-parser that names no parser: exit with the choices."""
+    if name is None:
+        return
+    names = _names(kind)
+    if name not in names.split(", "):
+        flag = "--reasoning-parser" if kind == "reasoning" else "--tool-call-parser"
+        raise SystemExit(f"pagedllm: {flag} {name!r} is unknown; choose from: {names}")
+
+
+def _structured_config(value: str) -> str:
+    """Check the JSON now (a typo is a usage error, not an engine crash); EngineArgs parses it."""
+    from pagedllm.config.structured_outputs import StructuredOutputsConfig
+
+    try:
+        StructuredOutputsConfig.parse(value)
+    except (ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    return value
 
 
 def engine_args_from(args: argparse.Namespace) -> EngineArgs:
@@ -67,4 +104,6 @@ def engine_args_from(args: argparse.Namespace) -> EngineArgs:
         quantization=args.quantization,
         kv_cache_dtype=args.kv_cache_dtype,
         enforce_eager=args.enforce_eager,
+        structured_outputs_config=args.structured_outputs_config,
+        reasoning_parser=args.reasoning_parser,
     )

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 
-from pagedllm.entrypoints.cli.engine_flags import add_engine_args, engine_args_from
+from pagedllm.entrypoints.cli.engine_flags import (
+    add_engine_args,
+    check_parser_name,
+    engine_args_from,
+)
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 
@@ -44,8 +49,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         choices=["critical", "error", "warning", "info", "debug"],
                         help="uvicorn's log level (default info)")
     server.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    _add_tool_args(parser)
     add_engine_args(parser)
     parser.set_defaults(func=run)
+
+
+def _add_tool_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("tools and chat templates")
+    group.add_argument("--enable-auto-tool-choice", action="store_true",
+                       help='allow tool_choice "auto": the model decides whether to call tools, '
+                            "and --tool-call-parser finds the calls in its text")
+    group.add_argument("--tool-call-parser", default=None,
+                       help="how the model writes tool calls (one of: "
+                            f"{_tool_parser_names()})")
+    group.add_argument("--exclude-tools-when-tool-choice-none", action="store_true",
+                       help='with tool_choice "none", leave the tools out of the prompt too')
+    group.add_argument("--default-chat-template-kwargs", default=None, type=_json_object,
+                       help='JSON object of chat template variables for every request, e.g. '
+                            '\'{"enable_thinking": false}\' (a request\'s chat_template_kwargs '
+                            "win)")
+
+
+def _tool_parser_names() -> str:
+    from pagedllm.entrypoints.openai.tool_parsers import TOOL_PARSERS
+
+    return ", ".join(TOOL_PARSERS.names()) or "none registered"
+
+
+def _json_object(value: str) -> dict:
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return data
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
     from pagedllm.entrypoints.openai.launcher import serve_http
     from pagedllm.entrypoints.openai.state import ServerSettings
 
+    if args.enable_auto_tool_choice and not args.tool_call_parser:
+        raise SystemExit("pagedllm serve: --enable-auto-tool-choice requires --tool-call-parser")
+    check_parser_name("tool", args.tool_call_parser)
+    check_parser_name("reasoning", args.reasoning_parser)
     chat_template = None
     if args.chat_template:
         try:
@@ -67,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
         api_key=args.api_key or envs.api_key(),
         allowed_origins=args.allowed_origins,
         chat_template=chat_template,
+        enable_auto_tool_choice=args.enable_auto_tool_choice,
+        tool_call_parser=args.tool_call_parser,
+        exclude_tools_when_tool_choice_none=args.exclude_tools_when_tool_choice_none,
+        default_chat_template_kwargs=args.default_chat_template_kwargs or {},
         max_request_body_bytes=args.max_request_body_bytes,
         engine_startup_timeout=args.engine_startup_timeout,
     )

@@ -4,24 +4,26 @@ vLLM's extra sampling parameters, and the error body."""
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_serializer, model_validator
+
+from pagedllm.entrypoints.openai.protocol_base import OpenAIBaseModel, random_id
+from pagedllm.entrypoints.openai.protocol_tools import (
+    ChatCompletionToolsParam,
+    DeltaToolCallModel,
+    NamedToolChoice,
+    ResponseFormat,
+    StructuredOutputsRequest,
+    ToolCallModel,
+    ToolCallParam,
+    ToolChoice,
+)
 
 MAX_N = 128
 """Most samples one request may ask for (n); more is rejected as a likely mistake."""
 MAX_LOGPROBS = 20
 """Most alternatives per position (logprobs / top_logprobs / prompt_logprobs), as vLLM."""
-
-
-def random_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
-class OpenAIBaseModel(BaseModel):
-    # Unknown fields are ignored, as OpenAI and vLLM do (clients send newer fields).
-    model_config = ConfigDict(extra="ignore")
 
 
 # ---- errors -------------------------------------------------------------------------------------
@@ -85,11 +87,27 @@ class SamplingExtras(OpenAIBaseModel):
     prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     return_tokens_as_token_ids: bool = False
     """Logprob tokens as "token_id:<id>" (exact, whatever the detokenizer makes of them)."""
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputsRequest | None = None
+    # vLLM's legacy guided decoding fields (same meaning as structured_outputs' keys)
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_whitespace_pattern: str | None = None
+    guided_decoding_backend: str | None = None
+    """Accepted and ignored: the backend is the server's (--structured-outputs-config)."""
 
     @model_validator(mode="after")
     def _check_stream_options(self) -> SamplingExtras:
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options can only be set when stream is true")
+        # vLLM's choice: prompt logprobs arrive with the first output, which a stream would
+        # have to hold back; it refuses the combination instead.
+        if self.stream and self.prompt_logprobs:
+            raise ValueError("`prompt_logprobs` are not available when `stream=True`.")
         if self.logit_bias:
             for key, value in self.logit_bias.items():
                 if not key.lstrip("-").isdigit():
@@ -153,9 +171,27 @@ class ChatContentPart(OpenAIBaseModel):
 
 
 class ChatMessageParam(OpenAIBaseModel):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ChatContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallParam] | None = None
+    """An assistant's earlier calls (its content may then be null)."""
+    tool_call_id: str | None = None
+    """A tool message: the call it answers."""
+    reasoning: str | None = None
+    reasoning_content: str | None = None
+    """An assistant's earlier thinking (the llama.cpp/SGLang name; templates such as Qwen3's
+    read it)."""
+
+    @model_validator(mode="after")
+    def _check_tool_fields(self) -> ChatMessageParam:
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("a message with role 'tool' needs a 'tool_call_id'")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only assistant messages can carry 'tool_calls'")
+        if self.reasoning_content is None:
+            self.reasoning_content = self.reasoning
+        return self
 
 
 class ChatCompletionRequest(SamplingExtras):
@@ -165,37 +201,73 @@ class ChatCompletionRequest(SamplingExtras):
     max_tokens: int | None = Field(None, ge=1)
     """Deprecated by OpenAI in favour of max_completion_tokens; still honoured."""
     max_completion_tokens: int | None = Field(None, ge=1)
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    response_format: dict[str, Any] | None = None
+    tools: list[ChatCompletionToolsParam] | None = None
+    tool_choice: ToolChoice | None = None
+    """None: "auto" when tools are given, else "none" (as OpenAI and vLLM)."""
+    parallel_tool_calls: bool | None = True
     # vLLM extras
+    include_reasoning: bool = True
+    thinking_token_budget: int | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
     add_special_tokens: bool = False
 
     @model_validator(mode="after")
     def _check_logprobs(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
-        if self.tools or self.tool_choice not in (None, "none"):
-            raise ValueError("tools and tool_choice are not supported")
-        if self.response_format and self.response_format.get("type") != "text":
-            raise ValueError("response_format other than {'type': 'text'} is not supported")
         if self.continue_final_message and self.add_generation_prompt:
             raise ValueError(
                 "continue_final_message and add_generation_prompt cannot both be true")
         return self
 
+    @model_validator(mode="after")
+    def _check_tools(self) -> ChatCompletionRequest:
+        """vLLM's check_tool_usage, in its words."""
+        if self.tools is not None and not self.tools:
+            raise ValueError("`tools` must not be an empty array. Either provide at least one "
+                             "tool or omit the field entirely.")
+        if self.tool_choice is None:
+            self.tool_choice = "auto" if self.tools else "none"
+        if self.tool_choice == "none":
+            return self
+        if self.tools is None:
+            raise ValueError("When using `tool_choice`, `tools` must be set.")
+        if isinstance(self.tool_choice, NamedToolChoice):
+            name = self.tool_choice.function.name
+            if all(tool.function.name != name for tool in self.tools):
+                raise ValueError("The tool specified in `tool_choice` does not match any of "
+                                 f"the specified `tools` ({name!r})")
+        return self
+
     def conversation(self) -> list[dict[str, Any]]:
         return [m.model_dump(exclude_none=True) for m in self.messages]
+
+    def tool_dicts(self) -> list[dict[str, Any]] | None:
+        """The tools as OpenAI-shaped dicts (what templates and tool parsers read)."""
+        if not self.tools:
+            return None
+        return [t.model_dump(exclude_none=True) for t in self.tools]
 
 
 class ChatMessage(OpenAIBaseModel):
     role: str
     content: str | None = None
     refusal: str | None = None
-    tool_calls: list[Any] = Field(default_factory=list)
+    tool_calls: list[ToolCallModel] = Field(default_factory=list)
+    reasoning: str | None = None
+    """vLLM's field for the thinking (with --reasoning-parser)."""
+    reasoning_content: str | None = None
+    """The same text under the name llama.cpp and SGLang clients read."""
+
+    @model_serializer(mode="wrap")
+    def _drop_empty_tool_calls(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if not data.get("tool_calls"):
+            data.pop("tool_calls", None)  # as vLLM: no calls, no key
+        return data
 
 
 class ChatTopLogprob(OpenAIBaseModel):
@@ -234,6 +306,9 @@ class ChatCompletionResponse(OpenAIBaseModel):
 class DeltaMessage(OpenAIBaseModel):
     role: str | None = None
     content: str | None = None
+    reasoning: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[DeltaToolCallModel] | None = None
 
 
 class ChatCompletionStreamChoice(OpenAIBaseModel):
@@ -311,6 +386,8 @@ class TokenizeCompletionRequest(OpenAIBaseModel):
 class TokenizeChatRequest(OpenAIBaseModel):
     model: str | None = None
     messages: list[ChatMessageParam] = Field(min_length=1)
+    tools: list[ChatCompletionToolsParam] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     add_special_tokens: bool = False
@@ -319,6 +396,9 @@ class TokenizeChatRequest(OpenAIBaseModel):
 
     def conversation(self) -> list[dict[str, Any]]:
         return [m.model_dump(exclude_none=True) for m in self.messages]
+
+    def tool_dicts(self) -> list[dict[str, Any]] | None:
+        return [t.model_dump(exclude_none=True) for t in self.tools] if self.tools else None
 
 
 TokenizeRequest = TokenizeCompletionRequest | TokenizeChatRequest

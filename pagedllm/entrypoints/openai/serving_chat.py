@@ -1,12 +1,16 @@
-"""/v1/chat/completions: messages -> chat template -> engine -> JSON or SSE (role, content deltas,
-a final chunk with finish_reason, then usage when asked for)."""
+"""/v1/chat/completions: messages (+ tools) -> chat template -> engine -> JSON or SSE (role,
+then reasoning / content / tool-call deltas, a final chunk with finish_reason, then usage when asked
+for). The answer's thinking and tool calls are split out in chat_output.py."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from dataclasses import dataclass, field
 from typing import Any
 
+from pagedllm.entrypoints.openai.chat_output import ChoiceStream, OutputOptions, finish_reason
+from pagedllm.entrypoints.openai.chat_tools import ToolSettings, tool_mode
 from pagedllm.entrypoints.openai.errors import BadRequestError, OpenAIError, error_body
 from pagedllm.entrypoints.openai.protocol import (
     ChatCompletionLogProbs,
@@ -16,7 +20,6 @@ from pagedllm.entrypoints.openai.protocol import (
     ChatCompletionStreamChoice,
     ChatCompletionStreamResponse,
     ChatLogprobContent,
-    ChatMessage,
     ChatTopLogprob,
     DeltaMessage,
     UsageInfo,
@@ -33,40 +36,76 @@ from pagedllm.entrypoints.openai.serving_engine import (
 )
 from pagedllm.entrypoints.openai.serving_models import OpenAIServingModels
 from pagedllm.outputs import CompletionOutput, RequestOutput
+from pagedllm.reasoning import ReasoningParser
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 from pagedllm.tokenizer.chat import apply_chat_template
 
 
+@dataclass
+class ChatSettings:
+    """The server's chat flags (see cli/serve.py)."""
+
+    chat_template: str | None = None
+    """--chat-template FILE's contents; None: the model's own template."""
+    tools: ToolSettings = field(default_factory=ToolSettings)
+    reasoning_parser: str | None = None
+    """--reasoning-parser NAME: thinking goes to the message's `reasoning`."""
+    default_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    """--default-chat-template-kwargs; a request's chat_template_kwargs win."""
+
+
 class OpenAIServingChat(OpenAIServing):
     def __init__(self, engine: Any, models: OpenAIServingModels,
-                 chat_template: str | None = None) -> None:
+                 settings: ChatSettings | None = None) -> None:
         super().__init__(engine, models)
-        self.chat_template = chat_template
-        """--chat-template FILE's contents; None: the model's own template."""
+        self.settings = settings or ChatSettings()
+        self.chat_template = self.settings.chat_template
+        self.reasoning_parser: ReasoningParser | None = None
+        if self.settings.reasoning_parser:
+            from pagedllm.reasoning import REASONING_PARSERS
+
+            parser_cls = REASONING_PARSERS.get(self.settings.reasoning_parser)
+            self.reasoning_parser = parser_cls(self.tokenizer)
 
     async def create_chat_completion(
         self, request: ChatCompletionRequest
     ) -> ChatCompletionResponse | AsyncIterator[str]:
         model_name = self.models.check_model(request.model)
+        try:
+            mode = tool_mode(request, self.settings.tools)
+        except ValueError as e:
+            raise BadRequestError(str(e), param="tool_choice") from e
         prompt_ids = self.render_prompt(request.conversation(), request.chat_template,
                                         request.add_generation_prompt,
                                         request.continue_final_message,
-                                        request.add_special_tokens)
+                                        request.add_special_tokens, self._prompt_tools(request),
+                                        request.chat_template_kwargs)
         params = self._sampling_params(request, prompt_ids)
+        options = OutputOptions(mode, self.reasoning_parser, request.include_reasoning)
         request_id = random_id("chatcmpl")
         stream = self.generate(prompt_ids, params, request_id)
         if request.stream:
-            return self._stream(request, request_id, model_name, len(prompt_ids), stream)
-        return await self._full(request, request_id, model_name, len(prompt_ids), stream)
+            return self._stream(request, request_id, model_name, len(prompt_ids), stream,
+                                options)
+        return await self._full(request, request_id, model_name, len(prompt_ids), stream,
+                                options)
+
+    def _prompt_tools(self, request: ChatCompletionRequest) -> list[dict[str, Any]] | None:
+        exclude = self.settings.tools.exclude_tools_when_tool_choice_none
+        if request.tool_choice == "none" and exclude:
+            return None
+        return request.tool_dicts()
 
     def render_prompt(self, conversation: list[dict[str, Any]], chat_template: str | None,
                       add_generation_prompt: bool, continue_final_message: bool,
-                      add_special_tokens: bool) -> list[int]:
+                      add_special_tokens: bool, tools: list[dict[str, Any]] | None = None,
+                      chat_template_kwargs: dict[str, Any] | None = None) -> list[int]:
         """Conversation -> token ids through the chat template (shared with /tokenize)."""
+        kwargs = {**self.settings.default_chat_template_kwargs, **(chat_template_kwargs or {})}
         try:
             text = apply_chat_template(
                 self.tokenizer, conversation, chat_template or self.chat_template,
-                add_generation_prompt, continue_final_message)
+                add_generation_prompt, continue_final_message, tools, kwargs)
         except ValueError as e:
             raise BadRequestError(str(e), param="messages") from e
         except Exception as e:  # jinja errors in a user's template
@@ -82,27 +121,28 @@ class OpenAIServingChat(OpenAIServing):
         logprobs = (request.top_logprobs or 0) if request.logprobs else None
         kind = RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY
         params = build_sampling_params(request, max_tokens, logprobs, kind,
-                                       request.prompt_logprobs)
+                                       request.prompt_logprobs,
+                                       thinking_token_budget=request.thinking_token_budget)
         self.validate_request(prompt_ids, params)
         return params
 
     # ---- output -------------------------------------------------------------------------------
 
     async def _full(self, request: ChatCompletionRequest, request_id: str, model_name: str,
-                    num_prompt_tokens: int, stream: AsyncIterator[RequestOutput]
-                    ) -> ChatCompletionResponse:
+                    num_prompt_tokens: int, stream: AsyncIterator[RequestOutput],
+                    options: OutputOptions) -> ChatCompletionResponse:
         final: RequestOutput | None = None
         async with aclosing(stream):  # type: ignore[type-var]
             async for output in stream:
                 final = output
         assert final is not None and final.finished
-        choices = [
-            ChatCompletionResponseChoice(
-                index=c.index, message=ChatMessage(role="assistant", content=c.text),
-                logprobs=self._logprobs(request, c), finish_reason=c.finish_reason,
-                stop_reason=c.stop_reason)
-            for c in final.outputs
-        ]
+        choices = []
+        for c in final.outputs:
+            message, tools_called = options.message(c.text, self.tokenizer)
+            choices.append(ChatCompletionResponseChoice(
+                index=c.index, message=message, logprobs=self._logprobs(request, c),
+                finish_reason=finish_reason(c.finish_reason, tools_called),
+                stop_reason=c.stop_reason))
         completion_tokens = sum(len(c.token_ids) for c in final.outputs)
         return ChatCompletionResponse(
             id=request_id, model=model_name, choices=choices,
@@ -110,17 +150,25 @@ class OpenAIServingChat(OpenAIServing):
                             total_tokens=num_prompt_tokens + completion_tokens))
 
     async def _stream(self, request: ChatCompletionRequest, request_id: str, model_name: str,
-                      num_prompt_tokens: int, stream: AsyncIterator[RequestOutput]
-                      ) -> AsyncIterator[str]:
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+                      num_prompt_tokens: int, stream: AsyncIterator[RequestOutput],
+                      options: OutputOptions) -> AsyncIterator[str]:
+        usage_options = request.stream_options
+        include_usage = bool(usage_options and usage_options.include_usage)
+        continuous = include_usage and bool(usage_options and usage_options.continuous_usage_stats)
         created = ChatCompletionResponse(model=model_name, choices=[], usage=UsageInfo()).created
+        completion_tokens = 0
+
+        def usage() -> UsageInfo:
+            return UsageInfo(prompt_tokens=num_prompt_tokens, completion_tokens=completion_tokens,
+                             total_tokens=num_prompt_tokens + completion_tokens)
 
         def chunk(choice: ChatCompletionStreamChoice) -> str:
-            response = ChatCompletionStreamResponse(id=request_id, created=created,
-                                                    model=model_name, choices=[choice])
-            return _serialize_chunk(response, include_usage)
+            response = ChatCompletionStreamResponse(
+                id=request_id, created=created, model=model_name, choices=[choice],
+                usage=usage() if continuous else None)
+            return _serialize_chunk(response, continuous)
 
-        completion_tokens = 0
+        choice_streams = {i: ChoiceStream(options, self.tokenizer) for i in range(request.n)}
         try:
             for index in range(request.n):
                 yield chunk(ChatCompletionStreamChoice(
@@ -129,21 +177,27 @@ class OpenAIServingChat(OpenAIServing):
                 async for output in stream:
                     for c in output.outputs:
                         completion_tokens += len(c.token_ids)
-                        if c.text or c.finish_reason is not None or request.logprobs:
-                            yield chunk(ChatCompletionStreamChoice(
-                                index=c.index, delta=DeltaMessage(content=c.text),
-                                logprobs=self._logprobs(request, c),
-                                finish_reason=c.finish_reason, stop_reason=c.stop_reason))
+                        choice = self._delta_choice(request, c, choice_streams[c.index])
+                        if choice is not None:
+                            yield chunk(choice)
             if include_usage:
-                usage = UsageInfo(prompt_tokens=num_prompt_tokens,
-                                  completion_tokens=completion_tokens,
-                                  total_tokens=num_prompt_tokens + completion_tokens)
                 yield sse(ChatCompletionStreamResponse(id=request_id, created=created,
                                                        model=model_name, choices=[],
-                                                       usage=usage))
+                                                       usage=usage()))
         except OpenAIError as e:
             yield sse(error_body(e.status_code, e.message, e.type, e.param, e.code))
         yield SSE_DONE
+
+    def _delta_choice(self, request: ChatCompletionRequest, c: CompletionOutput,
+                      choice_stream: ChoiceStream) -> ChatCompletionStreamChoice | None:
+        delta = choice_stream.step(c.text, c.token_ids)
+        if delta is None and c.finish_reason is None and not request.logprobs:
+            return None
+        return ChatCompletionStreamChoice(
+            index=c.index, delta=delta or DeltaMessage(content=""),
+            logprobs=self._logprobs(request, c),
+            finish_reason=finish_reason(c.finish_reason, choice_stream.tools_called),
+            stop_reason=c.stop_reason)
 
     def _logprobs(self, request: ChatCompletionRequest,
                   completion: CompletionOutput) -> ChatCompletionLogProbs | None:
@@ -169,6 +223,14 @@ class OpenAIServingChat(OpenAIServing):
 def _serialize_chunk(response: ChatCompletionStreamResponse, include_usage: bool) -> str:
     data = response.model_dump(exclude=None if include_usage else {"usage"})
     for choice in data["choices"]:
-        # Deltas carry only what they have (the role once, then content).
-        choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
+        # Deltas carry only what they have (the role once, then content or tool-call pieces).
+        choice["delta"] = _without_none(choice["delta"])
     return sse(data)
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value

@@ -129,11 +129,20 @@ class OpenAIServingCompletion(OpenAIServing):
 
     async def _stream(self, request: CompletionRequest, request_id: str, model_name: str,
                       prompts: list[_Prompt], merged: AsyncIterator) -> AsyncIterator[str]:
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        options = request.stream_options
+        include_usage = bool(options and options.include_usage)
+        # vLLM's continuous_usage_stats: every chunk carries the usage so far.
+        continuous = include_usage and bool(options and options.continuous_usage_stats)
         echoed: set[int] = set()
         offsets: dict[int, int] = {}
         completion_tokens = 0
+        num_prompt_tokens = sum(len(p.token_ids) for p in prompts)
         created = CompletionResponse(model=model_name, choices=[]).created
+
+        def usage() -> UsageInfo:
+            return UsageInfo(prompt_tokens=num_prompt_tokens, completion_tokens=completion_tokens,
+                             total_tokens=num_prompt_tokens + completion_tokens)
+
         try:
             async for i, output in merged:
                 for completion in output.outputs:
@@ -144,15 +153,12 @@ class OpenAIServingCompletion(OpenAIServing):
                     if choice is None:
                         continue
                     chunk = CompletionStreamResponse(id=request_id, created=created,
-                                                     model=model_name, choices=[choice])
-                    yield _chunk(chunk, include_usage)
+                                                     model=model_name, choices=[choice],
+                                                     usage=usage() if continuous else None)
+                    yield _chunk(chunk, continuous)
             if include_usage:
-                num_prompt_tokens = sum(len(p.token_ids) for p in prompts)
-                usage = UsageInfo(prompt_tokens=num_prompt_tokens,
-                                  completion_tokens=completion_tokens,
-                                  total_tokens=num_prompt_tokens + completion_tokens)
                 yield sse(CompletionStreamResponse(id=request_id, created=created,
-                                                   model=model_name, choices=[], usage=usage))
+                                                   model=model_name, choices=[], usage=usage()))
         except OpenAIError as e:
             yield sse(error_body(e.status_code, e.message, e.type, e.param, e.code))
         finally:

@@ -13,6 +13,7 @@ from pagedllm.engine.core_client import EngineDeadError
 from pagedllm.entrypoints.openai.errors import BadRequestError, ServiceUnavailableError
 from pagedllm.entrypoints.openai.protocol import SamplingExtras
 from pagedllm.entrypoints.openai.serving_models import OpenAIServingModels
+from pagedllm.entrypoints.openai.structured_requests import structured_outputs_from_request
 from pagedllm.outputs import Logprob, RequestOutput
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
@@ -96,8 +97,10 @@ def build_sampling_params(
     logprobs: int | None,
     output_kind: RequestOutputKind,
     prompt_logprobs: int | None = None,
+    **extra: Any,
 ) -> SamplingParams:
-    """OpenAI/vLLM request fields -> SamplingParams; a bad combination is a 400 naming it."""
+    """OpenAI/vLLM request fields -> SamplingParams; a bad combination is a 400 naming it.
+    `extra`: endpoint-specific SamplingParams fields (chat's thinking_token_budget)."""
     try:
         return SamplingParams(
             n=request.n,
@@ -123,6 +126,10 @@ def build_sampling_params(
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
             output_kind=output_kind,
+            structured_outputs=structured_outputs_from_request(request),
+            allowed_token_ids=request.allowed_token_ids,
+            bad_words=request.bad_words,
+            **extra,
         )
     except (ValueError, TypeError) as e:
         raise BadRequestError(str(e)) from e

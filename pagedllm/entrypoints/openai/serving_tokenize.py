@@ -26,7 +26,8 @@ class OpenAIServingTokenization(OpenAIServing):
             ids = self.chat.render_prompt(request.conversation(), request.chat_template,
                                           request.add_generation_prompt,
                                           request.continue_final_message,
-                                          request.add_special_tokens)
+                                          request.add_special_tokens, request.tool_dicts(),
+                                          request.chat_template_kwargs)
         else:
             ids = self.tokenize(request.prompt, request.add_special_tokens)
         token_strs = None

@@ -38,6 +38,10 @@ class ServerSettings:
     allowed_origins: list[str] = field(default_factory=list)
     chat_template: str | None = None
     """The template's text (read from --chat-template FILE)."""
+    enable_auto_tool_choice: bool = False
+    tool_call_parser: str | None = None
+    exclude_tools_when_tool_choice_none: bool = False
+    default_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     max_request_body_bytes: int = 16 * 1024 * 1024
     engine_startup_timeout: float | None = None
 
@@ -111,7 +115,7 @@ class ServerState:
         self.models = OpenAIServingModels(settings.served_model_names, config.path,
                                           config.max_model_len)
         self.completion = OpenAIServingCompletion(engine, self.models)
-        self.chat = OpenAIServingChat(engine, self.models, settings.chat_template)
+        self.chat = OpenAIServingChat(engine, self.models, _chat_settings(settings))
         self.tokenization = OpenAIServingTokenization(self.chat)
         self.embedding = OpenAIServingEmbedding(engine, self.models)
         self.engine = engine
@@ -142,6 +146,18 @@ class ServerState:
         if self.engine is not None:
             self.engine.shutdown()  # blocks (joins the engine process): shutdown only
         logger.info("engine stopped")
+
+
+def _chat_settings(settings: ServerSettings) -> Any:
+    from pagedllm.entrypoints.openai.chat_tools import ToolSettings
+    from pagedllm.entrypoints.openai.serving_chat import ChatSettings
+
+    return ChatSettings(
+        chat_template=settings.chat_template,
+        tools=ToolSettings(settings.enable_auto_tool_choice, settings.tool_call_parser,
+                           settings.exclude_tools_when_tool_choice_none),
+        reasoning_parser=settings.engine_args.reasoning_parser,
+        default_chat_template_kwargs=settings.default_chat_template_kwargs)
 
 
 def _load_tokenizer(model: str | None) -> Any:
