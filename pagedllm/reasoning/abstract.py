@@ -35,6 +35,14 @@ class ReasoningParser(ABC):
         self.start_token_id: int | None = vocab.get(self.start_token) if self.start_token else None
         self.end_token_id: int | None = vocab.get(self.end_token)
 
+    @property
+    def markers_are_special(self) -> bool:
+        """The markers are special tokens in this tokenizer: detokenizing with
+        skip_special_tokens would drop them, so the server keeps special tokens."""
+        special = set(getattr(self.tokenizer, "all_special_ids", []) or [])
+        return any(t in special for t in (self.start_token_id, self.end_token_id)
+                   if t is not None)
+
     def is_reasoning_end(self, token_ids: Sequence[int]) -> bool:
         """True once the generated token_ids contain the end of the thinking."""
         return self.end_token_id is not None and self.end_token_id in token_ids

@@ -375,3 +375,34 @@ def test_sampling_params_carry_the_new_fields():
     assert params.allowed_token_ids == [3, 4] and params.bad_words == ["fox jumps"]
     assert params.structured_outputs.choice == ["a", "b"] and params.thinking_token_budget == 5
     assert params.max_tokens == 8
+
+
+class _NoVocab:
+    all_special_ids: list[int] = []
+
+    def get_vocab(self) -> dict[str, int]:
+        return {}
+
+    def decode(self, token_ids: list[int]) -> str:
+        return ""
+
+
+@pytest.mark.parametrize("ending", ["<tool_c", "<", "</thi", "plain"])
+def test_a_stream_that_ends_inside_a_possible_marker_loses_nothing(ending):
+    """The parsers hold back text that may start a marker; the last delta flushes it."""
+    from pagedllm.entrypoints.openai.tool_parsers import TOOL_PARSERS
+    from pagedllm.reasoning import REASONING_PARSERS
+
+    tokenizer = _NoVocab()
+    text = "<think>hm</think>Hello " + ending
+    mode = ToolMode("auto", [], parser_cls=TOOL_PARSERS.get("hermes"))
+    options = OutputOptions(mode, REASONING_PARSERS.get("qwen3")(tokenizer))
+    stream = ChoiceStream(options, tokenizer)
+    reasoning, content = "", ""
+    for i, ch in enumerate(text):
+        delta = stream.step(ch, [], final=i == len(text) - 1)
+        if delta is not None:
+            reasoning += delta.reasoning or ""
+            content += delta.content or ""
+    whole, _ = options.message(text, tokenizer)
+    assert (reasoning, content) == (whole.reasoning, whole.content) == ("hm", "Hello " + ending)

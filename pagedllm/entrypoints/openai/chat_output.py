@@ -15,7 +15,7 @@ from pagedllm.entrypoints.openai.protocol_tools import (
     FunctionCallModel,
     ToolCallModel,
 )
-from pagedllm.entrypoints.openai.tool_parsers import ToolCall, ToolStreamDelta
+from pagedllm.entrypoints.openai.tool_parsers import ToolCall
 from pagedllm.reasoning import ReasoningParser
 
 
@@ -60,15 +60,28 @@ class ChoiceStream:
     def tools_called(self) -> bool:
         return self.tools is not None and self.tools.tools_called
 
-    def step(self, delta_text: str, delta_ids: Sequence[int]) -> DeltaMessage | None:
+    def step(self, delta_text: str, delta_ids: Sequence[int], final: bool = False
+             ) -> DeltaMessage | None:
+        """One engine delta; final: the choice's last, so the parsers give up what they held
+        back as possible partial markers."""
         reasoning, content = self._split_reasoning(delta_text, delta_ids)
+        if final and self.reasoning is not None:
+            held = self.reasoning.flush_streaming(self.text)
+            if held is not None:
+                reasoning = _joined(reasoning, held.reasoning)
+                content = _joined(content, held.content)
         if not self.options.include_reasoning:
             reasoning = None
-        tool_delta: ToolStreamDelta | None = None
-        if content and self.tools is not None:
-            tool_delta = self.tools.feed(content)
-            content = tool_delta.content if tool_delta is not None else None
-        calls = [_delta_call_model(c) for c in tool_delta.tool_calls] if tool_delta else []
+        calls: list[DeltaToolCallModel] = []
+        if self.tools is not None:
+            pieces = [self.tools.feed(content)] if content else []
+            if final:
+                pieces.append(self.tools.flush())
+            content = None
+            for piece in pieces:
+                if piece is not None:
+                    content = _joined(content, piece.content)
+                    calls.extend(_delta_call_model(c) for c in piece.tool_calls)
         if not (reasoning or content or calls):
             return None
         return DeltaMessage(content=content or None, reasoning=reasoning,
@@ -90,6 +103,10 @@ class ChoiceStream:
         if out is None:
             return None, None
         return out.reasoning, out.content
+
+
+def _joined(a: str | None, b: str | None) -> str | None:
+    return a + b if a and b else a or b
 
 
 def finish_reason(reason: str | None, tools_called: bool) -> str | None:

@@ -107,6 +107,14 @@ class ToolCallStreamer:
     def feed(self, delta: str) -> ToolStreamDelta | None:
         previous, self.text = self.text, self.text + delta
         out = self.parser.extract_tool_calls_streaming(previous, self.text, delta, self.tools)
+        return self._seen(out)
+
+    def flush(self) -> ToolStreamDelta | None:
+        """End of the choice: whatever the parser held back (a stream that ended inside what
+        looked like the start of a call marker)."""
+        return self._seen(self.parser.flush_streaming())
+
+    def _seen(self, out: ToolStreamDelta | None) -> ToolStreamDelta | None:
         if out is not None and out.tool_calls:
             self.tools_called = True
         return out

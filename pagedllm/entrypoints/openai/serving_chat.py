@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pagedllm.entrypoints.openai.chat_output import ChoiceStream, OutputOptions, finish_reason
-from pagedllm.entrypoints.openai.chat_tools import ToolSettings, tool_mode
+from pagedllm.entrypoints.openai.chat_tools import ToolMode, ToolSettings, tool_mode
 from pagedllm.entrypoints.openai.errors import BadRequestError, OpenAIError, error_body
 from pagedllm.entrypoints.openai.protocol import (
     ChatCompletionLogProbs,
@@ -81,6 +81,8 @@ class OpenAIServingChat(OpenAIServing):
                                         request.add_special_tokens, self._prompt_tools(request),
                                         request.chat_template_kwargs)
         params = self._sampling_params(request, prompt_ids)
+        if self._needs_special_tokens(mode):
+            params.skip_special_tokens = False
         options = OutputOptions(mode, self.reasoning_parser, request.include_reasoning)
         request_id = random_id("chatcmpl")
         stream = self.generate(prompt_ids, params, request_id)
@@ -89,6 +91,12 @@ class OpenAIServingChat(OpenAIServing):
                                 options)
         return await self._full(request, request_id, model_name, len(prompt_ids), stream,
                                 options)
+
+    def _needs_special_tokens(self, mode: ToolMode) -> bool:
+        """The parsers read markers that are special tokens: keep them in the text."""
+        reasoning = self.reasoning_parser is not None and self.reasoning_parser.markers_are_special
+        tools = mode.parser_cls is not None and mode.parser_cls.needs_special_tokens
+        return reasoning or tools
 
     def _prompt_tools(self, request: ChatCompletionRequest) -> list[dict[str, Any]] | None:
         exclude = self.settings.tools.exclude_tools_when_tool_choice_none
@@ -190,7 +198,7 @@ class OpenAIServingChat(OpenAIServing):
 
     def _delta_choice(self, request: ChatCompletionRequest, c: CompletionOutput,
                       choice_stream: ChoiceStream) -> ChatCompletionStreamChoice | None:
-        delta = choice_stream.step(c.text, c.token_ids)
+        delta = choice_stream.step(c.text, c.token_ids, final=c.finish_reason is not None)
         if delta is None and c.finish_reason is None and not request.logprobs:
             return None
         return ChatCompletionStreamChoice(

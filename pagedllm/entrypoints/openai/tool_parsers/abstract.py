@@ -60,6 +60,10 @@ class ToolStreamDelta:
 
 
 class ToolParser(ABC):
+    needs_special_tokens: bool = False
+    """The family marks calls with special tokens ([TOOL_CALLS]): the server must keep special
+    tokens in the text it parses (skip_special_tokens=False), as vLLM's adjust_request does."""
+
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
 

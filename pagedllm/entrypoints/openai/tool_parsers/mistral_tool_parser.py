@@ -145,5 +145,7 @@ class MistralScanner(ToolCallScanner):
 
 
 class MistralToolParser(ScannerToolParser):
+    needs_special_tokens = True
+
     def new_scanner(self, tools: list[dict[str, Any]]) -> ToolCallScanner:
         return MistralScanner(tools)
