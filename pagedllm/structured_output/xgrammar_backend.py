@@ -29,7 +29,10 @@ def build_grammar(key: ConstraintKey) -> Any:
         return xgr.Grammar.from_json_schema(key.spec, any_whitespace=key.any_whitespace,
                                             strict_mode=True)
     if key.kind == "json_object":
-        return xgr.Grammar.builtin_json_grammar()
+        # OpenAI's json_object is an object (xgrammar's built-in JSON grammar also takes
+        # arrays) with any members; as a schema it honours disable_any_whitespace too.
+        return xgr.Grammar.from_json_schema('{"type": "object"}', strict_mode=False,
+                                            any_whitespace=key.any_whitespace)
     if key.kind == "regex":
         return xgr.Grammar.from_regex(key.spec)
     if key.kind == "choice":

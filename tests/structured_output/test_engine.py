@@ -164,3 +164,18 @@ def test_compiled_grammars_are_shared_and_bounded(llm):
     key_count = len(manager._cache)
     llm.generate(["a", "b"], [greedy(StructuredOutputsParams(regex="q{3}"))] * 2, use_tqdm=False)
     assert len(manager._cache) == key_count + 1
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_json_object_is_an_object(llm, compact):
+    params = SamplingParams(temperature=1.0, seed=3, max_tokens=60, n=3,
+                            structured_outputs=StructuredOutputsParams(
+                                json_object=True, disable_any_whitespace=compact))
+    for completion in llm.generate(["JSON:"], [params], use_tqdm=False)[0].outputs:
+        text = completion.text
+        assert text.startswith("{"), text
+        if compact:  # outside strings, only the one space of xgrammar's ", " and ": "
+            outside = re.sub(r'"(?:[^"\\]|\\.)*"?', "", text)
+            assert not re.search(r"\s", outside.replace(", ", ",").replace(": ", ":")), text
+        if completion.finish_reason == "stop":
+            assert isinstance(json.loads(text), dict)
