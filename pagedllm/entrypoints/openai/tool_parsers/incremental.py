@@ -153,6 +153,60 @@ class ToolCallScanner(ABC):
             self.pos = min(self.pos, self._call_start)
 
 
+class StateScanner(ToolCallScanner):
+    """A scanner whose `_step` is the method of its current state: `_step_<state>`, with the
+    steps the formats share (content up to a marker, a marker that must come next, the rest of
+    the text as content)."""
+
+    _state = "content"
+
+    def _step(self, text: str) -> bool:
+        return getattr(self, f"_step_{self._state}")(text)
+
+    def _content_until(self, text: str, marker: str, emit: bool = True) -> int | None:
+        """Consume (as content, or dropped when not emit) the text up to `marker`; its index
+        once it is there, None while it is not (a possible start of it stays unread)."""
+        found = text.find(marker, self.pos)
+        end = found if found >= 0 else len(text) - partial_suffix_len(text, self.pos, marker)
+        if emit:
+            self._content(text[self.pos:end])
+        self.pos = end
+        return found if found >= 0 else None
+
+    def _expect(self, text: str, *markers: str, error: str | None = None) -> str | None:
+        """After whitespace, one of `markers` must come: the one consumed, or None while the
+        text may still turn into one; MalformedToolCall (`error`) when none can."""
+        self.pos = skip_ws(text, self.pos)
+        if self.pos >= len(text):
+            return None
+        results = [match_marker(text, self.pos, m) for m in markers]
+        for marker, result in zip(markers, results):
+            if result:
+                self.pos += len(marker)
+                return marker
+        if all(r is False for r in results):
+            raise MalformedToolCall(error or f"expected one of {markers}")
+        return None
+
+    def _next_char(self, text: str) -> str | None:
+        """Skip whitespace; the next character, None while there is none yet."""
+        self.pos = skip_ws(text, self.pos)
+        return text[self.pos] if self.pos < len(text) else None
+
+    def _rest_is_content(self, text: str) -> None:
+        self._content(text[self.pos:])
+        self.pos = len(text)
+
+    def _read_call(self, text: str, reader: CallObjectReader, next_state: str) -> bool:
+        """Feed a call object's reader; at the end of the object, end the call and move on."""
+        self.pos = reader.feed(text, self.pos)
+        if not reader.done:
+            return False
+        self._end_call()
+        self._state = next_state
+        return True
+
+
 class CallObjectReader:
     """Reads one `{"name": "...", "arguments" | "parameters": {...}}` object into name/args events
     on a scanner: the name goes out as soon as it is read, the arguments canonicalized as they

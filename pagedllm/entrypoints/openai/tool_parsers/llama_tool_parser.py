@@ -13,23 +13,20 @@ from pagedllm.entrypoints.openai.tool_parsers.incremental import (
     CallObjectReader,
     MalformedToolCall,
     ScannerToolParser,
+    StateScanner,
     ToolCallScanner,
     match_marker,
-    partial_suffix_len,
     skip_ws,
 )
 
 PYTHON_TAG = "<|python_tag|>"
 
 
-class Llama3JsonScanner(ToolCallScanner):
+class Llama3JsonScanner(StateScanner):
     def __init__(self, tools: list[dict[str, Any]]) -> None:
         super().__init__(tools)
         self._state = "start"  # start | content | expect_call | call | after_call
         self._reader: CallObjectReader | None = None
-
-    def _step(self, text: str) -> bool:
-        return getattr(self, f"_step_{self._state}")(text)
 
     def _step_start(self, text: str) -> bool:
         """Leading whitespace is held until the first character says call or content."""
@@ -52,23 +49,19 @@ class Llama3JsonScanner(ToolCallScanner):
         return True
 
     def _step_content(self, text: str) -> bool:
-        found = text.find(PYTHON_TAG, self.pos)
-        if found < 0:
-            safe = len(text) - partial_suffix_len(text, self.pos, PYTHON_TAG)
-            self._content(text[self.pos:safe])
-            self.pos = safe
+        found = self._content_until(text, PYTHON_TAG)
+        if found is None:
             return False
-        self._content(text[self.pos:found])
         self._begin_call(found)
         self.pos = found + len(PYTHON_TAG)
         self._state = "expect_call"
         return True
 
     def _step_expect_call(self, text: str) -> bool:
-        self.pos = skip_ws(text, self.pos)
-        if self.pos >= len(text):
+        first = self._next_char(text)
+        if first is None:
             return False
-        if text[self.pos] != "{":
+        if first != "{":
             raise MalformedToolCall("expected a JSON tool call object")
         if self.num_calls > 0:
             self._begin_call(self.pos)
@@ -78,18 +71,13 @@ class Llama3JsonScanner(ToolCallScanner):
 
     def _step_call(self, text: str) -> bool:
         assert self._reader is not None
-        self.pos = self._reader.feed(text, self.pos)
-        if not self._reader.done:
-            return False
-        self._end_call()
-        self._state = "after_call"
-        return True
+        return self._read_call(text, self._reader, "after_call")
 
     def _step_after_call(self, text: str) -> bool:
-        self.pos = skip_ws(text, self.pos)
-        if self.pos >= len(text):
+        following = self._next_char(text)
+        if following is None:
             return False
-        if text[self.pos] != ";":
+        if following != ";":
             raise MalformedToolCall("expected ';' between tool calls")
         self.pos += 1
         self._state = "expect_call"
@@ -97,8 +85,7 @@ class Llama3JsonScanner(ToolCallScanner):
 
     def _finish(self, text: str) -> None:
         if self._state in ("start", "content"):
-            self._content(text[self.pos:])
-            self.pos = len(text)
+            self._rest_is_content(text)
         elif self._state == "call":
             raise MalformedToolCall("unfinished tool call")
 

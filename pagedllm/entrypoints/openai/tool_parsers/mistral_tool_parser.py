@@ -14,10 +14,9 @@ from pagedllm.entrypoints.openai.tool_parsers.incremental import (
     CallObjectReader,
     MalformedToolCall,
     ScannerToolParser,
+    StateScanner,
     ToolCallScanner,
-    match_marker,
     partial_suffix_len,
-    skip_ws,
 )
 from pagedllm.entrypoints.openai.tool_parsers.json_stream import JsonCanonicalizer
 
@@ -26,7 +25,7 @@ ARGS = "[ARGS]"
 CALL_ID = "[CALL_ID]"
 
 
-class MistralScanner(ToolCallScanner):
+class MistralScanner(StateScanner):
     def __init__(self, tools: list[dict[str, Any]]) -> None:
         super().__init__(tools)
         self._state = "content"
@@ -34,17 +33,10 @@ class MistralScanner(ToolCallScanner):
         self._args_json: JsonCanonicalizer | None = None
         self._name_start = 0
 
-    def _step(self, text: str) -> bool:
-        return getattr(self, f"_step_{self._state}")(text)
-
     def _step_content(self, text: str) -> bool:
-        found = text.find(TOOL_CALLS, self.pos)
-        if found < 0:
-            safe = len(text) - partial_suffix_len(text, self.pos, TOOL_CALLS)
-            self._content(text[self.pos:safe])
-            self.pos = safe
+        found = self._content_until(text, TOOL_CALLS)
+        if found is None:
             return False
-        self._content(text[self.pos:found])
         self._begin_call(found)
         self.pos = found + len(TOOL_CALLS)
         self._state = "marker"
@@ -52,39 +44,34 @@ class MistralScanner(ToolCallScanner):
 
     def _step_marker(self, text: str) -> bool:
         """After [TOOL_CALLS]: a JSON array of calls, or a bare name."""
-        first = skip_ws(text, self.pos)
-        if first >= len(text):
+        first = self._next_char(text)
+        if first is None:
             return False
-        if text[first] == "[":
-            self.pos = first + 1
+        if first == "[":
+            self.pos += 1
             self._state = "array_call"
         else:
-            self._name_start = self.pos = first
+            self._name_start = self.pos
             self._state = "name"
         return True
 
     # -- [TOOL_CALLS][{...}, {...}] ------------------------------------------------------------
     def _step_array_call(self, text: str) -> bool:
         if self._reader is None:
-            self.pos = skip_ws(text, self.pos)
-            if self.pos >= len(text):
+            if self._next_char(text) is None:
                 return False
             if self.num_calls > 0:
                 self._begin_call(self.pos)
             self._reader = CallObjectReader(self)
-        self.pos = self._reader.feed(text, self.pos)
-        if not self._reader.done:
+        if not self._read_call(text, self._reader, "array_after"):
             return False
         self._reader = None
-        self._end_call()
-        self._state = "array_after"
         return True
 
     def _step_array_after(self, text: str) -> bool:
-        self.pos = skip_ws(text, self.pos)
-        if self.pos >= len(text):
+        c = self._next_char(text)
+        if c is None:
             return False
-        c = text[self.pos]
         if c not in ",]":
             raise MalformedToolCall("expected ',' or ']' after a tool call")
         self.pos += 1
@@ -123,23 +110,15 @@ class MistralScanner(ToolCallScanner):
 
     def _step_after(self, text: str) -> bool:
         """After a call or the array: only another [TOOL_CALLS] may follow."""
-        self.pos = skip_ws(text, self.pos)
-        if self.pos >= len(text):
+        if self._expect(text, TOOL_CALLS, error="text after the tool calls") is None:
             return False
-        found = match_marker(text, self.pos, TOOL_CALLS)
-        if found is None:
-            return False
-        if not found:
-            raise MalformedToolCall("text after the tool calls")
-        self._begin_call(self.pos)
-        self.pos += len(TOOL_CALLS)
+        self._begin_call(self.pos - len(TOOL_CALLS))
         self._state = "marker"
         return True
 
     def _finish(self, text: str) -> None:
         if self._state == "content":
-            self._content(text[self.pos:])
-            self.pos = len(text)
+            self._rest_is_content(text)
         elif self._state != "after":
             raise MalformedToolCall("unfinished tool call")
 

@@ -16,6 +16,7 @@ from pagedllm.entrypoints.openai.tool_parsers.incremental import (
     MAX_NAME_CHARS,
     MalformedToolCall,
     ScannerToolParser,
+    StateScanner,
     ToolCallScanner,
     skip_ws,
 )
@@ -43,7 +44,7 @@ def parse_call(call_text: str, name: str) -> str:
         raise MalformedToolCall(f"invalid pythonic tool call: {type(e).__name__}") from e
 
 
-class PythonicScanner(ToolCallScanner):
+class PythonicScanner(StateScanner):
     def __init__(self, tools: list[dict[str, Any]]) -> None:
         super().__init__(tools)
         self._state = "start"  # start | content | name | body | after | end
@@ -51,9 +52,6 @@ class PythonicScanner(ToolCallScanner):
         self._depth = 0
         self._quote = ""
         self._escaped = False
-
-    def _step(self, text: str) -> bool:
-        return getattr(self, f"_step_{self._state}")(text)
 
     def _step_start(self, text: str) -> bool:
         first = skip_ws(text, self.pos)
@@ -68,8 +66,7 @@ class PythonicScanner(ToolCallScanner):
         return True
 
     def _step_content(self, text: str) -> bool:
-        self._content(text[self.pos:])
-        self.pos = len(text)
+        self._rest_is_content(text)
         return False
 
     def _step_name(self, text: str) -> bool:

@@ -23,10 +23,8 @@ from pagedllm.entrypoints.openai.tool_parsers.incremental import (
     MAX_NAME_CHARS,
     MalformedToolCall,
     ScannerToolParser,
+    StateScanner,
     ToolCallScanner,
-    match_marker,
-    partial_suffix_len,
-    skip_ws,
 )
 
 TOOL_CALL_START, TOOL_CALL_END = "<tool_call>", "</tool_call>"
@@ -94,7 +92,7 @@ def convert_param_value(value: str, types: set[str]) -> Any:
     return value
 
 
-class Qwen3CoderScanner(ToolCallScanner):
+class Qwen3CoderScanner(StateScanner):
     def __init__(self, tools: list[dict[str, Any]]) -> None:
         super().__init__(tools)
         self._state = "content"
@@ -104,19 +102,10 @@ class Qwen3CoderScanner(ToolCallScanner):
         self._param = ""
         self._num_params = 0
 
-    def _step(self, text: str) -> bool:
-        return getattr(self, f"_step_{self._state}")(text)
-
     def _find_start(self, text: str, state_if_found: str, emit: bool) -> bool:
-        found = text.find(TOOL_CALL_START, self.pos)
-        if found < 0:
-            safe = len(text) - partial_suffix_len(text, self.pos, TOOL_CALL_START)
-            if emit:
-                self._content(text[self.pos:safe])
-            self.pos = safe
+        found = self._content_until(text, TOOL_CALL_START, emit)
+        if found is None:
             return False
-        if emit:
-            self._content(text[self.pos:found])
         self._begin_call(found)
         self.pos = found + len(TOOL_CALL_START)
         self._state = state_if_found
@@ -127,20 +116,6 @@ class Qwen3CoderScanner(ToolCallScanner):
 
     def _step_between(self, text: str) -> bool:
         return self._find_start(text, "open", emit=False)
-
-    def _expect(self, text: str, *markers: str) -> str | None:
-        """Skip whitespace, then which marker is at pos (None: wait for more text)."""
-        self.pos = skip_ws(text, self.pos)
-        if self.pos >= len(text):
-            return None
-        results = [match_marker(text, self.pos, m) for m in markers]
-        for marker, result in zip(markers, results):
-            if result:
-                self.pos += len(marker)
-                return marker
-        if all(r is False for r in results):
-            raise MalformedToolCall(f"expected one of {markers}")
-        return None
 
     def _read_until(self, text: str, marker: str, limit: int | None) -> str | None:
         """Text from self._mark up to marker (consumed), or None while it has not arrived."""
@@ -215,8 +190,7 @@ class Qwen3CoderScanner(ToolCallScanner):
 
     def _finish(self, text: str) -> None:
         if self._state == "content":
-            self._content(text[self.pos:])
-            self.pos = len(text)
+            self._rest_is_content(text)
         elif self._state not in ("between", "close"):
             raise MalformedToolCall("unfinished tool call")
 
