@@ -24,7 +24,7 @@ def validate_structured_outputs(params: StructuredOutputsParams,
             "structured outputs 'whitespace_pattern' is not supported by the xgrammar backend; "
             "use 'disable_any_whitespace' for compact JSON")
     if kind == "json":
-        schema = _schema_object(params.json)
+        schema = schema_object(params.json)
         depth = _depth(schema)
         if depth > config.max_json_schema_depth:
             raise ValueError(
@@ -48,15 +48,16 @@ def validate_structured_outputs(params: StructuredOutputsParams,
         raise ValueError(f"invalid structured outputs {kind}: {reason}") from e
 
 
-def _schema_object(value: Any) -> dict[str, Any]:
+def schema_object(value: Any, name: str = "the JSON schema") -> dict[str, Any]:
+    """A JSON schema given as an object or its JSON text -> the object; ValueError naming
+    `name` when it is neither."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except json.JSONDecodeError as e:
-            raise ValueError(f"the JSON schema is not valid JSON: {e}") from e
+            raise ValueError(f"{name} is not valid JSON: {e}") from e
     if not isinstance(value, dict):
-        raise ValueError(
-            f"the JSON schema must be a JSON object, got {type(value).__name__}")
+        raise ValueError(f"{name} must be a JSON schema object, got {type(value).__name__}")
     return value
 
 

@@ -32,7 +32,7 @@ def test_valid_constraints_pass(constraint):
     ({"regex": "[0-9"}, "invalid structured outputs regex"),
     ({"json": {"type": "nope"}}, "invalid structured outputs json"),
     ({"json": "{not json"}, "not valid JSON"),
-    ({"json": "[1, 2]"}, "must be a JSON object"),
+    ({"json": "[1, 2]"}, "must be a JSON schema object"),
     ({"grammar": 'root ::= "a" | '}, "invalid structured outputs grammar"),
     ({"grammar": 'start ::= "a"'}, "invalid structured outputs grammar"),
     ({"regex": "a" * 10_001}, "limit is 10000"),

@@ -21,6 +21,7 @@ from pagedllm.entrypoints.openai.protocol import (
     StructuredOutputsRequest,
 )
 from pagedllm.sampling_params import CONSTRAINT_KINDS, StructuredOutputsParams
+from pagedllm.structured_output.validation import schema_object
 
 _OPTIONS = ("disable_any_whitespace", "disable_additional_properties", "whitespace_pattern")
 _EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
@@ -84,7 +85,7 @@ def _from_structured_outputs(so: StructuredOutputsRequest) -> list[_Constraint]:
         if value is None or value is False:
             continue
         if kind == "json":
-            value = _json_schema(value, "structured_outputs.json")
+            value = schema_object(value, "structured_outputs.json")
         elif kind == "structural_tag" and isinstance(value, dict):
             value = json.dumps(value)
         found.append(_Constraint(f"structured_outputs.{kind}", kind, value))
@@ -95,25 +96,13 @@ def _from_guided(request: SamplingExtras) -> list[_Constraint]:
     found = []
     if request.guided_json is not None:
         found.append(_Constraint("guided_json", "json",
-                                 _json_schema(request.guided_json, "guided_json")))
+                                 schema_object(request.guided_json, "guided_json")))
     for field_name, kind in (("guided_regex", "regex"), ("guided_choice", "choice"),
                              ("guided_grammar", "grammar")):
         value = getattr(request, field_name)
         if value is not None:
             found.append(_Constraint(field_name, kind, value))
     return found
-
-
-def _json_schema(value: str | dict[str, Any], name: str) -> dict[str, Any]:
-    """A JSON schema given as an object or its JSON text -> the object."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{name} is not valid JSON: {e}") from e
-    if not isinstance(value, dict):
-        raise ValueError(f"{name} must be a JSON schema object, got {type(value).__name__}")
-    return value
 
 
 def _options(request: SamplingExtras) -> dict[str, Any]:
