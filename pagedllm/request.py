@@ -127,6 +127,8 @@ class Request:
         self.block_hashes: list[int] = []
         """Chained hashes of this request's full blocks (prefix-cache keys), in order."""
         self._block_hasher = block_hasher
+        self.spec_token_ids: list[int] = []
+        """Drafts to verify at this request's next decode step (speculative decoding)."""
         self.structured_output: StructuredOutputRequest | None = None
         """Grammar state, for requests with structured outputs or a thinking budget (set by
         the StructuredOutputManager)."""

@@ -3,9 +3,11 @@ from pagedllm.config.device import DeviceConfig
 from pagedllm.config.engine import EngineConfig
 from pagedllm.config.model import ModelConfig
 from pagedllm.config.scheduler import SchedulerConfig
+from pagedllm.config.speculative import SpeculativeConfig
 from pagedllm.config.structured_outputs import StructuredOutputsConfig
 
 __all__ = [
     "CacheConfig", "DeviceConfig", "EngineConfig", "ModelConfig", "SchedulerConfig",
+    "SpeculativeConfig",
     "StructuredOutputsConfig",
 ]

@@ -8,6 +8,7 @@ from pagedllm.config.cache import CacheConfig
 from pagedllm.config.device import DeviceConfig
 from pagedllm.config.model import ModelConfig
 from pagedllm.config.scheduler import SchedulerConfig
+from pagedllm.config.speculative import SpeculativeConfig
 from pagedllm.config.structured_outputs import StructuredOutputsConfig
 
 
@@ -18,6 +19,8 @@ class EngineConfig:
     scheduler: SchedulerConfig
     device: DeviceConfig
     structured_outputs: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
+    speculative: SpeculativeConfig | None = None
+    """Speculative decoding (None: off)."""
 
     def __post_init__(self) -> None:
         if not self.scheduler.enable_chunked_prefill and (

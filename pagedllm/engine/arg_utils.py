@@ -10,6 +10,7 @@ from pagedllm.config import (
     DeviceConfig,
     EngineConfig,
     SchedulerConfig,
+    SpeculativeConfig,
     StructuredOutputsConfig,
 )
 from pagedllm.utils.memory import parse_memory_size
@@ -49,6 +50,8 @@ class EngineArgs:
     """Grammar backend and options (vLLM's --structured-outputs-config, JSON or a dict)."""
     reasoning_parser: str | None = None
     """A reasoning model's parser (--reasoning-parser): its thinking is left unconstrained."""
+    speculative_config: str | dict[str, Any] | SpeculativeConfig | None = None
+    """Speculative decoding (vLLM's --speculative-config, JSON or a dict); None: off."""
 
     def create_engine_config(self) -> EngineConfig:
         from pagedllm.model_executor.model_loader.config import load_model_config
@@ -89,7 +92,8 @@ class EngineArgs:
             self.structured_outputs_config, reasoning_parser=self.reasoning_parser
         )
         return EngineConfig(
-            model_config, cache_config, scheduler_config, device_config, structured_outputs
+            model_config, cache_config, scheduler_config, device_config, structured_outputs,
+            speculative=SpeculativeConfig.parse(self.speculative_config),
         )
 
 

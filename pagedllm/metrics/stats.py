@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -12,6 +12,28 @@ class PrefixCacheStats:
     hits: int = 0
     """Of those, tokens found cached."""
     reset: bool = False
+
+
+@dataclass
+class SpecDecodingStats:
+    """Speculative decoding during one step (vLLM's counters)."""
+
+    num_drafts: int = 0
+    """Requests that verified a draft."""
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+    num_accepted_tokens_per_pos: list[int] = field(default_factory=list)
+    """Index i: drafts whose token at position i was accepted."""
+
+    def observe(self, num_draft_tokens: int, num_accepted: int) -> None:
+        self.num_drafts += 1
+        self.num_draft_tokens += num_draft_tokens
+        self.num_accepted_tokens += num_accepted
+        if len(self.num_accepted_tokens_per_pos) < num_draft_tokens:
+            self.num_accepted_tokens_per_pos.extend(
+                [0] * (num_draft_tokens - len(self.num_accepted_tokens_per_pos)))
+        for i in range(num_accepted):
+            self.num_accepted_tokens_per_pos[i] += 1
 
 
 @dataclass
@@ -29,3 +51,5 @@ class SchedulerStats:
     """Prompt tokens computed during this step (cache hits excluded)."""
     num_generation_tokens: int = 0
     """Tokens generated during this step."""
+    spec_decoding_stats: SpecDecodingStats | None = None
+    """Speculative decoding during this step (None: no draft was verified)."""

@@ -43,6 +43,17 @@ class Sampler(nn.Module):
     def forward(self, logits: torch.Tensor, metadata: SamplingMetadata) -> SamplerOutput:
         """logits: [B, V]. NOTE: float32 logits are modified in place (other dtypes are copied)."""
         logits = logits.float()
+        raw_logprobs = self.process(logits, metadata)
+        sampled = self.sample(logits, metadata)  # [B]
+        logprobs = None
+        if raw_logprobs is not None:
+            assert metadata.max_num_logprobs is not None
+            logprobs = gather_logprobs(raw_logprobs, metadata.max_num_logprobs, sampled)
+        return SamplerOutput(sampled_token_ids=sampled, logprobs=logprobs)
+
+    def process(self, logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor | None:
+        """Steps 0-5, in place on float32 logits [B, V]; the raw logprobs [B, V] if any row
+        asks for logprobs (else None)."""
         raw_logprobs = None
         if metadata.max_num_logprobs is not None:
             raw_logprobs = compute_logprobs(logits)  # [B, V]
@@ -51,12 +62,7 @@ class Sampler(nn.Module):
         apply_logit_bias(logits, metadata.logit_bias)
         apply_min_tokens(logits, metadata.min_tokens_blocked)
         apply_penalties(logits, metadata.penalties)
-        sampled = self.sample(logits, metadata)  # [B]
-        logprobs = None
-        if raw_logprobs is not None:
-            assert metadata.max_num_logprobs is not None
-            logprobs = gather_logprobs(raw_logprobs, metadata.max_num_logprobs, sampled)
-        return SamplerOutput(sampled_token_ids=sampled, logprobs=logprobs)
+        return raw_logprobs
 
     def sample(self, logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
         """Steps 6-9 on processed logits [B, V] -> [B] long."""

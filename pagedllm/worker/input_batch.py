@@ -11,11 +11,9 @@ step does work proportional to a request's history.
                       0        num_prompt_tokens    num_tokens
     num_computed_tokens[r] <= num_tokens[r]: tokens whose K/V are in the cache
 
-Room for the next issues (nothing here uses them yet):
-- speculative decoding: a request's draft tokens ([max_num_reqs, num_spec] + a count per row)
-  are scheduled after num_tokens, verified by the sampler, and the accepted ones appended;
-- structured output: a grammar bitmask ([max_num_reqs, ceil(V / 32)] int32) per row with a
-  grammar, filled by the scheduler side each step and applied to the logits before sampling.
+Speculative decoding: a step's drafts are written past num_tokens (set_drafts), where the
+step's input ids are read from; they are not counted in num_tokens, and the accepted ones are
+appended like sampled tokens (append_token_lists), overwriting them.
 """
 
 from __future__ import annotations
@@ -114,6 +112,26 @@ class InputBatch:
         num_tokens = self.num_tokens[rows]
         num_output = num_tokens - self.num_prompt_tokens[rows]
         return self.sampling.metadata(rows, num_output, self.token_ids, num_tokens)
+
+    def set_drafts(self, req_id: str, drafts: list[int]) -> None:
+        """The draft tokens this step verifies, after the request's last token."""
+        row = self.row_of[req_id]
+        end = int(self.num_tokens[row])
+        self._reserve_tokens(end + len(drafts))
+        self.token_ids[row, end : end + len(drafts)] = drafts
+
+    def append_token_lists(self, rows: np.ndarray, token_lists: list[list[int]]) -> None:
+        """rows [S] each gain their list of tokens (accepted drafts + one sampled)."""
+        if len(rows) == 0:
+            return
+        self._reserve_tokens(int(self.num_tokens[rows].max()) + max(map(len, token_lists)))
+        for row, tokens in zip(rows.tolist(), token_lists):
+            end = int(self.num_tokens[row])
+            self.token_ids[row, end : end + len(tokens)] = tokens
+            self.num_tokens[row] = end + len(tokens)
+        flat_rows = np.repeat(rows, [len(t) for t in token_lists])
+        flat = torch.tensor([t for tokens in token_lists for t in tokens], dtype=torch.long)
+        self.sampling.add_sampled(flat_rows, flat)
 
     def rows(self, req_ids: list[str]) -> np.ndarray:
         """[len(req_ids)] int64 rows of the requests."""

@@ -12,13 +12,16 @@ import torch
 from torch import nn
 
 from pagedllm.attention.backend import AttentionBackend
+from pagedllm.config.speculative import SpeculativeConfig
 from pagedllm.core.sched.output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
 from pagedllm.forward_context import set_forward_context
 from pagedllm.metrics.step_profile import step_phase
 from pagedllm.model_executor.layers.attention import attention_layers
 from pagedllm.sample.ops.grammar_bitmask import apply_token_bitmask
 from pagedllm.sample.outputs import LogprobsTensors
+from pagedllm.sample.rejection_sampler import RejectionSampler
 from pagedllm.sample.sampler import Sampler, compute_prompt_logprobs
+from pagedllm.spec_decode.drafter import Drafter
 from pagedllm.worker.input_batch import InputBatch
 from pagedllm.worker.step_inputs import StepInputs, prepare_inputs
 
@@ -36,6 +39,7 @@ class ModelRunner:
         pool_last_token: bool = False,
         max_num_seqs: int = 128,
         max_model_len: int = 2048,
+        speculative_config: SpeculativeConfig | None = None,
     ) -> None:
         """max_num_seqs and max_model_len size the InputBatch up front (it grows past them)."""
         self.model = model
@@ -51,6 +55,9 @@ class ModelRunner:
             max_num_seqs, max_model_len, block_size, vocab_size, device, eos_token_ids
         )
         self.sampler = Sampler()
+        self.rejection_sampler = RejectionSampler(self.sampler)
+        self.drafter = Drafter(speculative_config) if speculative_config is not None else None
+        """Speculative decoding: proposes each step's drafts for the next (None: off)."""
         self.metadata_builder = backend.get_builder_cls()()
         layers = attention_layers(model)
         assert len(layers) == len(kv_caches), (len(layers), len(kv_caches))
@@ -93,36 +100,89 @@ class ModelRunner:
         for req_id in so.finished_req_ids:
             if req_id in batch.row_of:
                 batch.remove_request(req_id)
+            if self.drafter is not None:
+                self.drafter.remove_request(req_id)
         for new in so.scheduled_new_reqs:
             batch.add_request(new)
+            if self.drafter is not None:
+                self.drafter.add_request(new.req_id, new.sampling_params)
         cached = so.scheduled_cached_reqs
         for req_id, new_blocks, num_computed in zip(
             cached.req_ids, cached.new_block_ids, cached.num_computed_tokens
         ):
             batch.update_request(req_id, new_blocks, num_computed)
+        for req_id, drafts in so.scheduled_spec_decode_tokens.items():
+            batch.set_drafts(req_id, drafts)
         return [r.req_id for r in so.scheduled_new_reqs] + list(cached.req_ids)
 
     def _sample(self, logits: torch.Tensor, inputs: StepInputs, out: ModelRunnerOutput) -> None:
-        """Sample one token per sampling row, append it to the batch and to `out`."""
+        """Sample each sampling request's next token (verifying its drafts, if it has any),
+        append the tokens to the batch and to `out`, and propose the next drafts."""
+        if inputs.num_drafts.any():
+            self._sample_with_drafts(logits, inputs, out)
+        else:
+            batch = self.input_batch
+            rows = inputs.sampling_rows
+            metadata = batch.sampling_metadata(rows)
+            sampled = self.sampler.forward(logits, metadata)
+            batch.append_sampled(rows, sampled.sampled_token_ids)
+            token_ids = sampled.sampled_token_ids.tolist()
+            for i, req_id in enumerate(inputs.sampling_req_ids):
+                out.sampled_token_ids[req_id] = [token_ids[i]]
+            if sampled.logprobs is not None:
+                self._collect_logprobs(
+                    sampled.logprobs, inputs.sampling_req_ids, metadata.num_logprobs, out
+                )
+        if self.drafter is not None:
+            rows = inputs.sampling_rows
+            out.spec_token_ids = self.drafter.propose(
+                inputs.sampling_req_ids, self.input_batch.token_ids, rows,
+                self.input_batch.num_tokens[rows], self.input_batch.num_reqs)
+
+    def _sample_with_drafts(self, logits: torch.Tensor, inputs: StepInputs,
+                            out: ModelRunnerOutput) -> None:
+        """Requests without drafts sample their one logits row; the others verify theirs."""
         batch = self.input_batch
-        rows = inputs.sampling_rows
-        metadata = batch.sampling_metadata(rows)
-        sampled = self.sampler.forward(logits, metadata)
-        batch.append_sampled(rows, sampled.sampled_token_ids)
-        token_ids = sampled.sampled_token_ids.tolist()
-        for i, req_id in enumerate(inputs.sampling_req_ids):
-            out.sampled_token_ids[req_id] = [token_ids[i]]
-        if sampled.logprobs is not None:
-            self._collect_logprobs(
-                sampled.logprobs, inputs.sampling_req_ids, metadata.num_logprobs, out
-            )
+        req_ids, num_drafts = inputs.sampling_req_ids, inputs.num_drafts
+        first = _first_logits_rows(num_drafts)
+        token_lists: list[list[int]] = [[] for _ in req_ids]
+        plain = np.flatnonzero(num_drafts == 0)
+        if len(plain):
+            metadata = batch.sampling_metadata(inputs.sampling_rows[plain])
+            sampled = self.sampler.forward(logits[torch.from_numpy(first[plain])], metadata)
+            for i, token in zip(plain.tolist(), sampled.sampled_token_ids.tolist()):
+                token_lists[i] = [token]
+            if sampled.logprobs is not None:
+                self._collect_logprobs(sampled.logprobs, [req_ids[i] for i in plain],
+                                       metadata.num_logprobs, out)
+        spec = np.flatnonzero(num_drafts > 0)
+        counts = num_drafts[spec] + 1
+        rows = inputs.sampling_rows[spec]
+        index = np.repeat(first[spec], counts) + (np.arange(int(counts.sum()))
+                                                  - np.repeat(np.cumsum(counts) - counts, counts))
+        drafts = [batch.token_ids[row, end : end + k].tolist() for row, end, k in
+                  zip(rows.tolist(), batch.num_tokens[rows].tolist(), num_drafts[spec].tolist())]
+        verified = self.rejection_sampler.forward(
+            logits[torch.from_numpy(index)], batch.sampling_metadata(np.repeat(rows, counts)),
+            drafts)
+        for j, i in enumerate(spec.tolist()):
+            token_lists[i] = verified.token_ids[j]
+            out.num_draft_tokens[req_ids[i]] = len(drafts[j])
+            if verified.logprobs[j] is not None:
+                out.logprobs[req_ids[i]] = verified.logprobs[j]  # type: ignore[assignment]
+            if self.drafter is not None:
+                self.drafter.observe(req_ids[i], len(drafts[j]), len(token_lists[i]) - 1)
+        batch.append_token_lists(inputs.sampling_rows, token_lists)
+        for req_id, tokens in zip(req_ids, token_lists):
+            out.sampled_token_ids[req_id] = tokens
 
     def _apply_grammar_bitmask(self, logits: torch.Tensor, inputs: StepInputs,
                                so: SchedulerOutput) -> None:
         """Constrained rows keep only their grammar's tokens (before the sampler, so logprobs
         and every transform see the constrained distribution, as in vLLM)."""
-        position = {req_id: i for i, req_id in enumerate(inputs.sampling_req_ids)}
-        bitmask = np.empty((len(position), so.grammar_bitmask.shape[1]), dtype=np.int32)
+        first = _first_logits_rows(inputs.num_drafts).tolist()  # constrained rows never draft
+        position = {req_id: first[i] for i, req_id in enumerate(inputs.sampling_req_ids)}
+        bitmask = np.empty((len(logits), so.grammar_bitmask.shape[1]), dtype=np.int32)
         rows = []
         for i, req_id in enumerate(so.structured_output_request_ids):
             if req_id in position:
@@ -165,3 +225,8 @@ class ModelRunner:
                 ranks=tensors.ranks.tolist(),
                 start_position=target.start_position,
             )
+
+
+def _first_logits_rows(num_drafts: np.ndarray) -> np.ndarray:
+    """[S]: each sampling request's first logits row (a request with k drafts has k + 1)."""
+    return np.cumsum(num_drafts + 1) - (num_drafts + 1)

@@ -48,6 +48,8 @@ class StepInputs:
     """Requests sampling this step, in the order of logits_indices."""
     sampling_rows: np.ndarray  # [S] int64: their InputBatch rows
     prompt_logprobs: list[PromptLogprobsTarget]
+    num_drafts: np.ndarray  # [S] int64: drafts each sampling request verifies (0: none)
+    """A request with k drafts has k + 1 consecutive logits_indices (its last k + 1 tokens)."""
 
 
 def prepare_inputs(
@@ -69,6 +71,11 @@ def prepare_inputs(
     block_table = batch.block_table.view(rows)
     slots = slot_mapping(block_table, row_of_token, positions, batch.block_size)
     samples = np.flatnonzero(seq_lens >= batch.num_tokens[rows])  # [S] index into rows
+    spec = scheduler_output.scheduled_spec_decode_tokens
+    num_drafts = np.fromiter((len(spec.get(req_ids[i], ())) for i in samples.tolist()),
+                             dtype=np.int64, count=len(samples))
+    ends = query_start[1:][samples]  # [S]: one past each sampling request's last token
+    logits_indices = np.repeat(ends - num_drafts - 1, num_drafts + 1) + _ranges(num_drafts + 1)
     attn = CommonAttentionMetadata(
         num_actual_tokens=num_tokens,
         query_start_loc=torch.from_numpy(query_start.astype(np.int32)).to(device),
@@ -88,11 +95,19 @@ def prepare_inputs(
         input_ids=torch.from_numpy(input_ids).to(device),
         positions=torch.from_numpy(positions).to(device),
         attn=attn,
-        logits_indices=torch.from_numpy(query_start[1:][samples] - 1).to(device),
+        logits_indices=torch.from_numpy(logits_indices).to(device),
         sampling_req_ids=[req_ids[i] for i in samples.tolist()],
         sampling_rows=rows[samples],
         prompt_logprobs=_prompt_logprobs_targets(batch, req_ids, rows, starts, query_start),
+        num_drafts=num_drafts,
     )
+
+
+def _ranges(counts: np.ndarray) -> np.ndarray:
+    """[0..c0-1, 0..c1-1, ...] for counts [c0, c1, ...]."""
+    total = int(counts.sum())
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    return np.arange(total) - starts
 
 
 def _prompt_logprobs_targets(

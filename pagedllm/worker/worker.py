@@ -98,6 +98,7 @@ class Worker:
             config.model.eos_token_ids, self.device,
             pool_last_token=config.model.task == "embed",
             max_num_seqs=config.scheduler.max_num_seqs, max_model_len=config.model.max_model_len,
+            speculative_config=config.speculative,
         )  # fmt: skip
         self.execution = select_execution_strategy(self.model, config.model.enforce_eager)
         window = common_sliding_window(layer.sliding_window for layer in layers)

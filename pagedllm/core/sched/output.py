@@ -48,6 +48,9 @@ class SchedulerOutput:
     total_num_scheduled_tokens: int
     finished_req_ids: set[str] = field(default_factory=set)
     """Requests finished, aborted or preempted since the last step: the runner drops them."""
+    scheduled_spec_decode_tokens: dict[str, list[int]] = field(default_factory=dict)
+    """Draft tokens scheduled after each speculating request's last token (its scheduled
+    count is 1 + the drafts); the runner verifies them this step."""
     structured_output_request_ids: list[str] = field(default_factory=list)
     """Requests whose next token is constrained this step; row i of grammar_bitmask is theirs."""
     grammar_bitmask: Any = None
@@ -85,6 +88,11 @@ class ModelRunnerOutput:
     prompt_logprobs: dict[str, LogprobsLists] = field(default_factory=dict)
     """For requests with prompt_logprobs set: one row per prompt position computed this step
     whose next token is a prompt token (the chosen token is that next prompt token)."""
+    spec_token_ids: dict[str, list[int]] = field(default_factory=dict)
+    """Drafts proposed for each request's next step (speculative decoding)."""
+    num_draft_tokens: dict[str, int] = field(default_factory=dict)
+    """Requests that verified drafts this step: how many; sampled_token_ids then holds the
+    accepted drafts plus one token of the target model's."""
     pooler_output: dict[str, list[float]] = field(default_factory=dict)
     """Task "embed": the raw pooled hidden state of each request whose prompt is now fully
     computed (such a request samples nothing and is finished by the engine core)."""

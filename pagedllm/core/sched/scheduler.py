@@ -26,7 +26,7 @@ from pagedllm.core.sched.output import (
 from pagedllm.core.sched.queue import create_request_queue
 from pagedllm.core.sched.step import StepBuilder
 from pagedllm.core.sched.stop import check_stop
-from pagedllm.metrics.stats import SchedulerStats
+from pagedllm.metrics.stats import SchedulerStats, SpecDecodingStats
 from pagedllm.request import BlockHasher, FinishReason, Request, RequestStatus
 
 if TYPE_CHECKING:
@@ -174,10 +174,20 @@ class Scheduler:
             num_new = self._chunk_size(remaining, step.token_budget)
             if num_new == 0:
                 continue
-            new_block_ids = self._allocate_or_preempt(request, num_new, step)
+            drafts = self._drafts(request, remaining, step.token_budget - num_new)
+            new_block_ids = self._allocate_or_preempt(request, num_new + len(drafts), step)
             if new_block_ids is None:
                 return  # the request itself was preempted
-            step.add_cached(request, num_new, new_block_ids)
+            step.add_cached(request, num_new + len(drafts), new_block_ids, drafts)
+
+    def _drafts(self, request: Request, remaining: int, budget: int) -> list[int]:
+        """The drafts a decode verifies this step: as many as the budget holds, and no more than
+        the request may still emit (each verify emits up to drafts + 1 tokens)."""
+        if remaining != 1 or not request.spec_token_ids:
+            return []
+        room = min(request.max_tokens - request.num_output_tokens,
+                   self.max_model_len - request.num_tokens) - 1
+        return request.spec_token_ids[:max(0, min(budget, room))]
 
     def _schedule_waiting(self, step: StepBuilder) -> None:
         max_num_seqs = self.scheduler_config.max_num_seqs
@@ -251,6 +261,7 @@ class Scheduler:
         self.kv_cache_manager.free(request)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
+        request.spec_token_ids = []
         request.num_preemptions += 1
         self.waiting.prepend(request)
         self.finished_req_ids.add(request.request_id)
@@ -283,11 +294,15 @@ class Scheduler:
         num_prompt_tokens = self._count_prompt_tokens(scheduler_output)
         outputs: list[EngineCoreOutput] = []
         num_generated = 0
+        spec_stats = SpecDecodingStats()
         for req_id in scheduler_output.num_scheduled_tokens:
             request = self.requests.get(req_id)
             if request is None or request.status != RequestStatus.RUNNING:
                 continue  # finished from outside while the step ran
             sampled = runner_output.sampled_token_ids.get(req_id)
+            drafts = scheduler_output.scheduled_spec_decode_tokens.get(req_id)
+            if drafts:
+                self._settle_drafts(request, drafts, sampled or [], spec_stats)
             new_token_ids = self._append_tokens(request, sampled)
             if request.structured_output is not None:
                 self._advance_grammar(request, new_token_ids)
@@ -297,11 +312,24 @@ class Scheduler:
                 outputs.append(output)
             if request.is_finished():
                 self._free_request(request)
+            else:
+                request.spec_token_ids = runner_output.spec_token_ids.get(req_id, [])
         self.running = [r for r in self.running if not r.is_finished()]
         outputs.extend(_failed_output(request, reason) for request, reason in self._failed)
         self._failed = []
         stats = self.make_stats(num_prompt_tokens, num_generated)
+        if spec_stats.num_drafts:
+            stats.spec_decoding_stats = spec_stats
         return EngineCoreOutputs(outputs=outputs, scheduler_stats=stats)
+
+    def _settle_drafts(self, request: Request, drafts: list[int], sampled: list[int],
+                       stats: SpecDecodingStats) -> None:
+        """The runner kept the first len(sampled) - 1 drafts: the rejected ones' cache slots
+        hold nothing valid, so the request's computed tokens step back over them (their blocks
+        stay allocated and are overwritten by the next tokens)."""
+        num_accepted = max(0, len(sampled) - 1)
+        request.num_computed_tokens -= len(drafts) - num_accepted
+        stats.observe(len(drafts), num_accepted)
 
     def _append_tokens(self, request: Request, token_ids: list[int] | None) -> list[int]:
         """Append tokens one by one; stop at the first that finishes the request."""

@@ -24,6 +24,7 @@ class StepBuilder:
     new_reqs: dict[str, NewRequestData] = field(default_factory=dict)
     cached_reqs: dict[str, tuple[list[int], int]] = field(default_factory=dict)
     preempted: list[Request] = field(default_factory=list)
+    spec_tokens: dict[str, list[int]] = field(default_factory=dict)
 
     def add_new(self, request: Request, num_tokens: int, block_ids: list[int]) -> None:
         self.new_reqs[request.request_id] = NewRequestData(
@@ -36,9 +37,13 @@ class StepBuilder:
         )
         self._take(request.request_id, num_tokens)
 
-    def add_cached(self, request: Request, num_tokens: int, new_block_ids: list[int]) -> None:
+    def add_cached(self, request: Request, num_tokens: int, new_block_ids: list[int],
+                   spec_tokens: list[int] | None = None) -> None:
+        """spec_tokens: drafts verified this step (counted in num_tokens)."""
         self.cached_reqs[request.request_id] = (new_block_ids, request.num_computed_tokens)
         self._take(request.request_id, num_tokens)
+        if spec_tokens:
+            self.spec_tokens[request.request_id] = spec_tokens
 
     def _take(self, req_id: str, num_tokens: int) -> None:
         assert 0 < num_tokens <= self.token_budget
@@ -51,6 +56,7 @@ class StepBuilder:
             self.token_budget += self.num_scheduled_tokens.pop(req_id)
             self.cached_reqs.pop(req_id, None)
             self.new_reqs.pop(req_id, None)
+            self.spec_tokens.pop(req_id, None)
 
     def build(self, finished_req_ids: set[str]) -> SchedulerOutput:
         cached = CachedRequestData()
@@ -64,4 +70,5 @@ class StepBuilder:
             num_scheduled_tokens=dict(self.num_scheduled_tokens),
             total_num_scheduled_tokens=sum(self.num_scheduled_tokens.values()),
             finished_req_ids=finished_req_ids,
+            scheduled_spec_decode_tokens=dict(self.spec_tokens),
         )

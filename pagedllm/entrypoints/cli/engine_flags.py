@@ -49,6 +49,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--structured-outputs-config", default=None, type=_structured_config,
                        help='grammar backend and options as JSON, e.g. \'{"backend": "xgrammar", '
                             '"disable_any_whitespace": true}\' (backend: auto | xgrammar)')
+    group.add_argument("--speculative-config", default=None, type=_speculative_config,
+                       help='speculative decoding as JSON, e.g. \'{"method": "ngram", '
+                            '"num_speculative_tokens": 4, "prompt_lookup_max": 4}\'')
     group.add_argument("--reasoning-parser", default=None,
                        help="the model's reasoning format: its thinking goes to the message's "
                             "`reasoning` and is left unconstrained by structured outputs "
@@ -72,6 +75,17 @@ def check_parser_name(kind: str, name: str | None) -> None:
     if name not in names.split(", "):
         flag = "--reasoning-parser" if kind == "reasoning" else "--tool-call-parser"
         raise SystemExit(f"pagedllm: {flag} {name!r} is unknown; choose from: {names}")
+
+
+def _speculative_config(value: str) -> str:
+    """Check the JSON now, like --structured-outputs-config; EngineArgs parses it."""
+    from pagedllm.config.speculative import SpeculativeConfig
+
+    try:
+        SpeculativeConfig.parse(value)
+    except (ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    return value
 
 
 def _structured_config(value: str) -> str:
@@ -106,4 +120,5 @@ def engine_args_from(args: argparse.Namespace) -> EngineArgs:
         enforce_eager=args.enforce_eager,
         structured_outputs_config=args.structured_outputs_config,
         reasoning_parser=args.reasoning_parser,
+        speculative_config=args.speculative_config,
     )

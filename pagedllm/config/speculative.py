@@ -1,0 +1,65 @@
+"""SpeculativeConfig: vLLM's `--speculative-config` (JSON) / `LLM(speculative_config={...})`.
+
+Each decode step a proposer drafts up to `num_speculative_tokens` tokens per request; the model
+verifies them in the same forward (draft positions are ordinary query rows over the paged cache)
+and keeps the longest prefix the target model agrees with, plus one token of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+METHODS = ("ngram",)
+"""Implemented proposers. vLLM's others ("suffix", "draft_model", "eagle", ...) are refused."""
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    method: str = "ngram"
+    num_speculative_tokens: int = 4
+    """Most tokens drafted per request and step."""
+    prompt_lookup_min: int = 1
+    """ngram: the shortest suffix of the sequence looked up earlier in it."""
+    prompt_lookup_max: int = 4
+    """ngram: the longest suffix looked up (longer matches are tried first)."""
+    disable_by_batch_size: int | None = 8
+    """No drafts while this many requests or more are in the batch: the forward is then
+    compute-bound and verifying drafts costs more than it saves (None: never)."""
+    min_acceptance_rate: float = 0.2
+    """A request whose recent drafts are accepted less often than this drafts fewer tokens, and
+    pauses drafting when it gets to none."""
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(
+                f"speculative method {self.method!r} is not available in pagedllm; "
+                f"supported: {', '.join(METHODS)}")
+        if self.num_speculative_tokens < 1:
+            raise ValueError("num_speculative_tokens must be >= 1")
+        if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
+            raise ValueError("need 1 <= prompt_lookup_min <= prompt_lookup_max")
+        if self.disable_by_batch_size is not None and self.disable_by_batch_size < 1:
+            raise ValueError("disable_by_batch_size must be >= 1 (or null)")
+        if not 0.0 <= self.min_acceptance_rate < 1.0:
+            raise ValueError("min_acceptance_rate must be in [0, 1)")
+
+    @classmethod
+    def parse(cls, value: str | dict[str, Any] | SpeculativeConfig | None
+              ) -> SpeculativeConfig | None:
+        """From the CLI's JSON text, a dict or an instance; None stays None (no speculation)."""
+        if value is None or isinstance(value, SpeculativeConfig):
+            return value
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--speculative-config is not valid JSON: {e}") from e
+        if not isinstance(value, dict):
+            raise ValueError("--speculative-config must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown speculative option(s) {unknown}; known: {sorted(known)}")
+        return cls(**value)

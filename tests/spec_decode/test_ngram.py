@@ -1,0 +1,60 @@
+"""Prompt lookup: the longest recent suffix found earlier proposes what followed it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pagedllm.config import SpeculativeConfig
+from pagedllm.sampling_params import SamplingParams
+from pagedllm.spec_decode.drafter import Drafter, can_draft
+from pagedllm.spec_decode.ngram import propose_ngram
+
+
+def test_longest_suffix_wins_and_the_most_recent_occurrence():
+    tokens = np.array([7, 1, 2, 3, 9, 1, 2, 4, 5, 8, 2, 3])
+    # "2 3" occurs at 2..3 (followed by 9, 1); "3" alone would also match there
+    assert propose_ngram(tokens, 1, 3, 2) == [9, 1]
+    tokens = np.array([1, 2, 5, 6, 1, 2, 7, 8, 1, 2])
+    assert propose_ngram(tokens, 1, 2, 3) == [7, 8, 1]  # the later "1 2"
+
+
+def test_no_match_or_too_short():
+    assert propose_ngram(np.array([1, 2, 3, 4]), 1, 3, 4) == []
+    assert propose_ngram(np.array([5]), 1, 3, 4) == []
+    assert propose_ngram(np.array([1, 2, 1, 2, 1, 2, 3]), 2, 2, 4) == []  # "2 3" is new
+
+
+@pytest.mark.parametrize("params, expected", [
+    (SamplingParams(temperature=0), True),
+    (SamplingParams(temperature=0.8), True),
+    (SamplingParams(temperature=0.8, seed=1), False),
+    (SamplingParams(temperature=0, seed=1), True),
+    (SamplingParams(temperature=0, presence_penalty=0.5), False),
+    (SamplingParams(temperature=0, min_tokens=3), False),
+    (SamplingParams(temperature=0, bad_words=["x"]), False),
+    (SamplingParams(temperature=0, structured_outputs={"regex": "a+"}), False),
+])
+def test_who_may_draft(params, expected):
+    assert can_draft(params) is expected
+
+
+def test_draft_length_adapts_and_pauses():
+    drafter = Drafter(SpeculativeConfig(num_speculative_tokens=4, min_acceptance_rate=0.3,
+                                        disable_by_batch_size=4))
+    drafter.add_request("r", SamplingParams(temperature=0))
+    state = drafter.states["r"]
+    for _ in range(6):  # the average falls below 0.3 after two misses, then one less each
+        drafter.observe("r", state.length, 0)
+        if state.length == 0:
+            break
+    assert state.length == 0 and state.paused_steps > 0
+    tokens = np.array([[1, 2, 3, 1, 2, 3, 1, 2]])
+    args = (["r"], tokens, np.array([0]), np.array([8]))
+    while state.paused_steps:
+        assert drafter.propose(*args, batch_size=1) == {}
+    assert state.length == 1
+    drafter.observe("r", 1, 1)
+    assert state.length == 2
+    assert drafter.propose(*args, batch_size=1) == {"r": [3, 1]}
+    assert drafter.propose(*args, batch_size=4) == {}, "large batches do not draft"
