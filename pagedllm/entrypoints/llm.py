@@ -122,6 +122,8 @@ class LLM:
                        model.eos_token_ids, model.max_model_len)
             for p in _as_prompt_list(prompts)
         ]
+        if not searches:
+            return []
 
         def run_step(token_prompts: list[list[int]], num_logprobs: int) -> list[StepLogprobs]:
             step = SamplingParams(max_tokens=1, logprobs=num_logprobs,
