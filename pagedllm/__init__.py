@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from pagedllm.version import __version__
 
 if TYPE_CHECKING:
+    from pagedllm.beam_search import BeamSearchOutput, BeamSearchParams, BeamSearchSequence
     from pagedllm.entrypoints.llm import LLM
     from pagedllm.outputs import (
         CompletionOutput,
@@ -29,11 +30,15 @@ _LAZY = {
     "EmbeddingOutput": "pagedllm.outputs",
     "EmbeddingRequestOutput": "pagedllm.outputs",
     "PoolingParams": "pagedllm.pooling_params",
+    "BeamSearchParams": "pagedllm.beam_search",
+    "BeamSearchOutput": "pagedllm.beam_search",
+    "BeamSearchSequence": "pagedllm.beam_search",
 }
 
 __all__ = [
     "LLM", "SamplingParams", "PoolingParams", "RequestOutput", "CompletionOutput",
-    "EmbeddingOutput", "EmbeddingRequestOutput", "__version__",
+    "EmbeddingOutput", "EmbeddingRequestOutput", "BeamSearchParams", "BeamSearchOutput",
+    "BeamSearchSequence", "__version__",
 ]
 
 

@@ -36,3 +36,26 @@ def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
 def hf_logits(model, token_ids: list[int]) -> torch.Tensor:
     """[len(token_ids), vocab] float32 logits of one sequence."""
     return model(input_ids=torch.tensor([token_ids])).logits[0].float()
+
+
+@torch.inference_mode()
+def hf_beam_search(model, prompt_ids: list[int], beam_width: int, max_new_tokens: int,
+                   length_penalty: float, eos_token_ids: list[int] | None) -> list[list[int]]:
+    """transformers' beam search, best first: each beam's generated ids up to and including its
+    EOS. `early_stopping="never"` is the setting whose results are those of an exhaustive search
+    to max_new_tokens (its stopping bound is exact), which is what pagedllm's beam search
+    computes; True / False stop on a heuristic and can miss a better hypothesis. eos_token_ids
+    None: no EOS at all (ignore_eos)."""
+    if eos_token_ids is None:
+        # No token is EOS: an id past the vocabulary never matches.
+        eos_token_ids = [model.config.vocab_size + 1]
+    out = model.generate(
+        torch.tensor([prompt_ids]), num_beams=beam_width, num_return_sequences=beam_width,
+        max_new_tokens=max_new_tokens, do_sample=False, early_stopping="never",
+        length_penalty=length_penalty, eos_token_id=eos_token_ids, pad_token_id=0)
+    beams = []
+    for row in out.tolist():
+        generated = row[len(prompt_ids):]
+        ends = [i for i, t in enumerate(generated) if t in eos_token_ids]
+        beams.append(generated[: ends[0] + 1] if ends else generated)
+    return beams

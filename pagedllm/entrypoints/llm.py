@@ -8,6 +8,14 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from pagedllm.beam_search import (
+    BeamSearch,
+    BeamSearchOutput,
+    BeamSearchParams,
+    StepLogprobs,
+    run_beam_search,
+    step_logprobs,
+)
 from pagedllm.engine.arg_utils import EngineArgs
 from pagedllm.engine.input_processor import PromptType
 from pagedllm.engine.llm_engine import LLMEngine
@@ -96,6 +104,48 @@ class LLM:
         for output, prompt in zip(outputs, prompts):
             output.prompt = prompt["prompt"]
         return outputs
+
+    def beam_search(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        params: BeamSearchParams,
+        use_tqdm: bool = False,
+    ) -> list[BeamSearchOutput]:
+        """Beam search for every prompt (see pagedllm/beam_search.py); one BeamSearchOutput per
+        prompt, in input order, its sequences best first. As in vLLM, a sequence's `tokens` and
+        `text` hold the prompt and the generation (`token_ids`: the generation alone). Each step
+        runs every prompt's live beams as one batch of one-token requests."""
+        processor = self.llm_engine.input_processor
+        model = self.llm_engine.config.model
+        searches = [
+            BeamSearch(processor.process_prompt(p).prompt_token_ids, params,
+                       model.eos_token_ids, model.max_model_len)
+            for p in _as_prompt_list(prompts)
+        ]
+        if not searches:
+            return []
+
+        def run_step(token_prompts: list[list[int]], num_logprobs: int) -> list[StepLogprobs]:
+            step = SamplingParams(max_tokens=1, logprobs=num_logprobs,
+                                  temperature=params.temperature, detokenize=False)
+            outputs = self.generate([{"prompt_token_ids": p} for p in token_prompts], step,
+                                    use_tqdm=False)
+            return [step_logprobs(o) for o in outputs]
+
+        bar = tqdm(total=max(s.max_tokens for s in searches), desc="Beam search",
+                   disable=not use_tqdm, dynamic_ncols=True)
+        try:
+            run_beam_search(searches, run_step, on_step=bar.update)
+        finally:
+            bar.close()
+        tokenizer = self.get_tokenizer()
+        results = []
+        for search in searches:
+            sequences = search.best()
+            for seq in sequences:
+                seq.text = tokenizer.decode(seq.tokens)
+            results.append(BeamSearchOutput(sequences))
+        return results
 
     def embed(
         self,

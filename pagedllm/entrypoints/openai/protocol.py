@@ -99,6 +99,10 @@ class SamplingExtras(OpenAIBaseModel):
     guided_whitespace_pattern: str | None = None
     guided_decoding_backend: str | None = None
     """Accepted and ignored: the backend is the server's (--structured-outputs-config)."""
+    use_beam_search: bool = False
+    """Beam search with `n` as the beam width; the n best beams are the choices."""
+    length_penalty: float = 1.0
+    """Beam search: finished beams score cum_logprob / generated_len ** length_penalty."""
 
     @model_validator(mode="after")
     def _check_stream_options(self) -> SamplingExtras:

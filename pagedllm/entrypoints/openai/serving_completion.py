@@ -49,7 +49,8 @@ class OpenAIServingCompletion(OpenAIServing):
         prompts = [self._prepare(p, request) for p in self._prompt_list(request)]
         request_id = random_id("cmpl")
         generators = [
-            self.generate(p.token_ids, p.params, f"{request_id}-{i}")  # type: ignore[arg-type]
+            self.generate_for(p.token_ids, request, p.params,  # type: ignore[arg-type]
+                              f"{request_id}-{i}")
             for i, p in enumerate(prompts)
         ]
         merged = merge_async_iterators(*generators)

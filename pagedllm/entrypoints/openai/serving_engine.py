@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pagedllm.engine.core_client import EngineDeadError
 from pagedllm.entrypoints.openai.errors import BadRequestError, ServiceUnavailableError
 from pagedllm.entrypoints.openai.protocol import SamplingExtras
+from pagedllm.entrypoints.openai.serving_beam_search import beam_search_params, beam_search_stream
 from pagedllm.entrypoints.openai.serving_models import OpenAIServingModels
 from pagedllm.entrypoints.openai.structured_requests import structured_outputs_from_request
 from pagedllm.outputs import Logprob, RequestOutput
@@ -30,6 +31,9 @@ class OpenAIServing:
         self.models = models
         self.tokenizer = engine.tokenizer
         self.max_model_len = engine.model_config.max_model_len
+        # TODO(merge, issue 18): engine.config.speculative_config is not None, once the engine
+        # has speculative decoding; beam search is refused with it.
+        self.speculative_decoding = False
 
     # ---- prompts ------------------------------------------------------------------------------
 
@@ -77,6 +81,20 @@ class OpenAIServing:
         return http_errors(
             self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id)
         )
+
+    def generate_for(self, prompt_ids: list[int], request: SamplingExtras,
+                     params: SamplingParams, request_id: str) -> AsyncIterator[RequestOutput]:
+        """The request's stream: sampling with `params`, or with use_beam_search the n best
+        beams as one finished output (its max_tokens and skip_special_tokens from `params`).
+        A request beam search cannot serve is a 400 raised here, before anything runs."""
+        if not request.use_beam_search:
+            return self.generate(prompt_ids, params, request_id)
+        assert params.max_tokens is not None
+        beam_params = beam_search_params(request, params.max_tokens, self.speculative_decoding)
+        return beam_search_stream(
+            self.generate, prompt_ids, beam_params, request_id,
+            self.engine.model_config.eos_token_ids, self.max_model_len, self.tokenizer,
+            params.skip_special_tokens)
 
 
 async def http_errors(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
