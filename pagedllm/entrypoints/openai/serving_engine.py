@@ -31,9 +31,9 @@ class OpenAIServing:
         self.models = models
         self.tokenizer = engine.tokenizer
         self.max_model_len = engine.model_config.max_model_len
-        # TODO(merge, issue 18): engine.config.speculative_config is not None, once the engine
-        # has speculative decoding; beam search is refused with it.
-        self.speculative_decoding = False
+        config = getattr(engine, "config", None)
+        self.speculative_decoding = getattr(config, "speculative", None) is not None
+        """Beam search is refused on a server with speculative decoding (a 400)."""
 
     # ---- prompts ------------------------------------------------------------------------------
 
