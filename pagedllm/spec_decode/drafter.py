@@ -6,9 +6,12 @@
   "same seed, same output whatever else is batched"). Greedy and unseeded random requests do.
 - Nobody drafts while the batch holds disable_by_batch_size requests or more: the forward is
   then compute-bound and the extra query rows cost more than the accepted tokens save.
-- Per request, the draft length adapts to acceptance: it grows after a fully accepted draft,
-  shrinks while the recent acceptance rate (an exponential average) is below
-  min_acceptance_rate, and at zero the request pauses drafting for a while before trying again.
+- Per request, the draft length follows its acceptance: with `a` the estimated chance that a
+  draft token is accepted (given the ones before it were) and `c` the cost of verifying one
+  draft token relative to a decode step (draft_token_cost), a draft of k tokens yields
+  1 + a + ... + a^k tokens for 1 + c k of cost; the request drafts the k that maximizes that
+  ratio, and none when no k beats plain decoding. A request that stops drafting tries again
+  after PAUSE_STEPS steps from a fresh estimate.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from pagedllm.sample.metadata import uses_penalty
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.spec_decode.ngram import propose_ngram
 
-PAUSE_STEPS = 16
-"""Steps a request stops drafting after its draft length fell to zero."""
-_EMA = 0.5
-"""Weight of the latest draft in the acceptance average."""
+PAUSE_STEPS = 32
+"""Steps a request goes without drafts once they stopped paying."""
+PRIOR_ACCEPTANCE = 0.6
+"""The acceptance estimate a request starts (and restarts) from."""
+_EMA = 0.3
+"""Weight of the latest draft's outcome in the acceptance estimate."""
 
 
 def can_draft(params: SamplingParams) -> bool:
@@ -38,12 +43,21 @@ def can_draft(params: SamplingParams) -> bool:
     )
 
 
+def best_draft_length(acceptance: float, cost: float, max_length: int) -> int:
+    """The k in 0..max_length maximizing (1 + a + ... + a^k) / (1 + cost k)."""
+    best_k, best, tokens, term = 0, 1.0, 1.0, 1.0
+    for k in range(1, max_length + 1):
+        term *= acceptance
+        tokens += term
+        if tokens / (1 + cost * k) > best:
+            best_k, best = k, tokens / (1 + cost * k)
+    return best_k
+
+
 @dataclass
 class DraftState:
-    length: int
-    """Tokens to draft next time."""
-    acceptance: float = 1.0
-    """Exponential average of the accepted fraction of recent drafts."""
+    acceptance: float = PRIOR_ACCEPTANCE
+    """Estimated chance that a draft token is accepted after accepted ones."""
     paused_steps: int = 0
 
 
@@ -54,23 +68,30 @@ class Drafter:
 
     def add_request(self, req_id: str, params: SamplingParams) -> None:
         if can_draft(params):
-            self.states[req_id] = DraftState(self.config.num_speculative_tokens)
+            self.states[req_id] = DraftState()
 
     def remove_request(self, req_id: str) -> None:
         self.states.pop(req_id, None)
 
+    def draft_length(self, req_id: str) -> int:
+        state = self.states.get(req_id)
+        if state is None or state.paused_steps:
+            return 0
+        config = self.config
+        return best_draft_length(state.acceptance, config.draft_token_cost,
+                                 config.num_speculative_tokens)
+
     def observe(self, req_id: str, num_drafted: int, num_accepted: int) -> None:
-        """Adapt the request's draft length to how much of its last draft was accepted."""
+        """Update the request's acceptance estimate from its last draft: num_accepted
+        acceptances, then one rejection unless all were accepted."""
         state = self.states.get(req_id)
         if state is None or num_drafted == 0:
             return
-        state.acceptance = (1 - _EMA) * state.acceptance + _EMA * num_accepted / num_drafted
-        if num_accepted == num_drafted:
-            state.length = min(self.config.num_speculative_tokens, state.length + 1)
-        elif state.acceptance < self.config.min_acceptance_rate:
-            state.length -= 1
-            if state.length == 0:
-                state.paused_steps = PAUSE_STEPS
+        trials = num_accepted + (num_accepted < num_drafted)
+        rate = num_accepted / trials
+        state.acceptance += min(1.0, _EMA * trials) * (rate - state.acceptance)
+        if self.draft_length(req_id) == 0:
+            state.paused_steps = PAUSE_STEPS
 
     def propose(self, req_ids: list[str], token_ids: np.ndarray, rows: np.ndarray,
                 num_tokens: np.ndarray, batch_size: int) -> dict[str, list[int]]:
@@ -87,10 +108,11 @@ class Drafter:
             if state.paused_steps:
                 state.paused_steps -= 1
                 if state.paused_steps == 0:
-                    state.length, state.acceptance = 1, self.config.min_acceptance_rate
+                    state.acceptance = PRIOR_ACCEPTANCE
                 continue
+            k = self.draft_length(req_id)
             draft = propose_ngram(token_ids[row, :length], self.config.prompt_lookup_min,
-                                  self.config.prompt_lookup_max, state.length)
+                                  self.config.prompt_lookup_max, k) if k else []
             if draft:
                 drafts[req_id] = draft
         return drafts

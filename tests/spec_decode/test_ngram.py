@@ -7,7 +7,7 @@ import pytest
 
 from pagedllm.config import SpeculativeConfig
 from pagedllm.sampling_params import SamplingParams
-from pagedllm.spec_decode.drafter import Drafter, can_draft
+from pagedllm.spec_decode.drafter import Drafter, best_draft_length, can_draft
 from pagedllm.spec_decode.ngram import propose_ngram
 
 
@@ -39,22 +39,31 @@ def test_who_may_draft(params, expected):
     assert can_draft(params) is expected
 
 
-def test_draft_length_adapts_and_pauses():
-    drafter = Drafter(SpeculativeConfig(num_speculative_tokens=4, min_acceptance_rate=0.3,
-                                        disable_by_batch_size=4))
+def test_draft_length_follows_acceptance_and_cost():
+    assert best_draft_length(0.9, 0.25, 8) >= 4
+    assert best_draft_length(0.6, 0.25, 8) == 2
+    assert best_draft_length(0.2, 0.25, 8) == 0, "drafts that rarely land cost more than they give"
+    assert best_draft_length(0.2, 0.05, 8) >= 1, "unless verifying is nearly free"
+    assert best_draft_length(1.0, 0.25, 5) == 5
+
+
+def test_drafting_pauses_when_it_stops_paying_and_retries():
+    drafter = Drafter(SpeculativeConfig(num_speculative_tokens=4, draft_token_cost=0.25,
+                                        prompt_lookup_min=1, disable_by_batch_size=4))
     drafter.add_request("r", SamplingParams(temperature=0))
     state = drafter.states["r"]
-    for _ in range(6):  # the average falls below 0.3 after two misses, then one less each
-        drafter.observe("r", state.length, 0)
-        if state.length == 0:
-            break
-    assert state.length == 0 and state.paused_steps > 0
     tokens = np.array([[1, 2, 3, 1, 2, 3, 1, 2]])
     args = (["r"], tokens, np.array([0]), np.array([8]))
+    first = drafter.propose(*args, batch_size=1)["r"]
+    for _ in range(10):  # every draft rejected
+        drafter.observe("r", max(1, drafter.draft_length("r")), 0)
+        if state.paused_steps:
+            break
+    assert state.paused_steps > 0 and drafter.draft_length("r") == 0
     while state.paused_steps:
         assert drafter.propose(*args, batch_size=1) == {}
-    assert state.length == 1
-    drafter.observe("r", 1, 1)
-    assert state.length == 2
-    assert drafter.propose(*args, batch_size=1) == {"r": [3, 1]}
+    assert drafter.propose(*args, batch_size=1) == {"r": first}, "retries from the prior"
+    for _ in range(5):
+        drafter.observe("r", drafter.draft_length("r"), drafter.draft_length("r"))
+    assert drafter.draft_length("r") == 4, "a request whose drafts all land drafts the most"
     assert drafter.propose(*args, batch_size=4) == {}, "large batches do not draft"

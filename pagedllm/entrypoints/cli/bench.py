@@ -10,6 +10,7 @@ BENCHMARKS = {
     "latency": "time one batch end to end (prefill and decode tok/s, step profile), with peers",
     "throughput": "offline LLM.generate over a dataset: requests/s and tok/s, with peers",
     "serve": "drive a running server over the OpenAI API: TTFT, TPOT, ITL, throughput",
+    "speculative": "single-stream decode with and without speculative decoding, with llama.cpp",
 }
 
 
