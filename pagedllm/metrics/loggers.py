@@ -32,6 +32,8 @@ class LoggingStatLogger(StatLoggerBase):
         self._generation_tokens = 0
         self._queries = 0
         self._hits = 0
+        self._draft_tokens = 0
+        self._accepted_tokens = 0
         self._last_scheduler_stats: SchedulerStats | None = None
 
     def record(self, scheduler_stats: SchedulerStats | None,
@@ -44,6 +46,10 @@ class LoggingStatLogger(StatLoggerBase):
             if scheduler_stats.prefix_cache_stats is not None:
                 self._queries += scheduler_stats.prefix_cache_stats.queries
                 self._hits += scheduler_stats.prefix_cache_stats.hits
+            spec = scheduler_stats.spec_decoding_stats
+            if spec is not None:
+                self._draft_tokens += spec.num_draft_tokens
+                self._accepted_tokens += spec.num_accepted_tokens
 
     def log(self) -> None:
         now = time.monotonic()
@@ -61,5 +67,9 @@ class LoggingStatLogger(StatLoggerBase):
                 stats.num_running_reqs, stats.num_waiting_reqs, 100.0 * stats.kv_cache_usage,
                 hit_rate,
             )
+            if self._draft_tokens:
+                logger.info("Speculative decoding: %d draft tokens, acceptance rate %.1f%%",
+                            self._draft_tokens, 100.0 * self._accepted_tokens / self._draft_tokens)
         self._last_log = now
         self._prompt_tokens = self._generation_tokens = self._queries = self._hits = 0
+        self._draft_tokens = self._accepted_tokens = 0

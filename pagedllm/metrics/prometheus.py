@@ -52,6 +52,16 @@ class PrometheusStatLogger(StatLoggerBase):
                                       "Prompt tokens looked up in the prefix cache.")
         self.prefix_hits = counter("prefix_cache_hits", "Prompt tokens found in the prefix cache.")
         self.preemptions = counter("num_preemptions", "Preemptions by the scheduler.")
+        self.spec_drafts = counter("spec_decode_num_drafts",
+                                   "Speculative decoding: drafts verified.")
+        self.spec_draft_tokens = counter("spec_decode_num_draft_tokens",
+                                         "Speculative decoding: draft tokens verified.")
+        self.spec_accepted = counter("spec_decode_num_accepted_tokens",
+                                     "Speculative decoding: draft tokens accepted.")
+        self.spec_accepted_per_pos = counter(
+            "spec_decode_num_accepted_tokens_per_pos",
+            "Speculative decoding: drafts whose token at this position was accepted.",
+            ("position",))
         self.prompt_tokens = counter("prompt_tokens", "Prompt tokens of requests (prefilled).")
         self.generation_tokens = counter("generation_tokens", "Generated tokens.")
         self.request_success = counter("request_success", "Finished requests by finish reason.",
@@ -76,7 +86,8 @@ class PrometheusStatLogger(StatLoggerBase):
         for metric in (self.running, self.waiting, self.kv_usage, self.kv_blocks):
             metric.labels(**self._labels).set(0)
         for metric in (self.prefix_queries, self.prefix_hits, self.preemptions,
-                       self.prompt_tokens, self.generation_tokens):
+                       self.prompt_tokens, self.generation_tokens, self.spec_drafts,
+                       self.spec_draft_tokens, self.spec_accepted):
             metric.labels(**self._labels)
 
     def set_num_kv_blocks(self, num_blocks: int) -> None:
@@ -98,6 +109,13 @@ class PrometheusStatLogger(StatLoggerBase):
         if stats.prefix_cache_stats is not None:
             self.prefix_queries.labels(**labels).inc(stats.prefix_cache_stats.queries)
             self.prefix_hits.labels(**labels).inc(stats.prefix_cache_stats.hits)
+        spec = stats.spec_decoding_stats
+        if spec is not None:
+            self.spec_drafts.labels(**labels).inc(spec.num_drafts)
+            self.spec_draft_tokens.labels(**labels).inc(spec.num_draft_tokens)
+            self.spec_accepted.labels(**labels).inc(spec.num_accepted_tokens)
+            for position, count in enumerate(spec.num_accepted_tokens_per_pos):
+                self.spec_accepted_per_pos.labels(**labels, position=str(position)).inc(count)
 
     def _record_iteration(self, stats: IterationStats) -> None:
         labels = self._labels
