@@ -124,3 +124,18 @@ def test_sampled_requests_draft_and_stay_in_the_vocabulary(tiny_llama_dir, tiny_
     outs, stats = run(llm, prompts(tiny_vocab, 3), params)
     assert stats.num_drafts > 0
     assert all(len(o.token_ids) == 40 for o in outs)
+
+
+def test_stop_strings_land_mid_draft(tiny_llama_dir, reference):
+    token_prompts, _, _ = reference
+    plain = LLM(tiny_llama_dir, kv_cache_memory="32MiB", max_model_len=256)
+    spec = LLM(tiny_llama_dir, kv_cache_memory="32MiB", max_model_len=256,
+               speculative_config=SPEC)
+    free, _ = run(plain, token_prompts[:2], [greedy()] * 2)
+    for out in free:
+        stop = out.text[len(out.text) // 2:][:3]  # a string from the middle of the answer
+        params = [greedy(stop=[stop])]
+        want, _ = run(plain, token_prompts[:1] if out is free[0] else token_prompts[1:2], params)
+        got, _ = run(spec, token_prompts[:1] if out is free[0] else token_prompts[1:2], params)
+        assert (got[0].text, got[0].finish_reason, got[0].stop_reason) == (
+            want[0].text, "stop", stop)
