@@ -28,11 +28,11 @@ class SpeculativeConfig:
     disable_by_batch_size: int | None = 8
     """No drafts while this many requests or more are in the batch: the forward is then
     compute-bound and verifying drafts costs more than it saves (None: never)."""
-    draft_token_cost: float = 0.25
-    """What verifying one draft token costs, as a fraction of a one-token decode step. The
+    draft_token_cost: float | None = None
+    """What verifying one draft token costs, as a fraction of a one-token decode step; the
     draft length of each request maximizes its expected tokens per unit of cost given its
-    recent acceptance; measured on 2 Zen 5 cores for SmolLM2: 0.25 with Q4_1 weights, 0.09 in
-    float32 (`benchmarks`: the forward of 1 vs 2-8 query rows)."""
+    recent acceptance. None: measured at start-up on the model (on 2 Zen 5 cores, SmolLM2:
+    ~0.25 with Q4_1 weights, ~0.09 in float32)."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -45,7 +45,7 @@ class SpeculativeConfig:
             raise ValueError("need 1 <= prompt_lookup_min <= prompt_lookup_max")
         if self.disable_by_batch_size is not None and self.disable_by_batch_size < 1:
             raise ValueError("disable_by_batch_size must be >= 1 (or null)")
-        if self.draft_token_cost <= 0:
+        if self.draft_token_cost is not None and self.draft_token_cost <= 0:
             raise ValueError("draft_token_cost must be > 0")
 
     @classmethod

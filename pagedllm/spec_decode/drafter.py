@@ -8,10 +8,10 @@
   then compute-bound and the extra query rows cost more than the accepted tokens save.
 - Per request, the draft length follows its acceptance: with `a` the estimated chance that a
   draft token is accepted (given the ones before it were) and `c` the cost of verifying one
-  draft token relative to a decode step (draft_token_cost), a draft of k tokens yields
-  1 + a + ... + a^k tokens for 1 + c k of cost; the request drafts the k that maximizes that
-  ratio, and none when no k beats plain decoding. A request that stops drafting tries again
-  after PAUSE_STEPS steps from a fresh estimate.
+  draft token relative to a decode step (draft_token_cost, measured at start-up), a draft of
+  k tokens yields 1 + a + ... + a^k tokens for 1 + c k of cost; the request drafts the k that
+  maximizes that ratio, and none when no k beats plain decoding. A request that stops
+  drafting tries again after PAUSE_STEPS steps from a fresh estimate.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from pagedllm.sample.metadata import uses_penalty
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.spec_decode.ngram import propose_ngram
 
+DEFAULT_DRAFT_TOKEN_COST = 0.25
+"""Until the worker measured it (SmolLM2 Q4_1 on 2 Zen 5 cores)."""
 PAUSE_STEPS = 32
 """Steps a request goes without drafts once they stopped paying."""
 PRIOR_ACCEPTANCE = 0.6
@@ -65,6 +67,9 @@ class Drafter:
     def __init__(self, config: SpeculativeConfig) -> None:
         self.config = config
         self.states: dict[str, DraftState] = {}
+        self.cost = config.draft_token_cost or DEFAULT_DRAFT_TOKEN_COST
+        """Verifying one draft token, as a fraction of a decode step (the worker measures it
+        when the config leaves it to "auto")."""
 
     def add_request(self, req_id: str, params: SamplingParams) -> None:
         if can_draft(params):
@@ -77,9 +82,7 @@ class Drafter:
         state = self.states.get(req_id)
         if state is None or state.paused_steps:
             return 0
-        config = self.config
-        return best_draft_length(state.acceptance, config.draft_token_cost,
-                                 config.num_speculative_tokens)
+        return best_draft_length(state.acceptance, self.cost, self.config.num_speculative_tokens)
 
     def observe(self, req_id: str, num_drafted: int, num_accepted: int) -> None:
         """Update the request's acceptance estimate from its last draft: num_accepted

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pagedllm.attention.backend import AttentionBackend
+from pagedllm.attention.backend import AttentionBackend, CommonAttentionMetadata
 from pagedllm.config.speculative import SpeculativeConfig
 from pagedllm.core.sched.output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
 from pagedllm.forward_context import set_forward_context
@@ -93,6 +93,44 @@ class ModelRunner:
         # NOTE: after the sampled tokens joined; the scheduler resends it next step anyway.
         self.input_batch.num_computed_tokens[inputs.rows] += inputs.num_scheduled
         return output
+
+    @torch.inference_mode()
+    def measure_draft_token_cost(self, num_drafts: int, context: int = 64) -> float:
+        """What verifying one draft token costs, as a fraction of a one-token decode step: the
+        forward (and LM head) of one sequence with 1 and with 1 + num_drafts query rows, best of
+        a few runs each. Writes throwaway K/V into the cache's first blocks, so call it before
+        any request runs."""
+        import time
+
+        def forward_seconds(num_rows: int) -> float:
+            positions = np.arange(context, context + num_rows)
+            num_blocks = -(-(context + num_rows) // self.block_size)
+            slots = positions  # blocks 0, 1, ... in order: slot = position
+            attn = CommonAttentionMetadata(
+                num_actual_tokens=num_rows,
+                query_start_loc=torch.tensor([0, num_rows], dtype=torch.int32),
+                query_start_loc_cpu=[0, num_rows],
+                seq_lens=torch.tensor([context + num_rows], dtype=torch.int32),
+                seq_lens_cpu=[context + num_rows],
+                block_table=torch.arange(num_blocks, dtype=torch.int32).unsqueeze(0),
+                slot_mapping=torch.from_numpy(slots.astype(np.int64)),
+                max_query_len=num_rows, max_seq_len=context + num_rows,
+                block_size=self.block_size)
+            attn = _to_device(attn, self.device)
+            metadata = self.metadata_builder.build(attn)
+            ids = torch.zeros(num_rows, dtype=torch.long, device=self.device)
+            pos = torch.from_numpy(positions).to(self.device)
+            best = float("inf")
+            with set_forward_context(metadata):
+                for _ in range(4):
+                    start = time.perf_counter()
+                    self.model.compute_logits(self.model(ids, pos))
+                    best = min(best, time.perf_counter() - start)
+            return best
+
+        forward_seconds(1)  # warm-up
+        one, many = forward_seconds(1), forward_seconds(1 + num_drafts)
+        return max(0.01, (many - one) / (num_drafts * one))
 
     def _update_states(self, so: SchedulerOutput) -> list[str]:
         """Apply the scheduler's deltas; return the scheduled request ids in packing order."""
@@ -225,6 +263,14 @@ class ModelRunner:
                 ranks=tensors.ranks.tolist(),
                 start_position=target.start_position,
             )
+
+
+def _to_device(attn: CommonAttentionMetadata, device: torch.device) -> CommonAttentionMetadata:
+    from dataclasses import replace
+
+    return replace(attn, query_start_loc=attn.query_start_loc.to(device),
+                   seq_lens=attn.seq_lens.to(device), block_table=attn.block_table.to(device),
+                   slot_mapping=attn.slot_mapping.to(device))
 
 
 def _first_logits_rows(num_drafts: np.ndarray) -> np.ndarray:

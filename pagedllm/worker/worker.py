@@ -101,8 +101,20 @@ class Worker:
             speculative_config=config.speculative,
         )  # fmt: skip
         self.execution = select_execution_strategy(self.model, config.model.enforce_eager)
+        self._calibrate_drafts()
         window = common_sliding_window(layer.sliding_window for layer in layers)
         return KVCacheInfo(layout.num_blocks, layout.block_size, layout.total_bytes, window)
+
+    def _calibrate_drafts(self) -> None:
+        """Speculative decoding with draft_token_cost "auto": measure it on this model, device
+        and execution strategy (it sets how long each request's drafts are)."""
+        drafter = self.model_runner.drafter
+        if drafter is None or self.config.speculative.draft_token_cost is not None:
+            return
+        k = self.config.speculative.num_speculative_tokens
+        drafter.cost = self.model_runner.measure_draft_token_cost(k)
+        logger.info("speculative decoding: verifying a draft token costs %.2f of a decode step "
+                    "(measured with %d drafts)", drafter.cost, k)
 
     def get_model(self) -> nn.Module:
         assert self.model is not None, "load_model() first"
