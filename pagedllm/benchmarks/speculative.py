@@ -120,8 +120,11 @@ class _LlamaCpp:
 
         draft = (LlamaPromptLookupDecoding(num_pred_tokens=lookup_tokens)
                  if lookup_tokens else None)
+        # NOTE: with a draft model llama-cpp-python keeps every position's logits (its
+        # verification reads them); without logits_all it overruns its n_batch rows.
         self.llm = Llama(model_path=path, n_threads=_threads(), n_threads_batch=_threads(),
-                         n_ctx=n_ctx, n_batch=512, draft_model=draft, verbose=False)
+                         n_ctx=n_ctx, n_batch=512, draft_model=draft,
+                         logits_all=draft is not None, verbose=False)
         self.output_len = output_len
 
     def __call__(self, prompt: list[int]) -> dict[str, float]:
@@ -153,7 +156,7 @@ def _llamacpp_runners(spec: Any, args: argparse.Namespace) -> dict[str, Any]:
         print("llama.cpp needs a GGUF model: skipped", flush=True)
         return {}
     config = spec.llm_engine.config.speculative
-    n_ctx = model.max_model_len
+    n_ctx = min(model.max_model_len, 4096)
     lookup = config.num_speculative_tokens if config is not None else 8
     return {"llama_cpp+lookup": _LlamaCpp(model.path, lookup, n_ctx, args.output_len),
             "llama_cpp": _LlamaCpp(model.path, None, n_ctx, args.output_len)}
