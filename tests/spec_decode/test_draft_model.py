@@ -102,3 +102,45 @@ def test_draft_model_config_errors(tiny_llama_dir, tmp_path):
     with pytest.raises(ValueError, match="vocabulary"):
         LLM(tiny_llama_dir, kv_cache_memory="32MiB", max_model_len=256,
             speculative_config={"method": "draft_model", "model": str(other_vocab)})
+
+
+def test_draft_cache_follows_accepted_and_rejected_drafts(tiny_llama_dir, other_draft_dir,
+                                                          tiny_vocab):
+    """Step after step, whatever part of the last drafts the target kept, each draft's q is
+    the draft model's distribution after the request's tokens and the drafts before it (HF
+    transformers on the whole sequence as the reference): a draft cache that kept a rejected
+    draft's K/V, or lost an accepted one's, would give other numbers."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pagedllm.engine.arg_utils import EngineArgs
+    from pagedllm.spec_decode.draft_model import DraftRequest, build_draft_model_drafter
+
+    config = EngineArgs(tiny_llama_dir, max_model_len=256, kv_cache_memory="32MiB",
+                        speculative_config=spec(other_draft_dir)).create_engine_config()
+    proposer = build_draft_model_drafter(config, torch.device("cpu"), 4096).proposer
+    hf = AutoModelForCausalLM.from_pretrained(other_draft_dir, torch_dtype=torch.float32)
+    temperature = {"a": 0.0, "b": 0.7}  # a: greedy drafts, b: sampled ones
+    token_lists = dict(zip(temperature, prompts(tiny_vocab, 2)))
+    for req_id in token_lists:
+        proposer.add_request(req_id)
+    rng = np.random.default_rng(0)
+    for step in range(6):
+        k = 2 + step % 3
+        with torch.inference_mode():
+            drafts = proposer.propose([DraftRequest(r, np.array(t), k, temperature[r])
+                                       for r, t in token_lists.items()])
+        for req_id, tokens in token_lists.items():
+            draft = drafts[req_id]
+            with torch.no_grad():
+                logits = hf(torch.tensor([tokens + draft.token_ids[:-1]])).logits[0, -k:]
+            if temperature[req_id] == 0:
+                assert draft.probs is None
+                assert draft.token_ids == logits.argmax(dim=1).tolist(), (step, req_id)
+            else:
+                want = (logits / temperature[req_id]).softmax(dim=1)
+                torch.testing.assert_close(draft.probs, want, atol=1e-4, rtol=1e-3)
+            # the target keeps some drafts (all, none or a prefix) and adds a token of its own
+            kept = int(rng.integers(0, k + 1))
+            tokens += draft.token_ids[:kept] + [int(rng.integers(3, tiny_vocab))]
