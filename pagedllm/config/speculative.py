@@ -8,11 +8,11 @@ and keeps the longest prefix the target model agrees with, plus one token of its
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-METHODS = ("ngram",)
-"""Implemented proposers. vLLM's others ("suffix", "draft_model", "eagle", ...) are refused."""
+METHODS = ("ngram", "draft_model")
+"""Implemented proposers. vLLM's others ("eagle", ...) are refused."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,14 @@ class SpeculativeConfig:
     match everywhere in free text and draft mostly junk)."""
     prompt_lookup_max: int = 4
     """ngram: the longest suffix looked up (longer matches are tried first)."""
+    model: str | None = None
+    """draft_model: the draft model (a directory, .gguf file or name the loader accepts), a
+    smaller model with the target's tokenizer."""
+    quantization: str | None = None
+    """draft_model: the draft's own weight quantization (as --quantization; None: what its
+    checkpoint holds)."""
+    draft_model_config: Any = field(default=None, repr=False, compare=False)
+    """draft_model: its resolved ModelConfig (set by EngineArgs, never by the user)."""
     disable_by_batch_size: int | None = 8
     """No drafts while this many requests or more are in the batch: the forward is then
     compute-bound and verifying drafts costs more than it saves (None: never)."""
@@ -39,6 +47,11 @@ class SpeculativeConfig:
             raise ValueError(
                 f"speculative method {self.method!r} is not available in pagedllm; "
                 f"supported: {', '.join(METHODS)}")
+        if self.method == "draft_model" and not self.model:
+            raise ValueError('speculative method "draft_model" needs "model" (the draft model)')
+        if self.method != "draft_model" and (self.model or self.quantization):
+            raise ValueError(f'"model" and "quantization" are draft_model options, not '
+                             f'{self.method}\'s')
         if self.num_speculative_tokens < 1:
             raise ValueError("num_speculative_tokens must be >= 1")
         if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
@@ -61,7 +74,7 @@ class SpeculativeConfig:
                 raise ValueError(f"--speculative-config is not valid JSON: {e}") from e
         if not isinstance(value, dict):
             raise ValueError("--speculative-config must be a JSON object")
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - {"draft_model_config"}
         unknown = sorted(set(value) - known)
         if unknown:
             raise ValueError(f"unknown speculative option(s) {unknown}; known: {sorted(known)}")

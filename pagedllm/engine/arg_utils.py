@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pagedllm.config import (
     CacheConfig,
     DeviceConfig,
     EngineConfig,
+    ModelConfig,
     SchedulerConfig,
     SpeculativeConfig,
     StructuredOutputsConfig,
@@ -93,8 +94,31 @@ class EngineArgs:
         )
         return EngineConfig(
             model_config, cache_config, scheduler_config, device_config, structured_outputs,
-            speculative=SpeculativeConfig.parse(self.speculative_config),
+            speculative=_with_draft_model(SpeculativeConfig.parse(self.speculative_config),
+                                          model_config, device),
         )
+
+
+def _with_draft_model(spec: SpeculativeConfig | None, target: ModelConfig, device: str
+                      ) -> SpeculativeConfig | None:
+    """method draft_model: resolve the draft's ModelConfig (the target's dtype, context length
+    and device) and refuse a draft whose vocabulary differs from the target's, at start-up."""
+    if spec is None or spec.method != "draft_model" or spec.draft_model_config is not None:
+        return spec
+    from pagedllm.model_executor.model_loader.config import load_model_config
+
+    draft = load_model_config(
+        spec.model, dtype=target.dtype, max_model_len=target.max_model_len, seed=target.seed,
+        quantization=spec.quantization, device=device, task="generate",
+        enforce_eager=target.enforce_eager,
+    )  # fmt: skip
+    if draft.vocab_size != target.vocab_size:
+        raise ValueError(
+            f"the draft model {draft.model} has a vocabulary of {draft.vocab_size} tokens and "
+            f"the target {target.model} one of {target.vocab_size}: a draft model must share "
+            f"the target's tokenizer"
+        )
+    return replace(spec, draft_model_config=draft)
 
 
 def resolve_device(device: str) -> str:

@@ -14,6 +14,12 @@ request emits the accepted prefix plus one token of the target model's own:
   removed (renormalized), and all-accepted emits a bonus sample of p_k. Each emitted token then
   follows the target distribution exactly (the standard speculative sampling argument with a
   point-mass draft: P(t) = p(d)[t = d] + (1 - p(d)) p(t)[t != d] / (1 - p(d)) = p(t)).
+- random rows with draft probabilities (a draft model drew draft_j from its distribution q_j):
+  draft j is accepted with probability min(1, p_j(d) / q_j(d)); a rejection emits a sample of
+  normalize(max(p_j - q_j, 0)). Then P(t) = min(p(t), q(t)) + (1 - sum min(p, q)) *
+  max(p(t) - q(t), 0) / sum max(p - q, 0) = p(t), since both sums equal 1 - sum min(p, q).
+  This needs the draft to really be a sample of q (a draft chosen otherwise, e.g. q's argmax,
+  must go the one-hot way, which is exact for any draft chosen independently of the target).
 """
 
 from __future__ import annotations
@@ -45,9 +51,12 @@ class RejectionSampler:
 
     @torch.inference_mode()
     def forward(self, logits: torch.Tensor, metadata: SamplingMetadata,
-                drafts: Sequence[Sequence[int]]) -> VerifiedTokens:
+                drafts: Sequence[Sequence[int]],
+                draft_probs: torch.Tensor | None = None) -> VerifiedTokens:
         """logits [N, V] and metadata rows: request after request, len(drafts[r]) + 1 rows
-        each. Seeded random requests must not draft (their draws would depend on the drafts)."""
+        each. Seeded random requests must not draft (their draws would depend on the drafts).
+        draft_probs [N, V]: q of the distribution each draft was sampled from, on the row that
+        verifies it (bonus rows and greedy rows are ignored); None: one-hot drafts."""
         assert not metadata.generators, "seeded random requests do not speculate"
         logits = logits.float()
         raw_logprobs = self.sampler.process(logits, metadata)
@@ -63,7 +72,11 @@ class RejectionSampler:
             target = torch.where(greedy, best, target)
         if not metadata.all_greedy:
             rows = (~greedy).nonzero().squeeze(1)
-            accept, token = _verify_random(logits[rows], rows, draft_at[rows], metadata)
+            if draft_probs is None:
+                accept, token = _verify_random(logits[rows], rows, draft_at[rows], metadata)
+            else:
+                accept, token = _verify_random_with_probs(
+                    logits[rows], rows, draft_at[rows], draft_probs[rows], metadata)
             accepted[rows], target[rows] = accept, token
         emitted, kept_token = _emitted(drafts, accepted.tolist(), target.tolist())
         logprobs = self._logprobs(raw_logprobs, metadata, drafts, emitted, kept_token)
@@ -110,6 +123,35 @@ def _verify_random(logits: torch.Tensor, rows: torch.Tensor, draft_at: torch.Ten
     # A rejected draft is resampled from the target with the draft's token removed.
     recovered = exponential_race(weights.masked_fill(is_draft, 0.0), cands.num_kept, {})
     return accepted, cands.token_ids.gather(1, recovered.unsqueeze(1)).squeeze(1)
+
+
+def _verify_random_with_probs(
+    logits: torch.Tensor, rows: torch.Tensor, draft_at: torch.Tensor, q: torch.Tensor,
+    metadata: SamplingMetadata,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random rows [R, V] whose drafts were sampled from q [R, V]: (accepted [R] bool, the
+    token emitted if not [R] long)."""
+
+    def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t[rows]
+
+    logits = logits / metadata.temperature[rows].unsqueeze(1)
+    cands = nucleus_candidates(logits, pick(metadata.top_k), pick(metadata.top_p),
+                               pick(metadata.min_p))
+    # p over the whole vocabulary; scatter_add, as dropped candidates (weight 0) may repeat ids
+    p = torch.zeros_like(logits).scatter_add_(
+        1, cands.token_ids, cands.weights / cands.weights.sum(dim=1, keepdim=True))
+    q = q.float() * (draft_at >= 0).unsqueeze(1)  # bonus rows: q = 0, so they sample p
+    drafted = draft_at.clamp(min=0).unsqueeze(1)
+    p_draft, q_draft = p.gather(1, drafted).squeeze(1), q.gather(1, drafted).squeeze(1)
+    # u < p / q, written so that q(d) == 0 (never, for a true sample of q) cannot divide by 0
+    accepted = torch.rand(len(rows), device=logits.device) * q_draft < p_draft
+    residual = (p - q).clamp_(min=0.0)
+    # p == q leaves nothing (and then nothing is ever rejected): sample p instead of 0 / 0
+    empty = residual.sum(dim=1, keepdim=True) <= 0
+    residual = torch.where(empty, p, residual)
+    num_kept = torch.full((len(rows),), p.shape[1], dtype=torch.long, device=p.device)
+    return accepted, exponential_race(residual, num_kept, {})
 
 
 def _emitted(drafts: Sequence[Sequence[int]], accepted: list[bool], target: list[int]

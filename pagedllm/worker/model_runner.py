@@ -21,6 +21,7 @@ from pagedllm.sample.ops.grammar_bitmask import apply_token_bitmask
 from pagedllm.sample.outputs import LogprobsTensors
 from pagedllm.sample.rejection_sampler import RejectionSampler
 from pagedllm.sample.sampler import Sampler, compute_prompt_logprobs
+from pagedllm.spec_decode.draft_model import DraftModelDrafter
 from pagedllm.spec_decode.drafter import Drafter
 from pagedllm.worker.input_batch import InputBatch
 from pagedllm.worker.step_inputs import StepInputs, prepare_inputs
@@ -40,8 +41,11 @@ class ModelRunner:
         max_num_seqs: int = 128,
         max_model_len: int = 2048,
         speculative_config: SpeculativeConfig | None = None,
+        drafter: Drafter | None = None,
     ) -> None:
-        """max_num_seqs and max_model_len size the InputBatch up front (it grows past them)."""
+        """max_num_seqs and max_model_len size the InputBatch up front (it grows past them).
+        drafter: the proposer built by the worker (a draft model's); None: one from
+        speculative_config."""
         self.model = model
         self.backend = backend
         self.block_size = block_size
@@ -56,7 +60,9 @@ class ModelRunner:
         )
         self.sampler = Sampler()
         self.rejection_sampler = RejectionSampler(self.sampler)
-        self.drafter = Drafter(speculative_config) if speculative_config is not None else None
+        if drafter is None and speculative_config is not None:
+            drafter = Drafter(speculative_config)
+        self.drafter = drafter
         """Speculative decoding: proposes each step's drafts for the next (None: off)."""
         self.metadata_builder = backend.get_builder_cls()()
         layers = attention_layers(model)
@@ -200,9 +206,13 @@ class ModelRunner:
                                                   - np.repeat(np.cumsum(counts) - counts, counts))
         drafts = [batch.token_ids[row, end : end + k].tolist() for row, end, k in
                   zip(rows.tolist(), batch.num_tokens[rows].tolist(), num_drafts[spec].tolist())]
+        metadata = batch.sampling_metadata(np.repeat(rows, counts))
+        draft_probs = None
+        if isinstance(self.drafter, DraftModelDrafter) and not metadata.all_greedy:
+            draft_probs = self.drafter.draft_probs([req_ids[i] for i in spec.tolist()], drafts,
+                                                   logits.shape[1], logits.device)
         verified = self.rejection_sampler.forward(
-            logits[torch.from_numpy(index)], batch.sampling_metadata(np.repeat(rows, counts)),
-            drafts)
+            logits[torch.from_numpy(index)], metadata, drafts, draft_probs)
         for j, i in enumerate(spec.tolist()):
             token_lists[i] = verified.token_ids[j]
             out.num_draft_tokens[req_ids[i]] = len(drafts[j])

@@ -22,6 +22,7 @@ from pagedllm.core.sched.output import ModelRunnerOutput, PoolingSchedulerOutput
 from pagedllm.logger import init_logger
 from pagedllm.model_executor.layers.attention import attention_layers
 from pagedllm.model_executor.model_loader.gguf import release_gguf_readers
+from pagedllm.spec_decode.draft_model import build_draft_model_drafter
 from pagedllm.utils.memory import format_bytes
 from pagedllm.worker.execution_strategy import ExecutionStrategy, select_execution_strategy
 from pagedllm.worker.kv_cache_alloc import (
@@ -93,12 +94,15 @@ class Worker:
             format_bytes(layout.total_bytes), backend.name,
             "on" if config.cache.enable_prefix_caching else "off",
         )  # fmt: skip
+        drafter = None
+        if config.speculative is not None and config.speculative.method == "draft_model":
+            drafter = build_draft_model_drafter(config, self.device, layout.num_tokens)
         self.model_runner = ModelRunner(
             self.model, kv_caches, backend, layout.block_size, config.model.vocab_size,
             config.model.eos_token_ids, self.device,
             pool_last_token=config.model.task == "embed",
             max_num_seqs=config.scheduler.max_num_seqs, max_model_len=config.model.max_model_len,
-            speculative_config=config.speculative,
+            speculative_config=config.speculative, drafter=drafter,
         )  # fmt: skip
         self.execution = select_execution_strategy(self.model, config.model.enforce_eager)
         self._calibrate_drafts()

@@ -74,3 +74,48 @@ def _target(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         kept_mass += probs[token].item()
     out = torch.where(keep, probs, torch.zeros_like(probs))
     return out / out.sum()
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=1.0),
+    SamplingParams(temperature=0.7, top_k=5),
+    SamplingParams(temperature=1.3, top_p=0.8, min_p=0.02),
+])
+@pytest.mark.parametrize("bad_q", ["reversed", "peaked_on_worst"])
+def test_drafts_sampled_from_a_bad_draft_distribution_keep_the_target(params, bad_q):
+    """A draft model's drafts (sampled from its q) are accepted with min(1, p/q) and
+    resampled from max(p - q, 0): the emitted tokens follow p however wrong q is."""
+    torch.manual_seed(1)
+    base = torch.randn(VOCAB) * 2
+    if bad_q == "reversed":  # likes what the target dislikes
+        q = (-base).softmax(dim=0)
+    else:  # nearly all of its mass on the target's least likely token
+        q = torch.full((VOCAB,), 0.05 / (VOCAB - 1))
+        q[base.argmin()] = 0.95
+    trials = 40_000
+    # each trial: two drafts of q, then the bonus row
+    drafts = torch.multinomial(q, 2 * trials, replacement=True).view(trials, 2)
+    logits = base.repeat(3 * trials, 1)
+    draft_probs = q.repeat(3 * trials, 1)
+    out = RejectionSampler(Sampler()).forward(logits, metadata(params, 3 * trials),
+                                              drafts.tolist(), draft_probs)
+    target = _target(base, params)
+    # the first token; and the second where the first draft was accepted (every row has the
+    # same logits, so it too follows p)
+    for position, bound in ((0, 0.015), (1, 0.03)):
+        tokens = torch.tensor([t[position] for t in out.token_ids if len(t) > position])
+        observed = torch.bincount(tokens, minlength=VOCAB).float() / len(tokens)
+        tv = 0.5 * (observed - target).abs().sum().item()
+        assert tv < bound, (position, len(tokens), tv, observed, target)
+    accepted = sum(len(t) >= 2 for t in out.token_ids) / trials
+    assert abs(accepted - torch.minimum(target, q).sum().item()) < 0.015
+
+
+def test_greedy_rows_ignore_draft_probabilities():
+    logits = torch.randn(4, VOCAB)
+    best = logits.argmax(dim=1).tolist()
+    drafts = [[best[0], best[1], (best[2] + 1) % VOCAB]]
+    q = torch.rand(4, VOCAB)
+    out = RejectionSampler(Sampler()).forward(logits.clone(), metadata(
+        SamplingParams(temperature=0), 4), drafts, q)
+    assert out.token_ids == [[best[0], best[1], best[2]]]
