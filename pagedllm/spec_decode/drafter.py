@@ -1,4 +1,5 @@
-"""Drafter: which requests draft, how many tokens, and the drafts themselves.
+"""Drafter: which requests draft, how many tokens, and the drafts themselves (from the
+configured method's Proposer, proposer.py).
 
 - Only requests whose sampling does not depend on their position may draft: no penalties,
   bad_words, min_tokens or structured outputs (those transforms would need the drafts as
@@ -23,7 +24,7 @@ import numpy as np
 from pagedllm.config.speculative import SpeculativeConfig
 from pagedllm.sample.metadata import uses_penalty
 from pagedllm.sampling_params import SamplingParams
-from pagedllm.spec_decode.ngram import propose_ngram
+from pagedllm.spec_decode.proposer import Proposer, create_proposer
 
 PAUSE_STEPS = 32
 """Steps a request goes without drafts once they stopped paying."""
@@ -65,13 +66,17 @@ class Drafter:
     def __init__(self, config: SpeculativeConfig) -> None:
         self.config = config
         self.states: dict[str, DraftState] = {}
+        self.proposer: Proposer = create_proposer(config)
 
     def add_request(self, req_id: str, params: SamplingParams) -> None:
         if can_draft(params):
             self.states[req_id] = DraftState()
+            self.proposer.add_request(req_id)
 
     def remove_request(self, req_id: str) -> None:
-        self.states.pop(req_id, None)
+        """The request finished, was aborted or was preempted (it may come back)."""
+        if self.states.pop(req_id, None) is not None:
+            self.proposer.remove_request(req_id)
 
     def draft_length(self, req_id: str) -> int:
         state = self.states.get(req_id)
@@ -111,8 +116,7 @@ class Drafter:
                     state.acceptance = PRIOR_ACCEPTANCE
                 continue
             k = self.draft_length(req_id)
-            draft = propose_ngram(token_ids[row, :length], self.config.prompt_lookup_min,
-                                  self.config.prompt_lookup_max, k) if k else []
+            draft = self.proposer.propose(req_id, token_ids[row, :length], k) if k else []
             if draft:
                 drafts[req_id] = draft
         return drafts
