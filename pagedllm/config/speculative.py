@@ -11,15 +11,15 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-METHODS = ("ngram", "draft_model")
-"""Implemented proposers. vLLM's others ("eagle", ...) are refused."""
+METHODS = ("ngram", "suffix", "draft_model")
+"""Implemented proposers. vLLM's others ("eagle", "medusa", ...) are refused."""
 
 
 @dataclass(frozen=True)
 class SpeculativeConfig:
     method: str = "ngram"
     num_speculative_tokens: int = 4
-    """Most tokens drafted per request and step."""
+    """Most tokens drafted per request and step (for every method)."""
     prompt_lookup_min: int = 2
     """ngram: the shortest suffix of the sequence looked up earlier in it (single tokens
     match everywhere in free text and draft mostly junk)."""
@@ -33,6 +33,17 @@ class SpeculativeConfig:
     checkpoint holds)."""
     draft_model_config: Any = field(default=None, repr=False, compare=False)
     """draft_model: its resolved ModelConfig (set by EngineArgs, never by the user)."""
+    suffix_decoding_max_tree_depth: int = 24
+    """suffix: depth of the suffix trees, which bounds match length + draft length (and the
+    per-step cost)."""
+    suffix_decoding_max_cached_requests: int = 10000
+    """suffix: earlier requests whose outputs are kept for drafting, the oldest evicted first
+    (0: no cross-request cache; each request's own prompt and output are still used)."""
+    suffix_decoding_max_spec_factor: float = 1.0
+    """suffix: at most this many draft tokens per token of the matched suffix."""
+    suffix_decoding_min_token_prob: float = 0.1
+    """suffix: draft only while the continuation's estimated probability (from occurrence
+    counts) stays at least this."""
     disable_by_batch_size: int | None = 8
     """No drafts while this many requests or more are in the batch: the forward is then
     compute-bound and verifying drafts costs more than it saves (None: never)."""
@@ -56,6 +67,18 @@ class SpeculativeConfig:
             raise ValueError("num_speculative_tokens must be >= 1")
         if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
             raise ValueError("need 1 <= prompt_lookup_min <= prompt_lookup_max")
+        if self.suffix_decoding_max_tree_depth < 1:
+            raise ValueError("suffix_decoding_max_tree_depth must be >= 1, "
+                             f"got {self.suffix_decoding_max_tree_depth}")
+        if self.suffix_decoding_max_cached_requests < 0:
+            raise ValueError("suffix_decoding_max_cached_requests must be >= 0, "
+                             f"got {self.suffix_decoding_max_cached_requests}")
+        if self.suffix_decoding_max_spec_factor <= 0:
+            raise ValueError("suffix_decoding_max_spec_factor must be > 0, "
+                             f"got {self.suffix_decoding_max_spec_factor}")
+        if not 0 <= self.suffix_decoding_min_token_prob <= 1:
+            raise ValueError("suffix_decoding_min_token_prob must be in [0, 1], "
+                             f"got {self.suffix_decoding_min_token_prob}")
         if self.disable_by_batch_size is not None and self.disable_by_batch_size < 1:
             raise ValueError("disable_by_batch_size must be >= 1 (or null)")
         if self.draft_token_cost is not None and self.draft_token_cost <= 0:

@@ -38,7 +38,7 @@ from pagedllm.model_executor.model_loader import get_model
 from pagedllm.model_executor.model_loader.gguf import release_gguf_readers
 from pagedllm.sample.sampler import exponential_race
 from pagedllm.sampling_params import SamplingParams
-from pagedllm.spec_decode.drafter import PRIOR_ACCEPTANCE, Drafter
+from pagedllm.spec_decode.drafter import Drafter
 from pagedllm.utils.math import cdiv
 from pagedllm.utils.memory import format_bytes
 from pagedllm.worker.execution_strategy import select_execution_strategy
@@ -221,8 +221,8 @@ class DraftModelDrafter(Drafter):
     """The Drafter's rules (who drafts, how many) with a draft model proposing the tokens."""
 
     def __init__(self, config: SpeculativeConfig, proposer: DraftModelProposer) -> None:
-        super().__init__(config)
-        self.proposer = proposer
+        super().__init__(config)  # no model-free proposer for this method
+        self.model_proposer = proposer
         self.temperatures: dict[str, float] = {}
         self.drafts: dict[str, Draft] = {}
         """The last proposal per request, read back when its drafts are verified."""
@@ -231,36 +231,21 @@ class DraftModelDrafter(Drafter):
         super().add_request(req_id, params)
         if req_id in self.states:
             self.temperatures[req_id] = 0.0 if params.is_greedy else params.temperature
-            self.proposer.add_request(req_id)
+            self.model_proposer.add_request(req_id)
 
     def remove_request(self, req_id: str) -> None:
         super().remove_request(req_id)
         self.temperatures.pop(req_id, None)
         self.drafts.pop(req_id, None)
-        self.proposer.remove_request(req_id)
+        self.model_proposer.remove_request(req_id)
 
     def propose(self, req_ids: list[str], token_ids: np.ndarray, rows: np.ndarray,
                 num_tokens: np.ndarray, batch_size: int) -> dict[str, list[int]]:
         self.drafts = {}
-        limit = self.config.disable_by_batch_size
-        if limit is not None and batch_size >= limit:
-            return {}
-        requests = []
-        # NOTE: the same pause bookkeeping as Drafter.propose (kept in step with it)
-        for req_id, row, length in zip(req_ids, rows.tolist(), num_tokens.tolist()):
-            state = self.states.get(req_id)
-            if state is None:
-                continue
-            if state.paused_steps:
-                state.paused_steps -= 1
-                if state.paused_steps == 0:
-                    state.acceptance = PRIOR_ACCEPTANCE
-                continue
-            k = self.draft_length(req_id)
-            if k:
-                requests.append(DraftRequest(req_id, token_ids[row, :length], k,
-                                             self.temperatures[req_id]))
-        self.drafts = self.proposer.propose(requests)
+        requests = [DraftRequest(req_id, token_ids[row, :length], k, self.temperatures[req_id])
+                    for req_id, row, length, k in self.draft_lengths(req_ids, rows, num_tokens,
+                                                                    batch_size)]
+        self.drafts = self.model_proposer.propose(requests)
         return {req_id: draft.token_ids for req_id, draft in self.drafts.items()}
 
     def draft_probs(self, req_ids: list[str], drafts: list[list[int]], vocab_size: int,

@@ -1,4 +1,5 @@
-"""Drafter: which requests draft, how many tokens, and the drafts themselves.
+"""Drafter: which requests draft, how many tokens, and the drafts themselves (from the
+configured method's Proposer, proposer.py).
 
 - Only requests whose sampling does not depend on their position may draft: no penalties,
   bad_words, min_tokens or structured outputs (those transforms would need the drafts as
@@ -23,7 +24,7 @@ import numpy as np
 from pagedllm.config.speculative import SpeculativeConfig
 from pagedllm.sample.metadata import uses_penalty
 from pagedllm.sampling_params import SamplingParams
-from pagedllm.spec_decode.ngram import propose_ngram
+from pagedllm.spec_decode.proposer import PROPOSERS, Proposer, create_proposer
 
 DEFAULT_DRAFT_TOKEN_COST = 0.25
 """Until the worker measured it (SmolLM2 Q4_1 on 2 Zen 5 cores)."""
@@ -70,13 +71,20 @@ class Drafter:
         self.cost = config.draft_token_cost or DEFAULT_DRAFT_TOKEN_COST
         """Verifying one draft token, as a fraction of a decode step (the worker measures it
         when the config leaves it to "auto")."""
+        self.proposer: Proposer | None = (
+            create_proposer(config) if config.method in PROPOSERS else None)
+        """The model-free proposer (ngram, suffix); None for a drafter with its own model."""
 
     def add_request(self, req_id: str, params: SamplingParams) -> None:
         if can_draft(params):
             self.states[req_id] = DraftState()
+            if self.proposer is not None:
+                self.proposer.add_request(req_id)
 
     def remove_request(self, req_id: str) -> None:
-        self.states.pop(req_id, None)
+        """The request finished, was aborted or was preempted (it may come back)."""
+        if self.states.pop(req_id, None) is not None and self.proposer is not None:
+            self.proposer.remove_request(req_id)
 
     def draft_length(self, req_id: str) -> int:
         state = self.states.get(req_id)
@@ -96,14 +104,14 @@ class Drafter:
         if self.draft_length(req_id) == 0:
             state.paused_steps = PAUSE_STEPS
 
-    def propose(self, req_ids: list[str], token_ids: np.ndarray, rows: np.ndarray,
-                num_tokens: np.ndarray, batch_size: int) -> dict[str, list[int]]:
-        """Drafts for the next step of these requests (token_ids: the batch's [rows, len]
-        token array; rows [S] and num_tokens [S] theirs)."""
+    def draft_lengths(self, req_ids: list[str], rows: np.ndarray, num_tokens: np.ndarray,
+                      batch_size: int) -> list[tuple[str, int, int, int]]:
+        """(req_id, row, num_tokens, draft length) of the requests that draft this step; counts
+        down the paused requests' pauses."""
         limit = self.config.disable_by_batch_size
         if limit is not None and batch_size >= limit:
-            return {}
-        drafts: dict[str, list[int]] = {}
+            return []
+        drafting = []
         for req_id, row, length in zip(req_ids, rows.tolist(), num_tokens.tolist()):
             state = self.states.get(req_id)
             if state is None:
@@ -114,8 +122,18 @@ class Drafter:
                     state.acceptance = PRIOR_ACCEPTANCE
                 continue
             k = self.draft_length(req_id)
-            draft = propose_ngram(token_ids[row, :length], self.config.prompt_lookup_min,
-                                  self.config.prompt_lookup_max, k) if k else []
+            if k:
+                drafting.append((req_id, row, length, k))
+        return drafting
+
+    def propose(self, req_ids: list[str], token_ids: np.ndarray, rows: np.ndarray,
+                num_tokens: np.ndarray, batch_size: int) -> dict[str, list[int]]:
+        """Drafts for the next step of these requests (token_ids: the batch's [rows, len]
+        token array; rows [S] and num_tokens [S] theirs)."""
+        assert self.proposer is not None
+        drafts: dict[str, list[int]] = {}
+        for req_id, row, length, k in self.draft_lengths(req_ids, rows, num_tokens, batch_size):
+            draft = self.proposer.propose(req_id, token_ids[row, :length], k)
             if draft:
                 drafts[req_id] = draft
         return drafts

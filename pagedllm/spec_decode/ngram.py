@@ -10,6 +10,9 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from pagedllm.config.speculative import SpeculativeConfig
+from pagedllm.spec_decode.proposer import Proposer
+
 
 def propose_ngram(tokens: np.ndarray, min_n: int, max_n: int, num_tokens: int) -> list[int]:
     """Up to num_tokens drafts continuing `tokens` (1-D), from the most recent earlier
@@ -24,3 +27,12 @@ def propose_ngram(tokens: np.ndarray, min_n: int, max_n: int, num_tokens: int) -
             follow = int(starts[-1]) + n
             return tokens[follow : follow + num_tokens].tolist()
     return []
+
+
+class NgramProposer(Proposer):
+    def __init__(self, config: SpeculativeConfig) -> None:
+        self.min_n = config.prompt_lookup_min
+        self.max_n = config.prompt_lookup_max
+
+    def propose(self, req_id: str, tokens: np.ndarray, max_tokens: int) -> list[int]:
+        return propose_ngram(tokens, self.min_n, self.max_n, max_tokens)

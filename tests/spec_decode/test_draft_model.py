@@ -119,7 +119,7 @@ def test_draft_cache_follows_accepted_and_rejected_drafts(tiny_llama_dir, other_
 
     config = EngineArgs(tiny_llama_dir, max_model_len=256, kv_cache_memory="32MiB",
                         speculative_config=spec(other_draft_dir)).create_engine_config()
-    proposer = build_draft_model_drafter(config, torch.device("cpu"), 4096).proposer
+    proposer = build_draft_model_drafter(config, torch.device("cpu"), 4096).model_proposer
     hf = AutoModelForCausalLM.from_pretrained(other_draft_dir, torch_dtype=torch.float32)
     temperature = {"a": 0.0, "b": 0.7}  # a: greedy drafts, b: sampled ones
     token_lists = dict(zip(temperature, prompts(tiny_vocab, 2)))
