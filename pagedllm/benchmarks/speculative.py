@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import fields, replace
 from typing import Any
 
 from pagedllm.benchmarks.results import (
@@ -45,12 +45,11 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from pagedllm import LLM
     from pagedllm.entrypoints.cli.engine_flags import engine_args_from
 
     engine_args = engine_args_from(args)
-    spec = LLM(**asdict(engine_args))
-    plain = LLM(**asdict(replace(engine_args, speculative_config=None)))
+    spec = _llm(engine_args)
+    plain = _llm(replace(engine_args, speculative_config=None))
     tokenizer = spec.get_tokenizer()
     prompts = {name: [_chat(tokenizer, text) for text in texts]
                for name, texts in WORKLOADS.items()}
@@ -72,6 +71,14 @@ def main(args: argparse.Namespace) -> dict:
                                                    f"out{args.output_len}")
     write_record(record, path)
     return record
+
+
+def _llm(engine_args: Any) -> Any:
+    """An LLM from EngineArgs (a shallow copy of its fields: asdict would turn a
+    SpeculativeConfig into a dict)."""
+    from pagedllm import LLM
+
+    return LLM(**{f.name: getattr(engine_args, f.name) for f in fields(engine_args)})
 
 
 def _chat(tokenizer: Any, text: str) -> list[int]:
@@ -219,14 +226,14 @@ def _summary(results: dict, repetitive: list[dict]) -> dict:
 
 def _sweep(engine_args: Any, prompt: list[int], args: argparse.Namespace) -> list[dict]:
     """Output tok/s of batch B of the repetitive prompt, drafts on (at every size) and off."""
-    from pagedllm import LLM, SamplingParams
+    from pagedllm import SamplingParams
     from pagedllm.config import SpeculativeConfig
 
     config = SpeculativeConfig.parse(args.speculative_config)
     assert config is not None
-    always = LLM(**asdict(replace(engine_args, speculative_config=replace(
-        config, disable_by_batch_size=None))))
-    plain = LLM(**asdict(replace(engine_args, speculative_config=None)))
+    always = _llm(replace(engine_args, speculative_config=replace(
+        config, disable_by_batch_size=None)))
+    plain = _llm(replace(engine_args, speculative_config=None))
     params = SamplingParams(temperature=0.0, max_tokens=args.output_len)
     rows = []
     for batch in args.sweep_batch_sizes:
