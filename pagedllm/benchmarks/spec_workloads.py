@@ -6,12 +6,13 @@ from __future__ import annotations
 EDIT_TEXT = """\
 The harbour town woke slowly. Fishing boats knocked against the pier while gulls argued over \
 the night's catch, and the baker on Mill Street pulled the first loaves from his oven just as \
-the church bell rang six. Mrs. Alder opened the shutters of her shop, swept the step, and set \
+the church bell rang six. Mrs. Alder opend the shutters of her shop, swept the step, and set \
 out the crates of apples that had come down from the hill farms the evening before. By seven \
-the square was full: farmers with carts, children late for school, a postman who stopped at \
-every door to talk about the weather. Nobody noticed the stranger at the fountain, who sat \
+the square was full: farmers with carts, children late for school, a postman who stoped at \
+every door to talk about the wether. Nobody noticed the stranger at the fountain, who sat \
 with a leather case on his knees and watched the clock on the town hall as if he were waiting \
 for it to do something unusual."""
+"""(with three misspellings for the edit task to fix)"""
 
 CODE_FILE = '''\
 import json
@@ -51,8 +52,8 @@ class Inventory:
 
 WORKLOADS: dict[str, list[str]] = {
     "edit": [
-        "Rewrite the following text with every sentence in the present tense, keeping "
-        "everything else exactly the same:\n\n" + EDIT_TEXT,
+        "Fix the spelling mistakes in the following text and return the whole corrected "
+        "text, changing nothing else:\n\n" + EDIT_TEXT,
     ],
     "code": [
         "Here is a Python module:\n\n```python\n" + CODE_FILE + "```\n\nAdd a method "

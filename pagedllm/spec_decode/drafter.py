@@ -46,9 +46,15 @@ def can_draft(params: SamplingParams) -> bool:
     )
 
 
+MIN_GAIN = 0.1
+"""A draft must promise this much more than plain decoding (tokens per unit of cost): proposing
+and verifying carry per-step costs the cost model leaves out."""
+
+
 def best_draft_length(acceptance: float, cost: float, max_length: int) -> int:
-    """The k in 0..max_length maximizing (1 + a + ... + a^k) / (1 + cost k)."""
-    best_k, best, tokens, term = 0, 1.0, 1.0, 1.0
+    """The k in 0..max_length maximizing (1 + a + ... + a^k) / (1 + cost k), 0 unless that
+    beats plain decoding by MIN_GAIN."""
+    best_k, best, tokens, term = 0, 1.0 + MIN_GAIN, 1.0, 1.0
     for k in range(1, max_length + 1):
         term *= acceptance
         tokens += term
