@@ -162,6 +162,11 @@ def _llamacpp_runners(spec: Any, args: argparse.Namespace) -> dict[str, Any]:
     if model.format != "gguf":
         print("llama.cpp needs a GGUF model: skipped", flush=True)
         return {}
+    if model.quantization is None:
+        # float weights here: llama.cpp on the quantized file would not be the same model
+        print("pagedllm runs float weights: llama.cpp compared on quantized runs only",
+              flush=True)
+        return {}
     config = spec.llm_engine.config.speculative
     n_ctx = min(model.max_model_len, 4096)
     lookup = config.num_speculative_tokens if config is not None else 8
