@@ -1,10 +1,11 @@
 """Drafter: which requests draft, how many tokens, and the drafts themselves (from the
 configured method's Proposer, proposer.py).
 
-- Only requests whose sampling does not depend on their position may draft: no penalties,
-  bad_words, min_tokens or structured outputs (those transforms would need the drafts as
-  history), and no seeded random sampling (its draws would depend on the drafts, breaking
-  "same seed, same output whatever else is batched"). Greedy and unseeded random requests do.
+- Penalties and min_tokens draft: each verify row counts the drafts before it as generated.
+  bad_words and structured outputs do not (their state would need rolling back per draft),
+  nor does seeded random sampling (its draws would depend on the drafts, and how many drafts
+  fit depends on the batch's token budget, breaking "same seed, same output whatever else is
+  batched"). Greedy and unseeded random requests draft.
 - Nobody drafts while the batch holds disable_by_batch_size requests or more: the forward is
   then compute-bound and the extra query rows cost more than the accepted tokens save.
 - Per request, the draft length follows its acceptance: with `a` the estimated chance that a
@@ -22,7 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from pagedllm.config.speculative import SpeculativeConfig
-from pagedllm.sample.metadata import uses_penalty
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.spec_decode.proposer import PROPOSERS, Proposer, create_proposer
 
@@ -38,9 +38,7 @@ _EMA = 0.3
 
 def can_draft(params: SamplingParams) -> bool:
     return not (
-        uses_penalty(params)
-        or params.bad_words
-        or params.min_tokens > 0
+        params.bad_words
         or params.structured_outputs is not None
         or (params.seed is not None and not params.is_greedy)
     )

@@ -17,6 +17,7 @@ from pagedllm.core.sched.output import LogprobsLists, ModelRunnerOutput, Schedul
 from pagedllm.forward_context import set_forward_context
 from pagedllm.metrics.step_profile import step_phase
 from pagedllm.model_executor.layers.attention import attention_layers
+from pagedllm.sample.metadata import SamplingMetadata
 from pagedllm.sample.ops.grammar_bitmask import apply_token_bitmask
 from pagedllm.sample.outputs import LogprobsTensors
 from pagedllm.sample.rejection_sampler import RejectionSampler
@@ -206,7 +207,7 @@ class ModelRunner:
                                                   - np.repeat(np.cumsum(counts) - counts, counts))
         drafts = [batch.token_ids[row, end : end + k].tolist() for row, end, k in
                   zip(rows.tolist(), batch.num_tokens[rows].tolist(), num_drafts[spec].tolist())]
-        metadata = batch.sampling_metadata(np.repeat(rows, counts))
+        metadata = self._verify_metadata(rows, counts, drafts)
         draft_probs = None
         if isinstance(self.drafter, DraftModelDrafter) and not metadata.all_greedy:
             draft_probs = self.drafter.draft_probs([req_ids[i] for i in spec.tolist()], drafts,
@@ -223,6 +224,29 @@ class ModelRunner:
         batch.append_token_lists(inputs.sampling_rows, token_lists)
         for req_id, tokens in zip(req_ids, token_lists):
             out.sampled_token_ids[req_id] = tokens
+
+    def _verify_metadata(self, rows: np.ndarray, counts: np.ndarray,
+                         drafts: list[list[int]]) -> SamplingMetadata:
+        """The sampling metadata of the verify rows (counts[i] rows for request rows[i]): row j
+        of a request sees its drafts before j as generated, as if they had been sampled one by
+        one, so min_tokens and the penalties count them."""
+        batch = self.input_batch
+        repeated = np.repeat(rows, counts)
+        offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        num_tokens = batch.num_tokens[repeated]
+        num_output = num_tokens - batch.num_prompt_tokens[repeated] + offsets
+        metadata = batch.sampling.metadata(repeated, num_output, batch.token_ids, num_tokens)
+        if metadata.penalties is not None:
+            # (a gathered copy: the persistent counts gain only accepted tokens, later)
+            output_counts = metadata.penalties.output_counts
+            first = 0
+            for draft in drafts:
+                for j in range(1, len(draft) + 1):
+                    ids = torch.tensor(draft[:j], dtype=torch.long, device=output_counts.device)
+                    output_counts[first + j].index_add_(
+                        0, ids, torch.ones_like(ids, dtype=output_counts.dtype))
+                first += len(draft) + 1
+        return metadata
 
     def _apply_grammar_bitmask(self, logits: torch.Tensor, inputs: StepInputs,
                                so: SchedulerOutput) -> None:

@@ -91,7 +91,7 @@ def test_each_request_alone_equals_the_batch(tiny_llama_dir, reference):
 
 def test_requests_that_cannot_draft_share_the_batch(tiny_llama_dir, tiny_vocab):
     token_prompts = prompts(tiny_vocab, 4)
-    params = [greedy(), greedy(presence_penalty=0.5), greedy(min_tokens=5),
+    params = [greedy(), greedy(bad_words=["zz"]), greedy(structured_outputs={"regex": "[a-z]+"}),
               SamplingParams(temperature=0.9, seed=3, max_tokens=20)]
     plain = LLM(tiny_llama_dir, kv_cache_memory="32MiB", max_model_len=256)
     spec = LLM(tiny_llama_dir, kv_cache_memory="32MiB", max_model_len=256,
@@ -120,7 +120,7 @@ def test_max_tokens_and_stop_land_mid_draft(tiny_llama_dir, reference):
 def test_sampled_requests_draft_and_stay_in_the_vocabulary(tiny_llama_dir, tiny_vocab):
     llm = LLM(tiny_llama_dir, kv_cache_memory="32MiB", max_model_len=256,
               speculative_config=SPEC)
-    params = [SamplingParams(temperature=0.3, max_tokens=40)] * 3
+    params = [SamplingParams(temperature=0.3, max_tokens=40, ignore_eos=True)] * 3
     outs, stats = run(llm, prompts(tiny_vocab, 3), params)
     assert stats.num_drafts > 0
     assert all(len(o.token_ids) == 40 for o in outs)
@@ -139,3 +139,34 @@ def test_stop_strings_land_mid_draft(tiny_llama_dir, reference):
         got, _ = run(spec, token_prompts[:1] if out is free[0] else token_prompts[1:2], params)
         assert (got[0].text, got[0].finish_reason, got[0].stop_reason) == (
             want[0].text, "stop", stop)
+
+
+@pytest.mark.parametrize("penalty", [
+    {"repetition_penalty": 1.3}, {"frequency_penalty": 0.8}, {"presence_penalty": 1.5},
+    {"min_tokens": 25, "stop_token_ids": [5, 6, 7]},
+])
+def test_penalties_and_min_tokens_count_the_drafts(tiny_llama_dir, tiny_vocab, penalty):
+    """Each verify row sees the drafts before it as generated: the same tokens as one by one."""
+    token_prompts = prompts(tiny_vocab, 3)
+    params = [greedy(max_tokens=36, **penalty)] * 3
+    plain = LLM(tiny_llama_dir, kv_cache_memory="32MiB", max_model_len=256)
+    # single-token lookups: penalized outputs repeat themselves less
+    spec = LLM(tiny_llama_dir, kv_cache_memory="32MiB", max_model_len=256,
+               speculative_config={**SPEC, "prompt_lookup_min": 1})
+    want, _ = run(plain, token_prompts, params)
+    got, stats = run(spec, token_prompts, params)
+    assert [trace(o) for o in got] == [trace(o) for o in want]
+    assert stats.num_drafts > 0, "the penalized requests drafted"
+
+
+@pytest.mark.parametrize("config_cls", ["Qwen2Config", "Qwen3Config"])
+def test_other_families_verify_exactly(tiny_model_factory, tiny_vocab, config_cls):
+    model = tiny_model_factory(config_cls)
+    token_prompts = prompts(tiny_vocab, 4)
+    params = [greedy(max_tokens=32)] * 4
+    want, _ = run(LLM(model, kv_cache_memory="32MiB", max_model_len=256), token_prompts, params)
+    got, stats = run(LLM(model, kv_cache_memory="32MiB", max_model_len=256,
+                         speculative_config={**SPEC, "prompt_lookup_min": 1}),
+                     token_prompts, params)
+    assert [trace(o) for o in got] == [trace(o) for o in want]
+    assert stats.num_drafts > 0

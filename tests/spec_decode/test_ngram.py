@@ -30,8 +30,8 @@ def test_no_match_or_too_short():
     (SamplingParams(temperature=0.8), True),
     (SamplingParams(temperature=0.8, seed=1), False),
     (SamplingParams(temperature=0, seed=1), True),
-    (SamplingParams(temperature=0, presence_penalty=0.5), False),
-    (SamplingParams(temperature=0, min_tokens=3), False),
+    (SamplingParams(temperature=0, presence_penalty=0.5), True),
+    (SamplingParams(temperature=0, min_tokens=3), True),
     (SamplingParams(temperature=0, bad_words=["x"]), False),
     (SamplingParams(temperature=0, structured_outputs={"regex": "a+"}), False),
 ])
