@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pagedllm.attention.backend import AttentionBackend, CommonAttentionMetadata
+from pagedllm.attention.backend import AttentionBackend
 from pagedllm.attention.selector import AttentionRequirements, select_attn_backend
 from pagedllm.config import EngineConfig, ModelConfig
 from pagedllm.config.speculative import SpeculativeConfig
@@ -47,6 +47,7 @@ from pagedllm.worker.kv_cache_alloc import (
     kv_cache_torch_dtype,
     plan_kv_cache,
 )
+from pagedllm.worker.step_inputs import attention_metadata
 
 logger = init_logger(__name__)
 
@@ -180,18 +181,8 @@ class DraftModelProposer:
         slots = (block_table[row_of_token, positions // self.block_size].astype(np.int64)
                  * self.block_size + positions % self.block_size)
         device = self.device
-        common = CommonAttentionMetadata(
-            num_actual_tokens=num_tokens,
-            query_start_loc=torch.from_numpy(query_start.astype(np.int32)).to(device),
-            query_start_loc_cpu=query_start.tolist(),
-            seq_lens=torch.from_numpy(seq_lens.astype(np.int32)).to(device),
-            seq_lens_cpu=seq_lens.tolist(),
-            block_table=torch.from_numpy(block_table).to(device),
-            slot_mapping=torch.from_numpy(slots).to(device),
-            max_query_len=int(counts.max()),
-            max_seq_len=int(seq_lens.max()),
-            block_size=self.block_size,
-        )
+        common = attention_metadata(query_start, seq_lens, block_table, slots, self.block_size,
+                                    device)
         last = torch.from_numpy(query_start[1:] - 1).to(device)
         with set_forward_context(self.metadata_builder.build(common)):
             hidden = self.model(torch.from_numpy(input_ids).to(device),

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pagedllm.attention.backend import AttentionBackend, CommonAttentionMetadata
+from pagedllm.attention.backend import AttentionBackend
 from pagedllm.config.speculative import SpeculativeConfig
 from pagedllm.core.sched.output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
 from pagedllm.forward_context import set_forward_context
@@ -25,7 +25,7 @@ from pagedllm.sample.sampler import Sampler, compute_prompt_logprobs
 from pagedllm.spec_decode.draft_model import DraftModelDrafter
 from pagedllm.spec_decode.drafter import Drafter
 from pagedllm.worker.input_batch import InputBatch
-from pagedllm.worker.step_inputs import StepInputs, prepare_inputs
+from pagedllm.worker.step_inputs import StepInputs, attention_metadata, prepare_inputs
 
 
 class ModelRunner:
@@ -113,17 +113,10 @@ class ModelRunner:
             positions = np.arange(context, context + num_rows)
             num_blocks = -(-(context + num_rows) // self.block_size)
             slots = positions  # blocks 0, 1, ... in order: slot = position
-            attn = CommonAttentionMetadata(
-                num_actual_tokens=num_rows,
-                query_start_loc=torch.tensor([0, num_rows], dtype=torch.int32),
-                query_start_loc_cpu=[0, num_rows],
-                seq_lens=torch.tensor([context + num_rows], dtype=torch.int32),
-                seq_lens_cpu=[context + num_rows],
-                block_table=torch.arange(num_blocks, dtype=torch.int32).unsqueeze(0),
-                slot_mapping=torch.from_numpy(slots.astype(np.int64)),
-                max_query_len=num_rows, max_seq_len=context + num_rows,
-                block_size=self.block_size)
-            attn = _to_device(attn, self.device)
+            attn = attention_metadata(
+                np.array([0, num_rows]), np.array([context + num_rows]),
+                np.arange(num_blocks, dtype=np.int32)[None, :], slots, self.block_size,
+                self.device)
             metadata = self.metadata_builder.build(attn)
             ids = torch.zeros(num_rows, dtype=torch.long, device=self.device)
             pos = torch.from_numpy(positions).to(self.device)
@@ -297,14 +290,6 @@ class ModelRunner:
                 ranks=tensors.ranks.tolist(),
                 start_position=target.start_position,
             )
-
-
-def _to_device(attn: CommonAttentionMetadata, device: torch.device) -> CommonAttentionMetadata:
-    from dataclasses import replace
-
-    return replace(attn, query_start_loc=attn.query_start_loc.to(device),
-                   seq_lens=attn.seq_lens.to(device), block_table=attn.block_table.to(device),
-                   slot_mapping=attn.slot_mapping.to(device))
 
 
 def _first_logits_rows(num_drafts: np.ndarray) -> np.ndarray:

@@ -76,18 +76,8 @@ def prepare_inputs(
                              dtype=np.int64, count=len(samples))
     ends = query_start[1:][samples]  # [S]: one past each sampling request's last token
     logits_indices = np.repeat(ends - num_drafts - 1, num_drafts + 1) + _ranges(num_drafts + 1)
-    attn = CommonAttentionMetadata(
-        num_actual_tokens=num_tokens,
-        query_start_loc=torch.from_numpy(query_start.astype(np.int32)).to(device),
-        query_start_loc_cpu=query_start.tolist(),
-        seq_lens=torch.from_numpy(seq_lens.astype(np.int32)).to(device),
-        seq_lens_cpu=seq_lens.tolist(),
-        block_table=torch.from_numpy(block_table).to(device),
-        slot_mapping=torch.from_numpy(slots).to(device),
-        max_query_len=int(counts.max()),
-        max_seq_len=int(seq_lens.max()),
-        block_size=batch.block_size,
-    )
+    attn = attention_metadata(query_start, seq_lens, block_table, slots, batch.block_size,
+                              device)
     return StepInputs(
         req_ids=req_ids,
         rows=rows,
@@ -100,6 +90,26 @@ def prepare_inputs(
         sampling_rows=rows[samples],
         prompt_logprobs=_prompt_logprobs_targets(batch, req_ids, rows, starts, query_start),
         num_drafts=num_drafts,
+    )
+
+
+def attention_metadata(query_start: np.ndarray, seq_lens: np.ndarray, block_table: np.ndarray,
+                       slots: np.ndarray, block_size: int,
+                       device: torch.device) -> CommonAttentionMetadata:
+    """The step's layout from numpy arrays: query_start [B + 1], seq_lens [B], block_table
+    [B, W] int32, slots [T] int64 (every runner of the model builds it this way)."""
+    counts = np.diff(query_start)
+    return CommonAttentionMetadata(
+        num_actual_tokens=int(query_start[-1]),
+        query_start_loc=torch.from_numpy(query_start.astype(np.int32)).to(device),
+        query_start_loc_cpu=query_start.tolist(),
+        seq_lens=torch.from_numpy(seq_lens.astype(np.int32)).to(device),
+        seq_lens_cpu=seq_lens.tolist(),
+        block_table=torch.from_numpy(block_table).to(device),
+        slot_mapping=torch.from_numpy(slots.astype(np.int64)).to(device),
+        max_query_len=int(counts.max()),
+        max_seq_len=int(seq_lens.max()),
+        block_size=block_size,
     )
 
 
