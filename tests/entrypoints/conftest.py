@@ -76,6 +76,17 @@ def start_server(model: str, log_path: str, *extra: str, wait: bool = True) -> R
     return server
 
 
+def serve_module(model: str, tmp_path_factory, name: str, *extra: str):
+    """For a module-scoped fixture: `yield from serve_module(...)` runs a server for the
+    module and stops it afterwards."""
+    log = tmp_path_factory.mktemp(name) / "server.log"
+    remote = start_server(model, str(log), *extra)
+    try:
+        yield remote
+    finally:
+        remote.stop()
+
+
 def _wait_healthy(server: RemoteServer) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:

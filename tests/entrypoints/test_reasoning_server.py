@@ -10,7 +10,7 @@ import re
 import openai
 import pytest
 
-from tests.entrypoints.conftest import start_server
+from tests.entrypoints.conftest import serve_module
 
 pytestmark = pytest.mark.timeout(300)
 MESSAGES = [{"role": "user", "content": "What is it?"}]
@@ -19,13 +19,9 @@ BUDGET = 4
 
 @pytest.fixture(scope="module")
 def server(tiny_thinking_llama_dir, tmp_path_factory):
-    log = tmp_path_factory.mktemp("reasoning_server") / "server.log"
-    remote = start_server(tiny_thinking_llama_dir, str(log), "--kv-cache-memory", "16MiB",
-                          "--served-model-name", "thinker", "--reasoning-parser", "deepseek_r1")
-    try:
-        yield remote
-    finally:
-        remote.stop()
+    yield from serve_module(tiny_thinking_llama_dir, tmp_path_factory, "reasoning_server",
+                            "--kv-cache-memory", "16MiB", "--served-model-name", "thinker",
+                            "--reasoning-parser", "deepseek_r1")
 
 
 @pytest.fixture(scope="module")

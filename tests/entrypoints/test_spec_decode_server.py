@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pagedllm import LLM, SamplingParams
-from tests.entrypoints.conftest import start_server
+from tests.entrypoints.conftest import serve_module
 from tests.spec_decode.test_engine import prompts
 
 pytestmark = pytest.mark.timeout(300)
@@ -21,14 +21,10 @@ SPEC = {"method": "ngram", "num_speculative_tokens": 4, "disable_by_batch_size":
 
 @pytest.fixture(scope="module")
 def server(tiny_llama_dir, tmp_path_factory):
-    log = tmp_path_factory.mktemp("spec_server") / "server.log"
-    remote = start_server(tiny_llama_dir, str(log), "--kv-cache-memory", "16MiB",
-                          "--max-model-len", "256", "--served-model-name", "tiny",
-                          "--speculative-config", json.dumps(SPEC))
-    try:
-        yield remote
-    finally:
-        remote.stop()
+    yield from serve_module(tiny_llama_dir, tmp_path_factory, "spec_server",
+                            "--kv-cache-memory", "16MiB", "--max-model-len", "256",
+                            "--served-model-name", "tiny", "--speculative-config",
+                            json.dumps(SPEC))
 
 
 @pytest.fixture(scope="module")

@@ -25,15 +25,6 @@ def other_draft_dir(tiny_llama_factory) -> str:
     return tiny_llama_factory(seed=1)
 
 
-@pytest.fixture(scope="module")
-def reference(tiny_llama_dir, tiny_vocab):
-    llm = LLM(tiny_llama_dir, kv_cache_memory="32MiB", max_model_len=256)
-    token_prompts = prompts(tiny_vocab)
-    params = [greedy(max_tokens=30 + 7 * i) for i in range(len(token_prompts))]
-    outs, _ = run(llm, token_prompts, params)
-    return token_prompts, params, [trace(o) for o in outs]
-
-
 @pytest.mark.parametrize("engine_kwargs", [
     {"kv_cache_memory": "32MiB"},
     {"kv_cache_memory": "32MiB", "max_num_batched_tokens": 16},  # chunked prefill

@@ -26,16 +26,19 @@ def prompts(vocab: int, count: int = 5) -> list[list[int]]:
     return out
 
 
-def run(llm: LLM, token_prompts, params) -> tuple[list, SpecDecodingStats]:
+def run(llm: LLM, token_prompts, params, tag: str = "") -> tuple[list, SpecDecodingStats]:
+    """Every prompt through the engine at once; the finished outputs in prompt order and the
+    spec decoding counters summed over the steps (plus .num_preemptions). Request ids are
+    prefixed by `tag` (a request id seen again would be taken for a resumed request)."""
     engine = llm.llm_engine
     for i, (prompt, p) in enumerate(zip(token_prompts, params)):
-        engine.add_request(str(i), {"prompt_token_ids": prompt}, p)
+        engine.add_request(f"{tag}{i}", {"prompt_token_ids": prompt}, p)
     finished, total = {}, SpecDecodingStats()
     total.num_preemptions = 0  # type: ignore[attr-defined]
     while engine.has_unfinished_requests():
         for out in engine.step():
             if out.finished:
-                finished[int(out.request_id)] = out.outputs[0]
+                finished[out.request_id] = out.outputs[0]
         if engine.last_stats:
             total.num_preemptions += engine.last_stats.num_preemptions  # type: ignore[attr-defined]
         stats = engine.last_stats.spec_decoding_stats if engine.last_stats else None
@@ -43,7 +46,7 @@ def run(llm: LLM, token_prompts, params) -> tuple[list, SpecDecodingStats]:
             total.num_drafts += stats.num_drafts
             total.num_draft_tokens += stats.num_draft_tokens
             total.num_accepted_tokens += stats.num_accepted_tokens
-    return [finished[i] for i in range(len(token_prompts))], total
+    return [finished[f"{tag}{i}"] for i in range(len(token_prompts))], total
 
 
 def trace(completion) -> tuple:
@@ -53,15 +56,6 @@ def trace(completion) -> tuple:
 
 def greedy(max_tokens=40, **kw) -> SamplingParams:
     return SamplingParams(temperature=0, max_tokens=max_tokens, logprobs=2, **kw)
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_llama_dir, tiny_vocab):
-    llm = LLM(tiny_llama_dir, kv_cache_memory="32MiB", max_model_len=256)
-    token_prompts = prompts(tiny_vocab)
-    params = [greedy(max_tokens=30 + 7 * i) for i in range(len(token_prompts))]
-    outs, _ = run(llm, token_prompts, params)
-    return token_prompts, params, [trace(o) for o in outs]
 
 
 @pytest.mark.parametrize("engine_kwargs", [

@@ -11,39 +11,16 @@ import pytest
 
 from pagedllm import LLM
 from pagedllm.metrics.stats import SpecDecodingStats
-from tests.spec_decode.test_engine import greedy, prompts, trace
+from tests.spec_decode.test_engine import greedy, trace
+from tests.spec_decode.test_engine import run as run_engine
 
 SPEC = {"method": "suffix", "num_speculative_tokens": 4, "disable_by_batch_size": None}
 
 
 def run(llm: LLM, token_prompts, params, tag: str = "") -> tuple[list, SpecDecodingStats, int]:
-    """Like test_engine.run, with request ids prefixed by `tag`: a request id seen again is
-    taken for a resumed request, whose cached output is dropped."""
-    engine = llm.llm_engine
-    for i, (prompt, p) in enumerate(zip(token_prompts, params)):
-        engine.add_request(f"{tag}{i}", {"prompt_token_ids": prompt}, p)
-    finished, total, preemptions = {}, SpecDecodingStats(), 0
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            if out.finished:
-                finished[out.request_id] = out.outputs[0]
-        stats = engine.last_stats
-        if stats is not None:
-            preemptions += stats.num_preemptions
-            if stats.spec_decoding_stats is not None:
-                total.num_drafts += stats.spec_decoding_stats.num_drafts
-                total.num_draft_tokens += stats.spec_decoding_stats.num_draft_tokens
-                total.num_accepted_tokens += stats.spec_decoding_stats.num_accepted_tokens
-    return [finished[f"{tag}{i}"] for i in range(len(token_prompts))], total, preemptions
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_llama_dir, tiny_vocab):
-    llm = LLM(tiny_llama_dir, kv_cache_memory="32MiB", max_model_len=256)
-    token_prompts = prompts(tiny_vocab)
-    params = [greedy(max_tokens=30 + 7 * i) for i in range(len(token_prompts))]
-    outs, _, _ = run(llm, token_prompts, params)
-    return token_prompts, params, [trace(o) for o in outs]
+    """test_engine.run, with the preemption count apart."""
+    outs, stats = run_engine(llm, token_prompts, params, tag)
+    return outs, stats, stats.num_preemptions  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("engine_kwargs", [
