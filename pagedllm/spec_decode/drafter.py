@@ -1,11 +1,11 @@
 """Drafter: which requests draft, how many tokens, and the drafts themselves (from the
 configured method's Proposer, proposer.py).
 
-- Penalties and min_tokens draft: each verify row counts the drafts before it as generated.
-  bad_words and structured outputs do not (their state would need rolling back per draft),
-  nor does seeded random sampling (its draws would depend on the drafts, and how many drafts
-  fit depends on the batch's token budget, breaking "same seed, same output whatever else is
-  batched"). Greedy and unseeded random requests draft.
+- Penalties, min_tokens and bad_words draft: each verify row counts the drafts before it as
+  generated. Structured outputs do not (the grammar would need advancing and rolling back
+  per draft on the scheduler side), nor does seeded random sampling (its draws would depend
+  on the drafts, and how many drafts fit depends on the batch's token budget, breaking "same
+  seed, same output whatever else is batched"). Greedy and unseeded random requests draft.
 - Nobody drafts while the batch holds disable_by_batch_size requests or more: the forward is
   then compute-bound and the extra query rows cost more than the accepted tokens save.
 - Per request, the draft length follows its acceptance: with `a` the estimated chance that a
@@ -38,8 +38,7 @@ _EMA = 0.3
 
 def can_draft(params: SamplingParams) -> bool:
     return not (
-        params.bad_words
-        or params.structured_outputs is not None
+        params.structured_outputs is not None
         or (params.seed is not None and not params.is_greedy)
     )
 

@@ -222,19 +222,22 @@ class ModelRunner:
                          drafts: list[list[int]]) -> SamplingMetadata:
         """The sampling metadata of the verify rows (counts[i] rows for request rows[i]): row j
         of a request sees its drafts before j as generated, as if they had been sampled one by
-        one, so min_tokens and the penalties count them."""
+        one, so min_tokens, bad_words and the penalties count them."""
         batch = self.input_batch
         repeated = np.repeat(rows, counts)
         offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-        num_tokens = batch.num_tokens[repeated]
-        num_output = num_tokens - batch.num_prompt_tokens[repeated] + offsets
+        # the drafts sit in the token array past each row's tokens (set_drafts), so row j's
+        # history is the row's tokens plus its first j drafts (bad_words reads it there)
+        num_tokens = batch.num_tokens[repeated] + offsets
+        num_output = num_tokens - batch.num_prompt_tokens[repeated]
         metadata = batch.sampling.metadata(repeated, num_output, batch.token_ids, num_tokens)
         if metadata.penalties is not None:
             # (a gathered copy: the persistent counts gain only accepted tokens, later)
             output_counts = metadata.penalties.output_counts
+            penalized = batch.sampling.uses_penalty[rows].tolist()
             first = 0
-            for draft in drafts:
-                for j in range(1, len(draft) + 1):
+            for draft, counted in zip(drafts, penalized):
+                for j in range(1, len(draft) + 1 if counted else 1):
                     ids = torch.tensor(draft[:j], dtype=torch.long, device=output_counts.device)
                     output_counts[first + j].index_add_(
                         0, ids, torch.ones_like(ids, dtype=output_counts.dtype))

@@ -85,8 +85,9 @@ def test_each_request_alone_equals_the_batch(tiny_llama_dir, reference):
 
 def test_requests_that_cannot_draft_share_the_batch(tiny_llama_dir, tiny_vocab):
     token_prompts = prompts(tiny_vocab, 4)
-    params = [greedy(), greedy(bad_words=["zz"]), greedy(structured_outputs={"regex": "[a-z]+"}),
-              SamplingParams(temperature=0.9, seed=3, max_tokens=20)]
+    params = [greedy(), greedy(structured_outputs={"regex": "[a-z]+"}),
+              SamplingParams(temperature=0.9, seed=3, max_tokens=20),
+              SamplingParams(temperature=0.5, seed=4, max_tokens=20)]
     plain = LLM(tiny_llama_dir, kv_cache_memory="32MiB", max_model_len=256)
     spec = LLM(tiny_llama_dir, kv_cache_memory="32MiB", max_model_len=256,
                speculative_config=SPEC)
@@ -164,3 +165,22 @@ def test_other_families_verify_exactly(tiny_model_factory, tiny_vocab, config_cl
                      token_prompts, params)
     assert [trace(o) for o in got] == [trace(o) for o in want]
     assert stats.num_drafts > 0
+
+
+def test_bad_words_hold_inside_drafts(tiny_llama_dir, reference):
+    """A word the free output contains: banned whether its tokens come from drafts or not, and
+    the same tokens as one-by-one decoding."""
+    from tests.engine.test_allowed_and_bad_words import _bad_word_from
+
+    token_prompts, _, expected = reference
+    plain = LLM(tiny_llama_dir, kv_cache_memory="32MiB", max_model_len=256)
+    spec = LLM(tiny_llama_dir, kv_cache_memory="32MiB", max_model_len=256,
+               speculative_config={**SPEC, "prompt_lookup_min": 1})
+    word, window = _bad_word_from(plain.get_tokenizer(), list(expected[0][0]))
+    params = [greedy(max_tokens=40, bad_words=[word])] * 2
+    want, _ = run(plain, token_prompts[:2], params)
+    got, stats = run(spec, token_prompts[:2], params)
+    assert [trace(o) for o in got] == [trace(o) for o in want]
+    assert stats.num_drafts > 0
+    tokens = list(got[0].token_ids)
+    assert not any(tokens[i:i + len(window)] == window for i in range(len(tokens)))
