@@ -7,9 +7,10 @@ and keeps the longest prefix the target model agrees with, plus one token of its
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
+
+from pagedllm.config.json_options import json_options
 
 METHODS = ("ngram", "suffix", "draft_model")
 """Implemented proposers. vLLM's others ("eagle", "medusa", ...) are refused."""
@@ -92,15 +93,6 @@ class SpeculativeConfig:
         """From the CLI's JSON text, a dict or an instance; None stays None (no speculation)."""
         if value is None or isinstance(value, SpeculativeConfig):
             return value
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"--speculative-config is not valid JSON: {e}") from e
-        if not isinstance(value, dict):
-            raise ValueError("--speculative-config must be a JSON object")
-        known = {f.name for f in fields(cls)} - {"draft_model_config"}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ValueError(f"unknown speculative option(s) {unknown}; known: {sorted(known)}")
+        value = json_options(cls, value, "--speculative-config", "speculative",
+                             internal=frozenset({"draft_model_config"}))
         return cls(**value)

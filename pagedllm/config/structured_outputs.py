@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
 from typing import Any
+
+from pagedllm.config.json_options import json_options
 
 BACKENDS = ("auto", "xgrammar", "guidance", "outlines")
 SHIPPED_BACKENDS = ("xgrammar",)
@@ -49,19 +50,8 @@ class StructuredOutputsConfig:
         """From the CLI's JSON text, a dict (LLM kwargs), or an instance; overrides win."""
         if isinstance(value, StructuredOutputsConfig):
             data = {f.name: getattr(value, f.name) for f in fields(cls)}
-        elif isinstance(value, str):
-            try:
-                data = json.loads(value)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"--structured-outputs-config is not valid JSON: {e}") from e
         else:
-            data = dict(value or {})
-        if not isinstance(data, dict):
-            raise ValueError("--structured-outputs-config must be a JSON object")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown structured outputs option(s) {unknown}; known: {sorted(known)}")
+            data = json_options(cls, value or {}, "--structured-outputs-config",
+                                "structured outputs")
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)

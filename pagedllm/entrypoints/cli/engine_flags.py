@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 from pagedllm.config.cache import KV_CACHE_DTYPES
 from pagedllm.engine.arg_utils import EngineArgs
@@ -77,26 +79,30 @@ def check_parser_name(kind: str, name: str | None) -> None:
         raise SystemExit(f"pagedllm: {flag} {name!r} is unknown; choose from: {names}")
 
 
+def _checked_json(parse: Callable[[str], Any]) -> Callable[[str], str]:
+    """An argparse type that checks a JSON config flag now (a typo is a usage error, not an
+    engine crash) and passes the text on; EngineArgs parses it."""
+
+    def check(value: str) -> str:
+        try:
+            parse(value)
+        except (ValueError, TypeError) as e:
+            raise argparse.ArgumentTypeError(str(e)) from e
+        return value
+
+    return check
+
+
 def _speculative_config(value: str) -> str:
-    """Check the JSON now, like --structured-outputs-config; EngineArgs parses it."""
     from pagedllm.config.speculative import SpeculativeConfig
 
-    try:
-        SpeculativeConfig.parse(value)
-    except (ValueError, TypeError) as e:
-        raise argparse.ArgumentTypeError(str(e)) from e
-    return value
+    return _checked_json(SpeculativeConfig.parse)(value)
 
 
 def _structured_config(value: str) -> str:
-    """Check the JSON now (a typo is a usage error, not an engine crash); EngineArgs parses it."""
     from pagedllm.config.structured_outputs import StructuredOutputsConfig
 
-    try:
-        StructuredOutputsConfig.parse(value)
-    except (ValueError, TypeError) as e:
-        raise argparse.ArgumentTypeError(str(e)) from e
-    return value
+    return _checked_json(StructuredOutputsConfig.parse)(value)
 
 
 def engine_args_from(args: argparse.Namespace) -> EngineArgs:
