@@ -25,6 +25,7 @@ from pagedllm.sample.sampler import Sampler, compute_prompt_logprobs
 from pagedllm.spec_decode.draft_model import DraftModelDrafter
 from pagedllm.spec_decode.drafter import Drafter
 from pagedllm.worker.input_batch import InputBatch
+from pagedllm.worker.row_arrays import positions_within
 from pagedllm.worker.step_inputs import StepInputs, attention_metadata, prepare_inputs
 
 
@@ -159,23 +160,25 @@ class ModelRunner:
         if inputs.num_drafts.any():
             self._sample_with_drafts(logits, inputs, out)
         else:
-            batch = self.input_batch
             rows = inputs.sampling_rows
-            metadata = batch.sampling_metadata(rows)
-            sampled = self.sampler.forward(logits, metadata)
-            batch.append_sampled(rows, sampled.sampled_token_ids)
-            token_ids = sampled.sampled_token_ids.tolist()
-            for i, req_id in enumerate(inputs.sampling_req_ids):
-                out.sampled_token_ids[req_id] = [token_ids[i]]
-            if sampled.logprobs is not None:
-                self._collect_logprobs(
-                    sampled.logprobs, inputs.sampling_req_ids, metadata.num_logprobs, out
-                )
+            sampled = self._sample_one_each(logits, rows, inputs.sampling_req_ids, out)
+            self.input_batch.append_sampled(rows, sampled)
+            for req_id, token in zip(inputs.sampling_req_ids, sampled.tolist()):
+                out.sampled_token_ids[req_id] = [token]
         if self.drafter is not None:
             rows = inputs.sampling_rows
             out.spec_token_ids = self.drafter.propose(
                 inputs.sampling_req_ids, self.input_batch.token_ids, rows,
                 self.input_batch.num_tokens[rows], self.input_batch.num_reqs)
+
+    def _sample_one_each(self, logits: torch.Tensor, rows: np.ndarray, req_ids: list[str],
+                         out: ModelRunnerOutput) -> torch.Tensor:
+        """One token per logits row (batch rows `rows`), logprobs into `out`; [S] long."""
+        metadata = self.input_batch.sampling_metadata(rows)
+        sampled = self.sampler.forward(logits, metadata)
+        if sampled.logprobs is not None:
+            self._collect_logprobs(sampled.logprobs, req_ids, metadata.num_logprobs, out)
+        return sampled.sampled_token_ids
 
     def _sample_with_drafts(self, logits: torch.Tensor, inputs: StepInputs,
                             out: ModelRunnerOutput) -> None:
@@ -186,18 +189,15 @@ class ModelRunner:
         token_lists: list[list[int]] = [[] for _ in req_ids]
         plain = np.flatnonzero(num_drafts == 0)
         if len(plain):
-            metadata = batch.sampling_metadata(inputs.sampling_rows[plain])
-            sampled = self.sampler.forward(logits[torch.from_numpy(first[plain])], metadata)
-            for i, token in zip(plain.tolist(), sampled.sampled_token_ids.tolist()):
+            sampled = self._sample_one_each(logits[torch.from_numpy(first[plain])],
+                                            inputs.sampling_rows[plain],
+                                            [req_ids[i] for i in plain], out)
+            for i, token in zip(plain.tolist(), sampled.tolist()):
                 token_lists[i] = [token]
-            if sampled.logprobs is not None:
-                self._collect_logprobs(sampled.logprobs, [req_ids[i] for i in plain],
-                                       metadata.num_logprobs, out)
         spec = np.flatnonzero(num_drafts > 0)
         counts = num_drafts[spec] + 1
         rows = inputs.sampling_rows[spec]
-        index = np.repeat(first[spec], counts) + (np.arange(int(counts.sum()))
-                                                  - np.repeat(np.cumsum(counts) - counts, counts))
+        index = np.repeat(first[spec], counts) + positions_within(counts)
         drafts = [batch.token_ids[row, end : end + k].tolist() for row, end, k in
                   zip(rows.tolist(), batch.num_tokens[rows].tolist(), num_drafts[spec].tolist())]
         metadata = self._verify_metadata(rows, counts, drafts)
@@ -225,7 +225,7 @@ class ModelRunner:
         one, so min_tokens, bad_words and the penalties count them."""
         batch = self.input_batch
         repeated = np.repeat(rows, counts)
-        offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        offsets = positions_within(counts)
         # the drafts sit in the token array past each row's tokens (set_drafts), so row j's
         # history is the row's tokens plus its first j drafts (bad_words reads it there)
         num_tokens = batch.num_tokens[repeated] + offsets

@@ -22,6 +22,7 @@ from pagedllm.attention.backend import CommonAttentionMetadata
 from pagedllm.core.sched.output import SchedulerOutput
 from pagedllm.worker.block_table import slot_mapping
 from pagedllm.worker.input_batch import InputBatch
+from pagedllm.worker.row_arrays import positions_within
 
 
 @dataclass
@@ -75,7 +76,8 @@ def prepare_inputs(
     num_drafts = np.fromiter((len(spec.get(req_ids[i], ())) for i in samples.tolist()),
                              dtype=np.int64, count=len(samples))
     ends = query_start[1:][samples]  # [S]: one past each sampling request's last token
-    logits_indices = np.repeat(ends - num_drafts - 1, num_drafts + 1) + _ranges(num_drafts + 1)
+    num_rows = num_drafts + 1  # logits rows: the last token and each draft
+    logits_indices = np.repeat(ends - num_rows, num_rows) + positions_within(num_rows)
     attn = attention_metadata(query_start, seq_lens, block_table, slots, batch.block_size,
                               device)
     return StepInputs(
@@ -111,13 +113,6 @@ def attention_metadata(query_start: np.ndarray, seq_lens: np.ndarray, block_tabl
         max_seq_len=int(seq_lens.max()),
         block_size=block_size,
     )
-
-
-def _ranges(counts: np.ndarray) -> np.ndarray:
-    """[0..c0-1, 0..c1-1, ...] for counts [c0, c1, ...]."""
-    total = int(counts.sum())
-    starts = np.repeat(np.cumsum(counts) - counts, counts)
-    return np.arange(total) - starts
 
 
 def _prompt_logprobs_targets(
