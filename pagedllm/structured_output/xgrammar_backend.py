@@ -47,7 +47,6 @@ def build_grammar(key: ConstraintKey) -> Any:
 class XgrammarGrammar(StructuredOutputGrammar):
     def __init__(self, matcher: Any) -> None:
         self.matcher = matcher
-        self._bitmask_view: Any = None
 
     def accept_tokens(self, token_ids: Sequence[int]) -> bool:
         for token_id in token_ids:

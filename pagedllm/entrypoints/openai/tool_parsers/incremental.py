@@ -94,9 +94,7 @@ class ToolCallScanner(ABC):
                 pass
         except MalformedToolCall as e:
             self._fail(str(e))
-        if self._failed_passthrough:
-            self._content(text[self.pos:])
-            self.pos = len(text)
+        self._pass_through_if_failed(text)
         return self.events
 
     def finish(self, text: str) -> list[Event]:
@@ -108,10 +106,14 @@ class ToolCallScanner(ABC):
                 self._finish(text)
             except MalformedToolCall as e:
                 self._fail(str(e))
-            if self._failed_passthrough:
-                self._content(text[self.pos:])
-                self.pos = len(text)
+            self._pass_through_if_failed(text)
         return self.events
+
+    def _pass_through_if_failed(self, text: str) -> None:
+        """After a malformed call, the rest of the text is content."""
+        if self._failed_passthrough:
+            self._content(text[self.pos:])
+            self.pos = len(text)
 
     @abstractmethod
     def _step(self, text: str) -> bool:
