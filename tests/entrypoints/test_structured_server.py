@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.entrypoints.conftest import start_server
+from tests.entrypoints.conftest import serve_module
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -32,16 +32,11 @@ DEFAULT_FLAG = "the quick brown fox"
 
 @pytest.fixture(scope="module")
 def server(tiny_llama_dir, tmp_path_factory):
-    log_path = str(tmp_path_factory.mktemp("structured_server") / "server.log")
-    remote = start_server(
-        tiny_llama_dir, log_path, "--kv-cache-memory", "16MiB", "--served-model-name", "x",
-        "--exclude-tools-when-tool-choice-none",
+    yield from serve_module(
+        tiny_llama_dir, tmp_path_factory, "structured_server", "--kv-cache-memory", "16MiB",
+        "--served-model-name", "x", "--exclude-tools-when-tool-choice-none",
         "--default-chat-template-kwargs", json.dumps({"flag": DEFAULT_FLAG}),
         "--structured-outputs-config", '{"disable_any_whitespace": true}')
-    try:
-        yield remote
-    finally:
-        remote.stop()
 
 
 @pytest.fixture(scope="module")

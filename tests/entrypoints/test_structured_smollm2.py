@@ -14,7 +14,7 @@ import jsonschema
 import openai
 import pytest
 
-from tests.entrypoints.conftest import start_server
+from tests.entrypoints.conftest import serve_module
 
 pytestmark = [pytest.mark.gguf, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -24,16 +24,12 @@ MAX_TOKENS = 96
 
 @pytest.fixture(scope="module")
 def smollm2_server(smollm2_gguf_path, tmp_path_factory):
-    log_path = str(tmp_path_factory.mktemp("smollm2_structured") / "server.log")
     # Compact JSON (no optional whitespace) keeps outputs short; the server default applies to
     # every constrained request.
-    remote = start_server(MODEL, log_path, "--kv-cache-memory", "128MiB",
-                          "--max-model-len", "1024", "--max-num-seqs", "64",
-                          "--structured-outputs-config", '{"disable_any_whitespace": true}')
-    try:
-        yield remote
-    finally:
-        remote.stop()
+    yield from serve_module(MODEL, tmp_path_factory, "smollm2_structured",
+                            "--kv-cache-memory", "128MiB", "--max-model-len", "1024",
+                            "--max-num-seqs", "64",
+                            "--structured-outputs-config", '{"disable_any_whitespace": true}')
 
 
 @pytest.fixture(scope="module")
