@@ -21,6 +21,7 @@ import torch
 
 from pagedllm import envs
 from pagedllm.kernels import kernel_isa
+from pagedllm.model_executor.quantization.kernels import interleave_rows
 
 _ORDER = ["DEFAULT", "AVX2", "AVX512"]
 _TESTS = [
@@ -95,6 +96,12 @@ def kernel_outputs() -> dict[str, torch.Tensor]:
             out[f"bound_of_quant/{key}/M{M}"] = _quant_magnitude(x, codes, scales, mins, G, u4)
         ids = torch.tensor([0, 5, 36])
         out[f"gather/{key}"] = ops.quant_gather_rows(ids, codes, scales, mins, G, u4, K)
+        # the row-interleaved layout of the first 32 rows (quant/interleaved.h)
+        layout = interleave_rows(codes[:32], scales[:32], mins[:32], G, u4)
+        for M in (1, 2, 3, 4, 5, 9, 16, 19):
+            x = rand(M, K)
+            out[f"quant_rows16/{key}/M{M}"] = ops.quant_linear(x, *layout, G, u4)
+        out[f"gather/{key}/rows16"] = ops.quant_gather_rows(ids[:2], *layout, G, u4, K)
     for D, dtype, (window, cap) in itertools.product(
         (64, 48), (torch.float32, torch.float16), ((0, 0.0), (5, 0.0), (0, 30.0))
     ):
@@ -196,12 +203,15 @@ def _bound(kind: str, key: str, portable: torch.Tensor, magnitude: torch.Tensor)
 def _exact_between(key: str, isa: str) -> bool:
     """Where the portable build computes the SIMD build's bits: every kernel written against the
     vector types (vec_scalar.h rounds and associates as vec_avx2.h) but AVX-512's quantized
-    block loop, and not the loops left to the compiler, which vectorizes them at another width
+    block loop (the row-interleaved loop included: its lanes are rows, not columns), and not
+    the loops left to the compiler, which vectorizes them at another width
     or fuses a multiply-add in a SIMD build: rms_norm's sum of squares, rotary's products and
     attention's dot products for head sizes other than 64, 128, 256."""
     kind = key.split("/")[0]
     if kind == "quant":
         return not isa.startswith("AVX512")
+    if kind == "quant_rows16":  # lane for lane the same operations at every width
+        return True
     if kind == "attention":
         return key.split("/")[1] in ("64", "128", "256")
     return kind not in ("rms_norm", "rotary")
@@ -236,7 +246,7 @@ def test_portable_kernels_match_simd_builds(tmp_path):
     portable = _outputs_of("DEFAULT", own, tmp_path / "default.pt")
     kernels = {key for key in portable if not key.startswith("bound_of_")}
     assert {key.split("/")[0] for key in kernels} == {
-        "dense", "quant", "gather", "attention", "rms_norm", "residual", "rotary",
+        "dense", "quant", "quant_rows16", "gather", "attention", "rms_norm", "residual", "rotary",
         "silu_and_mul", "argmax",
     }  # fmt: skip
     for isa in simd:

@@ -1,4 +1,5 @@
-// y[M, N] = x[M, K] W[N, K]^T (+ bias) in float32, our own GEMV over W for every row count:
+// y[M, N] = x[M, K] W[N, K]^T (+ bias) in float32 (W stored as float32, or as bfloat16 /
+// float16 and widened exactly on load, which halves the bytes decode reads), our own GEMV over W for every row count:
 // 1-4 rows as several sequential streams of weight rows per thread (stream_gemv), more four
 // weight rows at a time against three activation rows per pass (tile_gemv). Every output is the
 // same 8-lane dot product whatever the tile, so a row's result does not depend on the batch it
@@ -26,18 +27,18 @@ namespace {
 // (96 x 1536 x 4 B = 576 KiB of the 1 MiB here) while the weights stream once per block.
 constexpr int64_t kRowBlock = 96;
 
-template <int R>
-void gemv_tile(const float* wp, const float* xp, int64_t K, int64_t N, int64_t n, float* op,
+template <int R, typename W>
+void gemv_tile(const W* wp, const float* xp, int64_t K, int64_t N, int64_t n, float* op,
                int64_t m0) {
   float part[4 * R];
   if (n + 4 <= N) {
-    const float* w[4] = {wp + n * K, wp + (n + 1) * K, wp + (n + 2) * K, wp + (n + 3) * K};
+    const W* w[4] = {wp + n * K, wp + (n + 1) * K, wp + (n + 2) * K, wp + (n + 3) * K};
     dots<4, R>(w, xp + m0 * K, K, part);
     for (int i = 0; i < 4; ++i)
       for (int r = 0; r < R; ++r) op[(m0 + r) * N + n + i] = part[i * R + r];
   } else {
     for (int64_t i = n; i < N; ++i) {
-      const float* w[1] = {wp + i * K};
+      const W* w[1] = {wp + i * K};
       dots<1, R>(w, xp + m0 * K, K, part);
       for (int r = 0; r < R; ++r) op[(m0 + r) * N + i] = part[r];
     }
@@ -70,15 +71,15 @@ constexpr int64_t kStreamMaxRows = 4;
 // the 16 vector registers.
 constexpr int stream_parts(int R) { return R == 1 ? 8 : R <= 3 ? 4 : 2; }
 
-template <int R>
-void stream_rows(const float* wp, const float* xp, int64_t K, int64_t N, float* op, int64_t begin,
+template <int R, typename W>
+void stream_rows(const W* wp, const float* xp, int64_t K, int64_t N, float* op, int64_t begin,
                  int64_t end) {
   constexpr int S = stream_parts(R);
   const int64_t part_rows = (end - begin) / S;
   float part[S * R];
   for (int64_t i = 0; i < part_rows; ++i) {
     int64_t n[S];
-    const float* w[S];
+    const W* w[S];
     for (int s = 0; s < S; ++s) {
       n[s] = begin + s * part_rows + i;
       w[s] = wp + n[s] * K;
@@ -88,23 +89,24 @@ void stream_rows(const float* wp, const float* xp, int64_t K, int64_t N, float* 
       for (int r = 0; r < R; ++r) op[r * N + n[s]] = part[s * R + r];
   }
   for (int64_t n = begin + S * part_rows; n < end; ++n) {  // the rows left over
-    const float* w[1] = {wp + n * K};
+    const W* w[1] = {wp + n * K};
     dots<1, R>(w, xp, K, part);
     for (int r = 0; r < R; ++r) op[r * N + n] = part[r];
   }
 }
 
-template <int R>
-void stream_gemv(const float* wp, const float* xp, int64_t K, int64_t N, float* op) {
+template <int R, typename W>
+void stream_gemv(const W* wp, const float* xp, int64_t K, int64_t N, float* op) {
   at::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) {
-    stream_rows<R>(wp, xp, K, N, op, begin, end);
+    stream_rows<R, W>(wp, xp, K, N, op, begin, end);
   });
 }
 
 // More rows: four weight rows at a time against up to three activation rows per pass.
-void tile_gemv(const float* wp, const float* xp, int64_t K, int64_t N, int64_t M, float* op) {
+template <typename W>
+void tile_gemv(const W* wp, const float* xp, int64_t K, int64_t N, int64_t M, float* op) {
   // Bytes of the next quad prefetched per pass (whole cache lines); none for a single pass.
-  const int64_t quad_bytes = 4 * K * static_cast<int64_t>(sizeof(float));
+  const int64_t quad_bytes = 4 * K * static_cast<int64_t>(sizeof(W));
   at::parallel_for(0, (N + 3) / 4, 16, [&](int64_t begin, int64_t end) {
     for (int64_t row0 = 0; row0 < M; row0 += kRowBlock) {
       const int64_t row_end = std::min(M, row0 + kRowBlock);
@@ -121,11 +123,11 @@ void tile_gemv(const float* wp, const float* xp, int64_t K, int64_t N, int64_t M
             pagedllm::vec::prefetch(next + fetched);
           const int64_t rows = pass_rows(row_end - m0);
           if (rows == 3) {
-            gemv_tile<3>(wp, xp, K, N, n, op, m0);
+            gemv_tile<3, W>(wp, xp, K, N, n, op, m0);
           } else if (rows == 2) {
-            gemv_tile<2>(wp, xp, K, N, n, op, m0);
+            gemv_tile<2, W>(wp, xp, K, N, n, op, m0);
           } else {
-            gemv_tile<1>(wp, xp, K, N, n, op, m0);
+            gemv_tile<1, W>(wp, xp, K, N, n, op, m0);
           }
           m0 += rows;
         }
@@ -138,7 +140,8 @@ void tile_gemv(const float* wp, const float* xp, int64_t K, int64_t N, int64_t M
 
 namespace {
 
-void dense_gemv(const float* x, int64_t M, int64_t K, const float* w, int64_t N, float* out) {
+template <typename W>
+void dense_gemv(const float* x, int64_t M, int64_t K, const W* w, int64_t N, float* out) {
   static_assert(kStreamMaxRows == 4, "one stream_gemv case per row count");
   switch (M) {
     case 1: stream_gemv<1>(w, x, K, N, out); break;
@@ -156,14 +159,25 @@ namespace pagedllm {
 at::Tensor dense_linear_into(const at::Tensor& x_in, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias, at::Tensor& out) {
   TORCH_CHECK(x_in.dim() == 2 && weight.dim() == 2 && x_in.size(1) == weight.size(1));
-  TORCH_CHECK(x_in.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat);
+  const at::ScalarType wt = weight.scalar_type();
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat &&
+              (wt == at::kFloat || wt == at::kBFloat16 || wt == at::kHalf),
+              "dense_linear: float32 rows against float32, bfloat16 or float16 weights");
   const at::Tensor x = x_in.contiguous();
   const at::Tensor w = weight.contiguous();
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   if (!out.defined()) out = at::empty({M, N}, x.options());
   TORCH_CHECK(out.size(0) == M && out.size(1) == N && out.is_contiguous() &&
               out.scalar_type() == at::kFloat, "dense_linear: output buffer of the wrong shape");
-  dense_gemv(x.data_ptr<float>(), M, K, w.data_ptr<float>(), N, out.data_ptr<float>());
+  const float* xp = x.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  if (wt == at::kBFloat16) {
+    dense_gemv(xp, M, K, w.data_ptr<at::BFloat16>(), N, op);
+  } else if (wt == at::kHalf) {
+    dense_gemv(xp, M, K, w.data_ptr<at::Half>(), N, op);
+  } else {
+    dense_gemv(xp, M, K, w.data_ptr<float>(), N, op);
+  }
   if (bias.has_value() && bias->defined()) out.add_(*bias);
   return out;
 }

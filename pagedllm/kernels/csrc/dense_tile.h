@@ -1,6 +1,7 @@
 // The dense GEMV's register-tiled float32 dot products (dense_linear.cpp).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "vec/vec.h"
@@ -8,9 +9,11 @@
 namespace {
 
 // out[w * R + r] = <W row w, x row r>: 8-lane FMA chains over K rounded down to 8, reduced by
-// vec::reduce_add, then the last K % 8 columns one multiply and add at a time.
-template <int NW, int R>
-inline void dots(const float* const* w, const float* x, int64_t K, float* out) {
+// vec::reduce_add, then the last K % 8 columns one fused multiply-add at a time. W's rows are
+// float32, or bfloat16 / float16 widened exactly as they are loaded: the same sums, bit for bit,
+// as float32 rows holding the same values, from half the bytes.
+template <int NW, int R, typename W>
+inline void dots(const W* const* w, const float* x, int64_t K, float* out) {
   namespace v = pagedllm::vec;
   v::F8 acc[NW][R];
   for (int i = 0; i < NW; ++i)
@@ -28,7 +31,8 @@ inline void dots(const float* const* w, const float* x, int64_t K, float* out) {
     for (int r = 0; r < R; ++r) out[i * R + r] = v::reduce_add(acc[i][r]);
   for (; k < K; ++k)
     for (int i = 0; i < NW; ++i)
-      for (int r = 0; r < R; ++r) out[i * R + r] += w[i][k] * x[r * K + k];
+      for (int r = 0; r < R; ++r)  // (fused explicitly: the same rounding in every build and
+        out[i * R + r] = std::fma(v::to_f32(w[i][k]), x[r * K + k], out[i * R + r]);  // dtype)
 }
 
 }  // namespace

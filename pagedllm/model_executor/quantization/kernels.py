@@ -240,6 +240,8 @@ class PackedGroupWeight(QuantizedWeight):
     mins[n, g].
 
     u4: codes 0..15, two per byte (ggml's Q4 order within each 32 columns); else int8 codes.
+    Where out_features is a multiple of 16 (almost every layer) the weight is held row-interleaved
+    (`interleave_rows`), the layout of the kernel's faster loop (quant/interleaved.h).
     Every row count runs the same arithmetic: activations quantized per 32 columns to int16
     (~2e-5 relative error) and integer dot products, so a row's result does not depend on how
     many rows share the call (batch invariance: greedy output is the same cold, cached, chunked
@@ -255,8 +257,10 @@ class PackedGroupWeight(QuantizedWeight):
         super().__init__(out_features, in_features, input_perm)
         self.group_size = group_size
         self.u4 = u4
-        self.register_buffer("codes", codes.contiguous())
         scales, mins = _compact_scales(scales.float(), mins.float())
+        if out_features % ROW_GROUP == 0:
+            codes, scales, mins = interleave_rows(codes, scales, mins, group_size, u4)
+        self.register_buffer("codes", codes.contiguous())
         self.register_buffer("scales", scales.contiguous())
         self.register_buffer("mins", mins.contiguous())
 
@@ -298,6 +302,39 @@ class PackedGroupWeight(QuantizedWeight):
     def extra_repr(self) -> str:
         kind = "u4" if self.u4 else "i8"
         return f"{super().extra_repr()}, {kind}, group={self.group_size}"
+
+
+ROW_GROUP = 16
+"""Weight rows the row-interleaved layout puts side by side (one vector's lanes)."""
+
+
+def interleave_rows(
+    codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, group_size: int, u4: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The row-interleaved layout of kernels/csrc/quant/interleaved.h from the natural one
+    (codes [N, K / 2] u4 in ggml's order or [N, K] i8; scales, mins [N, K / G]):
+
+      codes  [N / 16, K / G, 16 * G / 2 (u4) or 16 * G (i8)]: per 16 rows and group, 32-byte
+             chunks c of 16 rows x a column pair, byte 2 * row + t holding column 4c + t (low
+             nibble) and 4c + 2 + t (high nibble) for u4, column 2c + t for i8
+      scales, mins  [N / 16, K / G, 16]
+    """
+    n, g = codes.shape[0], group_size
+    groups = scales.shape[1]
+    if u4:
+        blocks = codes.view(n, -1, 16)  # byte j of a 32-column block: columns j and j + 16
+        unpacked = torch.stack((blocks & 0x0F, blocks >> 4), dim=2).reshape(n, -1)
+        # column g * G + 4c + 2h + t of row (16 j + l) -> [j, g, c, l, t, h]
+        v = unpacked.view(n // ROW_GROUP, ROW_GROUP, groups, g // 4, 2, 2).permute(0, 2, 3, 1, 5, 4)
+        packed = (v[..., 0] | (v[..., 1] << 4)).reshape(n // ROW_GROUP, groups, ROW_GROUP * g // 2)
+    else:  # column g * G + 2c + t of row (16 j + l) -> [j, g, c, l, t]
+        v = codes.view(n // ROW_GROUP, ROW_GROUP, groups, g // 2, 2).permute(0, 2, 3, 1, 4)
+        packed = v.reshape(n // ROW_GROUP, groups, ROW_GROUP * g)
+
+    def by_row_group(t: torch.Tensor) -> torch.Tensor:
+        return t.view(n // ROW_GROUP, ROW_GROUP, groups).transpose(1, 2).contiguous()
+
+    return packed.contiguous(), by_row_group(scales), by_row_group(mins)
 
 
 def _compact_scales(scales: torch.Tensor, mins: torch.Tensor) -> tuple[torch.Tensor, ...]:

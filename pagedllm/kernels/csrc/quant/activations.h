@@ -43,8 +43,11 @@ inline float quantize_block(const float* x, int16_t* q, float sums[2], int32_t i
   return d;
 }
 
+// pair_blocks: the int16 codes of u4 blocks in the tile loop's pair order (kPairedBlocks), else
+// in column order (the row-interleaved layout's, quant/interleaved.h).
 template <bool U4, int G>
-QuantizedRows quantize_activations(const float* x, int64_t M, int64_t K) {
+QuantizedRows quantize_activations(const float* x, int64_t M, int64_t K,
+                                   bool pair_blocks = kPairedBlocks<U4, G>) {
   const int64_t nb = K / kBlock;
   QuantizedRows r;
   r.K = K;
@@ -61,7 +64,7 @@ QuantizedRows quantize_activations(const float* x, int64_t M, int64_t K) {
         int32_t isums[2];
         int16_t* qb = r.q.data() + m * K + b * kBlock;
         alignas(32) int16_t natural[kBlock];
-        const bool paired = kPairedBlocks<U4, G> && (b | 1) < nb;
+        const bool paired = pair_blocks && (b | 1) < nb;
         const float d = quantize_block(x + m * K + b * kBlock, paired ? natural : qb, sums, isums);
         if (paired) {  // see kPairedBlocks
           int16_t* pair = r.q.data() + m * K + (b & ~int64_t{1}) * kBlock;

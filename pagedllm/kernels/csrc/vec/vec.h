@@ -4,6 +4,8 @@
 //                 quantized kernel's block loop (PAGEDLLM_VEC_512, see quant/block_terms.h)
 //   vec_avx2.h    AVX2 + FMA + F16C: F8 (8 floats) and I8x32 (256 bits of integers)
 //   vec_scalar.h  portable C++ with vec_avx2.h's results, bit for bit
+//   rows16.h      the R16 types (16 weight rows' lanes, quant/interleaved.h) of the builds
+//                 without 512-bit registers, as two 8-lane halves; vec_avx512.h has its own
 // A kernel's reduction order is its code's, so it is the same in every build; where a build
 // sums differently (the 512-bit block loop) the kernel says so.
 #pragma once
@@ -13,8 +15,10 @@
 #define PAGEDLLM_VEC_512 1
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include "vec_avx2.h"
+#include "rows16.h"
 #else
 #include "vec_scalar.h"
+#include "rows16.h"
 #endif
 
 namespace pagedllm::vec {

@@ -4,6 +4,7 @@
 
 #include <immintrin.h>
 
+#include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
 #include <cstdint>
@@ -24,6 +25,10 @@ inline F8 set1(float x) { return {_mm256_set1_ps(x)}; }
 inline F8 load(const float* p) { return {_mm256_loadu_ps(p)}; }
 inline F8 load(const c10::Half* p) {  // fp16 -> fp32 is exact
   return {_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))};
+}
+inline F8 load(const c10::BFloat16* p) {  // bf16 -> fp32 is exact: the bits, 16 places up
+  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return {_mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))};
 }
 // The first n (< 8) values and zeros, touching nothing past them (fp16: n even).
 alignas(32) constexpr int32_t kLaneMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
@@ -134,6 +139,7 @@ inline I8x32 nibble16(I8x32 a) {
 inline I8x32 and32(I8x32 a, int32_t m) { return {_mm256_and_si256(a.v, _mm256_set1_epi32(m))}; }
 inline I8x32 shr32(I8x32 a, int n) { return {_mm256_srli_epi32(a.v, n)}; }
 inline I8x32 add32(I8x32 a, I8x32 b) { return {_mm256_add_epi32(a.v, b.v)}; }
+inline I8x32 set1_32(int32_t x) { return {_mm256_set1_epi32(x)}; }
 // 8 int32 lanes: lane l = a[2l] b[2l] + a[2l + 1] b[2l + 1] of the int16 lanes (exact while
 // |sum| < 2^31, which holds for 4-bit or 8-bit codes times int16)
 inline I8x32 madd16(I8x32 a, I8x32 b) { return {_mm256_madd_epi16(a.v, b.v)}; }
@@ -154,5 +160,9 @@ inline void store_i16(int16_t* p, I8x32 a, I8x32 b) {
 
 inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 inline float half_to_float(c10::Half h) { return _cvtsh_ss(h.x); }
+// one weight of any storage dtype as float32 (exact)
+inline float to_f32(float x) { return x; }
+inline float to_f32(c10::Half h) { return half_to_float(h); }
+inline float to_f32(c10::BFloat16 b) { return static_cast<float>(b); }
 
 }  // namespace pagedllm::vec

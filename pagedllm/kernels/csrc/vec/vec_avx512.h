@@ -1,8 +1,10 @@
 // AVX-512 (F, BW, VL; VNNI where the build has it): vec_avx2.h's 256-bit types, which every
 // kernel uses here too (the compiler's own vectorization stays at 256 bits, see
-// kernels/__init__.py), plus the 512-bit types of the quantized kernel's block loop
-// (quant/block_terms_512.h), the one loop that is faster at this width.
+// kernels/__init__.py), plus the 512-bit types of the quantized kernel's loops
+// (quant/block_terms_512.h, quant/interleaved.h), the loops that are faster at this width.
 #pragma once
+
+#include <cstring>
 
 #include "vec_avx2.h"
 
@@ -61,5 +63,51 @@ inline I16x32 dot(I16x32 a, I16x32 b) {
 #endif
 }
 inline F16 to_float(I16x32 a) { return {_mm512_cvtepi32_ps(a.v)}; }  // int32 lanes
+
+// ---- 16 weight rows' lanes (quant/interleaved.h): one register each ----
+// R16i: 16 int32 lanes (or the 32 int16 they hold in pairs), lane l = weight row l of a row
+// group; R16f: 16 floats, the same rows. vec/rows16.h has the two-register form of other builds.
+constexpr int kRows16Tile = 8;  // activation rows per row-group tile: 3 x 8 registers of sums
+struct R16i {
+  __m512i v;
+};
+struct R16f {
+  __m512 v;
+};
+// 32 bytes to 32 int16 (lane l: bytes 2l, 2l + 1), zero- / sign-extended
+inline R16i r16_widen_u8(const uint8_t* p) { return {widen_u8_i16x32(p).v}; }
+inline R16i r16_widen_i8(const uint8_t* p) { return {widen_i8_i16x32(p).v}; }
+inline R16i r16_low_nibbles(R16i a) { return {_mm512_and_si512(a.v, _mm512_set1_epi16(0x0F))}; }
+inline R16i r16_high_nibbles(R16i a) { return {_mm512_srli_epi16(a.v, 4)}; }  // bytes: >> 4
+// lane l: a's int16 pair of lane l times (x[0], x[1]), summed (exact: |sum| < 2^31)
+inline R16i r16_dot(R16i a, const int16_t* x) {
+  int32_t pair;
+  std::memcpy(&pair, x, 4);
+#ifdef __AVX512VNNI__
+  return {_mm512_dpwssd_epi32(_mm512_setzero_si512(), a.v, _mm512_set1_epi32(pair))};
+#else
+  return {_mm512_madd_epi16(a.v, _mm512_set1_epi32(pair))};
+#endif
+}
+inline R16i r16_dot_add(R16i acc, R16i a, const int16_t* x) {
+  int32_t pair;
+  std::memcpy(&pair, x, 4);
+#ifdef __AVX512VNNI__
+  return {_mm512_dpwssd_epi32(acc.v, a.v, _mm512_set1_epi32(pair))};
+#else
+  return {_mm512_add_epi32(acc.v, _mm512_madd_epi16(a.v, _mm512_set1_epi32(pair)))};
+#endif
+}
+inline R16f r16_to_float(R16i a) { return {_mm512_cvtepi32_ps(a.v)}; }
+inline R16f r16_zero() { return {_mm512_setzero_ps()}; }
+inline R16f r16_set1(float x) { return {_mm512_set1_ps(x)}; }
+inline R16f r16_load(const float* p) { return {_mm512_loadu_ps(p)}; }
+inline R16f r16_load(const c10::Half* p) {  // fp16 -> fp32 is exact
+  return {_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))};
+}
+inline void r16_store(float* p, R16f a) { _mm512_storeu_ps(p, a.v); }
+inline R16f operator+(R16f a, R16f b) { return {_mm512_add_ps(a.v, b.v)}; }
+inline R16f operator*(R16f a, R16f b) { return {_mm512_mul_ps(a.v, b.v)}; }
+inline R16f fma(R16f a, R16f b, R16f c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
 
 }  // namespace pagedllm::vec

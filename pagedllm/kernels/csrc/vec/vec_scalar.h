@@ -4,6 +4,7 @@
 // AVX2 build computes, and tests/test_kernel_isas.py compares the two exactly.
 #pragma once
 
+#include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
 #include <climits>
@@ -69,6 +70,11 @@ inline F8 load(const float* p) {
   return r;
 }
 inline F8 load(const c10::Half* p) {
+  F8 r;
+  for (int l = 0; l < 8; ++l) r.v[l] = static_cast<float>(p[l]);
+  return r;
+}
+inline F8 load(const c10::BFloat16* p) {
   F8 r;
   for (int l = 0; l < 8; ++l) r.v[l] = static_cast<float>(p[l]);
   return r;
@@ -223,6 +229,11 @@ inline I8x32 add32(const I8x32& a, const I8x32& b) {  // wrapping, as vpaddd
     lanes::set<uint32_t>(r, l, lanes::get<uint32_t>(a, l) + lanes::get<uint32_t>(b, l));
   return r;
 }
+inline I8x32 set1_32(int32_t x) {
+  I8x32 r;
+  for (int l = 0; l < 8; ++l) lanes::set<int32_t>(r, l, x);
+  return r;
+}
 inline I8x32 madd16(const I8x32& a, const I8x32& b) {
   I8x32 r;
   for (int l = 0; l < 8; ++l) {
@@ -261,5 +272,8 @@ inline void store_i16(int16_t* p, const I8x32& a, const I8x32& b) {  // saturati
 
 inline void prefetch(const void* p) { __builtin_prefetch(p); }
 inline float half_to_float(c10::Half h) { return static_cast<float>(h); }
+inline float to_f32(float x) { return x; }
+inline float to_f32(c10::Half h) { return half_to_float(h); }
+inline float to_f32(c10::BFloat16 b) { return static_cast<float>(b); }
 
 }  // namespace pagedllm::vec
