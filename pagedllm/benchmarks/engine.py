@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
+
+from pagedllm.benchmarks.timing import TimedRun, TokenClock, check_lengths
 
 if TYPE_CHECKING:
     from pagedllm.metrics.step_profile import StepProfiler
@@ -25,6 +28,7 @@ class EngineRunner:
 
         self.llm = LLM(**asdict(engine_args_from(args)))
         self.config = self.llm.llm_engine.config
+        self._request_ids = itertools.count()
 
     @property
     def tokenizer(self) -> Any:
@@ -83,3 +87,28 @@ class EngineRunner:
         if made != list(output_lens):
             raise RuntimeError(f"pagedllm generated {made} tokens, not {list(output_lens)}")
         return elapsed
+
+    def generate_timed(self, prompts: list[list[int]], output_lens: list[int]) -> TimedRun:
+        """generate, stepping the engine here so each token is stamped as its step returns it
+        (streamed outputs, as a server client sees them, instead of LLM.generate's final ones)."""
+        from pagedllm import SamplingParams
+        from pagedllm.sampling_params import RequestOutputKind
+
+        engine = self.llm.llm_engine
+        ids = [f"bench-{next(self._request_ids)}" for _ in prompts]
+        rows = {request_id: row for row, request_id in enumerate(ids)}
+        clock = TokenClock(len(prompts))
+        try:
+            for request_id, prompt, n in zip(ids, prompts, output_lens):
+                params = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True,
+                                        output_kind=RequestOutputKind.DELTA)
+                engine.add_request(request_id, {"prompt_token_ids": prompt}, params)
+        except Exception:
+            engine.abort_request(ids)  # none of the batch stays queued
+            raise
+        while engine.has_unfinished_requests():
+            for output in engine.step():
+                clock.mark(rows[output.request_id], len(output.outputs[0].token_ids))
+        run = clock.finish()
+        check_lengths(self.name, run, output_lens)
+        return run

@@ -1,11 +1,18 @@
 """`pagedllm bench latency`: the time to run one batch end to end (vLLM's `bench latency`).
 
 For each batch size: warm-up runs, then --num-iters runs generating --output-len tokens (latency
-mean/median/p90/p99) and --num-iters runs generating 1 token (the prefill). prefill tok/s =
-batch * input_len / prefill; decode tok/s = batch * (output_len - 1) / (full - prefill). Every
-run draws fresh random prompts (so the prefix cache cannot help) and every engine, ours and the
-peers, sees the same prompts; the engines take turns run by run. The step profile (phase,
-ms/step, %) of our full runs is printed and saved.
+mean/median/p90/p99), each output token stamped as it reaches the caller (our engine's streamed
+step outputs; the peers' streaming hooks). prefill = the time until every request has its first
+token, prefill tok/s = batch * input_len / prefill; decode tok/s of a request = its tokens after
+the first / (last token's time - first token's time), averaged over the batch's requests
+(decode_tok_s_per_request) and times the batch size (decode_tok_s), so every prompt length reports.
+An engine that cannot stamp tokens also runs --num-iters 1-token runs, and its decode is
+batch * (output_len - 1) / (full - prefill) ("timing": "full_minus_prefill" in the JSON).
+
+Every run draws fresh random prompts (so the prefix cache cannot help) and every engine, ours and
+the peers (hf, llamacpp, openvino; the single-stream ones at batch size 1 only), sees the same
+prompts; the engines take turns run by run. The step profile (phase, ms/step, %) of our full runs
+is printed and saved.
 """
 
 from __future__ import annotations
@@ -16,13 +23,7 @@ from collections.abc import Callable
 
 from pagedllm.benchmarks.datasets import MIN_TOKEN_ID
 from pagedllm.benchmarks.engine import EngineRunner
-from pagedllm.benchmarks.peers import (
-    HFRunner,
-    LlamaCppRunner,
-    PeerRunner,
-    add_peer_args,
-    make_peers,
-)
+from pagedllm.benchmarks.peers import HFRunner, PeerRunner, add_peer_args, make_peers
 from pagedllm.benchmarks.results import (
     ENGINE,
     add_output_args,
@@ -32,7 +33,8 @@ from pagedllm.benchmarks.results import (
     ratios,
     write_record,
 )
-from pagedllm.benchmarks.stats import latency_stats
+from pagedllm.benchmarks.stats import SUBTRACTION, latency_stats, timed_latency_stats
+from pagedllm.benchmarks.timing import TimedRun
 
 RATIO_LABELS = {"e2e_tok_s": "latency", "prefill_tok_s": "prefill", "decode_tok_s": "decode"}
 """Ratios are of rates (tok/s), so > 1 means pagedllm is faster; the latency ratio is the peer's
@@ -76,12 +78,12 @@ def main(args: argparse.Namespace) -> dict:
         prompts = _prompt_maker(batch_size, args.input_len, vocab, args.seed)
         runners = {ENGINE: _our_runner(engine)}
         for peer in peers:
-            if isinstance(peer, LlamaCppRunner) and batch_size != 1:
+            if peer.single_stream and batch_size != 1:
                 print(f"{peer.name}: single stream, compared at batch 1 only", flush=True)
                 continue
             if isinstance(peer, HFRunner):
                 peer.batch_size = args.hf_batch_size or batch_size
-            runners[peer.name] = peer.generate
+            runners[peer.name] = peer.generate_timed
         row = {"batch_size": batch_size,
                "engines": _measure(runners, prompts, args, after_warmup=engine.profiler.reset)}
         row["profile"] = engine.profiler.as_dict()
@@ -94,7 +96,8 @@ def main(args: argparse.Namespace) -> dict:
         _print_row(row)
         rows.append(row)
     described = engine.describe()
-    record = build_record("latency", args, described["model"], rows, engine=described)
+    record = build_record("latency", args, described["model"], rows, engine=described,
+                          peers={p.name: p.describe() for p in peers})
     _write(record, args, batch_sizes, described["model"])
     return record
 
@@ -146,17 +149,18 @@ def _prompt_maker(
     return make
 
 
-Runner = Callable[[list[list[int]], list[int]], float]
+Runner = Callable[[list[list[int]], list[int]], TimedRun]
 
 
 def _our_runner(engine: EngineRunner) -> Runner:
-    """engine.generate, with the step profiler on during the full runs (not prefill-only)."""
+    """engine.generate_timed, with the step profiler on during the full runs (not during 1-token
+    ones)."""
     profiler = engine.profiler
 
-    def timed(prompt_ids: list[list[int]], lens: list[int]) -> float:
+    def timed(prompt_ids: list[list[int]], lens: list[int]) -> TimedRun:
         profiler.enabled = lens[0] > 1
         try:
-            return engine.generate(prompt_ids, lens)
+            return engine.generate_timed(prompt_ids, lens)
         finally:
             profiler.enabled = False
 
@@ -171,7 +175,8 @@ def _measure(
 ) -> dict[str, dict]:
     """Each engine's latency stats. The timed runs alternate between the engines (and their
     order flips every run): this machine's speed drifts over minutes, so a block of runs per
-    engine would compare different moments."""
+    engine would compare different moments. A full run without token times is followed by a
+    1-token run of the same engine (its prefill, for the subtraction)."""
     warmup = args.num_iters_warmup
     for run in runners.values():
         for index in range(warmup):
@@ -179,8 +184,8 @@ def _measure(
             run(batch, [args.output_len] * len(batch))
     if after_warmup is not None:
         after_warmup()
-    full = {name: [] for name in runners}
-    prefill = {name: [] for name in runners}
+    full: dict[str, list[TimedRun]] = {name: [] for name in runners}
+    prefill: dict[str, list[float]] = {name: [] for name in runners}
     names = list(runners)
     batch_size = len(prompts(0))
     for i in range(args.num_iters):
@@ -188,11 +193,21 @@ def _measure(
         for name in names if i % 2 == 0 else names[::-1]:
             run = runners[name]
             full[name].append(run(prompts(index), [args.output_len] * batch_size))
-            prefill[name].append(run(prompts(index + 1), [1] * batch_size))
-    return {
-        name: latency_stats(batch_size, args.input_len, args.output_len, full[name], prefill[name])
-        for name in names
-    }
+            if full[name][-1].token_times is None:
+                prefill[name].append(run(prompts(index + 1), [1] * batch_size).elapsed_s)
+    return {name: _stats(name, full[name], prefill[name], batch_size, args) for name in names}
+
+
+def _stats(
+    name: str, full: list[TimedRun], prefill_s: list[float], batch_size: int,
+    args: argparse.Namespace,
+) -> dict:
+    if all(run.token_times is not None for run in full):
+        return timed_latency_stats(batch_size, args.input_len, args.output_len, full)
+    print(f"note: {name} gives no per-token times: decode = full - prefill runs "
+          "(n/a when the prefill dominates)", flush=True)
+    return latency_stats(batch_size, args.input_len, args.output_len,
+                         [run.elapsed_s for run in full], prefill_s)
 
 
 def _row_ratios(engines: dict[str, dict]) -> dict[str, dict[str, float]]:
@@ -209,10 +224,11 @@ def _print_row(row: dict) -> None:
     for name, s in row["engines"].items():
         lat = s["latency_s"]
         decode = f"{s['decode_tok_s']:8.1f}" if s["decode_tok_s"] is not None else "     n/a"
+        how = " (full - prefill runs)" if s.get("timing") == SUBTRACTION else ""
         print(
             f"  {name:<16} latency mean {lat['mean']:7.3f} s  median {lat['median']:7.3f}  "
             f"p90 {lat['p90']:7.3f}  p99 {lat['p99']:7.3f}  | prefill "
-            f"{s['prefill_tok_s']:8.1f} tok/s | decode {decode} tok/s",
+            f"{s['prefill_tok_s']:8.1f} tok/s | decode {decode} tok/s{how}",
             flush=True,
         )
     for name, values in row["ratios"].items():

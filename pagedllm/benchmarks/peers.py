@@ -5,9 +5,13 @@ result can be printed next to ours with a ratio.
                same checkpoint (a GGUF through `from_pretrained(dir, gguf_file=...)`, dequantized)
     llamacpp   llama-cpp-python (only when importable), one stream at a time, greedy, on the same
                GGUF file; HF directories have no GGUF and are skipped
+    openvino   OpenVINO GenAI (only when importable) on the same GGUF file: its LLMPipeline one
+               stream at a time (bench latency), its ContinuousBatchingPipeline with every request
+               at once (bench throughput); see openvino_peer.py
 
-A runner's generate(prompts, output_lens) runs them all and returns the wall time; every prompt
-produces exactly its output_len tokens (EOS is suppressed), as ours do with ignore_eos.
+A runner's generate_timed(prompts, output_lens) runs them all and returns the wall time and, where
+the engine streams, each token's arrival time; every prompt produces exactly its output_len tokens
+(EOS is suppressed), as ours do with ignore_eos.
 """
 
 from __future__ import annotations
@@ -16,25 +20,20 @@ import argparse
 import importlib.util
 import os
 import shutil
-import time
-from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
 from pagedllm.benchmarks.datasets import MIN_TOKEN_ID
+from pagedllm.benchmarks.peer_runner import BatchLimits, PeerRunner
+from pagedllm.benchmarks.timing import TimedRun, TokenClock, check_lengths
 
 if TYPE_CHECKING:
     from pagedllm.model_executor.model_loader.resolve import ModelSource
 
-PEER_CHOICES = ("hf", "llamacpp", "none")
+__all__ = ["BatchLimits", "PeerRunner"]  # re-exported: the runners' interface lives beside them
+
+PEER_CHOICES = ("hf", "llamacpp", "openvino", "none")
 LLAMACPP_MISSING = "llama-cpp-python not installed (pip install pagedllm[llamacpp]): skipped"
-
-
-class PeerRunner(ABC):
-    name: str
-
-    @abstractmethod
-    def generate(self, prompts: list[list[int]], output_lens: list[int]) -> float:
-        """Generate output_lens[i] tokens after prompts[i], all of them; wall seconds."""
+OPENVINO_MISSING = "openvino-genai not installed (pip install pagedllm[openvino]): skipped"
 
 
 class HFRunner(PeerRunner):
@@ -56,18 +55,22 @@ class HFRunner(PeerRunner):
         self.pad_id = config.pad_token_id if config.pad_token_id is not None else 0
         self.batch_size = batch_size
 
-    def generate(self, prompts: list[list[int]], output_lens: list[int]) -> float:
-        start = time.perf_counter()
+    def generate_timed(self, prompts: list[list[int]], output_lens: list[int]) -> TimedRun:
+        clock = TokenClock(len(prompts))
         for i in range(0, len(prompts), self.batch_size):
+            rows = range(i, min(i + self.batch_size, len(prompts)))
             self._generate_batch(
-                prompts[i : i + self.batch_size], max(output_lens[i : i + self.batch_size])
+                [prompts[r] for r in rows], _HFTokenStamps(clock, rows, output_lens)
             )
-        return time.perf_counter() - start
+        run = clock.finish()
+        check_lengths(self.name, run, output_lens)
+        return run
 
-    def _generate_batch(self, prompts: list[list[int]], new_tokens: int) -> None:
+    def _generate_batch(self, prompts: list[list[int]], stamps: _HFTokenStamps) -> None:
         import torch
         from transformers import GenerationConfig
 
+        new_tokens = stamps.new_tokens
         width = max(map(len, prompts))
         ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts])  # [B, width]
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
@@ -79,9 +82,47 @@ class HFRunner(PeerRunner):
             eos_token_id=self.model.config.eos_token_id,
         )
         with torch.inference_mode():
-            out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+            out = self.model.generate(
+                input_ids=ids, attention_mask=mask, generation_config=config,
+                streamer=stamps.streamer(),
+            )
         if out.shape[1] - width != new_tokens:
             raise RuntimeError(f"HF generated {out.shape[1] - width} tokens, not {new_tokens}")
+
+
+class _HFTokenStamps:
+    """Stamps the tokens of one static batch (rows of the clock) as HF's streamer hook sees
+    them: `put` gets the prompt once, then each step's tokens of every row. A row's tokens past
+    its own output_len (the batch runs to its longest) are not its output."""
+
+    def __init__(self, clock: TokenClock, rows: range, output_lens: list[int]) -> None:
+        self.clock, self.rows = clock, rows
+        self.lens = [output_lens[r] for r in rows]
+        self.new_tokens = max(self.lens)
+        self.seen_prompt = False
+
+    def put(self, _tokens: Any) -> None:
+        if not self.seen_prompt:
+            self.seen_prompt = True
+            return
+        for row, length in zip(self.rows, self.lens):
+            if len(self.clock.times[row]) < length:
+                self.clock.mark(row)
+
+    def streamer(self) -> Any:
+        """This object behind transformers' BaseStreamer interface (it checks the type)."""
+        from transformers.generation.streamers import BaseStreamer
+
+        stamps = self
+
+        class Streamer(BaseStreamer):
+            def put(self, value: Any) -> None:
+                stamps.put(value)
+
+            def end(self) -> None:
+                pass
+
+        return Streamer()
 
 
 class LlamaCppRunner(PeerRunner):
@@ -89,6 +130,7 @@ class LlamaCppRunner(PeerRunner):
     output_len tokens, so EOS does not end it), one prompt after the other."""
 
     name = "llama_cpp"
+    single_stream = True
 
     def __init__(self, gguf_path: str, n_threads: int, n_ctx: int) -> None:
         from llama_cpp import Llama
@@ -102,24 +144,38 @@ class LlamaCppRunner(PeerRunner):
             verbose=False,
         )
 
-    def generate(self, prompts: list[list[int]], output_lens: list[int]) -> float:
-        start = time.perf_counter()
-        for prompt, output_len in zip(prompts, output_lens):
-            self._generate_one(prompt, output_len)
-        return time.perf_counter() - start
+        self.path = gguf_path
 
-    def _generate_one(self, prompt: list[int], output_len: int) -> None:
+    def generate_timed(self, prompts: list[list[int]], output_lens: list[int]) -> TimedRun:
+        clock = TokenClock(len(prompts))
+        for row, (prompt, output_len) in enumerate(zip(prompts, output_lens)):
+            self._generate_one(prompt, output_len, clock, row)
+        return clock.finish()
+
+    def _generate_one(self, prompt: list[int], output_len: int, clock: TokenClock,
+                      row: int) -> None:
         self.llm.reset()  # no KV reuse from the previous prompt
         count = 0
         for _ in self.llm.generate(
             prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True
         ):
+            clock.mark(row)
             count += 1
             if count >= output_len:
                 break
 
+    def describe(self) -> dict[str, Any]:
+        return {"pipeline": "llama_cpp.Llama.generate", "gguf": self.path}
+
 
 # ---- selection -----------------------------------------------------------------------------------
+
+GGUF_ONLY = {
+    "llamacpp": ("llama.cpp", ""),
+    "openvino": ("OpenVINO GenAI", " (it reads an HF directory only after optimum-intel exports "
+                 "it to OpenVINO IR)"),
+}  # fmt: skip
+"""The peers that load only the GGUF file pagedllm runs: their name and a hint for the skip."""
 
 
 def add_peer_args(parser: argparse.ArgumentParser, hf_batch_help: str) -> None:
@@ -129,8 +185,10 @@ def add_peer_args(parser: argparse.ArgumentParser, hf_batch_help: str) -> None:
         nargs="+",
         default=None,
         choices=PEER_CHOICES,
-        help="peer engines on the same workload (default: hf, plus llamacpp when "
-        "llama-cpp-python is installed; none: only pagedllm)",
+        help="peer engines on the same workload: hf (transformers), llamacpp (llama-cpp-python), "
+        "openvino (OpenVINO GenAI on the same GGUF: LLMPipeline for latency, "
+        "ContinuousBatchingPipeline for throughput); default: hf, plus llamacpp and openvino "
+        "when installed; none: only pagedllm",
     )
     group.add_argument("--hf-batch-size", type=int, default=None, help=hf_batch_help)
 
@@ -139,27 +197,41 @@ def llamacpp_available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
+def openvino_available() -> bool:
+    return importlib.util.find_spec("openvino_genai") is not None
+
+
 def selected_peers(requested: list[str] | None) -> list[str]:
     """The peers to run; prints why a wanted one is skipped."""
     if requested is None:
-        requested = ["hf", "llamacpp"]
+        requested = ["hf", "llamacpp", "openvino"]
     if "none" in requested:
         if len(requested) > 1:
             raise ValueError("--peers none cannot be combined with other peers")
         return []
     names = list(dict.fromkeys(requested))
-    if "llamacpp" in names and not llamacpp_available():
-        print(LLAMACPP_MISSING, flush=True)
-        names.remove("llamacpp")
+    for name, available, missing in (
+        ("llamacpp", llamacpp_available, LLAMACPP_MISSING),
+        ("openvino", openvino_available, OPENVINO_MISSING),
+    ):
+        if name in names and not available():
+            print(missing, flush=True)
+            names.remove(name)
     return names
 
 
 def note_weights(peer_names: list[str], quantization: str | None) -> None:
-    """HF dequantizes a GGUF to float: say so when our engine runs quantized weights."""
+    """HF dequantizes a GGUF to float, OpenVINO keeps its quantized weights: say so when the
+    precision differs from our engine's."""
     if "hf" in peer_names and quantization is not None:
         print(
             f"note: pagedllm runs {quantization} weights, HF transformers float ones "
             "(--quantization none runs both on float weights)",
+            flush=True,
+        )
+    if "openvino" in peer_names and quantization is None:
+        print(
+            "note: pagedllm runs float weights, OpenVINO GenAI the GGUF's own (quantized) ones",
             flush=True,
         )
 
@@ -171,20 +243,28 @@ def make_peer(
     hf_batch_size: int,
     n_ctx: int,
     quantization: str | None = "gguf",
+    batch_limits: BatchLimits | None = None,
 ) -> PeerRunner | None:
     """The runner, or None (with the reason printed) when the model does not suit it.
 
     quantization: what pagedllm runs; None (float weights) gives llama.cpp the same GGUF
     converted to F32 by llama.cpp itself, so both run the same precision.
+    batch_limits: None for bench latency (OpenVINO's single-stream LLMPipeline); our engine's
+    scheduler limits for the offline workload (its ContinuousBatchingPipeline, batching alike).
     """
     if name == "hf":
         return HFRunner(source, dtype, hf_batch_size)
     if source.gguf_file is None:
+        label, hint = GGUF_ONLY[name]
         print(
-            f"llama.cpp needs a GGUF model, {source.name or source.path} is not one: skipped",
+            f"{label} needs a GGUF model, {source.name or source.path} is not one: skipped{hint}",
             flush=True,
         )
         return None
+    if name == "openvino":
+        from pagedllm.benchmarks.openvino_peer import make_openvino_runner
+
+        return make_openvino_runner(source.file, _threads(), batch_limits)
     path = llama_cpp_weights(source.file, float32=quantization is None and dtype == "float32")
     print(f"llama.cpp runs {os.path.basename(path)}", flush=True)
     return LlamaCppRunner(path, _threads(), n_ctx)
@@ -196,6 +276,7 @@ def make_peers(
     model_config: Any,
     hf_batch_size: int,
     n_ctx: int,
+    batch_limits: BatchLimits | None = None,
 ) -> list[PeerRunner]:
     """The runners of the requested peers (see selected_peers) that suit the model, for a
     pagedllm engine running `model_config` (its dtype and quantization)."""
@@ -203,7 +284,7 @@ def make_peers(
     note_weights(names, model_config.quantization)
     peers = [
         make_peer(name, source, model_config.dtype, hf_batch_size, n_ctx,
-                  model_config.quantization)
+                  model_config.quantization, batch_limits)
         for name in names
     ]  # fmt: skip
     return [p for p in peers if p is not None]

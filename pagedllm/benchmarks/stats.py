@@ -7,6 +7,13 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from pagedllm.benchmarks.timing import TimedRun
+
+PER_TOKEN = "token_timestamps"
+"""`timing` of latency stats measured from each token's arrival time."""
+SUBTRACTION = "full_minus_prefill"
+"""`timing` of latency stats from whole-run times: full runs minus 1-token (prefill) runs."""
+
 
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0..100), linearly interpolated between order statistics (numpy's
@@ -40,7 +47,8 @@ def latency_stats(
 ) -> dict:
     """A latency benchmark's numbers from whole-batch times: `full_s` generating output_len
     tokens, `prefill_s` generating 1 (the prefill). decode tok/s = batch * (output_len - 1) /
-    (full - prefill), with the means; None when it cannot be told (output_len 1)."""
+    (full - prefill), with the means; None when it cannot be told (output_len 1, or the
+    prefill runs took longer than the full ones: see timed_latency_stats for what avoids it)."""
     full, prefill = statistics.fmean(full_s), statistics.fmean(prefill_s)
     decode_s = full - prefill
     decode = batch_size * (output_len - 1) / decode_s if output_len > 1 and decode_s > 0 else None
@@ -51,7 +59,49 @@ def latency_stats(
         "decode_tok_s": decode,
         "e2e_tok_s": batch_size * output_len / full,
         "iters": len(full_s),
+        "timing": SUBTRACTION,
     }
+
+
+def decode_rate(token_times: Sequence[float]) -> float | None:
+    """One request's decode tok/s: the tokens after the first over the time from the first to
+    the last; None with fewer than two tokens or all of them at one instant."""
+    span = token_times[-1] - token_times[0] if len(token_times) > 1 else 0.0
+    return (len(token_times) - 1) / span if span > 0 else None
+
+
+def timed_latency_stats(
+    batch_size: int, input_len: int, output_len: int, runs: Sequence[TimedRun]
+) -> dict:
+    """latency_stats' numbers from full runs whose tokens carry arrival times (no prefill runs).
+
+    prefill: a run's prefill lasts until every request of the batch has its first token
+    (`prefill_latency_s`); prefill tok/s = batch * input_len / its mean.
+    decode: each request's decode_rate, averaged over every request of every run
+    (`decode_tok_s_per_request`, one stream's speed); `decode_tok_s` = batch * that average, the
+    batch's tokens per second as latency_stats counts them. TTFT per request in `ttft_s`.
+    """
+    timelines = [t for run in runs for t in _token_times(run)]
+    prefill_s = [max(t[0] for t in _token_times(run)) for run in runs]
+    rates = [r for r in map(decode_rate, timelines) if r is not None]
+    per_request = statistics.fmean(rates) if rates else None
+    full_s = [run.elapsed_s for run in runs]
+    return {
+        "latency_s": summarize(full_s),
+        "prefill_latency_s": summarize(prefill_s),
+        "prefill_tok_s": batch_size * input_len / statistics.fmean(prefill_s),
+        "decode_tok_s": batch_size * per_request if per_request is not None else None,
+        "e2e_tok_s": batch_size * output_len / statistics.fmean(full_s),
+        "iters": len(runs),
+        "timing": PER_TOKEN,
+        "decode_tok_s_per_request": per_request,
+        "ttft_s": summarize([t[0] for t in timelines]),
+    }
+
+
+def _token_times(run: TimedRun) -> list[list[float]]:
+    assert run.token_times is not None and all(run.token_times), "a run without token times"
+    return run.token_times
 
 
 def throughput_stats(requests: Sequence[tuple[int, int]], elapsed_s: float) -> dict:

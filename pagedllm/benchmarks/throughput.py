@@ -1,7 +1,9 @@
 """`pagedllm bench throughput`: offline `LLM.generate` over a whole dataset (vLLM's
 `bench throughput`): requests/s, output tok/s and total (prompt + output) tok/s, with the same
-requests run by the peers in the same process. Each request makes exactly its output length
-(greedy, ignore_eos); the step profile of our run is printed and saved.
+requests run by the peers in the same process: hf in static batches of --hf-batch-size, llamacpp
+one by one, openvino through its ContinuousBatchingPipeline with every request at once and our
+--max-num-seqs / --max-num-batched-tokens. Each request makes exactly its output length (greedy,
+ignore_eos); the step profile of our run is printed and saved.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 from pagedllm.benchmarks.datasets import SampleRequest, add_dataset_args, requests_from_args
 from pagedllm.benchmarks.engine import EngineRunner
 from pagedllm.benchmarks.peers import (
+    BatchLimits,
     PeerRunner,
     add_peer_args,
     make_peers,
@@ -56,7 +59,8 @@ def main(args: argparse.Namespace) -> dict:
     results = [_run(engine, requests, profile=True)]
     print(f"\nstep profile of {ENGINE}:\n{engine.profiler.format_table()}", flush=True)
     results[0]["profile"] = engine.profiler.as_dict()
-    for peer in _make_peers(engine, args, requests):
+    peers = _make_peers(engine, args, requests)
+    for peer in peers:
         results.append(_run(peer, requests))
     ours = results[0]
     for result in results[1:]:
@@ -69,6 +73,7 @@ def main(args: argparse.Namespace) -> dict:
         described["model"],
         results,
         engine=described,
+        peers={p.name: p.describe() for p in peers},
         workload=_workload(requests),
     )
     _write(record, args, described["model"])
@@ -80,7 +85,9 @@ def _make_peers(
 ) -> list[PeerRunner]:
     n_ctx = max(r.prompt_len + r.output_len for r in requests) + 8
     batch = args.hf_batch_size or DEFAULT_HF_BATCH_SIZE
-    return make_peers(args.peers, engine.source(), engine.config.model, batch, n_ctx)
+    scheduler = engine.config.scheduler
+    limits = BatchLimits(scheduler.max_num_seqs, scheduler.max_num_batched_tokens)
+    return make_peers(args.peers, engine.source(), engine.config.model, batch, n_ctx, limits)
 
 
 def _run(

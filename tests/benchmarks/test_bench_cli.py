@@ -58,6 +58,7 @@ def test_latency_with_hf_peer(tiny_llama_dir, tmp_path, capsys):
     machine = record["machine"]
     assert machine["logical_cores"] >= 1 and machine["torch"] and machine["cpu_model"]
     assert [row["batch_size"] for row in record["results"]] == [1, 3]
+    assert set(record["peers"]) == {"hf_transformers"}
     for row in record["results"]:
         ours, hf = row["engines"]["pagedllm"], row["engines"]["hf_transformers"]
         for stats in (ours, hf):
@@ -65,6 +66,12 @@ def test_latency_with_hf_peer(tiny_llama_dir, tmp_path, capsys):
             assert 0 < lat["median"] <= lat["p90"] <= lat["p99"]
             assert stats["prefill_latency_s"]["mean"] < lat["mean"]
             assert stats["decode_tok_s"] > 0 and stats["iters"] == 2
+            # both stamp each token: decode from the tokens' times, no 1-token runs
+            assert stats["timing"] == "token_timestamps"
+            assert stats["decode_tok_s"] == pytest.approx(
+                row["batch_size"] * stats["decode_tok_s_per_request"]
+            )
+            assert 0 < stats["ttft_s"]["mean"] <= stats["prefill_latency_s"]["mean"]
         ratio = row["ratios"]["hf_transformers"]
         assert ratio["decode_tok_s"] == pytest.approx(ours["decode_tok_s"] / hf["decode_tok_s"])
         assert ratio["e2e_tok_s"] == pytest.approx(

@@ -6,13 +6,18 @@ import numpy as np
 import pytest
 
 from pagedllm.benchmarks.stats import (
+    PER_TOKEN,
+    SUBTRACTION,
     RequestResult,
+    decode_rate,
     latency_stats,
     percentile,
     serving_stats,
     summarize,
     throughput_stats,
+    timed_latency_stats,
 )
+from pagedllm.benchmarks.timing import TimedRun
 
 
 def test_percentile_matches_numpy():
@@ -38,6 +43,46 @@ def test_latency_stats():
     assert s["decode_tok_s"] == pytest.approx(4 * 10 / 2.0)
     assert s["e2e_tok_s"] == pytest.approx(4 * 11 / 2.5)
     assert latency_stats(1, 8, 1, [0.5], [0.5])["decode_tok_s"] is None
+    assert s["timing"] == SUBTRACTION
+
+
+def test_decode_rate():
+    assert decode_rate([0.5, 0.6, 0.7, 0.9]) == pytest.approx(3 / 0.4)
+    assert decode_rate([0.5, 0.5, 0.7]) == pytest.approx(2 / 0.2)  # two tokens of one step
+    assert decode_rate([0.5]) is None
+    assert decode_rate([0.5, 0.5]) is None
+
+
+def _timeline(ttft: float, gap: float, tokens: int) -> list[float]:
+    return [ttft + gap * i for i in range(tokens)]
+
+
+def test_timed_latency_stats_on_a_fake_timeline():
+    # batch 2, 100-token prompts, 5 output tokens. Run 1: first tokens at 1.0 / 1.2 s, then one
+    # token every 0.1 / 0.2 s; run 2: 3.0 / 2.0 s, every 0.1 s. Wall times 1.5 and 3.6 s.
+    runs = [
+        TimedRun(1.5, [_timeline(1.0, 0.1, 5), _timeline(1.2, 0.2, 5)]),
+        TimedRun(3.6, [_timeline(3.0, 0.1, 5), _timeline(2.0, 0.1, 5)]),
+    ]
+    s = timed_latency_stats(2, 100, 5, runs)
+    assert s["timing"] == PER_TOKEN and s["iters"] == 2
+    # the batch's prefill ends with its last first token: 1.2 and 3.0 s
+    assert s["prefill_latency_s"]["mean"] == pytest.approx(2.1)
+    assert s["prefill_tok_s"] == pytest.approx(2 * 100 / 2.1)
+    assert s["ttft_s"]["mean"] == pytest.approx((1.0 + 1.2 + 3.0 + 2.0) / 4)
+    per_request = (10 + 5 + 10 + 10) / 4  # 4 tokens over 0.4 s, 0.8 s, 0.4 s, 0.4 s
+    assert s["decode_tok_s_per_request"] == pytest.approx(per_request)
+    assert s["decode_tok_s"] == pytest.approx(2 * per_request)
+    assert s["latency_s"]["mean"] == pytest.approx(2.55)
+    assert s["e2e_tok_s"] == pytest.approx(2 * 5 / 2.55)
+    # the old subtraction on these runs (1-token runs as long as the prefill varies) says n/a
+    assert latency_stats(2, 100, 5, [1.5, 3.6], [1.2, 4.0])["decode_tok_s"] is None
+
+
+def test_timed_latency_stats_one_output_token():
+    s = timed_latency_stats(1, 8, 1, [TimedRun(0.3, [[0.25]])])
+    assert s["decode_tok_s"] is None and s["decode_tok_s_per_request"] is None
+    assert s["prefill_tok_s"] == pytest.approx(8 / 0.25)
 
 
 def test_throughput_stats():

@@ -7,8 +7,10 @@ import argparse
 import importlib
 
 BENCHMARKS = {
-    "latency": "time one batch end to end (prefill and decode tok/s, step profile), with peers",
-    "throughput": "offline LLM.generate over a dataset: requests/s and tok/s, with peers",
+    "latency": "time one batch end to end (prefill and decode tok/s from per-token times, step "
+    "profile), with peers (hf, llamacpp, openvino)",
+    "throughput": "offline LLM.generate over a dataset: requests/s and tok/s, with peers (hf, "
+    "llamacpp, openvino)",
     "serve": "drive a running server over the OpenAI API: TTFT, TPOT, ITL, throughput",
     "speculative": "single-stream decode with and without speculative decoding, with llama.cpp",
 }

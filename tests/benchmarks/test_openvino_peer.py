@@ -1,0 +1,179 @@
+"""The OpenVINO GenAI peer: its runners against stand-in `openvino` / `openvino_genai` modules
+(OpenVINO is an optional extra, never needed by the suite), and, only where openvino-genai is
+installed, the real pipelines on the packaged SmolLM2 GGUF with a tiny workload."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from pagedllm import envs
+from pagedllm.benchmarks.openvino_peer import (
+    OpenVINOBatchRunner,
+    OpenVINOLatencyRunner,
+    make_openvino_runner,
+)
+from pagedllm.benchmarks.peer_runner import BatchLimits
+from pagedllm.benchmarks.peers import make_peer
+from pagedllm.model_executor.model_loader.resolve import ModelSource
+
+
+class FakeType:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def get_type_name(self) -> str:
+        return self.name
+
+
+class FakeCore:
+    PROPERTIES = {
+        "INFERENCE_PRECISION_HINT": FakeType("bf16"),
+        "KV_CACHE_PRECISION": FakeType("u8"),
+        "DYNAMIC_QUANTIZATION_GROUP_SIZE": 32,
+    }
+
+    def get_property(self, device: str, key: str):
+        assert device == "CPU"
+        return self.PROPERTIES[key]
+
+
+class FakeTensor:
+    def __init__(self, array) -> None:
+        self.array = array
+
+
+class FakeConfig:
+    def __init__(self, **kwargs) -> None:
+        self.eos_token_id = 2
+        self.__dict__.update(kwargs)
+
+
+class FakeStreamerBase:
+    def __init__(self) -> None:
+        self.initialised = True
+
+
+class FakeLLMPipeline:
+    instances: list = []
+
+    def __init__(self, path: str, device: str, **properties) -> None:
+        self.path, self.device, self.properties, self.calls = path, device, properties, []
+        FakeLLMPipeline.instances.append(self)
+
+    def get_generation_config(self) -> FakeConfig:
+        return FakeConfig(eos_token_id=7)
+
+    def generate(self, inputs: FakeTensor, config: FakeConfig, streamer) -> None:
+        assert streamer.initialised  # super().__init__() ran
+        self.calls.append((inputs.array.tolist(), inputs.array.dtype.name, config))
+        for _ in range(config.max_new_tokens):
+            assert streamer.write([5]) == "RUNNING"
+
+
+class FakeSchedulerConfig:
+    def to_string(self) -> str:
+        return f"seqs {self.max_num_seqs} tokens {self.max_num_batched_tokens}"
+
+
+class FakeCBPipeline:
+    instances: list = []
+
+    def __init__(self, path: str, scheduler, device: str, properties: dict) -> None:
+        self.path, self.scheduler, self.device = path, scheduler, device
+        self.properties, self.calls = properties, []
+        FakeCBPipeline.instances.append(self)
+
+    def get_config(self) -> FakeConfig:
+        return FakeConfig()
+
+    def generate(self, inputs: list, configs: list) -> list:
+        self.calls.append((inputs, configs))
+        return [types.SimpleNamespace(m_generation_ids=[[5] * c.max_new_tokens]) for c in configs]
+
+
+@pytest.fixture
+def fake_openvino(monkeypatch):
+    ov = types.SimpleNamespace(Core=FakeCore, Tensor=FakeTensor)
+    genai = types.SimpleNamespace(
+        LLMPipeline=FakeLLMPipeline,
+        ContinuousBatchingPipeline=FakeCBPipeline,
+        SchedulerConfig=FakeSchedulerConfig,
+        GenerationConfig=FakeConfig,
+        StreamerBase=FakeStreamerBase,
+        StreamingStatus=types.SimpleNamespace(RUNNING="RUNNING"),
+        get_version=lambda: "fake-1.0",
+    )
+    monkeypatch.setitem(sys.modules, "openvino", ov)
+    monkeypatch.setitem(sys.modules, "openvino_genai", genai)
+
+
+def _assert_greedy_exact(config, n: int) -> None:
+    assert config.max_new_tokens == config.min_new_tokens == n
+    assert config.ignore_eos is True and config.do_sample is False
+
+
+def test_latency_runner_on_stand_in(fake_openvino, capsys):
+    source = ModelSource("gguf", "/models", "m.Q4_1.gguf", "m")
+    runner = make_peer("openvino", source, "float32", 1, 64)
+    assert isinstance(runner, OpenVINOLatencyRunner) and runner.single_stream
+    pipe = FakeLLMPipeline.instances[-1]
+    assert pipe.path == "/models/m.Q4_1.gguf" and pipe.device == "CPU"
+    assert pipe.properties["INFERENCE_NUM_THREADS"] >= 1
+    out = capsys.readouterr().out
+    assert "LLMPipeline" in out and "precision bf16" in out and "K/V cache u8" in out
+    run = runner.generate_timed([[101, 102], [103]], [4, 2])
+    assert [len(t) for t in run.token_times] == [4, 2]
+    assert [(c[0], c[1]) for c in pipe.calls] == [([[101, 102]], "int64"), ([[103]], "int64")]
+    for call, n in zip(pipe.calls, [4, 2]):
+        _assert_greedy_exact(call[2], n)
+        assert call[2].eos_token_id == 7  # the model's, so min_new_tokens masks the right one
+    described = runner.describe()
+    assert described["pipeline"] == "LLMPipeline" and described["inference_precision"] == "bf16"
+    assert described["inputs"].startswith("token ids")
+
+
+def test_batch_runner_on_stand_in(fake_openvino):
+    runner = make_openvino_runner("/models/m.gguf", 2, BatchLimits(16, 512))
+    assert isinstance(runner, OpenVINOBatchRunner) and not runner.single_stream
+    pipe = FakeCBPipeline.instances[-1]
+    assert pipe.properties == {"INFERENCE_NUM_THREADS": 2}
+    assert (pipe.scheduler.max_num_seqs, pipe.scheduler.max_num_batched_tokens) == (16, 512)
+    run = runner.generate_timed([[101, 102], [103], [104]], [3, 1, 2])
+    assert run.token_times is None and run.elapsed_s >= 0
+    inputs, configs = pipe.calls[-1]
+    assert [t.array.tolist() for t in inputs] == [[[101, 102]], [[103]], [[104]]]
+    for config, n in zip(configs, [3, 1, 2]):
+        _assert_greedy_exact(config, n)
+    assert runner.describe()["scheduler_config"] == "seqs 16 tokens 512"
+
+
+def test_batch_runner_refuses_short_outputs(fake_openvino, monkeypatch):
+    runner = make_openvino_runner("/models/m.gguf", 1, BatchLimits(4, 64))
+    monkeypatch.setattr(
+        FakeCBPipeline,
+        "generate",
+        lambda self, inputs, configs: [types.SimpleNamespace(m_generation_ids=[[5]])] * 2,
+    )
+    with pytest.raises(RuntimeError, match=r"generated \[1, 1\] tokens, not \[1, 3\]"):
+        runner.generate_timed([[101], [102]], [1, 3])
+
+
+@pytest.mark.gguf
+@pytest.mark.timeout(300)
+def test_openvino_pipelines_tiny_workload(smollm2_gguf_path):
+    pytest.importorskip("openvino_genai")
+    threads = envs.num_threads() or 1
+    prompts, lens = [[1, 504, 3205, 282], [1, 2223, 314]], [4, 4]
+    single = make_openvino_runner(smollm2_gguf_path, threads, None)
+    run = single.generate_timed(prompts, lens)
+    assert [len(t) for t in run.token_times] == lens
+    assert all(t == sorted(t) and t[0] > 0 for t in run.token_times)
+    described = single.describe()
+    assert described["inference_num_threads"] == threads
+    assert described["inference_precision"] in {"bf16", "f32", "f16"}
+    del single
+    batched = make_openvino_runner(smollm2_gguf_path, threads, BatchLimits(2, 64))
+    assert batched.generate(prompts, lens) > 0  # raises unless each made exactly 4 tokens
