@@ -30,6 +30,8 @@ _TESTS = [
     "tests/model_executor/test_dense_linear.py",
     "tests/attention/test_backends.py",
     "tests/engine/test_batch_invariance.py::test_tiny_models_are_batch_invariant[float32]",
+    "tests/engine/test_batch_invariance.py::test_tiny_models_are_batch_invariant[bfloat16]",
+    "tests/model_executor/test_half_weights.py",
     "tests/engine/test_batch_invariance.py::test_tiny_models_are_batch_invariant[int4]",
     "tests/engine/test_batch_invariance.py::test_tiny_models_are_batch_invariant[int8-kv]",
 ]
@@ -81,7 +83,10 @@ def kernel_outputs() -> dict[str, torch.Tensor]:
     for K in (64, 576, 68):
         w = rand(40, K)
         for M in (1, 2, 3, 4, 5, 7, 33):
-            out[f"dense/K{K}/M{M}"] = ops.dense_linear(rand(M, K), w, None)
+            x = rand(M, K)
+            out[f"dense/K{K}/M{M}"] = ops.dense_linear(x, w, None)
+            for half in (torch.bfloat16, torch.float16):  # widened on load: float32's bits
+                out[f"dense/K{K}/M{M}/{half}"] = ops.dense_linear(x, w.to(half), None)
     for layout, G, dtype, K in itertools.product(
         ("u4", "i8"), (16, 32), (torch.float16, torch.float32), (576, 96)
     ):

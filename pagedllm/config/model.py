@@ -23,7 +23,11 @@ class ModelConfig:
     hf_config: Any = field(repr=False, compare=False)
     """The transformers PretrainedConfig (read from config.json or from GGUF metadata)."""
     dtype: str = "float32"
-    """Activation/weight dtype after resolving "auto"."""
+    """The model's dtype after resolving "auto": its float weights' storage dtype."""
+    compute_dtype: str = ""
+    """The dtype activations (and the KV cache's "auto") run in: `dtype`, except on a CPU with
+    pagedllm's kernels, which compute bfloat16/float16 models in float32 from weights kept in
+    their half dtype (widened exactly as they are read: float32's results from half the bytes)."""
     max_model_len: int = 2048
     """Longest sequence (prompt + output) a request may have."""
     vocab_size: int = 0
@@ -50,6 +54,10 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"dtype must be one of {SUPPORTED_DTYPES}, got {self.dtype!r}")
+        if not self.compute_dtype:
+            object.__setattr__(self, "compute_dtype", self.dtype)
+        if self.compute_dtype not in (self.dtype, "float32"):
+            raise ValueError(f"compute_dtype {self.compute_dtype!r} for a {self.dtype} model")
         if self.max_model_len < 1:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
         if (self.task == "embed") != (self.pooler is not None):

@@ -11,7 +11,9 @@ documents where its input shapes really vary.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -27,6 +29,28 @@ def compiled_cpu_kernels_apply() -> bool:
         and torch.get_default_dtype() == torch.float32
         and cpu_kernels_available()
     )
+
+
+_FLOAT_WEIGHT_DTYPE: ContextVar[torch.dtype | None] = ContextVar("float_weights", default=None)
+
+
+@contextmanager
+def float_weight_storage(dtype: torch.dtype | None) -> Iterator[None]:
+    """Layers built inside keep the float weights the compiled kernels read (dense linears, the
+    vocabulary table / LM head) in `dtype`: bfloat16 or float16 for a half model computed in
+    float32 on the CPU (ModelConfig.compute_dtype); None: the default dtype."""
+    token = _FLOAT_WEIGHT_DTYPE.set(dtype)
+    try:
+        yield
+    finally:
+        _FLOAT_WEIGHT_DTYPE.reset(token)
+
+
+def float_weight_dtype(compiled: bool) -> torch.dtype:
+    """The dtype a layer built now stores a float weight in: the scope's where the compiled
+    kernels (`compiled`) compute it, else the default dtype."""
+    scoped = _FLOAT_WEIGHT_DTYPE.get()
+    return scoped if compiled and scoped is not None else torch.get_default_dtype()
 
 
 class CustomOp(nn.Module):

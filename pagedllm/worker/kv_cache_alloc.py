@@ -29,10 +29,10 @@ class KVCacheLayout:
 
 
 def kv_cache_torch_dtype(model_config: ModelConfig, cache_config: CacheConfig) -> torch.dtype:
-    """Storage dtype: the model dtype ("auto"), float16 ("fp16"), or int8 / float8_e4m3fn with
-    per-token-head scales stored alongside (see attention/ops/kv_quant.py)."""
+    """Storage dtype: the model's compute dtype ("auto"), float16 ("fp16"), or int8 /
+    float8_e4m3fn with per-token-head scales stored alongside (see attention/ops/kv_quant.py)."""
     if cache_config.kv_cache_dtype == "auto":
-        return getattr(torch, model_config.dtype)
+        return getattr(torch, model_config.compute_dtype)
     if cache_config.kv_cache_dtype == "fp16":
         return torch.float16
     return KV_CACHE_DTYPES[cache_config.kv_cache_dtype]

@@ -77,7 +77,7 @@ class Worker:
             return KVCacheInfo(0, config.cache.block_size, 0, None)
         layers = attention_layers(self.model)
         needs = AttentionRequirements(
-            self.device.type, getattr(torch, config.model.dtype),
+            self.device.type, getattr(torch, config.model.compute_dtype),
             kv_cache_torch_dtype(config.model, config.cache),
             frozenset(layer.head_size for layer in layers),
         )  # fmt: skip

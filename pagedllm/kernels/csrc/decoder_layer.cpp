@@ -223,13 +223,14 @@ class LayerSpecReader {
     used_.push_back(key);
     return ints_.at(key);
   }
-  // "<name>.weight" (dense float32) or "<name>.codes/.scales/.mins" + "<name>.group_size/.u4"
+  // "<name>.weight" (dense float32, or bfloat16/float16 widened by dense_linear) or "<name>.codes/.scales/.mins" + "<name>.group_size/.u4"
   LinearWeight linear(const std::string& name) {
     LinearWeight w;
     if (tensors_.contains(name + ".weight")) {
       w.tensors = {tensor(name + ".weight")};
-      TORCH_CHECK(w.tensors[0].scalar_type() == at::kFloat, "DecoderLayerSpec: ", name,
-                  ".weight: float32 expected");
+      const at::ScalarType wt = w.tensors[0].scalar_type();
+      TORCH_CHECK(wt == at::kFloat || wt == at::kBFloat16 || wt == at::kHalf,
+                  "DecoderLayerSpec: ", name, ".weight: float32, bfloat16 or float16 expected");
       return w;
     }
     w.tensors = {tensor(name + ".codes"), tensor(name + ".scales"), tensor(name + ".mins")};

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pagedllm.model_executor.custom_op import compiled_cpu_kernels_apply
+from pagedllm.model_executor.custom_op import compiled_cpu_kernels_apply, float_weight_dtype
 from pagedllm.model_executor.layers.weight_utils import default_weight_loader, set_weight_attrs
 
 
@@ -41,19 +41,22 @@ class VocabParallelEmbedding(nn.Module):
         self.vocab_end_index = self.vocab_start_index + self.num_embeddings_per_partition
         # torch.empty: pages are only resident once written, so a table that is loaded straight
         # into quantized form (load_weight) never costs its float size.
-        weight = torch.empty(self.num_embeddings_per_partition, embedding_dim)  # [V/tp, hidden]
+        self.compiled_matmul = compiled_cpu_kernels_apply()
+        """The LM head's float matmul runs the compiled kernel (built float32 on the CPU)."""
+        self.activation_dtype = torch.get_default_dtype()
+        """What lookups return (the table may be kept in a half dtype, see float_weight_dtype)."""
+        weight = torch.empty(self.num_embeddings_per_partition, embedding_dim,
+                             dtype=float_weight_dtype(self.compiled_matmul))  # [V/tp, hidden]
         self.weight = nn.Parameter(weight, requires_grad=False)
         set_weight_attrs(self.weight, weight_loader=self.load_weight)
 
         self.qweight_kernel: nn.Module | None = None
         """Set by quantize_(): the table held quantized (then `weight` is gone)."""
-        self.compiled_matmul = compiled_cpu_kernels_apply()
-        """The LM head's float matmul runs the compiled kernel (built float32 on the CPU)."""
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # [T] -> [T, hidden]
         if self.qweight_kernel is not None:
             return self.qweight_kernel.gather_rows(input_ids).to(torch.get_default_dtype())
-        return F.embedding(input_ids, self.weight)
+        return F.embedding(input_ids, self.weight).to(self.activation_dtype)
 
     def project(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """hidden [N, embedding_dim] -> [N, num_embeddings] (the LM head's matmul)."""

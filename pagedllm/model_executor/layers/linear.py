@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pagedllm.model_executor.custom_op import compiled_cpu_kernels_apply
+from pagedllm.model_executor.custom_op import compiled_cpu_kernels_apply, float_weight_dtype
 from pagedllm.model_executor.layers.weight_utils import (
     create_bias,
     default_weight_loader,
@@ -44,7 +44,7 @@ def dense_linear(
     # NOTE: the kernel takes rows ([T, in]); other shapes take F.linear
     if compiled and x.dim() == 2:
         return torch.ops.pagedllm.dense_linear(x, weight, bias)
-    return F.linear(x, weight, bias)
+    return F.linear(x, weight.to(x.dtype), bias)  # (a half weight kept for the kernel: widened)
 
 
 class UnquantizedLinearMethod(QuantizeMethodBase):
@@ -55,7 +55,9 @@ class UnquantizedLinearMethod(QuantizeMethodBase):
         """Built (with its layer) float32 on the CPU, where the compiled kernel computes it."""
 
     def create_weights(self, layer, input_size, output_sizes, bias, params_dtype):
-        weight = torch.empty(sum(output_sizes), input_size, dtype=params_dtype)  # [out, in]
+        # (a half model on the CPU: the weight in its half dtype, the bias in params_dtype)
+        dtype = float_weight_dtype(self.compiled) if params_dtype.is_floating_point else params_dtype
+        weight = torch.empty(sum(output_sizes), input_size, dtype=dtype)  # [out, in]
         layer.register_parameter("weight", nn.Parameter(weight, requires_grad=False))
         set_weight_attrs(layer.weight, weight_loader=layer.weight_loader)
         create_bias(layer, sum(output_sizes), bias, params_dtype)

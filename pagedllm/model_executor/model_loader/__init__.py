@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from pagedllm.config.model import ModelConfig
+from pagedllm.model_executor.custom_op import float_weight_storage
 from pagedllm.logger import init_logger
 from pagedllm.model_executor.models.registry import get_model_class, implementation_of
 from pagedllm.model_executor.quantization.base import QuantizationConfig
@@ -21,15 +22,19 @@ logger = init_logger(__name__)
 
 
 def get_model(model_config: ModelConfig, device: torch.device | str) -> nn.Module:
-    """Build the registered architecture directly on `device` in `model_config.dtype` (no
-    initialisation pass, no CPU copy), load its checkpoint and check nothing was left out."""
+    """Build the registered architecture directly on `device` in `model_config.compute_dtype`
+    (no initialisation pass, no CPU copy), its kernels' float weights in `model_config.dtype`,
+    load its checkpoint and check nothing was left out."""
     start = time.perf_counter()
     model_cls = get_model_class(model_config.architecture)
     quant_config = create_quant_config(
         model_config, getattr(model_cls, "packed_modules_mapping", {})
     )
+    weight_dtype = getattr(torch, model_config.dtype)
     with (
-        _default_dtype(getattr(torch, model_config.dtype)),
+        _default_dtype(getattr(torch, model_config.compute_dtype)),
+        float_weight_storage(weight_dtype if model_config.compute_dtype != model_config.dtype
+                             else None),
         torch.device(device),
         quantization_scope(quant_config),
     ):
@@ -47,10 +52,17 @@ def get_model(model_config: ModelConfig, device: torch.device | str) -> nn.Modul
     logger.info(
         "Loaded %s (%s, %s implementation, %s, quantization %s, %.1fM float parameters) in %.2f s",
         model_config.model, model_config.architecture,
-        implementation_of(model_config.architecture), model_config.dtype,
+        implementation_of(model_config.architecture), _dtype_words(model_config),
         model_config.quantization, num_params / 1e6, time.perf_counter() - start,
     )  # fmt: skip
     return model
+
+
+def _dtype_words(model_config: ModelConfig) -> str:
+    if model_config.compute_dtype == model_config.dtype:
+        return model_config.dtype
+    return (f"{model_config.dtype} weights computed in {model_config.compute_dtype} "
+            "(widened exactly by the CPU kernels)")  # fmt: skip
 
 
 def _quantize_vocab_embeddings(model: nn.Module, quant_config: QuantizationConfig) -> None:

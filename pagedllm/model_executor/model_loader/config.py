@@ -38,13 +38,15 @@ def load_model_config(
     if max_model_len is None and embedding.max_seq_length is not None:
         max_model_len = min(embedding.max_seq_length, resolve_max_model_len(None, hf_config))
     num_heads = hf_config.num_attention_heads
+    model_dtype = resolve_dtype(dtype, hf_config, device)
     return ModelConfig(
         model=source.name,
         path=source.file,
         format=source.kind,
         architecture=architectures[0],
         hf_config=hf_config,
-        dtype=resolve_dtype(dtype, hf_config, device),
+        dtype=model_dtype,
+        compute_dtype=resolve_compute_dtype(model_dtype, device),
         max_model_len=resolve_max_model_len(max_model_len, hf_config),
         vocab_size=hf_config.vocab_size,
         hidden_size=hf_config.hidden_size,
@@ -115,17 +117,35 @@ def load_hf_config(source: ModelSource) -> Any:
 
 
 def resolve_dtype(dtype: str, hf_config: Any, device: str) -> str:
-    """"auto": float32 on CPU (bf16 matmuls are slow there), else the checkpoint's half dtype."""
+    """"auto": the checkpoint's half dtype (float16 for a float32 one) on an accelerator; on the
+    CPU the checkpoint's bfloat16/float16 where pagedllm's kernels run (they keep such weights in
+    it and compute in float32: exactly the float32 model's numbers from half the bytes), else
+    float32 (ATen's bf16 matmuls are slow without AMX, and rounding float32 weights would change
+    the model)."""
     if dtype != "auto":
         if dtype.lower() not in _DTYPE_ALIASES:
             choices = sorted(_DTYPE_ALIASES)
             raise ValueError(f"dtype must be 'auto' or one of {choices}, got {dtype!r}")
         return _DTYPE_ALIASES[dtype.lower()]
-    if str(device).startswith("cpu"):
-        return "float32"
     checkpoint = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
     checkpoint = str(checkpoint).removeprefix("torch.")
-    return checkpoint if checkpoint in ("bfloat16", "float16") else "float16"
+    half = checkpoint in ("bfloat16", "float16")
+    if str(device).startswith("cpu"):
+        return checkpoint if half and _cpu_kernels() else "float32"
+    return checkpoint if half else "float16"
+
+
+def resolve_compute_dtype(model_dtype: str, device: str) -> str:
+    """See ModelConfig.compute_dtype: float32 for a half model on a CPU with pagedllm's kernels."""
+    if str(device).startswith("cpu") and model_dtype != "float32" and _cpu_kernels():
+        return "float32"
+    return model_dtype
+
+
+def _cpu_kernels() -> bool:
+    from pagedllm.kernels import cpu_kernels_available
+
+    return cpu_kernels_available()
 
 
 def resolve_max_model_len(max_model_len: int | None, hf_config: Any) -> int:
