@@ -56,7 +56,8 @@ class UnquantizedLinearMethod(QuantizeMethodBase):
 
     def create_weights(self, layer, input_size, output_sizes, bias, params_dtype):
         # (a half model on the CPU: the weight in its half dtype, the bias in params_dtype)
-        dtype = float_weight_dtype(self.compiled) if params_dtype.is_floating_point else params_dtype
+        float_weight = params_dtype.is_floating_point
+        dtype = float_weight_dtype(self.compiled) if float_weight else params_dtype
         weight = torch.empty(sum(output_sizes), input_size, dtype=dtype)  # [out, in]
         layer.register_parameter("weight", nn.Parameter(weight, requires_grad=False))
         set_weight_attrs(layer.weight, weight_loader=layer.weight_loader)

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from pagedllm.config.model import ModelConfig
-from pagedllm.model_executor.custom_op import float_weight_storage
 from pagedllm.logger import init_logger
+from pagedllm.model_executor.custom_op import float_weight_storage
 from pagedllm.model_executor.models.registry import get_model_class, implementation_of
 from pagedllm.model_executor.quantization.base import QuantizationConfig
 from pagedllm.model_executor.quantization.registry import create_quant_config
