@@ -14,8 +14,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine")
     group.add_argument("--dtype", default="auto",
                        choices=["auto", "float32", "bfloat16", "float16"],
-                       help="activation/weight dtype; auto: float32 on CPU, the checkpoint's "
-                            "on GPU")
+                       help="model dtype; auto: the checkpoint's bfloat16/float16 (float16 for "
+                            "float32 ones on GPU; float32 on CPU). On CPU a half model keeps its "
+                            "weights half and computes in float32 (exact widening)")
     group.add_argument("--max-model-len", type=int, default=None,
                        help="longest prompt + output in tokens (default: the model's context)")
     group.add_argument("--max-num-seqs", type=int, default=128,
