@@ -138,6 +138,7 @@ def kernel_outputs() -> dict[str, torch.Tensor]:
             out[f"bound_of_rotary/{key}"] = _rotary_magnitude(x, cos_sin[positions], head_dim)
     for width in (64, 37):
         out[f"silu_and_mul/{width}"] = ops.silu_and_mul(rand(3, 2 * width) * 8)
+        out[f"gelu_tanh_and_mul/{width}"] = ops.gelu_tanh_and_mul(rand(3, 2 * width) * 8)
     logits = rand(4, 1003)
     logits[1, 500] = float("nan")
     logits[2, 17] = logits[2, 900] = 100.0
@@ -252,7 +253,7 @@ def test_portable_kernels_match_simd_builds(tmp_path):
     kernels = {key for key in portable if not key.startswith("bound_of_")}
     assert {key.split("/")[0] for key in kernels} == {
         "dense", "quant", "quant_rows16", "gather", "attention", "rms_norm", "residual", "rotary",
-        "silu_and_mul", "argmax",
+        "silu_and_mul", "gelu_tanh_and_mul", "argmax",
     }  # fmt: skip
     for isa in simd:
         outputs = _outputs_of(isa, own, tmp_path / f"{isa}.pt")

@@ -69,6 +69,12 @@ class CustomOp(nn.Module):
             return self.forward_cpu
         return self.forward_native
 
+    @property
+    def runs_compiled_cpu_kernel(self) -> bool:
+        """forward_cpu was chosen (float32 on the CPU, kernels built): what the fused CPU stack
+        computes for this layer is what its eager forward computes."""
+        return self._forward_method == self.forward_cpu
+
     def forward_native(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError
 

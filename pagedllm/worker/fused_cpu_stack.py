@@ -2,12 +2,17 @@
 kernel per step (kernels/csrc/decoder_layer.cpp) instead of ~30 module calls per layer.
 
 It runs the same operators in the same order as the eager modules (bit-identical results), so
-it applies only where each layer is the pre-norm Llama block it computes: RMSNorm pre-norms,
-q/k/v with optional bias, optional per-head q/k RMSNorm (Qwen3), rotary (any frequency variant:
-the cos/sin cache is the layer's own), paged attention on the compiled backend with a float32
-or float16 cache, o_proj with optional bias, SwiGLU MLP without bias, float32, every linear
-weight in a layout its quant method exposes through `fused_weight_spec`. Each layer becomes a
-DecoderLayerSpec; a layer that cannot says why (UnsupportedLayer), and the worker logs it.
+it applies only where each layer is a block it computes: the pre-norm Llama block
+(LlamaDecoderLayer) or Gemma 2/3's sandwich block (Gemma2DecoderLayer: the attention and MLP
+outputs normed again before the residual add), with RMSNorms (Gemma's (1 + w) included: its
+weight holds the sum), q/k/v with optional bias, optional per-head q/k RMSNorm (Qwen3, Gemma 3),
+rotary (any frequency variant: the cos/sin cache is the layer's own, so Gemma 3's local and
+global layers differ), paged attention on the compiled backend with a float32 or float16 cache
+(the layer's own scale, sliding window and soft cap), o_proj with optional bias, a SwiGLU or
+tanh-GeGLU MLP without bias, float32, every linear weight in a layout its quant method exposes
+through `fused_weight_spec`. Each layer becomes a DecoderLayerSpec; a layer that cannot says why
+(UnsupportedLayer), and the worker logs it. (The embedding scale and the final logit soft-cap
+of Gemma are outside the layers: the model's own.)
 """
 
 from __future__ import annotations
@@ -20,15 +25,19 @@ from torch import nn
 from pagedllm.attention.backends.cpu_paged import CpuPagedAttentionImpl
 from pagedllm.forward_context import get_forward_context
 from pagedllm.kernels import cpu_kernels_available
-from pagedllm.model_executor.layers.activation import SiluAndMul
+from pagedllm.model_executor.layers.activation import GeluAndMul, SiluAndMul
 from pagedllm.model_executor.layers.layernorm import RMSNorm
 from pagedllm.model_executor.layers.rotary import RotaryEmbedding
+from pagedllm.model_executor.models.gemma2 import Gemma2DecoderLayer
 from pagedllm.model_executor.models.llama import LlamaAttention, LlamaDecoderLayer, LlamaMLP
 from pagedllm.model_executor.quantization.base import FusedWeightSpec
 
 _LINEARS = {"qkv": "self_attn.qkv_proj", "o": "self_attn.o_proj",
             "gate_up": "mlp.gate_up_proj", "down": "mlp.down_proj"}  # fmt: skip
 """The kernel's name of each linear -> the module path inside a decoder layer."""
+
+_ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
+"""DecoderLayerSpec.activation -> the kernel's Activation enum."""
 
 
 class UnsupportedLayer(Exception):
@@ -40,8 +49,12 @@ class DecoderLayerSpec:
     """One decoder layer's static inputs to the fused stack, by name."""
 
     input_norm: torch.Tensor  # [hidden] float32
-    post_norm: torch.Tensor  # [hidden]
+    post_norm: torch.Tensor  # [hidden], the norm before the MLP (with the residual add)
+    attn_out_norm: torch.Tensor | None  # [hidden], Gemma 2/3's sandwich norms; with mlp_out_norm
+    mlp_out_norm: torch.Tensor | None  # [hidden]
     eps: float
+    activation: str
+    """The gated MLP's: "silu" (SwiGLU) or "gelu_tanh" (GeGLU, Gemma)."""
     linears: dict[str, FusedWeightSpec]
     """"qkv", "o", "gate_up", "down" -> its weight."""
     qkv_bias: torch.Tensor | None  # [(H + 2 * Hkv) * D]
@@ -68,13 +81,16 @@ class DecoderLayerSpec:
                    "cos_sin_cache": self.cos_sin_cache, "kv_cache": self.kv_cache}  # fmt: skip
         scalars = {"eps": self.eps, "scale": self.scale}
         ints = {"num_heads": self.num_heads, "num_kv_heads": self.num_kv_heads,
-                "head_dim": self.head_dim, "rotary_dim": self.rotary_dim}  # fmt: skip
+                "head_dim": self.head_dim, "rotary_dim": self.rotary_dim,
+                "activation": _ACTIVATIONS[self.activation]}  # fmt: skip
         for name, weight in self.linears.items():
             tensors.update({f"{name}.{key}": t for key, t in weight.tensors.items()})
             if weight.layout == "packed_group":
                 ints.update({f"{name}.group_size": weight.group_size, f"{name}.u4": int(weight.u4)})
         optional_tensors = {"qkv_bias": self.qkv_bias, "o_bias": self.o_bias,
-                            "q_norm": self.q_norm, "k_norm": self.k_norm}  # fmt: skip
+                            "q_norm": self.q_norm, "k_norm": self.k_norm,
+                            "attn_out_norm": self.attn_out_norm,
+                            "mlp_out_norm": self.mlp_out_norm}  # fmt: skip
         tensors.update({k: t for k, t in optional_tensors.items() if t is not None})
         optional_scalars = {"qk_norm_eps": self.qk_norm_eps, "soft_cap": self.soft_cap}
         scalars.update({k: v for k, v in optional_scalars.items() if v is not None})
@@ -122,9 +138,7 @@ def layer_spec(layer: nn.Module) -> DecoderLayerSpec:
     attn_mod, mlp = _check_block(layer)
     attn = attn_mod.attn
     _check_attention_backend(attn)
-    norms = (layer.input_layernorm, layer.post_attention_layernorm)
-    for norm in norms:
-        _check_rms_norm(norm)
+    norms = _block_norms(layer)
     rotary = attn_mod.rotary_emb
     if type(rotary).forward is not RotaryEmbedding.forward:
         raise UnsupportedLayer(f"{type(rotary).__name__} is not the cached-cos/sin rotary")
@@ -132,8 +146,12 @@ def layer_spec(layer: nn.Module) -> DecoderLayerSpec:
     for norm in (q_norm, k_norm):
         if norm is not None:
             _check_rms_norm(norm)
+    attn_out, mlp_out = norms["attn_out"], norms["mlp_out"]
     return DecoderLayerSpec(
-        input_norm=norms[0].weight, post_norm=norms[1].weight, eps=norms[0].eps,
+        input_norm=norms["input"].weight, post_norm=norms["post"].weight,
+        attn_out_norm=None if attn_out is None else attn_out.weight,
+        mlp_out_norm=None if mlp_out is None else mlp_out.weight,
+        eps=norms["input"].eps, activation=_activation(mlp.act_fn),
         linears={name: _linear_weight(layer, name, path) for name, path in _LINEARS.items()},
         qkv_bias=attn_mod.qkv_proj.bias, o_bias=attn_mod.o_proj.bias,
         q_norm=None if q_norm is None else q_norm.weight,
@@ -146,19 +164,25 @@ def layer_spec(layer: nn.Module) -> DecoderLayerSpec:
     )  # fmt: skip
 
 
+_BLOCKS = (LlamaDecoderLayer.forward, Gemma2DecoderLayer.forward)
+"""The decoder layer forwards the kernel computes: pre-norm, and Gemma 2/3's sandwich norms."""
+
+
 def _check_block(layer: nn.Module) -> tuple[LlamaAttention, LlamaMLP]:
-    """The layer runs the pre-norm Llama block, attention and MLP included."""
+    """The layer runs one of _BLOCKS, attention and MLP included."""
     # NOTE: the forward methods, not the classes: a family that only changes how the block is
-    # built (Qwen2's bias, Qwen3's q/k norm, Mistral's window) computes the same block.
-    if type(layer).forward is not LlamaDecoderLayer.forward:
-        raise UnsupportedLayer(f"{type(layer).__name__} computes its own block (not pre-norm)")
+    # built (Qwen2's bias, Qwen3's q/k norm, Mistral's window, Gemma's norm class, Gemma 3's
+    # rotary per layer type) computes the same block.
+    if type(layer).forward not in _BLOCKS:
+        raise UnsupportedLayer(
+            f"{type(layer).__name__} computes its own block (not pre-norm or sandwich)"
+        )
     attn_mod, mlp = layer.self_attn, layer.mlp
     if type(attn_mod).forward is not LlamaAttention.forward:
         raise UnsupportedLayer(f"{type(attn_mod).__name__} is not the Llama attention")
     if type(mlp).forward is not LlamaMLP.forward:
         raise UnsupportedLayer(f"{type(mlp).__name__} is not a dense gated MLP")
-    if not isinstance(mlp.act_fn, SiluAndMul):
-        raise UnsupportedLayer(f"activation {type(mlp.act_fn).__name__} (SwiGLU only)")
+    _activation(mlp.act_fn)
     if mlp.gate_up_proj.bias is not None or mlp.down_proj.bias is not None:
         raise UnsupportedLayer("MLP bias")
     return attn_mod, mlp
@@ -174,14 +198,47 @@ def _check_attention_backend(attn: nn.Module) -> None:
         raise UnsupportedLayer(f"KV cache dtype {cache.dtype} (float32 or float16 only)")
 
 
+def _activation(act_fn: nn.Module) -> str:
+    """The kernel's name of a gated activation the compiled kernel computes."""
+    if isinstance(act_fn, SiluAndMul):
+        name = "silu"
+    elif isinstance(act_fn, GeluAndMul) and act_fn.approximate == "tanh":
+        name = "gelu_tanh"
+    else:
+        raise UnsupportedLayer(f"activation {act_fn!r} (SwiGLU and tanh GeGLU only)")
+    if not act_fn.runs_compiled_cpu_kernel:
+        raise UnsupportedLayer(f"activation {act_fn!r} runs the PyTorch reference (not float32)")
+    return name
+
+
+def _block_norms(layer: nn.Module) -> dict[str, RMSNorm | None]:
+    """The block's norms by their role in the kernel (attn_out / mlp_out: sandwich blocks only),
+    each checked."""
+    if type(layer).forward is Gemma2DecoderLayer.forward:
+        norms = {"input": layer.input_layernorm, "post": layer.pre_feedforward_layernorm,
+                 "attn_out": layer.post_attention_layernorm,
+                 "mlp_out": layer.post_feedforward_layernorm}  # fmt: skip
+    else:
+        norms = {"input": layer.input_layernorm, "post": layer.post_attention_layernorm,
+                 "attn_out": None, "mlp_out": None}  # fmt: skip
+    present = [norm for norm in norms.values() if norm is not None]
+    for norm in present:
+        _check_rms_norm(norm)
+    if len({norm.eps for norm in present}) > 1:  # (the kernel takes one eps per layer)
+        raise UnsupportedLayer(f"norms of different eps {sorted({n.eps for n in present})}")
+    return norms
+
+
 def _check_rms_norm(norm: nn.Module) -> None:
-    if not isinstance(norm, RMSNorm) or type(norm).norm is not RMSNorm.norm:
-        raise UnsupportedLayer(f"{type(norm).__name__} is not the plain RMSNorm")
+    if not isinstance(norm, RMSNorm) or not norm.kernel_computes_norm():
+        raise UnsupportedLayer(f"{type(norm).__name__} is not an RMSNorm the kernel computes")
     weight = norm.weight
     if weight.dtype != torch.float32 or weight.device.type != "cpu":
         raise UnsupportedLayer(
             f"{type(norm).__name__} weight {weight.dtype} on {weight.device} (float32 CPU only)"
         )
+    if not norm.runs_compiled_cpu_kernel:
+        raise UnsupportedLayer(f"{type(norm).__name__} runs the PyTorch reference (not float32)")
 
 
 def _linear_weight(layer: nn.Module, name: str, path: str) -> FusedWeightSpec:

@@ -7,7 +7,7 @@ token went through (a matmul's reduction order, activation rounding that depends
 count, an attention sum split by the tile) shows there long before it flips a greedy choice.
 Checked on the default paths of the real models (SmolLM2 Q4_1 and Gemma 3 270M Q4_K_M GGUFs)
 and on tiny random models in float32, int8, int4, AWQ and GPTQ, with fp16, int8 and fp8 KV caches,
-and with a sliding window.
+with a sliding window, and Gemma 2/3 (sandwich norms, GeGLU, soft caps, local/global layers).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import random
 import pytest
 
 from pagedllm import LLM, SamplingParams
+from tests.models.test_gemma import VARIANTS as GEMMA_VARIANTS
 from tests.quantization.checkpoints import write_awq_checkpoint, write_gptq_checkpoint
 
 MAX_TOKENS = 6
@@ -111,8 +112,8 @@ def test_gemma3_270m_q4_k_m_is_batch_invariant(gemma3_270m_gguf_path):
 @pytest.mark.parametrize(
     "variant",
     ["float32", "bfloat16", "fp16-kv", "int8-kv", "fp8-kv", "int8", "int4", "awq", "gptq",
-     "sliding-window"],
-)
+     "sliding-window", "gemma2", "gemma3"],
+)  # fmt: skip
 def test_tiny_models_are_batch_invariant(
     variant, tiny_llama_dir, tiny_model_factory, tiny_vocab, tmp_path
 ):
@@ -129,4 +130,7 @@ def test_tiny_models_are_batch_invariant(
         model = write_gptq_checkpoint(tiny_llama_dir, str(tmp_path), act_order=True)[0]
     elif variant == "sliding-window":  # Mistral, a 24-token window: most prompts exceed it
         model = tiny_model_factory("MistralConfig", sliding_window=24)
+    elif variant.startswith("gemma"):  # the fused stack's sandwich block, GeGLU, soft caps
+        config_cls, overrides = GEMMA_VARIANTS[variant]
+        model = tiny_model_factory(config_cls, **{**overrides, "sliding_window": 24})
     assert_batch_invariant(model, mixed_prompts(tiny_vocab, 64), **kwargs)

@@ -25,7 +25,8 @@ def random_prompts(lengths: list[int], vocab: int, seed: int = 0) -> list[list[i
 
 def assert_greedy_matches_hf(
     model_dir: str, lengths: list[int] = PROMPT_LENGTHS, max_tokens: int = MAX_TOKENS
-) -> None:
+) -> LLM:
+    """Returns the engine that ran (for checks on how it ran)."""
     hf = load_hf_model(model_dir)
     prompts = random_prompts(lengths, hf.config.vocab_size)
     llm = LLM(model_dir, kv_cache_memory="64MiB", max_num_batched_tokens=16)
@@ -33,6 +34,7 @@ def assert_greedy_matches_hf(
     outputs = llm.generate(prompts, params, use_tqdm=False)
     expected = [hf_greedy(hf, p, max_tokens) for p in prompts]
     assert [o.outputs[0].token_ids for o in outputs] == expected
+    return llm
 
 
 def assert_logits_match_hf(model_dir: str, length: int = 60, atol: float = 1e-4) -> None:

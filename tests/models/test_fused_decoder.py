@@ -1,7 +1,7 @@
 """The fused CPU decoder stack (worker/fused_cpu_stack.py + kernels/csrc/decoder_layer.cpp)
 against the eager modules (enforce_eager): the same logprobs bit for bit on mixed batches with
-chunked prefill, for every Llama-shaped family, dense and quantized; other families stay eager
-and the worker says why."""
+chunked prefill, for every Llama-shaped family and Gemma 1/2/3, dense and quantized; other
+families stay eager and the worker says why."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pagedllm import LLM, SamplingParams
 from pagedllm.kernels import cpu_kernels_available
 from pagedllm.worker.execution_strategy import EAGER, FUSED_CPU_STACK, ExecutionStrategy
 from tests.engine_internals import engine_core
+from tests.models.test_gemma import VARIANTS as GEMMA_VARIANTS
 
 pytestmark = pytest.mark.skipif(not cpu_kernels_available(), reason="compiled kernels unavailable")
 
@@ -22,6 +23,10 @@ SMOLLM2_SHAPE = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_h
                  "num_key_value_heads": 3, "tie_word_embeddings": True, "rms_norm_eps": 1e-5,
                  "rope_theta": 100000.0}  # fmt: skip
 """SmolLM2-135M's layer shape (head_dim 64, 3 query heads per KV head), 2 layers."""
+GEMMA2 = GEMMA_VARIANTS["gemma2"][1]
+"""Sandwich norms, GeGLU, (1 + w) norms, attention soft cap, a window the prompts cross."""
+GEMMA3 = GEMMA_VARIANTS["gemma3"][1]
+"""Gemma 2's block with per-head q/k norms, local and global layers of their own rotary."""
 
 
 def _run(model_dir: str, enforce_eager: bool, prompts=PROMPTS, **kwargs):
@@ -62,6 +67,11 @@ def _assert_fused_equals_eager(model_dir: str, prompts=PROMPTS, **kwargs) -> Non
         ("Qwen3Config", {"head_dim": 16}, None),  # per-head q/k norm
         ("Qwen3Config", {"head_dim": 16, "attention_bias": True}, "int8"),
         ("MistralConfig", {"sliding_window": 8}, None),
+        ("GemmaConfig", {"head_dim": 16}, None),  # GeGLU, (1 + w) norms
+        ("Gemma2Config", GEMMA2, None),
+        ("Gemma2Config", GEMMA2, "int4"),
+        ("Gemma3TextConfig", GEMMA3, None),
+        ("Gemma3TextConfig", GEMMA3, "int8"),
     ],
 )
 def test_fused_layers_equal_eager(tiny_model_factory, family, overrides, quantization):
@@ -75,23 +85,37 @@ def test_fused_layers_equal_eager_with_fp16_kv_cache(tiny_model_factory):
     )
 
 
+def test_fused_layers_equal_eager_gemma3_fp16_kv_cache(tiny_model_factory):
+    _assert_fused_equals_eager(tiny_model_factory("Gemma3TextConfig", **GEMMA3),
+                               kv_cache_dtype="fp16")  # fmt: skip
+
+
 @pytest.mark.gguf
 def test_smollm2_gguf_fused_equals_eager(smollm2_gguf_path):
     """The real SmolLM2-135M (Q4_1: packed 4-bit linears, 30 layers, tied int8 LM head)."""
     _assert_fused_equals_eager(smollm2_gguf_path, PROMPTS[:2])
 
 
+@pytest.mark.gguf
+@pytest.mark.slow
+def test_gemma3_270m_gguf_fused_equals_eager(gemma3_270m_gguf_path):
+    """The real Gemma 3 270M (Q4_K_M: Q4_K, Q5_0, Q6_K, Q8_0 linears, 18 layers of 512-token
+    local windows every 6th global, quantized embedding scaled by sqrt(640))."""
+    _assert_fused_equals_eager(gemma3_270m_gguf_path, PROMPTS[:2])
+
+
 def test_other_families_stay_eager_and_say_why(tiny_model_factory, caplog):
     logger = logging.getLogger("pagedllm.worker.execution_strategy")
     logger.addHandler(caplog.handler)  # (pagedllm's loggers do not propagate to the root)
     try:
-        _, runner = _run(tiny_model_factory("GemmaConfig", head_dim=16), False, PROMPTS[:1])
+        mixtral = tiny_model_factory("MixtralConfig", num_local_experts=4, intermediate_size=64)
+        _, runner = _run(mixtral, False, PROMPTS[:1])
     finally:
         logger.removeHandler(caplog.handler)
     assert runner.execution.name == EAGER
-    assert runner.execution.declined.startswith("layer 0: activation GeluAndMul")
+    assert runner.execution.declined.startswith("layer 0: MixtralSparseMoeBlock")
     assert runner.model.model.layer_runner is None
-    assert "execution: eager (layer 0: activation GeluAndMul" in caplog.text
+    assert "execution: eager (layer 0: MixtralSparseMoeBlock" in caplog.text
 
 
 def test_unknown_and_missing_spec_keys_are_named():
@@ -107,9 +131,18 @@ def test_unknown_and_missing_spec_keys_are_named():
         stack.add_layer(tensors, scalars, ints)
     stack.add_layer(*_minimal_kernel_args(extra_int="sliding_window"))
     assert stack.num_layers() == 1
+    with pytest.raises(RuntimeError, match="activation 2"):
+        stack.add_layer(*_minimal_kernel_args(extra_int="activation", value=2))
+    tensors, scalars, ints = _minimal_kernel_args(extra_int="activation", value=1)
+    tensors["attn_out_norm"] = torch.zeros(8)
+    with pytest.raises(RuntimeError, match="attn_out_norm and mlp_out_norm go together"):
+        stack.add_layer(tensors, scalars, ints)
+    tensors["mlp_out_norm"] = torch.zeros(8)
+    stack.add_layer(tensors, scalars, ints)
+    assert stack.num_layers() == 2
 
 
-def _minimal_kernel_args(extra_int: str):
+def _minimal_kernel_args(extra_int: str, value: int = 0):
     hidden, heads, head_dim = 8, 2, 4
     w = torch.zeros
     tensors = {"input_norm": w(hidden), "post_norm": w(hidden), "cos_sin_cache": w(4, head_dim),
@@ -117,5 +150,5 @@ def _minimal_kernel_args(extra_int: str):
                "o.weight": w(hidden, hidden), "gate_up.weight": w(16, hidden),
                "down.weight": w(hidden, 8)}  # fmt: skip
     ints = {"num_heads": heads, "num_kv_heads": heads, "head_dim": head_dim,
-            "rotary_dim": head_dim, extra_int: 0}  # fmt: skip
+            "rotary_dim": head_dim, extra_int: value}  # fmt: skip
     return tensors, {"eps": 1e-6, "scale": 0.5}, ints

@@ -1,13 +1,17 @@
 """Gemma, Gemma 2 and Gemma 3 text against HF transformers (tiny random fp32 configs).
 
 Gemma 2/3 use a window of 8 on their sliding layers, so the prompts (up to 40 tokens, + 16
-generated) cross it; Gemma 3's local and global layers have different rotary bases.
+generated) cross it; Gemma 3's local and global layers have different rotary bases. Where the
+compiled kernels exist the engine runs the fused CPU decoder stack, and the test says so.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from pagedllm.kernels import cpu_kernels_available
+from pagedllm.worker.execution_strategy import EAGER, FUSED_CPU_STACK
+from tests.engine_internals import engine_core
 from tests.models.family_check import assert_greedy_matches_hf, assert_logits_match_hf
 
 _GEMMA = {"head_dim": 16}
@@ -33,7 +37,9 @@ VARIANTS = {
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_greedy_matches_hf(tiny_model_factory, variant):
     config_cls, overrides = VARIANTS[variant]
-    assert_greedy_matches_hf(tiny_model_factory(config_cls, **overrides))
+    llm = assert_greedy_matches_hf(tiny_model_factory(config_cls, **overrides))
+    execution = engine_core(llm).executor.driver_worker.execution
+    assert execution.name == (FUSED_CPU_STACK if cpu_kernels_available() else EAGER), execution
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -2,10 +2,15 @@
 // forward" on CPU); each layer is
 //
 //   residual = hidden + residual;  x = rmsnorm(residual) * w_in
-//   q, k, v = split(x Wqkv^T + b);  [q, k = rmsnorm per head (Qwen3)];  rotary(q, k)
+//   q, k, v = split(x Wqkv^T + b);  [q, k = rmsnorm per head (Qwen3, Gemma 3)];  rotary(q, k)
 //   cache[slots] = k, v
-//   residual = paged_attention(q) Wo^T + residual;  x = rmsnorm(residual) * w_post
-//   hidden = (silu(x Wg^T) * (x Wu^T)) Wd^T
+//   a = paged_attention(q) Wo^T;  [a = rmsnorm(a) * w_attn_out (Gemma 2/3)]
+//   residual = a + residual;  x = rmsnorm(residual) * w_post
+//   hidden = (act(x Wg^T) * (x Wu^T)) Wd^T;  [hidden = rmsnorm(hidden) * w_mlp_out (Gemma 2/3)]
+//
+// with act SiLU (SwiGLU) or GELU's tanh approximation (GeGLU: Gemma). Gemma's norms scale by
+// (1 + w): the spec hands over that sum (layers/layernorm.py GemmaRMSNorm stores it), so every
+// norm is the same rows kernel.
 //
 // Every step is the same arithmetic the eager Python modules run through our torch ops (the
 // ops.h *_rows functions they wrap, or the same ATen operator), in the same order, so the
@@ -75,11 +80,17 @@ struct LinearWeight {
   bool u4 = false;
 };
 
+// The gated MLP's activation (DecoderLayerSpec's "activation" int; absent: SiLU).
+enum class Activation : int64_t { kSilu = 0, kGeluTanh = 1 };
+
 // The static arguments of one layer, named fields of the DecoderLayerSpec the worker builds
 // (worker/fused_cpu_stack.py) and hands over once per model.
 struct LlamaLayer {
   at::Tensor input_norm, post_norm;
+  // Gemma 2/3's sandwich norms of the attention and MLP outputs, both or none
+  std::optional<at::Tensor> attn_out_norm, mlp_out_norm;
   double eps;
+  Activation activation;
   LinearWeight qkv, o, gate_up, down;
   std::optional<at::Tensor> qkv_bias, o_bias;
   std::optional<at::Tensor> q_norm, k_norm;  // per-head RMSNorm weights [D] (Qwen3), both or none
@@ -133,14 +144,23 @@ void norm_heads(float* rows, int64_t stride, int64_t T, int64_t heads, int64_t h
   });
 }
 
+// rows = rmsnorm(rows) * weight, in place, without a residual (Gemma2DecoderLayer's sandwich
+// norms: the same kernel RMSNorm.forward runs with no residual).
+void norm_rows_in_place(const at::Tensor& rows, int64_t T, int64_t width, const at::Tensor& weight,
+                        float eps) {
+  float* r = rows.data_ptr<float>();
+  pagedllm::rms_norm_residual_rows(r, nullptr, weight.data_ptr<float>(), T, width, eps, nullptr, r);
+}
+
 // (hidden, residual) after one layer; residual_in undefined: the first layer (hidden is then
 // the residual stream, as RMSNorm.forward without a residual).
 std::tuple<at::Tensor, at::Tensor> run_layer(const LlamaLayer& layer, const at::Tensor& hidden,
                                              const at::Tensor& residual_in,
                                              const StepInputs& step, StepBuffers& buf) {
-  const auto& [input_norm, post_norm, eps, qkv_w, o_w, gate_up_w, down_w, qkv_bias, o_bias,
-               q_norm, k_norm, qk_norm_eps, cos_sin_cache, num_heads, num_kv_heads, head_dim,
-               rotary_dim, kv_cache, scale, sliding_window, soft_cap] = layer;
+  const auto& [input_norm, post_norm, attn_out_norm, mlp_out_norm, eps, activation, qkv_w, o_w,
+               gate_up_w, down_w, qkv_bias, o_bias, q_norm, k_norm, qk_norm_eps, cos_sin_cache,
+               num_heads, num_kv_heads, head_dim, rotary_dim, kv_cache, scale, sliding_window,
+               soft_cap] = layer;
   const int64_t T = step.T, width = hidden.size(1);
   const float feps = static_cast<float>(eps);
   // input norm with the residual add fused (layers/layernorm.py RMSNorm.forward)
@@ -179,6 +199,7 @@ std::tuple<at::Tensor, at::Tensor> run_layer(const LlamaLayer& layer, const at::
                                  pagedllm::paged_cache(kv_cache), scale, sliding_window, soft_cap,
                                  rows_of(buf.attn, T, q_size), q_size);
   const at::Tensor o = linear(buf.attn, o_w, o_bias, buf.o);
+  if (attn_out_norm.has_value()) norm_rows_in_place(o, T, width, *attn_out_norm, feps);
 
   // MLP
   pagedllm::rms_norm_residual_rows(o.data_ptr<float>(), residual.data_ptr<float>(),
@@ -186,8 +207,14 @@ std::tuple<at::Tensor, at::Tensor> run_layer(const LlamaLayer& layer, const at::
                                    rows_of(buf.residual, T, width), x);
   const at::Tensor gate_up = linear(buf.x, gate_up_w, std::nullopt, buf.gate_up);
   const int64_t inter = gate_up.size(1) / 2;
-  pagedllm::silu_and_mul_rows(gate_up.data_ptr<float>(), T, inter, rows_of(buf.act, T, inter));
+  float* act = rows_of(buf.act, T, inter);
+  if (activation == Activation::kGeluTanh) {
+    pagedllm::gelu_tanh_and_mul_rows(gate_up.data_ptr<float>(), T, inter, act);
+  } else {
+    pagedllm::silu_and_mul_rows(gate_up.data_ptr<float>(), T, inter, act);
+  }
   at::Tensor out = linear(buf.act, down_w, std::nullopt, buf.hidden);
+  if (mlp_out_norm.has_value()) norm_rows_in_place(out, T, width, *mlp_out_norm, feps);
   return {out, buf.residual};
 }
 
@@ -261,7 +288,13 @@ LlamaLayer read_layer(LayerSpecReader& spec) {
   LlamaLayer layer;
   layer.input_norm = spec.tensor("input_norm");
   layer.post_norm = spec.tensor("post_norm");
+  layer.attn_out_norm = spec.optional_tensor("attn_out_norm");
+  layer.mlp_out_norm = spec.optional_tensor("mlp_out_norm");
   layer.eps = spec.scalar("eps");
+  const int64_t activation = spec.integer("activation", 0);  // absent: SiLU
+  TORCH_CHECK(activation == 0 || activation == 1, "DecoderLayerSpec: activation ", activation,
+              " (0: SiLU, 1: GELU tanh)");
+  layer.activation = static_cast<Activation>(activation);
   layer.qkv = spec.linear("qkv");
   layer.o = spec.linear("o");
   layer.gate_up = spec.linear("gate_up");
@@ -282,6 +315,8 @@ LlamaLayer read_layer(LayerSpecReader& spec) {
   layer.soft_cap = spec.scalar("soft_cap", 0.0);             // absent: no cap
   TORCH_CHECK(layer.q_norm.has_value() == layer.k_norm.has_value(),
               "DecoderLayerSpec: q_norm and k_norm go together");
+  TORCH_CHECK(layer.attn_out_norm.has_value() == layer.mlp_out_norm.has_value(),
+              "DecoderLayerSpec: attn_out_norm and mlp_out_norm go together");
   if (layer.q_norm.has_value()) {
     layer.qk_norm_eps = spec.scalar("qk_norm_eps");
     for (const at::Tensor* w : {&*layer.q_norm, &*layer.k_norm})

@@ -1,11 +1,13 @@
 // Row-wise float32 operators of the decoder layer that ATen runs as ~10 small dispatches each:
-// RMSNorm with the residual add fused, rotary embedding (neox layout, partial rotary) and
-// SiLU-and-mul. Each is a *_rows function over raw rows, which the fused layer calls on its own
-// buffers, and a torch op around it for the eager modules, so the two paths stay bit-identical.
+// RMSNorm with the residual add fused, rotary embedding (neox layout, partial rotary), SiLU-and-mul
+// and GELU(tanh)-and-mul. Each is a *_rows function over raw rows, which the fused layer calls on
+// its own buffers, and a torch op around it for the eager modules, so the two paths stay
+// bit-identical.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <tuple>
 #include <utility>
@@ -129,6 +131,53 @@ at::Tensor silu_and_mul(const at::Tensor& x_in) {
   return out;
 }
 
+namespace {
+
+// gelu_tanh(g) * u for 8 columns. gelu_tanh(g) = g/2 (1 + tanh(z)), z = sqrt(2/pi) (g + 0.044715
+// g^3) (PyTorch's approximate="tanh", HF's gelu_pytorch_tanh), computed as g / (1 + e^(-2z)):
+// the same value (1 + tanh(z) = 2 / (1 + e^(-2z))) from the one exp the kernels have.
+inline vec::F8 gelu_tanh_mul(vec::F8 g, vec::F8 u) {
+  constexpr float kMinus2Beta = -1.5957691216057308f;  // -2 sqrt(2/pi)
+  constexpr float kMinus2BetaKappa = kMinus2Beta * 0.044715f;
+  const vec::F8 minus_2z =
+      g * vec::fma(g * g, vec::set1(kMinus2BetaKappa), vec::set1(kMinus2Beta));
+  return g / (vec::set1(1.f) + vec::exp(minus_2z)) * u;
+}
+
+}  // namespace
+
+void gelu_tanh_and_mul_rows(const float* x, int64_t T, int64_t I, float* out) {
+  at::parallel_for(0, T, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* g = x + t * 2 * I;
+      const float* u = g + I;
+      float* o = out + t * I;
+      int64_t i = 0;
+      for (; i + 8 <= I; i += 8)
+        vec::store(o + i, gelu_tanh_mul(vec::load(g + i), vec::load(u + i)));
+      if (i < I) {
+        // the tail through the same vector arithmetic (zero-padded), so every column of every
+        // build rounds alike
+        float gt[8] = {}, ut[8] = {}, ot[8];
+        std::copy(g + i, g + I, gt);
+        std::copy(u + i, u + I, ut);
+        vec::store(ot, gelu_tanh_mul(vec::load(gt), vec::load(ut)));
+        std::copy(ot, ot + (I - i), o + i);
+      }
+    }
+  });
+}
+
+// [T, 2I] (gate | up) -> gelu_tanh(gate) * up [T, I].
+at::Tensor gelu_tanh_and_mul(const at::Tensor& x_in) {
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat && x_in.dim() == 2);
+  const at::Tensor x = x_in.contiguous();
+  const int64_t T = x.size(0), I = x.size(1) / 2;
+  at::Tensor out = at::empty({T, I}, x.options());
+  gelu_tanh_and_mul_rows(x.data_ptr<float>(), T, I, out.data_ptr<float>());
+  return out;
+}
+
 }  // namespace pagedllm
 
 TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
@@ -137,10 +186,12 @@ TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
   m.def("rotary_embedding(Tensor query, Tensor key, Tensor cos_sin_cache, Tensor positions, "
         "int head_dim, int rotary_dim) -> (Tensor, Tensor)");
   m.def("silu_and_mul(Tensor x) -> Tensor");
+  m.def("gelu_tanh_and_mul(Tensor x) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pagedllm, CPU, m) {
   m.impl("rms_norm_residual", &pagedllm::rms_norm_residual);
   m.impl("rotary_embedding", &pagedllm::rotary_embedding);
   m.impl("silu_and_mul", &pagedllm::silu_and_mul);
+  m.impl("gelu_tanh_and_mul", &pagedllm::gelu_tanh_and_mul);
 }

@@ -74,5 +74,8 @@ std::tuple<at::Tensor, at::Tensor> rotary_embedding(const at::Tensor& query,
 // [T, 2I] (gate | up) -> silu(gate) * up (see elementwise.cpp).
 at::Tensor silu_and_mul(const at::Tensor& x);
 void silu_and_mul_rows(const float* x, int64_t T, int64_t I, float* out);
+// [T, 2I] (gate | up) -> gelu_tanh(gate) * up (GeGLU with PyTorch's approximate="tanh").
+at::Tensor gelu_tanh_and_mul(const at::Tensor& x);
+void gelu_tanh_and_mul_rows(const float* x, int64_t T, int64_t I, float* out);
 
 }  // namespace pagedllm

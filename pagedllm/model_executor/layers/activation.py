@@ -25,14 +25,25 @@ class SiluAndMul(CustomOp):
         return F.silu(gate) * up
 
 
-class GeluAndMul(nn.Module):
-    """GeGLU: gelu(gate) * up; approximate="tanh" is HF's "gelu_pytorch_tanh"."""
+class GeluAndMul(CustomOp):
+    """GeGLU: gelu(gate) * up; approximate="tanh" is HF's "gelu_pytorch_tanh" (the compiled
+    kernel computes that one; the exact erf form runs the reference)."""
 
     def __init__(self, approximate: str = "none") -> None:
-        super().__init__()
         self.approximate = approximate
+        super().__init__()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def dispatch_forward(self):
+        if self.approximate != "tanh":
+            return self.forward_native
+        return super().dispatch_forward()
+
+    def forward_cpu(self, x: torch.Tensor) -> torch.Tensor:  # [T, 2*I] -> [T, I]
+        if x.dim() != 2:
+            return self.forward_native(x)
+        return torch.ops.pagedllm.gelu_tanh_and_mul(x)  # one pass, as in the fused decoder stack
+
+    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = x.chunk(2, dim=-1)
         return F.gelu(gate, approximate=self.approximate) * up
 

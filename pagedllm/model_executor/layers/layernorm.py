@@ -1,5 +1,5 @@
 """RMSNorm with the residual add fused in (as vLLM/nano-vllm's decoder layers use it),
-Gemma's variant that scales by (1 + weight), and LayerNorm (with bias) behind the same interface."""
+Gemma's variant that scales by (1 + w), and LayerNorm (with bias) behind the same interface."""
 
 from __future__ import annotations
 
@@ -18,9 +18,15 @@ class RMSNorm(CustomOp):
         self.weight = nn.Parameter(torch.empty(hidden_size), requires_grad=False)
         set_weight_attrs(self.weight, weight_loader=default_weight_loader)
 
+    @classmethod
+    def kernel_computes_norm(cls) -> bool:
+        """In float32, `norm(x)` is `weight * (x / rms(x))`: the compiled rows kernel's arithmetic
+        (the eager forward_cpu and the fused decoder stack's norms). A subclass that changes
+        `norm` computes something else unless it says otherwise."""
+        return cls.norm is RMSNorm.norm
+
     def dispatch_forward(self):
-        # the compiled kernel computes the plain RMSNorm only (not Gemma's (1 + w), LayerNorm)
-        if type(self).norm is not RMSNorm.norm:
+        if not self.kernel_computes_norm():
             return self.forward_native
         return super().dispatch_forward()
 
@@ -54,10 +60,30 @@ class RMSNorm(CustomOp):
 
 class GemmaRMSNorm(RMSNorm):
     """Gemma's RMSNorm: the checkpoint stores w and the scale is (1 + w), applied in float32
-    before casting back (HF GemmaRMSNorm)."""
+    before casting back (HF GemmaRMSNorm).
+
+    NOTE: `weight` holds the scale itself, 1 + w in float32 whatever the model dtype (the
+    weight loader adds the 1, as HF computes it: (1.0 + w.float())), so in float32 this is
+    RMSNorm's arithmetic and runs the same compiled kernel, eager and fused alike.
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__(hidden_size, eps)
+        self.weight = nn.Parameter(torch.empty(hidden_size, dtype=torch.float32),
+                                   requires_grad=False)  # fmt: skip
+        set_weight_attrs(self.weight, weight_loader=_load_one_plus)
+
+    @classmethod
+    def kernel_computes_norm(cls) -> bool:
+        # (x / rms(x)) * (1 + w) in float32: the kernel's product, the factors swapped
+        return cls.norm is GemmaRMSNorm.norm
 
     def norm(self, x: torch.Tensor) -> torch.Tensor:
-        return (self._normalized(x) * (1.0 + self.weight.float())).to(x.dtype)
+        return (self._normalized(x) * self.weight).to(x.dtype)
+
+
+def _load_one_plus(param: nn.Parameter, loaded: torch.Tensor) -> None:
+    default_weight_loader(param, 1.0 + loaded.float())
 
 
 class LayerNorm(RMSNorm):

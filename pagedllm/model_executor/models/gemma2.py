@@ -39,12 +39,14 @@ class Gemma2DecoderLayer(GemmaDecoderLayer):
         hidden_states: torch.Tensor,  # [T, hidden]
         residual: torch.Tensor | None,  # [T, hidden]; None before the first layer
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        # NOTE: the sandwich norms through the module (no residual: (norm(x), x)), so they run
+        # the compiled kernel the fused CPU stack runs for them
         hidden_states, residual = self.input_layernorm(hidden_states, residual)
         hidden_states = self.self_attn(positions, hidden_states)
-        hidden_states = self.post_attention_layernorm.norm(hidden_states)
+        hidden_states, _ = self.post_attention_layernorm(hidden_states)
         hidden_states, residual = self.pre_feedforward_layernorm(hidden_states, residual)
-        hidden_states = self.mlp(hidden_states)
-        return self.post_feedforward_layernorm.norm(hidden_states), residual
+        hidden_states, _ = self.post_feedforward_layernorm(self.mlp(hidden_states))
+        return hidden_states, residual
 
 
 class Gemma2Model(GemmaModel):
