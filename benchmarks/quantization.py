@@ -1,7 +1,7 @@
 """Decode speed and memory of weight/KV quantization on one model, each config in a fresh
 process (so peak RSS is its own): single-stream decode tok/s, batched decode tok/s, peak RSS,
-resident memory after generating (VmRSS), the KV cache's bytes, and the resident memory of a bare
-`import torch, transformers` (the runtime every config pays; measured in its own process).
+resident memory (VmRSS) once loaded and after generating, the KV cache's bytes, and the resident
+memory of a bare `import torch, transformers` (the runtime every config pays; in its own process).
 
     python benchmarks/quantization.py --model SmolLM2-135M-Instruct \
         --configs fp32 bf16 int8 int8-bf16 gguf gguf-bf16 --output-json results.json
@@ -52,6 +52,7 @@ def _measure(name: str, args, queue) -> None:
     torch.set_num_threads(args.threads)
     llm = LLM(args.model, kv_cache_memory=args.kv_cache_memory, max_model_len=512,
               max_num_seqs=args.batch, **CONFIGS[name])  # fmt: skip
+    start_rss_mib = _resident_mib()  # loaded, before any request
     rng = random.Random(0)
     prompts = [[rng.randrange(100, 10000) for _ in range(32)] for _ in range(args.batch)]
     single = _decode_rate(llm, prompts[:1], args.tokens)
@@ -59,7 +60,8 @@ def _measure(name: str, args, queue) -> None:
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     kv_bytes = llm.llm_engine.engine_core.engine_core.kv_cache_bytes
     queue.put(dict(config=name, single_tok_s=single, batched_tok_s=batched, peak_rss_mib=rss_mib,
-                   rss_mib=_resident_mib(), kv_cache_mib=kv_bytes / 2**20))  # fmt: skip
+                   start_rss_mib=start_rss_mib, rss_mib=_resident_mib(),
+                   kv_cache_mib=kv_bytes / 2**20))  # fmt: skip
 
 
 def _resident_mib() -> float:
@@ -103,7 +105,8 @@ def main() -> None:
         results.append(r)
         print(f"{name:14s} single {r['single_tok_s']:7.1f} tok/s   batch {args.batch} "
               f"{r['batched_tok_s']:7.1f} tok/s   peak RSS {r['peak_rss_mib']:6.0f} MiB   "
-              f"RSS {r['rss_mib']:6.0f} MiB (KV cache {r['kv_cache_mib']:.0f} MiB)", flush=True)
+              f"RSS at start {r['start_rss_mib']:6.0f} / after {r['rss_mib']:6.0f} MiB "
+              f"(KV cache {r['kv_cache_mib']:.0f} MiB)", flush=True)
     if args.output_json:
         from pagedllm.benchmarks.results import build_record, write_record
 

@@ -240,7 +240,8 @@ def iterate_gguf_weights(
             logger.warning("skipping GGUF tensor %s: no HF counterpart", tensor.name)
             continue
         data = tensor.data
-        module = hf_name.split(".")[-3] + "." + hf_name.split(".")[-2]
+        # "self_attn.q_proj" of "model.layers.3.self_attn.q_proj.weight"; "lm_head" has no parent
+        module = ".".join(hf_name.split(".")[-3:-1])
         if arch in _PERMUTED_QK and module in heads_of:
             data = _unpermute_rows(data, heads_of[module])
         if arch in _NORM_PLUS_ONE and hf_name.endswith("norm.weight"):
