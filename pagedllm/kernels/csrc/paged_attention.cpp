@@ -26,6 +26,9 @@ namespace {
 namespace vec = pagedllm::vec;
 
 constexpr int64_t kQueryTile = 8;
+// Keys per online-softmax step, at positions [16c, 16c + 16): the steps a row takes depend on
+// its position alone (not on the tile, the chunking of its prompt or the cache block size).
+constexpr int kKeyChunk = 16;
 
 // Cache elements are float (the model dtype) or at::Half (--kv-cache-dtype fp16: half the bytes
 // to stream, and decode attention over a long batch is bound by reading the cache).
@@ -44,76 +47,56 @@ inline float dot(const float* a, const CT* b, int64_t d) {
   return s;
 }
 
-// Head sizes known at compile time (D a multiple of 16): two 8-lane FMA chains over the even
-// and odd 8-column slices, summed and reduced by vec::reduce_add.
-template <int D, typename CT>
-inline float dot_fixed(const float* a, const CT* b) {
-  vec::F8 s0 = vec::zero(), s1 = vec::zero();
-  for (int i = 0; i < D; i += 16) {
-    s0 = vec::fma(vec::load(a + i), vec::load(b + i), s0);
-    if (i + 8 < D) s1 = vec::fma(vec::load(a + i + 8), vec::load(b + i + 8), s1);
+// The scores q . k_j of 8 keys, for head sizes known at compile time (HD a multiple of 16).
+// Each key's products are summed in 16 lanes (lane l: columns l, l + 16, ... in order, one fused
+// multiply-add each; R16f is one 512-bit register with AVX-512, two 8-lane halves elsewhere, lane
+// for lane the same operations), the lanes folded 16 -> 8, and the 8 keys reduced at once (the
+// pairwise tree of vec::reduce_add_pairwise8) instead of one horizontal sum per key. A score
+// depends on q and k_j alone: the same bits in a prefill tile and in a decode, in every build.
+template <int HD, typename CT>
+inline vec::F8 scores8(const float* q, const CT* const* k) {
+  vec::F8 folded[8];
+  for (int j = 0; j < 8; ++j) {
+    vec::R16f acc = vec::r16_zero();
+    for (int c = 0; c < HD; c += 16) {
+      acc = vec::fma(vec::r16_load(q + c), vec::r16_load(k[j] + c), acc);
+    }
+    folded[j] = vec::r16_fold(acc);
   }
-  return vec::reduce_add(s0 + s1);
+  return vec::reduce_add_pairwise8(folded);
 }
 
-// a[0:D] = a * correction + sum_j p[j] v_j, the accumulator held in registers over the block.
-template <int D, typename CT>
-inline void accumulate_fixed(float* a, float correction, const float* p, const CT* v,
-                             int64_t v_stride, int64_t n) {
-  vec::F8 acc[D / 8];
-  const vec::F8 c = vec::set1(correction);
-  for (int i = 0; i < D / 8; ++i) acc[i] = vec::load(a + 8 * i) * c;
-  for (int64_t j = 0; j < n; ++j) {
-    if (p[j] == 0.f) continue;  // masked (or underflowed: contributes nothing)
-    const vec::F8 pj = vec::set1(p[j]);
-    const CT* vj = v + j * v_stride;
-    for (int i = 0; i < D / 8; ++i) acc[i] = vec::fma(pj, vec::load(vj + 8 * i), acc[i]);
-  }
-  for (int i = 0; i < D / 8; ++i) vec::store(a + 8 * i, acc[i]);
-}
-
-template <int D, typename CT>  // D == 0: any head size
-inline float dot_d(const float* a, const CT* b, int64_t d) {
-  if constexpr (D > 0) return dot_fixed<D>(a, b);
-  return dot(a, b, d);
-}
-
-template <int D, typename CT>
-inline void accumulate_d(float* a, float correction, const float* p, const CT* v,
-                         int64_t v_stride, int64_t n, int64_t d) {
-  if constexpr (D > 0) return accumulate_fixed<D>(a, correction, p, v, v_stride, n);
-  for (int64_t i = 0; i < d; ++i) a[i] *= correction;
-  for (int64_t j = 0; j < n; ++j) {
-    if (p[j] == 0.f) continue;
-    const CT* vj = v + j * v_stride;
+// a[0:d] = a * correction + sum_j p[j] v_j over the keys j0 <= j < j1 of one chunk, all visible
+// to the row (HD > 0: d == HD, the accumulator held in registers). correction == 1 (the running
+// max unchanged) skips the multiply: a * 1 is a.
+template <int HD, typename CT>
+inline void accumulate_chunk(float* a, float correction, const float* p, const CT* const* v,
+                             int64_t j0, int64_t j1, int64_t d) {
+  if constexpr (HD > 0) {
+    vec::R16f acc[HD / 16];
+    for (int i = 0; i < HD / 16; ++i) acc[i] = vec::r16_load(a + 16 * i);
+    if (correction != 1.f) {
+      const vec::R16f c = vec::r16_set1(correction);
+      for (int i = 0; i < HD / 16; ++i) acc[i] = acc[i] * c;
+    }
+    for (int64_t j = j0; j < j1; ++j) {
+      const vec::R16f pj = vec::r16_set1(p[j]);
+      for (int i = 0; i < HD / 16; ++i) {
+        acc[i] = vec::fma(pj, vec::r16_load(v[j] + 16 * i), acc[i]);
+      }
+    }
+    for (int i = 0; i < HD / 16; ++i) vec::r16_store(a + 16 * i, acc[i]);
+  } else {
+    if (correction != 1.f) {
+      for (int64_t i = 0; i < d; ++i) a[i] *= correction;
+    }
+    for (int64_t j = j0; j < j1; ++j) {
+      const CT* vj = v[j];
 #pragma omp simd
-    for (int64_t i = 0; i < d; ++i) a[i] += p[j] * to_float(vj[i]);
+      for (int64_t i = 0; i < d; ++i) a[i] += p[j] * to_float(vj[i]);
+    }
   }
 }
-
-// s[j] <- exp(s[j] - max) for j < n (masked -inf scores become exactly 0); returns the sum.
-inline float exp_shifted(float* s, int64_t n, float max) {
-  float sum = 0.f;
-  int64_t j = 0;
-  const vec::F8 mx = vec::set1(max);
-  const vec::F8 neg_inf = vec::set1(-std::numeric_limits<float>::infinity());
-  vec::F8 acc = vec::zero();
-  for (; j + 8 <= n; j += 8) {
-    const vec::F8 v = vec::load(s + j);
-    const vec::F8 p = vec::zero_where(vec::equal(v, neg_inf), vec::exp(v - mx));
-    vec::store(s + j, p);
-    acc = acc + p;
-  }
-  float lanes[8];
-  vec::store(lanes, acc);
-  for (float v : lanes) sum += v;
-  for (; j < n; ++j) {
-    s[j] = s[j] == -std::numeric_limits<float>::infinity() ? 0.f : std::exp(s[j] - max);
-    sum += s[j];
-  }
-  return sum;
-}
-
 
 }  // namespace
 
@@ -173,6 +156,9 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
   const int64_t items = static_cast<int64_t>(item_req.size()) * Hkv;
   const float fscale = static_cast<float>(scale);
   const float cap = static_cast<float>(soft_cap);
+  const vec::F8 vscale = vec::set1(fscale);
+  const vec::F8 neg_inf = vec::set1(-std::numeric_limits<float>::infinity());
+  constexpr float kInf = std::numeric_limits<float>::infinity();
   const int64_t slot_stride = Hkv * D, block_stride = block_size * slot_stride;
 
   // HD: the head size as a compile-time constant for the common sizes (registers hold q and the
@@ -183,64 +169,104 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
   using CT = typename decltype(cache_tag)::type;
   const CT* kp = static_cast<const CT*>(cache.key);
   const CT* vp = static_cast<const CT*>(cache.value);
+  // the rows of keys the tile cannot reach (they are scored with the chunk's other keys, then
+  // masked; they may lie in blocks the request does not own)
+  alignas(64) static const CT zeros[256] = {};
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     const int64_t rows = kQueryTile * group;  // (query, head) pairs of one item
     // per-thread scratch, kept between calls (no allocation per layer)
-    thread_local std::vector<float> acc, m, l, s;
+    thread_local std::vector<float> acc, m, l;
     acc.resize(rows * D);
     m.resize(rows);
     l.resize(rows);
-    s.resize(rows * block_size);
+    const CT* krow[kKeyChunk];
+    const CT* vrow[kKeyChunk];
+    alignas(32) float s[kKeyChunk], p[kKeyChunk];
     for (int64_t it = begin; it < end; ++it) {
       const int64_t r = item_req[it / Hkv], t0 = item_tile[it / Hkv], kvh = it % Hkv;
       const int64_t start = qslp[r], nq = qslp[r + 1] - start, seq_len = slp[r];
       const int64_t tn = std::min(kQueryTile, nq - t0);
       const int64_t first_pos = seq_len - nq + t0;  // position of the tile's first query
       const int64_t last_pos = first_pos + tn - 1;
-      std::fill(acc.begin(), acc.end(), 0.f);
-      std::fill(m.begin(), m.end(), -std::numeric_limits<float>::infinity());
+      TORCH_CHECK(last_pos / block_size < max_blocks, "block table too short");
+      std::fill(acc.begin(), acc.begin() + tn * group * D, 0.f);
+      std::fill(m.begin(), m.end(), -kInf);
       std::fill(l.begin(), l.end(), 0.f);
       // keys the tile can see: [lo, last_pos]
       int64_t lo = 0;
       if (sliding_window > 0) lo = std::max<int64_t>(0, first_pos - sliding_window + 1);
-      for (int64_t blk = lo / block_size; blk * block_size <= last_pos; ++blk) {
-        TORCH_CHECK(blk < max_blocks, "block table too short");
-        const int64_t phys = btp[r * max_blocks + blk];
-        const int64_t k0 = blk * block_size;
-        const int64_t kn = std::min(block_size, last_pos + 1 - k0);
+      for (int64_t k0 = lo / kKeyChunk * kKeyChunk; k0 <= last_pos; k0 += kKeyChunk) {
+        // the chunk's K and V rows of this KV head, read in place through the block table
+        const int64_t j0 = std::max<int64_t>(lo - k0, 0);
+        const int64_t j1 = std::min<int64_t>(kKeyChunk, last_pos + 1 - k0);
+        int64_t blk = (k0 + j0) / block_size, off = (k0 + j0) % block_size;
+        for (int64_t j = 0; j < kKeyChunk; ++j) {
+          if (j < j0 || j >= j1) {
+            krow[j] = vrow[j] = zeros;
+            continue;
+          }
+          const int64_t at = btp[r * max_blocks + blk] * block_stride + off * slot_stride + kvh * D;
+          krow[j] = kp + at;
+          vrow[j] = vp + at;
+          if (++off == block_size) {
+            off = 0;
+            ++blk;
+          }
+        }
         for (int64_t ti = 0; ti < tn; ++ti) {
           const int64_t pos = first_pos + ti;
-          // the keys of this block up to the row's own position: how many depends on the row
-          // alone, not on the rows that share its tile, so its softmax sums (8 lanes, then a
-          // scalar tail) associate the same way in a prefill, a chunk or a decode
-          const int64_t row_kn = std::min(kn, pos + 1 - k0);
-          if (row_kn <= 0) continue;
+          const int64_t row_lo = sliding_window > 0 ? pos - sliding_window + 1 : 0;
+          if (k0 > pos || k0 + kKeyChunk <= row_lo) continue;  // nothing here for this row
+          // the lanes this row sees, [vis0, vis1): its position alone decides them
+          const int64_t vis0 = std::max<int64_t>(row_lo - k0, 0);
+          const int64_t vis1 = std::min<int64_t>(kKeyChunk, pos + 1 - k0);
+          const bool partial = vis0 > 0 || vis1 < kKeyChunk;
           for (int64_t g = 0; g < group; ++g) {
             const int64_t row = ti * group + g;
             const float* qv = qp + (start + t0 + ti) * q_stride + (kvh * group + g) * D;
-            float* srow = s.data() + row * block_size;
-            float block_max = -std::numeric_limits<float>::infinity();
-            for (int64_t j = 0; j < row_kn; ++j) {
-              const int64_t kpos = k0 + j;
-              const bool visible =
-                  kpos <= pos && (sliding_window <= 0 || kpos > pos - sliding_window);
-              if (!visible) {
-                srow[j] = -std::numeric_limits<float>::infinity();
-                continue;
+            vec::F8 s0, s1;
+            if constexpr (HD > 0) {
+              s0 = scores8<HD>(qv, krow) * vscale;
+              s1 = scores8<HD>(qv, krow + 8) * vscale;
+              if (partial || cap > 0.f) {
+                vec::store(s, s0);
+                vec::store(s + 8, s1);
+                for (int64_t j = 0; j < kKeyChunk; ++j) {
+                  if (j < vis0 || j >= vis1) {
+                    s[j] = -kInf;
+                  } else if (cap > 0.f) {
+                    s[j] = cap * std::tanh(s[j] / cap);
+                  }
+                }
+                s0 = vec::load(s);
+                s1 = vec::load(s + 8);
               }
-              float score =
-                  fscale * dot_d<HD>(qv, kp + phys * block_stride + j * slot_stride + kvh * D, D);
-              if (cap > 0.f) score = cap * std::tanh(score / cap);
-              srow[j] = score;
-              block_max = std::max(block_max, score);
+            } else {
+              for (int64_t j = 0; j < kKeyChunk; ++j) {
+                if (j < vis0 || j >= vis1) {
+                  s[j] = -kInf;
+                  continue;
+                }
+                float score = fscale * dot(qv, krow[j], D);
+                if (cap > 0.f) score = cap * std::tanh(score / cap);
+                s[j] = score;
+              }
+              s0 = vec::load(s);
+              s1 = vec::load(s + 8);
             }
-            if (block_max == -std::numeric_limits<float>::infinity()) continue;
+            const float block_max = vec::reduce_max(vec::max(s0, s1));
+            if (block_max == -kInf) continue;
             const float new_max = std::max(m[row], block_max);
-            const float correction = std::exp(m[row] - new_max);
-            float* a = acc.data() + row * D;
-            const float sum = exp_shifted(srow, row_kn, new_max);
-            accumulate_d<HD>(a, correction, srow, vp + phys * block_stride + kvh * D, slot_stride,
-                             row_kn, D);
+            // (e^0 is exactly 1: skipping the call when the running max stands changes no bit)
+            const float correction = new_max == m[row] ? 1.f : std::exp(m[row] - new_max);
+            const vec::F8 mx = vec::set1(new_max);
+            // masked -inf scores become exactly 0
+            const vec::F8 p0 = vec::zero_where(vec::equal(s0, neg_inf), vec::exp(s0 - mx));
+            const vec::F8 p1 = vec::zero_where(vec::equal(s1, neg_inf), vec::exp(s1 - mx));
+            vec::store(p, p0);
+            vec::store(p + 8, p1);
+            const float sum = vec::reduce_add(p0 + p1);
+            accumulate_chunk<HD>(acc.data() + row * D, correction, p, vrow, vis0, vis1, D);
             l[row] = std::fma(l[row], correction, sum);  // as SIMD builds contract it
             m[row] = new_max;
           }
