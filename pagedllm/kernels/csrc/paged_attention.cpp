@@ -29,6 +29,9 @@ constexpr int64_t kQueryTile = 8;
 // Keys per online-softmax step, at positions [16c, 16c + 16): the steps a row takes depend on
 // its position alone (not on the tile, the chunking of its prompt or the cache block size).
 constexpr int kKeyChunk = 16;
+// Chunks ahead whose K and V rows are prefetched (1: decode over 64 requests of 512 tokens, which
+// streams the cache from memory, takes 0.6x the time (fp16 0.4x); 2 or 3 gain nothing more).
+constexpr int64_t kAhead = 1, kRing = kAhead + 1;
 
 // Cache elements are float (the model dtype) or at::Half (--kv-cache-dtype fp16: half the bytes
 // to stream, and decode attention over a long batch is bound by reading the cache).
@@ -98,6 +101,72 @@ inline void accumulate_chunk(float* a, float correction, const float* p, const C
   }
 }
 
+// accumulate_chunk for R rows at once (R accumulators of HD, HD apart; p and correction per
+// row, p kKeyChunk apart), each row through the same operations as alone, so the same bits:
+// sharing each value load between the rows, and R times the independent multiply-add chains
+// (one row's HD / 16 chains would wait on the FMA latency).
+template <int HD, int R, typename CT>
+inline void accumulate_rows(float* a, const float* correction, const float* p,
+                            const CT* const* v, int64_t j0, int64_t j1) {
+  constexpr int N = HD / 16;
+  vec::R16f acc[R][N];
+  for (int r = 0; r < R; ++r) {
+    const vec::R16f c = vec::r16_set1(correction[r]);  // (times 1: the same bits as skipped)
+    for (int i = 0; i < N; ++i) acc[r][i] = vec::r16_load(a + r * HD + 16 * i) * c;
+  }
+  for (int64_t j = j0; j < j1; ++j) {
+    vec::R16f pj[R];
+    for (int r = 0; r < R; ++r) pj[r] = vec::r16_set1(p[r * kKeyChunk + j]);
+    for (int i = 0; i < N; ++i) {
+      const vec::R16f vj = vec::r16_load(v[j] + 16 * i);
+      for (int r = 0; r < R; ++r) acc[r][i] = vec::fma(pj[r], vj, acc[r][i]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int i = 0; i < N; ++i) vec::r16_store(a + r * HD + 16 * i, acc[r][i]);
+  }
+}
+
+// Rows accumulate_rows takes at once: their accumulators in about half the vector registers.
+template <int HD>
+constexpr int rows_at_once() {
+#ifdef PAGEDLLM_VEC_512
+  return HD > 0 ? std::max(1, 16 / (HD / 16)) : 1;  // 32 zmm registers, one per 16 floats
+#else
+  return 1;  // 16 ymm registers (or none): one row's HD / 8 already fill half
+#endif
+}
+
+// The P.V step of rows first..first+n-1 of one query (they share its visible keys), as many
+// at once as rows_at_once allows.
+template <int HD, typename CT>
+inline void accumulate_query_rows(float* a, const float* correction, const float* p,
+                                  const CT* const* v, int64_t j0, int64_t j1, int64_t n,
+                                  int64_t d) {
+  constexpr int kMax = rows_at_once<HD>();
+  int64_t r = 0;
+  if constexpr (HD > 0 && kMax > 1) {
+    for (; r + kMax <= n; r += kMax) {
+      accumulate_rows<HD, kMax>(a + r * HD, correction + r, p + r * kKeyChunk, v, j0, j1);
+    }
+    if constexpr (kMax >= 4) {
+      if (n - r == 3) {
+        accumulate_rows<HD, 3>(a + r * HD, correction + r, p + r * kKeyChunk, v, j0, j1);
+        return;
+      }
+    }
+    if constexpr (kMax >= 3) {
+      if (n - r == 2) {
+        accumulate_rows<HD, 2>(a + r * HD, correction + r, p + r * kKeyChunk, v, j0, j1);
+        return;
+      }
+    }
+  }
+  for (; r < n; ++r) {
+    accumulate_chunk<HD>(a + r * d, correction[r], p + r * kKeyChunk, v, j0, j1, d);
+  }
+}
+
 }  // namespace
 
 namespace pagedllm {
@@ -105,13 +174,17 @@ namespace pagedllm {
 AttentionPlan plan_attention(const at::Tensor& block_table, const at::Tensor& seq_lens,
                              const at::Tensor& query_start_loc) {
   AttentionPlan plan{block_table.to(at::kInt).contiguous(), seq_lens.to(at::kInt).contiguous(),
-                     query_start_loc.to(at::kInt).contiguous(), {}, {}};
+                     query_start_loc.to(at::kInt).contiguous(), {}, {}, {0}};
   const int* qslp = plan.query_start_loc.data_ptr<int>();
+  const int* slp = plan.seq_lens.data_ptr<int>();
   for (int64_t r = 0; r < plan.seq_lens.size(0); ++r) {
     const int64_t nq = qslp[r + 1] - qslp[r];
     for (int64_t t0 = 0; t0 < nq; t0 += kQueryTile) {
       plan.item_req.push_back(r);
       plan.item_tile.push_back(t0);
+      // its rows times the keys of its last row (plus a chunk's worth for the fixed costs)
+      const int64_t tn = std::min(kQueryTile, nq - t0), keys = slp[r] - nq + t0 + tn;
+      plan.work_before.push_back(plan.work_before.back() + tn * (keys + kKeyChunk));
     }
   }
   return plan;
@@ -172,16 +245,20 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
   // the rows of keys the tile cannot reach (they are scored with the chunk's other keys, then
   // masked; they may lie in blocks the request does not own)
   alignas(64) static const CT zeros[256] = {};
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+  const int64_t row_bytes = D * static_cast<int64_t>(sizeof(CT));
+  auto run_items = [&](int64_t begin, int64_t end) {
     const int64_t rows = kQueryTile * group;  // (query, head) pairs of one item
     // per-thread scratch, kept between calls (no allocation per layer)
-    thread_local std::vector<float> acc, m, l;
+    thread_local std::vector<float> acc, m, l, sp, corr;
+    thread_local std::vector<char> live_row;
     acc.resize(rows * D);
     m.resize(rows);
     l.resize(rows);
-    const CT* krow[kKeyChunk];
-    const CT* vrow[kKeyChunk];
-    alignas(32) float s[kKeyChunk], p[kKeyChunk];
+    sp.resize(group * kKeyChunk);  // one query's rows: scores, then softmax weights
+    corr.resize(group);
+    live_row.resize(group);
+    const CT* ring_k[kRing][kKeyChunk];  // the rows of chunks c .. c + kAhead
+    const CT* ring_v[kRing][kKeyChunk];
     for (int64_t it = begin; it < end; ++it) {
       const int64_t r = item_req[it / Hkv], t0 = item_tile[it / Hkv], kvh = it % Hkv;
       const int64_t start = qslp[r], nq = qslp[r + 1] - start, seq_len = slp[r];
@@ -195,24 +272,46 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
       // keys the tile can see: [lo, last_pos]
       int64_t lo = 0;
       if (sliding_window > 0) lo = std::max<int64_t>(0, first_pos - sliding_window + 1);
-      for (int64_t k0 = lo / kKeyChunk * kKeyChunk; k0 <= last_pos; k0 += kKeyChunk) {
-        // the chunk's K and V rows of this KV head, read in place through the block table
+      // the K and V rows of this KV head of the chunk at k0, read in place through the block
+      // table; keys the tile cannot see point at zeros
+      auto chunk_rows = [&](int64_t k0, const CT** kr, const CT** vr, bool prefetch) {
         const int64_t j0 = std::max<int64_t>(lo - k0, 0);
         const int64_t j1 = std::min<int64_t>(kKeyChunk, last_pos + 1 - k0);
         int64_t blk = (k0 + j0) / block_size, off = (k0 + j0) % block_size;
         for (int64_t j = 0; j < kKeyChunk; ++j) {
           if (j < j0 || j >= j1) {
-            krow[j] = vrow[j] = zeros;
+            kr[j] = vr[j] = zeros;
             continue;
           }
           const int64_t at = btp[r * max_blocks + blk] * block_stride + off * slot_stride + kvh * D;
-          krow[j] = kp + at;
-          vrow[j] = vp + at;
+          kr[j] = kp + at;
+          vr[j] = vp + at;
+          if (prefetch) {
+            for (int64_t b = 0; b < row_bytes; b += 64) {
+              vec::prefetch(reinterpret_cast<const char*>(kr[j]) + b);
+              vec::prefetch(reinterpret_cast<const char*>(vr[j]) + b);
+            }
+          }
           if (++off == block_size) {
             off = 0;
             ++blk;
           }
         }
+      };
+      const int64_t c_first = lo / kKeyChunk, c_last = last_pos / kKeyChunk;
+      for (int64_t c = c_first; c < std::min(c_first + kAhead, c_last + 1); ++c) {
+        chunk_rows(c * kKeyChunk, ring_k[c % kRing], ring_v[c % kRing], false);
+      }
+      for (int64_t c = c_first; c <= c_last; ++c) {
+        const int64_t k0 = c * kKeyChunk;
+        // the rows kAhead chunks on, fetched into the cache while this chunk computes (decode
+        // over a long batch waits on memory, not on arithmetic)
+        if (c + kAhead <= c_last) {
+          chunk_rows((c + kAhead) * kKeyChunk, ring_k[(c + kAhead) % kRing],
+                     ring_v[(c + kAhead) % kRing], true);
+        }
+        const CT* const* krow = ring_k[c % kRing];
+        const CT* const* vrow = ring_v[c % kRing];
         for (int64_t ti = 0; ti < tn; ++ti) {
           const int64_t pos = first_pos + ti;
           const int64_t row_lo = sliding_window > 0 ? pos - sliding_window + 1 : 0;
@@ -221,9 +320,12 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
           const int64_t vis0 = std::max<int64_t>(row_lo - k0, 0);
           const int64_t vis1 = std::min<int64_t>(kKeyChunk, pos + 1 - k0);
           const bool partial = vis0 > 0 || vis1 < kKeyChunk;
+          // scores and softmax of each head's row; then the P.V step of the query's rows
+          int64_t live = 0;  // rows with a visible finite score here (all but in odd cases)
           for (int64_t g = 0; g < group; ++g) {
             const int64_t row = ti * group + g;
             const float* qv = qp + (start + t0 + ti) * q_stride + (kvh * group + g) * D;
+            float* s = sp.data() + g * kKeyChunk;
             vec::F8 s0, s1;
             if constexpr (HD > 0) {
               s0 = scores8<HD>(qv, krow) * vscale;
@@ -255,7 +357,9 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
               s1 = vec::load(s + 8);
             }
             const float block_max = vec::reduce_max(vec::max(s0, s1));
-            if (block_max == -kInf) continue;
+            live_row[g] = block_max != -kInf;
+            if (!live_row[g]) continue;
+            ++live;
             const float new_max = std::max(m[row], block_max);
             // (e^0 is exactly 1: skipping the call when the running max stands changes no bit)
             const float correction = new_max == m[row] ? 1.f : std::exp(m[row] - new_max);
@@ -263,12 +367,22 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
             // masked -inf scores become exactly 0
             const vec::F8 p0 = vec::zero_where(vec::equal(s0, neg_inf), vec::exp(s0 - mx));
             const vec::F8 p1 = vec::zero_where(vec::equal(s1, neg_inf), vec::exp(s1 - mx));
-            vec::store(p, p0);
-            vec::store(p + 8, p1);
+            vec::store(s, p0);  // s now holds the row's weights
+            vec::store(s + 8, p1);
             const float sum = vec::reduce_add(p0 + p1);
-            accumulate_chunk<HD>(acc.data() + row * D, correction, p, vrow, vis0, vis1, D);
+            corr[g] = correction;
             l[row] = std::fma(l[row], correction, sum);  // as SIMD builds contract it
             m[row] = new_max;
+          }
+          float* a = acc.data() + ti * group * D;
+          if (live == group) {
+            accumulate_query_rows<HD>(a, corr.data(), sp.data(), vrow, vis0, vis1, group, D);
+          } else {
+            for (int64_t g = 0; g < group; ++g) {
+              if (!live_row[g]) continue;
+              accumulate_chunk<HD>(a + g * D, corr[g], sp.data() + g * kKeyChunk, vrow, vis0,
+                                   vis1, D);
+            }
           }
         }
       }
@@ -282,6 +396,27 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
         }
       }
     }
+  };
+  // one contiguous run of items per thread, of about equal work (items of one tile, one per KV
+  // head, weigh the same)
+  const int64_t* work = plan.work_before.data();
+  const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), items));
+  auto slot_begin = [&](int64_t slot) {
+    const int64_t target = work[item_req.size()] * Hkv / slots * slot;
+    int64_t lo = 0, hi = items;  // the first item with at least `target` work before it
+    while (lo < hi) {
+      const int64_t it = (lo + hi) / 2, tile = it / Hkv;
+      const int64_t before = work[tile] * Hkv + it % Hkv * (work[tile + 1] - work[tile]);
+      if (before < target) {
+        lo = it + 1;
+      } else {
+        hi = it;
+      }
+    }
+    return slot == slots ? items : lo;
+  };
+  at::parallel_for(0, slots, 1, [&](int64_t begin, int64_t end) {
+    run_items(slot_begin(begin), slot_begin(end));
   });
   };
   auto with_head_dim = [&](auto cache_tag) {
