@@ -108,7 +108,7 @@ def kernel_outputs() -> dict[str, torch.Tensor]:
             out[f"quant_rows16/{key}/M{M}"] = ops.quant_linear(x, *layout, G, u4)
         out[f"gather/{key}/rows16"] = ops.quant_gather_rows(ids[:2], *layout, G, u4, K)
     for D, dtype, (window, cap) in itertools.product(
-        (64, 48), (torch.float32, torch.float16), ((0, 0.0), (5, 0.0), (0, 30.0))
+        (64, 128, 48), (torch.float32, torch.float16), ((0, 0.0), (5, 0.0), (0, 30.0))
     ):
         # 3 requests (a 13-token prefill, a decode, a 3-token chunk), 6 query heads on 2 KV heads
         q, kc, vc = rand(17, 6, D), rand(16, 4, 2, D).to(dtype), rand(16, 4, 2, D).to(dtype)

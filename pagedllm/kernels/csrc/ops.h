@@ -21,6 +21,10 @@ at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& codes, const at::
 struct AttentionPlan {
   at::Tensor block_table, seq_lens, query_start_loc;  // int32, contiguous
   std::vector<int64_t> item_req, item_tile;            // work items: (request, query tile)
+  // work_before[i]: the work (rows x keys, estimated) of the items before item i, i <= items:
+  // threads take contiguous runs of items of about equal work (a long prompt's last tiles see
+  // far more keys than its first)
+  std::vector<int64_t> work_before;
 };
 AttentionPlan plan_attention(const at::Tensor& block_table, const at::Tensor& seq_lens,
                              const at::Tensor& query_start_loc);

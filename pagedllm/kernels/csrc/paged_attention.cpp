@@ -6,7 +6,17 @@
 // keys 0..p (and only to keys > p - window with a sliding window). One work item is (request,
 // KV head, tile of query rows); all query heads sharing the KV head are computed together so
 // each key and value row is read once per tile. Softmax is online (running max and sum) over
-// blocks of the cache, in float32.
+// chunks of 16 key positions, in float32.
+//
+// Per row and chunk: the 16 scores as two 8-lane vectors (scores8: 8 keys' dot products in
+// 16-lane partial sums, reduced together, no horizontal sum per key), their max and exponentials
+// in vectors, and the P.V step as broadcast weights times value rows into an accumulator held in
+// registers (a query's head rows at once where registers allow). A row goes through the same
+// operations in the same order whatever surrounds it (a prefill tile, a chunk of its prompt, a
+// decode, another batch or thread count: batch invariance), and every build (AVX-512, AVX2,
+// portable) computes the same bits for the head sizes 64, 128 and 256. At these sizes the
+// prefill is bound by the multiply-adds (2.9 ns per query head and key at D = 64 on a Zen 5
+// core, ~86 GFLOP/s against the ~89 of its 512-bit FMAs; the kernel before took 5.8 ns).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -26,6 +36,12 @@ namespace {
 namespace vec = pagedllm::vec;
 
 constexpr int64_t kQueryTile = 8;
+// Keys per online-softmax step, at positions [16c, 16c + 16): the steps a row takes depend on
+// its position alone (not on the tile, the chunking of its prompt or the cache block size).
+constexpr int kKeyChunk = 16;
+// Chunks ahead whose K and V rows are prefetched (1: decode over 64 requests of 512 tokens, which
+// streams the cache from memory, takes 0.6x the time (fp16 0.4x); 2 or 3 gain nothing more).
+constexpr int64_t kAhead = 1, kRing = kAhead + 1;
 
 // Cache elements are float (the model dtype) or at::Half (--kv-cache-dtype fp16: half the bytes
 // to stream, and decode attention over a long batch is bound by reading the cache).
@@ -44,76 +60,122 @@ inline float dot(const float* a, const CT* b, int64_t d) {
   return s;
 }
 
-// Head sizes known at compile time (D a multiple of 16): two 8-lane FMA chains over the even
-// and odd 8-column slices, summed and reduced by vec::reduce_add.
-template <int D, typename CT>
-inline float dot_fixed(const float* a, const CT* b) {
-  vec::F8 s0 = vec::zero(), s1 = vec::zero();
-  for (int i = 0; i < D; i += 16) {
-    s0 = vec::fma(vec::load(a + i), vec::load(b + i), s0);
-    if (i + 8 < D) s1 = vec::fma(vec::load(a + i + 8), vec::load(b + i + 8), s1);
+// The scores q . k_j of 8 keys, for head sizes known at compile time (HD a multiple of 16).
+// Each key's products are summed in 16 lanes (lane l: columns l, l + 16, ... in order, one fused
+// multiply-add each; R16f is one 512-bit register with AVX-512, two 8-lane halves elsewhere, lane
+// for lane the same operations), the lanes folded 16 -> 8, and the 8 keys reduced at once (the
+// pairwise tree of vec::reduce_add_pairwise8) instead of one horizontal sum per key. A score
+// depends on q and k_j alone: the same bits in a prefill tile and in a decode, in every build.
+template <int HD, typename CT>
+inline vec::F8 scores8(const float* q, const CT* const* k) {
+  vec::F8 folded[8];
+  for (int j = 0; j < 8; ++j) {
+    vec::R16f acc = vec::r16_zero();
+    for (int c = 0; c < HD; c += 16) {
+      acc = vec::fma(vec::r16_load(q + c), vec::r16_load(k[j] + c), acc);
+    }
+    folded[j] = vec::r16_fold(acc);
   }
-  return vec::reduce_add(s0 + s1);
+  return vec::reduce_add_pairwise8(folded);
 }
 
-// a[0:D] = a * correction + sum_j p[j] v_j, the accumulator held in registers over the block.
-template <int D, typename CT>
-inline void accumulate_fixed(float* a, float correction, const float* p, const CT* v,
-                             int64_t v_stride, int64_t n) {
-  vec::F8 acc[D / 8];
-  const vec::F8 c = vec::set1(correction);
-  for (int i = 0; i < D / 8; ++i) acc[i] = vec::load(a + 8 * i) * c;
-  for (int64_t j = 0; j < n; ++j) {
-    if (p[j] == 0.f) continue;  // masked (or underflowed: contributes nothing)
-    const vec::F8 pj = vec::set1(p[j]);
-    const CT* vj = v + j * v_stride;
-    for (int i = 0; i < D / 8; ++i) acc[i] = vec::fma(pj, vec::load(vj + 8 * i), acc[i]);
-  }
-  for (int i = 0; i < D / 8; ++i) vec::store(a + 8 * i, acc[i]);
-}
-
-template <int D, typename CT>  // D == 0: any head size
-inline float dot_d(const float* a, const CT* b, int64_t d) {
-  if constexpr (D > 0) return dot_fixed<D>(a, b);
-  return dot(a, b, d);
-}
-
-template <int D, typename CT>
-inline void accumulate_d(float* a, float correction, const float* p, const CT* v,
-                         int64_t v_stride, int64_t n, int64_t d) {
-  if constexpr (D > 0) return accumulate_fixed<D>(a, correction, p, v, v_stride, n);
-  for (int64_t i = 0; i < d; ++i) a[i] *= correction;
-  for (int64_t j = 0; j < n; ++j) {
-    if (p[j] == 0.f) continue;
-    const CT* vj = v + j * v_stride;
+// a[0:d] = a * correction + sum_j p[j] v_j over the keys j0 <= j < j1 of one chunk, all visible
+// to the row (HD > 0: d == HD, the accumulator held in registers). correction == 1 (the running
+// max unchanged) skips the multiply: a * 1 is a.
+template <int HD, typename CT>
+inline void accumulate_chunk(float* a, float correction, const float* p, const CT* const* v,
+                             int64_t j0, int64_t j1, int64_t d) {
+  if constexpr (HD > 0) {
+    vec::R16f acc[HD / 16];
+    for (int i = 0; i < HD / 16; ++i) acc[i] = vec::r16_load(a + 16 * i);
+    if (correction != 1.f) {
+      const vec::R16f c = vec::r16_set1(correction);
+      for (int i = 0; i < HD / 16; ++i) acc[i] = acc[i] * c;
+    }
+    for (int64_t j = j0; j < j1; ++j) {
+      const vec::R16f pj = vec::r16_set1(p[j]);
+      for (int i = 0; i < HD / 16; ++i) {
+        acc[i] = vec::fma(pj, vec::r16_load(v[j] + 16 * i), acc[i]);
+      }
+    }
+    for (int i = 0; i < HD / 16; ++i) vec::r16_store(a + 16 * i, acc[i]);
+  } else {
+    if (correction != 1.f) {
+      for (int64_t i = 0; i < d; ++i) a[i] *= correction;
+    }
+    for (int64_t j = j0; j < j1; ++j) {
+      const CT* vj = v[j];
 #pragma omp simd
-    for (int64_t i = 0; i < d; ++i) a[i] += p[j] * to_float(vj[i]);
+      for (int64_t i = 0; i < d; ++i) a[i] += p[j] * to_float(vj[i]);
+    }
   }
 }
 
-// s[j] <- exp(s[j] - max) for j < n (masked -inf scores become exactly 0); returns the sum.
-inline float exp_shifted(float* s, int64_t n, float max) {
-  float sum = 0.f;
-  int64_t j = 0;
-  const vec::F8 mx = vec::set1(max);
-  const vec::F8 neg_inf = vec::set1(-std::numeric_limits<float>::infinity());
-  vec::F8 acc = vec::zero();
-  for (; j + 8 <= n; j += 8) {
-    const vec::F8 v = vec::load(s + j);
-    const vec::F8 p = vec::zero_where(vec::equal(v, neg_inf), vec::exp(v - mx));
-    vec::store(s + j, p);
-    acc = acc + p;
+// accumulate_chunk for R rows at once (R accumulators of HD, HD apart; p and correction per
+// row, p kKeyChunk apart), each row through the same operations as alone, so the same bits:
+// sharing each value load between the rows, and R times the independent multiply-add chains
+// (one row's HD / 16 chains would wait on the FMA latency).
+template <int HD, int R, typename CT>
+inline void accumulate_rows(float* a, const float* correction, const float* p,
+                            const CT* const* v, int64_t j0, int64_t j1) {
+  constexpr int N = HD / 16;
+  vec::R16f acc[R][N];
+  for (int r = 0; r < R; ++r) {
+    const vec::R16f c = vec::r16_set1(correction[r]);  // (times 1: the same bits as skipped)
+    for (int i = 0; i < N; ++i) acc[r][i] = vec::r16_load(a + r * HD + 16 * i) * c;
   }
-  float lanes[8];
-  vec::store(lanes, acc);
-  for (float v : lanes) sum += v;
-  for (; j < n; ++j) {
-    s[j] = s[j] == -std::numeric_limits<float>::infinity() ? 0.f : std::exp(s[j] - max);
-    sum += s[j];
+  for (int64_t j = j0; j < j1; ++j) {
+    vec::R16f pj[R];
+    for (int r = 0; r < R; ++r) pj[r] = vec::r16_set1(p[r * kKeyChunk + j]);
+    for (int i = 0; i < N; ++i) {
+      const vec::R16f vj = vec::r16_load(v[j] + 16 * i);
+      for (int r = 0; r < R; ++r) acc[r][i] = vec::fma(pj[r], vj, acc[r][i]);
+    }
   }
-  return sum;
+  for (int r = 0; r < R; ++r) {
+    for (int i = 0; i < N; ++i) vec::r16_store(a + r * HD + 16 * i, acc[r][i]);
+  }
 }
 
+// Rows accumulate_rows takes at once: their accumulators in about half the vector registers.
+template <int HD>
+constexpr int rows_at_once() {
+#ifdef PAGEDLLM_VEC_512
+  return HD > 0 ? std::max(1, 16 / (HD / 16)) : 1;  // 32 zmm registers, one per 16 floats
+#else
+  return 1;  // 16 ymm registers (or none): one row's HD / 8 already fill half
+#endif
+}
+
+// The P.V step of rows first..first+n-1 of one query (they share its visible keys), as many
+// at once as rows_at_once allows.
+template <int HD, typename CT>
+inline void accumulate_query_rows(float* a, const float* correction, const float* p,
+                                  const CT* const* v, int64_t j0, int64_t j1, int64_t n,
+                                  int64_t d) {
+  constexpr int kMax = rows_at_once<HD>();
+  int64_t r = 0;
+  if constexpr (HD > 0 && kMax > 1) {
+    for (; r + kMax <= n; r += kMax) {
+      accumulate_rows<HD, kMax>(a + r * HD, correction + r, p + r * kKeyChunk, v, j0, j1);
+    }
+    if constexpr (kMax >= 4) {
+      if (n - r == 3) {
+        accumulate_rows<HD, 3>(a + r * HD, correction + r, p + r * kKeyChunk, v, j0, j1);
+        return;
+      }
+    }
+    if constexpr (kMax >= 3) {
+      if (n - r == 2) {
+        accumulate_rows<HD, 2>(a + r * HD, correction + r, p + r * kKeyChunk, v, j0, j1);
+        return;
+      }
+    }
+  }
+  for (; r < n; ++r) {
+    accumulate_chunk<HD>(a + r * d, correction[r], p + r * kKeyChunk, v, j0, j1, d);
+  }
+}
 
 }  // namespace
 
@@ -122,13 +184,17 @@ namespace pagedllm {
 AttentionPlan plan_attention(const at::Tensor& block_table, const at::Tensor& seq_lens,
                              const at::Tensor& query_start_loc) {
   AttentionPlan plan{block_table.to(at::kInt).contiguous(), seq_lens.to(at::kInt).contiguous(),
-                     query_start_loc.to(at::kInt).contiguous(), {}, {}};
+                     query_start_loc.to(at::kInt).contiguous(), {}, {}, {0}};
   const int* qslp = plan.query_start_loc.data_ptr<int>();
+  const int* slp = plan.seq_lens.data_ptr<int>();
   for (int64_t r = 0; r < plan.seq_lens.size(0); ++r) {
     const int64_t nq = qslp[r + 1] - qslp[r];
     for (int64_t t0 = 0; t0 < nq; t0 += kQueryTile) {
       plan.item_req.push_back(r);
       plan.item_tile.push_back(t0);
+      // its rows times the keys of its last row (plus a chunk's worth for the fixed costs)
+      const int64_t tn = std::min(kQueryTile, nq - t0), keys = slp[r] - nq + t0 + tn;
+      plan.work_before.push_back(plan.work_before.back() + tn * (keys + kKeyChunk));
     }
   }
   return plan;
@@ -169,10 +235,13 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
   const int* btp = plan.block_table.data_ptr<int>();
   const std::vector<int64_t>& item_req = plan.item_req;
   const std::vector<int64_t>& item_tile = plan.item_tile;
-  // Work items: (request, kv head, query tile).
+  // Work items: (query tile, KV head).
   const int64_t items = static_cast<int64_t>(item_req.size()) * Hkv;
   const float fscale = static_cast<float>(scale);
   const float cap = static_cast<float>(soft_cap);
+  const vec::F8 vscale = vec::set1(fscale);
+  const vec::F8 neg_inf = vec::set1(-std::numeric_limits<float>::infinity());
+  constexpr float kInf = std::numeric_limits<float>::infinity();
   const int64_t slot_stride = Hkv * D, block_stride = block_size * slot_stride;
 
   // HD: the head size as a compile-time constant for the common sizes (registers hold q and the
@@ -183,66 +252,148 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
   using CT = typename decltype(cache_tag)::type;
   const CT* kp = static_cast<const CT*>(cache.key);
   const CT* vp = static_cast<const CT*>(cache.value);
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+  // the rows of keys the tile cannot reach (the fixed head sizes score them with the chunk's
+  // other keys, then mask them; they may lie in blocks the request does not own); never read
+  // for other head sizes, nor as values
+  alignas(64) static const CT zeros[256] = {};
+  const int64_t row_bytes = D * static_cast<int64_t>(sizeof(CT));
+  auto run_items = [&](int64_t begin, int64_t end) {
     const int64_t rows = kQueryTile * group;  // (query, head) pairs of one item
     // per-thread scratch, kept between calls (no allocation per layer)
-    thread_local std::vector<float> acc, m, l, s;
+    thread_local std::vector<float> acc, m, l, sp, corr;
+    thread_local std::vector<char> live_row;
     acc.resize(rows * D);
     m.resize(rows);
     l.resize(rows);
-    s.resize(rows * block_size);
+    sp.resize(group * kKeyChunk);  // one query's rows: scores, then softmax weights
+    corr.resize(group);
+    live_row.resize(group);
+    const CT* ring_k[kRing][kKeyChunk];  // the rows of chunks c .. c + kAhead
+    const CT* ring_v[kRing][kKeyChunk];
     for (int64_t it = begin; it < end; ++it) {
       const int64_t r = item_req[it / Hkv], t0 = item_tile[it / Hkv], kvh = it % Hkv;
       const int64_t start = qslp[r], nq = qslp[r + 1] - start, seq_len = slp[r];
       const int64_t tn = std::min(kQueryTile, nq - t0);
       const int64_t first_pos = seq_len - nq + t0;  // position of the tile's first query
       const int64_t last_pos = first_pos + tn - 1;
-      std::fill(acc.begin(), acc.end(), 0.f);
-      std::fill(m.begin(), m.end(), -std::numeric_limits<float>::infinity());
+      TORCH_CHECK(last_pos / block_size < max_blocks, "block table too short");
+      std::fill(acc.begin(), acc.begin() + tn * group * D, 0.f);
+      std::fill(m.begin(), m.end(), -kInf);
       std::fill(l.begin(), l.end(), 0.f);
       // keys the tile can see: [lo, last_pos]
       int64_t lo = 0;
       if (sliding_window > 0) lo = std::max<int64_t>(0, first_pos - sliding_window + 1);
-      for (int64_t blk = lo / block_size; blk * block_size <= last_pos; ++blk) {
-        TORCH_CHECK(blk < max_blocks, "block table too short");
-        const int64_t phys = btp[r * max_blocks + blk];
-        const int64_t k0 = blk * block_size;
-        const int64_t kn = std::min(block_size, last_pos + 1 - k0);
+      // the K and V rows of this KV head of the chunk at k0, read in place through the block
+      // table; keys the tile cannot see point at zeros
+      auto chunk_rows = [&](int64_t k0, const CT** kr, const CT** vr, bool prefetch) {
+        const int64_t j0 = std::max<int64_t>(lo - k0, 0);
+        const int64_t j1 = std::min<int64_t>(kKeyChunk, last_pos + 1 - k0);
+        int64_t blk = (k0 + j0) / block_size, off = (k0 + j0) % block_size;
+        for (int64_t j = 0; j < kKeyChunk; ++j) {
+          if (j < j0 || j >= j1) {
+            kr[j] = vr[j] = zeros;
+            continue;
+          }
+          const int64_t at = btp[r * max_blocks + blk] * block_stride + off * slot_stride + kvh * D;
+          kr[j] = kp + at;
+          vr[j] = vp + at;
+          if (prefetch) {
+            for (int64_t b = 0; b < row_bytes; b += 64) {
+              vec::prefetch(reinterpret_cast<const char*>(kr[j]) + b);
+              vec::prefetch(reinterpret_cast<const char*>(vr[j]) + b);
+            }
+          }
+          if (++off == block_size) {
+            off = 0;
+            ++blk;
+          }
+        }
+      };
+      const int64_t c_first = lo / kKeyChunk, c_last = last_pos / kKeyChunk;
+      for (int64_t c = c_first; c < std::min(c_first + kAhead, c_last + 1); ++c) {
+        chunk_rows(c * kKeyChunk, ring_k[c % kRing], ring_v[c % kRing], false);
+      }
+      for (int64_t c = c_first; c <= c_last; ++c) {
+        const int64_t k0 = c * kKeyChunk;
+        // the rows kAhead chunks on, fetched into the cache while this chunk computes (decode
+        // over a long batch waits on memory, not on arithmetic)
+        if (c + kAhead <= c_last) {
+          chunk_rows((c + kAhead) * kKeyChunk, ring_k[(c + kAhead) % kRing],
+                     ring_v[(c + kAhead) % kRing], true);
+        }
+        const CT* const* krow = ring_k[c % kRing];
+        const CT* const* vrow = ring_v[c % kRing];
         for (int64_t ti = 0; ti < tn; ++ti) {
           const int64_t pos = first_pos + ti;
-          // the keys of this block up to the row's own position: how many depends on the row
-          // alone, not on the rows that share its tile, so its softmax sums (8 lanes, then a
-          // scalar tail) associate the same way in a prefill, a chunk or a decode
-          const int64_t row_kn = std::min(kn, pos + 1 - k0);
-          if (row_kn <= 0) continue;
+          const int64_t row_lo = sliding_window > 0 ? pos - sliding_window + 1 : 0;
+          if (k0 > pos || k0 + kKeyChunk <= row_lo) continue;  // nothing here for this row
+          // the lanes this row sees, [vis0, vis1): its position alone decides them
+          const int64_t vis0 = std::max<int64_t>(row_lo - k0, 0);
+          const int64_t vis1 = std::min<int64_t>(kKeyChunk, pos + 1 - k0);
+          const bool partial = vis0 > 0 || vis1 < kKeyChunk;
+          // scores and softmax of each head's row; then the P.V step of the query's rows
+          int64_t live = 0;  // rows with a visible finite score here (all but in odd cases)
           for (int64_t g = 0; g < group; ++g) {
             const int64_t row = ti * group + g;
             const float* qv = qp + (start + t0 + ti) * q_stride + (kvh * group + g) * D;
-            float* srow = s.data() + row * block_size;
-            float block_max = -std::numeric_limits<float>::infinity();
-            for (int64_t j = 0; j < row_kn; ++j) {
-              const int64_t kpos = k0 + j;
-              const bool visible =
-                  kpos <= pos && (sliding_window <= 0 || kpos > pos - sliding_window);
-              if (!visible) {
-                srow[j] = -std::numeric_limits<float>::infinity();
-                continue;
+            float* s = sp.data() + g * kKeyChunk;
+            vec::F8 s0, s1;
+            if constexpr (HD > 0) {
+              s0 = scores8<HD>(qv, krow) * vscale;
+              s1 = scores8<HD>(qv, krow + 8) * vscale;
+              if (partial || cap > 0.f) {
+                vec::store(s, s0);
+                vec::store(s + 8, s1);
+                for (int64_t j = 0; j < kKeyChunk; ++j) {
+                  if (j < vis0 || j >= vis1) {
+                    s[j] = -kInf;
+                  } else if (cap > 0.f) {
+                    s[j] = cap * std::tanh(s[j] / cap);
+                  }
+                }
+                s0 = vec::load(s);
+                s1 = vec::load(s + 8);
               }
-              float score =
-                  fscale * dot_d<HD>(qv, kp + phys * block_stride + j * slot_stride + kvh * D, D);
-              if (cap > 0.f) score = cap * std::tanh(score / cap);
-              srow[j] = score;
-              block_max = std::max(block_max, score);
+            } else {
+              for (int64_t j = 0; j < kKeyChunk; ++j) {
+                if (j < vis0 || j >= vis1) {
+                  s[j] = -kInf;
+                  continue;
+                }
+                float score = fscale * dot(qv, krow[j], D);
+                if (cap > 0.f) score = cap * std::tanh(score / cap);
+                s[j] = score;
+              }
+              s0 = vec::load(s);
+              s1 = vec::load(s + 8);
             }
-            if (block_max == -std::numeric_limits<float>::infinity()) continue;
+            const float block_max = vec::reduce_max(vec::max(s0, s1));
+            live_row[g] = block_max != -kInf;
+            if (!live_row[g]) continue;
+            ++live;
             const float new_max = std::max(m[row], block_max);
-            const float correction = std::exp(m[row] - new_max);
-            float* a = acc.data() + row * D;
-            const float sum = exp_shifted(srow, row_kn, new_max);
-            accumulate_d<HD>(a, correction, srow, vp + phys * block_stride + kvh * D, slot_stride,
-                             row_kn, D);
+            // (e^0 is exactly 1: skipping the call when the running max stands changes no bit)
+            const float correction = new_max == m[row] ? 1.f : std::exp(m[row] - new_max);
+            const vec::F8 mx = vec::set1(new_max);
+            // masked -inf scores become exactly 0
+            const vec::F8 p0 = vec::zero_where(vec::equal(s0, neg_inf), vec::exp(s0 - mx));
+            const vec::F8 p1 = vec::zero_where(vec::equal(s1, neg_inf), vec::exp(s1 - mx));
+            vec::store(s, p0);  // s now holds the row's weights
+            vec::store(s + 8, p1);
+            const float sum = vec::reduce_add(p0 + p1);
+            corr[g] = correction;
             l[row] = std::fma(l[row], correction, sum);  // as SIMD builds contract it
             m[row] = new_max;
+          }
+          float* a = acc.data() + ti * group * D;
+          if (live == group) {
+            accumulate_query_rows<HD>(a, corr.data(), sp.data(), vrow, vis0, vis1, group, D);
+          } else {
+            for (int64_t g = 0; g < group; ++g) {
+              if (!live_row[g]) continue;
+              accumulate_chunk<HD>(a + g * D, corr[g], sp.data() + g * kKeyChunk, vrow, vis0,
+                                   vis1, D);
+            }
           }
         }
       }
@@ -256,6 +407,27 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
         }
       }
     }
+  };
+  // one contiguous run of items per thread, of about equal work (items of one tile, one per KV
+  // head, weigh the same)
+  const int64_t* work = plan.work_before.data();
+  const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), items));
+  auto slot_begin = [&](int64_t slot) {
+    const int64_t target = work[item_req.size()] * Hkv / slots * slot;
+    int64_t lo = 0, hi = items;  // the first item with at least `target` work before it
+    while (lo < hi) {
+      const int64_t it = (lo + hi) / 2, tile = it / Hkv;
+      const int64_t before = work[tile] * Hkv + it % Hkv * (work[tile + 1] - work[tile]);
+      if (before < target) {
+        lo = it + 1;
+      } else {
+        hi = it;
+      }
+    }
+    return slot == slots ? items : lo;
+  };
+  at::parallel_for(0, slots, 1, [&](int64_t begin, int64_t end) {
+    run_items(slot_begin(begin), slot_begin(end));
   });
   };
   auto with_head_dim = [&](auto cache_tag) {

@@ -50,5 +50,7 @@ inline R16f operator*(const R16f& a, const R16f& b) { return {{a.h[0] * b.h[0], 
 inline R16f fma(const R16f& a, const R16f& b, const R16f& c) {
   return {{fma(a.h[0], b.h[0], c.h[0]), fma(a.h[1], b.h[1], c.h[1])}};
 }
+// lanes 0-7 + lanes 8-15
+inline F8 r16_fold(const R16f& a) { return a.h[0] + a.h[1]; }
 
 }  // namespace pagedllm::vec

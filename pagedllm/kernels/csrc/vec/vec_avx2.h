@@ -102,6 +102,17 @@ inline void reduce_add_pairwise4(F8 a, F8 b, F8 c, F8 d, float out[4]) {
   const __m256 q = _mm256_hadd_ps(_mm256_hadd_ps(a.v, b.v), _mm256_hadd_ps(c.v, d.v));
   _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(q), _mm256_extractf128_ps(q, 1)));
 }
+// [reduce_add_pairwise(a[0]), ..., reduce_add_pairwise(a[7])]: eight sums in one register, in
+// reduce_add_pairwise's association (attention's scores of 8 keys from their partial sums).
+inline F8 reduce_add_pairwise8(const F8 a[8]) {
+  // lo: sums of lanes 0-3 of a[0..3] in its low half, of lanes 4-7 in its high half
+  const __m256 lo =
+      _mm256_hadd_ps(_mm256_hadd_ps(a[0].v, a[1].v), _mm256_hadd_ps(a[2].v, a[3].v));
+  const __m256 hi =
+      _mm256_hadd_ps(_mm256_hadd_ps(a[4].v, a[5].v), _mm256_hadd_ps(a[6].v, a[7].v));
+  return {_mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20),
+                        _mm256_permute2f128_ps(lo, hi, 0x31))};
+}
 
 // ---- integers ----
 inline I8x32 load_bytes32(const void* p) {

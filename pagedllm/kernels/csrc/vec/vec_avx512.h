@@ -109,5 +109,10 @@ inline void r16_store(float* p, R16f a) { _mm512_storeu_ps(p, a.v); }
 inline R16f operator+(R16f a, R16f b) { return {_mm512_add_ps(a.v, b.v)}; }
 inline R16f operator*(R16f a, R16f b) { return {_mm512_mul_ps(a.v, b.v)}; }
 inline R16f fma(R16f a, R16f b, R16f c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+// lanes 0-7 + lanes 8-15 (rows16.h's two halves added)
+inline F8 r16_fold(R16f a) {
+  const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a.v), 1));
+  return {_mm256_add_ps(_mm512_castps512_ps256(a.v), hi)};
+}
 
 }  // namespace pagedllm::vec

@@ -172,6 +172,11 @@ inline void reduce_add_pairwise4(const F8& a, const F8& b, const F8& c, const F8
   out[2] = reduce_add_pairwise(c);
   out[3] = reduce_add_pairwise(d);
 }
+inline F8 reduce_add_pairwise8(const F8 a[8]) {
+  F8 r;
+  for (int l = 0; l < 8; ++l) r.v[l] = reduce_add_pairwise(a[l]);
+  return r;
+}
 
 // ---- integers ----
 inline I8x32 load_bytes32(const void* p) {
