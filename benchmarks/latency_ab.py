@@ -1,12 +1,13 @@
 """`pagedllm bench latency` of a change against its base, alternating fresh processes, plus a
-check that both trees produce the same greedy tokens.
+check that both trees produce the same greedy tokens (--allow-token-change: only recorded, for a
+change that alters the arithmetic on purpose).
 
 For each config (Q4_1 GGUF as shipped, and fp32 via --quantization none) and each round, one
 `bench latency --batch-sizes ...` process per tree, the trees' order flipping round by round (this
 VM's speed drifts by up to ~10 % over minutes). Reported per config and batch size: the best
 decode and prefill tok/s of each tree over the rounds and their ratio (change / base). Then each
 tree generates greedy tokens for the same prompts alone and as one batch; the script fails if the
-trees or the batch shapes disagree.
+trees (unless --allow-token-change) or the batch shapes disagree.
 
     git worktree add /tmp/base <base-commit>
     python benchmarks/latency_ab.py --base /tmp/base --rounds 2 \
@@ -74,6 +75,10 @@ def main() -> None:
     parser.add_argument("--num-iters", type=int, default=3)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--output-json")
+    parser.add_argument("--allow-token-change", action="store_true",
+                        help="a change that alters the arithmetic on purpose (another summation "
+                             "order): record whether the trees' tokens agree instead of failing; "
+                             "batch invariance is still required")  # fmt: skip
     args = parser.parse_args()
     trees = {"base": os.path.abspath(args.base), "change": os.path.abspath(args.change)}
     report: dict = {"machine": platform.processor() or platform.machine(), "args": vars(args)}
@@ -92,7 +97,7 @@ def main() -> None:
         report[config]["greedy_tokens_identical"] = same_trees
         report[config]["batch_invariant"] = alone_matches
         print(f"{config}: {json.dumps(report[config])}", flush=True)
-        if not (same_trees and alone_matches):
+        if not alone_matches or not (same_trees or args.allow_token_change):
             raise SystemExit(f"{config}: greedy tokens differ (trees {same_trees}, "
                              f"batch vs alone {alone_matches})")  # fmt: skip
     if args.output_json:

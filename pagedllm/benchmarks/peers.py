@@ -265,7 +265,9 @@ def make_peer(
         from pagedllm.benchmarks.openvino_peer import make_openvino_runner
 
         return make_openvino_runner(source.file, _threads(), batch_limits)
-    path = llama_cpp_weights(source.file, float32=quantization is None and dtype == "float32")
+    float_weights = quantization is None and dtype in _LLAMA_CPP_FLOAT_TYPES
+    path = llama_cpp_weights(source.file, float32=float_weights and dtype == "float32",
+                             dtype=dtype if float_weights else None)  # fmt: skip
     print(f"llama.cpp runs {os.path.basename(path)}", flush=True)
     return LlamaCppRunner(path, _threads(), n_ctx)
 
@@ -282,18 +284,25 @@ def make_peers(
     pagedllm engine running `model_config` (its dtype and quantization)."""
     names = selected_peers(requested)
     note_weights(names, model_config.quantization)
-    peers = [
-        make_peer(name, source, model_config.dtype, hf_batch_size, n_ctx,
-                  model_config.quantization, batch_limits)
-        for name in names
-    ]  # fmt: skip
+    peers = []
+    for name in names:
+        try:
+            peers.append(make_peer(name, source, model_config.dtype, hf_batch_size, n_ctx,
+                                   model_config.quantization, batch_limits))  # fmt: skip
+        except RuntimeError as exc:  # e.g. OpenVINO GenAI's GGUF reader on an architecture
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            print(f"{name} could not load {os.path.basename(source.file or source.path)} "
+                  f"({first_line}): skipped", flush=True)  # fmt: skip
     return [p for p in peers if p is not None]
 
 
-def llama_cpp_weights(gguf: str, float32: bool) -> str:
-    """The GGUF llama.cpp runs next to pagedllm: the file itself, or its F32 copy when pagedllm
-    runs float32 weights (both then at the same precision)."""
-    return float32_gguf(gguf) if float32 else gguf
+def llama_cpp_weights(gguf: str, float32: bool, dtype: str | None = None) -> str:
+    """The GGUF llama.cpp runs next to pagedllm: the file itself, or its F32 (BF16, F16) copy
+    when pagedllm runs float32 (bfloat16, float16) weights, both then holding the same weights
+    (`dtype` names the half ones; float32 alone keeps the older callers' meaning)."""
+    if dtype is not None and dtype != "float32":
+        return float_gguf(gguf, dtype)
+    return float_gguf(gguf, "float32") if float32 else gguf
 
 
 def add_kv_precision_arg(parser: argparse.ArgumentParser) -> None:
@@ -318,24 +327,31 @@ def llama_cpp_program(name: str) -> str | None:
     return built if os.path.exists(built) else shutil.which(name)
 
 
-def float32_gguf(path: str) -> str:
-    """`path` with every tensor in F32, written once by llama.cpp's own quantizer into the
-    pagedllm cache (llama.cpp's float32 baseline for a model shipped quantized)."""
+_LLAMA_CPP_FLOAT_TYPES = {"float32": ("F32", "LLAMA_FTYPE_ALL_F32"),
+                          "bfloat16": ("BF16", "LLAMA_FTYPE_MOSTLY_BF16"),
+                          "float16": ("F16", "LLAMA_FTYPE_MOSTLY_F16")}  # fmt: skip
+
+
+def float_gguf(path: str, dtype: str) -> str:
+    """`path` with its tensors in `dtype` (F32, BF16, F16), written once by llama.cpp's own
+    quantizer into the pagedllm cache (llama.cpp's float baseline for a model shipped
+    quantized)."""
     import llama_cpp
 
     from pagedllm import envs
 
+    suffix, ftype = _LLAMA_CPP_FLOAT_TYPES[dtype]
     out_dir = os.path.join(envs.kernel_cache_dir(), "peers")
     os.makedirs(out_dir, exist_ok=True)
-    out = os.path.join(out_dir, os.path.basename(path).removesuffix(".gguf") + ".F32.gguf")
+    out = os.path.join(out_dir, os.path.basename(path).removesuffix(".gguf") + f".{suffix}.gguf")
     if not os.path.exists(out):
         params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = llama_cpp.LLAMA_FTYPE_ALL_F32
+        params.ftype = getattr(llama_cpp, ftype)
         params.allow_requantize = True
         params.nthread = _threads()
         tmp = out + ".tmp"
         if llama_cpp.llama_model_quantize(path.encode(), tmp.encode(), params) != 0:
-            raise RuntimeError(f"llama.cpp could not convert {path} to F32")
+            raise RuntimeError(f"llama.cpp could not convert {path} to {suffix}")
         os.replace(tmp, out)
     return out
 
