@@ -104,34 +104,33 @@ std::tuple<at::Tensor, at::Tensor> rotary_embedding(const at::Tensor& query,
   return {q_out, k_out};
 }
 
-void silu_and_mul_rows(const float* x, int64_t T, int64_t I, float* out) {
+namespace {
+
+// [T, 2I] rows (gate | up) -> act(gate) * up [T, I]: `vector` does 8 columns, `tail` the last
+// I % 8 (gate, up, out, count); rows are independent, 16 to a task.
+template <typename Vector, typename Tail>
+void gated_rows(const float* x, int64_t T, int64_t I, float* out, Vector vector, Tail tail) {
   at::parallel_for(0, T, 16, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const float* g = x + t * 2 * I;
       const float* u = g + I;
       float* o = out + t * I;
       int64_t i = 0;
-      for (; i + 8 <= I; i += 8) {
-        const vec::F8 gv = vec::load(g + i);
-        const vec::F8 s = gv / (vec::set1(1.f) + vec::exp(vec::zero() - gv));
-        vec::store(o + i, s * vec::load(u + i));
-      }
-      for (; i < I; ++i) o[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+      for (; i + 8 <= I; i += 8) vec::store(o + i, vector(vec::load(g + i), vec::load(u + i)));
+      if (i < I) tail(g + i, u + i, o + i, I - i);
     }
   });
 }
 
-// [T, 2I] (gate | up) -> silu(gate) * up [T, I]; silu(g) = g / (1 + e^-g).
-at::Tensor silu_and_mul(const at::Tensor& x_in) {
+// A gated activation op: x [T, 2I] float32 -> [T, I] by its rows kernel.
+at::Tensor gated_op(const at::Tensor& x_in, void (*rows)(const float*, int64_t, int64_t, float*)) {
   TORCH_CHECK(x_in.scalar_type() == at::kFloat && x_in.dim() == 2);
   const at::Tensor x = x_in.contiguous();
   const int64_t T = x.size(0), I = x.size(1) / 2;
   at::Tensor out = at::empty({T, I}, x.options());
-  silu_and_mul_rows(x.data_ptr<float>(), T, I, out.data_ptr<float>());
+  rows(x.data_ptr<float>(), T, I, out.data_ptr<float>());
   return out;
 }
-
-namespace {
 
 // gelu_tanh(g) * u for 8 columns. gelu_tanh(g) = g/2 (1 + tanh(z)), z = sqrt(2/pi) (g + 0.044715
 // g^3) (PyTorch's approximate="tanh", HF's gelu_pytorch_tanh), computed as g / (1 + e^(-2z)):
@@ -146,37 +145,34 @@ inline vec::F8 gelu_tanh_mul(vec::F8 g, vec::F8 u) {
 
 }  // namespace
 
+void silu_and_mul_rows(const float* x, int64_t T, int64_t I, float* out) {
+  gated_rows(
+      x, T, I, out,
+      [](vec::F8 g, vec::F8 u) {
+        return g / (vec::set1(1.f) + vec::exp(vec::zero() - g)) * u;
+      },
+      [](const float* g, const float* u, float* o, int64_t n) {
+        for (int64_t i = 0; i < n; ++i) o[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+      });
+}
+
+// [T, 2I] (gate | up) -> silu(gate) * up [T, I]; silu(g) = g / (1 + e^-g).
+at::Tensor silu_and_mul(const at::Tensor& x) { return gated_op(x, silu_and_mul_rows); }
+
 void gelu_tanh_and_mul_rows(const float* x, int64_t T, int64_t I, float* out) {
-  at::parallel_for(0, T, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const float* g = x + t * 2 * I;
-      const float* u = g + I;
-      float* o = out + t * I;
-      int64_t i = 0;
-      for (; i + 8 <= I; i += 8)
-        vec::store(o + i, gelu_tanh_mul(vec::load(g + i), vec::load(u + i)));
-      if (i < I) {
-        // the tail through the same vector arithmetic (zero-padded), so every column of every
-        // build rounds alike
-        float gt[8] = {}, ut[8] = {}, ot[8];
-        std::copy(g + i, g + I, gt);
-        std::copy(u + i, u + I, ut);
-        vec::store(ot, gelu_tanh_mul(vec::load(gt), vec::load(ut)));
-        std::copy(ot, ot + (I - i), o + i);
-      }
-    }
+  gated_rows(x, T, I, out, gelu_tanh_mul, [](const float* g, const float* u, float* o, int64_t n) {
+    // the tail through the same vector arithmetic (zero-padded), so every column of every
+    // build rounds alike
+    float gt[8] = {}, ut[8] = {}, ot[8];
+    std::copy(g, g + n, gt);
+    std::copy(u, u + n, ut);
+    vec::store(ot, gelu_tanh_mul(vec::load(gt), vec::load(ut)));
+    std::copy(ot, ot + n, o);
   });
 }
 
 // [T, 2I] (gate | up) -> gelu_tanh(gate) * up [T, I].
-at::Tensor gelu_tanh_and_mul(const at::Tensor& x_in) {
-  TORCH_CHECK(x_in.scalar_type() == at::kFloat && x_in.dim() == 2);
-  const at::Tensor x = x_in.contiguous();
-  const int64_t T = x.size(0), I = x.size(1) / 2;
-  at::Tensor out = at::empty({T, I}, x.options());
-  gelu_tanh_and_mul_rows(x.data_ptr<float>(), T, I, out.data_ptr<float>());
-  return out;
-}
+at::Tensor gelu_tanh_and_mul(const at::Tensor& x) { return gated_op(x, gelu_tanh_and_mul_rows); }
 
 }  // namespace pagedllm
 
