@@ -16,6 +16,7 @@ import torch
 
 from pagedllm.sample.ops.logit_bias import SparseRowTokens
 from pagedllm.sample.ops.penalties import PenaltyTensors, token_counts
+from pagedllm.sample.ops.seeded import draw_seed
 from pagedllm.sample.ops.token_masks import bad_words_banned
 from pagedllm.sampling_params import SamplingParams
 
@@ -28,8 +29,6 @@ class SamplingRow:
     prompt_token_ids: list[int]
     output_token_ids: list[int]
     """Tokens generated so far (not including the one being sampled now)."""
-    generator: torch.Generator | None = None
-    """The request's own generator when it has a seed (persisted by the runner across steps)."""
 
 
 @dataclass
@@ -41,8 +40,9 @@ class SamplingMetadata:
     top_k: torch.Tensor | None  # [B] long in [1, V]; V where off; None if no row uses it
     top_p: torch.Tensor | None  # [B] float32; 1.0 where off
     min_p: torch.Tensor | None  # [B] float32; 0.0 where off
-    generators: dict[int, torch.Generator]
-    """Row -> generator, for random (non-greedy) rows with a seed."""
+    seeds: dict[int, int]
+    """Row -> the seed of its draw, for random (non-greedy) rows of seeded requests: a function
+    of the request's seed and the position of the token being sampled (ops/seeded.py)."""
     penalties: PenaltyTensors | None
     allowed_token_ids: SparseRowTokens | None
     """(row, token) pairs that rows with allowed_token_ids may sample (their other tokens are
@@ -83,10 +83,10 @@ class SamplingMetadata:
             top_k=_top_k(params, vocab_size, device),
             top_p=_floats([p.top_p for p in params], device, unless_all=1.0),
             min_p=_floats([p.min_p for p in params], device, unless_all=0.0),
-            generators={
-                i: row.generator
+            seeds={
+                i: draw_seed(row.params.seed, len(row.prompt_token_ids) + len(row.output_token_ids))
                 for i, (row, g) in enumerate(zip(rows, greedy))
-                if row.generator is not None and not g
+                if row.params.seed is not None and not g
             },
             penalties=_penalties(rows, vocab_size, device),
             allowed_token_ids=_pairs(

@@ -20,6 +20,12 @@ request emits the accepted prefix plus one token of the target model's own:
   max(p(t) - q(t), 0) / sum max(p - q, 0) = p(t), since both sums equal 1 - sum min(p, q).
   This needs the draft to really be a sample of q (a draft chosen otherwise, e.g. q's argmax,
   must go the one-hot way, which is exact for any draft chosen independently of the target).
+- seeded random rows: the row samples exactly what decoding one token at a time would sample
+  there (the same processed logits, and the noise of the request's seed at that position,
+  ops/seeded.py), and the draft is accepted iff it is that token. So like greedy rows, a seeded
+  request emits the same tokens with and without drafts, whatever the batch; its acceptance
+  rate is the chance that the drafted token is the one drawn (p(d) for a one-hot draft, as
+  above; a draft model drafting with the same noise is coupled to the target's draw).
 """
 
 from __future__ import annotations
@@ -54,12 +60,14 @@ class RejectionSampler:
                 drafts: Sequence[Sequence[int]],
                 draft_probs: torch.Tensor | None = None) -> VerifiedTokens:
         """logits [N, V] and metadata rows: request after request, len(drafts[r]) + 1 rows
-        each. Seeded random requests must not draft (their draws would depend on the drafts).
-        draft_probs [N, V]: q of the distribution each draft was sampled from, on the row that
-        verifies it (bonus rows and greedy rows are ignored); None: one-hot drafts."""
-        assert not metadata.generators, "seeded random requests do not speculate"
+        each. draft_probs [N, V]: q of the distribution each draft was sampled from, on the
+        row that verifies it (bonus, greedy and seeded rows are ignored); None: one-hot
+        drafts."""
         logits = logits.float()
         raw_logprobs = self.sampler.process(logits, metadata)
+        # seeded rows: the very tokens one-at-a-time decoding samples (before the in-place
+        # transforms below; the other rows' draws are discarded)
+        plain = self.sampler.sample(logits.clone(), metadata) if metadata.seeds else None
         device = logits.device
         draft_at = torch.tensor([t for d in drafts for t in (*d, -1)], dtype=torch.long,
                                 device=device)  # [N]: the draft each row verifies (-1: bonus)
@@ -78,6 +86,10 @@ class RejectionSampler:
                 accept, token = _verify_random_with_probs(
                     logits[rows], rows, draft_at[rows], draft_probs[rows], metadata)
             accepted[rows], target[rows] = accept, token
+        if plain is not None:
+            seeded = torch.tensor(list(metadata.seeds), dtype=torch.long, device=device)
+            accepted[seeded] = plain[seeded] == draft_at[seeded]
+            target[seeded] = plain[seeded]
         emitted, kept_token = _emitted(drafts, accepted.tolist(), target.tolist())
         logprobs = self._logprobs(raw_logprobs, metadata, drafts, emitted, kept_token)
         return VerifiedTokens(emitted, logprobs)

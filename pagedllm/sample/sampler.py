@@ -14,9 +14,10 @@ The transforms run in this fixed order:
     9. random rows: sample from the renormalized survivors by the exponential race
        argmax(p / q), q ~ Exp(1) (p unnormalized: softmax's denominator cannot change it)
 
-Seeded rows draw q from their own generator, and every computation on a row is elementwise
-or a sequential scan of that row, so a seeded request's tokens do not depend on what else is
-batched or where its row is; the other random rows share one batched draw.
+Seeded rows draw q from a generator seeded by (request seed, position) (ops/seeded.py), and
+every computation on a row is elementwise or a sequential scan of that row, so a seeded
+request's tokens do not depend on what else is batched, where its row is, or whether its
+tokens came from drafts; the other random rows share one batched draw.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pagedllm.sample.ops.argmax import argmax_rows
 from pagedllm.sample.ops.logit_bias import apply_logit_bias, apply_min_tokens
 from pagedllm.sample.ops.logprobs import compute_logprobs, compute_prompt_logprobs, gather_logprobs
 from pagedllm.sample.ops.penalties import apply_penalties
+from pagedllm.sample.ops.seeded import seeded_exponentials
 from pagedllm.sample.ops.token_masks import apply_allowed_token_ids, apply_banned_tokens
 from pagedllm.sample.ops.topk_topp import nucleus_candidates
 from pagedllm.sample.outputs import LogprobsTensors, SamplerOutput
@@ -75,11 +77,11 @@ class Sampler(nn.Module):
         logits.div_(metadata.temperature.unsqueeze(1))
         truncating = _truncating_rows(metadata, logits.shape[-1])  # [B] bool
         for rows in _split(random_rows, truncating):
-            generators = _generators_of(rows, metadata.generators)
+            seeds = _seeds_of(rows, metadata.seeds)
             if bool(truncating[rows[0]]):
-                sampled[rows] = _sample_truncated(logits[rows], rows, metadata, generators)
+                sampled[rows] = _sample_truncated(logits[rows], rows, metadata, seeds)
             else:
-                sampled[rows] = _sample_full(logits[rows], generators)
+                sampled[rows] = _sample_full(logits[rows], seeds)
         return sampled
 
 
@@ -99,32 +101,32 @@ def _split(rows: torch.Tensor, truncating: torch.Tensor) -> list[torch.Tensor]:
     """rows [R] -> the non-empty groups [plain rows, truncating rows].
 
     NOTE: the group a row lands in depends only on its own parameters, so a seeded row takes
-    the same path (and consumes its generator the same way) whatever else is batched.
+    the same path whatever else is batched.
     """
     mask = truncating[rows]
     groups = [rows[~mask], rows[mask]]
     return [g for g in groups if g.numel() > 0]
 
 
-def _generators_of(
-    rows: torch.Tensor, generators: dict[int, torch.Generator]
-) -> dict[int, torch.Generator]:
-    """Re-key the batch's generators by position within the sub-batch `rows`."""
-    return {j: generators[r] for j, r in enumerate(rows.tolist()) if r in generators}
+def _seeds_of(rows: torch.Tensor, seeds: dict[int, int]) -> dict[int, int]:
+    """Re-key the batch's draw seeds by position within the sub-batch `rows`."""
+    if not seeds:
+        return {}
+    return {j: seeds[r] for j, r in enumerate(rows.tolist()) if r in seeds}
 
 
-def _sample_full(logits: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
+def _sample_full(logits: torch.Tensor, seeds: dict[int, int]) -> torch.Tensor:
     """Plain rows: race over the whole vocabulary, in token-id order. logits: [R, V]."""
     weights = (logits - logits.max(dim=-1, keepdim=True).values).exp_()  # [R, V]
     num_kept = torch.full_like(weights[:, 0], weights.shape[-1], dtype=torch.long)
-    return exponential_race(weights, num_kept, generators)
+    return exponential_race(weights, num_kept, seeds)
 
 
 def _sample_truncated(
     logits: torch.Tensor,
     rows: torch.Tensor,
     metadata: SamplingMetadata,
-    generators: dict[int, torch.Generator],
+    seeds: dict[int, int],
 ) -> torch.Tensor:
     """Rows with top-k/top-p/min-p: race over each row's surviving candidates."""
 
@@ -134,29 +136,52 @@ def _sample_truncated(
     cands = nucleus_candidates(
         logits, pick(metadata.top_k), pick(metadata.top_p), pick(metadata.min_p)
     )
-    positions = exponential_race(cands.weights, cands.num_kept, generators)  # [R]
+    positions = exponential_race(cands.weights, cands.num_kept, seeds, cands.token_ids,
+                                 logits.shape[-1])  # [R]
     return cands.token_ids.gather(1, positions.unsqueeze(1)).squeeze(1)
 
 
 def exponential_race(
-    weights: torch.Tensor, num_kept: torch.Tensor, generators: dict[int, torch.Generator]
+    weights: torch.Tensor,
+    num_kept: torch.Tensor,
+    seeds: dict[int, int],
+    token_ids: torch.Tensor | None = None,
+    vocab_size: int | None = None,
 ) -> torch.Tensor:
     """One categorical sample per row of weights [R, K] (unnormalized probabilities, 0 past
     num_kept [R]): the column argmax(weights / q) with q ~ Exp(1) i.i.d.
 
     (argmin of q_i / w_i is the first arrival among independent exponential clocks of rates
-    w_i, which is column i with probability w_i / sum(w).) Rows in `generators` draw exactly
-    num_kept values from their own generator; the others share one draw from the default one.
+    w_i, which is column i with probability w_i / sum(w).) Rows in `seeds` take q from their
+    seeded draw over the vocabulary (vocab_size values, indexed by token id: token_ids [R, K]
+    names each column's token, None when column k is token k), so a token's noise does not
+    depend on which candidates survived; the others share one draw from the default stream.
     """
     q = torch.empty_like(weights)  # [R, K]
-    if len(generators) < weights.shape[0]:
+    if len(seeds) < weights.shape[0]:
         q.exponential_()
     else:
         q.fill_(1.0)
-    kept = num_kept.tolist() if generators else []
-    for row, generator in generators.items():
-        q[row, : kept[row]].exponential_(generator=generator)
-        q[row, kept[row] :] = 1.0
+    if seeds:
+        kept = num_kept.tolist()
+        generator = _seeded_generator(weights.device)
+        for row, seed in seeds.items():
+            noise = seeded_exponentials(generator, seed, vocab_size or weights.shape[1])
+            k = kept[row]
+            q[row, :k] = noise[:k] if token_ids is None else noise[token_ids[row, :k]]
+            q[row, k:] = 1.0
     # NOTE: q == 0 is possible in float32; 0 / 0 would be a NaN that argmax picks.
     q.clamp_min_(torch.finfo(q.dtype).tiny)
     return argmax_rows(weights.div_(q))
+
+
+_SEEDED_GENERATORS: dict[torch.device, torch.Generator] = {}
+
+
+def _seeded_generator(device: torch.device) -> torch.Generator:
+    """One generator per device, reseeded for every seeded draw (its state carries nothing
+    from one draw to the next)."""
+    generator = _SEEDED_GENERATORS.get(device)
+    if generator is None:
+        generator = _SEEDED_GENERATORS[device] = torch.Generator(device=device)
+    return generator

@@ -9,11 +9,15 @@ requests the Drafter lets draft, with k_r tokens each:
    whole prompt, then the tokens accepted since), whose last row gives draft 1;
 2. k - 1 batched one-token forwards, each feeding the previous draft.
 
-Greedy requests draft the draft model's argmax; random ones sample draft j from
-q_j = softmax(logits / temperature), and q_j goes with the drafts to the verification
-(sample/rejection_sampler.py: accept min(1, p/q), resample max(p - q, 0)). The drafts fed in
-step 2 stay in the cache: the next step keeps those the target accepted and recomputes the rest
-(their slots are simply overwritten), so a rejection needs no rollback of its own.
+Greedy requests draft the draft model's argmax; random ones sample draft j from q_j, the draft
+model's distribution after the request's own temperature, top-k, top-p and min-p (the closer q
+is to the target's p, the more is accepted), and q_j goes with the drafts to the verification
+(sample/rejection_sampler.py: accept min(1, p/q), resample max(p - q, 0)). Seeded requests draw
+draft j with the noise the target will use at that position (sample/ops/seeded.py): the target
+then accepts it iff its own draw picks the same token, which a good draft model's usually does.
+The drafts fed in step 2 stay in the cache: the next step keeps those the target accepted and
+recomputes the rest (their slots are simply overwritten), so a rejection needs no rollback of
+its own.
 
 Drafts only ever change how many tokens a step emits, never which: a stale or missing draft
 cache costs acceptance, not correctness (tests/spec_decode/test_draft_model.py asserts both).
@@ -36,6 +40,8 @@ from pagedllm.logger import init_logger
 from pagedllm.model_executor.layers.attention import attention_layers
 from pagedllm.model_executor.model_loader import get_model
 from pagedllm.model_executor.model_loader.gguf import release_gguf_readers
+from pagedllm.sample.ops.seeded import draw_seed
+from pagedllm.sample.ops.topk_topp import nucleus_candidates
 from pagedllm.sample.sampler import exponential_race
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.spec_decode.drafter import Drafter
@@ -69,7 +75,21 @@ class DraftRequest:
     token_ids: np.ndarray  # [n]: the request's tokens so far
     num_drafts: int
     temperature: float
-    """0: greedy (argmax drafts); else drafts are samples of softmax(logits / temperature)."""
+    """0: greedy (argmax drafts); else drafts are samples of softmax(logits / temperature),
+    truncated like the request's own sampling:"""
+    top_k: int | None = None
+    top_p: float = 1.0
+    min_p: float = 0.0
+    seed: int | None = None
+    """A seeded request's drafts take the target's noise at their positions."""
+
+    @classmethod
+    def of(cls, req_id: str, token_ids: np.ndarray, num_drafts: int,
+           params: SamplingParams) -> DraftRequest:
+        if params.is_greedy:
+            return cls(req_id, token_ids, num_drafts, 0.0)
+        return cls(req_id, token_ids, num_drafts, params.temperature, params.top_k,
+                   params.top_p, params.min_p, params.seed)
 
 
 @dataclass
@@ -122,7 +142,7 @@ class DraftModelProposer:
         active = list(range(len(ready)))
         for j in range(max(r.num_drafts for r in ready)):
             tokens = self._choose(logits, [ready[i] for i in active],
-                                  [probs[i] for i in active])
+                                  [probs[i] for i in active], j)
             for i, token in zip(active, tokens):
                 drafted[i].append(token)
             active = [i for i in active if ready[i].num_drafts > j + 1]
@@ -190,22 +210,41 @@ class DraftModelProposer:
             return self.model.compute_logits(hidden[last]).float()
 
     def _choose(self, logits: torch.Tensor, requests: list[DraftRequest],
-                probs: list[list[torch.Tensor]]) -> list[int]:
-        """Each row's draft: the argmax (greedy requests) or a sample of softmax(logits / T),
-        whose distribution is appended to the request's probs."""
+                probs: list[list[torch.Tensor]], position: int) -> list[int]:
+        """Each row's draft (the draft for token `position` of its request's tokens + drafts, 0
+        being the first draft): the argmax (greedy requests) or a sample of the request's q,
+        which is appended to its probs."""
         tokens = logits.argmax(dim=1)
         random = [i for i, r in enumerate(requests) if r.temperature > 0]
-        if random:
-            rows = torch.tensor(random, device=logits.device)
-            temperature = torch.tensor([requests[i].temperature for i in random],
-                                       device=logits.device)
-            q = (logits[rows] / temperature.unsqueeze(1)).softmax(dim=1)  # [R, V]
-            num_kept = torch.full((len(random),), q.shape[1], dtype=torch.long,
-                                  device=q.device)
-            tokens[rows] = exponential_race(q.clone(), num_kept, {})
-            for i, row in zip(random, q):
-                probs[i].append(row)
+        if not random:
+            return tokens.tolist()
+        device, vocab = logits.device, logits.shape[1]
+        chosen = [requests[i] for i in random]
+        rows = torch.tensor(random, device=device)
+        temperature = torch.tensor([r.temperature for r in chosen], device=device)
+        cands = nucleus_candidates(
+            logits[rows] / temperature.unsqueeze(1),
+            _unless_all([min(r.top_k or vocab, vocab) for r in chosen], vocab, device),
+            _unless_all([r.top_p for r in chosen], 1.0, device),
+            _unless_all([r.min_p for r in chosen], 0.0, device))
+        # q over the vocabulary (scatter_add: dropped candidates, weight 0, may repeat ids)
+        q = torch.zeros(len(random), vocab, device=device).scatter_add_(
+            1, cands.token_ids, cands.weights / cands.weights.sum(dim=1, keepdim=True))
+        seeds = {j: draw_seed(r.seed, len(r.token_ids) + position)
+                 for j, r in enumerate(chosen) if r.seed is not None}
+        picked = exponential_race(cands.weights.clone(), cands.num_kept, seeds, cands.token_ids,
+                                  vocab)
+        tokens[rows] = cands.token_ids.gather(1, picked.unsqueeze(1)).squeeze(1)
+        for i, row in zip(random, q):
+            probs[i].append(row)
         return tokens.tolist()
+
+
+def _unless_all(values: list, off: float, device: torch.device) -> torch.Tensor | None:
+    """The per-row parameter tensor, or None when every row has the transform off."""
+    if all(v == off for v in values):
+        return None
+    return torch.tensor(values, device=device)
 
 
 class DraftModelDrafter(Drafter):
@@ -214,26 +253,26 @@ class DraftModelDrafter(Drafter):
     def __init__(self, config: SpeculativeConfig, proposer: DraftModelProposer) -> None:
         super().__init__(config)  # no model-free proposer for this method
         self.model_proposer = proposer
-        self.temperatures: dict[str, float] = {}
+        self.params: dict[str, SamplingParams] = {}
         self.drafts: dict[str, Draft] = {}
         """The last proposal per request, read back when its drafts are verified."""
 
     def add_request(self, req_id: str, params: SamplingParams) -> None:
         super().add_request(req_id, params)
         if req_id in self.states:
-            self.temperatures[req_id] = 0.0 if params.is_greedy else params.temperature
+            self.params[req_id] = params
             self.model_proposer.add_request(req_id)
 
     def remove_request(self, req_id: str) -> None:
         super().remove_request(req_id)
-        self.temperatures.pop(req_id, None)
+        self.params.pop(req_id, None)
         self.drafts.pop(req_id, None)
         self.model_proposer.remove_request(req_id)
 
     def propose(self, req_ids: list[str], token_ids: np.ndarray, rows: np.ndarray,
                 num_tokens: np.ndarray, batch_size: int) -> dict[str, list[int]]:
         self.drafts = {}
-        requests = [DraftRequest(req_id, token_ids[row, :length], k, self.temperatures[req_id])
+        requests = [DraftRequest.of(req_id, token_ids[row, :length], k, self.params[req_id])
                     for req_id, row, length, k in self.draft_lengths(req_ids, rows, num_tokens,
                                                                     batch_size)]
         self.drafts = self.model_proposer.propose(requests)

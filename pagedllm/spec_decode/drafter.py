@@ -1,11 +1,11 @@
 """Drafter: which requests draft, how many tokens, and the drafts themselves (from the
 configured method's Proposer, proposer.py).
 
-- Penalties, min_tokens and bad_words draft: each verify row counts the drafts before it as
-  generated. Structured outputs do not (the grammar would need advancing and rolling back
-  per draft on the scheduler side), nor does seeded random sampling (its draws would depend
-  on the drafts, and how many drafts fit depends on the batch's token budget, breaking "same
-  seed, same output whatever else is batched"). Greedy and unseeded random requests draft.
+- Every request may draft. Penalties, min_tokens and bad_words: each verify row counts the
+  drafts before it as generated. Seeded random requests: their noise is keyed by position, so
+  a verify row samples what one-token decoding would (sample/ops/seeded.py) and their output
+  does not depend on the drafts. Structured outputs: the scheduler cuts drafts to what the
+  grammar allows and sends a bitmask row per verify row (structured_output/manager.py).
 - Nobody drafts while the batch holds disable_by_batch_size requests or more: the forward is
   then compute-bound and the extra query rows cost more than the accepted tokens save.
 - Per request, the draft length follows its acceptance: with `a` the estimated chance that a
@@ -34,13 +34,6 @@ PRIOR_ACCEPTANCE = 0.6
 """The acceptance estimate a request starts (and restarts) from."""
 _EMA = 0.3
 """Weight of the latest draft's outcome in the acceptance estimate."""
-
-
-def can_draft(params: SamplingParams) -> bool:
-    return not (
-        params.structured_outputs is not None
-        or (params.seed is not None and not params.is_greedy)
-    )
 
 
 MIN_GAIN = 0.1
@@ -79,10 +72,9 @@ class Drafter:
         """The model-free proposer (ngram, suffix); None for a drafter with its own model."""
 
     def add_request(self, req_id: str, params: SamplingParams) -> None:
-        if can_draft(params):
-            self.states[req_id] = DraftState()
-            if self.proposer is not None:
-                self.proposer.add_request(req_id)
+        self.states[req_id] = DraftState()
+        if self.proposer is not None:
+            self.proposer.add_request(req_id)
 
     def remove_request(self, req_id: str) -> None:
         """The request finished, was aborted or was preempted (it may come back)."""

@@ -62,6 +62,31 @@ class StructuredOutputGrammar(ABC):
     def rollback(self, num_tokens: int) -> None:
         """Undo the last num_tokens accepted tokens (rejected speculative tokens)."""
 
+    def count_acceptable(self, token_ids: Sequence[int]) -> int:
+        """How many leading tokens of token_ids the grammar allows from here; the matcher is
+        left as it was."""
+        count = 0
+        for token_id in token_ids:
+            if not self.accept_tokens([token_id]):
+                break
+            count += 1
+        if count:
+            self.rollback(count)
+        return count
+
+    def fill_bitmasks_along(self, bitmask: np.ndarray, row: int, token_ids: Sequence[int]
+                            ) -> None:
+        """Rows row .. row + len(token_ids): the tokens allowed next, then after each of
+        token_ids in turn (drafts the grammar allows, count_acceptable); the matcher is left
+        as it was."""
+        for j, token_id in enumerate(token_ids):
+            self.fill_bitmask(bitmask, row + j)
+            accepted = self.accept_tokens([token_id])
+            assert accepted, "drafts are cut to what the grammar allows"
+        self.fill_bitmask(bitmask, row + len(token_ids))
+        if token_ids:
+            self.rollback(len(token_ids))
+
 
 class StructuredOutputBackend(ABC):
     def __init__(self, vocab_size: int, stop_token_ids: Sequence[int]) -> None:

@@ -5,6 +5,10 @@
   request is not scheduled until its grammar is ready; other requests run meanwhile.
 - Each step, writes the allowed-token bitmask of every constrained request that samples (the
   runner masks those logit rows only), and advances the matchers with the sampled tokens.
+- Speculative decoding: a constrained request's drafts are cut to the prefix its grammar
+  allows when the scheduler takes them (draft_prefix); a step verifying k drafts gets k + 1
+  bitmask rows, the grammar's state before each draft (the matcher walks the drafts and rolls
+  back), so every verify row samples under the same mask one-token decoding would use.
 - Reasoning models (a reasoning parser is configured): the thinking is unconstrained; the
   grammar starts with the first token after the end of the thinking, and a thinking token budget
   forces the end-of-thinking token once spent.
@@ -144,24 +148,55 @@ class StructuredOutputManager:
         if pending:
             wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
 
-    def grammar_bitmask(self, requests: Sequence[Request]) -> tuple[list[str], np.ndarray | None]:
+    def grammar_bitmask(self, requests: Sequence[Request],
+                        drafts: dict[str, list[int]] | None = None,
+                        ) -> tuple[list[str], np.ndarray | None]:
         """The bitmask rows of the requests that sample this step and are constrained now (in
-        their thinking past a spent budget, or past the thinking with a grammar)."""
+        their thinking past a spent budget, or past the thinking with a grammar): one per
+        request, or 1 + k for a request verifying k drafts (draft_prefix made them fit)."""
         constrained = [r for r in requests if self._constrains_next_token(r)]
         if not constrained:
             return [], None
-        bitmask = allocate_bitmask(len(constrained), self.vocab_size)
+        drafts = drafts or {}
+        num_rows = [1 + len(drafts.get(r.request_id, ())) for r in constrained]
+        bitmask = allocate_bitmask(sum(num_rows), self.vocab_size)
         reasoner = self.reasoner
-        for row, request in enumerate(constrained):
+        row = 0
+        for request, rows in zip(constrained, num_rows):
             state = request.structured_output
             assert state is not None
             if not state.reasoning_ended:
                 assert reasoner is not None and reasoner.end_token_id is not None
+                assert rows == 1, "a forced end of thinking is never drafted past"
                 set_only_token(bitmask, row, reasoner.end_token_id)
             else:
                 assert state.grammar is not None
-                state.grammar.fill_bitmask(bitmask, row)
+                state.grammar.fill_bitmasks_along(bitmask, row,
+                                                  drafts.get(request.request_id, []))
+            row += rows
         return [r.request_id for r in constrained], bitmask
+
+    def draft_prefix(self, request: Request, drafts: list[int]) -> list[int]:
+        """The leading drafts a constrained request may verify: those its grammar allows, and
+        in the thinking none past the end-of-thinking token or the budget (so no verify row of
+        the thinking is constrained)."""
+        state = request.structured_output
+        if state is None or state.failed or not drafts:
+            return drafts
+        if not state.reasoning_ended:
+            reasoner = self.reasoner
+            if reasoner is None or reasoner.end_token_id is None:
+                return []  # text markers: where the thinking ends is only known afterwards
+            end = reasoner.end_token_id
+            cut = drafts.index(end) if end in drafts else len(drafts)
+            if state.thinking_token_budget is not None:
+                # the bonus row too must come before the budget forces the end token
+                room = state.thinking_token_budget - state.num_reasoning_tokens - 1
+                cut = min(cut, max(0, room))
+            return drafts[:cut]
+        if state.grammar is None:
+            return drafts
+        return drafts[: state.grammar.count_acceptable(drafts)]
 
     def _constrains_next_token(self, request: Request) -> bool:
         state = request.structured_output

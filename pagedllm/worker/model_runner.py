@@ -247,15 +247,19 @@ class ModelRunner:
     def _apply_grammar_bitmask(self, logits: torch.Tensor, inputs: StepInputs,
                                so: SchedulerOutput) -> None:
         """Constrained rows keep only their grammar's tokens (before the sampler, so logprobs
-        and every transform see the constrained distribution, as in vLLM)."""
-        first = _first_logits_rows(inputs.num_drafts).tolist()  # constrained rows never draft
-        position = {req_id: first[i] for i, req_id in enumerate(inputs.sampling_req_ids)}
+        and every transform see the constrained distribution, as in vLLM). A request verifying
+        k drafts has k + 1 consecutive rows in both the logits and the bitmask."""
+        first = _first_logits_rows(inputs.num_drafts).tolist()
+        where = {req_id: (first[i], int(inputs.num_drafts[i]) + 1)
+                 for i, req_id in enumerate(inputs.sampling_req_ids)}
         bitmask = np.empty((len(logits), so.grammar_bitmask.shape[1]), dtype=np.int32)
-        rows = []
-        for i, req_id in enumerate(so.structured_output_request_ids):
-            if req_id in position:
-                bitmask[position[req_id]] = so.grammar_bitmask[i]
-                rows.append(position[req_id])
+        rows: list[int] = []
+        source = 0
+        for req_id in so.structured_output_request_ids:
+            start, count = where[req_id]
+            bitmask[start : start + count] = so.grammar_bitmask[source : source + count]
+            rows.extend(range(start, start + count))
+            source += count
         apply_token_bitmask(logits, torch.from_numpy(bitmask), rows)
 
     def _pool_last_token(

@@ -19,6 +19,7 @@ from pagedllm.sample.metadata import (
 )
 from pagedllm.sample.ops.logit_bias import SparseRowTokens
 from pagedllm.sample.ops.penalties import PenaltyTensors
+from pagedllm.sample.ops.seeded import draw_seed
 from pagedllm.sample.ops.token_masks import bad_words_banned, bad_words_context
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.worker.penalty_counts import PenaltyCounts
@@ -49,7 +50,7 @@ class SamplingState:
         self.uses_penalty = np.zeros(n, dtype=bool)
         self.penalty_slot = np.zeros(n, dtype=np.int64)  # valid where uses_penalty
         self.min_tokens = np.zeros(n, dtype=np.int64)
-        self.has_generator = np.zeros(n, dtype=bool)
+        self.has_seed = np.zeros(n, dtype=bool)  # a seeded random request
         self.has_logit_bias = np.zeros(n, dtype=bool)
         self.has_allowed = np.zeros(n, dtype=bool)
         self.has_bad_words = np.zeros(n, dtype=bool)
@@ -57,8 +58,6 @@ class SamplingState:
         """How many of its latest output tokens a row's bad words look at (longest word - 1)."""
         # Per-row Python objects (not tensors by nature): [max_num_reqs] lists.
         self.params: list[SamplingParams | None] = [None] * n
-        self.generators: list[torch.Generator | None] = [None] * n
-        """The request's own generator when it has a seed, persisted across steps."""
         self.logit_bias: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n
         """(tokens [N] long, values [N] float32) on device."""
         self.min_tokens_stops: list[torch.Tensor | None] = [None] * n
@@ -69,10 +68,10 @@ class SamplingState:
 
     _ARRAYS = (
         "temperature", "is_greedy", "top_k", "top_p", "min_p", "presence", "frequency",
-        "repetition", "uses_penalty", "penalty_slot", "min_tokens", "has_generator",
+        "repetition", "uses_penalty", "penalty_slot", "min_tokens", "has_seed",
         "has_logit_bias", "has_allowed", "has_bad_words", "bad_words_context",
     )  # fmt: skip
-    _LISTS = ("params", "generators", "logit_bias", "min_tokens_stops", "allowed")
+    _LISTS = ("params", "logit_bias", "min_tokens_stops", "allowed")
 
     def add_row(
         self, row: int, params: SamplingParams, prompt: list[int], output: list[int]
@@ -91,8 +90,7 @@ class SamplingState:
         if self.uses_penalty[row]:
             self.penalty_slot[row] = self.penalties.acquire(prompt, output)
         self.min_tokens[row] = params.min_tokens
-        self.generators[row] = make_generator(params, self.device)
-        self.has_generator[row] = self.generators[row] is not None
+        self.has_seed[row] = params.seed is not None and not greedy
         self.logit_bias[row] = self._logit_bias(params)
         self.has_logit_bias[row] = self.logit_bias[row] is not None
         self.min_tokens_stops[row] = self._min_tokens_stops(params)
@@ -139,7 +137,8 @@ class SamplingState:
         """The step's SamplingMetadata; batch row i of it is persistent row rows[i].
         num_output_tokens: [S] tokens each row has generated so far (for min_tokens).
         token_ids: the batch's token array [rows, max_len] and num_tokens [S] the tokens each row
-        holds, for bad_words (needed only when a row has them: InputBatch.sampling_metadata)."""
+        holds (the position of the token it samples), for bad_words and seeded rows (needed
+        only when a row has them: InputBatch.sampling_metadata passes them)."""
         greedy = self.is_greedy[rows]
         num_logprobs = [self.params[r].logprobs for r in rows.tolist()]  # type: ignore[union-attr]
         requested = [n for n in num_logprobs if n is not None]
@@ -151,7 +150,7 @@ class SamplingState:
             top_k=self._unless_all(self.top_k[rows], self.vocab_size),
             top_p=self._unless_all(self.top_p[rows], 1.0),
             min_p=self._unless_all(self.min_p[rows], 0.0),
-            generators=self._generators(rows, greedy),
+            seeds=self._seeds(rows, num_tokens),
             penalties=self._penalty_tensors(rows),
             allowed_token_ids=self._sparse(rows, self.has_allowed[rows], self._allowed_of),
             bad_words_banned=self._bad_words_banned(rows, num_output_tokens, token_ids, num_tokens),
@@ -170,9 +169,15 @@ class SamplingState:
         """None when every row has the transform off."""
         return None if bool((values == off).all()) else self._tensor(values)
 
-    def _generators(self, rows: np.ndarray, greedy: np.ndarray) -> dict[int, torch.Generator]:
-        seeded = np.flatnonzero(self.has_generator[rows] & ~greedy)
-        return {int(i): self.generators[rows[i]] for i in seeded}  # type: ignore[misc]
+    def _seeds(self, rows: np.ndarray, num_tokens: np.ndarray | None) -> dict[int, int]:
+        """The draw seed of each seeded random row; its position is the index of the token it
+        samples, i.e. the tokens the row holds (num_tokens)."""
+        seeded = np.flatnonzero(self.has_seed[rows])
+        if len(seeded) == 0:
+            return {}
+        assert num_tokens is not None, "seeded rows need their positions"
+        return {int(i): draw_seed(self.params[rows[i]].seed, int(num_tokens[i]))  # type: ignore
+                for i in seeded}
 
     def _penalty_tensors(self, rows: np.ndarray) -> PenaltyTensors | None:
         active = self.uses_penalty[rows]
@@ -283,13 +288,3 @@ class SamplingState:
             return None
         kept = min_tokens_stop_ids(params, self.eos_token_ids, self.vocab_size)
         return torch.tensor(kept, dtype=torch.long, device=self.device)
-
-
-def make_generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:
-    """A per-request generator when the request has its own seed (reproducible whatever else is
-    in the batch); None: the runner's shared random stream."""
-    if params.seed is None or params.is_greedy:
-        return None
-    generator = torch.Generator(device=device)
-    generator.manual_seed(params.seed)
-    return generator

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from pagedllm.sample.metadata import SamplingMetadata, SamplingRow
 from pagedllm.sampling_params import SamplingParams
 
@@ -11,11 +9,7 @@ from pagedllm.sampling_params import SamplingParams
 def make_row(
     prompt: list[int] | None = None, output: list[int] | None = None, **params
 ) -> SamplingRow:
-    sampling_params = SamplingParams(**params)
-    generator = None
-    if sampling_params.seed is not None:
-        generator = torch.Generator().manual_seed(sampling_params.seed)
-    return SamplingRow(sampling_params, list(prompt or []), list(output or []), generator)
+    return SamplingRow(SamplingParams(**params), list(prompt or []), list(output or []))
 
 
 def build(rows: list[SamplingRow], vocab_size: int, eos: tuple[int, ...] = ()) -> SamplingMetadata:

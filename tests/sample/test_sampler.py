@@ -28,9 +28,10 @@ def test_mixed_batch_greedy_rows_stay_argmax() -> None:
 
 def _run_seeded(configs: list[dict], steps: int, logits_of) -> list[list[int]]:
     """Sample `steps` tokens for a batch; row i's logits at step s = logits_of(key_i, s)."""
-    rows = [make_row(**c["params"]) for c in configs]
     sampler, tokens = Sampler(), [[] for _ in configs]
     for step in range(steps):
+        # the rows hold what they generated: a seeded row's noise follows its position
+        rows = [make_row([0], out, **c["params"]) for c, out in zip(configs, tokens)]
         logits = torch.stack([logits_of(c["key"], step) for c in configs])
         for i, t in enumerate(sampler(logits, build(rows, V)).sampled_token_ids.tolist()):
             tokens[i].append(t)

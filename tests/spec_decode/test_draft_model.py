@@ -51,10 +51,10 @@ def test_greedy_with_a_draft_model_equals_without(tiny_llama_dir, other_draft_di
 
 def test_sampled_requests_with_a_draft_model(tiny_llama_dir, other_draft_dir, tiny_vocab):
     token_prompts = prompts(tiny_vocab, 4)
-    params = [SamplingParams(temperature=0.8, max_tokens=40),
-              SamplingParams(temperature=1.0, top_k=20, max_tokens=40),
+    params = [SamplingParams(temperature=0.8, max_tokens=40, ignore_eos=True),
+              SamplingParams(temperature=1.0, top_k=20, max_tokens=40, ignore_eos=True),
               greedy(),
-              SamplingParams(temperature=0.9, seed=3, max_tokens=20)]  # seeded: does not draft
+              SamplingParams(temperature=0.9, seed=3, max_tokens=20)]
     for draft_dir in (tiny_llama_dir, other_draft_dir):
         llm = LLM(tiny_llama_dir, kv_cache_memory="32MiB", max_model_len=256,
                   speculative_config=spec(draft_dir))
@@ -66,6 +66,25 @@ def test_sampled_requests_with_a_draft_model(tiny_llama_dir, other_draft_dir, ti
     plain = LLM(tiny_llama_dir, kv_cache_memory="32MiB", max_model_len=256)
     want, _ = run(plain, token_prompts[3:], params[3:])
     assert trace(outs[3]) == trace(want[0])
+
+
+@pytest.mark.parametrize("top_k", [None, 5])
+def test_seeded_requests_draft_with_the_targets_noise(tiny_llama_dir, tiny_vocab, top_k):
+    """A seeded request's draft for position t takes the noise the target draws there, so a
+    draft model equal to the target proposes exactly the token the target samples: nearly
+    everything is accepted (top-k included: the draft truncates like the request), and the
+    output is the one decoding without drafts gives."""
+    params = [SamplingParams(temperature=t, seed=s, top_k=top_k, max_tokens=40, ignore_eos=True)
+              for t, s in ((0.7, 1), (1.0, 2), (1.3, 3))]
+    token_prompts = prompts(tiny_vocab, 3)
+    llm = LLM(tiny_llama_dir, kv_cache_memory="32MiB", max_model_len=256,
+              speculative_config=spec(tiny_llama_dir))
+    outs, stats = run(llm, token_prompts, params)
+    assert stats.num_draft_tokens > 40, stats
+    assert stats.num_accepted_tokens >= 0.95 * stats.num_draft_tokens, stats
+    plain = LLM(tiny_llama_dir, kv_cache_memory="32MiB", max_model_len=256)
+    want, _ = run(plain, token_prompts, params)
+    assert [trace(o) for o in outs] == [trace(o) for o in want]
 
 
 def test_sampling_with_itself_as_draft_accepts_nearly_everything(tiny_llama_dir, tiny_vocab):

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from pagedllm.config import SpeculativeConfig
 from pagedllm.sampling_params import SamplingParams
-from pagedllm.spec_decode.drafter import Drafter, best_draft_length, can_draft
+from pagedllm.spec_decode.drafter import Drafter, best_draft_length
 from pagedllm.spec_decode.ngram import propose_ngram
 
 
@@ -23,20 +22,6 @@ def test_no_match_or_too_short():
     assert propose_ngram(np.array([1, 2, 3, 4]), 1, 3, 4) == []
     assert propose_ngram(np.array([5]), 1, 3, 4) == []
     assert propose_ngram(np.array([1, 2, 1, 2, 1, 2, 3]), 2, 2, 4) == []  # "2 3" is new
-
-
-@pytest.mark.parametrize("params, expected", [
-    (SamplingParams(temperature=0), True),
-    (SamplingParams(temperature=0.8), True),
-    (SamplingParams(temperature=0.8, seed=1), False),
-    (SamplingParams(temperature=0, seed=1), True),
-    (SamplingParams(temperature=0, presence_penalty=0.5), True),
-    (SamplingParams(temperature=0, min_tokens=3), True),
-    (SamplingParams(temperature=0, bad_words=["x"]), True),
-    (SamplingParams(temperature=0, structured_outputs={"regex": "a+"}), False),
-])
-def test_who_may_draft(params, expected):
-    assert can_draft(params) is expected
 
 
 def test_draft_length_follows_acceptance_and_cost():

@@ -155,7 +155,8 @@ class Scheduler:
             sampling = [r for r in map(self.requests.__getitem__, output.num_scheduled_tokens)
                         if r.structured_output is not None
                         and r.num_computed_tokens >= r.num_tokens]
-            ids, bitmask = self.structured_output_manager.grammar_bitmask(sampling)
+            ids, bitmask = self.structured_output_manager.grammar_bitmask(
+                sampling, output.scheduled_spec_decode_tokens)
             output.structured_output_request_ids, output.grammar_bitmask = ids, bitmask
         return output
 
@@ -313,7 +314,8 @@ class Scheduler:
             if request.is_finished():
                 self._free_request(request)
             else:
-                request.spec_token_ids = runner_output.spec_token_ids.get(req_id, [])
+                request.spec_token_ids = self._usable_drafts(
+                    request, runner_output.spec_token_ids.get(req_id, []))
         self.running = [r for r in self.running if not r.is_finished()]
         outputs.extend(_failed_output(request, reason) for request, reason in self._failed)
         self._failed = []
@@ -321,6 +323,14 @@ class Scheduler:
         if spec_stats.num_drafts:
             stats.spec_decoding_stats = spec_stats
         return EngineCoreOutputs(outputs=outputs, scheduler_stats=stats)
+
+    def _usable_drafts(self, request: Request, drafts: list[int]) -> list[int]:
+        """A constrained request keeps the drafts its grammar allows (the others would be
+        rejected anyway, and the verify rows past them would have no mask)."""
+        if request.structured_output is None or not drafts:
+            return drafts
+        assert self.structured_output_manager is not None
+        return self.structured_output_manager.draft_prefix(request, drafts)
 
     def _settle_drafts(self, request: Request, drafts: list[int], sampled: list[int],
                        stats: SpecDecodingStats) -> None:
