@@ -88,11 +88,13 @@ def test_seeded_requests_draft_with_the_targets_noise(tiny_llama_dir, tiny_vocab
 
 
 def test_sampling_with_itself_as_draft_accepts_nearly_everything(tiny_llama_dir, tiny_vocab):
-    """q == p (no top-k/top-p): min(1, p/q) is 1 up to float noise. (With top-k, q keeps the
-    mass p drops, and acceptance falls to about p's share of q.)"""
+    """q == p: min(1, p/q) is 1 up to float noise. Top-k, top-p and min-p included: the draft
+    model truncates its distribution like the request (without that, q would keep the mass p
+    drops, and acceptance would fall to about p's share of q)."""
     llm = LLM(tiny_llama_dir, kv_cache_memory="32MiB", max_model_len=256,
               speculative_config=spec(tiny_llama_dir))
-    params = [SamplingParams(temperature=t, max_tokens=40) for t in (0.5, 1.0, 1.5)]
+    params = [SamplingParams(temperature=t, max_tokens=40, **kw) for t, kw in
+              ((0.5, {}), (1.0, {"top_k": 5}), (1.5, {"top_p": 0.7, "min_p": 0.05}))]
     outs, stats = run(llm, prompts(tiny_vocab, 3), params)
     assert all(len(o.token_ids) == 40 for o in outs)
     assert stats.num_accepted_tokens >= 0.95 * stats.num_draft_tokens, stats
