@@ -2,7 +2,7 @@
 decides who drafts and how many tokens; a proposer only says which.
 
 Implementations, by SpeculativeConfig.method (imported only when used):
-- "ngram": prompt lookup (ngram.py), stateless.
+- "ngram": prompt lookup (ngram.py), an n-gram index per request.
 - "suffix": suffix decoding (suffix.py), a suffix tree per request plus one over finished
   requests' outputs.
 """

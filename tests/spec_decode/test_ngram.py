@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pagedllm.config import SpeculativeConfig
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.spec_decode.drafter import Drafter, best_draft_length
-from pagedllm.spec_decode.ngram import propose_ngram
+from pagedllm.spec_decode.ngram import NgramIndex, propose_ngram
 
 
 def test_longest_suffix_wins_and_the_most_recent_occurrence():
@@ -52,3 +53,18 @@ def test_drafting_pauses_when_it_stops_paying_and_retries():
         drafter.observe("r", drafter.draft_length("r"), drafter.draft_length("r"))
     assert drafter.draft_length("r") == 4, "a request whose drafts all land drafts the most"
     assert drafter.propose(*args, batch_size=4) == {}, "large batches do not draft"
+
+
+@pytest.mark.parametrize("min_n, max_n", [(1, 3), (2, 4), (3, 3)])
+def test_incremental_index_equals_the_scan(min_n, max_n):
+    """The per-request index gives propose_ngram's answer at every length, fed one or several
+    tokens at a time (a request that paused drafting catches up)."""
+    rng = np.random.default_rng(min_n * 10 + max_n)
+    for trial in range(20):
+        tokens = rng.integers(0, 4 + trial % 5, size=120)
+        index = NgramIndex(min_n, max_n)
+        length = 1
+        while length <= len(tokens):
+            prefix = tokens[:length]
+            assert index.propose(prefix, 5) == propose_ngram(prefix, min_n, max_n, 5), length
+            length += int(rng.integers(1, 4))
