@@ -44,6 +44,7 @@ from pagedllm.sample.ops.seeded import draw_seed
 from pagedllm.sample.ops.topk_topp import nucleus_candidates
 from pagedllm.sample.sampler import exponential_race
 from pagedllm.sampling_params import SamplingParams
+from pagedllm.spec_decode.calibration import forward_seconds
 from pagedllm.spec_decode.drafter import Drafter
 from pagedllm.utils.math import cdiv
 from pagedllm.utils.memory import format_bytes
@@ -277,6 +278,12 @@ class DraftModelDrafter(Drafter):
                                                                     batch_size)]
         self.drafts = self.model_proposer.propose(requests)
         return {req_id: draft.token_ids for req_id, draft in self.drafts.items()}
+
+    def measure_draft_seconds(self) -> float:
+        """The draft model's one-token forward (before any request runs)."""
+        proposer = self.model_proposer
+        return forward_seconds(proposer.model, proposer.metadata_builder, proposer.block_size,
+                               proposer.device, 1)
 
     def draft_probs(self, req_ids: list[str], drafts: list[list[int]], vocab_size: int,
                     device: torch.device) -> torch.Tensor:

@@ -22,11 +22,12 @@ from pagedllm.sample.ops.grammar_bitmask import apply_token_bitmask
 from pagedllm.sample.outputs import LogprobsTensors
 from pagedllm.sample.rejection_sampler import RejectionSampler
 from pagedllm.sample.sampler import Sampler, compute_prompt_logprobs
+from pagedllm.spec_decode.calibration import forward_seconds
 from pagedllm.spec_decode.draft_model import DraftModelDrafter
 from pagedllm.spec_decode.drafter import Drafter
 from pagedllm.worker.input_batch import InputBatch
 from pagedllm.worker.row_arrays import positions_within
-from pagedllm.worker.step_inputs import StepInputs, attention_metadata, prepare_inputs
+from pagedllm.worker.step_inputs import StepInputs, prepare_inputs
 
 
 class ModelRunner:
@@ -102,36 +103,11 @@ class ModelRunner:
         self.input_batch.num_computed_tokens[inputs.rows] += inputs.num_scheduled
         return output
 
-    @torch.inference_mode()
-    def measure_draft_token_cost(self, num_drafts: int, context: int = 64) -> float:
-        """What verifying one draft token costs, as a fraction of a one-token decode step: the
-        forward (and LM head) of one sequence with 1 and with 1 + num_drafts query rows, best of
-        a few runs each. Writes throwaway K/V into the cache's first blocks, so call it before
-        any request runs."""
-        import time
-
-        def forward_seconds(num_rows: int) -> float:
-            positions = np.arange(context, context + num_rows)
-            num_blocks = -(-(context + num_rows) // self.block_size)
-            slots = positions  # blocks 0, 1, ... in order: slot = position
-            attn = attention_metadata(
-                np.array([0, num_rows]), np.array([context + num_rows]),
-                np.arange(num_blocks, dtype=np.int32)[None, :], slots, self.block_size,
-                self.device)
-            metadata = self.metadata_builder.build(attn)
-            ids = torch.zeros(num_rows, dtype=torch.long, device=self.device)
-            pos = torch.from_numpy(positions).to(self.device)
-            best = float("inf")
-            with set_forward_context(metadata):
-                for _ in range(4):
-                    start = time.perf_counter()
-                    self.model.compute_logits(self.model(ids, pos))
-                    best = min(best, time.perf_counter() - start)
-            return best
-
-        forward_seconds(1)  # warm-up
-        one, many = forward_seconds(1), forward_seconds(1 + num_drafts)
-        return max(0.01, (many - one) / (num_drafts * one))
+    def measure_forward_seconds(self, num_rows: int) -> float:
+        """One sequence's forward with num_rows query rows (spec_decode/calibration.py); call
+        before any request runs."""
+        return forward_seconds(self.model, self.metadata_builder, self.block_size, self.device,
+                               num_rows)
 
     def _update_states(self, so: SchedulerOutput) -> list[str]:
         """Apply the scheduler's deltas; return the scheduled request ids in packing order."""

@@ -22,7 +22,7 @@ from pagedllm.core.sched.output import ModelRunnerOutput, PoolingSchedulerOutput
 from pagedllm.logger import init_logger
 from pagedllm.model_executor.layers.attention import attention_layers
 from pagedllm.model_executor.model_loader.gguf import release_gguf_readers
-from pagedllm.spec_decode.draft_model import build_draft_model_drafter
+from pagedllm.spec_decode.draft_model import DraftModelDrafter, build_draft_model_drafter
 from pagedllm.utils.memory import format_bytes
 from pagedllm.worker.execution_strategy import ExecutionStrategy, select_execution_strategy
 from pagedllm.worker.kv_cache_alloc import (
@@ -111,14 +111,25 @@ class Worker:
 
     def _calibrate_drafts(self) -> None:
         """Speculative decoding with draft_token_cost "auto": measure it on this model, device
-        and execution strategy (it sets how long each request's drafts are)."""
+        and execution strategy (it sets how long each request's drafts are): the extra forward
+        work of verifying k drafts, per draft, plus a draft model's own one-token forward, as
+        fractions of a one-token decode step."""
         drafter = self.model_runner.drafter
         if drafter is None or self.config.speculative.draft_token_cost is not None:
             return
         k = self.config.speculative.num_speculative_tokens
-        drafter.cost = self.model_runner.measure_draft_token_cost(k)
-        logger.info("speculative decoding: verifying a draft token costs %.2f of a decode step "
-                    "(measured with %d drafts)", drafter.cost, k)
+        runner = self.model_runner
+        runner.measure_forward_seconds(1)  # warm-up
+        one, many = runner.measure_forward_seconds(1), runner.measure_forward_seconds(1 + k)
+        verify = max(0.01, (many - one) / (k * one))
+        drafting = 0.0
+        if isinstance(drafter, DraftModelDrafter):
+            drafter.measure_draft_seconds()  # warm-up
+            drafting = drafter.measure_draft_seconds() / one
+        drafter.cost = verify + drafting
+        logger.info("speculative decoding: a draft token costs %.2f of a decode step (verifying "
+                    "it %.2f, measured with %d drafts; drafting it %.2f)", drafter.cost, verify,
+                    k, drafting)
 
     def get_model(self) -> nn.Module:
         assert self.model is not None, "load_model() first"
