@@ -26,6 +26,7 @@ from pagedllm.entrypoints.openai.protocol import (
     TokenizeChatRequest,
     TokenizeCompletionRequest,
 )
+from pagedllm.entrypoints.openai.protocol_responses import ResponsesRequest
 from pagedllm.entrypoints.openai.state import ServerSettings, ServerState
 from pagedllm.entrypoints.openai.utils import with_cancellation
 from pagedllm.version import __version__
@@ -46,6 +47,8 @@ def _ready_state(raw_request: Request) -> ServerState:
 def _respond(result: Any) -> Response:
     if isinstance(result, BaseModel):
         return JSONResponse(result.model_dump())
+    if isinstance(result, dict):
+        return JSONResponse(result)
     if result is None:  # the client disconnected; nobody reads this
         return Response(status_code=499)
     return StreamingResponse(result, media_type="text/event-stream",
@@ -96,6 +99,19 @@ async def create_chat_completion(request: ChatCompletionRequest, raw_request: Re
 async def create_embedding(request: EmbeddingRequest, raw_request: Request) -> Response:
     serving = _ready_state(raw_request).embedding
     return _respond(await serving.create_embedding(request))  # type: ignore[union-attr]
+
+
+@router.post("/v1/responses")
+@with_cancellation
+async def create_response(request: ResponsesRequest, raw_request: Request) -> Response:
+    serving = _ready_state(raw_request).responses
+    return _respond(await serving.create_response(request))  # type: ignore[union-attr]
+
+
+@router.get("/v1/responses/{response_id}")
+async def retrieve_response(response_id: str, raw_request: Request) -> Response:
+    serving = _ready_state(raw_request).responses
+    return _respond(serving.retrieve(response_id))  # type: ignore[union-attr]
 
 
 @router.post("/tokenize")
