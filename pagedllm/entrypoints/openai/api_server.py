@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
+from pagedllm.entrypoints.anthropic.api_router import router as anthropic_router
 from pagedllm.entrypoints.openai.errors import error_json, install_error_handlers
 from pagedllm.entrypoints.openai.middleware import (
     AuthMiddleware,
@@ -143,6 +144,7 @@ def build_app(settings: ServerSettings) -> FastAPI:
                   lifespan=lifespan)
     app.state.server = ServerState(settings)
     app.include_router(router)
+    app.include_router(anthropic_router)
     install_error_handlers(app)
     # Added innermost first: CORS is outermost so even errors carry its headers.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)

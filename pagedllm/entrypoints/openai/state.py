@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from pagedllm.engine.arg_utils import EngineArgs
     from pagedllm.engine.async_llm import AsyncLLM
     from pagedllm.engine.core_client import MPClient
+    from pagedllm.entrypoints.anthropic.serving_messages import AnthropicServingMessages
     from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat
     from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
     from pagedllm.entrypoints.openai.serving_embedding import OpenAIServingEmbedding
@@ -61,6 +62,7 @@ class ServerState:
         self.tokenization: OpenAIServingTokenization | None = None
         self.embedding: OpenAIServingEmbedding | None = None
         self.responses: OpenAIServingResponses | None = None
+        self.anthropic: AnthropicServingMessages | None = None
         self.load_error: str | None = None
         self.on_fatal: Callable[[str], None] | None = None
         """Set by the launcher: stop the HTTP server (the engine could not start)."""
@@ -107,6 +109,7 @@ class ServerState:
         self._install(engine)
 
     def _install(self, engine: AsyncLLM) -> None:
+        from pagedllm.entrypoints.anthropic.serving_messages import AnthropicServingMessages
         from pagedllm.entrypoints.openai.responses_store import ResponseStore
         from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat
         from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
@@ -128,6 +131,7 @@ class ServerState:
         store = (ResponseStore(settings.responses_api_store_max_size)
                  if settings.enable_responses_api_store else None)
         self.responses = OpenAIServingResponses(self.chat, store)
+        self.anthropic = AnthropicServingMessages(self.chat)
         self.engine = engine
         kv_bytes = engine.engine_core.kv_cache_bytes
         logger.info(
