@@ -117,20 +117,22 @@ class OpenAIServingChat(OpenAIServing):
         return await self._full(request, run.request_id, run.model_name, run.num_prompt_tokens,
                                 run.stream, run.options)
 
-    def start(self, request: ChatCompletionRequest, request_id: str) -> ChatRun:
+    def start(self, request: ChatCompletionRequest, request_id: str,
+              prompt_ids: list[int] | None = None) -> ChatRun:
         """Check the request, render its prompt and start generating: what every chat dialect
         (chat completions, Responses, Anthropic messages, Ollama chat) shares. Any 400 is raised
-        here, before a response starts."""
+        here, before a response starts. prompt_ids: a prompt already made (Ollama's raw
+        generate), used instead of rendering the messages."""
         model_name = self.models.check_model(request.model)
         try:
             mode = tool_mode(request, self.settings.tools)
         except ValueError as e:
             raise BadRequestError(str(e), param="tool_choice") from e
-        prompt_ids = self.render_prompt(request.conversation(), request.chat_template,
-                                        request.add_generation_prompt,
-                                        request.continue_final_message,
-                                        request.add_special_tokens, self._prompt_tools(request),
-                                        request.chat_template_kwargs)
+        if prompt_ids is None:
+            prompt_ids = self.render_prompt(
+                request.conversation(), request.chat_template, request.add_generation_prompt,
+                request.continue_final_message, request.add_special_tokens,
+                self._prompt_tools(request), request.chat_template_kwargs)
         params = self._sampling_params(request, prompt_ids)
         if self._needs_special_tokens(mode):
             params.skip_special_tokens = False

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from pagedllm.engine.async_llm import AsyncLLM
     from pagedllm.engine.core_client import MPClient
     from pagedllm.entrypoints.anthropic.serving_messages import AnthropicServingMessages
+    from pagedllm.entrypoints.ollama.serving import OllamaServing
     from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat
     from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
     from pagedllm.entrypoints.openai.serving_embedding import OpenAIServingEmbedding
@@ -63,6 +64,7 @@ class ServerState:
         self.embedding: OpenAIServingEmbedding | None = None
         self.responses: OpenAIServingResponses | None = None
         self.anthropic: AnthropicServingMessages | None = None
+        self.ollama: OllamaServing | None = None
         self.load_error: str | None = None
         self.on_fatal: Callable[[str], None] | None = None
         """Set by the launcher: stop the HTTP server (the engine could not start)."""
@@ -110,6 +112,7 @@ class ServerState:
 
     def _install(self, engine: AsyncLLM) -> None:
         from pagedllm.entrypoints.anthropic.serving_messages import AnthropicServingMessages
+        from pagedllm.entrypoints.ollama.serving import OllamaServing
         from pagedllm.entrypoints.openai.responses_store import ResponseStore
         from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat
         from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
@@ -132,6 +135,7 @@ class ServerState:
                  if settings.enable_responses_api_store else None)
         self.responses = OpenAIServingResponses(self.chat, store)
         self.anthropic = AnthropicServingMessages(self.chat)
+        self.ollama = OllamaServing(self.chat, self.embedding)
         self.engine = engine
         kv_bytes = engine.engine_core.kv_cache_bytes
         logger.info(
