@@ -123,6 +123,12 @@ async def tokenize(request: TokenizeCompletionRequest | TokenizeChatRequest,
     return _respond(serving.create_tokenize(request))  # type: ignore[union-attr]
 
 
+@router.get("/tokenizer_info")
+async def tokenizer_info(raw_request: Request) -> Response:
+    serving = _ready_state(raw_request).tokenization
+    return JSONResponse(serving.tokenizer_info())  # type: ignore[union-attr]
+
+
 @router.post("/detokenize")
 async def detokenize(request: DetokenizeRequest, raw_request: Request) -> Response:
     serving = _ready_state(raw_request).tokenization
