@@ -93,6 +93,8 @@ def test_stream_event_sequence_reassembles_the_response(client):
     completed = events[-1].response
     assert completed.output_text == whole.output_text
     assert completed.usage.output_tokens == 8 and completed.status == "incomplete"
+    # a streamed response is stored as it completed
+    assert client.responses.retrieve(completed.id).model_dump() == completed.model_dump()
 
 
 def test_tool_call_round_trip(client):
