@@ -56,12 +56,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     server.add_argument("--responses-api-store-max-size", type=_positive_int, default=1000,
                         help="most responses kept; the least recently used go first "
                              "(default 1000)")
-    _add_tool_args(parser)
+    add_tool_args(parser)
     add_engine_args(parser)
     parser.set_defaults(func=run)
 
 
-def _add_tool_args(parser: argparse.ArgumentParser) -> None:
+def add_tool_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("tools and chat templates")
     group.add_argument("--enable-auto-tool-choice", action="store_true",
                        help='allow tool_choice "auto": the model decides whether to call tools, '

@@ -86,6 +86,11 @@ class ServerState:
     def start_loading(self) -> None:
         self._load_task = asyncio.get_running_loop().create_task(self._load())
 
+    async def wait_loaded(self) -> None:
+        """Until loading ended, ready or failed (load_error): for in-process users (run-batch)."""
+        if self._load_task is not None:
+            await asyncio.shield(self._load_task)
+
     async def _load(self) -> None:
         from pagedllm.engine.core_client import MPClient
 
