@@ -133,6 +133,7 @@ class OpenAIServingChat(OpenAIServing):
                 request.conversation(), request.chat_template, request.add_generation_prompt,
                 request.continue_final_message, request.add_special_tokens,
                 self._prompt_tools(request), request.chat_template_kwargs)
+            prompt_ids = self.truncate_prompt(prompt_ids, request.truncate_prompt_tokens)
         params = self._sampling_params(request, prompt_ids)
         if self._needs_special_tokens(mode):
             params.skip_special_tokens = False
