@@ -29,6 +29,7 @@ from pagedllm.entrypoints.openai.protocol import (
     TokenizeCompletionRequest,
 )
 from pagedllm.entrypoints.openai.protocol_responses import ResponsesRequest
+from pagedllm.entrypoints.openai.protocol_score import RerankRequest, ScoreRequest
 from pagedllm.entrypoints.openai.state import ServerSettings, ServerState
 from pagedllm.entrypoints.openai.utils import with_cancellation
 from pagedllm.version import __version__
@@ -114,6 +115,23 @@ async def create_response(request: ResponsesRequest, raw_request: Request) -> Re
 async def retrieve_response(response_id: str, raw_request: Request) -> Response:
     serving = _ready_state(raw_request).responses
     return _respond(serving.retrieve(response_id))  # type: ignore[union-attr]
+
+
+@router.post("/score")
+@router.post("/v1/score")
+@with_cancellation
+async def create_score(request: ScoreRequest, raw_request: Request) -> Response:
+    serving = _ready_state(raw_request).score
+    return _respond(await serving.score(request))  # type: ignore[union-attr]
+
+
+@router.post("/rerank")
+@router.post("/v1/rerank")
+@router.post("/v2/rerank")
+@with_cancellation
+async def create_rerank(request: RerankRequest, raw_request: Request) -> Response:
+    serving = _ready_state(raw_request).score
+    return _respond(await serving.rerank(request))  # type: ignore[union-attr]
 
 
 @router.post("/tokenize")

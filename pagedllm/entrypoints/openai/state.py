@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from pagedllm.entrypoints.openai.serving_embedding import OpenAIServingEmbedding
     from pagedllm.entrypoints.openai.serving_models import OpenAIServingModels
     from pagedllm.entrypoints.openai.serving_responses import OpenAIServingResponses
+    from pagedllm.entrypoints.openai.serving_score import OpenAIServingScore
     from pagedllm.entrypoints.openai.serving_tokenize import OpenAIServingTokenization
 
 logger = init_logger(__name__)
@@ -65,6 +66,7 @@ class ServerState:
         self.responses: OpenAIServingResponses | None = None
         self.anthropic: AnthropicServingMessages | None = None
         self.ollama: OllamaServing | None = None
+        self.score: OpenAIServingScore | None = None
         self.load_error: str | None = None
         self.on_fatal: Callable[[str], None] | None = None
         """Set by the launcher: stop the HTTP server (the engine could not start)."""
@@ -124,6 +126,7 @@ class ServerState:
         from pagedllm.entrypoints.openai.serving_embedding import OpenAIServingEmbedding
         from pagedllm.entrypoints.openai.serving_models import OpenAIServingModels
         from pagedllm.entrypoints.openai.serving_responses import OpenAIServingResponses
+        from pagedllm.entrypoints.openai.serving_score import OpenAIServingScore
         from pagedllm.entrypoints.openai.serving_tokenize import OpenAIServingTokenization
 
         settings = self.settings
@@ -141,6 +144,7 @@ class ServerState:
         self.responses = OpenAIServingResponses(self.chat, store)
         self.anthropic = AnthropicServingMessages(self.chat)
         self.ollama = OllamaServing(self.chat, self.embedding)
+        self.score = OpenAIServingScore(self.embedding)
         self.engine = engine
         kv_bytes = engine.engine_core.kv_cache_bytes
         logger.info(
