@@ -68,7 +68,8 @@ class AnthropicServingMessages:
         chat = chat_request(chat_fields(request))
         self.chat.models.check_model(chat.model)
         prompt_ids = self.chat.render_prompt(
-            chat.conversation(), None, True, False, chat.add_special_tokens, chat.tool_dicts())
+            chat.conversation(), None, True, False, chat.add_special_tokens,
+            self.chat.prompt_tools(chat), chat.chat_template_kwargs)
         return {"input_tokens": len(prompt_ids)}
 
     async def create_message(self, request: AnthropicMessagesRequest

@@ -132,7 +132,7 @@ class OpenAIServingChat(OpenAIServing):
             prompt_ids = self.render_prompt(
                 request.conversation(), request.chat_template, request.add_generation_prompt,
                 request.continue_final_message, request.add_special_tokens,
-                self._prompt_tools(request), request.chat_template_kwargs)
+                self.prompt_tools(request), request.chat_template_kwargs)
             prompt_ids = self.truncate_prompt(prompt_ids, request.truncate_prompt_tokens)
         params = self._sampling_params(request, prompt_ids)
         if self._needs_special_tokens(mode):
@@ -147,7 +147,7 @@ class OpenAIServingChat(OpenAIServing):
         tools = mode.parser_cls is not None and mode.parser_cls.needs_special_tokens
         return reasoning or tools
 
-    def _prompt_tools(self, request: ChatCompletionRequest) -> list[dict[str, Any]] | None:
+    def prompt_tools(self, request: ChatCompletionRequest) -> list[dict[str, Any]] | None:
         exclude = self.settings.tools.exclude_tools_when_tool_choice_none
         if request.tool_choice == "none" and exclude:
             return None
