@@ -86,6 +86,16 @@ def test_rerank_orders_by_score(http):
     assert len(top) == 1 and top[0]["index"] == order[0] and top[0]["document"] is None
 
 
+def test_pooling_returns_the_embeddings(http):
+    texts = ["Hello world", DOCUMENTS[0]]
+    pooled = http.post("/pooling", json={"model": MODEL, "input": texts}).json()
+    embedded = http.post("/v1/embeddings", json={"model": MODEL, "input": texts,
+                                                 "encoding_format": "float"}).json()
+    assert [d["object"] for d in pooled["data"]] == ["pooling", "pooling"]
+    assert [d["data"] for d in pooled["data"]] == [d["embedding"] for d in embedded["data"]]
+    assert pooled["usage"] == embedded["usage"]
+
+
 @pytest.mark.parametrize(("path", "body", "needle"), [
     ("/score", {"text_1": ["a", "b"], "text_2": ["c", "d", "e"]}, "text_1"),
     ("/score", {"text_1": [], "text_2": ["c"]}, "text_1"),
@@ -113,3 +123,5 @@ def test_a_generation_model_cannot_score(generation_server):
     response = httpx.post(f"{generation_server.url}/rerank",
                           json={"model": "tiny", "query": "a", "documents": ["b"]})
     assert response.status_code == 400 and "embedding model" in response.json()["error"]["message"]
+    pooling = httpx.post(f"{generation_server.url}/pooling", json={"model": "tiny", "input": "a"})
+    assert pooling.status_code == 400 and "pooling" in pooling.json()["error"]["message"]

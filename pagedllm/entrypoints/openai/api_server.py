@@ -134,6 +134,13 @@ async def create_rerank(request: RerankRequest, raw_request: Request) -> Respons
     return _respond(await serving.rerank(request))  # type: ignore[union-attr]
 
 
+@router.post("/pooling")
+@with_cancellation
+async def create_pooling(request: EmbeddingRequest, raw_request: Request) -> Response:
+    serving = _ready_state(raw_request).score
+    return _respond(await serving.pooling(request))  # type: ignore[union-attr]
+
+
 @router.post("/tokenize")
 async def tokenize(request: TokenizeCompletionRequest | TokenizeChatRequest,
                    raw_request: Request) -> Response:

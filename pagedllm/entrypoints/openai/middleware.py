@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pagedllm.entrypoints.openai.errors import dialect_error_body
 
 PROTECTED_PREFIXES = ("/v1", "/v2", "/tokenize", "/detokenize", "/tokenizer_info", "/api/",
-                      "/score", "/rerank")
+                      "/score", "/rerank", "/pooling")
 """Paths that need the API key; /health, /version and /metrics stay open (as in vLLM)."""
 
 

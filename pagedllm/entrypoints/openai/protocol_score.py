@@ -1,5 +1,5 @@
 """Request and response models of vLLM's /score and /rerank (Jina's and Cohere's rerank shapes,
-also served at /v1/rerank and /v2/rerank)."""
+also served at /v1/rerank and /v2/rerank), and of /pooling."""
 
 from __future__ import annotations
 
@@ -69,3 +69,21 @@ class RerankResponse(OpenAIBaseModel):
     model: str
     usage: RerankUsage
     results: list[RerankResult]
+
+
+class PoolingData(OpenAIBaseModel):
+    index: int
+    object: Literal["pooling"] = "pooling"
+    data: list[float] | str
+
+
+class PoolingResponse(OpenAIBaseModel):
+    """vLLM's /pooling answer: the pooler's output per input (for an embedding model, the
+    embedding /v1/embeddings returns)."""
+
+    id: str = Field(default_factory=lambda: random_id("pool"))
+    object: Literal["list"] = "list"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    data: list[PoolingData]
+    usage: UsageInfo

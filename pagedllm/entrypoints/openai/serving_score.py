@@ -1,7 +1,7 @@
-"""/score and /rerank on an embedding model (a bi-encoder): each text is embedded once through
-/v1/embeddings' path, and a pair's score is the cosine similarity of its two embeddings (what
-vLLM computes for embedding models). Cross-encoders and classification heads are not served yet:
-a generation model answers 400."""
+"""/score, /rerank and /pooling on an embedding model (a bi-encoder): each text is embedded once
+through /v1/embeddings' path, and a pair's score is the cosine similarity of its two embeddings
+(what vLLM computes for embedding models); /pooling returns the pooled vectors themselves.
+Cross-encoders and classification heads are not served yet: a generation model answers 400."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import math
 from pagedllm.entrypoints.openai.errors import BadRequestError
 from pagedllm.entrypoints.openai.protocol import EmbeddingRequest, UsageInfo
 from pagedllm.entrypoints.openai.protocol_score import (
+    PoolingData,
+    PoolingResponse,
     RerankDocument,
     RerankRequest,
     RerankResponse,
@@ -89,3 +91,12 @@ class OpenAIServingScore:
                    for i in order]
         return RerankResponse(model=model_name, results=results,
                               usage=RerankUsage(total_tokens=tokens, prompt_tokens=tokens))
+
+    async def pooling(self, request: EmbeddingRequest) -> PoolingResponse:
+        """/pooling: the pooled output of each input, in vLLM's shape."""
+        if self.task != "embed":
+            raise BadRequestError("/pooling needs a pooling (embedding) model; classification "
+                                  "models are not supported yet", param="model")
+        out = await self.embedding.create_embedding(request)
+        return PoolingResponse(model=out.model, usage=out.usage, data=[
+            PoolingData(index=d.index, data=d.embedding) for d in out.data])
