@@ -74,3 +74,13 @@ def test_errors(client):
         client.embeddings.create(model=MODEL, input=[])
     with pytest.raises(openai.BadRequestError, match="embeddings"):
         client.completions.create(model=MODEL, prompt="hello")
+
+
+def test_truncate_prompt_tokens_keeps_the_last_tokens(client, embed_server):
+    text = "Paged attention stores keys and values in fixed-size blocks. " * 4
+    ids = httpx.post(f"{embed_server.url}/tokenize", json={"prompt": text}).json()["tokens"]
+    cut = client.embeddings.create(model=MODEL, input=text, encoding_format="float",
+                                   extra_body={"truncate_prompt_tokens": 8})
+    same = client.embeddings.create(model=MODEL, input=ids[-8:], encoding_format="float")
+    assert cut.usage.prompt_tokens == 8
+    assert max(abs(a - b) for a, b in zip(cut.data[0].embedding, same.data[0].embedding)) < 1e-5

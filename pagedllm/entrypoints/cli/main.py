@@ -13,13 +13,23 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pagedllm", description="pagedllm: paged-KV-cache LLM inference and serving")
     parser.add_argument("--version", action="version", version=f"pagedllm {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    from pagedllm.entrypoints.cli import bench, chat, complete, generate, serve
+    from pagedllm.entrypoints.cli import (
+        bench,
+        chat,
+        collect_env,
+        complete,
+        generate,
+        run_batch,
+        serve,
+    )
 
     serve.register(subparsers)
     chat.register(subparsers)
     complete.register(subparsers)
     generate.register(subparsers)
     bench.register(subparsers)
+    collect_env.register(subparsers)
+    run_batch.register(subparsers)
     return parser
 
 

@@ -18,9 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve", help="serve a model over an OpenAI-compatible HTTP API",
         description="Start an OpenAI-compatible server (/v1/completions, /v1/chat/completions, "
-                    "/v1/embeddings, /v1/models, /tokenize, /detokenize, /health, /version, "
-                    "/metrics). The engine runs in its own process; /health answers 503 until the "
-                    "model is loaded.")
+                    "/v1/responses, /v1/embeddings, /v1/models, /tokenize, /detokenize, /health, "
+                    "/version, /metrics; Anthropic's /v1/messages; Ollama's /api/*). The engine "
+                    "runs in its own process; /health answers 503 until the model is loaded.")
     parser.add_argument("model", nargs="?", default=DEFAULT_MODEL,
                         help=f"HF directory, .gguf file or model name (default: {DEFAULT_MODEL})")
     server = parser.add_argument_group("server")
@@ -49,12 +49,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         choices=["critical", "error", "warning", "info", "debug"],
                         help="uvicorn's log level (default info)")
     server.add_argument("--access-log", action="store_true", help="log every HTTP request")
-    _add_tool_args(parser)
+    server.add_argument("--enable-responses-api-store", action="store_true",
+                        help="keep /v1/responses results in memory (store: true) for "
+                             "previous_response_id and GET /v1/responses/{id} (default off: the "
+                             "store grows with traffic)")
+    server.add_argument("--responses-api-store-max-size", type=_positive_int, default=1000,
+                        help="most responses kept; the least recently used go first "
+                             "(default 1000)")
+    add_tool_args(parser)
     add_engine_args(parser)
     parser.set_defaults(func=run)
 
 
-def _add_tool_args(parser: argparse.ArgumentParser) -> None:
+def add_tool_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("tools and chat templates")
     group.add_argument("--enable-auto-tool-choice", action="store_true",
                        help='allow tool_choice "auto": the model decides whether to call tools, '
@@ -74,6 +81,16 @@ def _tool_parser_names() -> str:
     from pagedllm.entrypoints.openai.tool_parsers import TOOL_PARSERS
 
     return ", ".join(TOOL_PARSERS.names()) or "none registered"
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from e
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
 
 
 def _json_object(value: str) -> dict:
@@ -115,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
         default_chat_template_kwargs=args.default_chat_template_kwargs or {},
         max_request_body_bytes=args.max_request_body_bytes,
         engine_startup_timeout=args.engine_startup_timeout,
+        enable_responses_api_store=args.enable_responses_api_store,
+        responses_api_store_max_size=args.responses_api_store_max_size,
     )
     app = build_app(settings)
     return serve_http(app, args.host, args.port, args.log_level,

@@ -12,6 +12,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
+from pagedllm.entrypoints.anthropic.api_router import router as anthropic_router
+from pagedllm.entrypoints.ollama.api_router import router as ollama_router
 from pagedllm.entrypoints.openai.errors import error_json, install_error_handlers
 from pagedllm.entrypoints.openai.middleware import (
     AuthMiddleware,
@@ -26,6 +28,8 @@ from pagedllm.entrypoints.openai.protocol import (
     TokenizeChatRequest,
     TokenizeCompletionRequest,
 )
+from pagedllm.entrypoints.openai.protocol_responses import ResponsesRequest
+from pagedllm.entrypoints.openai.protocol_score import RerankRequest, ScoreRequest
 from pagedllm.entrypoints.openai.state import ServerSettings, ServerState
 from pagedllm.entrypoints.openai.utils import with_cancellation
 from pagedllm.version import __version__
@@ -46,6 +50,8 @@ def _ready_state(raw_request: Request) -> ServerState:
 def _respond(result: Any) -> Response:
     if isinstance(result, BaseModel):
         return JSONResponse(result.model_dump())
+    if isinstance(result, dict):
+        return JSONResponse(result)
     if result is None:  # the client disconnected; nobody reads this
         return Response(status_code=499)
     return StreamingResponse(result, media_type="text/event-stream",
@@ -98,11 +104,54 @@ async def create_embedding(request: EmbeddingRequest, raw_request: Request) -> R
     return _respond(await serving.create_embedding(request))  # type: ignore[union-attr]
 
 
+@router.post("/v1/responses")
+@with_cancellation
+async def create_response(request: ResponsesRequest, raw_request: Request) -> Response:
+    serving = _ready_state(raw_request).responses
+    return _respond(await serving.create_response(request))  # type: ignore[union-attr]
+
+
+@router.get("/v1/responses/{response_id}")
+async def retrieve_response(response_id: str, raw_request: Request) -> Response:
+    serving = _ready_state(raw_request).responses
+    return _respond(serving.retrieve(response_id))  # type: ignore[union-attr]
+
+
+@router.post("/score")
+@router.post("/v1/score")
+@with_cancellation
+async def create_score(request: ScoreRequest, raw_request: Request) -> Response:
+    serving = _ready_state(raw_request).score
+    return _respond(await serving.score(request))  # type: ignore[union-attr]
+
+
+@router.post("/rerank")
+@router.post("/v1/rerank")
+@router.post("/v2/rerank")
+@with_cancellation
+async def create_rerank(request: RerankRequest, raw_request: Request) -> Response:
+    serving = _ready_state(raw_request).score
+    return _respond(await serving.rerank(request))  # type: ignore[union-attr]
+
+
+@router.post("/pooling")
+@with_cancellation
+async def create_pooling(request: EmbeddingRequest, raw_request: Request) -> Response:
+    serving = _ready_state(raw_request).score
+    return _respond(await serving.pooling(request))  # type: ignore[union-attr]
+
+
 @router.post("/tokenize")
 async def tokenize(request: TokenizeCompletionRequest | TokenizeChatRequest,
                    raw_request: Request) -> Response:
     serving = _ready_state(raw_request).tokenization
     return _respond(serving.create_tokenize(request))  # type: ignore[union-attr]
+
+
+@router.get("/tokenizer_info")
+async def tokenizer_info(raw_request: Request) -> Response:
+    serving = _ready_state(raw_request).tokenization
+    return JSONResponse(serving.tokenizer_info())  # type: ignore[union-attr]
 
 
 @router.post("/detokenize")
@@ -127,6 +176,8 @@ def build_app(settings: ServerSettings) -> FastAPI:
                   lifespan=lifespan)
     app.state.server = ServerState(settings)
     app.include_router(router)
+    app.include_router(anthropic_router)
+    app.include_router(ollama_router)
     install_error_handlers(app)
     # Added innermost first: CORS is outermost so even errors carry its headers.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)

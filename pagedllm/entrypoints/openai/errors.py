@@ -3,6 +3,7 @@ FastAPI's own validation/HTTP errors) into `{"error": {"message", "type", "param
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -61,14 +62,37 @@ def error_body(status: int, message: str, type_: str | None = None, param: str |
     return ErrorResponse(error=info).model_dump()
 
 
+ErrorRenderer = Callable[[int, str, str | None, str | None, str | None], dict]
+"""(status, message, type, param, code) -> another dialect's error body."""
+
+_DIALECT_ERRORS: dict[str, ErrorRenderer] = {}
+"""Path prefix -> renderer: the Anthropic and Ollama routes answer errors in their own shape
+(their clients read nothing else); every other path gets OpenAI's."""
+
+
+def register_error_dialect(path_prefix: str, renderer: ErrorRenderer) -> None:
+    _DIALECT_ERRORS[path_prefix] = renderer
+
+
+def dialect_error_body(path: str, status: int, message: str, type_: str | None = None,
+                       param: str | None = None, code: str | None = None) -> dict:
+    """The error body in the dialect of the route at `path`."""
+    for prefix, renderer in _DIALECT_ERRORS.items():
+        if path.startswith(prefix):
+            return renderer(status, message, type_, param, code)
+    return error_body(status, message, type_, param, code)
+
+
 def error_json(status: int, message: str, type_: str | None = None, param: str | None = None,
-               code: str | None = None, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(error_body(status, message, type_, param, code), status_code=status,
-                        headers=headers)
+               code: str | None = None, headers: dict | None = None,
+               path: str = "") -> JSONResponse:
+    return JSONResponse(dialect_error_body(path, status, message, type_, param, code),
+                        status_code=status, headers=headers)
 
 
-def from_exception(error: OpenAIError) -> JSONResponse:
-    return error_json(error.status_code, error.message, error.type, error.param, error.code)
+def from_exception(error: OpenAIError, path: str = "") -> JSONResponse:
+    return error_json(error.status_code, error.message, error.type, error.param, error.code,
+                      path=path)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -91,22 +115,23 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OpenAIError)
-    async def _openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
-        return from_exception(exc)
+    async def _openai_error(request: Request, exc: OpenAIError) -> JSONResponse:
+        return from_exception(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
-        return error_json(HTTPStatus.BAD_REQUEST, message, param=param)
+        return error_json(HTTPStatus.BAD_REQUEST, message, param=param, path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         too_large = exc.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
         code = "request_too_large" if too_large else None
         return error_json(exc.status_code, str(exc.detail), code=code,
-                          headers=getattr(exc, "headers", None))
+                          headers=getattr(exc, "headers", None), path=request.url.path)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error")
-        return error_json(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {exc}")
+        return error_json(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {exc}",
+                          path=request.url.path)

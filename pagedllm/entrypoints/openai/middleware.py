@@ -12,29 +12,39 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pagedllm.entrypoints.openai.errors import error_body
+from pagedllm.entrypoints.openai.errors import dialect_error_body
 
-PROTECTED_PREFIXES = ("/v1", "/tokenize", "/detokenize")
+PROTECTED_PREFIXES = ("/v1", "/v2", "/tokenize", "/detokenize", "/tokenizer_info", "/api/",
+                      "/score", "/rerank", "/pooling")
 """Paths that need the API key; /health, /version and /metrics stay open (as in vLLM)."""
 
 
 class AuthMiddleware:
-    """Requires `Authorization: Bearer <key>`, compared in constant time."""
+    """Requires `Authorization: Bearer <key>` (or Anthropic's `x-api-key: <key>`), compared in
+    constant time."""
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
         self.expected = f"Bearer {api_key}".encode()
+        self.expected_x_api_key = api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] == "OPTIONS" or not scope["path"].startswith(
                 PROTECTED_PREFIXES):
             await self.app(scope, receive, send)
             return
-        given = Headers(scope=scope).get("authorization", "").encode()
-        if not secrets.compare_digest(given, self.expected):
+        headers = Headers(scope=scope)
+        given = headers.get("authorization", "").encode()
+        given_x_api_key = headers.get("x-api-key", "").encode()
+        # Both compared, always, so the time taken does not say which header was tried.
+        bearer_ok = secrets.compare_digest(given, self.expected)
+        x_api_key_ok = (secrets.compare_digest(given_x_api_key, self.expected_x_api_key)
+                        and bool(given_x_api_key))
+        if not (bearer_ok or x_api_key_ok):
             response = JSONResponse(
-                error_body(HTTPStatus.UNAUTHORIZED, "Incorrect or missing API key.",
-                           "invalid_request_error", code="invalid_api_key"),
+                dialect_error_body(scope["path"], HTTPStatus.UNAUTHORIZED,
+                                   "Incorrect or missing API key.", "invalid_request_error",
+                                   code="invalid_api_key"),
                 status_code=HTTPStatus.UNAUTHORIZED,
                 headers={"WWW-Authenticate": "Bearer"},
             )
@@ -98,9 +108,8 @@ class BodySizeLimitMiddleware:
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = JSONResponse(
-            error_body(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                       self._message(),
-                       code="request_too_large"),
+            dialect_error_body(scope["path"], HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                               self._message(), code="request_too_large"),
             status_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
             headers={"Connection": "close"},
         )

@@ -103,6 +103,8 @@ class SamplingExtras(OpenAIBaseModel):
     """Beam search with `n` as the beam width; the n best beams are the choices."""
     length_penalty: float = 1.0
     """Beam search: finished beams score cum_logprob / generated_len ** length_penalty."""
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    """Keep only the prompt's last k tokens (-1: the last max_model_len), as vLLM."""
 
     @model_validator(mode="after")
     def _check_stream_options(self) -> SamplingExtras:
@@ -344,6 +346,8 @@ class EmbeddingRequest(OpenAIBaseModel):
     user: str | None = None
     add_special_tokens: bool = True
     """vLLM extra: add the tokenizer's special tokens ([CLS]/[SEP], BOS) to text inputs."""
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    """Keep only each input's last k tokens (-1: the last max_model_len), as vLLM."""
 
 
 class EmbeddingData(OpenAIBaseModel):

@@ -9,6 +9,8 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from pagedllm.entrypoints.openai.chat_output import ChoiceStream, OutputOptions, finish_reason
 from pagedllm.entrypoints.openai.chat_tools import ToolMode, ToolSettings, tool_mode
 from pagedllm.entrypoints.openai.errors import BadRequestError, OpenAIError, error_body
@@ -54,6 +56,44 @@ class ChatSettings:
     """--default-chat-template-kwargs; a request's chat_template_kwargs win."""
 
 
+@dataclass
+class ChatRun:
+    """A started chat request: its engine stream and how to read the answer out of it."""
+
+    request_id: str
+    model_name: str
+    """The served name the response reports."""
+    prompt_ids: list[int]
+    stream: AsyncIterator[RequestOutput]
+    options: OutputOptions
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+
+def chat_request(fields: dict[str, Any]) -> ChatCompletionRequest:
+    """A ChatCompletionRequest built from another dialect's request (a 400 naming the first bad
+    field if the translation is not a valid chat request)."""
+    try:
+        return ChatCompletionRequest.model_validate(fields)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first.get("loc", ()))
+        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        raise BadRequestError(f"{loc}: {message}" if loc else message, param=loc or None) from e
+
+
+async def final_output(stream: AsyncIterator[RequestOutput]) -> RequestOutput:
+    """The last (finished) output of a FINAL_ONLY stream, closing it."""
+    final: RequestOutput | None = None
+    async with aclosing(stream):  # type: ignore[type-var]
+        async for output in stream:
+            final = output
+    assert final is not None and final.finished
+    return final
+
+
 class OpenAIServingChat(OpenAIServing):
     def __init__(self, engine: Any, models: OpenAIServingModels,
                  settings: ChatSettings | None = None) -> None:
@@ -70,27 +110,36 @@ class OpenAIServingChat(OpenAIServing):
     async def create_chat_completion(
         self, request: ChatCompletionRequest
     ) -> ChatCompletionResponse | AsyncIterator[str]:
+        run = self.start(request, random_id("chatcmpl"))
+        if request.stream:
+            return self._stream(request, run.request_id, run.model_name, run.num_prompt_tokens,
+                                run.stream, run.options)
+        return await self._full(request, run.request_id, run.model_name, run.num_prompt_tokens,
+                                run.stream, run.options)
+
+    def start(self, request: ChatCompletionRequest, request_id: str,
+              prompt_ids: list[int] | None = None) -> ChatRun:
+        """Check the request, render its prompt and start generating: what every chat dialect
+        (chat completions, Responses, Anthropic messages, Ollama chat) shares. Any 400 is raised
+        here, before a response starts. prompt_ids: a prompt already made (Ollama's raw
+        generate), used instead of rendering the messages."""
         model_name = self.models.check_model(request.model)
         try:
             mode = tool_mode(request, self.settings.tools)
         except ValueError as e:
             raise BadRequestError(str(e), param="tool_choice") from e
-        prompt_ids = self.render_prompt(request.conversation(), request.chat_template,
-                                        request.add_generation_prompt,
-                                        request.continue_final_message,
-                                        request.add_special_tokens, self._prompt_tools(request),
-                                        request.chat_template_kwargs)
+        if prompt_ids is None:
+            prompt_ids = self.render_prompt(
+                request.conversation(), request.chat_template, request.add_generation_prompt,
+                request.continue_final_message, request.add_special_tokens,
+                self.prompt_tools(request), request.chat_template_kwargs)
+            prompt_ids = self.truncate_prompt(prompt_ids, request.truncate_prompt_tokens)
         params = self._sampling_params(request, prompt_ids)
         if self._needs_special_tokens(mode):
             params.skip_special_tokens = False
         options = OutputOptions(mode, self.reasoning_parser, request.include_reasoning)
-        request_id = random_id("chatcmpl")
         stream = self.generate_for(prompt_ids, request, params, request_id)
-        if request.stream:
-            return self._stream(request, request_id, model_name, len(prompt_ids), stream,
-                                options)
-        return await self._full(request, request_id, model_name, len(prompt_ids), stream,
-                                options)
+        return ChatRun(request_id, model_name, prompt_ids, stream, options)
 
     def _needs_special_tokens(self, mode: ToolMode) -> bool:
         """The parsers read markers that are special tokens: keep them in the text."""
@@ -98,7 +147,7 @@ class OpenAIServingChat(OpenAIServing):
         tools = mode.parser_cls is not None and mode.parser_cls.needs_special_tokens
         return reasoning or tools
 
-    def _prompt_tools(self, request: ChatCompletionRequest) -> list[dict[str, Any]] | None:
+    def prompt_tools(self, request: ChatCompletionRequest) -> list[dict[str, Any]] | None:
         exclude = self.settings.tools.exclude_tools_when_tool_choice_none
         if request.tool_choice == "none" and exclude:
             return None
@@ -139,11 +188,7 @@ class OpenAIServingChat(OpenAIServing):
     async def _full(self, request: ChatCompletionRequest, request_id: str, model_name: str,
                     num_prompt_tokens: int, stream: AsyncIterator[RequestOutput],
                     options: OutputOptions) -> ChatCompletionResponse:
-        final: RequestOutput | None = None
-        async with aclosing(stream):  # type: ignore[type-var]
-            async for output in stream:
-                final = output
-        assert final is not None and final.finished
+        final = await final_output(stream)
         choices = []
         for c in final.outputs:
             message, tools_called = options.message(c.text, self.tokenizer)

@@ -66,11 +66,14 @@ class OpenAIServingCompletion(OpenAIServing):
             prompt = [prompt]  # type: ignore[list-item]
         if not prompt:
             raise BadRequestError("prompt must not be empty", param="prompt")
-        return [
-            _Prompt(p if isinstance(p, str) else None,
-                    self.tokenize(p, request.add_special_tokens))  # type: ignore[arg-type]
-            for p in prompt
-        ]
+        prompts = []
+        for p in prompt:
+            ids = self.tokenize(p, request.add_special_tokens)  # type: ignore[arg-type]
+            kept = self.truncate_prompt(ids, request.truncate_prompt_tokens)
+            # a cut prompt echoes as what the model saw (its decoded tokens)
+            text = p if isinstance(p, str) and len(kept) == len(ids) else None
+            prompts.append(_Prompt(text, kept))
+        return prompts
 
     def _prepare(self, prompt: _Prompt, request: CompletionRequest) -> _Prompt:
         max_tokens = self.check_length(len(prompt.token_ids), request.max_tokens, "prompt",

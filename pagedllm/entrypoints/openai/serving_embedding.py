@@ -25,7 +25,9 @@ class OpenAIServingEmbedding(OpenAIServing):
     async def create_embedding(self, request: EmbeddingRequest) -> EmbeddingResponse:
         model_name = self.models.check_model(request.model)
         params = _pooling_params(request)
-        prompts = [self.tokenize(p, request.add_special_tokens) for p in _inputs(request)]
+        prompts = [self.truncate_prompt(self.tokenize(p, request.add_special_tokens),
+                                        request.truncate_prompt_tokens)
+                   for p in _inputs(request)]
         for token_ids in prompts:
             self._validate(token_ids, params)
         request_id = random_id("embd")

@@ -45,6 +45,19 @@ class OpenAIServing:
         except ValueError as e:
             raise BadRequestError(str(e), param="prompt") from e
 
+    def truncate_prompt(self, token_ids: list[int], keep: int | None) -> list[int]:
+        """truncate_prompt_tokens: the last `keep` tokens (-1: the last max_model_len; None: all).
+        The end is kept, as vLLM does: it holds the question a long context leads up to."""
+        if keep is None:
+            return token_ids
+        if keep == -1:
+            keep = self.max_model_len
+        if keep == 0 or keep > self.max_model_len:
+            raise BadRequestError(
+                f"truncate_prompt_tokens ({keep}) must be -1 or between 1 and max_model_len "
+                f"({self.max_model_len})", param="truncate_prompt_tokens")
+        return token_ids[-keep:]
+
     def check_length(self, num_prompt_tokens: int, max_tokens: int | None,
                      prompt_param: str, max_tokens_param: str) -> int:
         """The request's max_tokens (the rest of the context when None) or a 400 in vLLM's words."""

@@ -1,7 +1,11 @@
-"""/tokenize and /detokenize (vLLM's extra endpoints): the same tokenization the generation
-endpoints use, so counts match their usage."""
+"""/tokenize, /detokenize and /tokenizer_info (vLLM's extra endpoints): the same tokenization the
+generation endpoints use, so counts match their usage; and the tokenizer's configuration, so
+clients such as lm-eval's remote tokenizer can work without a local copy of it."""
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 from pagedllm.entrypoints.openai.errors import BadRequestError
 from pagedllm.entrypoints.openai.protocol import (
@@ -44,3 +48,39 @@ class OpenAIServingTokenization(OpenAIServing):
             raise BadRequestError(f"token id {bad[0]} is outside the vocabulary [0, {vocab})",
                                   param="tokens")
         return DetokenizeResponse(prompt=self.tokenizer.decode(request.tokens))
+
+    def tokenizer_info(self) -> dict[str, Any]:
+        """vLLM's /tokenizer_info: tokenizer_config.json's fields as the loaded tokenizer has
+        them (special tokens as text), its class, and the chat template the server applies."""
+        tokenizer = self.tokenizer
+        info: dict[str, Any] = {}
+        for key, value in getattr(tokenizer, "init_kwargs", {}).items():
+            # Local paths say nothing to a remote client (and where the server keeps files).
+            if key.endswith("_file") or key in ("name_or_path", "tokenizer_object"):
+                continue
+            value = _jsonable(value)
+            if value is not None:
+                info[key] = value
+        for name in ("bos_token", "eos_token", "pad_token", "unk_token"):
+            info[name] = getattr(tokenizer, name, None)
+        template = self.chat.chat_template or getattr(tokenizer, "chat_template", None)
+        info.update(tokenizer_class=type(tokenizer).__name__, chat_template=template,
+                    model_max_length=self.max_model_len)
+        return info
+
+
+def _jsonable(value: Any) -> Any:
+    """A JSON value, an added token's text, or None for what cannot be sent."""
+    content = getattr(value, "content", None)
+    if isinstance(content, str):  # tokenizers.AddedToken
+        return content
+    if isinstance(value, dict):
+        return {str(k): v for k, v in ((k, _jsonable(v)) for k, v in value.items())
+                if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return None
+    return value

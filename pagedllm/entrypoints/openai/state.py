@@ -19,10 +19,14 @@ if TYPE_CHECKING:
     from pagedllm.engine.arg_utils import EngineArgs
     from pagedllm.engine.async_llm import AsyncLLM
     from pagedllm.engine.core_client import MPClient
+    from pagedllm.entrypoints.anthropic.serving_messages import AnthropicServingMessages
+    from pagedllm.entrypoints.ollama.serving import OllamaServing
     from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat
     from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
     from pagedllm.entrypoints.openai.serving_embedding import OpenAIServingEmbedding
     from pagedllm.entrypoints.openai.serving_models import OpenAIServingModels
+    from pagedllm.entrypoints.openai.serving_responses import OpenAIServingResponses
+    from pagedllm.entrypoints.openai.serving_score import OpenAIServingScore
     from pagedllm.entrypoints.openai.serving_tokenize import OpenAIServingTokenization
 
 logger = init_logger(__name__)
@@ -44,6 +48,9 @@ class ServerSettings:
     default_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     max_request_body_bytes: int = 16 * 1024 * 1024
     engine_startup_timeout: float | None = None
+    enable_responses_api_store: bool = False
+    """--enable-responses-api-store: keep responses for previous_response_id / GET."""
+    responses_api_store_max_size: int = 1000
 
 
 class ServerState:
@@ -56,6 +63,10 @@ class ServerState:
         self.chat: OpenAIServingChat | None = None
         self.tokenization: OpenAIServingTokenization | None = None
         self.embedding: OpenAIServingEmbedding | None = None
+        self.responses: OpenAIServingResponses | None = None
+        self.anthropic: AnthropicServingMessages | None = None
+        self.ollama: OllamaServing | None = None
+        self.score: OpenAIServingScore | None = None
         self.load_error: str | None = None
         self.on_fatal: Callable[[str], None] | None = None
         """Set by the launcher: stop the HTTP server (the engine could not start)."""
@@ -76,6 +87,11 @@ class ServerState:
 
     def start_loading(self) -> None:
         self._load_task = asyncio.get_running_loop().create_task(self._load())
+
+    async def wait_loaded(self) -> None:
+        """Until loading ended, ready or failed (load_error): for in-process users (run-batch)."""
+        if self._load_task is not None:
+            await asyncio.shield(self._load_task)
 
     async def _load(self) -> None:
         from pagedllm.engine.core_client import MPClient
@@ -102,10 +118,15 @@ class ServerState:
         self._install(engine)
 
     def _install(self, engine: AsyncLLM) -> None:
+        from pagedllm.entrypoints.anthropic.serving_messages import AnthropicServingMessages
+        from pagedllm.entrypoints.ollama.serving import OllamaServing
+        from pagedllm.entrypoints.openai.responses_store import ResponseStore
         from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat
         from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
         from pagedllm.entrypoints.openai.serving_embedding import OpenAIServingEmbedding
         from pagedllm.entrypoints.openai.serving_models import OpenAIServingModels
+        from pagedllm.entrypoints.openai.serving_responses import OpenAIServingResponses
+        from pagedllm.entrypoints.openai.serving_score import OpenAIServingScore
         from pagedllm.entrypoints.openai.serving_tokenize import OpenAIServingTokenization
 
         settings = self.settings
@@ -118,6 +139,12 @@ class ServerState:
         self.chat = OpenAIServingChat(engine, self.models, _chat_settings(settings))
         self.tokenization = OpenAIServingTokenization(self.chat)
         self.embedding = OpenAIServingEmbedding(engine, self.models)
+        store = (ResponseStore(settings.responses_api_store_max_size)
+                 if settings.enable_responses_api_store else None)
+        self.responses = OpenAIServingResponses(self.chat, store)
+        self.anthropic = AnthropicServingMessages(self.chat)
+        self.ollama = OllamaServing(self.chat, self.embedding)
+        self.score = OpenAIServingScore(self.embedding)
         self.engine = engine
         kv_bytes = engine.engine_core.kv_cache_bytes
         logger.info(
