@@ -137,13 +137,14 @@ def test_drafter_drafts_with_suffix_decoding():
                                disable_by_batch_size=None)
     drafter = Drafter(config)
     drafter.add_request("r", SamplingParams(temperature=0))
-    drafter.add_request("p", SamplingParams(temperature=0, structured_outputs={"regex": "x"}))
+    drafter.add_request("p", SamplingParams(temperature=0.7, seed=1))
     tokens = np.array([[5, 6, 7, 8, 9, 5, 6, 7], [5, 6, 7, 8, 9, 5, 6, 7]])
     drafts = drafter.propose(["r", "p"], tokens, np.array([0, 1]), np.array([8, 8]), 2)
-    assert drafts == {"r": [8, 9]}, "3-token match, capped by the draft length (2 at the prior)"
+    assert drafts == {"r": [8, 9], "p": [8, 9]}, (
+        "3-token match, capped by the draft length (2 at the prior)")
     drafter.remove_request("r")
     drafter.remove_request("p")
-    assert list(drafter.proposer.cache.prompt_lens) == ["r"]
+    assert list(drafter.proposer.cache.prompt_lens) == ["r", "p"]
 
 
 @pytest.mark.parametrize("bad", [
