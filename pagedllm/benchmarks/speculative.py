@@ -2,8 +2,9 @@
 
 Workloads (spec_workloads.py, chat-templated): "edit" and "code" answer by copying much of the
 prompt (where n-gram drafts are accepted), "chat" does not. For each prompt the engines take
-turns round by round: pagedllm with --speculative-config, pagedllm without, and llama.cpp with
-and without its prompt-lookup drafts when llama-cpp-python is installed. Reported per workload:
+turns round by round: pagedllm with --speculative-config, the same engine with drafting paused
+(`LLM.collective_rpc("set_drafting", (False,))`), and llama.cpp with and without its
+prompt-lookup drafts when llama-cpp-python is installed. Reported per workload:
 decode tok/s (tokens after the first over the time after the first), the draft acceptance rate
 and the ratios. Then the batch sweep: the same repetitive prompt at batch 1, 2, 4, ... with and
 without drafts (drafting on at every size), showing where speculation stops paying — the
@@ -48,13 +49,14 @@ def main(args: argparse.Namespace) -> dict:
     from pagedllm.entrypoints.cli.engine_flags import engine_args_from
 
     engine_args = engine_args_from(args)
+    # NOTE: "without drafts" is the same engine with drafting paused, not a second engine: two
+    # engines in one process differ by a few percent (the later-built one was faster in A/A runs)
     spec = _llm(engine_args)
-    plain = _llm(replace(engine_args, speculative_config=None))
     tokenizer = spec.get_tokenizer()
     prompts = {name: [_chat(tokenizer, text) for text in texts]
                for name, texts in WORKLOADS.items()}
-    runners: dict[str, Any] = {"pagedllm+spec": _Ours(spec, args.output_len),
-                               "pagedllm": _Ours(plain, args.output_len)}
+    runners: dict[str, Any] = {"pagedllm+spec": _Ours(spec, args.output_len, drafting=True),
+                               "pagedllm": _Ours(spec, args.output_len, drafting=False)}
     runners.update(_llamacpp_runners(spec, args))
     results: dict[str, Any] = {}
     for name, texts in prompts.items():
@@ -88,15 +90,18 @@ def _chat(tokenizer: Any, text: str) -> list[int]:
 
 
 class _Ours:
-    """pagedllm, one prompt at a time, greedy: (decode tok/s, tokens, drafted, accepted)."""
+    """pagedllm, one prompt at a time, greedy, drafting on or paused: (decode tok/s, tokens,
+    drafted, accepted)."""
 
-    def __init__(self, llm: Any, output_len: int) -> None:
+    def __init__(self, llm: Any, output_len: int, drafting: bool) -> None:
         from pagedllm import SamplingParams
 
         self.llm = llm
+        self.drafting = drafting
         self.params = SamplingParams(temperature=0.0, max_tokens=output_len)
 
     def __call__(self, prompt: list[int]) -> dict[str, float]:
+        self.llm.collective_rpc("set_drafting", (self.drafting,))
         engine = self.llm.llm_engine
         engine.add_request(f"bench-{time.perf_counter_ns()}", {"prompt_token_ids": prompt},
                            self.params)
@@ -236,9 +241,8 @@ def _sweep(engine_args: Any, prompt: list[int], args: argparse.Namespace) -> lis
 
     config = SpeculativeConfig.parse(args.speculative_config)
     assert config is not None
-    always = _llm(replace(engine_args, speculative_config=replace(
+    llm = _llm(replace(engine_args, speculative_config=replace(
         config, disable_by_batch_size=None)))
-    plain = _llm(replace(engine_args, speculative_config=None))
     params = SamplingParams(temperature=0.0, max_tokens=args.output_len)
     rows = []
     for batch in args.sweep_batch_sizes:
@@ -246,8 +250,9 @@ def _sweep(engine_args: Any, prompt: list[int], args: argparse.Namespace) -> lis
         prompts = [{"prompt_token_ids": [prompt[0] + i % 7, *prompt[1:]]} for i in range(batch)]
         rates: dict[str, float] = {}
         for round_ in range(max(2, args.rounds - 1)):
-            order = [("on", always), ("off", plain)]
-            for label, llm in order if round_ % 2 == 0 else order[::-1]:
+            order = [("on", True), ("off", False)]
+            for label, drafting in order if round_ % 2 == 0 else order[::-1]:
+                llm.collective_rpc("set_drafting", (drafting,))
                 start = time.perf_counter()
                 outs = llm.generate(prompts, params, use_tqdm=False)
                 rate = sum(len(o.outputs[0].token_ids) for o in outs) / (

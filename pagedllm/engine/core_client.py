@@ -55,6 +55,10 @@ class InprocClient(EngineCoreClient):
     def get_output(self) -> EngineCoreOutputs:
         return self.engine_core.step()
 
+    def collective_rpc(self, method: str, args: tuple = ()) -> list[Any]:
+        """Call Worker.<method>(*args) on every worker; their results by rank."""
+        return self.engine_core.executor.collective_rpc(method, args)
+
     @property
     def num_kv_blocks(self) -> int:
         return self.engine_core.num_blocks

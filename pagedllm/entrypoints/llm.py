@@ -66,6 +66,11 @@ class LLM:
     def get_tokenizer(self) -> Any:
         return self.llm_engine.get_tokenizer()
 
+    def collective_rpc(self, method: str, args: tuple = ()) -> list[Any]:
+        """Call `Worker.<method>(*args)` on every worker (vLLM's name); results by rank. E.g.
+        `llm.collective_rpc("set_drafting", (False,))` pauses speculative decoding."""
+        return self.llm_engine.engine_core.collective_rpc(method, args)
+
     def generate(
         self,
         prompts: PromptType | Sequence[PromptType],

@@ -67,6 +67,8 @@ class Drafter:
         self.cost = config.draft_token_cost or DEFAULT_DRAFT_TOKEN_COST
         """Verifying one draft token, as a fraction of a decode step (the worker measures it
         when the config leaves it to "auto")."""
+        self.paused = False
+        """No request drafts while set (Worker.set_drafting: A/B measurements on one engine)."""
         self.proposer: Proposer | None = (
             create_proposer(config) if config.method in PROPOSERS else None)
         """The model-free proposer (ngram, suffix); None for a drafter with its own model."""
@@ -104,7 +106,7 @@ class Drafter:
         """(req_id, row, num_tokens, draft length) of the requests that draft this step; counts
         down the paused requests' pauses."""
         limit = self.config.disable_by_batch_size
-        if limit is not None and batch_size >= limit:
+        if self.paused or (limit is not None and batch_size >= limit):
             return []
         drafting = []
         for req_id, row, length in zip(req_ids, rows.tolist(), num_tokens.tolist()):

@@ -131,6 +131,13 @@ class Worker:
                     "it %.2f, measured with %d drafts; drafting it %.2f)", drafter.cost, verify,
                     k, drafting)
 
+    def set_drafting(self, enabled: bool) -> None:
+        """Pause or resume speculative decoding (benchmarks compare one engine with and without
+        drafts: two engines in one process differ by a few percent on their own)."""
+        drafter = self.model_runner.drafter
+        assert drafter is not None, "speculative decoding is not configured"
+        drafter.paused = not enabled
+
     def get_model(self) -> nn.Module:
         assert self.model is not None, "load_model() first"
         return self.model

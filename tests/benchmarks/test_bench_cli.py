@@ -189,3 +189,22 @@ def test_latency_refuses_a_batch_larger_than_max_num_seqs(tiny_llama_dir, tmp_pa
                 *ENGINE_FLAGS,
             ]
         )
+
+
+def test_speculative_pauses_drafting_on_one_engine(tiny_llama_factory, tmp_path):
+    """`bench speculative` compares one engine with drafting on and paused: the paused runs
+    draft nothing, the others do, and both give the same greedy tokens."""
+    model = tiny_llama_factory(max_position_embeddings=2048)  # the code prompt: ~520 tokens
+    record = _run(["bench", "speculative", "--model", model, "--output-len", "24",
+                   "--rounds", "1", "--sweep-batch-sizes", "2", "--no-llamacpp",
+                   "--speculative-config",
+                   '{"method": "ngram", "num_speculative_tokens": 4, "draft_token_cost": 0.05}',
+                   *ENGINE_FLAGS], tmp_path / "spec.json")
+    results = record["results"][0]
+    for workload in ("edit", "code", "chat"):
+        on, off = results[workload]["pagedllm+spec"], results[workload]["pagedllm"]
+        assert off["acceptance_rate"] is None  # nothing drafted while paused
+        assert on["tokens"] == off["tokens"]
+    assert any(results[w]["pagedllm+spec"]["acceptance_rate"] is not None
+               for w in ("edit", "code", "chat"))
+    assert record["batch_sweep"][0]["batch_size"] == 2
