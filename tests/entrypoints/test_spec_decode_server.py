@@ -16,7 +16,8 @@ from tests.entrypoints.conftest import serve_module
 from tests.spec_decode.test_engine import prompts
 
 pytestmark = pytest.mark.timeout(300)
-SPEC = {"method": "ngram", "num_speculative_tokens": 4, "disable_by_batch_size": None}
+SPEC = {"method": "ngram", "num_speculative_tokens": 4, "disable_by_batch_size": None,
+        "draft_token_cost": 0.1}
 
 
 @pytest.fixture(scope="module")

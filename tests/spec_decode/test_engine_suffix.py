@@ -14,7 +14,8 @@ from pagedllm.metrics.stats import SpecDecodingStats
 from tests.spec_decode.test_engine import greedy, trace
 from tests.spec_decode.test_engine import run as run_engine
 
-SPEC = {"method": "suffix", "num_speculative_tokens": 4, "disable_by_batch_size": None}
+SPEC = {"method": "suffix", "num_speculative_tokens": 4, "disable_by_batch_size": None,
+        "draft_token_cost": 0.1}
 
 
 def run(llm: LLM, token_prompts, params, tag: str = "") -> tuple[list, SpecDecodingStats, int]:
