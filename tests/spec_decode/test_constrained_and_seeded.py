@@ -106,3 +106,48 @@ def test_seeded_requests_draft_and_equal_plain_sampling(tiny_llama_dir, tiny_voc
     got, _ = run(spec, [token_prompts[3], token_prompts[2],
                         token_prompts[1], token_prompts[0]], mixed, tag="mixed")
     assert trace(got[1]) == trace(want[2]) and trace(got[3]) == trace(want[0])
+
+
+@pytest.mark.parametrize("budget", [None, 0, 3, 9])
+def test_reasoning_requests_draft_through_the_thinking(tiny_thinking_llama_dir, budget):
+    """Drafts in the thinking stop before the end-of-thinking token and before the budget
+    forces it (no verify row of the thinking is constrained); the answer's drafts follow the
+    grammar. Output equal to decoding without drafts."""
+    kwargs = dict(kv_cache_memory="32MiB", max_model_len=256, reasoning_parser="deepseek_r1")
+    plain = LLM(tiny_thinking_llama_dir, **kwargs)
+    spec = LLM(tiny_thinking_llama_dir, speculative_config=SPEC, **kwargs)
+    tokenizer = plain.get_tokenizer()
+    texts = ["Question: what is it? <think>", "again and again and again and again <think>",
+             "Question: what is it? <think></think>"]
+    token_prompts = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    params = [SamplingParams(temperature=0, max_tokens=40, thinking_token_budget=budget,
+                             structured_outputs=c)
+              for c in (StructuredOutputsParams(regex="[0-9]{3}"), LOOPING, LOOPING)]
+    want, _ = run(plain, token_prompts, params)
+    got, stats = run(spec, token_prompts, params)
+    assert [trace(o) for o in got] == [trace(o) for o in want]
+    assert stats.num_accepted_tokens > 0, stats
+
+
+def test_thinking_drafts_stop_before_its_end_and_budget(tiny_thinking_llama_dir):
+    llm = LLM(tiny_thinking_llama_dir, kv_cache_memory="32MiB", max_model_len=256,
+              reasoning_parser="deepseek_r1")
+    from tests.engine_internals import engine_core
+
+    manager = engine_core(llm).scheduler.structured_output_manager
+    tokenizer = llm.get_tokenizer()
+    end = tokenizer.convert_tokens_to_ids("</think>")
+    prompt = tokenizer.encode("Question: <think>", add_special_tokens=False)
+    scheduler = engine_core(llm).scheduler
+    for req_id, budget in (("free", None), ("budget", 4)):
+        params = SamplingParams(temperature=0, max_tokens=8, thinking_token_budget=budget,
+                                structured_outputs=StructuredOutputsParams(regex="[0-9]+"))
+        llm.llm_engine.add_request(req_id, {"prompt_token_ids": prompt}, params)
+    free, limited = scheduler.requests["free"], scheduler.requests["budget"]
+    drafts = [11, 12, end, 13, 14, 15]
+    assert manager.draft_prefix(free, drafts) == [11, 12]
+    # budget 4, nothing thought yet: rows for positions 0..3 stay free, so 3 drafts + bonus
+    assert manager.draft_prefix(limited, [11, 12, 16, 17, 18]) == [11, 12, 16]
+    limited.structured_output.num_reasoning_tokens = 3
+    assert manager.draft_prefix(limited, [11, 12]) == []
+    llm.llm_engine.abort_request(["free", "budget"])
