@@ -20,12 +20,16 @@ from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
 if TYPE_CHECKING:
     from pagedllm.engine.async_llm import AsyncLLM
+    from pagedllm.entrypoints.openai.admission import AdmissionControl
 
 _MIN_LOGPROB = -9999.0
 """-inf is not valid JSON; OpenAI clients get this floor instead (as vLLM does)."""
 
 
 class OpenAIServing:
+    admission: AdmissionControl | None = None
+    """Set by the server with --max-num-queued-requests/-tokens: generate_for may answer 503."""
+
     def __init__(self, engine: AsyncLLM, models: OpenAIServingModels) -> None:
         self.engine = engine
         self.models = models
@@ -99,15 +103,24 @@ class OpenAIServing:
                      params: SamplingParams, request_id: str) -> AsyncIterator[RequestOutput]:
         """The request's stream: sampling with `params`, or with use_beam_search the n best
         beams as one finished output (its max_tokens and skip_special_tokens from `params`).
-        A request beam search cannot serve is a 400 raised here, before anything runs."""
+        A request beam search cannot serve is a 400 raised here, before anything runs, and so is
+        the 503 of a full queue (admission control)."""
         if not request.use_beam_search:
-            return self.generate(prompt_ids, params, request_id)
+            return self._admitted(prompt_ids, params.n, self.generate(prompt_ids, params,
+                                                                       request_id))
         assert params.max_tokens is not None
         beam_params = beam_search_params(request, params.max_tokens, self.speculative_decoding)
-        return beam_search_stream(
+        return self._admitted(prompt_ids, beam_params.beam_width, beam_search_stream(
             self.generate, prompt_ids, beam_params, request_id,
             self.engine.model_config.eos_token_ids, self.max_model_len, self.tokenizer,
-            params.skip_special_tokens)
+            params.skip_special_tokens))
+
+    def _admitted(self, prompt_ids: list[int], num_seqs: int,
+                  stream: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:
+        if self.admission is None:
+            return stream
+        ticket = self.admission.admit(len(prompt_ids), num_seqs)
+        return self.admission.admitted(ticket, stream)
 
 
 async def http_errors(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:

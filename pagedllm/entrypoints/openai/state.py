@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pagedllm.entrypoints.openai.admission import AdmissionControl, AdmissionLimits
 from pagedllm.entrypoints.openai.errors import ServiceUnavailableError
 from pagedllm.logger import init_logger
 from pagedllm.metrics.loggers import LoggingStatLogger
@@ -51,6 +52,8 @@ class ServerSettings:
     enable_responses_api_store: bool = False
     """--enable-responses-api-store: keep responses for previous_response_id / GET."""
     responses_api_store_max_size: int = 1000
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    """--max-num-queued-requests / --max-num-queued-tokens (503 when the queue is full)."""
 
 
 class ServerState:
@@ -68,6 +71,7 @@ class ServerState:
         self.ollama: OllamaServing | None = None
         self.score: OpenAIServingScore | None = None
         self.load_error: str | None = None
+        self.admission: AdmissionControl | None = None
         self.on_fatal: Callable[[str], None] | None = None
         """Set by the launcher: stop the HTTP server (the engine could not start)."""
         self._client: MPClient | None = None
@@ -137,6 +141,9 @@ class ServerState:
                                           config.max_model_len)
         self.completion = OpenAIServingCompletion(engine, self.models)
         self.chat = OpenAIServingChat(engine, self.models, _chat_settings(settings))
+        if settings.admission.enabled:
+            self.admission = AdmissionControl(settings.admission, engine)
+            self.completion.admission = self.chat.admission = self.admission
         self.tokenization = OpenAIServingTokenization(self.chat)
         self.embedding = OpenAIServingEmbedding(engine, self.models)
         store = (ResponseStore(settings.responses_api_store_max_size)
