@@ -1,4 +1,4 @@
-"""`pagedllm serve` flags of production hardening: admission control."""
+"""`pagedllm serve` flags of production hardening: admission control and API keys with limits."""
 
 from __future__ import annotations
 
@@ -14,6 +14,11 @@ def add_hardening_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-num-queued-tokens", type=_positive_int, default=None,
                        help="most prompt tokens of the waiting requests; more get 503 with "
                             "Retry-After (default: no limit)")
+    group.add_argument("--api-keys-file", default=None,
+                       help="JSON or YAML file: key -> {name, requests_per_minute, "
+                            "tokens_per_minute, max_concurrent, allowed_models}; each key gets "
+                            "its own identity, limits (429) and metrics (--api-key still works "
+                            "beside it, without limits)")
 
 
 def hardening_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -23,6 +28,13 @@ def hardening_settings(args: argparse.Namespace) -> dict[str, Any]:
     settings: dict[str, Any] = {"admission": AdmissionLimits(
         max_num_queued_requests=args.max_num_queued_requests,
         max_num_queued_tokens=args.max_num_queued_tokens)}
+    if args.api_keys_file:
+        from pagedllm.entrypoints.openai.api_keys import load_api_keys
+
+        try:
+            settings["api_keys"] = load_api_keys(args.api_keys_file)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"pagedllm serve: bad --api-keys-file: {e}") from e
     return settings
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from pagedllm.engine.core_client import EngineDeadError
 from pagedllm.entrypoints.openai.errors import BadRequestError, ServiceUnavailableError
 from pagedllm.entrypoints.openai.protocol import SamplingExtras
+from pagedllm.entrypoints.openai.rate_limit import current_token_meter
 from pagedllm.entrypoints.openai.serving_beam_search import beam_search_params, beam_search_stream
 from pagedllm.entrypoints.openai.serving_models import OpenAIServingModels
 from pagedllm.entrypoints.openai.structured_requests import structured_outputs_from_request
@@ -94,10 +95,15 @@ class OpenAIServing:
 
     def generate(self, prompt_ids: list[int], params: SamplingParams,
                  request_id: str) -> AsyncIterator[RequestOutput]:
-        """The engine's stream with its errors mapped to HTTP errors."""
-        return http_errors(
+        """The engine's stream with its errors mapped to HTTP errors, its usage charged to the
+        request's API key (--api-keys-file) when it ends."""
+        stream = http_errors(
             self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id)
         )
+        meter = current_token_meter.get()
+        if meter is None:
+            return stream
+        return metered(stream, len(prompt_ids), params.output_kind, meter)
 
     def generate_for(self, prompt_ids: list[int], request: SamplingExtras,
                      params: SamplingParams, request_id: str) -> AsyncIterator[RequestOutput]:
@@ -133,6 +139,23 @@ async def http_errors(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         raise BadRequestError(str(e)) from e
     except EngineDeadError as e:
         raise ServiceUnavailableError(str(e), code="engine_unavailable") from e
+
+
+async def metered(stream: AsyncIterator[RequestOutput], num_prompt_tokens: int,
+                  kind: RequestOutputKind, meter: Callable[[int], None],
+                  ) -> AsyncIterator[RequestOutput]:
+    """Pass `stream` through; when it ends (finished, failed or abandoned) charge its usage:
+    the prompt once plus every sample's generated tokens, as OpenAI's `usage` counts them."""
+    generated = 0
+    try:
+        async with aclosing(stream):  # type: ignore[type-var]
+            async for output in stream:
+                tokens = sum(len(c.token_ids) for c in output.outputs)
+                # DELTA outputs carry only the new tokens; the other kinds carry all so far
+                generated = generated + tokens if kind == RequestOutputKind.DELTA else tokens
+                yield output
+    finally:
+        meter(num_prompt_tokens + generated)
 
 
 def build_sampling_params(

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from pagedllm.engine.core_client import MPClient
     from pagedllm.entrypoints.anthropic.serving_messages import AnthropicServingMessages
     from pagedllm.entrypoints.ollama.serving import OllamaServing
+    from pagedllm.entrypoints.openai.api_keys import ApiKeyStore
     from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat
     from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
     from pagedllm.entrypoints.openai.serving_embedding import OpenAIServingEmbedding
@@ -54,6 +55,8 @@ class ServerSettings:
     responses_api_store_max_size: int = 1000
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
     """--max-num-queued-requests / --max-num-queued-tokens (503 when the queue is full)."""
+    api_keys: ApiKeyStore | None = None
+    """--api-keys-file: keys with identities and limits."""
 
 
 class ServerState:
