@@ -14,6 +14,10 @@ def add_hardening_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-num-queued-tokens", type=_positive_int, default=None,
                        help="most prompt tokens of the waiting requests; more get 503 with "
                             "Retry-After (default: no limit)")
+    group.add_argument("--request-timeout", type=_positive_float, default=None,
+                       help="seconds a generation may take, queue wait included; past it the "
+                            "request is aborted (KV freed) and answers what it has with "
+                            'finish_reason "length" (default: no limit)')
     group.add_argument("--api-keys-file", default=None,
                        help="JSON or YAML file: key -> {name, requests_per_minute, "
                             "tokens_per_minute, max_concurrent, allowed_models}; each key gets "
@@ -27,7 +31,8 @@ def hardening_settings(args: argparse.Namespace) -> dict[str, Any]:
 
     settings: dict[str, Any] = {"admission": AdmissionLimits(
         max_num_queued_requests=args.max_num_queued_requests,
-        max_num_queued_tokens=args.max_num_queued_tokens)}
+        max_num_queued_tokens=args.max_num_queued_tokens),
+        "request_timeout": args.request_timeout}
     if args.api_keys_file:
         from pagedllm.entrypoints.openai.api_keys import load_api_keys
 
@@ -45,4 +50,14 @@ def _positive_int(value: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from e
     if number < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from e
+    if not number > 0:
+        raise argparse.ArgumentTypeError("must be above 0")
     return number

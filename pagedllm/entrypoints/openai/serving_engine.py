@@ -10,6 +10,7 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from pagedllm.engine.core_client import EngineDeadError
+from pagedllm.entrypoints.openai import deadline
 from pagedllm.entrypoints.openai.errors import BadRequestError, ServiceUnavailableError
 from pagedllm.entrypoints.openai.protocol import SamplingExtras
 from pagedllm.entrypoints.openai.rate_limit import current_token_meter
@@ -30,6 +31,8 @@ _MIN_LOGPROB = -9999.0
 class OpenAIServing:
     admission: AdmissionControl | None = None
     """Set by the server with --max-num-queued-requests/-tokens: generate_for may answer 503."""
+    request_timeout: float | None = None
+    """--request-timeout: seconds a generation may take before it is cut short (deadline.py)."""
 
     def __init__(self, engine: AsyncLLM, models: OpenAIServingModels) -> None:
         self.engine = engine
@@ -112,14 +115,23 @@ class OpenAIServing:
         A request beam search cannot serve is a 400 raised here, before anything runs, and so is
         the 503 of a full queue (admission control)."""
         if not request.use_beam_search:
-            return self._admitted(prompt_ids, params.n, self.generate(prompt_ids, params,
-                                                                       request_id))
+            return self._admitted(prompt_ids, params.n, self._timed(prompt_ids, params,
+                                                                     request_id))
         assert params.max_tokens is not None
         beam_params = beam_search_params(request, params.max_tokens, self.speculative_decoding)
         return self._admitted(prompt_ids, beam_params.beam_width, beam_search_stream(
             self.generate, prompt_ids, beam_params, request_id,
             self.engine.model_config.eos_token_ids, self.max_model_len, self.tokenizer,
             params.skip_special_tokens))
+
+    def _timed(self, prompt_ids: list[int], params: SamplingParams,
+               request_id: str) -> AsyncIterator[RequestOutput]:
+        if self.request_timeout is None:
+            return self.generate(prompt_ids, params, request_id)
+        final_only = deadline.prepare(params)  # before generate() reads the output kind
+        return deadline.with_deadline(self.generate(prompt_ids, params, request_id),
+                                      self.request_timeout, params, final_only, request_id,
+                                      prompt_ids)
 
     def _admitted(self, prompt_ids: list[int], num_seqs: int,
                   stream: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:

@@ -57,6 +57,8 @@ class ServerSettings:
     """--max-num-queued-requests / --max-num-queued-tokens (503 when the queue is full)."""
     api_keys: ApiKeyStore | None = None
     """--api-keys-file: keys with identities and limits."""
+    request_timeout: float | None = None
+    """--request-timeout: seconds before a generation is cut short (finish_reason "length")."""
 
 
 class ServerState:
@@ -144,6 +146,8 @@ class ServerState:
                                           config.max_model_len)
         self.completion = OpenAIServingCompletion(engine, self.models)
         self.chat = OpenAIServingChat(engine, self.models, _chat_settings(settings))
+        self.completion.request_timeout = settings.request_timeout
+        self.chat.request_timeout = settings.request_timeout
         if settings.admission.enabled:
             self.admission = AdmissionControl(settings.admission, engine)
             self.completion.admission = self.chat.admission = self.admission
