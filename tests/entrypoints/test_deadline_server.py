@@ -85,3 +85,16 @@ def test_requests_past_their_deadline_are_cut_short_and_freed(server):
     response = http.post("/v1/completions", json=_body(False, max_tokens=8)).json()
     assert response["usage"]["completion_tokens"] == 8
     assert longest.startswith(response["choices"][0]["text"])
+
+
+def test_request_chat_template_needs_the_flag(server):
+    """Without --trust-request-chat-template a request's template is refused (vLLM's rule)."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+            "chat_template": "{{ messages[0].content }}"}
+    for path in ("/v1/chat/completions", "/tokenize"):
+        response = httpx.post(f"{server.url}{path}", json=body, timeout=30)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert (error["param"], error["code"]) == ("chat_template", "untrusted_chat_template")
+    del body["chat_template"]
+    assert httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30).status_code == 200

@@ -18,6 +18,9 @@ def add_hardening_args(parser: argparse.ArgumentParser) -> None:
                        help="seconds a generation may take, queue wait included; past it the "
                             "request is aborted (KV freed) and answers what it has with "
                             'finish_reason "length" (default: no limit)')
+    group.add_argument("--trust-request-chat-template", action="store_true",
+                       help="run a chat_template sent in a request (sandboxed, bounded); "
+                            "without it such a request gets 400 (vLLM's flag)")
     group.add_argument("--api-keys-file", default=None,
                        help="JSON or YAML file: key -> {name, requests_per_minute, "
                             "tokens_per_minute, max_concurrent, allowed_models}; each key gets "
@@ -32,7 +35,8 @@ def hardening_settings(args: argparse.Namespace) -> dict[str, Any]:
     settings: dict[str, Any] = {"admission": AdmissionLimits(
         max_num_queued_requests=args.max_num_queued_requests,
         max_num_queued_tokens=args.max_num_queued_tokens),
-        "request_timeout": args.request_timeout}
+        "request_timeout": args.request_timeout,
+        "trust_request_chat_template": args.trust_request_chat_template}
     if args.api_keys_file:
         from pagedllm.entrypoints.openai.api_keys import load_api_keys
 

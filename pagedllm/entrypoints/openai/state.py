@@ -59,6 +59,8 @@ class ServerSettings:
     """--api-keys-file: keys with identities and limits."""
     request_timeout: float | None = None
     """--request-timeout: seconds before a generation is cut short (finish_reason "length")."""
+    trust_request_chat_template: bool = False
+    """--trust-request-chat-template: run a request's own chat_template (400 otherwise)."""
 
 
 class ServerState:
@@ -198,7 +200,8 @@ def _chat_settings(settings: ServerSettings) -> Any:
         tools=ToolSettings(settings.enable_auto_tool_choice, settings.tool_call_parser,
                            settings.exclude_tools_when_tool_choice_none),
         reasoning_parser=settings.engine_args.reasoning_parser,
-        default_chat_template_kwargs=settings.default_chat_template_kwargs)
+        default_chat_template_kwargs=settings.default_chat_template_kwargs,
+        trust_request_chat_template=settings.trust_request_chat_template)
 
 
 def _load_tokenizer(model: str | None) -> Any:
