@@ -3,11 +3,14 @@ clock; no model."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 
+import httpx
 import pytest
 from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -188,3 +191,37 @@ def test_middleware_allowed_models():
     assert _post(client, "sk-slow", model="other").status_code == 200  # no list: every model
     metrics = generate_latest(registry).decode()
     assert 'pagedllm:api_key_rejections_total{key_name="fast",reason="model"} 1.0' in metrics
+
+
+def test_middleware_max_concurrent_holds_through_a_stream():
+    """A streamed response keeps its seat until its last byte; the seat is then given back."""
+    store = ApiKeyStore()
+    store.add("sk-one", ApiKeyIdentity("one", max_concurrent=1))
+    app = FastAPI()
+    release = asyncio.Event()
+
+    @app.post("/v1/completions")
+    async def complete() -> StreamingResponse:
+        async def body():
+            yield "data: 1\n\n"
+            await release.wait()
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    app.add_middleware(ApiKeyMiddleware, store=store, default_model="tiny",
+                       registry=CollectorRegistry(), max_body_bytes=1 << 20)
+    headers = {"Authorization": "Bearer sk-one"}
+
+    async def run() -> tuple[int, int, int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            first = asyncio.create_task(client.post("/v1/completions", json={}, headers=headers))
+            await asyncio.sleep(0.05)  # the first stream is open, waiting for `release`
+            second = await client.post("/v1/completions", json={}, headers=headers)
+            release.set()
+            done = await first
+            third = await client.post("/v1/completions", json={}, headers=headers)
+            return done.status_code, second.status_code, third.status_code
+
+    assert asyncio.run(run()) == (200, 429, 200)
