@@ -15,15 +15,16 @@ from tests.entrypoints.conftest import serve_module
 from tests.entrypoints.test_openai_server import metrics, wait_for_idle_kv
 
 MODEL = "tiny"
-TIMEOUT_S = 0.25
-"""The tiny model makes 480 tokens in about 0.1 s on a fast CPU: eight of them one after
-another (max_num_seqs 1) take several deadlines."""
-MAX_TOKENS = 480
+TIMEOUT_S = 0.5
+MAX_TOKENS = 8000
+"""The tiny model makes ~500 tokens in 0.1 s on a fast CPU: 8000 of them outlast the deadline
+on any machine (a long context for it below)."""
 
 
 @pytest.fixture(scope="module")
-def server(tiny_llama_dir, tmp_path_factory):
-    yield from serve_module(tiny_llama_dir, tmp_path_factory, "deadline",
+def server(tiny_llama_factory, tmp_path_factory):
+    model = tiny_llama_factory(max_position_embeddings=MAX_TOKENS + 512)
+    yield from serve_module(model, tmp_path_factory, "deadline",
                             "--served-model-name", MODEL, "--kv-cache-memory", "16MiB",
                             "--max-num-seqs", "1", "--request-timeout", str(TIMEOUT_S))
 
@@ -72,7 +73,7 @@ def test_requests_past_their_deadline_are_cut_short_and_freed(server):
         assert reason == "length"
         assert elapsed < TIMEOUT_S + 2.0  # answered at the deadline, not after the queue drained
         assert longest.startswith(text)  # what it has is the greedy text so far
-    # one engine seat, eight requests of 480 tokens: most ran out of time (usage says how far
+    # one engine seat, eight requests of 8000 tokens: most ran out of time (usage says how far
     # each got; the streamed one has no usage and is left out of the count)
     cut = sum(count < MAX_TOKENS for _, _, count, _ in results[:-1])
     assert cut >= 3
