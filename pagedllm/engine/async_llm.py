@@ -53,6 +53,11 @@ class AsyncLLM:
         self._streams: dict[str, asyncio.Queue] = {}
         """Parent request id -> queue of RequestOutput (or the exception that ended it)."""
         self.intake = RequestIntake(self.input_processor, self.output_processor)
+        self._queued: dict[str, int] = {}
+        """Engine-core request id -> prompt tokens, from add until its first output arrives: the
+        requests the engine core may still hold in its waiting queue (admission control reads
+        `num_queued_requests` / `num_queued_tokens`)."""
+        self._queued_tokens = 0
         self._output_task: asyncio.Task | None = None
         self._outputs_queue: asyncio.Queue | None = None
         self._dead_error: BaseException | None = None
@@ -93,6 +98,16 @@ class AsyncLLM:
     @property
     def num_unfinished_requests(self) -> int:
         return len(self._streams)
+
+    @property
+    def num_queued_requests(self) -> int:
+        """Engine-core requests (one per sample) added and not yet given any output."""
+        return len(self._queued)
+
+    @property
+    def num_queued_tokens(self) -> int:
+        """Prompt tokens of `num_queued_requests`."""
+        return self._queued_tokens
 
     async def generate(
         self,
@@ -188,11 +203,21 @@ class AsyncLLM:
             self.request_stats.add_request(core_request.request_id,
                                            len(accepted.prompt_token_ids), now)
             self.engine_core.add_request(core_request)
+            self._mark_queued(core_request.request_id, len(accepted.prompt_token_ids))
         return stream
+
+    def _mark_queued(self, child_id: str, num_tokens: int) -> None:
+        self._queued[child_id] = num_tokens
+        self._queued_tokens += num_tokens
+
+    def _unmark_queued(self, child_ids: Any) -> None:
+        for child_id in child_ids:
+            self._queued_tokens -= self._queued.pop(child_id, 0)
 
     def _abort(self, request_id: str | list[str]) -> None:
         request_ids = [request_id] if isinstance(request_id, str) else request_id
         child_ids = self.intake.abort(request_ids)
+        self._unmark_queued(child_ids)
         for r in request_ids:
             self._streams.pop(r, None)
         if not child_ids:
@@ -245,6 +270,8 @@ class AsyncLLM:
                 logger.exception("error processing engine outputs")
 
     def _handle_outputs(self, outputs: EngineCoreOutputs) -> None:
+        if self._queued:  # a first output: the request left the engine's waiting queue
+            self._unmark_queued(output.request_id for output in outputs.outputs)
         processed = self.output_processor.process_outputs(outputs.outputs)
         if processed.reqs_to_abort:
             self.engine_core.finish_requests_stopped(processed.reqs_to_abort)
@@ -274,6 +301,8 @@ class AsyncLLM:
             stream.put_nowait(error)
         self._streams.clear()
         self.intake.clear()
+        self._queued.clear()
+        self._queued_tokens = 0
 
 
 def limit_torch_threads() -> None:

@@ -72,3 +72,21 @@ def apply_chat_template(
         tools=tools,
         **extra,
     )
+
+
+def apply_request_chat_template(
+    tokenizer: Any,
+    messages: Conversation,
+    chat_template: str,
+    add_generation_prompt: bool = True,
+    continue_final_message: bool = False,
+    tools: list[dict[str, Any]] | None = None,
+    chat_template_kwargs: dict[str, Any] | None = None,
+) -> str:
+    """apply_chat_template for a template a client sent: rendered in the bounded sandbox
+    (chat_sandbox.py) rather than by transformers."""
+    from pagedllm.tokenizer.chat_sandbox import render_request_template
+
+    extra = {k: v for k, v in (chat_template_kwargs or {}).items() if k not in _RESERVED_KWARGS}
+    return render_request_template(tokenizer, normalize_messages(messages), chat_template,
+                                   add_generation_prompt, continue_final_message, tools, extra)

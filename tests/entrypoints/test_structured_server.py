@@ -6,6 +6,7 @@ is tested with SmolLM2 in test_structured_smollm2.py."""
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import openai
@@ -36,7 +37,8 @@ def server(tiny_llama_dir, tmp_path_factory):
         tiny_llama_dir, tmp_path_factory, "structured_server", "--kv-cache-memory", "16MiB",
         "--served-model-name", "x", "--exclude-tools-when-tool-choice-none",
         "--default-chat-template-kwargs", json.dumps({"flag": DEFAULT_FLAG}),
-        "--structured-outputs-config", '{"disable_any_whitespace": true}')
+        "--structured-outputs-config", '{"disable_any_whitespace": true}',
+        "--trust-request-chat-template")
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +226,18 @@ def test_continuous_usage_stats(client):
         plain = list(create(model="x", max_tokens=6, temperature=0, stream=True,
                             stream_options={"include_usage": True}, **kwargs))
         assert all(c.usage is None for c in plain[:-1]) and plain[-1].usage is not None
+
+
+def test_a_request_template_that_loops_or_grows_is_stopped(http):
+    """--trust-request-chat-template runs the request's template in the bounded sandbox."""
+    for template in ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
+                     "{% endfor %}", "{% set ns = namespace(s='ab') %}{% for i in range(64) %}"
+                     "{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}"):
+        start = time.perf_counter()
+        for path in ("/v1/chat/completions", "/tokenize"):
+            response = http.post(path, json={"messages": USER, "max_tokens": 1,
+                                              "chat_template": template})
+            assert "was stopped" in error_of(response)["message"]
+        assert time.perf_counter() - start < 5.0
+    response = http.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 2})
+    assert response.status_code == 200

@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         tool_call_parser=args.tool_call_parser,
         exclude_tools_when_tool_choice_none=args.exclude_tools_when_tool_choice_none,
         default_chat_template_kwargs=args.default_chat_template_kwargs or {},
+        trust_request_chat_template=True,  # the batch file is the operator's own
     )
     try:
         answered, skipped = asyncio.run(run_batch(settings, args.input_file, args.output_file,

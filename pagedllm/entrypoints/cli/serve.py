@@ -10,6 +10,7 @@ from pagedllm.entrypoints.cli.engine_flags import (
     check_parser_name,
     engine_args_from,
 )
+from pagedllm.entrypoints.cli.hardening_flags import add_hardening_args, hardening_settings
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 
@@ -57,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="most responses kept; the least recently used go first "
                              "(default 1000)")
     add_tool_args(parser)
+    add_hardening_args(parser)
     add_engine_args(parser)
     parser.set_defaults(func=run)
 
@@ -134,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         engine_startup_timeout=args.engine_startup_timeout,
         enable_responses_api_store=args.enable_responses_api_store,
         responses_api_store_max_size=args.responses_api_store_max_size,
+        **hardening_settings(args),
     )
     app = build_app(settings)
     return serve_http(app, args.host, args.port, args.log_level,

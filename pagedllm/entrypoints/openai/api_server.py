@@ -181,10 +181,27 @@ def build_app(settings: ServerSettings) -> FastAPI:
     install_error_handlers(app)
     # Added innermost first: CORS is outermost so even errors carry its headers.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
-    if settings.api_key:
+    if settings.api_keys is not None:
+        _add_key_middleware(app, settings)
+    elif settings.api_key:
         app.add_middleware(AuthMiddleware, api_key=settings.api_key)
     app.add_middleware(RequestIdMiddleware)
     if settings.allowed_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins,
                            allow_credentials=True, allow_methods=["*"], allow_headers=["*"])
     return app
+
+
+def _add_key_middleware(app: FastAPI, settings: ServerSettings) -> None:
+    """--api-keys-file (with --api-key beside it as an identity without limits)."""
+    from pagedllm.entrypoints.openai.api_keys import ApiKeyIdentity
+    from pagedllm.entrypoints.openai.key_middleware import ApiKeyMiddleware
+
+    store = settings.api_keys
+    assert store is not None
+    if settings.api_key and store.lookup(settings.api_key) is None:
+        store.add(settings.api_key, ApiKeyIdentity("api-key"))
+    app.add_middleware(ApiKeyMiddleware, store=store,
+                       default_model=settings.served_model_names[0],
+                       registry=app.state.server.metrics.registry,
+                       max_body_bytes=settings.max_request_body_bytes)

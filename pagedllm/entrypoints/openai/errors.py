@@ -21,11 +21,14 @@ class OpenAIError(Exception):
     status_code = HTTPStatus.BAD_REQUEST
     type = "invalid_request_error"
 
-    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code
+        self.headers = headers
+        """Extra response headers (Retry-After on a 503 or 429)."""
 
 
 class BadRequestError(OpenAIError):
@@ -92,7 +95,7 @@ def error_json(status: int, message: str, type_: str | None = None, param: str |
 
 def from_exception(error: OpenAIError, path: str = "") -> JSONResponse:
     return error_json(error.status_code, error.message, error.type, error.param, error.code,
-                      path=path)
+                      headers=error.headers, path=path)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:

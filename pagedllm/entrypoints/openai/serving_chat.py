@@ -40,7 +40,7 @@ from pagedllm.entrypoints.openai.serving_models import OpenAIServingModels
 from pagedllm.outputs import CompletionOutput, RequestOutput
 from pagedllm.reasoning import ReasoningParser
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
-from pagedllm.tokenizer.chat import apply_chat_template
+from pagedllm.tokenizer.chat import apply_chat_template, apply_request_chat_template
 
 
 @dataclass
@@ -54,6 +54,9 @@ class ChatSettings:
     """--reasoning-parser NAME: thinking goes to the message's `reasoning`."""
     default_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     """--default-chat-template-kwargs; a request's chat_template_kwargs win."""
+    trust_request_chat_template: bool = False
+    """--trust-request-chat-template: a request's own `chat_template` is code the server runs
+    (sandboxed, bounded); refused (400) unless the operator opted in, as vLLM does."""
 
 
 @dataclass
@@ -158,9 +161,16 @@ class OpenAIServingChat(OpenAIServing):
                       add_special_tokens: bool, tools: list[dict[str, Any]] | None = None,
                       chat_template_kwargs: dict[str, Any] | None = None) -> list[int]:
         """Conversation -> token ids through the chat template (shared with /tokenize)."""
+        if chat_template is not None and not self.settings.trust_request_chat_template:
+            raise BadRequestError(
+                "chat_template was passed with the request, but the server does not run request "
+                "templates (start it with --trust-request-chat-template to allow them)",
+                param="chat_template", code="untrusted_chat_template")
         kwargs = {**self.settings.default_chat_template_kwargs, **(chat_template_kwargs or {})}
+        # A request's own template renders in the bounded sandbox; the server's by transformers.
+        render = apply_request_chat_template if chat_template is not None else apply_chat_template
         try:
-            text = apply_chat_template(
+            text = render(
                 self.tokenizer, conversation, chat_template or self.chat_template,
                 add_generation_prompt, continue_final_message, tools, kwargs)
         except ValueError as e:

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from pagedllm.engine.core_client import EngineDeadError
+from pagedllm.entrypoints.openai import deadline
 from pagedllm.entrypoints.openai.errors import BadRequestError, ServiceUnavailableError
 from pagedllm.entrypoints.openai.protocol import SamplingExtras
+from pagedllm.entrypoints.openai.rate_limit import current_token_meter
 from pagedllm.entrypoints.openai.serving_beam_search import beam_search_params, beam_search_stream
 from pagedllm.entrypoints.openai.serving_models import OpenAIServingModels
 from pagedllm.entrypoints.openai.structured_requests import structured_outputs_from_request
@@ -20,12 +22,18 @@ from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
 if TYPE_CHECKING:
     from pagedllm.engine.async_llm import AsyncLLM
+    from pagedllm.entrypoints.openai.admission import AdmissionControl
 
 _MIN_LOGPROB = -9999.0
 """-inf is not valid JSON; OpenAI clients get this floor instead (as vLLM does)."""
 
 
 class OpenAIServing:
+    admission: AdmissionControl | None = None
+    """Set by the server with --max-num-queued-requests/-tokens: generate_for may answer 503."""
+    request_timeout: float | None = None
+    """--request-timeout: seconds a generation may take before it is cut short (deadline.py)."""
+
     def __init__(self, engine: AsyncLLM, models: OpenAIServingModels) -> None:
         self.engine = engine
         self.models = models
@@ -90,24 +98,47 @@ class OpenAIServing:
 
     def generate(self, prompt_ids: list[int], params: SamplingParams,
                  request_id: str) -> AsyncIterator[RequestOutput]:
-        """The engine's stream with its errors mapped to HTTP errors."""
-        return http_errors(
+        """The engine's stream with its errors mapped to HTTP errors, its usage charged to the
+        request's API key (--api-keys-file) when it ends."""
+        stream = http_errors(
             self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id)
         )
+        meter = current_token_meter.get()
+        if meter is None:
+            return stream
+        return metered(stream, len(prompt_ids), params.output_kind, meter)
 
     def generate_for(self, prompt_ids: list[int], request: SamplingExtras,
                      params: SamplingParams, request_id: str) -> AsyncIterator[RequestOutput]:
         """The request's stream: sampling with `params`, or with use_beam_search the n best
         beams as one finished output (its max_tokens and skip_special_tokens from `params`).
-        A request beam search cannot serve is a 400 raised here, before anything runs."""
+        A request beam search cannot serve is a 400 raised here, before anything runs, and so is
+        the 503 of a full queue (admission control)."""
         if not request.use_beam_search:
-            return self.generate(prompt_ids, params, request_id)
+            return self._admitted(prompt_ids, params.n, self._timed(prompt_ids, params,
+                                                                     request_id))
         assert params.max_tokens is not None
         beam_params = beam_search_params(request, params.max_tokens, self.speculative_decoding)
-        return beam_search_stream(
+        return self._admitted(prompt_ids, beam_params.beam_width, beam_search_stream(
             self.generate, prompt_ids, beam_params, request_id,
             self.engine.model_config.eos_token_ids, self.max_model_len, self.tokenizer,
-            params.skip_special_tokens)
+            params.skip_special_tokens))
+
+    def _timed(self, prompt_ids: list[int], params: SamplingParams,
+               request_id: str) -> AsyncIterator[RequestOutput]:
+        if self.request_timeout is None:
+            return self.generate(prompt_ids, params, request_id)
+        final_only = deadline.prepare(params)  # before generate() reads the output kind
+        return deadline.with_deadline(self.generate(prompt_ids, params, request_id),
+                                      self.request_timeout, params, final_only, request_id,
+                                      prompt_ids)
+
+    def _admitted(self, prompt_ids: list[int], num_seqs: int,
+                  stream: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:
+        if self.admission is None:
+            return stream
+        ticket = self.admission.admit(len(prompt_ids), num_seqs)
+        return self.admission.admitted(ticket, stream)
 
 
 async def http_errors(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -120,6 +151,23 @@ async def http_errors(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         raise BadRequestError(str(e)) from e
     except EngineDeadError as e:
         raise ServiceUnavailableError(str(e), code="engine_unavailable") from e
+
+
+async def metered(stream: AsyncIterator[RequestOutput], num_prompt_tokens: int,
+                  kind: RequestOutputKind, meter: Callable[[int], None],
+                  ) -> AsyncIterator[RequestOutput]:
+    """Pass `stream` through; when it ends (finished, failed or abandoned) charge its usage:
+    the prompt once plus every sample's generated tokens, as OpenAI's `usage` counts them."""
+    generated = 0
+    try:
+        async with aclosing(stream):  # type: ignore[type-var]
+            async for output in stream:
+                tokens = sum(len(c.token_ids) for c in output.outputs)
+                # DELTA outputs carry only the new tokens; the other kinds carry all so far
+                generated = generated + tokens if kind == RequestOutputKind.DELTA else tokens
+                yield output
+    finally:
+        meter(num_prompt_tokens + generated)
 
 
 def build_sampling_params(

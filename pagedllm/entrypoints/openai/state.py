@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pagedllm.entrypoints.openai.admission import AdmissionControl, AdmissionLimits
 from pagedllm.entrypoints.openai.errors import ServiceUnavailableError
 from pagedllm.logger import init_logger
 from pagedllm.metrics.loggers import LoggingStatLogger
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from pagedllm.engine.core_client import MPClient
     from pagedllm.entrypoints.anthropic.serving_messages import AnthropicServingMessages
     from pagedllm.entrypoints.ollama.serving import OllamaServing
+    from pagedllm.entrypoints.openai.api_keys import ApiKeyStore
     from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat
     from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
     from pagedllm.entrypoints.openai.serving_embedding import OpenAIServingEmbedding
@@ -51,6 +53,14 @@ class ServerSettings:
     enable_responses_api_store: bool = False
     """--enable-responses-api-store: keep responses for previous_response_id / GET."""
     responses_api_store_max_size: int = 1000
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    """--max-num-queued-requests / --max-num-queued-tokens (503 when the queue is full)."""
+    api_keys: ApiKeyStore | None = None
+    """--api-keys-file: keys with identities and limits."""
+    request_timeout: float | None = None
+    """--request-timeout: seconds before a generation is cut short (finish_reason "length")."""
+    trust_request_chat_template: bool = False
+    """--trust-request-chat-template: run a request's own chat_template (400 otherwise)."""
 
 
 class ServerState:
@@ -68,6 +78,7 @@ class ServerState:
         self.ollama: OllamaServing | None = None
         self.score: OpenAIServingScore | None = None
         self.load_error: str | None = None
+        self.admission: AdmissionControl | None = None
         self.on_fatal: Callable[[str], None] | None = None
         """Set by the launcher: stop the HTTP server (the engine could not start)."""
         self._client: MPClient | None = None
@@ -137,6 +148,11 @@ class ServerState:
                                           config.max_model_len)
         self.completion = OpenAIServingCompletion(engine, self.models)
         self.chat = OpenAIServingChat(engine, self.models, _chat_settings(settings))
+        self.completion.request_timeout = settings.request_timeout
+        self.chat.request_timeout = settings.request_timeout
+        if settings.admission.enabled:
+            self.admission = AdmissionControl(settings.admission, engine)
+            self.completion.admission = self.chat.admission = self.admission
         self.tokenization = OpenAIServingTokenization(self.chat)
         self.embedding = OpenAIServingEmbedding(engine, self.models)
         store = (ResponseStore(settings.responses_api_store_max_size)
@@ -184,7 +200,8 @@ def _chat_settings(settings: ServerSettings) -> Any:
         tools=ToolSettings(settings.enable_auto_tool_choice, settings.tool_call_parser,
                            settings.exclude_tools_when_tool_choice_none),
         reasoning_parser=settings.engine_args.reasoning_parser,
-        default_chat_template_kwargs=settings.default_chat_template_kwargs)
+        default_chat_template_kwargs=settings.default_chat_template_kwargs,
+        trust_request_chat_template=settings.trust_request_chat_template)
 
 
 def _load_tokenizer(model: str | None) -> Any:
