@@ -56,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     server.add_argument("--responses-api-store-max-size", type=_positive_int, default=1000,
                         help="most responses kept; the least recently used go first "
                              "(default 1000)")
+    server.add_argument("--disable-frontend", action="store_true",
+                        help="do not serve the web chat page at / (default: served)")
     add_tool_args(parser)
     add_engine_args(parser)
     parser.set_defaults(func=run)
@@ -134,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         engine_startup_timeout=args.engine_startup_timeout,
         enable_responses_api_store=args.enable_responses_api_store,
         responses_api_store_max_size=args.responses_api_store_max_size,
+        disable_frontend=args.disable_frontend,
     )
     app = build_app(settings)
     return serve_http(app, args.host, args.port, args.log_level,

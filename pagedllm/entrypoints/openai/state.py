@@ -51,6 +51,8 @@ class ServerSettings:
     enable_responses_api_store: bool = False
     """--enable-responses-api-store: keep responses for previous_response_id / GET."""
     responses_api_store_max_size: int = 1000
+    disable_frontend: bool = False
+    """--disable-frontend: no web chat page at `/`."""
 
 
 class ServerState:
