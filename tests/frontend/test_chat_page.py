@@ -83,15 +83,15 @@ def test_streamed_answer_with_tokens_per_second(chat, tmp_path):
             if (all.length) window.__lengths.push(all[all.length - 1].textContent.length);
         }).observe(document.getElementById('messages'),
                    {subtree: true, childList: true, characterData: true}); }""")
-    send(page, "Tell me about the fox.", max_tokens=64)
+    send(page, "Tell me about the fox.", max_tokens=200)
     stats = wait_done(page)
-    assert re.search(r"^64 tokens · [\d.]+ tokens/s · length$", stats), stats
+    assert re.search(r"^200 tokens · [\d.]+ tokens/s · length$", stats), stats
     assert last_answer(page).locator(".content").inner_text().strip()
     final_length = len(last_answer(page).locator(".content").text_content())
     lengths = page.evaluate("window.__lengths")
     assert any(0 < n < final_length for n in lengths), (lengths, final_length)
     body = requests.bodies[-1]
-    assert body["stream"] is True and body["model"] == MODEL and body["max_tokens"] == 64
+    assert body["stream"] is True and body["model"] == MODEL and body["max_tokens"] == 200
     assert body["messages"] == [{"role": "user", "content": "Tell me about the fox."}]
     page.screenshot(path=str(tmp_path / "chat_page.png"))
     assert (tmp_path / "chat_page.png").stat().st_size > 10_000
