@@ -49,6 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         choices=["critical", "error", "warning", "info", "debug"],
                         help="uvicorn's log level (default info)")
     server.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    server.add_argument("--disable-frontend", action="store_true",
+                        help="do not serve the web chat page at / (default: served)")
     server.add_argument("--log-format", choices=["text", "json"], default="text",
                         help="json: one JSON object per log line, with the request id "
                              "(X-Request-Id) of the HTTP request being served (default text)")
@@ -59,8 +61,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     server.add_argument("--responses-api-store-max-size", type=_positive_int, default=1000,
                         help="most responses kept; the least recently used go first "
                              "(default 1000)")
-    server.add_argument("--disable-frontend", action="store_true",
-                        help="do not serve the web chat page at / (default: served)")
     add_tool_args(parser)
     add_engine_args(parser)
     parser.set_defaults(func=run)
@@ -139,10 +139,10 @@ def run(args: argparse.Namespace) -> int:
         exclude_tools_when_tool_choice_none=args.exclude_tools_when_tool_choice_none,
         default_chat_template_kwargs=args.default_chat_template_kwargs or {},
         max_request_body_bytes=args.max_request_body_bytes,
+        disable_frontend=args.disable_frontend,
         engine_startup_timeout=args.engine_startup_timeout,
         enable_responses_api_store=args.enable_responses_api_store,
         responses_api_store_max_size=args.responses_api_store_max_size,
-        disable_frontend=args.disable_frontend,
     )
     app = build_app(settings)
     return serve_http(app, args.host, args.port, args.log_level,
