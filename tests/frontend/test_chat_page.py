@@ -3,6 +3,7 @@ chromium: streaming, stop, sampling controls, markdown safety, conversations; a 
 
 from __future__ import annotations
 
+import json
 import re
 
 import httpx
@@ -183,3 +184,45 @@ def test_markdown_renderer_is_safe(chat, source):
         assert href.startswith("https://") and "noopener" in rel
     if "<script>" in source or "<b>" in source:
         assert "<script>" in result["text"] or "<b>code</b>" in result["text"]
+
+
+def _fake_stream(route, events: list[str]) -> None:
+    body = "".join(f"data: {e}\r\n\r\n" for e in events)
+    route.fulfill(status=200, body=body, headers={"Content-Type": "text/event-stream"})
+
+
+def _chunk(delta: dict, finish_reason=None, usage=None) -> str:
+    return json.dumps({"id": "x", "object": "chat.completion.chunk", "created": 0,
+                       "model": MODEL, "usage": usage,
+                       "choices": [{"index": 0, "delta": delta,
+                                    "finish_reason": finish_reason}]})
+
+
+def test_reasoning_usage_and_crlf_events_from_a_scripted_stream(chat):
+    page, _ = chat
+    events = [_chunk({"role": "assistant"}), _chunk({"reasoning_content": "think <b>hard</b>"}),
+              _chunk({"content": "The **answer**"}), _chunk({"content": "."}, "stop"),
+              json.dumps({"id": "x", "choices": [], "usage": {"completion_tokens": 7,
+                                                            "prompt_tokens": 3,
+                                                            "total_tokens": 10}}),
+              "[DONE]"]
+    page.route("**/v1/chat/completions", lambda route, _request: _fake_stream(route, events))
+    send(page, "Why?", max_tokens=16)
+    stats = wait_done(page)
+    answer = last_answer(page)
+    assert stats.startswith("7 tokens") and stats.endswith("stop"), stats  # usage, not chunks
+    assert answer.locator(".reasoning").count() == 1
+    assert answer.locator(".reasoning").text_content() == "Reasoningthink <b>hard</b>"
+    assert answer.locator("strong").inner_text() == "answer"
+
+
+def test_an_error_event_mid_stream_is_shown(chat):
+    page, _ = chat
+    events = [_chunk({"content": "partial"}),
+              json.dumps({"error": {"message": "engine died", "type": "InternalServerError"}})]
+    page.route("**/v1/chat/completions", lambda route, _request: _fake_stream(route, events))
+    send(page, "Hi", max_tokens=16)
+    wait_done(page)
+    answer = last_answer(page)
+    assert answer.locator(".error").inner_text() == "Error: engine died"
+    assert "partial" in answer.locator(".content").inner_text()

@@ -47,9 +47,10 @@ async function* sseEvents(response) {
   }
 }
 
-// Streams one chat completion; onDelta(text) per content delta. Resolves with
+// Streams one chat completion; onDelta(text) per content delta, onReasoning(text) per reasoning
+// delta (servers with a reasoning parser; vLLM's `reasoning_content`). Resolves with
 // { usage, finishReason }; rejects with an Error (its name is "AbortError" when stopped).
-export async function streamChat({ apiKey, body, signal, onDelta }) {
+export async function streamChat({ apiKey, body, signal, onDelta, onReasoning }) {
   const response = await fetch("/v1/chat/completions", {
     method: "POST", headers: headers(apiKey), signal,
     body: JSON.stringify({ ...body, stream: true, stream_options: { include_usage: true } }),
@@ -61,7 +62,10 @@ export async function streamChat({ apiKey, body, signal, onDelta }) {
     if (chunk.error) throw new Error(chunk.error.message || "server error");
     if (chunk.usage) usage = chunk.usage;
     for (const choice of chunk.choices || []) {
-      if (choice.delta && choice.delta.content) onDelta(choice.delta.content);
+      const delta = choice.delta || {};
+      const reasoning = delta.reasoning_content || delta.reasoning;
+      if (reasoning && onReasoning) onReasoning(reasoning);
+      if (delta.content) onDelta(delta.content);
       if (choice.finish_reason) finishReason = choice.finish_reason;
     }
   }

@@ -87,6 +87,7 @@ function fillMessage(div, message) {
   const content = div.querySelector(".content");
   if (message.role === "user") content.textContent = message.content;
   else content.innerHTML = renderMarkdown(message.content); // escaped inside renderMarkdown
+  if (message.reasoning) content.prepend(reasoningElement(div, message.reasoning));
   if (message.error) {
     const error = document.createElement("div");
     error.className = "error";
@@ -94,6 +95,20 @@ function fillMessage(div, message) {
     content.append(error);
   }
   div.querySelector(".stats").textContent = statsText(message.stats);
+}
+
+// The model's reasoning as plain text in a collapsible block (kept open if the user opened it).
+function reasoningElement(div, text) {
+  const details = document.createElement("details");
+  details.className = "reasoning";
+  details.open = div.dataset.reasoningOpen === "1";
+  details.addEventListener("toggle", () => { div.dataset.reasoningOpen = details.open ? "1" : ""; });
+  const summary = document.createElement("summary");
+  summary.textContent = "Reasoning";
+  const body = document.createElement("div");
+  body.textContent = text;
+  details.append(summary, body);
+  return details;
 }
 
 function renderMessages() {
@@ -151,6 +166,12 @@ async function send(text) {
         firstTokenAt = firstTokenAt ?? performance.now();
         chunks += 1;
         answer.content += delta;
+        scheduleRender(div, answer);
+      },
+      onReasoning: (delta) => {
+        firstTokenAt = firstTokenAt ?? performance.now();
+        chunks += 1;
+        answer.reasoning = (answer.reasoning || "") + delta;
         scheduleRender(div, answer);
       },
     });
