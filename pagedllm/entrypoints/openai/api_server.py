@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
 from pagedllm.entrypoints.anthropic.api_router import router as anthropic_router
+from pagedllm.entrypoints.frontend.router import router as frontend_router
 from pagedllm.entrypoints.ollama.api_router import router as ollama_router
 from pagedllm.entrypoints.openai.errors import error_json, install_error_handlers
 from pagedllm.entrypoints.openai.middleware import (
@@ -178,6 +179,8 @@ def build_app(settings: ServerSettings) -> FastAPI:
     app.include_router(router)
     app.include_router(anthropic_router)
     app.include_router(ollama_router)
+    if not settings.disable_frontend:
+        app.include_router(frontend_router)
     install_error_handlers(app)
     # Added innermost first: CORS is outermost so even errors carry its headers.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)

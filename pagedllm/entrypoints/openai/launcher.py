@@ -16,11 +16,13 @@ logger = init_logger(__name__)
 
 
 def serve_http(app: FastAPI, host: str, port: int, log_level: str = "info",
-               graceful_shutdown_timeout: float = 10.0, access_log: bool = False) -> int:
+               graceful_shutdown_timeout: float = 10.0, access_log: bool = False,
+               log_format: str = "text") -> int:
     # uvicorn cancels what is still running after its timeout; ours ends requests cleanly first.
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             timeout_graceful_shutdown=graceful_shutdown_timeout + 5.0,
-                            access_log=access_log)
+                            access_log=access_log,
+                            **_log_config(log_format))
     server = _Server(config, graceful_shutdown_timeout)
     exit_code = 0
 
@@ -39,6 +41,13 @@ def serve_http(app: FastAPI, host: str, port: int, log_level: str = "info",
     if server.started is False and exit_code == 0:
         exit_code = 1  # could not bind the port (uvicorn logged why)
     return exit_code
+
+
+def _log_config(log_format: str) -> dict:
+    from pagedllm.log_format import uvicorn_log_config
+
+    config = uvicorn_log_config(log_format)
+    return {} if config is None else {"log_config": config}
 
 
 class _Server(uvicorn.Server):

@@ -49,6 +49,8 @@ class ServerSettings:
     exclude_tools_when_tool_choice_none: bool = False
     default_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     max_request_body_bytes: int = 16 * 1024 * 1024
+    disable_frontend: bool = False
+    """--disable-frontend: no web chat page at `/`."""
     engine_startup_timeout: float | None = None
     enable_responses_api_store: bool = False
     """--enable-responses-api-store: keep responses for previous_response_id / GET."""

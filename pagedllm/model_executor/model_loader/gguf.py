@@ -229,12 +229,15 @@ def iterate_gguf_weights(
     """
     from tqdm import tqdm
 
+    from pagedllm import envs  # no progress bar in --log-format json logs
+
     reader = open_gguf(path)
     arch = gguf_architecture(reader)
     num_heads = gguf_field(reader, f"{arch}.attention.head_count")
     num_kv_heads = gguf_field(reader, f"{arch}.attention.head_count_kv", num_heads)
     heads_of = {"self_attn.q_proj": num_heads, "self_attn.k_proj": num_kv_heads}
-    for tensor in tqdm(reader.tensors, desc="Loading GGUF weights", unit="tensor", leave=False):
+    for tensor in tqdm(reader.tensors, desc="Loading GGUF weights", unit="tensor", leave=False,
+                       disable=envs.log_format() == "json"):
         hf_name = gguf_to_hf_name(tensor.name, arch)
         if hf_name is None:
             logger.warning("skipping GGUF tensor %s: no HF counterpart", tensor.name)

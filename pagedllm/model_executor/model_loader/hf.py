@@ -31,8 +31,11 @@ def iterate_hf_weights(directory: str) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (checkpoint name, CPU tensor) for every tensor of the checkpoint."""
     from tqdm import tqdm
 
+    from pagedllm import envs  # no progress bar in --log-format json logs
+
     files = checkpoint_files(directory)
-    for path in tqdm(files, desc="Loading weights", unit="file", leave=False):
+    for path in tqdm(files, desc="Loading weights", unit="file", leave=False,
+                     disable=envs.log_format() == "json"):
         if path.endswith(".safetensors"):
             yield from _iterate_safetensors(path)
         else:
