@@ -21,6 +21,7 @@ MODEL_REGISTRY.register("GPTNeoXForCausalLM", f"{_MODELS}.gpt_neox", "GPTNeoXFor
 MODEL_REGISTRY.register("OPTForCausalLM", f"{_MODELS}.opt", "OPTForCausalLM")
 MODEL_REGISTRY.register("Phi3ForCausalLM", f"{_MODELS}.phi3", "Phi3ForCausalLM")
 MODEL_REGISTRY.register("GraniteForCausalLM", f"{_MODELS}.granite", "GraniteForCausalLM")
+MODEL_REGISTRY.register("Olmo2ForCausalLM", f"{_MODELS}.olmo2", "Olmo2ForCausalLM")
 MODEL_REGISTRY.register("MixtralForCausalLM", f"{_MODELS}.mixtral", "MixtralForCausalLM")
 MODEL_REGISTRY.register("Qwen2MoeForCausalLM", f"{_MODELS}.qwen2_moe", "Qwen2MoeForCausalLM")
 MODEL_REGISTRY.register("Qwen3MoeForCausalLM", f"{_MODELS}.qwen3_moe", "Qwen3MoeForCausalLM")
