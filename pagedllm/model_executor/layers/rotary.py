@@ -159,3 +159,18 @@ def _attention_factor(params: dict[str, Any]) -> float:
         return params["attention_factor"]
     factor, original = params["factor"], params["original_max_position_embeddings"]
     return math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1.0 else 1.0
+
+
+def interleaved_to_neox_rows(tensor: torch.Tensor, head_dim: int, rotary_dim: int) -> torch.Tensor:
+    """Reorder the q or k projection rows ([heads * head_dim, ...] weight or bias) of a model
+    whose rotary pairs adjacent dims (GPT-J style: (0, 1), (2, 3), ...) so that this module's
+    rotate-half layout computes the same rotation: within each head, the first rotary_dim rows
+    become [0, 2, 4, ..., 1, 3, 5, ...] (pair i = rows i and i + rotary_dim / 2), the rest stay.
+
+    Exact: q and k get the same permutation, so q . k (all attention reads of them) is unchanged.
+    """
+    evens_then_odds = torch.cat([torch.arange(0, rotary_dim, 2), torch.arange(1, rotary_dim, 2),
+                                 torch.arange(rotary_dim, head_dim)])  # fmt: skip
+    rest = tensor.shape[1:]
+    per_head = tensor.reshape(-1, head_dim, *rest)
+    return per_head[:, evens_then_odds].reshape(tensor.shape)

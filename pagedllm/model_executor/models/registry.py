@@ -24,6 +24,7 @@ MODEL_REGISTRY.register("GraniteForCausalLM", f"{_MODELS}.granite", "GraniteForC
 MODEL_REGISTRY.register("Olmo2ForCausalLM", f"{_MODELS}.olmo2", "Olmo2ForCausalLM")
 MODEL_REGISTRY.register("StableLmForCausalLM", f"{_MODELS}.stablelm", "StableLmForCausalLM")
 MODEL_REGISTRY.register("PhiForCausalLM", f"{_MODELS}.phi", "PhiForCausalLM")
+MODEL_REGISTRY.register("GPTJForCausalLM", f"{_MODELS}.gptj", "GPTJForCausalLM")
 MODEL_REGISTRY.register("MixtralForCausalLM", f"{_MODELS}.mixtral", "MixtralForCausalLM")
 MODEL_REGISTRY.register("Qwen2MoeForCausalLM", f"{_MODELS}.qwen2_moe", "Qwen2MoeForCausalLM")
 MODEL_REGISTRY.register("Qwen3MoeForCausalLM", f"{_MODELS}.qwen3_moe", "Qwen3MoeForCausalLM")
