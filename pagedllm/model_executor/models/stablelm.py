@@ -14,38 +14,16 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from pagedllm.model_executor.layers.layernorm import LayerNorm
+from pagedllm.model_executor.layers.layernorm import LayerNorm, PerHeadLayerNorm
 from pagedllm.model_executor.layers.rotary import RotaryEmbedding
-from pagedllm.model_executor.layers.weight_utils import load_packed_weights, set_weight_attrs
+from pagedllm.model_executor.layers.weight_utils import load_packed_weights
 from pagedllm.model_executor.models.llama import (
     LlamaAttention,
     LlamaDecoderLayer,
     LlamaForCausalLM,
     LlamaModel,
 )
-
-
-class PerHeadLayerNorm(nn.Module):
-    """A LayerNorm without bias per head, each its own weight ([heads, head_dim]); x is
-    [T, heads * head_dim]."""
-
-    def __init__(self, num_heads: int, head_dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.empty(num_heads, head_dim), requires_grad=False)
-        set_weight_attrs(self.weight, weight_loader=_load_head_row)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        heads = x.view(x.shape[0], *self.weight.shape)  # [T, heads, D]
-        normed = F.layer_norm(heads, heads.shape[-1:], eps=self.eps) * self.weight
-        return normed.reshape(x.shape)
-
-
-def _load_head_row(param: nn.Parameter, loaded: torch.Tensor, head: int) -> None:
-    param.data[head].copy_(loaded)
 
 
 class StableLmAttention(LlamaAttention):
