@@ -26,6 +26,7 @@ MODEL_REGISTRY.register("StableLmForCausalLM", f"{_MODELS}.stablelm", "StableLmF
 MODEL_REGISTRY.register("PhiForCausalLM", f"{_MODELS}.phi", "PhiForCausalLM")
 MODEL_REGISTRY.register("GPTJForCausalLM", f"{_MODELS}.gptj", "GPTJForCausalLM")
 MODEL_REGISTRY.register("CohereForCausalLM", f"{_MODELS}.cohere", "CohereForCausalLM")
+MODEL_REGISTRY.register("GPTBigCodeForCausalLM", f"{_MODELS}.gpt_bigcode", "GPTBigCodeForCausalLM")
 MODEL_REGISTRY.register("MixtralForCausalLM", f"{_MODELS}.mixtral", "MixtralForCausalLM")
 MODEL_REGISTRY.register("Qwen2MoeForCausalLM", f"{_MODELS}.qwen2_moe", "Qwen2MoeForCausalLM")
 MODEL_REGISTRY.register("Qwen3MoeForCausalLM", f"{_MODELS}.qwen3_moe", "Qwen3MoeForCausalLM")
