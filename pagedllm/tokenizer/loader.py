@@ -45,7 +45,13 @@ def _load(kind: str, path: str, gguf_file: str | None) -> PreTrainedTokenizerBas
     from transformers import AutoTokenizer
 
     if kind == "hf":
-        return AutoTokenizer.from_pretrained(path)
+        from pagedllm.model_executor.model_loader.config import unshipped_native_config
+
+        # NOTE: such a config (remote code, e.g. InternLM2) handed over: AutoTokenizer would
+        # otherwise read it through AutoConfig, which asks on stdin to trust the remote code.
+        config = unshipped_native_config(path)
+        kwargs = {} if config is None else {"config": config}
+        return AutoTokenizer.from_pretrained(path, **kwargs)
     assert gguf_file is not None
     fast = gguf_byte_level_tokenizer(os.path.join(path, gguf_file))
     return fast if fast is not None else AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)

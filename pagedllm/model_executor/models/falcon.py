@@ -186,7 +186,7 @@ class FalconForCausalLM(nn.Module):
             if ".query_key_value." in name:
                 if config.new_decoder_architecture:
                     head_dim = config.hidden_size // config.num_attention_heads
-                    tensor = _grouped_to_qkv(tensor, config.num_kv_heads, head_dim)
+                    tensor = grouped_to_qkv(tensor, config.num_kv_heads, head_dim)
                 elif not config.multi_query:
                     tensor = _per_head_to_qkv(tensor, config.num_attention_heads)
                 # (multi-query rows are q | k | v already)
@@ -198,7 +198,7 @@ class FalconForCausalLM(nn.Module):
         )
 
 
-def _grouped_to_qkv(tensor: torch.Tensor, num_kv_heads: int, head_dim: int) -> torch.Tensor:
+def grouped_to_qkv(tensor: torch.Tensor, num_kv_heads: int, head_dim: int) -> torch.Tensor:
     """Rows [kv_heads, queries per group + 2, head_dim] (each group's queries, then its key and
     value) -> q | k | v (of a weight [rows, in] or a bias [rows])."""
     rest = tensor.shape[1:]
