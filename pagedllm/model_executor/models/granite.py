@@ -26,9 +26,6 @@ from pagedllm.model_executor.models.llama import (
     LlamaModel,
 )
 
-_RESIDUAL_SCALED = (".self_attn.o_proj.", ".mlp.down_proj.")
-"""The projections whose outputs join the residual stream (scaled by residual_multiplier)."""
-
 
 class GraniteDecoderLayer(LlamaDecoderLayer):
     def build_attention(
@@ -54,6 +51,9 @@ class GraniteModel(LlamaModel):
 
 class GraniteForCausalLM(LlamaForCausalLM):
     model_cls = GraniteModel
+    residual_scaled: tuple[str, ...] = (".self_attn.o_proj.", ".mlp.down_proj.")
+    """The projections whose outputs join the residual stream (scaled by residual_multiplier),
+    by our parameter names."""
 
     def __init__(self, model_config: ModelConfig) -> None:
         super().__init__(model_config)
@@ -63,14 +63,14 @@ class GraniteForCausalLM(LlamaForCausalLM):
         )
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> set[str]:
-        return super().load_weights(self._fold_residual_multiplier(weights))
+        return super().load_weights(self.fold_residual_multiplier(weights))
 
-    def _fold_residual_multiplier(
+    def fold_residual_multiplier(
         self, weights: Iterable[tuple[str, Any]]
     ) -> Iterator[tuple[str, Any]]:
         multiplier = float(self.config.residual_multiplier)
         for name, tensor in weights:
-            if multiplier != 1.0 and any(part in name for part in _RESIDUAL_SCALED):
+            if multiplier != 1.0 and any(part in name for part in self.residual_scaled):
                 if not (isinstance(tensor, torch.Tensor) and tensor.is_floating_point()):
                     raise NotImplementedError(
                         f"{name}: Granite's residual_multiplier is folded into float weights; "

@@ -21,6 +21,7 @@ MODEL_REGISTRY.register("GPTNeoXForCausalLM", f"{_MODELS}.gpt_neox", "GPTNeoXFor
 MODEL_REGISTRY.register("OPTForCausalLM", f"{_MODELS}.opt", "OPTForCausalLM")
 MODEL_REGISTRY.register("Phi3ForCausalLM", f"{_MODELS}.phi3", "Phi3ForCausalLM")
 MODEL_REGISTRY.register("GraniteForCausalLM", f"{_MODELS}.granite", "GraniteForCausalLM")
+MODEL_REGISTRY.register("GraniteMoeForCausalLM", f"{_MODELS}.granitemoe", "GraniteMoeForCausalLM")
 MODEL_REGISTRY.register("Olmo2ForCausalLM", f"{_MODELS}.olmo2", "Olmo2ForCausalLM")
 MODEL_REGISTRY.register("StableLmForCausalLM", f"{_MODELS}.stablelm", "StableLmForCausalLM")
 MODEL_REGISTRY.register("PhiForCausalLM", f"{_MODELS}.phi", "PhiForCausalLM")
