@@ -113,6 +113,7 @@ class GPTJForCausalLM(nn.Module):
         if getattr(config, "tie_word_embeddings", False):
             raise NotImplementedError("GPT-J with tied word embeddings (its LM head has a bias)")
         self.config = config
+        self.tie_word_embeddings = False
         self.transformer = GPTJModel(config, model_config.max_model_len)
         self.lm_head = ParallelLMHead(config.vocab_size, config.n_embd, bias=True, prefix="lm_head")
         self.logits_processor = LogitsProcessor(config.vocab_size)

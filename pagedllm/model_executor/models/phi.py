@@ -126,6 +126,7 @@ class PhiForCausalLM(nn.Module):
         if getattr(config, "tie_word_embeddings", False):
             raise NotImplementedError("Phi with tied word embeddings (its LM head has a bias)")
         self.config = config
+        self.tie_word_embeddings = False
         self.model = PhiModel(config, model_config.max_model_len)
         self.lm_head = ParallelLMHead(
             config.vocab_size, config.hidden_size, bias=True, prefix="lm_head"
