@@ -19,9 +19,15 @@ from pagedllm.model_executor.model_loader.gguf_file import GGUFFile
 
 logger = init_logger(__name__)
 
-GGUF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "gemma3": "Gemma3ForCausalLM"}
+GGUF_ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
+    # llama.cpp splits InternLM2's wqkv into Llama's q/k/v tensors (q/k permuted as Llama's):
+    # in a GGUF it is a Llama
+    "internlm2": "LlamaForCausalLM",
+}
 """GGUF `general.architecture` -> the HF architecture (model registry key) we load it as."""
-_PERMUTED_QK = {"llama"}
+_PERMUTED_QK = {"llama", "internlm2"}
 """Archs whose q/k rows llama.cpp permutes to interleaved rotary pairs (see _unpermute_rows)."""
 _NORM_PLUS_ONE = {"gemma3"}
 """Archs whose norm weights llama.cpp stores as (1 + w) where HF stores w (Gemma's norms)."""
@@ -44,6 +50,7 @@ _BLOCK_NAMES = {
 }
 _ARCH_BLOCK_NAMES = {
     "llama": _BLOCK_NAMES,
+    "internlm2": _BLOCK_NAMES,
     # Gemma 3's sandwich norms: llama.cpp's ffn_norm is the *pre*-feed-forward norm there.
     "gemma3": {
         **_BLOCK_NAMES,
@@ -122,7 +129,7 @@ def gguf_hf_config(path: str) -> Any:
     arch = gguf_architecture(reader)
     if arch == "gemma3":
         return _gemma3_config(reader)
-    return _llama_config(reader, path)
+    return _llama_config(reader, path, arch)
 
 
 def _common_config(reader: GGUFFile, arch: str) -> dict[str, Any]:
@@ -167,7 +174,8 @@ def _gemma3_config(reader: GGUFFile) -> Any:
     )
 
 
-def _llama_config(reader: GGUFFile, path: str) -> Any:
+def _llama_config(reader: GGUFFile, path: str, arch: str = "llama") -> Any:
+    """Llama's config from the `<arch>.*` fields of a Llama-layout arch."""
     from transformers import LlamaConfig
 
     tensor_names = {t.name for t in reader.tensors}
@@ -175,10 +183,10 @@ def _llama_config(reader: GGUFFile, path: str) -> Any:
         raise ValueError(f"{path}: GGUF rope_freqs (Llama 3.1+ rope scaling) is not supported yet")
 
     def meta(key: str, default: Any = None) -> Any:
-        return gguf_field(reader, f"llama.{key}", default)
+        return gguf_field(reader, f"{arch}.{key}", default)
 
     return LlamaConfig(
-        **_common_config(reader, "llama"),
+        **_common_config(reader, arch),
         unk_token_id=gguf_field(reader, "tokenizer.ggml.unknown_token_id"),
         rope_parameters=_rope_parameters(meta),
         attention_bias="blk.0.attn_q.bias" in tensor_names,
