@@ -25,6 +25,7 @@ GGUF_ARCHITECTURES = {
     # llama.cpp splits InternLM2's wqkv into Llama's q/k/v tensors (q/k permuted as Llama's):
     # in a GGUF it is a Llama
     "internlm2": "LlamaForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
 }
 """GGUF `general.architecture` -> the HF architecture (model registry key) we load it as."""
 _PERMUTED_QK = {"llama", "internlm2"}
@@ -51,6 +52,15 @@ _BLOCK_NAMES = {
 _ARCH_BLOCK_NAMES = {
     "llama": _BLOCK_NAMES,
     "internlm2": _BLOCK_NAMES,
+    # OLMo 2's post-norm block: no input norms; q/k norms over the whole projection; rotary
+    # rotate-half as HF's (llama.cpp's NEOX rope: q/k rows not permuted)
+    "olmo2": {
+        **{k: v for k, v in _BLOCK_NAMES.items() if k not in ("attn_norm", "ffn_norm")},
+        "attn_q_norm": "self_attn.q_norm",
+        "attn_k_norm": "self_attn.k_norm",
+        "post_attention_norm": "post_attention_layernorm",
+        "post_ffw_norm": "post_feedforward_layernorm",
+    },
     # Gemma 3's sandwich norms: llama.cpp's ffn_norm is the *pre*-feed-forward norm there.
     "gemma3": {
         **_BLOCK_NAMES,
@@ -129,6 +139,8 @@ def gguf_hf_config(path: str) -> Any:
     arch = gguf_architecture(reader)
     if arch == "gemma3":
         return _gemma3_config(reader)
+    if arch == "olmo2":
+        return _olmo2_config(reader)
     return _llama_config(reader, path, arch)
 
 
@@ -172,6 +184,15 @@ def _gemma3_config(reader: GGUFFile) -> Any:
         sliding_window=gguf_field(reader, "gemma3.attention.sliding_window"),
         rope_theta=gguf_field(reader, "gemma3.rope.freq_base", 1e6),
     )
+
+
+def _olmo2_config(reader: GGUFFile) -> Any:
+    from transformers import Olmo2Config
+
+    def meta(key: str, default: Any = None) -> Any:
+        return gguf_field(reader, f"olmo2.{key}", default)
+
+    return Olmo2Config(**_common_config(reader, "olmo2"), rope_parameters=_rope_parameters(meta))
 
 
 def _llama_config(reader: GGUFFile, path: str, arch: str = "llama") -> Any:
