@@ -6,7 +6,10 @@ byte-level BPE), must equal that HF model through the whole engine:
   as for Llama (llama.cpp runs it with its "normal" pairwise rope), Llama's tensor names and
   `internlm2.*` metadata: it loads as a Llama, so the reference is an HF Llama;
 - "olmo2": OLMo 2's post-norm block (post_attention_norm, post_ffw_norm, whole-projection
-  attn_q_norm / attn_k_norm), q/k rows as HF's (llama.cpp's NEOX rope)."""
+  attn_q_norm / attn_k_norm), q/k rows as HF's (llama.cpp's NEOX rope);
+- "command-r": Cohere's parallel block (attn_norm only, bias-free LayerNorms), per-head
+  attn_q_norm / attn_k_norm, tied output, logit_scale; q/k rows as HF's (both pair adjacent
+  dims: llama.cpp's "normal" rope)."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from safetensors.numpy import load_file
 
 from tests.model_executor.test_gguf import _llama_cpp_permute
 from tests.models.family_check import assert_engine_matches_hf, assert_logits_match_hf
+from tests.models.test_cohere import BASE as COHERE
 
 _GLOBAL = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
 _LLAMA_BLOCK = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
@@ -29,10 +33,14 @@ _OLMO2_BLOCK = {**{k: v for k, v in _LLAMA_BLOCK.items() if k != "input_layernor
                 "post_attention_layernorm": "post_attention_norm",
                 "post_feedforward_layernorm": "post_ffw_norm",
                 "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}  # fmt: skip
+_COMMAND_R_BLOCK = {**{k: v for k, v in _LLAMA_BLOCK.items() if k != "post_attention_layernorm"},
+                    "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
 FAMILIES = {
-    # arch: (HF config class of the source model, llama.cpp block names, q/k permuted)
-    "internlm2": ("LlamaConfig", _LLAMA_BLOCK, True),
-    "olmo2": ("Olmo2Config", _OLMO2_BLOCK, False),
+    # arch: (HF config class and overrides of the source model, llama.cpp block names,
+    # q/k permuted)
+    "internlm2": ("LlamaConfig", {}, _LLAMA_BLOCK, True),
+    "olmo2": ("Olmo2Config", {}, _OLMO2_BLOCK, False),
+    "command-r": ("CohereConfig", {**COHERE, "use_qk_norm": True}, _COMMAND_R_BLOCK, False),
 }
 
 
@@ -67,7 +75,7 @@ def write_gguf(hf_dir: str, path: str, arch: str) -> str:
     """The GGUF llama.cpp's converter would write for the HF model in hf_dir as `arch`."""
     from gguf import GGUFWriter
 
-    _, block_names, permuted = FAMILIES[arch]
+    _, _, block_names, permuted = FAMILIES[arch]
     with open(os.path.join(hf_dir, "config.json")) as f:
         config = json.load(f)
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
@@ -79,7 +87,12 @@ def write_gguf(hf_dir: str, path: str, arch: str) -> str:
     writer.add_head_count(heads)
     writer.add_head_count_kv(kv_heads)
     writer.add_rope_freq_base(config.get("rope_theta") or config["rope_parameters"]["rope_theta"])
-    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    if config.get("rms_norm_eps") is not None:
+        writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    if config.get("layer_norm_eps") is not None:
+        writer.add_layer_norm_eps(config["layer_norm_eps"])
+    if config.get("logit_scale") is not None:
+        writer.add_logit_scale(config["logit_scale"])
     writer.add_vocab_size(config["vocab_size"])
     _write_tokenizer(writer, hf_dir)
     for name, array in load_file(os.path.join(hf_dir, "model.safetensors")).items():
@@ -100,8 +113,8 @@ def write_gguf(hf_dir: str, path: str, arch: str) -> str:
 def gguf_files(tiny_model_factory, tmp_path_factory) -> dict[str, tuple[str, str]]:
     """arch -> (the GGUF file, the HF model dir it was written from)."""
     files = {}
-    for arch, (config_cls, _, _) in FAMILIES.items():
-        hf_dir = tiny_model_factory(config_cls)
+    for arch, (config_cls, overrides, _, _) in FAMILIES.items():
+        hf_dir = tiny_model_factory(config_cls, **overrides)
         path = str(tmp_path_factory.mktemp(f"{arch}_gguf") / f"tiny-{arch}.F32.gguf")
         files[arch] = (write_gguf(hf_dir, path, arch), hf_dir)
     return files

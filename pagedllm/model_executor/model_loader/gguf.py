@@ -26,6 +26,7 @@ GGUF_ARCHITECTURES = {
     # in a GGUF it is a Llama
     "internlm2": "LlamaForCausalLM",
     "olmo2": "Olmo2ForCausalLM",
+    "command-r": "CohereForCausalLM",
 }
 """GGUF `general.architecture` -> the HF architecture (model registry key) we load it as."""
 _PERMUTED_QK = {"llama", "internlm2"}
@@ -61,6 +62,13 @@ _ARCH_BLOCK_NAMES = {
         "post_attention_norm": "post_attention_layernorm",
         "post_ffw_norm": "post_feedforward_layernorm",
     },
+    # Command-R's parallel block: one norm; per-head q/k norms ([heads, head_dim]); the rotary
+    # pairs adjacent dims in HF and in llama.cpp alike (q/k rows as HF's)
+    "command-r": {
+        **{k: v for k, v in _BLOCK_NAMES.items() if k != "ffn_norm"},
+        "attn_q_norm": "self_attn.q_norm",
+        "attn_k_norm": "self_attn.k_norm",
+    },
     # Gemma 3's sandwich norms: llama.cpp's ffn_norm is the *pre*-feed-forward norm there.
     "gemma3": {
         **_BLOCK_NAMES,
@@ -69,6 +77,13 @@ _ARCH_BLOCK_NAMES = {
         "post_attention_norm": "post_attention_layernorm",
         "ffn_norm": "pre_feedforward_layernorm",
         "post_ffw_norm": "post_feedforward_layernorm",
+    },
+    # Command-R's parallel block: one norm; per-head q/k norms ([heads, head_dim]); the rotary
+    # pairs adjacent dims in HF and in llama.cpp alike (q/k rows as HF's)
+    "command-r": {
+        **{k: v for k, v in _BLOCK_NAMES.items() if k != "ffn_norm"},
+        "attn_q_norm": "self_attn.q_norm",
+        "attn_k_norm": "self_attn.k_norm",
     },
 }
 
@@ -141,6 +156,8 @@ def gguf_hf_config(path: str) -> Any:
         return _gemma3_config(reader)
     if arch == "olmo2":
         return _olmo2_config(reader)
+    if arch == "command-r":
+        return _command_r_config(reader)
     return _llama_config(reader, path, arch)
 
 
@@ -193,6 +210,24 @@ def _olmo2_config(reader: GGUFFile) -> Any:
         return gguf_field(reader, f"olmo2.{key}", default)
 
     return Olmo2Config(**_common_config(reader, "olmo2"), rope_parameters=_rope_parameters(meta))
+
+
+def _command_r_config(reader: GGUFFile) -> Any:
+    from transformers import CohereConfig
+
+    def meta(key: str, default: Any = None) -> Any:
+        return gguf_field(reader, f"command-r.{key}", default)
+
+    common = _common_config(reader, "command-r")
+    # NOTE: LayerNorms: no rms_norm_eps (it would win over layer_norm_eps, see llama.norm_eps)
+    common["rms_norm_eps"] = None
+    return CohereConfig(
+        **common,
+        layer_norm_eps=meta("attention.layer_norm_epsilon", 1e-5),
+        logit_scale=meta("logit_scale", 1.0),
+        use_qk_norm="blk.0.attn_q_norm.weight" in {t.name for t in reader.tensors},
+        rope_parameters=_rope_parameters(meta),
+    )
 
 
 def _llama_config(reader: GGUFFile, path: str, arch: str = "llama") -> Any:
