@@ -78,13 +78,6 @@ _ARCH_BLOCK_NAMES = {
         "ffn_norm": "pre_feedforward_layernorm",
         "post_ffw_norm": "post_feedforward_layernorm",
     },
-    # Command-R's parallel block: one norm; per-head q/k norms ([heads, head_dim]); the rotary
-    # pairs adjacent dims in HF and in llama.cpp alike (q/k rows as HF's)
-    "command-r": {
-        **{k: v for k, v in _BLOCK_NAMES.items() if k != "ffn_norm"},
-        "attn_q_norm": "self_attn.q_norm",
-        "attn_k_norm": "self_attn.k_norm",
-    },
 }
 
 
