@@ -9,7 +9,9 @@ byte-level BPE), must equal that HF model through the whole engine:
   attn_q_norm / attn_k_norm), q/k rows as HF's (llama.cpp's NEOX rope);
 - "command-r": Cohere's parallel block (attn_norm only, bias-free LayerNorms), per-head
   attn_q_norm / attn_k_norm, tied output, logit_scale; q/k rows as HF's (both pair adjacent
-  dims: llama.cpp's "normal" rope)."""
+  dims: llama.cpp's "normal" rope);
+- "stablelm": LayerNorms with bias, q/k/v bias, partial rotary (rope.dimension_count), parallel
+  residual flag, per-head q/k norms stacked [heads, head_dim]; q/k rows as HF's (NEOX rope)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from safetensors.numpy import load_file
 from tests.model_executor.test_gguf import _llama_cpp_permute
 from tests.models.family_check import assert_engine_matches_hf, assert_logits_match_hf
 from tests.models.test_cohere import BASE as COHERE
+from tests.models.test_stablelm import VARIANTS as STABLELM
 
 _GLOBAL = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
 _LLAMA_BLOCK = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
@@ -35,21 +38,43 @@ _OLMO2_BLOCK = {**{k: v for k, v in _LLAMA_BLOCK.items() if k != "input_layernor
                 "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}  # fmt: skip
 _COMMAND_R_BLOCK = {**{k: v for k, v in _LLAMA_BLOCK.items() if k != "post_attention_layernorm"},
                     "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
+_STABLELM_BLOCK = {**_LLAMA_BLOCK, "self_attn.q_layernorm": "attn_q_norm",
+                   "self_attn.k_layernorm": "attn_k_norm"}
 FAMILIES = {
-    # arch: (HF config class and overrides of the source model, llama.cpp block names,
-    # q/k permuted)
-    "internlm2": ("LlamaConfig", {}, _LLAMA_BLOCK, True),
-    "olmo2": ("Olmo2Config", {}, _OLMO2_BLOCK, False),
-    "command-r": ("CohereConfig", {**COHERE, "use_qk_norm": True}, _COMMAND_R_BLOCK, False),
-}
+    # case: (GGUF arch, HF config class and overrides of the source model, llama.cpp block
+    # names, q/k permuted)
+    "internlm2": ("internlm2", "LlamaConfig", {}, _LLAMA_BLOCK, True),
+    "olmo2": ("olmo2", "Olmo2Config", {}, _OLMO2_BLOCK, False),
+    "command-r": ("command-r", "CohereConfig", {**COHERE, "use_qk_norm": True},
+                  _COMMAND_R_BLOCK, False),
+    "stablelm": ("stablelm", "StableLmConfig", STABLELM["sequential_bias"], _STABLELM_BLOCK,
+                 False),
+    "stablelm_parallel_qk_norm": ("stablelm", "StableLmConfig", STABLELM["parallel_qk_norm"],
+                                  _STABLELM_BLOCK, False),
+}  # fmt: skip
 
 
 def _gguf_name(hf_name: str, block_names: dict[str, str]) -> str:
-    stem = hf_name.removesuffix(".weight")
+    stem, _, suffix = hf_name.rpartition(".")  # weight / bias
     if stem in _GLOBAL:
-        return f"{_GLOBAL[stem]}.weight"
+        return f"{_GLOBAL[stem]}.{suffix}"
     _, _, layer, module = stem.split(".", 3)  # model.layers.<i>.<module>
-    return f"blk.{layer}.{block_names[module]}.weight"
+    return f"blk.{layer}.{block_names[module]}.{suffix}"
+
+
+def _stack_per_head_norms(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """StableLM's `...q_layernorm.norms.<h>.weight` stacked into one [heads, head_dim]
+    `...q_layernorm.weight`, as llama.cpp's converter stacks them."""
+    out, stacks = {}, {}
+    for name, array in tensors.items():
+        if ".norms." in name:
+            stem, _, rest = name.partition(".norms.")
+            stacks.setdefault(f"{stem}.weight", {})[int(rest.split(".")[0])] = array
+        else:
+            out[name] = array
+    for name, heads in stacks.items():
+        out[name] = np.stack([heads[h] for h in range(len(heads))])
+    return out
 
 
 def _write_tokenizer(writer, model_dir: str) -> None:
@@ -71,11 +96,11 @@ def _write_tokenizer(writer, model_dir: str) -> None:
     writer.add_add_bos_token(False)
 
 
-def write_gguf(hf_dir: str, path: str, arch: str) -> str:
-    """The GGUF llama.cpp's converter would write for the HF model in hf_dir as `arch`."""
+def write_gguf(hf_dir: str, path: str, case: str) -> str:
+    """The GGUF llama.cpp's converter would write for the HF model in hf_dir (FAMILIES[case])."""
     from gguf import GGUFWriter
 
-    _, _, block_names, permuted = FAMILIES[arch]
+    arch, _, _, block_names, permuted = FAMILIES[case]
     with open(os.path.join(hf_dir, "config.json")) as f:
         config = json.load(f)
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
@@ -86,7 +111,14 @@ def write_gguf(hf_dir: str, path: str, arch: str) -> str:
     writer.add_feed_forward_length(config["intermediate_size"])
     writer.add_head_count(heads)
     writer.add_head_count_kv(kv_heads)
-    writer.add_rope_freq_base(config.get("rope_theta") or config["rope_parameters"]["rope_theta"])
+    rope = config.get("rope_parameters") or {}
+    writer.add_rope_freq_base(config.get("rope_theta") or rope["rope_theta"])
+    partial = config.get("partial_rotary_factor") or rope.get("partial_rotary_factor")
+    if partial is not None:
+        head_dim = config["hidden_size"] // heads
+        writer.add_rope_dimension_count(int(partial * head_dim))
+    if "use_parallel_residual" in config:
+        writer.add_parallel_residual(config["use_parallel_residual"])
     if config.get("rms_norm_eps") is not None:
         writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
     if config.get("layer_norm_eps") is not None:
@@ -95,7 +127,8 @@ def write_gguf(hf_dir: str, path: str, arch: str) -> str:
         writer.add_logit_scale(config["logit_scale"])
     writer.add_vocab_size(config["vocab_size"])
     _write_tokenizer(writer, hf_dir)
-    for name, array in load_file(os.path.join(hf_dir, "model.safetensors")).items():
+    tensors = _stack_per_head_norms(load_file(os.path.join(hf_dir, "model.safetensors")))
+    for name, array in tensors.items():
         if permuted and ".self_attn.q_proj." in name:
             array = _llama_cpp_permute(array, heads)
         elif permuted and ".self_attn.k_proj." in name:
@@ -111,22 +144,22 @@ def write_gguf(hf_dir: str, path: str, arch: str) -> str:
 
 @pytest.fixture(scope="module")
 def gguf_files(tiny_model_factory, tmp_path_factory) -> dict[str, tuple[str, str]]:
-    """arch -> (the GGUF file, the HF model dir it was written from)."""
+    """case -> (the GGUF file, the HF model dir it was written from)."""
     files = {}
-    for arch, (config_cls, overrides, _, _) in FAMILIES.items():
+    for case, (_, config_cls, overrides, _, _) in FAMILIES.items():
         hf_dir = tiny_model_factory(config_cls, **overrides)
-        path = str(tmp_path_factory.mktemp(f"{arch}_gguf") / f"tiny-{arch}.F32.gguf")
-        files[arch] = (write_gguf(hf_dir, path, arch), hf_dir)
+        path = str(tmp_path_factory.mktemp(f"{case}_gguf") / f"tiny-{case}.F32.gguf")
+        files[case] = (write_gguf(hf_dir, path, case), hf_dir)
     return files
 
 
-@pytest.mark.parametrize("arch", list(FAMILIES))
-def test_engine_matches_hf(gguf_files, arch):
-    path, reference_dir = gguf_files[arch]
+@pytest.mark.parametrize("case", list(FAMILIES))
+def test_engine_matches_hf(gguf_files, case):
+    path, reference_dir = gguf_files[case]
     assert_engine_matches_hf(path, reference_dir=reference_dir)
 
 
-@pytest.mark.parametrize("arch", list(FAMILIES))
-def test_logits_match_hf(gguf_files, arch):
-    path, reference_dir = gguf_files[arch]
+@pytest.mark.parametrize("case", list(FAMILIES))
+def test_logits_match_hf(gguf_files, case):
+    path, reference_dir = gguf_files[case]
     assert_logits_match_hf(path, reference_dir=reference_dir)

@@ -27,6 +27,7 @@ GGUF_ARCHITECTURES = {
     "internlm2": "LlamaForCausalLM",
     "olmo2": "Olmo2ForCausalLM",
     "command-r": "CohereForCausalLM",
+    "stablelm": "StableLmForCausalLM",
 }
 """GGUF `general.architecture` -> the HF architecture (model registry key) we load it as."""
 _PERMUTED_QK = {"llama", "internlm2"}
@@ -68,6 +69,13 @@ _ARCH_BLOCK_NAMES = {
         **{k: v for k, v in _BLOCK_NAMES.items() if k != "ffn_norm"},
         "attn_q_norm": "self_attn.q_norm",
         "attn_k_norm": "self_attn.k_norm",
+    },
+    # StableLM: LayerNorms with bias (their .bias tensors map by the same names); the per-head
+    # q/k norms stacked [heads, head_dim]; q/k rows as HF's (llama.cpp's NEOX rope)
+    "stablelm": {
+        **_BLOCK_NAMES,
+        "attn_q_norm": "self_attn.q_layernorm",
+        "attn_k_norm": "self_attn.k_layernorm",
     },
     # Gemma 3's sandwich norms: llama.cpp's ffn_norm is the *pre*-feed-forward norm there.
     "gemma3": {
@@ -151,6 +159,8 @@ def gguf_hf_config(path: str) -> Any:
         return _olmo2_config(reader)
     if arch == "command-r":
         return _command_r_config(reader)
+    if arch == "stablelm":
+        return _stablelm_config(reader)
     return _llama_config(reader, path, arch)
 
 
@@ -220,6 +230,28 @@ def _command_r_config(reader: GGUFFile) -> Any:
         logit_scale=meta("logit_scale", 1.0),
         use_qk_norm="blk.0.attn_q_norm.weight" in {t.name for t in reader.tensors},
         rope_parameters=_rope_parameters(meta),
+    )
+
+
+def _stablelm_config(reader: GGUFFile) -> Any:
+    from transformers import StableLmConfig
+
+    def meta(key: str, default: Any = None) -> Any:
+        return gguf_field(reader, f"stablelm.{key}", default)
+
+    common = _common_config(reader, "stablelm")
+    common["rms_norm_eps"] = None  # LayerNorms (see _command_r_config)
+    tensor_names = {t.name for t in reader.tensors}
+    head_dim = common["head_dim"]
+    partial = meta("rope.dimension_count", head_dim) / head_dim
+    return StableLmConfig(
+        **common,
+        layer_norm_eps=meta("attention.layer_norm_epsilon", 1e-5),
+        use_parallel_residual=bool(meta("use_parallel_residual", False)),
+        use_qkv_bias="blk.0.attn_q.bias" in tensor_names,
+        qk_layernorm="blk.0.attn_q_norm.weight" in tensor_names,
+        partial_rotary_factor=partial,
+        rope_parameters={**_rope_parameters(meta), "partial_rotary_factor": partial},
     )
 
 
