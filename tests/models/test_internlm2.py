@@ -18,7 +18,13 @@ from pagedllm.worker.execution_strategy import FUSED_CPU_STACK
 from tests.engine_internals import engine_core
 from tests.models.family_check import assert_engine_matches_hf, assert_logits_match_hf
 
-VARIANTS = {"gqa": {}, "bias_mha": {"attention_bias": True, "num_key_value_heads": 4}}
+VARIANTS = {
+    "gqa": {},
+    "bias_mha": {"attention_bias": True, "num_key_value_heads": 4},
+    # InternLM2.5's dynamic NTK rope: the default frequencies up to max_position_embeddings
+    "dynamic_rope": {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0,
+                                         "rope_theta": 10000.0}},
+}  # fmt: skip
 
 _NAMES = {"model.embed_tokens.": "model.tok_embeddings.", "lm_head.": "output.",
           ".self_attn.o_proj.": ".attention.wo.", ".mlp.gate_proj.": ".feed_forward.w1.",
@@ -60,6 +66,9 @@ def _to_internlm2(llama_dir: str, out_dir: str) -> None:
                   auto_map={"AutoConfig": "configuration_internlm2.InternLM2Config"},
                   bias=llama.get("attention_bias", False), rope_theta=10000.0,
                   rope_scaling=None, torch_dtype="float32")  # fmt: skip
+    rope = llama.get("rope_parameters") or {}
+    if rope.get("rope_type") == "dynamic":  # as InternLM2.5's config.json spells it
+        config["rope_scaling"] = {"type": "dynamic", "factor": rope["factor"]}
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f)
     for file in os.listdir(llama_dir):
@@ -109,3 +118,15 @@ def test_config_loads_without_remote_code(internlm2_dirs, monkeypatch):
     assert unshipped_native_config(model_dir).architectures == ["InternLM2ForCausalLM"]
     _load.cache_clear()
     assert _load("hf", model_dir, None).vocab_size > 0
+
+
+def test_dynamic_rope_past_the_original_length_is_refused():
+    """(The engine already caps max_model_len at max_position_embeddings; the rotary layer
+    refuses on its own too, so no other caller gets silently wrong frequencies.)"""
+    from pagedllm.model_executor.layers.rotary import RotaryEmbedding
+
+    params = {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0,
+              "original_max_position_embeddings": 512}  # fmt: skip
+    RotaryEmbedding(16, 512, params)  # up to the original: the default frequencies
+    with pytest.raises(ValueError, match="rope_type 'dynamic'.*max_model_len <= 512"):
+        RotaryEmbedding(16, 1024, params)
