@@ -11,7 +11,9 @@ byte-level BPE), must equal that HF model through the whole engine:
   attn_q_norm / attn_k_norm, tied output, logit_scale; q/k rows as HF's (both pair adjacent
   dims: llama.cpp's "normal" rope);
 - "stablelm": LayerNorms with bias, q/k/v bias, partial rotary (rope.dimension_count), parallel
-  residual flag, per-head q/k norms stacked [heads, head_dim]; q/k rows as HF's (NEOX rope)."""
+  residual flag, per-head q/k norms stacked [heads, head_dim]; q/k rows as HF's (NEOX rope);
+- "phi2": transformers' Phi format (q/k/v separate, final_layernorm as output_norm, fc1/fc2 as
+  ffn_up/ffn_down, every bias), partial rotary; q/k rows as HF's (NEOX rope)."""
 
 from __future__ import annotations
 
@@ -25,9 +27,11 @@ from safetensors.numpy import load_file
 from tests.model_executor.test_gguf import _llama_cpp_permute
 from tests.models.family_check import assert_engine_matches_hf, assert_logits_match_hf
 from tests.models.test_cohere import BASE as COHERE
+from tests.models.test_phi import VARIANTS as PHI
 from tests.models.test_stablelm import VARIANTS as STABLELM
 
-_GLOBAL = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
+_GLOBAL = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output",
+           "model.final_layernorm": "output_norm"}  # (the last: Phi's)
 _LLAMA_BLOCK = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
                 "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
                 "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
@@ -40,6 +44,9 @@ _COMMAND_R_BLOCK = {**{k: v for k, v in _LLAMA_BLOCK.items() if k != "post_atten
                     "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
 _STABLELM_BLOCK = {**_LLAMA_BLOCK, "self_attn.q_layernorm": "attn_q_norm",
                    "self_attn.k_layernorm": "attn_k_norm"}
+_PHI2_BLOCK = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q",
+               "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+               "self_attn.dense": "attn_output", "mlp.fc1": "ffn_up", "mlp.fc2": "ffn_down"}
 FAMILIES = {
     # case: (GGUF arch, HF config class and overrides of the source model, llama.cpp block
     # names, q/k permuted)
@@ -51,6 +58,7 @@ FAMILIES = {
                  False),
     "stablelm_parallel_qk_norm": ("stablelm", "StableLmConfig", STABLELM["parallel_qk_norm"],
                                   _STABLELM_BLOCK, False),
+    "phi2": ("phi2", "PhiConfig", PHI["phi2"], _PHI2_BLOCK, False),
 }  # fmt: skip
 
 
@@ -103,7 +111,8 @@ def write_gguf(hf_dir: str, path: str, case: str) -> str:
     arch, _, _, block_names, permuted = FAMILIES[case]
     with open(os.path.join(hf_dir, "config.json")) as f:
         config = json.load(f)
-    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or heads
     writer = GGUFWriter(path, arch)
     writer.add_block_count(config["num_hidden_layers"])
     writer.add_context_length(config["max_position_embeddings"])

@@ -28,6 +28,7 @@ GGUF_ARCHITECTURES = {
     "olmo2": "Olmo2ForCausalLM",
     "command-r": "CohereForCausalLM",
     "stablelm": "StableLmForCausalLM",
+    "phi2": "PhiForCausalLM",
 }
 """GGUF `general.architecture` -> the HF architecture (model registry key) we load it as."""
 _PERMUTED_QK = {"llama", "internlm2"}
@@ -51,6 +52,8 @@ _BLOCK_NAMES = {
     "attn_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm",
 }
+_ARCH_GLOBAL_NAMES = {"phi2": {**_GLOBAL_NAMES, "output_norm": "model.final_layernorm"}}
+"""Archs whose global tensors have other HF names than Llama's."""
 _ARCH_BLOCK_NAMES = {
     "llama": _BLOCK_NAMES,
     "internlm2": _BLOCK_NAMES,
@@ -76,6 +79,18 @@ _ARCH_BLOCK_NAMES = {
         **_BLOCK_NAMES,
         "attn_q_norm": "self_attn.q_layernorm",
         "attn_k_norm": "self_attn.k_layernorm",
+    },
+    # Phi-2 (transformers' format, q/k/v separate; the original fused attn_qkv is not read):
+    # one LayerNorm for the parallel block, the plain fc1/fc2 MLP, biases by the same names;
+    # q/k rows as HF's (llama.cpp's NEOX rope)
+    "phi2": {
+        "attn_norm": "input_layernorm",
+        "attn_q": "self_attn.q_proj",
+        "attn_k": "self_attn.k_proj",
+        "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.dense",
+        "ffn_up": "mlp.fc1",
+        "ffn_down": "mlp.fc2",
     },
     # Gemma 3's sandwich norms: llama.cpp's ffn_norm is the *pre*-feed-forward norm there.
     "gemma3": {
@@ -161,6 +176,8 @@ def gguf_hf_config(path: str) -> Any:
         return _command_r_config(reader)
     if arch == "stablelm":
         return _stablelm_config(reader)
+    if arch == "phi2":
+        return _phi2_config(reader)
     return _llama_config(reader, path, arch)
 
 
@@ -255,6 +272,25 @@ def _stablelm_config(reader: GGUFFile) -> Any:
     )
 
 
+def _phi2_config(reader: GGUFFile) -> Any:
+    from transformers import PhiConfig
+
+    def meta(key: str, default: Any = None) -> Any:
+        return gguf_field(reader, f"phi2.{key}", default)
+
+    common = _common_config(reader, "phi2")
+    common["rms_norm_eps"] = None  # LayerNorms (see _command_r_config)
+    head_dim = common["head_dim"]
+    partial = meta("rope.dimension_count", head_dim) / head_dim
+    return PhiConfig(
+        **common,
+        layer_norm_eps=meta("attention.layer_norm_epsilon", 1e-5),
+        hidden_act="gelu_new",
+        partial_rotary_factor=partial,
+        rope_parameters={**_rope_parameters(meta), "partial_rotary_factor": partial},
+    )
+
+
 def _llama_config(reader: GGUFFile, path: str, arch: str = "llama") -> Any:
     """Llama's config from the `<arch>.*` fields of a Llama-layout arch."""
     from transformers import LlamaConfig
@@ -297,8 +333,9 @@ def gguf_to_hf_name(name: str, arch: str = "llama") -> str | None:
     stem, _, suffix = name.rpartition(".")
     parts = stem.split(".")
     block_names = _ARCH_BLOCK_NAMES[arch]
-    if len(parts) == 1 and parts[0] in _GLOBAL_NAMES:
-        return f"{_GLOBAL_NAMES[parts[0]]}.{suffix}"
+    global_names = _ARCH_GLOBAL_NAMES.get(arch, _GLOBAL_NAMES)
+    if len(parts) == 1 and parts[0] in global_names:
+        return f"{global_names[parts[0]]}.{suffix}"
     if len(parts) == 3 and parts[0] == "blk" and parts[2] in block_names:
         return f"model.layers.{parts[1]}.{block_names[parts[2]]}.{suffix}"
     return None
