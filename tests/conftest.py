@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 
 import pytest
 
@@ -151,7 +152,7 @@ def _save_tiny_model(
     model = AutoModelForCausalLM.from_config(config).to(torch.float32)
     with torch.no_grad():  # non-trivial norm weights and biases, so a mix-up shows
         for name, param in model.named_parameters():
-            if name.endswith("norm.weight"):
+            if re.search(r"(norm|ln_\w+|norms\.\d+)\.weight$", name):  # (ln_1: GPT-2 names)
                 param.uniform_(0.5, 1.5)
             elif name.endswith(".bias"):
                 param.normal_(0.0, 0.1)

@@ -45,7 +45,14 @@ def _load(kind: str, path: str, gguf_file: str | None) -> PreTrainedTokenizerBas
     from transformers import AutoTokenizer
 
     if kind == "hf":
-        return AutoTokenizer.from_pretrained(path)
+        from pagedllm.model_executor.model_loader.config import unshipped_native_config
+
+        # NOTE: such a config (remote code, e.g. InternLM2) handed over: AutoTokenizer would
+        # otherwise read it through AutoConfig. trust_remote_code=False: a tokenizer that is
+        # remote code fails at once instead of asking on stdin (which blocks a server).
+        config = unshipped_native_config(path)
+        kwargs = {} if config is None else {"config": config}
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False, **kwargs)
     assert gguf_file is not None
     fast = gguf_byte_level_tokenizer(os.path.join(path, gguf_file))
     return fast if fast is not None else AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)

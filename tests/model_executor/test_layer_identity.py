@@ -22,7 +22,23 @@ from pagedllm.model_executor.layers.linear import (
 from pagedllm.model_executor.layers.moe import FusedMoE
 from pagedllm.model_executor.models.registry import EMBEDDING_MODEL_REGISTRY, MODEL_REGISTRY
 from tests.conftest import TINY_LLAMA
-from tests.models import test_gemma, test_gpt2, test_gpt_neox, test_opt, test_qwen, test_qwen_moe
+from tests.models import (
+    test_cohere,
+    test_falcon,
+    test_gemma,
+    test_gpt2,
+    test_gpt_bigcode,
+    test_gpt_neox,
+    test_gptj,
+    test_granite,
+    test_granitemoe,
+    test_olmo2,
+    test_opt,
+    test_phi,
+    test_qwen,
+    test_qwen_moe,
+    test_stablelm,
+)
 from tests.models.test_mixtral import MIXTRAL
 
 FAMILIES: dict[str, list[tuple[str, dict]]] = {
@@ -41,6 +57,17 @@ FAMILIES: dict[str, list[tuple[str, dict]]] = {
     "Qwen2MoeForCausalLM": [test_qwen_moe.VARIANTS["qwen2_moe"]],
     "Qwen3MoeForCausalLM": [test_qwen_moe.VARIANTS["qwen3_moe"]],
     "BertModel": [("BertConfig", {"num_key_value_heads": None, "type_vocab_size": 2})],
+    "GraniteForCausalLM": [("GraniteConfig", v) for v in test_granite.VARIANTS.values()],
+    "GraniteMoeForCausalLM": [("GraniteMoeConfig", v) for v in test_granitemoe.VARIANTS.values()],
+    "Olmo2ForCausalLM": [("Olmo2Config", v) for v in test_olmo2.VARIANTS.values()],
+    "StableLmForCausalLM": [("StableLmConfig", v) for v in test_stablelm.VARIANTS.values()],
+    "PhiForCausalLM": [("PhiConfig", v) for v in test_phi.VARIANTS.values()],
+    "GPTJForCausalLM": [("GPTJConfig", v) for v in test_gptj.VARIANTS.values()],
+    "CohereForCausalLM": [("CohereConfig", v) for v in test_cohere.VARIANTS.values()],
+    "GPTBigCodeForCausalLM": [("GPTBigCodeConfig", v) for v in test_gpt_bigcode.VARIANTS.values()],
+    "FalconForCausalLM": [("FalconConfig", v) for v in test_falcon.VARIANTS.values()],
+    # (transformers has no InternLM2 config; the model reads Llama's fields plus `bias`)
+    "InternLM2ForCausalLM": [("LlamaConfig", {"bias": True})],
 }
 CASES = [(arch, cls, overrides) for arch, configs in FAMILIES.items() for cls, overrides in configs]
 
@@ -53,6 +80,8 @@ ROLES = {
     "dense_4h_to_h": RowParallelLinear, "intermediate.dense": ColumnParallelLinear,
     "fc1": ColumnParallelLinear, "c_fc": ColumnParallelLinear,
     "dense_h_to_4h": ColumnParallelLinear, "mlp.gate": ReplicatedLinear,
+    "self_attn.dense": RowParallelLinear, "self_attention.dense": RowParallelLinear,
+    "fc_in": ColumnParallelLinear, "fc_out": RowParallelLinear,
     "shared_expert_gate": ReplicatedLinear, "project_in": ReplicatedLinear,
     "project_out": ReplicatedLinear,
 }  # fmt: skip

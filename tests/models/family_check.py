@@ -37,10 +37,33 @@ def assert_greedy_matches_hf(
     return llm
 
 
-def assert_logits_match_hf(model_dir: str, length: int = 60, atol: float = 1e-4) -> None:
-    """Prefill logits of one prompt, every position (catches what greedy argmax may hide)."""
+def assert_engine_matches_hf(
+    model_dir: str, lengths: list[int] = PROMPT_LENGTHS, max_tokens: int = MAX_TOKENS,
+    reference_dir: str | None = None,
+) -> LLM:
+    """assert_greedy_matches_hf, then the same prompts again on the same engine: the second
+    round reads the prompts' KV blocks from the prefix cache and must still equal HF.
+    reference_dir: the HF model to compare with where transformers cannot load model_dir itself
+    (the same weights under another architecture's names); default model_dir."""
+    hf = load_hf_model(reference_dir or model_dir)
+    prompts = random_prompts(lengths, hf.config.vocab_size)
+    expected = [hf_greedy(hf, p, max_tokens) for p in prompts]
+    llm = LLM(model_dir, kv_cache_memory="64MiB", max_num_batched_tokens=16)
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    for round_ in range(2):
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+        assert [o.outputs[0].token_ids for o in outputs] == expected, f"round {round_}"
+    assert sum(o.num_cached_tokens for o in outputs) > 0  # the second round hit the cache
+    return llm
+
+
+def assert_logits_match_hf(
+    model_dir: str, length: int = 60, atol: float = 1e-4, reference_dir: str | None = None
+) -> None:
+    """Prefill logits of one prompt, every position (catches what greedy argmax may hide).
+    reference_dir: as in assert_engine_matches_hf."""
     model = get_model(load_model_config(model_dir), "cpu")
-    hf = load_hf_model(model_dir)
+    hf = load_hf_model(reference_dir or model_dir)
     (prompt,) = random_prompts([length], hf.config.vocab_size, seed=1)
     (ours,) = PagedRunner(model).step({0: prompt})
     torch.testing.assert_close(ours, hf_logits(hf, prompt), atol=atol, rtol=0)

@@ -15,6 +15,7 @@ from pagedllm.kernels import cpu_kernels_available
 from pagedllm.worker.execution_strategy import EAGER, FUSED_CPU_STACK, ExecutionStrategy
 from tests.engine_internals import engine_core
 from tests.models.test_gemma import VARIANTS as GEMMA_VARIANTS
+from tests.models.test_granite import GRANITE
 
 pytestmark = pytest.mark.skipif(not cpu_kernels_available(), reason="compiled kernels unavailable")
 
@@ -72,6 +73,8 @@ def _assert_fused_equals_eager(model_dir: str, prompts=PROMPTS, **kwargs) -> Non
         ("Gemma2Config", GEMMA2, "int4"),
         ("Gemma3TextConfig", GEMMA3, None),
         ("Gemma3TextConfig", GEMMA3, "int8"),
+        ("GraniteConfig", GRANITE, None),  # multipliers: scale, embedding, folded residual
+        ("GraniteConfig", GRANITE, "int8"),  # (folded before the load-time quantization)
     ],
 )
 def test_fused_layers_equal_eager(tiny_model_factory, family, overrides, quantization):

@@ -1,4 +1,4 @@
-"""The Transformers fallback: StableLM has no native implementation; it runs on transformers'
+"""The Transformers fallback: OLMo (1) has no native implementation; it runs on transformers'
 modeling code with attention routed through our paged KV cache, and must match HF greedy token
 for token across the whole engine (mixed lengths, chunked prefill, decodes mixed in)."""
 
@@ -14,31 +14,31 @@ from tests.models.family_check import assert_greedy_matches_hf, assert_logits_ma
 
 
 @pytest.fixture(scope="module")
-def tiny_stablelm_dir(tiny_model_factory) -> str:
-    return tiny_model_factory("StableLmConfig", use_qkv_bias=True)
+def tiny_olmo_dir(tiny_model_factory) -> str:
+    return tiny_model_factory("OlmoConfig", clip_qkv=8.0)
 
 
 def test_registry_falls_back_to_transformers():
-    assert get_model_class("StableLmForCausalLM") is TransformersForCausalLM
-    assert implementation_of("StableLmForCausalLM") == "transformers fallback"
+    assert get_model_class("OlmoForCausalLM") is TransformersForCausalLM
+    assert implementation_of("OlmoForCausalLM") == "transformers fallback"
     assert implementation_of("LlamaForCausalLM") == "native"
     with pytest.raises(ValueError, match="unknown model architecture 'NoSuchForCausalLM'"):
         get_model_class("NoSuchForCausalLM")
 
 
-def test_stablelm_greedy_matches_hf(tiny_stablelm_dir):
+def test_olmo_greedy_matches_hf(tiny_olmo_dir):
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
     loader_logger = logging.getLogger("pagedllm.model_executor.model_loader")
     loader_logger.addHandler(handler)
     try:
-        assert_greedy_matches_hf(tiny_stablelm_dir)
+        assert_greedy_matches_hf(tiny_olmo_dir)
     finally:
         loader_logger.removeHandler(handler)
     # The load log says which implementation runs the model.
     assert any("transformers fallback implementation" in r.getMessage() for r in records)
 
 
-def test_stablelm_prefill_logits_match_hf(tiny_stablelm_dir):
-    assert_logits_match_hf(tiny_stablelm_dir)
+def test_olmo_prefill_logits_match_hf(tiny_olmo_dir):
+    assert_logits_match_hf(tiny_olmo_dir)

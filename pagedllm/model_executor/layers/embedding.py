@@ -119,7 +119,25 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class ParallelLMHead(VocabParallelEmbedding):
-    """The output projection [vocab, hidden]; only its weight is used (see LogitsProcessor)."""
+    """The output projection [vocab, hidden] (applied by LogitsProcessor through `project`),
+    with a bias [vocab] where the checkpoint has one (Phi-1/2, GPT-J)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, bias: bool = False,
+                 **kwargs) -> None:  # fmt: skip
+        super().__init__(num_embeddings, embedding_dim, **kwargs)
+        self.bias: nn.Parameter | None = None
+        if bias:
+            b = torch.empty(self.num_embeddings_per_partition, dtype=torch.get_default_dtype())
+            self.bias = nn.Parameter(b, requires_grad=False)
+            set_weight_attrs(self.bias, weight_loader=self._load_bias)
+
+    def project(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        logits = super().project(hidden_states)
+        return logits if self.bias is None else logits + self.bias
+
+    def _load_bias(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
+        rows = self.vocab_end_index - self.vocab_start_index
+        default_weight_loader(param, loaded.narrow(0, self.vocab_start_index, rows))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("ParallelLMHead is applied through LogitsProcessor, not called")

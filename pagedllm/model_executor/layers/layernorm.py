@@ -1,5 +1,6 @@
 """RMSNorm with the residual add fused in (as vLLM/nano-vllm's decoder layers use it),
-Gemma's variant that scales by (1 + w), and LayerNorm (with bias) behind the same interface."""
+Gemma's variant that scales by (1 + w), LayerNorm (with bias, or without: Cohere) behind the same
+interface, and a per-head LayerNorm of q or k (StableLM, Cohere)."""
 
 from __future__ import annotations
 
@@ -96,3 +97,34 @@ class LayerNorm(RMSNorm):
 
     def norm(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+class LayerNormNoBias(RMSNorm):
+    """LayerNorm with a weight and no bias (Cohere), same fused-residual interface."""
+
+    def norm(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, None, self.eps)
+
+
+class PerHeadLayerNorm(nn.Module):
+    """A LayerNorm without bias per head, each head its own weight ([heads, head_dim]), over
+    x [T, heads * head_dim]. The checkpoint holds the weight whole (Cohere) or one row per head
+    (StableLM's `norms.{h}.weight`: shard_id h)."""
+
+    def __init__(self, num_heads: int, head_dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(num_heads, head_dim), requires_grad=False)
+        set_weight_attrs(self.weight, weight_loader=_load_head_rows)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        heads = x.view(x.shape[0], *self.weight.shape)  # [T, heads, D]
+        normed = F.layer_norm(heads, heads.shape[-1:], eps=self.eps) * self.weight
+        return normed.reshape(x.shape)
+
+
+def _load_head_rows(param: nn.Parameter, loaded: torch.Tensor, head: int | None = None) -> None:
+    if head is None:
+        default_weight_loader(param, loaded.reshape(param.shape))
+    else:
+        default_weight_loader(param[head], loaded)

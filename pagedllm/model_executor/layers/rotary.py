@@ -4,7 +4,8 @@ For each head, dims [0, D/2) pair with [D/2, D):
     out[:D/2] = x1 * cos - x2 * sin,   out[D/2:] = x2 * cos + x1 * sin
 Frequency variants (rope_type): "default", "linear" (positions / factor) and "llama3"
 (long wavelengths slowed by `factor`, a smooth ramp between low_freq and high_freq) and
-"longrope" (Phi-3: per-frequency short_factor / long_factor, cos/sin scaled by attention_factor).
+"longrope" (Phi-3: per-frequency short_factor / long_factor, cos/sin scaled by attention_factor);
+"dynamic" (NTK) only up to the original context length, where it is "default".
 Partial rotary (`partial_rotary_factor`, GPT-NeoX's `rotary_pct`): only the first
 rotary_dim = head_dim * factor dims of each head are rotated (pairing [0, R/2) with [R/2, R)),
 the rest pass through.
@@ -19,7 +20,7 @@ import torch
 
 from pagedllm.model_executor.custom_op import CustomOp
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "longrope")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "longrope", "dynamic")
 
 
 def rope_parameters(hf_config: Any, layer_type: str | None = None) -> dict[str, Any]:
@@ -43,6 +44,10 @@ def rope_parameters(hf_config: Any, layer_type: str | None = None) -> dict[str, 
     params["rope_type"] = params.get("rope_type") or params.pop("type", None) or "default"
     if params["rope_type"] == "longrope":
         _fill_longrope_defaults(params, hf_config)
+    if params["rope_type"] == "dynamic":
+        params.setdefault(
+            "original_max_position_embeddings", getattr(hf_config, "max_position_embeddings", None)
+        )
     return params
 
 
@@ -64,6 +69,8 @@ class RotaryEmbedding(CustomOp):
                 f"rope_type {params['rope_type']!r} is not supported; "
                 f"supported: {SUPPORTED_ROPE_TYPES}"
             )
+        if params["rope_type"] == "dynamic":
+            _check_dynamic_within_original(params, max_position)
         self.head_dim = head_dim
         self.rotary_dim = int(head_dim * params.get("partial_rotary_factor", 1.0))
         self.max_position = max_position
@@ -115,6 +122,19 @@ class RotaryEmbedding(CustomOp):
         )
 
 
+def _check_dynamic_within_original(params: dict[str, Any], max_position: int) -> None:
+    """Dynamic NTK scaling (InternLM2.5, ...) rescales the frequencies per sequence length, and
+    only past original_max_position_embeddings; up to it the frequencies are the default ones
+    (as transformers computes them), which is all we serve."""
+    original = params.get("original_max_position_embeddings")
+    if original is None or max_position > original:
+        raise ValueError(
+            f"rope_type 'dynamic' changes its frequencies past {original} positions (per "
+            f"sequence length, as transformers does), which is not supported; serve with "
+            f"max_model_len <= {original} (asked for {max_position})"
+        )
+
+
 def _inv_freq(rotary_dim: int, params: dict[str, Any], max_position: int) -> torch.Tensor:
     exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim
     if params["rope_type"] == "longrope":
@@ -159,3 +179,18 @@ def _attention_factor(params: dict[str, Any]) -> float:
         return params["attention_factor"]
     factor, original = params["factor"], params["original_max_position_embeddings"]
     return math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1.0 else 1.0
+
+
+def interleaved_to_neox_rows(tensor: torch.Tensor, head_dim: int, rotary_dim: int) -> torch.Tensor:
+    """Reorder the q or k projection rows ([heads * head_dim, ...] weight or bias) of a model
+    whose rotary pairs adjacent dims (GPT-J style: (0, 1), (2, 3), ...) so that this module's
+    rotate-half layout computes the same rotation: within each head, the first rotary_dim rows
+    become [0, 2, 4, ..., 1, 3, 5, ...] (pair i = rows i and i + rotary_dim / 2), the rest stay.
+
+    Exact: q and k get the same permutation, so q . k (all attention reads of them) is unchanged.
+    """
+    evens_then_odds = torch.cat([torch.arange(0, rotary_dim, 2), torch.arange(1, rotary_dim, 2),
+                                 torch.arange(rotary_dim, head_dim)])  # fmt: skip
+    rest = tensor.shape[1:]
+    per_head = tensor.reshape(-1, head_dim, *rest)
+    return per_head[:, evens_then_odds].reshape(tensor.shape)

@@ -113,7 +113,31 @@ def load_hf_config(source: ModelSource) -> Any:
         return gguf_hf_config(source.file)
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(source.path)
+    config = unshipped_native_config(source.path)
+    return config if config is not None else AutoConfig.from_pretrained(source.path)
+
+
+def unshipped_native_config(path: str) -> Any:
+    """A plain PretrainedConfig of config.json where its model type is one transformers does
+    not ship (the config class is the checkpoint's remote code, e.g. InternLM2) and its
+    architecture runs natively; else None. (AutoConfig would ask on stdin to trust the remote
+    code.)"""
+    from transformers import PretrainedConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from pagedllm.model_executor.models.registry import MODEL_REGISTRY
+
+    config_file = os.path.join(path, "config.json")
+    if not os.path.isfile(config_file):
+        return None
+    with open(config_file, encoding="utf-8") as f:
+        raw = json.load(f)
+    if raw.get("model_type") in CONFIG_MAPPING:
+        return None
+    architectures = raw.get("architectures") or []
+    if not architectures or architectures[0] not in MODEL_REGISTRY:
+        return None
+    return PretrainedConfig.from_dict(raw)
 
 
 def resolve_dtype(dtype: str, hf_config: Any, device: str) -> str:

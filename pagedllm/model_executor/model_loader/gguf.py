@@ -19,9 +19,19 @@ from pagedllm.model_executor.model_loader.gguf_file import GGUFFile
 
 logger = init_logger(__name__)
 
-GGUF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "gemma3": "Gemma3ForCausalLM"}
+GGUF_ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
+    # llama.cpp splits InternLM2's wqkv into Llama's q/k/v tensors (q/k permuted as Llama's):
+    # in a GGUF it is a Llama
+    "internlm2": "LlamaForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
+    "command-r": "CohereForCausalLM",
+    "stablelm": "StableLmForCausalLM",
+    "phi2": "PhiForCausalLM",
+}
 """GGUF `general.architecture` -> the HF architecture (model registry key) we load it as."""
-_PERMUTED_QK = {"llama"}
+_PERMUTED_QK = {"llama", "internlm2"}
 """Archs whose q/k rows llama.cpp permutes to interleaved rotary pairs (see _unpermute_rows)."""
 _NORM_PLUS_ONE = {"gemma3"}
 """Archs whose norm weights llama.cpp stores as (1 + w) where HF stores w (Gemma's norms)."""
@@ -42,8 +52,46 @@ _BLOCK_NAMES = {
     "attn_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm",
 }
+_ARCH_GLOBAL_NAMES = {"phi2": {**_GLOBAL_NAMES, "output_norm": "model.final_layernorm"}}
+"""Archs whose global tensors have other HF names than Llama's."""
 _ARCH_BLOCK_NAMES = {
     "llama": _BLOCK_NAMES,
+    "internlm2": _BLOCK_NAMES,
+    # OLMo 2's post-norm block: no input norms; q/k norms over the whole projection; rotary
+    # rotate-half as HF's (llama.cpp's NEOX rope: q/k rows not permuted)
+    "olmo2": {
+        **{k: v for k, v in _BLOCK_NAMES.items() if k not in ("attn_norm", "ffn_norm")},
+        "attn_q_norm": "self_attn.q_norm",
+        "attn_k_norm": "self_attn.k_norm",
+        "post_attention_norm": "post_attention_layernorm",
+        "post_ffw_norm": "post_feedforward_layernorm",
+    },
+    # Command-R's parallel block: one norm; per-head q/k norms ([heads, head_dim]); the rotary
+    # pairs adjacent dims in HF and in llama.cpp alike (q/k rows as HF's)
+    "command-r": {
+        **{k: v for k, v in _BLOCK_NAMES.items() if k != "ffn_norm"},
+        "attn_q_norm": "self_attn.q_norm",
+        "attn_k_norm": "self_attn.k_norm",
+    },
+    # StableLM: LayerNorms with bias (their .bias tensors map by the same names); the per-head
+    # q/k norms stacked [heads, head_dim]; q/k rows as HF's (llama.cpp's NEOX rope)
+    "stablelm": {
+        **_BLOCK_NAMES,
+        "attn_q_norm": "self_attn.q_layernorm",
+        "attn_k_norm": "self_attn.k_layernorm",
+    },
+    # Phi-2 (transformers' format, q/k/v separate; the original fused attn_qkv is not read):
+    # one LayerNorm for the parallel block, the plain fc1/fc2 MLP, biases by the same names;
+    # q/k rows as HF's (llama.cpp's NEOX rope)
+    "phi2": {
+        "attn_norm": "input_layernorm",
+        "attn_q": "self_attn.q_proj",
+        "attn_k": "self_attn.k_proj",
+        "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.dense",
+        "ffn_up": "mlp.fc1",
+        "ffn_down": "mlp.fc2",
+    },
     # Gemma 3's sandwich norms: llama.cpp's ffn_norm is the *pre*-feed-forward norm there.
     "gemma3": {
         **_BLOCK_NAMES,
@@ -122,7 +170,15 @@ def gguf_hf_config(path: str) -> Any:
     arch = gguf_architecture(reader)
     if arch == "gemma3":
         return _gemma3_config(reader)
-    return _llama_config(reader, path)
+    if arch == "olmo2":
+        return _olmo2_config(reader)
+    if arch == "command-r":
+        return _command_r_config(reader)
+    if arch == "stablelm":
+        return _stablelm_config(reader)
+    if arch == "phi2":
+        return _phi2_config(reader)
+    return _llama_config(reader, path, arch)
 
 
 def _common_config(reader: GGUFFile, arch: str) -> dict[str, Any]:
@@ -167,7 +223,76 @@ def _gemma3_config(reader: GGUFFile) -> Any:
     )
 
 
-def _llama_config(reader: GGUFFile, path: str) -> Any:
+def _olmo2_config(reader: GGUFFile) -> Any:
+    from transformers import Olmo2Config
+
+    def meta(key: str, default: Any = None) -> Any:
+        return gguf_field(reader, f"olmo2.{key}", default)
+
+    return Olmo2Config(**_common_config(reader, "olmo2"), rope_parameters=_rope_parameters(meta))
+
+
+def _command_r_config(reader: GGUFFile) -> Any:
+    from transformers import CohereConfig
+
+    def meta(key: str, default: Any = None) -> Any:
+        return gguf_field(reader, f"command-r.{key}", default)
+
+    common = _common_config(reader, "command-r")
+    # NOTE: LayerNorms: no rms_norm_eps (it would win over layer_norm_eps, see llama.norm_eps)
+    common["rms_norm_eps"] = None
+    return CohereConfig(
+        **common,
+        layer_norm_eps=meta("attention.layer_norm_epsilon", 1e-5),
+        logit_scale=meta("logit_scale", 1.0),
+        use_qk_norm="blk.0.attn_q_norm.weight" in {t.name for t in reader.tensors},
+        rope_parameters=_rope_parameters(meta),
+    )
+
+
+def _stablelm_config(reader: GGUFFile) -> Any:
+    from transformers import StableLmConfig
+
+    def meta(key: str, default: Any = None) -> Any:
+        return gguf_field(reader, f"stablelm.{key}", default)
+
+    common = _common_config(reader, "stablelm")
+    common["rms_norm_eps"] = None  # LayerNorms (see _command_r_config)
+    tensor_names = {t.name for t in reader.tensors}
+    head_dim = common["head_dim"]
+    partial = meta("rope.dimension_count", head_dim) / head_dim
+    return StableLmConfig(
+        **common,
+        layer_norm_eps=meta("attention.layer_norm_epsilon", 1e-5),
+        use_parallel_residual=bool(meta("use_parallel_residual", False)),
+        use_qkv_bias="blk.0.attn_q.bias" in tensor_names,
+        qk_layernorm="blk.0.attn_q_norm.weight" in tensor_names,
+        partial_rotary_factor=partial,
+        rope_parameters={**_rope_parameters(meta), "partial_rotary_factor": partial},
+    )
+
+
+def _phi2_config(reader: GGUFFile) -> Any:
+    from transformers import PhiConfig
+
+    def meta(key: str, default: Any = None) -> Any:
+        return gguf_field(reader, f"phi2.{key}", default)
+
+    common = _common_config(reader, "phi2")
+    common["rms_norm_eps"] = None  # LayerNorms (see _command_r_config)
+    head_dim = common["head_dim"]
+    partial = meta("rope.dimension_count", head_dim) / head_dim
+    return PhiConfig(
+        **common,
+        layer_norm_eps=meta("attention.layer_norm_epsilon", 1e-5),
+        hidden_act="gelu_new",
+        partial_rotary_factor=partial,
+        rope_parameters={**_rope_parameters(meta), "partial_rotary_factor": partial},
+    )
+
+
+def _llama_config(reader: GGUFFile, path: str, arch: str = "llama") -> Any:
+    """Llama's config from the `<arch>.*` fields of a Llama-layout arch."""
     from transformers import LlamaConfig
 
     tensor_names = {t.name for t in reader.tensors}
@@ -175,10 +300,10 @@ def _llama_config(reader: GGUFFile, path: str) -> Any:
         raise ValueError(f"{path}: GGUF rope_freqs (Llama 3.1+ rope scaling) is not supported yet")
 
     def meta(key: str, default: Any = None) -> Any:
-        return gguf_field(reader, f"llama.{key}", default)
+        return gguf_field(reader, f"{arch}.{key}", default)
 
     return LlamaConfig(
-        **_common_config(reader, "llama"),
+        **_common_config(reader, arch),
         unk_token_id=gguf_field(reader, "tokenizer.ggml.unknown_token_id"),
         rope_parameters=_rope_parameters(meta),
         attention_bias="blk.0.attn_q.bias" in tensor_names,
@@ -208,8 +333,9 @@ def gguf_to_hf_name(name: str, arch: str = "llama") -> str | None:
     stem, _, suffix = name.rpartition(".")
     parts = stem.split(".")
     block_names = _ARCH_BLOCK_NAMES[arch]
-    if len(parts) == 1 and parts[0] in _GLOBAL_NAMES:
-        return f"{_GLOBAL_NAMES[parts[0]]}.{suffix}"
+    global_names = _ARCH_GLOBAL_NAMES.get(arch, _GLOBAL_NAMES)
+    if len(parts) == 1 and parts[0] in global_names:
+        return f"{global_names[parts[0]]}.{suffix}"
     if len(parts) == 3 and parts[0] == "blk" and parts[2] in block_names:
         return f"model.layers.{parts[1]}.{block_names[parts[2]]}.{suffix}"
     return None

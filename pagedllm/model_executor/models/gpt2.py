@@ -61,11 +61,13 @@ class GPT2MLP(nn.Module):
 class GPT2Block(nn.Module):
     """x + attn(ln_1(x)), then + mlp(ln_2(.)); residual adds fused in the norms."""
 
+    attn_cls: type[nn.Module] = GPT2Attention
+
     def __init__(self, config: Any, layer_idx: int, prefix: str) -> None:
         super().__init__()
         eps = config.layer_norm_epsilon
         self.ln_1 = LayerNorm(config.hidden_size, eps)
-        self.attn = GPT2Attention(config, layer_idx, f"{prefix}.attn")
+        self.attn = self.attn_cls(config, layer_idx, f"{prefix}.attn")
         self.ln_2 = LayerNorm(config.hidden_size, eps)
         self.mlp = GPT2MLP(config, f"{prefix}.mlp")
 
@@ -82,6 +84,8 @@ class GPT2Block(nn.Module):
 
 
 class GPT2Model(nn.Module):
+    block_cls: type[nn.Module] = GPT2Block
+
     def __init__(self, config: Any, prefix: str = "transformer") -> None:
         super().__init__()
         self.wte = VocabParallelEmbedding(
@@ -91,7 +95,7 @@ class GPT2Model(nn.Module):
             config.max_position_embeddings, config.hidden_size, prefix=f"{prefix}.wpe"
         )
         self.h = nn.ModuleList(
-            GPT2Block(config, i, f"{prefix}.h.{i}") for i in range(config.num_hidden_layers)
+            self.block_cls(config, i, f"{prefix}.h.{i}") for i in range(config.num_hidden_layers)
         )
         self.ln_f = LayerNorm(config.hidden_size, config.layer_norm_epsilon)
 
@@ -107,12 +111,13 @@ class GPT2Model(nn.Module):
 class GPT2LMHeadModel(nn.Module):
     conv1d_modules = ("c_attn", "c_proj", "c_fc")
     """Modules whose checkpoint weight is a transformers Conv1D ([in, out])."""
+    model_cls: type[GPT2Model] = GPT2Model
 
     def __init__(self, model_config: ModelConfig) -> None:
         super().__init__()
         config = model_config.hf_config
         self.config = config
-        self.transformer = GPT2Model(config)
+        self.transformer = self.model_cls(config)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", True))
         if self.tie_word_embeddings:
             self.lm_head = self.transformer.wte

@@ -124,8 +124,8 @@ class LlamaDecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = self.build_attention(config, rotary_emb, layer_idx, f"{prefix}.self_attn")
         self.mlp = self.build_mlp(config, layer_idx, f"{prefix}.mlp")
-        self.input_layernorm = self.norm_cls(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = self.norm_cls(config.hidden_size, config.rms_norm_eps)
+        self.input_layernorm = self.norm_cls(config.hidden_size, norm_eps(config))
+        self.post_attention_layernorm = self.norm_cls(config.hidden_size, norm_eps(config))
 
     def build_mlp(self, config: Any, layer_idx: int, prefix: str) -> nn.Module:
         """The feed-forward block (mixture-of-experts families override it)."""
@@ -152,6 +152,12 @@ class LlamaDecoderLayer(nn.Module):
         return self.mlp(hidden_states), residual
 
 
+def norm_eps(config: Any) -> float:
+    # LayerNorm families (StableLM) name it layer_norm_eps; the RMSNorm ones rms_norm_eps.
+    eps = getattr(config, "rms_norm_eps", None)
+    return eps if eps is not None else config.layer_norm_eps
+
+
 def _hidden_act(config: Any) -> str:
     # Gemma 2/3 name it hidden_activation; the rest hidden_act.
     return getattr(config, "hidden_activation", None) or config.hidden_act
@@ -171,7 +177,7 @@ class LlamaModel(nn.Module):
             self.decoder_layer_cls(config, rotary_embs[i], i, prefix=f"{prefix}.layers.{i}")
             for i in range(config.num_hidden_layers)
         )
-        self.norm = self.norm_cls(config.hidden_size, config.rms_norm_eps)
+        self.norm = self.norm_cls(config.hidden_size, norm_eps(config))
         self.layer_runner: LayerRunner | None = None
         """Runs all of `layers` in one call where the worker installed a faster execution
         strategy for them (worker/execution_strategy.py); None: each layer runs as a module."""

@@ -1,0 +1,174 @@
+"""GGUF files of the families whose llama.cpp layout we read, written here as llama.cpp's
+converter writes them from a tiny random HF model (F32 tensors, the tiny tokenizer as GGUF
+byte-level BPE), must equal that HF model through the whole engine:
+
+- "internlm2": InternLM2's wqkv split into Llama's attn_q/attn_k/attn_v with q/k rows permuted
+  as for Llama (llama.cpp runs it with its "normal" pairwise rope), Llama's tensor names and
+  `internlm2.*` metadata: it loads as a Llama, so the reference is an HF Llama;
+- "olmo2": OLMo 2's post-norm block (post_attention_norm, post_ffw_norm, whole-projection
+  attn_q_norm / attn_k_norm), q/k rows as HF's (llama.cpp's NEOX rope);
+- "command-r": Cohere's parallel block (attn_norm only, bias-free LayerNorms), per-head
+  attn_q_norm / attn_k_norm, tied output, logit_scale; q/k rows as HF's (both pair adjacent
+  dims: llama.cpp's "normal" rope);
+- "stablelm": LayerNorms with bias, q/k/v bias, partial rotary (rope.dimension_count), parallel
+  residual flag, per-head q/k norms stacked [heads, head_dim]; q/k rows as HF's (NEOX rope);
+- "phi2": transformers' Phi format (q/k/v separate, final_layernorm as output_norm, fc1/fc2 as
+  ffn_up/ffn_down, every bias), partial rotary; q/k rows as HF's (NEOX rope)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from tests.model_executor.test_gguf import _llama_cpp_permute
+from tests.models.family_check import assert_engine_matches_hf, assert_logits_match_hf
+from tests.models.test_cohere import BASE as COHERE
+from tests.models.test_phi import VARIANTS as PHI
+from tests.models.test_stablelm import VARIANTS as STABLELM
+
+_GLOBAL = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output",
+           "model.final_layernorm": "output_norm"}  # (the last: Phi's)
+_LLAMA_BLOCK = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+                "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+                "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+                "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}  # fmt: skip
+_OLMO2_BLOCK = {**{k: v for k, v in _LLAMA_BLOCK.items() if k != "input_layernorm"},
+                "post_attention_layernorm": "post_attention_norm",
+                "post_feedforward_layernorm": "post_ffw_norm",
+                "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}  # fmt: skip
+_COMMAND_R_BLOCK = {**{k: v for k, v in _LLAMA_BLOCK.items() if k != "post_attention_layernorm"},
+                    "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
+_STABLELM_BLOCK = {**_LLAMA_BLOCK, "self_attn.q_layernorm": "attn_q_norm",
+                   "self_attn.k_layernorm": "attn_k_norm"}
+_PHI2_BLOCK = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q",
+               "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+               "self_attn.dense": "attn_output", "mlp.fc1": "ffn_up", "mlp.fc2": "ffn_down"}
+FAMILIES = {
+    # case: (GGUF arch, HF config class and overrides of the source model, llama.cpp block
+    # names, q/k permuted)
+    "internlm2": ("internlm2", "LlamaConfig", {}, _LLAMA_BLOCK, True),
+    "olmo2": ("olmo2", "Olmo2Config", {}, _OLMO2_BLOCK, False),
+    "command-r": ("command-r", "CohereConfig", {**COHERE, "use_qk_norm": True},
+                  _COMMAND_R_BLOCK, False),
+    "stablelm": ("stablelm", "StableLmConfig", STABLELM["sequential_bias"], _STABLELM_BLOCK,
+                 False),
+    "stablelm_parallel_qk_norm": ("stablelm", "StableLmConfig", STABLELM["parallel_qk_norm"],
+                                  _STABLELM_BLOCK, False),
+    "phi2": ("phi2", "PhiConfig", PHI["phi2"], _PHI2_BLOCK, False),
+}  # fmt: skip
+
+
+def _gguf_name(hf_name: str, block_names: dict[str, str]) -> str:
+    stem, _, suffix = hf_name.rpartition(".")  # weight / bias
+    if stem in _GLOBAL:
+        return f"{_GLOBAL[stem]}.{suffix}"
+    _, _, layer, module = stem.split(".", 3)  # model.layers.<i>.<module>
+    return f"blk.{layer}.{block_names[module]}.{suffix}"
+
+
+def _stack_per_head_norms(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """StableLM's `...q_layernorm.norms.<h>.weight` stacked into one [heads, head_dim]
+    `...q_layernorm.weight`, as llama.cpp's converter stacks them."""
+    out, stacks = {}, {}
+    for name, array in tensors.items():
+        if ".norms." in name:
+            stem, _, rest = name.partition(".norms.")
+            stacks.setdefault(f"{stem}.weight", {})[int(rest.split(".")[0])] = array
+        else:
+            out[name] = array
+    for name, heads in stacks.items():
+        out[name] = np.stack([heads[h] for h in range(len(heads))])
+    return out
+
+
+def _write_tokenizer(writer, model_dir: str) -> None:
+    with open(os.path.join(model_dir, "tokenizer.json"), encoding="utf-8") as f:
+        tok = json.load(f)
+    vocab = dict(tok["model"]["vocab"])
+    special = {t["content"]: t["id"] for t in tok["added_tokens"]}
+    vocab.update(special)
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if t in special else 1 for t in tokens])  # control / normal
+    writer.add_token_merges([" ".join(m) if isinstance(m, list) else m
+                             for m in tok["model"]["merges"]])  # fmt: skip
+    writer.add_bos_token_id(special["<|im_start|>"])
+    writer.add_eos_token_id(special["<|im_end|>"])
+    writer.add_pad_token_id(special["<|endoftext|>"])
+    writer.add_add_bos_token(False)
+
+
+def write_gguf(hf_dir: str, path: str, case: str) -> str:
+    """The GGUF llama.cpp's converter would write for the HF model in hf_dir (FAMILIES[case])."""
+    from gguf import GGUFWriter
+
+    arch, _, _, block_names, permuted = FAMILIES[case]
+    with open(os.path.join(hf_dir, "config.json")) as f:
+        config = json.load(f)
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or heads
+    writer = GGUFWriter(path, arch)
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    rope = config.get("rope_parameters") or {}
+    writer.add_rope_freq_base(config.get("rope_theta") or rope["rope_theta"])
+    partial = config.get("partial_rotary_factor") or rope.get("partial_rotary_factor")
+    if partial is not None:
+        head_dim = config["hidden_size"] // heads
+        writer.add_rope_dimension_count(int(partial * head_dim))
+    if "use_parallel_residual" in config:
+        writer.add_parallel_residual(config["use_parallel_residual"])
+    if config.get("rms_norm_eps") is not None:
+        writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    if config.get("layer_norm_eps") is not None:
+        writer.add_layer_norm_eps(config["layer_norm_eps"])
+    if config.get("logit_scale") is not None:
+        writer.add_logit_scale(config["logit_scale"])
+    writer.add_vocab_size(config["vocab_size"])
+    _write_tokenizer(writer, hf_dir)
+    tensors = _stack_per_head_norms(load_file(os.path.join(hf_dir, "model.safetensors")))
+    for name, array in tensors.items():
+        if permuted and ".self_attn.q_proj." in name:
+            array = _llama_cpp_permute(array, heads)
+        elif permuted and ".self_attn.k_proj." in name:
+            array = _llama_cpp_permute(array, kv_heads)
+        writer.add_tensor(_gguf_name(name, block_names),
+                          np.ascontiguousarray(array, dtype=np.float32))  # fmt: skip
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def gguf_files(tiny_model_factory, tmp_path_factory) -> dict[str, tuple[str, str]]:
+    """case -> (the GGUF file, the HF model dir it was written from)."""
+    files = {}
+    for case, (_, config_cls, overrides, _, _) in FAMILIES.items():
+        hf_dir = tiny_model_factory(config_cls, **overrides)
+        path = str(tmp_path_factory.mktemp(f"{case}_gguf") / f"tiny-{case}.F32.gguf")
+        files[case] = (write_gguf(hf_dir, path, case), hf_dir)
+    return files
+
+
+@pytest.mark.parametrize("case", list(FAMILIES))
+def test_engine_matches_hf(gguf_files, case):
+    path, reference_dir = gguf_files[case]
+    assert_engine_matches_hf(path, reference_dir=reference_dir)
+
+
+@pytest.mark.parametrize("case", list(FAMILIES))
+def test_logits_match_hf(gguf_files, case):
+    path, reference_dir = gguf_files[case]
+    assert_logits_match_hf(path, reference_dir=reference_dir)
