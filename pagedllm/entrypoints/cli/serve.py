@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from pagedllm.entrypoints.cli.engine_flags import (
     add_engine_args,
     check_parser_name,
     engine_args_from,
 )
+
+if TYPE_CHECKING:
+    from pagedllm.entrypoints.openai.serving_models import LoRAModulePath
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 
@@ -50,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="uvicorn's log level (default info)")
     server.add_argument("--access-log", action="store_true", help="log every HTTP request")
     _add_tool_args(parser)
+    _add_lora_server_args(parser)
     add_engine_args(parser)
     parser.set_defaults(func=run)
 
@@ -68,6 +73,32 @@ def _add_tool_args(parser: argparse.ArgumentParser) -> None:
                        help='JSON object of chat template variables for every request, e.g. '
                             '\'{"enable_thinking": false}\' (a request\'s chat_template_kwargs '
                             "win)")
+
+
+def _add_lora_server_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("LoRA adapters (with --enable-lora)")
+    group.add_argument("--lora-modules", nargs="+", default=[], type=_lora_module,
+                       help='adapters served from the start: name=path, or JSON \'{"name": ..., '
+                            '"path": ..., "base_model_name": ...}\'; requests pick one by `model`')
+    group.add_argument("--allow-runtime-lora-updating", action="store_true",
+                       help="expose POST /v1/load_lora_adapter and /v1/unload_lora_adapter")
+    group.add_argument("--lora-dir", default=None,
+                       help="runtime loads may only read adapters under this directory "
+                            "(symlinks resolved)")
+
+
+def _lora_module(value: str) -> LoRAModulePath:
+    from pagedllm.entrypoints.openai.serving_models import LoRAModulePath
+
+    if value.lstrip().startswith("{"):
+        data = _json_object(value)
+        if not isinstance(data.get("name"), str) or not isinstance(data.get("path"), str):
+            raise argparse.ArgumentTypeError('a JSON LoRA module needs "name" and "path"')
+        return LoRAModulePath(data["name"], data["path"], data.get("base_model_name"))
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected name=path, got {value!r}")
+    return LoRAModulePath(name, path)
 
 
 def _tool_parser_names() -> str:
@@ -92,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
     from pagedllm.entrypoints.openai.launcher import serve_http
     from pagedllm.entrypoints.openai.state import ServerSettings
 
+    if args.lora_modules and not args.enable_lora:
+        raise SystemExit("pagedllm serve: --lora-modules requires --enable-lora")
     if args.enable_auto_tool_choice and not args.tool_call_parser:
         raise SystemExit("pagedllm serve: --enable-auto-tool-choice requires --tool-call-parser")
     check_parser_name("tool", args.tool_call_parser)
@@ -115,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
         default_chat_template_kwargs=args.default_chat_template_kwargs or {},
         max_request_body_bytes=args.max_request_body_bytes,
         engine_startup_timeout=args.engine_startup_timeout,
+        lora_modules=args.lora_modules,
+        allow_runtime_lora_updating=args.allow_runtime_lora_updating,
+        lora_dir=args.lora_dir,
     )
     app = build_app(settings)
     return serve_http(app, args.host, args.port, args.log_level,

@@ -85,7 +85,8 @@ class OpenAIServingChat(OpenAIServing):
             params.skip_special_tokens = False
         options = OutputOptions(mode, self.reasoning_parser, request.include_reasoning)
         request_id = random_id("chatcmpl")
-        stream = self.generate_for(prompt_ids, request, params, request_id)
+        stream = self.generate_for(prompt_ids, request, params, request_id,
+                                   self.models.lora_request(request.model))
         if request.stream:
             return self._stream(request, request_id, model_name, len(prompt_ids), stream,
                                 options)

@@ -3,6 +3,7 @@ fields -> SamplingParams, logprob formatting, engine errors -> HTTP errors."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from pagedllm.entrypoints.openai.protocol import SamplingExtras
 from pagedllm.entrypoints.openai.serving_beam_search import beam_search_params, beam_search_stream
 from pagedllm.entrypoints.openai.serving_models import OpenAIServingModels
 from pagedllm.entrypoints.openai.structured_requests import structured_outputs_from_request
+from pagedllm.lora.request import LoRARequest
 from pagedllm.outputs import Logprob, RequestOutput
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
@@ -76,23 +78,28 @@ class OpenAIServing:
     # ---- engine -------------------------------------------------------------------------------
 
     def generate(self, prompt_ids: list[int], params: SamplingParams,
-                 request_id: str) -> AsyncIterator[RequestOutput]:
+                 request_id: str, lora_request: LoRARequest | None = None,
+                 ) -> AsyncIterator[RequestOutput]:
         """The engine's stream with its errors mapped to HTTP errors."""
         return http_errors(
-            self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id)
+            self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id,
+                                 lora_request=lora_request)
         )
 
     def generate_for(self, prompt_ids: list[int], request: SamplingExtras,
-                     params: SamplingParams, request_id: str) -> AsyncIterator[RequestOutput]:
+                     params: SamplingParams, request_id: str,
+                     lora_request: LoRARequest | None = None) -> AsyncIterator[RequestOutput]:
         """The request's stream: sampling with `params`, or with use_beam_search the n best
         beams as one finished output (its max_tokens and skip_special_tokens from `params`).
-        A request beam search cannot serve is a 400 raised here, before anything runs."""
+        A request beam search cannot serve is a 400 raised here, before anything runs.
+        lora_request: the adapter the request's `model` names (None: the base model)."""
         if not request.use_beam_search:
-            return self.generate(prompt_ids, params, request_id)
+            return self.generate(prompt_ids, params, request_id, lora_request)
         assert params.max_tokens is not None
         beam_params = beam_search_params(request, params.max_tokens, self.speculative_decoding)
         return beam_search_stream(
-            self.generate, prompt_ids, beam_params, request_id,
+            functools.partial(self.generate, lora_request=lora_request), prompt_ids,
+            beam_params, request_id,
             self.engine.model_config.eos_token_ids, self.max_model_len, self.tokenizer,
             params.skip_special_tokens)
 
