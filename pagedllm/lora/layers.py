@@ -1,25 +1,27 @@
 """LoRALinear: a linear layer plus the low-rank updates of up to `max_loras` adapters, applied
-per token in one batched shrink and one batched expand.
+to each token under its own adapter, grouped by adapter (never a loop over requests).
 
-The base layer runs unchanged (dense, GGUF, int4 ... whatever its quant method is). Each slot s
-of each output slice i (q/k/v of a fused qkv_proj, gate/up of gate_up_proj) owns `max_rank`
-rows of the stacked A and the matching columns of the stacked B:
+The base layer runs unchanged (dense, GGUF, int4 ... whatever its quant method is). Slot s holds
+one adapter for every output slice i of the layer (q/k/v of a fused qkv_proj, gate/up of
+gate_up_proj), each of rank r <= R padded with zeros to R:
 
-    lora_a  [S*L*R, in]     rows (i*L + s)*R .. +r: A of slice i in slot s (rank r <= R, rest 0)
-    lora_b  [out, S*L*R]    rows of slice i x those columns: scaling * B (zero elsewhere)
+    lora_a[s]  [S*R, in]     rows i*R .. i*R+r: A of slice i
+    lora_b[s]  [out, S*R]    rows of slice i x columns i*R .. i*R+r: scaling * B of slice i
 
-    y = base(x) + ((x lora_a^T) * mask) lora_b^T,   mask[t, c] = 1 iff column c's slot is
-                                                    token t's adapter slot
+A step's LoRAMapping lists the tokens that run under an adapter sorted by slot (`perm`) and the
+slot of each run of them (`segments`); base-model tokens are not in it and cost nothing:
 
-so a token of slot s sees exactly its adapter's x A_i^T B_i^T scaling in every slice, a base
-token (slot L) sees zero, and a step's tokens under L different adapters cost two matmuls per
-layer, with no loop over requests or adapters.
+    xs = x[perm]                         one gather
+    for (slot, start, end) in segments:  at most max_loras iterations
+        d[start:end] = (xs[start:end] lora_a[slot]^T) lora_b[slot]^T
+    y = base(x);  y[perm] += d           one scatter-add
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,24 +29,28 @@ from torch import nn
 from pagedllm.forward_context import current_lora_mapping
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoRAMapping:
-    """Which adapter slot each token of a step runs under (built once per step by the manager,
-    read by every LoRALinear through the forward context)."""
+    """Which tokens of a step run under which adapter slot (built once per step, read by every
+    LoRALinear through the forward context)."""
 
-    token_slots: torch.Tensor  # [T] long: the token's slot, num_slots for the base model
-    num_slots: int
-    _masks: dict[int, torch.Tensor] = field(default_factory=dict)
+    perm: torch.Tensor  # [N] long: the adapter tokens' rows in the step, grouped by slot
+    segments: tuple[tuple[int, int, int], ...]
+    """(slot, start, end): perm[start:end] are the tokens of slot `slot`."""
 
-    def mask(self, column_slot: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """[T, width] 0/1: column c of the shrink output belongs to token t's slot. Layers of
-        the same width share one mask per step."""
-        key = column_slot.numel()
-        mask = self._masks.get(key)
-        if mask is None or mask.dtype != dtype:
-            mask = (self.token_slots[:, None] == column_slot[None, :]).to(dtype)
-            self._masks[key] = mask
-        return mask
+    @classmethod
+    def from_token_slots(cls, token_slots: np.ndarray, num_slots: int,
+                         device: torch.device | str = "cpu") -> LoRAMapping | None:
+        """token_slots [T]: each token's slot, num_slots for the base model; None when no
+        token has an adapter."""
+        tokens = np.flatnonzero(token_slots < num_slots)
+        if len(tokens) == 0:
+            return None
+        order = tokens[np.argsort(token_slots[tokens], kind="stable")]
+        slots, counts = np.unique(token_slots[order], return_counts=True)
+        ends = np.cumsum(counts)
+        segments = tuple((int(s), int(e - c), int(e)) for s, c, e in zip(slots, counts, ends))
+        return cls(torch.from_numpy(order).to(device), segments)
 
 
 class LoRALinear(nn.Module):
@@ -60,41 +66,37 @@ class LoRALinear(nn.Module):
         self.max_rank = max_rank
         self.output_sizes: list[int] = list(base_layer.output_sizes_per_partition)
         self.input_size: int = base_layer.input_size_per_partition
-        width = len(self.output_sizes) * max_loras * max_rank
-        self.register_buffer("lora_a", torch.zeros(width, self.input_size, dtype=dtype,
-                                                   device=device), persistent=False)
-        self.register_buffer("lora_b", torch.zeros(sum(self.output_sizes), width, dtype=dtype,
-                                                   device=device), persistent=False)
-        column_slot = torch.arange(width, device=device) // max_rank % max_loras
-        self.register_buffer("column_slot", column_slot, persistent=False)
+        width = len(self.output_sizes) * max_rank
+        self.register_buffer("lora_a", torch.zeros(max_loras, width, self.input_size,
+                                                   dtype=dtype, device=device), persistent=False)
+        self.register_buffer("lora_b", torch.zeros(max_loras, sum(self.output_sizes), width,
+                                                   dtype=dtype, device=device), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, in] -> [T, out]
         y = self.base_layer(x)
-        mapping = current_lora_mapping()
+        mapping: LoRAMapping | None = current_lora_mapping()
         if mapping is None:
             return y
-        shrunk = F.linear(x, self.lora_a)  # [T, S*L*R]
-        shrunk = shrunk * mapping.mask(self.column_slot, shrunk.dtype)
-        return y + F.linear(shrunk, self.lora_b)
+        xs = x.index_select(0, mapping.perm)  # [N, in]
+        delta = torch.empty(xs.shape[0], y.shape[1], dtype=y.dtype, device=y.device)
+        for slot, start, end in mapping.segments:
+            shrunk = F.linear(xs[start:end], self.lora_a[slot])  # [n, S*R]
+            torch.mm(shrunk, self.lora_b[slot].t(), out=delta[start:end])
+        return y.index_add_(0, mapping.perm, delta)
 
     def clear_slot(self, slot: int) -> None:
-        for i in range(len(self.output_sizes)):
-            start = self._column(i, slot)
-            self.lora_a[start : start + self.max_rank].zero_()
-            self.lora_b[:, start : start + self.max_rank].zero_()
+        self.lora_a[slot].zero_()
+        self.lora_b[slot].zero_()
 
     def set_slot(self, slot: int, index: int, a: torch.Tensor, b: torch.Tensor) -> None:
         """Output slice `index` of slot `slot` gets a [r, in] and b [out_i, r] (b already
         scaled); call clear_slot first."""
         rank = a.shape[0]
         assert rank <= self.max_rank and b.shape[1] == rank
-        start = self._column(index, slot)
+        start = index * self.max_rank
         row = sum(self.output_sizes[:index])
-        self.lora_a[start : start + rank].copy_(a)
-        self.lora_b[row : row + self.output_sizes[index], start : start + rank].copy_(b)
-
-    def _column(self, index: int, slot: int) -> int:
-        return (index * self.max_loras + slot) * self.max_rank
+        self.lora_a[slot, start : start + rank].copy_(a)
+        self.lora_b[slot, row : row + self.output_sizes[index], start : start + rank].copy_(b)
 
     def extra_repr(self) -> str:
         return f"slots={self.max_loras}, max_rank={self.max_rank}"

@@ -103,8 +103,8 @@ class LoRAModelManager:
         base = self.config.max_loras  # the slot index no column has: delta 0
         slots = np.fromiter((base if lora is None else slot_of[lora.lora_int_id]
                              for lora in loras), dtype=np.int64, count=len(loras))
-        token_slots = torch.from_numpy(np.repeat(slots, num_scheduled)).to(self.device)
-        return LoRAMapping(token_slots, self.config.max_loras)
+        return LoRAMapping.from_token_slots(np.repeat(slots, num_scheduled),
+                                            self.config.max_loras, self.device)
 
     def _activate(self, lora: LoRARequest, needed: dict[int, LoRARequest]) -> int:
         """The slot holding `lora`, filling one if it is not resident."""

@@ -34,7 +34,7 @@ def test_each_token_gets_its_slots_update():
             updates[(slot, index)] = (a, b)
     x = torch.randn(6, 12)
     slots = torch.tensor([0, 3, 2, 2, 3, 0])  # 3: the base model
-    with set_forward_context(None, LoRAMapping(slots, num_slots=3)):
+    with set_forward_context(None, LoRAMapping.from_token_slots(slots.numpy(), num_slots=3)):
         y = layer(x)
     plain = base(x)
     for t, slot in enumerate(slots.tolist()):
