@@ -190,7 +190,8 @@ class AsyncLLM:
         now = time.monotonic()
         for core_request in accepted.core_requests:
             self.request_stats.add_request(core_request.request_id,
-                                           len(accepted.prompt_token_ids), now)
+                                           len(accepted.prompt_token_ids), now,
+                                           lora_request and lora_request.lora_name)
             self.engine_core.add_request(core_request)
         return stream
 

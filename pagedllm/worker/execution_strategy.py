@@ -34,25 +34,21 @@ class ExecutionStrategy:
         return self.name if self.declined is None else f"{self.name} ({self.declined})"
 
 
-def select_execution_strategy(model: nn.Module, enforce_eager: bool,
-                              lora: bool = False) -> ExecutionStrategy:
+def select_execution_strategy(model: nn.Module, enforce_eager: bool) -> ExecutionStrategy:
     """Install the fastest strategy `model` qualifies for (its KV caches bound) and log it,
-    with the reason where it stays eager. lora: the projections carry LoRA adapters, which
-    the fused stack (one C++ call for all layers) has no low-rank path for: eager."""
-    strategy = _install(model, enforce_eager, lora)
+    with the reason where it stays eager."""
+    strategy = _install(model, enforce_eager)
     logger.info("execution: %s", strategy.describe())
     return strategy
 
 
-def _install(model: nn.Module, enforce_eager: bool, lora: bool) -> ExecutionStrategy:
+def _install(model: nn.Module, enforce_eager: bool) -> ExecutionStrategy:
     stack = getattr(model, "model", None)
     if stack is None or not hasattr(stack, "layer_runner"):
         return ExecutionStrategy(EAGER, f"{type(model).__name__} exposes no decoder layer stack")
     stack.layer_runner = None
     if enforce_eager:
         return ExecutionStrategy(EAGER, "enforce_eager")
-    if lora:
-        return ExecutionStrategy(EAGER, "LoRA adapters: the fused stack has no low-rank path")
     try:
         stack.layer_runner = build_fused_cpu_stack(stack.layers)
     except UnsupportedLayer as e:

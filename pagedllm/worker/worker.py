@@ -110,8 +110,7 @@ class Worker:
             max_num_seqs=config.scheduler.max_num_seqs, max_model_len=config.model.max_model_len,
             speculative_config=config.speculative, drafter=drafter, lora_manager=lora_manager,
         )  # fmt: skip
-        self.execution = select_execution_strategy(self.model, config.model.enforce_eager,
-                                                   lora=lora_manager is not None)
+        self.execution = select_execution_strategy(self.model, config.model.enforce_eager)
         self._calibrate_drafts()
         window = common_sliding_window(layer.sliding_window for layer in layers)
         return KVCacheInfo(layout.num_blocks, layout.block_size, layout.total_bytes, window)

@@ -44,14 +44,18 @@ def _run(llm: LLM, prompts, loras):
             [o.num_cached_tokens for o in ordered])
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_mixed_batch_matches_merged_hf(lora_setup, family):
-    """4 adapters and the base in one batch, prefill chunked by a 16-token budget."""
+@pytest.mark.parametrize("family,enforce_eager", [("llama", False), ("llama", True),
+                                                  ("qwen2", False)])
+def test_mixed_batch_matches_merged_hf(lora_setup, family, enforce_eager):
+    """4 adapters and the base in one batch, prefill chunked by a 16-token budget; through the
+    fused C++ decoder stack (LoRA inside it) and eagerly (LoRALinear modules)."""
     base, loras = lora_setup(family)
     choice = [None if n is None else loras[n] for n in NAMES] * 2
     prompts = random_prompts([3, 17, 30, 9, 24, 40, 5, 12, 21, 33], 384, seed=7)
     llm = LLM(base, kv_cache_memory="16MiB", max_num_batched_tokens=16, enable_lora=True,
-              max_loras=4, max_lora_rank=16)
+              max_loras=4, max_lora_rank=16, enforce_eager=enforce_eager)
+    execution = engine_core(llm).executor.driver_worker.execution
+    assert execution.name == ("eager" if enforce_eager else "fused_cpu_stack")
     got, _, _ = _run(llm, prompts, choice)
     expected = [_expected(base, lora, p) for lora, p in zip(choice, prompts)]
     assert got == expected

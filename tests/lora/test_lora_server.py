@@ -91,6 +91,21 @@ def test_model_picks_the_adapter(client, offline_text):
     assert chat.model == "a"
 
 
+def test_requests_per_adapter_metric(server, client):
+    before = _lora_requests(server, "b")
+    _complete(client, "b")
+    _complete(client, "b")
+    assert _lora_requests(server, "b") == before + 2
+
+
+def _lora_requests(server, name: str) -> float:
+    body = httpx.get(f"{server.url}/metrics").text
+    for line in body.splitlines():
+        if line.startswith("pagedllm:lora_requests_total{") and f'lora_name="{name}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_unknown_model_is_404(client):
     with pytest.raises(openai.NotFoundError) as info:
         _complete(client, "nope")
