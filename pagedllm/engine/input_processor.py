@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pagedllm.config import LoRAConfig, ModelConfig, StructuredOutputsConfig
-from pagedllm.lora.peft_config import read_adapter
+from pagedllm.lora.peft_config import check_adapter_shapes, read_adapter
 from pagedllm.lora.request import LoRARequest
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
@@ -108,7 +108,8 @@ class InputProcessor:
                              f"(LLM(enable_lora=True) / --enable-lora)")
         if self.model_config.task == "embed":
             raise ValueError("LoRA adapters serve generation only, not embeddings")
-        read_adapter(lora, self.lora_config.max_lora_rank)
+        adapter = read_adapter(lora, self.lora_config.max_lora_rank)
+        check_adapter_shapes(lora.lora_name, adapter, self.model_config.hf_config)
 
     def _validate_constraints(self, params: SamplingParams) -> None:
         """Structured outputs compile in the engine core; here they are only parsed, so a bad

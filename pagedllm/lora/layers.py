@@ -1,20 +1,18 @@
 """LoRALinear: a linear layer plus the low-rank updates of up to `max_loras` adapters, applied
-to each token under its own adapter, grouped by adapter (never a loop over requests).
+to each token under its own adapter (never a loop over requests).
 
 The base layer runs unchanged (dense, GGUF, int4 ... whatever its quant method is). Slot s holds
 one adapter for every output slice i of the layer (q/k/v of a fused qkv_proj, gate/up of
 gate_up_proj), each of rank r <= R padded with zeros to R:
 
     lora_a[s]  [S*R, in]     rows i*R .. i*R+r: A of slice i
-    lora_b[s]  [out, S*R]    rows of slice i x columns i*R .. i*R+r: scaling * B of slice i
+    lora_b[s]  [S*R, out]    rows i*R .. i*R+r x the columns of slice i: (scaling * B of slice i)^T
 
-A step's LoRAMapping lists the tokens that run under an adapter sorted by slot (`perm`) and the
-slot of each run of them (`segments`); base-model tokens are not in it and cost nothing:
+    y[t] = base(x)[t] + (lora_a[s] x[t]) lora_b[s]     s = the token's slot; base tokens: + 0
 
-    y = base(x);  xs = x[perm];  ys = y[perm]      two gathers
-    for (slot, start, end) in segments:          at most max_loras iterations
-        ys[start:end] += (xs[start:end] lora_a[slot]^T) lora_b[slot]^T
-    y[perm] = ys                                  one scatter (perm has no repeats)
+On the CPU with pagedllm's kernels one call does every token (kernels/csrc/lora.cpp, also run
+inside the fused decoder stack); elsewhere the tokens are grouped by slot (LoRAMapping.perm and
+.segments) and each slot present costs one shrink and one expand matmul.
 """
 
 from __future__ import annotations
@@ -27,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.forward_context import current_lora_mapping
+from pagedllm.model_executor.custom_op import compiled_cpu_kernels_apply
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,8 @@ class LoRAMapping:
     """Which tokens of a step run under which adapter slot (built once per step, read by every
     LoRALinear through the forward context)."""
 
-    perm: torch.Tensor  # [N] long: the adapter tokens' rows in the step, grouped by slot
+    token_slots: torch.Tensor  # [T] long: each token's slot; num_slots for the base model
+    perm: torch.Tensor  # [N] long: the adapter tokens' rows, grouped by slot
     segments: tuple[tuple[int, int, int], ...]
     """(slot, start, end): perm[start:end] are the tokens of slot `slot`."""
 
@@ -50,7 +50,8 @@ class LoRAMapping:
         slots, counts = np.unique(token_slots[order], return_counts=True)
         ends = np.cumsum(counts)
         segments = tuple((int(s), int(e - c), int(e)) for s, c, e in zip(slots, counts, ends))
-        return cls(torch.from_numpy(order).to(device), segments)
+        return cls(torch.from_numpy(np.ascontiguousarray(token_slots, dtype=np.int64)).to(device),
+                   torch.from_numpy(order).to(device), segments)
 
 
 class LoRALinear(nn.Module):
@@ -69,21 +70,27 @@ class LoRALinear(nn.Module):
         width = len(self.output_sizes) * max_rank
         self.register_buffer("lora_a", torch.zeros(max_loras, width, self.input_size,
                                                    dtype=dtype, device=device), persistent=False)
-        self.register_buffer("lora_b", torch.zeros(max_loras, sum(self.output_sizes), width,
+        self.register_buffer("lora_b", torch.zeros(max_loras, width, sum(self.output_sizes),
                                                    dtype=dtype, device=device), persistent=False)
+        self.compiled = (compiled_cpu_kernels_apply() and device.type == "cpu"
+                         and dtype == torch.float32)
+        """The compiled kernel computes the updates (float32 on the CPU)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, in] -> [T, out]
         y = self.base_layer(x)
         mapping: LoRAMapping | None = current_lora_mapping()
         if mapping is None:
             return y
+        if self.compiled and x.dim() == 2:
+            return torch.ops.pagedllm.lora_add_rows(y, x, self.lora_a, self.lora_b,
+                                                    mapping.token_slots)
         xs = x.index_select(0, mapping.perm)  # [N, in]
         ys = y.index_select(0, mapping.perm)  # [N, out]
         for slot, start, end in mapping.segments:
             shrunk = F.linear(xs[start:end], self.lora_a[slot])  # [n, S*R]
-            ys[start:end].addmm_(shrunk, self.lora_b[slot].t())
-        # NOTE: perm has no repeats, so a row copy does what index_add_ would (which is
-        # serial and an order of magnitude slower on the CPU)
+            ys[start:end].addmm_(shrunk, self.lora_b[slot])
+        # NOTE: perm has no repeats, so a row copy does what index_add_ would (serial on the
+        # CPU, and slower than the layer itself at a few hundred tokens)
         return y.index_copy_(0, mapping.perm, ys)
 
     def clear_slot(self, slot: int) -> None:
@@ -96,9 +103,10 @@ class LoRALinear(nn.Module):
         rank = a.shape[0]
         assert rank <= self.max_rank and b.shape[1] == rank
         start = index * self.max_rank
-        row = sum(self.output_sizes[:index])
+        column = sum(self.output_sizes[:index])
         self.lora_a[slot, start : start + rank].copy_(a)
-        self.lora_b[slot, row : row + self.output_sizes[index], start : start + rank].copy_(b)
+        self.lora_b[slot, start : start + rank, column : column + self.output_sizes[index]].copy_(
+            b.t())
 
     def extra_repr(self) -> str:
         return f"slots={self.max_loras}, max_rank={self.max_rank}"

@@ -146,11 +146,3 @@ class LoRAModelManager:
         logger.info("LoRA %r (id %d, rank %d) loaded from %s", lora.lora_name, lora_id,
                     adapter.rank, lora.lora_path)
         return weights
-
-    def remove_adapter(self, lora_int_id: int) -> None:
-        """Forget an adapter (runtime unload): its slot and CPU copy are freed."""
-        self._cpu.pop(lora_int_id, None)
-        slot = self._slots.pop(lora_int_id, None)
-        if slot is not None:
-            for layer in self.layers.values():
-                layer.clear_slot(slot)

@@ -162,6 +162,51 @@ def _check_tensors(name: str, adapter: PEFTAdapter, max_lora_rank: int) -> None:
                          f"{max_lora_rank} (raise --max-lora-rank)")
 
 
+def check_adapter_shapes(name: str, adapter: PEFTAdapter, hf_config: object) -> None:
+    """ValueError when the adapter's tensors do not fit a Llama-style model of `hf_config`
+    (another base model's adapter), so that it is refused where the request arrives and not
+    when the worker loads it. Models whose config lacks the dims are left to the worker."""
+    dims = _projection_dims(hf_config)
+    if dims is None:
+        return
+    layers = getattr(hf_config, "num_hidden_layers", None)
+    for t in adapter.tensors:
+        leaf = t.module.rsplit(".", 1)[-1]
+        index = _layer_index(t.module)
+        if layers is not None and index is not None and index >= layers:
+            raise ValueError(f"LoRA {name!r}: {t.module} is past the model's {layers} layers")
+        in_size, out_size = dims[leaf]
+        size = t.shape[1] if t.kind == "A" else t.shape[0]
+        expected = in_size if t.kind == "A" else out_size
+        if size != expected:
+            raise ValueError(f"LoRA {name!r}: {t.key} has shape {list(t.shape)}, but the model's "
+                             f"{leaf} has {in_size} inputs and {out_size} outputs (an adapter "
+                             f"of another base model?)")
+
+
+def _projection_dims(config: object) -> dict[str, tuple[int, int]] | None:
+    """(in, out) of each supported projection of a Llama-style config; None if unknown."""
+    hidden = getattr(config, "hidden_size", None)
+    heads = getattr(config, "num_attention_heads", None)
+    inter = getattr(config, "intermediate_size", None)
+    if not (isinstance(hidden, int) and isinstance(heads, int) and isinstance(inter, int)):
+        return None
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    q, kv = heads * head_dim, kv_heads * head_dim
+    return {"q_proj": (hidden, q), "k_proj": (hidden, kv), "v_proj": (hidden, kv),
+            "o_proj": (q, hidden), "gate_proj": (hidden, inter), "up_proj": (hidden, inter),
+            "down_proj": (inter, hidden)}
+
+
+def _layer_index(module: str) -> int | None:
+    parts = module.split(".")
+    for before, part in zip(parts, parts[1:]):
+        if before == "layers" and part.isdigit():
+            return int(part)
+    return None
+
+
 def read_safetensors_header(path: str) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape from a safetensors file's JSON header (the format: 8 bytes of
     little-endian header length, then the header); no tensor data is read."""

@@ -123,11 +123,9 @@ class FusedCpuStack:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         md = get_forward_context().attn_metadata.common
         lora = current_lora_mapping()
-        perm = segments = None
-        if lora is not None:
-            perm, segments = lora.perm, torch.tensor(lora.segments, dtype=torch.long)
+        slots = None if lora is None else lora.token_slots
         return self.stack.forward(hidden, residual, positions, md.slot_mapping, md.block_table,
-                                  md.seq_lens, md.query_start_loc, perm, segments)  # fmt: skip
+                                  md.seq_lens, md.query_start_loc, slots)  # fmt: skip
 
 
 def build_fused_cpu_stack(layers: nn.ModuleList) -> FusedCpuStack:

@@ -54,6 +54,13 @@ def test_pickled_weights_are_never_read(llm, tiny_llama_dir, tmp_path):
     _assert_refused(llm, LoRARequest("bin", 1, path), "only safetensors")
 
 
+def test_adapter_of_another_base_model(llm, tiny_model_factory, tmp_path):
+    """Same module names, other widths: refused at intake, never loaded by the worker."""
+    other = tiny_model_factory("LlamaConfig", intermediate_size=96)
+    path = make_adapter(other, str(tmp_path / "other"), seed=1, rank=4)
+    _assert_refused(llm, LoRARequest("other", 1, path), "another base model")
+
+
 def test_lora_needs_enable_lora(tiny_llama_dir, tmp_path):
     path = make_adapter(tiny_llama_dir, str(tmp_path / "a"), seed=1, rank=4)
     plain = LLM(tiny_llama_dir, kv_cache_memory="8MiB")

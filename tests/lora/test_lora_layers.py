@@ -19,20 +19,28 @@ from tests.quantization.checkpoints import (
 )
 
 
-def test_each_token_gets_its_slots_update():
+@pytest.mark.parametrize("compiled", [True, False])
+def test_each_token_gets_its_slots_update(compiled):
+    """The compiled kernel (lora.cpp) and the grouped ATen path both give each token its own
+    slot's update, in every output slice; base tokens keep the base layer's exact bits."""
+    from pagedllm.kernels import cpu_kernels_available
+
+    if compiled and not cpu_kernels_available():
+        pytest.skip("no compiled CPU kernels")
     torch.manual_seed(0)
-    base = MergedColumnParallelLinear(12, [5, 7])
+    base = MergedColumnParallelLinear(20, [9, 13])  # (widths with vector tails)
     base.weight.data.normal_()
     layer = LoRALinear(base, max_loras=3, max_rank=4, dtype=torch.float32,
                        device=torch.device("cpu"))
+    layer.compiled = compiled
     updates = {}  # (slot, slice) -> (a, b)
     for slot, rank in [(0, 4), (2, 2)]:
         layer.clear_slot(slot)
-        for index, out in enumerate([5, 7]):
-            a, b = torch.randn(rank, 12), torch.randn(out, rank)
+        for index, out in enumerate([9, 13]):
+            a, b = torch.randn(rank, 20), torch.randn(out, rank)
             layer.set_slot(slot, index, a, b)
             updates[(slot, index)] = (a, b)
-    x = torch.randn(6, 12)
+    x = torch.randn(6, 20)
     slots = torch.tensor([0, 3, 2, 2, 3, 0])  # 3: the base model
     with set_forward_context(None, LoRAMapping.from_token_slots(slots.numpy(), num_slots=3)):
         y = layer(x)

@@ -27,7 +27,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <array>
 #include <optional>
 #include <cstring>
 #include <string>
@@ -83,7 +82,7 @@ struct LinearWeight {
 };
 
 // A linear's LoRA slots (lora/layers.py LoRALinear's buffers, shared: a slot filled later is
-// seen here): a [slots, S*R, in], b [slots, out, S*R].
+// seen here): a [slots, S*R, in], b [slots, S*R, out].
 struct LoRASlots {
   at::Tensor a, b;
 };
@@ -117,10 +116,9 @@ struct StepInputs {
   int64_t T;
   at::Tensor positions, slot_mapping;  // int64, contiguous
   pagedllm::AttentionPlan attention;
-  // Multi-LoRA (lora/layers.py LoRAMapping): the adapter tokens grouped by slot, and
-  // (slot, start, end) runs of them; lora_perm undefined: no adapter token this step.
-  at::Tensor lora_perm;
-  std::vector<std::array<int64_t, 3>> lora_segments;
+  // Multi-LoRA (lora/layers.py LoRAMapping.token_slots): each token's adapter slot (the slot
+  // count for the base model); undefined: no adapter token this step.
+  at::Tensor lora_slots;
 };
 
 // A layer's intermediate rows, allocated at the step's first layer and reused by the others
@@ -143,18 +141,13 @@ at::Tensor linear(const at::Tensor& x, const LinearWeight& w,
   return bias.has_value() && bias->defined() ? y + *bias : y;
 }
 
-// y[perm] += (x[perm] a[slot]^T) b[slot]^T per slot's run of tokens: LoRALinear.forward's
-// arithmetic with the same ATen ops, in place on the linear's output rows.
+// Each adapter token's low-rank update, in place on the linear's output rows (lora.cpp: the
+// kernel LoRALinear.forward calls).
 void add_lora(const at::Tensor& y, const at::Tensor& x, const std::optional<LoRASlots>& lora,
               const StepInputs& step) {
-  if (!lora.has_value() || !step.lora_perm.defined()) return;
-  const at::Tensor xs = x.index_select(0, step.lora_perm);
-  at::Tensor ys = y.index_select(0, step.lora_perm);
-  for (const auto& [slot, start, end] : step.lora_segments) {
-    const at::Tensor shrunk = at::mm(xs.narrow(0, start, end - start), lora->a[slot].t());
-    ys.narrow(0, start, end - start).addmm_(shrunk, lora->b[slot].t());
-  }
-  y.index_copy_(0, step.lora_perm, ys);  // (perm has no repeats: a row copy)
+  if (!lora.has_value() || !step.lora_slots.defined()) return;
+  pagedllm::lora_add_rows_into(y.data_ptr<float>(), y.size(1), x.data_ptr<float>(), x.size(1),
+                               step.T, lora->a, lora->b, step.lora_slots.data_ptr<int64_t>());
 }
 
 // RMSNorm over each of `heads` heads of T rows, in place (LlamaAttention._norm_heads: the
@@ -302,10 +295,10 @@ class LayerSpecReader {
     if (!a.has_value()) return std::nullopt;
     LoRASlots slots{*a, tensor(name + ".lora_b")};
     TORCH_CHECK(slots.a.dim() == 3 && slots.b.dim() == 3 && slots.a.size(0) == slots.b.size(0) &&
-                slots.a.size(1) == slots.b.size(2) && slots.a.scalar_type() == at::kFloat &&
+                slots.a.size(1) == slots.b.size(1) && slots.a.scalar_type() == at::kFloat &&
                 slots.b.scalar_type() == at::kFloat,
                 "DecoderLayerSpec: ", name, ".lora_a/.lora_b: float32 [slots, S*R, in] and "
-                "[slots, out, S*R] expected");
+                "[slots, S*R, out] expected");
     return slots;
   }
   void check_all_used() const {
@@ -398,20 +391,15 @@ class LlamaDecoderStack : public torch::CustomClassHolder {
                                              at::Tensor positions, at::Tensor slot_mapping,
                                              at::Tensor block_table, at::Tensor seq_lens,
                                              at::Tensor query_start_loc,
-                                             std::optional<at::Tensor> lora_perm,
-                                             std::optional<at::Tensor> lora_segments) {
+                                             std::optional<at::Tensor> lora_slots) {
     TORCH_CHECK(!layers_.empty(), "LlamaDecoderStack: no layers");
     TORCH_CHECK(hidden.scalar_type() == at::kFloat && hidden.dim() == 2);
     StepInputs step{hidden.size(0), positions.to(at::kLong).contiguous(),
                     slot_mapping.to(at::kLong).contiguous(),
                     pagedllm::plan_attention(block_table, seq_lens, query_start_loc)};
-    if (lora_perm.has_value() && lora_segments.has_value()) {
-      // lora_segments [n, 3] int64: (slot, start, end)
-      step.lora_perm = lora_perm->to(at::kLong).contiguous();
-      const at::Tensor segments = lora_segments->to(at::kLong).contiguous();
-      const int64_t* s = segments.data_ptr<int64_t>();
-      for (int64_t i = 0; i < segments.size(0); ++i)
-        step.lora_segments.push_back({s[3 * i], s[3 * i + 1], s[3 * i + 2]});
+    if (lora_slots.has_value()) {
+      step.lora_slots = lora_slots->to(at::kLong).contiguous();
+      TORCH_CHECK(step.lora_slots.numel() == step.T, "LlamaDecoderStack: one LoRA slot per token");
     }
     hidden = hidden.contiguous();
     at::Tensor res = residual.has_value() ? residual->contiguous() : at::Tensor();
