@@ -100,7 +100,7 @@ class LoRAModelManager:
             return None
         assert len(needed) <= self.config.max_loras, "the scheduler caps adapters per step"
         slot_of = {i: self._activate(lora, needed) for i, lora in needed.items()}
-        base = self.config.max_loras  # the slot index no column has: delta 0
+        base = self.config.max_loras  # one past the last slot: the base model (no update)
         slots = np.fromiter((base if lora is None else slot_of[lora.lora_int_id]
                              for lora in loras), dtype=np.int64, count=len(loras))
         return LoRAMapping.from_token_slots(np.repeat(slots, num_scheduled),
