@@ -13,6 +13,7 @@ from pagedllm.version import __version__
 if TYPE_CHECKING:
     from pagedllm.beam_search import BeamSearchOutput, BeamSearchParams, BeamSearchSequence
     from pagedllm.entrypoints.llm import LLM
+    from pagedllm.lora.request import LoRARequest
     from pagedllm.outputs import (
         CompletionOutput,
         EmbeddingOutput,
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "LLM": "pagedllm.entrypoints.llm",
+    "LoRARequest": "pagedllm.lora.request",
     "SamplingParams": "pagedllm.sampling_params",
     "RequestOutput": "pagedllm.outputs",
     "CompletionOutput": "pagedllm.outputs",
@@ -38,7 +40,7 @@ _LAZY = {
 __all__ = [
     "LLM", "SamplingParams", "PoolingParams", "RequestOutput", "CompletionOutput",
     "EmbeddingOutput", "EmbeddingRequestOutput", "BeamSearchParams", "BeamSearchOutput",
-    "BeamSearchSequence", "__version__",
+    "BeamSearchSequence", "LoRARequest", "__version__",
 ]
 
 

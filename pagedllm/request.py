@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from pagedllm.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
+    from pagedllm.lora.request import LoRARequest
     from pagedllm.structured_output.request import StructuredOutputRequest
 
 
@@ -104,8 +105,12 @@ class Request:
         arrival_time: float | None = None,
         priority: int = 0,
         block_hasher: BlockHasher | None = None,
+        lora_request: LoRARequest | None = None,
     ) -> None:
         self.request_id = request_id
+        self.lora_request = lora_request
+        """The adapter the request runs under (None: the base model); part of its prefix-cache
+        keys, so it must be set before the block hasher first runs."""
         self.sampling_params = sampling_params
         self._all_token_ids: list[int] = list(prompt_token_ids)
         """The scheduler side's one record of the tokens: prompt, then output."""

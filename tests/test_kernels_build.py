@@ -28,7 +28,7 @@ def test_compiled_kernels_build_and_register():
     assert cpu_kernels_available()
     for op in ("quant_linear", "quant_gather_rows", "dense_linear", "paged_attention",
                "rms_norm_residual", "rotary_embedding", "silu_and_mul", "gelu_tanh_and_mul",
-               "argmax_rows"):  # fmt: skip
+               "argmax_rows", "lora_add_rows"):  # fmt: skip
         assert hasattr(torch.ops.pagedllm, op), op
     assert torch.classes.pagedllm.LlamaDecoderStack().num_layers() == 0
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from pagedllm.config.cache import CacheConfig
 from pagedllm.config.device import DeviceConfig
+from pagedllm.config.lora import LoRAConfig
 from pagedllm.config.model import ModelConfig
 from pagedllm.config.scheduler import SchedulerConfig
 from pagedllm.config.speculative import SpeculativeConfig
@@ -21,6 +22,8 @@ class EngineConfig:
     structured_outputs: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
     speculative: SpeculativeConfig | None = None
     """Speculative decoding (None: off)."""
+    lora: LoRAConfig | None = None
+    """Multi-LoRA serving (None: off, requests may not name an adapter)."""
 
     def __post_init__(self) -> None:
         if not self.scheduler.enable_chunked_prefill and (

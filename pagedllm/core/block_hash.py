@@ -6,8 +6,11 @@ prefixes up to and including that block:
     hash_0 = H(ROOT_PARENT_HASH, tokens[0:bs])
     hash_i = H(hash_{i-1},      tokens[i*bs:(i+1)*bs])
 
-Only full blocks are hashed; a partial tail block has no hash. H is SHA-256 over a fixed binary
-encoding, truncated to 64 bits: deterministic across processes, collision risk negligible.
+A request under a LoRA adapter starts its chain from a root mixed with the adapter's id and
+name (`request_root_hash`), so the same prompt under two adapters (or none) never shares a
+block. Only full blocks are hashed; a partial tail block has no hash. H is SHA-256 over a fixed
+binary encoding, truncated to 64 bits: deterministic across processes, collision risk
+negligible.
 """
 
 from __future__ import annotations
@@ -20,6 +23,16 @@ from pagedllm.request import BlockHasher, Request
 
 ROOT_PARENT_HASH: int = int.from_bytes(hashlib.sha256(b"pagedllm-root").digest()[:8], "little")
 """Stand-in parent hash of a request's first block."""
+
+
+def request_root_hash(request: Request) -> int:
+    """The parent hash of the request's first block: ROOT_PARENT_HASH for the base model, a
+    hash of the root and the adapter for a LoRA request."""
+    lora = request.lora_request
+    if lora is None:
+        return ROOT_PARENT_HASH
+    data = struct.pack("<Qq", ROOT_PARENT_HASH, lora.lora_int_id) + lora.lora_name.encode()
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "little")
 
 
 def hash_block_tokens(parent_hash: int | None, token_ids: Sequence[int]) -> int:
@@ -47,7 +60,7 @@ def make_block_hasher(block_size: int) -> BlockHasher:
 
     def hasher(request: Request) -> list[int]:
         token_ids = request.all_token_ids
-        parent = request.block_hashes[-1] if request.block_hashes else None
+        parent = request.block_hashes[-1] if request.block_hashes else request_root_hash(request)
         new_hashes: list[int] = []
         for i in range(len(request.block_hashes), request.num_tokens // block_size):
             parent = hash_block_tokens(parent, token_ids[i * block_size : (i + 1) * block_size])

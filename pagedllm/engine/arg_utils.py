@@ -9,6 +9,7 @@ from pagedllm.config import (
     CacheConfig,
     DeviceConfig,
     EngineConfig,
+    LoRAConfig,
     ModelConfig,
     SchedulerConfig,
     SpeculativeConfig,
@@ -53,6 +54,14 @@ class EngineArgs:
     """A reasoning model's parser (--reasoning-parser): its thinking is left unconstrained."""
     speculative_config: str | dict[str, Any] | SpeculativeConfig | None = None
     """Speculative decoding (vLLM's --speculative-config, JSON or a dict); None: off."""
+    enable_lora: bool = False
+    """Serve LoRA adapters over the base model (requests pick one with a LoRARequest)."""
+    max_loras: int = 1
+    """Distinct adapters in one step (resident slots)."""
+    max_lora_rank: int = 16
+    """Largest adapter rank accepted."""
+    max_cpu_loras: int | None = None
+    """Adapters cached in CPU memory (None: max_loras)."""
 
     def create_engine_config(self) -> EngineConfig:
         from pagedllm.model_executor.model_loader.config import load_model_config
@@ -96,7 +105,14 @@ class EngineArgs:
             model_config, cache_config, scheduler_config, device_config, structured_outputs,
             speculative=_with_draft_model(SpeculativeConfig.parse(self.speculative_config),
                                           model_config, device),
+            lora=self._lora_config(),
         )
+
+    def _lora_config(self) -> LoRAConfig | None:
+        if not self.enable_lora:
+            return None
+        return LoRAConfig(max_loras=self.max_loras, max_lora_rank=self.max_lora_rank,
+                          max_cpu_loras=self.max_cpu_loras)
 
 
 def _with_draft_model(spec: SpeculativeConfig | None, target: ModelConfig, device: str

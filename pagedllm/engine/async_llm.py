@@ -26,6 +26,7 @@ from pagedllm.engine.messages import EngineCoreOutputs
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.engine.request_intake import RequestIntake
 from pagedllm.logger import init_logger
+from pagedllm.lora.request import LoRARequest
 from pagedllm.metrics.loggers import StatLoggerBase
 from pagedllm.metrics.request_stats import IterationStats, RequestStatsTracker
 from pagedllm.outputs import EmbeddingRequestOutput, RequestOutput
@@ -46,7 +47,7 @@ class AsyncLLM:
         self.model_config = self.config.model
         self.tokenizer = tokenizer
         self.input_processor = InputProcessor(self.model_config, tokenizer,
-                                              self.config.structured_outputs)
+                                              self.config.structured_outputs, self.config.lora)
         self.output_processor = OutputProcessor(tokenizer)
         self.stat_loggers = list(stat_loggers or [])
         self.request_stats = RequestStatsTracker()
@@ -116,6 +117,7 @@ class AsyncLLM:
         request_id: str,
         arrival_time: float | None = None,
         priority: int = 0,
+        lora_request: LoRARequest | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Stream the request's outputs as the engine produces them.
 
@@ -127,7 +129,8 @@ class AsyncLLM:
         self._start_output_handler()
         if self._dead_error is not None:
             raise EngineDeadError("the engine core is not running") from self._dead_error
-        stream = self._add_request(request_id, prompt, sampling_params, arrival_time, priority)
+        stream = self._add_request(request_id, prompt, sampling_params, arrival_time, priority,
+                                   lora_request)
         finished = False
         try:
             while not finished:
@@ -194,14 +197,16 @@ class AsyncLLM:
 
     def _add_request(self, request_id: str, prompt: PromptType,
                      params: SamplingParams | PoolingParams, arrival_time: float | None,
-                     priority: int) -> asyncio.Queue:
-        accepted = self.intake.add(request_id, prompt, params, arrival_time, priority)
+                     priority: int, lora_request: LoRARequest | None = None) -> asyncio.Queue:
+        accepted = self.intake.add(request_id, prompt, params, arrival_time, priority,
+                                   lora_request)
         stream: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = stream
         now = time.monotonic()
         for core_request in accepted.core_requests:
             self.request_stats.add_request(core_request.request_id,
-                                           len(accepted.prompt_token_ids), now)
+                                           len(accepted.prompt_token_ids), now,
+                                           lora_request and lora_request.lora_name)
             self.engine_core.add_request(core_request)
             self._mark_queued(core_request.request_id, len(accepted.prompt_token_ids))
         return stream

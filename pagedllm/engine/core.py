@@ -30,6 +30,7 @@ class EngineCore(EngineCoreBase):
             config.scheduler, config.cache, info.num_blocks, config.model.max_model_len,
             sliding_window=info.sliding_window,
             structured_output_manager=self.structured_output_manager,
+            max_loras=None if config.lora is None else config.lora.max_loras,
         )  # fmt: skip
 
     def add_request(self, request: EngineCoreRequest) -> None:
@@ -47,6 +48,7 @@ class EngineCore(EngineCoreBase):
                 arrival_time=request.arrival_time,
                 priority=request.priority,
                 block_hasher=self.scheduler.block_hasher,
+                lora_request=request.lora_request,
             )
         )
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pagedllm.config import ModelConfig, StructuredOutputsConfig
+from pagedllm.config import LoRAConfig, ModelConfig, StructuredOutputsConfig
+from pagedllm.lora.peft_config import check_adapter_shapes, read_adapter
+from pagedllm.lora.request import LoRARequest
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
 
@@ -25,10 +27,12 @@ class ProcessedPrompt:
 
 class InputProcessor:
     def __init__(self, model_config: ModelConfig, tokenizer: Any,
-                 structured_outputs: StructuredOutputsConfig | None = None) -> None:
+                 structured_outputs: StructuredOutputsConfig | None = None,
+                 lora_config: LoRAConfig | None = None) -> None:
         self.model_config = model_config
         self.tokenizer = tokenizer
         self.structured_outputs = structured_outputs or StructuredOutputsConfig()
+        self.lora_config = lora_config
 
     def process_prompt(
         self, prompt: PromptType, add_special_tokens: bool = True
@@ -91,6 +95,21 @@ class InputProcessor:
         # Here, once per request (before fan_out copies the params into its n samples): this
         # is where the tokenizer is, and the engine core only ever sees token ids.
         self.tokenize_bad_words(params)
+
+    def validate_lora(self, lora: LoRARequest | None) -> None:
+        """A request's adapter: LoRA must be on, and the adapter readable and within the
+        limits (its config and tensor shapes are read here; the weights load in the worker)."""
+        if lora is None:
+            return
+        if not isinstance(lora, LoRARequest):
+            raise ValueError(f"lora_request must be a LoRARequest, got {type(lora).__name__}")
+        if self.lora_config is None:
+            raise ValueError(f"LoRA {lora.lora_name!r} requested, but LoRA is not enabled "
+                             f"(LLM(enable_lora=True) / --enable-lora)")
+        if self.model_config.task == "embed":
+            raise ValueError("LoRA adapters serve generation only, not embeddings")
+        adapter = read_adapter(lora, self.lora_config.max_lora_rank)
+        check_adapter_shapes(lora.lora_name, adapter, self.model_config.hf_config)
 
     def _validate_constraints(self, params: SamplingParams) -> None:
         """Structured outputs compile in the engine core; here they are only parsed, so a bad

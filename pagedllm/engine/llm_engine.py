@@ -11,6 +11,7 @@ from pagedllm.engine.core_client import EngineCoreClient, InprocClient
 from pagedllm.engine.input_processor import InputProcessor, PromptType
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.engine.request_intake import RequestIntake
+from pagedllm.lora.request import LoRARequest
 from pagedllm.metrics.step_profile import StepProfiler
 from pagedllm.outputs import EmbeddingRequestOutput, RequestOutput
 from pagedllm.pooling_params import PoolingParams
@@ -23,7 +24,7 @@ class LLMEngine:
         self.config = config
         self.tokenizer = load_tokenizer(config.model)
         self.input_processor = InputProcessor(config.model, self.tokenizer,
-                                              config.structured_outputs)
+                                              config.structured_outputs, config.lora)
         self.output_processor = OutputProcessor(self.tokenizer)
         self.engine_core = core_client or InprocClient(config)
         self.step_profiler: StepProfiler = (
@@ -44,10 +45,12 @@ class LLMEngine:
         params: SamplingParams | PoolingParams,
         arrival_time: float | None = None,
         priority: int = 0,
+        lora_request: LoRARequest | None = None,
     ) -> None:
         """Validate and queue a request (PoolingParams: an embedding request); raises ValueError
         (naming the field) on bad input, before anything is queued."""
-        accepted = self.intake.add(request_id, prompt, params, arrival_time, priority)
+        accepted = self.intake.add(request_id, prompt, params, arrival_time, priority,
+                                   lora_request)
         for core_request in accepted.core_requests:
             self.engine_core.add_request(core_request)
 

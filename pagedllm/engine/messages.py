@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 # The engine core's outputs are produced by the scheduler, so they live with its contracts.
 from pagedllm.core.sched.output import EngineCoreOutput, EngineCoreOutputs
+from pagedllm.lora.request import LoRARequest
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
 
@@ -23,3 +24,5 @@ class EngineCoreRequest:
     priority: int = 0
     pooling_params: PoolingParams | None = None
     """Set for an embedding request (task "embed"); sampling_params are then the defaults."""
+    lora_request: LoRARequest | None = None
+    """The adapter to run under (None: the base model); checked by the input processor."""

@@ -17,6 +17,7 @@ import time
 from pagedllm.engine.input_processor import InputProcessor, PromptType
 from pagedllm.engine.messages import EngineCoreRequest
 from pagedllm.engine.output_processor import OutputProcessor, ParentRequest, PoolingRequestState
+from pagedllm.lora.request import LoRARequest
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
 
@@ -42,12 +43,14 @@ class RequestIntake:
         params: SamplingParams | PoolingParams,
         arrival_time: float | None = None,
         priority: int = 0,
+        lora_request: LoRARequest | None = None,
     ) -> AcceptedRequest:
         """Validate and register a request; raises ValueError (naming the field) on bad input,
         before anything is registered."""
         if request_id in self._children:
             raise ValueError(f"request id {request_id!r} is already in use")
         processed = self.input_processor.process_prompt(prompt)
+        self.input_processor.validate_lora(lora_request)
         arrival_time = arrival_time if arrival_time is not None else time.time()
         if isinstance(params, PoolingParams):
             self.input_processor.validate_pooling(processed, params)
@@ -67,7 +70,8 @@ class RequestIntake:
         self._children[request_id] = [child_id for child_id, _ in samples]
         core_requests = [
             EngineCoreRequest(child_id, processed.prompt_token_ids, child_params, arrival_time,
-                              priority, pooling_params=pooling)  # fmt: skip
+                              priority, pooling_params=pooling,
+                              lora_request=lora_request)  # fmt: skip
             for child_id, child_params in samples
         ]
         return AcceptedRequest(processed.prompt_token_ids, core_requests)

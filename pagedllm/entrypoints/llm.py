@@ -19,6 +19,7 @@ from pagedllm.beam_search import (
 from pagedllm.engine.arg_utils import EngineArgs
 from pagedllm.engine.input_processor import PromptType
 from pagedllm.engine.llm_engine import LLMEngine
+from pagedllm.lora.request import LoRARequest
 from pagedllm.outputs import EmbeddingRequestOutput, RequestOutput
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
@@ -76,12 +77,15 @@ class LLM:
         prompts: PromptType | Sequence[PromptType],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
         """Generate for every prompt (text, token ids, or {"prompt_token_ids": [...]}); outputs
-        come back in input order."""
+        come back in input order. lora_request: one adapter for every prompt, or one (or None,
+        the base model) per prompt; needs enable_lora=True."""
         prompt_list = _as_prompt_list(prompts)
         params_list = _as_params_list(sampling_params, len(prompt_list))
-        request_ids = self._add_requests(prompt_list, params_list)
+        loras = _as_lora_list(lora_request, len(prompt_list))
+        request_ids = self._add_requests(prompt_list, params_list, loras)
         return self._run_engine(request_ids, use_tqdm)  # type: ignore[return-value]
 
     def chat(
@@ -92,8 +96,10 @@ class LLM:
         chat_template: str | None = None,
         add_generation_prompt: bool = True,
         continue_final_message: bool = False,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
-        """Apply the model's chat template to one conversation or a list of them, then generate."""
+        """Apply the model's chat template to one conversation or a list of them, then generate
+        (lora_request: as in generate)."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         tokenizer = self.get_tokenizer()
         prompts = []
@@ -105,7 +111,7 @@ class LLM:
             # The template already holds the special tokens (BOS etc.): do not add them again.
             ids = tokenizer.encode(text, add_special_tokens=False)
             prompts.append({"prompt_token_ids": ids, "prompt": text})
-        outputs = self.generate(prompts, sampling_params, use_tqdm)
+        outputs = self.generate(prompts, sampling_params, use_tqdm, lora_request)
         for output, prompt in zip(outputs, prompts):
             output.prompt = prompt["prompt"]
         return outputs
@@ -173,15 +179,17 @@ class LLM:
         return self._run_engine(request_ids, use_tqdm)  # type: ignore[return-value]
 
     def _add_requests(self, prompts: list[PromptType],
-                      params: Sequence[SamplingParams | PoolingParams]) -> list[str]:
+                      params: Sequence[SamplingParams | PoolingParams],
+                      loras: Sequence[LoRARequest | None] | None = None) -> list[str]:
         request_ids = []
+        loras = loras or [None] * len(prompts)
         try:
-            for prompt, sp in zip(prompts, params):
+            for prompt, sp, lora in zip(prompts, params, loras):
                 sp = sp.clone()
                 if isinstance(sp, SamplingParams):
                     sp.output_kind = RequestOutputKind.FINAL_ONLY
                 request_id = str(next(self._counter))
-                self.llm_engine.add_request(request_id, prompt, sp)
+                self.llm_engine.add_request(request_id, prompt, sp, lora_request=lora)
                 request_ids.append(request_id)
         except Exception:
             # A bad prompt rejects the whole call; nothing of it stays queued.
@@ -218,6 +226,16 @@ def _as_prompt_list(prompts: Any) -> list[PromptType]:
     if isinstance(prompts, (list, tuple)) and prompts and isinstance(prompts[0], int):
         return [list(prompts)]
     return list(prompts)
+
+
+def _as_lora_list(lora: Any, count: int) -> list[LoRARequest | None]:
+    if lora is None or isinstance(lora, LoRARequest):
+        return [lora] * count
+    loras = list(lora)
+    if len(loras) != count:
+        raise ValueError(
+            f"got {len(loras)} lora_requests for {count} prompts; pass one or one per prompt")
+    return loras
 
 
 def _as_params_list(params: Any, count: int) -> list[SamplingParams]:

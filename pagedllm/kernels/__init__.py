@@ -26,6 +26,7 @@ _SOURCES = (
     "elementwise.cpp",
     "decoder_layer.cpp",
     "argmax.cpp",
+    "lora.cpp",
 )
 _CSRC = os.path.join(os.path.dirname(__file__), "csrc")
 

@@ -66,6 +66,8 @@ class PrometheusStatLogger(StatLoggerBase):
         self.generation_tokens = counter("generation_tokens", "Generated tokens.")
         self.request_success = counter("request_success", "Finished requests by finish reason.",
                                        ("finished_reason",))
+        self.lora_requests = counter("lora_requests", "Finished requests per LoRA adapter.",
+                                     ("lora_name",))
         self.ttft = histogram("time_to_first_token_seconds", "Time to first token.",
                               _LATENCY_BUCKETS)
         self.itl = histogram("inter_token_latency_seconds", "Time between output tokens.",
@@ -127,6 +129,8 @@ class PrometheusStatLogger(StatLoggerBase):
             self.itl.labels(**labels).observe(value)
         for finished in stats.finished_requests:
             self.request_success.labels(**labels, finished_reason=finished.finish_reason).inc()
+            if finished.lora_name is not None:
+                self.lora_requests.labels(**labels, lora_name=finished.lora_name).inc()
             self.e2e.labels(**labels).observe(finished.e2e_latency)
             self.request_prompt_tokens.labels(**labels).observe(finished.num_prompt_tokens)
             self.request_generation_tokens.labels(**labels).observe(

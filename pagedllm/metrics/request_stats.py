@@ -19,6 +19,8 @@ class RequestTiming:
     first_token_time: float | None = None
     last_token_time: float | None = None
     num_generation_tokens: int = 0
+    lora_name: str | None = None
+    """The LoRA adapter the request ran under (None: the base model)."""
 
 
 @dataclass
@@ -30,6 +32,7 @@ class FinishedRequestStats:
     num_generation_tokens: int
     mean_time_per_output_token: float | None
     """(last token - first token) / (tokens - 1); None with fewer than two tokens."""
+    lora_name: str | None = None
 
 
 @dataclass
@@ -55,8 +58,9 @@ class RequestStatsTracker:
     def __init__(self) -> None:
         self.requests: dict[str, RequestTiming] = {}
 
-    def add_request(self, request_id: str, num_prompt_tokens: int, now: float) -> None:
-        self.requests[request_id] = RequestTiming(now, num_prompt_tokens)
+    def add_request(self, request_id: str, num_prompt_tokens: int, now: float,
+                    lora_name: str | None = None) -> None:
+        self.requests[request_id] = RequestTiming(now, num_prompt_tokens, lora_name=lora_name)
 
     def update(self, outputs: list[EngineCoreOutput], stopped: list[str], now: float
                ) -> IterationStats:
@@ -92,5 +96,5 @@ class RequestStatsTracker:
                     / (timing.num_generation_tokens - 1))
         stats.finished_requests.append(FinishedRequestStats(
             reason, now - timing.arrival_time, timing.num_prompt_tokens,
-            timing.num_generation_tokens, tpot,
+            timing.num_generation_tokens, tpot, timing.lora_name,
         ))

@@ -10,21 +10,23 @@ rotary (any frequency variant: the cos/sin cache is the layer's own, so Gemma 3'
 global layers differ), paged attention on the compiled backend with a float32 or float16 cache
 (the layer's own scale, sliding window and soft cap), o_proj with optional bias, a SwiGLU or
 tanh-GeGLU MLP without bias, float32, every linear weight in a layout its quant method exposes
-through `fused_weight_spec`. Each layer becomes a DecoderLayerSpec; a layer that cannot says why
-(UnsupportedLayer), and the worker logs it. (The embedding scale and the final logit soft-cap
-of Gemma are outside the layers: the model's own.)
+through `fused_weight_spec`, and each linear's LoRA slots where the projection is a LoRALinear
+(the step's adapter mapping goes with each call). Each layer becomes a DecoderLayerSpec; a layer
+that cannot says why (UnsupportedLayer), and the worker logs it. (The embedding scale and the
+final logit soft-cap of Gemma are outside the layers: the model's own.)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from pagedllm.attention.backends.cpu_paged import CpuPagedAttentionImpl
-from pagedllm.forward_context import get_forward_context
+from pagedllm.forward_context import current_lora_mapping, get_forward_context
 from pagedllm.kernels import cpu_kernels_available
+from pagedllm.lora.layers import LoRALinear
 from pagedllm.model_executor.layers.activation import GeluAndMul, SiluAndMul
 from pagedllm.model_executor.layers.layernorm import RMSNorm
 from pagedllm.model_executor.layers.rotary import RotaryEmbedding
@@ -71,6 +73,8 @@ class DecoderLayerSpec:
     scale: float
     sliding_window: int | None
     soft_cap: float | None
+    lora: dict[str, LoRALinear] = field(default_factory=dict)
+    """Multi-LoRA: "qkv", "o", "gate_up", "down" -> the projection's slots (absent: none)."""
 
     def kernel_args(
         self,
@@ -87,6 +91,8 @@ class DecoderLayerSpec:
             tensors.update({f"{name}.{key}": t for key, t in weight.tensors.items()})
             if weight.layout == "packed_group":
                 ints.update({f"{name}.group_size": weight.group_size, f"{name}.u4": int(weight.u4)})
+        for name, lora in self.lora.items():
+            tensors.update({f"{name}.lora_a": lora.lora_a, f"{name}.lora_b": lora.lora_b})
         optional_tensors = {"qkv_bias": self.qkv_bias, "o_bias": self.o_bias,
                             "q_norm": self.q_norm, "k_norm": self.k_norm,
                             "attn_out_norm": self.attn_out_norm,
@@ -116,8 +122,10 @@ class FusedCpuStack:
         residual: torch.Tensor | None,  # [T, hidden]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         md = get_forward_context().attn_metadata.common
+        lora = current_lora_mapping()
+        slots = None if lora is None else lora.token_slots
         return self.stack.forward(hidden, residual, positions, md.slot_mapping, md.block_table,
-                                  md.seq_lens, md.query_start_loc)  # fmt: skip
+                                  md.seq_lens, md.query_start_loc, slots)  # fmt: skip
 
 
 def build_fused_cpu_stack(layers: nn.ModuleList) -> FusedCpuStack:
@@ -153,7 +161,7 @@ def layer_spec(layer: nn.Module) -> DecoderLayerSpec:
         mlp_out_norm=None if mlp_out is None else mlp_out.weight,
         eps=norms["input"].eps, activation=_activation(mlp.act_fn),
         linears={name: _linear_weight(layer, name, path) for name, path in _LINEARS.items()},
-        qkv_bias=attn_mod.qkv_proj.bias, o_bias=attn_mod.o_proj.bias,
+        qkv_bias=_base(attn_mod.qkv_proj).bias, o_bias=_base(attn_mod.o_proj).bias,
         q_norm=None if q_norm is None else q_norm.weight,
         k_norm=None if k_norm is None else k_norm.weight,
         qk_norm_eps=None if q_norm is None else q_norm.eps,
@@ -161,6 +169,8 @@ def layer_spec(layer: nn.Module) -> DecoderLayerSpec:
         num_heads=attn.num_heads, num_kv_heads=attn.num_kv_heads, head_dim=attn.head_size,
         kv_cache=attn.kv_cache, scale=attn.scale, sliding_window=attn.sliding_window,
         soft_cap=attn.logits_soft_cap,
+        lora={name: m for name, path in _LINEARS.items()
+              if isinstance(m := layer.get_submodule(path), LoRALinear)},
     )  # fmt: skip
 
 
@@ -183,7 +193,7 @@ def _check_block(layer: nn.Module) -> tuple[LlamaAttention, LlamaMLP]:
     if type(mlp).forward is not LlamaMLP.forward:
         raise UnsupportedLayer(f"{type(mlp).__name__} is not a dense gated MLP")
     _activation(mlp.act_fn)
-    if mlp.gate_up_proj.bias is not None or mlp.down_proj.bias is not None:
+    if _base(mlp.gate_up_proj).bias is not None or _base(mlp.down_proj).bias is not None:
         raise UnsupportedLayer("MLP bias")
     return attn_mod, mlp
 
@@ -241,8 +251,15 @@ def _check_rms_norm(norm: nn.Module) -> None:
         raise UnsupportedLayer(f"{type(norm).__name__} runs the PyTorch reference (not float32)")
 
 
+def _base(linear: nn.Module) -> nn.Module:
+    """The linear layer itself, under its LoRA wrapper if it has one."""
+    return linear.base_layer if isinstance(linear, LoRALinear) else linear
+
+
 def _linear_weight(layer: nn.Module, name: str, path: str) -> FusedWeightSpec:
     linear = layer.get_submodule(path)
+    if isinstance(linear, LoRALinear):
+        linear = linear.base_layer  # (its slots go to the spec's `lora`)
     spec = linear.quant_method.fused_weight_spec(linear)
     if spec is None:
         method = type(linear.quant_method).__name__

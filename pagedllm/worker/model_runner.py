@@ -15,6 +15,7 @@ from pagedllm.attention.backend import AttentionBackend
 from pagedllm.config.speculative import SpeculativeConfig
 from pagedllm.core.sched.output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
 from pagedllm.forward_context import set_forward_context
+from pagedllm.lora.model_manager import LoRAModelManager
 from pagedllm.metrics.step_profile import step_phase
 from pagedllm.model_executor.layers.attention import attention_layers
 from pagedllm.sample.metadata import SamplingMetadata
@@ -45,6 +46,7 @@ class ModelRunner:
         max_model_len: int = 2048,
         speculative_config: SpeculativeConfig | None = None,
         drafter: Drafter | None = None,
+        lora_manager: LoRAModelManager | None = None,
     ) -> None:
         """max_num_seqs and max_model_len size the InputBatch up front (it grows past them).
         drafter: the proposer built by the worker (a draft model's); None: one from
@@ -67,6 +69,8 @@ class ModelRunner:
             drafter = Drafter(speculative_config)
         self.drafter = drafter
         """Speculative decoding: proposes each step's drafts for the next (None: off)."""
+        self.lora = lora_manager
+        """Multi-LoRA: the requests' adapters and the layers' slots (None: off)."""
         self.metadata_builder = backend.get_builder_cls()()
         layers = attention_layers(model)
         assert len(layers) == len(kv_caches), (len(layers), len(kv_caches))
@@ -81,7 +85,10 @@ class ModelRunner:
                 return ModelRunnerOutput(req_ids=[], sampled_token_ids={})
             inputs = prepare_inputs(self.input_batch, scheduler_output, req_ids, self.device)
             attn_metadata = self.metadata_builder.build(inputs.attn)
-        with step_phase("forward"), set_forward_context(attn_metadata):
+            lora_mapping = None
+            if self.lora is not None:
+                lora_mapping = self.lora.step_mapping(inputs.req_ids, inputs.num_scheduled)
+        with step_phase("forward"), set_forward_context(attn_metadata, lora_mapping):
             hidden = self.model(inputs.input_ids, inputs.positions)
             # the LM head is part of the model's work, not the sampler's
             logits = None
@@ -117,8 +124,12 @@ class ModelRunner:
                 batch.remove_request(req_id)
             if self.drafter is not None:
                 self.drafter.remove_request(req_id)
+            if self.lora is not None:
+                self.lora.remove_request(req_id)
         for new in so.scheduled_new_reqs:
             batch.add_request(new)
+            if self.lora is not None:
+                self.lora.add_request(new.req_id, new.lora_request)
             if self.drafter is not None:
                 self.drafter.add_request(new.req_id, new.sampling_params)
         cached = so.scheduled_cached_reqs

@@ -94,6 +94,12 @@ class Worker:
             format_bytes(layout.total_bytes), backend.name,
             "on" if config.cache.enable_prefix_caching else "off",
         )  # fmt: skip
+        lora_manager = None
+        if config.lora is not None:
+            from pagedllm.lora.model_manager import LoRAModelManager
+
+            lora_manager = LoRAModelManager(self.model, config.lora,
+                                            getattr(torch, config.model.compute_dtype), self.device)
         drafter = None
         if config.speculative is not None and config.speculative.method == "draft_model":
             drafter = build_draft_model_drafter(config, self.device, layout.num_tokens)
@@ -102,7 +108,7 @@ class Worker:
             config.model.eos_token_ids, self.device,
             pool_last_token=config.model.task == "embed",
             max_num_seqs=config.scheduler.max_num_seqs, max_model_len=config.model.max_model_len,
-            speculative_config=config.speculative, drafter=drafter,
+            speculative_config=config.speculative, drafter=drafter, lora_manager=lora_manager,
         )  # fmt: skip
         self.execution = select_execution_strategy(self.model, config.model.enforce_eager)
         self._calibrate_drafts()

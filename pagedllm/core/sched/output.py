@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pagedllm.lora.request import LoRARequest
 from pagedllm.metrics.stats import SchedulerStats
 from pagedllm.request import FinishReason
 from pagedllm.sampling_params import SamplingParams
@@ -26,6 +27,8 @@ class NewRequestData:
     block_ids: list[int]
     num_computed_tokens: int
     """Tokens already in the cache (prefix-cache hits), where this step's chunk starts."""
+    lora_request: LoRARequest | None = None
+    """The adapter the request runs under (None: the base model)."""
 
 
 @dataclass

@@ -63,6 +63,7 @@ class Scheduler:
         block_hasher: BlockHasher | None = None,
         sliding_window: int | None = None,
         structured_output_manager: StructuredOutputManager | None = None,
+        max_loras: int | None = None,
     ) -> None:
         _check_capacity(scheduler_config, cache_config, num_blocks, max_model_len)
         self.scheduler_config = scheduler_config
@@ -83,6 +84,9 @@ class Scheduler:
         """Requests whose grammar failed since the last update: reported finished (abort)."""
         self._num_preemptions = 0
         """Preemptions since the last stats record."""
+        self.max_loras = max_loras
+        """Multi-LoRA: the most distinct adapters the running requests may use (the runner's
+        resident slots); None: LoRA off."""
 
     # ---- request lifecycle ------------------------------------------------------------------
 
@@ -199,10 +203,22 @@ class Scheduler:
                 if not request.is_finished():
                     skipped.append(self.waiting.pop())  # compiling: the others go ahead
                 continue
+            if not self._lora_fits(request):
+                skipped.append(self.waiting.pop())  # waits for a slot; other adapters go ahead
+                continue
             if not self._admit(request, step):
                 break
         for request in reversed(skipped):
             self.waiting.prepend(request)
+
+    def _lora_fits(self, request: Request) -> bool:
+        """Whether admitting the request keeps the running requests within max_loras distinct
+        adapters (every running request may be scheduled in one step)."""
+        lora = request.lora_request
+        if lora is None or self.max_loras is None:
+            return True
+        running = {r.lora_request.lora_int_id for r in self.running if r.lora_request}
+        return lora.lora_int_id in running or len(running) < self.max_loras
 
     def _grammar_ready(self, request: Request) -> bool:
         """False while the request's grammar compiles; a grammar that failed finishes it."""

@@ -34,6 +34,7 @@ class StepBuilder:
             sampling_params=request.sampling_params,
             block_ids=block_ids,
             num_computed_tokens=request.num_computed_tokens,
+            lora_request=request.lora_request,
         )
         self._take(request.request_id, num_tokens)
 

@@ -59,6 +59,14 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                        help="the model's reasoning format: its thinking goes to the message's "
                             "`reasoning` and is left unconstrained by structured outputs "
                             f"(one of: {_names('reasoning')})")
+    lora = parser.add_argument_group("LoRA")
+    lora.add_argument("--enable-lora", action="store_true",
+                      help="serve PEFT LoRA adapters over the base model")
+    lora.add_argument("--max-loras", type=int, default=1,
+                      help="distinct adapters in one step (resident slots)")
+    lora.add_argument("--max-lora-rank", type=int, default=16, help="largest adapter rank")
+    lora.add_argument("--max-cpu-loras", type=int, default=None,
+                      help="adapters cached in CPU memory (default: --max-loras)")
 
 
 def _names(kind: str) -> str:
@@ -128,4 +136,8 @@ def engine_args_from(args: argparse.Namespace) -> EngineArgs:
         structured_outputs_config=args.structured_outputs_config,
         reasoning_parser=args.reasoning_parser,
         speculative_config=args.speculative_config,
+        enable_lora=args.enable_lora,
+        max_loras=args.max_loras,
+        max_lora_rank=args.max_lora_rank,
+        max_cpu_loras=args.max_cpu_loras,
     )

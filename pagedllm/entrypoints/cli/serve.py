@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from pagedllm.entrypoints.cli.engine_flags import (
     add_engine_args,
@@ -11,6 +12,9 @@ from pagedllm.entrypoints.cli.engine_flags import (
     engine_args_from,
 )
 from pagedllm.entrypoints.cli.hardening_flags import add_hardening_args, hardening_settings
+
+if TYPE_CHECKING:
+    from pagedllm.entrypoints.openai.serving_models import LoRAModulePath
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 
@@ -64,6 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(default 1000)")
     add_tool_args(parser)
     add_hardening_args(parser)
+    _add_lora_server_args(parser)
     add_engine_args(parser)
     parser.set_defaults(func=run)
 
@@ -82,6 +87,32 @@ def add_tool_args(parser: argparse.ArgumentParser) -> None:
                        help='JSON object of chat template variables for every request, e.g. '
                             '\'{"enable_thinking": false}\' (a request\'s chat_template_kwargs '
                             "win)")
+
+
+def _add_lora_server_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("LoRA adapters (with --enable-lora)")
+    group.add_argument("--lora-modules", nargs="+", default=[], type=_lora_module,
+                       help='adapters served from the start: name=path, or JSON \'{"name": ..., '
+                            '"path": ..., "base_model_name": ...}\'; requests pick one by `model`')
+    group.add_argument("--allow-runtime-lora-updating", action="store_true",
+                       help="expose POST /v1/load_lora_adapter and /v1/unload_lora_adapter")
+    group.add_argument("--lora-dir", default=None,
+                       help="runtime loads may only read adapters under this directory "
+                            "(symlinks resolved)")
+
+
+def _lora_module(value: str) -> LoRAModulePath:
+    from pagedllm.entrypoints.openai.serving_models import LoRAModulePath
+
+    if value.lstrip().startswith("{"):
+        data = _json_object(value)
+        if not isinstance(data.get("name"), str) or not isinstance(data.get("path"), str):
+            raise argparse.ArgumentTypeError('a JSON LoRA module needs "name" and "path"')
+        return LoRAModulePath(data["name"], data["path"], data.get("base_model_name"))
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected name=path, got {value!r}")
+    return LoRAModulePath(name, path)
 
 
 def _tool_parser_names() -> str:
@@ -119,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
 
     set_log_format(args.log_format)
 
+    if args.lora_modules and not args.enable_lora:
+        raise SystemExit("pagedllm serve: --lora-modules requires --enable-lora")
     if args.enable_auto_tool_choice and not args.tool_call_parser:
         raise SystemExit("pagedllm serve: --enable-auto-tool-choice requires --tool-call-parser")
     check_parser_name("tool", args.tool_call_parser)
@@ -146,6 +179,9 @@ def run(args: argparse.Namespace) -> int:
         enable_responses_api_store=args.enable_responses_api_store,
         responses_api_store_max_size=args.responses_api_store_max_size,
         **hardening_settings(args),
+        lora_modules=args.lora_modules,
+        allow_runtime_lora_updating=args.allow_runtime_lora_updating,
+        lora_dir=args.lora_dir,
     )
     app = build_app(settings)
     return serve_http(app, args.host, args.port, args.log_level,

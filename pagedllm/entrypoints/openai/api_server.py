@@ -26,8 +26,10 @@ from pagedllm.entrypoints.openai.protocol import (
     CompletionRequest,
     DetokenizeRequest,
     EmbeddingRequest,
+    LoadLoRAAdapterRequest,
     TokenizeChatRequest,
     TokenizeCompletionRequest,
+    UnloadLoRAAdapterRequest,
 )
 from pagedllm.entrypoints.openai.protocol_responses import ResponsesRequest
 from pagedllm.entrypoints.openai.protocol_score import RerankRequest, ScoreRequest
@@ -36,6 +38,8 @@ from pagedllm.entrypoints.openai.utils import with_cancellation
 from pagedllm.version import __version__
 
 router = APIRouter()
+lora_router = APIRouter()
+"""Runtime adapter loading, mounted only with --allow-runtime-lora-updating."""
 
 
 def _state(raw_request: Request) -> ServerState:
@@ -161,6 +165,21 @@ async def detokenize(request: DetokenizeRequest, raw_request: Request) -> Respon
     return _respond(serving.create_detokenize(request))  # type: ignore[union-attr]
 
 
+@lora_router.post("/v1/load_lora_adapter")
+async def load_lora_adapter(request: LoadLoRAAdapterRequest, raw_request: Request) -> Response:
+    models = _ready_state(raw_request).models
+    models.add_lora(request.lora_name, request.lora_path)  # type: ignore[union-attr]
+    return Response(f"Success: LoRA adapter '{request.lora_name}' added successfully.")
+
+
+@lora_router.post("/v1/unload_lora_adapter")
+async def unload_lora_adapter(request: UnloadLoRAAdapterRequest, raw_request: Request
+                              ) -> Response:
+    models = _ready_state(raw_request).models
+    models.remove_lora(request.lora_name)  # type: ignore[union-attr]
+    return Response(f"Success: LoRA adapter '{request.lora_name}' removed successfully.")
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServerState = app.state.server
@@ -181,6 +200,8 @@ def build_app(settings: ServerSettings) -> FastAPI:
     app.include_router(ollama_router)
     if not settings.disable_frontend:
         app.include_router(frontend_router)
+    if settings.allow_runtime_lora_updating:
+        app.include_router(lora_router)
     install_error_handlers(app)
     # Added innermost first: CORS is outermost so even errors carry its headers.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)

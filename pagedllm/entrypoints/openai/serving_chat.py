@@ -141,7 +141,8 @@ class OpenAIServingChat(OpenAIServing):
         if self._needs_special_tokens(mode):
             params.skip_special_tokens = False
         options = OutputOptions(mode, self.reasoning_parser, request.include_reasoning)
-        stream = self.generate_for(prompt_ids, request, params, request_id)
+        stream = self.generate_for(prompt_ids, request, params, request_id,
+                                   self.models.lora_request(request.model))
         return ChatRun(request_id, model_name, prompt_ids, stream, options)
 
     def _needs_special_tokens(self, mode: ToolMode) -> bool:

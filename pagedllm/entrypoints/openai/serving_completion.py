@@ -50,7 +50,7 @@ class OpenAIServingCompletion(OpenAIServing):
         request_id = random_id("cmpl")
         generators = [
             self.generate_for(p.token_ids, request, p.params,  # type: ignore[arg-type]
-                              f"{request_id}-{i}")
+                              f"{request_id}-{i}", self.models.lora_request(request.model))
             for i, p in enumerate(prompts)
         ]
         merged = merge_async_iterators(*generators)

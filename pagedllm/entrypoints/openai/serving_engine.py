@@ -3,6 +3,7 @@ fields -> SamplingParams, logprob formatting, engine errors -> HTTP errors."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,7 @@ from pagedllm.entrypoints.openai.rate_limit import current_token_meter
 from pagedllm.entrypoints.openai.serving_beam_search import beam_search_params, beam_search_stream
 from pagedllm.entrypoints.openai.serving_models import OpenAIServingModels
 from pagedllm.entrypoints.openai.structured_requests import structured_outputs_from_request
+from pagedllm.lora.request import LoRARequest
 from pagedllm.outputs import Logprob, RequestOutput
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
@@ -97,11 +99,13 @@ class OpenAIServing:
     # ---- engine -------------------------------------------------------------------------------
 
     def generate(self, prompt_ids: list[int], params: SamplingParams,
-                 request_id: str) -> AsyncIterator[RequestOutput]:
+                 request_id: str, lora_request: LoRARequest | None = None,
+                 ) -> AsyncIterator[RequestOutput]:
         """The engine's stream with its errors mapped to HTTP errors, its usage charged to the
         request's API key (--api-keys-file) when it ends."""
         stream = http_errors(
-            self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id)
+            self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id,
+                                 lora_request=lora_request)
         )
         meter = current_token_meter.get()
         if meter is None:
@@ -109,27 +113,31 @@ class OpenAIServing:
         return metered(stream, len(prompt_ids), params.output_kind, meter)
 
     def generate_for(self, prompt_ids: list[int], request: SamplingExtras,
-                     params: SamplingParams, request_id: str) -> AsyncIterator[RequestOutput]:
+                     params: SamplingParams, request_id: str,
+                     lora_request: LoRARequest | None = None) -> AsyncIterator[RequestOutput]:
         """The request's stream: sampling with `params`, or with use_beam_search the n best
         beams as one finished output (its max_tokens and skip_special_tokens from `params`).
         A request beam search cannot serve is a 400 raised here, before anything runs, and so is
-        the 503 of a full queue (admission control)."""
+        the 503 of a full queue (admission control).
+        lora_request: the adapter the request's `model` names (None: the base model)."""
         if not request.use_beam_search:
             return self._admitted(prompt_ids, params.n, self._timed(prompt_ids, params,
-                                                                     request_id))
+                                                                     request_id, lora_request))
         assert params.max_tokens is not None
         beam_params = beam_search_params(request, params.max_tokens, self.speculative_decoding)
         return self._admitted(prompt_ids, beam_params.beam_width, beam_search_stream(
-            self.generate, prompt_ids, beam_params, request_id,
+            functools.partial(self.generate, lora_request=lora_request), prompt_ids,
+            beam_params, request_id,
             self.engine.model_config.eos_token_ids, self.max_model_len, self.tokenizer,
             params.skip_special_tokens))
 
-    def _timed(self, prompt_ids: list[int], params: SamplingParams,
-               request_id: str) -> AsyncIterator[RequestOutput]:
+    def _timed(self, prompt_ids: list[int], params: SamplingParams, request_id: str,
+               lora_request: LoRARequest | None = None) -> AsyncIterator[RequestOutput]:
         if self.request_timeout is None:
-            return self.generate(prompt_ids, params, request_id)
+            return self.generate(prompt_ids, params, request_id, lora_request)
         final_only = deadline.prepare(params)  # before generate() reads the output kind
-        return deadline.with_deadline(self.generate(prompt_ids, params, request_id),
+        return deadline.with_deadline(self.generate(prompt_ids, params, request_id,
+                                                    lora_request),
                                       self.request_timeout, params, final_only, request_id,
                                       prompt_ids)
 

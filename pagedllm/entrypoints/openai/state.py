@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pagedllm.entrypoints.openai.admission import AdmissionControl, AdmissionLimits
-from pagedllm.entrypoints.openai.errors import ServiceUnavailableError
+from pagedllm.entrypoints.openai.errors import OpenAIError, ServiceUnavailableError
+from pagedllm.entrypoints.openai.serving_models import LoRAModulePath, OpenAIServingModels
 from pagedllm.logger import init_logger
 from pagedllm.metrics.loggers import LoggingStatLogger
 from pagedllm.metrics.prometheus import PrometheusStatLogger
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat
     from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
     from pagedllm.entrypoints.openai.serving_embedding import OpenAIServingEmbedding
-    from pagedllm.entrypoints.openai.serving_models import OpenAIServingModels
     from pagedllm.entrypoints.openai.serving_responses import OpenAIServingResponses
     from pagedllm.entrypoints.openai.serving_score import OpenAIServingScore
     from pagedllm.entrypoints.openai.serving_tokenize import OpenAIServingTokenization
@@ -63,6 +63,12 @@ class ServerSettings:
     """--request-timeout: seconds before a generation is cut short (finish_reason "length")."""
     trust_request_chat_template: bool = False
     """--trust-request-chat-template: run a request's own chat_template (400 otherwise)."""
+    lora_modules: list[LoRAModulePath] = field(default_factory=list)
+    """Adapters served from the start (--lora-modules; needs --enable-lora)."""
+    allow_runtime_lora_updating: bool = False
+    """Expose POST /v1/load_lora_adapter and /v1/unload_lora_adapter."""
+    lora_dir: str | None = None
+    """Runtime loads may only read adapters under this directory (None: anywhere)."""
 
 
 class ServerState:
@@ -118,6 +124,7 @@ class ServerState:
             self._client = MPClient(settings.engine_args, wait_ready=False)
             await asyncio.to_thread(self._client.wait_ready, settings.engine_startup_timeout)
             engine = await asyncio.to_thread(_make_engine, self._client, await tokenizer)
+            models = self._make_models(engine)
         except Exception as e:
             if self._client is not None:
                 self._client.shutdown(timeout=0.0)
@@ -128,16 +135,25 @@ class ServerState:
             if self.on_fatal is not None:
                 self.on_fatal(str(e))
             return
-        self._install(engine)
+        self._install(engine, models)
 
-    def _install(self, engine: AsyncLLM) -> None:
+    def _make_models(self, engine: AsyncLLM) -> OpenAIServingModels:
+        """The served names and the --lora-modules adapters (a bad one stops the start-up)."""
+        settings, config = self.settings, engine.model_config
+        try:
+            return OpenAIServingModels(settings.served_model_names, config.path,
+                                       config.max_model_len, settings.lora_modules,
+                                       engine.input_processor, settings.lora_dir)
+        except OpenAIError as e:
+            raise ValueError(f"--lora-modules: {e.message}") from e
+
+    def _install(self, engine: AsyncLLM, models: OpenAIServingModels) -> None:
         from pagedllm.entrypoints.anthropic.serving_messages import AnthropicServingMessages
         from pagedllm.entrypoints.ollama.serving import OllamaServing
         from pagedllm.entrypoints.openai.responses_store import ResponseStore
         from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat
         from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
         from pagedllm.entrypoints.openai.serving_embedding import OpenAIServingEmbedding
-        from pagedllm.entrypoints.openai.serving_models import OpenAIServingModels
         from pagedllm.entrypoints.openai.serving_responses import OpenAIServingResponses
         from pagedllm.entrypoints.openai.serving_score import OpenAIServingScore
         from pagedllm.entrypoints.openai.serving_tokenize import OpenAIServingTokenization
@@ -146,8 +162,7 @@ class ServerState:
         config = engine.model_config
         self.metrics.set_num_kv_blocks(engine.engine_core.num_kv_blocks or 0)
         engine.stat_loggers.extend([self.metrics, LoggingStatLogger()])
-        self.models = OpenAIServingModels(settings.served_model_names, config.path,
-                                          config.max_model_len)
+        self.models = models
         self.completion = OpenAIServingCompletion(engine, self.models)
         self.chat = OpenAIServingChat(engine, self.models, _chat_settings(settings))
         self.completion.request_timeout = settings.request_timeout

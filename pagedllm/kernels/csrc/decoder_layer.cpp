@@ -27,6 +27,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
 #include <cstring>
 #include <string>
 #include <tuple>
@@ -80,6 +81,12 @@ struct LinearWeight {
   bool u4 = false;
 };
 
+// A linear's LoRA slots (lora/layers.py LoRALinear's buffers, shared: a slot filled later is
+// seen here): a [slots, S*R, in], b [slots, S*R, out].
+struct LoRASlots {
+  at::Tensor a, b;
+};
+
 // The gated MLP's activation (DecoderLayerSpec's "activation" int; absent: SiLU).
 enum class Activation : int64_t { kSilu = 0, kGeluTanh = 1 };
 
@@ -92,6 +99,7 @@ struct LlamaLayer {
   double eps;
   Activation activation;
   LinearWeight qkv, o, gate_up, down;
+  std::optional<LoRASlots> qkv_lora, o_lora, gate_up_lora, down_lora;  // multi-LoRA, or none
   std::optional<at::Tensor> qkv_bias, o_bias;
   std::optional<at::Tensor> q_norm, k_norm;  // per-head RMSNorm weights [D] (Qwen3), both or none
   double qk_norm_eps;
@@ -108,6 +116,9 @@ struct StepInputs {
   int64_t T;
   at::Tensor positions, slot_mapping;  // int64, contiguous
   pagedllm::AttentionPlan attention;
+  // Multi-LoRA (lora/layers.py LoRAMapping.token_slots): each token's adapter slot (the slot
+  // count for the base model); undefined: no adapter token this step.
+  at::Tensor lora_slots;
 };
 
 // A layer's intermediate rows, allocated at the step's first layer and reused by the others
@@ -128,6 +139,15 @@ at::Tensor linear(const at::Tensor& x, const LinearWeight& w,
   const auto& t = w.tensors;
   const at::Tensor y = pagedllm::quant_linear(x, t[0], t[1], t[2], w.group_size, w.u4);
   return bias.has_value() && bias->defined() ? y + *bias : y;
+}
+
+// Each adapter token's low-rank update, in place on the linear's output rows (lora.cpp: the
+// kernel LoRALinear.forward calls).
+void add_lora(const at::Tensor& y, const at::Tensor& x, const std::optional<LoRASlots>& lora,
+              const StepInputs& step) {
+  if (!lora.has_value() || !step.lora_slots.defined()) return;
+  pagedllm::lora_add_rows_into(y.data_ptr<float>(), y.size(1), x.data_ptr<float>(), x.size(1),
+                               step.T, lora->a, lora->b, step.lora_slots.data_ptr<int64_t>());
 }
 
 // RMSNorm over each of `heads` heads of T rows, in place (LlamaAttention._norm_heads: the
@@ -158,9 +178,9 @@ std::tuple<at::Tensor, at::Tensor> run_layer(const LlamaLayer& layer, const at::
                                              const at::Tensor& residual_in,
                                              const StepInputs& step, StepBuffers& buf) {
   const auto& [input_norm, post_norm, attn_out_norm, mlp_out_norm, eps, activation, qkv_w, o_w,
-               gate_up_w, down_w, qkv_bias, o_bias, q_norm, k_norm, qk_norm_eps, cos_sin_cache,
-               num_heads, num_kv_heads, head_dim, rotary_dim, kv_cache, scale, sliding_window,
-               soft_cap] = layer;
+               gate_up_w, down_w, qkv_lora, o_lora, gate_up_lora, down_lora, qkv_bias, o_bias,
+               q_norm, k_norm, qk_norm_eps, cos_sin_cache, num_heads, num_kv_heads, head_dim,
+               rotary_dim, kv_cache, scale, sliding_window, soft_cap] = layer;
   const int64_t T = step.T, width = hidden.size(1);
   const float feps = static_cast<float>(eps);
   // input norm with the residual add fused (layers/layernorm.py RMSNorm.forward)
@@ -180,6 +200,7 @@ std::tuple<at::Tensor, at::Tensor> run_layer(const LlamaLayer& layer, const at::
   // attention: q and k normed (Qwen3) and rotated in place in the qkv rows, k and v copied
   // into the cache
   const at::Tensor qkv = linear(buf.x, qkv_w, qkv_bias, buf.qkv);
+  add_lora(qkv, buf.x, qkv_lora, step);
   float* qkv_rows = qkv.data_ptr<float>();
   const int64_t stride = qkv.size(1);
   const int64_t q_size = num_heads * head_dim, kv_size = num_kv_heads * head_dim;
@@ -199,6 +220,7 @@ std::tuple<at::Tensor, at::Tensor> run_layer(const LlamaLayer& layer, const at::
                                  pagedllm::paged_cache(kv_cache), scale, sliding_window, soft_cap,
                                  rows_of(buf.attn, T, q_size), q_size);
   const at::Tensor o = linear(buf.attn, o_w, o_bias, buf.o);
+  add_lora(o, buf.attn, o_lora, step);
   if (attn_out_norm.has_value()) norm_rows_in_place(o, T, width, *attn_out_norm, feps);
 
   // MLP
@@ -206,6 +228,7 @@ std::tuple<at::Tensor, at::Tensor> run_layer(const LlamaLayer& layer, const at::
                                    post_norm.data_ptr<float>(), T, width, feps,
                                    rows_of(buf.residual, T, width), x);
   const at::Tensor gate_up = linear(buf.x, gate_up_w, std::nullopt, buf.gate_up);
+  add_lora(gate_up, buf.x, gate_up_lora, step);
   const int64_t inter = gate_up.size(1) / 2;
   float* act = rows_of(buf.act, T, inter);
   if (activation == Activation::kGeluTanh) {
@@ -214,6 +237,7 @@ std::tuple<at::Tensor, at::Tensor> run_layer(const LlamaLayer& layer, const at::
     pagedllm::silu_and_mul_rows(gate_up.data_ptr<float>(), T, inter, act);
   }
   at::Tensor out = linear(buf.act, down_w, std::nullopt, buf.hidden);
+  add_lora(out, buf.act, down_lora, step);
   if (mlp_out_norm.has_value()) norm_rows_in_place(out, T, width, *mlp_out_norm, feps);
   return {out, buf.residual};
 }
@@ -265,6 +289,18 @@ class LayerSpecReader {
     w.u4 = integer(name + ".u4") != 0;
     return w;
   }
+  // "<name>.lora_a" + "<name>.lora_b": the linear's LoRA slots (absent: no adapters)
+  std::optional<LoRASlots> lora(const std::string& name) {
+    const std::optional<at::Tensor> a = optional_tensor(name + ".lora_a");
+    if (!a.has_value()) return std::nullopt;
+    LoRASlots slots{*a, tensor(name + ".lora_b")};
+    TORCH_CHECK(slots.a.dim() == 3 && slots.b.dim() == 3 && slots.a.size(0) == slots.b.size(0) &&
+                slots.a.size(1) == slots.b.size(1) && slots.a.scalar_type() == at::kFloat &&
+                slots.b.scalar_type() == at::kFloat,
+                "DecoderLayerSpec: ", name, ".lora_a/.lora_b: float32 [slots, S*R, in] and "
+                "[slots, S*R, out] expected");
+    return slots;
+  }
   void check_all_used() const {
     const auto is_used = [&](const std::string& key) {
       return std::find(used_.begin(), used_.end(), key) != used_.end();
@@ -299,6 +335,10 @@ LlamaLayer read_layer(LayerSpecReader& spec) {
   layer.o = spec.linear("o");
   layer.gate_up = spec.linear("gate_up");
   layer.down = spec.linear("down");
+  layer.qkv_lora = spec.lora("qkv");
+  layer.o_lora = spec.lora("o");
+  layer.gate_up_lora = spec.lora("gate_up");
+  layer.down_lora = spec.lora("down");
   layer.qkv_bias = spec.optional_tensor("qkv_bias");
   layer.o_bias = spec.optional_tensor("o_bias");
   layer.q_norm = spec.optional_tensor("q_norm");
@@ -350,12 +390,17 @@ class LlamaDecoderStack : public torch::CustomClassHolder {
   std::tuple<at::Tensor, at::Tensor> forward(at::Tensor hidden, std::optional<at::Tensor> residual,
                                              at::Tensor positions, at::Tensor slot_mapping,
                                              at::Tensor block_table, at::Tensor seq_lens,
-                                             at::Tensor query_start_loc) {
+                                             at::Tensor query_start_loc,
+                                             std::optional<at::Tensor> lora_slots) {
     TORCH_CHECK(!layers_.empty(), "LlamaDecoderStack: no layers");
     TORCH_CHECK(hidden.scalar_type() == at::kFloat && hidden.dim() == 2);
-    const StepInputs step{hidden.size(0), positions.to(at::kLong).contiguous(),
-                          slot_mapping.to(at::kLong).contiguous(),
-                          pagedllm::plan_attention(block_table, seq_lens, query_start_loc)};
+    StepInputs step{hidden.size(0), positions.to(at::kLong).contiguous(),
+                    slot_mapping.to(at::kLong).contiguous(),
+                    pagedllm::plan_attention(block_table, seq_lens, query_start_loc)};
+    if (lora_slots.has_value()) {
+      step.lora_slots = lora_slots->to(at::kLong).contiguous();
+      TORCH_CHECK(step.lora_slots.numel() == step.T, "LlamaDecoderStack: one LoRA slot per token");
+    }
     hidden = hidden.contiguous();
     at::Tensor res = residual.has_value() ? residual->contiguous() : at::Tensor();
     StepBuffers buffers;

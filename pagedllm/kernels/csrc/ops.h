@@ -82,4 +82,11 @@ void silu_and_mul_rows(const float* x, int64_t T, int64_t I, float* out);
 at::Tensor gelu_tanh_and_mul(const at::Tensor& x);
 void gelu_tanh_and_mul_rows(const float* x, int64_t T, int64_t I, float* out);
 
+// Multi-LoRA: y[t] += (a[s] x[t]) b[s] for each row t of slot s = slots[t] in [0, slots)
+// (see lora.cpp); a [slots, width, in], b [slots, width, out] float32, contiguous.
+void lora_add_rows_into(float* y, int64_t y_stride, const float* x, int64_t x_stride, int64_t T,
+                        const at::Tensor& a, const at::Tensor& b, const int64_t* slots);
+at::Tensor lora_add_rows(at::Tensor y, const at::Tensor& x, const at::Tensor& a,
+                         const at::Tensor& b, const at::Tensor& slots);
+
 }  // namespace pagedllm
