@@ -69,3 +69,45 @@ class EmbeddingRequestOutput:
     outputs: EmbeddingOutput
     finished: bool = True
     num_cached_tokens: int = 0
+
+
+@dataclass
+class ClassificationOutput:
+    probs: list[float]
+    """One activated score per label (softmax, or sigmoid for one-label/multi-label heads)."""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.probs)
+
+
+@dataclass
+class ClassificationRequestOutput:
+    """The result of one classification request (vLLM's PoolingRequestOutput for "classify")."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    outputs: ClassificationOutput
+    finished: bool = True
+    num_cached_tokens: int = 0
+
+
+@dataclass
+class ScoringOutput:
+    score: float
+    """A cross-encoder's relevance score of the pair, or a bi-encoder's cosine similarity."""
+
+
+@dataclass
+class ScoringRequestOutput:
+    """One (text_1, text_2) pair's score from LLM.score."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    """The pair's tokens (a cross-encoder) or text_2's (a bi-encoder)."""
+    outputs: ScoringOutput
+    finished: bool = True
+
+
+PoolingRequestOutput = EmbeddingRequestOutput | ClassificationRequestOutput

@@ -14,12 +14,13 @@ class PoolingParams:
     Normalize module, or True for a decoder served with task "embed")."""
     dimensions: int | None = None
     """Keep the first `dimensions` values (Matryoshka models only); None: all of them."""
-    task: Literal["embed"] = "embed"
-    """The pooling task; "embed" is the only one served."""
+    task: Literal["embed", "classify"] = "embed"
+    """The pooling task: "embed" (a vector) or "classify" (label scores; sequence classifiers
+    and cross-encoders). It must be the task the model is served for."""
 
     def __post_init__(self) -> None:
-        if self.task != "embed":
-            raise ValueError(f"pooling task must be 'embed', got {self.task!r}")
+        if self.task not in ("embed", "classify"):
+            raise ValueError(f"pooling task must be 'embed' or 'classify', got {self.task!r}")
         if self.dimensions is not None and (
             isinstance(self.dimensions, bool) or not isinstance(self.dimensions, int)
             or self.dimensions < 1
@@ -41,3 +42,22 @@ def finish_embedding(
     # NOTE: same epsilon as torch.nn.functional.normalize.
     norm = max(math.sqrt(math.fsum(x * x for x in vector)), 1e-12)
     return [x / norm for x in vector]
+
+
+def activate_logits(logits: list[float], activation: str) -> list[float]:
+    """A classifier's raw logits -> its label scores: softmax over the labels, or an
+    independent sigmoid per label (one-label cross-encoders, multi-label heads)."""
+    if activation == "sigmoid":
+        return [_sigmoid(x) for x in logits]
+    top = max(logits)
+    exps = [math.exp(x - top) for x in logits]
+    total = math.fsum(exps)
+    return [e / total for e in exps]
+
+
+def _sigmoid(x: float) -> float:
+    # NOTE: the two forms keep exp() from overflowing for large |x|.
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)

@@ -10,6 +10,7 @@ import re
 import pytest
 
 from pagedllm.model_executor.models.registry import (
+    CLASSIFIER_MODEL_REGISTRY,
     EMBEDDING_MODEL_REGISTRY,
     MODEL_REGISTRY,
     get_model_class,
@@ -43,7 +44,8 @@ def _implementation(architecture: str) -> str:
 
 def test_every_registered_architecture_is_listed_native():
     native = {arch for arch, how in _table().items() if how == "native"}
-    assert native == set(MODEL_REGISTRY.names()) | set(EMBEDDING_MODEL_REGISTRY.names())
+    assert native == (set(MODEL_REGISTRY.names()) | set(EMBEDDING_MODEL_REGISTRY.names())
+                      | set(CLASSIFIER_MODEL_REGISTRY.names()))
 
 
 @pytest.mark.parametrize("architecture, implementation", sorted(_table().items()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pagedllm.config.pooler import PoolerConfig
+from pagedllm.config.pooler import ClassifierConfig, PoolerConfig
 
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -44,10 +44,13 @@ class ModelConfig:
     """Run the model module by module in eager PyTorch (no fused compiled decoder layers)."""
     seed: int = 0
     """Default seed for requests without one."""
-    task: Literal["generate", "embed"] = "generate"
-    """What the engine serves: generated text, or one embedding per prompt."""
+    task: Literal["generate", "embed", "classify"] = "generate"
+    """What the engine serves: generated text, one embedding per prompt, or one set of label
+    scores per prompt (sequence classifiers and cross-encoders)."""
     pooler: PoolerConfig | None = None
     """How hidden states become an embedding (task "embed" only)."""
+    classifier: ClassifierConfig | None = None
+    """The labels and their activation (task "classify" only)."""
     is_encoder_only: bool = False
     """A bidirectional encoder (BERT): runs on the pooling core, without a KV cache."""
 
@@ -62,8 +65,12 @@ class ModelConfig:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
         if (self.task == "embed") != (self.pooler is not None):
             raise ValueError(f"task {self.task!r} needs a pooler config exactly when 'embed'")
-        if self.is_encoder_only and self.task != "embed":
-            raise ValueError(f"{self.architecture} is an encoder: it serves task 'embed' only")
+        if (self.task == "classify") != (self.classifier is not None):
+            raise ValueError(f"task {self.task!r} needs a classifier config exactly when "
+                             f"'classify'")
+        if self.is_encoder_only and self.task == "generate":
+            raise ValueError(f"{self.architecture} is an encoder: it serves task 'embed' or "
+                             f"'classify', not generation")
 
     @property
     def served_name(self) -> str:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 PoolingType = Literal["MEAN", "CLS", "LAST"]
+ClassifierActivation = Literal["softmax", "sigmoid"]
 
 
 @dataclass(frozen=True)
@@ -22,3 +23,25 @@ class PoolerConfig:
             raise ValueError(
                 f"pooling_type must be MEAN, CLS or LAST, got {self.pooling_type!r}"
             )
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """A sequence-classification head (BertForSequenceClassification, cross-encoders): the
+    [CLS] state -> one logit per label; requests get the activated scores."""
+
+    labels: tuple[str, ...]
+    """id2label, in label-id order."""
+    activation: ClassifierActivation = "softmax"
+    """softmax over the labels; sigmoid for one label (a cross-encoder's relevance score) and
+    for multi-label problems, as transformers' own loss choice implies."""
+
+    def __post_init__(self) -> None:
+        if not self.labels:
+            raise ValueError("a classifier needs at least one label")
+        if self.activation not in ("softmax", "sigmoid"):
+            raise ValueError(f"activation must be softmax or sigmoid, got {self.activation!r}")
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)

@@ -44,7 +44,8 @@ class EngineArgs:
     num_gpu_blocks_override: int | None = None
     scheduling_policy: str = "fcfs"
     task: str = "auto"
-    """"generate", "embed" (decoders: last-token pooling), or "auto" (embed for encoders)."""
+    """"generate", "embed" (decoders: last-token pooling), "classify" (sequence classifiers,
+    cross-encoders; "score" is an alias), or "auto" (classify or embed for encoders)."""
     enforce_eager: bool = False
     """Run the model module by module in eager PyTorch instead of the fused compiled decoder
     layers (as vLLM's flag turns off CUDA graphs / torch.compile)."""

@@ -23,6 +23,8 @@ PromptType = str | list[int] | dict[str, Any]
 class ProcessedPrompt:
     prompt: str | None
     prompt_token_ids: list[int]
+    token_type_ids: list[int] | None = None
+    """BERT segment ids (a text pair for a cross-encoder); None: every token is segment 0."""
 
 
 class InputProcessor:
@@ -39,7 +41,11 @@ class InputProcessor:
     ) -> ProcessedPrompt:
         if isinstance(prompt, dict):
             if "prompt_token_ids" in prompt:
-                return self._from_token_ids(prompt["prompt_token_ids"])
+                processed = self._from_token_ids(prompt["prompt_token_ids"])
+                if prompt.get("token_type_ids") is not None:
+                    processed.token_type_ids = self._token_types(prompt["token_type_ids"],
+                                                                 processed.prompt_token_ids)
+                return processed
             if "prompt" in prompt:
                 return self.process_prompt(prompt["prompt"], add_special_tokens)
             raise ValueError("prompt dict needs 'prompt' or 'prompt_token_ids'")
@@ -67,6 +73,22 @@ class InputProcessor:
             )
         return ProcessedPrompt(None, list(token_ids))
 
+    def _token_types(self, token_type_ids: Any, token_ids: list[int]) -> list[int]:
+        """vLLM's TokensPrompt.token_type_ids: one segment id per token, within the model's
+        type vocabulary (encoders only)."""
+        if not self.model_config.is_encoder_only:
+            raise ValueError("token_type_ids are for encoder models (BERT-style) only")
+        if not isinstance(token_type_ids, (list, tuple)) or not all(
+                isinstance(t, int) and not isinstance(t, bool) for t in token_type_ids):
+            raise ValueError("token_type_ids must be a list of integers")
+        if len(token_type_ids) != len(token_ids):
+            raise ValueError(f"token_type_ids has {len(token_type_ids)} entries for "
+                             f"{len(token_ids)} prompt tokens")
+        num_types = getattr(self.model_config.hf_config, "type_vocab_size", 1)
+        if any(not 0 <= t < num_types for t in token_type_ids):
+            raise ValueError(f"token_type_ids must be in [0, {num_types})")
+        return list(token_type_ids)
+
     def validate(self, prompt: ProcessedPrompt, params: SamplingParams) -> None:
         if not isinstance(params, SamplingParams):
             raise ValueError("sampling_params must be a SamplingParams")
@@ -74,6 +96,11 @@ class InputProcessor:
             raise ValueError(
                 f"{self.model_config.model} is served for embeddings (task 'embed'): use "
                 f"LLM.embed / /v1/embeddings, or start it with --task generate"
+            )
+        if self.model_config.task == "classify":
+            raise ValueError(
+                f"{self.model_config.model} is a classifier (task 'classify'): use "
+                f"LLM.classify / LLM.score, /classify, /score or /rerank"
             )
         num = len(prompt.prompt_token_ids)
         max_len = self.model_config.max_model_len
@@ -106,8 +133,9 @@ class InputProcessor:
         if self.lora_config is None:
             raise ValueError(f"LoRA {lora.lora_name!r} requested, but LoRA is not enabled "
                              f"(LLM(enable_lora=True) / --enable-lora)")
-        if self.model_config.task == "embed":
-            raise ValueError("LoRA adapters serve generation only, not embeddings")
+        if self.model_config.task != "generate":
+            raise ValueError("LoRA adapters serve generation only, not embeddings or "
+                             "classification")
         adapter = read_adapter(lora, self.lora_config.max_lora_rank)
         check_adapter_shapes(lora.lora_name, adapter, self.model_config.hf_config)
 
@@ -148,18 +176,25 @@ class InputProcessor:
 
     def validate_pooling(self, prompt: ProcessedPrompt, params: PoolingParams) -> None:
         config = self.model_config
-        if config.task != "embed" or config.pooler is None:
+        if config.task == "generate":
             raise ValueError(
                 f"{config.model} is served for generation: embeddings need a model started "
-                f"with --task embed (or an embedding model such as all-MiniLM-L6-v2)"
+                f"with --task embed (or an embedding model such as all-MiniLM-L6-v2), "
+                f"classification a sequence-classification model"
             )
+        if params.task != config.task:
+            ask = {"embed": "embeddings", "classify": "classification"}[params.task]
+            uses = {"embed": "LLM.embed / /v1/embeddings",
+                    "classify": "LLM.classify / LLM.score, /classify, /score or /rerank"}
+            use = uses[config.task]
+            raise ValueError(f"{config.model} serves task {config.task!r}, not {ask}: use {use}")
         num = len(prompt.prompt_token_ids)
         if num > config.max_model_len:
             raise ValueError(
                 f"input is {num} tokens long; the maximum model length is {config.max_model_len}"
             )
         if params.dimensions is not None:
-            if not config.pooler.matryoshka:
+            if config.pooler is None or not config.pooler.matryoshka:
                 raise ValueError(
                     f"{config.model} does not support Matryoshka representation: 'dimensions' "
                     f"cannot change its embedding size ({config.hidden_size})"

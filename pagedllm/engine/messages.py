@@ -26,3 +26,5 @@ class EngineCoreRequest:
     """Set for an embedding request (task "embed"); sampling_params are then the defaults."""
     lora_request: LoRARequest | None = None
     """The adapter to run under (None: the base model); checked by the input processor."""
+    token_type_ids: list[int] | None = None
+    """BERT's segment of each prompt token (a cross-encoder's text pair); None: all 0."""

@@ -9,14 +9,17 @@ from typing import Any
 from pagedllm.core.sched.output import LogprobsLists
 from pagedllm.engine.messages import EngineCoreOutput
 from pagedllm.outputs import (
+    ClassificationOutput,
+    ClassificationRequestOutput,
     CompletionOutput,
     EmbeddingOutput,
     EmbeddingRequestOutput,
     Logprob,
+    PoolingRequestOutput,
     PromptLogprobs,
     RequestOutput,
 )
-from pagedllm.pooling_params import PoolingParams, finish_embedding
+from pagedllm.pooling_params import PoolingParams, activate_logits, finish_embedding
 from pagedllm.request import FinishReason
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 from pagedllm.tokenizer.detokenizer import IncrementalDetokenizer, decode_tokens
@@ -144,11 +147,13 @@ class PoolingRequestState:
     prompt_token_ids: list[int]
     params: PoolingParams
     default_normalize: bool
+    activation: str | None = None
+    """A classify request's activation of the head's logits (None: an embedding)."""
 
 
 @dataclass
 class ProcessedOutputs:
-    request_outputs: list[RequestOutput | EmbeddingRequestOutput]
+    request_outputs: list[RequestOutput | PoolingRequestOutput]
     reqs_to_abort: list[str]
     """Child requests a stop string finished: the engine core must stop computing them."""
 
@@ -203,10 +208,16 @@ class OutputProcessor:
                 result.request_outputs.append(request_output)
         return result
 
-    def _embedding_output(self, out: EngineCoreOutput) -> EmbeddingRequestOutput | None:
+    def _embedding_output(self, out: EngineCoreOutput) -> PoolingRequestOutput | None:
         state = self.pooling_states.pop(out.request_id, None)
         if state is None or out.pooling_output is None:
             return None  # aborted meanwhile
+        if state.activation is not None:
+            return ClassificationRequestOutput(
+                request_id=out.request_id, prompt=state.prompt,
+                prompt_token_ids=state.prompt_token_ids,
+                outputs=ClassificationOutput(activate_logits(out.pooling_output,
+                                                             state.activation)))
         vector = finish_embedding(out.pooling_output, state.params, state.default_normalize)
         return EmbeddingRequestOutput(
             request_id=out.request_id, prompt=state.prompt,

@@ -1,4 +1,4 @@
-"""PoolingEngineCore: the engine core of encoder-only embedding models (BERT).
+"""PoolingEngineCore: the engine core of encoder-only models (BERT embeddings, classifiers).
 
 Design choice: vLLM runs pooling requests through its scheduler (prefill only). Encoders need
 neither a KV cache (attention is bidirectional over the whole prompt, nothing is reused between
@@ -36,7 +36,8 @@ class PoolingEngineCore(EngineCoreBase):
     def add_request(self, request: EngineCoreRequest) -> None:
         # NOTE: the input processor already refused generation requests and long prompts.
         assert request.pooling_params is not None, "an encoder serves embedding requests only"
-        self.scheduler.add_request(request.request_id, request.prompt_token_ids)
+        self.scheduler.add_request(request.request_id, request.prompt_token_ids,
+                                   request.token_type_ids)
 
     def abort_requests(self, request_ids: list[str]) -> None:
         self.scheduler.finish_requests(request_ids)

@@ -54,10 +54,11 @@ class RequestIntake:
         arrival_time = arrival_time if arrival_time is not None else time.time()
         if isinstance(params, PoolingParams):
             self.input_processor.validate_pooling(processed, params)
-            pooler = self.input_processor.model_config.pooler
-            assert pooler is not None
+            config = self.input_processor.model_config
             self.output_processor.add_pooling_request(request_id, PoolingRequestState(
-                processed.prompt, processed.prompt_token_ids, params, pooler.normalize,
+                processed.prompt, processed.prompt_token_ids, params,
+                config.pooler.normalize if config.pooler else False,
+                config.classifier.activation if config.classifier else None,
             ))  # fmt: skip
             sampling = SamplingParams(max_tokens=1, detokenize=False)
             samples, pooling = [(request_id, sampling)], params
@@ -71,7 +72,8 @@ class RequestIntake:
         core_requests = [
             EngineCoreRequest(child_id, processed.prompt_token_ids, child_params, arrival_time,
                               priority, pooling_params=pooling,
-                              lora_request=lora_request)  # fmt: skip
+                              lora_request=lora_request,
+                              token_type_ids=processed.token_type_ids)  # fmt: skip
             for child_id, child_params in samples
         ]
         return AcceptedRequest(processed.prompt_token_ids, core_requests)

@@ -19,8 +19,21 @@ from pagedllm.beam_search import (
 from pagedllm.engine.arg_utils import EngineArgs
 from pagedllm.engine.input_processor import PromptType
 from pagedllm.engine.llm_engine import LLMEngine
+from pagedllm.entrypoints.score_utils import (
+    check_cross_encoder,
+    cosine,
+    cross_encoder_prompt,
+    pair_lists,
+)
 from pagedllm.lora.request import LoRARequest
-from pagedllm.outputs import EmbeddingRequestOutput, RequestOutput
+from pagedllm.outputs import (
+    ClassificationRequestOutput,
+    EmbeddingRequestOutput,
+    PoolingRequestOutput,
+    RequestOutput,
+    ScoringOutput,
+    ScoringRequestOutput,
+)
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 from pagedllm.tokenizer.chat import Conversation, apply_chat_template
@@ -178,6 +191,48 @@ class LLM:
         request_ids = self._add_requests(prompt_list, params_list)
         return self._run_engine(request_ids, use_tqdm)  # type: ignore[return-value]
 
+    def classify(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        use_tqdm: bool = True,
+    ) -> list[ClassificationRequestOutput]:
+        """Label scores per prompt (`outputs.probs`, in label-id order; the labels are
+        `llm.llm_engine.config.model.classifier.labels`), from a sequence-classification model
+        (BertForSequenceClassification, (XLM)RobertaForSequenceClassification)."""
+        prompt_list = _as_prompt_list(prompts)
+        params = [PoolingParams(task="classify")] * len(prompt_list)
+        request_ids = self._add_requests(prompt_list, params)
+        return self._run_engine(request_ids, use_tqdm)  # type: ignore[return-value]
+
+    def score(
+        self,
+        data_1: str | Sequence[str],
+        data_2: str | Sequence[str],
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+    ) -> list[ScoringRequestOutput]:
+        """The score of each (data_1, data_2) pair, vLLM's pairing (one data_1 against every
+        data_2, or one each): a cross-encoder's relevance (the sigmoid of its one logit, the pair
+        read as one prompt) or, for an embedding model, the cosine similarity."""
+        queries, documents = pair_lists(data_1 if isinstance(data_1, str) else list(data_1),
+                                        data_2 if isinstance(data_2, str) else list(data_2))
+        config = self.llm_engine.config.model
+        if config.task == "classify":
+            check_cross_encoder(config)
+            tokenizer = self.get_tokenizer()
+            pairs: list[PromptType] = [
+                cross_encoder_prompt(tokenizer, config, q, d, truncate_prompt_tokens)
+                for q, d in zip(queries, documents)]
+            outputs = self.classify(pairs, use_tqdm=use_tqdm)
+            return [ScoringRequestOutput(o.request_id, o.prompt_token_ids,
+                                         ScoringOutput(o.outputs.probs[0])) for o in outputs]
+        texts = list(dict.fromkeys([*queries, *documents]))  # each distinct text embedded once
+        embedded = dict(zip(texts, self.embed(texts, use_tqdm=use_tqdm)))
+        return [ScoringRequestOutput(embedded[d].request_id, embedded[d].prompt_token_ids,
+                                     ScoringOutput(cosine(embedded[q].outputs.embedding,
+                                                          embedded[d].outputs.embedding)))
+                for q, d in zip(queries, documents)]
+
     def _add_requests(self, prompts: list[PromptType],
                       params: Sequence[SamplingParams | PoolingParams],
                       loras: Sequence[LoRARequest | None] | None = None) -> list[str]:
@@ -199,8 +254,8 @@ class LLM:
 
     def _run_engine(
         self, request_ids: list[str], use_tqdm: bool
-    ) -> list[RequestOutput | EmbeddingRequestOutput]:
-        finished: dict[str, RequestOutput | EmbeddingRequestOutput] = {}
+    ) -> list[RequestOutput | PoolingRequestOutput]:
+        finished: dict[str, RequestOutput | PoolingRequestOutput] = {}
         bar = tqdm(total=len(request_ids), desc="Processed prompts", disable=not use_tqdm,
                    dynamic_ncols=True)
         generated = 0

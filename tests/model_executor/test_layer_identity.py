@@ -20,7 +20,11 @@ from pagedllm.model_executor.layers.linear import (
     RowParallelLinear,
 )
 from pagedllm.model_executor.layers.moe import FusedMoE
-from pagedllm.model_executor.models.registry import EMBEDDING_MODEL_REGISTRY, MODEL_REGISTRY
+from pagedllm.model_executor.models.registry import (
+    CLASSIFIER_MODEL_REGISTRY,
+    EMBEDDING_MODEL_REGISTRY,
+    MODEL_REGISTRY,
+)
 from tests.conftest import TINY_LLAMA
 from tests.models import (
     test_cohere,
@@ -57,6 +61,12 @@ FAMILIES: dict[str, list[tuple[str, dict]]] = {
     "Qwen2MoeForCausalLM": [test_qwen_moe.VARIANTS["qwen2_moe"]],
     "Qwen3MoeForCausalLM": [test_qwen_moe.VARIANTS["qwen3_moe"]],
     "BertModel": [("BertConfig", {"num_key_value_heads": None, "type_vocab_size": 2})],
+    "RobertaModel": [("RobertaConfig", {"num_key_value_heads": None})],
+    "XLMRobertaModel": [("XLMRobertaConfig", {"num_key_value_heads": None})],
+    "BertForSequenceClassification": [("BertConfig", {"num_key_value_heads": None})],
+    "RobertaForSequenceClassification": [("RobertaConfig", {"num_key_value_heads": None})],
+    "XLMRobertaForSequenceClassification": [("XLMRobertaConfig",
+                                             {"num_key_value_heads": None})],
     "GraniteForCausalLM": [("GraniteConfig", v) for v in test_granite.VARIANTS.values()],
     "GraniteMoeForCausalLM": [("GraniteMoeConfig", v) for v in test_granitemoe.VARIANTS.values()],
     "Olmo2ForCausalLM": [("Olmo2Config", v) for v in test_olmo2.VARIANTS.values()],
@@ -83,7 +93,8 @@ ROLES = {
     "self_attn.dense": RowParallelLinear, "self_attention.dense": RowParallelLinear,
     "fc_in": ColumnParallelLinear, "fc_out": RowParallelLinear,
     "shared_expert_gate": ReplicatedLinear, "project_in": ReplicatedLinear,
-    "project_out": ReplicatedLinear,
+    "project_out": ReplicatedLinear, "classifier": ReplicatedLinear,
+    "dense": ReplicatedLinear,  # last: a classifier head's "pooler.dense" (no deeper name)
 }  # fmt: skip
 """Module name suffix -> the role of a linear layer there (vLLM's choice for that place)."""
 
@@ -94,14 +105,17 @@ def _build(arch: str, config_cls: str, overrides: dict) -> torch.nn.Module:
     model_config = SimpleNamespace(
         hf_config=hf_config, max_model_len=128, enforce_eager=True,
         pooler=SimpleNamespace(pooling_type="MEAN"),
+        classifier=SimpleNamespace(num_labels=3),
     )  # fmt: skip
-    registry = EMBEDDING_MODEL_REGISTRY if arch in EMBEDDING_MODEL_REGISTRY else MODEL_REGISTRY
+    registry = next(r for r in (EMBEDDING_MODEL_REGISTRY, CLASSIFIER_MODEL_REGISTRY, MODEL_REGISTRY)
+                    if arch in r)
     with torch.device("meta"):
         return registry.get(arch)(model_config)
 
 
 def test_every_registered_family_is_covered():
-    assert set(FAMILIES) == set(MODEL_REGISTRY.names()) | set(EMBEDDING_MODEL_REGISTRY.names())
+    assert set(FAMILIES) == (set(MODEL_REGISTRY.names()) | set(EMBEDDING_MODEL_REGISTRY.names())
+                             | set(CLASSIFIER_MODEL_REGISTRY.names()))
 
 
 @pytest.mark.parametrize("arch, config_cls, overrides", CASES)
@@ -114,7 +128,7 @@ def test_prefixes_are_module_names_and_roles_fit(arch, config_cls, overrides):
     for layer in named:
         assert layer.prefix and modules.get(layer.prefix) is layer, (arch, layer.prefix)
         if isinstance(layer, LinearBase):
-            suffix = next(s for s in ROLES if layer.prefix.endswith(f".{s}"))
+            suffix = next(s for s in ROLES if f".{layer.prefix}".endswith(f".{s}"))
             assert type(layer) is ROLES[suffix], (layer.prefix, type(layer).__name__)
     moe = [m for m in named if isinstance(m, FusedMoE)]
     assert bool(moe) == ("Moe" in arch or "Mixtral" in arch)

@@ -132,6 +132,8 @@ class PoolingSchedulerOutput:
 
     prompts: dict[str, list[int]]
     """req_id -> prompt token ids, in batch order."""
+    token_type_ids: dict[str, list[int]] = field(default_factory=dict)
+    """req_id -> segment ids, for the prompts that have them (the others: all 0)."""
 
     @property
     def total_num_scheduled_tokens(self) -> int:

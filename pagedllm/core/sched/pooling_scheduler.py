@@ -21,14 +21,20 @@ class PoolingScheduler:
         self.config = scheduler_config
         self.waiting: OrderedDict[str, list[int]] = OrderedDict()
         """req_id -> prompt token ids, in arrival order."""
+        self.token_type_ids: dict[str, list[int]] = {}
+        """req_id -> segment ids, for the waiting prompts that have them."""
 
-    def add_request(self, req_id: str, prompt_token_ids: list[int]) -> None:
+    def add_request(self, req_id: str, prompt_token_ids: list[int],
+                    token_type_ids: list[int] | None = None) -> None:
         assert req_id not in self.waiting, f"duplicate {req_id!r}"
         self.waiting[req_id] = prompt_token_ids
+        if token_type_ids is not None:
+            self.token_type_ids[req_id] = token_type_ids
 
     def finish_requests(self, req_ids: Iterable[str]) -> None:
         for req_id in req_ids:
             self.waiting.pop(req_id, None)
+            self.token_type_ids.pop(req_id, None)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.waiting)
@@ -43,7 +49,8 @@ class PoolingScheduler:
                 break
             batch[req_id] = self.waiting.pop(req_id)
             budget -= len(prompt)
-        return PoolingSchedulerOutput(batch)
+        token_types = {r: self.token_type_ids.pop(r) for r in batch if r in self.token_type_ids}
+        return PoolingSchedulerOutput(batch, token_types)
 
     def make_stats(self, num_running: int = 0, num_prompt_tokens: int = 0) -> SchedulerStats:
         return SchedulerStats(num_running_reqs=num_running, num_waiting_reqs=len(self.waiting),

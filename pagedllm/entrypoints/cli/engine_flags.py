@@ -33,9 +33,12 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0, help="random seed of the engine")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: auto)")
     group.add_argument("--attention-backend", default=None, help="attention backend name")
-    group.add_argument("--task", default="auto", choices=["auto", "generate", "embed"],
-                       help="generate text, or embed (pooled hidden states; decoders use the "
-                            "last token); auto: embed for encoder models such as BERT")
+    group.add_argument("--task", default="auto",
+                       choices=["auto", "generate", "embed", "classify", "score"],
+                       help="generate text, embed (pooled hidden states; decoders use the last "
+                            "token), or classify (sequence classifiers and cross-encoders, which "
+                            "also serve /score and /rerank; 'score' is an alias); auto: classify "
+                            "or embed for encoder models such as BERT")
     group.add_argument("--num-threads", type=int, default=None,
                        help="CPU threads for the engine (default: physical cores)")
     group.add_argument("--quantization", default=None,

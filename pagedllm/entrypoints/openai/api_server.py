@@ -32,7 +32,11 @@ from pagedllm.entrypoints.openai.protocol import (
     UnloadLoRAAdapterRequest,
 )
 from pagedllm.entrypoints.openai.protocol_responses import ResponsesRequest
-from pagedllm.entrypoints.openai.protocol_score import RerankRequest, ScoreRequest
+from pagedllm.entrypoints.openai.protocol_score import (
+    ClassificationRequest,
+    RerankRequest,
+    ScoreRequest,
+)
 from pagedllm.entrypoints.openai.state import ServerSettings, ServerState
 from pagedllm.entrypoints.openai.utils import with_cancellation
 from pagedllm.version import __version__
@@ -137,6 +141,14 @@ async def create_score(request: ScoreRequest, raw_request: Request) -> Response:
 async def create_rerank(request: RerankRequest, raw_request: Request) -> Response:
     serving = _ready_state(raw_request).score
     return _respond(await serving.rerank(request))  # type: ignore[union-attr]
+
+
+@router.post("/classify")
+@router.post("/v1/classify")
+@with_cancellation
+async def create_classify(request: ClassificationRequest, raw_request: Request) -> Response:
+    serving = _ready_state(raw_request).classification
+    return _respond(await serving.create_classify(request))  # type: ignore[union-attr]
 
 
 @router.post("/pooling")

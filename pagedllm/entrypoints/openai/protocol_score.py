@@ -87,3 +87,31 @@ class PoolingResponse(OpenAIBaseModel):
     model: str
     data: list[PoolingData]
     usage: UsageInfo
+
+
+class ClassificationRequest(OpenAIBaseModel):
+    """vLLM's /classify: one text (or token ids) or a list of them."""
+
+    model: str | None = None
+    input: str | list[str] | list[int] | list[list[int]]
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    add_special_tokens: bool = True
+    user: str | None = None
+
+
+class ClassificationData(OpenAIBaseModel):
+    index: int
+    label: str
+    """The label with the highest score."""
+    probs: list[float]
+    """One activated score per label, in label-id order."""
+    num_classes: int
+
+
+class ClassificationResponse(OpenAIBaseModel):
+    id: str = Field(default_factory=lambda: random_id("classify"))
+    object: Literal["list"] = "list"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    data: list[ClassificationData]
+    usage: UsageInfo

@@ -1,15 +1,20 @@
-"""/score, /rerank and /pooling on an embedding model (a bi-encoder): each text is embedded once
-through /v1/embeddings' path, and a pair's score is the cosine similarity of its two embeddings
-(what vLLM computes for embedding models); /pooling returns the pooled vectors themselves.
-Cross-encoders and classification heads are not served yet: a generation model answers 400."""
+"""/score, /rerank and /pooling, as vLLM serves them:
+
+- a cross-encoder (a one-label sequence classifier) reads each (query, document) pair as one
+  prompt with segment ids (score_utils.cross_encoder_prompt) through /classify's path; the score
+  is the sigmoid of its logit;
+- an embedding model (a bi-encoder) embeds each distinct text once through /v1/embeddings' path;
+  a pair's score is the cosine similarity of its two embeddings.
+
+/pooling returns the pooler's output per input (an embedding, or a classifier's label scores).
+A generation model answers 400."""
 
 from __future__ import annotations
 
-import math
-
 from pagedllm.entrypoints.openai.errors import BadRequestError
-from pagedllm.entrypoints.openai.protocol import EmbeddingRequest, UsageInfo
+from pagedllm.entrypoints.openai.protocol import EmbeddingRequest, UsageInfo, random_id
 from pagedllm.entrypoints.openai.protocol_score import (
+    ClassificationRequest,
     PoolingData,
     PoolingResponse,
     RerankDocument,
@@ -21,39 +26,55 @@ from pagedllm.entrypoints.openai.protocol_score import (
     ScoreRequest,
     ScoreResponse,
 )
+from pagedllm.entrypoints.openai.serving_classification import OpenAIServingClassification
 from pagedllm.entrypoints.openai.serving_embedding import OpenAIServingEmbedding
-
-
-def cosine(a: list[float], b: list[float]) -> float:
-    dot = sum(x * y for x, y in zip(a, b))
-    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
-    return dot / norm if norm else 0.0
+from pagedllm.entrypoints.score_utils import check_cross_encoder, cosine, cross_encoder_prompt
 
 
 class OpenAIServingScore:
-    def __init__(self, embedding: OpenAIServingEmbedding) -> None:
+    def __init__(self, embedding: OpenAIServingEmbedding,
+                 classification: OpenAIServingClassification) -> None:
         self.embedding = embedding
-        self.task = embedding.engine.model_config.task
+        self.classification = classification
+        self.config = embedding.engine.model_config
+        self.task = self.config.task
 
     async def _scores(self, model: str | None, queries: list[str], documents: list[str],
                       truncate: int | None) -> tuple[list[float], int]:
-        """Cosine similarity of each (query, document) pair; the prompt tokens embedded."""
-        if self.task != "embed":
-            raise BadRequestError(
-                "scoring needs an embedding model (a bi-encoder such as all-MiniLM-L6-v2); "
-                "cross-encoder and classification models are not supported yet",
-                param="model")
+        """Each (query, document) pair's score; the prompt tokens read."""
         if not documents:
             raise BadRequestError("nothing to score: no documents", param="documents")
+        if len(queries) == 1:
+            queries = queries * len(documents)
+        if self.task == "classify":
+            return await self._cross_encoder_scores(queries, documents, truncate)
+        if self.task != "embed":
+            raise BadRequestError(
+                "scoring needs a cross-encoder (a one-label sequence classifier) or an "
+                "embedding model (a bi-encoder such as all-MiniLM-L6-v2)", param="model")
         texts = list(dict.fromkeys([*queries, *documents]))  # each distinct text embedded once
         out = await self.embedding.create_embedding(EmbeddingRequest(
             model=model, input=texts, encoding_format="float", truncate_prompt_tokens=truncate))
         vectors = {text: data.embedding for text, data in zip(texts, out.data)}
-        if len(queries) == 1:
-            queries = queries * len(documents)
         scores = [cosine(vectors[q], vectors[d])  # type: ignore[arg-type]
                   for q, d in zip(queries, documents)]
         return scores, out.usage.prompt_tokens
+
+    async def _cross_encoder_scores(self, queries: list[str], documents: list[str],
+                                    truncate: int | None) -> tuple[list[float], int]:
+        try:
+            check_cross_encoder(self.config)
+        except ValueError as e:
+            raise BadRequestError(str(e), param="model") from e
+        tokenizer = self.classification.tokenizer
+        try:
+            prompts = [cross_encoder_prompt(tokenizer, self.config, q, d, truncate)
+                       for q, d in zip(queries, documents)]
+        except ValueError as e:
+            raise BadRequestError(str(e), param="truncate_prompt_tokens") from e
+        outputs = await self.classification.classify(prompts, random_id("score"))
+        tokens = sum(len(p["prompt_token_ids"]) for p in prompts)
+        return [o.outputs.probs[0] for o in outputs], tokens
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         model_name = self.embedding.models.check_model(request.model)
@@ -93,10 +114,17 @@ class OpenAIServingScore:
                               usage=RerankUsage(total_tokens=tokens, prompt_tokens=tokens))
 
     async def pooling(self, request: EmbeddingRequest) -> PoolingResponse:
-        """/pooling: the pooled output of each input, in vLLM's shape."""
+        """/pooling: the pooled output of each input, in vLLM's shape (a classifier's: its
+        label scores)."""
+        if self.task == "classify":
+            out_classes = await self.classification.create_classify(ClassificationRequest(
+                model=request.model, input=request.input,
+                truncate_prompt_tokens=request.truncate_prompt_tokens))
+            return PoolingResponse(model=out_classes.model, usage=out_classes.usage, data=[
+                PoolingData(index=d.index, data=d.probs) for d in out_classes.data])
         if self.task != "embed":
-            raise BadRequestError("/pooling needs a pooling (embedding) model; classification "
-                                  "models are not supported yet", param="model")
+            raise BadRequestError("/pooling needs a pooling model (embeddings or a classifier)",
+                                  param="model")
         out = await self.embedding.create_embedding(request)
         return PoolingResponse(model=out.model, usage=out.usage, data=[
             PoolingData(index=d.index, data=d.embedding) for d in out.data])

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from pagedllm.entrypoints.ollama.serving import OllamaServing
     from pagedllm.entrypoints.openai.api_keys import ApiKeyStore
     from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat
+    from pagedllm.entrypoints.openai.serving_classification import OpenAIServingClassification
     from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
     from pagedllm.entrypoints.openai.serving_embedding import OpenAIServingEmbedding
     from pagedllm.entrypoints.openai.serving_responses import OpenAIServingResponses
@@ -85,6 +86,7 @@ class ServerState:
         self.anthropic: AnthropicServingMessages | None = None
         self.ollama: OllamaServing | None = None
         self.score: OpenAIServingScore | None = None
+        self.classification: OpenAIServingClassification | None = None
         self.load_error: str | None = None
         self.admission: AdmissionControl | None = None
         self.on_fatal: Callable[[str], None] | None = None
@@ -152,6 +154,9 @@ class ServerState:
         from pagedllm.entrypoints.ollama.serving import OllamaServing
         from pagedllm.entrypoints.openai.responses_store import ResponseStore
         from pagedllm.entrypoints.openai.serving_chat import OpenAIServingChat
+        from pagedllm.entrypoints.openai.serving_classification import (
+            OpenAIServingClassification,
+        )
         from pagedllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
         from pagedllm.entrypoints.openai.serving_embedding import OpenAIServingEmbedding
         from pagedllm.entrypoints.openai.serving_responses import OpenAIServingResponses
@@ -177,7 +182,8 @@ class ServerState:
         self.responses = OpenAIServingResponses(self.chat, store)
         self.anthropic = AnthropicServingMessages(self.chat)
         self.ollama = OllamaServing(self.chat, self.embedding)
-        self.score = OpenAIServingScore(self.embedding)
+        self.classification = OpenAIServingClassification(engine, self.models)
+        self.score = OpenAIServingScore(self.embedding, self.classification)
         self.engine = engine
         kv_bytes = engine.engine_core.kv_cache_bytes
         logger.info(

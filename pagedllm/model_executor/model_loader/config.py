@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pagedllm.config.model import ModelConfig
-from pagedllm.config.pooler import PoolerConfig
+from pagedllm.config.pooler import ClassifierConfig, PoolerConfig
 from pagedllm.model_executor.model_loader.resolve import ModelSource, resolve_model
 
 _DTYPE_ALIASES = {
@@ -60,38 +60,63 @@ def load_model_config(
         seed=seed,
         task=embedding.task,
         pooler=embedding.pooler,
+        classifier=embedding.classifier,
         is_encoder_only=embedding.encoder_only,
     )
 
 
 @dataclass(frozen=True)
 class _EmbeddingSetup:
-    task: Literal["generate", "embed"]
+    task: Literal["generate", "embed", "classify"]
     pooler: PoolerConfig | None
     encoder_only: bool
     max_seq_length: int | None
     """sentence-transformers' truncation length, the default max_model_len when set."""
+    classifier: ClassifierConfig | None = None
 
 
 def resolve_embedding(task: str, architecture: str, source: ModelSource,
                       hf_config: Any) -> _EmbeddingSetup:
-    """"auto": embed for encoder architectures (BertModel), generate otherwise."""
+    """"auto": classify for sequence classifiers, embed for the other encoders (BertModel),
+    generate otherwise."""
     from pagedllm.model_executor.model_loader.pooling import (
         load_pooler_config,
         sentence_max_seq_length,
     )
-    from pagedllm.model_executor.models.registry import is_encoder_only
+    from pagedllm.model_executor.models.registry import is_encoder_only, is_sequence_classifier
 
-    if task not in ("auto", "generate", "embed"):
-        raise ValueError(f"task must be 'auto', 'generate' or 'embed', got {task!r}")
+    if task == "score":  # vLLM's older name for a cross-encoder's task
+        task = "classify"
+    if task not in ("auto", "generate", "embed", "classify"):
+        raise ValueError(f"task must be 'auto', 'generate', 'embed' or 'classify', got {task!r}")
     encoder = is_encoder_only(architecture)
+    classifier = is_sequence_classifier(architecture)
     if task == "generate" and encoder:
-        raise ValueError(f"{architecture} is an embedding model: use task 'embed' (or 'auto')")
+        raise ValueError(f"{architecture} is an encoder: use task 'embed' or 'classify' (or "
+                         f"'auto')")
     if task == "generate" or (task == "auto" and not encoder):
         return _EmbeddingSetup("generate", None, False, None)
     model_dir = source.path if source.kind == "hf" else None
+    if task == "classify" or (task == "auto" and classifier):
+        if not classifier:
+            raise ValueError(f"{architecture} has no classification head: task 'classify' needs "
+                             f"a *ForSequenceClassification model")
+        return _EmbeddingSetup("classify", None, True, sentence_max_seq_length(model_dir),
+                               classifier_config(hf_config))
+    if classifier:
+        raise ValueError(f"{architecture} is a classifier: it serves task 'classify'")
     pooler = load_pooler_config(model_dir, hf_config, encoder)
     return _EmbeddingSetup("embed", pooler, encoder, sentence_max_seq_length(model_dir))
+
+
+def classifier_config(hf_config: Any) -> ClassifierConfig:
+    """Labels from id2label (label ids in order); sigmoid for one label or a multi-label
+    problem, softmax otherwise (the activation transformers' loss for that head implies)."""
+    num_labels = hf_config.num_labels
+    id2label = {int(k): str(v) for k, v in (getattr(hf_config, "id2label", None) or {}).items()}
+    labels = tuple(id2label.get(i, f"LABEL_{i}") for i in range(num_labels))
+    multi_label = getattr(hf_config, "problem_type", None) == "multi_label_classification"
+    return ClassifierConfig(labels, "sigmoid" if num_labels == 1 or multi_label else "softmax")
 
 
 def _resolve_quantization(requested: str | None, source: ModelSource, hf_config: Any):
@@ -174,6 +199,9 @@ def _cpu_kernels() -> bool:
 
 def resolve_max_model_len(max_model_len: int | None, hf_config: Any) -> int:
     limit = getattr(hf_config, "max_position_embeddings", None)
+    if limit is not None and getattr(hf_config, "model_type", "") in ("roberta", "xlm-roberta"):
+        # RoBERTa's positions start at padding_idx + 1: that many table rows never hold a token.
+        limit -= hf_config.pad_token_id + 1
     if max_model_len is None:
         if limit is None:
             raise ValueError("the config has no max_position_embeddings; pass max_model_len")

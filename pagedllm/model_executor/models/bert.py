@@ -1,10 +1,15 @@
-"""BERT encoders (BertModel; sentence-transformers' all-MiniLM-L6-v2) for embeddings.
+"""BERT and RoBERTa encoders: embeddings (BertModel, sentence-transformers' all-MiniLM-L6-v2;
+RobertaModel/XLMRobertaModel) and sequence classifiers / cross-encoders
+(BertForSequenceClassification, (XLM)RobertaForSequenceClassification).
 
 Post-norm blocks with bidirectional attention within each prompt of the packed batch and no KV
 cache: every forward sees whole prompts (the pooling core never chunks them).
 
-    embeddings: LayerNorm(word[id] + position[pos] + token_type[0])
+    embeddings: LayerNorm(word[id] + position[pos] + token_type[segment])
     layer:      x = LayerNorm(x + dense(attn(qkv(x))));  x = LayerNorm(x + out(gelu(inter(x))))
+    classifier: classifier(tanh(dense(x[CLS])))   (BERT's pooler + classifier; RoBERTa's head)
+
+RoBERTa differs only in its positions, counted from padding_idx + 1 over the non-pad tokens.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pagedllm.model_executor.layers.encoder_attention import EncoderAttention
 from pagedllm.model_executor.layers.linear import (
     ColumnParallelLinear,
     QKVParallelLinear,
+    ReplicatedLinear,
     RowParallelLinear,
 )
 from pagedllm.model_executor.layers.pooler import Pooler
@@ -43,10 +49,12 @@ class BertEmbeddings(nn.Module):
         )
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        # NOTE: single-segment inputs: every token has token type 0.
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         embeddings = self.word_embeddings(input_ids) + self.position_embeddings(positions)
-        return self.LayerNorm(embeddings + self.token_type_embeddings.weight[0])  # [T, hidden]
+        if token_type_ids is None:  # one segment: every token has token type 0
+            return self.LayerNorm(embeddings + self.token_type_embeddings.weight[0])
+        return self.LayerNorm(embeddings + self.token_type_embeddings(token_type_ids))
 
 
 class BertSelfAttention(nn.Module):
@@ -128,11 +136,13 @@ class BertEncoder(nn.Module):
 class BertModel(nn.Module):
     packed_modules_mapping = {"qkv_proj": ["query", "key", "value"]}
     """Our fused module -> the checkpoint modules stacked into it, in row order."""
+    checkpoint_prefix = "bert."
+    """What task-head checkpoints (BertForMaskedLM, ...ForSequenceClassification) call the
+    encoder; stripped at load."""
 
     def __init__(self, model_config: ModelConfig) -> None:
         super().__init__()
         config = model_config.hf_config
-        assert model_config.pooler is not None, "BertModel serves embeddings only"
         if getattr(config, "position_embedding_type", "absolute") != "absolute":
             raise ValueError(
                 f"BERT position_embedding_type {config.position_embedding_type!r} is not "
@@ -141,26 +151,104 @@ class BertModel(nn.Module):
         self.config = config
         self.embeddings = BertEmbeddings(config, "embeddings")
         self.encoder = BertEncoder(config)
-        self.pooler = Pooler(model_config.pooler.pooling_type)
+        self.pooler = self._make_pooler(model_config)
+
+    def _make_pooler(self, model_config: ModelConfig) -> nn.Module:
+        assert model_config.pooler is not None, f"{type(self).__name__} serves embeddings only"
+        return Pooler(model_config.pooler.pooling_type)
 
     def forward(
         self,
         input_ids: torch.Tensor,  # [T] long, whole prompts packed back to back
         positions: torch.Tensor,  # [T] long, from 0 in each prompt
+        token_type_ids: torch.Tensor | None = None,  # [T] long; None: all segment 0
     ) -> torch.Tensor:  # [T, hidden]
-        return self.encoder(self.embeddings(input_ids, positions))
+        positions = self.embedding_positions(input_ids, positions)
+        return self.encoder(self.embeddings(input_ids, positions, token_type_ids))
+
+    def embedding_positions(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return positions
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> set[str]:
-        return load_packed_weights(self, _strip_prefix(weights), self.packed_modules_mapping, _skip)
+        return load_packed_weights(self, self._checkpoint_names(weights),
+                                   self.packed_modules_mapping, self.skips_weight)
+
+    def skips_weight(self, name: str) -> bool:
+        # The position-id buffers, HF's [CLS] pooler (sentence-transformers does not use it)
+        # and any pre-training heads.
+        return (name.endswith(("position_ids", "token_type_ids"))
+                or name.startswith(("pooler.", "cls.", "lm_head.")))
+
+    def _checkpoint_names(self, weights: Iterable[tuple[str, Any]]
+                          ) -> Iterable[tuple[str, Any]]:
+        for name, tensor in weights:
+            yield name.removeprefix(self.checkpoint_prefix), tensor
 
 
-def _strip_prefix(weights: Iterable[tuple[str, Any]]) -> Iterable[tuple[str, Any]]:
-    # BertForMaskedLM-style checkpoints name the encoder "bert.*".
-    for name, tensor in weights:
-        yield name.removeprefix("bert."), tensor
+class RobertaModel(BertModel):
+    """RoBERTa / XLM-RoBERTa: BERT's blocks; positions count the non-pad tokens of each prompt
+    from padding_idx + 1 (transformers' create_position_ids_from_input_ids)."""
+
+    checkpoint_prefix = "roberta."
+
+    def embedding_positions(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        pad = self.config.pad_token_id
+        not_pad = (input_ids != pad).long()
+        counted = torch.cumsum(not_pad, 0)  # over the packed batch
+        # Subtract what the prompts before each token's own prompt counted.
+        starts = positions == 0
+        before = (counted - not_pad)[starts]  # [B]: the count just before each prompt
+        prompt_of_token = torch.cumsum(starts.long(), 0) - 1
+        return (counted - before[prompt_of_token]) * not_pad + pad
 
 
-def _skip(name: str) -> bool:
-    # The position-id buffer, HF's [CLS] pooler (sentence-transformers does not use it) and any
-    # pre-training heads.
-    return name.endswith("position_ids") or name.startswith(("pooler.", "cls."))
+class ClassifierPooler(nn.Module):
+    """The [CLS] (first) token's state -> one logit per label: classifier(tanh(dense(x)))."""
+
+    def __init__(self, hidden_size: int, num_labels: int, prefix: str) -> None:
+        super().__init__()
+        self.dense = ReplicatedLinear(hidden_size, hidden_size, True, prefix=f"{prefix}.dense")
+        self.classifier = ReplicatedLinear(hidden_size, num_labels, True,
+                                           prefix=f"{prefix}.classifier")
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # [T, hidden], prompts packed back to back
+        query_start_loc: torch.Tensor,  # [B + 1] long
+    ) -> torch.Tensor:  # [B, num_labels] float32
+        cls = hidden_states[query_start_loc[:-1]]
+        return self.classifier(torch.tanh(self.dense(cls))).float()
+
+
+class BertForSequenceClassification(BertModel):
+    """BERT with its [CLS] pooler (dense + tanh) and classifier: the logits per prompt are the
+    pooled output. Cross-encoders (ms-marco MiniLM, bge-reranker) are this with one label."""
+
+    # transformers' names of the head -> ours (both heads are dense, tanh, projection).
+    head_names = {"bert.pooler.dense.": "pooler.dense.", "classifier.": "pooler.classifier."}
+
+    def _make_pooler(self, model_config: ModelConfig) -> nn.Module:
+        assert model_config.classifier is not None, "a classifier needs task 'classify'"
+        return ClassifierPooler(self.config.hidden_size, model_config.classifier.num_labels,
+                                "pooler")
+
+    def skips_weight(self, name: str) -> bool:
+        # The head was renamed to ours ("pooler.dense", "pooler.classifier") and loads.
+        return (name.endswith(("position_ids", "token_type_ids"))
+                or name.startswith(("cls.", "lm_head.")))
+
+    def _checkpoint_names(self, weights: Iterable[tuple[str, Any]]
+                          ) -> Iterable[tuple[str, Any]]:
+        for name, tensor in weights:
+            for theirs, ours in self.head_names.items():
+                if name.startswith(theirs):
+                    name = ours + name.removeprefix(theirs)
+                    break
+            yield name.removeprefix(self.checkpoint_prefix), tensor
+
+
+class RobertaForSequenceClassification(RobertaModel, BertForSequenceClassification):
+    checkpoint_prefix = "roberta."
+    head_names = {"classifier.dense.": "pooler.dense.",
+                  "classifier.out_proj.": "pooler.classifier."}
+

@@ -38,6 +38,18 @@ MODEL_REGISTRY.register("Qwen3MoeForCausalLM", f"{_MODELS}.qwen3_moe", "Qwen3Moe
 # Encoder-only embedding models: bidirectional attention, no KV cache, task "embed" only.
 EMBEDDING_MODEL_REGISTRY = Registry("embedding model architecture")
 EMBEDDING_MODEL_REGISTRY.register("BertModel", f"{_MODELS}.bert", "BertModel")
+# RoBERTa is BERT with positions counted from padding_idx + 1 (and one token type).
+EMBEDDING_MODEL_REGISTRY.register("RobertaModel", f"{_MODELS}.bert", "RobertaModel")
+EMBEDDING_MODEL_REGISTRY.register("XLMRobertaModel", f"{_MODELS}.bert", "RobertaModel")
+
+# Encoder-only sequence classifiers (and cross-encoders: one label scoring a text pair), task
+# "classify" only, on the same pooling core.
+CLASSIFIER_MODEL_REGISTRY = Registry("sequence classification architecture")
+CLASSIFIER_MODEL_REGISTRY.register("BertForSequenceClassification", f"{_MODELS}.bert",
+                                   "BertForSequenceClassification")
+for _roberta in ("RobertaForSequenceClassification", "XLMRobertaForSequenceClassification"):
+    CLASSIFIER_MODEL_REGISTRY.register(_roberta, f"{_MODELS}.bert",
+                                       "RobertaForSequenceClassification")
 
 
 def get_model_class(architecture: str) -> type[nn.Module]:
@@ -45,6 +57,8 @@ def get_model_class(architecture: str) -> type[nn.Module]:
     else ValueError listing the supported architectures."""
     if architecture in EMBEDDING_MODEL_REGISTRY:
         return EMBEDDING_MODEL_REGISTRY.get(architecture)
+    if architecture in CLASSIFIER_MODEL_REGISTRY:
+        return CLASSIFIER_MODEL_REGISTRY.get(architecture)
     if architecture not in MODEL_REGISTRY and _fallback_supports(architecture):
         from pagedllm.model_executor.models.transformers_fallback import TransformersForCausalLM
 
@@ -54,7 +68,8 @@ def get_model_class(architecture: str) -> type[nn.Module]:
 
 def implementation_of(architecture: str) -> str:
     """"native" or "transformers fallback" (for the load log)."""
-    native = architecture in MODEL_REGISTRY or architecture in EMBEDDING_MODEL_REGISTRY
+    native = any(architecture in registry for registry in
+                 (MODEL_REGISTRY, EMBEDDING_MODEL_REGISTRY, CLASSIFIER_MODEL_REGISTRY))
     return "native" if native else "transformers fallback"
 
 
@@ -65,8 +80,13 @@ def _fallback_supports(architecture: str) -> bool:
 
 
 def is_encoder_only(architecture: str) -> bool:
-    """An embedding-only encoder (served with task "embed" on the pooling core)."""
-    return architecture in EMBEDDING_MODEL_REGISTRY
+    """An encoder (served with task "embed" or "classify" on the pooling core)."""
+    return architecture in EMBEDDING_MODEL_REGISTRY or architecture in CLASSIFIER_MODEL_REGISTRY
+
+
+def is_sequence_classifier(architecture: str) -> bool:
+    """An encoder with a classification head (served with task "classify")."""
+    return architecture in CLASSIFIER_MODEL_REGISTRY
 
 
 def supported_architectures() -> list[str]:
