@@ -29,6 +29,7 @@ from pagedllm.logger import init_logger
 from pagedllm.lora.request import LoRARequest
 from pagedllm.metrics.loggers import StatLoggerBase
 from pagedllm.metrics.request_stats import IterationStats, RequestStatsTracker
+from pagedllm.metrics.tracing import REQUEST_ATTRIBUTES, TRACE_HEADERS
 from pagedllm.outputs import EmbeddingRequestOutput, RequestOutput
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
@@ -51,6 +52,8 @@ class AsyncLLM:
         self.output_processor = OutputProcessor(tokenizer)
         self.stat_loggers = list(stat_loggers or [])
         self.request_stats = RequestStatsTracker()
+        self.tracing = False
+        """Trace spans are recorded (--otlp-traces-endpoint): requests keep their attributes."""
         self._streams: dict[str, asyncio.Queue] = {}
         """Parent request id -> queue of RequestOutput (or the exception that ended it)."""
         self.intake = RequestIntake(self.input_processor, self.output_processor)
@@ -203,10 +206,15 @@ class AsyncLLM:
         stream: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = stream
         now = time.monotonic()
+        trace_headers, attributes = None, {}
+        if self.tracing:  # the server's middleware set the HTTP request's trace context
+            trace_headers = TRACE_HEADERS.get()
+            attributes = {name: getattr(params, name, None) for name in REQUEST_ATTRIBUTES}
         for core_request in accepted.core_requests:
             self.request_stats.add_request(core_request.request_id,
                                            len(accepted.prompt_token_ids), now,
-                                           lora_request and lora_request.lora_name)
+                                           lora_request and lora_request.lora_name,
+                                           trace_headers, attributes)
             self.engine_core.add_request(core_request)
             self._mark_queued(core_request.request_id, len(accepted.prompt_token_ids))
         return stream

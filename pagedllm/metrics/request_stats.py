@@ -7,7 +7,9 @@ that receives the outputs, with one monotonic clock.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from pagedllm.engine.messages import EngineCoreOutput
 
@@ -21,6 +23,12 @@ class RequestTiming:
     num_generation_tokens: int = 0
     lora_name: str | None = None
     """The LoRA adapter the request ran under (None: the base model)."""
+    wall_arrival_time: float = field(default_factory=time.time)
+    """Epoch seconds at arrival: where a trace span starts."""
+    trace_headers: dict[str, str] | None = None
+    """The HTTP request's W3C trace context (traceparent, tracestate), when it sent one."""
+    attributes: dict[str, Any] = field(default_factory=dict)
+    """What the request asked for, for its trace span (temperature, top_p, max_tokens, n)."""
 
 
 @dataclass
@@ -33,6 +41,11 @@ class FinishedRequestStats:
     mean_time_per_output_token: float | None
     """(last token - first token) / (tokens - 1); None with fewer than two tokens."""
     lora_name: str | None = None
+    request_id: str = ""
+    time_to_first_token: float | None = None
+    wall_arrival_time: float = 0.0
+    trace_headers: dict[str, str] | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -59,8 +72,11 @@ class RequestStatsTracker:
         self.requests: dict[str, RequestTiming] = {}
 
     def add_request(self, request_id: str, num_prompt_tokens: int, now: float,
-                    lora_name: str | None = None) -> None:
-        self.requests[request_id] = RequestTiming(now, num_prompt_tokens, lora_name=lora_name)
+                    lora_name: str | None = None, trace_headers: dict[str, str] | None = None,
+                    attributes: dict[str, Any] | None = None) -> None:
+        self.requests[request_id] = RequestTiming(now, num_prompt_tokens, lora_name=lora_name,
+                                                  trace_headers=trace_headers,
+                                                  attributes=attributes or {})
 
     def update(self, outputs: list[EngineCoreOutput], stopped: list[str], now: float
                ) -> IterationStats:
@@ -94,7 +110,10 @@ class RequestStatsTracker:
         if timing.num_generation_tokens > 1 and timing.first_token_time is not None:
             tpot = ((timing.last_token_time - timing.first_token_time)  # type: ignore[operator]
                     / (timing.num_generation_tokens - 1))
+        ttft = (None if timing.first_token_time is None
+                else timing.first_token_time - timing.arrival_time)
         stats.finished_requests.append(FinishedRequestStats(
             reason, now - timing.arrival_time, timing.num_prompt_tokens,
-            timing.num_generation_tokens, tpot, timing.lora_name,
+            timing.num_generation_tokens, tpot, timing.lora_name, request_id, ttft,
+            timing.wall_arrival_time, timing.trace_headers, timing.attributes,
         ))

@@ -59,6 +59,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     server.add_argument("--log-format", choices=["text", "json"], default="text",
                         help="json: one JSON object per log line, with the request id "
                              "(X-Request-Id) of the HTTP request being served (default text)")
+    server.add_argument("--otlp-traces-endpoint", default=None,
+                        help="send an OpenTelemetry span per request to this OTLP endpoint, e.g. "
+                             "http://localhost:4318/v1/traces (HTTP/protobuf; "
+                             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=grpc for gRPC); a W3C "
+                             "traceparent header makes it a child span; needs pagedllm[otel]")
     server.add_argument("--enable-responses-api-store", action="store_true",
                         help="keep /v1/responses results in memory (store: true) for "
                              "previous_response_id and GET /v1/responses/{id} (default off: the "
@@ -163,8 +168,16 @@ def run(args: argparse.Namespace) -> int:
                 chat_template = f.read()
         except OSError as e:
             raise SystemExit(f"pagedllm serve: cannot read --chat-template: {e}") from e
+    if args.otlp_traces_endpoint:
+        from pagedllm.metrics.tracing import init_tracer
+
+        try:  # fail at start-up, not at the first finished request
+            init_tracer(args.otlp_traces_endpoint)
+        except ValueError as e:
+            raise SystemExit(f"pagedllm serve: {e}") from e
     settings = ServerSettings(
         engine_args=engine_args_from(args),
+        otlp_traces_endpoint=args.otlp_traces_endpoint,
         served_model_names=args.served_model_name or [args.model],
         api_key=args.api_key or envs.api_key(),
         allowed_origins=args.allowed_origins,

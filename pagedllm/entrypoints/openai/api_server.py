@@ -20,6 +20,7 @@ from pagedllm.entrypoints.openai.middleware import (
     AuthMiddleware,
     BodySizeLimitMiddleware,
     RequestIdMiddleware,
+    TraceHeadersMiddleware,
 )
 from pagedllm.entrypoints.openai.protocol import (
     ChatCompletionRequest,
@@ -222,6 +223,8 @@ def build_app(settings: ServerSettings) -> FastAPI:
     elif settings.api_key:
         app.add_middleware(AuthMiddleware, api_key=settings.api_key)
     app.add_middleware(RequestIdMiddleware)
+    if settings.otlp_traces_endpoint:
+        app.add_middleware(TraceHeadersMiddleware)
     if settings.allowed_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins,
                            allow_credentials=True, allow_methods=["*"], allow_headers=["*"])

@@ -120,3 +120,23 @@ class BodySizeLimitMiddleware:
             headers={"Connection": "close"},
         )
         await response(scope, receive, send)
+
+
+class TraceHeadersMiddleware:
+    """--otlp-traces-endpoint: the request's W3C trace context (traceparent, tracestate) for
+    AsyncLLM, so its span joins the caller's trace."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from pagedllm.metrics.tracing import TRACE_HEADERS, trace_headers_from
+
+        token = TRACE_HEADERS.set(trace_headers_from(Headers(scope=scope)))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            TRACE_HEADERS.reset(token)

@@ -70,6 +70,8 @@ class ServerSettings:
     """Expose POST /v1/load_lora_adapter and /v1/unload_lora_adapter."""
     lora_dir: str | None = None
     """Runtime loads may only read adapters under this directory (None: anywhere)."""
+    otlp_traces_endpoint: str | None = None
+    """--otlp-traces-endpoint: one OpenTelemetry span per finished request."""
 
 
 class ServerState:
@@ -167,6 +169,13 @@ class ServerState:
         config = engine.model_config
         self.metrics.set_num_kv_blocks(engine.engine_core.num_kv_blocks or 0)
         engine.stat_loggers.extend([self.metrics, LoggingStatLogger()])
+        if settings.otlp_traces_endpoint:
+            from pagedllm.metrics.tracing import OtelTraceLogger, init_tracer
+
+            tracer = init_tracer(settings.otlp_traces_endpoint)
+            engine.stat_loggers.append(OtelTraceLogger(tracer, settings.served_model_names[0]))
+            engine.tracing = True
+            logger.info("tracing: a span per request to %s", settings.otlp_traces_endpoint)
         self.models = models
         self.completion = OpenAIServingCompletion(engine, self.models)
         self.chat = OpenAIServingChat(engine, self.models, _chat_settings(settings))
