@@ -29,7 +29,9 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "process": record.process,
         }
-        request_id = REQUEST_ID.get()
+        # A log line about one engine request names it (`extra={"request_id": ...}`, e.g. from
+        # the engine core, where no HTTP request is in context); else the HTTP request's id.
+        request_id = getattr(record, "request_id", None) or REQUEST_ID.get()
         if request_id is not None:
             entry["request_id"] = request_id
         if record.exc_info:

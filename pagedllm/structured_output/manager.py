@@ -230,7 +230,8 @@ class StructuredOutputManager:
         if state.grammar.accept_tokens(tokens):
             return True
         state.failed = f"token(s) {tokens} rejected by the grammar"
-        logger.error("request %s: %s", request.request_id, state.failed)
+        logger.error("request %s: %s", request.request_id, state.failed,
+                     extra={"request_id": request.request_id})
         return False
 
     def shutdown(self) -> None:
