@@ -111,10 +111,18 @@ def test_every_line_answered_as_the_server_would(server, tiny_llama_dir, tmp_pat
     ([json.dumps({"custom_id": "a", "method": "GET", "url": "/v1/models", "body": {}})],
      "method must be POST"),
 ])
-def test_files_that_are_not_batch_files_are_refused_before_running(tiny_llama_dir, tmp_path,
-                                                                   lines, needle):
+def test_files_that_are_not_batch_files_are_refused(lines, needle):
+    from pagedllm.entrypoints.openai.run_batch import parse_input
+
+    with pytest.raises(ValueError, match=needle):
+        parse_input("\n".join(lines) + "\n")
+
+
+def test_the_command_refuses_a_bad_file_before_running(tiny_llama_dir, tmp_path):
+    """Through the CLI (one case: the parsing is the unit above): a non-zero exit, the reason on
+    stderr, and no output file."""
     source, out = tmp_path / "bad.jsonl", tmp_path / "out.jsonl"
-    source.write_text("\n".join(lines) + "\n")
+    source.write_text(LINES[0] + "\n{not json\n")
     result = run_batch(tiny_llama_dir, source, out)
-    assert result.returncode != 0 and needle in result.stderr, result.stderr[-2000:]
+    assert result.returncode != 0 and "line 2: not JSON" in result.stderr, result.stderr[-2000:]
     assert not out.exists()
