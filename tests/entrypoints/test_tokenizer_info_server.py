@@ -13,18 +13,17 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from tests.entrypoints.conftest import serve_module
+from tests.conftest import SHARED_TINY_NAMES
 
 pytestmark = pytest.mark.timeout(300)
 
-ALIASES = ["tiny", "tiny-chat", "org/tiny:v1"]
+ALIASES = SHARED_TINY_NAMES
 USER = [{"role": "user", "content": "What is a fox?"}]
 
 
 @pytest.fixture(scope="module")
-def server(tiny_llama_dir, tmp_path_factory):
-    yield from serve_module(tiny_llama_dir, tmp_path_factory, "aliases_server",
-                            "--kv-cache-memory", "16MiB", "--served-model-name", *ALIASES)
+def server(shared_tiny_server):
+    return shared_tiny_server
 
 
 @pytest.fixture(scope="module")

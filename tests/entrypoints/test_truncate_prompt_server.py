@@ -8,8 +8,6 @@ import httpx
 import openai
 import pytest
 
-from tests.entrypoints.conftest import serve_module
-
 pytestmark = pytest.mark.timeout(300)
 
 LONG = "The quick brown fox jumps over the lazy dog. " * 8
@@ -17,9 +15,8 @@ KEEP = 10
 
 
 @pytest.fixture(scope="module")
-def server(tiny_llama_dir, tmp_path_factory):
-    yield from serve_module(tiny_llama_dir, tmp_path_factory, "truncate_server",
-                            "--kv-cache-memory", "16MiB", "--served-model-name", "tiny")
+def server(shared_tiny_server):
+    return shared_tiny_server
 
 
 @pytest.fixture(scope="module")
