@@ -171,3 +171,45 @@ def test_runtime_updates_are_off_by_default():
 
     assert "/v1/load_lora_adapter" not in paths(False)
     assert {"/v1/load_lora_adapter", "/v1/unload_lora_adapter"} <= paths(True)
+
+
+def test_adapter_loads_and_evictions_in_metrics(server, client, adapters):
+    """Three adapters used in turn with room for two in CPU memory (--max-loras 2, no
+    --max-cpu-loras): each use after the first two reads one from disk and evicts another."""
+    _, paths = adapters
+    r = httpx.post(f"{server.url}/v1/load_lora_adapter",
+                   json={"lora_name": "d", "lora_path": paths["c"]})
+    assert r.status_code == 200, r.text
+    before = _metrics(server)
+    for name in ["a", "b", "d", "a", "b", "d"]:
+        _complete(client, name)
+    after = _metrics(server)
+    loads, cpu = "pagedllm:lora_loads_total", 'pagedllm:lora_evictions_total{tier="cpu"}'
+    assert after[loads] - before.get(loads, 0.0) >= 4
+    assert after[cpu] - before.get(cpu, 0.0) >= 4
+    assert 'pagedllm:lora_evictions_total{tier="slot"}' in after
+    r = httpx.post(f"{server.url}/v1/unload_lora_adapter", json={"lora_name": "d"})
+    assert r.status_code == 200, r.text
+
+
+def test_lora_requests_info(server, client):
+    """vLLM's info gauge names the adapters of the running requests while one streams."""
+    stream = client.completions.create(model="b", prompt=PROMPT, max_tokens=400,
+                                       temperature=0.0, stream=True, extra_body=EXTRA)
+    next(iter(stream))
+    info = [line for line in httpx.get(f"{server.url}/metrics").text.splitlines()
+            if line.startswith("pagedllm:lora_requests_info{")]
+    stream.close()
+    assert len(info) == 1, info
+    assert 'running_lora_adapters="b"' in info[0] and 'max_lora="2"' in info[0]
+
+
+def _metrics(server) -> dict[str, float]:
+    """Sample name with its labels (model_name dropped) -> value."""
+    samples = {}
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith("pagedllm:lora"):
+            key, value = line.rsplit(" ", 1)
+            key = key.replace('model_name="tiny",', "").replace('{model_name="tiny"}', "")
+            samples[key] = float(value)
+    return samples
