@@ -91,8 +91,9 @@ def test_fewer_slots_than_adapters(lora_setup):
                              slot=counters.slot_evictions)
 
 
-def test_preemption_matches_merged_hf(lora_setup):
-    base, loras = lora_setup("llama")
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_preemption_matches_merged_hf(lora_setup, family):
+    base, loras = lora_setup(family)
     choice = [None if n is None else loras[n] for n in NAMES] + [loras["all7"]]
     prompts = random_prompts([30, 41, 25, 38, 33, 27], 384, seed=5)
     llm = LLM(base, num_gpu_blocks_override=10, max_model_len=160, enable_prefix_caching=False,
@@ -113,10 +114,11 @@ def test_preemption_matches_merged_hf(lora_setup):
         assert got[i] == hf_greedy(model, prompt, 30), i
 
 
-def test_prefix_cache_is_keyed_by_adapter(lora_setup):
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_prefix_cache_is_keyed_by_adapter(lora_setup, family):
     """The same 48-token prompt under the base, then adapters: no hit across adapters (a hit
     would reuse another model's K/V and change the tokens), hits within one adapter."""
-    base, loras = lora_setup("llama")
+    base, loras = lora_setup(family)
     (prompt,) = random_prompts([48], 384, seed=11)
     llm = LLM(base, kv_cache_memory="16MiB", enable_lora=True, max_loras=4)
     for lora in [None, loras["all7"], loras["qv"], loras["ko"]]:
