@@ -82,3 +82,29 @@ def test_unload_frees_the_cpu_copy_and_slot(lora_setup):
         assert manager.resident == EMPTY and not residency.entries
     assert not llm.llm_engine.remove_lora(100)  # already gone
     assert manager.counters.loads == 20 and manager.counters.drops == 20
+
+
+def test_a_failed_load_ends_its_requests_only(lora_setup):
+    """An adapter whose read fails (the files changed after the request was checked): its
+    requests end with finish_reason "abort" and the reason; the others run, and a later
+    request loads the adapter again."""
+    base, loras = lora_setup("llama")
+    lora = loras["qv"]
+    llm = LLM(base, kv_cache_memory="16MiB", enable_lora=True, max_loras=2)
+    manager = _manager(llm)
+    read = manager.read_weights
+
+    def failing_read(request: LoRARequest):
+        raise ValueError(f"LoRA {request.lora_name!r}: the adapter went away")
+
+    manager.read_weights = failing_read
+    (prompt,) = random_prompts([9], 384, seed=23)
+    failed, plain = llm.generate([prompt, prompt], _params(4), use_tqdm=False,
+                                 lora_request=[lora, None])
+    assert failed.outputs[0].finish_reason == "abort"
+    assert "the adapter went away" in str(failed.outputs[0].stop_reason)
+    assert plain.outputs[0].token_ids == hf_greedy(merged_hf_model(base, None), prompt, 4)
+    manager.read_weights = read
+    (again,) = llm.generate([prompt], _params(4), use_tqdm=False, lora_request=lora)
+    assert again.outputs[0].token_ids == hf_greedy(merged_hf_model(base, lora.lora_path),
+                                                   prompt, 4)
