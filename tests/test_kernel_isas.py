@@ -34,6 +34,7 @@ _TESTS = [
     "tests/model_executor/test_half_weights.py",
     "tests/engine/test_batch_invariance.py::test_tiny_models_are_batch_invariant[int4]",
     "tests/engine/test_batch_invariance.py::test_tiny_models_are_batch_invariant[int8-kv]",
+    "tests/lora/test_lora_layers.py::test_each_token_gets_its_slots_update",
 ]
 
 
@@ -139,6 +140,14 @@ def kernel_outputs() -> dict[str, torch.Tensor]:
     for width in (64, 37):
         out[f"silu_and_mul/{width}"] = ops.silu_and_mul(rand(3, 2 * width) * 8)
         out[f"gelu_tanh_and_mul/{width}"] = ops.gelu_tanh_and_mul(rand(3, 2 * width) * 8)
+    for n_in, n_out in ((64, 128), (68, 37)):
+        # multi-LoRA rows (lora.cpp): 3 slots of width 8 (two slices of rank <= 4; slot 1's
+        # rank-3 slices padded with zeros), base tokens (slot 3) untouched
+        a, b = rand(3, 8, n_in), rand(3, 8, n_out)
+        a[1, 3:4] = a[1, 7:8] = b[1, 3:4] = b[1, 7:8] = 0.0
+        x, y = rand(6, n_in), rand(6, n_out)
+        slots = torch.tensor([0, 3, 2, 1, 1, 0])
+        out[f"lora/in{n_in}/out{n_out}"] = ops.lora_add_rows(y, x, a, b, slots)
     logits = rand(4, 1003)
     logits[1, 500] = float("nan")
     logits[2, 17] = logits[2, 900] = 100.0
@@ -253,7 +262,7 @@ def test_portable_kernels_match_simd_builds(tmp_path):
     kernels = {key for key in portable if not key.startswith("bound_of_")}
     assert {key.split("/")[0] for key in kernels} == {
         "dense", "quant", "quant_rows16", "gather", "attention", "rms_norm", "residual", "rotary",
-        "silu_and_mul", "gelu_tanh_and_mul", "argmax",
+        "silu_and_mul", "gelu_tanh_and_mul", "argmax", "lora",
     }  # fmt: skip
     for isa in simd:
         outputs = _outputs_of(isa, own, tmp_path / f"{isa}.pt")

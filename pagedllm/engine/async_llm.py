@@ -177,6 +177,12 @@ class AsyncLLM:
     async def get_tokenizer(self) -> Any:
         return self.tokenizer
 
+    async def remove_lora(self, lora_id: int) -> bool:
+        """Unload an adapter in the engine core: its CPU copy and slot are freed, at once or
+        when its last request ends (vLLM's name)."""
+        self._start_output_handler()  # (the reply comes back on the output pipe)
+        return await asyncio.wrap_future(self.engine_core.call_utility("remove_lora", lora_id))
+
     async def check_health(self) -> None:
         if self._dead_error is not None or not self.engine_core.is_alive():
             raise EngineDeadError("the engine core is not running")

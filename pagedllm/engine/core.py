@@ -31,6 +31,7 @@ class EngineCore(EngineCoreBase):
             sliding_window=info.sliding_window,
             structured_output_manager=self.structured_output_manager,
             max_loras=None if config.lora is None else config.lora.max_loras,
+            max_cpu_loras=None if config.lora is None else config.lora.cpu_capacity,
         )  # fmt: skip
 
     def add_request(self, request: EngineCoreRequest) -> None:
@@ -66,6 +67,15 @@ class EngineCore(EngineCoreBase):
 
     def reset_prefix_cache(self) -> bool:
         return self.scheduler.reset_prefix_cache()
+
+    def remove_lora(self, lora_id: int) -> bool:
+        """Unload an adapter (vLLM's name): the workers free its CPU copy and slot, now or when
+        its last request ends. False when the workers do not hold it."""
+        removed = self.scheduler.remove_lora(lora_id)
+        if removed and not self.scheduler.has_unfinished_requests():
+            # NOTE: idle, no step would carry the drop to the workers until the next request
+            self.step()
+        return removed
 
     def step(self) -> EngineCoreOutputs:
         profiler = self.step_profiler

@@ -59,6 +59,9 @@ class InprocClient(EngineCoreClient):
         """Call Worker.<method>(*args) on every worker; their results by rank."""
         return self.engine_core.executor.collective_rpc(method, args)
 
+    def remove_lora(self, lora_id: int) -> bool:
+        return self.engine_core.remove_lora(lora_id)  # type: ignore[attr-defined]
+
     @property
     def num_kv_blocks(self) -> int:
         return self.engine_core.num_blocks

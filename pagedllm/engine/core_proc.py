@@ -69,7 +69,7 @@ class UtilityOutput:
 
 
 # Methods of EngineCoreProc a client may call through UTILITY requests.
-UTILITY_METHODS = frozenset({"get_stats", "reset_prefix_cache"})
+UTILITY_METHODS = frozenset({"get_stats", "reset_prefix_cache", "remove_lora"})
 
 _PARENT_CHECK_SECONDS = 1.0
 
@@ -160,6 +160,9 @@ class EngineCoreProc:
 
     def reset_prefix_cache(self) -> bool:
         return self.core.reset_prefix_cache()
+
+    def remove_lora(self, lora_id: int) -> bool:
+        return self.core.remove_lora(lora_id)  # type: ignore[attr-defined]
 
 
 def run_engine_core(

@@ -75,6 +75,11 @@ class LLMEngine:
     def has_unfinished_requests(self) -> bool:
         return len(self.intake) > 0
 
+    def remove_lora(self, lora_id: int) -> bool:
+        """Unload an adapter (vLLM's name): the worker frees its CPU copy and slot, at once or
+        when its last request ends. False when the worker does not hold it."""
+        return self.engine_core.remove_lora(lora_id)  # type: ignore[attr-defined]
+
     def get_num_unfinished_requests(self) -> int:
         return len(self.intake)
 

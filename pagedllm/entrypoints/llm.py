@@ -133,27 +133,37 @@ class LLM:
         self,
         prompts: PromptType | Sequence[PromptType],
         params: BeamSearchParams,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
         use_tqdm: bool = False,
     ) -> list[BeamSearchOutput]:
         """Beam search for every prompt (see pagedllm/beam_search.py); one BeamSearchOutput per
         prompt, in input order, its sequences best first. As in vLLM, a sequence's `tokens` and
         `text` hold the prompt and the generation (`token_ids`: the generation alone). Each step
-        runs every prompt's live beams as one batch of one-token requests."""
+        runs every prompt's live beams as one batch of one-token requests. lora_request: as in
+        generate (each prompt's beams run under its adapter)."""
         processor = self.llm_engine.input_processor
         model = self.llm_engine.config.model
+        prompt_list = _as_prompt_list(prompts)
+        loras = _as_lora_list(lora_request, len(prompt_list))
+        for lora in set(loras):
+            processor.validate_lora(lora)  # (a bad adapter fails here, before any step)
         searches = [
             BeamSearch(processor.process_prompt(p).prompt_token_ids, params,
                        model.eos_token_ids, model.max_model_len)
-            for p in _as_prompt_list(prompts)
+            for p in prompt_list
         ]
         if not searches:
             return []
+        lora_of = {id(search): lora for search, lora in zip(searches, loras)}
 
         def run_step(token_prompts: list[list[int]], num_logprobs: int) -> list[StepLogprobs]:
             step = SamplingParams(max_tokens=1, logprobs=num_logprobs,
                                   temperature=params.temperature, detokenize=False)
+            # run_beam_search passes the live searches' beams in order, search by search
+            beam_loras = [lora_of[id(s)] for s in searches if not s.done for _ in s.beams]
+            assert len(beam_loras) == len(token_prompts)
             outputs = self.generate([{"prompt_token_ids": p} for p in token_prompts], step,
-                                    use_tqdm=False)
+                                    use_tqdm=False, lora_request=beam_loras)
             return [step_logprobs(o) for o in outputs]
 
         bar = tqdm(total=max(s.max_tokens for s in searches), desc="Beam search",
@@ -176,6 +186,7 @@ class LLM:
         prompts: PromptType | Sequence[PromptType],
         pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
         use_tqdm: bool = True,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[EmbeddingRequestOutput]:
         """One embedding per prompt (text, token ids, or {"prompt_token_ids": [...]}), in input
         order. Needs an embedding model (BertModel...) or a decoder started with task="embed";
@@ -188,7 +199,9 @@ class LLM:
             if len(params_list) != len(prompt_list):
                 raise ValueError(f"got {len(params_list)} pooling_params for "
                                  f"{len(prompt_list)} prompts; pass one or one per prompt")
-        request_ids = self._add_requests(prompt_list, params_list)
+        # (vLLM's signature; adapters serve generation only: the intake refuses one here)
+        loras = _as_lora_list(lora_request, len(prompt_list))
+        request_ids = self._add_requests(prompt_list, params_list, loras)
         return self._run_engine(request_ids, use_tqdm)  # type: ignore[return-value]
 
     def classify(

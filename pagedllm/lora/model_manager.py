@@ -1,17 +1,23 @@
 """LoRAModelManager: the worker's side of multi-LoRA. It wraps the model's projections in
-LoRALinear layers once, keeps the adapters' weights (an LRU of `max_cpu_loras` on the CPU) and
-assigns adapters to the layers' `max_loras` slots (an LRU too), and each step turns the
-requests' adapters into the per-token slot mapping the layers read.
+LoRALinear layers once, keeps the adapters' weights in CPU memory and assigns adapters to the
+layers' `max_loras` slots (an LRU), and each step turns the requests' adapters into the
+per-token slot mapping the layers read.
+
+Which adapters stay in CPU memory is the scheduler's decision (core/sched/lora_residency.py):
+it sends loads and drops with each step; a load runs in a background thread (reading
+safetensors never holds up a step) and is reported back once done (`report`), and only then
+does the scheduler admit the adapter's requests. So filling a slot is a copy from CPU memory.
 
     request ─ lora_int_id ─▶ slot (resident: reused; else a free or least recently used slot
-                              not needed this step, filled from the CPU cache, loaded from disk
-                              on a miss)
+                              not needed this step, filled from the CPU copy)
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -33,11 +39,23 @@ class LoRACounters:
     """Cumulative adapter traffic (for logs and metrics)."""
 
     loads: int = 0
-    """Adapters read from disk."""
-    cpu_evictions: int = 0
-    """Adapters dropped from the CPU cache."""
+    """Adapters read from disk (in the background)."""
+    drops: int = 0
+    """CPU copies freed on the scheduler's word (evicted or unloaded)."""
     slot_evictions: int = 0
     """Resident adapters replaced in a slot by another."""
+    step_loads: int = 0
+    """Adapters read from disk inside a step (never, while the scheduler admits a request
+    only once its adapter is loaded; kept as a safe fallback)."""
+
+
+@dataclass
+class LoRALoadReport:
+    """What changed since the last report (ModelRunnerOutput's lora fields)."""
+
+    loaded: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+    num_slot_evictions: int = 0
 
 
 class LoRAModelManager:
@@ -57,10 +75,16 @@ class LoRAModelManager:
         self._shapes = {n: (m.input_size, m.output_sizes) for n, m in self.layers.items()}
         self.request_loras: dict[str, LoRARequest] = {}
         """Requests the runner holds that run under an adapter."""
-        self._cpu: OrderedDict[int, LoRAWeights] = OrderedDict()
+        self._cpu: dict[int, LoRAWeights] = {}
+        """Adapters in CPU memory (the scheduler says which)."""
+        self._loading: dict[int, Future[LoRAWeights]] = {}
+        self._loader: ThreadPoolExecutor | None = None
+        self.read_weights: Callable[[LoRARequest], LoRAWeights] = self._read_weights
+        """Reads one adapter from disk (runs on the loader thread; tests wrap it)."""
         self._slots: OrderedDict[int, int] = OrderedDict()
         """lora_int_id -> slot, least recently used first."""
         self.counters = LoRACounters()
+        self._reported_slot_evictions = 0
         logger.info("LoRA: %d layers take adapters (%d slots of rank <= %d, %d on the CPU)",
                     len(self.layers), config.max_loras, config.max_lora_rank,
                     config.cpu_capacity)
@@ -88,6 +112,60 @@ class LoRAModelManager:
 
     def remove_request(self, req_id: str) -> None:
         self.request_loras.pop(req_id, None)
+
+    # ---- CPU copies (the scheduler's loads and drops) -------------------------------------
+
+    def update(self, loads: list[LoRARequest], drops: list[int]) -> None:
+        """Free the dropped adapters' CPU copies and slots; start reading the new ones."""
+        for lora_id in drops:
+            self._drop(lora_id)
+        for lora in loads:
+            if lora.lora_int_id not in self._cpu and lora.lora_int_id not in self._loading:
+                if self._loader is None:
+                    self._loader = ThreadPoolExecutor(1, thread_name_prefix="pagedllm-lora")
+                self._loading[lora.lora_int_id] = self._loader.submit(self.read_weights, lora)
+
+    def _drop(self, lora_id: int) -> None:
+        future = self._loading.pop(lora_id, None)
+        if future is not None:
+            future.cancel()  # (a read under way finishes and is thrown away)
+        if self._cpu.pop(lora_id, None) is not None:
+            self.counters.drops += 1
+        slot = self._slots.pop(lora_id, None)
+        if slot is not None:
+            for layer in self.layers.values():
+                layer.clear_slot(slot)
+
+    def wait_for_loads(self, timeout: float) -> None:
+        """Block until a load finishes or `timeout` passes (for steps with nothing to run)."""
+        if self._loading:
+            wait(list(self._loading.values()), timeout, return_when=FIRST_COMPLETED)
+
+    def report(self) -> LoRALoadReport:
+        """Loads finished (into CPU memory) or failed since the last report."""
+        report = LoRALoadReport()
+        for lora_id, future in list(self._loading.items()):
+            if not future.done():
+                continue
+            del self._loading[lora_id]
+            try:
+                self._cpu[lora_id] = future.result()
+            except Exception as e:  # reported: the scheduler aborts the adapter's requests
+                logger.warning("LoRA id %d failed to load: %s", lora_id, e)
+                report.failed[lora_id] = str(e) if isinstance(e, (ValueError, OSError)) \
+                    else f"{type(e).__name__}: {e}"
+                continue
+            self.counters.loads += 1
+            report.loaded.append(lora_id)
+        report.num_slot_evictions = self.counters.slot_evictions - self._reported_slot_evictions
+        self._reported_slot_evictions = self.counters.slot_evictions
+        return report
+
+    @property
+    def resident(self) -> dict[str, list[int]]:
+        """The adapter ids in CPU memory, loading and in slots (for tests and debugging)."""
+        return {"cpu": sorted(self._cpu), "loading": sorted(self._loading),
+                "slots": sorted(self._slots)}
 
     # ---- one step ------------------------------------------------------------------------
 
@@ -133,16 +211,19 @@ class LoRAModelManager:
     def _cpu_weights(self, lora: LoRARequest) -> LoRAWeights:
         lora_id = lora.lora_int_id
         if lora_id in self._cpu:
-            self._cpu.move_to_end(lora_id)
             return self._cpu[lora_id]
+        # NOTE: the scheduler admits a request only once its adapter is loaded; this read
+        # inside the step is a fallback (a caller that skips the scheduler), logged
+        logger.warning("LoRA %r (id %d) read inside a step", lora.lora_name, lora_id)
+        self.counters.step_loads += 1
+        future = self._loading.pop(lora_id, None)
+        self._cpu[lora_id] = future.result() if future is not None else self.read_weights(lora)
+        return self._cpu[lora_id]
+
+    def _read_weights(self, lora: LoRARequest) -> LoRAWeights:
         adapter = read_adapter(lora, self.config.max_lora_rank)
-        weights = load_lora_weights(lora_id, lora.lora_name, adapter, self.targets,
+        weights = load_lora_weights(lora.lora_int_id, lora.lora_name, adapter, self.targets,
                                     self._shapes, self.dtype)
-        self.counters.loads += 1
-        while len(self._cpu) >= self.config.cpu_capacity:
-            self._cpu.popitem(last=False)
-            self.counters.cpu_evictions += 1
-        self._cpu[lora_id] = weights
-        logger.info("LoRA %r (id %d, rank %d) loaded from %s", lora.lora_name, lora_id,
-                    adapter.rank, lora.lora_path)
+        logger.info("LoRA %r (id %d, rank %d) loaded from %s", lora.lora_name,
+                    lora.lora_int_id, adapter.rank, lora.lora_path)
         return weights

@@ -17,7 +17,7 @@ from prometheus_client import (
 
 from pagedllm.metrics.loggers import StatLoggerBase
 from pagedllm.metrics.request_stats import IterationStats
-from pagedllm.metrics.stats import SchedulerStats
+from pagedllm.metrics.stats import LoRAStats, SchedulerStats
 
 PREFIX = "pagedllm:"
 FINISH_REASONS = ("stop", "length", "abort")
@@ -68,6 +68,15 @@ class PrometheusStatLogger(StatLoggerBase):
                                        ("finished_reason",))
         self.lora_requests = counter("lora_requests", "Finished requests per LoRA adapter.",
                                      ("lora_name",))
+        self.lora_loads = counter("lora_loads", "LoRA adapters read from disk into CPU memory.")
+        self.lora_evictions = counter(
+            "lora_evictions", "LoRA adapters evicted: from CPU memory (tier=cpu) or from a "
+            "resident slot (tier=slot) to make room for another.", ("tier",))
+        self.lora_info = Gauge(
+            PREFIX + "lora_requests_info", "Running stats on LoRA requests (vLLM's): the "
+            "adapters of running and waiting requests; the value is the time of the update.",
+            labels + ["max_lora", "waiting_lora_adapters", "running_lora_adapters"],
+            registry=self.registry)
         self.ttft = histogram("time_to_first_token_seconds", "Time to first token.",
                               _LATENCY_BUCKETS)
         self.itl = histogram("inter_token_latency_seconds", "Time between output tokens.",
@@ -118,6 +127,21 @@ class PrometheusStatLogger(StatLoggerBase):
             self.spec_accepted.labels(**labels).inc(spec.num_accepted_tokens)
             for position, count in enumerate(spec.num_accepted_tokens_per_pos):
                 self.spec_accepted_per_pos.labels(**labels, position=str(position)).inc(count)
+        if stats.lora_stats is not None:
+            self._record_lora(stats.lora_stats)
+
+    def _record_lora(self, stats: LoRAStats) -> None:
+        labels = self._labels
+        self.lora_loads.labels(**labels).inc(stats.num_loads)
+        self.lora_evictions.labels(**labels, tier="cpu").inc(stats.num_cpu_evictions)
+        self.lora_evictions.labels(**labels, tier="slot").inc(stats.num_slot_evictions)
+        # one series, the latest (vLLM keeps every label set it ever saw)
+        self.lora_info.clear()
+        self.lora_info.labels(
+            **labels, max_lora=str(stats.max_lora),
+            waiting_lora_adapters=",".join(stats.waiting_lora_adapters),
+            running_lora_adapters=",".join(stats.running_lora_adapters),
+        ).set_to_current_time()  # fmt: skip
 
     def _record_iteration(self, stats: IterationStats) -> None:
         labels = self._labels

@@ -37,6 +37,21 @@ class SpecDecodingStats:
 
 
 @dataclass
+class LoRAStats:
+    """Multi-LoRA adapter traffic during one step, and the adapters in use now."""
+
+    num_loads: int = 0
+    """Adapters read from disk into CPU memory."""
+    num_cpu_evictions: int = 0
+    """Adapters dropped from CPU memory to make room for another."""
+    num_slot_evictions: int = 0
+    """Resident adapters replaced in a slot by another."""
+    running_lora_adapters: list[str] = field(default_factory=list)
+    waiting_lora_adapters: list[str] = field(default_factory=list)
+    max_lora: int = 0
+
+
+@dataclass
 class SchedulerStats:
     num_running_reqs: int = 0
     num_waiting_reqs: int = 0
@@ -53,3 +68,5 @@ class SchedulerStats:
     """Tokens generated during this step."""
     spec_decoding_stats: SpecDecodingStats | None = None
     """Speculative decoding during this step (None: no draft was verified)."""
+    lora_stats: LoRAStats | None = None
+    """Multi-LoRA engines: adapter loads, evictions and the adapters in use."""

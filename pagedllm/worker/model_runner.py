@@ -30,6 +30,9 @@ from pagedllm.worker.input_batch import InputBatch
 from pagedllm.worker.row_arrays import positions_within
 from pagedllm.worker.step_inputs import StepInputs, prepare_inputs
 
+_IDLE_LORA_WAIT_SECONDS = 0.05
+"""A step with nothing scheduled waits this long for an adapter's background load."""
+
 
 class ModelRunner:
     def __init__(
@@ -79,9 +82,22 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+        output = self._execute(scheduler_output)
+        if self.lora is not None:
+            report = self.lora.report()
+            output.lora_loaded, output.lora_failed = report.loaded, report.failed
+            output.num_lora_slot_evictions = report.num_slot_evictions
+        return output
+
+    def _execute(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
         with step_phase("prepare_inputs"):
             req_ids = self._update_states(scheduler_output)
+            if self.lora is not None:
+                self.lora.update(scheduler_output.lora_loads, scheduler_output.lora_drops)
             if not req_ids:
+                if self.lora is not None:
+                    # nothing to run (requests may wait for an adapter): do not spin
+                    self.lora.wait_for_loads(_IDLE_LORA_WAIT_SECONDS)
                 return ModelRunnerOutput(req_ids=[], sampled_token_ids={})
             inputs = prepare_inputs(self.input_batch, scheduler_output, req_ids, self.device)
             attn_metadata = self.metadata_builder.build(inputs.attn)

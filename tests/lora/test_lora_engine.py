@@ -4,6 +4,8 @@ chunked prefill, fewer slots than adapters, preemption and prefix-cache hits."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from pagedllm import LLM, LoRARequest, SamplingParams
@@ -28,8 +30,9 @@ def _lora_manager(llm: LLM):
     return engine_core(llm).executor.driver_worker.model_runner.lora
 
 
-def _run(llm: LLM, prompts, loras):
-    """Generate step by step; return (token ids per prompt, preemptions, cached tokens)."""
+def _run(llm: LLM, prompts, loras, lora_totals: Counter | None = None):
+    """Generate step by step; return (token ids per prompt, preemptions, cached tokens).
+    lora_totals: adds up the steps' LoRAStats counters."""
     engine = llm.llm_engine
     for i, (prompt, lora) in enumerate(zip(prompts, loras)):
         engine.add_request(str(i), prompt, _params(), lora_request=lora)
@@ -39,6 +42,10 @@ def _run(llm: LLM, prompts, loras):
             if out.finished:
                 outputs[int(out.request_id)] = out
         preemptions += engine.last_stats.num_preemptions if engine.last_stats else 0
+        if lora_totals is not None and engine.last_stats and engine.last_stats.lora_stats:
+            stats = engine.last_stats.lora_stats
+            lora_totals.update(loads=stats.num_loads, cpu=stats.num_cpu_evictions,
+                               slot=stats.num_slot_evictions)
     ordered = [outputs[i] for i in range(len(prompts))]
     return ([o.outputs[0].token_ids for o in ordered], preemptions,
             [o.num_cached_tokens for o in ordered])
@@ -73,15 +80,20 @@ def test_fewer_slots_than_adapters(lora_setup):
     prompts = random_prompts([6, 11, 19, 4, 14, 8, 22, 10, 16, 5, 13, 7], 384, seed=3)
     llm = LLM(base, kv_cache_memory="16MiB", enable_lora=True, max_loras=2, max_cpu_loras=3,
               max_num_seqs=3)
-    got, _, _ = _run(llm, prompts, choice)
+    totals: Counter = Counter()
+    got, _, _ = _run(llm, prompts, choice, totals)
     assert got == [_expected(base, lora, p) for lora, p in zip(choice, prompts)]
     counters = _lora_manager(llm).counters
     assert counters.slot_evictions > 0
-    assert counters.cpu_evictions > 0 and counters.loads > 4
+    assert counters.drops > 0 and counters.loads >= 4 and counters.step_loads == 0
+    # the stats the metrics export (an eviction frees the slot too: no slot eviction for it)
+    assert totals == Counter(loads=counters.loads, cpu=counters.drops,
+                             slot=counters.slot_evictions)
 
 
-def test_preemption_matches_merged_hf(lora_setup):
-    base, loras = lora_setup("llama")
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_preemption_matches_merged_hf(lora_setup, family):
+    base, loras = lora_setup(family)
     choice = [None if n is None else loras[n] for n in NAMES] + [loras["all7"]]
     prompts = random_prompts([30, 41, 25, 38, 33, 27], 384, seed=5)
     llm = LLM(base, num_gpu_blocks_override=10, max_model_len=160, enable_prefix_caching=False,
@@ -102,10 +114,11 @@ def test_preemption_matches_merged_hf(lora_setup):
         assert got[i] == hf_greedy(model, prompt, 30), i
 
 
-def test_prefix_cache_is_keyed_by_adapter(lora_setup):
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_prefix_cache_is_keyed_by_adapter(lora_setup, family):
     """The same 48-token prompt under the base, then adapters: no hit across adapters (a hit
     would reuse another model's K/V and change the tokens), hits within one adapter."""
-    base, loras = lora_setup("llama")
+    base, loras = lora_setup(family)
     (prompt,) = random_prompts([48], 384, seed=11)
     llm = LLM(base, kv_cache_memory="16MiB", enable_lora=True, max_loras=4)
     for lora in [None, loras["all7"], loras["qv"], loras["ko"]]:

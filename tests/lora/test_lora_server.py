@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -42,7 +43,8 @@ def server(tiny_llama_dir, adapters, tmp_path_factory):
     b = json.dumps({"name": "b", "path": paths["b"], "base_model_name": "tiny"})
     yield from serve_module(
         tiny_llama_dir, tmp_path_factory, "lora_server", "--served-model-name", "tiny",
-        "--kv-cache-memory", "16MiB", "--enable-lora", "--max-loras", "2",
+        "--kv-cache-memory", "16MiB", "--enable-lora", "--max-loras", "2", "--max-cpu-loras", "2",
+        "--max-lora-rank", "16",
         "--lora-modules", f"a={paths['a']}", b, "--allow-runtime-lora-updating",
         "--lora-dir", root)
 
@@ -89,6 +91,15 @@ def test_model_picks_the_adapter(client, offline_text):
     chat = client.chat.completions.create(model="a", messages=[{"role": "user", "content": "hi"}],
                                           max_tokens=4, temperature=0.0)
     assert chat.model == "a"
+
+
+def test_adapters_and_base_in_one_batch(client, offline_text):
+    """Requests under both adapters and the base at once (the engine batches them): each gets
+    its own model's text."""
+    names = ["a", "tiny", "b"] * 2
+    with ThreadPoolExecutor(len(names)) as pool:
+        texts = list(pool.map(lambda name: _complete(client, name), names))
+    assert texts == [offline_text[None if n == "tiny" else n] for n in names]
 
 
 def test_requests_per_adapter_metric(server, client):
@@ -171,3 +182,45 @@ def test_runtime_updates_are_off_by_default():
 
     assert "/v1/load_lora_adapter" not in paths(False)
     assert {"/v1/load_lora_adapter", "/v1/unload_lora_adapter"} <= paths(True)
+
+
+def test_adapter_loads_and_evictions_in_metrics(server, client, adapters):
+    """Three adapters used in turn with room for two in CPU memory (--max-cpu-loras 2): each use
+    after the first two reads one from disk and evicts another."""
+    _, paths = adapters
+    r = httpx.post(f"{server.url}/v1/load_lora_adapter",
+                   json={"lora_name": "d", "lora_path": paths["c"]})
+    assert r.status_code == 200, r.text
+    before = _metrics(server)
+    for name in ["a", "b", "d", "a", "b", "d"]:
+        _complete(client, name)
+    after = _metrics(server)
+    loads, cpu = "pagedllm:lora_loads_total", 'pagedllm:lora_evictions_total{tier="cpu"}'
+    assert after[loads] - before.get(loads, 0.0) >= 4
+    assert after[cpu] - before.get(cpu, 0.0) >= 4
+    assert 'pagedllm:lora_evictions_total{tier="slot"}' in after
+    r = httpx.post(f"{server.url}/v1/unload_lora_adapter", json={"lora_name": "d"})
+    assert r.status_code == 200, r.text
+
+
+def test_lora_requests_info(server, client):
+    """vLLM's info gauge names the adapters of the running requests while one streams."""
+    stream = client.completions.create(model="b", prompt=PROMPT, max_tokens=400,
+                                       temperature=0.0, stream=True, extra_body=EXTRA)
+    next(iter(stream))
+    info = [line for line in httpx.get(f"{server.url}/metrics").text.splitlines()
+            if line.startswith("pagedllm:lora_requests_info{")]
+    stream.close()
+    assert len(info) == 1, info
+    assert 'running_lora_adapters="b"' in info[0] and 'max_lora="2"' in info[0]
+
+
+def _metrics(server) -> dict[str, float]:
+    """Sample name with its labels (model_name dropped) -> value."""
+    samples = {}
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith("pagedllm:lora"):
+            key, value = line.rsplit(" ", 1)
+            key = key.replace('model_name="tiny",', "").replace('{model_name="tiny"}', "")
+            samples[key] = float(value)
+    return samples

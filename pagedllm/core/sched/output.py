@@ -59,6 +59,11 @@ class SchedulerOutput:
     grammar_bitmask: Any = None
     """numpy int32 [len(structured_output_request_ids), ceil(vocab / 32)]: bit t % 32 of word
     t // 32 set when token t is allowed (None when no request is constrained)."""
+    lora_loads: list[LoRARequest] = field(default_factory=list)
+    """Multi-LoRA: adapters the workers start reading into CPU memory (in the background; they
+    report each in ModelRunnerOutput.lora_loaded)."""
+    lora_drops: list[int] = field(default_factory=list)
+    """Multi-LoRA: adapter ids whose CPU copy and slot the workers free (no request uses them)."""
 
     @property
     def is_empty(self) -> bool:
@@ -99,6 +104,13 @@ class ModelRunnerOutput:
     pooler_output: dict[str, list[float]] = field(default_factory=dict)
     """Task "embed": the raw pooled hidden state of each request whose prompt is now fully
     computed (such a request samples nothing and is finished by the engine core)."""
+    lora_loaded: list[int] = field(default_factory=list)
+    """Multi-LoRA: adapters whose background load finished since the last step (now in CPU
+    memory, ready for a slot)."""
+    lora_failed: dict[int, str] = field(default_factory=dict)
+    """Multi-LoRA: adapters whose load failed, with the reason (their requests are aborted)."""
+    num_lora_slot_evictions: int = 0
+    """Multi-LoRA: resident adapters replaced in a slot by another during this step."""
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pagedllm.config.cache import CacheConfig
 from pagedllm.config.scheduler import SchedulerConfig
 from pagedllm.core.block_hash import make_block_hasher
 from pagedllm.core.kv_cache_manager import KVCacheManager
+from pagedllm.core.sched.lora_residency import LoRAResidency
 from pagedllm.core.sched.output import (
     EngineCoreOutput,
     EngineCoreOutputs,
@@ -26,7 +27,7 @@ from pagedllm.core.sched.output import (
 from pagedllm.core.sched.queue import create_request_queue
 from pagedllm.core.sched.step import StepBuilder
 from pagedllm.core.sched.stop import check_stop
-from pagedllm.metrics.stats import SchedulerStats, SpecDecodingStats
+from pagedllm.metrics.stats import LoRAStats, SchedulerStats, SpecDecodingStats
 from pagedllm.request import BlockHasher, FinishReason, Request, RequestStatus
 
 if TYPE_CHECKING:
@@ -52,6 +53,10 @@ class Scheduler:
     structured_output_manager: compiles constrained requests' grammars (a request waits in the
     queue, skipped, until its grammar is ready), writes each step's token bitmask into the
     SchedulerOutput and advances the matchers with the sampled tokens.
+
+    max_loras / max_cpu_loras (multi-LoRA): at most max_loras distinct adapters among the
+    running requests (the runner's slots); a waiting request is admitted once the workers hold
+    its adapter in CPU memory (lora_residency.py: loaded in the background, max_cpu_loras kept).
     """
 
     def __init__(
@@ -64,6 +69,7 @@ class Scheduler:
         sliding_window: int | None = None,
         structured_output_manager: StructuredOutputManager | None = None,
         max_loras: int | None = None,
+        max_cpu_loras: int | None = None,
     ) -> None:
         _check_capacity(scheduler_config, cache_config, num_blocks, max_model_len)
         self.scheduler_config = scheduler_config
@@ -87,6 +93,10 @@ class Scheduler:
         self.max_loras = max_loras
         """Multi-LoRA: the most distinct adapters the running requests may use (the runner's
         resident slots); None: LoRA off."""
+        self.lora_residency = (None if max_loras is None
+                               else LoRAResidency(max(max_loras, max_cpu_loras or 0)))
+        """Multi-LoRA: which adapters the workers hold in CPU memory (None: LoRA off)."""
+        self._lora_slot_evictions = 0
 
     # ---- request lifecycle ------------------------------------------------------------------
 
@@ -97,6 +107,8 @@ class Scheduler:
             self.structured_output_manager.add_request(request)
         self.requests[request.request_id] = request
         self.waiting.add(request)
+        if self.lora_residency is not None and request.lora_request is not None:
+            self.lora_residency.acquire(request.lora_request)
 
     def finish_requests(self, req_ids: str | Iterable[str], finished_status: RequestStatus) -> None:
         """Finish requests from outside (abort, stop string): free blocks, drop from queues."""
@@ -116,6 +128,8 @@ class Scheduler:
         self.kv_cache_manager.free(request)
         self.finished_req_ids.add(request.request_id)
         del self.requests[request.request_id]
+        if self.lora_residency is not None and request.lora_request is not None:
+            self.lora_residency.release(request.lora_request)
 
     def get_request(self, req_id: str) -> Request | None:
         return self.requests.get(req_id)
@@ -141,6 +155,11 @@ class Scheduler:
     def reset_prefix_cache(self) -> bool:
         return self.kv_cache_manager.reset_prefix_cache()
 
+    def remove_lora(self, lora_id: int) -> bool:
+        """The user unloaded an adapter: the workers drop their copy (at once, or when its last
+        request ends). False when they do not hold it."""
+        return self.lora_residency is not None and self.lora_residency.remove(lora_id)
+
     # ---- schedule -----------------------------------------------------------------------------
 
     def schedule(self) -> SchedulerOutput:
@@ -153,6 +172,9 @@ class Scheduler:
         self._num_preemptions += len(step.preempted)
         output = step.build(self.finished_req_ids)
         self.finished_req_ids = set()
+        if self.lora_residency is not None:
+            commands = self.lora_residency.take_commands()
+            output.lora_loads, output.lora_drops = commands.loads, commands.drops
         for req_id, num_tokens in output.num_scheduled_tokens.items():
             self.requests[req_id].num_computed_tokens += num_tokens
         if self.structured_output_manager is not None:
@@ -203,8 +225,9 @@ class Scheduler:
                 if not request.is_finished():
                     skipped.append(self.waiting.pop())  # compiling: the others go ahead
                 continue
-            if not self._lora_fits(request):
-                skipped.append(self.waiting.pop())  # waits for a slot; other adapters go ahead
+            if not self._lora_fits(request) or not self._lora_loaded(request):
+                # waits for a slot, or for its adapter to load: other requests go ahead
+                skipped.append(self.waiting.pop())
                 continue
             if not self._admit(request, step):
                 break
@@ -219,6 +242,14 @@ class Scheduler:
             return True
         running = {r.lora_request.lora_int_id for r in self.running if r.lora_request}
         return lora.lora_int_id in running or len(running) < self.max_loras
+
+    def _lora_loaded(self, request: Request) -> bool:
+        """Whether the workers hold the request's adapter in CPU memory (asking them to load
+        it if not): the step that admits it never reads the adapter from disk."""
+        lora = request.lora_request
+        if lora is None or self.lora_residency is None:
+            return True
+        return self.lora_residency.is_ready(lora)
 
     def _grammar_ready(self, request: Request) -> bool:
         """False while the request's grammar compiles; a grammar that failed finishes it."""
@@ -308,6 +339,8 @@ class Scheduler:
         self, scheduler_output: SchedulerOutput, runner_output: ModelRunnerOutput
     ) -> EngineCoreOutputs:
         """Append sampled tokens, apply stop rules, free finished requests."""
+        if self.lora_residency is not None:
+            self._update_loras(runner_output)
         num_prompt_tokens = self._count_prompt_tokens(scheduler_output)
         outputs: list[EngineCoreOutput] = []
         num_generated = 0
@@ -339,6 +372,19 @@ class Scheduler:
         if spec_stats.num_drafts:
             stats.spec_decoding_stats = spec_stats
         return EngineCoreOutputs(outputs=outputs, scheduler_stats=stats)
+
+    def _update_loras(self, runner_output: ModelRunnerOutput) -> None:
+        """Adapters the workers loaded become admissible; a failed load aborts the requests
+        waiting for it (with the reason)."""
+        assert self.lora_residency is not None
+        self.lora_residency.on_loaded(runner_output.lora_loaded)
+        self._lora_slot_evictions += runner_output.num_lora_slot_evictions
+        for lora_id, reason in runner_output.lora_failed.items():
+            self.lora_residency.on_failed(lora_id)
+            for request in [r for r in self.waiting
+                            if r.lora_request and r.lora_request.lora_int_id == lora_id]:
+                self.waiting.remove(request)
+                self._fail(request, reason)
 
     def _usable_drafts(self, request: Request, drafts: list[int]) -> list[int]:
         """A constrained request keeps the drafts its grammar allows (the others would be
@@ -405,9 +451,26 @@ class Scheduler:
             num_preemptions=self._num_preemptions,
             num_prompt_tokens=num_prompt_tokens,
             num_generation_tokens=num_generated,
+            lora_stats=self._lora_stats(),
         )
         self._num_preemptions = 0
         return stats
+
+    def _lora_stats(self) -> LoRAStats | None:
+        if self.lora_residency is None:
+            return None
+        loads, evictions = self.lora_residency.take_counts()
+        slot_evictions, self._lora_slot_evictions = self._lora_slot_evictions, 0
+        return LoRAStats(
+            num_loads=loads, num_cpu_evictions=evictions, num_slot_evictions=slot_evictions,
+            running_lora_adapters=_adapter_names(self.running),
+            waiting_lora_adapters=_adapter_names(self.waiting),
+            max_lora=self.max_loras or 0,
+        )  # fmt: skip
+
+
+def _adapter_names(requests: Iterable[Request]) -> list[str]:
+    return sorted({r.lora_request.lora_name for r in requests if r.lora_request is not None})
 
 
 def _make_output(

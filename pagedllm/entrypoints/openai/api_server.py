@@ -188,8 +188,10 @@ async def load_lora_adapter(request: LoadLoRAAdapterRequest, raw_request: Reques
 @lora_router.post("/v1/unload_lora_adapter")
 async def unload_lora_adapter(request: UnloadLoRAAdapterRequest, raw_request: Request
                               ) -> Response:
-    models = _ready_state(raw_request).models
-    models.remove_lora(request.lora_name)  # type: ignore[union-attr]
+    state = _ready_state(raw_request)
+    lora = state.models.remove_lora(request.lora_name)  # type: ignore[union-attr]
+    # the engine frees the adapter's CPU copy and slot (once no request uses it)
+    await state.engine.remove_lora(lora.lora_int_id)  # type: ignore[union-attr]
     return Response(f"Success: LoRA adapter '{request.lora_name}' removed successfully.")
 
 

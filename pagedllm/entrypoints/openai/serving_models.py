@@ -97,11 +97,11 @@ class OpenAIServingModels:
         self.lora_requests[name] = lora
         return lora
 
-    def remove_lora(self, name: str) -> None:
+    def remove_lora(self, name: str) -> LoRARequest:
         if name not in self.lora_requests:
             raise NotFoundError(f"The lora adapter '{name}' cannot be found.",
                                 param="lora_name", code="model_not_found")
-        del self.lora_requests[name]
+        return self.lora_requests.pop(name)
 
     def _confined(self, path: str) -> str:
         """The adapter path with symlinks resolved; a 400 when --lora-dir is set and the path

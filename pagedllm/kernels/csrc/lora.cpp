@@ -12,6 +12,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -31,7 +32,9 @@ float dot(const float* a, const float* x, int64_t n) {
   }
   for (; k + 8 <= n; k += 8) acc0 = vec::fma(vec::load(a + k), vec::load(x + k), acc0);
   float sum = vec::reduce_add(acc0 + acc1);
-  for (; k < n; ++k) sum += a[k] * x[k];
+  // NOTE: std::fma in the tails, not a * b + c, which SIMD builds contract into an FMA and the
+  // portable build does not: every build then gives the same bits (tests/test_kernel_isas.py)
+  for (; k < n; ++k) sum = std::fma(a[k], x[k], sum);
   return sum;
 }
 
@@ -39,7 +42,7 @@ void axpy(float h, const float* b, float* y, int64_t n) {
   const vec::F8 hv = vec::set1(h);
   int64_t o = 0;
   for (; o + 8 <= n; o += 8) vec::store(y + o, vec::fma(hv, vec::load(b + o), vec::load(y + o)));
-  for (; o < n; ++o) y[o] += h * b[o];
+  for (; o < n; ++o) y[o] = std::fma(h, b[o], y[o]);
 }
 
 }  // namespace
