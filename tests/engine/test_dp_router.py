@@ -90,3 +90,19 @@ def test_dead_core_names_its_requests_and_gets_no_more():
     router.core_died(0)
     with pytest.raises(NoLiveCoreError):
         router.route("late", prompt(1))
+
+
+def test_each_core_gets_its_seed_and_share_of_the_cores(monkeypatch):
+    from pagedllm.engine.arg_utils import EngineArgs
+    from pagedllm.engine.dp_client import core_engine_args
+    from pagedllm.utils.system import physical_cores
+
+    monkeypatch.delenv("PAGEDLLM_NUM_THREADS", raising=False)
+    args = EngineArgs(model="m", seed=7, data_parallel_size=2)
+    cores = [core_engine_args(args, rank, 2) for rank in range(2)]
+    assert [c.seed for c in cores] == [7, 8]
+    assert [c.num_threads for c in cores] == [max(1, physical_cores() // 2)] * 2
+    assert all(c.data_parallel_size == 1 for c in cores)  # a core is not data parallel itself
+    assert core_engine_args(EngineArgs(num_threads=3), 1, 2).num_threads == 3  # the user's
+    monkeypatch.setenv("PAGEDLLM_NUM_THREADS", "1")
+    assert core_engine_args(args, 0, 2).num_threads is None  # the core reads the variable
