@@ -3,6 +3,9 @@
 because the rounds repeat their prompts) under each way of spending two cores:
 
     tp1   LLM(model, num_threads=2)                            one engine, two threads
+    tp1x1 LLM(model, num_threads=1)                            one engine, one thread (not a
+                                                               default: it tells DP's gain from
+                                                               that of dropping a 2nd thread)
     dp2   LLM(model, data_parallel_size=2, num_threads=1)      two engine cores, a thread each
     tp2   LLM(model, tensor_parallel_size=2, num_threads=1)    two ranks of one engine
     pp2   LLM(model, pipeline_parallel_size=2, num_threads=1)  two stages
@@ -36,6 +39,7 @@ from typing import Any
 
 CONFIGS: dict[str, dict[str, int]] = {
     "tp1": {"num_threads": 2},
+    "tp1x1": {"num_threads": 1},
     "dp2": {"data_parallel_size": 2, "num_threads": 1},
     "tp2": {"tensor_parallel_size": 2, "num_threads": 1},
     "pp2": {"pipeline_parallel_size": 2, "num_threads": 1},
@@ -116,7 +120,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="SmolLM2-135M-Instruct",
                         help=f"a model, or '1b' for {RANDOM_1B} (benchmarks/make_big_gguf.py)")
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=["tp1", "dp2", "tp2", "pp2"],
+                        choices=list(CONFIGS))
     parser.add_argument("--num-prompts", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--kv-cache-memory", type=int, default=2 << 30,

@@ -30,6 +30,7 @@ from pagedllm.logger import init_logger
 from pagedllm.lora.request import LoRARequest
 from pagedllm.metrics.loggers import StatLoggerBase
 from pagedllm.metrics.request_stats import IterationStats, RequestStatsTracker
+from pagedllm.metrics.stats import SchedulerStats
 from pagedllm.outputs import EmbeddingRequestOutput, RequestOutput
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
@@ -314,6 +315,10 @@ class AsyncLLM:
         cores are aborted); the engine is unhealthy from now on (new requests are refused), while
         the other cores finish what they hold."""
         self._dead_error = error
+        lost = IterationStats()  # counted under the dead core (its requests have no owner now)
+        for child_id in error.request_ids:
+            self.request_stats.finish(child_id, "abort", time.monotonic(), lost)
+        self._record(SchedulerStats(), lost, error.engine_index)  # nothing runs there now
         parents = self.intake.parents_of(error.request_ids)
         for request_id in parents:
             stream = self._streams.get(request_id)

@@ -137,10 +137,12 @@ def test_kill_9_of_one_core_fails_its_requests_and_health(dp_server, http):
     assert started[0].wait(30)
     running = _wait_running(http, lambda r: sum(r.values()) == 1)
     victim = next(engine for engine, value in running.items() if value == 1)
+    survivor = "1" if victim == "0" else "0"
     threads[1].start()  # a shorter one, which the router sends to the other core
     assert started[1].wait(30)
     running = _wait_running(http, lambda r: r == {"0": 1.0, "1": 1.0})
     assert running == {"0": 1.0, "1": 1.0}, running
+    aborts = per_engine(http, "pagedllm:request_success_total", finished_reason="abort")
     killed = time.monotonic()
     os.kill(pids[int(victim)], signal.SIGKILL)
     while http.get("/health").status_code != 503:
@@ -157,3 +159,7 @@ def test_kill_9_of_one_core_fails_its_requests_and_health(dp_server, http):
     assert not any("error" in line for line in survivor_lines), survivor_lines[-3:]
     response = http.post("/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 2})
     assert response.status_code == 503, response.text
+    # the failed request is counted under the dead core, whose gauges no longer claim work
+    after = per_engine(http, "pagedllm:request_success_total", finished_reason="abort")
+    assert after[victim] == aborts[victim] + 1 and after[survivor] == aborts[survivor], after
+    assert per_engine(http, "pagedllm:num_requests_running")[victim] == 0
