@@ -1,7 +1,8 @@
 """`pagedllm serve -dp 2` with the real SmolLM2 Q4_1: two engine-core processes behind one server.
-Greedy answers equal one offline engine's, requests spread over both cores (per-engine metrics),
-a client disconnect aborts on the core that holds the request, and kill -9 of one core turns
-/health to 503 and fails that core's stream within seconds while the other core's finishes."""
+Greedy answers (served, and offline with DP=2) equal one offline engine's, requests spread over
+both cores (per-engine metrics), a client disconnect aborts on the core that holds the request,
+and kill -9 of one core turns /health to 503 and fails that core's stream within seconds while
+the other core's finishes."""
 
 from __future__ import annotations
 
@@ -86,6 +87,19 @@ def test_greedy_answers_match_one_engine_and_both_cores_serve(dp_server, http, r
     assert min(served.values()) >= 2 and sum(served.values()) == len(PROMPTS), served
     blocks = per_engine(http, "pagedllm:num_kv_cache_blocks")
     assert set(blocks) == {"0", "1"} and min(blocks.values()) > 0
+
+
+@pytest.mark.slow
+def test_offline_dp2_answers_match_one_engine(reference_texts):
+    from pagedllm import LLM, SamplingParams
+
+    llm = LLM(MODEL, kv_cache_memory="32MiB", max_model_len=512, data_parallel_size=2)
+    try:
+        params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+        outputs = llm.generate(PROMPTS, params, use_tqdm=False)
+    finally:
+        llm.llm_engine.shutdown()
+    assert [o.outputs[0].text for o in outputs] == reference_texts
 
 
 def _wait_running(http: httpx.Client, predicate, timeout: float = 10.0) -> dict[str, float]:
