@@ -63,6 +63,10 @@ class EngineArgs:
     """Largest adapter rank accepted."""
     max_cpu_loras: int | None = None
     """Adapters cached in CPU memory (None: max_loras)."""
+    data_parallel_size: int = 1
+    """Engine cores, each its own process, behind one front end (engine/dp_client.py)."""
+    data_parallel_routing: str = "prefix_aware"
+    """How a request picks its core: "prefix_aware" or "least_loaded" (config/parallel.py)."""
 
     def create_engine_config(self) -> EngineConfig:
         from pagedllm.model_executor.model_loader.config import load_model_config

@@ -21,6 +21,7 @@ from typing import Any
 
 from pagedllm.engine.arg_utils import EngineArgs
 from pagedllm.engine.core_client import EngineDeadError, MPClient
+from pagedllm.engine.dp_client import DPLBClient, EngineCoreDied, make_core_client
 from pagedllm.engine.input_processor import InputProcessor, PromptType
 from pagedllm.engine.messages import EngineCoreOutputs
 from pagedllm.engine.output_processor import OutputProcessor
@@ -29,6 +30,7 @@ from pagedllm.logger import init_logger
 from pagedllm.lora.request import LoRARequest
 from pagedllm.metrics.loggers import StatLoggerBase
 from pagedllm.metrics.request_stats import IterationStats, RequestStatsTracker
+from pagedllm.metrics.stats import SchedulerStats
 from pagedllm.metrics.tracing import REQUEST_ATTRIBUTES, TRACE_HEADERS
 from pagedllm.outputs import EmbeddingRequestOutput, RequestOutput
 from pagedllm.pooling_params import PoolingParams
@@ -40,7 +42,7 @@ _LOG_INTERVAL = 5.0
 
 
 class AsyncLLM:
-    def __init__(self, engine_core: MPClient, tokenizer: Any,
+    def __init__(self, engine_core: MPClient | DPLBClient, tokenizer: Any,
                  stat_loggers: list[StatLoggerBase] | None = None) -> None:
         assert engine_core.config is not None, "the engine core must be ready"
         self.engine_core = engine_core
@@ -73,10 +75,10 @@ class AsyncLLM:
                          stat_loggers: list[StatLoggerBase] | None = None) -> AsyncLLM:
         """Start the engine-core process and load the tokenizer. Blocking (seconds): call it in a
         thread. Raises EngineStartupFailed with the core's message if the model cannot start."""
-        return cls.from_client(MPClient(engine_args), stat_loggers)
+        return cls.from_client(make_core_client(engine_args), stat_loggers)
 
     @classmethod
-    def from_client(cls, client: MPClient,
+    def from_client(cls, client: MPClient | DPLBClient,
                     stat_loggers: list[StatLoggerBase] | None = None) -> AsyncLLM:
         """Wrap a ready MPClient: load the tokenizer (blocking) in this process."""
         from pagedllm.tokenizer.loader import load_tokenizer
@@ -241,11 +243,14 @@ class AsyncLLM:
             self._streams.pop(r, None)
         if not child_ids:
             return
-        self.engine_core.abort_requests(child_ids)
-        stats = IterationStats()
-        for child_id in child_ids:
+        per_engine: dict[int, IterationStats] = {}
+        for child_id in child_ids:  # before the abort: the DP client then forgets the owner
+            stats = per_engine.setdefault(self.engine_core.engine_index_of(child_id),
+                                          IterationStats())
             self.request_stats.finish(child_id, "abort", time.monotonic(), stats)
-        self._record(None, stats)
+        self.engine_core.abort_requests(child_ids)
+        for engine_index, stats in per_engine.items():
+            self._record(None, stats, engine_index)
         logger.debug("aborted request(s) %s", request_ids)
 
     # ---- output handling ----------------------------------------------------------------------
@@ -270,13 +275,16 @@ class AsyncLLM:
                 loop.call_soon_threadsafe(out.put_nowait, item)
             except RuntimeError:
                 return  # the loop is closed
-            if isinstance(item, BaseException):
+            if isinstance(item, BaseException) and not isinstance(item, EngineCoreDied):
                 return
 
     async def _process_outputs_loop(self) -> None:
         assert self._outputs_queue is not None
         while True:
             item = await self._outputs_queue.get()
+            if isinstance(item, EngineCoreDied):
+                self._fail_core(item)
+                continue
             if isinstance(item, BaseException):
                 if not self._shutting_down:
                     logger.error("engine core died: %s", item)
@@ -304,16 +312,33 @@ class AsyncLLM:
                 self.intake.finished(request_id)
             if stream is not None:
                 stream.put_nowait(request_output)
-        self._record(outputs.scheduler_stats, iteration)
+        self._record(outputs.scheduler_stats, iteration, outputs.engine_index)
 
-    def _record(self, scheduler_stats: Any, iteration: IterationStats | None) -> None:
+    def _record(self, scheduler_stats: Any, iteration: IterationStats | None,
+                engine_index: int = 0) -> None:
         for stat_logger in self.stat_loggers:
-            stat_logger.record(scheduler_stats, iteration)
+            stat_logger.record(scheduler_stats, iteration, engine_index)
         now = time.monotonic()
         if now - self._last_log >= _LOG_INTERVAL:
             self._last_log = now
             for stat_logger in self.stat_loggers:
                 stat_logger.log()
+
+    def _fail_core(self, error: EngineCoreDied) -> None:
+        """One data-parallel core died: its requests end with the error (their samples on other
+        cores are aborted); the engine is unhealthy from now on (new requests are refused), while
+        the other cores finish what they hold."""
+        self._dead_error = error
+        lost = IterationStats()  # counted under the dead core (its requests have no owner now)
+        for child_id in error.request_ids:
+            self.request_stats.finish(child_id, "abort", time.monotonic(), lost)
+        self._record(SchedulerStats(), lost, error.engine_index)  # nothing runs there now
+        parents = self.intake.parents_of(error.request_ids)
+        for request_id in parents:
+            stream = self._streams.get(request_id)
+            if stream is not None:
+                stream.put_nowait(error)
+        self._abort(parents)
 
     def _fail_all(self, error: BaseException) -> None:
         for stream in self._streams.values():

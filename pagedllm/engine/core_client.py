@@ -34,6 +34,22 @@ class EngineCoreClient(ABC):
     def shutdown(self) -> None:
         pass
 
+    # What the front end's metrics read; one engine core unless data parallel (dp_client.py).
+    num_kv_blocks: int | None
+
+    @property
+    def num_engines(self) -> int:
+        """Engine cores behind this client; each output batch names its core (engine_index)."""
+        return 1
+
+    @property
+    def kv_blocks_per_engine(self) -> list[int]:
+        return [self.num_kv_blocks or 0]
+
+    def engine_index_of(self, request_id: str) -> int:
+        """The engine core that holds the request."""
+        return 0
+
 
 class InprocClient(EngineCoreClient):
     """Runs the engine core in this process: get_output() runs one step."""

@@ -36,7 +36,17 @@ class LLMEngine:
 
     @classmethod
     def from_engine_args(cls, engine_args: EngineArgs) -> LLMEngine:
+        from pagedllm.engine.dp_client import DPLBClient, parallel_config
+
+        if parallel_config(engine_args).data_parallel_size > 1:
+            client = DPLBClient(engine_args)  # the cores run in their own processes
+            assert client.config is not None
+            return cls(client.config, client)
         return cls(engine_args.create_engine_config())
+
+    def shutdown(self) -> None:
+        """Stop the engine-core process(es) of a data-parallel engine (nothing to do in process)."""
+        self.engine_core.shutdown()
 
     def add_request(
         self,

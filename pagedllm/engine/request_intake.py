@@ -84,6 +84,12 @@ class RequestIntake:
         self.output_processor.abort_requests(child_ids)
         return child_ids
 
+    def parents_of(self, child_ids: list[str]) -> list[str]:
+        """The unfinished user requests that own any of these engine-core requests."""
+        wanted = set(child_ids)
+        return [parent for parent, children in self._children.items()
+                if not wanted.isdisjoint(children)]
+
     def finished(self, request_id: str) -> None:
         """The request's last output went out."""
         self._children.pop(request_id, None)

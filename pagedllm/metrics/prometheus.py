@@ -2,6 +2,11 @@
 
 Each logger owns its own CollectorRegistry (several servers or tests in one process never clash);
 the server renders it at /metrics with `render()`.
+
+With data parallelism (N > 1 engine cores) every series also carries vLLM's `engine="i"` label:
+the core's own gauges (running, waiting, KV usage, KV blocks) and the counters and histograms of
+the requests it served. Totals are the sum over `engine` (`sum without (engine) (...)`); each
+request is counted under exactly one core. With one core the label is left out, as before.
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ _TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 2
 
 
 class PrometheusStatLogger(StatLoggerBase):
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, num_engines: int = 1) -> None:
         self.registry = CollectorRegistry()
-        labels = ["model_name"]
-        self._labels = {"model_name": model_name}
+        self.model_name = model_name
+        self.num_engines = num_engines
+        labels = ["model_name"] + (["engine"] if num_engines > 1 else [])
 
         def gauge(name: str, doc: str) -> Gauge:
             return Gauge(PREFIX + name, doc, labels, registry=self.registry)
@@ -92,27 +98,36 @@ class PrometheusStatLogger(StatLoggerBase):
         self.request_generation_tokens = histogram("request_generation_tokens",
                                                    "Generated tokens per finished request.",
                                                    _TOKEN_BUCKETS)
-        for reason in FINISH_REASONS:  # export zeros so the series exist from the start
-            self.request_success.labels(**self._labels, finished_reason=reason)
+        for engine_idx in range(num_engines):
+            self._export_zeros(self._labels(engine_idx))
+
+    def _labels(self, engine_idx: int) -> dict[str, str]:
+        if self.num_engines == 1:
+            return {"model_name": self.model_name}
+        return {"model_name": self.model_name, "engine": str(engine_idx)}
+
+    def _export_zeros(self, labels: dict[str, str]) -> None:
+        """So the series exist from the start."""
+        for reason in FINISH_REASONS:
+            self.request_success.labels(**labels, finished_reason=reason)
         for metric in (self.running, self.waiting, self.kv_usage, self.kv_blocks):
-            metric.labels(**self._labels).set(0)
+            metric.labels(**labels).set(0)
         for metric in (self.prefix_queries, self.prefix_hits, self.preemptions,
                        self.prompt_tokens, self.generation_tokens, self.spec_drafts,
                        self.spec_draft_tokens, self.spec_accepted):
-            metric.labels(**self._labels)
+            metric.labels(**labels)
 
-    def set_num_kv_blocks(self, num_blocks: int) -> None:
-        self.kv_blocks.labels(**self._labels).set(num_blocks)
+    def set_num_kv_blocks(self, num_blocks: int, engine_idx: int = 0) -> None:
+        self.kv_blocks.labels(**self._labels(engine_idx)).set(num_blocks)
 
     def record(self, scheduler_stats: SchedulerStats | None,
-               iteration_stats: IterationStats | None) -> None:
+               iteration_stats: IterationStats | None, engine_idx: int = 0) -> None:
         if scheduler_stats is not None:
-            self._record_scheduler(scheduler_stats)
+            self._record_scheduler(scheduler_stats, self._labels(engine_idx))
         if iteration_stats is not None:
-            self._record_iteration(iteration_stats)
+            self._record_iteration(iteration_stats, self._labels(engine_idx))
 
-    def _record_scheduler(self, stats: SchedulerStats) -> None:
-        labels = self._labels
+    def _record_scheduler(self, stats: SchedulerStats, labels: dict[str, str]) -> None:
         self.running.labels(**labels).set(stats.num_running_reqs)
         self.waiting.labels(**labels).set(stats.num_waiting_reqs)
         self.kv_usage.labels(**labels).set(stats.kv_cache_usage)
@@ -143,8 +158,7 @@ class PrometheusStatLogger(StatLoggerBase):
             running_lora_adapters=",".join(stats.running_lora_adapters),
         ).set_to_current_time()  # fmt: skip
 
-    def _record_iteration(self, stats: IterationStats) -> None:
-        labels = self._labels
+    def _record_iteration(self, stats: IterationStats, labels: dict[str, str]) -> None:
         self.prompt_tokens.labels(**labels).inc(stats.num_prompt_tokens)
         self.generation_tokens.labels(**labels).inc(stats.num_generation_tokens)
         for value in stats.time_to_first_tokens:

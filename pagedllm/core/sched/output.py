@@ -135,6 +135,8 @@ class EngineCoreOutputs:
     outputs: list[EngineCoreOutput] = field(default_factory=list)
     scheduler_stats: SchedulerStats | None = None
     timestamp: float = field(default_factory=time.time)
+    engine_index: int = 0
+    """The data-parallel engine core that produced them (set by the DP client)."""
 
 
 @dataclass

@@ -70,6 +70,29 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     lora.add_argument("--max-lora-rank", type=int, default=16, help="largest adapter rank")
     lora.add_argument("--max-cpu-loras", type=int, default=None,
                       help="adapters cached in CPU memory (default: --max-loras)")
+    _add_data_parallel_args(parser)
+
+
+def _add_data_parallel_args(parser: argparse.ArgumentParser) -> None:
+    from pagedllm.config.parallel import DP_ROUTING_POLICIES
+
+    group = parser.add_argument_group("data parallelism")
+    group.add_argument("-dp", "--data-parallel-size", type=_positive_int, default=1,
+                       help="engine cores, each its own process with its own KV cache, behind "
+                            "this one front end; requests are balanced over them. Each core gets "
+                            "physical cores / N threads unless --num-threads says otherwise")
+    group.add_argument("--data-parallel-routing", default="prefix_aware",
+                       choices=list(DP_ROUTING_POLICIES),
+                       help="prefix_aware: a prompt whose leading blocks went to a core goes "
+                            "there again unless that core is much busier; least_loaded: by load "
+                            "alone (default prefix_aware)")
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
 
 
 def _names(kind: str) -> str:
@@ -143,4 +166,6 @@ def engine_args_from(args: argparse.Namespace) -> EngineArgs:
         max_loras=args.max_loras,
         max_lora_rank=args.max_lora_rank,
         max_cpu_loras=args.max_cpu_loras,
+        data_parallel_size=args.data_parallel_size,
+        data_parallel_routing=args.data_parallel_routing,
     )

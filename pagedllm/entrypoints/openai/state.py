@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pagedllm.engine.arg_utils import EngineArgs
     from pagedllm.engine.async_llm import AsyncLLM
     from pagedllm.engine.core_client import MPClient
+    from pagedllm.engine.dp_client import DPLBClient
     from pagedllm.entrypoints.anthropic.serving_messages import AnthropicServingMessages
     from pagedllm.entrypoints.ollama.serving import OllamaServing
     from pagedllm.entrypoints.openai.api_keys import ApiKeyStore
@@ -77,7 +78,8 @@ class ServerSettings:
 class ServerState:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
-        self.metrics = PrometheusStatLogger(settings.served_model_names[0])
+        self.metrics = PrometheusStatLogger(settings.served_model_names[0],
+                                            settings.engine_args.data_parallel_size)
         self.engine: AsyncLLM | None = None
         self.models: OpenAIServingModels | None = None
         self.completion: OpenAIServingCompletion | None = None
@@ -93,7 +95,7 @@ class ServerState:
         self.admission: AdmissionControl | None = None
         self.on_fatal: Callable[[str], None] | None = None
         """Set by the launcher: stop the HTTP server (the engine could not start)."""
-        self._client: MPClient | None = None
+        self._client: MPClient | DPLBClient | None = None
         self._load_task: asyncio.Task | None = None
 
     @property
@@ -117,7 +119,7 @@ class ServerState:
             await asyncio.shield(self._load_task)
 
     async def _load(self) -> None:
-        from pagedllm.engine.core_client import MPClient
+        from pagedllm.engine.dp_client import make_core_client
 
         settings = self.settings
         # The tokenizer loads in this process while the engine process loads the model; both in
@@ -125,7 +127,7 @@ class ServerState:
         tokenizer = asyncio.ensure_future(asyncio.to_thread(_load_tokenizer,
                                                             settings.engine_args.model))
         try:
-            self._client = MPClient(settings.engine_args, wait_ready=False)
+            self._client = make_core_client(settings.engine_args, wait_ready=False)
             await asyncio.to_thread(self._client.wait_ready, settings.engine_startup_timeout)
             engine = await asyncio.to_thread(_make_engine, self._client, await tokenizer)
             models = self._make_models(engine)
@@ -167,7 +169,8 @@ class ServerState:
 
         settings = self.settings
         config = engine.model_config
-        self.metrics.set_num_kv_blocks(engine.engine_core.num_kv_blocks or 0)
+        for engine_idx, blocks in enumerate(engine.engine_core.kv_blocks_per_engine):
+            self.metrics.set_num_kv_blocks(blocks, engine_idx)
         engine.stat_loggers.extend([self.metrics, LoggingStatLogger()])
         if settings.otlp_traces_endpoint:
             from pagedllm.metrics.tracing import OtelTraceLogger, init_tracer
@@ -242,7 +245,7 @@ def _load_tokenizer(model: str | None) -> Any:
     return load_tokenizer(model)
 
 
-def _make_engine(client: MPClient, tokenizer: Any) -> AsyncLLM:
+def _make_engine(client: MPClient | DPLBClient, tokenizer: Any) -> AsyncLLM:
     from pagedllm.engine.async_llm import AsyncLLM, limit_torch_threads
 
     limit_torch_threads()
