@@ -107,7 +107,7 @@ class OtelTraceLogger(StatLoggerBase):
         self._propagator = TraceContextTextMapPropagator()
 
     def record(self, scheduler_stats: SchedulerStats | None,
-               iteration_stats: IterationStats | None) -> None:
+               iteration_stats: IterationStats | None, engine_idx: int = 0) -> None:
         if iteration_stats is None:
             return
         for finished in iteration_stats.finished_requests:
