@@ -9,6 +9,11 @@ The reader thread only blocks on the pipe and hands each EngineCoreOutputs to th
 output task detokenizes, applies stop strings and routes outputs, all on the event loop, so the
 processors need no locks. Neither ever waits for an engine step, and the engine process never
 waits for HTTP.
+
+Supervision: when the engine core dies (crash, kill -9, OOM) the client's get_output() raises
+EngineDeadError; the output task then fails every in-flight request with it, marks the engine
+`errored` and calls the `on_engine_dead` callbacks. The server's supervisor may then hand a fresh
+client to `replace_engine_core` (nothing that was in flight is re-admitted).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from pagedllm.engine.arg_utils import EngineArgs
@@ -29,6 +34,7 @@ from pagedllm.logger import init_logger
 from pagedllm.lora.request import LoRARequest
 from pagedllm.metrics.loggers import StatLoggerBase
 from pagedllm.metrics.request_stats import IterationStats, RequestStatsTracker
+from pagedllm.metrics.stats import SchedulerStats
 from pagedllm.outputs import EmbeddingRequestOutput, RequestOutput
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
@@ -62,6 +68,9 @@ class AsyncLLM:
         self._output_task: asyncio.Task | None = None
         self._outputs_queue: asyncio.Queue | None = None
         self._dead_error: BaseException | None = None
+        self.on_engine_dead: list[Callable[[BaseException], None]] = []
+        """Called on the event loop once the engine core died (not at shutdown), after every
+        in-flight request was failed: the server's supervisor restarts the core from here."""
         self._shutting_down = False
         self._last_log = time.monotonic()
 
@@ -94,7 +103,25 @@ class AsyncLLM:
 
     @property
     def errored(self) -> bool:
-        return self._dead_error is not None
+        """The engine core is gone (seen by the output task, or its process has exited)."""
+        return self._dead_error is not None or not self.engine_core.is_alive()
+
+    def start(self) -> None:
+        """Start reading the engine's outputs now (idempotent; generate() does it otherwise), so
+        an idle engine core's death is noticed too. Call from the event loop."""
+        self._start_output_handler()
+
+    def replace_engine_core(self, engine_core: MPClient) -> None:
+        """Carry on with a fresh, ready engine core after the old one died. Call from the event
+        loop. Nothing of the old core survives: its requests were failed when it died."""
+        assert self._dead_error is not None, "the engine core is still running"
+        assert engine_core.config is not None, "wait_ready() first"
+        old = self.engine_core
+        self.engine_core = engine_core
+        self._dead_error = None
+        self._output_task = None
+        self._start_output_handler()
+        old.shutdown(timeout=0.0)  # the process is gone: this only releases its pipes
 
     @property
     def num_unfinished_requests(self) -> int:
@@ -264,10 +291,11 @@ class AsyncLLM:
         while True:
             item = await self._outputs_queue.get()
             if isinstance(item, BaseException):
-                if not self._shutting_down:
-                    logger.error("engine core died: %s", item)
                 self._dead_error = item
                 self._fail_all(item)
+                if not self._shutting_down:
+                    logger.error("engine core died: %s", item)
+                    self._notify_dead(item)
                 return
             try:
                 self._handle_outputs(item)
@@ -301,9 +329,23 @@ class AsyncLLM:
             for stat_logger in self.stat_loggers:
                 stat_logger.log()
 
+    def _notify_dead(self, error: BaseException) -> None:
+        for callback in list(self.on_engine_dead):
+            try:
+                callback(error)
+            except Exception:  # one bad callback must not keep the others from running
+                logger.exception("error in an on_engine_dead callback")
+
     def _fail_all(self, error: BaseException) -> None:
         for stream in self._streams.values():
             stream.put_nowait(error)
+        # Forget their state here (detokenizers, stats): the engine core that held them is gone.
+        child_ids = self.intake.abort(list(self._streams))
+        stats = IterationStats()
+        for child_id in child_ids:
+            self.request_stats.finish(child_id, "abort", time.monotonic(), stats)
+        # The dead core's last stats said what it was running: nothing runs or waits now.
+        self._record(SchedulerStats(), stats)
         self._streams.clear()
         self.intake.clear()
         self._queued.clear()

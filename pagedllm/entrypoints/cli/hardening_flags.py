@@ -1,4 +1,5 @@
-"""`pagedllm serve` flags of production hardening: admission control and API keys with limits."""
+"""`pagedllm serve` flags of production hardening: admission control, API keys with limits,
+deadlines and engine supervision."""
 
 from __future__ import annotations
 
@@ -26,17 +27,31 @@ def add_hardening_args(parser: argparse.ArgumentParser) -> None:
                             "tokens_per_minute, max_concurrent, allowed_models}; each key gets "
                             "its own identity, limits (429) and metrics (--api-key still works "
                             "beside it, without limits)")
+    group.add_argument("--restart-engine-on-failure", action=argparse.BooleanOptionalAction,
+                       default=True,
+                       help="when the engine-core process dies (crash, kill -9, out of memory), "
+                            "in-flight requests get an error at once and a new core starts while "
+                            "the server keeps its socket (/health answers 503 meanwhile); with "
+                            "--no-restart-engine-on-failure the server stays up and unhealthy "
+                            "(default: restart)")
+    group.add_argument("--max-engine-restarts", type=_positive_int, default=None,
+                       help="most engine-core restarts over the server's life; past them the "
+                            "server stays up and unhealthy (default: no limit)")
 
 
 def hardening_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The ServerSettings fields these flags set."""
     from pagedllm.entrypoints.openai.admission import AdmissionLimits
+    from pagedllm.entrypoints.openai.engine_supervisor import RestartPolicy
 
     settings: dict[str, Any] = {"admission": AdmissionLimits(
         max_num_queued_requests=args.max_num_queued_requests,
         max_num_queued_tokens=args.max_num_queued_tokens),
         "request_timeout": args.request_timeout,
-        "trust_request_chat_template": args.trust_request_chat_template}
+        "trust_request_chat_template": args.trust_request_chat_template,
+        "restart_policy": RestartPolicy(enabled=args.restart_engine_on_failure,
+                                        max_restarts=args.max_engine_restarts,
+                                        startup_timeout=args.engine_startup_timeout)}
     if args.api_keys_file:
         from pagedllm.entrypoints.openai.api_keys import load_api_keys
 

@@ -66,9 +66,10 @@ def _respond(result: Any) -> Response:
 @router.get("/health")
 async def health(raw_request: Request) -> Response:
     state = _state(raw_request)
-    if not state.ready or state.engine.errored:  # type: ignore[union-attr]
-        message = state.load_error or "the model is still loading"
-        return error_json(503, message, code="model_not_ready")
+    problem = state.health_problem()
+    if problem is not None:
+        return error_json(503, problem, code="model_not_ready" if not state.ready
+                          else "engine_dead")
     return Response(status_code=200)
 
 
