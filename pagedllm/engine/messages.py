@@ -26,3 +26,5 @@ class EngineCoreRequest:
     """Set for an embedding request (task "embed"); sampling_params are then the defaults."""
     lora_request: LoRARequest | None = None
     """The adapter to run under (None: the base model); checked by the input processor."""
+    cache_salt: str | None = None
+    """Prefix-cache isolation: only requests with the same salt share cached blocks."""

@@ -197,7 +197,7 @@ class Scheduler:
     def _schedule_waiting(self, step: StepBuilder) -> None:
         max_num_seqs = self.scheduler_config.max_num_seqs
         skipped: list[Request] = []
-        while self.waiting and step.token_budget > 0 and len(self.running) < max_num_seqs:
+        while self.waiting and step.token_budget > 0:
             request = self.waiting.peek()
             if not self._grammar_ready(request):
                 if not request.is_finished():
@@ -206,10 +206,28 @@ class Scheduler:
             if not self._lora_fits(request):
                 skipped.append(self.waiting.pop())  # waits for a slot; other adapters go ahead
                 continue
+            if len(self.running) >= max_num_seqs and not self._preempt_lower_priority(
+                    request, step):
+                break
             if not self._admit(request, step):
+                if self._preempt_lower_priority(request, step):
+                    continue  # its blocks are free now: try again
                 break
         for request in reversed(skipped):
             self.waiting.prepend(request)
+
+    def _preempt_lower_priority(self, request: Request, step: StepBuilder) -> bool:
+        """Priority policy: make room for a waiting request by preempting the running request
+        of lowest priority (latest arrival among equals) if its priority is strictly lower than
+        the waiting one's; equal priorities never preempt each other here (no churn). The
+        victim goes back to the waiting queue, behind `request`."""
+        if self.scheduler_config.policy != "priority" or not self.running:
+            return False
+        victim = self._pick_victim()
+        if victim.priority <= request.priority or victim.request_id in step.new_reqs:
+            return False
+        self._preempt(victim, step)
+        return True
 
     def _lora_fits(self, request: Request) -> bool:
         """Whether admitting the request keeps the running requests within max_loras distinct

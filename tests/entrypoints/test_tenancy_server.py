@@ -1,0 +1,108 @@
+"""Per-request tenancy fields through a real `pagedllm serve` (one shared server):
+`cache_salt` isolates the prefix cache, `priority` under `--scheduling-policy priority` lets an
+urgent request preempt a running one."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.entrypoints.conftest import serve_module
+from tests.entrypoints.test_openai_server import metrics
+
+MODEL = "tiny"
+API_KEY = "sk-tenancy-0123456789abcdef"
+MAX_TOKENS = 8000
+"""Far more than the tiny model makes in the seconds a test needs (see test_deadline_server)."""
+SHARED_PROMPT = ("The history of the Roman Empire began with the founding of the city and ended "
+                 "many centuries later, and the quick brown fox jumps over the lazy dog.")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama_factory, tmp_path_factory):
+    model = tiny_llama_factory(max_position_embeddings=MAX_TOKENS + 512)
+    yield from serve_module(model, tmp_path_factory, "tenancy",
+                            "--served-model-name", MODEL, "--kv-cache-memory", "16MiB",
+                            "--scheduling-policy", "priority", "--max-num-seqs", "1",
+                            "--api-key", API_KEY, "--log-format", "json", "--access-log")
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=server.url, timeout=60, headers=headers) as client:
+        yield client
+
+
+def _complete(http, **fields) -> dict:
+    body = {"model": MODEL, "prompt": SHARED_PROMPT, "max_tokens": 1, "temperature": 0, **fields}
+    response = http.post("/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _hits_of(http, **fields) -> float:
+    before = metrics(http)["pagedllm:prefix_cache_hits_total"]
+    _complete(http, **fields)
+    return metrics(http)["pagedllm:prefix_cache_hits_total"] - before
+
+
+def test_cache_salt_isolates_the_prefix_cache(http):
+    assert _hits_of(http, cache_salt="tenant-a") == 0  # first sight of the prompt
+    assert _hits_of(http, cache_salt="tenant-b") == 0  # same prompt, another tenant
+    assert _hits_of(http, cache_salt="tenant-a") > 0  # same tenant again: cached
+    assert _hits_of(http) == 0  # no salt: shares nothing with the salted ones
+    assert _hits_of(http) > 0
+    # chat carries it too
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": SHARED_PROMPT}],
+            "max_tokens": 1, "cache_salt": "tenant-c"}
+    for expect_hit in (False, True):
+        before = metrics(http)["pagedllm:prefix_cache_hits_total"]
+        assert http.post("/v1/chat/completions", json=chat).status_code == 200
+        assert (metrics(http)["pagedllm:prefix_cache_hits_total"] > before) is expect_hit
+
+
+@pytest.mark.parametrize("salt", ["", "x" * 1025, 5])
+def test_bad_cache_salt_is_a_400(http, salt):
+    response = http.post("/v1/completions", json={"model": MODEL, "prompt": "hi",
+                                                  "cache_salt": salt})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "cache_salt"
+
+
+def test_bad_priority_is_a_400(http):
+    response = http.post("/v1/completions", json={"model": MODEL, "prompt": "hi",
+                                                  "priority": 2**63})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "priority"
+
+
+def test_urgent_request_preempts_a_running_one(http):
+    """max_num_seqs 1: under fcfs the urgent request would wait for all 8000 tokens."""
+    preempted_before = metrics(http)["pagedllm:num_preemptions_total"]
+    background = {"model": MODEL, "prompt": "once upon a time", "max_tokens": MAX_TOKENS,
+                  "temperature": 0, "ignore_eos": True, "stream": True, "priority": 10}
+    urgent: dict = {}
+
+    def post_urgent() -> None:
+        start = time.monotonic()
+        urgent["response"] = http.post("/v1/completions", json={
+            "model": MODEL, "prompt": "what is the capital of France?", "max_tokens": 5,
+            "ignore_eos": True, "priority": -1})
+        urgent["seconds"] = time.monotonic() - start
+
+    with http.stream("POST", "/v1/completions", json=background) as response:
+        lines = (line for line in response.iter_lines() if line)
+        json.loads(next(lines).removeprefix("data: "))  # the background request runs
+        worker = threading.Thread(target=post_urgent)
+        worker.start()
+        worker.join(30)
+        received = sum(1 for _ in zip(range(5), lines))  # the background one goes on
+        # leaving the block closes the stream: the background request is aborted
+    assert urgent["response"].status_code == 200, urgent["response"].text
+    assert urgent["response"].json()["usage"]["completion_tokens"] == 5
+    assert received == 5
+    assert metrics(http)["pagedllm:num_preemptions_total"] > preempted_before
