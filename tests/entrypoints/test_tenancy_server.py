@@ -106,3 +106,18 @@ def test_urgent_request_preempts_a_running_one(http):
     assert urgent["response"].json()["usage"]["completion_tokens"] == 5
     assert received == 5
     assert metrics(http)["pagedllm:num_preemptions_total"] > preempted_before
+
+
+def test_secrets_never_reach_the_log(server, http):
+    wrong = "sk-wrong-key-fedcba9876543210"
+    # a client putting its key in the query string: uvicorn's access line logs the path
+    assert http.get(f"/v1/models?api_key={API_KEY}").status_code == 200
+    for header in ({"Authorization": f"Bearer {wrong}"}, {"x-api-key": wrong}):
+        assert httpx.get(f"{server.url}/v1/models", headers=header).status_code == 401
+    time.sleep(0.2)  # the access lines are written after the responses
+    log = server.log()
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    startup = next(e["message"] for e in lines if "serve, args:" in e["message"])
+    assert "'--api-key', '***'" in startup
+    assert any("/v1/models?api_key=***" in e["message"] for e in lines), log[-2000:]
+    assert API_KEY not in log and wrong not in log
