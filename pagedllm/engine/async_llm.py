@@ -3,12 +3,17 @@ core runs in its own process behind an MPClient.
 
     HTTP handlers ── generate()/abort() ──▶ InputProcessor ──▶ MPClient ──▶ engine-core process
          ▲                                                                        │
-         └── per-request asyncio.Queue ◀── output task (OutputProcessor) ◀── reader thread
+         └── per-request collector ◀── output task (OutputProcessor) ◀── reader thread
 
 The reader thread only blocks on the pipe and hands each EngineCoreOutputs to the event loop; the
 output task detokenizes, applies stop strings and routes outputs, all on the event loop, so the
 processors need no locks. Neither ever waits for an engine step, and the engine process never
 waits for HTTP.
+
+Nothing grows with a slow consumer: each request's RequestOutputCollector holds one pending
+output (a slow reader gets the deltas merged), and the reader thread hands at most
+_MAX_PENDING_BATCHES batches to the event loop before it waits (then the pipe, and in the end the
+engine core, wait for the event loop).
 
 Supervision: when the engine core dies (crash, kill -9, OOM) the client's get_output() raises
 EngineDeadError; the output task then fails every in-flight request with it, marks the engine
@@ -28,6 +33,7 @@ from pagedllm.engine.arg_utils import EngineArgs
 from pagedllm.engine.core_client import EngineDeadError, MPClient
 from pagedllm.engine.input_processor import InputProcessor, PromptType
 from pagedllm.engine.messages import EngineCoreOutputs
+from pagedllm.engine.output_collector import RequestOutputCollector
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.engine.request_intake import RequestIntake
 from pagedllm.logger import init_logger
@@ -37,11 +43,13 @@ from pagedllm.metrics.request_stats import IterationStats, RequestStatsTracker
 from pagedllm.metrics.stats import SchedulerStats
 from pagedllm.outputs import EmbeddingRequestOutput, RequestOutput
 from pagedllm.pooling_params import PoolingParams
-from pagedllm.sampling_params import SamplingParams
+from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
 logger = init_logger(__name__)
 
 _LOG_INTERVAL = 5.0
+_MAX_PENDING_BATCHES = 64
+"""Engine output batches read from the pipe and not yet processed by the event loop."""
 
 
 class AsyncLLM:
@@ -58,8 +66,8 @@ class AsyncLLM:
         self.output_processor = OutputProcessor(tokenizer)
         self.stat_loggers = list(stat_loggers or [])
         self.request_stats = RequestStatsTracker()
-        self._streams: dict[str, asyncio.Queue] = {}
-        """Parent request id -> queue of RequestOutput (or the exception that ended it)."""
+        self._streams: dict[str, RequestOutputCollector] = {}
+        """Parent request id -> its pending RequestOutput (or the exception that ended it)."""
         self.intake = RequestIntake(self.input_processor, self.output_processor)
         self._queued: dict[str, int] = {}
         """Engine-core request id -> prompt tokens, from add until its first output arrives: the
@@ -225,10 +233,13 @@ class AsyncLLM:
 
     def _add_request(self, request_id: str, prompt: PromptType,
                      params: SamplingParams | PoolingParams, arrival_time: float | None,
-                     priority: int, lora_request: LoRARequest | None = None) -> asyncio.Queue:
+                     priority: int, lora_request: LoRARequest | None = None,
+                     ) -> RequestOutputCollector:
         accepted = self.intake.add(request_id, prompt, params, arrival_time, priority,
                                    lora_request)
-        stream: asyncio.Queue = asyncio.Queue()
+        stream = RequestOutputCollector(
+            aggregate=isinstance(params, SamplingParams)
+            and params.output_kind == RequestOutputKind.DELTA)
         self._streams[request_id] = stream
         now = time.monotonic()
         for core_request in accepted.core_requests:
@@ -268,18 +279,23 @@ class AsyncLLM:
         if self._output_task is not None:
             return
         loop = asyncio.get_running_loop()
-        self._outputs_queue = asyncio.Queue()
-        threading.Thread(target=self._read_outputs, args=(loop, self._outputs_queue),
+        self._outputs_queue = queue = asyncio.Queue()
+        slots = threading.BoundedSemaphore(_MAX_PENDING_BATCHES)
+        threading.Thread(target=self._read_outputs, args=(self.engine_core, loop, queue, slots),
                          name="EngineOutputReader", daemon=True).start()
-        self._output_task = loop.create_task(self._process_outputs_loop())
+        self._output_task = loop.create_task(self._process_outputs_loop(queue, slots))
 
-    def _read_outputs(self, loop: asyncio.AbstractEventLoop, out: asyncio.Queue) -> None:
-        """Reader thread: block on the engine's pipe, hand every batch to the event loop."""
+    @staticmethod
+    def _read_outputs(client: MPClient, loop: asyncio.AbstractEventLoop, out: asyncio.Queue,
+                      slots: threading.BoundedSemaphore) -> None:
+        """Reader thread: block on the engine's pipe, hand every batch to the event loop (at
+        most _MAX_PENDING_BATCHES unprocessed: beyond, it waits and the pipe fills)."""
         while True:
             try:
-                item: EngineCoreOutputs | BaseException = self.engine_core.get_output()
+                item: EngineCoreOutputs | BaseException = client.get_output()
             except EngineDeadError as e:
                 item = e
+            slots.acquire()
             try:
                 loop.call_soon_threadsafe(out.put_nowait, item)
             except RuntimeError:
@@ -287,10 +303,11 @@ class AsyncLLM:
             if isinstance(item, BaseException):
                 return
 
-    async def _process_outputs_loop(self) -> None:
-        assert self._outputs_queue is not None
+    async def _process_outputs_loop(self, queue: asyncio.Queue,
+                                    slots: threading.BoundedSemaphore) -> None:
         while True:
-            item = await self._outputs_queue.get()
+            item = await queue.get()
+            slots.release()
             if isinstance(item, BaseException):
                 self._dead_error = item
                 self._fail_all(item)

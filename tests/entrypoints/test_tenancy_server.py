@@ -5,6 +5,7 @@ urgent request preempt a running one."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 
@@ -121,3 +122,36 @@ def test_secrets_never_reach_the_log(server, http):
     assert "'--api-key', '***'" in startup
     assert any("/v1/models?api_key=***" in e["message"] for e in lines), log[-2000:]
     assert API_KEY not in log and wrong not in log
+
+
+def test_slow_reader_gets_merged_deltas_and_does_not_hold_the_engine(server, http):
+    """A client that does not read its stream: the socket buffers fill, the SSE generator waits,
+    and the engine finishes anyway while the request's pending output absorbs the deltas (one
+    merged output, not one queued per step). Read at last, nothing is missing."""
+    num_tokens = 2000
+    body = json.dumps({"model": MODEL, "prompt": "once upon a time", "max_tokens": num_tokens,
+                       "temperature": 0, "ignore_eos": True, "stream": True, "logprobs": 0})
+    finished = "pagedllm:request_success_total{finished_reason=length}"
+    before = metrics(http)[finished]
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: fills fast
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall((f"POST /v1/completions HTTP/1.0\r\nHost: test\r\n"
+                      f"Authorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
+        deadline = time.monotonic() + 60
+        while metrics(http)[finished] == before:  # the engine finishes with nothing read
+            assert time.monotonic() < deadline, "the engine waited for the slow reader"
+            time.sleep(0.1)
+        chunks = []
+        while data := sock.recv(1 << 16):
+            chunks.append(data)
+    raw = b"".join(chunks).decode()
+    assert raw.startswith("HTTP/1.1 200"), raw[:300]
+    events = [line.removeprefix("data: ") for line in raw.split("\r\n\r\n", 1)[1].split("\n")
+              if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    choices = [json.loads(e)["choices"][0] for e in events[:-1]]
+    assert sum(len(c["logprobs"]["tokens"]) for c in choices) == num_tokens  # none lost
+    assert choices[-1]["finish_reason"] == "length"
+    assert len(choices) < num_tokens / 2  # deltas were merged while the reader was away
