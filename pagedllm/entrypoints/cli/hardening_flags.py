@@ -27,6 +27,10 @@ def add_hardening_args(parser: argparse.ArgumentParser) -> None:
                             "tokens_per_minute, max_concurrent, allowed_models}; each key gets "
                             "its own identity, limits (429) and metrics (--api-key still works "
                             "beside it, without limits)")
+    group.add_argument("--trust-remote-code", action="store_true",
+                       help="accepted for vLLM's command lines and ignored: pagedllm never runs "
+                            "Python code from a model folder (a model that needs it is refused "
+                            "with a message saying so)")
     group.add_argument("--restart-engine-on-failure", action=argparse.BooleanOptionalAction,
                        default=True,
                        help="when the engine-core process dies (crash, kill -9, out of memory), "
@@ -43,6 +47,11 @@ def hardening_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The ServerSettings fields these flags set."""
     from pagedllm.entrypoints.openai.admission import AdmissionLimits
     from pagedllm.entrypoints.openai.engine_supervisor import RestartPolicy
+    from pagedllm.logger import init_logger
+
+    if args.trust_remote_code:
+        init_logger(__name__).warning(
+            "--trust-remote-code is ignored: pagedllm never runs code from a model folder")
 
     settings: dict[str, Any] = {"admission": AdmissionLimits(
         max_num_queued_requests=args.max_num_queued_requests,
