@@ -82,6 +82,9 @@ class AsyncLLM:
         in-flight request was failed: the server's supervisor restarts the core from here."""
         self._shutting_down = False
         self._last_log = time.monotonic()
+        self.last_progress = time.monotonic()
+        """When the engine core last sent outputs, or work arrived at an idle engine: a
+        supervisor's hang watchdog compares it with the clock while requests are in flight."""
 
     @classmethod
     def from_engine_args(cls, engine_args: EngineArgs,
@@ -129,6 +132,7 @@ class AsyncLLM:
         self.engine_core = engine_core
         self._dead_error = None
         self._output_task = None
+        self.last_progress = time.monotonic()
         self._start_output_handler()
         old.shutdown(timeout=0.0)  # the process is gone: this only releases its pipes
 
@@ -237,6 +241,8 @@ class AsyncLLM:
                      ) -> RequestOutputCollector:
         accepted = self.intake.add(request_id, prompt, params, arrival_time, priority,
                                    lora_request)
+        if not self._streams:
+            self.last_progress = time.monotonic()  # the clock starts with the first request
         stream = RequestOutputCollector(
             aggregate=isinstance(params, SamplingParams)
             and params.output_kind == RequestOutputKind.DELTA)
@@ -308,6 +314,7 @@ class AsyncLLM:
         while True:
             item = await queue.get()
             slots.release()
+            self.last_progress = time.monotonic()
             if isinstance(item, BaseException):
                 self._dead_error = item
                 self._fail_all(item)

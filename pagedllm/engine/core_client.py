@@ -125,6 +125,7 @@ class MPClient(EngineCoreClient):
         self._proc.start()
         child_conn.close()  # so recv() sees EOF when the child exits
         self._closing = False
+        self._kill_reason: str | None = None
         self._call_ids = itertools.count()
         self._pending_calls: dict[int, Future] = {}
         self.config: EngineConfig | None = None
@@ -151,6 +152,11 @@ class MPClient(EngineCoreClient):
 
     def is_alive(self) -> bool:
         return self._proc.is_alive()
+
+    def kill(self, reason: str) -> None:
+        """SIGKILL the engine core (it hangs): the reader then raises EngineDeadError(reason)."""
+        self._kill_reason = reason
+        self._proc.kill()
 
     @property
     def sentinel(self) -> int:
@@ -254,7 +260,8 @@ class MPClient(EngineCoreClient):
 
     def _died(self) -> EngineDeadError:
         self._proc.join(1.0)  # the sentinel fired or the pipe closed: the exit code is at hand
-        error = EngineDeadError(f"engine core process died ({describe_exit(self._proc.exitcode)})")
+        error = EngineDeadError(self._kill_reason or
+                                f"engine core process died ({describe_exit(self._proc.exitcode)})")
         self._fail_pending_calls(error)
         return error
 

@@ -1,7 +1,8 @@
 """Engine supervision through a real `pagedllm serve`: `kill -9` of the engine core with a
 streaming and a non-streaming request in flight. Both clients get an OpenAI-style error within
-seconds, /health turns 503, the core restarts (the same socket serves again); past
---max-engine-restarts the server stays up answering 503."""
+seconds, /health turns 503, the core restarts (the same socket serves again). A hung core
+(SIGSTOP) is killed by the watchdog and restarted the same way; past --max-engine-restarts the
+server stays up answering 503."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ MODEL = "tiny"
 MAX_TOKENS = 8000
 """Far more than the tiny model makes in the seconds the test needs (see test_deadline_server)."""
 ERROR_WITHIN_S = 5.0
+HANG_TIMEOUT_S = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,8 @@ def server(tiny_llama_factory, tmp_path_factory):
     model = tiny_llama_factory(max_position_embeddings=MAX_TOKENS + 512)
     yield from serve_module(model, tmp_path_factory, "supervision",
                             "--served-model-name", MODEL, "--kv-cache-memory", "16MiB",
-                            "--max-engine-restarts", "1")
+                            "--max-engine-restarts", "2",
+                            "--engine-hang-timeout", str(HANG_TIMEOUT_S))
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +107,31 @@ def test_kill_9_fails_in_flight_requests_then_restarts(server, http):
     assert m["pagedllm:num_requests_running"] == 0
 
 
+def test_hung_core_is_killed_and_restarted(server, http):
+    pid = _engine_pids(server)[-1]
+    with http.stream("POST", "/v1/completions", json=_body(True)) as response:
+        lines = (line for line in response.iter_lines() if line)
+        next(lines)
+        os.kill(pid, signal.SIGSTOP)  # alive, but its step loop no longer ticks
+        stopped_at = time.monotonic()
+        rest = list(lines)
+        ended = time.monotonic() - stopped_at
+    assert rest[-1] == "data: [DONE]"
+    error = json.loads(rest[-2].removeprefix("data: "))["error"]
+    assert "made no progress" in error["message"], error
+    assert HANG_TIMEOUT_S <= ended < HANG_TIMEOUT_S + ERROR_WITHIN_S
+    _wait_health(http, 200, 120)
+    assert _engine_pids(server)[-1] != pid
+    assert http.post("/v1/completions", json={**_body(False), "max_tokens": 3}).status_code == 200
+    m = metrics(http)
+    assert m["pagedllm:engine_core_hangs_total"] == 1
+    assert m["pagedllm:engine_core_restarts_total"] == 2
+
+
 def test_past_max_restarts_the_server_stays_up_and_unhealthy(server, http):
     os.kill(_engine_pids(server)[-1], signal.SIGKILL)
     assert _wait_health(http, 503, ERROR_WITHIN_S) < ERROR_WITHIN_S
-    time.sleep(1.0)  # no restart comes (--max-engine-restarts 1 is spent)
+    time.sleep(1.0)  # no restart comes (--max-engine-restarts 2 are spent)
     health = http.get("/health")
     assert health.status_code == 503
     assert "--max-engine-restarts" in health.json()["error"]["message"]
@@ -115,4 +139,4 @@ def test_past_max_restarts_the_server_stays_up_and_unhealthy(server, http):
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "engine_dead"
     assert server.proc.poll() is None  # the API server itself is still up
-    assert metrics(http)["pagedllm:engine_core_deaths_total"] == 2
+    assert metrics(http)["pagedllm:engine_core_deaths_total"] == 3

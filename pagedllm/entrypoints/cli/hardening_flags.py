@@ -38,6 +38,10 @@ def add_hardening_args(parser: argparse.ArgumentParser) -> None:
                             "the server keeps its socket (/health answers 503 meanwhile); with "
                             "--no-restart-engine-on-failure the server stays up and unhealthy "
                             "(default: restart)")
+    group.add_argument("--engine-hang-timeout", type=_non_negative_float, default=120.0,
+                       help="seconds the engine core may go without any output while requests "
+                            "are in flight before it is killed as hung (then restarted as after "
+                            "a crash); 0 disables (default 120)")
     group.add_argument("--max-engine-restarts", type=_positive_int, default=None,
                        help="most engine-core restarts over the server's life; past them the "
                             "server stays up and unhealthy (default: no limit)")
@@ -60,7 +64,8 @@ def hardening_settings(args: argparse.Namespace) -> dict[str, Any]:
         "trust_request_chat_template": args.trust_request_chat_template,
         "restart_policy": RestartPolicy(enabled=args.restart_engine_on_failure,
                                         max_restarts=args.max_engine_restarts,
-                                        startup_timeout=args.engine_startup_timeout)}
+                                        startup_timeout=args.engine_startup_timeout,
+                                        hang_timeout=args.engine_hang_timeout or None)}
     if args.api_keys_file:
         from pagedllm.entrypoints.openai.api_keys import load_api_keys
 
@@ -78,6 +83,11 @@ def _positive_int(value: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from e
     if number < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+def _non_negative_float(value: str) -> float:
+    number = _positive_float(value) if value.strip() not in ("0", "0.0") else 0.0
     return number
 
 

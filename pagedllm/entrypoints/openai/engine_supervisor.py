@@ -10,6 +10,10 @@ start, the server stays up reporting unhealthy (a load balancer or orchestrator 
 
 Deaths that follow each other quickly back off (1, 2, 4 ... 30 s) so a core that dies at every
 start does not spin.
+
+A hung core (a deadlock, a stopped process, a step that never ends) is a death too: the watchdog
+kills a core that sent nothing for `--engine-hang-timeout` seconds while requests were in flight,
+and the death path above takes over.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ class RestartPolicy:
     """--max-engine-restarts: restarts over the server's life (None: no limit)."""
     startup_timeout: float | None = None
     """--engine-startup-timeout, for a restarted core as for the first."""
+    hang_timeout: float | None = 120.0
+    """--engine-hang-timeout: seconds without output, requests in flight, before the core is
+    killed as hung (None: never)."""
 
 
 class EngineSupervisor:
@@ -75,7 +82,14 @@ class EngineSupervisor:
         self._restarts = Counter("pagedllm:engine_core_restarts",
                                  "Engine-core processes restarted after a death.",
                                  registry=registry)
+        self._hangs = Counter("pagedllm:engine_core_hangs",
+                              "Engine-core processes killed for making no progress.",
+                              registry=registry)
         engine.on_engine_dead.append(self._on_dead)
+        self._watchdog: asyncio.Task | None = None
+        if policy.hang_timeout is not None:
+            self._watchdog = asyncio.get_running_loop().create_task(
+                self._watch(policy.hang_timeout))
 
     def health_problem(self) -> str | None:
         """Why the server cannot serve now (None: it can)."""
@@ -139,9 +153,32 @@ class EngineSupervisor:
             self.on_restarted(client)
         logger.info("engine core restarted (pid %s)", client.pid)
 
+    async def _watch(self, timeout: float) -> None:
+        """Kill the core when it sent nothing for `timeout` s while requests were in flight."""
+        killed: object = None
+        while not self._closed:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            engine = self.engine
+            core = engine.engine_core
+            if core is killed or engine.errored or not engine.num_unfinished_requests:
+                continue
+            stalled = time.monotonic() - engine.last_progress
+            kill = getattr(core, "kill", None)
+            if stalled < timeout or kill is None:
+                continue
+            reason = (f"the engine core made no progress for {stalled:.0f} s with "
+                      f"{engine.num_unfinished_requests} request(s) in flight "
+                      f"(--engine-hang-timeout {timeout:g}) and was killed")
+            logger.error("%s", reason)
+            self._hangs.inc()
+            killed = core
+            kill(reason)
+
     async def close(self) -> None:
         """Server shutdown: stop a restart under way (its half-started core too)."""
         self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._starting is not None:
             self._starting.shutdown(timeout=0.0)  # wait_ready() then raises in its thread
         if self._task is not None:
