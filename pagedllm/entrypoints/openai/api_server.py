@@ -63,7 +63,10 @@ def _respond(result: Any) -> Response:
                              headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/health")
+@router.get("/health", response_class=Response,
+            responses={200: {"description": "The engine is serving (empty body, as vLLM).",
+                             "content": None},
+                       503: {"description": "Loading, failed, or the engine core is down."}})
 async def health(raw_request: Request) -> Response:
     state = _state(raw_request)
     problem = state.health_problem()
