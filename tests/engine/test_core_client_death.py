@@ -29,6 +29,7 @@ def _client_around(proc, conn) -> MPClient:
     client._output_conn = conn
     client._pending_calls = {}
     client._closing = False
+    client._kill_reason = None
     return client
 
 
@@ -57,3 +58,15 @@ def test_describe_exit():
     assert describe_exit(1) == "exit code 1"
     assert describe_exit(-9).startswith("killed by SIGKILL")
     assert describe_exit(-15) == "killed by SIGTERM"
+
+
+def test_kill_gives_its_reason_to_the_reader():
+    ctx = multiprocessing.get_context("spawn")
+    reader, writer = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=time.sleep, args=(30,), daemon=True)
+    proc.start()
+    client = _client_around(proc, reader)
+    client.kill("made no progress for 3 s")
+    with pytest.raises(EngineDeadError, match="^made no progress for 3 s$"):
+        client.get_output()
+    writer.close()
