@@ -300,7 +300,9 @@ class AsyncLLM:
             try:
                 item: EngineCoreOutputs | BaseException = client.get_output()
             except EngineDeadError as e:
-                item = e
+                # A fresh copy without the traceback: the caught one's frames hold the dead
+                # client (its pipes and queue) in a reference cycle until a garbage collection.
+                item = EngineDeadError(*e.args)
             slots.acquire()
             try:
                 loop.call_soon_threadsafe(out.put_nowait, item)
