@@ -105,3 +105,19 @@ def test_nonzero_priority_needs_the_priority_policy() -> None:
     priority.validate_priority(-7)
     with pytest.raises(ValueError, match="integer"):
         priority.validate_priority(1.5)  # type: ignore[arg-type]
+
+
+def test_a_spent_token_budget_does_not_preempt() -> None:
+    # no chunked prefill: the 23-token prompt of "urgent" does not fit the 22 tokens two decodes
+    # leave of the budget; preempting a decoder would free 1 token and throw away its KV
+    scheduler = make_scheduler(max_num_batched_tokens=24, max_model_len=24,
+                               enable_chunked_prefill=False, policy="priority")
+    runner = FakeRunner()
+    for name in ("bg-1", "bg-2"):
+        scheduler.add_request(make_request(name, 4, max_tokens=3, priority=3))
+    step(scheduler, runner)
+    scheduler.add_request(make_request("urgent", 23, max_tokens=1, priority=0))
+    so, _ = step(scheduler, runner)
+    assert so.num_scheduled_tokens == {"bg-1": 1, "bg-2": 1} and not so.finished_req_ids
+    run_to_completion(scheduler, runner)
+    assert runner.new_req_log == ["bg-1", "bg-2", "urgent"]

@@ -84,6 +84,8 @@ class Scheduler:
         """Requests whose grammar failed since the last update: reported finished (abort)."""
         self._num_preemptions = 0
         """Preemptions since the last stats record."""
+        self._admit_lacked_blocks = False
+        """Why the last _admit failed: KV blocks (True) or the step's token budget (False)."""
         self.max_loras = max_loras
         """Multi-LoRA: the most distinct adapters the running requests may use (the runner's
         resident slots); None: LoRA off."""
@@ -210,8 +212,10 @@ class Scheduler:
                     request, step):
                 break
             if not self._admit(request, step):
-                if self._preempt_lower_priority(request, step):
-                    continue  # its blocks are free now: try again
+                # Only a lack of KV blocks is worth a preemption (its blocks are then free: try
+                # again); a spent token budget is not, the request goes first next step anyway.
+                if self._admit_lacked_blocks and self._preempt_lower_priority(request, step):
+                    continue
                 break
         for request in reversed(skipped):
             self.waiting.prepend(request)
@@ -307,9 +311,11 @@ class Scheduler:
         kvm = self.kv_cache_manager
         hit_blocks, num_hit_tokens = kvm.get_computed_blocks(request)
         num_new = self._chunk_size(request.num_tokens - num_hit_tokens, step.token_budget)
+        self._admit_lacked_blocks = False
         if num_new == 0:
             return False
         if kvm.allocate_slots(request, num_new, num_hit_tokens, hit_blocks) is None:
+            self._admit_lacked_blocks = True
             return False
         self.waiting.pop()
         request.status = RequestStatus.RUNNING
