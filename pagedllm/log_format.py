@@ -34,8 +34,8 @@ class JsonFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", None) or REQUEST_ID.get()
         if request_id is not None:
             entry["request_id"] = request_id
-        if record.exc_info:
-            entry["exc_info"] = self.formatException(record.exc_info)
+        if record.exc_info:  # exc_text: set when log_redaction had to redact the traceback
+            entry["exc_info"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
 

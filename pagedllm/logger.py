@@ -16,7 +16,10 @@ def _configure_root() -> None:
     if _configured:
         return
     from pagedllm import envs
+    from pagedllm.log_redaction import install, register_secret
 
+    install()  # every record of the process, whichever logger and format, is redacted
+    register_secret(envs.api_key())
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_formatter(envs.log_format()))
     root = logging.getLogger("pagedllm")

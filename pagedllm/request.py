@@ -106,11 +106,15 @@ class Request:
         priority: int = 0,
         block_hasher: BlockHasher | None = None,
         lora_request: LoRARequest | None = None,
+        cache_salt: str | None = None,
     ) -> None:
         self.request_id = request_id
         self.lora_request = lora_request
         """The adapter the request runs under (None: the base model); part of its prefix-cache
         keys, so it must be set before the block hasher first runs."""
+        self.cache_salt = cache_salt
+        """vLLM's cache_salt: mixed into the prefix-cache keys (like the adapter), so only
+        requests with the same salt share KV blocks (tenant isolation)."""
         self.sampling_params = sampling_params
         self._all_token_ids: list[int] = list(prompt_token_ids)
         """The scheduler side's one record of the tokens: prompt, then output."""

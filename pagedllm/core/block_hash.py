@@ -6,11 +6,11 @@ prefixes up to and including that block:
     hash_0 = H(ROOT_PARENT_HASH, tokens[0:bs])
     hash_i = H(hash_{i-1},      tokens[i*bs:(i+1)*bs])
 
-A request under a LoRA adapter starts its chain from a root mixed with the adapter's id and
-name (`request_root_hash`), so the same prompt under two adapters (or none) never shares a
-block. Only full blocks are hashed; a partial tail block has no hash. H is SHA-256 over a fixed
-binary encoding, truncated to 64 bits: deterministic across processes, collision risk
-negligible.
+A request under a LoRA adapter, or with a `cache_salt`, starts its chain from a root mixed with
+the adapter's id and name and the salt (`request_root_hash`), so the same prompt under two
+adapters (or none), or two salts (or none), never shares a block. Only full blocks are hashed;
+a partial tail block has no hash. H is SHA-256 over a fixed binary encoding, truncated to 64
+bits: deterministic across processes, collision risk negligible.
 """
 
 from __future__ import annotations
@@ -26,12 +26,20 @@ ROOT_PARENT_HASH: int = int.from_bytes(hashlib.sha256(b"pagedllm-root").digest()
 
 
 def request_root_hash(request: Request) -> int:
-    """The parent hash of the request's first block: ROOT_PARENT_HASH for the base model, a
-    hash of the root and the adapter for a LoRA request."""
+    """The parent hash of the request's first block: ROOT_PARENT_HASH for the base model without
+    a salt, else a hash of the root, the adapter (LoRA) and the cache salt."""
     lora = request.lora_request
-    if lora is None:
+    salt = getattr(request, "cache_salt", None)
+    if lora is None and salt is None:
         return ROOT_PARENT_HASH
-    data = struct.pack("<Qq", ROOT_PARENT_HASH, lora.lora_int_id) + lora.lora_name.encode()
+    data = struct.pack("<Q", ROOT_PARENT_HASH)
+    # Tagged and length-prefixed, so no (adapter, salt) pair encodes like another.
+    if lora is not None:
+        name = lora.lora_name.encode()
+        data += b"L" + struct.pack("<qQ", lora.lora_int_id, len(name)) + name
+    if salt is not None:
+        encoded = salt.encode()
+        data += b"S" + struct.pack("<Q", len(encoded)) + encoded
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "little")
 
 

@@ -3,12 +3,22 @@ core runs in its own process behind an MPClient.
 
     HTTP handlers ── generate()/abort() ──▶ InputProcessor ──▶ MPClient ──▶ engine-core process
          ▲                                                                        │
-         └── per-request asyncio.Queue ◀── output task (OutputProcessor) ◀── reader thread
+         └── per-request collector ◀── output task (OutputProcessor) ◀── reader thread
 
 The reader thread only blocks on the pipe and hands each EngineCoreOutputs to the event loop; the
 output task detokenizes, applies stop strings and routes outputs, all on the event loop, so the
 processors need no locks. Neither ever waits for an engine step, and the engine process never
 waits for HTTP.
+
+Nothing grows with a slow consumer: each request's RequestOutputCollector holds one pending
+output (a slow reader gets the deltas merged), and the reader thread hands at most
+_MAX_PENDING_BATCHES batches to the event loop before it waits (then the pipe, and in the end the
+engine core, wait for the event loop).
+
+Supervision: when the engine core dies (crash, kill -9, OOM) the client's get_output() raises
+EngineDeadError; the output task then fails every in-flight request with it, marks the engine
+`errored` and calls the `on_engine_dead` callbacks. The server's supervisor may then hand a fresh
+client to `replace_engine_core` (nothing that was in flight is re-admitted).
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from pagedllm.engine.arg_utils import EngineArgs
@@ -24,6 +34,7 @@ from pagedllm.engine.core_client import EngineDeadError, MPClient
 from pagedllm.engine.dp_client import DPLBClient, EngineCoreDied, make_core_client
 from pagedllm.engine.input_processor import InputProcessor, PromptType
 from pagedllm.engine.messages import EngineCoreOutputs
+from pagedllm.engine.output_collector import RequestOutputCollector
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.engine.request_intake import RequestIntake
 from pagedllm.logger import init_logger
@@ -34,11 +45,13 @@ from pagedllm.metrics.stats import SchedulerStats
 from pagedllm.metrics.tracing import REQUEST_ATTRIBUTES, TRACE_HEADERS
 from pagedllm.outputs import EmbeddingRequestOutput, RequestOutput
 from pagedllm.pooling_params import PoolingParams
-from pagedllm.sampling_params import SamplingParams
+from pagedllm.sampling_params import RequestOutputKind, SamplingParams
 
 logger = init_logger(__name__)
 
 _LOG_INTERVAL = 5.0
+_MAX_PENDING_BATCHES = 64
+"""Engine output batches read from the pipe and not yet processed by the event loop."""
 
 
 class AsyncLLM:
@@ -50,14 +63,15 @@ class AsyncLLM:
         self.model_config = self.config.model
         self.tokenizer = tokenizer
         self.input_processor = InputProcessor(self.model_config, tokenizer,
-                                              self.config.structured_outputs, self.config.lora)
+                                              self.config.structured_outputs, self.config.lora,
+                                              self.config.scheduler.policy)
         self.output_processor = OutputProcessor(tokenizer)
         self.stat_loggers = list(stat_loggers or [])
         self.request_stats = RequestStatsTracker()
         self.tracing = False
         """Trace spans are recorded (--otlp-traces-endpoint): requests keep their attributes."""
-        self._streams: dict[str, asyncio.Queue] = {}
-        """Parent request id -> queue of RequestOutput (or the exception that ended it)."""
+        self._streams: dict[str, RequestOutputCollector] = {}
+        """Parent request id -> its pending RequestOutput (or the exception that ended it)."""
         self.intake = RequestIntake(self.input_processor, self.output_processor)
         self._queued: dict[str, int] = {}
         """Engine-core request id -> prompt tokens, from add until its first output arrives: the
@@ -67,8 +81,14 @@ class AsyncLLM:
         self._output_task: asyncio.Task | None = None
         self._outputs_queue: asyncio.Queue | None = None
         self._dead_error: BaseException | None = None
+        self.on_engine_dead: list[Callable[[BaseException], None]] = []
+        """Called on the event loop once the engine core died (not at shutdown), after every
+        in-flight request was failed: the server's supervisor restarts the core from here."""
         self._shutting_down = False
         self._last_log = time.monotonic()
+        self.last_progress = time.monotonic()
+        """When the engine core last sent outputs, or work arrived at an idle engine: a
+        supervisor's hang watchdog compares it with the clock while requests are in flight."""
 
     @classmethod
     def from_engine_args(cls, engine_args: EngineArgs,
@@ -99,7 +119,26 @@ class AsyncLLM:
 
     @property
     def errored(self) -> bool:
-        return self._dead_error is not None
+        """The engine core is gone (seen by the output task, or its process has exited)."""
+        return self._dead_error is not None or not self.engine_core.is_alive()
+
+    def start(self) -> None:
+        """Start reading the engine's outputs now (idempotent; generate() does it otherwise), so
+        an idle engine core's death is noticed too. Call from the event loop."""
+        self._start_output_handler()
+
+    def replace_engine_core(self, engine_core: MPClient) -> None:
+        """Carry on with a fresh, ready engine core after the old one died. Call from the event
+        loop. Nothing of the old core survives: its requests were failed when it died."""
+        assert self._dead_error is not None, "the engine core is still running"
+        assert engine_core.config is not None, "wait_ready() first"
+        old = self.engine_core
+        self.engine_core = engine_core
+        self._dead_error = None
+        self._output_task = None
+        self.last_progress = time.monotonic()
+        self._start_output_handler()
+        old.shutdown(timeout=0.0)  # the process is gone: this only releases its pipes
 
     @property
     def num_unfinished_requests(self) -> int:
@@ -208,10 +247,15 @@ class AsyncLLM:
 
     def _add_request(self, request_id: str, prompt: PromptType,
                      params: SamplingParams | PoolingParams, arrival_time: float | None,
-                     priority: int, lora_request: LoRARequest | None = None) -> asyncio.Queue:
+                     priority: int, lora_request: LoRARequest | None = None,
+                     ) -> RequestOutputCollector:
         accepted = self.intake.add(request_id, prompt, params, arrival_time, priority,
                                    lora_request)
-        stream: asyncio.Queue = asyncio.Queue()
+        if not self._streams:
+            self.last_progress = time.monotonic()  # the clock starts with the first request
+        stream = RequestOutputCollector(
+            aggregate=isinstance(params, SamplingParams)
+            and params.output_kind == RequestOutputKind.DELTA)
         self._streams[request_id] = stream
         now = time.monotonic()
         trace_headers, attributes = None, {}
@@ -259,18 +303,25 @@ class AsyncLLM:
         if self._output_task is not None:
             return
         loop = asyncio.get_running_loop()
-        self._outputs_queue = asyncio.Queue()
-        threading.Thread(target=self._read_outputs, args=(loop, self._outputs_queue),
+        self._outputs_queue = queue = asyncio.Queue()
+        slots = threading.BoundedSemaphore(_MAX_PENDING_BATCHES)
+        threading.Thread(target=self._read_outputs, args=(self.engine_core, loop, queue, slots),
                          name="EngineOutputReader", daemon=True).start()
-        self._output_task = loop.create_task(self._process_outputs_loop())
+        self._output_task = loop.create_task(self._process_outputs_loop(queue, slots))
 
-    def _read_outputs(self, loop: asyncio.AbstractEventLoop, out: asyncio.Queue) -> None:
-        """Reader thread: block on the engine's pipe, hand every batch to the event loop."""
+    @staticmethod
+    def _read_outputs(client: MPClient, loop: asyncio.AbstractEventLoop, out: asyncio.Queue,
+                      slots: threading.BoundedSemaphore) -> None:
+        """Reader thread: block on the engine's pipe, hand every batch to the event loop (at
+        most _MAX_PENDING_BATCHES unprocessed: beyond, it waits and the pipe fills)."""
         while True:
             try:
-                item: EngineCoreOutputs | BaseException = self.engine_core.get_output()
+                item: EngineCoreOutputs | BaseException = client.get_output()
             except EngineDeadError as e:
-                item = e
+                # A fresh copy without the traceback: the caught one's frames hold the dead
+                # client (its pipes and queue) in a reference cycle until a garbage collection.
+                item = EngineDeadError(*e.args)
+            slots.acquire()
             try:
                 loop.call_soon_threadsafe(out.put_nowait, item)
             except RuntimeError:
@@ -278,18 +329,21 @@ class AsyncLLM:
             if isinstance(item, BaseException) and not isinstance(item, EngineCoreDied):
                 return
 
-    async def _process_outputs_loop(self) -> None:
-        assert self._outputs_queue is not None
+    async def _process_outputs_loop(self, queue: asyncio.Queue,
+                                    slots: threading.BoundedSemaphore) -> None:
         while True:
-            item = await self._outputs_queue.get()
+            item = await queue.get()
+            slots.release()
+            self.last_progress = time.monotonic()
             if isinstance(item, EngineCoreDied):
                 self._fail_core(item)
                 continue
             if isinstance(item, BaseException):
-                if not self._shutting_down:
-                    logger.error("engine core died: %s", item)
                 self._dead_error = item
                 self._fail_all(item)
+                if not self._shutting_down:
+                    logger.error("engine core died: %s", item)
+                    self._notify_dead(item)
                 return
             try:
                 self._handle_outputs(item)
@@ -340,9 +394,23 @@ class AsyncLLM:
                 stream.put_nowait(error)
         self._abort(parents)
 
+    def _notify_dead(self, error: BaseException) -> None:
+        for callback in list(self.on_engine_dead):
+            try:
+                callback(error)
+            except Exception:  # one bad callback must not keep the others from running
+                logger.exception("error in an on_engine_dead callback")
+
     def _fail_all(self, error: BaseException) -> None:
         for stream in self._streams.values():
             stream.put_nowait(error)
+        # Forget their state here (detokenizers, stats): the engine core that held them is gone.
+        child_ids = self.intake.abort(list(self._streams))
+        stats = IterationStats()
+        for child_id in child_ids:
+            self.request_stats.finish(child_id, "abort", time.monotonic(), stats)
+        # The dead core's last stats said what it was running: nothing runs or waits now.
+        self._record(SchedulerStats(), stats)
         self._streams.clear()
         self.intake.clear()
         self._queued.clear()

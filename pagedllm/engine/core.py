@@ -50,6 +50,7 @@ class EngineCore(EngineCoreBase):
                 priority=request.priority,
                 block_hasher=self.scheduler.block_hasher,
                 lora_request=request.lora_request,
+                cache_salt=request.cache_salt,
             )
         )
 

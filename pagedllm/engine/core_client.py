@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from pagedllm.metrics.step_profile import StepProfiler
 
 
+_LIVENESS_POLL_SECONDS = 0.5
+"""How often a reader waiting for outputs checks that the engine-core process still runs."""
+
+
 class EngineCoreClient(ABC):
     @abstractmethod
     def add_request(self, request: EngineCoreRequest) -> None: ...
@@ -88,7 +92,27 @@ class InprocClient(EngineCoreClient):
 
 
 class EngineDeadError(RuntimeError):
-    """The engine-core process stopped; no request can make progress."""
+    """The engine-core process stopped; no request can make progress.
+
+    The one signal of a dead engine core, whatever the client: `get_output()` raises it (and fails
+    pending utility calls with it) once the core is gone, and `AsyncLLM` turns it into failed
+    requests, an unhealthy server and its `on_engine_dead` callbacks (the server's supervisor)."""
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """A process's exit for a log line: "exit code 1", "killed by SIGKILL" (OOM killer, kill -9)."""
+    import signal
+
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (out of memory, or kill -9)" if name == "SIGKILL" else ""
+        return f"killed by {name}{hint}"
+    return f"exit code {exitcode}"
 
 
 class EngineStartupFailed(RuntimeError):
@@ -120,6 +144,7 @@ class MPClient(EngineCoreClient):
         self._proc.start()
         child_conn.close()  # so recv() sees EOF when the child exits
         self._closing = False
+        self._kill_reason: str | None = None
         self._call_ids = itertools.count()
         self._pending_calls: dict[int, Future] = {}
         self.config: EngineConfig | None = None
@@ -146,6 +171,16 @@ class MPClient(EngineCoreClient):
 
     def is_alive(self) -> bool:
         return self._proc.is_alive()
+
+    def kill(self, reason: str) -> None:
+        """SIGKILL the engine core (it hangs): the reader then raises EngineDeadError(reason)."""
+        self._kill_reason = reason
+        self._proc.kill()
+
+    @property
+    def sentinel(self) -> int:
+        """Ready for `multiprocessing.connection.wait` once the engine-core process has ended."""
+        return self._proc.sentinel
 
     def _wait_ready(self, timeout: float | None) -> Any:
         from pagedllm.engine.core_proc import EngineReady, EngineStartupError
@@ -199,22 +234,35 @@ class MPClient(EngineCoreClient):
         from pagedllm.engine.core_proc import EngineCoreRequestType
 
         future: Future = Future()
+        if not self._proc.is_alive():  # no reader will ever resolve it
+            future.set_exception(EngineDeadError(
+                f"engine core process died ({describe_exit(self._proc.exitcode)})"))
+            return future
         call_id = next(self._call_ids)
         self._pending_calls[call_id] = future
         self._send(EngineCoreRequestType.UTILITY, (call_id, method, args))
         return future
 
     def get_output(self) -> EngineCoreOutputs:
+        """The core's next outputs; EngineDeadError once the process has ended and everything it
+        sent was read."""
+        from multiprocessing.connection import wait
+
         from pagedllm.engine.core_proc import UtilityOutput
 
         while True:
+            # Wait on the process too, not only the pipe: a child of the core (a worker rank)
+            # that inherited the pipe's write end would keep EOF from ever arriving. A forked
+            # child holds the sentinel's pipe as well, hence the periodic waitpid on a timeout.
+            ready = wait([self._output_conn, self._proc.sentinel], _LIVENESS_POLL_SECONDS)
+            if self._output_conn not in ready and not self._output_conn.poll(0):
+                if ready or not self._proc.is_alive():
+                    raise self._died()
+                continue
             try:
                 message = self._output_conn.recv()
             except (EOFError, OSError) as e:
-                self._fail_pending_calls()
-                raise EngineDeadError(
-                    f"engine core process died (exit code {self._proc.exitcode})"
-                ) from e
+                raise self._died() from e
             if isinstance(message, UtilityOutput):
                 self._resolve_call(message)
                 continue
@@ -229,9 +277,16 @@ class MPClient(EngineCoreClient):
         else:
             future.set_result(message.result)
 
-    def _fail_pending_calls(self) -> None:
+    def _died(self) -> EngineDeadError:
+        self._proc.join(1.0)  # the sentinel fired or the pipe closed: the exit code is at hand
+        error = EngineDeadError(self._kill_reason or
+                                f"engine core process died ({describe_exit(self._proc.exitcode)})")
+        self._fail_pending_calls(error)
+        return error
+
+    def _fail_pending_calls(self, error: EngineDeadError) -> None:
         for future in self._pending_calls.values():
-            future.set_exception(EngineDeadError("engine core process died"))
+            future.set_exception(error)
         self._pending_calls.clear()
 
     def shutdown(self, timeout: float = 5.0) -> None:

@@ -19,6 +19,23 @@ from pagedllm.sampling_params import SamplingParams
 PromptType = str | list[int] | dict[str, Any]
 
 
+MAX_CACHE_SALT_CHARS = 1024
+
+
+def cache_salt_of(prompt: PromptType) -> str | None:
+    """vLLM's `cache_salt` of a dict prompt (None: no salt); a ValueError if it is not a
+    non-empty string of at most MAX_CACHE_SALT_CHARS characters."""
+    if not isinstance(prompt, dict) or prompt.get("cache_salt") is None:
+        return None
+    salt = prompt["cache_salt"]
+    if not isinstance(salt, str) or not salt:
+        raise ValueError("cache_salt must be a non-empty string")
+    if len(salt) > MAX_CACHE_SALT_CHARS:
+        raise ValueError(f"cache_salt must be at most {MAX_CACHE_SALT_CHARS} characters, "
+                         f"got {len(salt)}")
+    return salt
+
+
 @dataclass
 class ProcessedPrompt:
     prompt: str | None
@@ -30,11 +47,13 @@ class ProcessedPrompt:
 class InputProcessor:
     def __init__(self, model_config: ModelConfig, tokenizer: Any,
                  structured_outputs: StructuredOutputsConfig | None = None,
-                 lora_config: LoRAConfig | None = None) -> None:
+                 lora_config: LoRAConfig | None = None, scheduling_policy: str = "fcfs",
+                 ) -> None:
         self.model_config = model_config
         self.tokenizer = tokenizer
         self.structured_outputs = structured_outputs or StructuredOutputsConfig()
         self.lora_config = lora_config
+        self.scheduling_policy = scheduling_policy
 
     def process_prompt(
         self, prompt: PromptType, add_special_tokens: bool = True
@@ -122,6 +141,15 @@ class InputProcessor:
         # Here, once per request (before fan_out copies the params into its n samples): this
         # is where the tokenizer is, and the engine core only ever sees token ids.
         self.tokenize_bad_words(params)
+
+    def validate_priority(self, priority: int) -> None:
+        """A priority other than 0 needs the priority policy (vLLM refuses it likewise: under
+        fcfs it would be silently ignored)."""
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ValueError(f"priority must be an integer, got {priority!r}")
+        if priority != 0 and self.scheduling_policy != "priority":
+            raise ValueError(f"priority {priority} needs priority scheduling; the engine runs "
+                             f"--scheduling-policy {self.scheduling_policy}")
 
     def validate_lora(self, lora: LoRARequest | None) -> None:
         """A request's adapter: LoRA must be on, and the adapter readable and within the

@@ -28,3 +28,5 @@ class EngineCoreRequest:
     """The adapter to run under (None: the base model); checked by the input processor."""
     token_type_ids: list[int] | None = None
     """BERT's segment of each prompt token (a cross-encoder's text pair); None: all 0."""
+    cache_salt: str | None = None
+    """Prefix-cache isolation: only requests with the same salt share cached blocks."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from pagedllm.engine.input_processor import InputProcessor, PromptType
+from pagedllm.engine.input_processor import InputProcessor, PromptType, cache_salt_of
 from pagedllm.engine.messages import EngineCoreRequest
 from pagedllm.engine.output_processor import OutputProcessor, ParentRequest, PoolingRequestState
 from pagedllm.lora.request import LoRARequest
@@ -50,6 +50,8 @@ class RequestIntake:
         if request_id in self._children:
             raise ValueError(f"request id {request_id!r} is already in use")
         processed = self.input_processor.process_prompt(prompt)
+        cache_salt = cache_salt_of(prompt)
+        self.input_processor.validate_priority(priority)
         self.input_processor.validate_lora(lora_request)
         arrival_time = arrival_time if arrival_time is not None else time.time()
         if isinstance(params, PoolingParams):
@@ -72,7 +74,7 @@ class RequestIntake:
         core_requests = [
             EngineCoreRequest(child_id, processed.prompt_token_ids, child_params, arrival_time,
                               priority, pooling_params=pooling,
-                              lora_request=lora_request,
+                              lora_request=lora_request, cache_salt=cache_salt,
                               token_type_ids=processed.token_type_ids)  # fmt: skip
             for child_id, child_params in samples
         ]

@@ -52,10 +52,18 @@ def _load(kind: str, path: str, gguf_file: str | None) -> PreTrainedTokenizerBas
         # remote code fails at once instead of asking on stdin (which blocks a server).
         config = unshipped_native_config(path)
         kwargs = {} if config is None else {"config": config}
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=False, **kwargs)
+        try:
+            return AutoTokenizer.from_pretrained(path, trust_remote_code=False, **kwargs)
+        except ValueError as e:
+            if "trust_remote_code" not in str(e):
+                raise
+            from pagedllm.model_executor.model_loader.config import refuse_remote_code
+
+            raise ValueError(refuse_remote_code(path)) from e
     assert gguf_file is not None
     fast = gguf_byte_level_tokenizer(os.path.join(path, gguf_file))
-    return fast if fast is not None else AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+    return fast if fast is not None else AutoTokenizer.from_pretrained(
+        path, gguf_file=gguf_file, trust_remote_code=False)
 
 
 def gguf_byte_level_tokenizer(gguf_path: str) -> PreTrainedTokenizerBase | None:

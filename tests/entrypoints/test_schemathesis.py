@@ -32,7 +32,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 @schema.parametrize()
 @settings(max_examples=EXAMPLES_PER_OPERATION, derandomize=True, deadline=None,
           suppress_health_check=list(HealthCheck))
-def test_no_operation_answers_5xx(case):
+def test_no_server_errors_and_responses_match_the_schema(case):
     response = case.call(timeout=60)
     case.validate_response(response, checks=(not_a_server_error,))
 

@@ -90,6 +90,8 @@ class Scheduler:
         """Requests whose grammar failed since the last update: reported finished (abort)."""
         self._num_preemptions = 0
         """Preemptions since the last stats record."""
+        self._admit_lacked_blocks = False
+        """Why the last _admit failed: KV blocks (True) or the step's token budget (False)."""
         self.max_loras = max_loras
         """Multi-LoRA: the most distinct adapters the running requests may use (the runner's
         resident slots); None: LoRA off."""
@@ -219,7 +221,7 @@ class Scheduler:
     def _schedule_waiting(self, step: StepBuilder) -> None:
         max_num_seqs = self.scheduler_config.max_num_seqs
         skipped: list[Request] = []
-        while self.waiting and step.token_budget > 0 and len(self.running) < max_num_seqs:
+        while self.waiting and step.token_budget > 0:
             request = self.waiting.peek()
             if not self._grammar_ready(request):
                 if not request.is_finished():
@@ -229,10 +231,30 @@ class Scheduler:
                 # waits for a slot, or for its adapter to load: other requests go ahead
                 skipped.append(self.waiting.pop())
                 continue
+            if len(self.running) >= max_num_seqs and not self._preempt_lower_priority(
+                    request, step):
+                break
             if not self._admit(request, step):
+                # Only a lack of KV blocks is worth a preemption (its blocks are then free: try
+                # again); a spent token budget is not, the request goes first next step anyway.
+                if self._admit_lacked_blocks and self._preempt_lower_priority(request, step):
+                    continue
                 break
         for request in reversed(skipped):
             self.waiting.prepend(request)
+
+    def _preempt_lower_priority(self, request: Request, step: StepBuilder) -> bool:
+        """Priority policy: make room for a waiting request by preempting the running request
+        of lowest priority (latest arrival among equals) if its priority is strictly lower than
+        the waiting one's; equal priorities never preempt each other here (no churn). The
+        victim goes back to the waiting queue, behind `request`."""
+        if self.scheduler_config.policy != "priority" or not self.running:
+            return False
+        victim = self._pick_victim()
+        if victim.priority <= request.priority or victim.request_id in step.new_reqs:
+            return False
+        self._preempt(victim, step)
+        return True
 
     def _lora_fits(self, request: Request) -> bool:
         """Whether admitting the request keeps the running requests within max_loras distinct
@@ -320,9 +342,11 @@ class Scheduler:
         kvm = self.kv_cache_manager
         hit_blocks, num_hit_tokens = kvm.get_computed_blocks(request)
         num_new = self._chunk_size(request.num_tokens - num_hit_tokens, step.token_budget)
+        self._admit_lacked_blocks = False
         if num_new == 0:
             return False
         if kvm.allocate_slots(request, num_new, num_hit_tokens, hit_blocks) is None:
+            self._admit_lacked_blocks = True
             return False
         self.waiting.pop()
         request.status = RequestStatus.RUNNING

@@ -21,6 +21,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                        help="longest prompt + output in tokens (default: the model's context)")
     group.add_argument("--max-num-seqs", type=int, default=128,
                        help="most requests batched in one step")
+    group.add_argument("--scheduling-policy", choices=["fcfs", "priority"], default="fcfs",
+                       help="waiting-queue order: fcfs (arrival) or priority (a request's "
+                            "`priority`, lower first, then arrival; a higher-priority request "
+                            "may preempt running lower-priority ones)")
     group.add_argument("--max-num-batched-tokens", type=int, default=None,
                        help="token budget of one step (default 2048 with chunked prefill)")
     group.add_argument("--block-size", type=int, default=16, help="tokens per KV cache block")
@@ -146,6 +150,7 @@ def engine_args_from(args: argparse.Namespace) -> EngineArgs:
         dtype=args.dtype,
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
+        scheduling_policy=args.scheduling_policy,
         max_num_batched_tokens=args.max_num_batched_tokens,
         block_size=args.block_size,
         kv_cache_memory=args.kv_cache_memory,

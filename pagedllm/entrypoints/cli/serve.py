@@ -146,6 +146,20 @@ def _json_object(value: str) -> dict:
     return data
 
 
+def _log_startup(args: argparse.Namespace) -> None:
+    """The command line in the log (as vLLM logs its args), with secrets redacted."""
+    from pagedllm import envs
+    from pagedllm.log_redaction import redact_argv, register_secret
+    from pagedllm.logger import init_logger
+    from pagedllm.version import __version__
+
+    register_secret(args.api_key or envs.api_key())
+    argv = getattr(args, "argv", None)
+    init_logger("pagedllm.entrypoints.cli.serve").info(
+        "pagedllm %s serve, args: %s", __version__,
+        redact_argv(argv) if argv is not None else "(not from the command line)")
+
+
 def run(args: argparse.Namespace) -> int:
     from pagedllm import envs
     from pagedllm.entrypoints.openai.api_server import build_app
@@ -154,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
     from pagedllm.logger import set_log_format
 
     set_log_format(args.log_format)
+    _log_startup(args)
 
     if args.lora_modules and not args.enable_lora:
         raise SystemExit("pagedllm serve: --lora-modules requires --enable-lora")

@@ -46,6 +46,9 @@ class ApiKeyStore:
         self._entries: list[tuple[bytes, ApiKeyIdentity]] = []
 
     def add(self, key: str, identity: ApiKeyIdentity) -> None:
+        from pagedllm.log_redaction import register_secret
+
+        register_secret(key)  # never in a log line either (a "sha256:" digest is harmless)
         digest = _digest_of(key)
         if any(hmac.compare_digest(digest, d) for d, _ in self._entries):
             raise ValueError(f"key of {identity.name!r} is listed twice")

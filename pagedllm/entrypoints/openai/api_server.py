@@ -68,12 +68,16 @@ def _respond(result: Any) -> Response:
                              headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/health")
+@router.get("/health", response_class=Response,
+            responses={200: {"description": "The engine is serving (empty body, as vLLM).",
+                             "content": None},
+                       503: {"description": "Loading, failed, or the engine core is down."}})
 async def health(raw_request: Request) -> Response:
     state = _state(raw_request)
-    if not state.ready or state.engine.errored:  # type: ignore[union-attr]
-        message = state.load_error or "the model is still loading"
-        return error_json(503, message, code="model_not_ready")
+    problem = state.health_problem()
+    if problem is not None:
+        return error_json(503, problem, code="model_not_ready" if not state.ready
+                          else "engine_dead")
     return Response(status_code=200)
 
 

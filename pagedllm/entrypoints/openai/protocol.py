@@ -105,6 +105,10 @@ class SamplingExtras(OpenAIBaseModel):
     """Beam search: finished beams score cum_logprob / generated_len ** length_penalty."""
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
     """Keep only the prompt's last k tokens (-1: the last max_model_len), as vLLM."""
+    cache_salt: str | None = Field(None, min_length=1, max_length=1024)
+    """vLLM's: only requests with the same salt share prefix-cache blocks (tenant isolation)."""
+    priority: int = Field(0, ge=-(2**63), le=2**63 - 1)
+    """vLLM's: lower runs first under --scheduling-policy priority (a 400 otherwise, unless 0)."""
 
     @model_validator(mode="after")
     def _check_stream_options(self) -> SamplingExtras:

@@ -100,11 +100,15 @@ class OpenAIServing:
 
     def generate(self, prompt_ids: list[int], params: SamplingParams,
                  request_id: str, lora_request: LoRARequest | None = None,
+                 cache_salt: str | None = None, priority: int = 0,
                  ) -> AsyncIterator[RequestOutput]:
         """The engine's stream with its errors mapped to HTTP errors, its usage charged to the
         request's API key (--api-keys-file) when it ends."""
+        prompt: dict[str, Any] = {"prompt_token_ids": prompt_ids}
+        if cache_salt is not None:
+            prompt["cache_salt"] = cache_salt
         stream = http_errors(
-            self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id,
+            self.engine.generate(prompt, params, request_id, priority=priority,
                                  lora_request=lora_request)
         )
         meter = current_token_meter.get()
@@ -120,24 +124,34 @@ class OpenAIServing:
         A request beam search cannot serve is a 400 raised here, before anything runs, and so is
         the 503 of a full queue (admission control).
         lora_request: the adapter the request's `model` names (None: the base model)."""
+        self._check_priority(request.priority)
+        generate = functools.partial(self.generate, lora_request=lora_request,
+                                     cache_salt=request.cache_salt, priority=request.priority)
         if not request.use_beam_search:
             return self._admitted(prompt_ids, params.n, self._timed(prompt_ids, params,
-                                                                     request_id, lora_request))
+                                                                     request_id, generate))
         assert params.max_tokens is not None
         beam_params = beam_search_params(request, params.max_tokens, self.speculative_decoding)
         return self._admitted(prompt_ids, beam_params.beam_width, beam_search_stream(
-            functools.partial(self.generate, lora_request=lora_request), prompt_ids,
+            generate, prompt_ids,
             beam_params, request_id,
             self.engine.model_config.eos_token_ids, self.max_model_len, self.tokenizer,
             params.skip_special_tokens))
 
+    def _check_priority(self, priority: int) -> None:
+        """A 400 before anything runs (the engine would refuse it only once the stream starts)."""
+        try:
+            self.engine.input_processor.validate_priority(priority)
+        except ValueError as e:
+            raise BadRequestError(str(e), param="priority") from e
+
     def _timed(self, prompt_ids: list[int], params: SamplingParams, request_id: str,
-               lora_request: LoRARequest | None = None) -> AsyncIterator[RequestOutput]:
+               generate: Callable[..., AsyncIterator[RequestOutput]],
+               ) -> AsyncIterator[RequestOutput]:
         if self.request_timeout is None:
-            return self.generate(prompt_ids, params, request_id, lora_request)
+            return generate(prompt_ids, params, request_id)
         final_only = deadline.prepare(params)  # before generate() reads the output kind
-        return deadline.with_deadline(self.generate(prompt_ids, params, request_id,
-                                                    lora_request),
+        return deadline.with_deadline(generate(prompt_ids, params, request_id),
                                       self.request_timeout, params, final_only, request_id,
                                       prompt_ids)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pagedllm.entrypoints.openai.admission import AdmissionControl, AdmissionLimits
+from pagedllm.entrypoints.openai.engine_supervisor import EngineSupervisor, RestartPolicy
 from pagedllm.entrypoints.openai.errors import OpenAIError, ServiceUnavailableError
 from pagedllm.entrypoints.openai.serving_models import LoRAModulePath, OpenAIServingModels
 from pagedllm.logger import init_logger
@@ -73,6 +74,8 @@ class ServerSettings:
     """Runtime loads may only read adapters under this directory (None: anywhere)."""
     otlp_traces_endpoint: str | None = None
     """--otlp-traces-endpoint: one OpenTelemetry span per finished request."""
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    """--restart-engine-on-failure / --max-engine-restarts (engine_supervisor.py)."""
 
 
 class ServerState:
@@ -95,6 +98,7 @@ class ServerState:
         self.admission: AdmissionControl | None = None
         self.on_fatal: Callable[[str], None] | None = None
         """Set by the launcher: stop the HTTP server (the engine could not start)."""
+        self.supervisor: EngineSupervisor | None = None
         self._client: MPClient | DPLBClient | None = None
         self._load_task: asyncio.Task | None = None
 
@@ -107,8 +111,17 @@ class ServerState:
             message = (f"the engine failed to start: {self.load_error}" if self.load_error
                        else "the model is still loading; retry shortly")
             raise ServiceUnavailableError(message, code="model_not_ready")
-        if self.engine.errored:
-            raise ServiceUnavailableError("the engine core is not running", code="engine_dead")
+        problem = self.health_problem()
+        if problem is not None:
+            raise ServiceUnavailableError(problem, code="engine_dead")
+
+    def health_problem(self) -> str | None:
+        """Why the server cannot serve now (None: it can): loading, failed, or a dead core."""
+        if self.engine is None:
+            return self.load_error or "the model is still loading"
+        if self.supervisor is not None:
+            return self.supervisor.health_problem()
+        return "the engine core is not running" if self.engine.errored else None
 
     def start_loading(self) -> None:
         self._load_task = asyncio.get_running_loop().create_task(self._load())
@@ -118,16 +131,21 @@ class ServerState:
         if self._load_task is not None:
             await asyncio.shield(self._load_task)
 
-    async def _load(self) -> None:
+    def _make_client(self) -> MPClient | DPLBClient:
+        """A started engine-core client (one core, or -dp N of them), not yet ready (at start-up
+        and at every restart)."""
         from pagedllm.engine.dp_client import make_core_client
 
+        return make_core_client(self.settings.engine_args, wait_ready=False)
+
+    async def _load(self) -> None:
         settings = self.settings
         # The tokenizer loads in this process while the engine process loads the model; both in
         # threads, as their imports (transformers, torch) take seconds /health must not wait for.
         tokenizer = asyncio.ensure_future(asyncio.to_thread(_load_tokenizer,
                                                             settings.engine_args.model))
         try:
-            self._client = make_core_client(settings.engine_args, wait_ready=False)
+            self._client = self._make_client()
             await asyncio.to_thread(self._client.wait_ready, settings.engine_startup_timeout)
             engine = await asyncio.to_thread(_make_engine, self._client, await tokenizer)
             models = self._make_models(engine)
@@ -196,6 +214,10 @@ class ServerState:
         self.ollama = OllamaServing(self.chat, self.embedding)
         self.classification = OpenAIServingClassification(engine, self.models)
         self.score = OpenAIServingScore(self.embedding, self.classification)
+        self.supervisor = EngineSupervisor(
+            engine, self._make_client, settings.restart_policy, self.metrics.registry,
+            on_restarted=lambda client: self.metrics.set_num_kv_blocks(client.num_kv_blocks or 0))
+        engine.start()  # read outputs from now on, so an idle core's death is seen too
         self.engine = engine
         kv_bytes = engine.engine_core.kv_cache_bytes
         logger.info(
@@ -221,6 +243,8 @@ class ServerState:
             self._client.shutdown(timeout=0.0)  # still loading: nothing to save
         if self._load_task is not None:
             await asyncio.gather(self._load_task, return_exceptions=True)
+        if self.supervisor is not None:
+            await self.supervisor.close()
         if self.engine is not None:
             self.engine.shutdown()  # blocks (joins the engine process): shutdown only
         logger.info("engine stopped")

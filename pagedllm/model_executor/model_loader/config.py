@@ -139,7 +139,23 @@ def load_hf_config(source: ModelSource) -> Any:
     from transformers import AutoConfig
 
     config = unshipped_native_config(source.path)
-    return config if config is not None else AutoConfig.from_pretrained(source.path)
+    if config is not None:
+        return config
+    try:
+        # never the model folder's own code (auto_map): False, not None, which would ask on stdin
+        return AutoConfig.from_pretrained(source.path, trust_remote_code=False)
+    except ValueError as e:
+        if "trust_remote_code" not in str(e):
+            raise
+        raise ValueError(refuse_remote_code(source.path)) from e
+
+
+def refuse_remote_code(path: str) -> str:
+    """The message for a model that only loads with its own Python code."""
+    return (f"{path}: this model's config or tokenizer is Python code shipped in the model "
+            f"folder (auto_map), and pagedllm never runs code from a model folder "
+            f"(--trust-remote-code is not supported); use a model whose architecture pagedllm "
+            f"or transformers ships")
 
 
 def unshipped_native_config(path: str) -> Any:

@@ -62,7 +62,8 @@ class TransformersForCausalLM(nn.Module):
         config = copy.deepcopy(model_config.hf_config)
         self.config = config
         self.hf_model = AutoModelForCausalLM.from_config(
-            config, attn_implementation=ATTN_IMPLEMENTATION, dtype=torch.get_default_dtype()
+            config, attn_implementation=ATTN_IMPLEMENTATION, dtype=torch.get_default_dtype(),
+            trust_remote_code=False,  # never a model folder's own code (auto_map)
         )
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         self._attach_paged_attention(model_config)
