@@ -317,6 +317,8 @@ class AsyncLLM:
         while True:
             try:
                 item: EngineCoreOutputs | BaseException = client.get_output()
+            except EngineCoreDied as e:  # one data-parallel core: the others go on
+                item = EngineCoreDied(str(e), e.engine_index, e.request_ids)
             except EngineDeadError as e:
                 # A fresh copy without the traceback: the caught one's frames hold the dead
                 # client (its pipes and queue) in a reference cycle until a garbage collection.

@@ -155,6 +155,7 @@ def test_slow_reader_gets_merged_deltas_and_does_not_hold_the_engine(server, htt
     per_event = [len(c["logprobs"]["tokens"]) for c in choices]
     assert sum(per_event) == num_tokens  # none lost
     assert choices[-1]["finish_reason"] == "length"
-    # one decode step makes one token: an event of many is deltas merged while the reader was
-    # away (a queue per request would have held one output per step instead)
-    assert max(per_event) >= 50, per_event[-5:]
+    # one decode step makes one token: an event of several is deltas merged while the reader was
+    # away (a queue per request would have held one output per step instead: every event 1).
+    # How many merge depends on how far the engine outruns the stalled reader on this CPU.
+    assert max(per_event) > 1, per_event[-5:]
