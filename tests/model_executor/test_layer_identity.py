@@ -30,6 +30,7 @@ from tests.models import (
     test_cohere,
     test_falcon,
     test_gemma,
+    test_glm4,
     test_gpt2,
     test_gpt_bigcode,
     test_gpt_neox,
@@ -78,6 +79,8 @@ FAMILIES: dict[str, list[tuple[str, dict]]] = {
     "FalconForCausalLM": [("FalconConfig", v) for v in test_falcon.VARIANTS.values()],
     # (transformers has no InternLM2 config; the model reads Llama's fields plus `bias`)
     "InternLM2ForCausalLM": [("LlamaConfig", {"bias": True})],
+    "GlmForCausalLM": [test_glm4.VARIANTS["glm"]],
+    "Glm4ForCausalLM": [test_glm4.VARIANTS["glm4"]],
 }
 CASES = [(arch, cls, overrides) for arch, configs in FAMILIES.items() for cls, overrides in configs]
 
