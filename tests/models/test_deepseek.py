@@ -19,6 +19,9 @@ MLA = {"num_key_value_heads": 4, "kv_lora_rank": 16, "qk_rope_head_dim": 8,
        "qk_nope_head_dim": 16, "v_head_dim": 12, "head_dim": 8}
 MOE = {"n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 1,
        "moe_intermediate_size": 32, "first_k_dense_replace": 1}
+YARN = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "beta_fast": 32,
+        "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 0.8,
+        "original_max_position_embeddings": 128}
 VARIANTS = {
     # V2-Lite's shape: no q_lora_rank, plain top-k
     "v2_lite": ("DeepseekV2Config", {**MLA, **MOE, "q_lora_rank": None, "topk_method": "greedy"}),
@@ -30,6 +33,9 @@ VARIANTS = {
     # V3: sigmoid scores with the correction bias, renormalized, scaled
     "v3": ("DeepseekV3Config", {**MLA, **MOE, "q_lora_rank": 24, "n_group": 4, "topk_group": 2,
                                 "norm_topk_prob": True, "routed_scaling_factor": 2.5}),
+    # V2 with YaRN: frequencies blended, cos/sin and the softmax scale by mscale / mscale_all_dim
+    "v2_yarn": ("DeepseekV2Config", {**MLA, **MOE, "q_lora_rank": None, "topk_method": "greedy",
+                                     "rope_parameters": YARN}),
 }  # fmt: skip
 
 

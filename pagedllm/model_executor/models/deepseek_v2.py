@@ -25,7 +25,6 @@ Runs eagerly: neither the attention nor the MoE block is one the fused CPU stack
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -44,6 +43,7 @@ from pagedllm.model_executor.layers.linear import (
 from pagedllm.model_executor.layers.mla_attention import MLAAttention
 from pagedllm.model_executor.layers.moe import ExpertWeightMapper, FusedMoE
 from pagedllm.model_executor.layers.rotary import RotaryEmbedding, rope_parameters
+from pagedllm.model_executor.layers.rotary_yarn import yarn_get_mscale
 from pagedllm.model_executor.layers.weight_utils import load_packed_weights
 from pagedllm.model_executor.models.llama import (
     LlamaDecoderLayer,
@@ -57,15 +57,11 @@ LATENT_NORM_EPS = 1e-6
 RMSNorm default, not config.rms_norm_eps."""
 
 
-def yarn_mscale(scale: float, mscale: float) -> float:
-    return 0.1 * mscale * math.log(scale) + 1.0 if scale > 1 else 1.0
-
-
 def softmax_scale(config: Any) -> float:
     scale = (config.qk_nope_head_dim + config.qk_rope_head_dim) ** -0.5
     params = rope_parameters(config)
     if params["rope_type"] != "default" and params.get("mscale_all_dim"):
-        mscale = yarn_mscale(params["factor"], params["mscale_all_dim"])
+        mscale = yarn_get_mscale(params["factor"], params["mscale_all_dim"])
         scale = scale * mscale * mscale
     return scale
 
