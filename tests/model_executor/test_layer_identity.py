@@ -27,6 +27,7 @@ from pagedllm.model_executor.models.registry import (
 )
 from tests.conftest import TINY_LLAMA
 from tests.models import (
+    test_bloom,
     test_cohere,
     test_deepseek,
     test_falcon,
@@ -84,6 +85,7 @@ FAMILIES: dict[str, list[tuple[str, dict]]] = {
     "Glm4ForCausalLM": [test_glm4.VARIANTS["glm4"]],
     "DeepseekV2ForCausalLM": [test_deepseek.VARIANTS["v2_lite"], test_deepseek.VARIANTS["v2"]],
     "DeepseekV3ForCausalLM": [test_deepseek.VARIANTS["v3"]],
+    "BloomForCausalLM": [("BloomConfig", v) for v in test_bloom.VARIANTS.values()],
 }
 CASES = [(arch, cls, overrides) for arch, configs in FAMILIES.items() for cls, overrides in configs]
 

@@ -32,6 +32,7 @@ MODEL_REGISTRY.register("FalconForCausalLM", f"{_MODELS}.falcon", "FalconForCaus
 MODEL_REGISTRY.register("InternLM2ForCausalLM", f"{_MODELS}.internlm2", "InternLM2ForCausalLM")
 MODEL_REGISTRY.register("GlmForCausalLM", f"{_MODELS}.glm4", "GlmForCausalLM")
 MODEL_REGISTRY.register("Glm4ForCausalLM", f"{_MODELS}.glm4", "Glm4ForCausalLM")
+MODEL_REGISTRY.register("BloomForCausalLM", f"{_MODELS}.bloom", "BloomForCausalLM")
 MODEL_REGISTRY.register("MixtralForCausalLM", f"{_MODELS}.mixtral", "MixtralForCausalLM")
 MODEL_REGISTRY.register("Qwen2MoeForCausalLM", f"{_MODELS}.qwen2_moe", "Qwen2MoeForCausalLM")
 MODEL_REGISTRY.register("Qwen3MoeForCausalLM", f"{_MODELS}.qwen3_moe", "Qwen3MoeForCausalLM")
