@@ -29,6 +29,7 @@ GGUF_ARCHITECTURES = {
     "command-r": "CohereForCausalLM",
     "stablelm": "StableLmForCausalLM",
     "phi2": "PhiForCausalLM",
+    "glm4": "Glm4ForCausalLM",
 }
 """GGUF `general.architecture` -> the HF architecture (model registry key) we load it as."""
 _PERMUTED_QK = {"llama", "internlm2"}
@@ -91,6 +92,16 @@ _ARCH_BLOCK_NAMES = {
         "attn_output": "self_attn.dense",
         "ffn_up": "mlp.fc1",
         "ffn_down": "mlp.fc2",
+    },
+    # GLM-4's sandwich norms under HF's names (llama.cpp: post_attention_norm on the attention
+    # output, ffn_norm before the MLP); ffn_up is HF's stored gate_up_proj ([gate | up] rows);
+    # q/k rows as HF's (both pair adjacent dims: llama.cpp's "normal" rope)
+    "glm4": {
+        **{k: v for k, v in _BLOCK_NAMES.items() if k not in ("ffn_gate", "ffn_up")},
+        "ffn_up": "mlp.gate_up_proj",
+        "post_attention_norm": "post_self_attn_layernorm",
+        "ffn_norm": "post_attention_layernorm",
+        "post_ffw_norm": "post_mlp_layernorm",
     },
     # Gemma 3's sandwich norms: llama.cpp's ffn_norm is the *pre*-feed-forward norm there.
     "gemma3": {
@@ -178,6 +189,8 @@ def gguf_hf_config(path: str) -> Any:
         return _stablelm_config(reader)
     if arch == "phi2":
         return _phi2_config(reader)
+    if arch == "glm4":
+        return _glm4_config(reader)
     return _llama_config(reader, path, arch)
 
 
@@ -286,6 +299,23 @@ def _phi2_config(reader: GGUFFile) -> Any:
         **common,
         layer_norm_eps=meta("attention.layer_norm_epsilon", 1e-5),
         hidden_act="gelu_new",
+        partial_rotary_factor=partial,
+        rope_parameters={**_rope_parameters(meta), "partial_rotary_factor": partial},
+    )
+
+
+def _glm4_config(reader: GGUFFile) -> Any:
+    from transformers import Glm4Config
+
+    def meta(key: str, default: Any = None) -> Any:
+        return gguf_field(reader, f"glm4.{key}", default)
+
+    common = _common_config(reader, "glm4")
+    head_dim = common["head_dim"]
+    partial = meta("rope.dimension_count", head_dim // 2) / head_dim
+    return Glm4Config(
+        **common,
+        attention_bias="blk.0.attn_q.bias" in {t.name for t in reader.tensors},
         partial_rotary_factor=partial,
         rope_parameters={**_rope_parameters(meta), "partial_rotary_factor": partial},
     )
