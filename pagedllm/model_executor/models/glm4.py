@@ -45,6 +45,15 @@ _GLM4_NORMS = {
 """GLM-4's checkpoint norm -> the module of the same role in Gemma 2's block."""
 
 
+def take_rows(tensor: Any, rows: torch.Tensor) -> Any:
+    """tensor[rows] for a float tensor or for a GGUF weight still in its quantized blocks
+    (model_loader.gguf.GGUFWeight, with --quantization gguf): its rows are whole blocks apart."""
+    if isinstance(tensor, torch.Tensor):
+        return tensor[rows]
+    shape = (len(rows), *tensor.shape[1:])
+    return type(tensor)(tensor.data[rows.numpy()], tensor.qtype, shape)
+
+
 class GlmDecoderLayer(LlamaDecoderLayer):
     def build_attention(
         self, config: Any, rotary_emb: RotaryEmbedding, layer_idx: int, prefix: str
@@ -84,12 +93,14 @@ class GlmForCausalLM(LlamaForCausalLM):
         head_dim = head_dim_of(self.config)
         rotary_dim = self.model.layers[0].self_attn.rotary_emb.rotary_dim
         for name, tensor in weights:
+            num_rows = tensor.shape[0]
             if any(part in name for part in _ROTATED):
-                tensor = interleaved_to_neox_rows(tensor, head_dim, rotary_dim)
-            if ".mlp.gate_up_proj." in name:
-                gate, up = torch.as_tensor(tensor).chunk(2, dim=0)  # [gate | up] rows
-                yield name.replace("gate_up_proj", "gate_proj"), gate
-                yield name.replace("gate_up_proj", "up_proj"), up
+                order = interleaved_to_neox_rows(torch.arange(num_rows), head_dim, rotary_dim)
+                tensor = take_rows(tensor, order)
+            if ".mlp.gate_up_proj." in name:  # [gate | up] rows
+                gate, up = torch.arange(num_rows).chunk(2)
+                yield name.replace("gate_up_proj", "gate_proj"), take_rows(tensor, gate)
+                yield name.replace("gate_up_proj", "up_proj"), take_rows(tensor, up)
                 continue
             yield self.rename(name), tensor
 
