@@ -7,8 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pagedllm import LLM, SamplingParams
 from pagedllm.config import CacheConfig
 from pagedllm.model_executor.layers.attention import attention_layers
+from pagedllm.model_executor.layers.linear import UnquantizedLinearMethod
 from pagedllm.model_executor.model_loader.config import load_model_config
 from pagedllm.worker.execution_strategy import EAGER
 from pagedllm.worker.kv_cache_alloc import plan_kv_cache
@@ -26,12 +28,12 @@ VARIANTS = {
     # V2-Lite's shape: no q_lora_rank, plain top-k
     "v2_lite": ("DeepseekV2Config", {**MLA, **MOE, "q_lora_rank": None, "topk_method": "greedy"}),
     # V2: q through its low-rank pair, group-limited routing
-    "v2": ("DeepseekV2Config", {**MLA, **MOE, "q_lora_rank": 24, "n_shared_experts": 2,
+    "v2": ("DeepseekV2Config", {**MLA, **MOE, "q_lora_rank": 32, "n_shared_experts": 2,
                                 "topk_method": "group_limited_greedy", "n_group": 4,
                                 "topk_group": 2, "num_experts_per_tok": 3,
                                 "routed_scaling_factor": 2.0}),
     # V3: sigmoid scores with the correction bias, renormalized, scaled
-    "v3": ("DeepseekV3Config", {**MLA, **MOE, "q_lora_rank": 24, "n_group": 4, "topk_group": 2,
+    "v3": ("DeepseekV3Config", {**MLA, **MOE, "q_lora_rank": 32, "n_group": 4, "topk_group": 2,
                                 "norm_topk_prob": True, "routed_scaling_factor": 2.5}),
     # V2 with YaRN: frequencies blended, cos/sin and the softmax scale by mscale / mscale_all_dim
     "v2_yarn": ("DeepseekV2Config", {**MLA, **MOE, "q_lora_rank": None, "topk_method": "greedy",
@@ -76,3 +78,17 @@ def test_cache_is_sized_by_the_latent(tiny_model_factory):
         assert per_token_layer == latent * elem
     with pytest.raises(ValueError, match="latent attention"):
         plan_kv_cache(config, CacheConfig(kv_cache_dtype="int8"), torch.device("cpu"))
+
+
+def test_int8_keeps_the_absorbed_projection_float(tiny_model_factory):
+    """--quantization int8 quantizes the projections but not kv_b_proj, whose weight MLA
+    absorbs into the query and output, nor the router; the engine still generates."""
+    llm = LLM(_model(tiny_model_factory, "v3"), quantization="int8", kv_cache_memory="8MiB")
+    params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    (out,) = llm.generate([[5, 6, 7, 8, 9]], params, use_tqdm=False)
+    assert len(out.outputs[0].token_ids) == 4
+    model = engine_core(llm).executor.driver_worker.model
+    attn = model.model.layers[0].self_attn
+    assert attn.kv_b_proj.weight.dtype == torch.float32
+    assert type(attn.kv_b_proj.quant_method) is UnquantizedLinearMethod
+    assert type(attn.q_b_proj.quant_method) is not UnquantizedLinearMethod  # (the rest is)
