@@ -1,4 +1,4 @@
-"""Paged attention with ALiBi biases (BLOOM): no position embedding; each head h adds
+"""Paged attention with ALiBi biases (BLOOM, Falcon-RW): no position embedding; each head h adds
 slope_h * (key position - query position) to its scores, a linear penalty on distance.
 
 The K/V cache is the standard one ([2, num_blocks, block_size, num_kv_heads, head_size], any
@@ -76,6 +76,12 @@ class ALiBiAttention(Attention):
             out[start:end] = self._attend_one(query[start:end], common, i, seq_len)
         return out.view(num_tokens, -1)
 
+    def position_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """[H, nq, seq_len] float32 added to the scaled scores: slope_h * (k - q), <= 0 where
+        attended (softmax ignores a per-row constant, so this equals slope_h * k)."""
+        slopes = self.alibi_slopes.to(q_pos.device)[:, None, None]
+        return slopes * (k_pos - q_pos).float()
+
     def _attend_one(
         self, q: torch.Tensor, common: CommonAttentionMetadata, i: int, seq_len: int
     ) -> torch.Tensor:
@@ -89,10 +95,8 @@ class ALiBiAttention(Attention):
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         q_pos = torch.arange(seq_len - num_query, seq_len, device=q.device)[:, None]
         k_pos = torch.arange(seq_len, device=q.device)[None, :]
-        distance = (k_pos - q_pos).float()  # [nq, seq_len], <= 0 where attended
         scores = torch.einsum("qhd,khd->hqk", q.float(), k) * self.scale
-        slopes = self.alibi_slopes.to(q.device)[:, None, None]
-        scores = scores + slopes * distance  # [H, nq, seq_len]
+        scores = scores + self.position_bias(q_pos, k_pos)  # [H, nq, seq_len]
         scores = scores.masked_fill(k_pos > q_pos, float("-inf"))
         probs = F.softmax(scores, dim=-1)
         return torch.einsum("hqk,khd->qhd", probs, v).to(q.dtype)
