@@ -30,6 +30,8 @@ GGUF_ARCHITECTURES = {
     "stablelm": "StableLmForCausalLM",
     "phi2": "PhiForCausalLM",
     "glm4": "Glm4ForCausalLM",
+    # (DeepseekV3ForCausalLM where the file's router gating is sigmoid: see _deepseek2_config)
+    "deepseek2": "DeepseekV2ForCausalLM",
 }
 """GGUF `general.architecture` -> the HF architecture (model registry key) we load it as."""
 _PERMUTED_QK = {"llama", "internlm2"}
@@ -102,6 +104,29 @@ _ARCH_BLOCK_NAMES = {
         "post_attention_norm": "post_self_attn_layernorm",
         "ffn_norm": "post_attention_layernorm",
         "post_ffw_norm": "post_mlp_layernorm",
+    },
+    # DeepSeek-V2/V3 (MLA + MoE): HF's names, except what llama.cpp's converter reshapes, which
+    # the model's loader puts back (models/deepseek_v2.py): kv_b split into attn_k_b ([H, L, Dn],
+    # transposed per head) and attn_v_b, the routed experts stacked per projection ([E, I, H]);
+    # rope rows as HF's (llama.cpp's "normal" rope pairs adjacent dims, as DeepSeek's)
+    "deepseek2": {
+        **_BLOCK_NAMES,
+        "attn_q_a": "self_attn.q_a_proj",
+        "attn_q_a_norm": "self_attn.q_a_layernorm",
+        "attn_q_b": "self_attn.q_b_proj",
+        "attn_kv_a_mqa": "self_attn.kv_a_proj_with_mqa",
+        "attn_kv_a_norm": "self_attn.kv_a_layernorm",
+        "attn_kv_b": "self_attn.kv_b_proj",
+        "attn_k_b": "self_attn.k_b_proj",
+        "attn_v_b": "self_attn.v_b_proj",
+        "ffn_gate_inp": "mlp.gate",
+        "exp_probs_b": "mlp.gate.e_score_correction_bias",
+        "ffn_gate_exps": "mlp.experts.gate_proj",
+        "ffn_up_exps": "mlp.experts.up_proj",
+        "ffn_down_exps": "mlp.experts.down_proj",
+        "ffn_gate_shexp": "mlp.shared_experts.gate_proj",
+        "ffn_up_shexp": "mlp.shared_experts.up_proj",
+        "ffn_down_shexp": "mlp.shared_experts.down_proj",
     },
     # Gemma 3's sandwich norms: llama.cpp's ffn_norm is the *pre*-feed-forward norm there.
     "gemma3": {
@@ -191,6 +216,10 @@ def gguf_hf_config(path: str) -> Any:
         return _phi2_config(reader)
     if arch == "glm4":
         return _glm4_config(reader)
+    if arch == "deepseek2":
+        from pagedllm.model_executor.model_loader.gguf_deepseek import deepseek2_config
+
+        return deepseek2_config(reader, _common_config(reader, "deepseek2"))
     return _llama_config(reader, path, arch)
 
 
@@ -367,7 +396,10 @@ def gguf_to_hf_name(name: str, arch: str = "llama") -> str | None:
     if len(parts) == 1 and parts[0] in global_names:
         return f"{global_names[parts[0]]}.{suffix}"
     if len(parts) == 3 and parts[0] == "blk" and parts[2] in block_names:
-        return f"model.layers.{parts[1]}.{block_names[parts[2]]}.{suffix}"
+        module = block_names[parts[2]]
+        if module.endswith("_bias") and suffix == "bias":  # a bare tensor: the router's bias
+            return f"model.layers.{parts[1]}.{module}"
+        return f"model.layers.{parts[1]}.{module}.{suffix}"
     return None
 
 

@@ -246,7 +246,7 @@ class DeepseekV2ForCausalLM(LlamaForCausalLM):
     def _hf_to_ours(self, weights: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
         c = self.config
         rope, nope, latent = c.qk_rope_head_dim, c.qk_nope_head_dim, c.kv_lora_rank
-        for name, tensor in weights:
+        for name, tensor in _from_llama_cpp_layout(weights):
             if self.interleaved_rope:
                 if name.endswith((".q_proj.weight", ".q_b_proj.weight")):
                     tensor = rope_rows_to_neox(tensor, nope + rope, nope, rope)
@@ -261,6 +261,35 @@ class DeepseekV2ForCausalLM(LlamaForCausalLM):
             if int(parts[2]) >= self.config.num_hidden_layers:
                 return True
         return super()._skip(name)
+
+
+def _from_llama_cpp_layout(weights: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+    """Undo what llama.cpp's converter reshapes (GGUF files; HF checkpoints pass unchanged):
+    routed experts stacked per projection ([E, out, in] `mlp.experts.gate_proj.weight`) back to
+    one matrix per expert, and kv_b_proj rebuilt from its split k_b_proj ([H, L, Dn], transposed)
+    and v_b_proj ([H, Dv, L]) halves."""
+    k_b: dict[str, torch.Tensor] = {}
+    v_b: dict[str, torch.Tensor] = {}
+    for name, tensor in weights:
+        stem, _, leaf = name.rpartition(".self_attn.")
+        if leaf in ("k_b_proj.weight", "v_b_proj.weight"):
+            (k_b if leaf.startswith("k") else v_b)[stem] = _dense(tensor)
+            if stem in k_b and stem in v_b:
+                per_head = torch.cat([k_b.pop(stem).transpose(1, 2), v_b.pop(stem)], dim=1)
+                yield f"{stem}.self_attn.kv_b_proj.weight", per_head.flatten(0, 1)
+            continue
+        prefix, _, proj = name.rpartition(".mlp.experts.")
+        if proj in ("gate_proj.weight", "up_proj.weight", "down_proj.weight"):
+            for expert, matrix in enumerate(_dense(tensor)):
+                yield f"{prefix}.mlp.experts.{expert}.{proj}", matrix
+            continue
+        yield name, tensor
+    assert not k_b and not v_b, f"unpaired k_b/v_b halves: {sorted(k_b) + sorted(v_b)}"
+
+
+def _dense(tensor: Any) -> torch.Tensor:
+    """A float tensor (a GGUF weight kept in its quantized blocks is dequantized)."""
+    return tensor if isinstance(tensor, torch.Tensor) else tensor.dequantize()
 
 
 class DeepseekV3ForCausalLM(DeepseekV2ForCausalLM):
