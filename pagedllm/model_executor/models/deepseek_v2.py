@@ -70,7 +70,7 @@ class DeepseekV2MLAAttention(nn.Module):
     def __init__(self, config: Any, rotary_emb: RotaryEmbedding, prefix: str) -> None:
         super().__init__()
         hidden, bias = config.hidden_size, getattr(config, "attention_bias", False)
-        self.num_heads = heads = config.num_attention_heads
+        heads = config.num_attention_heads  # (all ranks together)
         self.qk_nope_head_dim = config.qk_nope_head_dim
         self.qk_rope_head_dim = config.qk_rope_head_dim
         self.v_head_dim = config.v_head_dim
@@ -97,8 +97,12 @@ class DeepseekV2MLAAttention(nn.Module):
         )  # fmt: skip
         self.o_proj = RowParallelLinear(heads * self.v_head_dim, hidden, bias,
                                         prefix=f"{prefix}.o_proj")  # fmt: skip
+        # NOTE: this rank's heads (all of them at tensor-parallel size 1): q_proj / q_b_proj and
+        # kv_b_proj are split by heads, the latent (kv_a_proj_with_mqa) is replicated
+        per_head = self.qk_nope_head_dim + self.v_head_dim
+        self.num_heads = self.kv_b_proj.output_size_per_partition // per_head
         self.rotary_emb = rotary_emb
-        self.attn = MLAAttention(heads, self.kv_lora_rank, self.qk_rope_head_dim,
+        self.attn = MLAAttention(self.num_heads, self.kv_lora_rank, self.qk_rope_head_dim,
                                  softmax_scale(config), prefix=f"{prefix}.attn")  # fmt: skip
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
