@@ -156,6 +156,9 @@ def _save_tiny_model(
                 param.uniform_(0.5, 1.5)
             elif name.endswith(".bias"):
                 param.normal_(0.0, 0.1)
+        for name, buffer in model.named_buffers():  # DeepSeek-V3's router bias (zeros at init)
+            if name.endswith("e_score_correction_bias"):
+                buffer.normal_(0.0, 0.1)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
 

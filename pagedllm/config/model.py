@@ -36,6 +36,10 @@ class ModelConfig:
     num_attention_heads: int = 0
     num_kv_heads: int = 0
     head_dim: int = 0
+    use_mla: bool = False
+    """Multi-head latent attention (DeepSeek-V2/V3): the KV cache holds one latent per token and
+    layer, head_dim = kv_lora_rank + qk_rope_head_dim values with num_kv_heads 1, instead of a K
+    and a V head each (vLLM's `use_mla`)."""
     eos_token_ids: tuple[int, ...] = ()
     """Token ids that end generation unless ignore_eos (from generation/tokenizer config)."""
     quantization: str | None = None

@@ -53,8 +53,13 @@ def plan_kv_cache(
 ) -> KVCacheLayout:
     dtype = kv_cache_torch_dtype(model_config, cache_config)
     elem = torch.tensor([], dtype=dtype).element_size()
+    if model_config.use_mla and dtype.itemsize == 1:
+        raise ValueError(f"kv_cache_dtype {cache_config.kv_cache_dtype!r} is not supported for "
+                         f"multi-head latent attention (DeepSeek); use 'auto' or 'fp16'")
     head_bytes = kv_cache_head_size(model_config.head_dim, dtype) * elem  # + scale if 8-bit
-    per_token = 2 * model_config.num_kv_heads * head_bytes
+    # NOTE: MLA caches one latent per token and layer (head_dim = L + R, one "head"), not K and V
+    entries = 1 if model_config.use_mla else 2
+    per_token = entries * model_config.num_kv_heads * head_bytes
     bytes_per_block = per_token * cache_config.block_size * model_config.num_hidden_layers
     if cache_config.num_gpu_blocks_override is not None:
         num_blocks = cache_config.num_gpu_blocks_override
@@ -89,6 +94,9 @@ def allocate_kv_caches(
     and 0 * (uninitialized NaN/inf) would poison the output.
     """
     dtype = kv_cache_torch_dtype(model_config, cache_config)
+    if model_config.use_mla:  # [num_blocks, block_size, L + R] (layers/mla_attention.py)
+        shape: tuple[int, ...] = (layout.num_blocks, layout.block_size, model_config.head_dim)
+        return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
     shape = backend.get_kv_cache_shape(
         layout.num_blocks, layout.block_size, model_config.num_kv_heads,
         kv_cache_head_size(model_config.head_dim, dtype),

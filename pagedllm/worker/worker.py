@@ -83,6 +83,9 @@ class Worker:
         )  # fmt: skip
         choice = select_attn_backend(config.device.attention_backend, needs)
         logger.info("attention backend: %s", choice.describe())
+        if config.model.use_mla:  # (its layers keep their own latent cache and attention)
+            logger.info("multi-head latent attention: the KV cache holds one latent per token; "
+                        "the %s backend attends in no layer", choice.backend.name)
         backend = choice.backend
         layout = plan_kv_cache(config.model, config.cache, self.device)
         kv_caches = allocate_kv_caches(

@@ -8,6 +8,7 @@ from pagedllm.attention.backend import CommonAttentionMetadata
 from pagedllm.attention.backends.torch_ref import TorchRefBackend
 from pagedllm.forward_context import set_forward_context
 from pagedllm.model_executor.layers.attention import attention_layers
+from pagedllm.model_executor.layers.mla_attention import MLAAttention
 
 
 class PagedRunner:
@@ -24,6 +25,8 @@ class PagedRunner:
             shape = TorchRefBackend.get_kv_cache_shape(
                 num_blocks, block_size, layer.num_kv_heads, layer.head_size
             )
+            if isinstance(layer, MLAAttention):  # one latent per token, not K and V
+                shape = (num_blocks, block_size, layer.head_size)
             layer.bind(TorchRefBackend, torch.zeros(shape))
 
     @torch.inference_mode()

@@ -27,9 +27,12 @@ from pagedllm.model_executor.models.registry import (
 )
 from tests.conftest import TINY_LLAMA
 from tests.models import (
+    test_bloom,
     test_cohere,
+    test_deepseek,
     test_falcon,
     test_gemma,
+    test_glm4,
     test_gpt2,
     test_gpt_bigcode,
     test_gpt_neox,
@@ -78,6 +81,11 @@ FAMILIES: dict[str, list[tuple[str, dict]]] = {
     "FalconForCausalLM": [("FalconConfig", v) for v in test_falcon.VARIANTS.values()],
     # (transformers has no InternLM2 config; the model reads Llama's fields plus `bias`)
     "InternLM2ForCausalLM": [("LlamaConfig", {"bias": True})],
+    "GlmForCausalLM": [test_glm4.VARIANTS["glm"]],
+    "Glm4ForCausalLM": [test_glm4.VARIANTS["glm4"]],
+    "DeepseekV2ForCausalLM": [test_deepseek.VARIANTS["v2_lite"], test_deepseek.VARIANTS["v2"]],
+    "DeepseekV3ForCausalLM": [test_deepseek.VARIANTS["v3"]],
+    "BloomForCausalLM": [("BloomConfig", v) for v in test_bloom.VARIANTS.values()],
 }
 CASES = [(arch, cls, overrides) for arch, configs in FAMILIES.items() for cls, overrides in configs]
 
@@ -92,6 +100,8 @@ ROLES = {
     "dense_h_to_4h": ColumnParallelLinear, "mlp.gate": ReplicatedLinear,
     "self_attn.dense": RowParallelLinear, "self_attention.dense": RowParallelLinear,
     "fc_in": ColumnParallelLinear, "fc_out": RowParallelLinear,
+    "q_proj": ColumnParallelLinear, "q_a_proj": ReplicatedLinear, "q_b_proj": ColumnParallelLinear,
+    "kv_a_proj_with_mqa": ReplicatedLinear, "kv_b_proj": ColumnParallelLinear,
     "shared_expert_gate": ReplicatedLinear, "project_in": ReplicatedLinear,
     "project_out": ReplicatedLinear, "classifier": ReplicatedLinear,
     "dense": ReplicatedLinear,  # last: a classifier head's "pooler.dense" (no deeper name)
@@ -131,7 +141,7 @@ def test_prefixes_are_module_names_and_roles_fit(arch, config_cls, overrides):
             suffix = next(s for s in ROLES if f".{layer.prefix}".endswith(f".{s}"))
             assert type(layer) is ROLES[suffix], (layer.prefix, type(layer).__name__)
     moe = [m for m in named if isinstance(m, FusedMoE)]
-    assert bool(moe) == ("Moe" in arch or "Mixtral" in arch)
+    assert bool(moe) == ("Moe" in arch or "Mixtral" in arch or "Deepseek" in arch)
     head = getattr(model, "lm_head", getattr(model, "embed_out", None))
     if head is not None:  # a tied head is the token embedding itself
         assert isinstance(head, ParallelLMHead) != model.tie_word_embeddings

@@ -1,12 +1,11 @@
 """Falcon with rotary positions, both decoder layouts (new: grouped-query, one or two block
 norms; old: multi-query parallel or multi-head sequential), against HF transformers through the
-whole engine; ALiBi Falcon is refused with a clear error."""
+whole engine, and Falcon-RW's ALiBi."""
 
 from __future__ import annotations
 
 import pytest
 
-from pagedllm import LLM
 from tests.models.family_check import assert_engine_matches_hf, assert_logits_match_hf
 
 # NOTE: num_key_value_heads as FalconConfig derives it for each layout (TINY_LLAMA says 2).
@@ -20,6 +19,10 @@ VARIANTS = {
                                  "num_key_value_heads": 1},
     "old_multi_head_sequential": {**BASE, "multi_query": False, "parallel_attn": False,
                                   "num_kv_heads": 4, "num_key_value_heads": 4, "bias": True},
+    # Falcon-RW's layout: ALiBi in place of rotary (6 heads: slopes that bfloat16 rounds)
+    "rw_alibi": {**BASE, "alibi": True, "multi_query": False, "parallel_attn": False,
+                 "num_attention_heads": 6, "hidden_size": 48, "num_kv_heads": 6,
+                 "num_key_value_heads": 6, "bias": True},
 }  # fmt: skip
 
 
@@ -31,10 +34,3 @@ def test_engine_matches_hf(tiny_model_factory, variant):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_logits_match_hf(tiny_model_factory, variant):
     assert_logits_match_hf(tiny_model_factory("FalconConfig", **VARIANTS[variant]))
-
-
-def test_alibi_is_refused(tiny_model_factory):
-    model_dir = tiny_model_factory("FalconConfig", **BASE, alibi=True, multi_query=True,
-                                   num_key_value_heads=1)  # fmt: skip
-    with pytest.raises(NotImplementedError, match="ALiBi"):
-        LLM(model_dir, kv_cache_memory="16MiB")

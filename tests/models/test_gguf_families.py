@@ -13,7 +13,10 @@ byte-level BPE), must equal that HF model through the whole engine:
 - "stablelm": LayerNorms with bias, q/k/v bias, partial rotary (rope.dimension_count), parallel
   residual flag, per-head q/k norms stacked [heads, head_dim]; q/k rows as HF's (NEOX rope);
 - "phi2": transformers' Phi format (q/k/v separate, final_layernorm as output_norm, fc1/fc2 as
-  ffn_up/ffn_down, every bias), partial rotary; q/k rows as HF's (NEOX rope)."""
+  ffn_up/ffn_down, every bias), partial rotary; q/k rows as HF's (NEOX rope);
+- "glm4": GLM-4's sandwich norms (post_attention_norm on the attention output, ffn_norm before
+  the MLP, post_ffw_norm), the stored gate_up_proj as ffn_up, q/k/v bias, partial rotary; q/k
+  rows as HF's (both pair adjacent dims: llama.cpp's "normal" rope)."""
 
 from __future__ import annotations
 
@@ -47,6 +50,11 @@ _STABLELM_BLOCK = {**_LLAMA_BLOCK, "self_attn.q_layernorm": "attn_q_norm",
 _PHI2_BLOCK = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q",
                "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
                "self_attn.dense": "attn_output", "mlp.fc1": "ffn_up", "mlp.fc2": "ffn_down"}
+_GLM4_BLOCK = {**{k: v for k, v in _LLAMA_BLOCK.items()
+                  if k not in ("mlp.gate_proj", "mlp.up_proj")},
+               "mlp.gate_up_proj": "ffn_up", "post_self_attn_layernorm": "post_attention_norm",
+               "post_attention_layernorm": "ffn_norm",
+               "post_mlp_layernorm": "post_ffw_norm"}  # fmt: skip
 FAMILIES = {
     # case: (GGUF arch, HF config class and overrides of the source model, llama.cpp block
     # names, q/k permuted)
@@ -59,6 +67,7 @@ FAMILIES = {
     "stablelm_parallel_qk_norm": ("stablelm", "StableLmConfig", STABLELM["parallel_qk_norm"],
                                   _STABLELM_BLOCK, False),
     "phi2": ("phi2", "PhiConfig", PHI["phi2"], _PHI2_BLOCK, False),
+    "glm4": ("glm4", "Glm4Config", {}, _GLM4_BLOCK, False),
 }  # fmt: skip
 
 
@@ -122,9 +131,12 @@ def write_gguf(hf_dir: str, path: str, case: str) -> str:
     writer.add_head_count_kv(kv_heads)
     rope = config.get("rope_parameters") or {}
     writer.add_rope_freq_base(config.get("rope_theta") or rope["rope_theta"])
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    if config.get("head_dim"):  # (GLM-4's is not hidden_size / heads)
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
     partial = config.get("partial_rotary_factor") or rope.get("partial_rotary_factor")
     if partial is not None:
-        head_dim = config["hidden_size"] // heads
         writer.add_rope_dimension_count(int(partial * head_dim))
     if "use_parallel_residual" in config:
         writer.add_parallel_residual(config["use_parallel_residual"])

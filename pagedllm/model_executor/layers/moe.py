@@ -92,6 +92,15 @@ class FusedMoE(nn.Module):
         router_logits: torch.Tensor,  # [T, E]
     ) -> torch.Tensor:  # [T, H]
         weights, ids = select_experts(router_logits, self.top_k, self.renormalize)
+        return self.forward_routed(hidden_states, weights, ids)
+
+    def forward_routed(
+        self,
+        hidden_states: torch.Tensor,  # [T, H]
+        weights: torch.Tensor,  # [T, k] float32: each chosen expert's weight
+        ids: torch.Tensor,  # [T, k] long: the chosen experts
+    ) -> torch.Tensor:  # [T, H]
+        """The experts' weighted sum for routing decided elsewhere (DeepSeek's grouped top-k)."""
         # Token slots (token, k) sorted by expert: expert e owns slots[offsets[e]:offsets[e+1]].
         slots = ids.flatten().argsort(stable=True)  # [T*k]
         counts = torch.bincount(ids.flatten(), minlength=self.num_experts).tolist()

@@ -4,7 +4,8 @@ For each head, dims [0, D/2) pair with [D/2, D):
     out[:D/2] = x1 * cos - x2 * sin,   out[D/2:] = x2 * cos + x1 * sin
 Frequency variants (rope_type): "default", "linear" (positions / factor) and "llama3"
 (long wavelengths slowed by `factor`, a smooth ramp between low_freq and high_freq) and
-"longrope" (Phi-3: per-frequency short_factor / long_factor, cos/sin scaled by attention_factor);
+"longrope" (Phi-3: per-frequency short_factor / long_factor, cos/sin scaled by attention_factor),
+"yarn" (rotary_yarn.py);
 "dynamic" (NTK) only up to the original context length, where it is "default".
 Partial rotary (`partial_rotary_factor`, GPT-NeoX's `rotary_pct`): only the first
 rotary_dim = head_dim * factor dims of each head are rotated (pairing [0, R/2) with [R/2, R)),
@@ -19,8 +20,9 @@ from typing import Any
 import torch
 
 from pagedllm.model_executor.custom_op import CustomOp
+from pagedllm.model_executor.layers.rotary_yarn import yarn_attention_factor, yarn_inv_freq
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "longrope", "dynamic")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "longrope", "dynamic", "yarn")
 
 
 def rope_parameters(hf_config: Any, layer_type: str | None = None) -> dict[str, Any]:
@@ -44,6 +46,9 @@ def rope_parameters(hf_config: Any, layer_type: str | None = None) -> dict[str, 
     params["rope_type"] = params.get("rope_type") or params.pop("type", None) or "default"
     if params["rope_type"] == "longrope":
         _fill_longrope_defaults(params, hf_config)
+    if params["rope_type"] == "yarn" and params.get("factor") is None:  # (as transformers)
+        params["factor"] = hf_config.max_position_embeddings / params[
+            "original_max_position_embeddings"]  # fmt: skip
     if params["rope_type"] == "dynamic":
         params.setdefault(
             "original_max_position_embeddings", getattr(hf_config, "max_position_embeddings", None)
@@ -139,6 +144,8 @@ def _inv_freq(rotary_dim: int, params: dict[str, Any], max_position: int) -> tor
     exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim
     if params["rope_type"] == "longrope":
         return 1.0 / (_longrope_factors(params, max_position) * params["rope_theta"] ** exponents)
+    if params["rope_type"] == "yarn":
+        return yarn_inv_freq(rotary_dim, params)
     inv_freq = 1.0 / (params["rope_theta"] ** exponents)
     if params["rope_type"] == "linear":
         return inv_freq / params["factor"]
@@ -173,6 +180,8 @@ def _longrope_factors(params: dict[str, Any], max_position: int) -> torch.Tensor
 def _attention_factor(params: dict[str, Any]) -> float:
     """The cos/sin scale of longrope: attention_factor, else sqrt(1 + ln(factor) / ln(original))
     (1 when factor <= 1); 1 for the other rope types."""
+    if params["rope_type"] == "yarn":
+        return yarn_attention_factor(params)
     if params["rope_type"] != "longrope":
         return 1.0
     if params.get("attention_factor") is not None:

@@ -52,8 +52,7 @@ def load_model_config(
         hidden_size=hf_config.hidden_size,
         num_hidden_layers=hf_config.num_hidden_layers,
         num_attention_heads=num_heads,
-        num_kv_heads=getattr(hf_config, "num_key_value_heads", None) or num_heads,
-        head_dim=getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads,
+        **kv_cache_heads(architectures[0], hf_config),
         eos_token_ids=tuple(sorted(eos_token_ids(source, hf_config))),
         quantization=_resolve_quantization(quantization, source, hf_config),
         enforce_eager=enforce_eager,
@@ -63,6 +62,23 @@ def load_model_config(
         classifier=embedding.classifier,
         is_encoder_only=embedding.encoder_only,
     )
+
+
+def kv_cache_heads(architecture: str, hf_config: Any) -> dict[str, Any]:
+    """num_kv_heads, head_dim and use_mla: what one token's KV cache entry holds per layer. MLA
+    models (DeepSeek-V2/V3) cache one latent of kv_lora_rank + qk_rope_head_dim values."""
+    from pagedllm.model_executor.models.registry import MLA_ARCHITECTURES
+
+    kv_lora_rank = getattr(hf_config, "kv_lora_rank", None)
+    if architecture in MLA_ARCHITECTURES and kv_lora_rank:
+        head_dim = kv_lora_rank + hf_config.qk_rope_head_dim
+        return {"num_kv_heads": 1, "head_dim": head_dim, "use_mla": True}
+    num_heads = hf_config.num_attention_heads
+    return {
+        "num_kv_heads": getattr(hf_config, "num_key_value_heads", None) or num_heads,
+        "head_dim": getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads,
+        "use_mla": False,
+    }
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,9 @@ GGUF_ARCHITECTURES = {
     "command-r": "CohereForCausalLM",
     "stablelm": "StableLmForCausalLM",
     "phi2": "PhiForCausalLM",
+    "glm4": "Glm4ForCausalLM",
+    # (DeepseekV3ForCausalLM where the file's router gating is sigmoid: see _deepseek2_config)
+    "deepseek2": "DeepseekV2ForCausalLM",
 }
 """GGUF `general.architecture` -> the HF architecture (model registry key) we load it as."""
 _PERMUTED_QK = {"llama", "internlm2"}
@@ -91,6 +94,39 @@ _ARCH_BLOCK_NAMES = {
         "attn_output": "self_attn.dense",
         "ffn_up": "mlp.fc1",
         "ffn_down": "mlp.fc2",
+    },
+    # GLM-4's sandwich norms under HF's names (llama.cpp: post_attention_norm on the attention
+    # output, ffn_norm before the MLP); ffn_up is HF's stored gate_up_proj ([gate | up] rows);
+    # q/k rows as HF's (both pair adjacent dims: llama.cpp's "normal" rope)
+    "glm4": {
+        **{k: v for k, v in _BLOCK_NAMES.items() if k not in ("ffn_gate", "ffn_up")},
+        "ffn_up": "mlp.gate_up_proj",
+        "post_attention_norm": "post_self_attn_layernorm",
+        "ffn_norm": "post_attention_layernorm",
+        "post_ffw_norm": "post_mlp_layernorm",
+    },
+    # DeepSeek-V2/V3 (MLA + MoE): HF's names, except what llama.cpp's converter reshapes, which
+    # the model's loader puts back (models/deepseek_v2.py): kv_b split into attn_k_b ([H, L, Dn],
+    # transposed per head) and attn_v_b, the routed experts stacked per projection ([E, I, H]);
+    # rope rows as HF's (llama.cpp's "normal" rope pairs adjacent dims, as DeepSeek's)
+    "deepseek2": {
+        **_BLOCK_NAMES,
+        "attn_q_a": "self_attn.q_a_proj",
+        "attn_q_a_norm": "self_attn.q_a_layernorm",
+        "attn_q_b": "self_attn.q_b_proj",
+        "attn_kv_a_mqa": "self_attn.kv_a_proj_with_mqa",
+        "attn_kv_a_norm": "self_attn.kv_a_layernorm",
+        "attn_kv_b": "self_attn.kv_b_proj",
+        "attn_k_b": "self_attn.k_b_proj",
+        "attn_v_b": "self_attn.v_b_proj",
+        "ffn_gate_inp": "mlp.gate",
+        "exp_probs_b": "mlp.gate.e_score_correction_bias",
+        "ffn_gate_exps": "mlp.experts.gate_proj",
+        "ffn_up_exps": "mlp.experts.up_proj",
+        "ffn_down_exps": "mlp.experts.down_proj",
+        "ffn_gate_shexp": "mlp.shared_experts.gate_proj",
+        "ffn_up_shexp": "mlp.shared_experts.up_proj",
+        "ffn_down_shexp": "mlp.shared_experts.down_proj",
     },
     # Gemma 3's sandwich norms: llama.cpp's ffn_norm is the *pre*-feed-forward norm there.
     "gemma3": {
@@ -178,6 +214,12 @@ def gguf_hf_config(path: str) -> Any:
         return _stablelm_config(reader)
     if arch == "phi2":
         return _phi2_config(reader)
+    if arch == "glm4":
+        return _glm4_config(reader)
+    if arch == "deepseek2":
+        from pagedllm.model_executor.model_loader.gguf_deepseek import deepseek2_config
+
+        return deepseek2_config(reader, _common_config(reader, "deepseek2"))
     return _llama_config(reader, path, arch)
 
 
@@ -291,6 +333,23 @@ def _phi2_config(reader: GGUFFile) -> Any:
     )
 
 
+def _glm4_config(reader: GGUFFile) -> Any:
+    from transformers import Glm4Config
+
+    def meta(key: str, default: Any = None) -> Any:
+        return gguf_field(reader, f"glm4.{key}", default)
+
+    common = _common_config(reader, "glm4")
+    head_dim = common["head_dim"]
+    partial = meta("rope.dimension_count", head_dim // 2) / head_dim
+    return Glm4Config(
+        **common,
+        attention_bias="blk.0.attn_q.bias" in {t.name for t in reader.tensors},
+        partial_rotary_factor=partial,
+        rope_parameters={**_rope_parameters(meta), "partial_rotary_factor": partial},
+    )
+
+
 def _llama_config(reader: GGUFFile, path: str, arch: str = "llama") -> Any:
     """Llama's config from the `<arch>.*` fields of a Llama-layout arch."""
     from transformers import LlamaConfig
@@ -337,7 +396,10 @@ def gguf_to_hf_name(name: str, arch: str = "llama") -> str | None:
     if len(parts) == 1 and parts[0] in global_names:
         return f"{global_names[parts[0]]}.{suffix}"
     if len(parts) == 3 and parts[0] == "blk" and parts[2] in block_names:
-        return f"model.layers.{parts[1]}.{block_names[parts[2]]}.{suffix}"
+        module = block_names[parts[2]]
+        if module.endswith("_bias") and suffix == "bias":  # a bare tensor: the router's bias
+            return f"model.layers.{parts[1]}.{module}"
+        return f"model.layers.{parts[1]}.{module}.{suffix}"
     return None
 
 

@@ -1,4 +1,4 @@
-"""Falcon, both decoder layouts, with rotary positions:
+"""Falcon, both decoder layouts, with rotary or ALiBi positions:
 
 - the new architecture (Falcon-40B/180B, Falcon 2): grouped-query attention whose fused
   query_key_value rows are per KV group [kv_heads, queries per group + 2, head_dim] (the group's
@@ -9,11 +9,13 @@
   sequential with two.
 
 The fused rows are reordered at load into our q | k | v layout. ALiBi variants (`alibi`:
-Falcon-RW) are refused: the paged attention has no ALiBi bias. Runs eagerly (no `model.layers`).
+Falcon-RW) attend through layers/alibi_attention.py instead of rotary. Runs eagerly (no
+`model.layers`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -22,6 +24,7 @@ from torch import nn
 
 from pagedllm.config.model import ModelConfig
 from pagedllm.model_executor.layers.activation import get_act_fn
+from pagedllm.model_executor.layers.alibi_attention import ALiBiAttention
 from pagedllm.model_executor.layers.attention import Attention
 from pagedllm.model_executor.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.model_executor.layers.layernorm import LayerNorm
@@ -49,6 +52,17 @@ def _num_block_norms(config: Any) -> int:
     return 1
 
 
+class FalconALiBiAttention(ALiBiAttention):
+    """Falcon-RW's ALiBi as transformers computes it: the bias is bf16(bf16(slope_h) * k) /
+    sqrt(head_dim) over absolute key positions (rounded to bfloat16 whatever the model dtype),
+    so it is reproduced exactly rather than as the float32 slope_h * (k - q)."""
+
+    def position_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        slopes = self.alibi_slopes.to(q_pos.device).bfloat16()[:, None, None]
+        bias = (slopes * k_pos).float() / math.sqrt(self.head_size)  # [H, 1, seq_len]
+        return bias.expand(-1, q_pos.shape[0], -1)
+
+
 class FalconAttention(nn.Module):
     def __init__(self, config: Any, rotary_emb: RotaryEmbedding, prefix: str) -> None:
         super().__init__()
@@ -61,13 +75,16 @@ class FalconAttention(nn.Module):
         )  # fmt: skip
         self.dense = RowParallelLinear(hidden, hidden, config.bias, prefix=f"{prefix}.dense")
         self.split_sizes = [hidden, num_kv_heads * head_dim, num_kv_heads * head_dim]
+        self.alibi = bool(config.alibi)
         self.rotary_emb = rotary_emb
-        self.attn = Attention(num_heads, head_dim, head_dim**-0.5, num_kv_heads,
-                              prefix=f"{prefix}.attn")  # fmt: skip
+        attn_cls = FalconALiBiAttention if self.alibi else Attention
+        self.attn = attn_cls(num_heads, head_dim, head_dim**-0.5, num_kv_heads,
+                             prefix=f"{prefix}.attn")  # fmt: skip
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
         q, k, v = self.query_key_value(hidden_states).split(self.split_sizes, dim=-1)
-        q, k = self.rotary_emb(positions, q, k)
+        if not self.alibi:
+            q, k = self.rotary_emb(positions, q, k)
         return self.dense(self.attn(q, k, v))
 
 
@@ -153,11 +170,6 @@ class FalconForCausalLM(nn.Module):
     def __init__(self, model_config: ModelConfig) -> None:
         super().__init__()
         config = model_config.hf_config
-        if config.alibi:
-            raise NotImplementedError(
-                "Falcon with ALiBi positions (alibi=true) is not supported: pagedllm's paged "
-                "attention has no ALiBi bias; rotary Falcon models are"
-            )
         one_norm = _num_block_norms(config) == 1
         if config.new_decoder_architecture and one_norm and not config.parallel_attn:
             raise NotImplementedError("Falcon's new layout with one block norm needs parallel_attn")

@@ -30,10 +30,18 @@ MODEL_REGISTRY.register("CohereForCausalLM", f"{_MODELS}.cohere", "CohereForCaus
 MODEL_REGISTRY.register("GPTBigCodeForCausalLM", f"{_MODELS}.gpt_bigcode", "GPTBigCodeForCausalLM")
 MODEL_REGISTRY.register("FalconForCausalLM", f"{_MODELS}.falcon", "FalconForCausalLM")
 MODEL_REGISTRY.register("InternLM2ForCausalLM", f"{_MODELS}.internlm2", "InternLM2ForCausalLM")
+MODEL_REGISTRY.register("GlmForCausalLM", f"{_MODELS}.glm4", "GlmForCausalLM")
+MODEL_REGISTRY.register("Glm4ForCausalLM", f"{_MODELS}.glm4", "Glm4ForCausalLM")
+MODEL_REGISTRY.register("BloomForCausalLM", f"{_MODELS}.bloom", "BloomForCausalLM")
 MODEL_REGISTRY.register("MixtralForCausalLM", f"{_MODELS}.mixtral", "MixtralForCausalLM")
 MODEL_REGISTRY.register("Qwen2MoeForCausalLM", f"{_MODELS}.qwen2_moe", "Qwen2MoeForCausalLM")
 MODEL_REGISTRY.register("Qwen3MoeForCausalLM", f"{_MODELS}.qwen3_moe", "Qwen3MoeForCausalLM")
+MODEL_REGISTRY.register("DeepseekV2ForCausalLM", f"{_MODELS}.deepseek_v2", "DeepseekV2ForCausalLM")
+MODEL_REGISTRY.register("DeepseekV3ForCausalLM", f"{_MODELS}.deepseek_v2", "DeepseekV3ForCausalLM")
 
+MLA_ARCHITECTURES = frozenset({"DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM"})
+"""Native architectures whose attention is multi-head latent attention: their KV cache holds the
+latent (see ModelConfig.use_mla)."""
 
 # Encoder-only embedding models: bidirectional attention, no KV cache, task "embed" only.
 EMBEDDING_MODEL_REGISTRY = Registry("embedding model architecture")

@@ -87,10 +87,12 @@ class FusedMoEMethodBase(ABC):
         """Repack loaded weights into the layout `apply` wants (default: nothing to do)."""
 
 
-ROUTER_GATES = ("mlp.gate", "mlp.shared_expert_gate")
+ROUTER_GATES = ("mlp.gate", "mlp.shared_expert_gate", "self_attn.kv_b_proj")
 """Module names of the MoE routers (Mixtral's block_sparse_moe is held as `mlp`) and Qwen2-MoE's
 shared-expert gate: small [E, H] / [1, H] matrices whose rounding would move tokens between
-experts, left float by the methods that quantize a float checkpoint (as vLLM leaves them)."""
+experts, left float by the methods that quantize a float checkpoint (as vLLM leaves them).
+Also MLA's kv_b_proj (DeepSeek): its weight is absorbed per head into the query and the output
+(models/deepseek_v2.py), never applied as a linear, so it must stay a float matrix."""
 
 
 class QuantizationConfig(ABC):
