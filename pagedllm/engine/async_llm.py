@@ -48,7 +48,8 @@ class AsyncLLM:
         self.model_config = self.config.model
         self.tokenizer = tokenizer
         self.input_processor = InputProcessor(self.model_config, tokenizer,
-                                              self.config.structured_outputs, self.config.lora)
+                                              self.config.structured_outputs, self.config.lora,
+                                              self.config.multimodal)
         self.output_processor = OutputProcessor(tokenizer)
         self.stat_loggers = list(stat_loggers or [])
         self.request_stats = RequestStatsTracker()

@@ -49,6 +49,7 @@ class EngineCore(EngineCoreBase):
                 priority=request.priority,
                 block_hasher=self.scheduler.block_hasher,
                 lora_request=request.lora_request,
+                mm_features=request.mm_features,
             )
         )
 

@@ -24,7 +24,8 @@ class LLMEngine:
         self.config = config
         self.tokenizer = load_tokenizer(config.model)
         self.input_processor = InputProcessor(config.model, self.tokenizer,
-                                              config.structured_outputs, config.lora)
+                                              config.structured_outputs, config.lora,
+                                              config.multimodal)
         self.output_processor = OutputProcessor(self.tokenizer)
         self.engine_core = core_client or InprocClient(config)
         self.step_profiler: StepProfiler = (

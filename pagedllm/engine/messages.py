@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 # The engine core's outputs are produced by the scheduler, so they live with its contracts.
 from pagedllm.core.sched.output import EngineCoreOutput, EngineCoreOutputs
 from pagedllm.lora.request import LoRARequest
+from pagedllm.multimodal.inputs import MultiModalFeature
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
 
@@ -28,3 +29,5 @@ class EngineCoreRequest:
     """The adapter to run under (None: the base model); checked by the input processor."""
     token_type_ids: list[int] | None = None
     """BERT's segment of each prompt token (a cross-encoder's text pair); None: all 0."""
+    mm_features: list[MultiModalFeature] | None = None
+    """The prompt's images (pixels, placeholder positions, content hashes); None: text only."""

@@ -73,7 +73,8 @@ class RequestIntake:
             EngineCoreRequest(child_id, processed.prompt_token_ids, child_params, arrival_time,
                               priority, pooling_params=pooling,
                               lora_request=lora_request,
-                              token_type_ids=processed.token_type_ids)  # fmt: skip
+                              token_type_ids=processed.token_type_ids,
+                              mm_features=processed.mm_features)  # fmt: skip
             for child_id, child_params in samples
         ]
         return AcceptedRequest(processed.prompt_token_ids, core_requests)

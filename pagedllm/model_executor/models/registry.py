@@ -33,6 +33,9 @@ MODEL_REGISTRY.register("InternLM2ForCausalLM", f"{_MODELS}.internlm2", "InternL
 MODEL_REGISTRY.register("MixtralForCausalLM", f"{_MODELS}.mixtral", "MixtralForCausalLM")
 MODEL_REGISTRY.register("Qwen2MoeForCausalLM", f"{_MODELS}.qwen2_moe", "Qwen2MoeForCausalLM")
 MODEL_REGISTRY.register("Qwen3MoeForCausalLM", f"{_MODELS}.qwen3_moe", "Qwen3MoeForCausalLM")
+# Vision-language: a CLIP tower + projector whose image embeddings replace placeholder tokens.
+MODEL_REGISTRY.register("LlavaForConditionalGeneration", f"{_MODELS}.llava",
+                        "LlavaForConditionalGeneration")
 
 
 # Encoder-only embedding models: bidirectional attention, no KV cache, task "embed" only.
