@@ -76,8 +76,13 @@ class InputProcessor:
     ) -> ProcessedPrompt:
         if isinstance(prompt, dict) and prompt.get("multi_modal_data") is not None:
             text_only = {k: v for k, v in prompt.items() if k != "multi_modal_data"}
-            processed = self.process_prompt(text_only, add_special_tokens)
+            processed = self._process(text_only, add_special_tokens)
             return self._process_multimodal(processed, prompt["multi_modal_data"])
+        processed = self._process(prompt, add_special_tokens)
+        self._validate_placeholders(processed)
+        return processed
+
+    def _process(self, prompt: PromptType, add_special_tokens: bool) -> ProcessedPrompt:
         if isinstance(prompt, dict):
             if "prompt_token_ids" in prompt:
                 processed = self._from_token_ids(prompt["prompt_token_ids"])
@@ -86,7 +91,7 @@ class InputProcessor:
                                                                  processed.prompt_token_ids)
                 return processed
             if "prompt" in prompt:
-                return self.process_prompt(prompt["prompt"], add_special_tokens)
+                return self._process(prompt["prompt"], add_special_tokens)
             raise ValueError("prompt dict needs 'prompt' or 'prompt_token_ids'")
         if isinstance(prompt, str):
             if not prompt:
@@ -161,6 +166,16 @@ class InputProcessor:
         # Here, once per request (before fan_out copies the params into its n samples): this
         # is where the tokenizer is, and the engine core only ever sees token ids.
         self.tokenize_bad_words(params)
+
+    def _validate_placeholders(self, prompt: ProcessedPrompt) -> None:
+        """A vision-language model's image token only ever stands for an image's features: a
+        prompt holding it without images is refused (the model would read an embedding that
+        was never trained as input)."""
+        image_token = getattr(self.model_config.hf_config, "image_token_index", None)
+        if (image_token is not None and not prompt.mm_features
+                and image_token in prompt.prompt_token_ids):
+            raise ValueError("the prompt holds image placeholder tokens but no images "
+                             "(multi_modal_data / image_url content parts)")
 
     def validate_lora(self, lora: LoRARequest | None) -> None:
         """A request's adapter: LoRA must be on, and the adapter readable and within the

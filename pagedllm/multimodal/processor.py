@@ -55,28 +55,51 @@ class MultiModalProcessor:
     def process(self, token_ids: list[int], images: list[Any]
                 ) -> tuple[list[int], list[MultiModalFeature]]:
         """Expand each `<image>` token of token_ids into tokens_per_image copies, in order of
-        the images; ValueError when the counts disagree or exceed the limit."""
+        the images (a prompt the server already expanded is taken as it is); ValueError when
+        the counts disagree or exceed the limit."""
         limit = self.config.limit("image")
         if len(images) > limit:
             raise ValueError(f"the prompt has {len(images)} images; at most {limit} are "
                              f"allowed per prompt (--limit-mm-per-prompt)")
-        placeholders = [i for i, t in enumerate(token_ids) if t == self.image_token_id]
-        if len(placeholders) != len(images):
-            raise ValueError(f"the prompt has {len(placeholders)} image placeholders and "
+        runs = placeholder_runs(token_ids, self.image_token_id)
+        n = self.tokens_per_image
+        if len(runs) == len(images) and all(length == n for _, length in runs):
+            expanded = list(token_ids)
+        elif len(runs) == len(images) and all(length == 1 for _, length in runs):
+            expanded = expand_placeholders(token_ids, self.image_token_id, n)
+            runs = placeholder_runs(expanded, self.image_token_id)
+        else:
+            raise ValueError(f"the prompt has {len(runs)} image placeholders and "
                              f"{len(images)} images; each image needs exactly one")
-        expanded: list[int] = []
-        features: list[MultiModalFeature] = []
-        previous = 0
-        for position, image in zip(placeholders, images):
-            expanded.extend(token_ids[previous:position])
-            features.append(MultiModalFeature(
-                "image", image_identifier(image), len(expanded), self.tokens_per_image,
-                self._pixel_values(image)))
-            expanded.extend([self.image_token_id] * self.tokens_per_image)
-            previous = position + 1
-        expanded.extend(token_ids[previous:])
+        features = [MultiModalFeature("image", image_identifier(image), offset, n,
+                                      self._pixel_values(image))
+                    for (offset, _), image in zip(runs, images)]
         return expanded, features
 
     def _pixel_values(self, image: Any) -> np.ndarray:
         out = self.image_processor(images=[image], return_tensors="np")
         return np.asarray(out["pixel_values"][0], dtype=np.float32)
+
+
+def expand_placeholders(token_ids: list[int], image_token_id: int, n: int) -> list[int]:
+    """Each image token -> n of them (what the prompt looks like to the engine)."""
+    out: list[int] = []
+    for token in token_ids:
+        if token == image_token_id:
+            out.extend([image_token_id] * n)
+        else:
+            out.append(token)
+    return out
+
+
+def placeholder_runs(token_ids: list[int], image_token_id: int) -> list[tuple[int, int]]:
+    """(offset, length) of each maximal run of image tokens."""
+    runs: list[tuple[int, int]] = []
+    for i, token in enumerate(token_ids):
+        if token != image_token_id:
+            continue
+        if runs and runs[-1][0] + runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((i, 1))
+    return runs

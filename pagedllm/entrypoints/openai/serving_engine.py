@@ -100,12 +100,16 @@ class OpenAIServing:
 
     def generate(self, prompt_ids: list[int], params: SamplingParams,
                  request_id: str, lora_request: LoRARequest | None = None,
+                 multi_modal_data: dict[str, Any] | None = None,
                  ) -> AsyncIterator[RequestOutput]:
         """The engine's stream with its errors mapped to HTTP errors, its usage charged to the
-        request's API key (--api-keys-file) when it ends."""
+        request's API key (--api-keys-file) when it ends. multi_modal_data: the prompt's images
+        (vLLM's {"image": [...]}), whose placeholders prompt_ids holds."""
+        prompt: dict[str, Any] = {"prompt_token_ids": prompt_ids}
+        if multi_modal_data:
+            prompt["multi_modal_data"] = multi_modal_data
         stream = http_errors(
-            self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id,
-                                 lora_request=lora_request)
+            self.engine.generate(prompt, params, request_id, lora_request=lora_request)
         )
         meter = current_token_meter.get()
         if meter is None:
@@ -114,15 +118,17 @@ class OpenAIServing:
 
     def generate_for(self, prompt_ids: list[int], request: SamplingExtras,
                      params: SamplingParams, request_id: str,
-                     lora_request: LoRARequest | None = None) -> AsyncIterator[RequestOutput]:
+                     lora_request: LoRARequest | None = None,
+                     multi_modal_data: dict[str, Any] | None = None,
+                     ) -> AsyncIterator[RequestOutput]:
         """The request's stream: sampling with `params`, or with use_beam_search the n best
         beams as one finished output (its max_tokens and skip_special_tokens from `params`).
         A request beam search cannot serve is a 400 raised here, before anything runs, and so is
         the 503 of a full queue (admission control).
         lora_request: the adapter the request's `model` names (None: the base model)."""
         if not request.use_beam_search:
-            return self._admitted(prompt_ids, params.n, self._timed(prompt_ids, params,
-                                                                     request_id, lora_request))
+            return self._admitted(prompt_ids, params.n, self._timed(
+                prompt_ids, params, request_id, lora_request, multi_modal_data))
         assert params.max_tokens is not None
         beam_params = beam_search_params(request, params.max_tokens, self.speculative_decoding)
         return self._admitted(prompt_ids, beam_params.beam_width, beam_search_stream(
@@ -132,12 +138,13 @@ class OpenAIServing:
             params.skip_special_tokens))
 
     def _timed(self, prompt_ids: list[int], params: SamplingParams, request_id: str,
-               lora_request: LoRARequest | None = None) -> AsyncIterator[RequestOutput]:
+               lora_request: LoRARequest | None = None,
+               multi_modal_data: dict[str, Any] | None = None) -> AsyncIterator[RequestOutput]:
         if self.request_timeout is None:
-            return self.generate(prompt_ids, params, request_id, lora_request)
+            return self.generate(prompt_ids, params, request_id, lora_request, multi_modal_data)
         final_only = deadline.prepare(params)  # before generate() reads the output kind
         return deadline.with_deadline(self.generate(prompt_ids, params, request_id,
-                                                    lora_request),
+                                                    lora_request, multi_modal_data),
                                       self.request_timeout, params, final_only, request_id,
                                       prompt_ids)
 

@@ -1,0 +1,112 @@
+"""Tiny random LLaVA-1.5 through the offline engine against HF transformers (fp32 greedy):
+a mixed batch of image and text-only prompts with chunked prefill splitting the image
+placeholders, prefix-cache hits with the same image and none with another, and the checks on
+what a prompt may hold."""
+
+from __future__ import annotations
+
+import pytest
+
+from pagedllm import LLM, SamplingParams
+from tests.multimodal.conftest import hf_llava_greedy, random_image
+
+MAX_TOKENS = 8
+PARAMS = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_llava_dir):
+    from transformers import LlavaForConditionalGeneration
+
+    return LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_llava_dir):
+    # a 16-token budget: each image's 16 placeholders are split over two steps
+    return LLM(tiny_llava_dir, kv_cache_memory="16MiB", max_num_batched_tokens=16)
+
+
+def _runner(llm: LLM):
+    return llm.llm_engine.engine_core.engine_core.executor.driver_worker.model_runner
+
+
+def _expected(tiny_llava_dir, hf, llm, prompt: dict) -> list[int]:
+    ids = llm.llm_engine.input_processor.process_prompt(prompt).prompt_token_ids
+    images = prompt.get("multi_modal_data", {}).get("image", [])
+    return hf_llava_greedy(tiny_llava_dir, hf, ids, images if isinstance(images, list)
+                           else [images], MAX_TOKENS)
+
+
+def test_mixed_batch_matches_hf(tiny_llava_dir, hf, llm):
+    prompts = [
+        {"prompt": "USER: <image>\nWhat is in the picture? ASSISTANT:",
+         "multi_modal_data": {"image": random_image(1)}},
+        {"prompt": "Tell me a story about the weather today, please."},
+        {"prompt": "USER: a question <image> about this ASSISTANT:",
+         "multi_modal_data": {"image": random_image(2, (64, 30))}},
+    ]
+    expected = [_expected(tiny_llava_dir, hf, llm, p) for p in prompts]
+    runs_before = _runner(llm).mm.num_encoder_runs
+    outputs = llm.generate(prompts, PARAMS, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outputs] == expected
+    # the placeholders span two chunks, yet each image went through the tower once
+    assert _runner(llm).mm.num_encoder_runs - runs_before == 2
+    # the image rows changed the answer (the same text with another image differs)
+    assert expected[0] != _expected(tiny_llava_dir, hf, llm, {
+        **prompts[0], "multi_modal_data": {"image": random_image(3)}})
+
+
+def test_prefix_cache_keyed_by_image(tiny_llava_dir, hf, llm):
+    text = "USER: " + "some long shared text before the picture " * 2 + "<image>\nDescribe it."
+    first = {"prompt": text, "multi_modal_data": {"image": random_image(10)}}
+    other = {"prompt": text, "multi_modal_data": {"image": random_image(11)}}
+    image_offset = llm.llm_engine.input_processor.process_prompt(first).mm_features[0].offset
+    assert image_offset >= 16  # at least one full block before the image
+    (a,) = llm.generate([first], PARAMS, use_tqdm=False)
+    (b,) = llm.generate([first], PARAMS, use_tqdm=False)
+    (c,) = llm.generate([other], PARAMS, use_tqdm=False)
+    expected_first = _expected(tiny_llava_dir, hf, llm, first)
+    expected_other = _expected(tiny_llava_dir, hf, llm, other)
+    assert a.outputs[0].token_ids == b.outputs[0].token_ids == expected_first
+    assert c.outputs[0].token_ids == expected_other != expected_first
+    # same image: the blocks through the image hit; another image: only the text before it
+    assert b.num_cached_tokens > image_offset + 16
+    assert c.num_cached_tokens == image_offset // 16 * 16
+
+
+def test_prompt_checks(llm):
+    image = random_image(5)
+    with pytest.raises(ValueError, match="placeholders"):
+        llm.generate({"prompt": "no placeholder here", "multi_modal_data": {"image": image}},
+                     PARAMS, use_tqdm=False)
+    with pytest.raises(ValueError, match="at most 1"):
+        llm.generate({"prompt": "<image> <image>", "multi_modal_data": {"image": [image] * 2}},
+                     PARAMS, use_tqdm=False)
+    with pytest.raises(ValueError, match="no images"):
+        llm.generate("a prompt with <image> but no image", PARAMS, use_tqdm=False)
+    with pytest.raises(ValueError, match="PIL"):
+        llm.generate({"prompt": "<image>", "multi_modal_data": {"image": b"bytes"}}, PARAMS,
+                     use_tqdm=False)
+    # the engine still serves after the refusals
+    assert llm.generate("still serving", PARAMS, use_tqdm=False)[0].outputs[0].token_ids
+
+
+def test_block_hashes_mix_in_the_image():
+    import numpy as np
+
+    from pagedllm.core.block_hash import make_block_hasher
+    from pagedllm.multimodal.inputs import MultiModalFeature
+    from pagedllm.request import Request
+
+    def hashes(identifier: str) -> list[int]:
+        feature = MultiModalFeature("image", identifier, 20, 8, np.zeros(1, np.float32))
+        request = Request("r", list(range(48)), PARAMS, 8, block_hasher=make_block_hasher(16),
+                          mm_features=[feature])
+        return request.block_hashes
+
+    a, b = hashes("a"), hashes("b")
+    assert a[0] == b[0]  # before the image
+    assert a[1] != b[1]  # holds the image's placeholders
+    assert a[2] != b[2]  # after it: chained
+    assert hashes("a") == a
