@@ -78,9 +78,7 @@ class InputProcessor:
             text_only = {k: v for k, v in prompt.items() if k != "multi_modal_data"}
             processed = self._process(text_only, add_special_tokens)
             return self._process_multimodal(processed, prompt["multi_modal_data"])
-        processed = self._process(prompt, add_special_tokens)
-        self._validate_placeholders(processed)
-        return processed
+        return self._process(prompt, add_special_tokens)
 
     def _process(self, prompt: PromptType, add_special_tokens: bool) -> ProcessedPrompt:
         if isinstance(prompt, dict):
@@ -167,7 +165,7 @@ class InputProcessor:
         # is where the tokenizer is, and the engine core only ever sees token ids.
         self.tokenize_bad_words(params)
 
-    def _validate_placeholders(self, prompt: ProcessedPrompt) -> None:
+    def validate_placeholders(self, prompt: ProcessedPrompt) -> None:
         """A vision-language model's image token only ever stands for an image's features: a
         prompt holding it without images is refused (the model would read an embedding that
         was never trained as input)."""

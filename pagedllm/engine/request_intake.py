@@ -50,6 +50,7 @@ class RequestIntake:
         if request_id in self._children:
             raise ValueError(f"request id {request_id!r} is already in use")
         processed = self.input_processor.process_prompt(prompt)
+        self.input_processor.validate_placeholders(processed)
         self.input_processor.validate_lora(lora_request)
         arrival_time = arrival_time if arrival_time is not None else time.time()
         if isinstance(params, PoolingParams):
