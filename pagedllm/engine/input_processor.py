@@ -169,7 +169,8 @@ class InputProcessor:
         """A vision-language model's image token only ever stands for an image's features: a
         prompt holding it without images is refused (the model would read an embedding that
         was never trained as input)."""
-        image_token = getattr(self.model_config.hf_config, "image_token_index", None)
+        hf_config = getattr(self.model_config, "hf_config", None)
+        image_token = getattr(hf_config, "image_token_index", None)
         if (image_token is not None and not prompt.mm_features
                 and image_token in prompt.prompt_token_ids):
             raise ValueError("the prompt holds image placeholder tokens but no images "
