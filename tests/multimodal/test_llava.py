@@ -110,3 +110,28 @@ def test_block_hashes_mix_in_the_image():
     assert a[1] != b[1]  # holds the image's placeholders
     assert a[2] != b[2]  # after it: chained
     assert hashes("a") == a
+
+
+def test_preemption_reencodes_and_matches_hf(tiny_llava_dir, hf):
+    """6 blocks of 16 tokens for three image prompts of ~30 tokens growing by 24: requests are
+    preempted (their encoder rows dropped with their KV) and recomputed on their return."""
+    small = LLM(tiny_llava_dir, num_gpu_blocks_override=6, enable_prefix_caching=False,
+                max_model_len=96, max_num_batched_tokens=16)
+    engine = small.llm_engine
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    prompts = [{"prompt": f"USER: <image>\nPicture {i}? ASSISTANT:",
+                "multi_modal_data": {"image": random_image(20 + i)}} for i in range(3)]
+    for i, prompt in enumerate(prompts):
+        engine.add_request(str(i), prompt, params)
+    finished, preemptions = {}, 0
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                finished[int(out.request_id)] = out.outputs[0].token_ids
+        preemptions += engine.last_stats.num_preemptions if engine.last_stats else 0
+    assert preemptions > 0, "6 blocks of 16 tokens must force preemption"
+    for i, prompt in enumerate(prompts):
+        ids = engine.input_processor.process_prompt(prompt).prompt_token_ids
+        images = [prompt["multi_modal_data"]["image"]]
+        assert finished[i] == hf_llava_greedy(tiny_llava_dir, hf, ids, images, 24), i
+    assert _runner(small).mm.num_encoder_runs > 3  # re-encoded after preemption
