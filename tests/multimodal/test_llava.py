@@ -135,3 +135,21 @@ def test_preemption_reencodes_and_matches_hf(tiny_llava_dir, hf):
         images = [prompt["multi_modal_data"]["image"]]
         assert finished[i] == hf_llava_greedy(tiny_llava_dir, hf, ids, images, 24), i
     assert _runner(small).mm.num_encoder_runs > 3  # re-encoded after preemption
+
+
+def test_chat_with_image_url_part(tiny_llava_dir, hf, llm):
+    from tests.multimodal.conftest import data_url
+
+    image = random_image(30)
+    (out,) = llm.chat([{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": data_url(image)}},
+        {"type": "text", "text": "What is shown?"}]}], PARAMS, use_tqdm=False)
+    image_id = hf.config.image_token_index
+    assert out.prompt_token_ids.count(image_id) == 16
+    assert "<image>\nWhat is shown?" in out.prompt
+    assert out.outputs[0].token_ids == hf_llava_greedy(tiny_llava_dir, hf, out.prompt_token_ids,
+                                                       [image], MAX_TOKENS)
+    with pytest.raises(ValueError, match="base64"):
+        llm.chat([{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,%%%"}}]}], PARAMS,
+            use_tqdm=False)

@@ -11,7 +11,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pagedllm.entrypoints.openai.chat_media import expand_prompt, extract_images
 from pagedllm.entrypoints.openai.chat_output import ChoiceStream, OutputOptions, finish_reason
 from pagedllm.entrypoints.openai.chat_tools import ToolMode, ToolSettings, tool_mode
 from pagedllm.entrypoints.openai.errors import BadRequestError, OpenAIError, error_body
@@ -38,6 +37,7 @@ from pagedllm.entrypoints.openai.serving_engine import (
     top_logprobs,
 )
 from pagedllm.entrypoints.openai.serving_models import OpenAIServingModels
+from pagedllm.multimodal.chat_images import expand_prompt, extract_images
 from pagedllm.outputs import CompletionOutput, RequestOutput
 from pagedllm.reasoning import ReasoningParser
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
@@ -135,8 +135,11 @@ class OpenAIServingChat(OpenAIServing):
         mm_data = None
         if prompt_ids is None:
             hf_config = self.engine.model_config.hf_config
-            chat = extract_images(request.conversation(), hf_config, self.tokenizer,
-                                  self.engine.config.multimodal)
+            try:
+                chat = extract_images(request.conversation(), hf_config, self.tokenizer,
+                                      self.engine.config.multimodal)
+            except ValueError as e:
+                raise BadRequestError(str(e), param="messages", code="invalid_image") from e
             prompt_ids = self.render_prompt(
                 chat.conversation, request.chat_template, request.add_generation_prompt,
                 request.continue_final_message, request.add_special_tokens,

@@ -3,7 +3,8 @@ placeholder in the text the chat template renders (as vLLM does for templates th
 content: one placeholder line per image, before the message's text).
 
 Every image is loaded and checked (count, bytes, pixels, source) here, before the prompt is
-rendered or anything reaches the engine: a bad image is the caller's 400.
+rendered or anything reaches the engine: a bad image is the caller's ValueError (the server's
+400). Shared by the server's chat path and `LLM.chat`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pagedllm.config.multimodal import MultiModalConfig
-from pagedllm.entrypoints.openai.errors import BadRequestError
 from pagedllm.multimodal.media import load_image_url
 from pagedllm.multimodal.processor import expand_placeholders, is_multimodal, num_image_tokens
 
@@ -30,14 +30,13 @@ def extract_images(conversation: list[dict[str, Any]], hf_config: Any, tokenizer
     if not any(_has_image(m) for m in conversation):
         return ChatImages(conversation)
     if not is_multimodal(hf_config):
-        raise BadRequestError("this model takes no images (image_url content parts)",
-                              param="messages")
+        raise ValueError("this model takes no images (image_url content parts)")
     placeholder = tokenizer.convert_ids_to_tokens(int(hf_config.image_token_index))
     count = sum(1 for m in conversation for p in _parts(m) if p.get("type") == "image_url")
     limit = config.limit("image")
     if count > limit:
-        raise BadRequestError(f"the messages hold {count} images; at most {limit} are allowed "
-                              f"per prompt (--limit-mm-per-prompt)", param="messages")
+        raise ValueError(f"the messages hold {count} images; at most {limit} are allowed per "
+                         f"prompt (--limit-mm-per-prompt)")
     images: list[Any] = []
     messages = []
     for message in conversation:
@@ -51,8 +50,7 @@ def extract_images(conversation: list[dict[str, Any]], hf_config: Any, tokenizer
                 try:
                     images.append(load_image_url(part["image_url"]["url"], config))
                 except ValueError as e:
-                    raise BadRequestError(f"image {len(images)}: {e}", param="messages",
-                                          code="invalid_image") from e
+                    raise ValueError(f"image {len(images)}: {e}") from None
                 placeholders.append(placeholder)
             else:
                 texts.append(part.get("text") or "")
