@@ -24,7 +24,8 @@ def hf(tiny_llava_dir):
 @pytest.fixture(scope="module")
 def llm(tiny_llava_dir):
     # a 16-token budget: each image's 16 placeholders are split over two steps
-    return LLM(tiny_llava_dir, kv_cache_memory="16MiB", max_num_batched_tokens=16)
+    return LLM(tiny_llava_dir, kv_cache_memory="16MiB", max_num_batched_tokens=16,
+               limit_mm_per_prompt={"image": 2})
 
 
 def _runner(llm: LLM):
@@ -45,13 +46,15 @@ def test_mixed_batch_matches_hf(tiny_llava_dir, hf, llm):
         {"prompt": "Tell me a story about the weather today, please."},
         {"prompt": "USER: a question <image> about this ASSISTANT:",
          "multi_modal_data": {"image": random_image(2, (64, 30))}},
+        {"prompt": "USER: <image> and <image>: which differs? ASSISTANT:",
+         "multi_modal_data": {"image": [random_image(4), random_image(1)]}},
     ]
     expected = [_expected(tiny_llava_dir, hf, llm, p) for p in prompts]
     runs_before = _runner(llm).mm.num_encoder_runs
     outputs = llm.generate(prompts, PARAMS, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outputs] == expected
     # the placeholders span two chunks, yet each image went through the tower once
-    assert _runner(llm).mm.num_encoder_runs - runs_before == 2
+    assert _runner(llm).mm.num_encoder_runs - runs_before == 4
     # the image rows changed the answer (the same text with another image differs)
     assert expected[0] != _expected(tiny_llava_dir, hf, llm, {
         **prompts[0], "multi_modal_data": {"image": random_image(3)}})
@@ -64,7 +67,9 @@ def test_prefix_cache_keyed_by_image(tiny_llava_dir, hf, llm):
     image_offset = llm.llm_engine.input_processor.process_prompt(first).mm_features[0].offset
     assert image_offset >= 16  # at least one full block before the image
     (a,) = llm.generate([first], PARAMS, use_tqdm=False)
+    runs = _runner(llm).mm.num_encoder_runs
     (b,) = llm.generate([first], PARAMS, use_tqdm=False)
+    assert _runner(llm).mm.num_encoder_runs == runs  # the image's blocks hit: no encoding
     (c,) = llm.generate([other], PARAMS, use_tqdm=False)
     expected_first = _expected(tiny_llava_dir, hf, llm, first)
     expected_other = _expected(tiny_llava_dir, hf, llm, other)
@@ -80,8 +85,11 @@ def test_prompt_checks(llm):
     with pytest.raises(ValueError, match="placeholders"):
         llm.generate({"prompt": "no placeholder here", "multi_modal_data": {"image": image}},
                      PARAMS, use_tqdm=False)
-    with pytest.raises(ValueError, match="at most 1"):
-        llm.generate({"prompt": "<image> <image>", "multi_modal_data": {"image": [image] * 2}},
+    with pytest.raises(ValueError, match="at most 2"):
+        llm.generate({"prompt": "<image> <image> <image>",
+                      "multi_modal_data": {"image": [image] * 3}}, PARAMS, use_tqdm=False)
+    with pytest.raises(ValueError, match="2 image placeholders and 1 images"):
+        llm.generate({"prompt": "<image> <image>", "multi_modal_data": {"image": image}},
                      PARAMS, use_tqdm=False)
     with pytest.raises(ValueError, match="no images"):
         llm.generate("a prompt with <image> but no image", PARAMS, use_tqdm=False)
