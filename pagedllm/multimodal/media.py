@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
@@ -79,8 +80,18 @@ def _remote_bytes(url: str, config: MultiModalConfig) -> bytes:
     if host not in {d.lower() for d in config.allowed_media_domains}:
         raise ValueError(f"image URLs from {host or 'this host'!r} are refused (start the "
                          f"server with --allowed-media-domains to allow a host)")
+    opener = urllib.request.build_opener(_NoRedirect)
     try:
-        with urllib.request.urlopen(url, timeout=_FETCH_TIMEOUT_S) as response:  # noqa: S310
+        with opener.open(url, timeout=_FETCH_TIMEOUT_S) as response:
             return response.read(config.max_image_bytes + 1)
     except OSError as e:
         raise ValueError(f"could not fetch the image: {e}") from None
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect could lead from an allowed host to any other (an internal address): the
+    allowed host must serve the image itself."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        raise urllib.error.HTTPError(newurl, code, "redirects are not followed for images",
+                                     headers, fp)
