@@ -78,6 +78,12 @@ FAMILIES: dict[str, list[tuple[str, dict]]] = {
     "FalconForCausalLM": [("FalconConfig", v) for v in test_falcon.VARIANTS.values()],
     # (transformers has no InternLM2 config; the model reads Llama's fields plus `bias`)
     "InternLM2ForCausalLM": [("LlamaConfig", {"bias": True})],
+    # (the CLIP tower and projector are plain replicated torch modules, not checked here)
+    "LlavaForConditionalGeneration": [("LlavaConfig", {
+        "text_config": {**TINY_LLAMA, "vocab_size": 385, "model_type": "llama"},
+        "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                          "num_attention_heads": 4, "image_size": 28, "patch_size": 7,
+                          "model_type": "clip_vision_model"}})],
 }
 CASES = [(arch, cls, overrides) for arch, configs in FAMILIES.items() for cls, overrides in configs]
 
