@@ -161,3 +161,28 @@ def test_chat_with_image_url_part(tiny_llava_dir, hf, llm):
         llm.chat([{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,%%%"}}]}], PARAMS,
             use_tqdm=False)
+
+
+def test_prompt_logprobs_match_hf(tiny_llava_dir, hf, llm):
+    """Every prompt position's log-probabilities (text and image rows, the prefill chunked
+    through the image) within 1e-4 of HF's: what the greedy tokens could hide."""
+    import torch
+    from transformers import AutoImageProcessor
+
+    image = random_image(40)
+    prompt = {"prompt": "USER: <image>\nWhat is in the picture? ASSISTANT:",
+              "multi_modal_data": {"image": image}}
+    params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=2)
+    (out,) = llm.generate([prompt], params, use_tqdm=False)
+    ids = out.prompt_token_ids
+    pixels = AutoImageProcessor.from_pretrained(tiny_llava_dir)(
+        images=[image], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        logits = hf(input_ids=torch.tensor([ids]), pixel_values=pixels).logits[0]
+    reference = torch.log_softmax(logits.float(), dim=-1)
+    checked = 0
+    for position, entry in enumerate(out.prompt_logprobs[1:]):  # position predicts position+1
+        for token, logprob in entry.items():
+            assert abs(logprob.logprob - reference[position, token].item()) < 1e-4, position
+            checked += 1
+    assert checked >= 2 * (len(ids) - 1)
