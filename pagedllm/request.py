@@ -17,6 +17,7 @@ from pagedllm.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
     from pagedllm.lora.request import LoRARequest
+    from pagedllm.multimodal.inputs import MultiModalFeature
     from pagedllm.structured_output.request import StructuredOutputRequest
 
 
@@ -107,8 +108,12 @@ class Request:
         block_hasher: BlockHasher | None = None,
         lora_request: LoRARequest | None = None,
         cache_salt: str | None = None,
+        mm_features: list[MultiModalFeature] | None = None,
     ) -> None:
         self.request_id = request_id
+        self.mm_features = mm_features
+        """The prompt's images; their content hashes are part of the prefix-cache keys of the
+        blocks holding their placeholders, so it must be set before the block hasher runs."""
         self.lora_request = lora_request
         """The adapter the request runs under (None: the base model); part of its prefix-cache
         keys, so it must be set before the block hasher first runs."""

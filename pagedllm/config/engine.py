@@ -8,6 +8,7 @@ from pagedllm.config.cache import CacheConfig
 from pagedllm.config.device import DeviceConfig
 from pagedllm.config.lora import LoRAConfig
 from pagedllm.config.model import ModelConfig
+from pagedllm.config.multimodal import MultiModalConfig
 from pagedllm.config.scheduler import SchedulerConfig
 from pagedllm.config.speculative import SpeculativeConfig
 from pagedllm.config.structured_outputs import StructuredOutputsConfig
@@ -24,6 +25,8 @@ class EngineConfig:
     """Speculative decoding (None: off)."""
     lora: LoRAConfig | None = None
     """Multi-LoRA serving (None: off, requests may not name an adapter)."""
+    multimodal: MultiModalConfig = field(default_factory=MultiModalConfig)
+    """Image limits and sources (used by vision-language models only)."""
 
     def __post_init__(self) -> None:
         if not self.scheduler.enable_chunked_prefill and (

@@ -8,9 +8,12 @@ prefixes up to and including that block:
 
 A request under a LoRA adapter, or with a `cache_salt`, starts its chain from a root mixed with
 the adapter's id and name and the salt (`request_root_hash`), so the same prompt under two
-adapters (or none), or two salts (or none), never shares a block. Only full blocks are hashed;
-a partial tail block has no hash. H is SHA-256 over a fixed binary encoding, truncated to 64
-bits: deterministic across processes, collision risk negligible.
+adapters (or none), or two salts (or none), never shares a block. A block holding placeholder
+tokens of an image mixes in that image's content hash (`MultiModalFeature.identifier`): the
+placeholder ids are the same for every image, so the same prompt with two different images never
+shares a block, and with the same image does. Only full blocks are hashed; a partial tail block
+has no hash. H is SHA-256 over a fixed binary encoding, truncated to 64 bits: deterministic
+across processes, collision risk negligible.
 """
 
 from __future__ import annotations
@@ -43,11 +46,23 @@ def request_root_hash(request: Request) -> int:
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "little")
 
 
-def hash_block_tokens(parent_hash: int | None, token_ids: Sequence[int]) -> int:
-    """Hash one full block given its parent block's hash (None: first block)."""
+def hash_block_tokens(parent_hash: int | None, token_ids: Sequence[int],
+                      extra_keys: Sequence[str] = ()) -> int:
+    """Hash one full block given its parent block's hash (None: first block); extra_keys: the
+    content hashes of the images whose placeholders it holds."""
     parent = ROOT_PARENT_HASH if parent_hash is None else parent_hash
     data = struct.pack(f"<Q{len(token_ids)}q", parent, *token_ids)
+    for key in extra_keys:
+        data += b"\0" + key.encode()
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "little")
+
+
+def block_extra_keys(request: Request, start: int, end: int) -> tuple[str, ...]:
+    """The identifiers of the request's images with placeholders in positions [start, end)."""
+    features = request.mm_features
+    if not features:
+        return ()
+    return tuple(f.identifier for f in features if f.overlaps(start, end))
 
 
 def hash_request_tokens(block_size: int, token_ids: Sequence[int]) -> list[int]:
@@ -71,7 +86,9 @@ def make_block_hasher(block_size: int) -> BlockHasher:
         parent = request.block_hashes[-1] if request.block_hashes else request_root_hash(request)
         new_hashes: list[int] = []
         for i in range(len(request.block_hashes), request.num_tokens // block_size):
-            parent = hash_block_tokens(parent, token_ids[i * block_size : (i + 1) * block_size])
+            start, end = i * block_size, (i + 1) * block_size
+            parent = hash_block_tokens(parent, token_ids[start:end],
+                                       block_extra_keys(request, start, end))
             new_hashes.append(parent)
         return new_hashes
 

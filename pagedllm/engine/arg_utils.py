@@ -11,6 +11,7 @@ from pagedllm.config import (
     EngineConfig,
     LoRAConfig,
     ModelConfig,
+    MultiModalConfig,
     SchedulerConfig,
     SpeculativeConfig,
     StructuredOutputsConfig,
@@ -67,6 +68,16 @@ class EngineArgs:
     """Engine cores, each its own process, behind one front end (engine/dp_client.py)."""
     data_parallel_routing: str = "prefix_aware"
     """How a request picks its core: "prefix_aware" or "least_loaded" (config/parallel.py)."""
+    limit_mm_per_prompt: str | dict[str, int] | None = None
+    """Images per prompt, vLLM's form: '{"image": 2}' or a dict (None: one)."""
+    max_image_bytes: int | None = None
+    """Encoded size of one image (None: 20 MiB)."""
+    max_image_pixels: int | None = None
+    """Width x height of one image (None: 4096 x 4096)."""
+    allowed_local_media_path: str | None = None
+    """Directory file:// image URLs may be read from (None: local files refused)."""
+    allowed_media_domains: list[str] | None = None
+    """Hosts http(s) image URLs may be fetched from (None: remote URLs refused)."""
 
     def create_engine_config(self) -> EngineConfig:
         from pagedllm.model_executor.model_loader.config import load_model_config
@@ -111,6 +122,11 @@ class EngineArgs:
             speculative=_with_draft_model(SpeculativeConfig.parse(self.speculative_config),
                                           model_config, device),
             lora=self._lora_config(),
+            multimodal=MultiModalConfig.parse(
+                self.limit_mm_per_prompt, max_image_bytes=self.max_image_bytes,
+                max_image_pixels=self.max_image_pixels,
+                allowed_local_media_path=self.allowed_local_media_path,
+                allowed_media_domains=self.allowed_media_domains),
         )
 
     def _lora_config(self) -> LoRAConfig | None:

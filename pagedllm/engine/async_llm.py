@@ -64,7 +64,8 @@ class AsyncLLM:
         self.tokenizer = tokenizer
         self.input_processor = InputProcessor(self.model_config, tokenizer,
                                               self.config.structured_outputs, self.config.lora,
-                                              self.config.scheduler.policy)
+                                              scheduling_policy=self.config.scheduler.policy,
+                                              multimodal=self.config.multimodal)
         self.output_processor = OutputProcessor(tokenizer)
         self.stat_loggers = list(stat_loggers or [])
         self.request_stats = RequestStatsTracker()

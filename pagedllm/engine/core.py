@@ -51,6 +51,7 @@ class EngineCore(EngineCoreBase):
                 block_hasher=self.scheduler.block_hasher,
                 lora_request=request.lora_request,
                 cache_salt=request.cache_salt,
+                mm_features=request.mm_features,
             )
         )
 

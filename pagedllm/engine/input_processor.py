@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pagedllm.config import LoRAConfig, ModelConfig, StructuredOutputsConfig
+from pagedllm.config import LoRAConfig, ModelConfig, MultiModalConfig, StructuredOutputsConfig
 from pagedllm.lora.peft_config import check_adapter_shapes, read_adapter
 from pagedllm.lora.request import LoRARequest
+from pagedllm.multimodal.inputs import MultiModalFeature
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
 
@@ -42,22 +43,62 @@ class ProcessedPrompt:
     prompt_token_ids: list[int]
     token_type_ids: list[int] | None = None
     """BERT segment ids (a text pair for a cross-encoder); None: every token is segment 0."""
+    mm_features: list[MultiModalFeature] | None = None
+    """The prompt's images (vision-language models), in prompt order; None: text only."""
 
 
 class InputProcessor:
     def __init__(self, model_config: ModelConfig, tokenizer: Any,
                  structured_outputs: StructuredOutputsConfig | None = None,
                  lora_config: LoRAConfig | None = None, scheduling_policy: str = "fcfs",
-                 ) -> None:
+                 multimodal: MultiModalConfig | None = None) -> None:
         self.model_config = model_config
         self.tokenizer = tokenizer
         self.structured_outputs = structured_outputs or StructuredOutputsConfig()
         self.lora_config = lora_config
         self.scheduling_policy = scheduling_policy
+        self.multimodal = multimodal or MultiModalConfig()
+        self._mm_processor: Any = None
+
+    def _process_multimodal(self, processed: ProcessedPrompt, data: Any) -> ProcessedPrompt:
+        """vLLM's multi_modal_data={"image": PIL image or a list of them}: the placeholders
+        expanded, one feature per image."""
+        from pagedllm.multimodal.processor import MultiModalProcessor, is_multimodal
+
+        if not is_multimodal(self.model_config.hf_config):
+            raise ValueError(f"{self.model_config.model} takes no images (multi_modal_data)")
+        if not isinstance(data, dict) or set(data) - {"image"}:
+            raise ValueError("multi_modal_data must be a dict with the key 'image'")
+        images = data.get("image")
+        images = images if isinstance(images, (list, tuple)) else [images]
+        images = [self._checked_image(image) for image in images if image is not None]
+        if self._mm_processor is None:
+            self._mm_processor = MultiModalProcessor(self.model_config.hf_config,
+                                                     self.model_config.path, self.multimodal)
+        ids, features = self._mm_processor.process(processed.prompt_token_ids, images)
+        return ProcessedPrompt(processed.prompt, ids, processed.token_type_ids, features or None)
+
+    def _checked_image(self, image: Any) -> Any:
+        from PIL import Image
+
+        if not isinstance(image, Image.Image):
+            raise ValueError(f"multi_modal_data['image'] must be PIL images, got "
+                             f"{type(image).__name__}")
+        if image.width * image.height > self.multimodal.max_image_pixels:
+            raise ValueError(f"image is {image.width}x{image.height} pixels; the limit is "
+                             f"{self.multimodal.max_image_pixels}")
+        return image.convert("RGB")
 
     def process_prompt(
         self, prompt: PromptType, add_special_tokens: bool = True
     ) -> ProcessedPrompt:
+        if isinstance(prompt, dict) and prompt.get("multi_modal_data") is not None:
+            text_only = {k: v for k, v in prompt.items() if k != "multi_modal_data"}
+            processed = self._process(text_only, add_special_tokens)
+            return self._process_multimodal(processed, prompt["multi_modal_data"])
+        return self._process(prompt, add_special_tokens)
+
+    def _process(self, prompt: PromptType, add_special_tokens: bool) -> ProcessedPrompt:
         if isinstance(prompt, dict):
             if "prompt_token_ids" in prompt:
                 processed = self._from_token_ids(prompt["prompt_token_ids"])
@@ -66,7 +107,7 @@ class InputProcessor:
                                                                  processed.prompt_token_ids)
                 return processed
             if "prompt" in prompt:
-                return self.process_prompt(prompt["prompt"], add_special_tokens)
+                return self._process(prompt["prompt"], add_special_tokens)
             raise ValueError("prompt dict needs 'prompt' or 'prompt_token_ids'")
         if isinstance(prompt, str):
             if not prompt:
@@ -150,6 +191,17 @@ class InputProcessor:
         if priority != 0 and self.scheduling_policy != "priority":
             raise ValueError(f"priority {priority} needs priority scheduling; the engine runs "
                              f"--scheduling-policy {self.scheduling_policy}")
+
+    def validate_placeholders(self, prompt: ProcessedPrompt) -> None:
+        """A vision-language model's image token only ever stands for an image's features: a
+        prompt holding it without images is refused (the model would read an embedding that
+        was never trained as input)."""
+        hf_config = getattr(self.model_config, "hf_config", None)
+        image_token = getattr(hf_config, "image_token_index", None)
+        if (image_token is not None and not prompt.mm_features
+                and image_token in prompt.prompt_token_ids):
+            raise ValueError("the prompt holds image placeholder tokens but no images "
+                             "(multi_modal_data / image_url content parts)")
 
     def validate_lora(self, lora: LoRARequest | None) -> None:
         """A request's adapter: LoRA must be on, and the adapter readable and within the

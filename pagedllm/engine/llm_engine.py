@@ -25,7 +25,8 @@ class LLMEngine:
         self.tokenizer = load_tokenizer(config.model)
         self.input_processor = InputProcessor(config.model, self.tokenizer,
                                               config.structured_outputs, config.lora,
-                                              config.scheduler.policy)
+                                              scheduling_policy=config.scheduler.policy,
+                                              multimodal=config.multimodal)
         self.output_processor = OutputProcessor(self.tokenizer)
         self.engine_core = core_client or InprocClient(config)
         self.step_profiler: StepProfiler = (

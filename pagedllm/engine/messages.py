@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 # The engine core's outputs are produced by the scheduler, so they live with its contracts.
 from pagedllm.core.sched.output import EngineCoreOutput, EngineCoreOutputs
 from pagedllm.lora.request import LoRARequest
+from pagedllm.multimodal.inputs import MultiModalFeature
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
 
@@ -30,3 +31,5 @@ class EngineCoreRequest:
     """BERT's segment of each prompt token (a cross-encoder's text pair); None: all 0."""
     cache_salt: str | None = None
     """Prefix-cache isolation: only requests with the same salt share cached blocks."""
+    mm_features: list[MultiModalFeature] | None = None
+    """The prompt's images (pixels, placeholder positions, content hashes); None: text only."""

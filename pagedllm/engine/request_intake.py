@@ -52,6 +52,7 @@ class RequestIntake:
         processed = self.input_processor.process_prompt(prompt)
         cache_salt = cache_salt_of(prompt)
         self.input_processor.validate_priority(priority)
+        self.input_processor.validate_placeholders(processed)
         self.input_processor.validate_lora(lora_request)
         arrival_time = arrival_time if arrival_time is not None else time.time()
         if isinstance(params, PoolingParams):
@@ -75,7 +76,8 @@ class RequestIntake:
             EngineCoreRequest(child_id, processed.prompt_token_ids, child_params, arrival_time,
                               priority, pooling_params=pooling,
                               lora_request=lora_request, cache_salt=cache_salt,
-                              token_type_ids=processed.token_type_ids)  # fmt: skip
+                              token_type_ids=processed.token_type_ids,
+                              mm_features=processed.mm_features)  # fmt: skip
             for child_id, child_params in samples
         ]
         return AcceptedRequest(processed.prompt_token_ids, core_requests)

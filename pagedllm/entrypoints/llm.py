@@ -26,6 +26,7 @@ from pagedllm.entrypoints.score_utils import (
     pair_lists,
 )
 from pagedllm.lora.request import LoRARequest
+from pagedllm.multimodal.chat_images import extract_images
 from pagedllm.outputs import (
     ClassificationRequestOutput,
     EmbeddingRequestOutput,
@@ -115,15 +116,22 @@ class LLM:
         (lora_request: as in generate)."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         tokenizer = self.get_tokenizer()
+        config = self.llm_engine.config
         prompts = []
         for conversation in conversations:
+            # image_url parts (vision-language models): loaded and checked, placeholders in
+            chat = extract_images(conversation, config.model.hf_config, tokenizer,
+                                  config.multimodal)
             text = apply_chat_template(
-                tokenizer, conversation, chat_template, add_generation_prompt,
+                tokenizer, chat.conversation, chat_template, add_generation_prompt,
                 continue_final_message,
             )
             # The template already holds the special tokens (BOS etc.): do not add them again.
             ids = tokenizer.encode(text, add_special_tokens=False)
-            prompts.append({"prompt_token_ids": ids, "prompt": text})
+            prompt: dict[str, Any] = {"prompt_token_ids": ids, "prompt": text}
+            if chat.images:
+                prompt["multi_modal_data"] = {"image": chat.images}
+            prompts.append(prompt)
         outputs = self.generate(prompts, sampling_params, use_tqdm, lora_request)
         for output, prompt in zip(outputs, prompts):
             output.prompt = prompt["prompt"]

@@ -27,6 +27,7 @@ from pagedllm.spec_decode.calibration import forward_seconds
 from pagedllm.spec_decode.draft_model import DraftModelDrafter
 from pagedllm.spec_decode.drafter import Drafter
 from pagedllm.worker.input_batch import InputBatch
+from pagedllm.worker.mm_embeddings import MultiModalEmbeddings
 from pagedllm.worker.row_arrays import positions_within
 from pagedllm.worker.step_inputs import StepInputs, prepare_inputs
 
@@ -74,6 +75,9 @@ class ModelRunner:
         """Speculative decoding: proposes each step's drafts for the next (None: off)."""
         self.lora = lora_manager
         """Multi-LoRA: the requests' adapters and the layers' slots (None: off)."""
+        self.mm = (MultiModalEmbeddings(model, device)
+                   if getattr(model, "supports_multimodal", False) else None)
+        """Vision-language models: each image's encoder output, per running request."""
         self.metadata_builder = backend.get_builder_cls()()
         layers = attention_layers(model)
         assert len(layers) == len(kv_caches), (len(layers), len(kv_caches))
@@ -105,7 +109,13 @@ class ModelRunner:
             if self.lora is not None:
                 lora_mapping = self.lora.step_mapping(inputs.req_ids, inputs.num_scheduled)
         with step_phase("forward"), set_forward_context(attn_metadata, lora_mapping):
-            hidden = self.model(inputs.input_ids, inputs.positions)
+            if self.mm is not None:
+                embeds = self.mm.input_embeds(
+                    inputs.input_ids, inputs.req_ids,
+                    self.input_batch.num_computed_tokens[inputs.rows], inputs.num_scheduled)
+                hidden = self.model(inputs.input_ids, inputs.positions, inputs_embeds=embeds)
+            else:
+                hidden = self.model(inputs.input_ids, inputs.positions)
             # the LM head is part of the model's work, not the sampler's
             logits = None
             if not self.pool_last_token and inputs.sampling_req_ids:
@@ -142,8 +152,12 @@ class ModelRunner:
                 self.drafter.remove_request(req_id)
             if self.lora is not None:
                 self.lora.remove_request(req_id)
+            if self.mm is not None:
+                self.mm.remove_request(req_id)
         for new in so.scheduled_new_reqs:
             batch.add_request(new)
+            if self.mm is not None:
+                self.mm.add_request(new.req_id, new.mm_features)
             if self.lora is not None:
                 self.lora.add_request(new.req_id, new.lora_request)
             if self.drafter is not None:

@@ -86,6 +86,12 @@ FAMILIES: dict[str, list[tuple[str, dict]]] = {
     "DeepseekV2ForCausalLM": [test_deepseek.VARIANTS["v2_lite"], test_deepseek.VARIANTS["v2"]],
     "DeepseekV3ForCausalLM": [test_deepseek.VARIANTS["v3"]],
     "BloomForCausalLM": [("BloomConfig", v) for v in test_bloom.VARIANTS.values()],
+    # (the CLIP tower and projector are plain replicated torch modules, not checked here)
+    "LlavaForConditionalGeneration": [("LlavaConfig", {
+        "text_config": {**TINY_LLAMA, "vocab_size": 385, "model_type": "llama"},
+        "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                          "num_attention_heads": 4, "image_size": 28, "patch_size": 7,
+                          "model_type": "clip_vision_model"}})],
 }
 CASES = [(arch, cls, overrides) for arch, configs in FAMILIES.items() for cls, overrides in configs]
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from pagedllm.lora.request import LoRARequest
 from pagedllm.metrics.stats import SchedulerStats
+from pagedllm.multimodal.inputs import MultiModalFeature
 from pagedllm.request import FinishReason
 from pagedllm.sampling_params import SamplingParams
 
@@ -29,6 +30,8 @@ class NewRequestData:
     """Tokens already in the cache (prefix-cache hits), where this step's chunk starts."""
     lora_request: LoRARequest | None = None
     """The adapter the request runs under (None: the base model)."""
+    mm_features: list[MultiModalFeature] | None = None
+    """The prompt's images, for the runner's vision encoder (None: text only)."""
 
 
 @dataclass

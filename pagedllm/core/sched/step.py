@@ -35,6 +35,7 @@ class StepBuilder:
             block_ids=block_ids,
             num_computed_tokens=request.num_computed_tokens,
             lora_request=request.lora_request,
+            mm_features=request.mm_features,
         )
         self._take(request.request_id, num_tokens)
 

@@ -74,6 +74,17 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     lora.add_argument("--max-lora-rank", type=int, default=16, help="largest adapter rank")
     lora.add_argument("--max-cpu-loras", type=int, default=None,
                       help="adapters cached in CPU memory (default: --max-loras)")
+    media = parser.add_argument_group("images (vision-language models)")
+    media.add_argument("--limit-mm-per-prompt", default=None,
+                       help='images per prompt as JSON, e.g. \'{"image": 2}\' (default: 1)')
+    media.add_argument("--max-image-bytes", type=int, default=None,
+                       help="encoded size of one image (default: 20 MiB)")
+    media.add_argument("--max-image-pixels", type=int, default=None,
+                       help="width x height of one image (default: 4096 x 4096)")
+    media.add_argument("--allowed-local-media-path", default=None,
+                       help="directory that file: image URLs may read from (default: refused)")
+    media.add_argument("--allowed-media-domains", nargs="+", default=None,
+                       help="hosts that http(s) image URLs may be fetched from (default: none)")
     _add_data_parallel_args(parser)
 
 
@@ -173,4 +184,9 @@ def engine_args_from(args: argparse.Namespace) -> EngineArgs:
         max_cpu_loras=args.max_cpu_loras,
         data_parallel_size=args.data_parallel_size,
         data_parallel_routing=args.data_parallel_routing,
+        limit_mm_per_prompt=args.limit_mm_per_prompt,
+        max_image_bytes=args.max_image_bytes,
+        max_image_pixels=args.max_image_pixels,
+        allowed_local_media_path=args.allowed_local_media_path,
+        allowed_media_domains=args.allowed_media_domains,
     )

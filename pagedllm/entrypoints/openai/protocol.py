@@ -175,9 +175,25 @@ class CompletionStreamResponse(CompletionResponse):
 # ---- chat ---------------------------------------------------------------------------------------
 
 
+class ImageURL(OpenAIBaseModel):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
 class ChatContentPart(OpenAIBaseModel):
-    type: Literal["text"]
-    text: str
+    type: Literal["text", "image_url"]
+    text: str | None = None
+    image_url: ImageURL | None = None
+    """An image: a data URL (base64), a file: URL under --allowed-local-media-path, or an
+    http(s) URL from --allowed-media-domains."""
+
+    @model_validator(mode="after")
+    def _check_part(self) -> ChatContentPart:
+        if self.type == "text" and self.text is None:
+            raise ValueError("a text content part needs 'text'")
+        if self.type == "image_url" and self.image_url is None:
+            raise ValueError("an image_url content part needs 'image_url'")
+        return self
 
 
 class ChatMessageParam(OpenAIBaseModel):

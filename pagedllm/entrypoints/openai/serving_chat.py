@@ -37,6 +37,7 @@ from pagedllm.entrypoints.openai.serving_engine import (
     top_logprobs,
 )
 from pagedllm.entrypoints.openai.serving_models import OpenAIServingModels
+from pagedllm.multimodal.chat_images import expand_prompt, extract_images
 from pagedllm.outputs import CompletionOutput, RequestOutput
 from pagedllm.reasoning import ReasoningParser
 from pagedllm.sampling_params import RequestOutputKind, SamplingParams
@@ -131,18 +132,31 @@ class OpenAIServingChat(OpenAIServing):
             mode = tool_mode(request, self.settings.tools)
         except ValueError as e:
             raise BadRequestError(str(e), param="tool_choice") from e
+        mm_data = None
         if prompt_ids is None:
+            hf_config = self.engine.model_config.hf_config
+            try:
+                chat = extract_images(request.conversation(), hf_config, self.tokenizer,
+                                      self.engine.config.multimodal)
+            except ValueError as e:
+                raise BadRequestError(str(e), param="messages", code="invalid_image") from e
             prompt_ids = self.render_prompt(
-                request.conversation(), request.chat_template, request.add_generation_prompt,
+                chat.conversation, request.chat_template, request.add_generation_prompt,
                 request.continue_final_message, request.add_special_tokens,
                 self.prompt_tools(request), request.chat_template_kwargs)
+            if chat.images:
+                if request.use_beam_search or request.truncate_prompt_tokens is not None:
+                    raise BadRequestError("images cannot be combined with use_beam_search or "
+                                          "truncate_prompt_tokens", param="messages")
+                prompt_ids = expand_prompt(prompt_ids, hf_config)
+                mm_data = {"image": chat.images}
             prompt_ids = self.truncate_prompt(prompt_ids, request.truncate_prompt_tokens)
         params = self._sampling_params(request, prompt_ids)
         if self._needs_special_tokens(mode):
             params.skip_special_tokens = False
         options = OutputOptions(mode, self.reasoning_parser, request.include_reasoning)
         stream = self.generate_for(prompt_ids, request, params, request_id,
-                                   self.models.lora_request(request.model))
+                                   self.models.lora_request(request.model), mm_data)
         return ChatRun(request_id, model_name, prompt_ids, stream, options)
 
     def _needs_special_tokens(self, mode: ToolMode) -> bool:

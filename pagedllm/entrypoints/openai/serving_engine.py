@@ -101,12 +101,16 @@ class OpenAIServing:
     def generate(self, prompt_ids: list[int], params: SamplingParams,
                  request_id: str, lora_request: LoRARequest | None = None,
                  cache_salt: str | None = None, priority: int = 0,
+                 multi_modal_data: dict[str, Any] | None = None,
                  ) -> AsyncIterator[RequestOutput]:
         """The engine's stream with its errors mapped to HTTP errors, its usage charged to the
-        request's API key (--api-keys-file) when it ends."""
+        request's API key (--api-keys-file) when it ends. multi_modal_data: the prompt's images
+        (vLLM's {"image": [...]}), whose placeholders prompt_ids holds."""
         prompt: dict[str, Any] = {"prompt_token_ids": prompt_ids}
         if cache_salt is not None:
             prompt["cache_salt"] = cache_salt
+        if multi_modal_data:
+            prompt["multi_modal_data"] = multi_modal_data
         stream = http_errors(
             self.engine.generate(prompt, params, request_id, priority=priority,
                                  lora_request=lora_request)
@@ -118,7 +122,9 @@ class OpenAIServing:
 
     def generate_for(self, prompt_ids: list[int], request: SamplingExtras,
                      params: SamplingParams, request_id: str,
-                     lora_request: LoRARequest | None = None) -> AsyncIterator[RequestOutput]:
+                     lora_request: LoRARequest | None = None,
+                     multi_modal_data: dict[str, Any] | None = None,
+                     ) -> AsyncIterator[RequestOutput]:
         """The request's stream: sampling with `params`, or with use_beam_search the n best
         beams as one finished output (its max_tokens and skip_special_tokens from `params`).
         A request beam search cannot serve is a 400 raised here, before anything runs, and so is
@@ -128,8 +134,9 @@ class OpenAIServing:
         generate = functools.partial(self.generate, lora_request=lora_request,
                                      cache_salt=request.cache_salt, priority=request.priority)
         if not request.use_beam_search:
+            with_images = functools.partial(generate, multi_modal_data=multi_modal_data)
             return self._admitted(prompt_ids, params.n, self._timed(prompt_ids, params,
-                                                                     request_id, generate))
+                                                                     request_id, with_images))
         assert params.max_tokens is not None
         beam_params = beam_search_params(request, params.max_tokens, self.speculative_decoding)
         return self._admitted(prompt_ids, beam_params.beam_width, beam_search_stream(

@@ -35,9 +35,12 @@ def load_model_config(
     if not architectures:
         raise ValueError(f"{source.name}: the config names no architecture ('architectures')")
     embedding = resolve_embedding(task, architectures[0], source, hf_config)
+    # A vision-language model (LLaVA) nests its decoder's config: the cache and the lengths are
+    # the text model's; hf_config stays the whole config (the model needs the vision part).
+    text_config = text_config_of(hf_config)
     if max_model_len is None and embedding.max_seq_length is not None:
-        max_model_len = min(embedding.max_seq_length, resolve_max_model_len(None, hf_config))
-    num_heads = hf_config.num_attention_heads
+        max_model_len = min(embedding.max_seq_length, resolve_max_model_len(None, text_config))
+    num_heads = text_config.num_attention_heads
     model_dtype = resolve_dtype(dtype, hf_config, device)
     return ModelConfig(
         model=source.name,
@@ -47,13 +50,14 @@ def load_model_config(
         hf_config=hf_config,
         dtype=model_dtype,
         compute_dtype=resolve_compute_dtype(model_dtype, device),
-        max_model_len=resolve_max_model_len(max_model_len, hf_config),
-        vocab_size=hf_config.vocab_size,
-        hidden_size=hf_config.hidden_size,
-        num_hidden_layers=hf_config.num_hidden_layers,
+        max_model_len=resolve_max_model_len(max_model_len, text_config),
+        vocab_size=text_config.vocab_size,
+        hidden_size=text_config.hidden_size,
+        num_hidden_layers=text_config.num_hidden_layers,
         num_attention_heads=num_heads,
-        **kv_cache_heads(architectures[0], hf_config),
-        eos_token_ids=tuple(sorted(eos_token_ids(source, hf_config))),
+        **kv_cache_heads(architectures[0], text_config),
+        eos_token_ids=tuple(sorted(eos_token_ids(source, hf_config)
+                                   | eos_token_ids(source, text_config))),
         quantization=_resolve_quantization(quantization, source, hf_config),
         enforce_eager=enforce_eager,
         seed=seed,
@@ -79,6 +83,15 @@ def kv_cache_heads(architecture: str, hf_config: Any) -> dict[str, Any]:
         "head_dim": getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads,
         "use_mla": False,
     }
+
+
+def text_config_of(hf_config: Any) -> Any:
+    """The decoder's config: a multimodal config's text_config, else the config itself."""
+    if getattr(hf_config, "vision_config", None) is not None:
+        text = getattr(hf_config, "text_config", None)
+        if text is not None:
+            return text
+    return hf_config
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,9 @@ MODEL_REGISTRY.register("Qwen2MoeForCausalLM", f"{_MODELS}.qwen2_moe", "Qwen2Moe
 MODEL_REGISTRY.register("Qwen3MoeForCausalLM", f"{_MODELS}.qwen3_moe", "Qwen3MoeForCausalLM")
 MODEL_REGISTRY.register("DeepseekV2ForCausalLM", f"{_MODELS}.deepseek_v2", "DeepseekV2ForCausalLM")
 MODEL_REGISTRY.register("DeepseekV3ForCausalLM", f"{_MODELS}.deepseek_v2", "DeepseekV3ForCausalLM")
+# Vision-language: a CLIP tower + projector whose image embeddings replace placeholder tokens.
+MODEL_REGISTRY.register("LlavaForConditionalGeneration", f"{_MODELS}.llava",
+                        "LlavaForConditionalGeneration")
 
 MLA_ARCHITECTURES = frozenset({"DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM"})
 """Native architectures whose attention is multi-head latent attention: their KV cache holds the

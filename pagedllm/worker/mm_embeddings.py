@@ -1,0 +1,74 @@
+"""The runner's multimodal step: each image's encoder output computed once per request, and the
+step's input embeddings with image rows written over their placeholder positions.
+
+An image's embeddings are computed at the first step whose chunk reaches one of its placeholder
+tokens (the whole image at once, even if the chunk covers only part of it) and kept until the
+request leaves the batch; later chunks of the same prompt slice from the kept rows, so chunked
+prefill never runs the tower twice nor feeds it a partial image. A preempted request leaves the
+batch (its KV is gone too) and recomputes on its return, from the same pixels. A prefix-cache hit
+that covers an image's placeholders skips it entirely: those positions are never scheduled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from pagedllm.multimodal.inputs import MultiModalFeature
+
+
+class MultiModalEmbeddings:
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        self.model = model
+        self.device = device
+        self._features: dict[str, list[MultiModalFeature]] = {}
+        self._encoded: dict[tuple[str, int], torch.Tensor] = {}
+        """(request id, image index) -> [length, hidden]: kept while the request runs."""
+        self.num_encoder_runs = 0
+        """Images encoded so far (tests check it: once per image per request)."""
+
+    def add_request(self, req_id: str, features: list[MultiModalFeature] | None) -> None:
+        if features:
+            self._features[req_id] = features
+
+    def remove_request(self, req_id: str) -> None:
+        features = self._features.pop(req_id, None)
+        for index in range(len(features or ())):
+            self._encoded.pop((req_id, index), None)
+
+    def input_embeds(self, input_ids: torch.Tensor, req_ids: list[str], starts: np.ndarray,
+                     counts: np.ndarray) -> torch.Tensor | None:
+        """The step's [T, hidden] input embeddings, or None when no scheduled token is an
+        image placeholder (the model then embeds the ids itself). starts/counts: each
+        request's first scheduled position and its number of tokens, in packing order."""
+        writes: list[tuple[int, torch.Tensor]] = []
+        offset = 0
+        for req_id, start, count in zip(req_ids, starts.tolist(), counts.tolist()):
+            end = start + count
+            for index, feature in enumerate(self._features.get(req_id, ())):
+                if not feature.overlaps(start, end):
+                    continue
+                rows = self._encode(req_id, index, feature)
+                lo, hi = max(start, feature.offset), min(end, feature.end)
+                writes.append((offset + lo - start,
+                               rows[lo - feature.offset : hi - feature.offset]))
+            offset += count
+        if not writes:
+            return None
+        embeds = self.model.embed_input_ids(input_ids).clone()
+        for at, rows in writes:
+            embeds[at : at + len(rows)] = rows.to(embeds.dtype)
+        return embeds
+
+    def _encode(self, req_id: str, index: int, feature: MultiModalFeature) -> torch.Tensor:
+        key = (req_id, index)
+        if key not in self._encoded:
+            pixels = torch.from_numpy(feature.pixel_values).unsqueeze(0).to(self.device)
+            (rows,) = self.model.embed_multimodal(pixels)
+            if len(rows) != feature.length:
+                raise RuntimeError(f"image {index} of {req_id}: the encoder gave {len(rows)} "
+                                   f"rows for {feature.length} placeholder tokens")
+            self._encoded[key] = rows
+            self.num_encoder_runs += 1
+        return self._encoded[key]
