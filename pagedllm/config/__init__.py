@@ -3,12 +3,14 @@ from pagedllm.config.device import DeviceConfig
 from pagedllm.config.engine import EngineConfig
 from pagedllm.config.lora import LoRAConfig
 from pagedllm.config.model import ModelConfig
+from pagedllm.config.parallel import ParallelConfig
 from pagedllm.config.scheduler import SchedulerConfig
 from pagedllm.config.speculative import SpeculativeConfig
 from pagedllm.config.structured_outputs import StructuredOutputsConfig
 
 __all__ = [
-    "CacheConfig", "DeviceConfig", "EngineConfig", "LoRAConfig", "ModelConfig", "SchedulerConfig",
+    "CacheConfig", "DeviceConfig", "EngineConfig", "LoRAConfig", "ModelConfig", "ParallelConfig",
+    "SchedulerConfig",
     "SpeculativeConfig",
     "StructuredOutputsConfig",
 ]

@@ -8,6 +8,7 @@ from pagedllm.config.cache import CacheConfig
 from pagedllm.config.device import DeviceConfig
 from pagedllm.config.lora import LoRAConfig
 from pagedllm.config.model import ModelConfig
+from pagedllm.config.parallel import ParallelConfig
 from pagedllm.config.scheduler import SchedulerConfig
 from pagedllm.config.speculative import SpeculativeConfig
 from pagedllm.config.structured_outputs import StructuredOutputsConfig
@@ -24,6 +25,8 @@ class EngineConfig:
     """Speculative decoding (None: off)."""
     lora: LoRAConfig | None = None
     """Multi-LoRA serving (None: off, requests may not name an adapter)."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Tensor parallelism and where the ranks run."""
 
     def __post_init__(self) -> None:
         if not self.scheduler.enable_chunked_prefill and (
@@ -34,3 +37,24 @@ class EngineConfig:
                 f"({self.scheduler.max_num_batched_tokens}) must be >= max_model_len "
                 f"({self.model.max_model_len})"
             )
+        self._check_parallel()
+
+    def _check_parallel(self) -> None:
+        """Refuse what does not run split over ranks yet, naming it."""
+        tp = self.parallel.tensor_parallel_size
+        if tp == 1:
+            return
+        if self.lora is not None:
+            raise ValueError(f"LoRA adapters do not run with tensor_parallel_size={tp} yet")
+        if self.speculative is not None and self.speculative.method == "draft_model":
+            raise ValueError(f"a draft model does not run with tensor_parallel_size={tp} yet")
+        if self.model.is_encoder_only:
+            raise ValueError(f"{self.model.architecture} is an encoder; encoders do not run "
+                             f"with tensor_parallel_size={tp}")
+        if self.model.num_attention_heads % tp:
+            raise ValueError(f"{self.model.num_attention_heads} attention heads cannot be split "
+                             f"over tensor_parallel_size={tp}")
+        kv = self.model.num_kv_heads
+        if kv % tp and tp % kv:
+            raise ValueError(f"{kv} KV heads cannot be split or replicated over "
+                             f"tensor_parallel_size={tp}")

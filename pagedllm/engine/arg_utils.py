@@ -11,6 +11,7 @@ from pagedllm.config import (
     EngineConfig,
     LoRAConfig,
     ModelConfig,
+    ParallelConfig,
     SchedulerConfig,
     SpeculativeConfig,
     StructuredOutputsConfig,
@@ -62,6 +63,16 @@ class EngineArgs:
     """Largest adapter rank accepted."""
     max_cpu_loras: int | None = None
     """Adapters cached in CPU memory (None: max_loras)."""
+    tensor_parallel_size: int = 1
+    """Ranks each layer is split over (-tp)."""
+    pipeline_parallel_size: int = 1
+    """Pipeline stages (-pp; only 1 is implemented)."""
+    data_parallel_size: int = 1
+    """Engine cores behind one server (-dp)."""
+    distributed_executor_backend: str | None = None
+    """"uni", "mp" or "ray"; None: "uni" for one rank, "mp" for several."""
+    ray_address: str | None = None
+    """The Ray cluster the "ray" backend joins (None: RAY_ADDRESS, else a local one)."""
 
     def create_engine_config(self) -> EngineConfig:
         from pagedllm.model_executor.model_loader.config import load_model_config
@@ -106,6 +117,16 @@ class EngineArgs:
             speculative=_with_draft_model(SpeculativeConfig.parse(self.speculative_config),
                                           model_config, device),
             lora=self._lora_config(),
+            parallel=self._parallel_config(),
+        )
+
+    def _parallel_config(self) -> ParallelConfig:
+        return ParallelConfig(
+            tensor_parallel_size=self.tensor_parallel_size,
+            pipeline_parallel_size=self.pipeline_parallel_size,
+            data_parallel_size=self.data_parallel_size,
+            distributed_executor_backend=self.distributed_executor_backend,
+            ray_address=self.ray_address,
         )
 
     def _lora_config(self) -> LoRAConfig | None:

@@ -90,7 +90,8 @@ class LlamaAttention(nn.Module):
         self.o_proj = RowParallelLinear(
             num_heads * head_dim, config.hidden_size, o_bias, prefix=f"{prefix}.o_proj"
         )
-        self.split_sizes = [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim]
+        # this rank's q | k | v columns (all heads at tensor-parallel size 1)
+        self.split_sizes = list(self.qkv_proj.output_sizes_per_partition)
         self.q_norm = qk_norm(head_dim, config.rms_norm_eps) if qk_norm else None
         self.k_norm = qk_norm(head_dim, config.rms_norm_eps) if qk_norm else None
         self.rotary_emb = rotary_emb
@@ -204,6 +205,9 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
+    supports_tensor_parallel = True
+    """Every layer is a parallel role and attention works per head (families whose q/k norm
+    spans all heads set it False)."""
     packed_modules_mapping = {
         "qkv_proj": ["q_proj", "k_proj", "v_proj"],
         "gate_up_proj": ["gate_proj", "up_proj"],

@@ -1,0 +1,115 @@
+"""The process's place in the distributed world: the world group and the tensor-parallel group.
+
+    world  = pipeline stages x tensor-parallel ranks (one engine core's workers)
+    TP group: ranks [s*tp, (s+1)*tp) of stage s (one stage while pipeline parallelism is absent)
+
+NOTE: process groups are process-wide by nature (torch.distributed keeps its own global
+state), so this module holds them as module state too, set once when a worker starts and
+cleared by `destroy_model_parallel`; nothing per step lives here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from pagedllm.logger import init_logger
+
+logger = init_logger(__name__)
+
+
+@dataclass(frozen=True)
+class GroupCoordinator:
+    """One process group and this process's rank in it."""
+
+    ranks: tuple[int, ...]
+    """Global ranks of the group, in group-rank order."""
+    rank_in_group: int
+    group: dist.ProcessGroup | None
+    """None for a group of one (no communication)."""
+
+    @property
+    def world_size(self) -> int:
+        return len(self.ranks)
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum of x over the group's ranks (in place where x is contiguous)."""
+        if self.group is None:
+            return x
+        x = x.contiguous()
+        dist.all_reduce(x, group=self.group)
+        return x
+
+    def all_gather(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """The ranks' x concatenated along `dim`, in rank order."""
+        if self.group is None:
+            return x
+        parts = [torch.empty_like(x) for _ in self.ranks]
+        dist.all_gather(parts, x.contiguous(), group=self.group)
+        return torch.cat(parts, dim=dim)
+
+
+_TP: GroupCoordinator | None = None
+
+
+def backend_for_device(device: str) -> str:
+    """nccl between CUDA devices, gloo otherwise (CPU)."""
+    return "nccl" if device.startswith("cuda") else "gloo"
+
+
+def init_distributed_environment(
+    world_size: int, rank: int, distributed_init_method: str, backend: str
+) -> None:
+    """Join the world (every rank calls it with the same init method, e.g. tcp://host:port)."""
+    if world_size == 1 or dist.is_initialized():
+        return
+    dist.init_process_group(
+        backend=backend, init_method=distributed_init_method, world_size=world_size, rank=rank
+    )
+    logger.info("rank %d of %d joined the world (%s, %s)", rank, world_size, backend,
+                distributed_init_method)
+
+
+def initialize_model_parallel(tensor_parallel_size: int) -> None:
+    """Form the tensor-parallel groups (after init_distributed_environment)."""
+    global _TP
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if world_size % tensor_parallel_size:
+        raise ValueError(f"world size {world_size} is not a multiple of tensor_parallel_size="
+                         f"{tensor_parallel_size}")
+    mine: GroupCoordinator | None = None
+    for start in range(0, world_size, tensor_parallel_size):
+        ranks = tuple(range(start, start + tensor_parallel_size))
+        # NOTE: every rank creates every group, in the same order (torch.distributed's rule)
+        group = dist.new_group(list(ranks)) if tensor_parallel_size > 1 else None
+        if rank in ranks:
+            mine = GroupCoordinator(ranks, ranks.index(rank), group)
+    _TP = mine
+
+
+def model_parallel_is_initialized() -> bool:
+    return _TP is not None
+
+
+def get_tp_group() -> GroupCoordinator:
+    """This process's tensor-parallel group (a group of one when none was initialized)."""
+    return _TP if _TP is not None else GroupCoordinator((0,), 0, None)
+
+
+def get_tensor_model_parallel_world_size() -> int:
+    return get_tp_group().world_size
+
+
+def get_tensor_model_parallel_rank() -> int:
+    return get_tp_group().rank_in_group
+
+
+def destroy_model_parallel() -> None:
+    """Leave the groups and the world (a worker's shutdown)."""
+    global _TP
+    _TP = None
+    if dist.is_initialized():
+        dist.destroy_process_group()
