@@ -105,7 +105,11 @@ class VocabParallelEmbedding(nn.Module):
         if isinstance(loaded, torch.Tensor):
             self._load_rows(param, loaded)
             return
-        assert self.tp_size == 1, "GGUF tables load whole (tp_size 1)"
+        rows = self.vocab_end_index - self.vocab_start_index
+        if rows != self.num_embeddings_per_partition:  # padded: the float table has the rows
+            self._load_rows(param, loaded.dequantize())
+            return
+        loaded = loaded.narrow(0, self.vocab_start_index, rows)  # this rank's rows, in blocks
         if loaded.qtype.name in supported_gguf_types() and compiled_kernel_fits(
             self.embedding_dim,
             32,

@@ -60,6 +60,9 @@ def dense_linear(
 class UnquantizedLinearMethod(QuantizeMethodBase):
     """Dense weights in the model dtype."""
 
+    supports_tensor_parallel = True
+    """Its weight loader takes the rank's slice (LinearBase._rank_slice)."""
+
     def __init__(self) -> None:
         self.compiled = compiled_cpu_kernels_apply()
         """Built (with its layer) float32 on the CPU, where the compiled kernel computes it."""
@@ -130,8 +133,10 @@ class LinearBase(nn.Module):
             quant_method or scoped_quant_method(self, prefix) or UnquantizedLinearMethod()
         )
         if (tp_size > 1 and self.parallel_role != "replicated"
-                and not isinstance(self.quant_method, UnquantizedLinearMethod)):
-            raise NotImplementedError("quantized layers load whole checkpoint tensors (tp_size 1)")
+                and not getattr(self.quant_method, "supports_tensor_parallel", False)):
+            raise NotImplementedError(
+                f"{type(self.quant_method).__name__} loads whole checkpoint tensors; it does "
+                f"not run with tensor_parallel_size={tp_size}")
         # bias: a row-parallel layer's is not split (added once, after the sum over ranks)
         sizes = self.input_size_per_partition, self.output_sizes_per_partition
         self.quant_method.create_weights(self, *sizes, bias, torch.get_default_dtype())
@@ -172,10 +177,13 @@ class LinearBase(nn.Module):
 
     def _rank_slice(self, loaded: torch.Tensor, index: int | None) -> torch.Tensor:
         """This rank's part of a checkpoint tensor (weight [out, in] or bias [out]) of shard
-        `index` (None: the whole layer); the tensor itself at tp_size 1."""
+        `index` (None: the whole layer); the tensor itself at tp_size 1. Anything with torch's
+        `narrow` works for one shard (GGUF blocks: model_loader.gguf.GGUFWeight)."""
         if self.tp_size == 1:
             return loaded
         if self.parallel_role == "column":
+            if index is None and len(self.output_sizes) == 1:
+                index = 0
             if index is None:  # a whole merged tensor: each shard's slice, restacked
                 parts = loaded.split(self.output_sizes)
                 return torch.cat([self._rank_slice(part, i) for i, part in enumerate(parts)])
