@@ -99,3 +99,23 @@ def test_step_round_trips_through_the_worker_encoding():
                                logprobs={"a": LogprobsLists([[5, 6]], [[-0.5, -1.0]], [1])})
     assert decode_reply("execute_model", encode_reply(output)) == (None, output)
     assert decode_reply("load_model", encode_reply(error="boom")) == ("boom", None)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0"])
+def test_gguf_blocks_narrow_to_a_ranks_slice(qtype):
+    """A rank's rows or block-aligned columns of a quantized GGUF tensor, still in blocks,
+    dequantize to the same slice of the whole tensor; a split inside a block is refused."""
+    import torch
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    from pagedllm.model_executor.model_loader.gguf import GGUFWeight
+
+    values = np.random.default_rng(0).standard_normal((8, 128)).astype(np.float32)
+    kind = GGMLQuantizationType[qtype]
+    weight = GGUFWeight(quantize(values, kind), kind, (8, 128))
+    whole = weight.dequantize()
+    assert torch.equal(weight.narrow(1, 64, 64).dequantize(), whole[:, 64:])
+    assert torch.equal(weight.narrow(0, 4, 4).dequantize(), whole[4:])
+    with pytest.raises(ValueError, match="split"):
+        weight.narrow(1, 16, 64)
