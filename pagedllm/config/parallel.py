@@ -15,6 +15,9 @@ class ParallelConfig:
     """Stages the layers are split into (only 1 is implemented)."""
     data_parallel_size: int = 1
     """Engine cores behind one API server, each with its own copy of the model."""
+    enable_expert_parallel: bool = False
+    """MoE layers: each rank holds whole experts (E / tp of them) instead of every expert's
+    1/tp slice; attention stays tensor-parallel."""
     distributed_executor_backend: str | None = None
     """Where the ranks run: "uni" (one worker in the engine core's process), "mp" (one process
     per rank on this machine) or "ray" (Ray actors, possibly on other machines); None: "uni" for

@@ -52,6 +52,9 @@ class GroupCoordinator:
 
 
 _TP: GroupCoordinator | None = None
+_EP: GroupCoordinator | None = None
+"""The expert-parallel group (--enable-expert-parallel): the TP group's ranks, each holding
+whole experts instead of every expert's slice; None when experts are split TP-style."""
 
 
 def backend_for_device(device: str) -> str:
@@ -72,9 +75,12 @@ def init_distributed_environment(
                 distributed_init_method)
 
 
-def initialize_model_parallel(tensor_parallel_size: int) -> None:
-    """Form the tensor-parallel groups (after init_distributed_environment)."""
-    global _TP
+def initialize_model_parallel(
+    tensor_parallel_size: int, enable_expert_parallel: bool = False
+) -> None:
+    """Form the tensor-parallel groups (after init_distributed_environment); with
+    enable_expert_parallel the same ranks spread MoE experts among them."""
+    global _TP, _EP
     world_size = dist.get_world_size() if dist.is_initialized() else 1
     rank = dist.get_rank() if dist.is_initialized() else 0
     if world_size % tensor_parallel_size:
@@ -88,6 +94,7 @@ def initialize_model_parallel(tensor_parallel_size: int) -> None:
         if rank in ranks:
             mine = GroupCoordinator(ranks, ranks.index(rank), group)
     _TP = mine
+    _EP = mine if enable_expert_parallel else None
 
 
 def model_parallel_is_initialized() -> bool:
@@ -97,6 +104,11 @@ def model_parallel_is_initialized() -> bool:
 def get_tp_group() -> GroupCoordinator:
     """This process's tensor-parallel group (a group of one when none was initialized)."""
     return _TP if _TP is not None else GroupCoordinator((0,), 0, None)
+
+
+def get_ep_group() -> GroupCoordinator | None:
+    """The expert-parallel group, None unless --enable-expert-parallel."""
+    return _EP
 
 
 def get_tensor_model_parallel_world_size() -> int:
@@ -109,7 +121,7 @@ def get_tensor_model_parallel_rank() -> int:
 
 def destroy_model_parallel() -> None:
     """Leave the groups and the world (a worker's shutdown)."""
-    global _TP
-    _TP = None
+    global _TP, _EP
+    _TP = _EP = None
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -69,6 +69,8 @@ class EngineArgs:
     """Pipeline stages (-pp; only 1 is implemented)."""
     data_parallel_size: int = 1
     """Engine cores behind one server (-dp)."""
+    enable_expert_parallel: bool = False
+    """MoE experts spread whole over the tensor-parallel ranks."""
     distributed_executor_backend: str | None = None
     """"uni", "mp" or "ray"; None: "uni" for one rank, "mp" for several."""
     ray_address: str | None = None
@@ -125,6 +127,7 @@ class EngineArgs:
             tensor_parallel_size=self.tensor_parallel_size,
             pipeline_parallel_size=self.pipeline_parallel_size,
             data_parallel_size=self.data_parallel_size,
+            enable_expert_parallel=self.enable_expert_parallel,
             distributed_executor_backend=self.distributed_executor_backend,
             ray_address=self.ray_address,
         )

@@ -85,7 +85,7 @@ class Worker:
             parallel.world_size, self.rank, self.distributed_init_method,
             backend_for_device(self.config.device.device),
         )  # fmt: skip
-        initialize_model_parallel(parallel.tensor_parallel_size)
+        initialize_model_parallel(parallel.tensor_parallel_size, parallel.enable_expert_parallel)
 
     def shutdown(self) -> None:
         """Leave the distributed groups (a worker process's last call)."""

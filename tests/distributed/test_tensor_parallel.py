@@ -119,3 +119,39 @@ def test_gguf_blocks_narrow_to_a_ranks_slice(qtype):
     assert torch.equal(weight.narrow(0, 4, 4).dequantize(), whole[4:])
     with pytest.raises(ValueError, match="split"):
         weight.narrow(1, 16, 64)
+
+
+@pytest.mark.parametrize("expert_parallel", [False, True])
+def test_moe_rank_shares_sum_to_the_whole_layer(monkeypatch, expert_parallel):
+    """In one process: each rank's FusedMoE (its experts' slices, or its whole experts) loaded
+    from the same checkpoint matrices; the ranks' partial outputs sum to the unsplit layer's
+    (what the all-reduce computes)."""
+    import torch
+
+    from pagedllm.distributed import parallel_state
+    from pagedllm.model_executor.layers.moe import FusedMoE
+
+    torch.manual_seed(0)
+    num_experts, hidden, inter = 4, 16, 8
+    mats = {(e, w): torch.randn(*((hidden, inter) if w == "down" else (inter, hidden)))
+            for e in range(num_experts) for w in ("gate", "up", "down")}
+
+    def build() -> FusedMoE:
+        layer = FusedMoE(num_experts, 2, hidden, inter)
+        for (expert, which), mat in mats.items():
+            param = layer.down_proj if which == "down" else layer.gate_up_proj
+            layer.weight_loader(param, mat, (expert, which))
+        return layer
+
+    x, router = torch.randn(5, hidden), torch.randn(5, num_experts)
+    whole = build()(x, router)
+    parts = []
+    for rank in range(2):
+        # a group of 2 without communication: all_reduce returns this rank's part
+        group = parallel_state.GroupCoordinator((0, 1), rank, None)
+        monkeypatch.setattr(parallel_state, "_TP", group)
+        monkeypatch.setattr(parallel_state, "_EP", group if expert_parallel else None)
+        layer = build()
+        assert layer.num_local_experts == (2 if expert_parallel else 4)
+        parts.append(layer(x, router))
+    torch.testing.assert_close(parts[0] + parts[1], whole)

@@ -79,6 +79,9 @@ def add_parallel_args(parser: argparse.ArgumentParser) -> None:
                             "ranks)")
     group.add_argument("-pp", "--pipeline-parallel-size", type=int, default=1,
                        help="pipeline stages (only 1 is implemented)")
+    group.add_argument("--enable-expert-parallel", action="store_true",
+                       help="MoE models: spread whole experts over the -tp ranks (each computes "
+                            "its experts' tokens) instead of splitting every expert")
     group.add_argument("--distributed-executor-backend", default=None,
                        choices=["uni", "mp", "ray"],
                        help="where the ranks run: mp (a process per rank, the default for "
@@ -150,6 +153,7 @@ def engine_args_from(args: argparse.Namespace) -> EngineArgs:
         num_threads=args.num_threads,
         tensor_parallel_size=args.tensor_parallel_size,
         pipeline_parallel_size=args.pipeline_parallel_size,
+        enable_expert_parallel=args.enable_expert_parallel,
         distributed_executor_backend=args.distributed_executor_backend,
         ray_address=args.ray_address,
         task=args.task,
