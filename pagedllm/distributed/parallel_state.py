@@ -10,7 +10,8 @@ cleared by `destroy_model_parallel`; nothing per step lives here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -18,6 +19,14 @@ import torch.distributed as dist
 from pagedllm.logger import init_logger
 
 logger = init_logger(__name__)
+
+
+@dataclass
+class CollectiveStats:
+    """Time this rank spent in the group's collectives (waiting for its peers included)."""
+
+    calls: int = 0
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,7 @@ class GroupCoordinator:
     rank_in_group: int
     group: dist.ProcessGroup | None
     """None for a group of one (no communication)."""
+    stats: CollectiveStats = field(default_factory=CollectiveStats, compare=False)
 
     @property
     def world_size(self) -> int:
@@ -39,7 +49,9 @@ class GroupCoordinator:
         if self.group is None:
             return x
         x = x.contiguous()
+        start = time.perf_counter()
         dist.all_reduce(x, group=self.group)
+        self._count(start)
         return x
 
     def all_gather(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -47,8 +59,14 @@ class GroupCoordinator:
         if self.group is None:
             return x
         parts = [torch.empty_like(x) for _ in self.ranks]
+        start = time.perf_counter()
         dist.all_gather(parts, x.contiguous(), group=self.group)
+        self._count(start)
         return torch.cat(parts, dim=dim)
+
+    def _count(self, start: float) -> None:
+        self.stats.calls += 1
+        self.stats.seconds += time.perf_counter() - start
 
 
 _TP: GroupCoordinator | None = None

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from pagedllm import envs
 from pagedllm.executor.abstract import Executor
 from pagedllm.executor.messages import decode_reply, encode_call, make_call
 from pagedllm.logger import init_logger
@@ -66,6 +67,9 @@ class MultiprocExecutor(Executor):
         return self._call("execute_model", (scheduler_output,), reply_rank=0)[0]
 
     def _call(self, method: str, args: tuple, reply_rank: int | None) -> list[Any]:
+        # NOTE: start-up calls (model load, a first kernel build) may take minutes; a step may
+        # not, so only execute_model has a deadline
+        timeout = envs.execute_model_timeout() if method == "execute_model" else None
         data = encode_call(make_call(method, args, reply_rank))
         for rank, conn in enumerate(self._conns):
             try:
@@ -75,18 +79,22 @@ class MultiprocExecutor(Executor):
         ranks = range(len(self._conns)) if reply_rank is None else [reply_rank]
         results = []
         for rank in ranks:
-            error, result = decode_reply(method, self._recv(rank))
+            error, result = decode_reply(method, self._recv(rank, timeout))
             if error is not None:
                 raise RuntimeError(f"{method} failed on a worker: {error}")
             results.append(result)
         return results
 
-    def _recv(self, rank: int) -> bytes:
-        """Rank `rank`'s reply; WorkerDied as soon as any rank's process is gone."""
+    def _recv(self, rank: int, timeout: float | None) -> bytes:
+        """Rank `rank`'s reply; WorkerDied as soon as any rank's process is gone, or when no
+        reply came within `timeout` seconds (None: no limit)."""
         conn = self._conns[rank]
         sentinels = {proc.sentinel: i for i, proc in enumerate(self._procs)}
         while True:
-            ready = wait([conn, *sentinels])
+            ready = wait([conn, *sentinels], timeout)
+            if not ready:
+                raise WorkerDied(f"worker rank {rank} did not answer within {timeout:.0f} s "
+                                 f"(PAGEDLLM_EXECUTE_MODEL_TIMEOUT_SECONDS)")
             if conn in ready:
                 try:
                     return conn.recv_bytes()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from pagedllm import envs
 from pagedllm.executor.abstract import Executor
 from pagedllm.executor.messages import decode_reply, encode_call, make_call
 from pagedllm.executor.multiproc_executor import WorkerDied
@@ -97,8 +98,9 @@ class RayDistributedExecutor(Executor):
         return self._call("execute_model", (scheduler_output,), reply_rank=0)[0]
 
     def _call(self, method: str, args: tuple, reply_rank: int | None) -> list[Any]:
+        timeout = envs.execute_model_timeout() if method == "execute_model" else None
         data = encode_call(make_call(method, args, reply_rank))
-        replies = self._wait_all([actor.handle.remote(data) for actor in self._actors])
+        replies = self._wait_all([actor.handle.remote(data) for actor in self._actors], timeout)
         results = []
         for rank, reply in enumerate(replies):
             if reply_rank is not None and rank != reply_rank:
@@ -109,15 +111,19 @@ class RayDistributedExecutor(Executor):
             results.append(result)
         return results
 
-    def _wait_all(self, refs: list[Any]) -> list[Any]:
+    def _wait_all(self, refs: list[Any], timeout: float | None) -> list[Any]:
         """Every rank's reply, in rank order; WorkerDied as soon as one rank fails (its peers
-        may be waiting for it in a collective and would never answer)."""
+        may be waiting for it in a collective and would never answer) or when `timeout`
+        seconds pass without a reply."""
         import ray
 
         replies: dict[Any, Any] = {}
         pending = list(refs)
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
+            ready, pending = ray.wait(pending, num_returns=1, timeout=timeout)
+            if not ready:
+                raise WorkerDied(f"{len(pending)} worker rank(s) did not answer within "
+                                 f"{timeout:.0f} s (PAGEDLLM_EXECUTE_MODEL_TIMEOUT_SECONDS)")
             for ref in ready:
                 try:
                     replies[ref] = ray.get(ref)

@@ -87,6 +87,16 @@ class Worker:
         )  # fmt: skip
         initialize_model_parallel(parallel.tensor_parallel_size, parallel.enable_expert_parallel)
 
+    def collective_stats(self) -> dict[str, float]:
+        """Collectives of the tensor-parallel group since the last call (benchmarks read the
+        all-reduce time per step: `LLM.collective_rpc("collective_stats")`); zeros at tp 1."""
+        from pagedllm.distributed import get_tp_group
+
+        stats = get_tp_group().stats
+        result = {"calls": stats.calls, "seconds": stats.seconds}
+        stats.calls, stats.seconds = 0, 0.0
+        return result
+
     def shutdown(self) -> None:
         """Leave the distributed groups (a worker process's last call)."""
         from pagedllm.distributed import destroy_model_parallel, model_parallel_is_initialized

@@ -37,7 +37,12 @@ def run_engine(model_dir: str, prompts: list[list[int]], tp: int) -> list[list[i
     llm = LLM(model_dir, kv_cache_memory="16MiB", max_num_batched_tokens=16,
               tensor_parallel_size=tp)
     try:
-        return greedy(llm, prompts)
+        tokens = greedy(llm, prompts)
+        stats = llm.collective_rpc("collective_stats")
+        # every rank took part in the same collectives (2 all-reduces per layer, the embedding's
+        # and the logits' gather per step)
+        assert len({s["calls"] for s in stats}) == 1 and stats[0]["calls"] > 0 or tp == 1
+        return tokens
     finally:
         llm.llm_engine.engine_core.shutdown()
 
