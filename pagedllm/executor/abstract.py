@@ -48,5 +48,8 @@ class Executor(ABC):
     ) -> ModelRunnerOutput:
         return self.collective_rpc("execute_model", (scheduler_output,))[0]
 
+    def check_health(self) -> None:
+        """Raise if a worker is gone (nothing to check when it lives in this process)."""
+
     def shutdown(self) -> None:
         """Stop the workers (nothing to do when they live in this process)."""

@@ -109,6 +109,11 @@ class MultiprocExecutor(Executor):
         return WorkerDied(f"worker rank {rank} (pid {proc.pid}) died"
                           f" (exit code {proc.exitcode})")
 
+    def check_health(self) -> None:
+        for rank, proc in enumerate(self._procs):
+            if not proc.is_alive():
+                raise self._died(rank)
+
     def shutdown(self) -> None:
         """Close the pipes (the workers exit on EOF), then terminate any that linger."""
         for conn in getattr(self, "_conns", []):

@@ -64,3 +64,43 @@ def test_killed_rank_fails_the_stream_and_health(tp_server):
         refused = http.post("/v1/completions", json={**body, "stream": False})
         assert refused.status_code == 503
     assert "worker rank 1" in tp_server.log()
+
+
+def test_idle_engine_core_exits_when_a_rank_dies(tiny_llama_dir):
+    """No request in flight: the engine core's idle loop checks its ranks each second and
+    exits with the dead rank's error; the other rank follows (its pipe closes)."""
+    from pagedllm.engine.arg_utils import EngineArgs
+    from pagedllm.engine.core_client import MPClient
+
+    client = MPClient(EngineArgs(model=tiny_llama_dir, kv_cache_memory="16MiB",
+                                 tensor_parallel_size=2))
+    try:
+        children = _children(client.pid)
+        assert len(children) >= 2, children
+        os.kill(children[-1], signal.SIGKILL)
+        killed = time.monotonic()
+        while client.is_alive():
+            assert time.monotonic() - killed < DEATH_SECONDS, "the engine core lives on"
+            time.sleep(0.1)
+        while any(_alive(pid) for pid in children):
+            assert time.monotonic() - killed < DEATH_SECONDS, "a worker outlived its engine"
+            time.sleep(0.1)
+    finally:
+        client.shutdown()
+
+
+def _children(pid: int) -> list[int]:
+    """The worker processes of the engine core `pid` (not its resource tracker)."""
+    import psutil
+
+    return [child.pid for child in psutil.Process(pid).children()
+            if "resource_tracker" not in " ".join(child.cmdline())]
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
