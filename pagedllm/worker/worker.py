@@ -81,6 +81,9 @@ class Worker:
         )
 
         assert self.distributed_init_method is not None, "a world of several ranks needs one"
+        if self.config.device.device == "cuda":
+            # one GPU per rank: "cuda" means the current device from here on (model, cache)
+            torch.cuda.set_device(self.rank % torch.cuda.device_count())
         init_distributed_environment(
             parallel.world_size, self.rank, self.distributed_init_method,
             backend_for_device(self.config.device.device),
