@@ -77,13 +77,12 @@ class MultiprocExecutor(Executor):
             except (BrokenPipeError, OSError) as e:
                 raise self._died(rank) from e
         ranks = range(len(self._conns)) if reply_rank is None else [reply_rank]
-        results = []
-        for rank in ranks:
-            error, result = decode_reply(method, self._recv(rank, timeout))
-            if error is not None:
-                raise RuntimeError(f"{method} failed on a worker: {error}")
-            results.append(result)
-        return results
+        # every answer is read before an error is raised: none may be left in a pipe
+        replies = [decode_reply(method, self._recv(rank, timeout)) for rank in ranks]
+        errors = [error for error, _ in replies if error is not None]
+        if errors:
+            raise RuntimeError(f"{method} failed on a worker: {errors[0]}")
+        return [result for _, result in replies]
 
     def _recv(self, rank: int, timeout: float | None) -> bytes:
         """Rank `rank`'s reply; WorkerDied as soon as any rank's process is gone, or when no
@@ -162,10 +161,12 @@ def _may_have_children() -> Iterator[None]:
     not orphaned; ours cannot be: each exits when its pipe to us closes, which the OS does
     however this process ends."""
     config = multiprocessing.current_process()._config  # type: ignore[attr-defined]
-    daemon = config.get("daemon")
+    had, daemon = "daemon" in config, config.get("daemon")
     config["daemon"] = False
     try:
         yield
     finally:
-        if daemon is not None:
+        if had:
             config["daemon"] = daemon
+        else:
+            del config["daemon"]
