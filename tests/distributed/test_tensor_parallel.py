@@ -33,9 +33,9 @@ def greedy(llm: LLM, prompts: list[list[int]]) -> list[list[int]]:
     return [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
 
 
-def run_engine(model_dir: str, prompts: list[list[int]], tp: int) -> list[list[int]]:
+def run_engine(model_dir: str, prompts: list[list[int]], tp: int, **kwargs) -> list[list[int]]:
     llm = LLM(model_dir, kv_cache_memory="16MiB", max_num_batched_tokens=16,
-              tensor_parallel_size=tp)
+              tensor_parallel_size=tp, **kwargs)
     try:
         tokens = greedy(llm, prompts)
         stats = llm.collective_rpc("collective_stats")
@@ -56,6 +56,16 @@ def test_tp2_greedy_equals_tp1_and_hf(tiny_model_factory, family):
     expected = [hf_greedy(hf, p, MAX_TOKENS) for p in prompts]
     assert run_engine(model_dir, prompts, tp=1) == expected
     assert run_engine(model_dir, prompts, tp=2) == expected
+
+
+def test_expert_parallel_tp2_equals_hf(tiny_model_factory):
+    """--enable-expert-parallel: each rank holds 2 of Mixtral's 4 experts whole."""
+    config_cls, overrides = FAMILIES["mixtral"]
+    model_dir = tiny_model_factory(config_cls, **overrides)
+    hf = load_hf_model(model_dir)
+    prompts = random_prompts(LENGTHS, hf.config.vocab_size)
+    expected = [hf_greedy(hf, p, MAX_TOKENS) for p in prompts]
+    assert run_engine(model_dir, prompts, tp=2, enable_expert_parallel=True) == expected
 
 
 def test_parallel_config_refusals():
