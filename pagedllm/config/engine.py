@@ -41,16 +41,20 @@ class EngineConfig:
 
     def _check_parallel(self) -> None:
         """Refuse what does not run split over ranks yet, naming it."""
-        tp = self.parallel.tensor_parallel_size
-        if tp == 1:
+        tp, pp = self.parallel.tensor_parallel_size, self.parallel.pipeline_parallel_size
+        split = f"tensor_parallel_size={tp}, pipeline_parallel_size={pp}"
+        if tp * pp == 1:
             return
         if self.lora is not None:
-            raise ValueError(f"LoRA adapters do not run with tensor_parallel_size={tp} yet")
+            raise ValueError(f"LoRA adapters do not run with {split} yet")
         if self.speculative is not None and self.speculative.method == "draft_model":
-            raise ValueError(f"a draft model does not run with tensor_parallel_size={tp} yet")
+            raise ValueError(f"a draft model does not run with {split} yet")
         if self.model.is_encoder_only:
             raise ValueError(f"{self.model.architecture} is an encoder; encoders do not run "
-                             f"with tensor_parallel_size={tp}")
+                             f"with {split}")
+        if pp > self.model.num_hidden_layers:
+            raise ValueError(f"{self.model.num_hidden_layers} layers cannot be split into "
+                             f"pipeline_parallel_size={pp} stages")
         if self.model.num_attention_heads % tp:
             raise ValueError(f"{self.model.num_attention_heads} attention heads cannot be split "
                              f"over tensor_parallel_size={tp}")

@@ -12,7 +12,8 @@ class ParallelConfig:
     tensor_parallel_size: int = 1
     """Ranks each layer's weights are split over (heads, MLP columns, vocabulary)."""
     pipeline_parallel_size: int = 1
-    """Stages the layers are split into (only 1 is implemented)."""
+    """Stages the decoder layers are split into; hidden states pass from stage to stage (one
+    batch in flight: no micro-batches yet)."""
     data_parallel_size: int = 1
     """Engine cores behind one API server, each with its own copy of the model."""
     enable_expert_parallel: bool = False
@@ -30,11 +31,6 @@ class ParallelConfig:
         for name in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.pipeline_parallel_size > 1:
-            raise ValueError(
-                f"pipeline_parallel_size={self.pipeline_parallel_size}: pipeline parallelism "
-                "is not implemented in pagedllm; use tensor_parallel_size (-tp) instead"
-            )
         backend = self.distributed_executor_backend
         if backend is not None and backend not in EXECUTOR_BACKENDS:
             raise ValueError(

@@ -15,18 +15,20 @@ from pagedllm.distributed.parallel_state import (
     backend_for_device,
     destroy_model_parallel,
     get_ep_group,
+    get_pp_group,
     get_tensor_model_parallel_rank,
     get_tensor_model_parallel_world_size,
     get_tp_group,
     init_distributed_environment,
     initialize_model_parallel,
     model_parallel_is_initialized,
+    pp_layer_range,
 )
 from pagedllm.distributed.utils import divide, kv_heads_per_rank
 
 __all__ = [
     "backend_for_device", "destroy_model_parallel", "divide", "get_ep_group",
-    "get_tensor_model_parallel_rank",
+    "get_pp_group", "get_tensor_model_parallel_rank", "pp_layer_range",
     "get_tensor_model_parallel_world_size", "get_tp_group", "init_distributed_environment",
     "initialize_model_parallel", "kv_heads_per_rank", "model_parallel_is_initialized",
     "tensor_model_parallel_all_gather", "tensor_model_parallel_all_reduce",

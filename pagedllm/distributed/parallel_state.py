@@ -1,7 +1,8 @@
 """The process's place in the distributed world: the world group and the tensor-parallel group.
 
     world  = pipeline stages x tensor-parallel ranks (one engine core's workers)
-    TP group: ranks [s*tp, (s+1)*tp) of stage s (one stage while pipeline parallelism is absent)
+    TP group: ranks [s*tp, (s+1)*tp) of stage s
+    PP group: ranks r, r+tp, ..., r+(pp-1)*tp (the r-th TP rank of every stage, in stage order)
 
 NOTE: process groups are process-wide by nature (torch.distributed keeps its own global
 state), so this module holds them as module state too, set once when a worker starts and
@@ -64,12 +65,45 @@ class GroupCoordinator:
         self._count(start)
         return torch.cat(parts, dim=dim)
 
+    @property
+    def is_first_rank(self) -> bool:
+        return self.rank_in_group == 0
+
+    @property
+    def is_last_rank(self) -> bool:
+        return self.rank_in_group == self.world_size - 1
+
+    def send_next(self, x: torch.Tensor) -> None:
+        """To the next rank of the group (pipeline: the next stage)."""
+        start = time.perf_counter()
+        dist.send(x.contiguous(), dst=self.ranks[self.rank_in_group + 1])
+        self._count(start)
+
+    def recv_prev(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """From the previous rank of the group."""
+        x = torch.empty(shape, dtype=dtype)
+        start = time.perf_counter()
+        dist.recv(x, src=self.ranks[self.rank_in_group - 1])
+        self._count(start)
+        return x
+
+    def broadcast_from_last(self, x: torch.Tensor) -> torch.Tensor:
+        """The last rank's x on every rank of the group (x gives the shape elsewhere)."""
+        if self.group is None:
+            return x
+        x = x.contiguous()
+        start = time.perf_counter()
+        dist.broadcast(x, src=self.ranks[-1], group=self.group)
+        self._count(start)
+        return x
+
     def _count(self, start: float) -> None:
         self.stats.calls += 1
         self.stats.seconds += time.perf_counter() - start
 
 
 _TP: GroupCoordinator | None = None
+_PP: GroupCoordinator | None = None
 _EP: GroupCoordinator | None = None
 """The expert-parallel group (--enable-expert-parallel): the TP group's ranks, each holding
 whole experts instead of every expert's slice; None when experts are split TP-style."""
@@ -94,11 +128,12 @@ def init_distributed_environment(
 
 
 def initialize_model_parallel(
-    tensor_parallel_size: int, enable_expert_parallel: bool = False
+    tensor_parallel_size: int, enable_expert_parallel: bool = False,
+    pipeline_parallel_size: int = 1,
 ) -> None:
-    """Form the tensor-parallel groups (after init_distributed_environment); with
-    enable_expert_parallel the same ranks spread MoE experts among them."""
-    global _TP, _EP
+    """Form the tensor- and pipeline-parallel groups (after init_distributed_environment); with
+    enable_expert_parallel the TP ranks spread MoE experts among them."""
+    global _TP, _EP, _PP
     world_size = dist.get_world_size() if dist.is_initialized() else 1
     rank = dist.get_rank() if dist.is_initialized() else 0
     if world_size % tensor_parallel_size:
@@ -113,6 +148,12 @@ def initialize_model_parallel(
             mine = GroupCoordinator(ranks, ranks.index(rank), group)
     _TP = mine
     _EP = mine if enable_expert_parallel else None
+    tp = tensor_parallel_size
+    for first in range(tp):
+        ranks = tuple(range(first, world_size, tp))
+        group = dist.new_group(list(ranks)) if pipeline_parallel_size > 1 else None
+        if rank in ranks:
+            _PP = GroupCoordinator(ranks, ranks.index(rank), group)
 
 
 def model_parallel_is_initialized() -> bool:
@@ -122,6 +163,21 @@ def model_parallel_is_initialized() -> bool:
 def get_tp_group() -> GroupCoordinator:
     """This process's tensor-parallel group (a group of one when none was initialized)."""
     return _TP if _TP is not None else GroupCoordinator((0,), 0, None)
+
+
+def get_pp_group() -> GroupCoordinator:
+    """This process's pipeline group: one rank per stage (a group of one without PP)."""
+    return _PP if _PP is not None else GroupCoordinator((0,), 0, None)
+
+
+def pp_layer_range(num_layers: int) -> tuple[int, int]:
+    """[start, end) of the decoder layers this rank's stage runs: an even split, the earlier
+    stages taking one more where it does not divide."""
+    pp = get_pp_group()
+    base, extra = divmod(num_layers, pp.world_size)
+    stage = pp.rank_in_group
+    start = stage * base + min(stage, extra)
+    return start, start + base + (stage < extra)
 
 
 def get_ep_group() -> GroupCoordinator | None:
@@ -139,7 +195,7 @@ def get_tensor_model_parallel_rank() -> int:
 
 def destroy_model_parallel() -> None:
     """Leave the groups and the world (a worker's shutdown)."""
-    global _TP, _EP
-    _TP = _EP = None
+    global _TP, _EP, _PP
+    _TP = _EP = _PP = None
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -66,7 +66,7 @@ class EngineArgs:
     tensor_parallel_size: int = 1
     """Ranks each layer is split over (-tp)."""
     pipeline_parallel_size: int = 1
-    """Pipeline stages (-pp; only 1 is implemented)."""
+    """Pipeline stages (-pp): the decoder layers split into consecutive groups."""
     data_parallel_size: int = 1
     """Engine cores behind one server (-dp)."""
     enable_expert_parallel: bool = False

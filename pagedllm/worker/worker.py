@@ -88,16 +88,20 @@ class Worker:
             parallel.world_size, self.rank, self.distributed_init_method,
             backend_for_device(self.config.device.device),
         )  # fmt: skip
-        initialize_model_parallel(parallel.tensor_parallel_size, parallel.enable_expert_parallel)
+        initialize_model_parallel(parallel.tensor_parallel_size, parallel.enable_expert_parallel,
+                                  parallel.pipeline_parallel_size)
 
     def collective_stats(self) -> dict[str, float]:
-        """Collectives of the tensor-parallel group since the last call (benchmarks read the
-        all-reduce time per step: `LLM.collective_rpc("collective_stats")`); zeros at tp 1."""
-        from pagedllm.distributed import get_tp_group
+        """Collectives of the tensor- and pipeline-parallel groups since the last call
+        (benchmarks read the communication time per step: `LLM.collective_rpc(
+        "collective_stats")`); zeros for a world of one."""
+        from pagedllm.distributed import get_pp_group, get_tp_group
 
-        stats = get_tp_group().stats
-        result = {"calls": stats.calls, "seconds": stats.seconds}
-        stats.calls, stats.seconds = 0, 0.0
+        result = {"calls": 0, "seconds": 0.0}
+        for stats in (get_tp_group().stats, get_pp_group().stats):
+            result["calls"] += stats.calls
+            result["seconds"] += stats.seconds
+            stats.calls, stats.seconds = 0, 0.0
         return result
 
     def shutdown(self) -> None:
@@ -157,7 +161,8 @@ class Worker:
             max_num_seqs=config.scheduler.max_num_seqs, max_model_len=config.model.max_model_len,
             speculative_config=config.speculative, drafter=drafter, lora_manager=lora_manager,
         )  # fmt: skip
-        self.execution = select_execution_strategy(self.model, config.model.enforce_eager, tp)
+        self.execution = select_execution_strategy(self.model, config.model.enforce_eager,
+                                                   config.parallel.world_size)
         self._calibrate_drafts()
         window = common_sliding_window(layer.sliding_window for layer in layers)
         return KVCacheInfo(layout.num_blocks, layout.block_size, layout.total_bytes, window)
