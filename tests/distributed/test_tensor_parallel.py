@@ -58,6 +58,15 @@ def test_tp2_greedy_equals_tp1_and_hf(tiny_model_factory, family):
     assert run_engine(model_dir, prompts, tp=2) == expected
 
 
+def test_int4_tp2_equals_tp1(tiny_model_factory):
+    """--quantization int4: each rank quantizes its float slice as it loads (groups along
+    in_features fall inside a rank's columns), so the codes are those of -tp 1."""
+    model_dir = tiny_model_factory("LlamaConfig", hidden_size=128, intermediate_size=256)
+    prompts = random_prompts(LENGTHS, 384)
+    assert (run_engine(model_dir, prompts, tp=2, quantization="int4")
+            == run_engine(model_dir, prompts, tp=1, quantization="int4"))
+
+
 def test_expert_parallel_tp2_equals_hf(tiny_model_factory):
     """--enable-expert-parallel: each rank holds 2 of Mixtral's 4 experts whole."""
     config_cls, overrides = FAMILIES["mixtral"]
