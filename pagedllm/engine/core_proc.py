@@ -107,6 +107,7 @@ class EngineCoreProc:
                 parent = parent_process()
                 if parent is not None and not parent.is_alive():
                     return False
+                self.core.check_health()  # a dead worker rank ends the loop with its error
                 continue
             self._handle(*message)
             return True

@@ -6,8 +6,18 @@ from pagedllm.executor.uniproc_executor import UniProcExecutor
 
 
 def make_executor(config: EngineConfig) -> Executor:
-    """The executor for the config: one worker in this process until the distributed issue adds
-    the multiprocess and Ray executors (vLLM's `--distributed-executor-backend`)."""
+    """The executor of `config.parallel.executor_backend` (vLLM's
+    `--distributed-executor-backend`): "uni" one worker in this process, "mp" a worker process
+    per rank, "ray" a Ray actor per rank."""
+    backend = config.parallel.executor_backend
+    if backend == "mp":
+        from pagedllm.executor.multiproc_executor import MultiprocExecutor
+
+        return MultiprocExecutor(config)
+    if backend == "ray":
+        from pagedllm.executor.ray_executor import RayDistributedExecutor
+
+        return RayDistributedExecutor(config)
     return UniProcExecutor(config)
 
 

@@ -22,8 +22,13 @@ class Executor(ABC):
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self._init_workers()
-        self.collective_rpc("load_model")
-        infos: list[KVCacheInfo] = self.collective_rpc("initialize_cache")
+        try:
+            self.collective_rpc("init_device")
+            self.collective_rpc("load_model")
+            infos: list[KVCacheInfo] = self.collective_rpc("initialize_cache")
+        except BaseException:
+            self.shutdown()  # worker processes or actors must not outlive a failed start
+            raise
         # NOTE: every rank plans from its own free memory; the smallest cache bounds them all.
         self.kv_cache_info = min(infos, key=lambda info: info.num_blocks)
         """The cache the scheduler plans with."""
@@ -42,6 +47,9 @@ class Executor(ABC):
         self, scheduler_output: SchedulerOutput | PoolingSchedulerOutput
     ) -> ModelRunnerOutput:
         return self.collective_rpc("execute_model", (scheduler_output,))[0]
+
+    def check_health(self) -> None:
+        """Raise if a worker is gone (nothing to check when it lives in this process)."""
 
     def shutdown(self) -> None:
         """Stop the workers (nothing to do when they live in this process)."""

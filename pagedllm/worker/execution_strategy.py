@@ -34,21 +34,26 @@ class ExecutionStrategy:
         return self.name if self.declined is None else f"{self.name} ({self.declined})"
 
 
-def select_execution_strategy(model: nn.Module, enforce_eager: bool) -> ExecutionStrategy:
+def select_execution_strategy(
+    model: nn.Module, enforce_eager: bool, world_size: int = 1
+) -> ExecutionStrategy:
     """Install the fastest strategy `model` qualifies for (its KV caches bound) and log it,
     with the reason where it stays eager."""
-    strategy = _install(model, enforce_eager)
+    strategy = _install(model, enforce_eager, world_size)
     logger.info("execution: %s", strategy.describe())
     return strategy
 
 
-def _install(model: nn.Module, enforce_eager: bool) -> ExecutionStrategy:
+def _install(model: nn.Module, enforce_eager: bool, world_size: int) -> ExecutionStrategy:
     stack = getattr(model, "model", None)
     if stack is None or not hasattr(stack, "layer_runner"):
         return ExecutionStrategy(EAGER, f"{type(model).__name__} exposes no decoder layer stack")
     stack.layer_runner = None
     if enforce_eager:
         return ExecutionStrategy(EAGER, "enforce_eager")
+    if world_size > 1:
+        return ExecutionStrategy(EAGER, f"{world_size} ranks: the fused stack has no "
+                                 "collectives between its layers' parts")
     try:
         stack.layer_runner = build_fused_cpu_stack(stack.layers)
     except UnsupportedLayer as e:

@@ -9,6 +9,7 @@ import torch
 from pagedllm.attention.backend import AttentionBackend
 from pagedllm.attention.ops.kv_quant import KV_CACHE_DTYPES, kv_cache_head_size
 from pagedllm.config import CacheConfig, ModelConfig
+from pagedllm.distributed import kv_heads_per_rank
 from pagedllm.utils.memory import format_bytes
 
 
@@ -49,8 +50,11 @@ def available_memory(device: torch.device) -> int:
 
 
 def plan_kv_cache(
-    model_config: ModelConfig, cache_config: CacheConfig, device: torch.device
+    model_config: ModelConfig, cache_config: CacheConfig, device: torch.device, tp_size: int = 1
 ) -> KVCacheLayout:
+    """tp_size > 1: this rank's cache holds its share of the KV heads; on a CPU (the ranks share
+    one memory) it takes 1/tp of the budget, so the ranks together plan as many blocks as one
+    rank would alone."""
     dtype = kv_cache_torch_dtype(model_config, cache_config)
     elem = torch.tensor([], dtype=dtype).element_size()
     if model_config.use_mla and dtype.itemsize == 1:
@@ -59,7 +63,7 @@ def plan_kv_cache(
     head_bytes = kv_cache_head_size(model_config.head_dim, dtype) * elem  # + scale if 8-bit
     # NOTE: MLA caches one latent per token and layer (head_dim = L + R, one "head"), not K and V
     entries = 1 if model_config.use_mla else 2
-    per_token = entries * model_config.num_kv_heads * head_bytes
+    per_token = entries * kv_heads_per_rank(model_config.num_kv_heads, tp_size) * head_bytes
     bytes_per_block = per_token * cache_config.block_size * model_config.num_hidden_layers
     if cache_config.num_gpu_blocks_override is not None:
         num_blocks = cache_config.num_gpu_blocks_override
@@ -67,6 +71,8 @@ def plan_kv_cache(
         budget = cache_config.kv_cache_memory or int(
             available_memory(device) * cache_config.kv_cache_memory_fraction
         )
+        if device.type == "cpu":
+            budget //= tp_size
         num_blocks = budget // bytes_per_block
         layout = KVCacheLayout(num_blocks, cache_config.block_size, bytes_per_block)
         if layout.num_tokens < model_config.max_model_len:
@@ -87,6 +93,7 @@ def allocate_kv_caches(
     backend: type[AttentionBackend],
     device: torch.device,
     num_layers: int,
+    tp_size: int = 1,
 ) -> list[torch.Tensor]:
     """One cache tensor per attention layer, in the backend's layout.
 
@@ -98,7 +105,8 @@ def allocate_kv_caches(
         shape: tuple[int, ...] = (layout.num_blocks, layout.block_size, model_config.head_dim)
         return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
     shape = backend.get_kv_cache_shape(
-        layout.num_blocks, layout.block_size, model_config.num_kv_heads,
+        layout.num_blocks, layout.block_size,
+        kv_heads_per_rank(model_config.num_kv_heads, tp_size),
         kv_cache_head_size(model_config.head_dim, dtype),
     )  # fmt: skip
     return [

@@ -51,15 +51,65 @@ class KVCacheInfo:
 
 
 class Worker:
-    def __init__(self, config: EngineConfig, rank: int = 0) -> None:
+    """rank: this worker's place in the engine core's world (config.parallel.world_size ranks);
+    distributed_init_method: where the ranks meet (e.g. tcp://127.0.0.1:port), None for a
+    world of one."""
+
+    def __init__(
+        self, config: EngineConfig, rank: int = 0, distributed_init_method: str | None = None
+    ) -> None:
         self.config = config
         self.rank = rank
+        self.distributed_init_method = distributed_init_method
         self.device: torch.device | None = None
         self.model: nn.Module | None = None
         self.model_runner: ModelRunner | PoolingRunner | None = None
         self.execution: ExecutionStrategy | None = None
         """How the decoder layers run (chosen once the KV cache is bound): the fused CPU stack, or
         eager with the reason; None for encoder-only models."""
+
+    def init_device(self) -> None:
+        """Join the other ranks (torch.distributed: gloo on CPU, nccl on CUDA) and form the
+        tensor-parallel group, before the model is built (its layers read their share)."""
+        parallel = self.config.parallel
+        if parallel.world_size == 1:
+            return
+        from pagedllm.distributed import (
+            backend_for_device,
+            init_distributed_environment,
+            initialize_model_parallel,
+        )
+
+        assert self.distributed_init_method is not None, "a world of several ranks needs one"
+        if self.config.device.device == "cuda":
+            # one GPU per rank: "cuda" means the current device from here on (model, cache)
+            torch.cuda.set_device(self.rank % torch.cuda.device_count())
+        init_distributed_environment(
+            parallel.world_size, self.rank, self.distributed_init_method,
+            backend_for_device(self.config.device.device),
+        )  # fmt: skip
+        initialize_model_parallel(parallel.tensor_parallel_size, parallel.enable_expert_parallel,
+                                  parallel.pipeline_parallel_size)
+
+    def collective_stats(self) -> dict[str, float]:
+        """Collectives of the tensor- and pipeline-parallel groups since the last call
+        (benchmarks read the communication time per step: `LLM.collective_rpc(
+        "collective_stats")`); zeros for a world of one."""
+        from pagedllm.distributed import get_pp_group, get_tp_group
+
+        result = {"calls": 0, "seconds": 0.0}
+        for stats in (get_tp_group().stats, get_pp_group().stats):
+            result["calls"] += stats.calls
+            result["seconds"] += stats.seconds
+            stats.calls, stats.seconds = 0, 0.0
+        return result
+
+    def shutdown(self) -> None:
+        """Leave the distributed groups (a worker process's last call)."""
+        from pagedllm.distributed import destroy_model_parallel, model_parallel_is_initialized
+
+        if model_parallel_is_initialized():
+            destroy_model_parallel()
 
     def load_model(self) -> None:
         self.device, self.model = load_model_on_device(self.config)
@@ -87,9 +137,10 @@ class Worker:
             logger.info("multi-head latent attention: the KV cache holds one latent per token; "
                         "the %s backend attends in no layer", choice.backend.name)
         backend = choice.backend
-        layout = plan_kv_cache(config.model, config.cache, self.device)
+        tp = config.parallel.tensor_parallel_size
+        layout = plan_kv_cache(config.model, config.cache, self.device, tp)
         kv_caches = allocate_kv_caches(
-            layout, config.model, config.cache, backend, self.device, len(layers)
+            layout, config.model, config.cache, backend, self.device, len(layers), tp
         )
         logger.info(
             "KV cache: %d blocks x %d tokens = %d tokens, %s (%s backend, prefix caching %s)",
@@ -113,7 +164,8 @@ class Worker:
             max_num_seqs=config.scheduler.max_num_seqs, max_model_len=config.model.max_model_len,
             speculative_config=config.speculative, drafter=drafter, lora_manager=lora_manager,
         )  # fmt: skip
-        self.execution = select_execution_strategy(self.model, config.model.enforce_eager)
+        self.execution = select_execution_strategy(self.model, config.model.enforce_eager,
+                                                   config.parallel.world_size)
         self._calibrate_drafts()
         window = common_sliding_window(layer.sliding_window for layer in layers)
         return KVCacheInfo(layout.num_blocks, layout.block_size, layout.total_bytes, window)

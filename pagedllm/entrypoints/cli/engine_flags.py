@@ -44,7 +44,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                             "also serve /score and /rerank; 'score' is an alias); auto: classify "
                             "or embed for encoder models such as BERT")
     group.add_argument("--num-threads", type=int, default=None,
-                       help="CPU threads for the engine (default: physical cores)")
+                       help="CPU threads for the engine, per rank (default: physical cores / "
+                            "ranks)")
     group.add_argument("--quantization", default=None,
                        choices=["auto", "none", "dequantize", "int8", "int4", "gguf", "awq",
                                 "gptq"],
@@ -66,6 +67,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                        help="the model's reasoning format: its thinking goes to the message's "
                             "`reasoning` and is left unconstrained by structured outputs "
                             f"(one of: {_names('reasoning')})")
+    add_parallel_args(parser)
     lora = parser.add_argument_group("LoRA")
     lora.add_argument("--enable-lora", action="store_true",
                       help="serve PEFT LoRA adapters over the base model")
@@ -108,6 +110,27 @@ def _positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
     return number
+
+
+def add_parallel_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("parallelism")
+    group.add_argument("-tp", "--tensor-parallel-size", type=int, default=1,
+                       help="ranks each layer's weights are split over (heads, MLP, vocabulary); "
+                            "each rank gets --num-threads threads (default: physical cores / "
+                            "ranks)")
+    group.add_argument("-pp", "--pipeline-parallel-size", type=int, default=1,
+                       help="pipeline stages the decoder layers are split into (one batch in "
+                            "flight: no micro-batches yet)")
+    group.add_argument("--enable-expert-parallel", action="store_true",
+                       help="MoE models: spread whole experts over the -tp ranks (each computes "
+                            "its experts' tokens) instead of splitting every expert")
+    group.add_argument("--distributed-executor-backend", default=None,
+                       choices=["uni", "mp", "ray"],
+                       help="where the ranks run: mp (a process per rank, the default for "
+                            "several), ray (Ray actors on a cluster), uni (one rank in process)")
+    group.add_argument("--ray-address", default=None,
+                       help="the Ray cluster for --distributed-executor-backend ray (default: "
+                            "RAY_ADDRESS, else a local Ray)")
 
 
 def _names(kind: str) -> str:
@@ -171,6 +194,11 @@ def engine_args_from(args: argparse.Namespace) -> EngineArgs:
         device=args.device,
         attention_backend=args.attention_backend,
         num_threads=args.num_threads,
+        tensor_parallel_size=args.tensor_parallel_size,
+        pipeline_parallel_size=args.pipeline_parallel_size,
+        enable_expert_parallel=args.enable_expert_parallel,
+        distributed_executor_backend=args.distributed_executor_backend,
+        ray_address=args.ray_address,
         task=args.task,
         quantization=args.quantization,
         kv_cache_dtype=args.kv_cache_dtype,

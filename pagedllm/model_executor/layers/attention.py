@@ -9,10 +9,15 @@ import torch
 from torch import nn
 
 from pagedllm.attention.backend import AttentionBackend, AttentionImpl
+from pagedllm.distributed import divide, get_tensor_model_parallel_world_size, kv_heads_per_rank
 from pagedllm.forward_context import get_forward_context
 
 
 class Attention(nn.Module):
+    """num_heads / num_kv_heads: the model's; under tensor parallelism the layer attends over
+    this rank's share of them (the heads its QKVParallelLinear produces) and its KV cache holds
+    only those."""
+
     def __init__(
         self,
         num_heads: int,
@@ -24,10 +29,11 @@ class Attention(nn.Module):
         prefix: str = "",
     ) -> None:
         super().__init__()
-        self.num_heads = num_heads
+        tp_size = get_tensor_model_parallel_world_size()
+        self.num_heads = divide(num_heads, tp_size)
         self.head_size = head_size
         self.scale = scale
-        self.num_kv_heads = num_kv_heads
+        self.num_kv_heads = kv_heads_per_rank(num_kv_heads, tp_size)
         self.sliding_window = sliding_window
         self.logits_soft_cap = logits_soft_cap
         self.layer_name = prefix

@@ -12,9 +12,11 @@ Roles (vLLM's names), for a weight W [out, in] split over `tp_size` ranks:
                                 rows [ gate: I/tp | up: I/tp ]
     QKVParallelLinear           column-parallel by heads: rows [ q: H/tp*D | k: Hkv/tp*D | v: .. ]
 
-There is no tensor parallelism yet (tp_size 1: every role holds all of W and computes the plain
-y = x W^T); the per-rank sizes and the rank's slice of each checkpoint tensor are already
-computed from (tp_size, tp_rank), so the distributed issue only adds the collectives.
+tp_size / tp_rank default to this process's tensor-parallel group (pagedllm/distributed; a
+world of 1 when none was formed, where every role computes the plain y = x W^T). Each rank
+loads its slice of every checkpoint tensor; a row-parallel layer all-reduces its partial
+products (its bias loaded on rank 0 only, so the sum adds it once), and a column-parallel layer
+with gather_output all-gathers its slices.
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedllm.distributed import (
+    get_tensor_model_parallel_rank,
+    get_tensor_model_parallel_world_size,
+    kv_heads_per_rank,
+    tensor_model_parallel_all_gather,
+    tensor_model_parallel_all_reduce,
+)
+from pagedllm.distributed.utils import divide
 from pagedllm.model_executor.custom_op import compiled_cpu_kernels_apply, float_weight_dtype
 from pagedllm.model_executor.layers.weight_utils import (
     create_bias,
@@ -50,6 +60,9 @@ def dense_linear(
 class UnquantizedLinearMethod(QuantizeMethodBase):
     """Dense weights in the model dtype."""
 
+    supports_tensor_parallel = True
+    """Its weight loader takes the rank's slice (LinearBase._rank_slice)."""
+
     def __init__(self) -> None:
         self.compiled = compiled_cpu_kernels_apply()
         """Built (with its layer) float32 on the CPU, where the compiled kernel computes it."""
@@ -73,10 +86,12 @@ class UnquantizedLinearMethod(QuantizeMethodBase):
 ParallelRole = Literal["replicated", "column", "row"]
 
 
-def divide(numerator: int, denominator: int) -> int:
-    if numerator % denominator:
-        raise ValueError(f"{numerator} is not divisible by tp_size={denominator}")
-    return numerator // denominator
+def resolve_tp(tp_size: int | None, tp_rank: int | None) -> tuple[int, int]:
+    """(tp_size, tp_rank) as given, else this process's tensor-parallel group's."""
+    if tp_size is None:
+        tp_size = get_tensor_model_parallel_world_size()
+        tp_rank = get_tensor_model_parallel_rank() if tp_rank is None else tp_rank
+    return tp_size, tp_rank or 0
 
 
 class LinearBase(nn.Module):
@@ -97,10 +112,11 @@ class LinearBase(nn.Module):
         bias: bool = False,
         quant_method: QuantizeMethodBase | None = None,
         prefix: str = "",
-        tp_size: int = 1,
-        tp_rank: int = 0,
+        tp_size: int | None = None,
+        tp_rank: int | None = None,
     ) -> None:
         super().__init__()
+        tp_size, tp_rank = resolve_tp(tp_size, tp_rank)
         if not 0 <= tp_rank < tp_size:
             raise ValueError(f"tp_rank={tp_rank} is not a rank of tp_size={tp_size}")
         self.input_size = input_size
@@ -116,8 +132,11 @@ class LinearBase(nn.Module):
         self.quant_method = (
             quant_method or scoped_quant_method(self, prefix) or UnquantizedLinearMethod()
         )
-        if tp_size > 1 and not isinstance(self.quant_method, UnquantizedLinearMethod):
-            raise NotImplementedError("quantized layers load whole checkpoint tensors (tp_size 1)")
+        if (tp_size > 1 and self.parallel_role != "replicated"
+                and not getattr(self.quant_method, "supports_tensor_parallel", False)):
+            raise NotImplementedError(
+                f"{type(self.quant_method).__name__} loads whole checkpoint tensors; it does "
+                f"not run with tensor_parallel_size={tp_size}")
         # bias: a row-parallel layer's is not split (added once, after the sum over ranks)
         sizes = self.input_size_per_partition, self.output_sizes_per_partition
         self.quant_method.create_weights(self, *sizes, bias, torch.get_default_dtype())
@@ -141,7 +160,10 @@ class LinearBase(nn.Module):
         """Copy this rank's slice of a whole checkpoint tensor (shard_id None) or of one shard
         into its rows."""
         if shard_id is None:
-            default_weight_loader(param, self._rank_slice(loaded, None))
+            loaded = self._rank_slice(loaded, None)
+            if self.parallel_role == "row" and loaded.dim() == 1 and self.tp_rank > 0:
+                loaded = torch.zeros_like(loaded)  # the bias joins the all-reduce from rank 0
+            default_weight_loader(param, loaded)
             return
         index = self._shard_index(shard_id)
         offset = sum(self.output_sizes_per_partition[:index])
@@ -155,10 +177,13 @@ class LinearBase(nn.Module):
 
     def _rank_slice(self, loaded: torch.Tensor, index: int | None) -> torch.Tensor:
         """This rank's part of a checkpoint tensor (weight [out, in] or bias [out]) of shard
-        `index` (None: the whole layer); the tensor itself at tp_size 1."""
+        `index` (None: the whole layer); the tensor itself at tp_size 1. Anything with torch's
+        `narrow` works for one shard (GGUF blocks: model_loader.gguf.GGUFWeight)."""
         if self.tp_size == 1:
             return loaded
         if self.parallel_role == "column":
+            if index is None and len(self.output_sizes) == 1:
+                index = 0
             if index is None:  # a whole merged tensor: each shard's slice, restacked
                 parts = loaded.split(self.output_sizes)
                 return torch.cat([self._rank_slice(part, i) for i, part in enumerate(parts)])
@@ -209,6 +234,12 @@ class ColumnParallelLinear(LinearBase):
         self.gather_output = gather_output
         super().__init__(input_size, [output_size], bias, **kwargs)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, in] -> [T, out(/tp)]
+        y = self.quant_method.apply(self, x)
+        if self.gather_output and self.tp_size > 1:
+            y = tensor_model_parallel_all_gather(y, dim=-1)
+        return y
+
 
 class RowParallelLinear(LinearBase):
     """Input columns split over the ranks. input_is_parallel: x arrives already split (the
@@ -228,6 +259,15 @@ class RowParallelLinear(LinearBase):
         self.input_is_parallel = input_is_parallel
         self.reduce_results = reduce_results
         super().__init__(input_size, [output_size], bias, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, in(/tp)] -> [T, out]
+        if not self.input_is_parallel and self.tp_size > 1:  # this rank's columns of x
+            x = x.narrow(-1, self.tp_rank * self.input_size_per_partition,
+                         self.input_size_per_partition)
+        y = self.quant_method.apply(self, x)
+        if self.reduce_results and self.tp_size > 1:
+            y = tensor_model_parallel_all_reduce(y)
+        return y
 
 
 class MergedColumnParallelLinear(LinearBase):
@@ -255,17 +295,13 @@ class QKVParallelLinear(LinearBase):
         bias: bool = False,
         **kwargs,
     ) -> None:
-        tp_size = kwargs.get("tp_size", 1)
+        tp_size, _ = resolve_tp(kwargs.get("tp_size"), kwargs.get("tp_rank"))
         self.head_dim = head_dim
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.num_heads_per_partition = divide(num_heads, tp_size)
-        if num_kv_heads >= tp_size:
-            self.num_kv_heads_per_partition = divide(num_kv_heads, tp_size)
-        elif tp_size % num_kv_heads == 0:  # each KV head serves a whole group of ranks
-            self.num_kv_heads_per_partition = 1
-        else:
-            raise ValueError(f"{num_kv_heads} KV heads cannot be shared by tp_size={tp_size}")
+        # each KV head serves a whole group of ranks when there are fewer than ranks
+        self.num_kv_heads_per_partition = kv_heads_per_rank(num_kv_heads, tp_size)
         self.q_size = num_heads * head_dim
         self.kv_size = num_kv_heads * head_dim
         super().__init__(hidden_size, [self.q_size, self.kv_size, self.kv_size], bias, **kwargs)

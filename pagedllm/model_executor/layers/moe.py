@@ -8,6 +8,12 @@ Expert weights are stacked per expert (HF transformers 5's fused layout):
 Checkpoints that store one matrix per expert (`...experts.3.w1.weight`, Mixtral; or
 `...experts.3.gate_proj.weight`, Qwen MoE) load through `ExpertWeightMapper`.
 
+Tensor parallelism splits every expert TP-style: rank r holds each expert's gate/up rows and
+down columns [r*I/tp, (r+1)*I/tp), so each rank's weighted sum is a partial one and the layer
+all-reduces it (one all-reduce per MoE layer, as for a dense MLP). The router is replicated.
+With expert parallelism (--enable-expert-parallel) rank r holds experts [r*E/tp, (r+1)*E/tp)
+whole and computes only the tokens routed to them; the all-reduce sums the ranks' experts.
+
 The expert weights and matmuls belong to a FusedMoEMethodBase from the quantization scope (float:
 UnquantizedFusedMoEMethod); the layer keeps the routing.
 """
@@ -21,6 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedllm.distributed import (
+    divide,
+    get_ep_group,
+    get_tensor_model_parallel_rank,
+    get_tensor_model_parallel_world_size,
+    tensor_model_parallel_all_reduce,
+)
 from pagedllm.model_executor.layers.activation import get_act_and_mul
 from pagedllm.model_executor.layers.weight_utils import default_weight_loader, set_weight_attrs
 from pagedllm.model_executor.quantization.base import FusedMoEMethodBase
@@ -77,14 +90,26 @@ class FusedMoE(nn.Module):
         self.top_k = top_k
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size
+        self.tp_size = get_tensor_model_parallel_world_size()
+        self.tp_rank = get_tensor_model_parallel_rank()
+        ep = get_ep_group()
+        self.expert_parallel = ep is not None and ep.world_size > 1
+        """Whole experts per rank (else every expert's intermediate slice per rank)."""
+        split = 1 if self.expert_parallel else self.tp_size
+        self.intermediate_size_per_partition = divide(intermediate_size, split)
+        self.num_local_experts = divide(num_experts, self.tp_size // split)
+        self.first_expert = self.tp_rank * self.num_local_experts if self.expert_parallel else 0
         self.renormalize = renormalize
         self.prefix = prefix
         self.act_fn = get_act_and_mul(hidden_act)
         # NOTE: a model built inside quantization_scope(config) gets the config's method.
         self.quant_method = scoped_moe_method(self, prefix) or UnquantizedFusedMoEMethod()
+        if self.tp_size > 1 and not isinstance(self.quant_method, UnquantizedFusedMoEMethod):
+            raise NotImplementedError("quantized experts load whole (tensor_parallel_size 1)")
         self.quant_method.create_weights(
-            self, num_experts, hidden_size, intermediate_size, torch.get_default_dtype()
-        )
+            self, self.num_local_experts, hidden_size, self.intermediate_size_per_partition,
+            torch.get_default_dtype(),
+        )  # fmt: skip
 
     def forward(
         self,
@@ -108,15 +133,16 @@ class FusedMoE(nn.Module):
         out = torch.zeros_like(hidden_states)
         start = 0
         for expert, count in enumerate(counts):
-            if count == 0:
+            begin, start = start, start + count
+            local = expert - self.first_expert  # its weights' index on this rank
+            if count == 0 or not 0 <= local < self.num_local_experts:
                 continue
-            expert_slots = slots[start : start + count]
-            start += count
+            expert_slots = slots[begin:start]
             tokens = expert_slots // self.top_k
-            expert_out = self.quant_method.apply(self, expert, hidden_states[tokens])
+            expert_out = self.quant_method.apply(self, local, hidden_states[tokens])
             scale = flat_weights[expert_slots].unsqueeze(-1).to(expert_out.dtype)
             out.index_add_(0, tokens, expert_out * scale)
-        return out
+        return tensor_model_parallel_all_reduce(out) if self.tp_size > 1 else out
 
     def weight_loader(
         self, param: nn.Parameter, loaded: torch.Tensor, shard_id: tuple[int, str] | None = None
@@ -124,19 +150,42 @@ class FusedMoE(nn.Module):
         """Whole stacked tensor (shard_id None), or one expert's "gate" / "up" / "down" matrix
         (the float weights' loader; a quantized method registers its own)."""
         if shard_id is None:
-            default_weight_loader(param, loaded)
+            default_weight_loader(param, self._rank_slice(param, loaded))
             return
         expert, which = shard_id
-        rows = param.data[expert]
+        local = expert - self.first_expert
+        if not 0 <= local < self.num_local_experts:
+            return  # another rank's expert
+        rows = param.data[local]
+        size = self.intermediate_size_per_partition
+        start = self.tp_rank * size
+        sliced = self.tp_size > 1 and not self.expert_parallel
         if which in ("gate", "up"):
-            offset = 0 if which == "gate" else self.intermediate_size
-            rows = rows.narrow(0, offset, self.intermediate_size)
+            offset = 0 if which == "gate" else size
+            rows = rows.narrow(0, offset, size)
+            loaded = loaded.narrow(0, start, size) if sliced else loaded
+        elif sliced:  # down [H, I]: this rank's columns
+            loaded = loaded.narrow(1, start, size)
         if rows.shape != loaded.shape:
             raise ValueError(
                 f"expert {expert} {which} has shape {tuple(loaded.shape)}, "
                 f"expected {tuple(rows.shape)}"
             )
         rows.copy_(loaded)
+
+    def _rank_slice(self, param: nn.Parameter, loaded: torch.Tensor) -> torch.Tensor:
+        """This rank's part of a whole stacked tensor: gate_up [E, 2I, H] -> [E, 2I/tp, H]
+        (each of gate and up split on its own), down [E, H, I] -> [E, H, I/tp]."""
+        if self.tp_size == 1:
+            return loaded
+        if self.expert_parallel:  # this rank's whole experts
+            return loaded.narrow(0, self.first_expert, self.num_local_experts)
+        size = self.intermediate_size_per_partition
+        start = self.tp_rank * size
+        if param is self.down_proj:
+            return loaded.narrow(2, start, size)
+        gate, up = loaded.split(self.intermediate_size, dim=1)
+        return torch.cat([gate.narrow(1, start, size), up.narrow(1, start, size)], dim=1)
 
     def extra_repr(self) -> str:
         return (

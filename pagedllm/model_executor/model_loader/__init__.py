@@ -27,6 +27,7 @@ def get_model(model_config: ModelConfig, device: torch.device | str) -> nn.Modul
     load its checkpoint and check nothing was left out."""
     start = time.perf_counter()
     model_cls = get_model_class(model_config.architecture)
+    _check_tensor_parallel(model_cls, model_config)
     quant_config = create_quant_config(
         model_config, getattr(model_cls, "packed_modules_mapping", {})
     )
@@ -56,6 +57,21 @@ def get_model(model_config: ModelConfig, device: torch.device | str) -> nn.Modul
         model_config.quantization, num_params / 1e6, time.perf_counter() - start,
     )  # fmt: skip
     return model
+
+
+def _check_tensor_parallel(model_cls: type[nn.Module], model_config: ModelConfig) -> None:
+    """A family that is not split-aware refuses a tensor-parallel group at build time."""
+    from pagedllm.distributed import get_pp_group, get_tensor_model_parallel_world_size
+
+    tp = get_tensor_model_parallel_world_size()
+    if tp > 1 and not getattr(model_cls, "supports_tensor_parallel", False):
+        raise ValueError(f"{model_config.architecture} does not run with tensor_parallel_size="
+                         f"{tp} in pagedllm (its layers are not split across ranks)")
+    pp = get_pp_group().world_size
+    if pp > 1 and not getattr(model_cls, "supports_pipeline_parallel", False):
+        raise ValueError(f"{model_config.architecture} does not run with pipeline_parallel_size="
+                         f"{pp} in pagedllm (its model does not pass hidden states between "
+                         f"stages)")
 
 
 def _dtype_words(model_config: ModelConfig) -> str:

@@ -148,6 +148,27 @@ class GGUFWeight:
     qtype: Any  # gguf.GGMLQuantizationType
     shape: tuple[int, ...]  # the HF (torch) shape once dequantized, e.g. [out, in]
 
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def narrow(self, dim: int, start: int, length: int) -> GGUFWeight:
+        """Rows (dim 0) or columns (dim 1) [start, start + length) still in blocks: a tensor
+        parallel rank's slice. Columns must fall on block boundaries (32 values for Q4_0/Q4_1/
+        Q8_0, 256 for the K types), which holds for every split of a real model's dims."""
+        if dim == 0:
+            return GGUFWeight(self.data[start : start + length], self.qtype,
+                              (length, *self.shape[1:]))
+        assert dim == 1 and len(self.shape) == 2, f"cannot narrow dim {dim} of {self.shape}"
+        from gguf.constants import GGML_QUANT_SIZES
+
+        block_values, block_bytes = GGML_QUANT_SIZES[self.qtype]
+        if start % block_values or length % block_values:
+            raise ValueError(f"columns [{start}, {start + length}) split {self.qtype.name} "
+                             f"blocks of {block_values}")
+        first, count = start // block_values * block_bytes, length // block_values * block_bytes
+        data = np.ascontiguousarray(self.data[:, first : first + count])
+        return GGUFWeight(data, self.qtype, (self.shape[0], length))
+
     def decode(self) -> Any:
         """The blocks as integer codes + per-group scales (a GroupQuant), without float."""
         from pagedllm.model_executor.quantization.gguf_blocks import decode_gguf_blocks

@@ -78,6 +78,7 @@ class CohereModel(LlamaModel):
 
 
 class CohereForCausalLM(LlamaForCausalLM):
+    supports_tensor_parallel = False  # per-head q/k norm weights are not split
     model_cls = CohereModel
 
     def __init__(self, model_config: ModelConfig) -> None:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from pagedllm.config.model import ModelConfig
+from pagedllm.distributed import get_pp_group, pp_layer_range
 from pagedllm.model_executor.layers.activation import get_act_and_mul
 from pagedllm.model_executor.layers.attention import Attention, layer_sliding_window
 from pagedllm.model_executor.layers.embedding import ParallelLMHead, VocabParallelEmbedding
@@ -90,7 +91,8 @@ class LlamaAttention(nn.Module):
         self.o_proj = RowParallelLinear(
             num_heads * head_dim, config.hidden_size, o_bias, prefix=f"{prefix}.o_proj"
         )
-        self.split_sizes = [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim]
+        # this rank's q | k | v columns (all heads at tensor-parallel size 1)
+        self.split_sizes = list(self.qkv_proj.output_sizes_per_partition)
         self.q_norm = qk_norm(head_dim, config.rms_norm_eps) if qk_norm else None
         self.k_norm = qk_norm(head_dim, config.rms_norm_eps) if qk_norm else None
         self.rotary_emb = rotary_emb
@@ -163,6 +165,10 @@ def _hidden_act(config: Any) -> str:
     return getattr(config, "hidden_activation", None) or config.hidden_act
 
 
+class PPMissingLayer(nn.Module):
+    """The slot of a decoder layer another pipeline stage runs (no weights, never called)."""
+
+
 class LlamaModel(nn.Module):
     decoder_layer_cls: type[nn.Module] = LlamaDecoderLayer
     norm_cls: type[RMSNorm] = RMSNorm
@@ -172,9 +178,13 @@ class LlamaModel(nn.Module):
         self.embed_tokens = VocabParallelEmbedding(
             config.vocab_size, config.hidden_size, prefix=f"{prefix}.embed_tokens"
         )
+        self.hidden_size = config.hidden_size
         rotary_embs = self.build_rotary_embs(config, max_position)
+        # pipeline parallelism: this stage's layers; the others' slots hold PPMissingLayer
+        self.start_layer, self.end_layer = pp_layer_range(config.num_hidden_layers)
         self.layers = nn.ModuleList(
             self.decoder_layer_cls(config, rotary_embs[i], i, prefix=f"{prefix}.layers.{i}")
+            if self.start_layer <= i < self.end_layer else PPMissingLayer()
             for i in range(config.num_hidden_layers)
         )
         self.norm = self.norm_cls(config.hidden_size, norm_eps(config))
@@ -192,18 +202,34 @@ class LlamaModel(nn.Module):
         return self.embed_tokens(input_ids)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.embed(input_ids)  # [T, hidden]
-        residual = None
+        pp = get_pp_group()
+        if pp.is_first_rank:
+            hidden_states = self.embed(input_ids)  # [T, hidden]
+            residual = None
+        else:  # the previous stage's (hidden_states, residual), stacked: [2, T, hidden]
+            received = pp.recv_prev((2, input_ids.shape[0], self.hidden_size),
+                                    self.embed_tokens.activation_dtype)
+            hidden_states, residual = received[0], received[1]
         if self.layer_runner is not None:
             hidden_states, residual = self.layer_runner(positions, hidden_states, residual)
         else:
-            for layer in self.layers:
+            for layer in self.layers[self.start_layer : self.end_layer]:
                 hidden_states, residual = layer(positions, hidden_states, residual)
-        hidden_states, _ = self.norm(hidden_states, residual)
-        return hidden_states
+        if not pp.is_last_rank:
+            pp.send_next(torch.stack([hidden_states, residual]))
+        else:
+            hidden_states, _ = self.norm(hidden_states, residual)
+        # NOTE: every stage samples the same tokens from the last stage's hidden states, so
+        # every stage's runner keeps the same batch state
+        return pp.broadcast_from_last(hidden_states)
 
 
 class LlamaForCausalLM(nn.Module):
+    supports_tensor_parallel = True
+    """Every layer is a parallel role and attention works per head (families whose q/k norm
+    spans all heads set it False)."""
+    supports_pipeline_parallel = True
+    """LlamaModel builds only its stage's layers and passes hidden states between stages."""
     packed_modules_mapping = {
         "qkv_proj": ["q_proj", "k_proj", "v_proj"],
         "gate_up_proj": ["gate_proj", "up_proj"],
@@ -241,7 +267,14 @@ class LlamaForCausalLM(nn.Module):
         return load_packed_weights(self, weights, self.packed_modules_mapping, self._skip)
 
     def _skip(self, name: str) -> bool:
-        # Old checkpoints store the rotary inv_freq; tied checkpoints may repeat the embedding.
+        # Old checkpoints store the rotary inv_freq; tied checkpoints may repeat the embedding;
+        # another pipeline stage loads its own layers.
         return "rotary_emb.inv_freq" in name or (
             self.tie_word_embeddings and name.startswith("lm_head.")
-        )
+        ) or self._other_stage(name)
+
+    def _other_stage(self, name: str) -> bool:
+        parts = name.split(".")
+        if len(parts) < 3 or parts[1] != "layers" or not parts[2].isdigit():
+            return False
+        return not self.model.start_layer <= int(parts[2]) < self.model.end_layer

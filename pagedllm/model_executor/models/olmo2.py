@@ -67,4 +67,5 @@ class Olmo2Model(LlamaModel):
 
 
 class Olmo2ForCausalLM(LlamaForCausalLM):
+    supports_tensor_parallel = False  # q/k norms span all heads
     model_cls = Olmo2Model

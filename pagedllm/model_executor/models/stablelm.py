@@ -79,6 +79,7 @@ _PER_HEAD_NORM = re.compile(r"(.*\.(?:q|k)_layernorm)\.norms\.(\d+)\.weight$")
 
 
 class StableLmForCausalLM(LlamaForCausalLM):
+    supports_tensor_parallel = False  # per-head q/k norm weights are not split
     model_cls = StableLmModel
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> set[str]:

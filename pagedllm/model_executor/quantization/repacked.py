@@ -28,6 +28,12 @@ class RepackedLinearMethod(QuantizeMethodBase):
     checkpoint_tensors: tuple[str, ...] = ("weight",)
     """The layer's checkpoint tensor names (parameter names of the placeholders)."""
 
+    @property
+    def supports_tensor_parallel(self) -> bool:
+        """A plain [out, in] "weight" (float, or GGUF blocks) is sliced per rank on arrival,
+        before on_load; packed layouts (AWQ, GPTQ: [in/8, out] codes, group zeros) are not."""
+        return self.checkpoint_tensors == ("weight",)
+
     def create_weights(self, layer, input_size, output_sizes, bias, params_dtype):
         layer._quant_shards = {name: {} for name in self.checkpoint_tensors}
         for name in self.checkpoint_tensors:
@@ -39,6 +45,8 @@ class RepackedLinearMethod(QuantizeMethodBase):
     def _collector(self, layer: nn.Module, name: str):
         def load(param: nn.Parameter, loaded: Any, shard_id: int | str | None = None) -> None:
             index = 0 if shard_id is None else layer._shard_index(shard_id)
+            if name == "weight":  # this rank's rows / columns (the tensor itself at tp 1)
+                loaded = layer._rank_slice(loaded, None if shard_id is None else index)
             layer._quant_shards[name][index] = self.on_load(name, loaded)
 
         return load

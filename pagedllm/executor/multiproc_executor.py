@@ -1,0 +1,172 @@
+"""MultiprocExecutor: one worker process per rank on this machine (vLLM's "mp" backend).
+
+    engine core process                       worker process, rank r (x world_size)
+    ───────────────────                       ─────────────────────────────────────
+    collective_rpc(method, args)              WorkerWrapper(Worker(config, r))
+      encode once (msgpack, no pickle) ──────▶  recv_bytes ─▶ Worker.<method> ─▶ send_bytes
+      wait for the answering ranks  ◀────────   (execute_model: rank 0 answers alone;
+      or a dead rank's sentinel                  the ranks meet in their all-reduces)
+
+Each rank joins torch.distributed over tcp://127.0.0.1 (gloo on CPU). A rank that dies (killed,
+crashed, or failed a call it does not answer) is seen by its process sentinel while the executor
+waits: the call raises WorkerDied and the engine core stops with that error. A worker whose
+engine core dies sees its pipe close and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from pagedllm import envs
+from pagedllm.executor.abstract import Executor
+from pagedllm.executor.messages import decode_reply, encode_call, make_call
+from pagedllm.logger import init_logger
+
+logger = init_logger(__name__)
+
+
+class WorkerDied(RuntimeError):
+    """A worker rank stopped: the engine cannot make progress."""
+
+
+class MultiprocExecutor(Executor):
+    def _init_workers(self) -> None:
+        world_size = self.config.parallel.world_size
+        init_method = f"tcp://127.0.0.1:{_free_port()}"
+        ctx = multiprocessing.get_context("spawn")
+        self._procs: list[multiprocessing.process.BaseProcess] = []
+        self._conns: list[Connection] = []
+        with _may_have_children():
+            for rank in range(world_size):
+                parent_conn, child_conn = ctx.Pipe(duplex=True)
+                proc = ctx.Process(
+                    target=run_worker, args=(self.config, rank, init_method, child_conn),
+                    name=f"Worker_TP{rank}", daemon=True,
+                )  # fmt: skip
+                proc.start()
+                child_conn.close()  # so the worker's recv() sees EOF when we go
+                self._procs.append(proc)
+                self._conns.append(parent_conn)
+        logger.info("started %d worker processes (pids %s), meeting at %s", world_size,
+                    [p.pid for p in self._procs], init_method)
+
+    def collective_rpc(
+        self, method: str, args: tuple = (), kwargs: dict[str, Any] | None = None
+    ) -> list[Any]:
+        assert not kwargs, "worker calls take positional arguments"
+        return self._call(method, args, reply_rank=None)
+
+    def execute_model(self, scheduler_output):  # type: ignore[override]
+        return self._call("execute_model", (scheduler_output,), reply_rank=0)[0]
+
+    def _call(self, method: str, args: tuple, reply_rank: int | None) -> list[Any]:
+        # NOTE: start-up calls (model load, a first kernel build) may take minutes; a step may
+        # not, so only execute_model has a deadline
+        timeout = envs.execute_model_timeout() if method == "execute_model" else None
+        data = encode_call(make_call(method, args, reply_rank))
+        for rank, conn in enumerate(self._conns):
+            try:
+                conn.send_bytes(data)
+            except (BrokenPipeError, OSError) as e:
+                raise self._died(rank) from e
+        ranks = range(len(self._conns)) if reply_rank is None else [reply_rank]
+        # every answer is read before an error is raised: none may be left in a pipe
+        replies = [decode_reply(method, self._recv(rank, timeout)) for rank in ranks]
+        errors = [error for error, _ in replies if error is not None]
+        if errors:
+            raise RuntimeError(f"{method} failed on a worker: {errors[0]}")
+        return [result for _, result in replies]
+
+    def _recv(self, rank: int, timeout: float | None) -> bytes:
+        """Rank `rank`'s reply; WorkerDied as soon as any rank's process is gone, or when no
+        reply came within `timeout` seconds (None: no limit)."""
+        conn = self._conns[rank]
+        sentinels = {proc.sentinel: i for i, proc in enumerate(self._procs)}
+        while True:
+            ready = wait([conn, *sentinels], timeout)
+            if not ready:
+                raise WorkerDied(f"worker rank {rank} did not answer within {timeout:.0f} s "
+                                 f"(PAGEDLLM_EXECUTE_MODEL_TIMEOUT_SECONDS)")
+            if conn in ready:
+                try:
+                    return conn.recv_bytes()
+                except (EOFError, OSError) as e:
+                    raise self._died(rank) from e
+            for sentinel in ready:
+                raise self._died(sentinels[sentinel])  # type: ignore[index]
+
+    def _died(self, rank: int) -> WorkerDied:
+        proc = self._procs[rank]
+        proc.join(0.5)
+        return WorkerDied(f"worker rank {rank} (pid {proc.pid}) died"
+                          f" (exit code {proc.exitcode})")
+
+    def check_health(self) -> None:
+        for rank, proc in enumerate(self._procs):
+            if not proc.is_alive():
+                raise self._died(rank)
+
+    def shutdown(self) -> None:
+        """Close the pipes (the workers exit on EOF), then terminate any that linger."""
+        for conn in getattr(self, "_conns", []):
+            conn.close()
+        for proc in getattr(self, "_procs", []):
+            proc.join(2.0)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(2.0)
+            if proc.is_alive():
+                proc.kill()
+
+
+def run_worker(config: Any, rank: int, init_method: str, conn: Connection) -> None:
+    """Entry point of a worker process: serve calls until the executor's pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the engine core decides when to stop
+    from pagedllm.executor.worker_wrapper import WorkerFailed, WorkerWrapper
+
+    wrapper = WorkerWrapper(config, rank, init_method)
+    try:
+        while True:
+            try:
+                data = conn.recv_bytes()
+            except (EOFError, OSError):
+                return  # the engine core went away
+            reply = wrapper.handle(data)
+            if reply is not None:
+                conn.send_bytes(reply)
+    except WorkerFailed:
+        os._exit(1)  # NOTE: no clean-up: peers may be blocked in a collective with us
+    finally:
+        with contextlib.suppress(Exception):
+            wrapper.worker.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _may_have_children() -> Iterator[None]:
+    """Let this process start worker processes although it may be a daemon (the server's
+    engine core is one). NOTE: multiprocessing refuses children to daemons so that they are
+    not orphaned; ours cannot be: each exits when its pipe to us closes, which the OS does
+    however this process ends."""
+    config = multiprocessing.current_process()._config  # type: ignore[attr-defined]
+    had, daemon = "daemon" in config, config.get("daemon")
+    config["daemon"] = False
+    try:
+        yield
+    finally:
+        if had:
+            config["daemon"] = daemon
+        else:
+            del config["daemon"]

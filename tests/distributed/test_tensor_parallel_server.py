@@ -1,0 +1,106 @@
+"""`pagedllm serve -tp 2`: answers through the OpenAI client with the tokens of the offline
+engine at -tp 1, and a worker rank killed with SIGKILL takes the engine down cleanly: the
+in-flight stream ends with an error and /health answers 503 within seconds, nothing hangs."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import httpx
+import openai
+import pytest
+
+from pagedllm import LLM, SamplingParams
+from tests.entrypoints.conftest import serve_module
+
+PROMPT = "The quick brown fox"
+DEATH_SECONDS = 10.0
+"""How long the server may take to notice a dead rank (it takes well under a second)."""
+
+
+@pytest.fixture(scope="module")
+def tp_server(tiny_llama_dir, tmp_path_factory):
+    yield from serve_module(tiny_llama_dir, tmp_path_factory, "tp_server", "-tp", "2",
+                            "--kv-cache-memory", "16MiB", "--served-model-name", "tiny")
+
+
+def test_tp2_server_tokens_equal_offline_tp1(tp_server, tiny_llama_dir):
+    client = openai.OpenAI(base_url=f"{tp_server.url}/v1", api_key="unused")
+    served = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=16,
+                                       temperature=0, extra_body={"ignore_eos": True})
+    llm = LLM(tiny_llama_dir, kv_cache_memory="16MiB")
+    offline = llm.generate([PROMPT], SamplingParams(temperature=0, max_tokens=16,
+                                                    ignore_eos=True), use_tqdm=False)
+    assert served.choices[0].text == offline[0].outputs[0].text
+    assert "execution: eager (2 ranks" in tp_server.log()
+
+
+def worker_pids(log: str) -> list[int]:
+    match = re.search(r"started 2 worker processes \(pids \[(\d+), (\d+)\]\)", log)
+    assert match, log
+    return [int(match[1]), int(match[2])]
+
+
+def test_killed_rank_fails_the_stream_and_health(tp_server):
+    pids = worker_pids(tp_server.log())
+    body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 400, "ignore_eos": True,
+            "temperature": 0, "stream": True}
+    with httpx.Client(base_url=tp_server.url, timeout=DEATH_SECONDS) as http:
+        with http.stream("POST", "/v1/completions", json=body) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")  # the stream is running
+            os.kill(pids[1], signal.SIGKILL)
+            killed = time.monotonic()
+            rest = list(lines)  # ends (error event, then the end); a hang times out above
+        assert time.monotonic() - killed < DEATH_SECONDS
+        assert any("error" in line for line in rest), rest[-3:]
+        while http.get("/health").status_code != 503:
+            assert time.monotonic() - killed < DEATH_SECONDS, "still healthy"
+            time.sleep(0.2)
+        refused = http.post("/v1/completions", json={**body, "stream": False})
+        assert refused.status_code == 503
+    assert "worker rank 1" in tp_server.log()
+
+
+def test_idle_engine_core_exits_when_a_rank_dies(tiny_llama_dir):
+    """No request in flight: the engine core's idle loop checks its ranks each second and
+    exits with the dead rank's error; the other rank follows (its pipe closes)."""
+    from pagedllm.engine.arg_utils import EngineArgs
+    from pagedllm.engine.core_client import MPClient
+
+    client = MPClient(EngineArgs(model=tiny_llama_dir, kv_cache_memory="16MiB",
+                                 tensor_parallel_size=2))
+    try:
+        children = _children(client.pid)
+        assert len(children) >= 2, children
+        os.kill(children[-1], signal.SIGKILL)
+        killed = time.monotonic()
+        while client.is_alive():
+            assert time.monotonic() - killed < DEATH_SECONDS, "the engine core lives on"
+            time.sleep(0.1)
+        while any(_alive(pid) for pid in children):
+            assert time.monotonic() - killed < DEATH_SECONDS, "a worker outlived its engine"
+            time.sleep(0.1)
+    finally:
+        client.shutdown()
+
+
+def _children(pid: int) -> list[int]:
+    """The worker processes of the engine core `pid` (not its resource tracker)."""
+    import psutil
+
+    return [child.pid for child in psutil.Process(pid).children()
+            if "resource_tracker" not in " ".join(child.cmdline())]
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
