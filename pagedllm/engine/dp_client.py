@@ -63,13 +63,14 @@ def core_engine_args(engine_args: EngineArgs, rank: int, size: int) -> EngineArg
     """Core `rank`'s own arguments: a seed of its own (unseeded sampling must not repeat the
     other cores' draws; seeded requests are keyed by their own seed and do not care), and its
     share of the physical cores unless the user chose the threads (flag or PAGEDLLM_NUM_THREADS),
-    so N cores do not oversubscribe the machine."""
+    so N cores (each of tp x pp ranks) do not oversubscribe the machine."""
     from pagedllm import envs
     from pagedllm.utils.system import physical_cores
 
     threads = engine_args.num_threads
     if threads is None and envs.num_threads() is None:
-        threads = max(1, physical_cores() // size)
+        ranks_per_core = engine_args.tensor_parallel_size * engine_args.pipeline_parallel_size
+        threads = max(1, physical_cores() // (size * ranks_per_core))
     return dataclasses.replace(engine_args, seed=engine_args.seed + rank, num_threads=threads,
                                data_parallel_size=1)
 

@@ -103,6 +103,8 @@ def test_each_core_gets_its_seed_and_share_of_the_cores(monkeypatch):
     assert [c.seed for c in cores] == [7, 8]
     assert [c.num_threads for c in cores] == [max(1, physical_cores() // 2)] * 2
     assert all(c.data_parallel_size == 1 for c in cores)  # a core is not data parallel itself
+    with_tp = EngineArgs(model="m", data_parallel_size=2, tensor_parallel_size=2)
+    assert core_engine_args(with_tp, 0, 2).num_threads == max(1, physical_cores() // 4)
     assert core_engine_args(EngineArgs(num_threads=3), 1, 2).num_threads == 3  # the user's
     monkeypatch.setenv("PAGEDLLM_NUM_THREADS", "1")
     assert core_engine_args(args, 0, 2).num_threads is None  # the core reads the variable
