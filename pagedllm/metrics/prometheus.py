@@ -143,10 +143,9 @@ class PrometheusStatLogger(StatLoggerBase):
             for position, count in enumerate(spec.num_accepted_tokens_per_pos):
                 self.spec_accepted_per_pos.labels(**labels, position=str(position)).inc(count)
         if stats.lora_stats is not None:
-            self._record_lora(stats.lora_stats)
+            self._record_lora(stats.lora_stats, labels)
 
-    def _record_lora(self, stats: LoRAStats) -> None:
-        labels = self._labels
+    def _record_lora(self, stats: LoRAStats, labels: dict[str, str]) -> None:
         self.lora_loads.labels(**labels).inc(stats.num_loads)
         self.lora_evictions.labels(**labels, tier="cpu").inc(stats.num_cpu_evictions)
         self.lora_evictions.labels(**labels, tier="slot").inc(stats.num_slot_evictions)

@@ -56,7 +56,10 @@ def test_classify_gives_labels_and_scores(http, cross_encoder):
     torch.testing.assert_close(torch.tensor([d["probs"][0] for d in body["data"]]), expected,
                                atol=1e-5, rtol=1e-4)
     pooled = http.post("/pooling", json={"model": "ce", "input": texts}).json()
-    assert [d["data"] for d in pooled["data"]] == [d["probs"] for d in body["data"]]
+    # (the same scores; the encoder's batch, and so its last bits, may differ between the calls)
+    torch.testing.assert_close(torch.tensor([d["data"] for d in pooled["data"]]),
+                               torch.tensor([d["probs"] for d in body["data"]]),
+                               atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize(("path", "body", "needle"), [
