@@ -9,10 +9,22 @@ import torch
 
 @functools.lru_cache(maxsize=4)
 def load_hf_model(path: str, gguf_file: str | None = None):
+    """transformers' fp32 model of a directory, or of a GGUF file in it (the last few cached).
+    A real GGUF (SmolLM2, Gemma 3) stays cached for the session, apart from the tiny models that
+    pass through: transformers dequantizes it tensor by tensor in Python, seconds each time, and
+    several reference tests read the same file (nothing mutates it)."""
+    if gguf_file:
+        return _load_hf_gguf_model(path, gguf_file)
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+@functools.lru_cache(maxsize=2)
+def _load_hf_gguf_model(path: str, gguf_file: str):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, gguf_file=gguf_file)
     return model.eval()
 
 
