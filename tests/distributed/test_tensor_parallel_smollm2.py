@@ -16,8 +16,9 @@ from tests.hf_reference import hf_greedy, load_hf_model
 pytestmark = [pytest.mark.gguf, pytest.mark.slow]
 
 NUM_TOKENS = 16
-TEXTS = ["The history of the Roman Empire began", "def fibonacci(n):\n    ",
+TEXTS = ["def fibonacci(n):\n    ",
          "Once upon a time, in a small village by the sea, there lived an old fisherman who"]
+"""Two prompts, the second longer than a 16-token prefill chunk."""
 
 
 def run(quantization: str, tp: int) -> tuple[list[list[int]], list[list[int]]]:

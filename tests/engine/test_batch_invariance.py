@@ -106,7 +106,8 @@ def test_smollm2_q4_1_is_batch_invariant(smollm2_gguf_path):
 @pytest.mark.gguf
 @pytest.mark.slow
 def test_gemma3_270m_q4_k_m_is_batch_invariant(gemma3_270m_gguf_path):
-    assert_batch_invariant(gemma3_270m_gguf_path, mixed_prompts(262144, 40))
+    # 32: the batch sizes drawn after the whole set (2 + 7 + 23) use every prompt once
+    assert_batch_invariant(gemma3_270m_gguf_path, mixed_prompts(262144, 32))
 
 
 @pytest.mark.parametrize(

@@ -10,14 +10,13 @@ import httpx
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import HealthCheck, Phase, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
 
-EXAMPLES_PER_OPERATION = 8
-"""Generated examples per operation, beyond the coverage cases: bounded so the suite stays
-fast."""
+EXAMPLES_PER_OPERATION = 12
+"""Generated examples per operation: bounded so the suite stays fast."""
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +30,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 @schema.parametrize()
 @settings(max_examples=EXAMPLES_PER_OPERATION, derandomize=True, deadline=None,
-          suppress_health_check=list(HealthCheck))
+          phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
 def test_no_server_errors_and_responses_match_the_schema(case):
     response = case.call(timeout=60)
     case.validate_response(response, checks=(not_a_server_error,))

@@ -32,15 +32,15 @@ def test_gemma3_tensor_names():
 @pytest.mark.gguf
 @pytest.mark.slow
 def test_gemma3_270m_config_and_norms_match_transformers(gemma3_270m_gguf_path):
-    from transformers import AutoConfig
-
     from pagedllm.model_executor.model_loader.config import load_model_config
+    from tests.hf_reference import load_hf_model
 
     ours = load_model_config("gemma-3-270m")
     assert ours.path == gemma3_270m_gguf_path
-    ref = AutoConfig.from_pretrained(
-        os.path.dirname(gemma3_270m_gguf_path), gguf_file=os.path.basename(gemma3_270m_gguf_path)
-    )
+    # transformers' config of the file, as its model reads it (the model is cached for the
+    # session's reference tests; reading the config alone parses the whole file again)
+    ref = load_hf_model(os.path.dirname(gemma3_270m_gguf_path),
+                        os.path.basename(gemma3_270m_gguf_path)).config
     for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                 "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps",
                 "max_position_embeddings", "tie_word_embeddings", "bos_token_id", "eos_token_id",

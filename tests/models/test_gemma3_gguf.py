@@ -1,6 +1,6 @@
 """The real Gemma 3 270M (Q4_K_M GGUF from pip packages: Q4_K, Q5_0, Q6_K, Q8_0 tensors) against
-transformers reading the same GGUF (both dequantize to fp32): greedy tokens agree for 24 tokens on
-three prompts, batched with chunked prefill, one of them longer than a chunk. (transformers'
+transformers reading the same GGUF (both dequantize to fp32): greedy tokens agree for 16 tokens on
+two prompts, batched with chunked prefill, one of them longer than a chunk. (transformers'
 reference is most of this test's time: its GGUF dequantization and one unbatched generate per
 prompt.)"""
 
@@ -15,10 +15,9 @@ from tests.hf_reference import hf_greedy, load_hf_model
 
 pytestmark = [pytest.mark.gguf, pytest.mark.slow]
 
-NUM_TOKENS = 24
+NUM_TOKENS = 16
 PROMPTS = [
     "The capital of France is",
-    "def fibonacci(n):\n    ",
     "Once upon a time, in a small village by the sea, there lived an old fisherman and his wife."
     " Every morning he went out in his boat, and every evening",
 ]
