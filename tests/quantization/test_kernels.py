@@ -40,9 +40,10 @@ def _check(kernel, reference_w: torch.Tensor, dtype: torch.dtype, tol: float) ->
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_int8_per_channel_matches_reference(dtype):
+@pytest.mark.parametrize("in_features", [64, 24, 100])  # 24, 100: not multiples of 16
+def test_int8_per_channel_matches_reference(dtype, in_features):
     torch.manual_seed(0)
-    gq = quantize_int8_per_channel(torch.randn(96, 64))
+    gq = quantize_int8_per_channel(torch.randn(96, in_features))
     kernel = to_kernel(gq)
     assert isinstance(kernel, Int8ChannelWeight)
     # the kernel's weight is exactly the dequantized one (scales are bf16-exact)

@@ -104,19 +104,31 @@ def _via_bf16(kernel, x: torch.Tensor, *args) -> torch.Tensor:
     return kernel(flat, *args).to(x.dtype).reshape(*x.shape[:-1], -1)
 
 
+_INT8PACK_K_MULTIPLE = 16
+"""aten._weight_int8pack_mm reads K in steps of 16: other K give garbage or a segfault (seen
+with K = 24, 40, 100), so such weights are stored zero-padded to the next multiple."""
+
+
 class Int8ChannelWeight(QuantizedWeight):
     """W[n, k] = codes[n, k] * scales[n] (symmetric, one scale per output row)."""
 
     def __init__(self, codes: torch.Tensor, scales: torch.Tensor, input_perm=None) -> None:
         super().__init__(codes.shape[0], codes.shape[1], input_perm)
-        self.register_buffer("codes", codes.to(torch.int8).contiguous())  # [N, K]
+        self.k_padding = -codes.shape[1] % _INT8PACK_K_MULTIPLE
+        """Zero columns appended to the codes (and to x) so the kernel's K is a multiple of 16:
+        they add exactly nothing to the products."""
+        codes = torch.nn.functional.pad(codes.to(torch.int8), (0, self.k_padding))
+        self.register_buffer("codes", codes.contiguous())  # [N, K + k_padding]
         self.register_buffer("scales", scales.to(_PACKED_DTYPE).contiguous())  # [N]
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        if self.k_padding:
+            x = torch.nn.functional.pad(x, (0, self.k_padding))
         return _via_bf16(torch.ops.aten._weight_int8pack_mm, x, self.codes, self.scales)
 
     def dequantize_stored(self) -> torch.Tensor:
-        return self.codes.float() * self.scales.float()[:, None]
+        w = self.codes.float() * self.scales.float()[:, None]
+        return w[:, : self.in_features]
 
 
 class Int4GroupWeight(QuantizedWeight):
