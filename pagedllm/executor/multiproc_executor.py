@@ -24,9 +24,8 @@ from collections.abc import Iterator
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from pagedllm import envs
-from pagedllm.executor.abstract import Executor
-from pagedllm.executor.messages import decode_reply, encode_call, make_call
+from pagedllm.executor.messages import decode_reply
+from pagedllm.executor.remote import RemoteExecutor
 from pagedllm.logger import init_logger
 
 logger = init_logger(__name__)
@@ -36,7 +35,7 @@ class WorkerDied(RuntimeError):
     """A worker rank stopped: the engine cannot make progress."""
 
 
-class MultiprocExecutor(Executor):
+class MultiprocExecutor(RemoteExecutor):
     def _init_workers(self) -> None:
         world_size = self.config.parallel.world_size
         init_method = f"tcp://127.0.0.1:{_free_port()}"
@@ -57,20 +56,8 @@ class MultiprocExecutor(Executor):
         logger.info("started %d worker processes (pids %s), meeting at %s", world_size,
                     [p.pid for p in self._procs], init_method)
 
-    def collective_rpc(
-        self, method: str, args: tuple = (), kwargs: dict[str, Any] | None = None
-    ) -> list[Any]:
-        assert not kwargs, "worker calls take positional arguments"
-        return self._call(method, args, reply_rank=None)
-
-    def execute_model(self, scheduler_output):  # type: ignore[override]
-        return self._call("execute_model", (scheduler_output,), reply_rank=0)[0]
-
-    def _call(self, method: str, args: tuple, reply_rank: int | None) -> list[Any]:
-        # NOTE: start-up calls (model load, a first kernel build) may take minutes; a step may
-        # not, so only execute_model has a deadline
-        timeout = envs.execute_model_timeout() if method == "execute_model" else None
-        data = encode_call(make_call(method, args, reply_rank))
+    def _send(self, method: str, data: bytes, reply_rank: int | None,
+              timeout: float | None) -> list[Any]:
         for rank, conn in enumerate(self._conns):
             try:
                 conn.send_bytes(data)

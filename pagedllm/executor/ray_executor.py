@@ -19,10 +19,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pagedllm import envs
-from pagedllm.executor.abstract import Executor
-from pagedllm.executor.messages import decode_reply, encode_call, make_call
+from pagedllm.executor.messages import decode_reply
 from pagedllm.executor.multiproc_executor import WorkerDied
+from pagedllm.executor.remote import RemoteExecutor
 from pagedllm.logger import init_logger
 
 logger = init_logger(__name__)
@@ -57,7 +56,7 @@ class RayWorker:
         return self.wrapper.handle(data)
 
 
-class RayDistributedExecutor(Executor):
+class RayDistributedExecutor(RemoteExecutor):
     def _init_workers(self) -> None:
         import ray
         from ray.util.placement_group import placement_group
@@ -88,18 +87,8 @@ class RayDistributedExecutor(Executor):
         logger.info("started %d Ray actors (cluster %s), meeting at %s", world_size,
                     address or "local", init_method)
 
-    def collective_rpc(
-        self, method: str, args: tuple = (), kwargs: dict[str, Any] | None = None
-    ) -> list[Any]:
-        assert not kwargs, "worker calls take positional arguments"
-        return self._call(method, args, reply_rank=None)
-
-    def execute_model(self, scheduler_output):  # type: ignore[override]
-        return self._call("execute_model", (scheduler_output,), reply_rank=0)[0]
-
-    def _call(self, method: str, args: tuple, reply_rank: int | None) -> list[Any]:
-        timeout = envs.execute_model_timeout() if method == "execute_model" else None
-        data = encode_call(make_call(method, args, reply_rank))
+    def _send(self, method: str, data: bytes, reply_rank: int | None,
+              timeout: float | None) -> list[Any]:
         replies = self._wait_all([actor.handle.remote(data) for actor in self._actors], timeout)
         results = []
         for rank, reply in enumerate(replies):
