@@ -109,8 +109,12 @@ class Request:
         lora_request: LoRARequest | None = None,
         cache_salt: str | None = None,
         mm_features: list[MultiModalFeature] | None = None,
+        encoder_prompt_token_ids: list[int] | None = None,
     ) -> None:
         self.request_id = request_id
+        self.encoder_prompt_token_ids = encoder_prompt_token_ids
+        """Encoder-decoder models: the encoder's input, sent to the runner each time the request
+        is (re)scheduled new; None for decoder-only models."""
         self.mm_features = mm_features
         """The prompt's images; their content hashes are part of the prefix-cache keys of the
         blocks holding their placeholders, so it must be set before the block hasher runs."""

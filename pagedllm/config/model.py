@@ -57,6 +57,10 @@ class ModelConfig:
     """The labels and their activation (task "classify" only)."""
     is_encoder_only: bool = False
     """A bidirectional encoder (BERT): runs on the pooling core, without a KV cache."""
+    is_encoder_decoder: bool = False
+    """An encoder-decoder (BART, T5): the prompt is the encoder's input, the cache shape fields
+    above describe the decoder's self-attention, and each request's cross-attention K/V is kept
+    by the runner (worker/encoder_decoder.py)."""
 
     def __post_init__(self) -> None:
         if self.dtype not in SUPPORTED_DTYPES:

@@ -109,7 +109,10 @@ class EngineArgs:
             kv_cache_memory=(
                 parse_memory_size(self.kv_cache_memory) if self.kv_cache_memory else None
             ),
-            enable_prefix_caching=self.enable_prefix_caching,
+            # NOTE: decoder blocks hold K/V that depend on the encoder input too, which the
+            # block hashes do not cover (vLLM turns prefix caching off for them as well)
+            enable_prefix_caching=(self.enable_prefix_caching
+                                   and not model_config.is_encoder_decoder),
             kv_cache_dtype=self.kv_cache_dtype,
             num_gpu_blocks_override=self.num_gpu_blocks_override,
         )

@@ -52,6 +52,7 @@ class EngineCore(EngineCoreBase):
                 lora_request=request.lora_request,
                 cache_salt=request.cache_salt,
                 mm_features=request.mm_features,
+                encoder_prompt_token_ids=request.encoder_prompt_token_ids,
             )
         )
 

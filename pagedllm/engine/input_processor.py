@@ -45,6 +45,8 @@ class ProcessedPrompt:
     """BERT segment ids (a text pair for a cross-encoder); None: every token is segment 0."""
     mm_features: list[MultiModalFeature] | None = None
     """The prompt's images (vision-language models), in prompt order; None: text only."""
+    encoder_prompt_token_ids: list[int] | None = None
+    """Encoder-decoder models: the encoder's input; prompt_token_ids is the decoder's prompt."""
 
 
 class InputProcessor:
@@ -92,6 +94,10 @@ class InputProcessor:
     def process_prompt(
         self, prompt: PromptType, add_special_tokens: bool = True
     ) -> ProcessedPrompt:
+        if self.model_config.is_encoder_decoder:
+            from pagedllm.engine.encoder_decoder_prompt import encoder_decoder_prompt
+
+            return encoder_decoder_prompt(prompt, self._process, self.model_config)
         if isinstance(prompt, dict) and prompt.get("multi_modal_data") is not None:
             text_only = {k: v for k, v in prompt.items() if k != "multi_modal_data"}
             processed = self._process(text_only, add_special_tokens)

@@ -33,3 +33,5 @@ class EngineCoreRequest:
     """Prefix-cache isolation: only requests with the same salt share cached blocks."""
     mm_features: list[MultiModalFeature] | None = None
     """The prompt's images (pixels, placeholder positions, content hashes); None: text only."""
+    encoder_prompt_token_ids: list[int] | None = None
+    """Encoder-decoder models: the encoder's input (prompt_token_ids is the decoder's)."""

@@ -26,6 +26,7 @@ from pagedllm.sample.sampler import Sampler, compute_prompt_logprobs
 from pagedllm.spec_decode.calibration import forward_seconds
 from pagedllm.spec_decode.draft_model import DraftModelDrafter
 from pagedllm.spec_decode.drafter import Drafter
+from pagedllm.worker.encoder_decoder import EncoderDecoderState
 from pagedllm.worker.input_batch import InputBatch
 from pagedllm.worker.mm_embeddings import MultiModalEmbeddings
 from pagedllm.worker.row_arrays import positions_within
@@ -78,6 +79,9 @@ class ModelRunner:
         self.mm = (MultiModalEmbeddings(model, device)
                    if getattr(model, "supports_multimodal", False) else None)
         """Vision-language models: each image's encoder output, per running request."""
+        self.encdec = (EncoderDecoderState(model, device)
+                       if getattr(model, "is_encoder_decoder", False) else None)
+        """Encoder-decoders: each running request's cross-attention K/V."""
         self.metadata_builder = backend.get_builder_cls()()
         layers = attention_layers(model)
         assert len(layers) == len(kv_caches), (len(layers), len(kv_caches))
@@ -108,8 +112,13 @@ class ModelRunner:
             lora_mapping = None
             if self.lora is not None:
                 lora_mapping = self.lora.step_mapping(inputs.req_ids, inputs.num_scheduled)
+            cross = None
+            if self.encdec is not None:  # (the encoder runs in its own forward context)
+                cross = self.encdec.step_batch(inputs.req_ids, inputs.attn.query_start_loc_cpu)
         with step_phase("forward"), set_forward_context(attn_metadata, lora_mapping):
-            if self.mm is not None:
+            if cross is not None:
+                hidden = self.model(inputs.input_ids, inputs.positions, cross=cross)
+            elif self.mm is not None:
                 embeds = self.mm.input_embeds(
                     inputs.input_ids, inputs.req_ids,
                     self.input_batch.num_computed_tokens[inputs.rows], inputs.num_scheduled)
@@ -154,10 +163,14 @@ class ModelRunner:
                 self.lora.remove_request(req_id)
             if self.mm is not None:
                 self.mm.remove_request(req_id)
+            if self.encdec is not None:
+                self.encdec.remove_request(req_id)
         for new in so.scheduled_new_reqs:
             batch.add_request(new)
             if self.mm is not None:
                 self.mm.add_request(new.req_id, new.mm_features)
+            if self.encdec is not None:
+                self.encdec.add_request(new.req_id, new.encoder_prompt_token_ids)
             if self.lora is not None:
                 self.lora.add_request(new.req_id, new.lora_request)
             if self.drafter is not None:

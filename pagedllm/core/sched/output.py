@@ -32,6 +32,8 @@ class NewRequestData:
     """The adapter the request runs under (None: the base model)."""
     mm_features: list[MultiModalFeature] | None = None
     """The prompt's images, for the runner's vision encoder (None: text only)."""
+    encoder_prompt_token_ids: list[int] | None = None
+    """Encoder-decoder models: the encoder's input (the runner encodes it once per scheduling)."""
 
 
 @dataclass

@@ -36,6 +36,7 @@ class StepBuilder:
             num_computed_tokens=request.num_computed_tokens,
             lora_request=request.lora_request,
             mm_features=request.mm_features,
+            encoder_prompt_token_ids=request.encoder_prompt_token_ids,
         )
         self._take(request.request_id, num_tokens)
 

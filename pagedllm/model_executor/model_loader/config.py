@@ -38,9 +38,17 @@ def load_model_config(
     # A vision-language model (LLaVA) nests its decoder's config: the cache and the lengths are
     # the text model's; hf_config stays the whole config (the model needs the vision part).
     text_config = text_config_of(hf_config)
+    encdec = encoder_decoder_dims(architectures[0], text_config)
+    if encdec is not None and max_model_len is None:
+        max_model_len = encdec.pop("default_max_model_len")
     if max_model_len is None and embedding.max_seq_length is not None:
         max_model_len = min(embedding.max_seq_length, resolve_max_model_len(None, text_config))
     num_heads = text_config.num_attention_heads
+    stack = {"num_hidden_layers": text_config.num_hidden_layers, "num_attention_heads": num_heads,
+             **kv_cache_heads(architectures[0], text_config)}
+    if encdec is not None:
+        encdec.pop("default_max_model_len", None)
+        stack.update(encdec)
     model_dtype = resolve_dtype(dtype, hf_config, device)
     return ModelConfig(
         model=source.name,
@@ -53,9 +61,7 @@ def load_model_config(
         max_model_len=resolve_max_model_len(max_model_len, text_config),
         vocab_size=text_config.vocab_size,
         hidden_size=text_config.hidden_size,
-        num_hidden_layers=text_config.num_hidden_layers,
-        num_attention_heads=num_heads,
-        **kv_cache_heads(architectures[0], text_config),
+        **stack,
         eos_token_ids=tuple(sorted(eos_token_ids(source, hf_config)
                                    | eos_token_ids(source, text_config))),
         quantization=_resolve_quantization(quantization, source, hf_config),
@@ -65,7 +71,27 @@ def load_model_config(
         pooler=embedding.pooler,
         classifier=embedding.classifier,
         is_encoder_only=embedding.encoder_only,
+        is_encoder_decoder=encdec is not None,
     )
+
+
+def encoder_decoder_dims(architecture: str, hf_config: Any) -> dict[str, Any] | None:
+    """An encoder-decoder's cache shape: its decoder's layers and heads (BART and T5 may give
+    the encoder other counts; T5's heads are d_kv wide whatever d_model is), and the default
+    max_model_len where the config has no position table (T5: 512, its training length).
+    None for every other architecture."""
+    from pagedllm.model_executor.models.registry import ENCODER_DECODER_ARCHITECTURES
+
+    if architecture not in ENCODER_DECODER_ARCHITECTURES:
+        return None
+    c = hf_config
+    layers = getattr(c, "decoder_layers", None) or getattr(c, "num_decoder_layers", None)
+    heads = getattr(c, "decoder_attention_heads", None) or c.num_attention_heads
+    head_dim = getattr(c, "d_kv", None) or c.d_model // heads
+    default_len = getattr(c, "max_position_embeddings", None) or 512
+    return {"num_hidden_layers": layers or c.num_hidden_layers, "num_attention_heads": heads,
+            "num_kv_heads": heads, "head_dim": head_dim, "use_mla": False,
+            "default_max_model_len": default_len}
 
 
 def kv_cache_heads(architecture: str, hf_config: Any) -> dict[str, Any]:

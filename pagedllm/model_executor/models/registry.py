@@ -42,6 +42,16 @@ MODEL_REGISTRY.register("DeepseekV3ForCausalLM", f"{_MODELS}.deepseek_v2", "Deep
 MODEL_REGISTRY.register("LlavaForConditionalGeneration", f"{_MODELS}.llava",
                         "LlavaForConditionalGeneration")
 
+# Encoder-decoders: the prompt is encoded once per request, the decoder generates.
+MODEL_REGISTRY.register("BartForConditionalGeneration", f"{_MODELS}.bart",
+                        "BartForConditionalGeneration")
+MODEL_REGISTRY.register("T5ForConditionalGeneration", f"{_MODELS}.t5",
+                        "T5ForConditionalGeneration")
+
+ENCODER_DECODER_ARCHITECTURES = frozenset({"BartForConditionalGeneration",
+                                           "T5ForConditionalGeneration"})
+"""Native encoder-decoders (ModelConfig.is_encoder_decoder)."""
+
 MLA_ARCHITECTURES = frozenset({"DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM"})
 """Native architectures whose attention is multi-head latent attention: their KV cache holds the
 latent (see ModelConfig.use_mla)."""
