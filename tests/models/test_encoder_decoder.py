@@ -22,18 +22,23 @@ _BART = {"d_model": 32, "encoder_layers": 2, "decoder_layers": 2, "encoder_atten
          "init_std": 0.1}
 _T5 = {"d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 2, "num_decoder_layers": 2,
        "num_heads": 4, "relative_attention_num_buckets": 8,
-       "relative_attention_max_distance": 20, "decoder_start_token_id": 0,
-       "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False}
-CONFIGS = {"BartConfig": ("BartForConditionalGeneration", _BART),
-           "T5Config": ("T5ForConditionalGeneration", _T5)}
+       "relative_attention_max_distance": 20, "decoder_start_token_id": 0}
+CONFIGS = {
+    "bart": ("BartConfig", "BartForConditionalGeneration", _BART),
+    # T5 v1.1 / Flan: gated-GELU FFN, untied head, unscaled decoder output
+    "t5_v1_1": ("T5Config", "T5ForConditionalGeneration",
+                {**_T5, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False}),
+    # the original T5: ReLU FFN, tied head, decoder output scaled by d_model^-0.5
+    "t5": ("T5Config", "T5ForConditionalGeneration", {**_T5, "feed_forward_proj": "relu"}),
+}
 
 
-def _save(directory: str, tokenizer_dir: str, config_cls: str) -> None:
+def _save(directory: str, tokenizer_dir: str, variant: str) -> None:
     import transformers
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    arch, overrides = CONFIGS[config_cls]
+    config_cls, arch, overrides = CONFIGS[variant]
     config = getattr(transformers, config_cls)(
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **overrides)
@@ -53,7 +58,7 @@ def _save(directory: str, tokenizer_dir: str, config_cls: str) -> None:
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def model_dir(request, tmp_path_factory, tiny_tokenizer_dir) -> str:
-    directory = str(tmp_path_factory.mktemp(request.param.lower()))
+    directory = str(tmp_path_factory.mktemp(request.param))
     _save(directory, tiny_tokenizer_dir, request.param)
     return directory
 
@@ -78,7 +83,15 @@ def _prompts(vocab: int, lengths: list[int] = ENCODER_LENGTHS) -> list[list[int]
     return [[rng.randrange(3, vocab) for _ in range(n)] for n in lengths]
 
 
-def test_greedy_matches_hf_generate_mixed_batch_with_preemption(model_dir):
+@torch.inference_mode()
+def _hf_logprobs(hf, encoder_ids: list[int], start: int, tokens: list[int]) -> torch.Tensor:
+    """[len(tokens)]: HF's log-probability of each token given the ones before it."""
+    decoder = torch.tensor([[start, *tokens[:-1]]])
+    logits = hf(input_ids=torch.tensor([encoder_ids]), decoder_input_ids=decoder).logits[0]
+    return torch.log_softmax(logits.float(), -1)[torch.arange(len(tokens)), tokens]
+
+
+def test_greedy_and_logprobs_match_hf_mixed_batch_with_preemption(model_dir):
     hf = _hf(model_dir)
     prompts = _prompts(hf.config.vocab_size)
     expected = [_hf_generate(hf, p, MAX_TOKENS) for p in prompts]
@@ -86,9 +99,16 @@ def test_greedy_matches_hf_generate_mixed_batch_with_preemption(model_dir):
     # at once, so some are preempted, and re-encoded when they resume
     llm = LLM(model_dir, block_size=4, num_gpu_blocks_override=6, max_model_len=24,
               max_num_batched_tokens=24)
-    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True,
+                            logprobs=0)
     outputs = llm.generate(prompts, params, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outputs] == expected
+    start = hf.generation_config.decoder_start_token_id
+    for prompt, out in zip(prompts, outputs):
+        ours = torch.tensor([step[t].logprob for step, t in
+                             zip(out.outputs[0].logprobs, out.outputs[0].token_ids)])
+        reference = _hf_logprobs(hf, prompt, start, list(out.outputs[0].token_ids))
+        torch.testing.assert_close(ours, reference, atol=1e-4, rtol=0)
     core = engine_core(llm)
     runner = core.executor.driver_worker.model_runner
     assert runner.encdec.num_encoder_runs > len(prompts)  # preempted ones ran it again
