@@ -91,6 +91,11 @@ class InputProcessor:
                              f"{self.multimodal.max_image_pixels}")
         return image.convert("RGB")
 
+    def tokenize(self, prompt: str | list[int], add_special_tokens: bool = True) -> list[int]:
+        """The token ids of a text or token-id prompt, validated against the vocabulary (an
+        encoder-decoder's too: the server tokenizes before the prompt is split)."""
+        return self._process(prompt, add_special_tokens).prompt_token_ids
+
     def process_prompt(
         self, prompt: PromptType, add_special_tokens: bool = True
     ) -> ProcessedPrompt:

@@ -56,11 +56,23 @@ def _save(directory: str, tokenizer_dir: str, variant: str) -> None:
     tokenizer.save_pretrained(directory)
 
 
-@pytest.fixture(scope="module", params=list(CONFIGS))
-def model_dir(request, tmp_path_factory, tiny_tokenizer_dir) -> str:
-    directory = str(tmp_path_factory.mktemp(request.param))
-    _save(directory, tiny_tokenizer_dir, request.param)
-    return directory
+@pytest.fixture(scope="module")
+def build(tmp_path_factory, tiny_tokenizer_dir):
+    """build(variant) -> the directory of that tiny random model (built once per module)."""
+    built: dict[str, str] = {}
+
+    def make(variant: str) -> str:
+        if variant not in built:
+            built[variant] = str(tmp_path_factory.mktemp(variant))
+            _save(built[variant], tiny_tokenizer_dir, variant)
+        return built[variant]
+
+    return make
+
+
+@pytest.fixture(params=list(CONFIGS))
+def model_dir(request, build) -> str:
+    return build(request.param)
 
 
 def _hf(model_dir: str):
@@ -115,3 +127,60 @@ def test_greedy_and_logprobs_match_hf_mixed_batch_with_preemption(model_dir):
     core.step()  # the last finished ids reach the runner with the next step
     assert runner.encdec.num_cached == 0  # every cross-attention entry freed
     assert core.scheduler.make_stats().num_free_blocks == 6
+
+
+def test_explicit_encoder_and_decoder_prompts(build):
+    """vLLM's {"encoder_prompt", "decoder_prompt"}: the decoder continues its given prompt
+    (the start token prepended), as HF generate continues decoder_input_ids."""
+    model_dir = build("bart")
+    hf = _hf(model_dir)
+    encoder, decoder = _prompts(hf.config.vocab_size, [12, 4])
+    start = hf.generation_config.decoder_start_token_id
+    with torch.inference_mode():
+        out = hf.generate(torch.tensor([encoder]), decoder_input_ids=torch.tensor(
+            [[start, *decoder]]), max_new_tokens=MAX_TOKENS, do_sample=False, num_beams=1,
+            eos_token_id=hf.config.vocab_size + 1, forced_eos_token_id=None, pad_token_id=0)
+    expected = out[0, 1 + len(decoder):].tolist()
+    llm = LLM(model_dir, max_model_len=32, kv_cache_memory="1MiB")
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    (output,) = llm.generate({"encoder_prompt": {"prompt_token_ids": encoder},
+                              "decoder_prompt": {"prompt_token_ids": decoder}}, params,
+                             use_tqdm=False)
+    assert output.prompt_token_ids == [start, *decoder]
+    assert list(output.outputs[0].token_ids) == expected
+    with pytest.raises(ValueError, match="encoder takes at most 128"):
+        llm.generate([[5] * 129], params, use_tqdm=False)
+
+
+def test_completions_through_the_server(build, tmp_path_factory):
+    """/v1/completions on a served BART: a batch of encoder prompts of different lengths, as
+    token ids and as text, equal to HF generate; an over-long encoder prompt is a 400."""
+    import httpx
+    from transformers import AutoTokenizer
+
+    from tests.entrypoints.conftest import serve_module
+
+    model_dir = build("bart")
+    hf = _hf(model_dir)
+    prompts = _prompts(hf.config.vocab_size, [5, 21])
+    text = "The quick brown fox jumps over the lazy dog."
+    text_ids = AutoTokenizer.from_pretrained(model_dir)(text).input_ids
+    expected = [_hf_generate(hf, p, MAX_TOKENS) for p in (*prompts, text_ids)]
+    server = serve_module(model_dir, tmp_path_factory, "bart_server", "--max-model-len", "32",
+                          "--kv-cache-memory", "1MiB", "--served-model-name", "bart")
+    remote = next(server)
+    try:
+        body = {"model": "bart", "max_tokens": MAX_TOKENS, "temperature": 0.0,
+                "ignore_eos": True, "logprobs": 0, "return_tokens_as_token_ids": True}
+        batch = httpx.post(f"{remote.url}/v1/completions", json={**body, "prompt": prompts},
+                           timeout=60).json()
+        single = httpx.post(f"{remote.url}/v1/completions", json={**body, "prompt": text},
+                            timeout=60).json()
+        choices = sorted(batch["choices"], key=lambda c: c["index"]) + single["choices"]
+        assert [[int(t.removeprefix("token_id:")) for t in c["logprobs"]["tokens"]]
+                for c in choices] == expected
+        bad = httpx.post(f"{remote.url}/v1/completions",
+                         json={**body, "prompt": [7] * 200}, timeout=60)
+        assert bad.status_code == 400, bad.text
+    finally:
+        server.close()

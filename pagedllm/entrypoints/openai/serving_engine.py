@@ -50,8 +50,7 @@ class OpenAIServing:
     def tokenize(self, prompt: str | list[int], add_special_tokens: bool) -> list[int]:
         """Token ids of a text or token-id prompt (validated against the vocabulary)."""
         try:
-            return self.engine.input_processor.process_prompt(
-                prompt, add_special_tokens=add_special_tokens).prompt_token_ids
+            return self.engine.input_processor.tokenize(prompt, add_special_tokens)
         except ValueError as e:
             raise BadRequestError(str(e), param="prompt") from e
 
