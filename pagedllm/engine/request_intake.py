@@ -78,7 +78,8 @@ class RequestIntake:
                               lora_request=lora_request, cache_salt=cache_salt,
                               token_type_ids=processed.token_type_ids,
                               mm_features=processed.mm_features,
-                              encoder_prompt_token_ids=processed.encoder_prompt_token_ids)  # fmt: skip
+                              encoder_prompt_token_ids=processed.encoder_prompt_token_ids,
+                              )  # fmt: skip
             for child_id, child_params in samples
         ]
         return AcceptedRequest(processed.prompt_token_ids, core_requests)
