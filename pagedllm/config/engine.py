@@ -41,6 +41,20 @@ class EngineConfig:
                 f"({self.model.max_model_len})"
             )
         self._check_parallel()
+        self._check_encoder_decoder()
+
+    def _check_encoder_decoder(self) -> None:
+        """What encoder-decoders (BART, T5) do not run with yet, named."""
+        if not self.model.is_encoder_decoder:
+            return
+        what = self.model.architecture
+        if self.parallel.tensor_parallel_size * self.parallel.pipeline_parallel_size > 1:
+            raise ValueError(f"{what} is an encoder-decoder; it runs on one rank only")
+        if self.speculative is not None:
+            raise ValueError(f"{what} is an encoder-decoder; speculative decoding does not run "
+                             f"it yet")
+        if self.lora is not None:
+            raise ValueError(f"{what} is an encoder-decoder; LoRA adapters do not run on it")
 
     def _check_parallel(self) -> None:
         """Refuse what does not run split over ranks yet, naming it."""

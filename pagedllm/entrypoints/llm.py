@@ -151,6 +151,9 @@ class LLM:
         generate (each prompt's beams run under its adapter)."""
         processor = self.llm_engine.input_processor
         model = self.llm_engine.config.model
+        if model.is_encoder_decoder:
+            raise ValueError(f"beam search does not run encoder-decoders ({model.architecture}) "
+                             f"yet")
         prompt_list = _as_prompt_list(prompts)
         loras = _as_lora_list(lora_request, len(prompt_list))
         for lora in set(loras):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pagedllm import LLM, SamplingParams
+from pagedllm.beam_search import BeamSearchParams
 from tests.engine_internals import engine_core
 
 MAX_TOKENS = 8
@@ -150,6 +151,8 @@ def test_explicit_encoder_and_decoder_prompts(build):
     assert list(output.outputs[0].token_ids) == expected
     with pytest.raises(ValueError, match="encoder takes at most 128"):
         llm.generate([[5] * 129], params, use_tqdm=False)
+    with pytest.raises(ValueError, match="beam search"):
+        llm.beam_search([encoder], BeamSearchParams(beam_width=2, max_tokens=2))
 
 
 def test_completions_through_the_server(build, tmp_path_factory):

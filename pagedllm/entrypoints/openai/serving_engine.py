@@ -137,6 +137,9 @@ class OpenAIServing:
             return self._admitted(prompt_ids, params.n, self._timed(prompt_ids, params,
                                                                      request_id, with_images))
         assert params.max_tokens is not None
+        if self.engine.model_config.is_encoder_decoder:
+            raise BadRequestError("beam search does not run encoder-decoder models yet",
+                                  param="use_beam_search")
         beam_params = beam_search_params(request, params.max_tokens, self.speculative_decoding)
         return self._admitted(prompt_ids, beam_params.beam_width, beam_search_stream(
             generate, prompt_ids,
