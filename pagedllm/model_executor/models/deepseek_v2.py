@@ -140,11 +140,15 @@ class DeepseekV2MLAAttention(nn.Module):
 class DeepseekV2MoE(nn.Module):
     """Routed experts by grouped top-k plus the shared experts."""
 
+    sigmoid_routing = False
+    """V3's routing whatever the config says (GLM-4-MoE's block sets it)."""
+
     def __init__(self, config: Any, prefix: str) -> None:
         super().__init__()
         hidden, num_experts = config.hidden_size, config.n_routed_experts
         self.config = config
-        self.is_v3 = (getattr(config, "model_type", None) == "deepseek_v3"
+        self.is_v3 = (self.sigmoid_routing
+                      or getattr(config, "model_type", None) == "deepseek_v3"
                       or getattr(config, "topk_method", None) == "noaux_tc")  # fmt: skip
         # the router: replicated, never quantized (see quantization.base.ROUTER_GATES)
         self.gate = ReplicatedLinear(hidden, num_experts, prefix=f"{prefix}.gate")
