@@ -113,9 +113,11 @@ def _write_tokenizer(writer, model_dir: str) -> None:
     writer.add_add_bos_token(False)
 
 
-def write_gguf(hf_dir: str, path: str, case: str) -> str:
-    """The GGUF llama.cpp's converter would write for the HF model in hf_dir (FAMILIES[case])."""
-    from gguf import GGUFWriter
+def write_gguf(hf_dir: str, path: str, case: str, q8_0: bool = False) -> str:
+    """The GGUF llama.cpp's converter would write for the HF model in hf_dir (FAMILIES[case]);
+    q8_0: its 2-D weights in Q8_0 blocks (as `--outtype q8_0` writes them), the rest F32."""
+    from gguf import GGMLQuantizationType, GGUFWriter
+    from gguf.quants import quantize
 
     arch, _, _, block_names, permuted = FAMILIES[case]
     with open(os.path.join(hf_dir, "config.json")) as f:
@@ -154,8 +156,13 @@ def write_gguf(hf_dir: str, path: str, case: str) -> str:
             array = _llama_cpp_permute(array, heads)
         elif permuted and ".self_attn.k_proj." in name:
             array = _llama_cpp_permute(array, kv_heads)
-        writer.add_tensor(_gguf_name(name, block_names),
-                          np.ascontiguousarray(array, dtype=np.float32))  # fmt: skip
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        if q8_0 and array.ndim == 2 and array.shape[1] % 32 == 0:
+            writer.add_tensor(_gguf_name(name, block_names),
+                              quantize(array, GGMLQuantizationType.Q8_0),
+                              raw_dtype=GGMLQuantizationType.Q8_0)  # fmt: skip
+        else:
+            writer.add_tensor(_gguf_name(name, block_names), array)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -109,3 +109,12 @@ def _packed_target(name: str, shard_of: dict[str, tuple[str, int]]) -> tuple[str
             packed, shard_id = shard_of[part]
             return ".".join([*parts[:i], packed, *parts[i + 1 :]]), shard_id
     return name, None
+
+
+def take_rows(tensor: Any, rows: torch.Tensor) -> Any:
+    """tensor[rows] for a float tensor or for a GGUF weight still in its quantized blocks
+    (model_loader.gguf.GGUFWeight, with --quantization gguf): its rows are whole blocks apart."""
+    if isinstance(tensor, torch.Tensor):
+        return tensor[rows]
+    shape = (len(rows), *tensor.shape[1:])
+    return type(tensor)(tensor.data[rows.numpy()], tensor.qtype, shape)

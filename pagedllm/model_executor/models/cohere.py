@@ -19,6 +19,7 @@ from pagedllm.config.model import ModelConfig
 from pagedllm.model_executor.layers.layernorm import LayerNormNoBias, PerHeadLayerNorm
 from pagedllm.model_executor.layers.logits import LogitsProcessor
 from pagedllm.model_executor.layers.rotary import RotaryEmbedding, interleaved_to_neox_rows
+from pagedllm.model_executor.layers.weight_utils import take_rows
 from pagedllm.model_executor.models.llama import (
     LlamaAttention,
     LlamaDecoderLayer,
@@ -90,10 +91,22 @@ class CohereForCausalLM(LlamaForCausalLM):
         return super().load_weights(self._to_rotate_half(weights))
 
     def _to_rotate_half(self, weights: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+        """q/k rows (and the per-dim q/k norm weights) reordered by index, so a GGUF weight
+        still in its quantized blocks (--quantization gguf) moves whole rows of blocks."""
         head_dim = head_dim_of(self.config)
         rotary_dim = self.model.layers[0].self_attn.rotary_emb.rotary_dim
         for name, tensor in weights:
             if any(part in name for part in _ROTATED):
-                rows = tensor.reshape(-1, *tensor.shape[2:]) if "_norm." in name else tensor
-                tensor = interleaved_to_neox_rows(rows, head_dim, rotary_dim).reshape(tensor.shape)
+                if "_norm." in name:  # [heads, head_dim] float: reorder within each head
+                    order = interleaved_to_neox_rows(torch.arange(head_dim), head_dim,
+                                                     rotary_dim)  # fmt: skip
+                    tensor = _dense(tensor)[..., order]
+                else:  # [heads * head_dim, ...] rows
+                    order = interleaved_to_neox_rows(torch.arange(tensor.shape[0]), head_dim,
+                                                     rotary_dim)  # fmt: skip
+                    tensor = take_rows(tensor, order)
             yield name, tensor
+
+
+def _dense(tensor: Any) -> torch.Tensor:
+    return tensor if isinstance(tensor, torch.Tensor) else tensor.dequantize()

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from pagedllm.model_executor.layers.rotary import RotaryEmbedding, interleaved_to_neox_rows
+from pagedllm.model_executor.layers.weight_utils import take_rows
 from pagedllm.model_executor.models.gemma2 import Gemma2DecoderLayer
 from pagedllm.model_executor.models.llama import (
     LlamaAttention,
@@ -43,15 +44,6 @@ _GLM4_NORMS = {
     "post_mlp_layernorm": "post_feedforward_layernorm",
 }
 """GLM-4's checkpoint norm -> the module of the same role in Gemma 2's block."""
-
-
-def take_rows(tensor: Any, rows: torch.Tensor) -> Any:
-    """tensor[rows] for a float tensor or for a GGUF weight still in its quantized blocks
-    (model_loader.gguf.GGUFWeight, with --quantization gguf): its rows are whole blocks apart."""
-    if isinstance(tensor, torch.Tensor):
-        return tensor[rows]
-    shape = (len(rows), *tensor.shape[1:])
-    return type(tensor)(tensor.data[rows.numpy()], tensor.qtype, shape)
 
 
 class GlmDecoderLayer(LlamaDecoderLayer):
