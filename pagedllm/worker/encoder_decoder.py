@@ -36,9 +36,8 @@ class EncoderDecoderState:
         return len(self._cross_kv)
 
     def add_request(self, req_id: str, encoder_ids: list[int] | None) -> None:
-        if not encoder_ids:
-            raise ValueError(f"request {req_id} of an encoder-decoder model has no encoder "
-                             f"prompt")
+        # (the input processor gives every request of an encoder-decoder its encoder prompt)
+        assert encoder_ids, f"request {req_id} has no encoder prompt"
         self._encoder_ids[req_id] = encoder_ids
         self._cross_kv.pop(req_id, None)
 
