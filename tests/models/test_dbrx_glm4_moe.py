@@ -1,13 +1,13 @@
 """DBRX (fused w1/v1/w2 experts, clip_qkv, bias-free LayerNorms, p-norm expert weights) and
 GLM-4-MoE (partial rotary, q/k/v bias, DeepSeek-V3's sigmoid routing with the correction bias,
 shared experts, dense first layers) against HF transformers fp32 through the whole engine:
-greedy tokens of a chunked mixed batch and prefill logits."""
+greedy tokens of a chunked mixed batch, again from the prefix cache, and prefill logits."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.models.family_check import assert_greedy_matches_hf, assert_logits_match_hf
+from tests.models.family_check import assert_engine_matches_hf, assert_logits_match_hf
 
 DBRX = {"attn_config": {"kv_n_heads": 2, "clip_qkv": 0.3, "rope_theta": 10000.0},
         # (d_model by its own name: DbrxConfig copies it into ffn_config before hidden_size maps)
@@ -25,5 +25,5 @@ VARIANTS = {"dbrx": ("DbrxConfig", DBRX), "glm4_moe": ("Glm4MoeConfig", GLM4_MOE
 def test_greedy_and_logits_match_hf(tiny_model_factory, variant):
     config_cls, overrides = VARIANTS[variant]
     model_dir = tiny_model_factory(config_cls, **overrides)
-    assert_greedy_matches_hf(model_dir)
+    assert_engine_matches_hf(model_dir)
     assert_logits_match_hf(model_dir)
