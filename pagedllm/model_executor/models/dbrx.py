@@ -96,6 +96,8 @@ class _LlamaView:
         self._config = config
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_config":  # (a copy or unpickle looks before __init__ set it)
+            raise AttributeError(name)
         return getattr(self._config, name)
 
 
