@@ -197,7 +197,9 @@ class InputProcessor:
         prompt holding it without images is refused (the model would read an embedding that
         was never trained as input)."""
         hf_config = getattr(self.model_config, "hf_config", None)
-        image_token = getattr(hf_config, "image_token_index", None)
+        from pagedllm.multimodal.processor import image_token_id
+
+        image_token = image_token_id(hf_config) if hf_config is not None else None
         if (image_token is not None and not prompt.mm_features
                 and image_token in prompt.prompt_token_ids):
             raise ValueError("the prompt holds image placeholder tokens but no images "

@@ -91,3 +91,85 @@ def hf_llava_greedy(model_dir: str, hf, prompt_ids: list[int], images: list,
         out = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                           max_new_tokens=max_tokens, min_new_tokens=max_tokens, **kwargs)
     return out[0, len(prompt_ids):].tolist()
+
+
+QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_vl_dir(tmp_path_factory, tiny_tokenizer_dir) -> str:
+    """A tiny random Qwen2-VL: tower 2 blocks x 32 wide on 7x7 patches merged 2x2 (a 40x50 image
+    is a 6x8 patch grid: 12 tokens), mrope_section [2, 3, 3] over the tiny decoder's 16-dim
+    heads; the PIL image processor (no torchvision) bounded to 28x28..56x56 pixels."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    from tests.conftest import TINY_LLAMA
+
+    directory = str(tmp_path_factory.mktemp("tiny_qwen2_vl"))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tokenizer.add_tokens(["<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                          "<|video_pad|>"], special_tokens=True)
+    text = dict(TINY_LLAMA, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                 "mrope_section": [2, 3, 3]})
+    vision = dict(depth=2, embed_dim=32, hidden_size=TINY_LLAMA["hidden_size"], num_heads=4,
+                  mlp_ratio=2, patch_size=7, spatial_merge_size=2, temporal_patch_size=2)
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"),
+        ("vision_end_token_id", "<|vision_end|>"))}
+    config = Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False,
+                           **ids)
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(config).to(torch.float32)
+    _perturb(model, ("visual",))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    Qwen2VLImageProcessorPil(patch_size=7, merge_size=2, temporal_patch_size=2,
+                             min_pixels=28 * 28, max_pixels=56 * 56).save_pretrained(directory)
+    return directory
+
+
+def _perturb(model, vision_prefixes: tuple[str, ...]) -> None:
+    """Non-trivial norms and biases, and vision weights large enough to move the tokens, so a
+    mix-up shows."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight") or "layer_norm" in name or "ln_q" in name or \
+                    "norm1" in name or "norm2" in name:
+                param.uniform_(0.5, 1.5)
+            elif name.endswith(".bias"):
+                param.normal_(0.0, 0.1)
+            elif any(prefix in name for prefix in vision_prefixes):
+                param.normal_(0.0, 0.2)
+
+
+def hf_qwen2_vl_greedy(model_dir: str, hf, prompt_ids: list[int], images: list,
+                       max_tokens: int) -> list[int]:
+    """HF transformers' greedy tokens (fp32) for an expanded prompt: a full forward per token,
+    so HF's own get_rope_index makes every position and no EOS handling intervenes (the engine
+    runs with ignore_eos)."""
+    import torch
+    from transformers import AutoImageProcessor
+
+    kwargs = {}
+    if images:
+        processed = AutoImageProcessor.from_pretrained(model_dir)(images=images,
+                                                                  return_tensors="pt")
+        kwargs = {"pixel_values": processed["pixel_values"],
+                  "image_grid_thw": processed["image_grid_thw"]}
+    sequence = list(prompt_ids)
+    with torch.no_grad():
+        for _ in range(max_tokens):
+            ids = torch.tensor([sequence])
+            mm_types = (ids == hf.config.image_token_id).int()
+            logits = hf(input_ids=ids, mm_token_type_ids=mm_types, **kwargs).logits[0, -1]
+            sequence.append(int(logits.argmax()))
+    return sequence[len(prompt_ids):]

@@ -41,6 +41,8 @@ MODEL_REGISTRY.register("DeepseekV3ForCausalLM", f"{_MODELS}.deepseek_v2", "Deep
 # Vision-language: a CLIP tower + projector whose image embeddings replace placeholder tokens.
 MODEL_REGISTRY.register("LlavaForConditionalGeneration", f"{_MODELS}.llava",
                         "LlavaForConditionalGeneration")
+MODEL_REGISTRY.register("Qwen2VLForConditionalGeneration", f"{_MODELS}.qwen2_vl",
+                        "Qwen2VLForConditionalGeneration")
 
 MLA_ARCHITECTURES = frozenset({"DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM"})
 """Native architectures whose attention is multi-head latent attention: their KV cache holds the

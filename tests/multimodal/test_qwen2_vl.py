@@ -1,0 +1,116 @@
+"""Tiny random Qwen2-VL through the offline engine against HF transformers (fp32 greedy):
+dynamic resolution (images of different sizes take different token counts), M-RoPE positions
+through a mixed batch with chunked prefill splitting the image tokens, decode and prefix-cache
+hits, and the positions themselves against HF's get_rope_index."""
+
+from __future__ import annotations
+
+import pytest
+
+from pagedllm import LLM, SamplingParams
+from tests.multimodal.conftest import QWEN_IMAGE, hf_qwen2_vl_greedy, random_image
+
+MAX_TOKENS = 6
+PARAMS = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_qwen2_vl_dir):
+    from transformers import Qwen2VLForConditionalGeneration
+
+    return Qwen2VLForConditionalGeneration.from_pretrained(tiny_qwen2_vl_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_qwen2_vl_dir):
+    # an 8-token budget: every image's tokens are split over two or more steps
+    return LLM(tiny_qwen2_vl_dir, kv_cache_memory="16MiB", max_num_batched_tokens=8,
+               limit_mm_per_prompt={"image": 2})
+
+
+def _runner(llm: LLM):
+    return llm.llm_engine.engine_core.engine_core.executor.driver_worker.model_runner
+
+
+def _expected(model_dir, hf, llm, prompt: dict) -> list[int]:
+    ids = llm.llm_engine.input_processor.process_prompt(prompt).prompt_token_ids
+    images = prompt.get("multi_modal_data", {}).get("image", [])
+    images = images if isinstance(images, list) else [images]
+    return hf_qwen2_vl_greedy(model_dir, hf, ids, images, MAX_TOKENS)
+
+
+def test_mixed_batch_matches_hf(tiny_qwen2_vl_dir, hf, llm):
+    prompts = [
+        {"prompt": f"USER: {QWEN_IMAGE}What is in the picture? ASSISTANT:",
+         "multi_modal_data": {"image": random_image(1)}},  # 40x50: 3x4 merged = 12 tokens
+        {"prompt": "Tell me a story about the weather today, please."},
+        {"prompt": f"USER: a question {QWEN_IMAGE} about this ASSISTANT:",
+         "multi_modal_data": {"image": random_image(2, (64, 30))}},  # taller than wide
+        {"prompt": f"USER: {QWEN_IMAGE} and {QWEN_IMAGE}: which differs? ASSISTANT:",
+         "multi_modal_data": {"image": [random_image(4, (30, 60)), random_image(1)]}},
+    ]
+    processed = [llm.llm_engine.input_processor.process_prompt(p) for p in prompts]
+    lengths = {f.length for p in processed for f in p.mm_features or ()}
+    grids = {f.grid_thw for p in processed for f in p.mm_features or ()}
+    assert len(lengths) > 1 and all(g[1] != g[2] for g in grids)  # dynamic, non-square
+    expected = [_expected(tiny_qwen2_vl_dir, hf, llm, p) for p in prompts]
+    runs_before = _runner(llm).mm.num_encoder_runs
+    outputs = llm.generate(prompts, PARAMS, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outputs] == expected
+    assert _runner(llm).mm.num_encoder_runs - runs_before == 4  # once per image
+    # the image rows changed the answer (the same text with another image differs)
+    assert expected[0] != _expected(tiny_qwen2_vl_dir, hf, llm, {
+        **prompts[0], "multi_modal_data": {"image": random_image(3)}})
+
+
+def test_prefix_hit_on_the_same_image(tiny_qwen2_vl_dir, hf, llm):
+    """The second run of a prompt hits the cache through the image (its positions start past
+    the image, so the M-RoPE shift must come from the features, not from a prefill)."""
+    text = "USER: " + "some long shared text before the picture " * 2 + QWEN_IMAGE + "Say what it shows, in a few words."
+    first = {"prompt": text, "multi_modal_data": {"image": random_image(10)}}
+    other = {"prompt": text, "multi_modal_data": {"image": random_image(11)}}
+    feature = llm.llm_engine.input_processor.process_prompt(first).mm_features[0]
+    (a,) = llm.generate([first], PARAMS, use_tqdm=False)
+    runs = _runner(llm).mm.num_encoder_runs
+    (b,) = llm.generate([first], PARAMS, use_tqdm=False)
+    assert _runner(llm).mm.num_encoder_runs == runs  # the image's blocks hit: no encoding
+    (c,) = llm.generate([other], PARAMS, use_tqdm=False)
+    expected_first = _expected(tiny_qwen2_vl_dir, hf, llm, first)
+    assert a.outputs[0].token_ids == b.outputs[0].token_ids == expected_first
+    assert c.outputs[0].token_ids == _expected(tiny_qwen2_vl_dir, hf, llm, other)
+    assert b.num_cached_tokens >= feature.end
+    assert c.num_cached_tokens == feature.offset // 16 * 16
+
+
+def test_mrope_positions_match_hf_rope_index(tiny_qwen2_vl_dir, hf, llm):
+    """Every chunking of a two-image prompt, then decode indices, against HF's positions."""
+    import numpy as np
+    import torch
+
+    from pagedllm.multimodal.mrope import mrope_positions
+
+    prompt = {"prompt": f"A {QWEN_IMAGE} b c {QWEN_IMAGE} d e f",
+              "multi_modal_data": {"image": [random_image(5, (30, 60)), random_image(6)]}}
+    processed = llm.llm_engine.input_processor.process_prompt(prompt)
+    ids = torch.tensor([processed.prompt_token_ids])
+    grids = torch.tensor([f.grid_thw for f in processed.mm_features])
+    expected, delta = hf.model.get_rope_index(
+        ids, (ids == hf.config.image_token_id).int(), image_grid_thw=grids)
+    expected = expected[:, 0].numpy()
+    n = ids.shape[1]
+    for chunk in (1, 5, n):
+        got = np.concatenate([mrope_positions(processed.mm_features, 2, s, min(chunk, n - s))
+                              for s in range(0, n, chunk)], axis=1)
+        np.testing.assert_array_equal(got, expected)
+    decode = mrope_positions(processed.mm_features, 2, n, 3)
+    np.testing.assert_array_equal(decode, np.tile(np.arange(n, n + 3) + int(delta), (3, 1)))
+    assert int(delta) < 0  # the images took more tokens than positions
+
+
+def test_prompt_checks(llm):
+    image = random_image(5)
+    with pytest.raises(ValueError, match="placeholders"):
+        llm.generate({"prompt": "no placeholder", "multi_modal_data": {"image": image}},
+                     PARAMS, use_tqdm=False)
+    with pytest.raises(ValueError, match="no images"):
+        llm.generate(f"a prompt with {QWEN_IMAGE} but no image", PARAMS, use_tqdm=False)
