@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pagedllm.config.multimodal import MultiModalConfig
-from pagedllm.multimodal.media import load_image_url
 from pagedllm.multimodal.image_handlers import handler_for
+from pagedllm.multimodal.media import load_image_url
 from pagedllm.multimodal.processor import expand_placeholders, is_multimodal, placeholder_runs
 
 

@@ -66,7 +66,8 @@ def test_mixed_batch_matches_hf(tiny_qwen2_vl_dir, hf, llm):
 def test_prefix_hit_on_the_same_image(tiny_qwen2_vl_dir, hf, llm):
     """The second run of a prompt hits the cache through the image (its positions start past
     the image, so the M-RoPE shift must come from the features, not from a prefill)."""
-    text = "USER: " + "some long shared text before the picture " * 2 + QWEN_IMAGE + "Say what it shows, in a few words."
+    text = ("USER: " + "some long shared text before the picture " * 2 + QWEN_IMAGE
+            + "Say what it shows, in a few words.")
     first = {"prompt": text, "multi_modal_data": {"image": random_image(10)}}
     other = {"prompt": text, "multi_modal_data": {"image": random_image(11)}}
     feature = llm.llm_engine.input_processor.process_prompt(first).mm_features[0]
