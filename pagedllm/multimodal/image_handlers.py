@@ -3,6 +3,9 @@ tokens an image takes and the pixel inputs its encoder reads (through the checkp
 image processor, so they equal what HF's processor gives the HF model).
 
 - LLaVA-1.5: a fixed number of tokens (the tower's patches), pixels [3, H, W].
+- LLaVA-NeXT: AnyRes (anyres.py): a base tile and the tiles of the best grid resolution,
+  unpadded, a newline token per row: the count depends on the image's size; pixels [tiles, 3, H,
+  W].
 - Qwen2-VL: dynamic resolution: the image is resized to a multiple of patch x merge within
   [min_pixels, max_pixels], cut into patches (grid_thw) and merged 2x2: grid_h * grid_w / 4
   tokens, pixels [patches, C * T * P * P].
@@ -110,8 +113,31 @@ class Qwen2VLImages(ImageHandler):
                             np.asarray(out["pixel_values"], dtype=np.float32), (t, h, w))
 
 
+class LlavaNextImages(ImageHandler):
+    """AnyRes: a base tile plus the tiles of the best grid resolution (anyres.py)."""
+
+    def num_tokens(self, image: Any) -> int:
+        from pagedllm.multimodal.anyres import num_anyres_tokens
+
+        vision = self.hf_config.vision_config
+        return num_anyres_tokens((image.height, image.width),
+                                 self.hf_config.image_grid_pinpoints, vision.image_size,
+                                 vision.image_size // vision.patch_size,
+                                 num_image_tokens(self.hf_config))
+
+    def encode(self, image: Any) -> EncodedImage:
+        out = self.image_processor(images=[image], return_tensors="np")
+        size = (image.height, image.width)
+        if tuple(int(x) for x in np.asarray(out["image_sizes"])[0]) != size:
+            raise ValueError("the image processor changed the image's size")
+        return EncodedImage(self.num_tokens(image),
+                            np.asarray(out["pixel_values"][0], dtype=np.float32),
+                            image_size=size)
+
+
 HANDLERS: dict[str, type[ImageHandler]] = {
     "llava": LlavaImages,
+    "llava_next": LlavaNextImages,
     "qwen2_vl": Qwen2VLImages,
 }
 

@@ -173,3 +173,66 @@ def hf_qwen2_vl_greedy(model_dir: str, hf, prompt_ids: list[int], images: list,
             logits = hf(input_ids=ids, mm_token_type_ids=mm_types, **kwargs).logits[0, -1]
             sequence.append(int(logits.argmax()))
     return sequence[len(prompt_ids):]
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_next_dir(tmp_path_factory, tiny_tokenizer_dir) -> str:
+    """A tiny random LLaVA-NeXT: LLaVA's CLIP tower (28x28 tiles of 7x7 patches: 16 tokens a
+    tile) with grid pinpoints 28x56, 56x28 and 56x56, so images of different shapes take
+    different grids and unpadding."""
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+    )
+    from transformers.models.llava_next.image_processing_pil_llava_next import (
+        LlavaNextImageProcessorPil,
+    )
+
+    from tests.conftest import TINY_LLAMA
+
+    directory = str(tmp_path_factory.mktemp("tiny_llava_next"))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
+    text = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       **TINY_LLAMA)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                              num_attention_heads=4, image_size=28, patch_size=7,
+                              projection_dim=32)
+    pinpoints = [[28, 56], [56, 28], [56, 56]]
+    config = LlavaNextConfig(vision_config=vision, text_config=text,
+                             image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+                             vision_feature_layer=-2, vision_feature_select_strategy="default",
+                             image_grid_pinpoints=pinpoints)
+    torch.manual_seed(0)
+    model = LlavaNextForConditionalGeneration(config).to(torch.float32)
+    _perturb(model, ("vision_tower", "projector", "image_newline"))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    LlavaNextImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
+                               image_grid_pinpoints=pinpoints).save_pretrained(directory)
+    return directory
+
+
+def hf_llava_next_greedy(model_dir: str, hf, prompt_ids: list[int], images: list,
+                         max_tokens: int) -> list[int]:
+    """HF transformers' greedy tokens (fp32), a full forward per token (no EOS handling)."""
+    import torch
+    from transformers import AutoImageProcessor
+
+    kwargs = {}
+    if images:
+        processed = AutoImageProcessor.from_pretrained(model_dir)(images=images,
+                                                                  return_tensors="pt")
+        kwargs = {"pixel_values": processed["pixel_values"],
+                  "image_sizes": processed["image_sizes"]}
+    sequence = list(prompt_ids)
+    with torch.no_grad():
+        for _ in range(max_tokens):
+            logits = hf(input_ids=torch.tensor([sequence]), **kwargs).logits[0, -1]
+            sequence.append(int(logits.argmax()))
+    return sequence[len(prompt_ids):]

@@ -41,6 +41,8 @@ MODEL_REGISTRY.register("DeepseekV3ForCausalLM", f"{_MODELS}.deepseek_v2", "Deep
 # Vision-language: a CLIP tower + projector whose image embeddings replace placeholder tokens.
 MODEL_REGISTRY.register("LlavaForConditionalGeneration", f"{_MODELS}.llava",
                         "LlavaForConditionalGeneration")
+MODEL_REGISTRY.register("LlavaNextForConditionalGeneration", f"{_MODELS}.llava_next",
+                        "LlavaNextForConditionalGeneration")
 MODEL_REGISTRY.register("Qwen2VLForConditionalGeneration", f"{_MODELS}.qwen2_vl",
                         "Qwen2VLForConditionalGeneration")
 
