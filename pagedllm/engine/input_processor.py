@@ -78,6 +78,21 @@ class InputProcessor:
         ids, features = self._mm_processor.process(processed.prompt_token_ids, images)
         return ProcessedPrompt(processed.prompt, ids, processed.token_type_ids, features or None)
 
+    def _dual_encoder_image(self, prompt: dict[str, Any]) -> ProcessedPrompt:
+        """CLIP/SigLIP: {"prompt": "", "multi_modal_data": {"image": image}} -> an image
+        prompt for the vision tower."""
+        from pagedllm.multimodal.dual_encoder import image_prompt
+
+        data = prompt["multi_modal_data"]
+        if not isinstance(data, dict) or set(data) - {"image"}:
+            raise ValueError("multi_modal_data must be a dict with the key 'image'")
+        images = data.get("image")
+        images = images if isinstance(images, (list, tuple)) else [images]
+        images = [self._checked_image(image) for image in images if image is not None]
+        ids, features = image_prompt(prompt.get("prompt") or prompt.get("prompt_token_ids"),
+                                     images, self.model_config.path)
+        return ProcessedPrompt(None, ids, None, features)
+
     def _checked_image(self, image: Any) -> Any:
         from PIL import Image
 
@@ -93,6 +108,10 @@ class InputProcessor:
         self, prompt: PromptType, add_special_tokens: bool = True
     ) -> ProcessedPrompt:
         if isinstance(prompt, dict) and prompt.get("multi_modal_data") is not None:
+            from pagedllm.multimodal.dual_encoder import is_dual_encoder
+
+            if is_dual_encoder(self.model_config.hf_config):
+                return self._dual_encoder_image(prompt)
             text_only = {k: v for k, v in prompt.items() if k != "multi_modal_data"}
             processed = self._process(text_only, add_special_tokens)
             return self._process_multimodal(processed, prompt["multi_modal_data"])

@@ -236,3 +236,70 @@ def hf_llava_next_greedy(model_dir: str, hf, prompt_ids: list[int], images: list
             logits = hf(input_ids=torch.tensor([sequence]), **kwargs).logits[0, -1]
             sequence.append(int(logits.argmax()))
     return sequence[len(prompt_ids):]
+
+
+def _save_dual_encoder(directory: str, tiny_tokenizer_dir: str, kind: str) -> str:
+    """A tiny random CLIPModel or SiglipModel (towers 2 layers x 32 wide, 28x28 images in 7x7
+    patches) with the tiny tokenizer and the family's image processor."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4)
+    text = dict(tower, vocab_size=len(tokenizer), max_position_embeddings=64,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    vision = dict(tower, image_size=28, patch_size=7)
+    if kind == "clip":
+        from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+        config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)
+        model_cls = CLIPModel
+        processor = CLIPImageProcessor(size={"shortest_edge": 28},
+                                       crop_size={"height": 28, "width": 28})
+    else:
+        from transformers import SiglipConfig, SiglipModel
+        from transformers.models.siglip.image_processing_pil_siglip import (
+            SiglipImageProcessorPil,
+        )
+
+        config = SiglipConfig(text_config=dict(text, projection_size=24), vision_config=vision)
+        model_cls = SiglipModel
+        processor = SiglipImageProcessorPil(size={"height": 28, "width": 28})
+    torch.manual_seed(0)
+    model = model_cls(config).to(torch.float32)
+    _perturb(model, ("vision_model", "probe"))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory, tiny_tokenizer_dir) -> str:
+    return _save_dual_encoder(str(tmp_path_factory.mktemp("tiny_clip")), tiny_tokenizer_dir,
+                              "clip")
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_dir(tmp_path_factory, tiny_tokenizer_dir) -> str:
+    return _save_dual_encoder(str(tmp_path_factory.mktemp("tiny_siglip")), tiny_tokenizer_dir,
+                              "siglip")
+
+
+def hf_dual_encoder_features(model_dir: str, texts: list[str], images: list):
+    """HF's get_text_features (each text alone, no padding) and get_image_features, fp32."""
+    import torch
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    with torch.no_grad():
+        text = [model.get_text_features(input_ids=torch.tensor([tokenizer.encode(t)]))
+                for t in texts]
+        pixels = AutoImageProcessor.from_pretrained(model_dir)(images=images,
+                                                               return_tensors="pt")
+        image = model.get_image_features(pixel_values=pixels["pixel_values"])
+    text = [getattr(t, "pooler_output", t)[0] for t in text]
+    image = getattr(image, "pooler_output", image)
+    return text, list(image)

@@ -56,6 +56,10 @@ EMBEDDING_MODEL_REGISTRY.register("BertModel", f"{_MODELS}.bert", "BertModel")
 # RoBERTa is BERT with positions counted from padding_idx + 1 (and one token type).
 EMBEDDING_MODEL_REGISTRY.register("RobertaModel", f"{_MODELS}.bert", "RobertaModel")
 EMBEDDING_MODEL_REGISTRY.register("XLMRobertaModel", f"{_MODELS}.bert", "RobertaModel")
+# Dual encoders: a text prompt gets the text tower's embedding, an image prompt the vision
+# tower's (multimodal/dual_encoder.py); PoolingRunner calls their `embed_prompt`.
+EMBEDDING_MODEL_REGISTRY.register("CLIPModel", f"{_MODELS}.clip", "CLIPModel")
+EMBEDDING_MODEL_REGISTRY.register("SiglipModel", f"{_MODELS}.siglip", "SiglipModel")
 
 # Encoder-only sequence classifiers (and cross-encoders: one label scoring a text pair), task
 # "classify" only, on the same pooling core.
