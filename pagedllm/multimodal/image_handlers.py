@@ -6,6 +6,8 @@ image processor, so they equal what HF's processor gives the HF model).
 - LLaVA-NeXT: AnyRes (anyres.py): a base tile and the tiles of the best grid resolution,
   unpadded, a newline token per row: the count depends on the image's size; pixels [tiles, 3, H,
   W].
+- InternVL (transformers' format): tiles of the image processor's size (a grid by aspect ratio
+  plus a thumbnail), image_seq_length tokens each; pixels [tiles, 3, H, W].
 - Qwen2-VL: dynamic resolution: the image is resized to a multiple of patch x merge within
   [min_pixels, max_pixels], cut into patches (grid_thw) and merged 2x2: grid_h * grid_w / 4
   tokens, pixels [patches, C * T * P * P].
@@ -135,7 +137,20 @@ class LlavaNextImages(ImageHandler):
                             image_size=size)
 
 
+class InternVLImages(ImageHandler):
+    """Dynamic tiling (the image processor's crop_to_patches, on as InternVL's processor sets
+    it): a grid of tiles plus a thumbnail, image_seq_length tokens each."""
+
+    placeholder_format = "<img>{image}</img>"
+
+    def encode(self, image: Any) -> EncodedImage:
+        out = self.image_processor(images=[image], crop_to_patches=True, return_tensors="np")
+        pixels = np.asarray(out["pixel_values"], dtype=np.float32)  # [tiles, 3, H, W]
+        return EncodedImage(len(pixels) * int(self.hf_config.image_seq_length), pixels)
+
+
 HANDLERS: dict[str, type[ImageHandler]] = {
+    "internvl": InternVLImages,
     "llava": LlavaImages,
     "llava_next": LlavaNextImages,
     "qwen2_vl": Qwen2VLImages,

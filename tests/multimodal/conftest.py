@@ -303,3 +303,78 @@ def hf_dual_encoder_features(model_dir: str, texts: list[str], images: list):
     text = [getattr(t, "pooler_output", t)[0] for t in text]
     image = getattr(image, "pooler_output", image)
     return text, list(image)
+
+
+INTERNVL_IMAGE = "<img><IMG_CONTEXT></img>"
+
+
+@pytest.fixture(scope="session")
+def tiny_internvl_dir(tmp_path_factory, tiny_tokenizer_dir) -> str:
+    """A tiny random InternVL (transformers' format): InternViT 2 layers x 32 wide with q/k
+    norms on 28x28 tiles of 7x7 patches, pixel-shuffled to 4 tokens a tile; up to 4 tiles plus
+    a thumbnail; the tiny Qwen2 decoder."""
+    import torch
+    from transformers import AutoTokenizer, InternVLConfig, InternVLForConditionalGeneration
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
+        GotOcr2ImageProcessorPil,
+    )
+
+    from tests.conftest import TINY_LLAMA
+
+    directory = str(tmp_path_factory.mktemp("tiny_internvl"))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tokenizer.add_tokens(["<img>", "</img>", "<IMG_CONTEXT>"], special_tokens=True)
+    text = dict(TINY_LLAMA, model_type="qwen2", vocab_size=len(tokenizer),
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, image_size=[28, 28], patch_size=[7, 7],
+                  use_qk_norm=True, layer_scale_init_value=0.5)
+    config = InternVLConfig(vision_config=vision, text_config=text, image_seq_length=4,
+                            image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"))
+    torch.manual_seed(0)
+    model = InternVLForConditionalGeneration(config).to(torch.float32)
+    _perturb(model, ("vision_tower", "projector"))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    GotOcr2ImageProcessorPil(size={"height": 28, "width": 28}, crop_to_patches=True,
+                             min_patches=1, max_patches=4).save_pretrained(directory)
+    return directory
+
+
+def hf_internvl_greedy(model_dir: str, hf, prompt_ids: list[int], images: list,
+                       max_tokens: int) -> list[int]:
+    """HF transformers' greedy tokens (fp32), a full forward per token (no EOS handling)."""
+    import torch
+    from transformers import AutoImageProcessor
+
+    kwargs = {}
+    if images:
+        processed = AutoImageProcessor.from_pretrained(model_dir)(
+            images=images, crop_to_patches=True, return_tensors="pt")
+        kwargs = {"pixel_values": processed["pixel_values"]}
+    sequence = list(prompt_ids)
+    with torch.no_grad():
+        for _ in range(max_tokens):
+            logits = hf(input_ids=torch.tensor([sequence]), **kwargs).logits[0, -1]
+            sequence.append(int(logits.argmax()))
+    return sequence[len(prompt_ids):]
+
+
+def assert_prompt_logprobs_match(llm, prompt: dict, hf_logits, tolerance: float = 1e-4) -> None:
+    """Every prompt position's top-2 log-probabilities from the engine (prefill chunked through
+    the image rows) within `tolerance` of HF's (hf_logits(prompt ids) -> [S, vocab]): what
+    greedy tokens could hide (a permutation of an image's rows, say)."""
+    import torch
+
+    from pagedllm import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=2)
+    (out,) = llm.generate([prompt], params, use_tqdm=False)
+    with torch.no_grad():
+        reference = torch.log_softmax(hf_logits(out.prompt_token_ids).float(), dim=-1)
+    checked = 0
+    for position, entry in enumerate(out.prompt_logprobs[1:]):  # position predicts position+1
+        for token, logprob in entry.items():
+            assert abs(logprob.logprob - reference[position, token].item()) < tolerance, position
+            checked += 1
+    assert checked >= 2 * (len(out.prompt_token_ids) - 1)

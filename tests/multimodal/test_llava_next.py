@@ -7,7 +7,11 @@ from __future__ import annotations
 import pytest
 
 from pagedllm import LLM, SamplingParams
-from tests.multimodal.conftest import hf_llava_next_greedy, random_image
+from tests.multimodal.conftest import (
+    assert_prompt_logprobs_match,
+    hf_llava_next_greedy,
+    random_image,
+)
 
 MAX_TOKENS = 5
 PARAMS = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
@@ -51,3 +55,19 @@ def test_anyres_mixed_batch_matches_hf(tiny_llava_next_dir, hf, llm):
     (again,) = llm.generate([prompts[0]], PARAMS, use_tqdm=False)
     assert again.outputs[0].token_ids == expected[0]
     assert again.num_cached_tokens >= processed[0].mm_features[0].end // 16 * 16 > 0
+
+
+def test_prompt_logprobs_match_hf(tiny_llava_next_dir, hf, llm):
+    """Every prompt position's log-probabilities (a tall image: unpadded columns) within 1e-4
+    of HF's: the tile layout and newline rows, beyond what greedy tokens show."""
+    import torch
+    from transformers import AutoImageProcessor
+
+    image = random_image(7, (90, 35))
+    prompt = {"prompt": "USER: <image>\nWhat is this? ASSISTANT:",
+              "multi_modal_data": {"image": image}}
+    processed = AutoImageProcessor.from_pretrained(tiny_llava_next_dir)(images=[image],
+                                                                        return_tensors="pt")
+    assert_prompt_logprobs_match(llm, prompt, lambda ids: hf(
+        input_ids=torch.tensor([ids]), pixel_values=processed["pixel_values"],
+        image_sizes=processed["image_sizes"]).logits[0])

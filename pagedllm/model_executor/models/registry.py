@@ -43,6 +43,8 @@ MODEL_REGISTRY.register("LlavaForConditionalGeneration", f"{_MODELS}.llava",
                         "LlavaForConditionalGeneration")
 MODEL_REGISTRY.register("LlavaNextForConditionalGeneration", f"{_MODELS}.llava_next",
                         "LlavaNextForConditionalGeneration")
+MODEL_REGISTRY.register("InternVLForConditionalGeneration", f"{_MODELS}.internvl",
+                        "InternVLForConditionalGeneration")
 MODEL_REGISTRY.register("Qwen2VLForConditionalGeneration", f"{_MODELS}.qwen2_vl",
                         "Qwen2VLForConditionalGeneration")
 
