@@ -141,3 +141,27 @@ def test_prompt_logprobs_match_hf(tiny_qwen2_vl_dir, hf, llm):
                   image_grid_thw=processed["image_grid_thw"]).logits[0]
 
     assert_prompt_logprobs_match(llm, prompt, logits)
+
+
+def test_preemption_recomputes_positions_and_matches_hf(tiny_qwen2_vl_dir, hf):
+    """5 blocks of 16 tokens for three image prompts of ~25 tokens growing by 20: requests are
+    preempted and recomputed on their return (the M-RoPE shift comes back from the features)."""
+    small = LLM(tiny_qwen2_vl_dir, num_gpu_blocks_override=5, enable_prefix_caching=False,
+                max_model_len=64, max_num_batched_tokens=16)
+    engine = small.llm_engine
+    params = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
+    prompts = [{"prompt": f"USER: {QWEN_IMAGE}Picture {i}? ASSISTANT:",
+                "multi_modal_data": {"image": random_image(20 + i)}} for i in range(3)]
+    for i, prompt in enumerate(prompts):
+        engine.add_request(str(i), prompt, params)
+    finished, preemptions = {}, 0
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                finished[int(out.request_id)] = out.outputs[0].token_ids
+        preemptions += engine.last_stats.num_preemptions if engine.last_stats else 0
+    assert preemptions > 0, "5 blocks of 16 tokens must force preemption"
+    for i, prompt in enumerate(prompts):
+        ids = engine.input_processor.process_prompt(prompt).prompt_token_ids
+        assert finished[i] == hf_qwen2_vl_greedy(
+            tiny_qwen2_vl_dir, hf, ids, [prompt["multi_modal_data"]["image"]], 20), i
