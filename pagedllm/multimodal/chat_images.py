@@ -60,14 +60,11 @@ def extract_images(conversation: list[dict[str, Any]], hf_config: Any, tokenizer
     return ChatImages(messages, images)
 
 
-def expand_prompt(prompt_ids: list[int], hf_config: Any, images: list[Any] | None = None,
+def expand_prompt(prompt_ids: list[int], hf_config: Any, images: list[Any],
                   model_dir: str = "") -> list[int]:
     """The prompt as the engine will see it (each placeholder as many tokens as its image's
-    features), so length checks and usage count what runs."""
+    features: fixed, or from the image's size), so length checks and usage count what runs."""
     handler = handler_for(hf_config, model_dir)
-    if images is None:  # (a family whose count does not depend on the image)
-        return expand_placeholders(prompt_ids, handler.image_token_id,
-                                   handler.num_tokens(None))
     runs = placeholder_runs(prompt_ids, handler.image_token_id)
     if len(runs) != len(images):  # the input processor refuses it with the full message
         return prompt_ids
