@@ -80,6 +80,21 @@ class InputProcessor:
         ids, features = self._mm_processor.process(processed.prompt_token_ids, images)
         return ProcessedPrompt(processed.prompt, ids, processed.token_type_ids, features or None)
 
+    def _dual_encoder_image(self, prompt: dict[str, Any]) -> ProcessedPrompt:
+        """CLIP/SigLIP: {"prompt": "", "multi_modal_data": {"image": image}} -> an image
+        prompt for the vision tower."""
+        from pagedllm.multimodal.dual_encoder import image_prompt
+
+        data = prompt["multi_modal_data"]
+        if not isinstance(data, dict) or set(data) - {"image"}:
+            raise ValueError("multi_modal_data must be a dict with the key 'image'")
+        images = data.get("image")
+        images = images if isinstance(images, (list, tuple)) else [images]
+        images = [self._checked_image(image) for image in images if image is not None]
+        ids, features = image_prompt(prompt.get("prompt") or prompt.get("prompt_token_ids"),
+                                     images, self.model_config.path)
+        return ProcessedPrompt(None, ids, None, features)
+
     def _checked_image(self, image: Any) -> Any:
         from PIL import Image
 
@@ -104,6 +119,10 @@ class InputProcessor:
 
             return encoder_decoder_prompt(prompt, self._process, self.model_config)
         if isinstance(prompt, dict) and prompt.get("multi_modal_data") is not None:
+            from pagedllm.multimodal.dual_encoder import is_dual_encoder
+
+            if is_dual_encoder(self.model_config.hf_config):
+                return self._dual_encoder_image(prompt)
             text_only = {k: v for k, v in prompt.items() if k != "multi_modal_data"}
             processed = self._process(text_only, add_special_tokens)
             return self._process_multimodal(processed, prompt["multi_modal_data"])
@@ -208,7 +227,9 @@ class InputProcessor:
         prompt holding it without images is refused (the model would read an embedding that
         was never trained as input)."""
         hf_config = getattr(self.model_config, "hf_config", None)
-        image_token = getattr(hf_config, "image_token_index", None)
+        from pagedllm.multimodal.processor import image_token_id
+
+        image_token = image_token_id(hf_config) if hf_config is not None else None
         if (image_token is not None and not prompt.mm_features
                 and image_token in prompt.prompt_token_ids):
             raise ValueError("the prompt holds image placeholder tokens but no images "

@@ -37,7 +37,7 @@ class PoolingEngineCore(EngineCoreBase):
         # NOTE: the input processor already refused generation requests and long prompts.
         assert request.pooling_params is not None, "an encoder serves embedding requests only"
         self.scheduler.add_request(request.request_id, request.prompt_token_ids,
-                                   request.token_type_ids)
+                                   request.token_type_ids, request.mm_features)
 
     def abort_requests(self, request_ids: list[str]) -> None:
         self.scheduler.finish_requests(request_ids)

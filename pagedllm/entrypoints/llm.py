@@ -121,7 +121,7 @@ class LLM:
         for conversation in conversations:
             # image_url parts (vision-language models): loaded and checked, placeholders in
             chat = extract_images(conversation, config.model.hf_config, tokenizer,
-                                  config.multimodal)
+                                  config.multimodal, config.model.path)
             text = apply_chat_template(
                 tokenizer, chat.conversation, chat_template, add_generation_prompt,
                 continue_final_message,

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pagedllm.config.multimodal import MultiModalConfig
+from pagedllm.multimodal.image_handlers import handler_for
 from pagedllm.multimodal.media import load_image_url
-from pagedllm.multimodal.processor import expand_placeholders, is_multimodal, num_image_tokens
+from pagedllm.multimodal.processor import expand_placeholders, is_multimodal, placeholder_runs
 
 
 @dataclass
@@ -26,12 +27,12 @@ class ChatImages:
 
 
 def extract_images(conversation: list[dict[str, Any]], hf_config: Any, tokenizer: Any,
-                   config: MultiModalConfig) -> ChatImages:
+                   config: MultiModalConfig, model_dir: str = "") -> ChatImages:
     if not any(_has_image(m) for m in conversation):
         return ChatImages(conversation)
     if not is_multimodal(hf_config):
         raise ValueError("this model takes no images (image_url content parts)")
-    placeholder = tokenizer.convert_ids_to_tokens(int(hf_config.image_token_index))
+    placeholder = handler_for(hf_config, model_dir).placeholder(tokenizer)
     count = sum(1 for m in conversation for p in _parts(m) if p.get("type") == "image_url")
     limit = config.limit("image")
     if count > limit:
@@ -59,11 +60,16 @@ def extract_images(conversation: list[dict[str, Any]], hf_config: Any, tokenizer
     return ChatImages(messages, images)
 
 
-def expand_prompt(prompt_ids: list[int], hf_config: Any) -> list[int]:
-    """The prompt as the engine will see it (each placeholder as many tokens as the image's
-    features), so length checks and usage count what runs."""
-    return expand_placeholders(prompt_ids, int(hf_config.image_token_index),
-                               num_image_tokens(hf_config))
+def expand_prompt(prompt_ids: list[int], hf_config: Any, images: list[Any],
+                  model_dir: str = "") -> list[int]:
+    """The prompt as the engine will see it (each placeholder as many tokens as its image's
+    features: fixed, or from the image's size), so length checks and usage count what runs."""
+    handler = handler_for(hf_config, model_dir)
+    runs = placeholder_runs(prompt_ids, handler.image_token_id)
+    if len(runs) != len(images):  # the input processor refuses it with the full message
+        return prompt_ids
+    return expand_placeholders(prompt_ids, handler.image_token_id,
+                               [handler.num_tokens(image) for image in images])
 
 
 def _parts(message: dict[str, Any]) -> list[dict[str, Any]]:

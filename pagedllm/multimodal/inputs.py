@@ -22,7 +22,13 @@ class MultiModalFeature:
     length: int
     """Number of placeholder tokens (= the encoder's output rows for this image)."""
     pixel_values: np.ndarray
-    """float32 [3, H, W], as the model's image processor made it."""
+    """float32, as the model's image processor made it: [3, H, W] (LLaVA-1.5), [patches, 3, H,
+    W] (LLaVA-NeXT's base image and tiles), [patches, C * T * P * P] (Qwen2-VL)."""
+    grid_thw: tuple[int, int, int] | None = None
+    """Qwen2-VL: the image's (temporal, height, width) patch grid before the spatial merge; the
+    encoder and the M-RoPE positions of its placeholder tokens read it."""
+    image_size: tuple[int, int] | None = None
+    """LLaVA-NeXT: the original (height, width), which picks the tiling and the unpadding."""
 
     @property
     def end(self) -> int:

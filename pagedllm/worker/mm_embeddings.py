@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pagedllm.multimodal.inputs import MultiModalFeature
+from pagedllm.multimodal.mrope import mrope_positions
 
 
 class MultiModalEmbeddings:
@@ -27,6 +28,8 @@ class MultiModalEmbeddings:
         """(request id, image index) -> [length, hidden]: kept while the request runs."""
         self.num_encoder_runs = 0
         """Images encoded so far (tests check it: once per image per request)."""
+        self.mrope_merge_size: int | None = getattr(model, "mrope_spatial_merge_size", None)
+        """Qwen2-VL: the model reads [3, T] M-RoPE positions (None: the plain [T] ones)."""
 
     def add_request(self, req_id: str, features: list[MultiModalFeature] | None) -> None:
         if features:
@@ -61,11 +64,22 @@ class MultiModalEmbeddings:
             embeds[at : at + len(rows)] = rows.to(embeds.dtype)
         return embeds
 
+    def positions(self, positions: torch.Tensor, req_ids: list[str], starts: np.ndarray,
+                  counts: np.ndarray) -> torch.Tensor:
+        """The step's positions as the model reads them: unchanged, or [3, T] M-RoPE rows
+        computed from each request's images and its chunk's first index (mrope.py)."""
+        if self.mrope_merge_size is None:
+            return positions
+        rows = [mrope_positions(self._features.get(req_id, ()), self.mrope_merge_size,
+                                start, count)
+                for req_id, start, count in zip(req_ids, starts.tolist(), counts.tolist())]
+        return torch.from_numpy(np.concatenate(rows, axis=1)).to(positions.device)
+
     def _encode(self, req_id: str, index: int, feature: MultiModalFeature) -> torch.Tensor:
         key = (req_id, index)
         if key not in self._encoded:
             pixels = torch.from_numpy(feature.pixel_values).unsqueeze(0).to(self.device)
-            (rows,) = self.model.embed_multimodal(pixels)
+            (rows,) = self.model.embed_multimodal(pixels, feature)
             if len(rows) != feature.length:
                 raise RuntimeError(f"image {index} of {req_id}: the encoder gave {len(rows)} "
                                    f"rows for {feature.length} placeholder tokens")

@@ -119,10 +119,12 @@ class ModelRunner:
             if cross is not None:
                 hidden = self.model(inputs.input_ids, inputs.positions, cross=cross)
             elif self.mm is not None:
-                embeds = self.mm.input_embeds(
-                    inputs.input_ids, inputs.req_ids,
-                    self.input_batch.num_computed_tokens[inputs.rows], inputs.num_scheduled)
-                hidden = self.model(inputs.input_ids, inputs.positions, inputs_embeds=embeds)
+                starts = self.input_batch.num_computed_tokens[inputs.rows]
+                embeds = self.mm.input_embeds(inputs.input_ids, inputs.req_ids, starts,
+                                              inputs.num_scheduled)
+                positions = self.mm.positions(inputs.positions, inputs.req_ids, starts,
+                                              inputs.num_scheduled)  # M-RoPE: [3, T]
+                hidden = self.model(inputs.input_ids, positions, inputs_embeds=embeds)
             else:
                 hidden = self.model(inputs.input_ids, inputs.positions)
             # the LM head is part of the model's work, not the sampler's

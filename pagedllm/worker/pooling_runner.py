@@ -20,6 +20,10 @@ class PoolingRunner:
     def execute_model(self, batch: PoolingSchedulerOutput) -> ModelRunnerOutput:
         """The raw pooled hidden state of each prompt (float32) as pooler_output."""
         req_ids = list(batch.prompts)
+        if hasattr(self.model, "embed_prompt"):  # a dual encoder (CLIP, SigLIP): per prompt
+            return ModelRunnerOutput(req_ids=req_ids, sampled_token_ids={}, pooler_output={
+                r: self._embed_prompt(batch.prompts[r], batch.mm_features.get(r))
+                for r in req_ids})
         token_types = None
         if batch.token_type_ids:  # a text pair for a cross-encoder; the other prompts: segment 0
             token_types = [batch.token_type_ids.get(r) or [0] * len(batch.prompts[r])
@@ -27,6 +31,10 @@ class PoolingRunner:
         pooled = self._embed(list(batch.prompts.values()), token_types)
         return ModelRunnerOutput(req_ids=req_ids, sampled_token_ids={},
                                  pooler_output=dict(zip(req_ids, pooled)))
+
+    @torch.inference_mode()
+    def _embed_prompt(self, token_ids: list[int], features: list | None) -> list[float]:
+        return self.model.embed_prompt(token_ids, features).float().tolist()
 
     @torch.inference_mode()
     def _embed(self, prompts: list[list[int]],

@@ -153,6 +153,8 @@ class PoolingSchedulerOutput:
     """req_id -> prompt token ids, in batch order."""
     token_type_ids: dict[str, list[int]] = field(default_factory=dict)
     """req_id -> segment ids, for the prompts that have them (the others: all 0)."""
+    mm_features: dict[str, list[MultiModalFeature]] = field(default_factory=dict)
+    """req_id -> the prompt's image, for a dual encoder's image prompts (CLIP, SigLIP)."""
 
     @property
     def total_num_scheduled_tokens(self) -> int:

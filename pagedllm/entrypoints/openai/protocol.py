@@ -360,7 +360,10 @@ class ChatCompletionStreamResponse(OpenAIBaseModel):
 
 class EmbeddingRequest(OpenAIBaseModel):
     model: str | None = None
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | list[str] | list[int] | list[list[int]] | None = None
+    messages: list[dict[str, Any]] | None = None
+    """vLLM's chat-style embedding request (instead of `input`): for CLIP/SigLIP, the messages'
+    text, or their one `image_url` part, is embedded."""
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None
@@ -368,6 +371,12 @@ class EmbeddingRequest(OpenAIBaseModel):
     """vLLM extra: add the tokenizer's special tokens ([CLS]/[SEP], BOS) to text inputs."""
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
     """Keep only each input's last k tokens (-1: the last max_model_len), as vLLM."""
+
+    @model_validator(mode="after")
+    def _one_of_input_and_messages(self) -> EmbeddingRequest:
+        if (self.input is None) == (self.messages is None):
+            raise ValueError("pass exactly one of input and messages")
+        return self
 
 
 class EmbeddingData(OpenAIBaseModel):

@@ -137,7 +137,8 @@ class OpenAIServingChat(OpenAIServing):
             hf_config = self.engine.model_config.hf_config
             try:
                 chat = extract_images(request.conversation(), hf_config, self.tokenizer,
-                                      self.engine.config.multimodal)
+                                      self.engine.config.multimodal,
+                                      self.engine.model_config.path)
             except ValueError as e:
                 raise BadRequestError(str(e), param="messages", code="invalid_image") from e
             prompt_ids = self.render_prompt(
@@ -148,7 +149,8 @@ class OpenAIServingChat(OpenAIServing):
                 if request.use_beam_search or request.truncate_prompt_tokens is not None:
                     raise BadRequestError("images cannot be combined with use_beam_search or "
                                           "truncate_prompt_tokens", param="messages")
-                prompt_ids = expand_prompt(prompt_ids, hf_config)
+                prompt_ids = expand_prompt(prompt_ids, hf_config, chat.images,
+                                           self.engine.model_config.path)
                 mm_data = {"image": chat.images}
             prompt_ids = self.truncate_prompt(prompt_ids, request.truncate_prompt_tokens)
         params = self._sampling_params(request, prompt_ids)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import struct
 from collections.abc import AsyncIterator
+from typing import Any
 
 from pagedllm.entrypoints.openai.errors import BadRequestError
 from pagedllm.entrypoints.openai.protocol import (
@@ -17,6 +18,8 @@ from pagedllm.entrypoints.openai.protocol import (
 )
 from pagedllm.entrypoints.openai.serving_engine import OpenAIServing, http_errors
 from pagedllm.entrypoints.openai.utils import merge_async_iterators
+from pagedllm.multimodal.dual_encoder import is_dual_encoder, split_embedding_message
+from pagedllm.multimodal.media import load_image_url
 from pagedllm.outputs import EmbeddingRequestOutput
 from pagedllm.pooling_params import PoolingParams
 
@@ -25,14 +28,20 @@ class OpenAIServingEmbedding(OpenAIServing):
     async def create_embedding(self, request: EmbeddingRequest) -> EmbeddingResponse:
         model_name = self.models.check_model(request.model)
         params = _pooling_params(request)
-        prompts = [self.truncate_prompt(self.tokenize(p, request.add_special_tokens),
-                                        request.truncate_prompt_tokens)
-                   for p in _inputs(request)]
+        engine_prompts: list[dict[str, Any]]
+        if request.messages is not None:
+            engine_prompts, prompts = self._message_prompt(request)
+        else:
+            prompts = [self.truncate_prompt(self.tokenize(p, request.add_special_tokens),
+                                            request.truncate_prompt_tokens)
+                       for p in _inputs(request)]
+            engine_prompts = [{"prompt_token_ids": ids} for ids in prompts]
         for token_ids in prompts:
             self._validate(token_ids, params)
         request_id = random_id("embd")
         merged = merge_async_iterators(*(
-            self._encode(ids, params, f"{request_id}-{i}") for i, ids in enumerate(prompts)
+            self._encode(prompt, params, f"{request_id}-{i}")
+            for i, prompt in enumerate(engine_prompts)
         ))
         results: dict[int, EmbeddingRequestOutput] = {}
         async for index, output in merged:
@@ -62,11 +71,30 @@ class OpenAIServingEmbedding(OpenAIServing):
             dimensions = params.dimensions is not None and "dimension" in str(e)
             raise BadRequestError(str(e), param="dimensions" if dimensions else None) from e
 
-    def _encode(self, token_ids: list[int], params: PoolingParams,
+    def _message_prompt(self, request: EmbeddingRequest
+                        ) -> tuple[list[dict[str, Any]], list[list[int]]]:
+        """vLLM's chat-style request for a dual encoder (CLIP, SigLIP): the messages' text, or
+        their one image (checked and loaded here, so a bad image is a 400 before any work)."""
+        if not is_dual_encoder(self.engine.model_config.hf_config):
+            raise BadRequestError("messages are served for CLIP/SigLIP embedding models; send "
+                                  "input", param="messages")
+        try:
+            text, urls = split_embedding_message(request.messages or [])
+            if not urls:
+                ids = self.truncate_prompt(self.tokenize(text, request.add_special_tokens),
+                                           request.truncate_prompt_tokens)
+                return [{"prompt_token_ids": ids}], [ids]
+            config = self.engine.config.multimodal
+            images = [load_image_url(url, config) for url in urls]
+            prompt = {"prompt": text, "multi_modal_data": {"image": images}}
+            processed = self.engine.input_processor.process_prompt(prompt)
+        except ValueError as e:
+            raise BadRequestError(str(e), param="messages", code="invalid_image") from e
+        return [prompt], [processed.prompt_token_ids]
+
+    def _encode(self, prompt: dict[str, Any], params: PoolingParams,
                 request_id: str) -> AsyncIterator[EmbeddingRequestOutput]:
-        return http_errors(
-            self.engine.encode({"prompt_token_ids": token_ids}, params, request_id)
-        )
+        return http_errors(self.engine.encode(prompt, params, request_id))
 
 
 def _inputs(request: EmbeddingRequest) -> list[str | list[int]]:

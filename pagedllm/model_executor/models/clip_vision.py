@@ -48,11 +48,12 @@ class CLIPAttention(nn.Module):
         self.v_proj = nn.Linear(hidden, hidden)
         self.out_proj = nn.Linear(hidden, hidden)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, S, hidden]
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:  # [N, S, hidden]
         n, s, hidden = x.shape
         heads = [p(x).view(n, s, self.num_heads, -1).transpose(1, 2)
                  for p in (self.q_proj, self.k_proj, self.v_proj)]
-        out = F.scaled_dot_product_attention(*heads)  # no mask: every patch sees every patch
+        # no mask for patches (every patch sees every patch); CLIP's text tower is causal
+        out = F.scaled_dot_product_attention(*heads, is_causal=causal)
         return self.out_proj(out.transpose(1, 2).reshape(n, s, hidden))
 
 
@@ -75,8 +76,8 @@ class CLIPEncoderLayer(nn.Module):
         self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = CLIPMLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x))
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x), causal)
         return x + self.mlp(self.layer_norm2(x))
 
 

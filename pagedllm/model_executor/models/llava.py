@@ -77,7 +77,7 @@ class LlavaForConditionalGeneration(nn.Module):
             self.lm_head = ParallelLMHead(text.vocab_size, text.hidden_size, prefix="lm_head")
         self.logits_processor = LogitsProcessor(text.vocab_size)
 
-    def embed_multimodal(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def embed_multimodal(self, pixel_values: torch.Tensor, feature: Any = None) -> torch.Tensor:
         """[N, 3, H, W] -> [N, tokens_per_image, text hidden]: the rows that replace each
         image's placeholder tokens."""
         features = self.vision_tower(pixel_values.to(self.lm_head.weight.dtype))

@@ -43,6 +43,12 @@ MODEL_REGISTRY.register("Glm4MoeForCausalLM", f"{_MODELS}.glm4_moe", "Glm4MoeFor
 # Vision-language: a CLIP tower + projector whose image embeddings replace placeholder tokens.
 MODEL_REGISTRY.register("LlavaForConditionalGeneration", f"{_MODELS}.llava",
                         "LlavaForConditionalGeneration")
+MODEL_REGISTRY.register("LlavaNextForConditionalGeneration", f"{_MODELS}.llava_next",
+                        "LlavaNextForConditionalGeneration")
+MODEL_REGISTRY.register("InternVLForConditionalGeneration", f"{_MODELS}.internvl",
+                        "InternVLForConditionalGeneration")
+MODEL_REGISTRY.register("Qwen2VLForConditionalGeneration", f"{_MODELS}.qwen2_vl",
+                        "Qwen2VLForConditionalGeneration")
 
 # Encoder-decoders: the prompt is encoded once per request, the decoder generates.
 MODEL_REGISTRY.register("BartForConditionalGeneration", f"{_MODELS}.bart",
@@ -64,6 +70,10 @@ EMBEDDING_MODEL_REGISTRY.register("BertModel", f"{_MODELS}.bert", "BertModel")
 # RoBERTa is BERT with positions counted from padding_idx + 1 (and one token type).
 EMBEDDING_MODEL_REGISTRY.register("RobertaModel", f"{_MODELS}.bert", "RobertaModel")
 EMBEDDING_MODEL_REGISTRY.register("XLMRobertaModel", f"{_MODELS}.bert", "RobertaModel")
+# Dual encoders: a text prompt gets the text tower's embedding, an image prompt the vision
+# tower's (multimodal/dual_encoder.py); PoolingRunner calls their `embed_prompt`.
+EMBEDDING_MODEL_REGISTRY.register("CLIPModel", f"{_MODELS}.clip", "CLIPModel")
+EMBEDDING_MODEL_REGISTRY.register("SiglipModel", f"{_MODELS}.siglip", "SiglipModel")
 
 # Encoder-only sequence classifiers (and cross-encoders: one label scoring a text pair), task
 # "classify" only, on the same pooling core.
