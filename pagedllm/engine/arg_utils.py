@@ -17,6 +17,7 @@ from pagedllm.config import (
     SpeculativeConfig,
     StructuredOutputsConfig,
 )
+from pagedllm.config.state_cache import check_state_model_features, prefix_caching_for
 from pagedllm.utils.memory import parse_memory_size
 
 
@@ -109,7 +110,8 @@ class EngineArgs:
             kv_cache_memory=(
                 parse_memory_size(self.kv_cache_memory) if self.kv_cache_memory else None
             ),
-            enable_prefix_caching=self.enable_prefix_caching,
+            enable_prefix_caching=prefix_caching_for(
+                model_config.hf_config, model_config.architecture, self.enable_prefix_caching),
             kv_cache_dtype=self.kv_cache_dtype,
             num_gpu_blocks_override=self.num_gpu_blocks_override,
         )
@@ -128,10 +130,12 @@ class EngineArgs:
         structured_outputs = StructuredOutputsConfig.parse(
             self.structured_outputs_config, reasoning_parser=self.reasoning_parser
         )
+        speculative = SpeculativeConfig.parse(self.speculative_config)
+        check_state_model_features(model_config.hf_config, model_config.architecture,
+                                   None if speculative is None else speculative.method)
         return EngineConfig(
             model_config, cache_config, scheduler_config, device_config, structured_outputs,
-            speculative=_with_draft_model(SpeculativeConfig.parse(self.speculative_config),
-                                          model_config, device),
+            speculative=_with_draft_model(speculative, model_config, device),
             lora=self._lora_config(),
             multimodal=MultiModalConfig.parse(
                 self.limit_mm_per_prompt, max_image_bytes=self.max_image_bytes,

@@ -29,6 +29,7 @@ from pagedllm.spec_decode.drafter import Drafter
 from pagedllm.worker.input_batch import InputBatch
 from pagedllm.worker.mm_embeddings import MultiModalEmbeddings
 from pagedllm.worker.row_arrays import positions_within
+from pagedllm.worker.state_cache import StateCache
 from pagedllm.worker.step_inputs import StepInputs, prepare_inputs
 
 _IDLE_LORA_WAIT_SECONDS = 0.05
@@ -51,6 +52,7 @@ class ModelRunner:
         speculative_config: SpeculativeConfig | None = None,
         drafter: Drafter | None = None,
         lora_manager: LoRAModelManager | None = None,
+        state_cache: StateCache | None = None,
     ) -> None:
         """max_num_seqs and max_model_len size the InputBatch up front (it grows past them).
         drafter: the proposer built by the worker (a draft model's); None: one from
@@ -78,6 +80,8 @@ class ModelRunner:
         self.mm = (MultiModalEmbeddings(model, device)
                    if getattr(model, "supports_multimodal", False) else None)
         """Vision-language models: each image's encoder output, per running request."""
+        self.state_cache = state_cache
+        """Models with Mamba layers: each running request's state slot (None: no states)."""
         self.metadata_builder = backend.get_builder_cls()()
         layers = attention_layers(model)
         assert len(layers) == len(kv_caches), (len(layers), len(kv_caches))
@@ -108,6 +112,10 @@ class ModelRunner:
             lora_mapping = None
             if self.lora is not None:
                 lora_mapping = self.lora.step_mapping(inputs.req_ids, inputs.num_scheduled)
+            if self.state_cache is not None:
+                self.state_cache.prepare(inputs.req_ids,
+                                         self.input_batch.num_computed_tokens[inputs.rows],
+                                         inputs.num_scheduled)
         with step_phase("forward"), set_forward_context(attn_metadata, lora_mapping):
             if self.mm is not None:
                 embeds = self.mm.input_embeds(
@@ -154,8 +162,12 @@ class ModelRunner:
                 self.lora.remove_request(req_id)
             if self.mm is not None:
                 self.mm.remove_request(req_id)
+            if self.state_cache is not None:
+                self.state_cache.remove_request(req_id)
         for new in so.scheduled_new_reqs:
             batch.add_request(new)
+            if self.state_cache is not None:
+                self.state_cache.add_request(new.req_id, new.state_slot)
             if self.mm is not None:
                 self.mm.add_request(new.req_id, new.mm_features)
             if self.lora is not None:

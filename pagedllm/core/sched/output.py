@@ -32,6 +32,8 @@ class NewRequestData:
     """The adapter the request runs under (None: the base model)."""
     mm_features: list[MultiModalFeature] | None = None
     """The prompt's images, for the runner's vision encoder (None: text only)."""
+    state_slot: int | None = None
+    """Models with Mamba layers: the request's slot in the state cache (None: no states)."""
 
 
 @dataclass

@@ -1,0 +1,191 @@
+"""The Mamba mixer (selective state space layer) over a per-request state cache, in PyTorch.
+
+One step packs requests back to back as everywhere else (a prefill chunk, a decode token). Each
+request's layer state lives in one slot of the state cache (worker/state_cache.py):
+
+    conv_states [num_slots, intermediate, d_conv - 1]   the last d_conv - 1 conv inputs
+    ssm_states  [num_slots, intermediate, d_state]      the recurrent state h
+
+A chunk continues from its slot's states (a chunked prefill's second chunk, every decode), or
+from zeros where it starts at position 0 (a new or recomputed request: whatever the slot held
+before is ignored). The step's requests are padded into [R, Lmax] so the convolution and the
+scan run once for all of them; padded positions leave the state as it is (dA = 1, dBx = 0).
+
+The scan is the sequential recurrence (one iteration per position of the longest chunk), with
+float32 states, as transformers' slow path computes it:
+
+    h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t * x_t,    y_t = C_t . h_t + D * x_t
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pagedllm.model_executor.layers.layernorm import RMSNorm
+from pagedllm.model_executor.layers.linear import ReplicatedLinear
+
+
+@dataclass
+class MambaStepMetadata:
+    """The step's requests as the Mamba layers see them (built once per step, shared)."""
+
+    slots: torch.Tensor  # [R] long: each request's state slot
+    has_initial_state: torch.Tensor  # [R] bool: the chunk continues a state (start > 0)
+    lengths: torch.Tensor  # [R] long: tokens of each request this step
+    token_index: torch.Tensor  # [R, Lmax] long: packed row of each request's t-th token (0: pad)
+    valid: torch.Tensor  # [R, Lmax] bool: t < lengths[r]
+
+    @classmethod
+    def build(cls, slots: list[int], starts: np.ndarray, counts: np.ndarray,
+              device: torch.device) -> MambaStepMetadata:
+        """starts [R]: each request's first position this step; counts [R]: its tokens."""
+        first = np.zeros(len(counts), dtype=np.int64)
+        np.cumsum(counts[:-1], out=first[1:])
+        offsets = np.arange(int(counts.max()), dtype=np.int64)
+        valid = offsets[None, :] < counts[:, None]
+        token_index = np.where(valid, first[:, None] + offsets[None, :], 0)
+        return cls(
+            slots=torch.tensor(slots, dtype=torch.long, device=device),
+            has_initial_state=torch.from_numpy(starts > 0).to(device),
+            lengths=torch.from_numpy(counts.astype(np.int64)).to(device),
+            token_index=torch.from_numpy(token_index).to(device),
+            valid=torch.from_numpy(valid).to(device),
+        )
+
+
+def causal_conv1d(
+    x: torch.Tensor,  # [T, I] packed
+    conv_states: torch.Tensor,  # [S, I, K - 1], updated in place for the step's slots
+    weight: torch.Tensor,  # [I, K]
+    bias: torch.Tensor | None,  # [I]
+    md: MambaStepMetadata,
+) -> torch.Tensor:  # [T, I] float32, before the activation
+    """Depthwise causal convolution of each request's chunk, continuing its conv state."""
+    width = weight.shape[1] - 1
+    init = md.has_initial_state[:, None, None]
+    prev = torch.where(init, conv_states[md.slots], 0.0)  # [R, I, K-1]
+    chunk = (x.float()[md.token_index] * md.valid[..., None]).transpose(1, 2)  # [R, I, Lmax]
+    full = torch.cat([prev, chunk], dim=2)  # [R, I, K-1 + Lmax]
+    out = F.conv1d(full, weight.float().unsqueeze(1),
+                   None if bias is None else bias.float(), groups=weight.shape[0])
+    # the new state: the last K-1 inputs of each request (its chunk ends at column lengths + K-2)
+    cols = md.lengths[:, None] + torch.arange(width, device=x.device)  # [R, K-1]
+    conv_states[md.slots] = full.gather(2, cols[:, None, :].expand(-1, full.shape[1], -1))
+    return out.transpose(1, 2)[md.valid]  # [T, I]
+
+
+def selective_scan(
+    x: torch.Tensor,  # [T, I] float32 (after conv and activation)
+    dt: torch.Tensor,  # [T, I] float32, after dt bias and softplus
+    A: torch.Tensor,  # [I, N] float32 (negative)
+    B: torch.Tensor,  # [T, N]
+    C: torch.Tensor,  # [T, N]
+    D: torch.Tensor,  # [I]
+    ssm_states: torch.Tensor,  # [S, I, N] float32, updated in place for the step's slots
+    md: MambaStepMetadata,
+) -> torch.Tensor:  # [T, I] float32: y (D skip included, no gate)
+    pad = md.valid[..., None]
+    x_p = x[md.token_index] * pad  # [R, Lmax, I]
+    dt_p = dt[md.token_index] * pad  # 0 where padded: exp(0 * A) = 1, dt * B * x = 0
+    B_p, C_p = B.float()[md.token_index], C.float()[md.token_index]  # [R, Lmax, N]
+    h = torch.where(md.has_initial_state[:, None, None], ssm_states[md.slots], 0.0)  # [R, I, N]
+    ys = []
+    for t in range(md.token_index.shape[1]):
+        dt_t = dt_p[:, t, :, None]  # [R, I, 1]
+        h = torch.exp(dt_t * A) * h + dt_t * B_p[:, t, None, :] * x_p[:, t, :, None]
+        ys.append(torch.matmul(h, C_p[:, t, :, None])[..., 0])  # [R, I]
+    ssm_states[md.slots] = h
+    y = torch.stack(ys, dim=1)[md.valid]  # [T, I]
+    return y + x * D.float()
+
+
+class MambaMixer(nn.Module):
+    """in_proj -> causal conv -> SiLU -> x_proj (dt, B, C) -> dt_proj -> selective scan, gated
+    by SiLU(z) -> out_proj. bc_dt_norm: Jamba's RMS norms on dt, B and C after x_proj (Mamba
+    has none).
+
+    The state cache is bound once (bind_state_cache) before the first step; the layer reads its
+    two tensors and the step's metadata from it (no layer here imports the worker)."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        intermediate_size: int,
+        state_size: int,
+        conv_kernel: int,
+        time_step_rank: int,
+        conv_bias: bool,
+        proj_bias: bool,
+        bc_dt_norm_eps: float | None,
+        prefix: str,
+    ) -> None:
+        super().__init__()
+        self.intermediate_size = intermediate_size
+        self.state_size = state_size
+        self.time_step_rank = time_step_rank
+        self.in_proj = ReplicatedLinear(hidden_size, 2 * intermediate_size, proj_bias,
+                                        prefix=f"{prefix}.in_proj")
+        self.conv1d = _DepthwiseConv(intermediate_size, conv_kernel, conv_bias)
+        self.x_proj = ReplicatedLinear(intermediate_size, time_step_rank + 2 * state_size, False,
+                                       prefix=f"{prefix}.x_proj")
+        self.dt_proj = ReplicatedLinear(time_step_rank, intermediate_size, True,
+                                        prefix=f"{prefix}.dt_proj")
+        self.A_log = nn.Parameter(torch.zeros(intermediate_size, state_size))
+        self.D = nn.Parameter(torch.ones(intermediate_size))
+        self.out_proj = ReplicatedLinear(intermediate_size, hidden_size, proj_bias,
+                                         prefix=f"{prefix}.out_proj")
+        if bc_dt_norm_eps is not None:
+            self.dt_layernorm = RMSNorm(time_step_rank, bc_dt_norm_eps)
+            self.b_layernorm = RMSNorm(state_size, bc_dt_norm_eps)
+            self.c_layernorm = RMSNorm(state_size, bc_dt_norm_eps)
+        self.bc_dt_norm = bc_dt_norm_eps is not None
+        self.state_cache: Any = None
+        self.state_index = -1
+
+    def bind_state_cache(self, cache: Any, index: int) -> None:
+        """cache: the worker's state cache (conv_states[index], ssm_states[index], current)."""
+        self.state_cache, self.state_index = cache, index
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:  # [T, hidden]
+        cache = self.state_cache
+        assert cache is not None and cache.current is not None, "no state cache bound / no step"
+        md: MambaStepMetadata = cache.current
+        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # [T, I] each
+        x = F.silu(causal_conv1d(x, cache.conv_states[self.state_index], self.conv1d.weight,
+                                 self.conv1d.bias, md))
+        dt, B, C = self.x_proj(x.to(hidden_states.dtype)).split(
+            [self.time_step_rank, self.state_size, self.state_size], dim=-1)
+        if self.bc_dt_norm:
+            dt = self.dt_layernorm.norm(dt)
+            B, C = self.b_layernorm.norm(B), self.c_layernorm.norm(C)
+        dt = F.softplus(self.dt_proj(dt).float())
+        A = -torch.exp(self.A_log.float())
+        y = selective_scan(x, dt, A, B, C, self.D, cache.ssm_states[self.state_index], md)
+        y = y * F.silu(z.float())
+        return self.out_proj(y.to(hidden_states.dtype))
+
+
+class _DepthwiseConv(nn.Module):
+    """The checkpoint's `conv1d` (weight [I, 1, K], bias [I]); applied by causal_conv1d."""
+
+    def __init__(self, channels: int, kernel: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(channels, kernel))
+        self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
+        self.weight.weight_loader = _load_conv_weight  # type: ignore[attr-defined]
+
+
+def _load_conv_weight(param: nn.Parameter, loaded: torch.Tensor) -> None:
+    with torch.no_grad():
+        param.copy_(loaded.reshape(param.shape).to(param.dtype))
+
+
+def mamba_mixers(model: nn.Module) -> list[MambaMixer]:
+    """The model's Mamba mixers in layer order (the state cache's layer index)."""
+    return [m for m in model.modules() if isinstance(m, MambaMixer)]
