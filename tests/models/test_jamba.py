@@ -103,9 +103,9 @@ def test_prompt_logprobs_match_hf(engine, jamba_dir, reference):
 
 
 def test_preemption_and_few_slots_match_hf(jamba_dir, reference):
-    """A KV budget of 4 blocks of 16 for 4 requests of 13-52 tokens (10 blocks in all): requests are preempted
-    (their state slots freed with their blocks) and recomputed from position 0; max_num_seqs=3:
-    three state slots for four requests."""
+    """A KV budget of 4 blocks of 16 for 4 requests of 13-52 tokens (10 blocks in all):
+    requests are preempted (their state slots freed with their blocks) and recomputed from
+    position 0; max_num_seqs=3: three state slots for four requests."""
     prompts, expected = reference
     llm = LLM(jamba_dir, num_gpu_blocks_override=4, max_model_len=56,
               max_num_batched_tokens=16, max_num_seqs=3)

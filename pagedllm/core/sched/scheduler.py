@@ -78,6 +78,9 @@ class Scheduler:
         num_state_slots: int = 0,
     ) -> None:
         _check_capacity(scheduler_config, cache_config, num_blocks, max_model_len)
+        if num_state_slots and cache_config.enable_prefix_caching:
+            # a prefix hit would skip tokens whose effect on the states is kept nowhere
+            raise ValueError("prefix caching must be off for a model with per-request states")
         self.scheduler_config = scheduler_config
         self.max_model_len = max_model_len
         caching = cache_config.enable_prefix_caching
