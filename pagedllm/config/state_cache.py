@@ -64,7 +64,7 @@ def mamba_state_spec(hf_config: Any) -> MambaStateSpec | None:
             conv_kernel=hf_config.mamba_d_conv,
             state_size=hf_config.mamba_d_state,
         )
-    if model_type in ("mamba", "falcon_mamba"):
+    if model_type == "mamba":
         return MambaStateSpec(
             mamba_layers=tuple(range(layers)),
             num_hidden_layers=layers,

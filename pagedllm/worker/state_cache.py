@@ -22,8 +22,9 @@ from torch import nn
 from pagedllm.config import EngineConfig
 from pagedllm.config.state_cache import MambaStateSpec, mamba_state_spec
 from pagedllm.model_executor.layers.mamba import MambaStepMetadata, mamba_mixers
+from pagedllm.utils.math import cdiv
 from pagedllm.utils.memory import format_bytes
-from pagedllm.worker.kv_cache_alloc import available_memory
+from pagedllm.worker.kv_cache_alloc import KVCacheLayout, available_memory, plan_kv_cache
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,19 @@ def plan_state_cache(config: EngineConfig, device: torch.device) -> StateCachePl
             f"{format_bytes(budget)}: lower max_num_seqs (--max-num-seqs) or raise "
             f"kv_cache_memory (--kv-cache-memory)")
     return StateCachePlan(spec, num_slots, replace(cache, kv_cache_memory=budget - state_bytes))
+
+
+def plan_kv_cache_beside_states(config: EngineConfig, plan: StateCachePlan,
+                                device: torch.device) -> KVCacheLayout:
+    """The KV cache of the attention layers, from the budget the states left. A model without
+    attention layers (Mamba) stores no K/V: its blocks hold 0 bytes and only count each
+    request's tokens for the scheduler, as many as max_num_seqs full-length requests need."""
+    block_size = config.cache.block_size
+    if plan.spec.num_attention_layers == 0:
+        per_request = cdiv(config.model.max_model_len, block_size)
+        return KVCacheLayout(plan.num_slots * per_request, block_size, 0)
+    return plan_kv_cache(config.model, plan.kv_cache_config, device,
+                         num_layers=plan.spec.num_attention_layers)
 
 
 class StateCache:

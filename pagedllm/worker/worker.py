@@ -33,7 +33,11 @@ from pagedllm.worker.kv_cache_alloc import (
 from pagedllm.worker.model_runner import ModelRunner
 from pagedllm.worker.model_setup import load_model_on_device
 from pagedllm.worker.pooling_runner import PoolingRunner
-from pagedllm.worker.state_cache import StateCache, plan_state_cache
+from pagedllm.worker.state_cache import (
+    StateCache,
+    plan_kv_cache_beside_states,
+    plan_state_cache,
+)
 
 logger = init_logger(__name__)
 
@@ -143,9 +147,10 @@ class Worker:
         tp = config.parallel.tensor_parallel_size
         # Mamba layers: their per-request states take max_num_seqs slots of the budget first
         state_plan = plan_state_cache(config, self.device)
-        layout = plan_kv_cache(
-            config.model, config.cache if state_plan is None else state_plan.kv_cache_config,
-            self.device, tp, num_layers=None if state_plan is None else len(layers))
+        if state_plan is None:
+            layout = plan_kv_cache(config.model, config.cache, self.device, tp)
+        else:
+            layout = plan_kv_cache_beside_states(config, state_plan, self.device)
         kv_caches = allocate_kv_caches(
             layout, config.model, config.cache, backend, self.device, len(layers), tp
         )

@@ -133,3 +133,29 @@ def test_speculative_decoding_refused(jamba_dir):
     with pytest.raises(ValueError, match="cannot roll back"):
         LLM(jamba_dir, kv_cache_memory="8MiB",
             speculative_config={"method": "ngram", "num_speculative_tokens": 2})
+
+
+def test_mamba_matches_hf(tiny_model_factory):
+    """Plain Mamba (no attention: the KV blocks hold 0 bytes) on the same state cache: greedy
+    tokens of the mixed, chunked batch and prompt logprobs."""
+    model_dir = tiny_model_factory("MambaConfig", num_hidden_layers=2, state_size=8,
+                                   num_attention_heads=None, num_key_value_heads=None,
+                                   max_position_embeddings=None)
+    hf = load_hf_model(model_dir)
+    prompts = random_prompts(LENGTHS, hf.config.vocab_size)
+    expected = [_hf_greedy_uncached(hf, p, MAX_TOKENS) for p in prompts]
+    llm = LLM(model_dir, max_model_len=64, kv_cache_memory="1MiB", max_num_batched_tokens=16,
+              max_num_seqs=3)
+    assert engine_core(llm).scheduler.state_slots.num_slots == 3
+    assert _generate(llm, prompts) == expected
+    _assert_all_free(llm)
+
+
+@torch.inference_mode()
+def _hf_greedy_uncached(hf, prompt: list[int], max_tokens: int) -> list[int]:
+    """Greedy by re-running the whole sequence each step (transformers' MambaForCausalLM
+    returns its cache as `cache`, which hf_greedy's `past_key_values` does not carry)."""
+    tokens = list(prompt)
+    for _ in range(max_tokens):
+        tokens.append(int(hf(input_ids=torch.tensor([tokens])).logits[0, -1].argmax()))
+    return tokens[len(prompt):]

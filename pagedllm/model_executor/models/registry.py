@@ -40,6 +40,7 @@ MODEL_REGISTRY.register("DeepseekV2ForCausalLM", f"{_MODELS}.deepseek_v2", "Deep
 MODEL_REGISTRY.register("DeepseekV3ForCausalLM", f"{_MODELS}.deepseek_v2", "DeepseekV3ForCausalLM")
 # Hybrid state-space: Mamba layers (their states in a per-request state cache) among attention.
 MODEL_REGISTRY.register("JambaForCausalLM", f"{_MODELS}.jamba", "JambaForCausalLM")
+MODEL_REGISTRY.register("MambaForCausalLM", f"{_MODELS}.mamba", "MambaForCausalLM")
 # Vision-language: a CLIP tower + projector whose image embeddings replace placeholder tokens.
 MODEL_REGISTRY.register("LlavaForConditionalGeneration", f"{_MODELS}.llava",
                         "LlavaForConditionalGeneration")
