@@ -9,6 +9,7 @@ hands out the slots (core/state_slots.py); the worker holds the tensors (worker/
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,17 +20,17 @@ product over every token so far, where bf16 rounding would compound."""
 
 @dataclass(frozen=True)
 class MambaStateSpec:
-    """The per-request state of a model's Mamba layers."""
+    """The per-request state of a model's Mamba layers (every Mamba layer's alike)."""
 
     mamba_layers: tuple[int, ...]
     """Decoder layer indices that are Mamba layers (the others attend)."""
     num_hidden_layers: int
-    intermediate_size: int
-    """Channels of the convolution and the scan (expand * hidden_size)."""
+    conv_channels: int
+    """Channels of the causal convolution (Mamba: expand * hidden; Mamba2: that + B and C)."""
     conv_kernel: int
-    """d_conv: the causal convolution's width; its state holds conv_kernel - 1 inputs."""
-    state_size: int
-    """d_state: the SSM state's width per channel."""
+    """d_conv: the convolution's width; its state holds conv_kernel - 1 inputs per channel."""
+    ssm_state_shape: tuple[int, ...]
+    """Mamba: [intermediate, d_state]; Mamba2: [heads, head_dim, d_state]."""
 
     @property
     def num_attention_layers(self) -> int:
@@ -38,16 +39,12 @@ class MambaStateSpec:
 
     @property
     def conv_state_shape(self) -> tuple[int, int]:
-        return (self.intermediate_size, self.conv_kernel - 1)
-
-    @property
-    def ssm_state_shape(self) -> tuple[int, int]:
-        return (self.intermediate_size, self.state_size)
+        return (self.conv_channels, self.conv_kernel - 1)
 
     @property
     def bytes_per_slot(self) -> int:
         """One request's states over every Mamba layer."""
-        per_layer = self.intermediate_size * (self.conv_kernel - 1 + self.state_size)
+        per_layer = self.conv_channels * (self.conv_kernel - 1) + math.prod(self.ssm_state_shape)
         return len(self.mamba_layers) * per_layer * STATE_DTYPE_BYTES
 
 
@@ -57,21 +54,29 @@ def mamba_state_spec(hf_config: Any) -> MambaStateSpec | None:
     layers = hf_config.num_hidden_layers
     if model_type == "jamba":
         kinds = list(hf_config.layers_block_type)
+        inner = hf_config.mamba_expand * hf_config.hidden_size
         return MambaStateSpec(
             mamba_layers=tuple(i for i, kind in enumerate(kinds) if kind == "mamba"),
-            num_hidden_layers=layers,
-            intermediate_size=hf_config.mamba_expand * hf_config.hidden_size,
-            conv_kernel=hf_config.mamba_d_conv,
-            state_size=hf_config.mamba_d_state,
-        )
+            num_hidden_layers=layers, conv_channels=inner, conv_kernel=hf_config.mamba_d_conv,
+            ssm_state_shape=(inner, hf_config.mamba_d_state),
+        )  # fmt: skip
     if model_type == "mamba":
+        inner = hf_config.intermediate_size
         return MambaStateSpec(
-            mamba_layers=tuple(range(layers)),
+            mamba_layers=tuple(range(layers)), num_hidden_layers=layers, conv_channels=inner,
+            conv_kernel=hf_config.conv_kernel, ssm_state_shape=(inner, hf_config.state_size),
+        )  # fmt: skip
+    if model_type == "bamba":  # Mamba2 layers
+        kinds = list(hf_config.layers_block_type)
+        inner = int(hf_config.mamba_expand * hf_config.hidden_size)
+        state = hf_config.mamba_d_state
+        return MambaStateSpec(
+            mamba_layers=tuple(i for i, kind in enumerate(kinds) if kind == "linear_attention"),
             num_hidden_layers=layers,
-            intermediate_size=hf_config.intermediate_size,
-            conv_kernel=hf_config.conv_kernel,
-            state_size=hf_config.state_size,
-        )
+            conv_channels=inner + 2 * hf_config.mamba_n_groups * state,
+            conv_kernel=hf_config.mamba_d_conv,
+            ssm_state_shape=(hf_config.mamba_n_heads, hf_config.mamba_d_head, state),
+        )  # fmt: skip
     return None
 
 

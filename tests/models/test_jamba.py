@@ -28,6 +28,17 @@ LENGTHS = [1, 7, 23, 40]
 MAX_TOKENS = 12
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """transformers' reference runs at one thread, as the engines here do (PAGEDLLM_NUM_THREADS):
+    before any engine set it, torch's default thread count made each of its tiny forwards ~30x
+    slower on a loaded 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def jamba_dir(tiny_model_factory) -> str:
     return tiny_model_factory("JambaConfig", **JAMBA)
@@ -159,3 +170,21 @@ def _hf_greedy_uncached(hf, prompt: list[int], max_tokens: int) -> list[int]:
     for _ in range(max_tokens):
         tokens.append(int(hf(input_ids=torch.tensor([tokens])).logits[0, -1].argmax()))
     return tokens[len(prompt):]
+
+
+def test_bamba_matches_hf(tiny_model_factory):
+    """Bamba (Mamba2 layers: heads, groups, gated group norm; rotary attention at layer 1) on
+    the same state cache: greedy tokens of the mixed, chunked batch, under a KV budget small
+    enough to preempt. (The reference re-runs the whole sequence: transformers' Bamba restarts
+    positions at 0 on a cached step unless position_ids are given.)"""
+    model_dir = tiny_model_factory(
+        "BambaConfig", num_hidden_layers=3, attn_layer_indices=[1], mamba_n_heads=8,
+        mamba_d_head=16, mamba_n_groups=2, mamba_d_state=8, mamba_chunk_size=16,
+        intermediate_size=64)  # fmt: skip
+    hf = load_hf_model(model_dir)
+    prompts = random_prompts(LENGTHS, hf.config.vocab_size)
+    expected = [_hf_greedy_uncached(hf, p, MAX_TOKENS) for p in prompts]
+    llm = LLM(model_dir, num_gpu_blocks_override=4, max_model_len=56,
+              max_num_batched_tokens=16, max_num_seqs=3)
+    assert _generate(llm, prompts) == expected
+    _assert_all_free(llm)

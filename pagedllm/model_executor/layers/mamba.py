@@ -105,13 +105,30 @@ def selective_scan(
     return y + x * D.float()
 
 
-class MambaMixer(nn.Module):
+class StateSpaceMixer(nn.Module):
+    """A layer whose per-request states live in the state cache (Mamba, Mamba2).
+
+    The cache is bound once (bind_state_cache) before the first step; the layer reads its two
+    tensors (conv_states[index], ssm_states[index]) and the step's metadata (current) from it;
+    no layer here imports the worker."""
+
+    state_cache: Any = None
+    state_index: int = -1
+
+    def bind_state_cache(self, cache: Any, index: int) -> None:
+        self.state_cache, self.state_index = cache, index
+
+    def _states(self) -> tuple[torch.Tensor, torch.Tensor, MambaStepMetadata]:
+        cache = self.state_cache
+        assert cache is not None and cache.current is not None, "no state cache bound / no step"
+        index = self.state_index
+        return cache.conv_states[index], cache.ssm_states[index], cache.current
+
+
+class MambaMixer(StateSpaceMixer):
     """in_proj -> causal conv -> SiLU -> x_proj (dt, B, C) -> dt_proj -> selective scan, gated
     by SiLU(z) -> out_proj. bc_dt_norm: Jamba's RMS norms on dt, B and C after x_proj (Mamba
-    has none).
-
-    The state cache is bound once (bind_state_cache) before the first step; the layer reads its
-    two tensors and the step's metadata from it (no layer here imports the worker)."""
+    has none)."""
 
     def __init__(
         self,
@@ -131,7 +148,7 @@ class MambaMixer(nn.Module):
         self.time_step_rank = time_step_rank
         self.in_proj = ReplicatedLinear(hidden_size, 2 * intermediate_size, proj_bias,
                                         prefix=f"{prefix}.in_proj")
-        self.conv1d = _DepthwiseConv(intermediate_size, conv_kernel, conv_bias)
+        self.conv1d = DepthwiseConv(intermediate_size, conv_kernel, conv_bias)
         self.x_proj = ReplicatedLinear(intermediate_size, time_step_rank + 2 * state_size, False,
                                        prefix=f"{prefix}.x_proj")
         self.dt_proj = ReplicatedLinear(time_step_rank, intermediate_size, True,
@@ -145,20 +162,11 @@ class MambaMixer(nn.Module):
             self.b_layernorm = RMSNorm(state_size, bc_dt_norm_eps)
             self.c_layernorm = RMSNorm(state_size, bc_dt_norm_eps)
         self.bc_dt_norm = bc_dt_norm_eps is not None
-        self.state_cache: Any = None
-        self.state_index = -1
-
-    def bind_state_cache(self, cache: Any, index: int) -> None:
-        """cache: the worker's state cache (conv_states[index], ssm_states[index], current)."""
-        self.state_cache, self.state_index = cache, index
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:  # [T, hidden]
-        cache = self.state_cache
-        assert cache is not None and cache.current is not None, "no state cache bound / no step"
-        md: MambaStepMetadata = cache.current
+        conv_states, ssm_states, md = self._states()
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # [T, I] each
-        x = F.silu(causal_conv1d(x, cache.conv_states[self.state_index], self.conv1d.weight,
-                                 self.conv1d.bias, md))
+        x = F.silu(causal_conv1d(x, conv_states, self.conv1d.weight, self.conv1d.bias, md))
         dt, B, C = self.x_proj(x.to(hidden_states.dtype)).split(
             [self.time_step_rank, self.state_size, self.state_size], dim=-1)
         if self.bc_dt_norm:
@@ -166,12 +174,12 @@ class MambaMixer(nn.Module):
             B, C = self.b_layernorm.norm(B), self.c_layernorm.norm(C)
         dt = F.softplus(self.dt_proj(dt).float())
         A = -torch.exp(self.A_log.float())
-        y = selective_scan(x, dt, A, B, C, self.D, cache.ssm_states[self.state_index], md)
+        y = selective_scan(x, dt, A, B, C, self.D, ssm_states, md)
         y = y * F.silu(z.float())
         return self.out_proj(y.to(hidden_states.dtype))
 
 
-class _DepthwiseConv(nn.Module):
+class DepthwiseConv(nn.Module):
     """The checkpoint's `conv1d` (weight [I, 1, K], bias [I]); applied by causal_conv1d."""
 
     def __init__(self, channels: int, kernel: int, bias: bool) -> None:
@@ -186,6 +194,6 @@ def _load_conv_weight(param: nn.Parameter, loaded: torch.Tensor) -> None:
         param.copy_(loaded.reshape(param.shape).to(param.dtype))
 
 
-def mamba_mixers(model: nn.Module) -> list[MambaMixer]:
-    """The model's Mamba mixers in layer order (the state cache's layer index)."""
-    return [m for m in model.modules() if isinstance(m, MambaMixer)]
+def mamba_mixers(model: nn.Module) -> list[StateSpaceMixer]:
+    """The model's state-space mixers in layer order (the state cache's layer index)."""
+    return [m for m in model.modules() if isinstance(m, StateSpaceMixer)]
