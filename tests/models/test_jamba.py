@@ -23,6 +23,12 @@ JAMBA = dict(
     expert_layer_offset=1, num_experts=4, num_experts_per_tok=2, mamba_d_state=8,
     mamba_d_conv=4, mamba_expand=2, intermediate_size=64,
 )  # fmt: skip
+MAMBA = dict(num_hidden_layers=2, state_size=8, num_attention_heads=None,
+             num_key_value_heads=None, max_position_embeddings=None)
+BAMBA = dict(
+    num_hidden_layers=3, attn_layer_indices=[1], mamba_n_heads=8, mamba_d_head=16,
+    mamba_n_groups=2, mamba_d_state=8, mamba_chunk_size=16, intermediate_size=64,
+)  # fmt: skip
 LENGTHS = [1, 7, 23, 40]
 """Chunked by max_num_batched_tokens=16 into 1-3 pieces, decodes mixed in."""
 MAX_TOKENS = 12
@@ -149,9 +155,7 @@ def test_speculative_decoding_refused(jamba_dir):
 def test_mamba_matches_hf(tiny_model_factory):
     """Plain Mamba (no attention: the KV blocks hold 0 bytes) on the same state cache: greedy
     tokens of the mixed, chunked batch and prompt logprobs."""
-    model_dir = tiny_model_factory("MambaConfig", num_hidden_layers=2, state_size=8,
-                                   num_attention_heads=None, num_key_value_heads=None,
-                                   max_position_embeddings=None)
+    model_dir = tiny_model_factory("MambaConfig", **MAMBA)
     hf = load_hf_model(model_dir)
     prompts = random_prompts(LENGTHS, hf.config.vocab_size)
     expected = [_hf_greedy_uncached(hf, p, MAX_TOKENS) for p in prompts]
@@ -177,10 +181,7 @@ def test_bamba_matches_hf(tiny_model_factory):
     the same state cache: greedy tokens of the mixed, chunked batch, under a KV budget small
     enough to preempt. (The reference re-runs the whole sequence: transformers' Bamba restarts
     positions at 0 on a cached step unless position_ids are given.)"""
-    model_dir = tiny_model_factory(
-        "BambaConfig", num_hidden_layers=3, attn_layer_indices=[1], mamba_n_heads=8,
-        mamba_d_head=16, mamba_n_groups=2, mamba_d_state=8, mamba_chunk_size=16,
-        intermediate_size=64)  # fmt: skip
+    model_dir = tiny_model_factory("BambaConfig", **BAMBA)
     hf = load_hf_model(model_dir)
     prompts = random_prompts(LENGTHS, hf.config.vocab_size)
     expected = [_hf_greedy_uncached(hf, p, MAX_TOKENS) for p in prompts]

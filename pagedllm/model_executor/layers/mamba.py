@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.model_executor.layers.layernorm import RMSNorm
-from pagedllm.model_executor.layers.linear import ReplicatedLinear
+from pagedllm.model_executor.layers.linear import ReplicatedLinear, RowParallelLinear
 
 
 @dataclass
@@ -155,8 +155,9 @@ class MambaMixer(StateSpaceMixer):
                                         prefix=f"{prefix}.dt_proj")
         self.A_log = nn.Parameter(torch.zeros(intermediate_size, state_size))
         self.D = nn.Parameter(torch.ones(intermediate_size))
-        self.out_proj = ReplicatedLinear(intermediate_size, hidden_size, proj_bias,
-                                         prefix=f"{prefix}.out_proj")
+        # (vLLM's role for it; every part is whole at tensor-parallel size 1, the only one here)
+        self.out_proj = RowParallelLinear(intermediate_size, hidden_size, proj_bias,
+                                          prefix=f"{prefix}.out_proj")
         if bc_dt_norm_eps is not None:
             self.dt_layernorm = RMSNorm(time_step_rank, bc_dt_norm_eps)
             self.b_layernorm = RMSNorm(state_size, bc_dt_norm_eps)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pagedllm.model_executor.layers.linear import ReplicatedLinear
+from pagedllm.model_executor.layers.linear import ReplicatedLinear, RowParallelLinear
 from pagedllm.model_executor.layers.mamba import (
     DepthwiseConv,
     MambaStepMetadata,
@@ -104,8 +104,8 @@ class Mamba2Mixer(StateSpaceMixer):
         self.D = nn.Parameter(torch.ones(num_heads))
         self.norm = GatedGroupRMSNorm(intermediate_size, intermediate_size // num_groups,
                                       norm_eps)
-        self.out_proj = ReplicatedLinear(intermediate_size, hidden_size, proj_bias,
-                                         prefix=f"{prefix}.out_proj")
+        self.out_proj = RowParallelLinear(intermediate_size, hidden_size, proj_bias,
+                                          prefix=f"{prefix}.out_proj")
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:  # [T, hidden]
         conv_states, ssm_states, md = self._states()
