@@ -8,8 +8,9 @@ request's layer state lives in one slot of the state cache (worker/state_cache.p
 
 A chunk continues from its slot's states (a chunked prefill's second chunk, every decode), or
 from zeros where it starts at position 0 (a new or recomputed request: whatever the slot held
-before is ignored). The step's requests are padded into [R, Lmax] so the convolution and the
-scan run once for all of them; padded positions leave the state as it is (dA = 1, dBx = 0).
+before is ignored). The step's decodes run as one batch (one scan step), its prefill chunks as
+another, padded to [R, Lmax] so the convolution and the scan run once for all of them; padded
+positions leave the state as it is (dA = 1, dBx = 0).
 
 The scan is the sequential recurrence (one iteration per position of the longest chunk), with
 float32 states, as transformers' slow path computes it:
@@ -32,52 +33,84 @@ from pagedllm.model_executor.layers.linear import ReplicatedLinear, RowParallelL
 
 
 @dataclass
-class MambaStepMetadata:
-    """The step's requests as the Mamba layers see them (built once per step, shared)."""
+class MambaBatch:
+    """Requests of one step padded together to their longest chunk."""
 
     slots: torch.Tensor  # [R] long: each request's state slot
     has_initial_state: torch.Tensor  # [R] bool: the chunk continues a state (start > 0)
     lengths: torch.Tensor  # [R] long: tokens of each request this step
     token_index: torch.Tensor  # [R, Lmax] long: packed row of each request's t-th token (0: pad)
     valid: torch.Tensor  # [R, Lmax] bool: t < lengths[r]
+    rows: torch.Tensor  # [sum(lengths)] long: token_index[valid], the packed rows it computes
 
     @classmethod
-    def build(cls, slots: list[int], starts: np.ndarray, counts: np.ndarray,
-              device: torch.device) -> MambaStepMetadata:
-        """starts [R]: each request's first position this step; counts [R]: its tokens."""
-        first = np.zeros(len(counts), dtype=np.int64)
-        np.cumsum(counts[:-1], out=first[1:])
+    def build(cls, slots: np.ndarray, starts: np.ndarray, counts: np.ndarray,
+              first: np.ndarray, device: torch.device) -> MambaBatch:
         offsets = np.arange(int(counts.max()), dtype=np.int64)
         valid = offsets[None, :] < counts[:, None]
         token_index = np.where(valid, first[:, None] + offsets[None, :], 0)
         return cls(
-            slots=torch.tensor(slots, dtype=torch.long, device=device),
+            slots=torch.from_numpy(slots).to(device),
             has_initial_state=torch.from_numpy(starts > 0).to(device),
-            lengths=torch.from_numpy(counts.astype(np.int64)).to(device),
+            lengths=torch.from_numpy(counts).to(device),
             token_index=torch.from_numpy(token_index).to(device),
             valid=torch.from_numpy(valid).to(device),
+            rows=torch.from_numpy(token_index[valid]).to(device),
         )
 
 
+@dataclass
+class MambaStepMetadata:
+    """The step's requests as the Mamba layers see them (built once per step, shared): the
+    decodes (one token each: one scan step for all of them) apart from the prefill chunks, so a
+    long chunk does not make every decode of the step run its length in padding."""
+
+    num_tokens: int
+    groups: list[MambaBatch]
+
+    @classmethod
+    def build(cls, slots: list[int], starts: np.ndarray, counts: np.ndarray,
+              device: torch.device) -> MambaStepMetadata:
+        """slots, starts, counts [R]: each request's state slot, first position this step and
+        number of tokens, in packing order."""
+        counts = counts.astype(np.int64)
+        first = np.zeros(len(counts), dtype=np.int64)
+        np.cumsum(counts[:-1], out=first[1:])
+        slot_array = np.asarray(slots, dtype=np.int64)
+        groups = []
+        for members in (counts == 1, counts > 1):
+            if members.any():
+                groups.append(MambaBatch.build(slot_array[members], starts[members],
+                                               counts[members], first[members], device))
+        return cls(int(counts.sum()), groups)
+
+
 def causal_conv1d(
-    x: torch.Tensor,  # [T, I] packed
-    conv_states: torch.Tensor,  # [S, I, K - 1], updated in place for the step's slots
-    weight: torch.Tensor,  # [I, K]
-    bias: torch.Tensor | None,  # [I]
+    x: torch.Tensor,  # [T, C] packed
+    conv_states: torch.Tensor,  # [S, C, K - 1], updated in place for the step's slots
+    weight: torch.Tensor,  # [C, K]
+    bias: torch.Tensor | None,  # [C]
     md: MambaStepMetadata,
-) -> torch.Tensor:  # [T, I] float32, before the activation
+) -> torch.Tensor:  # [T, C] float32, before the activation
     """Depthwise causal convolution of each request's chunk, continuing its conv state."""
+    out = x.new_empty((md.num_tokens, x.shape[1]), dtype=torch.float32)
+    for group in md.groups:
+        out[group.rows] = _conv_batch(x, conv_states, weight, bias, group)
+    return out
+
+
+def _conv_batch(x: torch.Tensor, conv_states: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor | None, b: MambaBatch) -> torch.Tensor:
     width = weight.shape[1] - 1
-    init = md.has_initial_state[:, None, None]
-    prev = torch.where(init, conv_states[md.slots], 0.0)  # [R, I, K-1]
-    chunk = (x.float()[md.token_index] * md.valid[..., None]).transpose(1, 2)  # [R, I, Lmax]
-    full = torch.cat([prev, chunk], dim=2)  # [R, I, K-1 + Lmax]
+    prev = torch.where(b.has_initial_state[:, None, None], conv_states[b.slots], 0.0)
+    chunk = (x.float()[b.token_index] * b.valid[..., None]).transpose(1, 2)  # [R, C, Lmax]
+    full = torch.cat([prev, chunk], dim=2)  # [R, C, K-1 + Lmax]
     out = F.conv1d(full, weight.float().unsqueeze(1),
                    None if bias is None else bias.float(), groups=weight.shape[0])
     # the new state: the last K-1 inputs of each request (its chunk ends at column lengths + K-2)
-    cols = md.lengths[:, None] + torch.arange(width, device=x.device)  # [R, K-1]
-    conv_states[md.slots] = full.gather(2, cols[:, None, :].expand(-1, full.shape[1], -1))
-    return out.transpose(1, 2)[md.valid]  # [T, I]
+    cols = b.lengths[:, None] + torch.arange(width, device=x.device)  # [R, K-1]
+    conv_states[b.slots] = full.gather(2, cols[:, None, :].expand(-1, full.shape[1], -1))
+    return out.transpose(1, 2)[b.valid]  # [T_b, C]
 
 
 def selective_scan(
@@ -90,18 +123,20 @@ def selective_scan(
     ssm_states: torch.Tensor,  # [S, I, N] float32, updated in place for the step's slots
     md: MambaStepMetadata,
 ) -> torch.Tensor:  # [T, I] float32: y (D skip included, no gate)
-    pad = md.valid[..., None]
-    x_p = x[md.token_index] * pad  # [R, Lmax, I]
-    dt_p = dt[md.token_index] * pad  # 0 where padded: exp(0 * A) = 1, dt * B * x = 0
-    B_p, C_p = B.float()[md.token_index], C.float()[md.token_index]  # [R, Lmax, N]
-    h = torch.where(md.has_initial_state[:, None, None], ssm_states[md.slots], 0.0)  # [R, I, N]
-    ys = []
-    for t in range(md.token_index.shape[1]):
-        dt_t = dt_p[:, t, :, None]  # [R, I, 1]
-        h = torch.exp(dt_t * A) * h + dt_t * B_p[:, t, None, :] * x_p[:, t, :, None]
-        ys.append(torch.matmul(h, C_p[:, t, :, None])[..., 0])  # [R, I]
-    ssm_states[md.slots] = h
-    y = torch.stack(ys, dim=1)[md.valid]  # [T, I]
+    y = torch.empty_like(x)
+    for b in md.groups:
+        pad = b.valid[..., None]
+        x_p = x[b.token_index] * pad  # [R, Lmax, I]
+        dt_p = dt[b.token_index] * pad  # 0 where padded: exp(0 * A) = 1, dt * B * x = 0
+        B_p, C_p = B.float()[b.token_index], C.float()[b.token_index]  # [R, Lmax, N]
+        h = torch.where(b.has_initial_state[:, None, None], ssm_states[b.slots], 0.0)
+        ys = []
+        for t in range(b.token_index.shape[1]):
+            dt_t = dt_p[:, t, :, None]  # [R, I, 1]
+            h = torch.exp(dt_t * A) * h + dt_t * B_p[:, t, None, :] * x_p[:, t, :, None]
+            ys.append(torch.matmul(h, C_p[:, t, :, None])[..., 0])  # [R, I]
+        ssm_states[b.slots] = h
+        y[b.rows] = torch.stack(ys, dim=1)[b.valid]
     return y + x * D.float()
 
 

@@ -39,20 +39,20 @@ def ssd_scan(
     ssm_states: torch.Tensor,  # [S, H, P, N] float32, updated in place for the step's slots
     md: MambaStepMetadata,
 ) -> torch.Tensor:  # [T, H, P] float32 (D skip included)
-    pad = md.valid[..., None]
-    dt_p = dt[md.token_index] * pad  # [R, Lmax, H]; 0 where padded: the state stays
-    x_p = x[md.token_index]  # [R, Lmax, H, P]
-    B_p, C_p = B.float()[md.token_index], C.float()[md.token_index]  # [R, Lmax, H, N]
-    init = md.has_initial_state[:, None, None, None]
-    h = torch.where(init, ssm_states[md.slots], 0.0)  # [R, H, P, N]
-    ys = []
-    for t in range(md.token_index.shape[1]):
-        dt_t = dt_p[:, t, :, None, None]  # [R, H, 1, 1]
-        h = torch.exp(dt_t * A[:, None, None]) * h + (
-            dt_t * x_p[:, t, :, :, None] * B_p[:, t, :, None, :])
-        ys.append(torch.matmul(h, C_p[:, t, :, :, None])[..., 0])  # [R, H, P]
-    ssm_states[md.slots] = h
-    y = torch.stack(ys, dim=1)[md.valid]  # [T, H, P]
+    y = torch.empty_like(x)
+    for b in md.groups:
+        dt_p = dt[b.token_index] * b.valid[..., None]  # [R, Lmax, H]; 0 where padded
+        x_p = x[b.token_index]  # [R, Lmax, H, P]
+        B_p, C_p = B.float()[b.token_index], C.float()[b.token_index]  # [R, Lmax, H, N]
+        h = torch.where(b.has_initial_state[:, None, None, None], ssm_states[b.slots], 0.0)
+        ys = []
+        for t in range(b.token_index.shape[1]):
+            dt_t = dt_p[:, t, :, None, None]  # [R, H, 1, 1]
+            h = torch.exp(dt_t * A[:, None, None]) * h + (
+                dt_t * x_p[:, t, :, :, None] * B_p[:, t, :, None, :])
+            ys.append(torch.matmul(h, C_p[:, t, :, :, None])[..., 0])  # [R, H, P]
+        ssm_states[b.slots] = h
+        y[b.rows] = torch.stack(ys, dim=1)[b.valid]
     return y + x * D.float()[:, None]
 
 
