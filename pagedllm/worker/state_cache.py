@@ -72,8 +72,14 @@ def plan_kv_cache_beside_states(config: EngineConfig, plan: StateCachePlan,
     if plan.spec.num_attention_layers == 0:
         per_request = cdiv(config.model.max_model_len, block_size)
         return KVCacheLayout(plan.num_slots * per_request, block_size, 0)
-    return plan_kv_cache(config.model, plan.kv_cache_config, device,
-                         num_layers=plan.spec.num_attention_layers)
+    try:
+        return plan_kv_cache(config.model, plan.kv_cache_config, device,
+                             num_layers=plan.spec.num_attention_layers)
+    except ValueError as e:
+        raise ValueError(
+            f"{e}; that is what the Mamba state cache left: it takes "
+            f"{format_bytes(plan.total_bytes)} for max_num_seqs={plan.num_slots} sequences "
+            f"(lower max_num_seqs to leave more to the KV cache)") from e
 
 
 class StateCache:

@@ -142,8 +142,12 @@ def test_preemption_and_few_slots_match_hf(jamba_dir, reference):
 
 
 def test_state_budget_refused_clearly(jamba_dir):
-    with pytest.raises(ValueError, match="max_num_seqs=4096"):
+    # 4096 states of 11 KiB do not fit 1 MiB at all
+    with pytest.raises(ValueError, match="state cache of max_num_seqs=4096 sequences takes"):
         LLM(jamba_dir, kv_cache_memory="1MiB", max_num_seqs=4096)
+    # 8 states (88 KiB) fit 300 KiB, but then 512 tokens of KV (256 KiB) do not
+    with pytest.raises(ValueError, match="fewer than max_model_len=512.*max_num_seqs=8"):
+        LLM(jamba_dir, kv_cache_memory=300 * 1024, max_num_seqs=8)
 
 
 def test_speculative_decoding_refused(jamba_dir):
