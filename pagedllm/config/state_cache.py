@@ -66,7 +66,7 @@ def mamba_state_spec(hf_config: Any) -> MambaStateSpec | None:
             mamba_layers=tuple(range(layers)), num_hidden_layers=layers, conv_channels=inner,
             conv_kernel=hf_config.conv_kernel, ssm_state_shape=(inner, hf_config.state_size),
         )  # fmt: skip
-    if model_type == "bamba":  # Mamba2 layers
+    if model_type in ("bamba", "granitemoehybrid"):  # Mamba2 layers
         kinds = list(hf_config.layers_block_type)
         inner = int(hf_config.mamba_expand * hf_config.hidden_size)
         state = hf_config.mamba_d_state

@@ -46,7 +46,7 @@ from tests.models import (
     test_qwen_moe,
     test_stablelm,
 )
-from tests.models.test_jamba import BAMBA, JAMBA, MAMBA
+from tests.models.test_jamba import BAMBA, GRANITE_HYBRID, JAMBA, MAMBA
 from tests.models.test_mixtral import MIXTRAL
 
 FAMILIES: dict[str, list[tuple[str, dict]]] = {
@@ -90,6 +90,7 @@ FAMILIES: dict[str, list[tuple[str, dict]]] = {
     "JambaForCausalLM": [("JambaConfig", JAMBA)],
     "MambaForCausalLM": [("MambaConfig", MAMBA)],
     "BambaForCausalLM": [("BambaConfig", BAMBA)],
+    "GraniteMoeHybridForCausalLM": [("GraniteMoeHybridConfig", GRANITE_HYBRID["rope_moe"])],
     # (the CLIP tower and projector are plain replicated torch modules, not checked here)
     "LlavaForConditionalGeneration": [("LlavaConfig", {
         "text_config": {**TINY_LLAMA, "vocab_size": 385, "model_type": "llama"},
@@ -117,7 +118,7 @@ ROLES = {
     "dense": ReplicatedLinear,  # last: a classifier head's "pooler.dense" (no deeper name)
     # Mamba mixers (no tensor parallelism: replicated but for out_proj, vLLM's row role)
     "in_proj": ReplicatedLinear, "x_proj": ReplicatedLinear, "dt_proj": ReplicatedLinear,
-    "router": ReplicatedLinear,  # Jamba's MoE router
+    "router": ReplicatedLinear, "moe.gate": ReplicatedLinear,  # Jamba's, Granite 4's routers
 }  # fmt: skip
 """Module name suffix -> the role of a linear layer there (vLLM's choice for that place)."""
 

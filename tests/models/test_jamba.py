@@ -29,6 +29,19 @@ BAMBA = dict(
     num_hidden_layers=3, attn_layer_indices=[1], mamba_n_heads=8, mamba_d_head=16,
     mamba_n_groups=2, mamba_d_state=8, mamba_chunk_size=16, intermediate_size=64,
 )  # fmt: skip
+GRANITE_HYBRID = {
+    "rope_moe": dict(
+        num_hidden_layers=3, layer_types=["mamba", "attention", "mamba"], mamba_n_heads=8,
+        mamba_d_head=16, mamba_n_groups=2, mamba_d_state=8, mamba_chunk_size=16,
+        intermediate_size=32, shared_intermediate_size=48, num_local_experts=4,
+        num_experts_per_tok=2, embedding_multiplier=2.0, logits_scaling=3.0,
+        residual_multiplier=0.5, attention_multiplier=0.3, position_embedding_type="rope"),
+    "nope_dense": dict(
+        num_hidden_layers=2, layer_types=["attention", "mamba"], mamba_n_heads=4,
+        mamba_d_head=32, mamba_n_groups=1, mamba_d_state=8, mamba_chunk_size=16,
+        shared_intermediate_size=48, num_local_experts=0, residual_multiplier=0.7,
+        attention_multiplier=0.2, position_embedding_type=None),
+}  # fmt: skip
 LENGTHS = [1, 7, 23, 40]
 """Chunked by max_num_batched_tokens=16 into 1-3 pieces, decodes mixed in."""
 MAX_TOKENS = 12
@@ -191,5 +204,18 @@ def test_bamba_matches_hf(tiny_model_factory):
     expected = [_hf_greedy_uncached(hf, p, MAX_TOKENS) for p in prompts]
     llm = LLM(model_dir, num_gpu_blocks_override=4, max_model_len=56,
               max_num_batched_tokens=16, max_num_seqs=3)
+    assert _generate(llm, prompts) == expected
+    _assert_all_free(llm)
+
+
+@pytest.mark.parametrize("variant", list(GRANITE_HYBRID))
+def test_granite_moe_hybrid_matches_hf(tiny_model_factory, variant):
+    """Granite 4.0 hybrid (Mamba2 + attention with rotary or none, shared MLP with or without
+    experts, Granite's multipliers): greedy tokens of the mixed, chunked batch."""
+    model_dir = tiny_model_factory("GraniteMoeHybridConfig", **GRANITE_HYBRID[variant])
+    hf = load_hf_model(model_dir)
+    prompts = random_prompts(LENGTHS, hf.config.vocab_size)
+    expected = [_hf_greedy_uncached(hf, p, MAX_TOKENS) for p in prompts]
+    llm = LLM(model_dir, kv_cache_memory="4MiB", max_num_batched_tokens=16, max_num_seqs=4)
     assert _generate(llm, prompts) == expected
     _assert_all_free(llm)

@@ -42,6 +42,8 @@ MODEL_REGISTRY.register("DeepseekV3ForCausalLM", f"{_MODELS}.deepseek_v2", "Deep
 MODEL_REGISTRY.register("JambaForCausalLM", f"{_MODELS}.jamba", "JambaForCausalLM")
 MODEL_REGISTRY.register("MambaForCausalLM", f"{_MODELS}.mamba", "MambaForCausalLM")
 MODEL_REGISTRY.register("BambaForCausalLM", f"{_MODELS}.bamba", "BambaForCausalLM")
+MODEL_REGISTRY.register("GraniteMoeHybridForCausalLM", f"{_MODELS}.granitemoehybrid",
+                        "GraniteMoeHybridForCausalLM")
 # Vision-language: a CLIP tower + projector whose image embeddings replace placeholder tokens.
 MODEL_REGISTRY.register("LlavaForConditionalGeneration", f"{_MODELS}.llava",
                         "LlavaForConditionalGeneration")
