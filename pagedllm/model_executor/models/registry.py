@@ -69,9 +69,26 @@ for _roberta in ("RobertaForSequenceClassification", "XLMRobertaForSequenceClass
                                        "RobertaForSequenceClassification")
 
 
+RECURRENT_STATE_ARCHITECTURES = frozenset({
+    "FalconH1ForCausalLM", "FalconMambaForCausalLM", "Zamba2ForCausalLM", "ZambaForCausalLM",
+    "NemotronHForCausalLM", "Mamba2ForCausalLM", "Lfm2ForCausalLM", "Lfm2MoeForCausalLM",
+    "RecurrentGemmaForCausalLM", "RwkvForCausalLM", "Qwen3NextForCausalLM",
+    "MiniMaxForCausalLM", "xLSTMForCausalLM", "KimiLinearForCausalLM",
+})
+"""transformers models that keep a recurrent state per sequence (Mamba, linear attention,
+short convolutions) and are not native: the Transformers fallback only pages attention K/V, so
+their states would not carry from one step to the next; they are refused, not run wrong."""
+
+
 def get_model_class(architecture: str) -> type[nn.Module]:
-    """The native class; else the Transformers fallback when transformers has the architecture;
-    else ValueError listing the supported architectures."""
+    """The native class; else the Transformers fallback when transformers has the architecture
+    (and it keeps no recurrent state); else ValueError listing the supported architectures."""
+    if architecture in RECURRENT_STATE_ARCHITECTURES:
+        raise ValueError(
+            f"{architecture} keeps a recurrent state per sequence, which the Transformers "
+            f"fallback does not carry between steps; the state-space models that run natively "
+            f"(per-request state cache) are JambaForCausalLM, BambaForCausalLM, "
+            f"GraniteMoeHybridForCausalLM and MambaForCausalLM")
     if architecture in EMBEDDING_MODEL_REGISTRY:
         return EMBEDDING_MODEL_REGISTRY.get(architecture)
     if architecture in CLASSIFIER_MODEL_REGISTRY:
