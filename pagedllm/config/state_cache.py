@@ -66,6 +66,14 @@ def mamba_state_spec(hf_config: Any) -> MambaStateSpec | None:
             mamba_layers=tuple(range(layers)), num_hidden_layers=layers, conv_channels=inner,
             conv_kernel=hf_config.conv_kernel, ssm_state_shape=(inner, hf_config.state_size),
         )  # fmt: skip
+    if model_type == "mamba2":
+        inner, state = int(hf_config.expand * hf_config.hidden_size), hf_config.state_size
+        return MambaStateSpec(
+            mamba_layers=tuple(range(layers)), num_hidden_layers=layers,
+            conv_channels=inner + 2 * hf_config.n_groups * state,
+            conv_kernel=hf_config.conv_kernel,
+            ssm_state_shape=(hf_config.num_heads, hf_config.head_dim, state),
+        )  # fmt: skip
     if model_type in ("bamba", "granitemoehybrid"):  # Mamba2 layers
         kinds = list(hf_config.layers_block_type)
         inner = int(hf_config.mamba_expand * hf_config.hidden_size)

@@ -46,7 +46,7 @@ from tests.models import (
     test_qwen_moe,
     test_stablelm,
 )
-from tests.models.test_jamba import BAMBA, GRANITE_HYBRID, JAMBA, MAMBA
+from tests.models.test_jamba import BAMBA, GRANITE_HYBRID, JAMBA, MAMBA, MAMBA2
 from tests.models.test_mixtral import MIXTRAL
 
 FAMILIES: dict[str, list[tuple[str, dict]]] = {
@@ -89,6 +89,7 @@ FAMILIES: dict[str, list[tuple[str, dict]]] = {
     "BloomForCausalLM": [("BloomConfig", v) for v in test_bloom.VARIANTS.values()],
     "JambaForCausalLM": [("JambaConfig", JAMBA)],
     "MambaForCausalLM": [("MambaConfig", MAMBA)],
+    "Mamba2ForCausalLM": [("Mamba2Config", MAMBA2)],
     "BambaForCausalLM": [("BambaConfig", BAMBA)],
     "GraniteMoeHybridForCausalLM": [("GraniteMoeHybridConfig", GRANITE_HYBRID["rope_moe"])],
     # (the CLIP tower and projector are plain replicated torch modules, not checked here)

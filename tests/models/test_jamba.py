@@ -25,6 +25,9 @@ JAMBA = dict(
 )  # fmt: skip
 MAMBA = dict(num_hidden_layers=2, state_size=8, num_attention_heads=None,
              num_key_value_heads=None, max_position_embeddings=None)
+MAMBA2 = dict(num_hidden_layers=2, num_heads=8, head_dim=16, n_groups=2, state_size=8,
+              chunk_size=16, num_attention_heads=None, num_key_value_heads=None,
+              max_position_embeddings=None)
 BAMBA = dict(
     num_hidden_layers=3, attn_layer_indices=[1], mamba_n_heads=8, mamba_d_head=16,
     mamba_n_groups=2, mamba_d_state=8, mamba_chunk_size=16, intermediate_size=64,
@@ -169,10 +172,12 @@ def test_speculative_decoding_refused(jamba_dir):
             speculative_config={"method": "ngram", "num_speculative_tokens": 2})
 
 
-def test_mamba_matches_hf(tiny_model_factory):
-    """Plain Mamba (no attention: the KV blocks hold 0 bytes) on the same state cache: greedy
-    tokens of the mixed, chunked batch and prompt logprobs."""
-    model_dir = tiny_model_factory("MambaConfig", **MAMBA)
+@pytest.mark.parametrize("config_cls, overrides", [("MambaConfig", MAMBA),
+                                                    ("Mamba2Config", MAMBA2)])
+def test_mamba_matches_hf(tiny_model_factory, config_cls, overrides):
+    """Plain Mamba and Mamba2 (no attention: the KV blocks hold 0 bytes) on the same state
+    cache: greedy tokens of the mixed, chunked batch, three slots for four requests."""
+    model_dir = tiny_model_factory(config_cls, **overrides)
     hf = load_hf_model(model_dir)
     prompts = random_prompts(LENGTHS, hf.config.vocab_size)
     expected = [_hf_greedy_uncached(hf, p, MAX_TOKENS) for p in prompts]

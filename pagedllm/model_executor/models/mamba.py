@@ -1,8 +1,10 @@
-"""Mamba (state-spaces/mamba-*-hf): a stack of Mamba mixers, no attention and no MLP.
+"""Mamba (state-spaces/mamba-*-hf) and Mamba2 (Codestral Mamba, mamba2-*-hf): a stack of
+Mamba mixers, no attention and no MLP.
 
-Each block is x + mixer(norm(x)) (layers/mamba.py, its states in the per-request state cache;
-no dt/B/C norms, unlike Jamba). With no attention layer the paged KV cache holds no bytes: the
-scheduler still counts blocks per request, which cost nothing (worker/state_cache.py).
+Each block is x + mixer(norm(x)) (layers/mamba.py, or layers/mamba2.py for Mamba2; the states
+in the per-request state cache; no dt/B/C norms, unlike Jamba). With no attention layer the
+paged KV cache holds no bytes: the scheduler still counts blocks per request, which cost nothing
+(worker/state_cache.py).
 
 residual_in_fp32 is implied: the residual stream runs in the compute dtype, which is float32 on
 a CPU; on a GPU in bf16 the residual is bf16 (transformers keeps it in float32 there).
@@ -10,7 +12,7 @@ a CPU; on a GPU in bf16 the residual is bf16 (transformers keeps it in float32 t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -20,19 +22,36 @@ from pagedllm.config.model import ModelConfig
 from pagedllm.model_executor.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.model_executor.layers.layernorm import RMSNorm
 from pagedllm.model_executor.layers.logits import LogitsProcessor
-from pagedllm.model_executor.layers.mamba import MambaMixer
+from pagedllm.model_executor.layers.mamba import MambaMixer, StateSpaceMixer
+from pagedllm.model_executor.layers.mamba2 import Mamba2Mixer
 from pagedllm.model_executor.layers.weight_utils import load_packed_weights
 
 
+def mamba_mixer(config: Any, prefix: str) -> StateSpaceMixer:
+    return MambaMixer(
+        config.hidden_size, config.intermediate_size, config.state_size, config.conv_kernel,
+        config.time_step_rank, config.use_conv_bias, config.use_bias, bc_dt_norm_eps=None,
+        prefix=prefix,
+    )  # fmt: skip
+
+
+def mamba2_mixer(config: Any, prefix: str) -> StateSpaceMixer:
+    return Mamba2Mixer(
+        config.hidden_size, int(config.expand * config.hidden_size), config.num_heads,
+        config.head_dim, config.n_groups, config.state_size, config.conv_kernel,
+        config.use_conv_bias, config.use_bias, config.layer_norm_epsilon,
+        config.time_step_limit, prefix,
+    )  # fmt: skip
+
+
+MixerFactory = Callable[[Any, str], StateSpaceMixer]
+
+
 class MambaBlock(nn.Module):
-    def __init__(self, config: Any, prefix: str) -> None:
+    def __init__(self, config: Any, build_mixer: MixerFactory, prefix: str) -> None:
         super().__init__()
         self.norm = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
-        self.mixer = MambaMixer(
-            config.hidden_size, config.intermediate_size, config.state_size, config.conv_kernel,
-            config.time_step_rank, config.use_conv_bias, config.use_bias, bc_dt_norm_eps=None,
-            prefix=f"{prefix}.mixer",
-        )  # fmt: skip
+        self.mixer = build_mixer(config, f"{prefix}.mixer")
 
     def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,11 +60,11 @@ class MambaBlock(nn.Module):
 
 
 class MambaModel(nn.Module):
-    def __init__(self, config: Any, prefix: str = "backbone") -> None:
+    def __init__(self, config: Any, build_mixer: MixerFactory, prefix: str = "backbone") -> None:
         super().__init__()
         self.embeddings = VocabParallelEmbedding(config.vocab_size, config.hidden_size,
                                                  prefix=f"{prefix}.embeddings")
-        self.layers = nn.ModuleList(MambaBlock(config, f"{prefix}.layers.{i}")
+        self.layers = nn.ModuleList(MambaBlock(config, build_mixer, f"{prefix}.layers.{i}")
                                     for i in range(config.num_hidden_layers))
         self.norm_f = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
 
@@ -60,12 +79,13 @@ class MambaModel(nn.Module):
 class MambaForCausalLM(nn.Module):
     supports_tensor_parallel = False
     supports_pipeline_parallel = False
+    build_mixer: MixerFactory = staticmethod(mamba_mixer)
 
     def __init__(self, model_config: ModelConfig) -> None:
         super().__init__()
         config = model_config.hf_config
         self.config = config
-        self.backbone = MambaModel(config)
+        self.backbone = MambaModel(config, self.build_mixer)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", True))
         if self.tie_word_embeddings:
             self.lm_head = self.backbone.embeddings
@@ -86,3 +106,7 @@ class MambaForCausalLM(nn.Module):
         tied = self.tie_word_embeddings
         return load_packed_weights(self, renamed, {},
                                    lambda name: tied and name.startswith("lm_head."))
+
+
+class Mamba2ForCausalLM(MambaForCausalLM):
+    build_mixer: MixerFactory = staticmethod(mamba2_mixer)

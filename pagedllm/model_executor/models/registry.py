@@ -41,6 +41,7 @@ MODEL_REGISTRY.register("DeepseekV3ForCausalLM", f"{_MODELS}.deepseek_v2", "Deep
 # Hybrid state-space: Mamba layers (their states in a per-request state cache) among attention.
 MODEL_REGISTRY.register("JambaForCausalLM", f"{_MODELS}.jamba", "JambaForCausalLM")
 MODEL_REGISTRY.register("MambaForCausalLM", f"{_MODELS}.mamba", "MambaForCausalLM")
+MODEL_REGISTRY.register("Mamba2ForCausalLM", f"{_MODELS}.mamba", "Mamba2ForCausalLM")
 MODEL_REGISTRY.register("BambaForCausalLM", f"{_MODELS}.bamba", "BambaForCausalLM")
 MODEL_REGISTRY.register("GraniteMoeHybridForCausalLM", f"{_MODELS}.granitemoehybrid",
                         "GraniteMoeHybridForCausalLM")
@@ -71,7 +72,7 @@ for _roberta in ("RobertaForSequenceClassification", "XLMRobertaForSequenceClass
 
 RECURRENT_STATE_ARCHITECTURES = frozenset({
     "FalconH1ForCausalLM", "FalconMambaForCausalLM", "Zamba2ForCausalLM", "ZambaForCausalLM",
-    "NemotronHForCausalLM", "Mamba2ForCausalLM", "Lfm2ForCausalLM", "Lfm2MoeForCausalLM",
+    "NemotronHForCausalLM", "Lfm2ForCausalLM", "Lfm2MoeForCausalLM",
     "RecurrentGemmaForCausalLM", "RwkvForCausalLM", "Qwen3NextForCausalLM",
     "MiniMaxForCausalLM", "xLSTMForCausalLM", "KimiLinearForCausalLM",
 })
@@ -88,7 +89,7 @@ def get_model_class(architecture: str) -> type[nn.Module]:
             f"{architecture} keeps a recurrent state per sequence, which the Transformers "
             f"fallback does not carry between steps; the state-space models that run natively "
             f"(per-request state cache) are JambaForCausalLM, BambaForCausalLM, "
-            f"GraniteMoeHybridForCausalLM and MambaForCausalLM")
+            f"GraniteMoeHybridForCausalLM, MambaForCausalLM and Mamba2ForCausalLM")
     if architecture in EMBEDDING_MODEL_REGISTRY:
         return EMBEDDING_MODEL_REGISTRY.get(architecture)
     if architecture in CLASSIFIER_MODEL_REGISTRY:
