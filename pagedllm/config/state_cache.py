@@ -60,7 +60,7 @@ def mamba_state_spec(hf_config: Any) -> MambaStateSpec | None:
             num_hidden_layers=layers, conv_channels=inner, conv_kernel=hf_config.mamba_d_conv,
             ssm_state_shape=(inner, hf_config.mamba_d_state),
         )  # fmt: skip
-    if model_type == "mamba":
+    if model_type in ("mamba", "falcon_mamba"):
         inner = hf_config.intermediate_size
         return MambaStateSpec(
             mamba_layers=tuple(range(layers)), num_hidden_layers=layers, conv_channels=inner,

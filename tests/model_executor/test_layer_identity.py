@@ -90,6 +90,7 @@ FAMILIES: dict[str, list[tuple[str, dict]]] = {
     "JambaForCausalLM": [("JambaConfig", JAMBA)],
     "MambaForCausalLM": [("MambaConfig", MAMBA)],
     "Mamba2ForCausalLM": [("Mamba2Config", MAMBA2)],
+    "FalconMambaForCausalLM": [("FalconMambaConfig", MAMBA)],
     "BambaForCausalLM": [("BambaConfig", BAMBA)],
     "GraniteMoeHybridForCausalLM": [("GraniteMoeHybridConfig", GRANITE_HYBRID["rope_moe"])],
     # (the CLIP tower and projector are plain replicated torch modules, not checked here)

@@ -173,10 +173,11 @@ def test_speculative_decoding_refused(jamba_dir):
 
 
 @pytest.mark.parametrize("config_cls, overrides", [("MambaConfig", MAMBA),
+                                                    ("FalconMambaConfig", MAMBA),
                                                     ("Mamba2Config", MAMBA2)])
 def test_mamba_matches_hf(tiny_model_factory, config_cls, overrides):
-    """Plain Mamba and Mamba2 (no attention: the KV blocks hold 0 bytes) on the same state
-    cache: greedy tokens of the mixed, chunked batch, three slots for four requests."""
+    """Plain Mamba, Falcon-Mamba and Mamba2 (no attention: the KV blocks hold 0 bytes) on the
+    same state cache: greedy tokens of the mixed, chunked batch, three slots for four requests."""
     model_dir = tiny_model_factory(config_cls, **overrides)
     hf = load_hf_model(model_dir)
     prompts = random_prompts(LENGTHS, hf.config.vocab_size)

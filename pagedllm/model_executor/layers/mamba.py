@@ -162,8 +162,8 @@ class StateSpaceMixer(nn.Module):
 
 class MambaMixer(StateSpaceMixer):
     """in_proj -> causal conv -> SiLU -> x_proj (dt, B, C) -> dt_proj -> selective scan, gated
-    by SiLU(z) -> out_proj. bc_dt_norm: Jamba's RMS norms on dt, B and C after x_proj (Mamba
-    has none)."""
+    by SiLU(z) -> out_proj. bc_dt_norm_eps: RMS norms on dt, B and C after x_proj, with weights
+    (Jamba) or without (weightless_norms: Falcon-Mamba); None: none (Mamba)."""
 
     def __init__(
         self,
@@ -176,6 +176,7 @@ class MambaMixer(StateSpaceMixer):
         proj_bias: bool,
         bc_dt_norm_eps: float | None,
         prefix: str,
+        weightless_norms: bool = False,
     ) -> None:
         super().__init__()
         self.intermediate_size = intermediate_size
@@ -193,7 +194,9 @@ class MambaMixer(StateSpaceMixer):
         # (vLLM's role for it; every part is whole at tensor-parallel size 1, the only one here)
         self.out_proj = RowParallelLinear(intermediate_size, hidden_size, proj_bias,
                                           prefix=f"{prefix}.out_proj")
-        if bc_dt_norm_eps is not None:
+        self.bc_dt_norm_eps = bc_dt_norm_eps
+        self.weightless_norms = weightless_norms
+        if bc_dt_norm_eps is not None and not weightless_norms:
             self.dt_layernorm = RMSNorm(time_step_rank, bc_dt_norm_eps)
             self.b_layernorm = RMSNorm(state_size, bc_dt_norm_eps)
             self.c_layernorm = RMSNorm(state_size, bc_dt_norm_eps)
@@ -205,7 +208,9 @@ class MambaMixer(StateSpaceMixer):
         x = F.silu(causal_conv1d(x, conv_states, self.conv1d.weight, self.conv1d.bias, md))
         dt, B, C = self.x_proj(x.to(hidden_states.dtype)).split(
             [self.time_step_rank, self.state_size, self.state_size], dim=-1)
-        if self.bc_dt_norm:
+        if self.weightless_norms:
+            dt, B, C = (_rms(t, self.bc_dt_norm_eps) for t in (dt, B, C))
+        elif self.bc_dt_norm:
             dt = self.dt_layernorm.norm(dt)
             B, C = self.b_layernorm.norm(B), self.c_layernorm.norm(C)
         dt = F.softplus(self.dt_proj(dt).float())
@@ -213,6 +218,13 @@ class MambaMixer(StateSpaceMixer):
         y = selective_scan(x, dt, A, B, C, self.D, ssm_states, md)
         y = y * F.silu(z.float())
         return self.out_proj(y.to(hidden_states.dtype))
+
+
+def _rms(x: torch.Tensor, eps: float | None) -> torch.Tensor:
+    """RMS norm without a weight (statistics in float32)."""
+    assert eps is not None
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 class DepthwiseConv(nn.Module):

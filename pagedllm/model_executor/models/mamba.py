@@ -1,5 +1,5 @@
-"""Mamba (state-spaces/mamba-*-hf) and Mamba2 (Codestral Mamba, mamba2-*-hf): a stack of
-Mamba mixers, no attention and no MLP.
+"""Mamba (state-spaces/mamba-*-hf), Falcon-Mamba (weightless dt/B/C norms) and Mamba2
+(Codestral Mamba, mamba2-*-hf): a stack of Mamba mixers, no attention and no MLP.
 
 Each block is x + mixer(norm(x)) (layers/mamba.py, or layers/mamba2.py for Mamba2; the states
 in the per-request state cache; no dt/B/C norms, unlike Jamba). With no attention layer the
@@ -32,6 +32,15 @@ def mamba_mixer(config: Any, prefix: str) -> StateSpaceMixer:
         config.hidden_size, config.intermediate_size, config.state_size, config.conv_kernel,
         config.time_step_rank, config.use_conv_bias, config.use_bias, bc_dt_norm_eps=None,
         prefix=prefix,
+    )  # fmt: skip
+
+
+def falcon_mamba_mixer(config: Any, prefix: str) -> StateSpaceMixer:
+    """Mamba's mixer with weightless RMS norms on dt, B and C (mixer_rms_eps)."""
+    return MambaMixer(
+        config.hidden_size, config.intermediate_size, config.state_size, config.conv_kernel,
+        config.time_step_rank, config.use_conv_bias, config.use_bias,
+        bc_dt_norm_eps=config.mixer_rms_eps, prefix=prefix, weightless_norms=True,
     )  # fmt: skip
 
 
@@ -110,3 +119,7 @@ class MambaForCausalLM(nn.Module):
 
 class Mamba2ForCausalLM(MambaForCausalLM):
     build_mixer: MixerFactory = staticmethod(mamba2_mixer)
+
+
+class FalconMambaForCausalLM(MambaForCausalLM):
+    build_mixer: MixerFactory = staticmethod(falcon_mamba_mixer)

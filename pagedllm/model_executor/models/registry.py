@@ -42,6 +42,7 @@ MODEL_REGISTRY.register("DeepseekV3ForCausalLM", f"{_MODELS}.deepseek_v2", "Deep
 MODEL_REGISTRY.register("JambaForCausalLM", f"{_MODELS}.jamba", "JambaForCausalLM")
 MODEL_REGISTRY.register("MambaForCausalLM", f"{_MODELS}.mamba", "MambaForCausalLM")
 MODEL_REGISTRY.register("Mamba2ForCausalLM", f"{_MODELS}.mamba", "Mamba2ForCausalLM")
+MODEL_REGISTRY.register("FalconMambaForCausalLM", f"{_MODELS}.mamba", "FalconMambaForCausalLM")
 MODEL_REGISTRY.register("BambaForCausalLM", f"{_MODELS}.bamba", "BambaForCausalLM")
 MODEL_REGISTRY.register("GraniteMoeHybridForCausalLM", f"{_MODELS}.granitemoehybrid",
                         "GraniteMoeHybridForCausalLM")
@@ -71,7 +72,7 @@ for _roberta in ("RobertaForSequenceClassification", "XLMRobertaForSequenceClass
 
 
 RECURRENT_STATE_ARCHITECTURES = frozenset({
-    "FalconH1ForCausalLM", "FalconMambaForCausalLM", "Zamba2ForCausalLM", "ZambaForCausalLM",
+    "FalconH1ForCausalLM", "Zamba2ForCausalLM", "ZambaForCausalLM",
     "NemotronHForCausalLM", "Lfm2ForCausalLM", "Lfm2MoeForCausalLM",
     "RecurrentGemmaForCausalLM", "RwkvForCausalLM", "Qwen3NextForCausalLM",
     "MiniMaxForCausalLM", "xLSTMForCausalLM", "KimiLinearForCausalLM",
@@ -89,7 +90,8 @@ def get_model_class(architecture: str) -> type[nn.Module]:
             f"{architecture} keeps a recurrent state per sequence, which the Transformers "
             f"fallback does not carry between steps; the state-space models that run natively "
             f"(per-request state cache) are JambaForCausalLM, BambaForCausalLM, "
-            f"GraniteMoeHybridForCausalLM, MambaForCausalLM and Mamba2ForCausalLM")
+            f"GraniteMoeHybridForCausalLM, MambaForCausalLM, Mamba2ForCausalLM and "
+            f"FalconMambaForCausalLM")
     if architecture in EMBEDDING_MODEL_REGISTRY:
         return EMBEDDING_MODEL_REGISTRY.get(architecture)
     if architecture in CLASSIFIER_MODEL_REGISTRY:
