@@ -46,8 +46,8 @@ from tests.models import (
     test_qwen_moe,
     test_stablelm,
 )
-from tests.models.test_jamba import BAMBA, GRANITE_HYBRID, JAMBA, MAMBA, MAMBA2
 from tests.models.test_mixtral import MIXTRAL
+from tests.models.test_state_space_models import BAMBA, GRANITE_HYBRID, JAMBA, MAMBA, MAMBA2
 
 FAMILIES: dict[str, list[tuple[str, dict]]] = {
     "LlamaForCausalLM": [("LlamaConfig", {}), ("LlamaConfig", {"tie_word_embeddings": True})],

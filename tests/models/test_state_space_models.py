@@ -1,8 +1,12 @@
-"""Jamba (Mamba layers among attention layers, MoE every other layer) through the whole engine,
-against transformers' fp32 slow path (a sequential scan, no mamba kernels): greedy tokens of a
-mixed batch whose prefills are chunked (each chunk continues its request's state), the same
-under preemption (a small KV budget: states dropped and recomputed) and with fewer state slots
-than requests, and prompt logprobs within tolerance. Every state slot is free at the end."""
+"""Models with Mamba layers on the per-request state cache, against transformers' fp32 slow path
+(a sequential scan, no mamba kernels), through the whole engine.
+
+Jamba (Mamba layers among attention layers, MoE every other layer): greedy tokens of a mixed
+batch whose prefills are chunked (each chunk continues its request's state), the same under
+preemption (a small KV budget: states dropped and recomputed) and with fewer state slots than
+requests, prompt logprobs within tolerance, clear refusals. Then Mamba, Falcon-Mamba, Mamba2,
+Bamba and Granite 4.0 hybrid on the same machinery. Every state slot is free at the end.
+"""
 
 from __future__ import annotations
 
