@@ -17,6 +17,7 @@ from pagedllm.config import (
     SpeculativeConfig,
     StructuredOutputsConfig,
 )
+from pagedllm.config.state_cache import check_state_model_features, prefix_caching_for
 from pagedllm.utils.memory import parse_memory_size
 
 
@@ -109,10 +110,12 @@ class EngineArgs:
             kv_cache_memory=(
                 parse_memory_size(self.kv_cache_memory) if self.kv_cache_memory else None
             ),
-            # NOTE: decoder blocks hold K/V that depend on the encoder input too, which the
-            # block hashes do not cover (vLLM turns prefix caching off for them as well)
-            enable_prefix_caching=(self.enable_prefix_caching
-                                   and not model_config.is_encoder_decoder),
+            # NOTE: encoder-decoder blocks hold K/V that depend on the encoder input too, which
+            # the block hashes do not cover (vLLM turns prefix caching off for them as well)
+            enable_prefix_caching=(
+                prefix_caching_for(model_config.hf_config, model_config.architecture,
+                                   self.enable_prefix_caching)
+                and not model_config.is_encoder_decoder),
             kv_cache_dtype=self.kv_cache_dtype,
             num_gpu_blocks_override=self.num_gpu_blocks_override,
         )
@@ -131,10 +134,12 @@ class EngineArgs:
         structured_outputs = StructuredOutputsConfig.parse(
             self.structured_outputs_config, reasoning_parser=self.reasoning_parser
         )
+        speculative = SpeculativeConfig.parse(self.speculative_config)
+        check_state_model_features(model_config.hf_config, model_config.architecture,
+                                   None if speculative is None else speculative.method)
         return EngineConfig(
             model_config, cache_config, scheduler_config, device_config, structured_outputs,
-            speculative=_with_draft_model(SpeculativeConfig.parse(self.speculative_config),
-                                          model_config, device),
+            speculative=_with_draft_model(speculative, model_config, device),
             lora=self._lora_config(),
             multimodal=MultiModalConfig.parse(
                 self.limit_mm_per_prompt, max_image_bytes=self.max_image_bytes,

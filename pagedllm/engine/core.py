@@ -32,6 +32,7 @@ class EngineCore(EngineCoreBase):
             structured_output_manager=self.structured_output_manager,
             max_loras=None if config.lora is None else config.lora.max_loras,
             max_cpu_loras=None if config.lora is None else config.lora.cpu_capacity,
+            num_state_slots=info.num_state_slots,
         )  # fmt: skip
 
     def add_request(self, request: EngineCoreRequest) -> None:

@@ -50,11 +50,13 @@ def available_memory(device: torch.device) -> int:
 
 
 def plan_kv_cache(
-    model_config: ModelConfig, cache_config: CacheConfig, device: torch.device, tp_size: int = 1
+    model_config: ModelConfig, cache_config: CacheConfig, device: torch.device, tp_size: int = 1,
+    num_layers: int | None = None,
 ) -> KVCacheLayout:
     """tp_size > 1: this rank's cache holds its share of the KV heads; on a CPU (the ranks share
     one memory) it takes 1/tp of the budget, so the ranks together plan as many blocks as one
-    rank would alone."""
+    rank would alone. num_layers: the layers with a KV cache where not every layer has one
+    (Jamba's attention layers among its Mamba layers); default num_hidden_layers."""
     dtype = kv_cache_torch_dtype(model_config, cache_config)
     elem = torch.tensor([], dtype=dtype).element_size()
     if model_config.use_mla and dtype.itemsize == 1:
@@ -64,7 +66,9 @@ def plan_kv_cache(
     # NOTE: MLA caches one latent per token and layer (head_dim = L + R, one "head"), not K and V
     entries = 1 if model_config.use_mla else 2
     per_token = entries * kv_heads_per_rank(model_config.num_kv_heads, tp_size) * head_bytes
-    bytes_per_block = per_token * cache_config.block_size * model_config.num_hidden_layers
+    if num_layers is None:
+        num_layers = model_config.num_hidden_layers
+    bytes_per_block = per_token * cache_config.block_size * num_layers
     if cache_config.num_gpu_blocks_override is not None:
         num_blocks = cache_config.num_gpu_blocks_override
     else:

@@ -30,6 +30,7 @@ from pagedllm.worker.encoder_decoder import EncoderDecoderState
 from pagedllm.worker.input_batch import InputBatch
 from pagedllm.worker.mm_embeddings import MultiModalEmbeddings
 from pagedllm.worker.row_arrays import positions_within
+from pagedllm.worker.state_cache import StateCache
 from pagedllm.worker.step_inputs import StepInputs, prepare_inputs
 
 _IDLE_LORA_WAIT_SECONDS = 0.05
@@ -52,6 +53,7 @@ class ModelRunner:
         speculative_config: SpeculativeConfig | None = None,
         drafter: Drafter | None = None,
         lora_manager: LoRAModelManager | None = None,
+        state_cache: StateCache | None = None,
     ) -> None:
         """max_num_seqs and max_model_len size the InputBatch up front (it grows past them).
         drafter: the proposer built by the worker (a draft model's); None: one from
@@ -82,6 +84,8 @@ class ModelRunner:
         self.encdec = (EncoderDecoderState(model, device)
                        if getattr(model, "is_encoder_decoder", False) else None)
         """Encoder-decoders: each running request's cross-attention K/V."""
+        self.state_cache = state_cache
+        """Models with Mamba layers: each running request's state slot (None: no states)."""
         self.metadata_builder = backend.get_builder_cls()()
         layers = attention_layers(model)
         assert len(layers) == len(kv_caches), (len(layers), len(kv_caches))
@@ -115,6 +119,10 @@ class ModelRunner:
             cross = None
             if self.encdec is not None:  # (the encoder runs in its own forward context)
                 cross = self.encdec.step_batch(inputs.req_ids, inputs.attn.query_start_loc_cpu)
+            if self.state_cache is not None:
+                self.state_cache.prepare(inputs.req_ids,
+                                         self.input_batch.num_computed_tokens[inputs.rows],
+                                         inputs.num_scheduled)
         with step_phase("forward"), set_forward_context(attn_metadata, lora_mapping):
             if cross is not None:
                 hidden = self.model(inputs.input_ids, inputs.positions, cross=cross)
@@ -167,8 +175,12 @@ class ModelRunner:
                 self.mm.remove_request(req_id)
             if self.encdec is not None:
                 self.encdec.remove_request(req_id)
+            if self.state_cache is not None:
+                self.state_cache.remove_request(req_id)
         for new in so.scheduled_new_reqs:
             batch.add_request(new)
+            if self.state_cache is not None:
+                self.state_cache.add_request(new.req_id, new.state_slot)
             if self.mm is not None:
                 self.mm.add_request(new.req_id, new.mm_features)
             if self.encdec is not None:

@@ -33,6 +33,11 @@ from pagedllm.worker.kv_cache_alloc import (
 from pagedllm.worker.model_runner import ModelRunner
 from pagedllm.worker.model_setup import load_model_on_device
 from pagedllm.worker.pooling_runner import PoolingRunner
+from pagedllm.worker.state_cache import (
+    StateCache,
+    plan_kv_cache_beside_states,
+    plan_state_cache,
+)
 
 logger = init_logger(__name__)
 
@@ -48,6 +53,8 @@ class KVCacheInfo:
     num_bytes: int
     sliding_window: int | None
     """The window every attention layer shares, None if any layer attends to everything."""
+    num_state_slots: int = 0
+    """Models with Mamba layers: requests the state cache holds (worker/state_cache.py)."""
 
 
 class Worker:
@@ -138,7 +145,12 @@ class Worker:
                         "the %s backend attends in no layer", choice.backend.name)
         backend = choice.backend
         tp = config.parallel.tensor_parallel_size
-        layout = plan_kv_cache(config.model, config.cache, self.device, tp)
+        # Mamba layers: their per-request states take max_num_seqs slots of the budget first
+        state_plan = plan_state_cache(config, self.device)
+        if state_plan is None:
+            layout = plan_kv_cache(config.model, config.cache, self.device, tp)
+        else:
+            layout = plan_kv_cache_beside_states(config, state_plan, self.device)
         kv_caches = allocate_kv_caches(
             layout, config.model, config.cache, backend, self.device, len(layers), tp
         )
@@ -148,6 +160,13 @@ class Worker:
             format_bytes(layout.total_bytes), backend.name,
             "on" if config.cache.enable_prefix_caching else "off",
         )  # fmt: skip
+        state_cache = None
+        if state_plan is not None:
+            state_cache = StateCache(state_plan, self.device)
+            state_cache.bind(self.model)
+            logger.info("Mamba state cache: %d slots (max_num_seqs) x %s = %s, %d Mamba layers",
+                        state_plan.num_slots, format_bytes(state_plan.spec.bytes_per_slot),
+                        format_bytes(state_plan.total_bytes), len(state_plan.spec.mamba_layers))
         lora_manager = None
         if config.lora is not None:
             from pagedllm.lora.model_manager import LoRAModelManager
@@ -163,12 +182,14 @@ class Worker:
             pool_last_token=config.model.task == "embed",
             max_num_seqs=config.scheduler.max_num_seqs, max_model_len=config.model.max_model_len,
             speculative_config=config.speculative, drafter=drafter, lora_manager=lora_manager,
+            state_cache=state_cache,
         )  # fmt: skip
         self.execution = select_execution_strategy(self.model, config.model.enforce_eager,
                                                    config.parallel.world_size)
         self._calibrate_drafts()
         window = common_sliding_window(layer.sliding_window for layer in layers)
-        return KVCacheInfo(layout.num_blocks, layout.block_size, layout.total_bytes, window)
+        return KVCacheInfo(layout.num_blocks, layout.block_size, layout.total_bytes, window,
+                           num_state_slots=0 if state_plan is None else state_plan.num_slots)
 
     def _calibrate_drafts(self) -> None:
         """Speculative decoding with draft_token_cost "auto": measure it on this model, device

@@ -47,6 +47,7 @@ from tests.models import (
     test_stablelm,
 )
 from tests.models.test_mixtral import MIXTRAL
+from tests.models.test_state_space_models import BAMBA, GRANITE_HYBRID, JAMBA, MAMBA, MAMBA2
 
 FAMILIES: dict[str, list[tuple[str, dict]]] = {
     "LlamaForCausalLM": [("LlamaConfig", {}), ("LlamaConfig", {"tie_word_embeddings": True})],
@@ -86,6 +87,12 @@ FAMILIES: dict[str, list[tuple[str, dict]]] = {
     "DeepseekV2ForCausalLM": [test_deepseek.VARIANTS["v2_lite"], test_deepseek.VARIANTS["v2"]],
     "DeepseekV3ForCausalLM": [test_deepseek.VARIANTS["v3"]],
     "BloomForCausalLM": [("BloomConfig", v) for v in test_bloom.VARIANTS.values()],
+    "JambaForCausalLM": [("JambaConfig", JAMBA)],
+    "MambaForCausalLM": [("MambaConfig", MAMBA)],
+    "Mamba2ForCausalLM": [("Mamba2Config", MAMBA2)],
+    "FalconMambaForCausalLM": [("FalconMambaConfig", MAMBA)],
+    "BambaForCausalLM": [("BambaConfig", BAMBA)],
+    "GraniteMoeHybridForCausalLM": [("GraniteMoeHybridConfig", GRANITE_HYBRID["rope_moe"])],
     # (the CLIP tower and projector are plain replicated torch modules, not checked here)
     "LlavaForConditionalGeneration": [("LlavaConfig", {
         "text_config": {**TINY_LLAMA, "vocab_size": 385, "model_type": "llama"},
@@ -111,6 +118,9 @@ ROLES = {
     "shared_expert_gate": ReplicatedLinear, "project_in": ReplicatedLinear,
     "project_out": ReplicatedLinear, "classifier": ReplicatedLinear,
     "dense": ReplicatedLinear,  # last: a classifier head's "pooler.dense" (no deeper name)
+    # Mamba mixers (no tensor parallelism: replicated but for out_proj, vLLM's row role)
+    "in_proj": ReplicatedLinear, "x_proj": ReplicatedLinear, "dt_proj": ReplicatedLinear,
+    "router": ReplicatedLinear, "moe.gate": ReplicatedLinear,  # Jamba's, Granite 4's routers
 }  # fmt: skip
 """Module name suffix -> the role of a linear layer there (vLLM's choice for that place)."""
 
@@ -147,7 +157,7 @@ def test_prefixes_are_module_names_and_roles_fit(arch, config_cls, overrides):
             suffix = next(s for s in ROLES if f".{layer.prefix}".endswith(f".{s}"))
             assert type(layer) is ROLES[suffix], (layer.prefix, type(layer).__name__)
     moe = [m for m in named if isinstance(m, FusedMoE)]
-    assert bool(moe) == ("Moe" in arch or "Mixtral" in arch or "Deepseek" in arch)
+    assert bool(moe) == ("Moe" in arch or any(f in arch for f in ("Mixtral", "Deepseek", "Jamba")))
     head = getattr(model, "lm_head", getattr(model, "embed_out", None))
     if head is not None:  # a tied head is the token embedding itself
         assert isinstance(head, ParallelLMHead) != model.tie_word_embeddings

@@ -34,6 +34,8 @@ class NewRequestData:
     """The prompt's images, for the runner's vision encoder (None: text only)."""
     encoder_prompt_token_ids: list[int] | None = None
     """Encoder-decoder models: the encoder's input (the runner encodes it once per scheduling)."""
+    state_slot: int | None = None
+    """Models with Mamba layers: the request's slot in the state cache (None: no states)."""
 
 
 @dataclass

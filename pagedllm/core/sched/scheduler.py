@@ -27,6 +27,7 @@ from pagedllm.core.sched.output import (
 from pagedllm.core.sched.queue import create_request_queue
 from pagedllm.core.sched.step import StepBuilder
 from pagedllm.core.sched.stop import check_stop
+from pagedllm.core.state_slots import StateSlotPool
 from pagedllm.metrics.stats import LoRAStats, SchedulerStats, SpecDecodingStats
 from pagedllm.request import BlockHasher, FinishReason, Request, RequestStatus
 
@@ -57,6 +58,10 @@ class Scheduler:
     max_loras / max_cpu_loras (multi-LoRA): at most max_loras distinct adapters among the
     running requests (the runner's slots); a waiting request is admitted once the workers hold
     its adapter in CPU memory (lora_residency.py: loaded in the background, max_cpu_loras kept).
+
+    num_state_slots (models with Mamba layers): the worker's state cache holds that many
+    requests' states; a request is admitted only when a slot and its KV blocks are both free,
+    and gives both back when it finishes or is preempted (core/state_slots.py). 0: no states.
     """
 
     def __init__(
@@ -70,8 +75,12 @@ class Scheduler:
         structured_output_manager: StructuredOutputManager | None = None,
         max_loras: int | None = None,
         max_cpu_loras: int | None = None,
+        num_state_slots: int = 0,
     ) -> None:
         _check_capacity(scheduler_config, cache_config, num_blocks, max_model_len)
+        if num_state_slots and cache_config.enable_prefix_caching:
+            # a prefix hit would skip tokens whose effect on the states is kept nowhere
+            raise ValueError("prefix caching must be off for a model with per-request states")
         self.scheduler_config = scheduler_config
         self.max_model_len = max_model_len
         caching = cache_config.enable_prefix_caching
@@ -99,6 +108,8 @@ class Scheduler:
                                else LoRAResidency(max(max_loras, max_cpu_loras or 0)))
         """Multi-LoRA: which adapters the workers hold in CPU memory (None: LoRA off)."""
         self._lora_slot_evictions = 0
+        self.state_slots = StateSlotPool(num_state_slots) if num_state_slots else None
+        """Mamba layers: which request holds which slot of the state cache (None: no states)."""
 
     # ---- request lifecycle ------------------------------------------------------------------
 
@@ -128,6 +139,8 @@ class Scheduler:
 
     def _free_request(self, request: Request) -> None:
         self.kv_cache_manager.free(request)
+        if self.state_slots is not None:
+            self.state_slots.free(request.request_id)
         self.finished_req_ids.add(request.request_id)
         del self.requests[request.request_id]
         if self.lora_residency is not None and request.lora_request is not None:
@@ -329,6 +342,8 @@ class Scheduler:
         step.unschedule(request.request_id)
         step.preempted.append(request)
         self.kv_cache_manager.free(request)
+        if self.state_slots is not None:  # recomputed from position 0 on resume
+            self.state_slots.free(request.request_id)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
         request.spec_token_ids = []
@@ -345,6 +360,9 @@ class Scheduler:
         self._admit_lacked_blocks = False
         if num_new == 0:
             return False
+        if self.state_slots is not None and self.state_slots.num_free == 0:
+            self._admit_lacked_blocks = True  # (a preempted request's slot would do too)
+            return False
         if kvm.allocate_slots(request, num_new, num_hit_tokens, hit_blocks) is None:
             self._admit_lacked_blocks = True
             return False
@@ -355,6 +373,9 @@ class Scheduler:
             request.num_cached_tokens = num_hit_tokens
         self.running.append(request)
         step.add_new(request, num_new, kvm.get_block_ids(request.request_id))
+        if self.state_slots is not None:
+            step.new_reqs[request.request_id].state_slot = self.state_slots.allocate(
+                request.request_id)
         return True
 
     # ---- update -------------------------------------------------------------------------------

@@ -43,7 +43,8 @@ def load_model_config(
         max_model_len = encdec.pop("default_max_model_len")
     if max_model_len is None and embedding.max_seq_length is not None:
         max_model_len = min(embedding.max_seq_length, resolve_max_model_len(None, text_config))
-    num_heads = text_config.num_attention_heads
+    # (a model without attention, Mamba, has no heads: 1 keeps the KV arithmetic defined)
+    num_heads = getattr(text_config, "num_attention_heads", None) or 1
     stack = {"num_hidden_layers": text_config.num_hidden_layers, "num_attention_heads": num_heads,
              **kv_cache_heads(architectures[0], text_config)}
     if encdec is not None:
@@ -103,7 +104,7 @@ def kv_cache_heads(architecture: str, hf_config: Any) -> dict[str, Any]:
     if architecture in MLA_ARCHITECTURES and kv_lora_rank:
         head_dim = kv_lora_rank + hf_config.qk_rope_head_dim
         return {"num_kv_heads": 1, "head_dim": head_dim, "use_mla": True}
-    num_heads = hf_config.num_attention_heads
+    num_heads = getattr(hf_config, "num_attention_heads", None) or 1
     return {
         "num_kv_heads": getattr(hf_config, "num_key_value_heads", None) or num_heads,
         "head_dim": getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads,

@@ -40,6 +40,14 @@ MODEL_REGISTRY.register("DeepseekV2ForCausalLM", f"{_MODELS}.deepseek_v2", "Deep
 MODEL_REGISTRY.register("DeepseekV3ForCausalLM", f"{_MODELS}.deepseek_v2", "DeepseekV3ForCausalLM")
 MODEL_REGISTRY.register("DbrxForCausalLM", f"{_MODELS}.dbrx", "DbrxForCausalLM")
 MODEL_REGISTRY.register("Glm4MoeForCausalLM", f"{_MODELS}.glm4_moe", "Glm4MoeForCausalLM")
+# Hybrid state-space: Mamba layers (their states in a per-request state cache) among attention.
+MODEL_REGISTRY.register("JambaForCausalLM", f"{_MODELS}.jamba", "JambaForCausalLM")
+MODEL_REGISTRY.register("MambaForCausalLM", f"{_MODELS}.mamba", "MambaForCausalLM")
+MODEL_REGISTRY.register("Mamba2ForCausalLM", f"{_MODELS}.mamba", "Mamba2ForCausalLM")
+MODEL_REGISTRY.register("FalconMambaForCausalLM", f"{_MODELS}.mamba", "FalconMambaForCausalLM")
+MODEL_REGISTRY.register("BambaForCausalLM", f"{_MODELS}.bamba", "BambaForCausalLM")
+MODEL_REGISTRY.register("GraniteMoeHybridForCausalLM", f"{_MODELS}.granitemoehybrid",
+                        "GraniteMoeHybridForCausalLM")
 # Vision-language: a CLIP tower + projector whose image embeddings replace placeholder tokens.
 MODEL_REGISTRY.register("LlavaForConditionalGeneration", f"{_MODELS}.llava",
                         "LlavaForConditionalGeneration")
@@ -85,9 +93,27 @@ for _roberta in ("RobertaForSequenceClassification", "XLMRobertaForSequenceClass
                                        "RobertaForSequenceClassification")
 
 
+RECURRENT_STATE_ARCHITECTURES = frozenset({
+    "FalconH1ForCausalLM", "Zamba2ForCausalLM", "ZambaForCausalLM",
+    "NemotronHForCausalLM", "Lfm2ForCausalLM", "Lfm2MoeForCausalLM",
+    "RecurrentGemmaForCausalLM", "RwkvForCausalLM", "Qwen3NextForCausalLM",
+    "MiniMaxForCausalLM", "xLSTMForCausalLM", "KimiLinearForCausalLM",
+})
+"""transformers models that keep a recurrent state per sequence (Mamba, linear attention,
+short convolutions) and are not native: the Transformers fallback only pages attention K/V, so
+their states would not carry from one step to the next; they are refused, not run wrong."""
+
+
 def get_model_class(architecture: str) -> type[nn.Module]:
-    """The native class; else the Transformers fallback when transformers has the architecture;
-    else ValueError listing the supported architectures."""
+    """The native class; else the Transformers fallback when transformers has the architecture
+    (and it keeps no recurrent state); else ValueError listing the supported architectures."""
+    if architecture in RECURRENT_STATE_ARCHITECTURES:
+        raise ValueError(
+            f"{architecture} keeps a recurrent state per sequence, which the Transformers "
+            f"fallback does not carry between steps; the state-space models that run natively "
+            f"(per-request state cache) are JambaForCausalLM, BambaForCausalLM, "
+            f"GraniteMoeHybridForCausalLM, MambaForCausalLM, Mamba2ForCausalLM and "
+            f"FalconMambaForCausalLM")
     if architecture in EMBEDDING_MODEL_REGISTRY:
         return EMBEDDING_MODEL_REGISTRY.get(architecture)
     if architecture in CLASSIFIER_MODEL_REGISTRY:
