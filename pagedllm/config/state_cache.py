@@ -48,9 +48,14 @@ class MambaStateSpec:
         return len(self.mamba_layers) * per_layer * STATE_DTYPE_BYTES
 
 
+_STATE_MODEL_TYPES = ("jamba", "mamba", "falcon_mamba", "mamba2", "bamba", "granitemoehybrid")
+
+
 def mamba_state_spec(hf_config: Any) -> MambaStateSpec | None:
     """The spec of a model with Mamba layers, by its config's model_type; None for the others."""
     model_type = getattr(hf_config, "model_type", None)
+    if model_type not in _STATE_MODEL_TYPES:
+        return None  # (a dual encoder's config, CLIP's, has no top-level layer count)
     layers = hf_config.num_hidden_layers
     if model_type == "jamba":
         kinds = list(hf_config.layers_block_type)
