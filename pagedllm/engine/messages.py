@@ -33,3 +33,7 @@ class EngineCoreRequest:
     """Prefix-cache isolation: only requests with the same salt share cached blocks."""
     mm_features: list[MultiModalFeature] | None = None
     """The prompt's images (pixels, placeholder positions, content hashes); None: text only."""
+    tenant: str | None = None
+    """The API key's name (--api-keys-file): the scheduler shares the batch fairly by it."""
+    tenant_weight: int = 1
+    """The key's `fair_share` weight."""

@@ -82,7 +82,7 @@ class Scheduler:
             block_hasher = make_block_hasher(cache_config.block_size)
         self.block_hasher = block_hasher if caching else None
         self.requests: dict[str, Request] = {}
-        self.waiting = create_request_queue(scheduler_config.policy)
+        self.waiting = create_request_queue(scheduler_config.policy, lambda: self.running)
         self.running: list[Request] = []
         self.finished_req_ids: set[str] = set()
         self.structured_output_manager = structured_output_manager
