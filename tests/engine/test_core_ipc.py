@@ -134,34 +134,68 @@ def _collect(client, wanted: set[str]) -> dict[str, list[EngineCoreOutput]]:
     return seen
 
 
-def test_engine_core_serves_with_pickle_forbidden(tiny_llama_dir, monkeypatch):
-    import multiprocessing.reduction
-
+@pytest.fixture(scope="module")
+def core(tiny_llama_dir):
+    """A real engine core (tiny Llama, two sequences a step) that cannot unpickle."""
     from pagedllm.engine.arg_utils import EngineArgs
     from pagedllm.engine.core_client import MPClient
 
-    args = EngineArgs(model=tiny_llama_dir, kv_cache_memory="8MiB", num_threads=1)
+    args = EngineArgs(model=tiny_llama_dir, kv_cache_memory="8MiB", num_threads=1,
+                      max_num_seqs=2)
     client = MPClient(args, startup_timeout=120, target=_core_without_pickle)
-    try:
-        monkeypatch.setattr(pickle, "loads", _Evil)  # this side reads no pickle either
-        monkeypatch.setattr(multiprocessing.reduction.ForkingPickler, "loads", _Evil)
-        greedy = SamplingParams(temperature=0, max_tokens=4, logprobs=2, ignore_eos=True)
-        client.add_request(EngineCoreRequest("a", [5, 6, 7, 8], greedy))
-        client.add_request(EngineCoreRequest(
-            "b", [9, 10], SamplingParams(max_tokens=10_000, ignore_eos=True)))
-        first = _collect(client, {"a"})
-        tokens = [t for out in first["a"] for t in out.new_token_ids]
-        assert len(tokens) == 4
-        rows = [row for out in first["a"] for row in out.new_logprobs.token_ids]
-        assert [row[0] for row in rows] == tokens and all(len(row) == 3 for row in rows)
-        client.abort_requests(["b"])
-        stats = client.call_utility("get_stats")
-        while not stats.done():
-            client.get_output()
-        result = stats.result()
-        assert isinstance(result, SchedulerStats)
-        assert result.num_running_reqs == result.num_waiting_reqs == 0  # b is gone
-        assert client.is_alive()
-    finally:
-        client.shutdown()
+    yield client
+    client.shutdown(timeout=30)  # a loaded machine takes its time over torch's teardown
     assert client._proc.exitcode == 0  # a clean exit: no AssertionError from the refusal
+
+
+@pytest.fixture
+def no_pickle_here(monkeypatch):
+    """This side reads no pickle either."""
+    import multiprocessing.reduction
+
+    monkeypatch.setattr(pickle, "loads", _Evil)
+    monkeypatch.setattr(multiprocessing.reduction.ForkingPickler, "loads", _Evil)
+
+
+def test_engine_core_serves_with_pickle_forbidden(core, no_pickle_here):
+    greedy = SamplingParams(temperature=0, max_tokens=4, logprobs=2, ignore_eos=True)
+    core.add_request(EngineCoreRequest("a", [5, 6, 7, 8], greedy))
+    core.add_request(EngineCoreRequest(
+        "b", [9, 10], SamplingParams(max_tokens=10_000, ignore_eos=True)))
+    first = _collect(core, {"a"})
+    tokens = [t for out in first["a"] for t in out.new_token_ids]
+    assert len(tokens) == 4
+    rows = [row for out in first["a"] for row in out.new_logprobs.token_ids]
+    assert [row[0] for row in rows] == tokens and all(len(row) == 3 for row in rows)
+    core.abort_requests(["b"])
+    stats = core.call_utility("get_stats")
+    while not stats.done():
+        core.get_output()
+    result = stats.result()
+    assert isinstance(result, SchedulerStats)
+    assert result.num_running_reqs == result.num_waiting_reqs == 0  # b is gone
+    assert core.is_alive()
+
+
+def test_a_flooding_tenant_leaves_the_other_a_slot(core, no_pickle_here):
+    """The tenant crosses the channel and the real scheduler shares the two slots by it: once
+    the flood's first two finish, the calm key's request runs before the flood's fourth."""
+    def request(request_id: str, tenant: str, max_tokens: int) -> EngineCoreRequest:
+        params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+        return EngineCoreRequest(request_id, [5, 6, 7], params, tenant=tenant)
+
+    for number, max_tokens in enumerate((150, 150, 4, 4)):
+        core.add_request(request(f"flood{number}", "flood", max_tokens))
+    started: list[str] = []
+    while len(started) < 2:  # flood0 and flood1 hold both slots, flood2 and 3 wait
+        started += [o.request_id for o in core.get_output().outputs if o.request_id not in started]
+    core.add_request(request("calm", "calm", 4))
+    done: set[str] = set()
+    while len(done) < 5:
+        for out in core.get_output().outputs:
+            if out.request_id not in started:
+                started.append(out.request_id)
+            if out.finished:
+                done.add(out.request_id)
+    assert started[:2] == ["flood0", "flood1"]
+    assert started.index("calm") < started.index("flood3"), started

@@ -14,8 +14,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 
-from pagedllm.core.sched.queue import RequestQueue
+from pagedllm.core.sched.queue import RequestQueue, create_request_queue
 from pagedllm.request import Request
+
+
+def create_waiting_queue(policy: str, running: Callable[[], list[Request]]
+                         ) -> FairShareRequestQueue:
+    """The scheduler's waiting queue: the policy's order within each tenant, shared fairly
+    between tenants (the policy's own order while there is one tenant)."""
+    create_request_queue(policy)  # an unknown policy fails here, not at the first request
+    return FairShareRequestQueue(lambda: create_request_queue(policy), running,
+                                 by_priority=policy == "priority")
 
 
 class FairShareRequestQueue(RequestQueue):

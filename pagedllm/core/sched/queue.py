@@ -6,7 +6,7 @@ import heapq
 import itertools
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from pagedllm.request import Request
 
@@ -108,16 +108,7 @@ class PriorityRequestQueue(RequestQueue):
         return len(self._heap)
 
 
-def create_request_queue(policy: str, running: Callable[[], list[Request]] | None = None
-                         ) -> RequestQueue:
-    """The policy's queue; given the scheduler's running requests, wrapped in the per-tenant
-    fair share (fair_share.py), which is the policy's own order while there is one tenant."""
-    if running is not None:
-        from pagedllm.core.sched.fair_share import FairShareRequestQueue
-
-        create_request_queue(policy)  # an unknown policy fails here, not at the first request
-        return FairShareRequestQueue(lambda: create_request_queue(policy), running,
-                                     by_priority=policy == "priority")
+def create_request_queue(policy: str) -> RequestQueue:
     if policy == "fcfs":
         return FCFSRequestQueue()
     if policy == "priority":

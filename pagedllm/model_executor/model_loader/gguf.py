@@ -193,7 +193,7 @@ def open_gguf(path: str) -> GGUFFile:
     from pagedllm.model_executor.model_loader.gguf_metadata import check_gguf_metadata
 
     reader = GGUFFile(path)
-    check_gguf_metadata(reader.fields, path)
+    check_gguf_metadata(reader.fields, path, GGUF_ARCHITECTURES)
     return reader
 
 

@@ -13,7 +13,7 @@ under the file's general.architecture.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 Check = Callable[[Any], str | None]
@@ -118,8 +118,10 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
-def check_gguf_metadata(fields: dict[str, Any], path: str) -> None:
-    """Raise GGUFMetadataError for the first value pagedllm reads that it could not use."""
+def check_gguf_metadata(fields: dict[str, Any], path: str, architectures: Collection[str]
+                        ) -> None:
+    """Raise GGUFMetadataError for the first value pagedllm reads that it could not use.
+    `architectures`: those pagedllm builds (their files must have REQUIRED_ARCH_KEYS)."""
 
     def fail(key: str, problem: str) -> GGUFMetadataError:
         return GGUFMetadataError(f"{path}: GGUF metadata {key} must be {problem}, "
@@ -136,7 +138,7 @@ def check_gguf_metadata(fields: dict[str, Any], path: str) -> None:
         if full in fields and (problem := check(fields[full])) is not None:
             raise fail(full, problem)
     missing = [f"{arch}.{key}" for key in REQUIRED_ARCH_KEYS if f"{arch}.{key}" not in fields]
-    if missing and fields.get("general.type", "model") == "model" and arch in _architectures():
+    if missing and fields.get("general.type", "model") == "model" and arch in architectures:
         raise GGUFMetadataError(f"{path}: GGUF metadata {', '.join(missing)} missing")
     _check_vocabulary(fields, path)
 
@@ -155,9 +157,3 @@ def _check_vocabulary(fields: dict[str, Any], path: str) -> None:
             raise GGUFMetadataError(f"{path}: GGUF metadata {key} {value} is past the "
                                     f"vocabulary of {len(tokens)} tokens")
 
-
-def _architectures() -> set[str]:
-    """The architectures pagedllm builds (gguf.py imports this module: imported late)."""
-    from pagedllm.model_executor.model_loader.gguf import GGUF_ARCHITECTURES
-
-    return set(GGUF_ARCHITECTURES)
