@@ -96,6 +96,12 @@ BlockHasher = Callable[["Request"], list[int]]
 
 
 class Request:
+    tenant: str | None = None
+    """Who sent it (the API key's name): the waiting queue shares the batch fairly between
+    tenants (core/sched/fair_share.py). None: no API keys, one tenant."""
+    tenant_weight: int = 1
+    """The tenant's `fair_share` weight: its share of the batch relative to the others'."""
+
     def __init__(
         self,
         request_id: str,

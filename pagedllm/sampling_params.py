@@ -15,6 +15,9 @@ class RequestOutputKind(Enum):
     """Only the finished output is returned (offline batches)."""
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_INT_FIELDS = ("n", "top_k", "seed", "max_tokens", "min_tokens", "logprobs", "prompt_logprobs",
+               "thinking_token_budget")
 _GREEDY_EPS = 1e-5
 
 CONSTRAINT_KINDS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
@@ -132,6 +135,10 @@ class SamplingParams:
         self._all_stop_token_ids = set(self.stop_token_ids)
 
     def _validate(self) -> None:
+        for name in _INT_FIELDS:  # past int64 nothing downstream can hold them (msgpack, torch)
+            value = getattr(self, name)
+            if value is not None and not _INT64_MIN <= value <= _INT64_MAX:
+                raise ValueError(f"{name} must fit in 64 bits, got {value}")
         if not isinstance(self.n, int) or self.n < 1:
             raise ValueError(f"n must be an integer >= 1, got {self.n}")
         if self.temperature < 0:

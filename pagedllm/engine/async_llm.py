@@ -37,6 +37,7 @@ from pagedllm.engine.messages import EngineCoreOutputs
 from pagedllm.engine.output_collector import RequestOutputCollector
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.engine.request_intake import RequestIntake
+from pagedllm.engine.tenant import current_tenant
 from pagedllm.logger import init_logger
 from pagedllm.lora.request import LoRARequest
 from pagedllm.metrics.loggers import StatLoggerBase
@@ -263,7 +264,10 @@ class AsyncLLM:
         if self.tracing:  # the server's middleware set the HTTP request's trace context
             trace_headers = TRACE_HEADERS.get()
             attributes = {name: getattr(params, name, None) for name in REQUEST_ATTRIBUTES}
+        tenant = current_tenant.get()
         for core_request in accepted.core_requests:
+            if tenant is not None:
+                core_request.tenant, core_request.tenant_weight = tenant.name, tenant.weight
             self.request_stats.add_request(core_request.request_id,
                                            len(accepted.prompt_token_ids), now,
                                            lora_request and lora_request.lora_name,

@@ -40,22 +40,23 @@ class EngineCore(EngineCoreBase):
         # NOTE: the input processor checked the prompt leaves room for one token.
         remaining = self.config.model.max_model_len - len(request.prompt_token_ids)
         max_tokens = remaining if params.max_tokens is None else min(params.max_tokens, remaining)
-        self.scheduler.add_request(
-            Request(
-                request.request_id,
-                request.prompt_token_ids,
-                params,
-                max_tokens=max_tokens,
-                eos_token_ids=self.config.model.eos_token_ids,
-                arrival_time=request.arrival_time,
-                priority=request.priority,
-                block_hasher=self.scheduler.block_hasher,
-                lora_request=request.lora_request,
-                cache_salt=request.cache_salt,
-                mm_features=request.mm_features,
-                encoder_prompt_token_ids=request.encoder_prompt_token_ids,
-            )
+        core_request = Request(
+            request.request_id,
+            request.prompt_token_ids,
+            params,
+            max_tokens=max_tokens,
+            eos_token_ids=self.config.model.eos_token_ids,
+            arrival_time=request.arrival_time,
+            priority=request.priority,
+            block_hasher=self.scheduler.block_hasher,
+            lora_request=request.lora_request,
+            cache_salt=request.cache_salt,
+            mm_features=request.mm_features,
+            encoder_prompt_token_ids=request.encoder_prompt_token_ids,
         )
+        core_request.tenant = request.tenant
+        core_request.tenant_weight = request.tenant_weight
+        self.scheduler.add_request(core_request)
 
     def abort_requests(self, request_ids: list[str]) -> None:
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)

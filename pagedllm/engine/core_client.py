@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import queue
+import threading
 import time
 from abc import ABC, abstractmethod
 from concurrent.futures import Future
@@ -124,33 +126,43 @@ class EngineStartupFailed(RuntimeError):
 
 
 class MPClient(EngineCoreClient):
-    """Runs the engine core in a spawned process (see core_proc.py for the protocol).
+    """Runs the engine core in a spawned process (core_proc.py; the protocol: core_ipc.py).
 
-    Sending never blocks (a multiprocessing Queue with its feeder thread); get_output() blocks until
-    the core publishes its next EngineCoreOutputs, so one thread of the caller should own it. The
-    constructor blocks until the model is loaded and raises EngineStartupFailed with the child's
-    message if it is not.
+    Both directions carry typed MessagePack frames (core_ipc.py), never pickle. Sending never
+    blocks (frames are encoded by the caller, written by a feeder thread); get_output() blocks
+    until the core publishes its next EngineCoreOutputs, so one thread of the caller should own
+    it. The constructor blocks until the model is loaded and raises EngineStartupFailed with the
+    child's message if it is not.
+
+    `target` is the engine-core process's entry point (tests wrap run_engine_core).
     """
 
     def __init__(self, engine_args: EngineArgs, startup_timeout: float | None = None,
-                 wait_ready: bool = True) -> None:
+                 wait_ready: bool = True, target: Any = None) -> None:
         import multiprocessing
 
         from pagedllm.engine.core_proc import run_engine_core
 
         ctx = multiprocessing.get_context("spawn")
-        self._input_queue = ctx.Queue()
-        self._output_conn, child_conn = ctx.Pipe(duplex=False)
+        child_input, self._input_conn = ctx.Pipe(duplex=False)
+        self._output_conn, child_output = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(
-            target=run_engine_core, args=(engine_args, self._input_queue, child_conn),
+            target=target or run_engine_core, args=(engine_args, child_input, child_output),
             name="EngineCore", daemon=True,
         )
         self._proc.start()
-        child_conn.close()  # so recv() sees EOF when the child exits
+        child_output.close()  # so recv_bytes() sees EOF when the child exits
+        child_input.close()
+        self._frames: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        threading.Thread(target=self._feed, name="EngineCoreFeeder", daemon=True).start()
         self._closing = False
         self._kill_reason: str | None = None
         self._call_ids = itertools.count()
         self._pending_calls: dict[int, Future] = {}
+        self._call_methods: dict[int, str] = {}
+        self.last_heard = time.monotonic()
+        """When the core last sent anything (outputs, a heartbeat while idle): a supervisor's
+        watchdog and /health tell a live loop from a stopped one by it."""
         self.config: EngineConfig | None = None
         self.num_kv_blocks: int | None = None
         self.kv_cache_bytes: int | None = None
@@ -186,8 +198,22 @@ class MPClient(EngineCoreClient):
         """Ready for `multiprocessing.connection.wait` once the engine-core process has ended."""
         return self._proc.sentinel
 
+    def _feed(self) -> None:
+        """Feeder thread: write the encoded frames in order (a full pipe blocks here, not the
+        caller); ends at None or when the core is gone."""
+        while (frame := self._frames.get()) is not None:
+            try:
+                self._input_conn.send_bytes(frame)
+            except OSError:  # the core died; get_output() reports it
+                return
+
     def _wait_ready(self, timeout: float | None) -> Any:
-        from pagedllm.engine.core_proc import EngineReady, EngineStartupError
+        from pagedllm.engine.core_ipc import (
+            EngineReady,
+            EngineStartupError,
+            decode_output,
+            with_hf_config,
+        )
 
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._output_conn.poll(0.1):
@@ -200,34 +226,40 @@ class MPClient(EngineCoreClient):
             if deadline is not None and time.monotonic() > deadline:
                 raise EngineStartupFailed(f"engine core did not start within {timeout:.0f} s")
         try:
-            message = self._output_conn.recv()
+            message = decode_output(self._output_conn.recv_bytes())
         except (EOFError, OSError) as e:
             raise EngineStartupFailed(
                 f"engine core process exited during start-up (exit code {self._proc.exitcode})"
             ) from e
         if isinstance(message, EngineStartupError):
             raise EngineStartupFailed(message.message)
-        assert isinstance(message, EngineReady), f"unexpected first message {message!r}"
+        if not isinstance(message, EngineReady):
+            raise EngineStartupFailed(f"unexpected first message from the engine core: "
+                                      f"{type(message).__name__}")
+        self.last_heard = time.monotonic()
+        with_hf_config(message.config)
         return message
 
     def _send(self, kind: Any, payload: Any) -> None:
+        from pagedllm.engine.core_ipc import encode_input
+
         if self._closing:
             return
-        self._input_queue.put((kind, payload))
+        self._frames.put(encode_input(kind, payload))
 
     def add_request(self, request: EngineCoreRequest) -> None:
-        from pagedllm.engine.core_proc import EngineCoreRequestType
+        from pagedllm.engine.core_ipc import EngineCoreRequestType
 
         self._send(EngineCoreRequestType.ADD, request)
 
     def abort_requests(self, request_ids: list[str]) -> None:
-        from pagedllm.engine.core_proc import EngineCoreRequestType
+        from pagedllm.engine.core_ipc import EngineCoreRequestType
 
         if request_ids:
             self._send(EngineCoreRequestType.ABORT, list(request_ids))
 
     def finish_requests_stopped(self, request_ids: list[str]) -> None:
-        from pagedllm.engine.core_proc import EngineCoreRequestType
+        from pagedllm.engine.core_ipc import EngineCoreRequestType
 
         if request_ids:
             self._send(EngineCoreRequestType.FINISH_STOPPED, list(request_ids))
@@ -235,7 +267,7 @@ class MPClient(EngineCoreClient):
     def call_utility(self, method: str, *args: Any) -> Future:
         """Call EngineCoreProc.<method>(*args) in the engine process; resolved by get_output()'s
         reader, so it needs someone consuming outputs."""
-        from pagedllm.engine.core_proc import EngineCoreRequestType
+        from pagedllm.engine.core_ipc import EngineCoreRequestType
 
         future: Future = Future()
         if not self._proc.is_alive():  # no reader will ever resolve it
@@ -243,6 +275,7 @@ class MPClient(EngineCoreClient):
                 f"engine core process died ({describe_exit(self._proc.exitcode)})"))
             return future
         call_id = next(self._call_ids)
+        self._call_methods[call_id] = method
         self._pending_calls[call_id] = future
         self._send(EngineCoreRequestType.UTILITY, (call_id, method, args))
         return future
@@ -252,7 +285,7 @@ class MPClient(EngineCoreClient):
         sent was read."""
         from multiprocessing.connection import wait
 
-        from pagedllm.engine.core_proc import UtilityOutput
+        from pagedllm.engine.core_ipc import Heartbeat, UtilityOutput, decode_output
 
         while True:
             # Wait on the process too, not only the pipe: a child of the core (a worker rank)
@@ -264,15 +297,28 @@ class MPClient(EngineCoreClient):
                     raise self._died()
                 continue
             try:
-                message = self._output_conn.recv()
+                frame = self._output_conn.recv_bytes()
             except (EOFError, OSError) as e:
                 raise self._died() from e
+            self.last_heard = time.monotonic()
+            message = decode_output(frame, self._call_methods)
+            if isinstance(message, Heartbeat):
+                continue
             if isinstance(message, UtilityOutput):
                 self._resolve_call(message)
                 continue
+            if not isinstance(message, EngineCoreOutputs):
+                raise self._protocol_error(message)
             return message
 
+    def _protocol_error(self, message: Any) -> EngineDeadError:
+        """The core sent what it never should mid-run: it is not trusted further."""
+        reason = f"the engine core sent an unexpected {type(message).__name__}; killed"
+        self.kill(reason)
+        return self._died()
+
     def _resolve_call(self, message: Any) -> None:
+        self._call_methods.pop(message.call_id, None)
         future = self._pending_calls.pop(message.call_id, None)
         if future is None:
             return
@@ -292,15 +338,15 @@ class MPClient(EngineCoreClient):
         for future in self._pending_calls.values():
             future.set_exception(error)
         self._pending_calls.clear()
+        self._call_methods.clear()
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Ask the core to stop, then terminate (and finally kill) it if it does not."""
-        from pagedllm.engine.core_proc import EngineCoreRequestType
+        from pagedllm.engine.core_ipc import EngineCoreRequestType
 
         if self._closing:
             return
-        with contextlib.suppress(Exception):
-            self._input_queue.put((EngineCoreRequestType.SHUTDOWN, None))
+        self._send(EngineCoreRequestType.SHUTDOWN, None)
         self._closing = True
         if timeout > 0:
             self._proc.join(timeout)
@@ -310,5 +356,6 @@ class MPClient(EngineCoreClient):
         if self._proc.is_alive():
             self._proc.kill()
             self._proc.join(2.0)
-        self._input_queue.cancel_join_thread()
-        self._input_queue.close()
+        self._frames.put(None)  # ends the feeder thread
+        with contextlib.suppress(OSError):
+            self._input_conn.close()

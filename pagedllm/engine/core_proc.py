@@ -1,85 +1,59 @@
 """The engine core in its own process (the server's MPClient talks to it).
 
-    parent (API server)                         child (this module)
-    ───────────────────                         ───────────────────
-    input_queue.put((ADD, EngineCoreRequest)) ─▶ drain inputs ──▶ EngineCore.add_request/abort/...
+    parent (API server)                           child (this module)
+    ───────────────────                           ───────────────────
+    input_conn.send_bytes(("add", request)) ───▶ drain inputs ──▶ EngineCore.add_request/abort/...
                                                   step() while there is work
-    output_conn.recv()  ◀────────────────────── send(EngineCoreOutputs | UtilityOutput)
+    output_conn.recv_bytes()  ◀───────────────── ("outputs" | "utility" | "heartbeat", ...)
 
-The busy loop blocks on the input queue only when the core has nothing to do, so an idle server
-costs no CPU. Start-up (config, model load, KV cache allocation) happens here too; its outcome is
-the first message on the output pipe: `EngineReady` or `EngineStartupError`.
+Both pipes carry typed MessagePack frames (core_ipc.py), never pickle. The busy loop blocks on the
+input pipe only when the core has nothing to do, so an idle server costs no CPU; while it waits it
+sends a heartbeat every _HEARTBEAT_SECONDS, so the API process can tell a live idle loop from a
+stopped one. Start-up (config, model load, KV cache allocation) happens here too; its outcome is
+the first frame on the output pipe: `EngineReady` or `EngineStartupError`.
 """
 
 from __future__ import annotations
 
-import enum
 import os
-import queue
 import signal
 import time
 import traceback
-from dataclasses import dataclass
 from multiprocessing import parent_process
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from pagedllm.engine.core_ipc import (
+    UTILITY_METHODS,
+    EngineCoreRequestType,
+    EngineReady,
+    EngineStartupError,
+    Heartbeat,
+    UtilityOutput,
+    config_for_the_wire,
+    decode_input,
+    encode_output,
+)
 from pagedllm.engine.messages import EngineCoreOutputs
 
 if TYPE_CHECKING:
-    from multiprocessing.queues import Queue
-
-    from pagedllm.config import EngineConfig
     from pagedllm.engine.arg_utils import EngineArgs
     from pagedllm.engine.core_base import EngineCoreBase
 
+__all__ = ["EngineCoreProc", "EngineCoreRequestType", "EngineReady", "EngineStartupError",
+           "UtilityOutput", "run_engine_core"]
 
-class EngineCoreRequestType(enum.Enum):
-    ADD = "add"
-    """payload: EngineCoreRequest"""
-    ABORT = "abort"
-    """payload: list of request ids"""
-    FINISH_STOPPED = "finish_stopped"
-    """payload: list of request ids a stop string ended"""
-    UTILITY = "utility"
-    """payload: (call_id, method name, args)"""
-    SHUTDOWN = "shutdown"
-    """payload: None"""
-
-
-@dataclass
-class EngineReady:
-    config: EngineConfig
-    num_kv_blocks: int
-    kv_cache_bytes: int | None
-    pid: int
-
-
-@dataclass
-class EngineStartupError:
-    message: str
-    traceback: str
-
-
-@dataclass
-class UtilityOutput:
-    call_id: int
-    result: Any = None
-    error: str | None = None
-
-
-# Methods of EngineCoreProc a client may call through UTILITY requests.
-UTILITY_METHODS = frozenset({"get_stats", "reset_prefix_cache", "remove_lora"})
-
-_PARENT_CHECK_SECONDS = 1.0
+HEARTBEAT_SECONDS = 0.5
+"""While idle the core sends a heartbeat this often (and checks its parent and workers)."""
 
 
 class EngineCoreProc:
     """Owns an EngineCoreBase and runs its busy loop against the IPC channels."""
 
-    def __init__(self, core: EngineCoreBase, input_queue: Queue, output_conn: Connection) -> None:
+    def __init__(self, core: EngineCoreBase, input_conn: Connection,
+                 output_conn: Connection) -> None:
         self.core = core
-        self.input_queue = input_queue
+        self.input_conn = input_conn
         self.output_conn = output_conn
         self._shutdown = False
         self._stats_dirty = False
@@ -95,30 +69,28 @@ class EngineCoreProc:
             if self._shutdown:
                 return
             if self.core.has_unfinished_requests():
-                self.output_conn.send(self.core.step())
+                self._send(self.core.step())
                 self._stats_dirty = False
 
+    def _send(self, message: Any) -> None:
+        self.output_conn.send_bytes(encode_output(message))
+
     def _wait_for_input(self) -> bool:
-        """Block until a message arrives; False if the parent process died meanwhile."""
+        """Block until a message arrives, with a heartbeat every HEARTBEAT_SECONDS meanwhile;
+        False if the parent process died."""
         while True:
-            try:
-                message = self.input_queue.get(timeout=_PARENT_CHECK_SECONDS)
-            except queue.Empty:
-                parent = parent_process()
-                if parent is not None and not parent.is_alive():
-                    return False
-                self.core.check_health()  # a dead worker rank ends the loop with its error
-                continue
-            self._handle(*message)
-            return True
+            self._send(Heartbeat(time.time()))
+            if self.input_conn.poll(HEARTBEAT_SECONDS):
+                self._handle(*decode_input(self.input_conn.recv_bytes()))
+                return True
+            parent = parent_process()
+            if parent is not None and not parent.is_alive():
+                return False
+            self.core.check_health()  # a dead worker rank ends the loop with its error
 
     def _drain_inputs(self) -> None:
-        while not self._shutdown:
-            try:
-                message = self.input_queue.get_nowait()
-            except queue.Empty:
-                return
-            self._handle(*message)
+        while not self._shutdown and self.input_conn.poll(0):
+            self._handle(*decode_input(self.input_conn.recv_bytes()))
 
     def _handle(self, kind: EngineCoreRequestType, payload: Any) -> None:
         if kind == EngineCoreRequestType.ADD:
@@ -138,18 +110,18 @@ class EngineCoreProc:
 
     def _call_utility(self, call_id: int, method: str, args: tuple) -> None:
         if method not in UTILITY_METHODS:
-            self.output_conn.send(UtilityOutput(call_id, error=f"unknown utility {method!r}"))
+            self._send(UtilityOutput(call_id, error=f"unknown utility {method!r}"))
             return
         try:
             result = getattr(self, method)(*args)
         except Exception as e:  # reported to the caller, the loop goes on
-            self.output_conn.send(UtilityOutput(call_id, error=f"{type(e).__name__}: {e}"))
+            self._send(UtilityOutput(call_id, error=f"{type(e).__name__}: {e}"))
             return
-        self.output_conn.send(UtilityOutput(call_id, result=result))
+        self._send(UtilityOutput(call_id, result=result))
 
     def _publish_idle_stats(self) -> None:
         if self._stats_dirty:
-            self.output_conn.send(EngineCoreOutputs(outputs=[], scheduler_stats=self.get_stats()))
+            self._send(EngineCoreOutputs(outputs=[], scheduler_stats=self.get_stats()))
             self._stats_dirty = False
 
     # ---- utilities ----------------------------------------------------------------------------
@@ -167,7 +139,7 @@ class EngineCoreProc:
 
 
 def run_engine_core(
-    engine_args: EngineArgs, input_queue: Queue, output_conn: Connection
+    engine_args: EngineArgs, input_conn: Connection, output_conn: Connection
 ) -> None:
     """Entry point of the engine-core process (multiprocessing spawn target)."""
     # Ctrl-C reaches the whole process group; the parent decides when the engine stops.
@@ -179,11 +151,12 @@ def run_engine_core(
         core, ready = _start_core(engine_args)
     except BaseException as e:  # every start-up failure goes back to the parent
         message = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        output_conn.send(EngineStartupError(message, traceback.format_exc()))
+        output_conn.send_bytes(encode_output(EngineStartupError(message,
+                                                                traceback.format_exc())))
         output_conn.close()
         return
-    output_conn.send(ready)
-    proc = EngineCoreProc(core, input_queue, output_conn)
+    output_conn.send_bytes(encode_output(ready))
+    proc = EngineCoreProc(core, input_conn, output_conn)
     try:
         proc.run_busy_loop()
     except (BrokenPipeError, EOFError):
@@ -211,4 +184,4 @@ def _start_core(engine_args: EngineArgs) -> tuple[EngineCoreBase, EngineReady]:
     kv_bytes = core.kv_cache_bytes
     logger.info("engine core ready in %.1f s: %d KV blocks of %d tokens",
                 time.perf_counter() - start, core.num_blocks, config.cache.block_size)
-    return core, EngineReady(config, core.num_blocks, kv_bytes, os.getpid())
+    return core, EngineReady(config_for_the_wire(config), core.num_blocks, kv_bytes, os.getpid())

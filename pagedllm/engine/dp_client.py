@@ -147,6 +147,11 @@ class DPLBClient(EngineCoreClient):
     def pids(self) -> list[int | None]:
         return [core.pid for core in self.cores]
 
+    @property
+    def last_heard(self) -> float:
+        """When the core heard from longest ago last sent anything (a hung core shows)."""
+        return min(core.last_heard for core in self.cores)
+
     def is_alive(self) -> bool:
         """Every core is running (one dead core makes the engine unhealthy)."""
         return all(core.is_alive() for core in self.cores)

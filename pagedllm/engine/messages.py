@@ -35,3 +35,7 @@ class EngineCoreRequest:
     """The prompt's images (pixels, placeholder positions, content hashes); None: text only."""
     encoder_prompt_token_ids: list[int] | None = None
     """Encoder-decoder models: the encoder's input (prompt_token_ids is the decoder's)."""
+    tenant: str | None = None
+    """The API key's name (--api-keys-file): the scheduler shares the batch fairly by it."""
+    tenant_weight: int = 1
+    """The key's `fair_share` weight."""

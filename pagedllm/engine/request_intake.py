@@ -116,6 +116,7 @@ def fan_out(request_id: str, params: SamplingParams) -> list[tuple[str, Sampling
         return [(request_id, params)]
     children = []
     for i in range(params.n):
-        seed = None if params.seed is None else params.seed + i
+        # offset within int64, wrapping (seed 2**63 - 1 with n = 2 is a valid request)
+        seed = None if params.seed is None else (params.seed + i + 2**63) % 2**64 - 2**63
         children.append((f"{i}_{request_id}", dataclasses.replace(params, n=1, seed=seed)))
     return children

@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-import numpy as np
 
 from pagedllm.core.sched.output import ModelRunnerOutput, PoolingSchedulerOutput, SchedulerOutput
+from pagedllm.utils.ndarray_ext import enc_hook as _enc_hook
+from pagedllm.utils.ndarray_ext import ext_hook as _ext_hook
 from pagedllm.worker.worker import KVCacheInfo
-
-_NDARRAY_EXT = 1
 
 
 @dataclass
@@ -43,23 +42,6 @@ RESULT_TYPES: dict[str, Any] = {
     "initialize_cache": KVCacheInfo,
 }
 """Methods whose results are dataclasses (decoded into them); others return plain values."""
-
-
-def _enc_hook(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        header = msgspec.msgpack.encode((obj.dtype.str, list(obj.shape)))
-        return msgspec.msgpack.Ext(_NDARRAY_EXT,
-                                   len(header).to_bytes(4, "little") + header + obj.tobytes())
-    raise NotImplementedError(f"{type(obj).__name__} cannot cross to a worker process")
-
-
-def _ext_hook(code: int, data: memoryview) -> Any:
-    if code != _NDARRAY_EXT:
-        raise ValueError(f"unknown MessagePack extension {code}")
-    raw = bytes(data)  # NOTE: msgspec's memoryview may report a wrong len(); bytes() is exact
-    size = int.from_bytes(raw[:4], "little")
-    dtype, shape = msgspec.msgpack.decode(raw[4 : 4 + size], type=tuple[str, list[int]])
-    return np.frombuffer(raw[4 + size :], dtype=np.dtype(dtype)).reshape(shape).copy()
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)

@@ -19,7 +19,12 @@ def _core_with_grandchild(conn) -> None:
     if grandchild == 0:  # it inherits the write end and outlives its parent
         time.sleep(30)
         os._exit(0)
-    conn.send(grandchild)  # last words: read after the death all the same
+    from pagedllm.core.sched.output import EngineCoreOutput
+    from pagedllm.engine.core_ipc import encode_output
+    from pagedllm.engine.messages import EngineCoreOutputs
+
+    # last words (the grandchild's pid as a request id): read after the death all the same
+    conn.send_bytes(encode_output(EngineCoreOutputs([EngineCoreOutput(str(grandchild), [])])))
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -28,6 +33,7 @@ def _client_around(proc, conn) -> MPClient:
     client._proc = proc
     client._output_conn = conn
     client._pending_calls = {}
+    client._call_methods = {}
     client._closing = False
     client._kill_reason = None
     return client
@@ -40,7 +46,7 @@ def test_death_seen_although_a_grandchild_holds_the_pipe():
     proc.start()
     writer.close()
     client = _client_around(proc, reader)
-    grandchild = client.get_output()
+    grandchild = int(client.get_output().outputs[0].request_id)
     try:
         start = time.monotonic()
         with pytest.raises(EngineDeadError, match="killed by SIGKILL"):

@@ -1,7 +1,8 @@
 """Engine supervision through a real `pagedllm serve`: `kill -9` of the engine core with a
 streaming and a non-streaming request in flight. Both clients get an OpenAI-style error within
 seconds, /health turns 503, the core restarts (the same socket serves again). A hung core
-(SIGSTOP) is killed by the watchdog and restarted the same way; past --max-engine-restarts the
+(SIGSTOP) is killed by the watchdog and restarted the same way, busy or idle (an idle core's
+heartbeats stop: /health turns 503 within the hang timeout); past --max-engine-restarts the
 server stays up answering 503."""
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def server(tiny_llama_factory, tmp_path_factory):
     model = tiny_llama_factory(max_position_embeddings=MAX_TOKENS + 512)
     yield from serve_module(model, tmp_path_factory, "supervision",
                             "--served-model-name", MODEL, "--kv-cache-memory", "16MiB",
-                            "--max-engine-restarts", "2",
+                            "--max-engine-restarts", "3",
                             "--engine-hang-timeout", str(HANG_TIMEOUT_S))
 
 
@@ -129,10 +130,25 @@ def test_hung_core_is_killed_and_restarted(server, http):
     assert m["pagedllm:engine_core_restarts_total"] == 2
 
 
+def test_idle_core_that_stops_ticking_turns_unhealthy_and_restarts(server, http):
+    pid = _engine_pids(server)[-1]
+    time.sleep(1.0)  # idle for a few heartbeats: healthy
+    assert http.get("/health").status_code == 200
+    os.kill(pid, signal.SIGSTOP)  # the process exists, its loop sends nothing
+    took = _wait_health(http, 503, HANG_TIMEOUT_S + ERROR_WITHIN_S)
+    assert took < HANG_TIMEOUT_S + 1.5, took
+    _wait_health(http, 200, 120)
+    assert _engine_pids(server)[-1] != pid
+    assert http.post("/v1/completions", json={**_body(False), "max_tokens": 3}).status_code == 200
+    m = metrics(http)
+    assert m["pagedllm:engine_core_hangs_total"] == 2
+    assert m["pagedllm:engine_core_restarts_total"] == 3
+
+
 def test_past_max_restarts_the_server_stays_up_and_unhealthy(server, http):
     os.kill(_engine_pids(server)[-1], signal.SIGKILL)
     assert _wait_health(http, 503, ERROR_WITHIN_S) < ERROR_WITHIN_S
-    time.sleep(1.0)  # no restart comes (--max-engine-restarts 2 are spent)
+    time.sleep(1.0)  # no restart comes (--max-engine-restarts 3 are spent)
     health = http.get("/health")
     assert health.status_code == 503
     assert "--max-engine-restarts" in health.json()["error"]["message"]
@@ -140,4 +156,4 @@ def test_past_max_restarts_the_server_stays_up_and_unhealthy(server, http):
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "engine_dead"
     assert server.proc.poll() is None  # the API server itself is still up
-    assert metrics(http)["pagedllm:engine_core_deaths_total"] == 3
+    assert metrics(http)["pagedllm:engine_core_deaths_total"] == 4

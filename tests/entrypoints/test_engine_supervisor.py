@@ -109,3 +109,26 @@ def test_watchdog_kills_a_core_that_stopped_with_requests_in_flight():
     idle, early, late = asyncio.run(run())
     assert idle is None and early is None
     assert late is not None and "made no progress" in late and "2 request(s)" in late
+
+
+def test_an_idle_core_without_heartbeats_is_unhealthy_then_killed():
+    """A client that reports heartbeats (MPClient.last_heard): idle and silent past the hang
+    timeout is a hang too; /health says so first."""
+    async def run():
+        engine, supervisor, _ = _supervisor(RestartPolicy(enabled=False, hang_timeout=0.3))
+        core = engine.engine_core
+        core.last_heard = time.monotonic()
+        for _ in range(4):  # heartbeats keep coming: healthy, never killed
+            await asyncio.sleep(0.1)
+            core.last_heard = time.monotonic()
+        beating = (supervisor.health_problem(), core.killed)
+        await asyncio.sleep(0.32)  # the heartbeats stopped
+        silent = supervisor.health_problem()
+        await asyncio.sleep(0.2)
+        await supervisor.close()
+        return beating, silent, core.killed
+
+    beating, silent, killed = asyncio.run(run())
+    assert beating == (None, None)
+    assert silent is not None and "no heartbeat" in silent
+    assert killed is not None and "while idle (no heartbeat)" in killed

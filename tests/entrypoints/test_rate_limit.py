@@ -225,3 +225,28 @@ def test_middleware_max_concurrent_holds_through_a_stream():
             return done.status_code, second.status_code, third.status_code
 
     assert asyncio.run(run()) == (200, 429, 200)
+
+
+def test_middleware_names_the_tenant_for_the_fair_share(tmp_path):
+    from pagedllm.engine.tenant import Tenant, current_tenant
+
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"sk-a": {"name": "a", "fair_share": 3}, "sk-b": {"name": "b"}}))
+    store = load_api_keys(str(path))
+    app = FastAPI()
+
+    @app.post("/v1/completions")
+    async def complete() -> dict:
+        tenant = current_tenant.get()  # what AsyncLLM copies onto each engine-core request
+        return {"tenant": None if tenant is None else [tenant.name, tenant.weight]}
+
+    app.add_middleware(ApiKeyMiddleware, store=store, default_model="tiny",
+                       registry=CollectorRegistry(), max_body_bytes=1 << 20)
+    client = TestClient(app)
+    assert _post(client, "sk-a").json() == {"tenant": ["a", 3]}
+    assert _post(client, "sk-b").json() == {"tenant": ["b", 1]}
+    assert current_tenant.get() is None and Tenant("b") == Tenant("b", 1)
+    for bad in (0, 1.5, True, "2"):
+        path.write_text(json.dumps({"sk-a": {"name": "a", "fair_share": bad}}))
+        with pytest.raises(ValueError, match="fair_share must be an integer"):
+            load_api_keys(str(path))

@@ -16,6 +16,7 @@ from pagedllm.config.cache import CacheConfig
 from pagedllm.config.scheduler import SchedulerConfig
 from pagedllm.core.block_hash import make_block_hasher
 from pagedllm.core.kv_cache_manager import KVCacheManager
+from pagedllm.core.sched.fair_share import create_waiting_queue
 from pagedllm.core.sched.lora_residency import LoRAResidency
 from pagedllm.core.sched.output import (
     EngineCoreOutput,
@@ -24,7 +25,6 @@ from pagedllm.core.sched.output import (
     ModelRunnerOutput,
     SchedulerOutput,
 )
-from pagedllm.core.sched.queue import create_request_queue
 from pagedllm.core.sched.step import StepBuilder
 from pagedllm.core.sched.stop import check_stop
 from pagedllm.core.state_slots import StateSlotPool
@@ -91,7 +91,7 @@ class Scheduler:
             block_hasher = make_block_hasher(cache_config.block_size)
         self.block_hasher = block_hasher if caching else None
         self.requests: dict[str, Request] = {}
-        self.waiting = create_request_queue(scheduler_config.policy)
+        self.waiting = create_waiting_queue(scheduler_config.policy, lambda: self.running)
         self.running: list[Request] = []
         self.finished_req_ids: set[str] = set()
         self.structured_output_manager = structured_output_manager

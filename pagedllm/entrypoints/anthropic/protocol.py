@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pagedllm.entrypoints.openai.errors import BadRequestError
-from pagedllm.entrypoints.openai.protocol_base import OpenAIBaseModel
+from pagedllm.entrypoints.openai.protocol_base import MAX_INT32, OpenAIBaseModel
 
 ERROR_TYPES = {
     HTTPStatus.BAD_REQUEST: "invalid_request_error",
@@ -53,12 +53,12 @@ class AnthropicCountTokensRequest(OpenAIBaseModel):
 
 
 class AnthropicMessagesRequest(AnthropicCountTokensRequest):
-    max_tokens: int = Field(ge=1)
+    max_tokens: int = Field(ge=1, le=MAX_INT32)
     """Required, as Anthropic's API requires it."""
     stop_sequences: list[str] | None = None
     temperature: float | None = Field(None, ge=0.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=-1)
+    top_k: int | None = Field(None, ge=-1, le=MAX_INT32)
     stream: bool = False
     metadata: dict[str, Any] | None = None
     thinking: dict[str, Any] | None = None

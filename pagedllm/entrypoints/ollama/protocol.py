@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import Field
 
 from pagedllm.entrypoints.openai.errors import BadRequestError
-from pagedllm.entrypoints.openai.protocol_base import OpenAIBaseModel
+from pagedllm.entrypoints.openai.protocol_base import MAX_INT32, OpenAIBaseModel
 
 OPTION_FIELDS = {
     # Ollama option -> chat request field
@@ -67,7 +67,7 @@ class OllamaEmbedRequest(OpenAIBaseModel):
     input: str | list[str]
     truncate: bool = True
     options: dict[str, Any] | None = None
-    dimensions: int | None = None
+    dimensions: int | None = Field(None, ge=1, le=MAX_INT32)
     keep_alive: float | str | None = None
 
 
@@ -87,6 +87,10 @@ def sampling_fields(options: dict[str, Any] | None) -> dict[str, Any]:
             fields[OPTION_FIELDS[key]] = value
         elif key == "num_predict":
             # -1: until the context is full (also what leaving it out means here); -2: the same
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value < -2):
+                raise BadRequestError("options.num_predict must be positive, -1 or -2",
+                                      param="options.num_predict")
             if value is not None and value >= 0:
                 fields["max_tokens"] = value
         elif key not in IGNORED_OPTIONS:

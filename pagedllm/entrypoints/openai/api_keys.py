@@ -3,13 +3,17 @@
 The file (JSON, or YAML for a .yaml/.yml name) maps each key to its identity:
 
     {"sk-alice": {"name": "alice", "requests_per_minute": 60, "tokens_per_minute": 20000,
-                  "max_concurrent": 4, "allowed_models": ["tiny"]},
+                  "max_concurrent": 4, "allowed_models": ["tiny"], "fair_share": 2},
      "sha256:9f86d0...": {"name": "bob"}}
 
-Every field but `name` may be left out (no limit; all models). A key may be written as
-"sha256:<hex digest>" so the file need not hold it in clear. In memory only SHA-256 digests are
-kept, and a lookup compares the given key's digest with every stored one (hmac.compare_digest,
-no early exit), so neither the time taken nor a dict lookup says which key nearly matched.
+Every field but `name` may be left out (no limit; all models; a fair share of 1). `fair_share` is
+the key's weight when the batch is full: each key holds running requests in proportion to it, and
+the requests of a key over its share wait behind the other keys' (core/sched/fair_share.py).
+
+A key may be written as "sha256:<hex digest>" so the file need not hold it in clear. In memory
+only SHA-256 digests are kept, and a lookup compares the given key's digest with every stored
+one (hmac.compare_digest, no early exit), so neither the time taken nor a dict lookup says which
+key nearly matched.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 _FIELDS = {"name", "requests_per_minute", "tokens_per_minute", "max_concurrent",
-           "allowed_models"}
+           "allowed_models", "fair_share"}
 _LIMITS = ("requests_per_minute", "tokens_per_minute", "max_concurrent")
+_MAX_FAIR_SHARE = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,8 @@ class ApiKeyIdentity:
     max_concurrent: int | None = None
     allowed_models: tuple[str, ...] | None = None
     """Served model names the key may use; None: all."""
+    fair_share: int = 1
+    """The key's weight in a saturated batch (running requests per key in this proportion)."""
 
     def may_use(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
@@ -105,8 +112,12 @@ def parse_identity(entry: Any, where: str) -> ApiKeyIdentity:
     if models is not None and (not isinstance(models, list)
                                or not all(isinstance(m, str) for m in models)):
         raise ValueError(f"{where} ({name}): allowed_models must be a list of model names")
+    share = entry.get("fair_share", 1)
+    if not isinstance(share, int) or isinstance(share, bool) or not 1 <= share <= _MAX_FAIR_SHARE:
+        raise ValueError(f"{where} ({name}): fair_share must be an integer from 1 to "
+                         f"{_MAX_FAIR_SHARE}")
     return ApiKeyIdentity(name, *(entry.get(f) for f in _LIMITS),
-                          tuple(models) if models is not None else None)
+                          tuple(models) if models is not None else None, share)
 
 
 def _parse(text: str, ext: str) -> Any:

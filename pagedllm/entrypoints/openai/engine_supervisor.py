@@ -12,8 +12,11 @@ Deaths that follow each other quickly back off (1, 2, 4 ... 30 s) so a core that
 start does not spin.
 
 A hung core (a deadlock, a stopped process, a step that never ends) is a death too: the watchdog
-kills a core that sent nothing for `--engine-hang-timeout` seconds while requests were in flight,
-and the death path above takes over.
+kills a core that sent nothing for `--engine-hang-timeout` seconds, and the death path above takes
+over. With requests in flight "nothing" means no outputs; while idle the core sends a heartbeat
+every half second (core_proc.py), so a loop that stopped ticking with nothing to do is caught as
+well, and /health turns 503 once the heartbeats are late by _IDLE_STALE_SECONDS (or the hang
+timeout, if shorter), before the kill.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ logger = init_logger(__name__)
 _QUICK_DEATH_SECONDS = 60.0
 """A core that dies within this long after its (re)start counts as a quick death: back off."""
 _MAX_BACKOFF_SECONDS = 30.0
+_IDLE_STALE_SECONDS = 5.0
+"""An idle core heard from longer ago than this (ten heartbeats) makes /health 503."""
 
 
 @dataclass
@@ -94,12 +99,29 @@ class EngineSupervisor:
     def health_problem(self) -> str | None:
         """Why the server cannot serve now (None: it can)."""
         if not self.engine.errored:
-            return None
+            return self._silence_problem()
         if self.failure is not None:
             return self.failure
         if self.restarting or self._task is not None:
             return "the engine core died and is restarting; retry shortly"
         return "the engine core is not running"
+
+    def _idle_silence(self) -> float | None:
+        """Seconds since an idle engine core was last heard from; None with requests in flight
+        (their outputs are the progress the watchdog measures) or a client without heartbeats."""
+        last_heard = getattr(self.engine.engine_core, "last_heard", None)
+        if last_heard is None or self.engine.num_unfinished_requests:
+            return None
+        return time.monotonic() - last_heard
+
+    def _silence_problem(self) -> str | None:
+        silence = self._idle_silence()
+        limit = _IDLE_STALE_SECONDS
+        if self.policy.hang_timeout is not None:
+            limit = min(limit, self.policy.hang_timeout)
+        if silence is None or silence < limit:
+            return None
+        return f"the idle engine core has sent no heartbeat for {silence:.0f} s"
 
     def _on_dead(self, error: BaseException) -> None:
         self._deaths.inc()
@@ -154,20 +176,27 @@ class EngineSupervisor:
         logger.info("engine core restarted (pid %s)", client.pid)
 
     async def _watch(self, timeout: float) -> None:
-        """Kill the core when it sent nothing for `timeout` s while requests were in flight."""
+        """Kill the core when it sent nothing for `timeout` s: no outputs while requests were in
+        flight, no heartbeat while idle."""
         killed: object = None
         while not self._closed:
             await asyncio.sleep(min(1.0, timeout / 4))
             engine = self.engine
             core = engine.engine_core
-            if core is killed or engine.errored or not engine.num_unfinished_requests:
+            if core is killed or engine.errored:
                 continue
-            stalled = time.monotonic() - engine.last_progress
+            if engine.num_unfinished_requests:
+                stalled = time.monotonic() - engine.last_progress
+                what = f"with {engine.num_unfinished_requests} request(s) in flight"
+            else:
+                silence = self._idle_silence()
+                if silence is None:
+                    continue
+                stalled, what = silence, "while idle (no heartbeat)"
             kill = getattr(core, "kill", None)
             if stalled < timeout or kill is None:
                 continue
-            reason = (f"the engine core made no progress for {stalled:.0f} s with "
-                      f"{engine.num_unfinished_requests} request(s) in flight "
+            reason = (f"the engine core made no progress for {stalled:.0f} s {what} "
                       f"(--engine-hang-timeout {timeout:g}) and was killed")
             logger.error("%s", reason)
             self._hangs.inc()

@@ -18,6 +18,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pagedllm.engine.tenant import Tenant, current_tenant
 from pagedllm.entrypoints.openai.api_keys import ApiKeyIdentity, ApiKeyStore
 from pagedllm.entrypoints.openai.errors import dialect_error_body
 from pagedllm.entrypoints.openai.middleware import PROTECTED_PREFIXES
@@ -123,9 +124,11 @@ class ApiKeyMiddleware:
             await send(message)
 
         token = current_token_meter.set(meter)
+        tenant = current_tenant.set(Tenant(identity.name, identity.fair_share))
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
+            current_tenant.reset(tenant)
             current_token_meter.reset(token)
             limiter.release()
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_serializer, model_validator
 
-from pagedllm.entrypoints.openai.protocol_base import OpenAIBaseModel, random_id
+from pagedllm.entrypoints.openai.protocol_base import MAX_INT32, OpenAIBaseModel, random_id
 from pagedllm.entrypoints.openai.protocol_tools import (
     ChatCompletionToolsParam,
     DeltaToolCallModel,
@@ -24,6 +24,7 @@ MAX_N = 128
 """Most samples one request may ask for (n); more is rejected as a likely mistake."""
 MAX_LOGPROBS = 20
 """Most alternatives per position (logprobs / top_logprobs / prompt_logprobs), as vLLM."""
+
 
 
 # ---- errors -------------------------------------------------------------------------------------
@@ -75,10 +76,10 @@ class SamplingExtras(OpenAIBaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     user: str | None = None
     # vLLM extras
-    top_k: int | None = Field(None, ge=-1)
+    top_k: int | None = Field(None, ge=-1, le=MAX_INT32)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0)
-    min_tokens: int = Field(0, ge=0)
+    min_tokens: int = Field(0, ge=0, le=MAX_INT32)
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool = True
@@ -103,7 +104,7 @@ class SamplingExtras(OpenAIBaseModel):
     """Beam search with `n` as the beam width; the n best beams are the choices."""
     length_penalty: float = 1.0
     """Beam search: finished beams score cum_logprob / generated_len ** length_penalty."""
-    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    truncate_prompt_tokens: int | None = Field(None, ge=-1, le=MAX_INT32)
     """Keep only the prompt's last k tokens (-1: the last max_model_len), as vLLM."""
     cache_salt: str | None = Field(None, min_length=1, max_length=1024)
     """vLLM's: only requests with the same salt share prefix-cache blocks (tenant isolation)."""
@@ -132,10 +133,10 @@ class SamplingExtras(OpenAIBaseModel):
 
 class CompletionRequest(SamplingExtras):
     prompt: str | list[str] | list[int] | list[list[int]]
-    best_of: int | None = None
+    best_of: int | None = Field(None, ge=1, le=MAX_N)
     echo: bool | None = False
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(16, ge=1, le=MAX_INT32)
     suffix: str | None = None
     add_special_tokens: bool = True
     """vLLM extra: add the tokenizer's special tokens (BOS) to text prompts."""
@@ -224,16 +225,16 @@ class ChatCompletionRequest(SamplingExtras):
     messages: list[ChatMessageParam] = Field(min_length=1)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_INT32)
     """Deprecated by OpenAI in favour of max_completion_tokens; still honoured."""
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_INT32)
     tools: list[ChatCompletionToolsParam] | None = None
     tool_choice: ToolChoice | None = None
     """None: "auto" when tools are given, else "none" (as OpenAI and vLLM)."""
     parallel_tool_calls: bool | None = True
     # vLLM extras
     include_reasoning: bool = True
-    thinking_token_budget: int | None = None
+    thinking_token_budget: int | None = Field(None, ge=0, le=MAX_INT32)
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template: str | None = None
@@ -365,11 +366,11 @@ class EmbeddingRequest(OpenAIBaseModel):
     """vLLM's chat-style embedding request (instead of `input`): for CLIP/SigLIP, the messages'
     text, or their one `image_url` part, is embedded."""
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
+    dimensions: int | None = Field(None, ge=1, le=MAX_INT32)
     user: str | None = None
     add_special_tokens: bool = True
     """vLLM extra: add the tokenizer's special tokens ([CLS]/[SEP], BOS) to text inputs."""
-    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    truncate_prompt_tokens: int | None = Field(None, ge=-1, le=MAX_INT32)
     """Keep only each input's last k tokens (-1: the last max_model_len), as vLLM."""
 
     @model_validator(mode="after")
@@ -415,7 +416,7 @@ class LoadLoRAAdapterRequest(OpenAIBaseModel):
 
 class UnloadLoRAAdapterRequest(OpenAIBaseModel):
     lora_name: str
-    lora_int_id: int | None = None
+    lora_int_id: int | None = Field(None, ge=1, le=MAX_INT32)
 
 
 class ModelList(OpenAIBaseModel):

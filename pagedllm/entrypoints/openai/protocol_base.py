@@ -6,6 +6,10 @@ import uuid
 
 from pydantic import BaseModel, ConfigDict
 
+MAX_INT32 = 2**31 - 1
+"""Upper bound of the request's count-like integers (top_k, dimensions, max_tokens, ...): far
+past any vocabulary, width or context, and what int32 indices hold; larger is a 400."""
+
 
 def random_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from pagedllm.entrypoints.openai.errors import BadRequestError
-from pagedllm.entrypoints.openai.protocol_base import OpenAIBaseModel
+from pagedllm.entrypoints.openai.protocol_base import MAX_INT32, OpenAIBaseModel
 
 
 class ResponsesRequest(OpenAIBaseModel):
@@ -20,7 +20,7 @@ class ResponsesRequest(OpenAIBaseModel):
     tools: list[dict[str, Any]] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = True
-    max_output_tokens: int | None = Field(None, ge=1)
+    max_output_tokens: int | None = Field(None, ge=1, le=MAX_INT32)
     temperature: float | None = Field(None, ge=0.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     text: dict[str, Any] | None = None
@@ -35,8 +35,8 @@ class ResponsesRequest(OpenAIBaseModel):
     has a --reasoning-parser."""
     user: str | None = None
     # vLLM extras
-    top_k: int | None = Field(None, ge=-1)
-    seed: int | None = None
+    top_k: int | None = Field(None, ge=-1, le=MAX_INT32)
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     ignore_eos: bool = False
 
     @model_validator(mode="after")

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field
 
 from pagedllm.entrypoints.openai.protocol import UsageInfo
-from pagedllm.entrypoints.openai.protocol_base import OpenAIBaseModel, random_id
+from pagedllm.entrypoints.openai.protocol_base import MAX_INT32, OpenAIBaseModel, random_id
 
 
 class ScoreRequest(OpenAIBaseModel):
@@ -20,7 +20,7 @@ class ScoreRequest(OpenAIBaseModel):
     `queries` / `data_1` are accepted too."""
     text_2: str | list[str] = Field(validation_alias=AliasChoices("text_2", "documents",
                                                                   "data_2"))
-    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    truncate_prompt_tokens: int | None = Field(None, ge=-1, le=MAX_INT32)
 
 
 class ScoreData(OpenAIBaseModel):
@@ -43,10 +43,10 @@ class RerankRequest(OpenAIBaseModel):
     query: str
     documents: list[str | dict[str, Any]]
     """Texts, or Cohere/Jina objects with a `text`."""
-    top_n: int = Field(0, ge=0)
+    top_n: int = Field(0, ge=0, le=MAX_INT32)
     """The best n results (0: all), as vLLM."""
     return_documents: bool = True
-    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    truncate_prompt_tokens: int | None = Field(None, ge=-1, le=MAX_INT32)
 
 
 class RerankDocument(OpenAIBaseModel):
@@ -94,7 +94,7 @@ class ClassificationRequest(OpenAIBaseModel):
 
     model: str | None = None
     input: str | list[str] | list[int] | list[list[int]]
-    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    truncate_prompt_tokens: int | None = Field(None, ge=-1, le=MAX_INT32)
     add_special_tokens: bool = True
     user: str | None = None
 

@@ -188,8 +188,13 @@ class GGUFWeight:
 @functools.lru_cache(maxsize=4)
 def open_gguf(path: str) -> GGUFFile:
     """The (memory-mapped) GGUFFile of `path`, parsed once while loading (config, tokenizer and
-    weights all read it); release_gguf_readers() drops it afterwards."""
-    return GGUFFile(path)
+    weights all read it); release_gguf_readers() drops it afterwards. The metadata they read
+    is checked here once (gguf_metadata.py): a wrong type is a ValueError naming the key."""
+    from pagedllm.model_executor.model_loader.gguf_metadata import check_gguf_metadata
+
+    reader = GGUFFile(path)
+    check_gguf_metadata(reader.fields, path, GGUF_ARCHITECTURES)
+    return reader
 
 
 def release_gguf_readers() -> None:
