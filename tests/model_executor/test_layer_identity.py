@@ -4,7 +4,9 @@ checkpoint slices (tp_size 1 today; 2 checks the slicing the distributed issue w
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -29,7 +31,9 @@ from tests.conftest import TINY_LLAMA
 from tests.models import (
     test_bloom,
     test_cohere,
+    test_dbrx_glm4_moe,
     test_deepseek,
+    test_encoder_decoder,
     test_falcon,
     test_gemma,
     test_glm4,
@@ -48,6 +52,14 @@ from tests.models import (
 )
 from tests.models.test_mixtral import MIXTRAL
 from tests.models.test_state_space_models import BAMBA, GRANITE_HYBRID, JAMBA, MAMBA, MAMBA2
+
+# the multimodal tests' tiny towers (tests/multimodal/conftest.py builds them in fixtures)
+_TOWER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+          "num_attention_heads": 4}
+_CLIP_VISION = {**_TOWER, "image_size": 28, "patch_size": 7, "projection_dim": 32,
+                "model_type": "clip_vision_model"}
+_DUAL_TEXT = {**_TOWER, "vocab_size": 384, "max_position_embeddings": 64}
+_DUAL_VISION = {**_TOWER, "image_size": 28, "patch_size": 7}
 
 FAMILIES: dict[str, list[tuple[str, dict]]] = {
     "LlamaForCausalLM": [("LlamaConfig", {}), ("LlamaConfig", {"tie_word_embeddings": True})],
@@ -99,7 +111,35 @@ FAMILIES: dict[str, list[tuple[str, dict]]] = {
         "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                           "num_attention_heads": 4, "image_size": 28, "patch_size": 7,
                           "model_type": "clip_vision_model"}})],
+    "LlavaNextForConditionalGeneration": [("LlavaNextConfig", {
+        "text_config": {**TINY_LLAMA, "vocab_size": 385, "model_type": "llama"},
+        "vision_config": _CLIP_VISION, "image_grid_pinpoints": [[28, 56], [56, 28], [56, 56]]})],
+    "InternVLForConditionalGeneration": [("InternVLConfig", {
+        "text_config": {**TINY_LLAMA, "vocab_size": 387, "model_type": "qwen2"},
+        "vision_config": {**_TOWER, "image_size": [28, 28], "patch_size": [7, 7],
+                          "use_qk_norm": True, "layer_scale_init_value": 0.5},
+        "image_seq_length": 4})],
+    "Qwen2VLForConditionalGeneration": [("Qwen2VLConfig", {
+        "text_config": {**TINY_LLAMA, "vocab_size": 388,
+                        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                            "mrope_section": [2, 3, 3]}},
+        "vision_config": {"depth": 2, "embed_dim": 32, "hidden_size": TINY_LLAMA["hidden_size"],
+                          "num_heads": 4, "mlp_ratio": 2, "patch_size": 7,
+                          "spatial_merge_size": 2, "temporal_patch_size": 2},
+        "tie_word_embeddings": False})],
+    "CLIPModel": [("CLIPConfig", {"text_config": _DUAL_TEXT, "vision_config": _DUAL_VISION,
+                                  "projection_dim": 24})],
+    "SiglipModel": [("SiglipConfig", {"text_config": {**_DUAL_TEXT, "projection_size": 24},
+                                      "vision_config": _DUAL_VISION})],
+    "DbrxForCausalLM": [test_dbrx_glm4_moe.VARIANTS["dbrx"]],
+    "Glm4MoeForCausalLM": [test_dbrx_glm4_moe.VARIANTS["glm4_moe"]],
+    "BartForConditionalGeneration": [test_encoder_decoder.CONFIGS["bart"][::2]],
+    "T5ForConditionalGeneration": [test_encoder_decoder.CONFIGS[v][::2] for v in ("t5", "t5_v1_1")],
 }
+PLAIN_TORCH = {"CLIPModel", "SiglipModel"}
+"""Families built of plain torch modules only (both towers replicated; no LinearBase yet)."""
+MOE = ("Moe", "Mixtral", "Deepseek", "Jamba", "Dbrx")
+"""Names of the families with FusedMoE layers (GLM-4-MoE's is "Glm4Moe")."""
 CASES = [(arch, cls, overrides) for arch, configs in FAMILIES.items() for cls, overrides in configs]
 
 ROLES = {
@@ -117,6 +157,11 @@ ROLES = {
     "kv_a_proj_with_mqa": ReplicatedLinear, "kv_b_proj": ColumnParallelLinear,
     "shared_expert_gate": ReplicatedLinear, "project_in": ReplicatedLinear,
     "project_out": ReplicatedLinear, "classifier": ReplicatedLinear,
+    "k_proj": ColumnParallelLinear, "v_proj": ColumnParallelLinear,  # BART's (q/k/v apart)
+    # T5's attention and (gated) FFN
+    "q": ColumnParallelLinear, "k": ColumnParallelLinear, "v": ColumnParallelLinear,
+    "o": RowParallelLinear, "wi": ColumnParallelLinear, "wi_0": ColumnParallelLinear,
+    "wi_1": ColumnParallelLinear, "wo": RowParallelLinear,
     "dense": ReplicatedLinear,  # last: a classifier head's "pooler.dense" (no deeper name)
     # Mamba mixers (no tensor parallelism: replicated but for out_proj, vLLM's row role)
     "in_proj": ReplicatedLinear, "x_proj": ReplicatedLinear, "dt_proj": ReplicatedLinear,
@@ -125,14 +170,22 @@ ROLES = {
 """Module name suffix -> the role of a linear layer there (vLLM's choice for that place)."""
 
 
+@dataclass(frozen=True)
+class _ModelConfig:
+    """The ModelConfig fields the models read (a frozen dataclass, as ModelConfig: DBRX
+    `replace`s its hf_config)."""
+
+    hf_config: Any
+    max_model_len: int = 128
+    enforce_eager: bool = True
+    pooler: Any = field(default_factory=lambda: SimpleNamespace(pooling_type="MEAN"))
+    classifier: Any = field(default_factory=lambda: SimpleNamespace(num_labels=3))
+
+
 def _build(arch: str, config_cls: str, overrides: dict) -> torch.nn.Module:
     """The model skeleton on the meta device (no weights: only names and shapes matter)."""
     hf_config = getattr(transformers, config_cls)(**{**TINY_LLAMA, "vocab_size": 384, **overrides})
-    model_config = SimpleNamespace(
-        hf_config=hf_config, max_model_len=128, enforce_eager=True,
-        pooler=SimpleNamespace(pooling_type="MEAN"),
-        classifier=SimpleNamespace(num_labels=3),
-    )  # fmt: skip
+    model_config = _ModelConfig(hf_config)
     registry = next(r for r in (EMBEDDING_MODEL_REGISTRY, CLASSIFIER_MODEL_REGISTRY, MODEL_REGISTRY)
                     if arch in r)
     with torch.device("meta"):
@@ -150,14 +203,14 @@ def test_prefixes_are_module_names_and_roles_fit(arch, config_cls, overrides):
     modules = dict(model.named_modules())
     named = [m for m in modules.values()
              if isinstance(m, (LinearBase, VocabParallelEmbedding, FusedMoE))]  # fmt: skip
-    assert any(isinstance(m, LinearBase) for m in named)
+    assert any(isinstance(m, LinearBase) for m in named) != (arch in PLAIN_TORCH)
     for layer in named:
         assert layer.prefix and modules.get(layer.prefix) is layer, (arch, layer.prefix)
         if isinstance(layer, LinearBase):
             suffix = next(s for s in ROLES if f".{layer.prefix}".endswith(f".{s}"))
             assert type(layer) is ROLES[suffix], (layer.prefix, type(layer).__name__)
     moe = [m for m in named if isinstance(m, FusedMoE)]
-    assert bool(moe) == ("Moe" in arch or any(f in arch for f in ("Mixtral", "Deepseek", "Jamba")))
+    assert bool(moe) == any(f in arch for f in MOE)
     head = getattr(model, "lm_head", getattr(model, "embed_out", None))
     if head is not None:  # a tied head is the token embedding itself
         assert isinstance(head, ParallelLMHead) != model.tie_word_embeddings

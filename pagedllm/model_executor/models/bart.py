@@ -27,7 +27,7 @@ from pagedllm.model_executor.layers.cross_attention import (
 from pagedllm.model_executor.layers.embedding import VocabParallelEmbedding
 from pagedllm.model_executor.layers.encoder_attention import EncoderAttention
 from pagedllm.model_executor.layers.layernorm import LayerNorm
-from pagedllm.model_executor.layers.linear import ReplicatedLinear
+from pagedllm.model_executor.layers.linear import ColumnParallelLinear, RowParallelLinear
 from pagedllm.model_executor.layers.logits import LogitsProcessor
 from pagedllm.model_executor.layers.weight_utils import default_weight_loader, load_packed_weights
 
@@ -35,8 +35,12 @@ POSITION_OFFSET = 2
 """BART's position embedding row of position p is p + 2 (as OPT's)."""
 
 
-def _linear(n_in: int, n_out: int, prefix: str) -> ReplicatedLinear:
-    return ReplicatedLinear(n_in, n_out, bias=True, prefix=prefix)
+def _column(n_in: int, n_out: int, prefix: str) -> ColumnParallelLinear:
+    return ColumnParallelLinear(n_in, n_out, bias=True, prefix=prefix)
+
+
+def _row(n_in: int, n_out: int, prefix: str) -> RowParallelLinear:
+    return RowParallelLinear(n_in, n_out, bias=True, prefix=prefix)
 
 
 class BartAttention(nn.Module):
@@ -48,8 +52,11 @@ class BartAttention(nn.Module):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, hidden // num_heads
         self.scale = self.head_dim**-0.5
-        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            setattr(self, name, _linear(hidden, hidden, f"{prefix}.{name}"))
+        # vLLM's roles (the same matmul at tp_size 1): q/k/v column-parallel (kept apart: a
+        # cross-attention runs k/v once per request), out_proj row-parallel
+        for name in ("q_proj", "k_proj", "v_proj"):
+            setattr(self, name, _column(hidden, hidden, f"{prefix}.{name}"))
+        self.out_proj = _row(hidden, hidden, f"{prefix}.out_proj")
         self.attn: nn.Module | None = None
         if kind == "encoder":
             self.attn = EncoderAttention(num_heads, self.head_dim, self.scale)
@@ -73,9 +80,9 @@ class BartAttention(nn.Module):
 class BartFFN(nn.Module):
     def __init__(self, config: Any, hidden: int, ffn_dim: int, prefix: str) -> None:
         super().__init__()
-        self.fc1 = _linear(hidden, ffn_dim, f"{prefix}.fc1")
+        self.fc1 = _column(hidden, ffn_dim, f"{prefix}.fc1")
         self.activation_fn = get_act_fn(config.activation_function)
-        self.fc2 = _linear(ffn_dim, hidden, f"{prefix}.fc2")
+        self.fc2 = _row(ffn_dim, hidden, f"{prefix}.fc2")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.activation_fn(self.fc1(x)))
@@ -90,7 +97,7 @@ class BartEncoderLayer(nn.Module):
         self.self_attn = BartAttention(d, config.encoder_attention_heads,
                                        f"{prefix}.self_attn", "encoder")
         self.self_attn_layer_norm = LayerNorm(d)
-        self.ffn = BartFFN(config, d, config.encoder_ffn_dim, prefix)
+        self.ffn = BartFFN(config, d, config.encoder_ffn_dim, f"{prefix}.ffn")
         self.final_layer_norm = LayerNorm(d)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -109,7 +116,7 @@ class BartDecoderLayer(nn.Module):
         self.self_attn_layer_norm = LayerNorm(d)
         self.encoder_attn = BartAttention(d, heads, f"{prefix}.encoder_attn", "cross")
         self.encoder_attn_layer_norm = LayerNorm(d)
-        self.ffn = BartFFN(config, d, config.decoder_ffn_dim, prefix)
+        self.ffn = BartFFN(config, d, config.decoder_ffn_dim, f"{prefix}.ffn")
         self.final_layer_norm = LayerNorm(d)
 
     def forward(self, h: torch.Tensor, cross: CrossAttentionBatch) -> torch.Tensor:
@@ -151,10 +158,10 @@ class BartForConditionalGeneration(nn.Module):
         super().__init__()
         config = model_config.hf_config
         self.config = config
-        self.shared = VocabParallelEmbedding(config.vocab_size, config.d_model,
-                                             prefix="model.shared")
-        self.encoder = BartStack(config, self.shared, "model.encoder", decoder=False)
-        self.decoder = BartStack(config, self.shared, "model.decoder", decoder=True)
+        # prefixes are our module names (the checkpoint's model.* are mapped onto them at load)
+        self.shared = VocabParallelEmbedding(config.vocab_size, config.d_model, prefix="shared")
+        self.encoder = BartStack(config, self.shared, "encoder", decoder=False)
+        self.decoder = BartStack(config, self.shared, "decoder", decoder=True)
         self.final_logits = nn.Module()  # holds the checkpoint's top-level final_logits_bias
         self.final_logits.bias = nn.Parameter(torch.zeros(1, config.vocab_size),
                                               requires_grad=False)

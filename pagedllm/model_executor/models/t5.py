@@ -31,7 +31,7 @@ from pagedllm.model_executor.layers.cross_attention import (
 from pagedllm.model_executor.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.model_executor.layers.encoder_attention import EncoderAttentionMetadata
 from pagedllm.model_executor.layers.layernorm import RMSNorm
-from pagedllm.model_executor.layers.linear import ReplicatedLinear
+from pagedllm.model_executor.layers.linear import ColumnParallelLinear, RowParallelLinear
 from pagedllm.model_executor.layers.logits import LogitsProcessor
 from pagedllm.model_executor.layers.weight_utils import load_packed_weights
 
@@ -94,9 +94,11 @@ class T5Attention(nn.Module):
         super().__init__()
         self.num_heads, self.d_kv = config.num_heads, config.d_kv
         inner = self.num_heads * self.d_kv
+        # vLLM's roles (the same matmul at tp_size 1): q/k/v column-parallel, o row-parallel
         for name in ("q", "k", "v"):
-            setattr(self, name, ReplicatedLinear(config.d_model, inner, prefix=f"{prefix}.{name}"))
-        self.o = ReplicatedLinear(inner, config.d_model, prefix=f"{prefix}.o")
+            setattr(self, name, ColumnParallelLinear(config.d_model, inner,
+                                                     prefix=f"{prefix}.{name}"))
+        self.o = RowParallelLinear(inner, config.d_model, prefix=f"{prefix}.o")
         if has_bias:
             self.relative_attention_bias = T5RelativeBias(config, bidirectional)
 
@@ -136,8 +138,8 @@ class T5DenseReluDense(nn.Module):
         self.gated = config.is_gated_act
         names = ("wi_0", "wi_1") if self.gated else ("wi",)
         for name in names:
-            setattr(self, name, ReplicatedLinear(d, ff, prefix=f"{prefix}.{name}"))
-        self.wo = ReplicatedLinear(ff, d, prefix=f"{prefix}.wo")
+            setattr(self, name, ColumnParallelLinear(d, ff, prefix=f"{prefix}.{name}"))
+        self.wo = RowParallelLinear(ff, d, prefix=f"{prefix}.wo")
         self.act = get_act_fn(config.dense_act_fn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -219,10 +221,12 @@ class T5ForConditionalGeneration(nn.Module):
         self.shared = VocabParallelEmbedding(config.vocab_size, config.d_model, prefix="shared")
         self.encoder = T5Stack(config, "encoder", decoder=False)
         self.decoder = T5Stack(config, "decoder", decoder=True)
-        self.lm_head = ParallelLMHead(config.vocab_size, config.d_model, prefix="lm_head")
         # The original T5 ties the head and scales the decoder output by d_model^-0.5; v1.1
         # does neither (transformers keeps the choice in scale_decoder_outputs)
-        tied = getattr(config, "tie_word_embeddings", True)
+        tied = bool(getattr(config, "tie_word_embeddings", True))
+        self.tie_word_embeddings = tied
+        self.lm_head = (self.shared if tied else
+                        ParallelLMHead(config.vocab_size, config.d_model, prefix="lm_head"))
         self.output_scale = (config.d_model**-0.5
                              if getattr(config, "scale_decoder_outputs", tied) else 1.0)
         self.logits_processor = LogitsProcessor(config.vocab_size)
@@ -248,9 +252,7 @@ class T5ForConditionalGeneration(nn.Module):
         return self.logits_processor(self.lm_head, hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> set[str]:
-        loaded = load_packed_weights(self, weights, {},
-                                     lambda name: name.endswith("embed_tokens.weight"))
-        if "lm_head.weight" not in loaded:  # tied: the head is the token embedding
-            self.lm_head.weight.data.copy_(self.shared.weight.data)
-            loaded.add("lm_head.weight")
-        return loaded
+        # the stacks' embed_tokens are `shared`; so is a tied head (a checkpoint may repeat it)
+        return load_packed_weights(self, weights, {}, lambda name: (
+            name.endswith("embed_tokens.weight")
+            or (self.tie_word_embeddings and name.startswith("lm_head."))))
