@@ -43,6 +43,9 @@ class RayWorker:
 
         return ray.util.get_node_ip_address()
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def free_port(self) -> int:
         from pagedllm.executor.multiproc_executor import _free_port
 
@@ -85,8 +88,9 @@ class RayDistributedExecutor(RemoteExecutor):
         init_method = f"tcp://{master}:{port}"
         ray.get([actor.start.remote(self.config, rank, init_method)
                  for rank, actor in enumerate(self._actors)])  # fmt: skip
-        logger.info("started %d Ray actors (cluster %s), meeting at %s", world_size,
-                    address or "local", init_method)
+        pids = ray.get([actor.pid.remote() for actor in self._actors])
+        logger.info("started %d Ray actors (pids %s, cluster %s), meeting at %s", world_size,
+                    pids, address or "local", init_method)
 
     def _submit(self, method: str, data: bytes, reply_rank: int | None,
                 timeout: float | None) -> Callable[[], list[Any]]:
