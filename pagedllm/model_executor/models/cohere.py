@@ -78,7 +78,7 @@ class CohereModel(LlamaModel):
 
 
 class CohereForCausalLM(LlamaForCausalLM):
-    supports_tensor_parallel = False  # per-head q/k norm weights are not split
+    supports_tensor_parallel = True  # (each rank holds its heads' q/k norm rows)
     model_cls = CohereModel
 
     def __init__(self, model_config: ModelConfig) -> None:
@@ -91,7 +91,8 @@ class CohereForCausalLM(LlamaForCausalLM):
 
     def _to_rotate_half(self, weights: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
         head_dim = head_dim_of(self.config)
-        rotary_dim = self.model.layers[0].self_attn.rotary_emb.rotary_dim
+        # (the first layer of this pipeline stage: the others' slots hold no modules)
+        rotary_dim = self.model.layers[self.model.start_layer].self_attn.rotary_emb.rotary_dim
         for name, tensor in weights:
             if any(part in name for part in _ROTATED):
                 rows = tensor.reshape(-1, *tensor.shape[2:]) if "_norm." in name else tensor
