@@ -121,6 +121,10 @@ class AsyncLLM:
     @property
     def errored(self) -> bool:
         """The engine core is gone (seen by the output task, or its process has exited)."""
+        if isinstance(self._dead_error, EngineCoreDied):
+            # one data-parallel core died: the client says whether the engine still serves
+            # (every core alive again, or the others serving while it restarts)
+            return not self.engine_core.is_alive()
         return self._dead_error is not None or not self.engine_core.is_alive()
 
     def start(self) -> None:
