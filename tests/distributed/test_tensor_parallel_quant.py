@@ -20,3 +20,14 @@ def test_tp2_equals_tp1(tiny_llama_dir, tmp_path, method):
         qdir, _ = write_gptq_checkpoint(tiny_llama_dir, str(tmp_path), 32, act_order=True)
     prompts = random_prompts(LENGTHS, 384)
     assert run_engine(qdir, prompts, tp=2) == run_engine(qdir, prompts, tp=1)
+
+
+def test_int4_experts_tp2_equals_tp1(tiny_model_factory):
+    """--quantization int4 on Mixtral's experts: each rank cuts every expert's intermediate
+    slice from the float weights before quantizing it (groups of 32 along in_features fall
+    inside a rank's columns), so its codes are -tp 1's."""
+    model_dir = tiny_model_factory("MixtralConfig", num_local_experts=4, num_experts_per_tok=2,
+                                   hidden_size=128, intermediate_size=128)
+    prompts = random_prompts(LENGTHS, 384)
+    assert (run_engine(model_dir, prompts, tp=2, quantization="int4")
+            == run_engine(model_dir, prompts, tp=1, quantization="int4"))
