@@ -8,7 +8,14 @@ because the rounds repeat their prompts) under each way of spending two cores:
                                                                that of dropping a 2nd thread)
     dp2   LLM(model, data_parallel_size=2, num_threads=1)      two engine cores, a thread each
     tp2   LLM(model, tensor_parallel_size=2, num_threads=1)    two ranks of one engine
-    pp2   LLM(model, pipeline_parallel_size=2, num_threads=1)  two stages
+    pp2   LLM(model, pipeline_parallel_size=2, num_threads=1)  two stages, two micro-batches
+                                                               in flight (the default)
+    pp2sync  the same with one step in flight (the engine core's max_concurrent_batches set to
+             1 after it is built: what -pp did before micro-batches), for the bubble
+
+The pipeline bubble: for pp configurations each stage reports the seconds it spent in
+execute_model and, of those, waiting in the pipeline's send/receive (Worker.pipeline_stats);
+busy = execute - wait, and the stage's idle fraction is 1 - busy / the run's wall time.
 
 A configuration the engine does not accept (an unknown argument, or a ValueError such as "not
 implemented") is recorded as unavailable with the reason, so the script runs on every branch.
@@ -43,7 +50,9 @@ CONFIGS: dict[str, dict[str, int]] = {
     "dp2": {"data_parallel_size": 2, "num_threads": 1},
     "tp2": {"tensor_parallel_size": 2, "num_threads": 1},
     "pp2": {"pipeline_parallel_size": 2, "num_threads": 1},
+    "pp2sync": {"pipeline_parallel_size": 2, "num_threads": 1},
 }
+ONE_BATCH_IN_FLIGHT = {"pp2sync"}
 RANDOM_1B = os.path.join("~", ".cache", "pagedllm", "bench-models", "random-llama-1b-Q4_K_M.gguf")
 
 
@@ -54,8 +63,11 @@ def build(model: str, name: str, kv_bytes: int) -> Any:
     kwargs = dict(CONFIGS[name])
     cores = kwargs.get("data_parallel_size", 1)
     try:
-        return LLM(model, kv_cache_memory=kv_bytes // cores, enable_prefix_caching=False,
-                   **kwargs)
+        llm = LLM(model, kv_cache_memory=kv_bytes // cores, enable_prefix_caching=False,
+                  **kwargs)
+        if name in ONE_BATCH_IN_FLIGHT:
+            llm.llm_engine.engine_core.engine_core.max_concurrent_batches = 1
+        return llm
     except (TypeError, ValueError, NotImplementedError) as e:
         return f"{type(e).__name__}: {e}"
 
@@ -65,13 +77,27 @@ def close(llm: Any) -> None:
     gc.collect()
 
 
-def timed_run(llm: Any, prompts: list[dict], params: list[Any]) -> dict:
+def timed_run(llm: Any, prompts: list[dict], params: list[Any], pipeline: bool) -> dict:
+    if pipeline:
+        llm.collective_rpc("pipeline_stats")  # (reset: the warm-up is not counted)
     start = time.perf_counter()
     outputs = llm.generate(prompts, params, use_tqdm=False)
     seconds = time.perf_counter() - start
     generated = sum(len(o.outputs[0].token_ids) for o in outputs)
-    return {"seconds": round(seconds, 3), "output_tokens": generated,
-            "output_tok_s": round(generated / seconds, 2)}
+    result = {"seconds": round(seconds, 3), "output_tokens": generated,
+              "output_tok_s": round(generated / seconds, 2)}
+    if pipeline:
+        result["stages"] = [_stage_report(stats, seconds)
+                            for stats in llm.collective_rpc("pipeline_stats")]
+    return result
+
+
+def _stage_report(stats: dict, wall: float) -> dict:
+    """One stage's busy and idle time over a run of `wall` seconds."""
+    busy = stats["execute_seconds"] - stats["pp_wait_seconds"]
+    return {"steps": stats["steps"], "execute_s": round(stats["execute_seconds"], 3),
+            "pp_wait_s": round(stats["pp_wait_seconds"], 3), "busy_s": round(busy, 3),
+            "idle_fraction": round(1 - busy / wall, 3)}
 
 
 def _allreduce_worker(rank: int, port: int, shapes: list[tuple[int, int]], iters: int,
@@ -156,7 +182,8 @@ def main() -> None:
                 print(f"{name}: unavailable ({llm})", flush=True)
                 continue
             llm.generate(prompts[:4], params[:4], use_tqdm=False)  # warm-up
-            rounds[name].append(timed_run(llm, prompts, params))
+            pipeline = CONFIGS[name].get("pipeline_parallel_size", 1) > 1
+            rounds[name].append(timed_run(llm, prompts, params, pipeline))
             close(llm)
             print(f"round {round_index} {name} {rounds[name][-1]}", flush=True)
         record = _record(args, model, model_config, rounds, unavailable)

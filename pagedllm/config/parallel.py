@@ -14,8 +14,8 @@ class ParallelConfig:
     tensor_parallel_size: int = 1
     """Ranks each layer's weights are split over (heads, MLP columns, vocabulary)."""
     pipeline_parallel_size: int = 1
-    """Stages the decoder layers are split into; hidden states pass from stage to stage (one
-    batch in flight: no micro-batches yet)."""
+    """Stages the decoder layers are split into; hidden states pass from stage to stage, with
+    as many steps (micro-batches) in flight as stages."""
     data_parallel_size: int = 1
     """Engine cores behind one front end, each its own process with its own executor and KV
     cache; each new request goes to one of them (engine/dp_router.py)."""

@@ -87,16 +87,6 @@ class GroupCoordinator:
         self._count(start)
         return x
 
-    def broadcast_from_last(self, x: torch.Tensor) -> torch.Tensor:
-        """The last rank's x on every rank of the group (x gives the shape elsewhere)."""
-        if self.group is None:
-            return x
-        x = x.contiguous()
-        start = time.perf_counter()
-        dist.broadcast(x, src=self.ranks[-1], group=self.group)
-        self._count(start)
-        return x
-
     def _count(self, start: float) -> None:
         self.stats.calls += 1
         self.stats.seconds += time.perf_counter() - start

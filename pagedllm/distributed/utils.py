@@ -17,3 +17,13 @@ def kv_heads_per_rank(num_kv_heads: int, tp_size: int) -> int:
     if tp_size % num_kv_heads:
         raise ValueError(f"{num_kv_heads} KV heads cannot be shared by tp_size={tp_size}")
     return 1
+
+
+def head_range(num_heads: int, tp_size: int, tp_rank: int) -> tuple[int, int]:
+    """[start, end) of the heads rank `tp_rank` holds: its equal share, or its group's one head
+    when there are fewer heads than ranks (QKVParallelLinear's split of q and of k/v)."""
+    per_rank = kv_heads_per_rank(num_heads, tp_size)
+    if num_heads >= tp_size:
+        return tp_rank * per_rank, (tp_rank + 1) * per_rank
+    head = tp_rank // (tp_size // num_heads)
+    return head, head + 1

@@ -387,9 +387,12 @@ class AsyncLLM:
 
     def _fail_core(self, error: EngineCoreDied) -> None:
         """One data-parallel core died: its requests end with the error (their samples on other
-        cores are aborted); the engine is unhealthy from now on (new requests are refused), while
-        the other cores finish what they hold."""
-        self._dead_error = error
+        cores are aborted); the other cores finish what they hold. The engine is unhealthy from
+        now on (new requests are refused) unless the client restarts its cores (restart_cores:
+        then the live cores take new requests meanwhile)."""
+        if not getattr(self.engine_core, "restart_cores", False):
+            self._dead_error = error
+        # (else the client restarts the core; is_alive() says whether the others serve)
         lost = IterationStats()  # counted under the dead core (its requests have no owner now)
         for child_id in error.request_ids:
             self.request_stats.finish(child_id, "abort", time.monotonic(), lost)

@@ -6,14 +6,20 @@ It runs in the caller's process for offline use and in its own process behind th
 from __future__ import annotations
 
 import time
+from collections import deque
+from typing import TYPE_CHECKING
 
 from pagedllm.config import EngineConfig
+from pagedllm.core.sched.output import SchedulerOutput
 from pagedllm.core.sched.scheduler import Scheduler
 from pagedllm.engine.core_base import EngineCoreBase
 from pagedllm.engine.messages import EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest
 from pagedllm.metrics.stats import SchedulerStats
 from pagedllm.request import FinishReason, Request, RequestStatus
 from pagedllm.structured_output.manager import StructuredOutputManager
+
+if TYPE_CHECKING:
+    from pagedllm.executor.abstract import StepFuture
 
 _GRAMMAR_WAIT_SECONDS = 0.05
 """With nothing schedulable but requests whose grammar compiles, a step waits this long for
@@ -34,6 +40,11 @@ class EngineCore(EngineCoreBase):
             max_cpu_loras=None if config.lora is None else config.lora.cpu_capacity,
             num_state_slots=info.num_state_slots,
         )  # fmt: skip
+        self.max_concurrent_batches = self.executor.max_concurrent_batches
+        self.batch_queue: deque[tuple[SchedulerOutput, StepFuture]] = deque()
+        """Pipeline parallelism: steps sent to the workers whose outputs are not read yet,
+        oldest first (at most max_concurrent_batches)."""
+        self.scheduler.pipeline_parallel = self.max_concurrent_batches > 1
 
     def add_request(self, request: EngineCoreRequest) -> None:
         params = request.sampling_params
@@ -65,7 +76,7 @@ class EngineCore(EngineCoreBase):
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_STOPPED)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        return self.scheduler.has_unfinished_requests() or bool(self.batch_queue)
 
     def make_stats(self) -> SchedulerStats:
         return self.scheduler.make_stats()
@@ -83,6 +94,8 @@ class EngineCore(EngineCoreBase):
         return removed
 
     def step(self) -> EngineCoreOutputs:
+        if self.max_concurrent_batches > 1:
+            return self.step_with_batch_queue()
         profiler = self.step_profiler
         with profiler.step():
             with profiler.phase("schedule"):
@@ -98,6 +111,32 @@ class EngineCore(EngineCoreBase):
             if runner_output.pooler_output:
                 self._finish_pooled(runner_output.pooler_output, outputs)
         return outputs
+
+    def step_with_batch_queue(self) -> EngineCoreOutputs:
+        """Pipeline parallelism (vLLM's step_with_batch_queue): while fewer than
+        max_concurrent_batches steps are in flight and the scheduler finds work (requests not
+        in flight), send a new step and return at once (empty outputs); otherwise wait for the
+        oldest step and update the requests from it. Stage 0 thus starts step i + 1 while
+        stage 1 runs step i."""
+        queue = self.batch_queue
+        if len(queue) < self.max_concurrent_batches:
+            scheduler_output = self.scheduler.schedule()
+            if not scheduler_output.is_empty or not queue:
+                if scheduler_output.is_empty:
+                    self.structured_output_manager.wait_for_grammars(
+                        self.scheduler.waiting_for_grammar(), _GRAMMAR_WAIT_SECONDS)
+                queue.append((scheduler_output,
+                              self.executor.execute_model_async(scheduler_output)))
+                if not scheduler_output.is_empty and len(queue) < self.max_concurrent_batches:
+                    return EngineCoreOutputs()
+            else:
+                # nothing new while steps run: the finished ids go with the next step sent
+                self.scheduler.finished_req_ids |= scheduler_output.finished_req_ids
+        scheduler_output, future = queue.popleft()
+        start = time.perf_counter()
+        runner_output = future.result()
+        self.last_execute_seconds = time.perf_counter() - start
+        return self.scheduler.update_from_output(scheduler_output, runner_output)
 
     def shutdown(self) -> None:
         self.structured_output_manager.shutdown()

@@ -12,7 +12,10 @@ request, and merges the cores' output streams in arrival order, each batch tagge
 
 A core that dies (its pipe closes) is detected by its own reader thread at once: get_output()
 raises EngineCoreDied naming that core's requests, the other cores go on, nothing is routed to the
-dead one again; once every core is dead it raises EngineDeadError.
+dead one again; once every core is dead it raises EngineDeadError. With restart_cores (the
+server's --restart-engine-on-failure) a dead core is restarted in the background, as the server's
+supervisor restarts a single core (deaths in quick succession back off), and joins the routing
+again once ready; the engine counts as alive meanwhile, since the other cores serve.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import contextlib
 import dataclasses
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +41,11 @@ if TYPE_CHECKING:
 logger = init_logger(__name__)
 
 
+_QUICK_DEATH_SECONDS = 60.0
+"""A core that dies within this long after its (re)start counts as a quick death: back off."""
+_MAX_BACKOFF_SECONDS = 30.0
+
+
 class EngineCoreDied(EngineDeadError):
     """One data-parallel engine core died; the others go on. Its requests cannot finish."""
 
@@ -51,11 +60,12 @@ def parallel_config(engine_args: EngineArgs) -> ParallelConfig:
                           data_parallel_routing=engine_args.data_parallel_routing)
 
 
-def make_core_client(engine_args: EngineArgs, wait_ready: bool = True
-                     ) -> MPClient | DPLBClient:
-    """The engine core(s) in their own process(es): one MPClient, or a DPLBClient over N."""
+def make_core_client(engine_args: EngineArgs, wait_ready: bool = True,
+                     restart_cores: bool = False) -> MPClient | DPLBClient:
+    """The engine core(s) in their own process(es): one MPClient, or a DPLBClient over N
+    (restart_cores: a dead one of the N is restarted)."""
     if parallel_config(engine_args).data_parallel_size > 1:
-        return DPLBClient(engine_args, wait_ready=wait_ready)
+        return DPLBClient(engine_args, wait_ready=wait_ready, restart_cores=restart_cores)
     return MPClient(engine_args, wait_ready=wait_ready)
 
 
@@ -81,9 +91,18 @@ class DPLBClient(EngineCoreClient):
     """
 
     def __init__(self, engine_args: EngineArgs, startup_timeout: float | None = None,
-                 wait_ready: bool = True) -> None:
+                 wait_ready: bool = True, restart_cores: bool = False) -> None:
         self.parallel = parallel_config(engine_args)
         size = self.parallel.data_parallel_size
+        self.engine_args = engine_args
+        self.startup_timeout = startup_timeout
+        self.restart_cores = restart_cores
+        """Restart a core that died (the others serve meanwhile)."""
+        self.num_restarts = [0] * size
+        """Restarts per core so far."""
+        self._restarting: set[int] = set()
+        self._last_start = [time.monotonic()] * size
+        self._quick_deaths = [0] * size
         self.cores: list[MPClient] = []
         try:
             for rank in range(size):  # they load their models concurrently
@@ -153,8 +172,13 @@ class DPLBClient(EngineCoreClient):
         return min(core.last_heard for core in self.cores)
 
     def is_alive(self) -> bool:
-        """Every core is running (one dead core makes the engine unhealthy)."""
-        return all(core.is_alive() for core in self.cores)
+        """Every core is running (one dead core makes the engine unhealthy), or, with
+        restart_cores, some core serves and every dead one is restarting."""
+        if not self.restart_cores:
+            return all(core.is_alive() for core in self.cores)
+        alive = [core.is_alive() for core in self.cores]
+        return any(alive) and all(ok or rank in self._restarting
+                                  for rank, ok in enumerate(alive))
 
     def engine_index_of(self, request_id: str) -> int:
         with self._lock:
@@ -258,7 +282,44 @@ class DPLBClient(EngineCoreClient):
         message = (f"data-parallel engine core {rank} (pid {self.cores[rank].pid}) died: {error}; "
                    f"{len(lost)} request(s) on it failed")
         logger.error("%s", message)
+        if self.restart_cores:
+            self._restarting.add(rank)
+            threading.Thread(target=self._restart, args=(rank,), name=f"DPEngineRestart-{rank}",
+                             daemon=True).start()
         return EngineCoreDied(message, rank, lost)
+
+    def _restart(self, rank: int) -> None:
+        """Start core `rank` again (its own arguments, as at start-up) and route to it once it
+        is ready; a core that dies again within a minute of its start waits 1, 2, 4 ... 30 s
+        first (as the server's supervisor does for a single core)."""
+        quick = time.monotonic() - self._last_start[rank] < _QUICK_DEATH_SECONDS
+        self._quick_deaths[rank] = self._quick_deaths[rank] + 1 if quick else 0
+        if self._quick_deaths[rank] > 1:
+            time.sleep(min(2.0 ** (self._quick_deaths[rank] - 2), _MAX_BACKOFF_SECONDS))
+        size = len(self.cores)
+        logger.warning("restarting data-parallel engine core %d (restart %d)", rank,
+                       self.num_restarts[rank] + 1)
+        try:
+            core = MPClient(core_engine_args(self.engine_args, rank, size), wait_ready=False)
+            core.wait_ready(self.startup_timeout)
+        except Exception as e:
+            logger.error("data-parallel engine core %d could not restart: %s", rank, e)
+            self._restarting.discard(rank)  # (the engine is unhealthy from now on)
+            return
+        with self._lock:
+            if self._closing:
+                core.shutdown(timeout=0.0)
+                return
+            old, self.cores[rank] = self.cores[rank], core
+            assert self.router is not None
+            self.router.core_revived(rank)
+            self.num_restarts[rank] += 1
+            self._last_start[rank] = time.monotonic()
+            self._restarting.discard(rank)
+        old.shutdown(timeout=0.0)  # the process is gone: this only releases its pipes
+        logger.info("data-parallel engine core %d restarted (pid %s)", rank, core.pid)
+        threading.Thread(target=self._read, args=(rank,), name=f"DPEngineReader-{rank}",
+                         daemon=True).start()
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop every core, concurrently (each MPClient.shutdown waits for its process)."""

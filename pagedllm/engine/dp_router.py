@@ -169,6 +169,10 @@ class DPRouter:
         self.release(lost)
         return lost
 
+    def core_revived(self, core: int) -> None:
+        """A restarted core: routed to again, from an empty load (its cache is empty too)."""
+        self.loads[core] = CoreLoad()
+
     @property
     def num_alive(self) -> int:
         return sum(load.alive for load in self.loads)

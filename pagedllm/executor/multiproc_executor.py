@@ -20,7 +20,9 @@ import multiprocessing
 import os
 import signal
 import socket
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -40,6 +42,8 @@ class MultiprocExecutor(RemoteExecutor):
         world_size = self.config.parallel.world_size
         init_method = f"tcp://127.0.0.1:{_free_port()}"
         ctx = multiprocessing.get_context("spawn")
+        self._send_pool: ThreadPoolExecutor | None = None
+        self._sender_lock = threading.Lock()
         self._procs: list[multiprocessing.process.BaseProcess] = []
         self._conns: list[Connection] = []
         with _may_have_children():
@@ -56,20 +60,37 @@ class MultiprocExecutor(RemoteExecutor):
         logger.info("started %d worker processes (pids %s), meeting at %s", world_size,
                     [p.pid for p in self._procs], init_method)
 
-    def _send(self, method: str, data: bytes, reply_rank: int | None,
-              timeout: float | None) -> list[Any]:
+    def _submit(self, method: str, data: bytes, reply_rank: int | None,
+                timeout: float | None) -> Callable[[], list[Any]]:
+        # NOTE: the bytes go out on one sender thread, in call order: with several steps in
+        # flight, a large step written to a rank that is itself blocked writing a large reply
+        # would otherwise deadlock with this thread, which reads the replies
+        sent = self._sender().submit(self._broadcast, data)
+
+        def collect() -> list[Any]:
+            sent.result()  # (a dead rank's BrokenPipe becomes WorkerDied here)
+            ranks = range(len(self._conns)) if reply_rank is None else [reply_rank]
+            # every answer is read before an error is raised: none may be left in a pipe
+            replies = [decode_reply(method, self._recv(rank, timeout)) for rank in ranks]
+            errors = [error for error, _ in replies if error is not None]
+            if errors:
+                raise RuntimeError(f"{method} failed on a worker: {errors[0]}")
+            return [result for _, result in replies]
+
+        return collect
+
+    def _sender(self) -> ThreadPoolExecutor:
+        with self._sender_lock:
+            if self._send_pool is None:
+                self._send_pool = ThreadPoolExecutor(1, thread_name_prefix="executor-send")
+            return self._send_pool
+
+    def _broadcast(self, data: bytes) -> None:
         for rank, conn in enumerate(self._conns):
             try:
                 conn.send_bytes(data)
             except (BrokenPipeError, OSError) as e:
                 raise self._died(rank) from e
-        ranks = range(len(self._conns)) if reply_rank is None else [reply_rank]
-        # every answer is read before an error is raised: none may be left in a pipe
-        replies = [decode_reply(method, self._recv(rank, timeout)) for rank in ranks]
-        errors = [error for error, _ in replies if error is not None]
-        if errors:
-            raise RuntimeError(f"{method} failed on a worker: {errors[0]}")
-        return [result for _, result in replies]
 
     def _recv(self, rank: int, timeout: float | None) -> bytes:
         """Rank `rank`'s reply; WorkerDied as soon as any rank's process is gone, or when no
@@ -102,6 +123,9 @@ class MultiprocExecutor(RemoteExecutor):
 
     def shutdown(self) -> None:
         """Close the pipes (the workers exit on EOF), then terminate any that linger."""
+        pool = getattr(self, "_send_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         for conn in getattr(self, "_conns", []):
             conn.close()
         for proc in getattr(self, "_procs", []):

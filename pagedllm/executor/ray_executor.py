@@ -6,7 +6,7 @@
     ray.init(address)                          RayWorker ─▶ WorkerWrapper(Worker(config, r))
     placement group: world_size bundles
     collective_rpc: the same msgpack bytes ──▶ handle(bytes) ─▶ Worker.<method> ─▶ bytes
-    ray.wait on every rank's reply       ◀──   (execute_model: rank 0 answers, others None)
+    ray.wait on every rank's reply       ◀──   (execute_model: one rank answers, others None)
 
 The cluster is the user's (`ray start --head` on one machine, `ray start --address=head:6379`
 on the others; --ray-address or RAY_ADDRESS names it) or, with neither, a local one Ray starts
@@ -17,6 +17,7 @@ A rank whose actor dies (node lost, process killed) fails the call that waits on
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from pagedllm.executor.messages import decode_reply
@@ -41,6 +42,9 @@ class RayWorker:
         import ray
 
         return ray.util.get_node_ip_address()
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def free_port(self) -> int:
         from pagedllm.executor.multiproc_executor import _free_port
@@ -84,21 +88,28 @@ class RayDistributedExecutor(RemoteExecutor):
         init_method = f"tcp://{master}:{port}"
         ray.get([actor.start.remote(self.config, rank, init_method)
                  for rank, actor in enumerate(self._actors)])  # fmt: skip
-        logger.info("started %d Ray actors (cluster %s), meeting at %s", world_size,
-                    address or "local", init_method)
+        pids = ray.get([actor.pid.remote() for actor in self._actors])
+        logger.info("started %d Ray actors (pids %s, cluster %s), meeting at %s", world_size,
+                    pids, address or "local", init_method)
 
-    def _send(self, method: str, data: bytes, reply_rank: int | None,
-              timeout: float | None) -> list[Any]:
-        replies = self._wait_all([actor.handle.remote(data) for actor in self._actors], timeout)
-        results = []
-        for rank, reply in enumerate(replies):
-            if reply_rank is not None and rank != reply_rank:
-                continue
-            error, result = decode_reply(method, reply)
-            if error is not None:
-                raise RuntimeError(f"{method} failed on a worker: {error}")
-            results.append(result)
-        return results
+    def _submit(self, method: str, data: bytes, reply_rank: int | None,
+                timeout: float | None) -> Callable[[], list[Any]]:
+        # (each actor runs its calls in order, so steps sent ahead queue up there)
+        refs = [actor.handle.remote(data) for actor in self._actors]
+
+        def collect() -> list[Any]:
+            replies = self._wait_all(refs, timeout)
+            results = []
+            for rank, reply in enumerate(replies):
+                if reply_rank is not None and rank != reply_rank:
+                    continue
+                error, result = decode_reply(method, reply)
+                if error is not None:
+                    raise RuntimeError(f"{method} failed on a worker: {error}")
+                results.append(result)
+            return results
+
+        return collect
 
     def _wait_all(self, refs: list[Any], timeout: float | None) -> list[Any]:
         """Every rank's reply, in rank order; WorkerDied as soon as one rank fails (its peers

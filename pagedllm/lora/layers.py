@@ -55,14 +55,21 @@ class LoRAMapping:
 
 
 class LoRALinear(nn.Module):
-    """Wraps a LinearBase (tp_size 1); call as the layer it replaces."""
+    """Wraps a LinearBase; call as the layer it replaces.
+
+    Under tensor parallelism a slot holds the rank's slice of the adapter, as the base layer
+    holds its slice of the weight: a column-parallel layer keeps A whole and B's rows of its
+    outputs (each packed shard's, QKV heads included); a row-parallel layer keeps A's columns of
+    its inputs and B whole, and its partial x A^T is all-reduced before B (the base layer's own
+    output is already summed)."""
 
     def __init__(self, base_layer: nn.Module, max_loras: int, max_rank: int,
                  dtype: torch.dtype, device: torch.device) -> None:
         super().__init__()
-        if getattr(base_layer, "tp_size", 1) != 1:
-            raise NotImplementedError("LoRA runs at tensor-parallel size 1 only")
         self.base_layer = base_layer
+        self.row_parallel = (getattr(base_layer, "tp_size", 1) > 1
+                             and base_layer.parallel_role == "row")
+        """The shrunk x A^T is a partial sum over the ranks (all-reduced before B)."""
         self.max_loras = max_loras
         self.max_rank = max_rank
         self.output_sizes: list[int] = list(base_layer.output_sizes_per_partition)
@@ -81,6 +88,8 @@ class LoRALinear(nn.Module):
         mapping: LoRAMapping | None = current_lora_mapping()
         if mapping is None:
             return y
+        if self.row_parallel:
+            return self._forward_row_parallel(x, y, mapping)
         if self.compiled and x.dim() == 2:
             return torch.ops.pagedllm.lora_add_rows(y, x, self.lora_a, self.lora_b,
                                                     mapping.token_slots)
@@ -93,6 +102,21 @@ class LoRALinear(nn.Module):
         # CPU, and slower than the layer itself at a few hundred tokens)
         return y.index_copy_(0, mapping.perm, ys)
 
+    def _forward_row_parallel(self, x: torch.Tensor, y: torch.Tensor,
+                              mapping: LoRAMapping) -> torch.Tensor:
+        from pagedllm.distributed import tensor_model_parallel_all_reduce
+
+        xs = x.index_select(0, mapping.perm)  # [N, in / tp]
+        shrunk = xs.new_zeros(xs.shape[0], self.lora_a.shape[1])  # [N, S*R]
+        for slot, start, end in mapping.segments:
+            shrunk[start:end] = F.linear(xs[start:end], self.lora_a[slot])
+        # NOTE: one all-reduce per layer call on every rank (the ranks share the mapping)
+        shrunk = tensor_model_parallel_all_reduce(shrunk)
+        ys = y.index_select(0, mapping.perm)
+        for slot, start, end in mapping.segments:
+            ys[start:end].addmm_(shrunk[start:end], self.lora_b[slot])
+        return y.index_copy_(0, mapping.perm, ys)
+
     def clear_slot(self, slot: int) -> None:
         self.lora_a[slot].zero_()
         self.lora_b[slot].zero_()
@@ -100,6 +124,12 @@ class LoRALinear(nn.Module):
     def set_slot(self, slot: int, index: int, a: torch.Tensor, b: torch.Tensor) -> None:
         """Output slice `index` of slot `slot` gets a [r, in] and b [out_i, r] (b already
         scaled); call clear_slot first."""
+        base = self.base_layer
+        if getattr(base, "tp_size", 1) > 1:  # this rank's slice (the base layer's own rule)
+            if base.parallel_role == "column":
+                b = base._rank_slice(b, index)
+            elif base.parallel_role == "row":
+                a = base._rank_slice(a, index)
         rank = a.shape[0]
         assert rank <= self.max_rank and b.shape[1] == rank
         start = index * self.max_rank

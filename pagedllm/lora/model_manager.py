@@ -72,7 +72,10 @@ class LoRAModelManager:
         if not self.layers:
             raise ValueError(f"{type(model).__name__} has no projection that can take a LoRA "
                              f"adapter ({', '.join(SUPPORTED_TARGETS)})")
-        self._shapes = {n: (m.input_size, m.output_sizes) for n, m in self.layers.items()}
+        # (the whole layer's sizes: an adapter holds whole matrices; under tensor parallelism
+        # each slot takes the rank's slice, LoRALinear.set_slot)
+        self._shapes = {n: (m.base_layer.input_size, list(m.base_layer.output_sizes))
+                        for n, m in self.layers.items()}
         self.request_loras: dict[str, LoRARequest] = {}
         """Requests the runner holds that run under an adapter."""
         self._cpu: dict[int, LoRAWeights] = {}

@@ -35,27 +35,33 @@ class ExecutionStrategy:
 
 
 def select_execution_strategy(
-    model: nn.Module, enforce_eager: bool, world_size: int = 1
+    model: nn.Module, enforce_eager: bool, tensor_parallel_size: int = 1
 ) -> ExecutionStrategy:
     """Install the fastest strategy `model` qualifies for (its KV caches bound) and log it,
-    with the reason where it stays eager."""
-    strategy = _install(model, enforce_eager, world_size)
+    with the reason where it stays eager. A pipeline stage fuses its own layers."""
+    strategy = _install(model, enforce_eager, tensor_parallel_size)
     logger.info("execution: %s", strategy.describe())
     return strategy
 
 
-def _install(model: nn.Module, enforce_eager: bool, world_size: int) -> ExecutionStrategy:
+def _install(model: nn.Module, enforce_eager: bool, tp: int) -> ExecutionStrategy:
     stack = getattr(model, "model", None)
     if stack is None or not hasattr(stack, "layer_runner"):
         return ExecutionStrategy(EAGER, f"{type(model).__name__} exposes no decoder layer stack")
     stack.layer_runner = None
     if enforce_eager:
         return ExecutionStrategy(EAGER, "enforce_eager")
-    if world_size > 1:
-        return ExecutionStrategy(EAGER, f"{world_size} ranks: the fused stack has no "
-                                 "collectives between its layers' parts")
+    if tp > 1:
+        # NOTE: a row-parallel o_proj / down_proj leaves partial sums that must be all-reduced
+        # before the residual add, which the kernel fuses into the next norm in C++ (see
+        # docs/distributed.md, "TP and the fused stack")
+        return ExecutionStrategy(EAGER, f"tensor_parallel_size={tp}: the fused stack has no "
+                                 "all-reduce between a layer's o_proj/down_proj and its "
+                                 "residual add")
+    # a pipeline stage holds only layers [start_layer, end_layer) (PPMissingLayer elsewhere)
+    start, end = getattr(stack, "start_layer", 0), getattr(stack, "end_layer", len(stack.layers))
     try:
-        stack.layer_runner = build_fused_cpu_stack(stack.layers)
+        stack.layer_runner = build_fused_cpu_stack(stack.layers[start:end])
     except UnsupportedLayer as e:
         return ExecutionStrategy(EAGER, f"{e}; the fused stack does not run it")
     return ExecutionStrategy(FUSED_CPU_STACK)

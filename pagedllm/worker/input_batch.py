@@ -97,6 +97,15 @@ class InputBatch:
         self.block_table.append(row, new_block_ids)
         self.num_computed_tokens[row] = num_computed
 
+    def set_tokens(self, req_id: str, start: int, token_ids: list[int]) -> None:
+        """The request's tokens from `start` (pipeline stages that do not sample learn the
+        sampled tokens this way)."""
+        row = self.row_of[req_id]
+        end = start + len(token_ids)
+        self._reserve_tokens(end)
+        self.token_ids[row, start:end] = token_ids
+        self.num_tokens[row] = max(int(self.num_tokens[row]), end)
+
     def append_sampled(self, rows: np.ndarray, token_ids: torch.Tensor) -> None:
         """rows [S] each gain one token, token_ids [S] long."""
         if len(rows) == 0:

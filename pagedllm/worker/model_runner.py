@@ -87,6 +87,11 @@ class ModelRunner:
         self.state_cache = state_cache
         """Models with Mamba layers: each running request's state slot (None: no states)."""
         self.metadata_builder = backend.get_builder_cls()()
+        from pagedllm.distributed import get_pp_group
+
+        self.is_last_stage = get_pp_group().is_last_rank
+        """Pipeline parallelism: only the last stage samples; an earlier stage runs its layers
+        (sending the hidden states on) and answers nothing (always True without PP)."""
         layers = attention_layers(model)
         assert len(layers) == len(kv_caches), (len(layers), len(kv_caches))
         for layer, cache in zip(layers, kv_caches):
@@ -135,6 +140,9 @@ class ModelRunner:
                 hidden = self.model(inputs.input_ids, positions, inputs_embeds=embeds)
             else:
                 hidden = self.model(inputs.input_ids, inputs.positions)
+            if not self.is_last_stage:
+                self.input_batch.num_computed_tokens[inputs.rows] += inputs.num_scheduled
+                return ModelRunnerOutput(req_ids=inputs.req_ids, sampled_token_ids={})
             # the LM head is part of the model's work, not the sampler's
             logits = None
             if not self.pool_last_token and inputs.sampling_req_ids:
@@ -194,6 +202,9 @@ class ModelRunner:
             cached.req_ids, cached.new_block_ids, cached.num_computed_tokens
         ):
             batch.update_request(req_id, new_blocks, num_computed)
+        for req_id, start, tokens in zip(cached.req_ids, cached.num_computed_tokens,
+                                         cached.new_token_ids):
+            batch.set_tokens(req_id, start, tokens)  # (a stage that does not sample)
         for req_id, drafts in so.scheduled_spec_decode_tokens.items():
             batch.set_drafts(req_id, drafts)
         return [r.req_id for r in so.scheduled_new_reqs] + list(cached.req_ids)

@@ -10,6 +10,7 @@ model gets no cache and a PoolingRunner. Either way a step is `execute_model(sch
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +72,8 @@ class Worker:
         self.device: torch.device | None = None
         self.model: nn.Module | None = None
         self.model_runner: ModelRunner | PoolingRunner | None = None
+        self._execute_seconds = 0.0
+        self._num_steps = 0
         self.execution: ExecutionStrategy | None = None
         """How the decoder layers run (chosen once the KV cache is bound): the fused CPU stack, or
         eager with the reason; None for encoder-only models."""
@@ -185,7 +188,7 @@ class Worker:
             state_cache=state_cache,
         )  # fmt: skip
         self.execution = select_execution_strategy(self.model, config.model.enforce_eager,
-                                                   config.parallel.world_size)
+                                                   config.parallel.tensor_parallel_size)
         self._calibrate_drafts()
         window = common_sliding_window(layer.sliding_window for layer in layers)
         return KVCacheInfo(layout.num_blocks, layout.block_size, layout.total_bytes, window,
@@ -231,4 +234,22 @@ class Worker:
         self, scheduler_output: SchedulerOutput | PoolingSchedulerOutput
     ) -> ModelRunnerOutput:
         assert self.model_runner is not None, "initialize_cache() first"
-        return self.model_runner.execute_model(scheduler_output)  # type: ignore[arg-type]
+        start = time.perf_counter()
+        try:
+            return self.model_runner.execute_model(scheduler_output)  # type: ignore[arg-type]
+        finally:
+            self._execute_seconds += time.perf_counter() - start
+            self._num_steps += 1
+
+    def pipeline_stats(self) -> dict[str, float]:
+        """Since the last call: seconds in execute_model, seconds of it spent waiting in the
+        pipeline's send/receive (the stage idles there), and steps; benchmarks read a stage's
+        busy time as their difference (`LLM.collective_rpc("pipeline_stats")`)."""
+        from pagedllm.distributed import get_pp_group
+
+        pp = get_pp_group().stats
+        result = {"execute_seconds": self._execute_seconds, "pp_wait_seconds": pp.seconds,
+                  "steps": self._num_steps}  # fmt: skip
+        self._execute_seconds, self._num_steps = 0.0, 0
+        pp.calls, pp.seconds = 0, 0.0
+        return result

@@ -47,6 +47,9 @@ class CachedRequestData:
     """Blocks appended to each request's block table this step."""
     num_computed_tokens: list[int] = field(default_factory=list)
     """Where each request's chunk starts this step."""
+    new_token_ids: list[list[int]] = field(default_factory=list)
+    """Pipeline parallelism only (else empty): each request's tokens of this step's chunk.
+    Only the last stage samples, so the earlier stages learn the sampled tokens here."""
 
 
 @dataclass

@@ -110,6 +110,13 @@ class Scheduler:
         self._lora_slot_evictions = 0
         self.state_slots = StateSlotPool(num_state_slots) if num_state_slots else None
         """Mamba layers: which request holds which slot of the state cache (None: no states)."""
+        self.pipeline_parallel = False
+        """Set by the engine core under pipeline parallelism: several steps are in flight, so
+        a scheduled request is not scheduled again until its step returns (in_flight, as in
+        vLLM), and every chunk's token ids go in the step (CachedRequestData.new_token_ids)
+        for the stages that do not sample."""
+        self.in_flight: set[str] = set()
+        """Requests of steps sent but not yet updated (pipeline_parallel only)."""
 
     # ---- request lifecycle ------------------------------------------------------------------
 
@@ -190,6 +197,12 @@ class Scheduler:
         if self.lora_residency is not None:
             commands = self.lora_residency.take_commands()
             output.lora_loads, output.lora_drops = commands.loads, commands.drops
+        if self.pipeline_parallel:
+            cached = output.scheduled_cached_reqs
+            cached.new_token_ids = [
+                self.requests[r].all_token_ids[start : start + output.num_scheduled_tokens[r]]
+                for r, start in zip(cached.req_ids, cached.num_computed_tokens)]
+            self.in_flight.update(output.num_scheduled_tokens)
         for req_id, num_tokens in output.num_scheduled_tokens.items():
             self.requests[req_id].num_computed_tokens += num_tokens
         if self.structured_output_manager is not None:
@@ -210,8 +223,8 @@ class Scheduler:
         for request in list(self.running):
             if step.token_budget == 0:
                 return
-            if request.status != RequestStatus.RUNNING:
-                continue  # preempted earlier in this loop
+            if request.status != RequestStatus.RUNNING or request.request_id in self.in_flight:
+                continue  # preempted earlier in this loop, or its last step has not returned
             remaining = request.num_tokens - request.num_computed_tokens
             num_new = self._chunk_size(remaining, step.token_budget)
             if num_new == 0:
@@ -236,6 +249,9 @@ class Scheduler:
         skipped: list[Request] = []
         while self.waiting and step.token_budget > 0:
             request = self.waiting.peek()
+            if request.request_id in self.in_flight:
+                skipped.append(self.waiting.pop())  # preempted while its step runs: after it
+                continue
             if not self._grammar_ready(request):
                 if not request.is_finished():
                     skipped.append(self.waiting.pop())  # compiling: the others go ahead
@@ -384,6 +400,7 @@ class Scheduler:
         self, scheduler_output: SchedulerOutput, runner_output: ModelRunnerOutput
     ) -> EngineCoreOutputs:
         """Append sampled tokens, apply stop rules, free finished requests."""
+        self.in_flight.difference_update(scheduler_output.num_scheduled_tokens)
         if self.lora_residency is not None:
             self._update_loras(runner_output)
         num_prompt_tokens = self._count_prompt_tokens(scheduler_output)

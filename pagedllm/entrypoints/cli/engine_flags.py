@@ -119,8 +119,8 @@ def add_parallel_args(parser: argparse.ArgumentParser) -> None:
                             "each rank gets --num-threads threads (default: physical cores / "
                             "ranks)")
     group.add_argument("-pp", "--pipeline-parallel-size", type=int, default=1,
-                       help="pipeline stages the decoder layers are split into (one batch in "
-                            "flight: no micro-batches yet)")
+                       help="pipeline stages the decoder layers are split into (as many "
+                            "micro-batches in flight, so the stages do not idle)")
     group.add_argument("--enable-expert-parallel", action="store_true",
                        help="MoE models: spread whole experts over the -tp ranks (each computes "
                             "its experts' tokens) instead of splitting every expert")

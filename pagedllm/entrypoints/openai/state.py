@@ -136,7 +136,9 @@ class ServerState:
         and at every restart)."""
         from pagedllm.engine.dp_client import make_core_client
 
-        return make_core_client(self.settings.engine_args, wait_ready=False)
+        # (-dp N: a dead core of the N is restarted by the client; all dead: the supervisor)
+        return make_core_client(self.settings.engine_args, wait_ready=False,
+                                restart_cores=self.settings.restart_policy.enabled)
 
     async def _load(self) -> None:
         settings = self.settings

@@ -109,22 +109,37 @@ class LayerNormNoBias(RMSNorm):
 class PerHeadLayerNorm(nn.Module):
     """A LayerNorm without bias per head, each head its own weight ([heads, head_dim]), over
     x [T, heads * head_dim]. The checkpoint holds the weight whole (Cohere) or one row per head
-    (StableLM's `norms.{h}.weight`: shard_id h)."""
+    (StableLM's `norms.{h}.weight`: shard_id h). Under tensor parallelism a rank holds the
+    rows of its own heads (those of its q or k columns, distributed.utils.head_range)."""
 
     def __init__(self, num_heads: int, head_dim: int, eps: float) -> None:
         super().__init__()
+        from pagedllm.distributed import (
+            get_tensor_model_parallel_rank,
+            get_tensor_model_parallel_world_size,
+        )
+        from pagedllm.distributed.utils import head_range
+
         self.eps = eps
-        self.weight = nn.Parameter(torch.empty(num_heads, head_dim), requires_grad=False)
-        set_weight_attrs(self.weight, weight_loader=_load_head_rows)
+        self.num_heads = num_heads
+        """The checkpoint's heads (this rank holds `heads` of them)."""
+        self.heads = head_range(num_heads, get_tensor_model_parallel_world_size(),
+                                get_tensor_model_parallel_rank())
+        """[start, end) of the checkpoint's heads this rank holds (all at tp 1)."""
+        rows = self.heads[1] - self.heads[0]
+        self.weight = nn.Parameter(torch.empty(rows, head_dim), requires_grad=False)
+        set_weight_attrs(self.weight, weight_loader=self._load_head_rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         heads = x.view(x.shape[0], *self.weight.shape)  # [T, heads, D]
         normed = F.layer_norm(heads, heads.shape[-1:], eps=self.eps) * self.weight
         return normed.reshape(x.shape)
 
-
-def _load_head_rows(param: nn.Parameter, loaded: torch.Tensor, head: int | None = None) -> None:
-    if head is None:
-        default_weight_loader(param, loaded.reshape(param.shape))
-    else:
-        default_weight_loader(param[head], loaded)
+    def _load_head_rows(self, param: nn.Parameter, loaded: torch.Tensor,
+                        head: int | None = None) -> None:
+        start, end = self.heads
+        if head is None:
+            whole = loaded.reshape(-1, param.shape[1])
+            default_weight_loader(param, whole[start:end])
+        elif start <= head < end:
+            default_weight_loader(param[head - start], loaded)

@@ -104,8 +104,6 @@ class FusedMoE(nn.Module):
         self.act_fn = get_act_and_mul(hidden_act)
         # NOTE: a model built inside quantization_scope(config) gets the config's method.
         self.quant_method = scoped_moe_method(self, prefix) or UnquantizedFusedMoEMethod()
-        if self.tp_size > 1 and not isinstance(self.quant_method, UnquantizedFusedMoEMethod):
-            raise NotImplementedError("quantized experts load whole (tensor_parallel_size 1)")
         self.quant_method.create_weights(
             self, self.num_local_experts, hidden_size, self.intermediate_size_per_partition,
             torch.get_default_dtype(),
@@ -158,20 +156,25 @@ class FusedMoE(nn.Module):
             return  # another rank's expert
         rows = param.data[local]
         size = self.intermediate_size_per_partition
-        start = self.tp_rank * size
-        sliced = self.tp_size > 1 and not self.expert_parallel
         if which in ("gate", "up"):
             offset = 0 if which == "gate" else size
             rows = rows.narrow(0, offset, size)
-            loaded = loaded.narrow(0, start, size) if sliced else loaded
-        elif sliced:  # down [H, I]: this rank's columns
-            loaded = loaded.narrow(1, start, size)
+        loaded = self.expert_matrix_slice(loaded, which)
         if rows.shape != loaded.shape:
             raise ValueError(
                 f"expert {expert} {which} has shape {tuple(loaded.shape)}, "
                 f"expected {tuple(rows.shape)}"
             )
         rows.copy_(loaded)
+
+    def expert_matrix_slice(self, loaded: torch.Tensor, which: str) -> torch.Tensor:
+        """This rank's part of one expert's checkpoint matrix: gate / up [I, H] -> its rows,
+        down [H, I] -> its columns (the whole matrix under expert parallelism or at tp 1)."""
+        if self.tp_size == 1 or self.expert_parallel:
+            return loaded
+        size = self.intermediate_size_per_partition
+        start = self.tp_rank * size
+        return loaded.narrow(0 if which in ("gate", "up") else 1, start, size)
 
     def _rank_slice(self, param: nn.Parameter, loaded: torch.Tensor) -> torch.Tensor:
         """This rank's part of a whole stacked tensor: gate_up [E, 2I, H] -> [E, 2I/tp, H]

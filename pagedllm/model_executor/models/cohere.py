@@ -79,7 +79,7 @@ class CohereModel(LlamaModel):
 
 
 class CohereForCausalLM(LlamaForCausalLM):
-    supports_tensor_parallel = False  # per-head q/k norm weights are not split
+    supports_tensor_parallel = True  # (each rank holds its heads' q/k norm rows)
     model_cls = CohereModel
 
     def __init__(self, model_config: ModelConfig) -> None:
@@ -94,7 +94,8 @@ class CohereForCausalLM(LlamaForCausalLM):
         """q/k rows (and the per-dim q/k norm weights) reordered by index, so a GGUF weight
         still in its quantized blocks (--quantization gguf) moves whole rows of blocks."""
         head_dim = head_dim_of(self.config)
-        rotary_dim = self.model.layers[0].self_attn.rotary_emb.rotary_dim
+        # (the first layer of this pipeline stage: the others' slots hold no modules)
+        rotary_dim = self.model.layers[self.model.start_layer].self_attn.rotary_emb.rotary_dim
         for name, tensor in weights:
             if any(part in name for part in _ROTATED):
                 if "_norm." in name:  # [heads, head_dim] float: reorder within each head

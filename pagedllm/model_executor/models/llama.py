@@ -216,12 +216,13 @@ class LlamaModel(nn.Module):
             for layer in self.layers[self.start_layer : self.end_layer]:
                 hidden_states, residual = layer(positions, hidden_states, residual)
         if not pp.is_last_rank:
+            # NOTE: only the last stage samples; the earlier ones learn the sampled tokens
+            # from the scheduler's next step (CachedRequestData.new_token_ids), so a stage is
+            # free for the next micro-batch as soon as its layers are done
             pp.send_next(torch.stack([hidden_states, residual]))
-        else:
-            hidden_states, _ = self.norm(hidden_states, residual)
-        # NOTE: every stage samples the same tokens from the last stage's hidden states, so
-        # every stage's runner keeps the same batch state
-        return pp.broadcast_from_last(hidden_states)
+            return hidden_states
+        hidden_states, _ = self.norm(hidden_states, residual)
+        return hidden_states
 
 
 class LlamaForCausalLM(nn.Module):

@@ -79,7 +79,7 @@ _PER_HEAD_NORM = re.compile(r"(.*\.(?:q|k)_layernorm)\.norms\.(\d+)\.weight$")
 
 
 class StableLmForCausalLM(LlamaForCausalLM):
-    supports_tensor_parallel = False  # per-head q/k norm weights are not split
+    supports_tensor_parallel = True  # (each rank holds its heads' q/k norm rows)
     model_cls = StableLmModel
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> set[str]:
@@ -93,5 +93,5 @@ class StableLmForCausalLM(LlamaForCausalLM):
         match = _PER_HEAD_NORM.match(name)
         if match is None:
             return None
-        param = self.get_parameter(f"{match[1]}.weight")
-        return f"{match[1]}.weight", int(match[2]), param.shape[0]
+        # (a shard per checkpoint head: a tensor-parallel rank loads its own heads' rows)
+        return f"{match[1]}.weight", int(match[2]), self.get_submodule(match[1]).num_heads

@@ -16,7 +16,7 @@ from typing import Any
 from pagedllm.model_executor.quantization.base import QuantizationConfig
 from pagedllm.model_executor.quantization.group_quant import GroupQuant, concat_rows, to_kernel
 from pagedllm.model_executor.quantization.int32_packing import undo_awq_order, unpack_nibbles
-from pagedllm.model_executor.quantization.repacked import RepackedLinearMethod
+from pagedllm.model_executor.quantization.repacked import RepackedLinearMethod, rank_part
 
 
 class AWQLinearMethod(RepackedLinearMethod):
@@ -25,11 +25,14 @@ class AWQLinearMethod(RepackedLinearMethod):
     def __init__(self, group_size: int) -> None:
         self.group_size = group_size
 
+    supports_tensor_parallel = True
+    """Each shard arrives whole and is decoded, then cut to the rank's part (rank_part)."""
+
     def repack(self, layer, shards):
         parts = [
-            self._decode(qweight, qzeros, scales, layer.input_size_per_partition)
-            for qweight, qzeros, scales in zip(shards["qweight"], shards["qzeros"],
-                                               shards["scales"])
+            rank_part(layer, self._decode(qweight, qzeros, scales, layer.input_size), index)
+            for index, (qweight, qzeros, scales) in enumerate(zip(
+                shards["qweight"], shards["qzeros"], shards["scales"]))
         ]  # fmt: skip
         return to_kernel(concat_rows(parts))
 

@@ -31,25 +31,31 @@ class GPTQLinearMethod(RepackedLinearMethod):
     def __init__(self, zero_offset: int) -> None:
         self.zero_offset = zero_offset
 
+    supports_tensor_parallel = True
+    """Each shard arrives whole; the rank keeps its output columns (column-parallel) or its
+    input rows with their g_idx (row-parallel) before the groups are ordered."""
+
     def repack(self, layer, shards):
         g_idx = shards["g_idx"][0].long()
         if any(not torch.equal(g.long(), g_idx) for g in shards["g_idx"][1:]):
             raise ValueError("GPTQ shards of a merged layer have different g_idx")
+        unpacked = []
+        for index, (qweight, qzeros, scales) in enumerate(zip(
+                shards["qweight"], shards["qzeros"], shards["scales"])):
+            codes = unpack_nibbles(qweight, dim=0)  # [K, N]
+            zeros = unpack_nibbles(qzeros, dim=1).float() + self.zero_offset  # [G, N]
+            if codes.shape[0] != g_idx.shape[0]:
+                raise ValueError(f"GPTQ qweight {tuple(qweight.shape)} does not fit g_idx "
+                                 f"{tuple(g_idx.shape)}")  # fmt: skip
+            unpacked.append(_rank_columns(layer, codes, zeros, scales.float(), index))
+        g_idx = _rank_rows(layer, g_idx)
         perm, group = _group_order(g_idx)
-        parts = [
-            self._decode(qweight, qzeros, scales, g_idx, perm, group)
-            for qweight, qzeros, scales in zip(shards["qweight"], shards["qzeros"],
-                                               shards["scales"])
-        ]  # fmt: skip
+        parts = [self._decode(_rank_rows(layer, codes), zeros, scales, g_idx, perm, group)
+                 for codes, zeros, scales in unpacked]  # fmt: skip
         return to_kernel(concat_rows(parts), input_perm=perm)
 
-    def _decode(self, qweight, qzeros, scales, g_idx, perm, group) -> GroupQuant:
-        codes = unpack_nibbles(qweight, dim=0)  # [K, N]
-        zeros = unpack_nibbles(qzeros, dim=1).float() + self.zero_offset  # [G, N]
-        scales = scales.float()  # [G, N]
-        if codes.shape[0] != g_idx.shape[0]:
-            raise ValueError(f"GPTQ qweight {tuple(qweight.shape)} does not fit g_idx "
-                             f"{tuple(g_idx.shape)}")  # fmt: skip
+    def _decode(self, codes, zeros, scales, g_idx, perm, group) -> GroupQuant:
+        """codes [K, N], zeros and scales [G, N] (by g_idx [K]) -> the GroupQuant."""
         if perm is not None:
             codes, g_idx = codes[perm], g_idx[perm]
         # one (scale, zero) per group of `group` consecutive (sorted) rows
@@ -57,6 +63,22 @@ class GPTQLinearMethod(RepackedLinearMethod):
         s, z = scales[first_rows], zeros[first_rows]  # [K / group, N]
         return GroupQuant(codes.t().contiguous(), s.t().contiguous(),
                           (-z * s).t().contiguous(), group, unsigned4=True)  # fmt: skip
+
+
+def _rank_columns(layer, codes, zeros, scales, index: int) -> tuple[torch.Tensor, ...]:
+    """A column-parallel rank's output columns of shard `index` (tensors as [K or G, N])."""
+    if layer.tp_size == 1 or layer.parallel_role != "column":
+        return codes, zeros, scales
+    return tuple(layer._rank_slice(t.t(), index).t() for t in (codes, zeros, scales))
+
+
+def _rank_rows(layer, t: torch.Tensor) -> torch.Tensor:
+    """A row-parallel rank's input rows of codes [K, N] or g_idx [K] (its groups keep their
+    global ids: zeros and scales stay whole)."""
+    if layer.tp_size == 1 or layer.parallel_role != "row":
+        return t
+    width = layer.input_size_per_partition
+    return t.narrow(0, layer.tp_rank * width, width)
 
 
 def _group_order(g_idx: torch.Tensor) -> tuple[torch.Tensor | None, int]:

@@ -77,3 +77,31 @@ class RepackedLinearMethod(QuantizeMethodBase):
     def apply(self, layer, x):
         y = layer.qweight_kernel(x)
         return y if layer.bias is None else y + layer.bias
+
+
+def rank_part(layer: nn.Module, gq: Any, index: int) -> Any:
+    """This tensor-parallel rank's part of a decoded whole checkpoint shard (a GroupQuant of
+    shard `index`, [N, K] codes): its output rows (column-parallel, QKV heads included) or its
+    input columns with their groups (row-parallel: a group may not straddle two ranks)."""
+    from pagedllm.model_executor.quantization.group_quant import GroupQuant
+
+    if layer.tp_size == 1 or layer.parallel_role == "replicated":
+        return gq
+    if layer.parallel_role == "column":
+        def take(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else layer._rank_slice(t, index).contiguous()
+    else:
+        width = layer.input_size_per_partition
+        if width % gq.group_size:
+            raise ValueError(f"{layer.prefix}: groups of {gq.group_size} input rows straddle "
+                             f"the ranks' {width}-row slices (tensor_parallel_size="
+                             f"{layer.tp_size})")
+        groups = width // gq.group_size
+
+        def take(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None:
+                return None
+            size = width if t.shape[1] == gq.codes.shape[1] else groups
+            return t.narrow(1, layer.tp_rank * size, size).contiguous()
+    return GroupQuant(take(gq.codes), take(gq.scales), take(gq.zeros), gq.group_size,
+                      gq.unsigned4)

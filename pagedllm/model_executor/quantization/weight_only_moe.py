@@ -41,16 +41,23 @@ class WeightOnlyFusedMoEMethod(FusedMoEMethodBase):
 
     def _collector(self, layer: nn.Module, name: str):
         def load(param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+            # (tensor parallelism: the rank's experts, or every expert's intermediate slice, are
+            # cut from the float tensor before it is quantized, as FusedMoE.weight_loader does)
             rows, cols = layer._expert_shapes[name]
             if shard_id is None:  # the stacked [E, rows, cols] tensor
-                _check_shape(name, loaded, (layer.num_experts, rows, cols))
-                for expert in range(layer.num_experts):
-                    layer._expert_shards[name][(expert, 0)] = self.quantize(loaded[expert])
+                loaded = layer._rank_slice(param, loaded)
+                _check_shape(name, loaded, (layer.num_local_experts, rows, cols))
+                for local in range(layer.num_local_experts):
+                    layer._expert_shards[name][(local, 0)] = self.quantize(loaded[local])
                 return
             expert, which = shard_id
+            local = expert - layer.first_expert
+            if not 0 <= local < layer.num_local_experts:
+                return  # another rank's expert
+            loaded = layer.expert_matrix_slice(loaded, which)
             _check_shape(f"expert {expert} {which}", loaded, (rows // 2, cols)
                          if which in ("gate", "up") else (rows, cols))  # fmt: skip
-            layer._expert_shards[name][(expert, _ROW_BLOCK[which])] = self.quantize(loaded)
+            layer._expert_shards[name][(local, _ROW_BLOCK[which])] = self.quantize(loaded)
 
         return load
 
@@ -59,8 +66,9 @@ class WeightOnlyFusedMoEMethod(FusedMoEMethodBase):
         del layer._expert_shards, layer._expert_shapes
         for name in _PROJECTIONS:
             delattr(layer, name)
-        layer.gate_up_kernels = _per_expert_kernels(collected["gate_up_proj"], layer.num_experts)
-        layer.down_kernels = _per_expert_kernels(collected["down_proj"], layer.num_experts)
+        experts = layer.num_local_experts
+        layer.gate_up_kernels = _per_expert_kernels(collected["gate_up_proj"], experts)
+        layer.down_kernels = _per_expert_kernels(collected["down_proj"], experts)
 
     def apply(self, layer, expert, x):  # [n, H] -> [n, H]
         return layer.down_kernels[expert](layer.act_fn(layer.gate_up_kernels[expert](x)))
