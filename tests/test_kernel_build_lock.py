@@ -86,7 +86,9 @@ def _start(source: str, env=None, **extra_env) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
 
 
-def _wait(proc: subprocess.Popen, timeout: float = 60) -> str:
+def _wait(proc: subprocess.Popen, timeout: float = 180) -> str:
+    # (a wedged start is caught here: torch's own lock would wait forever; the bound is wide
+    # because CI runs this beside another xdist worker and a build there takes ~10-40 s)
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out
     return out
@@ -117,9 +119,8 @@ def test_killed_build_does_not_wedge_the_next_start(cache, tmp_path):
         proc.kill()
     (leftover,) = root.glob(f"{_NAME}.tmp-*")
     assert (leftover / "lock").exists()
-    out, seconds = _run(source)
+    out, _ = _run(source)
     assert "RESULT True 43" in out and "waiting for process" not in out, out
-    assert seconds < 30, out
     assert not list(root.glob(f"{_NAME}.tmp-*")), "the dead build's directory is cleaned up"
 
 
@@ -131,15 +132,15 @@ def test_two_first_starts_build_once(cache):
         assert "RESULT True 43" in out, out
     logs = "".join(outs)
     assert logs.count("building the test op, once") == 1, logs
-    assert logs.count("waiting for process") == 1, logs
+    assert logs.count("] waiting for process") == 1, logs  # (a slow build adds "still waiting")
 
 
 def test_finished_build_loads_without_building(cache, finished_build):
     source, root = cache
     shutil.copytree(finished_build, root / _NAME)
-    out, seconds = _run(source)
+    out, _ = _run(source)
     assert "RESULT True 43" in out and "building" not in out, out
-    assert seconds < 15, out
+    assert "waiting" not in out, out
 
 
 @pytest.mark.parametrize("damage", ["truncated", "unloadable"])
@@ -174,7 +175,7 @@ def test_stale_torch_lock_does_not_hang(cache, finished_build):
     shutil.copytree(finished_build, build_dir)
     (build_dir / "complete.json").unlink()
     (build_dir / "lock").touch()
-    out, seconds = _run(source)
+    out, _ = _run(source)
     assert "RESULT True 43" in out and "building the test op, once" in out, out
     assert not (build_dir / "lock").exists()
-    assert seconds < 30, out
+    assert "waiting" not in out, out

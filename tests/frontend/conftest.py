@@ -22,7 +22,9 @@ def _chromium_path() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+# package scope: the sync API keeps an event loop running in this thread while it is open,
+# which would break asyncio.run() in whatever test runs next in the same process
+@pytest.fixture(scope="package")
 def browser():
     sync_api = pytest.importorskip("playwright.sync_api")
     executable = _chromium_path()
