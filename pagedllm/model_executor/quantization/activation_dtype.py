@@ -4,8 +4,9 @@ log line that says which and why.
 
 int16 (default): ~2e-5 relative error; SmolLM2 Q4_1 then gives the dequantized float model's
 greedy tokens. int8: u8 x s8 dot products (quant/interleaved_int8.h), twice the products per
-AVX-512 VNNI instruction, at llama.cpp's and OpenVINO's precision (~4e-3 relative error per
-product; greedy tokens may part from the float model's where two are nearly tied). Only the
+AVX-512 VNNI instruction, at llama.cpp's and OpenVINO's precision (each activation rounded by
+~5e-3 of its block's spread; SmolLM2 Q4_1's prompt logprobs move by up to ~0.24 nats, and greedy
+tokens part from the float model's where two are nearly tied). Only the
 row-interleaved layout (out_features % 16 == 0, almost every layer) runs int8; the rest stays
 int16. Both are batch-invariant and give the same bits in every ISA build.
 """
