@@ -107,6 +107,8 @@ def kernel_outputs() -> dict[str, torch.Tensor]:
         for M in (1, 2, 3, 4, 5, 9, 16, 19):
             x = rand(M, K)
             out[f"quant_rows16/{key}/M{M}"] = ops.quant_linear(x, *layout, G, u4)
+            # int8 activations (quant/interleaved_int8.h): dpbusd, maddubs or exact sums
+            out[f"quant_rows16/{key}/int8/M{M}"] = ops.quant_linear(x, *layout, G, u4, 8)
         out[f"gather/{key}/rows16"] = ops.quant_gather_rows(ids[:2], *layout, G, u4, K)
     for D, dtype, (window, cap) in itertools.product(
         (64, 128, 48), (torch.float32, torch.float16), ((0, 0.0), (5, 0.0), (0, 30.0))

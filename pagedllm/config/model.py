@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pagedllm.config.pooler import ClassifierConfig, PoolerConfig
 
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
+QUANTIZED_ACTIVATION_DTYPES = ("int16", "int8")
+"""--quantized-activation-dtype: what the compiled quantized linears quantize activations to."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,9 @@ class ModelConfig:
     """Token ids that end generation unless ignore_eos (from generation/tokenizer config)."""
     quantization: str | None = None
     """Weight quantization method (None: weights run in `dtype`)."""
+    quantized_activation_dtype: str = "int16"
+    """Activations of the compiled quantized linears (PackedGroupWeight): "int16" or "int8"
+    (model_executor/quantization/activation_dtype.py)."""
     enforce_eager: bool = False
     """Run the model module by module in eager PyTorch (no fused compiled decoder layers)."""
     seed: int = 0
@@ -69,6 +74,10 @@ class ModelConfig:
             object.__setattr__(self, "compute_dtype", self.dtype)
         if self.compute_dtype not in (self.dtype, "float32"):
             raise ValueError(f"compute_dtype {self.compute_dtype!r} for a {self.dtype} model")
+        if self.quantized_activation_dtype not in QUANTIZED_ACTIVATION_DTYPES:
+            raise ValueError(f"quantized_activation_dtype must be one of "
+                             f"{QUANTIZED_ACTIVATION_DTYPES}, got "
+                             f"{self.quantized_activation_dtype!r}")
         if self.max_model_len < 1:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
         if (self.task == "embed") != (self.pooler is not None):

@@ -91,6 +91,8 @@ class DecoderLayerSpec:
             tensors.update({f"{name}.{key}": t for key, t in weight.tensors.items()})
             if weight.layout == "packed_group":
                 ints.update({f"{name}.group_size": weight.group_size, f"{name}.u4": int(weight.u4)})
+                if weight.activation_bits != 16:  # (absent: int16, the kernel's default)
+                    ints[f"{name}.activation_bits"] = weight.activation_bits
         for name, lora in self.lora.items():
             tensors.update({f"{name}.lora_a": lora.lora_a, f"{name}.lora_b": lora.lora_b})
         optional_tensors = {"qkv_bias": self.qkv_bias, "o_bias": self.o_bias,

@@ -6,8 +6,9 @@ Logprobs are compared for float equality, not only tokens: any difference in the
 token went through (a matmul's reduction order, activation rounding that depends on the row
 count, an attention sum split by the tile) shows there long before it flips a greedy choice.
 Checked on the default paths of the real models (SmolLM2 Q4_1 and Gemma 3 270M Q4_K_M GGUFs)
-and on tiny random models in float32, int8, int4, AWQ and GPTQ, with fp16, int8 and fp8 KV caches,
-with a sliding window, and Gemma 2/3 (sandwich norms, GeGLU, soft caps, local/global layers).
+and on tiny random models in float32, int8, int4 (int16 and int8 activations), AWQ and GPTQ,
+with fp16, int8 and fp8 KV caches, with a sliding window, and Gemma 2/3 (sandwich norms, GeGLU,
+soft caps, local/global layers).
 """
 
 from __future__ import annotations
@@ -112,8 +113,8 @@ def test_gemma3_270m_q4_k_m_is_batch_invariant(gemma3_270m_gguf_path):
 
 @pytest.mark.parametrize(
     "variant",
-    ["float32", "bfloat16", "fp16-kv", "int8-kv", "fp8-kv", "int8", "int4", "awq", "gptq",
-     "sliding-window", "gemma2", "gemma3"],
+    ["float32", "bfloat16", "fp16-kv", "int8-kv", "fp8-kv", "int8", "int4", "int4-int8act",
+     "awq", "gptq", "sliding-window", "gemma2", "gemma3"],
 )  # fmt: skip
 def test_tiny_models_are_batch_invariant(
     variant, tiny_llama_dir, tiny_model_factory, tiny_vocab, tmp_path
@@ -121,6 +122,8 @@ def test_tiny_models_are_batch_invariant(
     model, kwargs = tiny_llama_dir, {}
     if variant in ("int8", "int4"):
         kwargs["quantization"] = variant
+    elif variant == "int4-int8act":  # --quantized-activation-dtype int8
+        kwargs.update(quantization="int4", quantized_activation_dtype="int8")
     elif variant == "bfloat16":  # bf16 weights widened by the kernels (compute float32)
         kwargs["dtype"] = variant
     elif variant.endswith("-kv"):

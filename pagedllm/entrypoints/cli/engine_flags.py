@@ -54,6 +54,11 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kv-cache-dtype", default="auto", choices=list(KV_CACHE_DTYPES),
                        help="KV cache storage: auto (the model dtype), fp16, or 8 bits with "
                             "scales (int8, fp8)")
+    group.add_argument("--quantized-activation-dtype", default="int16", choices=["int16", "int8"],
+                       help="activations of the compiled quantized linears (Q4/Q8/K-quant "
+                            "weights): int16 (default: the dequantized float model's greedy "
+                            "tokens) or int8 (u8 x s8 dot products, faster batched on AVX-512 "
+                            "VNNI, llama.cpp's precision; greedy tokens may differ)")
     group.add_argument("--enforce-eager", action="store_true",
                        help="run the model module by module in eager PyTorch (no fused compiled "
                             "decoder layers)")
@@ -202,6 +207,7 @@ def engine_args_from(args: argparse.Namespace) -> EngineArgs:
         task=args.task,
         quantization=args.quantization,
         kv_cache_dtype=args.kv_cache_dtype,
+        quantized_activation_dtype=args.quantized_activation_dtype,
         enforce_eager=args.enforce_eager,
         structured_outputs_config=args.structured_outputs_config,
         reasoning_parser=args.reasoning_parser,

@@ -79,6 +79,7 @@ struct LinearWeight {
   std::vector<at::Tensor> tensors;
   int64_t group_size = 0;
   bool u4 = false;
+  int64_t activation_bits = 16;  // 8: int8 activations (--quantized-activation-dtype int8)
 };
 
 // A linear's LoRA slots (lora/layers.py LoRALinear's buffers, shared: a slot filled later is
@@ -137,7 +138,8 @@ at::Tensor linear(const at::Tensor& x, const LinearWeight& w,
                   const std::optional<at::Tensor>& bias, at::Tensor& buffer) {
   if (w.tensors.size() == 1) return pagedllm::dense_linear_into(x, w.tensors[0], bias, buffer);
   const auto& t = w.tensors;
-  const at::Tensor y = pagedllm::quant_linear(x, t[0], t[1], t[2], w.group_size, w.u4);
+  const at::Tensor y = pagedllm::quant_linear(x, t[0], t[1], t[2], w.group_size, w.u4,
+                                               w.activation_bits);
   return bias.has_value() && bias->defined() ? y + *bias : y;
 }
 
@@ -287,6 +289,7 @@ class LayerSpecReader {
     w.tensors = {tensor(name + ".codes"), tensor(name + ".scales"), tensor(name + ".mins")};
     w.group_size = integer(name + ".group_size");
     w.u4 = integer(name + ".u4") != 0;
+    w.activation_bits = integer(name + ".activation_bits", 16);
     return w;
   }
   // "<name>.lora_a" + "<name>.lora_b": the linear's LoRA slots (absent: no adapters)

@@ -12,9 +12,11 @@
 
 namespace pagedllm {
 
-// y [M, N] = x [M, K] W^T, W = scales * codes + mins per group (see quant_linear.cpp).
+// y [M, N] = x [M, K] W^T, W = scales * codes + mins per group (see quant_linear.cpp);
+// activation_bits 16 or 8 (int8 activations, opt-in).
 at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
-                        const at::Tensor& mins, int64_t group_size, bool u4);
+                        const at::Tensor& mins, int64_t group_size, bool u4,
+                        int64_t activation_bits = 16);
 
 // Causal attention of each request's query rows over its paged K/V (see paged_attention.cpp).
 // A step's attention metadata as the kernel reads it, prepared once for all layers.

@@ -31,6 +31,11 @@
 //       16-64 rows (~340 GMAC/s, the int16 multiply-add rate's ~75%).
 //   tiles (quant/tile_dots.h + quant/block_terms_*.h): codes [N, K / 2 or K], weight rows in
 //       the lanes' column order, 4 x 4 tiles; the N % 16 != 0 rest.
+// int8 activations (opt-in, `activation_bits` 8: --quantized-activation-dtype int8): the
+// row-interleaved loop with x quantized to -127..127 per 32 columns and u8 x s8 dot products
+// (VNNI dpbusd: twice dpwssd's products per instruction), quant/interleaved_int8.h; the same
+// bits in every build and batch-invariant as the int16 path. The tile loop (N % 16 != 0 rest)
+// keeps int16 activations.
 // The kernel's parts: quant/activations.h (x to int16 per block), the two loops above,
 // quant/dequantize.h (rows back to float); this file checks shapes and registers the ops.
 #include <ATen/ATen.h>
@@ -54,7 +59,7 @@ using pagedllm::quant::kRowGroup;
 
 template <bool U4, int G, typename S>
 at::Tensor run(const at::Tensor& x_in, const at::Tensor& codes, const at::Tensor& scales,
-               const at::Tensor& mins) {
+               const at::Tensor& mins, bool int8) {
   TORCH_CHECK(x_in.dim() == 2, "x must be [M, K]");
   const at::Tensor x = x_in.to(at::kFloat).contiguous();
   const int64_t M = x.size(0), K = x.size(1);
@@ -72,8 +77,10 @@ at::Tensor run(const at::Tensor& x_in, const at::Tensor& codes, const at::Tensor
     TORCH_CHECK(scales.size(0) == N && scales.size(1) == K / G && mins.sizes() == scales.sizes());
   }
   at::Tensor out = at::empty({M, N}, x.options());
-  if (M > 0 && interleaved) {
-    interleaved_rows<U4, G, S>(x, codes, scales, mins, out);
+  if (M > 0 && interleaved && int8) {
+    interleaved_rows<U4, G, S, true>(x, codes, scales, mins, out);
+  } else if (M > 0 && interleaved) {
+    interleaved_rows<U4, G, S, false>(x, codes, scales, mins, out);
   } else if (M > 0) {
     gemv_rows<U4, G, S>(x, codes, scales, mins, out);
   }
@@ -82,13 +89,13 @@ at::Tensor run(const at::Tensor& x_in, const at::Tensor& codes, const at::Tensor
 
 template <typename S>
 at::Tensor dispatch_layout(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
-                           const at::Tensor& mins, int64_t group_size, bool u4) {
+                           const at::Tensor& mins, int64_t group_size, bool u4, bool int8) {
   if (u4) {
-    return group_size == 32 ? run<true, 32, S>(x, codes, scales, mins)
-                            : run<true, 16, S>(x, codes, scales, mins);
+    return group_size == 32 ? run<true, 32, S>(x, codes, scales, mins, int8)
+                            : run<true, 16, S>(x, codes, scales, mins, int8);
   }
-  return group_size == 32 ? run<false, 32, S>(x, codes, scales, mins)
-                          : run<false, 16, S>(x, codes, scales, mins);
+  return group_size == 32 ? run<false, 32, S>(x, codes, scales, mins, int8)
+                          : run<false, 16, S>(x, codes, scales, mins, int8);
 }
 
 template <typename S>
@@ -120,15 +127,18 @@ void gather_row(const uint8_t* cp, const at::Tensor& scales, const at::Tensor& m
 namespace pagedllm {
 
 at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
-                        const at::Tensor& mins, int64_t group_size, bool u4) {
+                        const at::Tensor& mins, int64_t group_size, bool u4,
+                        int64_t activation_bits) {
   TORCH_CHECK(group_size == 16 || group_size == 32, "group size must be 16 or 32");
+  TORCH_CHECK(activation_bits == 16 || activation_bits == 8, "activation bits must be 16 or 8");
+  const bool int8 = activation_bits == 8;
   TORCH_CHECK(codes.is_contiguous() && scales.is_contiguous() && mins.is_contiguous());
   TORCH_CHECK(scales.scalar_type() == mins.scalar_type(), "scales and mins of one dtype");
   if (scales.scalar_type() == at::kHalf) {
-    return dispatch_layout<at::Half>(x, codes, scales, mins, group_size, u4);
+    return dispatch_layout<at::Half>(x, codes, scales, mins, group_size, u4, int8);
   }
   TORCH_CHECK(scales.scalar_type() == at::kFloat, "scales must be float32 or float16");
-  return dispatch_layout<float>(x, codes, scales, mins, group_size, u4);
+  return dispatch_layout<float>(x, codes, scales, mins, group_size, u4, int8);
 }
 
 // Rows `ids` of W as float [len(ids), K] (embedding lookups from a quantized table).
@@ -158,7 +168,7 @@ at::Tensor quant_gather_rows(const at::Tensor& ids, const at::Tensor& codes,
 
 TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
   m.def("quant_linear(Tensor x, Tensor codes, Tensor scales, Tensor mins, int group_size, "
-        "bool u4) -> Tensor");
+        "bool u4, int activation_bits=16) -> Tensor");
   m.def("quant_gather_rows(Tensor ids, Tensor codes, Tensor scales, Tensor mins, "
         "int group_size, bool u4, int in_features) -> Tensor");
 }

@@ -14,6 +14,7 @@ from pagedllm.config.model import ModelConfig
 from pagedllm.logger import init_logger
 from pagedllm.model_executor.custom_op import float_weight_storage
 from pagedllm.model_executor.models.registry import get_model_class, implementation_of
+from pagedllm.model_executor.quantization.activation_dtype import set_quantized_activation_dtype
 from pagedllm.model_executor.quantization.base import QuantizationConfig
 from pagedllm.model_executor.quantization.registry import create_quant_config
 from pagedllm.model_executor.quantization.scope import quantization_scope
@@ -48,6 +49,7 @@ def get_model(model_config: ModelConfig, device: torch.device | str) -> nn.Modul
             quant_method.process_weights_after_loading(module)
     if quant_config is not None:
         _quantize_vocab_embeddings(model, quant_config)
+    set_quantized_activation_dtype(model, model_config.quantized_activation_dtype)
     model.eval()
     num_params = sum(p.numel() for p in model.parameters())
     logger.info(

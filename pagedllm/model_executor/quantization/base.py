@@ -29,6 +29,8 @@ class FusedWeightSpec:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     group_size: int = 0
     u4: bool = False
+    activation_bits: int = 16
+    """packed_group: 16, or 8 for int8 activations (--quantized-activation-dtype int8)."""
 
 
 class QuantizeMethodBase(ABC):

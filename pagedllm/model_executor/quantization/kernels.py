@@ -261,7 +261,14 @@ class PackedGroupWeight(QuantizedWeight):
     first greedy token on 2 of 10 prompts against the dequantized float model ("What is the
     capital of France?" answered "L'Étoile, la Marseillaise" instead of "... Paris."), int16
     agreed on all 48 tokens of all 10. See the module notes of quant_linear.cpp for speed.
+
+    activation_bits 8 (opt-in, --quantized-activation-dtype int8; set after loading by
+    activation_dtype.py): the row-interleaved loop quantizes x to int8 instead (u8 x s8 dot
+    products, quant/interleaved_int8.h), still batch-invariant and the same bits in every build.
     """
+
+    activation_bits: int = 16
+    """16 or 8: what the kernel quantizes activations to (a plain attribute: not in state)."""
 
     def __init__(self, codes, scales, mins, group_size: int, u4: bool, input_perm=None) -> None:
         out_features = codes.shape[0]
@@ -291,7 +298,7 @@ class PackedGroupWeight(QuantizedWeight):
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
         y = torch.ops.pagedllm.quant_linear(flat, self.codes, self.scales, self.mins,
-                                            self.group_size, self.u4)
+                                            self.group_size, self.u4, self.activation_bits)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def gather_rows(self, ids: torch.Tensor) -> torch.Tensor:
@@ -309,7 +316,13 @@ class PackedGroupWeight(QuantizedWeight):
         if self.input_perm is not None:  # (the fused stack does not gather x's columns)
             return None
         tensors = {"codes": self.codes, "scales": self.scales, "mins": self.mins}
-        return FusedWeightSpec("packed_group", tensors, self.group_size, self.u4)
+        return FusedWeightSpec("packed_group", tensors, self.group_size, self.u4,
+                               self.activation_bits)
+
+    @property
+    def row_interleaved(self) -> bool:
+        """Held in the row-interleaved layout (the loop int8 activations apply to)."""
+        return self.codes.dim() == 3
 
     def extra_repr(self) -> str:
         kind = "u4" if self.u4 else "i8"

@@ -14,8 +14,9 @@
 namespace pagedllm::quant {
 namespace {
 
-// Activation rows quantized per 32 columns to int16 with a float scale dx, with per-group
-// (G = 16 or 32 columns) terms, ng = K / G groups per row:
+// Activation rows quantized per 32 columns to int16 (or, opt-in, int8: see
+// interleaved_int8.h) with a float scale dx, with per-group (G = 16 or 32 columns) terms,
+// ng = K / G groups per row:
 //   dx [M, ng]  the scale of the 32-column block holding the group
 //   sx [M, ng]  the exact float sum of x over the group (the minimum's term)
 //   ex [M, ng]  8 * (sum(x) - dx * sum(xq)) over the group (centring of u4 codes, see tile_dots)
@@ -23,14 +24,22 @@ struct QuantizedRows {
   int64_t K = 0, ng = 0, ngp = 0;  // ngp: row stride of dx/sx/ex, ng rounded up to 8 (zeros)
   std::vector<int16_t> q;          // [M, K]
   std::vector<float> dx, sx, ex;
+  // int8 activations only: q's codes (|q| <= 127) as bytes, and each group's integer sum
+  std::vector<int8_t> q8;  // [M, K]
+  std::vector<int32_t> xs;  // [M, ngp]
 };
+
+constexpr float kInt16Levels = 32767.f;
+constexpr float kInt8Levels = 127.f;  // symmetric: -128 never occurs
 
 // One 32-column block to int16 codes (round to nearest even, as std::nearbyint); returns the
 // scale, sums[h] / isums[h] the float / integer sum of each 16-column half.
-inline float quantize_block(const float* x, int16_t* q, float sums[2], int32_t isums[2]) {
+// levels: the largest code (kInt16Levels, or kInt8Levels for int8 activations).
+inline float quantize_block(const float* x, int16_t* q, float sums[2], int32_t isums[2],
+                            float levels = kInt16Levels) {
   vec::F8 vmax = vec::zero();
   for (int i = 0; i < kBlock; i += 8) vmax = vec::max(vmax, vec::abs(vec::load(x + i)));
-  const float d = vec::reduce_max(vmax) / 32767.f;
+  const float d = vec::reduce_max(vmax) / levels;
   const float id = d > 0.f ? 1.f / d : 0.f;
   const vec::F8 vid = vec::set1(id);
   for (int h = 0; h < 2; ++h) {
@@ -45,9 +54,11 @@ inline float quantize_block(const float* x, int16_t* q, float sums[2], int32_t i
 
 // pair_blocks: the int16 codes of u4 blocks in the tile loop's pair order (kPairedBlocks), else
 // in column order (the row-interleaved layout's, quant/interleaved.h).
+// int8: codes of at most kInt8Levels, also as bytes in q8 with their group sums in xs (never
+// paired: only the row-interleaved loop takes them).
 template <bool U4, int G>
 QuantizedRows quantize_activations(const float* x, int64_t M, int64_t K,
-                                   bool pair_blocks = kPairedBlocks<U4, G>) {
+                                   bool pair_blocks = kPairedBlocks<U4, G>, bool int8 = false) {
   const int64_t nb = K / kBlock;
   QuantizedRows r;
   r.K = K;
@@ -57,6 +68,12 @@ QuantizedRows quantize_activations(const float* x, int64_t M, int64_t K,
   r.dx.resize(M * r.ngp);
   r.sx.resize(M * r.ngp);
   r.ex.resize(M * r.ngp);
+  if (int8) {
+    pair_blocks = false;
+    r.q8.resize(M * K);
+    r.xs.resize(M * r.ngp);
+  }
+  const float levels = int8 ? kInt8Levels : kInt16Levels;
   at::parallel_for(0, M, 16, [&](int64_t m_begin, int64_t m_end) {
     for (int64_t m = m_begin; m < m_end; ++m) {
       for (int64_t b = 0; b < nb; ++b) {
@@ -65,7 +82,8 @@ QuantizedRows quantize_activations(const float* x, int64_t M, int64_t K,
         int16_t* qb = r.q.data() + m * K + b * kBlock;
         alignas(32) int16_t natural[kBlock];
         const bool paired = pair_blocks && (b | 1) < nb;
-        const float d = quantize_block(x + m * K + b * kBlock, paired ? natural : qb, sums, isums);
+        const float d =
+            quantize_block(x + m * K + b * kBlock, paired ? natural : qb, sums, isums, levels);
         if (paired) {  // see kPairedBlocks
           int16_t* pair = r.q.data() + m * K + (b & ~int64_t{1}) * kBlock;
           store_paired(natural, pair, b & 1);
@@ -78,6 +96,10 @@ QuantizedRows quantize_activations(const float* x, int64_t M, int64_t K,
           r.sx[first + h] = s;
           // (one rounding, as a SIMD build contracts it: the portable build then matches)
           r.ex[first + h] = 8.f * std::fma(-d, static_cast<float>(is), s);
+          if (int8) r.xs[first + h] = is;
+        }
+        if (int8) {
+          for (int64_t i = 0; i < kBlock; ++i) r.q8[m * K + b * kBlock + i] = qb[i];
         }
       }
     }

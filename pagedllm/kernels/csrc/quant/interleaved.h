@@ -31,6 +31,7 @@
 
 #include "activations.h"
 #include "common.h"
+#include "interleaved_int8.h"
 
 namespace pagedllm::quant {
 namespace {
@@ -42,52 +43,67 @@ constexpr int64_t kWeightBlockBytes = 256 * 1024;
 template <bool U4, int G>
 constexpr int64_t kChunksPerGroup = U4 ? G / 4 : G / 2;  // 32-byte chunks
 
-// R activation rows (from m0) against the 16 weight rows of one row group: out [R, 16].
-template <bool U4, int G, typename S, int R>
-inline void row_group_tile(const uint8_t* codes, const S* scales, const S* mins,
-                           const QuantizedRows& qa, int64_t m0, float* out) {
-  constexpr int64_t chunks = kChunksPerGroup<U4, G>;
-  const int64_t K = qa.K, ngp = qa.ngp;
-  const int16_t* xq = qa.q.data() + m0 * K;
+// The group's float terms of R activation rows from their exact integer sums (both loops):
+//   a += float(isum) * (scale * dx);  b += min * sx  [+ scale * ex]
+template <bool U4, int R>
+inline void add_group_terms(const vec::R16i isum[R], vec::R16f s, vec::R16f z,
+                            const QuantizedRows& qa, int64_t m0, int64_t g, vec::R16f a[R],
+                            vec::R16f b[R]) {
+  const int64_t ngp = qa.ngp;
   const float* dx = qa.dx.data() + m0 * ngp;
   const float* sx = qa.sx.data() + m0 * ngp;
   const float* ex = qa.ex.data() + m0 * ngp;
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    const int64_t o = r * ngp + g;
+    a[r] = vec::fma(vec::r16_to_float(isum[r]), s * vec::r16_set1(dx[o]), a[r]);
+    b[r] = vec::fma(z, vec::r16_set1(sx[o]), b[r]);
+    if constexpr (U4) b[r] = vec::fma(s, vec::r16_set1(ex[o]), b[r]);
+  }
+}
+
+// R activation rows (from m0) against the 16 weight rows of one row group: out [R, 16].
+// Int8: the activations' int8 codes (interleaved_int8.h), else their int16 ones.
+template <bool U4, int G, typename S, int R, bool Int8>
+inline void row_group_tile(const uint8_t* codes, const S* scales, const S* mins,
+                           const QuantizedRows& qa, int64_t m0, float* out) {
+  constexpr int64_t chunks = kChunksPerGroup<U4, G>;
+  const int64_t K = qa.K;
+  const int16_t* xq = qa.q.data() + m0 * K;
   vec::R16f a[R], b[R];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) a[r] = b[r] = vec::r16_zero();
   for (int64_t g = 0; g < qa.ng; ++g) {
     const uint8_t* cg = codes + g * chunks * 32;
     vec::R16i isum[R];
+    if constexpr (Int8) {
+      group_isums_int8<U4, G, R>(cg, qa, m0, g, isum);
+    } else {
 #pragma GCC unroll 16
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t col = g * G + (U4 ? 4 : 2) * c;
-      if constexpr (U4) {
-        const vec::R16i v = vec::r16_widen_u8(cg + 32 * c);
-        const vec::R16i lo = vec::r16_low_nibbles(v), hi = vec::r16_high_nibbles(v);
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t col = g * G + (U4 ? 4 : 2) * c;
+        if constexpr (U4) {
+          const vec::R16i v = vec::r16_widen_u8(cg + 32 * c);
+          const vec::R16i lo = vec::r16_low_nibbles(v), hi = vec::r16_high_nibbles(v);
 #pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-          const int16_t* xp = xq + r * K + col;
-          isum[r] = c == 0 ? vec::r16_dot(lo, xp) : vec::r16_dot_add(isum[r], lo, xp);
-          isum[r] = vec::r16_dot_add(isum[r], hi, xp + 2);
-        }
-      } else {
-        const vec::R16i v = vec::r16_widen_i8(cg + 32 * c);
+          for (int r = 0; r < R; ++r) {
+            const int16_t* xp = xq + r * K + col;
+            isum[r] = c == 0 ? vec::r16_dot(lo, xp) : vec::r16_dot_add(isum[r], lo, xp);
+            isum[r] = vec::r16_dot_add(isum[r], hi, xp + 2);
+          }
+        } else {
+          const vec::R16i v = vec::r16_widen_i8(cg + 32 * c);
 #pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-          const int16_t* xp = xq + r * K + col;
-          isum[r] = c == 0 ? vec::r16_dot(v, xp) : vec::r16_dot_add(isum[r], v, xp);
+          for (int r = 0; r < R; ++r) {
+            const int16_t* xp = xq + r * K + col;
+            isum[r] = c == 0 ? vec::r16_dot(v, xp) : vec::r16_dot_add(isum[r], v, xp);
+          }
         }
       }
     }
     const vec::R16f s = vec::r16_load(scales + g * kRowGroup);
     const vec::R16f z = vec::r16_load(mins + g * kRowGroup);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const int64_t o = r * ngp + g;
-      a[r] = vec::fma(vec::r16_to_float(isum[r]), s * vec::r16_set1(dx[o]), a[r]);
-      b[r] = vec::fma(z, vec::r16_set1(sx[o]), b[r]);
-      if constexpr (U4) b[r] = vec::fma(s, vec::r16_set1(ex[o]), b[r]);
-    }
+    add_group_terms<U4, R>(isum, s, z, qa, m0, g, a, b);
   }
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) vec::r16_store(out + r * kRowGroup, a[r] + b[r]);
@@ -102,27 +118,28 @@ inline int64_t tile_rows(int64_t left) {
   return r;
 }
 
-template <bool U4, int G, typename S>
+template <bool U4, int G, typename S, bool Int8>
 void row_group_rows(const uint8_t* codes, const S* scales, const S* mins, const QuantizedRows& qa,
                     int64_t m0, int64_t rows, float* part) {
   switch (rows) {
-    case 1: return row_group_tile<U4, G, S, 1>(codes, scales, mins, qa, m0, part);
-    case 2: return row_group_tile<U4, G, S, 2>(codes, scales, mins, qa, m0, part);
+    case 1: return row_group_tile<U4, G, S, 1, Int8>(codes, scales, mins, qa, m0, part);
+    case 2: return row_group_tile<U4, G, S, 2, Int8>(codes, scales, mins, qa, m0, part);
   }
   if constexpr (vec::kRows16Tile >= 8) {
-    if (rows == 4) return row_group_tile<U4, G, S, 4>(codes, scales, mins, qa, m0, part);
-    if (rows == 8) return row_group_tile<U4, G, S, 8>(codes, scales, mins, qa, m0, part);
+    if (rows == 4) return row_group_tile<U4, G, S, 4, Int8>(codes, scales, mins, qa, m0, part);
+    if (rows == 8) return row_group_tile<U4, G, S, 8, Int8>(codes, scales, mins, qa, m0, part);
   }
   TORCH_CHECK(false, "row-interleaved tile of ", rows, " rows");
 }
 
-// out [M, N] = x [M, K] W^T, W row-interleaved (N = 16 * codes.size(0)).
-template <bool U4, int G, typename S>
+// out [M, N] = x [M, K] W^T, W row-interleaved (N = 16 * codes.size(0)); Int8: int8
+// activations (interleaved_int8.h), else int16.
+template <bool U4, int G, typename S, bool Int8 = false>
 void interleaved_rows(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
                       const at::Tensor& mins, at::Tensor& out) {
   const int64_t M = x.size(0), K = x.size(1), N = out.size(1);
   const QuantizedRows qa =
-      quantize_activations<U4, G>(x.data_ptr<float>(), M, K, /*pair_blocks=*/false);
+      quantize_activations<U4, G>(x.data_ptr<float>(), M, K, /*pair_blocks=*/false, Int8);
   const int64_t group_bytes = kChunksPerGroup<U4, G> * 32;
   const uint8_t* cp = reinterpret_cast<const uint8_t*>(codes.data_ptr());
   const S* sp = scales.data_ptr<S>();
@@ -134,8 +151,8 @@ void interleaved_rows(const at::Tensor& x, const at::Tensor& codes, const at::Te
   // a 2048-token prefill chunk (2.4 MB of rows at K = 576) came from L3 once per row group, and
   // weights past L2 (3072 x 576 u4: 0.9 MB) once per activation block: 80-115 GMAC/s a core
   // instead of ~175.
-  const int64_t block_rows =
-      std::max<int64_t>(8, kActivationBlockBytes / (K * static_cast<int64_t>(sizeof(int16_t))));
+  const int64_t block_rows = std::max<int64_t>(
+      8, kActivationBlockBytes / (K * static_cast<int64_t>(Int8 ? 1 : sizeof(int16_t))));
   const int64_t block_groups = std::max<int64_t>(1, kWeightBlockBytes / (qa.ng * group_bytes));
   at::parallel_for(0, N / kRowGroup, 1, [&](int64_t begin, int64_t end) {
     float part[vec::kRows16Tile * kRowGroup];
@@ -149,7 +166,7 @@ void interleaved_rows(const at::Tensor& x, const at::Tensor& codes, const at::Te
           const S* z = mp + j * qa.ng * kRowGroup;
           for (int64_t m0 = block; m0 < block_end;) {
             const int64_t rows = tile_rows(block_end - m0);
-            row_group_rows<U4, G, S>(c, s, z, qa, m0, rows, part);
+            row_group_rows<U4, G, S, Int8>(c, s, z, qa, m0, rows, part);
             for (int64_t r = 0; r < rows; ++r)
               std::copy_n(part + r * kRowGroup, kRowGroup, op + (m0 + r) * N + j * kRowGroup);
             m0 += rows;
