@@ -25,9 +25,15 @@ def _error_bound(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) ->
     return gamma * magnitude
 
 
-@pytest.mark.parametrize("N,K", [(64, 96), (67, 100), (3, 8), (130, 576)])
+_F32, _BF16 = torch.float32, torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    "N,K,dtype",
+    [(64, 96, _F32), (67, 100, _F32), (3, 8, _F32), (130, 576, _F32), (67, 100, _BF16),
+     (130, 576, _BF16)],
+)  # fmt: skip
 @pytest.mark.parametrize("with_bias", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dense_linear_matches_float64_and_is_batch_invariant(
     N: int, K: int, with_bias: bool, dtype: torch.dtype
 ):
