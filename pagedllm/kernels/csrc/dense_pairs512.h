@@ -28,8 +28,8 @@ namespace {
 
 // W rows x activation pairs per register tile: 4 x 3 (12 accumulators, 6 activation rows).
 // Measured in L1 on this Zen 5 (1 thread, K 576 / 1536, GMAC/s): 4 x 3 108-117, 6 x 2 107-109,
-// 3 x 4 96-105, 4 x 2 98-105; 4 x 4, 5 x 3, 6 x 4, 2 x 6 only 43-46 (more than 8 loads in flight
-// per step?); dense_tile.h's 4 x 3 ymm tile 63-66.
+// 3 x 4 96-105, 4 x 2 98-105; 4 x 4, 5 x 3, 6 x 4, 2 x 6 only 43-46 (cause not found: not the
+// registers zmm16-31, not spills; the loop is clean); dense_tile.h's 4 x 3 ymm tile 63-66.
 constexpr int kPanelRows = 4;
 constexpr int kTilePairs = 3;
 
@@ -53,8 +53,8 @@ inline void pack_pairs(const float* x, int64_t K, int64_t m0, int64_t rows, floa
 // tail is added by the caller (dense_tile.h's tail order).
 template <int NW, int P>
 inline void pair_dots(const float* const* w, const float* pairs, int64_t K8, float* out) {
-  // (unrolled by hand: past 12 accumulators GCC's own complete unrolling gives up and keeps
-  // them on the stack, at 40 % of the speed)
+  // (loops unrolled explicitly so the accumulators stay in registers whatever GCC's unrolling
+  // limits)
   __m512 acc[NW][P];
 #pragma GCC unroll 16
   for (int i = 0; i < NW; ++i)
