@@ -24,7 +24,11 @@ import subprocess
 import sys
 import tempfile
 
-CONFIGS = {"q4_1": [], "fp32": ["--quantization", "none"]}
+CONFIGS = {
+    "q4_1": [],
+    "fp32": ["--quantization", "none"],
+    "bf16": ["--quantization", "none", "--dtype", "bfloat16"],  # (bf16 weights, fp32 math)
+}
 
 
 def _bench(tree: str, flags: list[str], args: argparse.Namespace) -> dict:
@@ -47,7 +51,8 @@ def _bench(tree: str, flags: list[str], args: argparse.Namespace) -> dict:
 _GREEDY = r"""
 import json, random, sys
 from pagedllm import LLM, SamplingParams
-llm = LLM(None, kv_cache_memory="1GiB", max_model_len=1024, quantization=sys.argv[1] or None)
+llm = LLM(None, kv_cache_memory="1GiB", max_model_len=1024, quantization=sys.argv[1] or None,
+          dtype=sys.argv[2])
 rng = random.Random(0)
 prompts = [[rng.randrange(100, 40000) for _ in range(rng.randint(8, 96))] for _ in range(32)]
 params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
@@ -57,8 +62,8 @@ print(json.dumps({"batched": batched, "alone": alone}))
 """
 
 
-def _greedy(tree: str, quantization: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", _GREEDY, quantization], cwd="/",
+def _greedy(tree: str, quantization: str, dtype: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", _GREEDY, quantization, dtype], cwd="/",
                           env={**os.environ, "PYTHONPATH": tree}, check=True,
                           capture_output=True, text=True)  # fmt: skip
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -81,7 +86,8 @@ def main() -> None:
                              "batch invariance is still required")  # fmt: skip
     args = parser.parse_args()
     trees = {"base": os.path.abspath(args.base), "change": os.path.abspath(args.change)}
-    report: dict = {"machine": platform.processor() or platform.machine(), "args": vars(args)}
+    report: dict = {"machine": platform.processor() or platform.machine(), "args": vars(args),
+                    "load_at_start": os.getloadavg()}
     for config in args.configs:
         runs: dict[str, list[dict]] = {"base": [], "change": []}
         for round_index in range(args.rounds):
@@ -91,7 +97,8 @@ def main() -> None:
                 print(f"{config} round {round_index} {name}: {runs[name][-1]}", flush=True)
         report[config] = _summarize(runs, args.batch_sizes)
         quantization = "" if config == "q4_1" else "none"
-        tokens = {name: _greedy(tree, quantization) for name, tree in trees.items()}
+        dtype = "bfloat16" if config == "bf16" else "auto"
+        tokens = {name: _greedy(tree, quantization, dtype) for name, tree in trees.items()}
         same_trees = tokens["base"] == tokens["change"]
         alone_matches = tokens["change"]["alone"] == tokens["change"]["batched"][:4]
         report[config]["greedy_tokens_identical"] = same_trees
@@ -100,6 +107,7 @@ def main() -> None:
         if not alone_matches or not (same_trees or args.allow_token_change):
             raise SystemExit(f"{config}: greedy tokens differ (trees {same_trees}, "
                              f"batch vs alone {alone_matches})")  # fmt: skip
+    report["load_at_end"] = os.getloadavg()
     if args.output_json:
         with open(args.output_json, "w") as f:
             json.dump(report, f, indent=1)

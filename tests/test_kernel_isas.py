@@ -82,8 +82,9 @@ def kernel_outputs() -> dict[str, torch.Tensor]:
 
     out: dict[str, torch.Tensor] = {}
     for K in (64, 576, 68):
-        w = rand(40, K)
-        for M in (1, 2, 3, 4, 5, 7, 33):
+        w = rand(42, K)  # (42: AVX-512's 4-row panels leave two rows over)
+        # 8 rows and more: AVX-512's row-pair GEMM (dense_pairs512.h), odd counts included
+        for M in (1, 2, 3, 4, 5, 7, 8, 13, 33):
             x = rand(M, K)
             out[f"dense/K{K}/M{M}"] = ops.dense_linear(x, w, None)
             for half in (torch.bfloat16, torch.float16):  # widened on load: float32's bits

@@ -10,13 +10,19 @@
 // on a DRAM miss (the hardware prefetcher does not follow 4 streams of 2.3 KB across rows).
 // Measured (2 threads, 30 SmolLM2 layers' fp32 weights from DRAM, GFLOP/s): 32 rows 4x2 tiles
 // without prefetch vs now ~1.35x; against ATen (MKL) 33 rows 57 vs 118, 128 rows 93 vs 124,
-// 256 rows 119 vs 145, 512 rows 140 vs 124. Few rows: stream_gemv below.
+// 256 rows 119 vs 145, 512 rows 140 vs 124. Few rows: stream_gemv below. AVX-512 builds take 8
+// rows and more through dense_pairs512.h's row-pair GEMM instead (two activation rows per 512-bit
+// register, the same per-output order, so the same bits; SmolLM2's shapes, 1 thread, GMAC/s of
+// thread CPU time: fp32 32 rows 60 -> 80, 512 rows 63 -> 94; bf16 weights 58 -> 82, 59 -> 95).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
+#include <vector>
 
+#include "dense_pairs512.h"
 #include "dense_tile.h"
 #include "ops.h"
 #include "vec/vec.h"
@@ -136,6 +142,94 @@ void tile_gemv(const W* wp, const float* xp, int64_t K, int64_t N, int64_t M, fl
   });
 }
 
+#ifdef PAGEDLLM_VEC_512
+// More rows on AVX-512: dense_pairs512.h's tiles of kPanelRows W rows x kTilePairs activation
+// pairs, the same loop nest as tile_gemv (a thread's W rows in panels, each swept against a row
+// block of activations kept in L2 while the next panel is prefetched a slice per tile).
+template <int NW, typename W>
+void pair_panel(const float* const* w, const W* const* tail_w, const float* pairs, const float* xp,
+                int64_t K, int64_t N, int64_t M, int64_t n, int64_t pair0, int64_t pair_end,
+                const char* next, int64_t next_bytes, float* op) {
+  const int64_t K8 = K / 8;
+  const int64_t tiles = pass_count(pair_end - pair0);
+  const int64_t slice = ((next_bytes / 64 + tiles - 1) / tiles) * 64;
+  int64_t fetched = 0;
+  float part[NW * 2 * kTilePairs];
+  static_assert(kTilePairs == 3, "pass_rows splits pairs in threes and twos");
+  for (int64_t p0 = pair0; p0 < pair_end;) {
+    for (const int64_t stop = std::min(fetched + slice, next_bytes); fetched < stop; fetched += 64)
+      pagedllm::vec::prefetch(next + fetched);
+    const int P = static_cast<int>(pass_rows(pair_end - p0));  // (of pairs here)
+    const float* x = pairs + p0 * K8 * 16;
+    switch (P) {
+      case 3: pair_dots<NW, 3>(w, x, K8, part); break;
+      case 2: pair_dots<NW, 2>(w, x, K8, part); break;
+      default: pair_dots<NW, 1>(w, x, K8, part); break;
+    }
+    for (int i = 0; i < NW; ++i)
+      for (int r = 0; r < 2 * P; ++r) {
+        const int64_t m = 2 * p0 + r;
+        if (m >= M) break;
+        float sum = part[i * 2 * P + r];
+        for (int64_t k = K8 * 8; k < K; ++k)  // dense_tile.h's tail, one fused FMA at a time
+          sum = std::fma(pagedllm::vec::to_f32(tail_w[i][k]), xp[m * K + k], sum);
+        op[m * N + n + i] = sum;
+      }
+    p0 += P;
+  }
+}
+
+// From 8 rows (5-7 rows: W's bytes bound both, and tile_gemv read them faster, 1.2x at 5 rows;
+// 8 rows 1.0-1.13x here, 32 rows 1.33-1.43x, 128-512 rows 1.42-1.6x, kernel alone at 1 thread).
+constexpr int64_t kPairMinRows = 8;
+
+template <typename W>
+void pair_gemm(const W* wp, const float* xp, int64_t K, int64_t N, int64_t M, float* op) {
+  static_assert(kRowBlock % 2 == 0, "row blocks of whole pairs");
+  const int64_t K8 = K / 8;
+  // (at::empty: 64-byte aligned, for the pair loads)
+  at::Tensor pairs_buf = at::empty({(M + 1) / 2 * K8 * 16}, at::kFloat);
+  float* pairs = pairs_buf.data_ptr<float>();
+  at::parallel_for(0, (M + 1) / 2, 16, [&](int64_t begin, int64_t end) {
+    pack_pairs(xp, K, 2 * begin, std::min(M, 2 * end) - 2 * begin, pairs + begin * K8 * 16);
+  });
+  constexpr bool kWiden = !std::is_same_v<W, float>;
+  const int64_t panel_bytes = kPanelRows * K * static_cast<int64_t>(sizeof(W));
+  at::parallel_for(0, (N + kPanelRows - 1) / kPanelRows, 8, [&](int64_t begin, int64_t end) {
+    std::vector<float> widened(kWiden ? kPanelRows * K : 0);
+    for (int64_t row0 = 0; row0 < M; row0 += kRowBlock) {
+      const int64_t pair0 = row0 / 2, pair_end = (std::min(M, row0 + kRowBlock) + 1) / 2;
+      for (int64_t panel = begin; panel < end; ++panel) {
+        const int64_t n = panel * kPanelRows, rows = std::min<int64_t>(kPanelRows, N - n);
+        const float* w[kPanelRows];
+        const W* tail_w[kPanelRows];
+        for (int64_t i = 0; i < rows; ++i) {
+          tail_w[i] = wp + (n + i) * K;
+          if constexpr (kWiden) {
+            float* dst = widened.data() + i * K;
+            for (int64_t k = 0; k < K8 * 8; k += 8)
+              pagedllm::vec::store(dst + k, pagedllm::vec::load(tail_w[i] + k));
+            w[i] = dst;
+          } else {
+            w[i] = tail_w[i];
+          }
+        }
+        const char* next = reinterpret_cast<const char*>(wp + (n + kPanelRows) * K);
+        const int64_t next_bytes = n + 2 * kPanelRows <= N ? panel_bytes : 0;
+        if (rows == kPanelRows) {
+          pair_panel<kPanelRows, W>(w, tail_w, pairs, xp, K, N, M, n, pair0, pair_end, next,
+                                    next_bytes, op);
+        } else {
+          for (int64_t i = 0; i < rows; ++i)
+            pair_panel<1, W>(w + i, tail_w + i, pairs, xp, K, N, M, n + i, pair0, pair_end,
+                             nullptr, 0, op);
+        }
+      }
+    }
+  });
+}
+#endif  // PAGEDLLM_VEC_512
+
 }  // namespace
 
 namespace {
@@ -148,7 +242,15 @@ void dense_gemv(const float* x, int64_t M, int64_t K, const W* w, int64_t N, flo
     case 2: stream_gemv<2>(w, x, K, N, out); break;
     case 3: stream_gemv<3>(w, x, K, N, out); break;
     case 4: stream_gemv<4>(w, x, K, N, out); break;
-    default: tile_gemv(w, x, K, N, M, out); break;
+    default:
+#ifdef PAGEDLLM_VEC_512
+      if (M >= kPairMinRows) {
+        pair_gemm(w, x, K, N, M, out);
+        break;
+      }
+#endif
+      tile_gemv(w, x, K, N, M, out);
+      break;
   }
 }
 
