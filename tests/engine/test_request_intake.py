@@ -15,7 +15,7 @@ from pagedllm.sampling_params import SamplingParams
 class CountingProcessor(InputProcessor):
     def __init__(self) -> None:
         config = SimpleNamespace(vocab_size=100, max_model_len=16, task="generate", pooler=None,
-                                 model="tiny")  # fmt: skip
+                                 model="tiny", is_encoder_decoder=False)  # fmt: skip
         super().__init__(config, tokenizer=None)
         self.validations = 0
 
