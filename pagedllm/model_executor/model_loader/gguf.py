@@ -32,6 +32,8 @@ GGUF_ARCHITECTURES = {
     "glm4": "Glm4ForCausalLM",
     # (DeepseekV3ForCausalLM where the file's router gating is sigmoid: see _deepseek2_config)
     "deepseek2": "DeepseekV2ForCausalLM",
+    "dbrx": "DbrxForCausalLM",
+    "glm4moe": "Glm4MoeForCausalLM",
 }
 """GGUF `general.architecture` -> the HF architecture (model registry key) we load it as."""
 _PERMUTED_QK = {"llama", "internlm2"}
@@ -119,6 +121,36 @@ _ARCH_BLOCK_NAMES = {
         "attn_kv_b": "self_attn.kv_b_proj",
         "attn_k_b": "self_attn.k_b_proj",
         "attn_v_b": "self_attn.v_b_proj",
+        "ffn_gate_inp": "mlp.gate",
+        "exp_probs_b": "mlp.gate.e_score_correction_bias",
+        "ffn_gate_exps": "mlp.experts.gate_proj",
+        "ffn_up_exps": "mlp.experts.up_proj",
+        "ffn_down_exps": "mlp.experts.down_proj",
+        "ffn_gate_shexp": "mlp.shared_experts.gate_proj",
+        "ffn_up_shexp": "mlp.shared_experts.up_proj",
+        "ffn_down_shexp": "mlp.shared_experts.down_proj",
+    },
+    # DBRX: Wqkv fused as attn_qkv (q/k rows as HF's: llama.cpp's NEOX rope), norm_2 as
+    # attn_output_norm; the experts stacked per projection, [E, I, H] for w1 / v1 and [E, H, I]
+    # for w2 (the converter transposes it per expert), unstacked by models/dbrx.py
+    "dbrx": {
+        "attn_norm": "input_layernorm",
+        "attn_qkv": "self_attn.qkv_proj",
+        "attn_output": "self_attn.o_proj",
+        "attn_output_norm": "post_attention_layernorm",
+        "ffn_gate_inp": "mlp.gate",
+        "ffn_gate_exps": "mlp.experts.w1",
+        "ffn_up_exps": "mlp.experts.v1",
+        "ffn_down_exps": "mlp.experts.w2",
+    },
+    # GLM-4-MoE: HF's names (post_attention_layernorm is llama.cpp's post_attention_norm here,
+    # the pre-MLP norm), DeepSeek's MoE tensors (experts stacked per projection, put back by
+    # models/glm4_moe.py); q/k rows as HF's (NEOX rope); the nextn (MTP) tensors are skipped
+    "glm4moe": {
+        **{k: v for k, v in _BLOCK_NAMES.items() if k != "ffn_norm"},
+        "post_attention_norm": "post_attention_layernorm",
+        "attn_q_norm": "self_attn.q_norm",
+        "attn_k_norm": "self_attn.k_norm",
         "ffn_gate_inp": "mlp.gate",
         "exp_probs_b": "mlp.gate.e_score_correction_bias",
         "ffn_gate_exps": "mlp.experts.gate_proj",
@@ -246,6 +278,17 @@ def gguf_hf_config(path: str) -> Any:
         from pagedllm.model_executor.model_loader.gguf_deepseek import deepseek2_config
 
         return deepseek2_config(reader, _common_config(reader, "deepseek2"))
+    if arch in ("dbrx", "glm4moe"):
+        from pagedllm.model_executor.model_loader import gguf_moe
+
+        common = _common_config(reader, arch)
+        if arch == "dbrx":
+            return gguf_moe.dbrx_config(reader, common)
+
+        def meta(key: str, default: Any = None) -> Any:
+            return gguf_field(reader, f"glm4moe.{key}", default)
+
+        return gguf_moe.glm4_moe_config(reader, common, _rope_parameters(meta))
     return _llama_config(reader, path, arch)
 
 
@@ -453,6 +496,8 @@ def iterate_gguf_weights(
     for tensor in tqdm(reader.tensors, desc="Loading GGUF weights", unit="tensor", leave=False,
                        disable=envs.log_format() == "json"):
         hf_name = gguf_to_hf_name(tensor.name, arch)
+        if hf_name is None and ".nextn." in tensor.name:
+            continue  # a multi-token-prediction layer's own tensors (GLM-4-MoE): not run
         if hf_name is None:
             logger.warning("skipping GGUF tensor %s: no HF counterpart", tensor.name)
             continue

@@ -114,6 +114,8 @@ _RENAMES = [
     (r"^transformer\.blocks\.(\d+)\.ffn\.router\.layer\.", r"model.layers.\1.mlp.gate."),
 ]
 _EXPERTS = re.compile(r"^transformer\.blocks\.(\d+)\.ffn\.experts\.mlp\.(w1|v1|w2)$")
+_GGUF_EXPERTS = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(w1|v1|w2)\.weight$")
+"""A llama.cpp GGUF's experts (model_loader/gguf.py): stacked [E, I, H], w2 already [E, H, I]."""
 
 
 class DbrxForCausalLM(LlamaForCausalLM):
@@ -137,6 +139,11 @@ class DbrxForCausalLM(LlamaForCausalLM):
         into per-expert ones (w2 transposed to the [H, I] of a down projection)."""
         ffn = self.config.ffn_config
         for name, tensor in weights:
+            if (gguf_match := _GGUF_EXPERTS.match(name)) is not None:
+                layer, which = gguf_match[1], gguf_match[2]
+                for e, matrix in enumerate(_dense(tensor)):
+                    yield f"model.layers.{layer}.mlp.experts.{e}.{which}.weight", matrix
+                continue
             match = _EXPERTS.match(name)
             if match is None:
                 for pattern, repl in _RENAMES:
@@ -151,4 +158,6 @@ class DbrxForCausalLM(LlamaForCausalLM):
 
 
 def _dense(tensor: Any) -> torch.Tensor:
+    if hasattr(tensor, "dequantize") and not isinstance(tensor, torch.Tensor):  # GGUF blocks
+        return tensor.dequantize()
     return tensor if isinstance(tensor, torch.Tensor) else torch.as_tensor(tensor)

@@ -17,7 +17,11 @@ from pagedllm.model_executor.layers.layernorm import RMSNorm
 from pagedllm.model_executor.layers.moe import ExpertWeightMapper
 from pagedllm.model_executor.layers.rotary import RotaryEmbedding
 from pagedllm.model_executor.layers.weight_utils import load_packed_weights
-from pagedllm.model_executor.models.deepseek_v2 import DeepseekV2MoE, is_moe_layer
+from pagedllm.model_executor.models.deepseek_v2 import (
+    DeepseekV2MoE,
+    _from_llama_cpp_layout,
+    is_moe_layer,
+)
 from pagedllm.model_executor.models.llama import (
     LlamaAttention,
     LlamaDecoderLayer,
@@ -56,11 +60,12 @@ class Glm4MoeForCausalLM(LlamaForCausalLM):
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> set[str]:
         """Per-expert gate_proj / up_proj / down_proj into the stacked experts (stacked ones
-        load whole); the rest as Llama's."""
+        load whole; a GGUF's stacked ones are split per expert first); the rest as Llama's."""
         experts = ExpertWeightMapper(
             self.config.n_routed_experts, gate="gate_proj", up="up_proj", down="down_proj"
         )
-        return load_packed_weights(self, weights, self.packed_modules_mapping, self._skip,
+        return load_packed_weights(self, _from_llama_cpp_layout(weights),
+                                   self.packed_modules_mapping, self._skip,
                                    name_mappers=[experts])  # fmt: skip
 
     def _skip(self, name: str) -> bool:
