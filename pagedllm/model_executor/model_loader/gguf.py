@@ -510,11 +510,19 @@ def iterate_gguf_weights(
             data = data - 1  # F32 (norms are never quantized); a copy, not the mmap
         shape = tuple(int(d) for d in reversed(tensor.shape))
         weight = GGUFWeight(data, tensor.tensor_type, shape)
-        raw = not dequantize or (keep_quantized and is_block_quantized(weight.qtype))
+        raw = not dequantize or (keep_quantized and is_block_quantized(weight.qtype)
+                                 and not _is_router(hf_name))
         yield hf_name, (weight if raw else weight.dequantize())
 
 
 _EMBEDDING_NAMES = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+def _is_router(hf_name: str) -> bool:
+    """A module the gguf quantization keeps float (quantization.base.ROUTER_GATES)."""
+    from pagedllm.model_executor.quantization.base import ROUTER_GATES, is_layer_skipped
+
+    return is_layer_skipped(hf_name.rpartition(".")[0], ROUTER_GATES)
 
 
 def is_block_quantized(qtype: Any) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from pagedllm.logger import init_logger
-from pagedllm.model_executor.quantization.base import QuantizationConfig
+from pagedllm.model_executor.quantization.base import ROUTER_GATES, QuantizationConfig
 from pagedllm.model_executor.quantization.group_quant import concat_rows, to_kernel
 from pagedllm.model_executor.quantization.kernels import DenseWeight, QuantizedWeight
 from pagedllm.model_executor.quantization.repacked import RepackedLinearMethod
@@ -41,6 +41,12 @@ def _as_float(part) -> torch.Tensor:
 
 class GGUFConfig(QuantizationConfig):
     name = "gguf"
+
+    def __init__(self) -> None:
+        # the MoE routers (llama.cpp keeps ffn_gate_inp F32) and MLA's kv_b_proj stay plain float
+        # linears: DeepSeek's / GLM-4-MoE's blocks read their .weight (the loader dequantizes
+        # one a file stores in blocks: model_loader.gguf.iterate_gguf_weights)
+        super().__init__(ROUTER_GATES)
 
     def get_quant_method(self, layer, prefix):
         return GGUFLinearMethod()
