@@ -17,6 +17,11 @@ class SchedulerConfig:
     """Cap on the prefill chunk one request may take in a step (None: no cap)."""
     policy: str = "fcfs"
     """Waiting-queue order: "fcfs" or "priority" (lower value first, then arrival)."""
+    encoder_cache_size: int | None = None
+    """Vision-language models: the encoder cache's budget in embedding tokens (vLLM's name):
+    how many image placeholder tokens' encoder outputs the worker may hold at once
+    (core/encoder_cache_manager.py). None: max(max_num_batched_tokens, max_model_len), which
+    holds every image any admissible prompt can carry, chunked or not."""
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -25,5 +30,12 @@ class SchedulerConfig:
             raise ValueError(
                 f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}"
             )
+        if self.encoder_cache_size is not None and self.encoder_cache_size < 1:
+            raise ValueError(f"encoder_cache_size must be >= 1, got {self.encoder_cache_size}")
         if self.policy not in ("fcfs", "priority"):
             raise ValueError(f"policy must be 'fcfs' or 'priority', got {self.policy!r}")
+
+    def resolved_encoder_cache_size(self, max_model_len: int) -> int:
+        if self.encoder_cache_size is not None:
+            return self.encoder_cache_size
+        return max(self.max_num_batched_tokens, max_model_len)

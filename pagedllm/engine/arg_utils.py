@@ -94,6 +94,9 @@ class EngineArgs:
     """Directory file:// image URLs may be read from (None: local files refused)."""
     allowed_media_domains: list[str] | None = None
     """Hosts http(s) image URLs may be fetched from (None: remote URLs refused)."""
+    encoder_cache_size: int | None = None
+    """Vision-language models: image embedding tokens the encoder cache may hold (vLLM's
+    SchedulerConfig.encoder_cache_size; None: max(max_num_batched_tokens, max_model_len))."""
 
     def create_engine_config(self) -> EngineConfig:
         from pagedllm.model_executor.model_loader.config import load_model_config
@@ -134,6 +137,7 @@ class EngineArgs:
             max_num_batched_tokens=batched,
             enable_chunked_prefill=self.enable_chunked_prefill,
             policy=self.scheduling_policy,
+            encoder_cache_size=self.encoder_cache_size,
         )
         device_config = DeviceConfig(
             device=device, attention_backend=self.attention_backend, num_threads=self.num_threads

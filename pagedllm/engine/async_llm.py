@@ -66,7 +66,8 @@ class AsyncLLM:
         self.input_processor = InputProcessor(self.model_config, tokenizer,
                                               self.config.structured_outputs, self.config.lora,
                                               scheduling_policy=self.config.scheduler.policy,
-                                              multimodal=self.config.multimodal)
+                                              multimodal=self.config.multimodal,
+                                              scheduler=self.config.scheduler)
         self.output_processor = OutputProcessor(tokenizer)
         self.stat_loggers = list(stat_loggers or [])
         self.request_stats = RequestStatsTracker()

@@ -9,7 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pagedllm.config import LoRAConfig, ModelConfig, MultiModalConfig, StructuredOutputsConfig
+from pagedllm.config import (
+    LoRAConfig,
+    ModelConfig,
+    MultiModalConfig,
+    SchedulerConfig,
+    StructuredOutputsConfig,
+)
 from pagedllm.lora.peft_config import check_adapter_shapes, read_adapter
 from pagedllm.lora.request import LoRARequest
 from pagedllm.multimodal.inputs import MultiModalFeature
@@ -53,13 +59,15 @@ class InputProcessor:
     def __init__(self, model_config: ModelConfig, tokenizer: Any,
                  structured_outputs: StructuredOutputsConfig | None = None,
                  lora_config: LoRAConfig | None = None, scheduling_policy: str = "fcfs",
-                 multimodal: MultiModalConfig | None = None) -> None:
+                 multimodal: MultiModalConfig | None = None,
+                 scheduler: SchedulerConfig | None = None) -> None:
         self.model_config = model_config
         self.tokenizer = tokenizer
         self.structured_outputs = structured_outputs or StructuredOutputsConfig()
         self.lora_config = lora_config
         self.scheduling_policy = scheduling_policy
         self.multimodal = multimodal or MultiModalConfig()
+        self.scheduler = scheduler or SchedulerConfig()
         self._mm_processor: Any = None
 
     def _process_multimodal(self, processed: ProcessedPrompt, data: Any) -> ProcessedPrompt:
@@ -234,6 +242,20 @@ class InputProcessor:
                 and image_token in prompt.prompt_token_ids):
             raise ValueError("the prompt holds image placeholder tokens but no images "
                              "(multi_modal_data / image_url content parts)")
+        if prompt.mm_features and image_token is not None:
+            self._check_encoder_cache_fits(prompt.mm_features)
+
+    def _check_encoder_cache_fits(self, features: list[MultiModalFeature]) -> None:
+        """An image whose encoder output exceeds the encoder cache could never be scheduled
+        (nor, without chunked prefill, a prompt whose distinct images together do): refused
+        here rather than left waiting forever."""
+        size = self.scheduler.resolved_encoder_cache_size(self.model_config.max_model_len)
+        lengths = {f.identifier: f.length for f in features}
+        need = (max(lengths.values()) if self.scheduler.enable_chunked_prefill
+                else sum(lengths.values()))
+        if need > size:
+            raise ValueError(f"the prompt's images need {need} embedding tokens in the encoder "
+                             f"cache at once; encoder_cache_size is {size}")
 
     def validate_lora(self, lora: LoRARequest | None) -> None:
         """A request's adapter: LoRA must be on, and the adapter readable and within the

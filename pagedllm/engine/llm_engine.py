@@ -26,7 +26,8 @@ class LLMEngine:
         self.input_processor = InputProcessor(config.model, self.tokenizer,
                                               config.structured_outputs, config.lora,
                                               scheduling_policy=config.scheduler.policy,
-                                              multimodal=config.multimodal)
+                                              multimodal=config.multimodal,
+                                              scheduler=config.scheduler)
         self.output_processor = OutputProcessor(self.tokenizer)
         self.engine_core = core_client or InprocClient(config)
         self.step_profiler: StepProfiler = (

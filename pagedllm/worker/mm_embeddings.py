@@ -1,12 +1,12 @@
-"""The runner's multimodal step: each image's encoder output computed once per request, and the
-step's input embeddings with image rows written over their placeholder positions.
+"""The runner's multimodal step: each image's encoder output computed once per image hash, and
+the step's input embeddings with image rows written over their placeholder positions.
 
 An image's embeddings are computed at the first step whose chunk reaches one of its placeholder
-tokens (the whole image at once, even if the chunk covers only part of it) and kept until the
-request leaves the batch; later chunks of the same prompt slice from the kept rows, so chunked
-prefill never runs the tower twice nor feeds it a partial image. A preempted request leaves the
-batch (its KV is gone too) and recomputes on its return, from the same pixels. A prefix-cache hit
-that covers an image's placeholders skips it entirely: those positions are never scheduled.
+tokens (the whole image at once, even if the chunk covers only part of it) and kept in the
+encoder cache (worker/encoder_cache.py) under the image's hash until the scheduler evicts it;
+later chunks, the same image later in the prompt, other requests with the same image and a
+preempted request on its return all slice from the kept rows. A prefix-cache hit that covers an
+image's placeholders skips it entirely: those positions are never scheduled.
 """
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ from torch import nn
 
 from pagedllm.multimodal.inputs import MultiModalFeature
 from pagedllm.multimodal.mrope import mrope_positions
+from pagedllm.worker.encoder_cache import EncoderCache
 
 
 class MultiModalEmbeddings:
-    def __init__(self, model: nn.Module, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, device: torch.device,
+                 encoder_cache_size: int | None = None) -> None:
         self.model = model
         self.device = device
         self._features: dict[str, list[MultiModalFeature]] = {}
-        self._encoded: dict[tuple[str, int], torch.Tensor] = {}
-        """(request id, image index) -> [length, hidden]: kept while the request runs."""
-        self.num_encoder_runs = 0
-        """Images encoded so far (tests check it: once per image per request)."""
+        self.encoder_cache = EncoderCache(encoder_cache_size)
+        """image hash -> [length, hidden], admitted and evicted by the scheduler."""
         self.mrope_merge_size: int | None = getattr(model, "mrope_spatial_merge_size", None)
         """Qwen2-VL: the model reads [3, T] M-RoPE positions (None: the plain [T] ones)."""
 
@@ -35,10 +35,17 @@ class MultiModalEmbeddings:
         if features:
             self._features[req_id] = features
 
+    @property
+    def num_encoder_runs(self) -> int:
+        """Images encoded so far (tests check it: once per image hash while cached)."""
+        return self.encoder_cache.num_encoder_runs
+
     def remove_request(self, req_id: str) -> None:
-        features = self._features.pop(req_id, None)
-        for index in range(len(features or ())):
-            self._encoded.pop((req_id, index), None)
+        # (its images' entries stay: the scheduler evicts them when the room is needed)
+        self._features.pop(req_id, None)
+
+    def free_encoder_outputs(self, mm_hashes: list[str]) -> None:
+        self.encoder_cache.free(mm_hashes)
 
     def input_embeds(self, input_ids: torch.Tensor, req_ids: list[str], starts: np.ndarray,
                      counts: np.ndarray) -> torch.Tensor | None:
@@ -76,13 +83,12 @@ class MultiModalEmbeddings:
         return torch.from_numpy(np.concatenate(rows, axis=1)).to(positions.device)
 
     def _encode(self, req_id: str, index: int, feature: MultiModalFeature) -> torch.Tensor:
-        key = (req_id, index)
-        if key not in self._encoded:
+        def encode() -> torch.Tensor:
             pixels = torch.from_numpy(feature.pixel_values).unsqueeze(0).to(self.device)
             (rows,) = self.model.embed_multimodal(pixels, feature)
             if len(rows) != feature.length:
                 raise RuntimeError(f"image {index} of {req_id}: the encoder gave {len(rows)} "
                                    f"rows for {feature.length} placeholder tokens")
-            self._encoded[key] = rows
-            self.num_encoder_runs += 1
-        return self._encoded[key]
+            return rows
+
+        return self.encoder_cache.get_or_encode(feature.identifier, encode)

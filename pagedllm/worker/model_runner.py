@@ -54,6 +54,7 @@ class ModelRunner:
         drafter: Drafter | None = None,
         lora_manager: LoRAModelManager | None = None,
         state_cache: StateCache | None = None,
+        encoder_cache_size: int | None = None,
     ) -> None:
         """max_num_seqs and max_model_len size the InputBatch up front (it grows past them).
         drafter: the proposer built by the worker (a draft model's); None: one from
@@ -78,9 +79,10 @@ class ModelRunner:
         """Speculative decoding: proposes each step's drafts for the next (None: off)."""
         self.lora = lora_manager
         """Multi-LoRA: the requests' adapters and the layers' slots (None: off)."""
-        self.mm = (MultiModalEmbeddings(model, device)
+        self.mm = (MultiModalEmbeddings(model, device, encoder_cache_size)
                    if getattr(model, "supports_multimodal", False) else None)
-        """Vision-language models: each image's encoder output, per running request."""
+        """Vision-language models: each image's encoder output, per image hash (the
+        scheduler's encoder cache accounting decides which are held)."""
         self.encdec = (EncoderDecoderState(model, device)
                        if getattr(model, "is_encoder_decoder", False) else None)
         """Encoder-decoders: each running request's cross-attention K/V."""
@@ -172,6 +174,8 @@ class ModelRunner:
     def _update_states(self, so: SchedulerOutput) -> list[str]:
         """Apply the scheduler's deltas; return the scheduled request ids in packing order."""
         batch = self.input_batch
+        if self.mm is not None and so.free_encoder_mm_hashes:
+            self.mm.free_encoder_outputs(so.free_encoder_mm_hashes)
         for req_id in so.finished_req_ids:
             if req_id in batch.row_of:
                 batch.remove_request(req_id)

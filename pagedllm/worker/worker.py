@@ -186,6 +186,8 @@ class Worker:
             max_num_seqs=config.scheduler.max_num_seqs, max_model_len=config.model.max_model_len,
             speculative_config=config.speculative, drafter=drafter, lora_manager=lora_manager,
             state_cache=state_cache,
+            encoder_cache_size=config.scheduler.resolved_encoder_cache_size(
+                config.model.max_model_len),
         )  # fmt: skip
         self.execution = select_execution_strategy(self.model, config.model.enforce_eager,
                                                    config.parallel.tensor_parallel_size)

@@ -74,6 +74,9 @@ class SchedulerOutput:
     report each in ModelRunnerOutput.lora_loaded)."""
     lora_drops: list[int] = field(default_factory=list)
     """Multi-LoRA: adapter ids whose CPU copy and slot the workers free (no request uses them)."""
+    free_encoder_mm_hashes: list[str] = field(default_factory=list)
+    """Vision-language models: image hashes whose encoder outputs the encoder cache evicted;
+    the workers drop them before this step's chunks (core/encoder_cache_manager.py)."""
 
     @property
     def is_empty(self) -> bool:

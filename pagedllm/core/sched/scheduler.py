@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from pagedllm.config.cache import CacheConfig
 from pagedllm.config.scheduler import SchedulerConfig
 from pagedllm.core.block_hash import make_block_hasher
+from pagedllm.core.encoder_cache_manager import EncoderCacheManager, EncoderInputsPlan
 from pagedllm.core.kv_cache_manager import KVCacheManager
 from pagedllm.core.sched.fair_share import create_waiting_queue
 from pagedllm.core.sched.lora_residency import LoRAResidency
@@ -62,6 +63,11 @@ class Scheduler:
     num_state_slots (models with Mamba layers): the worker's state cache holds that many
     requests' states; a request is admitted only when a slot and its KV blocks are both free,
     and gives both back when it finishes or is preempted (core/state_slots.py). 0: no states.
+
+    encoder_cache (vision-language models): which images' encoder outputs the worker holds,
+    keyed by image hash, within scheduler_config.encoder_cache_size embedding tokens
+    (core/encoder_cache_manager.py); a chunk reaching an image that does not fit is cut before
+    it and the request waits.
     """
 
     def __init__(
@@ -117,6 +123,10 @@ class Scheduler:
         for the stages that do not sample."""
         self.in_flight: set[str] = set()
         """Requests of steps sent but not yet updated (pipeline_parallel only)."""
+        self.encoder_cache = EncoderCacheManager(
+            scheduler_config.resolved_encoder_cache_size(max_model_len))
+        """Images' encoder outputs: the worker holds those this admits (requests with images
+        only; text requests never touch it)."""
 
     # ---- request lifecycle ------------------------------------------------------------------
 
@@ -146,6 +156,7 @@ class Scheduler:
 
     def _free_request(self, request: Request) -> None:
         self.kv_cache_manager.free(request)
+        self.encoder_cache.free(request.request_id)
         if self.state_slots is not None:
             self.state_slots.free(request.request_id)
         self.finished_req_ids.add(request.request_id)
@@ -194,6 +205,7 @@ class Scheduler:
         self._num_preemptions += len(step.preempted)
         output = step.build(self.finished_req_ids)
         self.finished_req_ids = set()
+        output.free_encoder_mm_hashes = self.encoder_cache.take_freed()
         if self.lora_residency is not None:
             commands = self.lora_residency.take_commands()
             output.lora_loads, output.lora_drops = commands.loads, commands.drops
@@ -204,7 +216,11 @@ class Scheduler:
                 for r, start in zip(cached.req_ids, cached.num_computed_tokens)]
             self.in_flight.update(output.num_scheduled_tokens)
         for req_id, num_tokens in output.num_scheduled_tokens.items():
-            self.requests[req_id].num_computed_tokens += num_tokens
+            request = self.requests[req_id]
+            request.num_computed_tokens += num_tokens
+            if request.mm_features:  # images now in the KV cache: their entries freeable
+                self.encoder_cache.release_consumed(req_id, request.mm_features,
+                                                    request.num_computed_tokens)
         if self.structured_output_manager is not None:
             sampling = [r for r in map(self.requests.__getitem__, output.num_scheduled_tokens)
                         if r.structured_output is not None
@@ -227,8 +243,9 @@ class Scheduler:
                 continue  # preempted earlier in this loop, or its last step has not returned
             remaining = request.num_tokens - request.num_computed_tokens
             num_new = self._chunk_size(remaining, step.token_budget)
+            num_new = self._plan_encoder_inputs(request, num_new).num_new_tokens
             if num_new == 0:
-                continue
+                continue  # (or waits for room in the encoder cache)
             drafts = self._drafts(request, remaining, step.token_budget - num_new)
             new_block_ids = self._allocate_or_preempt(request, num_new + len(drafts), step)
             if new_block_ids is None:
@@ -333,6 +350,17 @@ class Scheduler:
             num_remaining = min(num_remaining, threshold)
         return min(num_remaining, budget)
 
+    def _plan_encoder_inputs(self, request: Request, num_new: int,
+                             start: int | None = None) -> EncoderInputsPlan:
+        """Cut the chunk before the first image whose encoder output neither is cached nor
+        fits in the encoder cache (referencing or allocating the ones before it)."""
+        if not request.mm_features or num_new == 0:
+            return EncoderInputsPlan(num_new)
+        return self.encoder_cache.schedule_inputs(
+            request.request_id, request.mm_features,
+            request.num_computed_tokens if start is None else start, num_new,
+            allow_partial=self.scheduler_config.enable_chunked_prefill)
+
     def _allocate_or_preempt(
         self, request: Request, num_new: int, step: StepBuilder
     ) -> list[int] | None:
@@ -358,6 +386,7 @@ class Scheduler:
         step.unschedule(request.request_id)
         step.preempted.append(request)
         self.kv_cache_manager.free(request)
+        self.encoder_cache.free(request.request_id)  # (entries stay cached: reused on resume)
         if self.state_slots is not None:  # recomputed from position 0 on resume
             self.state_slots.free(request.request_id)
         request.status = RequestStatus.PREEMPTED
@@ -379,7 +408,12 @@ class Scheduler:
         if self.state_slots is not None and self.state_slots.num_free == 0:
             self._admit_lacked_blocks = True  # (a preempted request's slot would do too)
             return False
+        plan = self._plan_encoder_inputs(request, num_new, num_hit_tokens)
+        num_new = plan.num_new_tokens
+        if num_new == 0:
+            return False  # waits for room in the encoder cache
         if kvm.allocate_slots(request, num_new, num_hit_tokens, hit_blocks) is None:
+            self.encoder_cache.cancel(request.request_id, plan)
             self._admit_lacked_blocks = True
             return False
         self.waiting.pop()
