@@ -39,6 +39,7 @@ class EngineCore(EngineCoreBase):
             max_loras=None if config.lora is None else config.lora.max_loras,
             max_cpu_loras=None if config.lora is None else config.lora.cpu_capacity,
             num_state_slots=info.num_state_slots,
+            num_cross_attention_tokens=info.num_cross_attention_tokens,
         )  # fmt: skip
         self.max_concurrent_batches = self.executor.max_concurrent_batches
         self.batch_queue: deque[tuple[SchedulerOutput, StepFuture]] = deque()

@@ -55,6 +55,7 @@ class ModelRunner:
         lora_manager: LoRAModelManager | None = None,
         state_cache: StateCache | None = None,
         encoder_cache_size: int | None = None,
+        num_cross_attention_tokens: int | None = None,
     ) -> None:
         """max_num_seqs and max_model_len size the InputBatch up front (it grows past them).
         drafter: the proposer built by the worker (a draft model's); None: one from
@@ -83,7 +84,7 @@ class ModelRunner:
                    if getattr(model, "supports_multimodal", False) else None)
         """Vision-language models: each image's encoder output, per image hash (the
         scheduler's encoder cache accounting decides which are held)."""
-        self.encdec = (EncoderDecoderState(model, device)
+        self.encdec = (EncoderDecoderState(model, device, num_cross_attention_tokens)
                        if getattr(model, "is_encoder_decoder", False) else None)
         """Encoder-decoders: each running request's cross-attention K/V."""
         self.state_cache = state_cache

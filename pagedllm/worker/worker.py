@@ -25,6 +25,7 @@ from pagedllm.model_executor.layers.attention import attention_layers
 from pagedllm.model_executor.model_loader.gguf import release_gguf_readers
 from pagedllm.spec_decode.draft_model import DraftModelDrafter, build_draft_model_drafter
 from pagedllm.utils.memory import format_bytes
+from pagedllm.worker.cross_attention_plan import plan_cross_attention
 from pagedllm.worker.execution_strategy import ExecutionStrategy, select_execution_strategy
 from pagedllm.worker.kv_cache_alloc import (
     allocate_kv_caches,
@@ -56,6 +57,9 @@ class KVCacheInfo:
     """The window every attention layer shares, None if any layer attends to everything."""
     num_state_slots: int = 0
     """Models with Mamba layers: requests the state cache holds (worker/state_cache.py)."""
+    num_cross_attention_tokens: int = 0
+    """Encoder-decoders: encoder tokens whose cross-attention K/V the running requests may
+    hold together (worker/cross_attention_plan.py); 0 for other models."""
 
 
 class Worker:
@@ -150,7 +154,10 @@ class Worker:
         tp = config.parallel.tensor_parallel_size
         # Mamba layers: their per-request states take max_num_seqs slots of the budget first
         state_plan = plan_state_cache(config, self.device)
-        if state_plan is None:
+        cross_plan = None
+        if config.model.is_encoder_decoder:  # its cross-attention K/V share the budget
+            layout, cross_plan = plan_cross_attention(config, self.device)
+        elif state_plan is None:
             layout = plan_kv_cache(config.model, config.cache, self.device, tp)
         else:
             layout = plan_kv_cache_beside_states(config, state_plan, self.device)
@@ -186,6 +193,7 @@ class Worker:
             max_num_seqs=config.scheduler.max_num_seqs, max_model_len=config.model.max_model_len,
             speculative_config=config.speculative, drafter=drafter, lora_manager=lora_manager,
             state_cache=state_cache,
+            num_cross_attention_tokens=0 if cross_plan is None else cross_plan.num_tokens,
             encoder_cache_size=config.scheduler.resolved_encoder_cache_size(
                 config.model.max_model_len),
         )  # fmt: skip
@@ -194,7 +202,9 @@ class Worker:
         self._calibrate_drafts()
         window = common_sliding_window(layer.sliding_window for layer in layers)
         return KVCacheInfo(layout.num_blocks, layout.block_size, layout.total_bytes, window,
-                           num_state_slots=0 if state_plan is None else state_plan.num_slots)
+                           num_state_slots=0 if state_plan is None else state_plan.num_slots,
+                           num_cross_attention_tokens=0 if cross_plan is None
+                           else cross_plan.num_tokens)
 
     def _calibrate_drafts(self) -> None:
         """Speculative decoding with draft_token_cost "auto": measure it on this model, device

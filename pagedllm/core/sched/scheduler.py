@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from pagedllm.config.cache import CacheConfig
 from pagedllm.config.scheduler import SchedulerConfig
 from pagedllm.core.block_hash import make_block_hasher
+from pagedllm.core.cross_attention_budget import CrossAttentionBudget
 from pagedllm.core.encoder_cache_manager import EncoderCacheManager, EncoderInputsPlan
 from pagedllm.core.kv_cache_manager import KVCacheManager
 from pagedllm.core.sched.fair_share import create_waiting_queue
@@ -68,6 +69,12 @@ class Scheduler:
     keyed by image hash, within scheduler_config.encoder_cache_size embedding tokens
     (core/encoder_cache_manager.py); a chunk reaching an image that does not fit is cut before
     it and the request waits.
+
+    num_cross_attention_tokens (encoder-decoders): encoder tokens whose cross-attention K/V the
+    worker holds for the running requests together (core/cross_attention_budget.py); a request
+    is admitted only when its encoder prompt fits too (else it waits, or under the priority
+    policy preempts a lower-priority request), and gives the tokens back with its blocks.
+    0: not an encoder-decoder.
     """
 
     def __init__(
@@ -82,6 +89,7 @@ class Scheduler:
         max_loras: int | None = None,
         max_cpu_loras: int | None = None,
         num_state_slots: int = 0,
+        num_cross_attention_tokens: int = 0,
     ) -> None:
         _check_capacity(scheduler_config, cache_config, num_blocks, max_model_len)
         if num_state_slots and cache_config.enable_prefix_caching:
@@ -116,6 +124,9 @@ class Scheduler:
         self._lora_slot_evictions = 0
         self.state_slots = StateSlotPool(num_state_slots) if num_state_slots else None
         """Mamba layers: which request holds which slot of the state cache (None: no states)."""
+        self.cross_attention = (CrossAttentionBudget(num_cross_attention_tokens)
+                                if num_cross_attention_tokens else None)
+        """Encoder-decoders: the running requests' cross-attention memory (None: other models)."""
         self.pipeline_parallel = False
         """Set by the engine core under pipeline parallelism: several steps are in flight, so
         a scheduled request is not scheduled again until its step returns (in_flight, as in
@@ -159,6 +170,8 @@ class Scheduler:
         self.encoder_cache.free(request.request_id)
         if self.state_slots is not None:
             self.state_slots.free(request.request_id)
+        if self.cross_attention is not None:
+            self.cross_attention.free(request.request_id)
         self.finished_req_ids.add(request.request_id)
         del self.requests[request.request_id]
         if self.lora_residency is not None and request.lora_request is not None:
@@ -389,6 +402,8 @@ class Scheduler:
         self.encoder_cache.free(request.request_id)  # (entries stay cached: reused on resume)
         if self.state_slots is not None:  # recomputed from position 0 on resume
             self.state_slots.free(request.request_id)
+        if self.cross_attention is not None:  # re-encoded on resume
+            self.cross_attention.free(request.request_id)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
         request.spec_token_ids = []
@@ -408,6 +423,10 @@ class Scheduler:
         if self.state_slots is not None and self.state_slots.num_free == 0:
             self._admit_lacked_blocks = True  # (a preempted request's slot would do too)
             return False
+        num_encoder_tokens = len(request.encoder_prompt_token_ids or ())
+        if self.cross_attention is not None and not self.cross_attention.fits(num_encoder_tokens):
+            self._admit_lacked_blocks = True  # (a preempted request's tokens would do too)
+            return False
         plan = self._plan_encoder_inputs(request, num_new, num_hit_tokens)
         num_new = plan.num_new_tokens
         if num_new == 0:
@@ -426,6 +445,8 @@ class Scheduler:
         if self.state_slots is not None:
             step.new_reqs[request.request_id].state_slot = self.state_slots.allocate(
                 request.request_id)
+        if self.cross_attention is not None:
+            self.cross_attention.allocate(request.request_id, num_encoder_tokens)
         return True
 
     # ---- update -------------------------------------------------------------------------------
