@@ -191,3 +191,86 @@ def test_completions_through_the_server(build, tmp_path_factory):
         assert bad.status_code == 400, bad.text
     finally:
         server.close()
+
+
+def _cross_budget_llm(model_dir: str, **kwargs) -> LLM:
+    """A KV budget that splits into 128 decoder tokens (8 blocks of 16) and the cross-attention
+    K/V of 128 encoder tokens (this model's bytes per token, self and cross, summed)."""
+    from pagedllm.engine.arg_utils import EngineArgs
+    from pagedllm.worker.cross_attention_plan import cross_attention_bytes_per_token
+
+    config = EngineArgs(model=model_dir, max_model_len=128).create_engine_config().model
+    assert config.compute_dtype == "float32"
+    per_token = cross_attention_bytes_per_token(config)  # fp32 cache: self bytes are the same
+    return LLM(model_dir, max_model_len=128, kv_cache_memory=128 * 2 * per_token,
+               max_num_batched_tokens=64, **kwargs)
+
+
+@pytest.mark.parametrize("variant", ["bart", "t5"])
+def test_cross_attention_budget_makes_requests_wait(build, variant):
+    """Four encoder prompts of 40-70 tokens against a 128-token cross-attention budget: at most
+    two run at once (the others wait for the memory), tokens still equal HF's, the K/V held
+    never exceed the budget and take the planned bytes, and everything is freed at the end."""
+    model_dir = build(variant)
+    hf = _hf(model_dir)
+    prompts = _prompts(hf.config.vocab_size, [60, 50, 70, 40])
+    llm = _cross_budget_llm(model_dir)
+    core = engine_core(llm)
+    runner = core.executor.driver_worker.model_runner
+    info, budget = core.executor.kv_cache_info, core.scheduler.cross_attention
+    assert (info.num_blocks, info.num_cross_attention_tokens, budget.num_tokens) == (8, 128, 128)
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    engine = llm.llm_engine
+    for i, prompt in enumerate(prompts):
+        engine.add_request(str(i), prompt, params)
+    finished, most_running = {}, 0
+    per_token = runner.encdec.held_bytes() // max(1, runner.encdec.num_tokens)
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                finished[int(out.request_id)] = list(out.outputs[0].token_ids)
+        most_running = max(most_running, core.scheduler.num_running)
+        held = runner.encdec
+        assert held.num_tokens <= 128 and sum(budget.held.values()) <= 128
+        if held.num_tokens:
+            per_token = held.held_bytes() // held.num_tokens
+    assert most_running == 2  # 60 + 50 fit, 70 waits; then 70 + 40
+    assert per_token == info.num_bytes // (info.num_blocks * info.block_size)
+    assert [finished[i] for i in range(len(prompts))] == [
+        _hf_generate(hf, p, MAX_TOKENS) for p in prompts]
+    core.step()  # the last finished ids reach the runner with the next step
+    assert runner.encdec.num_cached == 0 and runner.encdec.num_tokens == 0
+    assert budget.num_free == 128 and budget.held == {}
+    assert core.scheduler.make_stats().num_free_blocks == 8
+
+
+def test_cross_attention_budget_preempts_lower_priority_and_frees_on_abort(build):
+    """Priority policy: a high-priority request whose encoder prompt does not fit beside the
+    running ones preempts the lowest-priority one (which is re-encoded when it resumes); an
+    aborted request gives its tokens back."""
+    model_dir = build("bart")
+    hf = _hf(model_dir)
+    low_a, low_b, high, aborted = _prompts(hf.config.vocab_size, [60, 50, 70, 30])
+    llm = _cross_budget_llm(model_dir, scheduling_policy="priority")
+    core, engine = engine_core(llm), llm.llm_engine
+    budget = core.scheduler.cross_attention
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    engine.add_request("low_a", low_a, params, priority=5)
+    engine.add_request("low_b", low_b, params, priority=5)
+    engine.step()
+    assert set(budget.held) == {"low_a", "low_b"}
+    engine.add_request("high", high, params, priority=0)
+    finished, preemptions = {}, 0
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                finished[out.request_id] = list(out.outputs[0].token_ids)
+        preemptions += engine.last_stats.num_preemptions if engine.last_stats else 0
+    assert preemptions >= 1
+    for name, prompt in (("low_a", low_a), ("low_b", low_b), ("high", high)):
+        assert finished[name] == _hf_generate(hf, prompt, MAX_TOKENS), name
+    engine.add_request("aborted", aborted, params)
+    engine.step()
+    assert budget.held == {"aborted": 30}
+    engine.abort_request(["aborted"])
+    assert budget.held == {} and budget.num_free == 128
