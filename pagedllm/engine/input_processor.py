@@ -22,7 +22,8 @@ from pagedllm.multimodal.inputs import MultiModalFeature
 from pagedllm.pooling_params import PoolingParams
 from pagedllm.sampling_params import SamplingParams
 
-# What generate() accepts as one prompt: text, token ids, or vLLM's dict forms.
+# What generate() accepts as one prompt: text, token ids, or vLLM's dict forms (and, from the
+# server's own code only, a ProcessedPrompt it already processed: see process_prompt).
 PromptType = str | list[int] | dict[str, Any]
 
 
@@ -120,8 +121,12 @@ class InputProcessor:
         return self._process(prompt, add_special_tokens).prompt_token_ids
 
     def process_prompt(
-        self, prompt: PromptType, add_special_tokens: bool = True
+        self, prompt: PromptType | ProcessedPrompt, add_special_tokens: bool = True
     ) -> ProcessedPrompt:
+        if isinstance(prompt, ProcessedPrompt):
+            # the server processed it already, in this process, to refuse a bad request with a
+            # 400 before any work (an image is decoded and run through its processor once)
+            return prompt
         if self.model_config.is_encoder_decoder:
             from pagedllm.engine.encoder_decoder_prompt import encoder_decoder_prompt
 

@@ -28,7 +28,7 @@ class OpenAIServingEmbedding(OpenAIServing):
     async def create_embedding(self, request: EmbeddingRequest) -> EmbeddingResponse:
         model_name = self.models.check_model(request.model)
         params = _pooling_params(request)
-        engine_prompts: list[dict[str, Any]]
+        engine_prompts: list[Any]
         if request.messages is not None:
             engine_prompts, prompts = self._message_prompt(request)
         else:
@@ -71,10 +71,10 @@ class OpenAIServingEmbedding(OpenAIServing):
             dimensions = params.dimensions is not None and "dimension" in str(e)
             raise BadRequestError(str(e), param="dimensions" if dimensions else None) from e
 
-    def _message_prompt(self, request: EmbeddingRequest
-                        ) -> tuple[list[dict[str, Any]], list[list[int]]]:
+    def _message_prompt(self, request: EmbeddingRequest) -> tuple[list[Any], list[list[int]]]:
         """vLLM's chat-style request for a dual encoder (CLIP, SigLIP): the messages' text, or
-        their one image (checked and loaded here, so a bad image is a 400 before any work)."""
+        their one image (checked, decoded and processed here, so a bad image is a 400 before
+        any work; the engine takes the processed prompt as it is, never processing it again)."""
         if not is_dual_encoder(self.engine.model_config.hf_config):
             raise BadRequestError("messages are served for CLIP/SigLIP embedding models; send "
                                   "input", param="messages")
@@ -90,9 +90,9 @@ class OpenAIServingEmbedding(OpenAIServing):
             processed = self.engine.input_processor.process_prompt(prompt)
         except ValueError as e:
             raise BadRequestError(str(e), param="messages", code="invalid_image") from e
-        return [prompt], [processed.prompt_token_ids]
+        return [processed], [processed.prompt_token_ids]
 
-    def _encode(self, prompt: dict[str, Any], params: PoolingParams,
+    def _encode(self, prompt: Any, params: PoolingParams,
                 request_id: str) -> AsyncIterator[EmbeddingRequestOutput]:
         return http_errors(self.engine.encode(prompt, params, request_id))
 
