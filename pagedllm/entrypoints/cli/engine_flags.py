@@ -92,6 +92,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                        help="directory that file: image URLs may read from (default: refused)")
     media.add_argument("--allowed-media-domains", nargs="+", default=None,
                        help="hosts that http(s) image URLs may be fetched from (default: none)")
+    media.add_argument("--encoder-cache-size", type=int, default=None,
+                       help="image embedding tokens whose encoder outputs are kept, keyed by "
+                            "image hash (default: max(max_num_batched_tokens, max_model_len))")
     _add_data_parallel_args(parser)
 
 
@@ -223,4 +226,5 @@ def engine_args_from(args: argparse.Namespace) -> EngineArgs:
         max_image_pixels=args.max_image_pixels,
         allowed_local_media_path=args.allowed_local_media_path,
         allowed_media_domains=args.allowed_media_domains,
+        encoder_cache_size=args.encoder_cache_size,
     )
