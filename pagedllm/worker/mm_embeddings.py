@@ -15,9 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from pagedllm.logger import init_logger
 from pagedllm.multimodal.inputs import MultiModalFeature
 from pagedllm.multimodal.mrope import mrope_positions
 from pagedllm.worker.encoder_cache import EncoderCache
+
+logger = init_logger(__name__)
 
 
 class MultiModalEmbeddings:
@@ -28,6 +31,9 @@ class MultiModalEmbeddings:
         self._features: dict[str, list[MultiModalFeature]] = {}
         self.encoder_cache = EncoderCache(encoder_cache_size)
         """image hash -> [length, hidden], admitted and evicted by the scheduler."""
+        if encoder_cache_size is not None:
+            logger.info("encoder cache: up to %d image embedding tokens, keyed by image hash",
+                        encoder_cache_size)
         self.mrope_merge_size: int | None = getattr(model, "mrope_spatial_merge_size", None)
         """Qwen2-VL: the model reads [3, T] M-RoPE positions (None: the plain [T] ones)."""
 
