@@ -71,6 +71,9 @@ class GraniteForCausalLM(LlamaForCausalLM):
         multiplier = float(self.config.residual_multiplier)
         for name, tensor in weights:
             if multiplier != 1.0 and any(part in name for part in self.residual_scaled):
+                if hasattr(tensor, "scaled"):  # GGUF blocks (model_loader.gguf.GGUFWeight)
+                    yield name, tensor.scaled(multiplier)  # (their scales take it)
+                    continue
                 if not (isinstance(tensor, torch.Tensor) and tensor.is_floating_point()):
                     raise NotImplementedError(
                         f"{name}: Granite's residual_multiplier is folded into float weights; "
