@@ -499,7 +499,7 @@ def gguf_to_hf_name(name: str, arch: str = "llama") -> str | None:
 def iterate_gguf_weights(
     path: str, dequantize: bool = True, keep_quantized: bool = False
 ) -> Iterator[tuple[str, torch.Tensor | GGUFWeight]]:
-    """Yield (hf_name, tensor) for every tensor of a GGUF file of a supported arch.
+    """(hf_name, tensor) for every tensor of a GGUF file of a supported arch.
 
     dequantize=True: float32 torch tensors in the HF shape. dequantize=False: GGUFWeight with the
     raw blocks, for a quantized-execution method to repack. keep_quantized=True: GGUFWeight for

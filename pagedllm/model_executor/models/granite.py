@@ -6,7 +6,8 @@ logits divided by `logits_scaling`.
 The residual multiplier is folded into the checkpoint's o_proj and down_proj rows at load
 (m * (W x + b) = (m W) x + m b), so the decoder layer is Llama's own block and runs on the
 fused CPU stack; folding before the weights reach their loaders keeps it right under load-time
-quantization too. (Rounding differs from HF's multiply-after by an ulp, far inside tolerance.)
+quantization too, and a GGUF weight kept in its blocks takes it in its group scales. (Rounding
+differs from HF's multiply-after by an ulp, far inside tolerance.)
 """
 
 from __future__ import annotations
