@@ -25,6 +25,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from safetensors.numpy import load_file
 
 from pagedllm import LLM, SamplingParams
@@ -266,3 +267,25 @@ def _assert_same_greedy(ours, ref, atol: float = 5e-3) -> None:
         step = ref.logprobs[parted]
         best, second = sorted((v.logprob for v in step.values()), reverse=True)[:2]
         assert best - second < 2 * atol and ours.token_ids[parted] in step, (parted, step)
+
+
+def test_scaled_gguf_weight_keeps_its_factor():
+    """Granite's residual multiplier on a weight kept in Q8_0 blocks: decoded (the kernels'
+    path), dequantized, and after a tensor-parallel narrow or a row reorder, it is the factor
+    times the values."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    from pagedllm.model_executor.layers.weight_utils import take_rows
+    from pagedllm.model_executor.model_loader.gguf import GGUFWeight
+
+    values = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
+    weight = GGUFWeight(quantize(values, GGMLQuantizationType.Q8_0), GGMLQuantizationType.Q8_0,
+                        (8, 64))  # fmt: skip
+    plain, scaled = weight.dequantize(), weight.scaled(0.4)
+    torch.testing.assert_close(scaled.dequantize(), plain * 0.4)
+    torch.testing.assert_close(scaled.decode().dequantize(), plain * 0.4)
+    torch.testing.assert_close(scaled.narrow(0, 2, 4).decode().dequantize(), plain[2:6] * 0.4)
+    torch.testing.assert_close(scaled.narrow(1, 32, 32).dequantize(), plain[:, 32:] * 0.4)
+    rows = torch.tensor([3, 0, 5])
+    torch.testing.assert_close(take_rows(scaled, rows).dequantize(), plain[rows] * 0.4)
