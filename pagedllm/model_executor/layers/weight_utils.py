@@ -3,6 +3,7 @@ name mapping of packed (merged) modules declared as data by each model."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -117,4 +118,4 @@ def take_rows(tensor: Any, rows: torch.Tensor) -> Any:
     if isinstance(tensor, torch.Tensor):
         return tensor[rows]
     shape = (len(rows), *tensor.shape[1:])
-    return type(tensor)(tensor.data[rows.numpy()], tensor.qtype, shape)
+    return dataclasses.replace(tensor, data=tensor.data[rows.numpy()], shape=shape)

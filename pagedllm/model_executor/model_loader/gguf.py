@@ -6,6 +6,7 @@ weight loader while the model loads.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from pagedllm.logger import init_logger
+from pagedllm.model_executor.model_loader import gguf_families2
 from pagedllm.model_executor.model_loader.gguf_file import GGUFFile
 
 logger = init_logger(__name__)
@@ -171,6 +173,11 @@ _ARCH_BLOCK_NAMES = {
     },
 }
 
+# granite, granitemoe, falcon, bloom, starcoder, gptj: names, configs and layouts in
+# gguf_families2.py
+GGUF_ARCHITECTURES.update(gguf_families2.ARCHITECTURES)
+_PERMUTED_QK |= gguf_families2.PERMUTED_QK
+
 
 @dataclass
 class GGUFWeight:
@@ -179,6 +186,9 @@ class GGUFWeight:
     data: np.ndarray  # [rows, bytes_per_row] for block-quantized types, [rows, cols] otherwise
     qtype: Any  # gguf.GGMLQuantizationType
     shape: tuple[int, ...]  # the HF (torch) shape once dequantized, e.g. [out, in]
+    multiplier: float = 1.0
+    """A factor the values take when decoded (Granite's residual multiplier folded into a weight
+    kept in its blocks: the per-group scales take it, the codes stay)."""
 
     def dim(self) -> int:
         return len(self.shape)
@@ -189,7 +199,7 @@ class GGUFWeight:
         Q8_0, 256 for the K types), which holds for every split of a real model's dims."""
         if dim == 0:
             return GGUFWeight(self.data[start : start + length], self.qtype,
-                              (length, *self.shape[1:]))
+                              (length, *self.shape[1:]), self.multiplier)
         assert dim == 1 and len(self.shape) == 2, f"cannot narrow dim {dim} of {self.shape}"
         from gguf.constants import GGML_QUANT_SIZES
 
@@ -199,13 +209,21 @@ class GGUFWeight:
                              f"blocks of {block_values}")
         first, count = start // block_values * block_bytes, length // block_values * block_bytes
         data = np.ascontiguousarray(self.data[:, first : first + count])
-        return GGUFWeight(data, self.qtype, (self.shape[0], length))
+        return GGUFWeight(data, self.qtype, (self.shape[0], length), self.multiplier)
+
+    def scaled(self, factor: float) -> GGUFWeight:
+        """The same blocks standing for `factor` times the values."""
+        return dataclasses.replace(self, multiplier=self.multiplier * factor)
 
     def decode(self) -> Any:
         """The blocks as integer codes + per-group scales (a GroupQuant), without float."""
         from pagedllm.model_executor.quantization.gguf_blocks import decode_gguf_blocks
 
-        return decode_gguf_blocks(self.data, self.qtype, self.shape)
+        quant = decode_gguf_blocks(self.data, self.qtype, self.shape)
+        if self.multiplier == 1.0:
+            return quant
+        zeros = None if quant.zeros is None else quant.zeros * self.multiplier
+        return dataclasses.replace(quant, scales=quant.scales * self.multiplier, zeros=zeros)
 
     def dequantize(self) -> torch.Tensor:
         """float32 in the HF shape (a copy, never a view of the mapped file)."""
@@ -214,6 +232,8 @@ class GGUFWeight:
         values = dequantize(self.data, self.qtype).reshape(self.shape)
         if not values.flags.writeable or values.dtype != np.float32:  # a view of the mmap
             values = values.astype(np.float32)
+        if self.multiplier != 1.0:
+            values = values * np.float32(self.multiplier)
         return torch.from_numpy(values)
 
 
@@ -262,6 +282,8 @@ def gguf_hf_config(path: str) -> Any:
     """A transformers config equivalent to the one transformers derives from the file."""
     reader = open_gguf(path)
     arch = gguf_architecture(reader)
+    if arch in gguf_families2.ARCHITECTURES:
+        return gguf_families2.hf_config(reader, arch, _common_config(reader, arch))
     if arch == "gemma3":
         return _gemma3_config(reader)
     if arch == "olmo2":
@@ -458,6 +480,8 @@ def gguf_eos_token_ids(path: str) -> set[int]:
 
 def gguf_to_hf_name(name: str, arch: str = "llama") -> str | None:
     """"blk.3.attn_q.weight" -> "model.layers.3.self_attn.q_proj.weight"; None if unknown."""
+    if arch in gguf_families2.ARCHITECTURES:
+        return gguf_families2.hf_name(name, arch)
     stem, _, suffix = name.rpartition(".")
     parts = stem.split(".")
     block_names = _ARCH_BLOCK_NAMES[arch]
@@ -475,7 +499,7 @@ def gguf_to_hf_name(name: str, arch: str = "llama") -> str | None:
 def iterate_gguf_weights(
     path: str, dequantize: bool = True, keep_quantized: bool = False
 ) -> Iterator[tuple[str, torch.Tensor | GGUFWeight]]:
-    """Yield (hf_name, tensor) for every tensor of a GGUF file of a supported arch.
+    """(hf_name, tensor) for every tensor of a GGUF file of a supported arch.
 
     dequantize=True: float32 torch tensors in the HF shape. dequantize=False: GGUFWeight with the
     raw blocks, for a quantized-execution method to repack. keep_quantized=True: GGUFWeight for
@@ -484,6 +508,17 @@ def iterate_gguf_weights(
     Either way the tensors already follow HF's conventions: q/k rows in rotate-half order, Gemma
     norms as w (not 1 + w).
     """
+    weights = _iterate_gguf_tensors(path, dequantize, keep_quantized)
+    reader = open_gguf(path)
+    if (arch := gguf_architecture(reader)) in gguf_families2.ARCHITECTURES:
+        return gguf_families2.to_hf_layout(reader, arch, weights)  # (fused rows, split experts)
+    return weights
+
+
+def _iterate_gguf_tensors(
+    path: str, dequantize: bool, keep_quantized: bool
+) -> Iterator[tuple[str, torch.Tensor | GGUFWeight]]:
+    """iterate_gguf_weights, one GGUF tensor at a time."""
     from tqdm import tqdm
 
     from pagedllm import envs  # no progress bar in --log-format json logs

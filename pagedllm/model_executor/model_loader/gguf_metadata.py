@@ -88,6 +88,9 @@ ARCH_KEYS: dict[str, Check] = {
     **dict.fromkeys(("use_parallel_residual", "expert_weights_norm"), _flag),
 }
 """`<arch>.<key>` -> its check."""
+# Granite's multipliers (gguf_families2.py)
+ARCH_KEYS.update(dict.fromkeys(("attention.scale", "embedding_scale", "residual_scale"),
+                               _positive_number))
 
 REQUIRED_ARCH_KEYS = ("block_count", "embedding_length", "feed_forward_length",
                       "context_length", "attention.head_count")

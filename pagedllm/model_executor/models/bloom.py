@@ -30,7 +30,7 @@ from pagedllm.model_executor.layers.linear import (
     RowParallelLinear,
 )
 from pagedllm.model_executor.layers.logits import LogitsProcessor
-from pagedllm.model_executor.layers.weight_utils import load_packed_weights
+from pagedllm.model_executor.layers.weight_utils import load_packed_weights, take_rows
 from pagedllm.model_executor.models.gpt_neox import _per_head_to_qkv
 
 
@@ -140,6 +140,7 @@ class BloomForCausalLM(nn.Module):
         for name, tensor in weights:
             if not name.startswith(("transformer.", "lm_head.")):
                 name = f"transformer.{name}"
-            if ".query_key_value." in name:
-                tensor = _per_head_to_qkv(tensor, num_heads)
+            if ".query_key_value." in name:  # (by row index: GGUF blocks move whole rows)
+                tensor = take_rows(tensor, _per_head_to_qkv(torch.arange(tensor.shape[0]),
+                                                            num_heads))
             yield name, tensor

@@ -35,7 +35,7 @@ from pagedllm.model_executor.layers.linear import (
 )
 from pagedllm.model_executor.layers.logits import LogitsProcessor
 from pagedllm.model_executor.layers.rotary import RotaryEmbedding, rope_parameters
-from pagedllm.model_executor.layers.weight_utils import load_packed_weights
+from pagedllm.model_executor.layers.weight_utils import load_packed_weights, take_rows
 from pagedllm.model_executor.models.gpt_neox import _per_head_to_qkv
 
 
@@ -196,11 +196,13 @@ class FalconForCausalLM(nn.Module):
         config = self.config
         for name, tensor in weights:
             if ".query_key_value." in name:
+                # (reordered by row index: a GGUF weight in its blocks moves whole rows)
+                rows = torch.arange(tensor.shape[0])
                 if config.new_decoder_architecture:
                     head_dim = config.hidden_size // config.num_attention_heads
-                    tensor = grouped_to_qkv(tensor, config.num_kv_heads, head_dim)
+                    tensor = take_rows(tensor, grouped_to_qkv(rows, config.num_kv_heads, head_dim))
                 elif not config.multi_query:
-                    tensor = _per_head_to_qkv(tensor, config.num_attention_heads)
+                    tensor = take_rows(tensor, _per_head_to_qkv(rows, config.num_attention_heads))
                 # (multi-query rows are q | k | v already)
             yield name, tensor
 

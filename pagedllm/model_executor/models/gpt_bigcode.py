@@ -13,6 +13,7 @@ from torch import nn
 
 from pagedllm.model_executor.layers.attention import Attention
 from pagedllm.model_executor.layers.linear import QKVParallelLinear, RowParallelLinear
+from pagedllm.model_executor.layers.weight_utils import take_rows
 from pagedllm.model_executor.models.gpt2 import GPT2Block, GPT2LMHeadModel, GPT2Model
 from pagedllm.model_executor.models.gpt_neox import _per_head_to_qkv
 
@@ -50,6 +51,7 @@ class GPTBigCodeForCausalLM(GPT2LMHeadModel):
 
     def _hf_to_ours(self, weights: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
         for name, tensor in super()._hf_to_ours(weights):
-            if not self.config.multi_query and ".attn.c_attn." in name:
-                tensor = _per_head_to_qkv(tensor, self.config.num_attention_heads)
+            if not self.config.multi_query and ".attn.c_attn." in name:  # (by row index)
+                rows = torch.arange(tensor.shape[0])
+                tensor = take_rows(tensor, _per_head_to_qkv(rows, self.config.num_attention_heads))
             yield name, tensor

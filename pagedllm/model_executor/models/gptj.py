@@ -27,7 +27,7 @@ from pagedllm.model_executor.layers.linear import (
 )
 from pagedllm.model_executor.layers.logits import LogitsProcessor
 from pagedllm.model_executor.layers.rotary import RotaryEmbedding, interleaved_to_neox_rows
-from pagedllm.model_executor.layers.weight_utils import load_packed_weights
+from pagedllm.model_executor.layers.weight_utils import load_packed_weights, take_rows
 
 
 def _rotary_dim(config: Any) -> int:
@@ -134,7 +134,10 @@ class GPTJForCausalLM(nn.Module):
         head_dim = self.config.n_embd // self.config.n_head
         for name, tensor in weights:
             if name.endswith((".attn.q_proj.weight", ".attn.k_proj.weight")):
-                tensor = interleaved_to_neox_rows(tensor, head_dim, _rotary_dim(self.config))
+                # (by row index: a GGUF weight in its blocks moves whole rows)
+                rows = interleaved_to_neox_rows(torch.arange(tensor.shape[0]), head_dim,
+                                                _rotary_dim(self.config))  # fmt: skip
+                tensor = take_rows(tensor, rows)
             yield name, tensor
 
     def _skip(self, name: str) -> bool:

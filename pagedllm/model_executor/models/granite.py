@@ -6,7 +6,8 @@ logits divided by `logits_scaling`.
 The residual multiplier is folded into the checkpoint's o_proj and down_proj rows at load
 (m * (W x + b) = (m W) x + m b), so the decoder layer is Llama's own block and runs on the
 fused CPU stack; folding before the weights reach their loaders keeps it right under load-time
-quantization too. (Rounding differs from HF's multiply-after by an ulp, far inside tolerance.)
+quantization too, and a GGUF weight kept in its blocks takes it in its group scales. (Rounding
+differs from HF's multiply-after by an ulp, far inside tolerance.)
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ class GraniteForCausalLM(LlamaForCausalLM):
         multiplier = float(self.config.residual_multiplier)
         for name, tensor in weights:
             if multiplier != 1.0 and any(part in name for part in self.residual_scaled):
+                if hasattr(tensor, "scaled"):  # GGUF blocks (model_loader.gguf.GGUFWeight)
+                    yield name, tensor.scaled(multiplier)  # (their scales take it)
+                    continue
                 if not (isinstance(tensor, torch.Tensor) and tensor.is_floating_point()):
                     raise NotImplementedError(
                         f"{name}: Granite's residual_multiplier is folded into float weights; "
