@@ -97,6 +97,12 @@ def _metadata(writer, arch: str, c: dict) -> None:
             writer.add_sliding_window(c["sliding_window"])
         return
     writer.add_rope_freq_base(rope["rope_theta"])
+    if rope.get("rope_type") == "yarn":
+        from gguf import RopeScalingType
+
+        writer.add_rope_scaling_type(RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(rope["factor"])
+        writer.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
     if arch.endswith("moe"):
         writer.add_expert_count(c.get("num_local_experts") or c["num_experts"])
         writer.add_expert_used_count(c["num_experts_per_tok"])
@@ -211,6 +217,16 @@ def test_mamba_matches_hf(gguf_files):
                          zip(outputs[-1].prompt_logprobs[1:], prompt[1:])])
     ref = expected[torch.arange(len(prompt) - 1), torch.tensor(prompt[1:])]
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
+
+
+def test_qwen2_yarn_logits_match_hf(tiny_model_factory, tmp_path):
+    """Qwen2's YaRN (the converter's rope.scaling.type / factor / original_context_length), past
+    the original context: prefill logits equal HF's."""
+    yarn = {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0,
+            "original_max_position_embeddings": 32}
+    hf_dir = tiny_model_factory("Qwen2Config", rope_parameters=yarn)
+    path = write_gguf(hf_dir, str(tmp_path / "tiny-qwen2-yarn.F32.gguf"), "qwen2")
+    assert_logits_match_hf(path, reference_dir=hf_dir)
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "phi3"])

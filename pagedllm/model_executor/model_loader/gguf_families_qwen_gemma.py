@@ -150,7 +150,7 @@ def hf_config(reader: GGUFFile, arch: str, common_config: Any, rope_parameters: 
     common = common_config(reader, arch)
     tensor_names = {t.name for t in reader.tensors}
     if arch in ("qwen2", "qwen3", "qwen2moe", "qwen3moe"):
-        return _qwen_config(arch, common, meta, tensor_names, rope_parameters(meta))
+        return _qwen_config(arch, common, meta, tensor_names, _qwen_rope(meta, rope_parameters))
     if arch in ("gemma", "gemma2"):
         return _gemma_config(arch, common, meta)
     assert arch == "phi3", arch
@@ -182,6 +182,21 @@ def _qwen_config(arch: str, common: dict[str, Any], meta: Any, tensor_names: set
     cls = {"qwen2": "Qwen2Config", "qwen3": "Qwen3Config", "qwen2moe": "Qwen2MoeConfig",
            "qwen3moe": "Qwen3MoeConfig"}[arch]  # fmt: skip
     return getattr(transformers, cls)(**fields)
+
+
+def _qwen_rope(meta: Any, rope_parameters: Any) -> dict[str, Any]:
+    """YaRN as the converter writes Qwen's (type, factor, original context; the betas where the
+    HF config had them), else gguf.py's default / linear."""
+    if meta("rope.scaling.type") != "yarn":
+        return rope_parameters(meta)
+    params = {"rope_type": "yarn", "rope_theta": meta("rope.freq_base", 1e4),
+              "factor": meta("rope.scaling.factor"),
+              "original_max_position_embeddings": meta("rope.scaling.original_context_length")}
+    for key, hf_key in (("yarn_beta_fast", "beta_fast"), ("yarn_beta_slow", "beta_slow"),
+                        ("yarn_attn_factor", "attention_factor")):
+        if (value := meta(f"rope.scaling.{key}")) is not None:
+            params[hf_key] = value
+    return params
 
 
 _GEMMA2_27B_LAYERS = 46
