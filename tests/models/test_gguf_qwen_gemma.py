@@ -70,7 +70,7 @@ def _metadata(writer, arch: str, c: dict) -> None:
         writer.add_ssm_state_size(c["state_size"])
         writer.add_ssm_time_step_rank(c["time_step_rank"])
         writer.add_layer_norm_rms_eps(c["layer_norm_epsilon"])
-        writer.add_ssm_dt_b_c_rms(False)
+        writer.add_ssm_dt_b_c_rms(c["model_type"] == "falcon_mamba")
         return
     writer.add_context_length(c["max_position_embeddings"])
     writer.add_embedding_length(c["hidden_size"])
@@ -198,10 +198,15 @@ def test_logits_match_hf(gguf_files, arch):
     assert_logits_match_hf(path, reference_dir=reference_dir)
 
 
-def test_mamba_matches_hf(gguf_files):
+@pytest.mark.parametrize("config_cls", ["MambaConfig", "FalconMambaConfig"])
+def test_mamba_matches_hf(gguf_files, tiny_model_factory, tmp_path, config_cls):
     """Mamba from its GGUF on the state cache (no prefix cache: no KV to share): greedy tokens of
-    the chunked mixed batch, and the prompt logprobs of the prefill."""
+    the chunked mixed batch, and the prompt logprobs of the prefill. Falcon-Mamba: the same arch
+    with ssm.dt_b_c_rms set (its dt/B/C norms)."""
     path, reference_dir = gguf_files["mamba"]
+    if config_cls == "FalconMambaConfig":
+        reference_dir = tiny_model_factory(config_cls, **MAMBA)
+        path = write_gguf(reference_dir, str(tmp_path / "tiny-falcon-mamba.F32.gguf"), "mamba")
     hf = load_hf_model(reference_dir)
     prompts = random_prompts([1, 7, 23], hf.config.vocab_size)
     llm = LLM(path, max_model_len=64, kv_cache_memory="1MiB", max_num_batched_tokens=16,
