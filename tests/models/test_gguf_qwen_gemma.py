@@ -255,3 +255,45 @@ def test_q8_0_quantized_equals_dequantized(tiny_model_factory, tmp_path, arch):
                                    zip(o.outputs[0].logprobs, o.outputs[0].token_ids)])
                      for o in (quantized, dequantized))
         torch.testing.assert_close(ours, ref, atol=2e-3, rtol=0)
+
+
+def _write_sentencepiece_gguf(path: str, arch: str) -> str:
+    """A tokenizer-only GGUF of `arch` with a tiny sentencepiece ("llama") vocabulary, as the
+    Gemma converters write theirs."""
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(path, arch)
+    writer.add_block_count(1)
+    writer.add_context_length(32)
+    writer.add_embedding_length(8)
+    writer.add_feed_forward_length(8)
+    writer.add_head_count(1)
+    tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "\u2581", "a", "b", "\u2581a", "ab", "\u2581ab"]
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([0.0] * 4 + [-1.0, -2.0, -3.0, -0.5, -0.7, -0.2])
+    writer.add_token_types([3, 3, 3, 2] + [1] * 6)
+    writer.add_bos_token_id(2)
+    writer.add_eos_token_id(1)
+    writer.add_unk_token_id(3)
+    writer.add_pad_token_id(0)
+    writer.add_tensor("token_embd.weight", np.zeros((len(tokens), 8), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_gemma_sentencepiece_tokenizer(tmp_path):
+    """A Gemma 1 file's sentencepiece vocabulary loads (transformers' AutoTokenizer refuses the
+    `gemma` arch: it cannot rebuild its config) and encodes / decodes as the same vocabulary in a
+    `gemma2` file, which AutoTokenizer loads."""
+    from pagedllm.tokenizer.loader import load_tokenizer
+
+    ours, reference = (load_tokenizer(_write_sentencepiece_gguf(str(tmp_path / f"{a}.gguf"), a))
+                       for a in ("gemma", "gemma2"))
+    for text in ("ab a", " a  b", "abab"):
+        assert ours(text).input_ids == reference(text).input_ids
+        assert ours.decode(ours(text).input_ids) == reference.decode(reference(text).input_ids)
+    assert ours.bos_token == "<bos>" and ours.eos_token == "<eos>"
