@@ -128,7 +128,10 @@ def to_hf_layout(arch: str, hf_name: str, data: np.ndarray, shape: tuple[int, ..
                  ) -> tuple[np.ndarray, tuple[int, ...]]:
     """Undo the converter's value changes that gguf.py's generic ones do not cover: Mamba's
     A = -exp(A_log) back to A_log (F32: 1-D-like tensors are never quantized) and its squeezed
-    conv1d back to HF's [I, 1, K]."""
+    conv1d back to HF's [I, 1, K]; Qwen2-MoE's shared-expert gate, which llama.cpp also accepts
+    as a vector [H], as HF's [1, H]."""
+    if hf_name.endswith(".mlp.shared_expert_gate.weight") and len(shape) == 1:
+        return data.reshape(1, -1), (1, shape[0])
     if arch != "mamba":
         return data, shape
     if hf_name.endswith(".mixer.A_log"):
