@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 # GGUF pre-tokenizer names whose split is GPT-2's byte-level regex in transformers' converter.
 _BYTE_LEVEL_PRE = {None, "default", "gpt2", "smollm"}
 _CONTROL, _USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values
+_GGUF_TOKENIZER_CLASSES = {"gemma": "GemmaTokenizer"}
+"""GGUF archs whose config transformers cannot rebuild (so AutoTokenizer refuses the file) while
+its GGUF tokenizer builder knows their vocabulary: this class loads it without a config."""
 
 
 def load_tokenizer(model: ModelConfig | ModelSource | str | None) -> PreTrainedTokenizerBase:
@@ -62,8 +65,17 @@ def _load(kind: str, path: str, gguf_file: str | None) -> PreTrainedTokenizerBas
             raise ValueError(refuse_remote_code(path)) from e
     assert gguf_file is not None
     fast = gguf_byte_level_tokenizer(os.path.join(path, gguf_file))
-    return fast if fast is not None else AutoTokenizer.from_pretrained(
-        path, gguf_file=gguf_file, trust_remote_code=False)
+    if fast is not None:
+        return fast
+    from pagedllm.model_executor.model_loader.gguf import gguf_field, open_gguf
+
+    arch = gguf_field(open_gguf(os.path.join(path, gguf_file)), "general.architecture")
+    if arch in _GGUF_TOKENIZER_CLASSES:
+        import transformers
+
+        cls = getattr(transformers, _GGUF_TOKENIZER_CLASSES[arch])
+        return cls.from_pretrained(path, gguf_file=gguf_file)
+    return AutoTokenizer.from_pretrained(path, gguf_file=gguf_file, trust_remote_code=False)
 
 
 def gguf_byte_level_tokenizer(gguf_path: str) -> PreTrainedTokenizerBase | None:

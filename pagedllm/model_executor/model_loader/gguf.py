@@ -17,6 +17,7 @@ import torch
 
 from pagedllm.logger import init_logger
 from pagedllm.model_executor.model_loader import gguf_families2
+from pagedllm.model_executor.model_loader import gguf_families_qwen_gemma as qwen_gemma
 from pagedllm.model_executor.model_loader.gguf_file import GGUFFile
 
 logger = init_logger(__name__)
@@ -36,11 +37,12 @@ GGUF_ARCHITECTURES = {
     "deepseek2": "DeepseekV2ForCausalLM",
     "dbrx": "DbrxForCausalLM",
     "glm4moe": "Glm4MoeForCausalLM",
+    **qwen_gemma.ARCHITECTURES,
 }
 """GGUF `general.architecture` -> the HF architecture (model registry key) we load it as."""
 _PERMUTED_QK = {"llama", "internlm2"}
 """Archs whose q/k rows llama.cpp permutes to interleaved rotary pairs (see _unpermute_rows)."""
-_NORM_PLUS_ONE = {"gemma3"}
+_NORM_PLUS_ONE = {"gemma3", *qwen_gemma.NORM_PLUS_ONE}
 """Archs whose norm weights llama.cpp stores as (1 + w) where HF stores w (Gemma's norms)."""
 
 _GLOBAL_NAMES = {
@@ -171,6 +173,7 @@ _ARCH_BLOCK_NAMES = {
         "ffn_norm": "pre_feedforward_layernorm",
         "post_ffw_norm": "post_feedforward_layernorm",
     },
+    **qwen_gemma.BLOCK_NAMES,
 }
 
 # granite, granitemoe, falcon, bloom, starcoder, gptj: names, configs and layouts in
@@ -284,6 +287,8 @@ def gguf_hf_config(path: str) -> Any:
     arch = gguf_architecture(reader)
     if arch in gguf_families2.ARCHITECTURES:
         return gguf_families2.hf_config(reader, arch, _common_config(reader, arch))
+    if arch in qwen_gemma.ARCHITECTURES:
+        return qwen_gemma.hf_config(reader, arch, _common_config, _rope_parameters)
     if arch == "gemma3":
         return _gemma3_config(reader)
     if arch == "olmo2":
@@ -482,6 +487,8 @@ def gguf_to_hf_name(name: str, arch: str = "llama") -> str | None:
     """"blk.3.attn_q.weight" -> "model.layers.3.self_attn.q_proj.weight"; None if unknown."""
     if arch in gguf_families2.ARCHITECTURES:
         return gguf_families2.hf_name(name, arch)
+    if arch == "mamba":
+        return qwen_gemma.mamba_hf_name(name)
     stem, _, suffix = name.rpartition(".")
     parts = stem.split(".")
     block_names = _ARCH_BLOCK_NAMES[arch]
@@ -533,6 +540,8 @@ def _iterate_gguf_tensors(
         hf_name = gguf_to_hf_name(tensor.name, arch)
         if hf_name is None and ".nextn." in tensor.name:
             continue  # a multi-token-prediction layer's own tensors (GLM-4-MoE): not run
+        if hf_name is None and tensor.name in qwen_gemma.SKIPPED_TENSORS:
+            continue  # read into the config (Phi-3's longrope factors)
         if hf_name is None:
             logger.warning("skipping GGUF tensor %s: no HF counterpart", tensor.name)
             continue
@@ -544,6 +553,7 @@ def _iterate_gguf_tensors(
         if arch in _NORM_PLUS_ONE and hf_name.endswith("norm.weight"):
             data = data - 1  # F32 (norms are never quantized); a copy, not the mmap
         shape = tuple(int(d) for d in reversed(tensor.shape))
+        data, shape = qwen_gemma.to_hf_layout(arch, hf_name, data, shape)
         weight = GGUFWeight(data, tensor.tensor_type, shape)
         raw = not dequantize or (keep_quantized and is_block_quantized(weight.qtype)
                                  and not _is_router(hf_name))

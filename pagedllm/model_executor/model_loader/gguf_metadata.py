@@ -73,11 +73,12 @@ ARCH_KEYS: dict[str, Check] = {
                      "vocab_size", "attention.head_count", "attention.head_count_kv",
                      "attention.key_length", "attention.value_length",
                      "attention.key_length_mla", "attention.value_length_mla",
-                     "attention.kv_lora_rank", "attention.sliding_window",
+                     "attention.kv_lora_rank",
                      "rope.dimension_count", "rope.scaling.original_context_length",
                      "expert_count", "expert_used_count", "expert_feed_forward_length",
                      "expert_group_count", "expert_group_used_count"), _positive_int),
-    **dict.fromkeys(("attention.q_lora_rank", "expert_shared_count",
+    # (sliding_window 0: none, as the converter writes it for Phi-3 without one)
+    **dict.fromkeys(("attention.q_lora_rank", "attention.sliding_window", "expert_shared_count",
                      "leading_dense_block_count", "expert_gating_func"), _count),
     **dict.fromkeys(("attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon",
                      "rope.freq_base", "rope.scaling.factor", "expert_weights_scale"),
@@ -86,6 +87,13 @@ ARCH_KEYS: dict[str, Check] = {
                      "rope.scaling.yarn_beta_fast", "rope.scaling.yarn_beta_slow"), _number),
     "rope.scaling.type": _string,
     **dict.fromkeys(("use_parallel_residual", "expert_weights_norm"), _flag),
+    # Gemma 2, Phi-3, Qwen2-MoE and Mamba (gguf_families_qwen_gemma.py)
+    **dict.fromkeys(("attn_logit_softcapping", "final_logit_softcapping",
+                     "rope.scaling.attn_factor"), _positive_number),
+    **dict.fromkeys(("ssm.conv_kernel", "ssm.inner_size", "ssm.state_size",
+                     "ssm.time_step_rank"), _positive_int),
+    "expert_shared_feed_forward_length": _count,
+    "ssm.dt_b_c_rms": _flag,
 }
 """`<arch>.<key>` -> its check."""
 # Granite's multipliers (gguf_families2.py)
@@ -95,6 +103,11 @@ ARCH_KEYS.update(dict.fromkeys(("attention.scale", "embedding_scale", "residual_
 REQUIRED_ARCH_KEYS = ("block_count", "embedding_length", "feed_forward_length",
                       "context_length", "attention.head_count")
 """What every model needs (llama.cpp refuses a file without them too)."""
+
+ATTENTION_FREE_ARCHS = ("mamba",)
+"""Archs whose converter writes attention.head_count and feed_forward_length as 0 (unused:
+no attention, no MLP), where 0 is fine."""
+_UNUSED_IN_ATTENTION_FREE = ("attention.head_count", "feed_forward_length")
 
 TOKEN_ID_KEYS = tuple(f"tokenizer.ggml.{name}_token_id" for name in (
     "bos", "eos", "padding", "unknown", "eot", "eom", "sep", "cls", "mask"))
@@ -138,6 +151,8 @@ def check_gguf_metadata(fields: dict[str, Any], path: str, architectures: Collec
         raise GGUFMetadataError(f"{path}: GGUF metadata general.architecture is missing")
     for key, check in ARCH_KEYS.items():
         full = f"{arch}.{key}"
+        if arch in ATTENTION_FREE_ARCHS and key in _UNUSED_IN_ATTENTION_FREE:
+            check = _count
         if full in fields and (problem := check(fields[full])) is not None:
             raise fail(full, problem)
     missing = [f"{arch}.{key}" for key in REQUIRED_ARCH_KEYS if f"{arch}.{key}" not in fields]

@@ -91,11 +91,14 @@ class Qwen2MoeForCausalLM(LlamaForCausalLM):
     model_cls = Qwen2MoeModel
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> set[str]:
-        """Per-expert gate_proj / up_proj / down_proj into the stacked experts; the rest (shared
-        expert included) as Llama's."""
+        """Per-expert gate_proj / up_proj / down_proj into the stacked experts (a GGUF's experts,
+        stacked per projection, are split per expert first); the rest (shared expert included)
+        as Llama's."""
+        from pagedllm.model_executor.models.deepseek_v2 import _from_llama_cpp_layout
+
         experts = ExpertWeightMapper(
             self.config.num_experts, gate="gate_proj", up="up_proj", down="down_proj"
         )
-        return load_packed_weights(
-            self, weights, self.packed_modules_mapping, self._skip, name_mappers=[experts]
-        )
+        return load_packed_weights(self, _from_llama_cpp_layout(weights),
+                                   self.packed_modules_mapping, self._skip,
+                                   name_mappers=[experts])  # fmt: skip
