@@ -62,8 +62,6 @@ class EngineConfig:
         split = f"tensor_parallel_size={tp}, pipeline_parallel_size={pp}"
         if tp * pp == 1:
             return
-        if self.lora is not None and pp > 1:
-            raise ValueError(f"LoRA adapters do not run with {split} yet")
         if self.speculative is not None and self.speculative.method == "draft_model":
             raise ValueError(f"a draft model does not run with {split} yet")
         if self.model.is_encoder_only:

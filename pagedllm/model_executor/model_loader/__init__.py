@@ -74,6 +74,11 @@ def _check_tensor_parallel(model_cls: type[nn.Module], model_config: ModelConfig
         raise ValueError(f"{model_config.architecture} does not run with pipeline_parallel_size="
                          f"{pp} in pagedllm (its model does not pass hidden states between "
                          f"stages)")
+    if getattr(model_cls, "supports_multimodal", False) and (tp > 1 or pp > 1):
+        logger.info("%s: the language model is split (tensor_parallel_size=%d, "
+                    "pipeline_parallel_size=%d); the vision tower and projector are replicated "
+                    "on every rank (the first stage's ranks run them)",
+                    model_config.architecture, tp, pp)
 
 
 def _dtype_words(model_config: ModelConfig) -> str:
