@@ -48,8 +48,11 @@ class EngineConfig:
         if not self.model.is_encoder_decoder:
             return
         what = self.model.architecture
-        if self.parallel.tensor_parallel_size * self.parallel.pipeline_parallel_size > 1:
-            raise ValueError(f"{what} is an encoder-decoder; it runs on one rank only")
+        if self.parallel.pipeline_parallel_size > 1:
+            raise ValueError(f"{what} is an encoder-decoder; it does not run with "
+                             f"pipeline_parallel_size={self.parallel.pipeline_parallel_size} "
+                             f"(its decoder layers read every request's encoder output, which "
+                             f"is computed on one stage; use tensor_parallel_size)")
         if self.speculative is not None:
             raise ValueError(f"{what} is an encoder-decoder; speculative decoding does not run "
                              f"it yet")
