@@ -19,7 +19,7 @@ from tests.models.test_encoder_decoder import (  # noqa: F401  (the module's mod
 
 
 @pytest.mark.parametrize("variant", ["bart", "t5_v1_1"])
-def test_tp2_equals_hf(build, variant):
+def test_tp2_equals_hf(build, variant):  # noqa: F811
     model_dir = build(variant)
     hf = _hf(model_dir)
     prompts = _prompts(hf.config.vocab_size)
@@ -34,6 +34,6 @@ def test_tp2_equals_hf(build, variant):
     assert [o.outputs[0].token_ids for o in outputs] == expected
 
 
-def test_pp_is_refused_with_its_reason(build):
+def test_pp_is_refused_with_its_reason(build):  # noqa: F811
     with pytest.raises(ValueError, match="encoder-decoder; it does not run with pipeline"):
         LLM(build("bart"), pipeline_parallel_size=2)
