@@ -66,7 +66,9 @@ class EngineConfig:
         if tp * pp == 1:
             return
         if self.speculative is not None and self.speculative.method == "draft_model":
-            raise ValueError(f"a draft model does not run with {split} yet")
+            raise ValueError(f"a draft model does not run with {split} yet (the drafter is a "
+                             f"second whole model inside the target's worker, neither split "
+                             f"over the ranks nor staged; use the ngram or suffix method)")
         if self.model.is_encoder_only:
             raise ValueError(f"{self.model.architecture} is an encoder; encoders do not run "
                              f"with {split}")
