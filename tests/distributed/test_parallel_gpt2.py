@@ -1,0 +1,25 @@
+"""GPT-2 and GPT-BigCode under -tp 2: fused c_attn cut per q/k/v shard at load (GPT-2's from a
+transposed Conv1D), c_fc column-parallel, c_proj row-parallel, wte/wpe vocab-parallel; GPT-
+BigCode's one multi-query K/V head replicated on both ranks. Greedy tokens equal HF's (fp32);
+-tp 1 equals HF in tests/models."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.distributed.test_tensor_parallel import LENGTHS, MAX_TOKENS, run_engine
+from tests.hf_reference import hf_greedy, load_hf_model
+from tests.models.family_check import random_prompts
+from tests.models.test_gpt2 import VARIANTS as GPT2
+from tests.models.test_gpt_bigcode import VARIANTS as BIGCODE
+
+
+@pytest.mark.parametrize("config_cls, overrides", [
+    ("GPT2Config", GPT2["gpt2"]), ("GPTBigCodeConfig", BIGCODE["multi_query"]),
+])  # fmt: skip
+def test_tp2_equals_hf(tiny_model_factory, config_cls, overrides):
+    model_dir = tiny_model_factory(config_cls, **overrides)
+    hf = load_hf_model(model_dir)
+    prompts = random_prompts(LENGTHS, hf.config.vocab_size)
+    expected = [hf_greedy(hf, p, MAX_TOKENS) for p in prompts]
+    assert run_engine(model_dir, prompts, tp=2) == expected
