@@ -1,7 +1,9 @@
-"""GPT-2 and GPT-BigCode under -tp 2: fused c_attn cut per q/k/v shard at load (GPT-2's from a
-transposed Conv1D), c_fc column-parallel, c_proj row-parallel, wte/wpe vocab-parallel; GPT-
-BigCode's one multi-query K/V head replicated on both ranks. Greedy tokens equal HF's (fp32);
--tp 1 equals HF in tests/models."""
+"""GPT-2, GPT-BigCode, Phi and GPT-J under -tp 2. GPT-2: fused c_attn cut per q/k/v shard at
+load (from a transposed Conv1D), c_fc column-parallel, c_proj row-parallel, wte/wpe
+vocab-parallel; GPT-BigCode: its one multi-query K/V head replicated on both ranks; Phi: GQA,
+per-head q/k LayerNorm (one weight), partial rotary, parallel attention + MLP, LM head bias split
+by vocabulary; GPT-J: interleaved partial rotary, parallel block. Greedy tokens equal HF's
+(fp32); -tp 1 equals HF in tests/models."""
 
 from __future__ import annotations
 
@@ -12,10 +14,13 @@ from tests.hf_reference import hf_greedy, load_hf_model
 from tests.models.family_check import random_prompts
 from tests.models.test_gpt2 import VARIANTS as GPT2
 from tests.models.test_gpt_bigcode import VARIANTS as BIGCODE
+from tests.models.test_gptj import VARIANTS as GPTJ
+from tests.models.test_phi import VARIANTS as PHI
 
 
 @pytest.mark.parametrize("config_cls, overrides", [
     ("GPT2Config", GPT2["gpt2"]), ("GPTBigCodeConfig", BIGCODE["multi_query"]),
+    ("PhiConfig", PHI["qk_layernorm_gqa"]), ("GPTJConfig", GPTJ["rotary_dim_8"]),
 ])  # fmt: skip
 def test_tp2_equals_hf(tiny_model_factory, config_cls, overrides):
     model_dir = tiny_model_factory(config_cls, **overrides)
