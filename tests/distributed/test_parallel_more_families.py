@@ -1,10 +1,11 @@
-"""GPT-2, GPT-BigCode, Phi, GPT-J, OPT and GLM-4-MoE split over ranks. GPT-2: fused c_attn
-cut per q/k/v shard at load (from a transposed Conv1D), c_fc column-parallel, c_proj
+"""GPT-2, GPT-BigCode, Phi, GPT-J, OPT, GLM-4-MoE and DBRX split over ranks. GPT-2: fused
+c_attn cut per q/k/v shard at load (from a transposed Conv1D), c_fc column-parallel, c_proj
 row-parallel, wte/wpe vocab-parallel; GPT-BigCode: its one multi-query K/V head replicated on
 both ranks; Phi: GQA, per-head q/k LayerNorm (one weight), partial rotary, parallel attention +
 MLP, LM head bias split by vocabulary; GPT-J: interleaved partial rotary, parallel block; OPT:
 post-norm with its replicated project_in/out; GLM-4-MoE (DeepSeek-V3's routed MoE with shared
-experts) at -tp 2 and -pp 2. Greedy tokens equal HF's (fp32); -tp 1 equals HF in tests/models."""
+experts) and DBRX (the whole fused Wqkv cut per shard, clip_qkv) at -tp 2 and -pp 2. Greedy
+tokens equal HF's (fp32); -tp 1 equals HF in tests/models."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from tests.models.test_phi import VARIANTS as PHI
     ("GPT2Config", GPT2["gpt2"], 2, 1), ("GPTBigCodeConfig", BIGCODE["multi_query"], 2, 1),
     ("PhiConfig", PHI["qk_layernorm_gqa"], 2, 1), ("GPTJConfig", GPTJ["rotary_dim_8"], 2, 1),
     ("OPTConfig", OPT["post_norm_projected"], 2, 1), (*MOE["glm4_moe"], 2, 1),
-    (*MOE["glm4_moe"], 1, 2),
+    (*MOE["glm4_moe"], 1, 2), (*MOE["dbrx"], 2, 1), (*MOE["dbrx"], 1, 2),
 ])  # fmt: skip
 def test_split_equals_hf(tiny_model_factory, config_cls, overrides, tp, pp):
     model_dir = tiny_model_factory(config_cls, **overrides)
