@@ -1,11 +1,13 @@
-"""GPT-2, GPT-BigCode, Phi, GPT-J, OPT, GLM-4-MoE and DBRX split over ranks. GPT-2: fused
-c_attn cut per q/k/v shard at load (from a transposed Conv1D), c_fc column-parallel, c_proj
-row-parallel, wte/wpe vocab-parallel; GPT-BigCode: its one multi-query K/V head replicated on
-both ranks; Phi: GQA, per-head q/k LayerNorm (one weight), partial rotary, parallel attention +
-MLP, LM head bias split by vocabulary; GPT-J: interleaved partial rotary, parallel block; OPT:
-post-norm with its replicated project_in/out; GLM-4-MoE (DeepSeek-V3's routed MoE with shared
-experts) and DBRX (the whole fused Wqkv cut per shard, clip_qkv) at -tp 2 and -pp 2. Greedy
-tokens equal HF's (fp32); -tp 1 equals HF in tests/models."""
+"""GPT-2, GPT-BigCode, Phi, GPT-J, OPT, GLM-4-MoE, DBRX, BLOOM and Falcon split over ranks.
+GPT-2: fused c_attn cut per q/k/v shard at load (from a transposed Conv1D), c_fc
+column-parallel, c_proj row-parallel, wte/wpe vocab-parallel; GPT-BigCode: its one multi-query
+K/V head replicated on both ranks; Phi: GQA, per-head q/k LayerNorm (one weight), partial
+rotary, parallel attention + MLP, LM head bias split by vocabulary; GPT-J: interleaved partial
+rotary, parallel block; OPT: post-norm with its replicated project_in/out; GLM-4-MoE
+(DeepSeek-V3's routed MoE with shared experts) and DBRX (the whole fused Wqkv cut per shard,
+clip_qkv) at -tp 2 and -pp 2; BLOOM and Falcon-RW: each rank's ALiBi slopes are its heads';
+Falcon's new architecture: grouped query_key_value reordered, then split. Greedy tokens equal
+HF's (fp32); -tp 1 equals HF in tests/models."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ import pytest
 from tests.distributed.test_tensor_parallel import LENGTHS, MAX_TOKENS, run_engine
 from tests.hf_reference import hf_greedy, load_hf_model
 from tests.models.family_check import random_prompts
+from tests.models.test_bloom import VARIANTS as BLOOM
 from tests.models.test_dbrx_glm4_moe import VARIANTS as MOE
+from tests.models.test_falcon import VARIANTS as FALCON
 from tests.models.test_gpt2 import VARIANTS as GPT2
 from tests.models.test_gpt_bigcode import VARIANTS as BIGCODE
 from tests.models.test_gptj import VARIANTS as GPTJ
@@ -27,6 +31,8 @@ from tests.models.test_phi import VARIANTS as PHI
     ("PhiConfig", PHI["qk_layernorm_gqa"], 2, 1), ("GPTJConfig", GPTJ["rotary_dim_8"], 2, 1),
     ("OPTConfig", OPT["post_norm_projected"], 2, 1), (*MOE["glm4_moe"], 2, 1),
     (*MOE["glm4_moe"], 1, 2), (*MOE["dbrx"], 2, 1), (*MOE["dbrx"], 1, 2),
+    ("BloomConfig", BLOOM["bloom"], 2, 1), ("FalconConfig", FALCON["new_gqa_two_norms"], 2, 1),
+    ("FalconConfig", FALCON["rw_alibi"], 2, 1),
 ])  # fmt: skip
 def test_split_equals_hf(tiny_model_factory, config_cls, overrides, tp, pp):
     model_dir = tiny_model_factory(config_cls, **overrides)
