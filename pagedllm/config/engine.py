@@ -48,8 +48,11 @@ class EngineConfig:
         if not self.model.is_encoder_decoder:
             return
         what = self.model.architecture
-        if self.parallel.tensor_parallel_size * self.parallel.pipeline_parallel_size > 1:
-            raise ValueError(f"{what} is an encoder-decoder; it runs on one rank only")
+        if self.parallel.pipeline_parallel_size > 1:
+            raise ValueError(f"{what} is an encoder-decoder; it does not run with "
+                             f"pipeline_parallel_size={self.parallel.pipeline_parallel_size} "
+                             f"(its decoder layers read every request's encoder output, which "
+                             f"is computed on one stage; use tensor_parallel_size)")
         if self.speculative is not None:
             raise ValueError(f"{what} is an encoder-decoder; speculative decoding does not run "
                              f"it yet")
@@ -62,10 +65,10 @@ class EngineConfig:
         split = f"tensor_parallel_size={tp}, pipeline_parallel_size={pp}"
         if tp * pp == 1:
             return
-        if self.lora is not None and pp > 1:
-            raise ValueError(f"LoRA adapters do not run with {split} yet")
         if self.speculative is not None and self.speculative.method == "draft_model":
-            raise ValueError(f"a draft model does not run with {split} yet")
+            raise ValueError(f"a draft model does not run with {split} yet (the drafter is a "
+                             f"second whole model inside the target's worker, neither split "
+                             f"over the ranks nor staged; use the ngram or suffix method)")
         if self.model.is_encoder_only:
             raise ValueError(f"{self.model.architecture} is an encoder; encoders do not run "
                              f"with {split}")

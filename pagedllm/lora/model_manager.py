@@ -69,6 +69,10 @@ class LoRAModelManager:
         self.targets: dict[str, tuple[str, int]] = {}
         """Checkpoint module name (...self_attn.k_proj) -> (our module, output slice)."""
         self._wrap(model, getattr(type(model), "packed_modules_mapping", {}))
+        self.other_stages = tuple(f"{name}." for name, module in model.named_modules()
+                                  if getattr(module, "pp_missing", False))
+        """Pipeline parallelism: the layers other stages hold (each stage loads its own
+        layers' share of an adapter)."""
         if not self.layers:
             raise ValueError(f"{type(model).__name__} has no projection that can take a LoRA "
                              f"adapter ({', '.join(SUPPORTED_TARGETS)})")
@@ -226,7 +230,7 @@ class LoRAModelManager:
     def _read_weights(self, lora: LoRARequest) -> LoRAWeights:
         adapter = read_adapter(lora, self.config.max_lora_rank)
         weights = load_lora_weights(lora.lora_int_id, lora.lora_name, adapter, self.targets,
-                                    self._shapes, self.dtype)
+                                    self._shapes, self.dtype, self.other_stages)
         logger.info("LoRA %r (id %d, rank %d) loaded from %s", lora.lora_name,
                     lora.lora_int_id, adapter.rank, lora.lora_path)
         return weights

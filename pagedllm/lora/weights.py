@@ -22,15 +22,18 @@ class LoRAWeights:
 
 def load_lora_weights(lora_int_id: int, name: str, adapter: PEFTAdapter,
                       targets: dict[str, tuple[str, int]], shapes: dict[str, tuple[int, list[int]]],
-                      dtype: torch.dtype) -> LoRAWeights:
+                      dtype: torch.dtype, other_stages: tuple[str, ...] = ()) -> LoRAWeights:
     """targets: checkpoint module (model.layers.0.self_attn.q_proj) -> (our module, slice);
     shapes: our module -> (in, out per slice). ValueError for a module the model lacks or a
-    tensor of the wrong shape."""
+    tensor of the wrong shape. other_stages: module prefixes (`model.layers.2.`) of the decoder
+    layers other pipeline stages hold: their tensors are theirs to load, skipped here."""
     tensors = load_file(adapter.weights_path, device="cpu")
     slices: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
     by_module = {(t.module, t.kind): t.key for t in adapter.tensors}
     for module in adapter.modules:
         if module not in targets:
+            if other_stages and module.startswith(other_stages):
+                continue
             raise ValueError(f"LoRA {name!r}: {module} is not a linear layer of this model that "
                              f"takes an adapter")
         ours, index = targets[module]

@@ -95,6 +95,8 @@ class ModelRunner:
         self.is_last_stage = get_pp_group().is_last_rank
         """Pipeline parallelism: only the last stage samples; an earlier stage runs its layers
         (sending the hidden states on) and answers nothing (always True without PP)."""
+        self.is_first_stage = get_pp_group().is_first_rank
+        """(Only the first stage embeds: a VLM's later stages never run its vision tower.)"""
         layers = attention_layers(model)
         assert len(layers) == len(kv_caches), (len(layers), len(kv_caches))
         for layer, cache in zip(layers, kv_caches):
@@ -136,8 +138,10 @@ class ModelRunner:
                 hidden = self.model(inputs.input_ids, inputs.positions, cross=cross)
             elif self.mm is not None:
                 starts = self.input_batch.num_computed_tokens[inputs.rows]
-                embeds = self.mm.input_embeds(inputs.input_ids, inputs.req_ids, starts,
-                                              inputs.num_scheduled)
+                embeds = None  # (a later pipeline stage receives hidden states instead)
+                if self.is_first_stage:
+                    embeds = self.mm.input_embeds(inputs.input_ids, inputs.req_ids, starts,
+                                                  inputs.num_scheduled)
                 positions = self.mm.positions(inputs.positions, inputs.req_ids, starts,
                                               inputs.num_scheduled)  # M-RoPE: [3, T]
                 hidden = self.model(inputs.input_ids, positions, inputs_embeds=embeds)

@@ -150,6 +150,10 @@ class Worker:
         if config.model.use_mla:  # (its layers keep their own latent cache and attention)
             logger.info("multi-head latent attention: the KV cache holds one latent per token; "
                         "the %s backend attends in no layer", choice.backend.name)
+            if config.parallel.tensor_parallel_size > 1:
+                logger.info("multi-head latent attention under tensor_parallel_size=%d: heads "
+                            "split over the ranks; the latent cache is head-free, so each rank "
+                            "holds all of it (replicated)", config.parallel.tensor_parallel_size)
         backend = choice.backend
         tp = config.parallel.tensor_parallel_size
         # Mamba layers: their per-request states take max_num_seqs slots of the budget first

@@ -11,9 +11,10 @@ from tests.models.family_check import random_prompts
 MAX_TOKENS = 10
 
 
-def _generate(base: str, loras: list, prompts: list[list[int]], tp: int) -> list[list[int]]:
+def _generate(base: str, loras: list, prompts: list[list[int]], tp: int,
+              pp: int = 1) -> list[list[int]]:
     llm = LLM(base, kv_cache_memory="16MiB", max_num_batched_tokens=16, enable_lora=True,
-              max_loras=2, max_lora_rank=16, tensor_parallel_size=tp)
+              max_loras=2, max_lora_rank=16, tensor_parallel_size=tp, pipeline_parallel_size=pp)
     try:
         params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
         outputs = llm.generate(prompts, params, lora_request=loras, use_tqdm=False)

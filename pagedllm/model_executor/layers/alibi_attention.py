@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from pagedllm.attention.backend import AttentionBackend, CommonAttentionMetadata
 from pagedllm.attention.ops.cache_write import write_to_paged_cache
 from pagedllm.attention.ops.kv_quant import load_kv
+from pagedllm.distributed import get_tensor_model_parallel_rank
 from pagedllm.forward_context import get_forward_context
 from pagedllm.model_executor.layers.attention import Attention
 from pagedllm.utils.math import cdiv
@@ -46,8 +47,10 @@ class ALiBiAttention(Attention):
         self, num_heads: int, head_size: int, scale: float, num_kv_heads: int, prefix: str = ""
     ) -> None:
         super().__init__(num_heads, head_size, scale, num_kv_heads, prefix=prefix)
-        # NOTE: [H] float32, not a buffer: a half model's cast must not round the slopes
-        self.alibi_slopes = alibi_slopes(num_heads)
+        # NOTE: [H] float32, not a buffer: a half model's cast must not round the slopes.
+        # Tensor parallelism: the slopes of this rank's heads (a contiguous run of them).
+        first = get_tensor_model_parallel_rank() * self.num_heads
+        self.alibi_slopes = alibi_slopes(num_heads)[first : first + self.num_heads]
 
     def bind(self, backend: type[AttentionBackend], kv_cache: torch.Tensor) -> None:
         # NOTE: the backend's impl is not used (its kernels take no bias); its layout is the

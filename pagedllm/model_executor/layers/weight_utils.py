@@ -68,12 +68,17 @@ def load_packed_weights(
     }
     shards_loaded: Counter[str] = Counter()
     shards_needed: dict[str, int] = {}
+    # pipeline parallelism: the decoder layers another stage holds (their slots have no weights)
+    other_stages = tuple(f"{prefix}." for prefix, module in model.named_modules()
+                         if getattr(module, "pp_missing", False))
     for name, tensor in weights:
         if ignore(name):
             continue
         target, shard_id, num_shards = _map_name(
             name, name_mappers, shard_of, packed_modules_mapping
         )
+        if target not in params and other_stages and target.startswith(other_stages):
+            continue
         shards_needed[target] = num_shards
         if target not in params:
             raise ValueError(f"checkpoint tensor {name!r} matches no parameter of the model")

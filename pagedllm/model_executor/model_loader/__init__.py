@@ -66,14 +66,20 @@ def _check_tensor_parallel(model_cls: type[nn.Module], model_config: ModelConfig
     from pagedllm.distributed import get_pp_group, get_tensor_model_parallel_world_size
 
     tp = get_tensor_model_parallel_world_size()
+    reason = getattr(model_cls, "parallel_refusal", None)  # (a family's own reason, if any)
     if tp > 1 and not getattr(model_cls, "supports_tensor_parallel", False):
         raise ValueError(f"{model_config.architecture} does not run with tensor_parallel_size="
-                         f"{tp} in pagedllm (its layers are not split across ranks)")
+                         f"{tp} in pagedllm ({reason or 'its layers are not split across ranks'})")
     pp = get_pp_group().world_size
     if pp > 1 and not getattr(model_cls, "supports_pipeline_parallel", False):
+        reason = reason or "its model does not pass hidden states between stages"
         raise ValueError(f"{model_config.architecture} does not run with pipeline_parallel_size="
-                         f"{pp} in pagedllm (its model does not pass hidden states between "
-                         f"stages)")
+                         f"{pp} in pagedllm ({reason})")
+    if getattr(model_cls, "supports_multimodal", False) and (tp > 1 or pp > 1):
+        logger.info("%s: the language model is split (tensor_parallel_size=%d, "
+                    "pipeline_parallel_size=%d); the vision tower and projector are replicated "
+                    "on every rank (the first stage's ranks run them)",
+                    model_config.architecture, tp, pp)
 
 
 def _dtype_words(model_config: ModelConfig) -> str:

@@ -19,6 +19,7 @@ from pagedllm.model_executor.layers.embedding import ParallelLMHead, VocabParall
 from pagedllm.model_executor.layers.layernorm import RMSNorm
 from pagedllm.model_executor.layers.logits import LogitsProcessor
 from pagedllm.model_executor.layers.mamba2 import Mamba2Mixer
+from pagedllm.model_executor.layers.mamba_parallel import MAMBA_PARALLEL_REFUSAL
 from pagedllm.model_executor.layers.rotary import RotaryEmbedding, rope_parameters
 from pagedllm.model_executor.layers.weight_utils import load_packed_weights
 from pagedllm.model_executor.models.llama import LlamaAttention, LlamaMLP, head_dim_of
@@ -82,6 +83,7 @@ class BambaModel(nn.Module):
 class BambaForCausalLM(nn.Module):
     supports_tensor_parallel = False
     supports_pipeline_parallel = False
+    parallel_refusal = MAMBA_PARALLEL_REFUSAL
     packed_modules_mapping = {
         "qkv_proj": ["q_proj", "k_proj", "v_proj"],
         "gate_up_proj": ["gate_proj", "up_proj"],

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from pagedllm.config.model import ModelConfig
+from pagedllm.distributed import divide, get_tensor_model_parallel_world_size
 from pagedllm.model_executor.layers.activation import get_act_fn
 from pagedllm.model_executor.layers.attention import Attention
 from pagedllm.model_executor.layers.cross_attention import (
@@ -50,7 +51,9 @@ class BartAttention(nn.Module):
 
     def __init__(self, hidden: int, num_heads: int, prefix: str, kind: str) -> None:
         super().__init__()
-        self.num_heads, self.head_dim = num_heads, hidden // num_heads
+        # NOTE: this rank's heads (q/k/v are split by heads, out_proj all-reduces their sum)
+        self.num_heads = divide(num_heads, get_tensor_model_parallel_world_size())
+        self.head_dim = hidden // num_heads
         self.scale = self.head_dim**-0.5
         # vLLM's roles (the same matmul at tp_size 1): q/k/v column-parallel (kept apart: a
         # cross-attention runs k/v once per request), out_proj row-parallel
@@ -59,8 +62,8 @@ class BartAttention(nn.Module):
         self.out_proj = _row(hidden, hidden, f"{prefix}.out_proj")
         self.attn: nn.Module | None = None
         if kind == "encoder":
-            self.attn = EncoderAttention(num_heads, self.head_dim, self.scale)
-        elif kind == "decoder":
+            self.attn = EncoderAttention(self.num_heads, self.head_dim, self.scale)
+        elif kind == "decoder":  # (Attention takes the model's heads and keeps its share)
             self.attn = Attention(num_heads, self.head_dim, self.scale, num_heads,
                                   prefix=f"{prefix}.attn")
 
@@ -153,6 +156,8 @@ class BartStack(nn.Module):
 
 class BartForConditionalGeneration(nn.Module):
     is_encoder_decoder = True
+    supports_tensor_parallel = True
+    """Both stacks split by heads and FFN columns; each rank keeps its heads' cross K/V."""
 
     def __init__(self, model_config: ModelConfig) -> None:
         super().__init__()

@@ -109,6 +109,10 @@ class BloomModel(nn.Module):
 
 
 class BloomForCausalLM(nn.Module):
+    supports_tensor_parallel = True
+    """query_key_value (per head in the checkpoint) is reordered at load, then split by heads;
+    each rank's ALiBi slopes are its heads'."""
+
     def __init__(self, model_config: ModelConfig) -> None:
         super().__init__()
         config = model_config.hf_config

@@ -119,8 +119,8 @@ _GGUF_EXPERTS = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(w1|v1|w2)\.we
 
 
 class DbrxForCausalLM(LlamaForCausalLM):
-    supports_tensor_parallel = False  # (the fused Wqkv loads whole)
-    supports_pipeline_parallel = False
+    # (-tp: the whole fused Wqkv is cut per q/k/v shard by QKVParallelLinear's loader; clip_qkv
+    # is elementwise. -pp: Llama's stages.)
     model_cls = DbrxModel
 
     def __init__(self, model_config: Any) -> None:

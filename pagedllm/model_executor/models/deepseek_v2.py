@@ -102,8 +102,12 @@ class DeepseekV2MLAAttention(nn.Module):
         per_head = self.qk_nope_head_dim + self.v_head_dim
         self.num_heads = self.kv_b_proj.output_size_per_partition // per_head
         self.rotary_emb = rotary_emb
-        self.attn = MLAAttention(self.num_heads, self.kv_lora_rank, self.qk_rope_head_dim,
+        # NOTE: the model's heads (Attention takes this rank's share of them); the latent cache
+        # is head-free, so under tensor parallelism every rank caches the whole latent (one
+        # "KV head" replicated over the ranks) and attends its own heads over it.
+        self.attn = MLAAttention(heads, self.kv_lora_rank, self.qk_rope_head_dim,
                                  softmax_scale(config), prefix=f"{prefix}.attn")  # fmt: skip
+        assert self.attn.num_heads == self.num_heads, (self.attn.num_heads, self.num_heads)
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
         num_tokens, heads, rope = hidden_states.shape[0], self.num_heads, self.qk_rope_head_dim

@@ -74,7 +74,8 @@ class FalconAttention(nn.Module):
             prefix=f"{prefix}.query_key_value",
         )  # fmt: skip
         self.dense = RowParallelLinear(hidden, hidden, config.bias, prefix=f"{prefix}.dense")
-        self.split_sizes = [hidden, num_kv_heads * head_dim, num_kv_heads * head_dim]
+        # this rank's q | k | v columns (a single multi-query K/V head replicated over ranks)
+        self.split_sizes = list(self.query_key_value.output_sizes_per_partition)
         self.alibi = bool(config.alibi)
         self.rotary_emb = rotary_emb
         attn_cls = FalconALiBiAttention if self.alibi else Attention
@@ -167,6 +168,7 @@ class FalconModel(nn.Module):
 
 
 class FalconForCausalLM(nn.Module):
+    supports_tensor_parallel = True  # (query_key_value reordered to q|k|v at load, then split)
     def __init__(self, model_config: ModelConfig) -> None:
         super().__init__()
         config = model_config.hf_config

@@ -54,8 +54,7 @@ class Glm4MoeModel(LlamaModel):
 
 
 class Glm4MoeForCausalLM(LlamaForCausalLM):
-    supports_tensor_parallel = False  # (the grouped router's experts are untested split)
-    supports_pipeline_parallel = False
+    # (DeepSeek-V3's MoE block: router replicated, experts split TP-style; Llama's stages)
     model_cls = Glm4MoeModel
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> set[str]:

@@ -109,6 +109,9 @@ class GPT2Model(nn.Module):
 
 
 class GPT2LMHeadModel(nn.Module):
+    supports_tensor_parallel = True
+    """c_attn splits by heads (the fused checkpoint tensor cut per q/k/v shard at load), c_fc by
+    columns, both c_proj row-parallel; wte/wpe vocab-parallel (GPT-BigCode too)."""
     conv1d_modules = ("c_attn", "c_proj", "c_fc")
     """Modules whose checkpoint weight is a transformers Conv1D ([in, out])."""
     model_cls: type[GPT2Model] = GPT2Model

@@ -28,7 +28,8 @@ class GPTBigCodeAttention(nn.Module):
             hidden, head_dim, num_heads, num_kv_heads, bias=True, prefix=f"{prefix}.c_attn"
         )
         self.c_proj = RowParallelLinear(hidden, hidden, bias=True, prefix=f"{prefix}.c_proj")
-        self.split_sizes = [hidden, num_kv_heads * head_dim, num_kv_heads * head_dim]
+        # this rank's q | k | v columns (the one MQA K/V head replicated over the ranks)
+        self.split_sizes = list(self.c_attn.output_sizes_per_partition)
         scale = head_dim**-0.5 if config.scale_attn_weights else 1.0
         self.attn = Attention(num_heads, head_dim, scale, num_kv_heads, prefix=f"{prefix}.attn")
 

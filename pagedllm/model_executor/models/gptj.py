@@ -105,6 +105,7 @@ class GPTJModel(nn.Module):
 
 
 class GPTJForCausalLM(nn.Module):
+    supports_tensor_parallel = True  # (parallel attention and MLP: each row-parallel, summed)
     packed_modules_mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}
 
     def __init__(self, model_config: ModelConfig) -> None:

@@ -29,6 +29,7 @@ from pagedllm.model_executor.layers.linear import (
     RowParallelLinear,
 )
 from pagedllm.model_executor.layers.logits import LogitsProcessor
+from pagedllm.model_executor.layers.mamba_parallel import MAMBA_PARALLEL_REFUSAL
 from pagedllm.model_executor.layers.moe import FusedMoE
 from pagedllm.model_executor.layers.rotary import RotaryEmbedding, rope_parameters
 from pagedllm.model_executor.layers.weight_utils import load_packed_weights
@@ -142,6 +143,7 @@ class GraniteMoeHybridModel(nn.Module):
 class GraniteMoeHybridForCausalLM(nn.Module):
     supports_tensor_parallel = False
     supports_pipeline_parallel = False
+    parallel_refusal = MAMBA_PARALLEL_REFUSAL
     packed_modules_mapping = {
         "qkv_proj": ["q_proj", "k_proj", "v_proj"],
         "gate_up_proj": ["gate_proj", "up_proj"],

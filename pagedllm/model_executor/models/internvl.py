@@ -172,6 +172,8 @@ def _text_model_cls(text_config: Any) -> type[LlamaModel]:
 
 class InternVLForConditionalGeneration(nn.Module):
     supports_multimodal = True
+    supports_tensor_parallel = True  # (the decoder splits; the vision tower stays replicated)
+    supports_pipeline_parallel = True  # (the decoder's layers; the first stage merges images)
     packed_modules_mapping = LlamaForCausalLM.packed_modules_mapping
 
     def __init__(self, model_config: ModelConfig) -> None:

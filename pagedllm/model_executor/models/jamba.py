@@ -28,6 +28,7 @@ from pagedllm.model_executor.layers.linear import (
 )
 from pagedllm.model_executor.layers.logits import LogitsProcessor
 from pagedllm.model_executor.layers.mamba import MambaMixer
+from pagedllm.model_executor.layers.mamba_parallel import MAMBA_PARALLEL_REFUSAL
 from pagedllm.model_executor.layers.moe import ExpertWeightMapper, FusedMoE
 from pagedllm.model_executor.layers.weight_utils import load_packed_weights
 from pagedllm.model_executor.models.llama import LlamaMLP, head_dim_of
@@ -128,6 +129,7 @@ class JambaModel(nn.Module):
 class JambaForCausalLM(nn.Module):
     supports_tensor_parallel = False
     supports_pipeline_parallel = False
+    parallel_refusal = MAMBA_PARALLEL_REFUSAL
     packed_modules_mapping = {
         "qkv_proj": ["q_proj", "k_proj", "v_proj"],
         "gate_up_proj": ["gate_proj", "up_proj"],

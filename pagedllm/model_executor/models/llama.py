@@ -168,6 +168,18 @@ def _hidden_act(config: Any) -> str:
 class PPMissingLayer(nn.Module):
     """The slot of a decoder layer another pipeline stage runs (no weights, never called)."""
 
+    pp_missing = True
+    """(load_packed_weights skips checkpoint tensors under such a slot: another stage's.)"""
+
+
+def other_stage_layer(name: str, model: LlamaModel) -> bool:
+    """Whether checkpoint tensor `name` (`<prefix>.layers.<i>....`) is a decoder layer another
+    pipeline stage holds."""
+    parts = name.split(".")
+    if len(parts) < 3 or parts[1] != "layers" or not parts[2].isdigit():
+        return False
+    return not model.start_layer <= int(parts[2]) < model.end_layer
+
 
 class LlamaModel(nn.Module):
     decoder_layer_cls: type[nn.Module] = LlamaDecoderLayer
@@ -201,10 +213,13 @@ class LlamaModel(nn.Module):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:  # [T] -> [T, hidden]
         return self.embed_tokens(input_ids)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """inputs_embeds: [T, hidden] rows to run instead of embedding input_ids (VLMs: text and
+        image rows the runner merged; read on the first pipeline stage only)."""
         pp = get_pp_group()
         if pp.is_first_rank:
-            hidden_states = self.embed(input_ids)  # [T, hidden]
+            hidden_states = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
             residual = None
         else:  # the previous stage's (hidden_states, residual), stacked: [2, T, hidden]
             received = pp.recv_prev((2, input_ids.shape[0], self.hidden_size),
@@ -275,7 +290,4 @@ class LlamaForCausalLM(nn.Module):
         ) or self._other_stage(name)
 
     def _other_stage(self, name: str) -> bool:
-        parts = name.split(".")
-        if len(parts) < 3 or parts[1] != "layers" or not parts[2].isdigit():
-            return False
-        return not self.model.start_layer <= int(parts[2]) < self.model.end_layer
+        return other_stage_layer(name, self.model)

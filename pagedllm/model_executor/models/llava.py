@@ -26,16 +26,8 @@ from pagedllm.model_executor.models.llama import LlamaForCausalLM, LlamaModel
 
 
 class LlavaTextModel(LlamaModel):
-    """Llama's decoder, fed embeddings the runner merged (text and image rows)."""
-
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        hidden_states = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
-        residual = None
-        for layer in self.layers:
-            hidden_states, residual = layer(positions, hidden_states, residual)
-        hidden_states, _ = self.norm(hidden_states, residual)
-        return hidden_states
+    """Llama's decoder, fed embeddings the runner merged (text and image rows): LlamaModel's
+    forward takes them as inputs_embeds (and passes hidden states between pipeline stages)."""
 
 
 class LlavaMultiModalProjector(nn.Module):
@@ -52,6 +44,8 @@ class LlavaMultiModalProjector(nn.Module):
 
 class LlavaForConditionalGeneration(nn.Module):
     supports_multimodal = True
+    supports_tensor_parallel = True  # (the decoder splits; the vision tower stays replicated)
+    supports_pipeline_parallel = True  # (the decoder's layers; the first stage merges images)
     packed_modules_mapping = LlamaForCausalLM.packed_modules_mapping
 
     def __init__(self, model_config: ModelConfig) -> None:

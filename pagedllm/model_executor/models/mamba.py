@@ -24,6 +24,7 @@ from pagedllm.model_executor.layers.layernorm import RMSNorm
 from pagedllm.model_executor.layers.logits import LogitsProcessor
 from pagedllm.model_executor.layers.mamba import MambaMixer, StateSpaceMixer
 from pagedllm.model_executor.layers.mamba2 import Mamba2Mixer
+from pagedllm.model_executor.layers.mamba_parallel import MAMBA_PARALLEL_REFUSAL
 from pagedllm.model_executor.layers.weight_utils import load_packed_weights
 
 
@@ -88,6 +89,7 @@ class MambaModel(nn.Module):
 class MambaForCausalLM(nn.Module):
     supports_tensor_parallel = False
     supports_pipeline_parallel = False
+    parallel_refusal = MAMBA_PARALLEL_REFUSAL
     build_mixer: MixerFactory = staticmethod(mamba_mixer)
 
     def __init__(self, model_config: ModelConfig) -> None:

@@ -137,6 +137,7 @@ class OPTModel(nn.Module):
 
 
 class OPTForCausalLM(nn.Module):
+    supports_tensor_parallel = True  # (project_in/out replicated: small, outside the heads)
     packed_modules_mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}
 
     def __init__(self, model_config: ModelConfig) -> None:

@@ -42,7 +42,7 @@ class PhiAttention(nn.Module):
         self.dense = RowParallelLinear(
             num_heads * head_dim, config.hidden_size, True, prefix=f"{prefix}.dense"
         )
-        self.split_sizes = [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim]
+        self.split_sizes = list(self.qkv_proj.output_sizes_per_partition)  # (this rank's q|k|v)
         self.q_layernorm = self.k_layernorm = None
         if config.qk_layernorm:
             self.q_layernorm = LayerNorm(head_dim, config.layer_norm_eps)
@@ -118,6 +118,7 @@ class PhiModel(nn.Module):
 
 
 class PhiForCausalLM(nn.Module):
+    supports_tensor_parallel = True  # (q/k LayerNorms are per head with one shared weight)
     packed_modules_mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}
 
     def __init__(self, model_config: ModelConfig) -> None:

@@ -42,15 +42,6 @@ class Qwen2VLTextModel(Qwen2Model):
         rotary = MRotaryEmbedding(head_dim_of(config), max_position, params, section)
         return [rotary] * config.num_hidden_layers
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        hidden_states = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
-        residual = None
-        for layer in self.layers:
-            hidden_states, residual = layer(positions, hidden_states, residual)
-        hidden_states, _ = self.norm(hidden_states, residual)
-        return hidden_states
-
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
@@ -167,6 +158,8 @@ class Qwen2VLVisionTransformer(nn.Module):
 
 class Qwen2VLForConditionalGeneration(nn.Module):
     supports_multimodal = True
+    supports_tensor_parallel = True  # (the decoder splits; the vision tower stays replicated)
+    supports_pipeline_parallel = True  # (the decoder's layers; the first stage merges images)
     packed_modules_mapping = LlamaForCausalLM.packed_modules_mapping
 
     def __init__(self, model_config: ModelConfig) -> None:

@@ -20,6 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.config.model import ModelConfig
+from pagedllm.distributed import (
+    divide,
+    get_tensor_model_parallel_rank,
+    get_tensor_model_parallel_world_size,
+)
 from pagedllm.forward_context import get_forward_context
 from pagedllm.model_executor.layers.activation import get_act_fn
 from pagedllm.model_executor.layers.alibi_attention import ALiBiAttention
@@ -66,12 +71,18 @@ class T5RelativeBias(nn.Module):
         self.max_distance = config.relative_attention_max_distance
         self.weight = nn.Parameter(torch.empty(self.num_buckets, config.num_heads),
                                    requires_grad=False)
+        # tensor parallelism: the table stays whole (replicated, num_buckets x heads values);
+        # a rank biases only its own heads, a contiguous run of columns
+        per_rank = divide(config.num_heads, get_tensor_model_parallel_world_size())
+        start = get_tensor_model_parallel_rank() * per_rank
+        self.heads = slice(start, start + per_rank)
 
     def forward(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         # q_pos [nq, 1], k_pos [1, nk]
         bucket = relative_position_bucket(k_pos - q_pos, self.bidirectional, self.num_buckets,
                                           self.max_distance)
-        return F.embedding(bucket, self.weight).permute(2, 0, 1).float()  # [H, nq, nk]
+        table = self.weight[:, self.heads]
+        return F.embedding(bucket, table).permute(2, 0, 1).float()  # [H (this rank's), nq, nk]
 
 
 class T5PagedAttention(ALiBiAttention):
@@ -92,8 +103,10 @@ class T5Attention(nn.Module):
 
     def __init__(self, config: Any, prefix: str, has_bias: bool, bidirectional: bool) -> None:
         super().__init__()
-        self.num_heads, self.d_kv = config.num_heads, config.d_kv
-        inner = self.num_heads * self.d_kv
+        self.d_kv = config.d_kv
+        inner = config.num_heads * self.d_kv
+        # NOTE: this rank's heads (q/k/v split by heads, o all-reduces their sum)
+        self.num_heads = divide(config.num_heads, get_tensor_model_parallel_world_size())
         # vLLM's roles (the same matmul at tp_size 1): q/k/v column-parallel, o row-parallel
         for name in ("q", "k", "v"):
             setattr(self, name, ColumnParallelLinear(config.d_model, inner,
@@ -213,6 +226,9 @@ class T5Stack(nn.Module):
 
 class T5ForConditionalGeneration(nn.Module):
     is_encoder_decoder = True
+    supports_tensor_parallel = True
+    """Both stacks split by heads (each rank biases its heads from the replicated relative
+    position table) and FFN columns; each rank keeps its heads' cross K/V."""
 
     def __init__(self, model_config: ModelConfig) -> None:
         super().__init__()

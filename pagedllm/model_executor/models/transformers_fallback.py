@@ -24,6 +24,7 @@ from torch import nn
 from pagedllm.config.model import ModelConfig
 from pagedllm.model_executor.layers.attention import Attention, layer_sliding_window
 from pagedllm.model_executor.layers.weight_utils import load_packed_weights
+from pagedllm.model_executor.models.transformers_tp import shard_by_tp_plan
 
 ATTN_IMPLEMENTATION = "pagedllm"
 
@@ -54,6 +55,10 @@ def supports_architecture(architecture: str) -> bool:
 class TransformersForCausalLM(nn.Module):
     """forward(input_ids, positions) / compute_logits / load_weights over an HF causal LM."""
 
+    supports_tensor_parallel = True
+    """By the config's base_model_tp_plan (transformers_tp.py; refused, with the reason, where
+    there is none or it has styles the fallback does not split)."""
+
     def __init__(self, model_config: ModelConfig) -> None:
         super().__init__()
         from transformers import AttentionInterface, AutoModelForCausalLM
@@ -66,6 +71,7 @@ class TransformersForCausalLM(nn.Module):
             trust_remote_code=False,  # never a model folder's own code (auto_map)
         )
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
+        shard_by_tp_plan(self.hf_model, config, model_config.architecture)
         self._attach_paged_attention(model_config)
 
     def _attach_paged_attention(self, model_config: ModelConfig) -> None:

@@ -1,0 +1,28 @@
+"""What still does not run split over ranks is refused at model build with its reason: the
+Mamba-based families (their mixers and state caches are not sharded), and -pp for the
+encoder-decoders (tested beside their -tp run)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from pagedllm.model_executor.model_loader import _check_tensor_parallel
+from pagedllm.model_executor.models.registry import get_model_class
+
+
+@pytest.mark.parametrize("architecture", ["MambaForCausalLM", "Mamba2ForCausalLM",
+                                          "JambaForCausalLM", "BambaForCausalLM",
+                                          "GraniteMoeHybridForCausalLM"])
+@pytest.mark.parametrize("tp, pp", [(2, 1), (1, 2)])
+def test_mamba_families_refused_with_reason(monkeypatch, architecture, tp, pp):
+    import pagedllm.distributed as distributed
+
+    monkeypatch.setattr(distributed, "get_tensor_model_parallel_world_size", lambda: tp)
+    monkeypatch.setattr(distributed, "get_pp_group", lambda: SimpleNamespace(world_size=pp))
+    what = "tensor_parallel_size=2" if tp == 2 else "pipeline_parallel_size=2"
+    with pytest.raises(ValueError, match=f"{architecture} does not run with {what} .*Mamba "
+                                         f"mixers are not split"):
+        _check_tensor_parallel(get_model_class(architecture),
+                               SimpleNamespace(architecture=architecture))
