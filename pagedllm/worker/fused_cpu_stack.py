@@ -151,11 +151,12 @@ class FusedCpuStack:
         self.stats.steps += 1
         if self.all_reduce is None:
             return self.stack.forward(hidden, residual, positions, md.slot_mapping,
-                                      md.block_table, md.seq_lens, md.query_start_loc, slots)
+                                      md.block_table, md.seq_lens, md.query_start_loc,
+                                      slots)  # fmt: skip
         self.stats.tensor_parallel_steps += 1
         stack, all_reduce = self.stack, self.all_reduce
         stack.begin_step(hidden.shape[0], positions, md.slot_mapping, md.block_table,
-                         md.seq_lens, md.query_start_loc, slots)
+                         md.seq_lens, md.query_start_loc, slots)  # fmt: skip
         x = hidden
         for index in range(self.num_layers):
             o = all_reduce(stack.attention_partial(index, x, residual if index == 0 else None))
@@ -309,15 +310,18 @@ def _check_parallel_roles(layer: nn.Module, tensor_parallel: bool) -> None:
         role = getattr(base, "parallel_role", "replicated")
         if name in _ROW_PARALLEL:
             if role != "row" or not (base.input_is_parallel and base.reduce_results):
-                raise UnsupportedLayer(f"{path}: {type(base).__name__} is not row-parallel with "
-                                       "split inputs and summed outputs")
+                raise UnsupportedLayer(
+                    f"{path}: {type(base).__name__} is not row-parallel with "
+                    "split inputs and summed outputs"
+                )
             if isinstance(linear, LoRALinear):
                 # NOTE: eager LoRA sums the shrunk rows over the ranks and adds the delta to
                 # the summed output; adding it to the partial sums would round differently
                 raise UnsupportedLayer(f"{path}: LoRA on a row-parallel layer")
         elif role != "column" or getattr(base, "gather_output", False):
-            raise UnsupportedLayer(f"{path}: {type(base).__name__} is not column-parallel with "
-                                   "split outputs")
+            raise UnsupportedLayer(
+                f"{path}: {type(base).__name__} is not column-parallel with split outputs"
+            )
 
 
 def _base(linear: nn.Module) -> nn.Module:
