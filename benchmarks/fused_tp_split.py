@@ -44,7 +44,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
-    llm = LLM(args.model, kv_cache_memory="256MiB", enable_prefix_caching=False)
+    llm = LLM(args.model, kv_cache_memory="256MiB", max_model_len=1024,
+              enable_prefix_caching=False)
     model = llm.llm_engine.engine_core.engine_core.executor.driver_worker.model.model
     whole = model.layer_runner
     split = build_fused_cpu_stack(model.layers, all_reduce=_identity)

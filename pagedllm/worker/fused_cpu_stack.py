@@ -174,8 +174,8 @@ def build_fused_cpu_stack(
     specs = []
     for index, layer in enumerate(layers):
         try:
+            specs.append(layer_spec(layer))  # (first: the block is one the kernel computes)
             _check_parallel_roles(layer, tensor_parallel=all_reduce is not None)
-            specs.append(layer_spec(layer))
         except UnsupportedLayer as e:
             raise UnsupportedLayer(f"layer {index}: {e}") from None
     return FusedCpuStack(specs, all_reduce)
