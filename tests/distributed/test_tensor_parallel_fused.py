@@ -4,8 +4,9 @@ over collective_rpc), greedy tokens equal transformers', and each token's logpro
 float as the eager -tp 2 engine's (the same operators in the same order, so any skipped or
 misplaced all-reduce shows there) and as the same prompt's run alone (batch invariance).
 Tiny random Llama (4 query / 2 KV heads), Qwen3 (per-head q/k norms) and Gemma 2 (sandwich
-norms applied to the summed outputs, GeGLU, soft caps, a sliding window). The real SmolLM2's
-fused -tp 3 (fp32 and Q4_1): test_tensor_parallel_smollm2.py."""
+norms applied to the summed outputs, GeGLU, soft caps, a sliding window); int4 codes with int8
+activations and bf16 weights equal -tp 1. The real SmolLM2's fused -tp 3 (fp32 and Q4_1):
+test_tensor_parallel_smollm2.py."""
 
 from __future__ import annotations
 
@@ -97,3 +98,26 @@ def test_fused_tp2_equals_eager_tp2_bitwise(family_case):
     finally:
         llm.llm_engine.engine_core.shutdown()
     assert eager == together
+
+
+@pytest.mark.parametrize("engine_kwargs", [
+    {"quantization": "int4", "quantized_activation_dtype": "int8"},  # row-interleaved codes
+    {"dtype": "bfloat16"},  # bf16 weights widened by the dense kernel
+], ids=["int4-int8act", "bf16"])  # fmt: skip
+def test_fused_tp2_quantized_equals_tp1(tiny_model_factory, engine_kwargs):
+    """Each rank's fused stack reads its shard in the layout its quant method repacked (int4
+    groups of 32 along the inputs fall inside a rank's columns: hidden 128, MLP 256), so the
+    tokens are -tp 1's."""
+    model_dir = tiny_model_factory("LlamaConfig", hidden_size=128, intermediate_size=256)
+    prompts = random_prompts(LENGTHS, 384)
+    tokens = {}
+    for tp in (1, 2):
+        llm = LLM(model_dir, kv_cache_memory="16MiB", max_num_batched_tokens=16,
+                  tensor_parallel_size=tp, **engine_kwargs)
+        try:
+            tokens[tp] = [ids for ids, _ in traces(llm, prompts)]
+            if tp == 2:
+                assert_fused_tp_ran(llm, num_layers=2)
+        finally:
+            llm.llm_engine.engine_core.shutdown()
+    assert tokens[2] == tokens[1]
