@@ -7,7 +7,11 @@ because the rounds repeat their prompts) under each way of spending two cores:
                                                                default: it tells DP's gain from
                                                                that of dropping a 2nd thread)
     dp2   LLM(model, data_parallel_size=2, num_threads=1)      two engine cores, a thread each
-    tp2   LLM(model, tensor_parallel_size=2, num_threads=1)    two ranks of one engine
+    tp2   LLM(model, tensor_parallel_size=2, num_threads=1)    two ranks of one engine (the
+                                                               fused CPU stack, each layer cut
+                                                               at its two all-reduces)
+    tp2eager  the same with enforce_eager=True                 (module calls per layer: what
+                                                               -tp ran before the fused cut)
     pp2   LLM(model, pipeline_parallel_size=2, num_threads=1)  two stages, two micro-batches
                                                                in flight (the default)
     pp2sync  the same with one step in flight (the engine core's max_concurrent_batches set to
@@ -44,11 +48,12 @@ import statistics
 import time
 from typing import Any
 
-CONFIGS: dict[str, dict[str, int]] = {
+CONFIGS: dict[str, dict[str, int | bool]] = {
     "tp1": {"num_threads": 2},
     "tp1x1": {"num_threads": 1},
     "dp2": {"data_parallel_size": 2, "num_threads": 1},
     "tp2": {"tensor_parallel_size": 2, "num_threads": 1},
+    "tp2eager": {"tensor_parallel_size": 2, "num_threads": 1, "enforce_eager": True},
     "pp2": {"pipeline_parallel_size": 2, "num_threads": 1},
     "pp2sync": {"pipeline_parallel_size": 2, "num_threads": 1},
 }
@@ -77,9 +82,12 @@ def close(llm: Any) -> None:
     gc.collect()
 
 
-def timed_run(llm: Any, prompts: list[dict], params: list[Any], pipeline: bool) -> dict:
-    if pipeline:
+def timed_run(llm: Any, prompts: list[dict], params: list[Any], pipeline: bool,
+              tensor_parallel: bool = False) -> dict:
+    if pipeline or tensor_parallel:
         llm.collective_rpc("pipeline_stats")  # (reset: the warm-up is not counted)
+    if tensor_parallel:
+        llm.collective_rpc("collective_stats")
     start = time.perf_counter()
     outputs = llm.generate(prompts, params, use_tqdm=False)
     seconds = time.perf_counter() - start
@@ -89,7 +97,25 @@ def timed_run(llm: Any, prompts: list[dict], params: list[Any], pipeline: bool) 
     if pipeline:
         result["stages"] = [_stage_report(stats, seconds)
                             for stats in llm.collective_rpc("pipeline_stats")]
+    elif tensor_parallel:
+        result["ranks"] = [_rank_report(steps, collectives, execution) for steps, collectives,
+                           execution in zip(llm.collective_rpc("pipeline_stats"),
+                                            llm.collective_rpc("collective_stats"),
+                                            llm.collective_rpc("execution_stats"))]
     return result
+
+
+def _rank_report(steps: dict, collectives: dict, execution: dict) -> dict:
+    """One TP rank's collectives in the run: per step, and their share of execute_model (the
+    seconds include waiting for the slower rank; calls: 2 all-reduces a layer plus the
+    embedding's all-reduce and the logits' gather per step)."""
+    n = max(1, steps["steps"])
+    return {"steps": steps["steps"], "execution": execution["strategy"],
+            "collective_calls_per_step": round(collectives["calls"] / n, 1),
+            "collective_s_per_step": round(collectives["seconds"] / n, 6),
+            "execute_s_per_step": round(steps["execute_seconds"] / n, 6),
+            "collective_fraction": round(collectives["seconds"]
+                                         / max(1e-9, steps["execute_seconds"]), 3)}
 
 
 def _stage_report(stats: dict, wall: float) -> dict:
@@ -183,7 +209,8 @@ def main() -> None:
                 continue
             llm.generate(prompts[:4], params[:4], use_tqdm=False)  # warm-up
             pipeline = CONFIGS[name].get("pipeline_parallel_size", 1) > 1
-            rounds[name].append(timed_run(llm, prompts, params, pipeline))
+            tensor_parallel = CONFIGS[name].get("tensor_parallel_size", 1) > 1
+            rounds[name].append(timed_run(llm, prompts, params, pipeline, tensor_parallel))
             close(llm)
             print(f"round {round_index} {name} {rounds[name][-1]}", flush=True)
         record = _record(args, model, model_config, rounds, unavailable)

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from torch import nn
 
 from pagedllm.logger import init_logger
-from pagedllm.worker.fused_cpu_stack import UnsupportedLayer, build_fused_cpu_stack
+from pagedllm.worker.fused_cpu_stack import (
+    AllReduce,
+    FusedCpuStack,
+    FusedStackStats,
+    UnsupportedLayer,
+    build_fused_cpu_stack,
+)
 
 logger = init_logger(__name__)
 
@@ -29,9 +35,16 @@ class ExecutionStrategy:
     """EAGER or FUSED_CPU_STACK."""
     declined: str | None = None
     """Eager: why the fused stack does not run (None where it was never a candidate)."""
+    tensor_parallel_size: int = 1
+    """The fused stack under -tp N: each layer cut at its two all-reduces."""
 
     def describe(self) -> str:
-        return self.name if self.declined is None else f"{self.name} ({self.declined})"
+        if self.declined is not None:
+            return f"{self.name} ({self.declined})"
+        if self.tensor_parallel_size > 1:
+            return (f"{self.name} (tensor_parallel_size={self.tensor_parallel_size}: each layer "
+                    "in two calls, o_proj's and down_proj's partial sums all-reduced between)")
+        return self.name
 
 
 def select_execution_strategy(
@@ -51,17 +64,31 @@ def _install(model: nn.Module, enforce_eager: bool, tp: int) -> ExecutionStrateg
     stack.layer_runner = None
     if enforce_eager:
         return ExecutionStrategy(EAGER, "enforce_eager")
-    if tp > 1:
-        # NOTE: a row-parallel o_proj / down_proj leaves partial sums that must be all-reduced
-        # before the residual add, which the kernel fuses into the next norm in C++ (see
-        # docs/distributed.md, "TP and the fused stack")
-        return ExecutionStrategy(EAGER, f"tensor_parallel_size={tp}: the fused stack has no "
-                                 "all-reduce between a layer's o_proj/down_proj and its "
-                                 "residual add")
     # a pipeline stage holds only layers [start_layer, end_layer) (PPMissingLayer elsewhere)
     start, end = getattr(stack, "start_layer", 0), getattr(stack, "end_layer", len(stack.layers))
     try:
-        stack.layer_runner = build_fused_cpu_stack(stack.layers[start:end])
+        stack.layer_runner = build_fused_cpu_stack(stack.layers[start:end], _all_reduce(tp))
     except UnsupportedLayer as e:
         return ExecutionStrategy(EAGER, f"{e}; the fused stack does not run it")
+    if tp > 1:
+        return ExecutionStrategy(FUSED_CPU_STACK, tensor_parallel_size=tp)
     return ExecutionStrategy(FUSED_CPU_STACK)
+
+
+def _all_reduce(tp: int) -> AllReduce | None:
+    """The tensor-parallel sum the fused stack calls between a layer's halves (None: one
+    rank, the layers run whole)."""
+    if tp == 1:
+        return None
+    from pagedllm.distributed import tensor_model_parallel_all_reduce
+
+    return tensor_model_parallel_all_reduce
+
+
+def execution_stats(model: nn.Module, strategy: ExecutionStrategy | None) -> dict[str, object]:
+    """The strategy's name and the fused stack's step counts (FusedStackStats; zeros when it
+    does not run): what proves which path a rank's steps took."""
+    runner = getattr(getattr(model, "model", None), "layer_runner", None)
+    stats = runner.stats if isinstance(runner, FusedCpuStack) else FusedStackStats()
+    return {"strategy": None if strategy is None else strategy.describe(),
+            "fused_steps": stats.steps, "fused_tensor_parallel_steps": stats.tensor_parallel_steps}

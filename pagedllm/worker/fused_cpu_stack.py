@@ -18,6 +18,7 @@ final logit soft-cap of Gemma are outside the layers: the model's own.)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -107,15 +108,36 @@ class DecoderLayerSpec:
         return tensors, scalars, ints
 
 
+AllReduce = Callable[[torch.Tensor], torch.Tensor]
+"""Sum a tensor over the tensor-parallel ranks (in place where it can)."""
+
+
+@dataclass
+class FusedStackStats:
+    """Steps the fused stack ran, and of those the tensor-parallel ones (tests prove the fused
+    path ran under -tp with them; `Worker.execution_stats`)."""
+
+    steps: int = 0
+    tensor_parallel_steps: int = 0
+
+
 class FusedCpuStack:
     """A model's decoder layers as one LlamaDecoderStack (the static inputs handed over once;
     per-layer calls from Python would cost ~25 argument conversions each). Called like a
-    decoder layer, for all of them (models/llama.py LayerRunner)."""
+    decoder layer, for all of them (models/llama.py LayerRunner).
 
-    def __init__(self, specs: list[DecoderLayerSpec]) -> None:
+    Under tensor parallelism (`all_reduce` given) each layer runs as two calls, cut where its
+    row-parallel o_proj and down_proj leave partial sums: the sums go through `all_reduce`
+    (torch.distributed) between the calls, before the residual add the kernel fuses into the
+    next norm; everything else stays fused."""
+
+    def __init__(self, specs: list[DecoderLayerSpec], all_reduce: AllReduce | None = None) -> None:
         self.stack = torch.classes.pagedllm.LlamaDecoderStack()
         for spec in specs:
             self.stack.add_layer(*spec.kernel_args())
+        self.num_layers = len(specs)
+        self.all_reduce = all_reduce
+        self.stats = FusedStackStats()
 
     def __call__(
         self,
@@ -126,21 +148,37 @@ class FusedCpuStack:
         md = get_forward_context().attn_metadata.common
         lora = current_lora_mapping()
         slots = None if lora is None else lora.token_slots
-        return self.stack.forward(hidden, residual, positions, md.slot_mapping, md.block_table,
-                                  md.seq_lens, md.query_start_loc, slots)  # fmt: skip
+        self.stats.steps += 1
+        if self.all_reduce is None:
+            return self.stack.forward(hidden, residual, positions, md.slot_mapping,
+                                      md.block_table, md.seq_lens, md.query_start_loc,
+                                      slots)  # fmt: skip
+        self.stats.tensor_parallel_steps += 1
+        stack, all_reduce = self.stack, self.all_reduce
+        stack.begin_step(hidden.shape[0], positions, md.slot_mapping, md.block_table,
+                         md.seq_lens, md.query_start_loc, slots)  # fmt: skip
+        x = hidden
+        for index in range(self.num_layers):
+            o = all_reduce(stack.attention_partial(index, x, residual if index == 0 else None))
+            x = all_reduce(stack.mlp_partial(index, o))
+        return stack.end_step(x)
 
 
-def build_fused_cpu_stack(layers: nn.ModuleList) -> FusedCpuStack:
-    """The fused form of `layers` (their KV caches bound); UnsupportedLayer if any cannot be."""
+def build_fused_cpu_stack(
+    layers: nn.ModuleList, all_reduce: AllReduce | None = None
+) -> FusedCpuStack:
+    """The fused form of `layers` (their KV caches bound); UnsupportedLayer if any cannot be.
+    all_reduce: the tensor-parallel sum (None: one rank)."""
     if not cpu_kernels_available():
         raise UnsupportedLayer("the compiled CPU kernels are not available")
     specs = []
     for index, layer in enumerate(layers):
         try:
-            specs.append(layer_spec(layer))
+            specs.append(layer_spec(layer))  # (first: the block is one the kernel computes)
+            _check_parallel_roles(layer, tensor_parallel=all_reduce is not None)
         except UnsupportedLayer as e:
             raise UnsupportedLayer(f"layer {index}: {e}") from None
-    return FusedCpuStack(specs)
+    return FusedCpuStack(specs, all_reduce)
 
 
 def layer_spec(layer: nn.Module) -> DecoderLayerSpec:
@@ -251,6 +289,39 @@ def _check_rms_norm(norm: nn.Module) -> None:
         )
     if not norm.runs_compiled_cpu_kernel:
         raise UnsupportedLayer(f"{type(norm).__name__} runs the PyTorch reference (not float32)")
+
+
+_ROW_PARALLEL = ("o", "down")
+"""The linears whose outputs are partial sums under tensor parallelism (the kernel's cut points)."""
+
+
+def _check_parallel_roles(layer: nn.Module, tensor_parallel: bool) -> None:
+    """The layer's linears are split the way the kernel's cut points assume: under tensor
+    parallelism q/k/v and gate/up column-parallel (outputs kept split), o and down row-parallel
+    (inputs already split, outputs summed by the stack's all-reduce); else all whole."""
+    for name, path in _LINEARS.items():
+        linear = layer.get_submodule(path)
+        base = _base(linear)
+        split = getattr(base, "tp_size", 1) > 1
+        if not tensor_parallel:
+            if split:
+                raise UnsupportedLayer(f"{path} is split over ranks, but no all-reduce was given")
+            continue
+        role = getattr(base, "parallel_role", "replicated")
+        if name in _ROW_PARALLEL:
+            if role != "row" or not (base.input_is_parallel and base.reduce_results):
+                raise UnsupportedLayer(
+                    f"{path}: {type(base).__name__} is not row-parallel with "
+                    "split inputs and summed outputs"
+                )
+            if isinstance(linear, LoRALinear):
+                # NOTE: eager LoRA sums the shrunk rows over the ranks and adds the delta to
+                # the summed output; adding it to the partial sums would round differently
+                raise UnsupportedLayer(f"{path}: LoRA on a row-parallel layer")
+        elif role != "column" or getattr(base, "gather_output", False):
+            raise UnsupportedLayer(
+                f"{path}: {type(base).__name__} is not column-parallel with split outputs"
+            )
 
 
 def _base(linear: nn.Module) -> nn.Module:

@@ -26,7 +26,11 @@ from pagedllm.model_executor.model_loader.gguf import release_gguf_readers
 from pagedllm.spec_decode.draft_model import DraftModelDrafter, build_draft_model_drafter
 from pagedllm.utils.memory import format_bytes
 from pagedllm.worker.cross_attention_plan import plan_cross_attention
-from pagedllm.worker.execution_strategy import ExecutionStrategy, select_execution_strategy
+from pagedllm.worker.execution_strategy import (
+    ExecutionStrategy,
+    execution_stats,
+    select_execution_strategy,
+)
 from pagedllm.worker.kv_cache_alloc import (
     allocate_kv_caches,
     kv_cache_torch_dtype,
@@ -117,6 +121,11 @@ class Worker:
             result["seconds"] += stats.seconds
             stats.calls, stats.seconds = 0, 0.0
         return result
+
+    def execution_stats(self) -> dict[str, object]:
+        """The execution strategy and the fused stack's step counts (tests prove the fused path
+        ran under -tp: `LLM.collective_rpc("execution_stats")`)."""
+        return execution_stats(self.model, self.execution)
 
     def shutdown(self) -> None:
         """Leave the distributed groups (a worker process's last call)."""

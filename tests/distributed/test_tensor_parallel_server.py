@@ -35,7 +35,7 @@ def test_tp2_server_tokens_equal_offline_tp1(tp_server, tiny_llama_dir):
     offline = llm.generate([PROMPT], SamplingParams(temperature=0, max_tokens=16,
                                                     ignore_eos=True), use_tqdm=False)
     assert served.choices[0].text == offline[0].outputs[0].text
-    assert "execution: eager (tensor_parallel_size=2" in tp_server.log()
+    assert "execution: fused_cpu_stack (tensor_parallel_size=2" in tp_server.log()
 
 
 def worker_pids(log: str) -> list[int]:

@@ -2,7 +2,8 @@
 3, not by 2): greedy tokens of the native Q4_1 weights (each rank's quantized blocks sliced
 from the file: rows for column-parallel layers, whole 32-value blocks of columns for
 row-parallel ones, its vocabulary rows of the Q4_1 embedding) equal the one-rank engine's, and
-the dequantized fp32 model's equal transformers' reading the same file."""
+the dequantized fp32 model's equal transformers' reading the same file. Every rank runs the
+fused CPU stack (each layer cut at its two all-reduces), and the test reads its counters."""
 
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ def run(quantization: str, tp: int) -> tuple[list[list[int]], list[list[int]]]:
         prompts = [tokenizer.encode(text) for text in TEXTS]
         params = SamplingParams(temperature=0, max_tokens=NUM_TOKENS, ignore_eos=True)
         outputs = llm.generate(prompts, params, use_tqdm=False)
+        for stats in llm.collective_rpc("execution_stats"):
+            # every rank's steps ran through the fused stack (cut at the all-reduces under -tp)
+            assert stats["fused_steps"] > 0, stats
+            assert stats["fused_tensor_parallel_steps"] == (stats["fused_steps"] if tp > 1 else 0)
         return prompts, [o.outputs[0].token_ids for o in outputs]
     finally:
         llm.llm_engine.engine_core.shutdown()

@@ -174,73 +174,99 @@ void norm_rows_in_place(const at::Tensor& rows, int64_t T, int64_t width, const 
   pagedllm::rms_norm_residual_rows(r, nullptr, weight.data_ptr<float>(), T, width, eps, nullptr, r);
 }
 
-// (hidden, residual) after one layer; residual_in undefined: the first layer (hidden is then
-// the residual stream, as RMSNorm.forward without a residual).
-std::tuple<at::Tensor, at::Tensor> run_layer(const LlamaLayer& layer, const at::Tensor& hidden,
-                                             const at::Tensor& residual_in,
-                                             const StepInputs& step, StepBuffers& buf) {
-  const auto& [input_norm, post_norm, attn_out_norm, mlp_out_norm, eps, activation, qkv_w, o_w,
-               gate_up_w, down_w, qkv_lora, o_lora, gate_up_lora, down_lora, qkv_bias, o_bias,
-               q_norm, k_norm, qk_norm_eps, cos_sin_cache, num_heads, num_kv_heads, head_dim,
-               rotary_dim, kv_cache, scale, sliding_window, soft_cap] = layer;
+// A layer's first half, up to the attention output: the residual add fused into the input norm,
+// qkv, q/k norms, rotary, the cache write, attention and o_proj (its bias and LoRA). Returns
+// (o, residual); residual_in undefined: the first layer (hidden is then the residual stream, as
+// RMSNorm.forward without a residual). Under tensor parallelism o is this rank's partial sum.
+std::tuple<at::Tensor, at::Tensor> attention_half(const LlamaLayer& layer,
+                                                  const at::Tensor& hidden,
+                                                  const at::Tensor& residual_in,
+                                                  const StepInputs& step, StepBuffers& buf) {
   const int64_t T = step.T, width = hidden.size(1);
-  const float feps = static_cast<float>(eps);
+  const float feps = static_cast<float>(layer.eps);
   // input norm with the residual add fused (layers/layernorm.py RMSNorm.forward)
   at::Tensor residual = hidden;
   float* x = rows_of(buf.x, T, width);
   if (residual_in.defined()) {
     // (in place when residual_in is the buffer, from the layer before)
     pagedllm::rms_norm_residual_rows(hidden.data_ptr<float>(), residual_in.data_ptr<float>(),
-                                     input_norm.data_ptr<float>(), T, width, feps,
+                                     layer.input_norm.data_ptr<float>(), T, width, feps,
                                      rows_of(buf.residual, T, width), x);
     residual = buf.residual;
   } else {
     pagedllm::rms_norm_residual_rows(hidden.data_ptr<float>(), nullptr,
-                                     input_norm.data_ptr<float>(), T, width, feps, nullptr, x);
+                                     layer.input_norm.data_ptr<float>(), T, width, feps, nullptr,
+                                     x);
   }
 
   // attention: q and k normed (Qwen3) and rotated in place in the qkv rows, k and v copied
   // into the cache
-  const at::Tensor qkv = linear(buf.x, qkv_w, qkv_bias, buf.qkv);
-  add_lora(qkv, buf.x, qkv_lora, step);
+  const at::Tensor qkv = linear(buf.x, layer.qkv, layer.qkv_bias, buf.qkv);
+  add_lora(qkv, buf.x, layer.qkv_lora, step);
   float* qkv_rows = qkv.data_ptr<float>();
-  const int64_t stride = qkv.size(1);
-  const int64_t q_size = num_heads * head_dim, kv_size = num_kv_heads * head_dim;
-  if (q_norm.has_value()) {
-    norm_heads(qkv_rows, stride, T, num_heads, head_dim, *q_norm, qk_norm_eps);
-    norm_heads(qkv_rows + q_size, stride, T, num_kv_heads, head_dim, *k_norm, qk_norm_eps);
+  const int64_t stride = qkv.size(1), num_heads = layer.num_heads, head_dim = layer.head_dim;
+  const int64_t q_size = num_heads * head_dim, kv_size = layer.num_kv_heads * head_dim;
+  if (layer.q_norm.has_value()) {
+    norm_heads(qkv_rows, stride, T, num_heads, head_dim, *layer.q_norm, layer.qk_norm_eps);
+    norm_heads(qkv_rows + q_size, stride, T, layer.num_kv_heads, head_dim, *layer.k_norm,
+               layer.qk_norm_eps);
   }
   const int64_t* positions = step.positions.data_ptr<int64_t>();
-  const float* cos_sin = cos_sin_cache.data_ptr<float>();
-  pagedllm::rotary_rows(qkv_rows, stride, qkv_rows, stride, T, num_heads, head_dim, rotary_dim,
-                        cos_sin, positions);
-  pagedllm::rotary_rows(qkv_rows + q_size, stride, qkv_rows + q_size, stride, T, num_kv_heads,
-                        head_dim, rotary_dim, cos_sin, positions);
+  const float* cos_sin = layer.cos_sin_cache.data_ptr<float>();
+  pagedllm::rotary_rows(qkv_rows, stride, qkv_rows, stride, T, num_heads, head_dim,
+                        layer.rotary_dim, cos_sin, positions);
+  pagedllm::rotary_rows(qkv_rows + q_size, stride, qkv_rows + q_size, stride, T,
+                        layer.num_kv_heads, head_dim, layer.rotary_dim, cos_sin, positions);
   write_kv_rows(qkv_rows + q_size, qkv_rows + q_size + kv_size, stride, kv_size,
-                step.slot_mapping.data_ptr<int64_t>(), T, kv_cache);
+                step.slot_mapping.data_ptr<int64_t>(), T, layer.kv_cache);
   pagedllm::paged_attention_rows(step.attention, qkv_rows, stride, num_heads,
-                                 pagedllm::paged_cache(kv_cache), scale, sliding_window, soft_cap,
+                                 pagedllm::paged_cache(layer.kv_cache), layer.scale,
+                                 layer.sliding_window, layer.soft_cap,
                                  rows_of(buf.attn, T, q_size), q_size);
-  const at::Tensor o = linear(buf.attn, o_w, o_bias, buf.o);
-  add_lora(o, buf.attn, o_lora, step);
-  if (attn_out_norm.has_value()) norm_rows_in_place(o, T, width, *attn_out_norm, feps);
+  const at::Tensor o = linear(buf.attn, layer.o, layer.o_bias, buf.o);
+  add_lora(o, buf.attn, layer.o_lora, step);
+  return {o, residual};
+}
 
-  // MLP
+// A layer's second half: the attention output (whole: summed over the ranks) added to the
+// residual inside the post-attention norm (into buf.residual), then the gated MLP. Returns the
+// down_proj output; under tensor parallelism this rank's partial sum.
+at::Tensor mlp_half(const LlamaLayer& layer, const at::Tensor& o, const at::Tensor& residual,
+                    const StepInputs& step, StepBuffers& buf) {
+  const int64_t T = step.T, width = o.size(1);
   pagedllm::rms_norm_residual_rows(o.data_ptr<float>(), residual.data_ptr<float>(),
-                                   post_norm.data_ptr<float>(), T, width, feps,
-                                   rows_of(buf.residual, T, width), x);
-  const at::Tensor gate_up = linear(buf.x, gate_up_w, std::nullopt, buf.gate_up);
-  add_lora(gate_up, buf.x, gate_up_lora, step);
+                                   layer.post_norm.data_ptr<float>(), T, width,
+                                   static_cast<float>(layer.eps), rows_of(buf.residual, T, width),
+                                   rows_of(buf.x, T, width));
+  const at::Tensor gate_up = linear(buf.x, layer.gate_up, std::nullopt, buf.gate_up);
+  add_lora(gate_up, buf.x, layer.gate_up_lora, step);
   const int64_t inter = gate_up.size(1) / 2;
   float* act = rows_of(buf.act, T, inter);
-  if (activation == Activation::kGeluTanh) {
+  if (layer.activation == Activation::kGeluTanh) {
     pagedllm::gelu_tanh_and_mul_rows(gate_up.data_ptr<float>(), T, inter, act);
   } else {
     pagedllm::silu_and_mul_rows(gate_up.data_ptr<float>(), T, inter, act);
   }
-  at::Tensor out = linear(buf.act, down_w, std::nullopt, buf.hidden);
-  add_lora(out, buf.act, down_lora, step);
-  if (mlp_out_norm.has_value()) norm_rows_in_place(out, T, width, *mlp_out_norm, feps);
+  at::Tensor out = linear(buf.act, layer.down, std::nullopt, buf.hidden);
+  add_lora(out, buf.act, layer.down_lora, step);
+  return out;
+}
+
+// Gemma 2/3's sandwich norm of a half's output (before its residual add), if the layer has it.
+void sandwich_norm(const LlamaLayer& layer, const std::optional<at::Tensor>& weight,
+                   const at::Tensor& rows) {
+  if (weight.has_value())
+    norm_rows_in_place(rows, rows.size(0), rows.size(1), *weight, static_cast<float>(layer.eps));
+}
+
+// (hidden, residual) after one layer, both halves in one go (one rank: nothing to sum between).
+std::tuple<at::Tensor, at::Tensor> run_layer(const LlamaLayer& layer, const at::Tensor& hidden,
+                                             const at::Tensor& residual_in,
+                                             const StepInputs& step, StepBuffers& buf) {
+  auto [o, residual] = attention_half(layer, hidden, residual_in, step, buf);
+  sandwich_norm(layer, layer.attn_out_norm, o);
+  at::Tensor out = mlp_half(layer, o, residual, step, buf);
+  sandwich_norm(layer, layer.mlp_out_norm, out);
   return {out, buf.residual};
 }
 
@@ -397,13 +423,8 @@ class LlamaDecoderStack : public torch::CustomClassHolder {
                                              std::optional<at::Tensor> lora_slots) {
     TORCH_CHECK(!layers_.empty(), "LlamaDecoderStack: no layers");
     TORCH_CHECK(hidden.scalar_type() == at::kFloat && hidden.dim() == 2);
-    StepInputs step{hidden.size(0), positions.to(at::kLong).contiguous(),
-                    slot_mapping.to(at::kLong).contiguous(),
-                    pagedllm::plan_attention(block_table, seq_lens, query_start_loc)};
-    if (lora_slots.has_value()) {
-      step.lora_slots = lora_slots->to(at::kLong).contiguous();
-      TORCH_CHECK(step.lora_slots.numel() == step.T, "LlamaDecoderStack: one LoRA slot per token");
-    }
+    const StepInputs step = step_inputs(hidden.size(0), positions, slot_mapping, block_table,
+                                        seq_lens, query_start_loc, lora_slots);
     hidden = hidden.contiguous();
     at::Tensor res = residual.has_value() ? residual->contiguous() : at::Tensor();
     StepBuffers buffers;
@@ -416,7 +437,108 @@ class LlamaDecoderStack : public torch::CustomClassHolder {
     return {hidden, *residual};
   }
 
+  // Tensor parallelism: the same layers cut at their two all-reduce points, o_proj's and
+  // down_proj's partial sums, which the caller sums over the ranks (torch.distributed) and hands
+  // back. One step is
+  //
+  //   begin_step(...)
+  //   for i in layers:  o = all_reduce(attention_partial(i, x, residual if i == 0))
+  //                     x = all_reduce(mlp_partial(i, o))
+  //   hidden, residual = end_step(x)
+  //
+  // The residual stream and the step's buffers stay here between the calls. Each rank's
+  // layers hold its shard (their head counts are the rank's); a row-parallel bias is rank 0's
+  // only, so adding it before the sum adds it once. Gemma's sandwich norms apply to the summed
+  // outputs, so they run at the start of the call that consumes them.
+  void begin_step(int64_t num_tokens, at::Tensor positions, at::Tensor slot_mapping,
+                  at::Tensor block_table, at::Tensor seq_lens, at::Tensor query_start_loc,
+                  std::optional<at::Tensor> lora_slots) {
+    TORCH_CHECK(!layers_.empty(), "LlamaDecoderStack: no layers");
+    tp_step_.emplace(TpStep{step_inputs(num_tokens, positions, slot_mapping, block_table,
+                                        seq_lens, query_start_loc, lora_slots)});
+  }
+
+  // Layer `index`'s attention output before the sum: x is the step's input hidden rows (layer
+  // 0; residual: the stream from an earlier pipeline stage, or none) or the previous layer's
+  // summed down_proj output (residual: none, the stack's own).
+  at::Tensor attention_partial(int64_t index, at::Tensor x, std::optional<at::Tensor> residual) {
+    TpStep& tp = expect_phase(index, /*mlp=*/false);
+    TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2 && x.size(0) == tp.step.T,
+                "LlamaDecoderStack: [num_tokens, hidden] float32 rows expected");
+    x = x.contiguous();
+    if (index == 0) {
+      tp.residual = residual.has_value() ? residual->contiguous() : at::Tensor();
+    } else {
+      TORCH_CHECK(!residual.has_value(), "LlamaDecoderStack: a residual after layer 0");
+      sandwich_norm(layers_[index - 1], layers_[index - 1].mlp_out_norm, x);
+    }
+    auto [o, r] = attention_half(layers_[index], x, tp.residual, tp.step, tp.buffers);
+    tp.residual = r;
+    tp.next_mlp = true;
+    return o;
+  }
+
+  // Layer `index`'s down_proj output before the sum; o: its attention output, summed.
+  at::Tensor mlp_partial(int64_t index, at::Tensor o) {
+    TpStep& tp = expect_phase(index, /*mlp=*/true);
+    TORCH_CHECK(o.scalar_type() == at::kFloat && o.dim() == 2 && o.size(0) == tp.step.T,
+                "LlamaDecoderStack: [num_tokens, hidden] float32 rows expected");
+    o = o.contiguous();
+    const LlamaLayer& layer = layers_[index];
+    sandwich_norm(layer, layer.attn_out_norm, o);
+    at::Tensor out = mlp_half(layer, o, tp.residual, tp.step, tp.buffers);
+    tp.residual = tp.buffers.residual;
+    tp.next_mlp = false;
+    tp.next_layer = index + 1;
+    return out;
+  }
+
+  // (hidden, residual) after the last layer, from its summed down_proj output; ends the step.
+  std::tuple<at::Tensor, at::Tensor> end_step(at::Tensor x) {
+    TpStep& tp = expect_phase(num_layers(), /*mlp=*/false);
+    x = x.contiguous();
+    sandwich_norm(layers_.back(), layers_.back().mlp_out_norm, x);
+    at::Tensor residual = tp.residual;
+    tp_step_.reset();
+    return {x, residual};
+  }
+
  private:
+  // A tensor-parallel step in progress: its inputs, buffers and residual, and the next call due.
+  struct TpStep {
+    StepInputs step;
+    StepBuffers buffers;
+    at::Tensor residual;
+    int64_t next_layer = 0;
+    bool next_mlp = false;
+  };
+
+  static StepInputs step_inputs(int64_t T, const at::Tensor& positions,
+                                const at::Tensor& slot_mapping, const at::Tensor& block_table,
+                                const at::Tensor& seq_lens, const at::Tensor& query_start_loc,
+                                const std::optional<at::Tensor>& lora_slots) {
+    StepInputs step{T, positions.to(at::kLong).contiguous(),
+                    slot_mapping.to(at::kLong).contiguous(),
+                    pagedllm::plan_attention(block_table, seq_lens, query_start_loc)};
+    if (lora_slots.has_value()) {
+      step.lora_slots = lora_slots->to(at::kLong).contiguous();
+      TORCH_CHECK(step.lora_slots.numel() == step.T, "LlamaDecoderStack: one LoRA slot per token");
+    }
+    return step;
+  }
+
+  // The step's state, checked to be at layer `index`'s attention (or MLP) half: the calls come
+  // in order, every layer's two halves, or a step is being misused.
+  TpStep& expect_phase(int64_t index, bool mlp) {
+    TORCH_CHECK(tp_step_.has_value(), "LlamaDecoderStack: begin_step first");
+    TpStep& tp = *tp_step_;
+    TORCH_CHECK(tp.next_layer == index && tp.next_mlp == mlp, "LlamaDecoderStack: layer ", index,
+                mlp ? "'s MLP" : "'s attention", " out of order (next: layer ", tp.next_layer,
+                tp.next_mlp ? "'s MLP)" : "'s attention)");
+    return tp;
+  }
+
+  std::optional<TpStep> tp_step_;
   std::vector<LlamaLayer> layers_;
 };
 
@@ -427,5 +549,9 @@ TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
       .def(torch::init<>())
       .def("add_layer", &LlamaDecoderStack::add_layer)
       .def("num_layers", &LlamaDecoderStack::num_layers)
-      .def("forward", &LlamaDecoderStack::forward);
+      .def("forward", &LlamaDecoderStack::forward)
+      .def("begin_step", &LlamaDecoderStack::begin_step)
+      .def("attention_partial", &LlamaDecoderStack::attention_partial)
+      .def("mlp_partial", &LlamaDecoderStack::mlp_partial)
+      .def("end_step", &LlamaDecoderStack::end_step);
 }
