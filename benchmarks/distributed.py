@@ -156,6 +156,9 @@ def main() -> None:
     parser.add_argument("--allreduce", action="store_true",
                         help="measure the two-process all-reduce at decode batch sizes")
     parser.add_argument("--output", default=None, help="write the results as JSON here")
+    parser.add_argument("--baseline", default="tp1",
+                        help="the configuration the ratios are relative to (tp1x1 under "
+                             "contention: 2-thread timings collapse on a shared machine)")
     args = parser.parse_args()
     model = os.path.expanduser(RANDOM_1B) if args.model == "1b" else args.model
 
@@ -183,7 +186,9 @@ def main() -> None:
                 continue
             llm.generate(prompts[:4], params[:4], use_tqdm=False)  # warm-up
             pipeline = CONFIGS[name].get("pipeline_parallel_size", 1) > 1
-            rounds[name].append(timed_run(llm, prompts, params, pipeline))
+            result = timed_run(llm, prompts, params, pipeline)
+            result["load_average"] = [round(x, 2) for x in os.getloadavg()]  # (`uptime`)
+            rounds[name].append(result)
             close(llm)
             print(f"round {round_index} {name} {rounds[name][-1]}", flush=True)
         record = _record(args, model, model_config, rounds, unavailable)
@@ -191,7 +196,8 @@ def main() -> None:
     if args.allreduce:
         record["allreduce"] = _allreduce_report(model_config, record)
         _write(args.output, record)
-    print(json.dumps({k: record[k] for k in ("runs", "ratios_vs_tp1", "unavailable")}, indent=2))
+    summary = {k: record[k] for k in ("runs", "ratios_vs_baseline", "unavailable")}
+    print(json.dumps(summary, indent=2))
     if "allreduce" in record:
         print(json.dumps(record["allreduce"], indent=2))
 
@@ -215,7 +221,7 @@ def _record(args: argparse.Namespace, model: str, model_config: Any,
             rounds: dict[str, list[dict]], unavailable: dict[str, str]) -> dict:
     runs = {name: max(results, key=lambda r: r["output_tok_s"])
             for name, results in rounds.items() if results}
-    base = runs.get("tp1")
+    base = runs.get(args.baseline)
     ratios = ({name: round(run["output_tok_s"] / base["output_tok_s"], 3)
                for name, run in runs.items()} if base else {})
     return {
@@ -225,7 +231,8 @@ def _record(args: argparse.Namespace, model: str, model_config: Any,
                      "output_len": args.output_len, "kv_cache_bytes": args.kv_cache_memory,
                      "prefix_caching": False},
         "configs": {name: CONFIGS[name] for name in args.configs},
-        "runs": runs, "ratios_vs_tp1": ratios, "unavailable": unavailable,
+        "runs": runs, "ratios_vs_tp1": ratios if args.baseline == "tp1" else {},
+        "baseline": args.baseline, "ratios_vs_baseline": ratios, "unavailable": unavailable,
         "all_rounds": rounds,
         "machine": {"cpu": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count(), "load_average": os.getloadavg()},
