@@ -40,23 +40,26 @@ def ray_cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def prompts_and_reference(tiny_llama_dir) -> tuple[list[list[int]], list[list[int]]]:
-    """Random prompts and the greedy tokens of a DP=1 engine, which must equal HF's."""
+def prompts_and_reference(tiny_llama_dir) -> tuple[list[list[int]], list[list[int]], list[str]]:
+    """Random prompts, and the greedy tokens (which must equal HF's) and texts of a DP=1
+    engine."""
     hf = load_hf_model(tiny_llama_dir)
     prompts = random_prompts(LENGTHS, hf.config.vocab_size)
     llm = LLM(tiny_llama_dir, **ENGINE)
     try:
-        reference = greedy(llm, prompts)
+        params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+        outputs = [o.outputs[0] for o in llm.generate(prompts, params, use_tqdm=False)]
     finally:
         llm.llm_engine.shutdown()
+    reference = [list(o.token_ids) for o in outputs]
     assert reference == [hf_greedy(hf, p, MAX_TOKENS) for p in prompts]
-    return prompts, reference
+    return prompts, reference, [o.text for o in outputs]
 
 
 def test_dp2_ray_offline_equals_dp1_and_hf(ray_cluster, tiny_llama_dir, prompts_and_reference):
     import ray
 
-    prompts, reference = prompts_and_reference
+    prompts, reference, _ = prompts_and_reference
     llm = LLM(tiny_llama_dir, data_parallel_size=2, data_parallel_backend="ray",
               ray_address=ray_cluster, **ENGINE)
     try:
@@ -104,16 +107,16 @@ def ray_dp_server(ray_cluster, tiny_llama_dir, tmp_path_factory):
                             "--kv-cache-memory", "16MiB", "--served-model-name", "tiny")
 
 
-def _complete(url: str, prompt: list[int]) -> list[int]:
+def _complete(url: str, prompt: list[int]) -> str:
     body = {"model": "tiny", "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0,
-            "ignore_eos": True, "return_token_ids": True}
+            "ignore_eos": True}
     response = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
     assert response.status_code == 200, response.text
-    return response.json()["choices"][0]["token_ids"]
+    return response.json()["choices"][0]["text"]
 
 
 def test_dp2_ray_server_equals_dp1_and_both_cores_serve(ray_dp_server, prompts_and_reference):
-    prompts, reference = prompts_and_reference
+    prompts, _, reference = prompts_and_reference
     with ThreadPoolExecutor(len(prompts) * 2) as pool:
         tokens = list(pool.map(lambda p: _complete(ray_dp_server.url, p), prompts * 2))
     assert tokens == reference * 2
@@ -130,7 +133,7 @@ def test_killed_idle_dp_actor_is_restarted_while_the_other_serves(ray_dp_server,
     """(Last: it kills a core.) SIGKILL of core 1's actor while idle: its reader sees the actor
     die within seconds (the log says so), /health stays 200 and requests go to core 0 while
     core 1 is restarted (--restart-engine-on-failure, the default), then both serve again."""
-    prompts, reference = prompts_and_reference
+    prompts, _, reference = prompts_and_reference
     found = dict(re.findall(r"data-parallel engine core (\d+): pid (\d+) on", ray_dp_server.log()))
     assert sorted(found) == ["0", "1"], ray_dp_server.log()[-2000:]
     os.kill(int(found["1"]), signal.SIGKILL)
