@@ -7,6 +7,8 @@ because the rounds repeat their prompts) under each way of spending two cores:
                                                                default: it tells DP's gain from
                                                                that of dropping a 2nd thread)
     dp2   LLM(model, data_parallel_size=2, num_threads=1)      two engine cores, a thread each
+    dp2ray   the same with data_parallel_backend="ray": the cores are Ray actors (a local Ray
+             this process starts, or RAY_ADDRESS), what `-dp 2 --data-parallel-backend ray` costs
     tp2   LLM(model, tensor_parallel_size=2, num_threads=1)    two ranks of one engine
     pp2   LLM(model, pipeline_parallel_size=2, num_threads=1)  two stages, two micro-batches
                                                                in flight (the default)
@@ -44,10 +46,11 @@ import statistics
 import time
 from typing import Any
 
-CONFIGS: dict[str, dict[str, int]] = {
+CONFIGS: dict[str, dict[str, int | str]] = {
     "tp1": {"num_threads": 2},
     "tp1x1": {"num_threads": 1},
     "dp2": {"data_parallel_size": 2, "num_threads": 1},
+    "dp2ray": {"data_parallel_size": 2, "num_threads": 1, "data_parallel_backend": "ray"},
     "tp2": {"tensor_parallel_size": 2, "num_threads": 1},
     "pp2": {"pipeline_parallel_size": 2, "num_threads": 1},
     "pp2sync": {"pipeline_parallel_size": 2, "num_threads": 1},
