@@ -145,7 +145,8 @@ def apply_cpu_binding(plan: CpuBindingPlan, index: int) -> None:
     import torch
 
     threads = plan.threads[index]
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # for runtimes (and children) started later
+    if len(plan.threads) > 1:  # (a lone rank leaves its process's environment alone)
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # runtimes (and children) started later
     if plan.cpus is not None:
         mask = set(plan.cpus[index])
         for tid in _thread_ids():
