@@ -1,12 +1,10 @@
 """CPU binding per rank (platforms/cpu_binding.py): the plan (a pure function of the cores, the
 ranks on the machine and the threads) gives each rank a disjoint share of the allowed CPUs,
 refuses to pin when ranks x threads exceed the cores (with the reason), honours nobind and
-explicit lists; and a -tp 2 engine's worker processes really run with their rank's mask, on
-every thread."""
+explicit lists. (That a -tp 2 server's worker processes really run with their rank's mask:
+tests/distributed/test_tensor_parallel_server.py.)"""
 
 from __future__ import annotations
-
-import os
 
 import pytest
 
@@ -69,21 +67,10 @@ def test_cpu_lists_round_trip():
         parse_cpu_list("3-1")
 
 
-def test_tp2_worker_processes_run_on_their_ranks_cpus(tiny_llama_dir, monkeypatch):
-    from pagedllm import LLM
+def test_physical_cores_cover_the_allowed_cpus_once():
+    import os
 
-    monkeypatch.setenv("PAGEDLLM_NUM_THREADS", "1")
-    plan = plan_cpu_binding(physical_core_groups(), 2, 1)
-    assert plan.cpus is not None or len(physical_core_groups()) < 2
-    llm = LLM(tiny_llama_dir, kv_cache_memory="16MiB", tensor_parallel_size=2,
-              distributed_executor_backend="mp")
-    try:
-        procs = llm.llm_engine.engine_core.engine_core.executor._procs
-        for rank, proc in enumerate(procs):
-            expected = set(os.sched_getaffinity(0)) if plan.cpus is None else set(plan.cpus[rank])
-            tasks = os.listdir(f"/proc/{proc.pid}/task")
-            assert len(tasks) > 1  # (gloo's and torch's threads are there too)
-            masks = {tid: os.sched_getaffinity(int(tid)) for tid in tasks}
-            assert all(mask == expected for mask in masks.values()), (rank, masks)
-    finally:
-        llm.llm_engine.shutdown()
+    groups = physical_core_groups()
+    assert _disjoint(groups)
+    assert {cpu for group in groups for cpu in group} == set(os.sched_getaffinity(0))
+    assert physical_core_groups({0}) == [(0,)]
