@@ -199,7 +199,7 @@ def main() -> None:
     if args.allreduce:
         record["allreduce"] = _allreduce_report(model_config, record)
         _write(args.output, record)
-    summary = {k: record[k] for k in ("runs", "ratios_vs_baseline", "unavailable")}
+    summary = {k: record.get(k) for k in ("runs", "ratios_vs_baseline", "unavailable")}
     print(json.dumps(summary, indent=2))
     if "allreduce" in record:
         print(json.dumps(record["allreduce"], indent=2))
@@ -213,7 +213,7 @@ def _allreduce_report(model_config: Any, record: dict) -> dict:
                               "one_allreduce_s": seconds, "per_step_s": {}}
     for t in tokens:
         report["per_step_s"][f"{t}_tokens"] = 2 * layers * seconds[f"{t}x{hidden}"]
-    tp1 = record["runs"].get("tp1")
+    tp1 = record.get("runs", {}).get("tp1")
     if tp1:  # a decode step of the whole batch, averaged: seconds / output tokens per request
         steps = tp1["output_tokens"] / max(1, record["workload"]["num_prompts"])
         report["tp1_mean_step_s"] = round(tp1["seconds"] / steps, 5)
