@@ -44,14 +44,6 @@ def worker_pids(log: str) -> list[int]:
     return [int(match[1]), int(match[2])]
 
 
-def _children(pid: int) -> list[int]:
-    children: list[int] = []
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/children") as f:
-            children += [int(child) for child in f.read().split()]
-    return children
-
-
 def test_worker_ranks_run_on_their_planned_cpus(tp_server):
     """CPU binding (platforms/cpu_binding.py): each rank's worker process (the engine core's
     children), every thread of it, has its rank's share of the CPUs (PAGEDLLM_NUM_THREADS=1:
