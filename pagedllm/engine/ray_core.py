@@ -160,7 +160,10 @@ class RayDPPlacement:
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
         self.address = address or "local"
         cpus = engine_args.tensor_parallel_size * engine_args.pipeline_parallel_size
-        here = ray.util.get_node_ip_address()
+        nodes = {node["NodeID"]: node for node in ray.nodes() if node["Alive"]}
+        # (the address the cluster knows this node by; a multi-homed driver's own guess may not
+        # be it)
+        here = nodes[ray.get_runtime_context().get_node_id()]["NodeManagerAddress"]
         local = engine_args.data_parallel_size_local
         bundles: list[dict[str, float]] = [{"CPU": float(cpus)} for _ in range(size)]
         for bundle in bundles[:local or 0]:
@@ -173,7 +176,6 @@ class RayDPPlacement:
             raise EngineStartupFailed(
                 f"the Ray cluster ({self.address}) could not place {size} engine cores of "
                 f"{cpus} CPU(s) each within {PLACEMENT_TIMEOUT_S:.0f} s: {e}") from e
-        nodes = {node["NodeID"]: node for node in ray.nodes() if node["Alive"]}
         bundle_nodes = placement_group_table(self.group)["bundles_to_node_id"]
         ips = [nodes[bundle_nodes[i]]["NodeManagerAddress"] for i in range(size)]
         self.slots = [

@@ -61,7 +61,7 @@ def test_dp2_ray_offline_equals_dp1_and_hf(ray_cluster, tiny_llama_dir, prompts_
 
     prompts, reference, _ = prompts_and_reference
     llm = LLM(tiny_llama_dir, data_parallel_size=2, data_parallel_backend="ray",
-              ray_address=ray_cluster, **ENGINE)
+              data_parallel_size_local=1, ray_address=ray_cluster, **ENGINE)
     try:
         client = llm.llm_engine.engine_core
         assert [type(core).__name__ for core in client.cores] == ["RayCoreClient"] * 2
@@ -69,6 +69,13 @@ def test_dp2_ray_offline_equals_dp1_and_hf(ray_cluster, tiny_llama_dir, prompts_
         pids = [core.pid for core in client.cores]
         assert len(set(pids)) == 2 and os.getpid() not in pids
         assert ray.get([core._actor.pid.remote() for core in client.cores]) == pids
+        # core 0 on this (the driver's) node, as data_parallel_size_local=1 asks; both cores
+        # share the one node, so each binds its threads as one of two cores there
+        here = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes()}[
+            ray.get_runtime_context().get_node_id()]
+        assert [core.node_ip for core in client.cores] == [here, here]
+        slots = client._placement.slots
+        assert [(slot.rank_local, slot.size_local) for slot in slots] == [(0, 2), (1, 2)]
         assert greedy(llm, prompts * 2) == reference * 2  # (both cores take requests)
         served = {client.engine_index_of(str(i)) for i in range(len(prompts) * 2)}
         assert client.router is not None
