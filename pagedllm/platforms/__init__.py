@@ -9,7 +9,7 @@ from pagedllm.logger import init_logger
 logger = init_logger(__name__)
 
 
-def configure_threads(device_config: DeviceConfig, parallel: ParallelConfig | None = None,
+def configure_threads(device_config: DeviceConfig, parallel: ParallelConfig | int | None = None,
                       rank: int | None = None) -> None:
     """Intra-op threads and CPUs on CPU (once per process, in each rank): --num-threads /
     PAGEDLLM_NUM_THREADS, else the allowed cores shared out over the ranks on this machine (the
@@ -25,6 +25,8 @@ def configure_threads(device_config: DeviceConfig, parallel: ParallelConfig | No
         plan_cpu_binding,
     )
 
+    if isinstance(parallel, int):  # the older call, configure_threads(device, world_size)
+        parallel = ParallelConfig(tensor_parallel_size=parallel)
     parallel = parallel or ParallelConfig()
     if rank is None:
         rank = _distributed_rank()
