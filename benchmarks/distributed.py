@@ -7,6 +7,8 @@ because the rounds repeat their prompts) under each way of spending two cores:
                                                                default: it tells DP's gain from
                                                                that of dropping a 2nd thread)
     dp2   LLM(model, data_parallel_size=2, num_threads=1)      two engine cores, a thread each
+    dp2ray   the same with data_parallel_backend="ray": the cores are Ray actors (a local Ray
+             this process starts, or RAY_ADDRESS), what `-dp 2 --data-parallel-backend ray` costs
     tp2   LLM(model, tensor_parallel_size=2, num_threads=1)    two ranks of one engine (the
                                                                fused CPU stack, each layer cut
                                                                at its two all-reduces)
@@ -48,10 +50,11 @@ import statistics
 import time
 from typing import Any
 
-CONFIGS: dict[str, dict[str, int | bool]] = {
+CONFIGS: dict[str, dict[str, int | bool | str]] = {
     "tp1": {"num_threads": 2},
     "tp1x1": {"num_threads": 1},
     "dp2": {"data_parallel_size": 2, "num_threads": 1},
+    "dp2ray": {"data_parallel_size": 2, "num_threads": 1, "data_parallel_backend": "ray"},
     "tp2": {"tensor_parallel_size": 2, "num_threads": 1},
     "tp2eager": {"tensor_parallel_size": 2, "num_threads": 1, "enforce_eager": True},
     "pp2": {"pipeline_parallel_size": 2, "num_threads": 1},
@@ -182,6 +185,9 @@ def main() -> None:
     parser.add_argument("--allreduce", action="store_true",
                         help="measure the two-process all-reduce at decode batch sizes")
     parser.add_argument("--output", default=None, help="write the results as JSON here")
+    parser.add_argument("--baseline", default="tp1",
+                        help="the configuration the ratios are relative to (tp1x1 under "
+                             "contention: 2-thread timings collapse on a shared machine)")
     args = parser.parse_args()
     model = os.path.expanduser(RANDOM_1B) if args.model == "1b" else args.model
 
@@ -210,7 +216,9 @@ def main() -> None:
             llm.generate(prompts[:4], params[:4], use_tqdm=False)  # warm-up
             pipeline = CONFIGS[name].get("pipeline_parallel_size", 1) > 1
             tensor_parallel = CONFIGS[name].get("tensor_parallel_size", 1) > 1
-            rounds[name].append(timed_run(llm, prompts, params, pipeline, tensor_parallel))
+            result = timed_run(llm, prompts, params, pipeline, tensor_parallel)
+            result["load_average"] = [round(x, 2) for x in os.getloadavg()]  # (`uptime`)
+            rounds[name].append(result)
             close(llm)
             print(f"round {round_index} {name} {rounds[name][-1]}", flush=True)
         record = _record(args, model, model_config, rounds, unavailable)
@@ -218,7 +226,8 @@ def main() -> None:
     if args.allreduce:
         record["allreduce"] = _allreduce_report(model_config, record)
         _write(args.output, record)
-    print(json.dumps({k: record[k] for k in ("runs", "ratios_vs_tp1", "unavailable")}, indent=2))
+    summary = {k: record.get(k) for k in ("runs", "ratios_vs_baseline", "unavailable")}
+    print(json.dumps(summary, indent=2))
     if "allreduce" in record:
         print(json.dumps(record["allreduce"], indent=2))
 
@@ -231,7 +240,7 @@ def _allreduce_report(model_config: Any, record: dict) -> dict:
                               "one_allreduce_s": seconds, "per_step_s": {}}
     for t in tokens:
         report["per_step_s"][f"{t}_tokens"] = 2 * layers * seconds[f"{t}x{hidden}"]
-    tp1 = record["runs"].get("tp1")
+    tp1 = record.get("runs", {}).get("tp1")
     if tp1:  # a decode step of the whole batch, averaged: seconds / output tokens per request
         steps = tp1["output_tokens"] / max(1, record["workload"]["num_prompts"])
         report["tp1_mean_step_s"] = round(tp1["seconds"] / steps, 5)
@@ -242,7 +251,7 @@ def _record(args: argparse.Namespace, model: str, model_config: Any,
             rounds: dict[str, list[dict]], unavailable: dict[str, str]) -> dict:
     runs = {name: max(results, key=lambda r: r["output_tok_s"])
             for name, results in rounds.items() if results}
-    base = runs.get("tp1")
+    base = runs.get(args.baseline)
     ratios = ({name: round(run["output_tok_s"] / base["output_tok_s"], 3)
                for name, run in runs.items()} if base else {})
     return {
@@ -252,7 +261,8 @@ def _record(args: argparse.Namespace, model: str, model_config: Any,
                      "output_len": args.output_len, "kv_cache_bytes": args.kv_cache_memory,
                      "prefix_caching": False},
         "configs": {name: CONFIGS[name] for name in args.configs},
-        "runs": runs, "ratios_vs_tp1": ratios, "unavailable": unavailable,
+        "runs": runs, "ratios_vs_tp1": ratios if args.baseline == "tp1" else {},
+        "baseline": args.baseline, "ratios_vs_baseline": ratios, "unavailable": unavailable,
         "all_rounds": rounds,
         "machine": {"cpu": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count(), "load_average": os.getloadavg()},

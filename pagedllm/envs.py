@@ -28,6 +28,12 @@ def num_threads() -> int | None:
     return int(value) if value else None
 
 
+def cpu_omp_threads_bind() -> str:
+    """PAGEDLLM_CPU_OMP_THREADS_BIND: the default of --cpu-omp-threads-bind ("auto", "nobind" or
+    per-rank CPU lists such as "0-3|4-7"; vLLM's VLLM_CPU_OMP_THREADS_BIND)."""
+    return os.environ.get("PAGEDLLM_CPU_OMP_THREADS_BIND") or "auto"
+
+
 def step_profile() -> int | None:
     """PAGEDLLM_STEP_PROFILE: time each engine step's phases (schedule, prepare_inputs, forward,
     sample, update, output; see metrics/step_profile.py) and log the breakdown every N steps

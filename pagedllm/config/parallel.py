@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 EXECUTOR_BACKENDS = ("uni", "mp", "ray")
 DP_ROUTING_POLICIES = ("prefix_aware", "least_loaded")
+DP_BACKENDS = ("mp", "ray")
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,15 @@ class ParallelConfig:
     """How a new request picks its core: "least_loaded" (lowest load score), or "prefix_aware"
     (the core its prompt's longest known block prefix went to, unless that core is much more
     loaded than the least loaded one)."""
+    data_parallel_backend: str = "mp"
+    """Where the data-parallel engine cores run: "mp" (processes on this machine) or "ray" (Ray
+    actors placed by a placement group, possibly on other machines: engine/ray_core.py)."""
+    data_parallel_size_local: int | None = None
+    """The front end's: engine cores on this machine (with "ray", the first this many are placed
+    on the API server's node, the others anywhere; None: mp all, ray wherever Ray puts them). In
+    a core's own config: the engine cores on its machine (CPU binding shares the CPUs out)."""
+    data_parallel_rank_local: int = 0
+    """In a core's own config: its index among the engine cores on its machine."""
     enable_expert_parallel: bool = False
     """MoE layers: each rank holds whole experts (E / tp of them) instead of every expert's
     1/tp slice; attention stays tensor-parallel."""
@@ -43,6 +53,13 @@ class ParallelConfig:
                 f"data_parallel_routing must be one of {', '.join(DP_ROUTING_POLICIES)}, got "
                 f"{self.data_parallel_routing!r}"
             )
+        if self.data_parallel_backend not in DP_BACKENDS:
+            raise ValueError(f"data_parallel_backend must be one of {', '.join(DP_BACKENDS)}, "
+                             f"got {self.data_parallel_backend!r}")
+        local = self.data_parallel_size_local
+        if local is not None and not 0 <= self.data_parallel_rank_local < max(1, local):
+            raise ValueError(f"data_parallel_rank_local {self.data_parallel_rank_local} is not "
+                             f"below data_parallel_size_local {local}")
         backend = self.distributed_executor_backend
         if backend is not None and backend not in EXECUTOR_BACKENDS:
             raise ValueError(
@@ -65,3 +82,11 @@ class ParallelConfig:
         if self.distributed_executor_backend is not None:
             return self.distributed_executor_backend
         return "uni" if self.world_size == 1 else "mp"
+
+    @property
+    def local_ranks(self) -> tuple[int, int]:
+        """(index of this engine core's rank 0 among the ranks on its machine, ranks on the
+        machine), where this core's ranks run as processes here (uni/mp): what CPU binding
+        shares the allowed CPUs over. Ranks placed by the Ray executor are not counted."""
+        cores = self.data_parallel_size_local or 1
+        return self.data_parallel_rank_local * self.world_size, cores * self.world_size

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pagedllm import envs
 from pagedllm.config import (
     CacheConfig,
     DeviceConfig,
@@ -38,6 +39,9 @@ class EngineArgs:
     device: str = "auto"
     attention_backend: str | None = None
     num_threads: int | None = None
+    cpu_omp_threads_bind: str | None = None
+    """"auto", "nobind" or per-rank CPU lists "0-3|4-7" (None: PAGEDLLM_CPU_OMP_THREADS_BIND,
+    else "auto"); platforms/cpu_binding.py."""
     quantization: str | None = None
     """Weight quantization: None/"auto" (what the checkpoint holds), "none", "int8", "int4",
     "gguf", "awq", "gptq"."""
@@ -78,6 +82,14 @@ class EngineArgs:
     """Engine cores, each its own process, behind one front end (-dp; engine/dp_client.py)."""
     data_parallel_routing: str = "prefix_aware"
     """How a request picks its core: "prefix_aware" or "least_loaded" (config/parallel.py)."""
+    data_parallel_backend: str = "mp"
+    """"mp" (engine-core processes here) or "ray" (Ray actors, possibly on other machines)."""
+    data_parallel_size_local: int | None = None
+    """Engine cores on this machine (ray: placed on the API server's node; engine/ray_core.py);
+    in a core's own arguments, the cores on its machine."""
+    data_parallel_rank_local: int = 0
+    """Set for each core by the data-parallel client: its index among the cores on its
+    machine."""
     enable_expert_parallel: bool = False
     """MoE experts spread whole over the tensor-parallel ranks."""
     distributed_executor_backend: str | None = None
@@ -140,7 +152,8 @@ class EngineArgs:
             encoder_cache_size=self.encoder_cache_size,
         )
         device_config = DeviceConfig(
-            device=device, attention_backend=self.attention_backend, num_threads=self.num_threads
+            device=device, attention_backend=self.attention_backend, num_threads=self.num_threads,
+            cpu_omp_threads_bind=self.cpu_omp_threads_bind or envs.cpu_omp_threads_bind(),
         )
         structured_outputs = StructuredOutputsConfig.parse(
             self.structured_outputs_config, reasoning_parser=self.reasoning_parser
@@ -166,6 +179,9 @@ class EngineArgs:
             pipeline_parallel_size=self.pipeline_parallel_size,
             data_parallel_size=self.data_parallel_size,
             data_parallel_routing=self.data_parallel_routing,
+            data_parallel_backend=self.data_parallel_backend,
+            data_parallel_size_local=self.data_parallel_size_local,
+            data_parallel_rank_local=self.data_parallel_rank_local,
             enable_expert_parallel=self.enable_expert_parallel,
             distributed_executor_backend=self.distributed_executor_backend,
             ray_address=self.ray_address,

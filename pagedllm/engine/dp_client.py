@@ -16,6 +16,10 @@ dead one again; once every core is dead it raises EngineDeadError. With restart_
 server's --restart-engine-on-failure) a dead core is restarted in the background, as the server's
 supervisor restarts a single core (deaths in quick succession back off), and joins the routing
 again once ready; the engine counts as alive meanwhile, since the other cores serve.
+
+With `--data-parallel-backend ray` the cores are Ray actors placed by one placement group
+(engine/ray_core.py: RayCoreClient, the same interface as MPClient), possibly on other machines;
+routing, failure and restart are the same.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from pagedllm.logger import init_logger
 if TYPE_CHECKING:
     from pagedllm.config import EngineConfig
     from pagedllm.engine.arg_utils import EngineArgs
+    from pagedllm.engine.ray_core import RayCoreClient, RayDPPlacement
 
 logger = init_logger(__name__)
 
@@ -56,15 +61,36 @@ class EngineCoreDied(EngineDeadError):
 
 
 def parallel_config(engine_args: EngineArgs) -> ParallelConfig:
-    return ParallelConfig(data_parallel_size=engine_args.data_parallel_size,
-                          data_parallel_routing=engine_args.data_parallel_routing)
+    config = ParallelConfig(data_parallel_size=engine_args.data_parallel_size,
+                            data_parallel_routing=engine_args.data_parallel_routing,
+                            data_parallel_backend=engine_args.data_parallel_backend,
+                            data_parallel_size_local=engine_args.data_parallel_size_local)
+    local = config.data_parallel_size_local
+    if local is not None and local > config.data_parallel_size:
+        raise ValueError(f"data_parallel_size_local ({local}) exceeds data_parallel_size "
+                         f"({config.data_parallel_size})")
+    if config.data_parallel_backend == "mp" and local not in (None, config.data_parallel_size):
+        raise ValueError("data_parallel_size_local below data_parallel_size needs "
+                         "--data-parallel-backend ray (the other cores run on other machines)")
+    if (config.data_parallel_backend == "ray"
+            and engine_args.distributed_executor_backend == "ray"):
+        raise ValueError("--data-parallel-backend ray runs each core's ranks as processes on "
+                         "the core's node (its placement bundle): use "
+                         "--distributed-executor-backend mp (the default) with it")
+    return config
+
+
+def uses_dp_client(engine_args: EngineArgs) -> bool:
+    """Several engine cores, or one placed by Ray: the cores run behind a DPLBClient."""
+    config = parallel_config(engine_args)
+    return config.data_parallel_size > 1 or config.data_parallel_backend == "ray"
 
 
 def make_core_client(engine_args: EngineArgs, wait_ready: bool = True,
                      restart_cores: bool = False) -> MPClient | DPLBClient:
     """The engine core(s) in their own process(es): one MPClient, or a DPLBClient over N
     (restart_cores: a dead one of the N is restarted)."""
-    if parallel_config(engine_args).data_parallel_size > 1:
+    if uses_dp_client(engine_args):
         return DPLBClient(engine_args, wait_ready=wait_ready, restart_cores=restart_cores)
     return MPClient(engine_args, wait_ready=wait_ready)
 
@@ -82,7 +108,8 @@ def core_engine_args(engine_args: EngineArgs, rank: int, size: int) -> EngineArg
         ranks_per_core = engine_args.tensor_parallel_size * engine_args.pipeline_parallel_size
         threads = max(1, physical_cores() // (size * ranks_per_core))
     return dataclasses.replace(engine_args, seed=engine_args.seed + rank, num_threads=threads,
-                               data_parallel_size=1)
+                               data_parallel_size=1, data_parallel_backend="mp",
+                               data_parallel_rank_local=rank, data_parallel_size_local=size)
 
 
 class DPLBClient(EngineCoreClient):
@@ -103,11 +130,15 @@ class DPLBClient(EngineCoreClient):
         self._restarting: set[int] = set()
         self._last_start = [time.monotonic()] * size
         self._quick_deaths = [0] * size
-        self.cores: list[MPClient] = []
+        self.cores: list[MPClient | RayCoreClient] = []
+        self._placement: RayDPPlacement | None = None
         try:
+            if self.parallel.data_parallel_backend == "ray":
+                from pagedllm.engine.ray_core import RayDPPlacement
+
+                self._placement = RayDPPlacement(engine_args, size)
             for rank in range(size):  # they load their models concurrently
-                self.cores.append(MPClient(core_engine_args(engine_args, rank, size),
-                                           wait_ready=False))
+                self.cores.append(self._start_core(rank))
         except BaseException:
             self.shutdown(timeout=0.0)
             raise
@@ -119,6 +150,18 @@ class DPLBClient(EngineCoreClient):
         self.config: EngineConfig | None = None
         if wait_ready:
             self.wait_ready(startup_timeout)
+
+    def _start_core(self, rank: int) -> MPClient | RayCoreClient:
+        """Core `rank`, started (a process here, or a Ray actor in its bundle), not yet ready."""
+        args = core_engine_args(self.engine_args, rank, self.parallel.data_parallel_size)
+        if self._placement is None:
+            return MPClient(args, wait_ready=False)
+        from pagedllm.engine.ray_core import RayCoreClient
+
+        # (the node's CPUs, not this machine's, are shared out among the cores placed there)
+        args = dataclasses.replace(args, num_threads=self.engine_args.num_threads)
+        return RayCoreClient(self._placement.core_args(args, rank), self._placement, rank,
+                             wait_ready=False)
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Until every core has loaded its model; EngineStartupFailed (all are stopped) if one
@@ -134,8 +177,9 @@ class DPLBClient(EngineCoreClient):
         self.router = DPRouter(len(self.cores), self.config.cache.block_size,
                                prefix_aware=self.parallel.data_parallel_routing == "prefix_aware")
         for rank, core in enumerate(self.cores):
-            logger.info("data-parallel engine core %d: pid %s, %s KV blocks", rank, core.pid,
-                        core.num_kv_blocks)
+            where = f" on {core.node_ip} (Ray)" if hasattr(core, "node_ip") else ""
+            logger.info("data-parallel engine core %d: pid %s%s, %s KV blocks", rank, core.pid,
+                        where, core.num_kv_blocks)
             threading.Thread(target=self._read, args=(rank,), name=f"DPEngineReader-{rank}",
                              daemon=True).start()
 
@@ -296,11 +340,10 @@ class DPLBClient(EngineCoreClient):
         self._quick_deaths[rank] = self._quick_deaths[rank] + 1 if quick else 0
         if self._quick_deaths[rank] > 1:
             time.sleep(min(2.0 ** (self._quick_deaths[rank] - 2), _MAX_BACKOFF_SECONDS))
-        size = len(self.cores)
         logger.warning("restarting data-parallel engine core %d (restart %d)", rank,
                        self.num_restarts[rank] + 1)
         try:
-            core = MPClient(core_engine_args(self.engine_args, rank, size), wait_ready=False)
+            core = self._start_core(rank)
             core.wait_ready(self.startup_timeout)
         except Exception as e:
             logger.error("data-parallel engine core %d could not restart: %s", rank, e)
@@ -330,3 +373,5 @@ class DPLBClient(EngineCoreClient):
             stopper.start()
         for stopper in stoppers:
             stopper.join()
+        if self._placement is not None:
+            self._placement.remove()

@@ -39,9 +39,9 @@ class LLMEngine:
 
     @classmethod
     def from_engine_args(cls, engine_args: EngineArgs) -> LLMEngine:
-        from pagedllm.engine.dp_client import DPLBClient, parallel_config
+        from pagedllm.engine.dp_client import DPLBClient, uses_dp_client
 
-        if parallel_config(engine_args).data_parallel_size > 1:
+        if uses_dp_client(engine_args):
             client = DPLBClient(engine_args)  # the cores run in their own processes
             assert client.config is not None
             return cls(client.config, client)

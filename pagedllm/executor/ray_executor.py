@@ -12,6 +12,9 @@ The cluster is the user's (`ray start --head` on one machine, `ray start --addre
 on the others; --ray-address or RAY_ADDRESS names it) or, with neither, a local one Ray starts
 for this process. The ranks meet over torch.distributed (gloo on CPU) at rank 0's node address.
 A rank whose actor dies (node lost, process killed) fails the call that waits on it: WorkerDied.
+While the engine is idle no call waits on the ranks, so check_health (which the engine core's
+idle loop calls every 0.5 s) pings them at most every HEALTH_CHECK_SECONDS: a dead or hung rank
+takes the engine down within seconds, not at the next request.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ logger = init_logger(__name__)
 
 PLACEMENT_TIMEOUT_S = 60.0
 """How long to wait for the cluster to offer a CPU to every rank."""
+HEALTH_CHECK_SECONDS = 1.0
+"""While idle, ping the ranks at most this often."""
+HEALTH_CHECK_TIMEOUT_S = 10.0
+"""An idle rank that does not answer a ping within this long counts as hung (dead)."""
 
 
 class RayWorker:
@@ -130,6 +137,18 @@ class RayDistributedExecutor(RemoteExecutor):
                 except ray.exceptions.RayError as e:
                     raise WorkerDied(f"worker rank {refs.index(ref)} failed: {e}") from e
         return [replies[ref] for ref in refs]
+
+    def check_health(self) -> None:
+        """Ping every rank (at most every HEALTH_CHECK_SECONDS); WorkerDied if one is gone or
+        does not answer within HEALTH_CHECK_TIMEOUT_S. Called only while no step is in flight
+        (each actor runs its calls in order: a ping queued behind a step would wait for it)."""
+        import time
+
+        now = time.monotonic()
+        if now - getattr(self, "_last_ping", 0.0) < HEALTH_CHECK_SECONDS:
+            return
+        self._last_ping = now
+        self._wait_all([actor.pid.remote() for actor in self._actors], HEALTH_CHECK_TIMEOUT_S)
 
     def shutdown(self) -> None:
         import ray

@@ -18,7 +18,7 @@ from pagedllm.worker.kv_cache_alloc import available_memory
 
 def load_model_on_device(config: EngineConfig) -> tuple[torch.device, nn.Module]:
     """The device and the model loaded on it."""
-    configure_threads(config.device, config.parallel.world_size)
+    configure_threads(config.device, config.parallel)
     torch.manual_seed(config.model.seed)
     device = torch.device(config.device.device)
     if device.type == "cpu":

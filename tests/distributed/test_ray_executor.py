@@ -29,11 +29,17 @@ RAY_START_TIMEOUT = 90.0
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     """The address of a Ray head on 127.0.0.1 with 2 CPUs, this module's alone."""
+    yield from ray_head(tmp_path_factory, num_cpus=2)
+
+
+def ray_head(tmp_path_factory, num_cpus: int):
+    """Start a Ray head on 127.0.0.1 offering `num_cpus` (Ray's accounting: placement only),
+    yield its address, stop it (tests/distributed/test_ray_data_parallel.py shares it)."""
     port = free_port()
     temp_dir = str(tmp_path_factory.mktemp("ray"))
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     cmd = [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-           f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+           f"--port={port}", f"--num-cpus={num_cpus}", "--include-dashboard=false",
            "--disable-usage-stats", "--object-store-memory=80000000", f"--temp-dir={temp_dir}"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     log = open(os.path.join(temp_dir, "ray_start.log"), "w")  # noqa: SIM115 - the child owns it

@@ -60,6 +60,30 @@ llm.llm_engine.engine_core.shutdown()
 """
 
 
+DP_DRIVER = r"""
+import json, sys, time
+import ray
+from pagedllm import LLM, SamplingParams
+
+address, model, prompts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+max_tokens = int(sys.argv[4])
+ray.init(address=address, _node_ip_address=address.split(":")[0])
+deadline = time.monotonic() + 60
+while sum(node["Alive"] for node in ray.nodes()) < 2:
+    assert time.monotonic() < deadline, ray.nodes()
+    time.sleep(0.5)
+llm = LLM(model, kv_cache_memory="16MiB", max_num_batched_tokens=16, data_parallel_size=2,
+          data_parallel_backend="ray", ray_address=address)
+client = llm.llm_engine.engine_core
+node_ips = [core.node_ip for core in client.cores]
+params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+outputs = llm.generate(prompts, params, use_tqdm=False)
+print("RESULT " + json.dumps({"node_ips": node_ips,
+                              "tokens": [o.outputs[0].token_ids for o in outputs]}))
+llm.llm_engine.shutdown()
+"""
+
+
 def _sh(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
 
@@ -141,4 +165,22 @@ def test_tp2_over_two_ray_nodes_equals_hf(two_nodes, tiny_llama_dir):
     result = json.loads(lines[0].removeprefix("RESULT "))
     print(f"ranks on nodes {result['node_ips']}, generate {result['seconds']:.2f} s")
     assert sorted(result["node_ips"]) == [HEAD_IP, WORKER_IP]  # one rank per node
+    assert result["tokens"] == [hf_greedy(hf, p, MAX_TOKENS) for p in prompts]
+
+
+def test_dp2_over_two_ray_nodes_equals_hf(two_nodes, tiny_llama_dir):
+    """-dp 2 --data-parallel-backend ray: one engine-core actor per node (each node offers one
+    CPU, each core's bundle takes one), the driver talks to both over the veth only."""
+    head_ns, address, env = two_nodes
+    hf = load_hf_model(tiny_llama_dir)
+    prompts = random_prompts(LENGTHS, hf.config.vocab_size) * 2
+    driver = subprocess.run(
+        ["ip", "netns", "exec", head_ns, sys.executable, "-c", DP_DRIVER, address,
+         tiny_llama_dir, json.dumps(prompts), str(MAX_TOKENS)],
+        capture_output=True, text=True, env=env, timeout=240)
+    lines = [line for line in driver.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, driver.stdout[-3000:] + driver.stderr[-3000:]
+    result = json.loads(lines[0].removeprefix("RESULT "))
+    print(f"engine cores on nodes {result['node_ips']}")
+    assert sorted(result["node_ips"]) == [HEAD_IP, WORKER_IP]  # one core per node
     assert result["tokens"] == [hf_greedy(hf, p, MAX_TOKENS) for p in prompts]

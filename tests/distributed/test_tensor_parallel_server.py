@@ -44,6 +44,29 @@ def worker_pids(log: str) -> list[int]:
     return [int(match[1]), int(match[2])]
 
 
+def test_worker_ranks_run_on_their_planned_cpus(tp_server):
+    """CPU binding (platforms/cpu_binding.py): each rank's worker process (the engine core's
+    children), every thread of it, has its rank's share of the CPUs (PAGEDLLM_NUM_THREADS=1:
+    one core each), or, where the machine has too few cores, the whole allowed set."""
+    from pagedllm.platforms.cpu_binding import physical_core_groups, plan_cpu_binding
+
+    plan = plan_cpu_binding(physical_core_groups(), 2, 1)
+    assert plan.cpus is not None or len(physical_core_groups()) < 2
+    assert "CPU binding of the 2 ranks on this machine" in tp_server.log()
+    (engine_core,) = _children(tp_server.proc.pid)
+    workers = _children(engine_core)
+    assert len(workers) == 2, workers
+    masks = []
+    for pid in workers:
+        threads = {frozenset(os.sched_getaffinity(int(tid)))
+                   for tid in os.listdir(f"/proc/{pid}/task")}
+        assert len(threads) == 1, (pid, threads)  # every thread alike
+        masks.append(threads.pop())
+    expected = ([set(os.sched_getaffinity(0))] * 2 if plan.cpus is None
+                else [set(cpus) for cpus in plan.cpus])
+    assert sorted(masks, key=min) == sorted(expected, key=min)
+
+
 def test_killed_rank_fails_the_stream_and_health(tp_server):
     pids = worker_pids(tp_server.log())
     body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 400, "ignore_eos": True,

@@ -111,6 +111,15 @@ def _add_data_parallel_args(parser: argparse.ArgumentParser) -> None:
                        help="prefix_aware: a prompt whose leading blocks went to a core goes "
                             "there again unless that core is much busier; least_loaded: by load "
                             "alone (default prefix_aware)")
+    group.add_argument("--data-parallel-backend", "-dpb", default="mp", choices=["mp", "ray"],
+                       help="where the engine cores run: mp (processes on this machine) or ray "
+                            "(Ray actors placed by a placement group on the cluster of "
+                            "--ray-address / RAY_ADDRESS, possibly on other machines; each "
+                            "core's -tp/-pp ranks run as processes on its node)")
+    group.add_argument("--data-parallel-size-local", "-dpl", type=_positive_int, default=None,
+                       help="engine cores on this machine: with --data-parallel-backend ray the "
+                            "first this many are placed on the API server's node, the others "
+                            "wherever the cluster has room (default: Ray decides)")
 
 
 def _positive_int(value: str) -> int:
@@ -136,6 +145,12 @@ def add_parallel_args(parser: argparse.ArgumentParser) -> None:
                        choices=["uni", "mp", "ray"],
                        help="where the ranks run: mp (a process per rank, the default for "
                             "several), ray (Ray actors on a cluster), uni (one rank in process)")
+    group.add_argument("--cpu-omp-threads-bind", default=None,
+                       help="CPUs of each rank on this machine (TP/PP worker, -dp core): auto "
+                            "(a disjoint share of the allowed CPUs per rank when there are "
+                            "several; a warning and no pinning when ranks x threads exceed the "
+                            "cores), nobind, or one list per rank such as '0-3|4-7' (default: "
+                            "PAGEDLLM_CPU_OMP_THREADS_BIND, else auto)")
     group.add_argument("--ray-address", default=None,
                        help="the Ray cluster for --distributed-executor-backend ray (default: "
                             "RAY_ADDRESS, else a local Ray)")
@@ -221,6 +236,9 @@ def engine_args_from(args: argparse.Namespace) -> EngineArgs:
         max_cpu_loras=args.max_cpu_loras,
         data_parallel_size=args.data_parallel_size,
         data_parallel_routing=args.data_parallel_routing,
+        data_parallel_backend=args.data_parallel_backend,
+        data_parallel_size_local=args.data_parallel_size_local,
+        cpu_omp_threads_bind=args.cpu_omp_threads_bind,
         limit_mm_per_prompt=args.limit_mm_per_prompt,
         max_image_bytes=args.max_image_bytes,
         max_image_pixels=args.max_image_pixels,
