@@ -42,6 +42,13 @@ def compiled_kernels() -> bool:
     return os.environ.get("PAGEDLLM_COMPILED_KERNELS", "1") not in ("0", "false", "False", "")
 
 
+def compact_kquant() -> bool:
+    """PAGEDLLM_COMPACT_KQUANT: hold GGUF Q4_K/Q5_K/Q6_K weights with the file's compact scales
+    and 6-bit codes (quantization/kquant_weight.py) — default 1; 0 keeps the multiplied-out float
+    scales of PackedGroupWeight (the same results, more bytes; for A/B measurements)."""
+    return os.environ.get("PAGEDLLM_COMPACT_KQUANT", "1") not in ("0", "false", "False", "")
+
+
 def kernel_cache_dir() -> str:
     """PAGEDLLM_CACHE_DIR: where the compiled kernels are built and cached (default
     ~/.cache/pagedllm)."""
