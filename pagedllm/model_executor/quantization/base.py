@@ -23,7 +23,8 @@ class FusedWeightSpec:
     layout "dense": tensors {"weight": float32 [out, in]}; "packed_group": tensors {"codes",
     "scales", "mins"} of quantization/kernels.py PackedGroupWeight, with its group_size and u4;
     "kquant": tensors {"codes", "sub_scales", "sub_mins", "super_scales", "super_mins"} of
-    kquant_weight.py KQuantWeight, with its group_size, u4 and code offset. The bias is not part of it (it stays the layer's, in the model dtype).
+    kquant_weight.py KQuantWeight, with its group_size, u4 and code offset.
+    The bias is not part of it (it stays the layer's, in the model dtype).
     """
 
     layout: Literal["dense", "packed_group", "kquant"]

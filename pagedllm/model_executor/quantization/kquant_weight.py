@@ -77,8 +77,9 @@ class KQuantWeight(QuantizedWeight):
 
         self.register_buffer("codes", codes.contiguous())
         self.register_buffer("sub_scales", sub_scales.contiguous())
-        mins = sub_mins.contiguous() if kq.sub_mins is not None else torch.empty(0, dtype=torch.int8)
-        self.register_buffer("sub_mins", mins)
+        no_mins = torch.empty(0, dtype=torch.int8)  # Q6_K: the sub-scales serve (kquant.h)
+        self.register_buffer("sub_mins", sub_mins.contiguous() if kq.sub_mins is not None
+                             else no_mins)  # fmt: skip
         self.register_buffer("super_scales", by_row_group(kq.super_scales))
         self.register_buffer("super_mins", by_row_group(kq.super_mins))
 
