@@ -102,18 +102,22 @@ def test_fused_spec_carries_the_compact_tensors(layer):
 
 
 def test_gguf_loader_picks_the_compact_form(monkeypatch):
-    """GGUFLinearMethod's shards (and an embedding table) in K types become a KQuantWeight;
-    a non-K shard, or PAGEDLLM_COMPACT_KQUANT=0, keeps the PackedGroupWeight path."""
+    """With PAGEDLLM_COMPACT_KQUANT=1, GGUFLinearMethod's shards (and an embedding table) in K
+    types become a KQuantWeight; a non-K shard, or the variable 0 (the default), keeps the
+    PackedGroupWeight path."""
     from pagedllm.model_executor.model_loader.gguf import GGUFWeight
     from pagedllm.model_executor.quantization.gguf import compact_kquant_weight
 
     def shard(qtype, rows):
         return GGUFWeight(_blocks(qtype, rows, 3), qtype, (rows, COLS))
 
+    monkeypatch.setenv("PAGEDLLM_COMPACT_KQUANT", "1")
     parts = [shard(T.Q4_K, 16), shard(T.Q6_K, 16)]
     weight = compact_kquant_weight(parts)
     assert isinstance(weight, KQuantWeight) and weight.out_features == 32 and not weight.u4
     assert compact_kquant_weight([shard(T.Q4_K, 16), GGUFWeight(
         np.zeros((16, COLS // 32 * 34), np.uint8), T.Q8_0, (16, COLS))]) is None
     monkeypatch.setenv("PAGEDLLM_COMPACT_KQUANT", "0")
+    assert compact_kquant_weight(parts) is None
+    monkeypatch.delenv("PAGEDLLM_COMPACT_KQUANT")
     assert compact_kquant_weight(parts) is None
