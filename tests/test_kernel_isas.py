@@ -27,6 +27,7 @@ _ORDER = ["DEFAULT", "AVX2", "AVX512"]
 _TESTS = [
     "tests/quantization/test_packed_kernel.py",
     "tests/quantization/test_gguf_blocks.py",
+    "tests/quantization/test_kquant.py",
     "tests/model_executor/test_dense_linear.py",
     "tests/attention/test_backends.py",
     "tests/engine/test_batch_invariance.py::test_tiny_models_are_batch_invariant[float32]",
@@ -111,6 +112,7 @@ def kernel_outputs() -> dict[str, torch.Tensor]:
             # int8 activations (quant/interleaved_int8.h): dpbusd, maddubs or exact sums
             out[f"quant_rows16/{key}/int8/M{M}"] = ops.quant_linear(x, *layout, G, u4, 8)
         out[f"gather/{key}/rows16"] = ops.quant_gather_rows(ids[:2], *layout, G, u4, K)
+    _kquant_outputs(rng, rand, out)
     for D, dtype, (window, cap) in itertools.product(
         (64, 128, 48), (torch.float32, torch.float16), ((0, 0.0), (5, 0.0), (0, 30.0))
     ):
@@ -156,6 +158,29 @@ def kernel_outputs() -> dict[str, torch.Tensor]:
     logits[2, 17] = logits[2, 900] = 100.0
     out["argmax"] = ops.argmax_rows(logits)
     return out
+
+
+def _kquant_outputs(rng, rand, out: dict[str, torch.Tensor]) -> None:
+    """The K-quant kernel (quant/kquant.h) on random compact weights: u4 and 6-bit codes,
+    groups of 32 and 16, with and without sub-mins."""
+    ops = torch.ops.pagedllm
+    K, groups = 512, 2  # 32 rows: two row groups
+    for u4, G in ((True, 32), (False, 32), (False, 16)):
+        ng = K // G
+        row_bytes = ng * 16 * G // 2 if u4 else ng * 16 * G * 3 // 4
+        codes = torch.from_numpy(rng.integers(0, 256, (groups, row_bytes), dtype=np.uint8))
+        sc = torch.from_numpy(rng.integers(-64, 64, (groups, ng, 16), dtype=np.int8))
+        mins = (torch.empty(0, dtype=torch.int8) if G == 16
+                else torch.from_numpy(rng.integers(0, 64, (groups, ng, 16), dtype=np.int8)))
+        d = (torch.from_numpy(rng.random((groups, K // 256, 16), dtype=np.float32)) * 0.02).half()
+        dm = -d
+        args = (codes, sc, mins, d, dm, G, u4, 0 if u4 else 32)
+        key = f"{'u4' if u4 else '6bit'}/G{G}"
+        for M in (1, 3, 9):
+            x = rand(M, K)
+            out[f"kquant/{key}/M{M}"] = ops.kquant_linear(x, *args)
+            out[f"kquant/{key}/int8/M{M}"] = ops.kquant_linear(x, *args, 8)
+        out[f"kquant_gather/{key}"] = ops.kquant_gather_rows(torch.tensor([0, 17, 31]), *args, K)
 
 
 def _quant_magnitude(x, codes, scales, mins, group: int, u4: bool) -> torch.Tensor:
@@ -228,7 +253,7 @@ def _exact_between(key: str, isa: str) -> bool:
     kind = key.split("/")[0]
     if kind == "quant":
         return not isa.startswith("AVX512")
-    if kind == "quant_rows16":  # lane for lane the same operations at every width
+    if kind in ("quant_rows16", "kquant", "kquant_gather"):  # lane for lane the same at every width
         return True
     if kind == "attention":
         return key.split("/")[1] in ("64", "128", "256")
@@ -265,7 +290,7 @@ def test_portable_kernels_match_simd_builds(tmp_path):
     kernels = {key for key in portable if not key.startswith("bound_of_")}
     assert {key.split("/")[0] for key in kernels} == {
         "dense", "quant", "quant_rows16", "gather", "attention", "rms_norm", "residual", "rotary",
-        "silu_and_mul", "gelu_tanh_and_mul", "argmax", "lora",
+        "silu_and_mul", "gelu_tanh_and_mul", "argmax", "lora", "kquant", "kquant_gather",
     }  # fmt: skip
     for isa in simd:
         outputs = _outputs_of(isa, own, tmp_path / f"{isa}.pt")

@@ -90,8 +90,10 @@ class DecoderLayerSpec:
                 "activation": _ACTIVATIONS[self.activation]}  # fmt: skip
         for name, weight in self.linears.items():
             tensors.update({f"{name}.{key}": t for key, t in weight.tensors.items()})
-            if weight.layout == "packed_group":
+            if weight.layout in ("packed_group", "kquant"):
                 ints.update({f"{name}.group_size": weight.group_size, f"{name}.u4": int(weight.u4)})
+                if weight.layout == "kquant":
+                    ints[f"{name}.offset"] = weight.offset
                 if weight.activation_bits != 16:  # (absent: int16, the kernel's default)
                     ints[f"{name}.activation_bits"] = weight.activation_bits
         for name, lora in self.lora.items():

@@ -80,6 +80,7 @@ struct LinearWeight {
   int64_t group_size = 0;
   bool u4 = false;
   int64_t activation_bits = 16;  // 8: int8 activations (--quantized-activation-dtype int8)
+  int64_t offset = 0;            // K-quant (5 tensors): the 6-bit codes' centring
 };
 
 // A linear's LoRA slots (lora/layers.py LoRALinear's buffers, shared: a slot filled later is
@@ -138,8 +139,11 @@ at::Tensor linear(const at::Tensor& x, const LinearWeight& w,
                   const std::optional<at::Tensor>& bias, at::Tensor& buffer) {
   if (w.tensors.size() == 1) return pagedllm::dense_linear_into(x, w.tensors[0], bias, buffer);
   const auto& t = w.tensors;
-  const at::Tensor y = pagedllm::quant_linear(x, t[0], t[1], t[2], w.group_size, w.u4,
-                                               w.activation_bits);
+  const at::Tensor y =
+      t.size() == 5  // a K-quant weight with its compact scales (kquant_linear.cpp)
+          ? pagedllm::kquant_linear(x, t[0], t[1], t[2], t[3], t[4], w.group_size, w.u4,
+                                    w.offset, w.activation_bits)
+          : pagedllm::quant_linear(x, t[0], t[1], t[2], w.group_size, w.u4, w.activation_bits);
   return bias.has_value() && bias->defined() ? y + *bias : y;
 }
 
@@ -312,7 +316,14 @@ class LayerSpecReader {
                   "DecoderLayerSpec: ", name, ".weight: float32, bfloat16 or float16 expected");
       return w;
     }
-    w.tensors = {tensor(name + ".codes"), tensor(name + ".scales"), tensor(name + ".mins")};
+    if (tensors_.contains(name + ".sub_scales")) {  // K-quant: "<name>.offset" too
+      w.tensors = {tensor(name + ".codes"), tensor(name + ".sub_scales"),
+                   tensor(name + ".sub_mins"), tensor(name + ".super_scales"),
+                   tensor(name + ".super_mins")};
+      w.offset = integer(name + ".offset");
+    } else {
+      w.tensors = {tensor(name + ".codes"), tensor(name + ".scales"), tensor(name + ".mins")};
+    }
     w.group_size = integer(name + ".group_size");
     w.u4 = integer(name + ".u4") != 0;
     w.activation_bits = integer(name + ".activation_bits", 16);

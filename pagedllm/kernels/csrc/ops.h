@@ -18,6 +18,14 @@ at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& codes, const at::
                         const at::Tensor& mins, int64_t group_size, bool u4,
                         int64_t activation_bits = 16);
 
+// y [M, N] = x [M, K] W^T for a GGUF K-quant W held with its compact two-level scales (see
+// quant/kquant.h); the same bits as quant_linear on the PackedGroupWeight of the same blocks.
+at::Tensor kquant_linear(const at::Tensor& x, const at::Tensor& codes,
+                         const at::Tensor& sub_scales, const at::Tensor& sub_mins,
+                         const at::Tensor& super_scales, const at::Tensor& super_mins,
+                         int64_t group_size, bool u4, int64_t offset,
+                         int64_t activation_bits = 16);
+
 // Causal attention of each request's query rows over its paged K/V (see paged_attention.cpp).
 // A step's attention metadata as the kernel reads it, prepared once for all layers.
 struct AttentionPlan {

@@ -110,6 +110,12 @@ class VocabParallelEmbedding(nn.Module):
             self._load_rows(param, loaded.dequantize())
             return
         loaded = loaded.narrow(0, self.vocab_start_index, rows)  # this rank's rows, in blocks
+        from pagedllm.model_executor.quantization.gguf import compact_kquant_weight
+
+        compact = compact_kquant_weight([loaded])  # Q4_K/Q5_K/Q6_K: the file's compact scales
+        if compact is not None:
+            self.qweight_kernel = compact
+            return
         if loaded.qtype.name in supported_gguf_types() and compiled_kernel_fits(
             self.embedding_dim,
             32,

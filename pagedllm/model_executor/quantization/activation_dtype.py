@@ -27,7 +27,9 @@ def set_quantized_activation_dtype(model: nn.Module, dtype: str) -> None:
     """Every PackedGroupWeight of `model` computes with `dtype` activations; logs the choice
     once (nothing for a model without one)."""
     bits = ACTIVATION_BITS[dtype]
-    weights = [m for m in model.modules() if isinstance(m, PackedGroupWeight)]
+    from pagedllm.model_executor.quantization.kquant_weight import KQuantWeight
+
+    weights = [m for m in model.modules() if isinstance(m, (PackedGroupWeight, KQuantWeight))]
     if not weights:
         return
     for weight in weights:

@@ -1,7 +1,8 @@
 """quantization "gguf": a GGUF file's block-quantized linear weights run without being
 dequantized at load. Each shard's blocks are decoded into integer codes + per-group scale/zero
 (gguf_blocks.py) and repacked by group_quant.to_kernel: on CPU into the compiled kernel's layout
-(4-bit codes packed for Q4_0, Q4_1 and Q4_K, int8 codes for the wider types), elsewhere into
+(4-bit codes packed for Q4_0, Q4_1 and Q4_K, int8 codes for the wider types; K-quant types
+keep the file's compact scales instead, quantization/kquant_weight.py), elsewhere into
 PyTorch's int4 / int8 weight-only layouts or a per-call dequantization.
 
 The default for a GGUF with quantized linear weights; `quantization="none"` dequantizes instead.
@@ -32,7 +33,33 @@ class GGUFLinearMethod(RepackedLinearMethod):
                 logger.warning("%s mixes float and quantized GGUF shards: running it in float",
                                type(layer).__name__)  # fmt: skip
             return DenseWeight(torch.cat([_as_float(p) for p in parts]))
+        compact = compact_kquant_weight(parts)
+        if compact is not None:
+            return compact
         return to_kernel(concat_rows([p.decode() for p in parts]))
+
+
+def compact_kquant_weight(parts) -> QuantizedWeight | None:
+    """GGUF shards all in K-quant types as a KQuantWeight (the file's compact scales, 6-bit
+    codes), or None where that kernel does not take them (then PackedGroupWeight's form)."""
+    from pagedllm import envs
+    from pagedllm.model_executor.quantization.gguf_kquant import (
+        K_TYPES,
+        concat_k_rows,
+        decode_k_blocks,
+    )
+    from pagedllm.model_executor.quantization.kquant_weight import (
+        KQuantWeight,
+        kquant_kernel_fits,
+    )
+
+    if not envs.compact_kquant() or any(p.qtype.name not in K_TYPES for p in parts):
+        return None
+    decoded = [decode_k_blocks(p.data, p.qtype.name, p.shape) for p in parts]
+    if any(d is None for d in decoded):
+        return None
+    kq = concat_k_rows(decoded)
+    return KQuantWeight(kq) if kquant_kernel_fits(kq, kq.codes.device) else None
 
 
 def _as_float(part) -> torch.Tensor:

@@ -1,0 +1,92 @@
+"""The K-quant kernel alone: KQuantWeight (compact scales, 6-bit codes) against PackedGroupWeight
+(float scales, 8-bit codes) on the same random GGUF blocks, 1B-class Llama shapes, in one
+process with the two alternating call by call (a shared machine's drift cancels in the ratios).
+Reports the best time of each per shape and row count, the bytes each holds, and checks that the
+two give the same bits.
+
+    PAGEDLLM_NUM_THREADS=1 python benchmarks/kquant_kernel.py \
+        --output-json benchmarks/results/kquant_kernel_1thread.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as T
+
+from pagedllm.model_executor.quantization.gguf_blocks import decode_gguf_blocks
+from pagedllm.model_executor.quantization.gguf_kquant import concat_k_rows, decode_k_blocks
+from pagedllm.model_executor.quantization.group_quant import concat_rows, to_kernel
+from pagedllm.model_executor.quantization.kquant_weight import KQuantWeight
+
+# (name, [(type, rows)], in_features): Llama 3.2 1B's layers as llama.cpp's Q4_K_M stores them
+SHAPES = [
+    ("qkv Q4_K|Q4_K|Q6_K", [(T.Q4_K, 2048), (T.Q4_K, 512), (T.Q6_K, 512)], 2048),
+    ("gate_up Q4_K", [(T.Q4_K, 16384)], 2048),
+    ("down Q6_K", [(T.Q6_K, 2048)], 8192),
+    ("down Q4_K", [(T.Q4_K, 2048)], 8192),
+]
+_FP16 = {T.Q4_K: (0, 2), T.Q6_K: (208,)}
+
+
+def _blocks(qtype, rows: int, cols: int, rng) -> np.ndarray:
+    block, size = GGML_QUANT_SIZES[qtype]
+    n = rows * cols // block
+    blocks = rng.integers(0, 256, (n, size), dtype=np.uint8)
+    for offset in _FP16[qtype]:
+        scale = rng.uniform(0.001, 0.02, n).astype(np.float16)
+        blocks[:, offset : offset + 2] = scale.view(np.uint8).reshape(n, 2)
+    return blocks.reshape(rows, -1)
+
+
+def _nbytes(module) -> int:
+    return sum(t.numel() * t.element_size() for t in module.buffers() if t is not None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 128])
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--output-json")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    record = {"threads": torch.get_num_threads(), "load_before": os.getloadavg(), "shapes": []}
+    for name, shards, k in SHAPES:
+        data = [(q, _blocks(q, rows, k, rng), (rows, k)) for q, rows in shards]
+        compact = KQuantWeight(concat_k_rows([decode_k_blocks(d, q.name, s) for q, d, s in data]))
+        packed = to_kernel(concat_rows([decode_gguf_blocks(d, q, s) for q, d, s in data]))
+        weights = compact.out_features * k
+        row = {"name": name, "out": compact.out_features, "in": k,
+               "bits_per_weight": {"packed": 8 * _nbytes(packed) / weights,
+                                   "compact": 8 * _nbytes(compact) / weights},
+               "rows": {}}  # fmt: skip
+        for m in args.rows:
+            x = torch.from_numpy(rng.standard_normal((m, k), dtype=np.float32))
+            assert torch.equal(compact(x), packed(x)), name
+            best = {"packed": float("inf"), "compact": float("inf")}
+            for rep in range(args.reps):
+                for form in ("packed", "compact") if rep % 2 == 0 else ("compact", "packed"):
+                    w = packed if form == "packed" else compact
+                    start = time.perf_counter()
+                    w(x)
+                    best[form] = min(best[form], time.perf_counter() - start)
+            row["rows"][str(m)] = {"packed_ms": round(1e3 * best["packed"], 3),
+                                   "compact_ms": round(1e3 * best["compact"], 3),
+                                   "speedup": round(best["packed"] / best["compact"], 3),
+                                   }  # fmt: skip
+        print(json.dumps(row), flush=True)
+        record["shapes"].append(row)
+    record["load_after"] = os.getloadavg()
+    if args.output_json:
+        with open(args.output_json, "w") as f:
+            json.dump(record, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
