@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch import nn
-
 from pagedllm.model_executor.layers.layernorm import RMSNorm
 from pagedllm.model_executor.layers.mamba2 import Mamba2Mixer
 from pagedllm.model_executor.layers.rotary import RotaryEmbedding, rope_parameters
-from pagedllm.model_executor.models.hybrid_common import HybridDecoderModel, HybridForCausalLM
+from pagedllm.model_executor.models.hybrid_common import (
+    HybridDecoderLayer,
+    HybridDecoderModel,
+    HybridForCausalLM,
+)
 from pagedllm.model_executor.models.llama import LlamaAttention, LlamaMLP, head_dim_of
 
 
@@ -30,7 +31,7 @@ def mamba2_mixer(config: Any, prefix: str) -> Mamba2Mixer:
     )  # fmt: skip
 
 
-class BambaDecoderLayer(nn.Module):
+class BambaDecoderLayer(HybridDecoderLayer):
     def __init__(self, config: Any, rotary_emb: RotaryEmbedding, layer_idx: int,
                  prefix: str) -> None:
         super().__init__()
@@ -45,16 +46,6 @@ class BambaDecoderLayer(nn.Module):
                                      config.hidden_act, config.mlp_bias, f"{prefix}.feed_forward")
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.pre_ff_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-
-    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor,
-                residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden_states, residual = self.input_layernorm(hidden_states, residual)
-        if self.is_mamba:
-            hidden_states = self.mamba(hidden_states)
-        else:
-            hidden_states = self.self_attn(positions, hidden_states)
-        hidden_states, residual = self.pre_ff_layernorm(hidden_states, residual)
-        return self.feed_forward(hidden_states), residual
 
 
 class BambaModel(HybridDecoderModel):

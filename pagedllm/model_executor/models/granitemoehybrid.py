@@ -28,6 +28,7 @@ from pagedllm.model_executor.layers.linear import QKVParallelLinear, RowParallel
 from pagedllm.model_executor.layers.rotary import RotaryEmbedding, rope_parameters
 from pagedllm.model_executor.models.bamba import mamba2_mixer
 from pagedllm.model_executor.models.hybrid_common import (
+    HybridDecoderLayer,
     HybridDecoderModel,
     HybridForCausalLM,
     RouterExperts,
@@ -66,7 +67,7 @@ class GraniteHybridAttention(nn.Module):
         return self.o_proj(self.attn(q, k, v))
 
 
-class GraniteMoeHybridDecoderLayer(nn.Module):
+class GraniteMoeHybridDecoderLayer(HybridDecoderLayer):
     def __init__(self, config: Any, rotary_emb: RotaryEmbedding | None, layer_idx: int,
                  prefix: str) -> None:
         super().__init__()
@@ -88,10 +89,7 @@ class GraniteMoeHybridDecoderLayer(nn.Module):
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor,
                 residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         hidden_states, residual = self.input_layernorm(hidden_states, residual)
-        if self.is_mamba:
-            hidden_states = self.mamba(hidden_states)
-        else:
-            hidden_states = self.self_attn(positions, hidden_states)
+        hidden_states = self.mix(positions, hidden_states)
         # (the norm adds the residual: residual + output * residual_multiplier)
         hidden_states, residual = self.post_attention_layernorm(
             hidden_states * self.residual_multiplier, residual)

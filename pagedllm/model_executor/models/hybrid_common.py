@@ -1,10 +1,11 @@
 """The shell the Mamba-hybrid decoders share (Jamba, Bamba, Granite 4.0 hybrid): the model loop
-(token embedding -> decoder layers with a running residual -> final RMSNorm), the CausalLM
-wrapper (tied or separate LM head, logits processor, the packed loader) and the mixture-of-experts
+(token embedding -> decoder layers with a running residual -> final RMSNorm), the layer's
+mixer dispatch (Mamba or attention) and pre-norm block, the CausalLM wrapper (tied or separate LM
+head, logits processor, the packed loader) and the mixture-of-experts
 block (a replicated router, then FusedMoE). What differs between the families is data: the
 checkpoint's names for the final norm (`norm`, `final_layernorm`) and the router (`router`,
 `gate`), Granite's embedding multiplier and logits scaling, whether the top-k weights are
-renormalized. Each family's file keeps its decoder layer, attention and weight renames.
+renormalized. Each family's file keeps its layer's modules, its attention and its weight renames.
 
 Tensor and pipeline parallelism are not supported (the mixers are replicated layers).
 """
@@ -49,6 +50,27 @@ class RouterExperts(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         router = self._modules[self.router_name]
         return self.experts(hidden_states, router(hidden_states))
+
+
+class HybridDecoderLayer(nn.Module):
+    """A hybrid's decoder layer: its mixer is `mamba` (a state-space mixer, hidden -> hidden)
+    where `is_mamba`, else `self_attn` ((positions, hidden) -> hidden). The forward is the plain
+    pre-norm block, x + mixer(input_layernorm(x)), then + feed_forward(pre_ff_layernorm(.))
+    (Jamba's, Bamba's); a subclass builds the modules and may replace the forward."""
+
+    is_mamba: bool
+
+    def mix(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.is_mamba:
+            return self.mamba(hidden_states)
+        return self.self_attn(positions, hidden_states)
+
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor,
+                residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden_states, residual = self.input_layernorm(hidden_states, residual)
+        hidden_states, residual = self.pre_ff_layernorm(self.mix(positions, hidden_states),
+                                                        residual)
+        return self.feed_forward(hidden_states), residual
 
 
 class HybridDecoderModel(nn.Module):

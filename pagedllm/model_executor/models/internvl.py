@@ -15,11 +15,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.config.model import ModelConfig
-from pagedllm.model_executor.models.clip_vision import _activation, feature_layers
+from pagedllm.model_executor.models.clip_vision import CLIPMLP, feature_layers
 from pagedllm.model_executor.models.llama import LlamaModel
 from pagedllm.model_executor.models.llava import LlavaTextModel, _canonical_name
 from pagedllm.model_executor.models.qwen2 import Qwen2Model
-from pagedllm.model_executor.models.vlm_common import MultiModalProjector, VisionLanguageModel
+from pagedllm.model_executor.models.vlm_common import (
+    MultiModalProjector,
+    VisionLanguageModel,
+    drops_cls_token,
+)
 
 
 class _RMSNorm(nn.Module):
@@ -60,22 +64,11 @@ class InternVisionAttention(nn.Module):
         return self.projection_layer(out.transpose(1, 2).reshape(n, s, dim))
 
 
-class InternVisionMLP(nn.Module):
-    def __init__(self, config: Any) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.act = _activation(config.hidden_act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class InternVisionLayer(nn.Module):
     def __init__(self, config: Any) -> None:
         super().__init__()
         self.attention = InternVisionAttention(config)
-        self.mlp = InternVisionMLP(config)
+        self.mlp = CLIPMLP(config)  # (fc1 -> act -> fc2, the same names)
         self.layernorm_before = _norm(config)
         self.layernorm_after = _norm(config)
         self.lambda_1 = nn.Parameter(torch.ones(config.hidden_size))
@@ -161,12 +154,9 @@ class InternVLForConditionalGeneration(VisionLanguageModel):
         config = model_config.hf_config
         text, vision = config.text_config, config.vision_config
         self.config = config
-        if config.vision_feature_select_strategy not in ("default", "full"):
-            raise ValueError(f"vision_feature_select_strategy "
-                             f"{config.vision_feature_select_strategy!r} is not supported")
+        self.drop_cls = drops_cls_token(config)
         if not isinstance(config.vision_feature_layer, int):
             raise ValueError("InternVL with several vision_feature_layer values is not supported")
-        self.drop_cls = config.vision_feature_select_strategy == "default"
         self.scale = float(config.downsample_ratio)
         self.vision_tower = InternVisionModel(vision, config.vision_feature_layer)
         self.multi_modal_projector = MultiModalProjector(

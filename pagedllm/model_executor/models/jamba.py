@@ -25,6 +25,7 @@ from pagedllm.model_executor.layers.mamba import MambaMixer
 from pagedllm.model_executor.layers.moe import ExpertWeightMapper
 from pagedllm.model_executor.layers.weight_utils import NameMapper
 from pagedllm.model_executor.models.hybrid_common import (
+    HybridDecoderLayer,
     HybridDecoderModel,
     HybridForCausalLM,
     RouterExperts,
@@ -48,9 +49,9 @@ class JambaAttention(nn.Module):
         self.attn = Attention(num_heads, head_dim, head_dim**-0.5, num_kv_heads,
                               prefix=f"{prefix}.attn")
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv_proj(hidden_states).split(self.split_sizes, dim=-1)
-        return self.o_proj(self.attn(q, k, v))
+        return self.o_proj(self.attn(q, k, v))  # (positions unused)
 
 
 def mamba_mixer(config: Any, prefix: str) -> MambaMixer:
@@ -61,7 +62,7 @@ def mamba_mixer(config: Any, prefix: str) -> MambaMixer:
     )  # fmt: skip
 
 
-class JambaDecoderLayer(nn.Module):
+class JambaDecoderLayer(HybridDecoderLayer):
     """x + mixer(norm(x)), then + feed_forward(norm(.)); the mixer is `mamba` or `self_attn`."""
 
     def __init__(self, config: Any, layer_idx: int, prefix: str) -> None:
@@ -81,16 +82,6 @@ class JambaDecoderLayer(nn.Module):
                                          config.hidden_act, False, f"{prefix}.feed_forward")
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.pre_ff_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-
-    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor,
-                residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden_states, residual = self.input_layernorm(hidden_states, residual)
-        if self.is_mamba:
-            hidden_states = self.mamba(hidden_states)
-        else:
-            hidden_states = self.self_attn(hidden_states)
-        hidden_states, residual = self.pre_ff_layernorm(hidden_states, residual)
-        return self.feed_forward(hidden_states), residual
 
 
 class JambaModel(HybridDecoderModel):

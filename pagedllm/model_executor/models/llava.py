@@ -22,6 +22,7 @@ from pagedllm.model_executor.models.vlm_common import (
     MergedEmbedsDecoder,
     MultiModalProjector,
     VisionLanguageModel,
+    drops_cls_token,
 )
 
 
@@ -35,13 +36,10 @@ class LlavaForConditionalGeneration(VisionLanguageModel):
         config = model_config.hf_config
         text, vision = config.text_config, config.vision_config
         self.config = config
-        if config.vision_feature_select_strategy not in ("default", "full"):
-            raise ValueError(f"vision_feature_select_strategy "
-                             f"{config.vision_feature_select_strategy!r} is not supported")
+        self.drop_cls = drops_cls_token(config)
         if config.projector_hidden_act != "gelu":
             raise ValueError(f"projector_hidden_act {config.projector_hidden_act!r} is not "
                              "supported (gelu only)")
-        self.drop_cls = config.vision_feature_select_strategy == "default"
         num_layers = feature_layers(vision.num_hidden_layers, config.vision_feature_layer)
         self.vision_tower = CLIPVisionTower(vision, num_layers)
         self.multi_modal_projector = MultiModalProjector(

@@ -25,6 +25,15 @@ from pagedllm.model_executor.models.clip_vision import _activation
 from pagedllm.model_executor.models.llama import LlamaForCausalLM
 
 
+def drops_cls_token(config: Any) -> bool:
+    """Whether the tower's features lose their first (CLS) row before the projector:
+    vision_feature_select_strategy "default" drops it, "full" keeps it."""
+    strategy = config.vision_feature_select_strategy
+    if strategy not in ("default", "full"):
+        raise ValueError(f"vision_feature_select_strategy {strategy!r} is not supported")
+    return strategy == "default"
+
+
 class MergedEmbedsDecoder:
     """Mixed in before a LlamaModel subclass: its forward fed the embeddings the runner merged
     (text and image rows) instead of embedding input_ids itself."""
