@@ -14,7 +14,12 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from tests.models.family_check import assert_engine_matches_hf, assert_logits_match_hf
+from tests.models.gguf_fixtures import (
+    converter_tensors,
+    hf_comparison_tests,
+    write_gguf_files,
+    write_tensors,
+)
 from tests.models.test_deepseek import VARIANTS
 from tests.models.test_gguf_families import _write_tokenizer
 
@@ -59,23 +64,15 @@ def _write_metadata(writer, c: dict) -> None:
 def _converter_tensors(c: dict, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """HF names -> the tensors llama.cpp's converter emits, under HF-like names (mapped next)."""
     heads, nope, v_head = c["num_attention_heads"], c["qk_nope_head_dim"], c["v_head_dim"]
-    out, experts = {}, {}
-    for name, array in tensors.items():
-        stem, _, proj = name.partition(".mlp.experts.")
-        if proj:  # "<e>.gate_proj.weight"
-            expert, _, leaf = proj.partition(".")
-            experts.setdefault(f"{stem}.mlp.experts.{leaf}", {})[int(expert)] = array
-        elif name.endswith("kv_b_proj.weight"):
-            kv_b = array.reshape(heads, nope + v_head, -1)
-            out[name.replace("kv_b_proj", "k_b_proj")] = kv_b[:, :nope].transpose(0, 2, 1)
-            out[name.replace("kv_b_proj", "v_b_proj")] = kv_b[:, nope:]
-        elif name.endswith("e_score_correction_bias"):
-            out[name.replace("e_score_correction_bias", "e_score_correction.bias")] = array
-        else:
-            out[name] = array
-    for name, per_expert in experts.items():
-        out[name] = np.stack([per_expert[e] for e in range(len(per_expert))])
-    return out
+
+    def split_kv_b(name: str, array: np.ndarray) -> dict[str, np.ndarray] | None:
+        if not name.endswith("kv_b_proj.weight"):
+            return None
+        kv_b = array.reshape(heads, nope + v_head, -1)
+        return {name.replace("kv_b_proj", "k_b_proj"): kv_b[:, :nope].transpose(0, 2, 1),
+                name.replace("kv_b_proj", "v_b_proj"): kv_b[:, nope:]}
+
+    return converter_tensors(tensors, split_kv_b)
 
 
 def write_deepseek_gguf(hf_dir: str, path: str) -> str:
@@ -90,36 +87,16 @@ def write_deepseek_gguf(hf_dir: str, path: str) -> str:
     _write_metadata(writer, c)
     _write_tokenizer(writer, hf_dir)
     tensors = _converter_tensors(c, load_file(os.path.join(hf_dir, "model.safetensors")))
-    for name, array in tensors.items():
-        stem, _, suffix = name.rpartition(".")
-        gguf_name = names.get_name(stem)
-        assert gguf_name is not None, name
-        writer.add_tensor(f"{gguf_name}.{suffix}", np.ascontiguousarray(array, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_tensors(writer, names, tensors)
     return path
 
 
 @pytest.fixture(scope="module")
 def gguf_files(tiny_model_factory, tmp_path_factory) -> dict[str, tuple[str, str]]:
-    files = {}
-    for case in CASES:
-        config_cls, overrides = VARIANTS[case]
-        hf_dir = tiny_model_factory(config_cls, **overrides)
-        path = str(tmp_path_factory.mktemp(f"{case}_gguf") / f"tiny-deepseek-{case}.F32.gguf")
-        files[case] = (write_deepseek_gguf(hf_dir, path), hf_dir)
-    return files
+    return write_gguf_files(tiny_model_factory, tmp_path_factory,
+                            {case: VARIANTS[case] for case in CASES},
+                            lambda hf_dir, path, case: write_deepseek_gguf(hf_dir, path),
+                            lambda case: f"tiny-deepseek-{case}.F32.gguf")
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_engine_matches_hf(gguf_files, case):
-    path, reference_dir = gguf_files[case]
-    assert_engine_matches_hf(path, reference_dir=reference_dir)
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_logits_match_hf(gguf_files, case):
-    path, reference_dir = gguf_files[case]
-    assert_logits_match_hf(path, reference_dir=reference_dir)
+test_engine_matches_hf, test_logits_match_hf = hf_comparison_tests(CASES)

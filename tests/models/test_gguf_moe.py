@@ -13,16 +13,14 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from safetensors.numpy import load_file
 
-from pagedllm import LLM, SamplingParams
-from pagedllm.model_executor.layers.linear import UnquantizedLinearMethod
-from tests.engine_internals import loaded_model
-from tests.models.family_check import (
-    assert_engine_matches_hf,
-    assert_logits_match_hf,
-    random_prompts,
+from tests.models.gguf_fixtures import (
+    assert_q8_0_equals_dequantized,
+    converter_tensors,
+    hf_comparison_tests,
+    write_gguf_files,
+    write_tensors,
 )
 from tests.models.test_dbrx_glm4_moe import DBRX, GLM4_MOE
 from tests.models.test_gguf_families import _write_tokenizer
@@ -90,18 +88,7 @@ def _glm4moe(writer, c: dict, tensors: dict[str, np.ndarray]) -> dict[str, np.nd
     writer.add_expert_weights_scale(c["routed_scaling_factor"])
     writer.add_expert_weights_norm(c["norm_topk_prob"])
     writer.add_nextn_predict_layers(1)
-    out, experts = {}, {}
-    for name, array in tensors.items():
-        stem, _, proj = name.partition(".mlp.experts.")
-        if proj:  # "<e>.gate_proj.weight"
-            expert, _, leaf = proj.partition(".")
-            experts.setdefault(f"{stem}.mlp.experts.{leaf}", {})[int(expert)] = array
-        elif name.endswith("e_score_correction_bias"):
-            out[name.replace("e_score_correction_bias", "e_score_correction.bias")] = array
-        else:
-            out[name] = array
-    for name, per_expert in experts.items():
-        out[name] = np.stack([per_expert[e] for e in range(len(per_expert))])
+    out = converter_tensors(tensors)
     # the MTP layer: a decoder layer (garbage here: must not be read) plus its nextn tensors
     last = f"model.layers.{layers - 1}."
     for name in [n for n in out if n.startswith(last)]:
@@ -115,9 +102,8 @@ def _glm4moe(writer, c: dict, tensors: dict[str, np.ndarray]) -> dict[str, np.nd
 def write_moe_gguf(hf_dir: str, path: str, arch: str, q8_0: bool = False) -> str:
     """q8_0: every weight of 2+ dims in Q8_0 blocks, stacked experts included, except the routers
     (as the converter's `--outtype q8_0` writes them: it keeps ffn_gate_inp F32)."""
-    from gguf import GGMLQuantizationType, GGUFWriter
+    from gguf import GGUFWriter
     from gguf.constants import MODEL_ARCH
-    from gguf.quants import quantize
     from gguf.tensor_mapping import TensorNameMap
 
     with open(os.path.join(hf_dir, "config.json")) as f:
@@ -130,43 +116,18 @@ def write_moe_gguf(hf_dir: str, path: str, arch: str, q8_0: bool = False) -> str
     tensors = (_dbrx if arch == "dbrx" else _glm4moe)(writer, c, tensors)
     writer.add_vocab_size(c["vocab_size"])
     _write_tokenizer(writer, hf_dir)
-    for name, array in tensors.items():
-        stem, _, suffix = name.rpartition(".")
-        gguf_name = names.get_name(stem)
-        assert gguf_name is not None, name
-        array = np.ascontiguousarray(array, dtype=np.float32)
-        if q8_0 and array.ndim >= 2 and array.shape[-1] % 32 == 0 and "gate_inp" not in gguf_name:
-            writer.add_tensor(f"{gguf_name}.{suffix}", quantize(array, GGMLQuantizationType.Q8_0),
-                              raw_dtype=GGMLQuantizationType.Q8_0)  # fmt: skip
-        else:
-            writer.add_tensor(f"{gguf_name}.{suffix}", array)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_tensors(writer, names, tensors, lambda gguf_name, array: (
+        q8_0 and array.ndim >= 2 and array.shape[-1] % 32 == 0 and "gate_inp" not in gguf_name))
     return path
 
 
 @pytest.fixture(scope="module")
 def gguf_files(tiny_model_factory, tmp_path_factory) -> dict[str, tuple[str, str]]:
-    files = {}
-    for arch, (config_cls, overrides) in CASES.items():
-        hf_dir = tiny_model_factory(config_cls, **overrides)
-        path = str(tmp_path_factory.mktemp(f"{arch}_gguf") / f"tiny-{arch}.F32.gguf")
-        files[arch] = (write_moe_gguf(hf_dir, path, arch), hf_dir)
-    return files
+    return write_gguf_files(tiny_model_factory, tmp_path_factory, CASES, write_moe_gguf,
+                            lambda arch: f"tiny-{arch}.F32.gguf")
 
 
-@pytest.mark.parametrize("arch", list(CASES))
-def test_engine_matches_hf(gguf_files, arch):
-    path, reference_dir = gguf_files[arch]
-    assert_engine_matches_hf(path, reference_dir=reference_dir)
-
-
-@pytest.mark.parametrize("arch", list(CASES))
-def test_logits_match_hf(gguf_files, arch):
-    path, reference_dir = gguf_files[arch]
-    assert_logits_match_hf(path, reference_dir=reference_dir)
+test_engine_matches_hf, test_logits_match_hf = hf_comparison_tests(list(CASES))
 
 
 @pytest.mark.parametrize("arch", list(CASES))
@@ -174,19 +135,6 @@ def test_q8_0_quantized_equals_dequantized(tiny_model_factory, tmp_path, arch):
     """A Q8_0 file run with its linears kept in their blocks (--quantization gguf; DBRX's fused
     attn_qkv among them) equals the same file dequantized at load."""
     config_cls, overrides = CASES[arch]
-    path = write_moe_gguf(tiny_model_factory(config_cls, **overrides),
-                          str(tmp_path / f"tiny-{arch}.Q8_0.gguf"), arch, q8_0=True)
-    prompts = random_prompts([5, 19], 300)
-    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, logprobs=0)
-    runs = {}
-    for quantization in ("gguf", "none"):
-        llm = LLM(path, quantization=quantization, kv_cache_memory="4MiB")
-        qkv = loaded_model(llm).model.layers[0].self_attn.qkv_proj
-        assert isinstance(qkv.quant_method, UnquantizedLinearMethod) == (quantization == "none")
-        runs[quantization] = llm.generate(prompts, params, use_tqdm=False)
-    for quantized, dequantized in zip(runs["gguf"], runs["none"]):
-        assert quantized.outputs[0].token_ids == dequantized.outputs[0].token_ids
-        ours, ref = (torch.tensor([step[t].logprob for step, t in
-                                   zip(o.outputs[0].logprobs, o.outputs[0].token_ids)])
-                     for o in (quantized, dequantized))
-        torch.testing.assert_close(ours, ref, atol=2e-3, rtol=0)
+    assert_q8_0_equals_dequantized(write_moe_gguf(
+        tiny_model_factory(config_cls, **overrides), str(tmp_path / f"tiny-{arch}.Q8_0.gguf"),
+        arch, q8_0=True))

@@ -12,22 +12,13 @@ import pytest
 IMAGE_TOKEN = "<image>"
 
 
-@pytest.fixture(scope="session")
-def tiny_llava_dir(tmp_path_factory, tiny_tokenizer_dir) -> str:
-    import torch
-    from transformers import (
-        AutoTokenizer,
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+def _llava_parts(tiny_tokenizer_dir: str):
+    """LLaVA-1.5's and LLaVA-NeXT's tokenizer (with <image>), tiny Llama decoder config and CLIP
+    tower config (3 layers x 32 wide on 28x28 images in 7x7 patches)."""
+    from transformers import AutoTokenizer, CLIPVisionConfig, LlamaConfig
 
     from tests.conftest import TINY_LLAMA
 
-    directory = str(tmp_path_factory.mktemp("tiny_llava"))
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
     text = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
@@ -36,6 +27,21 @@ def tiny_llava_dir(tmp_path_factory, tiny_tokenizer_dir) -> str:
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                               num_attention_heads=4, image_size=28, patch_size=7,
                               projection_dim=32)
+    return tokenizer, text, vision
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory, tiny_tokenizer_dir) -> str:
+    import torch
+    from transformers import (
+        CLIPImageProcessor,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    directory = str(tmp_path_factory.mktemp("tiny_llava"))
+    tokenizer, text, vision = _llava_parts(tiny_tokenizer_dir)
     config = LlavaConfig(vision_config=vision, text_config=text,
                          image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
                          vision_feature_layer=-2, vision_feature_select_strategy="default",
@@ -156,21 +162,33 @@ def hf_qwen2_vl_greedy(model_dir: str, hf, prompt_ids: list[int], images: list,
     """HF transformers' greedy tokens (fp32) for an expanded prompt: a full forward per token,
     so HF's own get_rope_index makes every position and no EOS handling intervenes (the engine
     runs with ignore_eos)."""
-    import torch
+    kwargs = _processed(model_dir, images, ("pixel_values", "image_grid_thw"))
+    return _greedy_full_forwards(hf, prompt_ids, max_tokens, kwargs, lambda ids: {
+        "mm_token_type_ids": (ids == hf.config.image_token_id).int()})
+
+
+def _processed(model_dir: str, images: list, keys: tuple[str, ...], **options) -> dict:
+    """The image processor's tensors named `keys` for the images ({} for none)."""
     from transformers import AutoImageProcessor
 
-    kwargs = {}
-    if images:
-        processed = AutoImageProcessor.from_pretrained(model_dir)(images=images,
-                                                                  return_tensors="pt")
-        kwargs = {"pixel_values": processed["pixel_values"],
-                  "image_grid_thw": processed["image_grid_thw"]}
+    if not images:
+        return {}
+    processed = AutoImageProcessor.from_pretrained(model_dir)(images=images, return_tensors="pt",
+                                                              **options)
+    return {key: processed[key] for key in keys}
+
+
+def _greedy_full_forwards(hf, prompt_ids: list[int], max_tokens: int, kwargs: dict,
+                          per_step=lambda ids: {}) -> list[int]:
+    """HF's greedy tokens by a full forward per token (fp32; no EOS handling, as the engine runs
+    with ignore_eos): kwargs go to every forward, per_step(ids) adds what depends on the ids."""
+    import torch
+
     sequence = list(prompt_ids)
     with torch.no_grad():
         for _ in range(max_tokens):
             ids = torch.tensor([sequence])
-            mm_types = (ids == hf.config.image_token_id).int()
-            logits = hf(input_ids=ids, mm_token_type_ids=mm_types, **kwargs).logits[0, -1]
+            logits = hf(input_ids=ids, **kwargs, **per_step(ids)).logits[0, -1]
             sequence.append(int(logits.argmax()))
     return sequence[len(prompt_ids):]
 
@@ -181,28 +199,13 @@ def tiny_llava_next_dir(tmp_path_factory, tiny_tokenizer_dir) -> str:
     tile) with grid pinpoints 28x56, 56x28 and 56x56, so images of different shapes take
     different grids and unpadding."""
     import torch
-    from transformers import (
-        AutoTokenizer,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaNextConfig,
-        LlavaNextForConditionalGeneration,
-    )
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
     from transformers.models.llava_next.image_processing_pil_llava_next import (
         LlavaNextImageProcessorPil,
     )
 
-    from tests.conftest import TINY_LLAMA
-
     directory = str(tmp_path_factory.mktemp("tiny_llava_next"))
-    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
-    text = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                       **TINY_LLAMA)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                              num_attention_heads=4, image_size=28, patch_size=7,
-                              projection_dim=32)
+    tokenizer, text, vision = _llava_parts(tiny_tokenizer_dir)
     pinpoints = [[28, 56], [56, 28], [56, 56]]
     config = LlavaNextConfig(vision_config=vision, text_config=text,
                              image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
@@ -221,21 +224,8 @@ def tiny_llava_next_dir(tmp_path_factory, tiny_tokenizer_dir) -> str:
 def hf_llava_next_greedy(model_dir: str, hf, prompt_ids: list[int], images: list,
                          max_tokens: int) -> list[int]:
     """HF transformers' greedy tokens (fp32), a full forward per token (no EOS handling)."""
-    import torch
-    from transformers import AutoImageProcessor
-
-    kwargs = {}
-    if images:
-        processed = AutoImageProcessor.from_pretrained(model_dir)(images=images,
-                                                                  return_tensors="pt")
-        kwargs = {"pixel_values": processed["pixel_values"],
-                  "image_sizes": processed["image_sizes"]}
-    sequence = list(prompt_ids)
-    with torch.no_grad():
-        for _ in range(max_tokens):
-            logits = hf(input_ids=torch.tensor([sequence]), **kwargs).logits[0, -1]
-            sequence.append(int(logits.argmax()))
-    return sequence[len(prompt_ids):]
+    kwargs = _processed(model_dir, images, ("pixel_values", "image_sizes"))
+    return _greedy_full_forwards(hf, prompt_ids, max_tokens, kwargs)
 
 
 def _save_dual_encoder(directory: str, tiny_tokenizer_dir: str, kind: str) -> str:
@@ -344,20 +334,8 @@ def tiny_internvl_dir(tmp_path_factory, tiny_tokenizer_dir) -> str:
 def hf_internvl_greedy(model_dir: str, hf, prompt_ids: list[int], images: list,
                        max_tokens: int) -> list[int]:
     """HF transformers' greedy tokens (fp32), a full forward per token (no EOS handling)."""
-    import torch
-    from transformers import AutoImageProcessor
-
-    kwargs = {}
-    if images:
-        processed = AutoImageProcessor.from_pretrained(model_dir)(
-            images=images, crop_to_patches=True, return_tensors="pt")
-        kwargs = {"pixel_values": processed["pixel_values"]}
-    sequence = list(prompt_ids)
-    with torch.no_grad():
-        for _ in range(max_tokens):
-            logits = hf(input_ids=torch.tensor([sequence]), **kwargs).logits[0, -1]
-            sequence.append(int(logits.argmax()))
-    return sequence[len(prompt_ids):]
+    kwargs = _processed(model_dir, images, ("pixel_values",), crop_to_patches=True)
+    return _greedy_full_forwards(hf, prompt_ids, max_tokens, kwargs)
 
 
 def assert_prompt_logprobs_match(llm, prompt: dict, hf_logits, tolerance: float = 1e-4) -> None:

@@ -14,6 +14,7 @@ from tests.multimodal.conftest import (
     hf_internvl_greedy,
     random_image,
 )
+from tests.multimodal.vlm_checks import expected_tokens, load_hf
 
 MAX_TOKENS = 5
 PARAMS = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
@@ -21,9 +22,7 @@ PARAMS = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
 
 @pytest.fixture(scope="module")
 def hf(tiny_internvl_dir):
-    from transformers import InternVLForConditionalGeneration
-
-    return InternVLForConditionalGeneration.from_pretrained(tiny_internvl_dir).eval()
+    return load_hf(tiny_internvl_dir, "InternVLForConditionalGeneration")
 
 
 def test_tiled_images_match_hf(tiny_internvl_dir, hf):
@@ -39,12 +38,8 @@ def test_tiled_images_match_hf(tiny_internvl_dir, hf):
     processed = [llm.llm_engine.input_processor.process_prompt(p) for p in prompts]
     lengths = [f.length for p in processed for f in p.mm_features or ()]
     assert len(set(lengths)) > 1, lengths  # tile counts follow the shapes
-    expected = []
-    for prompt, p in zip(prompts, processed):
-        images = prompt.get("multi_modal_data", {}).get("image", [])
-        images = images if isinstance(images, list) else [images]
-        expected.append(hf_internvl_greedy(tiny_internvl_dir, hf, p.prompt_token_ids, images,
-                                           MAX_TOKENS))
+    expected = [expected_tokens(hf_internvl_greedy, tiny_internvl_dir, hf, llm, p, MAX_TOKENS)
+                for p in prompts]
     outputs = llm.generate(prompts, PARAMS, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outputs] == expected
     (again,) = llm.generate([prompts[0]], PARAMS, use_tqdm=False)

@@ -8,7 +8,10 @@ from __future__ import annotations
 import pytest
 
 from pagedllm import LLM, SamplingParams
+from tests.engine_internals import model_runner as _runner
+from tests.engine_internals import run_to_completion
 from tests.multimodal.conftest import hf_llava_greedy, random_image
+from tests.multimodal.vlm_checks import expected_tokens, load_hf
 
 MAX_TOKENS = 8
 PARAMS = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
@@ -16,9 +19,7 @@ PARAMS = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
 
 @pytest.fixture(scope="module")
 def hf(tiny_llava_dir):
-    from transformers import LlavaForConditionalGeneration
-
-    return LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir).eval()
+    return load_hf(tiny_llava_dir, "LlavaForConditionalGeneration")
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +29,8 @@ def llm(tiny_llava_dir):
                limit_mm_per_prompt={"image": 2})
 
 
-def _runner(llm: LLM):
-    return llm.llm_engine.engine_core.engine_core.executor.driver_worker.model_runner
-
-
 def _expected(tiny_llava_dir, hf, llm, prompt: dict) -> list[int]:
-    ids = llm.llm_engine.input_processor.process_prompt(prompt).prompt_token_ids
-    images = prompt.get("multi_modal_data", {}).get("image", [])
-    return hf_llava_greedy(tiny_llava_dir, hf, ids, images if isinstance(images, list)
-                           else [images], MAX_TOKENS)
+    return expected_tokens(hf_llava_greedy, tiny_llava_dir, hf, llm, prompt, MAX_TOKENS)
 
 
 def test_mixed_batch_matches_hf(tiny_llava_dir, hf, llm):
@@ -133,12 +127,7 @@ def test_preemption_reencodes_and_matches_hf(tiny_llava_dir, hf):
                 "multi_modal_data": {"image": random_image(20 + i)}} for i in range(3)]
     for i, prompt in enumerate(prompts):
         engine.add_request(str(i), prompt, params)
-    finished, preemptions = {}, 0
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            if out.finished:
-                finished[int(out.request_id)] = out.outputs[0].token_ids
-        preemptions += engine.last_stats.num_preemptions if engine.last_stats else 0
+    finished, preemptions = run_to_completion(engine)
     assert preemptions > 0, "6 blocks of 16 tokens must force preemption"
     for i, prompt in enumerate(prompts):
         ids = engine.input_processor.process_prompt(prompt).prompt_token_ids

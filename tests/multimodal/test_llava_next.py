@@ -12,6 +12,7 @@ from tests.multimodal.conftest import (
     hf_llava_next_greedy,
     random_image,
 )
+from tests.multimodal.vlm_checks import expected_tokens, load_hf
 
 MAX_TOKENS = 5
 PARAMS = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
@@ -19,9 +20,7 @@ PARAMS = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
 
 @pytest.fixture(scope="module")
 def hf(tiny_llava_next_dir):
-    from transformers import LlavaNextForConditionalGeneration
-
-    return LlavaNextForConditionalGeneration.from_pretrained(tiny_llava_next_dir).eval()
+    return load_hf(tiny_llava_next_dir, "LlavaNextForConditionalGeneration")
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +30,7 @@ def llm(tiny_llava_next_dir):
 
 
 def _expected(model_dir, hf, llm, prompt: dict) -> list[int]:
-    ids = llm.llm_engine.input_processor.process_prompt(prompt).prompt_token_ids
-    images = prompt.get("multi_modal_data", {}).get("image", [])
-    images = images if isinstance(images, list) else [images]
-    return hf_llava_next_greedy(model_dir, hf, ids, images, MAX_TOKENS)
+    return expected_tokens(hf_llava_next_greedy, model_dir, hf, llm, prompt, MAX_TOKENS)
 
 
 def test_anyres_mixed_batch_matches_hf(tiny_llava_next_dir, hf, llm):

@@ -14,7 +14,7 @@ import pytest
 
 from pagedllm import LLM, SamplingParams
 from pagedllm.sampling_params import StructuredOutputsParams
-from tests.engine_internals import engine_core
+from tests.engine_internals import engine_core, run_to_completion
 
 PHONE = r"[0-9]{3}-[0-9]{4}"
 CHOICES = ["alpha", "beta", "gamma delta"]
@@ -86,12 +86,7 @@ def test_same_tokens_under_preemption_and_prefix_hits(llm, tiny_llama_dir):
     engine = small.llm_engine
     for i, (prompt, c) in enumerate(zip(PROMPTS, cons)):
         engine.add_request(str(i), prompt, greedy(c))
-    finished, preemptions = {}, 0
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            if out.finished:
-                finished[int(out.request_id)] = out.outputs[0].token_ids
-        preemptions += engine.last_stats.num_preemptions if engine.last_stats else 0
+    finished, preemptions = run_to_completion(engine)
     assert preemptions > 0, "8 blocks of 16 tokens must force preemption"
     assert [finished[i] for i in range(len(PROMPTS))] == reference
 

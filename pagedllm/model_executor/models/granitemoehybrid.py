@@ -7,7 +7,9 @@ add, attention_multiplier as the softmax scale, logits divided by logits_scaling
 
 Checkpoint layout: block_sparse_moe.input_linear [E, 2I, H] / output_linear [E, H, I] (stacked,
 FusedMoE's layouts) and router.layer [E, H]; shared_mlp.input_linear [2S, H] (gate | up rows)
-and output_linear [H, S]. Tensor and pipeline parallelism are not supported.
+and output_linear [H, S]. The model loop, the CausalLM wrapper and the router-plus-experts block
+are the hybrids' shared ones (hybrid_common.py). Tensor and pipeline parallelism are not
+supported.
 """
 
 from __future__ import annotations
@@ -21,19 +23,16 @@ from torch import nn
 
 from pagedllm.config.model import ModelConfig
 from pagedllm.model_executor.layers.attention import Attention
-from pagedllm.model_executor.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.model_executor.layers.layernorm import RMSNorm
-from pagedllm.model_executor.layers.linear import (
-    QKVParallelLinear,
-    ReplicatedLinear,
-    RowParallelLinear,
-)
-from pagedllm.model_executor.layers.logits import LogitsProcessor
-from pagedllm.model_executor.layers.mamba_parallel import MAMBA_PARALLEL_REFUSAL
-from pagedllm.model_executor.layers.moe import FusedMoE
+from pagedllm.model_executor.layers.linear import QKVParallelLinear, RowParallelLinear
 from pagedllm.model_executor.layers.rotary import RotaryEmbedding, rope_parameters
-from pagedllm.model_executor.layers.weight_utils import load_packed_weights
 from pagedllm.model_executor.models.bamba import mamba2_mixer
+from pagedllm.model_executor.models.hybrid_common import (
+    HybridDecoderLayer,
+    HybridDecoderModel,
+    HybridForCausalLM,
+    RouterExperts,
+)
 from pagedllm.model_executor.models.llama import LlamaMLP, head_dim_of
 
 _RENAMES = [
@@ -68,22 +67,7 @@ class GraniteHybridAttention(nn.Module):
         return self.o_proj(self.attn(q, k, v))
 
 
-class GraniteHybridMoE(nn.Module):
-    def __init__(self, config: Any, prefix: str) -> None:
-        super().__init__()
-        self.gate = ReplicatedLinear(config.hidden_size, config.num_local_experts,
-                                     prefix=f"{prefix}.gate")
-        self.experts = FusedMoE(
-            config.num_local_experts, config.num_experts_per_tok, config.hidden_size,
-            config.intermediate_size, config.hidden_act, renormalize=True,
-            prefix=f"{prefix}.experts",
-        )  # fmt: skip
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.experts(hidden_states, self.gate(hidden_states))
-
-
-class GraniteMoeHybridDecoderLayer(nn.Module):
+class GraniteMoeHybridDecoderLayer(HybridDecoderLayer):
     def __init__(self, config: Any, rotary_emb: RotaryEmbedding | None, layer_idx: int,
                  prefix: str) -> None:
         super().__init__()
@@ -92,7 +76,9 @@ class GraniteMoeHybridDecoderLayer(nn.Module):
             self.mamba = mamba2_mixer(config, f"{prefix}.mamba")
         else:
             self.self_attn = GraniteHybridAttention(config, rotary_emb, f"{prefix}.self_attn")
-        self.moe = (GraniteHybridMoE(config, f"{prefix}.moe")
+        self.moe = (RouterExperts(config.hidden_size, config.num_local_experts,
+                                  config.num_experts_per_tok, config.intermediate_size,
+                                  config.hidden_act, renormalize=True, prefix=f"{prefix}.moe")
                     if config.num_local_experts > 0 else None)
         self.shared_mlp = LlamaMLP(config.hidden_size, config.shared_intermediate_size,
                                    config.hidden_act, False, f"{prefix}.shared_mlp")
@@ -103,10 +89,7 @@ class GraniteMoeHybridDecoderLayer(nn.Module):
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor,
                 residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         hidden_states, residual = self.input_layernorm(hidden_states, residual)
-        if self.is_mamba:
-            hidden_states = self.mamba(hidden_states)
-        else:
-            hidden_states = self.self_attn(positions, hidden_states)
+        hidden_states = self.mix(positions, hidden_states)
         # (the norm adds the residual: residual + output * residual_multiplier)
         hidden_states, residual = self.post_attention_layernorm(
             hidden_states * self.residual_multiplier, residual)
@@ -116,64 +99,24 @@ class GraniteMoeHybridDecoderLayer(nn.Module):
         return out * self.residual_multiplier, residual
 
 
-class GraniteMoeHybridModel(nn.Module):
+class GraniteMoeHybridModel(HybridDecoderModel):
     def __init__(self, config: Any, max_position: int, prefix: str = "model") -> None:
-        super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size,
-                                                   prefix=f"{prefix}.embed_tokens")
-        self.embedding_multiplier = float(config.embedding_multiplier)
         rotary_emb = None
         if config.position_embedding_type == "rope":
             rotary_emb = RotaryEmbedding(head_dim_of(config), max_position,
                                          rope_parameters(config))
-        self.layers = nn.ModuleList(
-            GraniteMoeHybridDecoderLayer(config, rotary_emb, i, f"{prefix}.layers.{i}")
-            for i in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.embed_tokens(input_ids) * self.embedding_multiplier
-        residual = None
-        for layer in self.layers:
-            hidden_states, residual = layer(positions, hidden_states, residual)
-        hidden_states, _ = self.norm(hidden_states, residual)
-        return hidden_states
+        super().__init__(
+            config, lambda i, p: GraniteMoeHybridDecoderLayer(config, rotary_emb, i, p),
+            prefix=prefix, embedding_multiplier=float(config.embedding_multiplier))
 
 
-class GraniteMoeHybridForCausalLM(nn.Module):
-    supports_tensor_parallel = False
-    supports_pipeline_parallel = False
-    parallel_refusal = MAMBA_PARALLEL_REFUSAL
-    packed_modules_mapping = {
-        "qkv_proj": ["q_proj", "k_proj", "v_proj"],
-        "gate_up_proj": ["gate_proj", "up_proj"],
-    }
+class GraniteMoeHybridForCausalLM(HybridForCausalLM):
+    model_cls = GraniteMoeHybridModel
 
     def __init__(self, model_config: ModelConfig) -> None:
-        super().__init__()
-        config = model_config.hf_config
-        self.config = config
-        self.model = GraniteMoeHybridModel(config, model_config.max_model_len)
-        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
-        if self.tie_word_embeddings:
-            self.lm_head = self.model.embed_tokens
-        else:
-            self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, prefix="lm_head")
-        self.logits_processor = LogitsProcessor(config.vocab_size,
-                                                scale=1.0 / config.logits_scaling)
+        super().__init__(model_config, logits_scale=1.0 / model_config.hf_config.logits_scaling)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids, positions)
-
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.logits_processor(self.lm_head, hidden_states)
-
-    def load_weights(self, weights: Iterable[tuple[str, Any]]) -> set[str]:
-        tied = self.tie_word_embeddings
-        return load_packed_weights(self, self._rename(weights), self.packed_modules_mapping,
-                                   lambda name: tied and name.startswith("lm_head."))
-
-    def _rename(self, weights: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+    def rename_weights(self, weights: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
         for name, tensor in weights:
             if name.endswith(".shared_mlp.input_linear.weight"):
                 # gate | up rows: the two shards of our gate_up_proj

@@ -8,7 +8,6 @@ the README."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -16,13 +15,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.config.model import ModelConfig
-from pagedllm.model_executor.layers.embedding import ParallelLMHead
-from pagedllm.model_executor.layers.logits import LogitsProcessor
-from pagedllm.model_executor.layers.weight_utils import default_weight_loader, load_packed_weights
-from pagedllm.model_executor.models.clip_vision import _activation, feature_layers
-from pagedllm.model_executor.models.llama import LlamaForCausalLM, LlamaModel
+from pagedllm.model_executor.models.clip_vision import CLIPMLP, feature_layers
+from pagedllm.model_executor.models.llama import LlamaModel
 from pagedllm.model_executor.models.llava import LlavaTextModel, _canonical_name
 from pagedllm.model_executor.models.qwen2 import Qwen2Model
+from pagedllm.model_executor.models.vlm_common import (
+    MultiModalProjector,
+    VisionLanguageModel,
+    drops_cls_token,
+)
 
 
 class _RMSNorm(nn.Module):
@@ -63,22 +64,11 @@ class InternVisionAttention(nn.Module):
         return self.projection_layer(out.transpose(1, 2).reshape(n, s, dim))
 
 
-class InternVisionMLP(nn.Module):
-    def __init__(self, config: Any) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.act = _activation(config.hidden_act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class InternVisionLayer(nn.Module):
     def __init__(self, config: Any) -> None:
         super().__init__()
         self.attention = InternVisionAttention(config)
-        self.mlp = InternVisionMLP(config)
+        self.mlp = CLIPMLP(config)  # (fc1 -> act -> fc2, the same names)
         self.layernorm_before = _norm(config)
         self.layernorm_after = _norm(config)
         self.lambda_1 = nn.Parameter(torch.ones(config.hidden_size))
@@ -141,18 +131,6 @@ class InternVisionModel(nn.Module):
         return self.layernorm(x)
 
 
-class InternVLMultiModalProjector(nn.Module):
-    def __init__(self, in_dim: int, text_hidden: int, act: str) -> None:
-        super().__init__()
-        self.layer_norm = nn.LayerNorm(in_dim)
-        self.linear_1 = nn.Linear(in_dim, text_hidden)
-        self.linear_2 = nn.Linear(text_hidden, text_hidden)
-        self.act = _activation(act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(self.act(self.linear_1(self.layer_norm(x))))
-
-
 def pixel_shuffle(x: torch.Tensor, scale: float) -> torch.Tensor:
     """[N, W, H, C] -> [N, W * scale, H * scale, C / scale^2], HF's layout exactly."""
     n, w, h, c = x.shape
@@ -170,42 +148,29 @@ def _text_model_cls(text_config: Any) -> type[LlamaModel]:
     raise ValueError(f"InternVL with a {kind!r} decoder is not supported (qwen2, llama)")
 
 
-class InternVLForConditionalGeneration(nn.Module):
-    supports_multimodal = True
-    supports_tensor_parallel = True  # (the decoder splits; the vision tower stays replicated)
-    supports_pipeline_parallel = True  # (the decoder's layers; the first stage merges images)
-    packed_modules_mapping = LlamaForCausalLM.packed_modules_mapping
-
+class InternVLForConditionalGeneration(VisionLanguageModel):
     def __init__(self, model_config: ModelConfig) -> None:
         super().__init__()
         config = model_config.hf_config
         text, vision = config.text_config, config.vision_config
         self.config = config
-        if config.vision_feature_select_strategy not in ("default", "full"):
-            raise ValueError(f"vision_feature_select_strategy "
-                             f"{config.vision_feature_select_strategy!r} is not supported")
+        self.drop_cls = drops_cls_token(config)
         if not isinstance(config.vision_feature_layer, int):
             raise ValueError("InternVL with several vision_feature_layer values is not supported")
-        self.drop_cls = config.vision_feature_select_strategy == "default"
         self.scale = float(config.downsample_ratio)
         self.vision_tower = InternVisionModel(vision, config.vision_feature_layer)
-        self.multi_modal_projector = InternVLMultiModalProjector(
+        self.multi_modal_projector = MultiModalProjector(
             vision.hidden_size * int(1 / self.scale) ** 2, text.hidden_size,
-            config.projector_hidden_act)
+            config.projector_hidden_act, pre_norm=True)
         text_cls = _text_model_cls(text)
         # the decoder's forward, fed merged embeddings (the same as LLaVA's)
         model_cls = type(f"InternVL{text_cls.__name__}", (LlavaTextModel,),
                          {"decoder_layer_cls": text_cls.decoder_layer_cls})
-        self.language_model = model_cls(text, model_config.max_model_len,
-                                        prefix="language_model")
         # (transformers ties by the outer config's flag as well as the decoder's)
-        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False) or
-                                        getattr(text, "tie_word_embeddings", False))
-        if self.tie_word_embeddings:
-            self.lm_head = self.language_model.embed_tokens
-        else:
-            self.lm_head = ParallelLMHead(text.vocab_size, text.hidden_size, prefix="lm_head")
-        self.logits_processor = LogitsProcessor(text.vocab_size)
+        self.init_language_model(
+            model_cls(text, model_config.max_model_len, prefix="language_model"), text,
+            bool(getattr(config, "tie_word_embeddings", False) or
+                 getattr(text, "tie_word_embeddings", False)))
 
     def embed_multimodal(self, pixel_values: torch.Tensor, feature: Any = None) -> torch.Tensor:
         """[1, tiles, 3, H, W] -> [1, tiles * image_seq_length, text hidden]."""
@@ -218,34 +183,8 @@ class InternVLForConditionalGeneration(nn.Module):
         x = self.multi_modal_projector(x.reshape(x.shape[0], -1, x.shape[-1]))
         return x.reshape(1, -1, x.shape[-1])
 
-    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.language_model.embed(input_ids)
+    def canonical_name(self, name: str) -> str:
+        return _canonical_name(name)  # (both of transformers' layouts, as LLaVA's)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        return self.language_model(input_ids, positions, inputs_embeds)
-
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.logits_processor(self.lm_head, hidden_states)
-
-    def load_weights(self, weights: Iterable[tuple[str, Any]]) -> set[str]:
-        params = dict(self.named_parameters())
-        loaded: set[str] = set()
-        text_weights: list[tuple[str, Any]] = []
-        for name, tensor in weights:
-            name = _canonical_name(name)  # (both of transformers' layouts, as LLaVA's)
-            if name.startswith(("language_model.", "lm_head.")):
-                text_weights.append((name, tensor))
-                continue
-            if name not in params:
-                if name.startswith("vision_tower.encoder.layer."):
-                    continue  # the layers after vision_feature_layer
-                raise ValueError(f"checkpoint tensor {name!r} matches no parameter of the model")
-            default_weight_loader(params[name], tensor)
-            loaded.add(name)
-        return loaded | load_packed_weights(self, text_weights, self.packed_modules_mapping,
-                                            self._skip_text)
-
-    def _skip_text(self, name: str) -> bool:
-        return "rotary_emb.inv_freq" in name or (
-            self.tie_word_embeddings and name.startswith("lm_head."))
+    def unused_checkpoint_tensor(self, name: str) -> bool:
+        return name.startswith("vision_tower.encoder.layer.")  # past vision_feature_layer

@@ -6,31 +6,30 @@ mixture of experts when i % expert_layer_period == expert_layer_offset (softmax 
 the k weights NOT renormalized) and a dense SwiGLU MLP otherwise. Attention has no positional
 encoding at all (the Mamba layers carry the order). Pre-norm blocks, as Llama's.
 
-Tensor and pipeline parallelism are not supported (the mixers are replicated layers).
+The model loop, the CausalLM wrapper and the router-plus-experts block are the hybrids' shared
+ones (hybrid_common.py). Tensor and pipeline parallelism are not supported.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from pagedllm.config.model import ModelConfig
 from pagedllm.model_executor.layers.attention import Attention
-from pagedllm.model_executor.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.model_executor.layers.layernorm import RMSNorm
-from pagedllm.model_executor.layers.linear import (
-    QKVParallelLinear,
-    ReplicatedLinear,
-    RowParallelLinear,
-)
-from pagedllm.model_executor.layers.logits import LogitsProcessor
+from pagedllm.model_executor.layers.linear import QKVParallelLinear, RowParallelLinear
 from pagedllm.model_executor.layers.mamba import MambaMixer
-from pagedllm.model_executor.layers.mamba_parallel import MAMBA_PARALLEL_REFUSAL
-from pagedllm.model_executor.layers.moe import ExpertWeightMapper, FusedMoE
-from pagedllm.model_executor.layers.weight_utils import load_packed_weights
+from pagedllm.model_executor.layers.moe import ExpertWeightMapper
+from pagedllm.model_executor.layers.weight_utils import NameMapper
+from pagedllm.model_executor.models.hybrid_common import (
+    HybridDecoderLayer,
+    HybridDecoderModel,
+    HybridForCausalLM,
+    RouterExperts,
+)
 from pagedllm.model_executor.models.llama import LlamaMLP, head_dim_of
 
 
@@ -50,24 +49,9 @@ class JambaAttention(nn.Module):
         self.attn = Attention(num_heads, head_dim, head_dim**-0.5, num_kv_heads,
                               prefix=f"{prefix}.attn")
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv_proj(hidden_states).split(self.split_sizes, dim=-1)
-        return self.o_proj(self.attn(q, k, v))
-
-
-class JambaSparseMoeBlock(nn.Module):
-    def __init__(self, config: Any, prefix: str) -> None:
-        super().__init__()
-        self.router = ReplicatedLinear(config.hidden_size, config.num_experts,
-                                       prefix=f"{prefix}.router")
-        self.experts = FusedMoE(
-            config.num_experts, config.num_experts_per_tok, config.hidden_size,
-            config.intermediate_size, config.hidden_act, renormalize=False,
-            prefix=f"{prefix}.experts",
-        )  # fmt: skip
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.experts(hidden_states, self.router(hidden_states))
+        return self.o_proj(self.attn(q, k, v))  # (positions unused)
 
 
 def mamba_mixer(config: Any, prefix: str) -> MambaMixer:
@@ -78,7 +62,7 @@ def mamba_mixer(config: Any, prefix: str) -> MambaMixer:
     )  # fmt: skip
 
 
-class JambaDecoderLayer(nn.Module):
+class JambaDecoderLayer(HybridDecoderLayer):
     """x + mixer(norm(x)), then + feed_forward(norm(.)); the mixer is `mamba` or `self_attn`."""
 
     def __init__(self, config: Any, layer_idx: int, prefix: str) -> None:
@@ -89,74 +73,27 @@ class JambaDecoderLayer(nn.Module):
         else:
             self.self_attn = JambaAttention(config, f"{prefix}.self_attn")
         if config.layers_num_experts[layer_idx] > 1:
-            self.feed_forward: nn.Module = JambaSparseMoeBlock(config, f"{prefix}.feed_forward")
+            self.feed_forward: nn.Module = RouterExperts(
+                config.hidden_size, config.num_experts, config.num_experts_per_tok,
+                config.intermediate_size, config.hidden_act, renormalize=False,
+                prefix=f"{prefix}.feed_forward", router_name="router")
         else:
             self.feed_forward = LlamaMLP(config.hidden_size, config.intermediate_size,
                                          config.hidden_act, False, f"{prefix}.feed_forward")
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.pre_ff_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(
-        self, hidden_states: torch.Tensor, residual: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden_states, residual = self.input_layernorm(hidden_states, residual)
-        if self.is_mamba:
-            hidden_states = self.mamba(hidden_states)
-        else:
-            hidden_states = self.self_attn(hidden_states)
-        hidden_states, residual = self.pre_ff_layernorm(hidden_states, residual)
-        return self.feed_forward(hidden_states), residual
+
+class JambaModel(HybridDecoderModel):
+    def __init__(self, config: Any, max_position: int, prefix: str = "model") -> None:
+        # (max_position unused: Jamba's attention has no positional encoding)
+        super().__init__(config, lambda i, p: JambaDecoderLayer(config, i, p), prefix=prefix,
+                         norm_name="final_layernorm")
 
 
-class JambaModel(nn.Module):
-    def __init__(self, config: Any, prefix: str = "model") -> None:
-        super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size,
-                                                   prefix=f"{prefix}.embed_tokens")
-        self.layers = nn.ModuleList(
-            JambaDecoderLayer(config, i, f"{prefix}.layers.{i}")
-            for i in range(config.num_hidden_layers))
-        self.final_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+class JambaForCausalLM(HybridForCausalLM):
+    model_cls = JambaModel
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden_states, residual = self.embed_tokens(input_ids), None
-        for layer in self.layers:
-            hidden_states, residual = layer(hidden_states, residual)
-        hidden_states, _ = self.final_layernorm(hidden_states, residual)
-        return hidden_states
-
-
-class JambaForCausalLM(nn.Module):
-    supports_tensor_parallel = False
-    supports_pipeline_parallel = False
-    parallel_refusal = MAMBA_PARALLEL_REFUSAL
-    packed_modules_mapping = {
-        "qkv_proj": ["q_proj", "k_proj", "v_proj"],
-        "gate_up_proj": ["gate_proj", "up_proj"],
-    }
-
-    def __init__(self, model_config: ModelConfig) -> None:
-        super().__init__()
-        config = model_config.hf_config
-        self.config = config
-        self.model = JambaModel(config)
-        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
-        if self.tie_word_embeddings:
-            self.lm_head = self.model.embed_tokens
-        else:
-            self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, prefix="lm_head")
-        self.logits_processor = LogitsProcessor(config.vocab_size)
-
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids, positions)
-
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.logits_processor(self.lm_head, hidden_states)
-
-    def load_weights(self, weights: Iterable[tuple[str, Any]]) -> set[str]:
-        experts = ExpertWeightMapper(self.config.num_experts, gate="gate_proj", up="up_proj",
-                                     down="down_proj")
-        skip = (lambda name: name.startswith("lm_head.")) if self.tie_word_embeddings else (
-            lambda name: False)
-        return load_packed_weights(self, weights, self.packed_modules_mapping, skip,
-                                   name_mappers=[experts])
+    def weight_name_mappers(self) -> Sequence[NameMapper]:
+        return [ExpertWeightMapper(self.config.num_experts, gate="gate_proj", up="up_proj",
+                                   down="down_proj")]

@@ -6,12 +6,12 @@ laid out by the image processor in 2x2 merge blocks) with its grid_thw; the towe
 within the image, the merger folds each block of 2x2 patches into one token. The runner hands
 the decoder [3, T] positions (multimodal/mrope.py) that this model's rotary splits into
 temporal / height / width sections. Eager decoder (no fused stack: its rotary is not the
-stack's).
+stack's). The decoder's forward, the LM head and the loader are the VLMs' shared ones
+(vlm_common.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -19,14 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.config.model import ModelConfig
-from pagedllm.model_executor.layers.embedding import ParallelLMHead
-from pagedllm.model_executor.layers.logits import LogitsProcessor
 from pagedllm.model_executor.layers.mrope import MRotaryEmbedding
 from pagedllm.model_executor.layers.rotary import RotaryEmbedding, rope_parameters
-from pagedllm.model_executor.layers.weight_utils import default_weight_loader, load_packed_weights
 from pagedllm.model_executor.models.clip_vision import _activation
-from pagedllm.model_executor.models.llama import LlamaForCausalLM, head_dim_of
+from pagedllm.model_executor.models.llama import head_dim_of
 from pagedllm.model_executor.models.qwen2 import Qwen2Model
+from pagedllm.model_executor.models.vlm_common import VisionLanguageModel
 
 
 class Qwen2VLTextModel(Qwen2Model):
@@ -156,12 +154,7 @@ class Qwen2VLVisionTransformer(nn.Module):
         return self.merger(torch.cat(frames))
 
 
-class Qwen2VLForConditionalGeneration(nn.Module):
-    supports_multimodal = True
-    supports_tensor_parallel = True  # (the decoder splits; the vision tower stays replicated)
-    supports_pipeline_parallel = True  # (the decoder's layers; the first stage merges images)
-    packed_modules_mapping = LlamaForCausalLM.packed_modules_mapping
-
+class Qwen2VLForConditionalGeneration(VisionLanguageModel):
     def __init__(self, model_config: ModelConfig) -> None:
         super().__init__()
         config = model_config.hf_config
@@ -170,53 +163,20 @@ class Qwen2VLForConditionalGeneration(nn.Module):
         self.mrope_spatial_merge_size = int(vision.spatial_merge_size)
         """The runner hands this model [3, T] M-RoPE positions (worker/mm_embeddings.py)."""
         self.visual = Qwen2VLVisionTransformer(vision)
-        self.language_model = Qwen2VLTextModel(text, model_config.max_model_len,
-                                               prefix="language_model")
-        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False) or
-                                        getattr(text, "tie_word_embeddings", False))
-        if self.tie_word_embeddings:
-            self.lm_head = self.language_model.embed_tokens
-        else:
-            self.lm_head = ParallelLMHead(text.vocab_size, text.hidden_size, prefix="lm_head")
-        self.logits_processor = LogitsProcessor(text.vocab_size)
+        self.init_language_model(
+            Qwen2VLTextModel(text, model_config.max_model_len, prefix="language_model"), text,
+            bool(getattr(config, "tie_word_embeddings", False) or
+                 getattr(text, "tie_word_embeddings", False)))
 
     def embed_multimodal(self, pixel_values: torch.Tensor, feature: Any) -> torch.Tensor:
         """[1, patches, C * T * P * P] -> [1, tokens, text hidden] for the feature's grid."""
         dtype = self.visual.merger.ln_q.weight.dtype
         return self.visual(pixel_values[0].to(dtype), tuple(feature.grid_thw)).unsqueeze(0)
 
-    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.language_model.embed(input_ids)
-
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        return self.language_model(input_ids, positions, inputs_embeds)
-
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.logits_processor(self.lm_head, hidden_states)
-
-    def load_weights(self, weights: Iterable[tuple[str, Any]]) -> set[str]:
+    def canonical_name(self, name: str) -> str:
         """transformers 5's layout (`model.language_model.*`, `model.visual.*`) and the original
-        one (`model.*` for the decoder, `visual.*`). The decoder's tensors go through the packed
-        loader (q/k/v -> qkv_proj); the tower's are plain copies."""
-        params = dict(self.named_parameters())
-        loaded: set[str] = set()
-        text_weights: list[tuple[str, Any]] = []
-        for name, tensor in weights:
-            name = _canonical_name(name)
-            if name.startswith(("language_model.", "lm_head.")):
-                text_weights.append((name, tensor))
-                continue
-            if name not in params:
-                raise ValueError(f"checkpoint tensor {name!r} matches no parameter of the model")
-            default_weight_loader(params[name], tensor)
-            loaded.add(name)
-        return loaded | load_packed_weights(self, text_weights, self.packed_modules_mapping,
-                                            self._skip_text)
-
-    def _skip_text(self, name: str) -> bool:
-        return "rotary_emb.inv_freq" in name or (
-            self.tie_word_embeddings and name.startswith("lm_head."))
+        one (`model.*` for the decoder, `visual.*`)."""
+        return _canonical_name(name)
 
 
 def _canonical_name(name: str) -> str:

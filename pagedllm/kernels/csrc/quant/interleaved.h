@@ -78,28 +78,20 @@ inline void row_group_tile(const uint8_t* codes, const S* scales, const S* mins,
     vec::R16i isum[R];
     if constexpr (Int8) {
       group_isums_int8<U4, G, R>(cg, qa, m0, g, isum);
-    } else {
+    } else if constexpr (U4) {
 #pragma GCC unroll 16
       for (int64_t c = 0; c < chunks; ++c) {
-        const int64_t col = g * G + (U4 ? 4 : 2) * c;
-        if constexpr (U4) {
-          const vec::R16i v = vec::r16_widen_u8(cg + 32 * c);
-          const vec::R16i lo = vec::r16_low_nibbles(v), hi = vec::r16_high_nibbles(v);
+        const vec::R16i v = vec::r16_widen_u8(cg + 32 * c);
+        const vec::R16i lo = vec::r16_low_nibbles(v), hi = vec::r16_high_nibbles(v);
 #pragma GCC unroll 8
-          for (int r = 0; r < R; ++r) {
-            const int16_t* xp = xq + r * K + col;
-            isum[r] = c == 0 ? vec::r16_dot(lo, xp) : vec::r16_dot_add(isum[r], lo, xp);
-            isum[r] = vec::r16_dot_add(isum[r], hi, xp + 2);
-          }
-        } else {
-          const vec::R16i v = vec::r16_widen_i8(cg + 32 * c);
-#pragma GCC unroll 8
-          for (int r = 0; r < R; ++r) {
-            const int16_t* xp = xq + r * K + col;
-            isum[r] = c == 0 ? vec::r16_dot(v, xp) : vec::r16_dot_add(isum[r], v, xp);
-          }
+        for (int r = 0; r < R; ++r) {
+          const int16_t* xp = xq + r * K + g * G + 4 * c;
+          isum[r] = c == 0 ? vec::r16_dot(lo, xp) : vec::r16_dot_add(isum[r], lo, xp);
+          isum[r] = vec::r16_dot_add(isum[r], hi, xp + 2);
         }
       }
+    } else {
+      group_isums_i8_int16<G, R>(cg, xq + g * G, K, isum);
     }
     const vec::R16f s = vec::r16_load(scales + g * kRowGroup);
     const vec::R16f z = vec::r16_load(mins + g * kRowGroup);

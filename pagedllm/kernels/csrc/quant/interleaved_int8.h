@@ -37,6 +37,23 @@ inline int32_t load4(const int8_t* p) {
   return v;
 }
 
+// A group's integer sums of i8 codes against R rows of int16 activations (x16: the group's first
+// column of row m0, rows K apart): one madd per 2-column chunk. The int16 path's loop
+// (interleaved.h), and the int8 path's for i8 codes where there is no VNNI (see above).
+template <int G, int R>
+inline void group_isums_i8_int16(const uint8_t* cg, const int16_t* x16, int64_t K,
+                                 vec::R16i isum[R]) {
+#pragma GCC unroll 16
+  for (int c = 0; c < G / 2; ++c) {
+    const vec::R16i v = vec::r16_widen_i8(cg + 32 * c);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const int16_t* xp = x16 + r * K + 2 * c;
+      isum[r] = c == 0 ? vec::r16_dot(v, xp) : vec::r16_dot_add(isum[r], v, xp);
+    }
+  }
+}
+
 #if defined(PAGEDLLM_VEC_512)
 
 // 16 rows x 4 columns of u4 chunk `p` (32 bytes) as 16 lanes of 4 code bytes
@@ -106,16 +123,7 @@ inline void group_isums_int8(const uint8_t* cg, const QuantizedRows& qa, int64_t
       isum[r].v = _mm512_sub_epi32(acc[r], offset);
     }
 #else
-    const int16_t* x16 = qa.q.data() + m0 * K + g * G;
-#pragma GCC unroll 16
-    for (int c = 0; c < G / 2; ++c) {
-      const vec::R16i v = vec::r16_widen_i8(cg + 32 * c);
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        const int16_t* xp = x16 + r * K + 2 * c;
-        isum[r] = c == 0 ? vec::r16_dot(v, xp) : vec::r16_dot_add(isum[r], v, xp);
-      }
-    }
+    group_isums_i8_int16<G, R>(cg, qa.q.data() + m0 * K + g * G, K, isum);
 #endif
   }
 }
@@ -156,16 +164,7 @@ inline void group_isums_int8(const uint8_t* cg, const QuantizedRows& qa, int64_t
       isum[r].h[1].v = _mm256_madd_epi16(acc[r][1], ones);
     }
   } else {
-    const int16_t* x16 = qa.q.data() + m0 * K + g * G;
-#pragma GCC unroll 16
-    for (int c = 0; c < G / 2; ++c) {
-      const vec::R16i v = vec::r16_widen_i8(cg + 32 * c);
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        const int16_t* xp = x16 + r * K + 2 * c;
-        isum[r] = c == 0 ? vec::r16_dot(v, xp) : vec::r16_dot_add(isum[r], v, xp);
-      }
-    }
+    group_isums_i8_int16<G, R>(cg, qa.q.data() + m0 * K + g * G, K, isum);
   }
 }
 
