@@ -19,10 +19,14 @@ from pagedllm.model_executor.models.registry import get_model_class
 def test_mamba_families_refused_with_reason(monkeypatch, architecture, tp, pp):
     import pagedllm.distributed as distributed
 
+    # The class (and every module it imports) is loaded before the patch: a module that binds
+    # `from pagedllm.distributed import get_tensor_model_parallel_world_size` at import would
+    # otherwise keep the patched world size for the rest of the process.
+    model_cls = get_model_class(architecture)
     monkeypatch.setattr(distributed, "get_tensor_model_parallel_world_size", lambda: tp)
     monkeypatch.setattr(distributed, "get_pp_group", lambda: SimpleNamespace(world_size=pp))
     what = "tensor_parallel_size=2" if tp == 2 else "pipeline_parallel_size=2"
     with pytest.raises(ValueError, match=f"{architecture} does not run with {what} .*Mamba "
                                          f"mixers are not split"):
-        _check_tensor_parallel(get_model_class(architecture),
+        _check_tensor_parallel(model_cls,
                                SimpleNamespace(architecture=architecture))
