@@ -27,6 +27,7 @@ from pagedllm.model_executor.layers.linear import (
 from pagedllm.model_executor.layers.logits import LogitsProcessor
 from pagedllm.model_executor.layers.rotary import RotaryEmbedding, rope_parameters
 from pagedllm.model_executor.layers.weight_utils import load_packed_weights
+from pagedllm.model_executor.models.pipeline_stage import PipelineStageStack, add_and_norm
 
 
 class GPTNeoXAttention(nn.Module):
@@ -92,7 +93,7 @@ class GPTNeoXLayer(nn.Module):
         return self.mlp(normed), residual
 
 
-class GPTNeoXModel(nn.Module):
+class GPTNeoXModel(PipelineStageStack):
     def __init__(self, config: Any, max_position: int, prefix: str = "gpt_neox") -> None:
         super().__init__()
         self.embed_in = VocabParallelEmbedding(
@@ -100,23 +101,25 @@ class GPTNeoXModel(nn.Module):
         )
         head_dim = config.hidden_size // config.num_attention_heads
         rotary_emb = RotaryEmbedding(head_dim, max_position, rope_parameters(config))
-        self.layers = nn.ModuleList(
-            GPTNeoXLayer(config, rotary_emb, f"{prefix}.layers.{i}")
-            for i in range(config.num_hidden_layers)
-        )
+        self.layers = self.build_stage_layers(
+            config.num_hidden_layers, config.hidden_size,
+            lambda i: GPTNeoXLayer(config, rotary_emb, f"{prefix}.layers.{i}"),
+        )  # fmt: skip
         self.final_layer_norm = LayerNorm(config.hidden_size, config.layer_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.embed_in(input_ids)  # [T, hidden]
-        residual = None
-        for layer in self.layers:
+        hidden_states, residual = self.stage_input(
+            input_ids.shape[0], lambda: self.embed_in(input_ids)  # [T, hidden]
+        )
+        for layer in self.stage_layers(self.layers):
             hidden_states, residual = layer(positions, hidden_states, residual)
-        hidden_states, _ = self.final_layer_norm(hidden_states, residual)
-        return hidden_states
+        return self.stage_output(hidden_states, residual, add_and_norm(self.final_layer_norm))
 
 
 class GPTNeoXForCausalLM(nn.Module):
     supports_tensor_parallel = True
+    supports_pipeline_parallel = True  # (GPTNeoXModel: PipelineStageStack)
+
     def __init__(self, model_config: ModelConfig) -> None:
         super().__init__()
         config = model_config.hf_config
