@@ -6,8 +6,9 @@ rotary, parallel attention + MLP, LM head bias split by vocabulary; GPT-J: inter
 rotary, parallel block; OPT: post-norm with its replicated project_in/out; GLM-4-MoE
 (DeepSeek-V3's routed MoE with shared experts) at -tp 2, DBRX (the whole fused Wqkv cut per
 shard, clip_qkv) at -tp 2 and -pp 2; BLOOM and Falcon-RW: each rank's ALiBi slopes are its heads';
-Falcon's new architecture: grouped query_key_value reordered, then split. Greedy tokens equal
-HF's (fp32); -tp 1 equals HF in tests/models."""
+Falcon's new architecture: grouped query_key_value reordered, then split. Each of GPT-2,
+GPT-BigCode, Phi, GPT-J, OPT, BLOOM and Falcon at -pp 2 too. Greedy tokens equal HF's (fp32);
+-tp 1 equals HF in tests/models."""
 
 from __future__ import annotations
 
@@ -33,6 +34,12 @@ from tests.models.test_phi import VARIANTS as PHI
     (*MOE["dbrx"], 2, 1), (*MOE["dbrx"], 1, 2), ("BloomConfig", BLOOM["bloom"], 2, 1),
     # (Falcon-RW's ALiBi at -tp 2 equals HF too; its slopes are checked below without an engine)
     ("FalconConfig", FALCON["new_gqa_two_norms"], 2, 1),
+    # -pp 2 (models/pipeline_stage.py): one layer per stage; the residual stream sent as
+    # (hidden, residual), or as one tensor (OPT's post-norm layout, BLOOM)
+    ("GPT2Config", GPT2["gpt2"], 1, 2), ("GPTBigCodeConfig", BIGCODE["multi_query"], 1, 2),
+    ("PhiConfig", PHI["qk_layernorm_gqa"], 1, 2), ("GPTJConfig", GPTJ["rotary_dim_8"], 1, 2),
+    ("OPTConfig", OPT["post_norm_projected"], 1, 2), ("BloomConfig", BLOOM["bloom"], 1, 2),
+    ("FalconConfig", FALCON["new_gqa_two_norms"], 1, 2),
 ])  # fmt: skip
 def test_split_equals_hf(tiny_model_factory, config_cls, overrides, tp, pp):
     model_dir = tiny_model_factory(config_cls, **overrides)

@@ -22,3 +22,97 @@ def test_gpt_neox_pipeline_equals_hf(tiny_model_factory, tp, pp):
     prompts = random_prompts(LENGTHS, hf.config.vocab_size)
     expected = [hf_greedy(hf, p, MAX_TOKENS) for p in prompts]
     assert run_engine(model_dir, prompts, tp=tp, pipeline_parallel_size=pp) == expected
+
+
+class _Mailbox:
+    """A pipeline group stand-in for stage `rank` of `world_size` in one process: send_next
+    queues the tensor, recv_prev takes it back (checking the shape and dtype asked for)."""
+
+    def __init__(self, rank: int, world_size: int, queue: list) -> None:
+        self.rank_in_group, self.world_size, self.queue = rank, world_size, queue
+        self.is_first_rank, self.is_last_rank = rank == 0, rank == world_size - 1
+
+    def send_next(self, x):
+        self.queue.append(x.clone())
+
+    def recv_prev(self, shape, dtype):
+        x = self.queue.pop(0)
+        assert (tuple(x.shape), x.dtype) == (shape, dtype)
+        return x
+
+
+def _toy_stack(carries_residual: bool):
+    """A 3-layer PipelineStageStack of the two kinds: layers that return (hidden, residual)
+    with the add fused into the next norm, or the summed stream alone."""
+    import torch
+    from torch import nn
+
+    from pagedllm.model_executor.models.pipeline_stage import PipelineStageStack, add_and_norm
+
+    class Layer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(8, 8)
+
+        def forward(self, hidden, residual):
+            if not carries_residual:
+                return hidden + torch.tanh(self.proj(hidden)), None
+            residual = hidden if residual is None else hidden + residual
+            return torch.tanh(self.proj(residual)), residual
+
+    class ResidualNorm(nn.LayerNorm):
+        def forward(self, hidden, residual=None):
+            stream = hidden if residual is None else hidden + residual
+            return super().forward(stream), stream
+
+    class Stack(PipelineStageStack):
+        def __init__(self) -> None:
+            super().__init__()
+            self.carries_residual = carries_residual
+            self.embed_tokens = nn.Embedding(16, 8)
+            self.layers = self.build_stage_layers(3, 8, lambda i: Layer())
+            self.norm = ResidualNorm(8)
+            self.norm_calls = 0
+
+        def forward(self, input_ids):
+            hidden, residual = self.stage_input(input_ids.shape[0],
+                                                lambda: self.embed_tokens(input_ids))
+            for layer in self.stage_layers(self.layers):
+                hidden, residual = layer(hidden, residual)
+            return self.stage_output(hidden, residual, self._final)
+
+        def _final(self, hidden, residual):
+            self.norm_calls += 1
+            return add_and_norm(self.norm)(hidden, residual)
+
+    return Stack
+
+
+@pytest.mark.parametrize("carries_residual", [True, False])
+def test_two_stages_chained_equal_the_whole_stack(monkeypatch, carries_residual):
+    import torch
+
+    from pagedllm.distributed import parallel_state
+    from pagedllm.model_executor.models.llama import PPMissingLayer
+
+    stack_cls = _toy_stack(carries_residual)
+    torch.manual_seed(0)
+    whole = stack_cls()  # (no pipeline group: one stage holding every layer)
+    input_ids = torch.tensor([3, 1, 4, 1, 5])
+    expected = whole(input_ids)
+    queue: list = []
+    outputs, stages = [], []
+    for rank in range(2):
+        monkeypatch.setattr(parallel_state, "_PP", _Mailbox(rank, 2, queue))
+        stage = stack_cls()
+        stage.load_state_dict(whole.state_dict(), strict=False)  # (its own layers' weights)
+        outputs.append(stage(input_ids))
+        stages.append(stage)
+    # 3 layers: 2 + 1; each stage holds only its own, the other slots are weightless
+    assert [(s.start_layer, s.end_layer) for s in stages] == [(0, 2), (2, 3)]
+    assert [isinstance(m, PPMissingLayer) for m in stages[0].layers] == [False, False, True]
+    assert [isinstance(m, PPMissingLayer) for m in stages[1].layers] == [True, True, False]
+    assert not any(".2." in n for n, _ in stages[0].named_parameters())
+    # only the last stage applies the final norm; what the first sent was all received
+    assert [s.norm_calls for s in stages] == [0, 1] and not queue
+    torch.testing.assert_close(outputs[1], expected, rtol=0, atol=0)

@@ -32,6 +32,7 @@ from pagedllm.model_executor.layers.linear import (
 from pagedllm.model_executor.layers.logits import LogitsProcessor
 from pagedllm.model_executor.layers.weight_utils import load_packed_weights, take_rows
 from pagedllm.model_executor.models.gpt_neox import _per_head_to_qkv
+from pagedllm.model_executor.models.pipeline_stage import PipelineStageStack
 
 
 class BloomAttention(nn.Module):
@@ -88,7 +89,9 @@ class BloomBlock(nn.Module):
         return self.mlp(normed) + residual
 
 
-class BloomModel(nn.Module):
+class BloomModel(PipelineStageStack):
+    carries_residual = False  # (each block returns the summed stream)
+
     def __init__(self, config: Any, prefix: str = "transformer") -> None:
         super().__init__()
         eps = config.layer_norm_epsilon
@@ -96,22 +99,27 @@ class BloomModel(nn.Module):
             config.vocab_size, config.hidden_size, prefix=f"{prefix}.word_embeddings"
         )
         self.word_embeddings_layernorm = LayerNorm(config.hidden_size, eps)
-        self.h = nn.ModuleList(
-            BloomBlock(config, f"{prefix}.h.{i}") for i in range(config.num_hidden_layers)
-        )
+        self.h = self.build_stage_layers(
+            config.num_hidden_layers, config.hidden_size,
+            lambda i: BloomBlock(config, f"{prefix}.h.{i}"),
+        )  # fmt: skip
         self.ln_f = LayerNorm(config.hidden_size, eps)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # [T] -> [T, hidden]
-        hidden_states = self.word_embeddings_layernorm.norm(self.word_embeddings(input_ids))
-        for block in self.h:
+        hidden_states, _ = self.stage_input(
+            input_ids.shape[0],
+            lambda: self.word_embeddings_layernorm.norm(self.word_embeddings(input_ids)),
+        )
+        for block in self.stage_layers(self.h):
             hidden_states = block(hidden_states)
-        return self.ln_f.norm(hidden_states)
+        return self.stage_output(hidden_states, None, lambda h, _: self.ln_f.norm(h))
 
 
 class BloomForCausalLM(nn.Module):
     supports_tensor_parallel = True
     """query_key_value (per head in the checkpoint) is reordered at load, then split by heads;
     each rank's ALiBi slopes are its heads'."""
+    supports_pipeline_parallel = True  # (BloomModel: PipelineStageStack)
 
     def __init__(self, model_config: ModelConfig) -> None:
         super().__init__()

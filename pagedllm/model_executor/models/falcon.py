@@ -37,6 +37,7 @@ from pagedllm.model_executor.layers.logits import LogitsProcessor
 from pagedllm.model_executor.layers.rotary import RotaryEmbedding, rope_parameters
 from pagedllm.model_executor.layers.weight_utils import load_packed_weights, take_rows
 from pagedllm.model_executor.models.gpt_neox import _per_head_to_qkv
+from pagedllm.model_executor.models.pipeline_stage import PipelineStageStack, add_and_norm
 
 
 def _num_kv_heads(config: Any) -> int:
@@ -145,7 +146,7 @@ class FalconDecoderLayer(nn.Module):
         return self.mlp(mlp_in), residual
 
 
-class FalconModel(nn.Module):
+class FalconModel(PipelineStageStack):
     def __init__(self, config: Any, max_position: int, prefix: str = "transformer") -> None:
         super().__init__()
         self.word_embeddings = VocabParallelEmbedding(
@@ -153,22 +154,24 @@ class FalconModel(nn.Module):
         )
         head_dim = config.hidden_size // config.num_attention_heads
         rotary_emb = RotaryEmbedding(head_dim, max_position, rope_parameters(config))
-        self.h = nn.ModuleList(
-            FalconDecoderLayer(config, rotary_emb, f"{prefix}.h.{i}")
-            for i in range(config.num_hidden_layers)
-        )
+        self.h = self.build_stage_layers(
+            config.num_hidden_layers, config.hidden_size,
+            lambda i: FalconDecoderLayer(config, rotary_emb, f"{prefix}.h.{i}"),
+        )  # fmt: skip
         self.ln_f = LayerNorm(config.hidden_size, config.layer_norm_epsilon)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden_states, residual = self.word_embeddings(input_ids), None  # [T, hidden]
-        for layer in self.h:
+        hidden_states, residual = self.stage_input(
+            input_ids.shape[0], lambda: self.word_embeddings(input_ids)  # [T, hidden]
+        )
+        for layer in self.stage_layers(self.h):
             hidden_states, residual = layer(positions, hidden_states, residual)
-        hidden_states, _ = self.ln_f(hidden_states, residual)
-        return hidden_states
+        return self.stage_output(hidden_states, residual, add_and_norm(self.ln_f))
 
 
 class FalconForCausalLM(nn.Module):
     supports_tensor_parallel = True  # (query_key_value reordered to q|k|v at load, then split)
+    supports_pipeline_parallel = True  # (FalconModel: PipelineStageStack)
     def __init__(self, model_config: ModelConfig) -> None:
         super().__init__()
         config = model_config.hf_config

@@ -24,6 +24,7 @@ from pagedllm.model_executor.layers.linear import (
 )
 from pagedllm.model_executor.layers.logits import LogitsProcessor
 from pagedllm.model_executor.layers.weight_utils import load_packed_weights
+from pagedllm.model_executor.models.pipeline_stage import PipelineStageStack, add_and_norm
 
 
 class GPT2Attention(nn.Module):
@@ -83,7 +84,7 @@ class GPT2Block(nn.Module):
         return self.mlp(hidden_states), residual
 
 
-class GPT2Model(nn.Module):
+class GPT2Model(PipelineStageStack):
     block_cls: type[nn.Module] = GPT2Block
 
     def __init__(self, config: Any, prefix: str = "transformer") -> None:
@@ -94,24 +95,26 @@ class GPT2Model(nn.Module):
         self.wpe = VocabParallelEmbedding(
             config.max_position_embeddings, config.hidden_size, prefix=f"{prefix}.wpe"
         )
-        self.h = nn.ModuleList(
-            self.block_cls(config, i, f"{prefix}.h.{i}") for i in range(config.num_hidden_layers)
-        )
+        self.h = self.build_stage_layers(
+            config.num_hidden_layers, config.hidden_size,
+            lambda i: self.block_cls(config, i, f"{prefix}.h.{i}"),
+        )  # fmt: skip
         self.ln_f = LayerNorm(config.hidden_size, config.layer_norm_epsilon)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.wte(input_ids) + self.wpe(positions)  # [T, hidden]
-        residual = None
-        for block in self.h:
+        hidden_states, residual = self.stage_input(
+            input_ids.shape[0], lambda: self.wte(input_ids) + self.wpe(positions)  # [T, hidden]
+        )
+        for block in self.stage_layers(self.h):
             hidden_states, residual = block(positions, hidden_states, residual)
-        hidden_states, _ = self.ln_f(hidden_states, residual)
-        return hidden_states
+        return self.stage_output(hidden_states, residual, add_and_norm(self.ln_f))
 
 
 class GPT2LMHeadModel(nn.Module):
     supports_tensor_parallel = True
     """c_attn splits by heads (the fused checkpoint tensor cut per q/k/v shard at load), c_fc by
     columns, both c_proj row-parallel; wte/wpe vocab-parallel (GPT-BigCode too)."""
+    supports_pipeline_parallel = True  # (GPT2Model: PipelineStageStack; GPT-BigCode too)
     conv1d_modules = ("c_attn", "c_proj", "c_fc")
     """Modules whose checkpoint weight is a transformers Conv1D ([in, out])."""
     model_cls: type[GPT2Model] = GPT2Model

@@ -28,6 +28,7 @@ from pagedllm.model_executor.layers.linear import (
 from pagedllm.model_executor.layers.logits import LogitsProcessor
 from pagedllm.model_executor.layers.rotary import RotaryEmbedding, interleaved_to_neox_rows
 from pagedllm.model_executor.layers.weight_utils import load_packed_weights, take_rows
+from pagedllm.model_executor.models.pipeline_stage import PipelineStageStack, add_and_norm
 
 
 def _rotary_dim(config: Any) -> int:
@@ -83,7 +84,7 @@ class GPTJBlock(nn.Module):
         return self.attn(positions, normed) + self.mlp(normed), residual
 
 
-class GPTJModel(nn.Module):
+class GPTJModel(PipelineStageStack):
     def __init__(self, config: Any, max_position: int, prefix: str = "transformer") -> None:
         super().__init__()
         self.wte = VocabParallelEmbedding(config.vocab_size, config.n_embd, prefix=f"{prefix}.wte")
@@ -91,21 +92,24 @@ class GPTJModel(nn.Module):
         params = {"rope_type": "default", "rope_theta": 10000.0,
                   "partial_rotary_factor": _rotary_dim(config) / head_dim}  # fmt: skip
         rotary_emb = RotaryEmbedding(head_dim, max_position, params)
-        self.h = nn.ModuleList(
-            GPTJBlock(config, rotary_emb, f"{prefix}.h.{i}") for i in range(config.n_layer)
-        )
+        self.h = self.build_stage_layers(
+            config.n_layer, config.n_embd,
+            lambda i: GPTJBlock(config, rotary_emb, f"{prefix}.h.{i}"),
+        )  # fmt: skip
         self.ln_f = LayerNorm(config.n_embd, config.layer_norm_epsilon)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden_states, residual = self.wte(input_ids), None  # [T, hidden]
-        for layer in self.h:
+        hidden_states, residual = self.stage_input(
+            input_ids.shape[0], lambda: self.wte(input_ids)  # [T, hidden]
+        )
+        for layer in self.stage_layers(self.h):
             hidden_states, residual = layer(positions, hidden_states, residual)
-        hidden_states, _ = self.ln_f(hidden_states, residual)
-        return hidden_states
+        return self.stage_output(hidden_states, residual, add_and_norm(self.ln_f))
 
 
 class GPTJForCausalLM(nn.Module):
     supports_tensor_parallel = True  # (parallel attention and MLP: each row-parallel, summed)
+    supports_pipeline_parallel = True  # (GPTJModel: PipelineStageStack)
     packed_modules_mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}
 
     def __init__(self, model_config: ModelConfig) -> None:

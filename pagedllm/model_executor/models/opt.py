@@ -25,6 +25,7 @@ from pagedllm.model_executor.layers.linear import (
 )
 from pagedllm.model_executor.layers.logits import LogitsProcessor
 from pagedllm.model_executor.layers.weight_utils import load_packed_weights
+from pagedllm.model_executor.models.pipeline_stage import PipelineStageStack
 
 POSITION_OFFSET = 2
 """OPT's position embedding row of position p is p + 2 (a fairseq padding_idx leftover)."""
@@ -87,7 +88,7 @@ class OPTDecoderLayer(nn.Module):
         return self.fc2(self.activation_fn(self.fc1(x)))
 
 
-class OPTDecoder(nn.Module):
+class OPTDecoder(PipelineStageStack):
     def __init__(self, config: Any, prefix: str = "model.decoder") -> None:
         super().__init__()
         if not config.layer_norm_elementwise_affine:
@@ -104,20 +105,31 @@ class OPTDecoder(nn.Module):
         if proj_dim != hidden:
             self.project_in = ReplicatedLinear(proj_dim, hidden, prefix=f"{prefix}.project_in")
             self.project_out = ReplicatedLinear(hidden, proj_dim, prefix=f"{prefix}.project_out")
-        self.layers = nn.ModuleList(
-            OPTDecoderLayer(config, f"{prefix}.layers.{i}") for i in range(config.num_hidden_layers)
-        )
+        # (post-norm layers return the whole stream in hidden_states: nothing else to send)
+        self.carries_residual = bool(config.do_layer_norm_before)
+        self.layers = self.build_stage_layers(
+            config.num_hidden_layers, hidden,
+            lambda i: OPTDecoderLayer(config, f"{prefix}.layers.{i}"),
+        )  # fmt: skip
         has_final_norm = config.do_layer_norm_before and not config._remove_final_layer_norm
         self.final_layer_norm = LayerNorm(hidden) if has_final_norm else None
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        hidden_states, residual = self.stage_input(
+            input_ids.shape[0], lambda: self.embed(input_ids, positions)
+        )
+        for layer in self.stage_layers(self.layers):
+            hidden_states, residual = layer(hidden_states, residual)
+        return self.stage_output(hidden_states, residual, self.final)
+
+    def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         inputs_embeds = self.embed_tokens(input_ids)  # [T, proj_dim]
         if self.project_in is not None:
             inputs_embeds = self.project_in(inputs_embeds)
-        hidden_states = inputs_embeds + self.embed_positions(positions + POSITION_OFFSET)
-        residual = None
-        for layer in self.layers:
-            hidden_states, residual = layer(hidden_states, residual)
+        return inputs_embeds + self.embed_positions(positions + POSITION_OFFSET)  # [T, hidden]
+
+    def final(self, hidden_states: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        """[T, hidden] (+ residual) -> [T, proj_dim]: the last stage's output."""
         if residual is not None:
             hidden_states = hidden_states + residual
         if self.final_layer_norm is not None:
@@ -138,6 +150,7 @@ class OPTModel(nn.Module):
 
 class OPTForCausalLM(nn.Module):
     supports_tensor_parallel = True  # (project_in/out replicated: small, outside the heads)
+    supports_pipeline_parallel = True  # (OPTDecoder: PipelineStageStack)
     packed_modules_mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}
 
     def __init__(self, model_config: ModelConfig) -> None:

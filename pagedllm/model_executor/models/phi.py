@@ -28,6 +28,7 @@ from pagedllm.model_executor.layers.logits import LogitsProcessor
 from pagedllm.model_executor.layers.rotary import RotaryEmbedding, rope_parameters
 from pagedllm.model_executor.layers.weight_utils import load_packed_weights
 from pagedllm.model_executor.models.llama import LayerRunner, head_dim_of
+from pagedllm.model_executor.models.pipeline_stage import PipelineStageStack, add_and_norm
 
 
 class PhiAttention(nn.Module):
@@ -92,33 +93,35 @@ class PhiDecoderLayer(nn.Module):
         return self.self_attn(positions, normed) + self.mlp(normed), residual
 
 
-class PhiModel(nn.Module):
+class PhiModel(PipelineStageStack):
     def __init__(self, config: Any, max_position: int, prefix: str = "model") -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(
             config.vocab_size, config.hidden_size, prefix=f"{prefix}.embed_tokens"
         )
         rotary_emb = RotaryEmbedding(head_dim_of(config), max_position, rope_parameters(config))
-        self.layers = nn.ModuleList(
-            PhiDecoderLayer(config, rotary_emb, f"{prefix}.layers.{i}")
-            for i in range(config.num_hidden_layers)
-        )
+        self.layers = self.build_stage_layers(
+            config.num_hidden_layers, config.hidden_size,
+            lambda i: PhiDecoderLayer(config, rotary_emb, f"{prefix}.layers.{i}"),
+        )  # fmt: skip
         self.final_layernorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
         self.layer_runner: LayerRunner | None = None  # (the worker's slot, see LlamaModel)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden_states, residual = self.embed_tokens(input_ids), None  # [T, hidden]
-        if self.layer_runner is not None:
+        hidden_states, residual = self.stage_input(
+            input_ids.shape[0], lambda: self.embed_tokens(input_ids)  # [T, hidden]
+        )
+        if self.layer_runner is not None:  # (runs this stage's layers)
             hidden_states, residual = self.layer_runner(positions, hidden_states, residual)
         else:
-            for layer in self.layers:
+            for layer in self.stage_layers(self.layers):
                 hidden_states, residual = layer(positions, hidden_states, residual)
-        hidden_states, _ = self.final_layernorm(hidden_states, residual)
-        return hidden_states
+        return self.stage_output(hidden_states, residual, add_and_norm(self.final_layernorm))
 
 
 class PhiForCausalLM(nn.Module):
     supports_tensor_parallel = True  # (q/k LayerNorms are per head with one shared weight)
+    supports_pipeline_parallel = True  # (PhiModel: PipelineStageStack)
     packed_modules_mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}
 
     def __init__(self, model_config: ModelConfig) -> None:
