@@ -116,3 +116,26 @@ def test_two_stages_chained_equal_the_whole_stack(monkeypatch, carries_residual)
     # only the last stage applies the final norm; what the first sent was all received
     assert [s.norm_calls for s in stages] == [0, 1] and not queue
     torch.testing.assert_close(outputs[1], expected, rtol=0, atol=0)
+
+
+def test_pp_refusal_names_its_reason_for_the_transformers_fallback(monkeypatch):
+    """The families above pass the loader's -pp check; the Transformers fallback is refused
+    with its reason (not the generic one)."""
+    from types import SimpleNamespace
+
+    import pagedllm.distributed as distributed
+    from pagedllm.model_executor.model_loader import _check_tensor_parallel
+    from pagedllm.model_executor.models.registry import get_model_class
+
+    # (classes loaded before the patch, see test_parallel_refusals.py)
+    staged = ["GPTNeoXForCausalLM", "GPT2LMHeadModel", "GPTBigCodeForCausalLM",
+              "GPTJForCausalLM", "PhiForCausalLM", "OPTForCausalLM", "FalconForCausalLM",
+              "BloomForCausalLM"]  # fmt: skip
+    classes = {arch: get_model_class(arch) for arch in [*staged, "OlmoForCausalLM"]}
+    monkeypatch.setattr(distributed, "get_pp_group", lambda: SimpleNamespace(world_size=2))
+    for arch in staged:
+        _check_tensor_parallel(classes[arch], SimpleNamespace(architecture=arch))
+    with pytest.raises(ValueError, match="OlmoForCausalLM does not run with pipeline_parallel_"
+                                         "size=2 .*transformers runs the whole decoder stack"):
+        _check_tensor_parallel(classes["OlmoForCausalLM"],
+                               SimpleNamespace(architecture="OlmoForCausalLM"))

@@ -58,6 +58,10 @@ class TransformersForCausalLM(nn.Module):
     supports_tensor_parallel = True
     """By the config's base_model_tp_plan (transformers_tp.py; refused, with the reason, where
     there is none or it has styles the fallback does not split)."""
+    parallel_refusal = ("transformers runs the whole decoder stack in one forward call: it can "
+                        "neither stop after a stage's layers nor start from hidden states "
+                        "received from the previous stage")
+    """Why -pp is refused (-tp runs; the loader names this reason only for what is refused)."""
 
     def __init__(self, model_config: ModelConfig) -> None:
         super().__init__()
