@@ -14,13 +14,22 @@ from tests.hf_reference import hf_greedy, load_hf_model
 from tests.models.family_check import random_prompts
 
 
-@pytest.mark.parametrize("tp, pp", [(1, 2), (2, 2)])
-def test_gpt_neox_pipeline_equals_hf(tiny_model_factory, tp, pp):
+@pytest.fixture(scope="module")
+def gpt_neox(tiny_model_factory):
+    """(model dir, prompts, HF's greedy tokens) of a 3-layer GPT-NeoX (stages of 2 + 1 layers),
+    whose -tp 1 run equals HF's (so equal to HF means equal to -tp 1)."""
     config_cls, overrides = FAMILIES["gpt_neox"]
     model_dir = tiny_model_factory(config_cls, **{**overrides, "num_hidden_layers": 3})
     hf = load_hf_model(model_dir)
     prompts = random_prompts(LENGTHS, hf.config.vocab_size)
     expected = [hf_greedy(hf, p, MAX_TOKENS) for p in prompts]
+    assert run_engine(model_dir, prompts, tp=1) == expected
+    return model_dir, prompts, expected
+
+
+@pytest.mark.parametrize("tp, pp", [(1, 2), (2, 2)])
+def test_gpt_neox_pipeline_equals_tp1_and_hf(gpt_neox, tp, pp):
+    model_dir, prompts, expected = gpt_neox
     assert run_engine(model_dir, prompts, tp=tp, pipeline_parallel_size=pp) == expected
 
 
