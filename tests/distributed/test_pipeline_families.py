@@ -122,6 +122,11 @@ def test_two_stages_chained_equal_the_whole_stack(monkeypatch, carries_residual)
     assert [isinstance(m, PPMissingLayer) for m in stages[0].layers] == [False, False, True]
     assert [isinstance(m, PPMissingLayer) for m in stages[1].layers] == [True, True, False]
     assert not any(".2." in n for n, _ in stages[0].named_parameters())
+    # and each drops the other stage's checkpoint tensors before reading them
+    names = ["transformer.h.2.attn.c_attn.weight", "h.1.ln_1.bias", "gpt_neox.layers.0.x",
+             "model.decoder.layers.2.fc1.weight", "transformer.wte.weight", "lm_head.weight"]
+    kept = [[n for n, _ in s.own_layer_weights((n, None) for n in names)] for s in stages]
+    assert kept == [names[1:3] + names[4:], [names[0], names[3], *names[4:]]]
     # only the last stage applies the final norm; what the first sent was all received
     assert [s.norm_calls for s in stages] == [0, 1] and not queue
     torch.testing.assert_close(outputs[1], expected, rtol=0, atol=0)

@@ -142,6 +142,7 @@ class BloomForCausalLM(nn.Module):
         return self.logits_processor(self.lm_head, hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> set[str]:
+        weights = self.transformer.own_layer_weights(weights)
         return load_packed_weights(self, self._hf_to_ours(weights), {}, self._skip)
 
     def _skip(self, name: str) -> bool:

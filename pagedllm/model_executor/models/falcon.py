@@ -195,6 +195,7 @@ class FalconForCausalLM(nn.Module):
         return self.logits_processor(self.lm_head, hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> set[str]:
+        weights = self.transformer.own_layer_weights(weights)
         return load_packed_weights(self, self._hf_to_ours(weights), {}, self._skip)
 
     def _hf_to_ours(self, weights: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:

@@ -142,6 +142,7 @@ class GPTNeoXForCausalLM(nn.Module):
         return self.logits_processor(self.embed_out, hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> set[str]:
+        weights = self.gpt_neox.own_layer_weights(weights)
         return load_packed_weights(self, self._hf_to_ours(weights), {}, self._skip)
 
     def _hf_to_ours(self, weights: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:

@@ -132,8 +132,9 @@ class GPTJForCausalLM(nn.Module):
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> set[str]:
         return load_packed_weights(
-            self, self._hf_to_ours(weights), self.packed_modules_mapping, self._skip
-        )
+            self, self._hf_to_ours(self.transformer.own_layer_weights(weights)),
+            self.packed_modules_mapping, self._skip,
+        )  # fmt: skip
 
     def _hf_to_ours(self, weights: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
         head_dim = self.config.n_embd // self.config.n_head

@@ -16,13 +16,19 @@ stream as one tensor (BLOOM, OPT's post-norm layout) send [T, hidden].
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from pagedllm.distributed import get_pp_group, pp_layer_range
 from pagedllm.model_executor.models.llama import PPMissingLayer
+
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h)\.(\d+)\.")
+"""The decoder-layer index in a checkpoint name (`gpt_neox.layers.3.`, `transformer.h.3.`,
+`h.3.` in the prefix-less GPT-2 / BLOOM checkpoints)."""
 
 FinalNorm = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 """(hidden_states, residual | None) -> the stack's output: the last stage's final norm."""
@@ -63,6 +69,18 @@ class PipelineStageStack(nn.Module):
             build_layer(i) if self.start_layer <= i < self.end_layer else PPMissingLayer()
             for i in range(num_layers)
         )
+
+    def own_layer_weights(
+        self, weights: Iterable[tuple[str, Any]]
+    ) -> Iterator[tuple[str, Any]]:
+        """The checkpoint's tensors less those of the layers another stage holds, dropped before
+        a family's per-tensor reordering reads them (load_packed_weights would skip them too,
+        but only after that work)."""
+        for name, tensor in weights:
+            match = _LAYER_INDEX.search(name)
+            if match and not self.start_layer <= int(match.group(1)) < self.end_layer:
+                continue
+            yield name, tensor
 
     def stage_layers(self, layers: nn.ModuleList) -> nn.ModuleList:
         """This stage's layers, in order."""
