@@ -70,9 +70,7 @@ class PipelineStageStack(nn.Module):
             for i in range(num_layers)
         )
 
-    def own_layer_weights(
-        self, weights: Iterable[tuple[str, Any]]
-    ) -> Iterator[tuple[str, Any]]:
+    def own_layer_weights(self, weights: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
         """The checkpoint's tensors less those of the layers another stage holds, dropped before
         a family's per-tensor reordering reads them (load_packed_weights would skip them too,
         but only after that work)."""
@@ -111,8 +109,9 @@ class PipelineStageStack(nn.Module):
         # scheduler's next step, so a stage is free for the next micro-batch once this is sent
         if self.carries_residual:
             if residual is None:
-                raise RuntimeError(f"{type(self).__name__}: a stage with no layer has no "
-                                   "residual to send")
+                raise RuntimeError(
+                    f"{type(self).__name__}: a stage with no layer has no residual to send"
+                )
             pp.send_next(torch.stack([hidden_states, residual]))
         else:
             pp.send_next(hidden_states)
