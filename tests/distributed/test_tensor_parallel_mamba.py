@@ -3,7 +3,9 @@ mixed batch whose prefills are chunked by a 16-token budget (decodes mixed in), 
 per family. Mamba / Falcon-Mamba / Jamba: each rank holds half the mixer's channels, x_proj's
 dt/B/C all-reduced. Mamba2 / Bamba: two B/C groups, one per rank (the gated norm local);
 Granite 4.0 hybrid: one group replicated on both ranks (the norm's variance all-reduced), with
-rotary attention and experts. Each rank's state slot holds its own share (sized below).
+rotary attention and experts. Each rank's state slot holds its own share (sized below). A Q8_0
+GGUF of Mamba kept in its blocks (--quantization gguf): in_proj's whole tensor reaches the
+block collector piece by piece, each rank's rows, and -tp 2 equals -tp 1.
 -tp 1 equals HF in tests/models/test_state_space_models.py."""
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pagedllm.config.state_cache import mamba_state_spec
 from tests.distributed.test_tensor_parallel import LENGTHS, MAX_TOKENS, run_engine
 from tests.hf_reference import hf_greedy, load_hf_model
 from tests.models.family_check import random_prompts
+from tests.models.test_gguf_qwen_gemma import write_gguf
 from tests.models.test_state_space_models import (
     BAMBA,
     GRANITE_HYBRID,
@@ -58,6 +61,15 @@ def test_tp2_equals_hf(tiny_model_factory, family):
     reference = hf_greedy if family == "jamba" else _hf_greedy_uncached
     expected = [reference(hf, p, MAX_TOKENS) for p in prompts]
     assert run_engine(model_dir, prompts, tp=2, max_model_len=64, max_num_seqs=4) == expected
+
+
+def test_gguf_q8_0_blocks_tp2_equal_tp1(tiny_model_factory, tmp_path):
+    model_dir = tiny_model_factory("MambaConfig", **MAMBA)
+    path = write_gguf(model_dir, str(tmp_path / "tiny-mamba.Q8_0.gguf"), "mamba", q8_0=True)
+    prompts = random_prompts(LENGTHS, load_hf_model(model_dir).config.vocab_size)
+    kwargs = dict(max_model_len=64, max_num_seqs=4, quantization="gguf")
+    assert (run_engine(path, prompts, tp=2, **kwargs)
+            == run_engine(path, prompts, tp=1, **kwargs))
 
 
 def test_state_slot_is_the_ranks_share():

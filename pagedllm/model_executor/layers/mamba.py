@@ -249,6 +249,25 @@ class MambaInProj(MergedColumnParallelLinear):
                  shares: dict[int, tuple[int, int]] | None = None) -> None:
         self.shares = dict(shares or {})
         super().__init__(hidden_size, sizes, bias, prefix=prefix)
+        for param in (self._parameters.get("weight"), self.bias):
+            if param is not None and self.tp_size > 1:
+                param.weight_loader = self._piecewise(param.weight_loader)
+
+    def _piecewise(self, load: Any) -> Any:
+        """The checkpoint holds in_proj whole: hand it to the parameter's loader piece by piece
+        (shard i = rows of piece i), as a merged layer's separate checkpoint tensors come, so
+        a quant method that collects shards (GGUF blocks: narrow, no split) gets each rank's
+        slice of each piece."""
+
+        def load_pieces(param: nn.Parameter, loaded: Any, shard_id: Any = None) -> None:
+            if shard_id is not None:
+                return load(param, loaded, shard_id)
+            offset = 0
+            for index, size in enumerate(self.output_sizes):
+                load(param, loaded.narrow(0, offset, size), index)
+                offset += size
+
+        return load_pieces
 
     def _outputs_per_partition(self) -> list[int]:
         return [self.shares[i][1] if i in self.shares else size // self.tp_size
