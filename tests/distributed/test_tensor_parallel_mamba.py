@@ -34,9 +34,10 @@ GRANITE_ONE_GROUP = {**GRANITE_HYBRID["rope_moe"], "mamba_n_groups": 1}
 
 FAMILIES = {
     "mamba": ("MambaConfig", MAMBA),
-    "falcon_mamba": ("FalconMambaConfig", MAMBA),
+    # (in_proj's bias split with its rows, out_proj's added once after the all-reduce)
+    "falcon_mamba": ("FalconMambaConfig", {**MAMBA, "use_bias": True}),
     "jamba": ("JambaConfig", JAMBA),
-    "mamba2": ("Mamba2Config", MAMBA2),
+    "mamba2": ("Mamba2Config", {**MAMBA2, "use_bias": True}),
     "bamba": ("BambaConfig", BAMBA),
     "granite_hybrid": ("GraniteMoeHybridConfig", GRANITE_ONE_GROUP),
 }
