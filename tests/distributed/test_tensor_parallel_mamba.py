@@ -5,7 +5,8 @@ dt/B/C all-reduced. Mamba2 / Bamba: two B/C groups, one per rank (the gated norm
 Granite 4.0 hybrid: one group replicated on both ranks (the norm's variance all-reduced), with
 rotary attention and experts. Each rank's state slot holds its own share (sized below). A Q8_0
 GGUF of Mamba kept in its blocks (--quantization gguf): in_proj's whole tensor reaches the
-block collector piece by piece, each rank's rows, and -tp 2 equals -tp 1.
+block collector piece by piece, each rank's rows, and -tp 2 equals -tp 1. The gated norm's
+shards against transformers' norm for group layouts -tp 2 cannot show (2 groups over 4 ranks).
 -tp 1 equals HF in tests/models/test_state_space_models.py."""
 
 from __future__ import annotations
@@ -89,3 +90,37 @@ def test_state_slot_is_the_ranks_share():
     assert mamba_state_spec(mamba2, 2).conv_channels == 64 + 2 * 1 * 8
     with pytest.raises(ValueError, match="n_groups=3 cannot be split"):
         mamba_state_spec(SimpleNamespace(**{**vars(mamba2), "n_groups": 3, "num_heads": 6}), 2)
+
+
+@pytest.mark.parametrize("n_groups, tp", [(2, 4), (1, 2), (4, 2)])
+def test_gated_norm_shards_equal_transformers(monkeypatch, n_groups, tp):
+    """The gated group norm of each of tp simulated ranks, concatenated, equals transformers'
+    Mamba2RMSNormGated over all channels: groups spanning ranks (2 groups over 4 ranks, 1 over
+    2) through the [T, n_groups] all-reduce of squared sums, whole groups (4 over 2) locally."""
+    from transformers.models.mamba2.modeling_mamba2 import Mamba2RMSNormGated
+
+    from pagedllm.model_executor.layers import mamba2
+    from pagedllm.model_executor.layers.mamba_parallel import RowPieces
+
+    torch.manual_seed(0)
+    channels, tokens = 64, 3
+    y, gate, weight = torch.randn(tokens, channels), torch.randn(tokens, channels), torch.rand(64)
+    hf = Mamba2RMSNormGated(channels, channels // n_groups, eps=1e-5)
+    hf.weight.data.copy_(weight)
+    norms = []
+    for rank in range(tp):
+        norm = mamba2.GatedGroupRMSNorm(RowPieces.even(channels, tp, rank),
+                                        channels // n_groups, 1e-5)
+        norm.weight.weight_loader(norm.weight, weight)
+        norms.append(norm)
+    parts = list(zip(y.chunk(tp, -1), gate.chunk(tp, -1)))
+    partial: list[torch.Tensor] = []  # each rank's contribution to the all-reduce
+    monkeypatch.setattr(mamba2, "tensor_model_parallel_all_reduce",
+                        lambda t: partial.append(t.clone()) or t)
+    for norm, (y_r, gate_r) in zip(norms, parts):
+        norm(y_r, gate_r)
+    total = sum(partial) if partial else None
+    monkeypatch.setattr(mamba2, "tensor_model_parallel_all_reduce", lambda t: total)
+    ours = torch.cat([norm(y_r, gate_r) for norm, (y_r, gate_r) in zip(norms, parts)], -1)
+    torch.testing.assert_close(ours, hf(y, gate))
+    assert bool(partial) == (n_groups < tp)
