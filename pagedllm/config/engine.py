@@ -12,6 +12,7 @@ from pagedllm.config.multimodal import MultiModalConfig
 from pagedllm.config.parallel import ParallelConfig
 from pagedllm.config.scheduler import SchedulerConfig
 from pagedllm.config.speculative import SpeculativeConfig
+from pagedllm.config.state_cache import mamba_state_spec
 from pagedllm.config.structured_outputs import StructuredOutputsConfig
 
 
@@ -75,6 +76,9 @@ class EngineConfig:
         if pp > self.model.num_hidden_layers:
             raise ValueError(f"{self.model.num_hidden_layers} layers cannot be split into "
                              f"pipeline_parallel_size={pp} stages")
+        states = mamba_state_spec(self.model.hf_config, tp)  # (refuses an uneven split)
+        if states is not None and states.num_attention_layers == 0:
+            return  # (Mamba: no attention heads to split; the mixers check their channels)
         if self.model.num_attention_heads % tp:
             raise ValueError(f"{self.model.num_attention_heads} attention heads cannot be split "
                              f"over tensor_parallel_size={tp}")

@@ -48,47 +48,72 @@ class MambaStateSpec:
         return len(self.mamba_layers) * per_layer * STATE_DTYPE_BYTES
 
 
+def channel_share(size: int, tp_size: int, tp_rank: int) -> tuple[int, int]:
+    """(first, count) of `size` channels (or heads) that rank tp_rank of tp_size holds."""
+    if size % tp_size:
+        raise ValueError(f"{size} Mamba channels/heads are not divisible by tp_size={tp_size}")
+    count = size // tp_size
+    return tp_rank * count, count
+
+
+def mamba2_group_share(n_groups: int, tp_size: int, tp_rank: int) -> tuple[int, int]:
+    """(first, count) of the B/C groups rank tp_rank holds: G/tp whole groups, or, when there
+    are fewer groups than ranks, the one group its heads read (the rank's heads are a
+    contiguous 1/tp of them, inside one group when tp_size is a multiple of n_groups), which
+    tp / G ranks then each keep a copy of (vLLM replicates them the same way)."""
+    if n_groups % tp_size == 0:
+        return channel_share(n_groups, tp_size, tp_rank)
+    if tp_size % n_groups:
+        raise ValueError(f"Mamba2's n_groups={n_groups} cannot be split or shared evenly by "
+                         f"tp_size={tp_size}")
+    return tp_rank // (tp_size // n_groups), 1
+
+
 _STATE_MODEL_TYPES = ("jamba", "mamba", "falcon_mamba", "mamba2", "bamba", "granitemoehybrid")
 
 
-def mamba_state_spec(hf_config: Any) -> MambaStateSpec | None:
-    """The spec of a model with Mamba layers, by its config's model_type; None for the others."""
+def mamba_state_spec(hf_config: Any, tp_size: int = 1) -> MambaStateSpec | None:
+    """The spec of a model with Mamba layers, by its config's model_type; None for the others.
+    tp_size > 1: one rank's share (its channels / heads and B/C groups; every rank's alike)."""
     model_type = getattr(hf_config, "model_type", None)
     if model_type not in _STATE_MODEL_TYPES:
         return None  # (a dual encoder's config, CLIP's, has no top-level layer count)
     layers = hf_config.num_hidden_layers
     if model_type == "jamba":
         kinds = list(hf_config.layers_block_type)
-        inner = hf_config.mamba_expand * hf_config.hidden_size
+        inner = channel_share(hf_config.mamba_expand * hf_config.hidden_size, tp_size, 0)[1]
         return MambaStateSpec(
             mamba_layers=tuple(i for i, kind in enumerate(kinds) if kind == "mamba"),
             num_hidden_layers=layers, conv_channels=inner, conv_kernel=hf_config.mamba_d_conv,
             ssm_state_shape=(inner, hf_config.mamba_d_state),
         )  # fmt: skip
     if model_type in ("mamba", "falcon_mamba"):
-        inner = hf_config.intermediate_size
+        inner = channel_share(hf_config.intermediate_size, tp_size, 0)[1]
         return MambaStateSpec(
             mamba_layers=tuple(range(layers)), num_hidden_layers=layers, conv_channels=inner,
             conv_kernel=hf_config.conv_kernel, ssm_state_shape=(inner, hf_config.state_size),
         )  # fmt: skip
     if model_type == "mamba2":
-        inner, state = int(hf_config.expand * hf_config.hidden_size), hf_config.state_size
+        inner = channel_share(int(hf_config.expand * hf_config.hidden_size), tp_size, 0)[1]
+        state = hf_config.state_size
+        groups = mamba2_group_share(hf_config.n_groups, tp_size, 0)[1]
         return MambaStateSpec(
             mamba_layers=tuple(range(layers)), num_hidden_layers=layers,
-            conv_channels=inner + 2 * hf_config.n_groups * state,
-            conv_kernel=hf_config.conv_kernel,
-            ssm_state_shape=(hf_config.num_heads, hf_config.head_dim, state),
+            conv_channels=inner + 2 * groups * state, conv_kernel=hf_config.conv_kernel,
+            ssm_state_shape=(channel_share(hf_config.num_heads, tp_size, 0)[1],
+                             hf_config.head_dim, state),
         )  # fmt: skip
     if model_type in ("bamba", "granitemoehybrid"):  # Mamba2 layers
         kinds = list(hf_config.layers_block_type)
-        inner = int(hf_config.mamba_expand * hf_config.hidden_size)
+        inner = channel_share(int(hf_config.mamba_expand * hf_config.hidden_size), tp_size, 0)[1]
         state = hf_config.mamba_d_state
+        groups = mamba2_group_share(hf_config.mamba_n_groups, tp_size, 0)[1]
         return MambaStateSpec(
             mamba_layers=tuple(i for i, kind in enumerate(kinds) if kind == "linear_attention"),
-            num_hidden_layers=layers,
-            conv_channels=inner + 2 * hf_config.mamba_n_groups * state,
+            num_hidden_layers=layers, conv_channels=inner + 2 * groups * state,
             conv_kernel=hf_config.mamba_d_conv,
-            ssm_state_shape=(hf_config.mamba_n_heads, hf_config.mamba_d_head, state),
+            ssm_state_shape=(channel_share(hf_config.mamba_n_heads, tp_size, 0)[1],
+                             hf_config.mamba_d_head, state),
         )  # fmt: skip
     return None
 

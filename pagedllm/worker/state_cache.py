@@ -43,7 +43,8 @@ def plan_state_cache(config: EngineConfig, device: torch.device) -> StateCachePl
     """None for a model without Mamba layers. Otherwise max_num_seqs slots, carved out of the
     KV cache budget (kv_cache_memory, else the device's free memory times the fraction); with
     num_gpu_blocks_override the states come on top of the blocks."""
-    spec = mamba_state_spec(config.model.hf_config)
+    tp = config.parallel.tensor_parallel_size
+    spec = mamba_state_spec(config.model.hf_config, tp)  # (this rank's channels / heads)
     if spec is None:
         return None
     cache = config.cache
@@ -53,10 +54,15 @@ def plan_state_cache(config: EngineConfig, device: torch.device) -> StateCachePl
         return StateCachePlan(spec, num_slots, cache)
     budget = cache.kv_cache_memory or int(available_memory(device)
                                           * cache.kv_cache_memory_fraction)
+    # On a CPU the ranks share one memory: this rank's share of the budget is 1/tp (as
+    # plan_kv_cache takes it), and every rank's states come out of the one budget.
+    ranks_sharing = tp if device.type == "cpu" else 1
+    state_bytes *= ranks_sharing
     if state_bytes >= budget:
         raise ValueError(
             f"the Mamba state cache of max_num_seqs={num_slots} sequences takes "
-            f"{format_bytes(state_bytes)} ({format_bytes(spec.bytes_per_slot)} per sequence, "
+            f"{format_bytes(state_bytes)} ({format_bytes(spec.bytes_per_slot)} per sequence"
+            f"{' and rank' if ranks_sharing > 1 else ''}, "
             f"{len(spec.mamba_layers)} Mamba layers), more than the cache budget "
             f"{format_bytes(budget)}: lower max_num_seqs (--max-num-seqs) or raise "
             f"kv_cache_memory (--kv-cache-memory)")
@@ -74,6 +80,7 @@ def plan_kv_cache_beside_states(config: EngineConfig, plan: StateCachePlan,
         return KVCacheLayout(plan.num_slots * per_request, block_size, 0)
     try:
         return plan_kv_cache(config.model, plan.kv_cache_config, device,
+                             config.parallel.tensor_parallel_size,
                              num_layers=plan.spec.num_attention_layers)
     except ValueError as e:
         raise ValueError(

@@ -21,6 +21,7 @@ from pagedllm.model_executor.layers.linear import (
     ReplicatedLinear,
     RowParallelLinear,
 )
+from pagedllm.model_executor.layers.mamba import MambaInProj
 from pagedllm.model_executor.layers.moe import FusedMoE
 from pagedllm.model_executor.models.registry import (
     CLASSIFIER_MODEL_REGISTRY,
@@ -163,8 +164,9 @@ ROLES = {
     "o": RowParallelLinear, "wi": ColumnParallelLinear, "wi_0": ColumnParallelLinear,
     "wi_1": ColumnParallelLinear, "wo": RowParallelLinear,
     "dense": ReplicatedLinear,  # last: a classifier head's "pooler.dense" (no deeper name)
-    # Mamba mixers (no tensor parallelism: replicated but for out_proj, vLLM's row role)
-    "in_proj": ReplicatedLinear, "x_proj": ReplicatedLinear, "dt_proj": ReplicatedLinear,
+    # Mamba mixers (layers/mamba_parallel.py): in_proj's pieces split on their own, x_proj
+    # row-parallel (dt/B/C all-reduced), dt_proj by channel
+    "in_proj": MambaInProj, "x_proj": RowParallelLinear, "dt_proj": ColumnParallelLinear,
     "router": ReplicatedLinear, "moe.gate": ReplicatedLinear,  # Jamba's, Granite 4's routers
 }  # fmt: skip
 """Module name suffix -> the role of a linear layer there (vLLM's choice for that place)."""

@@ -29,7 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.model_executor.layers.layernorm import RMSNorm
-from pagedllm.model_executor.layers.linear import ReplicatedLinear, RowParallelLinear
+from pagedllm.model_executor.layers.linear import (
+    ColumnParallelLinear,
+    MergedColumnParallelLinear,
+    RowParallelLinear,
+    resolve_tp,
+)
+from pagedllm.model_executor.layers.mamba_parallel import RowPieces
 
 
 @dataclass
@@ -163,7 +169,12 @@ class StateSpaceMixer(nn.Module):
 class MambaMixer(StateSpaceMixer):
     """in_proj -> causal conv -> SiLU -> x_proj (dt, B, C) -> dt_proj -> selective scan, gated
     by SiLU(z) -> out_proj. bc_dt_norm_eps: RMS norms on dt, B and C after x_proj, with weights
-    (Jamba) or without (weightless_norms: Falcon-Mamba); None: none (Mamba)."""
+    (Jamba) or without (weightless_norms: Falcon-Mamba); None: none (Mamba).
+
+    Under tensor parallelism each rank holds intermediate_size / tp channels
+    (layers/mamba_parallel.py): in_proj's x and z halves, conv1d, dt_proj, A_log and D are the
+    rank's channels; x_proj is row-parallel (dt, B and C mix every channel: all-reduced, so the
+    dt/B/C norms see whole vectors), out_proj row-parallel."""
 
     def __init__(
         self,
@@ -179,19 +190,20 @@ class MambaMixer(StateSpaceMixer):
         weightless_norms: bool = False,
     ) -> None:
         super().__init__()
+        tp_size, tp_rank = resolve_tp(None, None)
+        channels = RowPieces.even(intermediate_size, tp_size, tp_rank)
         self.intermediate_size = intermediate_size
         self.state_size = state_size
         self.time_step_rank = time_step_rank
-        self.in_proj = ReplicatedLinear(hidden_size, 2 * intermediate_size, proj_bias,
-                                        prefix=f"{prefix}.in_proj")
-        self.conv1d = DepthwiseConv(intermediate_size, conv_kernel, conv_bias)
-        self.x_proj = ReplicatedLinear(intermediate_size, time_step_rank + 2 * state_size, False,
-                                       prefix=f"{prefix}.x_proj")
-        self.dt_proj = ReplicatedLinear(time_step_rank, intermediate_size, True,
-                                        prefix=f"{prefix}.dt_proj")
-        self.A_log = nn.Parameter(torch.zeros(intermediate_size, state_size))
-        self.D = nn.Parameter(torch.ones(intermediate_size))
-        # (vLLM's role for it; every part is whole at tensor-parallel size 1, the only one here)
+        self.in_proj = MambaInProj(hidden_size, [intermediate_size, intermediate_size],
+                                   proj_bias, f"{prefix}.in_proj")
+        self.conv1d = DepthwiseConv(channels, conv_kernel, conv_bias)
+        self.x_proj = RowParallelLinear(intermediate_size, time_step_rank + 2 * state_size, False,
+                                        prefix=f"{prefix}.x_proj")
+        self.dt_proj = ColumnParallelLinear(time_step_rank, intermediate_size, True,
+                                            prefix=f"{prefix}.dt_proj")
+        self.A_log = channels.attach(nn.Parameter(torch.zeros(channels.rows, state_size)))
+        self.D = channels.attach(nn.Parameter(torch.ones(channels.rows)))
         self.out_proj = RowParallelLinear(intermediate_size, hidden_size, proj_bias,
                                           prefix=f"{prefix}.out_proj")
         self.bc_dt_norm_eps = bc_dt_norm_eps
@@ -227,19 +239,52 @@ def _rms(x: torch.Tensor, eps: float | None) -> torch.Tensor:
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
+class MambaInProj(MergedColumnParallelLinear):
+    """in_proj: pieces stacked along the output rows (Mamba's [x | z], Mamba2's
+    [z | x | B | C | dt]), each split over the ranks on its own: evenly, or by the (first row,
+    rows) share given for it in `shares` (Mamba2's B and C groups, shared when fewer than the
+    ranks)."""
+
+    def __init__(self, hidden_size: int, sizes: list[int], bias: bool, prefix: str,
+                 shares: dict[int, tuple[int, int]] | None = None) -> None:
+        self.shares = dict(shares or {})
+        super().__init__(hidden_size, sizes, bias, prefix=prefix)
+        for param in (self._parameters.get("weight"), self.bias):
+            if param is not None and self.tp_size > 1:
+                param.weight_loader = self._piecewise(param.weight_loader)
+
+    def _piecewise(self, load: Any) -> Any:
+        """The checkpoint holds in_proj whole: hand it to the parameter's loader piece by piece
+        (shard i = rows of piece i), as a merged layer's separate checkpoint tensors come, so
+        a quant method that collects shards (GGUF blocks: narrow, no split) gets each rank's
+        slice of each piece."""
+
+        def load_pieces(param: nn.Parameter, loaded: Any, shard_id: Any = None) -> None:
+            if shard_id is not None:
+                return load(param, loaded, shard_id)
+            offset = 0
+            for index, size in enumerate(self.output_sizes):
+                load(param, loaded.narrow(0, offset, size), index)
+                offset += size
+
+        return load_pieces
+
+    def _outputs_per_partition(self) -> list[int]:
+        return [self.shares[i][1] if i in self.shares else size // self.tp_size
+                for i, size in enumerate(self.output_sizes)]
+
+    def _row_start(self, index: int, size: int) -> int:
+        return self.shares[index][0] if index in self.shares else self.tp_rank * size
+
+
 class DepthwiseConv(nn.Module):
-    """The checkpoint's `conv1d` (weight [I, 1, K], bias [I]); applied by causal_conv1d."""
+    """The checkpoint's `conv1d` (weight [C, 1, K], bias [C]); applied by causal_conv1d. Holds
+    this rank's channels of the whole tensors (`channels`: which rows)."""
 
-    def __init__(self, channels: int, kernel: int, bias: bool) -> None:
+    def __init__(self, channels: RowPieces, kernel: int, bias: bool) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.zeros(channels, kernel))
-        self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
-        self.weight.weight_loader = _load_conv_weight  # type: ignore[attr-defined]
-
-
-def _load_conv_weight(param: nn.Parameter, loaded: torch.Tensor) -> None:
-    with torch.no_grad():
-        param.copy_(loaded.reshape(param.shape).to(param.dtype))
+        self.weight = channels.attach(nn.Parameter(torch.zeros(channels.rows, kernel)))
+        self.bias = channels.attach(nn.Parameter(torch.zeros(channels.rows))) if bias else None
 
 
 def mamba_mixers(model: nn.Module) -> list[StateSpaceMixer]:

@@ -20,12 +20,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pagedllm.model_executor.layers.linear import ReplicatedLinear, RowParallelLinear
+from pagedllm.distributed import tensor_model_parallel_all_reduce
+from pagedllm.model_executor.layers.linear import RowParallelLinear, resolve_tp
 from pagedllm.model_executor.layers.mamba import (
     DepthwiseConv,
+    MambaInProj,
     MambaStepMetadata,
     StateSpaceMixer,
     causal_conv1d,
+)
+from pagedllm.model_executor.layers.mamba_parallel import (
+    RowPieces,
+    channel_share,
+    mamba2_group_share,
 )
 
 
@@ -57,19 +64,36 @@ def ssd_scan(
 
 
 class GatedGroupRMSNorm(nn.Module):
-    """norm(y * SiLU(gate)) over groups of group_size channels, then the weight (float32)."""
+    """norm(y * SiLU(gate)) over groups of group_size channels, then the weight (float32), as
+    transformers' MambaRMSNormGated: the mean of squares of each of the n_groups groups of
+    intermediate / n_groups channels.
 
-    def __init__(self, hidden_size: int, group_size: int, eps: float) -> None:
+    Under tensor parallelism the rank holds `channels` (a contiguous 1/tp of them): whole
+    groups when group_size fits in them (the norm stays local), else a part of one group that
+    tp / n_groups ranks share: each adds its part's sum of squares into its group's column of a
+    [T, n_groups] all-reduce, so the variance is the whole group's."""
+
+    def __init__(self, channels: RowPieces, group_size: int, eps: float) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.weight = channels.attach(nn.Parameter(torch.ones(channels.rows)))
         self.group_size = group_size
         self.eps = eps
+        local, start = channels.rows, channels.starts[0]
+        # the group the rank's channels lie in, when a group spans ranks (None: whole groups)
+        self.shared_group = None if group_size <= local else start // group_size
+        self.num_groups = sum(channels.sizes) // group_size
 
-    def forward(self, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:  # [T, I] float32
+    def forward(self, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:  # [T, I/tp] fp32
         y = y * F.silu(gate.float())
-        groups = y.view(y.shape[0], -1, self.group_size)
-        groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * groups.view_as(y).to(self.weight.dtype)
+        if self.shared_group is None:
+            groups = y.view(y.shape[0], -1, self.group_size)
+            groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
+            return self.weight * groups.view_as(y).to(self.weight.dtype)
+        sums = y.new_zeros((y.shape[0], self.num_groups))
+        sums[:, self.shared_group] = y.pow(2).sum(-1)
+        sums = tensor_model_parallel_all_reduce(sums)
+        variance = sums[:, self.shared_group, None] / self.group_size
+        return self.weight * (y * torch.rsqrt(variance + self.eps)).to(self.weight.dtype)
 
 
 class Mamba2Mixer(StateSpaceMixer):
@@ -89,21 +113,34 @@ class Mamba2Mixer(StateSpaceMixer):
         prefix: str,
     ) -> None:
         super().__init__()
-        self.intermediate_size = intermediate_size
-        self.num_heads, self.head_dim = num_heads, head_dim
-        self.num_groups, self.state_size = num_groups, state_size
-        self.conv_dim = intermediate_size + 2 * num_groups * state_size
+        tp_size, tp_rank = resolve_tp(None, None)
+        heads = channel_share(num_heads, tp_size, tp_rank)
+        group_share = mamba2_group_share(num_groups, tp_size, tp_rank)
+        inner = channel_share(intermediate_size, tp_size, tp_rank)
+        group_rows = num_groups * state_size
+        group_part = (group_share[0] * state_size, group_share[1] * state_size)
+        # this rank's sizes: everything below is the rank's share (all of it at tp_size 1)
+        self.intermediate_size = inner[1]
+        self.num_heads, self.head_dim = heads[1], head_dim
+        self.num_groups, self.state_size = group_share[1], state_size
+        self.conv_dim = inner[1] + 2 * group_part[1]
         limit = tuple(time_step_limit) if time_step_limit is not None else (0.0, float("inf"))
         # (0, inf), the default, is no limit at all: skip the clamp
         self.time_step_limit = None if limit == (0.0, float("inf")) else limit
-        self.in_proj = ReplicatedLinear(hidden_size, intermediate_size + self.conv_dim + num_heads,
-                                        proj_bias, prefix=f"{prefix}.in_proj")
-        self.conv1d = DepthwiseConv(self.conv_dim, conv_kernel, conv_bias)
-        self.dt_bias = nn.Parameter(torch.ones(num_heads))
-        self.A_log = nn.Parameter(torch.zeros(num_heads))
-        self.D = nn.Parameter(torch.ones(num_heads))
-        self.norm = GatedGroupRMSNorm(intermediate_size, intermediate_size // num_groups,
-                                      norm_eps)
+        # [z | x | B | C | dt]: z, x and dt by head, B and C the rank's groups
+        self.in_proj = MambaInProj(
+            hidden_size, [intermediate_size, intermediate_size, group_rows, group_rows, num_heads],
+            proj_bias, f"{prefix}.in_proj", shares={2: group_part, 3: group_part})
+        # conv1d's channels [x | B | C]: the same rows as in_proj's x, B and C
+        conv_rows = RowPieces([intermediate_size, group_rows, group_rows],
+                              [inner, group_part, group_part])
+        self.conv1d = DepthwiseConv(conv_rows, conv_kernel, conv_bias)
+        per_head = RowPieces([num_heads], [heads])
+        self.dt_bias = per_head.attach(nn.Parameter(torch.ones(heads[1])))
+        self.A_log = per_head.attach(nn.Parameter(torch.zeros(heads[1])))
+        self.D = per_head.attach(nn.Parameter(torch.ones(heads[1])))
+        self.norm = GatedGroupRMSNorm(RowPieces([intermediate_size], [inner]),
+                                      intermediate_size // num_groups, norm_eps)
         self.out_proj = RowParallelLinear(intermediate_size, hidden_size, proj_bias,
                                           prefix=f"{prefix}.out_proj")
 

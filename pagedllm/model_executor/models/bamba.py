@@ -4,7 +4,7 @@ the per-request state cache (layers/mamba2.py); attention rotates half of each h
 (partial_rotary_factor 0.5, which transformers' BambaConfig sets).
 
 The model loop, the CausalLM wrapper and the loader are the hybrids' shared ones
-(hybrid_common.py). Tensor and pipeline parallelism are not supported.
+(hybrid_common.py). -tp splits every layer; -pp is refused.
 """
 
 from __future__ import annotations

@@ -8,8 +8,7 @@ add, attention_multiplier as the softmax scale, logits divided by logits_scaling
 Checkpoint layout: block_sparse_moe.input_linear [E, 2I, H] / output_linear [E, H, I] (stacked,
 FusedMoE's layouts) and router.layer [E, H]; shared_mlp.input_linear [2S, H] (gate | up rows)
 and output_linear [H, S]. The model loop, the CausalLM wrapper and the router-plus-experts block
-are the hybrids' shared ones (hybrid_common.py). Tensor and pipeline parallelism are not
-supported.
+are the hybrids' shared ones (hybrid_common.py). -tp splits every layer; -pp is refused.
 """
 
 from __future__ import annotations

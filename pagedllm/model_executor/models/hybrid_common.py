@@ -7,7 +7,8 @@ checkpoint's names for the final norm (`norm`, `final_layernorm`) and the router
 `gate`), Granite's embedding multiplier and logits scaling, whether the top-k weights are
 renormalized. Each family's file keeps its layer's modules, its attention and its weight renames.
 
-Tensor and pipeline parallelism are not supported (the mixers are replicated layers).
+Tensor parallelism splits the mixers by channel / head (layers/mamba_parallel.py), attention by
+heads and the MLP / experts as Llama's and FusedMoE's; pipeline parallelism is refused.
 """
 
 from __future__ import annotations
@@ -105,9 +106,9 @@ class HybridForCausalLM(nn.Module):
     tied) and the logits processor (times logits_scale). Subclasses set model_cls and may rename
     checkpoint tensors (`rename_weights`) or map them (`weight_name_mappers`)."""
 
-    supports_tensor_parallel = False
+    supports_tensor_parallel = True  # (mixers split by channel / head: layers/mamba_parallel.py)
     supports_pipeline_parallel = False
-    parallel_refusal = MAMBA_PARALLEL_REFUSAL
+    parallel_refusal = MAMBA_PARALLEL_REFUSAL  # (-pp only)
     packed_modules_mapping = {
         "qkv_proj": ["q_proj", "k_proj", "v_proj"],
         "gate_up_proj": ["gate_proj", "up_proj"],

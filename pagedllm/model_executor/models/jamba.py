@@ -7,7 +7,7 @@ the k weights NOT renormalized) and a dense SwiGLU MLP otherwise. Attention has 
 encoding at all (the Mamba layers carry the order). Pre-norm blocks, as Llama's.
 
 The model loop, the CausalLM wrapper and the router-plus-experts block are the hybrids' shared
-ones (hybrid_common.py). Tensor and pipeline parallelism are not supported.
+ones (hybrid_common.py). -tp splits every layer; -pp is refused.
 """
 
 from __future__ import annotations

@@ -87,9 +87,9 @@ class MambaModel(nn.Module):
 
 
 class MambaForCausalLM(nn.Module):
-    supports_tensor_parallel = False
+    supports_tensor_parallel = True  # (mixers split by channel / head: layers/mamba_parallel.py)
     supports_pipeline_parallel = False
-    parallel_refusal = MAMBA_PARALLEL_REFUSAL
+    parallel_refusal = MAMBA_PARALLEL_REFUSAL  # (-pp only)
     build_mixer: MixerFactory = staticmethod(mamba_mixer)
 
     def __init__(self, model_config: ModelConfig) -> None:
