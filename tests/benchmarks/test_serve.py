@@ -75,7 +75,9 @@ def test_serve_sweep(bench_server, tiny_llama_dir, tmp_path, capsys):
         assert 0 < ttft["mean"] < e2e["mean"]
         assert ttft["median"] <= ttft["p90"] <= ttft["p99"]
         assert 0 < tpot["mean"] < e2e["mean"]
-        assert level["itl_ms"]["mean"] > 0
+        # (0 when every stream arrived in one chunk: a server that outpaces its client sends
+        # the tokens produced meanwhile together, so no gap between tokens is observed)
+        assert 0 <= level["itl_ms"]["mean"] < e2e["mean"]
         assert level["output_tok_s"] == pytest.approx(24 / level["duration_s"])
         assert level["request_throughput"] == pytest.approx(4 / level["duration_s"])
     printed = capsys.readouterr().out

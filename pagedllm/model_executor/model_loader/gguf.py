@@ -286,7 +286,8 @@ def gguf_hf_config(path: str) -> Any:
     reader = open_gguf(path)
     arch = gguf_architecture(reader)
     if arch in gguf_families2.ARCHITECTURES:
-        return gguf_families2.hf_config(reader, arch, _common_config(reader, arch))
+        return gguf_families2.hf_config(reader, arch, _common_config(reader, arch),
+                                        _rope_parameters)
     if arch in qwen_gemma.ARCHITECTURES:
         return qwen_gemma.hf_config(reader, arch, _common_config, _rope_parameters)
     if arch == "gemma3":

@@ -130,14 +130,17 @@ def hf_name(name: str, arch: str) -> str | None:
 # --- configs -----------------------------------------------------------------------------
 
 
-def hf_config(reader: GGUFFile, arch: str, common: dict[str, Any]) -> Any:
+def hf_config(reader: GGUFFile, arch: str, common: dict[str, Any],
+              rope_parameters: Callable[[Meta], dict[str, Any]]) -> Any:
     """The transformers config of a file of one of ARCHITECTURES; `common`: gguf.py's
-    _common_config (the fields every arch reads the same way)."""
+    _common_config (the fields every arch reads the same way); rope_parameters(meta): gguf.py's
+    reader of the rope fields (passed in: gguf.py imports this module)."""
 
     def meta(key: str, default: Any = None) -> Any:
         return reader.fields.get(f"{arch}.{key}", default)
 
     shapes = {t.name: tuple(int(d) for d in reversed(t.shape)) for t in reader.tensors}
+    common = {**common, "rope_parameters": rope_parameters(meta)}
     return _CONFIGS[arch](meta, common, shapes)
 
 
@@ -162,8 +165,6 @@ def _ffn_width(shapes: Shapes, common: dict[str, Any]) -> int:
 def _granite(meta: Meta, common: dict[str, Any], shapes: Shapes, moe: bool = False) -> Any:
     from transformers import GraniteConfig, GraniteMoeConfig
 
-    from pagedllm.model_executor.model_loader.gguf import _rope_parameters
-
     fields = dict(
         common,
         # the multipliers as llama.cpp's granite graph reads them (absent: its defaults)
@@ -172,7 +173,7 @@ def _granite(meta: Meta, common: dict[str, Any], shapes: Shapes, moe: bool = Fal
         attention_multiplier=meta("attention.scale", common["head_dim"] ** -0.5),
         logits_scaling=meta("logit_scale", 1.0),
         attention_bias="blk.0.attn_q.bias" in shapes,
-        rope_parameters=_rope_parameters(meta),
+        rope_parameters=common["rope_parameters"],
     )
     if not moe:
         return GraniteConfig(**fields, mlp_bias="blk.0.ffn_up.bias" in shapes)
@@ -189,8 +190,6 @@ def _granite(meta: Meta, common: dict[str, Any], shapes: Shapes, moe: bool = Fal
 
 def _falcon(meta: Meta, common: dict[str, Any], shapes: Shapes) -> Any:
     from transformers import FalconConfig
-
-    from pagedllm.model_executor.model_loader.gguf import _rope_parameters
 
     kv_heads = common["num_key_value_heads"]
     two_norms = "blk.0.attn_norm_2.weight" in shapes
@@ -210,7 +209,7 @@ def _falcon(meta: Meta, common: dict[str, Any], shapes: Shapes) -> Any:
         ffn_hidden_size=_ffn_width(shapes, common),
         layer_norm_epsilon=meta("attention.layer_norm_epsilon", 1e-5),
         max_position_embeddings=common["max_position_embeddings"],
-        rope_parameters=_rope_parameters(meta),
+        rope_parameters=common["rope_parameters"],
     )
 
 
