@@ -58,7 +58,11 @@ def select_execution_strategy(
 
 
 def _install(model: nn.Module, enforce_eager: bool, tp: int) -> ExecutionStrategy:
+    # (a vision-language model's decoder is its `language_model`: LlamaModel's forward runs the
+    # installed runner on the rows the worker merged)
     stack = getattr(model, "model", None)
+    if stack is None:
+        stack = getattr(model, "language_model", None)
     if stack is None or not hasattr(stack, "layer_runner"):
         return ExecutionStrategy(EAGER, f"{type(model).__name__} exposes no decoder layer stack")
     stack.layer_runner = None

@@ -5,11 +5,14 @@ transformers' (which the -tp 1 engine's equal: tests/distributed/test_tensor_par
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import httpx
@@ -36,7 +39,9 @@ def ray_head(tmp_path_factory, num_cpus: int):
     """Start a Ray head on 127.0.0.1 offering `num_cpus` (Ray's accounting: placement only),
     yield its address, stop it (tests/distributed/test_ray_data_parallel.py shares it)."""
     port = free_port()
-    temp_dir = str(tmp_path_factory.mktemp("ray"))
+    # (not under tmp_path: Ray's socket paths, e.g. <temp>/session_<date>_<pid>/sockets/
+    # plasma_store, must fit AF_UNIX's 107 bytes, and pytest's basetemp grows with its counter)
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     cmd = [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
            f"--port={port}", f"--num-cpus={num_cpus}", "--include-dashboard=false",
@@ -53,12 +58,14 @@ def ray_head(tmp_path_factory, num_cpus: int):
         import ray
 
         ray.shutdown()
-        os.killpg(proc.pid, signal.SIGTERM)  # the head and the processes it started
+        with contextlib.suppress(ProcessLookupError):  # (a head that failed to start is gone)
+            os.killpg(proc.pid, signal.SIGTERM)  # the head and the processes it started
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _wait_for_head(address: str, proc: subprocess.Popen) -> None:
