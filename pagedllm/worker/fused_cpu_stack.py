@@ -190,7 +190,10 @@ def layer_spec(layer: nn.Module) -> DecoderLayerSpec:
     _check_attention_backend(attn)
     norms = _block_norms(layer)
     rotary = attn_mod.rotary_emb
-    if type(rotary).forward is not RotaryEmbedding.forward:
+    # (a subclass that rotates differently overrides one of these: M-RoPE's forward_cpu /
+    # forward_native read 3-row positions, which the kernel's one cos/sin row per token is not)
+    if any(getattr(type(rotary), name) is not getattr(RotaryEmbedding, name)
+           for name in ("forward", "forward_cpu", "forward_native")):
         raise UnsupportedLayer(f"{type(rotary).__name__} is not the cached-cos/sin rotary")
     q_norm, k_norm = attn_mod.q_norm, attn_mod.k_norm
     for norm in (q_norm, k_norm):

@@ -22,7 +22,6 @@ from tests.hf_reference import hf_greedy, load_hf_model
 from tests.models.family_check import random_prompts
 from tests.models.test_gguf_qwen_gemma import write_gguf
 from tests.models.test_state_space_models import (
-    BAMBA,
     GRANITE_HYBRID,
     JAMBA,
     MAMBA,
@@ -34,12 +33,12 @@ from tests.models.test_state_space_models import (
 GRANITE_ONE_GROUP = {**GRANITE_HYBRID["rope_moe"], "mamba_n_groups": 1}
 
 FAMILIES = {
-    "mamba": ("MambaConfig", MAMBA),
+    # (one engine start per mixer layout, for CI's time: Falcon-Mamba runs Mamba's mixer plus
+    # Jamba's kind of dt/B/C norms, Bamba Mamba2's mixer in Granite's hybrid shell)
     # (in_proj's bias split with its rows, out_proj's added once after the all-reduce)
-    "falcon_mamba": ("FalconMambaConfig", {**MAMBA, "use_bias": True}),
+    "mamba": ("MambaConfig", {**MAMBA, "use_bias": True}),
     "jamba": ("JambaConfig", JAMBA),
     "mamba2": ("Mamba2Config", {**MAMBA2, "use_bias": True}),
-    "bamba": ("BambaConfig", BAMBA),
     "granite_hybrid": ("GraniteMoeHybridConfig", GRANITE_ONE_GROUP),
 }
 
