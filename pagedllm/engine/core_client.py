@@ -125,7 +125,74 @@ class EngineStartupFailed(RuntimeError):
     """The engine-core process could not start (model not found, KV cache too small, ...)."""
 
 
-class MPClient(EngineCoreClient):
+class FrameSendingClient(EngineCoreClient):
+    """What the clients of an engine core outside this process share (MPClient: a spawned
+    process; ray_core.RayCoreClient: a Ray actor): requests leave as typed MessagePack frames
+    (core_ipc.encode_input) queued for the subclass's feeder thread, and utility calls are
+    futures resolved when their UtilityOutput comes back (`_resolve_call`, from get_output)."""
+
+    _frames: queue.SimpleQueue[bytes | None]
+    _closing: bool
+    _call_ids: itertools.count
+    _pending_calls: dict[int, Future]
+    _call_methods: dict[int, str]
+
+    @abstractmethod
+    def _dead_reason(self) -> str | None:
+        """Why the core can no longer answer (None while it can): a call then fails at once,
+        since no reader would ever resolve it."""
+
+    def _send(self, kind: Any, payload: Any) -> None:
+        from pagedllm.engine.core_ipc import encode_input
+
+        if self._closing:
+            return
+        self._frames.put(encode_input(kind, payload))
+
+    def add_request(self, request: EngineCoreRequest) -> None:
+        from pagedllm.engine.core_ipc import EngineCoreRequestType
+
+        self._send(EngineCoreRequestType.ADD, request)
+
+    def abort_requests(self, request_ids: list[str]) -> None:
+        from pagedllm.engine.core_ipc import EngineCoreRequestType
+
+        if request_ids:
+            self._send(EngineCoreRequestType.ABORT, list(request_ids))
+
+    def finish_requests_stopped(self, request_ids: list[str]) -> None:
+        from pagedllm.engine.core_ipc import EngineCoreRequestType
+
+        if request_ids:
+            self._send(EngineCoreRequestType.FINISH_STOPPED, list(request_ids))
+
+    def call_utility(self, method: str, *args: Any) -> Future:
+        """Call EngineCoreProc.<method>(*args) in the engine core; resolved by get_output()'s
+        reader, so it needs someone consuming outputs."""
+        from pagedllm.engine.core_ipc import EngineCoreRequestType
+
+        future: Future = Future()
+        if (reason := self._dead_reason()) is not None:
+            future.set_exception(EngineDeadError(reason))
+            return future
+        call_id = next(self._call_ids)
+        self._call_methods[call_id] = method
+        self._pending_calls[call_id] = future
+        self._send(EngineCoreRequestType.UTILITY, (call_id, method, args))
+        return future
+
+    def _resolve_call(self, message: Any) -> None:
+        self._call_methods.pop(message.call_id, None)
+        future = self._pending_calls.pop(message.call_id, None)
+        if future is None:
+            return
+        if message.error is not None:
+            future.set_exception(RuntimeError(message.error))
+        else:
+            future.set_result(message.result)
+
+
+class MPClient(FrameSendingClient):
     """Runs the engine core in a spawned process (core_proc.py; the protocol: core_ipc.py).
 
     Both directions carry typed MessagePack frames (core_ipc.py), never pickle. Sending never
@@ -240,45 +307,10 @@ class MPClient(EngineCoreClient):
         with_hf_config(message.config)
         return message
 
-    def _send(self, kind: Any, payload: Any) -> None:
-        from pagedllm.engine.core_ipc import encode_input
-
-        if self._closing:
-            return
-        self._frames.put(encode_input(kind, payload))
-
-    def add_request(self, request: EngineCoreRequest) -> None:
-        from pagedllm.engine.core_ipc import EngineCoreRequestType
-
-        self._send(EngineCoreRequestType.ADD, request)
-
-    def abort_requests(self, request_ids: list[str]) -> None:
-        from pagedllm.engine.core_ipc import EngineCoreRequestType
-
-        if request_ids:
-            self._send(EngineCoreRequestType.ABORT, list(request_ids))
-
-    def finish_requests_stopped(self, request_ids: list[str]) -> None:
-        from pagedllm.engine.core_ipc import EngineCoreRequestType
-
-        if request_ids:
-            self._send(EngineCoreRequestType.FINISH_STOPPED, list(request_ids))
-
-    def call_utility(self, method: str, *args: Any) -> Future:
-        """Call EngineCoreProc.<method>(*args) in the engine process; resolved by get_output()'s
-        reader, so it needs someone consuming outputs."""
-        from pagedllm.engine.core_ipc import EngineCoreRequestType
-
-        future: Future = Future()
-        if not self._proc.is_alive():  # no reader will ever resolve it
-            future.set_exception(EngineDeadError(
-                f"engine core process died ({describe_exit(self._proc.exitcode)})"))
-            return future
-        call_id = next(self._call_ids)
-        self._call_methods[call_id] = method
-        self._pending_calls[call_id] = future
-        self._send(EngineCoreRequestType.UTILITY, (call_id, method, args))
-        return future
+    def _dead_reason(self) -> str | None:
+        if self._proc.is_alive():
+            return None
+        return f"engine core process died ({describe_exit(self._proc.exitcode)})"
 
     def get_output(self) -> EngineCoreOutputs:
         """The core's next outputs; EngineDeadError once the process has ended and everything it
@@ -316,16 +348,6 @@ class MPClient(EngineCoreClient):
         reason = f"the engine core sent an unexpected {type(message).__name__}; killed"
         self.kill(reason)
         return self._died()
-
-    def _resolve_call(self, message: Any) -> None:
-        self._call_methods.pop(message.call_id, None)
-        future = self._pending_calls.pop(message.call_id, None)
-        if future is None:
-            return
-        if message.error is not None:
-            future.set_exception(RuntimeError(message.error))
-        else:
-            future.set_result(message.result)
 
     def _died(self) -> EngineDeadError:
         self._proc.join(1.0)  # the sentinel fired or the pipe closed: the exit code is at hand

@@ -74,7 +74,9 @@ def with_hf_config(config: EngineConfig) -> EngineConfig:
     this process (the engine core resolved `path`; it is local now)."""
     from pagedllm.model_executor.model_loader.config import load_hf_config
     from pagedllm.model_executor.model_loader.resolve import resolve_model
+    from pagedllm.utils.transformers_import import import_transformers
 
+    import_transformers()  # (the API server's tokenizer thread may be importing it too)
     object.__setattr__(config.model, "hf_config", load_hf_config(resolve_model(config.model.path)))
     return config
 

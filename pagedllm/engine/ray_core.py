@@ -32,11 +32,11 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from pagedllm.engine.core_client import (
-    EngineCoreClient,
     EngineDeadError,
     EngineStartupFailed,
+    FrameSendingClient,
 )
-from pagedllm.engine.messages import EngineCoreOutputs, EngineCoreRequest
+from pagedllm.engine.messages import EngineCoreOutputs
 from pagedllm.logger import init_logger
 
 if TYPE_CHECKING:
@@ -203,7 +203,7 @@ class RayDPPlacement:
             self.group = None
 
 
-class RayCoreClient(EngineCoreClient):
+class RayCoreClient(FrameSendingClient):
     """One engine core in a Ray actor; MPClient's interface (what DPLBClient uses)."""
 
     def __init__(self, engine_args: EngineArgs, placement: RayDPPlacement, rank: int,
@@ -313,42 +313,8 @@ class RayCoreClient(EngineCoreClient):
             except ray.exceptions.RayError:  # the core died; get_output() reports it
                 return
 
-    def _send(self, kind: Any, payload: Any) -> None:
-        from pagedllm.engine.core_ipc import encode_input
-
-        if self._closing:
-            return
-        self._frames.put(encode_input(kind, payload))
-
-    def add_request(self, request: EngineCoreRequest) -> None:
-        from pagedllm.engine.core_ipc import EngineCoreRequestType
-
-        self._send(EngineCoreRequestType.ADD, request)
-
-    def abort_requests(self, request_ids: list[str]) -> None:
-        from pagedllm.engine.core_ipc import EngineCoreRequestType
-
-        if request_ids:
-            self._send(EngineCoreRequestType.ABORT, list(request_ids))
-
-    def finish_requests_stopped(self, request_ids: list[str]) -> None:
-        from pagedllm.engine.core_ipc import EngineCoreRequestType
-
-        if request_ids:
-            self._send(EngineCoreRequestType.FINISH_STOPPED, list(request_ids))
-
-    def call_utility(self, method: str, *args: Any) -> Future:
-        from pagedllm.engine.core_ipc import EngineCoreRequestType
-
-        future: Future = Future()
-        if not self.is_alive():
-            future.set_exception(EngineDeadError(f"engine core actor died ({self._dead})"))
-            return future
-        call_id = next(self._call_ids)
-        self._call_methods[call_id] = method
-        self._pending_calls[call_id] = future
-        self._send(EngineCoreRequestType.UTILITY, (call_id, method, args))
-        return future
+    def _dead_reason(self) -> str | None:
+        return None if self.is_alive() else f"engine core actor died ({self._dead})"
 
     # ---- outputs --------------------------------------------------------------------------------
 
@@ -372,12 +338,7 @@ class RayCoreClient(EngineCoreClient):
             if isinstance(message, Heartbeat):
                 continue
             if isinstance(message, UtilityOutput):
-                self._call_methods.pop(message.call_id, None)
-                future = self._pending_calls.pop(message.call_id, None)
-                if future is not None and message.error is not None:
-                    future.set_exception(RuntimeError(message.error))
-                elif future is not None:
-                    future.set_result(message.result)
+                self._resolve_call(message)
                 continue
             if not isinstance(message, EngineCoreOutputs):
                 reason = f"the engine core sent an unexpected {type(message).__name__}; killed"

@@ -267,7 +267,9 @@ def _chat_settings(settings: ServerSettings) -> Any:
 
 def _load_tokenizer(model: str | None) -> Any:
     from pagedllm.tokenizer.loader import load_tokenizer
+    from pagedllm.utils.transformers_import import import_transformers
 
+    import_transformers()  # (the engine client's start-up thread may be importing it too)
     return load_tokenizer(model)
 
 
