@@ -181,6 +181,20 @@ class FrameSendingClient(EngineCoreClient):
         self._send(EngineCoreRequestType.UTILITY, (call_id, method, args))
         return future
 
+    def _accept_ready(self, message: Any) -> Any:
+        """The core's first message: EngineReady (its config completed here), else
+        EngineStartupFailed with the core's reason."""
+        from pagedllm.engine.core_ipc import EngineReady, EngineStartupError, with_hf_config
+
+        if isinstance(message, EngineStartupError):
+            raise EngineStartupFailed(message.message)
+        if not isinstance(message, EngineReady):
+            raise EngineStartupFailed(f"unexpected first message from the engine core: "
+                                      f"{type(message).__name__}")
+        self.last_heard = time.monotonic()
+        with_hf_config(message.config)
+        return message
+
     def _resolve_call(self, message: Any) -> None:
         self._call_methods.pop(message.call_id, None)
         future = self._pending_calls.pop(message.call_id, None)
@@ -275,12 +289,7 @@ class MPClient(FrameSendingClient):
                 return
 
     def _wait_ready(self, timeout: float | None) -> Any:
-        from pagedllm.engine.core_ipc import (
-            EngineReady,
-            EngineStartupError,
-            decode_output,
-            with_hf_config,
-        )
+        from pagedllm.engine.core_ipc import decode_output
 
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._output_conn.poll(0.1):
@@ -298,14 +307,7 @@ class MPClient(FrameSendingClient):
             raise EngineStartupFailed(
                 f"engine core process exited during start-up (exit code {self._proc.exitcode})"
             ) from e
-        if isinstance(message, EngineStartupError):
-            raise EngineStartupFailed(message.message)
-        if not isinstance(message, EngineReady):
-            raise EngineStartupFailed(f"unexpected first message from the engine core: "
-                                      f"{type(message).__name__}")
-        self.last_heard = time.monotonic()
-        with_hf_config(message.config)
-        return message
+        return self._accept_ready(message)
 
     def _dead_reason(self) -> str | None:
         if self._proc.is_alive():

@@ -255,12 +255,7 @@ class RayCoreClient(FrameSendingClient):
     def _wait_ready(self, timeout: float | None) -> Any:
         import ray
 
-        from pagedllm.engine.core_ipc import (
-            EngineReady,
-            EngineStartupError,
-            decode_output,
-            with_hf_config,
-        )
+        from pagedllm.engine.core_ipc import decode_output
 
         deadline = None if timeout is None else time.monotonic() + timeout
         while not ray.wait([self._ready_ref], timeout=0.2)[0]:
@@ -272,14 +267,7 @@ class RayCoreClient(FrameSendingClient):
             message = decode_output(ray.get(self._ready_ref))
         except ray.exceptions.RayError as e:
             raise EngineStartupFailed(f"engine core actor died during start-up: {e}") from e
-        if isinstance(message, EngineStartupError):
-            raise EngineStartupFailed(message.message)
-        if not isinstance(message, EngineReady):
-            raise EngineStartupFailed(f"unexpected first message from the engine core: "
-                                      f"{type(message).__name__}")
-        self.last_heard = time.monotonic()
-        with_hf_config(message.config)
-        return message
+        return self._accept_ready(message)
 
     def is_alive(self) -> bool:
         return self._dead is None and not self._closing
