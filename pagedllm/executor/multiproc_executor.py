@@ -74,7 +74,13 @@ class MultiprocExecutor(RemoteExecutor):
             replies = [decode_reply(method, self._recv(rank, timeout)) for rank in ranks]
             errors = [error for error, _ in replies if error is not None]
             if errors:
-                raise RuntimeError(f"{method} failed on a worker: {errors[0]}")
+                failure = RuntimeError(f"{method} failed on a worker: {errors[0]}")
+                # A killed rank shows first as a collective error on a survivor ("connection
+                # reset by peer"): name the dead rank, the cause, where there is one
+                dead = self._dead_rank(grace=0.5)
+                if dead is not None:
+                    raise self._died(dead) from failure
+                raise failure
             return [result for _, result in replies]
 
         return collect
@@ -115,6 +121,12 @@ class MultiprocExecutor(RemoteExecutor):
         proc.join(0.5)
         return WorkerDied(f"worker rank {rank} (pid {proc.pid}) died"
                           f" (exit code {proc.exitcode})")
+
+    def _dead_rank(self, grace: float) -> int | None:
+        """The first rank whose process has exited, waiting up to `grace` seconds for one."""
+        sentinels = {proc.sentinel: rank for rank, proc in enumerate(self._procs)}
+        ready = wait(list(sentinels), grace)
+        return min(sentinels[s] for s in ready) if ready else None  # type: ignore[index]
 
     def check_health(self) -> None:
         for rank, proc in enumerate(self._procs):
