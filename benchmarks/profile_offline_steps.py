@@ -1,14 +1,17 @@
-"""Where the 64-request offline workload's time goes (`pagedllm bench throughput`'s requests, greedy,
-exactly --output-len tokens each): wall time split into prefill (any request with more than one
-scheduled token) and decode steps, and each step into its phases: the fused stack's sections
+"""Where the 64-request offline workload's time goes (bench throughput's requests, greedy,
+exactly --output-len tokens each): the run split into prefill steps (a request with more than one
+scheduled token) and decode steps, and each step into its parts: the fused stack's sections
 (linears by kind, paged attention, norms, rotary + KV write, activation; the kernels' own timer,
 decoder_layer.cpp), the rest of the forward (embedding, final norm), the LM head, the sampler,
 the engine's Python (schedule, input preparation, scheduler update, output processing) and the
-time between steps. The generated token ids go into the JSON too (their sha256, and all of them
-with --save-tokens) so two builds' greedy outputs can be compared token for token.
+rest of the step. Under contention (a shared machine) use --clock cpu at one thread: every part
+is then the calling thread's CPU time (the kernels' timer and the step profiler both), which
+other processes do not inflate as they inflate wall time. The generated token ids go into the
+JSON too (their sha256; all of them with --save-tokens) so two builds' greedy outputs can be
+compared token for token.
 
-    PAGEDLLM_NUM_THREADS=1 python benchmarks/profile_offline_steps.py \
-        --quantized-activation-dtype int8 --output-json /tmp/profile_int8.json
+    PAGEDLLM_NUM_THREADS=1 python benchmarks/profile_offline_steps.py --num-threads 1 \
+        --clock cpu --quantized-activation-dtype int8 --output-json /tmp/profile_int8.json
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pagedllm.benchmarks.datasets import add_dataset_args, requests_from_args
 from pagedllm.benchmarks.engine import EngineRunner
 from pagedllm.benchmarks.peers import warm_up
 from pagedllm.entrypoints.cli.engine_flags import add_engine_args
+from pagedllm.metrics import step_profile
 from pagedllm.metrics.step_profile import step_phase
 
 SECTIONS = ("norm", "qkv", "rotary_kv", "attention", "o", "gate_up", "act", "down")
@@ -36,6 +40,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)
     parser.add_argument("--output-json", required=True)
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: the thread's CPU time (use at 1 thread on a busy machine)")
     parser.add_argument("--save-tokens", action="store_true",
                         help="every request's generated ids in the JSON")  # fmt: skip
     add_dataset_args(parser, default_num_prompts=64)
@@ -44,7 +50,7 @@ def main() -> None:
     engine = EngineRunner(args)
     requests = requests_from_args(args, engine.tokenizer, max_model_len=engine.max_model_len)
     warm_up(engine, requests[0].prompt_len)
-    record = profile(engine, requests)
+    record = profile(engine, requests, args.clock)
     record["args"] = {k: v for k, v in vars(args).items() if _plain(v)}
     record["load_avg"] = [round(x, 2) for x in os.getloadavg()]
     if not args.save_tokens:
@@ -54,8 +60,10 @@ def main() -> None:
     print(format_record(record), flush=True)
 
 
-def profile(engine: EngineRunner, requests: list) -> dict:
+def profile(engine: EngineRunner, requests: list, clock: str = "wall") -> dict:
     """One timed generate of `requests`, every step classified and split."""
+    now = time.thread_time if clock == "cpu" else time.perf_counter
+    step_profile.time = _Clock(now)  # (the module's only use of time is perf_counter)
     llm_engine = engine.llm.llm_engine
     core = llm_engine.engine_core.engine_core
     runner = core.executor.driver_worker.model_runner
@@ -69,9 +77,9 @@ def profile(engine: EngineRunner, requests: list) -> dict:
     def timed_step():  # (LLM.generate calls llm_engine.step in a loop)
         phases_before = dict(profiler.seconds)
         sections_before = torch.ops.pagedllm.stack_section_seconds()
-        start = time.perf_counter()
+        start = now()
         result = step()
-        elapsed = time.perf_counter() - start
+        elapsed = now() - start
         kind = core.scheduler.last_step_kind
         last_kind.append(kind)
         for name, seconds in profiler.seconds.items():
@@ -88,18 +96,19 @@ def profile(engine: EngineRunner, requests: list) -> dict:
     llm_engine.step = timed_step
     profiler.reset()
     profiler.enabled = True
-    torch.ops.pagedllm.set_stack_section_timing(True)
+    torch.ops.pagedllm.set_stack_section_timing(2 if clock == "cpu" else 1)
     prompts = [r.prompt_token_ids for r in requests]
     params = _greedy(requests)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         outputs = engine.llm.generate([{"prompt_token_ids": p} for p in prompts], params,
                                       use_tqdm=False)  # fmt: skip
     finally:
-        wall = time.perf_counter() - start
-        torch.ops.pagedllm.set_stack_section_timing(False)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        torch.ops.pagedllm.set_stack_section_timing(0)
+        step_profile.time = time
         profiler.enabled = False
-        llm_engine.step = step
+        del llm_engine.step
         restore()
     token_ids = [list(o.outputs[0].token_ids) for o in outputs]
     made = sum(len(t) for t in token_ids)
@@ -111,14 +120,25 @@ def profile(engine: EngineRunner, requests: list) -> dict:
         "output_tokens": made,
         "wall_s": wall,
         "output_tok_s": made / wall,
+        "cpu_s": cpu,
+        "output_tok_per_cpu_s": made / cpu,
+        "clock": clock,
         "steps_s": sum(s["step"] for s in sums.values()),
-        "by_kind": {kind: _breakdown(sums[kind], counts[kind], wall) for kind in sums},
+        "by_kind": {kind: _breakdown(sums[kind], counts[kind], cpu if clock == "cpu" else wall)
+                    for kind in sums},  # fmt: skip
         "tokens_sha256": digest,
         "token_ids": token_ids,
     }
 
 
-def _breakdown(sums: dict[str, float], counts: dict[str, int], wall: float) -> dict:
+class _Clock:
+    """Stands in for the time module in metrics/step_profile.py: its perf_counter is `now`."""
+
+    def __init__(self, now) -> None:
+        self.perf_counter = now
+
+
+def _breakdown(sums: dict[str, float], counts: dict[str, int], total: float) -> dict:
     """Seconds per component of one step kind; `forward.rest` and `step.other` are what the
     named parts leave of the forward and the step."""
     stack = sum(sums.get("stack." + n, 0.0) for n in SECTIONS)
@@ -136,7 +156,7 @@ def _breakdown(sums: dict[str, float], counts: dict[str, int], wall: float) -> d
     return {
         **counts,
         "seconds": sums["step"],
-        "percent_of_wall": 100 * sums["step"] / wall,
+        "percent_of_total": 100 * sums["step"] / total,
         "ms_per_step": 1000 * sums["step"] / max(counts["steps"], 1),
         "parts_s": parts,
         "parts_percent_of_kind": {n: 100 * s / sums["step"] for n, s in parts.items()},
@@ -145,7 +165,7 @@ def _breakdown(sums: dict[str, float], counts: dict[str, int], wall: float) -> d
 
 def _instrument(scheduler, runner) -> callable:
     """Wrap the scheduler (each step's kind and size), the LM head and the sampler (their own
-    phases); returns the undo."""
+    phases) with instance attributes over their class's methods; returns the undo."""
     schedule, compute_logits = scheduler.schedule, runner.model.compute_logits
     sample = runner.sampler.forward
 
@@ -170,10 +190,8 @@ def _instrument(scheduler, runner) -> callable:
     runner.model.compute_logits = timed_logits
     runner.sampler.forward = timed_sample
 
-    def restore() -> None:
-        scheduler.schedule = schedule
-        runner.model.compute_logits = compute_logits
-        runner.sampler.forward = sample
+    def restore() -> None:  # (the class's methods show through again)
+        del scheduler.schedule, runner.model.compute_logits, runner.sampler.forward
 
     return restore
 
@@ -190,12 +208,13 @@ def _plain(value: object) -> bool:
 
 
 def format_record(record: dict) -> str:
-    lines = [f"{record['output_tok_s']:.1f} out tok/s over {record['wall_s']:.2f} s wall "
-             f"(steps {record['steps_s']:.2f} s); load {record['load_avg']}; "
+    lines = [f"{record['output_tok_s']:.1f} out tok/s over {record['wall_s']:.2f} s wall, "
+             f"{record['output_tok_per_cpu_s']:.1f} per CPU s ({record['cpu_s']:.2f} s); "
+             f"steps {record['steps_s']:.2f} s ({record['clock']}); load {record['load_avg']}; "
              f"tokens sha256 {record['tokens_sha256'][:16]}"]  # fmt: skip
     for kind, b in record["by_kind"].items():
         lines.append(f"{kind}: {b['steps']} steps, {b['seconds']:.2f} s "
-                     f"({b['percent_of_wall']:.1f}% of wall), {b['ms_per_step']:.2f} ms/step, "
+                     f"({b['percent_of_total']:.1f}% of the run), {b['ms_per_step']:.2f} ms/step, "
                      f"{b['rows'] / max(b['steps'], 1):.1f} rows/step")  # fmt: skip
         for name, seconds in b["parts_s"].items():
             lines.append(f"  {name:<18}{seconds:8.3f} s {b['parts_percent_of_kind'][name]:6.1f}%")

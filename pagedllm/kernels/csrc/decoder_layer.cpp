@@ -579,12 +579,14 @@ class LlamaDecoderStack : public torch::CustomClassHolder {
   std::vector<LlamaLayer> layers_;
 };
 
-// The section timer's switch (on: the sums restart from zero) and its sums, in seconds, in
-// StackSection order.
-void set_stack_section_timing(bool enabled) {
+// The section timer's clock (section_timer.h SectionClock: 0 off, 1 wall, 2 the calling
+// thread's CPU time; on: the sums restart from zero) and its sums, in seconds, in StackSection
+// order.
+void set_stack_section_timing(int64_t clock) {
+  TORCH_CHECK(clock >= 0 && clock <= 2, "set_stack_section_timing: clock 0, 1 or 2");
   auto& times = pagedllm::section_times();
-  if (enabled) std::fill(std::begin(times.nanos), std::end(times.nanos), 0);
-  times.enabled.store(enabled, std::memory_order_relaxed);
+  if (clock) std::fill(std::begin(times.nanos), std::end(times.nanos), 0);
+  times.clock.store(static_cast<int>(clock), std::memory_order_relaxed);
 }
 
 std::vector<double> stack_section_seconds() {

@@ -1,13 +1,16 @@
-// Wall time of each section of the fused decoder stack (decoder_layer.cpp), off by default:
+// Time of each section of the fused decoder stack (decoder_layer.cpp), off by default:
 // benchmarks/profile_offline_steps.py turns it on to split a step's forward into its linears
 // by kind, attention and the elementwise work between them. Sections are timed on the calling
-// thread around whole (internally parallel) calls, so the sums are wall time. Off, each
-// section costs one relaxed atomic load.
+// thread around whole (internally parallel) calls: wall time (kWall), or the calling thread's
+// CPU time (kThreadCpu: all of the work at one thread, and unlike wall time not inflated by
+// other processes on a shared machine; a system call per reading). Off, each section costs one
+// relaxed atomic load.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <ctime>
 
 namespace pagedllm {
 
@@ -23,8 +26,10 @@ enum class StackSection : int {
   kCount,
 };
 
+enum class SectionClock : int { kOff = 0, kWall = 1, kThreadCpu = 2 };
+
 struct SectionTimes {
-  std::atomic<bool> enabled{false};
+  std::atomic<int> clock{0};  // a SectionClock
   int64_t nanos[static_cast<int>(StackSection::kCount)] = {};
 };
 
@@ -33,26 +38,35 @@ inline SectionTimes& section_times() {
   return times;
 }
 
+inline int64_t section_clock_nanos(int clock) {
+  if (clock == static_cast<int>(SectionClock::kThreadCpu)) {
+    timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+  }
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 // Adds its lifetime to `section` while timing is on.
 class SectionScope {
  public:
   explicit SectionScope(StackSection section) : section_(section) {
-    on_ = section_times().enabled.load(std::memory_order_relaxed);
-    if (on_) start_ = std::chrono::steady_clock::now();
+    clock_ = section_times().clock.load(std::memory_order_relaxed);
+    if (clock_) start_ = section_clock_nanos(clock_);
   }
   ~SectionScope() {
-    if (!on_) return;
-    const auto elapsed = std::chrono::steady_clock::now() - start_;
-    section_times().nanos[static_cast<int>(section_)] +=
-        std::chrono::duration_cast<std::chrono::nanoseconds>(elapsed).count();
+    if (clock_) section_times().nanos[static_cast<int>(section_)] +=
+        section_clock_nanos(clock_) - start_;
   }
   SectionScope(const SectionScope&) = delete;
   SectionScope& operator=(const SectionScope&) = delete;
 
  private:
   StackSection section_;
-  bool on_ = false;
-  std::chrono::steady_clock::time_point start_;
+  int clock_ = 0;
+  int64_t start_ = 0;
 };
 
 }  // namespace pagedllm
