@@ -2,7 +2,8 @@
 process of benchmarks/profile_offline_steps.py, the configurations alternating round by round (a
 shared machine's speed drifts); every run records `uptime`'s load before and after, wall and CPU
 output tok/s and its step breakdown, and how many requests' greedy tokens match the first
-configuration's of the same round (token for token).
+configuration's of the same round (token for token). A configuration's leading NAME=value words
+are environment variables of its process (a kernel's knob), the rest engine flags.
 
     PAGEDLLM_NUM_THREADS=1 python benchmarks/offline_ab.py --rounds 2 \\
         --config fp32kv="" --config fp16kv="--kv-cache-dtype fp16" \\
@@ -12,8 +13,10 @@ configuration's of the same round (token for token).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -26,13 +29,16 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def _run(flags: list[str], args: argparse.Namespace) -> dict:
+def _run(words: list[str], args: argparse.Namespace) -> dict:
+    env_words = list(itertools.takewhile(lambda w: re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", w), words))
+    flags = words[len(env_words):]
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "profile_offline_steps.py"),
                "--num-threads", str(args.threads), "--num-prompts", str(args.num_prompts),
                "--clock", args.clock, "--save-tokens", *flags,
                "--output-json", out.name]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": ROOT, "PAGEDLLM_NUM_THREADS": str(args.threads)}
+        env = {**os.environ, "PYTHONPATH": ROOT, "PAGEDLLM_NUM_THREADS": str(args.threads),
+               **dict(w.split("=", 1) for w in env_words)}  # fmt: skip
         before = _load()
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         after = _load()
