@@ -192,8 +192,7 @@ std::tuple<at::Tensor, at::Tensor> attention_half(const LlamaLayer& layer,
   // input norm with the residual add fused (layers/layernorm.py RMSNorm.forward)
   at::Tensor residual = hidden;
   float* x = rows_of(buf.x, T, width);
-  {
-  pagedllm::SectionScope _timed(pagedllm::StackSection::kNorm);
+  pagedllm::SectionLaps laps(pagedllm::StackSection::kNorm);
   if (residual_in.defined()) {
     // (in place when residual_in is the buffer, from the layer before)
     pagedllm::rms_norm_residual_rows(hidden.data_ptr<float>(), residual_in.data_ptr<float>(),
@@ -205,21 +204,16 @@ std::tuple<at::Tensor, at::Tensor> attention_half(const LlamaLayer& layer,
                                      layer.input_norm.data_ptr<float>(), T, width, feps, nullptr,
                                      x);
   }
-  }
 
   // attention: q and k normed (Qwen3) and rotated in place in the qkv rows, k and v copied
   // into the cache
-  at::Tensor qkv;
-  {
-    pagedllm::SectionScope _timed(pagedllm::StackSection::kQkv);
-    qkv = linear(buf.x, layer.qkv, layer.qkv_bias, buf.qkv);
-    add_lora(qkv, buf.x, layer.qkv_lora, step);
-  }
+  laps.next(pagedllm::StackSection::kQkv);
+  const at::Tensor qkv = linear(buf.x, layer.qkv, layer.qkv_bias, buf.qkv);
+  add_lora(qkv, buf.x, layer.qkv_lora, step);
   float* qkv_rows = qkv.data_ptr<float>();
   const int64_t stride = qkv.size(1), num_heads = layer.num_heads, head_dim = layer.head_dim;
   const int64_t q_size = num_heads * head_dim, kv_size = layer.num_kv_heads * head_dim;
-  {
-  pagedllm::SectionScope _timed(pagedllm::StackSection::kRotaryKv);
+  laps.next(pagedllm::StackSection::kRotaryKv);
   if (layer.q_norm.has_value()) {
     norm_heads(qkv_rows, stride, T, num_heads, head_dim, *layer.q_norm, layer.qk_norm_eps);
     norm_heads(qkv_rows + q_size, stride, T, layer.num_kv_heads, head_dim, *layer.k_norm,
@@ -233,15 +227,12 @@ std::tuple<at::Tensor, at::Tensor> attention_half(const LlamaLayer& layer,
                         layer.num_kv_heads, head_dim, layer.rotary_dim, cos_sin, positions);
   write_kv_rows(qkv_rows + q_size, qkv_rows + q_size + kv_size, stride, kv_size,
                 step.slot_mapping.data_ptr<int64_t>(), T, layer.kv_cache);
-  }
-  {
-  pagedllm::SectionScope _timed(pagedllm::StackSection::kAttention);
+  laps.next(pagedllm::StackSection::kAttention);
   pagedllm::paged_attention_rows(step.attention, qkv_rows, stride, num_heads,
                                  pagedllm::paged_cache(layer.kv_cache), layer.scale,
                                  layer.sliding_window, layer.soft_cap,
                                  rows_of(buf.attn, T, q_size), q_size);
-  }
-  pagedllm::SectionScope _timed(pagedllm::StackSection::kO);
+  laps.next(pagedllm::StackSection::kO);
   const at::Tensor o = linear(buf.attn, layer.o, layer.o_bias, buf.o);
   add_lora(o, buf.attn, layer.o_lora, step);
   return {o, residual};
@@ -253,30 +244,23 @@ std::tuple<at::Tensor, at::Tensor> attention_half(const LlamaLayer& layer,
 at::Tensor mlp_half(const LlamaLayer& layer, const at::Tensor& o, const at::Tensor& residual,
                     const StepInputs& step, StepBuffers& buf) {
   const int64_t T = step.T, width = o.size(1);
-  {
-  pagedllm::SectionScope _timed(pagedllm::StackSection::kNorm);
+  pagedllm::SectionLaps laps(pagedllm::StackSection::kNorm);
   pagedllm::rms_norm_residual_rows(o.data_ptr<float>(), residual.data_ptr<float>(),
                                    layer.post_norm.data_ptr<float>(), T, width,
                                    static_cast<float>(layer.eps), rows_of(buf.residual, T, width),
                                    rows_of(buf.x, T, width));
-  }
-  at::Tensor gate_up;
-  {
-    pagedllm::SectionScope _timed(pagedllm::StackSection::kGateUp);
-    gate_up = linear(buf.x, layer.gate_up, std::nullopt, buf.gate_up);
-    add_lora(gate_up, buf.x, layer.gate_up_lora, step);
-  }
+  laps.next(pagedllm::StackSection::kGateUp);
+  const at::Tensor gate_up = linear(buf.x, layer.gate_up, std::nullopt, buf.gate_up);
+  add_lora(gate_up, buf.x, layer.gate_up_lora, step);
   const int64_t inter = gate_up.size(1) / 2;
   float* act = rows_of(buf.act, T, inter);
-  {
-  pagedllm::SectionScope _timed(pagedllm::StackSection::kAct);
+  laps.next(pagedllm::StackSection::kAct);
   if (layer.activation == Activation::kGeluTanh) {
     pagedllm::gelu_tanh_and_mul_rows(gate_up.data_ptr<float>(), T, inter, act);
   } else {
     pagedllm::silu_and_mul_rows(gate_up.data_ptr<float>(), T, inter, act);
   }
-  }
-  pagedllm::SectionScope _timed(pagedllm::StackSection::kDown);
+  laps.next(pagedllm::StackSection::kDown);
   at::Tensor out = linear(buf.act, layer.down, std::nullopt, buf.hidden);
   add_lora(out, buf.act, layer.down_lora, step);
   return out;

@@ -49,19 +49,28 @@ inline int64_t section_clock_nanos(int clock) {
       .count();
 }
 
-// Adds its lifetime to `section` while timing is on.
-class SectionScope {
+// Times consecutive sections of one function: each next() ends the running section and starts
+// another; the last ends with the scope. (Laps, so the timed code keeps its shape: no braces.)
+class SectionLaps {
  public:
-  explicit SectionScope(StackSection section) : section_(section) {
+  explicit SectionLaps(StackSection first) : section_(first) {
     clock_ = section_times().clock.load(std::memory_order_relaxed);
     if (clock_) start_ = section_clock_nanos(clock_);
   }
-  ~SectionScope() {
+  void next(StackSection section) {
+    if (clock_) {
+      const int64_t now = section_clock_nanos(clock_);
+      section_times().nanos[static_cast<int>(section_)] += now - start_;
+      start_ = now;
+    }
+    section_ = section;
+  }
+  ~SectionLaps() {
     if (clock_) section_times().nanos[static_cast<int>(section_)] +=
         section_clock_nanos(clock_) - start_;
   }
-  SectionScope(const SectionScope&) = delete;
-  SectionScope& operator=(const SectionScope&) = delete;
+  SectionLaps(const SectionLaps&) = delete;
+  SectionLaps& operator=(const SectionLaps&) = delete;
 
  private:
   StackSection section_;
