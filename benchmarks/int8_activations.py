@@ -6,6 +6,8 @@ OpenVINO's LLMPipeline). Every run records `uptime`'s load average before and af
 
     python benchmarks/int8_activations.py --threads 1 --rounds 3 \
         --output-json benchmarks/results/int8_activations_smollm2_q4_1_1thread.json
+
+--engine-flags adds engine flags to every run of ours (e.g. "--kv-cache-dtype fp16").
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -39,7 +42,8 @@ def _run(kind: str, engine: str, args: argparse.Namespace) -> dict:
                      "--num-iters", "3", "--num-iters-warmup", "1"]  # fmt: skip
         cmd = [sys.executable, "-m", "pagedllm.entrypoints.cli.main", "bench", kind, *shape,
                "--peers", peers, "--num-threads", str(args.threads),
-               "--quantized-activation-dtype", dtype, "--output-json", out.name]  # fmt: skip
+               "--quantized-activation-dtype", dtype, *shlex.split(args.engine_flags),
+               "--output-json", out.name]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": ROOT, "PAGEDLLM_NUM_THREADS": str(args.threads)}
         before = _load()
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -66,6 +70,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--num-prompts", type=int, default=64)
     parser.add_argument("--kinds", nargs="+", default=["throughput", "latency"])
+    parser.add_argument("--engine-flags", default="",
+                        help="more engine flags for our runs, e.g. '--kv-cache-dtype fp16'")
     parser.add_argument("--output-json", required=True)
     args = parser.parse_args()
     runs = []
@@ -96,6 +102,7 @@ def main() -> None:
         "machine": {"cpu": _cpu_model(), "logical_cores": os.cpu_count(),
                     "platform": platform.platform()},  # fmt: skip
         "threads": args.threads,
+        "engine_flags": args.engine_flags,
         "summary": summary,
         "runs": runs,
     }

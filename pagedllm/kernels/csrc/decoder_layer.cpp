@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "ops.h"
+#include "section_timer.h"
 #include "vec/vec.h"
 
 namespace {
@@ -191,6 +192,7 @@ std::tuple<at::Tensor, at::Tensor> attention_half(const LlamaLayer& layer,
   // input norm with the residual add fused (layers/layernorm.py RMSNorm.forward)
   at::Tensor residual = hidden;
   float* x = rows_of(buf.x, T, width);
+  pagedllm::SectionLaps laps(pagedllm::StackSection::kNorm);
   if (residual_in.defined()) {
     // (in place when residual_in is the buffer, from the layer before)
     pagedllm::rms_norm_residual_rows(hidden.data_ptr<float>(), residual_in.data_ptr<float>(),
@@ -205,11 +207,13 @@ std::tuple<at::Tensor, at::Tensor> attention_half(const LlamaLayer& layer,
 
   // attention: q and k normed (Qwen3) and rotated in place in the qkv rows, k and v copied
   // into the cache
+  laps.next(pagedllm::StackSection::kQkv);
   const at::Tensor qkv = linear(buf.x, layer.qkv, layer.qkv_bias, buf.qkv);
   add_lora(qkv, buf.x, layer.qkv_lora, step);
   float* qkv_rows = qkv.data_ptr<float>();
   const int64_t stride = qkv.size(1), num_heads = layer.num_heads, head_dim = layer.head_dim;
   const int64_t q_size = num_heads * head_dim, kv_size = layer.num_kv_heads * head_dim;
+  laps.next(pagedllm::StackSection::kRotaryKv);
   if (layer.q_norm.has_value()) {
     norm_heads(qkv_rows, stride, T, num_heads, head_dim, *layer.q_norm, layer.qk_norm_eps);
     norm_heads(qkv_rows + q_size, stride, T, layer.num_kv_heads, head_dim, *layer.k_norm,
@@ -223,10 +227,12 @@ std::tuple<at::Tensor, at::Tensor> attention_half(const LlamaLayer& layer,
                         layer.num_kv_heads, head_dim, layer.rotary_dim, cos_sin, positions);
   write_kv_rows(qkv_rows + q_size, qkv_rows + q_size + kv_size, stride, kv_size,
                 step.slot_mapping.data_ptr<int64_t>(), T, layer.kv_cache);
+  laps.next(pagedllm::StackSection::kAttention);
   pagedllm::paged_attention_rows(step.attention, qkv_rows, stride, num_heads,
                                  pagedllm::paged_cache(layer.kv_cache), layer.scale,
                                  layer.sliding_window, layer.soft_cap,
                                  rows_of(buf.attn, T, q_size), q_size);
+  laps.next(pagedllm::StackSection::kO);
   const at::Tensor o = linear(buf.attn, layer.o, layer.o_bias, buf.o);
   add_lora(o, buf.attn, layer.o_lora, step);
   return {o, residual};
@@ -238,19 +244,23 @@ std::tuple<at::Tensor, at::Tensor> attention_half(const LlamaLayer& layer,
 at::Tensor mlp_half(const LlamaLayer& layer, const at::Tensor& o, const at::Tensor& residual,
                     const StepInputs& step, StepBuffers& buf) {
   const int64_t T = step.T, width = o.size(1);
+  pagedllm::SectionLaps laps(pagedllm::StackSection::kNorm);
   pagedllm::rms_norm_residual_rows(o.data_ptr<float>(), residual.data_ptr<float>(),
                                    layer.post_norm.data_ptr<float>(), T, width,
                                    static_cast<float>(layer.eps), rows_of(buf.residual, T, width),
                                    rows_of(buf.x, T, width));
+  laps.next(pagedllm::StackSection::kGateUp);
   const at::Tensor gate_up = linear(buf.x, layer.gate_up, std::nullopt, buf.gate_up);
   add_lora(gate_up, buf.x, layer.gate_up_lora, step);
   const int64_t inter = gate_up.size(1) / 2;
   float* act = rows_of(buf.act, T, inter);
+  laps.next(pagedllm::StackSection::kAct);
   if (layer.activation == Activation::kGeluTanh) {
     pagedllm::gelu_tanh_and_mul_rows(gate_up.data_ptr<float>(), T, inter, act);
   } else {
     pagedllm::silu_and_mul_rows(gate_up.data_ptr<float>(), T, inter, act);
   }
+  laps.next(pagedllm::StackSection::kDown);
   at::Tensor out = linear(buf.act, layer.down, std::nullopt, buf.hidden);
   add_lora(out, buf.act, layer.down_lora, step);
   return out;
@@ -553,9 +563,28 @@ class LlamaDecoderStack : public torch::CustomClassHolder {
   std::vector<LlamaLayer> layers_;
 };
 
+// The section timer's clock (section_timer.h SectionClock: 0 off, 1 wall, 2 the calling
+// thread's CPU time; on: the sums restart from zero) and its sums, in seconds, in StackSection
+// order.
+void set_stack_section_timing(int64_t clock) {
+  TORCH_CHECK(clock >= 0 && clock <= 2, "set_stack_section_timing: clock 0, 1 or 2");
+  auto& times = pagedllm::section_times();
+  if (clock) std::fill(std::begin(times.nanos), std::end(times.nanos), 0);
+  times.clock.store(static_cast<int>(clock), std::memory_order_relaxed);
+}
+
+std::vector<double> stack_section_seconds() {
+  const auto& times = pagedllm::section_times();
+  std::vector<double> seconds;
+  for (int64_t n : times.nanos) seconds.push_back(static_cast<double>(n) * 1e-9);
+  return seconds;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
+  m.def("set_stack_section_timing", &set_stack_section_timing);
+  m.def("stack_section_seconds", &stack_section_seconds);
   m.class_<LlamaDecoderStack>("LlamaDecoderStack")
       .def(torch::init<>())
       .def("add_layer", &LlamaDecoderStack::add_layer)

@@ -25,6 +25,7 @@
 #include "vec/vec.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -42,6 +43,21 @@ constexpr int kKeyChunk = 16;
 // Chunks ahead whose K and V rows are prefetched (1: decode over 64 requests of 512 tokens, which
 // streams the cache from memory, takes 0.6x the time (fp16 0.4x); 2 or 3 gain nothing more).
 constexpr int64_t kAhead = 1, kRing = kAhead + 1;
+// Decode rows over a float32 cache also pull the chunk kFar ahead into L2 (vec::prefetch_l2):
+// one query row per item does too little arithmetic per byte for the one-chunk L1 prefetch to
+// hide the memory's latency, most of all on a busy machine (64 decodes of 260 keys, one layer:
+// 0.75-0.85x the thread's CPU time; the 64-request workload's decode attention 0.94x, its output
+// tok per CPU s 1.025-1.043x, benchmarks/results/offline_ab_attention_far_prefetch_*). Not for float16 rows (they already stream at half the bytes, and the
+// extra instructions cost more than they hide) nor prefill tiles (each key serves up to
+// kQueryTile rows). Prefetches change no arithmetic: the same bits. PAGEDLLM_ATTENTION_FAR_PREFETCH
+// (read once; 0: off) sets the distance, for benchmarks/offline_ab.py to measure it against none.
+int64_t far_prefetch_chunks() {
+  static const int64_t chunks = [] {
+    const char* env = std::getenv("PAGEDLLM_ATTENTION_FAR_PREFETCH");
+    return env != nullptr ? std::max<int64_t>(0, std::atoll(env)) : int64_t{3};
+  }();
+  return chunks;
+}
 
 // Cache elements are float (the model dtype) or at::Half (--kv-cache-dtype fp16: half the bytes
 // to stream, and decode attention over a long batch is bound by reading the cache).
@@ -257,6 +273,7 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
   // for other head sizes, nor as values
   alignas(64) static const CT zeros[256] = {};
   const int64_t row_bytes = D * static_cast<int64_t>(sizeof(CT));
+  const int64_t far = far_prefetch_chunks();
   auto run_items = [&](int64_t begin, int64_t end) {
     const int64_t rows = kQueryTile * group;  // (query, head) pairs of one item
     // per-thread scratch, kept between calls (no allocation per layer)
@@ -320,6 +337,18 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
         if (c + kAhead <= c_last) {
           chunk_rows((c + kAhead) * kKeyChunk, ring_k[(c + kAhead) % kRing],
                      ring_v[(c + kAhead) % kRing], true);
+        }
+        if (std::is_same_v<CT, float> && tn == 1 && far > 0 && c + far <= c_last) {
+          const int64_t far0 = std::max<int64_t>((c + far) * kKeyChunk, lo);
+          const int64_t far1 = std::min<int64_t>((c + far + 1) * kKeyChunk, last_pos + 1);
+          for (int64_t key = far0; key < far1; ++key) {
+            const int64_t at = btp[r * max_blocks + key / block_size] * block_stride +
+                               key % block_size * slot_stride + kvh * D;
+            for (int64_t b = 0; b < row_bytes; b += 64) {
+              vec::prefetch_l2(reinterpret_cast<const char*>(kp + at) + b);
+              vec::prefetch_l2(reinterpret_cast<const char*>(vp + at) + b);
+            }
+          }
         }
         const CT* const* krow = ring_k[c % kRing];
         const CT* const* vrow = ring_v[c % kRing];

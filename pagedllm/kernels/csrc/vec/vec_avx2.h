@@ -170,6 +170,10 @@ inline void store_i16(int16_t* p, I8x32 a, I8x32 b) {
 }
 
 inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+// into L2 only (a stream read further ahead than L1 can hold in flight)
+inline void prefetch_l2(const void* p) {
+  _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1);
+}
 inline float half_to_float(c10::Half h) { return _cvtsh_ss(h.x); }
 // one weight of any storage dtype as float32 (exact)
 inline float to_f32(float x) { return x; }

@@ -276,6 +276,7 @@ inline void store_i16(int16_t* p, const I8x32& a, const I8x32& b) {  // saturati
 }
 
 inline void prefetch(const void* p) { __builtin_prefetch(p); }
+inline void prefetch_l2(const void* p) { __builtin_prefetch(p, 0, 2); }
 inline float half_to_float(c10::Half h) { return static_cast<float>(h); }
 inline float to_f32(float x) { return x; }
 inline float to_f32(c10::Half h) { return half_to_float(h); }
