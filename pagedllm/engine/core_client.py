@@ -181,6 +181,23 @@ class FrameSendingClient(EngineCoreClient):
         self._send(EngineCoreRequestType.UTILITY, (call_id, method, args))
         return future
 
+    @abstractmethod
+    def _wait_ready(self, timeout: float | None) -> Any:
+        """Block until the core's first message arrives (EngineStartupFailed on a timeout, a
+        cancel or the core's death); return _accept_ready(message)."""
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until the core has loaded the model; EngineStartupFailed (the core is then
+        stopped) if it cannot. Safe to call from a thread while another calls shutdown()."""
+        try:
+            ready = self._wait_ready(timeout)
+        except BaseException:
+            self.shutdown(timeout=0.0)
+            raise
+        self.config = ready.config
+        self.num_kv_blocks = ready.num_kv_blocks
+        self.kv_cache_bytes = ready.kv_cache_bytes
+
     def _accept_ready(self, message: Any) -> Any:
         """The core's first message: EngineReady (its config completed here), else
         EngineStartupFailed with the core's reason."""
@@ -249,18 +266,6 @@ class MPClient(FrameSendingClient):
         self.kv_cache_bytes: int | None = None
         if wait_ready:
             self.wait_ready(startup_timeout)
-
-    def wait_ready(self, timeout: float | None = None) -> None:
-        """Block until the core has loaded the model; EngineStartupFailed (the process is then
-        stopped) if it cannot. Safe to call from a thread while another calls shutdown()."""
-        try:
-            ready = self._wait_ready(timeout)
-        except BaseException:
-            self.shutdown(timeout=0.0)
-            raise
-        self.config = ready.config
-        self.num_kv_blocks = ready.num_kv_blocks
-        self.kv_cache_bytes = ready.kv_cache_bytes
 
     @property
     def pid(self) -> int | None:

@@ -241,17 +241,6 @@ class RayCoreClient(FrameSendingClient):
         if wait_ready:
             self.wait_ready(startup_timeout)
 
-    def wait_ready(self, timeout: float | None = None) -> None:
-        try:
-            ready = self._wait_ready(timeout)
-        except BaseException:
-            self.shutdown(timeout=0.0)
-            raise
-        self.config = ready.config
-        self.num_kv_blocks = ready.num_kv_blocks
-        self.kv_cache_bytes = ready.kv_cache_bytes
-        self.pid = ready.pid
-
     def _wait_ready(self, timeout: float | None) -> Any:
         import ray
 
@@ -267,7 +256,9 @@ class RayCoreClient(FrameSendingClient):
             message = decode_output(ray.get(self._ready_ref))
         except ray.exceptions.RayError as e:
             raise EngineStartupFailed(f"engine core actor died during start-up: {e}") from e
-        return self._accept_ready(message)
+        ready = self._accept_ready(message)
+        self.pid = ready.pid  # (the actor's process; MPClient's is its own child's)
+        return ready
 
     def is_alive(self) -> bool:
         return self._dead is None and not self._closing

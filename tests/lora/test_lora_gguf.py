@@ -15,7 +15,8 @@ from pagedllm import LLM, LoRARequest, SamplingParams
 from tests.engine_internals import loaded_model
 from tests.lora.adapters import make_adapter
 from tests.model_executor.test_gguf import _llama_cpp_permute
-from tests.models.test_gguf_families import _LLAMA_BLOCK, _gguf_name, _write_tokenizer
+from tests.models.gguf_fixtures import write_tokenizer
+from tests.models.test_gguf_families import _LLAMA_BLOCK, _gguf_name
 from tests.quantization.checkpoints import _copy_dir_with, _load_state, random_prompts
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -48,7 +49,7 @@ def write_q4_1_gguf(hf_dir: str, out_dir: str) -> tuple[str, str]:
     writer.add_rope_freq_base(config.get("rope_theta") or config["rope_parameters"]["rope_theta"])
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
     writer.add_vocab_size(config["vocab_size"])
-    _write_tokenizer(writer, hf_dir)
+    write_tokenizer(writer, hf_dir)
     reference = {}
     for name, weight in _load_state(hf_dir).items():
         array = weight.numpy()

@@ -1,11 +1,13 @@
-"""What the tiny-GGUF tests share: the converter's expert stacking, the tensor-writing tail of a
-GGUF writer (HF names -> the gguf package's own GGUF names, optionally in Q8_0 blocks), the module
-fixture's loop that writes one file per case from a tiny random HF model, the engine-and-logits
-comparisons against that HF model, and a Q8_0 file run quantized against the same file
-dequantized at load."""
+"""What the tiny-GGUF tests share: the tiny tokenizer as GGUF byte-level BPE, the converter's
+expert stacking, the tensor-writing tail of a GGUF writer (HF names -> GGUF names, optionally in
+Q8_0 blocks), the module fixture's loop that writes one file per case from a tiny random HF model,
+the engine-and-logits comparisons against that HF model, and a Q8_0 file run quantized against
+the same file dequantized at load."""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -23,6 +25,27 @@ from tests.models.family_check import (
 
 TensorSplit = Callable[[str, np.ndarray], "dict[str, np.ndarray] | None"]
 """(HF name, tensor) -> the converter's tensors for it, or None: not this hook's to change."""
+
+
+def write_tokenizer(writer, model_dir: str) -> None:
+    """The tiny byte-level BPE tokenizer of model_dir as llama.cpp's converter writes a "gpt2"
+    vocabulary (merges, control tokens, BOS / EOS / PAD)."""
+    with open(os.path.join(model_dir, "tokenizer.json"), encoding="utf-8") as f:
+        tok = json.load(f)
+    vocab = dict(tok["model"]["vocab"])
+    special = {t["content"]: t["id"] for t in tok["added_tokens"]}
+    vocab.update(special)
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if t in special else 1 for t in tokens])  # control / normal
+    writer.add_token_merges([" ".join(m) if isinstance(m, list) else m
+                             for m in tok["model"]["merges"]])  # fmt: skip
+    writer.add_bos_token_id(special["<|im_start|>"])
+    writer.add_eos_token_id(special["<|im_end|>"])
+    writer.add_pad_token_id(special["<|endoftext|>"])
+    writer.add_add_bos_token(False)
 
 
 def converter_tensors(tensors: dict[str, np.ndarray],
@@ -49,22 +72,29 @@ def converter_tensors(tensors: dict[str, np.ndarray],
 
 
 def write_tensors(writer, names, tensors: dict[str, np.ndarray],
-                  q8_0: Callable[[str, np.ndarray], bool] = lambda gguf_name, array: False) -> None:
-    """Each tensor under its GGUF name (names: the gguf package's TensorNameMap), in Q8_0 blocks
-    where q8_0(gguf name, array) says so, else F32; then the file is written and closed."""
+                  q8_0: Callable[[str, np.ndarray], bool] = lambda gguf_name, array: False,
+                  rename: Callable[[str], str | None] | None = None) -> None:
+    """Each tensor under its GGUF name, in Q8_0 blocks where q8_0(GGUF name, array) says so, else
+    F32; then the file is written and closed. The GGUF name: rename(HF name) where given (a
+    whole name, suffix included), else the gguf package's TensorNameMap `names` on the HF name's
+    stem plus its suffix."""
     from gguf import GGMLQuantizationType
     from gguf.quants import quantize
 
     for name, array in tensors.items():
-        stem, _, suffix = name.rpartition(".")
-        gguf_name = names.get_name(stem)
+        if rename is not None:
+            gguf_name = rename(name)
+        else:
+            stem, _, suffix = name.rpartition(".")
+            gguf_stem = names.get_name(stem)
+            gguf_name = None if gguf_stem is None else f"{gguf_stem}.{suffix}"
         assert gguf_name is not None, name
         array = np.ascontiguousarray(array, dtype=np.float32)
         if q8_0(gguf_name, array):
-            writer.add_tensor(f"{gguf_name}.{suffix}", quantize(array, GGMLQuantizationType.Q8_0),
+            writer.add_tensor(gguf_name, quantize(array, GGMLQuantizationType.Q8_0),
                               raw_dtype=GGMLQuantizationType.Q8_0)  # fmt: skip
         else:
-            writer.add_tensor(f"{gguf_name}.{suffix}", array)
+            writer.add_tensor(gguf_name, array)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -19,9 +19,9 @@ from tests.models.gguf_fixtures import (
     hf_comparison_tests,
     write_gguf_files,
     write_tensors,
+    write_tokenizer,
 )
 from tests.models.test_deepseek import VARIANTS
-from tests.models.test_gguf_families import _write_tokenizer
 
 CASES = ["v2_lite", "v3"]
 
@@ -85,7 +85,7 @@ def write_deepseek_gguf(hf_dir: str, path: str) -> str:
     names = TensorNameMap(MODEL_ARCH.DEEPSEEK2, c["num_hidden_layers"])
     writer = GGUFWriter(path, "deepseek2")
     _write_metadata(writer, c)
-    _write_tokenizer(writer, hf_dir)
+    write_tokenizer(writer, hf_dir)
     tensors = _converter_tensors(c, load_file(os.path.join(hf_dir, "model.safetensors")))
     write_tensors(writer, names, tensors)
     return path

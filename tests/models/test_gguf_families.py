@@ -28,7 +28,12 @@ import pytest
 from safetensors.numpy import load_file
 
 from tests.model_executor.test_gguf import _llama_cpp_permute
-from tests.models.family_check import assert_engine_matches_hf, assert_logits_match_hf
+from tests.models.gguf_fixtures import (
+    hf_comparison_tests,
+    write_gguf_files,
+    write_tensors,
+    write_tokenizer,
+)
 from tests.models.test_cohere import BASE as COHERE
 from tests.models.test_phi import VARIANTS as PHI
 from tests.models.test_stablelm import VARIANTS as STABLELM
@@ -94,30 +99,10 @@ def _stack_per_head_norms(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarra
     return out
 
 
-def _write_tokenizer(writer, model_dir: str) -> None:
-    with open(os.path.join(model_dir, "tokenizer.json"), encoding="utf-8") as f:
-        tok = json.load(f)
-    vocab = dict(tok["model"]["vocab"])
-    special = {t["content"]: t["id"] for t in tok["added_tokens"]}
-    vocab.update(special)
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda item: item[1])]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types([3 if t in special else 1 for t in tokens])  # control / normal
-    writer.add_token_merges([" ".join(m) if isinstance(m, list) else m
-                             for m in tok["model"]["merges"]])  # fmt: skip
-    writer.add_bos_token_id(special["<|im_start|>"])
-    writer.add_eos_token_id(special["<|im_end|>"])
-    writer.add_pad_token_id(special["<|endoftext|>"])
-    writer.add_add_bos_token(False)
-
-
 def write_gguf(hf_dir: str, path: str, case: str, q8_0: bool = False) -> str:
     """The GGUF llama.cpp's converter would write for the HF model in hf_dir (FAMILIES[case]);
     q8_0: its 2-D weights in Q8_0 blocks (as `--outtype q8_0` writes them), the rest F32."""
-    from gguf import GGMLQuantizationType, GGUFWriter
-    from gguf.quants import quantize
+    from gguf import GGUFWriter
 
     arch, _, _, block_names, permuted = FAMILIES[case]
     with open(os.path.join(hf_dir, "config.json")) as f:
@@ -149,45 +134,24 @@ def write_gguf(hf_dir: str, path: str, case: str, q8_0: bool = False) -> str:
     if config.get("logit_scale") is not None:
         writer.add_logit_scale(config["logit_scale"])
     writer.add_vocab_size(config["vocab_size"])
-    _write_tokenizer(writer, hf_dir)
+    write_tokenizer(writer, hf_dir)
     tensors = _stack_per_head_norms(load_file(os.path.join(hf_dir, "model.safetensors")))
-    for name, array in tensors.items():
+    for name in tensors:
         if permuted and ".self_attn.q_proj." in name:
-            array = _llama_cpp_permute(array, heads)
+            tensors[name] = _llama_cpp_permute(tensors[name], heads)
         elif permuted and ".self_attn.k_proj." in name:
-            array = _llama_cpp_permute(array, kv_heads)
-        array = np.ascontiguousarray(array, dtype=np.float32)
-        if q8_0 and array.ndim == 2 and array.shape[1] % 32 == 0:
-            writer.add_tensor(_gguf_name(name, block_names),
-                              quantize(array, GGMLQuantizationType.Q8_0),
-                              raw_dtype=GGMLQuantizationType.Q8_0)  # fmt: skip
-        else:
-            writer.add_tensor(_gguf_name(name, block_names), array)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+            tensors[name] = _llama_cpp_permute(tensors[name], kv_heads)
+    write_tensors(writer, None, tensors, rename=lambda name: _gguf_name(name, block_names),
+                  q8_0=lambda gguf_name, array: (
+                      q8_0 and array.ndim == 2 and array.shape[1] % 32 == 0))
     return path
 
 
 @pytest.fixture(scope="module")
 def gguf_files(tiny_model_factory, tmp_path_factory) -> dict[str, tuple[str, str]]:
-    """case -> (the GGUF file, the HF model dir it was written from)."""
-    files = {}
-    for case, (_, config_cls, overrides, _, _) in FAMILIES.items():
-        hf_dir = tiny_model_factory(config_cls, **overrides)
-        path = str(tmp_path_factory.mktemp(f"{case}_gguf") / f"tiny-{case}.F32.gguf")
-        files[case] = (write_gguf(hf_dir, path, case), hf_dir)
-    return files
+    return write_gguf_files(tiny_model_factory, tmp_path_factory,
+                            {case: family[1:3] for case, family in FAMILIES.items()}, write_gguf,
+                            lambda case: f"tiny-{case}.F32.gguf")  # fmt: skip
 
 
-@pytest.mark.parametrize("case", list(FAMILIES))
-def test_engine_matches_hf(gguf_files, case):
-    path, reference_dir = gguf_files[case]
-    assert_engine_matches_hf(path, reference_dir=reference_dir)
-
-
-@pytest.mark.parametrize("case", list(FAMILIES))
-def test_logits_match_hf(gguf_files, case):
-    path, reference_dir = gguf_files[case]
-    assert_logits_match_hf(path, reference_dir=reference_dir)
+test_engine_matches_hf, test_logits_match_hf = hf_comparison_tests(list(FAMILIES))

@@ -31,14 +31,15 @@ from safetensors.numpy import load_file
 from pagedllm import LLM, SamplingParams
 from tests.engine_internals import loaded_model
 from tests.model_executor.test_gguf import _llama_cpp_permute
-from tests.models.family_check import (
-    assert_engine_matches_hf,
-    assert_logits_match_hf,
-    random_prompts,
+from tests.models.family_check import random_prompts
+from tests.models.gguf_fixtures import (
+    hf_comparison_tests,
+    write_gguf_files,
+    write_tensors,
+    write_tokenizer,
 )
 from tests.models.test_bloom import VARIANTS as BLOOM
 from tests.models.test_falcon import VARIANTS as FALCON
-from tests.models.test_gguf_families import _write_tokenizer
 from tests.models.test_gpt_bigcode import VARIANTS as GPT_BIGCODE
 from tests.models.test_gptj import VARIANTS as GPTJ
 from tests.models.test_granite import GRANITE
@@ -165,9 +166,8 @@ _F32 = ("gate_inp", "position_embd")
 
 
 def write_gguf(hf_dir: str, path: str, arch: str, q8_0: bool = False) -> str:
-    from gguf import GGMLQuantizationType, GGUFWriter
+    from gguf import GGUFWriter
     from gguf.constants import MODEL_ARCH_NAMES
-    from gguf.quants import quantize
     from gguf.tensor_mapping import TensorNameMap
 
     with open(os.path.join(hf_dir, "config.json")) as f:
@@ -178,52 +178,31 @@ def write_gguf(hf_dir: str, path: str, arch: str, q8_0: bool = False) -> str:
     tensors = _CONVERTERS[arch](writer, c, load_file(os.path.join(hf_dir, "model.safetensors")))
     if arch in ("granite", "granitemoe"):
         writer.add_vocab_size(c["vocab_size"])
-    _write_tokenizer(writer, hf_dir)
-    for name, array in tensors.items():
+    write_tokenizer(writer, hf_dir)
+
+    def rename(name: str) -> str | None:
         stem, _, suffix = name.rpartition(".")
         if stem.endswith(("input_linear_gate", "input_linear_up")):  # GraniteMoE's split
-            layer = stem.split(".")[2]
             which = "gate" if stem.endswith("gate") else "up"
-            gguf_name = f"blk.{layer}.ffn_{which}_exps"
-        else:
-            gguf_name = names.get_name(stem)
-        assert gguf_name is not None, name
-        array = np.ascontiguousarray(array, dtype=np.float32)
-        if q8_0 and array.ndim >= 2 and array.shape[-1] % 32 == 0 and not any(
-            k in gguf_name for k in _F32
-        ):
-            writer.add_tensor(f"{gguf_name}.{suffix}", quantize(array, GGMLQuantizationType.Q8_0),
-                              raw_dtype=GGMLQuantizationType.Q8_0)  # fmt: skip
-        else:
-            writer.add_tensor(f"{gguf_name}.{suffix}", array)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+            return f"blk.{stem.split('.')[2]}.ffn_{which}_exps.{suffix}"
+        gguf_stem = names.get_name(stem)
+        return None if gguf_stem is None else f"{gguf_stem}.{suffix}"
+
+    write_tensors(writer, names, tensors, rename=rename, q8_0=lambda gguf_name, array: (
+        q8_0 and array.ndim >= 2 and array.shape[-1] % 32 == 0
+        and not any(k in gguf_name for k in _F32)))
     return path
 
 
 @pytest.fixture(scope="module")
 def gguf_files(tiny_model_factory, tmp_path_factory) -> dict[str, tuple[str, str]]:
-    """case -> (its F32 GGUF, the HF model dir it was written from)."""
-    files = {}
-    for case, (arch, config_cls, overrides) in CASES.items():
-        hf_dir = tiny_model_factory(config_cls, **overrides)
-        path = str(tmp_path_factory.mktemp(f"{case}_gguf") / f"tiny-{case}.F32.gguf")
-        files[case] = (write_gguf(hf_dir, path, arch), hf_dir)
-    return files
+    return write_gguf_files(tiny_model_factory, tmp_path_factory,
+                            {case: (cls, overrides) for case, (_, cls, overrides) in CASES.items()},
+                            lambda hf_dir, path, case: write_gguf(hf_dir, path, CASES[case][0]),
+                            lambda case: f"tiny-{case}.F32.gguf")  # fmt: skip
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_engine_matches_hf(gguf_files, case):
-    path, reference_dir = gguf_files[case]
-    assert_engine_matches_hf(path, reference_dir=reference_dir)
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_logits_match_hf(gguf_files, case):
-    path, reference_dir = gguf_files[case]
-    assert_logits_match_hf(path, reference_dir=reference_dir)
+test_engine_matches_hf, test_logits_match_hf = hf_comparison_tests(list(CASES))
 
 
 def _linear_methods(llm: LLM) -> dict[str, str]:

@@ -21,9 +21,9 @@ from tests.models.gguf_fixtures import (
     hf_comparison_tests,
     write_gguf_files,
     write_tensors,
+    write_tokenizer,
 )
 from tests.models.test_dbrx_glm4_moe import DBRX, GLM4_MOE
-from tests.models.test_gguf_families import _write_tokenizer
 
 # llama.cpp's DBRX graph normalizes the top-k weights by their sum (p = 1, DBRX's own value);
 # DBRX's rope base is 5e5 (not the 1e4 default; transformers 5 reads it from rope_parameters,
@@ -115,7 +115,7 @@ def write_moe_gguf(hf_dir: str, path: str, arch: str, q8_0: bool = False) -> str
     tensors = load_file(os.path.join(hf_dir, "model.safetensors"))
     tensors = (_dbrx if arch == "dbrx" else _glm4moe)(writer, c, tensors)
     writer.add_vocab_size(c["vocab_size"])
-    _write_tokenizer(writer, hf_dir)
+    write_tokenizer(writer, hf_dir)
     write_tensors(writer, names, tensors, lambda gguf_name, array: (
         q8_0 and array.ndim >= 2 and array.shape[-1] % 32 == 0 and "gate_inp" not in gguf_name))
     return path

@@ -20,15 +20,16 @@ import torch
 from safetensors.numpy import load_file
 
 from pagedllm import LLM, SamplingParams
-from pagedllm.model_executor.layers.linear import UnquantizedLinearMethod
-from tests.engine_internals import loaded_model
 from tests.hf_reference import load_hf_model
-from tests.models.family_check import (
-    assert_engine_matches_hf,
-    assert_logits_match_hf,
-    random_prompts,
+from tests.models.family_check import assert_logits_match_hf, random_prompts
+from tests.models.gguf_fixtures import (
+    assert_q8_0_equals_dequantized,
+    converter_tensors,
+    hf_comparison_tests,
+    write_gguf_files,
+    write_tensors,
+    write_tokenizer,
 )
-from tests.models.test_gguf_families import _write_tokenizer
 from tests.models.test_phi3 import _longrope
 from tests.models.test_state_space_models import MAMBA, _hf_greedy_uncached
 
@@ -113,23 +114,19 @@ def _metadata(writer, arch: str, c: dict) -> None:
 
 def _converted_tensors(arch: str, c: dict, tensors: dict[str, np.ndarray]
                        ) -> dict[str, np.ndarray]:
-    """The converter's modify_tensors: HF name -> tensor, before the GGUF name map."""
-    out, experts = {}, {}
-    for name, array in tensors.items():
-        stem, _, proj = name.partition(".mlp.experts.")
-        if proj:  # "<e>.gate_proj.weight": stacked per projection, [E, out, in]
-            expert, _, leaf = proj.partition(".")
-            experts.setdefault(f"{stem}.mlp.experts.{leaf}", {})[int(expert)] = array
-            continue
+    """The converter's modify_tensors: HF name -> tensor, before the GGUF name map (MoE experts
+    stacked per projection by converter_tensors)."""
+
+    def changed(name: str, array: np.ndarray) -> dict[str, np.ndarray] | None:
         if arch.startswith("gemma") and name.endswith("norm.weight"):
-            array = array + 1
+            return {name: array + 1}
         if arch == "mamba" and name.endswith(".A_log"):
-            array = -np.exp(array)
+            return {name: -np.exp(array)}
         if arch == "mamba" and name.endswith(".conv1d.weight"):
-            array = array.squeeze()
-        out[name] = array
-    for name, per_expert in experts.items():
-        out[name] = np.stack([per_expert[e] for e in range(len(per_expert))])
+            return {name: array.squeeze()}
+        return None
+
+    out = converter_tensors(tensors, changed)
     if arch == "phi3":  # the longrope factors, as generate_extra_tensors writes them
         rope = c["rope_parameters"]
         out["rope_factors_long.weight"] = np.asarray(rope["long_factor"], np.float32)
@@ -140,9 +137,8 @@ def _converted_tensors(arch: str, c: dict, tensors: dict[str, np.ndarray]
 def write_gguf(hf_dir: str, path: str, arch: str, q8_0: bool = False) -> str:
     """q8_0: the tensors the converter's `--outtype q8_0` quantizes (2+ dims, rows of whole
     blocks, not in _F32_ALWAYS) in Q8_0 blocks, the rest F32."""
-    from gguf import GGMLQuantizationType, GGUFWriter
+    from gguf import GGUFWriter
     from gguf.constants import MODEL_ARCH
-    from gguf.quants import quantize
     from gguf.tensor_mapping import TensorNameMap
 
     with open(os.path.join(hf_dir, "config.json")) as f:
@@ -151,51 +147,27 @@ def write_gguf(hf_dir: str, path: str, arch: str, q8_0: bool = False) -> str:
     writer = GGUFWriter(path, arch)
     _metadata(writer, arch, c)
     writer.add_vocab_size(c["vocab_size"])
-    _write_tokenizer(writer, hf_dir)
+    write_tokenizer(writer, hf_dir)
     tensors = _converted_tensors(arch, c, load_file(os.path.join(hf_dir, "model.safetensors")))
-    for name, array in tensors.items():
-        # (Mamba's A_log / D: no suffix in the HF name, none in the GGUF name)
-        gguf_name = name if name.startswith("rope_factors_") else names.get_name(
-            name, try_suffixes=(".weight", ".bias"))
-        assert gguf_name is not None, name
-        array = np.ascontiguousarray(array, dtype=np.float32)
-        if (q8_0 and array.ndim >= 2 and array.shape[-1] % 32 == 0
-                and gguf_name.endswith(".weight") and not any(k in gguf_name for k in _F32_ALWAYS)):
-            writer.add_tensor(gguf_name, quantize(array, GGMLQuantizationType.Q8_0),
-                              raw_dtype=GGMLQuantizationType.Q8_0)  # fmt: skip
-        else:
-            writer.add_tensor(gguf_name, array)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    # (Mamba's A_log / D: no suffix in the HF name, none in the GGUF name)
+    write_tensors(writer, names, tensors, rename=lambda name: (
+        name if name.startswith("rope_factors_")
+        else names.get_name(name, try_suffixes=(".weight", ".bias"))),
+        q8_0=lambda gguf_name, array: (
+            q8_0 and array.ndim >= 2 and array.shape[-1] % 32 == 0
+            and gguf_name.endswith(".weight") and not any(k in gguf_name for k in _F32_ALWAYS)))
     return path
 
 
 @pytest.fixture(scope="module")
 def gguf_files(tiny_model_factory, tmp_path_factory) -> dict[str, tuple[str, str]]:
     """arch -> (the F32 GGUF, the HF model dir it was written from)."""
-    files = {}
-    for arch, (config_cls, overrides) in CASES.items():
-        hf_dir = tiny_model_factory(config_cls, **overrides)
-        path = str(tmp_path_factory.mktemp(f"{arch}_gguf") / f"tiny-{arch}.F32.gguf")
-        files[arch] = (write_gguf(hf_dir, path, arch), hf_dir)
-    return files
+    return write_gguf_files(tiny_model_factory, tmp_path_factory, CASES, write_gguf,
+                            lambda arch: f"tiny-{arch}.F32.gguf")
 
 
-_ATTENTION = [arch for arch in CASES if arch != "mamba"]
-
-
-@pytest.mark.parametrize("arch", _ATTENTION)
-def test_engine_matches_hf(gguf_files, arch):
-    path, reference_dir = gguf_files[arch]
-    assert_engine_matches_hf(path, reference_dir=reference_dir)
-
-
-@pytest.mark.parametrize("arch", _ATTENTION)
-def test_logits_match_hf(gguf_files, arch):
-    path, reference_dir = gguf_files[arch]
-    assert_logits_match_hf(path, reference_dir=reference_dir)
+test_engine_matches_hf, test_logits_match_hf = hf_comparison_tests(
+    [arch for arch in CASES if arch != "mamba"])
 
 
 @pytest.mark.parametrize("config_cls", ["MambaConfig", "FalconMambaConfig"])
@@ -239,22 +211,9 @@ def test_q8_0_quantized_equals_dequantized(tiny_model_factory, tmp_path, arch):
     """A Q8_0 file run with its linears kept in their blocks (--quantization gguf: Qwen2's
     biased q/k/v, Phi-3's fused qkv / gate_up) equals the same file dequantized at load."""
     config_cls, overrides = CASES[arch]
-    path = write_gguf(tiny_model_factory(config_cls, **overrides),
-                      str(tmp_path / f"tiny-{arch}.Q8_0.gguf"), arch, q8_0=True)
-    prompts = random_prompts([5, 19], 300)
-    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, logprobs=0)
-    runs = {}
-    for quantization in ("gguf", "none"):
-        llm = LLM(path, quantization=quantization, kv_cache_memory="4MiB")
-        qkv = loaded_model(llm).model.layers[0].self_attn.qkv_proj
-        assert isinstance(qkv.quant_method, UnquantizedLinearMethod) == (quantization == "none")
-        runs[quantization] = llm.generate(prompts, params, use_tqdm=False)
-    for quantized, dequantized in zip(runs["gguf"], runs["none"]):
-        assert quantized.outputs[0].token_ids == dequantized.outputs[0].token_ids
-        ours, ref = (torch.tensor([step[t].logprob for step, t in
-                                   zip(o.outputs[0].logprobs, o.outputs[0].token_ids)])
-                     for o in (quantized, dequantized))
-        torch.testing.assert_close(ours, ref, atol=2e-3, rtol=0)
+    assert_q8_0_equals_dequantized(write_gguf(tiny_model_factory(config_cls, **overrides),
+                                              str(tmp_path / f"tiny-{arch}.Q8_0.gguf"), arch,
+                                              q8_0=True))  # fmt: skip
 
 
 def _write_sentencepiece_gguf(path: str, arch: str) -> str:

@@ -33,6 +33,11 @@ import numpy as np
 import torch
 
 from pagedllm.model_executor.model_loader.gguf_file import GGUFFile
+from pagedllm.model_executor.model_loader.gguf_names import (
+    LLAMA_BLOCK_NAMES,
+    LLAMA_GLOBAL_NAMES,
+    table_hf_name,
+)
 
 ARCHITECTURES = {
     "granite": "GraniteForCausalLM",
@@ -46,25 +51,12 @@ ARCHITECTURES = {
 PERMUTED_QK = {"granite", "granitemoe"}
 """Archs whose q/k rows llama.cpp permutes as Llama's (see gguf._unpermute_rows)."""
 
-_LLAMA_GLOBALS = {"token_embd": "model.embed_tokens", "output_norm": "model.norm",
-                  "output": "lm_head"}  # fmt: skip
-_LLAMA_BLOCKS = {
-    "attn_norm": "input_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_norm": "post_attention_layernorm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
 _NAMES: dict[str, tuple[dict[str, str], str, dict[str, str]]] = {
     # arch: (global tensors, the layers' prefix, block tensors), by HF checkpoint names
-    "granite": (_LLAMA_GLOBALS, "model.layers", _LLAMA_BLOCKS),
-    "granitemoe": (_LLAMA_GLOBALS, "model.layers", {
-        **{k: v for k, v in _LLAMA_BLOCKS.items() if not k.startswith(("ffn_gate", "ffn_up",
-                                                                        "ffn_down"))},
+    "granite": (LLAMA_GLOBAL_NAMES, "model.layers", LLAMA_BLOCK_NAMES),
+    "granitemoe": (LLAMA_GLOBAL_NAMES, "model.layers", {
+        **{k: v for k, v in LLAMA_BLOCK_NAMES.items()
+           if not k.startswith(("ffn_gate", "ffn_up", "ffn_down"))},
         "ffn_gate_inp": "block_sparse_moe.router.layer",
         # (gate and up are concatenated into block_sparse_moe.input_linear: to_hf_layout)
         "ffn_gate_exps": "block_sparse_moe.input_linear.gate",
@@ -117,14 +109,7 @@ _NAMES: dict[str, tuple[dict[str, str], str, dict[str, str]]] = {
 def hf_name(name: str, arch: str) -> str | None:
     """"blk.3.attn_qkv.weight" -> "transformer.h.3.self_attention.query_key_value.weight"
     (falcon); None if the arch has no such tensor."""
-    global_names, layers, block_names = _NAMES[arch]
-    stem, _, suffix = name.rpartition(".")
-    parts = stem.split(".")
-    if len(parts) == 1 and parts[0] in global_names:
-        return f"{global_names[parts[0]]}.{suffix}"
-    if len(parts) == 3 and parts[0] == "blk" and parts[2] in block_names:
-        return f"{layers}.{parts[1]}.{block_names[parts[2]]}.{suffix}"
-    return None
+    return table_hf_name(name, *_NAMES[arch])
 
 
 # --- configs -----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from pagedllm.model_executor.model_loader.gguf_file import GGUFFile
+from pagedllm.model_executor.model_loader.gguf_names import LLAMA_BLOCK_NAMES, table_hf_name
 
 ARCHITECTURES = {
     "qwen2": "Qwen2ForCausalLM",
@@ -50,17 +51,6 @@ ARCHITECTURES = {
 NORM_PLUS_ONE = {"gemma", "gemma2"}
 """Archs whose norm weights the converter stores as (1 + w)."""
 
-_LLAMA_BLOCK = {
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-}
 _QK_NORMS = {"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
 _MOE = {
     "ffn_gate_inp": "mlp.gate",
@@ -75,15 +65,15 @@ _SHARED_EXPERT = {
     "ffn_down_shexp": "mlp.shared_expert.down_proj",
 }
 BLOCK_NAMES = {
-    "qwen2": _LLAMA_BLOCK,
-    "qwen3": {**_LLAMA_BLOCK, **_QK_NORMS},
+    "qwen2": LLAMA_BLOCK_NAMES,
+    "qwen3": {**LLAMA_BLOCK_NAMES, **_QK_NORMS},
     # (dense layers, if a file has any, keep ffn_gate / ffn_up / ffn_down)
-    "qwen2moe": {**_LLAMA_BLOCK, **_MOE, **_SHARED_EXPERT},
-    "qwen3moe": {**_LLAMA_BLOCK, **_QK_NORMS, **_MOE},
-    "gemma": _LLAMA_BLOCK,
+    "qwen2moe": {**LLAMA_BLOCK_NAMES, **_MOE, **_SHARED_EXPERT},
+    "qwen3moe": {**LLAMA_BLOCK_NAMES, **_QK_NORMS, **_MOE},
+    "gemma": LLAMA_BLOCK_NAMES,
     # Gemma 2's sandwich norms: llama.cpp's ffn_norm is the *pre*-feed-forward norm there
     "gemma2": {
-        **_LLAMA_BLOCK,
+        **LLAMA_BLOCK_NAMES,
         "post_attention_norm": "post_attention_layernorm",
         "ffn_norm": "pre_feedforward_layernorm",
         "post_ffw_norm": "post_feedforward_layernorm",
@@ -112,16 +102,7 @@ SKIPPED_TENSORS = {"rope_factors_long.weight", "rope_factors_short.weight"}
 
 def mamba_hf_name(name: str) -> str | None:
     """"blk.3.ssm_in.weight" -> "backbone.layers.3.mixer.in_proj.weight"; None if unknown."""
-    parts = name.split(".")
-    if len(parts) == 3 and parts[0] == "blk" and parts[2] in _MAMBA_BARE:
-        return f"backbone.layers.{parts[1]}.{_MAMBA_BARE[parts[2]]}"
-    stem, _, suffix = name.rpartition(".")
-    parts = stem.split(".")
-    if len(parts) == 1 and parts[0] in _MAMBA_GLOBAL:
-        return f"{_MAMBA_GLOBAL[parts[0]]}.{suffix}"
-    if len(parts) == 3 and parts[0] == "blk" and parts[2] in _MAMBA_BLOCK:
-        return f"backbone.layers.{parts[1]}.{_MAMBA_BLOCK[parts[2]]}.{suffix}"
-    return None
+    return table_hf_name(name, _MAMBA_GLOBAL, "backbone.layers", _MAMBA_BLOCK, _MAMBA_BARE)
 
 
 def to_hf_layout(arch: str, hf_name: str, data: np.ndarray, shape: tuple[int, ...]

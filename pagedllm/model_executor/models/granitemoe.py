@@ -15,17 +15,15 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import torch
 from torch import nn
 
-from pagedllm.model_executor.layers.linear import ReplicatedLinear
-from pagedllm.model_executor.layers.moe import FusedMoE
 from pagedllm.model_executor.layers.weight_utils import load_packed_weights
 from pagedllm.model_executor.models.granite import (
     GraniteDecoderLayer,
     GraniteForCausalLM,
     GraniteModel,
 )
+from pagedllm.model_executor.models.mixtral import MixtralSparseMoeBlock
 
 _RENAMES = [
     (re.compile(r"\.block_sparse_moe\.input_linear\.weight$"), ".mlp.experts.gate_up_proj"),
@@ -35,20 +33,9 @@ _RENAMES = [
 """GraniteMoE checkpoint names -> ours (the stacked expert tensors load whole)."""
 
 
-class GraniteMoeMoE(nn.Module):
-    def __init__(self, config: Any, prefix: str) -> None:
-        super().__init__()
-        num_experts = config.num_local_experts
-        # the router: replicated, never quantized (see quantization.base.ROUTER_GATES)
-        self.gate = ReplicatedLinear(config.hidden_size, num_experts, prefix=f"{prefix}.gate")
-        self.experts = FusedMoE(
-            num_experts, config.num_experts_per_tok, config.hidden_size,
-            config.intermediate_size, config.hidden_act, renormalize=True,
-            prefix=f"{prefix}.experts",
-        )  # fmt: skip
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:  # [T, hidden]
-        return self.experts(hidden_states, self.gate(hidden_states))
+class GraniteMoeMoE(MixtralSparseMoeBlock):
+    """Mixtral's block: a replicated router, top-k of the experts, renormalized softmax (its
+    own name in the fused stack's log of what it declines)."""
 
 
 class GraniteMoeDecoderLayer(GraniteDecoderLayer):

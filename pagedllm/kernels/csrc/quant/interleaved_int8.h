@@ -70,36 +70,31 @@ inline void group_isums_int8(const uint8_t* cg, const QuantizedRows& qa, int64_t
   const int64_t K = qa.K;
   const int8_t* xq = qa.q8.data() + m0 * K + g * G;
   if constexpr (U4) {
-    constexpr int chunks = G / 4;
-#ifdef __AVX512VNNI__
+    // int32 lanes (VNNI) or int16 pairs (maddubs, widened once per group: see the header)
     __m512i acc[R];
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_si512();
 #pragma GCC unroll 8
-    for (int c = 0; c < chunks; ++c) {
-      const __m512i w = u4_quads(cg + 32 * c);
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r)
-        acc[r] = _mm512_dpbusd_epi32(acc[r], w, _mm512_set1_epi32(load4(xq + r * K + 4 * c)));
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) isum[r].v = acc[r];
-#else
-    __m512i acc[R];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_si512();
-#pragma GCC unroll 8
-    for (int c = 0; c < chunks; ++c) {
+    for (int c = 0; c < G / 4; ++c) {
       const __m512i w = u4_quads(cg + 32 * c);
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
-        const __m512i p = _mm512_maddubs_epi16(w, _mm512_set1_epi32(load4(xq + r * K + 4 * c)));
-        acc[r] = _mm512_add_epi16(acc[r], p);
+        const __m512i x = _mm512_set1_epi32(load4(xq + r * K + 4 * c));
+#ifdef __AVX512VNNI__
+        acc[r] = _mm512_dpbusd_epi32(acc[r], w, x);
+#else
+        acc[r] = _mm512_add_epi16(acc[r], _mm512_maddubs_epi16(w, x));
+#endif
       }
     }
 #pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) isum[r].v = _mm512_madd_epi16(acc[r], _mm512_set1_epi16(1));
+    for (int r = 0; r < R; ++r) {
+#ifdef __AVX512VNNI__
+      isum[r].v = acc[r];
+#else
+      isum[r].v = _mm512_madd_epi16(acc[r], _mm512_set1_epi16(1));
 #endif
+    }
   } else {
 #ifdef __AVX512VNNI__
     constexpr int pairs = G / 4;  // pairs of 2-column chunks
