@@ -75,13 +75,18 @@ def test_same_bits_as_packed_group_weight(layer):
     ids = torch.tensor([5, 0, compact.out_features - 1])
     assert torch.equal(compact.gather_rows(ids), packed.gather_rows(ids))
     rng = np.random.default_rng(7)
-    x = torch.from_numpy(rng.standard_normal((19, COLS), dtype=np.float32))
+    # 40 rows: the kernel's block-decoded path (from 32 rows, quant/kquant.h's kScratchRows);
+    # fewer: scales and codes decoded inside the tile loop. Both give every row the same bits.
+    x = torch.from_numpy(rng.standard_normal((40, COLS), dtype=np.float32))
     for bits in (16, 8):
         compact.activation_bits = packed.activation_bits = bits
         whole = compact(x)
         assert torch.equal(whole, packed(x)), f"{name}: int{bits} activations"
-        for rows in (1, 2, 5):  # batch invariance: a row's bits whatever rows share the call
-            assert torch.equal(compact(x[3 : 3 + rows]), whole[3 : 3 + rows])
+        for rows in (1, 2, 3, 8, 17):
+            part = x[3 : 3 + rows]
+            assert torch.equal(compact(part), packed(part)), f"{name}: {rows} rows, int{bits}"
+            # batch invariance: a row's bits whatever rows share the call (and the path)
+            assert torch.equal(compact(part), whole[3 : 3 + rows])
     compact.activation_bits = packed.activation_bits = 16
 
 

@@ -58,7 +58,10 @@ struct KQuantScales {
 };
 
 // From this many activation rows the block-decoded scratch path (see the notes above).
-constexpr int64_t kScratchRows = 32;
+#ifndef PAGEDLLM_KQUANT_SCRATCH_ROWS
+#define PAGEDLLM_KQUANT_SCRATCH_ROWS 32
+#endif
+constexpr int64_t kScratchRows = PAGEDLLM_KQUANT_SCRATCH_ROWS;
 
 // 16 int8 -> 16 floats (exact)
 inline vec::R16f r16_load_i8(const int8_t* p) {
