@@ -107,9 +107,9 @@ def test_fused_spec_carries_the_compact_tensors(layer):
 
 
 def test_gguf_loader_picks_the_compact_form(monkeypatch):
-    """With PAGEDLLM_COMPACT_KQUANT=1, GGUFLinearMethod's shards (and an embedding table) in K
-    types become a KQuantWeight; a non-K shard, or the variable 0 (the default), keeps the
-    PackedGroupWeight path."""
+    """By default (or PAGEDLLM_COMPACT_KQUANT=1) GGUFLinearMethod's shards (and an embedding
+    table) in K types become a KQuantWeight; a non-K shard, or the variable 0, keeps the
+    PackedGroupWeight path; the start-up line says which."""
     from pagedllm.model_executor.model_loader.gguf import GGUFWeight
     from pagedllm.model_executor.quantization.gguf import compact_kquant_weight
 
@@ -125,4 +125,24 @@ def test_gguf_loader_picks_the_compact_form(monkeypatch):
     monkeypatch.setenv("PAGEDLLM_COMPACT_KQUANT", "0")
     assert compact_kquant_weight(parts) is None
     monkeypatch.delenv("PAGEDLLM_COMPACT_KQUANT")
-    assert compact_kquant_weight(parts) is None
+    assert isinstance(compact_kquant_weight(parts), KQuantWeight)
+
+
+def test_start_up_line_says_how_k_quants_are_held(layer, monkeypatch, caplog):
+    import logging
+
+    from pagedllm.model_executor.quantization.kquant_weight import log_kquant_form
+
+    name, compact, packed, _ = layer
+    logger = logging.getLogger("pagedllm.model_executor.quantization.kquant_weight")
+    logger.addHandler(caplog.handler)  # (pagedllm's loggers do not propagate to the root)
+    try:
+        log_kquant_form(torch.nn.ModuleList([compact, packed]))
+        assert f"1 matrices keep the file's compact scales (0 MiB, {BITS[name]:.2f} bits" in (
+            caplog.text)
+        caplog.clear()
+        monkeypatch.setenv("PAGEDLLM_COMPACT_KQUANT", "0")
+        log_kquant_form(torch.nn.ModuleList([packed]))
+        assert "PAGEDLLM_COMPACT_KQUANT=0: GGUF K-quant weights (if any) are held" in caplog.text
+    finally:
+        logger.removeHandler(caplog.handler)
