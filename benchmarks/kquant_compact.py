@@ -1,4 +1,4 @@
-"""GGUF K-quant weights with compact scales (KQuantWeight, PAGEDLLM_COMPACT_KQUANT=1, opt-in)
+"""GGUF K-quant weights with compact scales (KQuantWeight, PAGEDLLM_COMPACT_KQUANT=1, the default)
 against the multiplied-out form (PackedGroupWeight, PAGEDLLM_COMPACT_KQUANT=0) and llama.cpp:
 
   memory  a fresh process per form: resident set after loading, the bytes of every quantized

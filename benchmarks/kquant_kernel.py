@@ -31,6 +31,9 @@ SHAPES = [
     ("gate_up Q4_K", [(T.Q4_K, 16384)], 2048),
     ("down Q6_K", [(T.Q6_K, 2048)], 8192),
     ("down Q4_K", [(T.Q4_K, 2048)], 8192),
+    # Gemma 3 270M's K-quant layers (its other linears are Q5_0 / Q8_0)
+    ("gemma attn_output Q4_K", [(T.Q4_K, 640)], 1024),
+    ("gemma ffn_down Q6_K", [(T.Q6_K, 640)], 2048),
 ]
 _FP16 = {T.Q4_K: (0, 2), T.Q6_K: (208,)}
 

@@ -50,11 +50,10 @@ def compiled_kernels() -> bool:
 
 def compact_kquant() -> bool:
     """PAGEDLLM_COMPACT_KQUANT: hold GGUF Q4_K/Q5_K/Q6_K weights with the file's compact scales
-    and 6-bit codes (quantization/kquant_weight.py: the same results, ~30 % fewer weight bytes on
-    a Q4_K_M file) — default 0 for now: its per-call decode makes single-stream decode slower
-    (1B Q4_K_M at 1 thread: 0.49x; benchmarks/results/kquant_*.json), so the multiplied-out
-    PackedGroupWeight form stays the default until the decode is fused into the tile loop."""
-    return os.environ.get("PAGEDLLM_COMPACT_KQUANT", "0") not in ("0", "false", "False", "")
+    and 6-bit codes (quantization/kquant_weight.py: the same results bit for bit, ~30 % fewer
+    weight bytes on a Q4_K_M file, decode faster for streaming fewer bytes) — default 1; 0 keeps
+    the multiplied-out PackedGroupWeight form (float scale and min per group, 8-bit codes)."""
+    return os.environ.get("PAGEDLLM_COMPACT_KQUANT", "1") not in ("0", "false", "False", "")
 
 
 def kernel_cache_dir() -> str:

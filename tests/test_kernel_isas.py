@@ -176,7 +176,7 @@ def _kquant_outputs(rng, rand, out: dict[str, torch.Tensor]) -> None:
         dm = -d
         args = (codes, sc, mins, d, dm, G, u4, 0 if u4 else 32)
         key = f"{'u4' if u4 else '6bit'}/G{G}"
-        for M in (1, 3, 9):
+        for M in (1, 3, 9, 33):  # (33: the block-decoded path, quant/kquant.h's kScratchRows)
             x = rand(M, K)
             out[f"kquant/{key}/M{M}"] = ops.kquant_linear(x, *args)
             out[f"kquant/{key}/int8/M{M}"] = ops.kquant_linear(x, *args, 8)

@@ -75,13 +75,18 @@ def test_same_bits_as_packed_group_weight(layer):
     ids = torch.tensor([5, 0, compact.out_features - 1])
     assert torch.equal(compact.gather_rows(ids), packed.gather_rows(ids))
     rng = np.random.default_rng(7)
-    x = torch.from_numpy(rng.standard_normal((19, COLS), dtype=np.float32))
+    # 40 rows: the kernel's block-decoded path (from 32 rows, quant/kquant.h's kScratchRows);
+    # fewer: scales and codes decoded inside the tile loop. Both give every row the same bits.
+    x = torch.from_numpy(rng.standard_normal((40, COLS), dtype=np.float32))
     for bits in (16, 8):
         compact.activation_bits = packed.activation_bits = bits
         whole = compact(x)
         assert torch.equal(whole, packed(x)), f"{name}: int{bits} activations"
-        for rows in (1, 2, 5):  # batch invariance: a row's bits whatever rows share the call
-            assert torch.equal(compact(x[3 : 3 + rows]), whole[3 : 3 + rows])
+        for rows in (1, 2, 3, 8, 17):
+            part = x[3 : 3 + rows]
+            assert torch.equal(compact(part), packed(part)), f"{name}: {rows} rows, int{bits}"
+            # batch invariance: a row's bits whatever rows share the call (and the path)
+            assert torch.equal(compact(part), whole[3 : 3 + rows])
     compact.activation_bits = packed.activation_bits = 16
 
 
@@ -102,9 +107,9 @@ def test_fused_spec_carries_the_compact_tensors(layer):
 
 
 def test_gguf_loader_picks_the_compact_form(monkeypatch):
-    """With PAGEDLLM_COMPACT_KQUANT=1, GGUFLinearMethod's shards (and an embedding table) in K
-    types become a KQuantWeight; a non-K shard, or the variable 0 (the default), keeps the
-    PackedGroupWeight path."""
+    """By default (or PAGEDLLM_COMPACT_KQUANT=1) GGUFLinearMethod's shards (and an embedding
+    table) in K types become a KQuantWeight; a non-K shard, or the variable 0, keeps the
+    PackedGroupWeight path; the start-up line says which."""
     from pagedllm.model_executor.model_loader.gguf import GGUFWeight
     from pagedllm.model_executor.quantization.gguf import compact_kquant_weight
 
@@ -120,4 +125,24 @@ def test_gguf_loader_picks_the_compact_form(monkeypatch):
     monkeypatch.setenv("PAGEDLLM_COMPACT_KQUANT", "0")
     assert compact_kquant_weight(parts) is None
     monkeypatch.delenv("PAGEDLLM_COMPACT_KQUANT")
-    assert compact_kquant_weight(parts) is None
+    assert isinstance(compact_kquant_weight(parts), KQuantWeight)
+
+
+def test_start_up_line_says_how_k_quants_are_held(layer, monkeypatch, caplog):
+    import logging
+
+    from pagedllm.model_executor.quantization.kquant_weight import log_kquant_form
+
+    name, compact, packed, _ = layer
+    logger = logging.getLogger("pagedllm.model_executor.quantization.kquant_weight")
+    logger.addHandler(caplog.handler)  # (pagedllm's loggers do not propagate to the root)
+    try:
+        log_kquant_form(torch.nn.ModuleList([compact, packed]))
+        assert f"1 matrices keep the file's compact scales (0 MiB, {BITS[name]:.2f} bits" in (
+            caplog.text)
+        caplog.clear()
+        monkeypatch.setenv("PAGEDLLM_COMPACT_KQUANT", "0")
+        log_kquant_form(torch.nn.ModuleList([packed]))
+        assert "PAGEDLLM_COMPACT_KQUANT=0: GGUF K-quant weights (if any) are held" in caplog.text
+    finally:
+        logger.removeHandler(caplog.handler)

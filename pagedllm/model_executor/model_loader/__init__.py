@@ -16,6 +16,7 @@ from pagedllm.model_executor.custom_op import float_weight_storage
 from pagedllm.model_executor.models.registry import get_model_class, implementation_of
 from pagedllm.model_executor.quantization.activation_dtype import set_quantized_activation_dtype
 from pagedllm.model_executor.quantization.base import QuantizationConfig
+from pagedllm.model_executor.quantization.kquant_weight import log_kquant_form
 from pagedllm.model_executor.quantization.registry import create_quant_config
 from pagedllm.model_executor.quantization.scope import quantization_scope
 
@@ -50,6 +51,7 @@ def get_model(model_config: ModelConfig, device: torch.device | str) -> nn.Modul
     if quant_config is not None:
         _quantize_vocab_embeddings(model, quant_config)
     set_quantized_activation_dtype(model, model_config.quantized_activation_dtype)
+    log_kquant_form(model)
     model.eval()
     num_params = sum(p.numel() for p in model.parameters())
     logger.info(

@@ -15,7 +15,10 @@ loop, so the results are that path's bits exactly (same tokens, batch-invariant 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
+from pagedllm import envs
+from pagedllm.logger import init_logger
 from pagedllm.model_executor.quantization.base import FusedWeightSpec
 from pagedllm.model_executor.quantization.gguf_kquant import SUPER_BLOCK, KQuant
 from pagedllm.model_executor.quantization.kernels import (
@@ -23,6 +26,8 @@ from pagedllm.model_executor.quantization.kernels import (
     QuantizedWeight,
     interleave_rows,
 )
+
+logger = init_logger(__name__)
 
 
 def kquant_kernel_fits(kq: KQuant, device: torch.device) -> bool:
@@ -138,3 +143,18 @@ def as_group_quant(kq: KQuant):
     s, z = kq.group_terms()
     codes = kq.codes if kq.bits == 4 else kq.codes.to(torch.int8)
     return GroupQuant(codes, s, z, kq.group_size, unsigned4=kq.bits == 4)
+
+
+def log_kquant_form(model: nn.Module) -> None:
+    """The start-up line saying how a loaded model holds its GGUF K-quant weights (none without
+    KQuantWeights, unless PAGEDLLM_COMPACT_KQUANT=0 turned them off)."""
+    compact = [m for m in model.modules() if isinstance(m, KQuantWeight)]
+    if compact:
+        weights = sum(m.out_features * m.in_features for m in compact)
+        nbytes = sum(m.weight_bytes() for m in compact)
+        logger.info("GGUF K-quant weights: %d matrices keep the file's compact scales (%.0f MiB, "
+                    "%.2f bits a weight; PAGEDLLM_COMPACT_KQUANT=0 multiplies them out)",
+                    len(compact), nbytes / 2**20, 8 * nbytes / weights)  # fmt: skip
+    elif not envs.compact_kquant():
+        logger.info("PAGEDLLM_COMPACT_KQUANT=0: GGUF K-quant weights (if any) are held multiplied "
+                    "out (a float scale and min per group, 8-bit codes for Q5_K/Q6_K)")

@@ -62,19 +62,39 @@ inline void add_group_terms(const vec::R16i isum[R], vec::R16f s, vec::R16f z,
   }
 }
 
-// R activation rows (from m0) against the 16 weight rows of one row group: out [R, 16].
-// Int8: the activations' int8 codes (interleaved_int8.h), else their int16 ones.
-template <bool U4, int G, typename S, int R, bool Int8>
-inline void row_group_tile(const uint8_t* codes, const S* scales, const S* mins,
-                           const QuantizedRows& qa, int64_t m0, float* out) {
+// Where a row group's codes and float terms come from (the tile loop's one hook): per group g,
+// codes(g, buf) gives its 32-byte chunks (in place, or unpacked into buf [G * 16]) and
+// terms(g, s, z) its 16 rows' scales and mins. PackedGroupWeight's form loads them as stored;
+// quant/kquant.h's K-quant form builds them in registers from the file's compact scales.
+template <bool U4, int G, typename S>
+struct StoredTerms {
+  const uint8_t* codes;
+  const S* scales;
+  const S* mins;
+  const uint8_t* group_codes(int64_t g, uint8_t*) const {
+    return codes + g * kChunksPerGroup<U4, G> * 32;
+  }
+  void terms(int64_t g, vec::R16f& s, vec::R16f& z) const {
+    s = vec::r16_load(scales + g * kRowGroup);
+    z = vec::r16_load(mins + g * kRowGroup);
+  }
+};
+
+// R activation rows (from m0) against the 16 weight rows of one row group (from `src`, see
+// StoredTerms): out [R, 16]. Int8: the activations' int8 codes (interleaved_int8.h), else their
+// int16 ones.
+template <bool U4, int G, int R, bool Int8, typename Source>
+inline void row_group_tile_from(const Source& src, const QuantizedRows& qa, int64_t m0,
+                                float* out) {
   constexpr int64_t chunks = kChunksPerGroup<U4, G>;
   const int64_t K = qa.K;
   const int16_t* xq = qa.q.data() + m0 * K;
   vec::R16f a[R], b[R];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) a[r] = b[r] = vec::r16_zero();
+  alignas(64) uint8_t buf[chunks * 32];
   for (int64_t g = 0; g < qa.ng; ++g) {
-    const uint8_t* cg = codes + g * chunks * 32;
+    const uint8_t* cg = src.group_codes(g, buf);
     vec::R16i isum[R];
     if constexpr (Int8) {
       group_isums_int8<U4, G, R>(cg, qa, m0, g, isum);
@@ -93,12 +113,18 @@ inline void row_group_tile(const uint8_t* codes, const S* scales, const S* mins,
     } else {
       group_isums_i8_int16<G, R>(cg, xq + g * G, K, isum);
     }
-    const vec::R16f s = vec::r16_load(scales + g * kRowGroup);
-    const vec::R16f z = vec::r16_load(mins + g * kRowGroup);
+    vec::R16f s, z;
+    src.terms(g, s, z);
     add_group_terms<U4, R>(isum, s, z, qa, m0, g, a, b);
   }
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) vec::r16_store(out + r * kRowGroup, a[r] + b[r]);
+}
+
+template <bool U4, int G, typename S, int R, bool Int8>
+inline void row_group_tile(const uint8_t* codes, const S* scales, const S* mins,
+                           const QuantizedRows& qa, int64_t m0, float* out) {
+  row_group_tile_from<U4, G, R, Int8>(StoredTerms<U4, G, S>{codes, scales, mins}, qa, m0, out);
 }
 
 // Activation rows per tile from `left`: the build's widest tile, else the largest power of two
@@ -110,18 +136,25 @@ inline int64_t tile_rows(int64_t left) {
   return r;
 }
 
+template <bool U4, int G, bool Int8, typename Source>
+void row_group_rows_from(const Source& src, const QuantizedRows& qa, int64_t m0, int64_t rows,
+                         float* part) {
+  switch (rows) {
+    case 1: return row_group_tile_from<U4, G, 1, Int8>(src, qa, m0, part);
+    case 2: return row_group_tile_from<U4, G, 2, Int8>(src, qa, m0, part);
+  }
+  if constexpr (vec::kRows16Tile >= 8) {
+    if (rows == 4) return row_group_tile_from<U4, G, 4, Int8>(src, qa, m0, part);
+    if (rows == 8) return row_group_tile_from<U4, G, 8, Int8>(src, qa, m0, part);
+  }
+  TORCH_CHECK(false, "row-interleaved tile of ", rows, " rows");
+}
+
 template <bool U4, int G, typename S, bool Int8>
 void row_group_rows(const uint8_t* codes, const S* scales, const S* mins, const QuantizedRows& qa,
                     int64_t m0, int64_t rows, float* part) {
-  switch (rows) {
-    case 1: return row_group_tile<U4, G, S, 1, Int8>(codes, scales, mins, qa, m0, part);
-    case 2: return row_group_tile<U4, G, S, 2, Int8>(codes, scales, mins, qa, m0, part);
-  }
-  if constexpr (vec::kRows16Tile >= 8) {
-    if (rows == 4) return row_group_tile<U4, G, S, 4, Int8>(codes, scales, mins, qa, m0, part);
-    if (rows == 8) return row_group_tile<U4, G, S, 8, Int8>(codes, scales, mins, qa, m0, part);
-  }
-  TORCH_CHECK(false, "row-interleaved tile of ", rows, " rows");
+  row_group_rows_from<U4, G, Int8>(StoredTerms<U4, G, S>{codes, scales, mins}, qa, m0, rows,
+                                   part);
 }
 
 // out [M, N] = x [M, K] W^T, W row-interleaved (N = 16 * codes.size(0)); Int8: int8

@@ -4,16 +4,23 @@
 // PackedGroupWeight holds a float scale and min per group and 8-bit codes (Q4_K: 6 bits a weight
 // instead of 4.63; Q6_K: 12 instead of 6.63).
 //
-// The row-interleaved loop (interleaved.h) runs unchanged: per row group of 16 weight rows and
-// block of row groups, the compact form is decoded into the float scales/mins and int8 codes that
-// loop reads (thread-local, L2-sized), then its tiles run. The decoded values are the ones
-// PackedGroupWeight would hold:
+// The row-interleaved tile loop (interleaved.h's row_group_tile_from) runs unchanged with its
+// scale/code source hook: KQuantTerms builds each group's 16 scales and mins in registers from the
+// int8 and fp16 arrays, and unpacks a 6-bit group's chunks from their planes into a 512-byte stack
+// buffer (L1), inside the loop. The values are the ones PackedGroupWeight would hold:
 //   scale = float(d) * float(sc)              one float32 rounding, as gguf_blocks.py's product
 //   min   = fma(offset, scale, float(dm) * float(m))
 // where offset * scale is exact (scale has at most 11 + 7 significant bits, offset <= 63), so
 // the fma is the centred min zeros + offset * scales of group_quant.to_packed_group_weight; the
 // codes are code - offset. Hence the same bits as the PackedGroupWeight path in every build,
 // and batch-invariant as it is.
+//
+// Why in the loop: decoding a block of row groups into float scales and int8 codes in scratch
+// first (the first version) wrote and read back ~2x the weight's bytes per call, and at decode
+// (M = 1..8 rows) that pass cost as much as the dot products: 0.4-0.5x PackedGroupWeight's speed.
+// Where many activation rows pass each row group (prefill), the in-loop work is repeated per tile
+// of rows, so from kScratchRows rows the block is decoded once into scratch (the same functions,
+// hence the same values) and the tiles read it, as before.
 //
 // Layout (kquant_weight.py packs it):
 //   codes         u4: interleaved.h's u4 codes [N / 16, ng, 8 * G]
@@ -50,70 +57,130 @@ struct KQuantScales {
   int64_t offset;  // subtracted from 6-bit codes, added back in the min (0 for u4)
 };
 
-// Row group j's scale and min per group and lane into s, z [ng, 16]. The fp16 pair of each
-// 256 columns is widened once (vec's exact fp16 -> fp32), so the per-group loop is plain
-// int8 -> float products the compiler vectorizes (a scalar fp16 conversion per group and lane
-// cost more than the M = 1 dot products it feeds).
-template <int G>
-inline void decode_group_terms(const KQuantScales& k, int64_t j, float* s, float* z) {
-  constexpr int64_t per_super = kSuperBlock / G;
-  const int8_t* sc = k.sc + j * k.ng * kRowGroup;
-  const int8_t* m = k.m + j * k.ng * kRowGroup;
-  const c10::Half* d = k.d + j * k.nsb * kRowGroup;
-  const c10::Half* dm = k.dm + j * k.nsb * kRowGroup;
-  const float offset = static_cast<float>(k.offset);
-  for (int64_t sb = 0; sb < k.nsb; ++sb) {
-    alignas(64) float dv[kRowGroup], dmv[kRowGroup];
-    vec::r16_store(dv, vec::r16_load(d + sb * kRowGroup));
-    vec::r16_store(dmv, vec::r16_load(dm + sb * kRowGroup));
-    for (int64_t g = sb * per_super; g < (sb + 1) * per_super; ++g) {
-      const int8_t* scg = sc + g * kRowGroup;
-      const int8_t* mg = m + g * kRowGroup;
-      float* sg = s + g * kRowGroup;
-      float* zg = z + g * kRowGroup;
-      if (k.offset) {
-        for (int64_t l = 0; l < kRowGroup; ++l) {
-          const float sv = dv[l] * static_cast<float>(scg[l]);
-          sg[l] = sv;
-          zg[l] = std::fma(offset, sv, dmv[l] * static_cast<float>(mg[l]));
-        }
-      } else {
-        for (int64_t l = 0; l < kRowGroup; ++l) {
-          sg[l] = dv[l] * static_cast<float>(scg[l]);
-          zg[l] = dmv[l] * static_cast<float>(mg[l]);
-        }
-      }
-    }
-  }
+// From this many activation rows the block-decoded scratch path (see the notes above).
+#ifndef PAGEDLLM_KQUANT_SCRATCH_ROWS
+#define PAGEDLLM_KQUANT_SCRATCH_ROWS 32
+#endif
+constexpr int64_t kScratchRows = PAGEDLLM_KQUANT_SCRATCH_ROWS;
+
+// 16 int8 -> 16 floats (exact)
+inline vec::R16f r16_load_i8(const int8_t* p) {
+#if defined(PAGEDLLM_VEC_512)
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v))};
+#else
+  const uint8_t* u = reinterpret_cast<const uint8_t*>(p);
+  return {{vec::to_float(vec::widen_i8_i32(u)), vec::to_float(vec::widen_i8_i32(u + 8))}};
+#endif
 }
 
-// `bytes` (a multiple of 128) codes from their 6-bit planes, minus offset, as int8 bytes.
+// `bytes` (a multiple of 128) codes from their 6-bit planes (src: bytes * 3 / 4), minus offset,
+// as int8 bytes into dst. Integer operations only: every build gives the same bytes.
 inline void unpack_6bit(const uint8_t* src, int64_t bytes, int64_t offset, uint8_t* dst) {
   const uint8_t o = static_cast<uint8_t>(offset);
   for (int64_t c = 0; c < bytes / 128; ++c) {
     const uint8_t* lo = src + 96 * c;
     const uint8_t* hi = lo + 64;
     uint8_t* q = dst + 128 * c;
+#if defined(PAGEDLLM_VEC_512)
+    // [lo 0..31 | lo 32..63] and [hi | hi]: chunks 0-1 take the low nibbles and hi's bit pairs
+    // 0 / 1 (<< 4, << 2 to bits 4-5), chunks 2-3 the high nibbles and pairs 2 / 3 (>> 0, >> 2)
+    const __m512i l = _mm512_loadu_si512(lo);
+    const __m512i h =
+        _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(hi)));
+    const __m512i low4 = _mm512_set1_epi8(0x0F), bits45 = _mm512_set1_epi8(0x30);
+    const __m512i up01 = _mm512_sllv_epi16(
+        h, _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1));
+    const __m512i up23 = _mm512_srlv_epi16(
+        h, _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1));
+    const __m512i q01 =
+        _mm512_or_si512(_mm512_and_si512(l, low4), _mm512_and_si512(up01, bits45));
+    const __m512i q23 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), low4),
+                                        _mm512_and_si512(up23, bits45));
+    const __m512i vo = _mm512_set1_epi8(static_cast<char>(o));
+    _mm512_storeu_si512(q, _mm512_sub_epi8(q01, vo));
+    _mm512_storeu_si512(q + 64, _mm512_sub_epi8(q23, vo));
+#elif defined(__AVX2__)
+    const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo));
+    const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo + 32));
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hi));
+    const __m256i low4 = _mm256_set1_epi8(0x0F), bits45 = _mm256_set1_epi8(0x30);
+    const __m256i vo = _mm256_set1_epi8(static_cast<char>(o));
+    auto join = [&](__m256i nibbles, __m256i pairs) {
+      return _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(nibbles, low4),
+                                             _mm256_and_si256(pairs, bits45)), vo);
+    };
+    __m256i* out = reinterpret_cast<__m256i*>(q);
+    _mm256_storeu_si256(out, join(l0, _mm256_slli_epi16(h, 4)));
+    _mm256_storeu_si256(out + 1, join(l1, _mm256_slli_epi16(h, 2)));
+    _mm256_storeu_si256(out + 2, join(_mm256_srli_epi16(l0, 4), h));
+    _mm256_storeu_si256(out + 3, join(_mm256_srli_epi16(l1, 4), _mm256_srli_epi16(h, 2)));
+#else
     for (int i = 0; i < 32; ++i) {
-      const uint8_t h = hi[i], a = lo[i], b = lo[32 + i];
-      q[i] = static_cast<uint8_t>(((a & 15) | ((h & 3) << 4)) - o);
-      q[32 + i] = static_cast<uint8_t>(((b & 15) | (((h >> 2) & 3) << 4)) - o);
-      q[64 + i] = static_cast<uint8_t>(((a >> 4) | (((h >> 4) & 3) << 4)) - o);
-      q[96 + i] = static_cast<uint8_t>(((b >> 4) | ((h >> 6) << 4)) - o);
+      const uint8_t hb = hi[i], a = lo[i], b = lo[32 + i];
+      q[i] = static_cast<uint8_t>(((a & 15) | ((hb & 3) << 4)) - o);
+      q[32 + i] = static_cast<uint8_t>(((b & 15) | (((hb >> 2) & 3) << 4)) - o);
+      q[64 + i] = static_cast<uint8_t>(((a >> 4) | (((hb >> 4) & 3) << 4)) - o);
+      q[96 + i] = static_cast<uint8_t>(((b >> 4) | ((hb >> 6) << 4)) - o);
     }
+#endif
   }
 }
 
-// Row group j decoded into the interleaved loop's inputs: codes (u4: the stored ones), s, z.
+// Row group j of a K-quant weight as interleaved.h's tile loop source (see StoredTerms there):
+// scales and mins built in registers, 6-bit codes unpacked per group.
+template <bool U4, int G>
+struct KQuantTerms {
+  static constexpr int64_t kGroupBytes = kChunksPerGroup<U4, G> * 32;  // unpacked
+  static constexpr int64_t kPerSuper = kSuperBlock / G;
+  const uint8_t* codes;  // this row group's stored codes
+  const int8_t* sc;
+  const int8_t* m;
+  const c10::Half* d;
+  const c10::Half* dm;
+  float offset;
+
+  KQuantTerms(const uint8_t* all_codes, const KQuantScales& k, int64_t j)
+      : codes(all_codes + j * k.ng * (U4 ? kGroupBytes : kGroupBytes / 4 * 3)),
+        sc(k.sc + j * k.ng * kRowGroup),
+        m(k.m + j * k.ng * kRowGroup),
+        d(k.d + j * k.nsb * kRowGroup),
+        dm(k.dm + j * k.nsb * kRowGroup),
+        offset(static_cast<float>(k.offset)) {}
+
+  const uint8_t* group_codes(int64_t g, uint8_t* buf) const {
+    if constexpr (U4) {
+      return codes + g * kGroupBytes;
+    } else {
+      unpack_6bit(codes + g * (kGroupBytes / 4 * 3), kGroupBytes, static_cast<int64_t>(offset),
+                  buf);
+      return buf;
+    }
+  }
+  void terms(int64_t g, vec::R16f& s, vec::R16f& z) const {
+    const int64_t sb = g / kPerSuper;
+    s = vec::r16_load(d + sb * kRowGroup) * r16_load_i8(sc + g * kRowGroup);
+    z = vec::r16_load(dm + sb * kRowGroup) * r16_load_i8(m + g * kRowGroup);
+    if (!U4 && offset != 0.f) z = vec::fma(vec::r16_set1(offset), s, z);
+  }
+};
+
+// Row group j decoded into the interleaved loop's stored inputs (the scratch path): codes (u4:
+// the stored ones), s, z [ng, 16], by KQuantTerms' own functions (the same values).
 template <bool U4, int G>
 inline const uint8_t* decode_row_group(const uint8_t* codes, const KQuantScales& k, int64_t j,
                                        uint8_t* code_buf, float* s, float* z) {
-  const int64_t rg_bytes = k.ng * kChunksPerGroup<U4, G> * 32;
-  decode_group_terms<G>(k, j, s, z);
+  const KQuantTerms<U4, G> src(codes, k, j);
+  for (int64_t g = 0; g < k.ng; ++g) {
+    vec::R16f sg, zg;
+    src.terms(g, sg, zg);
+    vec::r16_store(s + g * kRowGroup, sg);
+    vec::r16_store(z + g * kRowGroup, zg);
+  }
   if constexpr (U4) {
-    return codes + j * rg_bytes;
+    return src.codes;
   } else {
-    unpack_6bit(codes + j * rg_bytes / 4 * 3, rg_bytes, k.offset, code_buf);
+    unpack_6bit(src.codes, k.ng * KQuantTerms<U4, G>::kGroupBytes, k.offset, code_buf);
     return code_buf;
   }
 }
@@ -136,7 +203,8 @@ inline KQuantScratch& kquant_scratch() {
 }
 
 // out [M, N] = x [M, K] W^T for a K-quant W (N = 16 * number of row groups): interleaved.h's
-// interleaved_rows with each block of row groups decoded first.
+// interleaved_rows with the K-quant source in the tile loop (M < kScratchRows), or with each
+// block of row groups decoded into scratch first.
 template <bool U4, int G, bool Int8>
 void kquant_rows(const at::Tensor& x, const uint8_t* cp, const KQuantScales& k, at::Tensor& out) {
   const int64_t M = x.size(0), K = x.size(1), N = out.size(1);
@@ -147,11 +215,33 @@ void kquant_rows(const at::Tensor& x, const uint8_t* cp, const KQuantScales& k, 
   float* op = out.data_ptr<float>();
   const int64_t block_rows = std::max<int64_t>(
       8, kActivationBlockBytes / (K * static_cast<int64_t>(Int8 ? 1 : sizeof(int16_t))));
+  // (compact bytes: the in-loop path's blocks hold as many row groups as the stored form's)
   const int64_t block_groups = std::max<int64_t>(1, kWeightBlockBytes / rg_bytes);
+  const bool scratch_path = M >= kScratchRows;
   at::parallel_for(0, N / kRowGroup, 1, [&](int64_t begin, int64_t end) {
+    float part[vec::kRows16Tile * kRowGroup];
+    auto tiles = [&](int64_t j, int64_t block, int64_t block_end, const auto& src) {
+      for (int64_t m0 = block; m0 < block_end;) {
+        const int64_t rows = tile_rows(block_end - m0);
+        row_group_rows_from<U4, G, Int8>(src, qa, m0, rows, part);
+        for (int64_t r = 0; r < rows; ++r)
+          std::copy_n(part + r * kRowGroup, kRowGroup, op + (m0 + r) * N + j * kRowGroup);
+        m0 += rows;
+      }
+    };
+    if (!scratch_path) {
+      for (int64_t j0 = begin; j0 < end; j0 += block_groups) {
+        const int64_t j1 = std::min(end, j0 + block_groups);
+        for (int64_t block = 0; block < M; block += block_rows) {
+          const int64_t block_end = std::min(M, block + block_rows);
+          for (int64_t j = j0; j < j1; ++j)
+            tiles(j, block, block_end, KQuantTerms<U4, G>(cp, k, j));
+        }
+      }
+      return;
+    }
     KQuantScratch& scratch = kquant_scratch();
     scratch.reserve(U4 ? 0 : block_groups * rg_bytes, block_groups * terms, block_groups);
-    float part[vec::kRows16Tile * kRowGroup];
     const uint8_t** cs = scratch.row_groups.data();
     for (int64_t j0 = begin; j0 < end; j0 += block_groups) {
       const int64_t j1 = std::min(end, j0 + block_groups);
@@ -164,15 +254,9 @@ void kquant_rows(const at::Tensor& x, const uint8_t* cp, const KQuantScales& k, 
         const int64_t block_end = std::min(M, block + block_rows);
         for (int64_t j = j0; j < j1; ++j) {
           const int64_t i = j - j0;
-          const float* s = scratch.s.data() + i * terms;
-          const float* z = scratch.z.data() + i * terms;
-          for (int64_t m0 = block; m0 < block_end;) {
-            const int64_t rows = tile_rows(block_end - m0);
-            row_group_rows<U4, G, float, Int8>(cs[i], s, z, qa, m0, rows, part);
-            for (int64_t r = 0; r < rows; ++r)
-              std::copy_n(part + r * kRowGroup, kRowGroup, op + (m0 + r) * N + j * kRowGroup);
-            m0 += rows;
-          }
+          tiles(j, block, block_end,
+                StoredTerms<U4, G, float>{cs[i], scratch.s.data() + i * terms,
+                                          scratch.z.data() + i * terms});
         }
       }
     }
