@@ -25,12 +25,12 @@ MODELS = {
 }
 
 
-def measure(model: str, rounds: int) -> dict:
+def measure(model: str, rounds: int, switch: str = "PAGEDLLM_COMPACT_KQUANT") -> dict:
     from pagedllm import LLM, SamplingParams
 
     llms = {}
     for form, flag in (("packed", "0"), ("compact", "1")):
-        os.environ["PAGEDLLM_COMPACT_KQUANT"] = flag  # read while the weights load
+        os.environ[switch] = flag  # read while the weights load
         llms[form] = LLM(model, kv_cache_memory="64MiB", max_model_len=512,
                          enable_prefix_caching=False)  # fmt: skip
     one = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
@@ -63,12 +63,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--switch", default="PAGEDLLM_COMPACT_KQUANT",
+                        help="the variable the two forms differ in: PAGEDLLM_COMPACT_Q5 compares "
+                        "Q5_0/Q5_1 alone (K-quants compact in both)")  # fmt: skip
     parser.add_argument("--output-json")
     args = parser.parse_args()
     record = {"threads": os.environ.get("PAGEDLLM_NUM_THREADS"), "rounds": args.rounds,
+              "switch": args.switch,
               "load_before": os.getloadavg(), "models": {}}  # fmt: skip
     for name in args.models:
-        record["models"][name] = measure(MODELS[name], args.rounds)
+        record["models"][name] = measure(MODELS[name], args.rounds, args.switch)
         print(name, json.dumps(record["models"][name]), flush=True)
     record["load_after"] = os.getloadavg()
     if args.output_json:

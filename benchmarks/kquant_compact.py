@@ -33,6 +33,7 @@ import json, os, sys, torch
 from pagedllm import LLM, SamplingParams
 from pagedllm.model_executor.quantization.kernels import PackedGroupWeight
 from pagedllm.model_executor.quantization.kquant_weight import KQuantWeight
+from pagedllm.model_executor.quantization.q5_weight import Q5Weight
 llm = LLM(sys.argv[1], kv_cache_memory="64MiB", max_model_len=512, enable_prefix_caching=False)
 def rss():
     for line in open("/proc/self/status"):
@@ -41,7 +42,7 @@ def rss():
 model = llm.llm_engine.engine_core.engine_core.executor.driver_worker.model
 layers = {}
 for name, m in model.named_modules():
-    if isinstance(m, (PackedGroupWeight, KQuantWeight)):
+    if isinstance(m, (PackedGroupWeight, KQuantWeight, Q5Weight)):
         nbytes = sum(t.numel() * t.element_size() for t in m.buffers() if t is not None)
         layers[name] = {"kind": type(m).__name__, "bytes": nbytes,
                         "weights": m.out_features * m.in_features}
@@ -52,16 +53,17 @@ print(json.dumps({"rss_mib": rss(), "layers": layers, "tokens": [list(t) for t i
 """
 
 
-def memory(model: str) -> dict:
+def memory(model: str, switch: str = "PAGEDLLM_COMPACT_KQUANT") -> dict:
     out = {}
     for form, flag in FORMS.items():
-        env = {**os.environ, "PAGEDLLM_COMPACT_KQUANT": flag, "PAGEDLLM_NUM_THREADS": "1"}
+        env = {**os.environ, switch: flag, "PAGEDLLM_NUM_THREADS": "1"}
         done = subprocess.run([sys.executable, "-c", _MEMORY, model], env=env,
                               capture_output=True, text=True, check=False)  # fmt: skip
         if done.returncode:
             raise RuntimeError(done.stderr[-3000:])
         out[form] = json.loads(done.stdout.strip().splitlines()[-1])
-    compact_k = {n for n, v in out["compact"]["layers"].items() if v["kind"] == "KQuantWeight"}
+    compact_k = {n for n, v in out["compact"]["layers"].items()
+                 if v["kind"] in ("KQuantWeight", "Q5Weight")}  # fmt: skip
     summary = {}
     for form, rec in out.items():
         k_layers = [rec["layers"][n] for n in compact_k]
@@ -149,6 +151,9 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=32)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--switch", default="PAGEDLLM_COMPACT_KQUANT",
+                        help="memory: the variable the two forms differ in (PAGEDLLM_COMPACT_Q5: "
+                        "Q5_0/Q5_1 alone)")  # fmt: skip
     parser.add_argument("--output-json")
     args = parser.parse_args()
     record = {"cpu": platform.processor() or _cpu_model(), "threads": args.threads,
@@ -159,7 +164,7 @@ def main() -> None:
     for name, path in _models(args.models).items():
         rec = record["models"][name] = {"path": path}
         if not args.skip_memory:
-            rec["memory"] = memory(path)
+            rec["memory"] = memory(path, args.switch)
             print(name, json.dumps(rec["memory"]), flush=True)
         if not args.skip_speed:
             rec["speed"] = speed(path, args)

@@ -56,6 +56,16 @@ def compact_kquant() -> bool:
     return os.environ.get("PAGEDLLM_COMPACT_KQUANT", "1") not in ("0", "false", "False", "")
 
 
+def compact_q5() -> bool:
+    """PAGEDLLM_COMPACT_Q5: hold GGUF Q5_0/Q5_1 weights with the file's fp16 scales and 5-bit
+    codes (quantization/q5_weight.py: the same results bit for bit, 5.5-6 bits a weight instead
+    of 9) — default: PAGEDLLM_COMPACT_KQUANT's value (1); 0 keeps PackedGroupWeight's form."""
+    value = os.environ.get("PAGEDLLM_COMPACT_Q5")
+    if value is None:
+        return compact_kquant()
+    return value not in ("0", "false", "False", "")
+
+
 def kernel_cache_dir() -> str:
     """PAGEDLLM_CACHE_DIR: where the compiled kernels are built and cached (default
     ~/.cache/pagedllm)."""

@@ -28,6 +28,7 @@ _TESTS = [
     "tests/quantization/test_packed_kernel.py",
     "tests/quantization/test_gguf_blocks.py",
     "tests/quantization/test_kquant.py",
+    "tests/quantization/test_q5.py",
     "tests/model_executor/test_dense_linear.py",
     "tests/attention/test_backends.py",
     "tests/engine/test_batch_invariance.py::test_tiny_models_are_batch_invariant[float32]",
@@ -181,6 +182,19 @@ def _kquant_outputs(rng, rand, out: dict[str, torch.Tensor]) -> None:
             out[f"kquant/{key}/M{M}"] = ops.kquant_linear(x, *args)
             out[f"kquant/{key}/int8/M{M}"] = ops.kquant_linear(x, *args, 8)
         out[f"kquant_gather/{key}"] = ops.kquant_gather_rows(torch.tensor([0, 17, 31]), *args, K)
+    # Q5_0 / Q5_1 (quant/q5.h, through kquant.h's drivers): 5-bit codes, fp16 d (and m)
+    K = 160
+    for q5_1 in (False, True):
+        codes = torch.from_numpy(rng.integers(0, 256, (groups, K // 32 * 320), dtype=np.uint8))
+        d = (torch.from_numpy(rng.random((groups, K // 32, 16), dtype=np.float32)) - 0.5).half()
+        mins = -d if q5_1 else torch.empty(0, dtype=torch.float16)
+        key = "q5_1" if q5_1 else "q5_0"
+        for M in (1, 3, 9, 33):
+            x = rand(M, K)
+            out[f"kquant/{key}/M{M}"] = ops.q5_linear(x, codes, d, mins, 16)
+            out[f"kquant/{key}/int8/M{M}"] = ops.q5_linear(x, codes, d, mins, 16, 8)
+        out[f"kquant_gather/{key}"] = ops.q5_gather_rows(torch.tensor([0, 17, 31]), codes, d,
+                                                         mins, 16, K)  # fmt: skip
 
 
 def _quant_magnitude(x, codes, scales, mins, group: int, u4: bool) -> torch.Tensor:

@@ -22,6 +22,7 @@ from pagedllm.kernels.build import ExtensionSpec, load_or_build
 _SOURCES = (
     "quant_linear.cpp",
     "kquant_linear.cpp",
+    "q5_linear.cpp",
     "dense_linear.cpp",
     "paged_attention.cpp",
     "elementwise.cpp",

@@ -90,10 +90,12 @@ class DecoderLayerSpec:
                 "activation": _ACTIVATIONS[self.activation]}  # fmt: skip
         for name, weight in self.linears.items():
             tensors.update({f"{name}.{key}": t for key, t in weight.tensors.items()})
-            if weight.layout in ("packed_group", "kquant"):
+            if weight.layout in ("packed_group", "kquant", "q5"):
                 ints.update({f"{name}.group_size": weight.group_size, f"{name}.u4": int(weight.u4)})
-                if weight.layout == "kquant":
+                if weight.layout in ("kquant", "q5"):
                     ints[f"{name}.offset"] = weight.offset
+                if weight.layout == "q5":
+                    ints[f"{name}.q5"] = 1
                 if weight.activation_bits != 16:  # (absent: int16, the kernel's default)
                     ints[f"{name}.activation_bits"] = weight.activation_bits
         for name, lora in self.lora.items():

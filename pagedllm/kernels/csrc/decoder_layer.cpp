@@ -81,7 +81,8 @@ struct LinearWeight {
   int64_t group_size = 0;
   bool u4 = false;
   int64_t activation_bits = 16;  // 8: int8 activations (--quantized-activation-dtype int8)
-  int64_t offset = 0;            // K-quant (5 tensors): the 6-bit codes' centring
+  int64_t offset = 0;            // K-quant (5 tensors) / Q5: the codes' centring
+  bool q5 = false;  // [codes, scales, mins] of a Q5_0 / Q5_1 weight (q5_linear.cpp)
 };
 
 // A linear's LoRA slots (lora/layers.py LoRALinear's buffers, shared: a slot filled later is
@@ -144,7 +145,8 @@ at::Tensor linear(const at::Tensor& x, const LinearWeight& w,
       t.size() == 5  // a K-quant weight with its compact scales (kquant_linear.cpp)
           ? pagedllm::kquant_linear(x, t[0], t[1], t[2], t[3], t[4], w.group_size, w.u4,
                                     w.offset, w.activation_bits)
-          : pagedllm::quant_linear(x, t[0], t[1], t[2], w.group_size, w.u4, w.activation_bits);
+      : w.q5 ? pagedllm::q5_linear(x, t[0], t[1], t[2], w.offset, w.activation_bits)
+             : pagedllm::quant_linear(x, t[0], t[1], t[2], w.group_size, w.u4, w.activation_bits);
   return bias.has_value() && bias->defined() ? y + *bias : y;
 }
 
@@ -333,6 +335,8 @@ class LayerSpecReader {
       w.offset = integer(name + ".offset");
     } else {
       w.tensors = {tensor(name + ".codes"), tensor(name + ".scales"), tensor(name + ".mins")};
+      w.q5 = integer(name + ".q5", 0) != 0;  // Q5_0 / Q5_1's compact form: "<name>.offset" too
+      if (w.q5) w.offset = integer(name + ".offset");
     }
     w.group_size = integer(name + ".group_size");
     w.u4 = integer(name + ".u4") != 0;

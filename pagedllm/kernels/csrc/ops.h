@@ -26,6 +26,11 @@ at::Tensor kquant_linear(const at::Tensor& x, const at::Tensor& codes,
                          int64_t group_size, bool u4, int64_t offset,
                          int64_t activation_bits = 16);
 
+// y [M, N] = x [M, K] W^T for a GGUF Q5_0 / Q5_1 W held with its fp16 scales and 5-bit codes
+// (see quant/q5.h; mins empty for Q5_0); the same bits as quant_linear on its PackedGroupWeight.
+at::Tensor q5_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
+                     const at::Tensor& mins, int64_t offset, int64_t activation_bits = 16);
+
 // Causal attention of each request's query rows over its paged K/V (see paged_attention.cpp).
 // A step's attention metadata as the kernel reads it, prepared once for all layers.
 struct AttentionPlan {

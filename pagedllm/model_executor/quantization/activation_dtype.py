@@ -28,8 +28,10 @@ def set_quantized_activation_dtype(model: nn.Module, dtype: str) -> None:
     once (nothing for a model without one)."""
     bits = ACTIVATION_BITS[dtype]
     from pagedllm.model_executor.quantization.kquant_weight import KQuantWeight
+    from pagedllm.model_executor.quantization.q5_weight import Q5Weight
 
-    weights = [m for m in model.modules() if isinstance(m, (PackedGroupWeight, KQuantWeight))]
+    kinds = (PackedGroupWeight, KQuantWeight, Q5Weight)
+    weights = [m for m in model.modules() if isinstance(m, kinds)]
     if not weights:
         return
     for weight in weights:

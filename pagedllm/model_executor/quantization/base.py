@@ -23,18 +23,19 @@ class FusedWeightSpec:
     layout "dense": tensors {"weight": float32 [out, in]}; "packed_group": tensors {"codes",
     "scales", "mins"} of quantization/kernels.py PackedGroupWeight, with its group_size and u4;
     "kquant": tensors {"codes", "sub_scales", "sub_mins", "super_scales", "super_mins"} of
-    kquant_weight.py KQuantWeight, with its group_size, u4 and code offset.
+    kquant_weight.py KQuantWeight, with its group_size, u4 and code offset; "q5": tensors
+    {"codes", "scales", "mins"} of q5_weight.py Q5Weight, with its code offset.
     The bias is not part of it (it stays the layer's, in the model dtype).
     """
 
-    layout: Literal["dense", "packed_group", "kquant"]
+    layout: Literal["dense", "packed_group", "kquant", "q5"]
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     group_size: int = 0
     u4: bool = False
     activation_bits: int = 16
     """packed_group: 16, or 8 for int8 activations (--quantized-activation-dtype int8)."""
     offset: int = 0
-    """kquant: what its 6-bit codes are centred by."""
+    """kquant / q5: what its codes are centred by."""
 
 
 class QuantizeMethodBase(ABC):

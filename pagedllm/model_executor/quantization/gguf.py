@@ -41,7 +41,8 @@ class GGUFLinearMethod(RepackedLinearMethod):
 
 def compact_kquant_weight(parts) -> QuantizedWeight | None:
     """GGUF shards all in K-quant types as a KQuantWeight (the file's compact scales, 6-bit
-    codes), or None where that kernel does not take them (then PackedGroupWeight's form)."""
+    codes), all Q5_0 or all Q5_1 as a Q5Weight (q5_weight.py), or None where those kernels do
+    not take them (then PackedGroupWeight's form)."""
     from pagedllm import envs
     from pagedllm.model_executor.quantization.gguf_kquant import (
         K_TYPES,
@@ -54,7 +55,9 @@ def compact_kquant_weight(parts) -> QuantizedWeight | None:
     )
 
     if not envs.compact_kquant() or any(p.qtype.name not in K_TYPES for p in parts):
-        return None
+        from pagedllm.model_executor.quantization.q5_weight import compact_q5_weight
+
+        return compact_q5_weight(parts)  # Q5_0 / Q5_1: the file's fp16 scales, 5-bit codes
     decoded = [decode_k_blocks(p.data, p.qtype.name, p.shape) for p in parts]
     if any(d is None for d in decoded):
         return None

@@ -158,3 +158,6 @@ def log_kquant_form(model: nn.Module) -> None:
     elif not envs.compact_kquant():
         logger.info("PAGEDLLM_COMPACT_KQUANT=0: GGUF K-quant weights (if any) are held multiplied "
                     "out (a float scale and min per group, 8-bit codes for Q5_K/Q6_K)")
+    from pagedllm.model_executor.quantization.q5_weight import log_q5_form
+
+    log_q5_form(model)  # (Q5_0/Q5_1: PAGEDLLM_COMPACT_Q5, defaulting to this switch)

@@ -166,11 +166,13 @@ struct KQuantTerms {
 };
 
 // Row group j decoded into the interleaved loop's stored inputs (the scratch path): codes (u4:
-// the stored ones), s, z [ng, 16], by KQuantTerms' own functions (the same values).
-template <bool U4, int G>
-inline const uint8_t* decode_row_group(const uint8_t* codes, const KQuantScales& k, int64_t j,
+// the stored ones), s, z [ng, 16], by the source's own functions (the same values). Src: a tile
+// loop source built as Src(codes, params, j) (KQuantTerms here, Q5Terms in quant/q5.h).
+template <bool U4, int G, typename Src, typename Params>
+inline const uint8_t* decode_row_group(const uint8_t* codes, const Params& k, int64_t j,
                                        uint8_t* code_buf, float* s, float* z) {
-  const KQuantTerms<U4, G> src(codes, k, j);
+  const Src src(codes, k, j);
+  constexpr int64_t group_bytes = kChunksPerGroup<U4, G> * 32;
   for (int64_t g = 0; g < k.ng; ++g) {
     vec::R16f sg, zg;
     src.terms(g, sg, zg);
@@ -178,9 +180,9 @@ inline const uint8_t* decode_row_group(const uint8_t* codes, const KQuantScales&
     vec::r16_store(z + g * kRowGroup, zg);
   }
   if constexpr (U4) {
-    return src.codes;
+    return src.group_codes(0, code_buf);  // (stored in place)
   } else {
-    unpack_6bit(src.codes, k.ng * KQuantTerms<U4, G>::kGroupBytes, k.offset, code_buf);
+    for (int64_t g = 0; g < k.ng; ++g) src.group_codes(g, code_buf + g * group_bytes);
     return code_buf;
   }
 }
@@ -205,8 +207,9 @@ inline KQuantScratch& kquant_scratch() {
 // out [M, N] = x [M, K] W^T for a K-quant W (N = 16 * number of row groups): interleaved.h's
 // interleaved_rows with the K-quant source in the tile loop (M < kScratchRows), or with each
 // block of row groups decoded into scratch first.
-template <bool U4, int G, bool Int8>
-void kquant_rows(const at::Tensor& x, const uint8_t* cp, const KQuantScales& k, at::Tensor& out) {
+template <bool U4, int G, bool Int8, typename Src = KQuantTerms<U4, G>,
+          typename Params = KQuantScales>
+void kquant_rows(const at::Tensor& x, const uint8_t* cp, const Params& k, at::Tensor& out) {
   const int64_t M = x.size(0), K = x.size(1), N = out.size(1);
   const QuantizedRows qa =
       quantize_activations<U4, G>(x.data_ptr<float>(), M, K, /*pair_blocks=*/false, Int8);
@@ -235,7 +238,7 @@ void kquant_rows(const at::Tensor& x, const uint8_t* cp, const KQuantScales& k, 
         for (int64_t block = 0; block < M; block += block_rows) {
           const int64_t block_end = std::min(M, block + block_rows);
           for (int64_t j = j0; j < j1; ++j)
-            tiles(j, block, block_end, KQuantTerms<U4, G>(cp, k, j));
+            tiles(j, block, block_end, Src(cp, k, j));
         }
       }
       return;
@@ -247,7 +250,7 @@ void kquant_rows(const at::Tensor& x, const uint8_t* cp, const KQuantScales& k, 
       const int64_t j1 = std::min(end, j0 + block_groups);
       for (int64_t j = j0; j < j1; ++j) {
         const int64_t i = j - j0;
-        cs[i] = decode_row_group<U4, G>(cp, k, j, scratch.codes.data() + i * rg_bytes,
+        cs[i] = decode_row_group<U4, G, Src>(cp, k, j, scratch.codes.data() + i * rg_bytes,
                                         scratch.s.data() + i * terms, scratch.z.data() + i * terms);
       }
       for (int64_t block = 0; block < M; block += block_rows) {
@@ -265,12 +268,12 @@ void kquant_rows(const at::Tensor& x, const uint8_t* cp, const KQuantScales& k, 
 
 // Row n of a K-quant W as float into dst [K] (embedding lookups): its row group decoded, then
 // interleaved.h's dequantize_interleaved_rows (scale * code + min, one fused multiply-add).
-template <bool U4, int G>
-void kquant_row(const uint8_t* cp, const KQuantScales& k, int64_t K, int64_t n, float* dst) {
+template <bool U4, int G, typename Src = KQuantTerms<U4, G>, typename Params = KQuantScales>
+void kquant_row(const uint8_t* cp, const Params& k, int64_t K, int64_t n, float* dst) {
   const int64_t rg_bytes = k.ng * kChunksPerGroup<U4, G> * 32;
   KQuantScratch& scratch = kquant_scratch();
   scratch.reserve(U4 ? 0 : rg_bytes, k.ng * kRowGroup);
-  const uint8_t* c = decode_row_group<U4, G>(cp, k, n / kRowGroup, scratch.codes.data(),
+  const uint8_t* c = decode_row_group<U4, G, Src>(cp, k, n / kRowGroup, scratch.codes.data(),
                                              scratch.s.data(), scratch.z.data());
   const int64_t l = n % kRowGroup;
   dequantize_interleaved_rows<U4, G, float>(c, scratch.s.data(), scratch.z.data(), K, l, l + 1,
