@@ -98,5 +98,15 @@ class CpuPagedBackend(AttentionBackend):
         return kv_cache_dtype in (torch.float32, torch.float16) or is_quantized_kv(kv_cache_dtype)
 
     @classmethod
+    def kv_cache_path(cls, kv_cache_dtype: torch.dtype) -> str | None:
+        if kv_cache_dtype == torch.int8:
+            return "int8 KV cache read in place by the kernel (rows dequantized per chunk)"
+        if kv_cache_dtype == torch.float8_e4m3fn:
+            return "fp8 KV cache: the step's blocks gathered and dequantized to float32 first"
+        if kv_cache_dtype == torch.float16:
+            return "float16 KV cache read in place by the kernel"
+        return None
+
+    @classmethod
     def unavailable_reason(cls) -> str | None:
         return None if cpu_kernels_available() else "the compiled CPU kernels are not built"
