@@ -81,11 +81,30 @@ constexpr int64_t scale_bytes() {
   return std::is_same_v<CT, int8_t> ? 4 : 0;
 }
 
+// 16 int8 values as floats (exact)
+inline vec::R16f r16_load_i8(const int8_t* p) {
+#ifdef PAGEDLLM_VEC_512
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes))};
+#else
+  alignas(32) float f[16];
+  for (int i = 0; i < 16; ++i) f[i] = static_cast<float>(p[i]);
+  return vec::r16_load(f);
+#endif
+}
+
+// out[0:d] = q[0:d] * scale (HD > 0: d == HD, in 16-lane vectors; the same products either way)
+template <int HD>
 inline void dequantize_row(const int8_t* q, int64_t d, float* out) {
   float scale;
   std::memcpy(&scale, q + d, sizeof(float));
+  if constexpr (HD > 0) {
+    const vec::R16f s = vec::r16_set1(scale);
+    for (int c = 0; c < HD; c += 16) vec::r16_store(out + c, r16_load_i8(q + c) * s);
+  } else {
 #pragma omp simd
-  for (int64_t i = 0; i < d; ++i) out[i] = static_cast<float>(q[i]) * scale;
+    for (int64_t i = 0; i < d; ++i) out[i] = static_cast<float>(q[i]) * scale;
+  }
 }
 
 template <typename CT>
@@ -403,8 +422,8 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
             }
             float* dk = deq.data() + j * D;
             float* dv = deq.data() + (kKeyChunk + j) * D;
-            dequantize_row(kj, D, dk);
-            dequantize_row(ring_v[c % kRing][j], D, dv);
+            dequantize_row<HD>(kj, D, dk);
+            dequantize_row<HD>(ring_v[c % kRing][j], D, dv);
             deq_k[j] = dk;
             deq_v[j] = dv;
           }
