@@ -60,8 +60,9 @@ int64_t far_prefetch_chunks() {
   return chunks;
 }
 
-// Cache elements are float (the model dtype) or at::Half (--kv-cache-dtype fp16: half the bytes
-// to stream, and decode attention over a long batch is bound by reading the cache).
+// Cache elements are float (the model dtype), at::Half (--kv-cache-dtype fp16: half the bytes
+// to stream, and decode attention over a long batch is bound by reading the cache) or int8_t
+// (--kv-cache-dtype int8: a quarter, each row with its scale; see dequantize_row below).
 template <typename T>
 struct TypeTag {
   using type = T;
