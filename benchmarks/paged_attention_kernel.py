@@ -29,7 +29,8 @@ def main() -> None:
     p.add_argument("--kv-heads", type=int, default=3)
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--block-size", type=int, default=16)
-    p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    p.add_argument("--dtype", choices=("float32", "float16", "int8"), default="float32",
+                   help="the cache's (int8: values + per-(token, head) scales, kv_quant.py)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--iters", type=int, default=5)
     args = p.parse_args()
@@ -43,7 +44,15 @@ def main() -> None:
     blocks_per_req = -(-L // bs)
     dtype = getattr(torch, args.dtype)
     shape = (R * blocks_per_req, bs, args.kv_heads, args.head_dim)
-    key_cache, value_cache = torch.randn(shape).to(dtype), torch.randn(shape).to(dtype)
+    if dtype == torch.int8:
+        from pagedllm.attention.ops.kv_quant import quantize_kv
+
+        key_cache, value_cache = (
+            quantize_kv(torch.randn(shape).flatten(0, 1), dtype).view(*shape[:-1], -1)
+            for _ in range(2)
+        )
+    else:
+        key_cache, value_cache = torch.randn(shape).to(dtype), torch.randn(shape).to(dtype)
     table = torch.randperm(R * blocks_per_req, dtype=torch.int32).view(R, blocks_per_req)
     seq_lens = torch.full((R,), L, dtype=torch.int32)
     starts = torch.arange(R + 1, dtype=torch.int32) * nq

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from pagedllm import envs
+from pagedllm.attention.ops.kv_quant import load_kv, quantize_kv
 from pagedllm.kernels import kernel_isa
 from pagedllm.model_executor.quantization.kernels import interleave_rows
 
@@ -31,6 +32,7 @@ _TESTS = [
     "tests/quantization/test_q5.py",
     "tests/model_executor/test_dense_linear.py",
     "tests/attention/test_backends.py",
+    "tests/attention/test_int8_kv_kernel.py",
     "tests/engine/test_batch_invariance.py::test_tiny_models_are_batch_invariant[float32]",
     "tests/engine/test_batch_invariance.py::test_tiny_models_are_batch_invariant[bfloat16]",
     "tests/model_executor/test_half_weights.py",
@@ -70,7 +72,7 @@ def test_lower_isa_build_passes_kernel_tests(isa):
 def kernel_outputs() -> dict[str, torch.Tensor]:
     """Every compiled kernel on fixed seeded inputs (run in a subprocess per ISA build): shapes
     with vector tails (K = 68, I = 37, D = 100), odd fp16 group counts (K = 96), generic and
-    fixed head sizes, fp16 caches, sliding windows, soft caps and a NaN in the logits."""
+    fixed head sizes, fp16 and int8 caches, sliding windows, soft caps and a NaN in the logits."""
     from pagedllm.kernels import cpu_kernels_available
 
     assert cpu_kernels_available()
@@ -115,10 +117,15 @@ def kernel_outputs() -> dict[str, torch.Tensor]:
         out[f"gather/{key}/rows16"] = ops.quant_gather_rows(ids[:2], *layout, G, u4, K)
     _kquant_outputs(rng, rand, out)
     for D, dtype, (window, cap) in itertools.product(
-        (64, 128, 48), (torch.float32, torch.float16), ((0, 0.0), (5, 0.0), (0, 30.0))
-    ):
+        (64, 128, 48), (torch.float32, torch.float16, torch.int8),
+        ((0, 0.0), (5, 0.0), (0, 30.0)),
+    ):  # fmt: skip
         # 3 requests (a 13-token prefill, a decode, a 3-token chunk), 6 query heads on 2 KV heads
-        q, kc, vc = rand(17, 6, D), rand(16, 4, 2, D).to(dtype), rand(16, 4, 2, D).to(dtype)
+        q, kc, vc = rand(17, 6, D), rand(16, 4, 2, D), rand(16, 4, 2, D)
+        if dtype == torch.int8:  # values + scale bytes, read (dequantized) by the kernel itself
+            kc, vc = (quantize_kv(c.view(-1, 2, D), dtype).view(16, 4, 2, D + 4) for c in (kc, vc))
+        else:
+            kc, vc = kc.to(dtype), vc.to(dtype)
         seq_lens = torch.tensor([13, 7, 20], dtype=torch.int32)
         starts = torch.tensor([0, 13, 14, 17], dtype=torch.int32)
         table = torch.from_numpy(rng.permutation(16)[:15].reshape(3, 5).astype(np.int32))
@@ -127,9 +134,10 @@ def kernel_outputs() -> dict[str, torch.Tensor]:
             q, kc, vc, table, seq_lens, starts, D**-0.5, window, cap
         )
         # the largest |score| bound scale * sum |q||k| and |v|, and the most keys of a row
-        scores = (q.abs().double().flatten(0, 1) @ kc.abs().double().flatten(0, 2).t()).max()
+        kf, vf = load_kv(kc, torch.float64), load_kv(vc, torch.float64)
+        scores = (q.abs().double().flatten(0, 1) @ kf.abs().flatten(0, 2).t()).max()
         out[f"bound_of_attention/{key}"] = torch.stack(
-            (scores * D**-0.5, vc.abs().double().max(), seq_lens.max().double())
+            (scores * D**-0.5, vf.abs().max(), seq_lens.max().double())
         )
     for D in (576, 100):
         x, r, w = rand(5, D), rand(5, D), rand(D)

@@ -117,6 +117,11 @@ class AttentionBackend(ABC):
         return True
 
     @classmethod
+    def kv_cache_path(cls, kv_cache_dtype: torch.dtype) -> str | None:
+        """How the backend reads a cache of this dtype, for the start-up log (None: plainly)."""
+        return None
+
+    @classmethod
     def unavailable_reason(cls) -> str | None:
         """Why the backend cannot run on this machine at all (e.g. its kernels are not built)."""
         return None

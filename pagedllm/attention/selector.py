@@ -39,9 +39,10 @@ class BackendChoice:
     declined: dict[str, list[str]]
     """Faster backends passed over, with their reasons."""
 
-    def describe(self) -> str:
+    def describe(self, kv_cache_dtype: torch.dtype | None = None) -> str:
         why = "; ".join(f"{name}: {', '.join(r)}" for name, r in self.declined.items())
-        return self.backend.name + (f" ({why})" if why else "")
+        path = self.backend.kv_cache_path(kv_cache_dtype) if kv_cache_dtype else None
+        return self.backend.name + (f" ({why})" if why else "") + (f"; {path}" if path else "")
 
 
 def select_attn_backend(name: str | None, needs: AttentionRequirements) -> BackendChoice:

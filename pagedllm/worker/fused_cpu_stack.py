@@ -7,7 +7,7 @@ it applies only where each layer is a block it computes: the pre-norm Llama bloc
 outputs normed again before the residual add), with RMSNorms (Gemma's (1 + w) included: its
 weight holds the sum), q/k/v with optional bias, optional per-head q/k RMSNorm (Qwen3, Gemma 3),
 rotary (any frequency variant: the cos/sin cache is the layer's own, so Gemma 3's local and
-global layers differ), paged attention on the compiled backend with a float32 or float16 cache
+global layers differ), paged attention on the compiled backend with a float32, float16 or int8 cache
 (the layer's own scale, sliding window and soft cap), o_proj with optional bias, a SwiGLU or
 tanh-GeGLU MLP without bias, float32, every linear weight in a layout its quant method exposes
 through `fused_weight_spec`, and each linear's LoRA slots where the projection is a LoRALinear
@@ -70,7 +70,7 @@ class DecoderLayerSpec:
     num_heads: int
     num_kv_heads: int
     head_dim: int
-    kv_cache: torch.Tensor  # [2, num_blocks, block_size, Hkv, D] float32 or float16
+    kv_cache: torch.Tensor  # [2, num_blocks, block_size, Hkv, D] float32 or float16 (int8: D + 4)
     scale: float
     sliding_window: int | None
     soft_cap: float | None
@@ -251,8 +251,8 @@ def _check_attention_backend(attn: nn.Module) -> None:
     cache = attn.kv_cache
     if cache is None or cache.device.type != "cpu":
         raise UnsupportedLayer("no KV cache bound on the CPU")
-    if cache.dtype not in (torch.float32, torch.float16):
-        raise UnsupportedLayer(f"KV cache dtype {cache.dtype} (float32 or float16 only)")
+    if cache.dtype not in (torch.float32, torch.float16, torch.int8):
+        raise UnsupportedLayer(f"KV cache dtype {cache.dtype} (float32, float16 or int8 only)")
 
 
 def _activation(act_fn: nn.Module) -> str:

@@ -155,7 +155,7 @@ class Worker:
             frozenset(layer.head_size for layer in layers),
         )  # fmt: skip
         choice = select_attn_backend(config.device.attention_backend, needs)
-        logger.info("attention backend: %s", choice.describe())
+        logger.info("attention backend: %s", choice.describe(needs.kv_cache_dtype))
         if config.model.use_mla:  # (its layers keep their own latent cache and attention)
             logger.info("multi-head latent attention: the KV cache holds one latent per token; "
                         "the %s backend attends in no layer", choice.backend.name)

@@ -21,6 +21,11 @@ def _needs(device="cpu", dtype=torch.float32, kv=None, heads=(64,)) -> Attention
 def test_cpu_float32_models_get_the_compiled_kernel(kv):
     choice = select_attn_backend(None, _needs(kv=kv))
     assert choice.backend.name == "cpu_paged" and choice.declined == {}
+    # the start-up line says how the cache is read (int8 in the kernel, fp8 through a copy)
+    path = {torch.int8: "int8 KV cache read in place", torch.float8_e4m3fn: "gathered",
+            torch.float16: "float16 KV cache read in place", torch.float32: None}[kv]  # fmt: skip
+    described = choice.describe(kv)
+    assert (path in described) if path else described == "cpu_paged"
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -88,6 +88,14 @@ def test_fused_layers_equal_eager_with_fp16_kv_cache(tiny_model_factory):
     )
 
 
+def test_fused_layers_equal_eager_with_int8_kv_cache(tiny_model_factory):
+    """The fused layer's int8 cache write (kernels/csrc/kv_quant.h) stores quantize_kv's bytes:
+    SmolLM2's shape (head_dim 64, GQA 3), the same logprobs as the eager PyTorch write."""
+    _assert_fused_equals_eager(
+        tiny_model_factory("LlamaConfig", **SMOLLM2_SHAPE), kv_cache_dtype="int8"
+    )
+
+
 def test_fused_layers_equal_eager_gemma3_fp16_kv_cache(tiny_model_factory):
     _assert_fused_equals_eager(tiny_model_factory("Gemma3TextConfig", **GEMMA3),
                                kv_cache_dtype="fp16")  # fmt: skip

@@ -3,9 +3,11 @@
 One kernel call per layer attends every request of the step, prefill chunks and decodes alike,
 reading K/V in place through the block table: no gather copy, no Python loop per request, no
 per-step metadata beyond what CommonAttentionMetadata already holds. It covers float32 queries
-over float32 or float16 caches, and over int8/fp8 caches through a float32 copy of the step's
-blocks (dequantized per element, so a token's attention stays the same bits whatever the batch,
-which SDPA's blocking by query count does not give). It declares what it supports (float32
+over float32, float16 and int8 caches (the kernel dequantizes int8 rows, values and per-(token,
+head) scale, as it reads them: the same bits as the float32 kernel over load_kv's dequantized
+cache), and over fp8 caches through a float32 copy of the step's blocks (dequantized per
+element, so a token's attention stays the same bits whatever the batch, which SDPA's blocking by
+query count does not give). It declares what it supports (float32
 models on the CPU, kernels built); the selector sends anything else to torch_sdpa at start-up, so
 a forward never checks. Tested against the reference backend (torch_ref).
 """
@@ -35,7 +37,7 @@ class CpuPagedMetadata:
     _step_blocks: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def step_blocks(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """For quantized caches, built once per step: the ids of the step's blocks [num_reqs *
+        """For fp8 caches, built once per step: the ids of the step's blocks [num_reqs *
         max_blocks] (long), and the block table [num_reqs, max_blocks] (int32) that indexes a
         cache gathered in that order."""
         if self._step_blocks is None:
@@ -56,10 +58,9 @@ class CpuPagedMetadataBuilder(AttentionMetadataBuilder):
 class CpuPagedAttentionImpl(AttentionImpl):
     def forward(self, query, key, value, kv_cache, attn_metadata):
         md: CpuPagedMetadata = attn_metadata
-        quantized = is_quantized_kv(kv_cache.dtype)
         common = md.common
         write_to_paged_cache(key, value, kv_cache, common.slot_mapping)
-        if quantized:
+        if kv_cache.dtype == torch.float8_e4m3fn:  # (int8 rows: read by the kernel itself)
             ids, block_table = md.step_blocks()
             # dequantized per element, so a token's attention is the same bits in any batch
             key_cache = load_kv(kv_cache[0][ids], torch.float32)
@@ -95,6 +96,16 @@ class CpuPagedBackend(AttentionBackend):
     @classmethod
     def supports_kv_cache_dtype(cls, kv_cache_dtype: torch.dtype) -> bool:
         return kv_cache_dtype in (torch.float32, torch.float16) or is_quantized_kv(kv_cache_dtype)
+
+    @classmethod
+    def kv_cache_path(cls, kv_cache_dtype: torch.dtype) -> str | None:
+        if kv_cache_dtype == torch.int8:
+            return "int8 KV cache read in place by the kernel (rows dequantized per chunk)"
+        if kv_cache_dtype == torch.float8_e4m3fn:
+            return "fp8 KV cache: the step's blocks gathered and dequantized to float32 first"
+        if kv_cache_dtype == torch.float16:
+            return "float16 KV cache read in place by the kernel"
+        return None
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

@@ -33,6 +33,7 @@
 #include <tuple>
 #include <vector>
 
+#include "kv_quant.h"
 #include "ops.h"
 #include "section_timer.h"
 #include "vec/vec.h"
@@ -65,9 +66,30 @@ void write_kv_rows_as(const float* k, const float* v, int64_t row_stride, int64_
   }
 }
 
+// An int8 cache (--kv-cache-dtype int8): each head's row quantized with its own scale
+// (kv_quant.h), [2, slots, Hkv, D + 4] bytes: the same bytes as cache_write.py's quantize_kv.
+void write_kv_rows_int8(const float* k, const float* v, int64_t row_stride, int64_t head_dim,
+                        const int64_t* slots, int64_t T, const at::Tensor& kv_cache) {
+  const int64_t heads = kv_cache.size(3), row = head_dim + 4, width = heads * row;
+  const int64_t num_slots = kv_cache.numel() / 2 / width;
+  int8_t* key_cache = kv_cache.data_ptr<int8_t>();
+  int8_t* value_cache = key_cache + kv_cache.stride(0);
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t slot = slots[t];
+    TORCH_CHECK(slot >= 0 && slot < num_slots, "slot ", slot, " out of range");
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t src = t * row_stride + h * head_dim, dst = slot * width + h * row;
+      pagedllm::quantize_row_int8(k + src, head_dim, key_cache + dst);
+      pagedllm::quantize_row_int8(v + src, head_dim, value_cache + dst);
+    }
+  }
+}
+
 void write_kv_rows(const float* k, const float* v, int64_t row_stride, int64_t width,
-                   const int64_t* slots, int64_t T, const at::Tensor& kv_cache) {
-  if (kv_cache.scalar_type() == at::kHalf) {
+                   int64_t head_dim, const int64_t* slots, int64_t T, const at::Tensor& kv_cache) {
+  if (kv_cache.scalar_type() == at::kChar) {
+    write_kv_rows_int8(k, v, row_stride, head_dim, slots, T, kv_cache);
+  } else if (kv_cache.scalar_type() == at::kHalf) {
     write_kv_rows_as<at::Half>(k, v, row_stride, width, slots, T, kv_cache);
   } else {
     write_kv_rows_as<float>(k, v, row_stride, width, slots, T, kv_cache);
@@ -109,7 +131,7 @@ struct LlamaLayer {
   double qk_norm_eps;
   at::Tensor cos_sin_cache;
   int64_t num_heads, num_kv_heads, head_dim, rotary_dim;
-  at::Tensor kv_cache;  // [2, num_blocks, block_size, Hkv, D], float32 or float16
+  at::Tensor kv_cache;  // [2, num_blocks, block_size, Hkv, D], float32 or float16 (int8: D + 4)
   double scale;
   int64_t sliding_window;  // 0: none (the attention kernel's convention)
   double soft_cap;         // 0: none
@@ -227,7 +249,7 @@ std::tuple<at::Tensor, at::Tensor> attention_half(const LlamaLayer& layer,
                         layer.rotary_dim, cos_sin, positions);
   pagedllm::rotary_rows(qkv_rows + q_size, stride, qkv_rows + q_size, stride, T,
                         layer.num_kv_heads, head_dim, layer.rotary_dim, cos_sin, positions);
-  write_kv_rows(qkv_rows + q_size, qkv_rows + q_size + kv_size, stride, kv_size,
+  write_kv_rows(qkv_rows + q_size, qkv_rows + q_size + kv_size, stride, kv_size, head_dim,
                 step.slot_mapping.data_ptr<int64_t>(), T, layer.kv_cache);
   laps.next(pagedllm::StackSection::kAttention);
   pagedllm::paged_attention_rows(step.attention, qkv_rows, stride, num_heads,
@@ -419,11 +441,12 @@ LlamaLayer read_layer(LayerSpecReader& spec) {
   }
   spec.check_all_used();
   const at::Tensor& kv = layer.kv_cache;
-  TORCH_CHECK(kv.dim() == 5 && kv.size(0) == 2 &&
-              kv.size(3) * kv.size(4) == layer.num_kv_heads * layer.head_dim &&
-              (kv.scalar_type() == at::kFloat || kv.scalar_type() == at::kHalf),
+  const bool int8_kv = kv.scalar_type() == at::kChar;  // rows of head_dim + 4 bytes
+  TORCH_CHECK(kv.dim() == 5 && kv.size(0) == 2 && kv.size(3) == layer.num_kv_heads &&
+              kv.size(4) == layer.head_dim + (int8_kv ? 4 : 0) &&
+              (kv.scalar_type() == at::kFloat || kv.scalar_type() == at::kHalf || int8_kv),
               "DecoderLayerSpec: kv_cache: [2, blocks, block_size, num_kv_heads, head_dim], "
-              "float32 or float16 expected");
+              "float32 or float16, or int8 [..., head_dim + 4] expected");
   return layer;
 }
 

@@ -43,12 +43,15 @@ struct AttentionPlan {
 };
 AttentionPlan plan_attention(const at::Tensor& block_table, const at::Tensor& seq_lens,
                              const at::Tensor& query_start_loc);
-// One layer's K and V caches, [num_blocks, block_size, Hkv, D] each, float32 or float16.
+// One layer's K and V caches, [num_blocks, block_size, Hkv, D] each, float32 or float16, or
+// int8 [num_blocks, block_size, Hkv, D + 4] (--kv-cache-dtype int8: D values and their float32
+// scale's 4 bytes, attention/ops/kv_quant.py); head_dim is D.
 struct PagedCache {
   const void* key;
   const void* value;
   bool half;
   int64_t block_size, num_kv_heads, head_dim;
+  bool int8 = false;
 };
 PagedCache paged_cache(const at::Tensor& key_cache, const at::Tensor& value_cache);
 // The same from a layer's stacked cache [2, num_blocks, block_size, Hkv, D] (K, then V).

@@ -26,6 +26,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -59,14 +60,53 @@ int64_t far_prefetch_chunks() {
   return chunks;
 }
 
-// Cache elements are float (the model dtype) or at::Half (--kv-cache-dtype fp16: half the bytes
-// to stream, and decode attention over a long batch is bound by reading the cache).
+// Cache elements are float (the model dtype), at::Half (--kv-cache-dtype fp16: half the bytes
+// to stream, and decode attention over a long batch is bound by reading the cache) or int8_t
+// (--kv-cache-dtype int8: a quarter, each row with its scale; see dequantize_row below).
 template <typename T>
 struct TypeTag {
   using type = T;
 };
 inline float to_float(float x) { return x; }
 inline float to_float(at::Half x) { return static_cast<float>(x); }
+
+// --kv-cache-dtype int8: a row is D int8 values then its float32 scale's 4 bytes
+// (attention/ops/kv_quant.py). The kernel dequantizes a chunk's rows once, into float32 rows in
+// L1 (dequantize_row), and runs the float32 path on them: every key serves a query head per GQA
+// group (and up to kQueryTile queries in a prefill tile), so one conversion per chunk beats one
+// per use, and the values are float(q) * scale, exactly load_kv's (an int8 -> float conversion is
+// exact and the product rounds once, in every build). So the result is the same bits as the
+// float32 kernel over load_kv's dequantized cache, at a quarter of the bytes to stream.
+template <typename CT>
+constexpr int64_t scale_bytes() {
+  return std::is_same_v<CT, int8_t> ? 4 : 0;
+}
+
+// 16 int8 values as floats (exact)
+inline vec::R16f r16_load_i8(const int8_t* p) {
+#ifdef PAGEDLLM_VEC_512
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes))};
+#else
+  alignas(32) float f[16];
+  for (int i = 0; i < 16; ++i) f[i] = static_cast<float>(p[i]);
+  return vec::r16_load(f);
+#endif
+}
+
+// out[0:d] = q[0:d] * scale (HD > 0: d == HD, in 16-lane vectors; the same products either way)
+template <int HD>
+inline void dequantize_row(const int8_t* q, int64_t d, float* out) {
+  float scale;
+  std::memcpy(&scale, q + d, sizeof(float));
+  if constexpr (HD > 0) {
+    const vec::R16f s = vec::r16_set1(scale);
+    for (int c = 0; c < HD; c += 16) vec::r16_store(out + c, r16_load_i8(q + c) * s);
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < d; ++i) out[i] = static_cast<float>(q[i]) * scale;
+  }
+}
 
 template <typename CT>
 inline float dot(const float* a, const CT* b, int64_t d) {
@@ -217,27 +257,38 @@ AttentionPlan plan_attention(const at::Tensor& block_table, const at::Tensor& se
 }
 
 namespace {
-bool is_half_cache(const at::Tensor& cache) {
-  TORCH_CHECK(cache.scalar_type() == at::kFloat || cache.scalar_type() == at::kHalf,
-              "paged_attention: a float32 or float16 cache expected");
+at::ScalarType cache_type(const at::Tensor& cache) {
+  const at::ScalarType t = cache.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kChar,
+              "paged_attention: a float32, float16 or int8 cache expected");
   TORCH_CHECK(cache.is_contiguous(), "paged_attention: a contiguous cache expected");
-  return cache.scalar_type() == at::kHalf;
+  return t;
+}
+
+// head_dim from the cache's last dim (an int8 row carries its scale's 4 bytes after the values)
+PagedCache make_cache(const void* key, const void* value, at::ScalarType t, int64_t block_size,
+                      int64_t num_kv_heads, int64_t last_dim) {
+  const bool int8 = t == at::kChar;
+  TORCH_CHECK(!int8 || last_dim > 4, "paged_attention: an int8 cache's rows are D + 4 bytes");
+  return {key, value, t == at::kHalf, block_size, num_kv_heads, int8 ? last_dim - 4 : last_dim,
+          int8};
 }
 }  // namespace
 
 PagedCache paged_cache(const at::Tensor& key_cache, const at::Tensor& value_cache) {
-  const bool half = is_half_cache(key_cache);
-  TORCH_CHECK(is_half_cache(value_cache) == half && key_cache.dim() == 4);
-  return {key_cache.data_ptr(), value_cache.data_ptr(), half, key_cache.size(1),
-          key_cache.size(2), key_cache.size(3)};
+  const at::ScalarType t = cache_type(key_cache);
+  TORCH_CHECK(cache_type(value_cache) == t && key_cache.dim() == 4 &&
+              value_cache.sizes() == key_cache.sizes());
+  return make_cache(key_cache.data_ptr(), value_cache.data_ptr(), t, key_cache.size(1),
+                    key_cache.size(2), key_cache.size(3));
 }
 
 PagedCache paged_cache(const at::Tensor& kv_cache) {
   // (the halves as pointers: select() would build two tensors per layer per step)
   TORCH_CHECK(kv_cache.dim() == 5 && kv_cache.size(0) == 2, "a [2, blocks, ...] cache expected");
   const char* key = static_cast<const char*>(kv_cache.data_ptr());
-  return {key, key + kv_cache.stride(0) * kv_cache.element_size(), is_half_cache(kv_cache),
-          kv_cache.size(2), kv_cache.size(3), kv_cache.size(4)};
+  return make_cache(key, key + kv_cache.stride(0) * kv_cache.element_size(),
+                    cache_type(kv_cache), kv_cache.size(2), kv_cache.size(3), kv_cache.size(4));
 }
 
 void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_stride, int64_t H,
@@ -258,21 +309,26 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
   const vec::F8 vscale = vec::set1(fscale);
   const vec::F8 neg_inf = vec::set1(-std::numeric_limits<float>::infinity());
   constexpr float kInf = std::numeric_limits<float>::infinity();
-  const int64_t slot_stride = Hkv * D, block_stride = block_size * slot_stride;
 
   // HD: the head size as a compile-time constant for the common sizes (registers hold q and the
   // output accumulator), 0 for any other
-  // CT: the cache's element type.
+  // CT: the cache's element type; RT: the rows' type the arithmetic reads (float for an int8
+  // cache, whose rows are dequantized per chunk).
   auto attend = [&](auto head_dim_tag, auto cache_tag) {
   constexpr int HD = decltype(head_dim_tag)::value;
   using CT = typename decltype(cache_tag)::type;
+  constexpr bool kInt8 = std::is_same_v<CT, int8_t>;
+  using RT = std::conditional_t<kInt8, float, CT>;
   const CT* kp = static_cast<const CT*>(cache.key);
   const CT* vp = static_cast<const CT*>(cache.value);
+  const int64_t row_elems = D + scale_bytes<CT>();  // one slot's row of one head, in CT
+  const int64_t slot_stride = Hkv * row_elems, block_stride = block_size * slot_stride;
   // the rows of keys the tile cannot reach (the fixed head sizes score them with the chunk's
   // other keys, then mask them; they may lie in blocks the request does not own); never read
   // for other head sizes, nor as values
   alignas(64) static const CT zeros[256] = {};
-  const int64_t row_bytes = D * static_cast<int64_t>(sizeof(CT));
+  alignas(64) static const float zeros_f[256] = {};
+  const int64_t row_bytes = row_elems * static_cast<int64_t>(sizeof(CT));
   const int64_t far = far_prefetch_chunks();
   auto run_items = [&](int64_t begin, int64_t end) {
     const int64_t rows = kQueryTile * group;  // (query, head) pairs of one item
@@ -285,6 +341,11 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
     sp.resize(group * kKeyChunk);  // one query's rows: scores, then softmax weights
     corr.resize(group);
     live_row.resize(group);
+    // an int8 cache's current chunk, dequantized: its K rows, then its V rows
+    thread_local std::vector<float> deq;
+    if constexpr (kInt8) deq.resize(2 * kKeyChunk * D);
+    const RT* deq_k[kKeyChunk];
+    const RT* deq_v[kKeyChunk];
     const CT* ring_k[kRing][kKeyChunk];  // the rows of chunks c .. c + kAhead
     const CT* ring_v[kRing][kKeyChunk];
     for (int64_t it = begin; it < end; ++it) {
@@ -311,7 +372,8 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
             kr[j] = vr[j] = zeros;
             continue;
           }
-          const int64_t at = btp[r * max_blocks + blk] * block_stride + off * slot_stride + kvh * D;
+          const int64_t at =
+              btp[r * max_blocks + blk] * block_stride + off * slot_stride + kvh * row_elems;
           kr[j] = kp + at;
           vr[j] = vp + at;
           if (prefetch) {
@@ -343,15 +405,35 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
           const int64_t far1 = std::min<int64_t>((c + far + 1) * kKeyChunk, last_pos + 1);
           for (int64_t key = far0; key < far1; ++key) {
             const int64_t at = btp[r * max_blocks + key / block_size] * block_stride +
-                               key % block_size * slot_stride + kvh * D;
+                               key % block_size * slot_stride + kvh * row_elems;
             for (int64_t b = 0; b < row_bytes; b += 64) {
               vec::prefetch_l2(reinterpret_cast<const char*>(kp + at) + b);
               vec::prefetch_l2(reinterpret_cast<const char*>(vp + at) + b);
             }
           }
         }
-        const CT* const* krow = ring_k[c % kRing];
-        const CT* const* vrow = ring_v[c % kRing];
+        const RT* const* krow;
+        const RT* const* vrow;
+        if constexpr (kInt8) {
+          for (int64_t j = 0; j < kKeyChunk; ++j) {
+            const int8_t* kj = ring_k[c % kRing][j];
+            if (kj == zeros) {  // a key no row of the tile sees: float32 zeros, as fp32's
+              deq_k[j] = deq_v[j] = zeros_f;
+              continue;
+            }
+            float* dk = deq.data() + j * D;
+            float* dv = deq.data() + (kKeyChunk + j) * D;
+            dequantize_row<HD>(kj, D, dk);
+            dequantize_row<HD>(ring_v[c % kRing][j], D, dv);
+            deq_k[j] = dk;
+            deq_v[j] = dv;
+          }
+          krow = deq_k;
+          vrow = deq_v;
+        } else {
+          krow = ring_k[c % kRing];
+          vrow = ring_v[c % kRing];
+        }
         for (int64_t ti = 0; ti < tn; ++ti) {
           const int64_t pos = first_pos + ti;
           const int64_t row_lo = sliding_window > 0 ? pos - sliding_window + 1 : 0;
@@ -469,6 +551,8 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
   };
   if (cache.half) {
     with_head_dim(TypeTag<at::Half>{});
+  } else if (cache.int8) {
+    with_head_dim(TypeTag<int8_t>{});
   } else {
     with_head_dim(TypeTag<float>{});
   }
@@ -484,7 +568,8 @@ at::Tensor paged_attention(const at::Tensor& query,        // [T, H, D] float32
   TORCH_CHECK(query.scalar_type() == at::kFloat, "paged_attention: a float32 query expected");
   const PagedCache cache = paged_cache(key_cache, value_cache);
   const at::Tensor q = query.contiguous();
-  TORCH_CHECK(q.dim() == 3 && q.size(2) == cache.head_dim);
+  TORCH_CHECK(q.dim() == 3 && q.size(2) == cache.head_dim, "paged_attention: query head size ",
+              q.size(2), " against the cache's ", cache.head_dim);
   at::Tensor out = at::empty_like(q);
   const int64_t H = q.size(1), row = H * q.size(2);
   paged_attention_rows(plan_attention(block_table, seq_lens, query_start_loc),
