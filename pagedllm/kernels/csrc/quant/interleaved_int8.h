@@ -113,13 +113,8 @@ inline void group_isums_int8(const uint8_t* cg, const QuantizedRows& qa, int64_t
 #ifdef __AVX512VNNI__
     constexpr int pairs = G / 4;  // pairs of 2-column chunks
     __m512i acc[R];
-    const int8_t* xr[R];  // opaque row pointers, as group_isums_i8_int16's
 #pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      acc[r] = _mm512_setzero_si512();
-      xr[r] = xq + r * K;
-      asm("" : "+r"(xr[r]));
-    }
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_si512();
 #pragma GCC unroll 8
     for (int c = 0; c < pairs; ++c) {
       const __m256i* p = reinterpret_cast<const __m256i*>(cg + 64 * c);
@@ -129,7 +124,7 @@ inline void group_isums_int8(const uint8_t* cg, const QuantizedRows& qa, int64_t
       const __m512i w = _mm512_ternarylogic_epi32(lo, hi, _mm512_set1_epi32(0x80808080), 0x56);
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r)
-        acc[r] = _mm512_dpbusd_epi32(acc[r], w, _mm512_set1_epi32(load4(xr[r] + 4 * c)));
+        acc[r] = _mm512_dpbusd_epi32(acc[r], w, _mm512_set1_epi32(load4(xq + r * K + 4 * c)));
     }
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
