@@ -55,7 +55,9 @@ inline void group_isums_i8_int16(const uint8_t* cg, const int16_t* x16, int64_t 
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     xr[r] = x16 + r * K;
-    asm("" : "+r"(xr[r]));  // opaque: no per-chunk induction variables (see above)
+    // opaque: no per-chunk induction variables (see above); one row was addressed well without
+    // it (and ran ~1.2x slower with it at M = 1 on the LM head, a memory-bound loop)
+    if constexpr (R > 1) asm("" : "+r"(xr[r]));
   }
 #pragma GCC unroll 16
   for (int c = 0; c < G / 2; ++c) {
