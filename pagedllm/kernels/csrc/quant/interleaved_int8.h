@@ -40,15 +40,31 @@ inline int32_t load4(const int8_t* p) {
 // A group's integer sums of i8 codes against R rows of int16 activations (x16: the group's first
 // column of row m0, rows K apart): one madd per 2-column chunk. The int16 path's loop
 // (interleaved.h), and the int8 path's for i8 codes where there is no VNNI (see above).
+//
+// The row pointers pass through an empty asm so that the compiler addresses a row's G / 2 pairs as
+// one register plus constant offsets. Without it GCC strength-reduced every (row, chunk) address
+// of the unrolled loop into its own induction variable across the group loop: R * G / 2 = 128
+// pointers at R = 8, spilled to the stack and to vector registers, so each dpwssd came with a
+// stack load, an add and a GPR transfer (510 mov, 157 vmovq for 240 dpwssd in the R = 8 loop)
+// and i8 codes ran ~1.2x slower per weight than u4 ones (whose loop GCC kept at one pointer a
+// row). Same instructions on the vectors, same order: the same bits.
 template <int G, int R>
 inline void group_isums_i8_int16(const uint8_t* cg, const int16_t* x16, int64_t K,
                                  vec::R16i isum[R]) {
+  const int16_t* xr[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    xr[r] = x16 + r * K;
+    // opaque: no per-chunk induction variables (see above); one row was addressed well without
+    // it (and ran ~1.2x slower with it at M = 1 on the LM head, a memory-bound loop)
+    if constexpr (R > 1) asm("" : "+r"(xr[r]));
+  }
 #pragma GCC unroll 16
   for (int c = 0; c < G / 2; ++c) {
     const vec::R16i v = vec::r16_widen_i8(cg + 32 * c);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const int16_t* xp = x16 + r * K + 2 * c;
+      const int16_t* xp = xr[r] + 2 * c;
       isum[r] = c == 0 ? vec::r16_dot(v, xp) : vec::r16_dot_add(isum[r], v, xp);
     }
   }
