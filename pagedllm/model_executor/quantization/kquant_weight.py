@@ -20,6 +20,7 @@ from torch import nn
 from pagedllm import envs
 from pagedllm.logger import init_logger
 from pagedllm.model_executor.quantization.base import FusedWeightSpec
+from pagedllm.model_executor.quantization.compact_weight import CompactGroupWeight
 from pagedllm.model_executor.quantization.gguf_kquant import SUPER_BLOCK, KQuant
 from pagedllm.model_executor.quantization.kernels import (
     ROW_GROUP,
@@ -50,11 +51,10 @@ def pack_6bit(stream: torch.Tensor) -> torch.Tensor:
     return torch.cat((lo, hi), dim=-1).reshape(*lead, length // 4 * 3)
 
 
-class KQuantWeight(QuantizedWeight):
+class KQuantWeight(CompactGroupWeight):
     """y = x W^T for a KQuant W (see the module notes); rows a multiple of 16."""
 
-    activation_bits: int = 16
-    """16 or 8, as PackedGroupWeight's (set after loading by activation_dtype.py)."""
+    op = "kquant"
 
     def __init__(self, kq: KQuant, input_perm=None) -> None:
         n, k = kq.shape
@@ -92,20 +92,6 @@ class KQuantWeight(QuantizedWeight):
         return (self.codes, self.sub_scales, self.sub_mins, self.super_scales, self.super_mins,
                 self.group_size, self.u4, self.offset)  # fmt: skip
 
-    def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
-        y = torch.ops.pagedllm.kquant_linear(flat, *self._args(), self.activation_bits)
-        return y.reshape(*x.shape[:-1], self.out_features)
-
-    def gather_rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """Rows `ids` of W in float32 (embedding lookups)."""
-        rows = torch.ops.pagedllm.kquant_gather_rows(ids.reshape(-1), *self._args(),
-                                                     self.in_features)  # fmt: skip
-        return rows.reshape(*ids.shape, self.in_features)
-
-    def dequantize_stored(self) -> torch.Tensor:
-        return self.gather_rows(torch.arange(self.out_features, device=self.codes.device))
-
     def fused_weight_spec(self) -> FusedWeightSpec | None:
         if self.input_perm is not None:
             return None
@@ -113,13 +99,6 @@ class KQuantWeight(QuantizedWeight):
                    ("codes", "sub_scales", "sub_mins", "super_scales", "super_mins")}  # fmt: skip
         return FusedWeightSpec("kquant", tensors, self.group_size, self.u4, self.activation_bits,
                                self.offset)  # fmt: skip
-
-    @property
-    def row_interleaved(self) -> bool:
-        return True  # (activation_dtype.py: int8 activations apply)
-
-    def weight_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.buffers() if t is not None)
 
     def extra_repr(self) -> str:
         kind = "u4" if self.u4 else f"6-bit, offset={self.offset}"

@@ -20,12 +20,9 @@ import numpy as np
 import torch
 
 from pagedllm.model_executor.quantization.base import FusedWeightSpec
+from pagedllm.model_executor.quantization.compact_weight import CompactGroupWeight
 from pagedllm.model_executor.quantization.gguf_blocks import _high_bits_5, _nibbles
-from pagedllm.model_executor.quantization.kernels import (
-    ROW_GROUP,
-    QuantizedWeight,
-    interleave_rows,
-)
+from pagedllm.model_executor.quantization.kernels import ROW_GROUP, interleave_rows
 
 Q5_TYPES = ("Q5_0", "Q5_1")
 GROUP = 32
@@ -81,11 +78,10 @@ def pack_5bit(stream: torch.Tensor) -> torch.Tensor:
     return torch.cat((lo, hi), dim=-1).reshape(*lead, length // 8 * 5)
 
 
-class Q5Weight(QuantizedWeight):
+class Q5Weight(CompactGroupWeight):
     """y = x W^T for a Q5Blocks W (see the module notes); rows a multiple of 16."""
 
-    activation_bits: int = 16
-    """16 or 8, as PackedGroupWeight's (set after loading by activation_dtype.py)."""
+    op = "q5"
 
     def __init__(self, q5: Q5Blocks, input_perm=None) -> None:
         n, k = q5.shape
@@ -105,31 +101,11 @@ class Q5Weight(QuantizedWeight):
     def _args(self) -> tuple:
         return (self.codes, self.scales, self.mins, self.offset)
 
-    def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
-        y = torch.ops.pagedllm.q5_linear(flat, *self._args(), self.activation_bits)
-        return y.reshape(*x.shape[:-1], self.out_features)
-
-    def gather_rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """Rows `ids` of W in float32 (embedding lookups)."""
-        rows = torch.ops.pagedllm.q5_gather_rows(ids.reshape(-1), *self._args(), self.in_features)
-        return rows.reshape(*ids.shape, self.in_features)
-
-    def dequantize_stored(self) -> torch.Tensor:
-        return self.gather_rows(torch.arange(self.out_features, device=self.codes.device))
-
     def fused_weight_spec(self) -> FusedWeightSpec | None:
         if self.input_perm is not None:
             return None
         tensors = {"codes": self.codes, "scales": self.scales, "mins": self.mins}
         return FusedWeightSpec("q5", tensors, GROUP, False, self.activation_bits, self.offset)
-
-    @property
-    def row_interleaved(self) -> bool:
-        return True  # (activation_dtype.py: int8 activations apply)
-
-    def weight_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.buffers())
 
     def extra_repr(self) -> str:
         kind = "Q5_1" if self.q5_1 else "Q5_0"
