@@ -52,37 +52,43 @@ void copy_row(at::Half* dst, const float* src, int64_t n) {
   for (; i < n; ++i) dst[i] = static_cast<at::Half>(src[i]);
 }
 
-template <typename CT>
-void write_kv_rows_as(const float* k, const float* v, int64_t row_stride, int64_t width,
-                      const int64_t* slots, int64_t T, const at::Tensor& kv_cache) {
+// For each row t: its slot (checked against the cache's num_slots rows of `width` CTs) and
+// write(t, key row, value row) at that slot; the cache is [2, slots, width] (K, then V).
+template <typename CT, typename Write>
+void for_each_slot(const int64_t* slots, int64_t T, int64_t width, const at::Tensor& kv_cache,
+                   Write&& write) {
   const int64_t num_slots = kv_cache.numel() / 2 / width;
   CT* key_cache = kv_cache.data_ptr<CT>();
   CT* value_cache = key_cache + kv_cache.stride(0);
   for (int64_t t = 0; t < T; ++t) {
     const int64_t slot = slots[t];
     TORCH_CHECK(slot >= 0 && slot < num_slots, "slot ", slot, " out of range");
-    copy_row(key_cache + slot * width, k + t * row_stride, width);
-    copy_row(value_cache + slot * width, v + t * row_stride, width);
+    write(t, key_cache + slot * width, value_cache + slot * width);
   }
+}
+
+template <typename CT>
+void write_kv_rows_as(const float* k, const float* v, int64_t row_stride, int64_t width,
+                      const int64_t* slots, int64_t T, const at::Tensor& kv_cache) {
+  for_each_slot<CT>(slots, T, width, kv_cache, [&](int64_t t, CT* key, CT* value) {
+    copy_row(key, k + t * row_stride, width);
+    copy_row(value, v + t * row_stride, width);
+  });
 }
 
 // An int8 cache (--kv-cache-dtype int8): each head's row quantized with its own scale
 // (kv_quant.h), [2, slots, Hkv, D + 4] bytes: the same bytes as cache_write.py's quantize_kv.
 void write_kv_rows_int8(const float* k, const float* v, int64_t row_stride, int64_t head_dim,
                         const int64_t* slots, int64_t T, const at::Tensor& kv_cache) {
-  const int64_t heads = kv_cache.size(3), row = head_dim + 4, width = heads * row;
-  const int64_t num_slots = kv_cache.numel() / 2 / width;
-  int8_t* key_cache = kv_cache.data_ptr<int8_t>();
-  int8_t* value_cache = key_cache + kv_cache.stride(0);
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t slot = slots[t];
-    TORCH_CHECK(slot >= 0 && slot < num_slots, "slot ", slot, " out of range");
+  const int64_t heads = kv_cache.size(3), row = head_dim + 4;
+  auto write = [&](int64_t t, int8_t* key, int8_t* value) {
     for (int64_t h = 0; h < heads; ++h) {
-      const int64_t src = t * row_stride + h * head_dim, dst = slot * width + h * row;
-      pagedllm::quantize_row_int8(k + src, head_dim, key_cache + dst);
-      pagedllm::quantize_row_int8(v + src, head_dim, value_cache + dst);
+      const int64_t src = t * row_stride + h * head_dim;
+      pagedllm::quantize_row_int8(k + src, head_dim, key + h * row);
+      pagedllm::quantize_row_int8(v + src, head_dim, value + h * row);
     }
-  }
+  };
+  for_each_slot<int8_t>(slots, T, heads * row, kv_cache, write);
 }
 
 void write_kv_rows(const float* k, const float* v, int64_t row_stride, int64_t width,

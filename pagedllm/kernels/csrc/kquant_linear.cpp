@@ -9,11 +9,14 @@
 
 #include "ops.h"
 #include "quant/kquant.h"
+#include "quant/op_checks.h"
 
 namespace {
 
+using pagedllm::quant::check_activation_bits;
+using pagedllm::quant::float_rows;
+using pagedllm::quant::gather_rows;
 using pagedllm::quant::KQuantScales;
-using pagedllm::quant::kBlock;
 using pagedllm::quant::kquant_row;
 using pagedllm::quant::kquant_rows;
 using pagedllm::quant::kRowGroup;
@@ -67,11 +70,9 @@ at::Tensor kquant_linear(const at::Tensor& x_in, const at::Tensor& codes,
                          const at::Tensor& sub_scales, const at::Tensor& sub_mins,
                          const at::Tensor& super_scales, const at::Tensor& super_mins,
                          int64_t group_size, bool u4, int64_t offset, int64_t activation_bits) {
-  TORCH_CHECK(x_in.dim() == 2, "x must be [M, K]");
-  TORCH_CHECK(activation_bits == 16 || activation_bits == 8, "activation bits must be 16 or 8");
-  const at::Tensor x = x_in.to(at::kFloat).contiguous();
+  check_activation_bits(activation_bits);
+  const at::Tensor x = float_rows(x_in);
   const int64_t M = x.size(0), K = x.size(1);
-  TORCH_CHECK(K % kBlock == 0, "in_features must be a multiple of 32, got ", K);
   const KQuantScales k = check_scales(codes, sub_scales, sub_mins, super_scales, super_mins,
                                       group_size, u4, offset, K);
   at::Tensor out = at::empty({M, codes.size(0) * kRowGroup}, x.options());
@@ -95,15 +96,8 @@ at::Tensor kquant_gather_rows(const at::Tensor& ids, const at::Tensor& codes,
   const int64_t K = in_features;
   const KQuantScales k = check_scales(codes, sub_scales, sub_mins, super_scales, super_mins,
                                       group_size, u4, offset, K);
-  const at::Tensor idx = ids.to(at::kLong).contiguous();
-  const int64_t T = idx.numel(), N = codes.size(0) * kRowGroup;
-  at::Tensor out = at::empty({T, K}, codes.options().dtype(at::kFloat));
-  const int64_t* ip = idx.data_ptr<int64_t>();
   const uint8_t* cp = codes.data_ptr<uint8_t>();
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t n = ip[t];
-    TORCH_CHECK(n >= 0 && n < N, "row id out of range");
-    float* dst = out.data_ptr<float>() + t * K;
+  return gather_rows(ids, codes.size(0) * kRowGroup, K, [&](int64_t n, float* dst) {
     if (u4) {
       group_size == 32 ? kquant_row<true, 32>(cp, k, K, n, dst)
                        : kquant_row<true, 16>(cp, k, K, n, dst);
@@ -111,8 +105,7 @@ at::Tensor kquant_gather_rows(const at::Tensor& ids, const at::Tensor& codes,
       group_size == 32 ? kquant_row<false, 32>(cp, k, K, n, dst)
                        : kquant_row<false, 16>(cp, k, K, n, dst);
     }
-  }
-  return out;
+  });
 }
 
 }  // namespace pagedllm

@@ -8,11 +8,14 @@
 #include <cstdint>
 
 #include "ops.h"
+#include "quant/op_checks.h"
 #include "quant/q5.h"
 
 namespace {
 
-using pagedllm::quant::kBlock;
+using pagedllm::quant::check_activation_bits;
+using pagedllm::quant::float_rows;
+using pagedllm::quant::gather_rows;
 using pagedllm::quant::kQ5Group;
 using pagedllm::quant::kQ5PackedGroupBytes;
 using pagedllm::quant::kquant_row;
@@ -47,11 +50,9 @@ namespace pagedllm {
 
 at::Tensor q5_linear(const at::Tensor& x_in, const at::Tensor& codes, const at::Tensor& scales,
                      const at::Tensor& mins, int64_t offset, int64_t activation_bits) {
-  TORCH_CHECK(x_in.dim() == 2, "x must be [M, K]");
-  TORCH_CHECK(activation_bits == 16 || activation_bits == 8, "activation bits must be 16 or 8");
-  const at::Tensor x = x_in.to(at::kFloat).contiguous();
+  check_activation_bits(activation_bits);
+  const at::Tensor x = float_rows(x_in);
   const int64_t M = x.size(0), K = x.size(1);
-  TORCH_CHECK(K % kBlock == 0, "in_features must be a multiple of 32, got ", K);
   const Q5Scales k = check_q5(codes, scales, mins, offset, K);
   at::Tensor out = at::empty({M, codes.size(0) * kRowGroup}, x.options());
   const uint8_t* cp = codes.data_ptr<uint8_t>();
@@ -71,18 +72,10 @@ at::Tensor q5_gather_rows(const at::Tensor& ids, const at::Tensor& codes,
                           int64_t in_features) {
   const int64_t K = in_features;
   const Q5Scales k = check_q5(codes, scales, mins, offset, K);
-  const at::Tensor idx = ids.to(at::kLong).contiguous();
-  const int64_t T = idx.numel(), N = codes.size(0) * kRowGroup;
-  at::Tensor out = at::empty({T, K}, codes.options().dtype(at::kFloat));
-  const int64_t* ip = idx.data_ptr<int64_t>();
   const uint8_t* cp = codes.data_ptr<uint8_t>();
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t n = ip[t];
-    TORCH_CHECK(n >= 0 && n < N, "row id out of range");
-    kquant_row<false, kQ5Group, Q5Terms<false, kQ5Group>>(cp, k, K, n,
-                                                          out.data_ptr<float>() + t * K);
-  }
-  return out;
+  return gather_rows(ids, codes.size(0) * kRowGroup, K, [&](int64_t n, float* dst) {
+    kquant_row<false, kQ5Group, Q5Terms<false, kQ5Group>>(cp, k, K, n, dst);
+  });
 }
 
 }  // namespace pagedllm

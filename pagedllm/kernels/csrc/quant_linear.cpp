@@ -46,24 +46,25 @@
 #include "ops.h"
 #include "quant/dequantize.h"
 #include "quant/interleaved.h"
+#include "quant/op_checks.h"
 #include "quant/tile_dots.h"
 
 namespace {
 
+using pagedllm::quant::check_activation_bits;
 using pagedllm::quant::dequantize_interleaved_rows;
 using pagedllm::quant::dequantize_rows;
+using pagedllm::quant::float_rows;
+using pagedllm::quant::gather_rows;
 using pagedllm::quant::gemv_rows;
 using pagedllm::quant::interleaved_rows;
-using pagedllm::quant::kBlock;
 using pagedllm::quant::kRowGroup;
 
 template <bool U4, int G, typename S>
 at::Tensor run(const at::Tensor& x_in, const at::Tensor& codes, const at::Tensor& scales,
                const at::Tensor& mins, bool int8) {
-  TORCH_CHECK(x_in.dim() == 2, "x must be [M, K]");
-  const at::Tensor x = x_in.to(at::kFloat).contiguous();
+  const at::Tensor x = float_rows(x_in);
   const int64_t M = x.size(0), K = x.size(1);
-  TORCH_CHECK(K % kBlock == 0, "in_features must be a multiple of 32, got ", K);
   const bool interleaved = codes.dim() == 3;
   const int64_t N = interleaved ? codes.size(0) * kRowGroup : codes.size(0);
   if (interleaved) {  // [N / 16, K / G, 16 * bytes per row and group]
@@ -130,7 +131,7 @@ at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& codes, const at::
                         const at::Tensor& mins, int64_t group_size, bool u4,
                         int64_t activation_bits) {
   TORCH_CHECK(group_size == 16 || group_size == 32, "group size must be 16 or 32");
-  TORCH_CHECK(activation_bits == 16 || activation_bits == 8, "activation bits must be 16 or 8");
+  check_activation_bits(activation_bits);
   const bool int8 = activation_bits == 8;
   TORCH_CHECK(codes.is_contiguous() && scales.is_contiguous() && mins.is_contiguous());
   TORCH_CHECK(scales.scalar_type() == mins.scalar_type(), "scales and mins of one dtype");
@@ -145,23 +146,15 @@ at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& codes, const at::
 at::Tensor quant_gather_rows(const at::Tensor& ids, const at::Tensor& codes,
                              const at::Tensor& scales, const at::Tensor& mins,
                              int64_t group_size, bool u4, int64_t in_features) {
-  const at::Tensor idx = ids.to(at::kLong).contiguous();
-  const int64_t T = idx.numel(), K = in_features;
-  at::Tensor out = at::empty({T, K}, scales.options().dtype(at::kFloat));
-  const int64_t* ip = idx.data_ptr<int64_t>();
+  const int64_t N = codes.size(0) * (codes.dim() == 3 ? kRowGroup : 1);
   const uint8_t* cp = reinterpret_cast<const uint8_t*>(codes.data_ptr());
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t n = ip[t];
-    TORCH_CHECK(n >= 0 && n < codes.size(0) * (codes.dim() == 3 ? kRowGroup : 1),
-                "row id out of range");
-    float* dst = out.data_ptr<float>() + t * K;
+  return gather_rows(ids, N, in_features, [&](int64_t n, float* dst) {
     if (scales.scalar_type() == at::kHalf) {
-      gather_row<at::Half>(cp, scales, mins, group_size, u4, K, n, dst);
+      gather_row<at::Half>(cp, scales, mins, group_size, u4, in_features, n, dst);
     } else {
-      gather_row<float>(cp, scales, mins, group_size, u4, K, n, dst);
+      gather_row<float>(cp, scales, mins, group_size, u4, in_features, n, dst);
     }
-  }
-  return out;
+  });
 }
 
 }  // namespace pagedllm
