@@ -8,10 +8,10 @@ import pytest
 import torch
 
 gguf = pytest.importorskip("gguf")
-from gguf import GGML_QUANT_SIZES  # noqa: E402
 from gguf import GGMLQuantizationType as T  # noqa: E402
 from gguf.quants import dequantize  # noqa: E402
 
+from pagedllm.benchmarks.random_blocks import FP16_FIELDS, random_blocks  # noqa: E402
 from pagedllm.model_executor.quantization.gguf_blocks import decode_gguf_blocks  # noqa: E402
 from pagedllm.model_executor.quantization.group_quant import to_kernel  # noqa: E402
 from pagedllm.model_executor.quantization.kernels import (  # noqa: E402
@@ -23,10 +23,7 @@ from pagedllm.model_executor.quantization.kernels import (  # noqa: E402
 from tests.quantization.bounds import INT16_ACT_REL  # noqa: E402
 
 ROWS, COLS = 32, 512
-_FP16_FIELDS = {  # byte offsets of the fp16 scale fields in a block
-    T.Q4_0: (0,), T.Q4_1: (0, 2), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q8_0: (0,),
-    T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,),
-}  # fmt: skip
+QTYPES = [T[name] for name in FP16_FIELDS]  # every type with its fp16 fields known
 KERNEL_OF = {T.Q4_0: Int4GroupWeight, T.Q4_1: Int4GroupWeight, T.Q4_K: Int4GroupWeight,
              T.Q5_0: SplitInt4Weight, T.Q5_1: SplitInt4Weight, T.Q8_0: SplitInt4Weight,
              T.Q5_K: SplitInt4Weight, T.Q6_K: GroupedDequantWeight}  # fmt: skip
@@ -34,17 +31,10 @@ KERNEL_OF = {T.Q4_0: Int4GroupWeight, T.Q4_1: Int4GroupWeight, T.Q4_K: Int4Group
 
 def _random_blocks(qtype, seed: int = 0) -> np.ndarray:
     """Random bytes with sane fp16 scales: every bit pattern of the codes and sub-scales."""
-    rng = np.random.default_rng(seed)
-    block, size = GGML_QUANT_SIZES[qtype]
-    n = ROWS * COLS // block
-    blocks = rng.integers(0, 256, (n, size), dtype=np.uint8)
-    for offset in _FP16_FIELDS[qtype]:
-        scale = rng.uniform(0.001, 0.02, n).astype(np.float16)
-        blocks[:, offset : offset + 2] = scale.view(np.uint8).reshape(n, 2)
-    return blocks.reshape(ROWS, -1)
+    return random_blocks(qtype, ROWS, COLS, np.random.default_rng(seed))
 
 
-@pytest.mark.parametrize("qtype", list(_FP16_FIELDS), ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", QTYPES, ids=lambda t: t.name)
 def test_decode_reproduces_gguf_dequantize(qtype):
     data = _random_blocks(qtype)
     reference = dequantize(data, qtype).reshape(ROWS, COLS)
@@ -52,7 +42,7 @@ def test_decode_reproduces_gguf_dequantize(qtype):
     np.testing.assert_array_equal(decoded.dequantize().numpy(), reference)
 
 
-@pytest.mark.parametrize("qtype", list(_FP16_FIELDS), ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", QTYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gguf_linear_matches_dequantized_reference_pytorch_kernels(
     qtype, dtype, pytorch_kernels_only
@@ -69,7 +59,7 @@ def test_gguf_linear_matches_dequantized_reference_pytorch_kernels(
     assert err < (1e-6 if exact else 6e-3), err
 
 
-@pytest.mark.parametrize("qtype", list(_FP16_FIELDS), ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", QTYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("rows", [1, 4, 64])
 def test_gguf_linear_matches_dequantized_reference_compiled_kernel(qtype, rows):
     data = _random_blocks(qtype, seed=1)

@@ -10,24 +10,25 @@ import pytest
 import torch
 
 gguf = pytest.importorskip("gguf")
-from gguf import GGML_QUANT_SIZES  # noqa: E402
 from gguf import GGMLQuantizationType as T  # noqa: E402
-from gguf.quants import dequantize  # noqa: E402
 
+from pagedllm.benchmarks.random_blocks import random_blocks  # noqa: E402
 from pagedllm.kernels import cpu_kernels_available  # noqa: E402
-from pagedllm.model_executor.quantization.gguf_blocks import decode_gguf_blocks  # noqa: E402
 from pagedllm.model_executor.quantization.gguf_kquant import (  # noqa: E402
     concat_k_rows,
     decode_k_blocks,
 )
-from pagedllm.model_executor.quantization.group_quant import concat_rows, to_kernel  # noqa: E402
 from pagedllm.model_executor.quantization.kernels import PackedGroupWeight  # noqa: E402
 from pagedllm.model_executor.quantization.kquant_weight import KQuantWeight  # noqa: E402
+from tests.quantization.compact_cases import (  # noqa: E402
+    bits_per_weight,
+    build_layer,
+    check_same_bits,
+)
 
 pytestmark = pytest.mark.skipif(not cpu_kernels_available(), reason="compiled kernels only")
 
 COLS = 512
-_FP16_FIELDS = {T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,)}
 # a layer's shards (rows each): one type, and the mixes of Q4_K_M files (attn_v / ffn_down Q6_K)
 LAYERS = {
     "Q4_K": [(T.Q4_K, 32)],
@@ -41,61 +42,26 @@ BITS = {"Q4_K": 4.625, "Q5_K": 6.625, "Q6_K": 6.625, "Q4_K+Q6_K": 7.125, "Q4_K+Q
 
 def _blocks(qtype, rows: int, seed: int) -> np.ndarray:
     """Random bytes with sane fp16 scales: every bit pattern of codes and sub-scales."""
-    rng = np.random.default_rng(seed)
-    block, size = GGML_QUANT_SIZES[qtype]
-    n = rows * COLS // block
-    blocks = rng.integers(0, 256, (n, size), dtype=np.uint8)
-    for offset in _FP16_FIELDS[qtype]:
-        scale = rng.uniform(0.001, 0.02, n).astype(np.float16)
-        blocks[:, offset : offset + 2] = scale.view(np.uint8).reshape(n, 2)
-    return blocks.reshape(rows, -1)
+    return random_blocks(qtype, rows, COLS, np.random.default_rng(seed))
 
 
 @pytest.fixture(scope="module", params=list(LAYERS))
 def layer(request):
     shards = [(qtype, _blocks(qtype, rows, seed)) for seed, (qtype, rows) in
               enumerate(LAYERS[request.param])]  # fmt: skip
-    shapes = [(data.shape[0], COLS) for _, data in shards]
-    compact = KQuantWeight(concat_k_rows([decode_k_blocks(d, q.name, s) for (q, d), s in
-                                          zip(shards, shapes)]))  # fmt: skip
-    packed = to_kernel(concat_rows([decode_gguf_blocks(d, q, s) for (q, d), s in
-                                    zip(shards, shapes)]))  # fmt: skip
-    reference = torch.cat([torch.from_numpy(dequantize(d, q).reshape(s).copy())
-                           for (q, d), s in zip(shards, shapes)])  # fmt: skip
-    return request.param, compact, packed, reference
+    return request.param, *build_layer(shards, COLS, decode_k_blocks, concat_k_rows, KQuantWeight)
 
 
 def test_same_bits_as_packed_group_weight(layer):
     name, compact, packed, reference = layer
     assert isinstance(packed, PackedGroupWeight) and packed.u4 == compact.u4 == (name == "Q4_K")
-    # (6-bit codes are centred: min + offset * scale rounds once, as PackedGroupWeight's does)
-    atol = 2**-22 * float(reference.abs().max())
-    torch.testing.assert_close(compact.dequantize(), reference, rtol=1e-6, atol=atol)
-    assert torch.equal(compact.dequantize(), packed.dequantize())
-    ids = torch.tensor([5, 0, compact.out_features - 1])
-    assert torch.equal(compact.gather_rows(ids), packed.gather_rows(ids))
-    rng = np.random.default_rng(7)
-    # 40 rows: the kernel's block-decoded path (from 32 rows, quant/kquant.h's kScratchRows);
-    # fewer: scales and codes decoded inside the tile loop. Both give every row the same bits.
-    x = torch.from_numpy(rng.standard_normal((40, COLS), dtype=np.float32))
-    for bits in (16, 8):
-        compact.activation_bits = packed.activation_bits = bits
-        whole = compact(x)
-        assert torch.equal(whole, packed(x)), f"{name}: int{bits} activations"
-        for rows in (1, 2, 3, 8, 17):
-            part = x[3 : 3 + rows]
-            assert torch.equal(compact(part), packed(part)), f"{name}: {rows} rows, int{bits}"
-            # batch invariance: a row's bits whatever rows share the call (and the path)
-            assert torch.equal(compact(part), whole[3 : 3 + rows])
-    compact.activation_bits = packed.activation_bits = 16
+    check_same_bits(name, compact, packed, reference)
 
 
 def test_bytes_per_weight(layer):
     name, compact, packed, _ = layer
-    n, k = compact.out_features, compact.in_features
-    bits = 8 * compact.weight_bytes() / (n * k)
+    bits, packed_bits = bits_per_weight(compact, packed)
     assert bits == BITS[name]
-    packed_bits = 8 * sum(t.numel() * t.element_size() for t in packed.buffers()) / (n * k)
     assert bits < packed_bits
 
 

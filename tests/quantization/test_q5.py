@@ -12,22 +12,24 @@ import torch
 gguf = pytest.importorskip("gguf")
 from gguf import GGML_QUANT_SIZES  # noqa: E402
 from gguf import GGMLQuantizationType as T  # noqa: E402
-from gguf.quants import dequantize  # noqa: E402
 
+from pagedllm.benchmarks.random_blocks import random_blocks  # noqa: E402
 from pagedllm.kernels import cpu_kernels_available  # noqa: E402
-from pagedllm.model_executor.quantization.gguf_blocks import decode_gguf_blocks  # noqa: E402
-from pagedllm.model_executor.quantization.group_quant import concat_rows, to_kernel  # noqa: E402
 from pagedllm.model_executor.quantization.kernels import PackedGroupWeight  # noqa: E402
 from pagedllm.model_executor.quantization.q5_weight import (  # noqa: E402
     Q5Weight,
     concat_q5_rows,
     decode_q5_blocks,
 )
+from tests.quantization.compact_cases import (  # noqa: E402
+    bits_per_weight,
+    build_layer,
+    check_same_bits,
+)
 
 pytestmark = pytest.mark.skipif(not cpu_kernels_available(), reason="compiled kernels only")
 
 COLS = 160  # 5 groups: not a multiple of 256, as Gemma 3's 640
-_FP16_FIELDS = {T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q8_0: (0,)}
 # a merged layer's shards (rows each); "Q5_0 low": codes 1..30 only (offset 16, min 1 -> not 0)
 LAYERS = {"Q5_0": [(T.Q5_0, 32), (T.Q5_0, 16)], "Q5_1": [(T.Q5_1, 48)],
           "Q5_0 narrow": [(T.Q5_0, 16)]}  # fmt: skip
@@ -37,17 +39,11 @@ BITS = {"Q5_0": 5.5, "Q5_1": 6.0, "Q5_0 narrow": 5.5}
 def _blocks(qtype, rows: int, seed: int, narrow: bool = False) -> np.ndarray:
     """Random bytes with sane fp16 d (and m): every bit pattern of the codes; narrow: codes
     0..15 only (high bits clear), so the packed form's offset is 8, not 16."""
-    rng = np.random.default_rng(seed)
-    block, size = GGML_QUANT_SIZES[qtype]
-    n = rows * COLS // block
-    blocks = rng.integers(0, 256, (n, size), dtype=np.uint8)
-    for offset in _FP16_FIELDS[qtype]:
-        value = rng.uniform(-0.02, 0.02, n).astype(np.float16)
-        blocks[:, offset : offset + 2] = value.view(np.uint8).reshape(n, 2)
+    blocks = random_blocks(qtype, rows, COLS, np.random.default_rng(seed), (-0.02, 0.02))
     if narrow:
         at = 4 if qtype == T.Q5_1 else 2
-        blocks[:, at : at + 4] = 0
-    return blocks.reshape(rows, -1)
+        blocks.reshape(-1, GGML_QUANT_SIZES[qtype][1])[:, at : at + 4] = 0  # (a view: in place)
+    return blocks
 
 
 @pytest.fixture(scope="module", params=list(LAYERS))
@@ -55,45 +51,20 @@ def layer(request):
     narrow = request.param.endswith("narrow")
     shards = [(qtype, _blocks(qtype, rows, seed, narrow)) for seed, (qtype, rows) in
               enumerate(LAYERS[request.param])]  # fmt: skip
-    shapes = [(data.shape[0], COLS) for _, data in shards]
-    compact = Q5Weight(concat_q5_rows([decode_q5_blocks(d, q.name, s) for (q, d), s in
-                                       zip(shards, shapes)]))  # fmt: skip
-    packed = to_kernel(concat_rows([decode_gguf_blocks(d, q, s) for (q, d), s in
-                                    zip(shards, shapes)]))  # fmt: skip
-    reference = torch.cat([torch.from_numpy(dequantize(d, q).reshape(s).copy())
-                           for (q, d), s in zip(shards, shapes)])  # fmt: skip
-    return request.param, compact, packed, reference
+    return request.param, *build_layer(shards, COLS, decode_q5_blocks, concat_q5_rows, Q5Weight)
 
 
 def test_same_bits_as_packed_group_weight(layer):
     name, compact, packed, reference = layer
     assert isinstance(packed, PackedGroupWeight) and not packed.u4
     assert compact.offset == (8 if name.endswith("narrow") else 16)
-    atol = 2**-22 * float(reference.abs().max())
-    torch.testing.assert_close(compact.dequantize(), reference, rtol=1e-6, atol=atol)
-    assert torch.equal(compact.dequantize(), packed.dequantize())
-    ids = torch.tensor([5, 0, compact.out_features - 1])
-    assert torch.equal(compact.gather_rows(ids), packed.gather_rows(ids))
-    rng = np.random.default_rng(7)
-    # 40 rows: the block-decoded path (from 32 rows, quant/kquant.h's kScratchRows); fewer:
-    # scales and codes decoded inside the tile loop. Both give every row the same bits.
-    x = torch.from_numpy(rng.standard_normal((40, COLS), dtype=np.float32))
-    for bits in (16, 8):
-        compact.activation_bits = packed.activation_bits = bits
-        whole = compact(x)
-        assert torch.equal(whole, packed(x)), f"{name}: int{bits} activations"
-        for rows in (1, 2, 3, 8, 17):
-            part = x[3 : 3 + rows]
-            assert torch.equal(compact(part), packed(part)), f"{name}: {rows} rows, int{bits}"
-            assert torch.equal(compact(part), whole[3 : 3 + rows])  # batch invariance
-    compact.activation_bits = packed.activation_bits = 16
+    check_same_bits(name, compact, packed, reference)
 
 
 def test_bytes_per_weight(layer):
     name, compact, packed, _ = layer
-    n, k = compact.out_features, compact.in_features
-    assert 8 * compact.weight_bytes() / (n * k) == BITS[name]
-    packed_bits = 8 * sum(t.numel() * t.element_size() for t in packed.buffers()) / (n * k)
+    bits, packed_bits = bits_per_weight(compact, packed)
+    assert bits == BITS[name]
     assert packed_bits >= 9
 
 
