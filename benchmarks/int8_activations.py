@@ -17,40 +17,31 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
-import tempfile
+
+from pagedllm.benchmarks.ab import run_json_process
+from pagedllm.benchmarks.results import cpu_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENGINES = ("int16", "int8", "openvino")
 
 
-def _load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
 def _run(kind: str, engine: str, args: argparse.Namespace) -> dict:
     """One fresh process: our engine with `engine` activations, or (engine "openvino") the peer
     beside an int16 run of ours (bench runs ours first; only the peer's figure is kept)."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        dtype = "int16" if engine == "openvino" else engine
-        peers = "openvino" if engine == "openvino" else "none"
-        if kind == "throughput":
-            shape = ["--num-prompts", str(args.num_prompts)]
-        else:
-            shape = ["--batch-size", "1", "--input-len", "32", "--output-len", "128",
-                     "--num-iters", "3", "--num-iters-warmup", "1"]  # fmt: skip
-        cmd = [sys.executable, "-m", "pagedllm.entrypoints.cli.main", "bench", kind, *shape,
-               "--peers", peers, "--num-threads", str(args.threads),
-               "--quantized-activation-dtype", dtype, *shlex.split(args.engine_flags),
-               "--output-json", out.name]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": ROOT, "PAGEDLLM_NUM_THREADS": str(args.threads)}
-        before = _load()
-        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-        after = _load()
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
-        record = json.load(open(out.name))
+    dtype = "int16" if engine == "openvino" else engine
+    peers = "openvino" if engine == "openvino" else "none"
+    if kind == "throughput":
+        shape = ["--num-prompts", str(args.num_prompts)]
+    else:
+        shape = ["--batch-size", "1", "--input-len", "32", "--output-len", "128",
+                 "--num-iters", "3", "--num-iters-warmup", "1"]  # fmt: skip
+    cmd = [sys.executable, "-m", "pagedllm.entrypoints.cli.main", "bench", kind, *shape,
+           "--peers", peers, "--num-threads", str(args.threads),
+           "--quantized-activation-dtype", dtype, *shlex.split(args.engine_flags)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": ROOT, "PAGEDLLM_NUM_THREADS": str(args.threads)}
+    record = run_json_process(cmd, env, cwd=ROOT)
+    before, after = record["load_before"], record["load_after"]
     results = record["results"]
     name = "openvino_genai" if engine == "openvino" else "pagedllm"
     if kind == "throughput":  # one row per engine
@@ -99,7 +90,7 @@ def main() -> None:
     record = {
         "benchmark": "int8_activations",
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "machine": {"cpu": _cpu_model(), "logical_cores": os.cpu_count(),
+        "machine": {"cpu": cpu_model(), "logical_cores": os.cpu_count(),
                     "platform": platform.platform()},  # fmt: skip
         "threads": args.threads,
         "engine_flags": args.engine_flags,
@@ -108,15 +99,6 @@ def main() -> None:
     }
     with open(args.output_json, "w") as f:
         json.dump(record, f, indent=1)
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = (line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-            return next(names)
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 if __name__ == "__main__":

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import time
 
 from pagedllm import LLM, SamplingParams
+from pagedllm.benchmarks.ab import load_average
 
 ENGINES = ("int16", "int8", "openvino")
 
@@ -26,10 +26,6 @@ def _prompts(count: int = 64) -> list[list[int]]:
     rng = random.Random(0)
     return [[rng.randrange(100, 49000) for _ in range(rng.randint(32, 256))]
             for _ in range(count)]  # fmt: skip
-
-
-def _load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def main() -> None:
@@ -64,11 +60,11 @@ def main() -> None:
     runs = []
     for r in range(args.rounds):
         for engine in ENGINES if r % 2 == 0 else ENGINES[::-1]:
-            before = _load()
+            before = load_average()
             elapsed = run(engine)
             runs.append({"round": r, "engine": engine, "output_tok_s": out_len * len(prompts) /
                          elapsed, "elapsed_s": elapsed, "load_before": before,
-                         "load_after": _load()})  # fmt: skip
+                         "load_after": load_average()})  # fmt: skip
             print(runs[-1], flush=True)
 
     def tok_s(engine: str, r: int) -> float:

@@ -18,6 +18,9 @@ import os
 import statistics
 import time
 
+from pagedllm.benchmarks.ab import load_average
+from pagedllm.benchmarks.results import write_record
+
 MODELS = {
     "gemma3-270m-q4_k_m": "gemma-3-270m",
     "llama-1b-q4_k_m": os.path.expanduser(
@@ -70,14 +73,13 @@ def main() -> None:
     args = parser.parse_args()
     record = {"threads": os.environ.get("PAGEDLLM_NUM_THREADS"), "rounds": args.rounds,
               "switch": args.switch,
-              "load_before": os.getloadavg(), "models": {}}  # fmt: skip
+              "load_before": load_average(), "models": {}}  # fmt: skip
     for name in args.models:
         record["models"][name] = measure(MODELS[name], args.rounds, args.switch)
         print(name, json.dumps(record["models"][name]), flush=True)
-    record["load_after"] = os.getloadavg()
+    record["load_after"] = load_average()
     if args.output_json:
-        with open(args.output_json, "w") as f:
-            json.dump(record, f, indent=2)
+        write_record(record, args.output_json)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import time
+from functools import partial
 
 import numpy as np
 import torch
-from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
+from pagedllm.benchmarks.ab import best_alternating, load_average
+from pagedllm.benchmarks.random_blocks import random_blocks
+from pagedllm.benchmarks.results import write_record
 from pagedllm.model_executor.quantization.gguf_blocks import decode_gguf_blocks
 from pagedllm.model_executor.quantization.gguf_kquant import concat_k_rows, decode_k_blocks
 from pagedllm.model_executor.quantization.group_quant import concat_rows, to_kernel
@@ -35,17 +36,6 @@ SHAPES = [
     ("gemma attn_output Q4_K", [(T.Q4_K, 640)], 1024),
     ("gemma ffn_down Q6_K", [(T.Q6_K, 640)], 2048),
 ]
-_FP16 = {T.Q4_K: (0, 2), T.Q6_K: (208,)}
-
-
-def _blocks(qtype, rows: int, cols: int, rng) -> np.ndarray:
-    block, size = GGML_QUANT_SIZES[qtype]
-    n = rows * cols // block
-    blocks = rng.integers(0, 256, (n, size), dtype=np.uint8)
-    for offset in _FP16[qtype]:
-        scale = rng.uniform(0.001, 0.02, n).astype(np.float16)
-        blocks[:, offset : offset + 2] = scale.view(np.uint8).reshape(n, 2)
-    return blocks.reshape(rows, -1)
 
 
 def _nbytes(module) -> int:
@@ -59,9 +49,9 @@ def main() -> None:
     parser.add_argument("--output-json")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    record = {"threads": torch.get_num_threads(), "load_before": os.getloadavg(), "shapes": []}
+    record = {"threads": torch.get_num_threads(), "load_before": load_average(), "shapes": []}
     for name, shards, k in SHAPES:
-        data = [(q, _blocks(q, rows, k, rng), (rows, k)) for q, rows in shards]
+        data = [(q, random_blocks(q, rows, k, rng), (rows, k)) for q, rows in shards]
         compact = KQuantWeight(concat_k_rows([decode_k_blocks(d, q.name, s) for q, d, s in data]))
         packed = to_kernel(concat_rows([decode_gguf_blocks(d, q, s) for q, d, s in data]))
         weights = compact.out_features * k
@@ -72,23 +62,17 @@ def main() -> None:
         for m in args.rows:
             x = torch.from_numpy(rng.standard_normal((m, k), dtype=np.float32))
             assert torch.equal(compact(x), packed(x)), name
-            best = {"packed": float("inf"), "compact": float("inf")}
-            for rep in range(args.reps):
-                for form in ("packed", "compact") if rep % 2 == 0 else ("compact", "packed"):
-                    w = packed if form == "packed" else compact
-                    start = time.perf_counter()
-                    w(x)
-                    best[form] = min(best[form], time.perf_counter() - start)
+            best = best_alternating({"packed": partial(packed, x), "compact": partial(compact, x)},
+                                    args.reps)  # fmt: skip
             row["rows"][str(m)] = {"packed_ms": round(1e3 * best["packed"], 3),
                                    "compact_ms": round(1e3 * best["compact"], 3),
                                    "speedup": round(best["packed"] / best["compact"], 3),
                                    }  # fmt: skip
         print(json.dumps(row), flush=True)
         record["shapes"].append(row)
-    record["load_after"] = os.getloadavg()
+    record["load_after"] = load_average()
     if args.output_json:
-        with open(args.output_json, "w") as f:
-            json.dump(record, f, indent=2)
+        write_record(record, args.output_json)
 
 
 if __name__ == "__main__":

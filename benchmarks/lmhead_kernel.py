@@ -34,6 +34,10 @@ SHAPES = [
     ("qkv", 960, 576),
 ]
 _FP16 = {T.Q8_0: (0,), T.Q4_1: (0, 2)}
+# NOTE: lmhead_ab.py runs this script against another tree's pagedllm (PYTHONPATH=that tree), so
+# it imports from pagedllm only the kernel under test and keeps its own copies of what
+# pagedllm/benchmarks/random_blocks.py and ab.py hold (random blocks, alternating best-of timing):
+# a base tree older than those modules must still run it.
 
 
 def _blocks(qtype, rows: int, cols: int, rng) -> np.ndarray:

@@ -18,35 +18,23 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
-import tempfile
+
+from pagedllm.benchmarks.ab import run_json_process
+from pagedllm.benchmarks.results import cpu_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def _run(words: list[str], args: argparse.Namespace) -> dict:
     env_words = list(itertools.takewhile(lambda w: re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", w), words))
     flags = words[len(env_words):]
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "profile_offline_steps.py"),
-               "--num-threads", str(args.threads), "--num-prompts", str(args.num_prompts),
-               "--clock", args.clock, "--save-tokens", *flags,
-               "--output-json", out.name]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": ROOT, "PAGEDLLM_NUM_THREADS": str(args.threads),
-               **dict(w.split("=", 1) for w in env_words)}  # fmt: skip
-        before = _load()
-        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-        after = _load()
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
-        record = json.load(open(out.name))
-    record["load_before"], record["load_after"] = before, after
-    return record
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "profile_offline_steps.py"),
+           "--num-threads", str(args.threads), "--num-prompts", str(args.num_prompts),
+           "--clock", args.clock, "--save-tokens", *flags]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": ROOT, "PAGEDLLM_NUM_THREADS": str(args.threads),
+           **dict(w.split("=", 1) for w in env_words)}  # fmt: skip
+    return run_json_process(cmd, env, cwd=ROOT)
 
 
 def _matching(a: list[list[int]], b: list[list[int]]) -> int:
@@ -91,15 +79,9 @@ def main() -> None:
         summary[name]["cpu_ratio_to_reference"] = summary[name]["best_output_tok_per_cpu_s"] / ref
     print(json.dumps(summary, indent=1), flush=True)
     record = {"benchmark": "offline_ab", "command": " ".join(sys.argv), "threads": args.threads,
-              "cpu": _cpu_model(), "summary": summary, "runs": runs}  # fmt: skip
+              "cpu": cpu_model(), "summary": summary, "runs": runs}  # fmt: skip
     with open(args.output_json, "w") as f:
         json.dump(record, f, indent=1)
-
-
-def _cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        return next((line.split(":", 1)[1].strip() for line in f
-                     if line.startswith("model name")), "?")  # fmt: skip
 
 
 if __name__ == "__main__":
