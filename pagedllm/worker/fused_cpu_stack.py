@@ -42,6 +42,19 @@ _LINEARS = {"qkv": "self_attn.qkv_proj", "o": "self_attn.o_proj",
 _ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
 """DecoderLayerSpec.activation -> the kernel's Activation enum."""
 
+MLP_BLOCK_BYTES = 48 * 2**20
+"""What one block of a step's MLP rows may hold in intermediates (see mlp_block_rows)."""
+
+
+def mlp_block_rows(intermediate_size: int, budget: int = MLP_BLOCK_BYTES) -> int:
+    """The MLP's rows per block in the fused stack: its gate|up rows (float32, 2 x I), the
+    activation's (float32, I) and the down kernel's int16 copy of them (I) within `budget`,
+    a multiple of 16 rows (the kernels' tile) where that is at least 16. A 1B Llama (I = 8192):
+    432 rows, so a 2048-token chunk's MLP holds ~46 MiB instead of ~220; Gemma 3 270M
+    (I = 2048) 1744 rows, SmolLM2 (I = 1536) 2336."""
+    rows = max(1, budget // (intermediate_size * (2 * 4 + 4 + 2)))
+    return rows if rows < 16 else rows // 16 * 16
+
 
 class UnsupportedLayer(Exception):
     """A layer the fused stack cannot compute; the message says what in it."""
@@ -76,6 +89,8 @@ class DecoderLayerSpec:
     soft_cap: float | None
     lora: dict[str, LoRALinear] = field(default_factory=dict)
     """Multi-LoRA: "qkv", "o", "gate_up", "down" -> the projection's slots (absent: none)."""
+    mlp_block_rows: int | None = None
+    """The MLP's rows per block in a long step (mlp_block_rows()); None: all rows at once."""
 
     def kernel_args(
         self,
@@ -109,6 +124,8 @@ class DecoderLayerSpec:
         scalars.update({k: v for k, v in optional_scalars.items() if v is not None})
         if self.sliding_window is not None:
             ints["sliding_window"] = self.sliding_window
+        if self.mlp_block_rows is not None:
+            ints["mlp_block_rows"] = self.mlp_block_rows
         return tensors, scalars, ints
 
 
@@ -218,6 +235,7 @@ def layer_spec(layer: nn.Module) -> DecoderLayerSpec:
         soft_cap=attn.logits_soft_cap,
         lora={name: m for name, path in _LINEARS.items()
               if isinstance(m := layer.get_submodule(path), LoRALinear)},
+        mlp_block_rows=mlp_block_rows(_base(mlp.down_proj).input_size_per_partition),
     )  # fmt: skip
 
 

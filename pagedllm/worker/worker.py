@@ -24,6 +24,7 @@ from pagedllm.logger import init_logger
 from pagedllm.model_executor.layers.attention import attention_layers
 from pagedllm.model_executor.model_loader.gguf import release_gguf_readers
 from pagedllm.spec_decode.draft_model import DraftModelDrafter, build_draft_model_drafter
+from pagedllm.utils.heap_trim import HeapTrimmer
 from pagedllm.utils.memory import format_bytes
 from pagedllm.worker.cross_attention_plan import plan_cross_attention
 from pagedllm.worker.execution_strategy import (
@@ -82,6 +83,8 @@ class Worker:
         self.model_runner: ModelRunner | PoolingRunner | None = None
         self._execute_seconds = 0.0
         self._num_steps = 0
+        self.heap = HeapTrimmer()
+        """Gives the heap a long step freed back to the OS (utils/heap_trim.py)."""
         self.execution: ExecutionStrategy | None = None
         """How the decoder layers run (chosen once the KV cache is bound): the fused CPU stack, or
         eager with the reason; None for encoder-only models."""
@@ -213,6 +216,10 @@ class Worker:
         self.execution = select_execution_strategy(self.model, config.model.enforce_eager,
                                                    config.parallel.tensor_parallel_size)
         self._calibrate_drafts()
+        self.heap.trim()  # (what loading and building left free; the start-up resident set)
+        if self.heap.resident_bytes():
+            logger.info("resident set after start-up: %s (KV cache %s of it)",
+                        format_bytes(self.heap.resident_bytes()), format_bytes(layout.total_bytes))
         window = common_sliding_window(layer.sliding_window for layer in layers)
         return KVCacheInfo(layout.num_blocks, layout.block_size, layout.total_bytes, window,
                            num_state_slots=0 if state_plan is None else state_plan.num_slots,
@@ -263,6 +270,7 @@ class Worker:
         try:
             return self.model_runner.execute_model(scheduler_output)  # type: ignore[arg-type]
         finally:
+            self.heap.after_step()
             self._execute_seconds += time.perf_counter() - start
             self._num_steps += 1
 

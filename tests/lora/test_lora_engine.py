@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 from pagedllm import LLM, LoRARequest, SamplingParams
+from pagedllm.worker import fused_cpu_stack
 from tests.engine_internals import engine_core
 from tests.hf_reference import hf_greedy
 from tests.lora.adapters import merged_hf_model
@@ -51,11 +52,16 @@ def _run(llm: LLM, prompts, loras, lora_totals: Counter | None = None):
             [o.num_cached_tokens for o in ordered])
 
 
-@pytest.mark.parametrize("family,enforce_eager", [("llama", False), ("llama", True),
-                                                  ("qwen2", False)])
-def test_mixed_batch_matches_merged_hf(lora_setup, family, enforce_eager):
+@pytest.mark.parametrize("family,enforce_eager,mlp_block_rows",
+                         [("llama", False, None), ("llama", True, None), ("qwen2", False, None),
+                          ("llama", False, 3)])  # fmt: skip
+def test_mixed_batch_matches_merged_hf(lora_setup, monkeypatch, family, enforce_eager,
+                                       mlp_block_rows):
     """4 adapters and the base in one batch, prefill chunked by a 16-token budget; through the
-    fused C++ decoder stack (LoRA inside it) and eagerly (LoRALinear modules)."""
+    fused C++ decoder stack (LoRA inside it) and eagerly (LoRALinear modules); mlp_block_rows:
+    the fused MLP in blocks of that many rows (each block's adapter slots its own)."""
+    if mlp_block_rows is not None:
+        monkeypatch.setattr(fused_cpu_stack, "mlp_block_rows", lambda _: mlp_block_rows)
     base, loras = lora_setup(family)
     choice = [None if n is None else loras[n] for n in NAMES] * 2
     prompts = random_prompts([3, 17, 30, 9, 24, 40, 5, 12, 21, 33], 384, seed=7)

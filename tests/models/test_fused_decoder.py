@@ -12,6 +12,7 @@ import torch
 
 from pagedllm import LLM, SamplingParams
 from pagedllm.kernels import cpu_kernels_available
+from pagedllm.worker import fused_cpu_stack
 from pagedllm.worker.execution_strategy import EAGER, FUSED_CPU_STACK, ExecutionStrategy
 from tests.engine_internals import engine_core
 from tests.models.test_gemma import VARIANTS as GEMMA_VARIANTS
@@ -79,6 +80,26 @@ def _assert_fused_equals_eager(model_dir: str, prompts=PROMPTS, **kwargs) -> Non
 )
 def test_fused_layers_equal_eager(tiny_model_factory, family, overrides, quantization):
     _assert_fused_equals_eager(tiny_model_factory(family, **overrides), quantization=quantization)
+
+
+@pytest.mark.parametrize("quantization", [None, "int4"])
+def test_fused_mlp_row_blocks_equal_eager(tiny_model_factory, monkeypatch, quantization):
+    """The fused MLP in blocks of 3 rows (a long chunk's rows in blocks bound its workspace,
+    fused_cpu_stack.mlp_block_rows): 16-token chunks split 3+3+3+3+3+1, the same logprobs as
+    the eager MLP over every row at once (each kernel's row bits are its own)."""
+    monkeypatch.setattr(fused_cpu_stack, "mlp_block_rows", lambda intermediate_size: 3)
+    _assert_fused_equals_eager(tiny_model_factory("LlamaConfig"), quantization=quantization)
+
+
+def test_mlp_block_rows_bound_the_workspace():
+    """A 1B Llama's 8192-wide MLP: blocks of 432 rows, within MLP_BLOCK_BYTES (a 2048-token
+    chunk at once held ~220 MiB); narrow MLPs get whole 16-row tiles, tiny budgets one row."""
+    budget = fused_cpu_stack.MLP_BLOCK_BYTES
+    assert fused_cpu_stack.mlp_block_rows(8192) == 432
+    assert 432 * 8192 * 14 <= budget < 448 * 8192 * 14
+    assert fused_cpu_stack.mlp_block_rows(1536) % 16 == 0
+    assert fused_cpu_stack.mlp_block_rows(8192, budget=10 * 8192 * 14) == 10
+    assert fused_cpu_stack.mlp_block_rows(8192, budget=1) == 1
 
 
 def test_fused_layers_equal_eager_with_fp16_kv_cache(tiny_model_factory):

@@ -141,6 +141,7 @@ struct LlamaLayer {
   double scale;
   int64_t sliding_window;  // 0: none (the attention kernel's convention)
   double soft_cap;         // 0: none
+  int64_t mlp_block_rows;  // the MLP's rows per block (mlp_half); 0: a step's rows at once
 };
 
 // A step's tokens and attention metadata, prepared once and shared by every layer.
@@ -180,11 +181,13 @@ at::Tensor linear(const at::Tensor& x, const LinearWeight& w,
 
 // Each adapter token's low-rank update, in place on the linear's output rows (lora.cpp: the
 // kernel LoRALinear.forward calls).
+// y and x: rows first_row.. of the step (all of them by default).
 void add_lora(const at::Tensor& y, const at::Tensor& x, const std::optional<LoRASlots>& lora,
-              const StepInputs& step) {
+              const StepInputs& step, int64_t first_row = 0) {
   if (!lora.has_value() || !step.lora_slots.defined()) return;
   pagedllm::lora_add_rows_into(y.data_ptr<float>(), y.size(1), x.data_ptr<float>(), x.size(1),
-                               step.T, lora->a, lora->b, step.lora_slots.data_ptr<int64_t>());
+                               y.size(0), lora->a, lora->b,
+                               step.lora_slots.data_ptr<int64_t>() + first_row);
 }
 
 // RMSNorm over each of `heads` heads of T rows, in place (LlamaAttention._norm_heads: the
@@ -268,9 +271,74 @@ std::tuple<at::Tensor, at::Tensor> attention_half(const LlamaLayer& layer,
   return {o, residual};
 }
 
+// The first `rows` rows of a [capacity, width] buffer, allocated at its first use.
+at::Tensor leading_rows(at::Tensor& buffer, int64_t capacity, int64_t rows, int64_t width) {
+  if (!buffer.defined()) buffer = at::empty({capacity, width}, at::kFloat);
+  TORCH_CHECK(buffer.size(0) == capacity && buffer.size(1) == width && rows <= capacity,
+              "layers of different widths");
+  return buffer.narrow(0, 0, rows);
+}
+
+// x W^T without a bias into `out` (rows of a contiguous buffer): in place for a dense weight,
+// copied from the quantized kernels' own output tensor otherwise.
+void linear_into(const at::Tensor& x, const LinearWeight& w, at::Tensor out) {
+  if (w.tensors.size() == 1) {
+    pagedllm::dense_linear_into(x, w.tensors[0], std::nullopt, out);
+    return;
+  }
+  at::Tensor unused;
+  out.copy_(linear(x, w, std::nullopt, unused));
+}
+
+// The gated MLP over `rows` rows of buf.x from `first` (gate_up, the activation, down): down's
+// rows go into `out`'s rows first.. (out undefined: the step's one block, into a tensor of its
+// own, as eager). gate_up's and the activation's rows live in [capacity, *] buffers.
+at::Tensor mlp_rows(const LlamaLayer& layer, int64_t first, int64_t rows, int64_t capacity,
+                    const StepInputs& step, StepBuffers& buf, const at::Tensor& out,
+                    pagedllm::SectionLaps& laps) {
+  const at::Tensor x = buf.x.narrow(0, first, rows);
+  laps.next(pagedllm::StackSection::kGateUp);
+  at::Tensor gate_up;
+  if (layer.gate_up.tensors.size() == 1) {  // dense: into the block's buffer
+    gate_up = leading_rows(buf.gate_up, capacity, rows, layer.gate_up.tensors[0].size(0));
+    pagedllm::dense_linear_into(x, layer.gate_up.tensors[0], std::nullopt, gate_up);
+  } else {
+    at::Tensor unused;
+    gate_up = linear(x, layer.gate_up, std::nullopt, unused);
+  }
+  add_lora(gate_up, x, layer.gate_up_lora, step, first);
+  const int64_t inter = gate_up.size(1) / 2;
+  const at::Tensor act = leading_rows(buf.act, capacity, rows, inter);
+  laps.next(pagedllm::StackSection::kAct);
+  if (layer.activation == Activation::kGeluTanh) {
+    pagedllm::gelu_tanh_and_mul_rows(gate_up.data_ptr<float>(), rows, inter,
+                                     act.data_ptr<float>());
+  } else {
+    pagedllm::silu_and_mul_rows(gate_up.data_ptr<float>(), rows, inter, act.data_ptr<float>());
+  }
+  laps.next(pagedllm::StackSection::kDown);
+  if (!out.defined()) {
+    at::Tensor y = linear(act, layer.down, std::nullopt, buf.hidden);
+    add_lora(y, act, layer.down_lora, step, first);
+    return y;
+  }
+  const at::Tensor y = out.narrow(0, first, rows);
+  linear_into(act, layer.down, y);
+  add_lora(y, act, layer.down_lora, step, first);
+  return y;
+}
+
 // A layer's second half: the attention output (whole: summed over the ranks) added to the
 // residual inside the post-attention norm (into buf.residual), then the gated MLP. Returns the
 // down_proj output; under tensor parallelism this rank's partial sum.
+//
+// NOTE: the MLP takes a long step's rows in blocks of layer.mlp_block_rows: its gate|up and
+// activation rows are the widest of the layer (a 1B Llama's 8192-wide MLP: 192 MiB of float32
+// for a 2048-token chunk, and the down kernel's int16 copy of the activation 32 MiB more), and
+// they are what made a prefill's resident set peak. Every kernel gives a row the same bits
+// whatever rows share its call (the batch-invariance rule), so the blocks change no bit; the
+// weights are read once per block instead of once per step (~430 rows of 2048 columns between
+// two reads of a 1B layer's gate_up).
 at::Tensor mlp_half(const LlamaLayer& layer, const at::Tensor& o, const at::Tensor& residual,
                     const StepInputs& step, StepBuffers& buf) {
   const int64_t T = step.T, width = o.size(1);
@@ -279,20 +347,11 @@ at::Tensor mlp_half(const LlamaLayer& layer, const at::Tensor& o, const at::Tens
                                    layer.post_norm.data_ptr<float>(), T, width,
                                    static_cast<float>(layer.eps), rows_of(buf.residual, T, width),
                                    rows_of(buf.x, T, width));
-  laps.next(pagedllm::StackSection::kGateUp);
-  const at::Tensor gate_up = linear(buf.x, layer.gate_up, std::nullopt, buf.gate_up);
-  add_lora(gate_up, buf.x, layer.gate_up_lora, step);
-  const int64_t inter = gate_up.size(1) / 2;
-  float* act = rows_of(buf.act, T, inter);
-  laps.next(pagedllm::StackSection::kAct);
-  if (layer.activation == Activation::kGeluTanh) {
-    pagedllm::gelu_tanh_and_mul_rows(gate_up.data_ptr<float>(), T, inter, act);
-  } else {
-    pagedllm::silu_and_mul_rows(gate_up.data_ptr<float>(), T, inter, act);
-  }
-  laps.next(pagedllm::StackSection::kDown);
-  at::Tensor out = linear(buf.act, layer.down, std::nullopt, buf.hidden);
-  add_lora(out, buf.act, layer.down_lora, step);
+  const int64_t block = layer.mlp_block_rows > 0 ? std::min(T, layer.mlp_block_rows) : T;
+  if (block == T) return mlp_rows(layer, 0, T, T, step, buf, at::Tensor(), laps);
+  const at::Tensor out = leading_rows(buf.hidden, T, T, width);
+  for (int64_t first = 0; first < T; first += block)
+    mlp_rows(layer, first, std::min(block, T - first), block, step, buf, out, laps);
   return out;
 }
 
@@ -435,6 +494,9 @@ LlamaLayer read_layer(LayerSpecReader& spec) {
   layer.scale = spec.scalar("scale");
   layer.sliding_window = spec.integer("sliding_window", 0);  // absent: no window
   layer.soft_cap = spec.scalar("soft_cap", 0.0);             // absent: no cap
+  layer.mlp_block_rows = spec.integer("mlp_block_rows", 0);   // absent: no blocks
+  TORCH_CHECK(layer.mlp_block_rows >= 0, "DecoderLayerSpec: mlp_block_rows ",
+              layer.mlp_block_rows, " < 0");
   TORCH_CHECK(layer.q_norm.has_value() == layer.k_norm.has_value(),
               "DecoderLayerSpec: q_norm and k_norm go together");
   TORCH_CHECK(layer.attn_out_norm.has_value() == layer.mlp_out_norm.has_value(),
