@@ -26,6 +26,7 @@ import tempfile
 
 CONFIGS = {
     "q4_1": [],
+    "gguf": [],  # (--model's file as it is: the same as q4_1, named for another model)
     "fp32": ["--quantization", "none"],
     "bf16": ["--quantization", "none", "--dtype", "bfloat16"],  # (bf16 weights, fp32 math)
 }
@@ -38,6 +39,8 @@ def _bench(tree: str, flags: list[str], args: argparse.Namespace) -> dict:
                "--output-len", str(args.output_len), "--num-iters", str(args.num_iters),
                "--peers", "none", "--kv-cache-memory", "1GiB", "--max-model-len", "1024",
                "--output-json", out.name, *flags]  # fmt: skip
+        if args.model:
+            cmd += ["--model", args.model]
         subprocess.run(cmd, cwd="/", env={**os.environ, "PYTHONPATH": tree}, check=True,
                        capture_output=True, text=True)  # fmt: skip
         results = json.load(open(out.name))["results"]
@@ -51,8 +54,8 @@ def _bench(tree: str, flags: list[str], args: argparse.Namespace) -> dict:
 _GREEDY = r"""
 import json, random, sys
 from pagedllm import LLM, SamplingParams
-llm = LLM(None, kv_cache_memory="1GiB", max_model_len=1024, quantization=sys.argv[1] or None,
-          dtype=sys.argv[2])
+llm = LLM(sys.argv[3] or None, kv_cache_memory="1GiB", max_model_len=1024,
+          quantization=sys.argv[1] or None, dtype=sys.argv[2])
 rng = random.Random(0)
 prompts = [[rng.randrange(100, 40000) for _ in range(rng.randint(8, 96))] for _ in range(32)]
 params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
@@ -62,9 +65,9 @@ print(json.dumps({"batched": batched, "alone": alone}))
 """
 
 
-def _greedy(tree: str, quantization: str, dtype: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", _GREEDY, quantization, dtype], cwd="/",
-                          env={**os.environ, "PYTHONPATH": tree}, check=True,
+def _greedy(tree: str, quantization: str, dtype: str, model: str | None) -> dict:
+    proc = subprocess.run([sys.executable, "-c", _GREEDY, quantization, dtype, model or ""],
+                          cwd="/", env={**os.environ, "PYTHONPATH": tree}, check=True,
                           capture_output=True, text=True)  # fmt: skip
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -78,7 +81,10 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--num-iters", type=int, default=3)
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=["q4_1", "fp32", "bf16"],
+                        choices=list(CONFIGS))
+    parser.add_argument("--model", help="another model than bench latency's default (a GGUF "
+                        "file: --configs gguf)")
     parser.add_argument("--output-json")
     parser.add_argument("--allow-token-change", action="store_true",
                         help="a change that alters the arithmetic on purpose (another summation "
@@ -96,9 +102,10 @@ def main() -> None:
                 runs[name].append(_bench(trees[name], CONFIGS[config], args))
                 print(f"{config} round {round_index} {name}: {runs[name][-1]}", flush=True)
         report[config] = _summarize(runs, args.batch_sizes)
-        quantization = "" if config == "q4_1" else "none"
+        quantization = "" if config in ("q4_1", "gguf") else "none"
         dtype = "bfloat16" if config == "bf16" else "auto"
-        tokens = {name: _greedy(tree, quantization, dtype) for name, tree in trees.items()}
+        tokens = {name: _greedy(tree, quantization, dtype, args.model)
+                  for name, tree in trees.items()}  # fmt: skip
         same_trees = tokens["base"] == tokens["change"]
         alone_matches = tokens["change"]["alone"] == tokens["change"]["batched"][:4]
         report[config]["greedy_tokens_identical"] = same_trees

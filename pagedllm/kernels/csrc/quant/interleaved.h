@@ -108,6 +108,9 @@ inline void row_group_tile_from(const Source& src, const QuantizedRows& qa, int6
           const int16_t* xp = xq + r * K + g * G + 4 * c;
           isum[r] = c == 0 ? vec::r16_dot(lo, xp) : vec::r16_dot_add(isum[r], lo, xp);
           isum[r] = vec::r16_dot_add(isum[r], hi, xp + 2);
+          // (a chain the compiler may not re-associate: left to itself, GCC summed the group's
+          // 32 products of the AVX2 build as a tree, spilling 16 of them to the stack per group)
+          vec::r16_keep(isum[r]);
         }
       }
     } else {

@@ -21,9 +21,12 @@ struct R16f {
 inline R16i r16_widen_u8(const uint8_t* p) { return {{widen_u8_i16(p), widen_u8_i16(p + 16)}}; }
 inline R16i r16_widen_i8(const uint8_t* p) { return {{widen_i8_i16(p), widen_i8_i16(p + 16)}}; }
 inline R16i r16_low_nibbles(const R16i& a) { return {{nibble16<0>(a.h[0]), nibble16<0>(a.h[1])}}; }
-// (bytes widened to int16: bits 4-7 are the value >> 4)
-inline R16i r16_high_nibbles(const R16i& a) {
-  return {{nibble16<1>(a.h[0]), nibble16<1>(a.h[1])}};
+// (bytes widened to int16: bits 4-7 are the value >> 4, no mask needed)
+inline R16i r16_high_nibbles(const R16i& a) { return {{shr16(a.h[0], 4), shr16(a.h[1], 4)}}; }
+// the sums in registers here, in the order written (vec_avx2.h's keep)
+inline void r16_keep(R16i& a) {
+  keep(a.h[0]);
+  keep(a.h[1]);
 }
 // lane l: a's int16 pair of lane l times (x[0], x[1]), summed (exact: |sum| < 2^31)
 inline R16i r16_dot(const R16i& a, const int16_t* x) {

@@ -146,6 +146,11 @@ inline I8x32 nibble16(I8x32 a) {
   const __m256i shifted = J == 0 ? a.v : _mm256_srli_epi16(a.v, 4 * J);
   return {J == 3 ? shifted : _mm256_and_si256(shifted, _mm256_set1_epi16(0x000F))};
 }
+// int16 lanes shifted right by n, zeros in (logical)
+inline I8x32 shr16(I8x32 a, int n) { return {_mm256_srli_epi16(a.v, n)}; }
+// An empty asm that claims to change `a`: the compiler keeps the value in a register at this point
+// and cannot reorder the integer additions across it (see interleaved.h's u4 loop). No code.
+inline void keep(I8x32& a) { asm("" : "+x"(a.v)); }
 // int32 lanes
 inline I8x32 and32(I8x32 a, int32_t m) { return {_mm256_and_si256(a.v, _mm256_set1_epi32(m))}; }
 inline I8x32 shr32(I8x32 a, int n) { return {_mm256_srli_epi32(a.v, n)}; }

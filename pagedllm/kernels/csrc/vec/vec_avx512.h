@@ -79,6 +79,7 @@ inline R16i r16_widen_u8(const uint8_t* p) { return {widen_u8_i16x32(p).v}; }
 inline R16i r16_widen_i8(const uint8_t* p) { return {widen_i8_i16x32(p).v}; }
 inline R16i r16_low_nibbles(R16i a) { return {_mm512_and_si512(a.v, _mm512_set1_epi16(0x0F))}; }
 inline R16i r16_high_nibbles(R16i a) { return {_mm512_srli_epi16(a.v, 4)}; }  // bytes: >> 4
+inline void r16_keep(R16i&) {}  // (rows16.h's register hint for the AVX2 build; not needed here)
 // lane l: a's int16 pair of lane l times (x[0], x[1]), summed (exact: |sum| < 2^31)
 inline R16i r16_dot(R16i a, const int16_t* x) {
   int32_t pair;

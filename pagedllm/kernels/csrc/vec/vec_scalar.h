@@ -218,6 +218,12 @@ inline I8x32 nibble16(const I8x32& a) {
     lanes::set<uint16_t>(r, l, (lanes::get<uint16_t>(a, l) >> (4 * J)) & 0x0F);
   return r;
 }
+inline I8x32 shr16(const I8x32& a, int n) {
+  I8x32 r;
+  for (int l = 0; l < 16; ++l) lanes::set<uint16_t>(r, l, lanes::get<uint16_t>(a, l) >> n);
+  return r;
+}
+inline void keep(I8x32&) {}  // (vec_avx2.h's register hint; nothing to do here)
 inline I8x32 and32(const I8x32& a, int32_t m) {
   I8x32 r;
   for (int l = 0; l < 8; ++l) lanes::set<int32_t>(r, l, lanes::get<int32_t>(a, l) & m);
