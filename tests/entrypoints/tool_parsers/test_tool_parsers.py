@@ -164,11 +164,13 @@ ADVERSARIAL = [
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_adversarial_inputs_run_in_linear_time(name):
-    start = time.perf_counter()
+    # the parser's own CPU time: the other processes of a loaded machine (xdist workers, engine
+    # subprocesses) stretch the wall clock (pythonic: 1.2 s quiet, over 5 s at load 15)
+    start = time.process_time()
     for text in ADVERSARIAL:
         result = _parser(name).extract_tool_calls(text, TOOLS)
         assert isinstance(result.content, (str, type(None)))
         parser = _parser(name)  # streaming in 997-char deltas: no rescans of the whole text
         for end in range(997, len(text) + 997, 997):
             parser.extract_tool_calls_streaming(text[:end - 997], text[:end], "", TOOLS)
-    assert time.perf_counter() - start < 5.0
+    assert time.process_time() - start < 5.0
