@@ -82,7 +82,8 @@ def make_scheduler(config, log):
 
 class DurationRecorder:
     """Sums each test's phases as the reports arrive (in the xdist controller, or the only
-    process) and writes the tests of RECORDED_FROM_SECONDS or more to DURATIONS_PATH."""
+    process) and updates DURATIONS_PATH with the tests that ran: those of RECORDED_FROM_SECONDS
+    or more are written, the others dropped, the tests that did not run kept as they were."""
 
     def __init__(self) -> None:
         self.seconds: defaultdict[str, float] = defaultdict(float)
@@ -91,8 +92,11 @@ class DurationRecorder:
         self.seconds[report.nodeid] += report.duration
 
     def pytest_sessionfinish(self, session) -> None:
-        record = {nodeid: round(s, 1) for nodeid, s in sorted(self.seconds.items())
-                  if s >= RECORDED_FROM_SECONDS}  # fmt: skip
+        record = recorded_durations()
+        for nodeid, seconds in self.seconds.items():
+            record.pop(nodeid, None)
+            if seconds >= RECORDED_FROM_SECONDS:
+                record[nodeid] = round(seconds, 1)
         with open(DURATIONS_PATH, "w") as f:
-            json.dump(record, f, indent=0)
+            json.dump(dict(sorted(record.items())), f, indent=0)
             f.write("\n")

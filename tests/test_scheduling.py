@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from types import SimpleNamespace
 
 import pytest
 
@@ -46,3 +47,15 @@ def test_the_longest_recorded_scope_goes_first(pytestconfig, monkeypatch):
     # c.py: 35 s recorded; b.py: 30 s; a.py: five unrecorded tests
     assert [sent[0].split("::")[0] for sent in node.sent] == ["tests/c.py", "tests/b.py",
                                                               "tests/a.py"]  # fmt: skip
+
+
+def test_a_recorded_run_updates_the_tests_it_ran(tmp_path, monkeypatch):
+    path = tmp_path / "durations.json"
+    path.write_text('{"tests/a.py::t": 5.0, "tests/b.py::t": 3.0}')
+    monkeypatch.setattr(scheduling, "DURATIONS_PATH", str(path))
+    recorder = scheduling.DurationRecorder()
+    for nodeid, seconds in (("tests/b.py::t", 0.1), ("tests/c.py::t", 1.5), ("tests/c.py::t", 0.5)):
+        recorder.pytest_runtest_logreport(SimpleNamespace(nodeid=nodeid, duration=seconds))
+    recorder.pytest_sessionfinish(None)
+    # a.py did not run: kept; b.py is fast now: dropped; c.py's phases summed
+    assert scheduling.recorded_durations() == {"tests/a.py::t": 5.0, "tests/c.py::t": 2.0}
