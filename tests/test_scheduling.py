@@ -15,7 +15,7 @@ ISAS = "tests/test_kernel_isas.py::"
 def test_scopes_are_files_groups_and_kernel_builds():
     assert scheduling.scope_of("tests/core/test_queue.py::test_a[1]") == "tests/core/test_queue.py"
     assert scheduling.scope_of("tests/model_executor/test_gguf.py::test_x") == "hf-smollm2"
-    assert scheduling.scope_of("tests/models/test_gemma3_gguf.py::test_y") == "hf-gemma3"
+    assert scheduling.scope_of("tests/models/test_gemma3_gguf.py::test_y") == "gemma3-270m"
     default = scheduling.scope_of(f"{ISAS}test_lower_isa_build_passes_kernel_tests[DEFAULT]")
     avx2 = scheduling.scope_of(f"{ISAS}test_lower_isa_build_passes_kernel_tests[AVX2]")
     portable = scheduling.scope_of(f"{ISAS}test_portable_kernels_match_simd_builds")
