@@ -20,30 +20,27 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("PAGEDLLM_NUM_THREADS", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# Files that load the same real GGUF into transformers (tens of seconds each time: it dequantizes
-# in Python) run in one xdist worker, so tests/hf_reference.py's cached model is built once.
-XDIST_FILE_GROUPS = {
-    "tests/engine/test_smollm2_gguf.py": "hf-smollm2",
-    "tests/engine/test_beam_search_smollm2.py": "hf-smollm2",
-    "tests/model_executor/test_gguf.py": "hf-smollm2",
-    "tests/distributed/test_tensor_parallel_smollm2.py": "hf-smollm2",
-    "tests/model_executor/test_gguf_gemma3.py": "hf-gemma3",
-    "tests/models/test_gemma3_gguf.py": "hf-gemma3",
-}
+
+def pytest_addoption(parser):
+    parser.addoption("--record-durations", action="store_true",
+                     help="write the slow tests' seconds to tests/durations.json (the order in "
+                          "which xdist hands out files: tests/scheduling.py)")  # fmt: skip
+
+
+def pytest_configure(config):
+    if config.getoption("--record-durations") and not hasattr(config, "workerinput"):
+        from tests.scheduling import DurationRecorder
+
+        config.pluginmanager.register(DurationRecorder(), "duration-recorder")
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """xdist hands out whole files (module-scoped servers and engines start once), and the
-    groups above as one unit."""
-    from xdist.scheduler import LoadScopeScheduling
+    """Whole files (module-scoped servers and engines start once), the longest first."""
+    from tests.scheduling import make_scheduler
 
-    class FileGroupScheduling(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::", 1)[0]
-            return XDIST_FILE_GROUPS.get(path, path)
+    return make_scheduler(config, log)
 
-    return FileGroupScheduling(config, log)
 
 TINY_LLAMA = dict(
     hidden_size=64,
