@@ -28,6 +28,8 @@ MIB = 2**20
 
 
 def _status_mib(key: str) -> float:
+    # NOTE: a copy of tests/worker/test_step_memory.py's reader on purpose: the child runs this
+    # file against the base tree's pagedllm (PYTHONPATH), which may predate any shared helper.
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(key + ":"):

@@ -217,9 +217,9 @@ class Worker:
                                                    config.parallel.tensor_parallel_size)
         self._calibrate_drafts()
         self.heap.trim()  # (what loading and building left free; the start-up resident set)
-        if self.heap.resident_bytes():
+        if resident := self.heap.resident_bytes():
             logger.info("resident set after start-up: %s (KV cache %s of it)",
-                        format_bytes(self.heap.resident_bytes()), format_bytes(layout.total_bytes))
+                        format_bytes(resident), format_bytes(layout.total_bytes))
         window = common_sliding_window(layer.sliding_window for layer in layers)
         return KVCacheInfo(layout.num_blocks, layout.block_size, layout.total_bytes, window,
                            num_state_slots=0 if state_plan is None else state_plan.num_slots,
