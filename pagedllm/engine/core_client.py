@@ -237,18 +237,14 @@ class MPClient(FrameSendingClient):
 
     def __init__(self, engine_args: EngineArgs, startup_timeout: float | None = None,
                  wait_ready: bool = True, target: Any = None) -> None:
-        import multiprocessing
-
         from pagedllm.engine.core_proc import run_engine_core
+        from pagedllm.utils.process_start import process_context, start_process
 
-        ctx = multiprocessing.get_context("spawn")
+        ctx = process_context()
         child_input, self._input_conn = ctx.Pipe(duplex=False)
         self._output_conn, child_output = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(
-            target=target or run_engine_core, args=(engine_args, child_input, child_output),
-            name="EngineCore", daemon=True,
-        )
-        self._proc.start()
+        self._proc = start_process(ctx, target or run_engine_core,
+                                   (engine_args, child_input, child_output), name="EngineCore")
         child_output.close()  # so recv_bytes() sees EOF when the child exits
         child_input.close()
         self._frames: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()

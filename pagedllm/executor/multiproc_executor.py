@@ -29,6 +29,7 @@ from typing import Any
 from pagedllm.executor.messages import decode_reply
 from pagedllm.executor.remote import RemoteExecutor
 from pagedllm.logger import init_logger
+from pagedllm.utils.process_start import process_context, start_process
 
 logger = init_logger(__name__)
 
@@ -41,7 +42,7 @@ class MultiprocExecutor(RemoteExecutor):
     def _init_workers(self) -> None:
         world_size = self.config.parallel.world_size
         init_method = f"tcp://127.0.0.1:{_free_port()}"
-        ctx = multiprocessing.get_context("spawn")
+        ctx = process_context()
         self._send_pool: ThreadPoolExecutor | None = None
         self._sender_lock = threading.Lock()
         self._procs: list[multiprocessing.process.BaseProcess] = []
@@ -49,11 +50,8 @@ class MultiprocExecutor(RemoteExecutor):
         with _may_have_children():
             for rank in range(world_size):
                 parent_conn, child_conn = ctx.Pipe(duplex=True)
-                proc = ctx.Process(
-                    target=run_worker, args=(self.config, rank, init_method, child_conn),
-                    name=f"Worker_TP{rank}", daemon=True,
-                )  # fmt: skip
-                proc.start()
+                proc = start_process(ctx, run_worker, (self.config, rank, init_method, child_conn),
+                                     name=f"Worker_TP{rank}")  # fmt: skip
                 child_conn.close()  # so the worker's recv() sees EOF when we go
                 self._procs.append(proc)
                 self._conns.append(parent_conn)

@@ -117,11 +117,18 @@ def test_idle_engine_core_exits_when_a_rank_dies(tiny_llama_dir):
 
 
 def _children(pid: int) -> list[int]:
-    """The worker processes of the engine core `pid` (not its resource tracker)."""
+    """The processes `pid` started (worker ranks, an engine core): its children, or, where they
+    come from a forkserver (utils/process_start.py), the forkserver's; not a resource tracker."""
     import psutil
 
-    return [child.pid for child in psutil.Process(pid).children()
-            if "resource_tracker" not in " ".join(child.cmdline())]
+    started = []
+    for child in psutil.Process(pid).children():
+        cmdline = " ".join(child.cmdline())
+        if "multiprocessing.forkserver" in cmdline:
+            started += [grandchild.pid for grandchild in child.children()]
+        elif "resource_tracker" not in cmdline:
+            started.append(child.pid)
+    return started
 
 
 def _alive(pid: int) -> bool:
