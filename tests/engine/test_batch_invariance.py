@@ -1,6 +1,6 @@
 """Batch invariance: a request's greedy tokens, and the logprob of each, are the same bits whatever
 the engine does around it: alone or inside batches of 2..64 mixed prompts, cold or after a
-prefix-cache hit, whole or in 16-token prefill chunks, with or without a preemption.
+prefix-cache hit, whole or in 24-token prefill chunks, with or without a preemption.
 
 Logprobs are compared for float equality, not only tokens: any difference in the numbers a
 token went through (a matmul's reduction order, activation rounding that depends on the row
@@ -71,9 +71,14 @@ def _generate_counting_preemptions(llm: LLM, prompts: list[list[int]]) -> tuple[
 
 def assert_batch_invariant(model: str, prompts: list[list[int]], **engine_kwargs) -> None:
     kwargs = dict(max_model_len=128, **engine_kwargs)
-    cold = LLM(model, kv_cache_memory="64MiB", enable_prefix_caching=False, **kwargs)
-    alone = [_generate(cold, [p])[0][0] for p in prompts]
-    del cold
+    # 8 blocks of 16 tokens hold any one of these requests (at most 110 + 6 tokens) but only one
+    # or two at a time: alone, each runs undisturbed; all together, they preempt each other
+    small = LLM(model, num_gpu_blocks_override=8, enable_prefix_caching=False, **kwargs)
+    alone = [_generate(small, [p])[0][0] for p in prompts]
+    got, preemptions = _generate_counting_preemptions(small, prompts)
+    assert preemptions > 0, "the test must force preemption"
+    assert got == alone, "requests preempted and recomputed"
+    del small
 
     cached = LLM(model, kv_cache_memory="64MiB", enable_prefix_caching=True, **kwargs)
     together, _ = _generate(cached, prompts)
@@ -86,16 +91,10 @@ def assert_batch_invariant(model: str, prompts: list[list[int]], **engine_kwargs
         start += size
     del cached
 
+    # 24-token chunks: prompt chunks that end inside a 16-token KV block, beside decodes
     chunked = LLM(model, kv_cache_memory="64MiB", enable_prefix_caching=False,
-                  max_num_batched_tokens=16, **kwargs)  # fmt: skip
-    assert _generate(chunked, prompts)[0] == alone, "16-token prefill chunks"
-    del chunked
-
-    # 8 blocks of 16 tokens hold one or two of these requests at a time
-    preempting = LLM(model, num_gpu_blocks_override=8, enable_prefix_caching=False, **kwargs)
-    got, preemptions = _generate_counting_preemptions(preempting, prompts)
-    assert preemptions > 0, "the test must force preemption"
-    assert got == alone, "requests preempted and recomputed"
+                  max_num_batched_tokens=24, **kwargs)  # fmt: skip
+    assert _generate(chunked, prompts)[0] == alone, "24-token prefill chunks"
 
 
 @pytest.mark.gguf
