@@ -31,6 +31,7 @@ _DEFAULT_ALIGNMENT = 32
 _SCALAR_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q",
                    12: "d"}  # fmt: skip
 _STRING, _ARRAY = 8, 9
+_LENGTH = struct.Struct("<Q")
 _MAX_DIMS = 4
 """ggml's GGML_MAX_DIMS."""
 _MAX_ARRAY_NESTING = 8
@@ -120,6 +121,26 @@ class GGUFFile:
         self._offset += length
         return str(self._buffer[start : self._offset], "utf-8", errors="replace")
 
+    def _strings(self, count: int, key: str) -> list[str]:
+        """`count` strings in a row: _string inlined (a vocabulary is 262k of them for Gemma 3;
+        ~3x faster than calling it per string)."""
+        buffer, offset, size = self._buffer, self._offset, self._size
+        length_at = _LENGTH.unpack_from
+        strings = []
+        append = strings.append
+        for _ in range(count):
+            if offset + 8 > size:
+                self._offset = offset
+                raise self._fail(f"{key}: truncated: 8 more bytes needed")
+            start = offset + 8
+            offset = start + length_at(buffer, offset)[0]
+            if offset > size:
+                self._offset = start
+                raise self._fail(f"{key}: a string of {offset - start} bytes runs past the end")
+            append(str(buffer[start:offset], "utf-8", errors="replace"))
+        self._offset = offset
+        return strings
+
     def _value(self, value_type: int, key: str, depth: int = 0) -> Any:
         if value_type == _STRING:
             return self._string()
@@ -129,7 +150,7 @@ class GGUFFile:
             item_type, count = self._unpack("<IQ")
             if item_type == _STRING:
                 self._check_count(count, 8, f"strings in {key}")
-                return [self._string() for _ in range(count)]
+                return self._strings(count, key)
             if item_type == _ARRAY:
                 self._check_count(count, 12, f"arrays in {key}")
                 return [self._value(_ARRAY, key, depth + 1) for _ in range(count)]

@@ -56,10 +56,32 @@ def _flag(value: Any) -> str | None:
     return None if isinstance(value, bool) or value in (0, 1) else "a boolean"
 
 
+def _all_strings(values: list) -> bool:
+    return set(map(type, values)) <= {str}
+
+
+def _all_numbers(values: list) -> bool:
+    return set(map(type, values)) <= {int, float} and all(map(math.isfinite, values))
+
+
+def _all_counts(values: list) -> bool:
+    return set(map(type, values)) <= {int} and (not values or min(values) >= 0)
+
+
+_WHOLE_LIST_CHECKS: dict[Check, Callable[[list], bool]] = {
+    _string: _all_strings, _number: _all_numbers, _count: _all_counts}
+"""Item check -> the same check over a whole list at C speed (a vocabulary's 262k items took
+~0.15 s item by item); the item loop then only runs to name a bad item."""
+
+
 def _list_of(item: Check, what: str, non_empty: bool = False) -> Check:
+    whole_list = _WHOLE_LIST_CHECKS.get(item)
+
     def check(value: Any) -> str | None:
         if not isinstance(value, list) or (non_empty and not value):
             return f"a {'non-empty ' if non_empty else ''}list of {what}"
+        if whole_list is not None and whole_list(value):
+            return None
         for index, element in enumerate(value):
             if item(element) is not None:
                 return f"a list of {what} (item {index} is {_describe(element)})"
