@@ -83,15 +83,8 @@ def test_pooling_returns_the_embeddings(http):
     embedded = http.post("/v1/embeddings", json={"model": MODEL, "input": texts,
                                                  "encoding_format": "float"}).json()
     assert [d["object"] for d in pooled["data"]] == ["pooling", "pooling"]
-    # NOTE: equal up to float32 rounding, not bit for bit: the BERT path runs ATen's GEMMs, whose
-    # sums may group differently when the engine takes a request's two inputs in one step or in
-    # two (seen once in a CI run: 1-ulp differences). Batch invariance is promised for the
-    # decoder families' greedy output, not for this path.
-    pooled_rows = [d["data"] for d in pooled["data"]]
-    embedded_rows = [d["embedding"] for d in embedded["data"]]
-    assert [len(r) for r in pooled_rows] == [len(r) for r in embedded_rows]
-    assert all(math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7)
-               for p, e in zip(pooled_rows, embedded_rows) for a, b in zip(p, e))
+    # the same bits: a text's embedding does not depend on what the engine packed beside it
+    assert [d["data"] for d in pooled["data"]] == [d["embedding"] for d in embedded["data"]]
     assert pooled["usage"] == embedded["usage"]
 
 

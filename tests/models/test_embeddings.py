@@ -66,6 +66,15 @@ def test_minilm_matches_transformers_in_one_batch(minilm):
     assert len({len(o.prompt_token_ids) for o in outputs}) == len(TEXTS)  # different lengths
 
 
+def test_minilm_embeddings_are_batch_invariant(minilm):
+    """A text's embedding is the same bits alone and packed with others of other lengths, in
+    any order (a packed SDPA call over the whole batch gave 1-ulp differences)."""
+    alone = [minilm.embed(text, use_tqdm=False)[0].outputs.embedding for text in TEXTS]
+    for texts in (TEXTS, TEXTS[::-1], TEXTS[1:] * 3):
+        packed = minilm.embed(texts, use_tqdm=False)
+        assert [o.outputs.embedding for o in packed] == [alone[TEXTS.index(t)] for t in texts]
+
+
 def test_minilm_pooling_params_and_inputs(minilm):
     (normalized,) = minilm.embed("Hello world", use_tqdm=False)
     (raw,) = minilm.embed("Hello world", PoolingParams(normalize=False), use_tqdm=False)
@@ -123,4 +132,4 @@ def test_pooler_and_encoder_attention_against_per_sequence_reference():
     for start, n in zip(metadata.query_start_loc[:-1].tolist(), lens):
         qs, ks, vs = (x[start:start + n].view(n, 2, 4).transpose(0, 1) for x in (q, k, v))
         ref = F.scaled_dot_product_attention(qs, ks, vs, scale=0.5).transpose(0, 1).reshape(n, 8)
-        torch.testing.assert_close(packed[start:start + n], ref)
+        assert torch.equal(packed[start:start + n], ref)  # the same bits as the prompt alone

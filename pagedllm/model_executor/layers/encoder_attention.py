@@ -1,11 +1,15 @@
 """Bidirectional attention of encoder-only models over a packed batch, without a KV cache.
 
-The step's prompts are packed back to back; each token attends to every token of its own prompt
-and to no other (a block-diagonal mask), so many texts run in one SDPA call:
+The step's prompts are packed back to back ([T, hidden] rows); each token attends to every token
+of its own prompt and to no other. Each prompt's attention is its own SDPA call on its own rows:
 
-    tokens   a0 a1 a2 b0 b1        mask (True = may attend)
-    a0..a2   1  1  1  0  0
-    b0..b1   0  0  0  1  1
+    tokens   a0 a1 a2 | b0 b1       SDPA(a0..a2), then SDPA(b0..b1)
+
+One call over all T rows with a block-diagonal mask would give different bits for a prompt
+depending on what was packed beside it (the kernel's key blocks and online-softmax rescaling
+span the whole row of T keys, masked or not), and costs T^2 where the prompts need sum(L^2).
+A prompt's rows keep the same layout alone or packed, so its embedding is the same bits in any
+batch (the batch-invariance promise, kept on the embedding path too).
 """
 
 from __future__ import annotations
@@ -22,20 +26,30 @@ from pagedllm.forward_context import get_forward_context
 @dataclass
 class EncoderAttentionMetadata:
     query_start_loc: torch.Tensor  # [B + 1] long: prompt i owns rows start[i]:start[i+1]
-    attn_mask: torch.Tensor  # [T, T] bool, block-diagonal
+    spans: list[tuple[int, int]]  # the same boundaries, (start, end) per prompt, on the host
 
     @classmethod
     def build(cls, seq_lens: list[int], device: torch.device) -> EncoderAttentionMetadata:
         lens = torch.tensor(seq_lens, dtype=torch.long, device=device)
         query_start_loc = torch.zeros(len(seq_lens) + 1, dtype=torch.long, device=device)
         torch.cumsum(lens, 0, out=query_start_loc[1:])
-        seq_of_token = torch.repeat_interleave(torch.arange(len(seq_lens), device=device), lens)
-        attn_mask = seq_of_token[:, None] == seq_of_token[None, :]  # [T, T]
-        return cls(query_start_loc, attn_mask)
+        spans, start = [], 0
+        for n in seq_lens:
+            spans.append((start, start + n))
+            start += n
+        return cls(query_start_loc, spans)
+
+    def block_diagonal_mask(self) -> torch.Tensor:
+        """[T, T] bool, True where a token may attend (its own prompt): for attention that adds
+        a bias over the whole packed batch (T5's relative positions)."""
+        device = self.query_start_loc.device
+        lens = torch.tensor([end - start for start, end in self.spans], device=device)
+        seq_of_token = torch.repeat_interleave(torch.arange(len(self.spans), device=device), lens)
+        return seq_of_token[:, None] == seq_of_token[None, :]
 
 
 class EncoderAttention(nn.Module):
-    """softmax(q k^T * scale + mask) v within each prompt of the step's forward context."""
+    """softmax(q k^T * scale) v within each prompt of the step's forward context."""
 
     def __init__(self, num_heads: int, head_size: int, scale: float) -> None:
         super().__init__()
@@ -50,9 +64,11 @@ class EncoderAttention(nn.Module):
         value: torch.Tensor,  # [T, num_heads * head_size]
     ) -> torch.Tensor:  # [T, num_heads * head_size]
         metadata: EncoderAttentionMetadata = get_forward_context().attn_metadata
-        num_tokens = query.shape[0]
-        q, k, v = (x.view(num_tokens, self.num_heads, self.head_size).transpose(0, 1)
-                   for x in (query, key, value))  # [H, T, D]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=metadata.attn_mask,
-                                             scale=self.scale)
-        return out.transpose(0, 1).reshape(num_tokens, self.num_heads * self.head_size)
+        out = torch.empty_like(query)
+        for start, end in metadata.spans:
+            n = end - start
+            q, k, v = (x[start:end].view(n, self.num_heads, self.head_size).transpose(0, 1)
+                       for x in (query, key, value))  # [H, n, D]
+            attended = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+            out[start:end] = attended.transpose(0, 1).reshape(n, self.num_heads * self.head_size)
+        return out

@@ -221,7 +221,7 @@ class T5Stack(nn.Module):
         """[H, T, T]: each packed prompt's bidirectional bias, -inf between prompts."""
         metadata: EncoderAttentionMetadata = get_forward_context().attn_metadata
         bias = self._bias[0](positions[:, None], positions[None, :])
-        return bias.masked_fill(~metadata.attn_mask, float("-inf"))
+        return bias.masked_fill(~metadata.block_diagonal_mask(), float("-inf"))
 
 
 class T5ForConditionalGeneration(nn.Module):
