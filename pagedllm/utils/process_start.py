@@ -25,9 +25,13 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-PRELOADED_MODULES = ("torch", "transformers.configuration_utils")
-"""Imported once by the forkserver. `configuration_utils` is what unpickling a config's
-transformers PretrainedConfig needs; the heavy parts of transformers come with it."""
+PRELOADED_MODULES = ("torch", "transformers.configuration_utils",
+                     "transformers.utils.type_validators",
+                     "transformers.models.auto.configuration_auto")
+"""Imported once by the forkserver: what unpickling or loading a transformers config needs
+(a model family's config module imports type_validators, which pulls in transformers'
+activations and torch.distributed.tensor: seconds). A name missing from an older transformers
+is skipped (the forkserver ignores an ImportError)."""
 
 
 def process_context() -> BaseContext:
