@@ -27,6 +27,37 @@ TensorSplit = Callable[[str, np.ndarray], "dict[str, np.ndarray] | None"]
 """(HF name, tensor) -> the converter's tensors for it, or None: not this hook's to change."""
 
 
+def write_sentencepiece_gguf(path: str, arch: str, tokens: list[str], scores: list[float],
+                             token_types: list[int], configure: Callable | None = None) -> str:
+    """A tokenizer-only GGUF of `arch` as the Gemma converters write theirs: a sentencepiece
+    ("llama") vocabulary without merges, pad 0 / eos 1 / bos 2 / unk 3, dummy one-layer
+    hyperparameters and a zero embedding; `configure(writer)` adds the caller's keys."""
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(path, arch)
+    writer.add_block_count(1)
+    writer.add_context_length(32)
+    writer.add_embedding_length(8)
+    writer.add_feed_forward_length(8)
+    writer.add_head_count(1)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(token_types)
+    writer.add_bos_token_id(2)
+    writer.add_eos_token_id(1)
+    writer.add_unk_token_id(3)
+    writer.add_pad_token_id(0)
+    if configure is not None:
+        configure(writer)
+    writer.add_tensor("token_embd.weight", np.zeros((len(tokens), 8), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 def write_tokenizer(writer, model_dir: str) -> None:
     """The tiny byte-level BPE tokenizer of model_dir as llama.cpp's converter writes a "gpt2"
     vocabulary (merges, control tokens, BOS / EOS / PAD)."""

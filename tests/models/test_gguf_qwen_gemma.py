@@ -27,6 +27,7 @@ from tests.models.gguf_fixtures import (
     converter_tensors,
     hf_comparison_tests,
     write_gguf_files,
+    write_sentencepiece_gguf,
     write_tensors,
     write_tokenizer,
 )
@@ -219,29 +220,10 @@ def test_q8_0_quantized_equals_dequantized(tiny_model_factory, tmp_path, arch):
 def _write_sentencepiece_gguf(path: str, arch: str) -> str:
     """A tokenizer-only GGUF of `arch` with a tiny sentencepiece ("llama") vocabulary, as the
     Gemma converters write theirs."""
-    from gguf import GGUFWriter
-
-    writer = GGUFWriter(path, arch)
-    writer.add_block_count(1)
-    writer.add_context_length(32)
-    writer.add_embedding_length(8)
-    writer.add_feed_forward_length(8)
-    writer.add_head_count(1)
     tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "\u2581", "a", "b", "\u2581a", "ab", "\u2581ab"]
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores([0.0] * 4 + [-1.0, -2.0, -3.0, -0.5, -0.7, -0.2])
-    writer.add_token_types([3, 3, 3, 2] + [1] * 6)
-    writer.add_bos_token_id(2)
-    writer.add_eos_token_id(1)
-    writer.add_unk_token_id(3)
-    writer.add_pad_token_id(0)
-    writer.add_tensor("token_embd.weight", np.zeros((len(tokens), 8), np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return write_sentencepiece_gguf(path, arch, tokens,
+                                    [0.0] * 4 + [-1.0, -2.0, -3.0, -0.5, -0.7, -0.2],
+                                    [3, 3, 3, 2] + [1] * 6)
 
 
 def test_gemma_sentencepiece_tokenizer(tmp_path):

@@ -9,11 +9,11 @@ import json
 import os
 import random
 
-import numpy as np
 import pytest
 
 from pagedllm.tokenizer import gguf_gemma
 from pagedllm.tokenizer.loader import gguf_gemma_tokenizer, transformers_gguf_tokenizer
+from tests.models.gguf_fixtures import write_sentencepiece_gguf
 
 CORPUS = [
     "Hello world",
@@ -84,39 +84,21 @@ def write_gemma_gguf(path: str, arch: str = "gemma3", chat_template: str | None 
                      merges: list[str] | None = None) -> str:
     """A tokenizer-only Gemma-style GGUF (the synthetic vocabulary above), as llama.cpp's
     converter writes Gemma's: model "llama", no merges, special ids, BOS flag."""
-    from gguf import GGUFWriter
-
     tokens, scores, types = _synthetic_tokens()
-    writer = GGUFWriter(path, arch)
-    writer.add_block_count(1)
-    writer.add_context_length(32)
-    writer.add_embedding_length(8)
-    writer.add_feed_forward_length(8)
-    writer.add_head_count(1)
-    writer.add_head_count_kv(1)
-    writer.add_tokenizer_model("llama")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_bos_token_id(2)
-    writer.add_eos_token_id(1)
-    writer.add_unk_token_id(3)
-    writer.add_pad_token_id(0)
-    if add_bos is not None:
-        writer.add_add_bos_token(add_bos)
-    if add_eos is not None:
-        writer.add_add_eos_token(add_eos)
-    if chat_template is not None:
-        writer.add_chat_template(chat_template)
-    if merges is not None:
-        writer.add_token_merges(merges)
-    writer.add_tensor("token_embd.weight", np.zeros((len(tokens), 8), np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+
+    def configure(writer) -> None:
+        writer.add_head_count_kv(1)
+        writer.add_tokenizer_pre("default")
+        if add_bos is not None:
+            writer.add_add_bos_token(add_bos)
+        if add_eos is not None:
+            writer.add_add_eos_token(add_eos)
+        if chat_template is not None:
+            writer.add_chat_template(chat_template)
+        if merges is not None:
+            writer.add_token_merges(merges)
+
+    return write_sentencepiece_gguf(path, arch, tokens, scores, types, configure)
 
 
 def _added(tokenizer) -> dict[int, tuple]:
