@@ -33,21 +33,35 @@ def _load_hf_gguf_model(path: str, gguf_file: str):
     return model.eval()
 
 
+def hf_gguf_tokenizer(gguf_path: str):
+    """transformers' own tokenizer of a GGUF file (its converter: the reference for ours),
+    reading the file through the process's shared parse."""
+    from pagedllm.tokenizer.loader import transformers_gguf_tokenizer
+
+    with _one_gguf_reader_per_file():
+        return transformers_gguf_tokenizer(os.path.dirname(gguf_path), os.path.basename(gguf_path))
+
+
+_GGUF_READERS: dict[tuple[str, str], object] = {}
+
+
 @contextlib.contextmanager
 def _one_gguf_reader_per_file() -> Iterator[None]:
     """transformers parses a GGUF file's metadata twice in from_pretrained (for the config, then
-    again with the tensors), and gguf's reader builds a numpy view per vocabulary entry: most of
-    the load for a 262k-token vocabulary (Gemma 3: ~30 s a parse at 1 thread under load). The
-    second parse gets the first's reader: the same read-only mapping, so the same values."""
+    again with the tensors), and once more to convert its tokenizer, and gguf's reader builds a
+    numpy view per vocabulary entry: most of the load for a 262k-token vocabulary (Gemma 3: ~30 s
+    a parse at 1 thread under load). Each file is parsed once per process and the parse reused
+    (the Gemma 3 files share one xdist worker, tests/scheduling.py): the same read-only
+    mapping, so the same values."""
     import gguf
 
-    original, readers = gguf.GGUFReader, {}
+    original = gguf.GGUFReader
 
     def reader(path, mode: str = "r"):
         key = (os.fspath(path), mode)
-        if key not in readers:
-            readers[key] = original(path, mode)
-        return readers[key]
+        if key not in _GGUF_READERS:
+            _GGUF_READERS[key] = original(path, mode)
+        return _GGUF_READERS[key]
 
     gguf.GGUFReader = reader
     try:

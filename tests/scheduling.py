@@ -34,6 +34,9 @@ FILE_GROUPS = {
     # loaded 2-core machine, is built by pagedllm in a few seconds, tokenizer/gguf_gemma.py.)
     "tests/model_executor/test_gguf_gemma3.py": "gemma3-270m",
     "tests/models/test_gemma3_gguf.py": "gemma3-270m",
+    # transformers' tokenizer conversion of the same file, the reference for ours: it reuses
+    # the process's parse of the file (hf_reference.hf_gguf_tokenizer)
+    "tests/tokenizer/test_gguf_gemma_tokenizer.py": "gemma3-270m",
 }
 
 

@@ -6,13 +6,13 @@ so that the merge order decides encodings) and on the real Gemma 3 270M file."""
 from __future__ import annotations
 
 import json
-import os
 import random
 
 import pytest
 
 from pagedllm.tokenizer import gguf_gemma
-from pagedllm.tokenizer.loader import gguf_gemma_tokenizer, transformers_gguf_tokenizer
+from pagedllm.tokenizer.loader import gguf_gemma_tokenizer
+from tests.hf_reference import hf_gguf_tokenizer
 from tests.models.gguf_fixtures import write_sentencepiece_gguf
 
 CORPUS = [
@@ -146,7 +146,7 @@ def _chat(tokenizer, **kwargs):
 
 
 def _reference(path: str):
-    return transformers_gguf_tokenizer(os.path.dirname(path), os.path.basename(path))
+    return hf_gguf_tokenizer(path)
 
 
 @pytest.mark.parametrize("arch", ["gemma3", "gemma"])
