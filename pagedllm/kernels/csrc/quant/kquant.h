@@ -7,7 +7,8 @@
 // The row-interleaved tile loop (interleaved.h's row_group_tile_from) runs unchanged with its
 // scale/code source hook: KQuantTerms builds each group's 16 scales and mins in registers from the
 // int8 and fp16 arrays, and unpacks a 6-bit group's chunks from their planes into a 512-byte stack
-// buffer (L1), inside the loop. The values are the ones PackedGroupWeight would hold:
+// buffer (L1), inside the loop (on AVX2 into registers, straight into the group's integer sums:
+// group_isums_6bit). The values are the ones PackedGroupWeight would hold:
 //   scale = float(d) * float(sc)              one float32 rounding, as gguf_blocks.py's product
 //   min   = fma(offset, scale, float(dm) * float(m))
 // where offset * scale is exact (scale has at most 11 + 7 significant bits, offset <= 63), so
