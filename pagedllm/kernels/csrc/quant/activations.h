@@ -24,9 +24,10 @@ struct QuantizedRows {
   int64_t K = 0, ng = 0, ngp = 0;  // ngp: row stride of dx/sx/ex, ng rounded up to 8 (zeros)
   std::vector<int16_t> q;          // [M, K]
   std::vector<float> dx, sx, ex;
-  // int8 activations only: q's codes (|q| <= 127) as bytes, and each group's integer sum
-  std::vector<int8_t> q8;  // [M, K]
+  // each group's integer sum of q (the int8 path's i8 codes take it off, kquant.h's 6-bit loop
+  // its code offset), and for int8 activations only, q's codes (|q| <= 127) as bytes
   std::vector<int32_t> xs;  // [M, ngp]
+  std::vector<int8_t> q8;   // [M, K]
 };
 
 constexpr float kInt16Levels = 32767.f;
@@ -68,10 +69,10 @@ QuantizedRows quantize_activations(const float* x, int64_t M, int64_t K,
   r.dx.resize(M * r.ngp);
   r.sx.resize(M * r.ngp);
   r.ex.resize(M * r.ngp);
+  r.xs.resize(M * r.ngp);
   if (int8) {
     pair_blocks = false;
     r.q8.resize(M * K);
-    r.xs.resize(M * r.ngp);
   }
   const float levels = int8 ? kInt8Levels : kInt16Levels;
   at::parallel_for(0, M, 16, [&](int64_t m_begin, int64_t m_end) {
@@ -96,7 +97,7 @@ QuantizedRows quantize_activations(const float* x, int64_t M, int64_t K,
           r.sx[first + h] = s;
           // (one rounding, as a SIMD build contracts it: the portable build then matches)
           r.ex[first + h] = 8.f * std::fma(-d, static_cast<float>(is), s);
-          if (int8) r.xs[first + h] = is;
+          r.xs[first + h] = is;
         }
         if (int8) {
           for (int64_t i = 0; i < kBlock; ++i) r.q8[m * K + b * kBlock + i] = qb[i];

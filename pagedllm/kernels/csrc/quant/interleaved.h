@@ -66,8 +66,12 @@ inline void add_group_terms(const vec::R16i isum[R], vec::R16f s, vec::R16f z,
 // codes(g, buf) gives its 32-byte chunks (in place, or unpacked into buf [G * 16]) and
 // terms(g, s, z) its 16 rows' scales and mins. PackedGroupWeight's form loads them as stored;
 // quant/kquant.h's K-quant form builds them in registers from the file's compact scales.
+// A source with kGroupIsums gives the group's integer sums itself instead of its codes
+// (group_isums<R>(g, qa, m0, isum): kquant.h's 6-bit codes on AVX2, unpacked in registers). The
+// sums are exact integers, so any way of forming them gives the same bits.
 template <bool U4, int G, typename S>
 struct StoredTerms {
+  static constexpr bool kGroupIsums = false;
   const uint8_t* codes;
   const S* scales;
   const S* mins;
@@ -94,9 +98,12 @@ inline void row_group_tile_from(const Source& src, const QuantizedRows& qa, int6
   for (int r = 0; r < R; ++r) a[r] = b[r] = vec::r16_zero();
   alignas(64) uint8_t buf[chunks * 32];
   for (int64_t g = 0; g < qa.ng; ++g) {
-    const uint8_t* cg = src.group_codes(g, buf);
     vec::R16i isum[R];
-    if constexpr (Int8) {
+    const uint8_t* cg = nullptr;
+    if constexpr (!Source::kGroupIsums) cg = src.group_codes(g, buf);
+    if constexpr (Source::kGroupIsums) {
+      src.template group_isums<R>(g, qa, m0, isum);
+    } else if constexpr (Int8) {
       group_isums_int8<U4, G, R>(cg, qa, m0, g, isum);
     } else if constexpr (U4) {
 #pragma GCC unroll 16

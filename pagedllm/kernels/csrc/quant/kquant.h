@@ -7,7 +7,8 @@
 // The row-interleaved tile loop (interleaved.h's row_group_tile_from) runs unchanged with its
 // scale/code source hook: KQuantTerms builds each group's 16 scales and mins in registers from the
 // int8 and fp16 arrays, and unpacks a 6-bit group's chunks from their planes into a 512-byte stack
-// buffer (L1), inside the loop. The values are the ones PackedGroupWeight would hold:
+// buffer (L1), inside the loop (on AVX2 into registers, straight into the group's integer sums:
+// group_isums_6bit). The values are the ones PackedGroupWeight would hold:
 //   scale = float(d) * float(sc)              one float32 rounding, as gguf_blocks.py's product
 //   min   = fma(offset, scale, float(dm) * float(m))
 // where offset * scale is exact (scale has at most 11 + 7 significant bits, offset <= 63), so
@@ -39,6 +40,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "interleaved.h"
@@ -127,18 +129,92 @@ inline void unpack_6bit(const uint8_t* src, int64_t bytes, int64_t offset, uint8
   }
 }
 
+#if defined(__AVX2__) && !defined(PAGEDLLM_VEC_512)
+// A 6-bit group's integer sums against R rows of int16 activations (x16: the group's first
+// column of row m0, rows K apart; xs: the group's sum of them, rows ngp apart), its codes
+// unpacked in registers: the sums group_isums_i8_int16 forms over unpack_6bit's bytes, exactly
+// (integers, |sum| < 2^31), so the same bits.
+//
+// Why: unpack_6bit stored each 128 codes to a stack buffer that the int16 loop read back and
+// widened, ~14 instructions per 32-byte chunk, and the 6-bit layers (the LM head, a merged qkv,
+// Q6_K ffn_down) ran at 9-11 GB/s where PackedGroupWeight's 8-bit codes read 15-18. Here:
+//  - the codes stay unsigned (0..63): the offset comes off the sum once per group, as
+//    offset * sum(x) (4 subtractions of bytes per 128 codes saved);
+//  - bytes widen by unpacking with zeros in each 128-bit lane (1 instruction per 16 codes, no
+//    cross-lane extract), so a madd's int32 lanes hold rows 0-3 | 8-11 and 4-7 | 12-15, put back
+//    in order once per group with two lane permutes.
+template <int G, int R>
+inline void group_isums_6bit(const uint8_t* src, int32_t offset, const int16_t* x16, int64_t K,
+                             const int32_t* xs, int64_t ngp, vec::R16i isum[R]) {
+  const __m256i low4 = _mm256_set1_epi8(0x0F), bits45 = _mm256_set1_epi8(0x30);
+  const __m256i zero = _mm256_setzero_si256();
+  const int16_t* xr[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    xr[r] = x16 + r * K;
+    if constexpr (R > 1) asm("" : "+r"(xr[r]));  // (see group_isums_i8_int16)
+  }
+  __m256i acc[R][2];  // [rows 0-3 | 8-11], [rows 4-7 | 12-15]
+#pragma GCC unroll 4
+  for (int u = 0; u < G / 8; ++u) {  // 128 codes (4 chunks) per 96 stored bytes
+    const __m256i* p = reinterpret_cast<const __m256i*>(src + 96 * u);
+    const __m256i l0 = _mm256_loadu_si256(p), l1 = _mm256_loadu_si256(p + 1);
+    const __m256i h = _mm256_loadu_si256(p + 2);
+    // unpack_6bit's chunks (nibbles, bit pairs to bits 4-5), without the offset
+    const __m256i c[4] = {
+        _mm256_or_si256(_mm256_and_si256(l0, low4),
+                        _mm256_and_si256(_mm256_slli_epi16(h, 4), bits45)),
+        _mm256_or_si256(_mm256_and_si256(l1, low4),
+                        _mm256_and_si256(_mm256_slli_epi16(h, 2), bits45)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
+                        _mm256_and_si256(h, bits45)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+                        _mm256_and_si256(_mm256_srli_epi16(h, 2), bits45))};
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+      const int ch = 4 * u + k;  // the group's chunk: columns 2 ch, 2 ch + 1
+      const __m256i w0 = _mm256_unpacklo_epi8(c[k], zero), w1 = _mm256_unpackhi_epi8(c[k], zero);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        int32_t pair;
+        std::memcpy(&pair, xr[r] + 2 * ch, 4);
+        const __m256i x = _mm256_set1_epi32(pair);
+        const __m256i p0 = _mm256_madd_epi16(w0, x), p1 = _mm256_madd_epi16(w1, x);
+        acc[r][0] = ch == 0 ? p0 : _mm256_add_epi32(acc[r][0], p0);
+        acc[r][1] = ch == 0 ? p1 : _mm256_add_epi32(acc[r][1], p1);
+        // (a chain, as interleaved.h's u4 loop keeps it: no re-association into a tree)
+        asm("" : "+x"(acc[r][0]), "+x"(acc[r][1]));
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    const __m256i o = _mm256_set1_epi32(offset * xs[r * ngp]);
+    isum[r].h[0].v = _mm256_sub_epi32(_mm256_permute2x128_si256(acc[r][0], acc[r][1], 0x20), o);
+    isum[r].h[1].v = _mm256_sub_epi32(_mm256_permute2x128_si256(acc[r][0], acc[r][1], 0x31), o);
+  }
+}
+#endif
+
 // Row group j of a K-quant weight as interleaved.h's tile loop source (see StoredTerms there):
-// scales and mins built in registers, 6-bit codes unpacked per group.
+// scales and mins built in registers, 6-bit codes unpacked per group (on AVX2 in registers, into
+// the group's integer sums: group_isums_6bit).
 template <bool U4, int G>
 struct KQuantTerms {
   static constexpr int64_t kGroupBytes = kChunksPerGroup<U4, G> * 32;  // unpacked
   static constexpr int64_t kPerSuper = kSuperBlock / G;
+#if defined(__AVX2__) && !defined(PAGEDLLM_VEC_512)
+  static constexpr bool kGroupIsums = !U4;
+#else
+  static constexpr bool kGroupIsums = false;
+#endif
   const uint8_t* codes;  // this row group's stored codes
   const int8_t* sc;
   const int8_t* m;
   const c10::Half* d;
   const c10::Half* dm;
   float offset;
+  int32_t offset_i;
 
   KQuantTerms(const uint8_t* all_codes, const KQuantScales& k, int64_t j)
       : codes(all_codes + j * k.ng * (U4 ? kGroupBytes : kGroupBytes / 4 * 3)),
@@ -146,7 +222,17 @@ struct KQuantTerms {
         m(k.m + j * k.ng * kRowGroup),
         d(k.d + j * k.nsb * kRowGroup),
         dm(k.dm + j * k.nsb * kRowGroup),
-        offset(static_cast<float>(k.offset)) {}
+        offset(static_cast<float>(k.offset)),
+        offset_i(static_cast<int32_t>(k.offset)) {}
+
+#if defined(__AVX2__) && !defined(PAGEDLLM_VEC_512)
+  template <int R>
+  void group_isums(int64_t g, const QuantizedRows& qa, int64_t m0, vec::R16i isum[R]) const {
+    group_isums_6bit<G, R>(codes + g * (kGroupBytes / 4 * 3), offset_i,
+                           qa.q.data() + m0 * qa.K + g * G, qa.K,
+                           qa.xs.data() + m0 * qa.ngp + g, qa.ngp, isum);
+  }
+#endif
 
   const uint8_t* group_codes(int64_t g, uint8_t* buf) const {
     if constexpr (U4) {

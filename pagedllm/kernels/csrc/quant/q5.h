@@ -104,6 +104,7 @@ inline void unpack_5bit(const uint8_t* src, int64_t bytes, int64_t offset, uint8
 template <bool U4, int G>
 struct Q5Terms {
   static_assert(!U4 && G == kQ5Group, "Q5 weights: int8 codes in groups of 32");
+  static constexpr bool kGroupIsums = false;
   const uint8_t* codes;  // this row group's stored codes
   const c10::Half* d;
   const c10::Half* m;
