@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -23,6 +22,7 @@ from pagedllm import envs
 from pagedllm.attention.ops.kv_quant import load_kv, quantize_kv
 from pagedllm.kernels import kernel_isa
 from pagedllm.model_executor.quantization.kernels import interleave_rows
+from tests.process_group import run_process_group
 
 _ORDER = ["DEFAULT", "AVX2", "AVX512"]
 _TESTS = [
@@ -54,13 +54,12 @@ def test_lower_isa_build_passes_kernel_tests(isa):
         "import torch; from pagedllm.kernels import cpu_kernels_available, kernel_isa; "
         "print(kernel_isa(torch.backends.cpu.get_cpu_capability()), cpu_kernels_available())"
     )
-    built = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True,
-                           text=True, timeout=600)  # fmt: skip
+    built = run_process_group([sys.executable, "-c", probe], timeout=600, cwd=root, env=env)
     assert built.stdout.split() == [isa, "True"], built.stdout + built.stderr[-3000:]
-    result = subprocess.run(
+    result = run_process_group(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *_TESTS],
-        cwd=root, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        timeout=900, cwd=root, env=env,
+    )
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert " passed" in summary and "skipped" not in summary, summary
@@ -293,8 +292,8 @@ def _outputs_of(isa: str, own: str, path) -> dict[str, torch.Tensor]:
         "print(kernel_isa(torch.backends.cpu.get_cpu_capability())); "
         "torch.save(kernel_outputs(), sys.argv[1])"
     )
-    result = subprocess.run([sys.executable, "-c", script, str(path)], cwd=root, env=env,
-                            capture_output=True, text=True, timeout=900)  # fmt: skip
+    result = run_process_group([sys.executable, "-c", script, str(path)], timeout=900, cwd=root,
+                               env=env)  # fmt: skip
     assert result.returncode == 0 and result.stdout.split() == [isa], result.stderr[-3000:]
     return torch.load(path)
 
