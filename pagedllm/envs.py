@@ -42,6 +42,16 @@ def step_profile() -> int | None:
     return int(value) if value and int(value) > 0 else None
 
 
+def process_start_method() -> str:
+    """PAGEDLLM_PROCESS_START_METHOD: how engine cores and worker ranks start (utils/
+    process_start.py): "spawn" (default) or "forkserver" (torch and transformers imported once
+    by a forkserver that stays resident, ~300 MB: pays where many processes start, e.g. tests)."""
+    value = os.environ.get("PAGEDLLM_PROCESS_START_METHOD", "spawn")
+    if value not in ("spawn", "forkserver"):
+        raise ValueError(f"PAGEDLLM_PROCESS_START_METHOD={value!r}: 'spawn' or 'forkserver'")
+    return value
+
+
 def compiled_kernels() -> bool:
     """PAGEDLLM_COMPILED_KERNELS: build and use the C++ CPU kernels of pagedllm/kernels (quantized
     linear layers, paged attention) — default 1; 0 falls back to PyTorch operators only."""

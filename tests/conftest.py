@@ -19,6 +19,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # at every fork/join.
     os.environ.setdefault("PAGEDLLM_NUM_THREADS", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The suite starts hundreds of engine cores and worker ranks: from a forkserver that imported
+# torch and transformers once (utils/process_start.py), not one interpreter each
+os.environ.setdefault("PAGEDLLM_PROCESS_START_METHOD", "forkserver")
 
 
 def pytest_addoption(parser):
