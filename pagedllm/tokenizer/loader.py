@@ -93,16 +93,23 @@ def transformers_gguf_tokenizer(path: str, gguf_file: str) -> PreTrainedTokenize
     return AutoTokenizer.from_pretrained(path, gguf_file=gguf_file, trust_remote_code=False)
 
 
-def gguf_byte_level_tokenizer(gguf_path: str) -> PreTrainedTokenizerBase | None:
-    """A PreTrainedTokenizerFast built from the GGUF vocabulary, or None if the file's
-    vocabulary is not plain byte-level BPE (the caller then asks transformers)."""
+def _tokenizer_metadata(gguf_path: str) -> Any:
+    """meta(key, default=None, prefix="tokenizer."): a field of the file's metadata (parsed once
+    per process, shared with the model loader)."""
     from pagedllm.model_executor.model_loader.gguf import gguf_field, open_gguf
 
     reader = open_gguf(gguf_path)
 
-    def meta(key: str, default: Any = None) -> Any:
-        return gguf_field(reader, f"tokenizer.{key}", default)
+    def meta(key: str, default: Any = None, prefix: str = "tokenizer.") -> Any:
+        return gguf_field(reader, prefix + key, default)
 
+    return meta
+
+
+def gguf_byte_level_tokenizer(gguf_path: str) -> PreTrainedTokenizerBase | None:
+    """A PreTrainedTokenizerFast built from the GGUF vocabulary, or None if the file's
+    vocabulary is not plain byte-level BPE (the caller then asks transformers)."""
+    meta = _tokenizer_metadata(gguf_path)
     if meta("ggml.model") != "gpt2" or meta("ggml.pre") not in _BYTE_LEVEL_PRE:
         return None
     if meta("ggml.add_bos_token") or meta("ggml.add_eos_token") or meta("ggml.merges") is None:
@@ -144,16 +151,10 @@ def gguf_gemma_tokenizer(gguf_path: str) -> PreTrainedTokenizerBase | None:
     """The tokenizer of a Gemma GGUF's sentencepiece vocabulary (gguf_gemma.py), as
     transformers' GemmaTokenizer builds it from the file; None for any other vocabulary (the
     caller then asks transformers)."""
-    from pagedllm.model_executor.model_loader.gguf import gguf_field, open_gguf
     from pagedllm.tokenizer.gguf_gemma import gemma_backend
 
-    reader = open_gguf(gguf_path)
-
-    def meta(key: str, default: Any = None) -> Any:
-        return gguf_field(reader, f"tokenizer.{key}", default)
-
-    arch = gguf_field(reader, "general.architecture")
-    if meta("ggml.model") != "llama" or arch not in GEMMA_ARCHS:
+    meta = _tokenizer_metadata(gguf_path)
+    if meta("ggml.model") != "llama" or meta("architecture", prefix="general.") not in GEMMA_ARCHS:
         return None
     # (a file with merges, or a pre-tokenizer split, would make transformers use them)
     if meta("ggml.merges") is not None or meta("ggml.pre") not in (None, "default"):
