@@ -274,3 +274,22 @@ def test_cross_attention_budget_preempts_lower_priority_and_frees_on_abort(build
     assert budget.held == {"aborted": 30}
     engine.abort_request(["aborted"])
     assert budget.held == {} and budget.num_free == 128
+
+
+def test_outputs_are_the_same_bits_alone_and_in_any_batch(model_dir):
+    """Batch invariance on the encoder-decoder path: each request's greedy tokens and top
+    logprobs are the same bits alone and beside encoder prompts of other lengths, in two orders
+    (the encoder packs a step's prompts; T5 adds its relative-position bias there)."""
+    llm = LLM(model_dir, max_model_len=64, num_gpu_blocks_override=64)
+    prompts = _prompts(llm.get_tokenizer().vocab_size)
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True, logprobs=3)
+
+    def run(batch: list[list[int]]) -> list[list[tuple[int, dict[int, float]]]]:
+        outputs = llm.generate(batch, params, use_tqdm=False)
+        return [[(t, {i: lp.logprob for i, lp in step.items()})
+                 for t, step in zip(o.outputs[0].token_ids, o.outputs[0].logprobs)]
+                for o in outputs]
+
+    alone = [run([p])[0] for p in prompts]
+    assert run(prompts) == alone
+    assert run(prompts[::-1]) == alone[::-1]

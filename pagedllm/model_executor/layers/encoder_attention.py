@@ -39,14 +39,6 @@ class EncoderAttentionMetadata:
             start += n
         return cls(query_start_loc, spans)
 
-    def block_diagonal_mask(self) -> torch.Tensor:
-        """[T, T] bool, True where a token may attend (its own prompt): for attention that adds
-        a bias over the whole packed batch (T5's relative positions)."""
-        device = self.query_start_loc.device
-        lens = torch.tensor([end - start for start, end in self.spans], device=device)
-        seq_of_token = torch.repeat_interleave(torch.arange(len(self.spans), device=device), lens)
-        return seq_of_token[:, None] == seq_of_token[None, :]
-
 
 class EncoderAttention(nn.Module):
     """softmax(q k^T * scale) v within each prompt of the step's forward context."""

@@ -118,10 +118,17 @@ class T5Attention(nn.Module):
     def heads(self, x: torch.Tensor) -> torch.Tensor:  # [T, inner] -> [H, T, D]
         return x.view(x.shape[0], self.num_heads, self.d_kv).transpose(0, 1)
 
-    def encoder_forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """Bidirectional over the packed prompts; bias [H, T, T] holds -inf across prompts."""
-        q, k, v = (self.heads(p(x)) for p in (self.q, self.k, self.v))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=1.0)
+    def encoder_forward(self, x: torch.Tensor, biases: list[torch.Tensor]) -> torch.Tensor:
+        """Bidirectional within each packed prompt, one SDPA call per prompt on its own rows
+        with its own [H, n, n] bias (T5Stack.encoder_biases): a prompt's bits do not depend on
+        what was packed beside it (see layers/encoder_attention.py)."""
+        metadata: EncoderAttentionMetadata = get_forward_context().attn_metadata
+        q, k, v = (self.heads(p(x)) for p in (self.q, self.k, self.v))  # [H, T, D]
+        out = torch.empty_like(q)
+        for (start, end), bias in zip(metadata.spans, biases, strict=True):
+            out[:, start:end] = F.scaled_dot_product_attention(
+                q[:, start:end], k[:, start:end], v[:, start:end], attn_mask=bias.to(q.dtype),
+                scale=1.0)
         return self.o(out.transpose(0, 1).reshape(x.shape[0], -1))
 
     def kv(self, encoder_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,9 +202,9 @@ class T5Block(nn.Module):
                                  T5DenseReluDense(config, f"{p}.{ff_index}.DenseReluDense")))
         self.layer = nn.ModuleList(layers)
 
-    def encoder_forward(self, h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def encoder_forward(self, h: torch.Tensor, biases: list[torch.Tensor]) -> torch.Tensor:
         attn, ff = self.layer
-        h = h + attn.SelfAttention.encoder_forward(attn.normed(h), bias)
+        h = h + attn.SelfAttention.encoder_forward(attn.normed(h), biases)
         return h + ff.DenseReluDense(ff.normed(h))
 
     def decoder_forward(self, h: torch.Tensor, cross: CrossAttentionBatch) -> torch.Tensor:
@@ -217,11 +224,11 @@ class T5Stack(nn.Module):
         self._bias.append(self.block[0].layer[0].SelfAttention.relative_attention_bias)
         self.final_layer_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
 
-    def encoder_bias(self, positions: torch.Tensor) -> torch.Tensor:
-        """[H, T, T]: each packed prompt's bidirectional bias, -inf between prompts."""
+    def encoder_biases(self, positions: torch.Tensor) -> list[torch.Tensor]:
+        """Each packed prompt's bidirectional bias, [H, n, n], in the step's prompt order."""
         metadata: EncoderAttentionMetadata = get_forward_context().attn_metadata
-        bias = self._bias[0](positions[:, None], positions[None, :])
-        return bias.masked_fill(~metadata.block_diagonal_mask(), float("-inf"))
+        return [self._bias[0](positions[start:end, None], positions[None, start:end])
+                for start, end in metadata.spans]
 
 
 class T5ForConditionalGeneration(nn.Module):
@@ -249,9 +256,9 @@ class T5ForConditionalGeneration(nn.Module):
 
     def encode(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         h = self.shared(input_ids)
-        bias = self.encoder.encoder_bias(positions)
+        biases = self.encoder.encoder_biases(positions)
         for block in self.encoder.block:
-            h = block.encoder_forward(h, bias)
+            h = block.encoder_forward(h, biases)
         return self.encoder.final_layer_norm.norm(h)
 
     def cross_kv(self, encoder_out: torch.Tensor) -> CrossKV:
