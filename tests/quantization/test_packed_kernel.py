@@ -71,6 +71,25 @@ def test_rows_are_independent_of_batch(kind, group):
     assert torch.equal(kernel(x[13:300])[27 - 13 : 40 - 13], alone[27:40])
 
 
+@pytest.mark.parametrize("group", [16, 32])
+def test_wide_rows_over_several_k_blocks(group):
+    """u4 weights over 1152 columns: calls of 24 rows and more widen the codes once per block of
+    columns (quant/interleaved.h's widened path, AVX2 and portable builds), three blocks here.
+    Every row is the same bits as alone (below, at and past the threshold, and inside 300 rows)
+    and within the int16-activation bound of the float reference."""
+    torch.manual_seed(0)
+    gq = quantize_int4_grouped(torch.randn(N, 1152), group)
+    kernel = to_kernel(gq)
+    torch.manual_seed(3)
+    x = torch.randn(300, 1152)
+    alone = torch.cat([kernel(x[i : i + 1]) for i in range(40)])
+    for rows in (2, 23, 24, 25, 31, 40):
+        assert torch.equal(kernel(x[:rows]), alone[:rows]), rows
+    whole = kernel(x)
+    assert torch.equal(whole[:40], alone)
+    assert 0 < _rel_err(whole, x @ gq.dequantize().t()) < INT16_ACT_REL
+
+
 def test_larger_groups_are_regrouped_exactly():
     gq = quantize_int4_grouped(torch.randn(N, 256), 128)
     kernel = to_kernel(gq)

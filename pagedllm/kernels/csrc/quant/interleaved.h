@@ -28,6 +28,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
+#include <vector>
 
 #include "activations.h"
 #include "common.h"
@@ -39,6 +41,16 @@ namespace {
 constexpr int64_t kRowGroup = 16;
 constexpr int64_t kActivationBlockBytes = 128 * 1024;
 constexpr int64_t kWeightBlockBytes = 256 * 1024;
+// The widened path (u4 codes, int16 activations, many rows; widened_row_group_rows): where a
+// row group's nibbles are widened to int16 once, into L1, for all the rows' tiles instead of
+// once per tile. Builds of 2-row tiles only (AVX2, portable): there each tile's unpack is a
+// third of its vector work, and with the weights read from L1 a tile takes 4 rows. SmolLM2's
+// Q4_1 shapes, 1 thread, AMD Zen 3, 64 and 512 rows: 51-53 GMAC/s against 42-44 (1.2x); at 16
+// rows it lost (40 against 43), from 24 it gains. The same integer sums and float steps per
+// output: the same bits.
+constexpr bool kWidenU4 = vec::kRows16Tile <= 2;
+constexpr int64_t kWidenRows = 24;
+constexpr int kWidenTile = 4;
 
 template <bool U4, int G>
 constexpr int64_t kChunksPerGroup = U4 ? G / 4 : G / 2;  // 32-byte chunks
@@ -72,6 +84,7 @@ inline void add_group_terms(const vec::R16i isum[R], vec::R16f s, vec::R16f z,
 template <bool U4, int G, typename S>
 struct StoredTerms {
   static constexpr bool kGroupIsums = false;
+  static constexpr bool kWidened = false;
   const uint8_t* codes;
   const S* scales;
   const S* mins;
@@ -84,23 +97,64 @@ struct StoredTerms {
   }
 };
 
+// StoredTerms of u4 codes whose nibbles are already int16 (widen_groups): per group and
+// 32-byte chunk c, its low nibbles' 32 int16 then its high nibbles' 32 (what the loop below
+// makes of the chunk's bytes, made once for all of a call's tiles instead of once per tile).
+template <int G, typename S>
+struct WidenedTerms : StoredTerms<true, G, S> {
+  static constexpr bool kWidened = true;
+  const int16_t* widened;  // groups first.. (a K block of them)
+  int64_t first;
+  const int16_t* group_nibbles(int64_t g) const {
+    return widened + (g - first) * kChunksPerGroup<true, G> * 64;
+  }
+};
+
+template <typename T, typename = void>
+struct is_widened : std::false_type {};
+template <typename T>
+struct is_widened<T, std::void_t<decltype(T::kWidened)>> : std::bool_constant<T::kWidened> {};
+
+// ng groups of a row group's u4 codes as WidenedTerms' int16 nibbles (chunks x 64 int16 each).
+template <int G>
+inline void widen_groups(const uint8_t* codes, int64_t ng, int16_t* out) {
+  const int64_t chunks = ng * kChunksPerGroup<true, G>;
+  for (int64_t c = 0; c < chunks; ++c) {
+    const vec::R16i v = vec::r16_widen_u8(codes + 32 * c);
+    vec::r16_store_i16(out + 64 * c, vec::r16_low_nibbles(v));
+    vec::r16_store_i16(out + 64 * c + 32, vec::r16_high_nibbles(v));
+  }
+}
+
 // R activation rows (from m0) against the 16 weight rows of one row group (from `src`, see
 // StoredTerms): out [R, 16]. Int8: the activations' int8 codes (interleaved_int8.h), else their
-// int16 ones.
+// int16 ones. Groups [g0, g1) (g1 < 0: to the last): a range that stops short of the last group
+// leaves its rows' running sums a and b in `carry` ([R][a, b][16]) instead of writing out, and
+// one that starts past 0 takes them from there (the same additions in the same order, so the
+// same bits as one pass; widened_row_group_rows goes over K in such blocks).
 template <bool U4, int G, int R, bool Int8, typename Source>
 inline void row_group_tile_from(const Source& src, const QuantizedRows& qa, int64_t m0,
-                                float* out) {
+                                float* out, int64_t g0 = 0, int64_t g1 = -1,
+                                float* carry = nullptr) {
   constexpr int64_t chunks = kChunksPerGroup<U4, G>;
   const int64_t K = qa.K;
+  if (g1 < 0) g1 = qa.ng;
   const int16_t* xq = qa.q.data() + m0 * K;
   vec::R16f a[R], b[R];
 #pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) a[r] = b[r] = vec::r16_zero();
+  for (int r = 0; r < R; ++r) {
+    if (g0 > 0) {
+      a[r] = vec::r16_load(carry + r * 32);
+      b[r] = vec::r16_load(carry + r * 32 + 16);
+    } else {
+      a[r] = b[r] = vec::r16_zero();
+    }
+  }
   alignas(64) uint8_t buf[chunks * 32];
-  for (int64_t g = 0; g < qa.ng; ++g) {
+  for (int64_t g = g0; g < g1; ++g) {
     vec::R16i isum[R];
     const uint8_t* cg = nullptr;
-    if constexpr (!Source::kGroupIsums) cg = src.group_codes(g, buf);
+    if constexpr (!Source::kGroupIsums && !is_widened<Source>::value) cg = src.group_codes(g, buf);
     if constexpr (Source::kGroupIsums) {
       src.template group_isums<R>(g, qa, m0, isum);
     } else if constexpr (Int8) {
@@ -108,8 +162,16 @@ inline void row_group_tile_from(const Source& src, const QuantizedRows& qa, int6
     } else if constexpr (U4) {
 #pragma GCC unroll 16
       for (int64_t c = 0; c < chunks; ++c) {
-        const vec::R16i v = vec::r16_widen_u8(cg + 32 * c);
-        const vec::R16i lo = vec::r16_low_nibbles(v), hi = vec::r16_high_nibbles(v);
+        vec::R16i lo, hi;
+        if constexpr (is_widened<Source>::value) {
+          const int16_t* w = src.group_nibbles(g) + 64 * c;
+          lo = vec::r16_load_i16(w);
+          hi = vec::r16_load_i16(w + 32);
+        } else {
+          const vec::R16i v = vec::r16_widen_u8(cg + 32 * c);
+          lo = vec::r16_low_nibbles(v);
+          hi = vec::r16_high_nibbles(v);
+        }
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
           const int16_t* xp = xq + r * K + g * G + 4 * c;
@@ -126,6 +188,14 @@ inline void row_group_tile_from(const Source& src, const QuantizedRows& qa, int6
     vec::R16f s, z;
     src.terms(g, s, z);
     add_group_terms<U4, R>(isum, s, z, qa, m0, g, a, b);
+  }
+  if (g1 < qa.ng) {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      vec::r16_store(carry + r * 32, a[r]);
+      vec::r16_store(carry + r * 32 + 16, b[r]);
+    }
+    return;
   }
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) vec::r16_store(out + r * kRowGroup, a[r] + b[r]);
@@ -148,14 +218,14 @@ inline int64_t tile_rows(int64_t left) {
 
 template <bool U4, int G, bool Int8, typename Source>
 void row_group_rows_from(const Source& src, const QuantizedRows& qa, int64_t m0, int64_t rows,
-                         float* part) {
+                         float* part, int64_t g0 = 0, int64_t g1 = -1, float* carry = nullptr) {
   switch (rows) {
-    case 1: return row_group_tile_from<U4, G, 1, Int8>(src, qa, m0, part);
-    case 2: return row_group_tile_from<U4, G, 2, Int8>(src, qa, m0, part);
+    case 1: return row_group_tile_from<U4, G, 1, Int8>(src, qa, m0, part, g0, g1, carry);
+    case 2: return row_group_tile_from<U4, G, 2, Int8>(src, qa, m0, part, g0, g1, carry);
   }
   if constexpr (vec::kRows16Tile >= 8) {
-    if (rows == 4) return row_group_tile_from<U4, G, 4, Int8>(src, qa, m0, part);
-    if (rows == 8) return row_group_tile_from<U4, G, 8, Int8>(src, qa, m0, part);
+    if (rows == 4) return row_group_tile_from<U4, G, 4, Int8>(src, qa, m0, part, g0, g1, carry);
+    if (rows == 8) return row_group_tile_from<U4, G, 8, Int8>(src, qa, m0, part, g0, g1, carry);
   }
   TORCH_CHECK(false, "row-interleaved tile of ", rows, " rows");
 }
@@ -165,6 +235,49 @@ void row_group_rows(const uint8_t* codes, const S* scales, const S* mins, const 
                     int64_t m0, int64_t rows, float* part) {
   row_group_rows_from<U4, G, Int8>(StoredTerms<U4, G, S>{codes, scales, mins}, qa, m0, rows,
                                    part);
+}
+
+// Rows [m_begin, m_end) of out's columns col.. (one row group: u4 codes c, terms s and z, int16
+// activations) with the codes widened to int16 once per block of kg groups for all the rows'
+// tiles (WidenedTerms), each block's nibbles in `nibbles` (kg groups' worth) and the tiles'
+// running sums between blocks in `carry` (32 floats a row).
+template <int G, typename S>
+void widened_row_group_rows(const uint8_t* c, const S* s, const S* z, const QuantizedRows& qa,
+                            int64_t m_begin, int64_t m_end, int64_t kg, int16_t* nibbles,
+                            float* carry, float* op, int64_t N, int64_t col) {
+  constexpr int64_t group_bytes = kChunksPerGroup<true, G> * 32;
+  float part[kWidenTile * kRowGroup];
+  for (int64_t g0 = 0; g0 < qa.ng; g0 += kg) {
+    const int64_t g1 = std::min(qa.ng, g0 + kg);
+    widen_groups<G>(c + g0 * group_bytes, g1 - g0, nibbles);
+    const WidenedTerms<G, S> src{{c, s, z}, nibbles, g0};
+    for (int64_t m0 = m_begin; m0 < m_end;) {
+      float* cr = carry + (m0 - m_begin) * 32;
+      int64_t rows = kWidenTile;
+      if (m_end - m0 >= kWidenTile) {
+        row_group_tile_from<true, G, kWidenTile, false>(src, qa, m0, part, g0, g1, cr);
+      } else {
+        rows = tile_rows(m_end - m0);
+        row_group_rows_from<true, G, false>(src, qa, m0, rows, part, g0, g1, cr);
+      }
+      if (g1 == qa.ng) {
+        for (int64_t r = 0; r < rows; ++r)
+          std::copy_n(part + r * kRowGroup, kRowGroup, op + (m0 + r) * N + col);
+      }
+      m0 += rows;
+    }
+  }
+}
+
+// Groups per K block of widened_row_group_rows: ~16 KB of int16 nibbles, in L1 beside the rows'
+// activations of the block.
+template <int G>
+constexpr int64_t kWidenGroups = std::max<int64_t>(1, 16 * 1024 / (kChunksPerGroup<true, G> * 128));
+// Rows per activation block of the widened path: ~kActivationBlockBytes of a K block's int16
+// activations.
+template <int G>
+inline int64_t widened_block_rows(int64_t kg) {
+  return std::max<int64_t>(8, kActivationBlockBytes / (kg * G * 2));
 }
 
 // out [M, N] = x [M, K] W^T, W row-interleaved (N = 16 * codes.size(0)); Int8: int8
@@ -189,6 +302,31 @@ void interleaved_rows(const at::Tensor& x, const at::Tensor& codes, const at::Te
   const int64_t block_rows = std::max<int64_t>(
       8, kActivationBlockBytes / (K * static_cast<int64_t>(Int8 ? 1 : sizeof(int16_t))));
   const int64_t block_groups = std::max<int64_t>(1, kWeightBlockBytes / (qa.ng * group_bytes));
+  if constexpr (kWidenU4 && U4 && !Int8) {
+    if (M >= kWidenRows) {
+      // the widened path: K in blocks of kg groups; a block's activation rows in ~128 KB
+      const int64_t kg = std::min(qa.ng, kWidenGroups<G>);
+      const int64_t wrows = widened_block_rows<G>(kg);
+      at::parallel_for(0, N / kRowGroup, 1, [&](int64_t begin, int64_t end) {
+        thread_local std::vector<int16_t> nibbles;
+        thread_local std::vector<float> carry;
+        nibbles.resize(kg * kChunksPerGroup<U4, G> * 64);
+        carry.resize(wrows * 32);
+        for (int64_t j0 = begin; j0 < end; j0 += block_groups) {
+          const int64_t j1 = std::min(end, j0 + block_groups);
+          for (int64_t block = 0; block < M; block += wrows) {
+            for (int64_t j = j0; j < j1; ++j) {
+              widened_row_group_rows<G, S>(cp + j * qa.ng * group_bytes, sp + j * qa.ng * kRowGroup,
+                                           mp + j * qa.ng * kRowGroup, qa, block,
+                                           std::min(M, block + wrows), kg, nibbles.data(),
+                                           carry.data(), op, N, j * kRowGroup);
+            }
+          }
+        }
+      });
+      return;
+    }
+  }
   at::parallel_for(0, N / kRowGroup, 1, [&](int64_t begin, int64_t end) {
     float part[vec::kRows16Tile * kRowGroup];
     for (int64_t j0 = begin; j0 < end; j0 += block_groups) {

@@ -39,6 +39,12 @@ inline R16i r16_dot_add(const R16i& acc, const R16i& a, const int16_t* x) {
   const R16i d = r16_dot(a, x);
   return {{add32(acc.h[0], d.h[0]), add32(acc.h[1], d.h[1])}};
 }
+// 32 int16 (as r16_widen_u8 leaves them) to and from memory
+inline R16i r16_load_i16(const int16_t* p) { return {{load_i16(p), load_i16(p + 16)}}; }
+inline void r16_store_i16(int16_t* p, const R16i& a) {
+  std::memcpy(p, &a.h[0], 32);
+  std::memcpy(p + 16, &a.h[1], 32);
+}
 inline R16f r16_to_float(const R16i& a) { return {{to_float(a.h[0]), to_float(a.h[1])}}; }
 inline R16f r16_zero() { return {{zero(), zero()}}; }
 inline R16f r16_set1(float x) { return {{set1(x), set1(x)}}; }

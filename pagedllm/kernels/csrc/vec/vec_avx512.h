@@ -99,6 +99,9 @@ inline R16i r16_dot_add(R16i acc, R16i a, const int16_t* x) {
   return {_mm512_add_epi32(acc.v, _mm512_madd_epi16(a.v, _mm512_set1_epi32(pair)))};
 #endif
 }
+// 32 int16 (as r16_widen_u8 leaves them) to and from memory
+inline R16i r16_load_i16(const int16_t* p) { return {_mm512_loadu_si512(p)}; }
+inline void r16_store_i16(int16_t* p, R16i a) { _mm512_storeu_si512(p, a.v); }
 inline R16f r16_to_float(R16i a) { return {_mm512_cvtepi32_ps(a.v)}; }
 inline R16f r16_zero() { return {_mm512_setzero_ps()}; }
 inline R16f r16_set1(float x) { return {_mm512_set1_ps(x)}; }
