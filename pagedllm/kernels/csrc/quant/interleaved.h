@@ -47,7 +47,8 @@ constexpr int64_t kWeightBlockBytes = 256 * 1024;
 // third of its vector work, and with the weights read from L1 a tile takes 4 rows. SmolLM2's
 // Q4_1 shapes, 1 thread, AMD Zen 3, 64 and 512 rows: 51-53 GMAC/s against 42-44 (1.2x); at 16
 // rows it lost (40 against 43), from 24 it gains. The same integer sums and float steps per
-// output: the same bits.
+// output: the same bits. (i8 codes widened the same way ran slower, 32 against 38 GMAC/s: their
+// loop already widens a chunk in one instruction with its load folded in.)
 constexpr bool kWidenU4 = vec::kRows16Tile <= 2;
 constexpr int64_t kWidenRows = 24;
 constexpr int kWidenTile = 4;
