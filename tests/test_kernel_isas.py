@@ -108,7 +108,8 @@ def kernel_outputs() -> dict[str, torch.Tensor]:
         out[f"gather/{key}"] = ops.quant_gather_rows(ids, codes, scales, mins, G, u4, K)
         # the row-interleaved layout of the first 32 rows (quant/interleaved.h)
         layout = interleave_rows(codes[:32], scales[:32], mins[:32], G, u4)
-        for M in (1, 2, 3, 4, 5, 9, 16, 19):
+        # (40: u4's widened path of the 2-row-tile builds, quant/interleaved.h kWidenRows)
+        for M in (1, 2, 3, 4, 5, 9, 16, 19, 40):
             x = rand(M, K)
             out[f"quant_rows16/{key}/M{M}"] = ops.quant_linear(x, *layout, G, u4)
             # int8 activations (quant/interleaved_int8.h): dpbusd, maddubs or exact sums
