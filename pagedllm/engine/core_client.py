@@ -209,7 +209,7 @@ class FrameSendingClient(EngineCoreClient):
             raise EngineStartupFailed(f"unexpected first message from the engine core: "
                                       f"{type(message).__name__}")
         self.last_heard = time.monotonic()
-        with_hf_config(message.config)
+        with_hf_config(message.config, message.hf_fields)
         return message
 
     def _resolve_call(self, message: Any) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 from pagedllm.config import EngineConfig
+from pagedllm.engine.lazy_hf_config import HFConfigFields
 from pagedllm.engine.messages import EngineCoreOutputs, EngineCoreRequest
 from pagedllm.metrics.stats import SchedulerStats
 from pagedllm.utils.ndarray_ext import enc_hook, ext_hook
@@ -57,6 +58,9 @@ class EngineReady:
     num_kv_blocks: int
     kv_cache_bytes: int | None
     pid: int
+    hf_fields: HFConfigFields | None = None
+    """The transformers config's fields the API process reads (lazy_hf_config.py); None: the
+    client loads the whole config at once."""
 
 
 def config_for_the_wire(config: EngineConfig) -> EngineConfig:
@@ -69,9 +73,16 @@ def config_for_the_wire(config: EngineConfig) -> EngineConfig:
     return config
 
 
-def with_hf_config(config: EngineConfig) -> EngineConfig:
+def with_hf_config(config: EngineConfig, fields: HFConfigFields | None = None) -> EngineConfig:
     """A config from the wire completed with the transformers config of its checkpoint, read in
-    this process (the engine core resolved `path`; it is local now)."""
+    this process (the engine core resolved `path`; it is local now). With the `fields` the core
+    sent and no vision tower, the config is read only if something asks for another field
+    (lazy_hf_config.py: a text model's requests never do, and reading it costs ~65 MiB here)."""
+    if fields is not None and not fields.has_vision_tower:
+        from pagedllm.engine.lazy_hf_config import LazyHFConfig
+
+        object.__setattr__(config.model, "hf_config", LazyHFConfig(config.model.path, fields))
+        return config
     from pagedllm.model_executor.model_loader.config import load_hf_config
     from pagedllm.model_executor.model_loader.resolve import resolve_model
     from pagedllm.utils.transformers_import import import_transformers

@@ -170,6 +170,7 @@ def run_engine_core(
 
 def _start_core(engine_args: EngineArgs) -> tuple[EngineCoreBase, EngineReady]:
     from pagedllm.engine.core_factory import make_engine_core
+    from pagedllm.engine.lazy_hf_config import api_fields
     from pagedllm.logger import init_logger
 
     logger = init_logger("pagedllm.engine.core_proc")
@@ -184,4 +185,5 @@ def _start_core(engine_args: EngineArgs) -> tuple[EngineCoreBase, EngineReady]:
     kv_bytes = core.kv_cache_bytes
     logger.info("engine core ready in %.1f s: %d KV blocks of %d tokens",
                 time.perf_counter() - start, core.num_blocks, config.cache.block_size)
-    return core, EngineReady(config_for_the_wire(config), core.num_blocks, kv_bytes, os.getpid())
+    return core, EngineReady(config_for_the_wire(config), core.num_blocks, kv_bytes, os.getpid(),
+                             api_fields(config.model.hf_config))

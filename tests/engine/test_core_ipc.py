@@ -199,3 +199,19 @@ def test_a_flooding_tenant_leaves_the_other_a_slot(core, no_pickle_here):
                 done.add(out.request_id)
     assert started[:2] == ["flood0", "flood1"]
     assert started.index("calm") < started.index("flood3"), started
+
+
+def test_the_client_reads_no_transformers_config_of_a_text_model(core, tiny_llama_dir):
+    """The core sends the fields the API process reads (EngineReady.hf_fields): the client's
+    config answers them without building a transformers config (~65 MiB of imports)."""
+    from transformers import AutoConfig
+
+    from pagedllm.engine.lazy_hf_config import API_FIELDS, LazyHFConfig
+
+    hf_config = core.config.model.hf_config
+    assert isinstance(hf_config, LazyHFConfig) and not hf_config.loaded
+    real = AutoConfig.from_pretrained(tiny_llama_dir)
+    missing = object()
+    for name in API_FIELDS:
+        assert getattr(hf_config, name, missing) == getattr(real, name, missing), name
+    assert not hf_config.loaded

@@ -155,9 +155,13 @@ struct StepInputs {
 };
 
 // A layer's intermediate rows, allocated at the step's first layer and reused by the others
-// (every layer of a stack has the same widths).
+// (every layer of a stack has the same widths). `shared`: a quantized qkv's rows, then a quantized
+// gate_up block's, which are never live at once (attention is done with qkv before the MLP
+// starts): one buffer for both instead of a new tensor for each per layer, whose churn of
+// differently sized blocks (24 and 27 MiB for a 2048-token chunk of a 1B Llama) left glibc's
+// heap ~55 MiB above the rows in use at a long prefill's peak.
 struct StepBuffers {
-  at::Tensor x, residual, qkv, attn, o, gate_up, act, hidden;
+  at::Tensor x, residual, qkv, attn, o, gate_up, act, hidden, shared;
 };
 
 float* rows_of(at::Tensor& buffer, int64_t T, int64_t width) {
@@ -165,6 +169,40 @@ float* rows_of(at::Tensor& buffer, int64_t T, int64_t width) {
   TORCH_CHECK(buffer.size(0) == T && buffer.size(1) == width, "layers of different widths");
   return buffer.data_ptr<float>();
 }
+
+// x W^T of a quantized weight into `out` ([M, N] contiguous float32 rows): the kernels the
+// registered ops run, the same bits.
+void quantized_linear_into(const at::Tensor& x, const LinearWeight& w, const at::Tensor& out) {
+  const auto& t = w.tensors;
+  if (t.size() == 5) {  // a K-quant weight with its compact scales (kquant_linear.cpp)
+    pagedllm::kquant_linear_into(x, t[0], t[1], t[2], t[3], t[4], w.group_size, w.u4, w.offset,
+                                 w.activation_bits, out);
+  } else if (w.q5) {
+    pagedllm::q5_linear_into(x, t[0], t[1], t[2], w.offset, w.activation_bits, out);
+  } else {
+    pagedllm::quant_linear_into(x, t[0], t[1], t[2], w.group_size, w.u4, w.activation_bits, out);
+  }
+}
+
+// The output width of a quantized weight (its rows).
+int64_t quantized_out_features(const LinearWeight& w) {
+  const at::Tensor& codes = w.tensors[0];
+  const bool row_groups = w.tensors.size() == 5 || w.q5 || codes.dim() == 3;  // interleaved
+  return row_groups ? codes.size(0) * pagedllm::kQuantRowGroup : codes.size(0);
+}
+
+// [rows, width] contiguous rows at the start of buf.shared, grown (never shrunk) to fit.
+at::Tensor shared_rows(StepBuffers& buf, int64_t rows, int64_t width) {
+  if (!buf.shared.defined() || buf.shared.numel() < rows * width)
+    buf.shared = at::empty({rows * width}, at::kFloat);
+  return buf.shared.narrow(0, 0, rows * width).view({rows, width});
+}
+
+// x W^T (+ bias) of a quantized weight into buf.shared's rows (see StepBuffers); a dense
+// weight as linear() does.
+at::Tensor linear_shared(const at::Tensor& x, const LinearWeight& w,
+                         const std::optional<at::Tensor>& bias, at::Tensor& dense_buffer,
+                         StepBuffers& buf);
 
 at::Tensor linear(const at::Tensor& x, const LinearWeight& w,
                   const std::optional<at::Tensor>& bias, at::Tensor& buffer) {
@@ -177,6 +215,16 @@ at::Tensor linear(const at::Tensor& x, const LinearWeight& w,
       : w.q5 ? pagedllm::q5_linear(x, t[0], t[1], t[2], w.offset, w.activation_bits)
              : pagedllm::quant_linear(x, t[0], t[1], t[2], w.group_size, w.u4, w.activation_bits);
   return bias.has_value() && bias->defined() ? y + *bias : y;
+}
+
+at::Tensor linear_shared(const at::Tensor& x, const LinearWeight& w,
+                         const std::optional<at::Tensor>& bias, at::Tensor& dense_buffer,
+                         StepBuffers& buf) {
+  if (w.tensors.size() == 1) return linear(x, w, bias, dense_buffer);
+  at::Tensor y = shared_rows(buf, x.size(0), quantized_out_features(w));
+  quantized_linear_into(x.to(at::kFloat).contiguous(), w, y);
+  if (bias.has_value() && bias->defined()) y.add_(*bias);  // (y + bias's bits, in place)
+  return y;
 }
 
 // Each adapter token's low-rank update, in place on the linear's output rows (lora.cpp: the
@@ -241,7 +289,7 @@ std::tuple<at::Tensor, at::Tensor> attention_half(const LlamaLayer& layer,
   // attention: q and k normed (Qwen3) and rotated in place in the qkv rows, k and v copied
   // into the cache
   laps.next(pagedllm::StackSection::kQkv);
-  const at::Tensor qkv = linear(buf.x, layer.qkv, layer.qkv_bias, buf.qkv);
+  const at::Tensor qkv = linear_shared(buf.x, layer.qkv, layer.qkv_bias, buf.qkv, buf);
   add_lora(qkv, buf.x, layer.qkv_lora, step);
   float* qkv_rows = qkv.data_ptr<float>();
   const int64_t stride = qkv.size(1), num_heads = layer.num_heads, head_dim = layer.head_dim;
@@ -286,8 +334,7 @@ void linear_into(const at::Tensor& x, const LinearWeight& w, at::Tensor out) {
     pagedllm::dense_linear_into(x, w.tensors[0], std::nullopt, out);
     return;
   }
-  at::Tensor unused;
-  out.copy_(linear(x, w, std::nullopt, unused));
+  quantized_linear_into(x, w, out);
 }
 
 // The gated MLP over `rows` rows of buf.x from `first` (gate_up, the activation, down): down's
@@ -302,9 +349,8 @@ at::Tensor mlp_rows(const LlamaLayer& layer, int64_t first, int64_t rows, int64_
   if (layer.gate_up.tensors.size() == 1) {  // dense: into the block's buffer
     gate_up = leading_rows(buf.gate_up, capacity, rows, layer.gate_up.tensors[0].size(0));
     pagedllm::dense_linear_into(x, layer.gate_up.tensors[0], std::nullopt, gate_up);
-  } else {
-    at::Tensor unused;
-    gate_up = linear(x, layer.gate_up, std::nullopt, unused);
+  } else {  // quantized: into buf.shared (qkv's rows are dead by now)
+    gate_up = linear_shared(x, layer.gate_up, std::nullopt, buf.gate_up, buf);
   }
   add_lora(gate_up, x, layer.gate_up_lora, step, first);
   const int64_t inter = gate_up.size(1) / 2;
@@ -339,7 +385,11 @@ at::Tensor mlp_rows(const LlamaLayer& layer, int64_t first, int64_t rows, int64_
 // whatever rows share its call (the batch-invariance rule), so the blocks change no bit; the
 // weights are read once per block instead of once per step (~430 rows of 2048 columns between
 // two reads of a 1B layer's gate_up).
-at::Tensor mlp_half(const LlamaLayer& layer, const at::Tensor& o, const at::Tensor& residual,
+//
+// o is taken by value and dropped once the norm has read it: a quantized o_proj's rows are a
+// tensor of their own (16 MiB for a 2048-token chunk of a 1B Llama), which need not stay
+// resident beside the MLP's.
+at::Tensor mlp_half(const LlamaLayer& layer, at::Tensor o, const at::Tensor& residual,
                     const StepInputs& step, StepBuffers& buf) {
   const int64_t T = step.T, width = o.size(1);
   pagedllm::SectionLaps laps(pagedllm::StackSection::kNorm);
@@ -347,6 +397,7 @@ at::Tensor mlp_half(const LlamaLayer& layer, const at::Tensor& o, const at::Tens
                                    layer.post_norm.data_ptr<float>(), T, width,
                                    static_cast<float>(layer.eps), rows_of(buf.residual, T, width),
                                    rows_of(buf.x, T, width));
+  o.reset();
   const int64_t block = layer.mlp_block_rows > 0 ? std::min(T, layer.mlp_block_rows) : T;
   if (block == T) return mlp_rows(layer, 0, T, T, step, buf, at::Tensor(), laps);
   const at::Tensor out = leading_rows(buf.hidden, T, T, width);
@@ -368,7 +419,7 @@ std::tuple<at::Tensor, at::Tensor> run_layer(const LlamaLayer& layer, const at::
                                              const StepInputs& step, StepBuffers& buf) {
   auto [o, residual] = attention_half(layer, hidden, residual_in, step, buf);
   sandwich_norm(layer, layer.attn_out_norm, o);
-  at::Tensor out = mlp_half(layer, o, residual, step, buf);
+  at::Tensor out = mlp_half(layer, std::move(o), residual, step, buf);
   sandwich_norm(layer, layer.mlp_out_norm, out);
   return {out, buf.residual};
 }

@@ -15,6 +15,7 @@ namespace {
 
 using pagedllm::quant::check_activation_bits;
 using pagedllm::quant::float_rows;
+using pagedllm::quant::out_rows;
 using pagedllm::quant::gather_rows;
 using pagedllm::quant::KQuantScales;
 using pagedllm::quant::kquant_row;
@@ -66,16 +67,19 @@ void run(const at::Tensor& x, const uint8_t* codes, const KQuantScales& k, bool 
 
 namespace pagedllm {
 
-at::Tensor kquant_linear(const at::Tensor& x_in, const at::Tensor& codes,
-                         const at::Tensor& sub_scales, const at::Tensor& sub_mins,
-                         const at::Tensor& super_scales, const at::Tensor& super_mins,
-                         int64_t group_size, bool u4, int64_t offset, int64_t activation_bits) {
+namespace {
+
+at::Tensor kquant_linear_rows(const at::Tensor& x_in, const at::Tensor& codes,
+                              const at::Tensor& sub_scales, const at::Tensor& sub_mins,
+                              const at::Tensor& super_scales, const at::Tensor& super_mins,
+                              int64_t group_size, bool u4, int64_t offset,
+                              int64_t activation_bits, const at::Tensor& into) {
   check_activation_bits(activation_bits);
   const at::Tensor x = float_rows(x_in);
   const int64_t M = x.size(0), K = x.size(1);
   const KQuantScales k = check_scales(codes, sub_scales, sub_mins, super_scales, super_mins,
                                       group_size, u4, offset, K);
-  at::Tensor out = at::empty({M, codes.size(0) * kRowGroup}, x.options());
+  at::Tensor out = out_rows(into, M, codes.size(0) * kRowGroup, x);
   const uint8_t* cp = codes.data_ptr<uint8_t>();
   const bool int8 = activation_bits == 8;
   if (M > 0) {
@@ -86,7 +90,28 @@ at::Tensor kquant_linear(const at::Tensor& x_in, const at::Tensor& codes,
                        : run<false, 16>(x, cp, k, int8, out);
     }
   }
-  return out.to(x_in.scalar_type());
+  return out;
+}
+
+}  // namespace
+
+at::Tensor kquant_linear(const at::Tensor& x, const at::Tensor& codes,
+                         const at::Tensor& sub_scales, const at::Tensor& sub_mins,
+                         const at::Tensor& super_scales, const at::Tensor& super_mins,
+                         int64_t group_size, bool u4, int64_t offset, int64_t activation_bits) {
+  return kquant_linear_rows(x, codes, sub_scales, sub_mins, super_scales, super_mins, group_size,
+                            u4, offset, activation_bits, at::Tensor())
+      .to(x.scalar_type());
+}
+
+void kquant_linear_into(const at::Tensor& x, const at::Tensor& codes,
+                        const at::Tensor& sub_scales, const at::Tensor& sub_mins,
+                        const at::Tensor& super_scales, const at::Tensor& super_mins,
+                        int64_t group_size, bool u4, int64_t offset, int64_t activation_bits,
+                        const at::Tensor& out) {
+  TORCH_CHECK(out.defined(), "kquant_linear_into: no out rows");
+  kquant_linear_rows(x, codes, sub_scales, sub_mins, super_scales, super_mins, group_size, u4,
+                     offset, activation_bits, out);
 }
 
 at::Tensor kquant_gather_rows(const at::Tensor& ids, const at::Tensor& codes,

@@ -31,6 +31,24 @@ at::Tensor kquant_linear(const at::Tensor& x, const at::Tensor& codes,
 at::Tensor q5_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
                      const at::Tensor& mins, int64_t offset, int64_t activation_bits = 16);
 
+// Weight rows per row group of the interleaved quantized layouts (quant/interleaved.h kRowGroup):
+// a K-quant or Q5 weight's codes are [N / 16, ...], a row-interleaved quant_linear weight's too.
+constexpr int64_t kQuantRowGroup = 16;
+
+// The three above into `out` ([M, N] contiguous float32 rows the caller owns: the fused layer's
+// step buffers), the same bits; x float32.
+void quant_linear_into(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
+                       const at::Tensor& mins, int64_t group_size, bool u4,
+                       int64_t activation_bits, const at::Tensor& out);
+void kquant_linear_into(const at::Tensor& x, const at::Tensor& codes,
+                        const at::Tensor& sub_scales, const at::Tensor& sub_mins,
+                        const at::Tensor& super_scales, const at::Tensor& super_mins,
+                        int64_t group_size, bool u4, int64_t offset, int64_t activation_bits,
+                        const at::Tensor& out);
+void q5_linear_into(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
+                    const at::Tensor& mins, int64_t offset, int64_t activation_bits,
+                    const at::Tensor& out);
+
 // Causal attention of each request's query rows over its paged K/V (see paged_attention.cpp).
 // A step's attention metadata as the kernel reads it, prepared once for all layers.
 struct AttentionPlan {

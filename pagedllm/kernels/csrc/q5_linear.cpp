@@ -15,6 +15,7 @@ namespace {
 
 using pagedllm::quant::check_activation_bits;
 using pagedllm::quant::float_rows;
+using pagedllm::quant::out_rows;
 using pagedllm::quant::gather_rows;
 using pagedllm::quant::kQ5Group;
 using pagedllm::quant::kQ5PackedGroupBytes;
@@ -48,13 +49,16 @@ Q5Scales check_q5(const at::Tensor& codes, const at::Tensor& scales, const at::T
 
 namespace pagedllm {
 
-at::Tensor q5_linear(const at::Tensor& x_in, const at::Tensor& codes, const at::Tensor& scales,
-                     const at::Tensor& mins, int64_t offset, int64_t activation_bits) {
+namespace {
+
+at::Tensor q5_linear_rows(const at::Tensor& x_in, const at::Tensor& codes,
+                          const at::Tensor& scales, const at::Tensor& mins, int64_t offset,
+                          int64_t activation_bits, const at::Tensor& into) {
   check_activation_bits(activation_bits);
   const at::Tensor x = float_rows(x_in);
   const int64_t M = x.size(0), K = x.size(1);
   const Q5Scales k = check_q5(codes, scales, mins, offset, K);
-  at::Tensor out = at::empty({M, codes.size(0) * kRowGroup}, x.options());
+  at::Tensor out = out_rows(into, M, codes.size(0) * kRowGroup, x);
   const uint8_t* cp = codes.data_ptr<uint8_t>();
   using Src = Q5Terms<false, kQ5Group>;
   if (M > 0) {
@@ -64,7 +68,22 @@ at::Tensor q5_linear(const at::Tensor& x_in, const at::Tensor& codes, const at::
       kquant_rows<false, kQ5Group, false, Src>(x, cp, k, out);
     }
   }
-  return out.to(x_in.scalar_type());
+  return out;
+}
+
+}  // namespace
+
+at::Tensor q5_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
+                     const at::Tensor& mins, int64_t offset, int64_t activation_bits) {
+  return q5_linear_rows(x, codes, scales, mins, offset, activation_bits, at::Tensor())
+      .to(x.scalar_type());
+}
+
+void q5_linear_into(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
+                    const at::Tensor& mins, int64_t offset, int64_t activation_bits,
+                    const at::Tensor& out) {
+  TORCH_CHECK(out.defined(), "q5_linear_into: no out rows");
+  q5_linear_rows(x, codes, scales, mins, offset, activation_bits, out);
 }
 
 at::Tensor q5_gather_rows(const at::Tensor& ids, const at::Tensor& codes,

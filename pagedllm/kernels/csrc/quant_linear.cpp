@@ -58,14 +58,16 @@ using pagedllm::quant::check_activation_bits;
 using pagedllm::quant::dequantize_interleaved_rows;
 using pagedllm::quant::dequantize_rows;
 using pagedllm::quant::float_rows;
+using pagedllm::quant::out_rows;
 using pagedllm::quant::gather_rows;
 using pagedllm::quant::gemv_rows;
 using pagedllm::quant::interleaved_rows;
 using pagedllm::quant::kRowGroup;
+static_assert(pagedllm::kQuantRowGroup == kRowGroup, "ops.h's row group is interleaved.h's");
 
 template <bool U4, int G, typename S>
 at::Tensor run(const at::Tensor& x_in, const at::Tensor& codes, const at::Tensor& scales,
-               const at::Tensor& mins, bool int8) {
+               const at::Tensor& mins, bool int8, const at::Tensor& into) {
   const at::Tensor x = float_rows(x_in);
   const int64_t M = x.size(0), K = x.size(1);
   const bool interleaved = codes.dim() == 3;
@@ -80,7 +82,7 @@ at::Tensor run(const at::Tensor& x_in, const at::Tensor& codes, const at::Tensor
     TORCH_CHECK(codes.size(1) == (U4 ? K / 2 : K), "codes do not match in_features");
     TORCH_CHECK(scales.size(0) == N && scales.size(1) == K / G && mins.sizes() == scales.sizes());
   }
-  at::Tensor out = at::empty({M, N}, x.options());
+  at::Tensor out = out_rows(into, M, N, x);
   if (M > 0 && interleaved && int8) {
     interleaved_rows<U4, G, S, true>(x, codes, scales, mins, out);
   } else if (M > 0 && interleaved) {
@@ -88,18 +90,19 @@ at::Tensor run(const at::Tensor& x_in, const at::Tensor& codes, const at::Tensor
   } else if (M > 0) {
     gemv_rows<U4, G, S>(x, codes, scales, mins, out);
   }
-  return out.to(x_in.scalar_type());
+  return out;
 }
 
 template <typename S>
 at::Tensor dispatch_layout(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
-                           const at::Tensor& mins, int64_t group_size, bool u4, bool int8) {
+                           const at::Tensor& mins, int64_t group_size, bool u4, bool int8,
+                           const at::Tensor& into) {
   if (u4) {
-    return group_size == 32 ? run<true, 32, S>(x, codes, scales, mins, int8)
-                            : run<true, 16, S>(x, codes, scales, mins, int8);
+    return group_size == 32 ? run<true, 32, S>(x, codes, scales, mins, int8, into)
+                            : run<true, 16, S>(x, codes, scales, mins, int8, into);
   }
-  return group_size == 32 ? run<false, 32, S>(x, codes, scales, mins, int8)
-                          : run<false, 16, S>(x, codes, scales, mins, int8);
+  return group_size == 32 ? run<false, 32, S>(x, codes, scales, mins, int8, into)
+                          : run<false, 16, S>(x, codes, scales, mins, int8, into);
 }
 
 template <typename S>
@@ -130,19 +133,37 @@ void gather_row(const uint8_t* cp, const at::Tensor& scales, const at::Tensor& m
 
 namespace pagedllm {
 
-at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
-                        const at::Tensor& mins, int64_t group_size, bool u4,
-                        int64_t activation_bits) {
+namespace {
+
+at::Tensor quant_linear_rows(const at::Tensor& x, const at::Tensor& codes,
+                             const at::Tensor& scales, const at::Tensor& mins, int64_t group_size,
+                             bool u4, int64_t activation_bits, const at::Tensor& into) {
   TORCH_CHECK(group_size == 16 || group_size == 32, "group size must be 16 or 32");
   check_activation_bits(activation_bits);
   const bool int8 = activation_bits == 8;
   TORCH_CHECK(codes.is_contiguous() && scales.is_contiguous() && mins.is_contiguous());
   TORCH_CHECK(scales.scalar_type() == mins.scalar_type(), "scales and mins of one dtype");
   if (scales.scalar_type() == at::kHalf) {
-    return dispatch_layout<at::Half>(x, codes, scales, mins, group_size, u4, int8);
+    return dispatch_layout<at::Half>(x, codes, scales, mins, group_size, u4, int8, into);
   }
   TORCH_CHECK(scales.scalar_type() == at::kFloat, "scales must be float32 or float16");
-  return dispatch_layout<float>(x, codes, scales, mins, group_size, u4, int8);
+  return dispatch_layout<float>(x, codes, scales, mins, group_size, u4, int8, into);
+}
+
+}  // namespace
+
+at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
+                        const at::Tensor& mins, int64_t group_size, bool u4,
+                        int64_t activation_bits) {
+  return quant_linear_rows(x, codes, scales, mins, group_size, u4, activation_bits, at::Tensor())
+      .to(x.scalar_type());
+}
+
+void quant_linear_into(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
+                       const at::Tensor& mins, int64_t group_size, bool u4,
+                       int64_t activation_bits, const at::Tensor& out) {
+  TORCH_CHECK(out.defined(), "quant_linear_into: no out rows");
+  quant_linear_rows(x, codes, scales, mins, group_size, u4, activation_bits, out);
 }
 
 // Rows `ids` of W as float [len(ids), K] (embedding lookups from a quantized table).

@@ -26,6 +26,16 @@ inline at::Tensor float_rows(const at::Tensor& x_in) {
   return x;
 }
 
+// The output rows of a quantized linear: a new [M, N] tensor, or `into` (the *_into forms: the
+// caller's rows, e.g. the fused layer's step buffer, which must be [M, N] contiguous float32).
+inline at::Tensor out_rows(const at::Tensor& into, int64_t M, int64_t N, const at::Tensor& x) {
+  if (!into.defined()) return at::empty({M, N}, x.options());
+  TORCH_CHECK(into.scalar_type() == at::kFloat && into.dim() == 2 && into.size(0) == M &&
+                  into.size(1) == N && into.is_contiguous(),
+              "out must be [M, N] contiguous float32 rows");
+  return into;
+}
+
 // Rows `ids` of a weight of N rows and K columns as float32 [len(ids), K] (embedding lookups
 // from a quantized table): row(n, dst) writes row n's K floats to dst.
 template <typename Row>
