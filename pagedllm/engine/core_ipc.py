@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from pagedllm.config import EngineConfig
-from pagedllm.engine.lazy_hf_config import HFConfigFields
+from pagedllm.engine.lazy_hf_config import HFConfigFields, read_hf_config
 from pagedllm.engine.messages import EngineCoreOutputs, EngineCoreRequest
 from pagedllm.metrics.stats import SchedulerStats
 from pagedllm.utils.ndarray_ext import enc_hook, ext_hook
@@ -83,12 +83,7 @@ def with_hf_config(config: EngineConfig, fields: HFConfigFields | None = None) -
 
         object.__setattr__(config.model, "hf_config", LazyHFConfig(config.model.path, fields))
         return config
-    from pagedllm.model_executor.model_loader.config import load_hf_config
-    from pagedllm.model_executor.model_loader.resolve import resolve_model
-    from pagedllm.utils.transformers_import import import_transformers
-
-    import_transformers()  # (the API server's tokenizer thread may be importing it too)
-    object.__setattr__(config.model, "hf_config", load_hf_config(resolve_model(config.model.path)))
+    object.__setattr__(config.model, "hf_config", read_hf_config(config.model.path))
     return config
 
 

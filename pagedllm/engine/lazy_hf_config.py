@@ -65,6 +65,17 @@ def api_fields(hf_config: Any) -> HFConfigFields:
     return fields
 
 
+def read_hf_config(path: str) -> Any:
+    """The transformers config of the checkpoint at `path` (local: the engine core resolved it),
+    read in this process."""
+    from pagedllm.model_executor.model_loader.config import load_hf_config
+    from pagedllm.model_executor.model_loader.resolve import resolve_model
+    from pagedllm.utils.transformers_import import import_transformers
+
+    import_transformers()  # (the API server's tokenizer thread may be importing it too)
+    return load_hf_config(resolve_model(path))
+
+
 class LazyHFConfig:
     """Stands for the transformers config of the checkpoint at `path`: the fields the engine core
     sent are answered from them, any other attribute loads the config (once, thread-safe) and is
@@ -84,12 +95,7 @@ class LazyHFConfig:
         """The real transformers config (read from the checkpoint at the first call)."""
         with self._lock:
             if self._config is None:
-                from pagedllm.model_executor.model_loader.config import load_hf_config
-                from pagedllm.model_executor.model_loader.resolve import resolve_model
-                from pagedllm.utils.transformers_import import import_transformers
-
-                import_transformers()  # (the tokenizer thread may be importing it too)
-                self._config = load_hf_config(resolve_model(self._path))
+                self._config = read_hf_config(self._path)
             return self._config
 
     def __getattr__(self, name: str) -> Any:
