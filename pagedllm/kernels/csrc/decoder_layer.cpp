@@ -198,31 +198,22 @@ at::Tensor shared_rows(StepBuffers& buf, int64_t rows, int64_t width) {
   return buf.shared.narrow(0, 0, rows * width).view({rows, width});
 }
 
-// x W^T (+ bias) of a quantized weight into buf.shared's rows (see StepBuffers); a dense
-// weight as linear() does.
-at::Tensor linear_shared(const at::Tensor& x, const LinearWeight& w,
-                         const std::optional<at::Tensor>& bias, at::Tensor& dense_buffer,
-                         StepBuffers& buf);
-
 at::Tensor linear(const at::Tensor& x, const LinearWeight& w,
                   const std::optional<at::Tensor>& bias, at::Tensor& buffer) {
   if (w.tensors.size() == 1) return pagedllm::dense_linear_into(x, w.tensors[0], bias, buffer);
-  const auto& t = w.tensors;
-  const at::Tensor y =
-      t.size() == 5  // a K-quant weight with its compact scales (kquant_linear.cpp)
-          ? pagedllm::kquant_linear(x, t[0], t[1], t[2], t[3], t[4], w.group_size, w.u4,
-                                    w.offset, w.activation_bits)
-      : w.q5 ? pagedllm::q5_linear(x, t[0], t[1], t[2], w.offset, w.activation_bits)
-             : pagedllm::quant_linear(x, t[0], t[1], t[2], w.group_size, w.u4, w.activation_bits);
+  at::Tensor y = at::empty({x.size(0), quantized_out_features(w)}, at::kFloat);
+  quantized_linear_into(x, w, y);
   return bias.has_value() && bias->defined() ? y + *bias : y;
 }
 
+// x W^T (+ bias) of a quantized weight into buf.shared's rows (see StepBuffers); a dense
+// weight as linear() does.
 at::Tensor linear_shared(const at::Tensor& x, const LinearWeight& w,
                          const std::optional<at::Tensor>& bias, at::Tensor& dense_buffer,
                          StepBuffers& buf) {
   if (w.tensors.size() == 1) return linear(x, w, bias, dense_buffer);
   at::Tensor y = shared_rows(buf, x.size(0), quantized_out_features(w));
-  quantized_linear_into(x.to(at::kFloat).contiguous(), w, y);
+  quantized_linear_into(x, w, y);
   if (bias.has_value() && bias->defined()) y.add_(*bias);  // (y + bias's bits, in place)
   return y;
 }

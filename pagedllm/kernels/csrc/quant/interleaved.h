@@ -270,15 +270,27 @@ void widened_row_group_rows(const uint8_t* c, const S* s, const S* z, const Quan
   }
 }
 
-// Groups per K block of widened_row_group_rows: ~16 KB of int16 nibbles, in L1 beside the rows'
-// activations of the block.
-template <int G>
-constexpr int64_t kWidenGroups = std::max<int64_t>(1, 16 * 1024 / (kChunksPerGroup<true, G> * 128));
-// Rows per activation block of the widened path: ~kActivationBlockBytes of a K block's int16
-// activations.
-template <int G>
-inline int64_t widened_block_rows(int64_t kg) {
-  return std::max<int64_t>(8, kActivationBlockBytes / (kg * G * 2));
+// Row groups [j0, j1) of the widened path, all M rows (interleaved_rows' and kquant_rows'
+// driver): row_group(j) gives row group j's StoredTerms<true, G, S> (its u4 codes, scales and
+// mins). K goes in blocks of ~16 KB of int16 nibbles (in L1 beside the rows' activations), the
+// rows in blocks of ~kActivationBlockBytes of a K block's int16 activations.
+template <int G, typename RowGroup>
+void widened_row_groups(int64_t j0, int64_t j1, const QuantizedRows& qa, int64_t M, float* op,
+                        int64_t N, const RowGroup& row_group) {
+  const int64_t kg = std::min<int64_t>(qa.ng, std::max<int64_t>(1, 16 * 1024 / (16 * G * 2)));
+  const int64_t wrows = std::max<int64_t>(8, kActivationBlockBytes / (kg * G * 2));
+  // per-thread buffers, grown and never shrunk (no allocation per call)
+  thread_local std::vector<int16_t> nibbles;
+  thread_local std::vector<float> carry;
+  if (static_cast<int64_t>(nibbles.size()) < kg * 16 * G) nibbles.resize(kg * 16 * G);
+  if (static_cast<int64_t>(carry.size()) < wrows * 32) carry.resize(wrows * 32);
+  for (int64_t block = 0; block < M; block += wrows) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const auto t = row_group(j);
+      widened_row_group_rows<G>(t.codes, t.scales, t.mins, qa, block, std::min(M, block + wrows),
+                                kg, nibbles.data(), carry.data(), op, N, j * kRowGroup);
+    }
+  }
 }
 
 // out [M, N] = x [M, K] W^T, W row-interleaved (N = 16 * codes.size(0)); Int8: int8
@@ -305,24 +317,14 @@ void interleaved_rows(const at::Tensor& x, const at::Tensor& codes, const at::Te
   const int64_t block_groups = std::max<int64_t>(1, kWeightBlockBytes / (qa.ng * group_bytes));
   if constexpr (kWidenU4 && U4 && !Int8) {
     if (M >= kWidenRows) {
-      // the widened path: K in blocks of kg groups; a block's activation rows in ~128 KB
-      const int64_t kg = std::min(qa.ng, kWidenGroups<G>);
-      const int64_t wrows = widened_block_rows<G>(kg);
       at::parallel_for(0, N / kRowGroup, 1, [&](int64_t begin, int64_t end) {
-        thread_local std::vector<int16_t> nibbles;
-        thread_local std::vector<float> carry;
-        nibbles.resize(kg * kChunksPerGroup<U4, G> * 64);
-        carry.resize(wrows * 32);
         for (int64_t j0 = begin; j0 < end; j0 += block_groups) {
-          const int64_t j1 = std::min(end, j0 + block_groups);
-          for (int64_t block = 0; block < M; block += wrows) {
-            for (int64_t j = j0; j < j1; ++j) {
-              widened_row_group_rows<G, S>(cp + j * qa.ng * group_bytes, sp + j * qa.ng * kRowGroup,
-                                           mp + j * qa.ng * kRowGroup, qa, block,
-                                           std::min(M, block + wrows), kg, nibbles.data(),
-                                           carry.data(), op, N, j * kRowGroup);
-            }
-          }
+          widened_row_groups<G>(j0, std::min(end, j0 + block_groups), qa, M, op, N,
+                                [&](int64_t j) {
+                                  return StoredTerms<true, G, S>{cp + j * qa.ng * group_bytes,
+                                                                 sp + j * qa.ng * kRowGroup,
+                                                                 mp + j * qa.ng * kRowGroup};
+                                });
         }
       });
       return;

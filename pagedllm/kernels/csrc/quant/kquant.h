@@ -278,16 +278,10 @@ struct KQuantScratch {
   std::vector<uint8_t> codes;
   std::vector<float> s, z;
   std::vector<const uint8_t*> row_groups;  // each decoded row group's codes
-  std::vector<int16_t> nibbles;  // the widened path's (interleaved.h widened_row_group_rows)
-  std::vector<float> carry;
   void reserve(int64_t code_bytes, int64_t terms, int64_t groups = 1) {
     if (static_cast<int64_t>(codes.size()) < code_bytes) codes.resize(code_bytes);
     if (static_cast<int64_t>(s.size()) < terms) s.resize(terms), z.resize(terms);
     if (static_cast<int64_t>(row_groups.size()) < groups) row_groups.resize(groups);
-  }
-  void reserve_widened(int64_t nibble_count, int64_t carry_floats) {
-    if (static_cast<int64_t>(nibbles.size()) < nibble_count) nibbles.resize(nibble_count);
-    if (static_cast<int64_t>(carry.size()) < carry_floats) carry.resize(carry_floats);
   }
 };
 
@@ -338,11 +332,6 @@ void kquant_rows(const at::Tensor& x, const uint8_t* cp, const Params& k, at::Te
     KQuantScratch& scratch = kquant_scratch();
     scratch.reserve(U4 ? 0 : block_groups * rg_bytes, block_groups * terms, block_groups);
     const uint8_t** cs = scratch.row_groups.data();
-    // u4 codes with int16 activations over many rows: interleaved.h's widened path
-    const bool widen = kWidenU4 && U4 && !Int8 && M >= kWidenRows;
-    const int64_t kg = std::min(qa.ng, kWidenGroups<G>);
-    const int64_t wrows = widened_block_rows<G>(kg);
-    if (widen) scratch.reserve_widened(kg * kChunksPerGroup<true, G> * 64, wrows * 32);
     for (int64_t j0 = begin; j0 < end; j0 += block_groups) {
       const int64_t j1 = std::min(end, j0 + block_groups);
       for (int64_t j = j0; j < j1; ++j) {
@@ -350,18 +339,16 @@ void kquant_rows(const at::Tensor& x, const uint8_t* cp, const Params& k, at::Te
         cs[i] = decode_row_group<U4, G, Src>(cp, k, j, scratch.codes.data() + i * rg_bytes,
                                         scratch.s.data() + i * terms, scratch.z.data() + i * terms);
       }
-      if (widen) {
-        for (int64_t block = 0; block < M; block += wrows) {
-          for (int64_t j = j0; j < j1; ++j) {
+      // u4 codes with int16 activations over many rows: interleaved.h's widened path
+      if constexpr (kWidenU4 && U4 && !Int8) {
+        if (M >= kWidenRows) {
+          widened_row_groups<G>(j0, j1, qa, M, op, N, [&](int64_t j) {
             const int64_t i = j - j0;
-            widened_row_group_rows<G, float>(cs[i], scratch.s.data() + i * terms,
-                                             scratch.z.data() + i * terms, qa, block,
-                                             std::min(M, block + wrows), kg,
-                                             scratch.nibbles.data(), scratch.carry.data(), op, N,
-                                             j * kRowGroup);
-          }
+            return StoredTerms<true, G, float>{cs[i], scratch.s.data() + i * terms,
+                                               scratch.z.data() + i * terms};
+          });
+          continue;
         }
-        continue;
       }
       for (int64_t block = 0; block < M; block += block_rows) {
         const int64_t block_end = std::min(M, block + block_rows);
