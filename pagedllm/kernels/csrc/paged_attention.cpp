@@ -88,9 +88,8 @@ inline vec::R16f r16_load_i8(const int8_t* p) {
   const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes))};
 #else
-  alignas(32) float f[16];
-  for (int i = 0; i < 16; ++i) f[i] = static_cast<float>(p[i]);
-  return vec::r16_load(f);
+  return vec::r16_load(p);  // (8 at a time; a scalar loop through a stack buffer took longer
+                            // than the float32 cache's whole kernel)
 #endif
 }
 
@@ -403,12 +402,18 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
         if (std::is_same_v<CT, float> && tn == 1 && far > 0 && c + far <= c_last) {
           const int64_t far0 = std::max<int64_t>((c + far) * kKeyChunk, lo);
           const int64_t far1 = std::min<int64_t>((c + far + 1) * kKeyChunk, last_pos + 1);
+          // (one division per chunk: a 64-bit idiv per key took about as long as the prefetches)
+          int64_t blk = far0 / block_size, off = far0 % block_size;
           for (int64_t key = far0; key < far1; ++key) {
-            const int64_t at = btp[r * max_blocks + key / block_size] * block_stride +
-                               key % block_size * slot_stride + kvh * row_elems;
+            const int64_t at = btp[r * max_blocks + blk] * block_stride + off * slot_stride +
+                               kvh * row_elems;
             for (int64_t b = 0; b < row_bytes; b += 64) {
               vec::prefetch_l2(reinterpret_cast<const char*>(kp + at) + b);
               vec::prefetch_l2(reinterpret_cast<const char*>(vp + at) + b);
+            }
+            if (++off == block_size) {
+              off = 0;
+              ++blk;
             }
           }
         }

@@ -30,6 +30,9 @@ inline F8 load(const c10::BFloat16* p) {  // bf16 -> fp32 is exact: the bits, 16
   const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   return {_mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))};
 }
+inline F8 load(const int8_t* p) {  // int8 -> fp32 is exact
+  return {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))))};
+}
 // The first n (< 8) values and zeros, touching nothing past them (fp16: n even).
 alignas(32) constexpr int32_t kLaneMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
                                                0,  0,  0,  0,  0,  0,  0,  0};

@@ -79,6 +79,11 @@ inline F8 load(const c10::BFloat16* p) {
   for (int l = 0; l < 8; ++l) r.v[l] = static_cast<float>(p[l]);
   return r;
 }
+inline F8 load(const int8_t* p) {
+  F8 r;
+  for (int l = 0; l < 8; ++l) r.v[l] = static_cast<float>(p[l]);
+  return r;
+}
 template <typename T>
 inline F8 load_first(const T* p, int64_t n) {
   F8 r{};
