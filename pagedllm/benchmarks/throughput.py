@@ -16,6 +16,7 @@ from pagedllm.benchmarks.peers import (
     BatchLimits,
     PeerRunner,
     add_peer_args,
+    check_peer_args,
     make_peers,
     warm_up,
 )
@@ -54,6 +55,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> dict:
+    check_peer_args(args)  # before our run: the peers load after it
     engine = EngineRunner(args)
     requests = requests_from_args(args, engine.tokenizer, max_model_len=engine.max_model_len)
     results = [_run(engine, requests, profile=True)]
@@ -87,7 +89,8 @@ def _make_peers(
     batch = args.hf_batch_size or DEFAULT_HF_BATCH_SIZE
     scheduler = engine.config.scheduler
     limits = BatchLimits(scheduler.max_num_seqs, scheduler.max_num_batched_tokens)
-    return make_peers(args.peers, engine.source(), engine.config.model, batch, n_ctx, limits)
+    return make_peers(args.peers, engine.source(), engine.config.model, batch, n_ctx, limits,
+                      args.openvino_precision, engine.config.cache.kv_cache_dtype)
 
 
 def _run(
