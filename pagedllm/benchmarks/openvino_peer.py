@@ -13,7 +13,8 @@ the CPU with INFERENCE_NUM_THREADS = our thread count, at one of two precisions
 (--openvino-precision, both may run side by side):
 
     default  the CPU plugin's defaults, which nothing overrides: inference bf16 on CPUs with
-             AVX512_BF16/AMX (f32 elsewhere), K/V cache u8, dynamic quantization of the
+             AVX512_BF16/AMX (f32 elsewhere), K/V cache u8 (f16 for an F32/F16 GGUF, which
+             GenAI's GGUF reader asks for: GGUF_HALF_KV_FILE_TYPES), dynamic quantization of the
              FullyConnected activations to int8 in groups of 32 (effective only where the plugin
              has an int8 path for it: AVX-VNNI or AVX512-VNNI with f32 inference)
     matched  plugin properties that set pagedllm's own precision (matched_properties): inference
@@ -111,8 +112,15 @@ def openvino_precision(
     })  # fmt: skip
 
 
+GGUF_HALF_KV_FILE_TYPES = {0: "F32", 1: "F16"}
+"""GGUF general.file_type values for which OpenVINO GenAI's GGUF reader asks for an f16 K/V cache
+(KV_CACHE_PRECISION in the model's runtime options), which the plugin takes over its own default
+unless the property is passed (openvino-genai 2026.4.1 with OPENVINO_LOG_LEVEL=3 prints the
+compiled model's: f16 for random-llama-1b-F16.gguf, u8 for SmolLM2's Q4_1)."""
+
+
 def cpu_defaults() -> dict[str, Any]:
-    """The CPU plugin's default precisions on this machine (what the pipelines run with)."""
+    """The CPU plugin's default precisions on this machine."""
     import openvino as ov
 
     core = ov.Core()
@@ -128,6 +136,31 @@ def cpu_defaults() -> dict[str, Any]:
         "precision_source": "the CPU plugin's defaults (ov.Core().get_property); the pipelines "
         "do not expose their compiled model and nothing here overrides them",
     }
+
+
+def default_precisions(gguf_path: str) -> dict[str, Any]:
+    """What the pipelines run `gguf_path` at when no property is passed: the plugin's defaults,
+    with an f16 K/V cache where GenAI's GGUF reader asks for one (GGUF_HALF_KV_FILE_TYPES)."""
+    values = cpu_defaults()
+    file_type = _gguf_file_type(gguf_path)
+    if file_type in GGUF_HALF_KV_FILE_TYPES:
+        values["kv_cache_precision"] = "f16"
+        values["precision_source"] += (
+            f"; K/V f16: OpenVINO GenAI's GGUF reader asks for it on an "
+            f"{GGUF_HALF_KV_FILE_TYPES[file_type]} GGUF (the model's runtime options)"
+        )
+    return values
+
+
+def _gguf_file_type(path: str) -> int | None:
+    """general.file_type of the GGUF at `path` (None: unreadable or not recorded)."""
+    from pagedllm.model_executor.model_loader.gguf_file import GGUFFile
+
+    try:
+        file_type = GGUFFile(path).fields.get("general.file_type")
+    except (OSError, ValueError):
+        return None
+    return file_type if isinstance(file_type, int) else None
 
 
 def greedy_config(output_len: int, eos_token_id: int) -> Any:
@@ -194,7 +227,7 @@ class OpenVINOBase(PeerRunner):
         """The precisions it runs: the requested ones, or (nothing requested) the defaults."""
         requested = self.precision.properties
         if not requested:
-            values = cpu_defaults()
+            values = default_precisions(self.path)
         else:
             values = {
                 "inference_precision": requested["INFERENCE_PRECISION_HINT"],

@@ -261,6 +261,31 @@ def test_matched_runners_pass_and_record_the_properties(fake_openvino, capsys):
     assert "KV_CACHE_PRECISION=f32 DYNAMIC_QUANTIZATION_GROUP_SIZE=0" in out
 
 
+def _gguf_with_file_type(path, file_type: int) -> str:
+    """A GGUF with metadata only (no tensors): enough for the file-type check."""
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_file_type(file_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return str(path)
+
+
+@pytest.mark.parametrize("file_type, kv", [(0, "f16"), (1, "f16"), (3, "u8"), (15, "u8")])
+def test_default_kv_follows_genai_gguf_reader(fake_openvino, tmp_path, file_type, kv):
+    """GenAI asks for f16 K/V on F32 (0) and F16 (1) GGUFs, over the plugin's u8; a quantized
+    file (Q4_1 3, Q4_K_M 15) keeps the plugin's default. `matched` overrides both."""
+    path = _gguf_with_file_type(tmp_path / "m.gguf", file_type)
+    described = make_openvino_runner(path, 1, None).describe()
+    assert described["kv_cache_precision"] == kv
+    assert ("GGUF reader" in described["precision_source"]) == (kv == "f16")
+    matched = openvino_precision("matched", "float32", "auto", "int16")
+    assert make_openvino_runner(path, 1, None, matched).describe()["kv_cache_precision"] == "f32"
+
+
 def test_make_peers_runs_openvino_once_per_precision(fake_openvino, monkeypatch):
     monkeypatch.setattr(peers, "openvino_available", lambda: True)
     source = ModelSource("gguf", "/models", "m.Q4_1.gguf", "m")
