@@ -205,11 +205,12 @@ def add_peer_args(parser: argparse.ArgumentParser, hf_batch_help: str) -> None:
         default=["default"],
         choices=PRECISION_MODES,
         help="the precision OpenVINO runs at: default (its CPU plugin's defaults: K/V cache u8, "
-        "activations dynamically quantized to int8 in groups of 32 where the CPU has VNNI), "
-        "matched (pagedllm's: KV_CACHE_PRECISION from --kv-cache-dtype, auto -> f32, fp16 -> "
-        "f16, int8 -> u8, fp8 refused; dynamic quantization off for --quantized-activation-dtype "
-        "int16, groups of 32 for int8; inference in the compute dtype), or both side by side "
-        "(default matched; the matched one reports as openvino_genai_matched)",
+        "f16 for an F32/F16 GGUF; activations dynamically quantized to int8 in groups of 32 where "
+        "the CPU has VNNI), matched (pagedllm's: KV_CACHE_PRECISION from --kv-cache-dtype, auto "
+        "-> the compute dtype (f32), fp16 -> f16, int8 -> u8, fp8 refused; dynamic quantization "
+        "off for --quantized-activation-dtype int16, groups of 32 for int8; inference in the "
+        "compute dtype), or both side by side (default matched; the matched one reports as "
+        "openvino_genai_matched)",
     )
 
 
