@@ -234,7 +234,7 @@ def _print_row(row: dict) -> None:
         decode = f"{s['decode_tok_s']:8.1f}" if s["decode_tok_s"] is not None else "     n/a"
         how = " (full - prefill runs)" if s.get("timing") == SUBTRACTION else ""
         print(
-            f"  {name:<16} latency mean {lat['mean']:7.3f} s  median {lat['median']:7.3f}  "
+            f"  {name:<22} latency mean {lat['mean']:7.3f} s  median {lat['median']:7.3f}  "
             f"p90 {lat['p90']:7.3f}  p99 {lat['p99']:7.3f}  | prefill "
             f"{s['prefill_tok_s']:8.1f} tok/s | decode {decode} tok/s{how}",
             flush=True,

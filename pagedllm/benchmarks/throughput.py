@@ -126,7 +126,7 @@ def _workload(requests: list[SampleRequest]) -> dict:
 def _print_results(results: list[dict]) -> None:
     for r in results:
         print(
-            f"{r['engine']:<16} {r['requests_per_s']:7.2f} requests/s  "
+            f"{r['engine']:<22} {r['requests_per_s']:7.2f} requests/s  "
             f"{r['output_tok_s']:8.1f} output tok/s  {r['total_tok_s']:8.1f} total tok/s  "
             f"({r['elapsed_s']:.2f} s)",
             flush=True,
