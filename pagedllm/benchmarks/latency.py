@@ -23,7 +23,13 @@ from collections.abc import Callable
 
 from pagedllm.benchmarks.datasets import MIN_TOKEN_ID
 from pagedllm.benchmarks.engine import EngineRunner
-from pagedllm.benchmarks.peers import HFRunner, PeerRunner, add_peer_args, make_peers
+from pagedllm.benchmarks.peers import (
+    HFRunner,
+    PeerRunner,
+    add_peer_args,
+    check_peer_args,
+    make_peers,
+)
 from pagedllm.benchmarks.results import (
     ENGINE,
     add_output_args,
@@ -69,6 +75,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> dict:
     batch_sizes = args.batch_sizes or [args.batch_size]
     _check_args(args, batch_sizes)
+    check_peer_args(args)
     engine = EngineRunner(args)
     _check_fits(engine, args, batch_sizes)
     vocab = len(engine.tokenizer)
@@ -105,7 +112,8 @@ def main(args: argparse.Namespace) -> dict:
 def _make_peers(engine: EngineRunner, args: argparse.Namespace) -> list[PeerRunner]:
     n_ctx = args.input_len + args.output_len + 8
     return make_peers(args.peers, engine.source(), engine.config.model, args.hf_batch_size or 1,
-                      n_ctx)  # fmt: skip
+                      n_ctx, openvino_precisions=args.openvino_precision,
+                      kv_cache_dtype=engine.config.cache.kv_cache_dtype)  # fmt: skip
 
 
 def _check_args(args: argparse.Namespace, batch_sizes: list[int]) -> None:
@@ -226,7 +234,7 @@ def _print_row(row: dict) -> None:
         decode = f"{s['decode_tok_s']:8.1f}" if s["decode_tok_s"] is not None else "     n/a"
         how = " (full - prefill runs)" if s.get("timing") == SUBTRACTION else ""
         print(
-            f"  {name:<16} latency mean {lat['mean']:7.3f} s  median {lat['median']:7.3f}  "
+            f"  {name:<22} latency mean {lat['mean']:7.3f} s  median {lat['median']:7.3f}  "
             f"p90 {lat['p90']:7.3f}  p99 {lat['p99']:7.3f}  | prefill "
             f"{s['prefill_tok_s']:8.1f} tok/s | decode {decode} tok/s{how}",
             flush=True,

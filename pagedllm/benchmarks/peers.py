@@ -7,7 +7,8 @@ result can be printed next to ours with a ratio.
                GGUF file; HF directories have no GGUF and are skipped
     openvino   OpenVINO GenAI (only when importable) on the same GGUF file: its LLMPipeline one
                stream at a time (bench latency), its ContinuousBatchingPipeline with every request
-               at once (bench throughput); see openvino_peer.py
+               at once (bench throughput), at its CPU plugin's default precision and/or at ours
+               (--openvino-precision default matched); see openvino_peer.py
 
 A runner's generate_timed(prompts, output_lens) runs them all and returns the wall time and, where
 the engine streams, each token's arrival time; every prompt produces exactly its output_len tokens
@@ -20,9 +21,16 @@ import argparse
 import importlib.util
 import os
 import shutil
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pagedllm.benchmarks.datasets import MIN_TOKEN_ID
+from pagedllm.benchmarks.openvino_peer import (
+    PRECISION_MODES,
+    OpenVINOPrecision,
+    kv_cache_precision,
+    openvino_precision,
+)
 from pagedllm.benchmarks.peer_runner import BatchLimits, PeerRunner
 from pagedllm.benchmarks.timing import TimedRun, TokenClock, check_lengths
 
@@ -191,6 +199,26 @@ def add_peer_args(parser: argparse.ArgumentParser, hf_batch_help: str) -> None:
         "when installed; none: only pagedllm",
     )
     group.add_argument("--hf-batch-size", type=int, default=None, help=hf_batch_help)
+    group.add_argument(
+        "--openvino-precision",
+        nargs="+",
+        default=["default"],
+        choices=PRECISION_MODES,
+        help="the precision OpenVINO runs at: default (its CPU plugin's defaults: K/V cache u8, "
+        "f16 for an F32/F16 GGUF; activations dynamically quantized to int8 in groups of 32 where "
+        "the CPU has VNNI), matched (pagedllm's: KV_CACHE_PRECISION from --kv-cache-dtype, auto "
+        "-> the compute dtype (f32), fp16 -> f16, int8 -> u8, fp8 refused; dynamic quantization "
+        "off for --quantized-activation-dtype int16, groups of 32 for int8; inference in the "
+        "compute dtype), or both side by side (default matched; the matched one reports as "
+        "openvino_genai_matched)",
+    )
+
+
+def check_peer_args(args: argparse.Namespace) -> None:
+    """Refuses, before any engine loads, an --openvino-precision matched that the engine flags
+    leave no OpenVINO equivalent for."""
+    if "matched" in args.openvino_precision and (args.peers is None or "openvino" in args.peers):
+        kv_cache_precision(args.kv_cache_dtype, "float32")  # the compute dtype cannot refuse
 
 
 def llamacpp_available() -> bool:
@@ -244,6 +272,7 @@ def make_peer(
     n_ctx: int,
     quantization: str | None = "gguf",
     batch_limits: BatchLimits | None = None,
+    openvino: OpenVINOPrecision | None = None,
 ) -> PeerRunner | None:
     """The runner, or None (with the reason printed) when the model does not suit it.
 
@@ -251,6 +280,7 @@ def make_peer(
     converted to F32 by llama.cpp itself, so both run the same precision.
     batch_limits: None for bench latency (OpenVINO's single-stream LLMPipeline); our engine's
     scheduler limits for the offline workload (its ContinuousBatchingPipeline, batching alike).
+    openvino: the precision OpenVINO runs at (None: its plugin's defaults).
     """
     if name == "hf":
         return HFRunner(source, dtype, hf_batch_size)
@@ -264,7 +294,7 @@ def make_peer(
     if name == "openvino":
         from pagedllm.benchmarks.openvino_peer import make_openvino_runner
 
-        return make_openvino_runner(source.file, _threads(), batch_limits)
+        return make_openvino_runner(source.file, _threads(), batch_limits, openvino)
     float_weights = quantization is None and dtype in _LLAMA_CPP_FLOAT_TYPES
     path = llama_cpp_weights(source.file, float32=float_weights and dtype == "float32",
                              dtype=dtype if float_weights else None)  # fmt: skip
@@ -279,16 +309,29 @@ def make_peers(
     hf_batch_size: int,
     n_ctx: int,
     batch_limits: BatchLimits | None = None,
+    openvino_precisions: Sequence[str] = ("default",),
+    kv_cache_dtype: str = "auto",
 ) -> list[PeerRunner]:
     """The runners of the requested peers (see selected_peers) that suit the model, for a
-    pagedllm engine running `model_config` (its dtype and quantization)."""
+    pagedllm engine running `model_config` (its dtype and quantization) with `kv_cache_dtype`:
+    OpenVINO once per --openvino-precision mode."""
     names = selected_peers(requested)
     note_weights(names, model_config.quantization)
-    peers = []
+    wanted: list[tuple[str, OpenVINOPrecision | None]] = []
     for name in names:
+        if name != "openvino":
+            wanted.append((name, None))
+            continue
+        for mode in dict.fromkeys(openvino_precisions):
+            wanted.append((name, openvino_precision(
+                mode, model_config.compute_dtype, kv_cache_dtype,
+                model_config.quantized_activation_dtype)))  # fmt: skip
+    peers = []
+    for name, precision in wanted:
         try:
             peers.append(make_peer(name, source, model_config.dtype, hf_batch_size, n_ctx,
-                                   model_config.quantization, batch_limits))  # fmt: skip
+                                   model_config.quantization, batch_limits,
+                                   precision))  # fmt: skip
         except RuntimeError as exc:  # e.g. OpenVINO GenAI's GGUF reader on an architecture
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             print(f"{name} could not load {os.path.basename(source.file or source.path)} "

@@ -16,6 +16,7 @@ from pagedllm.benchmarks.peers import (
     BatchLimits,
     PeerRunner,
     add_peer_args,
+    check_peer_args,
     make_peers,
     warm_up,
 )
@@ -54,6 +55,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> dict:
+    check_peer_args(args)  # before our run: the peers load after it
     engine = EngineRunner(args)
     requests = requests_from_args(args, engine.tokenizer, max_model_len=engine.max_model_len)
     results = [_run(engine, requests, profile=True)]
@@ -87,7 +89,8 @@ def _make_peers(
     batch = args.hf_batch_size or DEFAULT_HF_BATCH_SIZE
     scheduler = engine.config.scheduler
     limits = BatchLimits(scheduler.max_num_seqs, scheduler.max_num_batched_tokens)
-    return make_peers(args.peers, engine.source(), engine.config.model, batch, n_ctx, limits)
+    return make_peers(args.peers, engine.source(), engine.config.model, batch, n_ctx, limits,
+                      args.openvino_precision, engine.config.cache.kv_cache_dtype)
 
 
 def _run(
@@ -123,7 +126,7 @@ def _workload(requests: list[SampleRequest]) -> dict:
 def _print_results(results: list[dict]) -> None:
     for r in results:
         print(
-            f"{r['engine']:<16} {r['requests_per_s']:7.2f} requests/s  "
+            f"{r['engine']:<22} {r['requests_per_s']:7.2f} requests/s  "
             f"{r['output_tok_s']:8.1f} output tok/s  {r['total_tok_s']:8.1f} total tok/s  "
             f"({r['elapsed_s']:.2f} s)",
             flush=True,
