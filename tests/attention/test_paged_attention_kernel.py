@@ -24,17 +24,18 @@ def _kernels() -> None:
         pytest.skip("the compiled kernels are not built here")
 
 
-def _request(head_dim: int, block_size: int, dtype: torch.dtype, seed: int = 0):
-    """A request's queries [LENGTH, HEADS, D], its K/V caches scattered over shuffled blocks
+def _request(head_dim: int, block_size: int, dtype: torch.dtype, seed: int = 0,
+             length: int = LENGTH):
+    """A request's queries [length, HEADS, D], its K/V caches scattered over shuffled blocks
     (the other blocks hold a second request's keys), and its block table row."""
     rng = np.random.default_rng(seed)
-    blocks = -(-LENGTH // block_size)
+    blocks = -(-length // block_size)
     num_blocks = 2 * blocks + 3
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
 
-    q = rand(LENGTH, HEADS, head_dim)
+    q = rand(length, HEADS, head_dim)
     key_cache = rand(num_blocks, block_size, KV_HEADS, head_dim).to(dtype)
     value_cache = rand(num_blocks, block_size, KV_HEADS, head_dim).to(dtype)
     order = torch.from_numpy(rng.permutation(num_blocks).astype(np.int32))
@@ -55,14 +56,14 @@ def _attend(q, key_cache, value_cache, tables, seq_lens, query_lens, window, cap
 
 def _reference(q, key_cache, value_cache, table, window, cap) -> torch.Tensor:
     """float64 causal attention of the request's rows over its cached keys."""
-    D = q.shape[-1]
-    k = key_cache[table.long()].reshape(-1, KV_HEADS, D)[:LENGTH].double()
-    v = value_cache[table.long()].reshape(-1, KV_HEADS, D)[:LENGTH].double()
+    D, length = q.shape[-1], q.shape[0]
+    k = key_cache[table.long()].reshape(-1, KV_HEADS, D)[:length].double()
+    v = value_cache[table.long()].reshape(-1, KV_HEADS, D)[:length].double()
     k, v = (t.repeat_interleave(HEADS // KV_HEADS, dim=1) for t in (k, v))
     scores = torch.einsum("qhd,khd->hqk", q.double(), k) * D**-0.5
     if cap:
         scores = cap * torch.tanh(scores / cap)
-    pos = torch.arange(LENGTH)
+    pos = torch.arange(length)
     visible = pos[None, :] <= pos[:, None]
     if window:
         visible &= pos[None, :] > pos[:, None] - window
@@ -100,4 +101,51 @@ def test_rows_are_the_same_bits_in_prefill_chunks_and_decodes(
         diff = (got != whole).any(dim=(1, 2)).nonzero().flatten().tolist()
         assert not diff, f"{name}: rows {diff} differ from the whole prefill's"
     expected = _reference(q, key_cache, value_cache, table, window, cap)
+    torch.testing.assert_close(whole.double(), expected, atol=2e-5, rtol=1e-5)
+
+
+LONG = 1200  # three of the kernel's 512-key segments, the last one partial
+LONG_CHUNKS = (300, 400, 1, 250, 249)  # chunks ending inside segments and on no boundary
+
+
+@pytest.mark.parametrize(("head_dim", "dtype"), [(64, torch.float32), (48, torch.float16)])
+@pytest.mark.parametrize("window", [0, 700])
+def test_long_rows_are_the_same_bits_in_any_batch_and_thread_count(head_dim, dtype, window):
+    """Rows over more than one segment (each its own online softmax, merged in order: split into
+    work items for decodes, in turn for prefill tiles) still give a row the same bits as a
+    prefill, in chunks, as decodes (alone and batched) and at 1 or 2 threads, within float32
+    rounding of float64; a sliding window that starts inside a segment too."""
+    _kernels()
+    q, key_cache, value_cache, table, other = _request(head_dim, 16, dtype, seed=1, length=LONG)
+    whole = _attend(q, key_cache, value_cache, [table], [LONG], [LONG], window, 0.0)
+
+    done, chunked = 0, []
+    for n in LONG_CHUNKS:
+        rows = torch.cat((q[:1] * 0.5, q[done : done + n]))
+        seq_lens = [len(other) * 16, done + n]
+        out = _attend(rows, key_cache, value_cache, [other, table], seq_lens, [1, n], window, 0.0)
+        chunked.append(out[1:])
+        done += n
+    assert done == LONG
+    chunked = torch.cat(chunked)
+
+    positions = [0, 511, 512, 513, 700, 1023, 1024, 1025, LONG - 1]
+    decodes = _attend(q[positions], key_cache, value_cache, [table] * len(positions),
+                      [p + 1 for p in positions], [1] * len(positions), window, 0.0)  # fmt: skip
+    alone = torch.cat([
+        _attend(q[p : p + 1], key_cache, value_cache, [table], [p + 1], [1], window, 0.0)
+        for p in (LONG - 1, 600)
+    ])  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1 if threads > 1 else 2)
+        other_threads = _attend(q, key_cache, value_cache, [table], [LONG], [LONG], window, 0.0)
+    finally:
+        torch.set_num_threads(threads)
+
+    assert torch.equal(chunked, whole), "chunked prefill"
+    assert torch.equal(decodes, whole[positions]), "batched decodes"
+    assert torch.equal(alone, whole[[LONG - 1, 600]]), "decodes alone"
+    assert torch.equal(other_threads, whole), "another thread count"
+    expected = _reference(q, key_cache, value_cache, table, window, 0.0)
     torch.testing.assert_close(whole.double(), expected, atol=2e-5, rtol=1e-5)

@@ -53,7 +53,15 @@ void q5_linear_into(const at::Tensor& x, const at::Tensor& codes, const at::Tens
 // A step's attention metadata as the kernel reads it, prepared once for all layers.
 struct AttentionPlan {
   at::Tensor block_table, seq_lens, query_start_loc;  // int32, contiguous
-  std::vector<int64_t> item_req, item_tile;            // work items: (request, query tile)
+  // work items: (request, query tile, key segment); see paged_attention.cpp's kSegmentKeys
+  std::vector<int64_t> item_req, item_tile, item_seg;
+  // item_partial[i]: -1 when item i's tile has one segment (its rows' outputs are written
+  // directly), else where its rows' partial results start in the step's partial buffer (in
+  // records of one (row, head, segment)), the tile's records being [row][head][segment]
+  std::vector<int64_t> item_partial;
+  // the tiles with more than one segment, merged after all items: their first item
+  std::vector<int64_t> merges;
+  int64_t partial_records = 0;
   // work_before[i]: the work (rows x keys, estimated) of the items before item i, i <= items:
   // threads take contiguous runs of items of about equal work (a long prompt's last tiles see
   // far more keys than its first)

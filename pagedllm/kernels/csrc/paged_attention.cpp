@@ -41,6 +41,42 @@ constexpr int64_t kQueryTile = 8;
 // Keys per online-softmax step, at positions [16c, 16c + 16): the steps a row takes depend on
 // its position alone (not on the tile, the chunking of its prompt or the cache block size).
 constexpr int kKeyChunk = 16;
+// A row's keys are split at the positions kSegmentKeys * s into segments, each its own online
+// softmax (running max, sum and P.V from scratch) and its own work item, and the segments' results
+// merged in order afterwards (merge_segments). So one long sequence's decode is as many items per
+// KV head as it has segments, which threads share (one decode over 3 KV heads had been 3 items:
+// 2 threads did 2 and 1), and a row's arithmetic still depends on its position alone: rows of up
+// to kSegmentKeys keys take exactly the one pass they took before segments existed, longer ones
+// the same segments and merge in a prefill tile as in a decode.
+constexpr int64_t kSegmentKeys = 512;
+static_assert(kSegmentKeys % kKeyChunk == 0);
+constexpr int64_t kSegmentChunks = kSegmentKeys / kKeyChunk;
+// Tiles of at most kSplitRows rows (decodes, short drafts) get one item per segment, their partial
+// results kept for merge_segments; larger ones (prefill) take their segments in turn in one item
+// and merge them as they go: the same merge, in the same order, so the same bits.
+constexpr int64_t kSplitRows = 2;
+
+// One segment's (or a merge's) online-softmax state of a row of one head: the running max m, the
+// sum l of e^(s - m) and acc = sum e^(s - m) v. Folding `seg` into `into` (segments in position
+// order; `first`: into holds nothing yet) gives the softmax over both; a segment with no visible
+// key (m = -inf: a sliding window ends before it) adds nothing. std::fma and separate products
+// keep the rounding the same in every build (no contraction left to the compiler).
+inline void fold_segment(float* acc_into, float& m_into, float& l_into, const float* acc,
+                         float m, float l, int64_t d, bool first) {
+  if (first || m_into == -std::numeric_limits<float>::infinity()) {
+    std::copy_n(acc, d, acc_into);
+    m_into = m;
+    l_into = l;
+    return;
+  }
+  if (m == -std::numeric_limits<float>::infinity()) return;
+  const float new_max = std::max(m_into, m);
+  const float f_into = m_into == new_max ? 1.f : std::exp(m_into - new_max);
+  const float f_seg = m == new_max ? 1.f : std::exp(m - new_max);
+  l_into = std::fma(l_into, f_into, l * f_seg);
+  for (int64_t i = 0; i < d; ++i) acc_into[i] = std::fma(acc_into[i], f_into, acc[i] * f_seg);
+  m_into = new_max;
+}
 // Chunks ahead whose K and V rows are prefetched (1: decode over 64 requests of 512 tokens, which
 // streams the cache from memory, takes 0.6x the time (fp16 0.4x); 2 or 3 gain nothing more).
 constexpr int64_t kAhead = 1, kRing = kAhead + 1;
@@ -238,18 +274,38 @@ namespace pagedllm {
 
 AttentionPlan plan_attention(const at::Tensor& block_table, const at::Tensor& seq_lens,
                              const at::Tensor& query_start_loc) {
-  AttentionPlan plan{block_table.to(at::kInt).contiguous(), seq_lens.to(at::kInt).contiguous(),
-                     query_start_loc.to(at::kInt).contiguous(), {}, {}, {0}};
+  AttentionPlan plan;
+  plan.block_table = block_table.to(at::kInt).contiguous();
+  plan.seq_lens = seq_lens.to(at::kInt).contiguous();
+  plan.query_start_loc = query_start_loc.to(at::kInt).contiguous();
+  plan.work_before.push_back(0);
   const int* qslp = plan.query_start_loc.data_ptr<int>();
   const int* slp = plan.seq_lens.data_ptr<int>();
   for (int64_t r = 0; r < plan.seq_lens.size(0); ++r) {
     const int64_t nq = qslp[r + 1] - qslp[r];
     for (int64_t t0 = 0; t0 < nq; t0 += kQueryTile) {
-      plan.item_req.push_back(r);
-      plan.item_tile.push_back(t0);
-      // its rows times the keys of its last row (plus a chunk's worth for the fixed costs)
       const int64_t tn = std::min(kQueryTile, nq - t0), keys = slp[r] - nq + t0 + tn;
-      plan.work_before.push_back(plan.work_before.back() + tn * (keys + kKeyChunk));
+      const int64_t segments = (keys - 1) / kSegmentKeys + 1;  // those the last row reaches
+      if (segments == 1 || tn > kSplitRows) {  // one item: every segment, merged as it goes
+        plan.item_req.push_back(r);
+        plan.item_tile.push_back(t0);
+        plan.item_seg.push_back(-1);
+        plan.item_partial.push_back(-1);
+        // its rows times the keys of its last row (plus a chunk's worth for the fixed costs)
+        plan.work_before.push_back(plan.work_before.back() + tn * (keys + kKeyChunk));
+        continue;
+      }
+      plan.merges.push_back(static_cast<int64_t>(plan.item_req.size()));
+      const int64_t partial = plan.partial_records;
+      plan.partial_records += tn * segments;
+      for (int64_t seg = 0; seg < segments; ++seg) {
+        plan.item_req.push_back(r);
+        plan.item_tile.push_back(t0);
+        plan.item_seg.push_back(seg);
+        plan.item_partial.push_back(partial);
+        const int64_t seg_keys = std::min(keys, (seg + 1) * kSegmentKeys) - seg * kSegmentKeys;
+        plan.work_before.push_back(plan.work_before.back() + tn * (seg_keys + kKeyChunk));
+      }
     }
   }
   return plan;
@@ -329,14 +385,26 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
   alignas(64) static const float zeros_f[256] = {};
   const int64_t row_bytes = row_elems * static_cast<int64_t>(sizeof(CT));
   const int64_t far = far_prefetch_chunks();
+  // the split tiles' segment states: record (row ti, segment sg) of the tile whose records start
+  // at `partial`, for head h: D accumulator values, then m and l
+  std::vector<float> partials(plan.partial_records * H * (D + 2));
+  auto partial_record = [&](int64_t partial, int64_t ti, int64_t nseg, int64_t sg, int64_t h) {
+    return partials.data() + ((partial + ti * nseg + sg) * H + h) * (D + 2);
+  };
+  const std::vector<int64_t>& item_seg = plan.item_seg;
+  const std::vector<int64_t>& item_partial = plan.item_partial;
   auto run_items = [&](int64_t begin, int64_t end) {
     const int64_t rows = kQueryTile * group;  // (query, head) pairs of one item
     // per-thread scratch, kept between calls (no allocation per layer)
     thread_local std::vector<float> acc, m, l, sp, corr;
+    thread_local std::vector<float> macc, mm, ml;  // a many-segment tile's merge so far
     thread_local std::vector<char> live_row;
     acc.resize(rows * D);
     m.resize(rows);
     l.resize(rows);
+    macc.resize(rows * D);
+    mm.resize(rows);
+    ml.resize(rows);
     sp.resize(group * kKeyChunk);  // one query's rows: scores, then softmax weights
     corr.resize(group);
     live_row.resize(group);
@@ -348,15 +416,13 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
     const CT* ring_k[kRing][kKeyChunk];  // the rows of chunks c .. c + kAhead
     const CT* ring_v[kRing][kKeyChunk];
     for (int64_t it = begin; it < end; ++it) {
-      const int64_t r = item_req[it / Hkv], t0 = item_tile[it / Hkv], kvh = it % Hkv;
+      const int64_t e = it / Hkv, kvh = it % Hkv;
+      const int64_t r = item_req[e], t0 = item_tile[e], seg = item_seg[e];
       const int64_t start = qslp[r], nq = qslp[r + 1] - start, seq_len = slp[r];
       const int64_t tn = std::min(kQueryTile, nq - t0);
       const int64_t first_pos = seq_len - nq + t0;  // position of the tile's first query
       const int64_t last_pos = first_pos + tn - 1;
       TORCH_CHECK(last_pos / block_size < max_blocks, "block table too short");
-      std::fill(acc.begin(), acc.begin() + tn * group * D, 0.f);
-      std::fill(m.begin(), m.end(), -kInf);
-      std::fill(l.begin(), l.end(), 0.f);
       // keys the tile can see: [lo, last_pos]
       int64_t lo = 0;
       if (sliding_window > 0) lo = std::max<int64_t>(0, first_pos - sliding_window + 1);
@@ -387,7 +453,15 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
           }
         }
       };
-      const int64_t c_first = lo / kKeyChunk, c_last = last_pos / kKeyChunk;
+      // the segments this item takes (seg < 0: all of them, in order)
+      const int64_t nseg = last_pos / kSegmentKeys + 1;
+      const int64_t s_begin = seg < 0 ? 0 : seg, s_end = seg < 0 ? nseg : seg + 1;
+      for (int64_t sg = s_begin; sg < s_end; ++sg) {
+      std::fill(acc.begin(), acc.begin() + tn * group * D, 0.f);
+      std::fill(m.begin(), m.end(), -kInf);
+      std::fill(l.begin(), l.end(), 0.f);
+      const int64_t c_first = std::max(lo / kKeyChunk, sg * kSegmentChunks);
+      const int64_t c_last = std::min(last_pos / kKeyChunk, (sg + 1) * kSegmentChunks - 1);
       for (int64_t c = c_first; c < std::min(c_first + kAhead, c_last + 1); ++c) {
         chunk_rows(c * kKeyChunk, ring_k[c % kRing], ring_v[c % kRing], false);
       }
@@ -513,12 +587,32 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
           }
         }
       }
+      if (nseg > 1) {  // keep the segment's state (a split tile), or fold it into the merge
+        for (int64_t ti = 0; ti < tn; ++ti) {
+          for (int64_t g = 0; g < group; ++g) {
+            const int64_t row = ti * group + g;
+            if (seg >= 0) {
+              float* rec = partial_record(item_partial[e], ti, nseg, sg, kvh * group + g);
+              std::copy_n(acc.data() + row * D, D, rec);
+              rec[D] = m[row];
+              rec[D + 1] = l[row];
+            } else {
+              fold_segment(macc.data() + row * D, mm[row], ml[row], acc.data() + row * D, m[row],
+                           l[row], D, sg == 0);
+            }
+          }
+        }
+      }
+      }  // segments
+      if (seg >= 0) continue;  // (merge_segments writes the rows)
+      const float* out_acc = nseg > 1 ? macc.data() : acc.data();
+      const float* out_l = nseg > 1 ? ml.data() : l.data();
       for (int64_t ti = 0; ti < tn; ++ti) {
         for (int64_t g = 0; g < group; ++g) {
           const int64_t row = ti * group + g;
-          const float inv = l[row] > 0.f ? 1.f / l[row] : 0.f;
+          const float inv = out_l[row] > 0.f ? 1.f / out_l[row] : 0.f;
           float* o = op + (start + t0 + ti) * out_stride + (kvh * group + g) * D;
-          const float* a = acc.data() + row * D;
+          const float* a = out_acc + row * D;
           for (int64_t d = 0; d < D; ++d) o[d] = a[d] * inv;
         }
       }
@@ -544,6 +638,29 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
   };
   at::parallel_for(0, slots, 1, [&](int64_t begin, int64_t end) {
     run_items(slot_begin(begin), slot_begin(end));
+  });
+  // merge_segments: each split tile's rows, their segments folded in order as an unsplit tile's
+  const int64_t merges = static_cast<int64_t>(plan.merges.size());
+  at::parallel_for(0, merges, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> merged(D);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t e = plan.merges[i], r = item_req[e], t0 = item_tile[e];
+      const int64_t start = qslp[r], nq = qslp[r + 1] - start;
+      const int64_t tn = std::min(kQueryTile, nq - t0);
+      const int64_t nseg = (slp[r] - nq + t0 + tn - 1) / kSegmentKeys + 1;
+      for (int64_t ti = 0; ti < tn; ++ti) {
+        for (int64_t h = 0; h < H; ++h) {
+          float mx = -kInf, sum = 0.f;
+          for (int64_t sg = 0; sg < nseg; ++sg) {
+            const float* rec = partial_record(item_partial[e], ti, nseg, sg, h);
+            fold_segment(merged.data(), mx, sum, rec, rec[D], rec[D + 1], D, sg == 0);
+          }
+          const float inv = sum > 0.f ? 1.f / sum : 0.f;
+          float* o = op + (start + t0 + ti) * out_stride + h * D;
+          for (int64_t d = 0; d < D; ++d) o[d] = merged[d] * inv;
+        }
+      }
+    }
   });
   };
   auto with_head_dim = [&](auto cache_tag) {
