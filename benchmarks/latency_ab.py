@@ -37,7 +37,8 @@ def _bench(tree: str, flags: list[str], args: argparse.Namespace) -> dict:
         cmd = [sys.executable, "-m", "pagedllm.entrypoints.cli.main", "bench", "latency",
                "--batch-sizes", *map(str, args.batch_sizes), "--input-len", str(args.input_len),
                "--output-len", str(args.output_len), "--num-iters", str(args.num_iters),
-               "--peers", "none", "--kv-cache-memory", "1GiB", "--max-model-len", "1024",
+               "--peers", "none", "--kv-cache-memory", "1GiB",
+               "--max-model-len", str(max(1024, args.input_len + args.output_len)),
                "--output-json", out.name, *flags]  # fmt: skip
         if args.model:
             cmd += ["--model", args.model]
