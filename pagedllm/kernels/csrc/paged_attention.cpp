@@ -56,14 +56,23 @@ constexpr int64_t kSegmentChunks = kSegmentKeys / kKeyChunk;
 // and merge them as they go: the same merge, in the same order, so the same bits.
 constexpr int64_t kSplitRows = 2;
 
+// The segments a row at last_pos (or a tile whose last row is there) reaches.
+inline int64_t segments_through(int64_t last_pos) { return last_pos / kSegmentKeys + 1; }
+
+// out[0:d] = acc / l, a row's result from its online-softmax state (l = 0: no key, zeros)
+inline void write_row(float* out, const float* acc, float l, int64_t d) {
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+  for (int64_t i = 0; i < d; ++i) out[i] = acc[i] * inv;
+}
+
 // One segment's (or a merge's) online-softmax state of a row of one head: the running max m, the
-// sum l of e^(s - m) and acc = sum e^(s - m) v. Folding `seg` into `into` (segments in position
-// order; `first`: into holds nothing yet) gives the softmax over both; a segment with no visible
-// key (m = -inf: a sliding window ends before it) adds nothing. std::fma and separate products
-// keep the rounding the same in every build (no contraction left to the compiler).
+// sum l of e^(s - m) and acc = sum e^(s - m) v. Folding a segment into `into` (segments in
+// position order; `into` starts empty, m_into = -inf) gives the softmax over both; a segment with
+// no visible key (m = -inf: a sliding window ends before it) adds nothing. std::fma and separate
+// products keep the rounding the same in every build (no contraction left to the compiler).
 inline void fold_segment(float* acc_into, float& m_into, float& l_into, const float* acc,
-                         float m, float l, int64_t d, bool first) {
-  if (first || m_into == -std::numeric_limits<float>::infinity()) {
+                         float m, float l, int64_t d) {
+  if (m_into == -std::numeric_limits<float>::infinity()) {
     std::copy_n(acc, d, acc_into);
     m_into = m;
     l_into = l;
@@ -285,7 +294,7 @@ AttentionPlan plan_attention(const at::Tensor& block_table, const at::Tensor& se
     const int64_t nq = qslp[r + 1] - qslp[r];
     for (int64_t t0 = 0; t0 < nq; t0 += kQueryTile) {
       const int64_t tn = std::min(kQueryTile, nq - t0), keys = slp[r] - nq + t0 + tn;
-      const int64_t segments = (keys - 1) / kSegmentKeys + 1;  // those the last row reaches
+      const int64_t segments = segments_through(keys - 1);
       if (segments == 1 || tn > kSplitRows) {  // one item: every segment, merged as it goes
         plan.item_req.push_back(r);
         plan.item_tile.push_back(t0);
@@ -426,19 +435,27 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
       // keys the tile can see: [lo, last_pos]
       int64_t lo = 0;
       if (sliding_window > 0) lo = std::max<int64_t>(0, first_pos - sliding_window + 1);
-      // the K and V rows of this KV head of the chunk at k0, read in place through the block
-      // table; keys the tile cannot see point at zeros
-      auto chunk_rows = [&](int64_t k0, const CT** kr, const CT** vr, bool prefetch) {
+      // f(j, offset) for each key j of the chunk at k0 that the tile can see, with its K/V row's
+      // offset in this KV head's cache, walking the block table (one division per chunk: a
+      // 64-bit idiv per key took about as long as the prefetches)
+      auto visible_rows = [&](int64_t k0, auto&& f) {
         const int64_t j0 = std::max<int64_t>(lo - k0, 0);
         const int64_t j1 = std::min<int64_t>(kKeyChunk, last_pos + 1 - k0);
         int64_t blk = (k0 + j0) / block_size, off = (k0 + j0) % block_size;
-        for (int64_t j = 0; j < kKeyChunk; ++j) {
-          if (j < j0 || j >= j1) {
-            kr[j] = vr[j] = zeros;
-            continue;
+        for (int64_t j = j0; j < j1; ++j) {
+          f(j, btp[r * max_blocks + blk] * block_stride + off * slot_stride + kvh * row_elems);
+          if (++off == block_size) {
+            off = 0;
+            ++blk;
           }
-          const int64_t at =
-              btp[r * max_blocks + blk] * block_stride + off * slot_stride + kvh * row_elems;
+        }
+      };
+      // the K and V rows of this KV head of the chunk at k0, read in place through the block
+      // table; keys the tile cannot see point at zeros
+      auto chunk_rows = [&](int64_t k0, const CT** kr, const CT** vr, bool prefetch) {
+        std::fill_n(kr, kKeyChunk, zeros);
+        std::fill_n(vr, kKeyChunk, zeros);
+        visible_rows(k0, [&](int64_t j, int64_t at) {
           kr[j] = kp + at;
           vr[j] = vp + at;
           if (prefetch) {
@@ -447,14 +464,11 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
               vec::prefetch(reinterpret_cast<const char*>(vr[j]) + b);
             }
           }
-          if (++off == block_size) {
-            off = 0;
-            ++blk;
-          }
-        }
+        });
       };
       // the segments this item takes (seg < 0: all of them, in order)
-      const int64_t nseg = last_pos / kSegmentKeys + 1;
+      const int64_t nseg = segments_through(last_pos);
+      if (nseg > 1 && seg < 0) std::fill(mm.begin(), mm.end(), -kInf);  // nothing folded yet
       const int64_t s_begin = seg < 0 ? 0 : seg, s_end = seg < 0 ? nseg : seg + 1;
       for (int64_t sg = s_begin; sg < s_end; ++sg) {
       std::fill(acc.begin(), acc.begin() + tn * group * D, 0.f);
@@ -474,22 +488,12 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
                      ring_v[(c + kAhead) % kRing], true);
         }
         if (std::is_same_v<CT, float> && tn == 1 && far > 0 && c + far <= c_last) {
-          const int64_t far0 = std::max<int64_t>((c + far) * kKeyChunk, lo);
-          const int64_t far1 = std::min<int64_t>((c + far + 1) * kKeyChunk, last_pos + 1);
-          // (one division per chunk: a 64-bit idiv per key took about as long as the prefetches)
-          int64_t blk = far0 / block_size, off = far0 % block_size;
-          for (int64_t key = far0; key < far1; ++key) {
-            const int64_t at = btp[r * max_blocks + blk] * block_stride + off * slot_stride +
-                               kvh * row_elems;
+          visible_rows((c + far) * kKeyChunk, [&](int64_t, int64_t at) {
             for (int64_t b = 0; b < row_bytes; b += 64) {
               vec::prefetch_l2(reinterpret_cast<const char*>(kp + at) + b);
               vec::prefetch_l2(reinterpret_cast<const char*>(vp + at) + b);
             }
-            if (++off == block_size) {
-              off = 0;
-              ++blk;
-            }
-          }
+          });
         }
         const RT* const* krow;
         const RT* const* vrow;
@@ -598,7 +602,7 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
               rec[D + 1] = l[row];
             } else {
               fold_segment(macc.data() + row * D, mm[row], ml[row], acc.data() + row * D, m[row],
-                           l[row], D, sg == 0);
+                           l[row], D);
             }
           }
         }
@@ -610,10 +614,8 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
       for (int64_t ti = 0; ti < tn; ++ti) {
         for (int64_t g = 0; g < group; ++g) {
           const int64_t row = ti * group + g;
-          const float inv = out_l[row] > 0.f ? 1.f / out_l[row] : 0.f;
-          float* o = op + (start + t0 + ti) * out_stride + (kvh * group + g) * D;
-          const float* a = out_acc + row * D;
-          for (int64_t d = 0; d < D; ++d) o[d] = a[d] * inv;
+          write_row(op + (start + t0 + ti) * out_stride + (kvh * group + g) * D,
+                    out_acc + row * D, out_l[row], D);
         }
       }
     }
@@ -647,17 +649,15 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
       const int64_t e = plan.merges[i], r = item_req[e], t0 = item_tile[e];
       const int64_t start = qslp[r], nq = qslp[r + 1] - start;
       const int64_t tn = std::min(kQueryTile, nq - t0);
-      const int64_t nseg = (slp[r] - nq + t0 + tn - 1) / kSegmentKeys + 1;
+      const int64_t nseg = segments_through(slp[r] - nq + t0 + tn - 1);
       for (int64_t ti = 0; ti < tn; ++ti) {
         for (int64_t h = 0; h < H; ++h) {
           float mx = -kInf, sum = 0.f;
           for (int64_t sg = 0; sg < nseg; ++sg) {
             const float* rec = partial_record(item_partial[e], ti, nseg, sg, h);
-            fold_segment(merged.data(), mx, sum, rec, rec[D], rec[D + 1], D, sg == 0);
+            fold_segment(merged.data(), mx, sum, rec, rec[D], rec[D + 1], D);
           }
-          const float inv = sum > 0.f ? 1.f / sum : 0.f;
-          float* o = op + (start + t0 + ti) * out_stride + h * D;
-          for (int64_t d = 0; d < D; ++d) o[d] = merged[d] * inv;
+          write_row(op + (start + t0 + ti) * out_stride + h * D, merged.data(), sum, D);
         }
       }
     }
