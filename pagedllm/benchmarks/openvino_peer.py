@@ -186,14 +186,10 @@ def token_tensor(prompt: list[int]) -> Any:
 
 def _cpu_has_vnni() -> bool | None:
     """AVX-VNNI or AVX512-VNNI in Linux's CPU flags (None: no x86 flags line to read)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    return bool({"avx_vnni", "avx512_vnni"} & set(line.split(":", 1)[1].split()))
-    except OSError:
-        pass
-    return None
+    from pagedllm.kernels import cpu_flags
+
+    flags = cpu_flags()
+    return bool({"avx_vnni", "avx512_vnni"} & flags) if flags else None
 
 
 def activation_precision(group_size: int, inference_precision: str, vnni: bool | None) -> str:

@@ -29,6 +29,7 @@ from pagedllm.benchmarks.openvino_peer import (
     PRECISION_MODES,
     OpenVINOPrecision,
     kv_cache_precision,
+    make_openvino_runner,
     openvino_precision,
 )
 from pagedllm.benchmarks.peer_runner import BatchLimits, PeerRunner
@@ -292,8 +293,6 @@ def make_peer(
         )
         return None
     if name == "openvino":
-        from pagedllm.benchmarks.openvino_peer import make_openvino_runner
-
         return make_openvino_runner(source.file, _threads(), batch_limits, openvino)
     float_weights = quantization is None and dtype in _LLAMA_CPP_FLOAT_TYPES
     path = llama_cpp_weights(source.file, float32=float_weights and dtype == "float32",

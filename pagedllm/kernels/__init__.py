@@ -37,12 +37,13 @@ def kernel_isa(capability: str) -> str:
     """The instruction set the kernels are built for: torch's CPU capability (AVX512, AVX2,
     DEFAULT), with "_VNNI" where an AVX-512 CPU has VNNI (one instruction for the quantized
     kernel's int16 multiply-add)."""
-    if capability == "AVX512" and "avx512_vnni" in _cpu_flags():
+    if capability == "AVX512" and "avx512_vnni" in cpu_flags():
         return "AVX512_VNNI"
     return capability
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """Linux's x86 CPU flags (/proc/cpuinfo); empty where there is no flags line to read."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
