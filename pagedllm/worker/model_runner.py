@@ -19,6 +19,7 @@ from pagedllm.lora.model_manager import LoRAModelManager
 from pagedllm.metrics.step_profile import step_phase
 from pagedllm.model_executor.layers.attention import attention_layers
 from pagedllm.sample.metadata import SamplingMetadata
+from pagedllm.sample.ops.argmax import argmax_rows
 from pagedllm.sample.ops.grammar_bitmask import apply_token_bitmask
 from pagedllm.sample.outputs import LogprobsTensors
 from pagedllm.sample.rejection_sampler import RejectionSampler
@@ -238,6 +239,10 @@ class ModelRunner:
     def _sample_one_each(self, logits: torch.Tensor, rows: np.ndarray, req_ids: list[str],
                          out: ModelRunnerOutput) -> torch.Tensor:
         """One token per logits row (batch rows `rows`), logprobs into `out`; [S] long."""
+        if self.input_batch.sampling.all_plain_greedy(rows):
+            # the sampler would apply nothing before its argmax and return no logprobs: the same
+            # tokens without gathering the metadata or entering the sampler
+            return argmax_rows(logits.float())
         metadata = self.input_batch.sampling_metadata(rows)
         sampled = self.sampler.forward(logits, metadata)
         if sampled.logprobs is not None:

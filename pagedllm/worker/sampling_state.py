@@ -56,6 +56,10 @@ class SamplingState:
         self.has_bad_words = np.zeros(n, dtype=bool)
         self.bad_words_context = np.zeros(n, dtype=np.int64)
         """How many of its latest output tokens a row's bad words look at (longest word - 1)."""
+        self.plain_greedy = np.zeros(n, dtype=bool)
+        """Greedy, and nothing acts on its logits before the argmax (no penalty, logit bias,
+        allowed ids, bad words or min_tokens) and no logprobs: the sampler's token for the row is
+        the argmax of its logits as they come (all_plain_greedy)."""
         # Per-row Python objects (not tensors by nature): [max_num_reqs] lists.
         self.params: list[SamplingParams | None] = [None] * n
         self.logit_bias: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n
@@ -69,7 +73,7 @@ class SamplingState:
     _ARRAYS = (
         "temperature", "is_greedy", "top_k", "top_p", "min_p", "presence", "frequency",
         "repetition", "uses_penalty", "penalty_slot", "min_tokens", "has_seed",
-        "has_logit_bias", "has_allowed", "has_bad_words", "bad_words_context",
+        "has_logit_bias", "has_allowed", "has_bad_words", "bad_words_context", "plain_greedy",
     )  # fmt: skip
     _LISTS = ("params", "logit_bias", "min_tokens_stops", "allowed")
 
@@ -99,6 +103,10 @@ class SamplingState:
         bad_words = params._bad_words_token_ids
         self.has_bad_words[row] = bool(bad_words)
         self.bad_words_context[row] = bad_words_context(bad_words or [])
+        self.plain_greedy[row] = greedy and not (
+            self.uses_penalty[row] or self.has_logit_bias[row] or self.has_allowed[row]
+            or self.has_bad_words[row] or params.min_tokens > 0 or params.logprobs is not None
+        )  # fmt: skip
 
     def remove_row(self, row: int) -> None:
         if self.uses_penalty[row]:
@@ -118,6 +126,11 @@ class SamplingState:
         for name in self._LISTS:
             values = getattr(self, name)
             values.extend([None] * (num_rows - len(values)))
+
+    def all_plain_greedy(self, rows: np.ndarray) -> bool:
+        """Every row of `rows` is plain_greedy: the step's tokens are the argmax of the logits,
+        and the SamplingMetadata (~40 us a step to gather) is not needed."""
+        return bool(self.plain_greedy[rows].all())
 
     def add_sampled(self, rows: np.ndarray, token_ids: torch.Tensor) -> None:
         """Count the tokens just sampled by rows [S] (token_ids: [S] long) for the penalties."""

@@ -12,6 +12,7 @@ import torch
 
 from pagedllm.core.sched.output import NewRequestData
 from pagedllm.sample.metadata import SamplingMetadata, SamplingRow
+from pagedllm.sample.sampler import Sampler
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.worker.input_batch import InputBatch
 
@@ -184,3 +185,43 @@ def test_rows_without_penalties_hold_no_counts():
         join(batch, str(i), RefRequest(SamplingParams(temperature=0.0), [1, 2, 3]))
     assert batch.sampling.penalties.output_counts.shape[0] == 0
     assert batch.sampling.metadata(batch.rows(["0", "1"]), np.zeros(2, np.int64)).penalties is None
+
+
+def test_plain_greedy_rows_sample_the_argmax():
+    """A row is plain_greedy only where the sampler would do nothing but its argmax (the runner
+    then skips the metadata and the sampler): over greedy requests with at most one feature
+    that acts on the logits or asks for logprobs, every plain row's metadata holds no transform
+    and the sampler's token is the argmax; the featured rows are not plain."""
+    rng = random.Random(1)
+    features = [
+        {}, {}, {"presence_penalty": 0.5}, {"frequency_penalty": 0.3},
+        {"repetition_penalty": 1.2}, {"min_tokens": 3}, {"logit_bias": {1: 2.0}},
+        {"logprobs": 0}, {"allowed_token_ids": [3, 1]}, {"bad_words": True},
+        {"temperature": 0.7}, {"seed": 5, "temperature": 0.7},
+    ]  # fmt: skip
+    batch = InputBatch(4, 16, 4, VOCAB, torch.device("cpu"), EOS)
+    plain = featured = 0
+    for i in range(120):
+        feature = dict(rng.choice(features))
+        bad_words = feature.pop("bad_words", False)
+        params = SamplingParams(**{"temperature": 0.0, **feature})
+        if bad_words:
+            params._bad_words_token_ids = [[6]]
+        join(batch, str(i), RefRequest(params, [rng.randrange(VOCAB) for _ in range(5)]))
+        rows = batch.rows([str(i)])
+        metadata = batch.sampling_metadata(rows)
+        if batch.sampling.all_plain_greedy(rows):
+            plain += 1
+            assert not feature
+            transforms = (metadata.penalties, metadata.allowed_token_ids, metadata.logit_bias,
+                          metadata.bad_words_banned, metadata.min_tokens_blocked)  # fmt: skip
+            assert metadata.all_greedy and all(t is None for t in transforms)
+            assert metadata.max_num_logprobs is None
+            logits = torch.randn(1, VOCAB)
+            out = Sampler().forward(logits.clone(), metadata)
+            assert out.logprobs is None and torch.equal(out.sampled_token_ids, logits.argmax(-1))
+        else:
+            featured += 1
+            assert feature or bad_words
+        batch.remove_request(str(i))
+    assert plain > 10 and featured > 50
