@@ -13,6 +13,7 @@ A request samples this step only if its chunk reaches its last known token.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,36 +59,48 @@ def prepare_inputs(
 ) -> StepInputs:
     num_sched = scheduler_output.num_scheduled_tokens
     rows = batch.rows(req_ids)  # [R]
-    counts = np.fromiter((num_sched[r] for r in req_ids), dtype=np.int64, count=len(req_ids))
     starts = batch.num_computed_tokens[rows]  # [R]
-    query_start = np.zeros(len(req_ids) + 1, dtype=np.int64)
-    np.cumsum(counts, out=query_start[1:])
+    count_list = [num_sched[r] for r in req_ids]
+    num_reqs = len(req_ids)
+    if min(count_list) == 1 and sum(count_list) == num_reqs:
+        # a decode step (every request computes one token; a draft would add more): the general
+        # packing below reduces to these (the same arrays, a few numpy calls fewer per step)
+        counts = np.ones(num_reqs, dtype=np.int64)
+        query_start = np.arange(num_reqs + 1)
+        row_of_token = query_start[:-1]
+        positions = starts
+    else:
+        counts = np.array(count_list, dtype=np.int64)
+        query_start = np.zeros(num_reqs + 1, dtype=np.int64)
+        np.cumsum(counts, out=query_start[1:])
+        # positions: for each request, start..end-1
+        positions = np.repeat(starts - query_start[:-1], counts) + np.arange(int(query_start[-1]))
+        row_of_token = np.repeat(np.arange(num_reqs), counts)  # [T] index into rows
     seq_lens = starts + counts
-    num_tokens = int(query_start[-1])
-
-    # positions: for each request, start..end-1
-    positions = np.repeat(starts - query_start[:-1], counts) + np.arange(num_tokens)
-    row_of_token = np.repeat(np.arange(len(req_ids)), counts)  # [T] index into rows
     input_ids = batch.token_ids[rows[row_of_token], positions].astype(np.int64)
     block_table = batch.block_table.view(rows)
     slots = slot_mapping(block_table, row_of_token, positions, batch.block_size)
     samples = np.flatnonzero(seq_lens >= batch.num_tokens[rows])  # [S] index into rows
-    spec = scheduler_output.scheduled_spec_decode_tokens
-    num_drafts = np.fromiter((len(spec.get(req_ids[i], ())) for i in samples.tolist()),
-                             dtype=np.int64, count=len(samples))
     ends = query_start[1:][samples]  # [S]: one past each sampling request's last token
-    num_rows = num_drafts + 1  # logits rows: the last token and each draft
-    logits_indices = np.repeat(ends - num_rows, num_rows) + positions_within(num_rows)
+    spec = scheduler_output.scheduled_spec_decode_tokens
+    if spec:
+        num_drafts = np.fromiter((len(spec.get(req_ids[i], ())) for i in samples.tolist()),
+                                 dtype=np.int64, count=len(samples))
+        num_rows = num_drafts + 1  # logits rows: the last token and each draft
+        logits_indices = np.repeat(ends - num_rows, num_rows) + positions_within(num_rows)
+    else:  # (the same arrays when no request has drafts)
+        num_drafts = np.zeros(len(samples), dtype=np.int64)
+        logits_indices = ends - 1
     attn = attention_metadata(query_start, seq_lens, block_table, slots, batch.block_size,
                               device)
     return StepInputs(
         req_ids=req_ids,
         rows=rows,
         num_scheduled=counts,
-        input_ids=torch.from_numpy(input_ids).to(device),
-        positions=torch.from_numpy(positions).to(device),
+        input_ids=_tensor(input_ids, device),
+        positions=_tensor(positions, device),
         attn=attn,
-        logits_indices=torch.from_numpy(logits_indices).to(device),
+        logits_indices=_tensor(logits_indices, device),
         sampling_req_ids=[req_ids[i] for i in samples.tolist()],
         sampling_rows=rows[samples],
         prompt_logprobs=_prompt_logprobs_targets(batch, req_ids, rows, starts, query_start),
@@ -100,19 +113,27 @@ def attention_metadata(query_start: np.ndarray, seq_lens: np.ndarray, block_tabl
                        device: torch.device) -> CommonAttentionMetadata:
     """The step's layout from numpy arrays: query_start [B + 1], seq_lens [B], block_table
     [B, W] int32, slots [T] int64 (every runner of the model builds it this way)."""
-    counts = np.diff(query_start)
+    query_start_cpu, seq_lens_cpu = query_start.tolist(), seq_lens.tolist()
+    # (the maxima of lists: a step has few requests, and numpy's reductions cost more on them)
     return CommonAttentionMetadata(
-        num_actual_tokens=int(query_start[-1]),
-        query_start_loc=torch.from_numpy(query_start.astype(np.int32)).to(device),
-        query_start_loc_cpu=query_start.tolist(),
-        seq_lens=torch.from_numpy(seq_lens.astype(np.int32)).to(device),
-        seq_lens_cpu=seq_lens.tolist(),
-        block_table=torch.from_numpy(block_table).to(device),
-        slot_mapping=torch.from_numpy(slots.astype(np.int64)).to(device),
-        max_query_len=int(counts.max()),
-        max_seq_len=int(seq_lens.max()),
+        num_actual_tokens=query_start_cpu[-1],
+        query_start_loc=_tensor(query_start.astype(np.int32), device),
+        query_start_loc_cpu=query_start_cpu,
+        seq_lens=_tensor(seq_lens.astype(np.int32), device),
+        seq_lens_cpu=seq_lens_cpu,
+        block_table=_tensor(block_table, device),
+        slot_mapping=_tensor(slots.astype(np.int64), device),
+        max_query_len=max(map(operator.sub, query_start_cpu[1:], query_start_cpu)),
+        max_seq_len=max(seq_lens_cpu),
         block_size=block_size,
     )
+
+
+def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The array as a tensor on `device` (sharing its memory on the CPU, where .to is a no-op
+    that still costs its call)."""
+    tensor = torch.from_numpy(array)
+    return tensor if getattr(device, "type", device) == "cpu" else tensor.to(device)
 
 
 def _prompt_logprobs_targets(
