@@ -110,9 +110,10 @@ class InputBatch:
         """rows [S] each gain one token, token_ids [S] long."""
         if len(rows) == 0:
             return
-        self._reserve_tokens(int(self.num_tokens[rows].max()) + 1)
-        self.token_ids[rows, self.num_tokens[rows]] = token_ids.cpu().numpy()
-        self.num_tokens[rows] += 1
+        ends = self.num_tokens[rows]
+        self._reserve_tokens(max(ends.tolist()) + 1)
+        self.token_ids[rows, ends] = token_ids.cpu().numpy()
+        self.num_tokens[rows] = ends + 1  # (rows are distinct)
         self.sampling.add_sampled(rows, token_ids)
 
     def sampling_metadata(self, rows: np.ndarray) -> SamplingMetadata:

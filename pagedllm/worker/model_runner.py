@@ -154,7 +154,9 @@ class ModelRunner:
             # the LM head is part of the model's work, not the sampler's
             logits = None
             if not self.pool_last_token and inputs.sampling_req_ids:
-                logits = self.model.compute_logits(hidden[inputs.logits_indices])
+                every_row = inputs.logits_all_rows and hidden.shape[0] == len(inputs.logits_indices)
+                sampled_rows = hidden if every_row else hidden[inputs.logits_indices]
+                logits = self.model.compute_logits(sampled_rows)
         output = ModelRunnerOutput(
             req_ids=inputs.req_ids, sampled_token_ids={r: [] for r in inputs.req_ids}
         )
@@ -222,7 +224,7 @@ class ModelRunner:
     def _sample(self, logits: torch.Tensor, inputs: StepInputs, out: ModelRunnerOutput) -> None:
         """Sample each sampling request's next token (verifying its drafts, if it has any),
         append the tokens to the batch and to `out`, and propose the next drafts."""
-        if inputs.num_drafts.any():
+        if inputs.any_drafts:
             self._sample_with_drafts(logits, inputs, out)
         else:
             rows = inputs.sampling_rows

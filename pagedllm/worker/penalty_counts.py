@@ -32,6 +32,11 @@ class PenaltyCounts:
         self.output_counts[slot] = counts[1]
         return slot
 
+    @property
+    def num_held(self) -> int:
+        """Slots held by requests."""
+        return self.prompt_mask.shape[0] - len(self.free_slots)
+
     def release(self, slot: int) -> None:
         self.free_slots.append(slot)
 

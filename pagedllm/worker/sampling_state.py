@@ -134,6 +134,8 @@ class SamplingState:
 
     def add_sampled(self, rows: np.ndarray, token_ids: torch.Tensor) -> None:
         """Count the tokens just sampled by rows [S] (token_ids: [S] long) for the penalties."""
+        if not self.penalties.num_held:  # (no row holds a slot: none is penalized)
+            return
         penalized = self.uses_penalty[rows]
         if penalized.any():
             slots = torch.from_numpy(self.penalty_slot[rows][penalized]).to(self.device)

@@ -52,6 +52,11 @@ class StepInputs:
     prompt_logprobs: list[PromptLogprobsTarget]
     num_drafts: np.ndarray  # [S] int64: drafts each sampling request verifies (0: none)
     """A request with k drafts has k + 1 consecutive logits_indices (its last k + 1 tokens)."""
+    any_drafts: bool = False
+    """num_drafts.any(), as a flag (the runner asks every step)."""
+    logits_all_rows: bool = False
+    """logits_indices is every hidden row in order (a decode step where every request samples):
+    the LM head takes the hidden states as they are, no gathered copy."""
 
 
 def prepare_inputs(
@@ -105,6 +110,9 @@ def prepare_inputs(
         sampling_rows=rows[samples],
         prompt_logprobs=_prompt_logprobs_targets(batch, req_ids, rows, starts, query_start),
         num_drafts=num_drafts,
+        any_drafts=bool(spec) and bool(num_drafts.any()),
+        # (the rows are increasing and below the token count: as many as tokens means all)
+        logits_all_rows=len(logits_indices) == len(positions),
     )
 
 

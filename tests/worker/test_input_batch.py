@@ -173,8 +173,10 @@ def test_penalty_counts_follow_appends_and_preemption():
     assert counts[4] == 2 and counts[9] == 1 and counts.sum() == 3
     assert batch.sampling.penalties.prompt_mask[slot].nonzero().flatten().tolist() == [3, 4]
     # Preempted: its slot is freed; on resumption the output so far is counted again.
+    assert batch.sampling.penalties.num_held == 1
     batch.remove_request("a")
     assert slot in batch.sampling.penalties.free_slots
+    assert batch.sampling.penalties.num_held == 0
     join(batch, "a", ref)
     assert_metadata_matches(batch, {"a": ref}, ["a"])
 
@@ -184,6 +186,7 @@ def test_rows_without_penalties_hold_no_counts():
     for i in range(4):
         join(batch, str(i), RefRequest(SamplingParams(temperature=0.0), [1, 2, 3]))
     assert batch.sampling.penalties.output_counts.shape[0] == 0
+    assert batch.sampling.penalties.num_held == 0
     assert batch.sampling.metadata(batch.rows(["0", "1"]), np.zeros(2, np.int64)).penalties is None
 
 

@@ -65,6 +65,8 @@ def _check(batch: InputBatch, so: SchedulerOutput, req_ids: list[str]) -> None:
     assert got.sampling_req_ids == ref["sampling"]
     assert got.sampling_rows.tolist() == [batch.row_of[r] for r in ref["sampling"]]
     assert got.num_drafts.dtype == np.int64 and got.num_drafts.tolist() == ref["drafts"]
+    assert got.any_drafts == any(ref["drafts"])
+    assert got.logits_all_rows == (ref["logits"] == list(range(len(ref["positions"]))))
 
 
 def test_prepare_inputs_matches_per_token_reference():

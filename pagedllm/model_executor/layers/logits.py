@@ -28,4 +28,5 @@ class LogitsProcessor(nn.Module):
             logits = logits * self.scale
         if self.soft_cap is not None:
             logits = torch.tanh(logits / self.soft_cap) * self.soft_cap
-        return logits[:, : self.vocab_size]
+        # (the head's rows past the vocabulary: tensor-parallel padding)
+        return logits if logits.shape[1] == self.vocab_size else logits[:, : self.vocab_size]
