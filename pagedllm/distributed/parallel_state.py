@@ -150,14 +150,19 @@ def model_parallel_is_initialized() -> bool:
     return _TP is not None
 
 
+_ALONE = GroupCoordinator((0,), 0, None)
+"""The group of one, when no group was initialized (one object: the layers ask every step;
+with no peers it never communicates, so its stats stay zero)."""
+
+
 def get_tp_group() -> GroupCoordinator:
     """This process's tensor-parallel group (a group of one when none was initialized)."""
-    return _TP if _TP is not None else GroupCoordinator((0,), 0, None)
+    return _TP if _TP is not None else _ALONE
 
 
 def get_pp_group() -> GroupCoordinator:
     """This process's pipeline group: one rank per stage (a group of one without PP)."""
-    return _PP if _PP is not None else GroupCoordinator((0,), 0, None)
+    return _PP if _PP is not None else _ALONE
 
 
 def pp_layer_range(num_layers: int) -> tuple[int, int]:

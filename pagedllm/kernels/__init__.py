@@ -128,6 +128,7 @@ def fits_cpu_float32(*tensors) -> bool:
 
 
 def _fits_cpu(tensors, dtypes) -> bool:
-    return all(t.dtype in dtypes and t.device.type == "cpu" for t in tensors) and (
-        cpu_kernels_available()
-    )
+    for t in tensors:  # (a loop, not all() over a generator: called per step)
+        if t.dtype not in dtypes or t.device.type != "cpu":
+            return False
+    return cpu_kernels_available()
