@@ -243,6 +243,8 @@ class OutputProcessor:
             parent.num_finished += 1
         all_done = parent.num_finished == parent.params.n
         if kind == RequestOutputKind.FINAL_ONLY:
+            if not state.finished:
+                return None  # (its completion is built once, when it finishes: no per-step copy)
             parent.children[state.index] = state.completion(delta=False)
             if not all_done:
                 return None
