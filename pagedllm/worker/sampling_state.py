@@ -60,6 +60,8 @@ class SamplingState:
         """Greedy, and nothing acts on its logits before the argmax (no penalty, logit bias,
         allowed ids, bad words or min_tokens) and no logprobs: the sampler's token for the row is
         the argmax of its logits as they come (all_plain_greedy)."""
+        self.num_not_plain_greedy = 0
+        """Held rows that are not plain_greedy (0: every step's rows are)."""
         # Per-row Python objects (not tensors by nature): [max_num_reqs] lists.
         self.params: list[SamplingParams | None] = [None] * n
         self.logit_bias: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n
@@ -107,8 +109,10 @@ class SamplingState:
             self.uses_penalty[row] or self.has_logit_bias[row] or self.has_allowed[row]
             or self.has_bad_words[row] or params.min_tokens > 0 or params.logprobs is not None
         )  # fmt: skip
+        self.num_not_plain_greedy += not self.plain_greedy[row]
 
     def remove_row(self, row: int) -> None:
+        self.num_not_plain_greedy -= not self.plain_greedy[row]
         if self.uses_penalty[row]:
             self.penalties.release(int(self.penalty_slot[row]))
         self.uses_penalty[row] = False
@@ -130,7 +134,8 @@ class SamplingState:
     def all_plain_greedy(self, rows: np.ndarray) -> bool:
         """Every row of `rows` is plain_greedy: the step's tokens are the argmax of the logits,
         and the SamplingMetadata (~40 us a step to gather) is not needed."""
-        return bool(self.plain_greedy[rows].all())
+        # (a count first: when every held row is plain, no numpy call at all)
+        return self.num_not_plain_greedy == 0 or bool(self.plain_greedy[rows].all())
 
     def add_sampled(self, rows: np.ndarray, token_ids: torch.Tensor) -> None:
         """Count the tokens just sampled by rows [S] (token_ids: [S] long) for the penalties."""

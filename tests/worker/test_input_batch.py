@@ -139,6 +139,8 @@ def test_random_joins_leaves_appends_match_reference():
         else:  # a step: every request gets blocks, most sample a token
             step_ids = sorted(refs)
             metadata = assert_metadata_matches(batch, refs, step_ids)
+            held = batch.sampling.plain_greedy[: batch.num_reqs]
+            assert batch.sampling.num_not_plain_greedy == int((~held).sum())
             masked_steps += metadata.bad_words_banned is not None
             masked_steps += metadata.allowed_token_ids is not None
             if metadata.bad_words_banned is not None:  # bans that a generated prefix caused
