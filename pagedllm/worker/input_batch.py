@@ -145,7 +145,8 @@ class InputBatch:
 
     def rows(self, req_ids: list[str]) -> np.ndarray:
         """[len(req_ids)] int64 rows of the requests."""
-        return np.fromiter((self.row_of[r] for r in req_ids), dtype=np.int64, count=len(req_ids))
+        row_of = self.row_of
+        return np.array([row_of[r] for r in req_ids], dtype=np.int64)
 
     def token_ids_of(self, req_id: str) -> list[int]:
         row = self.row_of[req_id]
