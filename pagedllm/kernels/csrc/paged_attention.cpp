@@ -179,6 +179,42 @@ inline vec::F8 scores8(const float* q, const CT* const* k) {
   return vec::reduce_add_pairwise8(folded);
 }
 
+// The scores of a chunk's 16 keys for G query heads of one KV head (the heads' rows of one query,
+// HD apart in q) into s[g][0:16]: scores8's arithmetic for each head, so the same bits, with each
+// key's row loaded once for the G heads instead of once per head (a decode's tile is one query:
+// without this its G heads each read the chunk's K rows).
+template <int HD, int G, typename CT>
+inline void scores16_heads(const float* q, const CT* const* k, float (*s)[kKeyChunk]) {
+  for (int half = 0; half < 2; ++half) {
+    vec::F8 folded[G][8];
+    for (int j = 0; j < 8; ++j) {
+      const CT* kj = k[8 * half + j];
+      vec::R16f acc[G];
+      for (int g = 0; g < G; ++g) acc[g] = vec::r16_zero();
+      for (int c = 0; c < HD; c += 16) {
+        const vec::R16f kc = vec::r16_load(kj + c);
+        for (int g = 0; g < G; ++g) acc[g] = vec::fma(vec::r16_load(q + g * HD + c), kc, acc[g]);
+      }
+      for (int g = 0; g < G; ++g) folded[g][j] = vec::r16_fold(acc[g]);
+    }
+    for (int g = 0; g < G; ++g) vec::store(s[g] + 8 * half, vec::reduce_add_pairwise8(folded[g]));
+  }
+}
+
+// scores16_heads for a group size known at run time; false where it has no instance (the caller
+// then scores each head alone: the same bits).
+constexpr int64_t kMaxSharedGroup = 4;
+template <int HD, typename CT>
+inline bool scores16_group(int64_t group, const float* q, const CT* const* k,
+                           float (*s)[kKeyChunk]) {
+  switch (group) {
+    case 2: scores16_heads<HD, 2>(q, k, s); return true;
+    case 3: scores16_heads<HD, 3>(q, k, s); return true;
+    case 4: scores16_heads<HD, 4>(q, k, s); return true;
+    default: return false;
+  }
+}
+
 // a[0:d] = a * correction + sum_j p[j] v_j over the keys j0 <= j < j1 of one chunk, all visible
 // to the row (HD > 0: d == HD, the accumulator held in registers). correction == 1 (the running
 // max unchanged) skips the multiply: a * 1 is a.
@@ -214,46 +250,72 @@ inline void accumulate_chunk(float* a, float correction, const float* p, const C
 // accumulate_chunk for R rows at once (R accumulators of HD, HD apart; p and correction per
 // row, p kKeyChunk apart), each row through the same operations as alone, so the same bits:
 // sharing each value load between the rows, and R times the independent multiply-add chains
-// (one row's HD / 16 chains would wait on the FMA latency).
-template <int HD, int R, typename CT>
-inline void accumulate_rows(float* a, const float* correction, const float* p,
-                            const CT* const* v, int64_t j0, int64_t j1) {
-  constexpr int N = HD / 16;
+// (one row's HD / 16 chains would wait on the FMA latency). Columns [c0, c0 + 16 N) only: a
+// column's multiply-adds are the same whichever columns pass with it, so a row may go through in
+// column slices (AVX2's 16 registers hold two rows' accumulators for 32 columns, not for 64).
+template <int R, int N, typename CT>
+inline void accumulate_rows_cols(float* a, int64_t hd, const float* correction, const float* p,
+                                 const CT* const* v, int64_t j0, int64_t j1, int64_t c0) {
   vec::R16f acc[R][N];
   for (int r = 0; r < R; ++r) {
     const vec::R16f c = vec::r16_set1(correction[r]);  // (times 1: the same bits as skipped)
-    for (int i = 0; i < N; ++i) acc[r][i] = vec::r16_load(a + r * HD + 16 * i) * c;
+    for (int i = 0; i < N; ++i) acc[r][i] = vec::r16_load(a + r * hd + c0 + 16 * i) * c;
   }
   for (int64_t j = j0; j < j1; ++j) {
     vec::R16f pj[R];
     for (int r = 0; r < R; ++r) pj[r] = vec::r16_set1(p[r * kKeyChunk + j]);
     for (int i = 0; i < N; ++i) {
-      const vec::R16f vj = vec::r16_load(v[j] + 16 * i);
+      const vec::R16f vj = vec::r16_load(v[j] + c0 + 16 * i);
       for (int r = 0; r < R; ++r) acc[r][i] = vec::fma(pj[r], vj, acc[r][i]);
     }
   }
   for (int r = 0; r < R; ++r) {
-    for (int i = 0; i < N; ++i) vec::r16_store(a + r * HD + 16 * i, acc[r][i]);
+    for (int i = 0; i < N; ++i) vec::r16_store(a + r * hd + c0 + 16 * i, acc[r][i]);
+  }
+}
+
+// Columns (in R16f) of one slice of accumulate_rows: all HD with 512-bit registers (32 of them),
+// 32 columns elsewhere.
+template <int HD>
+constexpr int slice_r16() {
+#ifdef PAGEDLLM_VEC_512
+  return HD / 16;
+#else
+  return std::min(HD / 16, 2);
+#endif
+}
+
+template <int HD, int R, typename CT>
+inline void accumulate_rows(float* a, const float* correction, const float* p,
+                            const CT* const* v, int64_t j0, int64_t j1) {
+  constexpr int N = slice_r16<HD>();
+  for (int64_t c0 = 0; c0 < HD; c0 += 16 * N) {
+    accumulate_rows_cols<R, N>(a, HD, correction, p, v, j0, j1, c0);
   }
 }
 
 // Rows accumulate_rows takes at once: their accumulators in about half the vector registers.
+// With 256-bit registers only a prefill tile's rows (`tile`: more than one query) go two at a
+// time, in 32-column slices: 8 of the 16 ymm registers, each value load serving two rows (a
+// 512-row prefill's attention 0.96x the time of one row at a time; three rows at once 1.05x, as
+// they spill). A decode's rows, whose value rows come from memory, took longer two at a time (64
+// decodes of 208 keys, 1.16x).
 template <int HD>
-constexpr int rows_at_once() {
+constexpr int rows_at_once(bool tile) {
 #ifdef PAGEDLLM_VEC_512
+  (void)tile;
   return HD > 0 ? std::max(1, 16 / (HD / 16)) : 1;  // 32 zmm registers, one per 16 floats
 #else
-  return 1;  // 16 ymm registers (or none): one row's HD / 8 already fill half
+  return HD > 0 && tile ? 2 : 1;
 #endif
 }
 
 // The P.V step of rows first..first+n-1 of one query (they share its visible keys), as many
 // at once as rows_at_once allows.
-template <int HD, typename CT>
+template <int HD, int kMax, typename CT>
 inline void accumulate_query_rows(float* a, const float* correction, const float* p,
                                   const CT* const* v, int64_t j0, int64_t j1, int64_t n,
                                   int64_t d) {
-  constexpr int kMax = rows_at_once<HD>();
   int64_t r = 0;
   if constexpr (HD > 0 && kMax > 1) {
     for (; r + kMax <= n; r += kMax) {
@@ -527,14 +589,21 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
           const bool partial = vis0 > 0 || vis1 < kKeyChunk;
           // scores and softmax of each head's row; then the P.V step of the query's rows
           int64_t live = 0;  // rows with a visible finite score here (all but in odd cases)
+          // the group's scores at once (one key row load for all heads), where it has an instance
+          alignas(32) float shared[kMaxSharedGroup][kKeyChunk];
+          bool scored = false;
+          if constexpr (HD > 0) {
+            scored = scores16_group<HD>(
+                group, qp + (start + t0 + ti) * q_stride + kvh * group * D, krow, shared);
+          }
           for (int64_t g = 0; g < group; ++g) {
             const int64_t row = ti * group + g;
             const float* qv = qp + (start + t0 + ti) * q_stride + (kvh * group + g) * D;
             float* s = sp.data() + g * kKeyChunk;
             vec::F8 s0, s1;
             if constexpr (HD > 0) {
-              s0 = scores8<HD>(qv, krow) * vscale;
-              s1 = scores8<HD>(qv, krow + 8) * vscale;
+              s0 = (scored ? vec::load(shared[g]) : scores8<HD>(qv, krow)) * vscale;
+              s1 = (scored ? vec::load(shared[g] + 8) : scores8<HD>(qv, krow + 8)) * vscale;
               if (partial || cap > 0.f) {
                 vec::store(s, s0);
                 vec::store(s + 8, s1);
@@ -581,7 +650,13 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
           }
           float* a = acc.data() + ti * group * D;
           if (live == group) {
-            accumulate_query_rows<HD>(a, corr.data(), sp.data(), vrow, vis0, vis1, group, D);
+            if (tn > 1) {
+              accumulate_query_rows<HD, rows_at_once<HD>(true)>(a, corr.data(), sp.data(), vrow,
+                                                                vis0, vis1, group, D);
+            } else {
+              accumulate_query_rows<HD, rows_at_once<HD>(false)>(a, corr.data(), sp.data(), vrow,
+                                                                 vis0, vis1, group, D);
+            }
           } else {
             for (int64_t g = 0; g < group; ++g) {
               if (!live_row[g]) continue;
