@@ -10,7 +10,8 @@ pages against 13.8-15.2 on 2 MiB ones (the layer's four linears 187 -> 153 us, t
 
 How: every CPU parameter and buffer's storage is copied into one anonymous mapping advised
 MADV_HUGEPAGE (2 MiB aligned), and each tensor on it is re-pointed there in place (Tensor.set_),
-so modules, tied weights and views among the parameters keep sharing what they shared. Run once
+so modules, tied weights and views among the parameters (and the bases they were made from)
+keep sharing what they shared. Run once
 after the load, before anything takes views of the weights (the fused stack's specs): a storage
 that something else also holds (a view outside the model's parameters and buffers) is left
 where it is, which costs speed but never a second copy of its bytes. The same bytes: the same
@@ -25,6 +26,8 @@ import mmap
 
 import torch
 from torch import nn
+
+from pagedllm.utils.heap_trim import trim_heap
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +51,16 @@ def _storages(model: nn.Module) -> dict[int, tuple[torch.UntypedStorage, list[to
     """The model's CPU tensors grouped by the storage they live on (by its address)."""
     seen: set[int] = set()
     groups: dict[int, tuple[torch.UntypedStorage, list[torch.Tensor]]] = {}
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        if id(t) in seen or t.device.type != "cpu" or t.numel() == 0:
+    for listed in itertools.chain(model.parameters(), model.buffers()):
+        if listed.device.type != "cpu" or listed.numel() == 0:
             continue
-        seen.add(id(t))
-        storage = t.untyped_storage()
-        groups.setdefault(storage.data_ptr(), (storage, []))[1].append(t)
+        # a view's base (e.g. what a buffer was reshaped from) holds the storage too, unlisted
+        t = listed
+        while t is not None and id(t) not in seen:
+            seen.add(id(t))
+            storage = t.untyped_storage()
+            groups.setdefault(storage.data_ptr(), (storage, []))[1].append(t)
+            t = t._base
     return groups
 
 
@@ -80,7 +87,11 @@ def move_weights_to_huge_pages(model: nn.Module) -> int:
     whole = torch.frombuffer(region, dtype=torch.uint8)  # (holds `region` alive)
     start = -whole.data_ptr() % HUGE_PAGE
     arena = whole.untyped_storage()
-    for (storage, tensors), offset in zip(groups, offsets):
+    groups.reverse()
+    for offset in offsets:
+        # (popped: each old storage is freed once its tensors move, so the move's peak is the
+        # weights and one storage, not the weights twice)
+        storage, tensors = groups.pop()
         base = start + offset
         whole[base : base + storage.nbytes()].copy_(
             torch.empty(0, dtype=torch.uint8).set_(storage))
@@ -88,6 +99,10 @@ def move_weights_to_huge_pages(model: nn.Module) -> int:
             # (inference tensors take in-place updates only inside inference mode)
             with torch.inference_mode() if t.is_inference() else torch.no_grad():
                 t.set_(arena, base // t.element_size() + t.storage_offset(), t.size(), t.stride())
+        del storage, tensors, t
+    # the old copies were freed, but glibc keeps its heap's pages (the load raised its mmap
+    # threshold, so most came from the heap): handed back before the KV cache is sized
+    trim_heap()
     logger.info("weights on huge pages: %.1f MiB of %d storages in one arena", size / 2**20,
-                len(groups))  # fmt: skip
+                len(offsets))  # fmt: skip
     return size

@@ -23,6 +23,8 @@ class _Tiny(nn.Module):
         self.register_buffer("codes", torch.randint(0, 256, (48, 16), dtype=torch.uint8))
         self.register_buffer("half_scales", torch.rand(48, 3).half())
         self.register_buffer("codes_rows", self.codes[8:24])  # a view among the buffers
+        # a view of an unlisted tensor (its _base), as kquant_weight.py's codes.reshape
+        self.register_buffer("flat", torch.rand(4, 6, 8).reshape(4, -1))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         x = self.embed(ids)
@@ -55,6 +57,7 @@ def test_weights_move_into_one_arena_with_the_same_values_and_outputs() -> None:
     # sharing kept: the tied head is the embedding, the view is rows 8.. of the codes
     assert model.head.weight is model.embed.weight
     assert model.codes_rows.data_ptr() == model.codes.data_ptr() + 8 * 16
+    assert model.flat._base.data_ptr() == model.flat.data_ptr(), "the base moved with its view"
     model.codes[8, 0] = 7
     assert model.codes_rows[0, 0] == 7
     with torch.no_grad():
