@@ -58,11 +58,11 @@ def compiled_kernels() -> bool:
     return os.environ.get("PAGEDLLM_COMPILED_KERNELS", "1") not in ("0", "false", "False", "")
 
 
-def huge_page_weights() -> bool:
-    """PAGEDLLM_HUGE_PAGE_WEIGHTS: move a CPU model's weights onto transparent huge pages after
-    the load (utils/huge_pages.py: a batch-1 decode streams them ~1.1-1.2x faster) — default 1;
-    0 leaves them where the loader put them."""
-    return os.environ.get("PAGEDLLM_HUGE_PAGE_WEIGHTS", "1") not in ("0", "false", "False", "")
+def huge_pages() -> bool:
+    """PAGEDLLM_HUGE_PAGES: a CPU model's weights and KV cache on transparent huge pages
+    (utils/huge_pages.py: a batch-1 decode streams the weights ~1.1-1.2x faster) — default 1;
+    0 leaves them where torch allocates them."""
+    return os.environ.get("PAGEDLLM_HUGE_PAGES", "1") not in ("0", "false", "False", "")
 
 
 def compact_kquant() -> bool:

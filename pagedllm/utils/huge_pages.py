@@ -47,6 +47,28 @@ def huge_pages_available() -> bool:
         return False
 
 
+def _huge_page_region(nbytes: int) -> tuple[torch.Tensor, int]:
+    """An anonymous mapping advised onto huge pages as uint8 (holding the mapping alive) and the
+    offset of its first 2 MiB boundary (mmap's start is only page aligned: one huge page more)."""
+    region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    region.madvise(mmap.MADV_HUGEPAGE)
+    whole = torch.frombuffer(region, dtype=torch.uint8)
+    return whole, -whole.data_ptr() % HUGE_PAGE
+
+
+def zeros_on_huge_pages(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """torch.zeros(shape, dtype) on huge pages (the KV cache: decode attention streams a
+    sequence's blocks from DRAM as the linears stream their weights). Touched now, as torch.zeros
+    touches its pages, so the resident set is what it was."""
+    numel = 1
+    for n in shape:
+        numel *= n
+    nbytes = numel * torch.empty(0, dtype=dtype).element_size()
+    whole, start = _huge_page_region(nbytes)
+    t = whole[start : start + nbytes].view(dtype).view(shape)
+    return t.zero_()
+
+
 def _storages(model: nn.Module) -> dict[int, tuple[torch.UntypedStorage, list[torch.Tensor]]]:
     """The model's CPU tensors grouped by the storage they live on (by its address)."""
     seen: set[int] = set()
@@ -81,11 +103,7 @@ def move_weights_to_huge_pages(model: nn.Module) -> int:
         size += -(-storage.nbytes() // _ALIGN) * _ALIGN
     if size == 0:
         return 0
-    # (mmap's start is page aligned: one huge page more, to start the arena on a 2 MiB boundary)
-    region = mmap.mmap(-1, size + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    region.madvise(mmap.MADV_HUGEPAGE)
-    whole = torch.frombuffer(region, dtype=torch.uint8)  # (holds `region` alive)
-    start = -whole.data_ptr() % HUGE_PAGE
+    whole, start = _huge_page_region(size)
     arena = whole.untyped_storage()
     groups.reverse()
     for offset in offsets:

@@ -29,7 +29,7 @@ def load_model_on_device(config: EngineConfig) -> tuple[torch.device, nn.Module]
         cpu_kernels_available()
     check_weights_fit(config, device)
     model = get_model(config.model, device)
-    if device.type == "cpu" and envs.huge_page_weights():
+    if device.type == "cpu" and envs.huge_pages():
         # (before the fused stack or anything else takes views of the weights)
         move_weights_to_huge_pages(model)
     return device, model
