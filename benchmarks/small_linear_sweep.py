@@ -233,8 +233,9 @@ def main() -> None:
                    str(threads), "--layers", str(args.layers), "--reps", str(args.reps),
                    "--clock", args.clock, "--pages", *args.pages,
                    "--variants", *args.variants]  # fmt: skip
-            # (the first tree's Python package lays out the weights)
-            env = dict(os.environ, PYTHONPATH=_variant(args.variants[0])[0])
+            # (this script's tree lays out the weights; the variants give only their kernels)
+            env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
+                os.path.abspath(__file__))))  # fmt: skip
             out = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True,
                                             text=True).stdout)  # fmt: skip
             for i, per_name in enumerate(out["ns"]):

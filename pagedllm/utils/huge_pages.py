@@ -1,12 +1,14 @@
-"""A loaded model's CPU weights moved into one arena on transparent huge pages (Linux, 2 MiB).
+"""A loaded model's CPU weights moved into one arena on transparent huge pages (Linux, 2 MiB),
+and zero-filled tensors there (the KV cache).
 
 Why: a decode step at batch 1 streams every weight from DRAM once (SmolLM2-135M Q4_1: 66 MB of
 layers and a 30 MB LM head per token), and with the loader's allocations (glibc's heap and
 mmaps of 4 KiB pages, scattered) each 4 KiB page is a new TLB entry and a new stream for the
 core's prefetcher, which does not cross pages. The quantized kernel at one row over SmolLM2's
-weights in DRAM (benchmarks/small_linear_sweep.py, AMD Zen 3): 1 thread 11.4-12.3 GB/s on 4 KiB
-pages against 13.8-15.2 on 2 MiB ones (the layer's four linears 187 -> 153 us, the LM head
-2.74 -> 2.09 ms); 2 threads 14-22 -> 15-25 GB/s.
+weights in DRAM (benchmarks/small_linear_sweep.py, AMD Zen 3, results/*_session11.json): a
+layer's four linears 187 -> 152 us at 1 thread (CPU clock) and 106 -> 90 us at 2 (wall), the
+LM head 2.52 -> 2.02 and 1.23 -> 0.95 ms. Attention reads a sequence's K/V blocks the same way
+(the offline 1 x 32 + 256-token run at 1 thread: attention ~6% less time per step).
 
 How: every CPU parameter and buffer's storage is copied into one anonymous mapping advised
 MADV_HUGEPAGE (2 MiB aligned), and each tensor on it is re-pointed there in place (Tensor.set_),
