@@ -32,6 +32,13 @@ def _malloc_trim() -> ctypes._CFuncPtr | None:
         return None
 
 
+def trim_heap() -> None:
+    """malloc_trim(0) once, now (after freeing much at once outside a step); nothing elsewhere."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 class HeapTrimmer:
     """`after_step()` after each step: trims the heap once the resident set is `threshold` bytes
     above the lowest it was since the last trim (measured again after the trim, so growth counts

@@ -8,10 +8,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pagedllm import envs
 from pagedllm.config import EngineConfig
 from pagedllm.kernels import cpu_kernels_available
 from pagedllm.model_executor.model_loader import estimate_weight_bytes, get_model
 from pagedllm.platforms import configure_threads
+from pagedllm.utils.huge_pages import move_weights_to_huge_pages
 from pagedllm.utils.memory import format_bytes
 from pagedllm.worker.kv_cache_alloc import available_memory
 
@@ -26,7 +28,11 @@ def load_model_on_device(config: EngineConfig) -> tuple[torch.device, nn.Module]
         # shows as such in the log and not as a weight loader that seems stuck
         cpu_kernels_available()
     check_weights_fit(config, device)
-    return device, get_model(config.model, device)
+    model = get_model(config.model, device)
+    if device.type == "cpu" and envs.huge_pages():
+        # (before the fused stack or anything else takes views of the weights)
+        move_weights_to_huge_pages(model)
+    return device, model
 
 
 def check_weights_fit(config: EngineConfig, device: torch.device) -> None:

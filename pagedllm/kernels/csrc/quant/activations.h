@@ -4,6 +4,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -57,11 +58,12 @@ inline float quantize_block(const float* x, int16_t* q, float sums[2], int32_t i
 // in column order (the row-interleaved layout's, quant/interleaved.h).
 // int8: codes of at most kInt8Levels, also as bytes in q8 with their group sums in xs (never
 // paired: only the row-interleaved loop takes them).
+// Into r, whose vectors keep what they held (activation_rows: a thread's reused rows); every
+// entry the kernels read is written, the groups' padding to ngp zeroed.
 template <bool U4, int G>
-QuantizedRows quantize_activations(const float* x, int64_t M, int64_t K,
-                                   bool pair_blocks = kPairedBlocks<U4, G>, bool int8 = false) {
+void quantize_activations_into(QuantizedRows& r, const float* x, int64_t M, int64_t K,
+                               bool pair_blocks = kPairedBlocks<U4, G>, bool int8 = false) {
   const int64_t nb = K / kBlock;
-  QuantizedRows r;
   r.K = K;
   r.ng = K / G;
   r.ngp = (r.ng + 7) / 8 * 8;
@@ -70,6 +72,13 @@ QuantizedRows quantize_activations(const float* x, int64_t M, int64_t K,
   r.sx.resize(M * r.ngp);
   r.ex.resize(M * r.ngp);
   r.xs.resize(M * r.ngp);
+  for (int64_t m = 0; m < M && r.ngp > r.ng; ++m) {
+    const int64_t pad = m * r.ngp + r.ng, n = r.ngp - r.ng;
+    std::fill_n(r.dx.begin() + pad, n, 0.f);
+    std::fill_n(r.sx.begin() + pad, n, 0.f);
+    std::fill_n(r.ex.begin() + pad, n, 0.f);
+    std::fill_n(r.xs.begin() + pad, n, 0);
+  }
   if (int8) {
     pair_blocks = false;
     r.q8.resize(M * K);
@@ -105,7 +114,28 @@ QuantizedRows quantize_activations(const float* x, int64_t M, int64_t K,
       }
     }
   });
+}
+
+template <bool U4, int G>
+QuantizedRows quantize_activations(const float* x, int64_t M, int64_t K,
+                                   bool pair_blocks = kPairedBlocks<U4, G>, bool int8 = false) {
+  QuantizedRows r;
+  quantize_activations_into<U4, G>(r, x, M, K, pair_blocks, int8);
   return r;
+}
+
+// Calls of up to this many rows (decode) quantize into the calling thread's reused rows: at one
+// row a SmolLM2 linear's five vectors were allocated and zeroed per call, and the kernels take a
+// few microseconds each. Larger calls take `own` (freed with the call: a long prefill's rows,
+// 2048 x 8192 int16 = 32 MiB, are not kept).
+constexpr int64_t kReusedRows = 16;
+
+// The rows a call of M rows quantizes into: the thread's reused ones or `own`. Not for a kernel
+// that another on the same thread could enter while its rows are in use (none does: each
+// quantizes, runs its loop over them and returns).
+inline QuantizedRows& activation_rows(int64_t M, QuantizedRows& own) {
+  thread_local QuantizedRows reused;
+  return M <= kReusedRows ? reused : own;
 }
 
 }  // namespace

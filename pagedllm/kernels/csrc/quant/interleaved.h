@@ -299,8 +299,9 @@ template <bool U4, int G, typename S, bool Int8 = false>
 void interleaved_rows(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
                       const at::Tensor& mins, at::Tensor& out) {
   const int64_t M = x.size(0), K = x.size(1), N = out.size(1);
-  const QuantizedRows qa =
-      quantize_activations<U4, G>(x.data_ptr<float>(), M, K, /*pair_blocks=*/false, Int8);
+  QuantizedRows own;
+  QuantizedRows& qa = activation_rows(M, own);
+  quantize_activations_into<U4, G>(qa, x.data_ptr<float>(), M, K, /*pair_blocks=*/false, Int8);
   const int64_t group_bytes = kChunksPerGroup<U4, G> * 32;
   const uint8_t* cp = reinterpret_cast<const uint8_t*>(codes.data_ptr());
   const S* sp = scales.data_ptr<S>();

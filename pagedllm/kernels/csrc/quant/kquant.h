@@ -297,8 +297,9 @@ template <bool U4, int G, bool Int8, typename Src = KQuantTerms<U4, G>,
           typename Params = KQuantScales>
 void kquant_rows(const at::Tensor& x, const uint8_t* cp, const Params& k, at::Tensor& out) {
   const int64_t M = x.size(0), K = x.size(1), N = out.size(1);
-  const QuantizedRows qa =
-      quantize_activations<U4, G>(x.data_ptr<float>(), M, K, /*pair_blocks=*/false, Int8);
+  QuantizedRows own;
+  QuantizedRows& qa = activation_rows(M, own);
+  quantize_activations_into<U4, G>(qa, x.data_ptr<float>(), M, K, /*pair_blocks=*/false, Int8);
   const int64_t rg_bytes = qa.ng * kChunksPerGroup<U4, G> * 32;
   const int64_t terms = qa.ng * kRowGroup;
   float* op = out.data_ptr<float>();
