@@ -59,7 +59,7 @@ def compiled_kernels() -> bool:
 
 
 def huge_pages() -> bool:
-    """PAGEDLLM_HUGE_PAGES: a CPU model's weights and KV cache on transparent huge pages
+    """PAGEDLLM_HUGE_PAGES: a CPU model's weights on transparent huge pages
     (utils/huge_pages.py: a batch-1 decode streams the weights ~1.1-1.2x faster) — default 1;
     0 leaves them where torch allocates them."""
     return os.environ.get("PAGEDLLM_HUGE_PAGES", "1") not in ("0", "false", "False", "")

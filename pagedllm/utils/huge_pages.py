@@ -1,5 +1,4 @@
-"""A loaded model's CPU weights moved into one arena on transparent huge pages (Linux, 2 MiB),
-and zero-filled tensors there (the KV cache).
+"""A loaded model's CPU weights moved into one arena on transparent huge pages (Linux, 2 MiB).
 
 Why: a decode step at batch 1 streams every weight from DRAM once (SmolLM2-135M Q4_1: 66 MB of
 layers and a 30 MB LM head per token), and with the loader's allocations (glibc's heap and
@@ -7,8 +6,10 @@ mmaps of 4 KiB pages, scattered) each 4 KiB page is a new TLB entry and a new st
 core's prefetcher, which does not cross pages. The quantized kernel at one row over SmolLM2's
 weights in DRAM (benchmarks/small_linear_sweep.py, AMD Zen 3, results/*_session11.json): a
 layer's four linears 187 -> 152 us at 1 thread (CPU clock) and 106 -> 90 us at 2 (wall), the
-LM head 2.52 -> 2.02 and 1.23 -> 0.95 ms. Attention reads a sequence's K/V blocks the same way
-(the offline 1 x 32 + 256-token run at 1 thread: attention ~6% less time per step).
+LM head 2.52 -> 2.02 and 1.23 -> 0.95 ms. The KV cache stays on torch's pages: on it, huge pages
+took ~6% off a decode's attention at 1 thread, but a default-sized cache of several GiB then took
+seconds to fault in (4 GiB: 5.7-17.9 s against 1.3-1.6, the kernel compacting memory for each
+2 MiB page once the free ones ran out), and every engine start pays that.
 
 How: every CPU parameter and buffer's storage is copied into one anonymous mapping advised
 MADV_HUGEPAGE (2 MiB aligned), and each tensor on it is re-pointed there in place (Tensor.set_),
@@ -56,19 +57,6 @@ def _huge_page_region(nbytes: int) -> tuple[torch.Tensor, int]:
     region.madvise(mmap.MADV_HUGEPAGE)
     whole = torch.frombuffer(region, dtype=torch.uint8)
     return whole, -whole.data_ptr() % HUGE_PAGE
-
-
-def zeros_on_huge_pages(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """torch.zeros(shape, dtype) on huge pages (the KV cache: decode attention streams a
-    sequence's blocks from DRAM as the linears stream their weights). Touched now, as torch.zeros
-    touches its pages, so the resident set is what it was."""
-    numel = 1
-    for n in shape:
-        numel *= n
-    nbytes = numel * torch.empty(0, dtype=dtype).element_size()
-    whole, start = _huge_page_region(nbytes)
-    t = whole[start : start + nbytes].view(dtype).view(shape)
-    return t.zero_()
 
 
 def _storages(model: nn.Module) -> dict[int, tuple[torch.UntypedStorage, list[torch.Tensor]]]:

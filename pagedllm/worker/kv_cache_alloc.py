@@ -6,12 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
-from pagedllm import envs
 from pagedllm.attention.backend import AttentionBackend
 from pagedllm.attention.ops.kv_quant import KV_CACHE_DTYPES, kv_cache_head_size
 from pagedllm.config import CacheConfig, ModelConfig
 from pagedllm.distributed import kv_heads_per_rank
-from pagedllm.utils.huge_pages import huge_pages_available, zeros_on_huge_pages
 from pagedllm.utils.memory import format_bytes
 
 
@@ -115,8 +113,6 @@ def allocate_kv_caches(
         kv_heads_per_rank(model_config.num_kv_heads, tp_size),
         kv_cache_head_size(model_config.head_dim, dtype),
     )  # fmt: skip
-    if device.type == "cpu" and envs.huge_pages() and huge_pages_available():
-        return [zeros_on_huge_pages(shape, dtype) for _ in range(num_layers)]
     return [
         torch.zeros(shape, dtype=dtype, device=device)
         for _ in range(num_layers)

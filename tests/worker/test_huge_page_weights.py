@@ -1,6 +1,6 @@
 """utils/huge_pages.py: a model's weights moved into one 2 MiB-aligned arena keep their values,
 their sharing (tied weights, views among the parameters) and the model's outputs; a storage held
-outside the model stays where it is; zeros_on_huge_pages (the KV cache) is torch.zeros."""
+outside the model stays where it is."""
 
 from __future__ import annotations
 
@@ -73,15 +73,3 @@ def test_a_storage_held_outside_the_model_stays() -> None:
     assert model.proj.weight.data_ptr() == ptr
     assert outside.data_ptr() == ptr
     assert model.embed.weight.data_ptr() != ptr
-
-
-def test_zeros_on_huge_pages_is_torch_zeros_on_a_huge_page_boundary() -> None:
-    from pagedllm.utils.huge_pages import zeros_on_huge_pages
-
-    for dtype in (torch.float32, torch.float16, torch.int8):
-        t = zeros_on_huge_pages((3, 5, 16, 7), dtype)
-        assert t.dtype == dtype and t.shape == (3, 5, 16, 7) and t.is_contiguous()
-        assert torch.equal(t, torch.zeros(3, 5, 16, 7, dtype=dtype))
-        assert t.data_ptr() % HUGE_PAGE == 0
-        t[2, 4, 15, 6] = 1  # writable
-        assert t.sum() == 1
