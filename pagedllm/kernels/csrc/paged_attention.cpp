@@ -8,7 +8,7 @@
 // each key and value row is read once per tile. Softmax is online (running max and sum) over
 // chunks of 16 key positions, in float32.
 //
-// Per row and chunk: the 16 scores as two 8-lane vectors (scores8: 8 keys' dot products in
+// Per row and chunk: the 16 scores as two 8-lane vectors (scores16_heads: 8 keys' dot products in
 // 16-lane partial sums, reduced together, no horizontal sum per key), their max and exponentials
 // in vectors, and the P.V step as broadcast weights times value rows into an accumulator held in
 // registers (a query's head rows at once where registers allow). A row goes through the same
@@ -160,31 +160,17 @@ inline float dot(const float* a, const CT* b, int64_t d) {
   return s;
 }
 
-// The scores q . k_j of 8 keys, for head sizes known at compile time (HD a multiple of 16).
-// Each key's products are summed in 16 lanes (lane l: columns l, l + 16, ... in order, one fused
-// multiply-add each; R16f is one 512-bit register with AVX-512, two 8-lane halves elsewhere, lane
-// for lane the same operations), the lanes folded 16 -> 8, and the 8 keys reduced at once (the
-// pairwise tree of vec::reduce_add_pairwise8) instead of one horizontal sum per key. A score
-// depends on q and k_j alone: the same bits in a prefill tile and in a decode, in every build.
-template <int HD, typename CT>
-inline vec::F8 scores8(const float* q, const CT* const* k) {
-  vec::F8 folded[8];
-  for (int j = 0; j < 8; ++j) {
-    vec::R16f acc = vec::r16_zero();
-    for (int c = 0; c < HD; c += 16) {
-      acc = vec::fma(vec::r16_load(q + c), vec::r16_load(k[j] + c), acc);
-    }
-    folded[j] = vec::r16_fold(acc);
-  }
-  return vec::reduce_add_pairwise8(folded);
-}
-
-// The scores of a chunk's 16 keys for G query heads of one KV head (the heads' rows of one query,
-// HD apart in q) into s[g][0:16]: scores8's arithmetic for each head, so the same bits, with each
-// key's row loaded once for the G heads instead of once per head (a decode's tile is one query:
-// without this its G heads each read the chunk's K rows).
+// The scores q . k_j of a chunk's 16 keys for G query heads of one KV head (the heads' rows of one
+// query, HD apart in q) into s[g * kKeyChunk + j], for head sizes known at compile time (HD a
+// multiple of 16). Each key's products are summed in 16 lanes (lane l: columns l, l + 16, ... in
+// order, one fused multiply-add each; R16f is one 512-bit register with AVX-512, two 8-lane halves
+// elsewhere, lane for lane the same operations), the lanes folded 16 -> 8, and each 8 keys reduced
+// at once (the pairwise tree of vec::reduce_add_pairwise8) instead of one horizontal sum per key.
+// Each key's row is loaded once for the G heads (a decode's tile is one query: otherwise its heads
+// would each read the chunk's K rows). A score depends on q and k_j alone: the same bits in a
+// prefill tile and in a decode, for any G, in every build.
 template <int HD, int G, typename CT>
-inline void scores16_heads(const float* q, const CT* const* k, float (*s)[kKeyChunk]) {
+inline void scores16_heads(const float* q, const CT* const* k, float* s) {
   for (int half = 0; half < 2; ++half) {
     vec::F8 folded[G][8];
     for (int j = 0; j < 8; ++j) {
@@ -197,21 +183,25 @@ inline void scores16_heads(const float* q, const CT* const* k, float (*s)[kKeyCh
       }
       for (int g = 0; g < G; ++g) folded[g][j] = vec::r16_fold(acc[g]);
     }
-    for (int g = 0; g < G; ++g) vec::store(s[g] + 8 * half, vec::reduce_add_pairwise8(folded[g]));
+    for (int g = 0; g < G; ++g) {
+      vec::store(s + g * kKeyChunk + 8 * half, vec::reduce_add_pairwise8(folded[g]));
+    }
   }
 }
 
-// scores16_heads for a group size known at run time; false where it has no instance (the caller
-// then scores each head alone: the same bits).
-constexpr int64_t kMaxSharedGroup = 4;
+// scores16_heads for a group of any size, in slices of up to 4 heads (more would spill the
+// accumulators out of registers).
 template <int HD, typename CT>
-inline bool scores16_group(int64_t group, const float* q, const CT* const* k,
-                           float (*s)[kKeyChunk]) {
-  switch (group) {
-    case 2: scores16_heads<HD, 2>(q, k, s); return true;
-    case 3: scores16_heads<HD, 3>(q, k, s); return true;
-    case 4: scores16_heads<HD, 4>(q, k, s); return true;
-    default: return false;
+inline void scores16_group(int64_t group, const float* q, const CT* const* k, float* s) {
+  for (int64_t g0 = 0; g0 < group; g0 += 4) {
+    const float* qg = q + g0 * HD;
+    float* sg = s + g0 * kKeyChunk;
+    switch (std::min<int64_t>(group - g0, 4)) {
+      case 1: scores16_heads<HD, 1>(qg, k, sg); break;
+      case 2: scores16_heads<HD, 2>(qg, k, sg); break;
+      case 3: scores16_heads<HD, 3>(qg, k, sg); break;
+      default: scores16_heads<HD, 4>(qg, k, sg); break;
+    }
   }
 }
 
@@ -589,21 +579,18 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
           const bool partial = vis0 > 0 || vis1 < kKeyChunk;
           // scores and softmax of each head's row; then the P.V step of the query's rows
           int64_t live = 0;  // rows with a visible finite score here (all but in odd cases)
-          // the group's scores at once (one key row load for all heads), where it has an instance
-          alignas(32) float shared[kMaxSharedGroup][kKeyChunk];
-          bool scored = false;
+          // the group's scores at once (one key row load for all heads)
           if constexpr (HD > 0) {
-            scored = scores16_group<HD>(
-                group, qp + (start + t0 + ti) * q_stride + kvh * group * D, krow, shared);
+            scores16_group<HD>(group, qp + (start + t0 + ti) * q_stride + kvh * group * D, krow,
+                               sp.data());
           }
           for (int64_t g = 0; g < group; ++g) {
             const int64_t row = ti * group + g;
-            const float* qv = qp + (start + t0 + ti) * q_stride + (kvh * group + g) * D;
             float* s = sp.data() + g * kKeyChunk;
             vec::F8 s0, s1;
             if constexpr (HD > 0) {
-              s0 = (scored ? vec::load(shared[g]) : scores8<HD>(qv, krow)) * vscale;
-              s1 = (scored ? vec::load(shared[g] + 8) : scores8<HD>(qv, krow + 8)) * vscale;
+              s0 = vec::load(s) * vscale;
+              s1 = vec::load(s + 8) * vscale;
               if (partial || cap > 0.f) {
                 vec::store(s, s0);
                 vec::store(s + 8, s1);
@@ -618,6 +605,7 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
                 s1 = vec::load(s + 8);
               }
             } else {
+              const float* qv = qp + (start + t0 + ti) * q_stride + (kvh * group + g) * D;
               for (int64_t j = 0; j < kKeyChunk; ++j) {
                 if (j < vis0 || j >= vis1) {
                   s[j] = -kInf;
