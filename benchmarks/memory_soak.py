@@ -39,20 +39,32 @@ MIB = 2**20
 _KV_LINE = re.compile(r"KV cache: .*?= \d+ tokens, ([\d.]+) (GiB|MiB)")
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants."""
+def tree_rss(pid: int) -> dict[str, int]:
+    """Resident bytes of a process and each of its descendants, by role: "api" (the server
+    process), "engine" (the engine core, a multiprocessing child), else the child's name and pid.
+    Which process a peak belongs to says where to look (the API's per-request state or the
+    engine's step buffers)."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
-    total = 0
+        return {}
+    by_role: dict[str, int] = {}
     for p in procs:
         try:
-            total += p.memory_info().rss
+            rss = p.memory_info().rss
+            role = "api" if p.pid == pid else _child_role(p)
         except psutil.NoSuchProcess:
-            pass
-    return total
+            continue
+        by_role[role] = by_role.get(role, 0) + rss
+    return by_role
+
+
+def _child_role(p: psutil.Process) -> str:
+    cmdline = " ".join(p.cmdline())
+    if "multiprocessing.spawn" in cmdline and "resource_tracker" not in cmdline:
+        return "engine"
+    return f"{p.name()}:{p.pid}"
 
 
 def _free_port() -> int:
@@ -129,11 +141,13 @@ def main() -> None:
                *([args.model] if args.model else []), "--port", str(port), *args.server_args]
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     samples: list[tuple[float, int]] = []
+    samples_by_process: list[tuple[float, dict[str, int]]] = []
     try:
         _wait_healthy(url, proc, log.name, timeout_s=600)
         kv_bytes = _kv_cache_bytes(log.name)
         bound = 1.3 * (weight_bytes + kv_bytes + 300 * 10**6)
-        start_rss = tree_rss(proc.pid)
+        start_by_process = tree_rss(proc.pid)
+        start_rss = sum(start_by_process.values())
         print(f"weights {weight_bytes / MIB:.0f} MiB, KV cache {kv_bytes / MIB:.0f} MiB, "
               f"bound {bound / MIB:.0f} MiB; RSS at start {start_rss / MIB:.0f} MiB", flush=True)
         t0 = time.monotonic()
@@ -141,15 +155,18 @@ def main() -> None:
 
         def sample() -> None:
             while not stop.wait(args.interval):
-                samples.append((time.monotonic() - t0, tree_rss(proc.pid)))
-                print(f"  {samples[-1][0]:6.0f} s  RSS {samples[-1][1] / MIB:7.0f} MiB", flush=True)
+                at, by_process = time.monotonic() - t0, tree_rss(proc.pid)
+                samples.append((at, sum(by_process.values())))
+                samples_by_process.append((at, by_process))
+                parts = ", ".join(f"{k} {v / MIB:.0f}" for k, v in sorted(by_process.items()))
+                print(f"  {at:6.0f} s  RSS {samples[-1][1] / MIB:7.0f} MiB ({parts})", flush=True)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         completed = asyncio.run(_load(url, args, config.vocab_size, t0 + args.duration))
         stop.set()
         sampler.join()
-        end_rss = tree_rss(proc.pid)
+        end_rss = sum(tree_rss(proc.pid).values())
     finally:
         proc.terminate()
         try:
@@ -167,6 +184,7 @@ def main() -> None:
         "weight_bytes": weight_bytes, "kv_cache_bytes": kv_bytes, "bound_bytes": bound,
         "rss_start_bytes": start_rss, "rss_peak_bytes": peak, "rss_end_bytes": end_rss,
         "requests_completed": completed, "samples": samples,
+        "start_bytes_by_process": start_by_process, "samples_by_process": samples_by_process,
     }  # fmt: skip
     record = build_record("memory_soak", args, config.model, [result])
     write_record(record, args.output_json or os.path.join("benchmarks", "results",

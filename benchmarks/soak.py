@@ -141,7 +141,7 @@ def _metrics(url: str) -> dict[str, float]:
 def _snapshot(url: str, pid: int, start: float) -> dict:
     m = _metrics(url)
     return {"minute": round((time.monotonic() - start) / 60, 2),
-            "rss_mib": round(tree_rss(pid) / MIB, 1),
+            "rss_mib": round(sum(tree_rss(pid).values()) / MIB, 1),
             "kv_cache_usage_perc": m.get("pagedllm:kv_cache_usage_perc"),
             "running": m.get("pagedllm:num_requests_running"),
             "waiting": m.get("pagedllm:num_requests_waiting")}
