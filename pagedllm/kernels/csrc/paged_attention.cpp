@@ -456,22 +456,34 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
   const std::vector<int64_t>& item_partial = plan.item_partial;
   auto run_items = [&](int64_t begin, int64_t end) {
     const int64_t rows = kQueryTile * group;  // (query, head) pairs of one item
-    // per-thread scratch, kept between calls (no allocation per layer)
-    thread_local std::vector<float> acc, m, l, sp, corr;
-    thread_local std::vector<float> macc, mm, ml;  // a many-segment tile's merge so far
-    thread_local std::vector<char> live_row;
-    acc.resize(rows * D);
-    m.resize(rows);
-    l.resize(rows);
-    macc.resize(rows * D);
-    mm.resize(rows);
-    ml.resize(rows);
-    sp.resize(group * kKeyChunk);  // one query's rows: scores, then softmax weights
-    corr.resize(group);
-    live_row.resize(group);
+    // per-thread scratch, kept between calls (no allocation per layer), used through plain
+    // pointers: every access to a thread_local of this shared library calls __tls_get_addr
+    // (with a vzeroupper before it), which the softmax loop did three times per row and chunk
+    thread_local std::vector<float> acc_buf, m_buf, l_buf, sp_buf, corr_buf;
+    thread_local std::vector<float> macc_buf, mm_buf, ml_buf;  // a many-segment tile's merge
+    thread_local std::vector<char> live_buf;
     // an int8 cache's current chunk, dequantized: its K rows, then its V rows
-    thread_local std::vector<float> deq;
-    if constexpr (kInt8) deq.resize(2 * kKeyChunk * D);
+    thread_local std::vector<float> deq_buf;
+    acc_buf.resize(rows * D);
+    m_buf.resize(rows);
+    l_buf.resize(rows);
+    macc_buf.resize(rows * D);
+    mm_buf.resize(rows);
+    ml_buf.resize(rows);
+    sp_buf.resize(group * kKeyChunk);
+    corr_buf.resize(group);
+    live_buf.resize(group);
+    if constexpr (kInt8) deq_buf.resize(2 * kKeyChunk * D);
+    float* const acc = acc_buf.data();
+    float* const m = m_buf.data();
+    float* const l = l_buf.data();
+    float* const macc = macc_buf.data();  // (the merge so far: acc, m, l)
+    float* const mm = mm_buf.data();
+    float* const ml = ml_buf.data();
+    float* const sp = sp_buf.data();  // one query's rows: scores, then softmax weights
+    float* const corr = corr_buf.data();
+    char* const live_row = live_buf.data();
+    float* const deq = deq_buf.data();
     const RT* deq_k[kKeyChunk];
     const RT* deq_v[kKeyChunk];
     const CT* ring_k[kRing][kKeyChunk];  // the rows of chunks c .. c + kAhead
@@ -520,12 +532,12 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
       };
       // the segments this item takes (seg < 0: all of them, in order)
       const int64_t nseg = segments_through(last_pos);
-      if (nseg > 1 && seg < 0) std::fill(mm.begin(), mm.end(), -kInf);  // nothing folded yet
+      if (nseg > 1 && seg < 0) std::fill_n(mm, rows, -kInf);  // nothing folded yet
       const int64_t s_begin = seg < 0 ? 0 : seg, s_end = seg < 0 ? nseg : seg + 1;
       for (int64_t sg = s_begin; sg < s_end; ++sg) {
-      std::fill(acc.begin(), acc.begin() + tn * group * D, 0.f);
-      std::fill(m.begin(), m.end(), -kInf);
-      std::fill(l.begin(), l.end(), 0.f);
+      std::fill_n(acc, tn * group * D, 0.f);
+      std::fill_n(m, rows, -kInf);
+      std::fill_n(l, rows, 0.f);
       const int64_t c_first = std::max(lo / kKeyChunk, sg * kSegmentChunks);
       const int64_t c_last = std::min(last_pos / kKeyChunk, (sg + 1) * kSegmentChunks - 1);
       for (int64_t c = c_first; c < std::min(c_first + kAhead, c_last + 1); ++c) {
@@ -556,8 +568,8 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
               deq_k[j] = deq_v[j] = zeros_f;
               continue;
             }
-            float* dk = deq.data() + j * D;
-            float* dv = deq.data() + (kKeyChunk + j) * D;
+            float* dk = deq + j * D;
+            float* dv = deq + (kKeyChunk + j) * D;
             dequantize_row<HD>(kj, D, dk);
             dequantize_row<HD>(ring_v[c % kRing][j], D, dv);
             deq_k[j] = dk;
@@ -582,11 +594,11 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
           // the group's scores at once (one key row load for all heads)
           if constexpr (HD > 0) {
             scores16_group<HD>(group, qp + (start + t0 + ti) * q_stride + kvh * group * D, krow,
-                               sp.data());
+                               sp);
           }
           for (int64_t g = 0; g < group; ++g) {
             const int64_t row = ti * group + g;
-            float* s = sp.data() + g * kKeyChunk;
+            float* s = sp + g * kKeyChunk;
             vec::F8 s0, s1;
             if constexpr (HD > 0) {
               s0 = vec::load(s) * vscale;
@@ -636,20 +648,19 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
             l[row] = std::fma(l[row], correction, sum);  // as SIMD builds contract it
             m[row] = new_max;
           }
-          float* a = acc.data() + ti * group * D;
+          float* a = acc + ti * group * D;
           if (live == group) {
             if (tn > 1) {
-              accumulate_query_rows<HD, rows_at_once<HD>(true)>(a, corr.data(), sp.data(), vrow,
-                                                                vis0, vis1, group, D);
+              accumulate_query_rows<HD, rows_at_once<HD>(true)>(a, corr, sp, vrow, vis0, vis1,
+                                                                group, D);
             } else {
-              accumulate_query_rows<HD, rows_at_once<HD>(false)>(a, corr.data(), sp.data(), vrow,
-                                                                 vis0, vis1, group, D);
+              accumulate_query_rows<HD, rows_at_once<HD>(false)>(a, corr, sp, vrow, vis0, vis1,
+                                                                 group, D);
             }
           } else {
             for (int64_t g = 0; g < group; ++g) {
               if (!live_row[g]) continue;
-              accumulate_chunk<HD>(a + g * D, corr[g], sp.data() + g * kKeyChunk, vrow, vis0,
-                                   vis1, D);
+              accumulate_chunk<HD>(a + g * D, corr[g], sp + g * kKeyChunk, vrow, vis0, vis1, D);
             }
           }
         }
@@ -660,20 +671,19 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
             const int64_t row = ti * group + g;
             if (seg >= 0) {
               float* rec = partial_record(item_partial[e], ti, nseg, sg, kvh * group + g);
-              std::copy_n(acc.data() + row * D, D, rec);
+              std::copy_n(acc + row * D, D, rec);
               rec[D] = m[row];
               rec[D + 1] = l[row];
             } else {
-              fold_segment(macc.data() + row * D, mm[row], ml[row], acc.data() + row * D, m[row],
-                           l[row], D);
+              fold_segment(macc + row * D, mm[row], ml[row], acc + row * D, m[row], l[row], D);
             }
           }
         }
       }
       }  // segments
       if (seg >= 0) continue;  // (merge_segments writes the rows)
-      const float* out_acc = nseg > 1 ? macc.data() : acc.data();
-      const float* out_l = nseg > 1 ? ml.data() : l.data();
+      const float* out_acc = nseg > 1 ? macc : acc;
+      const float* out_l = nseg > 1 ? ml : l;
       for (int64_t ti = 0; ti < tn; ++ti) {
         for (int64_t g = 0; g < group; ++g) {
           const int64_t row = ti * group + g;
