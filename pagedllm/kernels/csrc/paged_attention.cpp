@@ -11,9 +11,11 @@
 // Per row and chunk: the 16 scores as two 8-lane vectors (scores16_heads: 8 keys' dot products in
 // 16-lane partial sums, reduced together, no horizontal sum per key), their max and exponentials
 // in vectors, and the P.V step as broadcast weights times value rows into an accumulator held in
-// registers (a query's head rows at once where registers allow). A row goes through the same
-// operations in the same order whatever surrounds it (a prefill tile, a chunk of its prompt, a
-// decode, another batch or thread count: batch invariance), and every build (AVX-512, AVX2,
+// registers (several rows at once where registers allow). A chunk that every row of a tile sees
+// whole takes each of these steps for all the tile's rows before the next (their independent
+// work overlaps), the causal diagonal's chunk row by row. A row goes through the same operations
+// in the same order whatever surrounds it (a prefill tile, a chunk of its prompt, a decode,
+// another batch or thread count, either path: batch invariance), and every build (AVX-512, AVX2,
 // portable) computes the same bits for the head sizes 64, 128 and 256. At these sizes the
 // prefill is bound by the multiply-adds (2.9 ns per query head and key at D = 64 on a Zen 5
 // core, ~86 GFLOP/s against the ~89 of its 512-bit FMAs; the kernel before took 5.8 ns).
@@ -300,8 +302,9 @@ constexpr int rows_at_once(bool tile) {
 #endif
 }
 
-// The P.V step of rows first..first+n-1 of one query (they share its visible keys), as many
-// at once as rows_at_once allows.
+// The P.V step of n consecutive rows that see the same keys j0 <= j < j1 of the chunk (one
+// query's heads, or a whole tile's rows of a chunk they all see whole), as many at once as
+// rows_at_once allows.
 template <int HD, int kMax, typename CT>
 inline void accumulate_query_rows(float* a, const float* correction, const float* p,
                                   const CT* const* v, int64_t j0, int64_t j1, int64_t n,
@@ -470,9 +473,9 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
     macc_buf.resize(rows * D);
     mm_buf.resize(rows);
     ml_buf.resize(rows);
-    sp_buf.resize(group * kKeyChunk);
-    corr_buf.resize(group);
-    live_buf.resize(group);
+    sp_buf.resize(rows * kKeyChunk);
+    corr_buf.resize(rows);
+    live_buf.resize(rows);
     if constexpr (kInt8) deq_buf.resize(2 * kKeyChunk * D);
     float* const acc = acc_buf.data();
     float* const m = m_buf.data();
@@ -480,10 +483,30 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
     float* const macc = macc_buf.data();  // (the merge so far: acc, m, l)
     float* const mm = mm_buf.data();
     float* const ml = ml_buf.data();
-    float* const sp = sp_buf.data();  // one query's rows: scores, then softmax weights
+    float* const sp = sp_buf.data();  // the tile's rows: scores, then softmax weights
     float* const corr = corr_buf.data();
     char* const live_row = live_buf.data();
     float* const deq = deq_buf.data();
+    // The online-softmax step of (query, head) row `row` over its chunk's scores s0, s1 (masked
+    // lanes -inf): the weights into s[0:16], the correction of its running state into `correction`;
+    // false, changing nothing, where no lane is finite.
+    auto softmax_step = [&](int64_t row, float* s, vec::F8 s0, vec::F8 s1, float& correction) {
+      const float block_max = vec::reduce_max(vec::max(s0, s1));
+      if (block_max == -kInf) return false;
+      const float new_max = std::max(m[row], block_max);
+      // (e^0 is exactly 1: skipping the call when the running max stands changes no bit)
+      correction = new_max == m[row] ? 1.f : std::exp(m[row] - new_max);
+      const vec::F8 mx = vec::set1(new_max);
+      // masked -inf scores become exactly 0
+      const vec::F8 p0 = vec::zero_where(vec::equal(s0, neg_inf), vec::exp(s0 - mx));
+      const vec::F8 p1 = vec::zero_where(vec::equal(s1, neg_inf), vec::exp(s1 - mx));
+      vec::store(s, p0);  // s now holds the row's weights
+      vec::store(s + 8, p1);
+      const float sum = vec::reduce_add(p0 + p1);
+      l[row] = std::fma(l[row], correction, sum);  // as SIMD builds contract it
+      m[row] = new_max;
+      return true;
+    };
     const RT* deq_k[kKeyChunk];
     const RT* deq_v[kKeyChunk];
     const CT* ring_k[kRing][kKeyChunk];  // the rows of chunks c .. c + kAhead
@@ -581,6 +604,45 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
           krow = ring_k[c % kRing];
           vrow = ring_v[c % kRing];
         }
+        // A chunk every row of the tile sees whole (in a prefill all but the causal diagonal's and
+        // a sliding window's edge chunks): each step for the whole tile at once, the scores of
+        // all its rows, then their softmax steps, then their P.V steps in pairs across queries,
+        // so that consecutive rows' independent work overlaps (row by row, each step waited on
+        // the one before) and no row of a group of 3 goes through P.V alone. Each row takes the
+        // same operations as on the general path below: the same bits.
+        if constexpr (HD > 0) {
+          if (k0 + kKeyChunk <= first_pos + 1 &&
+              (sliding_window <= 0 || k0 >= last_pos - sliding_window + 1) && !(cap > 0.f)) {
+            const int64_t n = tn * group;
+            for (int64_t ti = 0; ti < tn; ++ti) {
+              scores16_group<HD>(group, qp + (start + t0 + ti) * q_stride + kvh * group * D, krow,
+                                 sp + ti * group * kKeyChunk);
+            }
+            int64_t live = 0;
+            for (int64_t row = 0; row < n; ++row) {
+              float* s = sp + row * kKeyChunk;
+              live_row[row] =
+                  softmax_step(row, s, vec::load(s) * vscale, vec::load(s + 8) * vscale, corr[row]);
+              live += live_row[row];
+            }
+            if (live == n) {
+              if (tn > 1) {
+                accumulate_query_rows<HD, rows_at_once<HD>(true)>(acc, corr, sp, vrow, 0,
+                                                                  kKeyChunk, n, D);
+              } else {
+                accumulate_query_rows<HD, rows_at_once<HD>(false)>(acc, corr, sp, vrow, 0,
+                                                                   kKeyChunk, n, D);
+              }
+            } else {
+              for (int64_t row = 0; row < n; ++row) {
+                if (!live_row[row]) continue;
+                accumulate_chunk<HD>(acc + row * D, corr[row], sp + row * kKeyChunk, vrow, 0,
+                                     kKeyChunk, D);
+              }
+            }
+            continue;
+          }
+        }
         for (int64_t ti = 0; ti < tn; ++ti) {
           const int64_t pos = first_pos + ti;
           const int64_t row_lo = sliding_window > 0 ? pos - sliding_window + 1 : 0;
@@ -630,23 +692,8 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
               s0 = vec::load(s);
               s1 = vec::load(s + 8);
             }
-            const float block_max = vec::reduce_max(vec::max(s0, s1));
-            live_row[g] = block_max != -kInf;
-            if (!live_row[g]) continue;
-            ++live;
-            const float new_max = std::max(m[row], block_max);
-            // (e^0 is exactly 1: skipping the call when the running max stands changes no bit)
-            const float correction = new_max == m[row] ? 1.f : std::exp(m[row] - new_max);
-            const vec::F8 mx = vec::set1(new_max);
-            // masked -inf scores become exactly 0
-            const vec::F8 p0 = vec::zero_where(vec::equal(s0, neg_inf), vec::exp(s0 - mx));
-            const vec::F8 p1 = vec::zero_where(vec::equal(s1, neg_inf), vec::exp(s1 - mx));
-            vec::store(s, p0);  // s now holds the row's weights
-            vec::store(s + 8, p1);
-            const float sum = vec::reduce_add(p0 + p1);
-            corr[g] = correction;
-            l[row] = std::fma(l[row], correction, sum);  // as SIMD builds contract it
-            m[row] = new_max;
+            live_row[g] = softmax_step(row, s, s0, s1, corr[g]);
+            live += live_row[g];
           }
           float* a = acc + ti * group * D;
           if (live == group) {
