@@ -3,12 +3,21 @@ SmolLM2-135M's heads (9 query heads on 3 KV heads of 64) unless told otherwise.
 
     python benchmarks/paged_attention_kernel.py --requests 1 --context 3000 --queries 3000
     python benchmarks/paged_attention_kernel.py --requests 64 --context 512 --queries 1
+    python benchmarks/paged_attention_kernel.py --requests 64 --context 208 --queries 1 \
+        --threads 2 --layers 30
 
 Each request holds `context` tokens and asks for its last `queries` rows (a prefill when they are
 equal, a decode at 1). Prints the best and median of --iters calls in wall time and in this
 process's CPU time (on a machine shared with other work the CPU time is the steadier figure), and
 the best CPU time per (query head, visible key) pair, the unit that makes short and long prompts
 comparable.
+
+One cache (--layers 1) of a small batch stays in the L3 between calls; a model's step reads each
+layer's cache from memory. --layers 30 (SmolLM2's) calls 30 caches in turn, as a step does. AMD
+Zen 3, 64 decodes of 208 keys, float32: ~9 ns a pair from the L3 at 1 thread, 23-31 ns from
+memory (~7 GB/s of K/V a core, where benchmarks/memory_bandwidth.py reads 16 GB/s a core);
+~15% less with each KV head's rows contiguous (--heads 3 --kv-heads 1 over 3x the requests), no
+change from the far prefetch's distance (PAGEDLLM_ATTENTION_FAR_PREFETCH 0-8) or huge pages.
 """
 
 from __future__ import annotations
@@ -33,6 +42,9 @@ def main() -> None:
                    help="the cache's (int8: values + per-(token, head) scales, kv_quant.py)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--layers", type=int, default=1,
+                   help="distinct K/V caches called in turn (a model's layers: 30 for SmolLM2), "
+                        "so that past the L3 each call reads its cache from memory as in a step")
     args = p.parse_args()
 
     from pagedllm.kernels import cpu_kernels_available
@@ -44,25 +56,26 @@ def main() -> None:
     blocks_per_req = -(-L // bs)
     dtype = getattr(torch, args.dtype)
     shape = (R * blocks_per_req, bs, args.kv_heads, args.head_dim)
-    if dtype == torch.int8:
-        from pagedllm.attention.ops.kv_quant import quantize_kv
 
-        key_cache, value_cache = (
-            quantize_kv(torch.randn(shape).flatten(0, 1), dtype).view(*shape[:-1], -1)
-            for _ in range(2)
-        )
-    else:
-        key_cache, value_cache = torch.randn(shape).to(dtype), torch.randn(shape).to(dtype)
+    def cache() -> torch.Tensor:
+        if dtype == torch.int8:
+            from pagedllm.attention.ops.kv_quant import quantize_kv
+
+            return quantize_kv(torch.randn(shape).flatten(0, 1), dtype).view(*shape[:-1], -1)
+        return torch.randn(shape).to(dtype)
+
+    caches = [(cache(), cache()) for _ in range(args.layers)]
     table = torch.randperm(R * blocks_per_req, dtype=torch.int32).view(R, blocks_per_req)
     seq_lens = torch.full((R,), L, dtype=torch.int32)
     starts = torch.arange(R + 1, dtype=torch.int32) * nq
     query = torch.randn(R * nq, args.heads, args.head_dim)
     scale = args.head_dim**-0.5
 
-    def call() -> torch.Tensor:
-        return torch.ops.pagedllm.paged_attention(
-            query, key_cache, value_cache, table, seq_lens, starts, scale, 0, 0.0
-        )
+    def call() -> None:
+        for key_cache, value_cache in caches:
+            torch.ops.pagedllm.paged_attention(
+                query, key_cache, value_cache, table, seq_lens, starts, scale, 0, 0.0
+            )
 
     call()
     times, cpu_times = [], []
@@ -72,11 +85,12 @@ def main() -> None:
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
     # (query, key) pairs each query head scores: query i of nq sees L - nq + i + 1 keys
-    pairs = R * args.heads * sum(L - nq + i + 1 for i in range(nq))
+    pairs = R * args.heads * sum(L - nq + i + 1 for i in range(nq)) * args.layers
     best, median = min(times), statistics.median(times)
     cpu_best, cpu_median = min(cpu_times), statistics.median(cpu_times)
     print(
         f"R={R} context={L} queries={nq} H={args.heads}/{args.kv_heads} D={args.head_dim} "
+        f"layers={args.layers} "
         f"{args.dtype}: wall best {best * 1e3:.2f} ms median {median * 1e3:.2f} ms | "
         f"cpu best {cpu_best * 1e3:.2f} ms median {cpu_median * 1e3:.2f} ms | "
         f"{cpu_best / pairs * 1e9:.3f} ns per (query head, key)"
