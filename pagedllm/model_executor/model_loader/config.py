@@ -248,7 +248,10 @@ def resolve_dtype(dtype: str, hf_config: Any, device: str) -> str:
             choices = sorted(_DTYPE_ALIASES)
             raise ValueError(f"dtype must be 'auto' or one of {choices}, got {dtype!r}")
         return _DTYPE_ALIASES[dtype.lower()]
-    checkpoint = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
+    # (transformers >= 4.56 names it `dtype`, and reading `torch_dtype` from such a config logs
+    # a deprecation warning at every engine start; earlier versions have only `torch_dtype`)
+    name = "dtype" if hasattr(hf_config, "dtype") else "torch_dtype"
+    checkpoint = getattr(hf_config, name, None)
     checkpoint = str(checkpoint).removeprefix("torch.")
     half = checkpoint in ("bfloat16", "float16")
     if str(device).startswith("cpu"):
