@@ -332,6 +332,27 @@ inline void accumulate_query_rows(float* a, const float* correction, const float
   }
 }
 
+// The P.V step of n consecutive rows after their softmax steps, `live` of which (live_row[r])
+// had a finite score: all of them through accumulate_query_rows (tile: the rows span more than
+// one query, see rows_at_once), else each live row alone. Both paths of a chunk take it.
+template <int HD, typename CT>
+inline void pv_step(float* a, const float* correction, const float* p, const CT* const* v,
+                    int64_t j0, int64_t j1, int64_t n, int64_t live, const char* live_row,
+                    bool tile, int64_t d) {
+  if (live == n) {
+    if (tile) {
+      accumulate_query_rows<HD, rows_at_once<HD>(true)>(a, correction, p, v, j0, j1, n, d);
+    } else {
+      accumulate_query_rows<HD, rows_at_once<HD>(false)>(a, correction, p, v, j0, j1, n, d);
+    }
+    return;
+  }
+  for (int64_t r = 0; r < n; ++r) {
+    if (!live_row[r]) continue;
+    accumulate_chunk<HD>(a + r * d, correction[r], p + r * kKeyChunk, v, j0, j1, d);
+  }
+}
+
 }  // namespace
 
 namespace pagedllm {
@@ -625,21 +646,7 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
                   softmax_step(row, s, vec::load(s) * vscale, vec::load(s + 8) * vscale, corr[row]);
               live += live_row[row];
             }
-            if (live == n) {
-              if (tn > 1) {
-                accumulate_query_rows<HD, rows_at_once<HD>(true)>(acc, corr, sp, vrow, 0,
-                                                                  kKeyChunk, n, D);
-              } else {
-                accumulate_query_rows<HD, rows_at_once<HD>(false)>(acc, corr, sp, vrow, 0,
-                                                                   kKeyChunk, n, D);
-              }
-            } else {
-              for (int64_t row = 0; row < n; ++row) {
-                if (!live_row[row]) continue;
-                accumulate_chunk<HD>(acc + row * D, corr[row], sp + row * kKeyChunk, vrow, 0,
-                                     kKeyChunk, D);
-              }
-            }
+            pv_step<HD>(acc, corr, sp, vrow, 0, kKeyChunk, n, live, live_row, tn > 1, D);
             continue;
           }
         }
@@ -695,21 +702,8 @@ void paged_attention_rows(const AttentionPlan& plan, const float* qp, int64_t q_
             live_row[g] = softmax_step(row, s, s0, s1, corr[g]);
             live += live_row[g];
           }
-          float* a = acc + ti * group * D;
-          if (live == group) {
-            if (tn > 1) {
-              accumulate_query_rows<HD, rows_at_once<HD>(true)>(a, corr, sp, vrow, vis0, vis1,
-                                                                group, D);
-            } else {
-              accumulate_query_rows<HD, rows_at_once<HD>(false)>(a, corr, sp, vrow, vis0, vis1,
-                                                                 group, D);
-            }
-          } else {
-            for (int64_t g = 0; g < group; ++g) {
-              if (!live_row[g]) continue;
-              accumulate_chunk<HD>(a + g * D, corr[g], sp + g * kKeyChunk, vrow, vis0, vis1, D);
-            }
-          }
+          pv_step<HD>(acc + ti * group * D, corr, sp, vrow, vis0, vis1, group, live, live_row,
+                      tn > 1, D);
         }
       }
       if (nseg > 1) {  // keep the segment's state (a split tile), or fold it into the merge
